@@ -1,0 +1,14 @@
+"""models: every learned weight — embedders, the shared trunk, heads."""
+
+from .attention import Attention, KVCache, build_mask
+from .blocks import MLP, Block, Stack
+from .config import HeadConfig, ModalityConfig, ModelConfig, TrunkConfig
+from .embedders import TokenEmbedder, build_embedder
+from .heads import LMHead, PooledHead
+from .transformer import MultimodalTransformer, Output, load_weights
+
+__all__ = [
+    "MLP", "Attention", "Block", "HeadConfig", "KVCache", "LMHead", "ModalityConfig", "ModelConfig",
+    "MultimodalTransformer", "Output", "PooledHead", "Stack", "TokenEmbedder", "TrunkConfig", "build_embedder",
+    "build_mask", "load_weights",
+]

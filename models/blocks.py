@@ -1,0 +1,69 @@
+"""Pre-norm transformer blocks and stacks, shared by every modality.
+
+Block: x + attn(ln_1(x)) [+ x + cross_attn(ln_cross(x), memory)] then x + mlp(ln_2(x)) — GPT-2 /
+timm ViT / Whisper's residual attention block. A stack is blocks plus a final LayerNorm. Each
+module takes plain numbers, so it builds and tests alone (whisper's `AudioEncoder`, timm's `Block`).
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .attention import Attention, KVCache
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0, activation: str = "gelu"):
+        super().__init__()
+        self.fc = nn.Linear(dim, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.approximate = "tanh" if activation == "gelu_tanh" else "none"
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+
+
+class Block(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        bias: bool = True,
+        dropout: float = 0.0,
+        norm_eps: float = 1e-5,
+        cross: bool = False,
+        activation: str = "gelu",
+        flash: bool = True,
+    ):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
+        self.attn = Attention(dim, num_heads, bias, dropout, flash=flash)
+        self.ln_cross = nn.LayerNorm(dim, eps=norm_eps, bias=bias) if cross else None
+        self.cross_attn = Attention(dim, num_heads, bias, dropout, cross=True, flash=flash) if cross else None
+        self.ln_2 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
+        self.mlp = MLP(dim, int(mlp_ratio * dim), bias, dropout, activation)
+
+    def forward(self, x, mask=None, is_causal=False, memory=None, memory_mask=None, cache=None, layer=0) -> Tensor:
+        x = x + self.attn(self.ln_1(x), mask, is_causal, cache=cache, layer=layer)
+        if self.cross_attn is not None:
+            x = x + self.cross_attn(self.ln_cross(x), memory_mask, memory=memory, cache=cache, layer=layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Stack(nn.Module):
+    """`depth` blocks and a final LayerNorm: the encoder, or the decoder (with `cross`)."""
+
+    def __init__(self, depth: int, dim: int, num_heads: int, norm_eps: float = 1e-5, bias: bool = True, **block_kw):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, num_heads, norm_eps=norm_eps, bias=bias, **block_kw) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
+
+    def forward(self, x, mask=None, is_causal=False, memory=None, memory_mask=None, cache: KVCache | None = None) -> Tensor:
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, is_causal, memory, memory_mask, cache, i)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        return self.ln_f(x)

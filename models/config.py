@@ -1,0 +1,110 @@
+"""Model configuration: plain dataclasses, saved as config.json and rebuilt with `Config(**saved)`.
+
+`TrunkConfig` sizes the shared transformer; `ModalityConfig` records what a tokenizer declared
+(its `ModalitySpec`) plus how to embed it; `HeadConfig` names an output head; `ModelConfig`
+ties them together with which modalities feed the encoder and which the decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from tokenizers_mm import ModalitySpec
+
+MODES = ("encoder", "decoder", "encoder-decoder")
+HEAD_KINDS = ("lm", "classify", "regress")
+
+
+@dataclass
+class TrunkConfig:
+    dim: int = 128  # width of every token vector (C)
+    depth: int = 4  # blocks in the encoder, or in the decoder when mode="decoder"
+    num_heads: int = 4
+    mlp_ratio: float = 4.0  # MLP hidden width = mlp_ratio * dim
+    dropout: float = 0.0
+    bias: bool = True  # True: like GPT-2 / timm. False: a bit faster
+    norm_eps: float = 1e-5
+    mode: str = "decoder"  # "encoder" (all tokens see each other) | "decoder" (causal) | "encoder-decoder"
+    cross_attention: bool = True  # encoder-decoder: decoder blocks cross-attend to the encoder output
+    dec_depth: int | None = None  # encoder-decoder: decoder blocks (default: depth)
+    activation: str = "gelu"  # "gelu" (exact: timm, Whisper) or "gelu_tanh" (GPT-2)
+    flash: bool = True  # True: F.scaled_dot_product_attention; False: the readable manual path
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"trunk mode must be one of {MODES}, got {self.mode!r}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"trunk dim={self.dim} must be divisible by num_heads={self.num_heads}")
+        if self.activation not in ("gelu", "gelu_tanh"):
+            raise ValueError(f"trunk activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.mode == "encoder-decoder" and not self.cross_attention:
+            raise ValueError("trunk mode 'encoder-decoder' needs cross_attention=True")
+
+
+@dataclass
+class ModalityConfig:
+    """A tokenizer's declarations (see tokenizers_mm.ModalitySpec) and how to embed them."""
+
+    modality: str
+    token_types: list[str]
+    max_positions: int
+    vocab_size: int | None = None
+    value_dim: int | None = None
+    embedder: str = "auto"  # "auto": nn.Embedding for ids, nn.Linear for values
+
+    @classmethod
+    def from_spec(cls, spec: ModalitySpec, **kw) -> "ModalityConfig":
+        return cls(**spec.to_dict(), **kw)
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return ModalitySpec(self.modality, tuple(self.token_types), self.max_positions, self.vocab_size, self.value_dim)
+
+
+@dataclass
+class HeadConfig:
+    kind: str  # "lm" (next token) | "classify" (pooled) | "regress" (pooled)
+    modality: str  # whose tokens the head reads
+    num_outputs: int | None = None  # classes / regression width (lm: the modality's vocab_size)
+    pool: str = "cls"  # classify/regress: "cls" (first token of the modality) or "mean"
+    tie: bool = True  # lm: share weights with the modality's token embedding
+    loss_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"head pool must be 'cls' or 'mean', got {self.pool!r}")
+
+
+@dataclass
+class ModelConfig:
+    trunk: TrunkConfig
+    modalities: dict[str, ModalityConfig]
+    heads: dict[str, HeadConfig]
+    encoder_inputs: list[str] = field(default_factory=list)  # modalities the encoder reads, in order
+    decoder_inputs: list[str] = field(default_factory=list)  # modalities the decoder reads, in order
+
+    def __post_init__(self):
+        enc, dec = self.trunk.mode != "decoder", self.trunk.mode != "encoder"
+        if enc != bool(self.encoder_inputs) or dec != bool(self.decoder_inputs):
+            raise ValueError(
+                f"mode {self.trunk.mode!r} needs {'encoder_inputs' if enc else 'no encoder_inputs'} and "
+                f"{'decoder_inputs' if dec else 'no decoder_inputs'}; got {self.encoder_inputs} / {self.decoder_inputs}"
+            )
+        for name in [*self.encoder_inputs, *self.decoder_inputs, *(h.modality for h in self.heads.values())]:
+            if name not in self.modalities:
+                raise ValueError(f"modality {name!r} is used but not configured; configured: {sorted(self.modalities)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        return cls(
+            trunk=TrunkConfig(**d["trunk"]),
+            modalities={k: ModalityConfig(**v) for k, v in d["modalities"].items()},
+            heads={k: HeadConfig(**v) for k, v in d["heads"].items()},
+            encoder_inputs=list(d.get("encoder_inputs", [])),
+            decoder_inputs=list(d.get("decoder_inputs", [])),
+        )

@@ -1,0 +1,279 @@
+"""MultimodalTransformer: every modality's embedder, one shared trunk, and the output heads.
+
+Each input modality's TokenBatch is embedded (token + position + type vectors) and the sets are
+concatenated into one sequence, in the order the config lists them. The trunk is an encoder
+(full attention), a decoder (causal) or both (the decoder cross-attends to the encoder output).
+Heads read the final hidden states of the modality they name. `generate` samples from the LM
+head with an explicit KV cache. Weights save as `config.json` + `model.safetensors`.
+
+Dimension legend: B batch, N tokens of one modality, L tokens of all modalities, C model width.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import Tensor, nn
+
+from tokenizers_mm import TokenBatch
+from tokenizers_mm.base import read_json, write_json_atomic
+
+from .attention import KVCache, build_mask
+from .blocks import Stack
+from .config import ModelConfig
+from .embedders import build_embedder
+from .heads import LMHead, PooledHead
+
+MODEL_FORMAT = "tokenizers-mm/model"
+MODEL_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+IGNORE = -100  # cross_entropy's ignore_index
+
+
+@dataclass
+class Output:
+    logits: dict[str, Tensor]  # head name -> (B, N, V) for lm heads, (B, K) for pooled heads
+    loss: Tensor | None = None  # weighted sum of the heads' losses that had targets
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+class MultimodalTransformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        t = config.trunk
+        self.embedders = nn.ModuleDict(
+            {n: build_embedder(m.embedder, t.dim, m.max_positions, m.vocab_size, m.value_dim, n) for n, m in config.modalities.items()}
+        )
+        # One type table for all modalities: each modality owns a contiguous block of rows.
+        self.type_offset, n_types = {}, 0
+        for name, m in config.modalities.items():
+            self.type_offset[name] = n_types
+            n_types += len(m.token_types)
+        self.type_embed = nn.Embedding(n_types, t.dim)
+        self.drop = nn.Dropout(t.dropout)
+        block_kw = dict(dim=t.dim, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, bias=t.bias, dropout=t.dropout,
+                        norm_eps=t.norm_eps, activation=t.activation, flash=t.flash)  # fmt: skip
+        self.encoder = Stack(t.depth, **block_kw) if config.encoder_inputs else None
+        dec_depth = t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)
+        self.decoder = Stack(dec_depth, cross=self.encoder is not None, **block_kw) if config.decoder_inputs else None
+        self.heads = nn.ModuleDict()
+        for name, h in config.heads.items():
+            m = config.modalities[h.modality]
+            if h.kind == "lm":
+                if m.vocab_size is None:
+                    raise ValueError(f"head {name!r}: an lm head needs a modality with ids, {h.modality!r} has values")
+                self.heads[name] = LMHead(t.dim, m.vocab_size)
+            else:
+                if not h.num_outputs:
+                    raise ValueError(f"head {name!r}: a {h.kind} head needs num_outputs")
+                self.heads[name] = PooledHead(t.dim, h.num_outputs, h.pool)
+        self.apply(self._init_weights)
+        n_layers = (len(self.encoder.blocks) if self.encoder else 0) + (len(self.decoder.blocks) if self.decoder else 0)
+        for pn, p in self.named_parameters():
+            if pn.endswith("proj.weight") and (pn.startswith("encoder.") or pn.startswith("decoder.")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))  # GPT-2's scaled residual init
+        for name, h in config.heads.items():
+            if h.kind == "lm" and h.tie and isinstance(self.embedders[h.modality].tok, nn.Embedding):
+                self.heads[name].proj.weight = self.embedders[h.modality].tok.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # -- embedding ------------------------------------------------------------------------------
+    def embed(self, names: list[str], inputs: dict[str, TokenBatch]):
+        """Embed and concatenate modalities. Returns x (B, L, C), mask (B, L), segments or None,
+        and each modality's (start, end) span in L."""
+        xs, masks, segs, spans, start = [], [], [], {}, 0
+        for name in names:
+            if name not in inputs:
+                raise KeyError(f"model input {name!r} is missing; this model reads {names}, got {sorted(inputs)}")
+            b = inputs[name]
+            xs.append(self.embedders[name](b) + self.type_embed(b.types + self.type_offset[name]))
+            masks.append(b.mask)
+            segs.append(b.segments)
+            spans[name] = (start, start + b.shape[1])
+            start += b.shape[1]
+        x, mask = (xs[0], masks[0]) if len(xs) == 1 else (torch.cat(xs, 1), torch.cat(masks, 1))
+        segments = None
+        if any(s is not None for s in segs):
+            segments = torch.cat([s if s is not None else torch.where(m, 0, -1) for s, m in zip(segs, masks)], 1)
+        return self.drop(x), mask, segments, spans
+
+    # -- trunk ----------------------------------------------------------------------------------
+    def encode(self, inputs: dict[str, TokenBatch]) -> tuple[Tensor, Tensor, dict]:
+        """Run the encoder over its modalities: memory (B, L, C), its mask (B, L), spans."""
+        x, mask, seg, spans = self.embed(self.config.encoder_inputs, inputs)
+        key_mask = None if seg is not None or bool(mask.all()) else mask
+        attn_mask, causal = build_mask(x.shape[1], x.shape[1], causal=False, key_mask=key_mask if seg is None else mask,
+                                       q_segments=seg, k_segments=seg, device=x.device)  # fmt: skip
+        return self.encoder(x, attn_mask, causal), mask, spans
+
+    def decode(self, inputs, names=None, memory=None, memory_mask=None, cache: KVCache | None = None):
+        """Run the decoder over `names` (default: all its modalities): hidden (B, L, C), mask, spans."""
+        x, mask, seg, spans = self.embed(names or self.config.decoder_inputs, inputs)
+        offset = cache.length if cache is not None else 0
+        key_mask = None if seg is not None or bool(mask.all()) else mask
+        if cache is not None and key_mask is not None:
+            raise ValueError("cached decoding needs unpadded inputs")
+        attn_mask, causal = build_mask(x.shape[1], offset + x.shape[1], causal=True, key_mask=key_mask if seg is None else mask,
+                                       q_segments=seg, k_segments=seg, q_offset=offset, device=x.device)  # fmt: skip
+        mem_mask = None
+        if memory is not None and not bool(memory_mask.all()):
+            mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, device=x.device)
+        return self.decoder(x, attn_mask, causal, memory, mem_mask, cache), mask, spans
+
+    def forward_features(self, inputs: dict[str, TokenBatch]) -> dict[str, tuple[Tensor, Tensor]]:
+        """Final hidden states per modality: name -> (h (B, N, C), mask (B, N))."""
+        feats, memory, memory_mask = {}, None, None
+        if self.encoder is not None:
+            memory, memory_mask, spans = self.encode(inputs)
+            feats.update({n: (memory[:, s:e], memory_mask[:, s:e]) for n, (s, e) in spans.items()})
+        if self.decoder is not None:
+            h, mask, spans = self.decode(inputs, memory=memory, memory_mask=memory_mask)
+            feats.update({n: (h[:, s:e], mask[:, s:e]) for n, (s, e) in spans.items()})
+        return feats
+
+    def forward_head(self, feats, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> Output:
+        out = Output(logits={})
+        for name, head in self.heads.items():
+            hc = self.config.heads[name]
+            h, mask = feats[hc.modality]
+            logits = out.logits[name] = head(h, mask)
+            if hc.kind == "lm":
+                b = inputs[hc.modality]
+                if b.targets is None:
+                    continue
+                valid = b.loss_mask & mask if b.loss_mask is not None else mask
+                tgt = b.targets.masked_fill(~valid, IGNORE)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE)
+            else:
+                if targets is None or name not in targets:
+                    continue
+                y = targets[name]
+                loss = F.cross_entropy(logits.float(), y) if hc.kind == "classify" else F.mse_loss(logits.float(), y.to(logits.dtype))
+            out.losses[name] = loss
+        if out.losses:
+            out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
+        return out
+
+    def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> Output:
+        return self.forward_head(self.forward_features(inputs), inputs, targets)
+
+    # -- generation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: dict[str, TokenBatch],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens).
+
+        temperature 0 is greedy. The LM modality must be the decoder's last input and unpadded.
+        Past the modality's position table, the context is cropped to its last max_positions
+        tokens and re-run without the cache (nanoGPT's sliding window).
+        """
+        lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm"]
+        if not lm or self.decoder is None:
+            raise ValueError("generate needs a decoder with an lm head")
+        name = lm[0][1].modality
+        if self.config.decoder_inputs[-1] != name:
+            raise ValueError(f"generate: the lm modality {name!r} must be the decoder's last input")
+        prompt = inputs[name]
+        if not bool(prompt.mask.all()):
+            raise ValueError("generate: the prompt must not be padded (give prompts of equal length)")
+        max_pos = self.config.modalities[name].max_positions
+        memory = memory_mask = None
+        if self.encoder is not None:
+            memory, memory_mask, _ = self.encode(inputs)
+        ids, types = prompt.ids, prompt.types
+        B = ids.shape[0]
+        prefix = sum(inputs[n].shape[1] for n in self.config.decoder_inputs[:-1])
+        cache = None
+        if use_cache:
+            t = self.config.trunk
+            cache = KVCache(len(self.decoder.blocks), B, t.num_heads, prefix + max_pos, t.dim // t.num_heads, ids.device,
+                            self.type_embed.weight.dtype)  # fmt: skip
+        step_inputs = dict(inputs)
+        names = None  # first step: the whole decoder input
+        for _ in range(max_new_tokens):
+            if cache is not None and cache.length and cache.length - prefix + 1 > max_pos:
+                cache = None  # the position table is full: slide the window, uncached
+            if cache is None or not cache.length:
+                window = ids[:, -max_pos:]
+                n = window.shape[1]
+                step_inputs[name] = TokenBatch(name, window, None, torch.arange(n, device=ids.device).expand(B, n),
+                                               types[:, -n:], torch.ones_like(window, dtype=torch.bool))  # fmt: skip
+                names = None
+            h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
+            logits = self.heads[lm[0][0]](h[:, -1:])[:, -1].float()  # (B, V)
+            nxt = self._sample(logits, temperature, top_k, generator)
+            ids = torch.cat([ids, nxt], 1)
+            types = torch.cat([types, types[:, -1:]], 1)
+            if cache is not None:
+                pos = torch.full_like(nxt, cache.length - prefix)
+                step_inputs = {name: TokenBatch(name, nxt, None, pos, types[:, -1:], torch.ones_like(nxt, dtype=torch.bool))}
+                names = [name]
+        return ids
+
+    @staticmethod
+    def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
+        if temperature == 0:
+            return logits.argmax(-1, keepdim=True)
+        logits = logits / temperature
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
+            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+        return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+
+    # -- save / load ----------------------------------------------------------------------------
+    def save(self, directory) -> Path:
+        """Write config.json + model.safetensors (tied weights stored once)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(directory / CONFIG_FILE, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": self.config.to_dict()})
+        save_model(self, str(directory / WEIGHTS_FILE))
+        return directory
+
+    @classmethod
+    def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+        directory = Path(directory)
+        doc = read_json(directory / CONFIG_FILE, "model")
+        if doc.get("format") != MODEL_FORMAT or doc.get("version") != MODEL_VERSION:
+            raise ValueError(f"model: {directory / CONFIG_FILE} is not a tokenizers-mm model config of version {MODEL_VERSION}")
+        try:
+            model = cls(ModelConfig.from_dict(doc["config"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"model: {directory / CONFIG_FILE} holds a bad config: {e}") from None
+        load_weights(model, directory / WEIGHTS_FILE)
+        return model.to(device)
+
+
+def load_weights(model: nn.Module, path: Path):
+    """Load a safetensors file into `model`, strictly, with one clear error if it is damaged."""
+    try:
+        missing, unexpected = load_model(model, str(path), strict=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"model: {path} does not exist") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+    if missing or unexpected:
+        raise ValueError(f"model: {path} does not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

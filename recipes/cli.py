@@ -1,0 +1,123 @@
+"""`mmtok`: the command line. Each subcommand's --help says what it does.
+
+    mmtok recipes                       list recipes and named configs
+    mmtok tokenizers                    list registered tokenizers (plugins included)
+    mmtok train RECIPE_OR_YAML [key=value ...]
+    mmtok resume RUN_DIR                continue from the last checkpoint
+    mmtok eval RUN_DIR                  evaluate the last checkpoint
+    mmtok generate RUN_DIR --prompt ... sample from a generative recipe
+
+Errors print one line (`mmtok: error: ...`) and exit with status 2, never a bare traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .config import ConfigError, named_configs, parse_overrides
+
+
+def cmd_recipes(args):
+    from .runs import RECIPES, get_recipe
+
+    for name in RECIPES:
+        doc = (get_recipe(name).__doc__ or "").strip().splitlines()[0]
+        print(f"{name:16s} {doc}")
+    print("\nnamed configs (mmtok train NAME):")
+    from .config import read_yaml
+
+    for name, path in named_configs().items():
+        print(f"  {name:24s} recipe {read_yaml(path)['recipe']}  ({path})")
+
+
+def cmd_tokenizers(args):
+    from tokenizers_mm import get, list_tokenizers
+
+    for name in list_tokenizers():
+        cls = get(name)
+        doc = (cls.__doc__ or "").strip().splitlines()
+        print(f"{name:16s} modality {cls.modality:12s} {doc[0] if doc else ''}")
+
+
+def cmd_train(args):
+    from .runs import make_config
+
+    name, module, cfg = make_config(args.recipe, args.overrides)
+    module.main(cfg)
+
+
+def cmd_resume(args):
+    from .runs import load_run_info
+
+    _, module, cfg = load_run_info(args.run_dir)
+    for k, v in parse_overrides(args.overrides).items():
+        if k != "max_steps":
+            raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
+        cfg.max_steps = int(v)
+    module.main(cfg, resume=True)
+
+
+def cmd_eval(args):
+    from .runs import load_run_info
+
+    _, module, _ = load_run_info(args.run_dir)
+    print(json.dumps(module.evaluate(args.run_dir), indent=2))
+
+
+def cmd_generate(args):
+    from .runs import load_run_info
+
+    name, module, _ = load_run_info(args.run_dir)
+    if not hasattr(module, "generate"):
+        raise ConfigError(f"recipe {name!r} does not generate")
+    print(module.generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("recipes", help="list recipes and named configs", description="List recipes and named YAML configs.")
+    s.set_defaults(fn=cmd_recipes)
+    s = sub.add_parser("tokenizers", help="list registered tokenizers", description="List registered tokenizers, plugins included.")
+    s.set_defaults(fn=cmd_tokenizers)
+    s = sub.add_parser("train", help="train a recipe", description="Train a recipe (by name, named config or YAML file) with key=value overrides.")
+    s.add_argument("recipe", metavar="RECIPE_OR_YAML")
+    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.set_defaults(fn=cmd_train)
+    s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer).")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("overrides", nargs="*", metavar="max_steps=N")
+    s.set_defaults(fn=cmd_resume)
+    s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.set_defaults(fn=cmd_eval)
+    s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--prompt", default="\n")
+    s.add_argument("--max-new-tokens", type=int, default=300)
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top-k", type=int, default=200)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("mmtok: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, FileNotFoundError, ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mmtok: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

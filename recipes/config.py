@@ -1,0 +1,119 @@
+"""Recipe configuration: the shared training options, named YAML configs, `key=value` overrides.
+
+Every recipe's config is one flat dataclass that extends `TrainConfig` (nanoGPT-style: every
+knob is a top-level key). A YAML config is a plain mapping with a `recipe:` key and values for
+fields; it is read with `yaml.safe_load`, so it can never name a Python object. Overrides are
+type-checked against the dataclass fields, and an unknown key is an error listing the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = ""  # where metrics, checkpoints and the model go; "" = runs/<recipe>-<time>
+    seed: int = 1337
+    max_steps: int = 2000  # optimizer steps
+    batch_size: int = 12  # samples per optimizer step, over all processes and accumulation steps
+    grad_accum: int = 1  # micro-steps per optimizer step
+    lr: float = 1e-3  # peak learning rate, after warmup
+    min_lr: float = 1e-4  # floor of the cosine decay
+    warmup_steps: int = 100
+    lr_decay_steps: int = 0  # cosine decays to min_lr at this step; 0 = max_steps
+    weight_decay: float = 0.1  # AdamW, decoupled; never on norms, biases or embeddings
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # max global gradient norm; 0 = off
+    precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32 | "no" | "bf16" | "fp16"
+    eval_every: int = 250  # steps between evaluations (and at the end)
+    eval_batches: int = 50  # batches per evaluation
+    log_every: int = 10
+    ckpt_every: int = 500  # steps between checkpoints (and at the end)
+    keep_checkpoints: int = 2
+    num_workers: int = 0  # DataLoader worker processes
+    cpu: bool = False  # train on the CPU even when a GPU is present
+    compile: bool = False  # torch.compile the model
+
+
+class ConfigError(ValueError):
+    """A config or override that does not fit the recipe's dataclass."""
+
+
+def _coerce(key: str, raw, tp):
+    """Convert a YAML value or command-line string to the field's type, or raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None or (isinstance(raw, str) and raw.lower() in ("none", "null")):
+            return None
+        return _coerce(key, raw, args[0])
+    try:
+        if tp is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.lower() in ("true", "1", "yes", "false", "0", "no"):
+                return raw.lower() in ("true", "1", "yes")
+            raise ValueError
+        if tp is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            return int(raw) if not isinstance(raw, str) else int(raw.replace("_", ""))
+        if tp is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            return float(raw)
+        if tp is str:
+            if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
+                raise ValueError
+            return str(raw)
+    except ValueError:
+        pass
+    else:
+        raise ConfigError(f"config key {key!r} has an unsupported type {tp}")
+    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {raw!r}")
+
+
+def apply_values(cfg, values: dict, source: str):
+    hints = typing.get_type_hints(type(cfg))
+    valid = [f.name for f in dataclasses.fields(cfg)]
+    for key, raw in values.items():
+        if key not in hints:
+            raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")
+        setattr(cfg, key, _coerce(key, raw, hints[key]))
+    return cfg
+
+
+def parse_overrides(args: list[str]) -> dict:
+    out = {}
+    for a in args:
+        key, sep, value = a.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {a!r} is not of the form key=value")
+        out[key.strip()] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str):
+        raise ConfigError(f"config file {path} must be a mapping with a 'recipe:' name")
+    return doc
+
+
+def named_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.yaml"))}

@@ -1,0 +1,161 @@
+"""gpt_char: a character-level GPT, nanoGPT's "baby GPT" on shakespeare_char.
+
+Config → data → model → loss/metric → main. The corpus is split 90/10 (the last tenth is
+validation, as nanoGPT's prepare.py); every window of block_size + 1 characters is one training
+example (inputs = first block_size, targets = the next character at each position). The metric
+is validation loss in nats per character. With no `data=`, the embedded default corpus is the
+text that ships with every Python install: the documentation topics (`pydoc_data`) and the
+source of a fixed list of standard-library modules, so the recipe runs offline on a fresh machine.
+
+    mmtok train gpt_char                                    # embedded corpus
+    mmtok train gpt_char data=input.txt max_steps=5000      # your own UTF-8 text
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import Dataset
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from tokenizers_mm import CharTokenizer, TokenBatch, collate, collate_examples, next_token_set
+
+from .config import TrainConfig
+from .runs import load_trained, resolve_run_dir, save_run_info
+from .train import mean_loss, train
+
+# Standard-library modules whose source joins the documentation topics in the default corpus.
+STDLIB_MODULES = ("argparse", "collections", "dataclasses", "functools", "json.decoder", "pathlib", "textwrap", "typing")
+
+
+@dataclass
+class Config(TrainConfig):
+    data: str = ""  # a UTF-8 text file; "" = the embedded default corpus (Python's own docs and source)
+    val_fraction: float = 0.1  # the last fraction of the text is the validation split
+    block_size: int = 64  # context length in characters
+    dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    dropout: float = 0.0
+    bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm
+    flash: bool = True  # fused SDPA attention (False: the manual path)
+    sample_chars: int = 300  # characters generated at the end of training
+    temperature: float = 0.8
+    top_k: int = 200
+
+
+# -- data -----------------------------------------------------------------------------------------
+def default_corpus() -> str:
+    """Python's documentation topics and some standard-library source: offline, ~0.7 MB."""
+    import importlib
+
+    from pydoc_data.topics import topics
+
+    parts = [topics[k] for k in sorted(topics)]
+    parts += [inspect.getsource(importlib.import_module(m)) for m in STDLIB_MODULES]
+    return "\n".join(parts)
+
+
+def load_text(path: str) -> str:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"data file {p} does not exist") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"data file {p} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    if len(text) < 2:
+        raise ValueError(f"data file {p} holds {len(text)} characters; need text to learn from")
+    return text
+
+
+class Windows(Dataset):
+    """Every window of block_size + 1 ids: example i = ids[i : i + block_size + 1]."""
+
+    def __init__(self, ids: torch.Tensor, block_size: int):
+        if len(ids) <= block_size:
+            raise ValueError(f"a split of {len(ids)} characters is too short for block_size={block_size}")
+        self.ids, self.block_size = ids, block_size
+
+    def __len__(self) -> int:
+        return len(self.ids) - self.block_size
+
+    def __getitem__(self, i: int) -> dict:
+        return {"text": next_token_set("text", self.ids[i : i + self.block_size + 1])}
+
+
+def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
+    """(tokenizer, train windows, val windows) from cfg.data or the default corpus."""
+    text = load_text(cfg.data) if cfg.data else default_corpus()
+    tokenizer = tokenizer or CharTokenizer.from_corpus(text, max_positions=cfg.block_size)
+    ids = torch.tensor(tokenizer.encode_ids(text), dtype=torch.long)
+    n_val = int(len(ids) * cfg.val_fraction)
+    return tokenizer, Windows(ids[: len(ids) - n_val], cfg.block_size), Windows(ids[len(ids) - n_val :], cfg.block_size)
+
+
+# -- model ----------------------------------------------------------------------------------------
+def build_model(cfg: Config, tokenizer: CharTokenizer) -> MultimodalTransformer:
+    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout, bias=cfg.bias,
+                        mode="decoder", flash=cfg.flash)  # fmt: skip
+    config = ModelConfig(trunk, {"text": ModalityConfig.from_spec(tokenizer.spec)}, {"lm": HeadConfig("lm", "text")},
+                         decoder_inputs=["text"])  # fmt: skip
+    return MultimodalTransformer(config)
+
+
+# -- metric ---------------------------------------------------------------------------------------
+def make_evaluate(cfg: Config, val_set: Windows):
+    """Validation loss on a fixed set of windows (the same every evaluation and every run)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randint(len(val_set), (cfg.eval_batches, cfg.batch_size), generator=g)
+    batches = [collate_examples([val_set[int(i)] for i in row]) for row in idx]
+    return lambda model, accelerator: {"val_loss": mean_loss(model, accelerator, batches)}
+
+
+def sample(model: MultimodalTransformer, tokenizer: CharTokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0) -> str:
+    batch = collate([tokenizer.encode(prompt or "\n")])  # (1, N)
+    g = torch.Generator().manual_seed(seed)
+    out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
+    return tokenizer.decode(out[0])
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(cfg: Config, resume: bool = False) -> dict:
+    run_dir = resolve_run_dir(cfg, "gpt_char")
+    tokenizer = CharTokenizer.load(run_dir / "tokenizers" / "text") if resume else None
+    tokenizer, train_set, val_set = build_data(cfg, tokenizer)
+    if not resume:
+        save_run_info(run_dir, "gpt_char", cfg)
+        tokenizer.save(run_dir / "tokenizers" / "text")
+    set_seed(cfg.seed)
+    model = build_model(cfg, tokenizer)
+    print(f"gpt_char: {len(train_set):,} training windows, vocabulary {tokenizer.vocab_size}, "
+          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+    metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)
+    print(f"val_loss {metrics['val_loss']:.4f} nats/char")
+    if cfg.sample_chars:
+        model.eval()
+        text = sample(model.cpu(), tokenizer, "\n", cfg.sample_chars, cfg.temperature, cfg.top_k, cfg.seed)
+        print("--- sample ---\n" + text + "\n--------------")
+    return metrics
+
+
+def evaluate(run_dir) -> dict:
+    from .runs import load_run_info
+    from .train import make_accelerator
+
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir)
+    _, _, val_set = build_data(cfg, toks["text"])
+    cfg.cpu = True
+    return make_evaluate(cfg, val_set)(model, make_accelerator(cfg, Path(run_dir)))
+
+
+def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0) -> str:
+    model, toks = load_trained(run_dir)
+    return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed)

@@ -1,0 +1,95 @@
+"""Recipes by name, and run directories: what a run saved and how to load it back.
+
+A run directory holds `run.json` (recipe name + full config), `tokenizers/<modality>/`,
+`metrics.jsonl`, `loss.png`, `results.json` and `checkpoints/step-N/` (each a loadable model
+directory plus training state). Recipes are looked up in a fixed table, never by a module path
+taken from a config or a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import time
+from pathlib import Path
+
+from models import MultimodalTransformer
+from tokenizers_mm import Tokenizer, load_tokenizer
+from tokenizers_mm.base import read_json, write_json_atomic
+
+from .checkpoint import latest_checkpoint, verify
+from .config import ConfigError, apply_values, named_configs, parse_overrides, read_yaml
+
+# name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir)`
+# and, for generative recipes, `generate(run_dir, prompt, ...)`.
+RECIPES = {
+    "gpt_char": "recipes.gpt_char",
+}
+RUN_FILE = "run.json"
+
+
+def get_recipe(name: str):
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}; named configs: {', '.join(named_configs())}")
+    return importlib.import_module(RECIPES[name])
+
+
+def make_config(recipe_or_yaml: str, overrides: list[str]):
+    """'gpt_char', a named config ('gpt_char_shakespeare') or a YAML path, plus key=value overrides."""
+    values: dict = {}
+    source = recipe_or_yaml
+    if recipe_or_yaml in RECIPES:
+        name = recipe_or_yaml
+    else:
+        path = named_configs().get(recipe_or_yaml) or Path(recipe_or_yaml)
+        if not path.suffix in (".yaml", ".yml") and not path.exists():
+            get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
+        doc = read_yaml(path)
+        name = doc.pop("recipe")
+        values, source = doc, str(path)
+    module = get_recipe(name)
+    cfg = apply_values(module.Config(), values, source)
+    cfg = apply_values(cfg, parse_overrides(overrides), "the command line")
+    return name, module, cfg
+
+
+def resolve_run_dir(cfg, recipe: str) -> Path:
+    if not cfg.run_dir:
+        cfg.run_dir = str(Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    return Path(cfg.run_dir)
+
+
+def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": dataclasses.asdict(cfg)})
+
+
+def load_run_info(run_dir):
+    """(recipe name, module, config) of a run directory."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    doc = read_json(run_dir / RUN_FILE, "run")
+    module = get_recipe(doc.get("recipe", ""))
+    cfg = apply_values(module.Config(), doc.get("config", {}), str(run_dir / RUN_FILE))
+    cfg.run_dir = str(run_dir)
+    return doc["recipe"], module, cfg
+
+
+def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str, Tokenizer]]:
+    """The latest checkpoint's model (checked against its manifest) and the run's tokenizers."""
+    run_dir = Path(run_dir)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
+    verify(ckpt)
+    model = MultimodalTransformer.load(ckpt, device).eval()
+    tok_root = run_dir / "tokenizers"
+    tokenizers = {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {}
+    return model, tokenizers
+
+
+def results(run_dir) -> dict:
+    path = Path(run_dir) / "results.json"
+    return json.loads(path.read_text()) if path.exists() else {}

@@ -1,0 +1,314 @@
+"""The one training loop every recipe runs in, on Hugging Face Accelerate.
+
+Mixed precision, gradient accumulation and clipping, AdamW with decoupled weight decay (none on
+norms, biases and embeddings), linear warmup + cosine decay, evaluation every N steps, a tqdm bar
+on the main process, metrics appended to `metrics.jsonl` (and TensorBoard when installed), a
+loss-curve PNG at the end, atomic checkpoints (checkpoint.py) and exact resume: the data position
+is a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
+
+The same code runs on one CPU or under `torchrun` / `accelerate launch` (DDP; gloo on CPU): each
+process takes its own share of every global batch, metrics are averaged over processes and only
+the main process writes. Follows nanoGPT's `train.py` and torchtune's recipes: plain functions,
+no Trainer class.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from models import MultimodalTransformer
+from tokenizers_mm import TokenBatch
+
+from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
+from .config import TrainConfig
+
+METRICS_FILE = "metrics.jsonl"
+
+
+# -- data -----------------------------------------------------------------------------------------
+class StepSampler(Sampler):
+    """Yields this process's micro-batches of dataset indices, from `start_step` on, forever.
+
+    The global sample stream is a fresh permutation of the dataset each epoch (seeded by seed and
+    epoch); step s takes its `global_batch` consecutive samples. They split into `accum`
+    micro-steps, and each micro-step's share into `world` processes: rank r of micro-step a takes
+    the a-th block of world * micro samples, r-th slice. So the global batch is the same for any
+    number of processes, and resuming at step s needs nothing but s.
+    """
+
+    def __init__(self, n: int, global_batch: int, accum: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0):
+        if n < 1:
+            raise ValueError("the training set is empty")
+        if global_batch % (accum * world):
+            raise ValueError(f"batch_size={global_batch} must be divisible by grad_accum * processes = {accum} * {world}")
+        self.n, self.global_batch, self.accum, self.seed = n, global_batch, accum, seed
+        self.rank, self.world, self.start_step = rank, world, start_step
+        self.micro = global_batch // (accum * world)
+        self._epoch, self._perm = -1, None
+
+    def _sample(self, pos: int) -> int:
+        epoch = pos // self.n
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
+        return int(self._perm[pos % self.n])
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            base = step * self.global_batch
+            for a in range(self.accum):
+                first = base + (a * self.world + self.rank) * self.micro
+                yield [self._sample(p) for p in range(first, first + self.micro)]
+            step += 1
+
+
+def to_device(batch, device):
+    """Move (inputs, targets) — dicts of TokenBatch / tensors — to `device`."""
+    inputs, targets = batch
+    return {k: v.to(device) for k, v in inputs.items()}, {k: v.to(device) for k, v in targets.items()}
+
+
+def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> DataLoader:
+    sampler = StepSampler(len(dataset), cfg.batch_size, cfg.grad_accum, cfg.seed, accelerator.process_index,
+                          accelerator.num_processes, start_step)  # fmt: skip
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+                      pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0)  # fmt: skip
+
+
+# -- optimisation ---------------------------------------------------------------------------------
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay only on matrices of Linear layers (not norms, biases, embeddings)."""
+    decay_names = {f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules() if isinstance(m, nn.Linear)}
+    seen, decay, no_decay = set(), [], []
+    for name, p in model.named_parameters():  # tied parameters appear once, under their first name
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if name in decay_names and p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available() and not cfg.cpu
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+
+
+def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
+    """Multiplier of cfg.lr at a step: linear warmup, cosine decay to min_lr, then flat."""
+    decay_steps = cfg.lr_decay_steps or cfg.max_steps
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / (cfg.warmup_steps + 1)
+        if step >= decay_steps:
+            return cfg.min_lr / cfg.lr
+        ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
+        return (cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)) / cfg.lr
+
+    return f
+
+
+def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: list, accum: int) -> torch.Tensor:
+    """Forward and backward over one optimizer step's micro-batches; returns the mean loss.
+    Gradients sync across processes only on the last micro-step."""
+    total = torch.zeros((), device=accelerator.device)
+    for i, batch in enumerate(micro_batches):
+        inputs, targets = to_device(batch, accelerator.device)
+        ctx = accelerator.no_sync(model) if i < len(micro_batches) - 1 else _nullcontext()
+        with ctx:
+            loss = model(inputs, targets).loss / accum
+            accelerator.backward(loss)
+        total += loss.detach()
+    return total
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- evaluation helper ----------------------------------------------------------------------------
+@torch.no_grad()
+def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> float:
+    """Mean loss over `batches`, split across processes and averaged over all of them."""
+    was_training = model.training
+    model.eval()
+    mine = batches[accelerator.process_index :: accelerator.num_processes]
+    total = torch.zeros(2, device=accelerator.device)
+    for batch in mine:
+        inputs, targets = to_device(batch, accelerator.device)
+        total += torch.stack([model(inputs, targets).loss.float(), torch.ones((), device=accelerator.device)])
+    total = accelerator.reduce(total, "sum")
+    model.train(was_training)
+    return (total[0] / total[1].clamp(min=1)).item()
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+    precision = cfg.precision
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() and not cfg.cpu and torch.cuda.is_bf16_supported() else "no"
+    trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
+    return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir))
+
+
+def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, extra_files=None) -> None:
+    """Main process writes checkpoints/step-N atomically; every process waits for it."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+
+        def write(tmp: Path):
+            unwrapped.save(tmp)
+            save_state(tmp, "optimizer", optimizer.state_dict())
+            save_state(tmp, "rng", rng_state())
+            json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg)}
+            (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
+            if extra_files:
+                extra_files(tmp)
+
+        write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+
+
+def append_metrics(run_dir: Path, row: dict) -> None:
+    with open(run_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def train(
+    cfg: TrainConfig,
+    model: MultimodalTransformer,
+    train_set: Dataset,
+    collate_fn: Callable,
+    evaluate: Callable[[nn.Module, Accelerator], dict],
+    run_dir: Path,
+    resume: bool = False,
+    accelerator: Accelerator | None = None,
+) -> dict:
+    """Train `model` for cfg.max_steps; returns the final evaluation metrics.
+
+    evaluate(model, accelerator) -> {"val_loss": ..., ...} runs every cfg.eval_every steps and at
+    the end, on every process (it splits its own work; see `mean_loss`).
+    """
+    run_dir = Path(run_dir)
+    accelerator = accelerator or make_accelerator(cfg, run_dir)
+    start_step, ckpt = 0, None
+    if resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
+        verify(ckpt)
+        from models.transformer import load_weights
+
+        load_weights(model, ckpt / "model.safetensors")
+        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        if accelerator.is_main_process:  # forget what was logged after the checkpoint
+            rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
+            (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if accelerator.log_with:
+            accelerator.init_trackers("tb")
+    if cfg.compile:
+        model = torch.compile(model)
+    optimizer = build_optimizer(model, cfg)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    if ckpt is not None:
+        optimizer.load_state_dict(load_state(ckpt, "optimizer"))
+        scheduler.load_state_dict(json.loads((ckpt / "trainer_state.json").read_text())["scheduler"])
+        set_rng_state(load_state(ckpt, "rng"))
+
+    loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
+    bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
+    metrics: dict = {}
+    model.train()
+    t0, tokens = time.perf_counter(), 0
+    for step in range(start_step + 1, cfg.max_steps + 1):
+        micro = [next(loader) for _ in range(cfg.grad_accum)]
+        loss = forward_backward(accelerator, model, micro, cfg.grad_accum)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens += sum(int(b.mask.sum()) for batch in micro for b in batch[0].values())
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            loss_val = accelerator.reduce(loss, "mean").item()
+            if not math.isfinite(loss_val):
+                raise FloatingPointError(f"loss became {loss_val} at step {step}; the last good checkpoint is kept")
+            dt = time.perf_counter() - t0
+            row = {"step": step, "loss": loss_val, "lr": scheduler.get_last_lr()[0],
+                   "tokens_per_s": tokens * accelerator.num_processes / dt}  # fmt: skip
+            if grad_norm is not None:
+                row["grad_norm"] = float(grad_norm)
+            bar.set_postfix(loss=f"{loss_val:.4f}")
+            if accelerator.is_main_process:
+                append_metrics(run_dir, row)
+                accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
+            t0, tokens = time.perf_counter(), 0
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            metrics = evaluate(model, accelerator)
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if accelerator.is_main_process:
+                append_metrics(run_dir, {"step": step, **metrics})
+                accelerator.log(metrics, step=step)
+        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+            save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator)
+    bar.close()
+    if not metrics:  # resumed at the end: evaluate what we have
+        metrics = evaluate(model, accelerator)
+    if accelerator.is_main_process:
+        plot_metrics(run_dir)
+        (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))
+    accelerator.end_training()
+    return metrics
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_metrics(run_dir) -> Path | None:
+    """loss.png: training loss and every evaluation metric against the step."""
+    rows = read_metrics(run_dir)
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    train_rows = [r for r in rows if "loss" in r]
+    ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train loss", lw=1)
+    for key in sorted({k for r in rows for k in r if k.startswith("val_")}):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*pts), "o-", label=key.replace("_", " "))
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,100 @@
+"""The Tokenizer contract every modality fulfils, and its versioned JSON save format.
+
+A tokenizer holds no learned weights: it is deterministic preprocessing that turns a raw sample
+into a `TokenSet` and declares (`spec`) what the model needs to embed its tokens. It saves itself
+as `tokenizer.json` in a directory: `{"format": "tokenizers-mm/tokenizer", "version": 1,
+"name": <registered name>, "config": <constructor arguments>}`, plus any extra files a subclass
+writes. Loading never unpickles anything: the JSON is read and the registered class rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .registry import get
+from .tokenset import ModalitySpec, TokenSet
+
+FORMAT = "tokenizers-mm/tokenizer"
+FORMAT_VERSION = 1
+FILE_NAME = "tokenizer.json"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON through a temporary file and rename, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Read a JSON object, or raise one clear error naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            obj = json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what}: {path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{what}: {path} is not valid JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what}: {path} must hold a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+class Tokenizer:
+    """Base class: set the declarations, implement `encode`, `decode` and `config`."""
+
+    name: str = ""  # set by @register
+    modality: str = ""  # which embedder reads the tokens
+    token_types: tuple[str, ...] = ("token",)
+    vocab_size: int | None = None
+    value_dim: int | None = None
+    max_positions: int = 0
+
+    @property
+    def spec(self) -> ModalitySpec:
+        return ModalitySpec(self.modality, self.token_types, self.max_positions, self.vocab_size, self.value_dim)
+
+    def encode(self, sample) -> TokenSet:
+        raise NotImplementedError
+
+    def decode(self, tokens):
+        raise NotImplementedError(f"{type(self).__name__} does not decode")
+
+    def config(self) -> dict:
+        """JSON-able constructor arguments: `type(self)(**self.config())` rebuilds it."""
+        raise NotImplementedError
+
+    def save(self, directory) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name, "config": self.config()}
+        write_json_atomic(directory / FILE_NAME, doc)
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "Tokenizer":
+        return load_tokenizer(directory, expect=cls)
+
+
+def load_tokenizer(directory, expect: type | None = None) -> Tokenizer:
+    """Rebuild a saved tokenizer of any registered kind (plugins included) from its JSON."""
+    path = Path(directory) / FILE_NAME
+    doc = read_json(path, "tokenizer")
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"tokenizer: {path} is not a tokenizers-mm tokenizer file (format {doc.get('format')!r})")
+    if doc.get("version") != FORMAT_VERSION:
+        raise ValueError(f"tokenizer: {path} has format version {doc.get('version')}, this release reads {FORMAT_VERSION}")
+    cls = get(doc.get("name", ""))
+    if expect is not None and expect is not Tokenizer and not issubclass(cls, expect):
+        raise ValueError(f"tokenizer: {path} holds a {doc['name']!r} tokenizer, expected {expect.__name__}")
+    try:
+        return cls(**doc["config"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"tokenizer: {path} has a bad config for {doc['name']!r}: {e}") from None

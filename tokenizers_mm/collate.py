@@ -1,0 +1,119 @@
+"""Collation: a list of TokenSets → one TokenBatch, padded or packed.
+
+`collate` pads every set to the longest (optionally to a multiple) and marks real tokens in
+`mask`. `pack` lays several short sets end to end in rows of a fixed length (first-fit
+decreasing) and records a segment id per token; the model turns segments into a block-diagonal
+attention mask, so tokens of one sequence never see another's (as in T5 / Gato packing).
+Each set keeps its own positions, so a packed sequence is embedded exactly as it is alone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .tokenset import TokenBatch, TokenSet
+
+PAD_SEGMENT = -1
+
+
+def _check_same(sets: list[TokenSet], who: str):
+    if not sets:
+        raise ValueError(f"{who}: need at least one TokenSet")
+    first = sets[0]
+    for i, ts in enumerate(sets):
+        if ts.modality != first.modality:
+            raise ValueError(f"{who}: sample {i} has modality {ts.modality!r}, sample 0 has {first.modality!r}")
+        for name in ("ids", "values", "targets", "loss_mask"):
+            if (getattr(ts, name) is None) != (getattr(first, name) is None):
+                raise ValueError(f"{who}: sample {i} {'lacks' if getattr(ts, name) is None else 'has'} {name}, sample 0 does not agree")
+        if ts.values is not None and ts.values.shape[-1] != first.values.shape[-1]:
+            raise ValueError(f"{who}: sample {i} has value width {ts.values.shape[-1]}, sample 0 has {first.values.shape[-1]}")
+
+
+def _place(rows: list[list[TokenSet]], length: int, with_segments: bool) -> TokenBatch:
+    """Write each row's sets end to end into zero-padded [B, length] tensors."""
+    first = rows[0][0]
+    B = len(rows)
+    out: dict[str, Tensor | None] = {}
+    for name in ("ids", "values", "positions", "types", "targets", "loss_mask"):
+        t = getattr(first, name)
+        out[name] = None if t is None else t.new_zeros((B, length, *t.shape[1:]))
+    mask = torch.zeros(B, length, dtype=torch.bool)
+    segments = torch.full((B, length), PAD_SEGMENT, dtype=torch.long)
+    for b, row in enumerate(rows):
+        start = 0
+        for seg, ts in enumerate(row):
+            n = len(ts)
+            for name, dst in out.items():
+                if dst is not None:
+                    dst[b, start : start + n] = getattr(ts, name)
+            mask[b, start : start + n] = True
+            segments[b, start : start + n] = seg
+            start += n
+    return TokenBatch(first.modality, mask=mask, segments=segments if with_segments else None, **out)
+
+
+def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
+    """Pad B sets to the longest: ids [B, N] (or values [B, N, D]) with mask [B, N]."""
+    _check_same(sets, "collate")
+    lengths = {len(ts) for ts in sets}
+    if len(lengths) == 1 and next(iter(lengths)) % pad_to_multiple == 0:
+        # Fast path (every LM batch of fixed-length windows): stack, no padding to write.
+        stacked = {
+            name: None if getattr(sets[0], name) is None else torch.stack([getattr(ts, name) for ts in sets])
+            for name in ("ids", "values", "positions", "types", "targets", "loss_mask")
+        }
+        mask = torch.ones(stacked["positions"].shape, dtype=torch.bool)
+        return TokenBatch(sets[0].modality, mask=mask, **stacked)
+    n = max(lengths)
+    n = -(-n // pad_to_multiple) * pad_to_multiple
+    return _place([[ts] for ts in sets], n, with_segments=False)
+
+
+def pack(sets: list[TokenSet], row_length: int) -> TokenBatch:
+    """Pack sets into rows of `row_length` tokens (first-fit decreasing), with segment ids.
+
+    Every set must fit in one row; rows come out in the order they were opened.
+    """
+    _check_same(sets, "pack")
+    rows: list[list[TokenSet]] = []
+    free: list[int] = []
+    for i in sorted(range(len(sets)), key=lambda i: -len(sets[i])):
+        n = len(sets[i])
+        if n > row_length:
+            raise ValueError(f"pack: sample {i} has {n} tokens, longer than row_length={row_length}")
+        for r, room in enumerate(free):
+            if n <= room:
+                rows[r].append(sets[i])
+                free[r] -= n
+                break
+        else:
+            rows.append([sets[i]])
+            free.append(row_length - n)
+    return _place(rows, row_length, with_segments=True)
+
+
+def padding_fraction(batch: TokenBatch) -> float:
+    """Share of the batch's slots that hold padding rather than tokens."""
+    return 1.0 - batch.mask.float().mean().item()
+
+
+def collate_examples(examples: list[dict], specs: dict | None = None) -> tuple[dict[str, TokenBatch], dict[str, Tensor]]:
+    """Batch training examples: each is {modality: TokenSet, ..., "targets": {head: tensor}}.
+
+    Returns (inputs: modality -> TokenBatch, targets: head -> stacked tensor). With `specs`
+    (modality -> ModalitySpec), each batch is checked against its tokenizer's declarations.
+    """
+    if not examples:
+        raise ValueError("collate_examples: need at least one example")
+    names = [k for k in examples[0] if k != "targets"]
+    inputs = {}
+    for name in names:
+        inputs[name] = collate([ex[name] for ex in examples])
+        if specs is not None and name in specs:
+            inputs[name].validate(specs[name])
+    targets = {}
+    for head in examples[0].get("targets", {}):
+        targets[head] = torch.stack([torch.as_tensor(ex["targets"][head]) for ex in examples])
+    return inputs, targets

@@ -1,0 +1,100 @@
+"""Character- and byte-level text tokenizer (registered as `text_char`).
+
+The simplest honest text tokenizer: either a character vocabulary built from a corpus (nanoGPT's
+shakespeare_char: sorted unique characters) or, with no vocabulary, the 256 byte values of UTF-8.
+Special tokens (`<|endoftext|>` and any the user names) take the ids after the ordinary ones; they
+are never produced from plain text unless `allowed_special` admits them. The byte-level BPE
+tokenizer is its own module; this one leaves merges out.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .base import Tokenizer
+from .registry import register
+from .tokenset import TokenSet
+
+ENDOFTEXT = "<|endoftext|>"
+N_BYTES = 256  # byte mode: ids 0..255 are the UTF-8 bytes
+
+
+@register("text_char")
+class CharTokenizer(Tokenizer):
+    """Text → ids, one per character (or per UTF-8 byte when `chars` is None)."""
+
+    modality = "text"
+    token_types = ("token",)
+
+    def __init__(self, chars: str | None = None, specials=(ENDOFTEXT,), max_positions: int = 1024):
+        if chars is not None and len(set(chars)) != len(chars):
+            raise ValueError("text_char: chars must not repeat a character")
+        self.chars = chars
+        self.specials = tuple(specials)
+        self.max_positions = max_positions
+        n_plain = N_BYTES if chars is None else len(chars)
+        self.stoi = None if chars is None else {c: i for i, c in enumerate(chars)}
+        self.special_ids = {s: n_plain + i for i, s in enumerate(self.specials)}
+        self.vocab_size = n_plain + len(self.specials)
+        self._special_re = re.compile("|".join(map(re.escape, sorted(self.specials, key=len, reverse=True)))) if self.specials else None
+
+    @classmethod
+    def from_corpus(cls, text: str, **kwargs) -> "CharTokenizer":
+        """nanoGPT's character vocabulary: the sorted unique characters of the corpus."""
+        return cls(chars="".join(sorted(set(text))), **kwargs)
+
+    def config(self) -> dict:
+        return {"chars": self.chars, "specials": list(self.specials), "max_positions": self.max_positions}
+
+    def _encode_plain(self, text: str) -> list[int]:
+        if self.stoi is None:
+            return list(text.encode("utf-8"))
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError as e:
+            raise ValueError(f"text_char: character {e.args[0]!r} (at offset {text.index(e.args[0])}) is not in the vocabulary") from None
+
+    def encode_ids(self, text: str, allowed_special=()) -> list[int]:
+        """Text → list of ids. Specials in `allowed_special` ("all" for every one) become their ids."""
+        if not isinstance(text, str):
+            raise TypeError(f"text_char: expected a str, got {type(text).__name__}")
+        allowed = set(self.specials) if allowed_special == "all" else set(allowed_special)
+        if not allowed or self._special_re is None:
+            return self._encode_plain(text)
+        ids, start = [], 0
+        for m in self._special_re.finditer(text):
+            if m.group() in allowed:
+                ids += self._encode_plain(text[start : m.start()]) + [self.special_ids[m.group()]]
+                start = m.end()
+        return ids + self._encode_plain(text[start:])
+
+    def encode(self, sample, allowed_special=()) -> TokenSet:
+        ids = torch.tensor(self.encode_ids(sample, allowed_special), dtype=torch.long)
+        if ids.shape[0] > self.max_positions:
+            raise ValueError(f"text_char: {ids.shape[0]} tokens exceed max_positions={self.max_positions}")
+        return TokenSet(self.modality, ids=ids)
+
+    def decode(self, tokens) -> str:
+        """ids (list, tensor or TokenSet) → text. Invalid UTF-8 (byte mode) becomes U+FFFD."""
+        ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        inv_special = {i: s for s, i in self.special_ids.items()}
+        out, run = [], []
+
+        def flush():
+            if run:
+                out.append(bytes(run).decode("utf-8", errors="replace") if self.chars is None else "".join(self.chars[i] for i in run))
+                run.clear()
+
+        for i in ids:
+            if not 0 <= i < self.vocab_size:
+                raise ValueError(f"text_char: id {i} is outside the vocabulary of {self.vocab_size}")
+            if i in inv_special:
+                flush()
+                out.append(inv_special[i])
+            else:
+                run.append(i)
+        flush()
+        return "".join(out)

@@ -1,0 +1,181 @@
+"""TokenSet and TokenBatch: the one contract between tokenizers and the model.
+
+A tokenizer turns one raw sample into a `TokenSet` (one modality, N tokens); `collate` /
+`pack` (collate.py) turn a list of them into a `TokenBatch` (leading batch dimension B, a padding
+mask, and for packed rows a segment id per token). The model's embedders read nothing else.
+
+Exactly one of `ids` (discrete tokens, [N] long) and `values` (continuous tokens, [N, D] float)
+is set. `positions` index the modality's learned position table; `types` index the token types
+its tokenizer declares. `targets` / `loss_mask` are optional per-token training targets.
+
+`ModalitySpec` is what a tokenizer declares so a model can be built for it: vocabulary size or
+value width, the number of positions, the token types. See DESIGN.md, "The contract".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What a model needs to embed a modality's tokens (plain data, saved in config.json)."""
+
+    modality: str
+    token_types: tuple[str, ...]
+    max_positions: int
+    vocab_size: int | None = None  # set when the tokenizer emits ids
+    value_dim: int | None = None  # set when the tokenizer emits values
+
+    def __post_init__(self):
+        object.__setattr__(self, "token_types", tuple(self.token_types))
+        if (self.vocab_size is None) == (self.value_dim is None):
+            raise ValueError(
+                f"modality {self.modality!r}: declare exactly one of vocab_size and value_dim "
+                f"(got vocab_size={self.vocab_size}, value_dim={self.value_dim})"
+            )
+        if self.max_positions < 1 or not self.token_types:
+            raise ValueError(
+                f"modality {self.modality!r}: need max_positions >= 1 and at least one token type "
+                f"(got {self.max_positions}, {self.token_types})"
+            )
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "token_types": list(self.token_types)}
+
+
+def _check_dtype(name: str, t: Tensor, kind: str, who: str):
+    ok = not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
+    if kind == "float":
+        ok = t.is_floating_point()
+    if not ok:
+        raise TypeError(f"{who}: {name} must be a {'floating' if kind == 'float' else 'integer'} tensor, got {t.dtype}")
+
+
+def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
+    """Shared checks of TokenSet (lead = (N,)) and TokenBatch (lead = (B, N))."""
+    if (ts.ids is None) == (ts.values is None):
+        raise ValueError(f"{who}: set exactly one of ids and values (got {'both' if ts.ids is not None else 'neither'})")
+    tokens = ts.ids if ts.ids is not None else ts.values
+    if ts.ids is not None:
+        _check_dtype("ids", ts.ids, "int", who)
+        if ts.ids.dim() != len(lead):
+            raise ValueError(f"{who}: ids must have {len(lead)} dims {lead}, got shape {tuple(ts.ids.shape)}")
+    else:
+        _check_dtype("values", ts.values, "float", who)
+        if ts.values.dim() != len(lead) + 1:
+            raise ValueError(f"{who}: values must have shape (*{lead}, D), got {tuple(ts.values.shape)}")
+    shape = tuple(tokens.shape[: len(lead)])
+    for name in ("positions", "types", "targets", "loss_mask"):
+        t = getattr(ts, name)
+        if t is None:
+            continue
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, expected {shape} like the tokens")
+        if name in ("positions", "types"):
+            _check_dtype(name, t, "int", who)
+    if ts.positions.numel() and int(ts.positions.min()) < 0:
+        raise ValueError(f"{who}: positions must be >= 0, got {int(ts.positions.min())}")
+    if spec is None:
+        return
+    if spec.modality != ts.modality:
+        raise ValueError(f"{who}: modality {ts.modality!r} does not match the spec's {spec.modality!r}")
+    if ts.positions.numel() and int(ts.positions.max()) >= spec.max_positions:
+        raise ValueError(
+            f"{who}: position {int(ts.positions.max())} is beyond the declared table "
+            f"of {spec.max_positions} positions"
+        )
+    if ts.types.numel() and int(ts.types.max()) >= len(spec.token_types):
+        raise ValueError(f"{who}: type {int(ts.types.max())} is beyond the declared types {spec.token_types}")
+    if ts.ids is not None:
+        if spec.vocab_size is None:
+            raise ValueError(f"{who}: the {spec.modality!r} spec declares values of width {spec.value_dim}, got ids")
+        if ts.ids.numel() and not (0 <= int(ts.ids.min()) and int(ts.ids.max()) < spec.vocab_size):
+            raise ValueError(f"{who}: ids must lie in [0, {spec.vocab_size}), got [{int(ts.ids.min())}, {int(ts.ids.max())}]")
+    elif spec.value_dim != ts.values.shape[-1]:
+        raise ValueError(f"{who}: values have width {ts.values.shape[-1]}, the spec declares {spec.value_dim}")
+
+
+@dataclass
+class TokenSet:
+    """One sample of one modality: N tokens. Shapes: ids [N] long | values [N, D] float."""
+
+    modality: str
+    ids: Tensor | None = None
+    values: Tensor | None = None
+    positions: Tensor | None = None  # [N] long; default 0..N-1
+    types: Tensor | None = None  # [N] long; default all 0
+    targets: Tensor | None = None  # [N]: what the head predicts at each token
+    loss_mask: Tensor | None = None  # [N] bool: which tokens count in the loss
+
+    def __post_init__(self):
+        tokens = self.ids if self.ids is not None else self.values
+        if tokens is not None:
+            n = tokens.shape[0] if tokens.dim() else 0
+            if self.positions is None:
+                self.positions = torch.arange(n)
+            if self.types is None:
+                self.types = torch.zeros(n, dtype=torch.long)
+        _validate(self, ("N",), f"TokenSet({self.modality!r})", None)
+
+    def __len__(self) -> int:
+        return self.positions.shape[0]
+
+    def validate(self, spec: ModalitySpec) -> "TokenSet":
+        """Check against a tokenizer's declarations (table sizes, vocabulary, width)."""
+        _validate(self, ("N",), f"TokenSet({self.modality!r})", spec)
+        return self
+
+
+def next_token_set(modality: str, ids: Tensor, types: Tensor | None = None) -> TokenSet:
+    """A language-model example from N+1 ids: inputs ids[:-1], targets ids[1:] (nanoGPT's x, y)."""
+    if ids.dim() != 1 or ids.shape[0] < 2:
+        raise ValueError(f"next_token_set({modality!r}): need a 1-D sequence of at least 2 ids, got shape {tuple(ids.shape)}")
+    return TokenSet(modality, ids=ids[:-1], types=None if types is None else types[:-1], targets=ids[1:])
+
+
+@dataclass
+class TokenBatch:
+    """B token sets of one modality, padded to N. `mask` is True on real tokens.
+
+    `segments` ([B, N] long, optional) marks packed rows: tokens attend only within their own
+    segment (block-diagonal attention); padding carries segment -1.
+    """
+
+    modality: str
+    ids: Tensor | None
+    values: Tensor | None
+    positions: Tensor  # [B, N] long
+    types: Tensor  # [B, N] long
+    mask: Tensor  # [B, N] bool, True = real token
+    targets: Tensor | None = None  # [B, N]
+    loss_mask: Tensor | None = None  # [B, N] bool
+    segments: Tensor | None = None  # [B, N] long, -1 on padding
+    extra: dict = field(default_factory=dict)  # sample-level fields a recipe carries along (labels, ...)
+
+    def __post_init__(self):
+        _validate(self, ("B", "N"), f"TokenBatch({self.modality!r})", None)
+        if tuple(self.mask.shape) != tuple(self.positions.shape) or self.mask.dtype != torch.bool:
+            raise ValueError(f"TokenBatch({self.modality!r}): mask must be bool of shape {tuple(self.positions.shape)}")
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.positions.shape)
+
+    def validate(self, spec: ModalitySpec) -> "TokenBatch":
+        _validate(self, ("B", "N"), f"TokenBatch({self.modality!r})", spec)
+        return self
+
+    def to(self, device) -> "TokenBatch":
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        for k, v in moved.items():
+            if isinstance(v, Tensor):
+                moved[k] = v.to(device, non_blocking=True)
+        moved["extra"] = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
+        # note: skip __post_init__: validation reads values back, a device sync on every batch.
+        batch = object.__new__(TokenBatch)
+        batch.__dict__.update(moved)
+        return batch
