@@ -85,7 +85,10 @@ def to_device(batch, device):
 def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> DataLoader:
     sampler = StepSampler(len(dataset), cfg.batch_size, cfg.grad_accum, cfg.seed, accelerator.process_index,
                           accelerator.num_processes, start_step)  # fmt: skip
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers,
+    # note: a generator of its own, or creating the iterator would draw from the global RNG and
+    # a resumed run's dropout masks would differ from an uninterrupted run's.
+    generator = torch.Generator().manual_seed(cfg.seed + start_step)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers, generator=generator,
                       pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0)  # fmt: skip
 
 

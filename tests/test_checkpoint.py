@@ -1,0 +1,84 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recipes.checkpoint import (CheckpointError, flatten_state, latest_checkpoint, list_checkpoints, load_state, rng_state,
+                                save_state, set_rng_state, unflatten_state, verify, write_checkpoint)  # fmt: skip
+
+
+def test_optimizer_state_round_trips_without_pickle(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.99))
+    model(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    save_state(tmp_path, "optimizer", opt.state_dict())
+    json.loads((tmp_path / "optimizer.json").read_text())  # plain JSON
+    back = load_state(tmp_path, "optimizer")
+    opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
+    opt2.load_state_dict(back)
+    assert opt2.param_groups[0]["lr"] == 1e-3 and opt2.param_groups[0]["betas"] == (0.9, 0.99)
+    for k, v in opt.state_dict()["state"][0].items():
+        assert torch.equal(v, opt2.state_dict()["state"][0][k])
+
+
+def test_rng_state_round_trip(tmp_path):
+    save_state(tmp_path, "rng", rng_state())
+    expected = (torch.rand(3), np.random.rand(3))
+    set_rng_state(load_state(tmp_path, "rng"))
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
+def test_flatten_refuses_arbitrary_objects():
+    with pytest.raises(TypeError, match="cannot store a object"):
+        flatten_state({"x": object()}, {})
+    tensors = {}
+    tree = flatten_state({1: (2.0, "a", None), "t": [torch.ones(2)]}, tensors)
+    back = unflatten_state(json.loads(json.dumps(tree)), tensors)
+    assert back[1] == (2.0, "a", None) and torch.equal(back["t"][0], torch.ones(2))
+
+
+def _write(step):
+    def f(tmp):
+        (tmp / "a.bin").write_bytes(bytes([step]) * 100)
+
+    return f
+
+
+def test_atomic_write_keeps_latest_and_prunes(tmp_path):
+    for step in (10, 20, 30):
+        write_checkpoint(tmp_path, step, _write(step), keep=2)
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000020", "step-0000030"]
+    verify(latest_checkpoint(tmp_path))
+
+
+def test_interrupted_write_leaves_previous_checkpoint(tmp_path):
+    write_checkpoint(tmp_path, 10, _write(10))
+
+    def crash(tmp):
+        (tmp / "a.bin").write_bytes(b"half")
+        raise KeyboardInterrupt  # killed mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint(tmp_path, 20, crash)
+    assert latest_checkpoint(tmp_path).name == "step-0000010"
+    verify(latest_checkpoint(tmp_path))
+    write_checkpoint(tmp_path, 30, _write(30))  # the next write cleans the leftovers
+    assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+def test_damaged_checkpoint_refused(tmp_path, damage):
+    ckpt = write_checkpoint(tmp_path, 10, _write(10))
+    f = ckpt / "a.bin"
+    if damage == "truncate":
+        f.write_bytes(f.read_bytes()[:50])
+    elif damage == "flip":
+        f.write_bytes(b"\x00" + f.read_bytes()[1:])
+    elif damage == "delete":
+        f.unlink()
+    else:
+        (ckpt / "manifest.json").write_text("{trunc")
+    with pytest.raises(CheckpointError, match="checkpoint .* (truncated|corrupt|incomplete)"):
+        verify(ckpt)

@@ -1,0 +1,40 @@
+import pytest
+
+from recipes.config import ConfigError, apply_values, parse_overrides, read_yaml
+from recipes.gpt_char import Config
+from recipes.runs import make_config
+
+
+def test_overrides_are_type_checked():
+    cfg = apply_values(Config(), parse_overrides(["max_steps=5", "lr=3e-4", "bias=true", "data=x.txt", "lr_decay_steps=1_000"]), "cli")
+    assert (cfg.max_steps, cfg.lr, cfg.bias, cfg.data, cfg.lr_decay_steps) == (5, 3e-4, True, "x.txt", 1000)
+    with pytest.raises(ConfigError, match="'max_steps' expects int, got 'ten'"):
+        apply_values(Config(), {"max_steps": "ten"}, "cli")
+    with pytest.raises(ConfigError, match="'bias' expects bool"):
+        apply_values(Config(), {"bias": "maybe"}, "cli")
+    with pytest.raises(ConfigError, match="expects int, got 2.5"):
+        apply_values(Config(), {"depth": 2.5}, "yaml")
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'lrate'.*valid keys: run_dir, seed, max_steps"):
+        apply_values(Config(), {"lrate": "1"}, "cli")
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        parse_overrides(["max_steps"])
+
+
+def test_named_and_file_configs(tmp_path):
+    name, _, cfg = make_config("gpt_char_shakespeare", ["max_steps=7"])
+    assert name == "gpt_char" and cfg.depth == 4 and cfg.dim == 128 and cfg.max_steps == 7
+    path = tmp_path / "mine.yaml"
+    path.write_text("recipe: gpt_char\ndim: 64\n")
+    assert make_config(str(path), [])[2].dim == 64
+    with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
+        make_config("nope", [])
+
+
+def test_yaml_cannot_name_python_objects(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("recipe: gpt_char\ndata: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(path)

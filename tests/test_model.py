@@ -1,0 +1,179 @@
+import pytest
+import torch
+
+from models import (Attention, HeadConfig, KVCache, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig,
+                    build_mask)  # fmt: skip
+from tokenizers_mm import ModalitySpec, TokenSet, collate, next_token_set, pack
+
+TEXT = ModalitySpec("text", ("token",), max_positions=32, vocab_size=50)
+IMAGE = ModalitySpec("image", ("patch", "extra"), max_positions=16, value_dim=12)
+
+
+def lm_model(**trunk) -> MultimodalTransformer:
+    cfg = ModelConfig(TrunkConfig(dim=32, depth=2, num_heads=4, **trunk), {"text": ModalityConfig.from_spec(TEXT)},
+                      {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"])  # fmt: skip
+    return MultimodalTransformer(cfg).eval()
+
+
+def rand_text(n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TokenSet("text", ids=torch.randint(0, 50, (n,), generator=g))
+
+
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("pattern", ["full", "causal", "padding", "packed"])
+def test_sdpa_equals_manual(pattern, cross):
+    torch.manual_seed(0)
+    attn = Attention(32, 4, cross=cross).eval()
+    x, mem = torch.randn(3, 7, 32), torch.randn(3, 5, 32)
+    key_mask = torch.rand(3, 5 if cross else 7) > 0.3
+    seg = torch.tensor([[0, 0, 0, 1, 1, 2, 2]] * 3)
+    S = 5 if cross else 7
+    kw = dict(causal=pattern == "causal" and not cross)
+    if pattern == "padding":
+        kw["key_mask"] = key_mask
+    if pattern == "packed" and not cross:
+        kw.update(q_segments=seg, k_segments=seg)
+    mask, causal = build_mask(7, S, **kw)
+    fused = attn(x, mask, causal, memory=mem if cross else None)
+    attn.flash = False
+    manual = attn(x, mask, causal, memory=mem if cross else None)
+    torch.testing.assert_close(fused, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_mask_builder_patterns():
+    m, causal = build_mask(4, 4, causal=True)
+    assert m is None and causal
+    m, _ = build_mask(3, 3, causal=True, key_mask=torch.tensor([[True, True, False]]))
+    assert m[0, 0].tolist() == [[True, False, False], [True, True, False], [True, True, False]]
+    m, _ = build_mask(2, 2, causal=True, key_mask=torch.tensor([[False, True]]))
+    assert m[0, 0].tolist() == [[True, True], [False, True]]  # a row with no visible key sees all: no NaN
+    seg = torch.tensor([[0, 0, 1]])
+    m, _ = build_mask(3, 3, causal=False, q_segments=seg, k_segments=seg)
+    assert m[0, 0].tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    m, _ = build_mask(1, 5, causal=True, q_offset=4)
+    assert m.all()
+
+
+def test_packed_sequences_do_not_see_each_other():
+    torch.manual_seed(0)
+    for mode, names in [("decoder", dict(decoder_inputs=["text"])), ("encoder", dict(encoder_inputs=["text"]))]:
+        cfg = ModelConfig(TrunkConfig(dim=32, depth=2, num_heads=4, mode=mode), {"text": ModalityConfig.from_spec(TEXT)},
+                          {"lm": HeadConfig("lm", "text")}, **names)  # fmt: skip
+        model = MultimodalTransformer(cfg).eval()
+        sets = [rand_text(n, seed=n) for n in (5, 3, 7, 2)]
+        packed = pack(sets, row_length=10)
+        logits = model({"text": packed}).logits["lm"]
+        for b in range(packed.shape[0]):
+            for seg in set(packed.segments[b].tolist()) - {-1}:
+                sel = packed.segments[b] == seg
+                alone = model({"text": collate([TokenSet("text", ids=packed.ids[b][sel])])}).logits["lm"][0]
+                torch.testing.assert_close(logits[b][sel], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_real_tokens():
+    model = lm_model()
+    a, b = rand_text(6, 1), rand_text(3, 2)
+    both = model({"text": collate([a, b])}).logits["lm"]
+    alone = model({"text": collate([b])}).logits["lm"]
+    torch.testing.assert_close(both[1, :3], alone[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature, top_k", [(0.0, None), (1.0, 5)])
+def test_cached_generation_equals_uncached(temperature, top_k):
+    torch.manual_seed(0)
+    model = lm_model()
+    prompt = {"text": collate([rand_text(4, 3), rand_text(4, 4)])}
+    outs = [model.generate(prompt, 40, temperature, top_k, use_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False)]
+    assert outs[0].shape == (2, 44)  # past the 32-position table: sliding window
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_kv_cache_capacity():
+    cache = KVCache(1, 1, 2, 3, 4)
+    cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))
+    cache.advance(3)
+    with pytest.raises(ValueError, match="exceed its capacity"):
+        cache.update(0, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
+
+
+def test_lm_head_tied_and_loss_matches_cross_entropy():
+    model = lm_model()
+    assert model.heads["lm"].proj.weight is model.embedders["text"].tok.weight
+    batch = collate([next_token_set("text", rand_text(9).ids)])
+    out = model({"text": batch})
+    ref = torch.nn.functional.cross_entropy(out.logits["lm"][0], batch.targets[0])
+    torch.testing.assert_close(out.loss, ref)
+
+
+def multimodal(mode: str) -> MultimodalTransformer:
+    mods = {"text": ModalityConfig.from_spec(TEXT), "image": ModalityConfig.from_spec(IMAGE)}
+    heads = {"cls": HeadConfig("classify", "image", num_outputs=3, pool="mean"), "lm": HeadConfig("lm", "text"),
+             "reg": HeadConfig("regress", "image", num_outputs=2, pool="cls", loss_weight=0.5)}  # fmt: skip
+    if mode == "encoder-decoder":
+        io = dict(encoder_inputs=["image"], decoder_inputs=["text"])
+    elif mode == "decoder":
+        io = dict(decoder_inputs=["image", "text"])
+    else:
+        io = dict(encoder_inputs=["image", "text"])
+    return MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=2, num_heads=4, mode=mode), mods, heads, **io))
+
+
+@pytest.mark.parametrize("mode", ["encoder", "decoder", "encoder-decoder"])
+def test_every_mode_trains_on_a_mix(mode):
+    torch.manual_seed(0)
+    model = multimodal(mode)
+    image = collate([TokenSet("image", values=torch.randn(n, 12), types=torch.tensor([0] * (n - 1) + [1])) for n in (4, 6)])
+    text = collate([next_token_set("text", rand_text(n).ids) for n in (5, 8)])
+    targets = {"cls": torch.tensor([0, 2]), "reg": torch.randn(2, 2)}
+    out = model({"image": image, "text": text}, targets)
+    assert out.logits["cls"].shape == (2, 3) and out.logits["lm"].shape == (2, 7, 50) and out.logits["reg"].shape == (2, 2)
+    assert set(out.losses) == {"cls", "lm", "reg"}
+    torch.testing.assert_close(out.loss, out.losses["cls"] + out.losses["lm"] + 0.5 * out.losses["reg"])
+    out.loss.backward()
+    assert model.type_embed.weight.grad is not None
+    # the type table has one block of rows per modality: text 1, image 2
+    assert model.type_offset == {"text": 0, "image": 1} and model.type_embed.num_embeddings == 3
+
+
+def test_encoder_decoder_generation_cached_equals_uncached():
+    torch.manual_seed(0)
+    model = multimodal("encoder-decoder").eval()
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(n, 12)) for n in (3, 5)]), "text": collate([rand_text(2, 5)] * 2)}
+    a = model.generate(inputs, 10, temperature=0, use_cache=True)
+    b = model.generate(inputs, 10, temperature=0, use_cache=False)
+    assert torch.equal(a, b)
+
+
+def test_save_load_round_trip(tmp_path):
+    model = multimodal("encoder-decoder").eval()
+    model.save(tmp_path)
+    back = MultimodalTransformer.load(tmp_path).eval()
+    assert back.config == model.config
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(3, 12))]), "text": collate([rand_text(4)])}
+    torch.testing.assert_close(back(inputs).logits["lm"], model(inputs).logits["lm"], atol=0, rtol=0)
+
+
+def test_load_refuses_damaged_weights(tmp_path):
+    lm_model().save(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        MultimodalTransformer.load(tmp_path)
+    weights.write_bytes(b"\x80\x04garbage pickle")
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        MultimodalTransformer.load(tmp_path)
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        TrunkConfig(dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="mode"):
+        TrunkConfig(mode="sideways")
+    with pytest.raises(ValueError, match="needs encoder_inputs"):
+        ModelConfig(TrunkConfig(mode="encoder"), {"text": ModalityConfig.from_spec(TEXT)}, {}, decoder_inputs=["text"])
+    with pytest.raises(ValueError, match="not configured"):
+        ModelConfig(TrunkConfig(), {"text": ModalityConfig.from_spec(TEXT)}, {}, decoder_inputs=["audio"])
+    with pytest.raises(KeyError, match="model input 'text' is missing"):
+        lm_model()({})

@@ -1,0 +1,67 @@
+"""Registry and plugins: a real distribution on sys.path declares an entry point."""
+
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from tokenizers_mm import registry
+from tokenizers_mm.base import Tokenizer, load_tokenizer
+
+
+def test_duplicate_name_refused():
+    @registry.register("dup_test_tok")
+    class A(Tokenizer):
+        pass
+
+    with pytest.raises(ValueError, match="already registered"):
+
+        @registry.register("dup_test_tok")
+        class B(Tokenizer):
+            pass
+
+    registry._REGISTRY.pop("dup_test_tok")
+
+
+def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
+    (tmp_path / "toy_plugin.py").write_text(
+        textwrap.dedent(
+            '''
+            import torch
+            from tokenizers_mm import Tokenizer, TokenSet
+
+            class ToyTokenizer(Tokenizer):
+                """Toy plugin: a float sequence, one token per value."""
+                modality = "toy"
+                token_types = ("value",)
+                value_dim = 1
+                max_positions = 16
+
+                def __init__(self, scale=1.0):
+                    self.scale = scale
+
+                def config(self):
+                    return {"scale": self.scale}
+
+                def encode(self, sample):
+                    return TokenSet("toy", values=torch.as_tensor(sample, dtype=torch.float32)[:, None] * self.scale)
+            '''
+        )
+    )
+    dist = tmp_path / "toy_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        assert "toy" in registry.list_tokenizers()
+        tok = registry.create("toy", scale=2.0)
+        ts = tok.encode([1.0, 2.0])
+        assert ts.values[:, 0].tolist() == [2.0, 4.0] and ts.validate(tok.spec)
+        tok.save(tmp_path / "saved")
+        assert load_tokenizer(tmp_path / "saved").scale == 2.0
+    finally:
+        registry._REGISTRY.pop("toy", None)
+        sys.modules.pop("toy_plugin", None)

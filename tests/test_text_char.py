@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokenizers_mm import ENDOFTEXT, CharTokenizer, Tokenizer, create, list_tokenizers, load_tokenizer
+
+
+def test_known_answer_char_vocab():
+    tok = CharTokenizer.from_corpus("hello world")
+    assert tok.chars == " dehlorw"
+    assert tok.encode_ids("hello") == [3, 2, 4, 4, 5]
+    assert tok.vocab_size == 9 and tok.special_ids == {ENDOFTEXT: 8}
+    assert tok.decode([3, 2, 4, 4, 5, 8]) == "hello" + ENDOFTEXT
+
+
+def test_unknown_character_is_named():
+    tok = CharTokenizer.from_corpus("abc")
+    with pytest.raises(ValueError, match=r"character 'z' \(at offset 2\) is not in the vocabulary"):
+        tok.encode_ids("abz")
+
+
+def test_specials_only_when_allowed():
+    tok = CharTokenizer()  # bytes
+    text = f"a{ENDOFTEXT}b"
+    plain = tok.encode_ids(text)
+    assert len(plain) == len(text.encode()) and 256 not in plain  # never produced from plain text
+    assert tok.encode_ids(text, allowed_special="all") == [97, 256, 98]
+    assert tok.encode_ids(text, allowed_special={ENDOFTEXT}) == [97, 256, 98]
+    assert tok.decode(tok.encode_ids(text, allowed_special="all")) == text
+
+
+def test_encode_returns_tokenset_and_checks_length():
+    tok = CharTokenizer(max_positions=4)
+    ts = tok.encode("abc")
+    assert ts.modality == "text" and ts.ids.tolist() == [97, 98, 99]
+    ts.validate(tok.spec)
+    with pytest.raises(ValueError, match="exceed max_positions=4"):
+        tok.encode("abcde")
+    with pytest.raises(TypeError, match="expected a str"):
+        tok.encode(b"bytes")
+
+
+def test_decode_rejects_out_of_vocab():
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        CharTokenizer().decode([300])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_byte_mode_round_trips_any_unicode(text):
+    tok = CharTokenizer()
+    assert tok.decode(tok.encode_ids(text)) == text
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(min_size=1))
+def test_char_mode_round_trips_its_corpus(text):
+    tok = CharTokenizer.from_corpus(text, max_positions=len(text) + 1)
+    assert tok.decode(tok.encode(text)) == text
+
+
+@pytest.mark.parametrize("tok", [CharTokenizer(), CharTokenizer.from_corpus("xyz\n", specials=("<a>", "<b>"), max_positions=7)])
+def test_save_load_round_trip(tok, tmp_path):
+    tok.save(tmp_path)
+    doc = json.loads((tmp_path / "tokenizer.json").read_text())
+    assert doc["format"] == "tokenizers-mm/tokenizer" and doc["version"] == 1 and doc["name"] == "text_char"
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, CharTokenizer) and back.config() == tok.config() and back.spec == tok.spec
+    assert CharTokenizer.load(tmp_path).vocab_size == tok.vocab_size
+
+
+def test_load_refuses_bad_files(tmp_path):
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"format": "tokenizers-mm/tokenizer", "version": 99, "name": "text_char", "config": {}}))
+    with pytest.raises(ValueError, match="format version 99"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"format": "tokenizers-mm/tokenizer", "version": 1, "name": "os.system", "config": {}}))
+    with pytest.raises(KeyError, match="unknown tokenizer 'os.system'"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        load_tokenizer(tmp_path / "nowhere")
+
+
+def test_registry_create_and_list():
+    assert "text_char" in list_tokenizers()
+    tok = create("text_char", chars="ab")
+    assert isinstance(tok, Tokenizer) and tok.vocab_size == 3
+    with pytest.raises(KeyError, match="registered: .*text_char"):
+        create("no_such_tokenizer")

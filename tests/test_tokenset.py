@@ -1,0 +1,122 @@
+import pytest
+import torch
+
+from tokenizers_mm import ModalitySpec, TokenBatch, TokenSet, collate, collate_examples, next_token_set, pack, padding_fraction
+
+SPEC = ModalitySpec("text", ("token",), max_positions=8, vocab_size=10)
+
+
+def test_defaults_and_len():
+    ts = TokenSet("text", ids=torch.tensor([3, 1, 4]))
+    assert len(ts) == 3
+    assert ts.positions.tolist() == [0, 1, 2] and ts.types.tolist() == [0, 0, 0]
+    assert ts.validate(SPEC) is ts
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(), "exactly one of ids and values"),
+        (dict(ids=torch.tensor([1]), values=torch.zeros(1, 2)), "exactly one of ids and values"),
+        (dict(ids=torch.tensor([1.0])), "ids must be a integer"),
+        (dict(values=torch.tensor([[1, 2]])), "values must be a floating"),
+        (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([0])), "positions has shape"),
+        (dict(ids=torch.tensor([1, 2]), types=torch.tensor([0, 0, 0])), "types has shape"),
+        (dict(ids=torch.tensor([1, 2]), targets=torch.tensor([1])), "targets has shape"),
+        (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([0.0, 1.0])), "positions must be a integer"),
+        (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([-1, 0])), "positions must be >= 0"),
+        (dict(ids=torch.tensor([[1, 2]])), "ids must have 1 dims"),
+    ],
+)
+def test_structural_errors(kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TokenSet("text", **kwargs)
+
+
+@pytest.mark.parametrize(
+    "ts, message",
+    [
+        (TokenSet("text", ids=torch.tensor([1, 2]), positions=torch.tensor([0, 8])), "position 8 is beyond the declared table of 8"),
+        (TokenSet("text", ids=torch.tensor([1, 10])), r"ids must lie in \[0, 10\)"),
+        (TokenSet("text", ids=torch.tensor([1]), types=torch.tensor([1])), "type 1 is beyond the declared types"),
+        (TokenSet("image", ids=torch.tensor([1])), "does not match the spec"),
+        (TokenSet("text", values=torch.zeros(2, 3)), "declares values|got ids|spec declares"),
+    ],
+)
+def test_spec_errors(ts, message):
+    with pytest.raises(ValueError, match=message):
+        ts.validate(SPEC)
+
+
+def test_value_width_checked():
+    spec = ModalitySpec("image", ("patch",), max_positions=4, value_dim=3)
+    TokenSet("image", values=torch.zeros(2, 3)).validate(spec)
+    with pytest.raises(ValueError, match="values have width 4, the spec declares 3"):
+        TokenSet("image", values=torch.zeros(2, 4)).validate(spec)
+
+
+def test_spec_needs_one_kind():
+    with pytest.raises(ValueError, match="exactly one of vocab_size and value_dim"):
+        ModalitySpec("x", ("t",), 4, vocab_size=3, value_dim=2)
+
+
+def test_next_token_set():
+    ts = next_token_set("text", torch.tensor([5, 6, 7, 8]))
+    assert ts.ids.tolist() == [5, 6, 7] and ts.targets.tolist() == [6, 7, 8]
+    with pytest.raises(ValueError, match="at least 2 ids"):
+        next_token_set("text", torch.tensor([5]))
+
+
+def test_collate_pads_and_masks():
+    a = TokenSet("text", ids=torch.tensor([1, 2, 3]), targets=torch.tensor([2, 3, 4]))
+    b = TokenSet("text", ids=torch.tensor([7]), targets=torch.tensor([8]))
+    batch = collate([a, b], pad_to_multiple=4)
+    assert batch.shape == (2, 4)
+    assert batch.ids.tolist() == [[1, 2, 3, 0], [7, 0, 0, 0]]
+    assert batch.mask.tolist() == [[True, True, True, False], [True, False, False, False]]
+    assert batch.targets.tolist() == [[2, 3, 4, 0], [8, 0, 0, 0]]
+    assert batch.segments is None
+    assert padding_fraction(batch) == pytest.approx(0.5)
+
+
+def test_collate_values_and_mismatch():
+    a = TokenSet("image", values=torch.randn(2, 3))
+    b = TokenSet("image", values=torch.randn(4, 3))
+    batch = collate([a, b])
+    assert batch.values.shape == (2, 4, 3) and torch.equal(batch.values[0, :2], a.values)
+    with pytest.raises(ValueError, match="sample 1 has modality"):
+        collate([a, TokenSet("text", ids=torch.tensor([1]))])
+    with pytest.raises(ValueError, match="value width"):
+        collate([a, TokenSet("image", values=torch.randn(1, 5))])
+
+
+def test_pack_first_fit_and_segments():
+    sets = [TokenSet("text", ids=torch.full((n,), n)) for n in (5, 3, 2, 4, 1)]
+    batch = pack(sets, row_length=6)
+    assert batch.shape[1] == 6
+    assert batch.mask.sum().item() == 15
+    # every set lands whole in one row, positions restart at 0 within its segment
+    for b in range(batch.shape[0]):
+        for seg in set(batch.segments[b].tolist()) - {-1}:
+            sel = batch.segments[b] == seg
+            ids = batch.ids[b][sel]
+            assert len(set(ids.tolist())) == 1 and len(ids) == ids[0].item()
+            assert batch.positions[b][sel].tolist() == list(range(len(ids)))
+    assert padding_fraction(batch) < padding_fraction(collate(sets))
+    with pytest.raises(ValueError, match="longer than row_length"):
+        pack(sets, row_length=4)
+
+
+def test_collate_examples_targets_and_specs():
+    ex = [{"text": TokenSet("text", ids=torch.tensor([1, 2])), "targets": {"cls": 3}} for _ in range(2)]
+    inputs, targets = collate_examples(ex, specs={"text": SPEC})
+    assert inputs["text"].shape == (2, 2) and targets["cls"].tolist() == [3, 3]
+    bad = [{"text": TokenSet("text", ids=torch.tensor([1, 20]))}]
+    with pytest.raises(ValueError, match="ids must lie"):
+        collate_examples(bad, specs={"text": SPEC})
+
+
+def test_batch_to_keeps_fields():
+    batch = collate([TokenSet("text", ids=torch.tensor([1, 2]))])
+    moved = batch.to("cpu")
+    assert isinstance(moved, TokenBatch) and torch.equal(moved.ids, batch.ids) and moved.modality == "text"

@@ -1,0 +1,149 @@
+"""The training loop end to end, in real subprocesses: kill and resume, DDP, the CLI."""
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, subprocess_env
+from recipes.train import StepSampler, lr_lambda
+from recipes.config import TrainConfig
+
+TINY = ["dim=32", "depth=2", "num_heads=2", "block_size=32", "batch_size=8", "eval_batches=4", "log_every=5",
+        "sample_chars=0", "dropout=0.1", "warmup_steps=10"]  # fmt: skip
+
+
+def mmtok(*args, check=True, **kw) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "recipes.cli", *args], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, **kw)
+    if check and p.returncode != 0:
+        raise AssertionError(f"mmtok {' '.join(args)} failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return p
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]  # wall-clock speed differs
+
+
+def test_sampler_shards_the_same_global_batch():
+    one = StepSampler(100, 8, 2, seed=3)
+    two = [StepSampler(100, 8, 2, seed=3, rank=r, world=2) for r in range(2)]
+    it1, its = iter(one), [iter(s) for s in two]
+    for _ in range(30):  # crosses epoch boundaries
+        step1 = next(it1) + next(it1)
+        step2 = [i for _ in range(2) for it in its for i in next(it)]
+        assert sorted(step1) == sorted(step2)
+    resumed = iter(StepSampler(100, 8, 2, seed=3, start_step=7))
+    fresh = iter(StepSampler(100, 8, 2, seed=3))
+    for _ in range(14):
+        next(fresh)
+    assert next(resumed) == next(fresh)
+    with pytest.raises(ValueError, match="divisible by grad_accum"):
+        StepSampler(100, 6, 4, seed=0)
+
+
+def test_lr_schedule_warmup_and_cosine():
+    f = lr_lambda(TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110))
+    assert f(0) < f(5) < f(9) <= 1.0
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, small_text):
+    args = ["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=300", "ckpt_every=20", "eval_every=50"]
+    mmtok(*args, f"run_dir={tmp_path / 'a'}")
+
+    run_b = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, "-m", "recipes.cli", *args, f"run_dir={run_b}"], env=subprocess_env(), cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 120
+    while not (run_b / "checkpoints" / "step-0000060").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = sorted((run_b / "checkpoints").glob("step-*"))[-1].name
+    assert killed_at < "step-0000300"
+    mmtok("resume", str(run_b))
+
+    assert json.loads((run_b / "results.json").read_text()) == json.loads((tmp_path / "a" / "results.json").read_text())
+    assert metric_rows(run_b) == metric_rows(tmp_path / "a")  # every logged loss, bit for bit
+    assert (run_b / "loss.png").stat().st_size > 1000
+
+
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path, small_text):
+    run = tmp_path / "run"
+    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=10", f"run_dir={run}")
+    weights = sorted((run / "checkpoints").glob("step-*"))[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    for cmd in (["resume", str(run), "max_steps=20"], ["eval", str(run)]):
+        p = mmtok(*cmd, check=False)
+        assert p.returncode == 2
+        assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
+
+
+def test_cli_eval_and_generate(tmp_path, small_text):
+    run = tmp_path / "run"
+    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", f"run_dir={run}")
+    val = json.loads(mmtok("eval", str(run)).stdout)["val_loss"]
+    assert val == pytest.approx(json.loads((run / "results.json").read_text())["val_loss"], rel=1e-5)
+    out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
+    assert out.startswith("First") and len(out.rstrip("\n")) >= 50
+    for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
+        assert (run / f).exists(), f
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "gpt_chr"], "unknown recipe 'gpt_chr'"),
+        (["train", "gpt_char", "max_steps=lots"], "expects int"),
+        (["train", "gpt_char", "colour=red"], "unknown config key 'colour'"),
+        (["train", "gpt_char", "data=/no/such/file.txt"], "does not exist"),
+        (["train", "missing.yaml"], "does not exist"),
+        (["resume", "/no/such/run"], "does not exist"),
+        (["eval", "/no/such/run"], "does not exist"),
+    ],
+)
+def test_cli_errors_are_one_line(args, message):
+    p = mmtok(*args, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip().startswith("mmtok: error:") and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(nproc: int, *args) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_addr=127.0.0.1",
+           f"--master_port={free_port()}", *args]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p
+
+
+def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text):
+    helper = str(ROOT / "tests" / "helpers" / "ddp_first_grads.py")
+    torchrun(1, helper, str(small_text), str(tmp_path / "g1.safetensors"))
+    p = torchrun(2, helper, str(small_text), str(tmp_path / "g2.safetensors"))
+    assert "rank 1/2 ok" in p.stdout and "rank 0/2 ok" in p.stdout
+    g1, g2 = load_file(tmp_path / "g1.safetensors"), load_file(tmp_path / "g2.safetensors")
+    assert g1.keys() == g2.keys() and len(g1) > 5
+    for k in g1:
+        torch.testing.assert_close(g2[k], g1[k], atol=1e-6, rtol=1e-5)
+
+
+def test_two_process_training_run(tmp_path, small_text):
+    run = tmp_path / "ddp"
+    torchrun(2, "-m", "recipes.cli", "train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", f"run_dir={run}", "cpu=true")
+    rows = metric_rows(run)
+    assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]  # written once, by the main process
+    assert json.loads((run / "results.json").read_text())["val_loss"] < 4.0
