@@ -43,6 +43,7 @@ class Config(TrainConfig):
     dropout: float = 0.0
     bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm
     flash: bool = True  # fused SDPA attention (False: the manual path)
+    activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's approximation)
     sample_chars: int = 300  # characters generated at the end of training
     temperature: float = 0.8
     top_k: int = 200
@@ -102,7 +103,7 @@ def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
 # -- model ----------------------------------------------------------------------------------------
 def build_model(cfg: Config, tokenizer: CharTokenizer) -> MultimodalTransformer:
     trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout, bias=cfg.bias,
-                        mode="decoder", flash=cfg.flash)  # fmt: skip
+                        mode="decoder", flash=cfg.flash, activation=cfg.activation)  # fmt: skip
     config = ModelConfig(trunk, {"text": ModalityConfig.from_spec(tokenizer.spec)}, {"lm": HeadConfig("lm", "text")},
                          decoder_inputs=["text"])  # fmt: skip
     return MultimodalTransformer(config)
