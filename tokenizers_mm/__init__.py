@@ -3,11 +3,12 @@
 from .base import Tokenizer, load_tokenizer
 from .collate import collate, collate_examples, pack, padding_fraction
 from .registry import ENTRY_POINT_GROUP, create, get, list_tokenizers, register
+from .text_bpe import PATTERNS, BPETokenizer
 from .text_char import ENDOFTEXT, CharTokenizer
 from .tokenset import ModalitySpec, TokenBatch, TokenSet, next_token_set
 
 __all__ = [
-    "ENDOFTEXT", "ENTRY_POINT_GROUP", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer",
+    "BPETokenizer", "ENDOFTEXT", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer",
     "collate", "collate_examples", "create", "get", "list_tokenizers", "load_tokenizer", "next_token_set", "pack", "padding_fraction",
     "register",
 ]

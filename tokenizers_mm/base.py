@@ -79,6 +79,11 @@ class Tokenizer:
         return directory
 
     @classmethod
+    def from_config(cls, directory: Path, config: dict) -> "Tokenizer":
+        """Rebuild from the saved config; subclasses with extra files read them from `directory`."""
+        return cls(**config)
+
+    @classmethod
     def load(cls, directory) -> "Tokenizer":
         return load_tokenizer(directory, expect=cls)
 
@@ -95,6 +100,8 @@ def load_tokenizer(directory, expect: type | None = None) -> Tokenizer:
     if expect is not None and expect is not Tokenizer and not issubclass(cls, expect):
         raise ValueError(f"tokenizer: {path} holds a {doc['name']!r} tokenizer, expected {expect.__name__}")
     try:
-        return cls(**doc["config"])
+        return cls.from_config(Path(directory), doc["config"])
+    except FileNotFoundError:
+        raise
     except (TypeError, ValueError, KeyError) as e:
         raise ValueError(f"tokenizer: {path} has a bad config for {doc['name']!r}: {e}") from None

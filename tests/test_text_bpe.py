@@ -1,0 +1,195 @@
+"""Byte-level BPE: parity with tiktoken and Hugging Face `tokenizers` on GPT-2's vocabulary,
+round trips on arbitrary Unicode, training, special tokens, formats and bad input."""
+
+import importlib.util
+import inspect
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tiktoken
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiktoken.load import load_tiktoken_bpe
+
+from conftest import SHARED_DATA
+from tokenizers_mm import ENDOFTEXT, PATTERNS, BPETokenizer, load_tokenizer
+from tokenizers_mm.text_bpe import bytes_to_unicode, read_tiktoken, write_tiktoken
+
+
+def whisper_asset(name: str) -> Path:
+    spec = importlib.util.find_spec("whisper")
+    if spec is None:
+        pytest.skip("openai-whisper (which ships gpt2.tiktoken) is not installed")
+    return Path(spec.submodule_search_locations[0]) / "assets" / name
+
+
+@pytest.fixture(scope="module")
+def gpt2_path() -> Path:
+    return whisper_asset("gpt2.tiktoken")
+
+
+@pytest.fixture(scope="module")
+def gpt2(gpt2_path) -> BPETokenizer:
+    return BPETokenizer.from_tiktoken_file(gpt2_path)
+
+
+def mixed_corpus() -> list[str]:
+    lines = [
+        "Hello world! It's a beautiful day, isn't it? I'll say we've done well.",
+        "The quick brown fox jumps over the lazy dog 1234567890 times.",
+        "Grüße aus München — naïve café, façade, coöperate.",
+        "Здравствуй, мир! Как дела?", "Γειά σου Κόσμε", "שלום עולם", "مرحبا بالعالم", "नमस्ते दुनिया",
+        "你好，世界。我们今天学习分词。", "こんにちは世界、カタカナとひらがな。", "안녕하세요 세계",
+        "emoji 🙂🚀👩🏽‍💻🇺🇳 and ZWJ 👨‍👩‍👧‍👦", "combining: e\u0301 a\u0308 n\u0303 \u0915\u093f",
+        "", " ", "  ", "\n", "\n\n\n", "\t\ttabs\t", "   leading and trailing   ", "a\r\nb\rc", "\u00a0nbsp\u2009thin\u3000ideographic",
+        "x" * 300, "1234567890" * 20, "'''''s'''ll", "<|endoftext|>".replace("|", "｜"),
+    ]
+    lines += inspect.getsource(inspect).splitlines()[:400]  # source code
+    path = SHARED_DATA / "tinyshakespeare.txt"
+    if path.exists():
+        lines += path.read_text(encoding="utf-8").splitlines()[:2000]  # English prose (verse)
+    return lines
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_ids_equal_tiktoken_on_gpt2_ranks(gpt2_path, pattern):
+    ours = BPETokenizer.from_tiktoken_file(gpt2_path, pattern=pattern)
+    ref = tiktoken.Encoding("ref", pat_str=PATTERNS[pattern], mergeable_ranks=load_tiktoken_bpe(str(gpt2_path)),
+                            special_tokens={ENDOFTEXT: 50256})  # fmt: skip
+    corpus = mixed_corpus()
+    for line in corpus:
+        assert ours.encode_ids(line).tolist() == ref.encode(line), line
+    assert ours.encode_ids("\n".join(corpus)).tolist() == ref.encode("\n".join(corpus))
+    assert [a.tolist() for a in ours.encode_batch(corpus)] == ref.encode_batch(corpus)
+
+
+def test_gpt2_known_answers(gpt2):
+    assert gpt2.encode_ids("hello world").tolist() == [31373, 995]  # tiktoken's documented example
+    assert gpt2.vocab_size == 50257 and gpt2.specials == {ENDOFTEXT: 50256}
+    assert gpt2.encode_ids(ENDOFTEXT, allowed_special="all").tolist() == [50256]
+    assert gpt2.encode_ids(ENDOFTEXT, disallowed_special=()).tolist() == [27, 91, 437, 1659, 5239, 91, 29]
+
+
+def gpt2_files_from_ranks(ranks: dict[bytes, int], out: Path) -> tuple[Path, Path]:
+    """Write GPT-2's vocab.json + merges.txt for `ranks` (the pair of each merge recovered by BPE
+    with the lower ranks, as tiktoken's educational module does)."""
+    b2u = bytes_to_unicode()
+    show = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            best = min(((ranks.get(parts[i] + parts[i + 1], 1 << 60), i) for i in range(len(parts) - 1)))
+            if best[0] >= rank:
+                break
+            i = best[1]
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        assert len(parts) == 2
+        merges.append(f"{show(parts[0])} {show(parts[1])}")
+    vocab = {show(t): r for t, r in ranks.items()} | {ENDOFTEXT: len(ranks)}
+    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return out / "vocab.json", out / "merges.txt"
+
+
+def test_gpt2_vocab_json_merges_txt_equal_tiktoken_and_hf(gpt2, tmp_path):
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers
+
+    vocab, merges = gpt2_files_from_ranks(gpt2.ranks, tmp_path)
+    ours = BPETokenizer.from_gpt2_files(vocab, merges)
+    assert ours.ranks == gpt2.ranks and ours.specials == {ENDOFTEXT: 50256}
+    hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.ByteLevel()
+    for line in mixed_corpus()[:300]:
+        ids = ours.encode_ids(line).tolist()
+        assert ids == hf.encode(line).ids == gpt2.encode_ids(line).tolist(), line
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=("Cs",))))
+def test_round_trip_arbitrary_unicode(gpt2, text):
+    assert gpt2.decode(gpt2.encode_ids(text)) == text
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> BPETokenizer:
+    text = "\n".join(mixed_corpus())
+    return BPETokenizer.train([text], vocab_size=600, specials=(ENDOFTEXT, "<|pad|>"), max_positions=512)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text())
+def test_trained_round_trip(trained, text):
+    out = trained.decode(trained.encode_ids(text, disallowed_special=()))
+    assert out == text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")  # lone surrogates -> U+FFFD
+
+
+def test_training_learns_merges_and_specials(trained):
+    assert trained.vocab_size == 600 and len(trained.ranks) == 598
+    assert trained.specials == {ENDOFTEXT: 598, "<|pad|>": 599}
+    text = "The quick brown fox jumps over the lazy dog."
+    assert len(trained.encode_ids(text)) < 0.7 * len(text.encode())  # merges compress
+    assert len(trained.encode_ids(" the the the")) == 3  # a frequent word is one token
+    assert trained.encode_ids("a<|pad|>b", allowed_special={"<|pad|>"}).tolist()[1] == 599
+    ts = trained.encode("hello")
+    ts.validate(trained.spec)
+
+
+def test_special_token_in_user_text_is_an_error(trained):
+    with pytest.raises(ValueError, match=r"contains the special token '<\|endoftext\|>'"):
+        trained.encode_ids(f"user text {ENDOFTEXT} more")
+    ids = trained.encode_ids(f"x{ENDOFTEXT}", disallowed_special=())
+    assert 598 not in ids.tolist() and trained.decode(ids) == f"x{ENDOFTEXT}"
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    trained.save(tmp_path)
+    assert (tmp_path / "ranks.tiktoken").exists() and json.loads((tmp_path / "tokenizer.json").read_text())["name"] == "text"
+    back = load_tokenizer(tmp_path)
+    assert isinstance(back, BPETokenizer) and back.ranks == trained.ranks and back.specials == trained.specials
+    assert back.encode_ids("round trip").tolist() == trained.encode_ids("round trip").tolist()
+    assert load_tiktoken_bpe(str(tmp_path / "ranks.tiktoken")) == trained.ranks  # tiktoken reads our file
+
+
+def test_train_from_files_and_bad_input(tmp_path):
+    good = tmp_path / "good.txt"
+    good.write_text("abc abc abd " * 50, encoding="utf-8")
+    tok = BPETokenizer.train_from_files([good], vocab_size=270)
+    assert 257 < tok.vocab_size <= 270  # a tiny corpus runs out of pairs to merge before 270
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine text \xff\xfe broken")
+    with pytest.raises(ValueError, match=r"bad.txt is not UTF-8 \(invalid byte 0xff at offset 10\)"):
+        BPETokenizer.train_from_files([good, bad], vocab_size=300)
+    with pytest.raises(ValueError, match="vocab_size=200 is smaller than 256 bytes \\+ 1 special"):
+        BPETokenizer.train(["abc"], vocab_size=200)
+
+
+def test_corrupt_vocabulary_files(tmp_path, gpt2):
+    path = tmp_path / "v.tiktoken"
+    write_tiktoken(gpt2.ranks, path)
+    assert read_tiktoken(path) == gpt2.ranks
+    lines = path.read_bytes().splitlines()
+    path.write_bytes(b"\n".join(lines[:100] + [b"!!notbase64 100"] + lines[101:]))
+    with pytest.raises(ValueError, match="line 101: expected 'base64-token rank'"):
+        read_tiktoken(path)
+    path.write_bytes(b"\n".join(lines[:1000]))  # truncated: fine ranks but ...
+    read_tiktoken(path)
+    path.write_bytes(b"\n".join(lines[5:1000]))  # single bytes missing
+    with pytest.raises(ValueError, match="needs all 256 single bytes"):
+        read_tiktoken(path)
+    (tmp_path / "vocab.json").write_text("{broken")
+    (tmp_path / "merges.txt").write_text("")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+
+
+def test_batch_encoding_matches_single(gpt2):
+    texts = mixed_corpus()
+    batched = gpt2.encode_batch(texts, num_threads=2)
+    assert all(np.array_equal(a, gpt2.encode_ids(t)) for a, t in zip(batched, texts))

@@ -1,0 +1,294 @@
+"""Byte-level BPE text tokenizer (registered as `text`): exact on GPT-2's vocabulary, trainable.
+
+Byte-level: text is UTF-8 bytes, every byte is a token, and merges build longer tokens, so any
+string round-trips (GPT-2, Radford et al. 2019). A GPT-style regex first splits text into pieces
+that merges never cross (GPT-2's or GPT-4's pattern). The hot loops run in well-kept engines:
+tiktoken encodes and decodes (its Rust core, threads for batches); Hugging Face `tokenizers`
+trains. This file holds the clean interface: vocabulary formats, the special-token policy, save /
+load and the TokenSet it emits.
+
+Vocabulary: `ranks` maps token bytes to ids (tiktoken's mergeable ranks, lower = merged earlier);
+the 256 single bytes are always present. Special tokens take the ids after the ranks
+(`<|endoftext|>` = 50256 on GPT-2's). A special token is never produced from plain text: text
+containing one raises an error unless `allowed_special` admits it (then it becomes its id) or
+`disallowed_special=()` (then it is encoded as ordinary text) — tiktoken's policy.
+
+Formats read: tiktoken `.tiktoken` (base64 token + rank per line) and GPT-2's `vocab.json` +
+`merges.txt`. Saved as `tokenizer.json` (config) + `ranks.tiktoken` (the vocabulary).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import tiktoken
+import torch
+
+from .base import Tokenizer
+from .registry import register
+from .text_char import ENDOFTEXT
+from .tokenset import TokenSet
+
+# GPT-style pre-tokenization patterns (tiktoken_ext.openai_public).
+PATTERNS = {
+    "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+}
+RANKS_FILE = "ranks.tiktoken"
+N_BYTES = 256
+
+
+# -- vocabulary formats ---------------------------------------------------------------------------
+def read_tiktoken(path) -> dict[bytes, int]:
+    """A `.tiktoken` file: one `base64(token) rank` per line. Errors name the line."""
+    path = Path(path)
+    try:
+        lines = path.read_bytes().splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"BPE vocabulary {path} does not exist") from None
+    ranks: dict[bytes, int] = {}
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        try:
+            if len(parts) != 2:
+                raise ValueError
+            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+        except ValueError:
+            raise ValueError(f"BPE vocabulary {path}, line {n}: expected 'base64-token rank', got {line[:60]!r}") from None
+        if token in ranks:
+            raise ValueError(f"BPE vocabulary {path}, line {n}: token {token!r} appears twice")
+        ranks[token] = rank
+    check_ranks(ranks, str(path))
+    return ranks
+
+
+def write_tiktoken(ranks: dict[bytes, int], path) -> None:
+    with open(path, "wb") as f:
+        for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (used by vocab.json / merges.txt)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str, int]]:
+    """GPT-2's `vocab.json` (token -> id) + `merges.txt` -> (ranks, special tokens)."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def to_bytes(tok: str, where: str) -> bytes:
+        try:
+            return bytes(byte_of[c] for c in tok)
+        except KeyError as e:
+            raise ValueError(f"{where}: token {tok!r} has a character {e.args[0]!r} outside GPT-2's byte alphabet") from None
+
+    try:
+        vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"GPT-2 vocabulary {vocab_json} is not valid JSON ({e})") from None
+    if not isinstance(vocab, dict):
+        raise ValueError(f"GPT-2 vocabulary {vocab_json} must map tokens to ids")
+    merges = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+    if merges and merges[0].startswith("#version"):
+        merges = merges[1:]
+    # subtle: ranks follow the merge order; single bytes come first in GPT-2's own order.
+    ranks = {bytes([byte_of[c]]): i for i, c in enumerate(bytes_to_unicode().values())}
+    for n, line in enumerate(merges, 1):
+        if not line.strip():
+            continue
+        pair = line.split()
+        if len(pair) != 2:
+            raise ValueError(f"GPT-2 merges {merges_txt}, line {n}: expected two tokens, got {line!r}")
+        ranks.setdefault(to_bytes(pair[0], str(merges_txt)) + to_bytes(pair[1], str(merges_txt)), len(ranks))
+    specials = {}
+    for tok, i in vocab.items():
+        try:
+            b = to_bytes(tok, str(vocab_json))
+        except ValueError:
+            specials[tok] = i  # e.g. <|endoftext|>: not a byte sequence
+            continue
+        if ranks.get(b) != i and not (tok.startswith("<|") and tok.endswith("|>")):
+            raise ValueError(f"GPT-2 files disagree: {tok!r} has id {i} in {vocab_json} but rank {ranks.get(b)} from {merges_txt}")
+        if tok.startswith("<|") and tok.endswith("|>") and b not in ranks:
+            specials[tok] = i
+    return ranks, specials
+
+
+def check_ranks(ranks: dict[bytes, int], where: str) -> None:
+    missing = [b for b in range(N_BYTES) if bytes([b]) not in ranks]
+    if missing:
+        raise ValueError(f"BPE vocabulary {where}: byte-level BPE needs all 256 single bytes, {len(missing)} are missing (e.g. {missing[0]})")
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(f"BPE vocabulary {where}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
+
+
+# -- training -------------------------------------------------------------------------------------
+def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False) -> dict[bytes, int]:
+    """Learn `vocab_size` BPE ranks (bytes + merges) from an iterator of strings, with Hugging Face
+    `tokenizers`' BPE trainer behind the same pre-tokenization as encoding."""
+    from tokenizers import Regex, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split(Regex(pattern), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=show_progress, special_tokens=[])  # fmt: skip
+    hf.train_from_iterator(texts, trainer)
+    merges = json.loads(hf.to_str())["model"]["merges"]
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes([b]): b for b in range(N_BYTES)}
+    for pair in merges:
+        a, b = pair if isinstance(pair, list) else pair.split(" ")
+        ranks.setdefault(bytes(byte_of[c] for c in a + b), len(ranks))
+    return ranks
+
+
+def read_training_files(paths) -> list[str]:
+    """Read UTF-8 training files; a file with invalid bytes is refused with its name and offset."""
+    texts = []
+    for p in map(Path, paths):
+        raw = p.read_bytes()
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"training file {p} is not UTF-8 (invalid byte 0x{raw[e.start]:02x} at offset {e.start})") from None
+    return texts
+
+
+# -- the tokenizer --------------------------------------------------------------------------------
+@register("text")
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE: text → ids with a GPT-style regex and tiktoken's engine."""
+
+    modality = "text"
+    token_types = ("token",)
+
+    def __init__(self, ranks: dict[bytes, int] | None = None, pattern: str = "gpt2", specials: dict[str, int] | list[str] | None = None,
+                 max_positions: int = 1024, ranks_file: str | None = None):  # fmt: skip
+        if ranks is None:
+            if ranks_file is None:
+                raise ValueError("text: give ranks or ranks_file")
+            ranks = read_tiktoken(ranks_file)
+        check_ranks(ranks, "in memory")
+        if specials is None:
+            specials = [ENDOFTEXT]
+        if not isinstance(specials, dict):
+            specials = {s: len(ranks) + i for i, s in enumerate(specials)}
+        taken = set(specials.values()) & set(range(len(ranks)))
+        if taken:
+            raise ValueError(f"text: special token ids {sorted(taken)[:3]} collide with the {len(ranks)} BPE ranks")
+        self.ranks, self.pattern_name = ranks, pattern
+        self.pattern = PATTERNS.get(pattern, pattern)
+        self.specials = dict(specials)
+        self.max_positions = max_positions
+        self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
+        self.enc = tiktoken.Encoding(name="tokenizers-mm", pat_str=self.pattern, mergeable_ranks=ranks, special_tokens=self.specials)
+
+    # -- construction --
+    @classmethod
+    def train(cls, texts, vocab_size: int, pattern: str = "gpt2", specials=(ENDOFTEXT,), max_positions: int = 1024,
+              show_progress: bool = False) -> "BPETokenizer":  # fmt: skip
+        """Train on an iterable of strings to `vocab_size` ids in all (256 bytes + merges + specials);
+        fewer when the corpus runs out of pairs to merge."""
+        specials = list(specials)
+        if vocab_size < N_BYTES + len(specials):
+            raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
+        ranks = train_ranks(texts, vocab_size - len(specials), PATTERNS.get(pattern, pattern), show_progress)
+        return cls(ranks, pattern, specials, max_positions)
+
+    @classmethod
+    def train_from_files(cls, paths, vocab_size: int, **kw) -> "BPETokenizer":
+        return cls.train(read_training_files(paths), vocab_size, **kw)
+
+    @classmethod
+    def from_tiktoken_file(cls, path, pattern: str = "gpt2", specials=None, **kw) -> "BPETokenizer":
+        """GPT-2's ranks: `from_tiktoken_file("gpt2.tiktoken")` gives <|endoftext|> = 50256."""
+        return cls(read_tiktoken(path), pattern, specials, **kw)
+
+    @classmethod
+    def from_gpt2_files(cls, vocab_json, merges_txt, pattern: str = "gpt2", **kw) -> "BPETokenizer":
+        ranks, specials = read_gpt2_files(vocab_json, merges_txt)
+        return cls(ranks, pattern, specials or None, **kw)
+
+    # -- encode / decode --
+    def _check_special(self, text: str, allowed_special, disallowed_special) -> set[str]:
+        allowed = set(self.specials) if allowed_special == "all" else set(allowed_special)
+        disallowed = set(self.specials) - allowed if disallowed_special == "all" else set(disallowed_special)
+        for s in disallowed:
+            if s in text:
+                raise ValueError(
+                    f"text: the input contains the special token {s!r}; pass allowed_special={{{s!r}}} to encode it as "
+                    f"a special token, or disallowed_special=() to encode it as plain text"
+                )
+        return allowed
+
+    def encode_ids(self, text: str, allowed_special=(), disallowed_special="all") -> np.ndarray:
+        """Text → uint32 array of ids (no Python list in between)."""
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected a str, got {type(text).__name__}")
+        allowed = self._check_special(text, allowed_special, disallowed_special)
+        try:
+            buf = self.enc._core_bpe.encode_to_tiktoken_buffer(text, allowed)
+        except UnicodeEncodeError:  # lone surrogates are not Unicode text: replaced by U+FFFD, as tiktoken
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            buf = self.enc._core_bpe.encode_to_tiktoken_buffer(text, allowed)
+        return np.frombuffer(buf, dtype=np.uint32)
+
+    def encode_batch(self, texts: list[str], num_threads: int | None = None, **kw) -> list[np.ndarray]:
+        """Encode many texts on all cores (tiktoken's core releases the GIL)."""
+        num_threads = num_threads or os.cpu_count() or 1
+        if num_threads == 1 or len(texts) < 2:
+            return [self.encode_ids(t, **kw) for t in texts]
+        with ThreadPoolExecutor(num_threads) as pool:
+            return list(pool.map(lambda t: self.encode_ids(t, **kw), texts, chunksize=max(1, len(texts) // (4 * num_threads))))
+
+    def encode(self, sample: str, allowed_special=(), disallowed_special="all") -> TokenSet:
+        ids = torch.from_numpy(self.encode_ids(sample, allowed_special, disallowed_special).astype(np.int64))
+        if ids.shape[0] > self.max_positions:
+            raise ValueError(f"text: {ids.shape[0]} tokens exceed max_positions={self.max_positions}")
+        return TokenSet(self.modality, ids=ids)
+
+    def decode(self, tokens) -> str:
+        """ids (list, array, tensor or TokenSet) → text; bytes that are not UTF-8 become U+FFFD."""
+        ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
+        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        bad = [i for i in ids if not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        return self.enc.decode(ids)
+
+    def decode_bytes(self, ids) -> bytes:
+        return self.enc.decode_bytes(list(ids))
+
+    # -- save / load --
+    def config(self) -> dict:
+        return {"ranks_file": RANKS_FILE, "pattern": self.pattern_name, "specials": self.specials, "max_positions": self.max_positions}
+
+    def save(self, directory) -> Path:
+        directory = super().save(directory)
+        write_tiktoken(self.ranks, directory / RANKS_FILE)
+        return directory
+
+    @classmethod
+    def from_config(cls, directory: Path, config: dict) -> "BPETokenizer":
+        config = dict(config)
+        name = Path(config.pop("ranks_file", RANKS_FILE)).name  # note: never a path outside the directory
+        return cls(read_tiktoken(directory / name), **config)
