@@ -28,7 +28,7 @@ def main():
     if not Path(args.data).exists():
         sys.exit(f"{args.data} is absent: pass --data PATH to tiny shakespeare")
     with tempfile.TemporaryDirectory() as d:
-        _, module, cfg = make_config("gpt_char_shakespeare", [f"data={args.data}", f"run_dir={d}", "sample_chars=0", *args.overrides])
+        _, module, cfg = make_config("gpt_char_shakespeare", [f"data={args.data}", f"run_dir={d}", "sample_tokens=0", *args.overrides])
         t0 = time.perf_counter()
         metrics = module.main(cfg)
         seconds = time.perf_counter() - t0

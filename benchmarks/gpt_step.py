@@ -64,7 +64,7 @@ def main():
     args = ap.parse_args()
     data = args.data if Path(args.data).exists() else ""
     cfg = Config(data=data, bias=True, activation="gelu_tanh", max_steps=args.steps, eval_every=10**9, eval_batches=1, ckpt_every=10**9, log_every=20,
-                 sample_chars=0, cpu=True)  # fmt: skip
+                 sample_tokens=0, cpu=True)  # fmt: skip
     tokenizer, train_set, val_set = build_data(cfg)
     evaluate = make_evaluate(cfg, val_set)
     makers = {"ours": lambda: build_model(cfg, tokenizer), "hf_gpt2": lambda: HFGPT2(cfg, tokenizer.vocab_size)}

@@ -17,12 +17,13 @@ import inspect
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import CharTokenizer, TokenBatch, collate, collate_examples, next_token_set
+from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
@@ -44,7 +45,7 @@ class Config(TrainConfig):
     bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm
     flash: bool = True  # fused SDPA attention (False: the manual path)
     activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's approximation)
-    sample_chars: int = 300  # characters generated at the end of training
+    sample_tokens: int = 300  # tokens generated at the end of training (0 = none)
     temperature: float = 0.8
     top_k: int = 200
 
@@ -91,17 +92,28 @@ class Windows(Dataset):
         return {"text": next_token_set("text", self.ids[i : i + self.block_size + 1])}
 
 
-def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
-    """(tokenizer, train windows, val windows) from cfg.data or the default corpus."""
+def split_text(cfg: Config) -> tuple[str, str]:
+    """(train text, validation text): the last val_fraction of cfg.data or the default corpus."""
     text = load_text(cfg.data) if cfg.data else default_corpus()
-    tokenizer = tokenizer or CharTokenizer.from_corpus(text, max_positions=cfg.block_size)
-    ids = torch.tensor(tokenizer.encode_ids(text), dtype=torch.long)
-    n_val = int(len(ids) * cfg.val_fraction)
-    return tokenizer, Windows(ids[: len(ids) - n_val], cfg.block_size), Windows(ids[len(ids) - n_val :], cfg.block_size)
+    n_val = int(len(text) * cfg.val_fraction)
+    return text[: len(text) - n_val], text[len(text) - n_val :]
+
+
+def windows(cfg: Config, tokenizer, train_text: str, val_text: str) -> tuple[Windows, Windows]:
+    """Encode both splits (special-token strings in the corpus become special tokens) into windows."""
+    encode = lambda t: torch.as_tensor(np.asarray(tokenizer.encode_ids(t, allowed_special="all"), dtype=np.int64))  # noqa: E731
+    return Windows(encode(train_text), cfg.block_size), Windows(encode(val_text), cfg.block_size)
+
+
+def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
+    """(tokenizer, train windows, val windows); the character vocabulary comes from the corpus."""
+    train_text, val_text = split_text(cfg)
+    tokenizer = tokenizer or CharTokenizer.from_corpus(train_text + val_text, max_positions=cfg.block_size)
+    return tokenizer, *windows(cfg, tokenizer, train_text, val_text)
 
 
 # -- model ----------------------------------------------------------------------------------------
-def build_model(cfg: Config, tokenizer: CharTokenizer) -> MultimodalTransformer:
+def build_model(cfg: Config, tokenizer) -> MultimodalTransformer:
     trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout, bias=cfg.bias,
                         mode="decoder", flash=cfg.flash, activation=cfg.activation)  # fmt: skip
     config = ModelConfig(trunk, {"text": ModalityConfig.from_spec(tokenizer.spec)}, {"lm": HeadConfig("lm", "text")},
@@ -118,7 +130,7 @@ def make_evaluate(cfg: Config, val_set: Windows):
     return lambda model, accelerator: {"val_loss": mean_loss(model, accelerator, batches)}
 
 
-def sample(model: MultimodalTransformer, tokenizer: CharTokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0) -> str:
+def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0) -> str:
     batch = collate([tokenizer.encode(prompt or "\n")])  # (1, N)
     g = torch.Generator().manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
@@ -126,27 +138,29 @@ def sample(model: MultimodalTransformer, tokenizer: CharTokenizer, prompt: str, 
 
 
 # -- main -----------------------------------------------------------------------------------------
-def main(cfg: Config, resume: bool = False) -> dict:
-    run_dir = resolve_run_dir(cfg, "gpt_char")
-    tokenizer = CharTokenizer.load(run_dir / "tokenizers" / "text") if resume else None
+def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool = False) -> dict:
+    """Train a decoder LM on text: shared by gpt_char and gpt_bpe (which bring their own
+    tokenizer and model builders)."""
+    run_dir = resolve_run_dir(cfg, recipe)
+    tokenizer = load_tokenizer(run_dir / "tokenizers" / "text") if resume else None
     tokenizer, train_set, val_set = build_data(cfg, tokenizer)
-    if not resume:
-        save_run_info(run_dir, "gpt_char", cfg)
-        tokenizer.save(run_dir / "tokenizers" / "text")
     set_seed(cfg.seed)
-    model = build_model(cfg, tokenizer)
-    print(f"gpt_char: {len(train_set):,} training windows, vocabulary {tokenizer.vocab_size}, "
+    model = build_model(cfg, tokenizer)  # note: may fill in sizes (gpt_bpe's init_from), so before run.json
+    if not resume:
+        save_run_info(run_dir, recipe, cfg)
+        tokenizer.save(run_dir / "tokenizers" / "text")
+    print(f"{recipe}: {len(train_set):,} training windows, vocabulary {tokenizer.vocab_size}, "
           f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)
-    print(f"val_loss {metrics['val_loss']:.4f} nats/char")
-    if cfg.sample_chars:
+    print(f"val_loss {metrics['val_loss']:.4f} nats/token")
+    if cfg.sample_tokens:
         model.eval()
-        text = sample(model.cpu(), tokenizer, "\n", cfg.sample_chars, cfg.temperature, cfg.top_k, cfg.seed)
+        text = sample(model.cpu(), tokenizer, "\n", cfg.sample_tokens, cfg.temperature, cfg.top_k, cfg.seed)
         print("--- sample ---\n" + text + "\n--------------")
     return metrics
 
 
-def evaluate(run_dir) -> dict:
+def evaluate_text_lm(run_dir, build_data) -> dict:
     from .runs import load_run_info
     from .train import make_accelerator
 
@@ -155,6 +169,14 @@ def evaluate(run_dir) -> dict:
     _, _, val_set = build_data(cfg, toks["text"])
     cfg.cpu = True
     return make_evaluate(cfg, val_set)(model, make_accelerator(cfg, Path(run_dir)))
+
+
+def main(cfg: Config, resume: bool = False) -> dict:
+    return run_text_lm(cfg, "gpt_char", build_data, build_model, resume)
+
+
+def evaluate(run_dir) -> dict:
+    return evaluate_text_lm(run_dir, build_data)
 
 
 def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0) -> str:

@@ -25,6 +25,7 @@ from .config import ConfigError, apply_values, named_configs, parse_overrides, r
 # and, for generative recipes, `generate(run_dir, prompt, ...)`.
 RECIPES = {
     "gpt_char": "recipes.gpt_char",
+    "gpt_bpe": "recipes.gpt_bpe",
 }
 RUN_FILE = "run.json"
 

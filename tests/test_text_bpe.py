@@ -15,7 +15,7 @@ from tiktoken.load import load_tiktoken_bpe
 
 from conftest import SHARED_DATA
 from tokenizers_mm import ENDOFTEXT, PATTERNS, BPETokenizer, load_tokenizer
-from tokenizers_mm.text_bpe import bytes_to_unicode, read_tiktoken, write_tiktoken
+from tokenizers_mm.text_bpe import read_tiktoken, write_gpt2_files, write_tiktoken
 
 
 def whisper_asset(name: str) -> Path:
@@ -72,35 +72,11 @@ def test_gpt2_known_answers(gpt2):
     assert gpt2.encode_ids(ENDOFTEXT, disallowed_special=()).tolist() == [27, 91, 437, 1659, 5239, 91, 29]
 
 
-def gpt2_files_from_ranks(ranks: dict[bytes, int], out: Path) -> tuple[Path, Path]:
-    """Write GPT-2's vocab.json + merges.txt for `ranks` (the pair of each merge recovered by BPE
-    with the lower ranks, as tiktoken's educational module does)."""
-    b2u = bytes_to_unicode()
-    show = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
-    merges = []
-    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) == 1:
-            continue
-        parts = [bytes([b]) for b in token]
-        while len(parts) > 2:
-            best = min(((ranks.get(parts[i] + parts[i + 1], 1 << 60), i) for i in range(len(parts) - 1)))
-            if best[0] >= rank:
-                break
-            i = best[1]
-            parts[i : i + 2] = [parts[i] + parts[i + 1]]
-        assert len(parts) == 2
-        merges.append(f"{show(parts[0])} {show(parts[1])}")
-    vocab = {show(t): r for t, r in ranks.items()} | {ENDOFTEXT: len(ranks)}
-    (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
-    return out / "vocab.json", out / "merges.txt"
-
-
 def test_gpt2_vocab_json_merges_txt_equal_tiktoken_and_hf(gpt2, tmp_path):
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers
 
-    vocab, merges = gpt2_files_from_ranks(gpt2.ranks, tmp_path)
+    vocab, merges = write_gpt2_files(gpt2.ranks, gpt2.specials, tmp_path)
     ours = BPETokenizer.from_gpt2_files(vocab, merges)
     assert ours.ranks == gpt2.ranks and ours.specials == {ENDOFTEXT: 50256}
     hf = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))

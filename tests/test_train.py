@@ -17,7 +17,7 @@ from recipes.train import StepSampler, lr_lambda
 from recipes.config import TrainConfig
 
 TINY = ["dim=32", "depth=2", "num_heads=2", "block_size=32", "batch_size=8", "eval_batches=4", "log_every=5",
-        "sample_chars=0", "dropout=0.1", "warmup_steps=10"]  # fmt: skip
+        "sample_tokens=0", "dropout=0.1", "warmup_steps=10"]  # fmt: skip
 
 
 def mmtok(*args, check=True, **kw) -> subprocess.CompletedProcess:

@@ -107,27 +107,59 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
     merges = Path(merges_txt).read_text(encoding="utf-8").splitlines()
     if merges and merges[0].startswith("#version"):
         merges = merges[1:]
-    # subtle: ranks follow the merge order; single bytes come first in GPT-2's own order.
-    ranks = {bytes([byte_of[c]]): i for i, c in enumerate(bytes_to_unicode().values())}
+    merged = []  # each merge's result, in merge order
     for n, line in enumerate(merges, 1):
         if not line.strip():
             continue
         pair = line.split()
         if len(pair) != 2:
             raise ValueError(f"GPT-2 merges {merges_txt}, line {n}: expected two tokens, got {line!r}")
-        ranks.setdefault(to_bytes(pair[0], str(merges_txt)) + to_bytes(pair[1], str(merges_txt)), len(ranks))
-    specials = {}
+        merged.append(to_bytes(pair[0] + pair[1], str(merges_txt)))
+    # vocab.json gives the ids; a multi-byte entry that no merge produces is a special token.
+    ranks, specials, results = {}, {}, set(merged)
     for tok, i in vocab.items():
         try:
             b = to_bytes(tok, str(vocab_json))
         except ValueError:
-            specials[tok] = i  # e.g. <|endoftext|>: not a byte sequence
-            continue
-        if ranks.get(b) != i and not (tok.startswith("<|") and tok.endswith("|>")):
-            raise ValueError(f"GPT-2 files disagree: {tok!r} has id {i} in {vocab_json} but rank {ranks.get(b)} from {merges_txt}")
-        if tok.startswith("<|") and tok.endswith("|>") and b not in ranks:
             specials[tok] = i
+            continue
+        if len(b) > 1 and b not in results:
+            specials[tok] = i
+        else:
+            ranks[b] = i
+    order = [ranks.get(b) for b in merged]
+    if None in order:
+        raise ValueError(f"GPT-2 files disagree: merge {merged[order.index(None)]!r} in {merges_txt} has no id in {vocab_json}")
+    if any(a > b for a, b in zip(order, order[1:])):
+        raise ValueError(f"GPT-2 files disagree: the ids in {vocab_json} do not follow the merge order of {merges_txt}")
+    check_ranks(ranks, str(vocab_json))
     return ranks, specials
+
+
+def write_gpt2_files(ranks: dict[bytes, int], specials: dict[str, int], directory) -> tuple[Path, Path]:
+    """Export ranks as GPT-2's `vocab.json` + `merges.txt` (for Hugging Face users). The pair of
+    each merge is recovered by running BPE on the token with the lower ranks only."""
+    b2u = bytes_to_unicode()
+    show = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) == 1:
+            continue
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:
+            best, i = min((ranks.get(parts[j] + parts[j + 1], 1 << 62), j) for j in range(len(parts) - 1))
+            if best >= rank:
+                break
+            parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) != 2:
+            raise ValueError(f"BPE vocabulary: token {token!r} (rank {rank}) is not a merge of two lower-ranked tokens")
+        merges.append(f"{show(parts[0])} {show(parts[1])}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    vocab = {show(t): r for t, r in ranks.items()} | dict(specials)
+    (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    return directory / "vocab.json", directory / "merges.txt"
 
 
 def check_ranks(ranks: dict[bytes, int], where: str) -> None:
@@ -201,6 +233,8 @@ class BPETokenizer(Tokenizer):
         self.max_positions = max_positions
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
         self.enc = tiktoken.Encoding(name="tokenizers-mm", pat_str=self.pattern, mergeable_ranks=ranks, special_tokens=self.specials)
+        self._core = self.enc._core_bpe  # note: tiktoken's Rust core; its buffer API skips a Python list
+        self._all_specials = tuple(self.specials)
 
     # -- construction --
     @classmethod
@@ -229,36 +263,45 @@ class BPETokenizer(Tokenizer):
         return cls(ranks, pattern, specials or None, **kw)
 
     # -- encode / decode --
-    def _check_special(self, text: str, allowed_special, disallowed_special) -> set[str]:
-        allowed = set(self.specials) if allowed_special == "all" else set(allowed_special)
-        disallowed = set(self.specials) - allowed if disallowed_special == "all" else set(disallowed_special)
+    def _policy(self, allowed_special, disallowed_special) -> tuple[frozenset, tuple]:
+        if allowed_special == () and disallowed_special == "all":
+            return frozenset(), self._all_specials  # the default, cached: encode is called per line
+        allowed = frozenset(self.specials) if allowed_special == "all" else frozenset(allowed_special)
+        disallowed = tuple(set(self.specials) - allowed) if disallowed_special == "all" else tuple(disallowed_special)
+        return allowed, disallowed
+
+    def _encode(self, text: str, allowed: frozenset, disallowed: tuple) -> np.ndarray:
+        if not isinstance(text, str):
+            raise TypeError(f"text: expected a str, got {type(text).__name__}")
         for s in disallowed:
             if s in text:
                 raise ValueError(
                     f"text: the input contains the special token {s!r}; pass allowed_special={{{s!r}}} to encode it as "
                     f"a special token, or disallowed_special=() to encode it as plain text"
                 )
-        return allowed
+        try:
+            buf = self._core.encode_to_tiktoken_buffer(text, allowed)
+        except UnicodeEncodeError:  # lone surrogates are not Unicode text: replaced by U+FFFD, as tiktoken
+            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+            buf = self._core.encode_to_tiktoken_buffer(text, allowed)
+        return np.frombuffer(buf, dtype=np.uint32)
 
     def encode_ids(self, text: str, allowed_special=(), disallowed_special="all") -> np.ndarray:
         """Text → uint32 array of ids (no Python list in between)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text: expected a str, got {type(text).__name__}")
-        allowed = self._check_special(text, allowed_special, disallowed_special)
-        try:
-            buf = self.enc._core_bpe.encode_to_tiktoken_buffer(text, allowed)
-        except UnicodeEncodeError:  # lone surrogates are not Unicode text: replaced by U+FFFD, as tiktoken
-            text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-            buf = self.enc._core_bpe.encode_to_tiktoken_buffer(text, allowed)
-        return np.frombuffer(buf, dtype=np.uint32)
+        return self._encode(text, *self._policy(allowed_special, disallowed_special))
 
-    def encode_batch(self, texts: list[str], num_threads: int | None = None, **kw) -> list[np.ndarray]:
-        """Encode many texts on all cores (tiktoken's core releases the GIL)."""
-        num_threads = num_threads or os.cpu_count() or 1
-        if num_threads == 1 or len(texts) < 2:
-            return [self.encode_ids(t, **kw) for t in texts]
+    def encode_batch(self, texts: list[str], num_threads: int | None = None, allowed_special=(), disallowed_special="all") -> list[np.ndarray]:
+        """Encode many texts on all cores (tiktoken's core releases the GIL while it encodes). Texts go
+        to the threads in contiguous shares, ~8 per thread: few Python calls, yet balanced load."""
+        policy = self._policy(allowed_special, disallowed_special)
+        num_threads = min(num_threads or os.cpu_count() or 1, len(texts))
+        if num_threads <= 1:
+            return [self._encode(t, *policy) for t in texts]
+        step = -(-len(texts) // (8 * num_threads))
+        shares = [texts[i : i + step] for i in range(0, len(texts), step)]
         with ThreadPoolExecutor(num_threads) as pool:
-            return list(pool.map(lambda t: self.encode_ids(t, **kw), texts, chunksize=max(1, len(texts) // (4 * num_threads))))
+            done = pool.map(lambda share: [self._encode(t, *policy) for t in share], shares)
+        return [ids for share in done for ids in share]
 
     def encode(self, sample: str, allowed_special=(), disallowed_special="all") -> TokenSet:
         ids = torch.from_numpy(self.encode_ids(sample, allowed_special, disallowed_special).astype(np.int64))

@@ -1,0 +1,89 @@
+"""gpt_bpe: a GPT on byte-level BPE tokens; trains its tokenizer on the corpus, or loads one,
+or starts from GPT-2's weights and vocabulary held locally.
+
+Config → data → model → loss/metric → main, as gpt_char (whose loop, windows and metric it
+shares): only the tokenizer and the model builder differ. The metric is validation loss in nats
+per BPE token (not comparable with gpt_char's nats per character).
+
+    mmtok train gpt_bpe data=corpus.txt vocab_size=4096                # train a tokenizer, then the model
+    mmtok train gpt_bpe data=corpus.txt tokenizer=runs/x/tokenizers/text
+    mmtok train gpt_bpe data=corpus.txt init_from=path/to/gpt2 lr=1e-4 # fine-tune GPT-2 weights
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from models import MultimodalTransformer, gpt2_model_config, load_gpt2
+from tokenizers_mm import BPETokenizer, load_tokenizer
+
+from . import gpt_char
+
+
+@dataclass
+class Config(gpt_char.Config):
+    vocab_size: int = 2048  # BPE vocabulary to train: 256 bytes + merges + <|endoftext|>
+    pattern: str = "gpt2"  # pre-tokenization regex: "gpt2", "gpt4" or a regex of your own
+    tokenizer: str = ""  # instead of training: a saved tokenizer folder, a .tiktoken file, or a folder with vocab.json + merges.txt
+    init_from: str = ""  # a local Hugging Face GPT-2 folder (config.json + model.safetensors [+ vocab.json, merges.txt])
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_bpe(path: str, cfg: Config) -> BPETokenizer:
+    p = Path(path)
+    if (p / "tokenizer.json").exists():
+        tok = load_tokenizer(p)
+        tok.max_positions = cfg.block_size
+        return tok
+    if p.suffix == ".tiktoken":
+        return BPETokenizer.from_tiktoken_file(p, pattern=cfg.pattern, max_positions=cfg.block_size)
+    if (p / "vocab.json").exists() and (p / "merges.txt").exists():
+        return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
+    raise FileNotFoundError(f"tokenizer {p}: expected a tokenizer folder (tokenizer.json), a .tiktoken file, or vocab.json + merges.txt")
+
+
+def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
+    """(tokenizer, train windows, val windows); the tokenizer is trained on the training split only."""
+    train_text, val_text = gpt_char.split_text(cfg)
+    if tokenizer is None:
+        source = cfg.tokenizer or cfg.init_from
+        if source:
+            tokenizer = load_bpe(source, cfg)
+        else:
+            lines = train_text.splitlines(keepends=True)
+            tokenizer = BPETokenizer.train(lines, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
+    return tokenizer, *gpt_char.windows(cfg, tokenizer, train_text, val_text)
+
+
+# -- model ----------------------------------------------------------------------------------------
+def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
+    if not cfg.init_from:
+        return gpt_char.build_model(cfg, tokenizer)
+    folder = Path(cfg.init_from)
+    weights = folder / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"init_from {folder}: no model.safetensors (pickled .bin checkpoints are never loaded; convert them to safetensors)")
+    hf = json.loads((folder / "config.json").read_text())
+    if hf["vocab_size"] != tokenizer.vocab_size:
+        raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
+    if cfg.block_size > hf["n_positions"]:
+        raise ValueError(f"block_size={cfg.block_size} exceeds GPT-2's {hf['n_positions']} positions")
+    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = hf["n_embd"], hf["n_layer"], hf["n_head"], True, "gelu_tanh"
+    model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout))
+    return load_gpt2(model, load_file(str(weights)))
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(cfg: Config, resume: bool = False) -> dict:
+    return gpt_char.run_text_lm(cfg, "gpt_bpe", build_data, build_model, resume)
+
+
+def evaluate(run_dir) -> dict:
+    return gpt_char.evaluate_text_lm(run_dir, build_data)
+
+
+generate = gpt_char.generate

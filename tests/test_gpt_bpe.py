@@ -1,0 +1,61 @@
+"""gpt_bpe end to end: its own tokenizer, and fine-tuning GPT-2 weights held in a local folder."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from recipes.gpt_bpe import Config, build_data, build_model, main
+from recipes.runs import load_trained
+from tokenizers_mm import BPETokenizer, TokenSet, collate
+from tokenizers_mm.text_bpe import write_gpt2_files
+
+TINY = dict(dim=32, depth=2, num_heads=2, block_size=32, batch_size=8, eval_batches=2, log_every=5, sample_tokens=10, max_steps=10,
+            eval_every=10, warmup_steps=2, cpu=True)  # fmt: skip
+
+
+def test_trains_its_tokenizer_and_generates(tmp_path, small_text):
+    cfg = Config(data=str(small_text), vocab_size=400, run_dir=str(tmp_path / "run"), **TINY)
+    metrics = main(cfg)
+    assert metrics["val_loss"] < 6.5
+    model, toks = load_trained(tmp_path / "run")
+    tok = toks["text"]
+    assert isinstance(tok, BPETokenizer) and tok.vocab_size <= 400 and model.config.modalities["text"].vocab_size == tok.vocab_size
+    again = Config(data=str(small_text), tokenizer=str(tmp_path / "run" / "tokenizers" / "text"), **TINY)
+    assert build_data(again)[0].ranks == tok.ranks  # a saved tokenizer is reused, not retrained
+
+
+def test_init_from_local_gpt2_folder(tmp_path, small_text):
+    transformers = pytest.importorskip("transformers")
+    tok = BPETokenizer.train([small_text.read_text()], vocab_size=300)
+    folder = tmp_path / "gpt2"
+    hf_cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=64, n_embd=48, n_layer=2, n_head=4, bos_token_id=0, eos_token_id=0)
+    hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    hf.save_pretrained(folder, safe_serialization=True)
+    write_gpt2_files(tok.ranks, tok.specials, folder)
+
+    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
+    tokenizer, _, _ = build_data(cfg)
+    assert tokenizer.ranks == tok.ranks
+    model = build_model(cfg, tokenizer).eval()
+    assert (cfg.dim, cfg.depth) == (48, 2)
+    ids = torch.randint(0, tok.vocab_size, (2, 32))
+    ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
+    torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)  # starts exactly from GPT-2
+
+    run = tmp_path / "ft"
+    main(Config(data=str(small_text), init_from=str(folder), run_dir=str(run), **{**TINY, "lr": 1e-4}))
+    saved = json.loads((run / "run.json").read_text())["config"]
+    assert saved["dim"] == 48
+    ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
+    assert load_file(str(ckpt / "model.safetensors"))["embedders.text.tok.weight"].shape == (tok.vocab_size, 48)
+
+
+def test_init_from_refuses_pickles(tmp_path, small_text):
+    folder = tmp_path / "gpt2"
+    folder.mkdir()
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
+    cfg = Config(data=str(small_text), init_from=str(folder), **TINY)
+    with pytest.raises(FileNotFoundError, match="never loaded"):
+        build_model(cfg, BPETokenizer.train(["abc"], 260))
