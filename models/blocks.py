@@ -56,10 +56,10 @@ class Block(nn.Module):
 class Stack(nn.Module):
     """`depth` blocks and a final LayerNorm: the encoder, or the decoder (with `cross`)."""
 
-    def __init__(self, depth: int, dim: int, num_heads: int, norm_eps: float = 1e-5, bias: bool = True, **block_kw):
+    def __init__(self, depth: int, dim: int, num_heads: int, norm_eps: float = 1e-5, bias: bool = True, final_norm: bool = True, **block_kw):
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, num_heads, norm_eps=norm_eps, bias=bias, **block_kw) for _ in range(depth))
-        self.ln_f = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
+        self.ln_f = nn.LayerNorm(dim, eps=norm_eps, bias=bias) if final_norm else nn.Identity()
 
     def forward(self, x, mask=None, is_causal=False, memory=None, memory_mask=None, cache: KVCache | None = None) -> Tensor:
         for i, block in enumerate(self.blocks):

@@ -29,6 +29,7 @@ class TrunkConfig:
     dec_depth: int | None = None  # encoder-decoder: decoder blocks (default: depth)
     activation: str = "gelu"  # "gelu" (exact: timm, Whisper) or "gelu_tanh" (GPT-2)
     flash: bool = True  # True: F.scaled_dot_product_attention; False: the readable manual path
+    final_norm: bool = True  # LayerNorm after the last block (False: timm's fc_norm models norm after pooling instead)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -51,10 +52,25 @@ class ModalityConfig:
     vocab_size: int | None = None
     value_dim: int | None = None
     embedder: str = "auto"  # "auto": nn.Embedding for ids, nn.Linear for values
+    learned_types: list[str] = field(default_factory=list)  # types embedded as one learned vector each (ViT's "cls")
+    grid: list[int] | None = None  # patch grid (rows, cols) of the position table, after the learned-type rows
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, **kw) -> "ModalityConfig":
         return cls(**spec.to_dict(), **kw)
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **kw) -> "ModalityConfig":
+        """The tokenizer's spec plus what it says about learned tokens and its patch grid."""
+        extra = {"learned_types": list(getattr(tokenizer, "learned_types", ()))}
+        if getattr(tokenizer, "grid", None) is not None:
+            extra["grid"] = list(tokenizer.grid)
+        return cls.from_spec(tokenizer.spec, **{**extra, **kw})
+
+    def __post_init__(self):
+        unknown = [t for t in self.learned_types if t not in self.token_types]
+        if unknown:
+            raise ValueError(f"modality {self.modality!r}: learned_types {unknown} are not among its token types {self.token_types}")
 
     @property
     def spec(self) -> ModalitySpec:
@@ -68,6 +84,7 @@ class HeadConfig:
     num_outputs: int | None = None  # classes / regression width (lm: the modality's vocab_size)
     pool: str = "cls"  # classify/regress: "cls" (first token of the modality) or "mean"
     tie: bool = True  # lm: share weights with the modality's token embedding
+    norm: bool = False  # classify/regress: LayerNorm on the pooled vector (timm's fc_norm)
     loss_weight: float = 1.0
 
     def __post_init__(self):

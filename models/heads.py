@@ -23,9 +23,10 @@ class LMHead(nn.Module):
 
 
 class PooledHead(nn.Module):
-    def __init__(self, dim: int, num_outputs: int, pool: str = "cls"):
+    def __init__(self, dim: int, num_outputs: int, pool: str = "cls", norm: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         self.pool = pool
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()  # timm's fc_norm
         self.proj = nn.Linear(dim, num_outputs)
 
     def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -34,4 +35,4 @@ class PooledHead(nn.Module):
         else:
             m = mask[..., None].to(h.dtype)  # (B, N, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # masked mean: (B, N, C) -> (B, C)
-        return self.proj(pooled)  # (B, C) -> (B, K)
+        return self.proj(self.norm(pooled))  # (B, C) -> (B, K)

@@ -50,7 +50,8 @@ class MultimodalTransformer(nn.Module):
         self.config = config
         t = config.trunk
         self.embedders = nn.ModuleDict(
-            {n: build_embedder(m.embedder, t.dim, m.max_positions, m.vocab_size, m.value_dim, n) for n, m in config.modalities.items()}
+            {n: build_embedder(m.embedder, t.dim, m.max_positions, m.vocab_size, m.value_dim,
+                               [m.token_types.index(x) for x in m.learned_types], n) for n, m in config.modalities.items()}  # fmt: skip
         )
         # One type table for all modalities: each modality owns a contiguous block of rows.
         self.type_offset, n_types = {}, 0
@@ -60,7 +61,7 @@ class MultimodalTransformer(nn.Module):
         self.type_embed = nn.Embedding(n_types, t.dim)
         self.drop = nn.Dropout(t.dropout)
         block_kw = dict(dim=t.dim, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, bias=t.bias, dropout=t.dropout,
-                        norm_eps=t.norm_eps, activation=t.activation, flash=t.flash)  # fmt: skip
+                        norm_eps=t.norm_eps, activation=t.activation, flash=t.flash, final_norm=t.final_norm)  # fmt: skip
         self.encoder = Stack(t.depth, **block_kw) if config.encoder_inputs else None
         dec_depth = t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)
         self.decoder = Stack(dec_depth, cross=self.encoder is not None, **block_kw) if config.decoder_inputs else None
@@ -74,7 +75,7 @@ class MultimodalTransformer(nn.Module):
             else:
                 if not h.num_outputs:
                     raise ValueError(f"head {name!r}: a {h.kind} head needs num_outputs")
-                self.heads[name] = PooledHead(t.dim, h.num_outputs, h.pool)
+                self.heads[name] = PooledHead(t.dim, h.num_outputs, h.pool, h.norm, t.norm_eps)
         self.apply(self._init_weights)
         n_layers = (len(self.encoder.blocks) if self.encoder else 0) + (len(self.decoder.blocks) if self.decoder else 0)
         for pn, p in self.named_parameters():
@@ -153,6 +154,11 @@ class MultimodalTransformer(nn.Module):
         for name, head in self.heads.items():
             hc = self.config.heads[name]
             h, mask = feats[hc.modality]
+            m = self.config.modalities[hc.modality]
+            if hc.kind != "lm" and hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
+                types = inputs[hc.modality].types
+                for t in m.learned_types:
+                    mask = mask & (types != m.token_types.index(t))
             logits = out.logits[name] = head(h, mask)
             if hc.kind == "lm":
                 b = inputs[hc.modality]

@@ -3,12 +3,13 @@
 from .base import Tokenizer, load_tokenizer
 from .collate import collate, collate_examples, pack, padding_fraction
 from .registry import ENTRY_POINT_GROUP, create, get, list_tokenizers, register
+from .image import ImageError, ImageTokenizer, open_image
 from .text_bpe import PATTERNS, BPETokenizer
 from .text_char import ENDOFTEXT, CharTokenizer
 from .tokenset import ModalitySpec, TokenBatch, TokenSet, next_token_set
 
 __all__ = [
-    "BPETokenizer", "ENDOFTEXT", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer",
-    "collate", "collate_examples", "create", "get", "list_tokenizers", "load_tokenizer", "next_token_set", "pack", "padding_fraction",
+    "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer",
+    "collate", "collate_examples", "create", "get", "list_tokenizers", "load_tokenizer", "next_token_set", "open_image", "pack", "padding_fraction",
     "register",
 ]

@@ -1,0 +1,122 @@
+"""Image tokenizer and timm ViT import: patches, round trips, bad files, parity with timm."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models import MultimodalTransformer, load_timm_vit, vit_model_config
+from models.embedders import resample_grid
+from tokenizers_mm import ImageError, ImageTokenizer, collate, load_tokenizer, open_image
+
+timm = pytest.importorskip("timm")
+
+
+def test_patches_in_raster_order_and_exact_round_trip():
+    tok = ImageTokenizer(image_size=(4, 6), patch_size=2, channels=1, mean=(0.0,), std=(1.0,), cls_token=False, resize=False)
+    img = torch.arange(24, dtype=torch.float32).reshape(1, 4, 6) / 24
+    ts = tok.encode(img)
+    assert ts.values.shape == (6, 4) and tok.grid == (2, 3)
+    assert (ts.values[1] * 24).round().tolist() == [2, 3, 8, 9]  # second patch of the first row
+    assert ts.positions.tolist() == list(range(6)) and ts.types.tolist() == [0] * 6
+    assert torch.equal(tok.decode(ts), img)  # exact: no resize happened
+
+
+def test_cls_token_slot_and_spec():
+    tok = ImageTokenizer(image_size=8, patch_size=4, channels=3)
+    ts = tok.encode(np.zeros((8, 8, 3), dtype=np.uint8))
+    assert ts.types.tolist() == [1, 0, 0, 0, 0] and ts.positions.tolist() == [0, 1, 2, 3, 4]
+    ts.validate(tok.spec)
+    assert tok.spec.value_dim == 48 and tok.spec.max_positions == 5
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16"])
+def test_any_pil_mode_and_size(mode, tmp_path):
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        img = Image.fromarray(rng.integers(0, 65535, (30, 20), dtype=np.uint16))
+    else:
+        img = Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).convert(mode)
+    path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
+    img.save(path)
+    tok = ImageTokenizer(image_size=16, patch_size=4)
+    ts = tok.encode(open_image(path))
+    assert ts.values.shape == (17, 48) and torch.isfinite(ts.values).all()
+
+
+def test_sixteen_bit_png_keeps_its_range(tmp_path):
+    arr = np.full((8, 8), 65535, dtype=np.uint16)
+    Image.fromarray(arr).save(tmp_path / "w.png")
+    tok = ImageTokenizer(image_size=8, patch_size=4, channels=1, mean=(0.0,), std=(1.0,), cls_token=False)
+    assert torch.allclose(tok.encode(open_image(tmp_path / "w.png")).values, torch.ones(4, 16))
+
+
+def test_bad_images_name_the_file(tmp_path):
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("not an image at all")
+    Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "ok.jpg")
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    for name, message in [("empty.png", "empty"), ("text.png", "not an image"), ("cut.jpg", "corrupt or truncated"), ("nope.png", "no such file")]:
+        with pytest.raises(ImageError, match=f"{name}.*{message}"):
+            open_image(tmp_path / name)
+    tok = ImageTokenizer(image_size=16, patch_size=8)
+    with pytest.raises(ImageError, match="3×5 pixels is smaller than one 8×8 patch"):
+        tok.encode(np.zeros((3, 5), dtype=np.uint8))
+    with pytest.raises(ImageError, match="NaN"):
+        tok.encode(torch.full((3, 16, 16), float("nan")))
+    with pytest.raises(ImageError, match="expected 16×16"):
+        ImageTokenizer(image_size=16, patch_size=8, resize=False).encode(np.zeros((20, 20), dtype=np.uint8))
+
+
+def test_save_load(tmp_path):
+    tok = ImageTokenizer(image_size=(8, 12), patch_size=4, channels=1, mean=(0.5,), std=(0.25,), cls_token=False)
+    tok.save(tmp_path)
+    back = load_tokenizer(tmp_path)
+    assert back.config() == tok.config() and back.spec == tok.spec
+
+
+def randomized_vit(**kw):
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, embed_dim=48, depth=2, num_heads=3, **kw).eval()
+    with torch.no_grad():  # non-trivial norms, biases, tokens and positions
+        for n, p in vit.named_parameters():
+            if "norm" in n or n.endswith("bias") or "token" in n or "pos" in n:
+                p.normal_(0, 0.2)
+    return vit
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(img_size=32, patch_size=4, global_pool="token"),  # CLS token
+        dict(img_size=24, patch_size=6, global_pool="avg", class_token=False),  # mean pooling
+        dict(img_size=(16, 24), patch_size=4, global_pool="avg", fc_norm=True),  # timm's fc_norm, non-square
+    ],
+)
+def test_logits_equal_timm(kw):
+    vit = randomized_vit(**kw)
+    model = load_timm_vit(MultimodalTransformer(vit_model_config(vit)), vit.state_dict()).eval()
+    size = kw["img_size"]
+    tok = ImageTokenizer(image_size=size, patch_size=kw["patch_size"], cls_token=kw.get("class_token", True), mean=(0, 0, 0), std=(1, 1, 1))
+    x = torch.rand(3, 3, *tok.image_size)
+    ours = model({"image": collate([tok.encode(i) for i in x])}).logits["cls"]
+    torch.testing.assert_close(ours, vit(x), atol=1e-4, rtol=1e-4)
+
+
+def test_position_resampling_equals_timm():
+    from timm.layers import resample_abs_pos_embed
+
+    table = torch.randn(1 + 4 * 4, 8)
+    ours = resample_grid(table, (4, 4), (6, 5), prefix=1)
+    theirs = resample_abs_pos_embed(table[None], new_size=[6, 5], old_size=[4, 4], num_prefix_tokens=1)[0]
+    torch.testing.assert_close(ours, theirs)
+
+
+def test_timm_weights_at_a_new_resolution():
+    vit = randomized_vit(img_size=16, patch_size=4, global_pool="token")
+    cfg = vit_model_config(vit, num_classes=3)
+    cfg.modalities["image"].grid, cfg.modalities["image"].max_positions = [6, 6], 37  # fine-tune at 24×24
+    model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), skip_head=True)
+    tok = ImageTokenizer(image_size=24, patch_size=4)
+    assert model({"image": collate([tok.encode(torch.rand(3, 24, 24))])}).logits["cls"].shape == (1, 3)

@@ -1,0 +1,187 @@
+"""Image tokenizer (registered as `image`): an image becomes a set of non-overlapping patches.
+
+"An image is worth 16x16 words" (Dosovitskiy et al., 2021): resize / crop / normalise, cut into
+p×p patches in raster order (row by row), and emit each patch as one token of C·p·p values,
+flattened in (channel, row, column) order so a linear layer on it equals timm's convolutional
+patch embedding. Positions index a learned table laid out as timm's `pos_embed`: an optional CLS
+slot first, then the patch grid. The CLS token is emitted as a placeholder of type "cls"; the
+model replaces it with a learned vector. `decode` puts patches back into an image (exact when no
+resize happened). Reading image files lives here too (`open_image`), with one clear error per
+bad file. Augmentation is the recipe's business; this file leaves it out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .base import Tokenizer
+from .registry import register
+from .tokenset import TokenSet
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class ImageError(ValueError):
+    """An image that cannot be tokenized: the message names it and says what was expected."""
+
+
+def open_image(path) -> "PIL.Image.Image":  # noqa: F821
+    """Open and fully decode an image file, or raise ImageError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"image {path}: the file is empty (0 bytes)")
+        with Image.open(path) as im:
+            im.load()  # decode now: a truncated file fails here, not mid-epoch
+            return im.copy()
+    except FileNotFoundError:
+        raise ImageError(f"image {path}: no such file") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"image {path}: not an image file PIL can read") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"image {path}: corrupt or truncated ({e})") from None
+
+
+def to_tensor(image, channels: int, name: str = "image") -> Tensor:
+    """PIL / NumPy / tensor image → float (C, H, W) in [0, 1] with `channels` channels.
+
+    Accepts grayscale, RGB, RGBA (alpha dropped), palette and CMYK images, 8-bit, 16-bit and float
+    data. NumPy arrays are (H, W) or (H, W, C); tensors are (H, W) or (C, H, W).
+    """
+    if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
+        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit / 32-bit integer grayscale
+            arr = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0)
+            x = torch.from_numpy(arr)[None]
+        else:
+            image = image.convert("L" if channels == 1 else "RGB")  # RGBA, P, CMYK, LA → RGB / L
+            x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+            x = (x[None] if x.dim() == 2 else x.permute(2, 0, 1)).float() / 255.0
+    else:
+        if isinstance(image, np.ndarray):
+            if image.ndim == 3:
+                image = np.moveaxis(image, -1, 0)  # (H, W, C) -> (C, H, W)
+            x = torch.from_numpy(np.ascontiguousarray(image))
+        elif isinstance(image, Tensor):
+            x = image
+        else:
+            raise ImageError(f"{name}: expected a PIL image, NumPy array or tensor, got {type(image).__name__}")
+        if x.dim() == 2:
+            x = x[None]
+        if x.dim() != 3:
+            raise ImageError(f"{name}: expected (H, W) or (C, H, W) / (H, W, C), got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8:
+            x = x.float() / 255.0
+        elif x.dtype in (torch.int16, torch.int32, torch.uint16) or (x.dtype == torch.int64):
+            x = x.float() / 65535.0
+        else:
+            x = x.float()
+        if not torch.isfinite(x).all():
+            raise ImageError(f"{name}: the image holds NaN or infinite values")
+    c = x.shape[0]
+    if c == 4:
+        x = x[:3]  # drop alpha
+        c = 3
+    if c == channels:
+        return x
+    if c == 1 and channels == 3:
+        return x.expand(3, -1, -1)
+    if c == 3 and channels == 1:
+        return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]  # ITU-R 601-2 luma, as PIL's "L"
+    raise ImageError(f"{name}: has {c} channels, expected 1, 3 or 4")
+
+
+@register("image")
+class ImageTokenizer(Tokenizer):
+    """Image → patch tokens (C·p·p values each) in raster order, with an optional CLS token."""
+
+    modality = "image"
+    token_types = ("patch", "cls")
+
+    def __init__(self, image_size=224, patch_size: int = 16, channels: int = 3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                 cls_token: bool = True, resize: bool = True, interpolation: str = "bicubic"):  # fmt: skip
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.patch_size, self.channels, self.cls_token = patch_size, channels, cls_token
+        self.mean, self.std = tuple(mean)[:channels], tuple(std)[:channels]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(f"image: mean and std need {channels} values")
+        self.resize, self.interpolation = resize, interpolation
+        H, W = self.image_size
+        if H % patch_size or W % patch_size:
+            raise ValueError(f"image: image_size {self.image_size} must be a multiple of patch_size={patch_size}")
+        self.grid = (H // patch_size, W // patch_size)
+        self.prefix_tokens = int(cls_token)
+        self.learned_types = ("cls",) if cls_token else ()  # the model embeds the CLS placeholder as one learned vector
+        self.value_dim = channels * patch_size * patch_size
+        self.max_positions = self.prefix_tokens + self.grid[0] * self.grid[1]
+        self._mean = torch.tensor(self.mean).view(-1, 1, 1)
+        self._std = torch.tensor(self.std).view(-1, 1, 1)
+
+    def config(self) -> dict:
+        return {"image_size": list(self.image_size), "patch_size": self.patch_size, "channels": self.channels, "mean": list(self.mean),
+                "std": list(self.std), "cls_token": self.cls_token, "resize": self.resize, "interpolation": self.interpolation}  # fmt: skip
+
+    # -- pixels --
+    def preprocess(self, image, name: str = "image") -> Tensor:
+        """Any image → normalised float (C, H, W) of `image_size`: shorter side resized, centre crop."""
+        from torchvision.transforms.v2 import functional as TF
+
+        x = to_tensor(image, self.channels, name)
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        if h < p or w < p:
+            raise ImageError(f"{name}: {h}×{w} pixels is smaller than one {p}×{p} patch")
+        if (h, w) != self.image_size:
+            if not self.resize:
+                raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")
+            H, W = self.image_size
+            scale = max(H / h, W / w)
+            mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
+            x = TF.resize(x, [max(H, round(h * scale)), max(W, round(w * scale))], interpolation=mode, antialias=True)
+            x = TF.center_crop(x, [H, W])
+        return (x - self._mean) / self._std
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """(C, H, W) → (N, C·p·p) patches in raster order, each flattened as (C, p, p)."""
+        C, H, W = x.shape
+        p = self.patch_size
+        x = x.reshape(C, H // p, p, W // p, p)  # (C, gh, p, gw, p)
+        return x.permute(1, 3, 0, 2, 4).reshape((H // p) * (W // p), C * p * p)  # (gh, gw, C, p, p) -> (N, C·p·p)
+
+    def unpatchify(self, patches: Tensor) -> Tensor:
+        """(N, C·p·p) → (C, H, W); the inverse of `patchify`."""
+        gh, gw = self.grid
+        p, C = self.patch_size, self.channels
+        x = patches.reshape(gh, gw, C, p, p).permute(2, 0, 3, 1, 4)  # (C, gh, p, gw, p)
+        return x.reshape(C, gh * p, gw * p)
+
+    # -- tokens --
+    def tokens(self, x: Tensor) -> TokenSet:
+        """A preprocessed (C, H, W) image → TokenSet (used after batched augmentation too)."""
+        values = self.patchify(x)
+        n = values.shape[0]
+        positions = torch.arange(self.prefix_tokens, self.prefix_tokens + n)
+        types = torch.zeros(n, dtype=torch.long)
+        if self.cls_token:  # timm's layout: the CLS slot is position 0
+            values = torch.cat([values.new_zeros(1, values.shape[1]), values])
+            positions = torch.cat([torch.zeros(1, dtype=torch.long), positions])
+            types = torch.cat([torch.ones(1, dtype=torch.long), types])
+        return TokenSet(self.modality, values=values, positions=positions, types=types)
+
+    def encode(self, sample, name: str = "image") -> TokenSet:
+        return self.tokens(self.preprocess(sample, name))
+
+    def decode(self, tokens) -> Tensor:
+        """TokenSet (or patch values) → image (C, H, W) in [0, 1] pixel units (CLS dropped)."""
+        if isinstance(tokens, TokenSet):
+            values = tokens.values[tokens.types == 0]
+        else:
+            values = tokens[self.prefix_tokens :] if tokens.shape[0] == self.max_positions else tokens
+        return self.unpatchify(values) * self._std + self._mean
