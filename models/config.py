@@ -85,6 +85,7 @@ class HeadConfig:
     pool: str = "cls"  # classify/regress: "cls" (first token of the modality) or "mean"
     tie: bool = True  # lm: share weights with the modality's token embedding
     norm: bool = False  # classify/regress: LayerNorm on the pooled vector (timm's fc_norm)
+    label_smoothing: float = 0.0  # classify: cross-entropy label smoothing
     loss_weight: float = 1.0
 
     def __post_init__(self):

@@ -39,7 +39,13 @@ class TokenEmbedder(nn.Module):
         x = self.tok(batch.ids if batch.ids is not None else batch.values.to(self.tok.weight.dtype))
         for k, t in enumerate(self.learned_types):
             x = torch.where((batch.types == t)[..., None], self.learned[k].to(x.dtype), x)  # (B, N, C)
-        return x + self.pos(batch.positions)
+        return x + self.pos(shared_rows(batch.positions))
+
+
+def shared_rows(index: Tensor) -> Tensor:
+    """(B, N) indices that are the same in every row (an expanded tensor) → (1, N), so the
+    lookup runs once and broadcasts, and its backward sums over the batch instead of scattering."""
+    return index[:1] if index.dim() == 2 and index.stride(0) == 0 else index
 
 
 def resample_grid(table: Tensor, old_grid, new_grid, prefix: int = 0) -> Tensor:

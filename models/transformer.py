@@ -28,7 +28,7 @@ from tokenizers_mm.base import read_json, write_json_atomic
 from .attention import KVCache, build_mask
 from .blocks import Stack
 from .config import ModelConfig
-from .embedders import build_embedder
+from .embedders import build_embedder, shared_rows
 from .heads import LMHead, PooledHead
 
 MODEL_FORMAT = "tokenizers-mm/model"
@@ -104,7 +104,7 @@ class MultimodalTransformer(nn.Module):
             if name not in inputs:
                 raise KeyError(f"model input {name!r} is missing; this model reads {names}, got {sorted(inputs)}")
             b = inputs[name]
-            xs.append(self.embedders[name](b) + self.type_embed(b.types + self.type_offset[name]))
+            xs.append(self.embedders[name](b) + self.type_embed(shared_rows(b.types) + self.type_offset[name]))
             masks.append(b.mask)
             segs.append(b.segments)
             spans[name] = (start, start + b.shape[1])
@@ -171,7 +171,7 @@ class MultimodalTransformer(nn.Module):
                 if targets is None or name not in targets:
                     continue
                 y = targets[name]
-                loss = F.cross_entropy(logits.float(), y) if hc.kind == "classify" else F.mse_loss(logits.float(), y.to(logits.dtype))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing) if hc.kind == "classify" else F.mse_loss(logits.float(), y.to(logits.dtype))
             out.losses[name] = loss
         if out.losses:
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())

@@ -6,6 +6,8 @@
     mmtok resume RUN_DIR                continue from the last checkpoint
     mmtok eval RUN_DIR                  evaluate the last checkpoint
     mmtok generate RUN_DIR --prompt ... sample from a generative recipe
+    mmtok predict RUN_DIR IMAGE...      classify images
+    mmtok show IMAGE [--run RUN_DIR]    draw the patch tokens (and CLS attention)
 
 Errors print one line (`mmtok: error: ...`) and exit with status 2, never a bare traceback.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .config import ConfigError, named_configs, parse_overrides
 
@@ -75,6 +78,23 @@ def cmd_generate(args):
     print(module.generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
+def cmd_predict(args):
+    from .runs import load_run_info
+
+    name, module, _ = load_run_info(args.run_dir)
+    if not hasattr(module, "predict"):
+        raise ConfigError(f"recipe {name!r} does not classify images")
+    for r in module.predict(args.run_dir, args.images, args.top_k):
+        print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
+
+
+def cmd_show(args):
+    from .vit import show
+
+    out = args.out or str(Path(args.image).with_suffix("").name + "_patches.png")
+    print(show(args.image, out, args.run, args.image_size, args.patch_size))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -101,6 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top-k", type=int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_generate)
+    s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files with a run's last checkpoint (top-k labels and probabilities).")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("--top-k", type=int, default=3)
+    s.set_defaults(fn=cmd_predict)
+    s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention)", description="Save a PNG of an image cut into patch tokens with their indices; with --run, also where the trained model's CLS token attends.")
+    s.add_argument("image", metavar="IMAGE")
+    s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention")
+    s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
+    s.add_argument("--image-size", type=int, default=224)
+    s.add_argument("--patch-size", type=int, default=16)
+    s.set_defaults(fn=cmd_show)
     return p
 
 

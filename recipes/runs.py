@@ -26,6 +26,9 @@ from .config import ConfigError, apply_values, named_configs, parse_overrides, r
 RECIPES = {
     "gpt_char": "recipes.gpt_char",
     "gpt_bpe": "recipes.gpt_bpe",
+    "vit_digits": "recipes.vit_digits",
+    "vit_mnist": "recipes.vit_mnist",
+    "vit_folder": "recipes.vit_folder",
 }
 RUN_FILE = "run.json"
 

@@ -104,7 +104,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         (decay if name in decay_names and p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     fused = torch.cuda.is_available() and not cfg.cpu
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None)
+    # note: on the CPU torch picks the per-tensor loop by default; foreach is faster for many small tensors.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None, foreach=None if fused else True)
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:

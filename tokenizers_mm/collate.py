@@ -64,6 +64,10 @@ def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
             name: None if getattr(sets[0], name) is None else torch.stack([getattr(ts, name) for ts in sets])
             for name in ("ids", "values", "positions", "types", "targets", "loss_mask")
         }
+        for name in ("positions", "types"):  # the same in every row (fixed-length windows): keep one, expanded
+            first = getattr(sets[0], name)
+            if all(torch.equal(getattr(ts, name), first) for ts in sets[1:]):
+                stacked[name] = first.expand(len(sets), -1)
         mask = torch.ones(stacked["positions"].shape, dtype=torch.bool)
         return TokenBatch(sets[0].modality, mask=mask, **stacked)
     n = max(lengths)

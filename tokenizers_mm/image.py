@@ -175,6 +175,20 @@ class ImageTokenizer(Tokenizer):
             types = torch.cat([torch.ones(1, dtype=torch.long), types])
         return TokenSet(self.modality, values=values, positions=positions, types=types)
 
+    def tokens_batch(self, x: Tensor) -> "TokenBatch":
+        """Preprocessed images (B, C, H, W) → one TokenBatch, without a Python loop over samples."""
+        from .tokenset import TokenBatch
+
+        B, C, H, W = x.shape
+        p = self.patch_size
+        values = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)  # (B, N, C·p·p)
+        one = self.tokens(x[0])
+        if self.cls_token:
+            values = torch.cat([values.new_zeros(B, 1, values.shape[2]), values], 1)
+        n = values.shape[1]
+        return TokenBatch(self.modality, None, values, one.positions.expand(B, n), one.types.expand(B, n),
+                          torch.ones(B, n, dtype=torch.bool))  # fmt: skip
+
     def encode(self, sample, name: str = "image") -> TokenSet:
         return self.tokens(self.preprocess(sample, name))
 

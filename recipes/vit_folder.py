@@ -1,0 +1,188 @@
+"""vit_folder: fine-tune a ViT on your own folder of images (Hugging Face `imagefolder` layout).
+
+Layouts (as `datasets`' imagefolder): class sub-folders `PATH/<label>/*.png`; or split folders
+`PATH/train/<label>/...` with `PATH/validation/` (or `val/`, `test/`); or a `metadata.csv` with
+`file_name,label` columns. Without a validation split, `val_fraction` of the images are held out
+(stratified, fixed seed). Every image is decoded once when the run starts: a corrupt, truncated,
+empty or non-image file stops the run with a message naming it, or is skipped and counted with
+`skip_bad_samples=true`; training never dies mid-epoch. Augmentation: RandAugment (torchvision),
+random affine, optional mixup / cutmix (timm). Start from timm weights held locally with
+`timm_model=vit_tiny_patch16_224 init_from=weights.safetensors`.
+
+    mmtok train vit_folder data=path/to/images image_size=64 patch_size=8 max_steps=2000
+    mmtok predict RUN_DIR photo.jpg
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from tokenizers_mm import ImageError, open_image
+from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
+
+from . import vit
+
+VAL_DIRS = ("validation", "valid", "val", "test")
+
+
+@dataclass
+class Config(vit.Config):
+    data: str = ""  # the image folder (required)
+    image_size: int = 32
+    patch_size: int = 4
+    channels: int = 3
+    val_fraction: float = 0.1  # held out when the folder has no validation split
+    skip_bad_samples: bool = False  # skip (and count) unreadable images instead of stopping
+    randaugment: bool = True  # torchvision RandAugment on training images
+    rotate: float = 0.0
+    scale: float = 0.0
+    translate: float = 0.0
+    max_steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    eval_every: int = 200
+    ckpt_every: int = 500
+    timm_model: str = ""  # a timm ViT architecture name, to start from timm weights
+    init_from: str = ""  # a safetensors file of that architecture's timm state dict
+
+
+# -- finding the images ---------------------------------------------------------------------------
+def _inside(root: Path, name: str, where: str) -> Path:
+    path = (root / name).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"{where}: file_name {name!r} points outside the data folder {root}")
+    return path
+
+
+def scan(root: Path) -> list[tuple[Path, str]]:
+    """(file, label) pairs of one split: metadata.csv, or class sub-folders."""
+    meta = root / "metadata.csv"
+    if meta.exists():
+        with open(meta, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        if not rows or "file_name" not in rows[0] or "label" not in rows[0]:
+            raise ValueError(f"{meta}: needs the columns file_name and label")
+        return [(_inside(root, r["file_name"], str(meta)), str(r["label"])) for r in rows]
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    pairs = []
+    for d in classes:
+        files = sorted(p for p in d.rglob("*") if p.is_file())
+        if not files:
+            raise ValueError(f"class folder {d} is empty")
+        pairs += [(p, d.name) for p in files]
+    return pairs
+
+
+def find_splits(root: Path) -> tuple[list, list | None]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist")
+    if (root / "train").is_dir():
+        val = next((root / v for v in VAL_DIRS if (root / v).is_dir()), None)
+        return scan(root / "train"), scan(val) if val else None
+    return scan(root), None
+
+
+def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
+    """Decode every image once; return the good (file, label) pairs and how many were skipped."""
+    good, bad = [], 0
+    for path, label in tqdm(pairs, desc=f"checking {what} images", leave=False, disable=len(pairs) < 500):
+        try:
+            to_tensor(open_image(path), cfg.channels, str(path))
+        except ImageError as e:
+            if not cfg.skip_bad_samples:
+                raise ImageError(f"{e} (set skip_bad_samples=true to skip such files)") from None
+            bad += 1
+            continue
+        good.append((path, label))
+    return good, bad
+
+
+class FolderSet(Dataset):
+    """Images read lazily from files, resized to image_size; RandAugment when training."""
+
+    def __init__(self, pairs, label_ids: dict[str, int], cfg: Config, train: bool):
+        from torchvision.transforms import v2
+
+        self.pairs, self.label_ids, self.cfg = pairs, label_ids, cfg
+        size = [cfg.image_size, cfg.image_size]
+        steps = [v2.Resize(cfg.image_size, antialias=True), v2.CenterCrop(size)]
+        if train and cfg.randaugment:
+            steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.RandAugment()]
+        self.transform = v2.Compose(steps)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        path, label = self.pairs[i]
+        x = (to_tensor(open_image(path), self.cfg.channels, str(path)) * 255).round().to(torch.uint8)  # RandAugment wants uint8
+        return self.transform(x).float() / 255.0, self.label_ids[label]
+
+
+def build_data(cfg: Config):
+    if not cfg.data:
+        raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
+    root = Path(cfg.data)
+    train_pairs, val_pairs = find_splits(root)
+    train_pairs, bad = check_images(train_pairs, cfg, "training")
+    if val_pairs is not None:
+        val_pairs, bad_val = check_images(val_pairs, cfg, "validation")
+        bad += bad_val
+    if bad:
+        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+    classes = sorted({label for _, label in train_pairs})
+    if len(classes) < 2:
+        raise ValueError(f"data folder {root} has {len(classes)} class(es) ({', '.join(classes)}); a classifier needs at least 2")
+    if val_pairs is None:
+        from sklearn.model_selection import train_test_split
+
+        counts = Counter(label for _, label in train_pairs)
+        stratify = [l for _, l in train_pairs] if min(counts.values()) >= 2 else None
+        train_pairs, val_pairs = train_test_split(train_pairs, test_size=cfg.val_fraction, stratify=stratify, random_state=0)
+    unknown = sorted({l for _, l in val_pairs} - set(classes))
+    if unknown:
+        raise ValueError(f"validation labels {unknown[:5]} do not occur in the training images")
+    ids = {c: i for i, c in enumerate(classes)}
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.channels == 3 else ((0.5,), (0.5,))
+    return FolderSet(train_pairs, ids, cfg, True), FolderSet(val_pairs, ids, cfg, False), classes, (list(mean), list(std))
+
+
+def build_from_timm(cfg: Config, tokenizer, num_classes: int):
+    """Our model with a timm ViT's weights (position table resampled to our grid; new head)."""
+    import timm
+    from safetensors.torch import load_file
+
+    from models import MultimodalTransformer, load_timm_vit, vit_model_config
+
+    vit_model = timm.create_model(cfg.timm_model, pretrained=False, num_classes=num_classes)
+    if vit_model.patch_embed.patch_size[0] != cfg.patch_size or vit_model.patch_embed.proj.in_channels != cfg.channels:
+        raise ValueError(f"patch_size={cfg.patch_size} does not match the timm model's {vit_model.patch_embed.patch_size[0]} "
+                         f"(or channels={cfg.channels} its {vit_model.patch_embed.proj.in_channels})")  # fmt: skip
+    config = vit_model_config(vit_model, num_classes)
+    config.modalities["image"].grid = list(tokenizer.grid)
+    config.modalities["image"].max_positions = tokenizer.max_positions
+    t = config.trunk
+    cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio = t.dim, t.depth, t.num_heads, t.mlp_ratio
+    config.heads["cls"].label_smoothing = cfg.label_smoothing
+    return load_timm_vit(MultimodalTransformer(config), load_file(cfg.init_from), skip_head=True)
+
+
+def main(cfg: Config, resume: bool = False) -> dict:
+    if bool(cfg.timm_model) != bool(cfg.init_from):
+        raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
+    return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
+
+
+def evaluate(run_dir) -> dict:
+    return vit.evaluate_run(run_dir, build_data)
+
+
+predict = vit.predict

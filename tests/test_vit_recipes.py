@@ -1,0 +1,116 @@
+"""ViT recipes end to end on real files: digits, an image folder with bad files, timm weights,
+predict and show."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from recipes import vit_digits, vit_folder
+from recipes.vit import predict, show
+from tokenizers_mm import ImageError
+
+TINY = dict(dim=32, depth=2, num_heads=2, batch_size=32, max_steps=20, eval_every=20, ckpt_every=20, log_every=10, warmup_steps=5, cpu=True)
+
+
+def test_vit_digits_trains_predicts_and_shows(tmp_path):
+    run = tmp_path / "run"
+    metrics = vit_digits.main(vit_digits.Config(run_dir=str(run), **{**TINY, "max_steps": 500, "eval_every": 500, "batch_size": 64, "lr": 3e-3}))
+    assert metrics["val_accuracy"] > 0.5  # 500 steps of a tiny model: far above chance (0.1)
+    train_set, test_set, classes, _ = vit_digits.build_data(vit_digits.Config())
+    assert (len(train_set), len(test_set)) == (1437, 360)  # the fixed stratified split
+    img, label = test_set[0]
+    Image.fromarray((img[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "digit.png")
+    (result,) = predict(run, [tmp_path / "digit.png"], top_k=3)
+    assert len(result["top"]) == 3 and result["top"][0]["prob"] >= result["top"][1]["prob"]
+    out = show(tmp_path / "digit.png", tmp_path / "digit_patches.png", run_dir=run)
+    assert out.stat().st_size > 2000
+
+
+def make_folder(root, classes=("circle", "square", "bar"), n=12, size=20):
+    rng = np.random.default_rng(0)
+    for k, name in enumerate(classes):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            a = np.zeros((size, size, 3), dtype=np.uint8)
+            c = rng.integers(4, size - 4, 2)
+            if k == 0:
+                yy, xx = np.ogrid[:size, :size]
+                a[(yy - c[0]) ** 2 + (xx - c[1]) ** 2 < 12] = (255, 80, 80)
+            elif k == 1:
+                a[c[0] - 3 : c[0] + 3, c[1] - 3 : c[1] + 3] = (80, 255, 80)
+            else:
+                a[:, c[1] - 1 : c[1] + 1] = (80, 80, 255)
+            Image.fromarray(a).save(root / name / f"{i}.png")
+
+
+def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
+    data = tmp_path / "imgs"
+    make_folder(data)
+    (data / "circle" / "zero.png").write_bytes(b"")
+    (data / "square" / "notes.txt").write_text("not an image")
+    good = (data / "bar" / "0.png").read_bytes()
+    (data / "bar" / "cut.png").write_bytes(good[: len(good) // 2])
+    Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(data / "bar" / "deep.png")  # 16-bit: fine
+    Image.fromarray(np.zeros((20, 20, 3), dtype=np.uint8)).convert("CMYK").save(data / "square" / "cmyk.jpg")  # fine
+    Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(data / "square" / "tiny.png")  # resized up: fine
+
+    cfg = vit_folder.Config(data=str(data), image_size=16, patch_size=4, **TINY)
+    with pytest.raises(ImageError, match=r"zero.png: the file is empty|notes.txt: not an image|cut.png: corrupt"):
+        vit_folder.build_data(cfg)
+    run = tmp_path / "run"
+    metrics = vit_folder.main(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, run_dir=str(run), **TINY))
+    assert "skipped 3 unreadable image(s)" in capsys.readouterr().out
+    assert 0 <= metrics["val_accuracy"] <= 1
+    assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
+    (result,) = predict(run, [data / "circle" / "1.png"])
+    assert result["top"][0]["label"] in ("bar", "circle", "square")
+
+
+@pytest.mark.parametrize("case, message", [("one_class", "needs at least 2"), ("empty_class", "is empty"), ("escape", "outside the data folder"),
+                                           ("missing", "does not exist")])  # fmt: skip
+def test_vit_folder_layout_errors(tmp_path, case, message):
+    data = tmp_path / "imgs"
+    if case == "one_class":
+        make_folder(data, classes=("only",))
+    elif case == "empty_class":
+        make_folder(data)
+        (data / "ghost").mkdir()
+    elif case == "escape":
+        make_folder(data)
+        (data / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n../../etc/passwd,b\n")
+    cfg = vit_folder.Config(data=str(data), image_size=16, patch_size=4, **TINY)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        vit_folder.build_data(cfg)
+
+
+def test_vit_folder_with_metadata_and_split_folders(tmp_path):
+    data = tmp_path / "imgs"
+    make_folder(data / "train")
+    make_folder(data / "validation", n=3)
+    train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(data), image_size=16, patch_size=4))
+    assert (len(train_set), len(val_set), classes) == (36, 9, ["bar", "circle", "square"])
+    flat = tmp_path / "flat"
+    make_folder(flat)
+    rows = ["file_name,label"] + [f"{c}/{i}.png,{c.upper()}" for c in ("circle", "square") for i in range(12)]
+    (flat / "metadata.csv").write_text("\n".join(rows) + "\n")
+    train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(flat), image_size=16, patch_size=4, val_fraction=0.25))
+    assert classes == ["CIRCLE", "SQUARE"] and len(train_set) + len(val_set) == 24
+
+
+def test_vit_folder_from_timm_weights(tmp_path):
+    timm = pytest.importorskip("timm")
+    from safetensors.torch import save_file
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False)  # the architecture's own sizes
+    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    data = tmp_path / "imgs"
+    make_folder(data)
+    kw = dict(data=str(data), image_size=32, timm_model="vit_tiny_patch16_224", init_from=str(tmp_path / "w.safetensors"), **{**TINY, "max_steps": 4})
+    with pytest.raises(ValueError, match="patch_size=4 does not match the timm model's 16"):
+        vit_folder.main(vit_folder.Config(patch_size=4, run_dir=str(tmp_path / "bad"), **kw))
+    run = tmp_path / "run"
+    metrics = vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **kw))  # 224 -> 32 px: positions resampled 14x14 -> 2x2
+    assert json.loads((run / "run.json").read_text())["config"]["dim"] == 192 and 0 <= metrics["val_accuracy"] <= 1
