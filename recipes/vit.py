@@ -36,6 +36,7 @@ class Config(TrainConfig):
     mlp_ratio: float = 2.0
     dropout: float = 0.0
     pool: str = "cls"  # "cls" (a learned CLS token) or "mean" (average of the patch tokens)
+    flash: bool = True  # fused SDPA attention; False: the manual path (faster on CPU for very short sequences)
     label_smoothing: float = 0.1
     augment: bool = True
     rotate: float = 10.0  # degrees, random in [-rotate, rotate]
@@ -109,7 +110,7 @@ def make_tokenizer(cfg: Config, mean, std) -> ImageTokenizer:
 
 def build_model(cfg: Config, tokenizer: ImageTokenizer, num_classes: int) -> MultimodalTransformer:
     trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout,
-                        mode="encoder", norm_eps=1e-6)  # fmt: skip
+                        mode="encoder", norm_eps=1e-6, flash=cfg.flash)  # fmt: skip
     head = HeadConfig("classify", "image", num_outputs=num_classes, pool=cfg.pool, label_smoothing=cfg.label_smoothing)
     return MultimodalTransformer(ModelConfig(trunk, {"image": ModalityConfig.from_tokenizer(tokenizer)}, {"cls": head}, encoder_inputs=["image"]))
 

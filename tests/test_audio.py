@@ -1,0 +1,110 @@
+"""Audio tokenizer: log-mel parity with openai-whisper, slicing, resampling, bad input."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from tokenizers_mm import load_tokenizer
+from tokenizers_mm.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, AudioTokenizer, load_audio, log_mel_spectrogram, to_waveform
+
+whisper_audio = pytest.importorskip("whisper.audio")
+
+
+def speechlike(seconds: float, seed: int = 0) -> torch.Tensor:
+    """A deterministic voiced signal: harmonics of a gliding pitch under a syllable envelope, plus noise."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    f0 = 120 + 40 * torch.sin(2 * torch.pi * 0.7 * t)
+    phase = 2 * torch.pi * torch.cumsum(f0, 0) / SAMPLE_RATE
+    voiced = sum(torch.sin(k * phase) / k for k in range(1, 12))
+    envelope = 0.5 * (1 + torch.sin(2 * torch.pi * 3 * t)) ** 2
+    return (0.3 * voiced * envelope + 0.01 * torch.randn(t.shape, generator=g)).float()
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+@pytest.mark.parametrize(
+    "audio",
+    [
+        speechlike(1.0),
+        speechlike(7.3, seed=1),
+        torch.zeros(SAMPLE_RATE),  # silence
+        (speechlike(2.0, seed=2) * 20).clamp(-1, 1),  # clipping
+        speechlike(0.05, seed=3),  # shorter than a second
+    ],
+    ids=["1s", "7.3s", "silence", "clipped", "50ms"],
+)
+def test_log_mel_equals_whisper(audio, n_mels):
+    ours = log_mel_spectrogram(audio, n_mels)
+    ref = whisper_audio.log_mel_spectrogram(audio, n_mels)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_thirty_second_chunk_equals_whisper_pipeline():
+    audio = speechlike(12.0)
+    ref = whisper_audio.log_mel_spectrogram(whisper_audio.pad_or_trim(audio), 80)  # (80, 3000)
+    ts = AudioTokenizer(n_mels=80, slice_frames=1, chunk=True).encode(audio)
+    assert ts.values.shape == (N_FRAMES, 80)
+    torch.testing.assert_close(ts.values.T, ref, atol=1e-4, rtol=0)
+
+
+def test_batched_equals_one_by_one():
+    tok = AudioTokenizer(slice_frames=4, chunk=False, max_frames=1000)
+    waves = [speechlike(s, seed=i) for i, s in enumerate((1.0, 2.5, 0.4))]
+    batch = tok.encode_batch(waves)
+    assert batch.values.shape == (3, 63, 320)  # 2.5 s = 250 frames -> 62.5 -> 63 slices of 4 frames
+    assert batch.mask.sum(1).tolist() == [25, 63, 10]
+    alone = tok.encode(waves[1])
+    torch.testing.assert_close(batch.values[1], alone.values, atol=1e-4, rtol=0)
+
+
+def test_slices_are_frame_major_with_positions():
+    tok = AudioTokenizer(slice_frames=2, chunk=False, max_frames=100)
+    ts = tok.encode(speechlike(0.2))
+    mel = log_mel_spectrogram(tok._fit(speechlike(0.2), "x"))
+    assert ts.values.shape == (10, 160) and ts.positions.tolist() == list(range(10))
+    torch.testing.assert_close(ts.values[3, :80], mel[:, 6])
+    torch.testing.assert_close(ts.values[3, 80:], mel[:, 7])
+    ts.validate(tok.spec)
+
+
+def test_formats_rates_and_channels(tmp_path):
+    wave = speechlike(1.0)
+    pcm = (wave * 32767).round().short()
+    torch.testing.assert_close(to_waveform(pcm.numpy()), pcm.float() / 32768)
+    stereo = torch.stack([wave, wave])
+    torch.testing.assert_close(to_waveform(stereo), wave)
+    torch.testing.assert_close(to_waveform(stereo.T.numpy()), wave)  # (T, C) as soundfile gives it
+    for rate in (8000, 48000):
+        import torchaudio.functional as AF
+
+        resampled = AF.resample(wave, SAMPLE_RATE, rate)
+        back = to_waveform(resampled, rate)
+        assert abs(back.shape[0] - wave.shape[0]) <= 1
+    sf.write(tmp_path / "x.wav", stereo.T.numpy(), 48000, subtype="PCM_16")
+    data, rate = load_audio(tmp_path / "x.wav")
+    assert rate == 48000 and data.shape == (16000, 2)
+    assert AudioTokenizer().encode(data, rate).values.shape == (N_FRAMES, 80)
+
+
+def test_bad_audio_is_named(tmp_path):
+    (tmp_path / "empty.wav").write_bytes(b"")
+    (tmp_path / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
+    for name, message in [("empty.wav", "empty"), ("broken.wav", "not a readable audio file"), ("nope.wav", "no such file")]:
+        with pytest.raises(AudioError, match=f"{name}.*{message}"):
+            load_audio(tmp_path / name)
+    tok = AudioTokenizer(chunk=False, max_frames=200)
+    with pytest.raises(AudioError, match="clip.wav: the waveform is empty"):
+        tok.encode(np.zeros(0, dtype=np.float32), name="clip.wav")
+    with pytest.raises(AudioError, match="NaN"):
+        tok.encode(torch.tensor([0.0, float("nan")]))
+    with pytest.raises(AudioError, match="longer than max_frames=200"):
+        tok.encode(torch.zeros(3 * SAMPLE_RATE))
+    assert AudioTokenizer(chunk=True).encode(torch.zeros(N_SAMPLES + 12345)).values.shape[0] == N_FRAMES  # trimmed
+
+
+def test_save_load(tmp_path):
+    tok = AudioTokenizer(n_mels=128, slice_frames=3, chunk=False, max_frames=300)
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).config() == tok.config()
