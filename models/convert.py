@@ -137,3 +137,71 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
             own[k].copy_(v)
         model.type_embed.weight.zero_()  # timm has no token types
     return model
+
+
+# -- Whisper (Hugging Face WhisperForConditionalGeneration) ------------------------------------------
+def whisper_model_config(hf: dict) -> ModelConfig:
+    """Our encoder-decoder for a Hugging Face WhisperConfig (as a dict): conv stem on mel frames
+    (one frame per token), sinusoidal encoder positions, learned decoder positions, tied output."""
+    if hf.get("activation_function", "gelu") != "gelu" or hf.get("scale_embedding", False):
+        raise ValueError("Whisper import: only GELU activations without embedding scaling (Whisper's own) are supported")
+    dim = hf["d_model"]
+    trunk = TrunkConfig(dim=dim, depth=hf["encoder_layers"], dec_depth=hf["decoder_layers"], num_heads=hf["encoder_attention_heads"],
+                        mlp_ratio=hf["encoder_ffn_dim"] / dim, bias=True, norm_eps=1e-5, mode="encoder-decoder", activation="gelu")  # fmt: skip
+    if hf["decoder_attention_heads"] != hf["encoder_attention_heads"] or hf["decoder_ffn_dim"] != hf["encoder_ffn_dim"]:
+        raise ValueError("Whisper import: the encoder and decoder must share head count and MLP width")
+    audio = ModalitySpec("audio", ("slice",), 2 * hf["max_source_positions"], value_dim=hf["num_mel_bins"])
+    text = ModalitySpec("text", ("token",), hf["max_target_positions"], vocab_size=hf["vocab_size"])
+    modalities = {"audio": ModalityConfig.from_spec(audio, embedder="whisper_conv"), "text": ModalityConfig.from_spec(text)}
+    return ModelConfig(trunk, modalities, {"lm": HeadConfig("lm", "text")}, encoder_inputs=["audio"], decoder_inputs=["text"])
+
+
+def _fuse(sd: dict, prefix: str, names: tuple[str, ...]) -> tuple[Tensor, Tensor]:
+    """Concatenate separate q/k/v projections into one fused weight and bias (k has no bias)."""
+    ws = [sd[f"{prefix}.{n}.weight"] for n in names]
+    bs = [sd.get(f"{prefix}.{n}.bias", torch.zeros(w.shape[0], dtype=w.dtype)) for n, w in zip(names, ws)]
+    return torch.cat(ws), torch.cat(bs)
+
+
+def hf_whisper_state_dict(sd: dict[str, Tensor], enc_depth: int, dec_depth: int) -> dict[str, Tensor]:
+    """Rename a WhisperForConditionalGeneration state dict into ours."""
+    sd = {k.removeprefix("model."): v for k, v in sd.items()}
+    out = {
+        "embedders.audio.conv1.weight": sd["encoder.conv1.weight"], "embedders.audio.conv1.bias": sd["encoder.conv1.bias"],
+        "embedders.audio.conv2.weight": sd["encoder.conv2.weight"], "embedders.audio.conv2.bias": sd["encoder.conv2.bias"],
+        "embedders.audio.pos.weight": sd["encoder.embed_positions.weight"],
+        "embedders.text.tok.weight": sd["decoder.embed_tokens.weight"], "embedders.text.pos.weight": sd["decoder.embed_positions.weight"],
+        "encoder.ln_f.weight": sd["encoder.layer_norm.weight"], "encoder.ln_f.bias": sd["encoder.layer_norm.bias"],
+        "decoder.ln_f.weight": sd["decoder.layer_norm.weight"], "decoder.ln_f.bias": sd["decoder.layer_norm.bias"],
+    }  # fmt: skip
+    for side, depth in (("encoder", enc_depth), ("decoder", dec_depth)):
+        for i in range(depth):
+            theirs, ours = f"{side}.layers.{i}", f"{side}.blocks.{i}"
+            out[f"{ours}.attn.qkv.weight"], out[f"{ours}.attn.qkv.bias"] = _fuse(sd, f"{theirs}.self_attn", ("q_proj", "k_proj", "v_proj"))
+            pairs = {"self_attn.out_proj": "attn.proj", "self_attn_layer_norm": "ln_1", "final_layer_norm": "ln_2", "fc1": "mlp.fc", "fc2": "mlp.proj"}
+            if side == "decoder":
+                out[f"{ours}.cross_attn.q.weight"] = sd[f"{theirs}.encoder_attn.q_proj.weight"]
+                out[f"{ours}.cross_attn.q.bias"] = sd[f"{theirs}.encoder_attn.q_proj.bias"]
+                out[f"{ours}.cross_attn.kv.weight"], out[f"{ours}.cross_attn.kv.bias"] = _fuse(sd, f"{theirs}.encoder_attn", ("k_proj", "v_proj"))
+                pairs |= {"encoder_attn.out_proj": "cross_attn.proj", "encoder_attn_layer_norm": "ln_cross"}
+            for t, o in pairs.items():
+                out[f"{ours}.{o}.weight"] = sd[f"{theirs}.{t}.weight"]
+                out[f"{ours}.{o}.bias"] = sd[f"{theirs}.{t}.bias"]
+    return out
+
+
+def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
+    """Copy Hugging Face Whisper weights into a model built from `whisper_model_config`."""
+    ours = hf_whisper_state_dict(sd, len(model.encoder.blocks), len(model.decoder.blocks))
+    own = model.state_dict()
+    missing = [k for k in own if k not in ours and not k.startswith(("type_embed", "heads."))]
+    if missing:
+        raise ValueError(f"Whisper import: the checkpoint lacks {missing[:5]}")
+    for k, v in ours.items():
+        if own[k].shape != v.shape:
+            raise ValueError(f"Whisper import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    with torch.no_grad():
+        for k, v in ours.items():
+            own[k].copy_(v)
+        model.type_embed.weight.zero_()  # Whisper has no token types
+    return model

@@ -9,6 +9,8 @@ Dimension legend: B batch, N tokens, D value width, C model width.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -42,6 +44,40 @@ class TokenEmbedder(nn.Module):
         return x + self.pos(shared_rows(batch.positions))
 
 
+def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
+    """Whisper's sinusoidal position table (length, channels): sines then cosines."""
+    log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
+    inv_timescales = torch.exp(-log_timescale_increment * torch.arange(channels // 2))
+    scaled_time = torch.arange(length)[:, None] * inv_timescales[None, :]
+    return torch.cat([torch.sin(scaled_time), torch.cos(scaled_time)], dim=1)
+
+
+class WhisperStem(nn.Module):
+    """Whisper's convolutional stem: mel frames (B, F, n_mels) → (B, F/2, C).
+
+    Conv1d(n_mels, C, 3) + GELU, Conv1d(C, C, 3, stride 2) + GELU, then a position table
+    initialised with Whisper's sinusoids (learned here; an import copies the reference's). It halves
+    the sequence: `stride = 2` tells the model to take every second mask / type entry.
+    """
+
+    stride = 2
+
+    def __init__(self, dim: int, n_mels: int, max_positions: int, name: str = ""):
+        super().__init__()
+        self.name = name
+        self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
+        self.pos = nn.Embedding((max_positions + 1) // 2, dim)
+        with torch.no_grad():
+            self.pos.weight.copy_(sinusoids(*self.pos.weight.shape))
+
+    def forward(self, batch: TokenBatch) -> Tensor:
+        x = batch.values.to(self.conv1.weight.dtype).transpose(1, 2)  # (B, F, n_mels) -> (B, n_mels, F)
+        x = F.gelu(self.conv2(F.gelu(self.conv1(x))))  # (B, C, F/2)
+        positions = shared_rows(batch.positions)[:, ::2] // 2  # frame index -> stem output index
+        return x.transpose(1, 2) + self.pos(positions)  # (B, F/2, C)
+
+
 def shared_rows(index: Tensor) -> Tensor:
     """(B, N) indices that are the same in every row (an expanded tensor) → (1, N), so the
     lookup runs once and broadcasts, and its backward sums over the batch instead of scattering."""
@@ -64,4 +100,8 @@ def build_embedder(kind: str, dim: int, max_positions: int, vocab_size=None, val
     """The embedder a modality's config asks for; "auto" picks by ids vs values."""
     if kind == "auto":
         return TokenEmbedder(dim, max_positions, vocab_size, value_dim, learned_types, name)
-    raise ValueError(f"modality {name!r}: unknown embedder {kind!r}; known: auto")
+    if kind == "whisper_conv":
+        if value_dim is None:
+            raise ValueError(f"modality {name!r}: the whisper_conv embedder reads mel frames (values), not ids")
+        return WhisperStem(dim, value_dim, max_positions, name)
+    raise ValueError(f"modality {name!r}: unknown embedder {kind!r}; known: auto, whisper_conv")

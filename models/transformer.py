@@ -103,12 +103,15 @@ class MultimodalTransformer(nn.Module):
         for name in names:
             if name not in inputs:
                 raise KeyError(f"model input {name!r} is missing; this model reads {names}, got {sorted(inputs)}")
-            b = inputs[name]
-            xs.append(self.embedders[name](b) + self.type_embed(shared_rows(b.types) + self.type_offset[name]))
-            masks.append(b.mask)
-            segs.append(b.segments)
-            spans[name] = (start, start + b.shape[1])
-            start += b.shape[1]
+            b, emb = inputs[name], self.embedders[name]
+            k = getattr(emb, "stride", 1)  # a strided stem (Whisper's) keeps every k-th token
+            types, mask, seg = (t if t is None or k == 1 else t[:, ::k] for t in (shared_rows(b.types), b.mask, b.segments))
+            x = emb(b)
+            xs.append(x + self.type_embed(types + self.type_offset[name]))
+            masks.append(mask)
+            segs.append(seg)
+            spans[name] = (start, start + x.shape[1])
+            start += x.shape[1]
         x, mask = (xs[0], masks[0]) if len(xs) == 1 else (torch.cat(xs, 1), torch.cat(masks, 1))
         segments = None
         if any(s is not None for s in segs):

@@ -1,0 +1,65 @@
+"""Whisper import parity: our encoder-decoder on converted Hugging Face Whisper weights."""
+
+import pytest
+import torch
+
+from models import MultimodalTransformer, load_hf_whisper, whisper_model_config
+from models.embedders import sinusoids
+from tokenizers_mm import TokenSet, collate
+
+transformers = pytest.importorskip("transformers")
+
+
+def small_whisper(**kw):
+    args = dict(vocab_size=100, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=3, encoder_attention_heads=4, decoder_attention_heads=4,
+                encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=50, max_target_positions=32, pad_token_id=0, bos_token_id=1,
+                eos_token_id=2, decoder_start_token_id=1)  # fmt: skip
+    cfg = transformers.WhisperConfig(**{**args, **kw})
+    torch.manual_seed(0)
+    hf = transformers.WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # non-trivial biases and norms
+        for n, p in hf.named_parameters():
+            if n.endswith("bias") or "norm" in n:
+                p.normal_(0, 0.1)
+            elif "embed_tokens" in n:
+                p.normal_(0, 0.5)  # logits well away from zero
+    return cfg, hf
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_logits_equal_hf_whisper(n_mels):
+    cfg, hf = small_whisper(**({} if n_mels == 80 else {"num_mel_bins": 128}))
+    ours = load_hf_whisper(MultimodalTransformer(whisper_model_config(cfg.to_dict())), hf.state_dict()).eval()
+    feats = torch.randn(2, n_mels, 100)  # (B, n_mels, 2 * max_source_positions)
+    ids = torch.randint(0, 100, (2, 7))
+    ref = hf(input_features=feats, decoder_input_ids=ids).logits
+    inputs = {"audio": collate([TokenSet("audio", values=f.T) for f in feats]), "text": collate([TokenSet("text", ids=i) for i in ids])}
+    got = ours(inputs).logits["lm"]
+    assert got.shape == ref.shape == (2, 7, 100) and ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    # greedy decoding with the KV cache agrees with the reference's generate, token for token
+    start = torch.tensor([[1]])
+    hf_out = hf.generate(input_features=feats[:1], decoder_input_ids=start, max_new_tokens=8, do_sample=False, suppress_tokens=None,
+                         begin_suppress_tokens=None)  # fmt: skip
+    prompt = {"audio": collate([TokenSet("audio", values=feats[0].T)]), "text": collate([TokenSet("text", ids=start[0])])}
+    ours_out = ours.generate(prompt, 8, temperature=0)
+    assert torch.equal(ours_out[:, -hf_out.shape[1] :], hf_out[:, -8:]) and ours_out.shape == (1, 9)  # HF returns the new tokens
+
+
+def test_sinusoids_equal_whisper():
+    whisper_model = pytest.importorskip("whisper.model")
+    torch.testing.assert_close(sinusoids(50, 32), whisper_model.sinusoids(50, 32))
+
+
+def test_audio_tokens_feed_the_stem_with_padding():
+    from tokenizers_mm import AudioTokenizer
+
+    cfg, hf = small_whisper()
+    ours = load_hf_whisper(MultimodalTransformer(whisper_model_config(cfg.to_dict())), hf.state_dict()).eval()
+    tok = AudioTokenizer(chunk=False, max_frames=100)
+    batch = tok.encode_batch([0.1 * torch.randn(9600), 0.1 * torch.randn(16000)])  # 60 and 100 frames
+    memory, mask, spans = ours.encode({"audio": batch})
+    assert memory.shape == (2, 50, 32) and mask.sum(1).tolist() == [30, 50] and spans == {"audio": (0, 50)}
+    # the unpadded sample's encoding matches HF's encoder on the same frames
+    ref = hf.model.encoder(batch.values[1:].transpose(1, 2)).last_hidden_state
+    torch.testing.assert_close(memory[1:], ref, atol=1e-4, rtol=1e-4)
