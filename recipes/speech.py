@@ -1,0 +1,166 @@
+"""Speech that needs no download: the eSpeak NG synthesizer bundled by the `espeakng-loader` wheel
+(shared library + voice data), called through ctypes, and a deterministic corpus of spoken
+number sequences and short phrases built with it for the Whisper-style recipes.
+
+eSpeak NG keeps global state, so one process-wide `Synthesizer` serialises calls. Each utterance
+varies voice variant (e.g. "en+f3", "en-us+m2"), speaking rate, pitch, pitch range and word gap,
+and gets background noise at a chosen SNR; `make_corpus` draws all of that from a seeded
+generator and caches the result on disk as 16 kHz WAV files plus a `manifest.jsonl` that records
+how each was made. Test splits use voice variants never heard in training.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+SYNTH_RATE = 22050  # Hz, eSpeak NG's output rate
+AUDIO_OUTPUT_SYNCHRONOUS = 2
+POS_CHARACTER = 1
+RATE, VOLUME, PITCH, RANGE, WORDGAP = 1, 2, 3, 4, 7  # espeak_PARAMETER
+DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+PHRASES = ("yes", "no", "stop", "go", "left", "right", "up", "down", "on", "off", "hello world", "good morning", "thank you")
+# Voice variants shipped in espeak-ng-data/voices/!v; the test split uses the last ones only.
+TRAIN_VOICES = ("en+m1", "en+m2", "en+m3", "en+m4", "en+f1", "en+f2", "en+f3", "en-us+m5", "en-us+f4", "en+klatt", "en+klatt2",
+                "en+Andy", "en+Annie", "en+david", "en+john", "en+linda", "en-us+max", "en+michel", "en+norbert", "en+iven")  # fmt: skip
+TEST_VOICES = ("en+m6", "en+m7", "en-us+f5", "en+klatt3", "en+belinda", "en+edward", "en+Mike", "en-us+ian")
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class SpeechError(RuntimeError):
+    pass
+
+
+class Synthesizer:
+    """eSpeak NG through ctypes: text → int16 waveform at 22,050 Hz."""
+
+    _lock = threading.Lock()
+    _instance = None
+
+    def __init__(self):
+        try:
+            import espeakng_loader
+        except ImportError:
+            raise SpeechError("speech synthesis needs the espeakng-loader package (pip install espeakng-loader)") from None
+        self.lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        self._chunks: list[np.ndarray] = []
+        self._cb = _CALLBACK(self._collect)  # note: keep a reference, or ctypes frees the callback
+        rate = self.lib.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0)
+        if rate != SYNTH_RATE:
+            raise SpeechError(f"eSpeak NG failed to start (espeak_Initialize returned {rate})")
+        self.lib.espeak_SetSynthCallback(self._cb)
+
+    @classmethod
+    def get(cls) -> "Synthesizer":
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = Synthesizer()
+            return cls._instance
+
+    def _collect(self, wav, n, events) -> int:
+        if n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0
+
+    def say(self, text: str, voice: str = "en", rate: int = 175, pitch: int = 50, pitch_range: int = 50, word_gap: int = 0) -> np.ndarray:
+        """Speak `text`: int16 samples at SYNTH_RATE. rate in words per minute (80-450), pitch and
+        pitch_range 0-100, word_gap in units of 10 ms.
+
+        note: eSpeak NG varies its output slightly from call to call within a process (a
+        process-wide state that neither espeak_ng_SetRandSeed nor re-initialising resets), while
+        the same sequence of calls in a fresh process gives the same samples. `make_corpus`
+        therefore renders in a fresh process.
+        """
+        with self._lock:
+            if self.lib.espeak_SetVoiceByName(voice.encode()) != 0:
+                raise SpeechError(f"eSpeak NG has no voice {voice!r}")
+            for param, value in ((RATE, rate), (PITCH, pitch), (RANGE, pitch_range), (WORDGAP, word_gap), (VOLUME, 100)):
+                self.lib.espeak_SetParameter(param, int(value), 0)
+            self._chunks = []
+            data = text.encode("utf-8") + b"\0"
+            if self.lib.espeak_Synth(data, len(data), 0, POS_CHARACTER, 0, 0, None, None) != 0:
+                raise SpeechError(f"eSpeak NG could not speak {text!r}")
+            self.lib.espeak_Synchronize()
+            return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+
+
+@dataclass
+class Utterance:
+    """How one utterance was made (a manifest row)."""
+
+    file_name: str
+    transcription: str
+    voice: str
+    rate: int
+    pitch: int
+    pitch_range: int
+    word_gap: int
+    snr_db: float
+    seconds: float = 0.0
+
+
+def random_text(rng: np.random.Generator) -> str:
+    """A spoken number sequence (2-6 digits) or, one time in four, a short phrase."""
+    if rng.random() < 0.25:
+        return str(PHRASES[rng.integers(len(PHRASES))])
+    return " ".join(DIGITS[d] for d in rng.integers(0, 10, rng.integers(2, 7)))
+
+
+def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
+    """Synthesize, resample to 16 kHz, add noise at the utterance's SNR: float32 in [-1, 1]."""
+    import torch
+    import torchaudio.functional as AF
+
+    wave = Synthesizer.get().say(u.transcription, u.voice, u.rate, u.pitch, u.pitch_range, u.word_gap).astype(np.float32) / 32768.0
+    wave = AF.resample(torch.from_numpy(wave), SYNTH_RATE, 16000).numpy()
+    power = float(np.mean(wave**2)) + 1e-12
+    noise = rng.standard_normal(wave.shape).astype(np.float32) * np.sqrt(power / 10 ** (u.snr_db / 10))
+    return np.clip(wave + noise, -1.0, 1.0)
+
+
+def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
+    """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`)."""
+    import soundfile as sf
+
+    seconds = []
+    for i, row in enumerate(rows):
+        wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
+        sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
+        seconds.append(round(len(wave) / 16000, 3))
+    return seconds
+
+
+def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[Utterance]:
+    """Generate (or reuse) `n` utterances under `directory`: WAV files + manifest.jsonl.
+
+    Deterministic in (n, voices, seed): texts and settings come from a seeded generator, and the
+    audio is rendered in a fresh process. A manifest made with other settings is regenerated.
+    """
+    import multiprocessing
+
+    directory = Path(directory)
+    manifest = directory / "manifest.jsonl"
+    recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
+    if manifest.exists():
+        lines = manifest.read_text().splitlines()
+        if lines and json.loads(lines[0]) == recipe:
+            return [Utterance(**json.loads(line)) for line in lines[1:]]
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = [Utterance(file_name=f"{i:06d}.wav", transcription=random_text(rng), voice=str(voices[rng.integers(len(voices))]),
+                      rate=int(rng.integers(120, 260)), pitch=int(rng.integers(20, 80)), pitch_range=int(rng.integers(20, 90)),
+                      word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed))
+    for u, sec in zip(rows, seconds):
+        u.seconds = sec
+    tmp = manifest.with_suffix(".tmp")
+    tmp.write_text("\n".join([json.dumps(recipe)] + [json.dumps(asdict(u)) for u in rows]) + "\n")
+    tmp.replace(manifest)  # the manifest appears only once every file is written
+    return rows

@@ -1,0 +1,38 @@
+"""Offline speech: eSpeak NG through ctypes, and the deterministic spoken-digits corpus."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("espeakng_loader")
+
+from recipes.speech import SYNTH_RATE, TEST_VOICES, TRAIN_VOICES, SpeechError, Synthesizer, make_corpus  # noqa: E402
+from tokenizers_mm import AudioTokenizer, load_audio  # noqa: E402
+
+
+def test_synthesizer_speaks_and_varies():
+    s = Synthesizer.get()
+    a = s.say("three one four", "en+m1", rate=170)
+    assert a.dtype == np.int16 and 0.5 * SYNTH_RATE < len(a) < 3 * SYNTH_RATE and np.abs(a).max() > 1000
+    slow = s.say("three one four", "en+m1", rate=100)
+    assert len(slow) > 1.3 * len(a)  # rate changes the duration
+    assert not np.array_equal(s.say("three one four", "en+f3", rate=170)[: len(a)], a[: len(a)])
+    with pytest.raises(SpeechError, match="no voice"):
+        s.say("hi", "xx+nobody")
+
+
+def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
+    rows = make_corpus(tmp_path / "c", 6, TRAIN_VOICES, seed=3)
+    assert len(rows) == 6 and all(r.voice in TRAIN_VOICES for r in rows)
+    mtime = (tmp_path / "c" / "manifest.jsonl").stat().st_mtime_ns
+    again = make_corpus(tmp_path / "c", 6, TRAIN_VOICES, seed=3)
+    assert again == rows and (tmp_path / "c" / "manifest.jsonl").stat().st_mtime_ns == mtime  # reused, not regenerated
+    other = make_corpus(tmp_path / "d", 6, TRAIN_VOICES, seed=3)
+    assert [r.transcription for r in other] == [r.transcription for r in rows]
+    assert np.array_equal(load_audio(tmp_path / "d" / rows[0].file_name)[0], load_audio(tmp_path / "c" / rows[0].file_name)[0])
+    wave, rate = load_audio(tmp_path / "c" / rows[0].file_name)
+    assert rate == 16000 and abs(len(wave) / 16000 - rows[0].seconds) < 1e-3
+    ts = AudioTokenizer(chunk=False, max_frames=1000).encode(wave)
+    assert ts.values.shape[1] == 80 and 20 < len(ts) < 1000
+    assert not set(TRAIN_VOICES) & set(TEST_VOICES)
+    for v in TRAIN_VOICES + TEST_VOICES:  # every listed voice exists in the bundled data
+        Synthesizer.get().say("one", v)
