@@ -7,6 +7,7 @@
     mmtok eval RUN_DIR                  evaluate the last checkpoint
     mmtok generate RUN_DIR --prompt ... sample from a generative recipe
     mmtok predict RUN_DIR IMAGE...      classify images
+    mmtok transcribe RUN_DIR AUDIO...   transcribe speech
     mmtok show IMAGE [--run RUN_DIR]    draw the patch tokens (and CLS attention)
 
 Errors print one line (`mmtok: error: ...`) and exit with status 2, never a bare traceback.
@@ -88,6 +89,16 @@ def cmd_predict(args):
         print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
 
 
+def cmd_transcribe(args):
+    from .runs import load_run_info
+
+    name, module, _ = load_run_info(args.run_dir)
+    if not hasattr(module, "transcribe"):
+        raise ConfigError(f"recipe {name!r} does not transcribe audio")
+    for path, text in zip(args.audio, module.transcribe(args.run_dir, args.audio)):
+        print(f"{path}: {text}")
+
+
 def cmd_show(args):
     from .vit import show
 
@@ -126,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.add_argument("--top-k", type=int, default=3)
     s.set_defaults(fn=cmd_predict)
+    s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint, greedy decoding.")
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("audio", nargs="+", metavar="AUDIO")
+    s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention)", description="Save a PNG of an image cut into patch tokens with their indices; with --run, also where the trained model's CLS token attends.")
     s.add_argument("image", metavar="IMAGE")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention")

@@ -29,6 +29,7 @@ RECIPES = {
     "vit_digits": "recipes.vit_digits",
     "vit_mnist": "recipes.vit_mnist",
     "vit_folder": "recipes.vit_folder",
+    "whisper_digits": "recipes.whisper_digits",
 }
 RUN_FILE = "run.json"
 

@@ -1,0 +1,189 @@
+"""whisper_digits: Whisper-style speech recognition on speech synthesized offline.
+
+Config → data → model → loss/metric → main. The corpus (recipes/speech.py) is spoken digit
+sequences and short phrases from eSpeak NG, the test split spoken by voice variants never heard
+in training. Audio → log-mel frames (the `audio` tokenizer, one frame per token) → Whisper's conv
+stem → encoder; the decoder reads Whisper's prompt <|startoftranscript|><|transcribe|>
+<|notimestamps|> and predicts the transcript's characters, then <|endoftext|>. The metric is word
+error rate (jiwer) of greedy decoding on the held-out voices.
+
+    mmtok train whisper_digits
+    mmtok transcribe RUN_DIR speech.wav
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import Dataset
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio
+
+from .config import TrainConfig
+from .runs import load_trained, resolve_run_dir, save_run_info
+from .train import train
+
+SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT = "<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>", "<|endoftext|>"
+CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # transcripts are lower-cased first
+
+
+@dataclass
+class Config(TrainConfig):
+    data_dir: str = ""  # where the synthesized corpus is cached; "" = ~/.cache/tokenizers-mm/whisper_digits
+    n_train: int = 4000  # utterances spoken by the training voices
+    n_test: int = 300  # utterances spoken by the held-out voices
+    n_mels: int = 80
+    max_frames: int = 800  # 10 ms frames per utterance at most (8 s)
+    max_text: int = 64  # decoder positions: prompt + characters + <|endoftext|>
+    dim: int = 128
+    depth: int = 3  # encoder blocks
+    dec_depth: int = 3
+    num_heads: int = 4
+    dropout: float = 0.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 200
+    max_steps: int = 3000
+    beta2: float = 0.98
+    weight_decay: float = 0.05
+    eval_every: int = 500
+    ckpt_every: int = 500
+    eval_utterances: int = 300  # test utterances decoded at each evaluation
+
+
+# -- data -----------------------------------------------------------------------------------------
+def text_tokenizer(cfg: Config) -> CharTokenizer:
+    return CharTokenizer(chars=CHARS, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
+
+
+def text_example(tok: CharTokenizer, transcript: str, name: str) -> TokenSet:
+    """Decoder input = prompt + characters; targets = the next token; loss on characters and EOT."""
+    prompt = [tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)]
+    try:
+        chars = tok.encode_ids(transcript.lower())
+    except ValueError as e:
+        raise ValueError(f"{name}: transcript {transcript!r}: {e}") from None
+    ids = torch.tensor(prompt + chars + [tok.special_ids[EOT]])
+    if len(ids) - 1 > tok.max_positions:
+        raise ValueError(f"{name}: transcript of {len(chars)} characters is longer than max_text={tok.max_positions} allows")
+    loss_mask = torch.arange(len(ids) - 1) >= len(prompt) - 1
+    return TokenSet("text", ids=ids[:-1], targets=ids[1:], loss_mask=loss_mask)
+
+
+class SpeechSet(Dataset):
+    """(file, transcript) pairs → {"audio": frames, "text": prompt + characters} examples."""
+
+    def __init__(self, pairs: list[tuple[Path, str]], audio_tok: AudioTokenizer, text_tok: CharTokenizer):
+        self.pairs, self.audio_tok, self.text_tok = pairs, audio_tok, text_tok
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict:
+        path, transcript = self.pairs[i]
+        wave, rate = load_audio(path)
+        return {"audio": self.audio_tok.encode(wave, rate, name=str(path)), "text": text_example(self.text_tok, transcript, str(path))}
+
+
+def build_data(cfg: Config):
+    from .speech import TEST_VOICES, TRAIN_VOICES, make_corpus
+
+    root = Path(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/whisper_digits"))
+    train_rows = make_corpus(root / "train", cfg.n_train, TRAIN_VOICES, seed=1)
+    test_rows = make_corpus(root / "test", cfg.n_test, TEST_VOICES, seed=2)
+    audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
+    text_tok = text_tokenizer(cfg)
+    pairs = lambda rows, d: [(root / d / r.file_name, r.transcription) for r in rows]  # noqa: E731
+    return audio_tok, text_tok, SpeechSet(pairs(train_rows, "train"), audio_tok, text_tok), SpeechSet(pairs(test_rows, "test"), audio_tok, text_tok)
+
+
+# -- model ----------------------------------------------------------------------------------------
+def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer) -> MultimodalTransformer:
+    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, dec_depth=cfg.dec_depth, num_heads=cfg.num_heads, dropout=cfg.dropout,
+                        mode="encoder-decoder")  # fmt: skip
+    modalities = {"audio": ModalityConfig.from_tokenizer(audio_tok, embedder="whisper_conv"), "text": ModalityConfig.from_tokenizer(text_tok)}
+    return MultimodalTransformer(ModelConfig(trunk, modalities, {"lm": HeadConfig("lm", "text")}, encoder_inputs=["audio"], decoder_inputs=["text"]))
+
+
+# -- metric ---------------------------------------------------------------------------------------
+@torch.no_grad()
+def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audio_batch, max_new: int) -> list[str]:
+    """Greedy decoding with the KV cache; stops each transcript at <|endoftext|>."""
+    B = audio_batch.shape[0]
+    prompt = torch.tensor([text_tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)], device=audio_batch.mask.device)
+    text = collate([TokenSet("text", ids=prompt)] * B).to(audio_batch.mask.device)
+    out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
+    eot = text_tok.special_ids[EOT]
+    texts = []
+    for row in out.tolist():
+        row = row[: row.index(eot)] if eot in row else row
+        texts.append(text_tok.decode([i for i in row if i < len(CHARS)]).strip())
+    return texts
+
+
+def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
+    import jiwer
+
+    n = min(cfg.eval_utterances, len(test_set))
+    examples = [test_set[i] for i in range(n)]
+    refs = [test_set.pairs[i][1].lower() for i in range(n)]
+    batches = [collate_examples(examples[i : i + 32]) for i in range(0, n, 32)]
+
+    def evaluate(model, accelerator) -> dict:
+        was = model.training
+        model.eval()
+        m = accelerator.unwrap_model(model)
+        hyps, loss = [], 0.0
+        for inputs, _ in batches:
+            inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+            loss += m(inputs).loss.item() * inputs["text"].shape[0]
+            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - 3)
+        model.train(was)
+        return {"val_wer": jiwer.wer(refs, hyps), "val_loss": loss / n}
+
+    return evaluate
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(cfg: Config, resume: bool = False) -> dict:
+    run_dir = resolve_run_dir(cfg, "whisper_digits")
+    audio_tok, text_tok, train_set, test_set = build_data(cfg)
+    set_seed(cfg.seed)
+    model = build_model(cfg, audio_tok, text_tok)
+    if not resume:
+        save_run_info(run_dir, "whisper_digits", cfg)
+        audio_tok.save(run_dir / "tokenizers" / "audio")
+        text_tok.save(run_dir / "tokenizers" / "text")
+    print(f"whisper_digits: {len(train_set):,} training / {len(test_set):,} test utterances (unseen voices), "
+          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+    metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, test_set, text_tok), run_dir, resume=resume)
+    print(f"test WER {metrics['val_wer'] * 100:.2f}% on unseen voices")
+    return metrics
+
+
+def evaluate(run_dir) -> dict:
+    from .runs import load_run_info
+    from .train import make_accelerator
+
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir)
+    _, _, _, test_set = build_data(cfg)
+    cfg.cpu = True
+    return make_evaluate(cfg, test_set, toks["text"])(model, make_accelerator(cfg, Path(run_dir)))
+
+
+def transcribe(run_dir, paths: list[str]) -> list[str]:
+    """Transcribe audio files with a run's last checkpoint (greedy decoding)."""
+    from .runs import load_run_info
+
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir)
+    audio = [load_audio(p) for p in paths]
+    batch = toks["audio"].encode_batch([a[0] for a in audio], [a[1] for a in audio], names=[str(p) for p in paths])
+    return transcribe_batch(model, toks["text"], batch, cfg.max_text - 3)

@@ -1,0 +1,35 @@
+"""whisper_digits end to end on a tiny synthesized corpus: data, training, WER, transcribe."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("espeakng_loader")
+
+from recipes import whisper_digits  # noqa: E402
+from recipes.whisper_digits import EOT, SOT, Config, text_example, text_tokenizer  # noqa: E402
+
+TINY = dict(n_train=48, n_test=8, dim=32, depth=1, dec_depth=1, num_heads=2, batch_size=8, max_steps=12, eval_every=12, ckpt_every=12,
+            log_every=4, warmup_steps=2, eval_utterances=8, cpu=True)  # fmt: skip
+
+
+def test_text_side_prompt_targets_and_bad_characters():
+    tok = text_tokenizer(Config())
+    ts = text_example(tok, "Two Four", "x.wav")
+    assert ts.ids[0].item() == tok.special_ids[SOT] and ts.targets[-1].item() == tok.special_ids[EOT]
+    assert tok.decode(ts.targets[ts.loss_mask][:-1]) == "two four"  # the loss covers the characters and EOT only
+    assert ts.loss_mask.sum().item() == len("two four") + 1
+    with pytest.raises(ValueError, match=r"x.wav: transcript 'naïve'.*'ï'"):
+        text_example(tok, "naïve", "x.wav")
+
+
+def test_trains_evaluates_and_transcribes(tmp_path):
+    run = tmp_path / "run"
+    metrics = whisper_digits.main(Config(data_dir=str(tmp_path / "data"), run_dir=str(run), **TINY))
+    assert 0 <= metrics["val_wer"] and metrics["val_loss"] < 5
+    rows = [json.loads(line) for line in (tmp_path / "data" / "test" / "manifest.jsonl").read_text().splitlines()[1:]]
+    assert {r["voice"] for r in rows}.isdisjoint({json.loads(line)["voice"] for line in (tmp_path / "data" / "train" / "manifest.jsonl").read_text().splitlines()[1:]})
+    texts = whisper_digits.transcribe(run, [tmp_path / "data" / "test" / rows[0]["file_name"]])
+    assert len(texts) == 1 and isinstance(texts[0], str)
+    assert json.loads((run / "results.json").read_text())["val_wer"] == pytest.approx(metrics["val_wer"])
