@@ -18,6 +18,20 @@ from .config import HeadConfig, ModalityConfig, ModelConfig, TrunkConfig
 from .transformer import MultimodalTransformer
 
 
+def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: str) -> MultimodalTransformer:
+    """Copy renamed reference weights into `model` after checking every shape; zero the type
+    table (the references have no token types, so their outputs are reproduced exactly)."""
+    own = model.state_dict()
+    for k, v in ours.items():
+        if k not in own or own[k].shape != v.shape:
+            raise ValueError(f"{what} import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape) if k in own else 'nothing'}")
+    with torch.no_grad():
+        for k, v in ours.items():
+            own[k].copy_(v)
+        model.type_embed.weight.zero_()
+    return model
+
+
 def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0) -> ModelConfig:
     """Our config for a Hugging Face GPT2Config (as a dict: config.json or `.to_dict()`)."""
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
@@ -54,15 +68,7 @@ def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Multimodal
     ours = gpt2_state_dict(sd, len(model.decoder.blocks))
     n_pos = model.embedders["text"].pos.num_embeddings
     ours["embedders.text.pos.weight"] = ours["embedders.text.pos.weight"][:n_pos]
-    own = model.state_dict()
-    for k, v in ours.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"GPT-2 import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    with torch.no_grad():
-        for k, v in ours.items():
-            own[k].copy_(v)
-        model.type_embed.weight.zero_()  # GPT-2 has no token types
-    return model
+    return copy_checked(model, ours, "GPT-2")
 
 
 # -- timm VisionTransformer ------------------------------------------------------------------------
@@ -125,18 +131,10 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
         ours["embedders.image.pos.weight"] = resample_grid(ours["embedders.image.pos.weight"], old_grid, m.grid, n_prefix)
     if skip_head:
         ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
-    own = model.state_dict()
-    missing = [k for k in own if k not in ours and not k.startswith("type_embed") and not (skip_head and k.startswith("heads."))]
+    missing = [k for k in model.state_dict() if k not in ours and not k.startswith("type_embed") and not (skip_head and k.startswith("heads."))]
     if missing:
         raise ValueError(f"timm import: the checkpoint lacks {missing[:5]}")
-    for k, v in ours.items():
-        if k not in own or own[k].shape != v.shape:
-            raise ValueError(f"timm import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape) if k in own else 'nothing'}")
-    with torch.no_grad():
-        for k, v in ours.items():
-            own[k].copy_(v)
-        model.type_embed.weight.zero_()  # timm has no token types
-    return model
+    return copy_checked(model, ours, "timm")
 
 
 # -- Whisper (Hugging Face WhisperForConditionalGeneration) ------------------------------------------
@@ -193,15 +191,7 @@ def hf_whisper_state_dict(sd: dict[str, Tensor], enc_depth: int, dec_depth: int)
 def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
     """Copy Hugging Face Whisper weights into a model built from `whisper_model_config`."""
     ours = hf_whisper_state_dict(sd, len(model.encoder.blocks), len(model.decoder.blocks))
-    own = model.state_dict()
-    missing = [k for k in own if k not in ours and not k.startswith(("type_embed", "heads."))]
+    missing = [k for k in model.state_dict() if k not in ours and not k.startswith(("type_embed", "heads."))]
     if missing:
         raise ValueError(f"Whisper import: the checkpoint lacks {missing[:5]}")
-    for k, v in ours.items():
-        if own[k].shape != v.shape:
-            raise ValueError(f"Whisper import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    with torch.no_grad():
-        for k, v in ours.items():
-            own[k].copy_(v)
-        model.type_embed.weight.zero_()  # Whisper has no token types
-    return model
+    return copy_checked(model, ours, "Whisper")

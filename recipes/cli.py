@@ -70,32 +70,29 @@ def cmd_eval(args):
     print(json.dumps(module.evaluate(args.run_dir), indent=2))
 
 
-def cmd_generate(args):
+def recipe_function(run_dir, name: str, what: str):
+    """The run's recipe's `name` function (generate / predict / transcribe), or a clear error."""
     from .runs import load_run_info
 
-    name, module, _ = load_run_info(args.run_dir)
-    if not hasattr(module, "generate"):
-        raise ConfigError(f"recipe {name!r} does not generate")
-    print(module.generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    recipe, module, _ = load_run_info(run_dir)
+    if not hasattr(module, name):
+        raise ConfigError(f"recipe {recipe!r} does not {what}")
+    return getattr(module, name)
+
+
+def cmd_generate(args):
+    generate = recipe_function(args.run_dir, "generate", "generate text")
+    print(generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
 def cmd_predict(args):
-    from .runs import load_run_info
-
-    name, module, _ = load_run_info(args.run_dir)
-    if not hasattr(module, "predict"):
-        raise ConfigError(f"recipe {name!r} does not classify images")
-    for r in module.predict(args.run_dir, args.images, args.top_k):
+    for r in recipe_function(args.run_dir, "predict", "classify images")(args.run_dir, args.images, args.top_k):
         print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
 
 
 def cmd_transcribe(args):
-    from .runs import load_run_info
-
-    name, module, _ = load_run_info(args.run_dir)
-    if not hasattr(module, "transcribe"):
-        raise ConfigError(f"recipe {name!r} does not transcribe audio")
-    for path, text in zip(args.audio, module.transcribe(args.run_dir, args.audio)):
+    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio)
+    for path, text in zip(args.audio, texts):
         print(f"{path}: {text}")
 
 
