@@ -80,6 +80,14 @@ class KVCache:
     def advance(self, n: int):
         self.length += n
 
+    def reorder(self, index: Tensor):
+        """Keep the rows `index` (beam search: each surviving beam takes its parent's past)."""
+        for i in range(len(self.k)):
+            self.k[i] = self.k[i].index_select(0, index)
+            self.v[i] = self.v[i].index_select(0, index)
+            if self.cross[i] is not None:
+                self.cross[i] = tuple(t.index_select(0, index) for t in self.cross[i])
+
 
 class Attention(nn.Module):
     """Multi-head attention. Self-attention uses a fused qkv projection (as GPT-2 and timm);

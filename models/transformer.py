@@ -243,6 +243,66 @@ class MultimodalTransformer(nn.Module):
                 names = [name]
         return ids
 
+    @torch.no_grad()
+    def beam_search(self, inputs: dict[str, TokenBatch], max_new_tokens: int, beam_size: int = 5, length_penalty: float = 1.0,
+                    eos_id: int | None = None) -> Tensor:  # fmt: skip
+        """Beam search on the LM head with the KV cache. Returns the best sequence per sample,
+        (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended.
+
+        A beam's score is its summed log-probability divided by (generated length ** length_penalty);
+        a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
+        The prompt (the decoder's last input) must be unpadded, as for `generate`.
+        """
+        lm_name, hc = next((n, h) for n, h in self.config.heads.items() if h.kind == "lm")
+        name = hc.modality
+        prompt = inputs[name]
+        if not bool(prompt.mask.all()):
+            raise ValueError("beam_search: the prompt must not be padded (give prompts of equal length)")
+        B, N = prompt.shape
+        K, V = beam_size, self.config.modalities[name].vocab_size
+        if N + max_new_tokens > self.config.modalities[name].max_positions:
+            raise ValueError(f"beam_search: {N} + {max_new_tokens} tokens exceed the {self.config.modalities[name].max_positions}-position table")
+        rows = torch.arange(B, device=prompt.ids.device).repeat_interleave(K)  # (B·K,) which sample each beam belongs to
+        expand = lambda b: b if b is None else b.index_select(0, rows)  # noqa: E731
+        beams = {n: TokenBatch(n, expand(b.ids), expand(b.values), expand(b.positions), expand(b.types), expand(b.mask),
+                               segments=expand(b.segments)) for n, b in inputs.items()}  # fmt: skip
+        memory = memory_mask = None
+        if self.encoder is not None:
+            memory, memory_mask, _ = self.encode(beams)
+        t = self.config.trunk
+        prefix = sum(beams[n].shape[1] for n in self.config.decoder_inputs[:-1])
+        cache = KVCache(len(self.decoder.blocks), B * K, t.num_heads, prefix + N + max_new_tokens, t.dim // t.num_heads, prompt.ids.device,
+                        self.type_embed.weight.dtype)  # fmt: skip
+        ids, types = beams[name].ids, beams[name].types
+        scores = torch.full((B, K), float("-inf"), device=ids.device)
+        scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
+        scores = scores.view(-1)
+        finished = torch.zeros(B * K, dtype=torch.bool, device=ids.device)
+        lengths = torch.zeros(B * K, device=ids.device)
+        step_inputs, names = beams, None
+        for step in range(max_new_tokens):
+            h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
+            logp = self.heads[lm_name](h[:, -1:])[:, -1].float().log_softmax(-1)  # (B·K, V)
+            if eos_id is not None and finished.any():
+                logp[finished] = float("-inf")
+                logp[finished, eos_id] = 0.0  # a finished beam stays finished, at no cost
+            cand = (scores[:, None] + logp).view(B, K * V)
+            top, idx = cand.topk(K, dim=-1)  # (B, K)
+            parent = (idx // V + torch.arange(B, device=ids.device)[:, None] * K).view(-1)  # (B·K,) rows of the parents
+            token = (idx % V).view(-1, 1)
+            scores = top.view(-1)
+            ids, types = torch.cat([ids[parent], token], 1), torch.cat([types[parent], types[parent, -1:]], 1)
+            lengths = lengths[parent] + (~finished[parent]).float()
+            finished = finished[parent] | (token[:, 0] == eos_id if eos_id is not None else False)
+            cache.reorder(parent)
+            if eos_id is not None and bool(finished.all()):
+                break
+            pos = torch.full_like(token, cache.length - prefix)
+            step_inputs, names = {name: TokenBatch(name, token, None, pos, types[:, -1:], torch.ones_like(token, dtype=torch.bool))}, [name]
+        normalized = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K)
+        best = normalized.argmax(-1) + torch.arange(B, device=ids.device) * K
+        return ids[best]
+
     @staticmethod
     def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:
         if temperature == 0:

@@ -91,7 +91,7 @@ def cmd_predict(args):
 
 
 def cmd_transcribe(args):
-    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio)
+    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio, args.beam_size)
     for path, text in zip(args.audio, texts):
         print(f"{path}: {text}")
 
@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint, greedy decoding.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("audio", nargs="+", metavar="AUDIO")
+    s.add_argument("--beam-size", type=int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention)", description="Save a PNG of an image cut into patch tokens with their indices; with --run, also where the trained model's CLS token attends.")
     s.add_argument("image", metavar="IMAGE")

@@ -55,6 +55,8 @@ class Config(TrainConfig):
     eval_every: int = 500
     ckpt_every: int = 500
     eval_utterances: int = 300  # test utterances decoded at each evaluation
+    beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
+    length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -113,13 +115,17 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audio_batch, max_new: int) -> list[str]:
-    """Greedy decoding with the KV cache; stops each transcript at <|endoftext|>."""
+def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audio_batch, max_new: int, beam_size: int = 1,
+                     length_penalty: float = 1.0) -> list[str]:  # fmt: skip
+    """Greedy decoding (beam_size 1) or beam search, with the KV cache; stops at <|endoftext|>."""
     B = audio_batch.shape[0]
     prompt = torch.tensor([text_tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)], device=audio_batch.mask.device)
     text = collate([TokenSet("text", ids=prompt)] * B).to(audio_batch.mask.device)
-    out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
     eot = text_tok.special_ids[EOT]
+    if beam_size > 1:
+        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)[:, len(prompt) :]
+    else:
+        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
     texts = []
     for row in out.tolist():
         row = row[: row.index(eot)] if eot in row else row
@@ -143,7 +149,7 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
         for inputs, _ in batches:
             inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
             loss += m(inputs).loss.item() * inputs["text"].shape[0]
-            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - 3)
+            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - 3, cfg.beam_size, cfg.length_penalty)
         model.train(was)
         return {"val_wer": jiwer.wer(refs, hyps), "val_loss": loss / n}
 
@@ -178,12 +184,12 @@ def evaluate(run_dir) -> dict:
     return make_evaluate(cfg, test_set, toks["text"])(model, make_accelerator(cfg, Path(run_dir)))
 
 
-def transcribe(run_dir, paths: list[str]) -> list[str]:
-    """Transcribe audio files with a run's last checkpoint (greedy decoding)."""
+def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[str]:
+    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
     audio = [load_audio(p) for p in paths]
     batch = toks["audio"].encode_batch([a[0] for a in audio], [a[1] for a in audio], names=[str(p) for p in paths])
-    return transcribe_batch(model, toks["text"], batch, cfg.max_text - 3)
+    return transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty)

@@ -177,3 +177,36 @@ def test_config_errors():
         ModelConfig(TrunkConfig(), {"text": ModalityConfig.from_spec(TEXT)}, {}, decoder_inputs=["audio"])
     with pytest.raises(KeyError, match="model input 'text' is missing"):
         lm_model()({})
+
+
+def _logprob(model, prompt, ids):
+    """Summed log-probability of the continuation ids[N:] given the prompt (teacher forcing)."""
+    N = prompt["text"].shape[1]
+    full = {**prompt, "text": collate([TokenSet("text", ids=ids[0])])}
+    logp = model(full).logits["lm"][0, :-1].log_softmax(-1)
+    return logp[torch.arange(N - 1, ids.shape[1] - 1), ids[0, N:]].sum().item()
+
+
+@pytest.mark.parametrize("mode", ["decoder", "encoder-decoder"])
+def test_beam_search(mode):
+    torch.manual_seed(0)
+    model = lm_model() if mode == "decoder" else multimodal("encoder-decoder").eval()
+    prompt = {"text": collate([rand_text(3, 7)])}
+    if mode == "encoder-decoder":
+        prompt["image"] = collate([TokenSet("image", values=torch.randn(4, 12))])
+    greedy = model.generate(prompt, 8, temperature=0)
+    assert torch.equal(model.beam_search(prompt, 8, beam_size=1, length_penalty=0.0), greedy)  # beam 1 is greedy
+    beam = model.beam_search(prompt, 8, beam_size=4, length_penalty=0.0)
+    assert beam.shape == greedy.shape and _logprob(model, prompt, beam) >= _logprob(model, prompt, greedy) - 1e-5
+    # with an end token, finished beams are padded with it
+    out = model.beam_search(prompt, 8, beam_size=3, eos_id=int(greedy[0, 4]))
+    assert out.shape[1] <= 11
+
+
+def test_beam_search_batches_match_single():
+    torch.manual_seed(0)
+    model = lm_model()
+    prompts = [rand_text(3, s) for s in (1, 2)]
+    both = model.beam_search({"text": collate(prompts)}, 6, beam_size=3)
+    for i, p in enumerate(prompts):
+        assert torch.equal(both[i : i + 1], model.beam_search({"text": collate([p])}, 6, beam_size=3))

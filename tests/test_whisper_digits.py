@@ -30,6 +30,8 @@ def test_trains_evaluates_and_transcribes(tmp_path):
     assert 0 <= metrics["val_wer"] and metrics["val_loss"] < 5
     rows = [json.loads(line) for line in (tmp_path / "data" / "test" / "manifest.jsonl").read_text().splitlines()[1:]]
     assert {r["voice"] for r in rows}.isdisjoint({json.loads(line)["voice"] for line in (tmp_path / "data" / "train" / "manifest.jsonl").read_text().splitlines()[1:]})
-    texts = whisper_digits.transcribe(run, [tmp_path / "data" / "test" / rows[0]["file_name"]])
-    assert len(texts) == 1 and isinstance(texts[0], str)
+    files = [tmp_path / "data" / "test" / r["file_name"] for r in rows[:2]]
+    texts = whisper_digits.transcribe(run, files)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+    assert len(whisper_digits.transcribe(run, files, beam_size=3)) == 2  # beam search on the KV cache
     assert json.loads((run / "results.json").read_text())["val_wer"] == pytest.approx(metrics["val_wer"])
