@@ -96,7 +96,16 @@ def cmd_transcribe(args):
         print(f"{path}: {text}")
 
 
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+
+
 def cmd_show(args):
+    if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
+        from .speech import show_audio
+
+        out = args.out or str(Path(args.image).with_suffix("").name + "_mel.png")
+        print(show_audio(args.image, out, args.slice_frames))
+        return
     from .vit import show
 
     out = args.out or str(Path(args.image).with_suffix("").name + "_patches.png")
@@ -139,12 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("audio", nargs="+", metavar="AUDIO")
     s.add_argument("--beam-size", type=int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.set_defaults(fn=cmd_transcribe)
-    s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention)", description="Save a PNG of an image cut into patch tokens with their indices; with --run, also where the trained model's CLS token attends.")
-    s.add_argument("image", metavar="IMAGE")
+    s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
+    s.add_argument("image", metavar="IMAGE_OR_AUDIO")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention")
     s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
     s.add_argument("--image-size", type=int, default=224)
     s.add_argument("--patch-size", type=int, default=16)
+    s.add_argument("--slice-frames", type=int, default=10, help="audio: frames of 10 ms per token slice to mark")
     s.set_defaults(fn=cmd_show)
     return p
 

@@ -36,3 +36,13 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
     assert not set(TRAIN_VOICES) & set(TEST_VOICES)
     for v in TRAIN_VOICES + TEST_VOICES:  # every listed voice exists in the bundled data
         Synthesizer.get().say("one", v)
+
+
+def test_show_audio_draws_waveform_and_slices(tmp_path):
+    import soundfile as sf
+
+    from recipes.speech import show_audio
+
+    sf.write(tmp_path / "one.wav", Synthesizer.get().say("one two", "en+m3"), SYNTH_RATE)
+    out = show_audio(tmp_path / "one.wav", tmp_path / "one_mel.png", slice_frames=5)
+    assert out.exists() and out.stat().st_size > 5000
