@@ -184,6 +184,23 @@ class MultimodalTransformer(nn.Module):
         return self.forward_head(self.forward_features(inputs), inputs, targets)
 
     # -- generation -----------------------------------------------------------------------------
+    def _lm_prompt(self, inputs: dict[str, TokenBatch], who: str) -> tuple[str, str, TokenBatch]:
+        """(lm head name, its modality, the prompt batch), checked for decoding."""
+        lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm"]
+        if not lm or self.decoder is None:
+            raise ValueError(f"{who} needs a decoder with an lm head")
+        head, name = lm[0][0], lm[0][1].modality
+        if self.config.decoder_inputs[-1] != name:
+            raise ValueError(f"{who}: the lm modality {name!r} must be the decoder's last input")
+        prompt = inputs[name]
+        if not bool(prompt.mask.all()):
+            raise ValueError(f"{who}: the prompt must not be padded (give prompts of equal length)")
+        return head, name, prompt
+
+    def _new_cache(self, batch: int, length: int, device) -> KVCache:
+        t = self.config.trunk
+        return KVCache(len(self.decoder.blocks), batch, t.num_heads, length, t.dim // t.num_heads, device, self.type_embed.weight.dtype)
+
     @torch.no_grad()
     def generate(
         self,
@@ -200,15 +217,7 @@ class MultimodalTransformer(nn.Module):
         Past the modality's position table, the context is cropped to its last max_positions
         tokens and re-run without the cache (nanoGPT's sliding window).
         """
-        lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm"]
-        if not lm or self.decoder is None:
-            raise ValueError("generate needs a decoder with an lm head")
-        name = lm[0][1].modality
-        if self.config.decoder_inputs[-1] != name:
-            raise ValueError(f"generate: the lm modality {name!r} must be the decoder's last input")
-        prompt = inputs[name]
-        if not bool(prompt.mask.all()):
-            raise ValueError("generate: the prompt must not be padded (give prompts of equal length)")
+        lm_name, name, prompt = self._lm_prompt(inputs, "generate")
         max_pos = self.config.modalities[name].max_positions
         memory = memory_mask = None
         if self.encoder is not None:
@@ -218,9 +227,7 @@ class MultimodalTransformer(nn.Module):
         prefix = sum(inputs[n].shape[1] for n in self.config.decoder_inputs[:-1])
         cache = None
         if use_cache:
-            t = self.config.trunk
-            cache = KVCache(len(self.decoder.blocks), B, t.num_heads, prefix + max_pos, t.dim // t.num_heads, ids.device,
-                            self.type_embed.weight.dtype)  # fmt: skip
+            cache = self._new_cache(B, prefix + max_pos, ids.device)
         step_inputs = dict(inputs)
         names = None  # first step: the whole decoder input
         for _ in range(max_new_tokens):
@@ -233,7 +240,7 @@ class MultimodalTransformer(nn.Module):
                                                types[:, -n:], torch.ones_like(window, dtype=torch.bool))  # fmt: skip
                 names = None
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
-            logits = self.heads[lm[0][0]](h[:, -1:])[:, -1].float()  # (B, V)
+            logits = self.heads[lm_name](h[:, -1:])[:, -1].float()  # (B, V)
             nxt = self._sample(logits, temperature, top_k, generator)
             ids = torch.cat([ids, nxt], 1)
             types = torch.cat([types, types[:, -1:]], 1)
@@ -253,11 +260,7 @@ class MultimodalTransformer(nn.Module):
         a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
         The prompt (the decoder's last input) must be unpadded, as for `generate`.
         """
-        lm_name, hc = next((n, h) for n, h in self.config.heads.items() if h.kind == "lm")
-        name = hc.modality
-        prompt = inputs[name]
-        if not bool(prompt.mask.all()):
-            raise ValueError("beam_search: the prompt must not be padded (give prompts of equal length)")
+        lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size
         if N + max_new_tokens > self.config.modalities[name].max_positions:
@@ -269,10 +272,8 @@ class MultimodalTransformer(nn.Module):
         memory = memory_mask = None
         if self.encoder is not None:
             memory, memory_mask, _ = self.encode(beams)
-        t = self.config.trunk
         prefix = sum(beams[n].shape[1] for n in self.config.decoder_inputs[:-1])
-        cache = KVCache(len(self.decoder.blocks), B * K, t.num_heads, prefix + N + max_new_tokens, t.dim // t.num_heads, prompt.ids.device,
-                        self.type_embed.weight.dtype)  # fmt: skip
+        cache = self._new_cache(B * K, prefix + N + max_new_tokens, prompt.ids.device)
         ids, types = beams[name].ids, beams[name].types
         scores = torch.full((B, K), float("-inf"), device=ids.device)
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates

@@ -168,11 +168,6 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
 
 def show_audio(path, out_path, slice_frames: int = 10) -> Path:
     """PNG of an audio file: waveform on top, Whisper log-mel below, token slices marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from tokenizers_mm import AudioTokenizer, load_audio
     from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram, to_waveform
 
@@ -181,7 +176,9 @@ def show_audio(path, out_path, slice_frames: int = 10) -> Path:
     tok = AudioTokenizer(slice_frames=slice_frames, chunk=False, max_frames=max(slice_frames, -(-len(wave) // HOP_LENGTH // slice_frames) * slice_frames))
     mel = log_mel_spectrogram(tok._fit(wave, str(path)))  # (80, F)
     seconds = len(wave) / SAMPLE_RATE
-    fig, (a0, a1) = plt.subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    from .plots import save_png, subplots
+
+    fig, (a0, a1) = subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     a0.plot(np.arange(len(wave)) / SAMPLE_RATE, wave.numpy(), lw=0.4)
     a0.set_ylabel("amplitude")
     a0.set_title(f"{Path(path).name}: {seconds:.2f} s, {mel.shape[1]} frames of 10 ms → {mel.shape[1] // slice_frames} tokens of {slice_frames} frames")
@@ -190,7 +187,4 @@ def show_audio(path, out_path, slice_frames: int = 10) -> Path:
         a1.axvline(k * HOP_LENGTH / SAMPLE_RATE, color="white", lw=0.3, alpha=0.6)
     a1.set_xlabel("seconds")
     a1.set_ylabel("mel bin")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=110)
-    plt.close(fig)
-    return Path(out_path)
+    return save_png(fig, out_path)

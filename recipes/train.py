@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from models import MultimodalTransformer
+from models import MultimodalTransformer, load_weights
 from tokenizers_mm import TokenBatch
 
 from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
@@ -129,20 +130,12 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     total = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(micro_batches):
         inputs, targets = to_device(batch, accelerator.device)
-        ctx = accelerator.no_sync(model) if i < len(micro_batches) - 1 else _nullcontext()
+        ctx = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
         with ctx:
             loss = model(inputs, targets).loss / accum
             accelerator.backward(loss)
         total += loss.detach()
     return total
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # -- evaluation helper ----------------------------------------------------------------------------
@@ -217,8 +210,6 @@ def train(
         if ckpt is None:
             raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
         verify(ckpt)
-        from models.transformer import load_weights
-
         load_weights(model, ckpt / "model.safetensors")
         start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
         if accelerator.is_main_process:  # forget what was logged after the checkpoint
@@ -296,12 +287,9 @@ def plot_metrics(run_dir) -> Path | None:
     rows = read_metrics(run_dir)
     if not rows:
         return None
-    import matplotlib
+    from .plots import save_png, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = subplots(figsize=(7, 4))
     train_rows = [r for r in rows if "loss" in r]
     ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train loss", lw=1)
     for key in sorted({k for r in rows for k in r if k.startswith("val_")}):
@@ -311,8 +299,4 @@ def plot_metrics(run_dir) -> Path | None:
     ax.set_ylabel("loss (nats per token)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    out = Path(run_dir) / "loss.png"
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_png(fig, Path(run_dir) / "loss.png")

@@ -221,12 +221,9 @@ def cls_attention(model: MultimodalTransformer, batch) -> torch.Tensor:
 def show(image_path, out_path, run_dir=None, image_size: int = 224, patch_size: int = 16) -> Path:
     """PNG of the image with its patch grid and token indices; with a run directory, a second
     panel shows where the CLS token attends (last block, averaged over heads)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from tokenizers_mm import collate, open_image
+
+    from .plots import save_png, subplots
 
     img = open_image(image_path)
     model = None
@@ -240,7 +237,7 @@ def show(image_path, out_path, run_dir=None, image_size: int = 224, patch_size: 
     gh, gw = tok.grid
     p = tok.patch_size
     panels = 2 if model is not None and tok.cls_token else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 5), squeeze=False)
+    fig, axes = subplots(1, panels, figsize=(5 * panels, 5), squeeze=False)
     ax = axes[0, 0]
     ax.imshow(pixels.squeeze(), cmap="gray" if tok.channels == 1 else None, extent=(0, gw * p, gh * p, 0))
     for r in range(gh + 1):
@@ -260,7 +257,4 @@ def show(image_path, out_path, run_dir=None, image_size: int = 224, patch_size: 
         ax.imshow(att.numpy(), cmap="inferno", alpha=0.6, extent=(0, gw * p, gh * p, 0))
         ax.set_title("CLS attention, last block (mean over heads)")
         ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=120)
-    plt.close(fig)
-    return Path(out_path)
+    return save_png(fig, out_path, dpi=120)

@@ -1,0 +1,25 @@
+"""Figures without a screen: matplotlib on its Agg backend, and one way to write a PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def subplots(*args, **kwargs):
+    """`plt.subplots` on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(*args, **kwargs)
+
+
+def save_png(fig, path, dpi: int = 110) -> Path:
+    """Lay out, write and close a figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return Path(path)
