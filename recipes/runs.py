@@ -30,6 +30,7 @@ RECIPES = {
     "vit_mnist": "recipes.vit_mnist",
     "vit_folder": "recipes.vit_folder",
     "whisper_digits": "recipes.whisper_digits",
+    "whisper_folder": "recipes.whisper_folder",
 }
 RUN_FILE = "run.json"
 

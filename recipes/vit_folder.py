@@ -15,21 +15,18 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
-from tokenizers_mm import ImageError, open_image
+from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-
-VAL_DIRS = ("validation", "valid", "val", "test")
+from .folders import keep_good, read_metadata, split_dirs
 
 
 @dataclass
@@ -55,22 +52,10 @@ class Config(vit.Config):
 
 
 # -- finding the images ---------------------------------------------------------------------------
-def _inside(root: Path, name: str, where: str) -> Path:
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
-        raise ValueError(f"{where}: file_name {name!r} points outside the data folder {root}")
-    return path
-
-
 def scan(root: Path) -> list[tuple[Path, str]]:
     """(file, label) pairs of one split: metadata.csv, or class sub-folders."""
-    meta = root / "metadata.csv"
-    if meta.exists():
-        with open(meta, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        if not rows or "file_name" not in rows[0] or "label" not in rows[0]:
-            raise ValueError(f"{meta}: needs the columns file_name and label")
-        return [(_inside(root, r["file_name"], str(meta)), str(r["label"])) for r in rows]
+    if (root / "metadata.csv").exists():
+        return read_metadata(root / "metadata.csv", "label")
     classes = sorted(p for p in root.iterdir() if p.is_dir())
     pairs = []
     for d in classes:
@@ -82,27 +67,13 @@ def scan(root: Path) -> list[tuple[Path, str]]:
 
 
 def find_splits(root: Path) -> tuple[list, list | None]:
-    if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist")
-    if (root / "train").is_dir():
-        val = next((root / v for v in VAL_DIRS if (root / v).is_dir()), None)
-        return scan(root / "train"), scan(val) if val else None
-    return scan(root), None
+    train_dir, val_dir = split_dirs(root)
+    return scan(train_dir), scan(val_dir) if val_dir else None
 
 
 def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
     """Decode every image once; return the good (file, label) pairs and how many were skipped."""
-    good, bad = [], 0
-    for path, label in tqdm(pairs, desc=f"checking {what} images", leave=False, disable=len(pairs) < 500):
-        try:
-            to_tensor(open_image(path), cfg.channels, str(path))
-        except ImageError as e:
-            if not cfg.skip_bad_samples:
-                raise ImageError(f"{e} (set skip_bad_samples=true to skip such files)") from None
-            bad += 1
-            continue
-        good.append((path, label))
-    return good, bad
+    return keep_good(pairs, lambda path, _: to_tensor(open_image(path), cfg.channels, str(path)), cfg.skip_bad_samples, f"{what} images")
 
 
 class FolderSet(Dataset):

@@ -22,14 +22,15 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio
+from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, stream_audio
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import train
 
 SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT = "<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>", "<|endoftext|>"
-CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # transcripts are lower-cased first
+CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # the corpus transcripts, lower-cased
 
 
 @dataclass
@@ -68,7 +69,7 @@ def text_example(tok: CharTokenizer, transcript: str, name: str) -> TokenSet:
     """Decoder input = prompt + characters; targets = the next token; loss on characters and EOT."""
     prompt = [tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)]
     try:
-        chars = tok.encode_ids(transcript.lower())
+        chars = tok.encode_ids(transcript)
     except ValueError as e:
         raise ValueError(f"{name}: transcript {transcript!r}: {e}") from None
     ids = torch.tensor(prompt + chars + [tok.special_ids[EOT]])
@@ -101,7 +102,7 @@ def build_data(cfg: Config):
     test_rows = make_corpus(root / "test", cfg.n_test, TEST_VOICES, seed=2)
     audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
     text_tok = text_tokenizer(cfg)
-    pairs = lambda rows, d: [(root / d / r.file_name, r.transcription) for r in rows]  # noqa: E731
+    pairs = lambda rows, d: [(root / d / r.file_name, r.transcription.lower()) for r in rows]  # noqa: E731
     return audio_tok, text_tok, SpeechSet(pairs(train_rows, "train"), audio_tok, text_tok), SpeechSet(pairs(test_rows, "test"), audio_tok, text_tok)
 
 
@@ -126,10 +127,10 @@ def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audi
         out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)[:, len(prompt) :]
     else:
         out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
-    texts = []
+    texts, specials = [], set(text_tok.special_ids.values())
     for row in out.tolist():
         row = row[: row.index(eot)] if eot in row else row
-        texts.append(text_tok.decode([i for i in row if i < len(CHARS)]).strip())
+        texts.append(text_tok.decode([i for i in row if i not in specials]).strip())
     return texts
 
 
@@ -138,7 +139,7 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
 
     n = min(cfg.eval_utterances, len(test_set))
     examples = [test_set[i] for i in range(n)]
-    refs = [test_set.pairs[i][1].lower() for i in range(n)]
+    refs = [test_set.pairs[i][1] for i in range(n)]
     batches = [collate_examples(examples[i : i + 32]) for i in range(0, n, 32)]
 
     def evaluate(model, accelerator) -> dict:
@@ -157,39 +158,57 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
 
 
 # -- main -----------------------------------------------------------------------------------------
-def main(cfg: Config, resume: bool = False) -> dict:
-    run_dir = resolve_run_dir(cfg, "whisper_digits")
-    audio_tok, text_tok, train_set, test_set = build_data(cfg)
+def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
+    """build_data(cfg, run_dir) -> (audio tokenizer, text tokenizer, train set, test set, model or None).
+    A model from build_data (fine-tuning) replaces a freshly built one."""
+    run_dir = resolve_run_dir(cfg, recipe)
+    audio_tok, text_tok, train_set, test_set, model = build_data(cfg, run_dir if resume else None)
     set_seed(cfg.seed)
-    model = build_model(cfg, audio_tok, text_tok)
+    model = model or build_model(cfg, audio_tok, text_tok)
     if not resume:
-        save_run_info(run_dir, "whisper_digits", cfg)
+        save_run_info(run_dir, recipe, cfg)
         audio_tok.save(run_dir / "tokenizers" / "audio")
         text_tok.save(run_dir / "tokenizers" / "text")
-    print(f"whisper_digits: {len(train_set):,} training / {len(test_set):,} test utterances (unseen voices), "
+    print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test utterances, "
           f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, test_set, text_tok), run_dir, resume=resume)
-    print(f"test WER {metrics['val_wer'] * 100:.2f}% on unseen voices")
+    print(f"test WER {metrics['val_wer'] * 100:.2f}%")
     return metrics
 
 
-def evaluate(run_dir) -> dict:
+def main(cfg: Config, resume: bool = False) -> dict:
+    return run(cfg, "whisper_digits", lambda cfg, _: (*build_data(cfg), None), resume)
+
+
+def evaluate_run(run_dir, build_data) -> dict:
     from .runs import load_run_info
     from .train import make_accelerator
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
-    _, _, _, test_set = build_data(cfg)
+    test_set = build_data(cfg, Path(run_dir))[3]
     cfg.cpu = True
     return make_evaluate(cfg, test_set, toks["text"])(model, make_accelerator(cfg, Path(run_dir)))
 
 
+def evaluate(run_dir) -> dict:
+    return evaluate_run(run_dir, lambda cfg, _: build_data(cfg))
+
+
+# -- using a trained model ------------------------------------------------------------------------
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[str]:
-    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given)."""
+    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
+    Audio longer than the model's window (max_frames) is cut into consecutive windows whose
+    transcripts are joined with a space."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
-    audio = [load_audio(p) for p in paths]
-    batch = toks["audio"].encode_batch([a[0] for a in audio], [a[1] for a in audio], names=[str(p) for p in paths])
-    return transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty)
+    seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
+    texts = []
+    for p in paths:
+        pieces = list(stream_audio(p, seconds))
+        batch = toks["audio"].encode_batch(pieces, names=[f"{p}"] * len(pieces))
+        out = transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty)
+        texts.append(" ".join(t for t in out if t))
+    return texts

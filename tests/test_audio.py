@@ -6,7 +6,7 @@ import soundfile as sf
 import torch
 
 from tokenizers_mm import load_tokenizer
-from tokenizers_mm.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, AudioTokenizer, load_audio, log_mel_spectrogram, to_waveform
+from tokenizers_mm.audio import N_FRAMES, N_SAMPLES, SAMPLE_RATE, AudioError, AudioTokenizer, load_audio, log_mel_spectrogram, stream_audio, to_waveform
 
 whisper_audio = pytest.importorskip("whisper.audio")
 
@@ -102,6 +102,17 @@ def test_bad_audio_is_named(tmp_path):
     with pytest.raises(AudioError, match="longer than max_frames=200"):
         tok.encode(torch.zeros(3 * SAMPLE_RATE))
     assert AudioTokenizer(chunk=True).encode(torch.zeros(N_SAMPLES + 12345)).values.shape[0] == N_FRAMES  # trimmed
+
+
+def test_stream_audio_reads_windows_block_by_block(tmp_path):
+    stereo = np.stack([speechlike(7.0, seed=4).numpy(), np.zeros(7 * SAMPLE_RATE, dtype=np.float32)], 1)  # (T, 2)
+    sf.write(tmp_path / "long.wav", stereo, SAMPLE_RATE, subtype="FLOAT")
+    pieces = list(stream_audio(tmp_path / "long.wav", 3.0))
+    assert [p.shape[0] for p in pieces] == [3 * SAMPLE_RATE, 3 * SAMPLE_RATE, SAMPLE_RATE]
+    assert torch.equal(torch.cat(pieces), to_waveform(stereo, SAMPLE_RATE))
+    with pytest.raises(AudioError, match="empty.wav.*empty"):
+        (tmp_path / "empty.wav").write_bytes(b"")
+        next(stream_audio(tmp_path / "empty.wav", 3.0))
 
 
 def test_save_load(tmp_path):

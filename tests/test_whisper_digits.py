@@ -16,7 +16,7 @@ TINY = dict(n_train=48, n_test=8, dim=32, depth=1, dec_depth=1, num_heads=2, bat
 
 def test_text_side_prompt_targets_and_bad_characters():
     tok = text_tokenizer(Config())
-    ts = text_example(tok, "Two Four", "x.wav")
+    ts = text_example(tok, "two four", "x.wav")
     assert ts.ids[0].item() == tok.special_ids[SOT] and ts.targets[-1].item() == tok.special_ids[EOT]
     assert tok.decode(ts.targets[ts.loss_mask][:-1]) == "two four"  # the loss covers the characters and EOT only
     assert ts.loss_mask.sum().item() == len("two four") + 1

@@ -1,6 +1,6 @@
 """tokenizers_mm: per-modality tokenizers that emit TokenSets (no learned weights)."""
 
-from .audio import AudioError, AudioTokenizer, load_audio
+from .audio import AudioError, AudioTokenizer, load_audio, stream_audio
 from .base import Tokenizer, load_tokenizer
 from .collate import collate, collate_examples, pack, padding_fraction
 from .registry import ENTRY_POINT_GROUP, create, get, list_tokenizers, register
@@ -10,7 +10,7 @@ from .text_char import ENDOFTEXT, CharTokenizer
 from .tokenset import ModalitySpec, TokenBatch, TokenSet, next_token_set
 
 __all__ = [
-    "AudioError", "AudioTokenizer", "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer",
+    "AudioError", "AudioTokenizer", "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer", "stream_audio",
     "collate", "collate_examples", "create", "get", "list_tokenizers", "load_audio", "load_tokenizer", "next_token_set", "open_image", "pack", "padding_fraction",
     "register",
 ]

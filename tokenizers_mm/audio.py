@@ -111,20 +111,44 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
     return x
 
 
-def load_audio(path) -> tuple[np.ndarray, int]:
-    """Decode an audio file with soundfile (libsndfile: WAV, FLAC, OGG, ...): (samples, rate)."""
+def _soundfile(path):
+    """soundfile, after checking that `path` is a non-empty file libsndfile can read."""
     import soundfile as sf
 
-    path = Path(path)
     if not path.is_file():
         raise AudioError(f"audio {path}: no such file")
     if path.stat().st_size == 0:
         raise AudioError(f"audio {path}: the file is empty (0 bytes)")
     try:
+        sf.info(str(path))
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise AudioError(f"audio {path}: not a readable audio file ({str(e).splitlines()[0]})") from None
+    return sf
+
+
+def load_audio(path) -> tuple[np.ndarray, int]:
+    """Decode an audio file with soundfile (libsndfile: WAV, FLAC, OGG, ...): (samples, rate)."""
+    path = Path(path)
+    sf = _soundfile(path)
+    try:
         data, rate = sf.read(str(path), dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(f"audio {path}: not a readable audio file ({str(e).splitlines()[0]})") from None
     return data, rate
+
+
+def stream_audio(path, seconds: float):
+    """An audio file as consecutive mono 16 kHz waveforms of at most `seconds` each, read block by
+    block: a 2-hour recording never sits in memory whole."""
+    path = Path(path)
+    sf = _soundfile(path)
+    rate = sf.info(str(path)).samplerate
+    block = max(1, int(seconds * rate))
+    try:
+        for i, piece in enumerate(sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True)):
+            yield to_waveform(piece.T, rate, f"{path} [{i * seconds:.0f} s]")
+    except (RuntimeError, sf.LibsndfileError) as e:
+        raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
 
 
 @register("audio")

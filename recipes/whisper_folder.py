@@ -1,0 +1,136 @@
+"""whisper_folder: train or fine-tune the Whisper-style recogniser on your own recordings.
+
+Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` with the columns `file_name,transcription`
+and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
+`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `test/`). Without a
+validation split, `val_fraction` of the utterances are held out (fixed seed).
+
+Every file is decoded once when the run starts, so bad data stops the run before training with a
+message naming the file — or, with `skip_bad_samples=true`, is skipped and counted:
+- unreadable audio: a missing, empty (0-byte) or non-audio file, or a WAV with a broken header;
+- audio that cannot be one training example: NaN / infinite samples, or longer than `max_frames`
+  (10 ms frames; 3000 = 30 s) — cut long recordings into utterances first;
+- a transcript with characters outside the vocabulary (fine-tuning: the pretrained run's characters;
+  from scratch: the characters of the training transcripts), or longer than `max_text` allows.
+Any sample rate (8 kHz, 44.1 kHz, 48 kHz, ...) is resampled to 16 kHz; stereo and multi-channel audio
+is averaged to mono; silence is valid audio. Transcripts are lower-cased unless `lowercase=false`.
+
+Start from a trained run (e.g. `whisper_digits`) with `init_from=RUN_DIR`: its architecture,
+tokenizers and last checkpoint's weights are used, and only the training settings come from here.
+
+    mmtok train whisper_folder data=path/to/recordings max_steps=2000
+    mmtok train whisper_folder data=path/to/recordings init_from=runs/whisper_digits-... lr=3e-4
+    mmtok transcribe RUN_DIR recording.wav
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tokenizers_mm import AudioError, AudioTokenizer, load_audio, load_tokenizer
+from tokenizers_mm.audio import HOP_LENGTH, to_waveform
+
+from . import whisper_digits
+from .folders import keep_good, read_metadata, split_dirs
+from .runs import load_trained
+from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
+
+# Characters always in a from-scratch vocabulary, besides those of the training transcripts.
+BASE_CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+@dataclass
+class Config(whisper_digits.Config):
+    data: str = ""  # the audio folder (required): metadata.csv with file_name,transcription
+    init_from: str = ""  # a trained speech run directory to fine-tune from
+    val_fraction: float = 0.1  # held out when the folder has no validation split
+    skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
+    lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
+    max_frames: int = 3000  # 10 ms frames per utterance at most (30 s, Whisper's window)
+    max_text: int = 128
+    max_steps: int = 1000
+    warmup_steps: int = 100
+    eval_every: int = 200
+    ckpt_every: int = 200
+    eval_utterances: int = 200
+
+
+# -- data -----------------------------------------------------------------------------------------
+def normalise(text: str, cfg: Config) -> str:
+    text = " ".join(text.split())
+    return text.lower() if cfg.lowercase else text
+
+
+def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text_tok) -> None:
+    """Decode the file and tokenize the transcript once; raise with the file's name if either fails."""
+    wave, rate = load_audio(path)
+    samples = to_waveform(wave, rate, str(path)).shape[-1]
+    if samples > audio_tok.max_frames * HOP_LENGTH:
+        raise AudioError(f"{path}: {samples / 16000:.1f} s is longer than max_frames={audio_tok.max_frames} "
+                         f"({audio_tok.max_frames / 100:.0f} s); cut it into shorter utterances")  # fmt: skip
+    text_example(text_tok, transcript, str(path))
+
+
+def read_split(folder: Path, cfg: Config) -> list[tuple[Path, str]]:
+    meta = folder / "metadata.csv"
+    if not meta.exists():
+        raise FileNotFoundError(f"{meta} does not exist: an audio folder needs metadata.csv with file_name,transcription")
+    return [(p, normalise(t, cfg)) for p, t in read_metadata(meta, "transcription")]
+
+
+def build_data(cfg: Config, run_dir: Path | None = None):
+    """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
+    run_dir: a run being resumed, whose saved tokenizers are used."""
+    if not cfg.data:
+        raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
+    train_dir, val_dir = split_dirs(Path(cfg.data))
+    train_pairs = read_split(train_dir, cfg)
+    val_pairs = read_split(val_dir, cfg) if val_dir else None
+    if val_pairs is None:
+        from sklearn.model_selection import train_test_split
+
+        if len(train_pairs) < 2:
+            raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
+        train_pairs, val_pairs = train_test_split(train_pairs, test_size=cfg.val_fraction, random_state=0)
+    model = None
+    if run_dir is not None:  # resuming: the tokenizers this run was started with
+        audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
+    elif cfg.init_from:
+        model, toks = load_trained(cfg.init_from)
+        if set(toks) != {"audio", "text"} or SOT not in toks["text"].special_ids:
+            raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
+        audio_tok, text_tok = toks["audio"], toks["text"]
+        t = model.config.trunk
+        cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
+        cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions
+        model.train()
+    else:
+        from tokenizers_mm import CharTokenizer
+
+        seen = {c for _, t in train_pairs for c in t}
+        chars = BASE_CHARS + "".join(sorted(seen - set(BASE_CHARS)))
+        audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
+        text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
+    check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok)  # noqa: E731
+    train_pairs, bad = keep_good(train_pairs, check, cfg.skip_bad_samples, "training audio")
+    val_pairs, bad_val = keep_good(val_pairs, check, cfg.skip_bad_samples, "validation audio")
+    if bad or bad_val:
+        print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
+    if not train_pairs or not val_pairs:
+        raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
+    return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok), SpeechSet(val_pairs, audio_tok, text_tok), model
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(cfg: Config, resume: bool = False) -> dict:
+    return whisper_digits.run(cfg, "whisper_folder", build_data, resume)
+
+
+def evaluate(run_dir) -> dict:
+    return whisper_digits.evaluate_run(run_dir, build_data)
+
+
+transcribe = whisper_digits.transcribe
