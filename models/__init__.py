@@ -3,13 +3,14 @@
 from .attention import Attention, KVCache, build_mask
 from .blocks import MLP, Block, Stack
 from .config import HeadConfig, ModalityConfig, ModelConfig, TrunkConfig
-from .embedders import TokenEmbedder, build_embedder
-from .heads import LMHead, PooledHead
-from .convert import gpt2_model_config, load_gpt2, load_hf_whisper, load_timm_vit, vit_model_config, whisper_model_config
+from .embedders import TokenEmbedder, TypedEmbedder, build_embedder
+from .heads import LMHead, PooledHead, TokenHead
+from .convert import dt_model_config, gpt2_model_config, load_hf_decision_transformer, load_openai_whisper, load_gpt2, load_hf_whisper, load_timm_vit, vit_model_config, whisper_model_config
+from .safe_load import UnsafeCheckpointError, load_torch_file
 from .transformer import MultimodalTransformer, Output, load_weights
 
 __all__ = [
     "MLP", "Attention", "Block", "HeadConfig", "KVCache", "LMHead", "ModalityConfig", "ModelConfig",
-    "MultimodalTransformer", "Output", "PooledHead", "Stack", "TokenEmbedder", "TrunkConfig", "build_embedder",
-    "build_mask", "gpt2_model_config", "load_gpt2", "load_hf_whisper", "load_timm_vit", "load_weights", "vit_model_config", "whisper_model_config",
+    "MultimodalTransformer", "Output", "PooledHead", "Stack", "TokenEmbedder", "TokenHead", "TrunkConfig", "TypedEmbedder", "UnsafeCheckpointError", "build_embedder",
+    "build_mask", "dt_model_config", "gpt2_model_config", "load_hf_decision_transformer", "load_openai_whisper", "load_torch_file", "load_gpt2", "load_hf_whisper", "load_timm_vit", "load_weights", "vit_model_config", "whisper_model_config",
 ]

@@ -18,11 +18,13 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = nn.Linear(dim, hidden, bias=bias)
         self.proj = nn.Linear(hidden, dim, bias=bias)
+        self.relu = activation == "relu"  # the Decision Transformer's GPT-2 uses ReLU
         self.approximate = "tanh" if activation == "gelu_tanh" else "none"
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.proj(F.gelu(self.fc(x), approximate=self.approximate)))
+        h = self.fc(x)
+        return self.drop(self.proj(F.relu(h) if self.relu else F.gelu(h, approximate=self.approximate)))
 
 
 class Block(nn.Module):

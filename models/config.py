@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from tokenizers_mm import ModalitySpec
 
 MODES = ("encoder", "decoder", "encoder-decoder")
-HEAD_KINDS = ("lm", "classify", "regress")
+HEAD_KINDS = ("lm", "classify", "regress", "token_classify", "token_regress")
 
 
 @dataclass
@@ -27,7 +27,7 @@ class TrunkConfig:
     mode: str = "decoder"  # "encoder" (all tokens see each other) | "decoder" (causal) | "encoder-decoder"
     cross_attention: bool = True  # encoder-decoder: decoder blocks cross-attend to the encoder output
     dec_depth: int | None = None  # encoder-decoder: decoder blocks (default: depth)
-    activation: str = "gelu"  # "gelu" (exact: timm, Whisper) or "gelu_tanh" (GPT-2)
+    activation: str = "gelu"  # "gelu" (exact: timm, Whisper), "gelu_tanh" (GPT-2) or "relu" (Decision Transformer)
     flash: bool = True  # True: F.scaled_dot_product_attention; False: the readable manual path
     final_norm: bool = True  # LayerNorm after the last block (False: timm's fc_norm models norm after pooling instead)
 
@@ -36,8 +36,8 @@ class TrunkConfig:
             raise ValueError(f"trunk mode must be one of {MODES}, got {self.mode!r}")
         if self.dim % self.num_heads:
             raise ValueError(f"trunk dim={self.dim} must be divisible by num_heads={self.num_heads}")
-        if self.activation not in ("gelu", "gelu_tanh"):
-            raise ValueError(f"trunk activation must be 'gelu' or 'gelu_tanh', got {self.activation!r}")
+        if self.activation not in ("gelu", "gelu_tanh", "relu"):
+            raise ValueError(f"trunk activation must be 'gelu', 'gelu_tanh' or 'relu', got {self.activation!r}")
         if self.mode == "encoder-decoder" and not self.cross_attention:
             raise ValueError("trunk mode 'encoder-decoder' needs cross_attention=True")
 
@@ -54,6 +54,8 @@ class ModalityConfig:
     embedder: str = "auto"  # "auto": nn.Embedding for ids, nn.Linear for values
     learned_types: list[str] = field(default_factory=list)  # types embedded as one learned vector each (ViT's "cls")
     grid: list[int] | None = None  # patch grid (rows, cols) of the position table, after the learned-type rows
+    type_value_dims: list[int] | None = None  # per token type, how many value columns it uses: one linear layer per type
+    embed_norm: bool = False  # LayerNorm on token + position vectors (the Decision Transformer's embed_ln)
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, **kw) -> "ModalityConfig":
@@ -65,12 +67,18 @@ class ModalityConfig:
         extra = {"learned_types": list(getattr(tokenizer, "learned_types", ()))}
         if getattr(tokenizer, "grid", None) is not None:
             extra["grid"] = list(tokenizer.grid)
+        if getattr(tokenizer, "type_value_dims", None) is not None:
+            extra["type_value_dims"] = list(tokenizer.type_value_dims)
         return cls.from_spec(tokenizer.spec, **{**extra, **kw})
 
     def __post_init__(self):
         unknown = [t for t in self.learned_types if t not in self.token_types]
         if unknown:
             raise ValueError(f"modality {self.modality!r}: learned_types {unknown} are not among its token types {self.token_types}")
+        if self.type_value_dims is not None:
+            if len(self.type_value_dims) != len(self.token_types) or self.value_dim is None or max(self.type_value_dims) > self.value_dim:
+                raise ValueError(f"modality {self.modality!r}: type_value_dims {self.type_value_dims} needs one width per token type "
+                                 f"{self.token_types}, each at most value_dim={self.value_dim}")  # fmt: skip
 
     @property
     def spec(self) -> ModalitySpec:
@@ -79,9 +87,11 @@ class ModalityConfig:
 
 @dataclass
 class HeadConfig:
-    kind: str  # "lm" (next token) | "classify" (pooled) | "regress" (pooled)
+    kind: str  # "lm" (next token) | "classify" / "regress" (pooled) | "token_classify" / "token_regress" (per token)
     modality: str  # whose tokens the head reads
     num_outputs: int | None = None  # classes / regression width (lm: the modality's vocab_size)
+    token_type: str | None = None  # token_*: the token type whose outputs carry the loss (DT: "state" predicts the action)
+    tanh: bool = False  # token_regress: squash outputs to [-1, 1] (bounded continuous actions)
     pool: str = "cls"  # classify/regress: "cls" (first token of the modality) or "mean"
     tie: bool = True  # lm: share weights with the modality's token embedding
     norm: bool = False  # classify/regress: LayerNorm on the pooled vector (timm's fc_norm)
@@ -93,6 +103,8 @@ class HeadConfig:
             raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
         if self.pool not in ("cls", "mean"):
             raise ValueError(f"head pool must be 'cls' or 'mean', got {self.pool!r}")
+        if self.kind.startswith("token_") and not (self.token_type and self.num_outputs):
+            raise ValueError(f"a {self.kind} head needs token_type (which tokens carry the loss) and num_outputs")
 
 
 @dataclass

@@ -5,6 +5,8 @@ Conv1D weights are stored (in, out) and are transposed into our (out, in) Linear
 final LayerNorm, and the LM head tied to the token embedding. GPT-2 has no type embedding: the
 type table is zeroed, so the logits equal the reference's. Reads plain state dicts (e.g. from
 `safetensors.torch.load_file`), never pickles.
+
+timm ViT, Hugging Face Whisper and Decision Transformer: see each section's functions.
 """
 
 from __future__ import annotations
@@ -19,16 +21,17 @@ from .transformer import MultimodalTransformer
 
 
 def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: str) -> MultimodalTransformer:
-    """Copy renamed reference weights into `model` after checking every shape; zero the type
-    table (the references have no token types, so their outputs are reproduced exactly)."""
+    """Copy renamed reference weights into `model` after checking every shape. The type table is
+    zeroed unless `ours` fills it (the references have no token types, so their outputs are
+    reproduced exactly)."""
     own = model.state_dict()
     for k, v in ours.items():
         if k not in own or own[k].shape != v.shape:
             raise ValueError(f"{what} import: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape) if k in own else 'nothing'}")
     with torch.no_grad():
+        model.type_embed.weight.zero_()
         for k, v in ours.items():
             own[k].copy_(v)
-        model.type_embed.weight.zero_()
     return model
 
 
@@ -53,6 +56,12 @@ def gpt2_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
         "decoder.ln_f.weight": sd["ln_f.weight"],
         "decoder.ln_f.bias": sd["ln_f.bias"],
     }
+    return out | gpt2_blocks(sd, depth)
+
+
+def gpt2_blocks(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """GPT-2's blocks `h.{i}.*` → our decoder blocks (Conv1D weights transposed)."""
+    out = {}
     pairs = {"ln_1": "ln_1", "ln_2": "ln_2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.fc", "mlp.c_proj": "mlp.proj"}
     for i in range(depth):
         for theirs, ours in pairs.items():
@@ -195,3 +204,101 @@ def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Mult
     if missing:
         raise ValueError(f"Whisper import: the checkpoint lacks {missing[:5]}")
     return copy_checked(model, ours, "Whisper")
+
+
+# -- openai-whisper checkpoints (`dims` + `model_state_dict`) -------------------------------------
+OPENAI_WHISPER_NAMES = {  # openai-whisper name piece -> Hugging Face's
+    "attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj", "attn.out": "self_attn.out_proj",
+    "attn_ln": "self_attn_layer_norm", "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj",
+    "cross_attn.value": "encoder_attn.v_proj", "cross_attn.out": "encoder_attn.out_proj", "cross_attn_ln": "encoder_attn_layer_norm",
+    "mlp.0": "fc1", "mlp.2": "fc2", "mlp_ln": "final_layer_norm",
+}  # fmt: skip
+
+
+def openai_whisper_config(dims: dict) -> dict:
+    """openai-whisper's ModelDimensions (as a dict) → the WhisperConfig fields `whisper_model_config` reads."""
+    if dims["n_audio_state"] != dims["n_text_state"] or dims["n_audio_head"] != dims["n_text_head"]:
+        raise ValueError("Whisper import: the encoder and decoder must share width and head count")
+    d = dims["n_audio_state"]
+    return {"d_model": d, "encoder_layers": dims["n_audio_layer"], "decoder_layers": dims["n_text_layer"],
+            "encoder_attention_heads": dims["n_audio_head"], "decoder_attention_heads": dims["n_text_head"],
+            "encoder_ffn_dim": 4 * d, "decoder_ffn_dim": 4 * d, "max_source_positions": dims["n_audio_ctx"],
+            "max_target_positions": dims["n_text_ctx"], "vocab_size": dims["n_vocab"], "num_mel_bins": dims["n_mels"]}  # fmt: skip
+
+
+def openai_whisper_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename an openai-whisper state dict into Hugging Face's names."""
+    out = {}
+    for k, v in sd.items():
+        side, rest = k.split(".", 1)
+        if rest.startswith("blocks."):
+            _, i, piece = rest.split(".", 2)
+            stem, leaf = piece.rsplit(".", 1)
+            k = f"{side}.layers.{i}.{OPENAI_WHISPER_NAMES.get(stem, stem)}.{leaf}"
+        else:
+            rest = {"positional_embedding": "embed_positions.weight", "token_embedding.weight": "embed_tokens.weight",
+                    "ln_post.weight": "layer_norm.weight", "ln_post.bias": "layer_norm.bias",
+                    "ln.weight": "layer_norm.weight", "ln.bias": "layer_norm.bias"}.get(rest, rest)  # fmt: skip
+            k = f"{side}.{rest}"
+        out[k] = v.float()
+    return out
+
+
+def load_openai_whisper(path) -> MultimodalTransformer:
+    """Our model with the weights of an openai-whisper checkpoint (`tiny.pt`, ...), read by
+    `models.safe_load` without unpickling anything."""
+    from .safe_load import load_torch_file
+
+    ckpt = load_torch_file(path)
+    if not isinstance(ckpt, dict) or not {"dims", "model_state_dict"} <= set(ckpt):
+        raise ValueError(f"{path}: not an openai-whisper checkpoint (expected a dict with dims and model_state_dict)")
+    model = MultimodalTransformer(whisper_model_config(openai_whisper_config(ckpt["dims"])))
+    return load_hf_whisper(model, openai_whisper_state_dict(ckpt["model_state_dict"]))
+
+
+# -- Hugging Face DecisionTransformerModel --------------------------------------------------------
+def dt_model_config(hf: dict, discrete: bool = False) -> ModelConfig:
+    """Our config for a Hugging Face DecisionTransformerConfig (as a dict): one `trajectory`
+    modality (return / state / action tokens, the timestep table as positions, embed_ln), the
+    GPT-2 trunk, and the action head read at state tokens. discrete: the act_dim outputs are
+    logits over action ids (one-hot action inputs, cross-entropy loss; needs action_tanh=False)."""
+    act = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", "relu"))
+    if act is None:
+        raise ValueError(f"Decision Transformer import: activation {hf['activation_function']!r} is not supported")
+    dim = hf["hidden_size"]
+    trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
+                        bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder", activation=act)  # fmt: skip
+    S, A = hf["state_dim"], hf["act_dim"]
+    traj = ModalityConfig("trajectory", ["return", "state", "action"], hf["max_ep_len"], value_dim=max(1, S, A),
+                          type_value_dims=[1, S, A], embed_norm=True)  # fmt: skip
+    if discrete and hf.get("action_tanh", True):
+        raise ValueError("Decision Transformer import: discrete actions need action_tanh=False (the outputs are logits)")
+    head = HeadConfig("token_classify" if discrete else "token_regress", "trajectory", num_outputs=A, token_type="state",
+                      tanh=hf.get("action_tanh", True) and not discrete)  # fmt: skip
+    return ModelConfig(trunk, {"trajectory": traj}, {"action": head}, decoder_inputs=["trajectory"])
+
+
+def hf_dt_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
+    """Rename a DecisionTransformerModel state dict into ours. GPT-2's position table is read at
+    position 0 only (the model passes zeros): that constant row becomes every type row."""
+    enc = {k.removeprefix("encoder."): v for k, v in sd.items() if k.startswith("encoder.")}
+    out = {
+        "embedders.trajectory.pos.weight": sd["embed_timestep.weight"],
+        "embedders.trajectory.norm.weight": sd["embed_ln.weight"],
+        "embedders.trajectory.norm.bias": sd["embed_ln.bias"],
+        "type_embed.weight": enc["wpe.weight"][:1].repeat(3, 1),
+        "decoder.ln_f.weight": enc["ln_f.weight"],
+        "decoder.ln_f.bias": enc["ln_f.bias"],
+        "heads.action.proj.weight": sd["predict_action.0.weight"],
+        "heads.action.proj.bias": sd["predict_action.0.bias"],
+    }
+    for i, theirs in enumerate(("embed_return", "embed_state", "embed_action")):
+        out[f"embedders.trajectory.tok.{i}.weight"] = sd[f"{theirs}.weight"]
+        out[f"embedders.trajectory.tok.{i}.bias"] = sd[f"{theirs}.bias"]
+    return out | gpt2_blocks(enc, depth)
+
+
+def load_hf_decision_transformer(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
+    """Copy DecisionTransformerModel weights into a model built from `dt_model_config` (the state
+    and return predictors, unused by the paper's policy, are left out)."""
+    return copy_checked(model, hf_dt_state_dict(sd, len(model.decoder.blocks)), "Decision Transformer")

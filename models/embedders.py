@@ -44,6 +44,32 @@ class TokenEmbedder(nn.Module):
         return x + self.pos(shared_rows(batch.positions))
 
 
+class TypedEmbedder(nn.Module):
+    """values (B, N, D) → (B, N, C) with one linear layer per token type, each reading the first
+    `type_value_dims[t]` columns; plus the position table, then an optional LayerNorm.
+
+    The Decision Transformer's embedding (Hugging Face `DecisionTransformerModel`): return, state
+    and action tokens each have their own linear layer, the timestep table is the position table,
+    and `embed_ln` normalises the sum.
+    """
+
+    def __init__(self, dim: int, max_positions: int, type_value_dims: list[int], norm: bool = False, norm_eps: float = 1e-5, name: str = ""):
+        super().__init__()
+        self.name = name
+        self.type_value_dims = list(type_value_dims)
+        self.tok = nn.ModuleList(nn.Linear(d, dim) for d in type_value_dims)
+        self.pos = nn.Embedding(max_positions, dim)
+        self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
+
+    def forward(self, batch: TokenBatch) -> Tensor:
+        v = batch.values.to(self.tok[0].weight.dtype)
+        x = None
+        for t, (d, lin) in enumerate(zip(self.type_value_dims, self.tok)):
+            xt = lin(v[..., :d])  # (B, N, d) -> (B, N, C), every token; kept where its type is t
+            x = xt if x is None else torch.where((batch.types == t)[..., None], xt, x)
+        return self.norm(x + self.pos(shared_rows(batch.positions)))
+
+
 def sinusoids(length: int, channels: int, max_timescale: float = 10000.0) -> Tensor:
     """Whisper's sinusoidal position table (length, channels): sines then cosines."""
     log_timescale_increment = math.log(max_timescale) / (channels // 2 - 1)
@@ -96,9 +122,15 @@ def resample_grid(table: Tensor, old_grid, new_grid, prefix: int = 0) -> Tensor:
     return torch.cat([table[:prefix], grid])
 
 
-def build_embedder(kind: str, dim: int, max_positions: int, vocab_size=None, value_dim=None, learned_types=(), name="") -> nn.Module:
-    """The embedder a modality's config asks for; "auto" picks by ids vs values."""
+def build_embedder(kind: str, dim: int, max_positions: int, vocab_size=None, value_dim=None, learned_types=(), name="",
+                   type_value_dims=None, embed_norm: bool = False) -> nn.Module:  # fmt: skip
+    """The embedder a modality's config asks for; "auto" picks by ids vs values (one linear layer per
+    token type when the modality declares type_value_dims)."""
     if kind == "auto":
+        if type_value_dims is not None:
+            return TypedEmbedder(dim, max_positions, type_value_dims, embed_norm, name=name)
+        if embed_norm:
+            raise ValueError(f"modality {name!r}: embed_norm is supported with type_value_dims only")
         return TokenEmbedder(dim, max_positions, vocab_size, value_dim, learned_types, name)
     if kind == "whisper_conv":
         if value_dim is None:

@@ -4,6 +4,8 @@
   modality's token embedding (GPT-2, nanoGPT).
 - `PooledHead`: one vector per sample, from the modality's first token ("cls", as ViT) or the
   mean over its real tokens ("mean"), then a linear layer: classification or regression.
+- `TokenHead`: a linear layer on every token (tanh optional): per-token classification or
+  regression, e.g. the Decision Transformer's action prediction read at each state token.
 
 Dimension legend: B batch, N tokens, C model width, V vocabulary, K outputs.
 """
@@ -36,3 +38,13 @@ class PooledHead(nn.Module):
             m = mask[..., None].to(h.dtype)  # (B, N, 1)
             pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)  # masked mean: (B, N, C) -> (B, C)
         return self.proj(self.norm(pooled))  # (B, C) -> (B, K)
+
+
+class TokenHead(nn.Module):
+    def __init__(self, dim: int, num_outputs: int, tanh: bool = False):
+        super().__init__()
+        self.proj = nn.Linear(dim, num_outputs)
+        self.act = nn.Tanh() if tanh else nn.Identity()
+
+    def forward(self, h: Tensor, mask: Tensor | None = None) -> Tensor:
+        return self.act(self.proj(h))  # (B, N, C) -> (B, N, K)

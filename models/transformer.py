@@ -29,7 +29,7 @@ from .attention import KVCache, build_mask
 from .blocks import Stack
 from .config import ModelConfig
 from .embedders import build_embedder, shared_rows
-from .heads import LMHead, PooledHead
+from .heads import LMHead, PooledHead, TokenHead
 
 MODEL_FORMAT = "tokenizers-mm/model"
 MODEL_VERSION = 1
@@ -50,8 +50,8 @@ class MultimodalTransformer(nn.Module):
         self.config = config
         t = config.trunk
         self.embedders = nn.ModuleDict(
-            {n: build_embedder(m.embedder, t.dim, m.max_positions, m.vocab_size, m.value_dim,
-                               [m.token_types.index(x) for x in m.learned_types], n) for n, m in config.modalities.items()}  # fmt: skip
+            {n: build_embedder(m.embedder, t.dim, m.max_positions, m.vocab_size, m.value_dim, [m.token_types.index(x) for x in m.learned_types],
+                               n, m.type_value_dims, m.embed_norm) for n, m in config.modalities.items()}  # fmt: skip
         )
         # One type table for all modalities: each modality owns a contiguous block of rows.
         self.type_offset, n_types = {}, 0
@@ -72,6 +72,10 @@ class MultimodalTransformer(nn.Module):
                 if m.vocab_size is None:
                     raise ValueError(f"head {name!r}: an lm head needs a modality with ids, {h.modality!r} has values")
                 self.heads[name] = LMHead(t.dim, m.vocab_size)
+            elif h.kind.startswith("token_"):
+                if h.token_type not in m.token_types:
+                    raise ValueError(f"head {name!r}: token_type {h.token_type!r} is not among {h.modality!r}'s types {m.token_types}")
+                self.heads[name] = TokenHead(t.dim, h.num_outputs, h.tanh)
             else:
                 if not h.num_outputs:
                     raise ValueError(f"head {name!r}: a {h.kind} head needs num_outputs")
@@ -163,7 +167,18 @@ class MultimodalTransformer(nn.Module):
                 for t in m.learned_types:
                     mask = mask & (types != m.token_types.index(t))
             logits = out.logits[name] = head(h, mask)
-            if hc.kind == "lm":
+            if hc.kind.startswith("token_"):
+                b = inputs[hc.modality]
+                if b.targets is None:
+                    continue
+                valid = mask & (b.types == m.token_types.index(hc.token_type))
+                valid = valid & b.loss_mask if b.loss_mask is not None else valid
+                pred, tgt = logits[valid], b.targets[valid]  # (M, K), (M, ...) at the tokens that carry the loss
+                if hc.kind == "token_classify":  # targets (M,) ids, or (M, A) ids over num_outputs // A classes each
+                    loss = F.cross_entropy(pred.reshape(tgt.numel(), -1).float(), tgt.reshape(-1), label_smoothing=hc.label_smoothing)
+                else:
+                    loss = F.mse_loss(pred.float(), tgt.to(pred.dtype).reshape(pred.shape))
+            elif hc.kind == "lm":
                 b = inputs[hc.modality]
                 if b.targets is None:
                     continue

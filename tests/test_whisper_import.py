@@ -63,3 +63,35 @@ def test_audio_tokens_feed_the_stem_with_padding():
     # the unpadded sample's encoding matches HF's encoder on the same frames
     ref = hf.model.encoder(batch.values[1:].transpose(1, 2)).last_hidden_state
     torch.testing.assert_close(memory[1:], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
+    """A checkpoint saved as openai-whisper saves its own (`{"dims", "model_state_dict"}`, fp16) gives
+    the reference model's logits."""
+    import dataclasses
+
+    wm = pytest.importorskip("whisper.model")
+    from models import load_openai_whisper
+
+    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=50, n_audio_state=32, n_audio_head=4, n_audio_layer=2, n_vocab=100,
+                              n_text_ctx=16, n_text_state=32, n_text_head=4, n_text_layer=2)  # fmt: skip
+    torch.manual_seed(0)
+    ref = wm.Whisper(dims).eval()
+    with torch.no_grad():
+        for n, p in ref.named_parameters():
+            p.normal_(0, 0.5 if "token_embedding" in n else 0.1)
+    ref.half().float()  # the values an fp16 checkpoint holds
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, tmp_path / "tiny.pt")
+    ref.float()
+    ours = load_openai_whisper(tmp_path / "tiny.pt").eval()
+    mel = torch.randn(2, 80, 100)
+    ids = torch.randint(0, 100, (2, 6))
+    with torch.no_grad():
+        want = ref(mel, ids)
+        inputs = {"audio": collate([TokenSet("audio", values=m.T) for m in mel]), "text": collate([TokenSet("text", ids=i) for i in ids])}
+        got = ours(inputs).logits["lm"]
+    assert want.abs().max() > 0.1
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="not an openai-whisper checkpoint"):
+        torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+        load_openai_whisper(tmp_path / "other.pt")

@@ -8,9 +8,10 @@ from .image import ImageError, ImageTokenizer, open_image
 from .text_bpe import PATTERNS, BPETokenizer
 from .text_char import ENDOFTEXT, CharTokenizer
 from .tokenset import ModalitySpec, TokenBatch, TokenSet, next_token_set
+from .trajectory import TrajectoryTokenizer, gato_decode, gato_encode, returns_to_go
 
 __all__ = [
-    "AudioError", "AudioTokenizer", "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer", "stream_audio",
+    "AudioError", "AudioTokenizer", "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer", "TrajectoryTokenizer", "gato_decode", "gato_encode", "returns_to_go", "stream_audio",
     "collate", "collate_examples", "create", "get", "list_tokenizers", "load_audio", "load_tokenizer", "next_token_set", "open_image", "pack", "padding_fraction",
     "register",
 ]

@@ -73,8 +73,9 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
         t = getattr(ts, name)
         if t is None:
             continue
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, expected {shape} like the tokens")
+        lead_shape = tuple(t.shape[: len(lead)]) if name == "targets" else tuple(t.shape)  # targets may be vectors per token
+        if lead_shape != shape:
+            raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, expected {shape}{' + (...)' if name == 'targets' else ''} like the tokens")
         if name in ("positions", "types"):
             _check_dtype(name, t, "int", who)
     if ts.positions.numel() and int(ts.positions.min()) < 0:
@@ -108,7 +109,7 @@ class TokenSet:
     values: Tensor | None = None
     positions: Tensor | None = None  # [N] long; default 0..N-1
     types: Tensor | None = None  # [N] long; default all 0
-    targets: Tensor | None = None  # [N]: what the head predicts at each token
+    targets: Tensor | None = None  # [N] or [N, ...]: what the head predicts at each token
     loss_mask: Tensor | None = None  # [N] bool: which tokens count in the loss
 
     def __post_init__(self):
@@ -151,7 +152,7 @@ class TokenBatch:
     positions: Tensor  # [B, N] long
     types: Tensor  # [B, N] long
     mask: Tensor  # [B, N] bool, True = real token
-    targets: Tensor | None = None  # [B, N]
+    targets: Tensor | None = None  # [B, N] or [B, N, ...]
     loss_mask: Tensor | None = None  # [B, N] bool
     segments: Tensor | None = None  # [B, N] long, -1 on padding
     extra: dict = field(default_factory=dict)  # sample-level fields a recipe carries along (labels, ...)

@@ -1,0 +1,270 @@
+"""Read `torch.save` checkpoints without unpickling them.
+
+A `torch.save` file is a zip archive `<archive>/data.pkl` (the object tree, pickled with
+protocol 2) plus one raw record `<archive>/data/<key>` per storage, a `byteorder` record and a
+`version`. Unpickling `data.pkl` runs whatever callables it names (`os.system` included), and
+`torch.load(weights_only=True)` still unpickles, only with a filter. So this module never calls
+`pickle` or `torch.load`: it walks the opcodes with `pickletools.genops` (a parser that executes
+nothing) on a small stack machine, and every global the pickle names is looked up in
+`SAFE_GLOBALS`, a table of our own functions and constants. Names are never imported.
+
+Reads: dicts, OrderedDicts (state dicts, with their `_metadata`), lists, tuples, str, int, float,
+bool, None, bytes, `torch.Size`, dtypes, and tensors of the dtypes in `DTYPES` (views, offsets,
+strides and shared storages kept; `requires_grad` ignored, so parameters come back as plain
+tensors). Always loads to the CPU, whatever device the tensors were saved from.
+Refuses with `UnsafeCheckpointError`: any other global (functions, classes: `os.system`,
+`builtins.eval`, ...) and the opcodes that build arbitrary objects (NEWOBJ, INST, OBJ, EXT*).
+Complex and quantized storages and tensor subclasses name globals outside the table, so they are
+refused the same way. Refuses with `ValueError`: legacy non-zip files, truncated or damaged zips,
+a missing `data.pkl`, a storage record that is absent or shorter than its header or its tensors need.
+"""
+
+from __future__ import annotations
+
+import pickletools
+import sys
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+
+# legacy storage class (torch.<X>Storage) -> dtype of its elements
+STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}  # fmt: skip
+# dtypes that may appear as values, or as the target of `_rebuild_tensor_v3` (uint16 and up have no legacy storage class)
+DTYPES = {str(d).removeprefix("torch."): d for d in [*STORAGE_DTYPES.values(), torch.uint16, torch.uint32, torch.uint64]}
+
+
+class _Untyped:
+    """Stands for torch.storage.UntypedStorage: bytes whose element dtype `_rebuild_tensor_v3` gives."""
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose pickle names a global or opcode outside the allowlist; nothing of it ran."""
+
+
+# -- the functions the allowlisted globals stand for ------------------------------------------------
+def _strided(storage: torch.Tensor, offset: int, size, stride) -> torch.Tensor:
+    """A view of the flat `storage` tensor; checks that every element it reaches exists."""
+    if not (isinstance(storage, torch.Tensor) and storage.dim() == 1):
+        raise ValueError(f"a tensor's storage is a {type(storage).__name__}, expected a storage reference")
+    size, stride = tuple(size), tuple(stride)
+    if not all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride)) or len(size) != len(stride):
+        raise ValueError(f"tensor layout offset={offset} size={size} stride={stride} is not valid")
+    needed = 0 if 0 in size else 1 + offset + sum((n - 1) * s for n, s in zip(size, stride))
+    if needed > storage.numel():
+        raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset} needs {needed} elements; "
+                         f"its storage holds {storage.numel()}")
+    return torch.as_strided(storage, size, stride, offset)  # a view: tensors on one storage share memory
+
+
+def _rebuild_tensor_v2(storage, offset, size, stride, requires_grad, backward_hooks, metadata=None):
+    """torch._utils._rebuild_tensor_v2: `storage` is the flat tensor BINPERSID produced."""
+    if metadata:
+        raise ValueError(f"tensor metadata {metadata!r} is not supported")
+    return _strided(storage, offset, size, stride)
+
+
+def _rebuild_tensor_v3(storage, offset, size, stride, requires_grad, backward_hooks, dtype, metadata=None):
+    """torch._utils._rebuild_tensor_v3: an untyped (byte) storage read as `dtype`."""
+    if dtype not in DTYPES.values() or storage.dtype != torch.uint8:
+        raise ValueError(f"_rebuild_tensor_v3 wants a byte storage and a known dtype, got {storage.dtype} and {dtype!r}")
+    if metadata:
+        raise ValueError(f"tensor metadata {metadata!r} is not supported")
+    return _strided(storage.view(dtype), offset, size, stride)  # view() fails if the byte count is not a whole number of elements
+
+
+def _rebuild_parameter(data, requires_grad, backward_hooks):
+    """torch._utils._rebuild_parameter: kept as the plain tensor (requires_grad is ignored)."""
+    return data
+
+
+def _bytes(text: str = "", encoding: str = "latin1") -> bytes:
+    """Protocol 2 writes bytes as `_codecs.encode(text, "latin1")`, and b"" as `bytes()`."""
+    if not isinstance(text, str) or encoding != "latin1":
+        raise ValueError(f"bytes from {type(text).__name__} in {encoding!r}, expected a str in 'latin1'")
+    return text.encode("latin1")
+
+
+SAFE_GLOBALS = {
+    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch", "Size"): torch.Size,
+    ("_codecs", "encode"): _bytes,
+    ("__builtin__", "bytes"): _bytes,
+    ("builtins", "bytes"): _bytes,
+    ("torch.storage", "UntypedStorage"): _Untyped,  # storage classes stand for their element dtype
+    ("torch", "UntypedStorage"): _Untyped,
+    **{("torch", name): dtype for name, dtype in STORAGE_DTYPES.items()},
+    **{("torch", name): dtype for name, dtype in DTYPES.items()},
+}
+# the only things REDUCE may call
+CALLABLE_GLOBALS = (_rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter, OrderedDict, torch.Size, _bytes)
+
+# opcodes whose argument, as genops decodes it, is the value to push
+PUSH_ARG = {"BININT", "BININT1", "BININT2", "LONG1", "LONG4", "BINFLOAT", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
+            "BINBYTES", "SHORT_BINBYTES", "BINBYTES8"}  # fmt: skip
+CONSTANTS = {"NONE": None, "NEWTRUE": True, "NEWFALSE": False, "EMPTY_TUPLE": ()}
+EMPTY = {"EMPTY_DICT": dict, "EMPTY_LIST": list}  # a fresh container each time: SETITEMS / APPENDS fill it
+
+
+# -- the stack machine ------------------------------------------------------------------------------
+class _Unpickler:
+    """Runs the opcodes of one data.pkl; storages come from `archive` (a zip and its folder prefix)."""
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str):
+        self.archive, self.prefix, self.names = archive, prefix, set(archive.namelist())
+        order = self.record("byteorder") if f"{prefix}/byteorder" in self.names else b"little"  # absent in old files: little
+        if order not in (b"little", b"big"):
+            raise ValueError(f"byteorder record is {order!r}, expected b'little' or b'big'")
+        self.swap = order.decode() != sys.byteorder
+        self.storages: dict[str, torch.Tensor] = {}  # key -> flat tensor, so shared storages load once and stay shared
+
+    def record(self, name: str) -> bytes:
+        return self.archive.read(f"{self.prefix}/{name}")
+
+    def storage(self, pid) -> torch.Tensor:
+        """BINPERSID: ('storage', dtype, key, location, numel) -> the flat CPU tensor of data/<key>."""
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[2], str)
+                and isinstance(pid[4], int)):  # fmt: skip
+            raise UnsafeCheckpointError(f"persistent id {pid!r} is not a torch storage reference")
+        _, kind, key, _location, numel = pid  # the location is ignored: everything loads to the CPU
+        if kind is _Untyped and self.swap:  # subtle: its element type is only known later, in _rebuild_tensor_v3
+            raise ValueError(f"storage {key!r} is untyped (a uint16/32/64 tensor) in a file of foreign byte order; "
+                             "byte swapping it is not supported")
+        dtype = torch.uint8 if kind is _Untyped else kind
+        if not isinstance(dtype, torch.dtype):
+            raise UnsafeCheckpointError(f"storage {key!r} has type {kind!r}, expected a storage class")
+        if key in self.storages:
+            if self.storages[key].dtype != dtype:
+                raise ValueError(f"storage {key!r} is referenced as both {self.storages[key].dtype} and {dtype}")
+            return self.storages[key]
+        if f"{self.prefix}/data/{key}" not in self.names:
+            raise ValueError(f"storage {key!r} is referenced but data/{key} is not in the archive")
+        raw = bytearray(self.record(f"data/{key}"))  # a writable copy: frombuffer shares it
+        if len(raw) != numel * dtype.itemsize:
+            raise ValueError(f"storage {key!r} holds {len(raw)} bytes; its header says {numel} x {dtype} "
+                             f"({numel * dtype.itemsize} bytes)")
+        # note: frombuffer refuses an empty buffer
+        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        if self.swap and dtype.itemsize > 1:
+            flat = flat.view(-1, dtype.itemsize).flip(1).reshape(-1)  # (numel, itemsize) with each element's bytes reversed
+        self.storages[key] = flat.view(dtype)
+        return self.storages[key]
+
+    def run(self, data: bytes):
+        ops = list(pickletools.genops(data))  # parse everything first: a malformed pickle fails before anything is built
+        stack, marks, memo = [], [], {}
+
+        def pop_mark() -> list:
+            start = marks.pop()
+            items = stack[start:]
+            del stack[start:]
+            return items
+
+        for op, arg, _pos in ops:
+            name = op.name
+            if name in ("PROTO", "FRAME"):
+                continue
+            elif name in PUSH_ARG:
+                stack.append(arg)
+            elif name in CONSTANTS:
+                stack.append(CONSTANTS[name])
+            elif name in EMPTY:
+                stack.append(EMPTY[name]())
+            elif name == "MARK":
+                marks.append(len(stack))
+            elif name in ("BINPUT", "LONG_BINPUT"):
+                memo[arg] = stack[-1]
+            elif name == "MEMOIZE":
+                memo[len(memo)] = stack[-1]
+            elif name in ("BINGET", "LONG_BINGET"):
+                stack.append(memo[arg])
+            elif name in ("TUPLE1", "TUPLE2", "TUPLE3"):
+                n = int(name[-1])
+                items = tuple(stack[-n:])
+                del stack[-n:]
+                stack.append(items)
+            elif name in ("TUPLE", "LIST"):
+                items = pop_mark()
+                stack.append(tuple(items) if name == "TUPLE" else items)
+            elif name == "DICT":
+                items = pop_mark()
+                stack.append(dict(zip(items[::2], items[1::2])))
+            elif name in ("SETITEM", "SETITEMS"):
+                items = pop_mark() if name == "SETITEMS" else [stack.pop(-2), stack.pop()]  # key, value, key, value, ...
+                if not isinstance(stack[-1], dict):
+                    raise ValueError(f"{name} on a {type(stack[-1]).__name__}, expected a dict")
+                stack[-1].update(zip(items[::2], items[1::2]))
+            elif name in ("APPEND", "APPENDS"):
+                items = pop_mark() if name == "APPENDS" else [stack.pop()]
+                if not isinstance(stack[-1], list):
+                    raise ValueError(f"{name} on a {type(stack[-1]).__name__}, expected a list")
+                stack[-1].extend(items)
+            elif name in ("GLOBAL", "STACK_GLOBAL"):
+                if name == "GLOBAL":
+                    module, _, attr = arg.partition(" ")
+                else:
+                    module, attr = stack[-2], stack[-1]
+                    del stack[-2:]
+                if (module, attr) not in SAFE_GLOBALS:
+                    raise UnsafeCheckpointError(f"refusing global {module}.{attr}: not in the safe-load allowlist")
+                stack.append(SAFE_GLOBALS[module, attr])
+            elif name == "REDUCE":
+                args, func = stack.pop(), stack.pop()
+                if not any(func is f for f in CALLABLE_GLOBALS) or not isinstance(args, tuple):
+                    raise UnsafeCheckpointError(f"REDUCE of {func!r}: only allowlisted functions may be called")
+                stack.append(func(*args))
+            elif name == "BINPERSID":
+                stack.append(self.storage(stack.pop()))
+            elif name == "BUILD":
+                state = stack.pop()  # torch sets a state dict's `_metadata` (module versions) this way
+                target = stack[-1]
+                if not (isinstance(target, OrderedDict) and isinstance(state, dict) and all(isinstance(k, str) for k in state)):
+                    raise UnsafeCheckpointError(f"BUILD of a {type(target).__name__}: only OrderedDict attributes are set")
+                vars(target).update(state)
+            elif name == "POP":
+                stack.pop()
+            elif name == "POP_MARK":
+                pop_mark()
+            elif name == "DUP":
+                stack.append(stack[-1])
+            elif name == "STOP":
+                return stack.pop()
+            else:
+                raise UnsafeCheckpointError(f"pickle opcode {name} is not supported by the safe loader")
+        raise ValueError("data.pkl ends without a STOP opcode")
+
+
+# -- public entry point -----------------------------------------------------------------------------
+def load_torch_file(path: str | Path):
+    """The object `torch.save` wrote to `path` (a zip checkpoint), with every tensor on the CPU.
+
+    Raises UnsafeCheckpointError for a global or opcode outside the allowlist (before anything of
+    it runs), ValueError for a file that is not a complete torch zip checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a torch zip checkpoint (a legacy torch.save file, a truncated zip, or another format)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            pkl = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
+            if len(pkl) != 1:
+                raise ValueError(f"has {len(pkl)} <archive>/data.pkl records, expected 1 (is it a torch.save file?)")
+            return _Unpickler(archive, pkl[0].split("/")[0]).run(archive.read(pkl[0]))
+    except UnsafeCheckpointError as e:
+        raise UnsafeCheckpointError(f"{path}: {e}") from None
+    except (zipfile.BadZipFile, EOFError) as e:
+        raise ValueError(f"{path} is a damaged zip: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    except (TypeError, IndexError, KeyError, AttributeError, RuntimeError) as e:  # stack underflow, bad memo slot or arguments
+        raise ValueError(f"{path}: data.pkl is malformed ({type(e).__name__}: {e})") from None

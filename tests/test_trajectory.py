@@ -1,0 +1,113 @@
+"""Trajectory tokenizer: the R s a layout, returns-to-go, normalisation, Gato's binning, bad episodes;
+and Decision Transformer import parity with Hugging Face's DecisionTransformerModel."""
+
+import numpy as np
+import pytest
+import torch
+
+from models import MultimodalTransformer, dt_model_config, load_hf_decision_transformer
+from tokenizers_mm import TrajectoryTokenizer, collate, gato_decode, gato_encode, load_tokenizer, returns_to_go
+from tokenizers_mm.trajectory import mu_law, mu_law_inverse
+
+
+def episode(T=7, S=4, seed=0, discrete=True, A=2):
+    rng = np.random.default_rng(seed)
+    acts = rng.integers(0, A, T) if discrete else rng.uniform(-2, 2, (T, A)).astype(np.float32)
+    return {"observations": rng.normal(size=(T, S)).astype(np.float32), "actions": acts, "rewards": rng.normal(size=T).astype(np.float32)}
+
+
+def test_returns_to_go_known_answer():
+    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0])), [6.0, 5.0, 3.0])
+    np.testing.assert_allclose(returns_to_go(np.array([1.0, 2.0, 3.0]), gamma=0.5), [1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0])
+
+
+def test_layout_positions_types_targets_and_round_trip(tmp_path):
+    ep = episode(T=7)
+    tok = TrajectoryTokenizer(4, 2, discrete=True, context=5, max_timestep=50, rtg_scale=10.0).fit([ep])
+    ts = tok.encode(ep, start=4)  # steps 4, 5, 6: the window runs past the end, so it is shorter
+    assert ts.values.shape == (9, 4)
+    assert ts.positions.tolist() == [4, 4, 4, 5, 5, 5, 6, 6, 6] and ts.types.tolist() == [0, 1, 2] * 3
+    assert ts.loss_mask.tolist() == [False, True, False] * 3
+    assert ts.targets[1::3].tolist() == ep["actions"][4:].tolist()  # state tokens predict the action taken there
+    np.testing.assert_allclose(ts.values[0::3, 0].numpy(), returns_to_go(ep["rewards"])[4:] / 10.0, rtol=1e-6)
+    np.testing.assert_allclose(tok.state_mean, ep["observations"].mean(0), rtol=1e-5)
+    back = tok.decode(ts)
+    np.testing.assert_allclose(back["observations"], ep["observations"][4:], atol=1e-5)
+    assert back["actions"].tolist() == ep["actions"][4:].tolist() and back["timesteps"].tolist() == [4, 5, 6]
+    tok.save(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.config() == tok.config() and torch.equal(again.encode(ep, 2).values, tok.encode(ep, 2).values)
+
+
+def test_continuous_actions_scale_to_unit_and_back():
+    ep = episode(T=5, discrete=False, A=1)
+    tok = TrajectoryTokenizer(4, 1, discrete=False, context=5, action_low=[-2.0], action_high=[2.0])
+    ts = tok.encode(ep)
+    np.testing.assert_allclose(ts.targets[1::3, 0].numpy(), ep["actions"][:, 0] / 2, rtol=1e-6)
+    np.testing.assert_allclose(tok.decode_action(ts.targets[1]), ep["actions"][0], rtol=1e-5)
+    binned = TrajectoryTokenizer(4, 1, discrete=False, action_low=[-2.0], action_high=[2.0], action_bins=1024).encode(ep)
+    assert binned.targets.dtype == torch.long and binned.targets.shape == (15, 1)
+
+
+def test_gato_binning_round_trip_error_is_bounded():
+    x = torch.cat([torch.linspace(-256, 256, 20001), torch.linspace(-1, 1, 2001)])
+    assert torch.allclose(mu_law_inverse(mu_law(x)), x, atol=1e-3, rtol=1e-5)
+    ids = gato_encode(x)
+    assert ids.min() == 0 and ids.max() == 1023
+    # uniform bins in the companded domain: at most one bin width there, fine near 0, coarse far out
+    y_err = (mu_law(gato_decode(ids)) - mu_law(x)).abs()
+    assert y_err.max() <= 1 / 1024 + 1e-6
+    small = x.abs() <= 1
+    assert (gato_decode(ids) - x)[small].abs().max() < 0.01  # values near 0 come back to ~1%
+    assert gato_encode(torch.tensor([1e9, -1e9])).tolist() == [1023, 0]  # out of range clips to the end bins
+    a = torch.linspace(-1, 1, 5001)  # scaled actions: uniform bins without companding
+    assert (gato_decode(gato_encode(a, companding=False), companding=False) - a).abs().max() <= 1 / 1024 + 1e-6
+
+
+def test_bad_episodes_are_named():
+    tok = TrajectoryTokenizer(4, 2, discrete=True, context=3, max_timestep=10)
+    cases = [
+        ({**episode(), "observations": np.zeros((0, 4)), "actions": np.zeros(0, int), "rewards": np.zeros(0)}, "the episode is empty"),
+        ({**episode(), "observations": np.full((7, 4), np.nan)}, "observations hold NaN"),
+        ({**episode(), "rewards": np.array([0, 0, np.inf, 0, 0, 0, 0])}, "rewards hold NaN or infinite values \\(first at step 2\\)"),
+        ({**episode(), "actions": np.array([0, 1, 2, 0, 1, 0, 1])}, r"action ids must lie in \[0, 2\)"),
+        ({**episode(), "actions": np.zeros((7, 3))}, "discrete actions must be integer ids"),
+        ({**episode(), "actions": np.zeros(6, int)}, "7 observations but 6 actions"),
+        ({**episode(), "observations": np.zeros((7, 5))}, r"observations must have shape \(T, 4\)"),
+        (episode(T=11), "11 steps exceed the timestep table"),
+    ]
+    for ep, message in cases:
+        with pytest.raises(ValueError, match=f"ep 3: {message}"):
+            tok.encode(ep, name="ep 3")
+    assert len(tok.encode(episode(T=1))) == 3  # a one-step episode is one (R, s, a) step
+    with pytest.raises(ValueError, match=r"continuous actions must have shape \(T, 2\)"):
+        TrajectoryTokenizer(4, 2, discrete=False).encode(episode(discrete=False, A=3), name="e")
+    with pytest.raises(ValueError, match=r"context=30 steps must lie in \[1, max_timestep=20\]"):
+        TrajectoryTokenizer(4, 2, discrete=True, context=30, max_timestep=20)
+
+
+@pytest.mark.parametrize("discrete", [False, True])
+def test_action_predictions_equal_hf_decision_transformer(discrete):
+    transformers = pytest.importorskip("transformers")
+    S, A, K, B = 5, 3, 6, 2
+    cfg = transformers.DecisionTransformerConfig(state_dim=S, act_dim=A, hidden_size=32, n_layer=2, n_head=2, max_ep_len=50,
+                                                 action_tanh=not discrete)  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.DecisionTransformerModel(cfg).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.normal_(0, 0.2)
+    ours = load_hf_decision_transformer(MultimodalTransformer(dt_model_config(cfg.to_dict(), discrete)), hf.state_dict()).eval()
+    # episodes through our tokenizer; the same numbers into Hugging Face's model
+    tok = TrajectoryTokenizer(S, A, discrete=discrete, context=K, max_timestep=50, rtg_scale=10.0)
+    eps = [episode(T=20, S=S, seed=s, discrete=discrete, A=A) for s in range(B)]
+    starts = [3, 11]
+    sets = [tok.encode(ep, start) for ep, start in zip(eps, starts)]
+    v = collate(sets)
+    vals = v.values.reshape(B, K, 3, -1)
+    with torch.no_grad():
+        _, ref, _ = hf(states=vals[:, :, 1, :S], actions=vals[:, :, 2, :A], rewards=torch.zeros(B, K, 1), returns_to_go=vals[:, :, 0, :1],
+                       timesteps=v.positions[:, ::3], attention_mask=torch.ones(B, K), return_dict=False)  # fmt: skip
+        got = ours({"trajectory": v}).logits["action"][:, 1::3]
+    assert ref.abs().max() > 0.1
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
