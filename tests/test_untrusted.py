@@ -1,0 +1,104 @@
+"""Untrusted files: no code path can unpickle, eval or load YAML objects; a crafted pickle offered
+as a checkpoint or a config naming a Python object is refused and never runs."""
+
+import ast
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+PACKAGES = ("tokenizers_mm", "models", "recipes", "benchmarks")
+
+
+def calls(tree):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
+            yield node, owner, name
+
+
+def test_no_code_path_unpickles_evals_or_loads_yaml_objects():
+    found = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    names = [a.name for a in node.names] + ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+                    if any(n.split(".")[0] in ("pickle", "cPickle", "dill", "cloudpickle", "marshal", "shelve") for n in names):
+                        found.append(f"{path}:{node.lineno} imports {names}")
+            for node, owner, name in calls(tree):
+                where = f"{path.relative_to(ROOT)}:{node.lineno}"
+                if name in ("eval", "exec") and (isinstance(node.func, ast.Name) or owner == "builtins"):
+                    found.append(f"{where} calls {name}")
+                if owner == "torch" and name == "load":
+                    safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                    if not safe:
+                        found.append(f"{where} torch.load without weights_only=True")
+                if owner == "yaml" and name in ("load", "unsafe_load", "full_load", "load_all"):
+                    found.append(f"{where} yaml.{name} (use yaml.safe_load)")
+                if owner in ("np", "numpy") and name == "load":
+                    if not any(k.arg == "allow_pickle" and getattr(k.value, "value", None) is False for k in node.keywords):
+                        found.append(f"{where} np.load without allow_pickle=False")
+    assert not found, "\n".join(found)
+
+
+class Boom:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_offered_as_a_checkpoint_is_refused_without_running(tmp_path):
+    from models import MultimodalTransformer, UnsafeCheckpointError, load_openai_whisper, load_torch_file
+    from recipes.checkpoint import verify
+
+    marker = tmp_path / "pwned"
+    payload = pickle.dumps({"dims": Boom(marker), "model_state_dict": {}}, protocol=2)
+    # 1. as a torch.save zip (openai-whisper's format)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+        zf.writestr("archive/version", "3\n")
+    (tmp_path / "tiny.pt").write_bytes(buf.getvalue())
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        load_openai_whisper(tmp_path / "tiny.pt")
+    with pytest.raises(UnsafeCheckpointError):
+        load_torch_file(tmp_path / "tiny.pt")
+    # 2. as a raw pickle named like our model weights
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(payload)
+    with pytest.raises((ValueError, FileNotFoundError)):
+        MultimodalTransformer.load(ckpt)
+    with pytest.raises((ValueError, FileNotFoundError)):
+        verify(ckpt)
+    assert not marker.exists()
+
+
+def test_configs_cannot_name_python_objects(tmp_path):
+    from recipes.config import ConfigError
+    from recipes.runs import make_config
+
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"recipe: gpt_char\nmax_steps: !!python/object/apply:os.system ['touch {marker}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        make_config(str(evil), [])
+    with pytest.raises(ConfigError):
+        make_config("gpt_char", ["model=os.system"])  # unknown key: listed, not resolved
+    with pytest.raises(ConfigError):
+        make_config("gpt_char", ["max_steps=__import__('os').system('x')"])  # a string where an int belongs
+    assert not marker.exists()
+    assert Path(ROOT / "recipes" / "runs.py").read_text().count("importlib.import_module(RECIPES[name])") == 1  # recipes from a fixed table
