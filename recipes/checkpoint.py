@@ -104,7 +104,8 @@ def set_rng_state(state: dict) -> None:
 
 
 # -- manifest -------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -126,7 +127,7 @@ def write_manifest(directory: Path) -> None:
         if p.is_file() and p.name != MANIFEST:
             with open(p, "rb") as f:
                 os.fsync(f.fileno())
-            files[p.name] = {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            files[p.name] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
     write_json_atomic(directory / MANIFEST, {"files": files})
 
 
@@ -142,7 +143,7 @@ def verify(directory: Path) -> None:
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
         if p.stat().st_size != info["bytes"]:
             raise CheckpointError(f"checkpoint {directory} is truncated: {name} has {p.stat().st_size} bytes, expected {info['bytes']}")
-        if _sha256(p) != info["sha256"]:
+        if sha256(p) != info["sha256"]:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its SHA-256")
 
 

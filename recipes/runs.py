@@ -31,6 +31,9 @@ RECIPES = {
     "vit_folder": "recipes.vit_folder",
     "whisper_digits": "recipes.whisper_digits",
     "whisper_folder": "recipes.whisper_folder",
+    "dt_cartpole": "recipes.dt_cartpole",
+    "dt_pendulum": "recipes.dt_pendulum",
+    "dt_offline": "recipes.dt_offline",
 }
 RUN_FILE = "run.json"
 

@@ -1,0 +1,111 @@
+"""Decision Transformer against behaviour cloning on the embedded offline datasets, and the
+training step against Hugging Face's DecisionTransformerModel of the same size, on this machine.
+
+    python benchmarks/dt_control.py [dt_cartpole|dt_pendulum] [key=value ...]
+
+Generates (or reuses) the recipe's dataset, prints its return statistics, trains DT and BC with the
+recipe's defaults plus overrides, and prints achieved return for each target (mean ± std over the
+recipe's 20 seeded episodes), DT at the recipe's target against BC, the training time, and the
+goals: dt_cartpole — DT >= 475 at target 500 and >= BC + 100, the data with <= 5% episodes at 500
+and mean return <= 150; dt_pendulum — DT > BC and >= the data's 90th-percentile return. Then times
+200 training steps (forward + backward + AdamW, batch 64, K = 20) of our model and of
+`DecisionTransformerModel` (hidden 64, 3 layers, 1 head, ReLU) in the same process: ms per step and
+the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from recipes.runs import make_config  # noqa: E402
+
+
+def step_times(steps: int = 200, batch: int = 64, K: int = 20, S: int = 4, A: int = 2) -> dict:
+    """ms per training step: ours vs Hugging Face's DecisionTransformerModel, same weights and batch."""
+    from transformers import DecisionTransformerConfig, DecisionTransformerModel
+
+    from models import MultimodalTransformer, dt_model_config, load_hf_decision_transformer
+
+    torch.manual_seed(0)
+    hf_cfg = DecisionTransformerConfig(state_dim=S, act_dim=A, hidden_size=64, n_layer=3, n_head=1, max_ep_len=500, action_tanh=True)
+    hf = DecisionTransformerModel(hf_cfg)
+    ours = load_hf_decision_transformer(MultimodalTransformer(dt_model_config(hf_cfg.to_dict())), hf.state_dict())
+    states, actions, rtg = torch.randn(batch, K, S), torch.randn(batch, K, A).tanh(), torch.randn(batch, K, 1)
+    timesteps = torch.randint(0, 480, (batch, 1)) + torch.arange(K)
+    from tokenizers_mm import TokenBatch
+
+    W = max(S, A, 1)
+    v = torch.zeros(batch, K, 3, W)
+    v[:, :, 0, :1], v[:, :, 1, :S], v[:, :, 2, :A] = rtg, states, actions
+    types = torch.tensor([0, 1, 2]).repeat(K).expand(batch, -1)
+    target = torch.zeros(batch, K, 3, A)
+    target[:, :, 1] = actions
+    tb = TokenBatch("trajectory", None, v.reshape(batch, 3 * K, W), timesteps.repeat_interleave(3, 1), types,
+                    torch.ones(batch, 3 * K, dtype=torch.bool), targets=target.reshape(batch, 3 * K, A), loss_mask=types == 1)  # fmt: skip
+
+    def hf_step():
+        _, pred, _ = hf(states=states, actions=actions, rewards=None, returns_to_go=rtg, timesteps=timesteps,
+                        attention_mask=torch.ones(batch, K), return_dict=False)  # fmt: skip
+        return torch.nn.functional.mse_loss(pred, actions)
+
+    def our_step():
+        return ours({"trajectory": tb}).loss
+
+    out = {}
+    for name, model, fn in (("ours", ours, our_step), ("hf", hf, hf_step)):
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
+        model.train()
+        for i in range(steps + 10):
+            if i == 10:
+                t0 = time.perf_counter()
+            loss = fn()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        out[name] = (time.perf_counter() - t0) / steps * 1000
+    return {"ours_ms_per_step": out["ours"], "hf_ms_per_step": out["hf"], "ratio_hf_over_ours": out["hf"] / out["ours"]}
+
+
+def main():
+    args = sys.argv[1:]
+    recipe = args.pop(0) if args and not "=" in args[0] else "dt_cartpole"
+    with tempfile.TemporaryDirectory() as d:
+        _, module, cfg = make_config(recipe, [f"run_dir={d}", "eval_every=1000000", "ckpt_every=1000000", *args])
+        module.dt.load_data(cfg)  # generate (or reuse) the dataset before the clock starts
+        t0 = time.perf_counter()
+        metrics = module.main(cfg)
+        total = time.perf_counter() - t0
+        summary = json.loads((Path(d) / "returns.json").read_text())
+    from recipes import dt, rl_data
+
+    data = [float(ep.total_reward) for ep in dt.load_data(cfg)]
+    data = np.array(data)
+    result = {"benchmark": recipe, "env": cfg.env, "target": summary["target"],
+              "data": {"episodes": len(data), "mean_return": float(data.mean()), "p90_return": float(np.percentile(data, 90)),
+                       "max_return": float(data.max()), "fraction_at_500": float(np.mean(data >= 500)) if cfg.env == "CartPole-v1" else None},
+              "dt_return": [metrics["val_return"], summary["dt_return_std"]], "bc_return": metrics["bc_return"],
+              "return_by_target": dict(zip(map(str, summary["table"]["targets"]), summary["table"]["dt"])),
+              "train_seconds": summary["train_seconds"], "total_seconds": total, "steps": cfg.max_steps}  # fmt: skip
+    if cfg.env == "CartPole-v1":
+        result["goal"] = "DT >= 475 at 500, DT - BC >= 100; data: <= 5% at 500, mean <= 150"
+        result["met"] = (metrics["val_return"] >= 475 and metrics["val_return"] - metrics["bc_return"] >= 100
+                         and result["data"]["fraction_at_500"] <= 0.05 and result["data"]["mean_return"] <= 150)  # fmt: skip
+    else:
+        result["goal"] = "DT > BC and DT >= the data's 90th-percentile return"
+        result["met"] = metrics["val_return"] > metrics["bc_return"] and metrics["val_return"] >= result["data"]["p90_return"]
+    result["step_vs_hf"] = step_times(S=4 if cfg.env == "CartPole-v1" else 3, A=2 if cfg.env == "CartPole-v1" else 1)
+    print(json.dumps(result, indent=2))
+    del rl_data
+
+
+if __name__ == "__main__":
+    main()

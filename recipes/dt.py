@@ -1,0 +1,290 @@
+"""Decision Transformer recipes: offline RL as sequence modelling (Chen et al. 2021), with a
+behaviour-cloning baseline trained on the same data in the same run.
+
+Config → data → model → loss/metric → main. Episodes (the embedded dataset generated from a
+gymnasium simulator by recipes/rl_data.py, or the user's D4RL-style NPZ / HDF5 file or Minari
+dataset) → `trajectory` tokens R s a R s a ... (K steps per window, windows starting at every
+timestep) → the causal decoder → the action head read at each state token: cross-entropy over
+action ids (discrete), MSE on tanh outputs (continuous), or cross-entropy over Gato's bins.
+
+Behaviour cloning (BC) is the same model on the same windows with the return tokens blanked
+(every return-to-go reads 0), so nothing can be read from them: what remains is imitation of
+the data. Evaluation rolls out both policies in the simulator for `eval_episodes` seeded
+episodes, the DT conditioned on each target in `targets`; it prints mean ± std returns, writes
+`returns.json` and `return_vs_target.png` (achieved against target return, the paper's figure).
+
+    mmtok train dt_cartpole
+    mmtok train dt_pendulum
+    mmtok train dt_offline data=path/to/dataset.hdf5 env=Hopper-v5
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import Dataset
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from tokenizers_mm import TrajectoryTokenizer, collate
+
+from .config import TrainConfig
+from .runs import resolve_run_dir, save_run_info
+from .train import train
+
+
+@dataclass
+class Config(TrainConfig):
+    env: str = "CartPole-v1"  # the gymnasium environment the data comes from and rollouts run in
+    data: str = ""  # "" = the embedded dataset for env; else a .npz / .hdf5 file or a Minari dataset id
+    data_dir: str = ""  # where the embedded dataset is cached; "" = ~/.cache/tokenizers-mm/rl
+    n_episodes: int = 0  # embedded dataset size; 0 = rl_data's default for env
+    data_seed: int = 0
+    context: int = 20  # K steps per window (3K tokens)
+    max_timestep: int = 1000  # rows of the timestep table; longer episodes are refused
+    rtg_scale: float = 100.0  # returns-to-go are divided by this
+    gamma: float = 1.0  # return-to-go discount
+    action_bins: int = 0  # continuous actions: 0 = regression (tanh), 1024 = Gato's mu-law bins
+    dim: int = 64
+    depth: int = 3
+    num_heads: int = 1
+    dropout: float = 0.1
+    batch_size: int = 64
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 200
+    max_steps: int = 3000
+    weight_decay: float = 1e-4
+    eval_every: int = 1000
+    ckpt_every: int = 1000
+    eval_episodes: int = 20  # seeded rollouts per target
+    eval_seed: int = 10_000  # rollout seeds are eval_seed, eval_seed + 1, ...
+    targets: str = ""  # comma-separated target returns for the table and plot; "" = 5 up to the data's best
+    target: float = 0.0  # the target return the DT is judged at; 0 = the best return in the data
+    baseline: bool = True  # also train behaviour cloning on the same data
+
+
+# -- data -----------------------------------------------------------------------------------------
+def load_data(cfg: Config) -> list:
+    from . import rl_data
+
+    if cfg.data:
+        return rl_data.load_episodes(cfg.data)
+    if cfg.env not in rl_data.DATASETS:
+        raise ValueError(f"no embedded dataset for env={cfg.env!r} (embedded: {', '.join(rl_data.DATASETS)}); give data=PATH")
+    root = Path(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/rl"))
+    n = cfg.n_episodes or rl_data.DATASETS[cfg.env].episodes
+    path = rl_data.make_dataset(cfg.env, root / f"{cfg.env}-{n}-{cfg.data_seed}.npz", n, cfg.data_seed)
+    return rl_data.load_episodes(path)
+
+
+def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
+    """The tokenizer for env's spaces, with state statistics from the episodes."""
+    import gymnasium as gym
+
+    space = env.action_space
+    discrete = isinstance(space, gym.spaces.Discrete)
+    action_dim = int(space.n) if discrete else int(np.prod(space.shape))
+    low, high = (None, None) if discrete else (space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist())
+    tok = TrajectoryTokenizer(int(np.prod(env.observation_space.shape)), action_dim, discrete, cfg.context, cfg.max_timestep,
+                              cfg.rtg_scale, cfg.gamma, action_low=low, action_high=high, action_bins=cfg.action_bins)  # fmt: skip
+    return tok.fit(episodes)
+
+
+class Windows(Dataset):
+    """Every (episode, start step) window; `blank_returns` zeroes the return tokens (BC)."""
+
+    def __init__(self, episodes: list, tok: TrajectoryTokenizer, blank_returns: bool = False):
+        self.tok, self.blank = tok, blank_returns
+        self.checked = [tok.check(ep, f"episode {i}") for i, ep in enumerate(episodes)]
+        self.index = [(e, t) for e, (obs, _, _) in enumerate(self.checked) for t in range(len(obs))]
+        self.rtg = [self._rtg(rew) for _, _, rew in self.checked]
+
+    def _rtg(self, rew):
+        from tokenizers_mm import returns_to_go
+
+        return np.zeros_like(rew) if self.blank else returns_to_go(rew, self.tok.gamma)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> dict:
+        e, t = self.index[i]
+        obs, acts, _ = self.checked[e]
+        end = min(t + self.tok.context, len(obs))
+        return {"trajectory": self.tok.tokens(obs[t:end], acts[t:end], self.rtg[e][t:end], np.arange(t, end))}
+
+
+def collate_windows(examples: list[dict]):
+    return {"trajectory": collate([ex["trajectory"] for ex in examples])}, {}
+
+
+# -- model ----------------------------------------------------------------------------------------
+def build_model(cfg: Config, tok: TrajectoryTokenizer) -> MultimodalTransformer:
+    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, dropout=cfg.dropout, mode="decoder", activation="relu")
+    traj = ModalityConfig.from_tokenizer(tok, embed_norm=True)
+    if tok.discrete:
+        head = HeadConfig("token_classify", "trajectory", num_outputs=tok.action_dim, token_type="state")
+    elif tok.action_bins:
+        head = HeadConfig("token_classify", "trajectory", num_outputs=tok.action_dim * tok.action_bins, token_type="state")
+    else:
+        head = HeadConfig("token_regress", "trajectory", num_outputs=tok.action_dim, token_type="state", tanh=True)
+    return MultimodalTransformer(ModelConfig(trunk, {"trajectory": traj}, {"action": head}, decoder_inputs=["trajectory"]))
+
+
+# -- metric: rollouts -----------------------------------------------------------------------------
+@torch.no_grad()
+def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str, target: float, seeds: list[int],
+             blank_returns: bool = False, device="cpu") -> np.ndarray:  # fmt: skip
+    """Returns of len(seeds) episodes run side by side, the policy conditioned on `target`: at
+    each step the last K steps (return-to-go = target − reward so far, the current action a
+    placeholder the causal mask hides from the state token) → the action read at the last state."""
+    import gymnasium as gym
+
+    was = model.training
+    model.eval()
+    envs = [gym.make(env_id) for _ in seeds]
+    obs = [[env.reset(seed=s)[0]] for env, s in zip(envs, seeds)]
+    acts, rtg, total = [[] for _ in seeds], [[0.0 if blank_returns else target] for _ in seeds], np.zeros(len(seeds))
+    live = list(range(len(seeds)))
+    zero_action = np.zeros((), np.int64) if tok.discrete else np.zeros(tok.action_dim, np.float32)
+    t = 0
+    while live:
+        if t >= tok.max_timestep:
+            raise ValueError(f"{env_id}: episodes longer than max_timestep={tok.max_timestep}; raise max_timestep")
+        lo = max(0, t + 1 - tok.context)
+        sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
+                           np.arange(lo, t + 1)) for i in live]  # fmt: skip
+        out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2]  # the last state token
+        still = []
+        for row, i in enumerate(live):
+            a = tok.decode_action(out[row])
+            o, r, terminated, truncated, _ = envs[i].step(a)
+            acts[i].append(np.asarray(a, np.int64 if tok.discrete else np.float32).reshape(zero_action.shape))
+            obs[i].append(o)
+            total[i] += r
+            rtg[i].append(0.0 if blank_returns else rtg[i][-1] - r)
+            if not (terminated or truncated):
+                still.append(i)
+        live, t = still, t + 1
+    for env in envs:
+        env.close()
+    model.train(was)
+    return total
+
+
+def target_list(cfg: Config, best: float) -> list[float]:
+    if cfg.targets:
+        return [float(x) for x in cfg.targets.split(",")]
+    return [round(best * k / 5, 1) for k in range(1, 6)]
+
+
+def make_evaluate(cfg: Config, tok: TrajectoryTokenizer, target: float, blank_returns: bool):
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
+
+    def evaluate(model, accelerator) -> dict:
+        m = accelerator.unwrap_model(model)
+        returns = rollouts(m, tok, cfg.env, target, seeds, blank_returns, accelerator.device)
+        return {"val_return": float(returns.mean()), "val_return_std": float(returns.std())}
+
+    return evaluate
+
+
+def plot_returns(table: dict, best_in_data: float, path: Path, title: str) -> Path:
+    """Achieved return against target return (the DT paper's figure), BC as a flat line."""
+    from .plots import save_png, subplots
+
+    fig, ax = subplots(figsize=(6, 4.5))
+    targets = np.array(table["targets"])
+    dt = np.array(table["dt"])
+    ax.errorbar(targets, dt[:, 0], yerr=dt[:, 1], marker="o", capsize=3, label="Decision Transformer")
+    if table.get("bc"):
+        ax.axhline(table["bc"][0], color="tab:orange", linestyle="--", label=f"behaviour cloning ({table['bc'][0]:.0f})")
+    lo, hi = min(targets.min(), dt[:, 0].min()), max(targets.max(), dt[:, 0].max())
+    ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="achieved = target")
+    ax.axvline(best_in_data, color="tab:green", alpha=0.4, label=f"best return in the data ({best_in_data:.0f})")
+    ax.set_xlabel("target return")
+    ax.set_ylabel(f"achieved return (mean ± std, {table['episodes']} episodes)")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_png(fig, path)
+
+
+# -- main -----------------------------------------------------------------------------------------
+def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
+    import gymnasium as gym
+
+    run_dir = resolve_run_dir(cfg, recipe)
+    episodes = load_data(cfg)
+    returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
+    env = gym.make(cfg.env)
+    tok = make_tokenizer(cfg, episodes, env) if not resume else None
+    if resume:
+        from tokenizers_mm import load_tokenizer
+
+        tok = load_tokenizer(run_dir / "tokenizers" / "trajectory")
+    target = cfg.target or float(returns.max())
+    if not resume:
+        save_run_info(run_dir, recipe, cfg)
+        tok.save(run_dir / "tokenizers" / "trajectory")
+    print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; returns "
+          f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip
+    timings, results = {}, {}
+    for name, blank in [("dt", False)] + ([("bc", True)] if cfg.baseline else []):
+        set_seed(cfg.seed)
+        model = build_model(cfg, tok)
+        out_dir = run_dir if name == "dt" else run_dir / "bc"
+        resume_this = resume and (out_dir / "checkpoints").is_dir()
+        t0 = time.perf_counter()
+        results[name] = train(cfg, model, Windows(episodes, tok, blank), collate_windows, make_evaluate(cfg, tok, target, blank), out_dir,
+                              resume=resume_this)  # fmt: skip
+        timings[name] = time.perf_counter() - t0
+        if name == "dt":
+            dt_model = model
+        else:
+            bc_model = model
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
+    targets = target_list(cfg, float(returns.max()))
+    table = {"targets": targets, "episodes": cfg.eval_episodes, "dt": [], "bc": None}
+    print(f"{'target':>8} {'DT return':>16}")
+    for g in targets:
+        r = rollouts(dt_model.cpu(), tok, cfg.env, g, seeds)
+        table["dt"].append([float(r.mean()), float(r.std())])
+        print(f"{g:8.1f} {r.mean():9.1f} ± {r.std():5.1f}")
+    if cfg.baseline:
+        r = rollouts(bc_model.cpu(), tok, cfg.env, 0.0, seeds, blank_returns=True)
+        table["bc"] = [float(r.mean()), float(r.std())]
+        print(f"{'BC':>8} {r.mean():9.1f} ± {r.std():5.1f}")
+    summary = {
+        "env": cfg.env, "target": target, "dt_return": results["dt"]["val_return"], "dt_return_std": results["dt"]["val_return_std"],
+        "bc_return": results["bc"]["val_return"] if cfg.baseline else None, "train_seconds": timings,
+        "data_returns": {"mean": float(returns.mean()), "p90": float(np.percentile(returns, 90)), "max": float(returns.max())},
+        "table": table,
+    }  # fmt: skip
+    (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))
+    plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}")
+    print(f"DT at target {target:.1f}: {summary['dt_return']:.1f} ± {summary['dt_return_std']:.1f}"
+          + (f"; BC {summary['bc_return']:.1f}" if cfg.baseline else "") + f"; plot {run_dir / 'return_vs_target.png'}")  # fmt: skip
+    return {**results["dt"], "bc_return": summary["bc_return"]}
+
+
+def evaluate_run(run_dir) -> dict:
+    """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained)."""
+    from .runs import load_run_info, load_trained
+
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir)
+    target = json.loads((Path(run_dir) / "returns.json").read_text())["target"] if (Path(run_dir) / "returns.json").exists() else cfg.target
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
+    r = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
+    out = {"target": target, "val_return": float(r.mean()), "val_return_std": float(r.std())}
+    if (Path(run_dir) / "bc" / "checkpoints").is_dir():
+        bc, _ = load_trained(Path(run_dir) / "bc")
+        out["bc_return"] = float(rollouts(bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True).mean())
+    return out
