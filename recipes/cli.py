@@ -24,10 +24,10 @@ from .config import ConfigError, named_configs, parse_overrides
 
 
 def cmd_recipes(args):
-    from .runs import RECIPES, get_recipe
+    from .runs import all_recipes, get_recipe
 
-    for name in RECIPES:
-        doc = (get_recipe(name).__doc__ or "").strip().splitlines()[0]
+    for name in all_recipes():
+        doc = ((get_recipe(name).__doc__ or "").strip().splitlines() or [""])[0]
         print(f"{name:16s} {doc}")
     print("\nnamed configs (mmtok train NAME):")
     from .config import read_yaml

@@ -43,6 +43,7 @@ class TrainConfig:
     num_workers: int = 0  # DataLoader worker processes
     cpu: bool = False  # train on the CPU even when a GPU is present
     compile: bool = False  # torch.compile the model
+    log_mfu: bool = True  # log model FLOPs utilisation against the device's peak (models/flops.py)
 
 
 class ConfigError(ValueError):

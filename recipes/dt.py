@@ -65,7 +65,7 @@ class Config(TrainConfig):
     ckpt_every: int = 1000
     eval_episodes: int = 20  # seeded rollouts per target
     eval_seed: int = 10_000  # rollout seeds are eval_seed, eval_seed + 1, ...
-    targets: str = ""  # comma-separated target returns for the table and plot; "" = 5 up to the data's best
+    targets: str = ""  # comma-separated target returns for the table and plot; "" = 5 from the data's median to its best
     target: float = 0.0  # the target return the DT is judged at; 0 = the best return in the data
     baseline: bool = True  # also train behaviour cloning on the same data
 
@@ -179,10 +179,11 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
     return total
 
 
-def target_list(cfg: Config, best: float) -> list[float]:
+def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
+    """cfg.targets, or 5 targets from the data's median return to its best (works for negative returns)."""
     if cfg.targets:
         return [float(x) for x in cfg.targets.split(",")]
-    return [round(best * k / 5, 1) for k in range(1, 6)]
+    return [round(float(x), 1) for x in np.linspace(np.median(returns), returns.max(), 5)]
 
 
 def make_evaluate(cfg: Config, tok: TrajectoryTokenizer, target: float, blank_returns: bool):
@@ -250,7 +251,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         else:
             bc_model = model
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
-    targets = target_list(cfg, float(returns.max()))
+    targets = target_list(cfg, returns)
     table = {"targets": targets, "episodes": cfg.eval_episodes, "dt": [], "bc": None}
     print(f"{'target':>8} {'DT return':>16}")
     for g in targets:

@@ -2,8 +2,9 @@
 
 A run directory holds `run.json` (recipe name + full config), `tokenizers/<modality>/`,
 `metrics.jsonl`, `loss.png`, `results.json` and `checkpoints/step-N/` (each a loadable model
-directory plus training state). Recipes are looked up in a fixed table, never by a module path
-taken from a config or a file.
+directory plus training state). Recipes are looked up in a fixed table (plus the entry points of
+installed plugin packages, group `tokenizers_mm.recipes`), never by a module path taken from a
+config or a file.
 """
 
 from __future__ import annotations
@@ -36,19 +37,29 @@ RECIPES = {
     "dt_offline": "recipes.dt_offline",
 }
 RUN_FILE = "run.json"
+RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
+
+
+def all_recipes() -> dict[str, str]:
+    """Built-in recipes, then those of installed plugins (a plugin cannot replace a built-in)."""
+    from importlib.metadata import entry_points
+
+    plugins = {ep.name: ep.value for ep in entry_points(group=RECIPE_ENTRY_POINTS) if ep.name not in RECIPES}
+    return {**RECIPES, **plugins}
 
 
 def get_recipe(name: str):
-    if name not in RECIPES:
-        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(RECIPES)}; named configs: {', '.join(named_configs())}")
-    return importlib.import_module(RECIPES[name])
+    recipes = all_recipes()
+    if name not in recipes:
+        raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipes)}; named configs: {', '.join(named_configs())}")
+    return importlib.import_module(recipes[name])
 
 
 def make_config(recipe_or_yaml: str, overrides: list[str]):
     """'gpt_char', a named config ('gpt_char_shakespeare') or a YAML path, plus key=value overrides."""
     values: dict = {}
     source = recipe_or_yaml
-    if recipe_or_yaml in RECIPES:
+    if recipe_or_yaml in all_recipes():
         name = recipe_or_yaml
     else:
         path = named_configs().get(recipe_or_yaml) or Path(recipe_or_yaml)

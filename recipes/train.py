@@ -155,6 +155,24 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> floa
 
 
 # -- the loop -------------------------------------------------------------------------------------
+def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
+    """Top-1 accuracy and mean loss of a classification head over `batches` of (inputs, targets),
+    split across processes and summed."""
+    was = model.training
+    model.eval()
+    total = torch.zeros(3, device=accelerator.device)
+    for i, (inputs, targets) in enumerate(batches):
+        if i % accelerator.num_processes != accelerator.process_index:
+            continue
+        inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
+        y = targets[head].to(accelerator.device)
+        out = model(inputs, {head: y})
+        total += torch.stack([(out.logits[head].argmax(-1) == y).sum().float(), out.loss.float() * len(y), torch.tensor(float(len(y)), device=y.device)])
+    total = accelerator.reduce(total, "sum")
+    model.train(was)
+    return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
+
+
 def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     precision = cfg.precision
     if precision == "auto":
@@ -232,6 +250,7 @@ def train(
         set_rng_state(load_state(ckpt, "rng"))
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
+    flops = FlopMeter(accelerator.unwrap_model(model), accelerator) if cfg.log_mfu else None
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     metrics: dict = {}
     model.train()
@@ -244,6 +263,8 @@ def train(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += sum(int(b.mask.sum()) for batch in micro for b in batch[0].values())
+        if flops is not None:
+            flops.add(micro)
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             loss_val = accelerator.reduce(loss, "mean").item()
@@ -254,6 +275,8 @@ def train(
                    "tokens_per_s": tokens * accelerator.num_processes / dt}  # fmt: skip
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
+            if flops is not None:
+                row["mfu"] = flops.mfu(dt)
             bar.set_postfix(loss=f"{loss_val:.4f}")
             if accelerator.is_main_process:
                 append_metrics(run_dir, row)
@@ -275,6 +298,33 @@ def train(
         (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))
     accelerator.end_training()
     return metrics
+
+
+class FlopMeter:
+    """Model FLOPs of the steps since the last report (models/flops.py) against the device's peak:
+    `mfu(seconds)` = achieved / peak, summed over processes."""
+
+    def __init__(self, model: MultimodalTransformer, accelerator: Accelerator):
+        from models.flops import peak_flops
+
+        self.model, self.accelerator, self.flops = model, accelerator, 0.0
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
+        self.peak, self.source = peak_flops(accelerator.device, dtype)
+
+    def add(self, micro_batches: list) -> None:
+        from models.flops import flops_per_token
+
+        enc = set(self.model.config.encoder_inputs)
+        for inputs, _ in micro_batches:
+            mem = sum(b.mask.shape[1] for n, b in inputs.items() if n in enc)
+            seq = sum(b.mask.shape[1] for n, b in inputs.items() if n not in enc)
+            n_tokens = sum(int(b.mask.sum()) for b in inputs.values())
+            self.flops += flops_per_token(self.model, seq or mem, mem if seq else 0) * n_tokens
+
+    def mfu(self, seconds: float) -> float:
+        value = self.flops * self.accelerator.num_processes / seconds / self.peak
+        self.flops = 0.0
+        return value
 
 
 def read_metrics(run_dir) -> list[dict]:

@@ -22,7 +22,7 @@ from tokenizers_mm import ImageTokenizer, load_tokenizer
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
-from .train import train
+from .train import accuracy, train
 
 
 @dataclass
@@ -116,23 +116,6 @@ def build_model(cfg: Config, tokenizer: ImageTokenizer, num_classes: int) -> Mul
 
 
 @torch.no_grad()
-def accuracy(model, accelerator, batches) -> dict:
-    """Top-1 accuracy and mean loss over `batches`, split across processes and summed."""
-    was = model.training
-    model.eval()
-    total = torch.zeros(3, device=accelerator.device)
-    for i, (inputs, targets) in enumerate(batches):
-        if i % accelerator.num_processes != accelerator.process_index:
-            continue
-        inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
-        y = targets["cls"].to(accelerator.device)
-        out = model(inputs, {"cls": y})
-        total += torch.stack([(out.logits["cls"].argmax(-1) == y).sum().float(), out.loss.float() * len(y), torch.tensor(float(len(y)), device=y.device)])
-    total = accelerator.reduce(total, "sum")
-    model.train(was)
-    return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
-
-
 def make_evaluate(test_set: ImageSet, collate: Collate, batch_size: int = 256):
     batches = [collate([test_set[j] for j in range(i, min(i + batch_size, len(test_set)))]) for i in range(0, len(test_set), batch_size)]
     return lambda model, accelerator: accuracy(model, accelerator, batches)

@@ -44,6 +44,8 @@ def open_image(path) -> "PIL.Image.Image":  # noqa: F821
         raise ImageError(f"image {path}: no such file") from None
     except UnidentifiedImageError:
         raise ImageError(f"image {path}: not an image file PIL can read") from None
+    except Image.DecompressionBombError as e:  # refused from the header, before any pixel is decoded
+        raise ImageError(f"image {path}: too large to decode safely ({e}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as e:
         if isinstance(e, ImageError):
             raise

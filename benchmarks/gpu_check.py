@@ -1,0 +1,111 @@
+"""A ready GPU check: train a GPT-2-small-sized trunk (124M parameters, context 1024, bf16,
+torch.compile, fused AdamW) on synthetic tokens through the toolkit's own training loop, and
+report tokens/s and MFU against the device's measured bf16 matmul peak; then the batched log-mel
+front end's throughput on the device.
+
+    bash benchmarks/gpu_check.sh                 # on a GPU machine: ~3-5 minutes on one H200
+    python benchmarks/gpu_check.py size=tiny     # the same path on the CPU in seconds (tested)
+
+Options (key=value): size=gpt2|tiny, steps=300, batch=32 (sequences per step), compile=true,
+mel_batch=64. Prints one JSON object; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig  # noqa: E402
+from models.flops import flops_per_token, measure_peak, peak_flops  # noqa: E402
+from recipes.config import TrainConfig  # noqa: E402
+from recipes.train import read_metrics, train  # noqa: E402
+from tokenizers_mm import ModalitySpec, collate_examples, next_token_set  # noqa: E402
+
+SIZES = {  # (dim, depth, heads, context, vocab)
+    "gpt2": (768, 12, 12, 1024, 50304),  # 124M parameters (GPT-2 small, vocabulary padded to a multiple of 64)
+    "tiny": (64, 2, 2, 128, 512),
+}
+
+
+class Synthetic(torch.utils.data.Dataset):
+    """Random token windows (context + 1 ids): the model's speed, not what it learns."""
+
+    def __init__(self, context: int, vocab: int, n: int = 1 << 20):
+        self.context, self.vocab, self.n = context, vocab, n
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"text": next_token_set("text", torch.randint(0, self.vocab, (self.context + 1,), generator=g))}
+
+
+def parse(argv):
+    opts = {"size": "gpt2", "steps": "300", "batch": "32", "compile": "true", "mel_batch": "64"}
+    for a in argv:
+        k, _, v = a.partition("=")
+        if k not in opts:
+            raise SystemExit(f"unknown option {k!r}; options: {', '.join(opts)}")
+        opts[k] = v
+    return opts
+
+
+def mel_throughput(device, batch: int, reps: int = 5) -> dict:
+    from tokenizers_mm.audio import N_SAMPLES, log_mel_spectrogram
+
+    x = torch.randn(batch, N_SAMPLES, device=device) * 0.1
+    log_mel_spectrogram(x)  # warm-up (filters, window, kernels)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        log_mel_spectrogram(x)
+    sync()
+    per_chunk = (time.perf_counter() - t0) / (reps * batch)
+    return {"mel_ms_per_30s_chunk": per_chunk * 1000, "mel_chunks_per_s": 1 / per_chunk, "mel_batch": batch}
+
+
+def main(argv):
+    opts = parse(argv)
+    dim, depth, heads, context, vocab = SIZES[opts["size"]]
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda" if gpu else "cpu")
+    trunk = TrunkConfig(dim=dim, depth=depth, num_heads=heads, dropout=0.0, bias=False, activation="gelu_tanh", mode="decoder")
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), context, vocab_size=vocab))
+    model = MultimodalTransformer(ModelConfig(trunk, {"text": text}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"]))
+    steps, batch = int(opts["steps"]), int(opts["batch"])
+    with tempfile.TemporaryDirectory() as d:
+        cfg = TrainConfig(run_dir=d, max_steps=steps, batch_size=batch, lr=6e-4, warmup_steps=min(100, steps // 10), eval_every=10**9,
+                          ckpt_every=10**9, log_every=max(1, steps // 10), compile=opts["compile"] == "true", cpu=not gpu,
+                          num_workers=2 if gpu else 0)  # fmt: skip
+        t0 = time.perf_counter()
+        train(cfg, model, Synthetic(context, vocab), collate_examples, lambda m, a: {}, Path(d))
+        wall = time.perf_counter() - t0
+        rows = [r for r in read_metrics(d) if "tokens_per_s" in r]
+    steady = rows[len(rows) // 2 :] or rows  # after compilation and warm-up
+    tokens_per_s = sum(r["tokens_per_s"] for r in steady) / len(steady)
+    dtype = torch.bfloat16 if gpu else torch.float32
+    measured = measure_peak(device, dtype, 8192 if gpu else 1024, seconds=2.0 if gpu else 0.5)
+    table, source = peak_flops(device, dtype)
+    achieved = flops_per_token(model, context) * tokens_per_s
+    out = {"device": torch.cuda.get_device_name() if gpu else "cpu", "size": opts["size"], "params_M": model.num_params() / 1e6,
+           "context": context, "batch": batch, "steps": steps, "precision": "bf16" if gpu else "fp32", "compiled": cfg.compile,
+           "tokens_per_s": tokens_per_s, "model_tflops": achieved / 1e12, "peak_tflops_measured": measured / 1e12,
+           "mfu_vs_measured_peak": achieved / measured, "peak_tflops_table": table / 1e12, "peak_source": source,
+           "mfu_vs_table_peak": achieved / table, "mfu_logged": [round(r.get("mfu", float("nan")), 4) for r in steady],
+           "wall_seconds": wall, "torch": torch.__version__}  # fmt: skip
+    out.update(mel_throughput(device, int(opts["mel_batch"]) if gpu else 4))
+    print(json.dumps(out, indent=2))
+    return out
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,36 @@
+"""benchmarks/gpu_check.py runs end to end on the CPU with a tiny trunk, so it is ready for a GPU;
+and the MFU estimate matches nanoGPT's formula."""
+
+import sys
+
+import torch
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from models.flops import flops_per_token, matmul_params, peak_flops
+from tests.conftest import ROOT
+from tokenizers_mm import ModalitySpec
+
+
+def gpt(dim=64, depth=2, heads=2, context=128, vocab=512):
+    trunk = TrunkConfig(dim=dim, depth=depth, num_heads=heads, mode="decoder", bias=False)
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), context, vocab_size=vocab))
+    return MultimodalTransformer(ModelConfig(trunk, {"text": text}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"]))
+
+
+def test_flops_follow_nanogpt_estimate():
+    model = gpt()
+    # nanoGPT: N excludes the position table (the tied token table is its LM head, so it counts)
+    n_nanogpt = sum(p.numel() for p in model.parameters()) - model.embedders["text"].pos.weight.numel() - model.type_embed.weight.numel()
+    assert matmul_params(model) == n_nanogpt
+    assert flops_per_token(model, 128) == 6 * n_nanogpt + 12 * 2 * 64 * 128
+    peak, source = peak_flops("cpu", torch.float32)
+    assert peak > 1e8 and source.startswith("measured")
+
+
+def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    out = gpu_check.main(["size=tiny", "steps=6", "batch=4", "compile=false"])
+    assert out["tokens_per_s"] > 0 and 0 < out["mfu_vs_measured_peak"] < 1.5
+    assert out["mel_ms_per_30s_chunk"] > 0 and out["params_M"] > 0.05 and len(out["mfu_logged"]) >= 1
