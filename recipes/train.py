@@ -250,7 +250,8 @@ def train(
         set_rng_state(load_state(ckpt, "rng"))
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
-    flops = FlopMeter(accelerator.unwrap_model(model), accelerator) if cfg.log_mfu else None
+    unwrapped = getattr(accelerator.unwrap_model(model), "_orig_mod", accelerator.unwrap_model(model))  # torch.compile's wrapper
+    flops = FlopMeter(unwrapped, accelerator) if cfg.log_mfu and isinstance(unwrapped, MultimodalTransformer) else None
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     metrics: dict = {}
     model.train()

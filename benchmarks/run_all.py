@@ -1,0 +1,104 @@
+"""Every benchmark in one table: our figure, the peer's measured in the same run, the ratio, the goal.
+
+    python benchmarks/run_all.py                 # the speed rows (about 5 minutes on 2 CPU cores)
+    python benchmarks/run_all.py --with-training # plus the accuracy rows that train recipes (about 45 minutes)
+    python benchmarks/run_all.py --json out.json
+
+Each benchmark runs in its own process (as a user would run it) and prints a JSON object; this
+script reads it and writes one row per figure. Ratios are "how many times the peer's time ours
+takes" (≤ 1.0: at least as fast) for times, and "ours / peer" for throughputs where noted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def run(script: str, *args: str) -> dict:
+    """Run a benchmark script; return the first JSON object it prints."""
+    out = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, cwd=HERE.parent, timeout=3600)
+    if out.returncode != 0:
+        errors = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
+        raise RuntimeError(f"{script} failed: {errors[-1] if errors else f'exit status {out.returncode}'}")
+    text = out.stdout
+    return json.JSONDecoder().raw_decode(text[text.index("{") :])[0]
+
+
+def rows_gpt_step(r):
+    return [("GPT training step (nanoGPT CPU size), ms", r["ours_ms_per_step"], "HF GPT2LMHeadModel", r["hf_gpt2_ms_per_step"], "≤ 1.0")]
+
+
+def rows_vit_step(r):
+    return [("ViT training step (vit_digits size), ms", r["ours_ms"], "timm VisionTransformer", r["timm_ms"], "≤ 1.0")]
+
+
+def rows_mel(r):
+    ms = r["ms_per_chunk"]
+    return [("log-mel per 30 s chunk, batch 8, ms", ms["ours (batched)"], "openai-whisper", ms["openai-whisper (per chunk)"], "≤ 1.0"),
+            ("log-mel per 30 s chunk, batch 8, ms", ms["ours (batched)"], "HF WhisperFeatureExtractor (torch)", ms["hf WhisperFeatureExtractor (torch)"], "≤ 1.0")]  # fmt: skip
+
+
+def rows_bpe(r):
+    out = []
+    for row in r["rows"]:
+        for peer in ("tiktoken", "hf_tokenizers"):
+            if peer in row:
+                throughput = "MB/s" in row["figure"]
+                ours, theirs = row["ours"], row[peer]
+                out.append((row["figure"], ours, peer, theirs, "≥ 1.0 (throughput)" if throughput else "≤ 1.0", throughput))
+    return out
+
+
+def rows_dt_step(r):
+    s = r["step_vs_hf"]
+    rows = [("Decision Transformer training step, ms", s["ours_ms_per_step"], "HF DecisionTransformerModel", s["hf_ms_per_step"], "≤ 1.0")]
+    rows.append(("dt_cartpole DT return at 500 (20 episodes)", r["dt_return"][0], "behaviour cloning, same data", r["bc_return"], "DT ≥ 475, DT − BC ≥ 100", True))
+    return rows
+
+
+SPEED = [("gpt_step.py", (), rows_gpt_step), ("vit_step.py", (), rows_vit_step), ("mel_speed.py", (), rows_mel), ("bpe_speed.py", (), rows_bpe)]
+TRAINING = [("dt_control.py", ("dt_cartpole",), rows_dt_step)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--with-training", action="store_true", help="also run the benchmarks that train recipes")
+    ap.add_argument("--json", default="", help="also write the table here")
+    args = ap.parse_args()
+    table = []
+    for script, extra, adapt in SPEED + (TRAINING if args.with_training else []):
+        t0 = time.perf_counter()
+        try:
+            result = run(script, *extra)
+        except Exception as e:  # noqa: BLE001 — one failing benchmark must not hide the others
+            table.append({"benchmark": script, "error": str(e)})
+            print(f"{script}: FAILED ({e})", flush=True)
+            continue
+        for row in adapt(result):
+            figure, ours, peer, theirs, goal, *flags = row
+            higher_better = bool(flags and flags[0])
+            ratio = ours / theirs if theirs else float("nan")
+            met = ratio >= 1.0 if higher_better and "throughput" in goal else (ratio <= 1.0 if not higher_better else None)
+            table.append({"benchmark": script, "figure": figure, "ours": ours, "peer": peer, "peer_value": theirs, "ratio": ratio,
+                          "goal": goal, "met": met, "seconds": time.perf_counter() - t0})  # fmt: skip
+        print(f"{script}: done in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"\n{'figure':48s} {'ours':>10s}  {'peer (same run)':38s} {'peer':>10s} {'ratio':>7s}  goal")
+    for r in table:
+        if "error" in r:
+            print(f"{r['benchmark']:48s} FAILED: {r['error']}")
+            continue
+        print(f"{r['figure'][:48]:48s} {r['ours']:10.3f}  {r['peer'][:38]:38s} {r['peer_value']:10.3f} {r['ratio']:7.3f}  {r['goal']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=2))
+    return table
+
+
+if __name__ == "__main__":
+    main()
