@@ -23,6 +23,12 @@ class Config(dt.Config):
     rtg_scale: float = 1000.0  # returns reach -1500; at 100 the embedding LayerNorm keeps little beyond their sign
     max_timestep: int = 200
     target: float = 0.0  # the best return in the data
+    context: int = 30  # the swing-up takes ~60 steps
+    dropout: float = 0.0
+    max_steps: int = 6000
+    warmup_steps: int = 300
+    eval_every: int = 2000
+    ckpt_every: int = 2000
 
 
 def main(cfg: Config, resume: bool = False) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 from .checkpoint import sha256
 
 CARTPOLE_EPISODES = 1000  # ~140k steps, ~1.5 s to generate on one core
-PENDULUM_EPISODES = 600  # 120k steps (200 per episode), ~2 s
+PENDULUM_EPISODES = 1500  # 300k steps (200 per episode), ~4 s
 DATA_VERSION = 3  # bump when a behaviour policy or the file layout changes: cached datasets regenerate
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")  # D4RL names; timeouts optional
 READ = (*KEYS, "policy_ids", "policy_names")  # what load_episodes reads from a file; the rest is ignored
