@@ -44,6 +44,7 @@ class TrainConfig:
     cpu: bool = False  # train on the CPU even when a GPU is present
     compile: bool = False  # torch.compile the model
     log_mfu: bool = True  # log model FLOPs utilisation against the device's peak (models/flops.py)
+    skip_nonfinite: bool = False  # skip (and count) a batch whose loss is NaN / inf instead of stopping
 
 
 class ConfigError(ValueError):

@@ -77,6 +77,12 @@ class StepSampler(Sampler):
             step += 1
 
 
+def batch_samples(n: int, cfg: TrainConfig, step: int) -> list[int]:
+    """The dataset indices of optimizer step `step`'s global batch (steps count from 1)."""
+    sampler = StepSampler(n, cfg.batch_size, 1, cfg.seed)
+    return [sampler._sample(p) for p in range((step - 1) * cfg.batch_size, step * cfg.batch_size)]
+
+
 def to_device(batch, device):
     """Move (inputs, targets) — dicts of TokenBatch / tensors — to `device`."""
     inputs, targets = batch
@@ -255,12 +261,22 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     metrics: dict = {}
     model.train()
-    t0, tokens = time.perf_counter(), 0
+    t0, tokens, skipped = time.perf_counter(), 0, 0
     for step in range(start_step + 1, cfg.max_steps + 1):
         micro = [next(loader) for _ in range(cfg.grad_accum)]
         loss = forward_backward(accelerator, model, micro, cfg.grad_accum)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-        optimizer.step()
+        if not bool(torch.isfinite(accelerator.reduce(loss.detach(), "sum"))):  # every process sees the same verdict
+            samples = batch_samples(len(train_set), cfg, step)
+            if not cfg.skip_nonfinite:
+                raise FloatingPointError(f"loss became {loss.item()} at step {step} (its batch holds samples {samples[:8]}"
+                                         f"{' ...' if len(samples) > 8 else ''}); the last good checkpoint is kept; "
+                                         "skip_nonfinite=true skips such batches")  # fmt: skip
+            skipped += 1  # no optimizer step: the NaN gradients are dropped below; the step still counts, so resume stays exact
+            bar.write(f"step {step}: non-finite loss, batch skipped (samples {samples[:8]}); {skipped} skipped so far")
+            grad_norm = None
+        else:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += sum(int(b.mask.sum()) for batch in micro for b in batch[0].values())
@@ -269,8 +285,7 @@ def train(
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             loss_val = accelerator.reduce(loss, "mean").item()
-            if not math.isfinite(loss_val):
-                raise FloatingPointError(f"loss became {loss_val} at step {step}; the last good checkpoint is kept")
+            loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             dt = time.perf_counter() - t0
             row = {"step": step, "loss": loss_val, "lr": scheduler.get_last_lr()[0],
                    "tokens_per_s": tokens * accelerator.num_processes / dt}  # fmt: skip
@@ -278,7 +293,9 @@ def train(
                 row["grad_norm"] = float(grad_norm)
             if flops is not None:
                 row["mfu"] = flops.mfu(dt)
-            bar.set_postfix(loss=f"{loss_val:.4f}")
+            if skipped:
+                row["skipped_batches"] = skipped
+            bar.set_postfix(loss=f"{loss_val:.4f}" if loss_val is not None else "skipped")
             if accelerator.is_main_process:
                 append_metrics(run_dir, row)
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
@@ -341,7 +358,7 @@ def plot_metrics(run_dir) -> Path | None:
     from .plots import save_png, subplots
 
     fig, ax = subplots(figsize=(7, 4))
-    train_rows = [r for r in rows if "loss" in r]
+    train_rows = [r for r in rows if r.get("loss") is not None]  # skipped non-finite batches log loss None
     ax.plot([r["step"] for r in train_rows], [r["loss"] for r in train_rows], label="train loss", lw=1)
     for key in sorted({k for r in rows for k in r if k.startswith("val_")}):
         pts = [(r["step"], r[key]) for r in rows if key in r]

@@ -147,3 +147,41 @@ def test_two_process_training_run(tmp_path, small_text):
     rows = metric_rows(run)
     assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]  # written once, by the main process
     assert json.loads((run / "results.json").read_text())["val_loss"] < 4.0
+
+
+def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path):
+    """A sample with NaN values: the run stops with the step and the batch's samples named, the
+    checkpoint before it intact; with skip_nonfinite it skips (and counts) those batches."""
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from recipes.checkpoint import latest_checkpoint, verify
+    from recipes.config import TrainConfig
+    from recipes.train import batch_samples, train
+    from tokenizers_mm import ModalitySpec, TokenSet, collate
+
+    cfg = TrainConfig(max_steps=9, batch_size=4, log_every=1, eval_every=100, ckpt_every=1, cpu=True, warmup_steps=1)
+    bad = next(i for i in range(12) if i not in batch_samples(12, cfg, 1))  # first seen after step 1: a checkpoint exists before it
+    data = [(torch.full((3, 4), float("nan")) if i == bad else torch.randn(3, 4), i % 2) for i in range(12)]
+
+    def collate_fn(rows):
+        return {"x": collate([TokenSet("x", values=v) for v, _ in rows])}, {"cls": torch.tensor([y for _, y in rows])}
+
+    def model():
+        torch.manual_seed(0)
+        spec = ModalityConfig.from_spec(ModalitySpec("x", ("t",), 3, value_dim=4))
+        return MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"x": spec},
+                                                 {"cls": HeadConfig("classify", "x", num_outputs=2, pool="mean")}, encoder_inputs=["x"]))  # fmt: skip
+
+    hits = [s for s in range(1, 10) if bad in batch_samples(len(data), cfg, s)]
+    assert hits and hits[0] > 1, "the bad sample must first fall in a later batch of the run"
+    with pytest.raises(FloatingPointError, match=rf"at step {hits[0]} \(its batch holds samples \[.*\b{bad}\b.*\]\)"):
+        train(cfg, model(), data, collate_fn, lambda m, a: {}, tmp_path / "stop")
+    last = latest_checkpoint(tmp_path / "stop")
+    assert last is not None and last.name == f"step-{hits[0] - 1:07d}"  # the checkpoint of the step before, intact
+    verify(last)
+    cfg.skip_nonfinite = True
+    m = model()
+    train(cfg, m, data, collate_fn, lambda m, a: {}, tmp_path / "skip")
+    rows = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    assert train_rows[-1]["skipped_batches"] == len(hits) and [r["step"] for r in train_rows if r["loss"] is None] == hits
+    assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
