@@ -32,10 +32,11 @@ def matmul_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) - tables
 
 
-def flops_per_token(model: nn.Module, tokens: int, memory: int = 0) -> float:
+def flops_per_token(model: nn.Module, tokens: int, memory: int = 0, n_params: int | None = None) -> float:
     """Training FLOPs per token of a MultimodalTransformer at sequence length `tokens` (decoder or
-    encoder), with `memory` encoder tokens seen by cross-attention."""
-    N = matmul_params(model)
+    encoder), with `memory` encoder tokens seen by cross-attention. n_params: `matmul_params(model)`
+    when the caller has it already (it walks every module)."""
+    N = matmul_params(model) if n_params is None else n_params
     C = model.config.trunk.dim
     enc = len(model.encoder.blocks) if model.encoder is not None else 0
     dec = len(model.decoder.blocks) if model.decoder is not None else 0

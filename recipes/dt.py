@@ -32,7 +32,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import TrajectoryTokenizer, collate
+from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
 
 from .config import TrainConfig
 from .runs import resolve_run_dir, save_run_info
@@ -107,8 +107,6 @@ class Windows(Dataset):
         self.rtg = [self._rtg(rew) for _, _, rew in self.checked]
 
     def _rtg(self, rew):
-        from tokenizers_mm import returns_to_go
-
         return np.zeros_like(rew) if self.blank else returns_to_go(rew, self.tok.gamma)
 
     def __len__(self) -> int:
@@ -224,19 +222,21 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
     returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
-    env = gym.make(cfg.env)
-    tok = make_tokenizer(cfg, episodes, env) if not resume else None
     if resume:
         from tokenizers_mm import load_tokenizer
 
         tok = load_tokenizer(run_dir / "tokenizers" / "trajectory")
+    else:
+        env = gym.make(cfg.env)
+        tok = make_tokenizer(cfg, episodes, env)
+        env.close()
     target = cfg.target or float(returns.max())
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tok.save(run_dir / "tokenizers" / "trajectory")
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; returns "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip
-    timings, results = {}, {}
+    timings, results, models = {}, {}, {}
     for name, blank in [("dt", False)] + ([("bc", True)] if cfg.baseline else []):
         set_seed(cfg.seed)
         model = build_model(cfg, tok)
@@ -245,27 +245,24 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         results[name] = train(cfg, model, Windows(episodes, tok, blank), collate_windows, make_evaluate(cfg, tok, target, blank), out_dir,
                               resume=resume_this)  # fmt: skip
-        timings[name] = time.perf_counter() - t0
-        if name == "dt":
-            dt_model = model
-        else:
-            bc_model = model
+        timings[name], models[name] = time.perf_counter() - t0, model.cpu()
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     targets = target_list(cfg, returns)
     table = {"targets": targets, "episodes": cfg.eval_episodes, "dt": [], "bc": None}
     print(f"{'target':>8} {'DT return':>16}")
     for g in targets:
-        r = rollouts(dt_model.cpu(), tok, cfg.env, g, seeds)
+        r = rollouts(models["dt"], tok, cfg.env, g, seeds)
         table["dt"].append([float(r.mean()), float(r.std())])
         print(f"{g:8.1f} {r.mean():9.1f} ± {r.std():5.1f}")
     if cfg.baseline:
-        r = rollouts(bc_model.cpu(), tok, cfg.env, 0.0, seeds, blank_returns=True)
+        r = rollouts(models["bc"], tok, cfg.env, 0.0, seeds, blank_returns=True)
         table["bc"] = [float(r.mean()), float(r.std())]
         print(f"{'BC':>8} {r.mean():9.1f} ± {r.std():5.1f}")
     summary = {
         "env": cfg.env, "target": target, "dt_return": results["dt"]["val_return"], "dt_return_std": results["dt"]["val_return_std"],
         "bc_return": results["bc"]["val_return"] if cfg.baseline else None, "train_seconds": timings,
-        "data_returns": {"mean": float(returns.mean()), "p90": float(np.percentile(returns, 90)), "max": float(returns.max())},
+        "data_returns": {"episodes": len(returns), "mean": float(returns.mean()), "p90": float(np.percentile(returns, 90)),
+                         "max": float(returns.max()), "fraction_reaching_target": float(np.mean(returns >= target))},
         "table": table,
     }  # fmt: skip
     (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))

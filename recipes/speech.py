@@ -174,7 +174,7 @@ def show_audio(path, out_path, slice_frames: int = 10) -> Path:
     samples, rate = load_audio(path)
     wave = to_waveform(samples, rate, str(path))
     tok = AudioTokenizer(slice_frames=slice_frames, chunk=False, max_frames=max(slice_frames, -(-len(wave) // HOP_LENGTH // slice_frames) * slice_frames))
-    mel = log_mel_spectrogram(tok._fit(wave, str(path)))  # (80, F)
+    mel = log_mel_spectrogram(tok.prepare(wave, str(path)))  # (80, F)
     seconds = len(wave) / SAMPLE_RATE
     from .plots import save_png, subplots
 

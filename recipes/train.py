@@ -256,7 +256,8 @@ def train(
         set_rng_state(load_state(ckpt, "rng"))
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
-    unwrapped = getattr(accelerator.unwrap_model(model), "_orig_mod", accelerator.unwrap_model(model))  # torch.compile's wrapper
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile's wrapper
     flops = FlopMeter(unwrapped, accelerator) if cfg.log_mfu and isinstance(unwrapped, MultimodalTransformer) else None
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     metrics: dict = {}
@@ -323,9 +324,10 @@ class FlopMeter:
     `mfu(seconds)` = achieved / peak, summed over processes."""
 
     def __init__(self, model: MultimodalTransformer, accelerator: Accelerator):
-        from models.flops import peak_flops
+        from models.flops import matmul_params, peak_flops
 
         self.model, self.accelerator, self.flops = model, accelerator, 0.0
+        self.n_params = matmul_params(model)  # once: it walks every module
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
         self.peak, self.source = peak_flops(accelerator.device, dtype)
 
@@ -337,7 +339,7 @@ class FlopMeter:
             mem = sum(b.mask.shape[1] for n, b in inputs.items() if n in enc)
             seq = sum(b.mask.shape[1] for n, b in inputs.items() if n not in enc)
             n_tokens = sum(int(b.mask.sum()) for b in inputs.values())
-            self.flops += flops_per_token(self.model, seq or mem, mem if seq else 0) * n_tokens
+            self.flops += flops_per_token(self.model, seq or mem, mem if seq else 0, self.n_params) * n_tokens
 
     def mfu(self, seconds: float) -> float:
         value = self.flops * self.accelerator.num_processes / seconds / self.peak

@@ -62,7 +62,7 @@ def test_batched_equals_one_by_one():
 def test_slices_are_frame_major_with_positions():
     tok = AudioTokenizer(slice_frames=2, chunk=False, max_frames=100)
     ts = tok.encode(speechlike(0.2))
-    mel = log_mel_spectrogram(tok._fit(speechlike(0.2), "x"))
+    mel = log_mel_spectrogram(tok.prepare(speechlike(0.2), "x"))
     assert ts.values.shape == (10, 160) and ts.positions.tolist() == list(range(10))
     torch.testing.assert_close(ts.values[3, :80], mel[:, 6])
     torch.testing.assert_close(ts.values[3, 80:], mel[:, 7])

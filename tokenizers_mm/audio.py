@@ -170,8 +170,9 @@ class AudioTokenizer(Tokenizer):
     def config(self) -> dict:
         return {"n_mels": self.n_mels, "slice_frames": self.slice_frames, "chunk": self.chunk, "max_frames": self.max_frames}
 
-    def _fit(self, wave: Tensor, name: str) -> Tensor:
-        """Pad / trim to the chunk (chunk mode), or check the length and round up to whole slices."""
+    def prepare(self, wave: Tensor, name: str) -> Tensor:
+        """A mono 16 kHz waveform → padded / trimmed to the chunk (chunk mode), or checked against
+        max_frames and rounded up to whole slices; no spectrogram yet."""
         limit = self.max_frames * HOP_LENGTH
         if self.chunk:
             return torch.nn.functional.pad(wave, (0, max(0, limit - wave.shape[-1])))[..., :limit]
@@ -188,7 +189,7 @@ class AudioTokenizer(Tokenizer):
         return mel[..., : n * k].transpose(-2, -1).reshape(*mel.shape[:-2], n, k * self.n_mels)
 
     def encode(self, sample, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> TokenSet:
-        wave = self._fit(to_waveform(sample, sample_rate, name), name)
+        wave = self.prepare(to_waveform(sample, sample_rate, name), name)
         values = self.slices(log_mel_spectrogram(wave, self.n_mels))
         return TokenSet(self.modality, values=values)
 
@@ -197,7 +198,7 @@ class AudioTokenizer(Tokenizer):
         Variable-length mode pads with silence and marks the padding in the mask."""
         sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
         names = names or [f"audio[{i}]" for i in range(len(samples))]
-        waves = [self._fit(to_waveform(s, r, n), n) for s, r, n in zip(samples, sample_rates, names)]
+        waves = [self.prepare(to_waveform(s, r, n), n) for s, r, n in zip(samples, sample_rates, names)]
         lengths = [w.shape[-1] // (HOP_LENGTH * self.slice_frames) for w in waves]
         T = max(w.shape[-1] for w in waves)
         batch = torch.stack([torch.nn.functional.pad(w, (0, T - w.shape[-1])) for w in waves]).to(device)
