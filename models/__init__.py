@@ -8,6 +8,7 @@ from .heads import LMHead, PooledHead, TokenHead
 from .convert import dt_model_config, gpt2_model_config, load_hf_decision_transformer, load_openai_whisper, load_gpt2, load_hf_whisper, load_timm_vit, vit_model_config, whisper_model_config
 from .safe_load import UnsafeCheckpointError, load_torch_file
 from .transformer import MultimodalTransformer, Output, load_weights
+from .grow import freeze_trained, grow
 
 __all__ = [
     "MLP", "Attention", "Block", "HeadConfig", "KVCache", "LMHead", "ModalityConfig", "ModelConfig",

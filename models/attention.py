@@ -27,21 +27,28 @@ def build_mask(
     q_segments: Tensor | None = None,
     k_segments: Tensor | None = None,
     q_offset: int = 0,
+    bidirectional: Tensor | None = None,
     device=None,
 ) -> tuple[Tensor | None, bool]:
     """One mask for every pattern. Returns (mask, is_causal) for the attention call.
 
     key_mask: (B, S) bool, True on real keys. q_segments (B, T) / k_segments (B, S): packed
     sequence ids; a query sees only keys of its own segment. q_offset: index of the first query
-    among the keys (cached generation). mask is (B|1, 1, T, S) bool, True = may attend; it is None
+    among the keys (cached generation). bidirectional (B|1, S) bool, with q_len == k_len: tokens
+    that see each other in both directions despite `causal` (a prefix LM's prefix; segments still
+    apply). mask is (B|1, 1, T, S) bool, True = may attend; it is None
     when nothing needs masking, and is_causal=True lets SDPA use its causal kernel.
     """
-    if key_mask is None and q_segments is None and q_offset == 0 and (q_len == k_len or not causal):
+    if key_mask is None and q_segments is None and bidirectional is None and q_offset == 0 and (q_len == k_len or not causal):
         return None, causal
     allowed = torch.ones(1, 1, q_len, k_len, dtype=torch.bool, device=device)
     if causal:
         q_idx = torch.arange(q_len, device=device)[:, None] + q_offset
         allowed = allowed & (torch.arange(k_len, device=device)[None, :] <= q_idx)  # (T, S)
+        if bidirectional is not None:
+            if q_len != k_len or q_offset:
+                raise ValueError("a bidirectional prefix needs the whole sequence at once (no cached offset)")
+            allowed = allowed | (bidirectional[:, None, :, None] & bidirectional[:, None, None, :])  # (B|1, 1, T, S)
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]  # (B, 1, 1, S)
     if q_segments is not None:
@@ -67,6 +74,7 @@ class KVCache:
         self.cross: list[tuple[Tensor, Tensor] | None] = [None] * num_layers
         self.max_len = max_len
         self.length = 0
+        self.key_mask: Tensor | None = None  # (B, max_len) bool, True on real keys, once a padded prefix was cached
 
     def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store (B, H, T, hs) new keys/values; return all cached ones (B, H, length + T, hs)."""
@@ -85,6 +93,8 @@ class KVCache:
         for i in range(len(self.k)):
             self.k[i] = self.k[i].index_select(0, index)
             self.v[i] = self.v[i].index_select(0, index)
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, index)
             if self.cross[i] is not None:
                 self.cross[i] = tuple(t.index_select(0, index) for t in self.cross[i])
 

@@ -59,7 +59,7 @@ class ModalityConfig:
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, **kw) -> "ModalityConfig":
-        return cls(**spec.to_dict(), **kw)
+        return cls(**{**spec.to_dict(), **kw})
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **kw) -> "ModalityConfig":
@@ -114,6 +114,11 @@ class ModelConfig:
     heads: dict[str, HeadConfig]
     encoder_inputs: list[str] = field(default_factory=list)  # modalities the encoder reads, in order
     decoder_inputs: list[str] = field(default_factory=list)  # modalities the decoder reads, in order
+    # Decoder modalities attended in both directions within their own sequence (a prefix LM, as in
+    # T5 / PaLI): an image's patches or an utterance's frames see each other, later tokens see them
+    # causally. Lets one decoder-only trunk serve classification, speech recognition and control.
+    prefix_inputs: list[str] = field(default_factory=list)
+    subset_inputs: bool = False  # a batch may carry any non-empty subset of the inputs (a generalist's task batches)
 
     def __post_init__(self):
         enc, dec = self.trunk.mode != "decoder", self.trunk.mode != "encoder"
@@ -122,6 +127,9 @@ class ModelConfig:
                 f"mode {self.trunk.mode!r} needs {'encoder_inputs' if enc else 'no encoder_inputs'} and "
                 f"{'decoder_inputs' if dec else 'no decoder_inputs'}; got {self.encoder_inputs} / {self.decoder_inputs}"
             )
+        stray = [n for n in self.prefix_inputs if n not in self.decoder_inputs]
+        if stray:
+            raise ValueError(f"prefix_inputs {stray} must be decoder inputs; the decoder reads {self.decoder_inputs}")
         for name in [*self.encoder_inputs, *self.decoder_inputs, *(h.modality for h in self.heads.values())]:
             if name not in self.modalities:
                 raise ValueError(f"modality {name!r} is used but not configured; configured: {sorted(self.modalities)}")
@@ -137,4 +145,6 @@ class ModelConfig:
             heads={k: HeadConfig(**v) for k, v in d["heads"].items()},
             encoder_inputs=list(d.get("encoder_inputs", [])),
             decoder_inputs=list(d.get("decoder_inputs", [])),
+            prefix_inputs=list(d.get("prefix_inputs", [])),
+            subset_inputs=bool(d.get("subset_inputs", False)),
         )

@@ -61,7 +61,7 @@ class MultimodalTransformer(nn.Module):
         self.type_embed = nn.Embedding(n_types, t.dim)
         self.drop = nn.Dropout(t.dropout)
         block_kw = dict(dim=t.dim, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, bias=t.bias, dropout=t.dropout,
-                        norm_eps=t.norm_eps, activation=t.activation, flash=t.flash, final_norm=t.final_norm)  # fmt: skip
+                        norm_eps=t.norm_eps, activation=t.activation, flash=t.flash, final_norm=t.final_norm, grad_checkpoint=t.grad_checkpoint)  # fmt: skip
         self.encoder = Stack(t.depth, **block_kw) if config.encoder_inputs else None
         dec_depth = t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)
         self.decoder = Stack(dec_depth, cross=self.encoder is not None, **block_kw) if config.decoder_inputs else None
@@ -103,6 +103,10 @@ class MultimodalTransformer(nn.Module):
     def embed(self, names: list[str], inputs: dict[str, TokenBatch]):
         """Embed and concatenate modalities. Returns x (B, L, C), mask (B, L), segments or None,
         and each modality's (start, end) span in L."""
+        if self.config.subset_inputs:  # a generalist: each batch carries the modalities of its tasks
+            names = [n for n in names if n in inputs]
+            if not names:
+                raise KeyError(f"model inputs: none of {self.config.decoder_inputs or self.config.encoder_inputs} given, got {sorted(inputs)}")
         xs, masks, segs, spans, start = [], [], [], {}, 0
         for name in names:
             if name not in inputs:
@@ -136,10 +140,23 @@ class MultimodalTransformer(nn.Module):
         x, mask, seg, spans = self.embed(names or self.config.decoder_inputs, inputs)
         offset = cache.length if cache is not None else 0
         key_mask = None if seg is not None or bool(mask.all()) else mask
-        if cache is not None and key_mask is not None:
-            raise ValueError("cached decoding needs unpadded inputs")
+        if cache is not None and seg is not None:
+            raise ValueError("cached decoding takes unpacked inputs")
+        if cache is not None and (key_mask is not None or cache.key_mask is not None):  # a padded prefix (a batch of utterances)
+            if cache.key_mask is None:
+                if offset:
+                    raise ValueError("cached decoding: only the first step may be padded")
+                cache.key_mask = torch.ones(x.shape[0], cache.max_len, dtype=torch.bool, device=x.device)
+            cache.key_mask[:, offset : offset + x.shape[1]] = mask
+            key_mask = cache.key_mask[:, : offset + x.shape[1]]
+        bidir = None
+        prefix = [spans[n] for n in self.config.prefix_inputs if n in spans]
+        if prefix:
+            bidir = torch.zeros(1, x.shape[1], dtype=torch.bool, device=x.device)
+            for s, e in prefix:
+                bidir[:, s:e] = True
         attn_mask, causal = build_mask(x.shape[1], offset + x.shape[1], causal=True, key_mask=key_mask if seg is None else mask,
-                                       q_segments=seg, k_segments=seg, q_offset=offset, device=x.device)  # fmt: skip
+                                       q_segments=seg, k_segments=seg, q_offset=offset, bidirectional=bidir, device=x.device)  # fmt: skip
         mem_mask = None
         if memory is not None and not bool(memory_mask.all()):
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, device=x.device)
@@ -160,6 +177,8 @@ class MultimodalTransformer(nn.Module):
         out = Output(logits={})
         for name, head in self.heads.items():
             hc = self.config.heads[name]
+            if hc.modality not in feats:  # subset_inputs: this batch carries no tokens for the head
+                continue
             h, mask = feats[hc.modality]
             m = self.config.modalities[hc.modality]
             if hc.kind != "lm" and hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
@@ -201,16 +220,22 @@ class MultimodalTransformer(nn.Module):
     # -- generation -----------------------------------------------------------------------------
     def _lm_prompt(self, inputs: dict[str, TokenBatch], who: str) -> tuple[str, str, TokenBatch]:
         """(lm head name, its modality, the prompt batch), checked for decoding."""
-        lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm"]
+        lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm" and h.modality in inputs]
         if not lm or self.decoder is None:
-            raise ValueError(f"{who} needs a decoder with an lm head")
-        head, name = lm[0][0], lm[0][1].modality
-        if self.config.decoder_inputs[-1] != name:
+            raise ValueError(f"{who} needs a decoder with an lm head on one of the given inputs {sorted(inputs)}")
+        last = [n for n in self.config.decoder_inputs if n in inputs][-1]
+        head, name = next(((n, h.modality) for n, h in lm if h.modality == last), (lm[0][0], lm[0][1].modality))
+        if last != name:
             raise ValueError(f"{who}: the lm modality {name!r} must be the decoder's last input")
         prompt = inputs[name]
         if not bool(prompt.mask.all()):
             raise ValueError(f"{who}: the prompt must not be padded (give prompts of equal length)")
         return head, name, prompt
+
+    def _prefix_tokens(self, inputs: dict[str, TokenBatch]) -> int:
+        """Decoder tokens before the LM modality (a strided stem keeps every k-th frame)."""
+        names = [n for n in self.config.decoder_inputs[:-1] if n in inputs]
+        return sum(-(-inputs[n].shape[1] // getattr(self.embedders[n], "stride", 1)) for n in names)
 
     def _new_cache(self, batch: int, length: int, device) -> KVCache:
         t = self.config.trunk
@@ -239,7 +264,7 @@ class MultimodalTransformer(nn.Module):
             memory, memory_mask, _ = self.encode(inputs)
         ids, types = prompt.ids, prompt.types
         B = ids.shape[0]
-        prefix = sum(inputs[n].shape[1] for n in self.config.decoder_inputs[:-1])
+        prefix = self._prefix_tokens(inputs)
         cache = None
         if use_cache:
             cache = self._new_cache(B, prefix + max_pos, ids.device)
@@ -287,7 +312,7 @@ class MultimodalTransformer(nn.Module):
         memory = memory_mask = None
         if self.encoder is not None:
             memory, memory_mask, _ = self.encode(beams)
-        prefix = sum(beams[n].shape[1] for n in self.config.decoder_inputs[:-1])
+        prefix = self._prefix_tokens(beams)
         cache = self._new_cache(B * K, prefix + N + max_new_tokens, prompt.ids.device)
         ids, types = beams[name].ids, beams[name].types
         scores = torch.full((B, K), float("-inf"), device=ids.device)

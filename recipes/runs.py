@@ -35,6 +35,7 @@ RECIPES = {
     "dt_cartpole": "recipes.dt_cartpole",
     "dt_pendulum": "recipes.dt_pendulum",
     "dt_offline": "recipes.dt_offline",
+    "generalist": "recipes.generalist",
 }
 RUN_FILE = "run.json"
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"

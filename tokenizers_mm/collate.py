@@ -31,9 +31,10 @@ def _check_same(sets: list[TokenSet], who: str):
             raise ValueError(f"{who}: sample {i} has value width {ts.values.shape[-1]}, sample 0 has {first.values.shape[-1]}")
 
 
-def _place(rows: list[list[TokenSet]], length: int, with_segments: bool) -> TokenBatch:
-    """Write each row's sets end to end into zero-padded [B, length] tensors."""
-    first = rows[0][0]
+def _place(rows: list[list[tuple[int, TokenSet, int]]], length: int, with_segments: bool) -> TokenBatch:
+    """Write each row's (segment id, set, slot width) items end to end into zero-padded [B, length]
+    tensors; a slot wider than its set leaves padding (segment -1) after it."""
+    first = next(ts for row in rows for _, ts, _ in row)
     B = len(rows)
     out: dict[str, Tensor | None] = {}
     for name in ("ids", "values", "positions", "types", "targets", "loss_mask"):
@@ -43,14 +44,14 @@ def _place(rows: list[list[TokenSet]], length: int, with_segments: bool) -> Toke
     segments = torch.full((B, length), PAD_SEGMENT, dtype=torch.long)
     for b, row in enumerate(rows):
         start = 0
-        for seg, ts in enumerate(row):
+        for seg, ts, slot in row:
             n = len(ts)
             for name, dst in out.items():
                 if dst is not None:
                     dst[b, start : start + n] = getattr(ts, name)
             mask[b, start : start + n] = True
             segments[b, start : start + n] = seg
-            start += n
+            start += slot
     return TokenBatch(first.modality, mask=mask, segments=segments if with_segments else None, **out)
 
 
@@ -72,7 +73,7 @@ def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
         return TokenBatch(sets[0].modality, mask=mask, **stacked)
     n = max(lengths)
     n = -(-n // pad_to_multiple) * pad_to_multiple
-    return _place([[ts] for ts in sets], n, with_segments=False)
+    return _place([[(0, ts, len(ts))] for ts in sets], n, with_segments=False)
 
 
 def pack(sets: list[TokenSet], row_length: int) -> TokenBatch:
@@ -95,7 +96,62 @@ def pack(sets: list[TokenSet], row_length: int) -> TokenBatch:
         else:
             rows.append([sets[i]])
             free.append(row_length - n)
-    return _place(rows, row_length, with_segments=True)
+    return _place([[(seg, ts, len(ts)) for seg, ts in enumerate(row)] for row in rows], row_length, with_segments=True)
+
+
+def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: dict[str, int] | None = None,
+                  specs: dict | None = None) -> tuple[dict[str, TokenBatch], list[tuple[int, int]]]:  # fmt: skip
+    """Pack multimodal examples — each {modality: TokenSet}, e.g. {"audio", "text"} for speech, or
+    {"image"} — into rows of about `row_tokens` slots. All of one example's sets go to the same row
+    under one segment id, so its tokens see each other across modalities and nothing else.
+
+    A row holds one span per modality (the model concatenates them in its input order), so each
+    modality comes out as one TokenBatch [R, N_m] with segments. Rows are filled greedily, each
+    example where it widens the padded spans least, so examples of different tasks share rows and
+    little is padding. `stride` (modality -> k) serves strided stems (Whisper's conv, k=2): each
+    set starts at a multiple of k with at least one padding slot after it, so a convolution sees
+    zeros at its edges exactly as when the set is alone.
+
+    Returns (modality -> TokenBatch, placement): placement[i] = (row, segment) of example i.
+    """
+    if not examples:
+        raise ValueError("pack_examples: need at least one example")
+    stride = stride or {}
+    slots = []
+    for i, ex in enumerate(examples):
+        sets = {m: ts for m, ts in ex.items() if m != "targets"}
+        if not sets:
+            raise ValueError(f"pack_examples: example {i} holds no TokenSet")
+        for m, ts in sets.items():
+            if not isinstance(ts, TokenSet) or ts.modality != m:
+                raise ValueError(f"pack_examples: example {i}[{m!r}] must be a TokenSet of modality {m!r}, got {ts!r:.80}")
+        k = {m: stride.get(m, 1) for m in sets}
+        slots.append({m: len(ts) if k[m] == 1 else -(-(len(ts) + 1) // k[m]) * k[m] for m, ts in sets.items()})
+    total = sum(sum(s.values()) for s in slots)
+    R = max(1, -(-total // row_tokens))
+    modalities = list(dict.fromkeys(m for s in slots for m in s))
+    load = [dict.fromkeys(modalities, 0) for _ in range(R)]
+    width = dict.fromkeys(modalities, 0)
+    members: list[list[int]] = [[] for _ in range(R)]
+    placement: list[tuple[int, int]] = [(0, 0)] * len(examples)
+    for i in sorted(range(len(examples)), key=lambda i: -sum(slots[i].values())):
+        def cost(r):  # growth of the padded spans, then the row's load
+            return sum(max(0, load[r][m] + n - width[m]) for m, n in slots[i].items()), sum(load[r].values())
+
+        r = min(range(R), key=cost)
+        for m, n in slots[i].items():
+            load[r][m] += n
+            width[m] = max(width[m], load[r][m])
+        placement[i] = (r, len(members[r]))
+        members[r].append(i)
+    out = {}
+    for m in modalities:
+        _check_same([ex[m] for ex in examples if m in ex], f"pack_examples ({m})")
+        rows = [[(seg, examples[i][m], slots[i][m]) for seg, i in enumerate(row) if m in examples[i]] for row in members]
+        out[m] = _place(rows, width[m], with_segments=True)
+        if specs is not None and m in specs:
+            out[m].validate(specs[m])
+    return out, placement
 
 
 def padding_fraction(batch: TokenBatch) -> float:

@@ -1,0 +1,118 @@
+"""The generalist against the single-task recipes, at equal training steps, on this machine.
+
+    python benchmarks/generalist.py [--steps 2000] [--out DIR] [--fresh] [key=value ...]
+
+Trains, for the same number of optimizer steps, each single-task recipe (vit_digits,
+whisper_digits, dt_cartpole without its BC baseline) with its per-step batch equal to the
+generalist's weight for that task, then the generalist (one trunk on all three, key=value
+overrides go to it), and prints one table: each task's metric alone and in the generalist, the
+ratio (accuracy, return) or difference (WER, points), and the goal — at least 95% of the
+single-task score, WER within 2 points. Also prints the fraction of padding slots in the
+generalist's mixed batches with and without packing. Runs go under --out (default
+runs/bench-generalist); a finished run is reused unless --fresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from recipes import generalist as g  # noqa: E402
+from recipes.config import apply_values, parse_overrides  # noqa: E402
+
+SINGLE = {  # task -> (recipe, its metric, the generalist's metric, higher is better)
+    "digits": ("vit_digits", "val_accuracy", "digits_accuracy", True),
+    "speech": ("whisper_digits", "val_wer", "speech_wer", False),
+    "control": ("dt_cartpole", "val_return", "control_return", True),
+}
+EXTRA = {"dt_cartpole": ["baseline=false"]}
+
+
+def train(recipe: str, run_dir: Path, args: list[str], fresh: bool) -> tuple[dict, float]:
+    """Train a recipe in a subprocess (or reuse a finished run): its results.json and seconds."""
+    results = run_dir / "results.json"
+    if results.exists() and not fresh:
+        print(f"{recipe}: reusing {run_dir}")
+        return json.loads(results.read_text()), float("nan")
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    print(f"{recipe}: training, run dir {run_dir}", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "recipes.cli", "train", recipe, f"run_dir={run_dir}", *args], cwd=ROOT, check=True)
+    return json.loads(results.read_text()), time.perf_counter() - t0
+
+
+def padding(cfg: g.Config, batches: int = 10) -> dict:
+    """Mean padding fraction of `batches` mixed training batches, packed and one example per row."""
+    import torch
+
+    tasks, weights = g.build_tasks(cfg)
+    mixed = g.MixedSet([t.train_set for t in tasks], weights)
+    gen = torch.Generator().manual_seed(0)
+    reports = [g.padding_report([mixed[i] for i in torch.randperm(len(mixed), generator=gen)[: cfg.batch_size].tolist()], cfg.row_tokens)
+               for _ in range(batches)]  # fmt: skip
+    return {k: sum(r[k] for r in reports) / batches for k in reports[0]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--out", default=str(ROOT / "runs" / "bench-generalist"))
+    ap.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
+    ap.add_argument("overrides", nargs="*", help="key=value for the generalist (tasks, weights, dim, ...)")
+    a = ap.parse_args()
+    out = Path(a.out)
+    over = [f"max_steps={a.steps}", *a.overrides]
+    cfg = apply_values(g.Config(), parse_overrides(over), "the command line")
+    names, weights, _ = g.task_list(cfg)
+    if not any(o.startswith("batch_size=") for o in a.overrides):  # a step holds each task's single-task batch
+        cfg.batch_size = int(sum(weights))
+        over.append(f"batch_size={cfg.batch_size}")
+
+    pad = padding(cfg)
+    print(f"padding in mixed batches of {cfg.batch_size} examples: packed into rows of ~{cfg.row_tokens} slots "
+          f"{pad['padding_packed']:.1%} ({pad['rows_packed']:.1f} rows), one example per row {pad['padding_unpacked']:.1%} "
+          f"({pad['rows_unpacked']:.0f} rows)", flush=True)  # fmt: skip
+
+    rows, seconds = [], {}
+    for name, w in zip(names, weights):
+        recipe, key, _, _ = SINGLE[name]
+        res, seconds[recipe] = train(recipe, out / recipe, [f"max_steps={a.steps}", f"batch_size={int(w)}", *EXTRA.get(recipe, [])], a.fresh)
+        rows.append((name, res[key]))
+    gen, seconds["generalist"] = train("generalist", out / "generalist", over, a.fresh)
+
+    print(f"\nat {a.steps} optimizer steps each; per step the generalist sees each task's single-task batch "
+          f"({', '.join(f'{n} {int(w)}' for n, w in zip(names, weights))})")
+    print(f"{'task':<9} {'metric':<16} {'single-task':>12} {'generalist':>11} {'ratio/diff':>11}  {'goal':<22} ok")
+    table, ok_all = [], True
+    for name, single in rows:
+        recipe, _, gkey, higher = SINGLE[name]
+        both = gen[gkey]
+        if higher:
+            ratio = both / single if single else float("nan")
+            ok, shown, goal = ratio >= 0.95, f"{ratio:.3f}", ">= 0.95 of single-task"
+        else:
+            diff = (both - single) * 100
+            ok, shown, goal = diff <= 2.0, f"{diff:+.2f} pt", "WER within 2 points"
+        ok_all &= ok
+        fmt = (lambda v: f"{v * 100:.2f}%") if gkey != "control_return" else (lambda v: f"{v:.1f}")
+        print(f"{name:<9} {gkey:<16} {fmt(single):>12} {fmt(both):>11} {shown:>11}  {goal:<22} {'yes' if ok else 'NO'}")
+        table.append({"task": name, "recipe": recipe, "metric": gkey, "single": single, "generalist": both, "ok": ok})
+    print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v))
+    summary = {"steps": a.steps, "padding": pad, "table": table, "seconds": seconds, "all_ok": ok_all}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"summary: {out / 'summary.json'}")
+    return 0 if ok_all else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""Grow a trained model: new modalities, new token types or new heads, nothing it knew disturbed.
+
+`grow(model, config)` builds a model of `config` — the trained model's config plus what is new —
+and copies every trained weight into it. The shared type table is copied row by row, matched by
+(modality, type name), so each old token keeps exactly its vector; a modality's new types go after
+its old ones (its tokenizer keeps the old type ids). New embedders, type rows and heads start from
+the usual initialisation. On inputs the old model accepted, the grown one computes the same outputs.
+
+`freeze_trained(model, old_config)` then keeps the trained part fixed while the new rows learn
+(`requires_grad` off, and a gradient hook that zeroes the old rows of the type table), so old tasks
+stay exactly as they were; without it, continued training on a mix of old and new tasks adapts all
+weights (the generalist recipe's `freeze_trained=false`).
+"""
+
+from __future__ import annotations
+
+import torch
+from .config import ModelConfig
+from .transformer import MultimodalTransformer
+
+TYPE_TABLE = "type_embed.weight"
+
+
+def _check(old: ModelConfig, new: ModelConfig):
+    if old.trunk != new.trunk:
+        raise ValueError(f"grow: the trunk must stay the same; trained {old.trunk}, asked {new.trunk}")
+    for name, m in old.modalities.items():
+        if name not in new.modalities:
+            raise ValueError(f"grow: modality {name!r} of the trained model is missing from the new config")
+        n = new.modalities[name]
+        if n.token_types[: len(m.token_types)] != m.token_types:
+            raise ValueError(f"grow: modality {name!r} must keep its token types {m.token_types} first (new types go after them); "
+                             f"got {n.token_types}")  # fmt: skip
+        same = ("max_positions", "vocab_size", "value_dim", "embedder", "learned_types", "grid", "embed_norm")
+        changed = [k for k in same if getattr(n, k) != getattr(m, k)]
+        if changed:
+            raise ValueError(f"grow: modality {name!r} changes {changed}; only new token types can be added to a trained modality")
+    for name, h in old.heads.items():
+        if new.heads.get(name) not in (h,):
+            raise ValueError(f"grow: head {name!r} must stay as trained ({h})")
+
+
+def type_offsets(config: ModelConfig) -> dict[str, int]:
+    """First row of each modality's block in the type table (as MultimodalTransformer lays it out)."""
+    out, n = {}, 0
+    for name, m in config.modalities.items():
+        out[name], n = n, n + len(m.token_types)
+    return out
+
+
+def type_rows(old: ModelConfig, new: ModelConfig) -> tuple[list[int], list[int]]:
+    """Rows of the old type table and where each goes in the new one."""
+    a, b = type_offsets(old), type_offsets(new)
+    pairs = [(a[name] + i, b[name] + i) for name, m in old.modalities.items() for i in range(len(m.token_types))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def grow(model: MultimodalTransformer, config: ModelConfig) -> MultimodalTransformer:
+    """A model of `config` holding every trained weight of `model` (see the module docstring)."""
+    _check(model.config, config)
+    new = MultimodalTransformer(config)
+    src, dst = type_rows(model.config, config)
+    state = new.state_dict()
+    with torch.no_grad():
+        for key, value in model.state_dict().items():
+            if key == TYPE_TABLE:
+                state[key][dst] = value[src]
+            elif key not in state or state[key].shape != value.shape:
+                raise ValueError(f"grow: trained weight {key} {tuple(value.shape)} has no place in the new model")
+            else:
+                state[key].copy_(value)
+    new.load_state_dict(state)
+    return new
+
+
+def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:
+    """Freeze what `old` (the trained config) had: every copied weight, and the old type rows.
+    Returns the hook handles (remove them to unfreeze the type rows)."""
+    _, rows = type_rows(old, model.config)
+    old_keys = set(MultimodalTransformer(old).state_dict()) - {TYPE_TABLE}
+    for key, p in model.named_parameters():
+        if key in old_keys:
+            p.requires_grad_(False)
+    keep = torch.zeros(model.type_embed.weight.shape[0], 1, dtype=torch.bool)
+    keep[rows] = True
+    return [model.type_embed.weight.register_hook(lambda g: g.masked_fill(keep.to(g.device), 0.0))]

@@ -1,0 +1,415 @@
+"""generalist: ONE transformer, one set of weights, trained jointly on images, speech and control.
+
+Config → tasks → mixed batches → model → metrics → main. Three tasks of different modalities
+share every block of one decoder-only trunk:
+
+    digits   vit_digits' 8×8 handwritten digits     image patches + CLS  → class at the CLS token
+    speech   whisper_digits' synthesized speech     log-mel frames → conv stem, then characters
+    control  dt_cartpole's mixed-quality episodes   return / state / action tokens → next action
+
+Design (as Gato, with per-task heads instead of one shared vocabulary):
+- One decoder-only trunk. Image patches and audio frames are *prefix* modalities: inside one
+  example they attend in both directions (like an encoder); characters and trajectory tokens attend
+  causally, and characters see their utterance's frames before them (a prefix LM, as T5 / PaLI).
+- Every token carries its modality's learned embedding (linear for patches / frames / states,
+  a table for characters), its modality's position table, and a row of the one shared type table.
+- Per-task heads on the shared hidden states: `digit` (10 classes, at the CLS token), `lm` (the
+  characters, tied to their embedding), `action` (CartPole's 2 actions, at each state token).
+  Per-task heads keep each task's output exactly as its single-task recipe has it (Gato's shared
+  vocabulary would turn "7" into a text token and actions into binned ids; it buys one softmax at
+  the price of longer outputs). Loss weights per head: `loss_weights`; loss masks come with the
+  tokens (the transcript prompt and the action placeholders carry no loss).
+- Batches mix tasks by `weights` (the expected number of examples of each task in a step, so a
+  step holds as much of each task as its single-task recipe's step), drawn from a seeded stream, so
+  resume and multi-process runs stay exact. Examples of all tasks are packed into rows of about
+  `row_tokens` slots (tokenizers_mm.pack_examples); a segment id per example makes attention
+  block-diagonal, so no example sees another and little compute goes to padding.
+
+Evaluation reports every task's own metric: digit accuracy, word error rate, CartPole return at
+target 500. `benchmarks/generalist.py` runs the single-task recipes for the same number of steps
+and prints the two side by side.
+
+    mmtok train generalist
+    mmtok train generalist tasks=digits,control weights=64,64
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate.utils import set_seed
+from torch.utils.data import Dataset
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
+
+from .config import TrainConfig
+from .runs import resolve_run_dir, save_run_info
+from .train import train
+
+TASKS = ("digits", "speech", "control", "text")
+ORDER = ("image", "trajectory", "prose", "audio", "text")  # the trunk's input order: transcripts last (generation), after their audio
+PREFIX = ("image", "audio")  # attended in both directions within an example
+STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
+
+
+@dataclass
+class Config(TrainConfig):
+    tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
+    weights: str = "32,32,32"  # per task: expected examples per step
+    loss_weights: str = "1,1,1"  # per task: weight of its head's loss in the sum
+    row_tokens: int = 512  # packed rows hold about this many token slots
+    dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    batch_size: int = 96  # examples per step over all tasks (the sum of weights: each task gets its weight on average)
+    lr: float = 1e-3
+    min_lr: float = 1e-5
+    warmup_steps: int = 200
+    max_steps: int = 3000
+    beta2: float = 0.98
+    weight_decay: float = 0.05
+    eval_every: int = 1000
+    ckpt_every: int = 500
+    # digits (vit_digits)
+    patch_size: int = 2
+    label_smoothing: float = 0.1
+    augment: bool = True
+    # speech (whisper_digits)
+    speech_dir: str = ""  # the synthesized corpus; "" = whisper_digits' cache
+    n_train: int = 4000
+    n_test: int = 300
+    max_frames: int = 800
+    max_text: int = 64
+    eval_utterances: int = 300
+    # control (dt_cartpole)
+    env: str = "CartPole-v1"
+    rl_dir: str = ""  # where the embedded dataset is cached; "" = dt's cache
+    n_episodes: int = 0
+    context: int = 20
+    rtg_scale: float = 100.0
+    max_timestep: int = 500
+    target: float = 500.0
+    eval_episodes: int = 20
+    eval_seed: int = 10_000
+    # text (gpt_char): a character LM, modality "prose"
+    text_data: str = ""  # a UTF-8 text file; "" = gpt_char's embedded corpus
+    text_block: int = 64  # characters per window
+    # growing a trained generalist
+    init_from: str = ""  # a generalist run directory: start from its weights, adding this config's new tasks
+    freeze_trained: bool = False  # with init_from: train only what is new; the old tasks' outputs stay exactly the same
+
+
+def task_list(cfg: Config) -> tuple[list[str], list[float], list[float]]:
+    names = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown or not names or len(set(names)) != len(names):
+        raise ValueError(f"tasks={cfg.tasks!r}: give distinct tasks from {', '.join(TASKS)}")
+    nums = []
+    for key in ("weights", "loss_weights"):
+        try:
+            vals = [float(x) for x in getattr(cfg, key).split(",")]
+        except ValueError:
+            raise ValueError(f"{key}={getattr(cfg, key)!r} must be comma-separated numbers") from None
+        if len(vals) < len(names) or any(v < 0 or not math.isfinite(v) for v in vals):
+            raise ValueError(f"{key}={getattr(cfg, key)!r} needs one non-negative number per task ({', '.join(names)})")
+        nums.append(vals[: len(names)])
+    if sum(nums[0]) <= 0:
+        raise ValueError(f"weights={cfg.weights!r}: at least one task needs a positive weight")
+    return names, nums[0], nums[1]
+
+
+# -- tasks ----------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    name: str
+    tokenizers: dict  # modality -> tokenizer
+    heads: dict[str, HeadConfig]
+    train_set: Dataset  # items: {modality: TokenSet}, targets inside the sets
+    evaluate: Callable  # (model, device) -> {metric: value}
+    metric: str  # the headline metric, as the single-task recipe reports it
+    recipe: str  # the single-task recipe
+
+
+class DigitExamples(Dataset):
+    """vit_digits' images as {"image": patches + CLS}, the label as the CLS token's target."""
+
+    def __init__(self, data, tok, cfg: Config, train: bool):
+        self.data, self.tok, self.cfg, self.train = data, tok, cfg, train
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict:
+        from .vit import random_affine
+
+        x, y = self.data[i]
+        if self.train and self.cfg.augment:
+            x = random_affine(x[None], 10.0, 0.125, 0.1)[0]  # vit_digits' augmentation
+        ts = self.tok.tokens((x - self.tok._mean) / self.tok._std)
+        ts.targets = torch.where(ts.types == 1, int(y), 0)  # the label at the CLS token (type 1); the head reads only there
+        return {"image": ts}
+
+
+def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+    from tokenizers_mm import ImageTokenizer
+
+    from . import vit_digits
+
+    train_set, test_set, classes, (mean, std) = vit_digits.build_data(vit_digits.Config())
+    tok = tokenizers.get("image") or ImageTokenizer(image_size=8, patch_size=cfg.patch_size, channels=1, mean=mean, std=std, cls_token=True)
+    test = DigitExamples(test_set, tok, cfg, train=False)
+    labels = test_set.labels
+    head = HeadConfig("token_classify", "image", num_outputs=len(classes), token_type="cls", label_smoothing=cfg.label_smoothing,
+                      loss_weight=loss_weight)  # fmt: skip
+
+    @torch.no_grad()
+    def evaluate(model, device) -> dict:
+        correct = 0
+        for s in range(0, len(test), 256):
+            batch = collate([test[i]["image"] for i in range(s, min(s + 256, len(test)))]).to(device)
+            logits = model({"image": batch}).logits["digit"][:, 0]  # the CLS token
+            correct += int((logits.argmax(-1).cpu() == labels[s : s + 256]).sum())
+        return {"digits_accuracy": correct / len(test)}
+
+    return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate,
+                "digits_accuracy", "vit_digits")  # fmt: skip
+
+
+def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+    import jiwer
+
+    from . import whisper_digits as wd
+
+    wcfg = wd.Config(data_dir=cfg.speech_dir, n_train=cfg.n_train, n_test=cfg.n_test, max_frames=cfg.max_frames, max_text=cfg.max_text)
+    audio_tok, text_tok, train_set, test_set = wd.build_data(wcfg)
+    audio_tok, text_tok = tokenizers.get("audio", audio_tok), tokenizers.get("text", text_tok)
+    train_set.audio_tok = test_set.audio_tok = audio_tok
+    train_set.text_tok = test_set.text_tok = text_tok
+    n = min(cfg.eval_utterances, len(test_set))
+    head = HeadConfig("lm", "text", loss_weight=loss_weight)
+
+    @torch.no_grad()
+    def evaluate(model, device) -> dict:
+        hyps, refs = [], [test_set.pairs[i][1] for i in range(n)]
+        for s in range(0, n, 32):
+            audio = collate([test_set[i]["audio"] for i in range(s, min(s + 32, n))]).to(device)
+            hyps += wd.transcribe_batch(model, text_tok, audio, cfg.max_text - 3)
+        return {"speech_wer": jiwer.wer(refs, hyps)}
+
+    return Task("speech", {"audio": audio_tok, "text": text_tok}, {"lm": head}, train_set, evaluate, "speech_wer", "whisper_digits")
+
+
+def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+    import gymnasium as gym
+
+    from . import dt
+
+    dcfg = dt.Config(env=cfg.env, data_dir=cfg.rl_dir, n_episodes=cfg.n_episodes, context=cfg.context, max_timestep=cfg.max_timestep,
+                     rtg_scale=cfg.rtg_scale)  # fmt: skip
+    episodes = dt.load_data(dcfg)
+    if "trajectory" in tokenizers:
+        tok = tokenizers["trajectory"]
+    else:
+        env = gym.make(cfg.env)
+        tok = dt.make_tokenizer(dcfg, episodes, env)
+        env.close()
+    if not tok.discrete:
+        raise ValueError(f"generalist: env={cfg.env!r} has continuous actions; the control task reads discrete ones (CartPole)")
+    head = HeadConfig("token_classify", "trajectory", num_outputs=tok.action_dim, token_type="state", loss_weight=loss_weight)
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
+
+    def evaluate(model, device) -> dict:
+        returns = dt.rollouts(model, tok, cfg.env, cfg.target, seeds, device=device)
+        return {"control_return": float(returns.mean()), "control_return_std": float(returns.std())}
+
+    return Task("control", {"trajectory": tok}, {"action": head}, dt.Windows(episodes, tok), evaluate, "control_return", "dt_cartpole")
+
+
+class ProseWindows(Dataset):
+    """gpt_char's windows as {"prose": next-character TokenSet}."""
+
+    def __init__(self, windows):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, i: int) -> dict:
+        ts = self.windows[i]["text"]
+        return {"prose": TokenSet("prose", ids=ts.ids, targets=ts.targets)}
+
+
+def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+    from tokenizers_mm import CharTokenizer
+
+    from . import gpt_char
+
+    gcfg = gpt_char.Config(data=cfg.text_data, block_size=cfg.text_block)
+    train_text, val_text = gpt_char.split_text(gcfg)
+    tok = tokenizers.get("prose") or CharTokenizer.from_corpus(train_text + val_text, max_positions=cfg.text_block)
+    train_set, val_set = (ProseWindows(w) for w in gpt_char.windows(gcfg, tok, train_text, val_text))
+    g = torch.Generator().manual_seed(cfg.seed)
+    val = [collate([val_set[int(i)]["prose"] for i in row]) for row in torch.randint(len(val_set), (8, 32), generator=g)]
+    head = HeadConfig("lm", "prose", loss_weight=loss_weight)
+
+    @torch.no_grad()
+    def evaluate(model, device) -> dict:
+        return {"text_loss": sum(model({"prose": b.to(device)}).losses["prose_lm"].item() for b in val) / len(val)}
+
+    return Task("text", {"prose": tok}, {"prose_lm": head}, train_set, evaluate, "text_loss", "gpt_char")
+
+
+BUILDERS = {"digits": digits_task, "speech": speech_task, "control": control_task, "text": text_task}
+
+
+def build_tasks(cfg: Config, tokenizers: dict | None = None) -> tuple[list[Task], list[float]]:
+    """The configured tasks (with saved tokenizers when resuming) and their sampling weights."""
+    names, weights, loss_weights = task_list(cfg)
+    return [BUILDERS[n](cfg, lw, tokenizers or {}) for n, lw in zip(names, loss_weights)], weights
+
+
+# -- mixed batches ----------------------------------------------------------------------------------
+class MixedSet(Dataset):
+    """The tasks' training sets as one index space, each task owning a share of it proportional to
+    its weight, so a uniformly shuffled stream (StepSampler's) draws tasks by weight. A task's
+    block is at least its set's size, so an epoch covers every example of every weighted task."""
+
+    def __init__(self, sets: list[Dataset], weights: list[float]):
+        total = sum(weights)
+        share = [w / total for w in weights]
+        size = max(math.ceil(len(s) / p) for s, p in zip(sets, share) if p > 0)
+        self.sets, self.blocks = sets, [round(p * size) if p > 0 else 0 for p in share]
+        self.starts = [sum(self.blocks[:i]) for i in range(len(sets))]
+
+    def __len__(self) -> int:
+        return sum(self.blocks)
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Index i → (task, index in its set)."""
+        for t in reversed(range(len(self.sets))):
+            if self.blocks[t] and i >= self.starts[t]:
+                return t, (i - self.starts[t]) % len(self.sets[t])
+        raise IndexError(i)
+
+    def __getitem__(self, i: int) -> dict:
+        t, j = self.locate(i)
+        return self.sets[t][j]
+
+
+class PackCollate:
+    """Examples of any tasks → (packed inputs, {}); the targets travel inside the token sets."""
+
+    def __init__(self, row_tokens: int, specs: dict | None = None):
+        self.row_tokens, self.specs = row_tokens, specs
+
+    def __call__(self, examples: list[dict]):
+        return pack_examples(examples, self.row_tokens, STRIDE, self.specs)[0], {}
+
+
+def padding_report(examples: list[dict], row_tokens: int) -> dict:
+    """Fraction of padding slots when `examples` are packed, against one example per row (each
+    modality's span as wide as its longest set, as `collate` pads)."""
+    packed = pack_examples(examples, row_tokens, STRIDE)[0]
+    slots = sum(b.mask.numel() for b in packed.values())
+    real = sum(len(ts) for ex in examples for ts in ex.values())
+    widths = [max((len(ex[m]) for ex in examples if m in ex), default=0) for m in ORDER]
+    return {"padding_packed": 1.0 - real / slots, "padding_unpacked": 1.0 - real / (len(examples) * sum(widths)),
+            "rows_packed": next(iter(packed.values())).shape[0], "rows_unpacked": len(examples)}  # fmt: skip
+
+
+# -- model ----------------------------------------------------------------------------------------
+def model_config(cfg: Config, tasks: list[Task]) -> ModelConfig:
+    toks = {m: t for task in tasks for m, t in task.tokenizers.items()}
+    names = [m for m in ORDER if m in toks]
+    kinds = {"audio": {"embedder": "whisper_conv"}, "trajectory": {"embed_norm": True}, "prose": {"modality": "prose"}}
+    modalities = {m: ModalityConfig.from_tokenizer(toks[m], **kinds.get(m, {})) for m in names}
+    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mode="decoder")
+    heads = {k: h for task in tasks for k, h in task.heads.items()}
+    return ModelConfig(trunk, modalities, heads, decoder_inputs=names, prefix_inputs=[m for m in PREFIX if m in toks], subset_inputs=True)
+
+
+def trained_config(run_dir) -> ModelConfig:
+    """The model config of a run's latest checkpoint."""
+    from tokenizers_mm.base import read_json
+
+    from .checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(Path(run_dir))
+    if ckpt is None:
+        raise FileNotFoundError(f"init_from: no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    return ModelConfig.from_dict(read_json(ckpt / "config.json", "model")["config"])
+
+
+def build_model(cfg: Config, tasks: list[Task]) -> MultimodalTransformer:
+    return MultimodalTransformer(model_config(cfg, tasks))
+
+
+def make_evaluate(tasks: list[Task]):
+    def evaluate(model, accelerator) -> dict:
+        m = accelerator.unwrap_model(model)
+        was = m.training
+        m.eval()
+        out = {}
+        for task in tasks:
+            out.update(task.evaluate(m, accelerator.device))
+        m.train(was)
+        return out
+
+    return evaluate
+
+
+# -- main -----------------------------------------------------------------------------------------
+def main(cfg: Config, resume: bool = False) -> dict:
+    run_dir = resolve_run_dir(cfg, "generalist")
+    saved = {}
+    source = run_dir if resume else Path(cfg.init_from) if cfg.init_from else None  # grown runs keep the trained tokenizers
+    if source is not None and (source / "tokenizers").is_dir():
+        saved = {p.name: load_tokenizer(p) for p in sorted((source / "tokenizers").iterdir())}
+    tasks, weights = build_tasks(cfg, saved)
+    set_seed(cfg.seed)
+    if cfg.init_from:
+        from models import freeze_trained, grow
+
+        from .runs import load_trained
+
+        old = trained_config(cfg.init_from)
+        config = model_config(cfg, tasks)
+        config.trunk = old.trunk  # the trained trunk, whatever dim / depth this config says
+        model = grow(load_trained(cfg.init_from)[0], config) if not resume else MultimodalTransformer(config)
+        if cfg.freeze_trained:
+            freeze_trained(model, old)
+        new = sorted(set(config.modalities) - set(old.modalities)) + sorted(set(config.heads) - set(old.heads))
+        print(f"generalist: grown from {cfg.init_from}: new {', '.join(new) or 'nothing'}"
+              + ("; the trained weights are frozen" if cfg.freeze_trained else ""))  # fmt: skip
+    else:
+        model = build_model(cfg, tasks)
+    if not resume:
+        save_run_info(run_dir, "generalist", cfg)
+        for task in tasks:
+            for m, tok in task.tokenizers.items():
+                tok.save(run_dir / "tokenizers" / m)
+    train_set = MixedSet([t.train_set for t in tasks], weights)
+    specs = {m: c.spec for m, c in model.config.modalities.items()}
+    print(f"generalist: tasks {', '.join(f'{t.name} ({len(t.train_set):,} examples, weight {w:g})' for t, w in zip(tasks, weights))}; "
+          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+    metrics = train(cfg, model, train_set, PackCollate(cfg.row_tokens, specs), make_evaluate(tasks), run_dir, resume=resume)
+    print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def evaluate(run_dir) -> dict:
+    from .runs import load_run_info, load_trained
+    from .train import make_accelerator
+
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir)
+    tasks, _ = build_tasks(cfg, toks)
+    cfg.cpu = True
+    return make_evaluate(tasks)(model, make_accelerator(cfg, Path(run_dir)))

@@ -1,0 +1,158 @@
+"""The generalist: exact mixed packing, the prefix mask, cached decoding after padded audio,
+weighted task sampling, growing a trained model, and a tiny run end to end (then grown)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, subprocess_env
+from models import ModalityConfig, freeze_trained, grow
+from recipes import generalist as g
+from recipes.train import build_optimizer
+from tokenizers_mm import TokenSet, collate, pack_examples
+
+TINY = dict(dim=32, depth=2, num_heads=2, n_train=24, n_test=6, eval_utterances=6, eval_episodes=2, n_episodes=30, text_block=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generalist")
+    cfg = g.Config(**TINY, speech_dir=str(root / "speech"), rl_dir=str(root / "rl"), tasks="digits,speech,control,text", weights="1,1,1,1",
+                   loss_weights="1,1,1,1")  # fmt: skip
+    tasks, weights = g.build_tasks(cfg)
+    torch.manual_seed(0)
+    return cfg, tasks, weights, g.build_model(cfg, tasks).eval()
+
+
+def mixed_examples(tasks, weights, n, seed=0):
+    mixed = g.MixedSet([t.train_set for t in tasks], weights)
+    return [mixed[int(i)] for i in torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+@torch.no_grad()
+def test_packed_examples_of_all_tasks_compute_what_each_computes_alone(tiny):
+    cfg, tasks, weights, model = tiny
+    examples = mixed_examples(tasks, weights, 24)
+    assert {m for ex in examples for m in ex} == {"image", "audio", "text", "trajectory", "prose"}
+    inputs, placement = pack_examples(examples, 128, g.STRIDE)
+    assert max(seg for _, seg in placement) >= 1  # rows really hold several examples
+    out = model(inputs)
+    checked = 0
+    for ex, (row, seg) in zip(examples, placement):
+        alone = model({m: collate([ts]) for m, ts in ex.items()})
+        for head, logits in alone.logits.items():
+            m = model.config.heads[head].modality
+            packed = out.logits[head][row][inputs[m].segments[row] == seg]
+            torch.testing.assert_close(packed, logits[0], atol=1e-5, rtol=0)
+            checked += 1
+    assert checked == len(examples)
+    report = g.padding_report(examples, 128)
+    assert report["padding_packed"] < report["padding_unpacked"]
+
+
+@torch.no_grad()
+def test_prefix_modalities_attend_both_ways_the_rest_causally(tiny):
+    _, tasks, _, model = tiny
+    image = tasks[0].train_set[0]["image"]
+    later = TokenSet("image", values=image.values.clone(), positions=image.positions, types=image.types)
+    later.values[-1] += 1.0  # change the last patch
+    first = lambda ts: model({"image": collate([ts])}).logits["digit"][0, 0]  # noqa: E731  the CLS token
+    assert not torch.allclose(first(image), first(later))  # CLS sees every patch
+    traj = tasks[2].train_set[5]["trajectory"]
+    moved = TokenSet("trajectory", values=traj.values.clone(), positions=traj.positions, types=traj.types, targets=traj.targets)
+    moved.values[-1] += 1.0
+    a, b = (model({"trajectory": collate([t])}).logits["action"][0] for t in (traj, moved))
+    torch.testing.assert_close(a[:-1], b[:-1], atol=0, rtol=0)  # no token sees a later one
+
+
+@torch.no_grad()
+def test_cached_greedy_decoding_after_padded_audio_matches_each_utterance_alone(tiny):
+    _, tasks, _, model = tiny
+    from recipes import whisper_digits as wd
+
+    text_tok = tasks[1].tokenizers["text"]
+    audio = [tasks[1].train_set[i]["audio"] for i in range(3)]
+    assert len({len(a) for a in audio}) > 1  # different lengths: the batch is padded
+    batch = wd.transcribe_batch(model, text_tok, collate(audio), 12)
+    alone = [wd.transcribe_batch(model, text_tok, collate([a]), 12)[0] for a in audio]
+    assert batch == alone
+
+
+def test_tasks_are_drawn_by_weight_and_every_example_is_covered():
+    sets = [list(range(10)), list(range(100)), list(range(7))]
+    mixed = g.MixedSet(sets, [2.0, 1.0, 1.0])
+    assert [b / len(mixed) for b in mixed.blocks] == pytest.approx([0.5, 0.25, 0.25], abs=0.01)
+    seen = [set() for _ in sets]
+    for i in range(len(mixed)):
+        t, j = mixed.locate(i)
+        seen[t].add(j)
+    assert [len(s) for s in seen] == [10, 100, 7]
+    with pytest.raises(ValueError, match="distinct tasks"):
+        g.task_list(g.Config(tasks="digits,sound"))
+    with pytest.raises(ValueError, match="one non-negative number per task"):
+        g.task_list(g.Config(tasks="digits,speech", weights="1"))
+
+
+def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_new(tiny):
+    cfg, tasks, weights, big = tiny
+    old_tasks = [tasks[0], tasks[2]]  # digits + control
+    torch.manual_seed(1)
+    old = g.build_model(cfg, old_tasks).eval()
+    config = g.model_config(cfg, tasks)  # + speech and text: new embedders, type rows, heads
+    config.modalities["image"] = ModalityConfig(**{**vars(config.modalities["image"]), "token_types": [*config.modalities["image"].token_types, "category"]})
+    grown = grow(old, config).eval()
+    probe = {"image": collate([tasks[0].train_set[i]["image"] for i in range(4)]),
+             "trajectory": collate([tasks[2].train_set[i]["trajectory"] for i in range(4)])}  # fmt: skip
+    with torch.no_grad():
+        before = old(probe).logits
+        after = grown(probe).logits
+    for head in before:
+        assert torch.equal(before[head], after[head])
+    freeze_trained(grown, old.config)
+    new_params = {k: p.detach().clone() for k, p in grown.named_parameters() if p.requires_grad}
+    assert any(k.startswith("embedders.prose") for k in new_params) and "heads.lm.proj.weight" not in new_params  # tied to text's table
+    grown.train()
+    opt = build_optimizer(grown, cfg)
+    for step in range(3):
+        inputs, _ = g.PackCollate(256)(mixed_examples(tasks, weights, 16, seed=step))
+        grown(inputs).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    grown.eval()
+    with torch.no_grad():
+        again = grown(probe).logits
+    for head in before:
+        assert torch.equal(before[head], again[head])  # old tasks exactly as trained
+    changed = [k for k, p in grown.named_parameters() if p.requires_grad and not torch.equal(p, new_params[k])]
+    assert any(k.startswith("embedders.prose") for k in changed) and any(k.startswith("embedders.audio") for k in changed)
+    with pytest.raises(ValueError, match="trunk must stay the same"):
+        config.trunk = type(config.trunk)(dim=64, depth=2, num_heads=2, mode="decoder")
+        grow(old, config)
+
+
+def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_path, tiny):
+    cfg, *_ = tiny
+    common = [f"{k}={v}" for k, v in TINY.items()] + [f"speech_dir={cfg.speech_dir}", f"rl_dir={cfg.rl_dir}", "row_tokens=256",
+                                                      "eval_every=100", "log_every=2", "warmup_steps=2"]  # fmt: skip
+
+    def train(*args):
+        p = subprocess.run([sys.executable, "-m", "recipes.cli", "train", "generalist", *common, *args], capture_output=True, text=True,
+                           env=subprocess_env(), cwd=ROOT)  # fmt: skip
+        assert p.returncode == 0, p.stderr[-3000:]
+        return p
+
+    first = tmp_path / "first"
+    train(f"run_dir={first}", "max_steps=6", "batch_size=12", "weights=4,4,4")
+    r1 = json.loads((first / "results.json").read_text())
+    assert {"digits_accuracy", "speech_wer", "control_return"} <= set(r1)
+    grown = tmp_path / "grown"
+    p = train(f"run_dir={grown}", f"init_from={first}", "freeze_trained=true", "tasks=digits,speech,control,text", "weights=1,1,1,3",
+              "loss_weights=1,1,1,1", "max_steps=4", "batch_size=12")  # fmt: skip
+    assert "new prose, prose_lm" in p.stdout
+    r2 = json.loads((grown / "results.json").read_text())
+    assert "text_loss" in r2
+    for key in ("digits_accuracy", "speech_wer", "control_return"):
+        assert r2[key] == r1[key], key  # frozen: the old tasks are exactly as trained
