@@ -61,10 +61,10 @@ STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
 class Config(TrainConfig):
     tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
     weights: str = "32,32,32"  # per task: expected examples per step
-    loss_weights: str = "1,1,1"  # per task: weight of its head's loss in the sum
+    loss_weights: str = "0.3,1,3"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
     row_tokens: int = 512  # packed rows hold about this many token slots
     dim: int = 128
-    depth: int = 4
+    depth: int = 6
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
