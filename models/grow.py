@@ -14,7 +14,10 @@ weights (the generalist recipe's `freeze_trained=false`).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
+
 from .config import ModelConfig
 from .transformer import MultimodalTransformer
 
@@ -35,8 +38,9 @@ def _check(old: ModelConfig, new: ModelConfig):
         changed = [k for k in same if getattr(n, k) != getattr(m, k)]
         if changed:
             raise ValueError(f"grow: modality {name!r} changes {changed}; only new token types can be added to a trained modality")
-    for name, h in old.heads.items():
-        if new.heads.get(name) not in (h,):
+    for name, h in old.heads.items():  # training knobs (loss_weight, label_smoothing) may change; the head itself may not
+        n = new.heads.get(name)
+        if n is None or replace(n, loss_weight=h.loss_weight, label_smoothing=h.label_smoothing) != h:
             raise ValueError(f"grow: head {name!r} must stay as trained ({h})")
 
 
