@@ -40,6 +40,7 @@ class Case:
     outcome: str  # "error" | "handled"
     expect: type | Callable[[object], bool] = ValueError  # error: the exception type; handled: a check of the result
     pattern: str = ""  # error: a regex the message must match (names the sample and what was expected)
+    slow: bool = False  # takes seconds, not milliseconds (benchmarks/faults.py --tiny leaves it out)
 
 
 # -- builders of malformed files ------------------------------------------------------------------
@@ -163,8 +164,13 @@ def cases() -> list[Case]:
              "long.wav: 2.0 s is longer than max_frames=100"),
         Case("audio: longer than the chunk in chunk mode → trimmed", "audio", lambda d: AudioTokenizer(chunk=True).encode(np.zeros(16000 * 31, np.float32)),
              "handled", lambda ts: ts.values.shape[0] == 3000),
+        Case("audio: 5 ms click, variable length → one token", "audio", lambda d: aud.encode(tone(0.005), name="click.wav"), "handled",
+             lambda ts: ts.values.shape == (1, 80) and bool(torch.isfinite(ts.values).all())),
+        Case("audio: finite samples of 1e20 (spectrogram overflow)", "audio", lambda d: aud.encode(np.full(1600, 1e20, np.float32), name="loud.wav"),
+             "error", ValueError, "loud.wav: the spectrogram overflows"),
         Case("audio: 3-D array", "audio", lambda d: aud.encode(np.zeros((2, 2, 100), np.float32), name="cube"), "error", ValueError, "cube: expected a waveform"),
-        Case("audio: 2-hour file streamed in 30 s windows", "audio", lambda d: stream_two_hours(d), "handled", lambda r: r["windows"] == 240 and r["peak_mb"] < 200),
+        Case("audio: 2-hour file streamed in 30 s windows", "audio", lambda d: stream_two_hours(d), "handled", lambda r: r["windows"] == 240 and r["peak_mb"] < 200,
+             slow=True),
         # trajectories
         Case("trajectory: empty episode", "rl", lambda d: traj_tok().encode(episode(0), name="ep0"), "error", ValueError, "ep0: the episode is empty"),
         Case("trajectory: one-step episode → one step", "rl", lambda d: traj_tok().encode(episode(1)), "handled", lambda ts: len(ts) == 3),

@@ -6,7 +6,18 @@ A checkpoint is a directory `checkpoints/step-NNNNNNN/` holding the model direct
 size and SHA-256. It is written under a temporary name, fsynced, then renamed into place: a
 kill at any moment leaves the previous checkpoint intact, and a half-written one is never picked.
 Loading checks the manifest first, so a corrupt or truncated checkpoint is refused with a
-clear error. Nothing is ever unpickled.
+clear error. A write that fails (full disk, read-only file system) removes its temporary
+directory and raises `CheckpointWriteError` naming the path and the OS error; the previous
+checkpoints stay as they were. Nothing is ever unpickled.
+
+Fault injection, for tests/test_faults.py and benchmarks/faults.py only: with the environment
+variable TOKENIZERS_MM_FAULT=ckpt_write:N[:PHASE] the process SIGKILLs itself during its N-th
+checkpoint write (counted from 1 in this process) at PHASE, one of FAULT_PHASES:
+  files     some files of the temporary directory written (model, optimizer tensors), not the rest
+  manifest  every file and the manifest written and fsynced, not yet renamed into place
+  rename    renamed into place, older checkpoints not yet pruned
+  prune     an older checkpoint renamed to .trash-*, not yet deleted (needs one to prune)
+Unset (the normal case) it costs a few dictionary lookups per checkpoint.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ import os
 import random
 import re
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +40,34 @@ from tokenizers_mm.base import read_json, write_json_atomic
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
 MANIFEST = "manifest.json"
+FAULT_ENV = "TOKENIZERS_MM_FAULT"  # fault injection for the fault tests (module docstring)
+FAULT_PHASES = ("files", "manifest", "rename", "prune")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be trusted: missing, truncated or corrupt."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (disk full, read-only, ...); the previous ones are kept."""
+
+
+# -- fault injection (tests only; see the module docstring) ---------------------------------------
+_writes = 0  # checkpoint writes started by this process
+_writing = False  # inside write_checkpoint
+
+
+def fault_point(phase: str) -> None:
+    """SIGKILL this process here when TOKENIZERS_MM_FAULT asks for this write and phase."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec or not _writing:
+        return
+    kind, _, rest = spec.partition(":")
+    n, _, wanted = rest.partition(":")
+    if kind != "ckpt_write" or not n.isdigit() or (wanted or "files") not in FAULT_PHASES:
+        raise ValueError(f"{FAULT_ENV}={spec!r}: expected ckpt_write:N[:PHASE] with PHASE one of {', '.join(FAULT_PHASES)}")
+    if int(n) == _writes and (wanted or "files") == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 # -- nested state <-> (JSON, tensors) ---------------------------------------------------------------
@@ -75,6 +111,7 @@ def save_state(directory: Path, name: str, state) -> None:
     tensors: dict = {}
     tree = flatten_state(state, tensors)
     save_file(tensors, str(directory / f"{name}.safetensors"))
+    fault_point("files")
     write_json_atomic(directory / f"{name}.json", tree)
 
 
@@ -160,28 +197,57 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def _reason(e: BaseException) -> str:
+    """The OS error in a failed write, with its file when known."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror + (f": {e.filename}" if e.filename else "")
+    return str(e)  # e.g. safetensors' "Error while serializing: I/O error: File too large (os error 27)"
+
+
 def write_checkpoint(run_dir, step: int, write_files, keep: int = 2) -> Path:
     """Create checkpoints/step-NNNNNNN atomically: `write_files(tmp_dir)` fills a temporary
     directory, which is fsynced and renamed into place; then older checkpoints beyond `keep`
-    are removed (each renamed away first, so a kill mid-removal never leaves a half checkpoint)."""
+    are removed (each renamed away first, so a kill mid-removal never leaves a half checkpoint).
+
+    A write that fails with an OS error (disk full, read-only file system, file size limit)
+    removes the temporary directory and raises CheckpointWriteError naming the checkpoint, the
+    OS error and the last good checkpoint, which is untouched."""
+    global _writes, _writing
     root = Path(run_dir) / CKPT_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    write_files(tmp)
-    write_manifest(tmp)
-    _fsync_dir(tmp)
-    if final.exists():  # the same step saved again (e.g. a resume that ends where it began)
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    _fsync_dir(root)
-    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
-        trash = root / f".trash-{old.name}"
-        os.rename(old, trash)
-        shutil.rmtree(trash, ignore_errors=True)
-    for stale in root.glob(".t*-step-*"):  # leftovers of killed writes
-        if stale != tmp:
-            shutil.rmtree(stale, ignore_errors=True)
-    return final
+    _writes, _writing = _writes + 1, True
+    try:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".t*-step-*"):  # leftovers of killed writes (.tmp-*, .trash-*)
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+            write_files(tmp)
+            write_manifest(tmp)
+            _fsync_dir(tmp)
+            fault_point("manifest")
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)  # note: on a full disk this frees what the write took
+            if not isinstance(e, (OSError, SafetensorError)):
+                raise
+            last = latest_checkpoint(run_dir)
+            raise CheckpointWriteError(f"cannot write checkpoint {final} ({_reason(e)}); "
+                                       f"{f'the last good checkpoint {last} is kept' if last else 'no earlier checkpoint exists'}") from None  # fmt: skip
+        if final.exists():  # the same step saved again: move the old one away whole, never half-deleted
+            trash = root / f".trash-{final.name}"
+            os.rename(final, trash)
+            os.rename(tmp, final)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(root)
+        fault_point("rename")
+        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+            trash = root / f".trash-{old.name}"
+            os.rename(old, trash)
+            fault_point("prune")
+            shutil.rmtree(trash, ignore_errors=True)
+        return final
+    finally:
+        _writing = False

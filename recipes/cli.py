@@ -159,15 +159,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def close_progress_bars() -> None:
+    """Close the progress bars an error left open, so that its message starts a line of its own."""
+    std = sys.modules.get("tqdm.std")
+    for bar in list(getattr(std.tqdm, "_instances", ())) if std else []:  # note: tqdm's registry of live bars
+        bar.close()
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         args.fn(args)
     except KeyboardInterrupt:
+        close_progress_bars()
         print("mmtok: interrupted", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
+        close_progress_bars()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mmtok: error: {msg}", file=sys.stderr)
         return 2

@@ -228,21 +228,23 @@ def train(
     """
     run_dir = Path(run_dir)
     accelerator = accelerator or make_accelerator(cfg, run_dir)
-    start_step, ckpt = 0, None
-    if resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"resume: no checkpoint in {run_dir / 'checkpoints'}")
+    start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
+    if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
+        print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")
+    if ckpt is not None:
         verify(ckpt)
         load_weights(model, ckpt / "model.safetensors")
         start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-        if accelerator.is_main_process:  # forget what was logged after the checkpoint
-            rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
-            (run_dir / METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         set_seed(cfg.seed)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # forget what was logged after the checkpoint (all of it when starting from step 0);
+        # note: through a temporary file, so a kill here cannot empty the log
+        rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
+        tmp = run_dir / f".{METRICS_FILE}.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(run_dir / METRICS_FILE)
         if accelerator.log_with:
             accelerator.init_trackers("tb")
     if cfg.compile:
@@ -349,7 +351,10 @@ class FlopMeter:
 
 def read_metrics(run_dir) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    if not path.exists():
+        return []
+    lines = path.read_text().split("\n")[:-1]  # note: drops a last line cut short (disk full, killed mid-write)
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def plot_metrics(run_dir) -> Path | None:

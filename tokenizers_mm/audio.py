@@ -1,10 +1,11 @@
 """Audio tokenizer (registered as `audio`): Whisper's log-mel front end, cut into slice tokens.
 
 Waveform (any sample rate, mono or multi-channel, int or float) → mono 16 kHz (torchaudio
-resampling) → log-mel spectrogram exactly as openai-whisper's `log_mel_spectrogram` computes it
-(STFT n_fft 400 / hop 160 with a Hann window, power spectrum, Slaney mel filters, log10, clamp at
-max − 8, (x + 4) / 4; Radford et al. 2022), with the filters built by torchaudio instead of read
-from whisper's file → slices of `slice_frames` consecutive frames, one token each, with the slice
+resampling; scipy's polyphase filter for a rate sharing only a small factor with 16 kHz) →
+log-mel spectrogram exactly as openai-whisper's `log_mel_spectrogram` computes it (STFT n_fft 400
+/ hop 160 with a Hann window, power spectrum, Slaney mel filters, log10, clamp at max − 8,
+(x + 4) / 4; Radford et al. 2022), with the filters built by torchaudio instead of read from
+whisper's file → slices of `slice_frames` consecutive frames, one token each, with the slice
 index as position. Fixed 30 s chunks (pad / trim, as Whisper) or variable length with a padding
 mask. `log_mel_spectrogram` runs batched on whatever device the audio is on. Reading audio files
 (`load_audio`, through soundfile) lives here too; speech synthesis and transcripts do not.
@@ -29,6 +30,8 @@ HOP_LENGTH = 160  # samples in a 10 ms hop
 CHUNK_LENGTH = 30  # seconds
 N_SAMPLES = CHUNK_LENGTH * SAMPLE_RATE  # 480000 samples in a 30 s chunk
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 frames in a 30 s chunk
+MIN_STFT_SAMPLES = N_FFT // 2 + 1  # 201: the STFT's reflect padding needs more than n_fft // 2 samples
+SINC_KERNEL_LIMIT = 1 << 22  # elements of torchaudio's resampling kernel (32 MB in float64); past it, polyphase
 
 
 class AudioError(ValueError):
@@ -105,10 +108,29 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
     if sample_rate != SAMPLE_RATE:
         if sample_rate <= 0:
             raise AudioError(f"{name}: sample rate {sample_rate} Hz is not positive")
+        x = resample(x, sample_rate)
+    return x
+
+
+def resample(x: Tensor, sample_rate: int) -> Tensor:
+    """(T,) float at `sample_rate` → 16 kHz: torchaudio's windowed-sinc resampling, or, for a rate
+    sharing only a small factor with 16 kHz (e.g. 44101 Hz), scipy's polyphase filter.
+
+    note: torchaudio builds a (16000/g) × (rate/g + 2·width) kernel for g = gcd(rate, 16000):
+    tens of GB at 44101 Hz (g = 1), from a one-second file. resample_poly's filter is 1-D.
+    """
+    import math
+
+    g = math.gcd(sample_rate, SAMPLE_RATE)
+    up, down = SAMPLE_RATE // g, sample_rate // g
+    width = math.ceil(6 * down / (min(up, down) * 0.99))  # torchaudio's lowpass_filter_width 6, rolloff 0.99
+    if up * (down + 2 * width) <= SINC_KERNEL_LIMIT:
         import torchaudio.functional as AF
 
-        x = AF.resample(x, sample_rate, SAMPLE_RATE)
-    return x
+        return AF.resample(x, sample_rate, SAMPLE_RATE)
+    from scipy.signal import resample_poly  # scipy comes with scikit-learn
+
+    return torch.from_numpy(resample_poly(x.cpu().numpy(), up, down).astype(np.float32)).to(x.device)
 
 
 def _soundfile(path):
@@ -151,6 +173,12 @@ def stream_audio(path, seconds: float):
         raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
 
 
+def check_finite(values: Tensor, wave: Tensor, name: str) -> None:
+    """A finite waveform far outside [-1, 1] (past ~1e17) overflows the float32 power spectrum."""
+    if not bool(torch.isfinite(values).all()):
+        raise AudioError(f"{name}: the spectrogram overflows (peak amplitude {float(wave.abs().max()):.3g}); expected samples in [-1, 1]")
+
+
 @register("audio")
 class AudioTokenizer(Tokenizer):
     """Waveform → log-mel slices: one token per `slice_frames` frames of 10 ms."""
@@ -180,7 +208,10 @@ class AudioTokenizer(Tokenizer):
             raise AudioError(f"{name}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than max_frames={self.max_frames} "
                              f"({limit / SAMPLE_RATE:.1f} s); split it or use chunk=True")  # fmt: skip
         step = HOP_LENGTH * self.slice_frames
-        return torch.nn.functional.pad(wave, (0, -wave.shape[-1] % step))
+        wave = torch.nn.functional.pad(wave, (0, -wave.shape[-1] % step))
+        # note: a clip of one 10 ms frame (160 samples) is too short for the STFT's reflect
+        # padding; silence makes up the window, and the spectrogram still has T // 160 frames
+        return torch.nn.functional.pad(wave, (0, max(0, MIN_STFT_SAMPLES - wave.shape[-1])))
 
     def slices(self, mel: Tensor) -> Tensor:
         """(n_mels, F) → (F // k, k · n_mels): k consecutive frames per token, frame-major."""
@@ -191,6 +222,7 @@ class AudioTokenizer(Tokenizer):
     def encode(self, sample, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> TokenSet:
         wave = self.prepare(to_waveform(sample, sample_rate, name), name)
         values = self.slices(log_mel_spectrogram(wave, self.n_mels))
+        check_finite(values, wave, name)
         return TokenSet(self.modality, values=values)
 
     def encode_batch(self, samples, sample_rates=None, device=None, names=None) -> TokenBatch:
@@ -203,6 +235,9 @@ class AudioTokenizer(Tokenizer):
         T = max(w.shape[-1] for w in waves)
         batch = torch.stack([torch.nn.functional.pad(w, (0, T - w.shape[-1])) for w in waves]).to(device)
         values = self.slices(log_mel_spectrogram(batch, self.n_mels))  # (B, N, k·n_mels)
+        if not bool(torch.isfinite(values).all()):  # one check for the batch, then name the first bad one
+            for row, wave, name in zip(values, waves, names):
+                check_finite(row, wave, name)
         B, N = values.shape[:2]
         mask = torch.arange(N, device=values.device)[None] < torch.tensor(lengths, device=values.device)[:, None]
         positions = torch.arange(N, device=values.device).expand(B, N)

@@ -148,7 +148,11 @@ class ImageTokenizer(Tokenizer):
             mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
             x = TF.resize(x, [max(H, round(h * scale)), max(W, round(w * scale))], interpolation=mode, antialias=True)
             x = TF.center_crop(x, [H, W])
-        return (x - self._mean) / self._std
+        x = (x - self._mean) / self._std
+        if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
+            raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
+                             f"{float(to_tensor(image, self.channels, name).abs().max()):.3g})")  # fmt: skip
+        return x
 
     def patchify(self, x: Tensor) -> Tensor:
         """(C, H, W) → (N, C·p·p) patches in raster order, each flattened as (C, p, p)."""
