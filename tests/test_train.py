@@ -185,3 +185,12 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path)
     train_rows = [r for r in rows if "loss" in r]
     assert train_rows[-1]["skipped_batches"] == len(hits) and [r["step"] for r in train_rows if r["loss"] is None] == hits
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
+
+
+def test_training_into_a_directory_with_checkpoints_is_refused(tmp_path, small_text):
+    args = ["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=4", "eval_every=4", f"run_dir={tmp_path}"]
+    mmtok(*args)
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    p = mmtok(*args, check=False)
+    assert p.returncode == 2 and "already holds checkpoints" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
