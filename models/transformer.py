@@ -35,6 +35,7 @@ MODEL_FORMAT = "tokenizers-mm/model"
 MODEL_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 IGNORE = -100  # cross_entropy's ignore_index
+NULL_SEGMENT = -2  # the null memory token's segment: every decoder query may attend to it
 
 
 @dataclass
@@ -59,6 +60,12 @@ class MultimodalTransformer(nn.Module):
             self.type_offset[name] = n_types
             n_types += len(m.token_types)
         self.type_embed = nn.Embedding(n_types, t.dim)
+        # An encoder-decoder generalist (subset_inputs): the decoder always cross-attends to one learned
+        # "null" memory token besides its own example's encoder tokens, so an example without encoder
+        # inputs (a trajectory) computes the same alone, in a batch, or packed beside an utterance.
+        self.null_memory = None
+        if config.subset_inputs and config.encoder_inputs and config.decoder_inputs:
+            self.null_memory = nn.Parameter(torch.zeros(1, 1, t.dim))
         self.drop = nn.Dropout(t.dropout)
         block_kw = dict(dim=t.dim, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, bias=t.bias, dropout=t.dropout,
                         norm_eps=t.norm_eps, activation=t.activation, flash=t.flash, final_norm=t.final_norm, grad_checkpoint=t.grad_checkpoint)  # fmt: skip
@@ -129,14 +136,36 @@ class MultimodalTransformer(nn.Module):
     # -- trunk ----------------------------------------------------------------------------------
     def encode(self, inputs: dict[str, TokenBatch]) -> tuple[Tensor, Tensor, dict]:
         """Run the encoder over its modalities: memory (B, L, C), its mask (B, L), spans."""
+        memory, mask, _, spans = self.encode_packed(inputs)
+        return memory, mask, spans
+
+    def encode_packed(self, inputs: dict[str, TokenBatch]) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+        """`encode`, also returning the memory's segment ids (packed inputs) or None. With a null
+        memory token (see __init__) it comes first, with segment NULL_SEGMENT, and the spans follow it."""
+        if self.null_memory is not None and not any(n in inputs for n in self.config.encoder_inputs):
+            B = next(iter(inputs.values())).shape[0]
+            device = next(iter(inputs.values())).mask.device
+            seg = next((b.segments for b in inputs.values() if b.segments is not None), None)
+            null_seg = torch.full((B, 1), NULL_SEGMENT, device=device) if seg is not None else None
+            return self.null_memory.expand(B, 1, -1), torch.ones(B, 1, dtype=torch.bool, device=device), null_seg, {}
         x, mask, seg, spans = self.embed(self.config.encoder_inputs, inputs)
         key_mask = None if seg is not None or bool(mask.all()) else mask
         attn_mask, causal = build_mask(x.shape[1], x.shape[1], causal=False, key_mask=key_mask if seg is None else mask,
                                        q_segments=seg, k_segments=seg, device=x.device)  # fmt: skip
-        return self.encoder(x, attn_mask, causal), mask, spans
+        memory = self.encoder(x, attn_mask, causal)
+        if self.null_memory is not None:
+            B = memory.shape[0]
+            memory = torch.cat([self.null_memory.expand(B, 1, -1).to(memory.dtype), memory], 1)
+            mask = torch.cat([mask.new_ones(B, 1), mask], 1)
+            if seg is not None:
+                seg = torch.cat([seg.new_full((B, 1), NULL_SEGMENT), seg], 1)
+            spans = {n: (s + 1, e + 1) for n, (s, e) in spans.items()}
+        return memory, mask, seg, spans
 
-    def decode(self, inputs, names=None, memory=None, memory_mask=None, cache: KVCache | None = None):
-        """Run the decoder over `names` (default: all its modalities): hidden (B, L, C), mask, spans."""
+    def decode(self, inputs, names=None, memory=None, memory_mask=None, cache: KVCache | None = None, memory_segments=None):
+        """Run the decoder over `names` (default: all its modalities): hidden (B, L, C), mask, spans.
+        memory_segments (packed inputs): each query cross-attends to its own segment's memory (and
+        the null memory token)."""
         x, mask, seg, spans = self.embed(names or self.config.decoder_inputs, inputs)
         offset = cache.length if cache is not None else 0
         key_mask = None if seg is not None or bool(mask.all()) else mask
@@ -158,18 +187,22 @@ class MultimodalTransformer(nn.Module):
         attn_mask, causal = build_mask(x.shape[1], offset + x.shape[1], causal=True, key_mask=key_mask if seg is None else mask,
                                        q_segments=seg, k_segments=seg, q_offset=offset, bidirectional=bidir, device=x.device)  # fmt: skip
         mem_mask = None
-        if memory is not None and not bool(memory_mask.all()):
+        if memory is not None and memory_segments is not None and seg is not None:
+            mem_mask = (seg[:, None, :, None] == memory_segments[:, None, None, :]) | (memory_segments == NULL_SEGMENT)[:, None, None, :]
+            mem_mask = mem_mask & memory_mask[:, None, None, :]
+            mem_mask = mem_mask | ~mem_mask.any(-1, keepdim=True)  # padding queries: finite garbage, never in a loss
+        elif memory is not None and not bool(memory_mask.all()):
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, device=x.device)
         return self.decoder(x, attn_mask, causal, memory, mem_mask, cache), mask, spans
 
     def forward_features(self, inputs: dict[str, TokenBatch]) -> dict[str, tuple[Tensor, Tensor]]:
         """Final hidden states per modality: name -> (h (B, N, C), mask (B, N))."""
-        feats, memory, memory_mask = {}, None, None
+        feats, memory, memory_mask, memory_segments = {}, None, None, None
         if self.encoder is not None:
-            memory, memory_mask, spans = self.encode(inputs)
+            memory, memory_mask, memory_segments, spans = self.encode_packed(inputs)
             feats.update({n: (memory[:, s:e], memory_mask[:, s:e]) for n, (s, e) in spans.items()})
-        if self.decoder is not None:
-            h, mask, spans = self.decode(inputs, memory=memory, memory_mask=memory_mask)
+        if self.decoder is not None and (not self.config.subset_inputs or any(n in inputs for n in self.config.decoder_inputs)):
+            h, mask, spans = self.decode(inputs, memory=memory, memory_mask=memory_mask, memory_segments=memory_segments)
             feats.update({n: (h[:, s:e], mask[:, s:e]) for n, (s, e) in spans.items()})
         return feats
 

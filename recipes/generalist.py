@@ -63,8 +63,11 @@ class Config(TrainConfig):
     weights: str = "32,32,32"  # per task: expected examples per step
     loss_weights: str = "0.3,1,3"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
     row_tokens: int = 512  # packed rows hold about this many token slots
+    layout: str = "prefix"  # "prefix": one decoder-only stack, images and audio as bidirectional prefixes |
+    #                         "encoder-decoder": images and audio through a shared encoder, the rest through a shared decoder
     dim: int = 128
-    depth: int = 6
+    depth: int = 6  # blocks of the stack ("prefix"), or of the encoder ("encoder-decoder")
+    dec_depth: int = 0  # "encoder-decoder": decoder blocks; 0 = depth
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
@@ -330,9 +333,18 @@ def model_config(cfg: Config, tasks: list[Task]) -> ModelConfig:
     names = [m for m in ORDER if m in toks]
     kinds = {"audio": {"embedder": "whisper_conv"}, "trajectory": {"embed_norm": True}, "prose": {"modality": "prose"}}
     modalities = {m: ModalityConfig.from_tokenizer(toks[m], **kinds.get(m, {})) for m in names}
-    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mode="decoder")
     heads = {k: h for task in tasks for k, h in task.heads.items()}
-    return ModelConfig(trunk, modalities, heads, decoder_inputs=names, prefix_inputs=[m for m in PREFIX if m in toks], subset_inputs=True)
+    if cfg.layout == "prefix":
+        trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, dropout=cfg.dropout, mode="decoder")
+        return ModelConfig(trunk, modalities, heads, decoder_inputs=names, prefix_inputs=[m for m in PREFIX if m in toks], subset_inputs=True)
+    if cfg.layout != "encoder-decoder":
+        raise ValueError(f"layout={cfg.layout!r}: expected 'prefix' or 'encoder-decoder'")
+    enc, dec = [m for m in names if m in PREFIX], [m for m in names if m not in PREFIX]
+    if not enc or not dec:
+        raise ValueError(f"layout='encoder-decoder' needs tasks with encoder inputs (image, audio) and decoder inputs (the rest); got {names}")
+    trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, dec_depth=cfg.dec_depth or None, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
+                        dropout=cfg.dropout, mode="encoder-decoder")  # fmt: skip
+    return ModelConfig(trunk, modalities, heads, encoder_inputs=enc, decoder_inputs=dec, subset_inputs=True)
 
 
 def trained_config(run_dir) -> ModelConfig:

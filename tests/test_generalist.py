@@ -32,9 +32,23 @@ def mixed_examples(tasks, weights, n, seed=0):
     return [mixed[int(i)] for i in torch.randperm(len(mixed), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
-@torch.no_grad()
-def test_packed_examples_of_all_tasks_compute_what_each_computes_alone(tiny):
+@pytest.fixture(params=["prefix", "encoder-decoder"])
+def layout_model(request, tiny):
+    """The tiny generalist in each trunk layout (random weights; the null memory token too)."""
     cfg, tasks, weights, model = tiny
+    if request.param == "prefix":
+        return model
+    torch.manual_seed(0)
+    cfg = g.Config(**{**vars(cfg), "layout": "encoder-decoder"})
+    model = g.build_model(cfg, tasks).eval()
+    torch.nn.init.normal_(model.null_memory, std=0.02)
+    return model
+
+
+@torch.no_grad()
+def test_packed_examples_of_all_tasks_compute_what_each_computes_alone(tiny, layout_model):
+    cfg, tasks, weights, _ = tiny
+    model = layout_model
     examples = mixed_examples(tasks, weights, 24)
     assert {m for ex in examples for m in ex} == {"image", "audio", "text", "trajectory", "prose"}
     inputs, placement = pack_examples(examples, 128, g.STRIDE)
@@ -69,8 +83,9 @@ def test_prefix_modalities_attend_both_ways_the_rest_causally(tiny):
 
 
 @torch.no_grad()
-def test_cached_greedy_decoding_after_padded_audio_matches_each_utterance_alone(tiny):
-    _, tasks, _, model = tiny
+def test_cached_greedy_decoding_after_padded_audio_matches_each_utterance_alone(tiny, layout_model):
+    _, tasks, _, _ = tiny
+    model = layout_model
     from recipes import whisper_digits as wd
 
     text_tok = tasks[1].tokenizers["text"]
