@@ -1,24 +1,30 @@
 """generalist: ONE transformer, one set of weights, trained jointly on images, speech and control.
 
 Config → tasks → mixed batches → model → metrics → main. Three tasks of different modalities
-share every block of one decoder-only trunk:
+(and optionally a character LM, `text`) share one trunk:
 
     digits   vit_digits' 8×8 handwritten digits     image patches + CLS  → class at the CLS token
     speech   whisper_digits' synthesized speech     log-mel frames → conv stem, then characters
     control  dt_cartpole's mixed-quality episodes   return / state / action tokens → next action
 
-Design (as Gato, with per-task heads instead of one shared vocabulary):
-- One decoder-only trunk. Image patches and audio frames are *prefix* modalities: inside one
-  example they attend in both directions (like an encoder); characters and trajectory tokens attend
-  causally, and characters see their utterance's frames before them (a prefix LM, as T5 / PaLI).
+Design (as Gato / Unified-IO, with per-task heads instead of one shared vocabulary):
+- One trunk, two layouts (`layout`):
+  "encoder-decoder" (default) — image patches and audio frames go through one shared encoder
+  (attention both ways inside an example), transcripts, trajectories and prose through one shared
+  decoder (causal), which cross-attends to its own example's encoder tokens and to one learned
+  null memory token (so a trajectory, which has no encoder tokens, computes the same alone or
+  packed beside an utterance). "prefix" — one decoder-only stack for everything: image patches
+  and audio frames are prefixes attended both ways inside their example, the rest causally (a
+  prefix LM, as T5 / PaLI); it learned speech more slowly here (benchmarks/RESULTS.md).
 - Every token carries its modality's learned embedding (linear for patches / frames / states,
   a table for characters), its modality's position table, and a row of the one shared type table.
 - Per-task heads on the shared hidden states: `digit` (10 classes, at the CLS token), `lm` (the
   characters, tied to their embedding), `action` (CartPole's 2 actions, at each state token).
   Per-task heads keep each task's output exactly as its single-task recipe has it (Gato's shared
   vocabulary would turn "7" into a text token and actions into binned ids; it buys one softmax at
-  the price of longer outputs). Loss weights per head: `loss_weights`; loss masks come with the
-  tokens (the transcript prompt and the action placeholders carry no loss).
+  the price of longer outputs). Loss weights per head: `loss_weights` (the defaults balance the
+  tasks' gradients in the shared blocks: digits' were ten times control's); loss masks come with
+  the tokens (the transcript prompt and the action placeholders carry no loss).
 - Batches mix tasks by `weights` (the expected number of examples of each task in a step, so a
   step holds as much of each task as its single-task recipe's step), drawn from a seeded stream, so
   resume and multi-process runs stay exact. Examples of all tasks are packed into rows of about
@@ -61,13 +67,13 @@ STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
 class Config(TrainConfig):
     tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
     weights: str = "32,32,32"  # per task: expected examples per step
-    loss_weights: str = "0.3,1,3"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
+    loss_weights: str = "0.6,1,3"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
     row_tokens: int = 512  # packed rows hold about this many token slots
-    layout: str = "prefix"  # "prefix": one decoder-only stack, images and audio as bidirectional prefixes |
+    layout: str = "encoder-decoder"  # "prefix": one decoder-only stack, images and audio as bidirectional prefixes |
     #                         "encoder-decoder": images and audio through a shared encoder, the rest through a shared decoder
     dim: int = 128
-    depth: int = 6  # blocks of the stack ("prefix"), or of the encoder ("encoder-decoder")
-    dec_depth: int = 0  # "encoder-decoder": decoder blocks; 0 = depth
+    depth: int = 4  # blocks of the encoder ("encoder-decoder"), or of the one stack ("prefix": 6 measured best)
+    dec_depth: int = 3  # "encoder-decoder": decoder blocks; 0 = depth
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0

@@ -21,7 +21,7 @@ TINY = dict(dim=32, depth=2, num_heads=2, n_train=24, n_test=6, eval_utterances=
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("generalist")
     cfg = g.Config(**TINY, speech_dir=str(root / "speech"), rl_dir=str(root / "rl"), tasks="digits,speech,control,text", weights="1,1,1,1",
-                   loss_weights="1,1,1,1")  # fmt: skip
+                   loss_weights="1,1,1,1", layout="prefix")  # fmt: skip
     tasks, weights = g.build_tasks(cfg)
     torch.manual_seed(0)
     return cfg, tasks, weights, g.build_model(cfg, tasks).eval()
