@@ -1,6 +1,6 @@
 """Every benchmark in one table: our figure, the peer's measured in the same run, the ratio, the goal.
 
-    python benchmarks/run_all.py                 # the speed rows (about 5 minutes on 2 CPU cores)
+    python benchmarks/run_all.py                 # the speed rows (about 4 minutes on 2 idle CPU cores)
     python benchmarks/run_all.py --with-training # plus the accuracy rows that train recipes (about 45 minutes)
     python benchmarks/run_all.py --json out.json
 
@@ -58,13 +58,28 @@ def rows_bpe(r):
 
 def rows_dt_step(r):
     s = r["step_vs_hf"]
-    rows = [("Decision Transformer training step, ms", s["ours_ms_per_step"], "HF DecisionTransformerModel", s["hf_ms_per_step"], "≤ 1.0")]
+    return [("Decision Transformer training step, ms", s["ours_ms_per_step"], "HF DecisionTransformerModel", s["hf_ms_per_step"], "≤ 1.0")]
+
+
+def rows_dt_control(r):
+    rows = rows_dt_step(r)
     rows.append(("dt_cartpole DT return at 500 (20 episodes)", r["dt_return"][0], "behaviour cloning, same data", r["bc_return"], "DT ≥ 475, DT − BC ≥ 100", True))
     return rows
 
 
-SPEED = [("gpt_step.py", (), rows_gpt_step), ("vit_step.py", (), rows_vit_step), ("mel_speed.py", (), rows_mel), ("bpe_speed.py", (), rows_bpe)]
-TRAINING = [("dt_control.py", ("dt_cartpole",), rows_dt_step)]
+def rows_whisper_step(r):
+    return [("Whisper-style training step (whisper_digits size), ms", r["ours_ms"], "HF WhisperForConditionalGeneration", r["hf_ms"], "≤ 1.0")]
+
+
+def rows_loader(r):
+    return [(f"data pipeline {row['recipe']}: loader tokens/s", row["loader_tokens_per_s"], "its training step consumes",
+             row["model_tokens_per_s"], "≥ 1.0 (throughput)", True) for row in r["rows"]]  # fmt: skip
+
+
+SPEED = [("gpt_step.py", (), rows_gpt_step), ("vit_step.py", (), rows_vit_step), ("whisper_step.py", (), rows_whisper_step),
+         ("dt_control.py", ("--step-only",), rows_dt_step), ("mel_speed.py", (), rows_mel), ("bpe_speed.py", (), rows_bpe),
+         ("loader_speed.py", (), rows_loader)]  # fmt: skip
+TRAINING = [("dt_control.py", ("dt_cartpole",), rows_dt_control)]
 
 
 def main():
@@ -89,12 +104,13 @@ def main():
             table.append({"benchmark": script, "figure": figure, "ours": ours, "peer": peer, "peer_value": theirs, "ratio": ratio,
                           "goal": goal, "met": met, "seconds": time.perf_counter() - t0})  # fmt: skip
         print(f"{script}: done in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(f"\n{'figure':48s} {'ours':>10s}  {'peer (same run)':38s} {'peer':>10s} {'ratio':>7s}  goal")
+    num = lambda v: f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3f}"  # noqa: E731 — tokens/s as integers, times with decimals
+    print(f"\n{'figure':56s} {'ours':>10s}  {'peer (same run)':38s} {'peer':>10s} {'ratio':>7s}  goal")
     for r in table:
         if "error" in r:
-            print(f"{r['benchmark']:48s} FAILED: {r['error']}")
+            print(f"{r['benchmark']:56s} FAILED: {r['error']}")
             continue
-        print(f"{r['figure'][:48]:48s} {r['ours']:10.3f}  {r['peer'][:38]:38s} {r['peer_value']:10.3f} {r['ratio']:7.3f}  {r['goal']}")
+        print(f"{r['figure'][:56]:56s} {num(r['ours']):>10s}  {r['peer'][:38]:38s} {num(r['peer_value']):>10s} {r['ratio']:7.3f}  {r['goal']}")
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
     return table

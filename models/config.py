@@ -30,6 +30,7 @@ class TrunkConfig:
     activation: str = "gelu"  # "gelu" (exact: timm, Whisper), "gelu_tanh" (GPT-2) or "relu" (Decision Transformer)
     flash: bool = True  # True: F.scaled_dot_product_attention; False: the readable manual path
     final_norm: bool = True  # LayerNorm after the last block (False: timm's fc_norm models norm after pooling instead)
+    grad_checkpoint: bool = False  # training: recompute each block's activations in backward (less memory, ~1/3 more compute)
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -45,6 +45,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     log_mfu: bool = True  # log model FLOPs utilisation against the device's peak (models/flops.py)
     skip_nonfinite: bool = False  # skip (and count) a batch whose loss is NaN / inf instead of stopping
+    fused_adamw: bool = False  # AdamW's fused kernel on the CPU too (a GPU run uses it anyway); same update within rounding
+    grad_checkpoint: bool = False  # activation checkpointing: recompute each block in backward (less memory, ~1/3 more compute)
 
 
 class ConfigError(ValueError):

@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from models import MultimodalTransformer, load_weights
+from models.blocks import Stack
 from tokenizers_mm import TokenBatch
 
 from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
@@ -110,7 +111,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
         seen.add(id(p))
         (decay if name in decay_names and p.dim() >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = torch.cuda.is_available() and not cfg.cpu
+    fused = cfg.fused_adamw or (torch.cuda.is_available() and not cfg.cpu)
     # note: on the CPU torch picks the per-tensor loop by default; foreach is faster for many small tensors.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused or None, foreach=None if fused else True)
 
@@ -247,6 +248,10 @@ def train(
         tmp.replace(run_dir / METRICS_FILE)
         if accelerator.log_with:
             accelerator.init_trackers("tb")
+    if cfg.grad_checkpoint:  # every stack recomputes its blocks in the backward pass (models/blocks.py)
+        for m in model.modules():
+            if isinstance(m, Stack):
+                m.grad_checkpoint = True
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg)

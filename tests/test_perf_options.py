@@ -1,0 +1,201 @@
+"""Options a GPU user expects, each checked on the CPU: torch.compile, bf16 autocast through
+Accelerate, fused AdamW, activation checkpointing, DataLoader workers, the batched log-mel path a
+GPU takes, and FSDP sharding (torch's fully_shard on gloo: Accelerate only switches to FSDP on
+accelerator devices, so on the CPU its plugin would silently give DDP)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import ROOT
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from recipes.config import TrainConfig
+from recipes.train import build_optimizer, make_loader, read_metrics, train
+from tokenizers_mm import ModalitySpec, collate_examples, next_token_set
+from tokenizers_mm.audio import _log_mel, log_mel_spectrogram
+
+V, N = 20, 16  # vocabulary, tokens per window
+
+
+def tiny(mode: str = "decoder", **trunk) -> MultimodalTransformer:
+    """A decoder LM on ids, or an encoder-decoder whose encoder reads value vectors."""
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), N, vocab_size=V))
+    if mode == "decoder":
+        return MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=2, num_heads=2, **trunk), {"text": text},
+                                                 {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"]))  # fmt: skip
+    src = ModalityConfig.from_spec(ModalitySpec("src", ("frame",), N, value_dim=6))
+    return MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=2, num_heads=2, mode="encoder-decoder", **trunk), {"src": src, "text": text},
+                                             {"lm": HeadConfig("lm", "text")}, encoder_inputs=["src"], decoder_inputs=["text"]))  # fmt: skip
+
+
+class Windows(torch.utils.data.Dataset):
+    """Next-token windows over a fixed random id stream (as gpt_char's)."""
+
+    def __init__(self, n: int = 200, seed: int = 0):
+        self.ids = torch.randint(0, V, (n + N + 1,), generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.ids) - N - 1
+
+    def __getitem__(self, i):
+        return {"text": next_token_set("text", self.ids[i : i + N + 1])}
+
+
+def batch(mode: str, b: int = 4):
+    inputs, _ = collate_examples([Windows()[i] for i in range(b)])
+    if mode != "decoder":
+        from tokenizers_mm import TokenSet, collate
+
+        lengths = [N, N - 5, N, N - 3][:b]  # padded sources: the encoder and cross-attention masks are built
+        inputs["src"] = collate([TokenSet("src", values=torch.randn(n, 6)) for n in lengths])
+    return inputs
+
+
+def grads(model) -> dict:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.fixture
+def fresh_accelerate():
+    """Accelerate keeps one process-wide state; each run here picks its own mixed precision."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
+
+
+# -- activation checkpointing ---------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["decoder", "encoder-decoder"])
+def test_grad_checkpoint_gives_the_same_gradients(mode):
+    plain = tiny(mode, dropout=0.1)
+    ckpt = tiny(mode, dropout=0.1, grad_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    inputs = batch(mode)
+    calls = []
+    ckpt.decoder.blocks[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    for model in (plain, ckpt):
+        model.train()
+        torch.manual_seed(5)  # the same dropout masks: checkpoint replays the RNG state when it recomputes
+        model(inputs).loss.backward()
+    assert len(calls) == 2  # the block ran again in the backward pass
+    g0, g1 = grads(plain), grads(ckpt)
+    assert g0.keys() == g1.keys() and len(g0) > 10
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=1e-6, rtol=0, msg=k)
+    with torch.no_grad():  # inference never recomputes
+        calls.clear()
+        ckpt.eval()
+        ckpt(inputs)
+        assert len(calls) == 1
+
+
+# -- fused AdamW ----------------------------------------------------------------------------------
+def test_fused_adamw_equals_the_foreach_step():
+    models = [tiny(), tiny()]
+    models[1].load_state_dict(models[0].state_dict())
+    opts = [build_optimizer(m, TrainConfig(cpu=True, fused_adamw=f, lr=1e-2, weight_decay=0.1)) for m, f in zip(models, (False, True))]
+    assert [o.defaults["fused"] for o in opts] == [None, True] and opts[0].defaults["foreach"]
+    inputs = batch("decoder")
+    for _ in range(5):
+        # note: both get the same gradients, so only the kernels differ (Adam turns the rounding noise of
+        # a zero gradient, e.g. the key bias's, into a full-size step; from two models it would not agree)
+        models[0](inputs).loss.backward()
+        for a, b in zip(models[0].parameters(), models[1].parameters()):
+            b.grad = a.grad.clone()
+        for o in opts:
+            o.step()
+            o.zero_grad(set_to_none=True)
+    for (n, a), b in zip(models[0].named_parameters(), models[1].parameters()):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=n)
+
+
+# -- DataLoader workers ---------------------------------------------------------------------------
+def test_loader_workers_deliver_the_same_batches():
+    cpu = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"))
+    data = Windows()
+    loaders = [make_loader(data, collate_examples, TrainConfig(batch_size=8, num_workers=w, seed=3), cpu, start_step=2) for w in (0, 2)]
+    assert not loaders[1].pin_memory and loaders[1].persistent_workers  # pinned memory only when the device is a GPU
+    iters = [iter(x) for x in loaders]
+    for _ in range(6):
+        (a, _), (b, _) = (next(it) for it in iters)
+        assert torch.equal(a["text"].ids, b["text"].ids) and torch.equal(a["text"].targets, b["text"].targets)
+
+
+# -- batched log-mel on the device ----------------------------------------------------------------
+def test_batched_log_mel_equals_per_sample():
+    """The batched STFT path (what a GPU runs; the CPU loops over rows) gives each row's own
+    spectrogram: the max − 8 floor is per sample, so a loud neighbour changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    audio = torch.randn(3, 32000, generator=g) * torch.tensor([[0.01], [0.5], [0.1]])
+    one_by_one = torch.stack([log_mel_spectrogram(a) for a in audio])
+    torch.testing.assert_close(_log_mel(audio, 80), one_by_one, atol=1e-4, rtol=0)
+    torch.testing.assert_close(log_mel_spectrogram(audio), one_by_one, atol=1e-4, rtol=0)
+    if torch.cuda.is_available():
+        torch.testing.assert_close(log_mel_spectrogram(audio.cuda()).cpu(), one_by_one, atol=1e-3, rtol=0)
+
+
+# -- bf16 autocast through Accelerate -------------------------------------------------------------
+def test_bf16_autocast_through_accelerate(fresh_accelerate):
+    from accelerate import Accelerator
+
+    model = tiny("encoder-decoder")
+    inputs = batch("encoder-decoder")
+    with torch.no_grad():
+        ref = model(inputs).loss.item()
+        acc = Accelerator(cpu=True, mixed_precision="bf16")
+        wrapped = acc.prepare(model)
+        out = wrapped(inputs)
+    assert out.logits["lm"].dtype == torch.bfloat16  # autocast is on
+    assert out.loss.dtype == torch.float32 and abs(out.loss.item() - ref) < 0.02 * ref
+
+
+def test_training_options_in_one_short_run(tmp_path, fresh_accelerate):
+    """precision=bf16, fused_adamw and grad_checkpoint through `train`: the losses follow an fp32 run's."""
+    from accelerate.state import AcceleratorState
+
+    losses = {}
+    for name, opts in (("fp32", {}), ("bf16", {"precision": "bf16", "fused_adamw": True, "grad_checkpoint": True})):
+        AcceleratorState._reset_state(True)
+        cfg = TrainConfig(cpu=True, max_steps=10, batch_size=8, lr=3e-3, warmup_steps=2, log_every=5, eval_every=10, ckpt_every=10,
+                          log_mfu=False, **opts)  # fmt: skip
+        torch.manual_seed(0)
+        model = tiny(dropout=0.1)
+        train(cfg, model, Windows(), collate_examples, lambda m, a: {"val_loss": 0.0}, tmp_path / name)
+        losses[name] = [r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
+        assert model.decoder.grad_checkpoint == bool(opts)
+    assert len(losses["bf16"]) == 2 and losses["bf16"][1] < losses["bf16"][0] + 0.05
+    for a, b in zip(losses["fp32"], losses["bf16"]):
+        assert abs(a - b) < 0.03 * a, losses
+
+
+# -- torch.compile --------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_compiled_model_equals_eager():
+    """TrainConfig.compile wraps the model in torch.compile (inductor; C++ kernels on the CPU,
+    about 30 s the first time, seconds once its cache is warm)."""
+    model = tiny("encoder-decoder")
+    inputs = batch("encoder-decoder")
+    loss = model(inputs).loss
+    loss.backward()
+    ref = grads(model)
+    model.zero_grad(set_to_none=True)
+    compiled = torch.compile(model)
+    got = compiled(inputs).loss
+    got.backward()
+    torch.testing.assert_close(got, loss, atol=1e-5, rtol=1e-5)
+    for k, g in grads(model).items():
+        torch.testing.assert_close(g, ref[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+# -- FSDP -----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_fsdp_two_processes_train_like_one(tmp_path):
+    """Our model sharded with FSDP2 (fully_shard per block, as Accelerate's transformer wrap policy
+    does) over 2 CPU processes (gloo): after 3 AdamW steps, the gathered weights equal one unsharded
+    process trained on the same global batch."""
+    from test_train import torchrun
+
+    p = torchrun(2, str(ROOT / "tests" / "helpers" / "fsdp_cpu.py"))
+    assert "fsdp: 2 processes match 1" in p.stdout, p.stdout[-2000:]
