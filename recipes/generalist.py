@@ -142,8 +142,6 @@ class Task:
     heads: dict[str, HeadConfig]
     train_set: Dataset  # items: {modality: TokenSet}, targets inside the sets
     evaluate: Callable  # (model, device) -> {metric: value}
-    metric: str  # the headline metric, as the single-task recipe reports it
-    recipe: str  # the single-task recipe
 
 
 class DigitExamples(Dataset):
@@ -187,8 +185,7 @@ def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
             correct += int((logits.argmax(-1).cpu() == labels[s : s + 256]).sum())
         return {"digits_accuracy": correct / len(test)}
 
-    return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate,
-                "digits_accuracy", "vit_digits")  # fmt: skip
+    return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate)
 
 
 def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
@@ -212,7 +209,7 @@ def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
             hyps += wd.transcribe_batch(model, text_tok, audio, cfg.max_text - 3)
         return {"speech_wer": jiwer.wer(refs, hyps)}
 
-    return Task("speech", {"audio": audio_tok, "text": text_tok}, {"lm": head}, train_set, evaluate, "speech_wer", "whisper_digits")
+    return Task("speech", {"audio": audio_tok, "text": text_tok}, {"lm": head}, train_set, evaluate)
 
 
 def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
@@ -238,7 +235,7 @@ def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
         returns = dt.rollouts(model, tok, cfg.env, cfg.target, seeds, device=device)
         return {"control_return": float(returns.mean()), "control_return_std": float(returns.std())}
 
-    return Task("control", {"trajectory": tok}, {"action": head}, dt.Windows(episodes, tok), evaluate, "control_return", "dt_cartpole")
+    return Task("control", {"trajectory": tok}, {"action": head}, dt.Windows(episodes, tok), evaluate)
 
 
 class ProseWindows(Dataset):
@@ -272,7 +269,7 @@ def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     def evaluate(model, device) -> dict:
         return {"text_loss": sum(model({"prose": b.to(device)}).losses["prose_lm"].item() for b in val) / len(val)}
 
-    return Task("text", {"prose": tok}, {"prose_lm": head}, train_set, evaluate, "text_loss", "gpt_char")
+    return Task("text", {"prose": tok}, {"prose_lm": head}, train_set, evaluate)
 
 
 BUILDERS = {"digits": digits_task, "speech": speech_task, "control": control_task, "text": text_task}
