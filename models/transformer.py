@@ -143,16 +143,18 @@ class MultimodalTransformer(nn.Module):
         """`encode`, also returning the memory's segment ids (packed inputs) or None. With a null
         memory token (see __init__) it comes first, with segment NULL_SEGMENT, and the spans follow it."""
         if self.null_memory is not None and not any(n in inputs for n in self.config.encoder_inputs):
-            B = next(iter(inputs.values())).shape[0]
-            device = next(iter(inputs.values())).mask.device
-            seg = next((b.segments for b in inputs.values() if b.segments is not None), None)
-            null_seg = torch.full((B, 1), NULL_SEGMENT, device=device) if seg is not None else None
-            return self.null_memory.expand(B, 1, -1), torch.ones(B, 1, dtype=torch.bool, device=device), null_seg, {}
-        x, mask, seg, spans = self.embed(self.config.encoder_inputs, inputs)
-        key_mask = None if seg is not None or bool(mask.all()) else mask
-        attn_mask, causal = build_mask(x.shape[1], x.shape[1], causal=False, key_mask=key_mask if seg is None else mask,
-                                       q_segments=seg, k_segments=seg, device=x.device)  # fmt: skip
-        memory = self.encoder(x, attn_mask, causal)
+            first = next(iter(inputs.values()))  # no encoder inputs: the memory is the null token alone
+            B, device = first.shape[0], first.mask.device
+            memory, spans = self.null_memory.new_zeros(B, 0, self.null_memory.shape[-1]), {}
+            mask = torch.zeros(B, 0, dtype=torch.bool, device=device)
+            packed = any(b.segments is not None for b in inputs.values())
+            seg = torch.zeros(B, 0, dtype=torch.long, device=device) if packed else None
+        else:
+            x, mask, seg, spans = self.embed(self.config.encoder_inputs, inputs)
+            key_mask = None if seg is not None or bool(mask.all()) else mask
+            attn_mask, causal = build_mask(x.shape[1], x.shape[1], causal=False, key_mask=key_mask if seg is None else mask,
+                                           q_segments=seg, k_segments=seg, device=x.device)  # fmt: skip
+            memory = self.encoder(x, attn_mask, causal)
         if self.null_memory is not None:
             B = memory.shape[0]
             memory = torch.cat([self.null_memory.expand(B, 1, -1).to(memory.dtype), memory], 1)
