@@ -1,6 +1,6 @@
 """The generalist against the single-task recipes, at equal training steps, on this machine.
 
-    python benchmarks/generalist.py [--steps 2000] [--out DIR] [--fresh] [key=value ...]
+    python benchmarks/generalist.py [--steps 1500] [--out DIR] [--fresh] [key=value ...]
 
 Trains, for the same number of optimizer steps, each single-task recipe (vit_digits,
 whisper_digits, dt_cartpole without its BC baseline) with its per-step batch equal to the
@@ -65,7 +65,7 @@ def padding(cfg: g.Config, batches: int = 10) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-generalist"))
     ap.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     ap.add_argument("overrides", nargs="*", help="key=value for the generalist (tasks, weights, dim, ...)")

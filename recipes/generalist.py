@@ -23,7 +23,8 @@ Design (as Gato / Unified-IO, with per-task heads instead of one shared vocabula
   Per-task heads keep each task's output exactly as its single-task recipe has it (Gato's shared
   vocabulary would turn "7" into a text token and actions into binned ids; it buys one softmax at
   the price of longer outputs). Loss weights per head: `loss_weights` (the defaults balance the
-  tasks' gradients in the shared blocks: digits' were ten times control's); loss masks come with
+  tasks' gradients in the shared blocks: with equal weights digits' were ten times control's, and
+  speech shares the encoder with digits and the decoder with control); loss masks come with
   the tokens (the transcript prompt and the action placeholders carry no loss).
 - Batches mix tasks by `weights` (the expected number of examples of each task in a step, so a
   step holds as much of each task as its single-task recipe's step), drawn from a seeded stream, so
@@ -67,7 +68,7 @@ STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
 class Config(TrainConfig):
     tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
     weights: str = "32,32,32"  # per task: expected examples per step
-    loss_weights: str = "0.6,1,3"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
+    loss_weights: str = "0.6,2,6"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
     row_tokens: int = 512  # packed rows hold about this many token slots
     layout: str = "encoder-decoder"  # "prefix": one decoder-only stack, images and audio as bidirectional prefixes |
     #                         "encoder-decoder": images and audio through a shared encoder, the rest through a shared decoder
