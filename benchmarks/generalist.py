@@ -8,7 +8,9 @@ generalist's weight for that task, then the generalist (one trunk on all three, 
 overrides go to it), and prints one table: each task's metric alone and in the generalist, the
 ratio (accuracy, return) or difference (WER, points), and the goal — at least 95% of the
 single-task score, WER within 2 points. Also prints the fraction of padding slots in the
-generalist's mixed batches with and without packing. Runs go under --out (default
+generalist's mixed batches with and without packing, and each head's gradient norm in the shared
+encoder / decoder of the trained generalist (what to look at when retuning `loss_weights`). Runs
+go under --out (default
 runs/bench-generalist); a finished run is reused unless --fresh.
 """
 
@@ -51,16 +53,28 @@ def train(recipe: str, run_dir: Path, args: list[str], fresh: bool) -> tuple[dic
     return json.loads(results.read_text()), time.perf_counter() - t0
 
 
-def padding(cfg: g.Config, batches: int = 10) -> dict:
-    """Mean padding fraction of `batches` mixed training batches, packed and one example per row."""
+def mixed_batches(cfg: g.Config, batches: int) -> list[list[dict]]:
+    """`batches` seeded draws of cfg.batch_size training examples from the mixed task set."""
     import torch
 
     tasks, weights = g.build_tasks(cfg)
     mixed = g.MixedSet([t.train_set for t in tasks], weights)
     gen = torch.Generator().manual_seed(0)
-    reports = [g.padding_report([mixed[i] for i in torch.randperm(len(mixed), generator=gen)[: cfg.batch_size].tolist()], cfg.row_tokens)
-               for _ in range(batches)]  # fmt: skip
+    return [[mixed[i] for i in torch.randperm(len(mixed), generator=gen)[: cfg.batch_size].tolist()] for _ in range(batches)]
+
+
+def padding(cfg: g.Config, batches: int = 10) -> dict:
+    """Mean padding fraction of `batches` mixed training batches, packed and one example per row."""
+    reports = [g.padding_report(examples, cfg.row_tokens) for examples in mixed_batches(cfg, batches)]
     return {k: sum(r[k] for r in reports) / batches for k in reports[0]}
+
+
+def gradient_norms(cfg: g.Config, run_dir: Path) -> dict:
+    """The trained generalist's per-head gradient norms in each shared stack, one mixed batch."""
+    from recipes.runs import load_trained
+
+    model = load_trained(run_dir)[0]
+    return g.task_gradient_norms(model, mixed_batches(cfg, 1)[0], cfg.row_tokens)
 
 
 def main():
@@ -108,7 +122,10 @@ def main():
         print(f"{name:<9} {gkey:<16} {fmt(single):>12} {fmt(both):>11} {shown:>11}  {goal:<22} {'yes' if ok else 'NO'}")
         table.append({"task": name, "recipe": recipe, "metric": gkey, "single": single, "generalist": both, "ok": ok})
     print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v))
-    summary = {"steps": a.steps, "padding": pad, "table": table, "seconds": seconds, "all_ok": ok_all}
+    norms = gradient_norms(cfg, out / "generalist")
+    print("gradient norm of each head's weighted loss in the shared stacks (one mixed batch, the trained model): "
+          + "; ".join(f"{h} " + ", ".join(f"{s} {v:.3f}" for s, v in n.items()) for h, n in norms.items()))  # fmt: skip
+    summary = {"steps": a.steps, "padding": pad, "table": table, "seconds": seconds, "gradient_norms": norms, "all_ok": ok_all}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"summary: {out / 'summary.json'}")
     return 0 if ok_all else 1

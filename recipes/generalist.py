@@ -381,6 +381,28 @@ def make_evaluate(tasks: list[Task]):
     return evaluate
 
 
+def task_gradient_norms(model: MultimodalTransformer, examples: list[dict], row_tokens: int) -> dict[str, dict[str, float]]:
+    """For tuning `loss_weights`: the norm of each head's weighted loss gradient in each shared
+    stack ("encoder", "decoder"), on one packed batch of `examples`. Tasks whose norms in a
+    stack differ by much more than their importance does pull that stack their way."""
+    specs = {m: c.spec for m, c in model.config.modalities.items()}
+    inputs = pack_examples(examples, row_tokens, STRIDE, specs)[0]
+    stacks = {n: list(s.parameters()) for n in ("encoder", "decoder") if (s := getattr(model, n)) is not None}
+    was = model.training
+    model.train()
+    out = model(inputs)
+    norms = {}
+    for head, loss in out.losses.items():
+        w = model.config.heads[head].loss_weight
+        norms[head] = {}
+        for name, params in stacks.items():
+            grads = torch.autograd.grad(w * loss, params, retain_graph=True, allow_unused=True)
+            squares = sum(((g.float() ** 2).sum() for g in grads if g is not None), torch.zeros(()))
+            norms[head][name] = float(squares.sqrt())
+    model.train(was)
+    return norms
+
+
 # -- main -----------------------------------------------------------------------------------------
 def main(cfg: Config, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, "generalist")

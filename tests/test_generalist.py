@@ -67,6 +67,21 @@ def test_packed_examples_of_all_tasks_compute_what_each_computes_alone(tiny, lay
     assert report["padding_packed"] < report["padding_unpacked"]
 
 
+def test_task_gradient_norms_reach_exactly_the_stacks_each_head_uses(tiny, layout_model):
+    """The loss_weights diagnostic: in the encoder-decoder layout the digit head's gradient stays in
+    the encoder, the action head's in the decoder, the transcript's and prose's reach what they use."""
+    cfg, tasks, weights, _ = tiny
+    norms = g.task_gradient_norms(layout_model, mixed_examples(tasks, weights, 24), 128)
+    assert set(norms) == {"digit", "lm", "action", "prose_lm"}
+    if layout_model.encoder is None:  # prefix: one stack for everything
+        assert all(n["decoder"] > 0 and "encoder" not in n for n in norms.values())
+    else:
+        assert norms["digit"]["encoder"] > 0 and norms["digit"]["decoder"] == 0
+        assert norms["lm"]["encoder"] > 0 and norms["lm"]["decoder"] > 0
+        assert norms["action"]["encoder"] == 0 and norms["action"]["decoder"] > 0
+        assert norms["prose_lm"]["encoder"] == 0 and norms["prose_lm"]["decoder"] > 0
+
+
 @torch.no_grad()
 def test_prefix_modalities_attend_both_ways_the_rest_causally(tiny):
     _, tasks, _, model = tiny
