@@ -121,7 +121,7 @@ def main():
         fmt = (lambda v: f"{v * 100:.2f}%") if gkey != "control_return" else (lambda v: f"{v:.1f}")
         print(f"{name:<9} {gkey:<16} {fmt(single):>12} {fmt(both):>11} {shown:>11}  {goal:<22} {'yes' if ok else 'NO'}")
         table.append({"task": name, "recipe": recipe, "metric": gkey, "single": single, "generalist": both, "ok": ok})
-    print("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v))
+    print("training seconds: " + (", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v) or f"none, every run reused from {out}"))
     norms = gradient_norms(cfg, out / "generalist")
     print("gradient norm of each head's weighted loss in the shared stacks (one mixed batch, the trained model): "
           + "; ".join(f"{h} " + ", ".join(f"{s} {v:.3f}" for s, v in n.items()) for h, n in norms.items()))  # fmt: skip
