@@ -10,8 +10,7 @@ ratio (accuracy, return) or difference (WER, points), and the goal — at least 
 single-task score, WER within 2 points. Also prints the fraction of padding slots in the
 generalist's mixed batches with and without packing, and each head's gradient norm in the shared
 encoder / decoder of the trained generalist (what to look at when retuning `loss_weights`). Runs
-go under --out (default
-runs/bench-generalist); a finished run is reused unless --fresh.
+go under --out (default runs/bench-generalist); a finished run is reused unless --fresh.
 """
 
 from __future__ import annotations
