@@ -1,6 +1,6 @@
 """The generalist against the single-task recipes, at equal training steps, on this machine.
 
-    python benchmarks/generalist.py [--steps 1500] [--out DIR] [--fresh] [key=value ...]
+    python benchmarks/generalist.py [--steps 1500] [--seed 1337] [--out DIR] [--fresh] [key=value ...]
 
 Trains, for the same number of optimizer steps, each single-task recipe (vit_digits,
 whisper_digits, dt_cartpole without its BC baseline) with its per-step batch equal to the
@@ -10,7 +10,8 @@ ratio (accuracy, return) or difference (WER, points), and the goal — at least 
 single-task score, WER within 2 points. Also prints the fraction of padding slots in the
 generalist's mixed batches with and without packing, and each head's gradient norm in the shared
 encoder / decoder of the trained generalist (what to look at when retuning `loss_weights`). Runs
-go under --out (default runs/bench-generalist); a finished run is reused unless --fresh.
+go under --out (default runs/bench-generalist); a finished run is reused unless --fresh. --seed
+goes to every run, so a comparison is seed-matched (use one --out per seed).
 """
 
 from __future__ import annotations
@@ -36,12 +37,27 @@ SINGLE = {  # task -> (recipe, its metric, the generalist's metric, higher is be
 EXTRA = {"dt_cartpole": ["baseline=false"]}
 
 
+def changed_keys(run_dir: Path, args: list[str]) -> list[str]:
+    """Config keys in which a finished run differs from what this benchmark would train now."""
+    from dataclasses import asdict
+
+    from recipes.runs import load_run_info
+
+    _, module, saved = load_run_info(run_dir)
+    wanted = apply_values(module.Config(), parse_overrides([*args, f"run_dir={run_dir}"]), "the benchmark")
+    old, new = asdict(saved), asdict(wanted)
+    return [k for k in new if old.get(k) != new[k]]
+
+
 def train(recipe: str, run_dir: Path, args: list[str], fresh: bool) -> tuple[dict, float]:
     """Train a recipe in a subprocess (or reuse a finished run): its results.json and seconds."""
     results = run_dir / "results.json"
     if results.exists() and not fresh:
-        print(f"{recipe}: reusing {run_dir}")
-        return json.loads(results.read_text()), float("nan")
+        changed = changed_keys(run_dir, args)
+        if not changed:
+            print(f"{recipe}: reusing {run_dir}")
+            return json.loads(results.read_text()), float("nan")
+        print(f"{recipe}: {run_dir} was trained with other {', '.join(changed)}: retraining")
     if run_dir.exists():
         import shutil
 
@@ -80,11 +96,12 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-generalist"))
+    ap.add_argument("--seed", type=int, default=1337, help="the seed of every run, single-task and generalist (the recipes' default)")
     ap.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
     ap.add_argument("overrides", nargs="*", help="key=value for the generalist (tasks, weights, dim, ...)")
     a = ap.parse_args()
     out = Path(a.out)
-    over = [f"max_steps={a.steps}", *a.overrides]
+    over = [f"max_steps={a.steps}", f"seed={a.seed}", *a.overrides]
     cfg = apply_values(g.Config(), parse_overrides(over), "the command line")
     names, weights, _ = g.task_list(cfg)
     if not any(o.startswith("batch_size=") for o in a.overrides):  # a step holds each task's single-task batch
@@ -99,7 +116,7 @@ def main():
     rows, seconds = [], {}
     for name, w in zip(names, weights):
         recipe, key, _, _ = SINGLE[name]
-        res, seconds[recipe] = train(recipe, out / recipe, [f"max_steps={a.steps}", f"batch_size={int(w)}", *EXTRA.get(recipe, [])], a.fresh)
+        res, seconds[recipe] = train(recipe, out / recipe, [f"max_steps={a.steps}", f"batch_size={int(w)}", f"seed={a.seed}", *EXTRA.get(recipe, [])], a.fresh)
         rows.append((name, res[key]))
     gen, seconds["generalist"] = train("generalist", out / "generalist", over, a.fresh)
 
