@@ -1,6 +1,6 @@
 """The generalist against the single-task recipes, at equal training steps, on this machine.
 
-    python benchmarks/generalist.py [--steps 1500] [--seed 1337] [--out DIR] [--fresh] [key=value ...]
+    python benchmarks/generalist.py [--steps 3000] [--seed 1337] [--out DIR] [--fresh] [key=value ...]
 
 Trains, for the same number of optimizer steps, each single-task recipe (vit_digits,
 whisper_digits, dt_cartpole without its BC baseline) with its per-step batch equal to the
@@ -94,7 +94,7 @@ def gradient_norms(cfg: g.Config, run_dir: Path) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--out", default=str(ROOT / "runs" / "bench-generalist"))
     ap.add_argument("--seed", type=int, default=1337, help="the seed of every run, single-task and generalist (the recipes' default)")
     ap.add_argument("--fresh", action="store_true", help="retrain runs that already finished")
