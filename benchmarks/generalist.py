@@ -69,27 +69,31 @@ def train(recipe: str, run_dir: Path, args: list[str], fresh: bool) -> tuple[dic
 
 
 def mixed_batches(cfg: g.Config, batches: int) -> list[list[dict]]:
-    """`batches` seeded draws of cfg.batch_size training examples from the mixed task set."""
+    """`batches` seeded draws of cfg.batch_size training examples from the mixed task set (the
+    images' random augmentation seeded too, so the figures below repeat exactly)."""
     import torch
 
     tasks, weights = g.build_tasks(cfg)
     mixed = g.MixedSet([t.train_set for t in tasks], weights)
     gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
     return [[mixed[i] for i in torch.randperm(len(mixed), generator=gen)[: cfg.batch_size].tolist()] for _ in range(batches)]
 
 
-def padding(cfg: g.Config, batches: int = 10) -> dict:
-    """Mean padding fraction of `batches` mixed training batches, packed and one example per row."""
-    reports = [g.padding_report(examples, cfg.row_tokens) for examples in mixed_batches(cfg, batches)]
-    return {k: sum(r[k] for r in reports) / batches for k in reports[0]}
+def padding(batches: list[list[dict]], row_tokens: int) -> dict:
+    """Mean padding fraction of mixed training batches, packed and one example per row."""
+    reports = [g.padding_report(examples, row_tokens) for examples in batches]
+    return {k: sum(r[k] for r in reports) / len(reports) for k in reports[0]}
 
 
-def gradient_norms(cfg: g.Config, run_dir: Path) -> dict:
-    """The trained generalist's per-head gradient norms in each shared stack, one mixed batch."""
+def gradient_norms(batches: list[list[dict]], row_tokens: int, run_dir: Path) -> dict:
+    """The trained generalist's per-head gradient norms in each shared stack, the mean over
+    `batches` (one batch's figure is noisy: the digits' moves by 2-3x between batches)."""
     from recipes.runs import load_trained
 
     model = load_trained(run_dir)[0]
-    return g.task_gradient_norms(model, mixed_batches(cfg, 1)[0], cfg.row_tokens)
+    each = [g.task_gradient_norms(model, examples, row_tokens) for examples in batches]
+    return {h: {s: sum(n[h][s] for n in each) / len(each) for s in stacks} for h, stacks in each[0].items()}
 
 
 def main():
@@ -108,7 +112,8 @@ def main():
         cfg.batch_size = int(sum(weights))
         over.append(f"batch_size={cfg.batch_size}")
 
-    pad = padding(cfg)
+    batches = mixed_batches(cfg, 10)
+    pad = padding(batches, cfg.row_tokens)
     print(f"padding in mixed batches of {cfg.batch_size} examples: packed into rows of ~{cfg.row_tokens} slots "
           f"{pad['padding_packed']:.1%} ({pad['rows_packed']:.1f} rows), one example per row {pad['padding_unpacked']:.1%} "
           f"({pad['rows_unpacked']:.0f} rows)", flush=True)  # fmt: skip
@@ -138,8 +143,8 @@ def main():
         print(f"{name:<9} {gkey:<16} {fmt(single):>12} {fmt(both):>11} {shown:>11}  {goal:<22} {'yes' if ok else 'NO'}")
         table.append({"task": name, "recipe": recipe, "metric": gkey, "single": single, "generalist": both, "ok": ok})
     print("training seconds: " + (", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v) or f"none, every run reused from {out}"))
-    norms = gradient_norms(cfg, out / "generalist")
-    print("gradient norm of each head's weighted loss in the shared stacks (one mixed batch, the trained model): "
+    norms = gradient_norms(batches, cfg.row_tokens, out / "generalist")
+    print(f"gradient norm of each head's weighted loss in the shared stacks (trained model, mean of {len(batches)} mixed batches): "
           + "; ".join(f"{h} " + ", ".join(f"{s} {v:.3f}" for s, v in n.items()) for h, n in norms.items()))  # fmt: skip
     summary = {"steps": a.steps, "padding": pad, "table": table, "seconds": seconds, "gradient_norms": norms, "all_ok": ok_all}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
