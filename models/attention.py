@@ -28,6 +28,7 @@ def build_mask(
     k_segments: Tensor | None = None,
     q_offset: int = 0,
     bidirectional: Tensor | None = None,
+    shared_keys: Tensor | None = None,
     device=None,
 ) -> tuple[Tensor | None, bool]:
     """One mask for every pattern. Returns (mask, is_causal) for the attention call.
@@ -36,7 +37,8 @@ def build_mask(
     sequence ids; a query sees only keys of its own segment. q_offset: index of the first query
     among the keys (cached generation). bidirectional (B|1, S) bool, with q_len == k_len: tokens
     that see each other in both directions despite `causal` (a prefix LM's prefix; segments still
-    apply). mask is (B|1, 1, T, S) bool, True = may attend; it is None
+    apply). shared_keys (B, S) bool, with segments: keys every query may see whatever its segment
+    (an encoder-decoder's null memory token). mask is (B|1, 1, T, S) bool, True = may attend; it is None
     when nothing needs masking, and is_causal=True lets SDPA use its causal kernel.
     """
     if key_mask is None and q_segments is None and bidirectional is None and q_offset == 0 and (q_len == k_len or not causal):
@@ -52,7 +54,8 @@ def build_mask(
     if key_mask is not None:
         allowed = allowed & key_mask[:, None, None, :]  # (B, 1, 1, S)
     if q_segments is not None:
-        allowed = allowed & (q_segments[:, None, :, None] == k_segments[:, None, None, :])  # (B, 1, T, S)
+        same = q_segments[:, None, :, None] == k_segments[:, None, None, :]  # (B, 1, T, S)
+        allowed = allowed & (same if shared_keys is None else same | shared_keys[:, None, None, :])
     # note: a query with no visible key (a padding row) would give NaN; let it see every key
     # instead: its output is garbage but finite, and padding never reaches a loss.
     allowed = allowed | ~allowed.any(-1, keepdim=True)

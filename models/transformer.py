@@ -189,10 +189,9 @@ class MultimodalTransformer(nn.Module):
         attn_mask, causal = build_mask(x.shape[1], offset + x.shape[1], causal=True, key_mask=key_mask if seg is None else mask,
                                        q_segments=seg, k_segments=seg, q_offset=offset, bidirectional=bidir, device=x.device)  # fmt: skip
         mem_mask = None
-        if memory is not None and memory_segments is not None and seg is not None:
-            mem_mask = (seg[:, None, :, None] == memory_segments[:, None, None, :]) | (memory_segments == NULL_SEGMENT)[:, None, None, :]
-            mem_mask = mem_mask & memory_mask[:, None, None, :]
-            mem_mask = mem_mask | ~mem_mask.any(-1, keepdim=True)  # padding queries: finite garbage, never in a loss
+        if memory is not None and memory_segments is not None and seg is not None:  # packed: own segment + the null token
+            mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, q_segments=seg,
+                                     k_segments=memory_segments, shared_keys=memory_segments == NULL_SEGMENT, device=x.device)  # fmt: skip
         elif memory is not None and not bool(memory_mask.all()):
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, device=x.device)
         return self.decoder(x, attn_mask, causal, memory, mem_mask, cache), mask, spans
