@@ -47,6 +47,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip (and count) a batch whose loss is NaN / inf instead of stopping
     fused_adamw: bool = False  # AdamW's fused kernel on the CPU too (a GPU run uses it anyway); same update within rounding
     grad_checkpoint: bool = False  # activation checkpointing: recompute each block in backward (less memory, ~1/3 more compute)
+    fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2; recipes/fsdp.py)
 
 
 class ConfigError(ValueError):

@@ -6,9 +6,9 @@ on the main process, metrics appended to `metrics.jsonl` (and TensorBoard when i
 loss-curve PNG at the end, atomic checkpoints (checkpoint.py) and exact resume: the data position
 is a pure function of (seed, step), so a resumed run sees exactly the batches it would have seen.
 
-The same code runs on one CPU or under `torchrun` / `accelerate launch` (DDP; gloo on CPU): each
-process takes its own share of every global batch, metrics are averaged over processes and only
-the main process writes. Follows nanoGPT's `train.py` and torchtune's recipes: plain functions,
+The same code runs on one CPU or under `torchrun` / `accelerate launch` (DDP, or FSDP2 with
+`fsdp=true`: fsdp.py; gloo on CPU): each process takes its own share of every global batch,
+metrics are averaged over processes and only the main process writes. Follows nanoGPT's `train.py` and torchtune's recipes: plain functions,
 no Trainer class.
 """
 
@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -36,6 +36,7 @@ from tokenizers_mm import TokenBatch
 
 from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
 from .config import TrainConfig
+from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -135,10 +136,13 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     """Forward and backward over one optimizer step's micro-batches; returns the mean loss.
     Gradients sync across processes only on the last micro-step."""
     total = torch.zeros((), device=accelerator.device)
+    fsdp_sync = getattr(accelerator.unwrap_model(model), "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
     for i, batch in enumerate(micro_batches):
         inputs, targets = to_device(batch, accelerator.device)
-        ctx = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
-        with ctx:
+        last = i == len(micro_batches) - 1
+        if fsdp_sync is not None:
+            fsdp_sync(last)  # reduce-scatter the gradients once, after the last micro-step
+        with nullcontext() if last or fsdp_sync is not None else accelerator.no_sync(model):
             loss = model(inputs, targets).loss / accum
             accelerator.backward(loss)
         total += loss.detach()
@@ -188,15 +192,21 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
     return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir))
 
 
-def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, extra_files=None) -> None:
-    """Main process writes checkpoints/step-N atomically; every process waits for it."""
+def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None, extra_files=None) -> None:
+    """Main process writes checkpoints/step-N atomically; every process waits for it. A sharded
+    `model` (fsdp=true) is first gathered into `full`, its whole copy (every process takes part)."""
     accelerator.wait_for_everyone()
+    inner = accelerator.unwrap_model(model, keep_torch_compile=False)
+    sharded = is_sharded(inner)
+    if sharded:
+        gather(inner, full)
+    opt_state = optimizer_state(inner, optimizer) if sharded or accelerator.is_main_process else None
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
+        whole = full if sharded else inner
 
         def write(tmp: Path):
-            unwrapped.save(tmp)
-            save_state(tmp, "optimizer", optimizer.state_dict())
+            whole.save(tmp)
+            save_state(tmp, "optimizer", opt_state)
             save_state(tmp, "rng", rng_state())
             json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg)}
             (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
@@ -205,6 +215,20 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
+
+
+def evaluate_whole(evaluate: Callable, model: nn.Module, full: nn.Module, accelerator: Accelerator) -> dict:
+    """evaluate(model, accelerator); a sharded model is gathered into its whole copy `full`
+    first, which is evaluated on the device under the run's autocast (fsdp.py)."""
+    inner = accelerator.unwrap_model(model, keep_torch_compile=False)
+    if not is_sharded(inner):
+        return evaluate(model, accelerator)
+    gather(inner, full)
+    full.to(accelerator.device)
+    with accelerator.autocast():
+        metrics = evaluate(full, accelerator)
+    full.cpu()
+    return metrics
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
@@ -252,13 +276,23 @@ def train(
         for m in model.modules():
             if isinstance(m, Stack):
                 m.grad_checkpoint = True
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ValueError("this run was launched with Accelerate's FSDP config, which the loop does not use: "
+                         "launch it without, and pass fsdp=true (the loop shards the model itself; recipes/fsdp.py)")  # fmt: skip
+    full = model  # the caller's model; with fsdp=true it stays whole, on the CPU, and training runs on a sharded copy
+    if cfg.fsdp:
+        model = shard(full.cpu(), accelerator)
+    inner = model
     if cfg.compile:
         model = torch.compile(model)
     optimizer = build_optimizer(model, cfg)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.fsdp:  # Accelerate adds autocast and the gradient scaler; FSDP, not DDP, syncs the gradients
+        model, optimizer = accelerator.prepare_model(model, evaluation_mode=True), accelerator.prepare_optimizer(optimizer)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if ckpt is not None:
-        optimizer.load_state_dict(load_state(ckpt, "optimizer"))
+        load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
         scheduler.load_state_dict(json.loads((ckpt / "trainer_state.json").read_text())["scheduler"])
         set_rng_state(load_state(ckpt, "rng"))
 
@@ -284,6 +318,7 @@ def train(
             grad_norm = None
         else:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
             optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -309,16 +344,19 @@ def train(
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             t0, tokens = time.perf_counter(), 0
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            metrics = evaluate(model, accelerator)
+            metrics = evaluate_whole(evaluate, model, full, accelerator)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if accelerator.is_main_process:
                 append_metrics(run_dir, {"step": step, **metrics})
                 accelerator.log(metrics, step=step)
         if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
-            save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator)
+            save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full)
     bar.close()
     if not metrics:  # resumed at the end: evaluate what we have
-        metrics = evaluate(model, accelerator)
+        metrics = evaluate_whole(evaluate, model, full, accelerator)
+    if cfg.fsdp:  # the caller's model gets the trained weights, on the device as an unsharded run leaves it
+        gather(inner, full)
+        full.to(accelerator.device)
     if accelerator.is_main_process:
         plot_metrics(run_dir)
         (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))

@@ -23,6 +23,30 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
         assert torch.equal(v, opt2.state_dict()["state"][0][k])
 
 
+def test_training_optimizer_state_is_keyed_by_name_and_loads_either_way(tmp_path):
+    """The loop stores AdamW's state keyed by parameter name (recipes/fsdp.py: the same with or
+    without FSDP); it loads back exactly, and an older checkpoint keyed by index still loads."""
+    from recipes.config import TrainConfig
+    from recipes.fsdp import load_optimizer_state, optimizer_state
+    from recipes.train import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    opt = build_optimizer(model, TrainConfig(lr=1e-3))
+    model(torch.randn(5, 3)).sum().backward()
+    opt.step()
+    model.zero_grad(set_to_none=True)
+    save_state(tmp_path, "named", optimizer_state(model, opt))
+    save_state(tmp_path, "indexed", opt.state_dict())
+    assert sorted(load_state(tmp_path, "named")["state"]) == ["0.bias", "0.weight", "1.bias", "1.weight", "2.bias", "2.weight"]
+    for name in ("named", "indexed"):
+        back = build_optimizer(model, TrainConfig(lr=5.0))
+        load_optimizer_state(model, back, load_state(tmp_path, name))
+        assert [g["lr"] for g in back.param_groups] == [1e-3, 1e-3] and back.param_groups[0]["betas"] == (0.9, 0.99)
+        for i, state in opt.state_dict()["state"].items():
+            for k, v in state.items():
+                assert torch.equal(v, back.state_dict()["state"][i][k]), (name, i, k)
+
+
 def test_rng_state_round_trip(tmp_path):
     save_state(tmp_path, "rng", rng_state())
     expected = (torch.rand(3), np.random.rand(3))

@@ -3,6 +3,7 @@ Accelerate, fused AdamW, activation checkpointing, DataLoader workers, the batch
 GPU takes, and FSDP sharding (torch's fully_shard on gloo: Accelerate only switches to FSDP on
 accelerator devices, so on the CPU its plugin would silently give DDP)."""
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -199,3 +200,35 @@ def test_fsdp_two_processes_train_like_one(tmp_path):
 
     p = torchrun(2, str(ROOT / "tests" / "helpers" / "fsdp_cpu.py"))
     assert "fsdp: 2 processes match 1" in p.stdout, p.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_fsdp_key_trains_resumes_and_checkpoints_like_ddp(tmp_path, small_text):
+    """fsdp=true through the training loop on 2 CPU processes, with gradient accumulation,
+    activation checkpointing and dropout: killed-and-resumed at step 3, its step-6 checkpoint (the
+    gathered model and the name-keyed AdamW state) equals a DDP run's; the checkpoint loads as an
+    ordinary model."""
+    from safetensors.torch import load_file
+    from test_train import TINY, torchrun
+
+    from models import MultimodalTransformer
+
+    common = ["train", "gpt_char", f"data={small_text}", *TINY, "grad_accum=2", "ckpt_every=3", "eval_every=3", "cpu=true"]
+    torchrun(2, "-m", "recipes.cli", *common, "max_steps=6", f"run_dir={tmp_path / 'ddp'}")
+    p = torchrun(2, "-m", "recipes.cli", *common, "max_steps=3", "fsdp=true", "grad_checkpoint=true", f"run_dir={tmp_path / 'fsdp'}")
+    assert "parameters sharded over 2 processes" in p.stdout, p.stdout[-2000:]
+    torchrun(2, "-m", "recipes.cli", "resume", str(tmp_path / "fsdp"), "max_steps=6")
+    for name in ("model", "optimizer"):
+        want, got = (load_file(tmp_path / run / "checkpoints" / "step-0000006" / f"{name}.safetensors") for run in ("ddp", "fsdp"))
+        assert want.keys() == got.keys() and len(want) > 10
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-6, rtol=1e-5, msg=f"{name} {k}")
+    MultimodalTransformer.load(tmp_path / "fsdp" / "checkpoints" / "step-0000006")  # whole weights, strict load
+    results = [json.loads((tmp_path / run / "results.json").read_text())["val_loss"] for run in ("ddp", "fsdp")]
+    assert abs(results[0] - results[1]) < 1e-5, results
+
+
+def test_fsdp_needs_several_processes(tmp_path, fresh_accelerate):
+    cfg = TrainConfig(cpu=True, max_steps=2, batch_size=4, fsdp=True)
+    with pytest.raises(ValueError, match="fsdp=true shards the model over processes: launch 2 or more"):
+        train(cfg, tiny(), Windows(), collate_examples, lambda m, a: {}, tmp_path)
