@@ -96,10 +96,10 @@ class KVCache:
         for i in range(len(self.k)):
             self.k[i] = self.k[i].index_select(0, index)
             self.v[i] = self.v[i].index_select(0, index)
-        if self.key_mask is not None:
-            self.key_mask = self.key_mask.index_select(0, index)
             if self.cross[i] is not None:
                 self.cross[i] = tuple(t.index_select(0, index) for t in self.cross[i])
+        if self.key_mask is not None:
+            self.key_mask = self.key_mask.index_select(0, index)
 
 
 class Attention(nn.Module):

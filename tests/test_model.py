@@ -97,6 +97,24 @@ def test_kv_cache_capacity():
         cache.update(0, torch.zeros(1, 2, 1, 4), torch.zeros(1, 2, 1, 4))
 
 
+def test_kv_cache_reorder_moves_every_layer_and_the_cross_keys():
+    """Beam search keeps the rows `index`: self-attention keys/values, cross-attention keys/values
+    and the key mask of every layer follow."""
+    cache = KVCache(2, 3, 1, 4, 2)
+    rows = torch.arange(3.0).view(3, 1, 1, 1)  # row r holds r everywhere
+    for layer in range(2):
+        cache.update(layer, rows.expand(3, 1, 2, 2), rows.expand(3, 1, 2, 2))
+        cache.cross[layer] = (rows.expand(3, 1, 5, 2), rows.expand(3, 1, 5, 2))
+    cache.key_mask = torch.arange(3)[:, None].expand(3, 4) > 0
+    index = torch.tensor([2, 2, 0])
+    cache.reorder(index)
+    want = index.float().view(3, 1, 1, 1)
+    for layer in range(2):
+        for t in (cache.k[layer], cache.v[layer], *cache.cross[layer]):
+            assert torch.equal(t[:, :, :1, :1], want), layer
+    assert cache.key_mask[:, 0].tolist() == [True, True, False]
+
+
 def test_lm_head_tied_and_loss_matches_cross_entropy():
     model = lm_model()
     assert model.heads["lm"].proj.weight is model.embedders["text"].tok.weight
