@@ -99,7 +99,7 @@ class WhisperStem(nn.Module):
 
     def forward(self, batch: TokenBatch) -> Tensor:
         x = batch.values.to(self.conv1.weight.dtype).transpose(1, 2)  # (B, F, n_mels) -> (B, n_mels, F)
-        if bool(batch.mask.all()):
+        if batch.all_real:
             x = F.gelu(self.conv2(F.gelu(self.conv1(x))))  # (B, C, F/2)
         else:  # padding (and the gaps between packed utterances) reads as zeros, as past the end of one utterance alone
             keep = batch.mask[:, None, :].to(x.dtype)

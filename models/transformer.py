@@ -151,7 +151,7 @@ class MultimodalTransformer(nn.Module):
             seg = torch.zeros(B, 0, dtype=torch.long, device=device) if packed else None
         else:
             x, mask, seg, spans = self.embed(self.config.encoder_inputs, inputs)
-            key_mask = None if seg is not None or bool(mask.all()) else mask
+            key_mask = None if seg is not None or all(inputs[n].all_real for n in spans) else mask
             attn_mask, causal = build_mask(x.shape[1], x.shape[1], causal=False, key_mask=key_mask if seg is None else mask,
                                            q_segments=seg, k_segments=seg, device=x.device)  # fmt: skip
             memory = self.encoder(x, attn_mask, causal)
@@ -167,10 +167,10 @@ class MultimodalTransformer(nn.Module):
     def decode(self, inputs, names=None, memory=None, memory_mask=None, cache: KVCache | None = None, memory_segments=None):
         """Run the decoder over `names` (default: all its modalities): hidden (B, L, C), mask, spans.
         memory_segments (packed inputs): each query cross-attends to its own segment's memory (and
-        the null memory token)."""
+        the null memory token). memory_mask None: every memory token is real (`_cross_mask`)."""
         x, mask, seg, spans = self.embed(names or self.config.decoder_inputs, inputs)
         offset = cache.length if cache is not None else 0
-        key_mask = None if seg is not None or bool(mask.all()) else mask
+        key_mask = None if seg is not None or all(inputs[n].all_real for n in spans) else mask
         if cache is not None and seg is not None:
             raise ValueError("cached decoding takes unpacked inputs")
         if cache is not None and (key_mask is not None or cache.key_mask is not None):  # a padded prefix (a batch of utterances)
@@ -192,9 +192,15 @@ class MultimodalTransformer(nn.Module):
         if memory is not None and memory_segments is not None and seg is not None:  # packed: own segment + the null token
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, q_segments=seg,
                                      k_segments=memory_segments, shared_keys=memory_segments == NULL_SEGMENT, device=x.device)  # fmt: skip
-        elif memory is not None and not bool(memory_mask.all()):
+        elif memory is not None and memory_mask is not None:
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, device=x.device)
         return self.decoder(x, attn_mask, causal, memory, mem_mask, cache), mask, spans
+
+    @staticmethod
+    def _cross_mask(inputs: dict[str, TokenBatch], spans: dict, memory_mask: Tensor, memory_segments: Tensor | None = None):
+        """The memory mask `decode` needs: None when every memory token is real, which the batches
+        know (`TokenBatch.all_real`) without reading the device."""
+        return None if memory_segments is None and all(inputs[n].all_real for n in spans) else memory_mask
 
     def forward_features(self, inputs: dict[str, TokenBatch]) -> dict[str, tuple[Tensor, Tensor]]:
         """Final hidden states per modality: name -> (h (B, N, C), mask (B, N))."""
@@ -202,6 +208,7 @@ class MultimodalTransformer(nn.Module):
         if self.encoder is not None:
             memory, memory_mask, memory_segments, spans = self.encode_packed(inputs)
             feats.update({n: (memory[:, s:e], memory_mask[:, s:e]) for n, (s, e) in spans.items()})
+            memory_mask = self._cross_mask(inputs, spans, memory_mask, memory_segments)
         if self.decoder is not None and (not self.config.subset_inputs or any(n in inputs for n in self.config.decoder_inputs)):
             h, mask, spans = self.decode(inputs, memory=memory, memory_mask=memory_mask, memory_segments=memory_segments)
             feats.update({n: (h[:, s:e], mask[:, s:e]) for n, (s, e) in spans.items()})
@@ -262,7 +269,7 @@ class MultimodalTransformer(nn.Module):
         if last != name:
             raise ValueError(f"{who}: the lm modality {name!r} must be the decoder's last input")
         prompt = inputs[name]
-        if not bool(prompt.mask.all()):
+        if not prompt.all_real:
             raise ValueError(f"{who}: the prompt must not be padded (give prompts of equal length)")
         return head, name, prompt
 
@@ -295,7 +302,8 @@ class MultimodalTransformer(nn.Module):
         max_pos = self.config.modalities[name].max_positions
         memory = memory_mask = None
         if self.encoder is not None:
-            memory, memory_mask, _ = self.encode(inputs)
+            memory, memory_mask, spans = self.encode(inputs)
+            memory_mask = self._cross_mask(inputs, spans, memory_mask)
         ids, types = prompt.ids, prompt.types
         B = ids.shape[0]
         prefix = self._prefix_tokens(inputs)
@@ -345,7 +353,8 @@ class MultimodalTransformer(nn.Module):
                                segments=expand(b.segments)) for n, b in inputs.items()}  # fmt: skip
         memory = memory_mask = None
         if self.encoder is not None:
-            memory, memory_mask, _ = self.encode(beams)
+            memory, memory_mask, spans = self.encode(beams)
+            memory_mask = self._cross_mask(beams, spans, memory_mask)
         prefix = self._prefix_tokens(beams)
         cache = self._new_cache(B * K, prefix + N + max_new_tokens, prompt.ids.device)
         ids, types = beams[name].ids, beams[name].types

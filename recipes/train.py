@@ -88,7 +88,8 @@ def batch_samples(n: int, cfg: TrainConfig, step: int) -> list[int]:
 def to_device(batch, device):
     """Move (inputs, targets) — dicts of TokenBatch / tensors — to `device`."""
     inputs, targets = batch
-    return {k: v.to(device) for k, v in inputs.items()}, {k: v.to(device) for k, v in targets.items()}
+    move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v.to(device)  # noqa: E731 (TokenBatch.to is non-blocking)
+    return {k: move(v) for k, v in inputs.items()}, {k: move(v) for k, v in targets.items()}
 
 
 def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> DataLoader:
@@ -304,19 +305,19 @@ def train(
     metrics: dict = {}
     model.train()
     t0, tokens, skipped = time.perf_counter(), 0, 0
+    bad_step = torch.zeros((), dtype=torch.long, device=accelerator.device)  # the first step whose loss was not finite; 0: none
     for step in range(start_step + 1, cfg.max_steps + 1):
         micro = [next(loader) for _ in range(cfg.grad_accum)]
         loss = forward_backward(accelerator, model, micro, cfg.grad_accum)
-        if not bool(torch.isfinite(accelerator.reduce(loss.detach(), "sum"))):  # every process sees the same verdict
+        finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
+        if cfg.skip_nonfinite and not bool(finite):  # skipping needs the verdict before the update: a device sync per step
             samples = batch_samples(len(train_set), cfg, step)
-            if not cfg.skip_nonfinite:
-                raise FloatingPointError(f"loss became {loss.item()} at step {step} (its batch holds samples {samples[:8]}"
-                                         f"{' ...' if len(samples) > 8 else ''}); the last good checkpoint is kept; "
-                                         "skip_nonfinite=true skips such batches")  # fmt: skip
             skipped += 1  # no optimizer step: the NaN gradients are dropped below; the step still counts, so resume stays exact
             bar.write(f"step {step}: non-finite loss, batch skipped (samples {samples[:8]}); {skipped} skipped so far")
             grad_norm = None
         else:
+            if not cfg.skip_nonfinite:  # note: recorded on the device and read where the loop syncs anyway (below), so the
+                bad_step.masked_fill_(~finite & (bad_step == 0), step)  # host never waits for the device between steps
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
             optimizer.step()
@@ -326,6 +327,12 @@ def train(
         if flops is not None:
             flops.add(micro)
         bar.update(1)
+        reports = step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.max_steps
+        if reports and not cfg.skip_nonfinite and int(bad_step):  # before anything is logged, evaluated or saved
+            samples = batch_samples(len(train_set), cfg, int(bad_step))
+            raise FloatingPointError(f"loss became non-finite at step {int(bad_step)} (its batch holds samples {samples[:8]}"
+                                     f"{' ...' if len(samples) > 8 else ''}); the last good checkpoint is kept; "
+                                     "skip_nonfinite=true skips such batches")  # fmt: skip
         if step % cfg.log_every == 0 or step == cfg.max_steps:
             loss_val = accelerator.reduce(loss, "mean").item()
             loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)

@@ -190,6 +190,27 @@ def test_compiled_model_equals_eager():
         torch.testing.assert_close(g, ref[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+@pytest.mark.parametrize("mode", ["decoder", "encoder-decoder"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_forward_compiles_to_one_graph(mode, padded):
+    """The training forward pass never reads the device to decide its masks (TokenBatch.all_real
+    is read where the batch is made, on the CPU, and travels with `to()`): under torch.compile it
+    is one graph, with no graph break and no host sync per step."""
+    from tokenizers_mm import TokenSet, collate
+
+    model = tiny(mode)
+    inputs = batch(mode)
+    if mode == "decoder" and padded:
+        inputs["text"] = collate([TokenSet("text", ids=torch.randint(0, V, (n,))) for n in (N, N - 4, N, N - 1)])
+    if mode == "encoder-decoder" and not padded:
+        inputs["src"] = collate([TokenSet("src", values=torch.randn(N, 6)) for _ in range(4)])
+    moved = {k: v.to("cpu") for k, v in inputs.items()}
+    assert [b.all_real for b in moved.values()] == [b.all_real for b in inputs.values()]
+    assert any(not b.all_real for b in inputs.values()) == padded
+    explained = torch._dynamo.explain(lambda i: model(i).logits["lm"])(moved)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
 # -- FSDP -----------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_fsdp_two_processes_train_like_one(tmp_path):

@@ -143,7 +143,10 @@ class TokenBatch:
     """B token sets of one modality, padded to N. `mask` is True on real tokens.
 
     `segments` ([B, N] long, optional) marks packed rows: tokens attend only within their own
-    segment (block-diagonal attention); padding carries segment -1.
+    segment (block-diagonal attention); padding carries segment -1. `all_real` (not a field) says
+    whether the mask is all True: read once where the batch is made (collate, on the CPU) and
+    carried by `to()`, so the model decides whether to build a mask without asking the device (a
+    sync, and a graph break under torch.compile) on every forward pass.
     """
 
     modality: str
@@ -161,6 +164,7 @@ class TokenBatch:
         _validate(self, ("B", "N"), f"TokenBatch({self.modality!r})", None)
         if tuple(self.mask.shape) != tuple(self.positions.shape) or self.mask.dtype != torch.bool:
             raise ValueError(f"TokenBatch({self.modality!r}): mask must be bool of shape {tuple(self.positions.shape)}")
+        self.all_real = bool(self.mask.all())
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -175,8 +179,8 @@ class TokenBatch:
         for k, v in moved.items():
             if isinstance(v, Tensor):
                 moved[k] = v.to(device, non_blocking=True)
-        moved["extra"] = {k: v.to(device) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
+        moved["extra"] = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
         # note: skip __post_init__: validation reads values back, a device sync on every batch.
         batch = object.__new__(TokenBatch)
-        batch.__dict__.update(moved)
+        batch.__dict__.update(moved, all_real=self.all_real)
         return batch
