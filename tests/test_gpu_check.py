@@ -33,4 +33,5 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
 
     out = gpu_check.main(["size=tiny", "steps=6", "batch=4", "compile=false"])
     assert out["tokens_per_s"] > 0 and 0 < out["mfu_vs_measured_peak"] < 1.5
+    assert out["bare_loop_tokens_per_s"] > 0 and 0 < out["loop_efficiency"] < 2  # the loop on top of the model
     assert out["mel_ms_per_30s_chunk"] > 0 and out["params_M"] > 0.05 and len(out["mfu_logged"]) >= 1
