@@ -43,6 +43,9 @@ def shard(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     so models built with different seeds still train as one."""
     from torch.distributed.fsdp import fully_shard
 
+    if getattr(model.config, "subset_inputs", False):
+        raise ValueError("fsdp=true needs every process to run every block each step, and this model's batches may leave a "
+                         "stack unused on one process (a generalist's task mix): train it without fsdp (DDP)")  # fmt: skip
     if accelerator.num_processes < 2 or not dist.is_initialized():
         raise ValueError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch "
                          f"(this run has {accelerator.num_processes})")  # fmt: skip

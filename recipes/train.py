@@ -25,7 +25,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
@@ -185,12 +185,15 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
 
 
-def make_accelerator(cfg: TrainConfig, run_dir: Path) -> Accelerator:
+def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = False) -> Accelerator:
+    """subset_inputs: the model's batches may leave parts of it unused (a generalist's batch, or one
+    process's share of it, can lack a task), so DDP must look for unused parameters every step."""
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and not cfg.cpu and torch.cuda.is_bf16_supported() else "no"
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
-    return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir))
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if subset_inputs else []
+    return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
 
 def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None, extra_files=None) -> None:
@@ -253,7 +256,7 @@ def train(
     the end, on every process (it splits its own work; see `mean_loss`).
     """
     run_dir = Path(run_dir)
-    accelerator = accelerator or make_accelerator(cfg, run_dir)
+    accelerator = accelerator or make_accelerator(cfg, run_dir, model.config.subset_inputs)
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")

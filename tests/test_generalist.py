@@ -186,3 +186,26 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     assert "text_loss" in r2
     for key in ("digits_accuracy", "speech_wer", "control_return"):
         assert r2[key] == r1[key], key  # frozen: the old tasks are exactly as trained
+
+
+@pytest.mark.slow
+def test_generalist_trains_on_two_processes_though_a_share_lacks_a_task(tmp_path, tiny):
+    """Under DDP each process's share of a mixed batch can lack a task, leaving that process's
+    encoder or head unused: the loop asks DDP to find unused parameters for such models."""
+    from test_train import torchrun
+
+    cfg, *_ = tiny
+    args = [f"{k}={v}" for k, v in TINY.items()] + [f"rl_dir={cfg.rl_dir}", "tasks=digits,control", "weights=2,2", "loss_weights=1,1",
+                                                    "layout=encoder-decoder", "batch_size=4", "max_steps=12", "eval_every=12",
+                                                    "log_every=4", "warmup_steps=2", "cpu=true", f"run_dir={tmp_path}"]  # fmt: skip
+    torchrun(2, "-m", "recipes.cli", "train", "generalist", *args)  # 2 samples per process from 2 tasks: most steps, some miss one
+    assert {"digits_accuracy", "control_return"} <= set(json.loads((tmp_path / "results.json").read_text()))
+
+
+def test_fsdp_refuses_a_model_whose_batches_can_leave_blocks_unused(tiny):
+    from accelerate import Accelerator
+
+    from recipes.fsdp import shard
+
+    with pytest.raises(ValueError, match="fsdp=true needs every process to run every block"):
+        shard(tiny[3], Accelerator(cpu=True))
