@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -169,8 +170,13 @@ def close_progress_bars() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun, one process reports: the others' lines would repeat it
+        sys.stdout = open(os.devnull, "w")  # (errors still go to stderr, from every process)
     try:
         args.fn(args)
+        dist = sys.modules.get("torch.distributed")  # note: not imported here, so `mmtok --help` stays fast
+        if dist is not None and dist.is_initialized():  # under torchrun / accelerate launch: every process got here
+            dist.destroy_process_group()
     except KeyboardInterrupt:
         close_progress_bars()
         print("mmtok: interrupted", file=sys.stderr)

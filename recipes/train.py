@@ -370,7 +370,8 @@ def train(
     if accelerator.is_main_process:
         plot_metrics(run_dir)
         (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # note: not end_training(), which also destroys the process group: a recipe may
+        tracker.finish()  # train again in this process (dt's behaviour-cloning baseline); the CLI ends the group at exit
     return metrics
 
 

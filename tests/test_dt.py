@@ -42,6 +42,17 @@ def test_dt_cartpole_trains_dt_and_bc_plots_evaluates_and_resumes(tmp_path):
     assert resumed["val_return"] == pytest.approx(metrics["val_return"])
 
 
+@pytest.mark.slow
+def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_path):
+    """Two trainings in one process group (DT, then BC): the first must not end the group."""
+    from test_train import torchrun
+
+    args = [f"{k}={v}" for k, v in TINY.items()] + [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}", "n_episodes=30",
+                                                    "targets=500"]  # fmt: skip
+    torchrun(2, "-m", "recipes.cli", "train", "dt_cartpole", *args)
+    assert json.loads((tmp_path / "run" / "bc" / "results.json").read_text())["val_return"] > 0
+
+
 def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
     run = tmp_path / "pend"
     metrics = dt_pendulum.main(dt_pendulum.Config(run_dir=str(run), data_dir=str(tmp_path / "data"), n_episodes=10, action_bins=1024,
