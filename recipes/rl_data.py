@@ -28,6 +28,8 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
+from tokenizers_mm.base import locked
+
 from .checkpoint import sha256
 
 CARTPOLE_EPISODES = 1000  # ~140k steps, ~1.5 s to generate on one core
@@ -291,8 +293,6 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
     episode i resets the env with its own seed and draws policy noise from default_rng([seed, i]).
     A manifest with the same settings whose SHA-256 matches the NPZ is reused; else regenerated.
     """
-    from tqdm.auto import tqdm
-
     if env_id not in DATASETS:
         raise RLDataError(f"no embedded dataset for env {env_id!r}; known: {', '.join(DATASETS)}")
     if n_episodes < 1:
@@ -304,8 +304,14 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
               "gymnasium_version": gym.__version__,
               "policies": [{"name": b.name, "share": b.share, "params": b.params} for b in spec.policies]}  # fmt: skip
     recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as they come back from the file
-    if _reusable(npz, manifest_path, recipe):
-        return npz
+    with locked(npz.with_name(npz.name + ".lock")):  # torchrun's processes: the first generates, the others wait and reuse
+        if not _reusable(npz, manifest_path, recipe):
+            _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed)
+    return npz
+
+
+def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n_episodes: int, seed: int) -> None:
+    from tqdm.auto import tqdm
 
     env_seeds, which = _schedule(spec.policies, n_episodes, seed)
     env = gym.make(env_id)
@@ -331,7 +337,6 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, manifest_path)  # the manifest appears only once the NPZ it describes is in place
-    return npz
 
 
 # -- a user's own data ----------------------------------------------------------------------------

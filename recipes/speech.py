@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokenizers_mm.base import locked
+
 SYNTH_RATE = 22050  # Hz, eSpeak NG's output rate
 AUDIO_OUTPUT_SYNCHRONOUS = 2
 POS_CHARACTER = 1
@@ -142,9 +144,14 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     Deterministic in (n, voices, seed): texts and settings come from a seeded generator, and the
     audio is rendered in a fresh process. A manifest made with other settings is regenerated.
     """
+    directory = Path(directory)
+    with locked(directory / ".lock"):  # torchrun's processes: the first renders, the others wait and reuse
+        return _make_corpus(directory, n, voices, seed)
+
+
+def _make_corpus(directory: Path, n: int, voices: tuple[str, ...], seed: int) -> list[Utterance]:
     import multiprocessing
 
-    directory = Path(directory)
     manifest = directory / "manifest.jsonl"
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
     if manifest.exists():

@@ -260,3 +260,31 @@ def test_rollout_and_evaluate():
 
     returns = evaluate_policy("CartPole-v1", lambda: (lambda obs: 0), seeds=[0, 1, 2])
     assert returns.shape == (3,) and returns.dtype == np.float64 and np.all(returns < 20)
+
+
+def _hold_lock(path, log, seconds):
+    import time
+
+    from tokenizers_mm.base import locked
+
+    with locked(path):
+        with open(log, "a") as f:
+            f.write("in\n")
+        time.sleep(seconds)
+        with open(log, "a") as f:
+            f.write("out\n")
+
+
+def test_processes_building_the_same_cache_take_turns(tmp_path):
+    """`locked` (around make_dataset's and make_corpus's check-or-generate): torchrun's processes
+    never generate the same files at once; the later one finds the first one's cache."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_hold_lock, args=(tmp_path / "x.lock", tmp_path / "log", 0.5)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    assert (tmp_path / "log").read_text().split() == ["in", "out", "in", "out"]  # never both inside

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from .registry import get
@@ -31,6 +32,27 @@ def write_json_atomic(path: Path, obj) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+@contextmanager
+def locked(path):
+    """Hold an exclusive lock on the file `path` (created if missing) for the block. Processes that
+    build the same cached data (torchrun's ranks, runs side by side) take turns, and the later ones
+    find the cache the first one made instead of rewriting files another is reading. A no-op
+    where there is no fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def read_json(path: Path, what: str) -> dict:
