@@ -196,7 +196,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = Fals
     return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
 
-def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None, extra_files=None) -> None:
+def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None) -> None:
     """Main process writes checkpoints/step-N atomically; every process waits for it. A sharded
     `model` (fsdp=true) is first gathered into `full`, its whole copy (every process takes part)."""
     accelerator.wait_for_everyone()
@@ -214,8 +214,6 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
             save_state(tmp, "rng", rng_state())
             json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg)}
             (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
-            if extra_files:
-                extra_files(tmp)
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
