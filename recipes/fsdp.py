@@ -14,9 +14,9 @@ process, so recipes' evaluations (generation, beam search) never have to keep sh
 in lock-step, and checkpoints are the same files an unsharded run writes: a run can resume with
 or without FSDP, on any number of processes.
 
-The optimizer state in a checkpoint is keyed by parameter name (torch.distributed.checkpoint's
-full state dict), sharded or not; a checkpoint of an older version keyed by index still loads
-into an unsharded run.
+The optimizer state in a checkpoint is torch's state dict keyed by parameter name instead of index,
+whole, sharded or not; a checkpoint of an older version keyed by index still loads into an
+unsharded run.
 """
 
 from __future__ import annotations
@@ -27,12 +27,7 @@ import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from models.blocks import Block
 
@@ -82,22 +77,46 @@ def raw_optimizer(optimizer):
 
 
 def optimizer_state(model: nn.Module, optimizer) -> dict:
-    """The whole optimizer state keyed by parameter name, on the CPU (a collective when `model` is
-    sharded: every process must call it; process 0 receives the state, the others an empty dict)."""
-    return get_optimizer_state_dict(model, raw_optimizer(optimizer), options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """The optimizer's state dict keyed by parameter name instead of index, whole: a sharded
+    state tensor is gathered (a collective: with a sharded `model` every process must call it).
+    Parameters without state (no gradient yet) have no entry, as in torch's own state dict."""
+    from torch.distributed.tensor import DTensor
 
-
-def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
-    """Load a checkpoint's optimizer state: keyed by name (any layout, sharded or not), or by
-    index (checkpoints of earlier versions; unsharded only)."""
     opt = raw_optimizer(optimizer)
-    if state["state"] and all(isinstance(k, int) for k in state["state"]):
+    names = {id(p): n for n, p in model.named_parameters()}  # tied parameters: their first name, as the optimizer holds them
+    state, groups = {}, []
+    for group in opt.param_groups:
+        groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [names[id(p)] for p in group["params"]]})
+        for p in group["params"]:
+            if p in opt.state:
+                state[names[id(p)]] = {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in opt.state[p].items()}
+    return {"state": state, "param_groups": groups}
+
+
+def load_optimizer_state(model: nn.Module, optimizer, saved: dict) -> None:
+    """Load a checkpoint's optimizer state: keyed by name (sharded or not: a whole state tensor is
+    sharded as its parameter is), or by index (checkpoints of earlier versions; unsharded only)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    opt = raw_optimizer(optimizer)
+    if all(isinstance(i, int) for g in saved["param_groups"] for i in g["params"]):
         if is_sharded(model):
             raise ValueError("this checkpoint's optimizer state is keyed by index (an earlier version): resume it without fsdp=true once")
-        opt.load_state_dict(state)
+        opt.load_state_dict(saved)
         return
-    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True))
-    for group in opt.param_groups:  # note: the name-keyed load turns tuples (AdamW's betas) into lists; keep the type the
-        for k, v in group.items():  # optimizer was built with, so a resumed run's checkpoints equal an uninterrupted run's
-            if isinstance(v, list) and isinstance(opt.defaults.get(k), tuple):
-                group[k] = tuple(v)
+    if len(saved["param_groups"]) != len(opt.param_groups):
+        raise ValueError(f"checkpoint: the optimizer has {len(opt.param_groups)} parameter groups, the checkpoint {len(saved['param_groups'])}")
+    names = {id(p): n for n, p in model.named_parameters()}
+    state, groups, index = {}, [], 0
+    for group, kept in zip(opt.param_groups, saved["param_groups"]):
+        mine = [names[id(p)] for p in group["params"]]  # in the optimizer's own order
+        if sorted(mine) != sorted(kept["params"]):
+            raise ValueError(f"checkpoint: the optimizer's parameters differ from the checkpoint's ({sorted(set(mine) ^ set(kept['params']))[:5]})")
+        for name, p in zip(mine, group["params"]):
+            if name in saved["state"]:
+                state[index] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
+                                if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
+                                for k, v in saved["state"][name].items()}  # fmt: skip
+            index += 1
+        groups.append({**kept, "params": list(range(index - len(mine), index))})
+    opt.load_state_dict({"state": state, "param_groups": groups})

@@ -304,6 +304,8 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
               "gymnasium_version": gym.__version__,
               "policies": [{"name": b.name, "share": b.share, "params": b.params} for b in spec.policies]}  # fmt: skip
     recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as they come back from the file
+    if _reusable(npz, manifest_path, recipe):  # note: no lock to read a finished dataset (it may sit on a read-only disk)
+        return npz
     with locked(npz.with_name(npz.name + ".lock")):  # torchrun's processes: the first generates, the others wait and reuse
         if not _reusable(npz, manifest_path, recipe):
             _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed)

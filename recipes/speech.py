@@ -145,19 +145,28 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     audio is rendered in a fresh process. A manifest made with other settings is regenerated.
     """
     directory = Path(directory)
-    with locked(directory / ".lock"):  # torchrun's processes: the first renders, the others wait and reuse
-        return _make_corpus(directory, n, voices, seed)
-
-
-def _make_corpus(directory: Path, n: int, voices: tuple[str, ...], seed: int) -> list[Utterance]:
-    import multiprocessing
-
-    manifest = directory / "manifest.jsonl"
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
+    rows = _cached_corpus(directory, recipe)  # note: no lock to read a finished corpus (it may sit on a read-only disk)
+    if rows is None:
+        with locked(directory / ".lock"):  # torchrun's processes: the first renders, the others wait and reuse
+            rows = _cached_corpus(directory, recipe)
+            rows = _render_corpus(directory, recipe) if rows is None else rows
+    return rows
+
+
+def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
+    manifest = directory / "manifest.jsonl"
     if manifest.exists():
         lines = manifest.read_text().splitlines()
         if lines and json.loads(lines[0]) == recipe:
             return [Utterance(**json.loads(line)) for line in lines[1:]]
+    return None
+
+
+def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
+    import multiprocessing
+
+    n, voices, seed, manifest = recipe["n"], recipe["voices"], recipe["seed"], directory / "manifest.jsonl"
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = [Utterance(file_name=f"{i:06d}.wav", transcription=random_text(rng), voice=str(voices[rng.integers(len(voices))]),

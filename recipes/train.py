@@ -221,14 +221,13 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
 
 def evaluate_whole(evaluate: Callable, model: nn.Module, full: nn.Module, accelerator: Accelerator) -> dict:
     """evaluate(model, accelerator); a sharded model is gathered into its whole copy `full`
-    first, which is evaluated on the device under the run's autocast (fsdp.py)."""
+    first, which is evaluated on the device (fsdp.py)."""
     inner = accelerator.unwrap_model(model, keep_torch_compile=False)
     if not is_sharded(inner):
         return evaluate(model, accelerator)
     gather(inner, full)
     full.to(accelerator.device)
-    with accelerator.autocast():
-        metrics = evaluate(full, accelerator)
+    metrics = evaluate(full, accelerator)
     full.cpu()
     return metrics
 
@@ -284,6 +283,7 @@ def train(
     full = model  # the caller's model; with fsdp=true it stays whole, on the CPU, and training runs on a sharded copy
     if cfg.fsdp:
         model = shard(full.cpu(), accelerator)
+        accelerator.prepare_model(full, device_placement=False, evaluation_mode=True)  # its forward gets the run's autocast, as under DDP
     inner = model
     if cfg.compile:
         model = torch.compile(model)

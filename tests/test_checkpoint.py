@@ -25,14 +25,16 @@ def test_optimizer_state_round_trips_without_pickle(tmp_path):
 
 def test_training_optimizer_state_is_keyed_by_name_and_loads_either_way(tmp_path):
     """The loop stores AdamW's state keyed by parameter name (recipes/fsdp.py: the same with or
-    without FSDP); it loads back exactly, and an older checkpoint keyed by index still loads."""
+    without FSDP); it loads back exactly, with a parameter that has no state yet (no gradient: a
+    task absent so far) and before any step; an older checkpoint keyed by index still loads."""
     from recipes.config import TrainConfig
     from recipes.fsdp import load_optimizer_state, optimizer_state
     from recipes.train import build_optimizer
 
-    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2), torch.nn.Linear(2, 2))
     opt = build_optimizer(model, TrainConfig(lr=1e-3))
-    model(torch.randn(5, 3)).sum().backward()
+    assert optimizer_state(model, opt)["state"] == {} and not opt.state  # before any step: nothing, and nothing made up
+    model[:3](torch.randn(5, 3)).sum().backward()  # the last layer takes no part
     opt.step()
     model.zero_grad(set_to_none=True)
     save_state(tmp_path, "named", optimizer_state(model, opt))
@@ -42,9 +44,13 @@ def test_training_optimizer_state_is_keyed_by_name_and_loads_either_way(tmp_path
         back = build_optimizer(model, TrainConfig(lr=5.0))
         load_optimizer_state(model, back, load_state(tmp_path, name))
         assert [g["lr"] for g in back.param_groups] == [1e-3, 1e-3] and back.param_groups[0]["betas"] == (0.9, 0.99)
+        assert back.state_dict()["state"].keys() == opt.state_dict()["state"].keys()
         for i, state in opt.state_dict()["state"].items():
             for k, v in state.items():
                 assert torch.equal(v, back.state_dict()["state"][i][k]), (name, i, k)
+    other = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="the optimizer's parameters differ from the checkpoint's"):
+        load_optimizer_state(other, build_optimizer(other, TrainConfig()), load_state(tmp_path, "named"))
 
 
 def test_rng_state_round_trip(tmp_path):

@@ -146,7 +146,8 @@ class TokenBatch:
     segment (block-diagonal attention); padding carries segment -1. `all_real` (not a field) says
     whether the mask is all True: read once where the batch is made (collate, on the CPU) and
     carried by `to()`, so the model decides whether to build a mask without asking the device (a
-    sync, and a graph break under torch.compile) on every forward pass.
+    sync, and a graph break under torch.compile) on every forward pass. So a batch's tensors are
+    not edited in place: make a new TokenBatch (or `dataclasses.replace`) to change its mask.
     """
 
     modality: str
@@ -175,11 +176,18 @@ class TokenBatch:
         return self
 
     def to(self, device) -> "TokenBatch":
+        return self._map(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> "TokenBatch":
+        """Page-locked copies (the DataLoader calls this with pin_memory=True), so `to(cuda)` overlaps compute."""
+        return self._map(Tensor.pin_memory)
+
+    def _map(self, fn) -> "TokenBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in moved.items():
             if isinstance(v, Tensor):
-                moved[k] = v.to(device, non_blocking=True)
-        moved["extra"] = {k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
+                moved[k] = fn(v)
+        moved["extra"] = {k: fn(v) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
         # note: skip __post_init__: validation reads values back, a device sync on every batch.
         batch = object.__new__(TokenBatch)
         batch.__dict__.update(moved, all_real=self.all_real)
