@@ -143,11 +143,11 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
     """Returns of len(seeds) episodes run side by side, the policy conditioned on `target`: at
     each step the last K steps (return-to-go = target − reward so far, the current action a
     placeholder the causal mask hides from the state token) → the action read at the last state."""
-    import gymnasium as gym
+    from .rl_data import make_env
 
     was = model.training
     model.eval()
-    envs = [gym.make(env_id) for _ in seeds]
+    envs = [make_env(env_id) for _ in seeds]
     obs = [[env.reset(seed=s)[0]] for env, s in zip(envs, seeds)]
     acts, rtg, total = [[] for _ in seeds], [[0.0 if blank_returns else target] for _ in seeds], np.zeros(len(seeds))
     live = list(range(len(seeds)))
@@ -217,7 +217,7 @@ def plot_returns(table: dict, best_in_data: float, path: Path, title: str) -> Pa
 
 # -- main -----------------------------------------------------------------------------------------
 def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
-    import gymnasium as gym
+    from .rl_data import make_env
 
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
@@ -227,7 +227,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
         tok = load_tokenizer(run_dir / "tokenizers" / "trajectory")
     else:
-        env = gym.make(cfg.env)
+        env = make_env(cfg.env)
         tok = make_tokenizer(cfg, episodes, env)
         env.close()
     target = cfg.target or float(returns.max())

@@ -59,6 +59,8 @@ from .runs import resolve_run_dir, save_run_info
 from .train import train
 
 TASKS = ("digits", "speech", "control", "text")
+# the default loss weights per task: they balance the tasks' gradients in the shared trunk (README)
+LOSS_WEIGHTS = {"digits": 0.6, "speech": 2.0, "control": 6.0, "text": 1.0}
 ORDER = ("image", "trajectory", "prose", "audio", "text")  # the trunk's input order: transcripts last (generation), after their audio
 PREFIX = ("image", "audio")  # attended in both directions within an example
 STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
@@ -67,8 +69,8 @@ STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
 @dataclass
 class Config(TrainConfig):
     tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
-    weights: str = "32,32,32"  # per task: expected examples per step
-    loss_weights: str = "0.6,2,6"  # per task: weight of its head's loss in the sum (balances the tasks' gradients in the trunk)
+    weights: str = ""  # per task, in the order of `tasks`: expected examples per step; "" = 32 each
+    loss_weights: str = ""  # per task, in the order of `tasks`: weight of its head's loss in the sum; "" = LOSS_WEIGHTS
     row_tokens: int = 512  # packed rows hold about this many token slots
     layout: str = "encoder-decoder"  # "prefix": one decoder-only stack, images and audio as bidirectional prefixes |
     #                         "encoder-decoder": images and audio through a shared encoder, the rest through a shared decoder
@@ -122,14 +124,18 @@ def task_list(cfg: Config) -> tuple[list[str], list[float], list[float]]:
     if unknown or not names or len(set(names)) != len(names):
         raise ValueError(f"tasks={cfg.tasks!r}: give distinct tasks from {', '.join(TASKS)}")
     nums = []
-    for key in ("weights", "loss_weights"):
+    for key, default in (("weights", dict.fromkeys(TASKS, 32.0)), ("loss_weights", LOSS_WEIGHTS)):
+        raw = getattr(cfg, key).strip()
+        if not raw:
+            nums.append([default[n] for n in names])
+            continue
         try:
-            vals = [float(x) for x in getattr(cfg, key).split(",")]
+            vals = [float(x) for x in raw.split(",")]
         except ValueError:
-            raise ValueError(f"{key}={getattr(cfg, key)!r} must be comma-separated numbers") from None
-        if len(vals) < len(names) or any(v < 0 or not math.isfinite(v) for v in vals):
-            raise ValueError(f"{key}={getattr(cfg, key)!r} needs one non-negative number per task ({', '.join(names)})")
-        nums.append(vals[: len(names)])
+            raise ValueError(f"{key}={raw!r} must be comma-separated numbers") from None
+        if len(vals) != len(names) or any(v < 0 or not math.isfinite(v) for v in vals):
+            raise ValueError(f"{key}={raw!r} needs one non-negative number per task, in the order of tasks= ({', '.join(names)})")
+        nums.append(vals)
     if sum(nums[0]) <= 0:
         raise ValueError(f"weights={cfg.weights!r}: at least one task needs a positive weight")
     return names, nums[0], nums[1]
@@ -214,7 +220,7 @@ def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
 
 
 def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
-    import gymnasium as gym
+    from .rl_data import make_env
 
     from . import dt
 
@@ -224,7 +230,7 @@ def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     if "trajectory" in tokenizers:
         tok = tokenizers["trajectory"]
     else:
-        env = gym.make(cfg.env)
+        env = make_env(cfg.env)
         tok = dt.make_tokenizer(dcfg, episodes, env)
         env.close()
     if not tok.discrete:

@@ -45,6 +45,15 @@ class RLDataError(ValueError):
     pass
 
 
+def make_env(env_id: str, **kwargs):
+    """`gym.make`, with one clear error for an unknown environment or a missing simulator (MuJoCo's
+    environments need `pip install "gymnasium[mujoco]"`)."""
+    try:
+        return gym.make(env_id, **kwargs)
+    except gym.error.Error as e:  # NameNotFound, DependencyNotInstalled, ...
+        raise RLDataError(f"env {env_id!r}: {str(e).splitlines()[0]}") from None
+
+
 @dataclass
 class Episode:
     """One trajectory. T steps: observations[t] is seen, actions[t] is taken, rewards[t] comes back."""
@@ -219,7 +228,7 @@ def _play(env, act: Callable, seed: int, policy: str = "") -> Episode:
 
 def rollout(env_id: str, act: Callable[[np.ndarray], object], seed: int, max_steps: int | None = None) -> Episode:
     """Play `act(obs) -> action` for one episode from env.reset(seed=seed); `max_steps` overrides the time limit."""
-    env = gym.make(env_id, max_episode_steps=max_steps)
+    env = make_env(env_id, max_episode_steps=max_steps)
     try:
         return _play(env, act, seed)
     finally:
@@ -228,7 +237,7 @@ def rollout(env_id: str, act: Callable[[np.ndarray], object], seed: int, max_ste
 
 def evaluate_policy(env_id: str, make_act: Callable[[], Callable], seeds) -> np.ndarray:
     """Returns [len(seeds)] float64: one episode per seed, with a fresh `make_act()` for each."""
-    env = gym.make(env_id)
+    env = make_env(env_id)
     try:
         return np.array([_play(env, make_act(), s).total_reward for s in seeds], dtype=np.float64)
     finally:
@@ -316,7 +325,7 @@ def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n
     from tqdm.auto import tqdm
 
     env_seeds, which = _schedule(spec.policies, n_episodes, seed)
-    env = gym.make(env_id)
+    env = make_env(env_id)
     episodes = []
     for i in tqdm(range(n_episodes), desc=f"generating {env_id}", unit="episode", dynamic_ncols=True):
         behaviour = spec.policies[which[i]]

@@ -193,7 +193,10 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = Fals
         precision = "bf16" if torch.cuda.is_available() and not cfg.cpu and torch.cuda.is_bf16_supported() else "no"
     trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if subset_inputs else []
-    return Accelerator(mixed_precision=precision, cpu=cfg.cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
+    # note: Accelerate sets up CPU processes (torchrun on a machine without a GPU) only when told cpu=True;
+    # otherwise each process would train alone on the whole batch, all writing one run directory
+    cpu = cfg.cpu or not torch.accelerator.is_available()
+    return Accelerator(mixed_precision=precision, cpu=cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
 
 def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None) -> None:

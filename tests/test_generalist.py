@@ -209,3 +209,11 @@ def test_fsdp_refuses_a_model_whose_batches_can_leave_blocks_unused(tiny):
 
     with pytest.raises(ValueError, match="fsdp=true needs every process to run every block"):
         shard(tiny[3], Accelerator(cpu=True))
+
+
+def test_weights_default_per_task_and_explicit_lists_must_match_the_tasks():
+    names, weights, loss_weights = g.task_list(g.Config(tasks="digits,control"))
+    assert names == ["digits", "control"] and weights == [32.0, 32.0] and loss_weights == [0.6, 6.0]  # control keeps its own
+    assert g.task_list(g.Config(tasks="control,text", loss_weights="2,1"))[2] == [2.0, 1.0]
+    with pytest.raises(ValueError, match=r"loss_weights='0.6,2,6' needs one non-negative number per task, in the order of tasks= \(digits, control\)"):
+        g.task_list(g.Config(tasks="digits,control", loss_weights="0.6,2,6"))

@@ -288,3 +288,15 @@ def test_processes_building_the_same_cache_take_turns(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
     assert (tmp_path / "log").read_text().split() == ["in", "out", "in", "out"]  # never both inside
+
+
+def test_an_environment_that_cannot_be_made_is_one_clear_error():
+    import importlib.util
+
+    from recipes import rl_data
+
+    with pytest.raises(rl_data.RLDataError, match="env 'Nope-v0': Environment `Nope` doesn't exist"):
+        rl_data.make_env("Nope-v0")
+    if importlib.util.find_spec("mujoco") is None:  # MuJoCo's environments need gymnasium[mujoco]
+        with pytest.raises(rl_data.RLDataError, match=r"env 'Hopper-v5': MuJoCo is not installed, run `pip install \"gymnasium\[mujoco\]\"`"):
+            rl_data.make_env("Hopper-v5")

@@ -163,6 +163,10 @@ def test_corrupt_vocabulary_files(tmp_path, gpt2):
     (tmp_path / "merges.txt").write_text("")
     with pytest.raises(ValueError, match="not valid JSON"):
         BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "vocab.json").write_text('{"a": 0}')
+    (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nab c d\n")  # the bad merge is the file's line 3
+    with pytest.raises(ValueError, match="merges.txt, line 3: expected two tokens"):
+        BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
 
 
 def test_batch_encoding_matches_single(gpt2):

@@ -199,7 +199,8 @@ class ImageTokenizer(Tokenizer):
         return self.tokens(self.preprocess(sample, name))
 
     def decode(self, tokens) -> Tensor:
-        """TokenSet (or patch values) → image (C, H, W) in [0, 1] pixel units (CLS dropped)."""
+        """TokenSet (or patch values) → image (C, H, W) in [0, 1] pixel units (CLS dropped; an
+        antialiased resize in `encode` can overshoot the range slightly: clamp to display)."""
         if isinstance(tokens, TokenSet):
             values = tokens.values[tokens.types == 0]
         else:

@@ -105,10 +105,11 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
     if not isinstance(vocab, dict):
         raise ValueError(f"GPT-2 vocabulary {vocab_json} must map tokens to ids")
     merges = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+    first = 1  # the file's line number of merges[0]
     if merges and merges[0].startswith("#version"):
-        merges = merges[1:]
+        merges, first = merges[1:], 2
     merged = []  # each merge's result, in merge order
-    for n, line in enumerate(merges, 1):
+    for n, line in enumerate(merges, first):
         if not line.strip():
             continue
         pair = line.split()
