@@ -176,6 +176,7 @@ def main(argv=None) -> int:
         args.fn(args)
         dist = sys.modules.get("torch.distributed")  # note: not imported here, so `mmtok --help` stays fast
         if dist is not None and dist.is_initialized():  # under torchrun / accelerate launch: every process got here
+            dist.barrier()  # none leaves while another still talks to it
             dist.destroy_process_group()
     except KeyboardInterrupt:
         close_progress_bars()

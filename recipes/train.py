@@ -373,6 +373,10 @@ def train(
         (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))
     for tracker in accelerator.trackers:  # note: not end_training(), which also destroys the process group: a recipe may
         tracker.finish()  # train again in this process (dt's behaviour-cloning baseline); the CLI ends the group at exit
+    # note: drop the training objects (ours and Accelerate's references) and collect them now, so a DDP / sharded model's
+    # communication state goes while the process group is alive, not at interpreter exit (gloo aborts there)
+    del model, inner, optimizer, scheduler, loader, unwrapped, flops
+    accelerator.free_memory()
     return metrics
 
 
