@@ -233,11 +233,17 @@ class MultimodalTransformer(nn.Module):
                     continue
                 valid = mask & (b.types == m.token_types.index(hc.token_type))
                 valid = valid & b.loss_mask if b.loss_mask is not None else valid
-                pred, tgt = logits[valid], b.targets[valid]  # (M, K), (M, ...) at the tokens that carry the loss
-                if hc.kind == "token_classify":  # targets (M,) ids, or (M, A) ids over num_outputs // A classes each
-                    loss = F.cross_entropy(pred.reshape(tgt.numel(), -1).float(), tgt.reshape(-1), label_smoothing=hc.label_smoothing)
-                else:
-                    loss = F.mse_loss(pred.float(), tgt.to(pred.dtype).reshape(pred.shape))
+                # note: the mean over the valid tokens as a masked sum over all of them: no boolean indexing, so no
+                # dynamic shapes or host sync (one compiled graph), and a batch without such tokens adds 0, not an error
+                B, N, K = logits.shape
+                if hc.kind == "token_classify":  # targets (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
+                    tgt = b.targets.reshape(B, N, -1)
+                    tgt = tgt.masked_fill(~valid[..., None], IGNORE).reshape(-1)
+                    loss = F.cross_entropy(logits.reshape(tgt.numel(), -1).float(), tgt, ignore_index=IGNORE, label_smoothing=hc.label_smoothing,
+                                           reduction="sum") / (valid.sum() * (tgt.numel() // (B * N))).clamp(min=1)  # fmt: skip
+                else:  # targets (B, N, ...) values, K per token
+                    err = (logits.float() - b.targets.float().reshape(B, N, K)) ** 2
+                    loss = torch.where(valid[..., None], err, 0.0).sum() / (valid.sum() * K).clamp(min=1)
             elif hc.kind == "lm":
                 b = inputs[hc.modality]
                 if b.targets is None:
@@ -249,7 +255,7 @@ class MultimodalTransformer(nn.Module):
                 if targets is None or name not in targets:
                     continue
                 y = targets[name]
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing) if hc.kind == "classify" else F.mse_loss(logits.float(), y.to(logits.dtype))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing) if hc.kind == "classify" else F.mse_loss(logits.float(), y.float())
             out.losses[name] = loss
         if out.losses:
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
@@ -275,7 +281,7 @@ class MultimodalTransformer(nn.Module):
 
     def _prefix_tokens(self, inputs: dict[str, TokenBatch]) -> int:
         """Decoder tokens before the LM modality (a strided stem keeps every k-th frame)."""
-        names = [n for n in self.config.decoder_inputs[:-1] if n in inputs]
+        names = [n for n in self.config.decoder_inputs if n in inputs][:-1]  # the LM modality is the last one given
         return sum(-(-inputs[n].shape[1] // getattr(self.embedders[n], "stride", 1)) for n in names)
 
     def _new_cache(self, batch: int, length: int, device) -> KVCache:
@@ -318,6 +324,7 @@ class MultimodalTransformer(nn.Module):
             if cache is None or not cache.length:
                 window = ids[:, -max_pos:]
                 n = window.shape[1]
+                step_inputs = dict(inputs)  # the other decoder inputs (a prefix) again, with the cropped window
                 step_inputs[name] = TokenBatch(name, window, None, torch.arange(n, device=ids.device).expand(B, n),
                                                types[:, -n:], torch.ones_like(window, dtype=torch.bool))  # fmt: skip
                 names = None

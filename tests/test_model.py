@@ -228,3 +228,66 @@ def test_beam_search_batches_match_single():
     both = model.beam_search({"text": collate(prompts)}, 6, beam_size=3)
     for i, p in enumerate(prompts):
         assert torch.equal(both[i : i + 1], model.beam_search({"text": collate([p])}, 6, beam_size=3))
+
+
+def _two_input_lm(decoder_inputs, subset=False, prefix=()):
+    text = ModalitySpec("text", ("token",), max_positions=8, vocab_size=20)
+    image = ModalitySpec("image", ("patch",), max_positions=16, value_dim=6)
+    torch.manual_seed(0)
+    cfg = ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"text": ModalityConfig.from_spec(text), "image": ModalityConfig.from_spec(image)},
+                      {"lm": HeadConfig("lm", "text")}, decoder_inputs=list(decoder_inputs), prefix_inputs=list(prefix),
+                      subset_inputs=subset)  # fmt: skip
+    model = MultimodalTransformer(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.3)  # varied predictions, so a wrong position or a lost prefix shows
+    return model
+
+
+@pytest.mark.parametrize("layout", ["image prefix", "image prefix, subset", "lm not the config's last input"])
+def test_cached_generation_equals_uncached_with_other_decoder_inputs(layout):
+    """Greedy decoding with the KV cache equals decoding without it, past the 8-position table
+    (the window slides and keeps the other inputs) and when the LM modality is not the config's
+    last decoder input (a generalist's prose); beam search of width 1 is the same greedy path."""
+    g = torch.Generator().manual_seed(0)
+    image = collate([TokenSet("image", values=torch.randn(n, 6, generator=g)) for n in (3, 3)])
+    text = collate([TokenSet("text", ids=torch.randint(0, 20, (4,), generator=g)) for _ in range(2)])
+    if layout == "lm not the config's last input":
+        model, inputs, new = _two_input_lm(["text", "image"], subset=True), {"text": text}, 4
+    else:
+        model, inputs, new = _two_input_lm(["image", "text"], subset="subset" in layout, prefix=["image"]), {"image": image, "text": text}, 10
+    uncached = model.generate(inputs, new, temperature=0, use_cache=False)
+    assert torch.equal(model.generate(inputs, new, temperature=0, use_cache=True), uncached)
+    if layout == "lm not the config's last input":
+        assert torch.equal(model.beam_search(inputs, new, beam_size=1, length_penalty=0.0), uncached)
+
+
+@pytest.mark.parametrize("kind", ["token_classify", "token_regress"])
+def test_token_head_loss_is_the_mean_over_its_tokens_and_zero_without_any(kind):
+    """Per-token heads average their loss over the tokens of their type that carry a loss; a batch
+    without such tokens adds 0 (no error). Regression targets stay fp32 under bf16 autocast."""
+    spec = ModalitySpec("traj", ("state", "action"), max_positions=8, value_dim=3)
+    outputs = 4 if kind == "token_classify" else 2
+    cfg = ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"traj": ModalityConfig.from_spec(spec)},
+                      {"act": HeadConfig(kind, "traj", num_outputs=outputs, token_type="action")}, decoder_inputs=["traj"])  # fmt: skip
+    torch.manual_seed(0)
+    model = MultimodalTransformer(cfg)
+    types = torch.tensor([0, 1, 0, 1, 0, 1])
+    targets = torch.randint(0, 4, (6,)) if kind == "token_classify" else torch.randn(6, 2)
+    batch = collate([TokenSet("traj", values=torch.randn(6, 3), types=types, targets=targets)])
+    out = model({"traj": batch})
+    logits, valid = out.logits["act"][0], types == 1
+    if kind == "token_classify":
+        want = torch.nn.functional.cross_entropy(logits[valid], targets[valid])
+    else:
+        want = torch.nn.functional.mse_loss(logits[valid], targets[valid])
+    torch.testing.assert_close(out.loss, want)
+    none = collate([TokenSet("traj", values=torch.randn(6, 3), types=torch.zeros(6, dtype=torch.long), targets=targets)])
+    assert model({"traj": none}).loss.item() == 0.0
+    if kind == "token_regress":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fine = collate([TokenSet("traj", values=torch.randn(6, 3), types=types, targets=torch.full((6, 2), 1 + 2**-9))])
+            out = model({"traj": fine})
+        assert out.logits["act"].dtype == torch.bfloat16
+        want = ((out.logits["act"][0][valid].float() - (1 + 2**-9)) ** 2).mean()
+        torch.testing.assert_close(out.loss, want)
