@@ -55,8 +55,26 @@ def test_batched_equals_one_by_one():
     batch = tok.encode_batch(waves)
     assert batch.values.shape == (3, 63, 320)  # 2.5 s = 250 frames -> 62.5 -> 63 slices of 4 frames
     assert batch.mask.sum(1).tolist() == [25, 63, 10]
-    alone = tok.encode(waves[1])
-    torch.testing.assert_close(batch.values[1], alone.values, atol=1e-4, rtol=0)
+    for i, wave in enumerate(waves):  # every row, not only the longest: a shorter one's tail and floor are its own
+        alone = tok.encode(wave).values
+        torch.testing.assert_close(batch.values[i, : len(alone)], alone, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_rows_of_a_batch_are_their_own_spectrograms(batched):
+    """A short clip ending in a click, batched with a longer one: its last frames and its max − 8
+    floor come from itself alone (reflect padding at its own end, not the batch's silence), in
+    the CPU's row-by-row path and the batched STFT a GPU takes (here run on the CPU)."""
+    from tokenizers_mm.audio import log_mel_rows
+
+    quiet = speechlike(1.0, seed=3) * 1e-3
+    quiet[-60:] = 0.9  # the click: the loudest thing in the clip, at its very end
+    waves = [quiet, speechlike(2.0, seed=4)]
+    rows = log_mel_rows(waves, 80, "cpu", batched=batched)
+    assert rows.shape == (2, 80, 200)
+    for row, wave in zip(rows, waves):
+        alone = log_mel_spectrogram(wave)
+        torch.testing.assert_close(row[:, : alone.shape[-1]], alone, atol=1e-4, rtol=0)
 
 
 def test_slices_are_frame_major_with_positions():

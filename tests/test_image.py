@@ -120,3 +120,16 @@ def test_timm_weights_at_a_new_resolution():
     model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), skip_head=True)
     tok = ImageTokenizer(image_size=24, patch_size=4)
     assert model({"image": collate([tok.encode(torch.rand(3, 24, 24))])}).logits["cls"].shape == (1, 3)
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (480, 640), (500, 375), (224, 300), (231, 231)])
+def test_resize_and_crop_follow_torchvision(hw):
+    """Shorter side to the target, the longer truncated as torchvision's Resize(int) (timm's eval
+    transform with crop_pct 1), then the centre crop: the same pixels on the same float image."""
+    from torchvision.transforms import v2
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=hw, mode="bilinear")[0]  # smooth, in [0, 1]
+    tok = ImageTokenizer(image_size=224, patch_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    ref = v2.Compose([v2.Resize(224, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(224)])(img)
+    torch.testing.assert_close(tok.preprocess(img, "img"), ref, atol=1e-5, rtol=0)

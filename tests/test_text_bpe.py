@@ -4,6 +4,7 @@ round trips on arbitrary Unicode, training, special tokens, formats and bad inpu
 import importlib.util
 import inspect
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -173,3 +174,14 @@ def test_batch_encoding_matches_single(gpt2):
     texts = mixed_corpus()
     batched = gpt2.encode_batch(texts, num_threads=2)
     assert all(np.array_equal(a, gpt2.encode_ids(t)) for a, t in zip(batched, texts))
+
+
+def test_gpt4_pattern_training_learns_only_tokens_encoding_can_make():
+    """GPT-4's pattern splits digits into runs of at most 3: training (HF's engine) must split the same
+    way, or it spends merges on longer digit runs that encoding never produces."""
+    tok = BPETokenizer.train(["order 1234567 and 7654321 and 99999 " * 200], vocab_size=300, pattern="gpt4")
+    learned = [t for t, r in tok.ranks.items() if r >= 256]
+    assert learned and not any(re.search(rb"\d{4}", t) for t in learned)
+    ids = tok.encode("1234567").ids.tolist()
+    by_rank = {r: t for t, r in tok.ranks.items()}
+    assert b"".join(by_rank[i] for i in ids) == b"1234567" and max(len(by_rank[i]) for i in ids) <= 3

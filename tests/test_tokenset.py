@@ -120,3 +120,12 @@ def test_batch_to_keeps_fields():
     batch = collate([TokenSet("text", ids=torch.tensor([1, 2]))])
     moved = batch.to("cpu")
     assert isinstance(moved, TokenBatch) and torch.equal(moved.ids, batch.ids) and moved.modality == "text"
+
+
+def test_examples_longer_than_a_row_get_a_row_each_and_no_row_is_only_padding():
+    from tokenizers_mm import pack_examples
+
+    examples = [{"audio": TokenSet("audio", values=torch.randn(300, 4)), "text": TokenSet("text", ids=torch.arange(20))} for _ in range(4)]
+    out, placement = pack_examples(examples, 256, {"audio": 2})
+    assert out["audio"].shape[0] == 4 and sorted(r for r, _ in placement) == [0, 1, 2, 3]
+    assert bool(out["audio"].mask.any(1).all()) and bool(out["text"].mask.any(1).all())

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Tokenizer
@@ -52,14 +53,33 @@ def _window(device: str) -> Tensor:
     return torch.hann_window(N_FFT, device=device)
 
 
-def _log_mel(x: Tensor, n_mels: int) -> Tensor:
-    """(B, T) → (B, n_mels, T // 160): whisper's steps, in place where it can."""
-    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(str(x.device)), return_complex=True)[..., :-1]  # (B, 201, F)
+def _log_mel(x: Tensor, n_mels: int, frames: Tensor | None = None) -> Tensor:
+    """(B, T) → (B, n_mels, T // 160): whisper's steps, in place where it can. frames (B,): rows
+    of different lengths, each already reflect-padded by n_fft // 2 at both ends (`log_mel_rows`):
+    row b's floor is taken over its own `frames[b]` frames only."""
+    window = _window(str(x.device))
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=frames is None, return_complex=True)[..., :-1]  # (B, 201, F)
     power = stft.abs().square_()
     mel = mel_filters(n_mels, str(x.device)) @ power  # (n_mels, 201) @ (B, 201, F) -> (B, n_mels, F)
     log_spec = mel.clamp_(min=1e-10).log10_()
-    floor = log_spec.amax(dim=(-2, -1), keepdim=True) - 8.0  # per sample
+    peak = log_spec if frames is None else log_spec.masked_fill(torch.arange(log_spec.shape[-1], device=x.device) >= frames[:, None, None], -torch.inf)
+    floor = peak.amax(dim=(-2, -1), keepdim=True) - 8.0  # per sample
     return torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
+
+
+def log_mel_rows(waves: list[Tensor], n_mels: int = 80, device=None, batched: bool | None = None) -> Tensor:
+    """Waveforms of different lengths → (B, n_mels, F) for the longest: row b's first T_b // 160
+    frames equal `log_mel_spectrogram(waves[b])` (its own reflect padding at both ends, its own
+    max − 8 floor); the frames after them are padding. One batched STFT on a GPU (each row padded
+    as it would be alone, then with zeros); row by row on the CPU, which measured faster there
+    (`batched` forces either way)."""
+    device = torch.device(device) if device is not None else waves[0].device
+    longest = max(w.shape[-1] for w in waves)
+    if not (device.type != "cpu" if batched is None else batched):
+        return torch.stack([F.pad(log_mel_spectrogram(w.to(device), n_mels), (0, (longest - w.shape[-1]) // HOP_LENGTH)) for w in waves])
+    pad = N_FFT // 2
+    x = torch.stack([F.pad(F.pad(w.to(device)[None], (pad, pad), mode="reflect")[0], (0, longest - w.shape[-1])) for w in waves])
+    return _log_mel(x, n_mels, torch.tensor([w.shape[-1] // HOP_LENGTH for w in waves], device=device))
 
 
 def log_mel_spectrogram(audio: Tensor, n_mels: int = 80) -> Tensor:
@@ -227,14 +247,13 @@ class AudioTokenizer(Tokenizer):
 
     def encode_batch(self, samples, sample_rates=None, device=None, names=None) -> TokenBatch:
         """Many waveforms → one TokenBatch, the spectrograms computed together on `device`.
-        Variable-length mode pads with silence and marks the padding in the mask."""
+        Variable-length mode pads to the longest and marks the padding in the mask; each row's
+        tokens equal `encode` of its sample alone."""
         sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
         names = names or [f"audio[{i}]" for i in range(len(samples))]
         waves = [self.prepare(to_waveform(s, r, n), n) for s, r, n in zip(samples, sample_rates, names)]
         lengths = [w.shape[-1] // (HOP_LENGTH * self.slice_frames) for w in waves]
-        T = max(w.shape[-1] for w in waves)
-        batch = torch.stack([torch.nn.functional.pad(w, (0, T - w.shape[-1])) for w in waves]).to(device)
-        values = self.slices(log_mel_spectrogram(batch, self.n_mels))  # (B, N, k·n_mels)
+        values = self.slices(log_mel_rows(waves, self.n_mels, device))  # (B, N, k·n_mels); row b as encode(waves[b])
         if not bool(torch.isfinite(values).all()):  # one check for the batch, then name the first bad one
             for row, wave, name in zip(values, waves, names):
                 check_finite(row, wave, name)

@@ -128,7 +128,7 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
         k = {m: stride.get(m, 1) for m in sets}
         slots.append({m: len(ts) if k[m] == 1 else -(-(len(ts) + 1) // k[m]) * k[m] for m, ts in sets.items()})
     total = sum(sum(s.values()) for s in slots)
-    R = max(1, -(-total // row_tokens))
+    R = min(len(examples), max(1, -(-total // row_tokens)))  # examples longer than a row: one row each at most
     modalities = list(dict.fromkeys(m for s in slots for m in s))
     load = [dict.fromkeys(modalities, 0) for _ in range(R)]
     width = dict.fromkeys(modalities, 0)
@@ -144,6 +144,11 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
             width[m] = max(width[m], load[r][m])
         placement[i] = (r, len(members[r]))
         members[r].append(i)
+    kept = [r for r in range(R) if members[r]]  # no row of padding alone
+    if len(kept) < R:
+        new_row = {r: j for j, r in enumerate(kept)}
+        placement = [(new_row[r], seg) for r, seg in placement]
+        members = [members[r] for r in kept]
     out = {}
     for m in modalities:
         _check_same([ex[m] for ex in examples if m in ex], f"pack_examples ({m})")

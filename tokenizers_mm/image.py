@@ -144,9 +144,11 @@ class ImageTokenizer(Tokenizer):
             if not self.resize:
                 raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")
             H, W = self.image_size
-            scale = max(H / h, W / w)
+            # the binding side gets its target, the other keeps the aspect ratio, truncated as torchvision's
+            # Resize(int) does (timm's eval transform): 500×375 → 298×224, not 299
+            size = [H, max(W, int(H * w / h))] if H / h >= W / w else [max(H, int(W * h / w)), W]
             mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
-            x = TF.resize(x, [max(H, round(h * scale)), max(W, round(w * scale))], interpolation=mode, antialias=True)
+            x = TF.resize(x, size, interpolation=mode, antialias=True)
             x = TF.center_crop(x, [H, W])
         x = (x - self._mean) / self._std
         if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
