@@ -26,14 +26,22 @@ def inside(root: Path, name: str, where: str) -> Path:
 
 def read_metadata(meta: Path, column: str) -> list[tuple[Path, str]]:
     """(file, value of `column`) pairs of a metadata.csv, files resolved inside its folder."""
-    with open(meta, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    with open(meta, newline="", encoding="utf-8-sig") as f:  # note: -sig: spreadsheet programs start the file with a BOM
+        reader = csv.DictReader(f)
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        rows = list(reader)
     if not rows or "file_name" not in rows[0] or column not in rows[0]:
         raise ValueError(f"{meta}: needs the columns file_name and {column}")
     for n, r in enumerate(rows, start=2):
         if r[column] is None or r["file_name"] is None:
             raise ValueError(f"{meta}, line {n}: expected a value in every column")
     return [(inside(meta.parent, r["file_name"], str(meta)), str(r[column])) for r in rows]
+
+
+def hidden(path: Path, root: Path) -> bool:
+    """A file or folder under `root` that a folder dataset skips: any part of its path starting
+    with "." or "__" (.ipynb_checkpoints, .DS_Store, __MACOSX), as Hugging Face's imagefolder."""
+    return any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:

@@ -15,6 +15,7 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import keep_good, read_metadata, split_dirs
+from .folders import hidden, keep_good, read_metadata, split_dirs
 
 
 @dataclass
@@ -56,12 +57,15 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     """(file, label) pairs of one split: metadata.csv, or class sub-folders."""
     if (root / "metadata.csv").exists():
         return read_metadata(root / "metadata.csv", "label")
-    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    from PIL import Image
+
+    extensions = {e.lower() for e in Image.registered_extensions()}
+    classes = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p, root))
     pairs = []
     for d in classes:
-        files = sorted(p for p in d.rglob("*") if p.is_file())
+        files = sorted(p for p in d.rglob("*") if p.is_file() and not hidden(p, d) and p.suffix.lower() in extensions)
         if not files:
-            raise ValueError(f"class folder {d} is empty")
+            raise ValueError(f"class folder {d} is empty (no image files)")
         pairs += [(p, d.name) for p in files]
     return pairs
 
@@ -117,7 +121,11 @@ def build_data(cfg: Config):
 
         counts = Counter(label for _, label in train_pairs)
         stratify = [l for _, l in train_pairs] if min(counts.values()) >= 2 else None
-        train_pairs, val_pairs = train_test_split(train_pairs, test_size=cfg.val_fraction, stratify=stratify, random_state=0)
+        n_val = max(1, math.ceil(cfg.val_fraction * len(train_pairs)))  # what sklearn takes for the fraction
+        if stratify and n_val < len(counts):  # a stratified hold-out needs one image of every class
+            n_val = len(counts) if len(train_pairs) - len(counts) >= len(counts) else n_val
+            stratify = stratify if n_val >= len(counts) else None
+        train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:
         raise ValueError(f"validation labels {unknown[:5]} do not occur in the training images")

@@ -50,7 +50,10 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     data = tmp_path / "imgs"
     make_folder(data)
     (data / "circle" / "zero.png").write_bytes(b"")
-    (data / "square" / "notes.txt").write_text("not an image")
+    (data / "square" / "notes.png").write_text("not an image")
+    (data / "square" / "notes.txt").write_text("not an image extension: skipped, as hidden files and folders are")
+    (data / "square" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (data / ".ipynb_checkpoints").mkdir()
     good = (data / "bar" / "0.png").read_bytes()
     (data / "bar" / "cut.png").write_bytes(good[: len(good) // 2])
     Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)).save(data / "bar" / "deep.png")  # 16-bit: fine
@@ -58,7 +61,7 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     Image.fromarray(np.zeros((2, 2, 3), dtype=np.uint8)).save(data / "square" / "tiny.png")  # resized up: fine
 
     cfg = vit_folder.Config(data=str(data), image_size=16, patch_size=4, **TINY)
-    with pytest.raises(ImageError, match=r"zero.png: the file is empty|notes.txt: not an image|cut.png: corrupt"):
+    with pytest.raises(ImageError, match=r"zero.png: the file is empty|notes.png: not an image|cut.png: corrupt"):
         vit_folder.build_data(cfg)
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, run_dir=str(run), **TINY))
@@ -95,9 +98,13 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     flat = tmp_path / "flat"
     make_folder(flat)
     rows = ["file_name,label"] + [f"{c}/{i}.png,{c.upper()}" for c in ("circle", "square") for i in range(12)]
-    (flat / "metadata.csv").write_text("\n".join(rows) + "\n")
+    (flat / "metadata.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")  # a spreadsheet's BOM
     train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(flat), image_size=16, patch_size=4, val_fraction=0.25))
     assert classes == ["CIRCLE", "SQUARE"] and len(train_set) + len(val_set) == 24
+    many = tmp_path / "many"  # 12 classes of 4 images: 10% would hold out 5, fewer than the classes
+    make_folder(many, classes=tuple(f"c{i:02d}" for i in range(12)), n=4)
+    train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
+    assert len(classes) == 12 and len(val_set) == 12 and len(train_set) == 36  # one of each class held out
 
 
 def test_vit_folder_from_timm_weights(tmp_path):
