@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from models import MultimodalTransformer, gpt2_model_config, load_gpt2
 from tokenizers_mm import BPETokenizer, load_tokenizer
+from tokenizers_mm.base import FORMAT, read_json
 
 from . import gpt_char
 
@@ -35,8 +36,8 @@ class Config(gpt_char.Config):
 # -- data -----------------------------------------------------------------------------------------
 def load_bpe(path: str, cfg: Config) -> BPETokenizer:
     p = Path(path)
-    if (p / "tokenizer.json").exists():
-        tok = load_tokenizer(p)
+    if (p / "tokenizer.json").exists() and read_json(p / "tokenizer.json", "tokenizer").get("format") == FORMAT:
+        tok = load_tokenizer(p)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: vocab.json + merges.txt below
         tok.max_positions = cfg.block_size
         return tok
     if p.suffix == ".tiktoken":

@@ -131,7 +131,13 @@ def make_evaluate(cfg: Config, val_set: Windows):
 
 
 def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0) -> str:
-    batch = collate([tokenizer.encode(prompt or "\n")])  # (1, N)
+    try:
+        tokens = tokenizer.encode(prompt or "\n")
+    except ValueError:
+        if prompt not in ("", "\n"):
+            raise
+        tokens = tokenizer.encode(tokenizer.decode([0]))  # the default "\n" is not in this corpus's vocabulary: start from its first token
+    batch = collate([tokens])  # (1, N)
     g = torch.Generator().manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
     return tokenizer.decode(out[0])

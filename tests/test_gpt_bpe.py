@@ -34,6 +34,8 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text):
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.save_pretrained(folder, safe_serialization=True)
     write_gpt2_files(tok.ranks, tok.specials, folder)
+    transformers.GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")).save_pretrained(folder)
+    assert "format" not in json.loads((folder / "tokenizer.json").read_text())  # HF's own tokenizer.json, beside vocab + merges
 
     cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
     tokenizer, _, _ = build_data(cfg)

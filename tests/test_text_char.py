@@ -92,3 +92,13 @@ def test_registry_create_and_list():
     assert isinstance(tok, Tokenizer) and tok.vocab_size == 3
     with pytest.raises(KeyError, match="registered: .*text_char"):
         create("no_such_tokenizer")
+
+
+def test_sampling_a_corpus_without_newlines_starts_from_its_first_token():
+    """gpt_char samples from "\n" by default; a one-line corpus has no "\n" in its vocabulary."""
+    from recipes import gpt_char
+
+    tok = CharTokenizer.from_corpus("abcabcabc", max_positions=16)
+    model = gpt_char.build_model(gpt_char.Config(dim=16, depth=1, num_heads=2, block_size=16), tok).eval()
+    text = gpt_char.sample(model, tok, "\n", 5, 1.0, None)
+    assert text.startswith(tok.decode([0])) and len(text) > len(tok.decode([0]))  # from token 0 (here <|endoftext|>), 5 more
