@@ -424,6 +424,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
         from .runs import load_trained
 
         old = trained_config(cfg.init_from)
+        trained_layout = "prefix" if old.trunk.mode == "decoder" else "encoder-decoder"
+        if trained_layout != cfg.layout:  # note: the trunk below is the trained one; a config of the other layout would not fit it
+            raise ValueError(f"init_from={cfg.init_from} was trained with layout={trained_layout}; grow it with layout={trained_layout}")
         config = model_config(cfg, tasks)
         config.trunk = old.trunk  # the trained trunk, whatever dim / depth this config says
         model = grow(load_trained(cfg.init_from)[0], config) if not resume else MultimodalTransformer(config)
