@@ -81,6 +81,10 @@ def resolve_run_dir(cfg, recipe: str) -> Path:
     return Path(cfg.run_dir)
 
 
+PATH_KEYS = ("data", "init_from", "tokenizer", "text_data")  # config keys naming a file or folder (data may be a Minari id)
+CACHE_DIR_KEYS = ("data_dir", "rl_dir", "speech_dir")  # folders a recipe creates for its generated data
+
+
 def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     """Start a run directory: refuses one that already holds a run's checkpoints (their higher
     steps would be taken for this run's, and this run's pruned)."""
@@ -88,7 +92,11 @@ def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
         raise ConfigError(f"run_dir {run_dir} already holds checkpoints of a run: `mmtok resume {run_dir}` continues it, "
                           "or give another run_dir")  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": dataclasses.asdict(cfg)})
+    config = dataclasses.asdict(cfg)
+    for key, value in config.items():  # note: absolute, so `mmtok eval` / `resume` work from any directory
+        if isinstance(value, str) and value and (key in CACHE_DIR_KEYS or (key in PATH_KEYS and Path(value).exists())):
+            config[key] = str(Path(value).resolve())
+    write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": config})
 
 
 def load_run_info(run_dir):
