@@ -278,7 +278,10 @@ def evaluate_run(run_dir) -> dict:
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
-    target = json.loads((Path(run_dir) / "returns.json").read_text())["target"] if (Path(run_dir) / "returns.json").exists() else cfg.target
+    if (Path(run_dir) / "returns.json").exists():
+        target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
+    else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
+        target = cfg.target or max(float(np.sum(ep.rewards)) for ep in load_data(cfg))
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     r = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
     out = {"target": target, "val_return": float(r.mean()), "val_return_std": float(r.std())}

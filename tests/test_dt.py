@@ -37,6 +37,11 @@ def test_dt_cartpole_trains_dt_and_bc_plots_evaluates_and_resumes(tmp_path):
     assert (run / "return_vs_target.png").stat().st_size > 10_000 and (run / "bc" / "results.json").exists()
     again = dt_cartpole.evaluate(run)
     assert again["val_return"] == pytest.approx(metrics["val_return"]) and again["bc_return"] == pytest.approx(metrics["bc_return"])
+    summary_file = run / "returns.json"
+    kept = summary_file.read_bytes()
+    summary_file.unlink()  # as a run stopped before its summary: eval still uses the target training used
+    assert dt_cartpole.evaluate(run)["target"] == summary["target"] and summary["target"] > 0
+    summary_file.write_bytes(kept)
     # resume after the end: both runs load their last checkpoint and report the same returns
     resumed = dt_cartpole.main(dt_cartpole.Config(**{**cfg.__dict__}), resume=True)
     assert resumed["val_return"] == pytest.approx(metrics["val_return"])
