@@ -54,13 +54,14 @@ def cmd_train(args):
 
 
 def cmd_resume(args):
-    from .runs import load_run_info
+    from .runs import load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
     for k, v in parse_overrides(args.overrides).items():
         if k != "max_steps":
             raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
         cfg.max_steps = int(v)
+        update_run_info(args.run_dir, max_steps=cfg.max_steps)  # a later plain resume / eval keeps the new length
     module.main(cfg, resume=True)
 
 

@@ -99,6 +99,14 @@ def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": config})
 
 
+def update_run_info(run_dir, **changes) -> None:
+    """Change config values in a run's run.json (resume's max_steps=N)."""
+    path = Path(run_dir) / RUN_FILE
+    doc = read_json(path, "run")
+    doc["config"].update(changes)
+    write_json_atomic(path, doc)
+
+
 def load_run_info(run_dir):
     """(recipe name, module, config) of a run directory."""
     run_dir = Path(run_dir)

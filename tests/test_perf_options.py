@@ -239,6 +239,7 @@ def test_fsdp_key_trains_resumes_and_checkpoints_like_ddp(tmp_path, small_text):
     p = torchrun(2, "-m", "recipes.cli", *common, "max_steps=3", "fsdp=true", "grad_checkpoint=true", f"run_dir={tmp_path / 'fsdp'}")
     assert "parameters sharded over 2 processes" in p.stdout, p.stdout[-2000:]
     torchrun(2, "-m", "recipes.cli", "resume", str(tmp_path / "fsdp"), "max_steps=6")
+    assert json.loads((tmp_path / "fsdp" / "run.json").read_text())["config"]["max_steps"] == 6  # kept for a later resume / eval
     for name in ("model", "optimizer"):
         want, got = (load_file(tmp_path / run / "checkpoints" / "step-0000006" / f"{name}.safetensors") for run in ("ddp", "fsdp"))
         assert want.keys() == got.keys() and len(want) > 10
