@@ -128,8 +128,20 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     verify(ckpt)
     model = MultimodalTransformer.load(ckpt, device).eval()
     tok_root = run_dir / "tokenizers"
-    tokenizers = {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {}
+    tokenizers = RunTokenizers({p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
+    tokenizers.run_dir = run_dir
     return model, tokenizers
+
+
+class RunTokenizers(dict):
+    """A run's tokenizers by modality; asking for one it lacks (an image command on a speech run)
+    is one clear error."""
+
+    run_dir: Path
+
+    def __missing__(self, modality):
+        raise KeyError(f"run {self.run_dir} has no {modality!r} tokenizer (it has: {', '.join(self) or 'none'}); "
+                       "is it a run of the right recipe?")
 
 
 def results(run_dir) -> dict:

@@ -133,3 +133,13 @@ def test_resize_and_crop_follow_torchvision(hw):
     tok = ImageTokenizer(image_size=224, patch_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     ref = v2.Compose([v2.Resize(224, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(224)])(img)
     torch.testing.assert_close(tok.preprocess(img, "img"), ref, atol=1e-5, rtol=0)
+
+
+def test_float_pil_images_and_8_bit_values_in_wide_integer_arrays():
+    from PIL import Image
+
+    from tokenizers_mm.image import to_tensor
+
+    assert to_tensor(Image.fromarray(np.full((4, 4), 0.5, np.float32)), 1).mean().item() == 0.5  # a float TIFF's mode "F"
+    assert to_tensor(np.full((4, 4), 200, np.int64), 1).mean().item() == pytest.approx(200 / 255)  # 8-bit values, as PIL's mode "I" reads them
+    assert to_tensor(np.full((4, 4), 40000, np.int32), 1).mean().item() == pytest.approx(40000 / 65535)

@@ -62,6 +62,10 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
         if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit / 32-bit integer grayscale
             arr = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0)
             x = torch.from_numpy(arr)[None]
+        elif image.mode == "F":  # float grayscale (TIFF): taken as [0, 1] like a float array; "L" would round it to 0 / 1
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())[None]
+            if not torch.isfinite(x).all():
+                raise ImageError(f"{name}: the image holds NaN or infinite values")
         else:
             image = image.convert("L" if channels == 1 else "RGB")  # RGBA, P, CMYK, LA → RGB / L
             x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
@@ -81,8 +85,10 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
             raise ImageError(f"{name}: expected (H, W) or (C, H, W) / (H, W, C), got shape {tuple(x.shape)}")
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
-        elif x.dtype in (torch.int16, torch.int32, torch.uint16) or (x.dtype == torch.int64):
+        elif x.dtype == torch.uint16:
             x = x.float() / 65535.0
+        elif x.dtype in (torch.int16, torch.int32, torch.int64):  # 16-bit data, or 8-bit values in a wide type (as PIL's "I")
+            x = x.float() / (255.0 if x.numel() == 0 or int(x.max()) <= 255 else 65535.0)
         else:
             x = x.float()
         if not torch.isfinite(x).all():
