@@ -137,3 +137,18 @@ def test_save_load(tmp_path):
     tok = AudioTokenizer(n_mels=128, slice_frames=3, chunk=False, max_frames=300)
     tok.save(tmp_path)
     assert load_tokenizer(tmp_path).config() == tok.config()
+
+
+def test_pcm_types_float_rates_and_a_stereo_stream_ending_in_one_frame(tmp_path):
+    import soundfile as sf
+
+    from tokenizers_mm.audio import stream_audio
+
+    torch.testing.assert_close(to_waveform(np.array([64, -128], np.int8)), torch.tensor([0.5, -1.0]))
+    assert to_waveform(np.zeros(44100, np.float32), 44100.0).shape == (16000,)  # a float rate from some readers
+    with pytest.raises(AudioError, match="sample rate 44100.5 Hz is not a whole number"):
+        to_waveform(np.zeros(100, np.float32), 44100.5)
+    stereo = np.stack([np.full(16001, 0.5, np.float32), np.full(16001, -0.1, np.float32)], 1)  # the last block: 1 frame of 2 channels
+    sf.write(tmp_path / "s.wav", stereo, 16000, subtype="FLOAT")
+    pieces = list(stream_audio(tmp_path / "s.wav", 1.0))
+    assert [len(p) for p in pieces] == [16000, 1] and torch.allclose(pieces[1], torch.tensor([0.2]))

@@ -111,3 +111,8 @@ def test_action_predictions_equal_hf_decision_transformer(discrete):
         got = ours({"trajectory": v}).logits["action"][:, 1::3]
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_continuous_action_bounds_must_span_a_range():
+    with pytest.raises(ValueError, match=r"action_high \[1.0, 0.5\] must exceed action_low \[-1.0, 0.5\]"):
+        TrajectoryTokenizer(3, 2, discrete=False, action_low=[-1, 0.5], action_high=[1, 0.5])

@@ -102,7 +102,7 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
     """Any waveform → float32 mono 16 kHz (T,).
 
     Accepts NumPy arrays or tensors: (T,), or 2-D with the channels on the shorter axis ((C, T) as
-    torchaudio, (T, C) as soundfile); int16 / int32 / uint8 PCM or float. Channels are averaged.
+    torchaudio, (T, C) as soundfile); int8 / int16 / int32 / uint8 PCM or float. Channels are averaged.
     """
     x = torch.from_numpy(np.ascontiguousarray(audio)) if isinstance(audio, np.ndarray) else audio
     if not isinstance(x, Tensor):
@@ -117,6 +117,8 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
         x = x.float() / 2147483648.0
     elif x.dtype == torch.uint8:
         x = (x.float() - 128.0) / 128.0
+    elif x.dtype == torch.int8:
+        x = x.float() / 128.0
     else:
         x = x.float()
     if x.dim() == 2:
@@ -125,6 +127,10 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
         raise AudioError(f"{name}: the waveform is empty (0 samples)")
     if not torch.isfinite(x).all():
         raise AudioError(f"{name}: the waveform holds NaN or infinite samples")
+    if isinstance(sample_rate, float):
+        if not sample_rate.is_integer():
+            raise AudioError(f"{name}: sample rate {sample_rate} Hz is not a whole number")
+        sample_rate = int(sample_rate)  # 44100.0 (a float from some readers) is 44100
     if sample_rate != SAMPLE_RATE:
         if sample_rate <= 0:
             raise AudioError(f"{name}: sample rate {sample_rate} Hz is not positive")
@@ -188,7 +194,7 @@ def stream_audio(path, seconds: float):
     block = max(1, int(seconds * rate))
     try:
         for i, piece in enumerate(sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True)):
-            yield to_waveform(piece.T, rate, f"{path} [{i * seconds:.0f} s]")
+            yield to_waveform(piece.mean(1), rate, f"{path} [{i * seconds:.0f} s]")  # mono here: a last block of 1 frame has no shorter axis
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
 

@@ -110,6 +110,9 @@ class TrajectoryTokenizer(Tokenizer):
         self.state_std = np.ones(state_dim, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.action_low = -np.ones(action_dim, np.float32) if action_low is None else np.asarray(action_low, np.float32).reshape(action_dim)
         self.action_high = np.ones(action_dim, np.float32) if action_high is None else np.asarray(action_high, np.float32).reshape(action_dim)
+        if not discrete and not np.all(self.action_high > self.action_low):
+            raise ValueError(f"trajectory: action_high {self.action_high.tolist()} must exceed action_low {self.action_low.tolist()} "
+                             "in every dimension")  # fmt: skip
         self.action_bins = action_bins
         self.type_value_dims = (1, state_dim, action_dim)
         self.value_dim = max(self.type_value_dims)
