@@ -88,8 +88,11 @@ class FolderSet(Dataset):
 
         self.pairs, self.label_ids, self.cfg = pairs, label_ids, cfg
         size = [cfg.image_size, cfg.image_size]
-        steps = [v2.Resize(cfg.image_size, antialias=True), v2.CenterCrop(size)]
-        if train and cfg.randaugment:
+        self.augment = train and cfg.randaugment
+        # note: evaluation resizes as the run's ImageTokenizer does (bicubic, antialiased, shorter side, centre crop), so
+        # `mmtok predict` on a file sees the pixels evaluation saw
+        steps = [v2.Resize(cfg.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
+        if self.augment:
             steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.RandAugment()]
         self.transform = v2.Compose(steps)
 
@@ -98,7 +101,10 @@ class FolderSet(Dataset):
 
     def __getitem__(self, i: int):
         path, label = self.pairs[i]
-        x = (to_tensor(open_image(path), self.cfg.channels, str(path)) * 255).round().to(torch.uint8)  # RandAugment wants uint8
+        x = to_tensor(open_image(path), self.cfg.channels, str(path))
+        if not self.augment:
+            return self.transform(x), self.label_ids[label]
+        x = (x * 255).round().to(torch.uint8)  # RandAugment wants uint8
         return self.transform(x).float() / 255.0, self.label_ids[label]
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from recipes import vit_digits, vit_folder
+from recipes import vit, vit_digits, vit_folder
 from recipes.vit import predict, show
-from tokenizers_mm import ImageError
+from tokenizers_mm import ImageError, open_image
 
 TINY = dict(dim=32, depth=2, num_heads=2, batch_size=32, max_steps=20, eval_every=20, ckpt_every=20, log_every=10, warmup_steps=5, cpu=True)
 
@@ -146,3 +146,18 @@ def test_a_run_made_with_a_relative_data_path_evaluates_from_anywhere(tmp_path):
         p = subprocess.run([sys.executable, "-m", "recipes.cli", *cmd], cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
         assert p.returncode == 0, p.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data"] == str(tmp_path / "imgs")
+
+
+def test_predict_sees_the_pixels_evaluation_sees(tmp_path):
+    """vit_folder's evaluation images and `predict`'s (the run's ImageTokenizer) resize alike."""
+    from PIL import Image
+
+    make_folder(tmp_path / "imgs", n=6)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 45, 3), dtype=np.uint8)).save(tmp_path / "imgs" / "bar" / "wide.png")
+    cfg = vit_folder.Config(data=str(tmp_path / "imgs"), image_size=16, patch_size=4, val_fraction=0.5)
+    _, val_set, _, (mean, std) = vit_folder.build_data(cfg)
+    tok = vit.make_tokenizer(cfg, mean, std)
+    for i, (path, _) in enumerate(val_set.pairs):
+        evaluated, _ = val_set[i]
+        torch.testing.assert_close(tok.preprocess(open_image(path)), (evaluated - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None],
+                                   atol=1e-5, rtol=0)  # fmt: skip
