@@ -143,3 +143,16 @@ def test_float_pil_images_and_8_bit_values_in_wide_integer_arrays():
     assert to_tensor(Image.fromarray(np.full((4, 4), 0.5, np.float32)), 1).mean().item() == 0.5  # a float TIFF's mode "F"
     assert to_tensor(np.full((4, 4), 200, np.int64), 1).mean().item() == pytest.approx(200 / 255)  # 8-bit values, as PIL's mode "I" reads them
     assert to_tensor(np.full((4, 4), 40000, np.int32), 1).mean().item() == pytest.approx(40000 / 65535)
+
+
+def test_open_image_applies_the_exif_orientation(tmp_path):
+    from PIL import Image
+
+    from tokenizers_mm import open_image
+
+    img = Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8))  # 40 wide, 20 high as stored
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
+    img.save(tmp_path / "phone.jpg", exif=exif)
+    assert open_image(tmp_path / "phone.jpg").size == (20, 40)  # upright: 20 wide, 40 high
+    assert open_image(tmp_path / "phone.jpg").getexif().get(0x0112) in (None, 1)

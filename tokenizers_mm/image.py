@@ -30,8 +30,9 @@ class ImageError(ValueError):
 
 
 def open_image(path) -> "PIL.Image.Image":  # noqa: F821
-    """Open and fully decode an image file, or raise ImageError naming the file."""
-    from PIL import Image, UnidentifiedImageError
+    """Open and fully decode an image file, upright (its EXIF orientation applied, as a phone's photo
+    is meant to be seen), or raise ImageError naming the file."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
     try:
@@ -39,7 +40,7 @@ def open_image(path) -> "PIL.Image.Image":  # noqa: F821
             raise ImageError(f"image {path}: the file is empty (0 bytes)")
         with Image.open(path) as im:
             im.load()  # decode now: a truncated file fails here, not mid-epoch
-            return im.copy()
+            return ImageOps.exif_transpose(im)  # a new image (a copy even without EXIF), so the file can close
     except FileNotFoundError:
         raise ImageError(f"image {path}: no such file") from None
     except UnidentifiedImageError:
