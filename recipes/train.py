@@ -8,8 +8,8 @@ is a pure function of (seed, step), so a resumed run sees exactly the batches it
 
 The same code runs on one CPU or under `torchrun` / `accelerate launch` (DDP, or FSDP2 with
 `fsdp=true`: fsdp.py; gloo on CPU): each process takes its own share of every global batch,
-metrics are averaged over processes and only the main process writes. Follows nanoGPT's `train.py` and torchtune's recipes: plain functions,
-no Trainer class.
+metrics are averaged over processes and only the main process writes. Follows nanoGPT's
+`train.py` and torchtune's recipes: plain functions, no Trainer class.
 """
 
 from __future__ import annotations
@@ -331,13 +331,14 @@ def train(
         if flops is not None:
             flops.add(micro)
         bar.update(1)
-        reports = step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step % cfg.ckpt_every == 0 or step == cfg.max_steps
-        if reports and not cfg.skip_nonfinite and int(bad_step):  # before anything is logged, evaluated or saved
+        last = step == cfg.max_steps
+        log_now, eval_now, ckpt_now = (step % every == 0 or last for every in (cfg.log_every, cfg.eval_every, cfg.ckpt_every))
+        if (log_now or eval_now or ckpt_now) and not cfg.skip_nonfinite and int(bad_step):  # before anything is logged, evaluated or saved
             samples = batch_samples(len(train_set), cfg, int(bad_step))
             raise FloatingPointError(f"loss became non-finite at step {int(bad_step)} (its batch holds samples {samples[:8]}"
                                      f"{' ...' if len(samples) > 8 else ''}); the last good checkpoint is kept; "
                                      "skip_nonfinite=true skips such batches")  # fmt: skip
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
+        if log_now:
             loss_val = accelerator.reduce(loss, "mean").item()
             loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             dt = time.perf_counter() - t0
@@ -354,13 +355,13 @@ def train(
                 append_metrics(run_dir, row)
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             t0, tokens = time.perf_counter(), 0
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+        if eval_now:
             metrics = evaluate_whole(evaluate, model, full, accelerator)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if accelerator.is_main_process:
                 append_metrics(run_dir, {"step": step, **metrics})
                 accelerator.log(metrics, step=step)
-        if step % cfg.ckpt_every == 0 or step == cfg.max_steps:
+        if ckpt_now:
             save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full)
     bar.close()
     if not metrics:  # resumed at the end: evaluate what we have
