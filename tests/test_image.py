@@ -122,17 +122,27 @@ def test_timm_weights_at_a_new_resolution():
     assert model({"image": collate([tok.encode(torch.rand(3, 24, 24))])}).logits["cls"].shape == (1, 3)
 
 
-@pytest.mark.parametrize("hw", [(375, 500), (480, 640), (500, 375), (224, 300), (231, 231)])
-def test_resize_and_crop_follow_torchvision(hw):
-    """Shorter side to the target, the longer truncated as torchvision's Resize(int) (timm's eval
-    transform with crop_pct 1), then the centre crop: the same pixels on the same float image."""
+@pytest.mark.parametrize("crop_pct", [1.0, 0.875, 0.9])
+@pytest.mark.parametrize("hw", [(375, 500), (480, 640), (500, 375), (224, 300), (231, 231), (224, 224)])
+def test_resize_and_crop_follow_timm(hw, crop_pct):
+    """timm's eval transform: shorter side to floor(224 / crop_pct), the longer truncated as
+    torchvision's Resize(int), then the centre crop: the same pixels on the same float image."""
+    import math
+
     from torchvision.transforms import v2
 
     g = torch.Generator().manual_seed(0)
     img = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=hw, mode="bilinear")[0]  # smooth, in [0, 1]
-    tok = ImageTokenizer(image_size=224, patch_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
-    ref = v2.Compose([v2.Resize(224, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(224)])(img)
+    tok = ImageTokenizer(image_size=224, patch_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=crop_pct)
+    scale = math.floor(224 / crop_pct)
+    steps = [] if hw == (224, 224) and crop_pct == 1 else [v2.Resize(scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
+    ref = v2.Compose([*steps, v2.CenterCrop(224)])(img)
     torch.testing.assert_close(tok.preprocess(img, "img"), ref, atol=1e-5, rtol=0)
+    if hw == (224, 224):
+        with pytest.raises(ValueError, match="crop_pct must lie in"):
+            ImageTokenizer(crop_pct=1.5)
+        with pytest.raises(ValueError, match="interpolation must be 'bicubic' or 'bilinear'"):
+            ImageTokenizer(interpolation="nearest")
 
 
 def test_float_pil_images_and_8_bit_values_in_wide_integer_arrays():

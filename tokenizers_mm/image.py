@@ -12,6 +12,7 @@ bad file. Augmentation is the recipe's business; this file leaves it out.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -115,7 +116,14 @@ class ImageTokenizer(Tokenizer):
     token_types = ("patch", "cls")
 
     def __init__(self, image_size=224, patch_size: int = 16, channels: int = 3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 cls_token: bool = True, resize: bool = True, interpolation: str = "bicubic"):  # fmt: skip
+                 cls_token: bool = True, resize: bool = True, interpolation: str = "bicubic", crop_pct: float = 1.0):  # fmt: skip
+        """crop_pct: the centre crop's share of the resized image, as timm's eval transform (an image is
+        resized so that its shorter side is image_size / crop_pct, then cropped to image_size)."""
+        if interpolation not in ("bicubic", "bilinear"):
+            raise ValueError(f"image: interpolation must be 'bicubic' or 'bilinear', got {interpolation!r}")
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"image: crop_pct must lie in (0, 1], got {crop_pct}")
+        self.crop_pct = float(crop_pct)
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         self.patch_size, self.channels, self.cls_token = patch_size, channels, cls_token
         self.mean, self.std = tuple(mean)[:channels], tuple(std)[:channels]
@@ -135,7 +143,8 @@ class ImageTokenizer(Tokenizer):
 
     def config(self) -> dict:
         return {"image_size": list(self.image_size), "patch_size": self.patch_size, "channels": self.channels, "mean": list(self.mean),
-                "std": list(self.std), "cls_token": self.cls_token, "resize": self.resize, "interpolation": self.interpolation}  # fmt: skip
+                "std": list(self.std), "cls_token": self.cls_token, "resize": self.resize, "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}  # fmt: skip
 
     # -- pixels --
     def preprocess(self, image, name: str = "image") -> Tensor:
@@ -147,16 +156,16 @@ class ImageTokenizer(Tokenizer):
         p = self.patch_size
         if h < p or w < p:
             raise ImageError(f"{name}: {h}×{w} pixels is smaller than one {p}×{p} patch")
-        if (h, w) != self.image_size:
+        if (h, w) != self.image_size or self.crop_pct < 1:
             if not self.resize:
                 raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")
-            H, W = self.image_size
+            H, W = (math.floor(t / self.crop_pct) for t in self.image_size)  # timm's scale_size
             # the binding side gets its target, the other keeps the aspect ratio, truncated as torchvision's
             # Resize(int) does (timm's eval transform): 500×375 → 298×224, not 299
             size = [H, max(W, int(H * w / h))] if H / h >= W / w else [max(H, int(W * h / w)), W]
             mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
             x = TF.resize(x, size, interpolation=mode, antialias=True)
-            x = TF.center_crop(x, [H, W])
+            x = TF.center_crop(x, list(self.image_size))
         x = (x - self._mean) / self._std
         if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
             raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
