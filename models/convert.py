@@ -11,6 +11,8 @@ timm ViT, Hugging Face Whisper and Decision Transformer: see each section's func
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import Tensor
 
@@ -35,10 +37,45 @@ def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: st
     return model
 
 
+def refuse_unknown(sd: dict[str, Tensor], patterns: tuple[str, ...], depth: int, what: str) -> None:
+    """Refuse a reference checkpoint holding weights the import has no place for (a variant it does
+    not support: layer scale, q/k norms, an untied head, ...) or more blocks than the model has.
+    `patterns`: regular expressions of the keys it reads or may ignore; group `block` is a block index."""
+    unknown, deeper = [], []
+    for k in sd:
+        m = next((m for m in (re.fullmatch(p, k) for p in patterns) if m), None)
+        if m is None:
+            unknown.append(k)
+        elif m.groupdict().get("block") is not None and int(m["block"]) >= depth:
+            deeper.append(k)
+    if unknown:
+        raise ValueError(f"{what} import: the checkpoint holds weights this import has no place for {sorted(unknown)[:5]} (an unsupported variant)")
+    if deeper:
+        raise ValueError(f"{what} import: the checkpoint has more blocks than the model's {depth} ({sorted(deeper)[:3]})")
+
+
+def check_tied(sd: dict[str, Tensor], head: str, table: str, what: str) -> None:
+    """An output layer is imported tied to its token table: refuse one that differs."""
+    if head in sd and not torch.equal(sd[head], sd[table]):
+        raise ValueError(f"{what} import: {head} differs from {table}; untied output layers are not supported")
+
+
+def check_gpt2_attention(hf: dict, what: str) -> None:
+    if not hf.get("scale_attn_weights", True) or hf.get("scale_attn_by_inverse_layer_idx", False):
+        raise ValueError(f"{what} import: attention scaled other than by 1/sqrt(head size) is not supported "
+                         "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True)")  # fmt: skip
+
+
+GPT2_BLOCK_KEYS = (r"h\.(?P<block>\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", r"h\.(?P<block>\d+)\.attn\.(bias|masked_bias)")
+
+
 def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0) -> ModelConfig:
     """Our config for a Hugging Face GPT2Config (as a dict: config.json or `.to_dict()`)."""
     if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"GPT-2 import: activation {hf['activation_function']!r} is not supported (gelu_new only)")
+    check_gpt2_attention(hf, "GPT-2")
+    if not hf.get("tie_word_embeddings", True):
+        raise ValueError("GPT-2 import: tie_word_embeddings=False (an untied LM head) is not supported")
     dim = hf["n_embd"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
                         dropout=dropout, bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder",
@@ -74,7 +111,11 @@ def gpt2_blocks(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
 def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
     """Copy GPT-2 weights into a model built from `gpt2_model_config`. Position tables may be
     shorter than GPT-2's 1024 (the first rows are kept)."""
-    ours = gpt2_state_dict(sd, len(model.decoder.blocks))
+    depth = len(model.decoder.blocks)
+    plain = {k.removeprefix("transformer."): v for k, v in sd.items()}
+    refuse_unknown(plain, (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)", r"lm_head\.weight", *GPT2_BLOCK_KEYS), depth, "GPT-2")
+    check_tied(plain, "lm_head.weight", "wte.weight", "GPT-2")
+    ours = gpt2_state_dict(sd, depth)
     n_pos = model.embedders["text"].pos.num_embeddings
     ours["embedders.text.pos.weight"] = ours["embedders.text.pos.weight"][:n_pos]
     return copy_checked(model, ours, "GPT-2")
@@ -85,6 +126,17 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     """Our config for a timm `VisionTransformer` instance (plain ViT: no layer scale, no registers)."""
     if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
         raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register tokens, no_embed_class=False)")
+    act = vit.blocks[0].mlp.act
+    activation = {"GELU": {"none": "gelu", "tanh": "gelu_tanh"}.get(getattr(act, "approximate", "none")), "GELUTanh": "gelu_tanh"}.get(type(act).__name__)
+    extras = [n for n in ("norm_pre", "patch_drop") if not isinstance(getattr(vit, n, torch.nn.Identity()), torch.nn.Identity)]
+    extras += [n for n in ("ls1", "ls2") if not isinstance(getattr(vit.blocks[0], n, torch.nn.Identity()), torch.nn.Identity)]
+    extras += [f"attn.{n}" for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(vit.blocks[0].attn, n, torch.nn.Identity()), torch.nn.Identity)]
+    extras += ["mlp.norm"] if not isinstance(getattr(vit.blocks[0].mlp, "norm", torch.nn.Identity()), torch.nn.Identity) else []
+    extras += ["patch_embed.norm"] if not isinstance(getattr(vit.patch_embed, "norm", torch.nn.Identity()), torch.nn.Identity) else []
+    extras += ["pool_include_prefix"] if getattr(vit, "pool_include_prefix", False) else []
+    extras += ["pos_embed=None"] if vit.pos_embed is None else []
+    if activation is None or extras:
+        raise ValueError(f"timm import: plain ViTs only; this one has {extras or [type(act).__name__ + ' activation']} (not supported)")
     dim = vit.embed_dim
     p = vit.patch_embed.patch_size[0]
     in_chans = vit.patch_embed.proj.in_channels
@@ -92,7 +144,7 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     block = vit.blocks[0]
     fc_norm = not isinstance(vit.fc_norm, torch.nn.Identity)
     trunk = TrunkConfig(dim=dim, depth=len(vit.blocks), num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim,
-                        bias=block.attn.qkv.bias is not None, norm_eps=block.norm1.eps, mode="encoder", activation="gelu",
+                        bias=block.attn.qkv.bias is not None, norm_eps=block.norm1.eps, mode="encoder", activation=activation,
                         final_norm=not isinstance(vit.norm, torch.nn.Identity))  # fmt: skip
     has_cls = vit.cls_token is not None
     spec = ModalitySpec("image", ("patch", "cls"), int(has_cls) + grid[0] * grid[1], value_dim=in_chans * p * p)
@@ -125,18 +177,33 @@ def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
     return out
 
 
-def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head: bool = False) -> MultimodalTransformer:
+TIMM_VIT_KEYS = (r"patch_embed\.proj\.(weight|bias)", r"pos_embed", r"cls_token", r"(norm|fc_norm|head)\.(weight|bias)",
+                 r"blocks\.(?P<block>\d+)\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")  # fmt: skip
+
+
+def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head: bool = False, old_grid=None) -> MultimodalTransformer:
     """Copy timm ViT weights into a model built from `vit_model_config`. The position table is
-    resampled (bicubic) when the model's patch grid differs; `skip_head` keeps our own head, for
+    resampled (bicubic) when the model's patch grid differs from the checkpoint's (`old_grid`,
+    (rows, columns); a square grid is assumed when not given); `skip_head` keeps our own head, for
     fine-tuning on a new label set."""
     from .embedders import resample_grid
 
+    refuse_unknown(sd, TIMM_VIT_KEYS, len(model.encoder.blocks), "timm")
     ours = timm_vit_state_dict(sd, len(model.encoder.blocks))
     m = model.config.modalities["image"]
     n_prefix = len(m.learned_types)
     old = sd["pos_embed"].shape[1] - n_prefix
-    old_grid = [int(round(old**0.5))] * 2 if m.grid is None or m.grid[0] * m.grid[1] != old else m.grid
-    if m.grid is not None and ours["embedders.image.pos.weight"].shape[0] != m.max_positions:
+    if old_grid is None:
+        side = int(round(old**0.5))
+        if m.grid is not None and m.grid[0] * m.grid[1] == old:
+            old_grid = m.grid
+        elif side * side == old:
+            old_grid = [side, side]
+        elif m.grid is not None:
+            raise ValueError(f"timm import: the checkpoint's {old} positions are not a square grid; pass old_grid=(rows, columns)")
+    if list(old_grid or []) and (old_grid[0] * old_grid[1] != old):
+        raise ValueError(f"timm import: old_grid {tuple(old_grid)} does not hold the checkpoint's {old} positions")
+    if m.grid is not None and list(old_grid) != list(m.grid):
         ours["embedders.image.pos.weight"] = resample_grid(ours["embedders.image.pos.weight"], old_grid, m.grid, n_prefix)
     if skip_head:
         ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
@@ -152,6 +219,8 @@ def whisper_model_config(hf: dict) -> ModelConfig:
     (one frame per token), sinusoidal encoder positions, learned decoder positions, tied output."""
     if hf.get("activation_function", "gelu") != "gelu" or hf.get("scale_embedding", False):
         raise ValueError("Whisper import: only GELU activations without embedding scaling (Whisper's own) are supported")
+    if not hf.get("tie_word_embeddings", True):
+        raise ValueError("Whisper import: tie_word_embeddings=False (an untied output layer) is not supported")
     dim = hf["d_model"]
     trunk = TrunkConfig(dim=dim, depth=hf["encoder_layers"], dec_depth=hf["decoder_layers"], num_heads=hf["encoder_attention_heads"],
                         mlp_ratio=hf["encoder_ffn_dim"] / dim, bias=True, norm_eps=1e-5, mode="encoder-decoder", activation="gelu")  # fmt: skip
@@ -199,6 +268,8 @@ def hf_whisper_state_dict(sd: dict[str, Tensor], enc_depth: int, dec_depth: int)
 
 def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
     """Copy Hugging Face Whisper weights into a model built from `whisper_model_config`."""
+    plain = {k.removeprefix("model."): v for k, v in sd.items()}
+    check_tied(plain, "proj_out.weight", "decoder.embed_tokens.weight", "Whisper")
     ours = hf_whisper_state_dict(sd, len(model.encoder.blocks), len(model.decoder.blocks))
     missing = [k for k in model.state_dict() if k not in ours and not k.startswith(("type_embed", "heads."))]
     if missing:
@@ -265,6 +336,7 @@ def dt_model_config(hf: dict, discrete: bool = False) -> ModelConfig:
     act = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", "relu"))
     if act is None:
         raise ValueError(f"Decision Transformer import: activation {hf['activation_function']!r} is not supported")
+    check_gpt2_attention(hf, "Decision Transformer")
     dim = hf["hidden_size"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
                         bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder", activation=act)  # fmt: skip
@@ -301,4 +373,8 @@ def hf_dt_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
 def load_hf_decision_transformer(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
     """Copy DecisionTransformerModel weights into a model built from `dt_model_config` (the state
     and return predictors, unused by the paper's policy, are left out)."""
-    return copy_checked(model, hf_dt_state_dict(sd, len(model.decoder.blocks)), "Decision Transformer")
+    depth = len(model.decoder.blocks)
+    keys = (r"embed_(timestep|return|state|action)\.(weight|bias)", r"embed_ln\.(weight|bias)", r"predict_(action|state|return)\.\d+\.(weight|bias)",
+            *(rf"encoder\.{k}" for k in (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)")), *(rf"encoder\.{k}" for k in GPT2_BLOCK_KEYS))  # fmt: skip
+    refuse_unknown(sd, keys, depth, "Decision Transformer")
+    return copy_checked(model, hf_dt_state_dict(sd, depth), "Decision Transformer")

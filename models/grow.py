@@ -38,6 +38,13 @@ def _check(old: ModelConfig, new: ModelConfig):
         changed = [k for k in same if getattr(n, k) != getattr(m, k)]
         if changed:
             raise ValueError(f"grow: modality {name!r} changes {changed}; only new token types can be added to a trained modality")
+    # the old modalities keep their places: the stack they go through, their order in it, prefix or not
+    for field in ("encoder_inputs", "decoder_inputs", "prefix_inputs"):
+        kept = [n for n in getattr(new, field) if n in old.modalities]
+        if kept != list(getattr(old, field)):
+            raise ValueError(f"grow: the trained modalities' {field} must stay {getattr(old, field)} (new ones may be added); got {kept}")
+    if new.subset_inputs != old.subset_inputs:
+        raise ValueError(f"grow: subset_inputs must stay {old.subset_inputs}")
     for name, h in old.heads.items():  # training knobs (loss_weight, label_smoothing) may change; the head itself may not
         n = new.heads.get(name)
         if n is None or replace(n, loss_weight=h.loss_weight, label_smoothing=h.label_smoothing) != h:

@@ -34,3 +34,29 @@ def test_gpt2_shape_mismatch_is_named():
     wrong = gpt2_model_config({**cfg.to_dict(), "vocab_size": 60})
     with pytest.raises(ValueError, match="embedders.text.tok.weight has shape \\(50, 32\\), the model expects \\(60, 32\\)"):
         load_gpt2(MultimodalTransformer(wrong), hf.state_dict())
+
+
+def test_gpt2_and_whisper_variants_without_an_equivalent_are_refused():
+    """Settings the import would silently get wrong are refused: an untied head, other attention
+    scaling, a checkpoint deeper than the model (they used to load and give other logits)."""
+    from models import whisper_model_config
+    from models.convert import dt_model_config
+
+    base = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4).to_dict()
+    for change, message in (({"tie_word_embeddings": False}, "untied LM head"), ({"scale_attn_weights": False}, "attention scaled"),
+                            ({"scale_attn_by_inverse_layer_idx": True}, "attention scaled")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            gpt2_model_config({**base, **change})
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**base))
+    one_block = MultimodalTransformer(gpt2_model_config({**base, "n_layer": 1}))
+    with pytest.raises(ValueError, match="more blocks than the model's 1"):
+        load_gpt2(one_block, hf.state_dict())
+    untied = {**hf.state_dict(), "lm_head.weight": torch.randn(50, 32)}
+    with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
+        load_gpt2(MultimodalTransformer(gpt2_model_config(base)), untied)
+    whisper = transformers.WhisperConfig(tie_word_embeddings=False).to_dict()
+    with pytest.raises(ValueError, match="untied output layer"):
+        whisper_model_config(whisper)
+    dt = transformers.DecisionTransformerConfig(state_dim=3, act_dim=2, hidden_size=32, n_layer=1, n_head=4, scale_attn_weights=False)
+    with pytest.raises(ValueError, match="attention scaled"):
+        dt_model_config(dt.to_dict())

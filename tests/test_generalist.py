@@ -134,6 +134,12 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
     config = g.model_config(cfg, tasks)  # + speech and text: new embedders, type rows, heads
     config.modalities["image"] = ModalityConfig(**{**vars(config.modalities["image"]), "token_types": [*config.modalities["image"].token_types, "category"]})
     grown = grow(old, config).eval()
+    from dataclasses import replace
+
+    for change, field in ((dict(prefix_inputs=[*config.prefix_inputs, "trajectory"]), "prefix_inputs"),
+                          (dict(decoder_inputs=config.decoder_inputs[::-1]), "decoder_inputs"), (dict(subset_inputs=False), "subset_inputs")):  # fmt: skip
+        with pytest.raises(ValueError, match=f"grow: .*{field}"):  # each would change what the old inputs compute
+            grow(old, replace(config, **change))
     probe = {"image": collate([tasks[0].train_set[i]["image"] for i in range(4)]),
              "trajectory": collate([tasks[2].train_set[i]["trajectory"] for i in range(4)])}  # fmt: skip
     with torch.no_grad():

@@ -92,6 +92,7 @@ def randomized_vit(**kw):
         dict(img_size=32, patch_size=4, global_pool="token"),  # CLS token
         dict(img_size=24, patch_size=6, global_pool="avg", class_token=False),  # mean pooling
         dict(img_size=(16, 24), patch_size=4, global_pool="avg", fc_norm=True),  # timm's fc_norm, non-square
+        dict(img_size=32, patch_size=4, global_pool="token", act_layer="gelu_tanh"),  # tanh-approximated GELU
     ],
 )
 def test_logits_equal_timm(kw):
@@ -111,6 +112,36 @@ def test_position_resampling_equals_timm():
     ours = resample_grid(table, (4, 4), (6, 5), prefix=1)
     theirs = resample_abs_pos_embed(table[None], new_size=[6, 5], old_size=[4, 4], num_prefix_tokens=1)[0]
     torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.parametrize("kw", [dict(init_values=0.5), dict(qk_norm=True), dict(act_layer="quick_gelu"), dict(pre_norm=True),
+                                dict(global_pool="avg", pool_include_prefix=True)])  # fmt: skip
+def test_timm_variants_without_an_equivalent_are_refused(kw):
+    """Layer scale, q/k norms, other activations, a pre-norm, prefix pooling: refused by the config,
+    and their weights refused by the loader (they used to load and give other logits)."""
+    vit = randomized_vit(img_size=16, patch_size=4, **kw)
+    with pytest.raises(ValueError, match="timm import: plain ViTs only"):
+        vit_model_config(vit)
+    plain = randomized_vit(img_size=16, patch_size=4, global_pool=kw.get("global_pool", "token"))
+    if set(vit.state_dict()) != set(plain.state_dict()):
+        with pytest.raises(ValueError, match="has no place for"):
+            load_timm_vit(MultimodalTransformer(vit_model_config(plain)), vit.state_dict())
+    deeper = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, embed_dim=48, depth=3, num_heads=3, img_size=16, patch_size=4)
+    with pytest.raises(ValueError, match="more blocks than the model's 2"):
+        load_timm_vit(MultimodalTransformer(vit_model_config(plain)), deeper.state_dict())
+
+
+def test_a_non_square_checkpoint_grid_is_resampled_as_timm_or_refused():
+    from timm.layers import resample_abs_pos_embed
+
+    vit = randomized_vit(img_size=(8, 24), patch_size=4, global_pool="token")  # a 2×6 grid: 12 positions, no square
+    cfg = vit_model_config(vit)
+    cfg.modalities["image"].grid, cfg.modalities["image"].max_positions = [4, 12], 49
+    with pytest.raises(ValueError, match="not a square grid; pass old_grid"):
+        load_timm_vit(MultimodalTransformer(cfg), vit.state_dict())
+    model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), old_grid=(2, 6))
+    want = resample_abs_pos_embed(vit.pos_embed.detach(), new_size=[4, 12], old_size=[2, 6], num_prefix_tokens=1)[0]
+    torch.testing.assert_close(model.embedders["image"].pos.weight.detach(), want)
 
 
 def test_timm_weights_at_a_new_resolution():
