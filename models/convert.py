@@ -374,7 +374,7 @@ def load_hf_decision_transformer(model: MultimodalTransformer, sd: dict[str, Ten
     """Copy DecisionTransformerModel weights into a model built from `dt_model_config` (the state
     and return predictors, unused by the paper's policy, are left out)."""
     depth = len(model.decoder.blocks)
-    keys = (r"embed_(timestep|return|state|action)\.(weight|bias)", r"embed_ln\.(weight|bias)", r"predict_(action|state|return)\.\d+\.(weight|bias)",
+    keys = (r"embed_(timestep|return|state|action)\.(weight|bias)", r"embed_ln\.(weight|bias)", r"predict_(action|state|return)(\.\d+)?\.(weight|bias)",
             *(rf"encoder\.{k}" for k in (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)")), *(rf"encoder\.{k}" for k in GPT2_BLOCK_KEYS))  # fmt: skip
     refuse_unknown(sd, keys, depth, "Decision Transformer")
     return copy_checked(model, hf_dt_state_dict(sd, depth), "Decision Transformer")
