@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, stream_audio
-from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
@@ -117,8 +117,9 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audio_batch, max_new: int, beam_size: int = 1,
-                     length_penalty: float = 1.0) -> list[str]:  # fmt: skip
-    """Greedy decoding (beam_size 1) or beam search, with the KV cache; stops at <|endoftext|>."""
+                     length_penalty: float = 1.0, ended: list | None = None) -> list[str]:  # fmt: skip
+    """Greedy decoding (beam_size 1) or beam search, with the KV cache; stops at <|endoftext|>.
+    `ended`, when given, receives for each row whether it reached <|endoftext|> within max_new."""
     B = audio_batch.shape[0]
     prompt = torch.tensor([text_tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)], device=audio_batch.mask.device)
     text = collate([TokenSet("text", ids=prompt)] * B).to(audio_batch.mask.device)
@@ -129,6 +130,8 @@ def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audi
         out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
     texts, specials = [], set(text_tok.special_ids.values())
     for row in out.tolist():
+        if ended is not None:
+            ended.append(eot in row)
         row = row[: row.index(eot)] if eot in row else row
         texts.append(text_tok.decode([i for i in row if i not in specials]).strip())
     return texts
@@ -196,6 +199,7 @@ def evaluate(run_dir) -> dict:
 
 
 # -- using a trained model ------------------------------------------------------------------------
+TRANSCRIBE_GROUP = 16  # windows of a long file decoded together
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[str]:
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
     Audio longer than the model's window (max_frames) is cut into consecutive windows whose
@@ -204,11 +208,21 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
+    import itertools
+    import sys
+
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
     texts = []
     for p in paths:
-        pieces = list(stream_audio(p, seconds))
-        batch = toks["audio"].encode_batch(pieces, names=[f"{p}"] * len(pieces))
-        out = transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty)
+        out, ended, pieces = [], [], stream_audio(p, seconds)
+        while group := list(itertools.islice(pieces, TRANSCRIBE_GROUP)):  # a few windows at a time: memory stays flat
+            batch = toks["audio"].encode_batch(group, names=[f"{p}"] * len(group))
+            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty, ended)
+        if not ended:
+            raise AudioError(f"audio {p}: the file holds no samples")
+        if not all(ended):
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} windows of {seconds:g} s reached max_text ({cfg.max_text - 3} "
+                  "characters) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
+                  file=sys.stderr)  # fmt: skip
         texts.append(" ".join(t for t in out if t))
     return texts

@@ -34,4 +34,17 @@ def test_trains_evaluates_and_transcribes(tmp_path):
     texts = whisper_digits.transcribe(run, files)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert len(whisper_digits.transcribe(run, files, beam_size=3)) == 2  # beam search on the KV cache
+    import numpy as np
+    import soundfile as sf
+
+    from recipes.runs import load_trained
+    from tokenizers_mm.audio import AudioError
+
+    sf.write(tmp_path / "empty.wav", np.zeros(0, np.int16), 16000)  # a valid WAV of no samples: one clear error
+    with pytest.raises(AudioError, match="empty.wav: the file holds no samples"):
+        whisper_digits.transcribe(run, [tmp_path / "empty.wav"])
+    ended = []  # a window that does not reach <|endoftext|> within max_new is reported, so transcribe can warn
+    batch = load_trained(run)[1]["audio"].encode_batch([sf.read(files[0], dtype="float32")[0]])
+    whisper_digits.transcribe_batch(load_trained(run)[0], load_trained(run)[1]["text"], batch, 1, ended=ended)
+    assert ended == [False]
     assert json.loads((run / "results.json").read_text())["val_wer"] == pytest.approx(metrics["val_wer"])
