@@ -114,6 +114,13 @@ def cmd_show(args):
     print(show(args.image, out, args.run, args.image_size, args.patch_size))
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -137,26 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", default="\n")
     s.add_argument("--max-new-tokens", type=int, default=300)
     s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=200)
+    s.add_argument("--top-k", type=positive_int, default=200)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files with a run's last checkpoint (top-k labels and probabilities).")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE")
-    s.add_argument("--top-k", type=int, default=3)
+    s.add_argument("--top-k", type=positive_int, default=3)
     s.set_defaults(fn=cmd_predict)
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint, greedy decoding.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("audio", nargs="+", metavar="AUDIO")
-    s.add_argument("--beam-size", type=int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
+    s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention")
     s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
-    s.add_argument("--image-size", type=int, default=224)
-    s.add_argument("--patch-size", type=int, default=16)
-    s.add_argument("--slice-frames", type=int, default=10, help="audio: frames of 10 ms per token slice to mark")
+    s.add_argument("--image-size", type=positive_int, default=224)
+    s.add_argument("--patch-size", type=positive_int, default=16)
+    s.add_argument("--slice-frames", type=positive_int, default=10, help="audio: frames of 10 ms per token slice to mark")
     s.set_defaults(fn=cmd_show)
     return p
 

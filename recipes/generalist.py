@@ -27,7 +27,8 @@ Design (as Gato / Unified-IO, with per-task heads instead of one shared vocabula
   speech shares the encoder with digits and the decoder with control); loss masks come with
   the tokens (the transcript prompt and the action placeholders carry no loss).
 - Batches mix tasks by `weights` (the expected number of examples of each task in a step, so a
-  step holds as much of each task as its single-task recipe's step), drawn from a seeded stream, so
+  step holds as much of each task as its single-task recipe's step; batch_size is their sum unless
+  given, and then they are shares of it), drawn from a seeded stream, so
   resume and multi-process runs stay exact. Examples of all tasks are packed into rows of about
   `row_tokens` slots (tokenizers_mm.pack_examples); a segment id per example makes attention
   block-diagonal, so no example sees another and little compute goes to padding.
@@ -80,7 +81,7 @@ class Config(TrainConfig):
     num_heads: int = 4
     mlp_ratio: float = 4.0
     dropout: float = 0.0
-    batch_size: int = 96  # examples per step over all tasks (the sum of weights: each task gets its weight on average)
+    batch_size: int = 0  # examples per step over all tasks; 0 = the sum of weights (each task gets its weight on average)
     lr: float = 1e-3
     min_lr: float = 1e-5
     warmup_steps: int = 200
@@ -417,6 +418,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     if source is not None and (source / "tokenizers").is_dir():
         saved = {p.name: load_tokenizer(p) for p in sorted((source / "tokenizers").iterdir())}
     tasks, weights = build_tasks(cfg, saved)
+    if cfg.batch_size <= 0:  # weights are examples per step; a given batch_size makes them shares of it
+        cfg.batch_size = max(1, round(sum(weights)))
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow

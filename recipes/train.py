@@ -256,6 +256,9 @@ def train(
     the end, on every process (it splits its own work; see `mean_loss`).
     """
     run_dir = Path(run_dir)
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
     accelerator = accelerator or make_accelerator(cfg, run_dir, model.config.subset_inputs)
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint

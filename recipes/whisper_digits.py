@@ -141,6 +141,8 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
     import jiwer
 
     n = min(cfg.eval_utterances, len(test_set))
+    if n < 1:
+        raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
     examples = [test_set[i] for i in range(n)]
     refs = [test_set.pairs[i][1] for i in range(n)]
     batches = [collate_examples(examples[i : i + 32]) for i in range(0, n, 32)]

@@ -195,3 +195,10 @@ def test_training_into_a_directory_with_checkpoints_is_refused(tmp_path, small_t
     p = mmtok(*args, check=False)
     assert p.returncode == 2 and "already holds checkpoints" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_step_intervals_and_cli_sizes_must_be_positive(tmp_path, small_text):
+    p = mmtok("train", "gpt_char", f"data={small_text}", *TINY, "eval_every=0", f"run_dir={tmp_path / 'r'}", check=False)
+    assert p.returncode == 2 and "eval_every=0 must be at least 1" in p.stderr and p.stderr.count("\n") == 1
+    p = mmtok("show", str(small_text), "--slice-frames", "0", check=False)
+    assert p.returncode == 2 and "expected a positive integer, got 0" in p.stderr
