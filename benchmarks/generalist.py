@@ -108,9 +108,8 @@ def main():
     over = [f"max_steps={a.steps}", f"seed={a.seed}", *a.overrides]
     cfg = apply_values(g.Config(), parse_overrides(over), "the command line")
     names, weights, _ = g.task_list(cfg)
-    if not any(o.startswith("batch_size=") for o in a.overrides):  # a step holds each task's single-task batch
-        cfg.batch_size = int(sum(weights))
-        over.append(f"batch_size={cfg.batch_size}")
+    cfg.batch_size = g.batch_size(cfg, weights)  # by default a step holds each task's single-task batch
+    over.append(f"batch_size={cfg.batch_size}")  # as the finished run's run.json records it (reuse compares configs)
 
     batches = mixed_batches(cfg, 10)
     pad = padding(batches, cfg.row_tokens)

@@ -76,6 +76,11 @@ def raw_optimizer(optimizer):
     return getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps the torch one
 
 
+def param_names(model: nn.Module) -> dict[int, str]:
+    """id(parameter) -> its name; tied parameters under their first name, as the optimizer holds them."""
+    return {id(p): n for n, p in model.named_parameters()}
+
+
 def optimizer_state(model: nn.Module, optimizer) -> dict:
     """The optimizer's state dict keyed by parameter name instead of index, whole: a sharded
     state tensor is gathered (a collective: with a sharded `model` every process must call it).
@@ -83,7 +88,7 @@ def optimizer_state(model: nn.Module, optimizer) -> dict:
     from torch.distributed.tensor import DTensor
 
     opt = raw_optimizer(optimizer)
-    names = {id(p): n for n, p in model.named_parameters()}  # tied parameters: their first name, as the optimizer holds them
+    names = param_names(model)
     state, groups = {}, []
     for group in opt.param_groups:
         groups.append({**{k: v for k, v in group.items() if k != "params"}, "params": [names[id(p)] for p in group["params"]]})
@@ -106,7 +111,7 @@ def load_optimizer_state(model: nn.Module, optimizer, saved: dict) -> None:
         return
     if len(saved["param_groups"]) != len(opt.param_groups):
         raise ValueError(f"checkpoint: the optimizer has {len(opt.param_groups)} parameter groups, the checkpoint {len(saved['param_groups'])}")
-    names = {id(p): n for n, p in model.named_parameters()}
+    names = param_names(model)
     state, groups, index = {}, [], 0
     for group, kept in zip(opt.param_groups, saved["param_groups"]):
         mine = [names[id(p)] for p in group["params"]]  # in the optimizer's own order

@@ -411,6 +411,12 @@ def task_gradient_norms(model: MultimodalTransformer, examples: list[dict], row_
 
 
 # -- main -----------------------------------------------------------------------------------------
+def batch_size(cfg: Config, weights: list[float]) -> int:
+    """Examples per step: the sum of the weights (each is its task's examples per step), unless
+    batch_size is given, which makes the weights shares of it."""
+    return cfg.batch_size if cfg.batch_size > 0 else max(1, round(sum(weights)))
+
+
 def main(cfg: Config, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, "generalist")
     saved = {}
@@ -418,8 +424,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
     if source is not None and (source / "tokenizers").is_dir():
         saved = {p.name: load_tokenizer(p) for p in sorted((source / "tokenizers").iterdir())}
     tasks, weights = build_tasks(cfg, saved)
-    if cfg.batch_size <= 0:  # weights are examples per step; a given batch_size makes them shares of it
-        cfg.batch_size = max(1, round(sum(weights)))
+    cfg.batch_size = batch_size(cfg, weights)
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow
