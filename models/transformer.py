@@ -359,9 +359,10 @@ class MultimodalTransformer(nn.Module):
         beams = {n: TokenBatch(n, expand(b.ids), expand(b.values), expand(b.positions), expand(b.types), expand(b.mask),
                                segments=expand(b.segments)) for n, b in inputs.items()}  # fmt: skip
         memory = memory_mask = None
-        if self.encoder is not None:
-            memory, memory_mask, spans = self.encode(beams)
-            memory_mask = self._cross_mask(beams, spans, memory_mask)
+        if self.encoder is not None:  # encode each sample once, then give every beam a view of its memory
+            memory, memory_mask, spans = self.encode(inputs)
+            memory_mask = expand(self._cross_mask(inputs, spans, memory_mask))
+            memory = expand(memory)
         prefix = self._prefix_tokens(beams)
         cache = self._new_cache(B * K, prefix + N + max_new_tokens, prompt.ids.device)
         ids, types = beams[name].ids, beams[name].types

@@ -230,6 +230,22 @@ def test_beam_search_batches_match_single():
         assert torch.equal(both[i : i + 1], model.beam_search({"text": collate([p])}, 6, beam_size=3))
 
 
+def test_beam_search_encodes_each_sample_once():
+    """The encoder runs once per sample, not once per beam; padded memories of different lengths
+    give each sample the beams it gets alone."""
+    torch.manual_seed(0)
+    model = multimodal("encoder-decoder").eval()
+    images = [TokenSet("image", values=torch.randn(n, 12)) for n in (4, 2)]
+    prompts = [rand_text(3, s) for s in (1, 2)]
+    rows = []
+    model.encoder.register_forward_hook(lambda mod, args, out: rows.append(out.shape[0]))
+    both = model.beam_search({"image": collate(images), "text": collate(prompts)}, 5, beam_size=3)
+    assert rows == [2]
+    for i in range(2):
+        alone = model.beam_search({"image": collate([images[i]]), "text": collate([prompts[i]])}, 5, beam_size=3)
+        assert torch.equal(both[i : i + 1], alone)
+
+
 def _two_input_lm(decoder_inputs, subset=False, prefix=()):
     text = ModalitySpec("text", ("token",), max_positions=8, vocab_size=20)
     image = ModalitySpec("image", ("patch",), max_positions=16, value_dim=6)
