@@ -75,8 +75,46 @@ class StepSampler(Sampler):
             base = step * self.global_batch
             for a in range(self.accum):
                 first = base + (a * self.world + self.rank) * self.micro
-                yield [self._sample(p) for p in range(first, first + self.micro)]
+                yield MicroBatch([self._sample(p) for p in range(first, first + self.micro)], first)
             step += 1
+
+
+class MicroBatch(list):
+    """A micro-batch's dataset indices and `pos`, the global stream position of its first sample."""
+
+    def __init__(self, indices, pos: int):
+        super().__init__(indices)
+        self.pos = pos
+
+
+class SeededWorkerItems(Dataset):
+    """The dataset as DataLoader workers read it: each micro-batch seeds the worker's torch, NumPy
+    and Python RNGs from (seed, its stream position) before its items are read and collated, so
+    random augmentation in `__getitem__` or in the collate function draws the same numbers
+    whichever worker serves the batch, and a resumed run draws what an uninterrupted one would.
+    (With num_workers=0 the main process's RNG state is checkpointed and restored instead.)"""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i):
+        return self.dataset[i]
+
+    def __getitems__(self, batch: list) -> list:
+        import random
+
+        import numpy as np
+
+        if torch.utils.data.get_worker_info() is not None and isinstance(batch, MicroBatch):
+            a, b = np.random.SeedSequence([self.seed, batch.pos]).generate_state(2)
+            torch.manual_seed(int(a) << 32 | int(b))
+            np.random.seed(int(a))
+            random.seed(int(b))
+        getitems = getattr(self.dataset, "__getitems__", None)
+        return getitems(list(batch)) if getitems else [self.dataset[i] for i in batch]
 
 
 def batch_samples(n: int, cfg: TrainConfig, step: int) -> list[int]:
@@ -98,6 +136,8 @@ def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accele
     # note: a generator of its own, or creating the iterator would draw from the global RNG and
     # a resumed run's dropout masks would differ from an uninterrupted run's.
     generator = torch.Generator().manual_seed(cfg.seed + start_step)
+    if cfg.num_workers > 0:
+        dataset = SeededWorkerItems(dataset, cfg.seed)
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate_fn, num_workers=cfg.num_workers, generator=generator,
                       pin_memory=accelerator.device.type == "cuda", persistent_workers=cfg.num_workers > 0)  # fmt: skip
 

@@ -6,6 +6,7 @@ accelerator devices, so on the CPU its plugin would silently give DDP)."""
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -122,6 +123,38 @@ def test_loader_workers_deliver_the_same_batches():
     for _ in range(6):
         (a, _), (b, _) = (next(it) for it in iters)
         assert torch.equal(a["text"].ids, b["text"].ids) and torch.equal(a["text"].targets, b["text"].targets)
+
+
+class Augmented(torch.utils.data.Dataset):
+    """Random draws in __getitem__ (torch, NumPy, Python), as augmentation makes them."""
+
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, i):
+        import random
+
+        return torch.tensor([float(i), torch.rand(()).item(), np.random.rand(), random.random()])
+
+
+def _draws(items):  # a collate function that draws too (as vit's random_affine / timm's Mixup)
+    return torch.stack(items), torch.rand(len(items))
+
+
+def test_loader_workers_draw_augmentation_as_an_uninterrupted_run():
+    """Random augmentation read in DataLoader workers is a function of (seed, stream position):
+    a loader resumed at step 3 delivers exactly the batches (random draws included) that an
+    uninterrupted loader delivers from step 3, with any number of workers."""
+    cpu = SimpleNamespace(process_index=0, num_processes=1, device=torch.device("cpu"))
+    cfg = lambda w: TrainConfig(batch_size=4, grad_accum=2, num_workers=w, seed=5)  # noqa: E731
+    fresh = iter(make_loader(Augmented(), _draws, cfg(2), cpu))
+    expected = [next(fresh) for _ in range(10)][6:]  # steps 3 and 4 (two micro-batches a step)
+    for workers in (2, 1):
+        resumed = iter(make_loader(Augmented(), _draws, cfg(workers), cpu, start_step=3))
+        for a, ca in expected:
+            b, cb = next(resumed)
+            assert torch.equal(a, b) and torch.equal(ca, cb)
+    assert len(set(a[:, 1].tolist())) == len(a)  # the draws are random within a batch
 
 
 # -- batched log-mel on the device ----------------------------------------------------------------
