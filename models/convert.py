@@ -37,21 +37,24 @@ def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: st
     return model
 
 
-def refuse_unknown(sd: dict[str, Tensor], patterns: tuple[str, ...], depth: int, what: str) -> None:
+def refuse_unknown(sd: dict[str, Tensor], patterns: tuple[str, ...], depth: int | dict[str, int], what: str) -> None:
     """Refuse a reference checkpoint holding weights the import has no place for (a variant it does
     not support: layer scale, q/k norms, an untied head, ...) or more blocks than the model has.
-    `patterns`: regular expressions of the keys it reads or may ignore; group `block` is a block index."""
+    `patterns`: regular expressions of the keys it reads or may ignore; group `block` is a block
+    index below `depth` (or, with depth a dict, each group it names is a block index below its value)."""
+    depths = depth if isinstance(depth, dict) else {"block": depth}
     unknown, deeper = [], []
     for k in sd:
         m = next((m for m in (re.fullmatch(p, k) for p in patterns) if m), None)
         if m is None:
             unknown.append(k)
-        elif m.groupdict().get("block") is not None and int(m["block"]) >= depth:
+        elif any(m.groupdict().get(g) is not None and int(m[g]) >= d for g, d in depths.items()):
             deeper.append(k)
     if unknown:
         raise ValueError(f"{what} import: the checkpoint holds weights this import has no place for {sorted(unknown)[:5]} (an unsupported variant)")
     if deeper:
-        raise ValueError(f"{what} import: the checkpoint has more blocks than the model's {depth} ({sorted(deeper)[:3]})")
+        limit = depth if isinstance(depth, int) else ", ".join(f"{g} {d}" for g, d in depths.items())
+        raise ValueError(f"{what} import: the checkpoint has more blocks than the model's {limit} ({sorted(deeper)[:3]})")
 
 
 def check_tied(sd: dict[str, Tensor], head: str, table: str, what: str) -> None:
@@ -266,9 +269,18 @@ def hf_whisper_state_dict(sd: dict[str, Tensor], enc_depth: int, dec_depth: int)
     return out
 
 
+_WHISPER_LAYER = r"(self_attn\.(q|k|v|out)_proj|self_attn_layer_norm|final_layer_norm|fc1|fc2)\.(weight|bias)"
+WHISPER_KEYS = (  # Hugging Face's names without "model."; openai-whisper's are renamed to them first
+    r"encoder\.conv[12]\.(weight|bias)", r"(encoder|decoder)\.embed_positions\.weight", r"decoder\.embed_tokens\.weight",
+    r"(encoder|decoder)\.layer_norm\.(weight|bias)", r"proj_out\.weight", rf"encoder\.layers\.(?P<encoder>\d+)\.{_WHISPER_LAYER}",
+    rf"decoder\.layers\.(?P<decoder>\d+)\.({_WHISPER_LAYER}|(encoder_attn\.(q|k|v|out)_proj|encoder_attn_layer_norm)\.(weight|bias))",
+)  # fmt: skip
+
+
 def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> MultimodalTransformer:
     """Copy Hugging Face Whisper weights into a model built from `whisper_model_config`."""
     plain = {k.removeprefix("model."): v for k, v in sd.items()}
+    refuse_unknown(plain, WHISPER_KEYS, {"encoder": len(model.encoder.blocks), "decoder": len(model.decoder.blocks)}, "Whisper")
     check_tied(plain, "proj_out.weight", "decoder.embed_tokens.weight", "Whisper")
     ours = hf_whisper_state_dict(sd, len(model.encoder.blocks), len(model.decoder.blocks))
     missing = [k for k in model.state_dict() if k not in ours and not k.startswith(("type_embed", "heads."))]

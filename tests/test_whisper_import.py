@@ -95,3 +95,15 @@ def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
     with pytest.raises(ValueError, match="not an openai-whisper checkpoint"):
         torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
         load_openai_whisper(tmp_path / "other.pt")
+
+
+def test_checkpoints_with_weights_the_import_has_no_place_for_are_refused():
+    """A variant's extra weights (here a q/k norm) and a checkpoint deeper than the model are
+    refused instead of loading and giving other logits."""
+    cfg, hf = small_whisper()
+    model = lambda **kw: MultimodalTransformer(whisper_model_config({**cfg.to_dict(), **kw}))  # noqa: E731
+    extra = {**hf.state_dict(), "model.encoder.layers.0.self_attn.q_norm.weight": torch.ones(8)}
+    with pytest.raises(ValueError, match=r"no place for \['encoder.layers.0.self_attn.q_norm.weight'\]"):
+        load_hf_whisper(model(), extra)
+    with pytest.raises(ValueError, match="more blocks than the model's encoder 2, decoder 2"):
+        load_hf_whisper(model(decoder_layers=2), hf.state_dict())
