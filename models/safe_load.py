@@ -17,6 +17,10 @@ Refuses with `UnsafeCheckpointError`: any other global (functions, classes: `os.
 Complex and quantized storages and tensor subclasses name globals outside the table, so they are
 refused the same way. Refuses with `ValueError`: legacy non-zip files, truncated or damaged zips,
 a missing `data.pkl`, a storage record that is absent or shorter than its header or its tensors need.
+Memory stays bounded by the file's size: the storages read may expand to at most the file's own
+size in all (torch.save stores records uncompressed, so only a compressed record, a zip bomb, can
+go past it), and a tensor view may reach more elements than its storage holds (a stride-0,
+`expand`ed tensor) only up to the file's size in bytes; both are checked before anything is allocated.
 """
 
 from __future__ import annotations
@@ -118,8 +122,9 @@ EMPTY = {"EMPTY_DICT": dict, "EMPTY_LIST": list}  # a fresh container each time:
 class _Unpickler:
     """Runs the opcodes of one data.pkl; storages come from `archive` (a zip and its folder prefix)."""
 
-    def __init__(self, archive: zipfile.ZipFile, prefix: str):
+    def __init__(self, archive: zipfile.ZipFile, prefix: str, file_bytes: int):
         self.archive, self.prefix, self.names = archive, prefix, set(archive.namelist())
+        self.file_bytes, self.read_bytes = file_bytes, 0  # storages read so far may total the file's size
         order = self.record("byteorder") if f"{prefix}/byteorder" in self.names else b"little"  # absent in old files: little
         if order not in (b"little", b"big"):
             raise ValueError(f"byteorder record is {order!r}, expected b'little' or b'big'")
@@ -147,10 +152,15 @@ class _Unpickler:
             return self.storages[key]
         if f"{self.prefix}/data/{key}" not in self.names:
             raise ValueError(f"storage {key!r} is referenced but data/{key} is not in the archive")
-        raw = bytearray(self.record(f"data/{key}"))  # a writable copy: frombuffer shares it
-        if len(raw) != numel * dtype.itemsize:
-            raise ValueError(f"storage {key!r} holds {len(raw)} bytes; its header says {numel} x {dtype} "
+        size = self.archive.getinfo(f"{self.prefix}/data/{key}").file_size  # as the zip declares it; zipfile reads no more
+        if size != numel * dtype.itemsize:
+            raise ValueError(f"storage {key!r} holds {size} bytes; its header says {numel} x {dtype} "
                              f"({numel * dtype.itemsize} bytes)")
+        self.read_bytes += size
+        if self.read_bytes > self.file_bytes:
+            raise ValueError(f"storage {key!r}: the storages expand to more than the file's {self.file_bytes} bytes "
+                             "(compressed records; torch.save stores them uncompressed)")
+        raw = bytearray(self.record(f"data/{key}"))  # a writable copy: frombuffer shares it
         # note: frombuffer refuses an empty buffer
         flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
         if self.swap and dtype.itemsize > 1:
@@ -220,7 +230,13 @@ class _Unpickler:
                 args, func = stack.pop(), stack.pop()
                 if not any(func is f for f in CALLABLE_GLOBALS) or not isinstance(args, tuple):
                     raise UnsafeCheckpointError(f"REDUCE of {func!r}: only allowlisted functions may be called")
-                stack.append(func(*args))
+                out = func(*args)
+                if isinstance(out, torch.Tensor) and out.numel() > out.untyped_storage().nbytes() // out.element_size() \
+                        and out.numel() * out.element_size() > self.file_bytes:  # fmt: skip
+                    raise ValueError(f"a tensor of size {tuple(out.shape)}, stride {out.stride()} reaches "
+                                     f"{out.numel() * out.element_size()} bytes over a storage of {out.untyped_storage().nbytes()}, "
+                                     f"more than the file's {self.file_bytes}")  # fmt: skip
+                stack.append(out)
             elif name == "BINPERSID":
                 stack.append(self.storage(stack.pop()))
             elif name == "BUILD":
@@ -259,7 +275,7 @@ def load_torch_file(path: str | Path):
             pkl = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pkl) != 1:
                 raise ValueError(f"has {len(pkl)} <archive>/data.pkl records, expected 1 (is it a torch.save file?)")
-            return _Unpickler(archive, pkl[0].split("/")[0]).run(archive.read(pkl[0]))
+            return _Unpickler(archive, pkl[0].split("/")[0], path.stat().st_size).run(archive.read(pkl[0]))
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, EOFError) as e:

@@ -209,3 +209,28 @@ def test_damaged_zip_is_refused(tmp_path):
     (tmp_path / "flip.pt").write_bytes(bytes(data))
     with pytest.raises(ValueError, match="damaged zip"):
         load_torch_file(tmp_path / "flip.pt")
+
+
+def test_memory_stays_bounded_by_the_file_size(tmp_path):
+    """A compressed record that expands past the file's size (a zip bomb) and a stride-0 view
+    reaching more bytes than the file holds are refused before anything is allocated; a small
+    expanded tensor still loads."""
+    torch.save({"w": torch.zeros(4_000_000)}, tmp_path / "zeros.pt")  # 16 MB, stored
+    with zipfile.ZipFile(tmp_path / "zeros.pt") as zin, zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    assert (tmp_path / "bomb.pt").stat().st_size < 100_000
+    with pytest.raises(ValueError, match="expand to more than the file's"):
+        load_torch_file(tmp_path / "bomb.pt")
+    torch.save({"w": torch.zeros(1).expand(10_000_000)}, tmp_path / "view.pt")
+    with pytest.raises(ValueError, match=r"a tensor of size \(10000000,\), stride \(0,\) reaches 40000000 bytes"):
+        load_torch_file(tmp_path / "view.pt")
+    small = {"w": torch.arange(3.0).expand(10, 3)}
+    torch.save(small, tmp_path / "small.pt")
+    assert_same(load_torch_file(tmp_path / "small.pt"), small)
+    compressed = {"w": torch.randn(1000)}  # a compressed record that stays within the file's size still loads
+    torch.save(compressed, tmp_path / "c.pt")
+    with zipfile.ZipFile(tmp_path / "c.pt") as zin, zipfile.ZipFile(tmp_path / "c2.pt", "w", zipfile.ZIP_DEFLATED) as zout:
+        for name in zin.namelist():
+            zout.writestr(name, zin.read(name))
+    assert_same(load_torch_file(tmp_path / "c2.pt"), compressed)
