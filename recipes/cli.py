@@ -93,7 +93,7 @@ def cmd_predict(args):
 
 
 def cmd_transcribe(args):
-    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio, args.beam_size)
+    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin)
     for path, text in zip(args.audio, texts):
         print(f"{path}: {text}")
 
@@ -118,6 +118,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text}")
     return value
 
 
@@ -152,10 +159,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.add_argument("--top-k", type=positive_int, default=3)
     s.set_defaults(fn=cmd_predict)
-    s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint, greedy decoding.")
+    s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint: each file is cut at its pauses into segments no longer than the model's window, silence skipped.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("audio", nargs="+", metavar="AUDIO")
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
+    s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
+    s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")

@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, stream_audio
-from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, split_at_pauses
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
@@ -201,11 +201,16 @@ def evaluate(run_dir) -> dict:
 
 
 # -- using a trained model ------------------------------------------------------------------------
-TRANSCRIBE_GROUP = 16  # windows of a long file decoded together
-def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[str]:
+TRANSCRIBE_GROUP = 16  # segments of a long file decoded together
+
+
+def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0) -> list[str]:
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
-    Audio longer than the model's window (max_frames) is cut into consecutive windows whose
-    transcripts are joined with a space."""
+    Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at least
+    `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and no
+    longer than the model's window, max_frames) and the segments' transcripts are joined with a
+    space; silence is skipped. whisper_digits learns from single utterances cut tight, so a segment
+    should hold one utterance and start where it does: the defaults do both."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -216,14 +221,16 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None) -> list[
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
     texts = []
     for p in paths:
-        out, ended, pieces = [], [], stream_audio(p, seconds)
-        while group := list(itertools.islice(pieces, TRANSCRIBE_GROUP)):  # a few windows at a time: memory stays flat
-            batch = toks["audio"].encode_batch(group, names=[f"{p}"] * len(group))
-            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty, ended)
-        if not ended:
+        stream = stream_audio(p, seconds)
+        first = next(stream, None)
+        if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
+        out, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+        while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
+            batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
+            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty, ended)
         if not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} windows of {seconds:g} s reached max_text ({cfg.max_text - 3} "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - 3} "
                   "characters) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         texts.append(" ".join(t for t in out if t))

@@ -133,6 +133,44 @@ def test_stream_audio_reads_windows_block_by_block(tmp_path):
         next(stream_audio(tmp_path / "empty.wav", 3.0))
 
 
+def _blocks(wave: torch.Tensor, seconds: float):
+    n = int(seconds * SAMPLE_RATE)
+    return [wave[i : i + n] for i in range(0, len(wave), n)]
+
+
+def test_split_at_pauses_cuts_between_sounds_and_streams_any_block_size():
+    from tokenizers_mm.audio import split_at_pauses
+
+    sil = lambda s: torch.zeros(int(s * SAMPLE_RATE))  # noqa: E731
+    parts = [sil(0.4), speechlike(0.7, 1), sil(0.3), speechlike(0.5, 2), sil(1.2), 0.1 * speechlike(0.6, 3), sil(0.2)]
+    wave = torch.cat(parts)
+    want = [(0.4, 0.7), (1.4, 0.5), (3.1, 0.6)]  # (start, seconds) of each sound; the quiet third is still speech
+    for block in (0.37, 1.0, 10.0):  # the stream's block size changes nothing
+        got = list(split_at_pauses(_blocks(wave, block), 1.0))
+        assert len(got) == 3, block
+        for (start, w), (s, n) in zip(got, want):
+            assert abs(start - s) <= 0.011 and abs(len(w) / SAMPLE_RATE - n) <= 0.021, (block, start, len(w))
+    # a margin keeps that much of the surroundings; a pause shorter than min_pause does not cut
+    (start, w), *_ = split_at_pauses(_blocks(wave, 1.0), 1.0, margin=0.05)
+    assert abs(start - 0.35) <= 0.011 and abs(len(w) / SAMPLE_RATE - 0.8) <= 0.021
+    assert len(list(split_at_pauses(_blocks(wave, 1.0), 4.0, min_pause=0.5))) == 2
+    # silence and a hum far below full scale hold nothing
+    assert list(split_at_pauses([sil(3.0)], 1.0)) == []
+    assert list(split_at_pauses([1e-4 * speechlike(2.0, 4)], 1.0)) == []
+
+
+def test_split_at_pauses_cuts_speech_without_pauses_at_its_quietest_point():
+    from tokenizers_mm.audio import split_at_pauses
+
+    wave = speechlike(2.5, 5) + 0.3
+    wave[int(0.8 * SAMPLE_RATE) : int(0.83 * SAMPLE_RATE)] *= 0.05  # a 30 ms dip (-26 dB: still sound)
+    got = list(split_at_pauses(_blocks(wave, 0.6), 1.0))
+    assert got[0][0] == 0 and int(0.8 * SAMPLE_RATE) <= len(got[0][1]) < int(0.83 * SAMPLE_RATE)  # cut in the dip
+    assert all(len(w) <= SAMPLE_RATE for _, w in got)
+    assert torch.equal(torch.cat([w for _, w in got]), wave)  # loud throughout: nothing left out
+    assert [round(s * SAMPLE_RATE) for s, _ in got] == np.cumsum([0] + [len(w) for _, w in got[:-1]]).tolist()
+
+
 def test_save_load(tmp_path):
     tok = AudioTokenizer(n_mels=128, slice_frames=3, chunk=False, max_frames=300)
     tok.save(tmp_path)

@@ -24,7 +24,7 @@ def test_text_side_prompt_targets_and_bad_characters():
         text_example(tok, "naïve", "x.wav")
 
 
-def test_trains_evaluates_and_transcribes(tmp_path):
+def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     run = tmp_path / "run"
     metrics = whisper_digits.main(Config(data_dir=str(tmp_path / "data"), run_dir=str(run), **TINY))
     assert 0 <= metrics["val_wer"] and metrics["val_loss"] < 5
@@ -48,3 +48,21 @@ def test_trains_evaluates_and_transcribes(tmp_path):
     whisper_digits.transcribe_batch(load_trained(run)[0], load_trained(run)[1]["text"], batch, 1, ended=ended)
     assert ended == [False]
     assert json.loads((run / "results.json").read_text())["val_wer"] == pytest.approx(metrics["val_wer"])
+    # a recording of the two clips with pauses around them: cut at the pauses, one segment per clip
+    from recipes import cli
+    from tokenizers_mm.audio import split_at_pauses, stream_audio
+
+    clips = [sf.read(f, dtype="float32")[0] for f in files]
+    gap = np.zeros(8000, np.float32)
+    sf.write(tmp_path / "long.wav", np.concatenate([gap, clips[0], gap, clips[1], gap]), 16000)
+    segments = list(split_at_pauses(stream_audio(tmp_path / "long.wav", 8.0), 8.0))
+    spans = [(0.5, 0.5 + len(clips[0]) / 16000), (1.0 + len(clips[0]) / 16000, 1.0 + (len(clips[0]) + len(clips[1])) / 16000)]
+    assert len(segments) == 2
+    for (start, w), (a, b) in zip(segments, spans):  # each within its clip (to a frame), most of it (a fade-in may be quiet)
+        assert a - 0.011 <= start and start + len(w) / 16000 <= b + 0.011 and len(w) / 16000 >= 0.8 * (b - a)
+    sf.write(tmp_path / "quiet.wav", np.zeros(16000, np.float32), 16000)
+    capsys.readouterr()
+    assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "quiet.wav"), "--min-pause", "0.2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"{tmp_path / 'long.wav'}: ") and out[1] == f"{tmp_path / 'quiet.wav'}: "  # silence: nothing to say
+

@@ -199,6 +199,63 @@ def stream_audio(path, seconds: float):
         raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
 
 
+def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db: float = 40.0, floor_db: float = -60.0,
+                    margin: float = 0.0):
+    """Cut a stream of 16 kHz waveforms (`stream_audio`'s) into segments of speech between pauses,
+    none longer than `max_seconds`, for a model that hears one window at a time.
+
+    Energy per 10 ms frame; a frame is quiet below the loudest frame of its window minus `quiet_db`
+    dB, or below `floor_db` dBFS; at least `min_pause` seconds of quiet frames make a pause.
+    Segments end in the middle of each pause; speech that runs for `max_seconds` without one is
+    cut at its quietest frame in the window's second half (a fixed cut splits a word anywhere).
+    Each segment is trimmed to its loud frames, `margin` seconds either side kept (a model trained
+    on clips cut tight, as whisper_digits', may read leading silence as a word); segments without a
+    loud frame are left out (silence has nothing to transcribe, and a model may invent text there).
+    At most about two windows of samples are held, whatever the file's length.
+    Yields (start in seconds, waveform).
+    """
+    window = int(max_seconds * SAMPLE_RATE)
+    if window < 2 * HOP_LENGTH:
+        raise ValueError(f"split_at_pauses: max_seconds={max_seconds} is shorter than two 10 ms frames")
+    min_frames = max(1, round(min_pause * SAMPLE_RATE / HOP_LENGTH))
+    pad = int(margin * SAMPLE_RATE)
+    pieces, buffer, offset, more = iter(pieces), torch.zeros(0), 0, True
+    while True:
+        while more and len(buffer) < window:
+            piece = next(pieces, None)
+            more = piece is not None
+            buffer = torch.cat([buffer, piece]) if more else buffer
+        if not len(buffer):
+            return
+        head = buffer[:window]
+        frames = F.pad(head, (0, -len(head) % HOP_LENGTH)).view(-1, HOP_LENGTH).double()  # the last frame zero-padded
+        db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+        loud = db >= max(float(db.max()) - quiet_db, floor_db)
+        ends, run, quiet = [], 0, (~loud).tolist() + [False]  # ends: sample indices, the middle of each pause
+        for i in range(len(loud)):
+            run = run + 1 if quiet[i] else 0
+            if run >= min_frames and not quiet[i + 1]:  # a pause ends here
+                ends.append((i + 1 - run + run // 2) * HOP_LENGTH)
+        ends = [e for e in ends if 0 < e < len(head)]
+        final = not more and len(buffer) <= window
+        if final:
+            ends.append(len(head))
+        elif not ends:  # no pause in a whole window: cut at its quietest frame in the second half
+            half = len(db) // 2
+            ends = [(half + int(db[half:].argmin())) * HOP_LENGTH]
+        begin = 0
+        for end in ends:
+            hit = loud[begin // HOP_LENGTH : -(-end // HOP_LENGTH)].nonzero()[:, 0]
+            if len(hit):
+                a = max(begin, (begin // HOP_LENGTH + int(hit[0])) * HOP_LENGTH - pad)
+                b = min(end, (begin // HOP_LENGTH + int(hit[-1]) + 1) * HOP_LENGTH + pad)
+                yield (offset + a) / SAMPLE_RATE, head[a:b]
+            begin = end
+        if final:
+            return
+        buffer, offset = buffer[begin:], offset + begin
+
+
 def check_finite(values: Tensor, wave: Tensor, name: str) -> None:
     """A finite waveform far outside [-1, 1] (past ~1e17) overflows the float32 power spectrum."""
     if not bool(torch.isfinite(values).all()):
