@@ -22,8 +22,8 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, stream_audio
-from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, split_at_pauses
+from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
