@@ -54,6 +54,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
+from tokenizers_mm.base import read_json, write_json_atomic
 
 from .config import TrainConfig
 from .runs import resolve_run_dir, save_run_info
@@ -65,6 +66,7 @@ LOSS_WEIGHTS = {"digits": 0.6, "speech": 2.0, "control": 6.0, "text": 1.0}
 ORDER = ("image", "trajectory", "prose", "audio", "text")  # the trunk's input order: transcripts last (generation), after their audio
 PREFIX = ("image", "audio")  # attended in both directions within an example
 STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
+GROWN_FROM = "grown_from.json"  # in a grown run: the model config of the run it grew from
 
 
 @dataclass
@@ -360,8 +362,6 @@ def model_config(cfg: Config, tasks: list[Task]) -> ModelConfig:
 
 def trained_config(run_dir) -> ModelConfig:
     """The model config of a run's latest checkpoint."""
-    from tokenizers_mm.base import read_json
-
     from .checkpoint import latest_checkpoint
 
     ckpt = latest_checkpoint(Path(run_dir))
@@ -431,7 +431,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
         from .runs import load_trained
 
-        old = trained_config(cfg.init_from)
+        parent = run_dir / GROWN_FROM  # the parent's model config, kept so the grown run resumes without the parent on disk
+        old = ModelConfig.from_dict(read_json(parent, "model")) if resume and parent.is_file() else trained_config(cfg.init_from)
         trained_layout = "prefix" if old.trunk.mode == "decoder" else "encoder-decoder"
         if trained_layout != cfg.layout:  # note: the trunk below is the trained one; a config of the other layout would not fit it
             raise ValueError(f"init_from={cfg.init_from} was trained with layout={trained_layout}; grow it with layout={trained_layout}")
@@ -447,6 +448,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
         model = build_model(cfg, tasks)
     if not resume:
         save_run_info(run_dir, "generalist", cfg)
+        if cfg.init_from:
+            write_json_atomic(run_dir / GROWN_FROM, old.to_dict())
         for task in tasks:
             for m, tok in task.tokenizers.items():
                 tok.save(run_dir / "tokenizers" / m)

@@ -192,6 +192,13 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     assert "text_loss" in r2
     for key in ("digits_accuracy", "speech_wer", "control_return"):
         assert r2[key] == r1[key], key  # frozen: the old tasks are exactly as trained
+    first.rename(tmp_path / "moved")  # the grown run resumes without its parent on disk
+    p = subprocess.run([sys.executable, "-m", "recipes.cli", "resume", str(grown), "max_steps=6"], capture_output=True, text=True,
+                       env=subprocess_env(), cwd=ROOT)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-3000:]
+    r3 = json.loads((grown / "results.json").read_text())
+    assert all(r3[key] == r1[key] for key in ("digits_accuracy", "speech_wer", "control_return"))  # still frozen
+    (tmp_path / "moved").rename(first)
     p = subprocess.run([sys.executable, "-m", "recipes.cli", "train", "generalist", *common, f"run_dir={tmp_path / 'other'}",
                         f"init_from={first}", "layout=prefix", "max_steps=1"], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT)  # fmt: skip
     assert p.returncode == 2 and "was trained with layout=encoder-decoder; grow it with layout=encoder-decoder" in p.stderr
