@@ -323,8 +323,30 @@ def openai_whisper_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
                     "ln_post.weight": "layer_norm.weight", "ln_post.bias": "layer_norm.bias",
                     "ln.weight": "layer_norm.weight", "ln.bias": "layer_norm.bias"}.get(rest, rest)  # fmt: skip
             k = f"{side}.{rest}"
-        out[k] = v.float()
+        out[k] = v  # note: no .float() here: the shape and key checks come first, and copy_ converts
     return out
+
+
+def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> None:
+    """The model is built from `dims` before any weight is copied: refuse dims the checkpoint's own
+    tensors do not bear out (a file cannot make us allocate a model larger than its weights)."""
+    if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in
+                                             ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab",
+                                              "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")):  # fmt: skip
+        raise ValueError(f"Whisper import: dims {dims!r} must give every ModelDimensions field as a positive integer")
+    if not isinstance(sd, dict):
+        raise ValueError(f"Whisper import: model_state_dict is a {type(sd).__name__}, expected a dict of tensors")
+    want = {"encoder.conv1.weight": (dims["n_audio_state"], dims["n_mels"], 3), "encoder.positional_embedding": (dims["n_audio_ctx"], dims["n_audio_state"]),
+            "decoder.token_embedding.weight": (dims["n_vocab"], dims["n_text_state"]),
+            "decoder.positional_embedding": (dims["n_text_ctx"], dims["n_text_state"])}  # fmt: skip
+    for k, shape in want.items():
+        got = tuple(sd[k].shape) if isinstance(sd.get(k), Tensor) else None
+        if got != shape:
+            raise ValueError(f"Whisper import: dims say {k} is {shape}; the checkpoint holds {got}")
+    for side, n in (("encoder", dims["n_audio_layer"]), ("decoder", dims["n_text_layer"])):
+        blocks = {k.split(".")[2] for k in sd if k.startswith(f"{side}.blocks.")}
+        if blocks != {str(i) for i in range(n)}:
+            raise ValueError(f"Whisper import: dims say {n} {side} blocks; the checkpoint holds {len(blocks)}")
 
 
 def load_openai_whisper(path) -> MultimodalTransformer:
@@ -335,6 +357,7 @@ def load_openai_whisper(path) -> MultimodalTransformer:
     ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or not {"dims", "model_state_dict"} <= set(ckpt):
         raise ValueError(f"{path}: not an openai-whisper checkpoint (expected a dict with dims and model_state_dict)")
+    check_openai_whisper_dims(ckpt["dims"], ckpt["model_state_dict"])
     model = MultimodalTransformer(whisper_model_config(openai_whisper_config(ckpt["dims"])))
     return load_hf_whisper(model, openai_whisper_state_dict(ckpt["model_state_dict"]))
 

@@ -17,10 +17,12 @@ Refuses with `UnsafeCheckpointError`: any other global (functions, classes: `os.
 Complex and quantized storages and tensor subclasses name globals outside the table, so they are
 refused the same way. Refuses with `ValueError`: legacy non-zip files, truncated or damaged zips,
 a missing `data.pkl`, a storage record that is absent or shorter than its header or its tensors need.
-Memory stays bounded by the file's size: the storages read may expand to at most the file's own
-size in all (torch.save stores records uncompressed, so only a compressed record, a zip bomb, can
-go past it), and a tensor view may reach more elements than its storage holds (a stride-0,
-`expand`ed tensor) only up to the file's size in bytes; both are checked before anything is allocated.
+Memory stays proportional to the file's size: every record is read through `_read`, which
+refuses a record declared larger than the file and never decompresses past its declared size
+(torch.save stores records uncompressed, so only a compressed record, a zip bomb, could go past
+it); the storages read may total at most the file's size; the tensors built over them (views,
+stride-0 `expand`ed tensors, many names for one storage) at most twice the file's size plus 1 MiB;
+the pickle's opcodes are validated in one pass and run in a second, without a list of them.
 """
 
 from __future__ import annotations
@@ -125,14 +127,15 @@ class _Unpickler:
     def __init__(self, archive: zipfile.ZipFile, prefix: str, file_bytes: int):
         self.archive, self.prefix, self.names = archive, prefix, set(archive.namelist())
         self.file_bytes, self.read_bytes = file_bytes, 0  # storages read so far may total the file's size
+        self.tensor_bytes = 0  # bytes the tensors built so far reach: at most twice the file's size (+ 1 MiB)
         order = self.record("byteorder") if f"{prefix}/byteorder" in self.names else b"little"  # absent in old files: little
         if order not in (b"little", b"big"):
-            raise ValueError(f"byteorder record is {order!r}, expected b'little' or b'big'")
+            raise ValueError(f"byteorder record is {order[:20]!r}, expected b'little' or b'big'")
         self.swap = order.decode() != sys.byteorder
         self.storages: dict[str, torch.Tensor] = {}  # key -> flat tensor, so shared storages load once and stay shared
 
     def record(self, name: str) -> bytes:
-        return self.archive.read(f"{self.prefix}/{name}")
+        return _read(self.archive, f"{self.prefix}/{name}", self.file_bytes)
 
     def storage(self, pid) -> torch.Tensor:
         """BINPERSID: ('storage', dtype, key, location, numel) -> the flat CPU tensor of data/<key>."""
@@ -169,7 +172,9 @@ class _Unpickler:
         return self.storages[key]
 
     def run(self, data: bytes):
-        ops = list(pickletools.genops(data))  # parse everything first: a malformed pickle fails before anything is built
+        for _ in pickletools.genops(data):  # parse everything first: a malformed pickle fails before anything is built
+            pass
+        ops = pickletools.genops(data)  # note: run from a second pass, not a list of every opcode (~180 bytes each)
         stack, marks, memo = [], [], {}
 
         def pop_mark() -> list:
@@ -231,11 +236,12 @@ class _Unpickler:
                 if not any(func is f for f in CALLABLE_GLOBALS) or not isinstance(args, tuple):
                     raise UnsafeCheckpointError(f"REDUCE of {func!r}: only allowlisted functions may be called")
                 out = func(*args)
-                if isinstance(out, torch.Tensor) and out.numel() > out.untyped_storage().nbytes() // out.element_size() \
-                        and out.numel() * out.element_size() > self.file_bytes:  # fmt: skip
-                    raise ValueError(f"a tensor of size {tuple(out.shape)}, stride {out.stride()} reaches "
-                                     f"{out.numel() * out.element_size()} bytes over a storage of {out.untyped_storage().nbytes()}, "
-                                     f"more than the file's {self.file_bytes}")  # fmt: skip
+                if isinstance(out, torch.Tensor) and func is not _rebuild_parameter:
+                    self.tensor_bytes += out.numel() * out.element_size()
+                    if self.tensor_bytes > 2 * self.file_bytes + (1 << 20):
+                        raise ValueError(f"the tensors reach {self.tensor_bytes} bytes (the last of size {tuple(out.shape)}, stride "
+                                         f"{out.stride()}), more than twice the file's {self.file_bytes} (views or names repeating "
+                                         "one storage)")  # fmt: skip
                 stack.append(out)
             elif name == "BINPERSID":
                 stack.append(self.storage(stack.pop()))
@@ -258,6 +264,17 @@ class _Unpickler:
         raise ValueError("data.pkl ends without a STOP opcode")
 
 
+def _read(archive: zipfile.ZipFile, name: str, file_bytes: int) -> bytes:
+    """A record's bytes, refusing one declared larger than the whole file, and decompressing no
+    further than its declared size (ZipFile.read inflates up to 1 GiB at a time before cutting)."""
+    info = archive.getinfo(name)
+    if info.file_size > file_bytes:
+        raise ValueError(f"record {name} expands to {info.file_size} bytes, more than the file's {file_bytes} "
+                         "(a compressed record; torch.save stores them uncompressed)")  # fmt: skip
+    with archive.open(info) as f:
+        return f.read(info.file_size)
+
+
 # -- public entry point -----------------------------------------------------------------------------
 def load_torch_file(path: str | Path):
     """The object `torch.save` wrote to `path` (a zip checkpoint), with every tensor on the CPU.
@@ -275,7 +292,8 @@ def load_torch_file(path: str | Path):
             pkl = [n for n in archive.namelist() if n.count("/") == 1 and n.endswith("/data.pkl")]
             if len(pkl) != 1:
                 raise ValueError(f"has {len(pkl)} <archive>/data.pkl records, expected 1 (is it a torch.save file?)")
-            return _Unpickler(archive, pkl[0].split("/")[0], path.stat().st_size).run(archive.read(pkl[0]))
+            size = path.stat().st_size
+            return _Unpickler(archive, pkl[0].split("/")[0], size).run(_read(archive, pkl[0], size))
     except UnsafeCheckpointError as e:
         raise UnsafeCheckpointError(f"{path}: {e}") from None
     except (zipfile.BadZipFile, EOFError) as e:

@@ -223,8 +223,12 @@ def test_memory_stays_bounded_by_the_file_size(tmp_path):
     with pytest.raises(ValueError, match="expand to more than the file's"):
         load_torch_file(tmp_path / "bomb.pt")
     torch.save({"w": torch.zeros(1).expand(10_000_000)}, tmp_path / "view.pt")
-    with pytest.raises(ValueError, match=r"a tensor of size \(10000000,\), stride \(0,\) reaches 40000000 bytes"):
+    with pytest.raises(ValueError, match=r"the tensors reach 40000000 bytes \(the last of size \(10000000,\), stride \(0,\)\)"):
         load_torch_file(tmp_path / "view.pt")
+    w = torch.randn(50_000)  # 200 kB under 4,000 names: each name is a view of its own, 800 MB in all
+    torch.save({f"k{i}": w[:] for i in range(4000)}, tmp_path / "names.pt")
+    with pytest.raises(ValueError, match="more than twice the file's"):
+        load_torch_file(tmp_path / "names.pt")
     small = {"w": torch.arange(3.0).expand(10, 3)}
     torch.save(small, tmp_path / "small.pt")
     assert_same(load_torch_file(tmp_path / "small.pt"), small)
@@ -234,3 +238,48 @@ def test_memory_stays_bounded_by_the_file_size(tmp_path):
         for name in zin.namelist():
             zout.writestr(name, zin.read(name))
     assert_same(load_torch_file(tmp_path / "c2.pt"), compressed)
+
+
+def _deflated(src, dst, records: dict[str, bytes]):
+    """Copy a torch zip with some records replaced by `records` (by name suffix), deflated."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            suffix = name.split("/", 1)[1]
+            zout.writestr(name, records.get(suffix, zin.read(name)), zipfile.ZIP_DEFLATED if suffix in records else zipfile.ZIP_STORED)
+    return dst
+
+
+def _declare_size(path, suffix: str, size: int, crc: int):
+    """Make the zip's directory and local header say `size` bytes (and `crc`) for a record."""
+    data = bytearray(path.read_bytes())
+    i = data.find(b"PK\x01\x02")
+    while i >= 0:
+        n = struct.unpack_from("<H", data, i + 28)[0]
+        if data[i + 46 : i + 46 + n].decode().endswith(suffix):
+            struct.pack_into("<I", data, i + 16, crc)
+            struct.pack_into("<I", data, i + 24, size)
+            local = struct.unpack_from("<I", data, i + 42)[0]
+            struct.pack_into("<I", data, local + 14, crc)
+            struct.pack_into("<I", data, local + 22, size)
+        i = data.find(b"PK\x01\x02", i + 4)
+    path.write_bytes(bytes(data))
+
+
+def test_no_record_inflates_past_its_bound(tmp_path):
+    """A compressed data.pkl or byteorder record larger than the file is refused unread; a record
+    whose directory under-states what its stream inflates to is read no further than declared."""
+    import tracemalloc
+    import zlib
+
+    torch.save({"w": torch.zeros(1)}, tmp_path / "base.pt")
+    for record in ("data.pkl", "byteorder"):
+        bomb = _deflated(tmp_path / "base.pt", tmp_path / "bomb.pt", {record: b"\x00" * 20_000_000})
+        with pytest.raises(ValueError, match=f"record .*{record} expands to 20000000 bytes, more than the file's"):
+            load_torch_file(bomb)
+    liar = _deflated(tmp_path / "base.pt", tmp_path / "liar.pt", {"data/0": b"\x00" * 20_000_000})
+    _declare_size(liar, "/data/0", 4, zlib.crc32(b"\x00" * 4))
+    tracemalloc.start()
+    out = load_torch_file(liar)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert torch.equal(out["w"], torch.zeros(1)) and peak < 5_000_000  # it used to inflate all 20 MB first

@@ -95,6 +95,13 @@ def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
     with pytest.raises(ValueError, match="not an openai-whisper checkpoint"):
         torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
         load_openai_whisper(tmp_path / "other.pt")
+    # dims the weights do not bear out are refused before a model is built from them
+    for change, message in (({"n_text_layer": 5000}, "dims say 5000 decoder blocks; the checkpoint holds 2"),
+                            ({"n_text_state": 4096}, r"dims say decoder.token_embedding.weight is \(100, 4096\)"),
+                            ({"n_mels": "80"}, "must give every ModelDimensions field as a positive integer")):  # fmt: skip
+        torch.save({"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": ref.state_dict()}, tmp_path / "big.pt")
+        with pytest.raises(ValueError, match=message):
+            load_openai_whisper(tmp_path / "big.pt")
 
 
 def test_checkpoints_with_weights_the_import_has_no_place_for_are_refused():
