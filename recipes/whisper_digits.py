@@ -229,7 +229,9 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
             out += transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty, ended)
-        if not all(ended):
+        if not ended:
+            print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
+        elif not all(ended):
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - 3} "
                   "characters) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip

@@ -171,6 +171,42 @@ def test_split_at_pauses_cuts_speech_without_pauses_at_its_quietest_point():
     assert [round(s * SAMPLE_RATE) for s, _ in got] == np.cumsum([0] + [len(w) for _, w in got[:-1]]).tolist()
 
 
+def test_split_at_pauses_finds_pauses_in_room_noise_and_drops_clicks_and_silence():
+    from tokenizers_mm.audio import split_at_pauses
+
+    g = torch.Generator().manual_seed(0)
+    hiss = lambda s, db: torch.randn(int(s * SAMPLE_RATE), generator=g) * 10 ** (db / 20)  # noqa: E731  # Gaussian noise at db dBFS
+    click = torch.zeros(SAMPLE_RATE // 2)
+    click[4000:4160] = 0.5  # one 10 ms frame
+    # speech with room noise 25 dB below it through the pauses, then 10 s of that noise alone, then a click
+    wave = torch.cat([hiss(0.3, -40), speechlike(0.7, 1), hiss(0.3, -40), speechlike(0.6, 2), hiss(10.0, -40), click + hiss(0.5, -40)])
+    got = list(split_at_pauses(_blocks(wave, 8.0), 8.0))
+    assert [round(s, 1) for s, _ in got] == [0.3, 1.3] and [round(len(w) / SAMPLE_RATE, 1) for _, w in got] == [0.7, 0.6]
+    # a stream that ends exactly at a window's end is one segment, not a cut and a sliver
+    loud = speechlike(1.0, 5) + 0.3
+    assert [len(w) for _, w in split_at_pauses([loud[:8000], loud[8000:]], 1.0)] == [SAMPLE_RATE]
+    # a quiet recording (peaks near -45 dBFS) is cut like a loud one; one below floor_db is silence
+    quiet = 10 ** (-40 / 20) * torch.cat([speechlike(0.7, 1), torch.zeros(4000), speechlike(0.6, 2)])
+    assert len(list(split_at_pauses([quiet], 8.0))) == 2 and list(split_at_pauses([quiet / 100], 8.0)) == []
+    for bad, message in (({"margin": -0.1}, "margin=-0.1 must be"), ({"min_pause": float("nan")}, "min_pause=nan must be")):
+        with pytest.raises(ValueError, match=message):
+            list(split_at_pauses([quiet], 8.0, **bad))
+    with pytest.raises(ValueError, match=r"a piece of shape \(8000, 2\); expected 1-D"):
+        list(split_at_pauses([torch.zeros(8000, 2)], 8.0))
+
+
+def test_encode_batch_takes_a_one_frame_clip_beside_a_long_one():
+    """A 10 ms clip (padded to 201 samples for the STFT) batched with a longer one: every row has the
+    batch's frame count (the CPU row path padded it one frame short)."""
+    tok = AudioTokenizer(n_mels=80, chunk=False, max_frames=800)
+    waves = [speechlike(0.01, 1), speechlike(0.5, 2)]
+    batch = tok.encode_batch(waves)
+    assert batch.values.shape[:2] == (2, 50)
+    for row, w in enumerate(waves):
+        alone = tok.encode(w)
+        torch.testing.assert_close(batch.values[row, : alone.values.shape[0]], alone.values)
+
+
 def test_save_load(tmp_path):
     tok = AudioTokenizer(n_mels=128, slice_frames=3, chunk=False, max_frames=300)
     tok.save(tmp_path)

@@ -13,6 +13,7 @@ mask. `log_mel_spectrogram` runs batched on whatever device the audio is on. Rea
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -76,7 +77,8 @@ def log_mel_rows(waves: list[Tensor], n_mels: int = 80, device=None, batched: bo
     device = torch.device(device) if device is not None else waves[0].device
     longest = max(w.shape[-1] for w in waves)
     if not (device.type != "cpu" if batched is None else batched):
-        return torch.stack([F.pad(log_mel_spectrogram(w.to(device), n_mels), (0, (longest - w.shape[-1]) // HOP_LENGTH)) for w in waves])
+        mels = [log_mel_spectrogram(w.to(device), n_mels) for w in waves]
+        return torch.stack([F.pad(m, (0, longest // HOP_LENGTH - m.shape[-1])) for m in mels])
     pad = N_FFT // 2
     x = torch.stack([F.pad(F.pad(w.to(device)[None], (pad, pad), mode="reflect")[0], (0, longest - w.shape[-1])) for w in waves])
     return _log_mel(x, n_mels, torch.tensor([w.shape[-1] // HOP_LENGTH for w in waves], device=device))
@@ -200,39 +202,60 @@ def stream_audio(path, seconds: float):
 
 
 def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db: float = 40.0, floor_db: float = -60.0,
-                    margin: float = 0.0):
-    """Cut a stream of 16 kHz waveforms (`stream_audio`'s) into segments of speech between pauses,
-    none longer than `max_seconds`, for a model that hears one window at a time.
+                    margin: float = 0.0, min_sound: float = 0.05):
+    """Cut a stream of 16 kHz mono waveforms (`stream_audio`'s) into segments of sound between
+    pauses, none longer than `max_seconds`, for a model that hears one window at a time.
 
-    Energy per 10 ms frame; a frame is quiet below the loudest frame of its window minus `quiet_db`
-    dB, or below `floor_db` dBFS; at least `min_pause` seconds of quiet frames make a pause.
-    Segments end in the middle of each pause; speech that runs for `max_seconds` without one is
-    cut at its quietest frame in the window's second half (a fixed cut splits a word anywhere).
-    Each segment is trimmed to its loud frames, `margin` seconds either side kept (a model trained
-    on clips cut tight, as whisper_digits', may read leading silence as a word); segments without a
-    loud frame are left out (silence has nothing to transcribe, and a model may invent text there).
-    At most about two windows of samples are held, whatever the file's length.
-    Yields (start in seconds, waveform).
+    Energy per 10 ms frame, judged per window of `max_seconds` against its loudest frame and the
+    noise floor (the 10th percentile of a window's frames, taken from the last window where it lies
+    20 dB or more below the loudest: one with quiet stretches, so continuous speech or a stretch of
+    room noise keeps the floor found before it): a frame is sound when it is within `quiet_db` of
+    the loudest and at least 3 dB above the floor; at least `min_pause` seconds of other frames
+    make a pause. Segments end in the middle of each pause; sound that runs a whole window without
+    one is cut at its quietest frame in the window's second half (a fixed cut splits a word
+    anywhere). Each segment is trimmed to its sound frames, `margin` seconds either side kept when
+    the pause allows (a model trained on clips cut tight, as whisper_digits', may read leading
+    silence as a word). Left out: segments with less than `min_sound` seconds 15 dB above the floor
+    (a click, a breath of room noise), and windows whose loudest frame is below `floor_db` dBFS
+    (silence has nothing to transcribe, and a model may invent text there). At most about two
+    windows of samples are held, whatever the stream's length. Yields (start in seconds, waveform).
     """
+    for name, v in (("max_seconds", max_seconds), ("min_pause", min_pause), ("quiet_db", quiet_db), ("margin", margin), ("min_sound", min_sound)):
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"split_at_pauses: {name}={v} must be a finite number >= 0")
     window = int(max_seconds * SAMPLE_RATE)
     if window < 2 * HOP_LENGTH:
         raise ValueError(f"split_at_pauses: max_seconds={max_seconds} is shorter than two 10 ms frames")
-    min_frames = max(1, round(min_pause * SAMPLE_RATE / HOP_LENGTH))
+    min_frames, sound_frames = max(1, round(min_pause * SAMPLE_RATE / HOP_LENGTH)), round(min_sound * SAMPLE_RATE / HOP_LENGTH)
     pad = int(margin * SAMPLE_RATE)
     pieces, buffer, offset, more = iter(pieces), torch.zeros(0), 0, True
+    noise = -math.inf  # the noise floor (dB) of the last window that showed one
     while True:
-        while more and len(buffer) < window:
+        parts, n = [buffer], len(buffer)
+        while more and n <= window:  # note: one piece past the window, so a stream ending exactly there is known to end
             piece = next(pieces, None)
             more = piece is not None
-            buffer = torch.cat([buffer, piece]) if more else buffer
+            if more:
+                piece = torch.as_tensor(piece)
+                if piece.dim() != 1:
+                    raise ValueError(f"split_at_pauses: a piece of shape {tuple(piece.shape)}; expected 1-D mono samples (stream_audio's)")
+                parts.append(piece)
+                n += len(piece)
+        buffer = torch.cat(parts) if len(parts) > 1 else buffer  # one copy per round, however small the pieces
         if not len(buffer):
             return
         head = buffer[:window]
         frames = F.pad(head, (0, -len(head) % HOP_LENGTH)).view(-1, HOP_LENGTH).double()  # the last frame zero-padded
         db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
-        loud = db >= max(float(db.max()) - quiet_db, floor_db)
-        ends, run, quiet = [], 0, (~loud).tolist() + [False]  # ends: sample indices, the middle of each pause
-        for i in range(len(loud)):
+        peak, low = float(db.max()), float(torch.quantile(db, 0.1))
+        if peak - low >= 20.0:  # the window has quiet stretches: its 10th percentile is the noise floor
+            noise = low
+        sound = db >= max(peak - quiet_db, noise + 3.0)
+        voiced = db >= max(peak - quiet_db, noise + 15.0)
+        if peak < floor_db:
+            sound = voiced = torch.zeros_like(sound)
+        ends, run, quiet = [], 0, (~sound).tolist() + [False]  # ends: sample indices, the middle of each pause
+        for i in range(len(sound)):
             run = run + 1 if quiet[i] else 0
             if run >= min_frames and not quiet[i + 1]:  # a pause ends here
                 ends.append((i + 1 - run + run // 2) * HOP_LENGTH)
@@ -240,15 +263,16 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
         final = not more and len(buffer) <= window
         if final:
             ends.append(len(head))
-        elif not ends:  # no pause in a whole window: cut at its quietest frame in the second half
-            half = len(db) // 2
-            ends = [(half + int(db[half:].argmin())) * HOP_LENGTH]
+        elif not ends:  # no pause in a whole window: cut at its quietest frame in the second half (the last, if tied)
+            second = db[len(db) // 2 :]
+            ends = [(len(db) - 1 - int(second.flip(0).argmin())) * HOP_LENGTH]
         begin = 0
         for end in ends:
-            hit = loud[begin // HOP_LENGTH : -(-end // HOP_LENGTH)].nonzero()[:, 0]
-            if len(hit):
-                a = max(begin, (begin // HOP_LENGTH + int(hit[0])) * HOP_LENGTH - pad)
-                b = min(end, (begin // HOP_LENGTH + int(hit[-1]) + 1) * HOP_LENGTH + pad)
+            first, last = begin // HOP_LENGTH, -(-end // HOP_LENGTH)
+            hit = sound[first:last].nonzero()[:, 0]
+            if len(hit) and int(voiced[first:last].sum()) >= max(1, sound_frames):
+                a = max(begin, (first + int(hit[0])) * HOP_LENGTH - pad)
+                b = min(end, (first + int(hit[-1]) + 1) * HOP_LENGTH + pad)
                 yield (offset + a) / SAMPLE_RATE, head[a:b]
             begin = end
         if final:
