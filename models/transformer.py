@@ -359,7 +359,7 @@ class MultimodalTransformer(nn.Module):
         beams = {n: TokenBatch(n, expand(b.ids), expand(b.values), expand(b.positions), expand(b.types), expand(b.mask),
                                segments=expand(b.segments)) for n, b in inputs.items()}  # fmt: skip
         memory = memory_mask = None
-        if self.encoder is not None:  # encode each sample once, then give every beam a view of its memory
+        if self.encoder is not None:  # encode each sample once, then copy its memory to each of its beams
             memory, memory_mask, spans = self.encode(inputs)
             memory_mask = expand(self._cross_mask(inputs, spans, memory_mask))
             memory = expand(memory)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
@@ -104,10 +106,6 @@ class SeededWorkerItems(Dataset):
         return self.dataset[i]
 
     def __getitems__(self, batch: list) -> list:
-        import random
-
-        import numpy as np
-
         if torch.utils.data.get_worker_info() is not None and isinstance(batch, MicroBatch):
             a, b = np.random.SeedSequence([self.seed, batch.pos]).generate_state(2)
             torch.manual_seed(int(a) << 32 | int(b))
