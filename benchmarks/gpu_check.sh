@@ -10,4 +10,4 @@ cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi: running on the CPU"
-exec python benchmarks/gpu_check.py "$@"
+exec "${PYTHON:-python3}" benchmarks/gpu_check.py "$@"

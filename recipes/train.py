@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import random
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -462,6 +463,9 @@ def plot_metrics(run_dir) -> Path | None:
     """loss.png: training loss and every evaluation metric against the step."""
     rows = read_metrics(run_dir)
     if not rows:
+        return None
+    if importlib.util.find_spec("matplotlib") is None:  # a bare machine (a GPU check): the run matters more than its picture
+        print(f"no {Path(run_dir) / 'loss.png'}: matplotlib is not installed", file=sys.stderr)
         return None
     from .plots import save_png, subplots
 

@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import tiktoken
 import torch
 
 from .base import Tokenizer
@@ -237,6 +236,8 @@ class BPETokenizer(Tokenizer):
         self.specials = dict(specials)
         self.max_positions = max_positions
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
+        import tiktoken  # note: here, not at the top, so the rest of the package imports without it (a bare GPU machine)
+
         self.enc = tiktoken.Encoding(name="tokenizers-mm", pat_str=self.pattern, mergeable_ranks=ranks, special_tokens=self.specials)
         self._core = self.enc._core_bpe  # note: tiktoken's Rust core; its buffer API skips a Python list
         self._all_specials = tuple(self.specials)
