@@ -8,9 +8,10 @@ then the batched log-mel front end's throughput on the device.
     python benchmarks/gpu_check.py size=tiny     # the same path on the CPU in seconds (tested)
 
 Options (key=value): size=gpt2|tiny, steps=300, batch=32 (sequences per step), compile=true,
-mel_batch=64. Prints one JSON object; nothing is downloaded. If torch.compile fails (no Triton, no
-C++ compiler, a compiler bug), the check says why on stderr and in `compile_error`, and measures
-without compiling, so a scarce GPU run still gives figures.
+mel_batch=64. Prints one JSON object; nothing is downloaded. If the compiled run fails (no Triton,
+no C++ compiler, a compiler bug), the check says why on stderr and in `compile_error`, and measures
+without compiling; a failing bare loop or log-mel part is reported as `bare_loop_error` /
+`mel_error` beside the training figures, so a scarce GPU run still gives figures.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class Synthetic(torch.utils.data.Dataset):
     def __getitem__(self, i):
         g = torch.Generator().manual_seed(i)
         return {"text": next_token_set("text", torch.randint(0, self.vocab, (self.context + 1,), generator=g))}
+
+
+def one_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
 
 
 def parse(argv):
@@ -129,9 +134,9 @@ def main(argv):
     except Exception as e:  # noqa: BLE001  # one GPU run is scarce: if compiling fails, still measure without it, and say why
         if opts["compile"] != "true":
             raise
-        compile_error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        compile_error = one_line(e)
     if compile_error is not None:  # note: outside the except block, so the failed run's traceback (and its GPU memory) is gone
-        print(f"gpu_check: torch.compile failed ({compile_error}); measuring without it", file=sys.stderr)
+        print(f"gpu_check: the compiled run failed ({compile_error}); measuring without torch.compile", file=sys.stderr)
         import gc
 
         torch._dynamo.reset()
@@ -152,9 +157,16 @@ def main(argv):
            "mfu_vs_table_peak": achieved / table, "mfu_logged": [round(r.get("mfu", float("nan")), 4) for r in steady],
            "wall_seconds": wall, "torch": torch.__version__, "compile_error": compile_error}  # fmt: skip
     inputs, _ = collate_examples([Synthetic(context, vocab)[i] for i in range(batch)])
-    bare = bare_loop(model.config, inputs, max(3, steps // 3), device, cfg.compile)
-    out.update(bare_loop_tokens_per_s=bare, loop_efficiency=tokens_per_s / bare, mfu_bare_vs_measured_peak=flops_per_token(model, context) * bare / measured)
-    out.update(mel_throughput(device, int(opts["mel_batch"]) if gpu else 4))
+    try:  # note: the training figures above are printed whatever the two parts below do
+        bare = bare_loop(model.config, inputs, max(3, steps // 3), device, cfg.compile)
+        out.update(bare_loop_tokens_per_s=bare, loop_efficiency=tokens_per_s / bare,
+                   mfu_bare_vs_measured_peak=flops_per_token(model, context) * bare / measured)  # fmt: skip
+    except Exception as e:  # noqa: BLE001
+        out.update(bare_loop_error=one_line(e))
+    try:
+        out.update(mel_throughput(device, int(opts["mel_batch"]) if gpu else 4))
+    except Exception as e:  # noqa: BLE001
+        out.update(mel_error=one_line(e))
     print(json.dumps(out, indent=2))
     return out
 

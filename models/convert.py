@@ -281,6 +281,9 @@ def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Mult
     """Copy Hugging Face Whisper weights into a model built from `whisper_model_config`."""
     plain = {k.removeprefix("model."): v for k, v in sd.items()}
     refuse_unknown(plain, WHISPER_KEYS, {"encoder": len(model.encoder.blocks), "decoder": len(model.decoder.blocks)}, "Whisper")
+    own = [v.numel() for v in model.state_dict().values()]
+    if sum(v.numel() for v in plain.values()) > sum(own) + max(own):  # note: before fusing q / k / v copies anything
+        raise ValueError("Whisper import: the checkpoint holds more weights than the model (names sharing a tensor?)")
     check_tied(plain, "proj_out.weight", "decoder.embed_tokens.weight", "Whisper")
     ours = hf_whisper_state_dict(sd, len(model.encoder.blocks), len(model.decoder.blocks))
     missing = [k for k in model.state_dict() if k not in ours and not k.startswith(("type_embed", "heads."))]
@@ -327,26 +330,48 @@ def openai_whisper_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def openai_whisper_shapes(dims: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor of an openai-whisper state dict for `dims` (its ModelDimensions), with its shape."""
+    d, out = dims["n_audio_state"], {}
+
+    def block(prefix: str, cross: bool):
+        for a in ("attn", "cross_attn") if cross else ("attn",):
+            out.update({f"{prefix}.{a}.{p}.weight": (d, d) for p in ("query", "key", "value", "out")})
+            out.update({f"{prefix}.{a}.{p}.bias": (d,) for p in ("query", "value", "out")})
+            out.update({f"{prefix}.{a}_ln.{p}": (d,) for p in ("weight", "bias")})
+        out.update({f"{prefix}.mlp.0.weight": (4 * d, d), f"{prefix}.mlp.0.bias": (4 * d,), f"{prefix}.mlp.2.weight": (d, 4 * d),
+                    f"{prefix}.mlp.2.bias": (d,), f"{prefix}.mlp_ln.weight": (d,), f"{prefix}.mlp_ln.bias": (d,)})  # fmt: skip
+
+    out.update({"encoder.conv1.weight": (d, dims["n_mels"], 3), "encoder.conv1.bias": (d,), "encoder.conv2.weight": (d, d, 3),
+                "encoder.conv2.bias": (d,), "encoder.positional_embedding": (dims["n_audio_ctx"], d), "encoder.ln_post.weight": (d,),
+                "encoder.ln_post.bias": (d,), "decoder.token_embedding.weight": (dims["n_vocab"], d),
+                "decoder.positional_embedding": (dims["n_text_ctx"], d), "decoder.ln.weight": (d,), "decoder.ln.bias": (d,)})  # fmt: skip
+    for i in range(dims["n_audio_layer"]):
+        block(f"encoder.blocks.{i}", cross=False)
+    for i in range(dims["n_text_layer"]):
+        block(f"decoder.blocks.{i}", cross=True)
+    return out
+
+
 def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> None:
-    """The model is built from `dims` before any weight is copied: refuse dims the checkpoint's own
-    tensors do not bear out (a file cannot make us allocate a model larger than its weights)."""
-    if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in
-                                             ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab",
-                                              "n_text_ctx", "n_text_state", "n_text_head", "n_text_layer")):  # fmt: skip
+    """The model is built from `dims` before any weight is copied: the checkpoint must hold exactly
+    the tensors those dims imply, with their shapes (so a file cannot make us allocate a model its
+    weights do not fill)."""
+    fields = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx", "n_text_state",
+              "n_text_head", "n_text_layer")  # fmt: skip
+    if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in fields):
         raise ValueError(f"Whisper import: dims {dims!r} must give every ModelDimensions field as a positive integer")
     if not isinstance(sd, dict):
         raise ValueError(f"Whisper import: model_state_dict is a {type(sd).__name__}, expected a dict of tensors")
-    want = {"encoder.conv1.weight": (dims["n_audio_state"], dims["n_mels"], 3), "encoder.positional_embedding": (dims["n_audio_ctx"], dims["n_audio_state"]),
-            "decoder.token_embedding.weight": (dims["n_vocab"], dims["n_text_state"]),
-            "decoder.positional_embedding": (dims["n_text_ctx"], dims["n_text_state"])}  # fmt: skip
+    if dims["n_text_state"] != dims["n_audio_state"]:
+        raise ValueError("Whisper import: the encoder and decoder must share width and head count")
+    want = openai_whisper_shapes(dims)
+    missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
+    if missing or extra:
+        raise ValueError(f"Whisper import: the checkpoint does not match its dims (missing {missing[:3]}, unexpected {extra[:3]})")
     for k, shape in want.items():
-        got = tuple(sd[k].shape) if isinstance(sd.get(k), Tensor) else None
-        if got != shape:
-            raise ValueError(f"Whisper import: dims say {k} is {shape}; the checkpoint holds {got}")
-    for side, n in (("encoder", dims["n_audio_layer"]), ("decoder", dims["n_text_layer"])):
-        blocks = {k.split(".")[2] for k in sd if k.startswith(f"{side}.blocks.")}
-        if blocks != {str(i) for i in range(n)}:
-            raise ValueError(f"Whisper import: dims say {n} {side} blocks; the checkpoint holds {len(blocks)}")
+        if not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != shape:
+            raise ValueError(f"Whisper import: dims say {k} is {shape}; the checkpoint holds {getattr(sd[k], 'shape', type(sd[k]).__name__)}")
 
 
 def load_openai_whisper(path) -> MultimodalTransformer:

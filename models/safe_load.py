@@ -22,7 +22,10 @@ refuses a record declared larger than the file and never decompresses past its d
 (torch.save stores records uncompressed, so only a compressed record, a zip bomb, could go past
 it); the storages read may total at most the file's size; the tensors built over them (views,
 stride-0 `expand`ed tensors, many names for one storage) at most twice the file's size plus 1 MiB;
-the pickle's opcodes are validated in one pass and run in a second, without a list of them.
+the pickle's opcodes are validated in one pass and run in a second, without a list of them; the
+bytes, sizes and dict entries that allowlisted calls copy may total what the pickle spells out.
+Dict keys must be names or small integers and tensor layouts below 2**63 (deep tuples crash
+hashing, colliding or huge integers cost quadratic time), and a state dict's attributes are set once.
 """
 
 from __future__ import annotations
@@ -59,8 +62,9 @@ def _strided(storage: torch.Tensor, offset: int, size, stride) -> torch.Tensor:
     if not (isinstance(storage, torch.Tensor) and storage.dim() == 1):
         raise ValueError(f"a tensor's storage is a {type(storage).__name__}, expected a storage reference")
     size, stride = tuple(size), tuple(stride)
-    if not all(isinstance(n, int) and n >= 0 for n in (offset, *size, *stride)) or len(size) != len(stride):
-        raise ValueError(f"tensor layout offset={offset} size={size} stride={stride} is not valid")
+    if not all(isinstance(n, int) and 0 <= n < 1 << 63 for n in (offset, *size, *stride)) or len(size) != len(stride):
+        shown = lambda t: tuple(n if not isinstance(n, int) or abs(n) < 1 << 63 else "out of range" for n in t)  # noqa: E731
+        raise ValueError(f"tensor layout offset={shown((offset,))[0]} size={shown(size)} stride={shown(stride)} is not valid")
     needed = 0 if 0 in size else 1 + offset + sum((n - 1) * s for n, s in zip(size, stride))
     if needed > storage.numel():
         raise ValueError(f"a tensor of size {size}, stride {stride}, offset {offset} needs {needed} elements; "
@@ -175,7 +179,8 @@ class _Unpickler:
         for _ in pickletools.genops(data):  # parse everything first: a malformed pickle fails before anything is built
             pass
         ops = pickletools.genops(data)  # note: run from a second pass, not a list of every opcode (~180 bytes each)
-        stack, marks, memo = [], [], {}
+        stack, marks, memo, built = [], [], {}, set()
+        budget = len(data) + 4096  # elements that bytes / torch.Size / OrderedDict calls may copy: what the pickle spells out
 
         def pop_mark() -> list:
             start = marks.pop()
@@ -211,12 +216,12 @@ class _Unpickler:
                 stack.append(tuple(items) if name == "TUPLE" else items)
             elif name == "DICT":
                 items = pop_mark()
-                stack.append(dict(zip(items[::2], items[1::2])))
+                stack.append(dict(zip(_keys(items[::2]), items[1::2])))
             elif name in ("SETITEM", "SETITEMS"):
                 items = pop_mark() if name == "SETITEMS" else [stack.pop(-2), stack.pop()]  # key, value, key, value, ...
                 if not isinstance(stack[-1], dict):
                     raise ValueError(f"{name} on a {type(stack[-1]).__name__}, expected a dict")
-                stack[-1].update(zip(items[::2], items[1::2]))
+                stack[-1].update(zip(_keys(items[::2]), items[1::2]))
             elif name in ("APPEND", "APPENDS"):
                 items = pop_mark() if name == "APPENDS" else [stack.pop()]
                 if not isinstance(stack[-1], list):
@@ -228,6 +233,8 @@ class _Unpickler:
                 else:
                     module, attr = stack[-2], stack[-1]
                     del stack[-2:]
+                    if not (isinstance(module, str) and isinstance(attr, str)):  # note: before hashing them (a deep tuple)
+                        raise UnsafeCheckpointError(f"STACK_GLOBAL of a {type(module).__name__} and a {type(attr).__name__}, expected names")
                 if (module, attr) not in SAFE_GLOBALS:
                     raise UnsafeCheckpointError(f"refusing global {module}.{attr}: not in the safe-load allowlist")
                 stack.append(SAFE_GLOBALS[module, attr])
@@ -236,6 +243,10 @@ class _Unpickler:
                 if not any(func is f for f in CALLABLE_GLOBALS) or not isinstance(args, tuple):
                     raise UnsafeCheckpointError(f"REDUCE of {func!r}: only allowlisted functions may be called")
                 out = func(*args)
+                if isinstance(out, (bytes, tuple, dict)):  # copies of memoized arguments: REDUCE repeated 1,000 times
+                    budget -= len(out)  # on one 1 MB string used to build 1 GB
+                    if budget < 0:
+                        raise ValueError(f"data.pkl builds more bytes / sizes / dict entries than its {len(data)} bytes spell out")
                 if isinstance(out, torch.Tensor) and func is not _rebuild_parameter:
                     self.tensor_bytes += out.numel() * out.element_size()
                     if self.tensor_bytes > 2 * self.file_bytes + (1 << 20):
@@ -250,6 +261,9 @@ class _Unpickler:
                 target = stack[-1]
                 if not (isinstance(target, OrderedDict) and isinstance(state, dict) and all(isinstance(k, str) for k in state)):
                     raise UnsafeCheckpointError(f"BUILD of a {type(target).__name__}: only OrderedDict attributes are set")
+                if id(target) in built:
+                    raise ValueError("BUILD of one OrderedDict twice (torch.save sets a state dict's attributes once)")
+                built.add(id(target))
                 vars(target).update(state)
             elif name == "POP":
                 stack.pop()
@@ -262,6 +276,16 @@ class _Unpickler:
             else:
                 raise UnsafeCheckpointError(f"pickle opcode {name} is not supported by the safe loader")
         raise ValueError("data.pkl ends without a STOP opcode")
+
+
+def _keys(keys: list) -> list:
+    """Dict keys as checkpoints have them: str, bool, None, or an int below 2**61 - 1 (distinct hashes;
+    a deep tuple would crash hashing, and colliding ints make filling a dict quadratic)."""
+    for k in keys:
+        if not (k is None or isinstance(k, (str, bool)) or (isinstance(k, int) and abs(k) < (1 << 61) - 1)):
+            raise ValueError(f"a dict key of type {type(k).__name__}{' out of range' if isinstance(k, int) else ''}: "
+                             "checkpoint keys are names or small integers")  # fmt: skip
+    return keys
 
 
 def _read(archive: zipfile.ZipFile, name: str, file_bytes: int) -> bytes:

@@ -283,3 +283,36 @@ def test_no_record_inflates_past_its_bound(tmp_path):
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert torch.equal(out["w"], torch.zeros(1)) and peak < 5_000_000  # it used to inflate all 20 MB first
+
+
+def _reduce_repeats(n_chars: int, times: int) -> bytes:
+    """_codecs.encode on one memoized n_chars string, REDUCE repeated `times` times (5 bytes each)."""
+    text = b"X" + struct.pack("<I", n_chars) + b"a" * n_chars
+    once = b"c_codecs\nencode\nq\x00" + text + b"X\x06\x00\x00\x00latin1\x86q\x01R0"
+    return b"\x80\x02" + once + b"h\x00h\x01R0" * times + b"N."
+
+
+HOSTILE = {
+    "a deep tuple as a dict key": (b"\x80\x02}" + b"K\x01" + b"\x85" * 1000 + b"K\x02s.", "a dict key of type tuple"),
+    "colliding huge int keys": (b"\x80\x02}" + b"\x8a\x09" + (1 << 64).to_bytes(9, "little") + b"K\x01s.", "a dict key of type int out of range"),
+    "a tuple as a global's module": (b"\x80\x04)\x8c\x01x\x93.", "STACK_GLOBAL of a tuple and a str"),
+    "bytes copied from one memoized string": (_reduce_repeats(20_000, 50), "builds more bytes / sizes / dict entries than"),
+    "one state dict's attributes set twice": (b"\x80\x02ccollections\nOrderedDict\n)Rq\x00}q\x01bh\x01b.", "BUILD of one OrderedDict twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_pickles_are_refused_before_they_cost_memory_or_time(tmp_path, case):
+    """Pickles that would crash hashing (a deep tuple), cost quadratic time (colliding keys, a
+    state set again and again) or copy one memoized argument many times are refused."""
+    payload, message = HOSTILE[case]
+    torch.save({"w": torch.zeros(1)}, tmp_path / "ok.pt")
+    with pytest.raises(ValueError, match=message):
+        load_torch_file(rewrite_zip(tmp_path / "ok.pt", tmp_path / "bad.pt", {"data.pkl": payload}))
+
+
+def test_tensor_layouts_past_two_to_the_63_are_refused_before_arithmetic():
+    from models.safe_load import _strided
+
+    with pytest.raises(ValueError, match=r"offset=out of range size=\(1,\) stride=\(1,\) is not valid"):
+        _strided(torch.zeros(4), 1 << 4000, (1,), (1,))

@@ -96,8 +96,8 @@ def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
         torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
         load_openai_whisper(tmp_path / "other.pt")
     # dims the weights do not bear out are refused before a model is built from them
-    for change, message in (({"n_text_layer": 5000}, "dims say 5000 decoder blocks; the checkpoint holds 2"),
-                            ({"n_text_state": 4096}, r"dims say decoder.token_embedding.weight is \(100, 4096\)"),
+    for change, message in (({"n_text_layer": 5000}, r"does not match its dims \(missing \['decoder.blocks.10."),
+                            ({"n_audio_state": 4096, "n_text_state": 4096}, r"dims say encoder.conv1.weight is \(4096, 80, 3\)"),
                             ({"n_mels": "80"}, "must give every ModelDimensions field as a positive integer")):  # fmt: skip
         torch.save({"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": ref.state_dict()}, tmp_path / "big.pt")
         with pytest.raises(ValueError, match=message):
@@ -114,3 +114,7 @@ def test_checkpoints_with_weights_the_import_has_no_place_for_are_refused():
         load_hf_whisper(model(), extra)
     with pytest.raises(ValueError, match="more blocks than the model's encoder 2, decoder 2"):
         load_hf_whisper(model(decoder_layers=2), hf.state_dict())
+    big = torch.zeros(100_000)  # one tensor under every projection's name: refused before q / k / v are fused (copied)
+    shared = {k: big if k.endswith("proj.weight") else v for k, v in hf.state_dict().items()}
+    with pytest.raises(ValueError, match="holds more weights than the model"):
+        load_hf_whisper(model(), shared)
