@@ -133,6 +133,11 @@ def test_stream_audio_reads_windows_block_by_block(tmp_path):
         next(stream_audio(tmp_path / "empty.wav", 3.0))
 
 
+def _hum(seconds: float) -> torch.Tensor:
+    """A steady 1 kHz tone: sound in every frame, so no pause anywhere."""
+    return 0.3 * torch.sin(2 * torch.pi * 1000 * torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)
+
+
 def _blocks(wave: torch.Tensor, seconds: float):
     n = int(seconds * SAMPLE_RATE)
     return [wave[i : i + n] for i in range(0, len(wave), n)]
@@ -162,7 +167,7 @@ def test_split_at_pauses_cuts_between_sounds_and_streams_any_block_size():
 def test_split_at_pauses_cuts_speech_without_pauses_at_its_quietest_point():
     from tokenizers_mm.audio import split_at_pauses
 
-    wave = speechlike(2.5, 5) + 0.3
+    wave = speechlike(2.5, 5) + _hum(2.5)
     wave[int(0.8 * SAMPLE_RATE) : int(0.83 * SAMPLE_RATE)] *= 0.05  # a 30 ms dip (-26 dB: still sound)
     got = list(split_at_pauses(_blocks(wave, 0.6), 1.0))
     assert got[0][0] == 0 and int(0.8 * SAMPLE_RATE) <= len(got[0][1]) < int(0.83 * SAMPLE_RATE)  # cut in the dip
@@ -182,8 +187,13 @@ def test_split_at_pauses_finds_pauses_in_room_noise_and_drops_clicks_and_silence
     wave = torch.cat([hiss(0.3, -40), speechlike(0.7, 1), hiss(0.3, -40), speechlike(0.6, 2), hiss(10.0, -40), click + hiss(0.5, -40)])
     got = list(split_at_pauses(_blocks(wave, 8.0), 8.0))
     assert [round(s, 1) for s, _ in got] == [0.3, 1.3] and [round(len(w) / SAMPLE_RATE, 1) for _, w in got] == [0.7, 0.6]
+    # a recording that starts with 10 s of room noise (no floor known yet): the noise is no segment
+    assert [round(s, 1) for s, _ in split_at_pauses(_blocks(torch.cat([hiss(10.0, -45), speechlike(0.7, 1), hiss(1.0, -45)]), 8.0), 8.0)] == [10.0]
+    # a DC offset (a bad recorder) is not taken for sound: the pause between the two sounds still cuts
+    dc = torch.cat([speechlike(0.7, 1), torch.zeros(4000), speechlike(0.6, 2)]) + 0.1
+    assert len(list(split_at_pauses([dc], 8.0))) == 2
     # a stream that ends exactly at a window's end is one segment, not a cut and a sliver
-    loud = speechlike(1.0, 5) + 0.3
+    loud = speechlike(1.0, 5) + _hum(1.0)
     assert [len(w) for _, w in split_at_pauses([loud[:8000], loud[8000:]], 1.0)] == [SAMPLE_RATE]
     # a quiet recording (peaks near -45 dBFS) is cut like a loud one; one below floor_db is silence
     quiet = 10 ** (-40 / 20) * torch.cat([speechlike(0.7, 1), torch.zeros(4000), speechlike(0.6, 2)])

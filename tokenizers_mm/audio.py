@@ -208,8 +208,9 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
 
     Energy per 10 ms frame, judged per window of `max_seconds` against its loudest frame and the
     noise floor (the 10th percentile of a window's frames, taken from the last window where it lies
-    20 dB or more below the loudest: one with quiet stretches, so continuous speech or a stretch of
-    room noise keeps the floor found before it): a frame is sound when it is within `quiet_db` of
+    20 dB or more below the loudest, or where frames vary by less than 6 dB between their 10th and
+    90th percentiles — a window with quiet stretches, or one of steady room noise; continuous speech
+    keeps the floor found before it; a DC offset past 0.02 is removed first): a frame is sound when it is within `quiet_db` of
     the loudest and at least 3 dB above the floor; at least `min_pause` seconds of other frames
     make a pause. Segments end in the middle of each pause; sound that runs a whole window without
     one is cut at its quietest frame in the window's second half (a fixed cut splits a word
@@ -223,6 +224,8 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
     for name, v in (("max_seconds", max_seconds), ("min_pause", min_pause), ("quiet_db", quiet_db), ("margin", margin), ("min_sound", min_sound)):
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"split_at_pauses: {name}={v} must be a finite number >= 0")
+    if not math.isfinite(floor_db):
+        raise ValueError(f"split_at_pauses: floor_db={floor_db} must be a finite number (dBFS)")
     window = int(max_seconds * SAMPLE_RATE)
     if window < 2 * HOP_LENGTH:
         raise ValueError(f"split_at_pauses: max_seconds={max_seconds} is shorter than two 10 ms frames")
@@ -246,9 +249,12 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
             return
         head = buffer[:window]
         frames = F.pad(head, (0, -len(head) % HOP_LENGTH)).view(-1, HOP_LENGTH).double()  # the last frame zero-padded
+        if abs(float(head.mean())) > 0.02:  # a DC offset (a bad recorder) would be every frame's floor: not energy
+            frames = frames - float(head.mean())
         db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
-        peak, low = float(db.max()), float(torch.quantile(db, 0.1))
-        if peak - low >= 20.0:  # the window has quiet stretches: its 10th percentile is the noise floor
+        peak = float(db.max())
+        low, high = torch.quantile(db, torch.tensor([0.1, 0.9], dtype=db.dtype)).tolist()
+        if peak - low >= 20.0 or high - low < 6.0:  # quiet stretches, or steady (room noise, a fan): the 10th percentile is the floor
             noise = low
         sound = db >= max(peak - quiet_db, noise + 3.0)
         voiced = db >= max(peak - quiet_db, noise + 15.0)
