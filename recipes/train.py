@@ -298,7 +298,8 @@ def train(
     for key in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
-    accelerator = accelerator or make_accelerator(cfg, run_dir, model.config.subset_inputs)
+    subset = getattr(getattr(model, "config", None), "subset_inputs", False)  # note: any nn.Module returning .loss trains here (a peer too)
+    accelerator = accelerator or make_accelerator(cfg, run_dir, subset)
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")
