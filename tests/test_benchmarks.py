@@ -1,0 +1,36 @@
+"""Every speed benchmark of `benchmarks/run_all.py` runs, small, and feeds its rows of the table:
+the benchmarks run outside CI, and one broke unnoticed (the training loop read `model.config`, which
+gpt_step's Hugging Face peer, trained in the same loop, does not have). The figures of so few steps
+mean nothing; that each row has ours and the peer's does."""
+
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import run_all  # noqa: E402
+
+pytest.importorskip("transformers")
+
+QUICK = {
+    "gpt_step.py": (("--steps", "41", "--rounds", "1", "--data", ""), run_all.rows_gpt_step),
+    "vit_step.py": (("--steps", "3", "--rounds", "1", "--batch", "8"), run_all.rows_vit_step),
+    "whisper_step.py": (("--steps", "2", "--rounds", "1", "--batch", "4", "--frames", "100", "--text", "10"), run_all.rows_whisper_step),
+    "dt_control.py": (("--step-only",), run_all.rows_dt_step),
+    "mel_speed.py": (("--repeats", "1"), run_all.rows_mel),
+    "bpe_speed.py": (("--repeats", "1"), run_all.rows_bpe),
+    "loader_speed.py": (("--seconds", "0.3"), run_all.rows_loader),
+}
+
+
+def test_quick_covers_every_speed_benchmark():
+    assert {script for script, *_ in run_all.SPEED} == set(QUICK)
+
+
+@pytest.mark.parametrize("script", list(QUICK))
+def test_speed_benchmark_runs_and_gives_its_rows(script):
+    args, rows_of = QUICK[script]
+    rows = rows_of(run_all.run(script, *args))
+    assert rows and all(r[1] > 0 and r[3] > 0 for r in rows), rows
