@@ -210,9 +210,9 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
     noise floor (the 10th percentile of a window's frames, taken from the last window where it lies
     20 dB or more below the loudest, or where frames vary by less than 6 dB between their 10th and
     90th percentiles — a window with quiet stretches, or one of steady room noise; continuous speech
-    keeps the floor found before it; a DC offset past 0.02 is removed first): a frame is sound when it is within `quiet_db` of
-    the loudest and at least 3 dB above the floor; at least `min_pause` seconds of other frames
-    make a pause. Segments end in the middle of each pause; sound that runs a whole window without
+    keeps the floor found before it; a DC offset past 0.02 is removed first): a frame is sound when
+    it is within `quiet_db` of the loudest and at least 3 dB above the floor; at least `min_pause`
+    seconds of other frames make a pause. Segments end in the middle of each pause; sound that runs a whole window without
     one is cut at its quietest frame in the window's second half (a fixed cut splits a word
     anywhere). Each segment is trimmed to its sound frames, `margin` seconds either side kept when
     the pause allows (a model trained on clips cut tight, as whisper_digits', may read leading
@@ -248,10 +248,7 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
         if not len(buffer):
             return
         head = buffer[:window]
-        frames = F.pad(head, (0, -len(head) % HOP_LENGTH)).view(-1, HOP_LENGTH).double()  # the last frame zero-padded
-        if abs(float(head.mean())) > 0.02:  # a DC offset (a bad recorder) would be every frame's floor: not energy
-            frames = frames - float(head.mean())
-        db = 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+        db = _frame_db(head)
         peak = float(db.max())
         low, high = torch.quantile(db, torch.tensor([0.1, 0.9], dtype=db.dtype)).tolist()
         if peak - low >= 20.0 or high - low < 6.0:  # quiet stretches, or steady (room noise, a fan): the 10th percentile is the floor
@@ -260,12 +257,7 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
         voiced = db >= max(peak - quiet_db, noise + 15.0)
         if peak < floor_db:
             sound = voiced = torch.zeros_like(sound)
-        ends, run, quiet = [], 0, (~sound).tolist() + [False]  # ends: sample indices, the middle of each pause
-        for i in range(len(sound)):
-            run = run + 1 if quiet[i] else 0
-            if run >= min_frames and not quiet[i + 1]:  # a pause ends here
-                ends.append((i + 1 - run + run // 2) * HOP_LENGTH)
-        ends = [e for e in ends if 0 < e < len(head)]
+        ends = [e for e in _pause_middles(sound, min_frames) if 0 < e < len(head)]  # sample indices where segments end
         final = not more and len(buffer) <= window
         if final:
             ends.append(len(head))
@@ -284,6 +276,25 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
         if final:
             return
         buffer, offset = buffer[begin:], offset + begin
+
+
+def _frame_db(wave: Tensor) -> Tensor:
+    """Energy of each 10 ms frame in dB (the last frame zero-padded); a DC offset past 0.02 (a bad
+    recorder) is removed first, or it would be every frame's floor."""
+    frames = F.pad(wave, (0, -len(wave) % HOP_LENGTH)).view(-1, HOP_LENGTH).double()
+    if abs(float(wave.mean())) > 0.02:
+        frames = frames - float(wave.mean())
+    return 10 * torch.log10(frames.pow(2).mean(1) + 1e-12)
+
+
+def _pause_middles(sound: Tensor, min_frames: int) -> list[int]:
+    """Sample index of the middle of each run of at least `min_frames` frames that are not sound."""
+    middles, run, quiet = [], 0, (~sound).tolist() + [False]
+    for i in range(len(sound)):
+        run = run + 1 if quiet[i] else 0
+        if run >= min_frames and not quiet[i + 1]:  # a pause ends here
+            middles.append((i + 1 - run + run // 2) * HOP_LENGTH)
+    return middles
 
 
 def check_finite(values: Tensor, wave: Tensor, name: str) -> None:
