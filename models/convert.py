@@ -69,7 +69,8 @@ def check_gpt2_attention(hf: dict, what: str) -> None:
                          "(scale_attn_weights=False or scale_attn_by_inverse_layer_idx=True)")  # fmt: skip
 
 
-GPT2_BLOCK_KEYS = (r"h\.(?P<block>\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", r"h\.(?P<block>\d+)\.attn\.(bias|masked_bias)")
+GPT2_KEYS = (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)",  # GPT2Model's, without "transformer."
+             r"h\.(?P<block>\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", r"h\.(?P<block>\d+)\.attn\.(bias|masked_bias)")  # fmt: skip
 
 
 def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0) -> ModelConfig:
@@ -116,7 +117,7 @@ def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Multimodal
     shorter than GPT-2's 1024 (the first rows are kept)."""
     depth = len(model.decoder.blocks)
     plain = {k.removeprefix("transformer."): v for k, v in sd.items()}
-    refuse_unknown(plain, (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)", r"lm_head\.weight", *GPT2_BLOCK_KEYS), depth, "GPT-2")
+    refuse_unknown(plain, (*GPT2_KEYS, r"lm_head\.weight"), depth, "GPT-2")
     check_tied(plain, "lm_head.weight", "wte.weight", "GPT-2")
     ours = gpt2_state_dict(sd, depth)
     n_pos = model.embedders["text"].pos.num_embeddings
@@ -129,13 +130,13 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     """Our config for a timm `VisionTransformer` instance (plain ViT: no layer scale, no registers)."""
     if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
         raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register tokens, no_embed_class=False)")
-    act = vit.blocks[0].mlp.act
+    block = vit.blocks[0]
+    act = block.mlp.act
     activation = {"GELU": {"none": "gelu", "tanh": "gelu_tanh"}.get(getattr(act, "approximate", "none")), "GELUTanh": "gelu_tanh"}.get(type(act).__name__)
-    extras = [n for n in ("norm_pre", "patch_drop") if not isinstance(getattr(vit, n, torch.nn.Identity()), torch.nn.Identity)]
-    extras += [n for n in ("ls1", "ls2") if not isinstance(getattr(vit.blocks[0], n, torch.nn.Identity()), torch.nn.Identity)]
-    extras += [f"attn.{n}" for n in ("q_norm", "k_norm", "norm") if not isinstance(getattr(vit.blocks[0].attn, n, torch.nn.Identity()), torch.nn.Identity)]
-    extras += ["mlp.norm"] if not isinstance(getattr(vit.blocks[0].mlp, "norm", torch.nn.Identity()), torch.nn.Identity) else []
-    extras += ["patch_embed.norm"] if not isinstance(getattr(vit.patch_embed, "norm", torch.nn.Identity()), torch.nn.Identity) else []
+    optional = [("", vit, ("norm_pre", "patch_drop")), ("", block, ("ls1", "ls2")), ("attn.", block.attn, ("q_norm", "k_norm", "norm")),
+                ("mlp.", block.mlp, ("norm",)), ("patch_embed.", vit.patch_embed, ("norm",))]  # fmt: skip  # Identity in a plain ViT
+    extras = [f"{where}{n}" for where, module, names in optional for n in names
+              if not isinstance(getattr(module, n, torch.nn.Identity()), torch.nn.Identity)]  # fmt: skip
     extras += ["pool_include_prefix"] if getattr(vit, "pool_include_prefix", False) else []
     extras += ["pos_embed=None"] if vit.pos_embed is None else []
     if activation is None or extras:
@@ -144,7 +145,6 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     p = vit.patch_embed.patch_size[0]
     in_chans = vit.patch_embed.proj.in_channels
     grid = list(vit.patch_embed.grid_size)
-    block = vit.blocks[0]
     fc_norm = not isinstance(vit.fc_norm, torch.nn.Identity)
     trunk = TrunkConfig(dim=dim, depth=len(vit.blocks), num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim,
                         bias=block.attn.qkv.bias is not None, norm_eps=block.norm1.eps, mode="encoder", activation=activation,
@@ -353,18 +353,17 @@ def openai_whisper_shapes(dims: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> None:
+def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> dict:
     """The model is built from `dims` before any weight is copied: the checkpoint must hold exactly
     the tensors those dims imply, with their shapes (so a file cannot make us allocate a model its
-    weights do not fill)."""
+    weights do not fill). Returns the WhisperConfig fields (`openai_whisper_config`)."""
     fields = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx", "n_text_state",
               "n_text_head", "n_text_layer")  # fmt: skip
     if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in fields):
         raise ValueError(f"Whisper import: dims {dims!r} must give every ModelDimensions field as a positive integer")
     if not isinstance(sd, dict):
         raise ValueError(f"Whisper import: model_state_dict is a {type(sd).__name__}, expected a dict of tensors")
-    if dims["n_text_state"] != dims["n_audio_state"]:
-        raise ValueError("Whisper import: the encoder and decoder must share width and head count")
+    hf = openai_whisper_config(dims)  # refuses an encoder and decoder of different widths, which the shapes below assume
     want = openai_whisper_shapes(dims)
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))
     if missing or extra:
@@ -372,6 +371,7 @@ def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> None:
     for k, shape in want.items():
         if not isinstance(sd[k], Tensor) or tuple(sd[k].shape) != shape:
             raise ValueError(f"Whisper import: dims say {k} is {shape}; the checkpoint holds {getattr(sd[k], 'shape', type(sd[k]).__name__)}")
+    return hf
 
 
 def load_openai_whisper(path) -> MultimodalTransformer:
@@ -382,8 +382,7 @@ def load_openai_whisper(path) -> MultimodalTransformer:
     ckpt = load_torch_file(path)
     if not isinstance(ckpt, dict) or not {"dims", "model_state_dict"} <= set(ckpt):
         raise ValueError(f"{path}: not an openai-whisper checkpoint (expected a dict with dims and model_state_dict)")
-    check_openai_whisper_dims(ckpt["dims"], ckpt["model_state_dict"])
-    model = MultimodalTransformer(whisper_model_config(openai_whisper_config(ckpt["dims"])))
+    model = MultimodalTransformer(whisper_model_config(check_openai_whisper_dims(ckpt["dims"], ckpt["model_state_dict"])))
     return load_hf_whisper(model, openai_whisper_state_dict(ckpt["model_state_dict"]))
 
 
@@ -435,6 +434,6 @@ def load_hf_decision_transformer(model: MultimodalTransformer, sd: dict[str, Ten
     and return predictors, unused by the paper's policy, are left out)."""
     depth = len(model.decoder.blocks)
     keys = (r"embed_(timestep|return|state|action)\.(weight|bias)", r"embed_ln\.(weight|bias)", r"predict_(action|state|return)(\.\d+)?\.(weight|bias)",
-            *(rf"encoder\.{k}" for k in (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)")), *(rf"encoder\.{k}" for k in GPT2_BLOCK_KEYS))  # fmt: skip
+            *(rf"encoder\.{k}" for k in GPT2_KEYS))  # fmt: skip
     refuse_unknown(sd, keys, depth, "Decision Transformer")
     return copy_checked(model, hf_dt_state_dict(sd, depth), "Decision Transformer")

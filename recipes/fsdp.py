@@ -38,7 +38,7 @@ def shard(model: nn.Module, accelerator: Accelerator) -> nn.Module:
     so models built with different seeds still train as one."""
     from torch.distributed.fsdp import fully_shard
 
-    if getattr(model.config, "subset_inputs", False):
+    if subset_inputs(model):
         raise ValueError("fsdp=true needs every process to run every block each step, and this model's batches may leave a "
                          "stack unused on one process (a generalist's task mix): train it without fsdp (DDP)")  # fmt: skip
     if accelerator.num_processes < 2 or not dist.is_initialized():
@@ -70,6 +70,12 @@ def gather(sharded: nn.Module, full: nn.Module) -> None:
     every process must call it)."""
     state = get_model_state_dict(sharded, options=StateDictOptions(full_state_dict=True))
     full.load_state_dict(state)
+
+
+def subset_inputs(model: nn.Module) -> bool:
+    """Whether a batch may leave some of the model's stacks or heads unused on a process (a
+    generalist's task mix). False for any module without our config (a peer model trained in the loop)."""
+    return bool(getattr(getattr(model, "config", None), "subset_inputs", False))
 
 
 def raw_optimizer(optimizer):

@@ -28,7 +28,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from tokenizers_mm.base import locked
+from tokenizers_mm.base import made_once
 
 from .checkpoint import sha256
 
@@ -313,15 +313,11 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
               "gymnasium_version": gym.__version__,
               "policies": [{"name": b.name, "share": b.share, "params": b.params} for b in spec.policies]}  # fmt: skip
     recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as they come back from the file
-    if _reusable(npz, manifest_path, recipe):  # note: no lock to read a finished dataset (it may sit on a read-only disk)
-        return npz
-    with locked(npz.with_name(npz.name + ".lock")):  # torchrun's processes: the first generates, the others wait and reuse
-        if not _reusable(npz, manifest_path, recipe):
-            _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed)
-    return npz
+    return made_once(npz.with_name(npz.name + ".lock"), lambda: npz if _reusable(npz, manifest_path, recipe) else None,
+                     lambda: _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed))  # fmt: skip
 
 
-def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n_episodes: int, seed: int) -> None:
+def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n_episodes: int, seed: int) -> Path:
     from tqdm.auto import tqdm
 
     env_seeds, which = _schedule(spec.policies, n_episodes, seed)
@@ -348,6 +344,7 @@ def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n
     tmp = manifest_path.with_name(manifest_path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n")
     os.replace(tmp, manifest_path)  # the manifest appears only once the NPZ it describes is in place
+    return npz
 
 
 # -- a user's own data ----------------------------------------------------------------------------

@@ -128,8 +128,7 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     verify(ckpt)
     model = MultimodalTransformer.load(ckpt, device).eval()
     tok_root = run_dir / "tokenizers"
-    tokenizers = RunTokenizers({p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
-    tokenizers.run_dir = run_dir
+    tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
     return model, tokenizers
 
 
@@ -137,7 +136,9 @@ class RunTokenizers(dict):
     """A run's tokenizers by modality; asking for one it lacks (an image command on a speech run)
     is one clear error."""
 
-    run_dir: Path
+    def __init__(self, run_dir: Path, tokenizers: dict):
+        super().__init__(tokenizers)
+        self.run_dir = run_dir
 
     def __missing__(self, modality):
         raise KeyError(f"run {self.run_dir} has no {modality!r} tokenizer (it has: {', '.join(self) or 'none'}); "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizers_mm.base import locked
+from tokenizers_mm.base import made_once
 
 SYNTH_RATE = 22050  # Hz, eSpeak NG's output rate
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -146,12 +146,7 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     """
     directory = Path(directory)
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
-    rows = _cached_corpus(directory, recipe)  # note: no lock to read a finished corpus (it may sit on a read-only disk)
-    if rows is None:
-        with locked(directory / ".lock"):  # torchrun's processes: the first renders, the others wait and reuse
-            rows = _cached_corpus(directory, recipe)
-            rows = _render_corpus(directory, recipe) if rows is None else rows
-    return rows
+    return made_once(directory / ".lock", lambda: _cached_corpus(directory, recipe), lambda: _render_corpus(directory, recipe))
 
 
 def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:

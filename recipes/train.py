@@ -39,7 +39,7 @@ from tokenizers_mm import TokenBatch
 
 from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
 from .config import TrainConfig
-from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard
+from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -298,8 +298,7 @@ def train(
     for key in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
-    subset = getattr(getattr(model, "config", None), "subset_inputs", False)  # note: any nn.Module returning .loss trains here (a peer too)
-    accelerator = accelerator or make_accelerator(cfg, run_dir, subset)
+    accelerator = accelerator or make_accelerator(cfg, run_dir, subset_inputs(model))  # any module returning .loss trains here
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")

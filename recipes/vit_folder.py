@@ -128,9 +128,11 @@ def build_data(cfg: Config):
         counts = Counter(label for _, label in train_pairs)
         stratify = [l for _, l in train_pairs] if min(counts.values()) >= 2 else None
         n_val = max(1, math.ceil(cfg.val_fraction * len(train_pairs)))  # what sklearn takes for the fraction
-        if stratify and n_val < len(counts):  # a stratified hold-out needs one image of every class
-            n_val = len(counts) if len(train_pairs) - len(counts) >= len(counts) else n_val
-            stratify = stratify if n_val >= len(counts) else None
+        if stratify and n_val < len(counts):  # a stratified hold-out needs one image of every class, and leaves one of each
+            if len(train_pairs) >= 2 * len(counts):
+                n_val = len(counts)
+            else:
+                stratify = None
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:

@@ -212,9 +212,9 @@ def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db
     90th percentiles — a window with quiet stretches, or one of steady room noise; continuous speech
     keeps the floor found before it; a DC offset past 0.02 is removed first): a frame is sound when
     it is within `quiet_db` of the loudest and at least 3 dB above the floor; at least `min_pause`
-    seconds of other frames make a pause. Segments end in the middle of each pause; sound that runs a whole window without
-    one is cut at its quietest frame in the window's second half (a fixed cut splits a word
-    anywhere). Each segment is trimmed to its sound frames, `margin` seconds either side kept when
+    seconds of other frames make a pause. Segments end in the middle of each pause; sound that runs
+    a whole window without one is cut at its quietest frame in the window's second half (a fixed
+    cut splits a word anywhere). Each segment is trimmed to its sound frames, `margin` seconds either side kept when
     the pause allows (a model trained on clips cut tight, as whisper_digits', may read leading
     silence as a word). Left out: segments with less than `min_sound` seconds 15 dB above the floor
     (a click, a breath of room noise), and windows whose loudest frame is below `floor_db` dBFS

@@ -55,6 +55,19 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def made_once(lock_path, cached, make):
+    """`cached()` (None when the cache is missing or stale), else `make()` under `locked(lock_path)`,
+    looking once more inside the lock: of processes building the same cache, the first makes it and
+    the others reuse it. A finished cache is read without the lock (it may sit on a read-only disk)."""
+    got = cached()
+    if got is None:
+        with locked(lock_path):
+            got = cached()
+            if got is None:
+                got = make()
+    return got
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, or raise one clear error naming the file."""
     try:
