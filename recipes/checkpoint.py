@@ -2,7 +2,7 @@
 
 A checkpoint is a directory `checkpoints/step-NNNNNNN/` holding the model directory files
 (`config.json`, `model.safetensors`), the optimizer and scheduler state (`optimizer.safetensors`
-+ `optimizer.json`), the RNG state, `trainer_state.json` and a `manifest.json` with each file's
++ `optimizer.json`), every process's RNG state (`rng.*`), `trainer_state.json` and a `manifest.json` with each file's
 size and SHA-256. It is written under a temporary name, fsynced, then renamed into place: a
 kill at any moment leaves the previous checkpoint intact, and a half-written one is never picked.
 Loading checks the manifest first, so a corrupt or truncated checkpoint is refused with a
@@ -23,6 +23,7 @@ Unset (the normal case) it costs a few dictionary lookups per checkpoint.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import re
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save, save_file
 
 from tokenizers_mm.base import read_json, write_json_atomic
 
@@ -129,6 +130,25 @@ def rng_state() -> dict:
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def gather_rng_states(accelerator) -> list[dict]:
+    """Every process's `rng_state()`, in process order (a collective: every process calls it).
+    Each state travels as safetensors bytes (its JSON tree as one more uint8 tensor), so nothing
+    is pickled between processes either."""
+    if accelerator.num_processes == 1:
+        return [rng_state()]
+    tensors: dict = {}
+    tree = flatten_state(rng_state(), tensors)
+    tensors["tree"] = torch.frombuffer(bytearray(json.dumps(tree).encode()), dtype=torch.uint8)
+    blob = torch.frombuffer(bytearray(save(tensors)), dtype=torch.uint8).to(accelerator.device)
+    sizes = accelerator.gather(torch.tensor([blob.numel()], device=accelerator.device)).tolist()
+    rows = accelerator.gather(torch.nn.functional.pad(blob, (0, max(sizes) - blob.numel()))).view(len(sizes), -1).cpu()
+    states = []
+    for row, size in zip(rows, sizes):
+        tensors = load(row[:size].numpy().tobytes())
+        states.append(unflatten_state(json.loads(tensors.pop("tree").numpy().tobytes()), tensors))
+    return states
 
 
 def set_rng_state(state: dict) -> None:

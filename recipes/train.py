@@ -37,7 +37,7 @@ from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
 from tokenizers_mm import TokenBatch
 
-from .checkpoint import latest_checkpoint, load_state, rng_state, save_state, set_rng_state, verify, write_checkpoint
+from .checkpoint import gather_rng_states, latest_checkpoint, load_state, save_state, set_rng_state, verify, write_checkpoint
 from .config import TrainConfig
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 
@@ -247,18 +247,33 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
     if sharded:
         gather(inner, full)
     opt_state = optimizer_state(inner, optimizer) if sharded or accelerator.is_main_process else None
+    rng_states = gather_rng_states(accelerator)  # each process draws its own dropout masks; resume restores each
     if accelerator.is_main_process:
         whole = full if sharded else inner
 
         def write(tmp: Path):
             whole.save(tmp)
             save_state(tmp, "optimizer", opt_state)
-            save_state(tmp, "rng", rng_state())
+            save_state(tmp, "rng", {"processes": rng_states})
             json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg)}
             (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
+
+
+def restore_rng_states(saved: dict, cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """Process r continues from the RNG state process r saved. A checkpoint of another world size
+    (or from before states were kept per process: one state) has none for the processes beyond it:
+    those seed afresh as at the start, and their draws differ from an uninterrupted run's."""
+    states = saved["processes"] if "processes" in saved else [saved]
+    if len(states) != accelerator.num_processes and accelerator.is_main_process:
+        print(f"resume: the checkpoint holds the RNG states of {len(states)} process(es), this run has "
+              f"{accelerator.num_processes}: random draws (dropout, augmentation) differ from an uninterrupted run's")  # fmt: skip
+    if accelerator.process_index < len(states):
+        set_rng_state(states[accelerator.process_index])
+    else:
+        set_seed(cfg.seed + accelerator.process_index)
 
 
 def evaluate_whole(evaluate: Callable, model: nn.Module, full: nn.Module, accelerator: Accelerator) -> dict:
@@ -306,8 +321,8 @@ def train(
         verify(ckpt)
         load_weights(model, ckpt / "model.safetensors")
         start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
-    else:
-        set_seed(cfg.seed)
+    else:  # note: process r seeds with seed + r (nanoGPT's seed_offset): each draws its own dropout masks and
+        set_seed(cfg.seed + accelerator.process_index)  # augmentation; one process keeps cfg.seed (the model was built before)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         # forget what was logged after the checkpoint (all of it when starting from step 0);
@@ -341,7 +356,7 @@ def train(
     if ckpt is not None:
         load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
         scheduler.load_state_dict(json.loads((ckpt / "trainer_state.json").read_text())["scheduler"])
-        set_rng_state(load_state(ckpt, "rng"))
+        restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator)
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
     unwrapped = accelerator.unwrap_model(model)

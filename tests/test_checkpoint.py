@@ -60,6 +60,35 @@ def test_rng_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
 
 
+def test_rng_states_per_process_and_from_older_or_other_sized_runs(tmp_path, capsys):
+    """Each process resumes its own stream; a checkpoint of one state (saved before states were
+    kept per process) or of fewer processes serves those it has, the others seed afresh (seed + rank)."""
+    from types import SimpleNamespace
+
+    from recipes.config import TrainConfig
+    from recipes.train import restore_rng_states
+
+    def process(rank, world):
+        return SimpleNamespace(process_index=rank, num_processes=world, is_main_process=rank == 0)
+
+    torch.manual_seed(5)
+    one = rng_state()
+    torch.manual_seed(6)
+    save_state(tmp_path, "rng", {"processes": [one, rng_state()]})
+    save_state(tmp_path, "old", one)
+    after = {}
+    for seed in (5, 6, 10 + 1):
+        torch.manual_seed(seed)
+        after[seed] = torch.rand(3)
+    cfg = TrainConfig(seed=10)
+    restore_rng_states(load_state(tmp_path, "rng"), cfg, process(1, 2))
+    assert torch.equal(torch.rand(3), after[6]) and capsys.readouterr().out == ""
+    restore_rng_states(load_state(tmp_path, "old"), cfg, process(0, 2))
+    assert torch.equal(torch.rand(3), after[5]) and "RNG states of 1 process(es), this run has 2" in capsys.readouterr().out
+    restore_rng_states(load_state(tmp_path, "old"), cfg, process(1, 2))
+    assert torch.equal(torch.rand(3), after[11])
+
+
 def test_flatten_refuses_arbitrary_objects():
     with pytest.raises(TypeError, match="cannot store a object"):
         flatten_state({"x": object()}, {})

@@ -1,6 +1,7 @@
 """The training loop end to end, in real subprocesses: kill and resume, DDP, the CLI."""
 
 import json
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, subprocess_env
+from recipes.checkpoint import load_state
 from recipes.train import StepSampler, lr_lambda
 from recipes.config import TrainConfig
 
@@ -141,13 +143,21 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text
         torch.testing.assert_close(g2[k], g1[k], atol=1e-6, rtol=1e-5)
 
 
-def test_two_process_training_run(tmp_path, small_text):
+def test_two_process_training_run_and_exact_resume(tmp_path, small_text):
+    """Two processes train as one data-parallel run; each draws its own dropout masks (its own RNG
+    stream, kept in the checkpoint per process), and a resume continues every stream exactly."""
     run = tmp_path / "ddp"
     # note: no cpu=true: on a machine without a GPU the processes still form one data-parallel run
-    torchrun(2, "-m", "recipes.cli", "train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", f"run_dir={run}")
+    torchrun(2, "-m", "recipes.cli", "train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", "ckpt_every=10", f"run_dir={run}")
     rows = metric_rows(run)
     assert [r["step"] for r in rows if "loss" in r] == [5, 10, 15, 20]  # written once, by the main process
     assert json.loads((run / "results.json").read_text())["val_loss"] < 4.0
+    states = load_state(run / "checkpoints" / "step-0000020", "rng")["processes"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])  # were one stream, twice
+
+    shutil.rmtree(run / "checkpoints" / "step-0000020")  # as if killed after step 10's checkpoint
+    torchrun(2, "-m", "recipes.cli", "resume", str(run))
+    assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
 
 
 def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path):
