@@ -9,6 +9,7 @@ type-checked against the dataclass fields, and an unknown key is an error listin
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -48,6 +49,28 @@ class TrainConfig:
     fused_adamw: bool = False  # AdamW's fused kernel on the CPU too (a GPU run uses it anyway); same update within rounding
     grad_checkpoint: bool = False  # activation checkpointing: recompute each block in backward (less memory, ~1/3 more compute)
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2; recipes/fsdp.py)
+
+    AT_LEAST: typing.ClassVar[dict] = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_every": 1, "eval_batches": 1,
+                                        "log_every": 1, "ckpt_every": 1, "keep_checkpoints": 0, "num_workers": 0,
+                                        "warmup_steps": 0, "lr_decay_steps": 0, "min_lr": 0.0, "weight_decay": 0.0,
+                                        "grad_clip": 0.0}  # fmt: skip
+    PRECISIONS: typing.ClassVar[tuple] = ("auto", "no", "bf16", "fp16")
+    NOT_USED: typing.ClassVar[tuple] = ()  # keys a recipe's config inherits but does not use: refused when given
+
+    def check(self) -> None:
+        """Refuse values the training loop cannot use, before a run directory is made."""
+        for key, low in self.AT_LEAST.items():
+            if not getattr(self, key) >= low:  # note: also refuses NaN
+                raise ConfigError(f"{key}={getattr(self, key)} must be at least {low}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr={self.lr} must be above 0")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        if self.precision not in self.PRECISIONS:
+            raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
+        if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # torchrun and accelerate launch set WORLD_SIZE
+            raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
 
 class ConfigError(ValueError):

@@ -56,7 +56,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .runs import resolve_run_dir, save_run_info
 from .train import train
 
@@ -120,11 +120,22 @@ class Config(TrainConfig):
     init_from: str = ""  # a generalist run directory: start from its weights, adding this config's new tasks
     freeze_trained: bool = False  # with init_from: train only what is new; the old tasks' outputs stay exactly the same
 
+    AT_LEAST = {**TrainConfig.AT_LEAST, "batch_size": 0}  # 0: the sum of the weights
+
+    def check(self) -> None:
+        super().check()
+        if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too)
+            raise ConfigError("fsdp=true needs every process to run every block each step, and a generalist's task mix may "
+                              "leave a stack unused on one process: train it without fsdp (DDP)")  # fmt: skip
+        task_list(self)
+
 
 def task_list(cfg: Config) -> tuple[list[str], list[float], list[float]]:
     names = [t.strip() for t in cfg.tasks.split(",") if t.strip()]
     unknown = [t for t in names if t not in TASKS]
-    if unknown or not names or len(set(names)) != len(names):
+    if unknown:
+        raise ValueError(f"tasks={cfg.tasks!r}: unknown task {unknown[0]!r}; tasks are {', '.join(TASKS)}")
+    if not names or len(set(names)) != len(names):
         raise ValueError(f"tasks={cfg.tasks!r}: give distinct tasks from {', '.join(TASKS)}")
     nums = []
     for key, default in (("weights", dict.fromkeys(TASKS, 32.0)), ("loss_weights", LOSS_WEIGHTS)):
@@ -419,6 +430,12 @@ def batch_size(cfg: Config, weights: list[float]) -> int:
 
 def main(cfg: Config, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, "generalist")
+    if cfg.init_from and not resume:
+        from .runs import load_run_info
+
+        recipe = load_run_info(cfg.init_from)[0]
+        if recipe != "generalist":
+            raise ValueError(f"init_from={cfg.init_from} is a {recipe} run; init_from takes a generalist run directory")
     saved = {}
     source = run_dir if resume else Path(cfg.init_from) if cfg.init_from else None  # grown runs keep the trained tokenizers
     if source is not None and (source / "tokenizers").is_dir():

@@ -70,8 +70,18 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
         name = doc.pop("recipe")
         values, source = doc, str(path)
     module = get_recipe(name)
+    overrides = parse_overrides(overrides)
+    for key in [*values, *overrides]:
+        if key in module.Config.NOT_USED:
+            raise ConfigError(f"config key {key!r} does not apply to {name} (its config builds on another recipe's, "
+                              f"which uses it)")  # fmt: skip
     cfg = apply_values(module.Config(), values, source)
-    cfg = apply_values(cfg, parse_overrides(overrides), "the command line")
+    cfg = apply_values(cfg, overrides, "the command line")
+    cfg.check()
+    for key in LOCAL_PATH_KEYS:  # note: checked before a run directory is made
+        value = getattr(cfg, key, "")
+        if value and not Path(value).exists():
+            raise ConfigError(f"{key}={value}: no such file or folder")
     return name, module, cfg
 
 
@@ -82,6 +92,7 @@ def resolve_run_dir(cfg, recipe: str) -> Path:
 
 
 PATH_KEYS = ("data", "init_from", "tokenizer", "text_data")  # config keys naming a file or folder (data may be a Minari id)
+LOCAL_PATH_KEYS = PATH_KEYS[1:]  # those that must exist when a run starts
 CACHE_DIR_KEYS = ("data_dir", "rl_dir", "speech_dir")  # folders a recipe creates for its generated data
 
 

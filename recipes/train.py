@@ -310,9 +310,7 @@ def train(
     the end, on every process (it splits its own work; see `mean_loss`).
     """
     run_dir = Path(run_dir)
-    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
+    TrainConfig.check(cfg)  # note: the base rules (a generalist's batch_size of 0 is resolved by now)
     accelerator = accelerator or make_accelerator(cfg, run_dir, subset_inputs(model))  # any module returning .loss trains here
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
@@ -321,6 +319,10 @@ def train(
         verify(ckpt)
         load_weights(model, ckpt / "model.safetensors")
         start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        if accelerator.is_main_process:
+            print(f"resume: from {ckpt.name}, step {start_step} of {cfg.max_steps}" + (
+                "; the run is already complete: evaluating it (`mmtok resume RUN_DIR max_steps=N` trains longer)"
+                if start_step >= cfg.max_steps else ""))  # fmt: skip
     else:  # note: process r seeds with seed + r (nanoGPT's seed_offset): each draws its own dropout masks and
         set_seed(cfg.seed + accelerator.process_index)  # augmentation; one process keeps cfg.seed (the model was built before)
     if accelerator.is_main_process:

@@ -57,6 +57,8 @@ class Config(whisper_digits.Config):
     ckpt_every: int = 200
     eval_utterances: int = 200
 
+    NOT_USED = ("data_dir", "n_train", "n_test")  # whisper_digits' synthesized corpus
+
 
 # -- data -----------------------------------------------------------------------------------------
 def normalise(text: str, cfg: Config) -> str:

@@ -120,8 +120,10 @@ def test_tasks_are_drawn_by_weight_and_every_example_is_covered():
         t, j = mixed.locate(i)
         seen[t].add(j)
     assert [len(s) for s in seen] == [10, 100, 7]
-    with pytest.raises(ValueError, match="distinct tasks"):
+    with pytest.raises(ValueError, match="unknown task 'sound'; tasks are digits, speech, control, text"):
         g.task_list(g.Config(tasks="digits,sound"))
+    with pytest.raises(ValueError, match="distinct tasks"):
+        g.task_list(g.Config(tasks="digits,digits"))
     with pytest.raises(ValueError, match="one non-negative number per task"):
         g.task_list(g.Config(tasks="digits,speech", weights="1"))
 

@@ -71,7 +71,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, small_text):
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = sorted((run_b / "checkpoints").glob("step-*"))[-1].name
     assert killed_at < "step-0000300"
-    mmtok("resume", str(run_b))
+    assert f"resume: from {killed_at}, step {int(killed_at[5:])} of 300" in mmtok("resume", str(run_b)).stdout
 
     assert json.loads((run_b / "results.json").read_text()) == json.loads((tmp_path / "a" / "results.json").read_text())
     assert metric_rows(run_b) == metric_rows(tmp_path / "a")  # every logged loss, bit for bit
@@ -94,6 +94,7 @@ def test_cli_eval_and_generate(tmp_path, small_text):
     mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", f"run_dir={run}")
     val = json.loads(mmtok("eval", str(run)).stdout)["val_loss"]
     assert val == pytest.approx(json.loads((run / "results.json").read_text())["val_loss"], rel=1e-5)
+    assert "step 20 of 20; the run is already complete: evaluating it" in mmtok("resume", str(run)).stdout
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
@@ -110,12 +111,30 @@ def test_cli_eval_and_generate(tmp_path, small_text):
         (["train", "missing.yaml"], "does not exist"),
         (["resume", "/no/such/run"], "does not exist"),
         (["eval", "/no/such/run"], "does not exist"),
+        (["train", "gpt_char", "max_steps=-5"], "max_steps=-5 must be at least 1"),
+        (["train", "gpt_char", "lr=-1"], "lr=-1.0 must be above 0"),
+        (["train", "gpt_char", "precision=fp8"], "precision='fp8': expected one of auto, no, bf16, fp16"),
+        (["train", "gpt_char", "fsdp=true"], "fsdp=true shards the model over processes: launch 2 or more"),
+        (["train", "gpt_bpe", "init_from=/no/such/gpt2"], "init_from=/no/such/gpt2: no such file or folder"),
+        (["train", "whisper_folder", "data=.", "n_train=5"], "config key 'n_train' does not apply to whisper_folder"),
+        (["train", "generalist", "tasks=digits,contrl"], "unknown task 'contrl'; tasks are digits, speech, control, text"),
     ],
 )
-def test_cli_errors_are_one_line(args, message):
-    p = mmtok(*args, check=False)
+def test_cli_errors_are_one_line(args, message, tmp_path):
+    """One line naming what is wrong, and a refused run leaves no run directory behind."""
+    run = tmp_path / "run"
+    p = mmtok(*args, *([f"run_dir={run}"] if args[0] == "train" else []), check=False)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().startswith("mmtok: error:") and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
+    assert not run.exists()
+
+
+def test_generalist_grows_only_from_a_generalist_run(tmp_path):
+    other = tmp_path / "vf"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"recipe": "vit_folder", "config": {}}))
+    p = mmtok("train", "generalist", f"init_from={other}", f"run_dir={tmp_path / 'run'}", check=False)
+    assert p.returncode == 2 and f"init_from={other} is a vit_folder run; init_from takes a generalist run directory" in p.stderr, p.stderr
 
 
 def free_port() -> int:
