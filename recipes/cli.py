@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, named_configs, parse_overrides
+from .config import ConfigError, apply_values, named_configs, parse_overrides
 
 
 def cmd_recipes(args):
@@ -60,7 +60,8 @@ def cmd_resume(args):
     for k, v in parse_overrides(args.overrides).items():
         if k != "max_steps":
             raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
-        cfg.max_steps = int(v)
+        cfg.max_steps = apply_values(cfg, {k: v}, "the command line").max_steps
+        cfg.check()
         update_run_info(args.run_dir, max_steps=cfg.max_steps)  # a later plain resume / eval keeps the new length
     module.main(cfg, resume=True)
 
@@ -69,7 +70,8 @@ def cmd_eval(args):
     from .runs import load_run_info
 
     _, module, _ = load_run_info(args.run_dir)
-    print(json.dumps(module.evaluate(args.run_dir), indent=2))
+    metrics = module.evaluate(args.run_dir)  # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
+    print(json.dumps({k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
 
 
 def recipe_function(run_dir, name: str, what: str):
@@ -105,8 +107,16 @@ def cmd_show(args):
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
+        slice_frames = args.slice_frames
+        if args.run:  # a speech run: mark its audio tokenizer's slices
+            audio = Path(args.run) / "tokenizers" / "audio"
+            if not audio.is_dir():
+                raise ConfigError(f"--run {args.run}: not a run with an audio tokenizer ({audio} is missing)")
+            from tokenizers_mm import load_tokenizer
+
+            slice_frames = load_tokenizer(audio).slice_frames
         out = args.out or str(Path(args.image).with_suffix("").name + "_mel.png")
-        print(show_audio(args.image, out, args.slice_frames))
+        print(show_audio(args.image, out, slice_frames))
         return
     from .vit import show
 
@@ -137,11 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_tokenizers)
     s = sub.add_parser("train", help="train a recipe", description="Train a recipe (by name, named config or YAML file) with key=value overrides.")
     s.add_argument("recipe", metavar="RECIPE_OR_YAML")
-    s.add_argument("overrides", nargs="*", metavar="key=value")
+    s.add_argument("overrides", nargs="*", metavar="key=value", default=[])  # note: a default keeps it out of "required"
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer).")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("overrides", nargs="*", metavar="max_steps=N")
+    s.add_argument("overrides", nargs="*", metavar="max_steps=N", default=[])
     s.set_defaults(fn=cmd_resume)
     s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -168,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")
-    s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention")
+    s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention; a speech run: mark its audio token slices")
     s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
     s.add_argument("--image-size", type=positive_int, default=224)
     s.add_argument("--patch-size", type=positive_int, default=16)

@@ -34,7 +34,8 @@ class Config(gpt_char.Config):
 
 
 # -- data -----------------------------------------------------------------------------------------
-def load_bpe(path: str, cfg: Config) -> BPETokenizer:
+def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
+    """The tokenizer at `path`, named in errors by the config key that gave it."""
     p = Path(path)
     if (p / "tokenizer.json").exists() and read_json(p / "tokenizer.json", "tokenizer").get("format") == FORMAT:
         tok = load_tokenizer(p)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: vocab.json + merges.txt below
@@ -44,16 +45,17 @@ def load_bpe(path: str, cfg: Config) -> BPETokenizer:
         return BPETokenizer.from_tiktoken_file(p, pattern=cfg.pattern, max_positions=cfg.block_size)
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
         return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
-    raise FileNotFoundError(f"tokenizer {p}: expected a tokenizer folder (tokenizer.json), a .tiktoken file, or vocab.json + merges.txt")
+    raise FileNotFoundError(f"{key}={p}: expected a tokenizer folder (tokenizer.json), a .tiktoken file, or vocab.json + merges.txt"
+                            + ("" if p.exists() else f"; {p} does not exist"))  # fmt: skip
 
 
 def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
     """(tokenizer, train windows, val windows); the tokenizer is trained on the training split only."""
     train_text, val_text = gpt_char.split_text(cfg)
     if tokenizer is None:
-        source = cfg.tokenizer or cfg.init_from
-        if source:
-            tokenizer = load_bpe(source, cfg)
+        key = "tokenizer" if cfg.tokenizer else "init_from"
+        if getattr(cfg, key):
+            tokenizer = load_bpe(getattr(cfg, key), cfg, key)
         else:
             lines = train_text.splitlines(keepends=True)
             tokenizer = BPETokenizer.train(lines, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
@@ -73,7 +75,11 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
         raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
     if cfg.block_size > hf["n_positions"]:
         raise ValueError(f"block_size={cfg.block_size} exceeds GPT-2's {hf['n_positions']} positions")
-    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = hf["n_embd"], hf["n_layer"], hf["n_head"], True, "gelu_tanh"
+    sizes = {"dim": hf["n_embd"], "depth": hf["n_layer"], "num_heads": hf["n_head"]}
+    changed = [f"{k}={getattr(cfg, k)} -> {v}" for k, v in sizes.items() if getattr(cfg, k) != v]
+    if changed:
+        print(f"gpt_bpe: the model's sizes come from init_from ({', '.join(changed)})")
+    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = *sizes.values(), True, "gelu_tanh"
     model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout))
     return load_gpt2(model, load_file(str(weights)))
 

@@ -20,6 +20,6 @@ def save_png(fig, path, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1)  # note: titles above square images stay whole
     plt.close(fig)
     return Path(path)

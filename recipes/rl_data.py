@@ -497,5 +497,7 @@ def load_episodes(path_or_id) -> list[Episode]:
         dataset = minari.load_dataset(str(path_or_id), download=False)
     except (FileNotFoundError, ValueError) as e:
         local = ", ".join(minari.list_local_datasets()) or "none"
-        raise RLDataError(f"{path_or_id}: no such file, and not a local Minari dataset ({e}); local ones: {local}") from None
+        reason = str(e).split(" Use download=True")[0].rstrip(".")  # note: minari's hint names its Python argument
+        raise RLDataError(f"{path_or_id}: no such file, and not a local Minari dataset ({reason}); local ones: {local} "
+                          f"(`minari download ID` fetches one where there is a network)") from None  # fmt: skip
     return _load_minari(dataset)

@@ -109,7 +109,9 @@ def test_formats_rates_and_channels(tmp_path):
 def test_bad_audio_is_named(tmp_path):
     (tmp_path / "empty.wav").write_bytes(b"")
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
-    for name, message in [("empty.wav", "empty"), ("broken.wav", "not a readable audio file"), ("nope.wav", "no such file")]:
+    (tmp_path / "folder.wav").mkdir()
+    for name, message in [("empty.wav", "empty"), ("broken.wav", "not a readable audio file"), ("nope.wav", "no such file"),
+                          ("folder.wav", "a folder, not an audio file")]:  # fmt: skip
         with pytest.raises(AudioError, match=f"{name}.*{message}"):
             load_audio(tmp_path / name)
     tok = AudioTokenizer(chunk=False, max_frames=200)

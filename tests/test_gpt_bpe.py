@@ -26,7 +26,7 @@ def test_trains_its_tokenizer_and_generates(tmp_path, small_text):
     assert build_data(again)[0].ranks == tok.ranks  # a saved tokenizer is reused, not retrained
 
 
-def test_init_from_local_gpt2_folder(tmp_path, small_text):
+def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     transformers = pytest.importorskip("transformers")
     tok = BPETokenizer.train([small_text.read_text()], vocab_size=300)
     folder = tmp_path / "gpt2"
@@ -42,6 +42,7 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text):
     assert tokenizer.ranks == tok.ranks
     model = build_model(cfg, tokenizer).eval()
     assert (cfg.dim, cfg.depth) == (48, 2)
+    assert f"the model's sizes come from init_from (dim={TINY['dim']} -> 48" in capsys.readouterr().out
     ids = torch.randint(0, tok.vocab_size, (2, 32))
     ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
     torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)  # starts exactly from GPT-2
@@ -61,3 +62,8 @@ def test_init_from_refuses_pickles(tmp_path, small_text):
     cfg = Config(data=str(small_text), init_from=str(folder), **TINY)
     with pytest.raises(FileNotFoundError, match="never loaded"):
         build_model(cfg, BPETokenizer.train(["abc"], 260))
+    with pytest.raises(FileNotFoundError, match="init_from=.*gpt2: expected a tokenizer folder .*merges.txt$"):
+        build_data(cfg)  # the tokenizer comes from init_from too, and is named so
+    cfg.tokenizer = str(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="tokenizer=.*nowhere: expected .*; .*nowhere does not exist"):
+        build_data(cfg)

@@ -57,7 +57,9 @@ def test_bad_images_name_the_file(tmp_path):
     Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(tmp_path / "ok.jpg")
     data = (tmp_path / "ok.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
-    for name, message in [("empty.png", "empty"), ("text.png", "not an image"), ("cut.jpg", "corrupt or truncated"), ("nope.png", "no such file")]:
+    (tmp_path / "folder.png").mkdir()
+    for name, message in [("empty.png", "empty"), ("text.png", "not an image"), ("cut.jpg", "corrupt or truncated"), ("nope.png", "no such file"),
+                          ("folder.png", "a folder, not an image file")]:  # fmt: skip
         with pytest.raises(ImageError, match=f"{name}.*{message}"):
             open_image(tmp_path / name)
     tok = ImageTokenizer(image_size=16, patch_size=8)

@@ -46,3 +46,10 @@ def test_show_audio_draws_waveform_and_slices(tmp_path):
     sf.write(tmp_path / "one.wav", Synthesizer.get().say("one two", "en+m3"), SYNTH_RATE)
     out = show_audio(tmp_path / "one.wav", tmp_path / "one_mel.png", slice_frames=5)
     assert out.exists() and out.stat().st_size > 5000
+
+    from recipes.cli import main
+
+    AudioTokenizer(slice_frames=4).save(tmp_path / "run" / "tokenizers" / "audio")  # `show --run`: a speech run's slices
+    assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "run.png")]) == 0
+    assert (tmp_path / "run.png").stat().st_size > 5000
+    assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path)]) == 2  # no audio tokenizer there: one line

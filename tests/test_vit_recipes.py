@@ -73,7 +73,7 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, message", [("one_class", "needs at least 2"), ("empty_class", "is empty"), ("escape", "outside the data folder"),
-                                           ("missing", "does not exist")])  # fmt: skip
+                                           ("missing", "does not exist"), ("flat", "no labelled images: put each class's images in a sub-folder")])  # fmt: skip
 def test_vit_folder_layout_errors(tmp_path, case, message):
     data = tmp_path / "imgs"
     if case == "one_class":
@@ -81,6 +81,8 @@ def test_vit_folder_layout_errors(tmp_path, case, message):
     elif case == "empty_class":
         make_folder(data)
         (data / "ghost").mkdir()
+    elif case == "flat":  # images straight in the folder
+        make_folder(tmp_path, classes=("imgs",))
     elif case == "escape":
         make_folder(data)
         (data / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n../../etc/passwd,b\n")

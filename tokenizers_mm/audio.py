@@ -166,7 +166,7 @@ def _soundfile(path):
     import soundfile as sf
 
     if not path.is_file():
-        raise AudioError(f"audio {path}: no such file")
+        raise AudioError(f"audio {path}: {'a folder, not an audio file' if path.is_dir() else 'no such file'}")
     if path.stat().st_size == 0:
         raise AudioError(f"audio {path}: the file is empty (0 bytes)")
     try:
@@ -330,7 +330,7 @@ class AudioTokenizer(Tokenizer):
             return torch.nn.functional.pad(wave, (0, max(0, limit - wave.shape[-1])))[..., :limit]
         if wave.shape[-1] > limit:
             raise AudioError(f"{name}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than max_frames={self.max_frames} "
-                             f"({limit / SAMPLE_RATE:.1f} s); split it or use chunk=True")  # fmt: skip
+                             f"({limit / SAMPLE_RATE:.1f} s); split it (an AudioTokenizer with chunk=True trims clips to the window instead)")  # fmt: skip
         step = HOP_LENGTH * self.slice_frames
         wave = torch.nn.functional.pad(wave, (0, -wave.shape[-1] % step))
         # note: a clip of one 10 ms frame (160 samples) is too short for the STFT's reflect

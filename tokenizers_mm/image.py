@@ -36,6 +36,8 @@ def open_image(path) -> "PIL.Image.Image":  # noqa: F821
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise ImageError(f"image {path}: a folder, not an image file")
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"image {path}: the file is empty (0 bytes)")
