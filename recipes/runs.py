@@ -72,12 +72,13 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     module = get_recipe(name)
     overrides = parse_overrides(overrides)
     for key in [*values, *overrides]:
-        if key in module.Config.NOT_USED:
+        if key in getattr(module.Config, "NOT_USED", ()):  # note: a plugin's config may not extend TrainConfig
             raise ConfigError(f"config key {key!r} does not apply to {name} (its config builds on another recipe's, "
                               f"which uses it)")  # fmt: skip
     cfg = apply_values(module.Config(), values, source)
     cfg = apply_values(cfg, overrides, "the command line")
-    cfg.check()
+    if hasattr(cfg, "check"):
+        cfg.check()
     for key in LOCAL_PATH_KEYS:  # note: checked before a run directory is made
         value = getattr(cfg, key, "")
         if value and not Path(value).exists():
