@@ -4,14 +4,17 @@ report tokens/s and MFU against the device's measured bf16 matmul peak; the same
 barest loop (one batch on the device, no loader or logging: what the training loop costs on top);
 then the batched log-mel front end's throughput on the device.
 
-    bash benchmarks/gpu_check.sh                 # on a GPU machine: ~3-5 minutes on one H200
+    bash benchmarks/gpu_check.sh                 # on a GPU machine: about 4-6 minutes on one H200 (three compilations)
     python benchmarks/gpu_check.py size=tiny     # the same path on the CPU in seconds (tested)
 
-Options (key=value): size=gpt2|tiny, steps=300, batch=32 (sequences per step), compile=true,
-mel_batch=64. Prints one JSON object; nothing is downloaded. If the compiled run fails (no Triton,
-no C++ compiler, a compiler bug), the check says why on stderr and in `compile_error`, and measures
-without compiling; a failing bare loop or log-mel part is reported as `bare_loop_error` /
-`mel_error` beside the training figures, so a scarce GPU run still gives figures.
+Options (key=value): size=gpt2|tiny, steps=300, batch=32,64 (sequences per step; each size in the
+comma-separated list trains in turn, the fastest is reported at the top and every one under
+`runs`), compile=true, mel_batch=64. Prints one JSON object; nothing is downloaded. If a compiled
+run fails (no Triton, no C++ compiler, a compiler bug), the check says why on stderr and in
+`compile_error`, and measures without compiling from then on; a run that fails otherwise (out of
+memory) is recorded in `runs` and the next size is tried; a failing bare loop or log-mel part is
+reported as `bare_loop_error` / `mel_error` beside the training figures, so a scarce GPU run
+still gives figures.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def one_line(e: BaseException) -> str:
 
 
 def parse(argv):
-    opts = {"size": "gpt2", "steps": "300", "batch": "32", "compile": "true", "mel_batch": "64"}
+    opts = {"size": "gpt2", "steps": "300", "batch": "32,64", "compile": "true", "mel_batch": "64"}
     for a in argv:
         k, _, v = a.partition("=")
         if k not in opts:
@@ -110,6 +113,17 @@ def bare_loop(config: ModelConfig, inputs: dict, steps: int, device, compile_: b
     return steps * sum(int(b.mask.sum()) for b in inputs.values()) / (time.perf_counter() - t0)
 
 
+def free(gpu: bool) -> None:
+    """Drop compiled graphs and cached memory between runs (a new batch shape must not turn the
+    next compile dynamic, nor a failed run's memory crowd the next)."""
+    import gc
+
+    torch._dynamo.reset()
+    gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
+
+
 def main(argv):
     opts = parse(argv)
     dim, depth, heads, context, vocab = SIZES[opts["size"]]
@@ -118,49 +132,60 @@ def main(argv):
     trunk = TrunkConfig(dim=dim, depth=depth, num_heads=heads, dropout=0.0, bias=False, activation="gelu_tanh", mode="decoder")
     text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), context, vocab_size=vocab))
     model = MultimodalTransformer(ModelConfig(trunk, {"text": text}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"]))
-    steps, batch = int(opts["steps"]), int(opts["batch"])
+    steps, batches = int(opts["steps"]), [int(b) for b in opts["batch"].split(",")]
 
-    def run(compile_: bool):
+    def run(compile_: bool, batch: int) -> dict:
         with tempfile.TemporaryDirectory() as d:
             cfg = TrainConfig(run_dir=d, max_steps=steps, batch_size=batch, lr=6e-4, warmup_steps=min(100, steps // 10), eval_every=10**9,
                               ckpt_every=10**9, log_every=max(1, steps // 10), compile=compile_, cpu=not gpu, num_workers=2 if gpu else 0)  # fmt: skip
             t0 = time.perf_counter()
             train(cfg, MultimodalTransformer(model.config), Synthetic(context, vocab), collate_examples, lambda m, a: {}, Path(d))
-            return cfg, time.perf_counter() - t0, [r for r in read_metrics(d) if "tokens_per_s" in r]
+            wall = time.perf_counter() - t0
+            rows = [r for r in read_metrics(d) if "tokens_per_s" in r]
+        steady = rows[len(rows) // 2 :] or rows  # after compilation and warm-up
+        return {"batch": batch, "compiled": compile_, "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
+                "mfu_logged": [round(r.get("mfu", float("nan")), 4) for r in steady], "wall_seconds": wall}  # fmt: skip
 
-    compile_error = None
-    try:
-        cfg, wall, rows = run(opts["compile"] == "true")
-    except Exception as e:  # noqa: BLE001  # one GPU run is scarce: if compiling fails, still measure without it, and say why
-        if opts["compile"] != "true":
-            raise
-        compile_error = one_line(e)
-    if compile_error is not None:  # note: outside the except block, so the failed run's traceback (and its GPU memory) is gone
-        print(f"gpu_check: the compiled run failed ({compile_error}); measuring without torch.compile", file=sys.stderr)
-        import gc
+    def attempt(compile_: bool, batch: int) -> tuple[dict | None, str | None, bool]:
+        """(figures, None, _) or (None, the error in one line, whether it was out of memory)."""
+        try:  # note: only the message leaves: the exception's frames (and a failed run's GPU memory) go with the block
+            return run(compile_, batch), None, False
+        except Exception as e:  # noqa: BLE001  # one GPU run is scarce: a failure is recorded, and the check goes on
+            return None, one_line(e), isinstance(e, torch.cuda.OutOfMemoryError)
 
-        torch._dynamo.reset()
-        gc.collect()
-        if gpu:
-            torch.cuda.empty_cache()
-        cfg, wall, rows = run(False)
-    steady = rows[len(rows) // 2 :] or rows  # after compilation and warm-up
-    tokens_per_s = sum(r["tokens_per_s"] for r in steady) / len(steady)
+    compile_ = opts["compile"] == "true"
+    compile_error, runs = None, []
+    for batch in batches:  # each micro-batch size in turn; the fastest is reported at the top
+        result, error, oom = attempt(compile_, batch)
+        if error is not None and compile_ and not oom:  # compiling failed (no Triton, no C++ compiler, a bug): measure without
+            compile_error, compile_ = error, False
+            print(f"gpu_check: the compiled run failed ({compile_error}); measuring without torch.compile", file=sys.stderr)
+            free(gpu)
+            result, error, _ = attempt(False, batch)
+        runs.append(result if error is None else {"batch": batch, "error": error})
+        free(gpu)
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        raise SystemExit(f"gpu_check: no run finished: {runs}")
+    best = max(ok, key=lambda r: r["tokens_per_s"])
     dtype = torch.bfloat16 if gpu else torch.float32
     measured = measure_peak(device, dtype, 8192 if gpu else 1024, seconds=2.0 if gpu else 0.5)
     table, source = peak_flops(device, dtype)
-    achieved = flops_per_token(model, context) * tokens_per_s
+    per_token = flops_per_token(model, context)
+    for r in ok:
+        r["mfu_vs_measured_peak"] = per_token * r["tokens_per_s"] / measured
+    achieved = per_token * best["tokens_per_s"]
     out = {"device": torch.cuda.get_device_name() if gpu else "cpu", "size": opts["size"], "params_M": model.num_params() / 1e6,
-           "context": context, "batch": batch, "steps": steps, "precision": "bf16" if gpu else "fp32", "compiled": cfg.compile,
-           "tokens_per_s": tokens_per_s, "model_tflops": achieved / 1e12, "peak_tflops_measured": measured / 1e12,
+           "context": context, "batch": best["batch"], "steps": steps, "precision": "bf16" if gpu else "fp32", "compiled": best["compiled"],
+           "tokens_per_s": best["tokens_per_s"], "model_tflops": achieved / 1e12, "peak_tflops_measured": measured / 1e12,
            "mfu_vs_measured_peak": achieved / measured, "peak_tflops_table": table / 1e12, "peak_source": source,
-           "mfu_vs_table_peak": achieved / table, "mfu_logged": [round(r.get("mfu", float("nan")), 4) for r in steady],
-           "wall_seconds": wall, "torch": torch.__version__, "compile_error": compile_error}  # fmt: skip
-    inputs, _ = collate_examples([Synthetic(context, vocab)[i] for i in range(batch)])
+           "mfu_vs_table_peak": achieved / table, "mfu_logged": best["mfu_logged"], "wall_seconds": best["wall_seconds"],
+           "torch": torch.__version__, "compile_error": compile_error, "runs": runs}  # fmt: skip
+    inputs, _ = collate_examples([Synthetic(context, vocab)[i] for i in range(best["batch"])])
     try:  # note: the training figures above are printed whatever the two parts below do
-        bare = bare_loop(model.config, inputs, max(3, steps // 3), device, cfg.compile)
-        out.update(bare_loop_tokens_per_s=bare, loop_efficiency=tokens_per_s / bare,
-                   mfu_bare_vs_measured_peak=flops_per_token(model, context) * bare / measured)  # fmt: skip
+        bare = bare_loop(model.config, inputs, max(3, steps // 3), device, best["compiled"])
+        out.update(bare_loop_tokens_per_s=bare, loop_efficiency=best["tokens_per_s"] / bare,
+                   mfu_bare_vs_measured_peak=per_token * bare / measured)  # fmt: skip
     except Exception as e:  # noqa: BLE001
         out.update(bare_loop_error=one_line(e))
     try:

@@ -4,7 +4,7 @@
 # loop; prints tokens/s and MFU against the measured bf16 matmul peak, and the log-mel front end's
 # throughput on the GPU. Needs PyTorch, torchaudio, Accelerate, timm; no network. The package
 # travels on PYTHONPATH (this checkout) or as an installed wheel.
-#   bash benchmarks/gpu_check.sh [size=gpt2] [steps=300] [batch=32] [compile=true]
+#   bash benchmarks/gpu_check.sh [size=gpt2] [steps=300] [batch=32,64] [compile=true]   (each batch size in turn; the fastest on top)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
