@@ -4,6 +4,12 @@ transcription column), or split folders `PATH/train/` with `PATH/validation/` (o
 `test/`). Class sub-folders (`PATH/<label>/...`) are the image recipes' concern.
 
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
+
+A folder written by `datasets`' `save_to_disk` (a `Dataset`, or a `DatasetDict` with a `train`
+split and optionally one of the validation names above) is read with `load_from_disk`: its Image /
+Audio column undecoded (our decoders read the bytes, so no torchcodec is needed), its label
+(a ClassLabel, or a `label` column) or transcript column by name. Each row becomes a `SavedRecord`,
+which the loaders read as they read a file.
 """
 
 from __future__ import annotations
@@ -67,3 +73,88 @@ def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]
             continue
         good.append((path, label))
     return good, bad
+
+
+# -- Hugging Face `datasets` saved with save_to_disk ----------------------------------------------
+TEXT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text")  # audio datasets' usual names
+LABEL_COLUMNS = ("label", "labels")
+
+
+def is_saved_dataset(root: Path) -> bool:
+    """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+
+
+class SavedRecord:
+    """One row's image or audio of a saved dataset: `read_bytes()` and, as str(), its name
+    (`PATH[split][row]`) — what a file's Path is to `open_image` / `load_audio`."""
+
+    def __init__(self, dataset, row: int, column: str, name: str):
+        self.dataset, self.row, self.column, self.name = dataset, row, column, name
+
+    def read_bytes(self) -> bytes:
+        value = self.dataset[self.row][self.column]  # undecoded: {"bytes": ..., "path": ...}
+        if value is None:
+            raise ValueError(f"{self}: no {self.column} in this row")
+        if value.get("bytes") is not None:
+            return value["bytes"]
+        if not value.get("path"):
+            raise ValueError(f"{self}: its {self.column} has neither bytes nor a path")
+        return Path(value["path"]).read_bytes()  # a dataset that refers to files beside it
+
+    def __str__(self) -> str:
+        return self.name
+
+    __repr__ = __str__
+
+
+def saved_splits(root: Path, kind: str) -> tuple:
+    """(train, validation or None) of a saved dataset: lists of (SavedRecord, label) for kind
+    "image", (SavedRecord, transcript) for "audio"; for "text", the text column's rows joined by
+    newlines."""
+    import datasets
+
+    read = saved_text if kind == "text" else lambda ds, name: saved_pairs(ds, kind, name)
+    loaded = datasets.load_from_disk(str(root))
+    if not isinstance(loaded, datasets.DatasetDict):
+        return read(loaded, str(root)), None
+    if "train" not in loaded:
+        raise ValueError(f"{root}: a saved DatasetDict needs a 'train' split (it has {', '.join(loaded) or 'none'})")
+    val = next((v for v in VAL_DIRS if v in loaded), None)
+    return read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
+
+
+def saved_text(ds, name: str) -> str:
+    """The `text` column (or the only string column) of a saved dataset, rows joined by newlines."""
+    import datasets
+
+    strings = [c for c, f in ds.features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")]
+    column = "text" if "text" in strings else strings[0] if len(strings) == 1 else None
+    if column is None:
+        raise ValueError(f"{name}: needs a 'text' column (string columns: {', '.join(strings) or 'none'})")
+    return "\n".join(t for t in ds[column] if t)
+
+
+def saved_pairs(ds, kind: str, name: str) -> list:
+    import datasets
+
+    feature = datasets.Image if kind == "image" else datasets.Audio
+    columns = ", ".join(f"{c} ({type(f).__name__})" for c, f in ds.features.items())
+    media = next((c for c, f in ds.features.items() if isinstance(f, feature)), None)
+    if media is None:
+        raise ValueError(f"{name}: no {feature.__name__} column (columns: {columns})")
+    if kind == "image":
+        wanted = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)] + [c for c in LABEL_COLUMNS if c in ds.features]
+    else:
+        wanted = [c for c in TEXT_COLUMNS if c in ds.features]
+    if not wanted:
+        what = "a ClassLabel or label column" if kind == "image" else f"a transcript column ({', '.join(TEXT_COLUMNS)})"
+        raise ValueError(f"{name}: needs {what} (columns: {columns})")
+    values, label_feature = list(ds[wanted[0]]), ds.features[wanted[0]]
+    for row, v in enumerate(values):
+        if v is None or (isinstance(label_feature, datasets.ClassLabel) and not 0 <= v < label_feature.num_classes):
+            raise ValueError(f"{name}[{row}]: {wanted[0]} is {v!r}; expected {'a class' if kind == 'image' else 'a transcript'}")
+    if isinstance(label_feature, datasets.ClassLabel):
+        values = label_feature.int2str(values)
+    ds = ds.select_columns([media]).cast_column(media, feature(decode=False))
+    return [(SavedRecord(ds, row, media, f"{name}[{row}]"), str(v)) for row, v in enumerate(values)]

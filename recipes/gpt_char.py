@@ -26,6 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
+from .folders import is_saved_dataset, saved_splits
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import mean_loss, train
 
@@ -64,6 +65,8 @@ def default_corpus() -> str:
 
 def load_text(path: str) -> str:
     p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file or a dataset saved with datasets' save_to_disk")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -93,8 +96,15 @@ class Windows(Dataset):
 
 
 def split_text(cfg: Config) -> tuple[str, str]:
-    """(train text, validation text): the last val_fraction of cfg.data or the default corpus."""
-    text = load_text(cfg.data) if cfg.data else default_corpus()
+    """(train text, validation text): the last val_fraction of cfg.data or the default corpus; a
+    Hugging Face dataset saved with save_to_disk gives its text column (its validation split if it
+    has one)."""
+    if cfg.data and is_saved_dataset(Path(cfg.data)):
+        text, val = saved_splits(Path(cfg.data), "text")
+        if val is not None:
+            return text, val
+    else:
+        text = load_text(cfg.data) if cfg.data else default_corpus()
     n_val = int(len(text) * cfg.val_fraction)
     return text[: len(text) - n_val], text[len(text) - n_val :]
 

@@ -2,8 +2,9 @@
 
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` with the columns `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
-`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `test/`). Without a
-validation split, `val_fraction` of the utterances are held out (fixed seed).
+`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `test/`); or a Hugging Face
+dataset written with `save_to_disk` (its Audio column and a transcript column, recipes/folders.py).
+Without a validation split, `val_fraction` of the utterances are held out (fixed seed).
 
 Every file is decoded once when the run starts, so bad data stops the run before training with a
 message naming the file — or, with `skip_bad_samples=true`, is skipped and counted:
@@ -34,7 +35,7 @@ from tokenizers_mm import AudioTokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
 
 from . import whisper_digits
-from .folders import keep_good, read_metadata, split_dirs
+from .folders import is_saved_dataset, keep_good, read_metadata, saved_splits, split_dirs
 from .runs import load_trained
 from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
 
@@ -73,11 +74,11 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
     text_example(text_tok, transcript, str(path))
 
 
-def read_split(folder: Path, cfg: Config) -> list[tuple[Path, str]]:
+def read_split(folder: Path) -> list[tuple[Path, str]]:
     meta = folder / "metadata.csv"
     if not meta.exists():
         raise FileNotFoundError(f"{meta} does not exist: an audio folder needs metadata.csv with file_name,transcription")
-    return [(p, normalise(t, cfg)) for p, t in read_metadata(meta, "transcription")]
+    return read_metadata(meta, "transcription")
 
 
 def build_data(cfg: Config, run_dir: Path | None = None):
@@ -85,9 +86,13 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     run_dir: a run being resumed, whose saved tokenizers are used."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
-    train_dir, val_dir = split_dirs(Path(cfg.data))
-    train_pairs = read_split(train_dir, cfg)
-    val_pairs = read_split(val_dir, cfg) if val_dir else None
+    if is_saved_dataset(Path(cfg.data)):  # a Hugging Face dataset written with save_to_disk
+        train_pairs, val_pairs = saved_splits(Path(cfg.data), "audio")
+    else:
+        train_dir, val_dir = split_dirs(Path(cfg.data))
+        train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
+    train_pairs = [(f, normalise(t, cfg)) for f, t in train_pairs]
+    val_pairs = [(f, normalise(t, cfg)) for f, t in val_pairs] if val_pairs is not None else None
     if val_pairs is None:
         from sklearn.model_selection import train_test_split
 

@@ -14,6 +14,7 @@ mask. `log_mel_spectrogram` runs batched on whatever device the audio is on. Rea
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -176,12 +177,29 @@ def _soundfile(path):
     return sf
 
 
-def load_audio(path) -> tuple[np.ndarray, int]:
-    """Decode an audio file with soundfile (libsndfile: WAV, FLAC, OGG, ...): (samples, rate)."""
-    path = Path(path)
-    sf = _soundfile(path)
+def load_audio(source) -> tuple[np.ndarray, int]:
+    """Decode audio with soundfile (libsndfile: WAV, FLAC, OGG, ...): (samples, rate). `source`: a
+    file path, or an object with `read_bytes()` whose str() names it (a row of a Hugging Face
+    dataset, recipes/folders.py)."""
+    import io
+
+    import soundfile as sf
+
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        _soundfile(path)
+        source_arg = str(path)
+    else:
+        path = source
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            raise AudioError(f"audio {path}: no such file") from None
+        if not data:
+            raise AudioError(f"audio {path}: it is empty (0 bytes)")
+        source_arg = io.BytesIO(data)
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=False)
+        data, rate = sf.read(source_arg, dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(f"audio {path}: not a readable audio file ({str(e).splitlines()[0]})") from None
     return data, rate

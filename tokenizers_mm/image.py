@@ -13,6 +13,7 @@ bad file. Augmentation is the recipe's business; this file leaves it out.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +31,22 @@ class ImageError(ValueError):
     """An image that cannot be tokenized: the message names it and says what was expected."""
 
 
-def open_image(path) -> "PIL.Image.Image":  # noqa: F821
-    """Open and fully decode an image file, upright (its EXIF orientation applied, as a phone's photo
-    is meant to be seen), or raise ImageError naming the file."""
+def open_image(source) -> "PIL.Image.Image":  # noqa: F821
+    """Open and fully decode an image, upright (its EXIF orientation applied, as a phone's photo is
+    meant to be seen), or raise ImageError naming it. `source`: a file path, or an object with
+    `read_bytes()` whose str() names it (a row of a Hugging Face dataset, recipes/folders.py)."""
+    import io
+
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    path = Path(path)
-    if path.is_dir():
+    is_path = isinstance(source, (str, os.PathLike))
+    path = Path(source) if is_path else source
+    if is_path and path.is_dir():
         raise ImageError(f"image {path}: a folder, not an image file")
     try:
-        if path.stat().st_size == 0:
-            raise ImageError(f"image {path}: the file is empty (0 bytes)")
-        with Image.open(path) as im:
+        if (path.stat().st_size if is_path else len(data := path.read_bytes())) == 0:
+            raise ImageError(f"image {path}: {'the file is' if is_path else 'it is'} empty (0 bytes)")
+        with Image.open(path if is_path else io.BytesIO(data)) as im:
             im.load()  # decode now: a truncated file fails here, not mid-epoch
             return ImageOps.exif_transpose(im)  # a new image (a copy even without EXIF), so the file can close
     except FileNotFoundError:
