@@ -61,8 +61,8 @@ def cmd_resume(args):
         if k != "max_steps":
             raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
         apply_values(cfg, {k: v}, "the command line")
-        if hasattr(cfg, "check"):  # note: a plugin's config may not extend TrainConfig
-            cfg.check()
+        if cfg.max_steps < 0:  # note: only this; the run's other values were checked when it started (or by older rules)
+            raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
         update_run_info(args.run_dir, max_steps=cfg.max_steps)  # a later plain resume / eval keeps the new length
     module.main(cfg, resume=True)
 
@@ -108,14 +108,14 @@ def cmd_show(args):
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
-        slice_frames = args.slice_frames
-        if args.run:  # a speech run: mark its audio tokenizer's slices
+        slice_frames = args.slice_frames or 10
+        if args.run:  # a speech run: mark its audio tokenizer's slices (unless --slice-frames says otherwise)
             audio = Path(args.run) / "tokenizers" / "audio"
             if not audio.is_dir():
                 raise ConfigError(f"--run {args.run}: not a run with an audio tokenizer ({audio} is missing)")
             from tokenizers_mm import load_tokenizer
 
-            slice_frames = load_tokenizer(audio).slice_frames
+            slice_frames = args.slice_frames or load_tokenizer(audio).slice_frames
         out = args.out or str(Path(args.image).with_suffix("").name + "_mel.png")
         print(show_audio(args.image, out, slice_frames))
         return
@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
     s.add_argument("--image-size", type=positive_int, default=224)
     s.add_argument("--patch-size", type=positive_int, default=16)
-    s.add_argument("--slice-frames", type=positive_int, default=10, help="audio: frames of 10 ms per token slice to mark")
+    s.add_argument("--slice-frames", type=positive_int, help="audio: frames of 10 ms per token slice to mark (default: --run's, else 10)")
     s.set_defaults(fn=cmd_show)
     return p
 

@@ -50,27 +50,45 @@ class TrainConfig:
     grad_checkpoint: bool = False  # activation checkpointing: recompute each block in backward (less memory, ~1/3 more compute)
     fsdp: bool = False  # shard parameters, gradients and optimizer state over the processes (FSDP2; recipes/fsdp.py)
 
-    AT_LEAST: typing.ClassVar[dict] = {"max_steps": 1, "batch_size": 1, "grad_accum": 1, "eval_every": 1, "eval_batches": 1,
-                                        "log_every": 1, "ckpt_every": 1, "keep_checkpoints": 0, "num_workers": 0,
-                                        "warmup_steps": 0, "lr_decay_steps": 0, "min_lr": 0.0, "weight_decay": 0.0,
-                                        "grad_clip": 0.0}  # fmt: skip
-    PRECISIONS: typing.ClassVar[tuple] = ("auto", "no", "bf16", "fp16")
+    # note: the rules below cover the shared keys and the recipes' common ones (a rule for a key a config lacks is skipped);
+    # they are checked when a run starts (`mmtok train`), so a run started before a rule existed still resumes
+    AT_LEAST: typing.ClassVar[dict] = {
+        "max_steps": 0, "batch_size": 1, "grad_accum": 1, "eval_every": 1, "eval_batches": 1, "log_every": 1, "ckpt_every": 1,
+        "keep_checkpoints": 0, "num_workers": 0, "warmup_steps": 0, "lr_decay_steps": 0, "min_lr": 0.0, "weight_decay": 0.0,
+        "grad_clip": 0.0, "beta1": 0.0, "beta2": 0.0, "seed": 0, "dim": 1, "depth": 1, "dec_depth": 0, "num_heads": 1,
+        "block_size": 1, "image_size": 1, "patch_size": 1, "context": 1, "dropout": 0.0, "label_smoothing": 0.0,
+        "val_fraction": 0.0, "top_k": 1, "sample_tokens": 0, "eval_episodes": 1, "eval_utterances": 1, "beam_size": 1,
+        "mixup": 0.0, "cutmix": 0.0,
+    }  # fmt: skip
+    ABOVE: typing.ClassVar[dict] = {"lr": 0.0, "temperature": 0.0}
+    BELOW: typing.ClassVar[dict] = {"beta1": 1.0, "beta2": 1.0, "dropout": 1.0, "label_smoothing": 1.0, "val_fraction": 1.0,
+                                     "seed": 2**32 - 2**16}  # fmt: skip  # seed: process r seeds with seed + r
+    PRECISIONS: typing.ClassVar[tuple] = ("auto", "no", "bf16", "fp16", "fp8")  # fp8: Accelerate's, with Transformer Engine / torchao
     NOT_USED: typing.ClassVar[tuple] = ()  # keys a recipe's config inherits but does not use: refused when given
 
     def check(self) -> None:
-        """Refuse values the training loop cannot use, before a run directory is made."""
-        for key, low in self.AT_LEAST.items():
-            if not getattr(self, key) >= low:  # note: also refuses NaN
-                raise ConfigError(f"{key}={getattr(self, key)} must be at least {low}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr={self.lr} must be above 0")
-        for key in ("beta1", "beta2"):
-            if not 0 <= getattr(self, key) < 1:
-                raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        """Refuse values a run cannot use, before its run directory is made (`mmtok train`)."""
+        for rules, ok, words in ((self.AT_LEAST, lambda v, b: v >= b, "at least"), (self.ABOVE, lambda v, b: v > b, "above"),
+                                 (self.BELOW, lambda v, b: v < b, "below")):  # fmt: skip
+            for key, bound in rules.items():
+                value = getattr(self, key, None)
+                if value is not None and not ok(value, bound):  # note: NaN fails every comparison, so it is refused too
+                    raise ConfigError(f"{key}={value} must be {words} {bound}")
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
-        if self.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:  # torchrun and accelerate launch set WORLD_SIZE
+        world = launched_processes()
+        if self.batch_size and self.batch_size % (self.grad_accum * world):
+            raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum * processes = {self.grad_accum} * {world}")
+        if self.fsdp and world < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate launch: WORLD_SIZE; MPI: its own)."""
+    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 1
 
 
 class ConfigError(ValueError):

@@ -19,6 +19,8 @@ from . import dt
 class Config(dt.Config):
     env: str = ""  # required: the gymnasium environment id
 
+    NOT_USED = ("data_dir", "n_episodes", "data_seed")  # the embedded datasets' (dt_cartpole, dt_pendulum)
+
 
 def main(cfg: Config, resume: bool = False) -> dict:
     if not cfg.data or not cfg.env:

@@ -262,18 +262,18 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
     accelerator.wait_for_everyone()
 
 
-def restore_rng_states(saved: dict, cfg: TrainConfig, accelerator: Accelerator) -> None:
+def restore_rng_states(saved: dict, cfg: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> None:
     """Process r continues from the RNG state process r saved. A checkpoint of another world size
     (or from before states were kept per process: one state) has none for the processes beyond it:
-    those seed afresh as at the start, and their draws differ from an uninterrupted run's."""
+    those seed afresh from (seed, rank, step), and their draws differ from an uninterrupted run's."""
     states = saved["processes"] if "processes" in saved else [saved]
     if len(states) != accelerator.num_processes and accelerator.is_main_process:
         print(f"resume: the checkpoint holds the RNG states of {len(states)} process(es), this run has "
               f"{accelerator.num_processes}: random draws (dropout, augmentation) differ from an uninterrupted run's")  # fmt: skip
     if accelerator.process_index < len(states):
         set_rng_state(states[accelerator.process_index])
-    else:
-        set_seed(cfg.seed + accelerator.process_index)
+    else:  # note: from (seed, rank, step), so the process does not replay the stream it would have drawn from step 0
+        set_seed(int(np.random.SeedSequence([cfg.seed, accelerator.process_index, start_step]).generate_state(1)[0]))
 
 
 def evaluate_whole(evaluate: Callable, model: nn.Module, full: nn.Module, accelerator: Accelerator) -> dict:
@@ -310,7 +310,9 @@ def train(
     the end, on every process (it splits its own work; see `mean_loss`).
     """
     run_dir = Path(run_dir)
-    TrainConfig.check(cfg)  # note: the base rules (a generalist's batch_size of 0 is resolved by now)
+    for key in ("batch_size", "grad_accum", "log_every", "eval_every", "ckpt_every"):  # what the loop itself needs
+        if getattr(cfg, key) < 1:  # (the full rules, TrainConfig.check, apply when a run starts: an older run still resumes)
+            raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
     accelerator = accelerator or make_accelerator(cfg, run_dir, subset_inputs(model))  # any module returning .loss trains here
     start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
@@ -358,7 +360,7 @@ def train(
     if ckpt is not None:
         load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
         scheduler.load_state_dict(json.loads((ckpt / "trainer_state.json").read_text())["scheduler"])
-        restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator)
+        restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator, start_step)
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
     unwrapped = accelerator.unwrap_model(model)
@@ -423,8 +425,10 @@ def train(
         if ckpt_now:
             save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full)
     bar.close()
-    if not metrics:  # resumed at the end: evaluate what we have
+    if not metrics:  # resumed at the end, or max_steps=0: evaluate what we have
         metrics = evaluate_whole(evaluate, model, full, accelerator)
+    if cfg.max_steps == 0 and ckpt is None:  # the starting model (e.g. imported weights) as a run: eval / generate / resume
+        save_training_checkpoint(run_dir, 0, model, optimizer, scheduler, cfg, accelerator, full)
     if cfg.fsdp:  # the caller's model gets the trained weights, on the device as an unsharded run leaves it
         gather(inner, full)
         full.to(accelerator.device)

@@ -123,6 +123,8 @@ def build_data(cfg: Config):
     if bad:
         print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
     classes = sorted({label for _, label in train_pairs})
+    if not classes and bad:
+        raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
     if not classes:
         raise ValueError(f"data folder {root} has no labelled images: put each class's images in a sub-folder named after it "
                          f"({root}/CLASS/IMAGE), or list them in {root}/metadata.csv (file_name,label)")  # fmt: skip

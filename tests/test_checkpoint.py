@@ -62,7 +62,8 @@ def test_rng_state_round_trip(tmp_path):
 
 def test_rng_states_per_process_and_from_older_or_other_sized_runs(tmp_path, capsys):
     """Each process resumes its own stream; a checkpoint of one state (saved before states were
-    kept per process) or of fewer processes serves those it has, the others seed afresh (seed + rank)."""
+    kept per process) or of fewer processes serves those it has, the others seed afresh from
+    (seed, rank, step)."""
     from types import SimpleNamespace
 
     from recipes.config import TrainConfig
@@ -77,7 +78,8 @@ def test_rng_states_per_process_and_from_older_or_other_sized_runs(tmp_path, cap
     save_state(tmp_path, "rng", {"processes": [one, rng_state()]})
     save_state(tmp_path, "old", one)
     after = {}
-    for seed in (5, 6, 10 + 1):
+    afresh = int(np.random.SeedSequence([10, 1, 7]).generate_state(1)[0])  # (seed, rank, step): not the stream of step 0
+    for seed in (5, 6, afresh):
         torch.manual_seed(seed)
         after[seed] = torch.rand(3)
     cfg = TrainConfig(seed=10)
@@ -85,8 +87,8 @@ def test_rng_states_per_process_and_from_older_or_other_sized_runs(tmp_path, cap
     assert torch.equal(torch.rand(3), after[6]) and capsys.readouterr().out == ""
     restore_rng_states(load_state(tmp_path, "old"), cfg, process(0, 2))
     assert torch.equal(torch.rand(3), after[5]) and "RNG states of 1 process(es), this run has 2" in capsys.readouterr().out
-    restore_rng_states(load_state(tmp_path, "old"), cfg, process(1, 2))
-    assert torch.equal(torch.rand(3), after[11])
+    restore_rng_states(load_state(tmp_path, "old"), cfg, process(1, 2), start_step=7)
+    assert torch.equal(torch.rand(3), after[afresh])
 
 
 def test_flatten_refuses_arbitrary_objects():

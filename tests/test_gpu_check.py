@@ -41,6 +41,25 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
     assert out["compile_error"] is None and out["compiled"] is False and "bare_loop_error" not in out and "mel_error" not in out
 
 
+def test_gpu_check_reports_what_it_measured_when_every_size_fails(monkeypatch):
+    """Out of memory at every size (a compiler may wrap the error): each size is recorded, compiling
+    stays on (it was not the cause), and the peak and log-mel figures are still printed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    def out_of_memory(cfg, *args, **kw):
+        try:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(f"compiled graph failed (batch {cfg.batch_size}, compile {cfg.compile})") from e
+
+    monkeypatch.setattr(gpu_check, "train", out_of_memory)
+    out = gpu_check.main(["size=tiny", "steps=4", "batch=2,4,", "compile=true"])
+    assert [(r["batch"], r["error"]) for r in out["runs"]] == [(b, f"RuntimeError: compiled graph failed (batch {b}, compile True)") for b in (2, 4)]
+    assert out["training_error"] and out["compile_error"] is None and "tokens_per_s" not in out
+    assert out["peak_tflops_measured"] > 0 and out["mel_ms_per_30s_chunk"] > 0
+
+
 # what a machine with only PyTorch, torchaudio, Accelerate and timm (and what they pull in) lacks
 NOT_ON_A_BARE_GPU_MACHINE = ("tiktoken", "tokenizers", "regex", "soundfile", "scipy", "sklearn", "datasets", "matplotlib", "transformers",
                              "espeakng_loader", "gymnasium", "minari", "jiwer", "mlxtend", "whisper", "pandas", "pyarrow", "tensorboard")  # fmt: skip

@@ -111,9 +111,13 @@ def test_cli_eval_and_generate(tmp_path, small_text):
         (["train", "missing.yaml"], "does not exist"),
         (["resume", "/no/such/run"], "does not exist"),
         (["eval", "/no/such/run"], "does not exist"),
-        (["train", "gpt_char", "max_steps=-5"], "max_steps=-5 must be at least 1"),
+        (["train", "gpt_char", "max_steps=-5"], "max_steps=-5 must be at least 0"),
         (["train", "gpt_char", "lr=-1"], "lr=-1.0 must be above 0"),
-        (["train", "gpt_char", "precision=fp8"], "precision='fp8': expected one of auto, no, bf16, fp16"),
+        (["train", "gpt_char", "top_k=0"], "top_k=0 must be at least 1"),
+        (["train", "gpt_char", "batch_size=8", "grad_accum=3"], "batch_size=8 must be divisible by grad_accum * processes = 3 * 1"),
+        (["train", "vit_digits", "label_smoothing=2"], "label_smoothing=2.0 must be below 1.0"),
+        (["train", "dt_cartpole", "eval_episodes=0"], "eval_episodes=0 must be at least 1"),
+        (["train", "gpt_char", "precision=fp4"], "precision='fp4': expected one of auto, no, bf16, fp16, fp8"),
         (["train", "gpt_char", "fsdp=true"], "fsdp=true shards the model over processes: launch 2 or more"),
         (["train", "gpt_bpe", "init_from=/no/such/gpt2"], "init_from=/no/such/gpt2: no such file or folder"),
         (["train", "whisper_folder", "data=.", "n_train=5"], "config key 'n_train' does not apply to whisper_folder"),
@@ -127,6 +131,28 @@ def test_cli_errors_are_one_line(args, message, tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip().startswith("mmtok: error:") and message in p.stderr and p.stderr.strip().count("\n") == 0, p.stderr
     assert not run.exists()
+
+
+def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text):
+    """The config rules apply when a run starts; a run whose run.json holds a value they now refuse
+    (here keep_checkpoints=-1, which kept every checkpoint) resumes and trains longer."""
+    from recipes import gpt_char
+    from recipes.runs import make_config
+
+    _, _, cfg = make_config("gpt_char", [f"data={small_text}", *TINY, "max_steps=10", "ckpt_every=5", f"run_dir={tmp_path / 'run'}"])
+    cfg.keep_checkpoints = -1  # as an older version accepted it
+    gpt_char.main(cfg)
+    assert "resume: from step-0000010, step 10 of 20" in mmtok("resume", str(tmp_path / "run"), "max_steps=20").stdout
+    assert [c.name for c in sorted((tmp_path / "run" / "checkpoints").glob("step-*"))] == [f"step-{n:07d}" for n in (5, 10, 15, 20)]
+    assert "must be at least 0" in mmtok("resume", str(tmp_path / "run"), "max_steps=-1", check=False).stderr
+
+
+def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text):
+    run = tmp_path / "run"
+    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=0", f"run_dir={run}")
+    assert [c.name for c in (run / "checkpoints").glob("step-*")] == ["step-0000000"]
+    started = json.loads((run / "results.json").read_text())["val_loss"]
+    assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] == pytest.approx(started, rel=1e-5)
 
 
 def test_generalist_grows_only_from_a_generalist_run(tmp_path):
