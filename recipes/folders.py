@@ -5,10 +5,12 @@ transcription column), or split folders `PATH/train/` with `PATH/validation/` (o
 
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
 
-A folder written by `datasets`' `save_to_disk` (a `Dataset`, or a `DatasetDict` with a `train`
-split and optionally one of the validation names above) is read with `load_from_disk`: its Image /
-Audio column undecoded (our decoders read the bytes, so no torchcodec is needed), its label
-(a ClassLabel, or a `label` column) or transcript column by name. Each row becomes a `SavedRecord`,
+A Hugging Face dataset works too: a folder written by `datasets`' `save_to_disk` (read with
+`load_from_disk`), a `.parquet` file, or a folder of Parquet files as the Hub lays them out
+(`data/train-00000-of-00001.parquet`, `data/validation-...`; read with `load_dataset`, offline).
+A `DatasetDict` needs a `train` split and may have one of the validation names above. Its Image /
+Audio column is read undecoded (our decoders read the bytes, so no torchcodec is needed), its label
+(a ClassLabel, or a `label` column) or transcript column by name. Each row becomes an `HFRecord`,
 which the loaders read as they read a file.
 """
 
@@ -75,18 +77,40 @@ def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]
     return good, bad
 
 
-# -- Hugging Face `datasets` saved with save_to_disk ----------------------------------------------
+# -- Hugging Face datasets: save_to_disk folders, Parquet files --------------------------------------
 TEXT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text")  # audio datasets' usual names
 LABEL_COLUMNS = ("label", "labels")
 
 
-def is_saved_dataset(root: Path) -> bool:
+def is_saved(root: Path) -> bool:
     """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
     return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
 
 
-class SavedRecord:
-    """One row's image or audio of a saved dataset: `read_bytes()` and, as str(), its name
+def is_hf_dataset(root: Path) -> bool:
+    """save_to_disk's folder, a .parquet file, or a folder with Parquet files in it or one level down
+    (the Hub's `data/`)."""
+    if root.is_file():
+        return root.suffix == ".parquet"
+    return root.is_dir() and (is_saved(root) or any(True for _ in root.glob("*.parquet")) or any(True for _ in root.glob("*/*.parquet")))
+
+
+def load_hf(root: Path):
+    """A Dataset or DatasetDict, read from local files only."""
+    import datasets
+
+    if is_saved(root):
+        return datasets.load_from_disk(str(root))
+    try:
+        if root.is_file():
+            return datasets.load_dataset("parquet", data_files=str(root))
+        return datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
+    except (ValueError, FileNotFoundError) as e:
+        raise ValueError(f"{root}: not a dataset `datasets` can read here ({(str(e).splitlines() or [''])[0]})") from None
+
+
+class HFRecord:
+    """One row's image or audio of a Hugging Face dataset: `read_bytes()` and, as str(), its name
     (`PATH[split][row]`) — what a file's Path is to `open_image` / `load_audio`."""
 
     def __init__(self, dataset, row: int, column: str, name: str):
@@ -108,14 +132,14 @@ class SavedRecord:
     __repr__ = __str__
 
 
-def saved_splits(root: Path, kind: str) -> tuple:
-    """(train, validation or None) of a saved dataset: lists of (SavedRecord, label) for kind
-    "image", (SavedRecord, transcript) for "audio"; for "text", the text column's rows joined by
+def hf_splits(root: Path, kind: str) -> tuple:
+    """(train, validation or None) of a Hugging Face dataset: lists of (HFRecord, label) for kind
+    "image", (HFRecord, transcript) for "audio"; for "text", the text column's rows joined by
     newlines."""
     import datasets
 
-    read = saved_text if kind == "text" else lambda ds, name: saved_pairs(ds, kind, name)
-    loaded = datasets.load_from_disk(str(root))
+    read = hf_text if kind == "text" else lambda ds, name: hf_pairs(ds, kind, name)
+    loaded = load_hf(root)
     if not isinstance(loaded, datasets.DatasetDict):
         return read(loaded, str(root)), None
     if "train" not in loaded:
@@ -124,8 +148,8 @@ def saved_splits(root: Path, kind: str) -> tuple:
     return read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
 
 
-def saved_text(ds, name: str) -> str:
-    """The `text` column (or the only string column) of a saved dataset, rows joined by newlines."""
+def hf_text(ds, name: str) -> str:
+    """The `text` column (or the only string column) of a Hugging Face dataset, rows joined by newlines."""
     import datasets
 
     strings = [c for c, f in ds.features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")]
@@ -135,7 +159,7 @@ def saved_text(ds, name: str) -> str:
     return "\n".join(t for t in ds[column] if t)
 
 
-def saved_pairs(ds, kind: str, name: str) -> list:
+def hf_pairs(ds, kind: str, name: str) -> list:
     import datasets
 
     feature = datasets.Image if kind == "image" else datasets.Audio
@@ -157,4 +181,4 @@ def saved_pairs(ds, kind: str, name: str) -> list:
     if isinstance(label_feature, datasets.ClassLabel):
         values = label_feature.int2str(values)
     ds = ds.select_columns([media]).cast_column(media, feature(decode=False))
-    return [(SavedRecord(ds, row, media, f"{name}[{row}]"), str(v)) for row, v in enumerate(values)]
+    return [(HFRecord(ds, row, media, f"{name}[{row}]"), str(v)) for row, v in enumerate(values)]

@@ -26,7 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
-from .folders import is_saved_dataset, saved_splits
+from .folders import is_hf_dataset, hf_splits
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import mean_loss, train
 
@@ -66,7 +66,7 @@ def default_corpus() -> str:
 def load_text(path: str) -> str:
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file or a dataset saved with datasets' save_to_disk")
+        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file or a Hugging Face dataset (save_to_disk, Parquet)")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
@@ -97,10 +97,10 @@ class Windows(Dataset):
 
 def split_text(cfg: Config) -> tuple[str, str]:
     """(train text, validation text): the last val_fraction of cfg.data or the default corpus; a
-    Hugging Face dataset saved with save_to_disk gives its text column (its validation split if it
+    Hugging Face dataset (save_to_disk's folder, Parquet files) gives its text column (its validation split if it
     has one)."""
-    if cfg.data and is_saved_dataset(Path(cfg.data)):
-        text, val = saved_splits(Path(cfg.data), "text")
+    if cfg.data and is_hf_dataset(Path(cfg.data)):
+        text, val = hf_splits(Path(cfg.data), "text")
         if val is not None:
             return text, val
     else:

@@ -2,7 +2,7 @@
 
 Layouts (as `datasets`' imagefolder): class sub-folders `PATH/<label>/*.png`; or split folders
 `PATH/train/<label>/...` with `PATH/validation/` (or `val/`, `test/`); or a `metadata.csv` with
-`file_name,label` columns; or a Hugging Face dataset written with `save_to_disk` (its Image and
+`file_name,label` columns; or a Hugging Face dataset (`save_to_disk`'s folder, Parquet files; its Image and
 ClassLabel / `label` columns; recipes/folders.py). Without a validation split, `val_fraction` of the images are held out
 (stratified, fixed seed). Every image is decoded once when the run starts: a corrupt, truncated,
 empty or non-image file stops the run with a message naming it, or is skipped and counted with
@@ -28,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import hidden, is_saved_dataset, keep_good, read_metadata, saved_splits, split_dirs
+from .folders import hidden, is_hf_dataset, keep_good, read_metadata, hf_splits, split_dirs
 
 
 @dataclass
@@ -72,8 +72,8 @@ def scan(root: Path) -> list[tuple[Path, str]]:
 
 
 def find_splits(root: Path) -> tuple[list, list | None]:
-    if is_saved_dataset(root):  # a Hugging Face dataset written with save_to_disk
-        return saved_splits(root, "image")
+    if is_hf_dataset(root):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
+        return hf_splits(root, "image")
     train_dir, val_dir = split_dirs(root)
     return scan(train_dir), scan(val_dir) if val_dir else None
 

@@ -3,7 +3,7 @@
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` with the columns `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
 `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `test/`); or a Hugging Face
-dataset written with `save_to_disk` (its Audio column and a transcript column, recipes/folders.py).
+dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
 Without a validation split, `val_fraction` of the utterances are held out (fixed seed).
 
 Every file is decoded once when the run starts, so bad data stops the run before training with a
@@ -35,7 +35,7 @@ from tokenizers_mm import AudioTokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
 
 from . import whisper_digits
-from .folders import is_saved_dataset, keep_good, read_metadata, saved_splits, split_dirs
+from .folders import is_hf_dataset, keep_good, read_metadata, hf_splits, split_dirs
 from .runs import load_trained
 from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
 
@@ -86,8 +86,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     run_dir: a run being resumed, whose saved tokenizers are used."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
-    if is_saved_dataset(Path(cfg.data)):  # a Hugging Face dataset written with save_to_disk
-        train_pairs, val_pairs = saved_splits(Path(cfg.data), "audio")
+    if is_hf_dataset(Path(cfg.data)):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
+        train_pairs, val_pairs = hf_splits(Path(cfg.data), "audio")
     else:
         train_dir, val_dir = split_dirs(Path(cfg.data))
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None

@@ -1,6 +1,7 @@
-"""Hugging Face datasets written with `save_to_disk` as a recipe's data=: images with a ClassLabel
-(vit_folder), audio with transcripts (whisper_folder), text (gpt_char) — real Arrow files read with
-`datasets.load_from_disk`, their images and audio decoded by our own decoders (no torchcodec)."""
+"""Hugging Face datasets as a recipe's data= (`save_to_disk` folders, Parquet files as the Hub lays
+them out): images with a ClassLabel (vit_folder), audio with transcripts (whisper_folder), text
+(gpt_char) — real Arrow / Parquet files read by `datasets`, their images and audio decoded by our
+own decoders (no torchcodec)."""
 
 import io
 import json
@@ -13,8 +14,14 @@ from PIL import Image
 datasets = pytest.importorskip("datasets")
 
 from recipes import gpt_char, vit_folder  # noqa: E402
-from recipes.folders import SavedRecord, saved_splits  # noqa: E402
+from recipes.folders import HFRecord, hf_splits  # noqa: E402
 from tokenizers_mm import ImageError, load_audio, open_image  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def hf_cache(tmp_path, monkeypatch):
+    """load_dataset's Arrow cache in the test's folder, not the user's ~/.cache/huggingface."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
 
 
 def png(pixels: np.ndarray) -> bytes:
@@ -40,10 +47,10 @@ def image_dataset(n_per_class=10, corrupt_row=None):
 def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
     ds = image_dataset().shuffle(seed=0)
     datasets.DatasetDict({"train": ds.select(range(16)), "validation": ds.select(range(16, 20))}).save_to_disk(tmp_path / "digits")
-    train, val = saved_splits(tmp_path / "digits", "image")
+    train, val = hf_splits(tmp_path / "digits", "image")
     assert len(train) == 16 and len(val) == 4 and {label for _, label in train} == {"zero", "one"}
     record = train[0][0]
-    assert isinstance(record, SavedRecord) and str(record) == f"{tmp_path / 'digits'}[train][0]"
+    assert isinstance(record, HFRecord) and str(record) == f"{tmp_path / 'digits'}[train][0]"
     assert open_image(record).size == (8, 8)  # decoded by PIL from the row's bytes
 
     run = tmp_path / "run"
@@ -51,6 +58,22 @@ def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
                             num_heads=2, batch_size=8, max_steps=4, eval_every=4, ckpt_every=4, log_every=2, warmup_steps=1, cpu=True)  # fmt: skip
     metrics = vit_folder.main(cfg)
     assert 0 <= metrics["val_accuracy"] <= 1 and (run / "classes.txt").read_text().split() == ["one", "zero"]
+
+
+def test_parquet_files_as_the_hub_lays_them_out(tmp_path):
+    """A dataset repository's `data/train-00000-of-00001.parquet` + `data/validation-...` (what
+    `huggingface-cli download --repo-type dataset` leaves), read offline; and one Parquet file."""
+    ds = image_dataset().shuffle(seed=1)
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    ds.select(range(16)).to_parquet(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet")
+    ds.select(range(16, 20)).to_parquet(tmp_path / "repo" / "data" / "validation-00000-of-00001.parquet")
+    (tmp_path / "repo" / "README.md").write_text("# digits\n")
+    train, val = hf_splits(tmp_path / "repo", "image")
+    assert len(train) == 16 and len(val) == 4 and str(train[2][0]) == f"{tmp_path / 'repo'}[train][2]"
+    assert open_image(val[0][0]).size == (8, 8) and {label for _, label in train} == {"zero", "one"}
+    cfg = vit_folder.Config(data=str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"), image_size=8, patch_size=4, channels=1)
+    train_set, val_set, classes = vit_folder.build_data(cfg)[:3]  # one file: a train split only, 10% held out
+    assert len(train_set) + len(val_set) == 16 and classes == ["one", "zero"]
 
 
 def test_a_bad_row_is_named_or_skipped(tmp_path):
@@ -66,12 +89,12 @@ def test_a_bad_row_is_named_or_skipped(tmp_path):
 def test_saved_dataset_layout_errors(tmp_path):
     datasets.DatasetDict({"test": image_dataset(2)}).save_to_disk(tmp_path / "no_train")
     with pytest.raises(ValueError, match="needs a 'train' split \\(it has test\\)"):
-        saved_splits(tmp_path / "no_train", "image")
+        hf_splits(tmp_path / "no_train", "image")
     image_dataset(2).remove_columns("label").save_to_disk(tmp_path / "no_label")
     with pytest.raises(ValueError, match="needs a ClassLabel or label column \\(columns: img \\(Image\\)\\)"):
-        saved_splits(tmp_path / "no_label", "image")
+        hf_splits(tmp_path / "no_label", "image")
     with pytest.raises(ValueError, match="no Audio column"):
-        saved_splits(tmp_path / "no_label", "audio")
+        hf_splits(tmp_path / "no_label", "audio")
 
 
 def test_whisper_folder_reads_a_saved_audio_dataset(tmp_path):
@@ -91,7 +114,7 @@ def test_whisper_folder_reads_a_saved_audio_dataset(tmp_path):
     ds = datasets.Dataset.from_dict({"audio": audio, "sentence": [r.transcription.upper() for r in rows]})
     ds = ds.cast_column("audio", datasets.Audio(sampling_rate=16000))
     datasets.DatasetDict({"train": ds.select(range(10)), "validation": ds.select(range(10, 12))}).save_to_disk(tmp_path / "cv")
-    train, val = saved_splits(tmp_path / "cv", "audio")
+    train, val = hf_splits(tmp_path / "cv", "audio")
     wave, rate = load_audio(train[1][0])
     assert rate == 8000 and len(wave) > 1000 and train[1][1] == rows[1].transcription.upper()
 
@@ -116,5 +139,5 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
     with pytest.raises(ValueError, match="needs a 'text' column \\(string columns: body, title\\)"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "two")))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file or a dataset saved with"):
+    with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file or a Hugging Face dataset"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
