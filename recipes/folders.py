@@ -1,17 +1,18 @@
 """Finding the files of a user's data folder, in the layouts of Hugging Face `datasets`'
 `imagefolder` / `audiofolder` builders: a `metadata.csv` with a `file_name` column (plus the label or
 transcription column), or split folders `PATH/train/` with `PATH/validation/` (or `valid/`, `val/`,
-`test/`). Class sub-folders (`PATH/<label>/...`) are the image recipes' concern.
+`dev/`, `test/`). Class sub-folders (`PATH/<label>/...`) are the image recipes' concern.
 
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
 
 A Hugging Face dataset works too: a folder written by `datasets`' `save_to_disk` (read with
 `load_from_disk`), a `.parquet` file, or a folder of Parquet files as the Hub lays them out
-(`data/train-00000-of-00001.parquet`, `data/validation-...`; read with `load_dataset`, offline).
-A `DatasetDict` needs a `train` split and may have one of the validation names above. Its Image /
-Audio column is read undecoded (our decoders read the bytes, so no torchcodec is needed), its label
-(a ClassLabel, or a `label` column) or transcript column by name. Each row becomes an `HFRecord`,
-which the loaders read as they read a file.
+(`data/train-00000-of-00001.parquet`, `data/validation-...`, or `CONFIG/train/*.parquet`; read with
+`load_dataset`, offline). A folder holding Parquet files beside other data files is refused as
+ambiguous. A `DatasetDict` needs a `train` split and may have one of the validation names above.
+Its Image / Audio column is read undecoded (our decoders read the bytes, so no torchcodec is
+needed); the media and label / transcript columns are found by type and name, or named by the
+recipe's `*_column` keys. Each row becomes an `HFRecord`, which the loaders read as they read a file.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-VAL_DIRS = ("validation", "valid", "val", "test")
+VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 
 
 def inside(root: Path, name: str, where: str) -> Path:
@@ -80,6 +81,8 @@ def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]
 # -- Hugging Face datasets: save_to_disk folders, Parquet files --------------------------------------
 TEXT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text")  # audio datasets' usual names
 LABEL_COLUMNS = ("label", "labels")
+SPLITS = ("train", *VAL_DIRS)
+META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".lock"}  # a dataset repository's other files
 
 
 def is_saved(root: Path) -> bool:
@@ -87,44 +90,79 @@ def is_saved(root: Path) -> bool:
     return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
 
 
-def is_hf_dataset(root: Path) -> bool:
-    """save_to_disk's folder, a .parquet file, or a folder with Parquet files in it or one level down
-    (the Hub's `data/`)."""
+def hf_source(root: Path) -> tuple[str, dict | None] | None:
+    """How to read `root` as a Hugging Face dataset, or None when it is not one:
+    ("saved", None) for save_to_disk's folder; ("hub", None) for Parquet files as a dataset
+    repository holds them (`*.parquet` or `data/*.parquet`, splits from the file names);
+    ("parquet", {split: files}) for one .parquet file, split folders (`train/*.parquet`, ...) or
+    the Hub's converted layout (`CONFIG/train/*.parquet`, one config)."""
     if root.is_file():
-        return root.suffix == ".parquet"
-    return root.is_dir() and (is_saved(root) or any(True for _ in root.glob("*.parquet")) or any(True for _ in root.glob("*/*.parquet")))
+        return ("parquet", {"train": str(root)}) if root.suffix == ".parquet" else None
+    if not root.is_dir():
+        return None
+    if is_saved(root):
+        return "saved", None
+    if any(True for _ in root.glob("*.parquet")) or any(True for _ in root.glob("data/*.parquet")):
+        found = "hub", None
+    elif splits := {s: str(root / s / "*.parquet") for s in SPLITS if any(True for _ in root.glob(f"{s}/*.parquet"))}:
+        found = "parquet", splits
+    else:
+        configs = sorted({q.parent.parent.name for q in root.glob("*/train/*.parquet")})
+        if len(configs) > 1:
+            raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
+        if not configs:
+            return None
+        found = hf_source(root / configs[0])
+    others = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q.suffix.lower() not in META_SUFFIXES]
+    if others:  # note: an image or audio folder with a stray .parquet file is not read as a dataset in disguise
+        raise ValueError(f"{root} mixes Parquet files with other files ({others[0].relative_to(root)}, ...): "
+                         "give data= the Parquet files' folder, or move them out of the image / audio folder")  # fmt: skip
+    return found
+
+
+def is_hf_dataset(root: Path) -> bool:
+    return hf_source(root) is not None
 
 
 def load_hf(root: Path):
-    """A Dataset or DatasetDict, read from local files only."""
+    """A Dataset or DatasetDict, from local files only, without a saved output format."""
     import datasets
 
-    if is_saved(root):
-        return datasets.load_from_disk(str(root))
+    how, files = hf_source(root)
     try:
-        if root.is_file():
-            return datasets.load_dataset("parquet", data_files=str(root))
-        return datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
-    except (ValueError, FileNotFoundError) as e:
-        raise ValueError(f"{root}: not a dataset `datasets` can read here ({(str(e).splitlines() or [''])[0]})") from None
+        if how == "saved":
+            loaded = datasets.load_from_disk(str(root))
+        elif how == "parquet":
+            loaded = datasets.load_dataset("parquet", data_files=files)
+        else:
+            loaded = datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
+    except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
+        raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
+    return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are
 
 
 class HFRecord:
     """One row's image or audio of a Hugging Face dataset: `read_bytes()` and, as str(), its name
-    (`PATH[split][row]`) — what a file's Path is to `open_image` / `load_audio`."""
+    (`PATH[split][row]`) — what a file's Path is to `open_image` / `load_audio`. A row holding a
+    relative path (no bytes) refers to a file under `base`, the dataset's folder."""
 
-    def __init__(self, dataset, row: int, column: str, name: str):
-        self.dataset, self.row, self.column, self.name = dataset, row, column, name
+    def __init__(self, dataset, row: int, column: str, name: str, base: Path):
+        self.dataset, self.row, self.column, self.name, self.base = dataset, row, column, name, base
 
     def read_bytes(self) -> bytes:
         value = self.dataset[self.row][self.column]  # undecoded: {"bytes": ..., "path": ...}
         if value is None:
-            raise ValueError(f"{self}: no {self.column} in this row")
+            raise ValueError(f"no {self.column} in this row")
         if value.get("bytes") is not None:
             return value["bytes"]
         if not value.get("path"):
-            raise ValueError(f"{self}: its {self.column} has neither bytes nor a path")
-        return Path(value["path"]).read_bytes()  # a dataset that refers to files beside it
+            raise ValueError(f"its {self.column} has neither bytes nor a path")
+        path = self.base / value["path"]  # note: an absolute path stays itself
+        if not path.is_file():
+            raise FileNotFoundError(f"its file {path} does not exist")
+        return path.read_bytes()
 
     def __str__(self) -> str:
         return self.name
@@ -132,53 +170,75 @@ class HFRecord:
     __repr__ = __str__
 
 
-def hf_splits(root: Path, kind: str) -> tuple:
+def hf_splits(root: Path, kind: str, columns: tuple[str, str] = ("", "")) -> tuple:
     """(train, validation or None) of a Hugging Face dataset: lists of (HFRecord, label) for kind
-    "image", (HFRecord, transcript) for "audio"; for "text", the text column's rows joined by
-    newlines."""
+    "image", (HFRecord, transcript) for "audio" (None where a row has none); for "text", the text
+    column's rows joined by newlines. columns: (media, label) for images / audio, (text, "") for
+    text; "" = found by type and name. A validation split without labels (the Hub's -1) is not used."""
     import datasets
 
-    read = hf_text if kind == "text" else lambda ds, name: hf_pairs(ds, kind, name)
+    base = root if root.is_dir() else root.parent
+    read = (lambda ds, name: hf_text(ds, name, columns[0])) if kind == "text" else lambda ds, name: hf_pairs(ds, kind, name, base, *columns)
     loaded = load_hf(root)
     if not isinstance(loaded, datasets.DatasetDict):
         return read(loaded, str(root)), None
     if "train" not in loaded:
-        raise ValueError(f"{root}: a saved DatasetDict needs a 'train' split (it has {', '.join(loaded) or 'none'})")
+        raise ValueError(f"{root}: a DatasetDict needs a 'train' split (it has {', '.join(loaded) or 'none'})")
     val = next((v for v in VAL_DIRS if v in loaded), None)
-    return read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
+    train, held = read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
+    if kind != "text" and held is not None and all(label is None for _, label in held):
+        print(f"{root}[{val}] has no labels (the Hub's -1): holding out part of the training split instead")
+        held = None
+    return train, held
 
 
-def hf_text(ds, name: str) -> str:
-    """The `text` column (or the only string column) of a Hugging Face dataset, rows joined by newlines."""
+def pick_column(ds, name: str, given: str, candidates: list, key: str, what: str) -> str:
+    """The column named by `key=` (`given`), else the one candidate; refused when none or several."""
+    columns = ", ".join(f"{c} ({type(f).__name__})" for c, f in ds.features.items())
+    if given:
+        if given not in ds.features:
+            raise ValueError(f"{name}: no column {given!r} ({key}=); columns: {columns}")
+        return given
+    if len(candidates) != 1:
+        found = f"could be any of {', '.join(candidates)}" if candidates else "is missing"
+        raise ValueError(f"{name}: {what} {found}; name it with {key}= (columns: {columns})")
+    return candidates[0]
+
+
+def hf_text(ds, name: str, column: str = "") -> str:
+    """The text column (`text`, or the only string column) of a Hugging Face dataset, rows joined by newlines."""
     import datasets
 
     strings = [c for c, f in ds.features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")]
-    column = "text" if "text" in strings else strings[0] if len(strings) == 1 else None
-    if column is None:
-        raise ValueError(f"{name}: needs a 'text' column (string columns: {', '.join(strings) or 'none'})")
-    return "\n".join(t for t in ds[column] if t)
+    column = pick_column(ds, name, column, ["text"] if "text" in strings else strings, "text_column", "the text column")
+    text = "\n".join(t for t in ds[column] if t)
+    if not text:
+        raise ValueError(f"{name}: its text column {column!r} is empty")
+    return text
 
 
-def hf_pairs(ds, kind: str, name: str) -> list:
+def hf_pairs(ds, kind: str, name: str, base: Path, media: str = "", label: str = "") -> list:
     import datasets
 
+    if len(ds) == 0:
+        raise ValueError(f"{name}: no rows")
     feature = datasets.Image if kind == "image" else datasets.Audio
-    columns = ", ".join(f"{c} ({type(f).__name__})" for c, f in ds.features.items())
-    media = next((c for c, f in ds.features.items() if isinstance(f, feature)), None)
-    if media is None:
-        raise ValueError(f"{name}: no {feature.__name__} column (columns: {columns})")
+    media = pick_column(ds, name, media, [c for c, f in ds.features.items() if isinstance(f, feature)], f"{kind}_column",
+                        f"the {feature.__name__} column")  # fmt: skip
     if kind == "image":
-        wanted = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)] + [c for c in LABEL_COLUMNS if c in ds.features]
+        found = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
+        found += [c for c in LABEL_COLUMNS if c in ds.features and c not in found]
+        label = pick_column(ds, name, label, found, "label_column", "the label column (a ClassLabel or label)")
     else:
-        wanted = [c for c in TEXT_COLUMNS if c in ds.features]
-    if not wanted:
-        what = "a ClassLabel or label column" if kind == "image" else f"a transcript column ({', '.join(TEXT_COLUMNS)})"
-        raise ValueError(f"{name}: needs {what} (columns: {columns})")
-    values, label_feature = list(ds[wanted[0]]), ds.features[wanted[0]]
-    for row, v in enumerate(values):
-        if v is None or (isinstance(label_feature, datasets.ClassLabel) and not 0 <= v < label_feature.num_classes):
-            raise ValueError(f"{name}[{row}]: {wanted[0]} is {v!r}; expected {'a class' if kind == 'image' else 'a transcript'}")
-    if isinstance(label_feature, datasets.ClassLabel):
-        values = label_feature.int2str(values)
+        label = pick_column(ds, name, label, [c for c in TEXT_COLUMNS if c in ds.features], "text_column", "the transcript column")
+    labels = ds.features[label]
+    if not isinstance(labels, (datasets.ClassLabel, datasets.Value)):
+        raise ValueError(f"{name}: column {label!r} holds {type(labels).__name__} values (several labels per row?); "
+                         f"expected one {'class' if kind == 'image' else 'transcript'} per row")  # fmt: skip
+    values = list(ds[label])
+    if isinstance(labels, datasets.ClassLabel):  # -1: the Hub's "no label"
+        values = [labels.int2str(v) if v is not None and 0 <= v < labels.num_classes else None for v in values]
+    elif labels.dtype.startswith("int"):
+        values = [None if v is not None and v < 0 else v for v in values]
     ds = ds.select_columns([media]).cast_column(media, feature(decode=False))
-    return [(HFRecord(ds, row, media, f"{name}[{row}]"), str(v)) for row, v in enumerate(values)]
+    return [(HFRecord(ds, row, media, f"{name}[{row}]", base), None if v is None else str(v)) for row, v in enumerate(values)]

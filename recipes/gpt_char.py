@@ -36,7 +36,8 @@ STDLIB_MODULES = ("argparse", "collections", "dataclasses", "functools", "json.d
 
 @dataclass
 class Config(TrainConfig):
-    data: str = ""  # a UTF-8 text file; "" = the embedded default corpus (Python's own docs and source)
+    data: str = ""  # a UTF-8 text file or a Hugging Face dataset; "" = the embedded default corpus (Python's own docs and source)
+    text_column: str = ""  # a Hugging Face dataset's text column; "" = `text`, or its only string column
     val_fraction: float = 0.1  # the last fraction of the text is the validation split
     block_size: int = 64  # context length in characters
     dim: int = 128
@@ -100,7 +101,7 @@ def split_text(cfg: Config) -> tuple[str, str]:
     Hugging Face dataset (save_to_disk's folder, Parquet files) gives its text column (its validation split if it
     has one)."""
     if cfg.data and is_hf_dataset(Path(cfg.data)):
-        text, val = hf_splits(Path(cfg.data), "text")
+        text, val = hf_splits(Path(cfg.data), "text", (cfg.text_column, ""))
         if val is not None:
             return text, val
     else:

@@ -1,7 +1,7 @@
 """vit_folder: fine-tune a ViT on your own folder of images (Hugging Face `imagefolder` layout).
 
 Layouts (as `datasets`' imagefolder): class sub-folders `PATH/<label>/*.png`; or split folders
-`PATH/train/<label>/...` with `PATH/validation/` (or `val/`, `test/`); or a `metadata.csv` with
+`PATH/train/<label>/...` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a `metadata.csv` with
 `file_name,label` columns; or a Hugging Face dataset (`save_to_disk`'s folder, Parquet files; its Image and
 ClassLabel / `label` columns; recipes/folders.py). Without a validation split, `val_fraction` of the images are held out
 (stratified, fixed seed). Every image is decoded once when the run starts: a corrupt, truncated,
@@ -33,7 +33,9 @@ from .folders import hidden, is_hf_dataset, keep_good, read_metadata, hf_splits,
 
 @dataclass
 class Config(vit.Config):
-    data: str = ""  # the image folder (required)
+    data: str = ""  # the image folder, or a Hugging Face dataset (save_to_disk's folder, Parquet files) (required)
+    image_column: str = ""  # a Hugging Face dataset's Image column; "" = its only one
+    label_column: str = ""  # ... its label column; "" = its only ClassLabel, else `label` / `labels`
     image_size: int = 32
     patch_size: int = 4
     channels: int = 3
@@ -71,16 +73,21 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     return pairs
 
 
-def find_splits(root: Path) -> tuple[list, list | None]:
+def find_splits(root: Path, cfg: Config) -> tuple[list, list | None]:
     if is_hf_dataset(root):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
-        return hf_splits(root, "image")
+        return hf_splits(root, "image", (cfg.image_column, cfg.label_column))
     train_dir, val_dir = split_dirs(root)
     return scan(train_dir), scan(val_dir) if val_dir else None
 
 
 def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
     """Decode every image once; return the good (file, label) pairs and how many were skipped."""
-    return keep_good(pairs, lambda path, _: to_tensor(open_image(path), cfg.channels, str(path)), cfg.skip_bad_samples, f"{what} images")
+    def check(path, label):
+        if label is None:  # a Hugging Face dataset's row without a label (-1)
+            raise ValueError(f"image {path}: no label")
+        to_tensor(open_image(path), cfg.channels, str(path))
+
+    return keep_good(pairs, check, cfg.skip_bad_samples, f"{what} images")
 
 
 class FolderSet(Dataset):
@@ -115,7 +122,7 @@ def build_data(cfg: Config):
     if not cfg.data:
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
     root = Path(cfg.data)
-    train_pairs, val_pairs = find_splits(root)
+    train_pairs, val_pairs = find_splits(root, cfg)
     train_pairs, bad = check_images(train_pairs, cfg, "training")
     if val_pairs is not None:
         val_pairs, bad_val = check_images(val_pairs, cfg, "validation")

@@ -2,7 +2,7 @@
 
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` with the columns `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
-`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `test/`); or a Hugging Face
+`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
 Without a validation split, `val_fraction` of the utterances are held out (fixed seed).
 
@@ -45,7 +45,9 @@ BASE_CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"
 
 @dataclass
 class Config(whisper_digits.Config):
-    data: str = ""  # the audio folder (required): metadata.csv with file_name,transcription
+    data: str = ""  # the audio folder (metadata.csv with file_name,transcription) or a Hugging Face dataset (required)
+    audio_column: str = ""  # a Hugging Face dataset's Audio column; "" = its only one
+    text_column: str = ""  # ... its transcript column; "" = the one of transcription / text / sentence / transcript / normalized_text
     init_from: str = ""  # a trained speech run directory to fine-tune from
     val_fraction: float = 0.1  # held out when the folder has no validation split
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
@@ -69,6 +71,8 @@ def normalise(text: str, cfg: Config) -> str:
 
 def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text_tok) -> None:
     """Decode the file and tokenize the transcript once; raise with the file's name if either fails."""
+    if transcript is None:
+        raise ValueError(f"audio {path}: no transcript")
     wave, rate = load_audio(path)
     audio_tok.prepare(to_waveform(wave, rate, str(path)), str(path))  # the length check the tokenizer makes, without the spectrogram
     text_example(text_tok, transcript, str(path))
@@ -87,12 +91,12 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     if is_hf_dataset(Path(cfg.data)):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
-        train_pairs, val_pairs = hf_splits(Path(cfg.data), "audio")
+        train_pairs, val_pairs = hf_splits(Path(cfg.data), "audio", (cfg.audio_column, cfg.text_column))
     else:
         train_dir, val_dir = split_dirs(Path(cfg.data))
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
-    train_pairs = [(f, normalise(t, cfg)) for f, t in train_pairs]
-    val_pairs = [(f, normalise(t, cfg)) for f, t in val_pairs] if val_pairs is not None else None
+    train_pairs = [(f, t if t is None else normalise(t, cfg)) for f, t in train_pairs]  # None: a dataset row without one
+    val_pairs = [(f, t if t is None else normalise(t, cfg)) for f, t in val_pairs] if val_pairs is not None else None
     if val_pairs is None:
         from sklearn.model_selection import train_test_split
 

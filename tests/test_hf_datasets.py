@@ -44,6 +44,11 @@ def image_dataset(n_per_class=10, corrupt_row=None):
     return ds.cast_column("img", datasets.Image()).cast_column("label", datasets.ClassLabel(names=["zero", "one"]))
 
 
+def raw_images(ds) -> list:
+    """The img column undecoded: {"bytes", "path"} per row."""
+    return list(ds.cast_column("img", datasets.Image(decode=False))["img"])
+
+
 def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
     ds = image_dataset().shuffle(seed=0)
     datasets.DatasetDict({"train": ds.select(range(16)), "validation": ds.select(range(16, 20))}).save_to_disk(tmp_path / "digits")
@@ -91,10 +96,92 @@ def test_saved_dataset_layout_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a 'train' split \\(it has test\\)"):
         hf_splits(tmp_path / "no_train", "image")
     image_dataset(2).remove_columns("label").save_to_disk(tmp_path / "no_label")
-    with pytest.raises(ValueError, match="needs a ClassLabel or label column \\(columns: img \\(Image\\)\\)"):
+    with pytest.raises(ValueError, match="the label column \\(a ClassLabel or label\\) is missing; name it with label_column= "
+                                         "\\(columns: img \\(Image\\)\\)"):  # fmt: skip
         hf_splits(tmp_path / "no_label", "image")
-    with pytest.raises(ValueError, match="no Audio column"):
+    with pytest.raises(ValueError, match="the Audio column is missing; name it with audio_column="):
         hf_splits(tmp_path / "no_label", "audio")
+    image_dataset(2).select(range(0)).save_to_disk(tmp_path / "empty")
+    with pytest.raises(ValueError, match="empty.*: (no rows|not a dataset)"):
+        hf_splits(tmp_path / "empty", "image")
+    labels = datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))
+    multi = datasets.Dataset.from_dict({"img": raw_images(image_dataset(2)), "labels": [[0, 1]] * 4})
+    multi.cast_column("img", datasets.Image()).cast_column("labels", labels).save_to_disk(tmp_path / "multi")
+    with pytest.raises(ValueError, match="column 'labels' holds (Sequence|List) values \\(several labels per row\\?\\)"):
+        hf_splits(tmp_path / "multi", "image")
+
+
+def test_columns_are_chosen_or_named(tmp_path):
+    """Two Image columns or two ClassLabels (CIFAR-100's fine / coarse): refused until named."""
+    ds = image_dataset(2)
+    ds = ds.add_column("mask", raw_images(ds)).cast_column("mask", datasets.Image())
+    ds = ds.add_column("coarse", [0, 0, 0, 0]).cast_column("coarse", datasets.ClassLabel(names=["digit"]))
+    ds.save_to_disk(tmp_path / "two")
+    with pytest.raises(ValueError, match="the Image column could be any of img, mask; name it with image_column="):
+        hf_splits(tmp_path / "two", "image")
+    with pytest.raises(ValueError, match="the label column \\(a ClassLabel or label\\) could be any of label, coarse; name it with label_column="):
+        hf_splits(tmp_path / "two", "image", ("img", ""))
+    train, _ = hf_splits(tmp_path / "two", "image", ("img", "label"))
+    assert [label for _, label in train] == ["zero", "zero", "one", "one"]
+    with pytest.raises(ValueError, match="no column 'lable' \\(label_column=\\)"):
+        hf_splits(tmp_path / "two", "image", ("img", "lable"))
+
+
+def test_unlabelled_rows_relative_paths_saved_formats_and_split_names(tmp_path):
+    """-1 labels (the Hub's "no label"): a test split without labels is not used for validation,
+    a training row without one is refused or skipped; a row holding a path relative to the dataset
+    reads that file from any working directory; a saved torch format is ignored; `dev` validates."""
+    ds = image_dataset(4)
+    unlabelled = ds.select(range(2)).map(lambda r: {"label": -1})
+    datasets.DatasetDict({"train": ds, "test": unlabelled}).save_to_disk(tmp_path / "hub_test")
+    train, val = hf_splits(tmp_path / "hub_test", "image")
+    assert len(train) == 8 and val is None
+
+    with_gap = ds.map(lambda r, i: {"label": -1 if i == 5 else r["label"]}, with_indices=True)
+    with_gap.save_to_disk(tmp_path / "gap")
+    cfg = vit_folder.Config(data=str(tmp_path / "gap"), image_size=8, patch_size=4, channels=1)
+    with pytest.raises(ValueError, match=r"gap\[5\]: no label \(set skip_bad_samples=true"):
+        vit_folder.build_data(cfg)
+    cfg.skip_bad_samples = True
+    assert sum(len(d) for d in vit_folder.build_data(cfg)[:2]) == 7
+
+    (tmp_path / "rel" / "files").mkdir(parents=True)
+    for i, image in enumerate(raw_images(ds)):
+        (tmp_path / "rel" / "files" / f"{i}.png").write_bytes(image["bytes"])
+    paths = datasets.Dataset.from_dict({"img": [{"bytes": None, "path": f"files/{i}.png"} for i in range(8)], "label": ds["label"]})
+    paths = paths.cast_column("img", datasets.Image(decode=False)).cast_column("label", ds.features["label"])
+    import pyarrow.parquet as pq
+
+    pq.write_table(paths.data.table, tmp_path / "rel" / "train.parquet")  # note: to_parquet would embed the files' bytes
+    with pytest.raises(ValueError, match="mixes Parquet files with other files"):  # the folder: is it images or a dataset?
+        hf_splits(tmp_path / "rel", "image")
+    train, _ = hf_splits(tmp_path / "rel" / "train.parquet", "image")  # the file: a dataset
+    assert open_image(train[3][0]).size == (8, 8)  # resolved against the dataset's folder, not the working directory
+    (tmp_path / "rel" / "files" / "3.png").unlink()
+    with pytest.raises(ImageError, match=r"train.parquet\[train\]\[3\]: its file .*files/3.png does not exist"):
+        open_image(train[3][0])
+
+    torch_format = ds.with_format("torch", columns=["label"])
+    datasets.DatasetDict({"train": torch_format, "dev": torch_format.select(range(2))}).save_to_disk(tmp_path / "fmt")
+    train, val = hf_splits(tmp_path / "fmt", "image")
+    assert len(train) == 8 and len(val) == 2 and str(val[0][0]).endswith("[dev][0]") and open_image(val[0][0]).size == (8, 8)
+
+
+def test_a_stray_parquet_file_does_not_make_a_folder_a_dataset(tmp_path):
+    from tests.test_vit_recipes import make_folder
+
+    make_folder(tmp_path / "imgs", n=4)
+    image_dataset(2).to_parquet(tmp_path / "imgs" / "circle" / "stats.parquet")
+    assert vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())[0]  # one level down: still an image folder
+    image_dataset(2).to_parquet(tmp_path / "imgs" / "stats.parquet")
+    with pytest.raises(ValueError, match="imgs mixes Parquet files with other files .*: give data= the Parquet files' folder"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    for config in ("plain", "extra"):  # the Hub's converted layout, CONFIG/SPLIT/NNNN.parquet
+        (tmp_path / "conv" / config / "train").mkdir(parents=True)
+        image_dataset(2).to_parquet(tmp_path / "conv" / config / "train" / "0000.parquet")
+    with pytest.raises(ValueError, match="conv holds the dataset configs extra, plain: give data=.*conv/CONFIG"):
+        hf_splits(tmp_path / "conv", "image")
+    assert len(hf_splits(tmp_path / "conv" / "plain", "image")[0]) == 4
 
 
 def test_whisper_folder_reads_a_saved_audio_dataset(tmp_path):
@@ -136,7 +223,7 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
     train_text, val_text = gpt_char.split_text(cfg)
     assert train_text == "\n".join(t for t in lines[:-20] if t) and val_text == "\n".join(t for t in lines[-20:] if t)
     datasets.Dataset.from_dict({"id": [1, 2], "body": ["a", "b"], "title": ["c", "d"]}).save_to_disk(tmp_path / "two")
-    with pytest.raises(ValueError, match="needs a 'text' column \\(string columns: body, title\\)"):
+    with pytest.raises(ValueError, match="the text column could be any of body, title; name it with text_column="):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "two")))
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file or a Hugging Face dataset"):

@@ -193,15 +193,16 @@ def load_audio(source) -> tuple[np.ndarray, int]:
         path = source
         try:
             data = source.read_bytes()
-        except FileNotFoundError:
-            raise AudioError(f"audio {path}: no such file") from None
+        except (OSError, ValueError) as e:  # the source says what is missing
+            raise AudioError(f"audio {path}: {e}") from None
         if not data:
             raise AudioError(f"audio {path}: it is empty (0 bytes)")
         source_arg = io.BytesIO(data)
     try:
         data, rate = sf.read(source_arg, dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as e:
-        raise AudioError(f"audio {path}: not a readable audio file ({str(e).splitlines()[0]})") from None
+        reason = str(e).splitlines()[0].split(">: ", 1)[-1]  # note: not libsndfile's "Error opening <_io.BytesIO object at 0x...>"
+        raise AudioError(f"audio {path}: not a readable audio file ({reason})") from None
     return data, rate
 
 

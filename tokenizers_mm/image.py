@@ -43,8 +43,13 @@ def open_image(source) -> "PIL.Image.Image":  # noqa: F821
     path = Path(source) if is_path else source
     if is_path and path.is_dir():
         raise ImageError(f"image {path}: a folder, not an image file")
+    if not is_path:
+        try:
+            data = source.read_bytes()
+        except (OSError, ValueError) as e:  # the source says what is missing
+            raise ImageError(f"image {source}: {e}") from None
     try:
-        if (path.stat().st_size if is_path else len(data := path.read_bytes())) == 0:
+        if (path.stat().st_size if is_path else len(data)) == 0:
             raise ImageError(f"image {path}: {'the file is' if is_path else 'it is'} empty (0 bytes)")
         with Image.open(path if is_path else io.BytesIO(data)) as im:
             im.load()  # decode now: a truncated file fails here, not mid-epoch
