@@ -26,7 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
-from .folders import is_hf_dataset, hf_splits
+from .folders import hf_splits, is_hf_dataset
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import mean_loss, train
 

@@ -28,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import hidden, is_hf_dataset, keep_good, read_metadata, hf_splits, split_dirs
+from .folders import hf_splits, hidden, is_hf_dataset, keep_good, read_metadata, split_dirs
 
 
 @dataclass

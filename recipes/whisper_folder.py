@@ -35,7 +35,7 @@ from tokenizers_mm import AudioTokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
 
 from . import whisper_digits
-from .folders import is_hf_dataset, keep_good, read_metadata, hf_splits, split_dirs
+from .folders import hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
 from .runs import load_trained
 from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
 
@@ -95,8 +95,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     else:
         train_dir, val_dir = split_dirs(Path(cfg.data))
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
-    train_pairs = [(f, t if t is None else normalise(t, cfg)) for f, t in train_pairs]  # None: a dataset row without one
-    val_pairs = [(f, t if t is None else normalise(t, cfg)) for f, t in val_pairs] if val_pairs is not None else None
+    norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
+    train_pairs, val_pairs = norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
     if val_pairs is None:
         from sklearn.model_selection import train_test_split
 
