@@ -102,17 +102,19 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
         return None
     if is_saved(root):
         return "saved", None
-    if any(True for _ in root.glob("*.parquet")) or any(True for _ in root.glob("data/*.parquet")):
+    has = lambda pattern: next(root.glob(pattern), None) is not None  # noqa: E731
+    splits = lambda folder: {s: str(root / folder / s / "*.parquet") for s in SPLITS if has(f"{folder}/{s}/*.parquet")}  # noqa: E731
+    configs = sorted({q.parent.parent.name for q in root.glob("*/train/*.parquet")})
+    if has("*.parquet") or has("data/*.parquet"):
         found = "hub", None
-    elif splits := {s: str(root / s / "*.parquet") for s in SPLITS if any(True for _ in root.glob(f"{s}/*.parquet"))}:
-        found = "parquet", splits
+    elif splits("."):  # SPLIT/*.parquet
+        found = "parquet", splits(".")
+    elif len(configs) == 1:  # the Hub's converted layout, CONFIG/SPLIT/*.parquet
+        found = "parquet", splits(configs[0])
+    elif configs:
+        raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
     else:
-        configs = sorted({q.parent.parent.name for q in root.glob("*/train/*.parquet")})
-        if len(configs) > 1:
-            raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
-        if not configs:
-            return None
-        found = hf_source(root / configs[0])
+        return None
     others = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q.suffix.lower() not in META_SUFFIXES]
     if others:  # note: an image or audio folder with a stray .parquet file is not read as a dataset in disguise
         raise ValueError(f"{root} mixes Parquet files with other files ({others[0].relative_to(root)}, ...): "

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Tokenizer
+from .base import Tokenizer, source_bytes
 from .registry import register
 from .tokenset import TokenBatch, TokenSet
 
@@ -190,14 +190,7 @@ def load_audio(source) -> tuple[np.ndarray, int]:
         _soundfile(path)
         source_arg = str(path)
     else:
-        path = source
-        try:
-            data = source.read_bytes()
-        except (OSError, ValueError) as e:  # the source says what is missing
-            raise AudioError(f"audio {path}: {e}") from None
-        if not data:
-            raise AudioError(f"audio {path}: it is empty (0 bytes)")
-        source_arg = io.BytesIO(data)
+        path, source_arg = source, io.BytesIO(source_bytes(source, "audio", AudioError))
     try:
         data, rate = sf.read(source_arg, dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as e:

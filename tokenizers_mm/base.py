@@ -68,6 +68,18 @@ def made_once(lock_path, cached, make):
     return got
 
 
+def source_bytes(source, what: str, error: type[Exception]) -> bytes:
+    """The bytes of a source that is not a file path (an object with `read_bytes()` whose str()
+    names it: a row of a Hugging Face dataset), or `error` naming it: "image X[3]: ..."."""
+    try:
+        data = source.read_bytes()
+    except (OSError, ValueError) as e:  # the source says what is missing
+        raise error(f"{what} {source}: {e}") from None
+    if not data:
+        raise error(f"{what} {source}: it is empty (0 bytes)")
+    return data
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, or raise one clear error naming the file."""
     try:

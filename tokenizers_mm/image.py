@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Tokenizer
+from .base import Tokenizer, source_bytes
 from .registry import register
 from .tokenset import TokenSet
 
@@ -43,14 +43,10 @@ def open_image(source) -> "PIL.Image.Image":  # noqa: F821
     path = Path(source) if is_path else source
     if is_path and path.is_dir():
         raise ImageError(f"image {path}: a folder, not an image file")
-    if not is_path:
-        try:
-            data = source.read_bytes()
-        except (OSError, ValueError) as e:  # the source says what is missing
-            raise ImageError(f"image {source}: {e}") from None
+    data = None if is_path else source_bytes(source, "image", ImageError)
     try:
-        if (path.stat().st_size if is_path else len(data)) == 0:
-            raise ImageError(f"image {path}: {'the file is' if is_path else 'it is'} empty (0 bytes)")
+        if is_path and path.stat().st_size == 0:
+            raise ImageError(f"image {path}: the file is empty (0 bytes)")
         with Image.open(path if is_path else io.BytesIO(data)) as im:
             im.load()  # decode now: a truncated file fails here, not mid-epoch
             return ImageOps.exif_transpose(im)  # a new image (a copy even without EXIF), so the file can close
