@@ -1,23 +1,25 @@
 """Finding the files of a user's data folder, in the layouts of Hugging Face `datasets`'
-`imagefolder` / `audiofolder` builders: a `metadata.csv` with a `file_name` column (plus the label or
-transcription column), or split folders `PATH/train/` with `PATH/validation/` (or `valid/`, `val/`,
-`dev/`, `test/`). Class sub-folders (`PATH/<label>/...`) are the image recipes' concern.
+`imagefolder` / `audiofolder` builders: a `metadata.csv` (or `metadata.jsonl`, one JSON object per
+line) with a `file_name` column plus the label or transcription column, or split folders
+`PATH/train/` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`). Class sub-folders
+(`PATH/<label>/...`) are the image recipes' concern.
 
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
 
 A Hugging Face dataset works too: a folder written by `datasets`' `save_to_disk` (read with
-`load_from_disk`), a `.parquet` file, or a folder of Parquet files as the Hub lays them out
+`load_from_disk`), one data file (`.parquet`, JSON lines `.jsonl` / `.json`, `.csv`; the last three
+also as `.gz` / `.bz2` / `.xz`), or a folder of Parquet files as the Hub lays them out
 (`data/train-00000-of-00001.parquet`, `data/validation-...`, or `CONFIG/train/*.parquet`; read with
 `load_dataset`, offline). A folder holding Parquet files beside other data files is refused as
 ambiguous. A `DatasetDict` needs a `train` split and may have one of the validation names above.
 Its Image / Audio column is read undecoded (our decoders read the bytes, so no torchcodec is
 needed); the media and label / transcript columns are found by type and name, or named by the
-recipe's `*_column` keys. Each row becomes an `HFRecord`, which the loaders read as they read a file.
-"""
+recipe's `*_column` keys. Each row becomes an `HFRecord`, which the loaders read as they read a file."""
 
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -33,18 +35,52 @@ def inside(root: Path, name: str, where: str) -> Path:
     return path
 
 
+METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # imagefolder / audiofolder's metadata, one per folder
+
+
+def find_metadata(folder: Path) -> Path | None:
+    """The folder's metadata.csv or metadata.jsonl; None when it has neither; refused when it has both."""
+    found = [folder / name for name in METADATA_FILES if (folder / name).is_file()]
+    if len(found) > 1:
+        raise ValueError(f"{folder} holds both metadata.csv and metadata.jsonl: keep one")
+    return found[0] if found else None
+
+
+def metadata_rows(meta: Path) -> list[tuple[int, dict]]:
+    """(line number, row) of a metadata.csv (a header line) or metadata.jsonl (one JSON object per line)."""
+    if meta.suffix == ".csv":
+        with open(meta, newline="", encoding="utf-8-sig") as f:  # note: -sig: spreadsheet programs start the file with a BOM
+            reader = csv.DictReader(f)
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            return list(enumerate(reader, start=2))
+    rows = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta}, line {n}: not valid JSON ({e.msg}); expected one object per line") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{meta}, line {n}: a JSON {type(row).__name__}; expected one object per line")
+        rows.append((n, row))
+    return rows
+
+
 def read_metadata(meta: Path, column: str) -> list[tuple[Path, str]]:
-    """(file, value of `column`) pairs of a metadata.csv, files resolved inside its folder."""
-    with open(meta, newline="", encoding="utf-8-sig") as f:  # note: -sig: spreadsheet programs start the file with a BOM
-        reader = csv.DictReader(f)
-        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-        rows = list(reader)
-    if not rows or "file_name" not in rows[0] or column not in rows[0]:
-        raise ValueError(f"{meta}: needs the columns file_name and {column}")
-    for n, r in enumerate(rows, start=2):
-        if r[column] is None or r["file_name"] is None:
-            raise ValueError(f"{meta}, line {n}: expected a value in every column")
-    return [(inside(meta.parent, r["file_name"], str(meta)), str(r[column])) for r in rows]
+    """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its folder."""
+    rows = metadata_rows(meta)
+    if not rows:
+        raise ValueError(f"{meta}: no rows; needs file_name and {column} for each file")
+    for n, r in rows:
+        missing = [c for c in ("file_name", column) if r.get(c) is None]
+        if missing and n == rows[0][0] and meta.suffix == ".csv":
+            raise ValueError(f"{meta}: needs the columns file_name and {column}")
+        if missing:
+            raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
+        if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
+            raise ValueError(f"{meta}, line {n}: expected a file_name string and one {column}")
+    return [(inside(meta.parent, r["file_name"], str(meta)), str(r[column])) for _, r in rows]
 
 
 def hidden(path: Path, root: Path) -> bool:
@@ -85,19 +121,53 @@ SPLITS = ("train", *VAL_DIRS)
 META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".lock"}  # a dataset repository's other files
 
 
+DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}  # suffix -> `datasets` builder
+NOT_DATA = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}  # `datasets`' own JSON files
+COMPRESSED = (".gz", ".bz2", ".xz")  # a .jsonl.gz / .csv.xz is read decompressed
+
+
+def file_builder(path: Path) -> str | None:
+    """The `datasets` builder that reads a data file (corpus.jsonl, rows.csv.gz, part.parquet), or None."""
+    suffixes = [q.lower() for q in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+        if suffixes and suffixes[-1] == ".parquet":
+            return None  # Parquet compresses inside
+    return DATA_FILES.get(suffixes[-1]) if suffixes else None
+
+
 def is_saved(root: Path) -> bool:
     """A folder written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
     return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
 
 
+def text_files(root: Path) -> list[Path]:
+    """A folder that holds JSON lines / CSV data files (`train.jsonl`, `data/validation.csv.gz`) and
+    nothing else but a repository's other files: its data files; [] for any other folder (an image
+    folder's metadata.csv or a stray notes.csv keeps it an image folder)."""
+    near = [q for folder in (root, root / "data") if folder.is_dir() for q in folder.iterdir()]
+    data = [q for q in near if q.is_file() and not hidden(q, root) and file_builder(q) and q.name not in NOT_DATA
+            and not q.name.startswith("metadata.")]  # fmt: skip
+    if not data:  # note: before the scan below, which would read a whole image folder's listing
+        return []
+    rest = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q not in data and q.suffix.lower() not in META_SUFFIXES]
+    if rest:
+        return []
+    if len(kinds := sorted({file_builder(q) for q in data})) > 1:
+        raise ValueError(f"{root} holds data files of several formats ({', '.join(kinds)}); keep one")
+    return data
+
+
 def hf_source(root: Path) -> tuple[str, dict | None] | None:
     """How to read `root` as a Hugging Face dataset, or None when it is not one:
-    ("saved", None) for save_to_disk's folder; ("hub", None) for Parquet files as a dataset
-    repository holds them (`*.parquet` or `data/*.parquet`, splits from the file names);
-    ("parquet", {split: files}) for one .parquet file, split folders (`train/*.parquet`, ...) or
-    the Hub's converted layout (`CONFIG/train/*.parquet`, one config)."""
+    ("saved", None) for save_to_disk's folder; ("hub", None) for Parquet, JSON lines or CSV files as
+    a dataset repository holds them (`*.parquet` or `data/*.parquet`, splits from the file names);
+    ("parquet", {split: files}) for split folders (`train/*.parquet`, ...) or the Hub's converted
+    layout (`CONFIG/train/*.parquet`, one config); (builder, {"train": file}) for one data file —
+    .parquet, .jsonl / .json, .csv, the last three also compressed (.gz, .bz2, .xz)."""
     if root.is_file():
-        return ("parquet", {"train": str(root)}) if root.suffix == ".parquet" else None
+        builder = file_builder(root)
+        return (builder, {"train": str(root)}) if builder else None
     if not root.is_dir():
         return None
     if is_saved(root):
@@ -114,7 +184,7 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     elif configs:
         raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
     else:
-        return None
+        return ("hub", None) if text_files(root) else None
     others = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q.suffix.lower() not in META_SUFFIXES]
     if others:  # note: an image or audio folder with a stray .parquet file is not read as a dataset in disguise
         raise ValueError(f"{root} mixes Parquet files with other files ({others[0].relative_to(root)}, ...): "
@@ -134,12 +204,14 @@ def load_hf(root: Path):
     try:
         if how == "saved":
             loaded = datasets.load_from_disk(str(root))
-        elif how == "parquet":
-            loaded = datasets.load_dataset("parquet", data_files=files)
+        elif files is not None:  # parquet / json / csv files by split
+            loaded = datasets.load_dataset(how, data_files=files)
         else:
             loaded = datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
     except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        while isinstance(e, datasets.exceptions.DatasetGenerationError) and (e.__cause__ or e.__context__):
+            e = e.__cause__ or e.__context__  # note: "An error occurred while generating the dataset" hides the reason
+        reason = "no rows: an empty file?" if isinstance(e, StopIteration) else (str(e).strip().splitlines() or [type(e).__name__])[0]
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are

@@ -114,7 +114,7 @@ class Config(TrainConfig):
     eval_episodes: int = 20
     eval_seed: int = 10_000
     # text (gpt_char): a character LM, modality "prose"
-    text_data: str = ""  # a UTF-8 text file; "" = gpt_char's embedded corpus
+    text_data: str = ""  # gpt_char's data=: a UTF-8 text file, JSON lines / CSV / Parquet rows; "" = its embedded corpus
     text_block: int = 64  # characters per window
     # growing a trained generalist
     init_from: str = ""  # a generalist run directory: start from its weights, adding this config's new tasks

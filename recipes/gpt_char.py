@@ -36,7 +36,7 @@ STDLIB_MODULES = ("argparse", "collections", "dataclasses", "functools", "json.d
 
 @dataclass
 class Config(TrainConfig):
-    data: str = ""  # a UTF-8 text file or a Hugging Face dataset; "" = the embedded default corpus (Python's own docs and source)
+    data: str = ""  # a UTF-8 text file, JSON lines / CSV / Parquet rows or a Hugging Face dataset; "" = the embedded corpus
     text_column: str = ""  # a Hugging Face dataset's text column; "" = `text`, or its only string column
     val_fraction: float = 0.1  # the last fraction of the text is the validation split
     block_size: int = 64  # context length in characters
@@ -67,7 +67,8 @@ def default_corpus() -> str:
 def load_text(path: str) -> str:
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file or a Hugging Face dataset (save_to_disk, Parquet)")
+        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file, a JSON lines / CSV / Parquet file "
+                         "or a folder of them, or a Hugging Face dataset (save_to_disk)")
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

@@ -1,8 +1,8 @@
 """vit_folder: fine-tune a ViT on your own folder of images (Hugging Face `imagefolder` layout).
 
 Layouts (as `datasets`' imagefolder): class sub-folders `PATH/<label>/*.png`; or split folders
-`PATH/train/<label>/...` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a `metadata.csv` with
-`file_name,label` columns; or a Hugging Face dataset (`save_to_disk`'s folder, Parquet files; its Image and
+`PATH/train/<label>/...` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a `metadata.csv` (or
+`metadata.jsonl`) with `file_name,label` columns; or a Hugging Face dataset (`save_to_disk`'s folder, Parquet files; its Image and
 ClassLabel / `label` columns; recipes/folders.py). Without a validation split, `val_fraction` of the images are held out
 (stratified, fixed seed). Every image is decoded once when the run starts: a corrupt, truncated,
 empty or non-image file stops the run with a message naming it, or is skipped and counted with
@@ -28,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import hf_splits, hidden, is_hf_dataset, keep_good, read_metadata, split_dirs
+from .folders import find_metadata, hf_splits, hidden, is_hf_dataset, keep_good, read_metadata, split_dirs
 
 
 @dataclass
@@ -57,9 +57,9 @@ class Config(vit.Config):
 
 # -- finding the images ---------------------------------------------------------------------------
 def scan(root: Path) -> list[tuple[Path, str]]:
-    """(file, label) pairs of one split: metadata.csv, or class sub-folders."""
-    if (root / "metadata.csv").exists():
-        return read_metadata(root / "metadata.csv", "label")
+    """(file, label) pairs of one split: metadata.csv / metadata.jsonl, or class sub-folders."""
+    if meta := find_metadata(root):
+        return read_metadata(meta, "label")
     from PIL import Image
 
     extensions = {e.lower() for e in Image.registered_extensions()}

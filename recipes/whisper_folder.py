@@ -1,6 +1,6 @@
 """whisper_folder: train or fine-tune the Whisper-style recogniser on your own recordings.
 
-Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` with the columns `file_name,transcription`
+Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) with `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
 `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
@@ -35,7 +35,7 @@ from tokenizers_mm import AudioTokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
 
 from . import whisper_digits
-from .folders import hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
+from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
 from .runs import load_trained
 from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
 
@@ -79,9 +79,10 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
 
 
 def read_split(folder: Path) -> list[tuple[Path, str]]:
-    meta = folder / "metadata.csv"
-    if not meta.exists():
-        raise FileNotFoundError(f"{meta} does not exist: an audio folder needs metadata.csv with file_name,transcription")
+    meta = find_metadata(folder)
+    if meta is None:
+        raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
+                                "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
     return read_metadata(meta, "transcription")
 
 

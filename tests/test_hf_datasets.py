@@ -226,5 +226,61 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
     with pytest.raises(ValueError, match="the text column could be any of body, title; name it with text_column="):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "two")))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file or a Hugging Face dataset"):
+    with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file, a JSON lines / CSV / Parquet file"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
+
+
+def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small_text):
+    """A corpus as JSON lines (the usual form of an LLM corpus), CSV or compressed: the text column's
+    rows are the text, not the file's braces and quotes; a folder of train / dev files gives both splits."""
+    import gzip
+
+    lines = [t for t in small_text.read_text().splitlines() if t][:200]
+    rows = "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(lines))
+    (tmp_path / "c.jsonl").write_text(rows)
+    (tmp_path / "c.jsonl.gz").write_bytes(gzip.compress(rows.encode()))
+    (tmp_path / "c.json").write_text(json.dumps([{"text": t} for t in lines]))  # one JSON array
+    datasets.Dataset.from_dict({"text": lines, "n": list(range(len(lines)))}).to_csv(tmp_path / "c.csv", index=False)
+    for name in ("c.jsonl", "c.jsonl.gz", "c.json", "c.csv"):
+        train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / name), val_fraction=0.1))
+        assert train + val == "\n".join(lines), name  # the rows joined by newlines; 10% of them held out
+    corpus = tmp_path / "corpus"
+    (corpus / "data").mkdir(parents=True)
+    (corpus / "README.md").write_text("# a corpus\n")
+    (corpus / "data" / "train.jsonl").write_text(rows)
+    (corpus / "data" / "dev.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
+    assert gpt_char.split_text(gpt_char.Config(data=str(corpus))) == ("\n".join(lines), "held out")
+    (corpus / "data" / "extra.csv").write_text("text\nx\n")
+    with pytest.raises(ValueError, match="corpus holds data files of several formats \\(csv, json\\); keep one"):
+        gpt_char.split_text(gpt_char.Config(data=str(corpus)))
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": broken}\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    for name, reason in (("bad.jsonl", "JSON parse error"), ("empty.jsonl", "no rows: an empty file")):
+        with pytest.raises(ValueError, match=f"{name}: not a dataset `datasets` can read here \\({reason}"):
+            gpt_char.split_text(gpt_char.Config(data=str(tmp_path / name)))
+    (tmp_path / "n.jsonl").write_text('{"n": 1}\n')
+    with pytest.raises(ValueError, match=r"n.jsonl\[train\]: the text column is missing; name it with text_column="):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "n.jsonl")))
+
+
+def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
+    """imagefolder's metadata.jsonl serves as metadata.csv does; a labels.csv in an image folder does
+    not turn it into a CSV dataset; both metadata files at once are refused."""
+    from tests.test_vit_recipes import make_folder
+
+    make_folder(tmp_path / "imgs", n=4)
+    (tmp_path / "imgs" / "labels.csv").write_text("file_name,label\ncircle/0.png,a\n")
+    assert len(vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())[0]) == 12  # class folders, not the CSV
+    lines = [json.dumps({"file_name": f"{c}/{i}.png", "label": k, "note": [1]}) for k, c in enumerate(("circle", "square")) for i in range(4)]
+    (tmp_path / "imgs" / "metadata.jsonl").write_text("\n".join(lines) + "\n\n")  # a blank last line
+    train, val = vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    assert val is None and [(p.relative_to(tmp_path).as_posix(), y) for p, y in train[::4]] == [("imgs/circle/0.png", "0"), ("imgs/square/0.png", "1")]
+    (tmp_path / "imgs" / "metadata.jsonl").write_text(lines[0] + "\n" + json.dumps({"file_name": "bar/0.png"}) + "\n")
+    with pytest.raises(ValueError, match="metadata.jsonl, line 2: expected a value for label"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    (tmp_path / "imgs" / "metadata.jsonl").write_text(lines[0] + "\n[1, 2]\n")
+    with pytest.raises(ValueError, match="metadata.jsonl, line 2: a JSON list; expected one object per line"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    (tmp_path / "imgs" / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n")
+    with pytest.raises(ValueError, match="imgs holds both metadata.csv and metadata.jsonl: keep one"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())

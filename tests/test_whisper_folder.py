@@ -117,3 +117,15 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
     assert len(train_set) + len(val_set) == 9  # 8 utterances + silence
     train_skipped, val_skipped = map(int, re.search(r"skipped (\d+) training and (\d+) validation", capsys.readouterr().out).groups())
     assert train_skipped + val_skipped == len(cases)
+
+
+def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
+    """audiofolder's other metadata form: one JSON object per file (file_name, transcription)."""
+    folder = write_folder(tmp_path / "data", speech[:3])
+    csv_pairs = whisper_folder.read_split(folder)
+    (folder / "metadata.csv").unlink()
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": p.name, "transcription": t}) + "\n" for p, t in csv_pairs))
+    assert whisper_folder.read_split(folder) == csv_pairs
+    (folder / "metadata.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="data/metadata.csv does not exist: .* \\(or metadata.jsonl, one JSON object per file\\)"):
+        whisper_folder.read_split(folder)
