@@ -101,6 +101,18 @@ def cmd_transcribe(args):
         print(f"{path}: {text}")
 
 
+def cmd_export(args):
+    from .export import export
+
+    r = export(args.run_dir, args.out)
+    checked = "not checked (transformers is not installed)" if r["max_difference"] is None else f"max |difference| {r['max_difference']:.2g}"
+    print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
+    if r["format"].startswith("timm"):
+        print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
+    else:
+        print(f'load it: AutoModelForCausalLM.from_pretrained("{r["folder"]}"), AutoTokenizer.from_pretrained("{r["folder"]}")')
+
+
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
 
 
@@ -177,6 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
     s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
     s.set_defaults(fn=cmd_transcribe)
+    s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 or timm ViT folder",
+                       description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "
+                                   "GPT2LMHeadModel folder with its tokenizer, an image classifier as a timm VisionTransformer folder. "
+                                   "The folder is loaded back with the reference library and its outputs compared with the run's.")  # fmt: skip
+    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    s.set_defaults(fn=cmd_export)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention; a speech run: mark its audio token slices")

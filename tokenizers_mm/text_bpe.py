@@ -137,9 +137,10 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
     return ranks, specials
 
 
-def write_gpt2_files(ranks: dict[bytes, int], specials: dict[str, int], directory) -> tuple[Path, Path]:
-    """Export ranks as GPT-2's `vocab.json` + `merges.txt` (for Hugging Face users). The pair of
-    each merge is recovered by running BPE on the token with the lower ranks only."""
+def gpt2_vocab_merges(ranks: dict[bytes, int], specials: dict[str, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Ranks as GPT-2's vocabulary (printable token -> id, specials included) and merges (pairs in
+    rank order). The pair of each merge is recovered by running BPE on the token with the lower
+    ranks only."""
     b2u = bytes_to_unicode()
     show = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
     merges = []
@@ -154,12 +155,17 @@ def write_gpt2_files(ranks: dict[bytes, int], specials: dict[str, int], director
             parts[i : i + 2] = [parts[i] + parts[i + 1]]
         if len(parts) != 2:
             raise ValueError(f"BPE vocabulary: token {token!r} (rank {rank}) is not a merge of two lower-ranked tokens")
-        merges.append(f"{show(parts[0])} {show(parts[1])}")
+        merges.append((show(parts[0]), show(parts[1])))
+    return {show(t): r for t, r in ranks.items()} | dict(specials), merges
+
+
+def write_gpt2_files(ranks: dict[bytes, int], specials: dict[str, int], directory) -> tuple[Path, Path]:
+    """Export ranks as GPT-2's `vocab.json` + `merges.txt` (for Hugging Face users)."""
+    vocab, merges = gpt2_vocab_merges(ranks, specials)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocab = {show(t): r for t, r in ranks.items()} | dict(specials)
     (directory / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+    (directory / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n", encoding="utf-8")
     return directory / "vocab.json", directory / "merges.txt"
 
 

@@ -1,0 +1,116 @@
+"""`mmtok export RUN_DIR OUT`: a trained run's last checkpoint as the reference library's model folder.
+
+- a text language model (gpt_char, gpt_bpe) → a Hugging Face folder: `GPT2LMHeadModel`
+  (config.json + model.safetensors) and the run's tokenizer as tokenizer.json, so
+  `AutoModelForCausalLM.from_pretrained(OUT)` and `AutoTokenizer.from_pretrained(OUT)` give the
+  same ids and logits;
+- an image classifier (vit_digits, vit_mnist, vit_folder) → a timm folder: `VisionTransformer`
+  weights, its model arguments and preprocessing (mean, std, size, interpolation, class names),
+  for `timm.create_model("local-dir:OUT", pretrained=True)`.
+
+The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
+half-written; an OUT that exists and is not empty is refused. After writing, the export loads the
+folder with the reference library (timm always; transformers when installed) and compares its
+outputs with ours on random inputs; the largest difference is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from models import gpt2_export, timm_vit_export
+from tokenizers_mm import TokenSet, collate
+from tokenizers_mm.hf import save_hf
+
+from .runs import load_run_info, load_trained
+
+MAX_DIFFERENCE = 1e-4  # the reference's logits may differ from ours by float32 rounding, not more
+
+
+def kind_of(model) -> str:
+    """"gpt2" or "timm": which reference a model exports to (decided by its modalities and head)."""
+    c = model.config
+    if list(c.modalities) == ["text"] and c.decoder_inputs == ["text"] and not c.encoder_inputs:
+        return "gpt2"
+    if list(c.modalities) == ["image"] and c.encoder_inputs == ["image"] and not c.decoder_inputs:
+        return "timm"
+    raise ValueError(f"export: a model reading {', '.join(c.modalities)} has no reference format here; text language models "
+                     "(gpt_char, gpt_bpe) export to Hugging Face GPT-2, image classifiers (vit_*) to timm")  # fmt: skip
+
+
+def write_gpt2(model, tokenizers, folder: Path) -> None:
+    tok = tokenizers["text"]
+    specials = tok.special_ids if hasattr(tok, "special_ids") else tok.specials  # CharTokenizer's / BPETokenizer's {token: id}
+    config, sd = gpt2_export(model, specials)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    save_hf(tok, folder)
+
+
+def write_timm(model, tokenizers, folder: Path, run_dir: Path) -> None:
+    classes = run_dir / "classes.txt"
+    labels = classes.read_text().splitlines() if classes.exists() else None
+    config, sd = timm_vit_export(model, tokenizers["image"], labels)
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+@torch.no_grad()
+def check_gpt2(model, tokenizers, folder: Path) -> float | None:
+    """Largest |logit difference| between transformers' model loaded from `folder` and ours; None without transformers."""
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        return None
+    ref = GPT2LMHeadModel.from_pretrained(folder).eval()
+    m = model.config.modalities["text"]
+    ids = torch.randint(0, m.vocab_size, (2, min(m.max_positions, 32)), generator=torch.Generator().manual_seed(0))
+    ours = model({"text": collate([TokenSet("text", ids=row) for row in ids])}).logits
+    return float((next(iter(ours.values())) - ref(ids).logits).abs().max())
+
+
+@torch.no_grad()
+def check_timm(model, tokenizers, folder: Path) -> float:
+    import timm
+
+    ref = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    tok = tokenizers["image"]
+    x = torch.randn(2, tok.channels, *tok.image_size, generator=torch.Generator().manual_seed(0))  # preprocessed pixels
+    ours = model({"image": tok.tokens_batch(x)}).logits
+    return float((next(iter(ours.values())) - ref(x)).abs().max())
+
+
+def export(run_dir, out) -> dict:
+    """Write the run's last checkpoint to `out` in its reference format; returns what was written
+    (format, folder, files, the checked difference)."""
+    run_dir, out = Path(run_dir), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"export: {out} exists and is not an empty folder; choose a new one")
+    recipe = load_run_info(run_dir)[0]
+    model, tokenizers = load_trained(run_dir)
+    model = model.float().eval()
+    kind = kind_of(model)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if kind == "gpt2":
+            write_gpt2(model, tokenizers, tmp)
+            difference = check_gpt2(model, tokenizers, tmp)
+        else:
+            write_timm(model, tokenizers, tmp, run_dir)
+            difference = check_timm(model, tokenizers, tmp)
+        if difference is not None and difference > MAX_DIFFERENCE:
+            raise ValueError(f"export: the exported model's outputs differ from the run's by {difference:.3g} (more than {MAX_DIFFERENCE:g})")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"recipe": recipe, "format": "transformers GPT2LMHeadModel" if kind == "gpt2" else "timm VisionTransformer", "folder": str(out),
+            "files": sorted(p.name for p in out.iterdir()), "max_difference": difference}  # fmt: skip

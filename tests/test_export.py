@@ -1,0 +1,151 @@
+"""Export parity: a model (and tokenizer) written by our export, loaded by the reference library
+(transformers' GPT2LMHeadModel / AutoTokenizer, timm's VisionTransformer), computes our outputs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export
+from recipes import gpt_char, vit
+from tokenizers_mm import BPETokenizer, CharTokenizer, TokenSet, collate
+from tokenizers_mm.hf import save_hf
+
+transformers = pytest.importorskip("transformers")
+timm = pytest.importorskip("timm")
+
+# text that trips tokenizers: CRLF, whitespace runs, digits, contractions, non-Latin scripts, emoji, NBSP
+AWKWARD = "Hello  world!\r\n\n  tabs\t\there 123456 1,000.5 émoji 🤖🤖 中文字符  don't I'LL we've\u00a0nbsp  \n\n\n end   "
+
+
+def randomise(model: MultimodalTransformer) -> MultimodalTransformer:
+    """Every weight random (type rows, biases and LayerNorms included), so nothing passes by being zero or one."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.1)
+    return model.eval()
+
+
+def write(folder, config: dict, sd: dict):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(sd, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("activation, bias, tie", [("gelu", False, True), ("gelu_tanh", True, False)])
+def test_gpt2_export_gives_our_logits_in_transformers(tmp_path, activation, bias, tie):
+    torch.manual_seed(0)
+    trunk = TrunkConfig(dim=32, depth=2, num_heads=4, bias=bias, activation=activation, mode="decoder", mlp_ratio=3.0)
+    text = ModalityConfig("text", ["token"], 24, vocab_size=57)
+    model = randomise(MultimodalTransformer(ModelConfig(trunk, {"text": text}, {"lm": HeadConfig("lm", "text", tie=tie)}, decoder_inputs=["text"])))
+    config, sd = gpt2_export(model, {"<|endoftext|>": 56})
+    ref = transformers.AutoModelForCausalLM.from_pretrained(write(tmp_path / "m", config, sd)).eval()
+    assert type(ref).__name__ == "GPT2LMHeadModel" and ref.config.tie_word_embeddings == tie and ref.config.eos_token_id == 56
+    ids = torch.randint(0, 57, (3, 24))
+    with torch.no_grad():
+        ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
+        torch.testing.assert_close(ref(ids).logits, ours, atol=1e-5, rtol=1e-5)
+    prompt = collate([TokenSet("text", ids=ids[0, :5])])
+    assert torch.equal(ref.generate(ids[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0), model.generate({"text": prompt}, 10, temperature=0))
+
+
+def tokenizer_cases():
+    from pathlib import Path
+
+    import whisper
+
+    corpus = gpt_char.default_corpus()[:100_000]
+    gpt2_file = Path(whisper.__file__).parent / "assets" / "gpt2.tiktoken"
+    return {
+        "gpt2 ranks": lambda: BPETokenizer.from_tiktoken_file(gpt2_file),
+        "trained, gpt4 pattern": lambda: BPETokenizer.train([corpus], 600, pattern="gpt4"),
+        "characters": lambda: CharTokenizer.from_corpus(corpus + AWKWARD),
+        "bytes": lambda: CharTokenizer(),
+    }
+
+
+@pytest.mark.parametrize("case", ["gpt2 ranks", "trained, gpt4 pattern", "characters", "bytes"])
+def test_tokenizer_export_gives_our_ids_in_autotokenizer(tmp_path, case):
+    pytest.importorskip("whisper")
+    tok = tokenizer_cases()[case]()
+    save_hf(tok, tmp_path / "tok")
+    hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
+    text = gpt_char.default_corpus()[200_000:230_000] + AWKWARD
+    if case == "characters":
+        text = "".join(c for c in text if c in tok.stoi)
+    ours = [int(i) for i in tok.encode_ids(text)]
+    assert hf.encode(text) == ours and hf.decode(ours) == text
+    special = "a<|endoftext|>b" if case != "characters" else f"{text[0]}<|endoftext|>{text[1]}"
+    assert hf.encode(special) == [int(i) for i in tok.encode_ids(special, allowed_special="all")]  # specials keep their ids
+    assert hf.eos_token == "<|endoftext|>" and hf.model_max_length == tok.max_positions
+    assert "token_type_ids" not in hf("a b")  # GPT-2 would add their embedding to every position
+
+
+@pytest.mark.parametrize("pool, fc_norm", [("cls", False), ("mean", True)])
+def test_timm_export_gives_our_logits_and_preprocessing(tmp_path, pool, fc_norm):
+    torch.manual_seed(0)
+    cfg = vit.Config(image_size=12, patch_size=4, channels=1, dim=32, depth=2, num_heads=4, pool=pool)
+    tok = vit.make_tokenizer(cfg, [0.3], [0.2])
+    model = vit.build_model(cfg, tok, 5)
+    if fc_norm:  # timm's fc_norm: the LayerNorm after pooling instead of after the blocks
+        c = model.config
+        c.trunk.final_norm, c.heads["cls"].norm = False, True
+        model = MultimodalTransformer(c)
+    randomise(model)
+    config, sd = timm_vit_export(model, tok, ["a", "b", "c", "d", "e"])
+    ref = timm.create_model(f"local-dir:{write(tmp_path / 'vit', config, sd)}", pretrained=True).eval()
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), model({"image": tok.tokens_batch(x)}).logits["cls"], atol=1e-5, rtol=1e-5)
+    assert ref.pretrained_cfg["label_names"] == ["a", "b", "c", "d", "e"]
+    # timm's eval transform from the exported config prepares a file's pixels as our tokenizer does
+    data_config = timm.data.resolve_data_config({}, model=ref)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 19), dtype=np.uint8))  # grey, 19 wide, 30 high
+    theirs = timm.data.create_transform(**data_config)(image)
+    # note: timm resizes the PIL image in 8 bits (rounded), ours in float: within 2 grey levels, normalised by std 0.2
+    torch.testing.assert_close(theirs, tok.preprocess(image), atol=2 / 255 / 0.2, rtol=0)
+
+
+def test_what_a_reference_cannot_express_is_refused():
+    cfg = vit.Config(image_size=8, patch_size=4, channels=1, dim=16, depth=1, num_heads=2)
+    tok = vit.make_tokenizer(cfg, [0.5], [0.5])
+    model = vit.build_model(cfg, tok, 3)
+    model.config.trunk.norm_eps = 1e-5
+    with pytest.raises(ValueError, match="timm export: VisionTransformer needs LayerNorm eps=1e-06 \\(this model uses 1e-05\\)"):
+        timm_vit_export(model, tok)
+    trunk = TrunkConfig(dim=16, depth=1, num_heads=2, mode="decoder")
+    mixed = ModelConfig(trunk, {"text": ModalityConfig("text", ["token"], 8, vocab_size=9), "image": ModalityConfig.from_tokenizer(tok)},
+                        {"lm": HeadConfig("lm", "text")}, decoder_inputs=["image", "text"], prefix_inputs=["image"])  # fmt: skip
+    with pytest.raises(ValueError, match="GPT-2 export: GPT2LMHeadModel needs a text-only decoder .*; a causal decoder \\(not a prefix LM"):
+        gpt2_export(MultimodalTransformer(mixed))
+
+
+def test_mmtok_export_of_trained_runs(tmp_path, capsys):
+    """A gpt_bpe run (its trained BPE) and a vit_digits run (its class names), through the command line."""
+    from recipes import gpt_bpe, vit_digits
+    from recipes.cli import main
+
+    tiny = dict(max_steps=2, eval_every=2, ckpt_every=2, log_every=1, warmup_steps=1, cpu=True)
+    text = tmp_path / "corpus.txt"
+    text.write_text(gpt_char.default_corpus()[:60_000])
+    gpt_bpe.main(gpt_bpe.Config(data=str(text), vocab_size=300, dim=32, depth=1, num_heads=2, block_size=16, sample_tokens=0,
+                                run_dir=str(tmp_path / "bpe"), **tiny))  # fmt: skip
+    assert main(["export", str(tmp_path / "bpe"), str(tmp_path / "bpe_hf")]) == 0
+    out = capsys.readouterr().out
+    assert "gpt_bpe run as transformers GPT2LMHeadModel" in out and "AutoTokenizer.from_pretrained" in out
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "bpe_hf")
+    ours = BPETokenizer.load(tmp_path / "bpe" / "tokenizers" / "text")
+    assert hf_tok.encode(AWKWARD) == [int(i) for i in ours.encode_ids(AWKWARD)]
+
+    vit_digits.main(vit_digits.Config(dim=32, depth=1, num_heads=2, run_dir=str(tmp_path / "vit"), **tiny))
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 0
+    assert "timm VisionTransformer" in capsys.readouterr().out
+    ref = timm.create_model(f"local-dir:{tmp_path / 'vit_timm'}", pretrained=True)
+    assert ref.pretrained_cfg["label_names"] == [str(i) for i in range(10)] and ref.num_classes == 10
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 2  # refuses to write over an export
+    assert "vit_timm exists and is not an empty folder" in capsys.readouterr().err
+    assert not list(tmp_path.glob(".*partial"))

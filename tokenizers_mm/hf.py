@@ -1,0 +1,66 @@
+"""Text tokenizers in Hugging Face's format: a `tokenizer.json` that the `tokenizers` library and
+transformers' `AutoTokenizer.from_pretrained` read, giving the same ids as ours.
+
+- `BPETokenizer`: a byte-level BPE model (vocabulary and merges recovered from the ranks, as
+  GPT-2's vocab.json / merges.txt), our exact pre-tokenization regex as a `Split`, then the
+  byte-to-printable map (`ByteLevel` without its own regex), and the `ByteLevel` decoder.
+- `CharTokenizer` with a character vocabulary: a `WordLevel` model over single characters (each
+  character split off by the pre-tokenizer) and a decoder that concatenates them; in byte mode,
+  byte-level BPE without merges.
+
+Special tokens keep their ids. Note: Hugging Face tokenizers turn a special token's text found in
+the input into that token, as ours do with `allowed_special="all"`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges
+from .text_char import CharTokenizer
+
+
+def to_hf(tokenizer):
+    """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` (BPETokenizer or CharTokenizer)."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    if isinstance(tokenizer, BPETokenizer):
+        vocab, merges = gpt2_vocab_merges(tokenizer.ranks, tokenizer.specials)
+        hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
+        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"), byte_level])
+        hf.decoder = decoders.ByteLevel()
+        specials = tokenizer.specials
+    elif isinstance(tokenizer, CharTokenizer) and tokenizer.chars is None:  # bytes: byte-level BPE without merges
+        vocab = {c: b for b, c in bytes_to_unicode().items()} | tokenizer.special_ids
+        hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        hf.pre_tokenizer, hf.decoder = byte_level, decoders.ByteLevel()
+        specials = tokenizer.special_ids
+    elif isinstance(tokenizer, CharTokenizer):
+        specials = tokenizer.special_ids
+        # note: an unknown character is an error, as ours (an unk_token outside the vocabulary), not a silent special
+        hf = Tokenizer(models.WordLevel(vocab=dict(tokenizer.stoi) | specials, unk_token="<unknown character>"))
+        hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character its own word
+        hf.decoder = decoders.Fuse()  # joined without spaces
+    else:
+        raise TypeError(f"Hugging Face export: {type(tokenizer).__name__} is not a text tokenizer this export knows")
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    return hf
+
+
+def save_hf(tokenizer, directory) -> Path:
+    """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) into `directory`,
+    for `AutoTokenizer.from_pretrained(directory)`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    to_hf(tokenizer).save(str(directory / "tokenizer.json"))
+    specials = list(getattr(tokenizer, "specials", ()))
+    eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
+    named = {k: eot for k in ("bos_token", "eos_token") if eot}
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": tokenizer.max_positions, "clean_up_tokenization_spaces": False,
+              "add_prefix_space": False, "model_input_names": ["input_ids", "attention_mask"], **named}  # fmt: skip
+    # note: no token_type_ids — GPT-2 would add their (token) embedding to every position
+    (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (directory / "special_tokens_map.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
+    return directory / "tokenizer.json"
