@@ -13,8 +13,9 @@ here runs in the libraries people deploy with.
   type rows are folded into `pos_embed`.
 
 What a reference cannot express is refused with the reason (another LayerNorm eps than timm's
-1e-6, a prefix LM, several modalities). Whisper-style and Decision Transformer models are not
-exported here.
+1e-6, a prefix LM, several modalities). Decision Transformer models are not exported:
+`DecisionTransformerModel` adds one constant row to every token after `embed_ln`, ours a learned row
+per token type. Whisper-style models are not exported yet.
 """
 
 from __future__ import annotations
