@@ -12,13 +12,12 @@ from safetensors.torch import save_file
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export
 from recipes import gpt_char, vit
 from tokenizers_mm import BPETokenizer, CharTokenizer, TokenSet, collate
+from tokenizers_mm.hf import PROBE as AWKWARD
 from tokenizers_mm.hf import save_hf
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
 
-# text that trips tokenizers: CRLF, whitespace runs, digits, contractions, non-Latin scripts, emoji, NBSP
-AWKWARD = "Hello  world!\r\n\n  tabs\t\there 123456 1,000.5 émoji 🤖🤖 中文字符  don't I'LL we've\u00a0nbsp  \n\n\n end   "
 
 
 def randomise(model: MultimodalTransformer) -> MultimodalTransformer:
@@ -149,3 +148,15 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys):
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 2  # refuses to write over an export
     assert "vit_timm exists and is not an empty folder" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_tokenizer_json_that_encodes_otherwise_is_refused(tmp_path, monkeypatch):
+    """save_hf encodes a probe text with the written file: a different split pattern is caught."""
+    import tokenizers_mm.hf as hf
+
+    tok = BPETokenizer.train([gpt_char.default_corpus()[:50_000]], 400, pattern="gpt4")
+    other = BPETokenizer(tok.ranks, pattern="gpt2", specials=tok.specials)  # same vocabulary, GPT-2's split
+    build = hf.to_hf
+    monkeypatch.setattr(hf, "to_hf", lambda t: build(other))
+    with pytest.raises(ValueError, match="tokenizer.json encodes the probe text otherwise than the run's tokenizer \\(from token \\d+"):
+        save_hf(tok, tmp_path / "tok")

@@ -8,7 +8,8 @@ transformers' `AutoTokenizer.from_pretrained` read, giving the same ids as ours.
   character split off by the pre-tokenizer) and a decoder that concatenates them; in byte mode,
   byte-level BPE without merges.
 
-Special tokens keep their ids. Note: Hugging Face tokenizers turn a special token's text found in
+Special tokens keep their ids. `save_hf` checks the written file: it must encode and decode a
+probe text (mixed scripts, whitespace, digits, a sample of the vocabulary) as ours does. Note: Hugging Face tokenizers turn a special token's text found in
 the input into that token, as ours do with `allowed_special="all"`.
 """
 
@@ -21,6 +22,36 @@ from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges
 from .text_char import CharTokenizer
 
 
+# text that trips tokenizers: CRLF, whitespace runs, digits, contractions, other scripts, emoji, NBSP
+PROBE = ("Hello  world!\r\n\n  tabs\t\there 123456 1,000.5 émoji 🤖🤖 中文字符  don't I'LL we've\u00a0nbsp  \n\n\n"
+         "def f(x):\n    return x ** 2  # ok?\n\nÀ bientôt, Straße, Ελληνικά, русский, עברית, हिन्दी   end   ")  # fmt: skip
+
+
+def probe_text(tokenizer) -> str:
+    """PROBE plus a sample of the vocabulary as text (every character of a character vocabulary)."""
+    if isinstance(tokenizer, CharTokenizer) and tokenizer.chars is not None:
+        return "".join(c for c in PROBE if c in tokenizer.stoi) + tokenizer.chars
+    if isinstance(tokenizer, BPETokenizer):
+        sample = sorted(tokenizer.ranks, key=tokenizer.ranks.get)[256::7]
+        return PROBE + b" ".join(sample).decode("utf-8", errors="ignore")
+    return PROBE
+
+
+def check_hf(tokenizer, path) -> None:
+    """Refuse a tokenizer.json that encodes or decodes the probe text otherwise than `tokenizer`."""
+    from tokenizers import Tokenizer
+
+    hf = Tokenizer.from_file(str(path))
+    text = probe_text(tokenizer)
+    ours, theirs = [int(i) for i in tokenizer.encode_ids(text)], hf.encode(text, add_special_tokens=False).ids
+    if ours != theirs:
+        n = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), min(len(ours), len(theirs)))
+        raise ValueError(f"Hugging Face export: tokenizer.json encodes the probe text otherwise than the run's tokenizer "
+                         f"(from token {n}: {theirs[n : n + 5]} instead of {ours[n : n + 5]})")  # fmt: skip
+    if hf.decode(ours, skip_special_tokens=False) != tokenizer.decode(ours):
+        raise ValueError("Hugging Face export: tokenizer.json decodes the probe text otherwise than the run's tokenizer")
+
+
 def to_hf(tokenizer):
     """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` (BPETokenizer or CharTokenizer)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -29,7 +60,11 @@ def to_hf(tokenizer):
     if isinstance(tokenizer, BPETokenizer):
         vocab, merges = gpt2_vocab_merges(tokenizer.ranks, tokenizer.specials)
         hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
-        hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated"), byte_level])
+        try:
+            split = pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated")
+        except Exception as e:  # noqa: BLE001  # tokenizers' Oniguruma raises its own kind
+            raise ValueError(f"Hugging Face export: the split pattern {tokenizer.pattern!r} is not one `tokenizers` compiles ({e})") from None
+        hf.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
         hf.decoder = decoders.ByteLevel()
         specials = tokenizer.specials
     elif isinstance(tokenizer, CharTokenizer) and tokenizer.chars is None:  # bytes: byte-level BPE without merges
@@ -55,6 +90,7 @@ def save_hf(tokenizer, directory) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     to_hf(tokenizer).save(str(directory / "tokenizer.json"))
+    check_hf(tokenizer, directory / "tokenizer.json")
     specials = list(getattr(tokenizer, "specials", ()))
     eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
     named = {k: eot for k in ("bos_token", "eos_token") if eot}
