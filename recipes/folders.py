@@ -118,10 +118,10 @@ def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]
 TEXT_COLUMNS = ("transcription", "text", "sentence", "transcript", "normalized_text")  # audio datasets' usual names
 LABEL_COLUMNS = ("label", "labels")
 SPLITS = ("train", *VAL_DIRS)
-META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".lock"}  # a dataset repository's other files
+META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".lock", ".cff", ""}  # a dataset repository's other files (LICENSE)
 
 
-DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}  # suffix -> `datasets` builder
+DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv"}  # suffix -> `datasets` builder
 NOT_DATA = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}  # `datasets`' own JSON files
 COMPRESSED = (".gz", ".bz2", ".xz")  # a .jsonl.gz / .csv.xz is read decompressed
 
@@ -141,30 +141,69 @@ def is_saved(root: Path) -> bool:
     return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
 
 
+def loose_files(root: Path) -> list[Path]:
+    """Data files (by suffix) at the top of `root` or in `root/data`: a dataset repository's places
+    for them; `datasets`' own JSON files and imagefolder / audiofolder metadata are not data."""
+    near = [q for folder in (root, root / "data") if folder.is_dir() for q in folder.iterdir()]
+    return sorted(q for q in near if q.is_file() and not hidden(q, root) and file_builder(q) and q.name not in NOT_DATA
+                  and not q.name.startswith("metadata."))  # fmt: skip
+
+
+def strays(root: Path, data: list[Path]) -> list[Path]:
+    """Files under root that are neither `data` nor a repository's other files (README, LICENSE, ...)."""
+    keep = set(data)
+    return [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q not in keep and q.suffix.lower() not in META_SUFFIXES]
+
+
 def text_files(root: Path) -> list[Path]:
     """A folder that holds JSON lines / CSV data files (`train.jsonl`, `data/validation.csv.gz`) and
     nothing else but a repository's other files: its data files; [] for any other folder (an image
     folder's metadata.csv or a stray notes.csv keeps it an image folder)."""
-    near = [q for folder in (root, root / "data") if folder.is_dir() for q in folder.iterdir()]
-    data = [q for q in near if q.is_file() and not hidden(q, root) and file_builder(q) and q.name not in NOT_DATA
-            and not q.name.startswith("metadata.")]  # fmt: skip
-    if not data:  # note: before the scan below, which would read a whole image folder's listing
-        return []
-    rest = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q not in data and q.suffix.lower() not in META_SUFFIXES]
-    if rest:
+    data = loose_files(root)
+    if not data or strays(root, data):  # note: loose files first; the scan would read a whole image folder's listing
         return []
     if len(kinds := sorted({file_builder(q) for q in data})) > 1:
         raise ValueError(f"{root} holds data files of several formats ({', '.join(kinds)}); keep one")
     return data
 
 
+def not_a_dataset(root: Path) -> str:
+    """Why a folder is not read as a dataset of data files, for the text recipes' error."""
+    data = loose_files(root)
+    if not data:
+        return "it holds no .jsonl / .json / .csv / .parquet file at its top or in data/"
+    return (f"beside {data[0].relative_to(root)} it holds {strays(root, data)[0].relative_to(root)}, which is not a data file "
+            "(a dataset folder holds its data files at its top or in data/, besides README / LICENSE / .txt / .json files)")
+
+
+def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
+    """`files` by split, as `datasets` names splits from file names (train / validation, valid, dev /
+    test, ...; other names are train), so files that are not data (a README.txt) are never read."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    keep = {q.resolve() for q in files}
+    resolved = DataFilesDict.from_patterns(get_data_patterns(str(root)), base_path=str(root))
+    by_split = {str(split): sorted(f for f in found if Path(f).resolve() in keep) for split, found in resolved.items()}
+    return {split: found for split, found in by_split.items() if found}
+
+
+def card_configs(root: Path) -> bool:
+    """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it."""
+    card = root / "README.md"
+    if not card.is_file():
+        return False
+    head = card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
+    return head.startswith("---") and "\nconfigs:" in head
+
+
 def hf_source(root: Path) -> tuple[str, dict | None] | None:
     """How to read `root` as a Hugging Face dataset, or None when it is not one:
-    ("saved", None) for save_to_disk's folder; ("hub", None) for Parquet, JSON lines or CSV files as
-    a dataset repository holds them (`*.parquet` or `data/*.parquet`, splits from the file names);
-    ("parquet", {split: files}) for split folders (`train/*.parquet`, ...) or the Hub's converted
-    layout (`CONFIG/train/*.parquet`, one config); (builder, {"train": file}) for one data file —
-    .parquet, .jsonl / .json, .csv, the last three also compressed (.gz, .bz2, .xz)."""
+    ("saved", None) for save_to_disk's folder; ("hub", None) for a repository whose card declares
+    its configs; (builder, {split: files}) for Parquet, JSON lines or CSV files as a dataset
+    repository holds them (`*.parquet` or `data/*.parquet`, splits from the file names), for split
+    folders (`train/*.parquet`, ...), the Hub's converted layout (`CONFIG/train/*.parquet`, one
+    config), or one data file — .parquet, .jsonl / .ndjson / .json, .csv, the last ones also
+    compressed (.gz, .bz2, .xz)."""
     if root.is_file():
         builder = file_builder(root)
         return (builder, {"train": str(root)}) if builder else None
@@ -175,8 +214,8 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     has = lambda pattern: next(root.glob(pattern), None) is not None  # noqa: E731
     splits = lambda folder: {s: str(root / folder / s / "*.parquet") for s in SPLITS if has(f"{folder}/{s}/*.parquet")}  # noqa: E731
     configs = sorted({q.parent.parent.name for q in root.glob("*/train/*.parquet")})
-    if has("*.parquet") or has("data/*.parquet"):
-        found = "hub", None
+    if has("*.parquet") or has("data/*.parquet"):  # note: the files are named, so a README.txt beside them is not read as data
+        found = ("hub", None) if card_configs(root) else ("parquet", split_files(root, [q for q in loose_files(root) if q.suffix == ".parquet"]))
     elif splits("."):  # SPLIT/*.parquet
         found = "parquet", splits(".")
     elif len(configs) == 1:  # the Hub's converted layout, CONFIG/SPLIT/*.parquet
@@ -184,7 +223,8 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     elif configs:
         raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
     else:
-        return ("hub", None) if text_files(root) else None
+        data = text_files(root)
+        return (file_builder(data[0]), split_files(root, data)) if data else None
     others = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q.suffix.lower() not in META_SUFFIXES]
     if others:  # note: an image or audio folder with a stray .parquet file is not read as a dataset in disguise
         raise ValueError(f"{root} mixes Parquet files with other files ({others[0].relative_to(root)}, ...): "
@@ -211,7 +251,8 @@ def load_hf(root: Path):
     except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data
         while isinstance(e, datasets.exceptions.DatasetGenerationError) and (e.__cause__ or e.__context__):
             e = e.__cause__ or e.__context__  # note: "An error occurred while generating the dataset" hides the reason
-        reason = "no rows: an empty file?" if isinstance(e, StopIteration) else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
+        reason = "no rows: an empty file?" if isinstance(e, StopIteration) else " ".join(lines[:2])[:300]  # note: line 2 names the columns of a cast error
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are
@@ -283,9 +324,24 @@ def hf_text(ds, name: str, column: str = "") -> str:
     """The text column (`text`, or the only string column) of a Hugging Face dataset, rows joined by newlines."""
     import datasets
 
-    strings = [c for c, f in ds.features.items() if isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")]
+    is_text = lambda f: isinstance(f, datasets.Value) and f.dtype in ("string", "large_string")  # noqa: E731
+    if column and column not in ds.features and "." in column:
+        ds = ds.flatten()  # a nested field, `meta.text`, as `datasets` names it once flattened
+    strings = [c for c, f in ds.features.items() if is_text(f)]
+    if not column and "text" in ds.features and not is_text(ds.features["text"]):
+        column = "text"  # refused below with what it holds, rather than called missing
     column = pick_column(ds, name, column, ["text"] if "text" in strings else strings, "text_column", "the text column")
-    text = "\n".join(t for t in ds[column] if t)
+    feature = ds.features[column]
+    if not is_text(feature):
+        if isinstance(feature, dict):
+            holds = f"objects with the fields {', '.join(feature)} (name one: text_column={column}.FIELD)"
+        else:
+            holds = "only nulls" if getattr(feature, "dtype", "") == "null" else f"{getattr(feature, 'dtype', type(feature).__name__)} values"
+        raise ValueError(f"{name}: column {column!r} holds {holds}; expected text (a string in every row)")
+    try:
+        text = "\n".join(t for t in ds[column] if t)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: column {column!r} is not UTF-8 text (invalid byte at offset {e.start} of a row)") from None
     if not text:
         raise ValueError(f"{name}: its text column {column!r} is empty")
     return text

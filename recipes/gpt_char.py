@@ -26,7 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
-from .folders import hf_splits, is_hf_dataset
+from .folders import hf_splits, is_hf_dataset, not_a_dataset
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import mean_loss, train
 
@@ -67,8 +67,8 @@ def default_corpus() -> str:
 def load_text(path: str) -> str:
     p = Path(path)
     if p.is_dir():
-        raise ValueError(f"data {p} is a folder; expected a UTF-8 text file, a JSON lines / CSV / Parquet file "
-                         "or a folder of them, or a Hugging Face dataset (save_to_disk)")
+        raise ValueError(f"data {p} is a folder but not a dataset: {not_a_dataset(p)}; expected a UTF-8 text file, "
+                         "a JSON lines / CSV / Parquet file or a folder of them, or a Hugging Face dataset (save_to_disk)")  # fmt: skip
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

@@ -52,6 +52,9 @@ def test_gpt2_export_gives_our_logits_in_transformers(tmp_path, activation, bias
     assert torch.equal(ref.generate(ids[:1, :5], max_new_tokens=10, do_sample=False, pad_token_id=0), model.generate({"text": prompt}, 10, temperature=0))
 
 
+NUMBERS = " ".join(str(n) for n in np.random.default_rng(0).integers(0, 10**12, 3000))  # long digit runs
+
+
 def tokenizer_cases():
     from pathlib import Path
 
@@ -61,7 +64,7 @@ def tokenizer_cases():
     gpt2_file = Path(whisper.__file__).parent / "assets" / "gpt2.tiktoken"
     return {
         "gpt2 ranks": lambda: BPETokenizer.from_tiktoken_file(gpt2_file),
-        "trained, gpt4 pattern": lambda: BPETokenizer.train([corpus], 600, pattern="gpt4"),
+        "trained, gpt4 pattern": lambda: BPETokenizer.train([corpus, NUMBERS], 600, pattern="gpt4"),  # merges across 3-digit groups
         "characters": lambda: CharTokenizer.from_corpus(corpus + AWKWARD),
         "bytes": lambda: CharTokenizer(),
     }
@@ -73,7 +76,7 @@ def test_tokenizer_export_gives_our_ids_in_autotokenizer(tmp_path, case):
     tok = tokenizer_cases()[case]()
     save_hf(tok, tmp_path / "tok")
     hf = transformers.AutoTokenizer.from_pretrained(tmp_path / "tok")
-    text = gpt_char.default_corpus()[200_000:230_000] + AWKWARD
+    text = gpt_char.default_corpus()[200_000:230_000] + AWKWARD + NUMBERS[:3000]
     if case == "characters":
         text = "".join(c for c in text if c in tok.stoi)
     ours = [int(i) for i in tok.encode_ids(text)]

@@ -226,7 +226,7 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
     with pytest.raises(ValueError, match="the text column could be any of body, title; name it with text_column="):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "two")))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="is a folder; expected a UTF-8 text file, a JSON lines / CSV / Parquet file"):
+    with pytest.raises(ValueError, match="is a folder but not a dataset: it holds no .jsonl / .json / .csv / .parquet file at its top or in data/; expected a UTF-8 text file"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
 
 
@@ -284,3 +284,35 @@ def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
     (tmp_path / "imgs" / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n")
     with pytest.raises(ValueError, match="imgs holds both metadata.csv and metadata.jsonl: keep one"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+
+
+def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_path):
+    """README / LICENSE files beside the corpus are not read as data (load_dataset alone would pick
+    the commonest suffix); what blocks a folder is named; unusable text columns are named."""
+    rows = "".join(json.dumps({"text": f"row {i}", "meta": {"n": i}, "none": None}) + "\n" for i in range(30))
+    for name, write in (("jsonl", lambda d: (d / "corpus.jsonl").write_text(rows)),
+                        ("parquet", lambda d: datasets.Dataset.from_dict({"text": [f"row {i}" for i in range(30)]}).to_parquet(d / "corpus.parquet"))):  # fmt: skip
+        d = tmp_path / name
+        d.mkdir()
+        write(d)
+        (d / "README.txt").write_text("about\nthis corpus\n")
+        (d / "LICENSE.txt").write_text("MIT\n")
+        (d / "LICENSE").write_text("MIT\n")
+        train, val = gpt_char.split_text(gpt_char.Config(data=str(d), val_fraction=0.1))
+        assert (train + val).split("\n") == [f"row {i}" for i in range(30)], name  # the corpus, not the README
+    (tmp_path / "jsonl" / "notes.ipynb").write_text("{}")
+    with pytest.raises(ValueError, match="jsonl is a folder but not a dataset: beside corpus.jsonl it holds notes.ipynb, which is not a data file"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "jsonl")))
+    (tmp_path / "c.ndjson").write_text(rows)
+    for column, holds in (("meta", "objects with the fields n \\(name one: text_column=meta.FIELD\\)"), ("none", "only nulls"), ("meta.n", "int64 values")):
+        with pytest.raises(ValueError, match=f"c.ndjson\\[train\\]: column '{column}' holds {holds}; expected text"):
+            gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "c.ndjson"), text_column=column))
+    (tmp_path / "nested.jsonl").write_text("".join(json.dumps({"doc": {"body": f"line {i}"}}) + "\n" for i in range(10)))
+    train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "nested.jsonl"), text_column="doc.body", val_fraction=0.0))
+    assert train == "\n".join(f"line {i}" for i in range(10))
+    (tmp_path / "nulls.jsonl").write_text('{"text": null}\n' * 3)
+    with pytest.raises(ValueError, match="column 'text' holds only nulls; expected text"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "nulls.jsonl")))
+    (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="latin1.jsonl"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "latin1.jsonl")))

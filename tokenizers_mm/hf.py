@@ -2,7 +2,8 @@
 transformers' `AutoTokenizer.from_pretrained` read, giving the same ids as ours.
 
 - `BPETokenizer`: a byte-level BPE model (vocabulary and merges recovered from the ranks, as
-  GPT-2's vocab.json / merges.txt), our exact pre-tokenization regex as a `Split`, then the
+  GPT-2's vocab.json / merges.txt), our pre-tokenization regex as a `Split` (written so that
+  Oniguruma splits as tiktoken: `onig_pattern`), then the
   byte-to-printable map (`ByteLevel` without its own regex), and the `ByteLevel` decoder.
 - `CharTokenizer` with a character vocabulary: a `WordLevel` model over single characters (each
   character split off by the pre-tokenizer) and a decoder that concatenates them; in byte mode,
@@ -18,12 +19,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges
+from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges, onig_pattern
 from .text_char import CharTokenizer
 
 
 # text that trips tokenizers: CRLF, whitespace runs, digits, contractions, other scripts, emoji, NBSP
-PROBE = ("Hello  world!\r\n\n  tabs\t\there 123456 1,000.5 émoji 🤖🤖 中文字符  don't I'LL we've\u00a0nbsp  \n\n\n"
+PROBE = ("Hello  world!\r\n\n  tabs\t\there 123456 12345678 call 5551234567 now 1,000.5 émoji 🤖🤖 中文字符  don't I'LL we've\u00a0nbsp  \n\n\n"
          "def f(x):\n    return x ** 2  # ok?\n\nÀ bientôt, Straße, Ελληνικά, русский, עברית, हिन्दी   end   ")  # fmt: skip
 
 
@@ -61,7 +62,7 @@ def to_hf(tokenizer):
         vocab, merges = gpt2_vocab_merges(tokenizer.ranks, tokenizer.specials)
         hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
         try:
-            split = pre_tokenizers.Split(Regex(tokenizer.pattern), behavior="isolated")
+            split = pre_tokenizers.Split(Regex(onig_pattern(tokenizer.pattern)), behavior="isolated")
         except Exception as e:  # noqa: BLE001  # tokenizers' Oniguruma raises its own kind
             raise ValueError(f"Hugging Face export: the split pattern {tokenizer.pattern!r} is not one `tokenizers` compiles ({e})") from None
         hf.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])

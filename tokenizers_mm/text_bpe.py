@@ -178,6 +178,13 @@ def check_ranks(ranks: dict[bytes, int], where: str) -> None:
 
 
 # -- training -------------------------------------------------------------------------------------
+def onig_pattern(pattern: str) -> str:
+    """A split pattern as Hugging Face `tokenizers` (Oniguruma) must read it to split as tiktoken does.
+    note: Oniguruma reads `\\p{N}{1,3}+` (GPT-4's digits) as one or more runs of 1-3 digits, i.e. any
+    digit run, where tiktoken reads a possessive "at most 3": an atomic group says "at most 3" to both."""
+    return re.sub(r"(\\p\{\w+\}\{\d+,\d+\})\+", r"(?>\1)", pattern)
+
+
 def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False) -> dict[bytes, int]:
     """Learn `vocab_size` BPE ranks (bytes + merges) from an iterator of strings, with Hugging Face
     `tokenizers`' BPE trainer behind the same pre-tokenization as encoding."""
@@ -185,11 +192,8 @@ def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = Fals
     from tokenizers import Tokenizer as HFTokenizer
 
     hf = HFTokenizer(models.BPE())
-    # note: HF's regex engine (Oniguruma) reads `\p{N}{1,3}+` (GPT-4's digits) as one or more runs of 1-3 digits, i.e. any
-    # digit run, where tiktoken reads a possessive "at most 3": an atomic group says "at most 3" to both
-    onig = re.sub(r"(\\p\{\w+\}\{\d+,\d+\})\+", r"(?>\1)", pattern)
     hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(onig), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [pre_tokenizers.Split(Regex(onig_pattern(pattern)), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=show_progress, special_tokens=[])  # fmt: skip
