@@ -48,8 +48,7 @@ def kind_of(model) -> str:
 
 def write_gpt2(model, tokenizers, folder: Path) -> None:
     tok = tokenizers["text"]
-    specials = tok.special_ids if hasattr(tok, "special_ids") else tok.specials  # CharTokenizer's / BPETokenizer's {token: id}
-    config, sd = gpt2_export(model, specials)
+    config, sd = gpt2_export(model, tok.special_ids)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
     save_hf(tok, folder)

@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
+from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 
 from .config import TrainConfig
@@ -30,6 +30,7 @@ from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import train
 
 SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT = "<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>", "<|endoftext|>"
+DEFAULT_PROMPT = SOT + TRANSCRIBE + NO_TIMESTAMPS
 CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # the corpus transcripts, lower-cased
 
 
@@ -56,6 +57,7 @@ class Config(TrainConfig):
     eval_every: int = 500
     ckpt_every: int = 500
     eval_utterances: int = 300  # test utterances decoded at each evaluation
+    prompt: str = ""  # the decoder's prompt, its special tokens written out; "" = <|startoftranscript|><|transcribe|><|notimestamps|>
     beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
     length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty
 
@@ -65,16 +67,27 @@ def text_tokenizer(cfg: Config) -> CharTokenizer:
     return CharTokenizer(chars=CHARS, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
 
 
-def text_example(tok: CharTokenizer, transcript: str, name: str) -> TokenSet:
-    """Decoder input = prompt + characters; targets = the next token; loss on characters and EOT."""
-    prompt = [tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)]
+def prompt_ids(tok, prompt: str = "") -> list[int]:
+    """The decoder prompt's ids: `prompt` (special tokens written out), or DEFAULT_PROMPT."""
+    ids = [int(i) for i in tok.encode_ids(prompt or DEFAULT_PROMPT, allowed_special="all")]
+    if not ids or not set(ids) <= set(tok.special_ids.values()):
+        raise ValueError(f"prompt {prompt!r}: expected special tokens of the text tokenizer only, such as {DEFAULT_PROMPT}")
+    return ids
+
+
+def text_example(tok, transcript: str, name: str, prompt: list[int] | None = None) -> TokenSet:
+    """Decoder input = prompt + the transcript's tokens; targets = the next token; loss on the
+    transcript and EOT. A Whisper (BPE) vocabulary reads the transcript after a space, as Whisper
+    writes its text (" Hello")."""
+    prompt = prompt or prompt_ids(tok)
+    lead = " " if isinstance(tok, BPETokenizer) else ""
     try:
-        chars = tok.encode_ids(transcript)
+        chars = [int(i) for i in tok.encode_ids(lead + transcript)]
     except ValueError as e:
         raise ValueError(f"{name}: transcript {transcript!r}: {e}") from None
     ids = torch.tensor(prompt + chars + [tok.special_ids[EOT]])
     if len(ids) - 1 > tok.max_positions:
-        raise ValueError(f"{name}: transcript of {len(chars)} characters is longer than max_text={tok.max_positions} allows")
+        raise ValueError(f"{name}: transcript of {len(chars)} tokens is longer than max_text={tok.max_positions} allows")
     loss_mask = torch.arange(len(ids) - 1) >= len(prompt) - 1
     return TokenSet("text", ids=ids[:-1], targets=ids[1:], loss_mask=loss_mask)
 
@@ -82,8 +95,8 @@ def text_example(tok: CharTokenizer, transcript: str, name: str) -> TokenSet:
 class SpeechSet(Dataset):
     """(file, transcript) pairs → {"audio": frames, "text": prompt + characters} examples."""
 
-    def __init__(self, pairs: list[tuple[Path, str]], audio_tok: AudioTokenizer, text_tok: CharTokenizer):
-        self.pairs, self.audio_tok, self.text_tok = pairs, audio_tok, text_tok
+    def __init__(self, pairs: list[tuple[Path, str]], audio_tok: AudioTokenizer, text_tok, prompt: list[int] | None = None):
+        self.pairs, self.audio_tok, self.text_tok, self.prompt = pairs, audio_tok, text_tok, prompt or prompt_ids(text_tok)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -91,7 +104,7 @@ class SpeechSet(Dataset):
     def __getitem__(self, i: int) -> dict:
         path, transcript = self.pairs[i]
         wave, rate = load_audio(path)
-        return {"audio": self.audio_tok.encode(wave, rate, name=str(path)), "text": text_example(self.text_tok, transcript, str(path))}
+        return {"audio": self.audio_tok.encode(wave, rate, name=str(path)), "text": text_example(self.text_tok, transcript, str(path), self.prompt)}
 
 
 def build_data(cfg: Config):
@@ -103,7 +116,9 @@ def build_data(cfg: Config):
     audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
     text_tok = text_tokenizer(cfg)
     pairs = lambda rows, d: [(root / d / r.file_name, r.transcription.lower()) for r in rows]  # noqa: E731
-    return audio_tok, text_tok, SpeechSet(pairs(train_rows, "train"), audio_tok, text_tok), SpeechSet(pairs(test_rows, "test"), audio_tok, text_tok)
+    prompt = prompt_ids(text_tok, cfg.prompt)
+    return (audio_tok, text_tok, SpeechSet(pairs(train_rows, "train"), audio_tok, text_tok, prompt),
+            SpeechSet(pairs(test_rows, "test"), audio_tok, text_tok, prompt))  # fmt: skip
 
 
 # -- model ----------------------------------------------------------------------------------------
@@ -116,12 +131,13 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audio_batch, max_new: int, beam_size: int = 1,
-                     length_penalty: float = 1.0, ended: list | None = None) -> list[str]:  # fmt: skip
-    """Greedy decoding (beam_size 1) or beam search, with the KV cache; stops at <|endoftext|>.
-    `ended`, when given, receives for each row whether it reached <|endoftext|> within max_new."""
+def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_new: int, beam_size: int = 1,
+                     length_penalty: float = 1.0, ended: list | None = None, prompt: list[int] | None = None) -> list[str]:  # fmt: skip
+    """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
+    DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
+    reached <|endoftext|> within max_new."""
     B = audio_batch.shape[0]
-    prompt = torch.tensor([text_tok.special_ids[s] for s in (SOT, TRANSCRIBE, NO_TIMESTAMPS)], device=audio_batch.mask.device)
+    prompt = torch.tensor(prompt or prompt_ids(text_tok), device=audio_batch.mask.device)
     text = collate([TokenSet("text", ids=prompt)] * B).to(audio_batch.mask.device)
     eot = text_tok.special_ids[EOT]
     if beam_size > 1:
@@ -137,7 +153,7 @@ def transcribe_batch(model: MultimodalTransformer, text_tok: CharTokenizer, audi
     return texts
 
 
-def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
+def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
     import jiwer
 
     n = min(cfg.eval_utterances, len(test_set))
@@ -155,7 +171,8 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok: CharTokenizer):
         for inputs, _ in batches:
             inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
             loss += m(inputs).loss.item() * inputs["text"].shape[0]
-            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - 3, cfg.beam_size, cfg.length_penalty)
+            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
+                                     prompt=test_set.prompt)  # fmt: skip
         model.train(was)
         return {"val_wer": jiwer.wer(refs, hyps), "val_loss": loss / n}
 
@@ -219,6 +236,7 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
     import sys
 
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
+    prompt = prompt_ids(toks["text"], cfg.prompt)
     texts = []
     for p in paths:
         stream = stream_audio(p, seconds)
@@ -228,12 +246,13 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
         out, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
-            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - 3, beam_size or cfg.beam_size, cfg.length_penalty, ended)
+            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
+                                    ended, prompt)  # fmt: skip
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - 3} "
-                  "characters) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(prompt)} "
+                  "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         texts.append(" ".join(t for t in out if t))
     return texts

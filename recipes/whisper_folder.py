@@ -18,9 +18,16 @@ is averaged to mono; silence is valid audio. Transcripts are lower-cased unless 
 
 Start from a trained run (e.g. `whisper_digits`) with `init_from=RUN_DIR`: its architecture,
 tokenizers and last checkpoint's weights are used, and only the training settings come from here.
+Or start from openai-whisper's weights, `init_from=tiny.pt` (any size; read without unpickling):
+the model reads 30 s windows (shorter clips padded, as Whisper reads them), writes Whisper's own
+vocabulary after its prompt — `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>` with
+`language=`, or `<|startoftranscript|><|notimestamps|>` for `.en` models — and the transcript after
+a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuated text.
+`max_steps=0` measures the weights as they are.
 
     mmtok train whisper_folder data=path/to/recordings max_steps=2000
     mmtok train whisper_folder data=path/to/recordings init_from=runs/whisper_digits-... lr=3e-4
+    mmtok train whisper_folder data=path/to/recordings init_from=base.en.pt lowercase=false lr=1e-5 batch_size=16
     mmtok transcribe RUN_DIR recording.wav
 """
 
@@ -31,13 +38,17 @@ from pathlib import Path
 
 import torch
 
-from tokenizers_mm import AudioTokenizer, load_audio, load_tokenizer
+from models import load_openai_whisper
+from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
+from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from . import whisper_digits
 from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
-from .runs import load_trained
-from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, text_example
+from .runs import load_run_info, load_trained
+from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, prompt_ids, text_example
+
+MULTILINGUAL_VOCAB = 51865  # openai-whisper: a model with at least this many outputs is multilingual
 
 # Characters always in a from-scratch vocabulary, besides those of the training transcripts.
 BASE_CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"
@@ -48,7 +59,8 @@ class Config(whisper_digits.Config):
     data: str = ""  # the audio folder (metadata.csv with file_name,transcription) or a Hugging Face dataset (required)
     audio_column: str = ""  # a Hugging Face dataset's Audio column; "" = its only one
     text_column: str = ""  # ... its transcript column; "" = the one of transcription / text / sentence / transcript / normalized_text
-    init_from: str = ""  # a trained speech run directory to fine-tune from
+    init_from: str = ""  # a trained speech run directory to fine-tune from, or openai-whisper weights (tiny.pt, base.en.pt, ...)
+    language: str = "en"  # with multilingual Whisper weights: the language token of the prompt (en, de, fr, ...)
     val_fraction: float = 0.1  # held out when the folder has no validation split
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
     lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
@@ -69,13 +81,48 @@ def normalise(text: str, cfg: Config) -> str:
     return text.lower() if cfg.lowercase else text
 
 
-def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text_tok) -> None:
+def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text_tok, prompt: list[int]) -> None:
     """Decode the file and tokenize the transcript once; raise with the file's name if either fails."""
     if transcript is None:
         raise ValueError(f"audio {path}: no transcript")
     wave, rate = load_audio(path)
     audio_tok.prepare(to_waveform(wave, rate, str(path)), str(path))  # the length check the tokenizer makes, without the spectrogram
-    text_example(text_tok, transcript, str(path))
+    text_example(text_tok, transcript, str(path), prompt)
+
+
+def whisper_vocabulary(n_vocab: int) -> Path:
+    """openai-whisper's ranks file for a model of n_vocab outputs (the package carries both)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("whisper")
+    name = "multilingual" if n_vocab >= MULTILINGUAL_VOCAB else "gpt2"
+    path = Path(spec.origin).parent / "assets" / f"{name}.tiktoken" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise FileNotFoundError(f"Whisper's vocabulary ({name}.tiktoken) comes with the openai-whisper package, which is not installed "
+                                "here: pip install openai-whisper")  # fmt: skip
+    return path
+
+
+def whisper_weights(cfg: Config):
+    """(model, audio tokenizer, text tokenizer) of an openai-whisper checkpoint: 30 s windows of
+    log-mel frames (padded, as Whisper reads them), Whisper's own vocabulary and special tokens,
+    and its prompt — <|startoftranscript|><|LANGUAGE|><|transcribe|><|notimestamps|>, or
+    <|startoftranscript|><|notimestamps|> for an English-only model — written into cfg.prompt."""
+    model = load_openai_whisper(cfg.init_from)
+    audio, text = model.config.modalities["audio"], model.config.modalities["text"]
+    text_tok = BPETokenizer.whisper(whisper_vocabulary(text.vocab_size), text.vocab_size, max_positions=text.max_positions)
+    audio_tok = AudioTokenizer(n_mels=audio.value_dim, slice_frames=1, chunk=True, max_frames=audio.max_positions)
+    if not cfg.prompt:
+        if text.vocab_size < MULTILINGUAL_VOCAB:
+            cfg.prompt = SOT + NO_TIMESTAMPS  # English-only: no language or task token
+        elif f"<|{cfg.language}|>" not in text_tok.special_ids:
+            raise ValueError(f"language={cfg.language!r}: not one of this Whisper model's languages ({', '.join(WHISPER_LANGUAGES[:10])}, ...)")
+        else:
+            cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
+    t = model.config.trunk
+    cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio.value_dim
+    cfg.max_frames, cfg.max_text = audio.max_positions, text.max_positions
+    return model, audio_tok, text_tok
 
 
 def read_split(folder: Path) -> list[tuple[Path, str]]:
@@ -107,11 +154,15 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     model = None
     if run_dir is not None:  # resuming: the tokenizers this run was started with
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
+    elif cfg.init_from and Path(cfg.init_from).is_file():  # openai-whisper weights
+        model, audio_tok, text_tok = whisper_weights(cfg)
+        model.train()
     elif cfg.init_from:
         model, toks = load_trained(cfg.init_from)
         if set(toks) != {"audio", "text"} or SOT not in toks["text"].special_ids:
             raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
         audio_tok, text_tok = toks["audio"], toks["text"]
+        cfg.prompt = cfg.prompt or getattr(load_run_info(cfg.init_from)[2], "prompt", "")  # a fine-tuned Whisper keeps its prompt
         t = model.config.trunk
         cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
         cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions
@@ -123,14 +174,15 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         chars = BASE_CHARS + "".join(sorted(seen - set(BASE_CHARS)))
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
         text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
-    check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok)  # noqa: E731
+    prompt = prompt_ids(text_tok, cfg.prompt)
+    check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok, prompt)  # noqa: E731
     train_pairs, bad = keep_good(train_pairs, check, cfg.skip_bad_samples, "training audio")
     val_pairs, bad_val = keep_good(val_pairs, check, cfg.skip_bad_samples, "validation audio")
     if bad or bad_val:
         print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
     if not train_pairs or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
-    return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok), SpeechSet(val_pairs, audio_tok, text_tok), model
+    return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok, prompt), SpeechSet(val_pairs, audio_tok, text_tok, prompt), model
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -185,3 +185,24 @@ def test_gpt4_pattern_training_learns_only_tokens_encoding_can_make():
     ids = tok.encode("1234567").ids.tolist()
     by_rank = {r: t for t, r in tok.ranks.items()}
     assert b"".join(by_rank[i] for i in ids) == b"1234567" and max(len(by_rank[i]) for i in ids) <= 3
+
+
+@pytest.mark.parametrize("name, n_vocab, n_languages", [("multilingual", 51865, 99), ("gpt2", 51864, 99), ("multilingual", 51866, 100)])
+def test_whisper_vocabularies_equal_openai_whisper(name, n_vocab, n_languages):
+    """BPETokenizer.whisper: ids, special tokens and prompt ids as openai-whisper's tokenizer, for the
+    English-only, multilingual and large-v3 (100 languages) vocabularies."""
+    import os
+
+    whisper_tokenizer = pytest.importorskip("whisper.tokenizer")
+    from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
+
+    assert WHISPER_LANGUAGES == tuple(whisper_tokenizer.LANGUAGES)
+    ranks_file = os.path.join(os.path.dirname(whisper_tokenizer.__file__), "assets", f"{name}.tiktoken")
+    ours = BPETokenizer.whisper(ranks_file, n_vocab)
+    ref = whisper_tokenizer.get_tokenizer(name == "multilingual", num_languages=n_languages)
+    text = " Hello world, 12345 ça va? 中文 don't  x\n\tÜber 3.14159 — ok"
+    assert [int(i) for i in ours.encode_ids(text)] == ref.encoding.encode(text)
+    assert ours.special_ids == ref.encoding._special_tokens and ours.vocab_size == ref.encoding.n_vocab == n_vocab
+    assert ours.decode(ref.encoding.encode(text)) == text
+    with pytest.raises(ValueError, match="a Whisper model of 60000 outputs does not fit the"):
+        BPETokenizer.whisper(ranks_file, 60000)

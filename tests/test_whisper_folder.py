@@ -9,6 +9,7 @@ import re
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 pytest.importorskip("espeakng_loader")
 
@@ -129,3 +130,45 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
     (folder / "metadata.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="data/metadata.csv does not exist: .* \\(or metadata.jsonl, one JSON object per file\\)"):
         whisper_folder.read_split(folder)
+
+
+def openai_checkpoint(path, n_vocab: int):
+    """A small openai-whisper model with Whisper's real vocabulary size, saved as openai-whisper saves."""
+    import dataclasses
+
+    wm = pytest.importorskip("whisper.model")
+    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=n_vocab,
+                              n_text_ctx=24, n_text_state=32, n_text_head=2, n_text_layer=1)  # fmt: skip
+    torch.manual_seed(0)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": wm.Whisper(dims).half().state_dict()}, path)
+    return path
+
+
+def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech):
+    """init_from=an openai-whisper checkpoint: its weights, Whisper's tokenizer (ids as openai-whisper's),
+    its prompt with the language token, 30 s windows; the run then resumes, evaluates and transcribes."""
+    tokenizer = pytest.importorskip("whisper.tokenizer")
+    data = write_folder(tmp_path / "data", speech[:6])
+    multi = openai_checkpoint(tmp_path / "multi.pt", 51865)
+    run = tmp_path / "run"
+    cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34,
+                 **{**TINY, "max_steps": 2, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
+    metrics = whisper_folder.main(cfg)
+    assert np.isfinite(metrics["val_loss"]) and 0 <= metrics["val_wer"]
+    saved = json.loads((run / "run.json").read_text())["config"]
+    assert saved["prompt"] == "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>" and saved["max_text"] == 24
+    ref = tokenizer.get_tokenizer(True, language="de", task="transcribe")
+    audio_tok, text_tok, train_set, _, _ = whisper_folder.build_data(whisper_folder.load_run_info(run)[2], run)
+    example = train_set[0]["text"]
+    transcript = train_set.pairs[0][1]
+    want = [*ref.sot_sequence_including_notimestamps, *ref.encode(" " + transcript), ref.eot]  # Whisper writes " Text"
+    assert example.ids.tolist() + example.targets[-1:].tolist() == want
+    assert audio_tok.chunk and audio_tok.max_frames == 3000 and train_set[0]["audio"].values.shape[0] == 3000  # padded to 30 s
+    assert isinstance(whisper_folder.transcribe(run, [str(data / "a0.wav")])[0], str)
+
+    english = openai_checkpoint(tmp_path / "tiny.en.pt", 51864)  # English-only: no language or task token
+    cfg = Config(data=str(data), init_from=str(english))
+    _, _, text_tok = whisper_folder.whisper_weights(cfg)
+    assert whisper_folder.prompt_ids(text_tok, cfg.prompt) == list(tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps)
+    with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's languages"):
+        whisper_folder.whisper_weights(Config(data=str(data), init_from=str(multi), language="xx"))

@@ -39,7 +39,16 @@ PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
+PATTERNS["whisper"] = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's original, as openai-whisper
 RANKS_FILE = "ranks.tiktoken"
+# openai-whisper's language tokens, in its order (whisper/tokenizer.py LANGUAGES); large-v3 adds the 100th, "yue"
+WHISPER_LANGUAGES = tuple(
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th ur hr bg lt la mi ml cy sk te fa lv bn "
+    "sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb "
+    "my bo tl mg as tt haw ln ha ba jw su yue".split()
+)
+WHISPER_TASKS = ("<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nospeech|>", "<|notimestamps|>")
+WHISPER_TIMESTAMPS = 1501  # <|0.00|> ... <|30.00|>, every 20 ms
 N_BYTES = 256
 
 
@@ -59,7 +68,9 @@ def read_tiktoken(path) -> dict[bytes, int]:
         try:
             if len(parts) != 2:
                 raise ValueError
-            token, rank = base64.b64decode(parts[0], validate=True), int(parts[1])
+            # note: openai-whisper's multilingual.tiktoken ends with "= 50256", an empty token (its lenient decoder reads "=" as b"")
+            token = b"" if parts[0] == b"=" else base64.b64decode(parts[0], validate=True)
+            rank = int(parts[1])
         except ValueError:
             raise ValueError(f"BPE vocabulary {path}, line {n}: expected 'base64-token rank', got {line[:60]!r}") from None
         if token in ranks:
@@ -72,7 +83,7 @@ def read_tiktoken(path) -> dict[bytes, int]:
 def write_tiktoken(ranks: dict[bytes, int], path) -> None:
     with open(path, "wb") as f:
         for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-            f.write(base64.b64encode(token) + b" " + str(rank).encode() + b"\n")
+            f.write((base64.b64encode(token) or b"=") + b" " + str(rank).encode() + b"\n")  # the empty token as Whisper writes it
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -252,6 +263,11 @@ class BPETokenizer(Tokenizer):
         self._core = self.enc._core_bpe  # note: tiktoken's Rust core; its buffer API skips a Python list
         self._all_specials = tuple(self.specials)
 
+    @property
+    def special_ids(self) -> dict[str, int]:
+        """Special token -> id (as CharTokenizer.special_ids)."""
+        return self.specials
+
     # -- construction --
     @classmethod
     def train(cls, texts, vocab_size: int, pattern: str = "gpt2", specials=(ENDOFTEXT,), max_positions: int = 1024,
@@ -267,6 +283,21 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train_from_files(cls, paths, vocab_size: int, **kw) -> "BPETokenizer":
         return cls.train(read_training_files(paths), vocab_size, **kw)
+
+    @classmethod
+    def whisper(cls, ranks_file, n_vocab: int, max_positions: int = 448) -> "BPETokenizer":
+        """openai-whisper's tokenizer for a model with `n_vocab` outputs: the ranks of `gpt2.tiktoken`
+        (English-only models) or `multilingual.tiktoken`, Whisper's split pattern, and its special
+        tokens after the ranks — <|endoftext|>, <|startoftranscript|>, one per language (99, or 100
+        for large-v3: what n_vocab leaves room for), the task tokens, 1501 timestamps."""
+        ranks = read_tiktoken(ranks_file)
+        n_languages = n_vocab - len(ranks) - 2 - len(WHISPER_TASKS) - WHISPER_TIMESTAMPS
+        if not 0 < n_languages <= len(WHISPER_LANGUAGES):
+            raise ValueError(f"text: a Whisper model of {n_vocab} outputs does not fit the {len(ranks)} ranks of {ranks_file} "
+                             f"(English-only models use gpt2.tiktoken, multilingual ones multilingual.tiktoken)")  # fmt: skip
+        names = [ENDOFTEXT, "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES[:n_languages]), *WHISPER_TASKS,
+                 *(f"<|{i * 0.02:.2f}|>" for i in range(WHISPER_TIMESTAMPS))]  # fmt: skip
+        return cls(ranks, "whisper", {name: len(ranks) + i for i, name in enumerate(names)}, max_positions)
 
     @classmethod
     def from_tiktoken_file(cls, path, pattern: str = "gpt2", specials=None, **kw) -> "BPETokenizer":
