@@ -11,7 +11,9 @@ timm ViT, Hugging Face Whisper and Decision Transformer: see each section's func
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -290,6 +292,30 @@ def load_hf_whisper(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Mult
     if missing:
         raise ValueError(f"Whisper import: the checkpoint lacks {missing[:5]}")
     return copy_checked(model, ours, "Whisper")
+
+
+def is_hf_whisper_folder(folder) -> bool:
+    """A Hugging Face Whisper model folder (`save_pretrained`'s, or a Hub snapshot): config.json of model_type whisper."""
+    config = Path(folder) / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text()).get("model_type") == "whisper"
+    except (ValueError, AttributeError):
+        return False
+
+
+def load_hf_whisper_folder(folder) -> MultimodalTransformer:
+    """Our model from a Hugging Face Whisper folder: config.json + model.safetensors (no pickles)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".json"))) or "nothing"
+        raise FileNotFoundError(f"{folder}: a Whisper folder needs model.safetensors (one file; found {found})")
+    model = MultimodalTransformer(whisper_model_config(json.loads((folder / "config.json").read_text())))
+    return load_hf_whisper(model, load_file(str(weights)))
 
 
 # -- openai-whisper checkpoints (`dims` + `model_state_dict`) -------------------------------------

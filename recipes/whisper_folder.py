@@ -18,7 +18,8 @@ is averaged to mono; silence is valid audio. Transcripts are lower-cased unless 
 
 Start from a trained run (e.g. `whisper_digits`) with `init_from=RUN_DIR`: its architecture,
 tokenizers and last checkpoint's weights are used, and only the training settings come from here.
-Or start from openai-whisper's weights, `init_from=tiny.pt` (any size; read without unpickling):
+Or start from Whisper's weights: openai-whisper's `init_from=tiny.pt` (any size; read without
+unpickling) or a Hugging Face Whisper folder (`openai/whisper-small`'s config.json + model.safetensors):
 the model reads 30 s windows (shorter clips padded, as Whisper reads them), writes Whisper's own
 vocabulary after its prompt — `<|startoftranscript|><|en|><|transcribe|><|notimestamps|>` with
 `language=`, or `<|startoftranscript|><|notimestamps|>` for `.en` models — and the transcript after
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from models import load_openai_whisper
+from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
@@ -59,7 +60,7 @@ class Config(whisper_digits.Config):
     data: str = ""  # the audio folder (metadata.csv with file_name,transcription) or a Hugging Face dataset (required)
     audio_column: str = ""  # a Hugging Face dataset's Audio column; "" = its only one
     text_column: str = ""  # ... its transcript column; "" = the one of transcription / text / sentence / transcript / normalized_text
-    init_from: str = ""  # a trained speech run directory to fine-tune from, or openai-whisper weights (tiny.pt, base.en.pt, ...)
+    init_from: str = ""  # a trained speech run to fine-tune, or Whisper's weights: openai-whisper's tiny.pt, ... or a Hugging Face folder
     language: str = "en"  # with multilingual Whisper weights: the language token of the prompt (en, de, fr, ...)
     val_fraction: float = 0.1  # held out when the folder has no validation split
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
@@ -104,11 +105,12 @@ def whisper_vocabulary(n_vocab: int) -> Path:
 
 
 def whisper_weights(cfg: Config):
-    """(model, audio tokenizer, text tokenizer) of an openai-whisper checkpoint: 30 s windows of
+    """(model, audio tokenizer, text tokenizer) of an openai-whisper checkpoint (or a Hugging Face
+    Whisper folder: config.json + model.safetensors): 30 s windows of
     log-mel frames (padded, as Whisper reads them), Whisper's own vocabulary and special tokens,
     and its prompt — <|startoftranscript|><|LANGUAGE|><|transcribe|><|notimestamps|>, or
     <|startoftranscript|><|notimestamps|> for an English-only model — written into cfg.prompt."""
-    model = load_openai_whisper(cfg.init_from)
+    model = load_openai_whisper(cfg.init_from) if Path(cfg.init_from).is_file() else load_hf_whisper_folder(cfg.init_from)
     audio, text = model.config.modalities["audio"], model.config.modalities["text"]
     text_tok = BPETokenizer.whisper(whisper_vocabulary(text.vocab_size), text.vocab_size, max_positions=text.max_positions)
     audio_tok = AudioTokenizer(n_mels=audio.value_dim, slice_frames=1, chunk=True, max_frames=audio.max_positions)
@@ -154,7 +156,7 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     model = None
     if run_dir is not None:  # resuming: the tokenizers this run was started with
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
-    elif cfg.init_from and Path(cfg.init_from).is_file():  # openai-whisper weights
+    elif cfg.init_from and (Path(cfg.init_from).is_file() or is_hf_whisper_folder(cfg.init_from)):  # Whisper's weights
         model, audio_tok, text_tok = whisper_weights(cfg)
         model.train()
     elif cfg.init_from:

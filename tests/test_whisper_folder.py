@@ -172,3 +172,30 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     assert whisper_folder.prompt_ids(text_tok, cfg.prompt) == list(tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps)
     with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's languages"):
         whisper_folder.whisper_weights(Config(data=str(data), init_from=str(multi), language="xx"))
+
+
+def test_a_hugging_face_whisper_folder_serves_as_init_from(tmp_path):
+    """init_from=a Hugging Face Whisper folder (save_pretrained's config.json + model.safetensors):
+    the same model (logits equal transformers' after Whisper's prompt) and the multilingual prompt."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("whisper")
+    from tokenizers_mm import TokenSet, collate
+
+    cfg = transformers.WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                                     decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
+                                     max_target_positions=24)  # fmt: skip
+    torch.manual_seed(0)
+    hf = transformers.WhisperForConditionalGeneration(cfg).eval()
+    hf.save_pretrained(tmp_path / "whisper-hf")
+    config = Config(data=str(tmp_path), init_from=str(tmp_path / "whisper-hf"), language="fr")
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(config)
+    prompt = whisper_folder.prompt_ids(text_tok, config.prompt)
+    assert config.prompt == "<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>" and prompt == [50258, 50265, 50359, 50363]
+    audio = audio_tok.encode(np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32), 16000)  # 3 s, padded to 30
+    with torch.no_grad():
+        ours = model.eval()({"audio": collate([audio]), "text": collate([TokenSet("text", ids=torch.tensor(prompt))])}).logits["lm"]
+        theirs = hf(input_features=audio.values.T[None], decoder_input_ids=torch.tensor([prompt])).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    (tmp_path / "whisper-hf" / "model.safetensors").rename(tmp_path / "whisper-hf" / "other.safetensors")
+    with pytest.raises(FileNotFoundError, match="a Whisper folder needs model.safetensors \\(one file; found config.json, generation_config.json, other.safetensors\\)"):
+        whisper_folder.whisper_weights(config)
