@@ -297,8 +297,10 @@ class MultimodalTransformer(nn.Module):
         top_k: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        eos_id: int | None = None,
     ) -> Tensor:
-        """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens).
+        """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
+        tokens when `eos_id` is given and every row has produced it (one host sync per step).
 
         temperature 0 is greedy. The LM modality must be the decoder's last input and unpadded.
         Past the modality's position table, the context is cropped to its last max_positions
@@ -318,6 +320,7 @@ class MultimodalTransformer(nn.Module):
             cache = self._new_cache(B, prefix + max_pos, ids.device)
         step_inputs = dict(inputs)
         names = None  # first step: the whole decoder input
+        ended = torch.zeros(B, dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
             if cache is not None and cache.length and cache.length - prefix + 1 > max_pos:
                 cache = None  # the position table is full: slide the window, uncached
@@ -333,6 +336,10 @@ class MultimodalTransformer(nn.Module):
             nxt = self._sample(logits, temperature, top_k, generator)
             ids = torch.cat([ids, nxt], 1)
             types = torch.cat([types, types[:, -1:]], 1)
+            if eos_id is not None:
+                ended |= nxt[:, 0] == eos_id
+                if bool(ended.all()):
+                    break
             if cache is not None:
                 pos = torch.full_like(nxt, cache.length - prefix)
                 step_inputs = {name: TokenBatch(name, nxt, None, pos, types[:, -1:], torch.ones_like(nxt, dtype=torch.bool))}

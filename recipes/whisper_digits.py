@@ -70,8 +70,10 @@ def text_tokenizer(cfg: Config) -> CharTokenizer:
 def prompt_ids(tok, prompt: str = "") -> list[int]:
     """The decoder prompt's ids: `prompt` (special tokens written out), or DEFAULT_PROMPT."""
     ids = [int(i) for i in tok.encode_ids(prompt or DEFAULT_PROMPT, allowed_special="all")]
-    if not ids or not set(ids) <= set(tok.special_ids.values()):
-        raise ValueError(f"prompt {prompt!r}: expected special tokens of the text tokenizer only, such as {DEFAULT_PROMPT}")
+    specials = tok.special_ids
+    if not ids or ids[0] != specials.get(SOT) or not set(ids) <= set(specials.values()) or specials.get(EOT) in ids:
+        raise ValueError(f"prompt {prompt!r}: expected special tokens of the text tokenizer only, starting with {SOT} "
+                         f"(without {EOT})")  # fmt: skip
     return ids
 
 
@@ -80,14 +82,15 @@ def text_example(tok, transcript: str, name: str, prompt: list[int] | None = Non
     transcript and EOT. A Whisper (BPE) vocabulary reads the transcript after a space, as Whisper
     writes its text (" Hello")."""
     prompt = prompt or prompt_ids(tok)
-    lead = " " if isinstance(tok, BPETokenizer) else ""
+    lead = " " if isinstance(tok, BPETokenizer) and transcript else ""  # an empty transcript: the prompt, then EOT
     try:
         chars = [int(i) for i in tok.encode_ids(lead + transcript)]
     except ValueError as e:
         raise ValueError(f"{name}: transcript {transcript!r}: {e}") from None
     ids = torch.tensor(prompt + chars + [tok.special_ids[EOT]])
     if len(ids) - 1 > tok.max_positions:
-        raise ValueError(f"{name}: transcript of {len(chars)} tokens is longer than max_text={tok.max_positions} allows")
+        raise ValueError(f"{name}: transcript of {len(chars)} tokens is longer than the {tok.max_positions - len(prompt)} that "
+                         f"max_text={tok.max_positions} leaves after the {len(prompt)}-token prompt")  # fmt: skip
     loss_mask = torch.arange(len(ids) - 1) >= len(prompt) - 1
     return TokenSet("text", ids=ids[:-1], targets=ids[1:], loss_mask=loss_mask)
 
@@ -143,7 +146,7 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
     if beam_size > 1:
         out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)[:, len(prompt) :]
     else:
-        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0)[:, len(prompt) :]
+        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0, eos_id=eot)[:, len(prompt) :]
     texts, specials = [], set(text_tok.special_ids.values())
     for row in out.tolist():
         if ended is not None:
@@ -221,13 +224,31 @@ def evaluate(run_dir) -> dict:
 TRANSCRIBE_GROUP = 16  # segments of a long file decoded together
 
 
+def fill_windows(segments, seconds: float):
+    """Join consecutive (start, waveform) segments, with the silence between them, into windows of
+    at most `seconds`: what a model trained on whole 30 s windows (Whisper's weights) reads."""
+    start, parts, end = None, [], 0.0
+    for t, wave in segments:
+        length = len(wave) / SAMPLE_RATE
+        if start is not None and t + length - start > seconds:
+            yield start, torch.cat(parts)
+            start = None
+        if start is None:
+            start, parts, end = t, [], t
+        parts += [torch.zeros(int(round((t - end) * SAMPLE_RATE))), torch.as_tensor(wave, dtype=torch.float32)]
+        end = t + length
+    if start is not None:
+        yield start, torch.cat(parts)
+
+
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0) -> list[str]:
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
     Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at least
     `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and no
     longer than the model's window, max_frames) and the segments' transcripts are joined with a
     space; silence is skipped. whisper_digits learns from single utterances cut tight, so a segment
-    should hold one utterance and start where it does: the defaults do both."""
+    should hold one utterance and start where it does: the defaults do both. A run on Whisper's
+    weights (30 s windows) reads consecutive segments together, up to 30 s, as Whisper does."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -244,6 +265,8 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
         if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
         out, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+        if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
+            segments = fill_windows(segments, seconds)
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
             out += transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,

@@ -41,7 +41,7 @@ import torch
 
 from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
-from tokenizers_mm.audio import to_waveform
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from . import whisper_digits
@@ -61,7 +61,7 @@ class Config(whisper_digits.Config):
     audio_column: str = ""  # a Hugging Face dataset's Audio column; "" = its only one
     text_column: str = ""  # ... its transcript column; "" = the one of transcription / text / sentence / transcript / normalized_text
     init_from: str = ""  # a trained speech run to fine-tune, or Whisper's weights: openai-whisper's tiny.pt, ... or a Hugging Face folder
-    language: str = "en"  # with multilingual Whisper weights: the language token of the prompt (en, de, fr, ...)
+    language: str = ""  # multilingual Whisper weights: the prompt's language (de, German, ...; "" = en, or the init_from run's)
     val_fraction: float = 0.1  # held out when the folder has no validation split
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
     lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
@@ -87,7 +87,11 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
     if transcript is None:
         raise ValueError(f"audio {path}: no transcript")
     wave, rate = load_audio(path)
-    audio_tok.prepare(to_waveform(wave, rate, str(path)), str(path))  # the length check the tokenizer makes, without the spectrogram
+    wave = to_waveform(wave, rate, str(path))
+    if audio_tok.chunk and wave.shape[-1] > audio_tok.max_frames * HOP_LENGTH:  # note: chunk mode would cut it to the window silently
+        raise AudioError(f"{path}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than the model's "
+                         f"{audio_tok.max_frames * HOP_LENGTH / SAMPLE_RATE:g} s window; cut long recordings into utterances first")  # fmt: skip
+    audio_tok.prepare(wave, str(path))  # the length check the tokenizer makes, without the spectrogram
     text_example(text_tok, transcript, str(path), prompt)
 
 
@@ -104,6 +108,23 @@ def whisper_vocabulary(n_vocab: int) -> Path:
     return path
 
 
+def language_code(language: str, text_tok) -> str:
+    """A Whisper language code from a code or name in any case (`de`, `German`, `EN`), checked
+    against the model's language tokens when `text_tok` is given."""
+    code = language.strip().lower()
+    try:
+        from whisper.tokenizer import TO_LANGUAGE_CODE  # names and aliases: "german", "mandarin", ...
+
+        code = TO_LANGUAGE_CODE.get(code, code)
+    except ImportError:
+        pass
+    if text_tok is not None and f"<|{code}|>" not in text_tok.special_ids:
+        n = sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
+        hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else ""
+        raise ValueError(f"language={language!r}: not one of this Whisper model's {n} languages ({', '.join(WHISPER_LANGUAGES[:8])}, ...){hint}")
+    return code
+
+
 def whisper_weights(cfg: Config):
     """(model, audio tokenizer, text tokenizer) of an openai-whisper checkpoint (or a Hugging Face
     Whisper folder: config.json + model.safetensors): 30 s windows of
@@ -114,17 +135,37 @@ def whisper_weights(cfg: Config):
     audio, text = model.config.modalities["audio"], model.config.modalities["text"]
     text_tok = BPETokenizer.whisper(whisper_vocabulary(text.vocab_size), text.vocab_size, max_positions=text.max_positions)
     audio_tok = AudioTokenizer(n_mels=audio.value_dim, slice_frames=1, chunk=True, max_frames=audio.max_positions)
-    if not cfg.prompt:
-        if text.vocab_size < MULTILINGUAL_VOCAB:
-            cfg.prompt = SOT + NO_TIMESTAMPS  # English-only: no language or task token
-        elif f"<|{cfg.language}|>" not in text_tok.special_ids:
-            raise ValueError(f"language={cfg.language!r}: not one of this Whisper model's languages ({', '.join(WHISPER_LANGUAGES[:10])}, ...)")
-        else:
-            cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
+    if cfg.prompt and cfg.language:
+        raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
+    if text.vocab_size < MULTILINGUAL_VOCAB:  # English-only: no language or task token
+        if cfg.language and language_code(cfg.language, None) != "en":
+            raise ValueError(f"language={cfg.language!r}: an English-only Whisper model (.en) has no language token; it reads English")
+        cfg.language, cfg.prompt = "", cfg.prompt or SOT + NO_TIMESTAMPS
+    elif not cfg.prompt:
+        cfg.language = language_code(cfg.language or "en", text_tok)
+        cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
+    if cfg.lr == Config.lr or cfg.lowercase:
+        print(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
+              "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip
     t = model.config.trunk
     cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio.value_dim
     cfg.max_frames, cfg.max_text = audio.max_positions, text.max_positions
     return model, audio_tok, text_tok
+
+
+def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
+    """(prompt, language) when fine-tuning a run: the run's, its language token replaced by an explicit `language=`."""
+    prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
+    if not cfg.language:
+        return prompt, language
+    if cfg.prompt:
+        raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
+    old = next((f"<|{c}|>" for c in WHISPER_LANGUAGES if f"<|{c}|>" in prompt), None)
+    if old is None:
+        raise ValueError(f"language={cfg.language!r}: the prompt of init_from={cfg.init_from} has no language token to replace "
+                         "(an English-only or a from-scratch model)")  # fmt: skip
+    code = language_code(cfg.language, text_tok)
+    return prompt.replace(old, f"<|{code}|>"), code
 
 
 def read_split(folder: Path) -> list[tuple[Path, str]]:
@@ -164,7 +205,7 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         if set(toks) != {"audio", "text"} or SOT not in toks["text"].special_ids:
             raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
         audio_tok, text_tok = toks["audio"], toks["text"]
-        cfg.prompt = cfg.prompt or getattr(load_run_info(cfg.init_from)[2], "prompt", "")  # a fine-tuned Whisper keeps its prompt
+        cfg.prompt, cfg.language = run_prompt(cfg, load_run_info(cfg.init_from)[2], text_tok)
         t = model.config.trunk
         cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
         cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions

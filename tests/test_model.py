@@ -89,6 +89,21 @@ def test_cached_generation_equals_uncached(temperature, top_k):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_generation_stops_when_every_row_has_ended():
+    """eos_id: greedy decoding stops once every row has produced it, with the tokens of the
+    full-length run; while one row has not, all go on."""
+    torch.manual_seed(0)
+    model = lm_model()
+    a, b = rand_text(4, 3), rand_text(4, 4)
+    full = model.generate({"text": collate([a, a])}, 20, temperature=0)
+    eos = int(full[0, 6])  # what row 0 produces at its third step
+    short = model.generate({"text": collate([a, a])}, 20, temperature=0, eos_id=eos)
+    assert short.shape[1] <= 7 and torch.equal(short, full[:, : short.shape[1]]) and (short[:, 4:] == eos).any(1).all()
+    other = model.generate({"text": collate([a, b])}, 20, temperature=0)
+    if not (other[1, 4:] == eos).any():  # row 1 never ends: nothing stops early
+        assert torch.equal(model.generate({"text": collate([a, b])}, 20, temperature=0, eos_id=eos), other)
+
+
 def test_kv_cache_capacity():
     cache = KVCache(1, 1, 2, 3, 4)
     cache.update(0, torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4))

@@ -11,6 +11,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from tokenizers_mm import TokenSet, collate
+
 pytest.importorskip("espeakng_loader")
 
 from recipes import whisper_folder  # noqa: E402
@@ -132,16 +134,20 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
         whisper_folder.read_split(folder)
 
 
-def openai_checkpoint(path, n_vocab: int):
-    """A small openai-whisper model with Whisper's real vocabulary size, saved as openai-whisper saves."""
+def openai_checkpoint(path, n_vocab: int, reference: bool = False):
+    """A small openai-whisper model with Whisper's real vocabulary size, saved as openai-whisper saves
+    (fp16); with `reference`, also the model itself (the fp16 values, in fp32)."""
     import dataclasses
 
     wm = pytest.importorskip("whisper.model")
     dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=n_vocab,
                               n_text_ctx=24, n_text_state=32, n_text_head=2, n_text_layer=1)  # fmt: skip
     torch.manual_seed(0)
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": wm.Whisper(dims).half().state_dict()}, path)
-    return path
+    model = wm.Whisper(dims)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty (inf in fp16)
+    torch.nn.init.normal_(model.decoder.token_embedding.weight, std=0.05)  # small: a random model then varies its tokens
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.half().state_dict()}, path)
+    return (path, model.float().eval()) if reference else path
 
 
 def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech):
@@ -170,8 +176,39 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     cfg = Config(data=str(data), init_from=str(english))
     _, _, text_tok = whisper_folder.whisper_weights(cfg)
     assert whisper_folder.prompt_ids(text_tok, cfg.prompt) == list(tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps)
-    with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's languages"):
+    with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's 99 languages"):
         whisper_folder.whisper_weights(Config(data=str(data), init_from=str(multi), language="xx"))
+    with pytest.raises(ValueError, match="language='de': an English-only Whisper model \\(.en\\) has no language token"):
+        whisper_folder.whisper_weights(Config(data=str(data), init_from=str(english), language="de"))
+    named = Config(data=str(data), init_from=str(multi), language="German")  # a name, as openai-whisper takes it
+    whisper_folder.whisper_weights(named)
+    assert (named.language, named.prompt) == ("de", "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>")
+    # fine-tuning the run again in French: its prompt's language token replaced, and recorded
+    again = Config(data=str(data), init_from=str(run), language="fr", lowercase=False, run_dir=str(tmp_path / "again"), val_fraction=0.34,
+                   **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
+    whisper_folder.main(again)
+    saved = json.loads((tmp_path / "again" / "run.json").read_text())["config"]
+    assert (saved["language"], saved["prompt"]) == ("fr", "<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>")
+    # an empty transcript is the prompt, then <|endoftext|>; audio past the 30 s window is refused, not cut
+    empty = whisper_folder.text_example(text_tok, "", "x", list(tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps))
+    assert empty.ids.tolist() + empty.targets[-1:].tolist() == [*tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps, 50256]
+    sf.write(data / "long.wav", np.resize(speech[0][0], 31 * 16000), 16000)
+    with open(data / "metadata.csv", "a") as f:
+        f.write("long.wav,one two\n")
+    with pytest.raises(ValueError, match="long.wav: 31.0 s is longer than the model's 30 s window; cut long recordings"):
+        whisper_folder.build_data(Config(data=str(data), init_from=str(multi)))
+
+
+def test_whisper_windows_join_segments_with_their_silence():
+    """transcribe on Whisper's weights: pause-cut segments joined back, gaps as silence, up to 30 s."""
+    from recipes.whisper_digits import fill_windows
+
+    one = np.ones(16000, dtype=np.float32)
+    windows = list(fill_windows([(0.0, one), (1.5, one), (29.5, one), (40.0, one)], 30.0))
+    assert [t for t, _ in windows] == [0.0, 29.5]  # 29.5-30.5 s would end past the first window's 30 s
+    first, second = windows[0][1], windows[1][1]
+    assert len(first) == int(2.5 * 16000) and first[16000:24000].max() == 0 and first[24000:].min() == 1
+    assert len(second) == int(11.5 * 16000) and second[16000 : int(10.5 * 16000)].max() == 0 and second[-16000:].min() == 1
 
 
 def test_a_hugging_face_whisper_folder_serves_as_init_from(tmp_path):
@@ -179,8 +216,6 @@ def test_a_hugging_face_whisper_folder_serves_as_init_from(tmp_path):
     the same model (logits equal transformers' after Whisper's prompt) and the multilingual prompt."""
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("whisper")
-    from tokenizers_mm import TokenSet, collate
-
     cfg = transformers.WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
                                      decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, max_source_positions=1500,
                                      max_target_positions=24)  # fmt: skip
@@ -199,3 +234,30 @@ def test_a_hugging_face_whisper_folder_serves_as_init_from(tmp_path):
     (tmp_path / "whisper-hf" / "model.safetensors").rename(tmp_path / "whisper-hf" / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="a Whisper folder needs model.safetensors \\(one file; found config.json, generation_config.json, other.safetensors\\)"):
         whisper_folder.whisper_weights(config)
+
+
+def test_decoding_equals_openai_whisper(tmp_path, speech):
+    """On the same weights and audio, our log-mel window and greedy decoding give openai-whisper's
+    tokens (its decode with its token suppressions off)."""
+    whisper = pytest.importorskip("whisper")
+    from recipes.whisper_digits import transcribe_batch
+
+    path, ref = openai_checkpoint(tmp_path / "multi.pt", 51865, reference=True)
+    cfg = Config(data=str(tmp_path), init_from=str(path), language="de")
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(cfg)
+    prompt = whisper_folder.prompt_ids(text_tok, cfg.prompt)
+    wave = torch.as_tensor(speech[0][0] / 32768.0, dtype=torch.float32)
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(wave))  # (80, 3000)
+    batch = audio_tok.encode_batch([wave.numpy()])
+    torch.testing.assert_close(batch.values[0].T, mel, atol=1e-4, rtol=0)
+    options = whisper.DecodingOptions(language="de", without_timestamps=True, fp16=False, temperature=0.0, suppress_blank=False,
+                                      suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
+    want = whisper.decode(ref, mel, options)
+    ids, ended = [], []
+    with torch.no_grad():
+        text = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt, ended=ended)[0]
+        out = model.generate({"audio": batch, "text": collate([TokenSet("text", ids=torch.tensor(prompt))])}, 24 - len(prompt), temperature=0)
+    ids = out[0, len(prompt) :].tolist()
+    eot = text_tok.special_ids["<|endoftext|>"]
+    ids = ids[: ids.index(eot)] if eot in ids else ids
+    assert len(want.tokens) > 3 and ids == want.tokens and text == want.text.strip()

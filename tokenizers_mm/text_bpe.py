@@ -292,7 +292,7 @@ class BPETokenizer(Tokenizer):
         for large-v3: what n_vocab leaves room for), the task tokens, 1501 timestamps."""
         ranks = read_tiktoken(ranks_file)
         n_languages = n_vocab - len(ranks) - 2 - len(WHISPER_TASKS) - WHISPER_TIMESTAMPS
-        if not 0 < n_languages <= len(WHISPER_LANGUAGES):
+        if n_languages not in (99, 100):  # every Whisper release: 99 languages, large-v3 100
             raise ValueError(f"text: a Whisper model of {n_vocab} outputs does not fit the {len(ranks)} ranks of {ranks_file} "
                              f"(English-only models use gpt2.tiktoken, multilingual ones multilingual.tiktoken)")  # fmt: skip
         names = [ENDOFTEXT, "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES[:n_languages]), *WHISPER_TASKS,
