@@ -56,8 +56,8 @@ def check_text_lm(model: MultimodalTransformer) -> str:
     problems = []
     if list(c.modalities) != ["text"] or c.decoder_inputs != ["text"] or c.encoder_inputs or head.kind != "lm":
         problems.append(f"a text-only decoder with an LM head (this one reads {list(c.modalities)} with a {head.kind} head)")
-    elif c.modalities["text"].embedder != "auto" or c.modalities["text"].learned_types:
-        problems.append("a plain token embedding")
+    elif c.modalities["text"].embedder != "auto" or c.modalities["text"].learned_types or c.modalities["text"].embed_norm:
+        problems.append("a plain token embedding (no learned tokens, no LayerNorm on the embedding)")
     if t.mode != "decoder" or c.prefix_inputs:
         problems.append("a causal decoder (not a prefix LM or an encoder)")
     if not t.final_norm:
@@ -111,8 +111,10 @@ def check_image_classifier(model: MultimodalTransformer) -> str:
         problems.append(f"an image-only encoder with a pooled head (this one reads {list(c.modalities)} with a {head.kind} head)")
     elif c.modalities["image"].grid is None or c.modalities["image"].embedder != "auto":
         problems.append("a patch embedding over a grid")
-    elif c.modalities["image"].learned_types not in ([], ["cls"]):
-        problems.append("at most a CLS token")
+    elif c.modalities["image"].learned_types not in ([], ["cls"]) or c.modalities["image"].embed_norm:
+        problems.append("at most a CLS token, no LayerNorm on the embedding")
+    elif (head.pool == "cls") != bool(c.modalities["image"].learned_types):
+        problems.append("CLS pooling with a CLS token, or mean pooling without one (timm's mean leaves the CLS token out)")
     if t.activation not in TIMM_ACTIVATIONS:
         problems.append(f"a GELU activation (this model uses {t.activation})")
     if t.norm_eps != TIMM_NORM_EPS:

@@ -46,20 +46,21 @@ def kind_of(model) -> str:
                      "(gpt_char, gpt_bpe) export to Hugging Face GPT-2, image classifiers (vit_*) to timm")  # fmt: skip
 
 
-def write_gpt2(model, tokenizers, folder: Path) -> None:
-    tok = tokenizers["text"]
-    config, sd = gpt2_export(model, tok.special_ids)
+def write_model(folder: Path, config: dict, sd: dict) -> None:
+    """config.json + model.safetensors, as transformers' and timm's folders hold them."""
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    save_hf(tok, folder)
+
+
+def write_gpt2(model, tokenizers, folder: Path) -> None:
+    write_model(folder, *gpt2_export(model, tokenizers["text"].special_ids))
+    save_hf(tokenizers["text"], folder)
 
 
 def write_timm(model, tokenizers, folder: Path, run_dir: Path) -> None:
     classes = run_dir / "classes.txt"
     labels = classes.read_text().splitlines() if classes.exists() else None
-    config, sd = timm_vit_export(model, tokenizers["image"], labels)
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    write_model(folder, *timm_vit_export(model, tokenizers["image"], labels))
 
 
 @torch.no_grad()

@@ -46,12 +46,15 @@ def find_metadata(folder: Path) -> Path | None:
     return found[0] if found else None
 
 
-def metadata_rows(meta: Path) -> list[tuple[int, dict]]:
-    """(line number, row) of a metadata.csv (a header line) or metadata.jsonl (one JSON object per line)."""
+def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
+    """(line number, row) of a metadata.csv (a header line, which must name file_name and `column`)
+    or metadata.jsonl (one JSON object per line)."""
     if meta.suffix == ".csv":
         with open(meta, newline="", encoding="utf-8-sig") as f:  # note: -sig: spreadsheet programs start the file with a BOM
             reader = csv.DictReader(f)
             reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+            if not {"file_name", column} <= set(reader.fieldnames):
+                raise ValueError(f"{meta}: needs the columns file_name and {column}")
             return list(enumerate(reader, start=2))
     rows = []
     for n, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), start=1):
@@ -69,13 +72,11 @@ def metadata_rows(meta: Path) -> list[tuple[int, dict]]:
 
 def read_metadata(meta: Path, column: str) -> list[tuple[Path, str]]:
     """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its folder."""
-    rows = metadata_rows(meta)
+    rows = metadata_rows(meta, column)
     if not rows:
         raise ValueError(f"{meta}: no rows; needs file_name and {column} for each file")
     for n, r in rows:
         missing = [c for c in ("file_name", column) if r.get(c) is None]
-        if missing and n == rows[0][0] and meta.suffix == ".csv":
-            raise ValueError(f"{meta}: needs the columns file_name and {column}")
         if missing:
             raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
         if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
@@ -160,6 +161,8 @@ def text_files(root: Path) -> list[Path]:
     nothing else but a repository's other files: its data files; [] for any other folder (an image
     folder's metadata.csv or a stray notes.csv keeps it an image folder)."""
     data = loose_files(root)
+    if any(q.suffix.lower() != ".json" for q in data):  # beside JSON lines or CSV, a .json file is the repository's (info.json)
+        data = [q for q in data if q.suffix.lower() != ".json"]
     if not data or strays(root, data):  # note: loose files first; the scan would read a whole image folder's listing
         return []
     if len(kinds := sorted({file_builder(q) for q in data})) > 1:
@@ -189,11 +192,13 @@ def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
 
 def card_configs(root: Path) -> bool:
     """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it."""
+    from huggingface_hub.repocard import metadata_load
+
     card = root / "README.md"
-    if not card.is_file():
+    try:
+        return card.is_file() and "configs" in (metadata_load(card) or {})
+    except Exception:  # noqa: BLE001  # a card whose YAML header does not parse declares nothing load_dataset could read
         return False
-    head = card.read_text(encoding="utf-8", errors="replace").split("\n---", 1)[0]
-    return head.startswith("---") and "\nconfigs:" in head
 
 
 def hf_source(root: Path) -> tuple[str, dict | None] | None:
@@ -225,7 +230,7 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     else:
         data = text_files(root)
         return (file_builder(data[0]), split_files(root, data)) if data else None
-    others = [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q.suffix.lower() not in META_SUFFIXES]
+    others = strays(root, [])
     if others:  # note: an image or audio folder with a stray .parquet file is not read as a dataset in disguise
         raise ValueError(f"{root} mixes Parquet files with other files ({others[0].relative_to(root)}, ...): "
                          "give data= the Parquet files' folder, or move them out of the image / audio folder")  # fmt: skip

@@ -95,17 +95,15 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
     text_example(text_tok, transcript, str(path), prompt)
 
 
-def whisper_vocabulary(n_vocab: int) -> Path:
-    """openai-whisper's ranks file for a model of n_vocab outputs (the package carries both)."""
+def whisper_assets() -> Path:
+    """openai-whisper's assets folder, which carries Whisper's vocabularies (gpt2.tiktoken, multilingual.tiktoken)."""
     import importlib.util
 
     spec = importlib.util.find_spec("whisper")
-    name = "multilingual" if n_vocab >= MULTILINGUAL_VOCAB else "gpt2"
-    path = Path(spec.origin).parent / "assets" / f"{name}.tiktoken" if spec and spec.origin else None
-    if path is None or not path.is_file():
-        raise FileNotFoundError(f"Whisper's vocabulary ({name}.tiktoken) comes with the openai-whisper package, which is not installed "
-                                "here: pip install openai-whisper")  # fmt: skip
-    return path
+    folder = Path(spec.origin).parent / "assets" if spec and spec.origin else None
+    if folder is None or not (folder / "multilingual.tiktoken").is_file():
+        raise FileNotFoundError("Whisper's vocabulary comes with the openai-whisper package, which is not installed here: pip install openai-whisper")
+    return folder
 
 
 def language_code(language: str, text_tok) -> str:
@@ -131,13 +129,14 @@ def whisper_weights(cfg: Config):
     log-mel frames (padded, as Whisper reads them), Whisper's own vocabulary and special tokens,
     and its prompt — <|startoftranscript|><|LANGUAGE|><|transcribe|><|notimestamps|>, or
     <|startoftranscript|><|notimestamps|> for an English-only model — written into cfg.prompt."""
+    assets = whisper_assets()  # note: before the weights, which may take a while to read
     model = load_openai_whisper(cfg.init_from) if Path(cfg.init_from).is_file() else load_hf_whisper_folder(cfg.init_from)
     audio, text = model.config.modalities["audio"], model.config.modalities["text"]
-    text_tok = BPETokenizer.whisper(whisper_vocabulary(text.vocab_size), text.vocab_size, max_positions=text.max_positions)
+    english_only = text.vocab_size < MULTILINGUAL_VOCAB
+    ranks = assets / ("gpt2.tiktoken" if english_only else "multilingual.tiktoken")
+    text_tok = BPETokenizer.whisper(ranks, text.vocab_size, max_positions=text.max_positions)
     audio_tok = AudioTokenizer(n_mels=audio.value_dim, slice_frames=1, chunk=True, max_frames=audio.max_positions)
-    if cfg.prompt and cfg.language:
-        raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
-    if text.vocab_size < MULTILINGUAL_VOCAB:  # English-only: no language or task token
+    if english_only:  # no language or task token
         if cfg.language and language_code(cfg.language, None) != "en":
             raise ValueError(f"language={cfg.language!r}: an English-only Whisper model (.en) has no language token; it reads English")
         cfg.language, cfg.prompt = "", cfg.prompt or SOT + NO_TIMESTAMPS
@@ -147,9 +146,6 @@ def whisper_weights(cfg: Config):
     if cfg.lr == Config.lr or cfg.lowercase:
         print(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
               "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip
-    t = model.config.trunk
-    cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio.value_dim
-    cfg.max_frames, cfg.max_text = audio.max_positions, text.max_positions
     return model, audio_tok, text_tok
 
 
@@ -158,8 +154,6 @@ def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
     if not cfg.language:
         return prompt, language
-    if cfg.prompt:
-        raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
     old = next((f"<|{c}|>" for c in WHISPER_LANGUAGES if f"<|{c}|>" in prompt), None)
     if old is None:
         raise ValueError(f"language={cfg.language!r}: the prompt of init_from={cfg.init_from} has no language token to replace "
@@ -195,22 +189,24 @@ def build_data(cfg: Config, run_dir: Path | None = None):
             raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=cfg.val_fraction, random_state=0)
     model = None
+    if cfg.init_from and cfg.prompt and cfg.language and run_dir is None:
+        raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
     if run_dir is not None:  # resuming: the tokenizers this run was started with
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
     elif cfg.init_from and (Path(cfg.init_from).is_file() or is_hf_whisper_folder(cfg.init_from)):  # Whisper's weights
         model, audio_tok, text_tok = whisper_weights(cfg)
-        model.train()
     elif cfg.init_from:
         model, toks = load_trained(cfg.init_from)
         if set(toks) != {"audio", "text"} or SOT not in toks["text"].special_ids:
             raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
         audio_tok, text_tok = toks["audio"], toks["text"]
         cfg.prompt, cfg.language = run_prompt(cfg, load_run_info(cfg.init_from)[2], text_tok)
+    if model is not None:  # fine-tuning: the architecture is the model's, whatever the config says
         t = model.config.trunk
         cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
         cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions
         model.train()
-    else:
+    elif run_dir is None:
         from tokenizers_mm import CharTokenizer
 
         seen = {c for _, t in train_pairs for c in t}

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export
 from recipes import gpt_char, vit
+from recipes.export import write_model
 from tokenizers_mm import BPETokenizer, CharTokenizer, TokenSet, collate
 from tokenizers_mm.hf import PROBE as AWKWARD
 from tokenizers_mm.hf import save_hf
@@ -30,8 +30,7 @@ def randomise(model: MultimodalTransformer) -> MultimodalTransformer:
 
 def write(folder, config: dict, sd: dict):
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    save_file(sd, str(folder / "model.safetensors"))
+    write_model(folder, config, sd)
     return folder
 
 
@@ -118,6 +117,10 @@ def test_what_a_reference_cannot_express_is_refused():
     model = vit.build_model(cfg, tok, 3)
     model.config.trunk.norm_eps = 1e-5
     with pytest.raises(ValueError, match="timm export: VisionTransformer needs LayerNorm eps=1e-06 \\(this model uses 1e-05\\)"):
+        timm_vit_export(model, tok)
+    model.config.trunk.norm_eps = 1e-6
+    model.config.heads["cls"].pool = "mean"  # with a CLS token: ours would average it in, timm's mean leaves it out
+    with pytest.raises(ValueError, match="timm export: VisionTransformer needs CLS pooling with a CLS token, or mean pooling without one"):
         timm_vit_export(model, tok)
     trunk = TrunkConfig(dim=16, depth=1, num_heads=2, mode="decoder")
     mixed = ModelConfig(trunk, {"text": ModalityConfig("text", ["token"], 8, vocab_size=9), "image": ModalityConfig.from_tokenizer(tok)},

@@ -281,8 +281,11 @@ def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
     (tmp_path / "imgs" / "metadata.jsonl").write_text(lines[0] + "\n[1, 2]\n")
     with pytest.raises(ValueError, match="metadata.jsonl, line 2: a JSON list; expected one object per line"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
-    (tmp_path / "imgs" / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n")
+    (tmp_path / "imgs" / "metadata.csv").write_text("file_name,label\ncircle/0.png\n")  # a short row: its value is missing
     with pytest.raises(ValueError, match="imgs holds both metadata.csv and metadata.jsonl: keep one"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    (tmp_path / "imgs" / "metadata.jsonl").unlink()
+    with pytest.raises(ValueError, match="metadata.csv, line 2: expected a value for label"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
 
 
@@ -298,6 +301,7 @@ def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_pat
         (d / "README.txt").write_text("about\nthis corpus\n")
         (d / "LICENSE.txt").write_text("MIT\n")
         (d / "LICENSE").write_text("MIT\n")
+        (d / "info.json").write_text(json.dumps({"name": "corpus", "license": "MIT"}))  # a repository's JSON, not data
         train, val = gpt_char.split_text(gpt_char.Config(data=str(d), val_fraction=0.1))
         assert (train + val).split("\n") == [f"row {i}" for i in range(30)], name  # the corpus, not the README
     (tmp_path / "jsonl" / "notes.ipynb").write_text("{}")

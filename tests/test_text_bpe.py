@@ -204,7 +204,9 @@ def test_whisper_vocabularies_equal_openai_whisper(name, n_vocab, n_languages):
     ranks_file = os.path.join(os.path.dirname(whisper_tokenizer.__file__), "assets", f"{name}.tiktoken")
     ours = BPETokenizer.whisper(ranks_file, n_vocab)
     ref = whisper_tokenizer.get_tokenizer(name == "multilingual", num_languages=n_languages)
-    text = " Hello world, 12345 ça va? 中文 don't  x\n\tÜber 3.14159 — ok"
+    from tokenizers_mm.hf import PROBE
+
+    text = " Hello world, 12345 ça va? 中文 don't  x\n\tÜber 3.14159 — ok" + PROBE + "  \n \n\t  "  # whitespace runs, at the end too
     assert [int(i) for i in ours.encode_ids(text)] == ref.encoding.encode(text)
     assert ours.special_ids == ref.encoding._special_tokens and ours.vocab_size == ref.encoding.n_vocab == n_vocab
     assert ours.decode(ref.encoding.encode(text)) == text

@@ -171,6 +171,8 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     assert example.ids.tolist() + example.targets[-1:].tolist() == want
     assert audio_tok.chunk and audio_tok.max_frames == 3000 and train_set[0]["audio"].values.shape[0] == 3000  # padded to 30 s
     assert isinstance(whisper_folder.transcribe(run, [str(data / "a0.wav")])[0], str)
+    resumed = whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 3}), resume=True)
+    assert json.loads((run / "results.json").read_text())["step"] == 3 and np.isfinite(resumed["val_loss"])
 
     english = openai_checkpoint(tmp_path / "tiny.en.pt", 51864)  # English-only: no language or task token
     cfg = Config(data=str(data), init_from=str(english))
@@ -253,9 +255,8 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     options = whisper.DecodingOptions(language="de", without_timestamps=True, fp16=False, temperature=0.0, suppress_blank=False,
                                       suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
     want = whisper.decode(ref, mel, options)
-    ids, ended = [], []
     with torch.no_grad():
-        text = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt, ended=ended)[0]
+        text = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt)[0]
         out = model.generate({"audio": batch, "text": collate([TokenSet("text", ids=torch.tensor(prompt))])}, 24 - len(prompt), temperature=0)
     ids = out[0, len(prompt) :].tolist()
     eot = text_tok.special_ids["<|endoftext|>"]

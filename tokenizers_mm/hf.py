@@ -58,8 +58,9 @@ def to_hf(tokenizer):
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    specials = tokenizer.special_ids if isinstance(tokenizer, (BPETokenizer, CharTokenizer)) else {}
     if isinstance(tokenizer, BPETokenizer):
-        vocab, merges = gpt2_vocab_merges(tokenizer.ranks, tokenizer.specials)
+        vocab, merges = gpt2_vocab_merges(tokenizer.ranks, specials)
         hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
         try:
             split = pre_tokenizers.Split(Regex(onig_pattern(tokenizer.pattern)), behavior="isolated")
@@ -67,14 +68,11 @@ def to_hf(tokenizer):
             raise ValueError(f"Hugging Face export: the split pattern {tokenizer.pattern!r} is not one `tokenizers` compiles ({e})") from None
         hf.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
         hf.decoder = decoders.ByteLevel()
-        specials = tokenizer.specials
     elif isinstance(tokenizer, CharTokenizer) and tokenizer.chars is None:  # bytes: byte-level BPE without merges
-        vocab = {c: b for b, c in bytes_to_unicode().items()} | tokenizer.special_ids
+        vocab = {c: b for b, c in bytes_to_unicode().items()} | specials
         hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
         hf.pre_tokenizer, hf.decoder = byte_level, decoders.ByteLevel()
-        specials = tokenizer.special_ids
     elif isinstance(tokenizer, CharTokenizer):
-        specials = tokenizer.special_ids
         # note: an unknown character is an error, as ours (an unk_token outside the vocabulary), not a silent special
         hf = Tokenizer(models.WordLevel(vocab=dict(tokenizer.stoi) | specials, unk_token="<unknown character>"))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character its own word
@@ -92,8 +90,7 @@ def save_hf(tokenizer, directory) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     to_hf(tokenizer).save(str(directory / "tokenizer.json"))
     check_hf(tokenizer, directory / "tokenizer.json")
-    specials = list(getattr(tokenizer, "specials", ()))
-    eot = "<|endoftext|>" if "<|endoftext|>" in specials else None
+    eot = "<|endoftext|>" if "<|endoftext|>" in tokenizer.special_ids else None
     named = {k: eot for k in ("bos_token", "eos_token") if eot}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": tokenizer.max_positions, "clean_up_tokenization_spaces": False,
               "add_prefix_space": False, "model_input_names": ["input_ids", "attention_mask"], **named}  # fmt: skip

@@ -39,7 +39,6 @@ PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
-PATTERNS["whisper"] = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""  # GPT-2's original, as openai-whisper
 RANKS_FILE = "ranks.tiktoken"
 # openai-whisper's language tokens, in its order (whisper/tokenizer.py LANGUAGES); large-v3 adds the 100th, "yue"
 WHISPER_LANGUAGES = tuple(
@@ -287,7 +286,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def whisper(cls, ranks_file, n_vocab: int, max_positions: int = 448) -> "BPETokenizer":
         """openai-whisper's tokenizer for a model with `n_vocab` outputs: the ranks of `gpt2.tiktoken`
-        (English-only models) or `multilingual.tiktoken`, Whisper's split pattern, and its special
+        (English-only models) or `multilingual.tiktoken`, GPT-2's split pattern, and its special
         tokens after the ranks — <|endoftext|>, <|startoftranscript|>, one per language (99, or 100
         for large-v3: what n_vocab leaves room for), the task tokens, 1501 timestamps."""
         ranks = read_tiktoken(ranks_file)
@@ -297,7 +296,7 @@ class BPETokenizer(Tokenizer):
                              f"(English-only models use gpt2.tiktoken, multilingual ones multilingual.tiktoken)")  # fmt: skip
         names = [ENDOFTEXT, "<|startoftranscript|>", *(f"<|{code}|>" for code in WHISPER_LANGUAGES[:n_languages]), *WHISPER_TASKS,
                  *(f"<|{i * 0.02:.2f}|>" for i in range(WHISPER_TIMESTAMPS))]  # fmt: skip
-        return cls(ranks, "whisper", {name: len(ranks) + i for i, name in enumerate(names)}, max_positions)
+        return cls(ranks, "gpt2", names, max_positions)  # note: tiktoken's GPT-2 pattern splits as Whisper's original GPT-2 regex
 
     @classmethod
     def from_tiktoken_file(cls, path, pattern: str = "gpt2", specials=None, **kw) -> "BPETokenizer":
