@@ -25,7 +25,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import train
 
@@ -60,6 +60,12 @@ class Config(TrainConfig):
     prompt: str = ""  # the decoder's prompt, its special tokens written out; "" = <|startoftranscript|><|transcribe|><|notimestamps|>
     beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
     length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty
+    wer_text: str = "raw"  # WER on the text as written ("raw"), or after openai-whisper's normaliser ("whisper": case, punctuation, ...)
+
+    def check(self) -> None:
+        super().check()
+        if self.wer_text not in ("raw", "whisper"):
+            raise ConfigError(f"wer_text={self.wer_text!r}: expected raw or whisper")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -156,9 +162,23 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
     return texts
 
 
+def wer_normaliser(cfg: Config):
+    """The text WER compares: as written, or openai-whisper's normaliser — its English one (spellings,
+    numbers, contractions) for English, its basic one (case, punctuation, symbols) for other languages."""
+    if cfg.wer_text == "raw":
+        return lambda text: text
+    try:
+        from whisper.normalizers import BasicTextNormalizer, EnglishTextNormalizer
+    except ImportError:
+        raise FileNotFoundError("wer_text=whisper uses openai-whisper's text normalisers: pip install openai-whisper") from None
+    english = getattr(cfg, "language", "") in ("", "en")
+    return EnglishTextNormalizer() if english else BasicTextNormalizer()
+
+
 def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
     import jiwer
 
+    norm = wer_normaliser(cfg)
     n = min(cfg.eval_utterances, len(test_set))
     if n < 1:
         raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
@@ -177,7 +197,10 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
             hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
                                      prompt=test_set.prompt)  # fmt: skip
         model.train(was)
-        return {"val_wer": jiwer.wer(refs, hyps), "val_loss": loss / n}
+        pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
+        pairs = [(r, h) for r, h in pairs if r.strip()]  # note: a reference the normaliser empties ("[laughs]") has no words to miss
+        wer = jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
+        return {"val_wer": wer, "val_loss": loss / n}
 
     return evaluate
 

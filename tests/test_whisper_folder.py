@@ -157,10 +157,10 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     data = write_folder(tmp_path / "data", speech[:6])
     multi = openai_checkpoint(tmp_path / "multi.pt", 51865)
     run = tmp_path / "run"
-    cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34,
+    cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34, wer_text="whisper",
                  **{**TINY, "max_steps": 2, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
     metrics = whisper_folder.main(cfg)
-    assert np.isfinite(metrics["val_loss"]) and 0 <= metrics["val_wer"]
+    assert np.isfinite(metrics["val_loss"]) and np.isfinite(metrics["val_wer"])
     saved = json.loads((run / "run.json").read_text())["config"]
     assert saved["prompt"] == "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>" and saved["max_text"] == 24
     ref = tokenizer.get_tokenizer(True, language="de", task="transcribe")
@@ -262,3 +262,17 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     eot = text_tok.special_ids["<|endoftext|>"]
     ids = ids[: ids.index(eot)] if eot in ids else ids
     assert len(want.tokens) > 3 and ids == want.tokens and text == want.text.strip()
+
+
+def test_wer_on_whisper_normalised_text():
+    """wer_text=whisper: openai-whisper's English normaliser for English, its basic one otherwise."""
+    pytest.importorskip("whisper.normalizers")
+    from recipes.config import ConfigError
+    from recipes.whisper_digits import wer_normaliser
+
+    english = wer_normaliser(Config(wer_text="whisper"))
+    assert english("Hello, World! It's Mr. Smith.") == english("hello world it is mister smith") == "hello world it is mister smith"
+    assert wer_normaliser(Config(wer_text="whisper", language="de"))("Grüße, Welt!").split() == ["grüße", "welt"]
+    assert wer_normaliser(Config())("Hello, World!") == "Hello, World!"  # raw: as written
+    with pytest.raises(ConfigError, match="wer_text='plain': expected raw or whisper"):
+        Config(data="x", wer_text="plain").check()
