@@ -30,6 +30,7 @@ from tokenizers_mm import TokenSet, collate
 from tokenizers_mm.hf import save_hf
 
 from .runs import load_run_info, load_trained
+from .vit import read_classes
 
 # the reference's logits may differ from ours by float32 rounding, which grows with their size (GPT-2's reach ±100s)
 TOLERANCE, RELATIVE_TOLERANCE = 1e-4, 2e-6  # allowed: max(TOLERANCE, RELATIVE_TOLERANCE × largest |logit|)
@@ -58,8 +59,10 @@ def write_gpt2(model, tokenizers, folder: Path) -> None:
 
 
 def write_timm(model, tokenizers, folder: Path, run_dir: Path) -> None:
-    classes = run_dir / "classes.txt"
-    labels = classes.read_text().splitlines() if classes.exists() else None
+    try:
+        labels = read_classes(run_dir)  # the ViT recipes' class names
+    except FileNotFoundError:
+        labels = None
     write_model(folder, *timm_vit_export(model, tokenizers["image"], labels))
 
 

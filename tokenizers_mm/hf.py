@@ -57,8 +57,10 @@ def to_hf(tokenizer):
     """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` (BPETokenizer or CharTokenizer)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
+    if not isinstance(tokenizer, (BPETokenizer, CharTokenizer)):
+        raise TypeError(f"Hugging Face export: {type(tokenizer).__name__} is not a text tokenizer this export knows")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    specials = tokenizer.special_ids if isinstance(tokenizer, (BPETokenizer, CharTokenizer)) else {}
+    specials = tokenizer.special_ids
     if isinstance(tokenizer, BPETokenizer):
         vocab, merges = gpt2_vocab_merges(tokenizer.ranks, specials)
         hf = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=False))
@@ -72,13 +74,11 @@ def to_hf(tokenizer):
         vocab = {c: b for b, c in bytes_to_unicode().items()} | specials
         hf = Tokenizer(models.BPE(vocab=vocab, merges=[]))
         hf.pre_tokenizer, hf.decoder = byte_level, decoders.ByteLevel()
-    elif isinstance(tokenizer, CharTokenizer):
+    else:  # a character vocabulary
         # note: an unknown character is an error, as ours (an unk_token outside the vocabulary), not a silent special
         hf = Tokenizer(models.WordLevel(vocab=dict(tokenizer.stoi) | specials, unk_token="<unknown character>"))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character its own word
         hf.decoder = decoders.Fuse()  # joined without spaces
-    else:
-        raise TypeError(f"Hugging Face export: {type(tokenizer).__name__} is not a text tokenizer this export knows")
     hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
     return hf
 
