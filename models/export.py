@@ -15,7 +15,13 @@ here runs in the libraries people deploy with.
 What a reference cannot express is refused with the reason (another LayerNorm eps than timm's
 1e-6, a prefix LM, several modalities). Decision Transformer models are not exported:
 `DecisionTransformerModel` adds one constant row to every token after `embed_ln`, ours a learned row
-per token type. Whisper-style models are not exported yet.
+per token type.
+- A Whisper-style recogniser (audio encoder through Whisper's conv stem, text decoder, tied LM
+  head) → Hugging Face `WhisperForConditionalGeneration`: config.json + model.safetensors. Our
+  fused q/k/v split into q_proj / k_proj / v_proj; the key bias is dropped (Whisper's k_proj has
+  none; a bias on the keys adds the same score to every key a query sees, which softmax ignores);
+  the type rows fold into the encoder's and decoder's position tables. Only a model that reads
+  whole windows padded with silence (as Whisper's feature extractor pads) runs the same there.
 """
 
 from __future__ import annotations
@@ -174,4 +180,85 @@ def timm_vit_export(model: MultimodalTransformer, image_tokenizer, label_names: 
         pretrained_cfg["label_names"] = list(label_names)
     config = {"architecture": "vit_base_patch16_224", "num_classes": num_classes, "num_features": t.dim, "global_pool": model_args["global_pool"],
               "model_args": model_args, "pretrained_cfg": pretrained_cfg}  # fmt: skip
+    return config, out
+
+
+# -- Whisper (Hugging Face WhisperForConditionalGeneration) ------------------------------------------
+def check_speech_model(model: MultimodalTransformer) -> str:
+    """The LM head's name, after refusing what WhisperForConditionalGeneration cannot express."""
+    c, t = model.config, model.config.trunk
+    name, head = only_head(model, "Whisper")
+    problems = []
+    if sorted(c.modalities) != ["audio", "text"] or c.encoder_inputs != ["audio"] or c.decoder_inputs != ["text"] or head.kind != "lm":
+        problems.append(f"an audio encoder and a text decoder with an LM head (this one reads {list(c.modalities)} with a {head.kind} head)")
+    else:
+        audio, text = c.modalities["audio"], c.modalities["text"]
+        if audio.embedder != "whisper_conv" or text.embedder != "auto" or text.learned_types or text.embed_norm:
+            problems.append("Whisper's conv stem on mel frames and a plain token embedding")
+        if len(audio.token_types) != 1 or len(text.token_types) != 1:
+            problems.append("one token type per modality")
+    if t.mode != "encoder-decoder" or c.prefix_inputs:
+        problems.append("an encoder-decoder")
+    if not (t.bias and t.final_norm and t.activation == "gelu"):
+        problems.append("biases, exact GELU and a final LayerNorm on both sides")
+    if t.mlp_ratio * t.dim != int(t.mlp_ratio * t.dim):
+        problems.append(f"a whole MLP width (mlp_ratio={t.mlp_ratio:g} × dim={t.dim})")
+    if not head.tie:
+        problems.append("an output layer tied to the token embedding")
+    if problems:
+        raise ValueError(f"Whisper export: WhisperForConditionalGeneration needs {'; '.join(problems)}")
+    return name
+
+
+def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tuple[dict, dict[str, Tensor]]:
+    """(config.json dict, state dict) of the Hugging Face WhisperForConditionalGeneration that
+    computes our logits on the same log-mel window and decoder tokens. specials: the text
+    tokenizer's special tokens (<|endoftext|>, <|startoftranscript|>)."""
+    check_speech_model(model)
+    c, t = model.config, model.config.trunk
+    audio, text = c.modalities["audio"], c.modalities["text"]
+    missing = [s for s in ("<|endoftext|>", "<|startoftranscript|>") if s not in specials]
+    if missing:
+        raise ValueError(f"Whisper export: the text tokenizer lacks {', '.join(missing)}")
+    sd = plain(model)
+    type_row = lambda name: sd["type_embed.weight"][model.type_offset[name]]  # noqa: E731  # each modality's only type
+    out = {
+        "encoder.conv1.weight": sd["embedders.audio.conv1.weight"], "encoder.conv1.bias": sd["embedders.audio.conv1.bias"],
+        "encoder.conv2.weight": sd["embedders.audio.conv2.weight"], "encoder.conv2.bias": sd["embedders.audio.conv2.bias"],
+        "encoder.embed_positions.weight": sd["embedders.audio.pos.weight"] + type_row("audio"),
+        "decoder.embed_tokens.weight": sd["embedders.text.tok.weight"],
+        "decoder.embed_positions.weight": sd["embedders.text.pos.weight"] + type_row("text"),
+        "encoder.layer_norm.weight": sd["encoder.ln_f.weight"], "encoder.layer_norm.bias": sd["encoder.ln_f.bias"],
+        "decoder.layer_norm.weight": sd["decoder.ln_f.weight"], "decoder.layer_norm.bias": sd["decoder.ln_f.bias"],
+    }  # fmt: skip
+    pairs = {"attn.proj": "self_attn.out_proj", "ln_1": "self_attn_layer_norm", "ln_2": "final_layer_norm", "mlp.fc": "fc1",
+             "mlp.proj": "fc2", "cross_attn.q": "encoder_attn.q_proj", "cross_attn.proj": "encoder_attn.out_proj",
+             "ln_cross": "encoder_attn_layer_norm"}  # fmt: skip
+    for side, depth in (("encoder", t.depth), ("decoder", t.dec_depth or t.depth)):
+        for i in range(depth):
+            ours, theirs = f"{side}.blocks.{i}", f"model.{side}.layers.{i}"
+            split = {"attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
+            if side == "decoder":
+                split["cross_attn.kv"] = ("encoder_attn.k_proj", "encoder_attn.v_proj")
+            for fused, parts in split.items():
+                for part, w, b in zip(parts, sd[f"{ours}.{fused}.weight"].chunk(len(parts)), sd[f"{ours}.{fused}.bias"].chunk(len(parts))):
+                    out[f"{theirs}.{part}.weight"] = w.contiguous()
+                    if not part.endswith("k_proj"):  # note: a key bias does not change attention (see the module's note)
+                        out[f"{theirs}.{part}.bias"] = b.contiguous()
+            for o, h in pairs.items():
+                if f"{ours}.{o}.weight" in sd:
+                    out[f"{theirs}.{h}.weight"], out[f"{theirs}.{h}.bias"] = sd[f"{ours}.{o}.weight"], sd[f"{ours}.{o}.bias"]
+    out = {k if k.startswith("model.") else f"model.{k}": v for k, v in out.items()}
+    eot, sot = specials["<|endoftext|>"], specials["<|startoftranscript|>"]
+    ffn = int(t.mlp_ratio * t.dim)
+    config = {
+        "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper", "vocab_size": text.vocab_size,
+        "num_mel_bins": audio.value_dim, "d_model": t.dim, "encoder_layers": t.depth, "decoder_layers": t.dec_depth or t.depth,
+        "encoder_attention_heads": t.num_heads, "decoder_attention_heads": t.num_heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn,
+        "max_source_positions": sd["embedders.audio.pos.weight"].shape[0], "max_target_positions": text.max_positions,
+        "activation_function": "gelu", "scale_embedding": False, "tie_word_embeddings": True, "dropout": t.dropout,
+        "attention_dropout": t.dropout, "activation_dropout": 0.0, "encoder_layerdrop": 0.0, "decoder_layerdrop": 0.0,
+        "pad_token_id": eot, "bos_token_id": eot, "eos_token_id": eot, "decoder_start_token_id": sot,
+        "begin_suppress_tokens": None, "suppress_tokens": None, "use_cache": True, "torch_dtype": "float32",
+    }  # fmt: skip
     return config, out

@@ -109,6 +109,9 @@ def cmd_export(args):
     print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
     if r["format"].startswith("timm"):
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
+    elif "Whisper" in r["format"]:
+        print(f'load it: pipeline("automatic-speech-recognition", model="{r["folder"]}"), or WhisperForConditionalGeneration / '
+              f'WhisperProcessor.from_pretrained("{r["folder"]}")')  # fmt: skip
     else:
         print(f'load it: AutoModelForCausalLM.from_pretrained("{r["folder"]}"), AutoTokenizer.from_pretrained("{r["folder"]}")')
 
@@ -189,9 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
     s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
     s.set_defaults(fn=cmd_transcribe)
-    s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 or timm ViT folder",
+    s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 / Whisper or timm ViT folder",
                        description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "
-                                   "GPT2LMHeadModel folder with its tokenizer, an image classifier as a timm VisionTransformer folder. "
+                                   "GPT2LMHeadModel folder with its tokenizer, an image classifier as a timm VisionTransformer folder, a "
+                                   "speech recogniser on Whisper's weights as a Hugging Face Whisper folder (model, tokenizer, "
+                                   "feature extractor, generation config). "
                                    "The folder is loaded back with the reference library and its outputs compared with the run's.")  # fmt: skip
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("out", metavar="OUT", help="a new (or empty) folder")

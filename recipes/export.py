@@ -6,7 +6,14 @@
   same ids and logits;
 - an image classifier (vit_digits, vit_mnist, vit_folder) → a timm folder: `VisionTransformer`
   weights, its model arguments and preprocessing (mean, std, size, interpolation, class names),
-  for `timm.create_model("local-dir:OUT", pretrained=True)`.
+  for `timm.create_model("local-dir:OUT", pretrained=True)`;
+- a speech recogniser on Whisper's windows and vocabulary (whisper_folder with `init_from=` Whisper's
+  weights) → a Hugging Face Whisper folder: `WhisperForConditionalGeneration`, its generation config
+  (the run's prompt: language and task, greedy, no token suppression, as `mmtok transcribe`
+  decodes), `WhisperTokenizer` files and `WhisperFeatureExtractor`'s preprocessor_config.json, for
+  `pipeline("automatic-speech-recognition", model=OUT)`. Runs that read unpadded utterances
+  (whisper_digits, whisper_folder from scratch) are refused: Whisper pads every clip to its window
+  with silence and attends to all of it, so they would not compute what they learned.
 
 The folder is written beside OUT and renamed into place, so an interrupted export leaves nothing
 half-written; an OUT that exists and is not empty is refused. After writing, the export loads the
@@ -25,31 +32,46 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from models import gpt2_export, timm_vit_export
-from tokenizers_mm import TokenSet, collate
+from models import gpt2_export, timm_vit_export, whisper_export
+from tokenizers_mm import BPETokenizer, TokenSet, collate
+from tokenizers_mm.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from tokenizers_mm.hf import save_hf
+from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .runs import load_run_info, load_trained
 from .vit import read_classes
+from .whisper_digits import EOT, NO_TIMESTAMPS, SOT, prompt_ids
+from .whisper_folder import MULTILINGUAL_VOCAB
 
 # the reference's logits may differ from ours by float32 rounding, which grows with their size (GPT-2's reach ±100s)
 TOLERANCE, RELATIVE_TOLERANCE = 1e-4, 2e-6  # allowed: max(TOLERANCE, RELATIVE_TOLERANCE × largest |logit|)
+MEL_TOLERANCE = 1e-3  # WhisperFeatureExtractor's log-mel (numpy, float64 STFT) against ours (torch, float32), on Whisper's (x + 4) / 4 scale
+
+
+FORMATS = {"gpt2": "transformers GPT2LMHeadModel", "timm": "timm VisionTransformer", "whisper": "transformers WhisperForConditionalGeneration"}
 
 
 def kind_of(model) -> str:
-    """"gpt2" or "timm": which reference a model exports to (decided by its modalities and head)."""
+    """"gpt2", "timm" or "whisper": which reference a model exports to (decided by its modalities)."""
     c = model.config
     if list(c.modalities) == ["text"] and c.decoder_inputs == ["text"] and not c.encoder_inputs:
         return "gpt2"
     if list(c.modalities) == ["image"] and c.encoder_inputs == ["image"] and not c.decoder_inputs:
         return "timm"
+    if c.encoder_inputs == ["audio"] and c.decoder_inputs == ["text"]:
+        return "whisper"
     raise ValueError(f"export: a model reading {', '.join(c.modalities)} has no reference format here; text language models "
-                     "(gpt_char, gpt_bpe) export to Hugging Face GPT-2, image classifiers (vit_*) to timm")  # fmt: skip
+                     "(gpt_char, gpt_bpe) export to Hugging Face GPT-2, image classifiers (vit_*) to timm, speech recognisers on "
+                     "Whisper's weights (whisper_folder init_from=...) to Hugging Face Whisper")  # fmt: skip
+
+
+def write_json(path: Path, doc: dict) -> None:
+    path.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def write_model(folder: Path, config: dict, sd: dict) -> None:
     """config.json + model.safetensors, as transformers' and timm's folders hold them."""
-    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    write_json(folder / "config.json", config)
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
 
 
@@ -64,6 +86,91 @@ def write_timm(model, tokenizers, folder: Path, run_dir: Path) -> None:
     except FileNotFoundError:
         labels = None
     write_model(folder, *timm_vit_export(model, tokenizers["image"], labels))
+
+
+def check_whisper_tokenizers(tokenizers) -> None:
+    """Refuse what Whisper's feature extractor and tokenizer cannot reproduce."""
+    audio, text = tokenizers["audio"], tokenizers["text"]
+    if not audio.chunk:
+        raise ValueError("Whisper export: this run reads each utterance unpadded; Hugging Face's Whisper pads every clip to its "
+                         "window with silence and attends to all of it, so it would not compute what the run learned. Runs on "
+                         "Whisper's weights (whisper_folder init_from=tiny.pt, ...) read Whisper's windows and export")  # fmt: skip
+    if audio.slice_frames != 1 or audio.max_frames * HOP_LENGTH % SAMPLE_RATE:
+        raise ValueError(f"Whisper export: WhisperFeatureExtractor reads one 10 ms frame per token over whole seconds "
+                         f"(this run: {audio.slice_frames} frames per token, a window of {audio.max_frames} frames)")  # fmt: skip
+    if not isinstance(text, BPETokenizer) or not {SOT, EOT, NO_TIMESTAMPS} <= set(text.special_ids):
+        raise ValueError(f"Whisper export: WhisperTokenizer is byte-level BPE with Whisper's special tokens ({SOT}, {EOT}, "
+                         f"{NO_TIMESTAMPS}); this run's text tokenizer is a {type(text).__name__}")  # fmt: skip
+
+
+def whisper_generation(prompt: list[int], text_tok, multilingual: bool) -> tuple[dict, str | None, str | None]:
+    """(generation_config.json dict, language code, task) that make transformers' Whisper
+    `generate` start from the run's prompt and decode as `mmtok transcribe`: greedy, no token
+    suppression, at most max_text decoder tokens. multilingual: a model of Whisper's multilingual
+    vocabulary (an English-only one gets no language table, which would start language detection)."""
+    specials = text_tok.special_ids
+    names = {i: s for s, i in specials.items()}
+    words = [names[i] for i in prompt]
+    if words[-1] != NO_TIMESTAMPS:
+        raise ValueError(f"Whisper export: transformers' Whisper ends its prompt with {NO_TIMESTAMPS} (this run's: {''.join(words)})")
+    eot = specials[EOT]
+    config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
+              "max_length": text_tok.max_positions, "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
+              "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": 1}  # fmt: skip
+    languages = {f"<|{c}|>": specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials} if multilingual else {}
+    tasks = {t: specials[f"<|{t}|>"] for t in ("transcribe", "translate") if f"<|{t}|>" in specials}
+    config["is_multilingual"] = multilingual
+    if languages:
+        config |= {"lang_to_id": languages, "task_to_id": tasks}
+    language = task = None
+    if languages and len(words) == 4 and words[1] in languages and words[2][2:-2] in tasks:  # Whisper's: language, task
+        language, task = words[1][2:-2], words[2][2:-2]
+        config |= {"language": language, "task": task}
+    elif words[1:] != [NO_TIMESTAMPS]:  # another prompt: forced as it is
+        config["forced_decoder_ids"] = [[i, t] for i, t in enumerate(prompt[1:-1], 1)]
+    return config, language, task
+
+
+def feature_extractor_config(audio_tok) -> dict:
+    """WhisperFeatureExtractor's preprocessor_config.json for the run's log-mel window."""
+    seconds = audio_tok.max_frames * HOP_LENGTH // SAMPLE_RATE
+    return {"feature_extractor_type": "WhisperFeatureExtractor", "processor_class": "WhisperProcessor", "feature_size": audio_tok.n_mels,
+            "sampling_rate": SAMPLE_RATE, "hop_length": HOP_LENGTH, "n_fft": N_FFT, "chunk_length": seconds,
+            "n_samples": seconds * SAMPLE_RATE, "nb_max_frames": audio_tok.max_frames, "padding_side": "right", "padding_value": 0.0,
+            "return_attention_mask": False, "dither": 0.0}  # fmt: skip
+
+
+def write_whisper(model, tokenizers, folder: Path, run_cfg) -> None:
+    check_whisper_tokenizers(tokenizers)
+    text_tok = tokenizers["text"]
+    write_model(folder, *whisper_export(model, text_tok.special_ids))
+    multilingual = model.config.modalities["text"].vocab_size >= MULTILINGUAL_VOCAB
+    generation, language, task = whisper_generation(prompt_ids(text_tok, run_cfg.prompt), text_tok, multilingual)
+    write_json(folder / "generation_config.json", generation)
+    write_json(folder / "preprocessor_config.json", feature_extractor_config(tokenizers["audio"]))
+    save_hf(text_tok, folder, whisper=True, language=language, task=task)
+
+
+@torch.no_grad()
+def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float:
+    """Largest |logit difference| between transformers' Whisper loaded from `folder` and ours on
+    the log-mel window of random audio and the run's prompt + random tokens; the folder's feature
+    extractor must give our log-mel window."""
+    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+
+    audio_tok, text_tok = tokenizers["audio"], tokenizers["text"]
+    wave = torch.randn(SAMPLE_RATE * 3, generator=torch.Generator().manual_seed(0)).numpy() * 0.1
+    ours_mel = audio_tok.encode(wave, SAMPLE_RATE)
+    theirs_mel = WhisperFeatureExtractor.from_pretrained(folder)(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
+    gap = float((ours_mel.values.T - theirs_mel).abs().max())
+    if not gap <= MEL_TOLERANCE:
+        raise ValueError(f"export: WhisperFeatureExtractor's log-mel window differs from the run's by {gap:.3g} (allowed {MEL_TOLERANCE:g})")
+    ref = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    prompt = prompt_ids(text_tok, run_cfg.prompt)
+    tail = torch.randint(0, text_tok.special_ids[EOT], (min(text_tok.max_positions, 16) - len(prompt),), generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([torch.tensor(prompt), tail])
+    ours = model({"audio": collate([ours_mel]), "text": collate([TokenSet("text", ids=ids)])}).logits
+    return difference(next(iter(ours.values())), ref(input_features=ours_mel.values.T[None], decoder_input_ids=ids[None]).logits)
 
 
 @torch.no_grad()
@@ -108,7 +215,7 @@ def export(run_dir, out) -> dict:
         raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export: {out} exists and is not an empty folder; choose a new one")
-    recipe = load_run_info(run_dir)[0]
+    recipe, _, run_cfg = load_run_info(run_dir)
     model, tokenizers = load_trained(run_dir)
     model = model.float().eval()
     kind = kind_of(model)
@@ -118,13 +225,16 @@ def export(run_dir, out) -> dict:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)
             found = check_gpt2(model, tokenizers, tmp)
-        else:
+        elif kind == "timm":
             write_timm(model, tokenizers, tmp, run_dir)
             found = check_timm(model, tokenizers, tmp)
+        else:
+            write_whisper(model, tokenizers, tmp, run_cfg)
+            found = check_whisper(model, tokenizers, tmp, run_cfg)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"recipe": recipe, "format": "transformers GPT2LMHeadModel" if kind == "gpt2" else "timm VisionTransformer", "folder": str(out),
+    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out),
             "files": sorted(p.name for p in out.iterdir()), "max_difference": found}  # fmt: skip

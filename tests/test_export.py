@@ -1,5 +1,7 @@
 """Export parity: a model (and tokenizer) written by our export, loaded by the reference library
-(transformers' GPT2LMHeadModel / AutoTokenizer, timm's VisionTransformer), computes our outputs."""
+(transformers' GPT2LMHeadModel / WhisperForConditionalGeneration / AutoTokenizer, timm's
+VisionTransformer), computes our outputs. The Whisper export of trained runs, through transformers'
+speech-recognition pipeline: tests/test_whisper_folder.py."""
 
 import json
 
@@ -8,16 +10,16 @@ import pytest
 import torch
 from PIL import Image
 
-from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export
+from models import (HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export,
+                    whisper_export, whisper_model_config)  # fmt: skip
 from recipes import gpt_char, vit
-from recipes.export import write_model
-from tokenizers_mm import BPETokenizer, CharTokenizer, TokenSet, collate
+from recipes.export import check_whisper_tokenizers, write_model
+from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate
 from tokenizers_mm.hf import PROBE as AWKWARD
 from tokenizers_mm.hf import save_hf
 
 transformers = pytest.importorskip("transformers")
 timm = pytest.importorskip("timm")
-
 
 
 def randomise(model: MultimodalTransformer) -> MultimodalTransformer:
@@ -129,6 +131,33 @@ def test_what_a_reference_cannot_express_is_refused():
         gpt2_export(MultimodalTransformer(mixed))
 
 
+def test_whisper_export_gives_our_logits_in_transformers():
+    """Every weight random — the key biases Whisper lacks and the type rows included — and
+    WhisperForConditionalGeneration computes our logits (a key bias moves every score a query gives
+    by the same amount, which softmax ignores)."""
+    hf = {"vocab_size": 300, "num_mel_bins": 80, "d_model": 32, "encoder_layers": 2, "decoder_layers": 1, "encoder_attention_heads": 4,
+          "decoder_attention_heads": 4, "encoder_ffn_dim": 64, "decoder_ffn_dim": 64, "max_source_positions": 50, "max_target_positions": 12}  # fmt: skip
+    model = randomise(MultimodalTransformer(whisper_model_config(hf)))
+    assert float(model.encoder.blocks[0].attn.qkv.bias.detach()[32:64].abs().min()) > 0  # the keys' part: not zero
+    config, sd = whisper_export(model, {"<|endoftext|>": 298, "<|startoftranscript|>": 299})
+    ref = transformers.WhisperForConditionalGeneration(transformers.WhisperConfig(**config)).eval()
+    missing, unexpected = ref.load_state_dict(sd, strict=False)
+    assert missing == ["proj_out.weight"] and not unexpected  # proj_out is tied to the token embedding
+    mel, ids = torch.randn(2, 100, 80), torch.randint(0, 300, (2, 12))
+    with torch.no_grad():
+        ours = model({"audio": collate([TokenSet("audio", values=m) for m in mel]), "text": collate([TokenSet("text", ids=i) for i in ids])})
+        theirs = ref(input_features=mel.transpose(1, 2), decoder_input_ids=ids).logits
+    torch.testing.assert_close(ours.logits["lm"], theirs, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="Whisper export: the text tokenizer lacks <\\|startoftranscript\\|>"):
+        whisper_export(model, {"<|endoftext|>": 298})
+    # runs that read unpadded utterances (whisper_digits) would not compute what they learned in Whisper's padded window
+    whisper_digits_toks = {"audio": AudioTokenizer(chunk=False, max_frames=800), "text": CharTokenizer(chars="ab")}
+    with pytest.raises(ValueError, match="Whisper export: this run reads each utterance unpadded"):
+        check_whisper_tokenizers(whisper_digits_toks)
+    with pytest.raises(ValueError, match="WhisperTokenizer is byte-level BPE with Whisper's special tokens"):
+        check_whisper_tokenizers({**whisper_digits_toks, "audio": AudioTokenizer()})
+
+
 def test_mmtok_export_of_trained_runs(tmp_path, capsys):
     """A gpt_bpe run (its trained BPE) and a vit_digits run (its class names), through the command line."""
     from recipes import gpt_bpe, vit_digits
@@ -163,6 +192,6 @@ def test_a_tokenizer_json_that_encodes_otherwise_is_refused(tmp_path, monkeypatc
     tok = BPETokenizer.train([gpt_char.default_corpus()[:50_000]], 400, pattern="gpt4")
     other = BPETokenizer(tok.ranks, pattern="gpt2", specials=tok.specials)  # same vocabulary, GPT-2's split
     build = hf.to_hf
-    monkeypatch.setattr(hf, "to_hf", lambda t: build(other))
+    monkeypatch.setattr(hf, "to_hf", lambda t, *plain: build(other, *plain))
     with pytest.raises(ValueError, match="tokenizer.json encodes the probe text otherwise than the run's tokenizer \\(from token \\d+"):
         save_hf(tok, tmp_path / "tok")

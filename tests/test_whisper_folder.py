@@ -276,3 +276,33 @@ def test_wer_on_whisper_normalised_text():
     assert wer_normaliser(Config())("Hello, World!") == "Hello, World!"  # raw: as written
     with pytest.raises(ConfigError, match="wer_text='plain': expected raw or whisper"):
         Config(data="x", wer_text="plain").check()
+
+
+def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, capsys):
+    """`mmtok export` of runs on Whisper's weights (multilingual with a language, English-only):
+    transformers' speech-recognition pipeline on the exported folder writes `mmtok transcribe`'s
+    text; its tokenizer writes the run's prompt and training targets; its feature extractor our
+    log-mel window."""
+    transformers = pytest.importorskip("transformers")
+    from recipes.cli import main
+
+    data = write_folder(tmp_path / "data", speech[:6])
+    clips = [data / "c2.wav", data / "c5.wav"]  # 16 kHz: the pipeline is given the samples (it would need ffmpeg for files)
+    for name, n_vocab, language in (("multi", 51865, "de"), ("en", 51864, "")):
+        run, out = tmp_path / f"run_{name}", tmp_path / f"hf_{name}"
+        whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / f"{name}.pt", n_vocab)), language=language,
+                                   lowercase=False, run_dir=str(run), val_fraction=0.34, **{**TINY, "max_steps": 1, "batch_size": 2,
+                                   "eval_utterances": 2}))  # fmt: skip
+        assert main(["export", str(run), str(out)]) == 0
+        assert "whisper_folder run as transformers WhisperForConditionalGeneration" in capsys.readouterr().out
+        asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
+        theirs = [asr({"raw": sf.read(c, dtype="float32")[0], "sampling_rate": 16000})["text"].strip() for c in clips]
+        ours = whisper_folder.transcribe(run, [str(c) for c in clips])
+        assert theirs == ours and all(len(t.split()) > 3 for t in ours)  # a random model: many tokens to agree on
+        # the tokenizer writes the run's prompt before a transcript, and the run's training example
+        _, text_tok, train_set, _, _ = whisper_folder.build_data(whisper_folder.load_run_info(run)[2], run)
+        example, transcript = train_set[0]["text"], train_set.pairs[0][1]
+        hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+        assert hf_tok(" " + transcript).input_ids == example.ids.tolist() + example.targets[-1:].tolist()
+        generation = json.loads((out / "generation_config.json").read_text())
+        assert ("lang_to_id" in generation) == bool(language)  # an English-only model must not detect a language

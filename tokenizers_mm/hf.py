@@ -9,7 +9,11 @@ transformers' `AutoTokenizer.from_pretrained` read, giving the same ids as ours.
   character split off by the pre-tokenizer) and a decoder that concatenates them; in byte mode,
   byte-level BPE without merges.
 
-Special tokens keep their ids. `save_hf` checks the written file: it must encode and decode a
+Special tokens keep their ids. `save_hf(..., whisper=True)` writes a Whisper vocabulary as
+transformers' `WhisperTokenizer` reads it: the timestamp tokens as added tokens that are not
+special (transformers finds timestamps above the last special id), the language / task tokens as
+additional special tokens, vocab.json + merges.txt and openai-whisper's English spelling map
+(normalizer.json) beside tokenizer.json. `save_hf` checks the written file: it must encode and decode a
 probe text (mixed scripts, whitespace, digits, a sample of the vocabulary) as ours does. Note: Hugging Face tokenizers turn a special token's text found in
 the input into that token, as ours do with `allowed_special="all"`.
 """
@@ -17,6 +21,8 @@ the input into that token, as ours do with `allowed_special="all"`.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from pathlib import Path
 
 from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges, onig_pattern
@@ -53,8 +59,13 @@ def check_hf(tokenizer, path) -> None:
         raise ValueError("Hugging Face export: tokenizer.json decodes the probe text otherwise than the run's tokenizer")
 
 
-def to_hf(tokenizer):
-    """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` (BPETokenizer or CharTokenizer)."""
+TIMESTAMP = re.compile(r"<\|\d+\.\d\d\|>")  # Whisper's <|0.00|> ... <|30.00|>
+EOT = "<|endoftext|>"
+
+
+def to_hf(tokenizer, plain: frozenset[str] = frozenset()):
+    """A `tokenizers.Tokenizer` that encodes and decodes as `tokenizer` (BPETokenizer or CharTokenizer).
+    plain: special tokens added as tokens that are not special (`decode(skip_special_tokens=True)` keeps them)."""
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     if not isinstance(tokenizer, (BPETokenizer, CharTokenizer)):
@@ -79,22 +90,48 @@ def to_hf(tokenizer):
         hf = Tokenizer(models.WordLevel(vocab=dict(tokenizer.stoi) | specials, unk_token="<unknown character>"))
         hf.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character its own word
         hf.decoder = decoders.Fuse()  # joined without spaces
-    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
+    hf.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials if s not in plain])
+    hf.add_tokens([AddedToken(s, special=False, normalized=False) for s in specials if s in plain])
     return hf
 
 
-def save_hf(tokenizer, directory) -> Path:
+def save_hf(tokenizer, directory, whisper: bool = False, language: str | None = None, task: str | None = None) -> Path:
     """Write tokenizer.json + tokenizer_config.json (+ special_tokens_map.json) into `directory`,
-    for `AutoTokenizer.from_pretrained(directory)`."""
+    for `AutoTokenizer.from_pretrained(directory)`. whisper: as transformers' WhisperTokenizer
+    (language / task: the prefix it writes before a transcript; see the module's note)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    to_hf(tokenizer).save(str(directory / "tokenizer.json"))
+    specials = tokenizer.special_ids
+    timestamps = frozenset(s for s in specials if TIMESTAMP.fullmatch(s)) if whisper else frozenset()
+    hf = to_hf(tokenizer, timestamps)
+    hf.save(str(directory / "tokenizer.json"))
     check_hf(tokenizer, directory / "tokenizer.json")
-    eot = "<|endoftext|>" if "<|endoftext|>" in tokenizer.special_ids else None
+    eot = EOT if EOT in specials else None
     named = {k: eot for k in ("bos_token", "eos_token") if eot}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": tokenizer.max_positions, "clean_up_tokenization_spaces": False,
-              "add_prefix_space": False, "model_input_names": ["input_ids", "attention_mask"], **named}  # fmt: skip
+              "add_prefix_space": False, "model_input_names": ["input_ids", "attention_mask"]}  # fmt: skip
     # note: no token_type_ids — GPT-2 would add their (token) embedding to every position
+    if whisper:
+        if eot is None:
+            raise ValueError(f"Whisper export: the text tokenizer has no {EOT}")
+        named = {k: eot for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
+        named["additional_special_tokens"] = [s for s in sorted(specials, key=specials.get) if s != eot and s not in timestamps]
+        config |= {"tokenizer_class": "WhisperTokenizer", "model_input_names": ["input_ids", "attention_mask"], "errors": "replace",
+                   "language": language, "task": task, "predict_timestamps": False, "processor_class": "WhisperProcessor"}  # fmt: skip
+        hf.model.save(str(directory))  # vocab.json + merges.txt, as Whisper's folders have them
+        spelling = whisper_spelling()
+        if spelling is not None:
+            shutil.copyfile(spelling, directory / "normalizer.json")
+    config |= named
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (directory / "special_tokens_map.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
     return directory / "tokenizer.json"
+
+
+def whisper_spelling() -> Path | None:
+    """openai-whisper's English spelling map (british → american), which transformers reads as normalizer.json; None without openai-whisper."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("whisper")  # note: found, not imported (openai-whisper imports numba)
+    path = Path(spec.origin).parent / "normalizers" / "english.json" if spec and spec.origin else None
+    return path if path is not None and path.is_file() else None

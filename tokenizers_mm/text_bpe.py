@@ -155,7 +155,7 @@ def gpt2_vocab_merges(ranks: dict[bytes, int], specials: dict[str, int]) -> tupl
     show = lambda b: "".join(b2u[x] for x in b)  # noqa: E731
     merges = []
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(token) == 1:
+        if len(token) <= 1:  # a byte; or multilingual.tiktoken's empty token, which no text produces
             continue
         parts = [bytes([b]) for b in token]
         while len(parts) > 2:
