@@ -96,7 +96,8 @@ def cmd_predict(args):
 
 
 def cmd_transcribe(args):
-    texts = recipe_function(args.run_dir, "transcribe", "transcribe audio")(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin)
+    transcribe = recipe_function(args.run_dir, "transcribe", "transcribe audio")
+    texts = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language)
     for path, text in zip(args.audio, texts):
         print(f"{path}: {text}")
 
@@ -191,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
     s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
+    s.add_argument("--language", default=None, help="runs on multilingual Whisper weights: the language token (de, German, ...), or auto "
+                                                   "to detect each file's language on its first window (default: the run's)")  # fmt: skip
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 / Whisper or timm ViT folder",
                        description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "

@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
+from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
@@ -81,6 +82,37 @@ def prompt_ids(tok, prompt: str = "") -> list[int]:
         raise ValueError(f"prompt {prompt!r}: expected special tokens of the text tokenizer only, starting with {SOT} "
                          f"(without {EOT})")  # fmt: skip
     return ids
+
+
+def language_code(language: str, text_tok) -> str:
+    """A Whisper language code from a code or name in any case (`de`, `German`, `EN`), checked
+    against the model's language tokens when `text_tok` is given."""
+    code = language.strip().lower()
+    try:
+        from whisper.tokenizer import TO_LANGUAGE_CODE  # names and aliases: "german", "mandarin", ...
+
+        code = TO_LANGUAGE_CODE.get(code, code)
+    except ImportError:
+        pass
+    if text_tok is not None and f"<|{code}|>" not in text_tok.special_ids:
+        n = sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
+        hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else ""
+        raise ValueError(f"language={language!r}: not one of this Whisper model's {n} languages ({', '.join(WHISPER_LANGUAGES[:8])}, ...){hint}")
+    return code
+
+
+def language_tokens(text_tok) -> dict[str, int]:
+    """The text tokenizer's Whisper language tokens: code -> id (none for a from-scratch vocabulary)."""
+    specials = text_tok.special_ids
+    return {c: specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials}
+
+
+def swap_language(prompt: list[int], text_tok, language: str, what: str) -> list[int]:
+    """`prompt` with its language token replaced by `language`'s (a code or a name)."""
+    at = [i for i, t in enumerate(prompt) if t in set(language_tokens(text_tok).values())]
+    if not at:
+        raise ValueError(f"language={language!r}: {what} has no language token to replace (an English-only or a from-scratch model)")
+    return prompt[: at[0]] + [text_tok.special_ids[f"<|{language_code(language, text_tok)}|>"]] + prompt[at[0] + 1 :]
 
 
 def text_example(tok, transcript: str, name: str, prompt: list[int] | None = None) -> TokenSet:
@@ -160,6 +192,21 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
         row = row[: row.index(eot)] if eot in row else row
         texts.append(text_tok.decode([i for i in row if i not in specials]).strip())
     return texts
+
+
+@torch.no_grad()
+def detect_language(model: MultimodalTransformer, text_tok, audio_batch) -> list[dict[str, float]]:
+    """Whisper's language identification, as openai-whisper's `detect_language`: the decoder's
+    distribution over the language tokens after <|startoftranscript|> alone; one {code: probability}
+    per row of `audio_batch`."""
+    languages = language_tokens(text_tok)
+    if not languages:
+        raise ValueError("language detection: this run's vocabulary has no language tokens (a from-scratch model)")
+    sot = torch.tensor([text_tok.special_ids[SOT]])
+    text = collate([TokenSet("text", ids=sot)] * audio_batch.shape[0]).to(audio_batch.mask.device)
+    logits = next(iter(model({"audio": audio_batch, "text": text}).logits.values()))[:, -1]
+    probs = logits[:, list(languages.values())].float().softmax(-1).cpu()
+    return [dict(zip(languages, row.tolist())) for row in probs]
 
 
 def wer_normaliser(cfg: Config):
@@ -264,14 +311,18 @@ def fill_windows(segments, seconds: float):
         yield start, torch.cat(parts)
 
 
-def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0) -> list[str]:
+def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
+               language: str | None = None) -> list[str]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
     Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at least
     `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and no
     longer than the model's window, max_frames) and the segments' transcripts are joined with a
     space; silence is skipped. whisper_digits learns from single utterances cut tight, so a segment
     should hold one utterance and start where it does: the defaults do both. A run on Whisper's
-    weights (30 s windows) reads consecutive segments together, up to 30 s, as Whisper does."""
+    weights (30 s windows) reads consecutive segments together, up to 30 s, as Whisper does.
+    language: for a prompt with a language token (multilingual Whisper weights), another language
+    (a code or a name), or "auto" to detect each file's on its first window, as openai-whisper's
+    transcribe does; None = the run's."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -280,7 +331,11 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
     import sys
 
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
-    prompt = prompt_ids(toks["text"], cfg.prompt)
+    run_prompt = prompt_ids(toks["text"], cfg.prompt)
+    if language == "auto" and not set(run_prompt) & set(language_tokens(toks["text"]).values()):
+        raise ValueError(f"language=auto: the prompt of {run_dir} has no language token to choose (an English-only or a from-scratch model)")
+    if language and language != "auto":  # checked before any audio is read
+        run_prompt = swap_language(run_prompt, toks["text"], language, f"the prompt of {run_dir}")
     texts = []
     for p in paths:
         stream = stream_audio(p, seconds)
@@ -290,8 +345,14 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
         out, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
         if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
             segments = fill_windows(segments, seconds)
+        prompt = run_prompt
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
+            if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
+                probs = detect_language(model, toks["text"], toks["audio"].encode_batch([group[0][1]]))[0]
+                code = max(probs, key=probs.get)
+                print(f"transcribe {p}: detected language {code} (p={probs[code]:.2f})", file=sys.stderr)
+                prompt = swap_language(run_prompt, toks["text"], code, f"the prompt of {run_dir}")
             out += transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
                                     ended, prompt)  # fmt: skip
         if not ended:

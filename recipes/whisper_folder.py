@@ -42,12 +42,11 @@ import torch
 from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
-from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from . import whisper_digits
 from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
 from .runs import load_run_info, load_trained
-from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, prompt_ids, text_example
+from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, language_code, prompt_ids, swap_language, text_example
 
 MULTILINGUAL_VOCAB = 51865  # openai-whisper: a model with at least this many outputs is multilingual
 
@@ -106,23 +105,6 @@ def whisper_assets() -> Path:
     return folder
 
 
-def language_code(language: str, text_tok) -> str:
-    """A Whisper language code from a code or name in any case (`de`, `German`, `EN`), checked
-    against the model's language tokens when `text_tok` is given."""
-    code = language.strip().lower()
-    try:
-        from whisper.tokenizer import TO_LANGUAGE_CODE  # names and aliases: "german", "mandarin", ...
-
-        code = TO_LANGUAGE_CODE.get(code, code)
-    except ImportError:
-        pass
-    if text_tok is not None and f"<|{code}|>" not in text_tok.special_ids:
-        n = sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
-        hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else ""
-        raise ValueError(f"language={language!r}: not one of this Whisper model's {n} languages ({', '.join(WHISPER_LANGUAGES[:8])}, ...){hint}")
-    return code
-
-
 def whisper_weights(cfg: Config):
     """(model, audio tokenizer, text tokenizer) of an openai-whisper checkpoint (or a Hugging Face
     Whisper folder: config.json + model.safetensors): 30 s windows of
@@ -154,12 +136,8 @@ def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
     if not cfg.language:
         return prompt, language
-    old = next((f"<|{c}|>" for c in WHISPER_LANGUAGES if f"<|{c}|>" in prompt), None)
-    if old is None:
-        raise ValueError(f"language={cfg.language!r}: the prompt of init_from={cfg.init_from} has no language token to replace "
-                         "(an English-only or a from-scratch model)")  # fmt: skip
-    code = language_code(cfg.language, text_tok)
-    return prompt.replace(old, f"<|{code}|>"), code
+    ids = swap_language(prompt_ids(text_tok, prompt), text_tok, cfg.language, f"the prompt of init_from={cfg.init_from}")
+    return text_tok.decode(ids), language_code(cfg.language, text_tok)
 
 
 def read_split(folder: Path) -> list[tuple[Path, str]]:

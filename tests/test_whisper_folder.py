@@ -306,3 +306,54 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
         assert hf_tok(" " + transcript).input_ids == example.ids.tolist() + example.targets[-1:].tolist()
         generation = json.loads((out / "generation_config.json").read_text())
         assert ("lang_to_id" in generation) == bool(language)  # an English-only model must not detect a language
+
+
+def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_path, speech, capsys):
+    """detect_language gives openai-whisper's language probabilities on the same weights and audio;
+    `mmtok transcribe --language auto` prompts with the detected language, `--language fr` with French;
+    English-only runs refuse both."""
+    whisper = pytest.importorskip("whisper")
+    from recipes.cli import main
+    from recipes.whisper_digits import detect_language, transcribe_batch
+
+    path, ref = openai_checkpoint(tmp_path / "multi.pt", 51865, reference=True)
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(Config(data=str(tmp_path), init_from=str(path)))
+    waves = [torch.as_tensor(w / 32768.0, dtype=torch.float32) for w, _ in speech[:3]]
+    batch = audio_tok.encode_batch([w.numpy() for w in waves])
+    ours = detect_language(model.eval(), text_tok, batch)
+    _, theirs = whisper.decoding.detect_language(ref, torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(w)) for w in waves]))
+    for o, t in zip(ours, theirs):
+        assert sorted(o) == sorted(t) and max(o, key=o.get) == max(t, key=t.get)
+        np.testing.assert_allclose([o[c] for c in t], list(t.values()), atol=1e-4)
+    assert abs(sum(ours[0].values()) - 1) < 1e-5
+
+    data = write_folder(tmp_path / "data", speech[:6])
+    run = tmp_path / "run"
+    whisper_folder.main(Config(data=str(data), init_from=str(path), language="de", run_dir=str(run), val_fraction=0.34,
+                               **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+    clip = data / "c2.wav"
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(clip), "--language", "auto"]) == 0
+    out, err = capsys.readouterr()
+    code = re.search(r"detected language (\w+) \(p=", err).group(1)
+    wave = batch.values.new_tensor(sf.read(clip, dtype="float32")[0])
+    probs = detect_language(model, text_tok, audio_tok.encode_batch([wave.numpy()]))[0]
+    assert code == max(probs, key=probs.get)  # openai-whisper's choice (probabilities checked above)
+    prompt = whisper_folder.prompt_ids(text_tok, f"<|startoftranscript|><|{code}|><|transcribe|><|notimestamps|>")
+    with torch.no_grad():
+        want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(prompt), prompt=prompt)[0]
+    assert out.strip() == f"{clip}: {want}"
+    french = whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>")
+    with torch.no_grad():
+        want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(french), prompt=french)[0]
+    assert whisper_folder.transcribe(run, [str(clip)], language="French") == [want]
+    with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's 99 languages"):
+        whisper_folder.transcribe(run, [str(clip)], language="xx")
+
+    english = tmp_path / "run_en"
+    whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / "en.pt", 51864)), run_dir=str(english),
+                               val_fraction=0.34, **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+    with pytest.raises(ValueError, match="language=auto: the prompt of .* has no language token to choose \\(an English-only"):
+        whisper_folder.transcribe(english, [str(clip)], language="auto")
+    with pytest.raises(ValueError, match="language='de': the prompt of .* has no language token to replace"):
+        whisper_folder.transcribe(english, [str(clip)], language="de")
