@@ -7,8 +7,9 @@ line) with a `file_name` column plus the label or transcription column, or split
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
 
 A Hugging Face dataset works too: a folder written by `datasets`' `save_to_disk` (read with
-`load_from_disk`), one data file (`.parquet`, JSON lines `.jsonl` / `.json`, `.csv`; the last three
-also as `.gz` / `.bz2` / `.xz`), or a folder of Parquet files as the Hub lays them out
+`load_from_disk`), one data file (`.parquet`, JSON lines `.jsonl` / `.json`, `.csv`, `.tsv`; all but
+Parquet also as `.gz` / `.bz2` / `.xz`), a folder of such files (at its top, in data/ or in split
+folders), or a folder of Parquet files as the Hub lays them out
 (`data/train-00000-of-00001.parquet`, `data/validation-...`, or `CONFIG/train/*.parquet`; read with
 `load_dataset`, offline). A folder holding Parquet files beside other data files is refused as
 ambiguous. A `DatasetDict` needs a `train` split and may have one of the validation names above.
@@ -122,7 +123,8 @@ SPLITS = ("train", *VAL_DIRS)
 META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".lock", ".cff", ""}  # a dataset repository's other files (LICENSE)
 
 
-DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv"}  # suffix -> `datasets` builder
+DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv"}  # suffix -> `datasets` builder
+BUILDERS = {"tsv": ("csv", {"sep": "\t"})}  # builders that are another's with arguments
 NOT_DATA = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}  # `datasets`' own JSON files
 COMPRESSED = (".gz", ".bz2", ".xz")  # a .jsonl.gz / .csv.xz is read decompressed
 
@@ -142,12 +144,17 @@ def is_saved(root: Path) -> bool:
     return (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
 
 
-def loose_files(root: Path) -> list[Path]:
-    """Data files (by suffix) at the top of `root` or in `root/data`: a dataset repository's places
+def loose_files(root: Path, folders=("", "data")) -> list[Path]:
+    """Data files (by suffix) at the top of `root` or in `root/data` (or the `folders` given): a dataset repository's places
     for them; `datasets`' own JSON files and imagefolder / audiofolder metadata are not data."""
-    near = [q for folder in (root, root / "data") if folder.is_dir() for q in folder.iterdir()]
+    near = [q for folder in (root / f for f in folders) if folder.is_dir() for q in folder.iterdir()]
     return sorted(q for q in near if q.is_file() and not hidden(q, root) and file_builder(q) and q.name not in NOT_DATA
                   and not q.name.startswith("metadata."))  # fmt: skip
+
+
+def repository_files(root: Path) -> list[Path]:
+    """Data files where a dataset repository holds them: at its top or in data/, else in split folders (train/, validation/, ...)."""
+    return loose_files(root) or loose_files(root, SPLITS)
 
 
 def strays(root: Path, data: list[Path]) -> list[Path]:
@@ -157,10 +164,11 @@ def strays(root: Path, data: list[Path]) -> list[Path]:
 
 
 def text_files(root: Path) -> list[Path]:
-    """A folder that holds JSON lines / CSV data files (`train.jsonl`, `data/validation.csv.gz`) and
-    nothing else but a repository's other files: its data files; [] for any other folder (an image
-    folder's metadata.csv or a stray notes.csv keeps it an image folder)."""
-    data = loose_files(root)
+    """A folder that holds JSON lines / CSV / TSV data files (`train.jsonl`, `data/validation.csv.gz`,
+    or in split folders: `train/part-0.jsonl`, `validation/part-0.jsonl`) and nothing else but a
+    repository's other files: its data files; [] for any other folder (an image folder's
+    metadata.csv or a stray notes.csv keeps it an image folder)."""
+    data = repository_files(root)
     if any(q.suffix.lower() != ".json" for q in data):  # beside JSON lines or CSV, a .json file is the repository's (info.json)
         data = [q for q in data if q.suffix.lower() != ".json"]
     if not data or strays(root, data):  # note: loose files first; the scan would read a whole image folder's listing
@@ -172,9 +180,9 @@ def text_files(root: Path) -> list[Path]:
 
 def not_a_dataset(root: Path) -> str:
     """Why a folder is not read as a dataset of data files, for the text recipes' error."""
-    data = loose_files(root)
+    data = repository_files(root)
     if not data:
-        return "it holds no .jsonl / .json / .csv / .parquet file at its top or in data/"
+        return "it holds no .jsonl / .json / .csv / .tsv / .parquet file at its top, in data/ or in split folders (train/, validation/)"
     return (f"beside {data[0].relative_to(root)} it holds {strays(root, data)[0].relative_to(root)}, which is not a data file "
             "(a dataset folder holds its data files at its top or in data/, besides README / LICENSE / .txt / .json files)")
 
@@ -249,8 +257,9 @@ def load_hf(root: Path):
     try:
         if how == "saved":
             loaded = datasets.load_from_disk(str(root))
-        elif files is not None:  # parquet / json / csv files by split
-            loaded = datasets.load_dataset(how, data_files=files)
+        elif files is not None:  # parquet / json / csv / tsv files by split
+            builder, options = BUILDERS.get(how, (how, {}))
+            loaded = datasets.load_dataset(builder, data_files=files, **options)
         else:
             loaded = datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
     except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data

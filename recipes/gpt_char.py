@@ -68,7 +68,7 @@ def load_text(path: str) -> str:
     p = Path(path)
     if p.is_dir():
         raise ValueError(f"data {p} is a folder but not a dataset: {not_a_dataset(p)}; expected a UTF-8 text file, "
-                         "a JSON lines / CSV / Parquet file or a folder of them, or a Hugging Face dataset (save_to_disk)")  # fmt: skip
+                         "a JSON lines / CSV / TSV / Parquet file or a folder of them, or a Hugging Face dataset (save_to_disk)")  # fmt: skip
     try:
         raw = p.read_bytes()
     except FileNotFoundError:

@@ -14,7 +14,7 @@ from PIL import Image
 datasets = pytest.importorskip("datasets")
 
 from recipes import gpt_char, vit_folder  # noqa: E402
-from recipes.folders import HFRecord, hf_splits  # noqa: E402
+from recipes.folders import HFRecord, hf_splits, is_hf_dataset  # noqa: E402
 from tokenizers_mm import ImageError, load_audio, open_image  # noqa: E402
 
 
@@ -226,7 +226,8 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
     with pytest.raises(ValueError, match="the text column could be any of body, title; name it with text_column="):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "two")))
     (tmp_path / "folder").mkdir()
-    with pytest.raises(ValueError, match="is a folder but not a dataset: it holds no .jsonl / .json / .csv / .parquet file at its top or in data/; expected a UTF-8 text file"):
+    with pytest.raises(ValueError, match="is a folder but not a dataset: it holds no .jsonl / .json / .csv / .tsv / .parquet file at its top, in data/ or in split "
+                       "folders \\(train/, validation/\\); expected a UTF-8 text file, a JSON lines / CSV / TSV"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
 
 
@@ -320,3 +321,29 @@ def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_pat
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.jsonl"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "latin1.jsonl")))
+
+
+def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
+    """A tab-separated corpus (commas inside the text stay text); split folders of JSON lines as
+    the Hub holds them (train/part-0.jsonl, validation/part-0.jsonl); an audio folder's split folders
+    with metadata.jsonl stay an audio folder."""
+    lines = [t for t in small_text.read_text().splitlines() if t and "\t" not in t and '"' not in t][:100]
+    (tmp_path / "c.tsv").write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(lines)))
+    train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "c.tsv"), val_fraction=0.0))
+    assert train == "\n".join(lines) and any("," in t for t in lines)
+    corpus = tmp_path / "corpus"
+    for split, part in (("train", lines[:60]), ("train", lines[60:90]), ("validation", lines[90:])):
+        (corpus / split).mkdir(parents=True, exist_ok=True)
+        n = len(list((corpus / split).iterdir()))
+        (corpus / split / f"part-{n}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+    (corpus / "README.md").write_text("# a corpus\n")
+    train, val = gpt_char.split_text(gpt_char.Config(data=str(corpus)))
+    assert sorted(train.split("\n")) == sorted(lines[:90]) and val == "\n".join(lines[90:])
+    (corpus / "validation" / "notes.wav").write_bytes(b"RIFF")
+    with pytest.raises(ValueError, match="corpus is a folder but not a dataset: beside train/part-0.jsonl it holds validation/notes.wav"):
+        gpt_char.split_text(gpt_char.Config(data=str(corpus)))
+    audio = tmp_path / "audio" / "train"
+    audio.mkdir(parents=True)
+    (audio / "metadata.jsonl").write_text(json.dumps({"file_name": "a.wav", "transcription": "hi"}) + "\n")
+    (audio / "a.wav").write_bytes(b"RIFF")
+    assert not is_hf_dataset(tmp_path / "audio")
