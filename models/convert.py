@@ -327,6 +327,13 @@ OPENAI_WHISPER_NAMES = {  # openai-whisper name piece -> Hugging Face's
 }  # fmt: skip
 
 
+OPENAI_WHISPER_TOP = {  # openai-whisper name -> Hugging Face's (without "model."), outside the blocks
+    "encoder.positional_embedding": "encoder.embed_positions.weight", "decoder.positional_embedding": "decoder.embed_positions.weight",
+    "decoder.token_embedding.weight": "decoder.embed_tokens.weight", "encoder.ln_post.weight": "encoder.layer_norm.weight",
+    "encoder.ln_post.bias": "encoder.layer_norm.bias", "decoder.ln.weight": "decoder.layer_norm.weight", "decoder.ln.bias": "decoder.layer_norm.bias",
+}  # fmt: skip
+
+
 def openai_whisper_config(dims: dict) -> dict:
     """openai-whisper's ModelDimensions (as a dict) → the WhisperConfig fields `whisper_model_config` reads."""
     if dims["n_audio_state"] != dims["n_text_state"] or dims["n_audio_head"] != dims["n_text_head"]:
@@ -348,10 +355,7 @@ def openai_whisper_state_dict(sd: dict[str, Tensor]) -> dict[str, Tensor]:
             stem, leaf = piece.rsplit(".", 1)
             k = f"{side}.layers.{i}.{OPENAI_WHISPER_NAMES.get(stem, stem)}.{leaf}"
         else:
-            rest = {"positional_embedding": "embed_positions.weight", "token_embedding.weight": "embed_tokens.weight",
-                    "ln_post.weight": "layer_norm.weight", "ln_post.bias": "layer_norm.bias",
-                    "ln.weight": "layer_norm.weight", "ln.bias": "layer_norm.bias"}.get(rest, rest)  # fmt: skip
-            k = f"{side}.{rest}"
+            k = OPENAI_WHISPER_TOP.get(k, k)
         out[k] = v  # note: no .float() here: the shape and key checks come first, and copy_ converts
     return out
 

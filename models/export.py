@@ -22,6 +22,8 @@ per token type.
   none; a bias on the keys adds the same score to every key a query sees, which softmax ignores);
   the type rows fold into the encoder's and decoder's position tables. Only a model that reads
   whole windows padded with silence (as Whisper's feature extractor pads) runs the same there.
+  `openai_whisper_export` renames the same tensors into an openai-whisper checkpoint's
+  (`dims` + `model_state_dict`, for `whisper.load_model`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .convert import OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, check_openai_whisper_dims
 from .transformer import MultimodalTransformer
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names
@@ -262,3 +265,29 @@ def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tu
         "begin_suppress_tokens": None, "suppress_tokens": None, "use_cache": True, "torch_dtype": "float32",
     }  # fmt: skip
     return config, out
+
+
+def openai_whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tuple[dict, dict[str, Tensor]]:
+    """(dims, model_state_dict) of the openai-whisper `Whisper` model that computes our logits: the
+    tensors of `whisper_export` under openai-whisper's names (the inverse of the import's renaming),
+    checked against the shapes its ModelDimensions imply."""
+    config, hf = whisper_export(model, specials)
+    if config["encoder_ffn_dim"] != 4 * config["d_model"]:
+        raise ValueError(f"openai-whisper export: openai-whisper's MLP is 4 × the width (this model's: {config['encoder_ffn_dim']} for "
+                         f"width {config['d_model']})")  # fmt: skip
+    blocks, top = {v: k for k, v in OPENAI_WHISPER_NAMES.items()}, {v: k for k, v in OPENAI_WHISPER_TOP.items()}
+    sd = {}
+    for k, v in hf.items():
+        k = k.removeprefix("model.")
+        side, rest = k.split(".", 1)
+        if rest.startswith("layers."):
+            _, i, piece = rest.split(".", 2)
+            stem, leaf = piece.rsplit(".", 1)
+            k = f"{side}.blocks.{i}.{blocks[stem]}.{leaf}"
+        sd[top.get(k, k)] = v
+    dims = {"n_mels": config["num_mel_bins"], "n_audio_ctx": config["max_source_positions"], "n_audio_state": config["d_model"],
+            "n_audio_head": config["encoder_attention_heads"], "n_audio_layer": config["encoder_layers"], "n_vocab": config["vocab_size"],
+            "n_text_ctx": config["max_target_positions"], "n_text_state": config["d_model"], "n_text_head": config["decoder_attention_heads"],
+            "n_text_layer": config["decoder_layers"]}  # fmt: skip
+    check_openai_whisper_dims(dims, sd)  # what the import would refuse is not written
+    return dims, sd

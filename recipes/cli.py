@@ -110,6 +110,8 @@ def cmd_export(args):
     print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
     if r["format"].startswith("timm"):
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
+    elif r["format"].startswith("an openai-whisper"):
+        print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {r["folder"]} --language LANGUAGE')
     elif "Whisper" in r["format"]:
         print(f'load it: pipeline("automatic-speech-recognition", model="{r["folder"]}"), or WhisperForConditionalGeneration / '
               f'WhisperProcessor.from_pretrained("{r["folder"]}")')  # fmt: skip
@@ -199,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "
                                    "GPT2LMHeadModel folder with its tokenizer, an image classifier as a timm VisionTransformer folder, a "
                                    "speech recogniser on Whisper's weights as a Hugging Face Whisper folder (model, tokenizer, "
-                                   "feature extractor, generation config). "
+                                   "feature extractor, generation config), or with OUT ending in .pt as an openai-whisper checkpoint. "
                                    "The folder is loaded back with the reference library and its outputs compared with the run's.")  # fmt: skip
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("out", metavar="OUT", help="a new (or empty) folder")

@@ -11,7 +11,8 @@
   weights) → a Hugging Face Whisper folder: `WhisperForConditionalGeneration`, its generation config
   (the run's prompt: language and task, greedy, no token suppression, as `mmtok transcribe`
   decodes), `WhisperTokenizer` files and `WhisperFeatureExtractor`'s preprocessor_config.json, for
-  `pipeline("automatic-speech-recognition", model=OUT)`. Runs that read unpadded utterances
+  `pipeline("automatic-speech-recognition", model=OUT)`; with OUT ending in `.pt`, an openai-whisper
+  checkpoint file (`dims` + `model_state_dict`) for `whisper.load_model(OUT)` and the `whisper` command. Runs that read unpadded utterances
   (whisper_digits, whisper_folder from scratch) are refused: Whisper pads every clip to its window
   with silence and attends to all of it, so they would not compute what they learned.
 
@@ -32,7 +33,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from models import gpt2_export, timm_vit_export, whisper_export
+from models import gpt2_export, load_torch_file, openai_whisper_export, timm_vit_export, whisper_export
 from tokenizers_mm import BPETokenizer, TokenSet, collate
 from tokenizers_mm.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
 from tokenizers_mm.hf import save_hf
@@ -45,10 +46,12 @@ from .whisper_folder import MULTILINGUAL_VOCAB
 
 # the reference's logits may differ from ours by float32 rounding, which grows with their size (GPT-2's reach ±100s)
 TOLERANCE, RELATIVE_TOLERANCE = 1e-4, 2e-6  # allowed: max(TOLERANCE, RELATIVE_TOLERANCE × largest |logit|)
+OPENAI_WHISPER_FRAMES = 3000  # openai-whisper pads and cuts audio to 30 s (N_FRAMES)
 MEL_TOLERANCE = 1e-3  # WhisperFeatureExtractor's log-mel (numpy, float64 STFT) against ours (torch, float32), on Whisper's (x + 4) / 4 scale
 
 
-FORMATS = {"gpt2": "transformers GPT2LMHeadModel", "timm": "timm VisionTransformer", "whisper": "transformers WhisperForConditionalGeneration"}
+FORMATS = {"gpt2": "transformers GPT2LMHeadModel", "timm": "timm VisionTransformer", "whisper": "transformers WhisperForConditionalGeneration",
+           "openai-whisper": "an openai-whisper checkpoint"}  # fmt: skip
 
 
 def kind_of(model) -> str:
@@ -151,6 +154,18 @@ def write_whisper(model, tokenizers, folder: Path, run_cfg) -> None:
     save_hf(text_tok, folder, whisper=True, language=language, task=task)
 
 
+def whisper_probe(model, tokenizers, run_cfg):
+    """(log-mel window of 3 s of random audio, decoder ids: the run's prompt + random tokens, our logits) for the Whisper checks."""
+    audio_tok, text_tok = tokenizers["audio"], tokenizers["text"]
+    wave = torch.randn(SAMPLE_RATE * 3, generator=torch.Generator().manual_seed(0)).numpy() * 0.1
+    mel = audio_tok.encode(wave, SAMPLE_RATE)
+    prompt = prompt_ids(text_tok, run_cfg.prompt)
+    tail = torch.randint(0, text_tok.special_ids[EOT], (min(text_tok.max_positions, 16) - len(prompt),), generator=torch.Generator().manual_seed(0))
+    ids = torch.cat([torch.tensor(prompt), tail])
+    logits = model({"audio": collate([mel]), "text": collate([TokenSet("text", ids=ids)])}).logits
+    return wave, mel.values.T[None], ids[None], next(iter(logits.values()))
+
+
 @torch.no_grad()
 def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float:
     """Largest |logit difference| between transformers' Whisper loaded from `folder` and ours on
@@ -158,19 +173,37 @@ def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float:
     extractor must give our log-mel window."""
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
 
-    audio_tok, text_tok = tokenizers["audio"], tokenizers["text"]
-    wave = torch.randn(SAMPLE_RATE * 3, generator=torch.Generator().manual_seed(0)).numpy() * 0.1
-    ours_mel = audio_tok.encode(wave, SAMPLE_RATE)
-    theirs_mel = WhisperFeatureExtractor.from_pretrained(folder)(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features[0]
-    gap = float((ours_mel.values.T - theirs_mel).abs().max())
+    wave, mel, ids, ours = whisper_probe(model, tokenizers, run_cfg)
+    theirs_mel = WhisperFeatureExtractor.from_pretrained(folder)(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    gap = float((mel - theirs_mel).abs().max())
     if not gap <= MEL_TOLERANCE:
         raise ValueError(f"export: WhisperFeatureExtractor's log-mel window differs from the run's by {gap:.3g} (allowed {MEL_TOLERANCE:g})")
     ref = WhisperForConditionalGeneration.from_pretrained(folder).eval()
-    prompt = prompt_ids(text_tok, run_cfg.prompt)
-    tail = torch.randint(0, text_tok.special_ids[EOT], (min(text_tok.max_positions, 16) - len(prompt),), generator=torch.Generator().manual_seed(0))
-    ids = torch.cat([torch.tensor(prompt), tail])
-    ours = model({"audio": collate([ours_mel]), "text": collate([TokenSet("text", ids=ids)])}).logits
-    return difference(next(iter(ours.values())), ref(input_features=ours_mel.values.T[None], decoder_input_ids=ids[None]).logits)
+    return difference(ours, ref(input_features=mel, decoder_input_ids=ids).logits)
+
+
+def write_openai_whisper(model, tokenizers, path: Path) -> None:
+    check_whisper_tokenizers(tokenizers)
+    if tokenizers["audio"].max_frames != OPENAI_WHISPER_FRAMES:
+        raise ValueError(f"openai-whisper export: openai-whisper reads 30 s windows ({OPENAI_WHISPER_FRAMES} frames); this run reads "
+                         f"{tokenizers['audio'].max_frames}")  # fmt: skip
+    dims, sd = openai_whisper_export(model, tokenizers["text"].special_ids)
+    torch.save({"dims": dims, "model_state_dict": sd}, path)  # note: as openai-whisper saves; we read such files without unpickling
+
+
+@torch.no_grad()
+def check_openai_whisper(model, tokenizers, path: Path, run_cfg) -> float | None:
+    """Largest |logit difference| between openai-whisper's model built from the file (read back
+    without unpickling) and ours; None without openai-whisper."""
+    try:
+        from whisper.model import ModelDimensions, Whisper
+    except ImportError:
+        return None
+    ckpt = load_torch_file(path)
+    ref = Whisper(ModelDimensions(**ckpt["dims"]))
+    ref.load_state_dict(ckpt["model_state_dict"])
+    _, mel, ids, ours = whisper_probe(model, tokenizers, run_cfg)
+    return difference(ours, ref.eval()(mel, ids))
 
 
 @torch.no_grad()
@@ -208,17 +241,26 @@ def check_timm(model, tokenizers, folder: Path) -> float:
 
 
 def export(run_dir, out) -> dict:
-    """Write the run's last checkpoint to `out` in its reference format; returns what was written
-    (format, folder, files, the checked difference)."""
+    """Write the run's last checkpoint to `out` in its reference format (a folder; an OUT ending in
+    .pt: an openai-whisper checkpoint file); returns what was written (format, folder, files, the
+    checked difference)."""
     run_dir, out = Path(run_dir), Path(out)
+    one_file = out.suffix == ".pt"
     if out.is_symlink():
-        raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new {'file' if one_file else 'folder'}")
+    if one_file and out.exists():
+        raise FileExistsError(f"export: {out} exists; choose a new file name")
+    if not one_file and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export: {out} exists and is not an empty folder; choose a new one")
     recipe, _, run_cfg = load_run_info(run_dir)
     model, tokenizers = load_trained(run_dir)
     model = model.float().eval()
     kind = kind_of(model)
+    if one_file:
+        if kind != "whisper":
+            raise ValueError(f"export: {out.name}: a .pt file is openai-whisper's checkpoint, for speech runs on Whisper's weights; "
+                             f"this run exports to a folder ({FORMATS[kind]})")  # fmt: skip
+        kind = "openai-whisper"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))  # one of its own per export
     try:
@@ -228,13 +270,16 @@ def export(run_dir, out) -> dict:
         elif kind == "timm":
             write_timm(model, tokenizers, tmp, run_dir)
             found = check_timm(model, tokenizers, tmp)
-        else:
+        elif kind == "whisper":
             write_whisper(model, tokenizers, tmp, run_cfg)
             found = check_whisper(model, tokenizers, tmp, run_cfg)
+        else:
+            write_openai_whisper(model, tokenizers, tmp / out.name)
+            found = check_openai_whisper(model, tokenizers, tmp / out.name, run_cfg)
         if out.exists():
             out.rmdir()  # empty (checked above)
-        tmp.rename(out)
+        (tmp / out.name if one_file else tmp).rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out),
-            "files": sorted(p.name for p in out.iterdir()), "max_difference": found}  # fmt: skip
+    files = [out.name] if one_file else sorted(p.name for p in out.iterdir())
+    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out), "files": files, "max_difference": found}

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from models import (HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, timm_vit_export,
-                    whisper_export, whisper_model_config)  # fmt: skip
+from models import (HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, gpt2_export, openai_whisper_export,
+                    timm_vit_export, whisper_export, whisper_model_config)  # fmt: skip
 from recipes import gpt_char, vit
 from recipes.export import check_whisper_tokenizers, write_model
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate
@@ -150,6 +150,17 @@ def test_whisper_export_gives_our_logits_in_transformers():
     torch.testing.assert_close(ours.logits["lm"], theirs, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="Whisper export: the text tokenizer lacks <\\|startoftranscript\\|>"):
         whisper_export(model, {"<|endoftext|>": 298})
+    with pytest.raises(ValueError, match="openai-whisper export: openai-whisper's MLP is 4 × the width \\(this model's: 64 for width 32\\)"):
+        openai_whisper_export(model, {"<|endoftext|>": 298, "<|startoftranscript|>": 299})
+    # openai-whisper's own model, its MLP 4 × the width: the same logits
+    wm = pytest.importorskip("whisper.model")
+    model = randomise(MultimodalTransformer(whisper_model_config({**hf, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128})))
+    dims, sd = openai_whisper_export(model, {"<|endoftext|>": 298, "<|startoftranscript|>": 299})
+    ref = wm.Whisper(wm.ModelDimensions(**dims)).eval()
+    ref.load_state_dict(sd)  # strict: every tensor named as openai-whisper names it
+    with torch.no_grad():
+        ours = model({"audio": collate([TokenSet("audio", values=m) for m in mel]), "text": collate([TokenSet("text", ids=i) for i in ids])})
+        torch.testing.assert_close(ours.logits["lm"], ref(mel.transpose(1, 2), ids), atol=1e-4, rtol=1e-4)
     # runs that read unpadded utterances (whisper_digits) would not compute what they learned in Whisper's padded window
     whisper_digits_toks = {"audio": AudioTokenizer(chunk=False, max_frames=800), "text": CharTokenizer(chars="ab")}
     with pytest.raises(ValueError, match="Whisper export: this run reads each utterance unpadded"):

@@ -284,6 +284,7 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
     text; its tokenizer writes the run's prompt and training targets; its feature extractor our
     log-mel window."""
     transformers = pytest.importorskip("transformers")
+    whisper = pytest.importorskip("whisper")
     from recipes.cli import main
 
     data = write_folder(tmp_path / "data", speech[:6])
@@ -306,6 +307,15 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
         assert hf_tok(" " + transcript).input_ids == example.ids.tolist() + example.targets[-1:].tolist()
         generation = json.loads((out / "generation_config.json").read_text())
         assert ("lang_to_id" in generation) == bool(language)  # an English-only model must not detect a language
+        # an openai-whisper checkpoint (OUT ending in .pt): whisper.load_model and its greedy decoding, suppressions off
+        assert main(["export", str(run), str(tmp_path / f"{name}.out.pt")]) == 0
+        assert "whisper.load_model" in capsys.readouterr().out
+        ref = whisper.load_model(str(tmp_path / f"{name}.out.pt"), device="cpu")
+        prompt = whisper_folder.prompt_ids(text_tok, whisper_folder.load_run_info(run)[2].prompt)
+        options = whisper.DecodingOptions(language=language or "en", without_timestamps=True, fp16=False, suppress_blank=False,
+                                          suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
+        mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(sf.read(c, dtype="float32")[0]))) for c in clips]
+        assert [whisper.decode(ref, m, options).text.strip() for m in mels] == ours
 
 
 def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_path, speech, capsys):
