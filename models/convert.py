@@ -219,6 +219,9 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
 
 
 # -- Whisper (Hugging Face WhisperForConditionalGeneration) ------------------------------------------
+WHISPER_NORM_EPS = 1e-5  # Whisper's LayerNorms (not settable in WhisperConfig)
+
+
 def whisper_model_config(hf: dict) -> ModelConfig:
     """Our encoder-decoder for a Hugging Face WhisperConfig (as a dict): conv stem on mel frames
     (one frame per token), sinusoidal encoder positions, learned decoder positions, tied output."""
@@ -228,7 +231,8 @@ def whisper_model_config(hf: dict) -> ModelConfig:
         raise ValueError("Whisper import: tie_word_embeddings=False (an untied output layer) is not supported")
     dim = hf["d_model"]
     trunk = TrunkConfig(dim=dim, depth=hf["encoder_layers"], dec_depth=hf["decoder_layers"], num_heads=hf["encoder_attention_heads"],
-                        mlp_ratio=hf["encoder_ffn_dim"] / dim, bias=True, norm_eps=1e-5, mode="encoder-decoder", activation="gelu")  # fmt: skip
+                        mlp_ratio=hf["encoder_ffn_dim"] / dim, bias=True, norm_eps=WHISPER_NORM_EPS, mode="encoder-decoder",
+                        activation="gelu")  # fmt: skip
     if hf["decoder_attention_heads"] != hf["encoder_attention_heads"] or hf["decoder_ffn_dim"] != hf["encoder_ffn_dim"]:
         raise ValueError("Whisper import: the encoder and decoder must share head count and MLP width")
     audio = ModalitySpec("audio", ("slice",), 2 * hf["max_source_positions"], value_dim=hf["num_mel_bins"])

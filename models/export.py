@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .convert import OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, check_openai_whisper_dims
+from .convert import OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, WHISPER_NORM_EPS, check_openai_whisper_dims
 from .transformer import MultimodalTransformer
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names
@@ -187,10 +187,10 @@ def timm_vit_export(model: MultimodalTransformer, image_tokenizer, label_names: 
 
 
 # -- Whisper (Hugging Face WhisperForConditionalGeneration) ------------------------------------------
-def check_speech_model(model: MultimodalTransformer) -> str:
-    """The LM head's name, after refusing what WhisperForConditionalGeneration cannot express."""
+def check_speech_model(model: MultimodalTransformer) -> None:
+    """Refuse what WhisperForConditionalGeneration cannot express."""
     c, t = model.config, model.config.trunk
-    name, head = only_head(model, "Whisper")
+    head = only_head(model, "Whisper")[1]
     problems = []
     if sorted(c.modalities) != ["audio", "text"] or c.encoder_inputs != ["audio"] or c.decoder_inputs != ["text"] or head.kind != "lm":
         problems.append(f"an audio encoder and a text decoder with an LM head (this one reads {list(c.modalities)} with a {head.kind} head)")
@@ -208,9 +208,10 @@ def check_speech_model(model: MultimodalTransformer) -> str:
         problems.append(f"a whole MLP width (mlp_ratio={t.mlp_ratio:g} × dim={t.dim})")
     if not head.tie:
         problems.append("an output layer tied to the token embedding")
+    if t.norm_eps != WHISPER_NORM_EPS:
+        problems.append(f"LayerNorm eps={WHISPER_NORM_EPS:g} (this model uses {t.norm_eps:g})")
     if problems:
         raise ValueError(f"Whisper export: WhisperForConditionalGeneration needs {'; '.join(problems)}")
-    return name
 
 
 def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tuple[dict, dict[str, Tensor]]:

@@ -106,7 +106,7 @@ def cmd_export(args):
     from .export import export
 
     r = export(args.run_dir, args.out)
-    checked = "not checked (transformers is not installed)" if r["max_difference"] is None else f"max |difference| {r['max_difference']:.2g}"
+    checked = "not checked (its library is not installed here)" if r["max_difference"] is None else f"max |difference| {r['max_difference']:.2g}"
     print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
     if r["format"].startswith("timm"):
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')

@@ -26,6 +26,7 @@ is refused); a tokenizer.json must encode a probe text as the run's tokenizer do
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -106,32 +107,53 @@ def check_whisper_tokenizers(tokenizers) -> None:
                          f"{NO_TIMESTAMPS}); this run's text tokenizer is a {type(text).__name__}")  # fmt: skip
 
 
-def whisper_generation(prompt: list[int], text_tok, multilingual: bool) -> tuple[dict, str | None, str | None]:
-    """(generation_config.json dict, language code, task) that make transformers' Whisper
-    `generate` start from the run's prompt and decode as `mmtok transcribe`: greedy, no token
-    suppression, at most max_text decoder tokens. multilingual: a model of Whisper's multilingual
-    vocabulary (an English-only one gets no language table, which would start language detection)."""
+def prompt_words(prompt: list[int], text_tok) -> list[str]:
+    """The prompt's special tokens as text."""
+    names = {i: s for s, i in text_tok.special_ids.items()}
+    return [names[i] for i in prompt]
+
+
+def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] | None:
+    """(language code, task) of a Whisper prompt <|startoftranscript|> [LANGUAGE] [TASK] <|notimestamps|>
+    (None for a part it lacks), as transformers' WhisperTokenizer writes its prefix; None for another prompt."""
+    words = prompt_words(prompt, text_tok)
+    if words[-1] != NO_TIMESTAMPS:
+        return None
+    inner = words[1:-1]
+    language = inner.pop(0)[2:-2] if inner and inner[0][2:-2] in WHISPER_LANGUAGES else None
+    task = inner.pop(0)[2:-2] if inner and inner[0] in ("<|transcribe|>", "<|translate|>") else None
+    return None if inner else (language, task)
+
+
+def whisper_generation(prompt: list[int], text_tok, model, run_cfg) -> dict:
+    """generation_config.json that makes transformers' Whisper `generate` start from the run's
+    prompt and decode as `mmtok transcribe`: greedy or the run's beam search, no token suppression,
+    at most max_text decoder tokens. Only a multilingual model gets a language table, and only
+    Whisper's own prompt (language, task) leaves the language to it: any other prompt is forced as
+    it is, since a multilingual model without one detects the language."""
     specials = text_tok.special_ids
-    names = {i: s for s, i in specials.items()}
-    words = [names[i] for i in prompt]
+    words = prompt_words(prompt, text_tok)
     if words[-1] != NO_TIMESTAMPS:
         raise ValueError(f"Whisper export: transformers' Whisper ends its prompt with {NO_TIMESTAMPS} (this run's: {''.join(words)})")
-    eot = specials[EOT]
+    eot, t = specials[EOT], model.config.trunk
+    multilingual = model.config.modalities["text"].vocab_size >= MULTILINGUAL_VOCAB
+    layers = t.dec_depth or t.depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
               "max_length": text_tok.max_positions, "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
-              "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": 1}  # fmt: skip
-    languages = {f"<|{c}|>": specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials} if multilingual else {}
-    tasks = {t: specials[f"<|{t}|>"] for t in ("transcribe", "translate") if f"<|{t}|>" in specials}
-    config["is_multilingual"] = multilingual
-    if languages:
-        config |= {"lang_to_id": languages, "task_to_id": tasks}
-    language = task = None
-    if languages and len(words) == 4 and words[1] in languages and words[2][2:-2] in tasks:  # Whisper's: language, task
-        language, task = words[1][2:-2], words[2][2:-2]
-        config |= {"language": language, "task": task}
-    elif words[1:] != [NO_TIMESTAMPS]:  # another prompt: forced as it is
-        config["forced_decoder_ids"] = [[i, t] for i, t in enumerate(prompt[1:-1], 1)]
-    return config, language, task
+              "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": run_cfg.beam_size,
+              "length_penalty": run_cfg.length_penalty, "is_multilingual": multilingual, "max_initial_timestamp_index": 50,
+              "prev_sot_token_id": specials.get("<|startofprev|>"),
+              # openai-whisper's alignment heads for a model it has no table for: every head of the upper half of the decoder
+              "alignment_heads": [[i, h] for i in range(layers // 2, layers) for h in range(t.num_heads)]}  # fmt: skip
+    parts = prompt_parts(prompt, text_tok)
+    if multilingual:
+        config["lang_to_id"] = {f"<|{c}|>": specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials}
+        config["task_to_id"] = {k: specials[f"<|{k}|>"] for k in ("transcribe", "translate")}
+    if multilingual and parts is not None and None not in parts:  # Whisper's own prompt: language and task, changeable in generate
+        config["language"], config["task"] = parts
+    elif words[1:] != [NO_TIMESTAMPS] or multilingual:
+        config["forced_decoder_ids"] = [[i, t] for i, t in enumerate(prompt[1:], 1)]
+    return config
 
 
 def feature_extractor_config(audio_tok) -> dict:
@@ -147,10 +169,14 @@ def write_whisper(model, tokenizers, folder: Path, run_cfg) -> None:
     check_whisper_tokenizers(tokenizers)
     text_tok = tokenizers["text"]
     write_model(folder, *whisper_export(model, text_tok.special_ids))
-    multilingual = model.config.modalities["text"].vocab_size >= MULTILINGUAL_VOCAB
-    generation, language, task = whisper_generation(prompt_ids(text_tok, run_cfg.prompt), text_tok, multilingual)
-    write_json(folder / "generation_config.json", generation)
+    prompt = prompt_ids(text_tok, run_cfg.prompt)
+    write_json(folder / "generation_config.json", whisper_generation(prompt, text_tok, model, run_cfg))
     write_json(folder / "preprocessor_config.json", feature_extractor_config(tokenizers["audio"]))
+    parts = prompt_parts(prompt, text_tok)
+    if parts is None:
+        print(f"export: WhisperTokenizer's prefix cannot write this run's prompt ({''.join(prompt_words(prompt, text_tok))}); its label "
+              "ids will start otherwise than the run's training targets (generation is not affected)")  # fmt: skip
+    language, task = parts or (None, None)
     save_hf(text_tok, folder, whisper=True, language=language, task=task)
 
 
@@ -167,12 +193,14 @@ def whisper_probe(model, tokenizers, run_cfg):
 
 
 @torch.no_grad()
-def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float:
+def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float | None:
     """Largest |logit difference| between transformers' Whisper loaded from `folder` and ours on
     the log-mel window of random audio and the run's prompt + random tokens; the folder's feature
-    extractor must give our log-mel window."""
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
-
+    extractor must give our log-mel window. None without transformers."""
+    try:
+        from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration
+    except ImportError:
+        return None
     wave, mel, ids, ours = whisper_probe(model, tokenizers, run_cfg)
     theirs_mel = WhisperFeatureExtractor.from_pretrained(folder)(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
     gap = float((mel - theirs_mel).abs().max())
@@ -263,6 +291,9 @@ def export(run_dir, out) -> dict:
         kind = "openai-whisper"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))  # one of its own per export
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # note: mkdtemp makes it 0700; the export is a folder like any other
     try:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)

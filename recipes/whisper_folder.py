@@ -42,6 +42,7 @@ import torch
 from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
+from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
 from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
@@ -96,13 +97,10 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
 
 def whisper_assets() -> Path:
     """openai-whisper's assets folder, which carries Whisper's vocabularies (gpt2.tiktoken, multilingual.tiktoken)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("whisper")
-    folder = Path(spec.origin).parent / "assets" if spec and spec.origin else None
-    if folder is None or not (folder / "multilingual.tiktoken").is_file():
+    found = openai_whisper_file("assets", "multilingual.tiktoken")
+    if found is None:
         raise FileNotFoundError("Whisper's vocabulary comes with the openai-whisper package, which is not installed here: pip install openai-whisper")
-    return folder
+    return found.parent
 
 
 def whisper_weights(cfg: Config):

@@ -4,6 +4,7 @@ transcribing audio longer than the model's window."""
 
 import csv
 import json
+import os
 import re
 
 import numpy as np
@@ -279,21 +280,22 @@ def test_wer_on_whisper_normalised_text():
 
 
 def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, capsys):
-    """`mmtok export` of runs on Whisper's weights (multilingual with a language, English-only):
-    transformers' speech-recognition pipeline on the exported folder writes `mmtok transcribe`'s
-    text; its tokenizer writes the run's prompt and training targets; its feature extractor our
-    log-mel window."""
+    """`mmtok export` of runs on Whisper's weights (multilingual with a language; English-only; multilingual
+    with a prompt of its own and beam search): transformers' speech-recognition pipeline on the
+    exported folder writes `mmtok transcribe`'s text; its tokenizer writes the run's prompt and
+    training targets; an OUT ending in .pt loads in openai-whisper, whose greedy decoding agrees."""
     transformers = pytest.importorskip("transformers")
     whisper = pytest.importorskip("whisper")
     from recipes.cli import main
 
     data = write_folder(tmp_path / "data", speech[:6])
     clips = [data / "c2.wav", data / "c5.wav"]  # 16 kHz: the pipeline is given the samples (it would need ffmpeg for files)
-    for name, n_vocab, language in (("multi", 51865, "de"), ("en", 51864, "")):
+    for name, n_vocab, options in (("multi", 51865, {"language": "de"}), ("en", 51864, {}),
+                                   ("own", 51865, {"prompt": "<|startoftranscript|><|transcribe|><|notimestamps|>", "beam_size": 2})):  # fmt: skip
         run, out = tmp_path / f"run_{name}", tmp_path / f"hf_{name}"
-        whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / f"{name}.pt", n_vocab)), language=language,
-                                   lowercase=False, run_dir=str(run), val_fraction=0.34, **{**TINY, "max_steps": 1, "batch_size": 2,
-                                   "eval_utterances": 2}))  # fmt: skip
+        whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / f"{name}.pt", n_vocab)), lowercase=False,
+                                   run_dir=str(run), val_fraction=0.34, **{**TINY, "max_steps": 1, "batch_size": 2, "eval_utterances": 2},
+                                   **options))  # fmt: skip
         assert main(["export", str(run), str(out)]) == 0
         assert "whisper_folder run as transformers WhisperForConditionalGeneration" in capsys.readouterr().out
         asr = transformers.pipeline("automatic-speech-recognition", model=str(out), device="cpu")
@@ -306,16 +308,22 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
         hf_tok = transformers.AutoTokenizer.from_pretrained(out)
         assert hf_tok(" " + transcript).input_ids == example.ids.tolist() + example.targets[-1:].tolist()
         generation = json.loads((out / "generation_config.json").read_text())
-        assert ("lang_to_id" in generation) == bool(language)  # an English-only model must not detect a language
+        assert ("lang_to_id" in generation) == (n_vocab == 51865)  # an English-only model must not detect a language
+        if name == "own":  # its prompt has no language: forced, or transformers would detect one (and the run's beam search)
+            assert generation["forced_decoder_ids"] == [[1, 50359], [2, 50363]] and generation["num_beams"] == 2
+            continue
         # an openai-whisper checkpoint (OUT ending in .pt): whisper.load_model and its greedy decoding, suppressions off
         assert main(["export", str(run), str(tmp_path / f"{name}.out.pt")]) == 0
         assert "whisper.load_model" in capsys.readouterr().out
         ref = whisper.load_model(str(tmp_path / f"{name}.out.pt"), device="cpu")
         prompt = whisper_folder.prompt_ids(text_tok, whisper_folder.load_run_info(run)[2].prompt)
-        options = whisper.DecodingOptions(language=language or "en", without_timestamps=True, fp16=False, suppress_blank=False,
-                                          suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
+        decoding = whisper.DecodingOptions(language=options.get("language", "en"), without_timestamps=True, fp16=False, suppress_blank=False,
+                                           suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
         mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(sf.read(c, dtype="float32")[0]))) for c in clips]
-        assert [whisper.decode(ref, m, options).text.strip() for m in mels] == ours
+        assert [whisper.decode(ref, m, decoding).text.strip() for m in mels] == ours
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out.stat().st_mode & 0o777) == 0o777 & ~umask  # a folder like any other, not mkdtemp's 0700
 
 
 def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_path, speech, capsys):

@@ -25,8 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
-from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges, onig_pattern
-from .text_char import CharTokenizer
+from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges, onig_pattern, openai_whisper_file
+from .text_char import ENDOFTEXT, CharTokenizer
 
 
 # text that trips tokenizers: CRLF, whitespace runs, digits, contractions, other scripts, emoji, NBSP
@@ -60,7 +60,6 @@ def check_hf(tokenizer, path) -> None:
 
 
 TIMESTAMP = re.compile(r"<\|\d+\.\d\d\|>")  # Whisper's <|0.00|> ... <|30.00|>
-EOT = "<|endoftext|>"
 
 
 def to_hf(tokenizer, plain: frozenset[str] = frozenset()):
@@ -106,32 +105,25 @@ def save_hf(tokenizer, directory, whisper: bool = False, language: str | None = 
     hf = to_hf(tokenizer, timestamps)
     hf.save(str(directory / "tokenizer.json"))
     check_hf(tokenizer, directory / "tokenizer.json")
-    eot = EOT if EOT in specials else None
+    eot = ENDOFTEXT if ENDOFTEXT in specials else None
     named = {k: eot for k in ("bos_token", "eos_token") if eot}
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": tokenizer.max_positions, "clean_up_tokenization_spaces": False,
               "add_prefix_space": False, "model_input_names": ["input_ids", "attention_mask"]}  # fmt: skip
     # note: no token_type_ids — GPT-2 would add their (token) embedding to every position
     if whisper:
         if eot is None:
-            raise ValueError(f"Whisper export: the text tokenizer has no {EOT}")
+            raise ValueError(f"Whisper export: the text tokenizer has no {ENDOFTEXT}")
         named = {k: eot for k in ("bos_token", "eos_token", "unk_token", "pad_token")}
         named["additional_special_tokens"] = [s for s in sorted(specials, key=specials.get) if s != eot and s not in timestamps]
-        config |= {"tokenizer_class": "WhisperTokenizer", "model_input_names": ["input_ids", "attention_mask"], "errors": "replace",
+        config |= {"tokenizer_class": "WhisperTokenizer", "errors": "replace",
                    "language": language, "task": task, "predict_timestamps": False, "processor_class": "WhisperProcessor"}  # fmt: skip
         hf.model.save(str(directory))  # vocab.json + merges.txt, as Whisper's folders have them
-        spelling = whisper_spelling()
-        if spelling is not None:
+        spelling = openai_whisper_file("normalizers", "english.json")  # british -> american spellings, read by tokenizer.normalize()
+        if spelling is None:
+            print("Whisper export: normalizer.json left out (openai-whisper is not installed); the tokenizer's normalize() needs it")
+        else:
             shutil.copyfile(spelling, directory / "normalizer.json")
     config |= named
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     (directory / "special_tokens_map.json").write_text(json.dumps(named, indent=2) + "\n", encoding="utf-8")
     return directory / "tokenizer.json"
-
-
-def whisper_spelling() -> Path | None:
-    """openai-whisper's English spelling map (british → american), which transformers reads as normalizer.json; None without openai-whisper."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("whisper")  # note: found, not imported (openai-whisper imports numba)
-    path = Path(spec.origin).parent / "normalizers" / "english.json" if spec and spec.origin else None
-    return path if path is not None and path.is_file() else None

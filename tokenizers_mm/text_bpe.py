@@ -147,6 +147,16 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
     return ranks, specials
 
 
+def openai_whisper_file(*parts: str) -> Path | None:
+    """A file of the installed openai-whisper package (its vocabularies, its English spelling map),
+    found without importing it (openai-whisper imports numba); None when absent."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("whisper")
+    path = Path(spec.origin).parent.joinpath(*parts) if spec and spec.origin else None
+    return path if path is not None and path.is_file() else None
+
+
 def gpt2_vocab_merges(ranks: dict[bytes, int], specials: dict[str, int]) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Ranks as GPT-2's vocabulary (printable token -> id, specials included) and merges (pairs in
     rank order). The pair of each merge is recovered by running BPE on the token with the lower
