@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import re
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -29,11 +31,34 @@ VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 
 
 def inside(root: Path, name: str, where: str) -> Path:
-    """root / name, refused when it resolves outside root."""
-    path = (root / name).resolve()
-    if not path.is_relative_to(root.resolve()):
+    """root / name, refused when it points outside root: through `..`, an absolute path or a folder
+    that links out of it. The file itself may be a link (the Hugging Face cache's snapshots link
+    each file to its blob)."""
+    path = Path(os.path.normpath(root / name))
+    if not path.is_relative_to(os.path.normpath(root)) or not path.parent.resolve().is_relative_to(root.resolve()):
         raise ValueError(f"{where}: file_name {name!r} points outside the data folder {root}")
     return path
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # a Hugging Face dataset id: owner/name
+
+
+def local_data(data: str) -> Path:
+    """data= as a path: itself when it exists; else a Hugging Face dataset id (`owner/name`) → its
+    snapshot in the local Hugging Face cache, as `hf download --repo-type dataset ID` (or
+    `load_dataset` / `snapshot_download`) left it. Nothing is downloaded."""
+    path = Path(data)
+    if path.exists() or not HUB_ID.fullmatch(data):
+        return path
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return Path(snapshot_download(data, repo_type="dataset", local_files_only=True))
+    except Exception as e:  # noqa: BLE001  # huggingface_hub raises several kinds (not cached, incomplete, bad id)
+        reason = str(e).splitlines()[0] if "incomplete" in str(e) else f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
+        raise FileNotFoundError(f"data={data}: no such file or folder, and as a Hugging Face dataset id it is {reason}; "
+                                f"download it where there is a network (`hf download {data} --repo-type dataset`), "
+                                "or give the path of its files") from None
 
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # imagefolder / audiofolder's metadata, one per folder

@@ -26,7 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
-from .folders import hf_splits, is_hf_dataset, not_a_dataset
+from .folders import hf_splits, is_hf_dataset, local_data, not_a_dataset
 from .runs import load_trained, resolve_run_dir, save_run_info
 from .train import mean_loss, train
 
@@ -101,12 +101,13 @@ def split_text(cfg: Config) -> tuple[str, str]:
     """(train text, validation text): the last val_fraction of cfg.data or the default corpus; a
     Hugging Face dataset (save_to_disk's folder, Parquet files) gives its text column (its validation split if it
     has one)."""
-    if cfg.data and is_hf_dataset(Path(cfg.data)):
-        text, val = hf_splits(Path(cfg.data), "text", (cfg.text_column, ""))
+    data = local_data(cfg.data) if cfg.data else None
+    if data is not None and is_hf_dataset(data):
+        text, val = hf_splits(data, "text", (cfg.text_column, ""))
         if val is not None:
             return text, val
     else:
-        text = load_text(cfg.data) if cfg.data else default_corpus()
+        text = load_text(data) if data is not None else default_corpus()
     n_val = int(len(text) * cfg.val_fraction)
     return text[: len(text) - n_val], text[len(text) - n_val :]
 

@@ -28,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import find_metadata, hf_splits, hidden, is_hf_dataset, keep_good, read_metadata, split_dirs
+from .folders import find_metadata, hf_splits, hidden, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -121,7 +121,7 @@ class FolderSet(Dataset):
 def build_data(cfg: Config):
     if not cfg.data:
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
-    root = Path(cfg.data)
+    root = local_data(cfg.data)
     train_pairs, val_pairs = find_splits(root, cfg)
     train_pairs, bad = check_images(train_pairs, cfg, "training")
     if val_pairs is not None:

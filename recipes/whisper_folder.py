@@ -45,7 +45,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
-from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, read_metadata, split_dirs
+from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 from .runs import load_run_info, load_trained
 from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, language_code, prompt_ids, swap_language, text_example
 
@@ -151,10 +151,11 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     run_dir: a run being resumed, whose saved tokenizers are used."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
-    if is_hf_dataset(Path(cfg.data)):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
-        train_pairs, val_pairs = hf_splits(Path(cfg.data), "audio", (cfg.audio_column, cfg.text_column))
+    data = local_data(cfg.data)
+    if is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
+        train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
     else:
-        train_dir, val_dir = split_dirs(Path(cfg.data))
+        train_dir, val_dir = split_dirs(data)
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
     train_pairs, val_pairs = norm(train_pairs), norm(val_pairs) if val_pairs is not None else None

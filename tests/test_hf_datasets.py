@@ -5,6 +5,8 @@ own decoders (no torchcodec)."""
 
 import io
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +16,7 @@ from PIL import Image
 datasets = pytest.importorskip("datasets")
 
 from recipes import gpt_char, vit_folder  # noqa: E402
-from recipes.folders import HFRecord, hf_splits, is_hf_dataset  # noqa: E402
+from recipes.folders import HFRecord, hf_splits, is_hf_dataset, local_data  # noqa: E402
 from tokenizers_mm import ImageError, load_audio, open_image  # noqa: E402
 
 
@@ -347,3 +349,58 @@ def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
     (audio / "metadata.jsonl").write_text(json.dumps({"file_name": "a.wav", "transcription": "hi"}) + "\n")
     (audio / "a.wav").write_bytes(b"RIFF")
     assert not is_hf_dataset(tmp_path / "audio")
+
+
+def hub_snapshot(cache, repo: str, files: dict[str, bytes], revision: str = "0123abcd") -> Path:
+    """A dataset repository as huggingface_hub's cache holds it: refs/main names the snapshot, whose
+    files are links to their blobs."""
+    import hashlib
+
+    repo_dir = cache / f"datasets--{repo.replace('/', '--')}"
+    (repo_dir / "refs").mkdir(parents=True, exist_ok=True)
+    (repo_dir / "refs" / "main").write_text(revision)
+    snapshot = repo_dir / "snapshots" / revision
+    for name, data in files.items():
+        blob = repo_dir / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+        (snapshot / name).symlink_to(os.path.relpath(blob, (snapshot / name).parent))
+    return snapshot
+
+
+def test_data_may_be_a_dataset_id_in_the_local_hugging_face_cache(tmp_path, monkeypatch):
+    """data=owner/name reads the dataset's snapshot in the Hugging Face cache (linked files
+    included), offline; a dataset that is not there is named with how to get it."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    buf = io.BytesIO()
+    datasets.Dataset.from_dict({"text": [f"line {i}" for i in range(40)]}).to_parquet(buf)
+    val = io.BytesIO()
+    datasets.Dataset.from_dict({"text": ["held out"]}).to_parquet(val)
+    hub_snapshot(tmp_path / "hub", "me/corpus", {"README.md": b"# corpus\n", "data/train-00000-of-00001.parquet": buf.getvalue(),
+                                                 "data/validation-00000-of-00001.parquet": val.getvalue()})  # fmt: skip
+    train, held = gpt_char.split_text(gpt_char.Config(data="me/corpus"))
+    assert train == "\n".join(f"line {i}" for i in range(40)) and held == "held out"
+    from tests.test_vit_recipes import make_folder
+
+    make_folder(tmp_path / "imgs", classes=("circle", "square"), n=3)
+    files = {f"{c}/{i}.png": (tmp_path / "imgs" / c / f"{i}.png").read_bytes() for c in ("circle", "square") for i in range(3)}
+    rows = "".join(f"{name},{name.split('/')[0]}\n" for name in files)
+    hub_snapshot(tmp_path / "hub", "me/shapes", {**files, "metadata.csv": ("file_name,label\n" + rows).encode()})
+    train, val = vit_folder.find_splits(local_data("me/shapes"), vit_folder.Config())
+    assert val is None and sorted(label for _, label in train) == ["circle"] * 3 + ["square"] * 3
+    assert all(open_image(path).size == (20, 20) for path, _ in train)  # the links to the blobs are read
+    with pytest.raises(FileNotFoundError, match="data=me/missing: no such file or folder, and as a Hugging Face dataset id it is not in "
+                                                "the local Hugging Face cache .*hf download me/missing --repo-type dataset"):  # fmt: skip
+        gpt_char.split_text(gpt_char.Config(data="me/missing"))
+    # a folder that links out of the data folder still counts as outside it (only files may be links)
+    outside = tmp_path / "elsewhere"
+    make_folder(outside, classes=("circle",), n=1)
+    imgs = tmp_path / "linked"
+    imgs.mkdir()
+    (imgs / "out").symlink_to(outside)
+    (imgs / "metadata.csv").write_text("file_name,label\nout/circle/0.png,circle\n")
+    with pytest.raises(ValueError, match="file_name 'out/circle/0.png' points outside the data folder"):
+        vit_folder.find_splits(imgs, vit_folder.Config())
