@@ -96,10 +96,19 @@ def cmd_predict(args):
 
 
 def cmd_transcribe(args):
-    transcribe = recipe_function(args.run_dir, "transcribe", "transcribe audio")
-    texts = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language)
-    for path, text in zip(args.audio, texts):
-        print(f"{path}: {text}")
+    from .transcripts import write_transcripts
+
+    transcribe = recipe_function(args.run_dir, "transcribe_files", "transcribe audio")
+    stems = [Path(a).stem for a in args.audio]
+    if args.output_format and len(set(stems)) < len(stems):
+        raise ConfigError(f"--output-format: two audio files share a name ({next(s for s in stems if stems.count(s) > 1)}); their "
+                          "transcripts would overwrite each other in one folder")  # fmt: skip
+    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language)
+    for path, result in zip(args.audio, results):
+        print(f"{path}: {result['text']}")
+        if args.output_format:
+            files = write_transcripts(result, path, args.output_format, args.output_dir)
+            print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
 
 
 def cmd_export(args):
@@ -194,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
     s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
+    s.add_argument("--output-format", choices=["txt", "vtt", "srt", "tsv", "json", "all"], default=None,
+                   help="also write each file's transcript as openai-whisper does: txt, vtt / srt subtitles (a cue per segment), tsv, json, or all")  # fmt: skip
+    s.add_argument("--output-dir", default=".", help="where --output-format writes (default: here); files are named after the audio")
     s.add_argument("--language", default=None, help="runs on multilingual Whisper weights: the language token (de, German, ...), or auto "
                                                    "to detect each file's language on its first window (default: the run's)")  # fmt: skip
     s.set_defaults(fn=cmd_transcribe)

@@ -313,13 +313,21 @@ def fill_windows(segments, seconds: float):
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None) -> list[str]:  # fmt: skip
-    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given).
-    Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at least
-    `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and no
-    longer than the model's window, max_frames) and the segments' transcripts are joined with a
-    space; silence is skipped. whisper_digits learns from single utterances cut tight, so a segment
-    should hold one utterance and start where it does: the defaults do both. A run on Whisper's
-    weights (30 s windows) reads consecutive segments together, up to 30 s, as Whisper does.
+    """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
+    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language)]
+
+
+def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
+                     language: str | None = None) -> list[dict]:  # fmt: skip
+    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
+    result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
+    "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
+    subtitles. Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at
+    least `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and
+    no longer than the model's window, max_frames); silence is skipped. whisper_digits learns from
+    single utterances cut tight, so a segment should hold one utterance and start where it does: the
+    defaults do both. A run on Whisper's weights (30 s windows) reads consecutive segments together,
+    up to 30 s, as Whisper does: its segments are those windows.
     language: for a prompt with a language token (multilingual Whisper weights), another language
     (a code or a name), or "auto" to detect each file's on its first window, as openai-whisper's
     transcribe does; None = the run's."""
@@ -334,32 +342,36 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
     run_prompt = prompt_ids(toks["text"], cfg.prompt)
     if language == "auto" and not set(run_prompt) & set(language_tokens(toks["text"]).values()):
         raise ValueError(f"language=auto: the prompt of {run_dir} has no language token to choose (an English-only or a from-scratch model)")
+    run_language = getattr(cfg, "language", "") or None
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, f"the prompt of {run_dir}")
-    texts = []
+        run_language = language_code(language, toks["text"])
+    results = []
     for p in paths:
         stream = stream_audio(p, seconds)
         first = next(stream, None)
         if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
-        out, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+        found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
         if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
             segments = fill_windows(segments, seconds)
-        prompt = run_prompt
+        prompt, file_language = run_prompt, run_language
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
             if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
                 probs = detect_language(model, toks["text"], toks["audio"].encode_batch([group[0][1]]))[0]
-                code = max(probs, key=probs.get)
-                print(f"transcribe {p}: detected language {code} (p={probs[code]:.2f})", file=sys.stderr)
-                prompt = swap_language(run_prompt, toks["text"], code, f"the prompt of {run_dir}")
-            out += transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
-                                    ended, prompt)  # fmt: skip
+                file_language = max(probs, key=probs.get)
+                print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
+                prompt = swap_language(run_prompt, toks["text"], file_language, f"the prompt of {run_dir}")
+            texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
+                                     ended, prompt)  # fmt: skip
+            found += [(t, t + len(w) / SAMPLE_RATE, text) for (t, w), text in zip(group, texts) if text]
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(prompt)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
-        texts.append(" ".join(t for t in out if t))
-    return texts
+        segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text} for i, (a, b, text) in enumerate(found)]
+        results.append({"text": " ".join(s["text"] for s in segs), "segments": segs, "language": file_language})
+    return results

@@ -210,4 +210,4 @@ def evaluate(run_dir) -> dict:
     return whisper_digits.evaluate_run(run_dir, build_data)
 
 
-transcribe = whisper_digits.transcribe
+transcribe, transcribe_files = whisper_digits.transcribe, whisper_digits.transcribe_files

@@ -65,6 +65,9 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "quiet.wav"), "--min-pause", "0.2"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{tmp_path / 'long.wav'}: ") and out[1] == f"{tmp_path / 'quiet.wav'}: "  # silence: nothing to say
+    capsys.readouterr()  # two files of one name would overwrite each other's transcripts
+    assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "subs" / "long.wav"), "--output-format", "srt"]) == 2
+    assert "two audio files share a name (long)" in capsys.readouterr().err
     # the long-recording benchmark runs on this run (its figures mean nothing for a 12-step model)
     import sys
 

@@ -329,8 +329,10 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
 def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_path, speech, capsys):
     """detect_language gives openai-whisper's language probabilities on the same weights and audio;
     `mmtok transcribe --language auto` prompts with the detected language, `--language fr` with French;
-    English-only runs refuse both."""
+    English-only runs refuse both. Subtitles (--output-format) put a cue where each window's speech is,
+    in the files openai-whisper's writers make."""
     whisper = pytest.importorskip("whisper")
+    import whisper.utils
     from recipes.cli import main
     from recipes.whisper_digits import detect_language, transcribe_batch
 
@@ -367,6 +369,21 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert whisper_folder.transcribe(run, [str(clip)], language="French") == [want]
     with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's 99 languages"):
         whisper_folder.transcribe(run, [str(clip)], language="xx")
+    # subtitles: a recording with a long silence is read as two windows; a cue for each, where its speech is
+    first, second = (sf.read(data / name, dtype="float32")[0] for name in ("c2.wav", "c5.wav"))
+    silence = lambda s: np.zeros(int(s * 16000), np.float32)  # noqa: E731
+    sf.write(tmp_path / "talk.wav", np.concatenate([silence(1.0), first, silence(40.0), second, silence(0.5)]), 16000)
+    spans = [(1.0, 1.0 + len(first) / 16000), (41.0 + len(first) / 16000, 41.0 + (len(first) + len(second)) / 16000)]
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--output-format", "all", "--output-dir", str(tmp_path / "subs")]) == 0
+    result = json.loads((tmp_path / "subs" / "talk.json").read_text())
+    assert result == whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"])[0] and result["language"] == "de"
+    assert len(result["segments"]) == 2 and result["text"] == capsys.readouterr().out.split(": ", 1)[1].strip()
+    for seg, (a, b) in zip(result["segments"], spans):  # each cue inside its speech (to a 10 ms frame)
+        assert a - 0.011 <= seg["start"] < seg["end"] <= b + 0.011 and seg["end"] - seg["start"] > 0.5 * (b - a), seg
+    for fmt in ("txt", "vtt", "srt", "tsv"):  # the files openai-whisper's writers make of the same result
+        whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
+        assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
 
     english = tmp_path / "run_en"
     whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / "en.pt", 51864)), run_dir=str(english),
