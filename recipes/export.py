@@ -26,9 +26,8 @@ is refused); a tokenizer.json must encode a probe text as the run's tokenizer do
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -42,8 +41,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .runs import load_run_info, load_trained
 from .vit import read_classes
-from .whisper_digits import EOT, NO_TIMESTAMPS, SOT, prompt_ids
-from .whisper_folder import MULTILINGUAL_VOCAB
+from .whisper_digits import EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, prompt_ids
 
 # the reference's logits may differ from ours by float32 rounding, which grows with their size (GPT-2's reach ±100s)
 TOLERANCE, RELATIVE_TOLERANCE = 1e-4, 2e-6  # allowed: max(TOLERANCE, RELATIVE_TOLERANCE × largest |logit|)
@@ -92,11 +90,11 @@ def write_timm(model, tokenizers, folder: Path, run_dir: Path) -> None:
     write_model(folder, *timm_vit_export(model, tokenizers["image"], labels))
 
 
-def check_whisper_tokenizers(tokenizers) -> None:
+def check_whisper_tokenizers(tokenizers, reference: str = "Hugging Face's Whisper") -> None:
     """Refuse what Whisper's feature extractor and tokenizer cannot reproduce."""
     audio, text = tokenizers["audio"], tokenizers["text"]
     if not audio.chunk:
-        raise ValueError("Whisper export: this run reads each utterance unpadded; Hugging Face's Whisper pads every clip to its "
+        raise ValueError(f"Whisper export: this run reads each utterance unpadded; {reference} pads every clip to its "
                          "window with silence and attends to all of it, so it would not compute what the run learned. Runs on "
                          "Whisper's weights (whisper_folder init_from=tiny.pt, ...) read Whisper's windows and export")  # fmt: skip
     if audio.slice_frames != 1 or audio.max_frames * HOP_LENGTH % SAMPLE_RATE:
@@ -211,7 +209,7 @@ def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float | None:
 
 
 def write_openai_whisper(model, tokenizers, path: Path) -> None:
-    check_whisper_tokenizers(tokenizers)
+    check_whisper_tokenizers(tokenizers, "openai-whisper")
     if tokenizers["audio"].max_frames != OPENAI_WHISPER_FRAMES:
         raise ValueError(f"openai-whisper export: openai-whisper reads 30 s windows ({OPENAI_WHISPER_FRAMES} frames); this run reads "
                          f"{tokenizers['audio'].max_frames}")  # fmt: skip
@@ -273,7 +271,7 @@ def export(run_dir, out) -> dict:
     .pt: an openai-whisper checkpoint file); returns what was written (format, folder, files, the
     checked difference)."""
     run_dir, out = Path(run_dir), Path(out)
-    one_file = out.suffix == ".pt"
+    one_file = out.suffix.lower() == ".pt"
     if out.is_symlink():
         raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new {'file' if one_file else 'folder'}")
     if one_file and out.exists():
@@ -290,10 +288,8 @@ def export(run_dir, out) -> dict:
                              f"this run exports to a folder ({FORMATS[kind]})")  # fmt: skip
         kind = "openai-whisper"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))  # one of its own per export
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # note: mkdtemp makes it 0700; the export is a folder like any other
+    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"  # one of its own per export
+    tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
     try:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)

@@ -149,7 +149,9 @@ META_SUFFIXES = {".parquet", ".md", ".json", ".txt", ".yaml", ".yml", ".py", ".l
 
 
 DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "tsv"}  # suffix -> `datasets` builder
-BUILDERS = {"tsv": ("csv", {"sep": "\t"})}  # builders that are another's with arguments
+# builders with arguments: CSV / TSV cells are text as written ("NA", "null" stay words); TSV has no quoting (a quote is a character)
+BUILDERS = {"csv": ("csv", {"keep_default_na": False}),
+            "tsv": ("csv", {"sep": "\t", "quoting": csv.QUOTE_NONE, "keep_default_na": False})}  # fmt: skip
 NOT_DATA = {"dataset_infos.json", "dataset_info.json", "dataset_dict.json", "state.json"}  # `datasets`' own JSON files
 COMPRESSED = (".gz", ".bz2", ".xz")  # a .jsonl.gz / .csv.xz is read decompressed
 
@@ -177,9 +179,17 @@ def loose_files(root: Path, folders=("", "data")) -> list[Path]:
                   and not q.name.startswith("metadata."))  # fmt: skip
 
 
+def split_folders() -> list[str]:
+    """The folders `datasets` reads a split from (train/, training/, validation/, dev/, eval/, ...; also under data/)."""
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    names = [k for keywords in SPLIT_KEYWORDS.values() for k in keywords]
+    return names + [f"data/{k}" for k in names]
+
+
 def repository_files(root: Path) -> list[Path]:
-    """Data files where a dataset repository holds them: at its top or in data/, else in split folders (train/, validation/, ...)."""
-    return loose_files(root) or loose_files(root, SPLITS)
+    """Data files where a dataset repository holds them: at its top, in data/, in split folders (train/, validation/, ...)."""
+    return sorted(set(loose_files(root)) | set(loose_files(root, split_folders())))
 
 
 def strays(root: Path, data: list[Path]) -> list[Path]:
@@ -200,6 +210,11 @@ def text_files(root: Path) -> list[Path]:
         return []
     if len(kinds := sorted({file_builder(q) for q in data})) > 1:
         raise ValueError(f"{root} holds data files of several formats ({', '.join(kinds)}); keep one")
+    loose = set(loose_files(root))
+    if loose and len(loose) < len(data):  # note: `datasets` names splits from file names or from folders, not both
+        inner = next(q for q in data if q not in loose)
+        raise ValueError(f"{root} holds data files both in split folders ({inner.relative_to(root)}) and named by split "
+                         f"({sorted(loose)[0].relative_to(root)}); keep one layout")  # fmt: skip
     return data
 
 
@@ -209,7 +224,8 @@ def not_a_dataset(root: Path) -> str:
     if not data:
         return "it holds no .jsonl / .json / .csv / .tsv / .parquet file at its top, in data/ or in split folders (train/, validation/)"
     return (f"beside {data[0].relative_to(root)} it holds {strays(root, data)[0].relative_to(root)}, which is not a data file "
-            "(a dataset folder holds its data files at its top or in data/, besides README / LICENSE / .txt / .json files)")
+            "(a dataset folder holds its data files at its top, in data/ or in split folders such as train/ and validation/, "
+            "besides README / LICENSE / .txt / .json files)")
 
 
 def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
@@ -291,7 +307,8 @@ def load_hf(root: Path):
         while isinstance(e, datasets.exceptions.DatasetGenerationError) and (e.__cause__ or e.__context__):
             e = e.__cause__ or e.__context__  # note: "An error occurred while generating the dataset" hides the reason
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
-        reason = "no rows: an empty file?" if isinstance(e, StopIteration) else " ".join(lines[:2])[:300]  # note: line 2 names the columns of a cast error
+        empty = isinstance(e, StopIteration) or "corresponds to no data" in str(e)  # note: a CSV / TSV of a header only
+        reason = "no rows: an empty file?" if empty else " ".join(lines[:2])[:300]  # note: line 2 names the columns of a cast error
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are

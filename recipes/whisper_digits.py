@@ -84,6 +84,9 @@ def prompt_ids(tok, prompt: str = "") -> list[int]:
     return ids
 
 
+MULTILINGUAL_VOCAB = 51865  # openai-whisper: a model with at least this many outputs is multilingual
+
+
 def language_code(language: str, text_tok) -> str:
     """A Whisper language code from a code or name in any case (`de`, `German`, `EN`), checked
     against the model's language tokens when `text_tok` is given."""
@@ -92,27 +95,37 @@ def language_code(language: str, text_tok) -> str:
         from whisper.tokenizer import TO_LANGUAGE_CODE  # names and aliases: "german", "mandarin", ...
 
         code = TO_LANGUAGE_CODE.get(code, code)
+        named = ""
     except ImportError:
-        pass
+        named = "; language names need openai-whisper (pip install openai-whisper): give the code (de, fr, ...)"
     if text_tok is not None and f"<|{code}|>" not in text_tok.special_ids:
         n = sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
-        hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else ""
+        hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else named if code not in WHISPER_LANGUAGES else ""
         raise ValueError(f"language={language!r}: not one of this Whisper model's {n} languages ({', '.join(WHISPER_LANGUAGES[:8])}, ...){hint}")
     return code
 
 
 def language_tokens(text_tok) -> dict[str, int]:
-    """The text tokenizer's Whisper language tokens: code -> id (none for a from-scratch vocabulary)."""
+    """A multilingual Whisper vocabulary's language tokens: code -> id. None for an English-only one
+    (whose vocabulary carries them too, unused, as openai-whisper's does) or a from-scratch one."""
+    if getattr(text_tok, "vocab_size", 0) < MULTILINGUAL_VOCAB:
+        return {}
     specials = text_tok.special_ids
     return {c: specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials}
 
 
 def swap_language(prompt: list[int], text_tok, language: str, what: str) -> list[int]:
-    """`prompt` with its language token replaced by `language`'s (a code or a name)."""
-    at = [i for i, t in enumerate(prompt) if t in set(language_tokens(text_tok).values())]
-    if not at:
-        raise ValueError(f"language={language!r}: {what} has no language token to replace (an English-only or a from-scratch model)")
-    return prompt[: at[0]] + [text_tok.special_ids[f"<|{language_code(language, text_tok)}|>"]] + prompt[at[0] + 1 :]
+    """`prompt` with `language`'s token (a code or a name): in place of its language token, or after
+    <|startoftranscript|> when it has none, as Whisper's prompt holds it. A model without language
+    tokens (English-only, from scratch) takes language=en and changes nothing; another is refused."""
+    languages = language_tokens(text_tok)
+    if not languages:
+        if language_code(language, None) == "en":
+            return prompt
+        raise ValueError(f"language={language!r}: {what} is an English-only or a from-scratch model; it has no language tokens")
+    token = text_tok.special_ids[f"<|{language_code(language, text_tok)}|>"]
+    at = next((i for i, t in enumerate(prompt) if t in set(languages.values())), None)
+    return prompt[:at] + [token] + prompt[at + 1 :] if at is not None else prompt[:1] + [token] + prompt[1:]
 
 
 def text_example(tok, transcript: str, name: str, prompt: list[int] | None = None) -> TokenSet:
@@ -340,8 +353,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
 
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
     run_prompt = prompt_ids(toks["text"], cfg.prompt)
-    if language == "auto" and not set(run_prompt) & set(language_tokens(toks["text"]).values()):
-        raise ValueError(f"language=auto: the prompt of {run_dir} has no language token to choose (an English-only or a from-scratch model)")
+    if language and language.strip().lower() == "auto":
+        language = "auto"
+        if not language_tokens(toks["text"]):
+            raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, f"the prompt of {run_dir}")

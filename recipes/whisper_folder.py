@@ -47,9 +47,9 @@ from tokenizers_mm.text_bpe import openai_whisper_file
 from . import whisper_digits
 from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 from .runs import load_run_info, load_trained
-from .whisper_digits import SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT, SpeechSet, language_code, prompt_ids, swap_language, text_example
+from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, swap_language,
+                             text_example)  # fmt: skip
 
-MULTILINGUAL_VOCAB = 51865  # openai-whisper: a model with at least this many outputs is multilingual
 
 # Characters always in a from-scratch vocabulary, besides those of the training transcripts.
 BASE_CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"
@@ -134,8 +134,8 @@ def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
     if not cfg.language:
         return prompt, language
-    ids = swap_language(prompt_ids(text_tok, prompt), text_tok, cfg.language, f"the prompt of init_from={cfg.init_from}")
-    return text_tok.decode(ids), language_code(cfg.language, text_tok)
+    ids = swap_language(prompt_ids(text_tok, prompt), text_tok, cfg.language, f"init_from={cfg.init_from}")
+    return text_tok.decode(ids), language_code(cfg.language, None)
 
 
 def read_split(folder: Path) -> list[tuple[Path, str]]:

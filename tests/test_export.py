@@ -163,8 +163,10 @@ def test_whisper_export_gives_our_logits_in_transformers():
         torch.testing.assert_close(ours.logits["lm"], ref(mel.transpose(1, 2), ids), atol=1e-4, rtol=1e-4)
     # runs that read unpadded utterances (whisper_digits) would not compute what they learned in Whisper's padded window
     whisper_digits_toks = {"audio": AudioTokenizer(chunk=False, max_frames=800), "text": CharTokenizer(chars="ab")}
-    with pytest.raises(ValueError, match="Whisper export: this run reads each utterance unpadded"):
+    with pytest.raises(ValueError, match="Whisper export: this run reads each utterance unpadded; Hugging Face's Whisper pads"):
         check_whisper_tokenizers(whisper_digits_toks)
+    with pytest.raises(ValueError, match="Whisper export: this run reads each utterance unpadded; openai-whisper pads"):
+        check_whisper_tokenizers(whisper_digits_toks, "openai-whisper")
     with pytest.raises(ValueError, match="WhisperTokenizer is byte-level BPE with Whisper's special tokens"):
         check_whisper_tokenizers({**whisper_digits_toks, "audio": AudioTokenizer()})
 

@@ -333,6 +333,14 @@ def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
     (tmp_path / "c.tsv").write_text("id\ttext\n" + "".join(f"{i}\t{t}\n" for i, t in enumerate(lines)))
     train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "c.tsv"), val_fraction=0.0))
     assert train == "\n".join(lines) and any("," in t for t in lines)
+    # cells are text as written: a quote is a character in TSV, and "NA" / "null" are words (CSV too)
+    (tmp_path / "q.tsv").write_text('text\n"Quoted" at start\nNA\nnull\n"unbalanced\n')
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "q.tsv"), val_fraction=0.0))[0] == '"Quoted" at start\nNA\nnull\n"unbalanced'
+    (tmp_path / "na.csv").write_text('text\nNA\n"a, b"\nnull\n')
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "na.csv"), val_fraction=0.0))[0] == "NA\na, b\nnull"
+    (tmp_path / "header.tsv").write_text("text\n")
+    with pytest.raises(ValueError, match="header.tsv: not a dataset `datasets` can read here \\(no rows: an empty file"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "header.tsv")))
     corpus = tmp_path / "corpus"
     for split, part in (("train", lines[:60]), ("train", lines[60:90]), ("validation", lines[90:])):
         (corpus / split).mkdir(parents=True, exist_ok=True)
@@ -341,6 +349,15 @@ def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
     (corpus / "README.md").write_text("# a corpus\n")
     train, val = gpt_char.split_text(gpt_char.Config(data=str(corpus)))
     assert sorted(train.split("\n")) == sorted(lines[:90]) and val == "\n".join(lines[90:])
+    other = tmp_path / "other"  # split folders as `datasets` names them: training/ and eval/ (its test split), under data/
+    for split, part in (("training", lines[:10]), ("eval", lines[10:12])):
+        (other / "data" / split).mkdir(parents=True)
+        (other / "data" / split / "part-0.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in part))
+    assert gpt_char.split_text(gpt_char.Config(data=str(other))) == ("\n".join(lines[:10]), "\n".join(lines[10:12]))
+    (corpus / "train.jsonl").write_text(json.dumps({"text": "named by split"}) + "\n")  # a file named by split beside split folders
+    with pytest.raises(ValueError, match="corpus holds data files both in split folders \\(train/part-0.jsonl\\) and named by split \\(train.jsonl\\)"):
+        gpt_char.split_text(gpt_char.Config(data=str(corpus)))
+    (corpus / "train.jsonl").unlink()
     (corpus / "validation" / "notes.wav").write_bytes(b"RIFF")
     with pytest.raises(ValueError, match="corpus is a folder but not a dataset: beside train/part-0.jsonl it holds validation/notes.wav"):
         gpt_char.split_text(gpt_char.Config(data=str(corpus)))

@@ -313,9 +313,9 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
             assert generation["forced_decoder_ids"] == [[1, 50359], [2, 50363]] and generation["num_beams"] == 2
             continue
         # an openai-whisper checkpoint (OUT ending in .pt): whisper.load_model and its greedy decoding, suppressions off
-        assert main(["export", str(run), str(tmp_path / f"{name}.out.pt")]) == 0
+        assert main(["export", str(run), str(tmp_path / f"{name}.out.PT")]) == 0  # any case: a .pt file, not a folder
         assert "whisper.load_model" in capsys.readouterr().out
-        ref = whisper.load_model(str(tmp_path / f"{name}.out.pt"), device="cpu")
+        ref = whisper.load_model(str(tmp_path / f"{name}.out.PT"), device="cpu")
         prompt = whisper_folder.prompt_ids(text_tok, whisper_folder.load_run_info(run)[2].prompt)
         decoding = whisper.DecodingOptions(language=options.get("language", "en"), without_timestamps=True, fp16=False, suppress_blank=False,
                                            suppress_tokens=None, sample_len=24 - len(prompt))  # fmt: skip
@@ -334,7 +334,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     whisper = pytest.importorskip("whisper")
     import whisper.utils
     from recipes.cli import main
-    from recipes.whisper_digits import detect_language, transcribe_batch
+    from recipes.whisper_digits import detect_language, swap_language, transcribe_batch
 
     path, ref = openai_checkpoint(tmp_path / "multi.pt", 51865, reference=True)
     model, audio_tok, text_tok = whisper_folder.whisper_weights(Config(data=str(tmp_path), init_from=str(path)))
@@ -385,10 +385,17 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
         whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
         assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
 
+    assert whisper_folder.transcribe(run, [str(clip)], language="AUTO") == whisper_folder.transcribe(run, [str(clip)], language=code)
+    # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
+    assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
+
+    # English-only: its vocabulary carries language tokens, unused; even a prompt holding <|en|> is not swapped
     english = tmp_path / "run_en"
     whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / "en.pt", 51864)), run_dir=str(english),
-                               val_fraction=0.34, **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
-    with pytest.raises(ValueError, match="language=auto: the prompt of .* has no language token to choose \\(an English-only"):
-        whisper_folder.transcribe(english, [str(clip)], language="auto")
-    with pytest.raises(ValueError, match="language='de': the prompt of .* has no language token to replace"):
+                               prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>", val_fraction=0.34,
+                               **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+    with pytest.raises(ValueError, match="language=auto: .*run_en is an English-only or a from-scratch model; it has no language tokens"):
+        whisper_folder.transcribe(english, [str(clip)], language="Auto")
+    with pytest.raises(ValueError, match="language='de': the prompt of .* is an English-only or a from-scratch model"):
         whisper_folder.transcribe(english, [str(clip)], language="de")
+    assert whisper_folder.transcribe(english, [str(clip)], language="en") == whisper_folder.transcribe(english, [str(clip)])
