@@ -214,7 +214,7 @@ def detect_language(model: MultimodalTransformer, text_tok, audio_batch) -> list
     per row of `audio_batch`."""
     languages = language_tokens(text_tok)
     if not languages:
-        raise ValueError("language detection: this run's vocabulary has no language tokens (a from-scratch model)")
+        raise ValueError("language detection: this run is an English-only or a from-scratch model; it has no language tokens")
     sot = torch.tensor([text_tok.special_ids[SOT]])
     text = collate([TokenSet("text", ids=sot)] * audio_batch.shape[0]).to(audio_batch.mask.device)
     logits = next(iter(model({"audio": audio_batch, "text": text}).logits.values()))[:, -1]
