@@ -103,7 +103,7 @@ def cmd_transcribe(args):
     if args.output_format and len(set(stems)) < len(stems):
         raise ConfigError(f"--output-format: two audio files share a name ({next(s for s in stems if stems.count(s) > 1)}); their "
                           "transcripts would overwrite each other in one folder")  # fmt: skip
-    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language)
+    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task)
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -208,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output-dir", default=".", help="where --output-format writes (default: here); files are named after the audio")
     s.add_argument("--language", default=None, help="runs on multilingual Whisper weights: the language token (de, German, ...), or auto "
                                                    "to detect each file's language on its first window (default: the run's)")  # fmt: skip
+    s.add_argument("--task", choices=["transcribe", "translate"], default=None,
+                   help="runs on multilingual Whisper weights: translate speech in any language into English text (default: the run's task)")
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 / Whisper or timm ViT folder",
                        description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "

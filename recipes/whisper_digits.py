@@ -128,6 +128,23 @@ def swap_language(prompt: list[int], text_tok, language: str, what: str) -> list
     return prompt[:at] + [token] + prompt[at + 1 :] if at is not None else prompt[:1] + [token] + prompt[1:]
 
 
+def swap_task(prompt: list[int], text_tok, task: str, what: str) -> list[int]:
+    """`prompt` with the task token <|transcribe|> or <|translate|> (into English): in place of its task
+    token, or after its language token (<|startoftranscript|> when it has none). Multilingual models only."""
+    if task not in ("transcribe", "translate"):
+        raise ValueError(f"task={task!r}: expected transcribe or translate")
+    languages = set(language_tokens(text_tok).values())
+    if not languages:
+        raise ValueError(f"task={task}: {what} is an English-only or a from-scratch model; it has no task tokens")
+    specials = text_tok.special_ids
+    tasks = {specials["<|transcribe|>"], specials["<|translate|>"]}
+    at = next((i for i, t in enumerate(prompt) if t in tasks), None)
+    if at is None:
+        at = next((i + 1 for i, t in enumerate(prompt) if t in languages), 1)
+        prompt = prompt[:at] + [None] + prompt[at:]
+    return prompt[:at] + [specials[f"<|{task}|>"]] + prompt[at + 1 :]
+
+
 def text_example(tok, transcript: str, name: str, prompt: list[int] | None = None) -> TokenSet:
     """Decoder input = prompt + the transcript's tokens; targets = the next token; loss on the
     transcript and EOT. A Whisper (BPE) vocabulary reads the transcript after a space, as Whisper
@@ -325,13 +342,13 @@ def fill_windows(segments, seconds: float):
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-               language: str | None = None) -> list[str]:  # fmt: skip
+               language: str | None = None, task: str | None = None) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
-    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language)]
+    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task)]
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-                     language: str | None = None) -> list[dict]:  # fmt: skip
+                     language: str | None = None, task: str | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -343,7 +360,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     up to 30 s, as Whisper does: its segments are those windows.
     language: for a prompt with a language token (multilingual Whisper weights), another language
     (a code or a name), or "auto" to detect each file's on its first window, as openai-whisper's
-    transcribe does; None = the run's."""
+    transcribe does; None = the run's. task: "translate" (speech in any language to English text) or
+    "transcribe", for multilingual Whisper weights; None = the run's."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -353,6 +371,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
 
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
     run_prompt = prompt_ids(toks["text"], cfg.prompt)
+    if task:
+        run_prompt = swap_task(run_prompt, toks["text"], task, f"the prompt of {run_dir}")
     if language and language.strip().lower() == "auto":
         language = "auto"
         if not language_tokens(toks["text"]):

@@ -334,7 +334,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     whisper = pytest.importorskip("whisper")
     import whisper.utils
     from recipes.cli import main
-    from recipes.whisper_digits import detect_language, swap_language, transcribe_batch
+    from recipes.whisper_digits import detect_language, swap_language, swap_task, transcribe_batch
 
     path, ref = openai_checkpoint(tmp_path / "multi.pt", 51865, reference=True)
     model, audio_tok, text_tok = whisper_folder.whisper_weights(Config(data=str(tmp_path), init_from=str(path)))
@@ -367,6 +367,12 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     with torch.no_grad():
         want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(french), prompt=french)[0]
     assert whisper_folder.transcribe(run, [str(clip)], language="French") == [want]
+    translate = whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|de|><|translate|><|notimestamps|>")  # --task translate
+    with torch.no_grad():
+        want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(translate), prompt=translate)[0]
+    assert whisper_folder.transcribe(run, [str(clip)], task="translate") == [want]
+    bare = whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|notimestamps|>")
+    assert swap_task(bare, text_tok, "translate", "x") == whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|translate|><|notimestamps|>")
     with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's 99 languages"):
         whisper_folder.transcribe(run, [str(clip)], language="xx")
     # subtitles: a recording with a long silence is read as two windows; a cue for each, where its speech is
@@ -399,3 +405,5 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     with pytest.raises(ValueError, match="language='de': the prompt of .* is an English-only or a from-scratch model"):
         whisper_folder.transcribe(english, [str(clip)], language="de")
     assert whisper_folder.transcribe(english, [str(clip)], language="en") == whisper_folder.transcribe(english, [str(clip)])
+    with pytest.raises(ValueError, match="task=translate: the prompt of .* is an English-only or a from-scratch model; it has no task tokens"):
+        whisper_folder.transcribe(english, [str(clip)], task="translate")
