@@ -25,8 +25,11 @@ is refused); a tokenizer.json must encode a probe text as the run's tokenizer do
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import shutil
+import socket
 import uuid
 from pathlib import Path
 
@@ -266,6 +269,24 @@ def check_timm(model, tokenizers, folder: Path) -> float:
     return difference(next(iter(ours.values())), ref(x))
 
 
+HOST = socket.gethostname().replace(".", "_")
+
+
+def remove_stale(out: Path) -> None:
+    """Remove what earlier exports to `out` killed mid-write left (`.OUT.PID@HOST.*.partial`): those of
+    this machine whose process is gone. A live export's, or another machine's, is left alone."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}.*@{HOST}.*.partial"):
+        pid = stale.name[len(out.name) + 2 :].split("@", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def export(run_dir, out) -> dict:
     """Write the run's last checkpoint to `out` in its reference format (a folder; an OUT ending in
     .pt: an openai-whisper checkpoint file); returns what was written (format, folder, files, the
@@ -288,7 +309,8 @@ def export(run_dir, out) -> dict:
                              f"this run exports to a folder ({FORMATS[kind]})")  # fmt: skip
         kind = "openai-whisper"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{uuid.uuid4().hex[:12]}.partial"  # one of its own per export
+    remove_stale(out)
+    tmp = out.parent / f".{out.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:8]}.partial"  # one of its own per export
     tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
     try:
         if kind == "gpt2":

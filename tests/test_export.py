@@ -4,6 +4,9 @@ VisionTransformer), computes our outputs. The Whisper export of trained runs, th
 speech-recognition pipeline: tests/test_whisper_folder.py."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -196,6 +199,17 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys):
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 2  # refuses to write over an export
     assert "vit_timm exists and is not an empty folder" in capsys.readouterr().err
     assert not list(tmp_path.glob(".*partial"))
+    # what an export killed mid-write left (its process gone) goes with the next export to that OUT; a live one's stays
+    from recipes.export import HOST
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f".vit_again.{dead.pid}@{HOST}.0a1b.partial", tmp_path / f".vit_again.{os.getpid()}@{HOST}.2c3d.partial"
+    for leftover in (stale, live):
+        leftover.mkdir()
+        (leftover / "model.safetensors").write_bytes(b"half")
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_again")]) == 0
+    assert not stale.exists() and live.exists() and (tmp_path / "vit_again" / "config.json").is_file()
 
 
 def test_a_tokenizer_json_that_encodes_otherwise_is_refused(tmp_path, monkeypatch):
