@@ -263,6 +263,17 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     eot = text_tok.special_ids["<|endoftext|>"]
     ids = ids[: ids.index(eot)] if eot in ids else ids
     assert len(want.tokens) > 3 and ids == want.tokens and text == want.text.strip()
+    # beam search (its default length normalisation: log-probability / length, ours with length_penalty=1), on several clips
+    waves = [torch.as_tensor(w / 32768.0, dtype=torch.float32) for w, _ in speech[:8]]
+    mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(w)) for w in waves])
+    batch = audio_tok.encode_batch([w.numpy() for w in waves])
+    beams = whisper.DecodingOptions(language="de", without_timestamps=True, fp16=False, suppress_blank=False, suppress_tokens=None,
+                                    sample_len=24 - len(prompt), beam_size=3)  # fmt: skip
+    with torch.no_grad():
+        texts = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), beam_size=3, length_penalty=1.0, prompt=prompt)
+        greedy = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt)
+    # note: one clip at a time, as openai-whisper's beam search on a batch fails in its attention (CPU, this version)
+    assert texts == [whisper.decode(ref, m, beams).text.strip() for m in mels] and texts != greedy  # beams found other texts
 
 
 def test_wer_on_whisper_normalised_text():
