@@ -100,6 +100,8 @@ def cmd_transcribe(args):
 
     transcribe = recipe_function(args.run_dir, "transcribe_files", "transcribe audio")
     stems = [Path(a).stem for a in args.audio]
+    if args.output_dir and not args.output_format:  # as openai-whisper: an output folder alone gets every format
+        args.output_format = "all"
     if args.output_format and len(set(stems)) < len(stems):
         raise ConfigError(f"--output-format: two audio files share a name ({next(s for s in stems if stems.count(s) > 1)}); their "
                           "transcripts would overwrite each other in one folder")  # fmt: skip
@@ -107,7 +109,7 @@ def cmd_transcribe(args):
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
-            files = write_transcripts(result, path, args.output_format, args.output_dir)
+            files = write_transcripts(result, path, args.output_format, args.output_dir or ".")
             print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
 
 
@@ -120,7 +122,8 @@ def cmd_export(args):
     if r["format"].startswith("timm"):
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
     elif r["format"].startswith("an openai-whisper"):
-        print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {r["folder"]} --language LANGUAGE')
+        language = f" --language {r['language']}" if r.get("language") else ""
+        print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {r["folder"]}{language}')
     elif "Whisper" in r["format"]:
         print(f'load it: pipeline("automatic-speech-recognition", model="{r["folder"]}"), or WhisperForConditionalGeneration / '
               f'WhisperProcessor.from_pretrained("{r["folder"]}")')  # fmt: skip
@@ -205,9 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
     s.add_argument("--output-format", choices=["txt", "vtt", "srt", "tsv", "json", "all"], default=None,
                    help="also write each file's transcript as openai-whisper does: txt, vtt / srt subtitles (a cue per segment), tsv, json, or all")  # fmt: skip
-    s.add_argument("--output-dir", default=".", help="where --output-format writes (default: here); files are named after the audio")
-    s.add_argument("--language", default=None, help="runs on multilingual Whisper weights: the language token (de, German, ...), or auto "
-                                                   "to detect each file's language on its first window (default: the run's)")  # fmt: skip
+    s.add_argument("--output-dir", default=None, help="where the transcript files go (default: here; with --output-dir alone, every "
+                                                     "format is written); files are named after the audio")  # fmt: skip
+    s.add_argument("--language", default=None, help="the language token for runs on multilingual Whisper weights (de; names such as German "
+                                                   "with openai-whisper installed), or auto to detect each file's language on its first "
+                                                   "window; English-only and from-scratch runs take en only (default: the run's)")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,
                    help="runs on multilingual Whisper weights: translate speech in any language into English text (default: the run's task)")
     s.set_defaults(fn=cmd_transcribe)
@@ -216,9 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "GPT2LMHeadModel folder with its tokenizer, an image classifier as a timm VisionTransformer folder, a "
                                    "speech recogniser on Whisper's weights as a Hugging Face Whisper folder (model, tokenizer, "
                                    "feature extractor, generation config), or with OUT ending in .pt as an openai-whisper checkpoint. "
-                                   "The folder is loaded back with the reference library and its outputs compared with the run's.")  # fmt: skip
+                                   "What is written is loaded back with the reference library, when it is installed (transformers, "
+                                   "timm, openai-whisper), and its outputs compared with the run's; otherwise it is marked unchecked.")  # fmt: skip
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    s.add_argument("out", metavar="OUT", help="a new (or empty) folder; for an openai-whisper checkpoint, a new file ending in .pt")
     s.set_defaults(fn=cmd_export)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")

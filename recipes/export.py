@@ -331,4 +331,5 @@ def export(run_dir, out) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = [out.name] if one_file else sorted(p.name for p in out.iterdir())
-    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out), "files": files, "max_difference": found}
+    language = getattr(run_cfg, "language", "") or None  # a Whisper run's, for openai-whisper's command line
+    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out), "files": files, "max_difference": found, "language": language}

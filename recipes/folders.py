@@ -40,25 +40,31 @@ def inside(root: Path, name: str, where: str) -> Path:
     return path
 
 
-HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")  # a Hugging Face dataset id: owner/name
+HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(/(?P<config>[\w.-]+))?")  # a Hugging Face dataset id: owner/name[/CONFIG]
 
 
 def local_data(data: str) -> Path:
-    """data= as a path: itself when it exists; else a Hugging Face dataset id (`owner/name`) → its
-    snapshot in the local Hugging Face cache, as `hf download --repo-type dataset ID` (or
-    `load_dataset` / `snapshot_download`) left it. Nothing is downloaded."""
+    """data= as a path: itself when it exists; else a Hugging Face dataset id (`owner/name`, or
+    `owner/name/CONFIG` for one config of several) → its snapshot in the local Hugging Face cache, as
+    `hf download --repo-type dataset ID` (or `load_dataset` / `snapshot_download`) left it. Nothing
+    is downloaded."""
     path = Path(data)
-    if path.exists() or not HUB_ID.fullmatch(data):
+    found = None if path.exists() else HUB_ID.fullmatch(data)
+    if found is None:
         return path
     from huggingface_hub import constants, snapshot_download
 
+    repo, config = found["repo"], found["config"]
     try:
-        return Path(snapshot_download(data, repo_type="dataset", local_files_only=True))
+        snapshot = Path(snapshot_download(repo, repo_type="dataset", local_files_only=True))
     except Exception as e:  # noqa: BLE001  # huggingface_hub raises several kinds (not cached, incomplete, bad id)
         reason = str(e).splitlines()[0] if "incomplete" in str(e) else f"not in the local Hugging Face cache ({constants.HF_HUB_CACHE})"
         raise FileNotFoundError(f"data={data}: no such file or folder, and as a Hugging Face dataset id it is {reason}; "
-                                f"download it where there is a network (`hf download {data} --repo-type dataset`), "
+                                f"download it where there is a network (`hf download {repo} --repo-type dataset`), "
                                 "or give the path of its files") from None
+    if config is not None and not (snapshot / config).is_dir():
+        raise FileNotFoundError(f"data={data}: the cached dataset {repo} has no config folder {config!r} ({snapshot})")
+    return snapshot / config if config else snapshot
 
 
 METADATA_FILES = ("metadata.csv", "metadata.jsonl")  # imagefolder / audiofolder's metadata, one per folder
@@ -275,7 +281,8 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     elif len(configs) == 1:  # the Hub's converted layout, CONFIG/SPLIT/*.parquet
         found = "parquet", splits(configs[0])
     elif configs:
-        raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG")
+        raise ValueError(f"{root} holds the dataset configs {', '.join(configs)}: give data={root}/CONFIG "
+                         "(for a dataset id from the Hugging Face cache: data=OWNER/NAME/CONFIG)")  # fmt: skip
     else:
         data = text_files(root)
         return (file_builder(data[0]), split_files(root, data)) if data else None

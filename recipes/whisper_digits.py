@@ -372,15 +372,15 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     seconds = toks["audio"].max_frames * HOP_LENGTH / SAMPLE_RATE
     run_prompt = prompt_ids(toks["text"], cfg.prompt)
     if task:
-        run_prompt = swap_task(run_prompt, toks["text"], task, f"the prompt of {run_dir}")
+        run_prompt = swap_task(run_prompt, toks["text"], task, str(run_dir))
     if language and language.strip().lower() == "auto":
         language = "auto"
         if not language_tokens(toks["text"]):
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
     if language and language != "auto":  # checked before any audio is read
-        run_prompt = swap_language(run_prompt, toks["text"], language, f"the prompt of {run_dir}")
-        run_language = language_code(language, toks["text"])
+        run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
+        run_language = language_code(language, toks["text"] if language_tokens(toks["text"]) else None)  # en, for a model without them
     results = []
     for p in paths:
         stream = stream_audio(p, seconds)
@@ -397,7 +397,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 probs = detect_language(model, toks["text"], toks["audio"].encode_batch([group[0][1]]))[0]
                 file_language = max(probs, key=probs.get)
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
-                prompt = swap_language(run_prompt, toks["text"], file_language, f"the prompt of {run_dir}")
+                prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
             texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
                                      ended, prompt)  # fmt: skip
             found += [(t, t + len(w) / SAMPLE_RATE, text) for (t, w), text in zip(group, texts) if text]

@@ -400,6 +400,12 @@ def test_data_may_be_a_dataset_id_in_the_local_hugging_face_cache(tmp_path, monk
                                                  "data/validation-00000-of-00001.parquet": val.getvalue()})  # fmt: skip
     train, held = gpt_char.split_text(gpt_char.Config(data="me/corpus"))
     assert train == "\n".join(f"line {i}" for i in range(40)) and held == "held out"
+    hub_snapshot(tmp_path / "hub", "me/multi", {"a/train/0.parquet": buf.getvalue(), "b/train/0.parquet": val.getvalue()})  # two configs
+    with pytest.raises(ValueError, match="holds the dataset configs a, b: .*data=OWNER/NAME/CONFIG"):
+        gpt_char.split_text(gpt_char.Config(data="me/multi"))
+    assert gpt_char.split_text(gpt_char.Config(data="me/multi/b", val_fraction=0.0))[0] == "held out"
+    with pytest.raises(FileNotFoundError, match="data=me/multi/c: the cached dataset me/multi has no config folder 'c'"):
+        gpt_char.split_text(gpt_char.Config(data="me/multi/c"))
     from tests.test_vit_recipes import make_folder
 
     make_folder(tmp_path / "imgs", classes=("circle", "square"), n=3)

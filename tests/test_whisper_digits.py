@@ -34,6 +34,7 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     texts = whisper_digits.transcribe(run, files)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert len(whisper_digits.transcribe(run, files, beam_size=3)) == 2  # beam search on the KV cache
+    assert whisper_digits.transcribe_files(run, files[:1], language="en")[0] == {**whisper_digits.transcribe_files(run, files[:1])[0], "language": "en"}
     import numpy as np
     import soundfile as sf
 

@@ -325,7 +325,8 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
             continue
         # an openai-whisper checkpoint (OUT ending in .pt): whisper.load_model and its greedy decoding, suppressions off
         assert main(["export", str(run), str(tmp_path / f"{name}.out.PT")]) == 0  # any case: a .pt file, not a folder
-        assert "whisper.load_model" in capsys.readouterr().out
+        printed = capsys.readouterr().out
+        assert "whisper.load_model" in printed and ("--language de" in printed) == (name == "multi")  # the run's language for its CLI
         ref = whisper.load_model(str(tmp_path / f"{name}.out.PT"), device="cpu")
         prompt = whisper_folder.prompt_ids(text_tok, whisper_folder.load_run_info(run)[2].prompt)
         decoding = whisper.DecodingOptions(language=options.get("language", "en"), without_timestamps=True, fp16=False, suppress_blank=False,
@@ -398,6 +399,8 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert len(result["segments"]) == 2 and result["text"] == capsys.readouterr().out.split(": ", 1)[1].strip()
     for seg, (a, b) in zip(result["segments"], spans):  # each cue inside its speech (to a 10 ms frame)
         assert a - 0.011 <= seg["start"] < seg["end"] <= b + 0.011 and seg["end"] - seg["start"] > 0.5 * (b - a), seg
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--output-dir", str(tmp_path / "every")]) == 0  # alone: all formats
+    assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [f"talk.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
     for fmt in ("txt", "vtt", "srt", "tsv"):  # the files openai-whisper's writers make of the same result
         whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
         assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
@@ -413,8 +416,8 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
                                **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
     with pytest.raises(ValueError, match="language=auto: .*run_en is an English-only or a from-scratch model; it has no language tokens"):
         whisper_folder.transcribe(english, [str(clip)], language="Auto")
-    with pytest.raises(ValueError, match="language='de': the prompt of .* is an English-only or a from-scratch model"):
+    with pytest.raises(ValueError, match="language='de': .*run_en is an English-only or a from-scratch model"):
         whisper_folder.transcribe(english, [str(clip)], language="de")
     assert whisper_folder.transcribe(english, [str(clip)], language="en") == whisper_folder.transcribe(english, [str(clip)])
-    with pytest.raises(ValueError, match="task=translate: the prompt of .* is an English-only or a from-scratch model; it has no task tokens"):
+    with pytest.raises(ValueError, match="task=translate: .*run_en is an English-only or a from-scratch model; it has no task tokens"):
         whisper_folder.transcribe(english, [str(clip)], task="translate")
