@@ -123,9 +123,7 @@ def swap_language(prompt: list[int], text_tok, language: str, what: str) -> list
         if language_code(language, None) == "en":
             return prompt
         raise ValueError(f"language={language!r}: {what} is an English-only or a from-scratch model; it has no language tokens")
-    token = text_tok.special_ids[f"<|{language_code(language, text_tok)}|>"]
-    at = next((i for i, t in enumerate(prompt) if t in set(languages.values())), None)
-    return prompt[:at] + [token] + prompt[at + 1 :] if at is not None else prompt[:1] + [token] + prompt[1:]
+    return put_token(prompt, text_tok.special_ids[f"<|{language_code(language, text_tok)}|>"], set(languages.values()), 1)
 
 
 def swap_task(prompt: list[int], text_tok, task: str, what: str) -> list[int]:
@@ -137,12 +135,14 @@ def swap_task(prompt: list[int], text_tok, task: str, what: str) -> list[int]:
     if not languages:
         raise ValueError(f"task={task}: {what} is an English-only or a from-scratch model; it has no task tokens")
     specials = text_tok.special_ids
-    tasks = {specials["<|transcribe|>"], specials["<|translate|>"]}
-    at = next((i for i, t in enumerate(prompt) if t in tasks), None)
-    if at is None:
-        at = next((i + 1 for i, t in enumerate(prompt) if t in languages), 1)
-        prompt = prompt[:at] + [None] + prompt[at:]
-    return prompt[:at] + [specials[f"<|{task}|>"]] + prompt[at + 1 :]
+    after_language = next((i + 1 for i, t in enumerate(prompt) if t in languages), 1)
+    return put_token(prompt, specials[f"<|{task}|>"], {specials["<|transcribe|>"], specials["<|translate|>"]}, after_language)
+
+
+def put_token(prompt: list[int], token: int, kind: set[int], insert_at: int) -> list[int]:
+    """`prompt` with `token` in place of its token of the same kind, or inserted at `insert_at` when it has none."""
+    at = next((i for i, t in enumerate(prompt) if t in kind), None)
+    return prompt[:at] + [token] + prompt[at + 1 :] if at is not None else prompt[:insert_at] + [token] + prompt[insert_at:]
 
 
 def text_example(tok, transcript: str, name: str, prompt: list[int] | None = None) -> TokenSet:
