@@ -248,27 +248,37 @@ def _fuse(sd: dict, prefix: str, names: tuple[str, ...]) -> tuple[Tensor, Tensor
     return torch.cat(ws), torch.cat(bs)
 
 
+# Hugging Face's Whisper names (without "model.") -> ours: the import reads them one way, the export (models/export.py) the other
+HF_WHISPER_TOP = {
+    "encoder.conv1.weight": "embedders.audio.conv1.weight", "encoder.conv1.bias": "embedders.audio.conv1.bias",
+    "encoder.conv2.weight": "embedders.audio.conv2.weight", "encoder.conv2.bias": "embedders.audio.conv2.bias",
+    "encoder.embed_positions.weight": "embedders.audio.pos.weight", "decoder.embed_tokens.weight": "embedders.text.tok.weight",
+    "decoder.embed_positions.weight": "embedders.text.pos.weight", "encoder.layer_norm.weight": "encoder.ln_f.weight",
+    "encoder.layer_norm.bias": "encoder.ln_f.bias", "decoder.layer_norm.weight": "decoder.ln_f.weight", "decoder.layer_norm.bias": "decoder.ln_f.bias",
+}  # fmt: skip
+
+
+def hf_whisper_layer(side: str) -> tuple[dict[str, str], dict[str, tuple[str, tuple[str, ...]]]]:
+    """A block's names: ({theirs: ours} for modules with a weight and a bias, {our fused projection:
+    (their attention module, its separate projections)}); decoder blocks add cross-attention."""
+    pairs = {"self_attn.out_proj": "attn.proj", "self_attn_layer_norm": "ln_1", "final_layer_norm": "ln_2", "fc1": "mlp.fc", "fc2": "mlp.proj"}
+    fused = {"attn.qkv": ("self_attn", ("q_proj", "k_proj", "v_proj"))}
+    if side == "decoder":
+        pairs |= {"encoder_attn.q_proj": "cross_attn.q", "encoder_attn.out_proj": "cross_attn.proj", "encoder_attn_layer_norm": "ln_cross"}
+        fused["cross_attn.kv"] = ("encoder_attn", ("k_proj", "v_proj"))
+    return pairs, fused
+
+
 def hf_whisper_state_dict(sd: dict[str, Tensor], enc_depth: int, dec_depth: int) -> dict[str, Tensor]:
     """Rename a WhisperForConditionalGeneration state dict into ours."""
     sd = {k.removeprefix("model."): v for k, v in sd.items()}
-    out = {
-        "embedders.audio.conv1.weight": sd["encoder.conv1.weight"], "embedders.audio.conv1.bias": sd["encoder.conv1.bias"],
-        "embedders.audio.conv2.weight": sd["encoder.conv2.weight"], "embedders.audio.conv2.bias": sd["encoder.conv2.bias"],
-        "embedders.audio.pos.weight": sd["encoder.embed_positions.weight"],
-        "embedders.text.tok.weight": sd["decoder.embed_tokens.weight"], "embedders.text.pos.weight": sd["decoder.embed_positions.weight"],
-        "encoder.ln_f.weight": sd["encoder.layer_norm.weight"], "encoder.ln_f.bias": sd["encoder.layer_norm.bias"],
-        "decoder.ln_f.weight": sd["decoder.layer_norm.weight"], "decoder.ln_f.bias": sd["decoder.layer_norm.bias"],
-    }  # fmt: skip
+    out = {ours: sd[theirs] for theirs, ours in HF_WHISPER_TOP.items()}
     for side, depth in (("encoder", enc_depth), ("decoder", dec_depth)):
+        pairs, fused = hf_whisper_layer(side)
         for i in range(depth):
             theirs, ours = f"{side}.layers.{i}", f"{side}.blocks.{i}"
-            out[f"{ours}.attn.qkv.weight"], out[f"{ours}.attn.qkv.bias"] = _fuse(sd, f"{theirs}.self_attn", ("q_proj", "k_proj", "v_proj"))
-            pairs = {"self_attn.out_proj": "attn.proj", "self_attn_layer_norm": "ln_1", "final_layer_norm": "ln_2", "fc1": "mlp.fc", "fc2": "mlp.proj"}
-            if side == "decoder":
-                out[f"{ours}.cross_attn.q.weight"] = sd[f"{theirs}.encoder_attn.q_proj.weight"]
-                out[f"{ours}.cross_attn.q.bias"] = sd[f"{theirs}.encoder_attn.q_proj.bias"]
-                out[f"{ours}.cross_attn.kv.weight"], out[f"{ours}.cross_attn.kv.bias"] = _fuse(sd, f"{theirs}.encoder_attn", ("k_proj", "v_proj"))
-                pairs |= {"encoder_attn.out_proj": "cross_attn.proj", "encoder_attn_layer_norm": "ln_cross"}
+            for o, (module, parts) in fused.items():
+                out[f"{ours}.{o}.weight"], out[f"{ours}.{o}.bias"] = _fuse(sd, f"{theirs}.{module}", parts)
             for t, o in pairs.items():
                 out[f"{ours}.{o}.weight"] = sd[f"{theirs}.{t}.weight"]
                 out[f"{ours}.{o}.bias"] = sd[f"{theirs}.{t}.bias"]

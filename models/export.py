@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .convert import OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, WHISPER_NORM_EPS, check_openai_whisper_dims
+from .convert import HF_WHISPER_TOP, OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, WHISPER_NORM_EPS, check_openai_whisper_dims, hf_whisper_layer
 from .transformer import MultimodalTransformer
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names
@@ -225,34 +225,21 @@ def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tu
     if missing:
         raise ValueError(f"Whisper export: the text tokenizer lacks {', '.join(missing)}")
     sd = plain(model)
-    type_row = lambda name: sd["type_embed.weight"][model.type_offset[name]]  # noqa: E731  # each modality's only type
-    out = {
-        "encoder.conv1.weight": sd["embedders.audio.conv1.weight"], "encoder.conv1.bias": sd["embedders.audio.conv1.bias"],
-        "encoder.conv2.weight": sd["embedders.audio.conv2.weight"], "encoder.conv2.bias": sd["embedders.audio.conv2.bias"],
-        "encoder.embed_positions.weight": sd["embedders.audio.pos.weight"] + type_row("audio"),
-        "decoder.embed_tokens.weight": sd["embedders.text.tok.weight"],
-        "decoder.embed_positions.weight": sd["embedders.text.pos.weight"] + type_row("text"),
-        "encoder.layer_norm.weight": sd["encoder.ln_f.weight"], "encoder.layer_norm.bias": sd["encoder.ln_f.bias"],
-        "decoder.layer_norm.weight": sd["decoder.ln_f.weight"], "decoder.layer_norm.bias": sd["decoder.ln_f.bias"],
-    }  # fmt: skip
-    pairs = {"attn.proj": "self_attn.out_proj", "ln_1": "self_attn_layer_norm", "ln_2": "final_layer_norm", "mlp.fc": "fc1",
-             "mlp.proj": "fc2", "cross_attn.q": "encoder_attn.q_proj", "cross_attn.proj": "encoder_attn.out_proj",
-             "ln_cross": "encoder_attn_layer_norm"}  # fmt: skip
+    out = {theirs: sd[ours] for theirs, ours in HF_WHISPER_TOP.items()}
+    for side, name in (("encoder", "audio"), ("decoder", "text")):  # each modality's only type row folds into its positions
+        out[f"{side}.embed_positions.weight"] = out[f"{side}.embed_positions.weight"] + sd["type_embed.weight"][model.type_offset[name]]
     for side, depth in (("encoder", t.depth), ("decoder", t.dec_depth or t.depth)):
+        pairs, fused = hf_whisper_layer(side)
         for i in range(depth):
-            ours, theirs = f"{side}.blocks.{i}", f"model.{side}.layers.{i}"
-            split = {"attn.qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")}
-            if side == "decoder":
-                split["cross_attn.kv"] = ("encoder_attn.k_proj", "encoder_attn.v_proj")
-            for fused, parts in split.items():
-                for part, w, b in zip(parts, sd[f"{ours}.{fused}.weight"].chunk(len(parts)), sd[f"{ours}.{fused}.bias"].chunk(len(parts))):
-                    out[f"{theirs}.{part}.weight"] = w.contiguous()
-                    if not part.endswith("k_proj"):  # note: a key bias does not change attention (see the module's note)
-                        out[f"{theirs}.{part}.bias"] = b.contiguous()
-            for o, h in pairs.items():
-                if f"{ours}.{o}.weight" in sd:
-                    out[f"{theirs}.{h}.weight"], out[f"{theirs}.{h}.bias"] = sd[f"{ours}.{o}.weight"], sd[f"{ours}.{o}.bias"]
-    out = {k if k.startswith("model.") else f"model.{k}": v for k, v in out.items()}
+            ours, theirs = f"{side}.blocks.{i}", f"{side}.layers.{i}"
+            for o, (module, parts) in fused.items():
+                for part, w, b in zip(parts, sd[f"{ours}.{o}.weight"].chunk(len(parts)), sd[f"{ours}.{o}.bias"].chunk(len(parts))):
+                    out[f"{theirs}.{module}.{part}.weight"] = w.contiguous()
+                    if part != "k_proj":  # note: a key bias does not change attention (see the module's note)
+                        out[f"{theirs}.{module}.{part}.bias"] = b.contiguous()
+            for h, o in pairs.items():
+                out[f"{theirs}.{h}.weight"], out[f"{theirs}.{h}.bias"] = sd[f"{ours}.{o}.weight"], sd[f"{ours}.{o}.bias"]
+    out = {f"model.{k}": v for k, v in out.items()}
     eot, sot = specials["<|endoftext|>"], specials["<|startoftranscript|>"]
     ffn = int(t.mlp_ratio * t.dim)
     config = {

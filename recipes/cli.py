@@ -119,12 +119,12 @@ def cmd_export(args):
     r = export(args.run_dir, args.out)
     checked = "not checked (its library is not installed here)" if r["max_difference"] is None else f"max |difference| {r['max_difference']:.2g}"
     print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
-    if r["format"].startswith("timm"):
+    if r["kind"] == "timm":
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
-    elif r["format"].startswith("an openai-whisper"):
+    elif r["kind"] == "openai-whisper":
         language = f" --language {r['language']}" if r.get("language") else ""
         print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {r["folder"]}{language}')
-    elif "Whisper" in r["format"]:
+    elif r["kind"] == "whisper":
         print(f'load it: pipeline("automatic-speech-recognition", model="{r["folder"]}"), or WhisperForConditionalGeneration / '
               f'WhisperProcessor.from_pretrained("{r["folder"]}")')  # fmt: skip
     else:

@@ -44,7 +44,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .runs import load_run_info, load_trained
 from .vit import read_classes
-from .whisper_digits import EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, prompt_ids
+from .whisper_digits import EOT, NO_TIMESTAMPS, SOT, language_tokens, prompt_ids
 
 # the reference's logits may differ from ours by float32 rounding, which grows with their size (GPT-2's reach ±100s)
 TOLERANCE, RELATIVE_TOLERANCE = 1e-4, 2e-6  # allowed: max(TOLERANCE, RELATIVE_TOLERANCE × largest |logit|)
@@ -126,18 +126,19 @@ def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] |
     return None if inner else (language, task)
 
 
-def whisper_generation(prompt: list[int], text_tok, model, run_cfg) -> dict:
+def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> dict:
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
     prompt and decode as `mmtok transcribe`: greedy or the run's beam search, no token suppression,
     at most max_text decoder tokens. Only a multilingual model gets a language table, and only
     Whisper's own prompt (language, task) leaves the language to it: any other prompt is forced as
-    it is, since a multilingual model without one detects the language."""
+    it is, since a multilingual model without one detects the language. parts: `prompt_parts(prompt)`."""
     specials = text_tok.special_ids
     words = prompt_words(prompt, text_tok)
     if words[-1] != NO_TIMESTAMPS:
         raise ValueError(f"Whisper export: transformers' Whisper ends its prompt with {NO_TIMESTAMPS} (this run's: {''.join(words)})")
     eot, t = specials[EOT], model.config.trunk
-    multilingual = model.config.modalities["text"].vocab_size >= MULTILINGUAL_VOCAB
+    languages = language_tokens(text_tok)  # none for an English-only model
+    multilingual = bool(languages)
     layers = t.dec_depth or t.depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
               "max_length": text_tok.max_positions, "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
@@ -146,9 +147,8 @@ def whisper_generation(prompt: list[int], text_tok, model, run_cfg) -> dict:
               "prev_sot_token_id": specials.get("<|startofprev|>"),
               # openai-whisper's alignment heads for a model it has no table for: every head of the upper half of the decoder
               "alignment_heads": [[i, h] for i in range(layers // 2, layers) for h in range(t.num_heads)]}  # fmt: skip
-    parts = prompt_parts(prompt, text_tok)
     if multilingual:
-        config["lang_to_id"] = {f"<|{c}|>": specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials}
+        config["lang_to_id"] = {f"<|{c}|>": i for c, i in languages.items()}
         config["task_to_id"] = {k: specials[f"<|{k}|>"] for k in ("transcribe", "translate")}
     if multilingual and parts is not None and None not in parts:  # Whisper's own prompt: language and task, changeable in generate
         config["language"], config["task"] = parts
@@ -171,9 +171,9 @@ def write_whisper(model, tokenizers, folder: Path, run_cfg) -> None:
     text_tok = tokenizers["text"]
     write_model(folder, *whisper_export(model, text_tok.special_ids))
     prompt = prompt_ids(text_tok, run_cfg.prompt)
-    write_json(folder / "generation_config.json", whisper_generation(prompt, text_tok, model, run_cfg))
-    write_json(folder / "preprocessor_config.json", feature_extractor_config(tokenizers["audio"]))
     parts = prompt_parts(prompt, text_tok)
+    write_json(folder / "generation_config.json", whisper_generation(prompt, parts, text_tok, model, run_cfg))
+    write_json(folder / "preprocessor_config.json", feature_extractor_config(tokenizers["audio"]))
     if parts is None:
         print(f"export: WhisperTokenizer's prefix cannot write this run's prompt ({''.join(prompt_words(prompt, text_tok))}); its label "
               "ids will start otherwise than the run's training targets (generation is not affected)")  # fmt: skip
@@ -331,5 +331,8 @@ def export(run_dir, out) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = [out.name] if one_file else sorted(p.name for p in out.iterdir())
-    language = getattr(run_cfg, "language", "") or None  # a Whisper run's, for openai-whisper's command line
-    return {"recipe": recipe, "format": FORMATS[kind], "folder": str(out), "files": files, "max_difference": found, "language": language}
+    language = None  # a Whisper run's prompt's, for openai-whisper's command line
+    if kind in ("whisper", "openai-whisper"):
+        language = (prompt_parts(prompt_ids(tokenizers["text"], run_cfg.prompt), tokenizers["text"]) or (None,))[0]
+    return {"recipe": recipe, "kind": kind, "format": FORMATS[kind], "folder": str(out), "files": files, "max_difference": found,
+            "language": language}  # fmt: skip

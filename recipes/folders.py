@@ -216,11 +216,11 @@ def text_files(root: Path) -> list[Path]:
         return []
     if len(kinds := sorted({file_builder(q) for q in data})) > 1:
         raise ValueError(f"{root} holds data files of several formats ({', '.join(kinds)}); keep one")
-    loose = set(loose_files(root))
+    loose = [q for q in data if q.parent in (root, root / "data")]  # named by split, not in a split folder
     if loose and len(loose) < len(data):  # note: `datasets` names splits from file names or from folders, not both
         inner = next(q for q in data if q not in loose)
         raise ValueError(f"{root} holds data files both in split folders ({inner.relative_to(root)}) and named by split "
-                         f"({sorted(loose)[0].relative_to(root)}); keep one layout")  # fmt: skip
+                         f"({loose[0].relative_to(root)}); keep one layout")  # fmt: skip
     return data
 
 

@@ -380,7 +380,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     run_language = getattr(cfg, "language", "") or None
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
-        run_language = language_code(language, toks["text"] if language_tokens(toks["text"]) else None)  # en, for a model without them
+        run_language = language_code(language, None)  # checked by swap_language
     results = []
     for p in paths:
         stream = stream_audio(p, seconds)
