@@ -207,21 +207,102 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
     """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
     DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
     reached <|endoftext|> within max_new."""
-    B = audio_batch.shape[0]
-    prompt = torch.tensor(prompt or prompt_ids(text_tok), device=audio_batch.mask.device)
-    text = collate([TokenSet("text", ids=prompt)] * B).to(audio_batch.mask.device)
+    rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty)
     eot = text_tok.special_ids[EOT]
-    if beam_size > 1:
-        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)[:, len(prompt) :]
+    if ended is not None:
+        ended += [eot in row for row in rows]
+    return [row_text(text_tok, row) for row in rows]
+
+
+def row_text(text_tok, row: list[int]) -> str:
+    """The text of decoded tokens, special tokens left out."""
+    specials = set(text_tok.special_ids.values())
+    return text_tok.decode([i for i in row if i not in specials]).strip()
+
+
+FALLBACK = {  # openai-whisper's transcribe: retry a window hotter when its text looks wrong, skip it when it looks like silence
+    "temperatures": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0), "compression_ratio_threshold": 2.4, "logprob_threshold": -1.0,
+    "no_speech_threshold": 0.6, "best_of": 5,
+}  # fmt: skip
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of the text over bytes of its zlib compression: high for a text that repeats itself (openai-whisper's measure)."""
+    import zlib
+
+    data = text.encode("utf-8")
+    return len(data) / len(zlib.compress(data)) if data else 0.0
+
+
+@torch.no_grad()
+def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]]) -> list[dict]:
+    """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
+    and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
+    tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>
+    alone; 0 without that token) and the text's compression_ratio; one teacher-forced pass."""
+    eot, no_speech = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>")
+    seqs = [torch.tensor(prompt + row) for row in rows]
+    text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
+    logits = next(iter(model({"audio": audio_batch, "text": text}).logits.values())).float()
+    logprobs = logits.log_softmax(-1)
+    stats = []
+    for b, (q, row) in enumerate(zip(seqs, rows)):
+        n = len(prompt)
+        total = float(logprobs[b, torch.arange(n - 1, len(q) - 1), q[n:].to(logprobs.device)].sum()) if row else 0.0
+        tokens = [t for t in row if t != eot]
+        words = row_text(text_tok, tokens)
+        stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(words),
+                      "no_speech_prob": float(logprobs[b, 0, no_speech].exp()) if no_speech is not None else 0.0, "text": words,
+                      "tokens": tokens, "ended": eot in row})  # fmt: skip
+    return stats
+
+
+def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
+                length_penalty: float = 1.0, generator=None) -> list[list[int]]:  # fmt: skip
+    """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam search or sampling."""
+    B, device = audio_batch.shape[0], audio_batch.mask.device
+    text = collate([TokenSet("text", ids=torch.tensor(prompt))] * B).to(device)
+    eot = text_tok.special_ids[EOT]
+    if beam_size > 1 and temperature == 0:
+        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)
     else:
-        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=0, eos_id=eot)[:, len(prompt) :]
-    texts, specials = [], set(text_tok.special_ids.values())
-    for row in out.tolist():
-        if ended is not None:
-            ended.append(eot in row)
-        row = row[: row.index(eot)] if eot in row else row
-        texts.append(text_tok.decode([i for i in row if i not in specials]).strip())
-    return texts
+        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=temperature, eos_id=eot, generator=generator)
+    return [row[: row.index(eot) + 1] if eot in row else row for row in out[:, len(prompt) :].tolist()]
+
+
+def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, prompt: list[int], beam_size: int = 1,
+                         length_penalty: float = 1.0, options: dict | None = None, batch=None) -> list[dict]:  # fmt: skip
+    """openai-whisper's decode_with_fallback for a group of windows: decode at temperature 0 (greedy
+    or beam search); a window whose text compresses more than compression_ratio_threshold (it
+    repeats itself) or whose avg_logprob is below logprob_threshold is decoded again at the next
+    temperature, sampling best_of candidates and keeping the likeliest (log-probability / tokens);
+    one that looks like silence (no_speech_prob above no_speech_threshold with a low avg_logprob) is
+    not retried, and its text is dropped. Returns decoding_stats per window, with its temperature.
+    batch: the windows' encoded batch, when the caller has it (the first pass reads it)."""
+    o = {**FALLBACK, **(options or {})}
+    results: list = [None] * len(waves)
+    pending = list(range(len(waves)))
+    generator = torch.Generator(device=str(next(model.parameters()).device)).manual_seed(0)
+    for k, t in enumerate(o["temperatures"]):
+        n = 1 if t == 0 else o["best_of"]
+        if batch is None or k or n > 1:
+            batch = audio_tok.encode_batch([waves[i] for i in pending for _ in range(n)])
+        rows = decode_rows(model, text_tok, batch, max_new, prompt, t, beam_size, length_penalty, generator)
+        stats = decoding_stats(model, text_tok, batch, prompt, rows)
+        retry = []
+        for j, i in enumerate(pending):
+            best = max(stats[j * n : (j + 1) * n], key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1))
+            silent = best["no_speech_prob"] > o["no_speech_threshold"] and not best["avg_logprob"] > o["logprob_threshold"]
+            wrong = best["compression_ratio"] > o["compression_ratio_threshold"] or best["avg_logprob"] < o["logprob_threshold"]
+            results[i] = {**best, "temperature": t}
+            if silent:
+                results[i]["text"] = ""  # openai-whisper skips such a window
+            elif wrong and k + 1 < len(o["temperatures"]):
+                retry.append(i)
+        pending = retry
+        if not pending:
+            break
+    return results
 
 
 @torch.no_grad()
@@ -342,13 +423,13 @@ def fill_windows(segments, seconds: float):
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-               language: str | None = None, task: str | None = None) -> list[str]:  # fmt: skip
+               language: str | None = None, task: str | None = None, fallback: bool | dict = False) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
-    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task)]
+    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback)]
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-                     language: str | None = None, task: str | None = None) -> list[dict]:  # fmt: skip
+                     language: str | None = None, task: str | None = None, fallback: bool | dict = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -361,7 +442,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     language: for a prompt with a language token (multilingual Whisper weights), another language
     (a code or a name), or "auto" to detect each file's on its first window, as openai-whisper's
     transcribe does; None = the run's. task: "translate" (speech in any language to English text) or
-    "transcribe", for multilingual Whisper weights; None = the run's."""
+    "transcribe", for multilingual Whisper weights; None = the run's. fallback: openai-whisper's
+    temperature fallback and silence skipping (`decode_with_fallback`; a dict overrides FALLBACK's
+    thresholds); each segment then also carries its temperature, avg_logprob, compression_ratio and
+    no_speech_prob."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -398,15 +482,24 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 file_language = max(probs, key=probs.get)
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
-            texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size, cfg.length_penalty,
-                                     ended, prompt)  # fmt: skip
-            found += [(t, t + len(w) / SAMPLE_RATE, text) for (t, w), text in zip(group, texts) if text]
+            if fallback:
+                decoded = decode_with_fallback(model, toks["text"], toks["audio"], [w for _, w in group], cfg.max_text - len(prompt), prompt,
+                                               beam_size or cfg.beam_size, cfg.length_penalty, fallback if isinstance(fallback, dict) else None,
+                                               batch)  # fmt: skip
+                ended += [d["ended"] for d in decoded]
+                extra = [{k: d[k] for k in ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")} for d in decoded]
+                texts = [d["text"] for d in decoded]
+            else:
+                texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size,
+                                         cfg.length_penalty, ended, prompt)  # fmt: skip
+                extra = [{}] * len(group)
+            found += [(t, t + len(w) / SAMPLE_RATE, text, x) for (t, w), text, x in zip(group, texts, extra) if text]
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(prompt)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
-        segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text} for i, (a, b, text) in enumerate(found)]
+        segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text, **x} for i, (a, b, text, x) in enumerate(found)]
         results.append({"text": " ".join(s["text"] for s in segs), "segments": segs, "language": file_language})
     return results

@@ -263,6 +263,13 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     eot = text_tok.special_ids["<|endoftext|>"]
     ids = ids[: ids.index(eot)] if eot in ids else ids
     assert len(want.tokens) > 3 and ids == want.tokens and text == want.text.strip()
+    # the figures openai-whisper's fallback decides on: avg_logprob, no_speech_prob, compression_ratio of the same decoding
+    from recipes.whisper_digits import decode_rows, decoding_stats
+
+    with torch.no_grad():
+        stats = decoding_stats(model, text_tok, batch, prompt, decode_rows(model, text_tok, batch, 24 - len(prompt), prompt))[0]
+    assert stats["tokens"] == want.tokens and stats["compression_ratio"] == pytest.approx(want.compression_ratio)
+    assert stats["avg_logprob"] == pytest.approx(want.avg_logprob, abs=1e-4) and stats["no_speech_prob"] == pytest.approx(want.no_speech_prob, rel=1e-3)
     # beam search (its default length normalisation: log-probability / length, ours with length_penalty=1), on several clips
     waves = [torch.as_tensor(w / 32768.0, dtype=torch.float32) for w, _ in speech[:8]]
     mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(w)) for w in waves])
@@ -411,6 +418,14 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
         assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
 
     assert whisper_folder.transcribe(run, [str(clip)], language="AUTO") == whisper_folder.transcribe(run, [str(clip)], language=code)
+    # openai-whisper's fallback: the random model's text repeats itself and is unlikely, so every temperature is tried
+    plain = whisper_folder.transcribe_files(run, [str(clip)])[0]
+    hot = whisper_folder.transcribe_files(run, [str(clip)], fallback=True)[0]
+    assert [s["temperature"] for s in hot["segments"]] == [1.0] and hot["segments"][0]["avg_logprob"] < -1.0 and hot["text"] != plain["text"]
+    calm = whisper_folder.transcribe_files(run, [str(clip)], fallback={"compression_ratio_threshold": 100, "logprob_threshold": -100})[0]
+    assert calm["text"] == plain["text"] and calm["segments"][0]["temperature"] == 0.0  # nothing to retry: the plain decoding
+    silent = whisper_folder.transcribe_files(run, [str(clip)], fallback={"no_speech_threshold": 0.0})[0]  # unlikely and "silent": skipped
+    assert silent["text"] == "" and silent["segments"] == []
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 
