@@ -234,26 +234,33 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+STATS_ROWS = 4  # rows scored together by decoding_stats: its logits are rows × positions × vocabulary floats
+
+
 @torch.no_grad()
 def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]]) -> list[dict]:
     """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
     and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
     tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>
-    alone; 0 without that token) and the text's compression_ratio; one teacher-forced pass."""
-    eot, no_speech = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>")
-    seqs = [torch.tensor(prompt + row) for row in rows]
-    text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
-    logits = next(iter(model({"audio": audio_batch, "text": text}).logits.values())).float()
-    logprobs = logits.log_softmax(-1)
+    alone; 0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
+    at a time."""
+    eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
     stats = []
-    for b, (q, row) in enumerate(zip(seqs, rows)):
-        n = len(prompt)
-        total = float(logprobs[b, torch.arange(n - 1, len(q) - 1), q[n:].to(logprobs.device)].sum()) if row else 0.0
-        tokens = [t for t in row if t != eot]
-        words = row_text(text_tok, tokens)
-        stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(words),
-                      "no_speech_prob": float(logprobs[b, 0, no_speech].exp()) if no_speech is not None else 0.0, "text": words,
-                      "tokens": tokens, "ended": eot in row})  # fmt: skip
+    for start in range(0, len(rows), STATS_ROWS):
+        part = rows[start : start + STATS_ROWS]
+        seqs = [torch.tensor(prompt + row) for row in part]
+        text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
+        audio = audio_batch.select(slice(start, start + len(part)))
+        logits = next(iter(model({"audio": audio, "text": text}).logits.values())).float()
+        norm = logits.logsumexp(-1)  # (rows, positions): log-probability = logit - norm, without a second vocabulary-wide tensor
+        for b, (q, row) in enumerate(zip(seqs, part)):
+            at, chosen = torch.arange(n - 1, len(q) - 1), q[n:].to(logits.device)
+            total = float((logits[b, at, chosen] - norm[b, at]).sum()) if row else 0.0
+            tokens = [t for t in row if t != eot]
+            words = row_text(text_tok, tokens)
+            quiet = float((logits[b, 0, no_speech] - norm[b, 0]).exp()) if no_speech is not None else 0.0
+            stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(words),
+                          "no_speech_prob": quiet, "text": words, "tokens": tokens, "ended": eot in row})  # fmt: skip
     return stats
 
 
@@ -278,30 +285,36 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
     temperature, sampling best_of candidates and keeping the likeliest (log-probability / tokens);
     one that looks like silence (no_speech_prob above no_speech_threshold with a low avg_logprob) is
     not retried, and its text is dropped. Returns decoding_stats per window, with its temperature.
-    batch: the windows' encoded batch, when the caller has it (the first pass reads it)."""
+    batch: the windows' encoded batch, when the caller has it (the first pass reads it). A threshold
+    of None turns its check off, as in openai-whisper."""
     o = {**FALLBACK, **(options or {})}
     results: list = [None] * len(waves)
     pending = list(range(len(waves)))
     generator = torch.Generator(device=str(next(model.parameters()).device)).manual_seed(0)
     for k, t in enumerate(o["temperatures"]):
         n = 1 if t == 0 else o["best_of"]
-        if batch is None or k or n > 1:
-            batch = audio_tok.encode_batch([waves[i] for i in pending for _ in range(n)])
-        rows = decode_rows(model, text_tok, batch, max_new, prompt, t, beam_size, length_penalty, generator)
-        stats = decoding_stats(model, text_tok, batch, prompt, rows)
+        if batch is None or k:
+            batch = audio_tok.encode_batch([waves[i] for i in pending])
+        rows_batch = batch if n == 1 else batch.select(torch.arange(len(pending)).repeat_interleave(n))  # best_of samples per window
+        rows = decode_rows(model, text_tok, rows_batch, max_new, prompt, t, beam_size, length_penalty, generator)
+        stats = decoding_stats(model, text_tok, rows_batch, prompt, rows)
         retry = []
         for j, i in enumerate(pending):
-            best = max(stats[j * n : (j + 1) * n], key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1))
-            silent = best["no_speech_prob"] > o["no_speech_threshold"] and not best["avg_logprob"] > o["logprob_threshold"]
-            wrong = best["compression_ratio"] > o["compression_ratio_threshold"] or best["avg_logprob"] < o["logprob_threshold"]
+            # the likeliest sample, as openai-whisper ranks them: log-probability / tokens ** length_penalty
+            best = max(stats[j * n : (j + 1) * n], key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1) ** length_penalty)
+            low = o["logprob_threshold"] is not None and best["avg_logprob"] < o["logprob_threshold"]
+            wrong = low or (o["compression_ratio_threshold"] is not None and best["compression_ratio"] > o["compression_ratio_threshold"])
+            quiet = o["no_speech_threshold"] is not None and best["no_speech_prob"] > o["no_speech_threshold"]
             results[i] = {**best, "temperature": t}
-            if silent:
-                results[i]["text"] = ""  # openai-whisper skips such a window
-            elif wrong and k + 1 < len(o["temperatures"]):
+            if wrong and not (quiet and low) and k + 1 < len(o["temperatures"]):  # silence is not retried
                 retry.append(i)
         pending = retry
         if not pending:
             break
+    for r in results:  # silence: openai-whisper skips the window unless its text is likely after all
+        if o["no_speech_threshold"] is not None and r["no_speech_prob"] > o["no_speech_threshold"] and not (
+                o["logprob_threshold"] is not None and r["avg_logprob"] > o["logprob_threshold"]):  # fmt: skip
+            r |= {"text": "", "ended": True}  # skipped, not text cut short
     return results
 
 

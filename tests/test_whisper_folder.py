@@ -270,6 +270,19 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         stats = decoding_stats(model, text_tok, batch, prompt, decode_rows(model, text_tok, batch, 24 - len(prompt), prompt))[0]
     assert stats["tokens"] == want.tokens and stats["compression_ratio"] == pytest.approx(want.compression_ratio)
     assert stats["avg_logprob"] == pytest.approx(want.avg_logprob, abs=1e-4) and stats["no_speech_prob"] == pytest.approx(want.no_speech_prob, rel=1e-3)
+    # the fallback keeps the likeliest of best_of samples (log-probability / tokens), and does not retry silence
+    from recipes.whisper_digits import decode_with_fallback
+
+    one = [wave.numpy()]
+    with torch.no_grad():
+        kept = decode_with_fallback(model, text_tok, audio_tok, one, 24 - len(prompt), prompt, options={"temperatures": (1.0,)})[0]
+        five = audio_tok.encode_batch(one * 5)  # the same five samples: the fallback's generator starts from seed 0
+        samples = decode_rows(model, text_tok, five, 24 - len(prompt), prompt, 1.0, generator=torch.Generator().manual_seed(0))
+        scored = decoding_stats(model, text_tok, five, prompt, samples)
+        quiet = decode_with_fallback(model, text_tok, audio_tok, one, 24 - len(prompt), prompt, options={"no_speech_threshold": 0.0})[0]
+    ranked = sorted(scored, key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1))
+    assert kept["tokens"] == ranked[-1]["tokens"] != ranked[0]["tokens"] and kept["temperature"] == 1.0
+    assert quiet["temperature"] == 0.0 and quiet["text"] == "" and quiet["avg_logprob"] < -1.0  # silent and unlikely: skipped at once
     # beam search (its default length normalisation: log-probability / length, ours with length_penalty=1), on several clips
     waves = [torch.as_tensor(w / 32768.0, dtype=torch.float32) for w, _ in speech[:8]]
     mels = torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(w)) for w in waves])

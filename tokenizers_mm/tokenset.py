@@ -182,6 +182,10 @@ class TokenBatch:
         """Page-locked copies (the DataLoader calls this with pin_memory=True), so `to(cuda)` overlaps compute."""
         return self._map(Tensor.pin_memory)
 
+    def select(self, rows) -> "TokenBatch":
+        """The batch's rows `rows` (indices or a slice), in that order."""
+        return self._map(lambda t: t[rows])
+
     def _map(self, fn) -> "TokenBatch":
         moved = {f.name: getattr(self, f.name) for f in fields(self)}
         for k, v in moved.items():
