@@ -298,9 +298,12 @@ class MultimodalTransformer(nn.Module):
         use_cache: bool = True,
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
+        logits_filter=None,
     ) -> Tensor:
         """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
         tokens when `eos_id` is given and every row has produced it (one host sync per step).
+        logits_filter(logits, step) -> logits, when given, changes each step's (B, V) float logits
+        before sampling (step 0 = the first new token): token suppression, as a LogitsProcessor.
 
         temperature 0 is greedy. The LM modality must be the decoder's last input and unpadded.
         Past the modality's position table, the context is cropped to its last max_positions
@@ -321,7 +324,7 @@ class MultimodalTransformer(nn.Module):
         step_inputs = dict(inputs)
         names = None  # first step: the whole decoder input
         ended = torch.zeros(B, dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             if cache is not None and cache.length and cache.length - prefix + 1 > max_pos:
                 cache = None  # the position table is full: slide the window, uncached
             if cache is None or not cache.length:
@@ -333,6 +336,8 @@ class MultimodalTransformer(nn.Module):
                 names = None
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
             logits = self.heads[lm_name](h[:, -1:])[:, -1].float()  # (B, V)
+            if logits_filter is not None:
+                logits = logits_filter(logits, step)
             nxt = self._sample(logits, temperature, top_k, generator)
             ids = torch.cat([ids, nxt], 1)
             types = torch.cat([types, types[:, -1:]], 1)
@@ -348,13 +353,13 @@ class MultimodalTransformer(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, inputs: dict[str, TokenBatch], max_new_tokens: int, beam_size: int = 5, length_penalty: float = 1.0,
-                    eos_id: int | None = None) -> Tensor:  # fmt: skip
+                    eos_id: int | None = None, logits_filter=None) -> Tensor:  # fmt: skip
         """Beam search on the LM head with the KV cache. Returns the best sequence per sample,
         (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended.
 
         A beam's score is its summed log-probability divided by (generated length ** length_penalty);
         a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
-        The prompt (the decoder's last input) must be unpadded, as for `generate`.
+        The prompt (the decoder's last input) must be unpadded, as for `generate`; logits_filter as there.
         """
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
@@ -381,7 +386,8 @@ class MultimodalTransformer(nn.Module):
         step_inputs, names = beams, None
         for step in range(max_new_tokens):
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
-            logp = self.heads[lm_name](h[:, -1:])[:, -1].float().log_softmax(-1)  # (B·K, V)
+            logits = self.heads[lm_name](h[:, -1:])[:, -1].float()
+            logp = (logits if logits_filter is None else logits_filter(logits, step)).log_softmax(-1)  # (B·K, V)
             if eos_id is not None and finished.any():
                 logp[finished] = float("-inf")
                 logp[finished, eos_id] = 0.0  # a finished beam stays finished, at no cost

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
@@ -202,12 +203,12 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
-def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_new: int, beam_size: int = 1,
-                     length_penalty: float = 1.0, ended: list | None = None, prompt: list[int] | None = None) -> list[str]:  # fmt: skip
+def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_new: int, beam_size: int = 1, length_penalty: float = 1.0,
+                     ended: list | None = None, prompt: list[int] | None = None, suppress: Suppress | None = None) -> list[str]:  # fmt: skip
     """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
     DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
     reached <|endoftext|> within max_new."""
-    rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty)
+    rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress)
     eot = text_tok.special_ids[EOT]
     if ended is not None:
         ended += [eot in row for row in rows]
@@ -234,16 +235,44 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+class Suppress:
+    """openai-whisper's default token suppression (`DecodingOptions(suppress_blank=True,
+    suppress_tokens="-1")`): its non-speech symbols (♪, brackets, speaker tags' punctuation ...)
+    and the task and special tokens at every step, a blank (" ") and <|endoftext|> as the first new
+    token. A `logits_filter` for generate / beam_search; the token lists come from openai-whisper's
+    own tokenizer for the run's vocabulary (installed with the Whisper weights it reads)."""
+
+    def __init__(self, text_tok):
+        if not isinstance(text_tok, BPETokenizer) or "<|nospeech|>" not in text_tok.special_ids:
+            raise ValueError("suppression: openai-whisper's token suppression is for Whisper's vocabulary; this run has its own")
+        from whisper.tokenizer import get_tokenizer
+
+        multilingual = text_tok.vocab_size >= MULTILINGUAL_VOCAB
+        ref = get_tokenizer(multilingual, num_languages=text_tok.vocab_size - 51765 - int(multilingual))
+        if ref.encoding.n_vocab != text_tok.vocab_size:
+            raise ValueError(f"suppression: openai-whisper's tokenizer has {ref.encoding.n_vocab} tokens, this run's {text_tok.vocab_size}")
+        self.always = sorted({*ref.non_speech_tokens, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
+        self.first = [*ref.encode(" "), ref.eot]
+
+    def __call__(self, logits: Tensor, step: int) -> Tensor:
+        logits = logits.clone()
+        logits[..., self.always] = float("-inf")
+        if step == 0:
+            logits[..., self.first] = float("-inf")
+        return logits
+
+
 STATS_ROWS = 4  # rows scored together by decoding_stats: its logits are rows × positions × vocabulary floats
 
 
 @torch.no_grad()
-def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]]) -> list[dict]:
+def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]],
+                   suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
     and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
     tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>
     alone; 0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
-    at a time."""
+    at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left)."""
     eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
     stats = []
     for start in range(0, len(rows), STATS_ROWS):
@@ -252,33 +281,38 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
         text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
         audio = audio_batch.select(slice(start, start + len(part)))
         logits = next(iter(model({"audio": audio, "text": text}).logits.values())).float()
+        quiet = (logits[:, 0, no_speech] - logits[:, 0].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
+        if suppress is not None:  # each decoding step's filter, at the position that predicted its token
+            logits[:, n - 1 :] = suppress(logits[:, n - 1 :], 1)
+            logits[:, n - 1] = suppress(logits[:, n - 1], 0)
         norm = logits.logsumexp(-1)  # (rows, positions): log-probability = logit - norm, without a second vocabulary-wide tensor
         for b, (q, row) in enumerate(zip(seqs, part)):
             at, chosen = torch.arange(n - 1, len(q) - 1), q[n:].to(logits.device)
             total = float((logits[b, at, chosen] - norm[b, at]).sum()) if row else 0.0
             tokens = [t for t in row if t != eot]
             words = row_text(text_tok, tokens)
-            quiet = float((logits[b, 0, no_speech] - norm[b, 0]).exp()) if no_speech is not None else 0.0
             stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(words),
-                          "no_speech_prob": quiet, "text": words, "tokens": tokens, "ended": eot in row})  # fmt: skip
+                          "no_speech_prob": float(quiet[b]) if quiet is not None else 0.0, "text": words, "tokens": tokens,
+                          "ended": eot in row})  # fmt: skip
     return stats
 
 
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
-                length_penalty: float = 1.0, generator=None) -> list[list[int]]:  # fmt: skip
+                length_penalty: float = 1.0, generator=None, suppress: Suppress | None = None) -> list[list[int]]:  # fmt: skip
     """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam search or sampling."""
     B, device = audio_batch.shape[0], audio_batch.mask.device
     text = collate([TokenSet("text", ids=torch.tensor(prompt))] * B).to(device)
     eot = text_tok.special_ids[EOT]
     if beam_size > 1 and temperature == 0:
-        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot)
+        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress)
     else:
-        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=temperature, eos_id=eot, generator=generator)
+        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=temperature, eos_id=eot, generator=generator,
+                             logits_filter=suppress)  # fmt: skip
     return [row[: row.index(eot) + 1] if eot in row else row for row in out[:, len(prompt) :].tolist()]
 
 
 def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, prompt: list[int], beam_size: int = 1,
-                         length_penalty: float = 1.0, options: dict | None = None, batch=None) -> list[dict]:  # fmt: skip
+                         length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's decode_with_fallback for a group of windows: decode at temperature 0 (greedy
     or beam search); a window whose text compresses more than compression_ratio_threshold (it
     repeats itself) or whose avg_logprob is below logprob_threshold is decoded again at the next
@@ -296,8 +330,8 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
         if batch is None or k:
             batch = audio_tok.encode_batch([waves[i] for i in pending])
         rows_batch = batch if n == 1 else batch.select(torch.arange(len(pending)).repeat_interleave(n))  # best_of samples per window
-        rows = decode_rows(model, text_tok, rows_batch, max_new, prompt, t, beam_size, length_penalty, generator)
-        stats = decoding_stats(model, text_tok, rows_batch, prompt, rows)
+        rows = decode_rows(model, text_tok, rows_batch, max_new, prompt, t, beam_size, length_penalty, generator, suppress)
+        stats = decoding_stats(model, text_tok, rows_batch, prompt, rows, suppress)
         retry = []
         for j, i in enumerate(pending):
             # the likeliest sample, as openai-whisper ranks them: log-probability / tokens ** length_penalty
@@ -436,13 +470,14 @@ def fill_windows(segments, seconds: float):
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-               language: str | None = None, task: str | None = None, fallback: bool | dict = False) -> list[str]:  # fmt: skip
+               language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
-    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback)]
+    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress)]
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-                     language: str | None = None, task: str | None = None, fallback: bool | dict = False) -> list[dict]:  # fmt: skip
+                     language: str | None = None, task: str | None = None, fallback: bool | dict = False,
+                     suppress: bool = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -458,7 +493,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     "transcribe", for multilingual Whisper weights; None = the run's. fallback: openai-whisper's
     temperature fallback and silence skipping (`decode_with_fallback`; a dict overrides FALLBACK's
     thresholds); each segment then also carries its temperature, avg_logprob, compression_ratio and
-    no_speech_prob."""
+    no_speech_prob. suppress: openai-whisper's default token suppression (`Suppress`; Whisper's
+    vocabulary only)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -475,6 +511,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if not language_tokens(toks["text"]):
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
+    suppressor = Suppress(toks["text"]) if suppress else None
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
@@ -498,13 +535,13 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             if fallback:
                 decoded = decode_with_fallback(model, toks["text"], toks["audio"], [w for _, w in group], cfg.max_text - len(prompt), prompt,
                                                beam_size or cfg.beam_size, cfg.length_penalty, fallback if isinstance(fallback, dict) else None,
-                                               batch)  # fmt: skip
+                                               batch, suppressor)  # fmt: skip
                 ended += [d["ended"] for d in decoded]
                 extra = [{k: d[k] for k in ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")} for d in decoded]
                 texts = [d["text"] for d in decoded]
             else:
                 texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size,
-                                         cfg.length_penalty, ended, prompt)  # fmt: skip
+                                         cfg.length_penalty, ended, prompt, suppressor)  # fmt: skip
                 extra = [{}] * len(group)
             found += [(t, t + len(w) / SAMPLE_RATE, text, x) for (t, w), text, x in zip(group, texts, extra) if text]
         if not ended:

@@ -35,6 +35,8 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
     assert len(whisper_digits.transcribe(run, files, beam_size=3)) == 2  # beam search on the KV cache
     assert whisper_digits.transcribe_files(run, files[:1], language="en")[0] == {**whisper_digits.transcribe_files(run, files[:1])[0], "language": "en"}
+    with pytest.raises(ValueError, match="openai-whisper's token suppression is for Whisper's vocabulary; this run has its own"):
+        whisper_digits.transcribe(run, files[:1], suppress=True)
     import numpy as np
     import soundfile as sf
 

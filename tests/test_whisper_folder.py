@@ -294,6 +294,28 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         greedy = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt)
     # note: one clip at a time, as openai-whisper's beam search on a batch fails in its attention (CPU, this version)
     assert texts == [whisper.decode(ref, m, beams).text.strip() for m in mels] and texts != greedy  # beams found other texts
+    # openai-whisper's default options (blank and non-speech suppression on): Suppress gives its tokens and log-probabilities.
+    # A non-speech token ('"') is made the likeliest everywhere (its embedding row 4x the row greedy decoding starts with, in both
+    # models), so that suppressing it changes the text
+    from recipes.whisper_digits import Suppress
+
+    suppress = Suppress(text_tok)
+    quote, top = text_tok.encode_ids('"')[0], decode_rows(model, text_tok, batch, 1, prompt)[0][0]
+    assert quote in suppress.always
+    with torch.no_grad():
+        for table in (model.embedders["text"].tok.weight, ref.decoder.token_embedding.weight):
+            table[quote] = 4 * table[top]
+    defaults = whisper.DecodingOptions(language="de", without_timestamps=True, fp16=False, sample_len=24 - len(prompt))
+    want = [whisper.decode(ref, m, defaults) for m in mels]
+    with torch.no_grad():
+        unsuppressed = decode_rows(model, text_tok, batch, 24 - len(prompt), prompt)
+        rows = decode_rows(model, text_tok, batch, 24 - len(prompt), prompt, suppress=suppress)
+        stats = decoding_stats(model, text_tok, batch, prompt, rows, suppress)
+        beamed = transcribe_batch(model, text_tok, batch, 24 - len(prompt), beam_size=3, prompt=prompt, suppress=suppress)
+    assert all(quote in row for row in unsuppressed) and not any(quote in r["tokens"] for r in stats)
+    assert [r["tokens"] for r in stats] == [w.tokens for w in want]
+    np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
+    assert beamed == [whisper.decode(ref, m, whisper.DecodingOptions(**{**defaults.__dict__, "beam_size": 3})).text.strip() for m in mels]
 
 
 def test_wer_on_whisper_normalised_text():
