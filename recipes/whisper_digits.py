@@ -140,6 +140,16 @@ def swap_task(prompt: list[int], text_tok, task: str, what: str) -> list[int]:
     return put_token(prompt, specials[f"<|{task}|>"], {specials["<|transcribe|>"], specials["<|translate|>"]}, after_language)
 
 
+def previous_text(text_tok, text: str) -> list[int]:
+    """openai-whisper's `prompt` / `initial_prompt`: <|startofprev|> and the text's tokens (after a
+    space; the last max_positions // 2 - 1 of them), put before the prompt so the decoder reads it as
+    what was said before (names, spellings, a style to follow). Whisper's vocabulary only."""
+    if "<|startofprev|>" not in text_tok.special_ids:
+        raise ValueError("initial prompt: this run's vocabulary has no <|startofprev|> (a from-scratch model); it needs Whisper's")
+    tokens = [int(i) for i in text_tok.encode_ids(" " + text.strip())]
+    return [text_tok.special_ids["<|startofprev|>"]] + tokens[-(text_tok.max_positions // 2 - 1) :]
+
+
 def put_token(prompt: list[int], token: int, kind: set[int], insert_at: int) -> list[int]:
     """`prompt` with `token` in place of its token of the same kind, or inserted at `insert_at` when it has none."""
     at = next((i for i, t in enumerate(prompt) if t in kind), None)
@@ -270,8 +280,8 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
                    suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
     and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
-    tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>
-    alone; 0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
+    tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>;
+    0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
     at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left)."""
     eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
     stats = []
@@ -281,7 +291,8 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
         text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
         audio = audio_batch.select(slice(start, start + len(part)))
         logits = next(iter(model({"audio": audio, "text": text}).logits.values())).float()
-        quiet = (logits[:, 0, no_speech] - logits[:, 0].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
+        at_sot = prompt.index(text_tok.special_ids[SOT])  # 0, or after a previous text
+        quiet = (logits[:, at_sot, no_speech] - logits[:, at_sot].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
         if suppress is not None:  # each decoding step's filter, at the position that predicted its token
             logits[:, n - 1 :] = suppress(logits[:, n - 1 :], 1)
             logits[:, n - 1] = suppress(logits[:, n - 1], 0)
@@ -470,14 +481,16 @@ def fill_windows(segments, seconds: float):
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-               language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False) -> list[str]:  # fmt: skip
+               language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
+               initial_prompt: str | None = None) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
-    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress)]
+    return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
+                                                initial_prompt)]  # fmt: skip
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
-                     suppress: bool = False) -> list[dict]:  # fmt: skip
+                     suppress: bool = False, initial_prompt: str | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -494,7 +507,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     temperature fallback and silence skipping (`decode_with_fallback`; a dict overrides FALLBACK's
     thresholds); each segment then also carries its temperature, avg_logprob, compression_ratio and
     no_speech_prob. suppress: openai-whisper's default token suppression (`Suppress`; Whisper's
-    vocabulary only)."""
+    vocabulary only). initial_prompt: text the decoder reads as said before every window
+    (`previous_text`; names and spellings to follow)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -512,6 +526,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
     suppressor = Suppress(toks["text"]) if suppress else None
+    before = previous_text(toks["text"], initial_prompt) if initial_prompt else []
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
@@ -532,22 +547,25 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 file_language = max(probs, key=probs.get)
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
+            full = before + prompt  # a previous text, then Whisper's prompt
+            if cfg.max_text - len(full) < 1:
+                raise ValueError(f"initial prompt: {len(before)} tokens leave no room in the {cfg.max_text}-token decoder; shorten it")
             if fallback:
-                decoded = decode_with_fallback(model, toks["text"], toks["audio"], [w for _, w in group], cfg.max_text - len(prompt), prompt,
+                decoded = decode_with_fallback(model, toks["text"], toks["audio"], [w for _, w in group], cfg.max_text - len(full), full,
                                                beam_size or cfg.beam_size, cfg.length_penalty, fallback if isinstance(fallback, dict) else None,
                                                batch, suppressor)  # fmt: skip
                 ended += [d["ended"] for d in decoded]
                 extra = [{k: d[k] for k in ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")} for d in decoded]
                 texts = [d["text"] for d in decoded]
             else:
-                texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(prompt), beam_size or cfg.beam_size,
-                                         cfg.length_penalty, ended, prompt, suppressor)  # fmt: skip
+                texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(full), beam_size or cfg.beam_size,
+                                         cfg.length_penalty, ended, full, suppressor)  # fmt: skip
                 extra = [{}] * len(group)
             found += [(t, t + len(w) / SAMPLE_RATE, text, x) for (t, w), text, x in zip(group, texts, extra) if text]
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(prompt)} "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(before + prompt)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text, **x} for i, (a, b, text, x) in enumerate(found)]

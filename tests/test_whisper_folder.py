@@ -263,9 +263,24 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     eot = text_tok.special_ids["<|endoftext|>"]
     ids = ids[: ids.index(eot)] if eot in ids else ids
     assert len(want.tokens) > 3 and ids == want.tokens and text == want.text.strip()
-    # the figures openai-whisper's fallback decides on: avg_logprob, no_speech_prob, compression_ratio of the same decoding
+    # an initial prompt (openai-whisper's prompt=): <|startofprev|> and its text before the prompt; the same tokens
+    from recipes.whisper_digits import previous_text
+
+    hint = "Picas gleichzeitig, Kubernetes"
+    before = previous_text(text_tok, hint)
+    assert before[0] == text_tok.special_ids["<|startofprev|>"] and len(before) <= 24 // 2
+    hinted = whisper.decode(ref, mel, whisper.DecodingOptions(**{**options.__dict__, "prompt": hint, "sample_len": 24 - len(before) - len(prompt)}))
+    with torch.no_grad():
+        ours_hinted = transcribe_batch(model.eval(), text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(before) - len(prompt),
+                                       prompt=before + prompt)  # fmt: skip
+    assert ours_hinted == [hinted.text.strip()] and hinted.tokens != want.tokens  # the prompt changed what was decoded
     from recipes.whisper_digits import decode_rows, decoding_stats
 
+    one = audio_tok.encode_batch([wave.numpy()])
+    with torch.no_grad():
+        scored = decoding_stats(model, text_tok, one, before + prompt, decode_rows(model, text_tok, one, 24 - len(before) - len(prompt), before + prompt))[0]
+    assert scored["avg_logprob"] == pytest.approx(hinted.avg_logprob, abs=1e-4) and scored["no_speech_prob"] == pytest.approx(hinted.no_speech_prob, rel=1e-3)
+    # the figures openai-whisper's fallback decides on: avg_logprob, no_speech_prob, compression_ratio of the same decoding
     with torch.no_grad():
         stats = decoding_stats(model, text_tok, batch, prompt, decode_rows(model, text_tok, batch, 24 - len(prompt), prompt))[0]
     assert stats["tokens"] == want.tokens and stats["compression_ratio"] == pytest.approx(want.compression_ratio)
@@ -393,7 +408,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     whisper = pytest.importorskip("whisper")
     import whisper.utils
     from recipes.cli import main
-    from recipes.whisper_digits import detect_language, swap_language, swap_task, transcribe_batch
+    from recipes.whisper_digits import detect_language, previous_text, swap_language, swap_task, transcribe_batch
 
     path, ref = openai_checkpoint(tmp_path / "multi.pt", 51865, reference=True)
     model, audio_tok, text_tok = whisper_folder.whisper_weights(Config(data=str(tmp_path), init_from=str(path)))
@@ -426,6 +441,13 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     with torch.no_grad():
         want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(french), prompt=french)[0]
     assert whisper_folder.transcribe(run, [str(clip)], language="French") == [want]
+    german = whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>")  # --initial-prompt
+    before = previous_text(text_tok, "Kubernetes, PyTorch")
+    with torch.no_grad():
+        want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(before + german), prompt=before + german)[0]
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(clip), "--initial-prompt", "Kubernetes, PyTorch"]) == 0
+    assert capsys.readouterr().out.strip() == f"{clip}: {want}"
     translate = whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|de|><|translate|><|notimestamps|>")  # --task translate
     with torch.no_grad():
         want = transcribe_batch(model, text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(translate), prompt=translate)[0]
