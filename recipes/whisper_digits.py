@@ -100,10 +100,15 @@ def language_code(language: str, text_tok) -> str:
     except ImportError:
         named = "; language names need openai-whisper (pip install openai-whisper): give the code (de, fr, ...)"
     if text_tok is not None and f"<|{code}|>" not in text_tok.special_ids:
-        n = sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
+        n = n_languages(text_tok)
         hint = "; yue needs a 100-language model (large-v3)" if code == "yue" else named if code not in WHISPER_LANGUAGES else ""
         raise ValueError(f"language={language!r}: not one of this Whisper model's {n} languages ({', '.join(WHISPER_LANGUAGES[:8])}, ...){hint}")
     return code
+
+
+def n_languages(text_tok) -> int:
+    """How many Whisper language tokens the vocabulary holds (99, 100 for large-v3; an English-only one holds them too)."""
+    return sum(f"<|{c}|>" in text_tok.special_ids for c in WHISPER_LANGUAGES)
 
 
 def language_tokens(text_tok) -> dict[str, int]:
@@ -258,7 +263,7 @@ class Suppress:
         from whisper.tokenizer import get_tokenizer
 
         multilingual = text_tok.vocab_size >= MULTILINGUAL_VOCAB
-        ref = get_tokenizer(multilingual, num_languages=text_tok.vocab_size - 51765 - int(multilingual))
+        ref = get_tokenizer(multilingual, num_languages=n_languages(text_tok))
         if ref.encoding.n_vocab != text_tok.vocab_size:
             raise ValueError(f"suppression: openai-whisper's tokenizer has {ref.encoding.n_vocab} tokens, this run's {text_tok.vocab_size}")
         self.always = sorted({*ref.non_speech_tokens, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
@@ -284,14 +289,13 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
     0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
     at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left)."""
     eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
-    stats = []
+    at_sot, stats = prompt.index(text_tok.special_ids[SOT]), []  # <|startoftranscript|>: 0, or after a previous text
     for start in range(0, len(rows), STATS_ROWS):
         part = rows[start : start + STATS_ROWS]
         seqs = [torch.tensor(prompt + row) for row in part]
         text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
         audio = audio_batch.select(slice(start, start + len(part)))
         logits = next(iter(model({"audio": audio, "text": text}).logits.values())).float()
-        at_sot = prompt.index(text_tok.special_ids[SOT])  # 0, or after a previous text
         quiet = (logits[:, at_sot, no_speech] - logits[:, at_sot].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
         if suppress is not None:  # each decoding step's filter, at the position that predicted its token
             logits[:, n - 1 :] = suppress(logits[:, n - 1 :], 1)

@@ -34,3 +34,12 @@ def test_speed_benchmark_runs_and_gives_its_rows(script):
     args, rows_of = QUICK[script]
     rows = rows_of(run_all.run(script, *args))
     assert rows and all(r[1] > 0 and r[3] > 0 for r in rows), rows
+
+
+def test_whisper_export_benchmark_runs():
+    """benchmarks/whisper_export.py (not a speed row: export time and parity at a real size) runs, small."""
+    pytest.importorskip("whisper")
+    import whisper_export
+
+    result = whisper_export.main(["--width", "32", "--heads", "2", "--layers", "1", "--text", "24"])
+    assert all(result[k]["max_difference"] is not None and result[k]["max_difference"] <= 1e-4 for k in ("hf_folder", "openai_pt"))
