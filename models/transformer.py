@@ -11,7 +11,6 @@ Dimension legend: B batch, N tokens of one modality, L tokens of all modalities,
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path

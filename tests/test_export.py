@@ -3,7 +3,6 @@
 VisionTransformer), computes our outputs. The Whisper export of trained runs, through transformers'
 speech-recognition pipeline: tests/test_whisper_folder.py."""
 
-import json
 import os
 import subprocess
 import sys
