@@ -71,6 +71,14 @@ def rows_whisper_step(r):
     return [("Whisper-style training step (whisper_digits size), ms", r["ours_ms"], "HF WhisperForConditionalGeneration", r["hf_ms"], "≤ 1.0")]
 
 
+def rows_whisper_decode(r):
+    g, f = r["greedy"], r["fallback"]
+    return [(f"Whisper greedy decoding ({g['windows']} windows x {g['tokens']} tokens, tiny size), s", g["ours_s"], "openai-whisper decode",
+             g["openai_whisper_s"], "≤ 1.0"),
+            (f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s", f["ours_s"],
+             "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0")]  # fmt: skip
+
+
 def rows_loader(r):
     return [(f"data pipeline {row['recipe']}: loader tokens/s", row["loader_tokens_per_s"], "its training step consumes",
              row["model_tokens_per_s"], "≥ 1.0 (throughput)", True) for row in r["rows"]]  # fmt: skip
@@ -78,7 +86,7 @@ def rows_loader(r):
 
 SPEED = [("gpt_step.py", (), rows_gpt_step), ("vit_step.py", (), rows_vit_step), ("whisper_step.py", (), rows_whisper_step),
          ("dt_control.py", ("--step-only",), rows_dt_step), ("mel_speed.py", (), rows_mel), ("bpe_speed.py", (), rows_bpe),
-         ("loader_speed.py", (), rows_loader)]  # fmt: skip
+         ("whisper_decode.py", (), rows_whisper_decode), ("loader_speed.py", (), rows_loader)]  # fmt: skip
 TRAINING = [("dt_control.py", ("dt_cartpole",), rows_dt_control)]
 
 

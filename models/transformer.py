@@ -44,6 +44,26 @@ class Output:
     losses: dict[str, Tensor] = field(default_factory=dict)
 
 
+@dataclass
+class Memory:
+    """The encoder's output for a batch (`MultimodalTransformer.encode_memory`), for decoding from it
+    more than once without running the encoder again (samples, beams, a scoring pass, retries):
+    states (B, L, C) and the cross-attention key mask (B, L), None when every memory token is real."""
+
+    states: Tensor
+    mask: Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, L), as a TokenBatch's (B, N)."""
+        return tuple(self.states.shape[:2])
+
+    def select(self, rows) -> "Memory":
+        """The memory of rows `rows` (a slice, or indices that may repeat: one copy per sample or beam)."""
+        pick = (lambda t: t[rows]) if isinstance(rows, slice) else (lambda t: t.index_select(0, torch.as_tensor(rows, device=t.device)))
+        return Memory(pick(self.states), None if self.mask is None else pick(self.mask))
+
+
 class MultimodalTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -138,6 +158,12 @@ class MultimodalTransformer(nn.Module):
         memory, mask, _, spans = self.encode_packed(inputs)
         return memory, mask, spans
 
+    def encode_memory(self, inputs: dict[str, TokenBatch]) -> Memory:
+        """The encoder's output over its modalities, to pass as `memory=` to forward, generate and
+        beam_search (unpacked inputs)."""
+        memory, mask, spans = self.encode(inputs)
+        return Memory(memory, self._cross_mask(inputs, spans, mask))
+
     def encode_packed(self, inputs: dict[str, TokenBatch]) -> tuple[Tensor, Tensor, Tensor | None, dict]:
         """`encode`, also returning the memory's segment ids (packed inputs) or None. With a null
         memory token (see __init__) it comes first, with segment NULL_SEGMENT, and the spans follow it."""
@@ -201,10 +227,13 @@ class MultimodalTransformer(nn.Module):
         know (`TokenBatch.all_real`) without reading the device."""
         return None if memory_segments is None and all(inputs[n].all_real for n in spans) else memory_mask
 
-    def forward_features(self, inputs: dict[str, TokenBatch]) -> dict[str, tuple[Tensor, Tensor]]:
-        """Final hidden states per modality: name -> (h (B, N, C), mask (B, N))."""
-        feats, memory, memory_mask, memory_segments = {}, None, None, None
-        if self.encoder is not None:
+    def forward_features(self, inputs: dict[str, TokenBatch], memory: Memory | None = None) -> dict[str, tuple[Tensor, Tensor]]:
+        """Final hidden states per modality: name -> (h (B, N, C), mask (B, N)). memory: the
+        encoder's output computed before (`encode_memory`); the encoder does not run again, and its
+        modalities' states are not among the features."""
+        feats, memory_segments = {}, None
+        memory, memory_mask = (memory.states, memory.mask) if memory is not None else (None, None)
+        if self.encoder is not None and memory is None:
             memory, memory_mask, memory_segments, spans = self.encode_packed(inputs)
             feats.update({n: (memory[:, s:e], memory_mask[:, s:e]) for n, (s, e) in spans.items()})
             memory_mask = self._cross_mask(inputs, spans, memory_mask, memory_segments)
@@ -260,8 +289,8 @@ class MultimodalTransformer(nn.Module):
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
         return out
 
-    def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> Output:
-        return self.forward_head(self.forward_features(inputs), inputs, targets)
+    def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
+        return self.forward_head(self.forward_features(inputs, memory), inputs, targets)
 
     # -- generation -----------------------------------------------------------------------------
     def _lm_prompt(self, inputs: dict[str, TokenBatch], who: str) -> tuple[str, str, TokenBatch]:
@@ -283,6 +312,19 @@ class MultimodalTransformer(nn.Module):
         names = [n for n in self.config.decoder_inputs if n in inputs][:-1]  # the LM modality is the last one given
         return sum(-(-inputs[n].shape[1] // getattr(self.embedders[n], "stride", 1)) for n in names)
 
+    def _memory(self, inputs: dict[str, TokenBatch], memory: Memory | None, batch: int, who: str, rows=None):
+        """(states, cross mask) for decoding `batch` rows: the memory given, or the encoder's output
+        over `inputs`; None, None without an encoder. rows: the memory rows each decoding row reads."""
+        if self.encoder is None:
+            if memory is not None:
+                raise ValueError(f"{who}: memory= given to a model without an encoder")
+            return None, None
+        memory = memory if memory is not None else self.encode_memory(inputs)
+        if memory.shape[0] != batch:
+            raise ValueError(f"{who}: memory= holds {memory.shape[0]} rows for {batch} prompts")
+        memory = memory if rows is None else memory.select(rows)
+        return memory.states, memory.mask
+
     def _new_cache(self, batch: int, length: int, device) -> KVCache:
         t = self.config.trunk
         return KVCache(len(self.decoder.blocks), batch, t.num_heads, length, t.dim // t.num_heads, device, self.type_embed.weight.dtype)
@@ -298,11 +340,13 @@ class MultimodalTransformer(nn.Module):
         generator: torch.Generator | None = None,
         eos_id: int | None = None,
         logits_filter=None,
+        memory: Memory | None = None,
     ) -> Tensor:
         """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
         tokens when `eos_id` is given and every row has produced it (one host sync per step).
         logits_filter(logits, step) -> logits, when given, changes each step's (B, V) float logits
         before sampling (step 0 = the first new token): token suppression, as a LogitsProcessor.
+        memory: the encoder's output for these rows (`encode_memory`), when it is computed already.
 
         temperature 0 is greedy. The LM modality must be the decoder's last input and unpadded.
         Past the modality's position table, the context is cropped to its last max_positions
@@ -310,12 +354,9 @@ class MultimodalTransformer(nn.Module):
         """
         lm_name, name, prompt = self._lm_prompt(inputs, "generate")
         max_pos = self.config.modalities[name].max_positions
-        memory = memory_mask = None
-        if self.encoder is not None:
-            memory, memory_mask, spans = self.encode(inputs)
-            memory_mask = self._cross_mask(inputs, spans, memory_mask)
         ids, types = prompt.ids, prompt.types
         B = ids.shape[0]
+        memory, memory_mask = self._memory(inputs, memory, B, "generate")
         prefix = self._prefix_tokens(inputs)
         cache = None
         if use_cache:
@@ -352,13 +393,13 @@ class MultimodalTransformer(nn.Module):
 
     @torch.no_grad()
     def beam_search(self, inputs: dict[str, TokenBatch], max_new_tokens: int, beam_size: int = 5, length_penalty: float = 1.0,
-                    eos_id: int | None = None, logits_filter=None) -> Tensor:  # fmt: skip
+                    eos_id: int | None = None, logits_filter=None, memory: Memory | None = None) -> Tensor:  # fmt: skip
         """Beam search on the LM head with the KV cache. Returns the best sequence per sample,
         (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended.
 
         A beam's score is its summed log-probability divided by (generated length ** length_penalty);
         a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
-        The prompt (the decoder's last input) must be unpadded, as for `generate`; logits_filter as there.
+        The prompt (the decoder's last input) must be unpadded, as for `generate`; logits_filter and memory as there.
         """
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
@@ -369,11 +410,7 @@ class MultimodalTransformer(nn.Module):
         expand = lambda b: b if b is None else b.index_select(0, rows)  # noqa: E731
         beams = {n: TokenBatch(n, expand(b.ids), expand(b.values), expand(b.positions), expand(b.types), expand(b.mask),
                                segments=expand(b.segments)) for n, b in inputs.items()}  # fmt: skip
-        memory = memory_mask = None
-        if self.encoder is not None:  # encode each sample once, then copy its memory to each of its beams
-            memory, memory_mask, spans = self.encode(inputs)
-            memory_mask = expand(self._cross_mask(inputs, spans, memory_mask))
-            memory = expand(memory)
+        memory, memory_mask = self._memory(inputs, memory, B, "beam_search", rows)  # each sample encoded once, copied to its beams
         prefix = self._prefix_tokens(beams)
         cache = self._new_cache(B * K, prefix + N + max_new_tokens, prompt.ids.device)
         ids, types = beams[name].ids, beams[name].types
@@ -415,7 +452,11 @@ class MultimodalTransformer(nn.Module):
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
             logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)
+        # note: one draw by inverse CDF, as torch.multinomial draws it but ~30x faster on a CPU over a
+        # 50k vocabulary (multinomial makes a random number per token); a token of probability 0 is never drawn
+        cdf = logits.softmax(-1).cumsum(-1)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
+        return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
 
     # -- save / load ----------------------------------------------------------------------------
     def save(self, directory) -> Path:

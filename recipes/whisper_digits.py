@@ -22,7 +22,7 @@ from torch import Tensor
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
-from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from models import HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
@@ -222,7 +222,8 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
                      ended: list | None = None, prompt: list[int] | None = None, suppress: Suppress | None = None) -> list[str]:  # fmt: skip
     """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
     DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
-    reached <|endoftext|> within max_new."""
+    reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
+    (`audio_memory`)."""
     rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress)
     eot = text_tok.special_ids[EOT]
     if ended is not None:
@@ -277,6 +278,25 @@ class Suppress:
         return logits
 
 
+def audio_memory(model: MultimodalTransformer, audio):
+    """The encoder's output (a Memory) for an audio TokenBatch, so that decoding, scoring and retries
+    read one encoder pass, as openai-whisper's decoder reads its audio features. A Memory, or the
+    batch of a model whose decoder reads the audio itself (the generalist's prefix layout), is
+    returned as it is; either has .select(rows) and .shape."""
+    if isinstance(audio, Memory) or "audio" not in model.config.encoder_inputs:
+        return audio
+    return model.encode_memory({"audio": audio})
+
+
+def decoder_feed(audio, rows: list) -> tuple[dict, Memory | None]:
+    """(inputs, memory=) for reading token rows (lists or tensors of ids) after audio: an audio
+    TokenBatch, or its Memory (`audio_memory`)."""
+    memory = audio if isinstance(audio, Memory) else None
+    device = memory.states.device if memory is not None else audio.mask.device
+    text = collate([TokenSet("text", ids=torch.as_tensor(r)) for r in rows]).to(device)
+    return ({"text": text} if memory is not None else {"audio": audio, "text": text}), memory
+
+
 STATS_ROWS = 4  # rows scored together by decoding_stats: its logits are rows × positions × vocabulary floats
 
 
@@ -286,16 +306,19 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
     """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
     and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
     tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>;
-    0 without that token) and the text's compression_ratio; teacher-forced, STATS_ROWS rows
-    at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left)."""
+    0 without that token) and compression_ratio (of the text with its special tokens written, as
+    openai-whisper measures it: a row repeating <|notimestamps|> repeats itself); teacher-forced, STATS_ROWS rows
+    at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left).
+    audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
     eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
+    first_time = text_tok.special_ids.get("<|0.00|>")  # openai-whisper's DecodingResult.text: special tokens written, timestamps not
     at_sot, stats = prompt.index(text_tok.special_ids[SOT]), []  # <|startoftranscript|>: 0, or after a previous text
+    audio_batch = audio_memory(model, audio_batch)
     for start in range(0, len(rows), STATS_ROWS):
         part = rows[start : start + STATS_ROWS]
         seqs = [torch.tensor(prompt + row) for row in part]
-        text = collate([TokenSet("text", ids=q) for q in seqs]).to(audio_batch.mask.device)
-        audio = audio_batch.select(slice(start, start + len(part)))
-        logits = next(iter(model({"audio": audio, "text": text}).logits.values())).float()
+        inputs, memory = decoder_feed(audio_batch.select(slice(start, start + len(part))), seqs)
+        logits = next(iter(model(inputs, memory=memory).logits.values())).float()
         quiet = (logits[:, at_sot, no_speech] - logits[:, at_sot].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
         if suppress is not None:  # each decoding step's filter, at the position that predicted its token
             logits[:, n - 1 :] = suppress(logits[:, n - 1 :], 1)
@@ -306,7 +329,8 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
             total = float((logits[b, at, chosen] - norm[b, at]).sum()) if row else 0.0
             tokens = [t for t in row if t != eot]
             words = row_text(text_tok, tokens)
-            stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(words),
+            written = words if first_time is None else text_tok.decode([t for t in tokens if t < first_time]).strip()
+            stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(written),
                           "no_speech_prob": float(quiet[b]) if quiet is not None else 0.0, "text": words, "tokens": tokens,
                           "ended": eot in row})  # fmt: skip
     return stats
@@ -314,15 +338,14 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
 
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
                 length_penalty: float = 1.0, generator=None, suppress: Suppress | None = None) -> list[list[int]]:  # fmt: skip
-    """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam search or sampling."""
-    B, device = audio_batch.shape[0], audio_batch.mask.device
-    text = collate([TokenSet("text", ids=torch.tensor(prompt))] * B).to(device)
+    """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam
+    search or sampling. audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
+    inputs, memory = decoder_feed(audio_memory(model, audio_batch), [prompt] * audio_batch.shape[0])
     eot = text_tok.special_ids[EOT]
     if beam_size > 1 and temperature == 0:
-        out = model.beam_search({"audio": audio_batch, "text": text}, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress)
+        out = model.beam_search(inputs, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress, memory=memory)
     else:
-        out = model.generate({"audio": audio_batch, "text": text}, max_new, temperature=temperature, eos_id=eot, generator=generator,
-                             logits_filter=suppress)  # fmt: skip
+        out = model.generate(inputs, max_new, temperature=temperature, eos_id=eot, generator=generator, logits_filter=suppress, memory=memory)
     return [row[: row.index(eot) + 1] if eot in row else row for row in out[:, len(prompt) :].tolist()]
 
 
@@ -334,17 +357,17 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
     temperature, sampling best_of candidates and keeping the likeliest (log-probability / tokens);
     one that looks like silence (no_speech_prob above no_speech_threshold with a low avg_logprob) is
     not retried, and its text is dropped. Returns decoding_stats per window, with its temperature.
-    batch: the windows' encoded batch, when the caller has it (the first pass reads it). A threshold
-    of None turns its check off, as in openai-whisper."""
+    batch: the windows' encoded batch or its encoder Memory, when the caller has it. The encoder runs
+    once per window: every decoding, sample and scoring pass reads its memory. A threshold of None
+    turns its check off, as in openai-whisper."""
     o = {**FALLBACK, **(options or {})}
     results: list = [None] * len(waves)
     pending = list(range(len(waves)))
     generator = torch.Generator(device=str(next(model.parameters()).device)).manual_seed(0)
+    encoded = audio_memory(model, batch if batch is not None else audio_tok.encode_batch(waves))
     for k, t in enumerate(o["temperatures"]):
         n = 1 if t == 0 else o["best_of"]
-        if batch is None or k:
-            batch = audio_tok.encode_batch([waves[i] for i in pending])
-        rows_batch = batch if n == 1 else batch.select(torch.arange(len(pending)).repeat_interleave(n))  # best_of samples per window
+        rows_batch = encoded.select(torch.tensor(pending).repeat_interleave(n))  # the pending windows, best_of samples each
         rows = decode_rows(model, text_tok, rows_batch, max_new, prompt, t, beam_size, length_penalty, generator, suppress)
         stats = decoding_stats(model, text_tok, rows_batch, prompt, rows, suppress)
         retry = []
@@ -371,13 +394,12 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
 def detect_language(model: MultimodalTransformer, text_tok, audio_batch) -> list[dict[str, float]]:
     """Whisper's language identification, as openai-whisper's `detect_language`: the decoder's
     distribution over the language tokens after <|startoftranscript|> alone; one {code: probability}
-    per row of `audio_batch`."""
+    per row of `audio_batch` (an audio TokenBatch, or its encoder Memory: `audio_memory`)."""
     languages = language_tokens(text_tok)
     if not languages:
         raise ValueError("language detection: this run is an English-only or a from-scratch model; it has no language tokens")
-    sot = torch.tensor([text_tok.special_ids[SOT]])
-    text = collate([TokenSet("text", ids=sot)] * audio_batch.shape[0]).to(audio_batch.mask.device)
-    logits = next(iter(model({"audio": audio_batch, "text": text}).logits.values()))[:, -1]
+    inputs, memory = decoder_feed(audio_memory(model, audio_batch), [[text_tok.special_ids[SOT]]] * audio_batch.shape[0])
+    logits = next(iter(model(inputs, memory=memory).logits.values()))[:, -1]
     probs = logits[:, list(languages.values())].float().softmax(-1).cpu()
     return [dict(zip(languages, row.tolist())) for row in probs]
 
@@ -546,8 +568,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         prompt, file_language = run_prompt, run_language
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
+            batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
             if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
-                probs = detect_language(model, toks["text"], toks["audio"].encode_batch([group[0][1]]))[0]
+                probs = detect_language(model, toks["text"], batch.select(slice(0, 1)))[0]
                 file_language = max(probs, key=probs.get)
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))

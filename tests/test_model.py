@@ -269,6 +269,51 @@ def test_beam_search_encodes_each_sample_once():
         assert torch.equal(both[i : i + 1], alone)
 
 
+def test_memory_computed_once_serves_forward_generate_and_beam_search():
+    """encode_memory's output, passed as memory=, gives what encoding again gives: logits, greedy and
+    sampled continuations, beams; rows selected from it (repeated, as samples of one input) decode as
+    those inputs do; the encoder does not run again."""
+    torch.manual_seed(0)
+    model = multimodal("encoder-decoder").eval()
+    images = collate([TokenSet("image", values=torch.randn(n, 12)) for n in (4, 2)])  # padded: the mask travels
+    prompts = collate([rand_text(3, s) for s in (1, 2)])
+    inputs = {"image": images, "text": prompts}
+    with torch.no_grad():
+        memory = model.encode_memory({"image": images})
+        calls = []
+        model.encoder.register_forward_hook(lambda mod, args, out: calls.append(out.shape[0]))
+        assert memory.mask is not None and memory.shape[0] == 2
+        torch.testing.assert_close(model({"text": prompts}, memory=memory).logits["lm"], model(inputs).logits["lm"], rtol=0, atol=1e-6)
+        assert torch.equal(model.generate({"text": prompts}, 6, temperature=0, memory=memory), model.generate(inputs, 6, temperature=0))
+        assert torch.equal(model.beam_search({"text": prompts}, 5, beam_size=3, memory=memory), model.beam_search(inputs, 5, beam_size=3))
+        sampled = [model.generate(x, 6, generator=torch.Generator().manual_seed(1), memory=m)
+                   for x, m in (({"text": prompts}, memory), (inputs, None))]  # fmt: skip
+        assert torch.equal(*sampled)
+        assert calls == [2, 2, 2, 2]  # only the calls without memory= encoded
+        rows = torch.tensor([1, 1, 0])
+        again = model.generate({"text": prompts.select(rows)}, 6, temperature=0, memory=memory.select(rows))
+        assert torch.equal(again, model.generate({"image": images.select(rows), "text": prompts.select(rows)}, 6, temperature=0))
+        with pytest.raises(ValueError, match="memory= holds 3 rows for 2 prompts"):
+            model.generate({"text": prompts}, 2, memory=memory.select(rows))
+        with pytest.raises(ValueError, match="without an encoder"):
+            lm_model().generate({"text": prompts}, 2, memory=memory)
+
+
+def test_sampling_draws_from_the_softmax_of_the_top_k():
+    """generate's draw (inverse CDF) follows softmax(logits / temperature) over the top_k tokens and
+    never draws a token outside them, on each row independently."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 5.0], [0.0, 0.0, 0.0, 0.0, -50.0]]).repeat_interleave(20000, 0)
+    draws = MultimodalTransformer._sample(logits, 2.0, 3, g)
+    assert draws.shape == (40000, 1)
+    for row, half in zip(logits[::20000], draws.view(2, 20000)):
+        top = torch.topk(row / 2.0, 3).values[-1]
+        want = torch.where(row / 2.0 >= top, row / 2.0, float("-inf")).softmax(-1)
+        seen = torch.bincount(half, minlength=5).float() / 20000
+        assert seen[want == 0].sum() == 0
+        torch.testing.assert_close(seen, want, atol=0.015, rtol=0)  # ~4 standard errors of 20,000 draws
+
+
 def _two_input_lm(decoder_inputs, subset=False, prefix=()):
     text = ModalitySpec("text", ("token",), max_positions=8, vocab_size=20)
     image = ModalitySpec("image", ("patch",), max_positions=16, value_dim=6)

@@ -288,9 +288,13 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     # the fallback keeps the likeliest of best_of samples (log-probability / tokens), and does not retry silence
     from recipes.whisper_digits import decode_with_fallback
 
-    one = [wave.numpy()]
+    one, encoded = [wave.numpy()], []
+    hook = model.encoder.register_forward_hook(lambda mod, args, out: encoded.append(out.shape[0]))
     with torch.no_grad():
         kept = decode_with_fallback(model, text_tok, audio_tok, one, 24 - len(prompt), prompt, options={"temperatures": (1.0,)})[0]
+    hook.remove()
+    assert encoded == [1]  # one encoder pass for the window: its 5 samples and their scoring read its memory
+    with torch.no_grad():
         five = audio_tok.encode_batch(one * 5)  # the same five samples: the fallback's generator starts from seed 0
         samples = decode_rows(model, text_tok, five, 24 - len(prompt), prompt, 1.0, generator=torch.Generator().manual_seed(0))
         scored = decoding_stats(model, text_tok, five, prompt, samples)

@@ -1,0 +1,109 @@
+"""Whisper decoding at a real model size against openai-whisper, same weights and audio, same run:
+greedy decoding of a batch of 30 s windows, and openai-whisper's transcribe with its temperature
+fallback where every temperature is tried (random weights: the text repeats itself and is unlikely,
+so each window is decoded at 0, then sampled best_of times at 0.2 ... 1.0).
+
+    python benchmarks/whisper_decode.py [--width 384 --heads 6 --layers 4 --windows 8 --tokens 64 --sample-len 224]
+
+Defaults are Whisper tiny's sizes (random weights, nothing downloaded). Both sides decode the same
+number of tokens (a random model does not stop early), so the times compare the same work:
+- greedy: `decode_rows` on a batch of windows vs `whisper.decode` (its suppressions off; the
+  tokens are checked equal);
+- fallback: `decode_with_fallback` with openai-whisper's suppression (`Suppress`) on one 30 s
+  window vs `whisper.transcribe(language="en", without_timestamps=True, best_of=5,
+  condition_on_previous_text=False)` (best_of=5 is its command's default; the function's is one
+  sample), which decodes the same window with the same rules; the
+  temperatures each side reached are printed (both 1.0 when every one was tried).
+ratio = ours / openai-whisper (time; ≤ 1.0 is at least as fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def timed(fn, repeats: int):
+    """(best wall time of `repeats` calls, the last result)."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--width", type=int, default=384)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--layers", type=int, default=4, help="encoder and decoder blocks each")
+    ap.add_argument("--text", type=int, default=448, help="decoder positions")
+    ap.add_argument("--windows", type=int, default=8, help="windows decoded together greedily")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens decoded per window greedily")
+    ap.add_argument("--sample-len", type=int, default=224, help="tokens per decoding in the fallback (openai-whisper's default: positions / 2)")
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import torch
+    import whisper
+    import whisper.model as wm
+
+    from recipes import whisper_folder
+    from recipes.whisper_digits import Suppress, decode_rows, decode_with_fallback
+
+    torch.set_grad_enabled(False)
+    with tempfile.TemporaryDirectory(prefix="whisper_decode.") as tmp:
+        dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=args.width, n_audio_head=args.heads, n_audio_layer=args.layers,
+                                  n_vocab=51865, n_text_ctx=args.text, n_text_state=args.width, n_text_head=args.heads,
+                                  n_text_layer=args.layers)  # fmt: skip
+        torch.manual_seed(0)
+        ref = wm.Whisper(dims)
+        torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty
+        path = Path(tmp) / "weights.pt"
+        torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.state_dict()}, path)
+        cfg = whisper_folder.Config(data=tmp, init_from=str(path), language="en")
+        model, audio_tok, text_tok = whisper_folder.whisper_weights(cfg)
+    model, ref = model.eval(), ref.eval()
+    prompt = whisper_folder.prompt_ids(text_tok, cfg.prompt)
+    rng = np.random.default_rng(0)
+    waves = [rng.normal(0, 0.1, 16000 * 30).astype(np.float32) for _ in range(args.windows)]
+    result = {"parameters_M": round(sum(p.numel() for p in ref.parameters()) / 1e6, 1), "threads": torch.get_num_threads()}
+
+    # greedy: the same tokens, timed from the waveforms (log-mel included on both sides)
+    greedy = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0, suppress_blank=False,
+                                     suppress_tokens=None, sample_len=args.tokens)  # fmt: skip
+    theirs_s, theirs = timed(lambda: whisper.decode(ref, torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)))
+                                                                       for w in waves]), greedy), args.repeats)  # fmt: skip
+    ours_s, ours = timed(lambda: decode_rows(model, text_tok, audio_tok.encode_batch(waves), args.tokens, prompt), args.repeats)
+    eot = text_tok.special_ids["<|endoftext|>"]
+    same = [[t for t in row if t != eot] for row in ours] == [r.tokens for r in theirs]
+    if not same:  # different work: the times would not compare
+        raise SystemExit("whisper_decode: error: greedy decoding gave other tokens than openai-whisper's on the same weights and audio")
+    result["greedy"] = {"windows": args.windows, "tokens": args.tokens, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
+                        "ratio": round(ours_s / theirs_s, 3), "same_tokens": same}  # fmt: skip
+
+    # the fallback on one window: every temperature, best_of 5 samples each
+    wave = waves[0]
+    theirs_s, theirs = timed(lambda: whisper.transcribe(ref, wave, language="en", without_timestamps=True, condition_on_previous_text=False,
+                                                        best_of=5, fp16=False, verbose=None), 1)  # fmt: skip
+    suppress = Suppress(text_tok)
+    ours_s, ours = timed(lambda: decode_with_fallback(model, text_tok, audio_tok, [wave], args.sample_len, prompt, suppress=suppress), 1)
+    result["fallback"] = {"sample_len": args.sample_len, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
+                          "ratio": round(ours_s / theirs_s, 3), "temperature": {"ours": ours[0]["temperature"],
+                          "openai_whisper": max(s["temperature"] for s in theirs["segments"]) if theirs["segments"] else None}}  # fmt: skip
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
