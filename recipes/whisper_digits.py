@@ -149,10 +149,31 @@ def previous_text(text_tok, text: str) -> list[int]:
     """openai-whisper's `prompt` / `initial_prompt`: <|startofprev|> and the text's tokens (after a
     space; the last max_positions // 2 - 1 of them), put before the prompt so the decoder reads it as
     what was said before (names, spellings, a style to follow). Whisper's vocabulary only."""
+    return previous_tokens(text_tok, text_tokens(text_tok, text, "initial prompt"))
+
+
+def text_tokens(text_tok, text: str, what: str) -> list[int]:
+    """The tokens of a text said before (after a space, as Whisper writes text), for `previous_tokens`."""
+    needs_previous(text_tok, what)
+    return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
+
+
+def needs_previous(text_tok, what: str) -> None:
     if "<|startofprev|>" not in text_tok.special_ids:
-        raise ValueError("initial prompt: this run's vocabulary has no <|startofprev|> (a from-scratch model); it needs Whisper's")
-    tokens = [int(i) for i in text_tok.encode_ids(" " + text.strip())]
-    return [text_tok.special_ids["<|startofprev|>"]] + tokens[-(text_tok.max_positions // 2 - 1) :]
+        raise ValueError(f"{what}: this run's vocabulary has no <|startofprev|> (a from-scratch model); it needs Whisper's")
+
+
+def previous_tokens(text_tok, initial: list[int], carried: list[int] = ()) -> list[int]:
+    """What the decoder reads as said before a window: <|startofprev|>, an initial prompt's tokens,
+    then the latest of `carried` (the text decoded before it in the recording), max_positions // 2 - 1
+    tokens in all — openai-whisper's decoding prompt with carry_initial_prompt=True. [] when there
+    is neither."""
+    if not initial and not carried:
+        return []
+    needs_previous(text_tok, "previous text")
+    room = text_tok.max_positions // 2 - 1
+    tokens = list(initial) + (list(carried[len(initial) - room :]) if len(initial) < room else [])
+    return [text_tok.special_ids["<|startofprev|>"]] + tokens[-room:]
 
 
 def put_token(prompt: list[int], token: int, kind: set[int], insert_at: int) -> list[int]:
@@ -386,8 +407,49 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
     for r in results:  # silence: openai-whisper skips the window unless its text is likely after all
         if o["no_speech_threshold"] is not None and r["no_speech_prob"] > o["no_speech_threshold"] and not (
                 o["logprob_threshold"] is not None and r["avg_logprob"] > o["logprob_threshold"]):  # fmt: skip
-            r |= {"text": "", "ended": True}  # skipped, not text cut short
+            r |= {"text": "", "ended": True, "skipped": True}  # skipped, not text cut short
     return results
+
+
+FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")  # what a fallback adds to each segment
+
+
+def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
+                   length_penalty: float = 1.0, fallback: dict | None = None, suppress: Suppress | None = None, initial: list[int] = (),
+                   carried: list[int] | None = None) -> list[dict]:  # fmt: skip
+    """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
+    order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
+    "temperature"}, with decoding_stats' figures when `fallback` is given (decode_with_fallback's
+    options; {} = FALLBACK). initial: an initial prompt's tokens, read before every window
+    (`previous_tokens`). carried: None, or the list of tokens decoded so far in the recording, which
+    each window then reads after `initial` and extends in place — openai-whisper's
+    condition_on_previous_text, so one window at a time: a window with text adds its tokens, and one
+    decoded hotter than 0.5 (not skipped as silence) starts the carried text afresh, as there."""
+    if carried is None:
+        return _decode_group(model, text_tok, audio_tok, encoded, waves, previous_tokens(text_tok, initial) + prompt, max_text, beam_size,
+                             length_penalty, fallback, suppress)  # fmt: skip
+    out = []
+    for i, wave in enumerate(waves):
+        full = previous_tokens(text_tok, initial, carried) + prompt
+        r = _decode_group(model, text_tok, audio_tok, encoded.select(slice(i, i + 1)), [wave], full, max_text, beam_size, length_penalty,
+                          fallback, suppress)[0]  # fmt: skip
+        if r["text"]:
+            carried += r["tokens"]
+        if r["temperature"] > 0.5 and not r.get("skipped"):
+            carried.clear()
+        out.append(r)
+    return out
+
+
+def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress) -> list[dict]:
+    if max_text - len(full) < 1:
+        raise ValueError(f"initial prompt: {len(full)} prompt tokens leave no room in the {max_text}-token decoder; shorten it")
+    if fallback is not None:
+        return decode_with_fallback(model, text_tok, audio_tok, waves, max_text - len(full), full, beam_size, length_penalty, fallback,
+                                    encoded, suppress)  # fmt: skip
+    eot = text_tok.special_ids[EOT]
+    rows = decode_rows(model, text_tok, encoded, max_text - len(full), full, 0.0, beam_size, length_penalty, suppress=suppress)
+    return [{"text": row_text(text_tok, row), "tokens": [t for t in row if t != eot], "ended": eot in row, "temperature": 0.0} for row in rows]
 
 
 @torch.no_grad()
@@ -508,15 +570,15 @@ def fill_windows(segments, seconds: float):
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
-               initial_prompt: str | None = None) -> list[str]:  # fmt: skip
+               initial_prompt: str | None = None, condition_on_previous_text: bool = False) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
     return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
-                                                initial_prompt)]  # fmt: skip
+                                                initial_prompt, condition_on_previous_text)]  # fmt: skip
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
-                     suppress: bool = False, initial_prompt: str | None = None) -> list[dict]:  # fmt: skip
+                     suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -534,7 +596,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     thresholds); each segment then also carries its temperature, avg_logprob, compression_ratio and
     no_speech_prob. suppress: openai-whisper's default token suppression (`Suppress`; Whisper's
     vocabulary only). initial_prompt: text the decoder reads as said before every window
-    (`previous_text`; names and spellings to follow)."""
+    (`previous_text`; names and spellings to follow). condition_on_previous_text: each window also
+    reads the text decoded before it in the file, as openai-whisper's transcribe does by default
+    (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -552,7 +616,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
     suppressor = Suppress(toks["text"]) if suppress else None
-    before = previous_text(toks["text"], initial_prompt) if initial_prompt else []
+    initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
+    if condition_on_previous_text:
+        needs_previous(toks["text"], "condition_on_previous_text")
+    options = None if not fallback else fallback if isinstance(fallback, dict) else {}
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
@@ -565,7 +632,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
         if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
             segments = fill_windows(segments, seconds)
-        prompt, file_language = run_prompt, run_language
+        prompt, file_language, carried = run_prompt, run_language, [] if condition_on_previous_text else None
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
             batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
@@ -574,25 +641,15 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 file_language = max(probs, key=probs.get)
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
-            full = before + prompt  # a previous text, then Whisper's prompt
-            if cfg.max_text - len(full) < 1:
-                raise ValueError(f"initial prompt: {len(before)} tokens leave no room in the {cfg.max_text}-token decoder; shorten it")
-            if fallback:
-                decoded = decode_with_fallback(model, toks["text"], toks["audio"], [w for _, w in group], cfg.max_text - len(full), full,
-                                               beam_size or cfg.beam_size, cfg.length_penalty, fallback if isinstance(fallback, dict) else None,
-                                               batch, suppressor)  # fmt: skip
-                ended += [d["ended"] for d in decoded]
-                extra = [{k: d[k] for k in ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")} for d in decoded]
-                texts = [d["text"] for d in decoded]
-            else:
-                texts = transcribe_batch(model, toks["text"], batch, cfg.max_text - len(full), beam_size or cfg.beam_size,
-                                         cfg.length_penalty, ended, full, suppressor)  # fmt: skip
-                extra = [{}] * len(group)
-            found += [(t, t + len(w) / SAMPLE_RATE, text, x) for (t, w), text, x in zip(group, texts, extra) if text]
+            decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
+                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried)  # fmt: skip
+            ended += [d["ended"] for d in decoded]
+            found += [(t, t + len(w) / SAMPLE_RATE, d["text"], {k: d[k] for k in FALLBACK_FIGURES} if fallback else {})
+                      for (t, w), d in zip(group, decoded) if d["text"]]  # fmt: skip
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(before + prompt)} "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text, **x} for i, (a, b, text, x) in enumerate(found)]

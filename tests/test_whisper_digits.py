@@ -39,6 +39,8 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
         whisper_digits.transcribe(run, files[:1], suppress=True)
     with pytest.raises(ValueError, match="initial prompt: this run's vocabulary has no <\\|startofprev\\|>"):
         whisper_digits.transcribe(run, files[:1], initial_prompt="two four")
+    with pytest.raises(ValueError, match="condition_on_previous_text: this run's vocabulary has no <\\|startofprev\\|>"):
+        whisper_digits.transcribe(run, files[:1], condition_on_previous_text=True)
     import numpy as np
     import soundfile as sf
 

@@ -274,6 +274,26 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         ours_hinted = transcribe_batch(model.eval(), text_tok, audio_tok.encode_batch([wave.numpy()]), 24 - len(before) - len(prompt),
                                        prompt=before + prompt)  # fmt: skip
     assert ours_hinted == [hinted.text.strip()] and hinted.tokens != want.tokens  # the prompt changed what was decoded
+    # openai-whisper's condition_on_previous_text: the second window reads the first's tokens after <|startofprev|>;
+    # a window decoded hotter than 0.5 starts the carried text afresh, one at 0.5 or cooler does not
+    from recipes.whisper_digits import decode_windows, decode_with_fallback, previous_tokens
+
+    w1, w2 = wave.numpy(), speech[1][0].astype(np.float32) / 32768.0
+    m2 = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w2)))
+    both, carried = audio_tok.encode_batch([w1, w2]), []
+    with torch.no_grad():
+        ours = decode_windows(model, text_tok, audio_tok, both, [w1, w2], prompt, 24, carried=carried)
+    second = whisper.decode(ref, m2, whisper.DecodingOptions(**{**options.__dict__, "prompt": want.tokens,
+                                                                "sample_len": 24 - len(previous_tokens(text_tok, [], want.tokens) + prompt)}))  # fmt: skip
+    assert [r["tokens"] for r in ours] == [want.tokens, second.tokens] and carried == want.tokens + second.tokens
+    assert second.tokens != whisper.decode(ref, m2, options).tokens  # the first window's text changed what the second decoded
+    hot, warm = [], []
+    with torch.no_grad():
+        hot_second = decode_windows(model, text_tok, audio_tok, both, [w1, w2], prompt, 24, fallback={"temperatures": (1.0,)}, carried=hot)[1]
+        alone = decode_with_fallback(model, text_tok, audio_tok, [w2], 24 - len(prompt), prompt, options={"temperatures": (1.0,)})[0]
+        decode_windows(model, text_tok, audio_tok, both, [w1, w2], prompt, 24, fallback={"temperatures": (0.4,)}, carried=warm)
+    assert hot == [] and hot_second["tokens"] == alone["tokens"] and hot_second["text"]  # read nothing before it
+    assert len(warm) > 0
     from recipes.whisper_digits import decode_rows, decoding_stats
 
     one = audio_tok.encode_batch([wave.numpy()])
@@ -286,8 +306,6 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     assert stats["tokens"] == want.tokens and stats["compression_ratio"] == pytest.approx(want.compression_ratio)
     assert stats["avg_logprob"] == pytest.approx(want.avg_logprob, abs=1e-4) and stats["no_speech_prob"] == pytest.approx(want.no_speech_prob, rel=1e-3)
     # the fallback keeps the likeliest of best_of samples (log-probability / tokens), and does not retry silence
-    from recipes.whisper_digits import decode_with_fallback
-
     one, encoded = [wave.numpy()], []
     hook = model.encoder.register_forward_hook(lambda mod, args, out: encoded.append(out.shape[0]))
     with torch.no_grad():
@@ -474,6 +492,11 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
         assert a - 0.011 <= seg["start"] < seg["end"] <= b + 0.011 and seg["end"] - seg["start"] > 0.5 * (b - a), seg
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--output-dir", str(tmp_path / "every")]) == 0  # alone: all formats
     assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [f"talk.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--condition-on-previous-text"]) == 0  # the second window reads the first's text
+    conditioned = whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"], condition_on_previous_text=True)[0]
+    assert capsys.readouterr().out.split(": ", 1)[1].strip() == conditioned["text"]
+    assert conditioned["segments"][0] == result["segments"][0] and conditioned["segments"][1]["text"] != result["segments"][1]["text"]
     for fmt in ("txt", "vtt", "srt", "tsv"):  # the files openai-whisper's writers make of the same result
         whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
         assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
