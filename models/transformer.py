@@ -344,8 +344,9 @@ class MultimodalTransformer(nn.Module):
     ) -> Tensor:
         """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
         tokens when `eos_id` is given and every row has produced it (one host sync per step).
-        logits_filter(logits, step) -> logits, when given, changes each step's (B, V) float logits
-        before sampling (step 0 = the first new token): token suppression, as a LogitsProcessor.
+        logits_filter(logits, step, ids) -> logits, when given, changes each step's (B, V) float logits
+        before sampling (step 0 = the first new token; ids (B, N + step): each row so far, prompt
+        included): token suppression or rules on what came before, as a LogitsProcessor.
         memory: the encoder's output for these rows (`encode_memory`), when it is computed already.
 
         temperature 0 is greedy. The LM modality must be the decoder's last input and unpadded.
@@ -377,7 +378,7 @@ class MultimodalTransformer(nn.Module):
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
             logits = self.heads[lm_name](h[:, -1:])[:, -1].float()  # (B, V)
             if logits_filter is not None:
-                logits = logits_filter(logits, step)
+                logits = logits_filter(logits, step, ids)
             nxt = self._sample(logits, temperature, top_k, generator)
             ids = torch.cat([ids, nxt], 1)
             types = torch.cat([types, types[:, -1:]], 1)
@@ -423,7 +424,7 @@ class MultimodalTransformer(nn.Module):
         for step in range(max_new_tokens):
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
             logits = self.heads[lm_name](h[:, -1:])[:, -1].float()
-            logp = (logits if logits_filter is None else logits_filter(logits, step)).log_softmax(-1)  # (B·K, V)
+            logp = (logits if logits_filter is None else logits_filter(logits, step, ids)).log_softmax(-1)  # (B·K, V)
             if eos_id is not None and finished.any():
                 logp[finished] = float("-inf")
                 logp[finished, eos_id] = 0.0  # a finished beam stays finished, at no cost

@@ -106,7 +106,7 @@ def cmd_transcribe(args):
         raise ConfigError(f"--output-format: two audio files share a name ({next(s for s in stems if stems.count(s) > 1)}); their "
                           "transcripts would overwrite each other in one folder")  # fmt: skip
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, args.fallback,
-                         args.suppress, args.initial_prompt, args.condition_on_previous_text)  # fmt: skip
+                         args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -220,6 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "before each window (names, spellings, a style), as openai-whisper's --initial_prompt")  # fmt: skip
     s.add_argument("--condition-on-previous-text", action="store_true", help="runs on Whisper's weights: each window reads the text "
                    "decoded before it in the file, as openai-whisper's transcribe does by default (windows decoded one at a time)")  # fmt: skip
+    s.add_argument("--timestamps", action="store_true", help="runs on Whisper's weights: decode its timestamp tokens, so each window's "
+                   "text comes in the segments they time (finer subtitle cues), as openai-whisper's transcribe does by default")  # fmt: skip
     s.add_argument("--suppress", action="store_true", help="openai-whisper's default token suppression (runs on Whisper's weights): "
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,

@@ -291,12 +291,82 @@ class Suppress:
         self.always = sorted({*ref.non_speech_tokens, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
         self.first = [*ref.encode(" "), ref.eot]
 
-    def __call__(self, logits: Tensor, step: int) -> Tensor:
+    def __call__(self, logits: Tensor, step: int, ids: Tensor | None = None) -> Tensor:
         logits = logits.clone()
         logits[..., self.always] = float("-inf")
         if step == 0:
             logits[..., self.first] = float("-inf")
         return logits
+
+
+TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: one encoder frame (two mel hops), 0.02 s
+
+
+class TimestampRules:
+    """openai-whisper's ApplyTimestampRules, the `logits_filter` for decoding Whisper's timestamp
+    tokens (<|0.00|> ... <|30.00|>, one per 0.02 s of the window): the first token is a timestamp of
+    at most `max_initial` seconds; timestamps come in pairs (the end of one segment, the start of
+    the next) except right before <|endoftext|>; they never decrease and a segment is never empty;
+    a timestamp is forced where the timestamps together are likelier than any text token;
+    <|notimestamps|> is never chosen. `suppress` (a Suppress) filters first, as openai-whisper
+    orders its filters."""
+
+    def __init__(self, text_tok, suppress: Suppress | None = None, max_initial: float | None = 1.0):
+        specials = text_tok.special_ids
+        if "<|0.00|>" not in specials:
+            raise ValueError("timestamps: this run's vocabulary has no timestamp tokens (a from-scratch model); they need Whisper's")
+        self.first_time, self.eot, self.no_timestamps = specials["<|0.00|>"], specials[EOT], specials[NO_TIMESTAMPS]
+        self.max_initial = None if max_initial is None else round(max_initial / TIME_PRECISION)
+        self.suppress = suppress
+
+    def __call__(self, logits: Tensor, step: int, ids: Tensor) -> Tensor:
+        logits = self.suppress(logits, step, ids) if self.suppress is not None else logits.clone()
+        first, never = self.first_time, float("-inf")
+        logits[:, self.no_timestamps] = never
+        if step:  # the rules on what this row sampled so far (B rows at once)
+            sampled = ids[:, ids.shape[1] - step :]
+            stamp = sampled >= first
+            last, before_last = stamp[:, -1], stamp[:, -2] if step > 1 else torch.ones_like(stamp[:, -1])
+            logits[last & before_last, first:] = never  # a pair just closed: text comes next
+            logits[last & ~before_last, : self.eot] = never  # one timestamp after text: a second one, or the end
+            at = torch.where(stamp, torch.arange(step, device=ids.device), -1).max(-1).values  # the latest timestamp, if any
+            latest = sampled.gather(1, at.clamp(min=0)[:, None])[:, 0]
+            floor = torch.where(last & ~before_last, latest, latest + 1)  # never decreasing; a segment's end after its start
+            vocab = torch.arange(logits.shape[-1], device=logits.device)
+            logits.masked_fill_((vocab >= first) & (vocab < floor[:, None]) & (at >= 0)[:, None], never)
+        else:  # the first token: a timestamp, no later than max_initial
+            logits[:, :first] = never
+            if self.max_initial is not None:
+                logits[:, first + self.max_initial + 1 :] = never
+        logprobs = logits.float().log_softmax(-1)
+        likelier = logprobs[:, first:].logsumexp(-1) > logprobs[:, :first].max(-1).values
+        logits[likelier, :first] = never
+        return logits
+
+
+def timestamp_segments(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, str]]:
+    """A window's decoded tokens with timestamps as (start, end, text) segments in the recording,
+    as openai-whisper's transcribe cuts them: between consecutive timestamps (<|t1|><|t2|> ends one
+    segment at t1 and starts the next at t2). A last segment without its closing timestamp ends
+    with the window (`start` + `length` seconds), where openai-whisper would decode it again in the
+    next window; without any timestamp pair the window is one segment, ending at its last timestamp.
+    Times past the window's sound (its padding) are cut to its end; segments without text are left out."""
+    first = text_tok.special_ids["<|0.00|>"]
+    tokens = [t for t in tokens if t != text_tok.special_ids[EOT]]
+    stamp = [t >= first for t in tokens]
+    at = lambda i: start + (tokens[i] - first) * TIME_PRECISION if stamp[i] else start  # noqa: E731 — a timestamp's time in the recording
+    cuts = [i + 1 for i in range(len(tokens) - 1) if stamp[i] and stamp[i + 1]]
+    if not cuts:  # no pair: the window is one segment, to its last timestamp
+        last = max((i for i in range(len(tokens)) if stamp[i]), default=None)
+        pieces = [(start, at(last) if last is not None and tokens[last] != first else start + length, tokens)]
+    else:
+        if stamp[-2:] == [False, True]:  # ends on one timestamp: its last segment is closed too
+            cuts.append(len(tokens))
+        pieces = [(at(a), at(b - 1), tokens[a:b]) for a, b in zip([0, *cuts], cuts)]
+        if cuts[-1] < len(tokens):  # text after the last pair, never closed: it ends with the window
+            pieces.append((at(cuts[-1]), start + length, tokens[cuts[-1] :]))
+    end = start + length  # the window's sound ends here; a timestamp past it is in the padding
+    return [(min(a, b, end), min(b, end), text) for a, b, piece in pieces if (text := row_text(text_tok, piece))]
 
 
 def audio_memory(model: MultimodalTransformer, audio):
@@ -341,9 +411,10 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
         inputs, memory = decoder_feed(audio_batch.select(slice(start, start + len(part))), seqs)
         logits = next(iter(model(inputs, memory=memory).logits.values())).float()
         quiet = (logits[:, at_sot, no_speech] - logits[:, at_sot].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
-        if suppress is not None:  # each decoding step's filter, at the position that predicted its token
-            logits[:, n - 1 :] = suppress(logits[:, n - 1 :], 1)
-            logits[:, n - 1] = suppress(logits[:, n - 1], 0)
+        if suppress is not None:  # each decoding step's filter, at the position that predicted its token, on the tokens before it
+            ids = inputs["text"].ids
+            for step in range(logits.shape[1] - n + 1):
+                logits[:, n - 1 + step] = suppress(logits[:, n - 1 + step], step, ids[:, : n + step])
         norm = logits.logsumexp(-1)  # (rows, positions): log-probability = logit - norm, without a second vocabulary-wide tensor
         for b, (q, row) in enumerate(zip(seqs, part)):
             at, chosen = torch.arange(n - 1, len(q) - 1), q[n:].to(logits.device)
@@ -570,15 +641,16 @@ def fill_windows(segments, seconds: float):
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
-               initial_prompt: str | None = None, condition_on_previous_text: bool = False) -> list[str]:  # fmt: skip
+               initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
     return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
-                                                initial_prompt, condition_on_previous_text)]  # fmt: skip
+                                                initial_prompt, condition_on_previous_text, timestamps)]  # fmt: skip
 
 
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
-                     suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False) -> list[dict]:  # fmt: skip
+                     suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
+                     timestamps: bool = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -598,7 +670,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     vocabulary only). initial_prompt: text the decoder reads as said before every window
     (`previous_text`; names and spellings to follow). condition_on_previous_text: each window also
     reads the text decoded before it in the file, as openai-whisper's transcribe does by default
-    (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only)."""
+    (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only).
+    timestamps: decode Whisper's timestamp tokens (`TimestampRules`; the prompt without
+    <|notimestamps|>), so each window's text comes as the segments they time (`timestamp_segments`),
+    as openai-whisper's transcribe decodes by default; Whisper's weights only."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -616,6 +691,11 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
     suppressor = Suppress(toks["text"]) if suppress else None
+    if timestamps:
+        if not toks["audio"].chunk:
+            raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")
+        suppressor = TimestampRules(toks["text"], suppressor)  # checks the vocabulary
+        run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
     initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")
@@ -644,8 +724,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
                                      beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried)  # fmt: skip
             ended += [d["ended"] for d in decoded]
-            found += [(t, t + len(w) / SAMPLE_RATE, d["text"], {k: d[k] for k in FALLBACK_FIGURES} if fallback else {})
-                      for (t, w), d in zip(group, decoded) if d["text"]]  # fmt: skip
+            for (t, w), d in zip(group, decoded):
+                figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
+                cut = timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps else [(t, t + len(w) / SAMPLE_RATE, d["text"])]
+                found += [(a, b, text, figures) for a, b, text in cut if d["text"]]
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):

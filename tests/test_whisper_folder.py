@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from tokenizers_mm import TokenSet, collate
+from tokenizers_mm import BPETokenizer, TokenSet, collate
 
 pytest.importorskip("espeakng_loader")
 
@@ -331,6 +331,25 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         greedy = transcribe_batch(model.eval(), text_tok, batch, 24 - len(prompt), prompt=prompt)
     # note: one clip at a time, as openai-whisper's beam search on a batch fails in its attention (CPU, this version)
     assert texts == [whisper.decode(ref, m, beams).text.strip() for m in mels] and texts != greedy  # beams found other texts
+    # timestamps (openai-whisper's default decoding, without_timestamps=False): TimestampRules gives its tokens and
+    # log-probabilities, greedy and with beams; the prompt drops <|notimestamps|>
+    from recipes.whisper_digits import TimestampRules
+
+    timed = [t for t in prompt if t != text_tok.special_ids["<|notimestamps|>"]]
+    stamped = whisper.DecodingOptions(language="de", without_timestamps=False, fp16=False, suppress_blank=False, suppress_tokens=None,
+                                      sample_len=24 - len(timed))  # fmt: skip
+    rules = TimestampRules(text_tok)
+    with torch.no_grad():
+        rows = decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=rules)
+        stats = decoding_stats(model, text_tok, batch, timed, rows, rules)
+        beamed = decode_rows(model, text_tok, batch, 24 - len(timed), timed, beam_size=3, suppress=rules)
+    want = [whisper.decode(ref, m, stamped) for m in mels]
+    assert [r["tokens"] for r in stats] == [w.tokens for w in want]
+    assert sum(t >= rules.first_time for w in want for t in w.tokens) > 8 and any(t < text_tok.special_ids["<|endoftext|>"] for t in want[0].tokens)
+    np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
+    eot = text_tok.special_ids["<|endoftext|>"]
+    assert [[t for t in r if t != eot] for r in beamed] == [whisper.decode(ref, m, whisper.DecodingOptions(**{**stamped.__dict__, "beam_size": 3})).tokens
+                                                           for m in mels]  # fmt: skip
     # openai-whisper's default options (blank and non-speech suppression on): Suppress gives its tokens and log-probabilities.
     # A non-speech token ('"') is made the likeliest everywhere (its embedding row 4x the row greedy decoding starts with, in both
     # models), so that suppressing it changes the text
@@ -353,6 +372,31 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     assert [r["tokens"] for r in stats] == [w.tokens for w in want]
     np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
     assert beamed == [whisper.decode(ref, m, whisper.DecodingOptions(**{**defaults.__dict__, "beam_size": 3})).text.strip() for m in mels]
+    # and both together: openai-whisper's decoding with every default (suppression, then the timestamp rules)
+    both = TimestampRules(text_tok, suppress)
+    with torch.no_grad():
+        stats = decoding_stats(model, text_tok, batch, timed, decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=both), both)
+    want = [whisper.decode(ref, m, whisper.DecodingOptions(language="de", fp16=False, sample_len=24 - len(timed))) for m in mels]
+    assert [r["tokens"] for r in stats] == [w.tokens for w in want]
+    np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
+
+
+def test_timestamp_segments_are_cut_as_openai_whisper_cuts_them():
+    """Consecutive timestamps end one segment and start the next; a closing timestamp alone at the
+    end closes the last; text after the last pair runs to the window's end; no pair: one segment to
+    the last timestamp; times are in the recording (the window starts at 10 s) and stop at its end."""
+    pytest.importorskip("whisper")
+    from recipes.whisper_digits import timestamp_segments
+
+    text_tok = BPETokenizer.whisper(whisper_folder.whisper_assets() / "multilingual.tiktoken", 51865)
+    t = lambda s: text_tok.special_ids[f"<|{s:.2f}|>"]  # noqa: E731
+    a, b, c = (text_tok.encode_ids(w) for w in (" one", " two", " three"))
+    eot = text_tok.special_ids["<|endoftext|>"]
+    assert timestamp_segments(text_tok, [t(0), *a, *b, t(1), t(1), *c, t(2.5), eot], 10.0, 20.0) == [(10.0, 11.0, "one two"), (11.0, 12.5, "three")]
+    assert timestamp_segments(text_tok, [t(0), *a, t(1), t(1.2), *c], 10.0, 20.0) == [(10.0, 11.0, "one"), (11.2, 30.0, "three")]
+    assert timestamp_segments(text_tok, [t(0.5), *a, *b, t(3)], 10.0, 20.0) == [(10.0, 13.0, "one two")]
+    assert timestamp_segments(text_tok, [t(0), *a, t(1), t(25), *b, t(28)], 10.0, 5.0) == [(10.0, 11.0, "one"), (15.0, 15.0, "two")]
+    assert timestamp_segments(text_tok, [t(0), t(1), t(1), *b, t(2)], 10.0, 20.0) == [(11.0, 12.0, "two")]  # no text: no segment
 
 
 def test_wer_on_whisper_normalised_text():
@@ -497,6 +541,12 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     conditioned = whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"], condition_on_previous_text=True)[0]
     assert capsys.readouterr().out.split(": ", 1)[1].strip() == conditioned["text"]
     assert conditioned["segments"][0] == result["segments"][0] and conditioned["segments"][1]["text"] != result["segments"][1]["text"]
+    # timestamp tokens: each window's text in the segments they time, inside that window's speech
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--timestamps", "--output-format", "srt", "--output-dir", str(tmp_path / "ts")]) == 0
+    timed = whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"], timestamps=True)[0]
+    assert len(timed["segments"]) > 2 and (tmp_path / "ts" / "talk.srt").read_text().count(" --> ") == len(timed["segments"])
+    for seg in timed["segments"]:
+        assert any(a - 0.011 <= seg["start"] <= seg["end"] <= b + 0.011 for a, b in spans), seg
     for fmt in ("txt", "vtt", "srt", "tsv"):  # the files openai-whisper's writers make of the same result
         whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
         assert (tmp_path / "subs" / f"talk.{fmt}").read_text() == (tmp_path / f"talk.{fmt}").read_text(), fmt
