@@ -13,6 +13,7 @@ error rate (jiwer) of greedy decoding on the held-out voices.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -710,6 +711,11 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
         found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+        import soundfile
+        from tqdm.auto import tqdm
+
+        total = math.ceil(soundfile.info(str(p)).duration)  # readable: stream_audio checked it
+        bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
         if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
             segments = fill_windows(segments, seconds)
         prompt, file_language, carried = run_prompt, run_language, [] if condition_on_previous_text else None
@@ -728,6 +734,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
                 cut = timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps else [(t, t + len(w) / SAMPLE_RATE, d["text"])]
                 found += [(a, b, text, figures) for a, b, text in cut if d["text"]]
+            bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
+        bar.update(total - bar.n)  # the silence after the last window too
+        bar.close()
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
