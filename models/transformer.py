@@ -232,6 +232,8 @@ class MultimodalTransformer(nn.Module):
         encoder's output computed before (`encode_memory`); the encoder does not run again, and its
         modalities' states are not among the features."""
         feats, memory_segments = {}, None
+        if memory is not None and (self.encoder is None or any(b.segments is not None for b in inputs.values())):
+            raise ValueError("forward: memory= is the encoder's output for unpacked inputs" + (" (this model has no encoder)" if self.encoder is None else ""))
         memory, memory_mask = (memory.states, memory.mask) if memory is not None else (None, None)
         if self.encoder is not None and memory is None:
             memory, memory_mask, memory_segments, spans = self.encode_packed(inputs)
@@ -455,7 +457,13 @@ class MultimodalTransformer(nn.Module):
             logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
         # note: one draw by inverse CDF, as torch.multinomial draws it but ~30x faster on a CPU over a
         # 50k vocabulary (multinomial makes a random number per token); a token of probability 0 is never drawn
-        cdf = logits.softmax(-1).cumsum(-1)
+        cdf = logits.softmax(-1, dtype=torch.float32).cumsum(-1)  # float32: a 16-bit cumsum over 50k tokens has ~1k distinct steps
+        valid = cdf[:, -1] > 0  # False for a NaN row (NaN logits, or a temperature so low that logits overflow)
+        if cdf.device.type == "cpu":  # note: on an accelerator, an asynchronous check as torch.multinomial's, no host sync
+            if not bool(valid.all()):
+                raise ValueError(f"generate: row {int((~valid).nonzero()[0, 0])}'s probabilities are NaN (NaN logits, or a temperature too low)")
+        else:
+            torch._assert_async(valid.all())
         u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
         return torch.searchsorted(cdf, u, right=True).clamp(max=cdf.shape[-1] - 1)
 

@@ -370,6 +370,7 @@ def timestamp_segments(text_tok, tokens: list[int], start: float, length: float)
     return [(min(a, b, end), min(b, end), text) for a, b, piece in pieces if (text := row_text(text_tok, piece))]
 
 
+@torch.no_grad()
 def audio_memory(model: MultimodalTransformer, audio):
     """The encoder's output (a Memory) for an audio TokenBatch, so that decoding, scoring and retries
     read one encoder pass, as openai-whisper's decoder reads its audio features. A Memory, or the
@@ -429,6 +430,7 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
     return stats
 
 
+@torch.no_grad()
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
                 length_penalty: float = 1.0, generator=None, suppress: Suppress | None = None) -> list[list[int]]:  # fmt: skip
     """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam
@@ -442,6 +444,7 @@ def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], t
     return [row[: row.index(eot) + 1] if eot in row else row for row in out[:, len(prompt) :].tolist()]
 
 
+@torch.no_grad()
 def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, prompt: list[int], beam_size: int = 1,
                          length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's decode_with_fallback for a group of windows: decode at temperature 0 (greedy
@@ -486,6 +489,7 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
 FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speech_prob")  # what a fallback adds to each segment
 
 
+@torch.no_grad()
 def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
                    length_penalty: float = 1.0, fallback: dict | None = None, suppress: Suppress | None = None, initial: list[int] = (),
                    carried: list[int] | None = None) -> list[dict]:  # fmt: skip
@@ -648,6 +652,7 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
                                                 initial_prompt, condition_on_previous_text, timestamps)]  # fmt: skip
 
 
+@torch.no_grad()
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,

@@ -312,6 +312,9 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         kept = decode_with_fallback(model, text_tok, audio_tok, one, 24 - len(prompt), prompt, options={"temperatures": (1.0,)})[0]
     hook.remove()
     assert encoded == [1]  # one encoder pass for the window: its 5 samples and their scoring read its memory
+    from recipes.whisper_digits import audio_memory
+
+    assert torch.is_grad_enabled() and not audio_memory(model, audio_tok.encode_batch(one)).states.requires_grad  # no autograd graph kept
     with torch.no_grad():
         five = audio_tok.encode_batch(one * 5)  # the same five samples: the fallback's generator starts from seed 0
         samples = decode_rows(model, text_tok, five, 24 - len(prompt), prompt, 1.0, generator=torch.Generator().manual_seed(0))
