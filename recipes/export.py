@@ -129,7 +129,7 @@ def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] |
 def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> dict:
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
     prompt and decode as `mmtok transcribe`: greedy or the run's beam search, no token suppression,
-    at most max_text decoder tokens. Only a multilingual model gets a language table, and only
+    at most max_text decoder tokens and max_positions // 2 new ones (openai-whisper's sample_len). Only a multilingual model gets a language table, and only
     Whisper's own prompt (language, task) leaves the language to it: any other prompt is forced as
     it is, since a multilingual model without one detects the language. parts: `prompt_parts(prompt)`."""
     specials = text_tok.special_ids
@@ -141,7 +141,8 @@ def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> di
     multilingual = bool(languages)
     layers = t.dec_depth or t.depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-              "max_length": text_tok.max_positions, "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
+              "max_length": text_tok.max_positions, "max_new_tokens": text_tok.max_positions // 2,  # openai-whisper's sample_len, as transcribe
+              "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
               "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": run_cfg.beam_size,
               "length_penalty": run_cfg.length_penalty, "is_multilingual": multilingual, "max_initial_timestamp_index": 50,
               "prev_sot_token_id": specials.get("<|startofprev|>"),

@@ -345,13 +345,15 @@ class TimestampRules:
         return logits
 
 
-def timestamp_segments(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, str]]:
-    """A window's decoded tokens with timestamps as (start, end, text) segments in the recording,
+def timestamp_segments(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, str, list[int]]]:
+    """A window's decoded tokens with timestamps as (start, end, text, tokens) segments in the recording,
     as openai-whisper's transcribe cuts them: between consecutive timestamps (<|t1|><|t2|> ends one
     segment at t1 and starts the next at t2). A last segment without its closing timestamp ends
     with the window (`start` + `length` seconds), where openai-whisper would decode it again in the
     next window; without any timestamp pair the window is one segment, ending at its last timestamp.
-    Times past the window's sound (its padding) are cut to its end; segments without text are left out."""
+    Times past the window's sound (its padding) are cut to its end; segments without text, or
+    starting in the padding (no length once cut: openai-whisper clears segments whose start is
+    their end), are left out."""
     first = text_tok.special_ids["<|0.00|>"]
     tokens = [t for t in tokens if t != text_tok.special_ids[EOT]]
     stamp = [t >= first for t in tokens]
@@ -367,7 +369,8 @@ def timestamp_segments(text_tok, tokens: list[int], start: float, length: float)
         if cuts[-1] < len(tokens):  # text after the last pair, never closed: it ends with the window
             pieces.append((at(cuts[-1]), start + length, tokens[cuts[-1] :]))
     end = start + length  # the window's sound ends here; a timestamp past it is in the padding
-    return [(min(a, b, end), min(b, end), text) for a, b, piece in pieces if (text := row_text(text_tok, piece))]
+    cut = [(min(a, b, end), min(b, end), piece) for a, b, piece in pieces]
+    return [(a, b, text, piece) for a, b, piece in cut if b > a and (text := row_text(text_tok, piece).strip())]
 
 
 @torch.no_grad()
@@ -492,7 +495,7 @@ FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speec
 @torch.no_grad()
 def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
                    length_penalty: float = 1.0, fallback: dict | None = None, suppress: Suppress | None = None, initial: list[int] = (),
-                   carried: list[int] | None = None) -> list[dict]:  # fmt: skip
+                   carried: list[int] | None = None, sample_len: int | None = None) -> list[dict]:  # fmt: skip
     """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
     order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
     "temperature"}, with decoding_stats' figures when `fallback` is given (decode_with_fallback's
@@ -500,31 +503,45 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
     (`previous_tokens`). carried: None, or the list of tokens decoded so far in the recording, which
     each window then reads after `initial` and extends in place — openai-whisper's
     condition_on_previous_text, so one window at a time: a window with text adds its tokens, and one
-    decoded hotter than 0.5 (not skipped as silence) starts the carried text afresh, as there."""
+    decoded hotter than 0.5 (not skipped as silence) starts the carried text afresh, as there; with
+    timestamps, the tokens of its segments that have text and time. An initial prompt of
+    max_positions // 2 - 1 tokens or more leaves no room for carried text (openai-whisper's slicing
+    then keeps the carried text instead). Each window decodes up to max_text tokens in all, and at
+    most `sample_len` new ones (openai-whisper's transcribe: max_positions // 2)."""
     if carried is None:
         return _decode_group(model, text_tok, audio_tok, encoded, waves, previous_tokens(text_tok, initial) + prompt, max_text, beam_size,
-                             length_penalty, fallback, suppress)  # fmt: skip
+                             length_penalty, fallback, suppress, sample_len)  # fmt: skip
     out = []
     for i, wave in enumerate(waves):
         full = previous_tokens(text_tok, initial, carried) + prompt
         r = _decode_group(model, text_tok, audio_tok, encoded.select(slice(i, i + 1)), [wave], full, max_text, beam_size, length_penalty,
-                          fallback, suppress)[0]  # fmt: skip
+                          fallback, suppress, sample_len)[0]  # fmt: skip
         if r["text"]:
-            carried += r["tokens"]
+            carried += said_tokens(text_tok, r["tokens"], len(wave) / SAMPLE_RATE)
         if r["temperature"] > 0.5 and not r.get("skipped"):
             carried.clear()
         out.append(r)
     return out
 
 
-def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress) -> list[dict]:
+def said_tokens(text_tok, tokens: list[int], seconds: float) -> list[int]:
+    """The tokens of a decoded window that the next one reads as said before (openai-whisper carries
+    its segments' tokens): all of them, or with timestamps those of the segments with text and time."""
+    first = text_tok.special_ids.get("<|0.00|>")
+    if first is None or not any(t >= first for t in tokens):
+        return list(tokens)
+    return [t for *_, piece in timestamp_segments(text_tok, tokens, 0.0, seconds) for t in piece]
+
+
+def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress,
+                  sample_len) -> list[dict]:  # fmt: skip
     if max_text - len(full) < 1:
         raise ValueError(f"initial prompt: {len(full)} prompt tokens leave no room in the {max_text}-token decoder; shorten it")
+    max_new = min(max_text - len(full), sample_len or max_text)
     if fallback is not None:
-        return decode_with_fallback(model, text_tok, audio_tok, waves, max_text - len(full), full, beam_size, length_penalty, fallback,
-                                    encoded, suppress)  # fmt: skip
+        return decode_with_fallback(model, text_tok, audio_tok, waves, max_new, full, beam_size, length_penalty, fallback, encoded, suppress)
     eot = text_tok.special_ids[EOT]
-    rows = decode_rows(model, text_tok, encoded, max_text - len(full), full, 0.0, beam_size, length_penalty, suppress=suppress)
+    rows = decode_rows(model, text_tok, encoded, max_new, full, 0.0, beam_size, length_penalty, suppress=suppress)
     return [{"text": row_text(text_tok, row), "tokens": [t for t in row if t != eot], "ended": eot in row, "temperature": 0.0} for row in rows]
 
 
@@ -706,6 +723,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")
     options = None if not fallback else fallback if isinstance(fallback, dict) else {}
+    sample_len = toks["text"].max_positions // 2 if toks["audio"].chunk else None  # Whisper's weights: openai-whisper's limit per window
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
@@ -733,19 +751,19 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
             decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried)  # fmt: skip
+                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len)  # fmt: skip
             ended += [d["ended"] for d in decoded]
             for (t, w), d in zip(group, decoded):
                 figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
                 cut = timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps else [(t, t + len(w) / SAMPLE_RATE, d["text"])]
-                found += [(a, b, text, figures) for a, b, text in cut if d["text"]]
+                found += [(a, b, text, figures) for a, b, text, *_ in cut if d["text"]]
             bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()
         if not ended:
             print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt)} "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({min(cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt), sample_len or cfg.max_text)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text, **x} for i, (a, b, text, x) in enumerate(found)]
