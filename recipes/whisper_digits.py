@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -241,7 +242,7 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_new: int, beam_size: int = 1, length_penalty: float = 1.0,
-                     ended: list | None = None, prompt: list[int] | None = None, suppress: Suppress | None = None) -> list[str]:  # fmt: skip
+                     ended: list | None = None, prompt: list[int] | None = None, suppress: LogitsFilter | None = None) -> list[str]:  # fmt: skip
     """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
     DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
     reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
@@ -300,6 +301,7 @@ class Suppress:
         return logits
 
 
+LogitsFilter = Callable[[Tensor, int, Tensor], Tensor]  # generate's logits_filter(logits, step, ids): Suppress, TimestampRules
 TIME_PRECISION = 2 * HOP_LENGTH / SAMPLE_RATE  # seconds per timestamp step: one encoder frame (two mel hops), 0.02 s
 
 
@@ -398,7 +400,7 @@ STATS_ROWS = 4  # rows scored together by decoding_stats: its logits are rows ×
 
 @torch.no_grad()
 def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]],
-                   suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
+                   suppress: LogitsFilter | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
     and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
     tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>;
@@ -435,7 +437,7 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
 
 @torch.no_grad()
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
-                length_penalty: float = 1.0, generator=None, suppress: Suppress | None = None) -> list[list[int]]:  # fmt: skip
+                length_penalty: float = 1.0, generator=None, suppress: LogitsFilter | None = None) -> list[list[int]]:  # fmt: skip
     """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam
     search or sampling. audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
     inputs, memory = decoder_feed(audio_memory(model, audio_batch), [prompt] * audio_batch.shape[0])
@@ -449,7 +451,7 @@ def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], t
 
 @torch.no_grad()
 def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, prompt: list[int], beam_size: int = 1,
-                         length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: Suppress | None = None) -> list[dict]:  # fmt: skip
+                         length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: LogitsFilter | None = None) -> list[dict]:  # fmt: skip
     """openai-whisper's decode_with_fallback for a group of windows: decode at temperature 0 (greedy
     or beam search); a window whose text compresses more than compression_ratio_threshold (it
     repeats itself) or whose avg_logprob is below logprob_threshold is decoded again at the next
@@ -494,7 +496,7 @@ FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speec
 
 @torch.no_grad()
 def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
-                   length_penalty: float = 1.0, fallback: dict | None = None, suppress: Suppress | None = None, initial: list[int] = (),
+                   length_penalty: float = 1.0, fallback: dict | None = None, suppress: LogitsFilter | None = None, initial: list[int] = (),
                    carried: list[int] | None = None, sample_len: int | None = None) -> list[dict]:  # fmt: skip
     """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
     order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
@@ -713,7 +715,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if not language_tokens(toks["text"]):
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
-    suppressor = Suppress(toks["text"]) if suppress else None
+    suppressor = Suppress(toks["text"]) if suppress else None  # the logits filter decoding runs with: suppression, timestamp rules
     if timestamps:
         if not toks["audio"].chunk:
             raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")
