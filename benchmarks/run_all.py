@@ -76,7 +76,9 @@ def rows_whisper_decode(r):
     return [(f"Whisper greedy decoding ({g['windows']} windows x {g['tokens']} tokens, tiny size), s", g["ours_s"], "openai-whisper decode",
              g["openai_whisper_s"], "≤ 1.0"),
             (f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s", f["ours_s"],
-             "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0")]  # fmt: skip
+             "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0"),
+            ("sampling draw (5 rows x 51,865 tokens), ms", r["sampling_draw"]["ours_ms"], "torch.multinomial",
+             r["sampling_draw"]["torch_multinomial_ms"], "≤ 1.0")]  # fmt: skip
 
 
 def rows_loader(r):
