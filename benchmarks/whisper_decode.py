@@ -21,7 +21,6 @@ ratio = ours / peer (time; ≤ 1.0 is at least as fast).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -57,21 +56,15 @@ def main(argv=None) -> dict:
 
     import torch
     import whisper
-    import whisper.model as wm
+    from whisper_export import random_whisper  # note: this folder, on sys.path as the script's own
 
     from recipes import whisper_folder
     from recipes.whisper_digits import Suppress, decode_rows, decode_with_fallback
 
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory(prefix="whisper_decode.") as tmp:
-        dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=args.width, n_audio_head=args.heads, n_audio_layer=args.layers,
-                                  n_vocab=51865, n_text_ctx=args.text, n_text_state=args.width, n_text_head=args.heads,
-                                  n_text_layer=args.layers)  # fmt: skip
-        torch.manual_seed(0)
-        ref = wm.Whisper(dims)
-        torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty
         path = Path(tmp) / "weights.pt"
-        torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.state_dict()}, path)
+        ref = random_whisper(path, args.width, args.heads, args.layers, 51865, args.text)
         cfg = whisper_folder.Config(data=tmp, init_from=str(path), language="en")
         model, audio_tok, text_tok = whisper_folder.whisper_weights(cfg)
     model, ref = model.eval(), ref.eval()

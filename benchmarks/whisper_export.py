@@ -12,7 +12,6 @@ clips (max_steps=0: the weights as they are), so the figures measure the export,
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
@@ -22,6 +21,24 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def random_whisper(path: Path, width: int, heads: int, layers: int, vocab: int, text: int, half: bool = False):
+    """openai-whisper's own model at these sizes (80 mel bins, 1,500 audio positions; `layers` blocks
+    each side) with seeded random weights, saved at `path` as openai-whisper saves a checkpoint
+    (`dims` + `model_state_dict`, in fp16 with `half`); returns the model, in fp32."""
+    import dataclasses
+
+    import torch
+    import whisper.model as wm
+
+    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=width, n_audio_head=heads, n_audio_layer=layers, n_vocab=vocab,
+                              n_text_ctx=text, n_text_state=width, n_text_head=heads, n_text_layer=layers)  # fmt: skip
+    torch.manual_seed(0)
+    model = wm.Whisper(dims)
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": (model.half() if half else model).state_dict()}, path)
+    return model.float()
 
 
 def main(argv=None) -> dict:
@@ -34,21 +51,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     import soundfile as sf
-    import torch
-    import whisper.model as wm
 
     from recipes import whisper_folder
     from recipes.export import export
 
     with tempfile.TemporaryDirectory(prefix="whisper_export.") as tmp:  # a tiny-sized model three times over: not kept
         root = Path(tmp)
-        dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=args.width, n_audio_head=args.heads, n_audio_layer=args.layers,
-                                  n_vocab=args.vocab, n_text_ctx=args.text, n_text_state=args.width, n_text_head=args.heads,
-                                  n_text_layer=args.layers)  # fmt: skip
-        torch.manual_seed(0)
-        model = wm.Whisper(dims)
-        torch.nn.init.normal_(model.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty
-        torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": model.half().state_dict()}, root / "weights.pt")
+        model = random_whisper(root / "weights.pt", args.width, args.heads, args.layers, args.vocab, args.text, half=True)
         data = root / "data"
         data.mkdir()
         rng = np.random.default_rng(0)

@@ -248,10 +248,18 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
     reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
     (`audio_memory`)."""
     rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress)
-    eot = text_tok.special_ids[EOT]
+    results = [row_result(text_tok, row) for row in rows]
     if ended is not None:
-        ended += [eot in row for row in rows]
-    return [row_text(text_tok, row) for row in rows]
+        ended += [r["ended"] for r in results]
+    return [r["text"] for r in results]
+
+
+def row_result(text_tok, row: list[int]) -> dict:
+    """A decoded row (the tokens after the prompt, <|endoftext|> kept when reached) as {"text",
+    "tokens" (without <|endoftext|>), "ended" (whether it reached <|endoftext|>)}."""
+    eot = text_tok.special_ids[EOT]
+    tokens = [t for t in row if t != eot]
+    return {"text": row_text(text_tok, tokens), "tokens": tokens, "ended": eot in row}
 
 
 def row_text(text_tok, row: list[int]) -> str:
@@ -408,7 +416,7 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
     openai-whisper measures it: a row repeating <|notimestamps|> repeats itself); teacher-forced, STATS_ROWS rows
     at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left).
     audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
-    eot, no_speech, n = text_tok.special_ids[EOT], text_tok.special_ids.get("<|nospeech|>"), len(prompt)
+    no_speech, n = text_tok.special_ids.get("<|nospeech|>"), len(prompt)
     first_time = text_tok.special_ids.get("<|0.00|>")  # openai-whisper's DecodingResult.text: special tokens written, timestamps not
     at_sot, stats = prompt.index(text_tok.special_ids[SOT]), []  # <|startoftranscript|>: 0, or after a previous text
     audio_batch = audio_memory(model, audio_batch)
@@ -426,12 +434,10 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
         for b, (q, row) in enumerate(zip(seqs, part)):
             at, chosen = torch.arange(n - 1, len(q) - 1), q[n:].to(logits.device)
             total = float((logits[b, at, chosen] - norm[b, at]).sum()) if row else 0.0
-            tokens = [t for t in row if t != eot]
-            words = row_text(text_tok, tokens)
-            written = words if first_time is None else text_tok.decode([t for t in tokens if t < first_time]).strip()
-            stats.append({"sum_logprob": total, "avg_logprob": total / (len(tokens) + 1), "compression_ratio": compression_ratio(written),
-                          "no_speech_prob": float(quiet[b]) if quiet is not None else 0.0, "text": words, "tokens": tokens,
-                          "ended": eot in row})  # fmt: skip
+            r = row_result(text_tok, row)
+            written = r["text"] if first_time is None else text_tok.decode([t for t in r["tokens"] if t < first_time]).strip()
+            stats.append({"sum_logprob": total, "avg_logprob": total / (len(r["tokens"]) + 1), "compression_ratio": compression_ratio(written),
+                          "no_speech_prob": float(quiet[b]) if quiet is not None else 0.0, **r})  # fmt: skip
     return stats
 
 
@@ -542,9 +548,8 @@ def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, be
     max_new = min(max_text - len(full), sample_len or max_text)
     if fallback is not None:
         return decode_with_fallback(model, text_tok, audio_tok, waves, max_new, full, beam_size, length_penalty, fallback, encoded, suppress)
-    eot = text_tok.special_ids[EOT]
     rows = decode_rows(model, text_tok, encoded, max_new, full, 0.0, beam_size, length_penalty, suppress=suppress)
-    return [{"text": row_text(text_tok, row), "tokens": [t for t in row if t != eot], "ended": eot in row, "temperature": 0.0} for row in rows]
+    return [{**row_result(text_tok, row), "temperature": 0.0} for row in rows]
 
 
 @torch.no_grad()
