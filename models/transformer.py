@@ -343,9 +343,14 @@ class MultimodalTransformer(nn.Module):
         eos_id: int | None = None,
         logits_filter=None,
         memory: Memory | None = None,
-    ) -> Tensor:
+        return_logprobs: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
         tokens when `eos_id` is given and every row has produced it (one host sync per step).
+        return_logprobs: also return each new token's log-probability, (B, new) float32: the
+        log-softmax of its step's logits after logits_filter, before temperature and top_k (the
+        model's probability, as openai-whisper's decoder sums it); 0 after a row's `eos_id`, so that a
+        row's sum is the log-probability of its tokens up to and with its end. No second pass.
         logits_filter(logits, step, ids) -> logits, when given, changes each step's (B, V) float logits
         before sampling (step 0 = the first new token; ids (B, N + step): each row so far, prompt
         included): token suppression or rules on what came before, as a LogitsProcessor.
@@ -367,6 +372,7 @@ class MultimodalTransformer(nn.Module):
         step_inputs = dict(inputs)
         names = None  # first step: the whole decoder input
         ended = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        logprobs = []
         for step in range(max_new_tokens):
             if cache is not None and cache.length and cache.length - prefix + 1 > max_pos:
                 cache = None  # the position table is full: slide the window, uncached
@@ -382,6 +388,9 @@ class MultimodalTransformer(nn.Module):
             if logits_filter is not None:
                 logits = logits_filter(logits, step, ids)
             nxt = self._sample(logits, temperature, top_k, generator)
+            if return_logprobs:
+                chosen = logits.log_softmax(-1).gather(1, nxt)[:, 0]
+                logprobs.append(chosen.masked_fill(ended, 0.0))  # a row that ended before this step adds nothing
             ids = torch.cat([ids, nxt], 1)
             types = torch.cat([types, types[:, -1:]], 1)
             if eos_id is not None:
@@ -392,13 +401,18 @@ class MultimodalTransformer(nn.Module):
                 pos = torch.full_like(nxt, cache.length - prefix)
                 step_inputs = {name: TokenBatch(name, nxt, None, pos, types[:, -1:], torch.ones_like(nxt, dtype=torch.bool))}
                 names = [name]
+        if return_logprobs:
+            return ids, torch.stack(logprobs, 1) if logprobs else ids.new_zeros(B, 0, dtype=torch.float32)
         return ids
 
     @torch.no_grad()
     def beam_search(self, inputs: dict[str, TokenBatch], max_new_tokens: int, beam_size: int = 5, length_penalty: float = 1.0,
-                    eos_id: int | None = None, logits_filter=None, memory: Memory | None = None) -> Tensor:  # fmt: skip
+                    eos_id: int | None = None, logits_filter=None, memory: Memory | None = None,
+                    return_scores: bool = False) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
         """Beam search on the LM head with the KV cache. Returns the best sequence per sample,
-        (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended.
+        (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended;
+        return_scores: with its summed log-probability (B,), of its tokens up to and with `eos_id`
+        (after logits_filter), the figure it was ranked by before length normalisation.
 
         A beam's score is its summed log-probability divided by (generated length ** length_penalty);
         a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
@@ -445,7 +459,7 @@ class MultimodalTransformer(nn.Module):
             step_inputs, names = {name: TokenBatch(name, token, None, pos, types[:, -1:], torch.ones_like(token, dtype=torch.bool))}, [name]
         normalized = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K)
         best = normalized.argmax(-1) + torch.arange(B, device=ids.device) * K
-        return ids[best]
+        return (ids[best], scores[best]) if return_scores else ids[best]
 
     @staticmethod
     def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:

@@ -403,29 +403,52 @@ def decoder_feed(audio, rows: list) -> tuple[dict, Memory | None]:
     return ({"text": text} if memory is not None else {"audio": audio, "text": text}), memory
 
 
+@torch.no_grad()
+def no_speech_probs(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int]) -> list[float]:
+    """openai-whisper's no_speech_prob per row of audio_batch (an audio TokenBatch, or its encoder
+    Memory): <|nospeech|>'s probability after <|startoftranscript|>, before any filter; 0 without
+    that token. It depends on the audio and the prompt only, so a fallback reads it once per window:
+    one decoder pass over the prompt up to <|startoftranscript|>."""
+    no_speech, rows = text_tok.special_ids.get("<|nospeech|>"), audio_batch.shape[0]
+    if no_speech is None:
+        return [0.0] * rows
+    head = prompt[: prompt.index(text_tok.special_ids[SOT]) + 1]  # <|startoftranscript|>: first, or after a previous text
+    inputs, memory = decoder_feed(audio_memory(model, audio_batch), [head] * rows)
+    logits = next(iter(model(inputs, memory=memory).logits.values()))[:, -1].float()
+    return (logits[:, no_speech] - logits.logsumexp(-1)).exp().tolist()
+
+
+def scored_result(text_tok, row: list[int], sum_logprob: float, no_speech_prob: float) -> dict:
+    """openai-whisper's DecodingResult figures for a decoded row (row_result's, with <|endoftext|>
+    when reached) whose tokens sum to sum_logprob: avg_logprob (sum_logprob / (text tokens + 1)) and
+    compression_ratio (of the text with its special tokens written, as openai-whisper measures it:
+    a row repeating <|notimestamps|> repeats itself)."""
+    first_time = text_tok.special_ids.get("<|0.00|>")  # openai-whisper's DecodingResult.text: special tokens written, timestamps not
+    r = row_result(text_tok, row)
+    written = r["text"] if first_time is None else text_tok.decode([t for t in r["tokens"] if t < first_time]).strip()
+    return {"sum_logprob": sum_logprob, "avg_logprob": sum_logprob / (len(r["tokens"]) + 1), "compression_ratio": compression_ratio(written),
+            "no_speech_prob": no_speech_prob, **r}  # fmt: skip
+
+
 STATS_ROWS = 4  # rows scored together by decoding_stats: its logits are rows × positions × vocabulary floats
 
 
 @torch.no_grad()
 def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: list[int], rows: list[list[int]],
                    suppress: LogitsFilter | None = None) -> list[dict]:  # fmt: skip
-    """openai-whisper's DecodingResult figures for decoded rows (the tokens after the prompt, up to
-    and with <|endoftext|> when reached): avg_logprob (the log-probability of those tokens / (text
-    tokens + 1)), sum_logprob, no_speech_prob (<|nospeech|>'s probability after <|startoftranscript|>;
-    0 without that token) and compression_ratio (of the text with its special tokens written, as
-    openai-whisper measures it: a row repeating <|notimestamps|> repeats itself); teacher-forced, STATS_ROWS rows
-    at a time. suppress: the filter the decoding ran with (the log-probabilities are of what it left).
+    """scored_result per decoded row (the tokens after the prompt, up to and with <|endoftext|> when
+    reached), teacher-forced, STATS_ROWS rows at a time: for rows decoded elsewhere. Decoding here
+    sums its log-probabilities as it goes (`decode_rows(scored=True)`) and needs no such pass.
+    suppress: the filter the decoding ran with (the log-probabilities are of what it left).
     audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
-    no_speech, n = text_tok.special_ids.get("<|nospeech|>"), len(prompt)
-    first_time = text_tok.special_ids.get("<|0.00|>")  # openai-whisper's DecodingResult.text: special tokens written, timestamps not
-    at_sot, stats = prompt.index(text_tok.special_ids[SOT]), []  # <|startoftranscript|>: 0, or after a previous text
+    n, stats = len(prompt), []
     audio_batch = audio_memory(model, audio_batch)
+    quiet = no_speech_probs(model, text_tok, audio_batch, prompt)
     for start in range(0, len(rows), STATS_ROWS):
         part = rows[start : start + STATS_ROWS]
         seqs = [torch.tensor(prompt + row) for row in part]
         inputs, memory = decoder_feed(audio_batch.select(slice(start, start + len(part))), seqs)
         logits = next(iter(model(inputs, memory=memory).logits.values())).float()
-        quiet = (logits[:, at_sot, no_speech] - logits[:, at_sot].logsumexp(-1)).exp() if no_speech is not None else None  # before filters
         if suppress is not None:  # each decoding step's filter, at the position that predicted its token, on the tokens before it
             ids = inputs["text"].ids
             for step in range(logits.shape[1] - n + 1):
@@ -434,25 +457,29 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
         for b, (q, row) in enumerate(zip(seqs, part)):
             at, chosen = torch.arange(n - 1, len(q) - 1), q[n:].to(logits.device)
             total = float((logits[b, at, chosen] - norm[b, at]).sum()) if row else 0.0
-            r = row_result(text_tok, row)
-            written = r["text"] if first_time is None else text_tok.decode([t for t in r["tokens"] if t < first_time]).strip()
-            stats.append({"sum_logprob": total, "avg_logprob": total / (len(r["tokens"]) + 1), "compression_ratio": compression_ratio(written),
-                          "no_speech_prob": float(quiet[b]) if quiet is not None else 0.0, **r})  # fmt: skip
+            stats.append(scored_result(text_tok, row, total, quiet[start + b]))
     return stats
 
 
 @torch.no_grad()
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
-                length_penalty: float = 1.0, generator=None, suppress: LogitsFilter | None = None) -> list[list[int]]:  # fmt: skip
+                length_penalty: float = 1.0, generator=None, suppress: LogitsFilter | None = None,
+                scored: bool = False) -> list[list[int]] | tuple[list[list[int]], list[float]]:  # fmt: skip
     """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam
-    search or sampling. audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`)."""
+    search or sampling. audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`).
+    scored: also each row's summed log-probability (after `suppress`), as the decoding computed it:
+    what decoding_stats computes again by teacher forcing, as openai-whisper's decoder sums it."""
     inputs, memory = decoder_feed(audio_memory(model, audio_batch), [prompt] * audio_batch.shape[0])
     eot = text_tok.special_ids[EOT]
     if beam_size > 1 and temperature == 0:
-        out = model.beam_search(inputs, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress, memory=memory)
+        out = model.beam_search(inputs, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress, memory=memory,
+                                return_scores=scored)  # fmt: skip
     else:
-        out = model.generate(inputs, max_new, temperature=temperature, eos_id=eot, generator=generator, logits_filter=suppress, memory=memory)
-    return [row[: row.index(eot) + 1] if eot in row else row for row in out[:, len(prompt) :].tolist()]
+        out = model.generate(inputs, max_new, temperature=temperature, eos_id=eot, generator=generator, logits_filter=suppress, memory=memory,
+                             return_logprobs=scored)  # fmt: skip
+    ids, sums = (out[0], out[1].reshape(out[1].shape[0], -1).sum(-1).tolist()) if scored else (out, None)
+    rows = [row[: row.index(eot) + 1] if eot in row else row for row in ids[:, len(prompt) :].tolist()]
+    return (rows, sums) if scored else rows
 
 
 @torch.no_grad()
@@ -463,20 +490,23 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
     repeats itself) or whose avg_logprob is below logprob_threshold is decoded again at the next
     temperature, sampling best_of candidates and keeping the likeliest (log-probability / tokens);
     one that looks like silence (no_speech_prob above no_speech_threshold with a low avg_logprob) is
-    not retried, and its text is dropped. Returns decoding_stats per window, with its temperature.
+    not retried, and its text is dropped. Returns scored_result per window, with its temperature.
     batch: the windows' encoded batch or its encoder Memory, when the caller has it. The encoder runs
-    once per window: every decoding, sample and scoring pass reads its memory. A threshold of None
+    once per window and every decoding and sample reads its memory; log-probabilities are summed
+    while decoding, and no_speech_prob is read once per window. A threshold of None
     turns its check off, as in openai-whisper."""
     o = {**FALLBACK, **(options or {})}
     results: list = [None] * len(waves)
     pending = list(range(len(waves)))
     generator = torch.Generator(device=str(next(model.parameters()).device)).manual_seed(0)
     encoded = audio_memory(model, batch if batch is not None else audio_tok.encode_batch(waves))
+    silence = no_speech_probs(model, text_tok, encoded, prompt)  # per window, the same at every temperature
     for k, t in enumerate(o["temperatures"]):
         n = 1 if t == 0 else o["best_of"]
-        rows_batch = encoded.select(torch.tensor(pending).repeat_interleave(n))  # the pending windows, best_of samples each
-        rows = decode_rows(model, text_tok, rows_batch, max_new, prompt, t, beam_size, length_penalty, generator, suppress)
-        stats = decoding_stats(model, text_tok, rows_batch, prompt, rows, suppress)
+        which = torch.tensor(pending).repeat_interleave(n)  # the pending windows, best_of samples each
+        rows, sums = decode_rows(model, text_tok, encoded.select(which), max_new, prompt, t, beam_size, length_penalty, generator, suppress,
+                                 scored=True)  # fmt: skip
+        stats = [scored_result(text_tok, row, s, silence[i]) for row, s, i in zip(rows, sums, which.tolist())]
         retry = []
         for j, i in enumerate(pending):
             # the likeliest sample, as openai-whisper ranks them: log-probability / tokens ** length_penalty
@@ -506,7 +536,7 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
                    carried: list[int] | None = None, sample_len: int | None = None) -> list[dict]:  # fmt: skip
     """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
     order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
-    "temperature"}, with decoding_stats' figures when `fallback` is given (decode_with_fallback's
+    "temperature"}, with scored_result's figures when `fallback` is given (decode_with_fallback's
     options; {} = FALLBACK). initial: an initial prompt's tokens, read before every window
     (`previous_tokens`). carried: None, or the list of tokens decoded so far in the recording, which
     each window then reads after `initial` and extends in place — openai-whisper's

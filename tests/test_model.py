@@ -1,5 +1,7 @@
+import numpy as np
 import pytest
 import torch
+from torch import Tensor
 
 from models import (Attention, HeadConfig, KVCache, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig,
                     build_mask)  # fmt: skip
@@ -242,6 +244,42 @@ def test_beam_search(mode):
     # with an end token, finished beams are padded with it
     out = model.beam_search(prompt, 8, beam_size=3, eos_id=int(greedy[0, 4]))
     assert out.shape[1] <= 11
+
+
+def test_decoding_returns_the_log_probabilities_teacher_forcing_gives():
+    """generate(return_logprobs=True) gives each new token's log-probability under the filtered
+    logits (before temperature and top_k), 0 after a row's end; beam_search(return_scores=True) its
+    best beam's summed log-probability: what a second, teacher-forced pass over the rows gives."""
+    torch.manual_seed(0)
+    model = lm_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.5)
+    banned = lambda logits, step, ids: logits.index_fill(1, torch.tensor([5]), float("-inf"))  # noqa: E731
+    prompt = {"text": collate([rand_text(4, 3), rand_text(4, 4), rand_text(4, 5)])}
+
+    def forced(row: Tensor, end: int) -> list[float]:  # each new token's log-probability, teacher-forced, up to `end`
+        logits = banned(model({"text": collate([TokenSet("text", ids=row[:end])])}).logits["lm"][0], 0, None)
+        return logits[3 : end - 1].log_softmax(-1).gather(1, row[4:end, None])[:, 0].tolist()
+
+    with torch.no_grad():
+        plain = model.generate(prompt, 12, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(2), logits_filter=banned)
+        eos = int(plain[0, 7])  # the first row ends at its fourth new token; the others where they meet it
+        ids, logprobs = model.generate(prompt, 12, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(2), logits_filter=banned,
+                                       eos_id=eos, return_logprobs=True)  # fmt: skip
+        assert torch.equal(ids, plain[:, : ids.shape[1]]) and logprobs.shape == (3, ids.shape[1] - 4) and logprobs.dtype == torch.float32
+        for r in range(3):
+            new = ids[r, 4:].tolist()
+            end = 4 + (new.index(eos) + 1 if eos in new else len(new))
+            np.testing.assert_allclose(logprobs[r, : end - 4].tolist(), forced(ids[r], end), atol=1e-5)
+            assert (logprobs[r, end - 4 :] == 0).all() and (logprobs[r, : end - 4] < 0).all()
+        assert model.generate(prompt, 0, return_logprobs=True)[1].shape == (3, 0)
+        beams, scores = model.beam_search(prompt, 8, beam_size=3, eos_id=eos, logits_filter=banned, return_scores=True)
+        assert torch.equal(beams, model.beam_search(prompt, 8, beam_size=3, eos_id=eos, logits_filter=banned))
+        for r in range(3):
+            new = beams[r, 4:].tolist()
+            end = 4 + (new.index(eos) + 1 if eos in new else len(new))  # after its end a beam is padded with eos, at no cost
+            assert float(scores[r]) == pytest.approx(sum(forced(beams[r], end)), abs=1e-4)
 
 
 def test_beam_search_batches_match_single():

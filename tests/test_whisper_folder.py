@@ -322,6 +322,8 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         quiet = decode_with_fallback(model, text_tok, audio_tok, one, 24 - len(prompt), prompt, options={"no_speech_threshold": 0.0})[0]
     ranked = sorted(scored, key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1))
     assert kept["tokens"] == ranked[-1]["tokens"] != ranked[0]["tokens"] and kept["temperature"] == 1.0
+    # its figures are summed while sampling, no_speech_prob read once: what scoring the rows again gives
+    assert kept["sum_logprob"] == pytest.approx(ranked[-1]["sum_logprob"], abs=1e-4) and kept["no_speech_prob"] == pytest.approx(ranked[-1]["no_speech_prob"])
     assert quiet["temperature"] == 0.0 and quiet["text"] == "" and quiet["avg_logprob"] < -1.0  # silent and unlikely: skipped at once
     # beam search (its default length normalisation: log-probability / length, ours with length_penalty=1), on several clips
     waves = [torch.as_tensor(w / 32768.0, dtype=torch.float32) for w, _ in speech[:8]]
@@ -345,7 +347,13 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     with torch.no_grad():
         rows = decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=rules)
         stats = decoding_stats(model, text_tok, batch, timed, rows, rules)
-        beamed = decode_rows(model, text_tok, batch, 24 - len(timed), timed, beam_size=3, suppress=rules)
+        beamed, beam_sums = decode_rows(model, text_tok, batch, 24 - len(timed), timed, beam_size=3, suppress=rules, scored=True)
+        again, sums = decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=rules, scored=True)
+        beam_stats = decoding_stats(model, text_tok, batch, timed, beamed, rules)
+    # decoding sums the log-probabilities it decodes by (greedy, and the chosen beams), as teacher forcing gives them
+    assert again == rows
+    np.testing.assert_allclose(sums, [r["sum_logprob"] for r in stats], atol=1e-4)
+    np.testing.assert_allclose(beam_sums, [r["sum_logprob"] for r in beam_stats], atol=1e-4)
     want = [whisper.decode(ref, m, stamped) for m in mels]
     assert [r["tokens"] for r in stats] == [w.tokens for w in want]
     assert sum(t >= rules.first_time for w in want for t in w.tokens) > 8 and any(t < text_tok.special_ids["<|endoftext|>"] for t in want[0].tokens)
