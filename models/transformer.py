@@ -294,6 +294,39 @@ class MultimodalTransformer(nn.Module):
     def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
         return self.forward_head(self.forward_features(inputs, memory), inputs, targets)
 
+    @torch.no_grad()
+    def cross_attention_scores(self, inputs: dict[str, TokenBatch], memory: Memory | None = None,
+                               layers: list[int] | None = None) -> tuple[Output, dict[int, Tensor]]:  # fmt: skip
+        """One forward pass, with the decoder's cross-attention scores before softmax, q·k / sqrt(hs):
+        {layer: (B, H, T, S)} for each of `layers` (None = every decoder layer), T the decoder's
+        tokens and S the encoder's. What openai-whisper's word timestamps align text to audio with.
+        note: each layer's q and k are computed again from its inputs (forward pre-hooks), so the
+        fused attention kernels, which never form the scores, stay as they are."""
+        if self.encoder is None or self.decoder is None:
+            raise ValueError("cross_attention_scores: this model has no cross-attention (it needs an encoder and a decoder)")
+        blocks = self.decoder.blocks
+        layers = list(range(len(blocks))) if layers is None else list(layers)
+        if bad := [i for i in layers if not 0 <= i < len(blocks)]:
+            raise ValueError(f"cross_attention_scores: layer {bad[0]} is not one of the decoder's {len(blocks)} layers")
+        scores: dict[int, Tensor] = {}
+
+        def grab(layer: int):
+            def hook(attn, args, kwargs):
+                x, mem = args[0], kwargs["memory"]
+                q = attn._heads(attn.q(x))  # (B, T, C) -> (B, H, T, hs)
+                k = attn._heads(attn.kv(mem).split(x.shape[-1], dim=2)[0])  # (B, S, C) -> (B, H, S, hs)
+                scores[layer] = (q @ k.transpose(-2, -1)).float() / math.sqrt(attn.head_dim)  # (B, H, T, hs) @ (B, H, hs, S) -> (B, H, T, S)
+
+            return hook
+
+        hooks = [blocks[i].cross_attn.register_forward_pre_hook(grab(i), with_kwargs=True) for i in layers]
+        try:
+            out = self(inputs, memory=memory)
+        finally:
+            for h in hooks:
+                h.remove()
+        return out, scores
+
     # -- generation -----------------------------------------------------------------------------
     def _lm_prompt(self, inputs: dict[str, TokenBatch], who: str) -> tuple[str, str, TokenBatch]:
         """(lm head name, its modality, the prompt batch), checked for decoding."""

@@ -96,7 +96,7 @@ def cmd_predict(args):
 
 
 def cmd_transcribe(args):
-    from .transcripts import write_transcripts
+    from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
     transcribe = recipe_function(args.run_dir, "transcribe_files", "transcribe audio")
     stems = [Path(a).stem for a in args.audio]
@@ -105,12 +105,16 @@ def cmd_transcribe(args):
     if args.output_format and len(set(stems)) < len(stems):
         raise ConfigError(f"--output-format: two audio files share a name ({next(s for s in stems if stems.count(s) > 1)}); their "
                           "transcripts would overwrite each other in one folder")  # fmt: skip
+    options = {k: getattr(args, k) for k in SUBTITLE_OPTIONS if getattr(args, k)}
+    if options and not args.word_timestamps:
+        raise ConfigError(f"--{next(iter(options)).replace('_', '-')}: subtitle lines are made of words; it needs --word-timestamps")
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, args.fallback,
-                         args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps)  # fmt: skip
+                         args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
+                         word_timestamps=args.word_timestamps)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
-            files = write_transcripts(result, path, args.output_format, args.output_dir or ".")
+            files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
             print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
 
 
@@ -222,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "decoded before it in the file, as openai-whisper's transcribe does by default (windows decoded one at a time)")  # fmt: skip
     s.add_argument("--timestamps", action="store_true", help="runs on Whisper's weights: decode its timestamp tokens, so each window's "
                    "text comes in the segments they time (finer subtitle cues), as openai-whisper's transcribe does by default")  # fmt: skip
+    s.add_argument("--word-timestamps", action="store_true", help="runs on Whisper's weights: a start, end and probability for each "
+                   "word, aligned by the decoder's cross-attention (openai-whisper's --word_timestamps; in the json output)")  # fmt: skip
+    s.add_argument("--max-line-width", type=positive_int, default=None, help="with --word-timestamps and --max-line-count: subtitle "
+                   "lines of at most this many characters, the words flowing across segments")  # fmt: skip
+    s.add_argument("--max-line-count", type=positive_int, default=None, help="with --word-timestamps and --max-line-width: lines per cue")
+    s.add_argument("--max-words-per-line", type=positive_int, default=None, help="with --word-timestamps: at most this many words per cue")
+    s.add_argument("--highlight-words", action="store_true", help="with --word-timestamps: a cue per word said, underlined (<u>) in its line")
     s.add_argument("--suppress", action="store_true", help="openai-whisper's default token suppression (runs on Whisper's weights): "
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,

@@ -698,19 +698,36 @@ def fill_windows(segments, seconds: float):
         yield start, torch.cat(parts)
 
 
+def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict], start: float, samples: int, last_speech: float,
+                 heads=None) -> float:  # fmt: skip
+    """Word timestamps for one decoded window (`recipes.word_timing`): its segments ({"start", "end",
+    "tokens"}, times in the recording; the window starts at `start` and holds `samples` of sound)
+    each get their "words". Returns where its speech ends (the next window's `last_speech`)."""
+    from .word_timing import add_word_timestamps, find_alignment
+
+    special = text_tok.special_ids
+    eot, no_timestamps = special[EOT], special[NO_TIMESTAMPS]
+    sot_sequence = [t for t in prompt[prompt.index(special[SOT]) :] if t != no_timestamps]  # <|startoftranscript|>, language, task
+    language = next((code for code, i in language_tokens(text_tok).items() if i in sot_sequence), None)  # how words are split
+    tokens = [t for seg in segments for t in seg["tokens"] if t < eot]  # text, without timestamps
+    alignment = find_alignment(model, text_tok, memory, sot_sequence, tokens, samples // HOP_LENGTH, language, heads)
+    return add_word_timestamps(segments, alignment, eot, start, last_speech)
+
+
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
-               initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False) -> list[str]:  # fmt: skip
+               initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False,
+               word_timestamps: bool = False) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
     return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
-                                                initial_prompt, condition_on_previous_text, timestamps)]  # fmt: skip
+                                                initial_prompt, condition_on_previous_text, timestamps, word_timestamps)]  # fmt: skip
 
 
 @torch.no_grad()
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
-                     timestamps: bool = False) -> list[dict]:  # fmt: skip
+                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads: list[tuple[int, int]] | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -733,7 +750,12 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only).
     timestamps: decode Whisper's timestamp tokens (`TimestampRules`; the prompt without
     <|notimestamps|>), so each window's text comes as the segments they time (`timestamp_segments`),
-    as openai-whisper's transcribe decodes by default; Whisper's weights only."""
+    as openai-whisper's transcribe decodes by default; Whisper's weights only. word_timestamps: each
+    segment also carries its "words" ({"word", "start", "end", "probability"}), aligned to the audio
+    by the decoder's cross-attention (`recipes.word_timing`, openai-whisper's --word_timestamps), and
+    its start and end follow its words'; a segment whose words leave it no length is dropped (openai-
+    whisper keeps it, empty); Whisper's weights only. alignment_heads: the (decoder layer, head)
+    pairs that align (None = every head of the decoder's second half, openai-whisper's default)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -756,6 +778,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")
         suppressor = TimestampRules(toks["text"], suppressor)  # checks the vocabulary
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
+    if word_timestamps and not (toks["audio"].chunk and NO_TIMESTAMPS in toks["text"].special_ids):
+        raise ValueError(f"word_timestamps: {run_dir} is not a run on Whisper's weights; its decoder was not trained to align words to 30 s windows")
     initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")
@@ -778,7 +802,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
         if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
             segments = fill_windows(segments, seconds)
-        prompt, file_language, carried = run_prompt, run_language, [] if condition_on_previous_text else None
+        prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
         while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
             batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
             batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
@@ -790,10 +814,17 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
                                      beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len)  # fmt: skip
             ended += [d["ended"] for d in decoded]
-            for (t, w), d in zip(group, decoded):
+            for i, ((t, w), d) in enumerate(zip(group, decoded)):
+                if not d["text"]:
+                    continue
                 figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
-                cut = timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps else [(t, t + len(w) / SAMPLE_RATE, d["text"])]
-                found += [(a, b, text, figures) for a, b, text, *_ in cut if d["text"]]
+                cut = (timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps
+                       else [(t, t + len(w) / SAMPLE_RATE, d["text"], d["tokens"])])  # fmt: skip
+                window = [{"start": a, "end": b, "text": text, "tokens": piece, **figures} for a, b, text, piece in cut]
+                if word_timestamps:
+                    last_speech = window_words(model, toks["text"], batch.select(slice(i, i + 1)), prompt, window, t, len(w), last_speech,
+                                               alignment_heads)  # fmt: skip
+                found += [seg for seg in window if seg["end"] > seg["start"]]
             bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()
@@ -803,6 +834,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({min(cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt), sample_len or cfg.max_text)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
-        segs = [{"id": i, "start": round(a, 3), "end": round(b, 3), "text": text, **x} for i, (a, b, text, x) in enumerate(found)]
+        segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]
+        for seg in segs:
+            del seg["tokens"]
         results.append({"text": " ".join(s["text"] for s in segs), "segments": segs, "language": file_language})
     return results

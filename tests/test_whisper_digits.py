@@ -41,6 +41,8 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
         whisper_digits.transcribe(run, files[:1], initial_prompt="two four")
     with pytest.raises(ValueError, match="condition_on_previous_text: this run's vocabulary has no <\\|startofprev\\|>"):
         whisper_digits.transcribe(run, files[:1], condition_on_previous_text=True)
+    with pytest.raises(ValueError, match="word_timestamps: .* is not a run on Whisper's weights"):
+        whisper_digits.transcribe(run, files[:1], word_timestamps=True)
     import numpy as np
     import soundfile as sf
 

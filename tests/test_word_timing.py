@@ -1,0 +1,175 @@
+"""Word timestamps against openai-whisper's own (`whisper.timing`): the dynamic time warping, the
+median filter, the word splitting, and the alignment of a window's text to its audio on the same
+weights and speech."""
+
+import copy
+import dataclasses
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+whisper = pytest.importorskip("whisper")
+pytest.importorskip("espeakng_loader")
+timing = pytest.importorskip("whisper.timing")
+
+from recipes import whisper_folder  # noqa: E402
+from recipes.speech import TRAIN_VOICES, make_corpus  # noqa: E402
+from recipes.word_timing import add_word_timestamps, dtw, find_alignment, median_filter, split_to_word_tokens  # noqa: E402
+
+
+def test_dtw_and_median_filter_equal_openai_whispers():
+    """The anti-diagonal DTW takes openai-whisper's path on random costs, on costs full of ties
+    (small integers: its diagonal-then-down-then-right preference decides) and on thin shapes."""
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (1, 7), (7, 1), (5, 9), (12, 40), (40, 12), (23, 700)]:
+        for x in (rng.normal(size=shape), rng.integers(0, 3, size=shape).astype(np.float64)):
+            want = timing.dtw_cpu(x.copy())
+            got = dtw(x)
+            assert np.array_equal(np.stack(got), want), shape
+    x = torch.randn(3, 6, 50)
+    for width in (1, 3, 7):
+        torch.testing.assert_close(median_filter(x, width), timing.median_filter(x, width), rtol=0, atol=0)
+    assert torch.equal(median_filter(x[..., :2], 7), x[..., :2])  # shorter than the padding: unchanged, as there
+    with pytest.raises(ValueError, match="median filter width 4: expected an odd number"):
+        median_filter(x, 4)
+
+
+QUERY_SCALE = 30.0
+
+
+@pytest.fixture(scope="module")
+def whisper_pair(tmp_path_factory):
+    """(our model, its tokenizers, openai-whisper's model, two utterances, the folder with the weights
+    and the utterances) on the same random weights: 2 decoder layers of 2 heads, so the default
+    alignment heads are the second layer's."""
+    root = tmp_path_factory.mktemp("words")
+    wm = whisper.model
+    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
+                              n_text_ctx=48, n_text_state=32, n_text_head=2, n_text_layer=2)  # fmt: skip
+    torch.manual_seed(0)
+    ref = wm.Whisper(dims)
+    torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)
+    torch.nn.init.normal_(ref.decoder.token_embedding.weight, std=0.05)  # small: a random model then varies its tokens
+    with torch.no_grad():  # sharper cross-attention than random weights give, so that words are aligned to different frames
+        for block in ref.decoder.blocks:
+            block.cross_attn.query.weight.mul_(QUERY_SCALE)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, root / "w.pt")
+    cfg = whisper_folder.Config(data=str(root), init_from=str(root / "w.pt"), language="en")
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(cfg)
+    rows = make_corpus(root / "speech", 2, TRAIN_VOICES, seed=3)
+    waves = [sf.read(root / "speech" / r.file_name, dtype="float32")[0] for r in rows]
+    with open(root / "speech" / "metadata.csv", "w") as f:  # the folder serves as a run's data too
+        f.write("file_name,transcription\n" + "".join(f"{r.file_name},{r.transcription}\n" for r in rows))
+    return model.eval(), audio_tok, text_tok, ref.float().eval(), waves, root
+
+
+def test_words_split_as_openai_whisper_splits_them(whisper_pair):
+    _, _, text_tok, *_ = whisper_pair
+    eot = text_tok.special_ids["<|endoftext|>"]
+    for language, text in [("en", " Hello, world. It's 3:30 — isn't it?\"Yes!\" (said she)"), ("de", " Grüße aus Köln, sagte Ĳsbrand."),
+                           ("ja", "こんにちは、世界。"), ("zh", "你好，世界！"), ("en", " émoji 🎉🎉 done")]:  # fmt: skip
+        ref = whisper.tokenizer.get_tokenizer(True, language=language)
+        tokens = text_tok.encode_ids(text).tolist() + [eot]
+        assert tokens == ref.encode(text) + [ref.eot]
+        assert split_to_word_tokens(text_tok, tokens, language) == ref.split_to_word_tokens(tokens), text
+
+
+def test_word_timestamps_equal_openai_whispers(whisper_pair):
+    """find_alignment gives openai-whisper's words, token groups, times and probabilities for the
+    same window and text; add_word_timestamps then gives its words per segment and moves the
+    segments' ends as it does, across two windows (the second reads where the first's speech ended)."""
+    model, audio_tok, text_tok, ref, waves, _ = whisper_pair
+    tokenizer = whisper.tokenizer.get_tokenizer(True, language="en", task="transcribe")
+    sot_sequence = list(tokenizer.sot_sequence)
+    texts = [" The quick brown fox, it said, jumps over (the) lazy dog.", " Yes! \"Seven\" point two; done."]
+    last = {"ours": 0.0, "theirs": 0.0}
+    for wave, text in zip(waves, texts):
+        tokens = text_tok.encode_ids(text).tolist()
+        mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(wave)))
+        num_frames = len(wave) // 160
+        memory = model.encode_memory({"audio": audio_tok.encode_batch([wave])})
+        ours = find_alignment(model, text_tok, memory, sot_sequence, tokens, num_frames, "en")
+        theirs = timing.find_alignment(ref, tokenizer, tokens, mel, num_frames)
+        assert [(w["word"], w["tokens"]) for w in ours] == [(t.word, t.tokens) for t in theirs]
+        assert [(w["start"], w["end"]) for w in ours] == [(t.start, t.end) for t in theirs]
+        assert len({w["start"] for w in ours}) >= 3 and ours[-1]["end"] <= num_frames / 100  # times vary, within the sound
+        np.testing.assert_allclose([w["probability"] for w in ours], [t.probability for t in theirs], rtol=1e-4)
+        # two segments, as a timestamped window has them; openai-whisper's seek 100 = the window starts 1.0 s in
+        half = len(tokens) // 2
+        segments = [{"seek": 100, "start": 1.0, "end": 2.0, "tokens": tokens[:half] + [tokenizer.timestamp_begin + 50]},
+                    {"seek": 100, "start": 2.0, "end": 1.0 + len(wave) / 16000, "tokens": tokens[half:]}]  # fmt: skip
+        mine = copy.deepcopy(segments)
+        last["ours"] = add_word_timestamps(mine, ours, tokenizer.eot, 1.0, last["ours"])
+        timing.add_word_timestamps(segments=segments, model=ref, tokenizer=tokenizer, mel=mel, num_frames=num_frames,
+                                   last_speech_timestamp=last["theirs"])  # fmt: skip
+        last["theirs"] = segments[-1]["words"][-1]["end"]  # openai-whisper's transcribe: the last word's end
+        for a, b in zip(mine, segments):
+            assert (a["start"], a["end"]) == (b["start"], b["end"])
+            assert [(w["word"], w["start"], w["end"]) for w in a["words"]] == [(w["word"], w["start"], w["end"]) for w in b["words"]]
+        assert last["ours"] == last["theirs"] and sum(len(s["words"]) for s in mine) >= 5
+    assert find_alignment(model, text_tok, memory, sot_sequence, [], 100) == []
+
+
+def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, capsys):
+    """`mmtok transcribe --word-timestamps`: every json segment carries its words, in order, inside the
+    recording, whose text is the segment's; with --timestamps too, across two windows."""
+    import json
+
+    from recipes.cli import main
+
+    *_, waves, root = whisper_pair
+    run = tmp_path / "run"
+    whisper_folder.main(whisper_folder.Config(data=str(root / "speech"), init_from=str(root / "w.pt"), language="en", run_dir=str(run),
+                                              val_fraction=0.5, max_steps=0, batch_size=2, eval_utterances=1, max_text=48, cpu=True))  # fmt: skip
+    silence = np.zeros(16000 * 35, np.float32)
+    sf.write(tmp_path / "talk.wav", np.concatenate([waves[0], silence, waves[1]]), 16000)  # two windows
+    for flags in ([], ["--timestamps"]):
+        out = tmp_path / ("out" + "".join(flags))
+        assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--output-format", "json", "--output-dir", str(out),
+                     *flags]) == 0  # fmt: skip
+        result = json.loads((out / "talk.json").read_text())
+        starts = [w["start"] for s in result["segments"] for w in s["words"]]
+        assert len(result["segments"]) >= 2 and starts == sorted(starts)  # (a random model: its words cluster in time)
+        for seg in result["segments"]:
+            assert seg["words"] and "".join(w["word"] for w in seg["words"]).strip() == seg["text"]
+            assert 0 <= seg["start"] < seg["end"] <= 35 + (len(waves[0]) + len(waves[1])) / 16000
+            assert all(w["start"] <= w["end"] and 0 <= w["probability"] <= 1 for w in seg["words"])
+        assert result["segments"][-1]["words"][0]["start"] > 35  # the second window's words, in the recording's time
+    said = sum(len(s["words"]) for s in result["segments"])
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--timestamps", "--max-words-per-line", "1",
+                 "--output-format", "srt", "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip
+    assert (tmp_path / "one" / "talk.srt").read_text().count(" --> ") == said  # a cue per word
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--highlight-words"]) == 2
+    assert "--highlight-words: subtitle lines are made of words; it needs --word-timestamps" in capsys.readouterr().err
+
+
+def test_word_subtitles_equal_openai_whispers_writers(tmp_path):
+    """With words, vtt / srt cues are made from them byte for byte as openai-whisper's writers make
+    them, under each of its subtitle options; without words, the segments' cues as before."""
+    import whisper.utils
+
+    from recipes.transcripts import render
+
+    def words(start, text, step=0.4):
+        return [{"word": w, "start": round(start + i * step, 2), "end": round(start + (i + 1) * step - 0.05, 2), "probability": 0.9}
+                for i, w in enumerate(text)]  # fmt: skip
+
+    first = words(0.5, [" Hello", " there,", " general", " Kenobi.", " You", " are", " a", " bold", " one."])
+    second = words(9.0, [" It", " -->", " was", " a", " long", " pause."])  # more than 3 s after the first: a pause
+    third = words(3700.2, [" An", " hour", " later."])  # past an hour: vtt writes hours
+    result = {"text": "x", "language": "en", "segments": [
+        {"id": i, "start": w[0]["start"] - 0.1, "end": w[-1]["end"] + 0.1, "text": "".join(x["word"] for x in w).strip(), "words": w}
+        for i, w in enumerate((first, second, third))]}  # fmt: skip
+    for options in [{}, {"max_words_per_line": 2}, {"max_line_width": 12, "max_line_count": 2}, {"max_line_width": 20, "max_line_count": 1},
+                    {"highlight_words": True}, {"highlight_words": True, "max_words_per_line": 3}, {"max_line_width": 12}]:  # fmt: skip
+        full = {"max_line_width": None, "max_line_count": None, "highlight_words": False, "max_words_per_line": None, **options}
+        for fmt in ("vtt", "srt"):
+            whisper.utils.get_writer(fmt, str(tmp_path))(result, "talk.wav", full)
+            assert render(result, fmt, options) == (tmp_path / f"talk.{fmt}").read_text(encoding="utf-8"), (fmt, options)
+    plain = {**result, "segments": [{k: v for k, v in s.items() if k != "words"} for s in result["segments"]]}
+    whisper.utils.get_writer("srt", str(tmp_path))(plain, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
+    assert render(plain, "srt") == (tmp_path / "talk.srt").read_text(encoding="utf-8") and "->" in render(plain, "srt")
+    assert render(result, "srt", {"max_line_width": 12, "max_line_count": 2}).count("\n\n") > render(result, "srt").count("\n\n")
