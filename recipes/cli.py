@@ -110,7 +110,7 @@ def cmd_transcribe(args):
         raise ConfigError(f"--{next(iter(options)).replace('_', '-')}: subtitle lines are made of words; it needs --word-timestamps")
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, args.fallback,
                          args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
-                         word_timestamps=args.word_timestamps)  # fmt: skip
+                         word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -228,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "text comes in the segments they time (finer subtitle cues), as openai-whisper's transcribe does by default")  # fmt: skip
     s.add_argument("--word-timestamps", action="store_true", help="runs on Whisper's weights: a start, end and probability for each "
                    "word, aligned by the decoder's cross-attention (openai-whisper's --word_timestamps; in the json output)")  # fmt: skip
+    s.add_argument("--alignment-heads", default=None, metavar="HEADS", help="with --word-timestamps: the decoder heads that align, as "
+                   "layer:head,layer:head or the released Whisper model the weights are (tiny, base.en, small, large-v3, ...: the heads "
+                   "openai-whisper lists for it); default: every head of the decoder's second half, openai-whisper's for a file")  # fmt: skip
     s.add_argument("--max-line-width", type=positive_int, default=None, help="with --word-timestamps and --max-line-count: subtitle "
                    "lines of at most this many characters, the words flowing across segments")  # fmt: skip
     s.add_argument("--max-line-count", type=positive_int, default=None, help="with --word-timestamps and --max-line-width: lines per cue")

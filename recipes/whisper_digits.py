@@ -727,7 +727,7 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
-                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads: list[tuple[int, int]] | None = None) -> list[dict]:  # fmt: skip
+                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -755,7 +755,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     by the decoder's cross-attention (`recipes.word_timing`, openai-whisper's --word_timestamps), and
     its start and end follow its words'; a segment whose words leave it no length is dropped (openai-
     whisper keeps it, empty); Whisper's weights only. alignment_heads: the (decoder layer, head)
-    pairs that align (None = every head of the decoder's second half, openai-whisper's default)."""
+    pairs that align, as a list, "layer:head,..." or a released model's name ("small": the heads
+    openai-whisper lists for it); None = every head of the decoder's second half, openai-whisper's
+    default for weights loaded from a file (`recipes.word_timing.alignment_heads`)."""
     from .runs import load_run_info
 
     _, _, cfg = load_run_info(run_dir)
@@ -780,6 +782,12 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
     if word_timestamps and not (toks["audio"].chunk and NO_TIMESTAMPS in toks["text"].special_ids):
         raise ValueError(f"word_timestamps: {run_dir} is not a run on Whisper's weights; its decoder was not trained to align words to 30 s windows")
+    if alignment_heads is not None:
+        from .word_timing import alignment_heads as checked_heads
+
+        if not word_timestamps:
+            raise ValueError("alignment_heads: the heads align words; it needs word_timestamps")
+        alignment_heads = checked_heads(alignment_heads, model)
     initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")

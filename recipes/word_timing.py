@@ -116,6 +116,41 @@ def default_alignment_heads(model) -> list[tuple[int, int]]:
     return [(layer, h) for layer in range(depth // 2, depth) for h in range(heads)]
 
 
+def alignment_heads(spec, model) -> list[tuple[int, int]] | None:
+    """The (decoder layer, head) pairs to align with, checked against the model: None (openai-
+    whisper's default, `default_alignment_heads`), a list of pairs, "layer:head,layer:head ...", or
+    the name of a released Whisper model ("tiny", "base.en", "large-v3", ...) whose heads openai-
+    whisper lists (`whisper._ALIGNMENT_HEADS`; openai-whisper installed), for runs on its weights."""
+    if spec is None:
+        return None
+    depth, heads = len(model.decoder.blocks), model.config.trunk.num_heads
+    if isinstance(spec, str) and ":" not in spec:
+        try:
+            from whisper import _ALIGNMENT_HEADS
+        except ImportError:
+            raise ValueError(f"alignment heads {spec!r}: released models' heads come from openai-whisper (pip install openai-whisper); "
+                             "or give them as layer:head,layer:head") from None  # fmt: skip
+        if spec not in _ALIGNMENT_HEADS:
+            raise ValueError(f"alignment heads {spec!r}: not a released Whisper model ({', '.join(_ALIGNMENT_HEADS)})")
+        import base64
+        import gzip
+
+        mask = np.frombuffer(gzip.decompress(base64.b85decode(_ALIGNMENT_HEADS[spec])), dtype=bool)  # (layers × heads) as openai-whisper stores it
+        if mask.size != depth * heads:
+            raise ValueError(f"alignment heads {spec!r}: that model has {mask.size} decoder heads in all, this one {depth} layers × {heads} heads")
+        return [(int(i) // heads, int(i) % heads) for i in np.flatnonzero(mask)]
+    if isinstance(spec, str):
+        try:
+            spec = [tuple(int(x) for x in pair.split(":")) for pair in spec.replace(" ", "").split(",") if pair]
+        except ValueError:
+            raise ValueError(f"alignment heads {spec!r}: expected layer:head pairs such as 2:0,3:1") from None
+    pairs = [tuple(p) for p in spec]
+    bad = [p for p in pairs if len(p) != 2 or not (0 <= p[0] < depth and 0 <= p[1] < heads)]
+    if bad or not pairs:
+        raise ValueError(f"alignment heads {bad[0] if bad else 'none'}: expected (layer, head) pairs within this decoder's {depth} layers × {heads} heads")
+    return pairs
+
+
 @torch.no_grad()
 def find_alignment(model, text_tok, memory, sot_sequence: list[int], tokens: list[int], num_frames: int, language: str | None = None,
                    heads: list[tuple[int, int]] | None = None, medfilt_width: int = 7, qk_scale: float = 1.0) -> list[dict]:  # fmt: skip

@@ -144,6 +144,11 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     capsys.readouterr()
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--highlight-words"]) == 2
     assert "--highlight-words: subtitle lines are made of words; it needs --word-timestamps" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "1:0,1:1"]) == 0
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
+    assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
+    assert "alignment heads (2, 0): expected (layer, head) pairs within this decoder's 2 layers × 2 heads" in capsys.readouterr().err
 
 
 def test_word_subtitles_equal_openai_whispers_writers(tmp_path):
@@ -173,3 +178,40 @@ def test_word_subtitles_equal_openai_whispers_writers(tmp_path):
     whisper.utils.get_writer("srt", str(tmp_path))(plain, "talk.wav", {"max_line_width": None, "max_line_count": None, "highlight_words": False})
     assert render(plain, "srt") == (tmp_path / "talk.srt").read_text(encoding="utf-8") and "->" in render(plain, "srt")
     assert render(result, "srt", {"max_line_width": 12, "max_line_count": 2}).count("\n\n") > render(result, "srt").count("\n\n")
+
+
+def test_a_released_models_alignment_heads(tmp_path):
+    """alignment_heads("tiny") gives the heads openai-whisper sets for its tiny model, on weights of
+    tiny's decoder shape (4 layers × 6 heads), and find_alignment with them gives its words; lists and
+    "layer:head" text are checked against the model."""
+    from recipes.word_timing import alignment_heads
+
+    wm = whisper.model
+    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=48, n_audio_head=6, n_audio_layer=1, n_vocab=51865,
+                              n_text_ctx=32, n_text_state=48, n_text_head=6, n_text_layer=4)  # fmt: skip
+    torch.manual_seed(1)
+    ref = wm.Whisper(dims)
+    torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)
+    with torch.no_grad():
+        for block in ref.decoder.blocks:
+            block.cross_attn.query.weight.mul_(QUERY_SCALE)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, tmp_path / "w.pt")
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(whisper_folder.Config(data=str(tmp_path), init_from=str(tmp_path / "w.pt")))
+    ref = ref.float().eval()
+    ref.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny"])
+    heads = alignment_heads("tiny", model)
+    assert heads == [tuple(p) for p in ref.alignment_heads.indices().T.tolist()] and len(heads) < 24
+    assert alignment_heads("3:5, 2:0", model) == [(3, 5), (2, 0)] and alignment_heads(None, model) is None
+    for bad, message in [("4:0", r"\(4, 0\): expected \(layer, head\) pairs within this decoder's 4 layers × 6 heads"),
+                         ("base", "that model has 48 decoder heads in all, this one 4 layers × 6 heads"),
+                         ("huge", "not a released Whisper model"), ("1:x", "expected layer:head pairs")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            alignment_heads(bad, model)
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    tokenizer = whisper.tokenizer.get_tokenizer(True, language="en", task="transcribe")
+    tokens = text_tok.encode_ids(" One, two; three four five six.").tolist()
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(wave)))
+    memory = model.eval().encode_memory({"audio": audio_tok.encode_batch([wave])})
+    ours = find_alignment(model, text_tok, memory, list(tokenizer.sot_sequence), tokens, 300, "en", heads)
+    theirs = timing.find_alignment(ref, tokenizer, tokens, mel, 300)
+    assert [(w["word"], w["start"], w["end"]) for w in ours] == [(t.word, t.start, t.end) for t in theirs]
