@@ -39,30 +39,37 @@ def test_dtw_and_median_filter_equal_openai_whispers():
 QUERY_SCALE = 30.0
 
 
+def sharp_whisper(path, width: int, heads: int, layers: int, positions: int, seed: int):
+    """A random openai-whisper model saved at `path` as openai-whisper saves one, with sharper cross-
+    attention than random weights give (so that words align to different frames) and small token
+    embeddings (so that it varies its tokens): (our model of it, its audio and text tokenizers,
+    openai-whisper's model with the saved fp16 values in fp32)."""
+    dims = whisper.model.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=width, n_audio_head=heads, n_audio_layer=1,
+                                         n_vocab=51865, n_text_ctx=positions, n_text_state=width, n_text_head=heads, n_text_layer=layers)  # fmt: skip
+    torch.manual_seed(seed)
+    ref = whisper.model.Whisper(dims)
+    torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)  # note: openai-whisper leaves it torch.empty
+    torch.nn.init.normal_(ref.decoder.token_embedding.weight, std=0.05)
+    with torch.no_grad():
+        for block in ref.decoder.blocks:
+            block.cross_attn.query.weight.mul_(QUERY_SCALE)
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, path)
+    model, audio_tok, text_tok = whisper_folder.whisper_weights(whisper_folder.Config(data=str(path.parent), init_from=str(path), language="en"))
+    return model.eval(), audio_tok, text_tok, ref.float().eval()
+
+
 @pytest.fixture(scope="module")
 def whisper_pair(tmp_path_factory):
     """(our model, its tokenizers, openai-whisper's model, two utterances, the folder with the weights
     and the utterances) on the same random weights: 2 decoder layers of 2 heads, so the default
     alignment heads are the second layer's."""
     root = tmp_path_factory.mktemp("words")
-    wm = whisper.model
-    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=32, n_audio_head=2, n_audio_layer=1, n_vocab=51865,
-                              n_text_ctx=48, n_text_state=32, n_text_head=2, n_text_layer=2)  # fmt: skip
-    torch.manual_seed(0)
-    ref = wm.Whisper(dims)
-    torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)
-    torch.nn.init.normal_(ref.decoder.token_embedding.weight, std=0.05)  # small: a random model then varies its tokens
-    with torch.no_grad():  # sharper cross-attention than random weights give, so that words are aligned to different frames
-        for block in ref.decoder.blocks:
-            block.cross_attn.query.weight.mul_(QUERY_SCALE)
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, root / "w.pt")
-    cfg = whisper_folder.Config(data=str(root), init_from=str(root / "w.pt"), language="en")
-    model, audio_tok, text_tok = whisper_folder.whisper_weights(cfg)
+    model, audio_tok, text_tok, ref = sharp_whisper(root / "w.pt", width=32, heads=2, layers=2, positions=48, seed=0)
     rows = make_corpus(root / "speech", 2, TRAIN_VOICES, seed=3)
     waves = [sf.read(root / "speech" / r.file_name, dtype="float32")[0] for r in rows]
     with open(root / "speech" / "metadata.csv", "w") as f:  # the folder serves as a run's data too
         f.write("file_name,transcription\n" + "".join(f"{r.file_name},{r.transcription}\n" for r in rows))
-    return model.eval(), audio_tok, text_tok, ref.float().eval(), waves, root
+    return model, audio_tok, text_tok, ref, waves, root
 
 
 def test_words_split_as_openai_whisper_splits_them(whisper_pair):
@@ -186,18 +193,7 @@ def test_a_released_models_alignment_heads(tmp_path):
     "layer:head" text are checked against the model."""
     from recipes.word_timing import alignment_heads
 
-    wm = whisper.model
-    dims = wm.ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=48, n_audio_head=6, n_audio_layer=1, n_vocab=51865,
-                              n_text_ctx=32, n_text_state=48, n_text_head=6, n_text_layer=4)  # fmt: skip
-    torch.manual_seed(1)
-    ref = wm.Whisper(dims)
-    torch.nn.init.normal_(ref.decoder.positional_embedding, std=0.02)
-    with torch.no_grad():
-        for block in ref.decoder.blocks:
-            block.cross_attn.query.weight.mul_(QUERY_SCALE)
-    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, tmp_path / "w.pt")
-    model, audio_tok, text_tok = whisper_folder.whisper_weights(whisper_folder.Config(data=str(tmp_path), init_from=str(tmp_path / "w.pt")))
-    ref = ref.float().eval()
+    model, audio_tok, text_tok, ref = sharp_whisper(tmp_path / "w.pt", width=48, heads=6, layers=4, positions=32, seed=1)
     ref.set_alignment_heads(whisper._ALIGNMENT_HEADS["tiny"])
     heads = alignment_heads("tiny", model)
     assert heads == [tuple(p) for p in ref.alignment_heads.indices().T.tolist()] and len(heads) < 24
@@ -211,7 +207,7 @@ def test_a_released_models_alignment_heads(tmp_path):
     tokenizer = whisper.tokenizer.get_tokenizer(True, language="en", task="transcribe")
     tokens = text_tok.encode_ids(" One, two; three four five six.").tolist()
     mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(wave)))
-    memory = model.eval().encode_memory({"audio": audio_tok.encode_batch([wave])})
+    memory = model.encode_memory({"audio": audio_tok.encode_batch([wave])})
     ours = find_alignment(model, text_tok, memory, list(tokenizer.sot_sequence), tokens, 300, "en", heads)
     theirs = timing.find_alignment(ref, tokenizer, tokens, mel, 300)
     assert [(w["word"], w["start"], w["end"]) for w in ours] == [(t.word, t.start, t.end) for t in theirs]
