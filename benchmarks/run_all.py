@@ -78,7 +78,9 @@ def rows_whisper_decode(r):
             (f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s", f["ours_s"],
              "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0"),
             ("sampling draw (5 rows x 51,865 tokens), ms", r["sampling_draw"]["ours_ms"], "torch.multinomial",
-             r["sampling_draw"]["torch_multinomial_ms"], "≤ 1.0")]  # fmt: skip
+             r["sampling_draw"]["torch_multinomial_ms"], "≤ 1.0"),
+            (f"word timestamps, 1 window x {r['word_alignment']['tokens']} tokens, s", r["word_alignment"]["ours_s"],
+             "openai-whisper find_alignment", r["word_alignment"]["openai_whisper_s"], "≤ 1.0")]  # fmt: skip
 
 
 def rows_loader(r):

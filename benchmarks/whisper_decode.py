@@ -14,7 +14,9 @@ number of tokens (a random model does not stop early), so the times compare the 
   condition_on_previous_text=False)` (best_of=5 is its command's default; the function's is one
   sample), which decodes the same window with the same rules; the
   temperatures each side reached are printed (both 1.0 when every one was tried).
-Also one sampling draw (5 rows × 51,865 tokens): ours (inverse CDF) vs torch.multinomial.
+Also one sampling draw (5 rows × 51,865 tokens): ours (inverse CDF) vs torch.multinomial; and word
+timestamps for one window (`recipes.word_timing.find_alignment` vs `whisper.timing.find_alignment`,
+the same words and times checked).
 ratio = ours / peer (time; ≤ 1.0 is at least as fast).
 """
 
@@ -51,6 +53,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--windows", type=int, default=8, help="windows decoded together greedily")
     ap.add_argument("--tokens", type=int, default=64, help="tokens decoded per window greedily")
     ap.add_argument("--sample-len", type=int, default=224, help="tokens per decoding in the fallback (openai-whisper's default: positions / 2)")
+    ap.add_argument("--align-tokens", type=int, default=128, help="text tokens aligned to one window for its word timestamps")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args(argv)
 
@@ -105,6 +108,28 @@ def main(argv=None) -> dict:
     result["fallback"] = {"sample_len": args.sample_len, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
                           "ratio": round(ours_s / theirs_s, 3), "temperature": {"ours": ours[0]["temperature"],
                           "openai_whisper": max(s["temperature"] for s in theirs["segments"]) if theirs["segments"] else None}}  # fmt: skip
+    # word timestamps for one 30 s window: the alignment pass, attention normalisation, median filter and DTW (log-mel and
+    # encoder included on both sides; openai-whisper's DTW is compiled by numba, called once first so that compiling is not timed)
+    from whisper.timing import find_alignment as their_alignment
+    from whisper.tokenizer import get_tokenizer
+
+    from recipes.word_timing import find_alignment
+
+    tokenizer = get_tokenizer(True, language="en", task="transcribe")
+    n = min(args.align_tokens, args.text - len(tokenizer.sot_sequence) - 2)
+    text = text_tok.encode_ids(" ".join(["the quick brown fox jumps over the lazy dog, said she."] * 40)).tolist()[:n]
+    frames = len(wave) // 160
+    align_theirs = lambda: their_alignment(ref, tokenizer, text, whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(wave))), frames)  # noqa: E731
+    align_ours = lambda: find_alignment(model, text_tok, model.encode_memory({"audio": audio_tok.encode_batch([wave])}),  # noqa: E731
+                                        list(tokenizer.sot_sequence), text, frames, "en")
+    align_theirs()
+    theirs_s, theirs = timed(align_theirs, args.repeats)
+    ours_s, ours = timed(align_ours, args.repeats)
+    same = [(w["word"], w["start"], w["end"]) for w in ours] == [(t.word, t.start, t.end) for t in theirs]
+    if not same:
+        raise SystemExit("whisper_decode: error: word alignment gave other words or times than openai-whisper's on the same weights and audio")
+    result["word_alignment"] = {"tokens": n, "words": len(ours), "ours_s": round(ours_s, 4), "openai_whisper_s": round(theirs_s, 4),
+                                "ratio": round(ours_s / theirs_s, 3), "same_words_and_times": same}  # fmt: skip
     print(json.dumps(result, indent=1))
     return result
 
