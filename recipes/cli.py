@@ -231,10 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--alignment-heads", default=None, metavar="HEADS", help="with --word-timestamps: the decoder heads that align, as "
                    "layer:head,layer:head or the released Whisper model the weights are (tiny, base.en, small, large-v3, ...: the heads "
                    "openai-whisper lists for it); default: every head of the decoder's second half, openai-whisper's for a file")  # fmt: skip
-    s.add_argument("--max-line-width", type=positive_int, default=None, help="with --word-timestamps and --max-line-count: subtitle "
-                   "lines of at most this many characters, the words flowing across segments")  # fmt: skip
-    s.add_argument("--max-line-count", type=positive_int, default=None, help="with --word-timestamps and --max-line-width: lines per cue")
-    s.add_argument("--max-words-per-line", type=positive_int, default=None, help="with --word-timestamps: at most this many words per cue")
+    s.add_argument("--max-line-width", type=positive_int, default=None, help="with --word-timestamps: subtitle lines of at most this "
+                   "many characters (with --max-line-count too, the words flow across segments into cues of that many lines)")  # fmt: skip
+    s.add_argument("--max-line-count", type=positive_int, default=None, help="with --word-timestamps and --max-line-width: lines per cue "
+                   "(alone it does nothing, as in openai-whisper)")
+    s.add_argument("--max-words-per-line", type=positive_int, default=None, help="with --word-timestamps: at most this many words per cue "
+                   "(a segment's words are cut into cues of this many; no effect with --max-line-width and --max-line-count, as in openai-whisper)")
     s.add_argument("--highlight-words", action="store_true", help="with --word-timestamps: a cue per word said, underlined (<u>) in its line")
     s.add_argument("--suppress", action="store_true", help="openai-whisper's default token suppression (runs on Whisper's weights): "
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip

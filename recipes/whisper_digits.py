@@ -420,7 +420,8 @@ def no_speech_probs(model: MultimodalTransformer, text_tok, audio_batch, prompt:
 
 def scored_result(text_tok, row: list[int], sum_logprob: float, no_speech_prob: float) -> dict:
     """openai-whisper's DecodingResult figures for a decoded row (row_result's, with <|endoftext|>
-    when reached) whose tokens sum to sum_logprob: avg_logprob (sum_logprob / (text tokens + 1)) and
+    when reached) whose tokens sum to sum_logprob: avg_logprob (sum_logprob / (tokens without <|endoftext|>,
+    timestamps counted, + 1)) and
     compression_ratio (of the text with its special tokens written, as openai-whisper measures it:
     a row repeating <|notimestamps|> repeats itself)."""
     first_time = text_tok.special_ids.get("<|0.00|>")  # openai-whisper's DecodingResult.text: special tokens written, timestamps not
