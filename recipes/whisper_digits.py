@@ -13,6 +13,7 @@ error rate (jiwer) of greedy decoding on the held-out voices.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -355,32 +356,48 @@ class TimestampRules:
         return logits
 
 
-def timestamp_segments(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, str, list[int]]]:
-    """A window's decoded tokens with timestamps as (start, end, text, tokens) segments in the recording,
-    as openai-whisper's transcribe cuts them: between consecutive timestamps (<|t1|><|t2|> ends one
-    segment at t1 and starts the next at t2). A last segment without its closing timestamp ends
-    with the window (`start` + `length` seconds), where openai-whisper would decode it again in the
-    next window; without any timestamp pair the window is one segment, ending at its last timestamp.
-    Times past the window's sound (its padding) are cut to its end; segments without text, or
-    starting in the padding (no length once cut: openai-whisper clears segments whose start is
-    their end), are left out."""
+def timestamp_pieces(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, list[int]]]:
+    """A window's decoded tokens with timestamps as (start, end, tokens) pieces in the recording, as
+    openai-whisper's transcribe cuts them: between consecutive timestamps (<|t1|><|t2|> ends one
+    piece at t1 and starts the next at t2). A last piece without its closing timestamp ends with the
+    window (`start` + `length` seconds), where openai-whisper would decode it again in the next
+    window; without any timestamp pair the window is one piece, ending at its last timestamp. Times
+    past the window's sound (its padding) are cut to its end. Every piece, those without text or
+    length too (`window_segments` leaves them out)."""
     first = text_tok.special_ids["<|0.00|>"]
     tokens = [t for t in tokens if t != text_tok.special_ids[EOT]]
     stamp = [t >= first for t in tokens]
     at = lambda i: start + (tokens[i] - first) * TIME_PRECISION if stamp[i] else start  # noqa: E731 — a timestamp's time in the recording
     cuts = [i + 1 for i in range(len(tokens) - 1) if stamp[i] and stamp[i + 1]]
-    if not cuts:  # no pair: the window is one segment, to its last timestamp
+    if not cuts:  # no pair: the window is one piece, to its last timestamp
         last = max((i for i in range(len(tokens)) if stamp[i]), default=None)
         pieces = [(start, at(last) if last is not None and tokens[last] != first else start + length, tokens)]
     else:
-        if stamp[-2:] == [False, True]:  # ends on one timestamp: its last segment is closed too
+        if stamp[-2:] == [False, True]:  # ends on one timestamp: its last piece is closed too
             cuts.append(len(tokens))
         pieces = [(at(a), at(b - 1), tokens[a:b]) for a, b in zip([0, *cuts], cuts)]
         if cuts[-1] < len(tokens):  # text after the last pair, never closed: it ends with the window
             pieces.append((at(cuts[-1]), start + length, tokens[cuts[-1] :]))
     end = start + length  # the window's sound ends here; a timestamp past it is in the padding
-    cut = [(min(a, b, end), min(b, end), piece) for a, b, piece in pieces]
-    return [(a, b, text, piece) for a, b, piece in cut if b > a and (text := row_text(text_tok, piece).strip())]
+    return [(min(a, b, end), min(b, end), piece) for a, b, piece in pieces]
+
+
+def window_segments(text_tok, decoded: dict, start: float, samples: int, timestamps: bool, words=None) -> list[dict]:
+    """A decoded window's segments ({"start", "end", "text", "tokens"}, times in the recording; the
+    window starts at `start` and holds `samples` of sound), as openai-whisper's transcribe keeps them:
+    with `timestamps`, the pieces its timestamp tokens cut (`timestamp_pieces`), else the window as one.
+    words: None, or a function that gives the window's segments their "words" in place and may move
+    their times (`window_words`); it reads every piece, those without text or length too, as
+    openai-whisper aligns all of a window's text before it clears such segments. Then the segments
+    without text or length are left out. A window skipped as silence has none."""
+    if decoded.get("skipped"):
+        return []
+    end = start + samples / SAMPLE_RATE
+    pieces = timestamp_pieces(text_tok, decoded["tokens"], start, end - start) if timestamps else [(start, end, decoded["tokens"])]
+    window = [{"start": a, "end": b, "text": row_text(text_tok, piece), "tokens": piece} for a, b, piece in pieces]
+    if words is not None:
+        words(window)
+    return [seg for seg in window if seg["text"] and seg["end"] > seg["start"]]
 
 
 @torch.no_grad()
@@ -534,42 +551,39 @@ FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speec
 @torch.no_grad()
 def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
                    length_penalty: float = 1.0, fallback: dict | None = None, suppress: LogitsFilter | None = None, initial: list[int] = (),
-                   carried: list[int] | None = None, sample_len: int | None = None) -> list[dict]:  # fmt: skip
+                   carried: list[int] | None = None, sample_len: int | None = None, segments=None) -> list[dict]:  # fmt: skip
     """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
     order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
-    "temperature"}, with scored_result's figures when `fallback` is given (decode_with_fallback's
-    options; {} = FALLBACK). initial: an initial prompt's tokens, read before every window
-    (`previous_tokens`). carried: None, or the list of tokens decoded so far in the recording, which
-    each window then reads after `initial` and extends in place — openai-whisper's
-    condition_on_previous_text, so one window at a time: a window with text adds its tokens, and one
-    decoded hotter than 0.5 (not skipped as silence) starts the carried text afresh, as there; with
-    timestamps, the tokens of its segments that have text and time. An initial prompt of
+    "temperature", "segments"}, with scored_result's figures when `fallback` is given
+    (decode_with_fallback's options; {} = FALLBACK). segments: a function (window's index, its
+    result) -> its segments, called once per window in order (`window_segments` with what the
+    caller adds; default: window_segments from the window's start, with timestamps when it decoded
+    any). initial: an initial prompt's tokens, read before every window (`previous_tokens`).
+    carried: None, or the list of tokens decoded so far in the recording, which each window then
+    reads after `initial` and extends in place with its segments' tokens — openai-whisper's
+    condition_on_previous_text, so one window at a time; a window decoded hotter than 0.5 (not
+    skipped as silence) starts the carried text afresh, as there. An initial prompt of
     max_positions // 2 - 1 tokens or more leaves no room for carried text (openai-whisper's slicing
     then keeps the carried text instead). Each window decodes up to max_text tokens in all, and at
     most `sample_len` new ones (openai-whisper's transcribe: max_positions // 2)."""
+    if segments is None:
+        first = text_tok.special_ids.get("<|0.00|>")
+        segments = lambda i, r: window_segments(text_tok, r, 0.0, len(waves[i]), first is not None and any(t >= first for t in r["tokens"]))  # noqa: E731
     if carried is None:
-        return _decode_group(model, text_tok, audio_tok, encoded, waves, previous_tokens(text_tok, initial) + prompt, max_text, beam_size,
-                             length_penalty, fallback, suppress, sample_len)  # fmt: skip
+        out = _decode_group(model, text_tok, audio_tok, encoded, waves, previous_tokens(text_tok, initial) + prompt, max_text, beam_size,
+                            length_penalty, fallback, suppress, sample_len)  # fmt: skip
+        return [r | {"segments": segments(i, r)} for i, r in enumerate(out)]
     out = []
     for i, wave in enumerate(waves):
         full = previous_tokens(text_tok, initial, carried) + prompt
         r = _decode_group(model, text_tok, audio_tok, encoded.select(slice(i, i + 1)), [wave], full, max_text, beam_size, length_penalty,
                           fallback, suppress, sample_len)[0]  # fmt: skip
-        if r["text"]:
-            carried += said_tokens(text_tok, r["tokens"], len(wave) / SAMPLE_RATE)
+        r["segments"] = segments(i, r)
+        carried += [t for seg in r["segments"] for t in seg["tokens"]]  # openai-whisper carries the segments it keeps
         if r["temperature"] > 0.5 and not r.get("skipped"):
             carried.clear()
         out.append(r)
     return out
-
-
-def said_tokens(text_tok, tokens: list[int], seconds: float) -> list[int]:
-    """The tokens of a decoded window that the next one reads as said before (openai-whisper carries
-    its segments' tokens): all of them, or with timestamps those of the segments with text and time."""
-    first = text_tok.special_ids.get("<|0.00|>")
-    if first is None or not any(t >= first for t in tokens):
-        return list(tokens)
-    return [t for *_, piece in timestamp_segments(text_tok, tokens, 0.0, seconds) for t in piece]
 
 
 def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress,
@@ -750,12 +764,13 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     reads the text decoded before it in the file, as openai-whisper's transcribe does by default
     (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only).
     timestamps: decode Whisper's timestamp tokens (`TimestampRules`; the prompt without
-    <|notimestamps|>), so each window's text comes as the segments they time (`timestamp_segments`),
+    <|notimestamps|>), so each window's text comes as the segments they time (`window_segments`),
     as openai-whisper's transcribe decodes by default; Whisper's weights only. word_timestamps: each
     segment also carries its "words" ({"word", "start", "end", "probability"}), aligned to the audio
     by the decoder's cross-attention (`recipes.word_timing`, openai-whisper's --word_timestamps), and
-    its start and end follow its words'; a segment whose words leave it no length is dropped (openai-
-    whisper keeps it, empty); Whisper's weights only. alignment_heads: the (decoder layer, head)
+    its start and end follow its words'; every piece of a window's text is aligned, then segments
+    without text or length are dropped (openai-whisper keeps them, emptied), and only the kept ones'
+    tokens are carried to the next window; Whisper's weights only. alignment_heads: the (decoder layer, head)
     pairs that align, as a list, "layer:head,..." or a released model's name ("small": the heads
     openai-whisper lists for it); None = every head of the decoder's second half, openai-whisper's
     default for weights loaded from a file (`recipes.word_timing.alignment_heads`)."""
@@ -797,6 +812,16 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
+    def segments_of(group, batch, prompt, i: int, d: dict) -> list[dict]:  # a decoded window's segments, in the file's order
+        def words(window: list[dict]) -> None:
+            nonlocal last_speech
+            last_speech = window_words(model, toks["text"], batch.select(slice(i, i + 1)), prompt, window, t, len(w), last_speech,
+                                       alignment_heads)  # fmt: skip
+
+        t, w = group[i]
+        figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
+        return [seg | figures for seg in window_segments(toks["text"], d, t, len(w), timestamps, words if word_timestamps else None)]
+
     results = []
     for p in paths:
         stream = stream_audio(p, seconds)
@@ -821,19 +846,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
                 prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
             decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len)  # fmt: skip
+                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
+                                     functools.partial(segments_of, group, batch, prompt))  # fmt: skip
             ended += [d["ended"] for d in decoded]
-            for i, ((t, w), d) in enumerate(zip(group, decoded)):
-                if not d["text"]:
-                    continue
-                figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
-                cut = (timestamp_segments(toks["text"], d["tokens"], t, len(w) / SAMPLE_RATE) if timestamps
-                       else [(t, t + len(w) / SAMPLE_RATE, d["text"], d["tokens"])])  # fmt: skip
-                window = [{"start": a, "end": b, "text": text, "tokens": piece, **figures} for a, b, text, piece in cut]
-                if word_timestamps:
-                    last_speech = window_words(model, toks["text"], batch.select(slice(i, i + 1)), prompt, window, t, len(w), last_speech,
-                                               alignment_heads)  # fmt: skip
-                found += [seg for seg in window if seg["end"] > seg["start"]]
+            found += [seg for d in decoded for seg in d["segments"]]
             bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()

@@ -213,10 +213,11 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
     `eot` on, timestamps among them, are not text) its
     "words", from the window's `find_alignment` (times from `time_offset`, the window's start), and
     move the segment's start and end to its words' where they disagree by less than openai-whisper
-    allows; returns the time the window's last word ends, or `last_speech_timestamp` without words
-    (the next window's `last_speech_timestamp`, the end of the speech before it). openai-
-    whisper's `add_word_timestamps`: words longer than twice the median word (at most 0.7 s) are
-    cut at sentence ends and after pauses."""
+    allows; returns the time the window's last word ends, or without words its last segment's end
+    (`last_speech_timestamp` without segments): the next window's `last_speech_timestamp`, the end
+    of the speech before it, as openai-whisper's transcribe reads it (`whisper.utils.get_end`).
+    openai-whisper's `add_word_timestamps`: words longer than twice the median word (at most 0.7 s)
+    are cut at sentence ends and after pauses."""
     durations = np.array([w["end"] - w["start"] for w in alignment])
     durations = durations[durations.nonzero()]
     median = min(0.7, float(np.median(durations)) if len(durations) > 0 else 0.0)
@@ -229,7 +230,7 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
                 elif alignment[i - 1]["word"] in SENTENCE_END:
                     alignment[i]["start"] = alignment[i]["end"] - longest
     merge_punctuations(alignment)
-    index, last_word_end = 0, last_speech_timestamp
+    index, last_word_end = 0, segments[-1]["end"] if segments else last_speech_timestamp
     for segment in segments:
         text_tokens = [t for t in segment["tokens"] if t < eot]
         saved, words = 0, []

@@ -294,6 +294,12 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
         decode_windows(model, text_tok, audio_tok, both, [w1, w2], prompt, 24, fallback={"temperatures": (0.4,)}, carried=warm)
     assert hot == [] and hot_second["tokens"] == alone["tokens"] and hot_second["text"]  # read nothing before it
     assert len(warm) > 0
+    # only the segments a window keeps are carried (with word timestamps, those its words leave some length)
+    dropped = []
+    with torch.no_grad():
+        unheard = decode_windows(model, text_tok, audio_tok, both, [w1, w2], prompt, 24, carried=dropped, segments=lambda i, r: [])
+    assert dropped == [] and unheard[1]["tokens"] == whisper.decode(ref, m2, options).tokens and unheard[0]["segments"] == []
+    assert ours[0]["segments"][0]["tokens"] == want.tokens  # the default: the window as one segment
     from recipes.whisper_digits import decode_rows, decoding_stats
 
     one = audio_tok.encode_batch([wave.numpy()])
@@ -392,29 +398,31 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
 
 
-def test_timestamp_segments_are_cut_as_openai_whisper_cuts_them():
+def test_window_segments_are_cut_as_openai_whisper_cuts_them():
     """Consecutive timestamps end one segment and start the next; a closing timestamp alone at the
     end closes the last; text after the last pair runs to the window's end; no pair: one segment to
     the last timestamp; times are in the recording (the window starts at 10 s) and stop at its end."""
     pytest.importorskip("whisper")
-    from recipes.whisper_digits import timestamp_segments
+    from recipes.whisper_digits import window_segments
 
     text_tok = BPETokenizer.whisper(whisper_folder.whisper_assets() / "multilingual.tiktoken", 51865)
     t = lambda s: text_tok.special_ids[f"<|{s:.2f}|>"]  # noqa: E731
-    a, b, c = (text_tok.encode_ids(w) for w in (" one", " two", " three"))
+    a, b, c = (text_tok.encode_ids(w).tolist() for w in (" one", " two", " three"))
     eot = text_tok.special_ids["<|endoftext|>"]
-    cut = lambda *args: [s[:3] for s in timestamp_segments(text_tok, *args)]  # noqa: E731
+    segments = lambda tokens, start, length, timestamps=True: window_segments(text_tok, {"tokens": tokens}, start, int(length * 16000), timestamps)  # noqa: E731
+    cut = lambda *args: [(s["start"], s["end"], s["text"]) for s in segments(*args)]  # noqa: E731
     assert cut([t(0), *a, *b, t(1), t(1), *c, t(2.5), eot], 10.0, 20.0) == [(10.0, 11.0, "one two"), (11.0, 12.5, "three")]
     assert cut([t(0), *a, t(1), t(1.2), *c], 10.0, 20.0) == [(10.0, 11.0, "one"), (11.2, 30.0, "three")]
     assert cut([t(0.5), *a, *b, t(3)], 10.0, 20.0) == [(10.0, 13.0, "one two")]
     assert cut([t(0), *a, t(1), t(3), *b, t(28), t(28), *c], 10.0, 5.0) == [(10.0, 11.0, "one"), (13.0, 15.0, "two")]  # "three" in the padding
-    assert timestamp_segments(text_tok, [t(0), t(1), t(1), *b, t(2)], 10.0, 20.0) == [(11.0, 12.0, "two", [t(1), *b, t(2)])]  # no text: none
-    # what the next window reads as said before (condition_on_previous_text): the segments with text and time, as openai-whisper carries
-    from recipes.whisper_digits import said_tokens
-
-    blank = text_tok.encode_ids(" ")
-    assert said_tokens(text_tok, [t(0), *a, t(1), t(1), *blank, t(2), eot], 20.0) == [t(0), *a, t(1)]
-    assert said_tokens(text_tok, [*a, *b], 20.0) == [*a, *b]  # no timestamps: every token
+    assert segments([t(0), t(1), t(1), *b, t(2)], 10.0, 20.0) == [{"start": 11.0, "end": 12.0, "text": "two", "tokens": [t(1), *b, t(2)]}]  # no text: none
+    assert cut([*a, *b, t(3)], 10.0, 20.0, False) == [(10.0, 30.0, "one two")]  # without timestamps: the window is one segment
+    assert window_segments(text_tok, {"tokens": a, "skipped": True}, 0.0, 16000, False) == []  # silence
+    # what the next window reads as said before (condition_on_previous_text): the kept segments' tokens, as openai-whisper carries
+    blank = text_tok.encode_ids(" ").tolist()
+    said = lambda *args: [t for s in segments(*args) for t in s["tokens"]]  # noqa: E731
+    assert said([t(0), *a, t(1), t(1), *blank, t(2), eot], 0.0, 20.0) == [t(0), *a, t(1)]
+    assert said([*a, *b], 0.0, 20.0, False) == [*a, *b]  # no timestamps: every token
 
 
 def test_wer_on_whisper_normalised_text():

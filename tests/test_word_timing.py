@@ -119,6 +119,70 @@ def test_word_timestamps_equal_openai_whispers(whisper_pair):
     assert find_alignment(model, text_tok, memory, sot_sequence, [], 100) == []
 
 
+def openai_window(tokenizer, tokens: list[int], time_offset: float, frames: int) -> list[dict]:
+    """The segments openai-whisper's transcribe makes of a window's decoded tokens (its code, from
+    whisper/transcribe.py, for windows that end on a timestamp or have none; no seeking)."""
+    tokens = torch.tensor(tokens, dtype=torch.long)
+    stamps = tokens.ge(tokenizer.timestamp_begin)
+    consecutive = (torch.where(stamps[:-1] & stamps[1:])[0] + 1).tolist()
+    pos = lambda t: (t.item() - tokenizer.timestamp_begin) * 0.02  # noqa: E731
+    seg = lambda a, b, t: {"seek": round(time_offset * 100), "start": a, "end": b, "tokens": t.tolist(),  # noqa: E731
+                           "text": tokenizer.decode([x for x in t.tolist() if x < tokenizer.eot])}
+    if not consecutive:
+        return [seg(time_offset, time_offset + frames * 0.01, tokens)]
+    assert stamps[-2:].tolist() == [False, True], "a closed last segment"
+    slices = [*consecutive, len(tokens)]
+    return [seg(time_offset + pos(tokens[a]), time_offset + pos(tokens[b - 1]), tokens[a:b]) for a, b in zip([0, *slices], slices)]
+
+
+def test_a_windows_segments_get_words_as_openai_whispers_transcribe_gives_them(whisper_pair):
+    """window_segments with words equals openai-whisper's transcribe on one window: all its text is
+    aligned, a segment timed in the padding (after the sound) too; the segments left without text or
+    length are cleared after, the kept ones' tokens are what the next window reads, and where the
+    speech ends (`get_end`) is the last word's end, or without words the last segment's."""
+    import whisper.utils
+
+    from recipes.whisper_digits import window_segments, window_words
+
+    model, audio_tok, text_tok, ref, waves, _ = whisper_pair
+    tokenizer = whisper.tokenizer.get_tokenizer(True, language="en", task="transcribe")
+    wave = waves[0][: len(waves[0]) // 160 * 160]  # whole 10 ms frames, as openai-whisper counts a window's sound
+    frames, seconds = len(wave) // 160, len(wave) / 16000
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(wave)))
+    memory = model.encode_memory({"audio": audio_tok.encode_batch([wave])})
+    ts = lambda s: tokenizer.timestamp_begin + round(s / 0.02)  # noqa: E731
+    words = text_tok.encode_ids(" The quick brown fox, it said, jumps over the lazy dog. Yes!").tolist()
+    late = round(seconds + 0.3, 1)  # in the padding: openai-whisper keeps its text, aligned to the sound
+    q = [round(seconds * f / 0.02) * 0.02 for f in (0.3, 0.4, 0.8)]  # times within the sound
+    windows = {"timed": ([ts(0), *words[:4], ts(q[0]), ts(q[0]), ts(q[1]), ts(q[1]), *words[4:9], ts(q[2]), ts(late), *words[9:], ts(late + 0.5)],
+                         True),
+               "blank": ([ts(0), ts(q[0]), ts(q[0]), *text_tok.encode_ids(" ").tolist(), ts(q[2])], True),
+               "empty": ([], False)}  # fmt: skip
+    for name, (tokens, timestamps) in windows.items():
+        theirs = openai_window(tokenizer, tokens, 1.0, frames)
+        timing.add_word_timestamps(segments=theirs, model=ref, tokenizer=tokenizer, mel=mel, num_frames=frames, last_speech_timestamp=0.5)
+        their_end = whisper.utils.get_end(theirs)
+        for s in theirs:  # openai-whisper's transcribe clears these, and carries every segment's tokens
+            if s["start"] == s["end"] or s["text"].strip() == "":
+                s["text"], s["tokens"], s["words"] = "", [], []
+        end = {}
+
+        def timed(window):
+            end["ours"] = window_words(model, text_tok, memory, list(tokenizer.sot_sequence), window, 1.0, len(wave), 0.5)
+
+        ours = window_segments(text_tok, {"tokens": tokens}, 1.0, len(wave), timestamps, timed)
+        kept = [s for s in theirs if s["text"]]
+        assert [(s["start"], s["end"], s["text"]) for s in ours] == [(s["start"], s["end"], s["text"].strip()) for s in kept], name
+        assert [[(w["word"], w["start"], w["end"]) for w in s["words"]] for s in ours] == [
+            [(w["word"], w["start"], w["end"]) for w in s["words"]] for s in kept], name  # fmt: skip
+        assert [t for s in ours for t in s["tokens"]] == [t for s in theirs for t in s["tokens"]], name  # carried
+        assert end["ours"] == their_end, name
+    assert len(ours) == 0 and end["ours"] == 1.0 + seconds  # the empty window: speech ends with it
+    timed_words = window_segments(text_tok, {"tokens": windows["timed"][0]}, 1.0, len(wave), True, timed)
+    assert timed_words[-1]["text"] == text_tok.decode(words[9:]).strip() and timed_words[-1]["words"]  # the padding's segment, aligned
+    assert len({w["start"] for s in timed_words for w in s["words"]}) >= 3
+
+
 def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, capsys):
     """`mmtok transcribe --word-timestamps`: every json segment carries its words, in order, inside the
     recording, whose text is the segment's; with --timestamps too, across two windows."""
