@@ -299,7 +299,8 @@ class MultimodalTransformer(nn.Module):
                                layers: list[int] | None = None) -> tuple[Output, dict[int, Tensor]]:  # fmt: skip
         """One forward pass, with the decoder's cross-attention scores before softmax, q·k / sqrt(hs):
         {layer: (B, H, T, S)} for each of `layers` (None = every decoder layer), T the decoder's
-        tokens and S the encoder's. What openai-whisper's word timestamps align text to audio with.
+        tokens and S the encoder's; -inf where a token may not attend (a padded memory's padding).
+        What openai-whisper's word timestamps align text to audio with.
         note: each layer's q and k are computed again from its inputs (forward pre-hooks), so the
         fused attention kernels, which never form the scores, stay as they are."""
         if self.encoder is None or self.decoder is None:
@@ -312,10 +313,11 @@ class MultimodalTransformer(nn.Module):
 
         def grab(layer: int):
             def hook(attn, args, kwargs):
-                x, mem = args[0], kwargs["memory"]
+                x, mem, mask = args[0], kwargs["memory"], args[1] if len(args) > 1 else kwargs.get("mask")
                 q = attn._heads(attn.q(x))  # (B, T, C) -> (B, H, T, hs)
                 k = attn._heads(attn.kv(mem).split(x.shape[-1], dim=2)[0])  # (B, S, C) -> (B, H, S, hs)
-                scores[layer] = (q @ k.transpose(-2, -1)).float() / math.sqrt(attn.head_dim)  # (B, H, T, hs) @ (B, H, hs, S) -> (B, H, T, S)
+                s = (q @ k.transpose(-2, -1)).float() / math.sqrt(attn.head_dim)  # (B, H, T, hs) @ (B, H, hs, S) -> (B, H, T, S)
+                scores[layer] = s if mask is None else s.masked_fill(~mask, float("-inf"))  # mask: (B|1, 1, T, S), True = may attend
 
             return hook
 

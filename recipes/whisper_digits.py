@@ -804,6 +804,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if not word_timestamps:
             raise ValueError("alignment_heads: the heads align words; it needs word_timestamps")
         alignment_heads = checked_heads(alignment_heads, model)
+    if word_timestamps and toks["text"].special_ids.get("<|translate|>") in run_prompt:  # as openai-whisper warns
+        print(f"transcribe {run_dir}: word timestamps on a translation may not be reliable (its English words are not the words said)",
+              file=sys.stderr)  # fmt: skip
     initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")

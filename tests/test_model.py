@@ -188,6 +188,24 @@ def test_encoder_decoder_generation_cached_equals_uncached():
     assert torch.equal(a, b)
 
 
+def test_cross_attention_scores_leave_a_padded_memory_out():
+    """cross_attention_scores gives q·k / sqrt(hs) per decoder layer; a short row of a padded batch
+    scores its real memory tokens as it does alone, and its padding -inf (it may not attend there)."""
+    torch.manual_seed(0)
+    model = multimodal("encoder-decoder").eval()
+    images = [TokenSet("image", values=torch.randn(n, 12)) for n in (3, 5)]
+    text = collate([rand_text(4, 1), rand_text(4, 2)])
+    with torch.no_grad():
+        out, scores = model.cross_attention_scores({"image": collate(images), "text": text})
+        alone_out, alone = model.cross_attention_scores({"image": collate(images[:1]), "text": collate([rand_text(4, 1)])}, layers=[1])
+    assert sorted(scores) == [0, 1] and scores[1].shape == (2, 4, 4, 5) and sorted(alone) == [1]
+    torch.testing.assert_close(scores[1][0, :, :, :3], alone[1][0], atol=1e-5, rtol=1e-5)
+    assert torch.isinf(scores[1][0, :, :, 3:]).all() and torch.isfinite(scores[1][1]).all()
+    torch.testing.assert_close(out.logits["lm"][0], alone_out.logits["lm"][0], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layer 2 is not one of the decoder's 2 layers"):
+        model.cross_attention_scores({"image": collate(images), "text": text}, layers=[2])
+
+
 def test_save_load_round_trip(tmp_path):
     model = multimodal("encoder-decoder").eval()
     model.save(tmp_path)

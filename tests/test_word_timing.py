@@ -216,6 +216,9 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--highlight-words"]) == 2
     assert "--highlight-words: subtitle lines are made of words; it needs --word-timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "1:0,1:1"]) == 0
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--task", "translate"]) == 0
+    assert "word timestamps on a translation may not be reliable" in capsys.readouterr().err  # as openai-whisper warns
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
     assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
