@@ -36,12 +36,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def timed(fn, repeats: int):
     """(best wall time of `repeats` calls, the last result)."""
-    best, out = float("inf"), None
+    return side_by_side([fn], repeats)[0]
+
+
+def side_by_side(fns: list, repeats: int) -> list[tuple[float, object]]:
+    """(best wall time, last result) of each function, called in turn `repeats` times (a, b, a, b, ...),
+    so that a slow spell of a shared machine falls on both sides."""
+    best, out = [float("inf")] * len(fns), [None] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, out
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            out[i] = fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return list(zip(best, out))
 
 
 def main(argv=None) -> dict:
@@ -54,7 +61,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--tokens", type=int, default=64, help="tokens decoded per window greedily")
     ap.add_argument("--sample-len", type=int, default=224, help="tokens per decoding in the fallback (openai-whisper's default: positions / 2)")
     ap.add_argument("--align-tokens", type=int, default=128, help="text tokens aligned to one window for its word timestamps")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3, help="calls of each side, in turn; the best counts")
     args = ap.parse_args(argv)
 
     import torch
@@ -79,9 +86,9 @@ def main(argv=None) -> dict:
     # greedy: the same tokens, timed from the waveforms (log-mel included on both sides)
     greedy = whisper.DecodingOptions(language="en", without_timestamps=True, fp16=False, temperature=0.0, suppress_blank=False,
                                      suppress_tokens=None, sample_len=args.tokens)  # fmt: skip
-    theirs_s, theirs = timed(lambda: whisper.decode(ref, torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w)))
-                                                                       for w in waves]), greedy), args.repeats)  # fmt: skip
-    ours_s, ours = timed(lambda: decode_rows(model, text_tok, audio_tok.encode_batch(waves), args.tokens, prompt), args.repeats)
+    (theirs_s, theirs), (ours_s, ours) = side_by_side(
+        [lambda: whisper.decode(ref, torch.stack([whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(w))) for w in waves]), greedy),
+         lambda: decode_rows(model, text_tok, audio_tok.encode_batch(waves), args.tokens, prompt)], args.repeats)  # fmt: skip
     eot = text_tok.special_ids["<|endoftext|>"]
     same = [[t for t in row if t != eot] for row in ours] == [r.tokens for r in theirs]
     if not same:  # different work: the times would not compare
@@ -123,8 +130,7 @@ def main(argv=None) -> dict:
     align_ours = lambda: find_alignment(model, text_tok, model.encode_memory({"audio": audio_tok.encode_batch([wave])}),  # noqa: E731
                                         list(tokenizer.sot_sequence), text, frames, "en")
     align_theirs()
-    theirs_s, theirs = timed(align_theirs, args.repeats)
-    ours_s, ours = timed(align_ours, args.repeats)
+    (theirs_s, theirs), (ours_s, ours) = side_by_side([align_theirs, align_ours], args.repeats)
     same = [(w["word"], w["start"], w["end"]) for w in ours] == [(t.word, t.start, t.end) for t in theirs]
     if not same:
         raise SystemExit("whisper_decode: error: word alignment gave other words or times than openai-whisper's on the same weights and audio")
