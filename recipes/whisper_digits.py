@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
-from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
@@ -732,17 +732,17 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
                initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False,
-               word_timestamps: bool = False) -> list[str]:  # fmt: skip
+               word_timestamps: bool = False, windows: str = "pauses") -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
     return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
-                                                initial_prompt, condition_on_previous_text, timestamps, word_timestamps)]  # fmt: skip
+                                                initial_prompt, condition_on_previous_text, timestamps, word_timestamps, windows=windows)]  # fmt: skip
 
 
 @torch.no_grad()
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
-                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None) -> list[dict]:  # fmt: skip
+                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses") -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -773,8 +773,15 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     tokens are carried to the next window; Whisper's weights only. alignment_heads: the (decoder layer, head)
     pairs that align, as a list, "layer:head,..." or a released model's name ("small": the heads
     openai-whisper lists for it); None = every head of the decoder's second half, openai-whisper's
-    default for weights loaded from a file (`recipes.word_timing.alignment_heads`)."""
+    default for weights loaded from a file (`recipes.word_timing.alignment_heads`).
+    windows: "pauses" (the above) or "seek": openai-whisper's own windows, one after another over the
+    whole file, each starting where the text before it ended (`recipes.whisper_seek`; the file is read
+    whole, min_pause and margin do not apply, and an initial prompt is read before the first window
+    only, then as part of the carried text, as there); Whisper's weights only."""
     from .runs import load_run_info
+
+    if windows not in ("pauses", "seek"):
+        raise ValueError(f"windows={windows!r}: expected 'pauses' (cut at pauses) or 'seek' (openai-whisper's windows)")
 
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir)
@@ -796,6 +803,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")
         suppressor = TimestampRules(toks["text"], suppressor)  # checks the vocabulary
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
+    if windows == "seek" and not toks["audio"].chunk:
+        raise ValueError(f"windows=seek: {run_dir} reads unpadded utterances; openai-whisper's windows are 30 s windows of Whisper's weights")
     if word_timestamps and not (toks["audio"].chunk and NO_TIMESTAMPS in toks["text"].special_ids):
         raise ValueError(f"word_timestamps: {run_dir} is not a run on Whisper's weights; its decoder was not trained to align words to 30 s windows")
     if alignment_heads is not None:
@@ -831,33 +840,49 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         first = next(stream, None)
         if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
-        found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
         import soundfile
         from tqdm.auto import tqdm
 
         total = math.ceil(soundfile.info(str(p)).duration)  # readable: stream_audio checked it
         bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
-        if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
-            segments = fill_windows(segments, seconds)
         prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
-        while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
-            batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
-            batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
-            if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
-                probs = detect_language(model, toks["text"], batch.select(slice(0, 1)))[0]
-                file_language = max(probs, key=probs.get)
-                print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
-                prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
-            decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                     beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
-                                     functools.partial(segments_of, group, batch, prompt))  # fmt: skip
-            ended += [d["ended"] for d in decoded]
-            found += [seg for d in decoded for seg in d["segments"]]
-            bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
+
+        def detect(first_window) -> None:  # language="auto": the file's first window (its encoder Memory) decides
+            nonlocal prompt, file_language
+            probs = detect_language(model, toks["text"], first_window)[0]
+            file_language = max(probs, key=probs.get)
+            print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
+            prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
+
+        if windows == "seek":
+            from .whisper_seek import recording_mel, transcribe_seeking, window_batch
+
+            mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)), str(p))
+            if language == "auto":
+                detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
+            found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size or cfg.beam_size,
+                                              cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
+                                              alignment_heads, progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
+        else:  # cut at pauses, the stretches of speech joined into windows
+            found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+            if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
+                segments = fill_windows(segments, seconds)
+            while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
+                batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
+                batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
+                if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
+                    detect(batch.select(slice(0, 1)))
+                decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
+                                         beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
+                                         functools.partial(segments_of, group, batch, prompt))  # fmt: skip
+                ended += [d["ended"] for d in decoded]
+                found += [seg for d in decoded for seg in d["segments"]]
+                bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()
         if not ended:
-            print(f"transcribe {p}: no speech found (silence, or nothing above -60 dBFS)", file=sys.stderr)
+            why = "every window decoded as silence" if windows == "seek" else "silence, or nothing above -60 dBFS"
+            print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({min(cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt), sample_len or cfg.max_text)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",

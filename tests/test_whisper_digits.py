@@ -43,6 +43,8 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
         whisper_digits.transcribe(run, files[:1], condition_on_previous_text=True)
     with pytest.raises(ValueError, match="word_timestamps: .* is not a run on Whisper's weights"):
         whisper_digits.transcribe(run, files[:1], word_timestamps=True)
+    with pytest.raises(ValueError, match="windows=seek: .* reads unpadded utterances"):
+        whisper_digits.transcribe(run, files[:1], windows="seek")
     import numpy as np
     import soundfile as sf
 

@@ -217,12 +217,48 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "--highlight-words: subtitle lines are made of words; it needs --word-timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "1:0,1:1"]) == 0
     capsys.readouterr()
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--timestamps", "--windows", "seek", "--output-format", "json",
+                 "--output-dir", str(tmp_path / "seek")]) == 0  # fmt: skip
+    seek = json.loads((tmp_path / "seek" / "talk.json").read_text())["segments"]
+    assert seek and all(s["words"] for s in seek) and seek[-1]["end"] > 35  # openai-whisper's windows reach the second utterance too
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--task", "translate"]) == 0
     assert "word timestamps on a translation may not be reliable" in capsys.readouterr().err  # as openai-whisper warns
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
     assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
     assert "alignment heads (2, 0): expected (layer, head) pairs within this decoder's 2 layers × 2 heads" in capsys.readouterr().err
+
+
+def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
+    """transcribe_files(windows="seek") on a run on Whisper's weights gives openai-whisper's
+    `transcribe` segments (times, text, words) on the same weights and a 70 s recording: windows
+    that start at the last timestamp of the one before, or at its last word's end; the text carried
+    to the next window; an initial prompt read first."""
+    *_, waves, root = whisper_pair
+    model, audio_tok, text_tok, ref = sharp_whisper(tmp_path / "w.pt", width=32, heads=2, layers=2, positions=96, seed=0)
+    run = tmp_path / "run"
+    whisper_folder.main(whisper_folder.Config(data=str(root / "speech"), init_from=str(tmp_path / "w.pt"), language="en", run_dir=str(run),
+                                              val_fraction=0.5, max_steps=0, batch_size=2, eval_utterances=1, max_text=96, cpu=True))  # fmt: skip
+    rng = np.random.default_rng(0)
+    audio = np.concatenate([p for w in waves * 6 for p in (w, np.zeros(int(16000 * rng.uniform(0.5, 6)), np.float32))])
+    sf.write(tmp_path / "talk.wav", audio, 16000)
+    for condition, words, prompt in [(True, True, None), (False, False, "Seven, four.")]:
+        theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition,
+                                    word_timestamps=words, initial_prompt=prompt, verbose=None)  # fmt: skip
+        ours = whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], fallback={"temperatures": (0.0,)}, suppress=True,
+                                               initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True,
+                                               word_timestamps=words, windows="seek")[0]  # fmt: skip
+        kept = [s for s in theirs["segments"] if s["text"].strip()]  # openai-whisper keeps the ones it cleared, empty
+        assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
+            (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in kept]  # fmt: skip
+        assert [s["temperature"] for s in ours["segments"]] == [s["temperature"] for s in kept]
+        np.testing.assert_allclose([s["avg_logprob"] for s in ours["segments"]], [s["avg_logprob"] for s in kept], rtol=1e-4)
+        assert len({s["seek"] for s in kept}) >= 2 and any(s["seek"] % 3000 for s in kept)  # windows placed by their text
+        if words:
+            assert [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]] == [
+                (w["word"], w["start"], w["end"]) for s in kept for w in s["words"]]  # fmt: skip
+    with pytest.raises(ValueError, match="windows='both': expected 'pauses'"):
+        whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="both")
 
 
 def test_word_subtitles_equal_openai_whispers_writers(tmp_path):
