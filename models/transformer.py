@@ -452,12 +452,13 @@ class MultimodalTransformer(nn.Module):
         A beam's score is its summed log-probability divided by (generated length ** length_penalty);
         a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
         The prompt (the decoder's last input) must be unpadded, as for `generate`; logits_filter and memory as there.
+        The last new token may take the position after the table's last: it is sampled, never read.
         """
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size
-        if N + max_new_tokens > self.config.modalities[name].max_positions:
-            raise ValueError(f"beam_search: {N} + {max_new_tokens} tokens exceed the {self.config.modalities[name].max_positions}-position table")
+        if N + max_new_tokens - 1 > self.config.modalities[name].max_positions:  # the last new token is never read
+            raise ValueError(f"beam_search: {N} + {max_new_tokens} - 1 tokens read exceed the {self.config.modalities[name].max_positions}-position table")
         rows = torch.arange(B, device=prompt.ids.device).repeat_interleave(K)  # (B·K,) which sample each beam belongs to
         expand = lambda b: b if b is None else b.index_select(0, rows)  # noqa: E731
         beams = {n: TokenBatch(n, expand(b.ids), expand(b.values), expand(b.positions), expand(b.types), expand(b.mask),

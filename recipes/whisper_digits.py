@@ -565,7 +565,7 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
     skipped as silence) starts the carried text afresh, as there. An initial prompt of
     max_positions // 2 - 1 tokens or more leaves no room for carried text (openai-whisper's slicing
     then keeps the carried text instead). Each window decodes up to max_text tokens in all, and at
-    most `sample_len` new ones (openai-whisper's transcribe: max_positions // 2)."""
+    most `sample_len` new ones (openai-whisper's transcribe: max_positions // 2; `new_tokens`)."""
     if segments is None:
         first = text_tok.special_ids.get("<|0.00|>")
         segments = lambda i, r: window_segments(text_tok, r, 0.0, len(waves[i]), first is not None and any(t >= first for t in r["tokens"]))  # noqa: E731
@@ -586,11 +586,19 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
     return out
 
 
+def new_tokens(max_text: int, prompt_len: int, sample_len: int | None) -> int:
+    """How many tokens a window may decode after its prompt of `prompt_len`. With `sample_len`
+    (Whisper's weights) as openai-whisper's decoder: at most sample_len, and up to one past the
+    decoder's positions, the last token sampled from the last position and never read; else what
+    fills max_text."""
+    return min(max_text + 1 - prompt_len, sample_len) if sample_len else max_text - prompt_len
+
+
 def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress,
                   sample_len) -> list[dict]:  # fmt: skip
     if max_text - len(full) < 1:
         raise ValueError(f"initial prompt: {len(full)} prompt tokens leave no room in the {max_text}-token decoder; shorten it")
-    max_new = min(max_text - len(full), sample_len or max_text)
+    max_new = new_tokens(max_text, len(full), sample_len)
     if fallback is not None:
         return decode_with_fallback(model, text_tok, audio_tok, waves, max_new, full, beam_size, length_penalty, fallback, encoded, suppress)
     rows = decode_rows(model, text_tok, encoded, max_new, full, 0.0, beam_size, length_penalty, suppress=suppress)
@@ -742,7 +750,8 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
-                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses") -> list[dict]:  # fmt: skip
+                     timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
+                     hallucination_silence_threshold: float | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -777,7 +786,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     windows: "pauses" (the above) or "seek": openai-whisper's own windows, one after another over the
     whole file, each starting where the text before it ended (`recipes.whisper_seek`; the file is read
     whole, min_pause and margin do not apply, and an initial prompt is read before the first window
-    only, then as part of the carried text, as there); Whisper's weights only."""
+    only, then as part of the carried text, as there); Whisper's weights only.
+    hallucination_silence_threshold: with windows="seek" and word_timestamps, openai-whisper's option
+    of that name: silences longer than this many seconds around words that look made up are skipped
+    (`recipes.whisper_seek.skip_hallucinations`)."""
     from .runs import load_run_info
 
     if windows not in ("pauses", "seek"):
@@ -803,6 +815,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")
         suppressor = TimestampRules(toks["text"], suppressor)  # checks the vocabulary
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
+    if hallucination_silence_threshold is not None and not (windows == "seek" and word_timestamps):
+        raise ValueError("hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps")
     if windows == "seek" and not toks["audio"].chunk:
         raise ValueError(f"windows=seek: {run_dir} reads unpadded utterances; openai-whisper's windows are 30 s windows of Whisper's weights")
     if word_timestamps and not (toks["audio"].chunk and NO_TIMESTAMPS in toks["text"].special_ids):
@@ -862,7 +876,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
             found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size or cfg.beam_size,
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
-                                              alignment_heads, progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
+                                              alignment_heads, hallucination_silence_threshold,
+                                              progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
             if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
@@ -884,7 +899,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             why = "every window decoded as silence" if windows == "seek" else "silence, or nothing above -60 dBFS"
             print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({min(cfg.max_text - len(previous_tokens(toks['text'], initial) + prompt), sample_len or cfg.max_text)} "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} "
                   "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]

@@ -19,9 +19,10 @@ gives on the same weights and audio:
   the text carried (carry_initial_prompt=False, its default).
 
 The whole recording is read into memory (a 1 h file: about 230 MB of samples and 115 MB of log-mel).
-Not followed: openai-whisper's clip_timestamps and hallucination_silence_threshold; and a window whose
-decoding fills the decoder's positions stops one token before openai-whisper's, which samples one
-token past its context (never reading it).
+With word timestamps, hallucination_silence_threshold skips silence around segments whose words
+look made up (`skip_hallucinations`), as there. Like openai-whisper's decoder, a window may decode
+one token past the decoder's positions (sampled from the last one, never read). Not followed:
+openai-whisper's clip_timestamps.
 """
 
 from __future__ import annotations
@@ -72,17 +73,78 @@ def seek_pieces(text_tok, tokens: list[int], time_offset: float, frames: int) ->
     return [(time_offset, time_offset + duration, tokens)], frames, single_ending
 
 
+PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # openai-whisper's transcribe: words an anomaly score leaves out
+
+
+def get_end(segments: list[dict], default: float) -> float:
+    """Where a window's speech ends (openai-whisper's `get_end`): its last word's end, else its last
+    segment's end, else `default`."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])), segments[-1]["end"] if segments else default)
+
+
+def word_anomaly(word: dict) -> float:
+    """openai-whisper's anomaly score of a word: improbable (p < 0.15), very short or very long."""
+    duration = word["end"] - word["start"]
+    return (word["probability"] < 0.15) + max(0.0, 0.133 - duration) * 15 + max(0.0, duration - 2.0)
+
+
+def segment_anomaly(segment: dict | None) -> bool:
+    """Whether a segment's first 8 words (punctuation left out) look made up, as openai-whisper scores them."""
+    if segment is None or not segment["words"]:
+        return False
+    words = [w for w in segment["words"] if w["word"] not in PUNCTUATION][:8]
+    score = sum(word_anomaly(w) for w in words)
+    return score >= 3 or score + 0.01 >= len(words)
+
+
+def skip_hallucinations(segments: list[dict], threshold: float, previous_seek: int, seek: int, frames: int, window: int, content: int,
+                        single_ending: bool, last_speech: float) -> tuple[int, bool]:  # fmt: skip
+    """openai-whisper's hallucination_silence_threshold for one window with words: (where the next
+    window starts, whether this window's segments are kept). A window ending in more than `threshold`
+    seconds of silence after its last word is followed from that word; one whose first segment with
+    words looks made up (`segment_anomaly`) after a longer silence is decoded again from that
+    segment's start (not kept); a made-up segment with silence (or more made-up text) on both sides
+    is dropped with all after it (in place), and the next window starts there."""
+    time_offset, window_end = previous_seek * HOP_LENGTH / SAMPLE_RATE, (previous_seek + window) * HOP_LENGTH / SAMPLE_RATE
+    with_words = [s for s in segments if s["words"]]
+    if not single_ending:
+        last_word_end = get_end(segments, time_offset)
+        if last_word_end > time_offset:
+            seek = round(last_word_end * SAMPLE_RATE / HOP_LENGTH) if window_end - last_word_end > threshold else previous_seek + frames
+    if with_words and segment_anomaly(with_words[0]) and (gap := with_words[0]["start"] - time_offset) > threshold:
+        return previous_seek + round(gap * SAMPLE_RATE / HOP_LENGTH), False
+    last_end = last_speech
+    for i, segment in enumerate(segments):
+        if not segment["words"]:
+            continue
+        if segment_anomaly(segment):
+            following = next((s for s in segments[i + 1 :] if s["words"]), None)
+            next_start = following["words"][0]["start"] if following is not None else time_offset + frames * HOP_LENGTH / SAMPLE_RATE
+            silence_before = segment["start"] - last_end > threshold or segment["start"] < threshold or segment["start"] - time_offset < 2.0
+            silence_after = next_start - segment["end"] > threshold or segment_anomaly(following) or window_end - segment["end"] < 2.0
+            if silence_before and silence_after:
+                seek = round(max(time_offset + 1, segment["start"]) * SAMPLE_RATE / HOP_LENGTH)
+                if content * HOP_LENGTH / SAMPLE_RATE - segment["end"] < threshold:
+                    seek = content
+                del segments[i:]
+                break
+        last_end = segment["end"]
+    return seek, True
+
+
 @torch.no_grad()
 def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: list[int], max_text: int, sample_len: int | None,
                        beam_size: int = 1, length_penalty: float = 1.0, fallback: dict | None = None, suppress=None,
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
-                       progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
+                       hallucination_silence_threshold: float | None = None, progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",
     "tokens", ...} with text and length, in order, each window's fallback figures when `fallback` is
     given and its "words" with `word_timestamps`; per decoded window whether it reached
     <|endoftext|>). prompt: <|startoftranscript|> and its language and task tokens (without
-    <|notimestamps|> for timestamps). progress: called with the seconds read so far."""
+    <|notimestamps|> for timestamps). hallucination_silence_threshold (seconds; with word_timestamps):
+    openai-whisper's skipping of silences longer than this around words that look made up
+    (`skip_hallucinations`). progress: called with the seconds read so far."""
     eot = text_tok.special_ids[EOT]
     window = audio_tok.max_frames
     content = mel.shape[-1] - window  # frames of the recording itself
@@ -107,7 +169,12 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
             end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads)
             if not single_ending and end > time_offset:  # the next window starts where the last word ended
                 seek = round(end * SAMPLE_RATE / HOP_LENGTH)
-            last_speech = end
+            if hallucination_silence_threshold is not None:
+                seek, keep = skip_hallucinations(segments, hallucination_silence_threshold, previous_seek, seek, frames, window, content,
+                                                 single_ending, last_speech)  # fmt: skip
+                if not keep:  # the window's first words look made up after a long silence: decode again from their start
+                    continue
+            last_speech = get_end(segments, last_speech)
         kept = [s for s in segments if s["text"] and s["end"] != s["start"]]  # openai-whisper clears the others
         found += kept
         said += [t for s in kept for t in s["tokens"]]

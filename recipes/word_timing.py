@@ -12,8 +12,8 @@ times in seconds in the recording.
 The alignment heads: openai-whisper's default, every head of the decoder's second half, unless a
 list of (layer, head) is given (its released models name theirs in `whisper._ALIGNMENT_HEADS`,
 Hugging Face's in `generation_config.json`). Left out: openai-whisper's CUDA kernels (Triton DTW
-and median filter; the dynamic programme here is vectorised over anti-diagonals with numpy) and
-its hallucination-silence skipping, which moves its window seek (our windows are cut at pauses).
+and median filter; the dynamic programme here is vectorised over anti-diagonals with numpy); its
+hallucination-silence skipping, which moves the window seek, is `recipes.whisper_seek`'s.
 """
 
 from __future__ import annotations
@@ -51,12 +51,13 @@ def median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
 
 def dtw(cost_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The cheapest monotonic path through an (N, M) cost matrix: (rows, columns) of its steps, each
-    a diagonal, down or right move. openai-whisper's `dtw_cpu` (same float32 costs and tie-breaking:
-    diagonal, then down, then right), computed one anti-diagonal at a time (every cell of one
-    depends only on the two before it) instead of a compiled double loop."""
+    a diagonal, down or right move. openai-whisper's `dtw_cpu` as numba compiles it (float64 costs:
+    numba types its `np.ones(..., float32) * np.inf` as float64, where numpy would keep float32; same
+    tie-breaking: diagonal, then down, then right), computed one anti-diagonal at a time (every cell
+    of one depends only on the two before it) instead of a compiled double loop."""
     x = np.asarray(cost_matrix, dtype=np.float64)
     N, M = x.shape
-    cost = np.full((N + 1, M + 1), np.inf, dtype=np.float32)
+    cost = np.full((N + 1, M + 1), np.inf)
     trace = np.full((N + 1, M + 1), -1, dtype=np.int8)
     cost[0, 0] = 0
     for d in range(2, N + M + 1):  # cells (i, j) with i + j = d, i in 1..N, j in 1..M
@@ -65,7 +66,7 @@ def dtw(cost_matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         c0, c1, c2 = cost[i - 1, j - 1], cost[i - 1, j], cost[i, j - 1]  # diagonal, down, right
         t = np.where((c0 < c1) & (c0 < c2), 0, np.where((c1 < c0) & (c1 < c2), 1, 2))
         c = np.choose(t, [c0, c1, c2])
-        cost[i, j] = (x[i - 1, j - 1] + c.astype(np.float64)).astype(np.float32)  # note: float32 sums, as openai-whisper's
+        cost[i, j] = x[i - 1, j - 1] + c
         trace[i, j] = t
     trace[0, :], trace[:, 0] = 2, 1
     i, j, path = N, M, []

@@ -262,6 +262,12 @@ def test_beam_search(mode):
     # with an end token, finished beams are padded with it
     out = model.beam_search(prompt, 8, beam_size=3, eos_id=int(greedy[0, 4]))
     assert out.shape[1] <= 11
+    # the last new token may sit one past the position table: it is sampled, never read (openai-whisper's decoder)
+    room = model.config.modalities["text"].max_positions + 1 - 3
+    assert torch.equal(model.beam_search(prompt, room, beam_size=1), model.generate(prompt, room, temperature=0))
+    assert model.beam_search(prompt, room, beam_size=3).shape[1] == room + 3
+    with pytest.raises(ValueError, match=f"beam_search: 3 \\+ {room + 1} - 1 tokens read exceed the"):
+        model.beam_search(prompt, room + 1, beam_size=3)
 
 
 def test_decoding_returns_the_log_probabilities_teacher_forcing_gives():

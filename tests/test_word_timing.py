@@ -21,10 +21,11 @@ from recipes.word_timing import add_word_timestamps, dtw, find_alignment, median
 
 def test_dtw_and_median_filter_equal_openai_whispers():
     """The anti-diagonal DTW takes openai-whisper's path on random costs, on costs full of ties
-    (small integers: its diagonal-then-down-then-right preference decides) and on thin shapes."""
+    (small integers: its diagonal-then-down-then-right preference decides), on costs whose paths
+    differ by less than float32 tells apart (numba sums them in float64) and on thin shapes."""
     rng = np.random.default_rng(0)
     for shape in [(1, 1), (1, 7), (7, 1), (5, 9), (12, 40), (40, 12), (23, 700)]:
-        for x in (rng.normal(size=shape), rng.integers(0, 3, size=shape).astype(np.float64)):
+        for x in (rng.normal(size=shape), rng.integers(0, 3, size=shape).astype(np.float64), 100 + rng.normal(size=shape) * 1e-3):
             want = timing.dtw_cpu(x.copy())
             got = dtw(x)
             assert np.array_equal(np.stack(got), want), shape
@@ -39,7 +40,7 @@ def test_dtw_and_median_filter_equal_openai_whispers():
 QUERY_SCALE = 30.0
 
 
-def sharp_whisper(path, width: int, heads: int, layers: int, positions: int, seed: int):
+def sharp_whisper(path, width: int, heads: int, layers: int, positions: int, seed: int, confidence: float = 1.0):
     """A random openai-whisper model saved at `path` as openai-whisper saves one, with sharper cross-
     attention than random weights give (so that words align to different frames) and small token
     embeddings (so that it varies its tokens): (our model of it, its audio and text tokenizers,
@@ -53,6 +54,7 @@ def sharp_whisper(path, width: int, heads: int, layers: int, positions: int, see
     with torch.no_grad():
         for block in ref.decoder.blocks:
             block.cross_attn.query.weight.mul_(QUERY_SCALE)
+        ref.decoder.ln.weight.mul_(confidence)  # scales its logits: the same greedy tokens, surer of them
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": ref.half().state_dict()}, path)
     model, audio_tok, text_tok = whisper_folder.whisper_weights(whisper_folder.Config(data=str(path.parent), init_from=str(path), language="en"))
     return model.eval(), audio_tok, text_tok, ref.float().eval()
@@ -223,6 +225,8 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert seek and all(s["words"] for s in seek) and seek[-1]["end"] > 35  # openai-whisper's windows reach the second utterance too
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--task", "translate"]) == 0
     assert "word timestamps on a translation may not be reliable" in capsys.readouterr().err  # as openai-whisper warns
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--hallucination-silence-threshold", "2"]) == 2
+    assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
     assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
@@ -233,22 +237,28 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     """transcribe_files(windows="seek") on a run on Whisper's weights gives openai-whisper's
     `transcribe` segments (times, text, words) on the same weights and a 70 s recording: windows
     that start at the last timestamp of the one before, or at its last word's end; the text carried
-    to the next window; an initial prompt read first."""
+    to the next window, windows that decode one token past the decoder's positions (as openai-
+    whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
+    which drops segments whose words look made up and moves the windows past the silence around them.
+    The model is sure of its tokens (confidence=10), so that some words are likely enough not to
+    look made up."""
     *_, waves, root = whisper_pair
-    model, audio_tok, text_tok, ref = sharp_whisper(tmp_path / "w.pt", width=32, heads=2, layers=2, positions=96, seed=0)
+    model, audio_tok, text_tok, ref = sharp_whisper(tmp_path / "w.pt", width=32, heads=2, layers=2, positions=96, seed=0, confidence=10)
     run = tmp_path / "run"
     whisper_folder.main(whisper_folder.Config(data=str(root / "speech"), init_from=str(tmp_path / "w.pt"), language="en", run_dir=str(run),
                                               val_fraction=0.5, max_steps=0, batch_size=2, eval_utterances=1, max_text=96, cpu=True))  # fmt: skip
     rng = np.random.default_rng(0)
     audio = np.concatenate([p for w in waves * 6 for p in (w, np.zeros(int(16000 * rng.uniform(0.5, 6)), np.float32))])
     sf.write(tmp_path / "talk.wav", audio, 16000)
-    for condition, words, prompt in [(True, True, None), (False, False, "Seven, four.")]:
+    counts = []
+    for condition, words, prompt, threshold in [(True, True, None, None), (False, False, "Seven, four.", None), (True, True, None, 1.0)]:
         theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition,
-                                    word_timestamps=words, initial_prompt=prompt, verbose=None)  # fmt: skip
+                                    word_timestamps=words, initial_prompt=prompt, hallucination_silence_threshold=threshold, verbose=None)  # fmt: skip
         ours = whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], fallback={"temperatures": (0.0,)}, suppress=True,
                                                initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True,
-                                               word_timestamps=words, windows="seek")[0]  # fmt: skip
+                                               word_timestamps=words, windows="seek", hallucination_silence_threshold=threshold)[0]  # fmt: skip
         kept = [s for s in theirs["segments"] if s["text"].strip()]  # openai-whisper keeps the ones it cleared, empty
+        counts.append(len(kept))
         assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
             (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in kept]  # fmt: skip
         assert [s["temperature"] for s in ours["segments"]] == [s["temperature"] for s in kept]
@@ -257,8 +267,11 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
         if words:
             assert [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]] == [
                 (w["word"], w["start"], w["end"]) for s in kept for w in s["words"]]  # fmt: skip
+    assert 0 < counts[2] < counts[0]  # the threshold dropped segments, and kept some
     with pytest.raises(ValueError, match="windows='both': expected 'pauses'"):
         whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="both")
+    with pytest.raises(ValueError, match="hallucination_silence_threshold: .* needs windows=seek and word_timestamps"):
+        whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", hallucination_silence_threshold=1.0)
 
 
 def test_word_subtitles_equal_openai_whispers_writers(tmp_path):
