@@ -751,7 +751,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
-                     hallucination_silence_threshold: float | None = None) -> list[dict]:  # fmt: skip
+                     hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -789,7 +789,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     only, then as part of the carried text, as there); Whisper's weights only.
     hallucination_silence_threshold: with windows="seek" and word_timestamps, openai-whisper's option
     of that name: silences longer than this many seconds around words that look made up are skipped
-    (`recipes.whisper_seek.skip_hallucinations`)."""
+    (`recipes.whisper_seek.skip_hallucinations`).
+    clip_timestamps: with windows="seek", openai-whisper's option of that name: only these clips of
+    each file are read, "start,end,start,end,..." in seconds or a list of them, an odd last start
+    running to the end of the file (`recipes.whisper_seek.seek_clips`)."""
     from .runs import load_run_info
 
     if windows not in ("pauses", "seek"):
@@ -817,6 +820,12 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
     if hallucination_silence_threshold is not None and not (windows == "seek" and word_timestamps):
         raise ValueError("hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps")
+    if clip_timestamps is not None:
+        if windows != "seek":
+            raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")
+        from .whisper_seek import seek_clips
+
+        seek_clips(clip_timestamps, 0)  # a malformed list fails before any file is read
     if windows == "seek" and not toks["audio"].chunk:
         raise ValueError(f"windows=seek: {run_dir} reads unpadded utterances; openai-whisper's windows are 30 s windows of Whisper's weights")
     if word_timestamps and not (toks["audio"].chunk and NO_TIMESTAMPS in toks["text"].special_ids):
@@ -869,7 +878,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
 
         if windows == "seek":
-            from .whisper_seek import recording_mel, transcribe_seeking, window_batch
+            from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
 
             mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)), str(p))
             if language == "auto":
@@ -877,6 +886,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size or cfg.beam_size,
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
                                               alignment_heads, hallucination_silence_threshold,
+                                              None if clip_timestamps is None else seek_clips(clip_timestamps, mel.shape[-1] - toks["audio"].max_frames),
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)

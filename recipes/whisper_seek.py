@@ -21,8 +21,8 @@ gives on the same weights and audio:
 The whole recording is read into memory (a 1 h file: about 230 MB of samples and 115 MB of log-mel).
 With word timestamps, hallucination_silence_threshold skips silence around segments whose words
 look made up (`skip_hallucinations`), as there. Like openai-whisper's decoder, a window may decode
-one token past the decoder's positions (sampled from the last one, never read). Not followed:
-openai-whisper's clip_timestamps.
+one token past the decoder's positions (sampled from the last one, never read). clip_timestamps
+limits the windows to clips of the recording (`seek_clips`), as there.
 """
 
 from __future__ import annotations
@@ -132,11 +132,32 @@ def skip_hallucinations(segments: list[dict], threshold: float, previous_seek: i
     return seek, True
 
 
+def seek_clips(clip_timestamps, content: int) -> list[tuple[int, int]]:
+    """openai-whisper's clip_timestamps ("start,end,start,end,..." in seconds, or a list of them) as
+    (start, end) frames of a recording of `content` frames: an odd last start runs to the end, none
+    is the whole recording; ends past the recording stop at its end."""
+    if isinstance(clip_timestamps, str):
+        try:
+            clip_timestamps = [float(t) for t in clip_timestamps.split(",") if t.strip()]
+        except ValueError:
+            raise ValueError(f"clip_timestamps {clip_timestamps!r}: expected seconds separated by commas, start,end,start,end,...") from None
+    points = [round(t * SAMPLE_RATE / HOP_LENGTH) for t in clip_timestamps] or [0]
+    clips = list(zip(points[::2], points[1::2]))
+    for k, (a, b) in enumerate(clips + ([(points[-1], points[-1] + 1)] if len(points) % 2 else [])):  # an open last clip: its start
+        if a < 0 or b <= a:
+            raise ValueError(f"clip_timestamps: clip {k + 1} ({a * HOP_LENGTH / SAMPLE_RATE:g} s to {b * HOP_LENGTH / SAMPLE_RATE:g} s): "
+                             "expected a start of 0 or more before its end")  # fmt: skip
+    if len(points) % 2:
+        clips.append((points[-1], content))
+    return [(a, min(b, content)) for a, b in clips]
+
+
 @torch.no_grad()
 def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: list[int], max_text: int, sample_len: int | None,
                        beam_size: int = 1, length_penalty: float = 1.0, fallback: dict | None = None, suppress=None,
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
-                       hallucination_silence_threshold: float | None = None, progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
+                       hallucination_silence_threshold: float | None = None, clips: list[tuple[int, int]] | None = None,
+                       progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",
     "tokens", ...} with text and length, in order, each window's fallback figures when `fallback` is
@@ -144,42 +165,45 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
     <|endoftext|>). prompt: <|startoftranscript|> and its language and task tokens (without
     <|notimestamps|> for timestamps). hallucination_silence_threshold (seconds; with word_timestamps):
     openai-whisper's skipping of silences longer than this around words that look made up
-    (`skip_hallucinations`). progress: called with the seconds read so far."""
+    (`skip_hallucinations`). clips: the (start, end) frames read (`seek_clips`; default: all), one
+    after another, each from its start as there. progress: called with the seconds read so far."""
     eot = text_tok.special_ids[EOT]
     window = audio_tok.max_frames
     content = mel.shape[-1] - window  # frames of the recording itself
-    seek, last_speech, reset_since, ended, found = 0, 0.0, 0, [], []
+    last_speech, reset_since, ended, found = 0.0, 0, [], []
     said = list(initial)  # openai-whisper's all_tokens: the initial prompt, then every kept segment's tokens
-    while seek < content:
-        time_offset, frames = seek * HOP_LENGTH / SAMPLE_RATE, min(window, content - seek)
-        memory = audio_memory(model, window_batch(audio_tok, mel, seek, frames))
-        full = previous_tokens(text_tok, [], said[reset_since:]) + prompt
-        d = _decode_group(model, text_tok, audio_tok, memory, [None], full, max_text, beam_size, length_penalty, fallback, suppress,
-                          sample_len)[0]  # fmt: skip
-        if d.get("skipped"):  # silence: on to the next window
-            seek += frames
-            continue
-        ended.append(d["ended"])
-        tokens = [t for t in d["tokens"] if t != eot]
-        pieces, advance, single_ending = seek_pieces(text_tok, tokens, time_offset, frames)
-        previous_seek, seek = seek, seek + advance
-        figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback is not None else {}
-        segments = [{"start": a, "end": b, "text": row_text(text_tok, piece), "tokens": piece, **figures} for a, b, piece in pieces]
-        if word_timestamps:
-            end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads)
-            if not single_ending and end > time_offset:  # the next window starts where the last word ended
-                seek = round(end * SAMPLE_RATE / HOP_LENGTH)
-            if hallucination_silence_threshold is not None:
-                seek, keep = skip_hallucinations(segments, hallucination_silence_threshold, previous_seek, seek, frames, window, content,
-                                                 single_ending, last_speech)  # fmt: skip
-                if not keep:  # the window's first words look made up after a long silence: decode again from their start
-                    continue
-            last_speech = get_end(segments, last_speech)
-        kept = [s for s in segments if s["text"] and s["end"] != s["start"]]  # openai-whisper clears the others
-        found += kept
-        said += [t for s in kept for t in s["tokens"]]
-        if not condition_on_previous_text or d["temperature"] > 0.5:  # the next window reads nothing decoded so far
-            reset_since = len(said)
-        if progress is not None:
-            progress(min(content, max(seek, previous_seek)) * HOP_LENGTH / SAMPLE_RATE)
+    for clip_start, clip_end in clips if clips is not None else [(0, content)]:
+        seek = clip_start  # as openai-whisper: each clip from its start, wherever the one before stopped
+        while seek < clip_end:
+            time_offset, frames = seek * HOP_LENGTH / SAMPLE_RATE, min(window, content - seek, clip_end - seek)
+            memory = audio_memory(model, window_batch(audio_tok, mel, seek, frames))
+            full = previous_tokens(text_tok, [], said[reset_since:]) + prompt
+            d = _decode_group(model, text_tok, audio_tok, memory, [None], full, max_text, beam_size, length_penalty, fallback, suppress,
+                              sample_len)[0]  # fmt: skip
+            if d.get("skipped"):  # silence: on to the next window
+                seek += frames
+                continue
+            ended.append(d["ended"])
+            tokens = [t for t in d["tokens"] if t != eot]
+            pieces, advance, single_ending = seek_pieces(text_tok, tokens, time_offset, frames)
+            previous_seek, seek = seek, seek + advance
+            figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback is not None else {}
+            segments = [{"start": a, "end": b, "text": row_text(text_tok, piece), "tokens": piece, **figures} for a, b, piece in pieces]
+            if word_timestamps:
+                end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads)
+                if not single_ending and end > time_offset:  # the next window starts where the last word ended
+                    seek = round(end * SAMPLE_RATE / HOP_LENGTH)
+                if hallucination_silence_threshold is not None:
+                    seek, keep = skip_hallucinations(segments, hallucination_silence_threshold, previous_seek, seek, frames, window, content,
+                                                     single_ending, last_speech)  # fmt: skip
+                    if not keep:  # the window's first words look made up after a long silence: decode again from their start
+                        continue
+                last_speech = get_end(segments, last_speech)
+            kept = [s for s in segments if s["text"] and s["end"] != s["start"]]  # openai-whisper clears the others
+            found += kept
+            said += [t for s in kept for t in s["tokens"]]
+            if not condition_on_previous_text or d["temperature"] > 0.5:  # the next window reads nothing decoded so far
+                reset_since = len(said)
+            if progress is not None:
+                progress(min(content, max(seek, previous_seek)) * HOP_LENGTH / SAMPLE_RATE)
     return found, ended

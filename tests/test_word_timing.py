@@ -227,6 +227,8 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "word timestamps on a translation may not be reliable" in capsys.readouterr().err  # as openai-whisper warns
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--hallucination-silence-threshold", "2"]) == 2
     assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
+    assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
     assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
@@ -239,7 +241,8 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     that start at the last timestamp of the one before, or at its last word's end; the text carried
     to the next window, windows that decode one token past the decoder's positions (as openai-
     whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
-    which drops segments whose words look made up and moves the windows past the silence around them.
+    which drops segments whose words look made up and moves the windows past the silence around them;
+    clip_timestamps, which reads only the clips given.
     The model is sure of its tokens (confidence=10), so that some words are likely enough not to
     look made up."""
     *_, waves, root = whisper_pair
@@ -251,12 +254,13 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     audio = np.concatenate([p for w in waves * 6 for p in (w, np.zeros(int(16000 * rng.uniform(0.5, 6)), np.float32))])
     sf.write(tmp_path / "talk.wav", audio, 16000)
     counts = []
-    for condition, words, prompt, threshold in [(True, True, None, None), (False, False, "Seven, four.", None), (True, True, None, 1.0)]:
-        theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition,
-                                    word_timestamps=words, initial_prompt=prompt, hallucination_silence_threshold=threshold, verbose=None)  # fmt: skip
+    configs = [(True, True, None, None, "0"), (False, False, "Seven, four.", None, "0"), (True, True, None, 1.0, "0"), (True, True, None, None, "5,25,40")]
+    for condition, words, prompt, threshold, clips in configs:
+        theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition, word_timestamps=words,
+                                    initial_prompt=prompt, hallucination_silence_threshold=threshold, clip_timestamps=clips, verbose=None)  # fmt: skip
         ours = whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], fallback={"temperatures": (0.0,)}, suppress=True,
-                                               initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True,
-                                               word_timestamps=words, windows="seek", hallucination_silence_threshold=threshold)[0]  # fmt: skip
+                                               initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True, word_timestamps=words,
+                                               windows="seek", hallucination_silence_threshold=threshold, clip_timestamps=clips)[0]  # fmt: skip
         kept = [s for s in theirs["segments"] if s["text"].strip()]  # openai-whisper keeps the ones it cleared, empty
         counts.append(len(kept))
         assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
@@ -268,6 +272,12 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
             assert [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]] == [
                 (w["word"], w["start"], w["end"]) for s in kept for w in s["words"]]  # fmt: skip
     assert 0 < counts[2] < counts[0]  # the threshold dropped segments, and kept some
+    assert counts[3] and ours["segments"][0]["start"] >= 5 and not any(25 < s["start"] < 40 for s in ours["segments"])  # only the clips
+    for bad, why in [("5,x", "clip_timestamps '5,x': expected seconds separated by commas"), ("10,5", r"clip 1 \(10 s to 5 s\): expected a start")]:
+        with pytest.raises(ValueError, match=why):
+            whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", clip_timestamps=bad)
+    with pytest.raises(ValueError, match="clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek"):
+        whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], clip_timestamps="5")
     with pytest.raises(ValueError, match="windows='both': expected 'pauses'"):
         whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="both")
     with pytest.raises(ValueError, match="hallucination_silence_threshold: .* needs windows=seek and word_timestamps"):
