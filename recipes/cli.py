@@ -111,7 +111,8 @@ def cmd_transcribe(args):
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, args.fallback,
                          args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
-                         hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps)  # fmt: skip
+                         hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
+                         carry_initial_prompt=args.carry_initial_prompt)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -215,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows, each starting where the text before it ended, for its results on the same weights")  # fmt: skip
     s.add_argument("--hallucination-silence-threshold", type=seconds, default=None, metavar="SECONDS", help="with --windows seek and "
                    "--word-timestamps: skip silences longer than this around words that look made up (openai-whisper's option)")  # fmt: skip
+    s.add_argument("--carry-initial-prompt", action="store_true", help="with --windows seek: read the initial prompt before every "
+                   "window, not only the first (openai-whisper's option; --windows pauses always does)")  # fmt: skip
     s.add_argument("--clip-timestamps", default=None, metavar="START,END,...", help="with --windows seek: read only these clips of "
                    "each file (seconds; an odd last start runs to the end; openai-whisper's option)")  # fmt: skip
     s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")

@@ -751,7 +751,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
-                     hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None) -> list[dict]:  # fmt: skip
+                     hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
+                     carry_initial_prompt: bool = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -786,7 +787,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     windows: "pauses" (the above) or "seek": openai-whisper's own windows, one after another over the
     whole file, each starting where the text before it ended (`recipes.whisper_seek`; the file is read
     whole, min_pause and margin do not apply, and an initial prompt is read before the first window
-    only, then as part of the carried text, as there); Whisper's weights only.
+    only, then as part of the carried text, as there, unless carry_initial_prompt: then before every
+    window, as windows="pauses" always reads it); Whisper's weights only.
     hallucination_silence_threshold: with windows="seek" and word_timestamps, openai-whisper's option
     of that name: silences longer than this many seconds around words that look made up are skipped
     (`recipes.whisper_seek.skip_hallucinations`).
@@ -887,6 +889,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
                                               alignment_heads, hallucination_silence_threshold,
                                               None if clip_timestamps is None else seek_clips(clip_timestamps, mel.shape[-1] - toks["audio"].max_frames),
+                                              carry_initial_prompt,
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)

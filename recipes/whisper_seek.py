@@ -16,7 +16,8 @@ gives on the same weights and audio:
 - silence is found by decoding (no_speech_prob, with the fallback's thresholds), not by level;
 - the previous text a window reads (condition_on_previous_text) and an initial prompt are openai-
   whisper's: the initial prompt before the first window, and before the later ones only as part of
-  the text carried (carry_initial_prompt=False, its default).
+  the text carried (carry_initial_prompt=False, its default), or before every window, the carried
+  text after it (carry_initial_prompt=True).
 
 The whole recording is read into memory (a 1 h file: about 230 MB of samples and 115 MB of log-mel).
 With word timestamps, hallucination_silence_threshold skips silence around segments whose words
@@ -157,7 +158,7 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
                        beam_size: int = 1, length_penalty: float = 1.0, fallback: dict | None = None, suppress=None,
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
                        hallucination_silence_threshold: float | None = None, clips: list[tuple[int, int]] | None = None,
-                       progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
+                       carry_initial_prompt: bool = False, progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",
     "tokens", ...} with text and length, in order, each window's fallback figures when `fallback` is
@@ -166,7 +167,9 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
     <|notimestamps|> for timestamps). hallucination_silence_threshold (seconds; with word_timestamps):
     openai-whisper's skipping of silences longer than this around words that look made up
     (`skip_hallucinations`). clips: the (start, end) frames read (`seek_clips`; default: all), one
-    after another, each from its start as there. progress: called with the seconds read so far."""
+    after another, each from its start as there. carry_initial_prompt: `initial` before every window,
+    then the latest text carried (`previous_tokens`), as there. progress: called with the seconds
+    read so far."""
     eot = text_tok.special_ids[EOT]
     window = audio_tok.max_frames
     content = mel.shape[-1] - window  # frames of the recording itself
@@ -177,7 +180,10 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
         while seek < clip_end:
             time_offset, frames = seek * HOP_LENGTH / SAMPLE_RATE, min(window, content - seek, clip_end - seek)
             memory = audio_memory(model, window_batch(audio_tok, mel, seek, frames))
-            full = previous_tokens(text_tok, [], said[reset_since:]) + prompt
+            if carry_initial_prompt:  # the initial prompt, then what was decoded since (or since the last reset)
+                full = previous_tokens(text_tok, initial, said[max(len(initial), reset_since) :]) + prompt
+            else:
+                full = previous_tokens(text_tok, [], said[reset_since:]) + prompt
             d = _decode_group(model, text_tok, audio_tok, memory, [None], full, max_text, beam_size, length_penalty, fallback, suppress,
                               sample_len)[0]  # fmt: skip
             if d.get("skipped"):  # silence: on to the next window

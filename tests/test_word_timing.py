@@ -242,7 +242,7 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     to the next window, windows that decode one token past the decoder's positions (as openai-
     whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
     which drops segments whose words look made up and moves the windows past the silence around them;
-    clip_timestamps, which reads only the clips given.
+    clip_timestamps, which reads only the clips given; carry_initial_prompt.
     The model is sure of its tokens (confidence=10), so that some words are likely enough not to
     look made up."""
     *_, waves, root = whisper_pair
@@ -253,16 +253,20 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     rng = np.random.default_rng(0)
     audio = np.concatenate([p for w in waves * 6 for p in (w, np.zeros(int(16000 * rng.uniform(0.5, 6)), np.float32))])
     sf.write(tmp_path / "talk.wav", audio, 16000)
-    counts = []
-    configs = [(True, True, None, None, "0"), (False, False, "Seven, four.", None, "0"), (True, True, None, 1.0, "0"), (True, True, None, None, "5,25,40")]
-    for condition, words, prompt, threshold, clips in configs:
+    counts, outs = [], []
+    configs = [(True, True, None, None, "0", False), (False, False, "Seven, four.", None, "0", False), (True, True, None, 1.0, "0", False),
+               (True, True, None, None, "5,25,40", False), (False, False, "Seven, four.", None, "0", True)]  # fmt: skip
+    for condition, words, prompt, threshold, clips, carry in configs:
         theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition, word_timestamps=words,
-                                    initial_prompt=prompt, hallucination_silence_threshold=threshold, clip_timestamps=clips, verbose=None)  # fmt: skip
+                                    initial_prompt=prompt, carry_initial_prompt=carry, hallucination_silence_threshold=threshold,
+                                    clip_timestamps=clips, verbose=None)  # fmt: skip
         ours = whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], fallback={"temperatures": (0.0,)}, suppress=True,
                                                initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True, word_timestamps=words,
-                                               windows="seek", hallucination_silence_threshold=threshold, clip_timestamps=clips)[0]  # fmt: skip
+                                               windows="seek", hallucination_silence_threshold=threshold, clip_timestamps=clips,
+                                               carry_initial_prompt=carry)[0]  # fmt: skip
         kept = [s for s in theirs["segments"] if s["text"].strip()]  # openai-whisper keeps the ones it cleared, empty
         counts.append(len(kept))
+        outs.append(ours)
         assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
             (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in kept]  # fmt: skip
         assert [s["temperature"] for s in ours["segments"]] == [s["temperature"] for s in kept]
@@ -272,7 +276,8 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
             assert [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]] == [
                 (w["word"], w["start"], w["end"]) for s in kept for w in s["words"]]  # fmt: skip
     assert 0 < counts[2] < counts[0]  # the threshold dropped segments, and kept some
-    assert counts[3] and ours["segments"][0]["start"] >= 5 and not any(25 < s["start"] < 40 for s in ours["segments"])  # only the clips
+    assert counts[3] and outs[3]["segments"][0]["start"] >= 5 and not any(25 < s["start"] < 40 for s in outs[3]["segments"])  # only the clips
+    assert [s["text"] for s in outs[4]["segments"]] != [s["text"] for s in outs[1]["segments"]]  # the prompt read before every window
     for bad, why in [("5,x", "clip_timestamps '5,x': expected seconds separated by commas"), ("10,5", r"clip 1 \(10 s to 5 s\): expected a start")]:
         with pytest.raises(ValueError, match=why):
             whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", clip_timestamps=bad)
