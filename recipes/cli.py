@@ -112,7 +112,8 @@ def cmd_transcribe(args):
                          args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
                          hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
-                         carry_initial_prompt=args.carry_initial_prompt)  # fmt: skip
+                         carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
+                         append_punctuations=args.append_punctuations)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -216,6 +217,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows, each starting where the text before it ended, for its results on the same weights")  # fmt: skip
     s.add_argument("--hallucination-silence-threshold", type=seconds, default=None, metavar="SECONDS", help="with --windows seek and "
                    "--word-timestamps: skip silences longer than this around words that look made up (openai-whisper's option)")  # fmt: skip
+    s.add_argument("--prepend-punctuations", default=None, metavar="CHARS", help="with --word-timestamps: punctuation joined to the "
+                   "word after it (default: openai-whisper's)")  # fmt: skip
+    s.add_argument("--append-punctuations", default=None, metavar="CHARS", help="with --word-timestamps: punctuation joined to the "
+                   "word before it (default: openai-whisper's)")  # fmt: skip
     s.add_argument("--carry-initial-prompt", action="store_true", help="with --windows seek: read the initial prompt before every "
                    "window, not only the first (openai-whisper's option; --windows pauses always does)")  # fmt: skip
     s.add_argument("--clip-timestamps", default=None, metavar="START,END,...", help="with --windows seek: read only these clips of "

@@ -722,11 +722,12 @@ def fill_windows(segments, seconds: float):
 
 
 def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict], start: float, samples: int, last_speech: float,
-                 heads=None) -> float:  # fmt: skip
+                 heads=None, punctuations: tuple[str, str] | None = None) -> float:  # fmt: skip
     """Word timestamps for one decoded window (`recipes.word_timing`): its segments ({"start", "end",
     "tokens"}, times in the recording; the window starts at `start` and holds `samples` of sound)
-    each get their "words". Returns where its speech ends (the next window's `last_speech`)."""
-    from .word_timing import add_word_timestamps, find_alignment
+    each get their "words". Returns where its speech ends (the next window's `last_speech`).
+    punctuations: (joined to the word after, joined to the word before); None: openai-whisper's."""
+    from .word_timing import APPEND, PREPEND, add_word_timestamps, find_alignment
 
     special = text_tok.special_ids
     eot, no_timestamps = special[EOT], special[NO_TIMESTAMPS]
@@ -734,7 +735,7 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
     language = next((code for code, i in language_tokens(text_tok).items() if i in sot_sequence), None)  # how words are split
     tokens = [t for seg in segments for t in seg["tokens"] if t < eot]  # text, without timestamps
     alignment = find_alignment(model, text_tok, memory, sot_sequence, tokens, samples // HOP_LENGTH, language, heads)
-    return add_word_timestamps(segments, alignment, eot, start, last_speech)
+    return add_word_timestamps(segments, alignment, eot, start, last_speech, *(punctuations or (PREPEND, APPEND)))
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
@@ -752,7 +753,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
-                     carry_initial_prompt: bool = False) -> list[dict]:  # fmt: skip
+                     carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
+                     append_punctuations: str | None = None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -792,6 +794,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     hallucination_silence_threshold: with windows="seek" and word_timestamps, openai-whisper's option
     of that name: silences longer than this many seconds around words that look made up are skipped
     (`recipes.whisper_seek.skip_hallucinations`).
+    prepend_punctuations / append_punctuations: with word_timestamps, the punctuation joined to the
+    word after / before it (None: openai-whisper's defaults, `recipes.word_timing.PREPEND` / APPEND).
     clip_timestamps: with windows="seek", openai-whisper's option of that name: only these clips of
     each file are read, "start,end,start,end,..." in seconds or a list of them, an odd last start
     running to the end of the file (`recipes.whisper_seek.seek_clips`)."""
@@ -822,6 +826,13 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
     if hallucination_silence_threshold is not None and not (windows == "seek" and word_timestamps):
         raise ValueError("hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps")
+    punctuations = None
+    if prepend_punctuations is not None or append_punctuations is not None:
+        if not word_timestamps:
+            raise ValueError("prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps")
+        from .word_timing import APPEND, PREPEND
+
+        punctuations = (PREPEND if prepend_punctuations is None else prepend_punctuations, APPEND if append_punctuations is None else append_punctuations)
     if clip_timestamps is not None:
         if windows != "seek":
             raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")
@@ -853,7 +864,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         def words(window: list[dict]) -> None:
             nonlocal last_speech
             last_speech = window_words(model, toks["text"], batch.select(slice(i, i + 1)), prompt, window, t, len(w), last_speech,
-                                       alignment_heads)  # fmt: skip
+                                       alignment_heads, punctuations)  # fmt: skip
 
         t, w = group[i]
         figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
@@ -889,7 +900,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
                                               alignment_heads, hallucination_silence_threshold,
                                               None if clip_timestamps is None else seek_clips(clip_timestamps, mel.shape[-1] - toks["audio"].max_frames),
-                                              carry_initial_prompt,
+                                              carry_initial_prompt, punctuations,
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)

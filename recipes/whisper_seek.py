@@ -158,7 +158,8 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
                        beam_size: int = 1, length_penalty: float = 1.0, fallback: dict | None = None, suppress=None,
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
                        hallucination_silence_threshold: float | None = None, clips: list[tuple[int, int]] | None = None,
-                       carry_initial_prompt: bool = False, progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
+                       carry_initial_prompt: bool = False, punctuations: tuple[str, str] | None = None,
+                       progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",
     "tokens", ...} with text and length, in order, each window's fallback figures when `fallback` is
@@ -168,8 +169,8 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
     openai-whisper's skipping of silences longer than this around words that look made up
     (`skip_hallucinations`). clips: the (start, end) frames read (`seek_clips`; default: all), one
     after another, each from its start as there. carry_initial_prompt: `initial` before every window,
-    then the latest text carried (`previous_tokens`), as there. progress: called with the seconds
-    read so far."""
+    then the latest text carried (`previous_tokens`), as there. punctuations: as `window_words`
+    takes them. progress: called with the seconds read so far."""
     eot = text_tok.special_ids[EOT]
     window = audio_tok.max_frames
     content = mel.shape[-1] - window  # frames of the recording itself
@@ -196,7 +197,8 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
             figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback is not None else {}
             segments = [{"start": a, "end": b, "text": row_text(text_tok, piece), "tokens": piece, **figures} for a, b, piece in pieces]
             if word_timestamps:
-                end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads)
+                end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads,
+                                   punctuations)  # fmt: skip
                 if not single_ending and end > time_offset:  # the next window starts where the last word ended
                     seek = round(end * SAMPLE_RATE / HOP_LENGTH)
                 if hallucination_silence_threshold is not None:

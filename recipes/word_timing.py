@@ -209,7 +209,8 @@ def merge_punctuations(alignment: list[dict], prepended: str = PREPEND, appended
         j += 1
 
 
-def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, time_offset: float, last_speech_timestamp: float) -> float:
+def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, time_offset: float, last_speech_timestamp: float,
+                        prepended: str = PREPEND, appended: str = APPEND) -> float:  # fmt: skip
     """Give each of a window's segments ({"start", "end", "tokens"}, times in the recording; tokens from
     `eot` on, timestamps among them, are not text) its
     "words", from the window's `find_alignment` (times from `time_offset`, the window's start), and
@@ -218,7 +219,8 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
     (`last_speech_timestamp` without segments): the next window's `last_speech_timestamp`, the end
     of the speech before it, as openai-whisper's transcribe reads it (`whisper.utils.get_end`).
     openai-whisper's `add_word_timestamps`: words longer than twice the median word (at most 0.7 s)
-    are cut at sentence ends and after pauses."""
+    are cut at sentence ends and after pauses; punctuation in `prepended` / `appended` joins the
+    word after / before it (`merge_punctuations`)."""
     durations = np.array([w["end"] - w["start"] for w in alignment])
     durations = durations[durations.nonzero()]
     median = min(0.7, float(np.median(durations)) if len(durations) > 0 else 0.0)
@@ -230,7 +232,7 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
                     alignment[i]["end"] = alignment[i]["start"] + longest
                 elif alignment[i - 1]["word"] in SENTENCE_END:
                     alignment[i]["start"] = alignment[i]["end"] - longest
-    merge_punctuations(alignment)
+    merge_punctuations(alignment, prepended, appended)
     index, last_word_end = 0, segments[-1]["end"] if segments else last_speech_timestamp
     for segment in segments:
         text_tokens = [t for t in segment["tokens"] if t < eot]

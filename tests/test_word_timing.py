@@ -183,6 +183,15 @@ def test_a_windows_segments_get_words_as_openai_whispers_transcribe_gives_them(w
     timed_words = window_segments(text_tok, {"tokens": windows["timed"][0]}, 1.0, len(wave), True, timed)
     assert timed_words[-1]["text"] == text_tok.decode(words[9:]).strip() and timed_words[-1]["words"]  # the padding's segment, aligned
     assert len({w["start"] for s in timed_words for w in s["words"]}) >= 3
+    for punctuations in [("", ""), ('"', ",")]:  # openai-whisper's prepend / append_punctuations options
+        theirs = openai_window(tokenizer, windows["timed"][0], 1.0, frames)
+        timing.add_word_timestamps(segments=theirs, model=ref, tokenizer=tokenizer, mel=mel, num_frames=frames, last_speech_timestamp=0.5,
+                                   prepend_punctuations=punctuations[0], append_punctuations=punctuations[1])  # fmt: skip
+        ours = window_segments(text_tok, {"tokens": windows["timed"][0]}, 1.0, len(wave), True, lambda window: window_words(
+            model, text_tok, memory, list(tokenizer.sot_sequence), window, 1.0, len(wave), 0.5, None, punctuations))  # fmt: skip
+        said = [(w["word"], w["start"], w["end"]) for s in ours for w in s["words"]]
+        assert said == [(w["word"], w["start"], w["end"]) for s in theirs if s["text"].strip() and s["start"] != s["end"] for w in s["words"]]
+        assert "." in [w for w, *_ in said]  # "." is in neither: a word of its own, not " dog." as by default
 
 
 def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, capsys):
@@ -229,6 +238,8 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
     assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--append-punctuations", ","]) == 2
+    assert "prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
     assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
