@@ -108,7 +108,7 @@ def cmd_transcribe(args):
     options = {k: getattr(args, k) for k in SUBTITLE_OPTIONS if getattr(args, k)}
     if options and not args.word_timestamps:
         raise ConfigError(f"--{next(iter(options)).replace('_', '-')}: subtitle lines are made of words; it needs --word-timestamps")
-    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, args.fallback,
+    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
                          args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
                          hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
@@ -177,6 +177,30 @@ def seconds(text: str) -> float:
     return value
 
 
+def optional_float(text: str) -> float | None:
+    """A number, or none (a check turned off, as openai-whisper's command line reads None)."""
+    return None if text.lower() == "none" else float(text)
+
+
+FALLBACK_FLAGS = ("temperature_increment_on_fallback", "best_of", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
+
+
+def fallback_options(args) -> bool | dict:
+    """--fallback and its tuning flags (each implies it) as transcribe_files' `fallback`: True, False,
+    or the options that differ from openai-whisper's defaults."""
+    given = {k: getattr(args, k) for k in FALLBACK_FLAGS if hasattr(args, k)}  # flags not given are left out (argparse.SUPPRESS)
+    if not given:
+        return args.fallback
+    if "temperature_increment_on_fallback" in given:  # openai-whisper's temperatures: 0, then up by the increment to 1.0
+        step = given.pop("temperature_increment_on_fallback")
+        if step is None or not 0 < step <= 1:
+            raise ConfigError(f"--temperature-increment-on-fallback {step}: expected a step in (0, 1]")
+        import numpy as np
+
+        given["temperatures"] = tuple(round(float(t), 6) for t in np.arange(0.0, 1.0 + 1e-6, step))
+    return given
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -236,6 +260,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "window; English-only and from-scratch runs take en only (default: the run's)")  # fmt: skip
     s.add_argument("--fallback", action="store_true", help="openai-whisper's temperature fallback: a window whose text repeats itself "
                    "or is unlikely is decoded again, hotter (0.2 ... 1.0, best of 5); one that looks like silence is skipped")  # fmt: skip
+    s.add_argument("--temperature-increment-on-fallback", type=optional_float, default=argparse.SUPPRESS, metavar="STEP", help="the fallback's "
+                   "temperatures: 0, then up by STEP to 1.0 (default 0.2; implies --fallback)")  # fmt: skip
+    s.add_argument("--best-of", type=positive_int, default=argparse.SUPPRESS, metavar="N", help="the fallback's samples per hotter decoding; the "
+                   "likeliest is kept (default 5; implies --fallback)")  # fmt: skip
+    s.add_argument("--compression-ratio-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="RATIO", help="a window whose text "
+                   "compresses more than this is retried hotter (default 2.4; none: no check; implies --fallback)")  # fmt: skip
+    s.add_argument("--logprob-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="LOGPROB", help="a window whose average "
+                   "log-probability is below this is retried hotter (default -1.0; none: no check; implies --fallback)")  # fmt: skip
+    s.add_argument("--no-speech-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="P", help="a window whose no-speech "
+                   "probability is above this, with a low log-probability, is skipped as silence (default 0.6; none: never; implies --fallback)")  # fmt: skip
     s.add_argument("--initial-prompt", default=None, metavar="TEXT", help="runs on Whisper's weights: text the model reads as said "
                    "before each window (names, spellings, a style), as openai-whisper's --initial_prompt")  # fmt: skip
     s.add_argument("--condition-on-previous-text", action="store_true", help="runs on Whisper's weights: each window reads the text "

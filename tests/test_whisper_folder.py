@@ -588,6 +588,15 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert calm["text"] == plain["text"] and calm["segments"][0]["temperature"] == 0.0  # nothing to retry: the plain decoding
     silent = whisper_folder.transcribe_files(run, [str(clip)], fallback={"no_speech_threshold": 0.0})[0]  # unlikely and "silent": skipped
     assert silent["text"] == "" and silent["segments"] == []
+    # the fallback's flags on the command line, as openai-whisper's: each implies --fallback
+    out = tmp_path / "flags"
+    assert main(["transcribe", str(run), str(clip), "--temperature-increment-on-fallback", "0.3", "--best-of", "2", "--output-format", "json",
+                 "--output-dir", str(out)]) == 0  # fmt: skip
+    assert [s["temperature"] for s in json.loads((out / f"{clip.stem}.json").read_text())["segments"]] == [0.9]  # 0, 0.3, 0.6, 0.9: all tried
+    assert main(["transcribe", str(run), str(clip), "--logprob-threshold", "none", "--compression-ratio-threshold", "none", "--output-format",
+                 "json", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert json.loads((out / f"{clip.stem}.json").read_text())["text"] == plain["text"]  # no check left: nothing retried
+    assert main(["transcribe", str(run), str(clip), "--temperature-increment-on-fallback", "0"]) == 2
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 
