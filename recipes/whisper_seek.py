@@ -35,6 +35,7 @@ from tokenizers_mm import TokenSet, collate
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, check_finite, log_mel_spectrogram
 
 from .whisper_digits import EOT, FALLBACK_FIGURES, TIME_PRECISION, _decode_group, audio_memory, previous_tokens, row_text, window_words
+from .word_timing import APPEND, PREPEND
 
 INPUT_STRIDE = round(TIME_PRECISION * SAMPLE_RATE / HOP_LENGTH)  # log-mel frames per timestamp step (the encoder's stride): 2
 
@@ -74,7 +75,7 @@ def seek_pieces(text_tok, tokens: list[int], time_offset: float, frames: int) ->
     return [(time_offset, time_offset + duration, tokens)], frames, single_ending
 
 
-PUNCTUATION = "\"'“¿([{-\"'.。,，!！?？:：”)]}、"  # openai-whisper's transcribe: words an anomaly score leaves out
+PUNCTUATION = PREPEND + APPEND  # openai-whisper's transcribe: words an anomaly score leaves out (the default sets, whatever the options)
 
 
 def get_end(segments: list[dict], default: float) -> float:
