@@ -722,11 +722,11 @@ def fill_windows(segments, seconds: float):
 
 
 def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict], start: float, samples: int, last_speech: float,
-                 heads=None, punctuations: tuple[str, str] | None = None) -> float:  # fmt: skip
+                 heads=None, punctuations: tuple[str | None, str | None] = (None, None)) -> float:  # fmt: skip
     """Word timestamps for one decoded window (`recipes.word_timing`): its segments ({"start", "end",
     "tokens"}, times in the recording; the window starts at `start` and holds `samples` of sound)
     each get their "words". Returns where its speech ends (the next window's `last_speech`).
-    punctuations: (joined to the word after, joined to the word before); None: openai-whisper's."""
+    punctuations: (joined to the word after, joined to the word before); None: openai-whisper's set."""
     from .word_timing import APPEND, PREPEND, add_word_timestamps, find_alignment
 
     special = text_tok.special_ids
@@ -735,7 +735,8 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
     language = next((code for code, i in language_tokens(text_tok).items() if i in sot_sequence), None)  # how words are split
     tokens = [t for seg in segments for t in seg["tokens"] if t < eot]  # text, without timestamps
     alignment = find_alignment(model, text_tok, memory, sot_sequence, tokens, samples // HOP_LENGTH, language, heads)
-    return add_word_timestamps(segments, alignment, eot, start, last_speech, *(punctuations or (PREPEND, APPEND)))
+    prepended, appended = (default if given is None else given for given, default in zip(punctuations, (PREPEND, APPEND)))
+    return add_word_timestamps(segments, alignment, eot, start, last_speech, prepended, appended)
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
@@ -826,13 +827,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         run_prompt = [t for t in run_prompt if t != toks["text"].special_ids[NO_TIMESTAMPS]]
     if hallucination_silence_threshold is not None and not (windows == "seek" and word_timestamps):
         raise ValueError("hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps")
-    punctuations = None
-    if prepend_punctuations is not None or append_punctuations is not None:
-        if not word_timestamps:
-            raise ValueError("prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps")
-        from .word_timing import APPEND, PREPEND
-
-        punctuations = (PREPEND if prepend_punctuations is None else prepend_punctuations, APPEND if append_punctuations is None else append_punctuations)
+    punctuations = (prepend_punctuations, append_punctuations)  # None: openai-whisper's set (`window_words`)
+    if punctuations != (None, None) and not word_timestamps:
+        raise ValueError("prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps")
     if clip_timestamps is not None:
         if windows != "seek":
             raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")

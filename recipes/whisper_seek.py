@@ -35,7 +35,7 @@ from tokenizers_mm import TokenSet, collate
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, check_finite, log_mel_spectrogram
 
 from .whisper_digits import EOT, FALLBACK_FIGURES, TIME_PRECISION, _decode_group, audio_memory, previous_tokens, row_text, window_words
-from .word_timing import APPEND, PREPEND
+from .word_timing import APPEND, PREPEND, get_end
 
 INPUT_STRIDE = round(TIME_PRECISION * SAMPLE_RATE / HOP_LENGTH)  # log-mel frames per timestamp step (the encoder's stride): 2
 
@@ -76,12 +76,6 @@ def seek_pieces(text_tok, tokens: list[int], time_offset: float, frames: int) ->
 
 
 PUNCTUATION = PREPEND + APPEND  # openai-whisper's transcribe: words an anomaly score leaves out (the default sets, whatever the options)
-
-
-def get_end(segments: list[dict], default: float) -> float:
-    """Where a window's speech ends (openai-whisper's `get_end`): its last word's end, else its last
-    segment's end, else `default`."""
-    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])), segments[-1]["end"] if segments else default)
 
 
 def word_anomaly(word: dict) -> float:
@@ -159,7 +153,7 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
                        beam_size: int = 1, length_penalty: float = 1.0, fallback: dict | None = None, suppress=None,
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
                        hallucination_silence_threshold: float | None = None, clips: list[tuple[int, int]] | None = None,
-                       carry_initial_prompt: bool = False, punctuations: tuple[str, str] | None = None,
+                       carry_initial_prompt: bool = False, punctuations: tuple[str | None, str | None] = (None, None),
                        progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",

@@ -209,6 +209,12 @@ def merge_punctuations(alignment: list[dict], prepended: str = PREPEND, appended
         j += 1
 
 
+def get_end(segments: list[dict], default: float) -> float:
+    """Where a window's speech ends (openai-whisper's `whisper.utils.get_end`): its last word's end,
+    else its last segment's end, else `default`."""
+    return next((w["end"] for s in reversed(segments) for w in reversed(s["words"])), segments[-1]["end"] if segments else default)
+
+
 def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, time_offset: float, last_speech_timestamp: float,
                         prepended: str = PREPEND, appended: str = APPEND) -> float:  # fmt: skip
     """Give each of a window's segments ({"start", "end", "tokens"}, times in the recording; tokens from
@@ -233,7 +239,7 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
                 elif alignment[i - 1]["word"] in SENTENCE_END:
                     alignment[i]["start"] = alignment[i]["end"] - longest
     merge_punctuations(alignment, prepended, appended)
-    index, last_word_end = 0, segments[-1]["end"] if segments else last_speech_timestamp
+    index = 0
     for segment in segments:
         text_tokens = [t for t in segment["tokens"] if t < eot]
         saved, words = 0, []
@@ -261,6 +267,6 @@ def add_word_timestamps(segments: list[dict], alignment: list[dict], eot: int, t
                 words[-1]["end"] = max(words[-1]["start"] + median, segment["end"])
             else:
                 segment["end"] = words[-1]["end"]
-            last_speech_timestamp, last_word_end = segment["end"], words[-1]["end"]
+            last_speech_timestamp = segment["end"]
         segment["words"] = words
-    return last_word_end
+    return get_end(segments, last_speech_timestamp)
