@@ -3,6 +3,7 @@ training step against Hugging Face's DecisionTransformerModel of the same size, 
 
     python benchmarks/dt_control.py [dt_cartpole|dt_pendulum] [key=value ...]
     python benchmarks/dt_control.py --step-only      # only the step comparison (cartpole sizes, ~30 s)
+    python benchmarks/dt_control.py --step-only --steps 30 --rounds 1   # ... shorter (the tests' check that it runs)
 
 Generates (or reuses) the recipe's dataset, prints its return statistics, trains DT and BC with the
 recipe's defaults plus overrides, and prints achieved return for each target (mean ± std over the
@@ -82,8 +83,15 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
 
 def main():
     args = sys.argv[1:]
-    if args == ["--step-only"]:
-        print(json.dumps({"benchmark": "Decision Transformer training step (cartpole sizes)", "step_vs_hf": step_times()}, indent=2))
+    if args[:1] == ["--step-only"]:
+        import argparse
+
+        parser = argparse.ArgumentParser(prog="dt_control.py --step-only")
+        parser.add_argument("--steps", type=int, default=300)
+        parser.add_argument("--rounds", type=int, default=3)
+        opts = parser.parse_args(args[1:])
+        print(json.dumps({"benchmark": "Decision Transformer training step (cartpole sizes)",
+                          "step_vs_hf": step_times(steps=opts.steps, rounds=opts.rounds)}, indent=2))  # fmt: skip
         return
     recipe = args.pop(0) if args and "=" not in args[0] else "dt_cartpole"
     with tempfile.TemporaryDirectory() as d:
