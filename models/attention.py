@@ -91,12 +91,14 @@ class KVCache:
     def advance(self, n: int):
         self.length += n
 
-    def reorder(self, index: Tensor):
-        """Keep the rows `index` (beam search: each surviving beam takes its parent's past)."""
+    def reorder(self, index: Tensor, cross: bool = True):
+        """Keep the rows `index` (beam search: each surviving beam takes its parent's past); only the
+        cached positions are copied. cross=False leaves the cross-attention keys/values as they are:
+        right when every row moves to one with the same memory (the beams of one sample)."""
         for i in range(len(self.k)):
-            self.k[i] = self.k[i].index_select(0, index)
-            self.v[i] = self.v[i].index_select(0, index)
-            if self.cross[i] is not None:
+            for buffer in (self.k[i], self.v[i]):
+                buffer[:, :, : self.length] = buffer[:, :, : self.length].index_select(0, index)
+            if cross and self.cross[i] is not None:
                 self.cross[i] = tuple(t.index_select(0, index) for t in self.cross[i])
         if self.key_mask is not None:
             self.key_mask = self.key_mask.index_select(0, index)

@@ -443,20 +443,28 @@ class MultimodalTransformer(nn.Module):
     @torch.no_grad()
     def beam_search(self, inputs: dict[str, TokenBatch], max_new_tokens: int, beam_size: int = 5, length_penalty: float = 1.0,
                     eos_id: int | None = None, logits_filter=None, memory: Memory | None = None,
-                    return_scores: bool = False) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
-        """Beam search on the LM head with the KV cache. Returns the best sequence per sample,
-        (B, N + L): prompt then continuation, padded with `eos_id` after a beam has ended;
-        return_scores: with its summed log-probability (B,), of its tokens up to and with `eos_id`
-        (after logits_filter), the figure it was ranked by before length normalisation.
-
-        A beam's score is its summed log-probability divided by (generated length ** length_penalty);
-        a finished beam only extends with `eos_id` at no cost. beam_size 1 is greedy decoding.
-        The prompt (the decoder's last input) must be unpadded, as for `generate`; logits_filter and memory as there.
-        The last new token may take the position after the table's last: it is sampled, never read.
+                    return_scores: bool = False, patience: float = 1.0) -> Tensor | tuple[Tensor, Tensor]:  # fmt: skip
+        """Beam search on the LM head with the KV cache, as openai-whisper's BeamSearchDecoder (and
+        fairseq's): each sample keeps `beam_size` open beams. At each step every open beam offers its
+        beam_size + 1 likeliest next tokens (after logits_filter); the beam_size likeliest candidates
+        that do not end become the open beams, and those ending with `eos_id` that rank above the
+        last of them are set aside as finished, up to round(beam_size × patience) per sample. The
+        search stops once every sample has that many, or after max_new_tokens; a sample with fewer
+        than beam_size finished also takes its likeliest open beams. Of these, each sample's best by
+        summed log-probability / (new tokens, eos_id not counted) ** length_penalty is returned:
+        (B, N + L), prompt then continuation, padded with `eos_id` after its end (an open beam has
+        none); return_scores: with its summed log-probability (B,), of its tokens up to and with
+        `eos_id`, the figure it was ranked by before length normalisation. beam_size 1 is greedy
+        decoding. The prompt (the decoder's last input) must be unpadded, as for `generate`;
+        logits_filter and memory as there. The last new token may take the position after the
+        table's last: it is sampled, never read.
         """
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size
+        wanted = round(K * patience)  # finished beams each sample collects before the search stops
+        if wanted < 1:
+            raise ValueError(f"beam_search: beam_size {K} × patience {patience} rounds to no finished beam; use a patience of at least {0.5 / K:g}")
         if N + max_new_tokens - 1 > self.config.modalities[name].max_positions:  # the last new token is never read
             raise ValueError(f"beam_search: {N} + {max_new_tokens} - 1 tokens read exceed the {self.config.modalities[name].max_positions}-position table")
         rows = torch.arange(B, device=prompt.ids.device).repeat_interleave(K)  # (B·K,) which sample each beam belongs to
@@ -470,32 +478,43 @@ class MultimodalTransformer(nn.Module):
         scores = torch.full((B, K), float("-inf"), device=ids.device)
         scores[:, 0] = 0.0  # all beams start equal: keep one so the first step does not pick duplicates
         scores = scores.view(-1)
-        finished = torch.zeros(B * K, dtype=torch.bool, device=ids.device)
-        lengths = torch.zeros(B * K, device=ids.device)
+        first_row = torch.arange(B, device=ids.device)[:, None] * K
+        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(B)]  # per sample: (summed log-probability, new tokens)
         step_inputs, names = beams, None
         for step in range(max_new_tokens):
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
             logits = self.heads[lm_name](h[:, -1:])[:, -1].float()
             logp = (logits if logits_filter is None else logits_filter(logits, step, ids)).log_softmax(-1)  # (B·K, V)
-            if eos_id is not None and finished.any():
-                logp[finished] = float("-inf")
-                logp[finished, eos_id] = 0.0  # a finished beam stays finished, at no cost
-            cand = (scores[:, None] + logp).view(B, K * V)
-            top, idx = cand.topk(K, dim=-1)  # (B, K)
-            parent = (idx // V + torch.arange(B, device=ids.device)[:, None] * K).view(-1)  # (B·K,) rows of the parents
-            token = (idx % V).view(-1, 1)
-            scores = top.view(-1)
+            top, token = logp.topk(min(K + 1, V), dim=-1)  # each beam's candidates
+            cand = (scores[:, None] + top).view(B, -1)
+            order = cand.argsort(dim=-1, descending=True, stable=True)  # (B, K·(K+1)), likeliest first
+            cand, token = cand.gather(1, order), token.view(B, -1).gather(1, order)
+            parent = order // top.shape[1] + first_row  # the candidates' beams (rows)
+            ends = token == eos_id if eos_id is not None else torch.zeros_like(token, dtype=torch.bool)
+            opened = (~ends).cumsum(-1)  # open beams kept up to each candidate (at most one candidate per beam ends)
+            keep = ~ends & (opened <= K)  # K per sample, in rank order
+            for b, j in (ends & (opened < K)).nonzero().tolist():  # row-major: each sample's finished in rank order
+                if len(finished[b]) < wanted:
+                    finished[b].append((float(cand[b, j]), ids[parent[b, j], N:].tolist() + [eos_id]))
+            parent, token, scores = parent[keep], token[keep][:, None], cand[keep]
             ids, types = torch.cat([ids[parent], token], 1), torch.cat([types[parent], types[parent, -1:]], 1)
-            lengths = lengths[parent] + (~finished[parent]).float()
-            finished = finished[parent] | (token[:, 0] == eos_id if eos_id is not None else False)
-            cache.reorder(parent)
-            if eos_id is not None and bool(finished.all()):
+            cache.reorder(parent, cross=False)  # a beam's parent is of its sample: the same memory
+            if all(len(f) >= wanted for f in finished):
                 break
             pos = torch.full_like(token, cache.length - prefix)
             step_inputs, names = {name: TokenBatch(name, token, None, pos, types[:, -1:], torch.ones_like(token, dtype=torch.bool))}, [name]
-        normalized = (scores / lengths.clamp(min=1) ** length_penalty).view(B, K)
-        best = normalized.argmax(-1) + torch.arange(B, device=ids.device) * K
-        return (ids[best], scores[best]) if return_scores else ids[best]
+        out = ids.new_full((B, ids.shape[1]), eos_id if eos_id is not None else 0)
+        out[:, :N] = prompt.ids
+        sums = []
+        for b, found in enumerate(finished):
+            if len(found) < K:  # not enough finished: the likeliest open beams join them
+                for r in (b * K + scores[b * K : (b + 1) * K].argsort(descending=True, stable=True)).tolist()[: K - len(found)]:
+                    found.append((float(scores[r]), ids[r, N:].tolist()))
+            new = lambda tokens: max(len(tokens) - (eos_id is not None and tokens[-1:] == [eos_id]), 1)  # noqa: E731
+            score, tokens = max(found, key=lambda f: f[0] / new(f[1]) ** length_penalty)  # the first best, as openai-whisper's argmax
+            out[b, N : N + len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
+            sums.append(score)
+        return (out, torch.tensor(sums, device=out.device)) if return_scores else out
 
     @staticmethod
     def _sample(logits: Tensor, temperature: float, top_k: int | None, generator) -> Tensor:

@@ -113,7 +113,7 @@ def cmd_transcribe(args):
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
                          hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
                          carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
-                         append_punctuations=args.append_punctuations)  # fmt: skip
+                         append_punctuations=args.append_punctuations, patience=args.patience)  # fmt: skip
     for path, result in zip(args.audio, results):
         print(f"{path}: {result['text']}")
         if args.output_format:
@@ -167,6 +167,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -236,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("audio", nargs="+", metavar="AUDIO")
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
+    s.add_argument("--patience", type=positive_float, default=None, help="with beam search: stop once beam size × this many beams have "
+                   "ended, the likeliest then kept (openai-whisper's --patience; default: the run's patience, 1.0)")  # fmt: skip
     s.add_argument("--windows", choices=["pauses", "seek"], default="pauses", help="pauses: cut each file at its pauses, silence "
                    "skipped, the stretches of speech joined into windows; seek (runs on Whisper's weights): openai-whisper's own 30 s "
                    "windows, each starting where the text before it ended, for its results on the same weights")  # fmt: skip

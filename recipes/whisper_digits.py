@@ -65,12 +65,15 @@ class Config(TrainConfig):
     prompt: str = ""  # the decoder's prompt, its special tokens written out; "" = <|startoftranscript|><|transcribe|><|notimestamps|>
     beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
     length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty
+    patience: float = 1.0  # beam search: stop once round(beam_size * patience) beams have ended (openai-whisper's --patience)
     wer_text: str = "raw"  # WER on the text as written ("raw"), or after openai-whisper's normaliser ("whisper": case, punctuation, ...)
 
     def check(self) -> None:
         super().check()
         if self.wer_text not in ("raw", "whisper"):
             raise ConfigError(f"wer_text={self.wer_text!r}: expected raw or whisper")
+        if not round(self.beam_size * self.patience) >= 1:
+            raise ConfigError(f"patience={self.patience}: beam_size {self.beam_size} × patience must round to 1 or more ended beams")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -243,12 +246,14 @@ def build_model(cfg: Config, audio_tok: AudioTokenizer, text_tok: CharTokenizer)
 # -- metric ---------------------------------------------------------------------------------------
 @torch.no_grad()
 def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_new: int, beam_size: int = 1, length_penalty: float = 1.0,
-                     ended: list | None = None, prompt: list[int] | None = None, suppress: LogitsFilter | None = None) -> list[str]:  # fmt: skip
-    """Greedy decoding (beam_size 1) or beam search, with the KV cache, after `prompt` (default:
-    DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
+                     ended: list | None = None, prompt: list[int] | None = None, suppress: LogitsFilter | None = None,
+                     patience: float = 1.0) -> list[str]:  # fmt: skip
+    """Greedy decoding (beam_size 1) or beam search (`MultimodalTransformer.beam_search`), with the
+    KV cache, after `prompt` (default: DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
     reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
     (`audio_memory`)."""
-    rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress)
+    rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress,
+                       patience=patience)  # fmt: skip
     results = [row_result(text_tok, row) for row in rows]
     if ended is not None:
         ended += [r["ended"] for r in results]
@@ -482,16 +487,17 @@ def decoding_stats(model: MultimodalTransformer, text_tok, audio_batch, prompt: 
 @torch.no_grad()
 def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], temperature: float = 0.0, beam_size: int = 1,
                 length_penalty: float = 1.0, generator=None, suppress: LogitsFilter | None = None,
-                scored: bool = False) -> list[list[int]] | tuple[list[list[int]], list[float]]:  # fmt: skip
+                scored: bool = False, patience: float = 1.0) -> list[list[int]] | tuple[list[list[int]], list[float]]:  # fmt: skip
     """Each row's tokens after the prompt, cut after <|endoftext|> (kept when reached): greedy, beam
-    search or sampling. audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`).
+    search (openai-whisper's, with its patience: `MultimodalTransformer.beam_search`) or sampling.
+    audio_batch: an audio TokenBatch, or its encoder Memory (`audio_memory`).
     scored: also each row's summed log-probability (after `suppress`), as the decoding computed it:
     what decoding_stats computes again by teacher forcing, as openai-whisper's decoder sums it."""
     inputs, memory = decoder_feed(audio_memory(model, audio_batch), [prompt] * audio_batch.shape[0])
     eot = text_tok.special_ids[EOT]
     if beam_size > 1 and temperature == 0:
         out = model.beam_search(inputs, max_new, beam_size, length_penalty, eos_id=eot, logits_filter=suppress, memory=memory,
-                                return_scores=scored)  # fmt: skip
+                                return_scores=scored, patience=patience)  # fmt: skip
     else:
         out = model.generate(inputs, max_new, temperature=temperature, eos_id=eot, generator=generator, logits_filter=suppress, memory=memory,
                              return_logprobs=scored)  # fmt: skip
@@ -502,7 +508,8 @@ def decode_rows(model, text_tok, audio_batch, max_new: int, prompt: list[int], t
 
 @torch.no_grad()
 def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, prompt: list[int], beam_size: int = 1,
-                         length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: LogitsFilter | None = None) -> list[dict]:  # fmt: skip
+                         length_penalty: float = 1.0, options: dict | None = None, batch=None, suppress: LogitsFilter | None = None,
+                         patience: float = 1.0) -> list[dict]:  # fmt: skip
     """openai-whisper's decode_with_fallback for a group of windows: decode at temperature 0 (greedy
     or beam search); a window whose text compresses more than compression_ratio_threshold (it
     repeats itself) or whose avg_logprob is below logprob_threshold is decoded again at the next
@@ -523,7 +530,7 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
         n = 1 if t == 0 else o["best_of"]
         which = torch.tensor(pending).repeat_interleave(n)  # the pending windows, best_of samples each
         rows, sums = decode_rows(model, text_tok, encoded.select(which), max_new, prompt, t, beam_size, length_penalty, generator, suppress,
-                                 scored=True)  # fmt: skip
+                                 scored=True, patience=patience)  # fmt: skip
         stats = [scored_result(text_tok, row, s, silence[i]) for row, s, i in zip(rows, sums, which.tolist())]
         retry = []
         for j, i in enumerate(pending):
@@ -551,7 +558,7 @@ FALLBACK_FIGURES = ("temperature", "avg_logprob", "compression_ratio", "no_speec
 @torch.no_grad()
 def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: list[int], max_text: int, beam_size: int = 1,
                    length_penalty: float = 1.0, fallback: dict | None = None, suppress: LogitsFilter | None = None, initial: list[int] = (),
-                   carried: list[int] | None = None, sample_len: int | None = None, segments=None) -> list[dict]:  # fmt: skip
+                   carried: list[int] | None = None, sample_len: int | None = None, segments=None, patience: float = 1.0) -> list[dict]:  # fmt: skip
     """Decode consecutive windows of one recording (`encoded`: their audio TokenBatch or Memory), in
     order, after `prompt`: per window {"text", "tokens" (without <|endoftext|>), "ended",
     "temperature", "segments"}, with scored_result's figures when `fallback` is given
@@ -571,13 +578,13 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
         segments = lambda i, r: window_segments(text_tok, r, 0.0, len(waves[i]), first is not None and any(t >= first for t in r["tokens"]))  # noqa: E731
     if carried is None:
         out = _decode_group(model, text_tok, audio_tok, encoded, waves, previous_tokens(text_tok, initial) + prompt, max_text, beam_size,
-                            length_penalty, fallback, suppress, sample_len)  # fmt: skip
+                            length_penalty, fallback, suppress, sample_len, patience)  # fmt: skip
         return [r | {"segments": segments(i, r)} for i, r in enumerate(out)]
     out = []
     for i, wave in enumerate(waves):
         full = previous_tokens(text_tok, initial, carried) + prompt
         r = _decode_group(model, text_tok, audio_tok, encoded.select(slice(i, i + 1)), [wave], full, max_text, beam_size, length_penalty,
-                          fallback, suppress, sample_len)[0]  # fmt: skip
+                          fallback, suppress, sample_len, patience)[0]  # fmt: skip
         r["segments"] = segments(i, r)
         carried += [t for seg in r["segments"] for t in seg["tokens"]]  # openai-whisper carries the segments it keeps
         if r["temperature"] > 0.5 and not r.get("skipped"):
@@ -595,13 +602,14 @@ def new_tokens(max_text: int, prompt_len: int, sample_len: int | None) -> int:
 
 
 def _decode_group(model, text_tok, audio_tok, encoded, waves, full, max_text, beam_size, length_penalty, fallback, suppress,
-                  sample_len) -> list[dict]:  # fmt: skip
+                  sample_len, patience: float = 1.0) -> list[dict]:  # fmt: skip
     if max_text - len(full) < 1:
         raise ValueError(f"initial prompt: {len(full)} prompt tokens leave no room in the {max_text}-token decoder; shorten it")
     max_new = new_tokens(max_text, len(full), sample_len)
     if fallback is not None:
-        return decode_with_fallback(model, text_tok, audio_tok, waves, max_new, full, beam_size, length_penalty, fallback, encoded, suppress)
-    rows = decode_rows(model, text_tok, encoded, max_new, full, 0.0, beam_size, length_penalty, suppress=suppress)
+        return decode_with_fallback(model, text_tok, audio_tok, waves, max_new, full, beam_size, length_penalty, fallback, encoded, suppress,
+                                    patience)  # fmt: skip
+    rows = decode_rows(model, text_tok, encoded, max_new, full, 0.0, beam_size, length_penalty, suppress=suppress, patience=patience)
     return [{**row_result(text_tok, row), "temperature": 0.0} for row in rows]
 
 
@@ -652,7 +660,7 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
             inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
             loss += m(inputs).loss.item() * inputs["text"].shape[0]
             hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
-                                     prompt=test_set.prompt)  # fmt: skip
+                                     prompt=test_set.prompt, patience=cfg.patience)  # fmt: skip
         model.train(was)
         pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
         pairs = [(r, h) for r, h in pairs if r.strip()]  # note: a reference the normaliser empties ("[laughs]") has no words to miss
@@ -755,8 +763,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
-                     append_punctuations: str | None = None) -> list[dict]:  # fmt: skip
-    """Transcribe audio files with a run's last checkpoint (the run's beam_size unless given): one
+                     append_punctuations: str | None = None, patience: float | None = None) -> list[dict]:  # fmt: skip
+    """Transcribe audio files with a run's last checkpoint (the run's beam_size and patience unless
+    given: beam search as openai-whisper's, `MultimodalTransformer.beam_search`): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
     subtitles. Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at
@@ -806,6 +815,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         raise ValueError(f"windows={windows!r}: expected 'pauses' (cut at pauses) or 'seek' (openai-whisper's windows)")
 
     _, _, cfg = load_run_info(run_dir)
+    beam_size = beam_size or cfg.beam_size
+    if patience is not None and beam_size == 1:  # as openai-whisper, which asks for a beam_size with it
+        raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
+    patience = cfg.patience if patience is None else patience
     model, toks = load_trained(run_dir)
     import itertools
     import sys
@@ -893,11 +906,11 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)), str(p))
             if language == "auto":
                 detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
-            found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size or cfg.beam_size,
+            found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size,
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
                                               alignment_heads, hallucination_silence_threshold,
                                               None if clip_timestamps is None else seek_clips(clip_timestamps, mel.shape[-1] - toks["audio"].max_frames),
-                                              carry_initial_prompt, punctuations,
+                                              carry_initial_prompt, punctuations, patience,
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
@@ -909,8 +922,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
                     detect(batch.select(slice(0, 1)))
                 decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                         beam_size or cfg.beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
-                                         functools.partial(segments_of, group, batch, prompt))  # fmt: skip
+                                         beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
+                                         functools.partial(segments_of, group, batch, prompt), patience)  # fmt: skip
                 ended += [d["ended"] for d in decoded]
                 found += [seg for d in decoded for seg in d["segments"]]
                 bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read

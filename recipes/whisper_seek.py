@@ -154,7 +154,7 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
                        initial: list[int] = (), condition_on_previous_text: bool = False, word_timestamps: bool = False, heads=None,
                        hallucination_silence_threshold: float | None = None, clips: list[tuple[int, int]] | None = None,
                        carry_initial_prompt: bool = False, punctuations: tuple[str | None, str | None] = (None, None),
-                       progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
+                       patience: float = 1.0, progress=None) -> tuple[list[dict], list[bool]]:  # fmt: skip
     """One recording (its `recording_mel`) transcribed window after window as openai-whisper's
     `transcribe` places its windows (see the module's notes): (its segments {"start", "end", "text",
     "tokens", ...} with text and length, in order, each window's fallback figures when `fallback` is
@@ -165,7 +165,8 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
     (`skip_hallucinations`). clips: the (start, end) frames read (`seek_clips`; default: all), one
     after another, each from its start as there. carry_initial_prompt: `initial` before every window,
     then the latest text carried (`previous_tokens`), as there. punctuations: as `window_words`
-    takes them. progress: called with the seconds read so far."""
+    takes them. patience: the beam search's (`MultimodalTransformer.beam_search`). progress: called
+    with the seconds read so far."""
     eot = text_tok.special_ids[EOT]
     window = audio_tok.max_frames
     content = mel.shape[-1] - window  # frames of the recording itself
@@ -181,7 +182,7 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
             else:
                 full = previous_tokens(text_tok, [], said[reset_since:]) + prompt
             d = _decode_group(model, text_tok, audio_tok, memory, [None], full, max_text, beam_size, length_penalty, fallback, suppress,
-                              sample_len)[0]  # fmt: skip
+                              sample_len, patience)[0]  # fmt: skip
             if d.get("skipped"):  # silence: on to the next window
                 seek += frames
                 continue

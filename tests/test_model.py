@@ -123,21 +123,25 @@ def test_kv_cache_capacity():
 
 
 def test_kv_cache_reorder_moves_every_layer_and_the_cross_keys():
-    """Beam search keeps the rows `index`: self-attention keys/values, cross-attention keys/values
-    and the key mask of every layer follow."""
+    """Beam search keeps the rows `index`: the cached self-attention keys/values, cross-attention
+    keys/values (unless cross=False: rows that share a memory) and the key mask of every layer follow."""
     cache = KVCache(2, 3, 1, 4, 2)
     rows = torch.arange(3.0).view(3, 1, 1, 1)  # row r holds r everywhere
     for layer in range(2):
         cache.update(layer, rows.expand(3, 1, 2, 2), rows.expand(3, 1, 2, 2))
         cache.cross[layer] = (rows.expand(3, 1, 5, 2), rows.expand(3, 1, 5, 2))
+    cache.advance(2)
     cache.key_mask = torch.arange(3)[:, None].expand(3, 4) > 0
     index = torch.tensor([2, 2, 0])
     cache.reorder(index)
     want = index.float().view(3, 1, 1, 1)
     for layer in range(2):
         for t in (cache.k[layer], cache.v[layer], *cache.cross[layer]):
-            assert torch.equal(t[:, :, :1, :1], want), layer
+            assert torch.equal(t[:, :, :2, :1], want.expand(3, 1, 2, 1)), layer
+        assert not cache.k[layer][:, :, 2:].any()  # past the cached positions: untouched
     assert cache.key_mask[:, 0].tolist() == [True, True, False]
+    cache.reorder(torch.tensor([1, 0, 0]), cross=False)
+    assert torch.equal(cache.k[0][:, 0, 0, 0], torch.tensor([2.0, 2.0, 2.0])) and torch.equal(cache.cross[0][0][:, 0, 0, 0], index.float())
 
 
 def test_lm_head_tied_and_loss_matches_cross_entropy():
@@ -304,6 +308,46 @@ def test_decoding_returns_the_log_probabilities_teacher_forcing_gives():
             new = beams[r, 4:].tolist()
             end = 4 + (new.index(eos) + 1 if eos in new else len(new))  # after its end a beam is padded with eos, at no cost
             assert float(scores[r]) == pytest.approx(sum(forced(beams[r], end)), abs=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")  # openai-whisper's finalize sorts a tensor with numpy
+def test_beam_search_is_openai_whisper_beam_search():
+    """beam_search keeps, finishes and ranks beams as openai-whisper's BeamSearchDecoder driven over
+    the same logits (its MaximumLikelihoodRanker: log-probability / tokens without the end token),
+    with patience, and with open beams when too few finish; the sums are its sum_logprobs."""
+    decoding = pytest.importorskip("whisper.decoding")
+    torch.manual_seed(0)
+    model, eos, K = lm_model(), 49, 3
+    prompts = torch.stack([rand_text(4, s).ids for s in range(3)])
+    bigram = torch.randn(50, 50, generator=torch.Generator().manual_seed(1)) * 1.5  # varied next-token choices that ...
+    bigram[:, eos] += 1.0  # ... end now and then
+
+    def rules(logits, step, ids):  # and, as openai-whisper's SuppressBlank, no end as the first token
+        logits = logits + bigram[ids[:, -1]]
+        return logits.index_fill(1, torch.tensor([eos]), float("-inf")) if step == 0 else logits
+
+    class Uncached:  # openai-whisper's decoder reorders its cache; the logits here are computed afresh
+        rearrange_kv_cache = staticmethod(lambda source: None)
+
+    rows = lambda t: {"text": collate([TokenSet("text", ids=r) for r in t])}  # noqa: E731
+    picked = []
+    for patience, penalty, steps in [(1.0, 1.0, 10), (2.0, 1.0, 10), (0.5, 0.0, 10), (1.0, 1.0, 3)]:
+        with torch.no_grad():
+            ours, sums = model.beam_search(rows(prompts), steps, K, penalty, eos, rules, return_scores=True, patience=patience)
+            beam, tokens, sum_logprobs = decoding.BeamSearchDecoder(K, eos, Uncached(), patience), prompts.repeat_interleave(K, 0), torch.zeros(3 * K)
+            for step in range(steps):
+                tokens, completed = beam.update(tokens, rules(model(rows(tokens)).logits["lm"][:, -1], step, tokens), sum_logprobs)
+                if completed:
+                    break
+        found, logprobs = beam.finalize(tokens.view(3, K, -1), sum_logprobs.view(3, K))
+        found = [[t[4:][: (t[4:] == eos).nonzero()[0, 0]] for t in s] for s in found]  # as openai-whisper cuts them
+        best = decoding.MaximumLikelihoodRanker(None if penalty == 1.0 else penalty).rank(found, logprobs)
+        for b in range(3):
+            new = ours[b, 4:].tolist()
+            assert new[: new.index(eos) if eos in new else len(new)] == found[b][best[b]].tolist()
+            assert float(sums[b]) == pytest.approx(logprobs[b][best[b]], abs=1e-4)
+        picked.append([tuple(r) for r in ours.tolist()])
+    assert 3 <= sum(eos in r for p in picked for r in p) < 12 and len(set(map(tuple, picked))) == 4  # some end, some run out; each setting differs
 
 
 def test_beam_search_batches_match_single():

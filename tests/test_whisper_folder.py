@@ -353,7 +353,7 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     with torch.no_grad():
         rows = decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=rules)
         stats = decoding_stats(model, text_tok, batch, timed, rows, rules)
-        beamed, beam_sums = decode_rows(model, text_tok, batch, 24 - len(timed), timed, beam_size=3, suppress=rules, scored=True)
+        beamed, beam_sums = decode_rows(model, text_tok, batch, 24 - len(timed), timed, beam_size=3, suppress=rules, scored=True, patience=2.0)
         again, sums = decode_rows(model, text_tok, batch, 24 - len(timed), timed, suppress=rules, scored=True)
         beam_stats = decoding_stats(model, text_tok, batch, timed, beamed, rules)
     # decoding sums the log-probabilities it decodes by (greedy, and the chosen beams), as teacher forcing gives them
@@ -365,8 +365,9 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     assert sum(t >= rules.first_time for w in want for t in w.tokens) > 8 and any(t < text_tok.special_ids["<|endoftext|>"] for t in want[0].tokens)
     np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
     eot = text_tok.special_ids["<|endoftext|>"]
-    assert [[t for t in r if t != eot] for r in beamed] == [whisper.decode(ref, m, whisper.DecodingOptions(**{**stamped.__dict__, "beam_size": 3})).tokens
-                                                           for m in mels]  # fmt: skip
+    patient = [whisper.decode(ref, m, whisper.DecodingOptions(**{**stamped.__dict__, "beam_size": 3, "patience": 2.0})) for m in mels]
+    assert [[t for t in r if t != eot] for r in beamed] == [w.tokens for w in patient]  # openai-whisper's beam search, with its patience
+    np.testing.assert_allclose([r["avg_logprob"] for r in beam_stats], [w.avg_logprob for w in patient], atol=1e-4)
     # openai-whisper's default options (blank and non-speech suppression on): Suppress gives its tokens and log-probabilities.
     # A non-speech token ('"') is made the likeliest everywhere (its embedding row 4x the row greedy decoding starts with, in both
     # models), so that suppressing it changes the text

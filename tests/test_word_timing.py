@@ -238,6 +238,10 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
     assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--patience", "2"]) == 2  # as openai-whisper: patience needs beams
+    assert "patience=2.0: beam search's; give a beam_size above 1" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--beam-size", "2", "--patience", "0.2"]) == 2
+    assert "beam_search: beam_size 2 × patience 0.2 rounds to no finished beam; use a patience of at least 0.25" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--append-punctuations", ","]) == 2
     assert "prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
@@ -253,7 +257,7 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     to the next window, windows that decode one token past the decoder's positions (as openai-
     whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
     which drops segments whose words look made up and moves the windows past the silence around them;
-    clip_timestamps, which reads only the clips given; carry_initial_prompt.
+    clip_timestamps, which reads only the clips given; carry_initial_prompt; beam search with patience.
     The model is sure of its tokens (confidence=10), so that some words are likely enough not to
     look made up."""
     *_, waves, root = whisper_pair
@@ -265,16 +269,18 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     audio = np.concatenate([p for w in waves * 6 for p in (w, np.zeros(int(16000 * rng.uniform(0.5, 6)), np.float32))])
     sf.write(tmp_path / "talk.wav", audio, 16000)
     counts, outs = [], []
-    configs = [(True, True, None, None, "0", False), (False, False, "Seven, four.", None, "0", False), (True, True, None, 1.0, "0", False),
-               (True, True, None, None, "5,25,40", False), (False, False, "Seven, four.", None, "0", True)]  # fmt: skip
-    for condition, words, prompt, threshold, clips, carry in configs:
+    configs = [(True, True, None, None, "0", False, None), (False, False, "Seven, four.", None, "0", False, None),
+               (True, True, None, 1.0, "0", False, None), (True, True, None, None, "5,25,40", False, None),
+               (False, False, "Seven, four.", None, "0", True, None), (True, False, None, None, "0", False, 3)]  # fmt: skip
+    for condition, words, prompt, threshold, clips, carry, beam in configs:
+        patience = 2.0 if beam else None
         theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition, word_timestamps=words,
                                     initial_prompt=prompt, carry_initial_prompt=carry, hallucination_silence_threshold=threshold,
-                                    clip_timestamps=clips, verbose=None)  # fmt: skip
+                                    clip_timestamps=clips, beam_size=beam, patience=patience, verbose=None)  # fmt: skip
         ours = whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], fallback={"temperatures": (0.0,)}, suppress=True,
                                                initial_prompt=prompt, condition_on_previous_text=condition, timestamps=True, word_timestamps=words,
                                                windows="seek", hallucination_silence_threshold=threshold, clip_timestamps=clips,
-                                               carry_initial_prompt=carry)[0]  # fmt: skip
+                                               carry_initial_prompt=carry, beam_size=beam, patience=patience)[0]  # fmt: skip
         kept = [s for s in theirs["segments"] if s["text"].strip()]  # openai-whisper keeps the ones it cleared, empty
         counts.append(len(kept))
         outs.append(ours)
@@ -282,13 +288,16 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
             (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in kept]  # fmt: skip
         assert [s["temperature"] for s in ours["segments"]] == [s["temperature"] for s in kept]
         np.testing.assert_allclose([s["avg_logprob"] for s in ours["segments"]], [s["avg_logprob"] for s in kept], rtol=1e-4)
-        assert len({s["seek"] for s in kept}) >= 2 and any(s["seek"] % 3000 for s in kept)  # windows placed by their text
+        assert len({s["seek"] for s in kept}) >= 2 and (beam or any(s["seek"] % 3000 for s in kept))  # windows placed by their text
         if words:
             assert [(w["word"], w["start"], w["end"]) for s in ours["segments"] for w in s["words"]] == [
                 (w["word"], w["start"], w["end"]) for s in kept for w in s["words"]]  # fmt: skip
     assert 0 < counts[2] < counts[0]  # the threshold dropped segments, and kept some
     assert counts[3] and outs[3]["segments"][0]["start"] >= 5 and not any(25 < s["start"] < 40 for s in outs[3]["segments"])  # only the clips
     assert [s["text"] for s in outs[4]["segments"]] != [s["text"] for s in outs[1]["segments"]]  # the prompt read before every window
+    assert [s["text"] for s in outs[5]["segments"]] != [s["text"] for s in outs[0]["segments"]]  # the beams found other text
+    with pytest.raises(ValueError, match="patience=2: beam search's; give a beam_size above 1"):
+        whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", patience=2)
     for bad, why in [("5,x", "clip_timestamps '5,x': expected seconds separated by commas"), ("10,5", r"clip 1 \(10 s to 5 s\): expected a start")]:
         with pytest.raises(ValueError, match=why):
             whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", clip_timestamps=bad)
