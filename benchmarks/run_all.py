@@ -75,6 +75,9 @@ def rows_whisper_decode(r):
     g, f = r["greedy"], r["fallback"]
     return [(f"Whisper greedy decoding ({g['windows']} windows x {g['tokens']} tokens, tiny size), s", g["ours_s"], "openai-whisper decode",
              g["openai_whisper_s"], "≤ 1.0"),
+            (f"Whisper beam search (beam {r['beam_search']['beam_size']}, 1 window x {r['beam_search']['tokens']} tokens, tiny size), s",
+             r["beam_search"]["ours_s"], f"openai-whisper decode, beam_size={r['beam_search']['beam_size']}", r["beam_search"]["openai_whisper_s"],
+             "≤ 1.0"),
             (f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s", f["ours_s"],
              "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0"),
             ("sampling draw (5 rows x 51,865 tokens), ms", r["sampling_draw"]["ours_ms"], "torch.multinomial",

@@ -9,6 +9,8 @@ Defaults are Whisper tiny's sizes (random weights, nothing downloaded). Both sid
 number of tokens (a random model does not stop early), so the times compare the same work:
 - greedy: `decode_rows` on a batch of windows vs `whisper.decode` (its suppressions off; the
   tokens are checked equal);
+- beam search: `decode_rows(beam_size=5)` on one window vs `whisper.decode(beam_size=5)` (one
+  window: openai-whisper's beam search fails on a batch on the CPU; the tokens are checked equal);
 - fallback: `decode_with_fallback` with openai-whisper's suppression (`Suppress`) on one 30 s
   window vs `whisper.transcribe(language="en", without_timestamps=True, best_of=5,
   condition_on_previous_text=False)` (best_of=5 is its command's default; the function's is one
@@ -59,6 +61,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--text", type=int, default=448, help="decoder positions")
     ap.add_argument("--windows", type=int, default=8, help="windows decoded together greedily")
     ap.add_argument("--tokens", type=int, default=64, help="tokens decoded per window greedily")
+    ap.add_argument("--beam-size", type=int, default=5, help="beams in the beam search comparison (openai-whisper's command: 5)")
     ap.add_argument("--sample-len", type=int, default=224, help="tokens per decoding in the fallback (openai-whisper's default: positions / 2)")
     ap.add_argument("--align-tokens", type=int, default=128, help="text tokens aligned to one window for its word timestamps")
     ap.add_argument("--repeats", type=int, default=3, help="calls of each side, in turn; the best counts")
@@ -95,6 +98,18 @@ def main(argv=None) -> dict:
         raise SystemExit("whisper_decode: error: greedy decoding gave other tokens than openai-whisper's on the same weights and audio")
     result["greedy"] = {"windows": args.windows, "tokens": args.tokens, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
                         "ratio": round(ours_s / theirs_s, 3), "same_tokens": same}  # fmt: skip
+
+    # beam search on one window, the same tokens
+    beams = whisper.DecodingOptions(**{**greedy.__dict__, "beam_size": args.beam_size})
+    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(waves[0])))
+    (theirs_s, theirs), (ours_s, ours) = side_by_side(
+        [lambda: whisper.decode(ref, mel, beams),
+         lambda: decode_rows(model, text_tok, audio_tok.encode_batch(waves[:1]), args.tokens, prompt, beam_size=args.beam_size)], args.repeats)  # fmt: skip
+    same = [t for t in ours[0] if t != eot] == theirs.tokens
+    if not same:
+        raise SystemExit("whisper_decode: error: beam search gave other tokens than openai-whisper's on the same weights and audio")
+    result["beam_search"] = {"beam_size": args.beam_size, "tokens": args.tokens, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
+                             "ratio": round(ours_s / theirs_s, 3), "same_tokens": same}  # fmt: skip
 
     # one sampling draw over Whisper's vocabulary (5 rows, a fallback's best_of): ours (inverse CDF) vs torch.multinomial
     from models import MultimodalTransformer
