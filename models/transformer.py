@@ -505,12 +505,11 @@ class MultimodalTransformer(nn.Module):
             step_inputs, names = {name: TokenBatch(name, token, None, pos, types[:, -1:], torch.ones_like(token, dtype=torch.bool))}, [name]
         out = ids.new_full((B, ids.shape[1]), eos_id if eos_id is not None else 0)
         out[:, :N] = prompt.ids
-        sums = []
+        sums, new = [], lambda tokens: max(len(tokens) - (tokens[-1:] == [eos_id]), 1)  # noqa: E731 — tokens but the end
         for b, found in enumerate(finished):
             if len(found) < K:  # not enough finished: the likeliest open beams join them
                 for r in (b * K + scores[b * K : (b + 1) * K].argsort(descending=True, stable=True)).tolist()[: K - len(found)]:
                     found.append((float(scores[r]), ids[r, N:].tolist()))
-            new = lambda tokens: max(len(tokens) - (eos_id is not None and tokens[-1:] == [eos_id]), 1)  # noqa: E731
             score, tokens = max(found, key=lambda f: f[0] / new(f[1]) ** length_penalty)  # the first best, as openai-whisper's argmax
             out[b, N : N + len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
             sums.append(score)

@@ -128,10 +128,12 @@ def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] |
 
 def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> dict:
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
-    prompt and decode as `mmtok transcribe`: greedy or the run's beam search, no token suppression,
-    at most max_text decoder tokens and max_positions // 2 new ones (openai-whisper's sample_len). Only a multilingual model gets a language table, and only
-    Whisper's own prompt (language, task) leaves the language to it: any other prompt is forced as
-    it is, since a multilingual model without one detects the language. parts: `prompt_parts(prompt)`."""
+    prompt and decode as `mmtok transcribe`: greedy or the run's beam search (transformers' own:
+    num_beams and length_penalty, no patience), no token suppression, at most max_text decoder
+    tokens and max_positions // 2 new ones (openai-whisper's sample_len). Only a multilingual model
+    gets a language table, and only Whisper's own prompt (language, task) leaves the language to
+    it: any other prompt is forced as it is, since a multilingual model without one detects the
+    language. parts: `prompt_parts(prompt)`."""
     specials = text_tok.special_ids
     words = prompt_words(prompt, text_tok)
     if words[-1] != NO_TIMESTAMPS:
