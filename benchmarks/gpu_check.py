@@ -19,6 +19,7 @@ still gives figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -142,7 +143,8 @@ def main(argv):
             cfg = TrainConfig(run_dir=d, max_steps=steps, batch_size=batch, lr=6e-4, warmup_steps=min(100, steps // 10), eval_every=10**9,
                               ckpt_every=10**9, log_every=max(1, steps // 10), compile=compile_, cpu=not gpu, num_workers=2 if gpu else 0)  # fmt: skip
             t0 = time.perf_counter()
-            train(cfg, MultimodalTransformer(model.config), Synthetic(context, vocab), collate_examples, lambda m, a: {}, Path(d))
+            with contextlib.redirect_stdout(sys.stderr):  # the loop's lines go with its progress bar: stdout holds the JSON alone
+                train(cfg, MultimodalTransformer(model.config), Synthetic(context, vocab), collate_examples, lambda m, a: {}, Path(d))
             wall = time.perf_counter() - t0
             rows = [r for r in read_metrics(d) if "tokens_per_s" in r]
         steady = rows[len(rows) // 2 :] or rows  # after compilation and warm-up
