@@ -172,13 +172,15 @@ def needs_previous(text_tok, what: str) -> None:
 def previous_tokens(text_tok, initial: list[int], carried: list[int] = ()) -> list[int]:
     """What the decoder reads as said before a window: <|startofprev|>, an initial prompt's tokens,
     then the latest of `carried` (the text decoded before it in the recording), max_positions // 2 - 1
-    tokens in all — openai-whisper's decoding prompt with carry_initial_prompt=True. [] when there
-    is neither."""
+    tokens in all — openai-whisper's decoding prompt with carry_initial_prompt=True, slice for
+    slice: an initial prompt that fills the room (max_positions // 2 - 1 tokens or more) is followed
+    by all the carried text (or all but its first tokens past the room), and the last tokens that
+    fit are read, so carried text pushes such a prompt out. [] when there is neither."""
     if not initial and not carried:
         return []
     needs_previous(text_tok, "previous text")
     room = text_tok.max_positions // 2 - 1
-    tokens = list(initial) + (list(carried[len(initial) - room :]) if len(initial) < room else [])
+    tokens = list(initial) + list(carried[len(initial) - room :])  # openai-whisper's all_tokens[n:][-(room - len(initial)):]
     return [text_tok.special_ids["<|startofprev|>"]] + tokens[-room:]
 
 
@@ -569,9 +571,8 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
     carried: None, or the list of tokens decoded so far in the recording, which each window then
     reads after `initial` and extends in place with its segments' tokens — openai-whisper's
     condition_on_previous_text, so one window at a time; a window decoded hotter than 0.5 (not
-    skipped as silence) starts the carried text afresh, as there. An initial prompt of
-    max_positions // 2 - 1 tokens or more leaves no room for carried text (openai-whisper's slicing
-    then keeps the carried text instead). Each window decodes up to max_text tokens in all, and at
+    skipped as silence) starts the carried text afresh, as there (`previous_tokens` cuts what is
+    read to fit, as there). Each window decodes up to max_text tokens in all, and at
     most `sample_len` new ones (openai-whisper's transcribe: max_positions // 2; `new_tokens`)."""
     if segments is None:
         first = text_tok.special_ids.get("<|0.00|>")

@@ -257,7 +257,8 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     to the next window, windows that decode one token past the decoder's positions (as openai-
     whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
     which drops segments whose words look made up and moves the windows past the silence around them;
-    clip_timestamps, which reads only the clips given; carry_initial_prompt; beam search with patience.
+    clip_timestamps, which reads only the clips given; carry_initial_prompt (also with an initial
+    prompt longer than the decoder's room for previous text); beam search with patience.
     The model is sure of its tokens (confidence=10), so that some words are likely enough not to
     look made up."""
     *_, waves, root = whisper_pair
@@ -271,7 +272,8 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     counts, outs = [], []
     configs = [(True, True, None, None, "0", False, None), (False, False, "Seven, four.", None, "0", False, None),
                (True, True, None, 1.0, "0", False, None), (True, True, None, None, "5,25,40", False, None),
-               (False, False, "Seven, four.", None, "0", True, None), (True, False, None, None, "0", False, 3)]  # fmt: skip
+               (False, False, "Seven, four.", None, "0", True, None), (True, False, None, None, "0", False, 3),
+               (True, False, "Seven, four. " * 12, None, "0", True, None)]  # fmt: skip
     for condition, words, prompt, threshold, clips, carry, beam in configs:
         patience = 2.0 if beam else None
         theirs = whisper.transcribe(ref, audio, language="en", temperature=0.0, fp16=False, condition_on_previous_text=condition, word_timestamps=words,
