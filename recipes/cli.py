@@ -170,18 +170,22 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return value
+def float_type(name: str, minimum: float, above: bool, expected: str):
+    """An argparse type: a finite number above `minimum` (above=True) or at least it."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not (value > minimum if above else value >= minimum) or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text}")
+        return value
+
+    parse.__name__ = name  # argparse names it in "invalid ... value"
+    return parse
 
 
-def seconds(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected seconds >= 0, got {text}")
-    return value
+positive_float = float_type("positive_float", 0.0, True, "a positive number")
+nonnegative_float = float_type("nonnegative_float", 0.0, False, "a number >= 0")
+seconds = float_type("seconds", 0.0, False, "seconds >= 0")
 
 
 def optional_float(text: str) -> float | None:
@@ -189,7 +193,7 @@ def optional_float(text: str) -> float | None:
     return None if text.lower() == "none" else float(text)
 
 
-FALLBACK_FLAGS = ("temperature_increment_on_fallback", "best_of", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
+FALLBACK_FLAGS = ("temperature", "temperature_increment_on_fallback", "best_of", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
 
 
 def fallback_options(args) -> bool | dict:
@@ -198,13 +202,17 @@ def fallback_options(args) -> bool | dict:
     given = {k: getattr(args, k) for k in FALLBACK_FLAGS if hasattr(args, k)}  # flags not given are left out (argparse.SUPPRESS)
     if not given:
         return args.fallback
-    if "temperature_increment_on_fallback" in given:  # openai-whisper's temperatures: 0, then up by the increment to 1.0
-        step = given.pop("temperature_increment_on_fallback")
-        if step is None or not 0 < step <= 1:
-            raise ConfigError(f"--temperature-increment-on-fallback {step}: expected a step in (0, 1]")
+    if "temperature" in given or "temperature_increment_on_fallback" in given:
+        # openai-whisper's temperatures: --temperature (0), then up by the increment (0.2) to 1.0; increment none: that one alone
+        first, step = given.pop("temperature", 0.0), given.pop("temperature_increment_on_fallback", 0.2)
+        if step is not None and not 0 < step <= 1:
+            raise ConfigError(f"--temperature-increment-on-fallback {step}: expected a step in (0, 1], or none")
+        if step is not None and first > 1:
+            raise ConfigError(f"--temperature {first}: the fallback's temperatures go up to 1.0; a hotter one needs "
+                              "--temperature-increment-on-fallback none")  # fmt: skip
         import numpy as np
 
-        given["temperatures"] = tuple(round(float(t), 6) for t in np.arange(0.0, 1.0 + 1e-6, step))
+        given["temperatures"] = (first,) if step is None else tuple(round(float(t), 6) for t in np.arange(first, 1.0 + 1e-6, step))
     return given
 
 
@@ -269,8 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "window; English-only and from-scratch runs take en only (default: the run's)")  # fmt: skip
     s.add_argument("--fallback", action="store_true", help="openai-whisper's temperature fallback: a window whose text repeats itself "
                    "or is unlikely is decoded again, hotter (0.2 ... 1.0, best of 5); one that looks like silence is skipped")  # fmt: skip
+    s.add_argument("--temperature", type=nonnegative_float, default=argparse.SUPPRESS, metavar="T", help="the fallback's first "
+                   "temperature (default 0: greedy or beam search; above 0, the likeliest of --best-of samples; implies --fallback)")  # fmt: skip
     s.add_argument("--temperature-increment-on-fallback", type=optional_float, default=argparse.SUPPRESS, metavar="STEP", help="the fallback's "
-                   "temperatures: 0, then up by STEP to 1.0 (default 0.2; implies --fallback)")  # fmt: skip
+                   "temperatures: --temperature, then up by STEP to 1.0 (default 0.2; none: --temperature alone; implies --fallback)")  # fmt: skip
     s.add_argument("--best-of", type=positive_int, default=argparse.SUPPRESS, metavar="N", help="the fallback's samples per hotter decoding; the "
                    "likeliest is kept (default 5; implies --fallback)")  # fmt: skip
     s.add_argument("--compression-ratio-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="RATIO", help="a window whose text "

@@ -594,6 +594,9 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert main(["transcribe", str(run), str(clip), "--temperature-increment-on-fallback", "0.3", "--best-of", "2", "--output-format", "json",
                  "--output-dir", str(out)]) == 0  # fmt: skip
     assert [s["temperature"] for s in json.loads((out / f"{clip.stem}.json").read_text())["segments"]] == [0.9]  # 0, 0.3, 0.6, 0.9: all tried
+    assert main(["transcribe", str(run), str(clip), "--temperature", "0.5", "--temperature-increment-on-fallback", "none", "--best-of", "2",
+                 "--output-format", "json", "--output-dir", str(out)]) == 0  # fmt: skip
+    assert [s["temperature"] for s in json.loads((out / f"{clip.stem}.json").read_text())["segments"]] == [0.5]  # that one alone, sampled
     assert main(["transcribe", str(run), str(clip), "--logprob-threshold", "none", "--compression-ratio-threshold", "none", "--output-format",
                  "json", "--output-dir", str(out)]) == 0  # fmt: skip
     assert json.loads((out / f"{clip.stem}.json").read_text())["text"] == plain["text"]  # no check left: nothing retried
