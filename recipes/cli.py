@@ -109,7 +109,7 @@ def cmd_transcribe(args):
     if options and not args.word_timestamps:
         raise ConfigError(f"--{next(iter(options)).replace('_', '-')}: subtitle lines are made of words; it needs --word-timestamps")
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
-                         args.suppress, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
+                         args.suppress if args.suppress_tokens is None else args.suppress_tokens, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
                          hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
                          carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
@@ -309,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--highlight-words", action="store_true", help="with --word-timestamps: a cue per word said, underlined (<u>) in its line")
     s.add_argument("--suppress", action="store_true", help="openai-whisper's default token suppression (runs on Whisper's weights): "
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip
+    s.add_argument("--suppress-tokens", default=None, metavar="IDS", help="token ids never decoded, separated by commas, -1 for "
+                   "openai-whisper's non-speech symbols (its --suppress_tokens; implies --suppress: task tokens and a blank first token too)")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,
                    help="runs on multilingual Whisper weights: translate speech in any language into English text (default: the run's task)")
     s.set_defaults(fn=cmd_transcribe)

@@ -291,13 +291,14 @@ def compression_ratio(text: str) -> float:
 
 
 class Suppress:
-    """openai-whisper's default token suppression (`DecodingOptions(suppress_blank=True,
-    suppress_tokens="-1")`): its non-speech symbols (♪, brackets, speaker tags' punctuation ...)
-    and the task and special tokens at every step, a blank (" ") and <|endoftext|> as the first new
-    token. A `logits_filter` for generate / beam_search; the token lists come from openai-whisper's
-    own tokenizer for the run's vocabulary (installed with the Whisper weights it reads)."""
+    """openai-whisper's token suppression (`DecodingOptions(suppress_blank=True, suppress_tokens=tokens)`):
+    `tokens` ("-1" by default: its non-speech symbols, ♪, brackets, speaker tags' punctuation ...;
+    token ids separated by commas, -1 among them for those symbols; "" for none) and the task and
+    special tokens at every step, a blank (" ") and <|endoftext|> as the first new token. A
+    `logits_filter` for generate / beam_search; the token lists come from openai-whisper's own
+    tokenizer for the run's vocabulary (installed with the Whisper weights it reads)."""
 
-    def __init__(self, text_tok):
+    def __init__(self, text_tok, tokens: str = "-1"):
         if not isinstance(text_tok, BPETokenizer) or "<|nospeech|>" not in text_tok.special_ids:
             raise ValueError("suppression: openai-whisper's token suppression is for Whisper's vocabulary; this run has its own")
         from whisper.tokenizer import get_tokenizer
@@ -306,7 +307,14 @@ class Suppress:
         ref = get_tokenizer(multilingual, num_languages=n_languages(text_tok))
         if ref.encoding.n_vocab != text_tok.vocab_size:
             raise ValueError(f"suppression: openai-whisper's tokenizer has {ref.encoding.n_vocab} tokens, this run's {text_tok.vocab_size}")
-        self.always = sorted({*ref.non_speech_tokens, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
+        try:
+            ids = [int(t) for t in tokens.split(",")] if tokens.strip() else []
+        except ValueError:
+            raise ValueError(f"suppress_tokens {tokens!r}: expected token ids separated by commas (-1: openai-whisper's non-speech symbols)") from None
+        if bad := [t for t in ids if not -1 <= t < text_tok.vocab_size]:
+            raise ValueError(f"suppress_tokens {tokens!r}: {bad[0]} is no token of this {text_tok.vocab_size}-token vocabulary")
+        listed = [t for t in ids if t >= 0] + (list(ref.non_speech_tokens) if -1 in ids else [])
+        self.always = sorted({*listed, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
         self.first = [*ref.encode(" "), ref.eot]
 
     def __call__(self, logits: Tensor, step: int, ids: Tensor | None = None) -> Tensor:
@@ -749,7 +757,7 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
 
 
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
-               language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool = False,
+               language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool | str = False,
                initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False,
                word_timestamps: bool = False, windows: str = "pauses") -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
@@ -760,7 +768,7 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
 @torch.no_grad()
 def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
-                     suppress: bool = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
+                     suppress: bool | str = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
@@ -781,8 +789,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     "transcribe", for multilingual Whisper weights; None = the run's. fallback: openai-whisper's
     temperature fallback and silence skipping (`decode_with_fallback`; a dict overrides FALLBACK's
     thresholds); each segment then also carries its temperature, avg_logprob, compression_ratio and
-    no_speech_prob. suppress: openai-whisper's default token suppression (`Suppress`; Whisper's
-    vocabulary only). initial_prompt: text the decoder reads as said before every window
+    no_speech_prob. suppress: openai-whisper's token suppression (`Suppress`; Whisper's vocabulary
+    only): True for its default, or its suppress_tokens ("-1,1234": ids, -1 for its non-speech
+    symbols). initial_prompt: text the decoder reads as said before every window
     (`previous_text`; names and spellings to follow). condition_on_previous_text: each window also
     reads the text decoded before it in the file, as openai-whisper's transcribe does by default
     (`decode_windows`; windows are then decoded one at a time; Whisper's vocabulary only).
@@ -833,7 +842,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if not language_tokens(toks["text"]):
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
     run_language = getattr(cfg, "language", "") or None
-    suppressor = Suppress(toks["text"]) if suppress else None  # the logits filter decoding runs with: suppression, timestamp rules
+    suppressor = Suppress(toks["text"], "-1" if suppress is True else suppress) if suppress not in (False, None) else None  # the logits filter decoding runs with: suppression, timestamp rules
     if timestamps:
         if not toks["audio"].chunk:
             raise ValueError(f"timestamps: {run_dir} reads unpadded utterances; Whisper's timestamps count 0.02 s steps of its 30 s windows")

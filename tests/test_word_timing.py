@@ -238,6 +238,8 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
     assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--suppress-tokens=-1,abc"]) == 2
+    assert "suppress_tokens '-1,abc': expected token ids separated by commas" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--patience", "2"]) == 2  # as openai-whisper: patience needs beams
     assert "patience=2.0: beam search's; give a beam_size above 1" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--beam-size", "2", "--patience", "0.2"]) == 2
