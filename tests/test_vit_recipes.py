@@ -135,18 +135,16 @@ def test_vit_mnist_data_and_a_few_steps(tmp_path):
     assert 0 <= metrics["val_accuracy"] <= 1
 
 
-def test_a_run_made_with_a_relative_data_path_evaluates_from_anywhere(tmp_path):
+def test_a_run_made_with_a_relative_data_path_evaluates_from_anywhere(tmp_path, monkeypatch, capsys):
     """run.json stores data paths absolute, so `mmtok eval` works from another directory."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT, subprocess_env
+    from conftest import ROOT
+    from recipes.cli import main
 
     make_folder(tmp_path / "imgs", n=6)
     args = ["data=imgs", "run_dir=run", "image_size=16", "patch_size=4", *[f"{k}={v}" for k, v in {**TINY, "max_steps": 2}.items()]]
     for cwd, cmd in ((tmp_path, ["train", "vit_folder", *args]), (ROOT, ["eval", str(tmp_path / "run")])):
-        p = subprocess.run([sys.executable, "-m", "recipes.cli", *cmd], cwd=cwd, env=subprocess_env(), capture_output=True, text=True)
-        assert p.returncode == 0, p.stderr[-2000:]
+        monkeypatch.chdir(cwd)
+        assert main(cmd) == 0, capsys.readouterr().err[-2000:]
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data"] == str(tmp_path / "imgs")
 
 
