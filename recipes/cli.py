@@ -99,6 +99,10 @@ def cmd_transcribe(args):
     from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
     transcribe = recipe_function(args.run_dir, "transcribe_files", "transcribe audio")
+    if args.threads:  # as openai-whisper's --threads: the CPU threads torch computes with
+        import torch
+
+        torch.set_num_threads(args.threads)
     stems = [Path(a).stem for a in args.audio]
     if args.output_dir and not args.output_format:  # as openai-whisper: an output folder alone gets every format
         args.output_format = "all"
@@ -311,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip
     s.add_argument("--suppress-tokens", default=None, metavar="IDS", help="token ids never decoded, separated by commas, -1 for "
                    "openai-whisper's non-speech symbols (its --suppress_tokens; implies --suppress: task tokens and a blank first token too)")  # fmt: skip
+    s.add_argument("--threads", type=positive_int, default=None, help="CPU threads torch computes with (openai-whisper's --threads; "
+                   "default: torch's, one per core)")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,
                    help="runs on multilingual Whisper weights: translate speech in any language into English text (default: the run's task)")
     s.set_defaults(fn=cmd_transcribe)

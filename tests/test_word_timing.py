@@ -238,6 +238,11 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
     assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
+    threads = torch.get_num_threads()
+    try:
+        assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--threads", "1"]) == 0 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--suppress-tokens=-1,abc"]) == 2
     assert "suppress_tokens '-1,abc': expected token ids separated by commas" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--patience", "2"]) == 2  # as openai-whisper: patience needs beams
