@@ -90,6 +90,8 @@ def main():
         parser.add_argument("--steps", type=int, default=300)
         parser.add_argument("--rounds", type=int, default=3)
         opts = parser.parse_args(args[1:])
+        if not 1 <= opts.rounds <= opts.steps:
+            parser.error(f"--steps {opts.steps} --rounds {opts.rounds}: expected 1 <= rounds <= steps")
         print(json.dumps({"benchmark": "Decision Transformer training step (cartpole sizes)",
                           "step_vs_hf": step_times(steps=opts.steps, rounds=opts.rounds)}, indent=2))  # fmt: skip
         return

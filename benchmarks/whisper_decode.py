@@ -101,9 +101,8 @@ def main(argv=None) -> dict:
 
     # beam search on one window, the same tokens
     beams = whisper.DecodingOptions(**{**greedy.__dict__, "beam_size": args.beam_size})
-    mel = whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(waves[0])))
     (theirs_s, theirs), (ours_s, ours) = side_by_side(
-        [lambda: whisper.decode(ref, mel, beams),
+        [lambda: whisper.decode(ref, whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.from_numpy(waves[0]))), beams),
          lambda: decode_rows(model, text_tok, audio_tok.encode_batch(waves[:1]), args.tokens, prompt, beam_size=args.beam_size)], args.repeats)  # fmt: skip
     same = [t for t in ours[0] if t != eot] == theirs.tokens
     if not same:

@@ -92,8 +92,8 @@ class KVCache:
         self.length += n
 
     def reorder(self, index: Tensor, cross: bool = True):
-        """Keep the rows `index` (beam search: each surviving beam takes its parent's past); only the
-        cached positions are copied. cross=False leaves the cross-attention keys/values as they are:
+        """Keep the rows `index`, one per row (beam search: each surviving beam takes its parent's
+        past); only the cached positions are copied. cross=False leaves the cross-attention keys/values as they are:
         right when every row moves to one with the same memory (the beams of one sample)."""
         for i in range(len(self.k)):
             for buffer in (self.k[i], self.v[i]):

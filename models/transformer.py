@@ -464,7 +464,7 @@ class MultimodalTransformer(nn.Module):
         K, V = beam_size, self.config.modalities[name].vocab_size
         wanted = round(K * patience)  # finished beams each sample collects before the search stops
         if wanted < 1:
-            raise ValueError(f"beam_search: beam_size {K} × patience {patience} rounds to no finished beam; use a patience of at least {0.5 / K:g}")
+            raise ValueError(f"beam_search: beam_size {K} × patience {patience} rounds to no finished beam; use a patience above {0.5 / K:g}")
         if N + max_new_tokens - 1 > self.config.modalities[name].max_positions:  # the last new token is never read
             raise ValueError(f"beam_search: {N} + {max_new_tokens} - 1 tokens read exceed the {self.config.modalities[name].max_positions}-position table")
         rows = torch.arange(B, device=prompt.ids.device).repeat_interleave(K)  # (B·K,) which sample each beam belongs to

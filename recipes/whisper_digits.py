@@ -72,7 +72,7 @@ class Config(TrainConfig):
         super().check()
         if self.wer_text not in ("raw", "whisper"):
             raise ConfigError(f"wer_text={self.wer_text!r}: expected raw or whisper")
-        if not round(self.beam_size * self.patience) >= 1:
+        if self.beam_size > 1 and not round(self.beam_size * self.patience) >= 1:  # greedy decoding has no patience
             raise ConfigError(f"patience={self.patience}: beam_size {self.beam_size} × patience must round to 1 or more ended beams")
 
 
@@ -293,8 +293,8 @@ def compression_ratio(text: str) -> float:
 class Suppress:
     """openai-whisper's token suppression (`DecodingOptions(suppress_blank=True, suppress_tokens=tokens)`):
     `tokens` ("-1" by default: its non-speech symbols, ♪, brackets, speaker tags' punctuation ...;
-    token ids separated by commas, -1 among them for those symbols; "" for none) and the task and
-    special tokens at every step, a blank (" ") and <|endoftext|> as the first new token. A
+    token ids separated by commas, -1 among them for those symbols) and the task and special tokens
+    at every step ("": none of these, as there), a blank (" ") and <|endoftext|> as the first new token. A
     `logits_filter` for generate / beam_search; the token lists come from openai-whisper's own
     tokenizer for the run's vocabulary (installed with the Whisper weights it reads)."""
 
@@ -314,7 +314,8 @@ class Suppress:
         if bad := [t for t in ids if not -1 <= t < text_tok.vocab_size]:
             raise ValueError(f"suppress_tokens {tokens!r}: {bad[0]} is no token of this {text_tok.vocab_size}-token vocabulary")
         listed = [t for t in ids if t >= 0] + (list(ref.non_speech_tokens) if -1 in ids else [])
-        self.always = sorted({*listed, ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech})
+        specials = [ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech] if ids else []  # "": none at all
+        self.always = sorted({*listed, *specials})
         self.first = [*ref.encode(" "), ref.eot]
 
     def __call__(self, logits: Tensor, step: int, ids: Tensor | None = None) -> Tensor:

@@ -131,6 +131,8 @@ def test_kv_cache_reorder_moves_every_layer_and_the_cross_keys():
         cache.update(layer, rows.expand(3, 1, 2, 2), rows.expand(3, 1, 2, 2))
         cache.cross[layer] = (rows.expand(3, 1, 5, 2), rows.expand(3, 1, 5, 2))
     cache.advance(2)
+    for layer in range(2):  # past the cached positions: row r holds -r, which a reorder leaves
+        cache.k[layer][:, :, 2:] = -rows
     cache.key_mask = torch.arange(3)[:, None].expand(3, 4) > 0
     index = torch.tensor([2, 2, 0])
     cache.reorder(index)
@@ -138,7 +140,7 @@ def test_kv_cache_reorder_moves_every_layer_and_the_cross_keys():
     for layer in range(2):
         for t in (cache.k[layer], cache.v[layer], *cache.cross[layer]):
             assert torch.equal(t[:, :, :2, :1], want.expand(3, 1, 2, 1)), layer
-        assert not cache.k[layer][:, :, 2:].any()  # past the cached positions: untouched
+        assert torch.equal(cache.k[layer][:, 0, 2:, 0], -torch.arange(3.0)[:, None].expand(3, 2))  # untouched
     assert cache.key_mask[:, 0].tolist() == [True, True, False]
     cache.reorder(torch.tensor([1, 0, 0]), cross=False)
     assert torch.equal(cache.k[0][:, 0, 0, 0], torch.tensor([2.0, 2.0, 2.0])) and torch.equal(cache.cross[0][0][:, 0, 0, 0], index.float())

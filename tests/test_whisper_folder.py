@@ -390,13 +390,14 @@ def test_decoding_equals_openai_whisper(tmp_path, speech):
     assert [r["tokens"] for r in stats] == [w.tokens for w in want]
     np.testing.assert_allclose([r["avg_logprob"] for r in stats], [w.avg_logprob for w in want], atol=1e-4)
     assert beamed == [whisper.decode(ref, m, whisper.DecodingOptions(**{**defaults.__dict__, "beam_size": 3})).text.strip() for m in mels]
-    # openai-whisper's suppress_tokens: ids of one's own (with -1: and the non-speech symbols), or none but the task tokens
+    # openai-whisper's suppress_tokens: ids of one's own (with -1: and the non-speech symbols), or none ("")
     for listed in (f"-1,{want[0].tokens[0]}", ""):
         chosen = whisper.DecodingOptions(**{**defaults.__dict__, "suppress_tokens": listed})
         with torch.no_grad():
             rows = decode_rows(model, text_tok, batch, 24 - len(prompt), prompt, suppress=Suppress(text_tok, listed))
         assert [[t for t in r if t != eot] for r in rows] == [whisper.decode(ref, m, chosen).tokens for m in mels]
         assert (quote in rows[0]) != bool(listed) and not (listed and want[0].tokens[0] in rows[0])  # the symbols, the id listed
+    assert Suppress(text_tok, "").always == []  # openai-whisper adds no SuppressTokens filter for "" (its blank rule stays)
     for bad, why in [("-1,x", "expected token ids separated by commas"), ("51865", "51865 is no token of this 51865-token vocabulary")]:
         with pytest.raises(ValueError, match=why):
             Suppress(text_tok, bad)
