@@ -314,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--suppress", action="store_true", help="openai-whisper's default token suppression (runs on Whisper's weights): "
                    "no non-speech symbols or task tokens, no blank first token")  # fmt: skip
     s.add_argument("--suppress-tokens", default=None, metavar="IDS", help="token ids never decoded, separated by commas, -1 for "
-                   "openai-whisper's non-speech symbols (its --suppress_tokens; implies --suppress: task tokens and a blank first token too, "" the "
-                   "blank first token alone)")  # fmt: skip
+                   "openai-whisper's non-speech symbols (its --suppress_tokens; implies --suppress: task tokens and a blank first token too; an "
+                   "empty value, --suppress-tokens=, the blank first token alone)")  # fmt: skip
     s.add_argument("--threads", type=positive_int, default=None, help="CPU threads torch computes with (openai-whisper's --threads; "
                    "default: torch's, one per core)")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,

@@ -251,8 +251,8 @@ def transcribe_batch(model: MultimodalTransformer, text_tok, audio_batch, max_ne
                      ended: list | None = None, prompt: list[int] | None = None, suppress: LogitsFilter | None = None,
                      patience: float = 1.0) -> list[str]:  # fmt: skip
     """Greedy decoding (beam_size 1) or beam search (`MultimodalTransformer.beam_search`), with the
-    KV cache, after `prompt` (default: DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when given, receives for each row whether it
-    reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
+    KV cache, after `prompt` (default: DEFAULT_PROMPT); stops at <|endoftext|>. `ended`, when
+    given, receives for each row whether it reached <|endoftext|> within max_new. audio_batch: an audio TokenBatch, or its encoder Memory
     (`audio_memory`)."""
     rows = decode_rows(model, text_tok, audio_batch, max_new, prompt or prompt_ids(text_tok), 0.0, beam_size, length_penalty, suppress=suppress,
                        patience=patience)  # fmt: skip
@@ -291,11 +291,11 @@ def compression_ratio(text: str) -> float:
 
 
 class Suppress:
-    """openai-whisper's token suppression (`DecodingOptions(suppress_blank=True, suppress_tokens=tokens)`):
-    `tokens` ("-1" by default: its non-speech symbols, ♪, brackets, speaker tags' punctuation ...;
-    token ids separated by commas, -1 among them for those symbols) and the task and special tokens
-    at every step ("": none of these, as there), a blank (" ") and <|endoftext|> as the first new token. A
-    `logits_filter` for generate / beam_search; the token lists come from openai-whisper's own
+    """openai-whisper's token suppression (`DecodingOptions(suppress_blank=True,
+    suppress_tokens=tokens)`): `tokens` ("-1" by default: its non-speech symbols, ♪, brackets,
+    speaker tags' punctuation ...; token ids separated by commas, -1 among them for those symbols)
+    and the task and special tokens at every step ("": none of these, as there), a blank (" ") and
+    <|endoftext|> as the first new token. A `logits_filter` for generate / beam_search; the token lists come from openai-whisper's own
     tokenizer for the run's vocabulary (installed with the Whisper weights it reads)."""
 
     def __init__(self, text_tok, tokens: str = "-1"):
