@@ -94,8 +94,16 @@ class WhisperStem(nn.Module):
         self.conv1 = nn.Conv1d(n_mels, dim, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dim, dim, kernel_size=3, stride=2, padding=1)
         self.pos = nn.Embedding((max_positions + 1) // 2, dim)
+        self.reset_table()
+
+    def reset_table(self) -> None:
+        """Whisper's sinusoids into the position table (the model calls it again after its generic init)."""
         with torch.no_grad():
             self.pos.weight.copy_(sinusoids(*self.pos.weight.shape))
+
+    def forward_flops(self, frames: int, tokens: int) -> float:
+        """Forward FLOPs over `frames` mel frames, `tokens` of them kept (models/flops.py)."""
+        return 2 * (sum(p.numel() for p in self.conv1.parameters()) * frames + sum(p.numel() for p in self.conv2.parameters()) * tokens)
 
     def forward(self, batch: TokenBatch) -> Tensor:
         x = batch.values.to(self.conv1.weight.dtype).transpose(1, 2)  # (B, F, n_mels) -> (B, n_mels, F)

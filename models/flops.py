@@ -2,13 +2,18 @@
 
 A training step costs about 6·N FLOPs per token for the weights (forward 2N, backward 4N), N the
 parameters that multiply activations (embedding tables excluded: they are lookups), plus the
-attention scores and weighted sums, 12·L·C·T per token for L blocks of width C over T keys
-(6·L·C·T for the cross-attention of an encoder-decoder, over the encoder's tokens). MFU is the
-achieved FLOP rate over the device's peak, which comes from a table of known GPUs or, for anything
-else, is measured with one large matmul.
+attention scores and weighted sums, 12·L·C·T per token for L blocks of width C over T keys.
+`flops_per_token` is that one-stack estimate (nanoGPT's, for a GPT or a ViT). `batch_flops` counts
+one batch of any model part by part, each at the rate of the tokens it sees: an encoder's weights
+and self-attention over the encoder's tokens (after a strided stem: Whisper's keeps every second
+frame), a decoder's over the decoder's tokens, cross-attention (12·L·C·M per decoder token over M
+memory tokens, its key / value projections once per memory token), a pooled head once per sample.
+MFU is the achieved FLOP rate over the device's peak, which comes from a table of known GPUs or,
+for anything else, is measured with one large matmul.
 
-Left out: the convolution stem of speech models and the output head's share of the vocabulary
-(both are in N), recomputation for activation checkpointing (MFU counts model FLOPs only).
+Left out: elementwise work (norms, activations, softmax), recomputation for activation
+checkpointing (MFU counts model FLOPs only); attention is counted over the whole padded row, as
+the kernels compute it.
 """
 
 from __future__ import annotations
@@ -32,15 +37,74 @@ def matmul_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters()) - tables
 
 
-def flops_per_token(model: nn.Module, tokens: int, memory: int = 0, n_params: int | None = None) -> float:
-    """Training FLOPs per token of a MultimodalTransformer at sequence length `tokens` (decoder or
-    encoder), with `memory` encoder tokens seen by cross-attention. n_params: `matmul_params(model)`
-    when the caller has it already (it walks every module)."""
+def flops_per_token(model: nn.Module, tokens: int, n_params: int | None = None) -> float:
+    """Training FLOPs per token of a one-stack MultimodalTransformer (a decoder or an encoder) at
+    sequence length `tokens`: nanoGPT's 6·N + 12·L·C·T. n_params: `matmul_params(model)` when the
+    caller has it already (it walks every module). An encoder-decoder: `batch_flops`."""
     N = matmul_params(model) if n_params is None else n_params
-    C = model.config.trunk.dim
-    enc = len(model.encoder.blocks) if model.encoder is not None else 0
-    dec = len(model.decoder.blocks) if model.decoder is not None else 0
-    return 6 * N + 12 * (enc + dec) * C * tokens + (6 * dec * C * memory if memory else 0)
+    blocks = sum(len(s.blocks) for s in (model.encoder, model.decoder) if s is not None)
+    return 6 * N + 12 * blocks * model.config.trunk.dim * tokens
+
+
+def _matmul_numel(module: nn.Module) -> int:
+    """`module`'s parameters less its embedding tables (a table tied to an output layer is counted
+    where it multiplies: in the head)."""
+    tables = {id(m.weight) for m in module.modules() if isinstance(m, nn.Embedding)}
+    return sum(p.numel() for p in module.parameters() if id(p) not in tables)
+
+
+def part_params(model: nn.Module) -> dict:
+    """The matmul parameters of each part of a MultimodalTransformer, for `batch_flops` (it walks
+    every module: compute once per model)."""
+    stacks = {}
+    for name in ("encoder", "decoder"):
+        stack = getattr(model, name)
+        if stack is not None:
+            cross_kv = sum(_matmul_numel(b.cross_attn.kv) for b in stack.blocks if b.cross_attn is not None)
+            stacks[name] = (_matmul_numel(stack) - cross_kv, cross_kv)
+    return {"stacks": stacks, "embedders": {n: _matmul_numel(e) for n, e in model.embedders.items()},
+            "heads": {n: _matmul_numel(h) for n, h in model.heads.items()}}  # fmt: skip
+
+
+def batch_flops(model: nn.Module, inputs: dict, params: dict | None = None) -> float:
+    """Training FLOPs (forward + backward: 3 × the forward's 2 per multiply-add) of one batch of a
+    MultimodalTransformer: `inputs` the modality → TokenBatch dict it takes; real tokens (the mask)
+    count, attention spans whole rows. params: `part_params(model)` when the caller has it."""
+    params = part_params(model) if params is None else params
+    cfg, C = model.config, model.config.trunk.dim
+    forward, seen = 0.0, {}  # seen: modality -> (real tokens after its stem, row length)
+    for name, batch in inputs.items():
+        emb = model.embedders[name]
+        k = getattr(emb, "stride", 1)
+        mask = batch.mask[:, ::k]
+        seen[name] = (int(mask.sum()), mask.shape[1])
+        frames = int(batch.mask.sum())
+        if hasattr(emb, "forward_flops"):  # a stem whose layers run at different rates (Whisper's convolutions)
+            forward += emb.forward_flops(frames, seen[name][0])
+        else:
+            forward += 2 * params["embedders"][name] * frames
+
+    def tokens(names):
+        real = sum(seen[n][0] for n in names if n in seen)
+        return real, sum(seen[n][1] for n in names if n in seen)
+
+    B = next(iter(inputs.values())).mask.shape[0]
+    enc_real, enc_len = tokens(cfg.encoder_inputs)
+    if "encoder" in params["stacks"] and enc_len:
+        forward += 2 * params["stacks"]["encoder"][0] * enc_real + 4 * len(model.encoder.blocks) * C * enc_len * enc_real
+    if "decoder" in params["stacks"]:
+        dec_real, dec_len = tokens(cfg.decoder_inputs)
+        blocks, cross_kv = params["stacks"]["decoder"]
+        forward += 2 * blocks * dec_real + 4 * len(model.decoder.blocks) * C * dec_len * dec_real
+        if cross_kv:  # memory: the encoder's tokens and, where the model has it, a null memory token in front of each row
+            null = 1 if getattr(model, "null_memory", None) is not None else 0
+            forward += 2 * cross_kv * (enc_real + null * B) + 4 * len(model.decoder.blocks) * C * (enc_len + null) * dec_real
+    for name, head in model.heads.items():
+        modality = cfg.heads[name].modality
+        if modality in seen:
+            rows = B if hasattr(head, "pool") else seen[modality][0]  # a pooled head runs once per sample
+            forward += 2 * params["heads"][name] * rows
+    return 3 * forward
 
 
 def measure_peak(device: torch.device | str, dtype: torch.dtype = torch.bfloat16, n: int = 4096, seconds: float = 0.5) -> float:

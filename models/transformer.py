@@ -107,6 +107,9 @@ class MultimodalTransformer(nn.Module):
                     raise ValueError(f"head {name!r}: a {h.kind} head needs num_outputs")
                 self.heads[name] = PooledHead(t.dim, h.num_outputs, h.pool, h.norm, t.norm_eps)
         self.apply(self._init_weights)
+        for m in self.modules():  # a layer with its own starting values (Whisper's sinusoidal positions) sets them again
+            if hasattr(m, "reset_table"):
+                m.reset_table()
         n_layers = (len(self.encoder.blocks) if self.encoder else 0) + (len(self.decoder.blocks) if self.decoder else 0)
         for pn, p in self.named_parameters():
             if pn.endswith("proj.weight") and (pn.startswith("encoder.") or pn.startswith("decoder.")):

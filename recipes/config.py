@@ -9,10 +9,11 @@ type-checked against the dataclass fields, and an unknown key is an error listin
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -74,6 +75,12 @@ class TrainConfig:
                 value = getattr(self, key, None)
                 if value is not None and not ok(value, bound):  # note: NaN fails every comparison, so it is refused too
                     raise ConfigError(f"{key}={value} must be {words} {bound}")
+        for f in fields(self):  # note: inf passes the bounds above; a float setting that is not a number is refused
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value} must be a finite number")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"min_lr={self.min_lr} must be at most lr={self.lr} (the cosine decays from lr down to min_lr)")
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
         world = launched_processes()

@@ -238,9 +238,10 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = Fals
     return Accelerator(mixed_precision=precision, cpu=cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
 
-def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None) -> None:
+def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None, skipped: int = 0) -> None:
     """Main process writes checkpoints/step-N atomically; every process waits for it. A sharded
-    `model` (fsdp=true) is first gathered into `full`, its whole copy (every process takes part)."""
+    `model` (fsdp=true) is first gathered into `full`, its whole copy (every process takes part).
+    skipped: the batches skipped so far (skip_nonfinite), which a resumed run goes on counting."""
     accelerator.wait_for_everyone()
     inner = accelerator.unwrap_model(model, keep_torch_compile=False)
     sharded = is_sharded(inner)
@@ -255,7 +256,7 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
             whole.save(tmp)
             save_state(tmp, "optimizer", opt_state)
             save_state(tmp, "rng", {"processes": rng_states})
-            json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg)}
+            json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg), "skipped_batches": skipped}
             (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
@@ -314,13 +315,14 @@ def train(
         if getattr(cfg, key) < 1:  # (the full rules, TrainConfig.check, apply when a run starts: an older run still resumes)
             raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
     accelerator = accelerator or make_accelerator(cfg, run_dir, subset_inputs(model))  # any module returning .loss trains here
-    start_step, ckpt = 0, latest_checkpoint(run_dir) if resume else None
+    start_step, skipped, ckpt = 0, 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")
     if ckpt is not None:
         verify(ckpt)
         load_weights(model, ckpt / "model.safetensors")
-        start_step = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+        start_step, skipped = trainer_state["step"], trainer_state.get("skipped_batches", 0)  # (older checkpoints: none kept)
         if accelerator.is_main_process:
             print(f"resume: from {ckpt.name}, step {start_step} of {cfg.max_steps}" + (
                 "; the run is already complete: evaluating it (`mmtok resume RUN_DIR max_steps=N` trains longer)"
@@ -359,7 +361,7 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     if ckpt is not None:
         load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
-        scheduler.load_state_dict(json.loads((ckpt / "trainer_state.json").read_text())["scheduler"])
+        scheduler.load_state_dict(trainer_state["scheduler"])
         restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator, start_step)
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
@@ -369,7 +371,7 @@ def train(
     bar = tqdm(total=cfg.max_steps, initial=start_step, disable=not accelerator.is_main_process, desc="train", dynamic_ncols=True)
     metrics: dict = {}
     model.train()
-    t0, tokens, skipped = time.perf_counter(), 0, 0
+    t0, tokens = time.perf_counter(), 0
     bad_step = torch.zeros((), dtype=torch.long, device=accelerator.device)  # the first step whose loss was not finite; 0: none
     for step in range(start_step + 1, cfg.max_steps + 1):
         micro = [next(loader) for _ in range(cfg.grad_accum)]
@@ -386,6 +388,7 @@ def train(
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
             optimizer.step()
+        lr = scheduler.get_last_lr()[0]  # this step's (the scheduler moves on to the next)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         tokens += sum(int(b.mask.sum()) for batch in micro for b in batch[0].values())
@@ -403,7 +406,7 @@ def train(
             loss_val = accelerator.reduce(loss, "mean").item()
             loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             dt = time.perf_counter() - t0
-            row = {"step": step, "loss": loss_val, "lr": scheduler.get_last_lr()[0],
+            row = {"step": step, "loss": loss_val, "lr": lr,
                    "tokens_per_s": tokens * accelerator.num_processes / dt}  # fmt: skip
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
@@ -416,6 +419,7 @@ def train(
                 append_metrics(run_dir, row)
                 accelerator.log({k: v for k, v in row.items() if k != "step"}, step=step)
             t0, tokens = time.perf_counter(), 0
+        paused = time.perf_counter()
         if eval_now:
             metrics = evaluate_whole(evaluate, model, full, accelerator)
             bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -423,7 +427,8 @@ def train(
                 append_metrics(run_dir, {"step": step, **metrics})
                 accelerator.log(metrics, step=step)
         if ckpt_now:
-            save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full)
+            save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full, skipped)
+        t0 += time.perf_counter() - paused  # the throughput clock (tokens/s, MFU) stands still while evaluating and saving
     bar.close()
     if not metrics:  # resumed at the end, or max_steps=0: evaluate what we have
         metrics = evaluate_whole(evaluate, model, full, accelerator)
@@ -434,7 +439,7 @@ def train(
         full.to(accelerator.device)
     if accelerator.is_main_process:
         plot_metrics(run_dir)
-        (run_dir / "results.json").write_text(json.dumps({"step": cfg.max_steps, **metrics}, indent=2))
+        (run_dir / "results.json").write_text(json.dumps({"step": max(start_step, cfg.max_steps), **metrics}, indent=2))
     for tracker in accelerator.trackers:  # note: not end_training(), which also destroys the process group: a recipe may
         tracker.finish()  # train again in this process (dt's behaviour-cloning baseline); the CLI ends the group at exit
     # note: drop the training objects (ours and Accelerate's references) and collect them now, so a DDP / sharded model's
@@ -445,31 +450,28 @@ def train(
 
 
 class FlopMeter:
-    """Model FLOPs of the steps since the last report (models/flops.py) against the device's peak:
-    `mfu(seconds)` = achieved / peak, summed over processes."""
+    """Model FLOPs of the steps since the last report (models/flops.py: each batch counted part by
+    part) against the device's peak: `mfu(seconds)` = each process's achieved rate over its
+    device's peak, averaged over the processes (a collective: every process calls it)."""
 
     def __init__(self, model: MultimodalTransformer, accelerator: Accelerator):
-        from models.flops import matmul_params, peak_flops
+        from models.flops import part_params, peak_flops
 
         self.model, self.accelerator, self.flops = model, accelerator, 0.0
-        self.n_params = matmul_params(model)  # once: it walks every module
+        self.params = part_params(model)  # once: it walks every module
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
         self.peak, self.source = peak_flops(accelerator.device, dtype)
 
     def add(self, micro_batches: list) -> None:
-        from models.flops import flops_per_token
+        from models.flops import batch_flops
 
-        enc = set(self.model.config.encoder_inputs)
         for inputs, _ in micro_batches:
-            mem = sum(b.mask.shape[1] for n, b in inputs.items() if n in enc)
-            seq = sum(b.mask.shape[1] for n, b in inputs.items() if n not in enc)
-            n_tokens = sum(int(b.mask.sum()) for b in inputs.values())
-            self.flops += flops_per_token(self.model, seq or mem, mem if seq else 0, self.n_params) * n_tokens
+            self.flops += batch_flops(self.model, inputs, self.params)
 
     def mfu(self, seconds: float) -> float:
-        value = self.flops * self.accelerator.num_processes / seconds / self.peak
+        value = torch.tensor(self.flops / seconds / self.peak, device=self.accelerator.device)
         self.flops = 0.0
-        return value
+        return float(self.accelerator.reduce(value, "mean"))
 
 
 def read_metrics(run_dir) -> list[dict]:

@@ -26,8 +26,7 @@ def shakespeare() -> Path:
     return path
 
 
-@pytest.fixture
-def small_text(tmp_path) -> Path:
+def write_small_text(folder: Path) -> Path:
     """A small real corpus: tiny shakespeare's opening when present, else Python's own docs."""
     src = SHARED_DATA / "tinyshakespeare.txt"
     if src.exists():
@@ -36,9 +35,14 @@ def small_text(tmp_path) -> Path:
         from recipes.gpt_char import default_corpus
 
         text = default_corpus()[:30000]
-    path = tmp_path / "corpus.txt"
+    path = folder / "corpus.txt"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+@pytest.fixture
+def small_text(tmp_path) -> Path:
+    return write_small_text(tmp_path)
 
 
 def subprocess_env() -> dict:

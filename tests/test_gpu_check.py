@@ -6,13 +6,13 @@ import sys
 import torch
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from models.flops import flops_per_token, matmul_params, peak_flops
+from models.flops import batch_flops, flops_per_token, matmul_params, peak_flops
 from tests.conftest import ROOT
-from tokenizers_mm import ModalitySpec
+from tokenizers_mm import ModalitySpec, TokenSet, collate
 
 
-def gpt(dim=64, depth=2, heads=2, context=128, vocab=512):
-    trunk = TrunkConfig(dim=dim, depth=depth, num_heads=heads, mode="decoder", bias=False)
+def gpt(dim=64, depth=2, heads=2, context=128, vocab=512, flash=True):
+    trunk = TrunkConfig(dim=dim, depth=depth, num_heads=heads, mode="decoder", bias=False, flash=flash)
     text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), context, vocab_size=vocab))
     return MultimodalTransformer(ModelConfig(trunk, {"text": text}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"]))
 
@@ -25,6 +25,35 @@ def test_flops_follow_nanogpt_estimate():
     assert flops_per_token(model, 128) == 6 * n_nanogpt + 12 * 2 * 64 * 128
     peak, source = peak_flops("cpu", torch.float32)
     assert peak > 1e8 and source.startswith("measured")
+
+
+def test_batch_flops_agree_with_torch_flop_counter():
+    """Every part counted at its own rate (a strided stem, cross-attention over the memory, a
+    pooled head once per sample): within a few percent of what torch's FlopCounterMode counts in a
+    forward + backward (the manual attention path, whose matmuls it sees; it leaves out the input
+    gradient of the first convolution, and norms and biases, which the estimate keeps)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    B, frames, n_text = 3, 200, 32
+    audio = ModalityConfig.from_spec(ModalitySpec("audio", ("frame",), frames, value_dim=16), embedder="whisper_conv")
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), n_text, vocab_size=100))
+    image = ModalityConfig.from_spec(ModalitySpec("image", ("patch",), 50, value_dim=48))
+    whisper = ModelConfig(TrunkConfig(dim=64, depth=2, dec_depth=2, num_heads=2, mode="encoder-decoder", flash=False),
+                          {"audio": audio, "text": text}, {"lm": HeadConfig("lm", "text")}, encoder_inputs=["audio"], decoder_inputs=["text"])  # fmt: skip
+    vit = ModelConfig(TrunkConfig(dim=64, depth=3, num_heads=2, mode="encoder", flash=False), {"image": image},
+                      {"cls": HeadConfig("classify", "image", num_outputs=10, pool="mean")}, encoder_inputs=["image"])  # fmt: skip
+    text_batch = collate([TokenSet("text", ids=torch.randint(0, 100, (n_text,)), targets=torch.randint(0, 100, (n_text,))) for _ in range(B)])
+    cases = [(whisper, {"audio": collate([TokenSet("audio", values=torch.randn(frames, 16)) for _ in range(B)]), "text": text_batch}, {}),
+             (vit, {"image": collate([TokenSet("image", values=torch.randn(50, 48)) for _ in range(B)])}, {"cls": torch.arange(B)}),
+             (gpt(context=n_text, vocab=100, flash=False).config, {"text": text_batch}, {})]  # fmt: skip
+    for config, inputs, targets in cases:
+        model = MultimodalTransformer(config)
+        with FlopCounterMode(display=False) as counter:
+            model(inputs, targets).loss.backward()
+        assert abs(batch_flops(model, inputs) / counter.get_total_flops() - 1) < 0.05, config.trunk.mode
+    model = gpt(context=n_text, vocab=100)  # one stack, no padding: nanoGPT's per-token estimate, token for token
+    assert batch_flops(model, {"text": text_batch}) == flops_per_token(model, n_text) * B * n_text
 
 
 def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():

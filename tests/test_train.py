@@ -2,18 +2,16 @@
 
 import json
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, subprocess_env, write_small_text
 from recipes.checkpoint import load_state
 from recipes.train import StepSampler, lr_lambda
 from recipes.config import TrainConfig
@@ -57,41 +55,31 @@ def test_lr_schedule_warmup_and_cosine():
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
 
 
-def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, small_text):
-    args = ["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=300", "ckpt_every=20", "eval_every=50"]
-    mmtok(*args, f"run_dir={tmp_path / 'a'}")
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """One short gpt_char run (20 steps, trained in this process as `mmtok train` trains) that the
+    tests below copy or read. (SIGKILL and resume: tests/test_faults.py, every recipe family.)"""
+    from recipes.cli import main
 
-    run_b = tmp_path / "b"
-    proc = subprocess.Popen([sys.executable, "-m", "recipes.cli", *args, f"run_dir={run_b}"], env=subprocess_env(), cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.time() + 120
-    while not (run_b / "checkpoints" / "step-0000060").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    killed_at = sorted((run_b / "checkpoints").glob("step-*"))[-1].name
-    assert killed_at < "step-0000300"
-    assert f"resume: from {killed_at}, step {int(killed_at[5:])} of 300" in mmtok("resume", str(run_b)).stdout
-
-    assert json.loads((run_b / "results.json").read_text()) == json.loads((tmp_path / "a" / "results.json").read_text())
-    assert metric_rows(run_b) == metric_rows(tmp_path / "a")  # every logged loss, bit for bit
-    assert (run_b / "loss.png").stat().st_size > 1000
+    root = tmp_path_factory.mktemp("trained")
+    assert main(["train", "gpt_char", f"data={write_small_text(root)}", *TINY, "max_steps=20", "ckpt_every=10", f"run_dir={root / 'run'}"]) == 0
+    return root / "run"
 
 
-def test_resume_refuses_a_corrupt_checkpoint(tmp_path, small_text):
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
     run = tmp_path / "run"
-    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=10", f"run_dir={run}")
+    shutil.copytree(trained, run)
     weights = sorted((run / "checkpoints").glob("step-*"))[-1] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    for cmd in (["resume", str(run), "max_steps=20"], ["eval", str(run)]):
+    for cmd in (["resume", str(run), "max_steps=30"], ["eval", str(run)]):
         p = mmtok(*cmd, check=False)
         assert p.returncode == 2
         assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
 
 
-def test_cli_eval_and_generate(tmp_path, small_text):
+def test_cli_eval_and_generate(tmp_path, trained):
     run = tmp_path / "run"
-    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=20", f"run_dir={run}")
+    shutil.copytree(trained, run)
     val = json.loads(mmtok("eval", str(run)).stdout)["val_loss"]
     assert val == pytest.approx(json.loads((run / "results.json").read_text())["val_loss"], rel=1e-5)
     assert "step 20 of 20; the run is already complete: evaluating it" in mmtok("resume", str(run)).stdout
@@ -114,6 +102,9 @@ def test_cli_eval_and_generate(tmp_path, small_text):
         (["train", "gpt_char", "max_steps=-5"], "max_steps=-5 must be at least 0"),
         (["train", "gpt_char", "lr=-1"], "lr=-1.0 must be above 0"),
         (["train", "gpt_char", "top_k=0"], "top_k=0 must be at least 1"),
+        (["train", "gpt_char", "lr=inf"], "lr=inf must be a finite number"),
+        (["train", "gpt_char", "eval_every=0"], "eval_every=0 must be at least 1"),
+        (["train", "gpt_char", "lr=1e-3", "min_lr=0.01"], "min_lr=0.01 must be at most lr=0.001"),
         (["train", "gpt_char", "batch_size=8", "grad_accum=3"], "batch_size=8 must be divisible by grad_accum * processes = 3 * 1"),
         (["train", "vit_digits", "label_smoothing=2"], "label_smoothing=2.0 must be below 1.0"),
         (["train", "dt_cartpole", "eval_episodes=0"], "eval_episodes=0 must be at least 1"),
@@ -142,10 +133,11 @@ def test_cli_errors_are_one_line(args, message, tmp_path, capsys, monkeypatch):
         assert p.returncode == 2 and p.stderr.strip() == err.strip()
 
 
-def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text):
+def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text, capsys):
     """The config rules apply when a run starts; a run whose run.json holds a value they now refuse
     (here keep_checkpoints=-1, which kept every checkpoint) resumes and trains longer."""
     from recipes import gpt_char
+    from recipes.cli import main
     from recipes.runs import make_config
 
     _, _, cfg = make_config("gpt_char", [f"data={small_text}", *TINY, "max_steps=10", "ckpt_every=5", f"run_dir={tmp_path / 'run'}"])
@@ -153,12 +145,15 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text)
     gpt_char.main(cfg)
     assert "resume: from step-0000010, step 10 of 20" in mmtok("resume", str(tmp_path / "run"), "max_steps=20").stdout
     assert [c.name for c in sorted((tmp_path / "run" / "checkpoints").glob("step-*"))] == [f"step-{n:07d}" for n in (5, 10, 15, 20)]
-    assert "must be at least 0" in mmtok("resume", str(tmp_path / "run"), "max_steps=-1", check=False).stderr
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "run"), "max_steps=-1"]) == 2 and "max_steps=-1 must be at least 0" in capsys.readouterr().err
 
 
 def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text):
+    from recipes.cli import main
+
     run = tmp_path / "run"
-    mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=0", f"run_dir={run}")
+    assert main(["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=0", f"run_dir={run}"]) == 0
     assert [c.name for c in (run / "checkpoints").glob("step-*")] == ["step-0000000"]
     started = json.loads((run / "results.json").read_text())["val_loss"]
     assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] == pytest.approx(started, rel=1e-5)
@@ -220,7 +215,7 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path)
     from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
     from recipes.checkpoint import latest_checkpoint, verify
     from recipes.config import TrainConfig
-    from recipes.train import batch_samples, train
+    from recipes.train import batch_samples, lr_lambda, train
     from tokenizers_mm import ModalitySpec, TokenSet, collate
 
     cfg = TrainConfig(max_steps=9, batch_size=4, log_every=1, eval_every=100, ckpt_every=1, cpu=True, warmup_steps=1)
@@ -246,24 +241,27 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path)
     cfg.skip_nonfinite = True
     m = model()
     train(cfg, m, data, collate_fn, lambda m, a: {}, tmp_path / "skip")
-    rows = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    rows = metric_rows(tmp_path / "skip")
     train_rows = [r for r in rows if "loss" in r]
     assert train_rows[-1]["skipped_batches"] == len(hits) and [r["step"] for r in train_rows if r["loss"] is None] == hits
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
+    assert [r["lr"] for r in train_rows] == [cfg.lr * lr_lambda(cfg)(s - 1) for s in range(1, 10)]  # the rate each step used
+    assert hits[0] < cfg.max_steps
+    shutil.rmtree(latest_checkpoint(tmp_path / "skip"))  # killed before the last checkpoint: a resume goes on counting skips
+    train(cfg, model(), data, collate_fn, lambda m, a: {}, tmp_path / "skip", resume=True)
+    assert metric_rows(tmp_path / "skip") == rows
 
 
-def test_training_into_a_directory_with_checkpoints_is_refused(tmp_path, small_text):
-    args = ["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=4", "eval_every=4", f"run_dir={tmp_path}"]
-    mmtok(*args)
-    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
-    p = mmtok(*args, check=False)
+def test_training_into_a_directory_with_checkpoints_is_refused(trained, small_text):
+    before = sorted(p.name for p in (trained / "checkpoints").iterdir())
+    p = mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=4", f"run_dir={trained}", check=False)
     assert p.returncode == 2 and "already holds checkpoints" in p.stderr and len(p.stderr.strip().splitlines()) == 1
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
 
 
-def test_step_intervals_and_cli_sizes_must_be_positive(tmp_path, small_text):
-    p = mmtok("train", "gpt_char", f"data={small_text}", *TINY, "eval_every=0", f"run_dir={tmp_path / 'r'}", check=False)
-    assert p.returncode == 2 and "eval_every=0 must be at least 1" in p.stderr and p.stderr.count("\n") == 1
-    p = mmtok("show", str(small_text), "--slice-frames", "0", check=False)
-    assert p.returncode == 2 and "expected a positive integer, got 0" in p.stderr
+def test_cli_sizes_must_be_positive(capsys):
+    from recipes.cli import main
 
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error: the usage, then the line naming the option
+        main(["show", "README.md", "--slice-frames", "0"])
+    assert exit_.value.code == 2 and "argument --slice-frames: expected a positive integer, got 0" in capsys.readouterr().err

@@ -47,8 +47,13 @@ def test_logits_equal_hf_whisper(n_mels):
 
 
 def test_sinusoids_equal_whisper():
+    """Whisper's sinusoidal positions, and the table a model built from scratch starts from (the
+    generic N(0, 0.02) init of embedding tables must not overwrite it)."""
     whisper_model = pytest.importorskip("whisper.model")
     torch.testing.assert_close(sinusoids(50, 32), whisper_model.sinusoids(50, 32))
+    cfg, _ = small_whisper()
+    fresh = MultimodalTransformer(whisper_model_config(cfg.to_dict()))
+    torch.testing.assert_close(fresh.embedders["audio"].pos.weight.detach(), whisper_model.sinusoids(50, 32))
 
 
 def test_audio_tokens_feed_the_stem_with_padding():
