@@ -141,6 +141,10 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
               if not isinstance(getattr(module, n, torch.nn.Identity()), torch.nn.Identity)]  # fmt: skip
     extras += ["pool_include_prefix"] if getattr(vit, "pool_include_prefix", False) else []
     extras += ["pos_embed=None"] if vit.pos_embed is None else []
+    # one bias flag serves every layer: a ViT without the qkv bias alone (qkv_bias=False) takes a zero one (the same sums)
+    bias = block.attn.proj.bias is not None
+    layers = {"attn.proj": block.attn.proj, "mlp.fc1": block.mlp.fc1, "mlp.fc2": block.mlp.fc2, "attn.qkv": block.attn.qkv}
+    extras += [f"{n} bias={m.bias is not None}" for n, m in layers.items() if (m.bias is not None) != bias and not (bias and n == "attn.qkv")]
     if activation is None or extras:
         raise ValueError(f"timm import: plain ViTs only; this one has {extras or [type(act).__name__ + ' activation']} (not supported)")
     dim = vit.embed_dim
@@ -149,7 +153,7 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     grid = list(vit.patch_embed.grid_size)
     fc_norm = not isinstance(vit.fc_norm, torch.nn.Identity)
     trunk = TrunkConfig(dim=dim, depth=len(vit.blocks), num_heads=block.attn.num_heads, mlp_ratio=block.mlp.fc1.out_features / dim,
-                        bias=block.attn.qkv.bias is not None, norm_eps=block.norm1.eps, mode="encoder", activation=activation,
+                        bias=bias, norm_eps=block.norm1.eps, mode="encoder", activation=activation,
                         final_norm=not isinstance(vit.norm, torch.nn.Identity))  # fmt: skip
     has_cls = vit.cls_token is not None
     spec = ModalitySpec("image", ("patch", "cls"), int(has_cls) + grid[0] * grid[1], value_dim=in_chans * p * p)
@@ -179,6 +183,9 @@ def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
             for kind in ("weight", "bias"):
                 if f"blocks.{i}.{theirs}.{kind}" in sd:
                     out[f"encoder.blocks.{i}.{ours}.{kind}"] = sd[f"blocks.{i}.{theirs}.{kind}"]
+        qkv = f"blocks.{i}.attn.qkv"
+        if f"{qkv}.weight" in sd and f"{qkv}.bias" not in sd and f"blocks.{i}.attn.proj.bias" in sd:  # qkv_bias=False: a zero bias
+            out[f"encoder.blocks.{i}.attn.qkv.bias"] = sd[f"{qkv}.weight"].new_zeros(sd[f"{qkv}.weight"].shape[0])
     return out
 
 
@@ -189,8 +196,9 @@ TIMM_VIT_KEYS = (r"patch_embed\.proj\.(weight|bias)", r"pos_embed", r"cls_token"
 def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head: bool = False, old_grid=None) -> MultimodalTransformer:
     """Copy timm ViT weights into a model built from `vit_model_config`. The position table is
     resampled (bicubic) when the model's patch grid differs from the checkpoint's (`old_grid`,
-    (rows, columns); a square grid is assumed when not given); `skip_head` keeps our own head, for
-    fine-tuning on a new label set."""
+    (rows, columns); when not given, a square grid if the count is a square, as timm assumes, else
+    the model's grid if it holds the count); `skip_head` keeps our own head, for fine-tuning on a
+    new label set."""
     from .embedders import resample_grid
 
     refuse_unknown(sd, TIMM_VIT_KEYS, len(model.encoder.blocks), "timm")
@@ -198,12 +206,12 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
     m = model.config.modalities["image"]
     n_prefix = len(m.learned_types)
     old = sd["pos_embed"].shape[1] - n_prefix
-    if old_grid is None:
+    if old_grid is None:  # as timm's resample_abs_pos_embed: a square count is a square grid (a 4×4 table into a 2×8 grid is resampled)
         side = int(round(old**0.5))
-        if m.grid is not None and m.grid[0] * m.grid[1] == old:
-            old_grid = m.grid
-        elif side * side == old:
+        if side * side == old:
             old_grid = [side, side]
+        elif m.grid is not None and m.grid[0] * m.grid[1] == old:  # not square: the only layout known to hold it, the model's own
+            old_grid = m.grid
         elif m.grid is not None:
             raise ValueError(f"timm import: the checkpoint's {old} positions are not a square grid; pass old_grid=(rows, columns)")
     if list(old_grid or []) and (old_grid[0] * old_grid[1] != old):

@@ -121,6 +121,12 @@ def test_bad_audio_is_named(tmp_path):
         tok.encode(torch.tensor([0.0, float("nan")]))
     with pytest.raises(AudioError, match="longer than max_frames=200"):
         tok.encode(torch.zeros(3 * SAMPLE_RATE))
+    with pytest.raises(AudioError, match=r"pcm: int64 samples have no known scale; give float samples in \[-1, 1\] or int8"):
+        tok.encode(torch.tensor([0, 1000, -1000] * 200), name="pcm")  # a list of PCM values as a tensor: not 32768 times too loud
+    with pytest.raises(AudioError, match="encode_batch: 3 samples but 2 sample_rates; give one per sample"):
+        tok.encode_batch([torch.zeros(1600)] * 3, sample_rates=[SAMPLE_RATE] * 2)  # no sample dropped by a short list
+    with pytest.raises(AudioError, match="3 samples but 1 names"):
+        tok.encode_batch([torch.zeros(1600)] * 3, names=["a"])
     assert AudioTokenizer(chunk=True).encode(torch.zeros(N_SAMPLES + 12345)).values.shape[0] == N_FRAMES  # trimmed
 
 

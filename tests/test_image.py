@@ -95,6 +95,7 @@ def randomized_vit(**kw):
         dict(img_size=24, patch_size=6, global_pool="avg", class_token=False),  # mean pooling
         dict(img_size=(16, 24), patch_size=4, global_pool="avg", fc_norm=True),  # timm's fc_norm, non-square
         dict(img_size=32, patch_size=4, global_pool="token", act_layer="gelu_tanh"),  # tanh-approximated GELU
+        dict(img_size=16, patch_size=4, global_pool="token", qkv_bias=False),  # no qkv bias alone (vit_base_patch16_224_miil)
     ],
 )
 def test_logits_equal_timm(kw):
@@ -144,6 +145,12 @@ def test_a_non_square_checkpoint_grid_is_resampled_as_timm_or_refused():
     model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), old_grid=(2, 6))
     want = resample_abs_pos_embed(vit.pos_embed.detach(), new_size=[4, 12], old_size=[2, 6], num_prefix_tokens=1)[0]
     torch.testing.assert_close(model.embedders["image"].pos.weight.detach(), want)
+    square = randomized_vit(img_size=16, patch_size=4, global_pool="token")  # 4×4 into a 2×8 grid of the same 16 positions
+    cfg = vit_model_config(square)
+    cfg.modalities["image"].grid = [2, 8]
+    model = load_timm_vit(MultimodalTransformer(cfg), square.state_dict())  # resampled as timm does, not copied row for row
+    want = resample_abs_pos_embed(square.pos_embed.detach(), new_size=[2, 8], num_prefix_tokens=1)[0]
+    torch.testing.assert_close(model.embedders["image"].pos.weight.detach(), want)
 
 
 def test_timm_weights_at_a_new_resolution():
@@ -176,6 +183,23 @@ def test_resize_and_crop_follow_timm(hw, crop_pct):
             ImageTokenizer(crop_pct=1.5)
         with pytest.raises(ValueError, match="interpolation must be 'bicubic' or 'bilinear'"):
             ImageTokenizer(interpolation="nearest")
+
+
+@pytest.mark.parametrize("hw", [(375, 500), (500, 375), (231, 231), (224, 161)])
+def test_a_non_square_target_resizes_as_timms_resize_keep_ratio(hw):
+    """A non-square image_size: timm's eval transform resizes with its ResizeKeepRatio (the binding
+    side to floor(size / crop_pct), both sides rounded), then the centre crop."""
+    import math
+
+    from timm.data.transforms import ResizeKeepRatio
+    from torchvision.transforms import v2
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=hw, mode="bilinear")[0]
+    tok = ImageTokenizer(image_size=(224, 160), patch_size=16, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), crop_pct=0.9)
+    size = ResizeKeepRatio.get_params(img, [math.floor(t / 0.9) for t in (224, 160)], longest=0.0)
+    ref = v2.CenterCrop([224, 160])(v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)(img))
+    torch.testing.assert_close(tok.preprocess(img, "img"), ref, atol=1e-5, rtol=0)
 
 
 def test_float_pil_images_and_8_bit_values_in_wide_integer_arrays():

@@ -25,6 +25,7 @@ def test_defaults_and_len():
         (dict(ids=torch.tensor([1, 2]), targets=torch.tensor([1])), "targets has shape"),
         (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([0.0, 1.0])), "positions must be a integer"),
         (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([-1, 0])), "positions must be >= 0"),
+        (dict(ids=torch.tensor([1, 2]), types=torch.tensor([0, -1])), "types must be >= 0"),
         (dict(ids=torch.tensor([[1, 2]])), "ids must have 1 dims"),
     ],
 )
@@ -88,6 +89,13 @@ def test_collate_values_and_mismatch():
         collate([a, TokenSet("text", ids=torch.tensor([1]))])
     with pytest.raises(ValueError, match="value width"):
         collate([a, TokenSet("image", values=torch.randn(1, 5))])
+    # a field of another dtype or per-token shape: refused, padded or not (padding used to cast it to sample 0's)
+    ints = TokenSet("x", values=torch.zeros(2, 1), targets=torch.tensor([1, 2]))
+    for n in (2, 3):
+        with pytest.raises(ValueError, match=r"collate: sample 1 has targets of float32 per-token shape \(\), sample 0 int64 \(\)"):
+            collate([ints, TokenSet("x", values=torch.zeros(n, 1), targets=torch.tensor([0.5, 1.5, 2.7][:n]))])
+    with pytest.raises(ValueError, match=r"sample 1 has targets of int64 per-token shape \(2,\)"):
+        collate([ints, TokenSet("x", values=torch.zeros(2, 1), targets=torch.ones(2, 2, dtype=torch.long))])
 
 
 def test_pack_first_fit_and_segments():
@@ -114,6 +122,20 @@ def test_collate_examples_targets_and_specs():
     bad = [{"text": TokenSet("text", ids=torch.tensor([1, 20]))}]
     with pytest.raises(ValueError, match="ids must lie"):
         collate_examples(bad, specs={"text": SPEC})
+    extra = {**ex[0], "image": TokenSet("image", values=torch.randn(2, 3))}
+    with pytest.raises(ValueError, match=r"example 2 holds \['image', 'text'\] with targets \['cls'\], example 0 \['text'\]"):
+        collate_examples([*ex, extra])  # a modality in a later example is not dropped silently
+    with pytest.raises(ValueError, match=r"example 1 holds \['text'\] with targets \[\]"):
+        collate_examples([ex[0], {"text": ex[1]["text"]}])
+
+
+def test_pack_examples_names_the_example_that_disagrees():
+    from tokenizers_mm import pack_examples
+
+    examples = [{"t": TokenSet("t", ids=torch.tensor([1]))}, {"a": TokenSet("a", values=torch.zeros(3, 80))},
+                {"a": TokenSet("a", values=torch.zeros(3, 160))}]  # fmt: skip
+    with pytest.raises(ValueError, match="pack_examples \\(a\\): sample 2 has value width 160, sample 1 has 80"):
+        pack_examples(examples, 8)
 
 
 def test_batch_to_keeps_fields():

@@ -12,7 +12,7 @@ from tokenizers_mm.trajectory import mu_law, mu_law_inverse
 
 def episode(T=7, S=4, seed=0, discrete=True, A=2):
     rng = np.random.default_rng(seed)
-    acts = rng.integers(0, A, T) if discrete else rng.uniform(-2, 2, (T, A)).astype(np.float32)
+    acts = rng.integers(0, A, T) if discrete else rng.uniform(-1, 1, (T, A)).astype(np.float32)  # the default space
     return {"observations": rng.normal(size=(T, S)).astype(np.float32), "actions": acts, "rewards": rng.normal(size=T).astype(np.float32)}
 
 
@@ -82,6 +82,12 @@ def test_bad_episodes_are_named():
     assert len(tok.encode(episode(T=1))) == 3  # a one-step episode is one (R, s, a) step
     with pytest.raises(ValueError, match=r"continuous actions must have shape \(T, 2\)"):
         TrajectoryTokenizer(4, 2, discrete=False).encode(episode(discrete=False, A=3), name="e")
+    continuous = {**episode(discrete=False, A=2), "actions": np.full((7, 2), 0.5)}
+    continuous["actions"][4, 1] = 2.5  # beyond the declared [-1, 1]: not clipped into a target silently
+    with pytest.raises(ValueError, match=r"e: action 1 at step 4 is 2.5, outside the declared space \[-1, 1\]"):
+        TrajectoryTokenizer(4, 2, discrete=False).encode(continuous, name="e")
+    continuous["actions"][4, 1] = 1 + 1e-5  # rounding in a stored dataset passes
+    assert len(TrajectoryTokenizer(4, 2, discrete=False, context=7).encode(continuous)) == 21
     with pytest.raises(ValueError, match=r"context=30 steps must lie in \[1, max_timestep=20\]"):
         TrajectoryTokenizer(4, 2, discrete=True, context=30, max_timestep=20)
 

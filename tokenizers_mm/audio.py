@@ -106,6 +106,7 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
 
     Accepts NumPy arrays or tensors: (T,), or 2-D with the channels on the shorter axis ((C, T) as
     torchaudio, (T, C) as soundfile); int8 / int16 / int32 / uint8 PCM or float. Channels are averaged.
+    Other integer types (an int64 tensor made from a Python list) are refused: their scale is unknown.
     """
     x = torch.from_numpy(np.ascontiguousarray(audio)) if isinstance(audio, np.ndarray) else audio
     if not isinstance(x, Tensor):
@@ -122,8 +123,11 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
         x = (x.float() - 128.0) / 128.0
     elif x.dtype == torch.int8:
         x = x.float() / 128.0
-    else:
+    elif x.is_floating_point():
         x = x.float()
+    else:  # int64, uint16, bool...: is 1000 loud or quiet? Guessing would change every log-mel silently
+        raise AudioError(f"{name}: {str(x.dtype).removeprefix('torch.')} samples have no known scale; give float samples "
+                         "in [-1, 1] or int8 / int16 / int32 / uint8 PCM")  # fmt: skip
     if x.dim() == 2:
         x = x.mean(0)
     if x.numel() == 0:
@@ -367,6 +371,9 @@ class AudioTokenizer(Tokenizer):
         tokens equal `encode` of its sample alone."""
         sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
         names = names or [f"audio[{i}]" for i in range(len(samples))]
+        for what, given in (("sample_rates", sample_rates), ("names", names)):
+            if len(given) != len(samples):
+                raise AudioError(f"encode_batch: {len(samples)} samples but {len(given)} {what}; give one per sample")
         waves = [self.prepare(to_waveform(s, r, n), n) for s, r, n in zip(samples, sample_rates, names)]
         lengths = [w.shape[-1] // (HOP_LENGTH * self.slice_frames) for w in waves]
         values = self.slices(log_mel_rows(waves, self.n_mels, device))  # (B, N, k·n_mels); row b as encode(waves[b])

@@ -17,18 +17,27 @@ from .tokenset import TokenBatch, TokenSet
 PAD_SEGMENT = -1
 
 
-def _check_same(sets: list[TokenSet], who: str):
+def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):
+    """Every set must agree with the first in modality, fields present, and each field's dtype and
+    per-token shape (padding writes into the first's tensors: anything else would be cast or
+    broadcast silently). index: each set's number as the caller counts samples (default: its place)."""
     if not sets:
         raise ValueError(f"{who}: need at least one TokenSet")
-    first = sets[0]
-    for i, ts in enumerate(sets):
+    first, index = sets[0], index or list(range(len(sets)))
+    for i, ts in zip(index, sets):
         if ts.modality != first.modality:
-            raise ValueError(f"{who}: sample {i} has modality {ts.modality!r}, sample 0 has {first.modality!r}")
-        for name in ("ids", "values", "targets", "loss_mask"):
-            if (getattr(ts, name) is None) != (getattr(first, name) is None):
-                raise ValueError(f"{who}: sample {i} {'lacks' if getattr(ts, name) is None else 'has'} {name}, sample 0 does not agree")
-        if ts.values is not None and ts.values.shape[-1] != first.values.shape[-1]:
-            raise ValueError(f"{who}: sample {i} has value width {ts.values.shape[-1]}, sample 0 has {first.values.shape[-1]}")
+            raise ValueError(f"{who}: sample {i} has modality {ts.modality!r}, sample {index[0]} has {first.modality!r}")
+        for name in ("ids", "values", "targets", "loss_mask", "positions", "types"):
+            t, f = getattr(ts, name), getattr(first, name)
+            if (t is None) != (f is None):
+                raise ValueError(f"{who}: sample {i} {'lacks' if t is None else 'has'} {name}, sample {index[0]} does not agree")
+            if t is None:
+                continue
+            if name == "values" and t.shape[-1] != f.shape[-1]:
+                raise ValueError(f"{who}: sample {i} has value width {t.shape[-1]}, sample {index[0]} has {f.shape[-1]}")
+            if t.shape[1:] != f.shape[1:] or t.dtype != f.dtype:
+                raise ValueError(f"{who}: sample {i} has {name} of {str(t.dtype).removeprefix('torch.')} per-token shape "
+                                 f"{tuple(t.shape[1:])}, sample {index[0]} {str(f.dtype).removeprefix('torch.')} {tuple(f.shape[1:])}")  # fmt: skip
 
 
 def _place(rows: list[list[tuple[int, TokenSet, int]]], length: int, with_segments: bool) -> TokenBatch:
@@ -151,7 +160,8 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
         members = [members[r] for r in kept]
     out = {}
     for m in modalities:
-        _check_same([ex[m] for ex in examples if m in ex], f"pack_examples ({m})")
+        having = [i for i, ex in enumerate(examples) if m in ex]
+        _check_same([examples[i][m] for i in having], f"pack_examples ({m})", having)
         rows = [[(seg, examples[i][m], slots[i][m]) for seg, i in enumerate(row) if m in examples[i]] for row in members]
         out[m] = _place(rows, width[m], with_segments=True)
         if specs is not None and m in specs:
@@ -173,6 +183,11 @@ def collate_examples(examples: list[dict], specs: dict | None = None) -> tuple[d
     if not examples:
         raise ValueError("collate_examples: need at least one example")
     names = [k for k in examples[0] if k != "targets"]
+    heads = set(examples[0].get("targets", {}))
+    for i, ex in enumerate(examples):  # note: a generalist mixing tasks packs them (pack_examples); a batch here is uniform
+        if set(ex) - {"targets"} != set(names) or set(ex.get("targets", {})) != heads:
+            raise ValueError(f"collate_examples: example {i} holds {sorted(set(ex) - {'targets'})} with targets "
+                             f"{sorted(ex.get('targets', {}))}, example 0 {sorted(names)} with {sorted(heads)}; a batch's examples must agree")  # fmt: skip
     inputs = {}
     for name in names:
         inputs[name] = collate([ex[name] for ex in examples])

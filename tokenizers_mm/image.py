@@ -168,13 +168,15 @@ class ImageTokenizer(Tokenizer):
             if not self.resize:
                 raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")
             H, W = (math.floor(t / self.crop_pct) for t in self.image_size)  # timm's scale_size
-            # the binding side gets its target, the other keeps the aspect ratio, truncated as torchvision's
-            # Resize(int) does (timm's eval transform): 500×375 → 298×224, not 299
-            size = [H, max(W, int(H * w / h))] if H / h >= W / w else [max(H, int(W * h / w)), W]
+            if H == W:  # timm's eval transform: torchvision's Resize(int), the other side truncated: 500×375 → 298×224, not 299
+                size = [H, max(W, int(H * w / h))] if h <= w else [max(H, int(W * h / w)), W]
+            else:  # a non-square target: timm's ResizeKeepRatio, the binding side to its target, both rounded
+                ratio = min(h / H, w / W)
+                size = [round(h / ratio), round(w / ratio)]
             mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
             x = TF.resize(x, size, interpolation=mode, antialias=True)
             x = TF.center_crop(x, list(self.image_size))
-        x = (x - self._mean) / self._std
+        x = (x - self._mean.to(x.device)) / self._std.to(x.device)
         if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
             raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
                              f"{float(to_tensor(image, self.channels, name).abs().max()):.3g})")  # fmt: skip
@@ -231,4 +233,4 @@ class ImageTokenizer(Tokenizer):
             values = tokens.values[tokens.types == 0]
         else:
             values = tokens[self.prefix_tokens :] if tokens.shape[0] == self.max_positions else tokens
-        return self.unpatchify(values) * self._std + self._mean
+        return self.unpatchify(values) * self._std.to(values.device) + self._mean.to(values.device)

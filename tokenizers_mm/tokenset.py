@@ -78,8 +78,10 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
             raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, expected {shape}{' + (...)' if name == 'targets' else ''} like the tokens")
         if name in ("positions", "types"):
             _check_dtype(name, t, "int", who)
-    if ts.positions.numel() and int(ts.positions.min()) < 0:
-        raise ValueError(f"{who}: positions must be >= 0, got {int(ts.positions.min())}")
+    for name in ("positions", "types"):
+        t = getattr(ts, name)
+        if t.numel() and int(t.min()) < 0:
+            raise ValueError(f"{who}: {name} must be >= 0, got {int(t.min())}")
     if spec is None:
         return
     if spec.modality != ts.modality:

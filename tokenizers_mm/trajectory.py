@@ -158,6 +158,13 @@ class TrajectoryTokenizer(Tokenizer):
                 raise ValueError(f"{name}: continuous actions must have shape (T, {self.action_dim}), got {acts.shape}")
             if not np.isfinite(acts).all():
                 raise ValueError(f"{name}: actions hold NaN or infinite values")
+            slack = 1e-4 * (self.action_high - self.action_low)  # rounding in a stored dataset is no disagreement
+            outside = (acts < self.action_low - slack) | (acts > self.action_high + slack)
+            if outside.any():
+                t, j = (int(v) for v in np.argwhere(outside)[0])
+                raise ValueError(f"{name}: action {j} at step {t} is {acts[t, j]:.4g}, outside the declared space "
+                                 f"[{self.action_low[j]:.4g}, {self.action_high[j]:.4g}]; clip the actions as the environment "
+                                 "does, or declare the space the data uses (action_low / action_high)")  # fmt: skip
         return obs.astype(np.float32), acts, rew
 
     def fit(self, episodes) -> "TrajectoryTokenizer":
