@@ -61,7 +61,8 @@ class TrainConfig:
         "val_fraction": 0.0, "top_k": 1, "sample_tokens": 0, "eval_episodes": 1, "eval_utterances": 1, "beam_size": 1,
         "mixup": 0.0, "cutmix": 0.0,
     }  # fmt: skip
-    ABOVE: typing.ClassVar[dict] = {"lr": 0.0, "temperature": 0.0}
+    ABOVE: typing.ClassVar[dict] = {"lr": 0.0, "temperature": 0.0, "gamma": 0.0}
+    AT_MOST: typing.ClassVar[dict] = {"gamma": 1.0}
     BELOW: typing.ClassVar[dict] = {"beta1": 1.0, "beta2": 1.0, "dropout": 1.0, "label_smoothing": 1.0, "val_fraction": 1.0,
                                      "seed": 2**32 - 2**16}  # fmt: skip  # seed: process r seeds with seed + r
     PRECISIONS: typing.ClassVar[tuple] = ("auto", "no", "bf16", "fp16", "fp8")  # fp8: Accelerate's, with Transformer Engine / torchao
@@ -70,7 +71,7 @@ class TrainConfig:
     def check(self) -> None:
         """Refuse values a run cannot use, before its run directory is made (`mmtok train`)."""
         for rules, ok, words in ((self.AT_LEAST, lambda v, b: v >= b, "at least"), (self.ABOVE, lambda v, b: v > b, "above"),
-                                 (self.BELOW, lambda v, b: v < b, "below")):  # fmt: skip
+                                 (self.BELOW, lambda v, b: v < b, "below"), (self.AT_MOST, lambda v, b: v <= b, "at most")):  # fmt: skip
             for key, bound in rules.items():
                 value = getattr(self, key, None)
                 if value is not None and not ok(value, bound):  # note: NaN fails every comparison, so it is refused too

@@ -49,7 +49,7 @@ class Config(TrainConfig):
     context: int = 20  # K steps per window (3K tokens)
     max_timestep: int = 1000  # rows of the timestep table; longer episodes are refused
     rtg_scale: float = 100.0  # returns-to-go are divided by this
-    gamma: float = 1.0  # return-to-go discount
+    gamma: float = 1.0  # return-to-go discount; below 1, targets are discounted returns-to-go at the start (val_return stays the total)
     action_bins: int = 0  # continuous actions: 0 = regression (tanh), 1024 = Gato's mu-law bins
     dim: int = 64
     depth: int = 3
@@ -142,7 +142,9 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
              blank_returns: bool = False, device="cpu") -> np.ndarray:  # fmt: skip
     """Returns of len(seeds) episodes run side by side, the policy conditioned on `target`: at
     each step the last K steps (return-to-go = target − reward so far, the current action a
-    placeholder the causal mask hides from the state token) → the action read at the last state."""
+    placeholder the causal mask hides from the state token) → the action read at the last state.
+    With a discount (tok.gamma < 1) the return-to-go follows training's R_t = r_t + γ·R_t+1:
+    R_t+1 = (R_t − r_t) / γ, `target` being R_0."""
     from .rl_data import make_env
 
     was = model.training
@@ -167,7 +169,7 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
             acts[i].append(np.asarray(a, np.int64 if tok.discrete else np.float32).reshape(zero_action.shape))
             obs[i].append(o)
             total[i] += r
-            rtg[i].append(0.0 if blank_returns else rtg[i][-1] - r)
+            rtg[i].append(0.0 if blank_returns else (rtg[i][-1] - r) / tok.gamma)
             if not (terminated or truncated):
                 still.append(i)
         live, t = still, t + 1
@@ -175,6 +177,12 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
         env.close()
     model.train(was)
     return total
+
+
+def start_returns(episodes, gamma: float) -> np.ndarray:
+    """Each episode's return-to-go at its start, on the scale training conditions on: the total
+    reward, or with a discount below 1 the discounted sum."""
+    return np.array([float(np.sum(ep.rewards)) if gamma == 1 else float(returns_to_go(ep.rewards, gamma)[0]) for ep in episodes])
 
 
 def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
@@ -195,8 +203,9 @@ def make_evaluate(cfg: Config, tok: TrajectoryTokenizer, target: float, blank_re
     return evaluate
 
 
-def plot_returns(table: dict, best_in_data: float, path: Path, title: str) -> Path:
-    """Achieved return against target return (the DT paper's figure), BC as a flat line."""
+def plot_returns(table: dict, best_in_data: float, path: Path, title: str, gamma: float = 1.0) -> Path:
+    """Achieved return against target return (the DT paper's figure), BC as a flat line. With a
+    discount the targets are discounted returns-to-go: no achieved = target line (other scales)."""
     from .plots import save_png, subplots
 
     fig, ax = subplots(figsize=(6, 4.5))
@@ -206,9 +215,10 @@ def plot_returns(table: dict, best_in_data: float, path: Path, title: str) -> Pa
     if table.get("bc"):
         ax.axhline(table["bc"][0], color="tab:orange", linestyle="--", label=f"behaviour cloning ({table['bc'][0]:.0f})")
     lo, hi = min(targets.min(), dt[:, 0].min()), max(targets.max(), dt[:, 0].max())
-    ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="achieved = target")
+    if gamma == 1:
+        ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="achieved = target")
     ax.axvline(best_in_data, color="tab:green", alpha=0.4, label=f"best return in the data ({best_in_data:.0f})")
-    ax.set_xlabel("target return")
+    ax.set_xlabel("target return" if gamma == 1 else f"target: discounted return-to-go at the start (γ = {gamma:g})")
     ax.set_ylabel(f"achieved return (mean ± std, {table['episodes']} episodes)")
     ax.set_title(title)
     ax.legend(fontsize=8)
@@ -221,7 +231,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
-    returns = np.array([float(np.sum(ep.rewards)) for ep in episodes])
+    returns = start_returns(episodes, cfg.gamma)
     if resume:
         from tokenizers_mm import load_tokenizer
 
@@ -266,7 +276,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         "table": table,
     }  # fmt: skip
     (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))
-    plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}")
+    plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}", cfg.gamma)
     print(f"DT at target {target:.1f}: {summary['dt_return']:.1f} ± {summary['dt_return_std']:.1f}"
           + (f"; BC {summary['bc_return']:.1f}" if cfg.baseline else "") + f"; plot {run_dir / 'return_vs_target.png'}")  # fmt: skip
     return {**results["dt"], "bc_return": summary["bc_return"]}
@@ -281,7 +291,7 @@ def evaluate_run(run_dir) -> dict:
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
-        target = cfg.target or max(float(np.sum(ep.rewards)) for ep in load_data(cfg))
+        target = cfg.target or float(start_returns(load_data(cfg), cfg.gamma).max())
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     r = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
     out = {"target": target, "val_return": float(r.mean()), "val_return_std": float(r.std())}

@@ -84,3 +84,25 @@ def test_rollouts_refuse_episodes_past_the_timestep_table(tmp_path):
     model = dt.build_model(cfg, tok)
     with pytest.raises(ValueError, match="longer than max_timestep=10"):
         dt.rollouts(model, tok, "CartPole-v1", 500.0, [0], device="cpu")
+
+
+def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_computes_them(tmp_path, monkeypatch):
+    """gamma < 1: training's R_t = r_t + γ·R_t+1, so a rollout feeds R_t+1 = (R_t − r_t) / γ after a
+    reward r_t (CartPole: 1 a step), from the target as R_0; targets are discounted start returns."""
+    import gymnasium as gym
+
+    from tokenizers_mm import returns_to_go
+
+    eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 4, seed=3))
+    cfg = dt.Config(context=5, dim=32, depth=1, gamma=0.9)
+    tok = dt.make_tokenizer(cfg, eps, gym.make("CartPole-v1"))
+    fed = []
+    tokens = tok.tokens
+    monkeypatch.setattr(tok, "tokens", lambda obs, acts, rtg, timesteps: fed.append((timesteps[-1], rtg[-1])) or tokens(obs, acts, rtg, timesteps))
+    dt.rollouts(dt.build_model(cfg, tok), tok, "CartPole-v1", 9.0, [0], device="cpu")
+    rtg = [r for _, r in sorted(fed)]
+    assert len(rtg) > 5 and rtg[0] == 9.0
+    np.testing.assert_allclose([rtg[t] - 0.9 * rtg[t + 1] for t in range(len(rtg) - 1)], 1.0, rtol=1e-5)
+    starts = dt.start_returns(eps, 0.9)
+    assert starts[0] == pytest.approx(returns_to_go(eps[0].rewards, 0.9)[0]) and starts.max() < 10  # 1 / (1 - γ) at most
+    assert dt.start_returns(eps, 1.0).tolist() == [float(np.sum(e.rewards)) for e in eps]
