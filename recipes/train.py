@@ -205,7 +205,7 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> floa
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-# -- the loop -------------------------------------------------------------------------------------
+@torch.no_grad()
 def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     """Top-1 accuracy and mean loss of a classification head over `batches` of (inputs, targets),
     split across processes and summed."""
@@ -224,6 +224,7 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
 
 
+# -- the loop -------------------------------------------------------------------------------------
 def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = False) -> Accelerator:
     """subset_inputs: the model's batches may leave parts of it unused (a generalist's batch, or one
     process's share of it, can lack a task), so DDP must look for unused parameters every step."""

@@ -88,7 +88,8 @@ class Collate:
         if train and (cfg.mixup > 0 or cfg.cutmix > 0):
             from timm.data import Mixup
 
-            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=cfg.label_smoothing, num_classes=num_classes)
+            # note: no smoothing here: the head smooths (soft targets too), so labels are smoothed once, as timm trains
+            self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.0, num_classes=num_classes)
 
     def __call__(self, pairs):
         x = torch.stack([p[0] for p in pairs])
@@ -115,7 +116,6 @@ def build_model(cfg: Config, tokenizer: ImageTokenizer, num_classes: int) -> Mul
     return MultimodalTransformer(ModelConfig(trunk, {"image": ModalityConfig.from_tokenizer(tokenizer)}, {"cls": head}, encoder_inputs=["image"]))
 
 
-@torch.no_grad()
 def make_evaluate(test_set: ImageSet, collate: Collate, batch_size: int = 256):
     batches = [collate([test_set[j] for j in range(i, min(i + batch_size, len(test_set)))]) for i in range(0, len(test_set), batch_size)]
     return lambda model, accelerator: accuracy(model, accelerator, batches)

@@ -161,3 +161,25 @@ def test_predict_sees_the_pixels_evaluation_sees(tmp_path):
         evaluated, _ = val_set[i]
         torch.testing.assert_close(tok.preprocess(open_image(path)), (evaluated - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None],
                                    atol=1e-5, rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("mix", [dict(mixup=0.8), dict(cutmix=1.0)])
+def test_mixup_and_cutmix_smooth_labels_once_as_timm_trains(mix):
+    """The recipe's loss on a mixed batch equals timm's training loss: Mixup with label smoothing,
+    then SoftTargetCrossEntropy (the head's smoothing of soft targets gives the same targets)."""
+    from timm.data import Mixup
+    from timm.loss import SoftTargetCrossEntropy
+
+    cfg = vit.Config(label_smoothing=0.1, augment=False, **mix)
+    tok = vit.make_tokenizer(cfg, mean=(0.5,), std=(0.25,))
+    torch.manual_seed(0)
+    model = vit.build_model(cfg, tok, 10)
+    pairs = [(torch.rand(1, 8, 8), i % 10) for i in range(8)]
+    np.random.seed(0)  # timm's Mixup draws lambda (and the box) from NumPy
+    inputs, targets = vit.Collate(tok, cfg, 10, train=True)(pairs)
+    ours = model(inputs, targets).loss
+    np.random.seed(0)
+    x, y = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, label_smoothing=0.1, num_classes=10)(
+        torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))  # fmt: skip
+    assert torch.equal(inputs["image"].values, tok.tokens_batch((x - tok._mean) / tok._std).values)  # the same mixed pixels
+    torch.testing.assert_close(ours, SoftTargetCrossEntropy()(model(inputs).logits["cls"], y))
