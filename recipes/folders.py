@@ -20,6 +20,7 @@ recipe's `*_column` keys. Each row becomes an `HFRecord`, which the loaders read
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import re
@@ -79,17 +80,20 @@ def find_metadata(folder: Path) -> Path | None:
 
 
 def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
-    """(line number, row) of a metadata.csv (a header line, which must name file_name and `column`)
-    or metadata.jsonl (one JSON object per line)."""
+    """(line number, row) of a metadata.csv (a header line, which must name file_name and `column`;
+    an empty cell reads as no value, as datasets reads it) or metadata.jsonl (one JSON object per line)."""
+    try:
+        text = meta.read_text(encoding="utf-8-sig")  # note: -sig: spreadsheet programs start the file with a BOM
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{meta}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     if meta.suffix == ".csv":
-        with open(meta, newline="", encoding="utf-8-sig") as f:  # note: -sig: spreadsheet programs start the file with a BOM
-            reader = csv.DictReader(f)
-            reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
-            if not {"file_name", column} <= set(reader.fieldnames):
-                raise ValueError(f"{meta}: needs the columns file_name and {column}")
-            return list(enumerate(reader, start=2))
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
+        if not {"file_name", column} <= set(reader.fieldnames):
+            raise ValueError(f"{meta}: needs the columns file_name and {column}")
+        return [(n, {k: None if isinstance(v, str) and not v.strip() else v for k, v in row.items()}) for n, row in enumerate(reader, start=2)]
     rows = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for n, line in enumerate(text.split("\n"), start=1):  # note: not splitlines(): U+2028 and kin may stand inside a JSON string
         if not line.strip():
             continue
         try:
@@ -114,6 +118,21 @@ def read_metadata(meta: Path, column: str) -> list[tuple[Path, str]]:
         if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
             raise ValueError(f"{meta}, line {n}: expected a file_name string and one {column}")
     return [(inside(meta.parent, r["file_name"], str(meta)), str(r[column])) for _, r in rows]
+
+
+def walk_files(root: Path) -> list[Path]:
+    """Every file under `root`, into linked folders too (Path.rglob passes them over before Python
+    3.13), each real folder once (a link back up does not loop)."""
+    seen, files = set(), []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs.sort()
+        files += [Path(folder) / n for n in sorted(names)]
+    return [q for q in files if q.is_file()]
 
 
 def hidden(path: Path, root: Path) -> bool:
@@ -201,7 +220,7 @@ def repository_files(root: Path) -> list[Path]:
 def strays(root: Path, data: list[Path]) -> list[Path]:
     """Files under root that are neither `data` nor a repository's other files (README, LICENSE, ...)."""
     keep = set(data)
-    return [q for q in root.rglob("*") if q.is_file() and not hidden(q, root) and q not in keep and q.suffix.lower() not in META_SUFFIXES]
+    return [q for q in walk_files(root) if not hidden(q, root) and q not in keep and q.suffix.lower() not in META_SUFFIXES]
 
 
 def text_files(root: Path) -> list[Path]:
@@ -242,18 +261,41 @@ def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
     keep = {q.resolve() for q in files}
     resolved = DataFilesDict.from_patterns(get_data_patterns(str(root)), base_path=str(root))
     by_split = {str(split): sorted(f for f in found if Path(f).resolve() in keep) for split, found in resolved.items()}
+    placed = {Path(f).resolve() for found in by_split.values() for f in found}
+    # note: once some file is named by split, datasets' patterns pass over the others (extra.jsonl beside train.jsonl): train
+    by_split["train"] = sorted(by_split.get("train", []) + [str(q) for q in files if q.resolve() not in placed])
     return {split: found for split, found in by_split.items() if found}
 
 
 def card_configs(root: Path) -> bool:
-    """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it."""
+    """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it.
+    Its data_files must stay inside the folder: a path that is absolute, climbs out (..) or names a
+    protocol (hf://, https://) is refused, so the card cannot make a local run read other files or
+    the network."""
     from huggingface_hub.repocard import metadata_load
 
     card = root / "README.md"
     try:
-        return card.is_file() and "configs" in (metadata_load(card) or {})
+        configs = (metadata_load(card) or {}).get("configs") if card.is_file() else None
     except Exception:  # noqa: BLE001  # a card whose YAML header does not parse declares nothing load_dataset could read
         return False
+    if configs is None:
+        return False
+
+    def patterns(value):  # data_files: a pattern, a list of them, {split: ...} or [{split, path}, ...]
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, dict):
+            yield from patterns(value.get("path", []) if "path" in value else list(value.values()))
+        elif isinstance(value, list):
+            for v in value:
+                yield from patterns(v)
+
+    for config in configs if isinstance(configs, list) else [configs]:
+        for pattern in patterns(config.get("data_files", []) if isinstance(config, dict) else []):
+            if "://" in pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
+                raise ValueError(f"{card}: data_files {pattern!r} points outside {root}; a local dataset's card names its own files")
+    return True
 
 
 def hf_source(root: Path) -> tuple[str, dict | None] | None:
@@ -275,7 +317,7 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     splits = lambda folder: {s: str(root / folder / s / "*.parquet") for s in SPLITS if has(f"{folder}/{s}/*.parquet")}  # noqa: E731
     configs = sorted({q.parent.parent.name for q in root.glob("*/train/*.parquet")})
     if has("*.parquet") or has("data/*.parquet"):  # note: the files are named, so a README.txt beside them is not read as data
-        found = ("hub", None) if card_configs(root) else ("parquet", split_files(root, [q for q in loose_files(root) if q.suffix == ".parquet"]))
+        found = ("hub", None) if card_configs(root) else ("parquet", split_files(root, [q for q in loose_files(root) if q.suffix.lower() == ".parquet"]))
     elif splits("."):  # SPLIT/*.parquet
         found = "parquet", splits(".")
     elif len(configs) == 1:  # the Hub's converted layout, CONFIG/SPLIT/*.parquet

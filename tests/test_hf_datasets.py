@@ -427,3 +427,49 @@ def test_data_may_be_a_dataset_id_in_the_local_hugging_face_cache(tmp_path, monk
     (imgs / "metadata.csv").write_text("file_name,label\nout/circle/0.png,circle\n")
     with pytest.raises(ValueError, match="file_name 'out/circle/0.png' points outside the data folder"):
         vit_folder.find_splits(imgs, vit_folder.Config())
+
+
+def test_metadata_and_data_files_are_read_whole_and_only_from_the_folder(tmp_path):
+    """Found in review: a CSV's empty cell is no value (datasets reads it as null), a JSON string may
+    hold U+2028, a metadata file that is not UTF-8 is named; a data file named by no split joins
+    train beside train.jsonl, a .PARQUET file counts; a dataset card's data_files may not point
+    outside the folder; images in a linked sub-folder of a class are found."""
+    from recipes.folders import hf_source
+    from tests.test_vit_recipes import make_folder
+
+    make_folder(tmp_path / "imgs", n=2)
+    meta = tmp_path / "imgs" / "metadata.csv"
+    meta.write_text("file_name,label\ncircle/0.png,a\ncircle/1.png, \n")
+    with pytest.raises(ValueError, match="metadata.csv, line 3: expected a value for label"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    meta.write_bytes("file_name,label\ncircle/0.png,caf\xe9\n".encode("cp1252"))
+    with pytest.raises(ValueError, match=r"metadata.csv: not UTF-8 text \(byte 32: invalid continuation byte\); save it as UTF-8"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    meta.unlink()
+    (tmp_path / "imgs" / "metadata.jsonl").write_text(json.dumps({"file_name": "circle/0.png", "label": "one\u2028two"}, ensure_ascii=False) + "\n")
+    assert [y for _, y in vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())[0]] == ["one\u2028two"]
+    (tmp_path / "imgs" / "metadata.jsonl").unlink()
+    (tmp_path / "more").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "more" / "linked.png")
+    os.symlink(tmp_path / "more", tmp_path / "imgs" / "circle" / "more")
+    os.symlink(tmp_path / "imgs" / "circle", tmp_path / "imgs" / "circle" / "loop")  # a link to itself is walked once, not forever
+    names = sorted(p.name for p, y in vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())[0] if y == "circle")
+    assert names == ["0.png", "1.png", "linked.png"]
+
+    rows = lambda split: "".join(json.dumps({"text": f"{split} {i}"}) + "\n" for i in range(3))  # noqa: E731
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("train", "extra", "test"):
+        (corpus / f"{name}.jsonl").write_text(rows(name))
+    builder, files = hf_source(corpus)
+    assert builder == "json" and [Path(f).name for f in files["train"]] == ["extra.jsonl", "train.jsonl"]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i, suffix in enumerate((".parquet", ".PARQUET")):
+        datasets.Dataset.from_dict({"text": [f"part {i}"]}).to_parquet(shards / f"part-{i}{suffix}")
+    assert [Path(f).name for f in hf_source(shards)[1]["train"]] == ["part-0.parquet", "part-1.PARQUET"]
+    (tmp_path / "secret.csv").write_text("text\nsecret\n")
+    for pattern in (str(tmp_path / "secret.csv"), "../secret.csv", "hf://datasets/someone/else/*.csv"):
+        (shards / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: {pattern}\n---\n")
+        with pytest.raises(ValueError, match="README.md: data_files .* points outside"):
+            hf_source(shards)
