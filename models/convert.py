@@ -196,9 +196,10 @@ TIMM_VIT_KEYS = (r"patch_embed\.proj\.(weight|bias)", r"pos_embed", r"cls_token"
 def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head: bool = False, old_grid=None) -> MultimodalTransformer:
     """Copy timm ViT weights into a model built from `vit_model_config`. The position table is
     resampled (bicubic) when the model's patch grid differs from the checkpoint's (`old_grid`,
-    (rows, columns); when not given, a square grid if the count is a square, as timm assumes, else
-    the model's grid if it holds the count); `skip_head` keeps our own head, for fine-tuning on a
-    new label set."""
+    (rows, columns); when not given: the model's own grid when it holds the same number of positions,
+    which are copied, as timm's checkpoint filter copies them, else a square grid; so a square table
+    into a non-square grid of the same count needs old_grid); `skip_head` keeps our own head, for
+    fine-tuning on a new label set."""
     from .embedders import resample_grid
 
     refuse_unknown(sd, TIMM_VIT_KEYS, len(model.encoder.blocks), "timm")
@@ -206,12 +207,12 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
     m = model.config.modalities["image"]
     n_prefix = len(m.learned_types)
     old = sd["pos_embed"].shape[1] - n_prefix
-    if old_grid is None:  # as timm's resample_abs_pos_embed: a square count is a square grid (a 4×4 table into a 2×8 grid is resampled)
+    if old_grid is None:  # as timm's checkpoint filter: the same count is the model's own grid, copied; another is square
         side = int(round(old**0.5))
-        if side * side == old:
-            old_grid = [side, side]
-        elif m.grid is not None and m.grid[0] * m.grid[1] == old:  # not square: the only layout known to hold it, the model's own
+        if m.grid is not None and m.grid[0] * m.grid[1] == old:
             old_grid = m.grid
+        elif side * side == old:
+            old_grid = [side, side]
         elif m.grid is not None:
             raise ValueError(f"timm import: the checkpoint's {old} positions are not a square grid; pass old_grid=(rows, columns)")
     if list(old_grid or []) and (old_grid[0] * old_grid[1] != old):

@@ -92,8 +92,8 @@ def batch_flops(model: nn.Module, inputs: dict, params: dict | None = None) -> f
     enc_real, enc_len = tokens(cfg.encoder_inputs)
     if "encoder" in params["stacks"] and enc_len:
         forward += 2 * params["stacks"]["encoder"][0] * enc_real + 4 * len(model.encoder.blocks) * C * enc_len * enc_real
-    if "decoder" in params["stacks"]:
-        dec_real, dec_len = tokens(cfg.decoder_inputs)
+    dec_real, dec_len = tokens(cfg.decoder_inputs)
+    if "decoder" in params["stacks"] and dec_len:  # (a generalist's batch of encoder tasks alone leaves the decoder out)
         blocks, cross_kv = params["stacks"]["decoder"]
         forward += 2 * blocks * dec_real + 4 * len(model.decoder.blocks) * C * dec_len * dec_real
         if cross_kv:  # memory: the encoder's tokens and, where the model has it, a null memory token in front of each row

@@ -29,7 +29,7 @@ class TrainConfig:
     batch_size: int = 12  # samples per optimizer step, over all processes and accumulation steps
     grad_accum: int = 1  # micro-steps per optimizer step
     lr: float = 1e-3  # peak learning rate, after warmup
-    min_lr: float = 1e-4  # floor of the cosine decay
+    min_lr: float = 1e-4  # floor of the cosine decay (one above lr is taken as lr: a flat rate after warmup)
     warmup_steps: int = 100
     lr_decay_steps: int = 0  # cosine decays to min_lr at this step; 0 = max_steps
     weight_decay: float = 0.1  # AdamW, decoupled; never on norms, biases or embeddings
@@ -80,8 +80,6 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value} must be a finite number")
-        if self.min_lr > self.lr:
-            raise ConfigError(f"min_lr={self.min_lr} must be at most lr={self.lr} (the cosine decays from lr down to min_lr)")
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
         world = launched_processes()

@@ -51,6 +51,7 @@ class Config(TrainConfig):
     rtg_scale: float = 100.0  # returns-to-go are divided by this
     gamma: float = 1.0  # return-to-go discount; below 1, targets are discounted returns-to-go at the start (val_return stays the total)
     action_bins: int = 0  # continuous actions: 0 = regression (tanh), 1024 = Gato's mu-law bins
+    clip_actions: bool = False  # continuous actions outside the environment's space: clipped into it (counted) instead of an error
     dim: int = 64
     depth: int = 3
     num_heads: int = 1
@@ -93,7 +94,11 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     low, high = (None, None) if discrete else (space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist())
     tok = TrajectoryTokenizer(int(np.prod(env.observation_space.shape)), action_dim, discrete, cfg.context, cfg.max_timestep,
-                              cfg.rtg_scale, cfg.gamma, action_low=low, action_high=high, action_bins=cfg.action_bins)  # fmt: skip
+                              cfg.rtg_scale, cfg.gamma, action_low=low, action_high=high, action_bins=cfg.action_bins,
+                              clip_actions=cfg.clip_actions)  # fmt: skip
+    if cfg.clip_actions and not discrete:
+        n = sum(int(tok.outside(np.asarray(ep.actions, np.float32).reshape(len(ep.actions), -1)).sum()) for ep in episodes)
+        print(f"clip_actions: {n:,} action values outside {env.spec.id if env.spec else 'the'} space's bounds, clipped into them")
     return tok.fit(episodes)
 
 
@@ -241,10 +246,16 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         tok = make_tokenizer(cfg, episodes, env)
         env.close()
     target = cfg.target or float(returns.max())
+    highest, best = max([target, *target_list(cfg, returns)]), float(returns.max())
+    if cfg.gamma != 1 and highest > best + 1e-6 * (1 + abs(best)):  # note: dt_cartpole's default target 500 is an undiscounted return
+        raise ValueError(f"target={highest:g} is above the data's best discounted return at the start "
+                         f"({best:.4g}); with gamma={cfg.gamma:g} targets are discounted returns-to-go: give target= (and "
+                         "targets=) on that scale")  # fmt: skip
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tok.save(run_dir / "tokenizers" / "trajectory")
-    print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; returns "
+    print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
+          f"{'returns' if cfg.gamma == 1 else 'discounted returns at the start'} "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip
     timings, results, models = {}, {}, {}
     for name, blank in [("dt", False)] + ([("bc", True)] if cfg.baseline else []):

@@ -80,8 +80,8 @@ def find_metadata(folder: Path) -> Path | None:
 
 
 def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
-    """(line number, row) of a metadata.csv (a header line, which must name file_name and `column`;
-    an empty cell reads as no value, as datasets reads it) or metadata.jsonl (one JSON object per line)."""
+    """(line number, row) of a metadata.csv (a header line, which must name file_name and `column`)
+    or metadata.jsonl (one JSON object per line)."""
     try:
         text = meta.read_text(encoding="utf-8-sig")  # note: -sig: spreadsheet programs start the file with a BOM
     except UnicodeDecodeError as e:
@@ -91,7 +91,7 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         if not {"file_name", column} <= set(reader.fieldnames):
             raise ValueError(f"{meta}: needs the columns file_name and {column}")
-        return [(n, {k: None if isinstance(v, str) and not v.strip() else v for k, v in row.items()}) for n, row in enumerate(reader, start=2)]
+        return list(enumerate(reader, start=2))
     rows = []
     for n, line in enumerate(text.split("\n"), start=1):  # note: not splitlines(): U+2028 and kin may stand inside a JSON string
         if not line.strip():
@@ -106,13 +106,16 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
     return rows
 
 
-def read_metadata(meta: Path, column: str) -> list[tuple[Path, str]]:
-    """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its folder."""
+def read_metadata(meta: Path, column: str, empty_ok: bool = False) -> list[tuple[Path, str]]:
+    """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its
+    folder. An empty or blank file_name, or `column` unless `empty_ok` (a silent clip's transcript),
+    is no value (an empty CSV cell would otherwise make a label "")."""
     rows = metadata_rows(meta, column)
     if not rows:
         raise ValueError(f"{meta}: no rows; needs file_name and {column} for each file")
     for n, r in rows:
-        missing = [c for c in ("file_name", column) if r.get(c) is None]
+        blank = lambda c: isinstance(r.get(c), str) and not r[c].strip() and not (empty_ok and c == column)  # noqa: E731
+        missing = [c for c in ("file_name", column) if r.get(c) is None or blank(c)]
         if missing:
             raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
         if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
@@ -262,14 +265,17 @@ def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
     resolved = DataFilesDict.from_patterns(get_data_patterns(str(root)), base_path=str(root))
     by_split = {str(split): sorted(f for f in found if Path(f).resolve() in keep) for split, found in resolved.items()}
     placed = {Path(f).resolve() for found in by_split.values() for f in found}
-    # note: once some file is named by split, datasets' patterns pass over the others (extra.jsonl beside train.jsonl): train
-    by_split["train"] = sorted(by_split.get("train", []) + [str(q) for q in files if q.resolve() not in placed])
+    unplaced = [q for q in files if q.resolve() not in placed]  # beside files named by split, datasets' patterns pass over them
+    if unplaced:
+        named = ", ".join(split for split, found in by_split.items() if found)
+        raise ValueError(f"{root}: {unplaced[0].relative_to(root)} is named by no split beside the {named} files, and would "
+                         "not be read; name it by its split (train-..., test-...) or move it out")  # fmt: skip
     return {split: found for split, found in by_split.items() if found}
 
 
 def card_configs(root: Path) -> bool:
     """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it.
-    Its data_files must stay inside the folder: a path that is absolute, climbs out (..) or names a
+    Its data_files and data_dir must stay inside the folder: a path that is absolute, climbs out (..) or names a
     protocol (hf://, https://) is refused, so the card cannot make a local run read other files or
     the network."""
     from huggingface_hub.repocard import metadata_load
@@ -292,9 +298,10 @@ def card_configs(root: Path) -> bool:
                 yield from patterns(v)
 
     for config in configs if isinstance(configs, list) else [configs]:
-        for pattern in patterns(config.get("data_files", []) if isinstance(config, dict) else []):
+        config = config if isinstance(config, dict) else {}
+        for pattern in [*patterns(config.get("data_files", [])), *patterns(config.get("data_dir", []))]:
             if "://" in pattern or Path(pattern).is_absolute() or ".." in Path(pattern).parts:
-                raise ValueError(f"{card}: data_files {pattern!r} points outside {root}; a local dataset's card names its own files")
+                raise ValueError(f"{card}: data_files / data_dir {pattern!r} points outside {root}; a local dataset's card names its own files")
     return True
 
 

@@ -158,16 +158,18 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
 
 
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
-    """Multiplier of cfg.lr at a step: linear warmup, cosine decay to min_lr, then flat."""
+    """Multiplier of cfg.lr at a step: linear warmup, cosine decay to min_lr, then flat. A min_lr
+    above lr (a user who lowered lr alone) is taken as lr: no decay that would raise the rate."""
     decay_steps = cfg.lr_decay_steps or cfg.max_steps
+    floor = min(cfg.min_lr, cfg.lr)
 
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / (cfg.warmup_steps + 1)
         if step >= decay_steps:
-            return cfg.min_lr / cfg.lr
+            return floor / cfg.lr
         ratio = (step - cfg.warmup_steps) / max(1, decay_steps - cfg.warmup_steps)
-        return (cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)) / cfg.lr
+        return (floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - floor)) / cfg.lr
 
     return f
 

@@ -174,7 +174,10 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     t = config.trunk
     cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio = t.dim, t.depth, t.num_heads, t.mlp_ratio
     config.heads["cls"].label_smoothing = cfg.label_smoothing
-    return load_timm_vit(MultimodalTransformer(config), load_file(cfg.init_from), skip_head=True)
+    sd = load_file(cfg.init_from)
+    grid = list(vit_model.patch_embed.grid_size)  # the architecture's own grid, when the file's table fits it (else inferred)
+    fits = "pos_embed" in sd and sd["pos_embed"].shape[1] == vit_model.num_prefix_tokens + grid[0] * grid[1]
+    return load_timm_vit(MultimodalTransformer(config), sd, skip_head=True, old_grid=grid if fits else None)
 
 
 def main(cfg: Config, resume: bool = False) -> dict:

@@ -141,7 +141,7 @@ def read_split(folder: Path) -> list[tuple[Path, str]]:
     if meta is None:
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
                                 "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
-    return read_metadata(meta, "transcription")
+    return read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
 
 
 def build_data(cfg: Config, run_dir: Path | None = None):

@@ -106,3 +106,6 @@ def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_compute
     starts = dt.start_returns(eps, 0.9)
     assert starts[0] == pytest.approx(returns_to_go(eps[0].rewards, 0.9)[0]) and starts.max() < 10  # 1 / (1 - γ) at most
     assert dt.start_returns(eps, 1.0).tolist() == [float(np.sum(e.rewards)) for e in eps]
+    cartpole = dt_cartpole.Config(data=str(tmp_path / "cp.npz"), gamma=0.9, run_dir=str(tmp_path / "run"), **TINY)
+    with pytest.raises(ValueError, match=r"target=500 is above the data's best discounted return at the start \(.*\); with gamma=0.9"):
+        dt_cartpole.main(cartpole)  # its default target is an undiscounted return

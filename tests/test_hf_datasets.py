@@ -442,6 +442,9 @@ def test_metadata_and_data_files_are_read_whole_and_only_from_the_folder(tmp_pat
     meta.write_text("file_name,label\ncircle/0.png,a\ncircle/1.png, \n")
     with pytest.raises(ValueError, match="metadata.csv, line 3: expected a value for label"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    from recipes.folders import read_metadata
+
+    assert [y for _, y in read_metadata(meta, "label", empty_ok=True)] == ["a", " "]  # a silent clip's transcript may be empty
     meta.write_bytes("file_name,label\ncircle/0.png,caf\xe9\n".encode("cp1252"))
     with pytest.raises(ValueError, match=r"metadata.csv: not UTF-8 text \(byte 32: invalid continuation byte\); save it as UTF-8"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
@@ -461,8 +464,11 @@ def test_metadata_and_data_files_are_read_whole_and_only_from_the_folder(tmp_pat
     corpus.mkdir()
     for name in ("train", "extra", "test"):
         (corpus / f"{name}.jsonl").write_text(rows(name))
+    with pytest.raises(ValueError, match="corpus: extra.jsonl is named by no split beside the train, test files, and would not be read"):
+        hf_source(corpus)  # datasets' patterns would skip it silently
+    (corpus / "extra.jsonl").rename(corpus / "train-extra.jsonl")
     builder, files = hf_source(corpus)
-    assert builder == "json" and [Path(f).name for f in files["train"]] == ["extra.jsonl", "train.jsonl"]
+    assert builder == "json" and [Path(f).name for f in files["train"]] == ["train-extra.jsonl", "train.jsonl"]
     shards = tmp_path / "shards"
     shards.mkdir()
     for i, suffix in enumerate((".parquet", ".PARQUET")):
@@ -471,5 +477,8 @@ def test_metadata_and_data_files_are_read_whole_and_only_from_the_folder(tmp_pat
     (tmp_path / "secret.csv").write_text("text\nsecret\n")
     for pattern in (str(tmp_path / "secret.csv"), "../secret.csv", "hf://datasets/someone/else/*.csv"):
         (shards / "README.md").write_text(f"---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: {pattern}\n---\n")
-        with pytest.raises(ValueError, match="README.md: data_files .* points outside"):
+        with pytest.raises(ValueError, match="README.md: data_files / data_dir .* points outside"):
             hf_source(shards)
+    (shards / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_dir: ../elsewhere\n---\n")
+    with pytest.raises(ValueError, match="data_files / data_dir '../elsewhere' points outside"):
+        hf_source(shards)

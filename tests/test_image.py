@@ -96,6 +96,7 @@ def randomized_vit(**kw):
         dict(img_size=(16, 24), patch_size=4, global_pool="avg", fc_norm=True),  # timm's fc_norm, non-square
         dict(img_size=32, patch_size=4, global_pool="token", act_layer="gelu_tanh"),  # tanh-approximated GELU
         dict(img_size=16, patch_size=4, global_pool="token", qkv_bias=False),  # no qkv bias alone (vit_base_patch16_224_miil)
+        dict(img_size=(8, 32), patch_size=4, global_pool="token"),  # a 2×8 grid: a square count, its own table copied as it is
     ],
 )
 def test_logits_equal_timm(kw):
@@ -148,7 +149,7 @@ def test_a_non_square_checkpoint_grid_is_resampled_as_timm_or_refused():
     square = randomized_vit(img_size=16, patch_size=4, global_pool="token")  # 4×4 into a 2×8 grid of the same 16 positions
     cfg = vit_model_config(square)
     cfg.modalities["image"].grid = [2, 8]
-    model = load_timm_vit(MultimodalTransformer(cfg), square.state_dict())  # resampled as timm does, not copied row for row
+    model = load_timm_vit(MultimodalTransformer(cfg), square.state_dict(), old_grid=(4, 4))  # the same count: old_grid says it is 4×4
     want = resample_abs_pos_embed(square.pos_embed.detach(), new_size=[2, 8], num_prefix_tokens=1)[0]
     torch.testing.assert_close(model.embedders["image"].pos.weight.detach(), want)
 

@@ -53,6 +53,8 @@ def test_lr_schedule_warmup_and_cosine():
     f = lr_lambda(TrainConfig(lr=1e-3, min_lr=1e-4, warmup_steps=10, max_steps=110))
     assert f(0) < f(5) < f(9) <= 1.0
     assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55) and f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    lowered = lr_lambda(TrainConfig(lr=5e-5, min_lr=1e-4, warmup_steps=10, max_steps=110))  # lr lowered, min_lr left at its default
+    assert [lowered(s) for s in (10, 60, 110, 500)] == [1.0, 1.0, 1.0, 1.0]  # flat after warmup, never raised above lr
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +106,6 @@ def test_cli_eval_and_generate(tmp_path, trained):
         (["train", "gpt_char", "top_k=0"], "top_k=0 must be at least 1"),
         (["train", "gpt_char", "lr=inf"], "lr=inf must be a finite number"),
         (["train", "gpt_char", "eval_every=0"], "eval_every=0 must be at least 1"),
-        (["train", "gpt_char", "lr=1e-3", "min_lr=0.01"], "min_lr=0.01 must be at most lr=0.001"),
         (["train", "gpt_char", "batch_size=8", "grad_accum=3"], "batch_size=8 must be divisible by grad_accum * processes = 3 * 1"),
         (["train", "vit_digits", "label_smoothing=2"], "label_smoothing=2.0 must be below 1.0"),
         (["train", "dt_cartpole", "eval_episodes=0"], "eval_episodes=0 must be at least 1"),
@@ -265,3 +266,41 @@ def test_cli_sizes_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_:  # argparse's own error: the usage, then the line naming the option
         main(["show", "README.md", "--slice-frames", "0"])
     assert exit_.value.code == 2 and "argument --slice-frames: expected a positive integer, got 0" in capsys.readouterr().err
+
+
+def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_path, monkeypatch):
+    """tokens_per_s (and MFU) divide by the training steps' time: an evaluation's or a checkpoint's
+    is left out of the next row (here a clock that jumps 1000 s inside evaluate); a resume with a
+    smaller max_steps evaluates the checkpoint, and results.json names the step that model reached."""
+    import types
+
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from tokenizers_mm import ModalitySpec, TokenSet, collate
+
+    loop = sys.modules["recipes.train"]  # note: the package's `train` attribute is the function
+    clock = [0.0]
+
+    def tick():
+        clock[0] += 0.01
+        return clock[0]
+
+    def evaluate(model, accelerator):
+        clock[0] += 1000.0  # a long evaluation
+        return {"val_score": 1.0}
+
+    monkeypatch.setattr(loop, "time", types.SimpleNamespace(perf_counter=tick))
+    data = [(torch.randn(3, 4), i % 2) for i in range(12)]
+
+    def collate_fn(rows):
+        return {"x": collate([TokenSet("x", values=v) for v, _ in rows])}, {"cls": torch.tensor([y for _, y in rows])}
+
+    spec = ModalityConfig.from_spec(ModalitySpec("x", ("t",), 3, value_dim=4))
+    model = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"x": spec},
+                                              {"cls": HeadConfig("classify", "x", num_outputs=2)}, encoder_inputs=["x"]))  # fmt: skip
+    cfg = TrainConfig(max_steps=8, batch_size=4, log_every=2, eval_every=2, ckpt_every=4, cpu=True, warmup_steps=1, log_mfu=False)
+    loop.train(cfg, model, data, collate_fn, evaluate, tmp_path)
+    speeds = [r["tokens_per_s"] for r in loop.read_metrics(tmp_path) if "tokens_per_s" in r]
+    assert len(speeds) == 4 and max(speeds) < 3 * min(speeds)  # with the evaluations counted, the later rows were ~1e5 times lower
+    cfg.max_steps = 6
+    loop.train(cfg, model, data, collate_fn, evaluate, tmp_path, resume=True)  # the last checkpoint is step 8's
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 8

@@ -86,8 +86,12 @@ def test_bad_episodes_are_named():
     continuous["actions"][4, 1] = 2.5  # beyond the declared [-1, 1]: not clipped into a target silently
     with pytest.raises(ValueError, match=r"e: action 1 at step 4 is 2.5, outside the declared space \[-1, 1\]"):
         TrajectoryTokenizer(4, 2, discrete=False).encode(continuous, name="e")
+    clipped = TrajectoryTokenizer(4, 2, discrete=False, context=7, clip_actions=True).encode(continuous)  # as the environment clips
+    assert clipped.targets[1::3][4].tolist() == [0.5, 1.0]
     continuous["actions"][4, 1] = 1 + 1e-5  # rounding in a stored dataset passes
     assert len(TrajectoryTokenizer(4, 2, discrete=False, context=7).encode(continuous)) == 21
+    half = TrajectoryTokenizer(4, 2, discrete=False, action_low=[-np.inf, -1], action_high=[1, 1])  # one side unbounded
+    assert half.outside(np.array([[5.0, 0.0], [-1e9, 0.0]])).tolist() == [[True, False], [False, False]]
     with pytest.raises(ValueError, match=r"context=30 steps must lie in \[1, max_timestep=20\]"):
         TrajectoryTokenizer(4, 2, discrete=True, context=30, max_timestep=20)
 

@@ -93,10 +93,12 @@ class TrajectoryTokenizer(Tokenizer):
 
     def __init__(self, state_dim: int, action_dim: int, discrete: bool, context: int = 20, max_timestep: int = 1000,
                  rtg_scale: float = 1.0, gamma: float = 1.0, state_mean=None, state_std=None, action_low=None,
-                 action_high=None, action_bins: int = 0):  # fmt: skip
+                 action_high=None, action_bins: int = 0, clip_actions: bool = False):  # fmt: skip
         """action_dim: the number of actions (discrete) or the action vector's width (continuous).
         context: K steps per window. max_timestep: rows of the timestep table (episode length cap).
-        action_low / action_high: a continuous space's bounds (default [-1, 1])."""
+        action_low / action_high: a continuous space's bounds (default [-1, 1]); an action outside
+        them is an error naming the episode, or with clip_actions clipped into them, as an
+        environment clips what it is given."""
         if state_dim < 1 or action_dim < 1:
             raise ValueError(f"trajectory: state_dim={state_dim} and action_dim={action_dim} must be >= 1")
         if not 1 <= context <= max_timestep:
@@ -113,7 +115,7 @@ class TrajectoryTokenizer(Tokenizer):
         if not discrete and not np.all(self.action_high > self.action_low):
             raise ValueError(f"trajectory: action_high {self.action_high.tolist()} must exceed action_low {self.action_low.tolist()} "
                              "in every dimension")  # fmt: skip
-        self.action_bins = action_bins
+        self.action_bins, self.clip_actions = action_bins, bool(clip_actions)
         self.type_value_dims = (1, state_dim, action_dim)
         self.value_dim = max(self.type_value_dims)
         self.max_positions = max_timestep
@@ -122,7 +124,8 @@ class TrajectoryTokenizer(Tokenizer):
         return {"state_dim": self.state_dim, "action_dim": self.action_dim, "discrete": self.discrete, "context": self.context,
                 "max_timestep": self.max_timestep, "rtg_scale": self.rtg_scale, "gamma": self.gamma,
                 "state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
-                "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist(), "action_bins": self.action_bins}  # fmt: skip
+                "action_low": self.action_low.tolist(), "action_high": self.action_high.tolist(), "action_bins": self.action_bins,
+                "clip_actions": self.clip_actions}  # fmt: skip
 
     # -- checking and normalising -----------------------------------------------------------------
     def check(self, episode, name: str = "episode") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -158,14 +161,21 @@ class TrajectoryTokenizer(Tokenizer):
                 raise ValueError(f"{name}: continuous actions must have shape (T, {self.action_dim}), got {acts.shape}")
             if not np.isfinite(acts).all():
                 raise ValueError(f"{name}: actions hold NaN or infinite values")
-            slack = 1e-4 * (self.action_high - self.action_low)  # rounding in a stored dataset is no disagreement
-            outside = (acts < self.action_low - slack) | (acts > self.action_high + slack)
-            if outside.any():
+            outside = self.outside(acts)
+            if outside.any() and self.clip_actions:
+                acts = np.clip(acts, self.action_low, self.action_high)
+            elif outside.any():
                 t, j = (int(v) for v in np.argwhere(outside)[0])
                 raise ValueError(f"{name}: action {j} at step {t} is {acts[t, j]:.4g}, outside the declared space "
-                                 f"[{self.action_low[j]:.4g}, {self.action_high[j]:.4g}]; clip the actions as the environment "
-                                 "does, or declare the space the data uses (action_low / action_high)")  # fmt: skip
+                                 f"[{self.action_low[j]:.4g}, {self.action_high[j]:.4g}]; clip_actions=true clips such actions "
+                                 "as the environment does, or declare the space the data uses (action_low / action_high)")  # fmt: skip
         return obs.astype(np.float32), acts, rew
+
+    def outside(self, acts: np.ndarray) -> np.ndarray:
+        """Which continuous action values lie outside [low, high], beyond rounding in a stored dataset."""
+        span = self.action_high - self.action_low
+        slack = np.where(np.isfinite(span), 1e-4 * span, 0.0)  # note: an unbounded side must not switch off the other's check
+        return (acts < self.action_low - slack) | (acts > self.action_high + slack)
 
     def fit(self, episodes) -> "TrajectoryTokenizer":
         """Set the state normalisation from a dataset's observations (checked on the way)."""
