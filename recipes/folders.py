@@ -275,9 +275,9 @@ def split_files(root: Path, files: list[Path]) -> dict[str, list[str]]:
 
 def card_configs(root: Path) -> bool:
     """The dataset card (README.md) declares `configs:` in its YAML header: `load_dataset` reads it.
-    Its data_files and data_dir must stay inside the folder: a path that is absolute, climbs out (..) or names a
-    protocol (hf://, https://) is refused, so the card cannot make a local run read other files or
-    the network."""
+    Its data_files and data_dir must stay inside the folder: a path that is absolute, climbs out
+    (..) or names a protocol (hf://, https://) is refused, so the card cannot make a local run read
+    other files or the network."""
     from huggingface_hub.repocard import metadata_load
 
     card = root / "README.md"
