@@ -114,8 +114,8 @@ def read_metadata(meta: Path, column: str, empty_ok: bool = False) -> list[tuple
     if not rows:
         raise ValueError(f"{meta}: no rows; needs file_name and {column} for each file")
     for n, r in rows:
-        blank = lambda c: isinstance(r.get(c), str) and not r[c].strip() and not (empty_ok and c == column)  # noqa: E731
-        missing = [c for c in ("file_name", column) if r.get(c) is None or blank(c)]
+        blank = {c for c in ("file_name", column) if isinstance(r.get(c), str) and not r[c].strip()} - ({column} if empty_ok else set())
+        missing = [c for c in ("file_name", column) if r.get(c) is None or c in blank]
         if missing:
             raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
         if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
