@@ -2,13 +2,10 @@
 weighted task sampling, growing a trained model, and a tiny run end to end (then grown)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, subprocess_env
 from models import ModalityConfig, freeze_trained, grow
 from recipes import generalist as g
 from recipes.train import build_optimizer
@@ -176,11 +173,11 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     common = [f"{k}={v}" for k, v in TINY.items()] + [f"speech_dir={cfg.speech_dir}", f"rl_dir={cfg.rl_dir}", "row_tokens=256",
                                                       "eval_every=100", "log_every=2", "warmup_steps=2"]  # fmt: skip
 
-    def train(*args):
-        p = subprocess.run([sys.executable, "-m", "recipes.cli", "train", "generalist", *common, *args], capture_output=True, text=True,
-                           env=subprocess_env(), cwd=ROOT)  # fmt: skip
-        assert p.returncode == 0, p.stderr[-3000:]
-        return p
+    from recipes.cli import main
+
+    def train(*args):  # in this process, as `mmtok train` runs it (the subprocesses' start-up is most of such a tiny run)
+        assert main(["train", "generalist", *common, *args]) == 0, capsys.readouterr().err[-3000:]
+        return capsys.readouterr()
 
     first = tmp_path / "first"
     train(f"run_dir={first}", "max_steps=6", "batch_size=12", "weights=4,4,4")
@@ -189,20 +186,17 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     grown = tmp_path / "grown"
     p = train(f"run_dir={grown}", f"init_from={first}", "freeze_trained=true", "tasks=digits,speech,control,text", "weights=1,1,1,3",
               "loss_weights=1,1,1,1", "max_steps=4", "batch_size=12")  # fmt: skip
-    assert "new prose, prose_lm" in p.stdout
+    assert "new prose, prose_lm" in p.out
     r2 = json.loads((grown / "results.json").read_text())
     assert "text_loss" in r2
     for key in ("digits_accuracy", "speech_wer", "control_return"):
         assert r2[key] == r1[key], key  # frozen: the old tasks are exactly as trained
     first.rename(tmp_path / "moved")  # the grown run resumes without its parent on disk
-    p = subprocess.run([sys.executable, "-m", "recipes.cli", "resume", str(grown), "max_steps=6"], capture_output=True, text=True,
-                       env=subprocess_env(), cwd=ROOT)  # fmt: skip
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert main(["resume", str(grown), "max_steps=6"]) == 0, capsys.readouterr().err[-3000:]
     r3 = json.loads((grown / "results.json").read_text())
     assert all(r3[key] == r1[key] for key in ("digits_accuracy", "speech_wer", "control_return"))  # still frozen
     (tmp_path / "moved").rename(first)
-    from recipes.cli import main
-
+    capsys.readouterr()
     assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'other'}", f"init_from={first}", "layout=prefix", "max_steps=1"]) == 2
     assert "was trained with layout=encoder-decoder; grow it with layout=encoder-decoder" in capsys.readouterr().err
 

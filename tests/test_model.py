@@ -424,8 +424,8 @@ def test_sampling_draws_from_the_softmax_of_the_top_k():
         torch.testing.assert_close(seen, want, atol=0.015, rtol=0)  # ~4 standard errors of 20,000 draws
     # 16-bit logits are drawn in float32 (a bf16 cumulative sum over 50k tokens has a few hundred steps)
     wide = torch.linspace(0, 1, 50000)
-    draws = MultimodalTransformer._sample(wide.bfloat16().expand(20000, -1), 1.0, None, g)[:, 0]
-    assert len(draws.unique()) > 10000  # 20,000 draws over 50,000 near-equal tokens: ~16,500 distinct; a bf16 CDF reaches ~700
+    draws = MultimodalTransformer._sample(wide.bfloat16().expand(2000, -1), 1.0, None, g)[:, 0]
+    assert len(draws.unique()) > 1500  # 2,000 draws over 50,000 near-equal tokens: ~1,960 distinct; a bf16 CDF reaches ~700
     with pytest.raises(ValueError, match="row 1's probabilities are NaN"):
         MultimodalTransformer._sample(torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]), 1.0, None, g)
 

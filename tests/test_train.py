@@ -79,12 +79,17 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
         assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
 
 
-def test_cli_eval_and_generate(tmp_path, trained):
+def test_cli_eval_and_generate(tmp_path, trained, capsys):
+    """eval and resume in this process (as the CLI's main runs them), generate through the entry point."""
+    from recipes.cli import main
+
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    val = json.loads(mmtok("eval", str(run)).stdout)["val_loss"]
+    assert main(["eval", str(run)]) == 0
+    val = json.loads(capsys.readouterr().out)["val_loss"]
     assert val == pytest.approx(json.loads((run / "results.json").read_text())["val_loss"], rel=1e-5)
-    assert "step 20 of 20; the run is already complete: evaluating it" in mmtok("resume", str(run)).stdout
+    assert main(["resume", str(run)]) == 0
+    assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
