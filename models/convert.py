@@ -130,8 +130,16 @@ def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Multimodal
 # -- timm VisionTransformer ------------------------------------------------------------------------
 def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     """Our config for a timm `VisionTransformer` instance (plain ViT: no layer scale, no registers)."""
+    from timm.layers import Attention, Mlp
+    from timm.models.vision_transformer import Block
+
     if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
         raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register tokens, no_embed_class=False)")
+    # note: by class, not by weight names: a residual post-norm block (ResPostBlock) has Block's names and computes another sum
+    kinds = {f"{type(b).__name__}({type(getattr(b, 'attn', None)).__name__}, {type(getattr(b, 'mlp', None)).__name__})" for b in vit.blocks
+             if (type(b), type(getattr(b, "attn", None)), type(getattr(b, "mlp", None))) != (Block, Attention, Mlp)}  # fmt: skip
+    if kinds:
+        raise ValueError(f"timm import: plain ViTs only (pre-norm Block(Attention, Mlp)); this one has {sorted(kinds)} (not supported)")
     block = vit.blocks[0]
     act = block.mlp.act
     activation = {"GELU": {"none": "gelu", "tanh": "gelu_tanh"}.get(getattr(act, "approximate", "none")), "GELUTanh": "gelu_tanh"}.get(type(act).__name__)
@@ -198,8 +206,9 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
     resampled (bicubic) when the model's patch grid differs from the checkpoint's (`old_grid`,
     (rows, columns); when not given: the model's own grid when it holds the same number of positions,
     which are copied, as timm's checkpoint filter copies them, else a square grid; so a square table
-    into a non-square grid of the same count needs old_grid); `skip_head` keeps our own head, for
-    fine-tuning on a new label set."""
+    into a non-square grid of the same count needs old_grid); `skip_head` keeps our own classifier
+    (timm's `head`), for fine-tuning on a new label set; the pooled features' norm (`fc_norm`) is
+    still loaded, as timm keeps it when it drops the classifier."""
     from .embedders import resample_grid
 
     refuse_unknown(sd, TIMM_VIT_KEYS, len(model.encoder.blocks), "timm")
@@ -219,9 +228,10 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
         raise ValueError(f"timm import: old_grid {tuple(old_grid)} does not hold the checkpoint's {old} positions")
     if m.grid is not None and list(old_grid) != list(m.grid):
         ours["embedders.image.pos.weight"] = resample_grid(ours["embedders.image.pos.weight"], old_grid, m.grid, n_prefix)
+    new = "heads.cls.proj."  # the classifier: timm's `head`
     if skip_head:
-        ours = {k: v for k, v in ours.items() if not k.startswith("heads.")}
-    missing = [k for k in model.state_dict() if k not in ours and not k.startswith("type_embed") and not (skip_head and k.startswith("heads."))]
+        ours = {k: v for k, v in ours.items() if not k.startswith(new)}
+    missing = [k for k in model.state_dict() if k not in ours and not k.startswith("type_embed") and not (skip_head and k.startswith(new))]
     if missing:
         raise ValueError(f"timm import: the checkpoint lacks {missing[:5]}")
     return copy_checked(model, ours, "timm")

@@ -17,11 +17,13 @@ checkpoint write (counted from 1 in this process) at PHASE, one of FAULT_PHASES:
   manifest  every file and the manifest written and fsynced, not yet renamed into place
   rename    renamed into place, older checkpoints not yet pruned
   prune     an older checkpoint renamed to .trash-*, not yet deleted (needs one to prune)
+  overwrite the same step saved again: the old one renamed to .trash-*, the new one not yet in place
 Unset (the normal case) it costs a few dictionary lookups per checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -42,7 +44,7 @@ CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
 MANIFEST = "manifest.json"
 FAULT_ENV = "TOKENIZERS_MM_FAULT"  # fault injection for the fault tests (module docstring)
-FAULT_PHASES = ("files", "manifest", "rename", "prune")
+FAULT_PHASES = ("files", "manifest", "rename", "prune", "overwrite")
 
 
 class CheckpointError(ValueError):
@@ -217,6 +219,27 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def recover(run_dir) -> None:
+    """Clear the leftovers of killed checkpoint writes (`.tmp-*`, `.trash-*`). A `.trash-step-N`
+    whose step-N is gone is a whole old checkpoint (the write was killed between an overwrite's two
+    renames, or while pruning): it is renamed back when it verifies against its manifest (a pruned
+    one is pruned again by the next write); anything else is removed. Only the process that
+    writes the run's checkpoints calls this (before its first write, and before a resume picks one)."""
+    root = Path(run_dir) / CKPT_DIR
+    for stale in sorted(root.glob(".t*-step-*")) if root.is_dir() else []:
+        final = stale.with_name(stale.name.removeprefix(".trash-"))
+        if stale.name.startswith(".trash-") and STEP_RE.match(final.name) and not final.exists():
+            try:
+                verify(stale)
+            except CheckpointError:
+                pass  # half removed: nothing to keep
+            else:
+                with contextlib.suppress(OSError):  # a read-only disk: it stays aside, whole
+                    os.rename(stale, final)
+                continue
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _reason(e: BaseException) -> str:
     """The OS error in a failed write, with its file when known."""
     if isinstance(e, OSError) and e.strerror:
@@ -240,8 +263,7 @@ def write_checkpoint(run_dir, step: int, write_files, keep: int = 2) -> Path:
     try:
         try:
             root.mkdir(parents=True, exist_ok=True)
-            for stale in root.glob(".t*-step-*"):  # leftovers of killed writes (.tmp-*, .trash-*)
-                shutil.rmtree(stale, ignore_errors=True)
+            recover(run_dir)
             tmp.mkdir()
             write_files(tmp)
             write_manifest(tmp)
@@ -257,13 +279,14 @@ def write_checkpoint(run_dir, step: int, write_files, keep: int = 2) -> Path:
         if final.exists():  # the same step saved again: move the old one away whole, never half-deleted
             trash = root / f".trash-{final.name}"
             os.rename(final, trash)
+            fault_point("overwrite")  # a kill here leaves the old one aside, whole: recover() puts it back
             os.rename(tmp, final)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(tmp, final)
         _fsync_dir(root)
         fault_point("rename")
-        for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        for old in [c for c in list_checkpoints(run_dir)[:-keep] if c != final] if keep > 0 else []:  # never the one just written
             trash = root / f".trash-{old.name}"
             os.rename(old, trash)
             fault_point("prune")

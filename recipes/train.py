@@ -37,7 +37,7 @@ from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
 from tokenizers_mm import TokenBatch
 
-from .checkpoint import gather_rng_states, latest_checkpoint, load_state, save_state, set_rng_state, verify, write_checkpoint
+from .checkpoint import gather_rng_states, latest_checkpoint, load_state, recover, save_state, set_rng_state, verify, write_checkpoint
 from .config import TrainConfig
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 
@@ -318,6 +318,12 @@ def train(
         if getattr(cfg, key) < 1:  # (the full rules, TrainConfig.check, apply when a run starts: an older run still resumes)
             raise ValueError(f"{key}={getattr(cfg, key)} must be at least 1")
     accelerator = accelerator or make_accelerator(cfg, run_dir, subset_inputs(model))  # any module returning .loss trains here
+    if resume:  # a write killed between an overwrite's two renames left the old checkpoint aside: back in place first
+        if accelerator.is_main_process:
+            recover(run_dir)
+        accelerator.wait_for_everyone()
+    elif latest_checkpoint(run_dir) is not None:  # its checkpoints would mix with this run's (and be pruned by step)
+        raise ValueError(f"{run_dir} already holds checkpoints ({latest_checkpoint(run_dir).name}): resume it or train into another run_dir")
     start_step, skipped, ckpt = 0, 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from recipes.checkpoint import (CheckpointError, flatten_state, latest_checkpoint, list_checkpoints, load_state, rng_state,
-                                save_state, set_rng_state, unflatten_state, verify, write_checkpoint)  # fmt: skip
+from recipes.checkpoint import (FAULT_ENV, CheckpointError, flatten_state, latest_checkpoint, list_checkpoints, load_state, recover,
+                                rng_state, save_state, set_rng_state, unflatten_state, verify, write_checkpoint)  # fmt: skip
 
 
 def test_optimizer_state_round_trips_without_pickle(tmp_path):
@@ -127,6 +127,40 @@ def test_interrupted_write_leaves_previous_checkpoint(tmp_path):
     verify(latest_checkpoint(tmp_path))
     write_checkpoint(tmp_path, 30, _write(30))  # the next write cleans the leftovers
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_kill_inside_an_overwrite_keeps_the_old_checkpoint(tmp_path):
+    """The same step saved again is two renames (old aside, new in place): SIGKILLed between them
+    (a real kill, in a subprocess), the old checkpoint is whole and recover() puts it back, before
+    a resume picks a checkpoint and before the next write; even with keep=1 nothing is lost."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = ("import sys; from pathlib import Path; from recipes.checkpoint import write_checkpoint\n"
+              "def w(b):\n    return lambda d: (d / 'a.bin').write_bytes(b)\n"
+              "write_checkpoint(sys.argv[1], 5, w(b'old'), keep=1)\nwrite_checkpoint(sys.argv[1], 5, w(b'new'), keep=1)\n")  # fmt: skip
+    p = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=ROOT, env={**os.environ, FAULT_ENV: "ckpt_write:2:overwrite"})
+    assert p.returncode == -9  # SIGKILL
+    root = tmp_path / "checkpoints"
+    assert list_checkpoints(tmp_path) == [] and (root / ".trash-step-0000005").is_dir()
+    recover(tmp_path)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-0000005"] and not list(root.glob(".t*"))
+    verify(root / "step-0000005")
+    assert (root / "step-0000005" / "a.bin").read_bytes() == b"old"
+    # a .trash-* killed while being deleted does not verify: removed, never put back half
+    os.rename(root / "step-0000005", root / ".trash-step-0000005")
+    (root / ".trash-step-0000005" / "a.bin").unlink()
+    write_checkpoint(tmp_path, 6, _write(6), keep=1)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-0000006"] and not list(root.glob(".t*"))
+
+
+def test_a_checkpoint_below_the_latest_is_not_pruned_as_it_is_written(tmp_path):
+    for step in (200, 300):
+        write_checkpoint(tmp_path, step, _write(step % 256), keep=2)
+    assert write_checkpoint(tmp_path, 100, _write(100), keep=2).is_dir()
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])

@@ -119,14 +119,24 @@ def test_position_resampling_equals_timm():
 
 
 @pytest.mark.parametrize("kw", [dict(init_values=0.5), dict(qk_norm=True), dict(act_layer="quick_gelu"), dict(pre_norm=True),
-                                dict(global_pool="avg", pool_include_prefix=True)])  # fmt: skip
+                                dict(global_pool="avg", pool_include_prefix=True), "ResPostBlock", "ParallelScalingBlock",
+                                dict(mlp_layer="SwiGLU")])  # fmt: skip
 def test_timm_variants_without_an_equivalent_are_refused(kw):
-    """Layer scale, q/k norms, other activations, a pre-norm, prefix pooling: refused by the config,
-    and their weights refused by the loader (they used to load and give other logits)."""
+    """Layer scale, q/k norms, other activations, a pre-norm, prefix pooling, other blocks (a
+    residual post-norm block has a plain block's weight names: timm's vit_base_patch16_rpn_224),
+    other MLPs: refused by the config, and their weights refused by the loader where the names
+    differ (they used to load and give other logits)."""
+    import timm.layers
+    import timm.models.vision_transformer as tv
+
+    if isinstance(kw, str):  # a block class (residual post-norm as timm's rpn ViTs build it)
+        kw = dict(block_fn=getattr(tv, kw), **(dict(class_token=False, global_pool="avg") if kw == "ResPostBlock" else {}))
+    elif "mlp_layer" in kw:
+        kw = dict(mlp_layer=getattr(timm.layers, kw["mlp_layer"]))
     vit = randomized_vit(img_size=16, patch_size=4, **kw)
     with pytest.raises(ValueError, match="timm import: plain ViTs only"):
         vit_model_config(vit)
-    plain = randomized_vit(img_size=16, patch_size=4, global_pool=kw.get("global_pool", "token"))
+    plain = randomized_vit(img_size=16, patch_size=4, global_pool=kw.get("global_pool", "token"), class_token=kw.get("class_token", True))
     if set(vit.state_dict()) != set(plain.state_dict()):
         with pytest.raises(ValueError, match="has no place for"):
             load_timm_vit(MultimodalTransformer(vit_model_config(plain)), vit.state_dict())
@@ -161,6 +171,21 @@ def test_timm_weights_at_a_new_resolution():
     model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), skip_head=True)
     tok = ImageTokenizer(image_size=24, patch_size=4)
     assert model({"image": collate([tok.encode(torch.rand(3, 24, 24))])}).logits["cls"].shape == (1, 3)
+
+
+def test_a_new_head_keeps_the_pooled_features_norm():
+    """skip_head (a new label set) drops timm's classifier only: an average-pooled ViT's fc_norm, the
+    backbone's last norm there, keeps its trained weights, as timm keeps them."""
+    vit = randomized_vit(img_size=16, patch_size=4, global_pool="avg", class_token=False)
+    assert not isinstance(vit.fc_norm, torch.nn.Identity)
+    model = load_timm_vit(MultimodalTransformer(vit_model_config(vit, num_classes=3)), vit.state_dict(), skip_head=True).eval()
+    torch.testing.assert_close(model.heads["cls"].norm.weight.detach(), vit.fc_norm.weight.detach())
+    tok = ImageTokenizer(image_size=16, patch_size=4, cls_token=False, mean=(0, 0, 0), std=(1, 1, 1))
+    x = torch.rand(2, 3, 16, 16)
+    out = model({"image": collate([tok.encode(i) for i in x])})
+    head = model.heads["cls"]
+    pooled = vit.forward_head(vit.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(out.logits["cls"], head.proj(pooled), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("crop_pct", [1.0, 0.875, 0.9])

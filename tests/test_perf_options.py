@@ -283,6 +283,17 @@ def test_fsdp_key_trains_resumes_and_checkpoints_like_ddp(tmp_path, small_text):
     assert abs(results[0] - results[1]) < 1e-5, results
 
 
+def test_the_loop_refuses_a_directory_with_checkpoints_unless_resuming(tmp_path, fresh_accelerate):
+    """train() itself (not only `mmtok train`): a new run's checkpoints would mix with the old ones,
+    which are pruned by step number."""
+    from recipes.checkpoint import write_checkpoint
+
+    write_checkpoint(tmp_path, 300, lambda d: (d / "a.bin").write_bytes(b"x"))
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(step-0000300\): resume it or train into another run_dir"):
+        train(TrainConfig(cpu=True, max_steps=2, batch_size=4), tiny(), Windows(), collate_examples, lambda m, a: {}, tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000300"]
+
+
 def test_fsdp_needs_several_processes(tmp_path, fresh_accelerate):
     cfg = TrainConfig(cpu=True, max_steps=2, batch_size=4, fsdp=True)
     with pytest.raises(ValueError, match="fsdp=true shards the model over processes: launch 2 or more"):
