@@ -260,6 +260,8 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
             save_state(tmp, "optimizer", opt_state)
             save_state(tmp, "rng", {"processes": rng_states})
             json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg), "skipped_batches": skipped}
+            if accelerator.scaler is not None:  # fp16: the loss scale and its growth count, or a resumed run skips steps afresh
+                json_state["grad_scaler"] = accelerator.scaler.state_dict()
             (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
@@ -371,6 +373,8 @@ def train(
     if ckpt is not None:
         load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
         scheduler.load_state_dict(trainer_state["scheduler"])
+        if accelerator.scaler is not None and "grad_scaler" in trainer_state:
+            accelerator.scaler.load_state_dict(trainer_state["grad_scaler"])
         restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator, start_step)
 
     loader = iter(make_loader(train_set, collate_fn, cfg, accelerator, start_step))
@@ -386,16 +390,20 @@ def train(
         micro = [next(loader) for _ in range(cfg.grad_accum)]
         loss = forward_backward(accelerator, model, micro, cfg.grad_accum)
         finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
-        if cfg.skip_nonfinite and not bool(finite):  # skipping needs the verdict before the update: a device sync per step
+        grad_norm = None
+        if not cfg.skip_nonfinite or bool(finite):  # skipping needs the verdict before the update: a device sync per step
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
+            if grad_norm is not None and accelerator.scaler is None:  # a finite loss can still have NaN gradients (fp16's
+                finite = finite & torch.isfinite(grad_norm)  # scaler skips its overflowing steps itself)
+        if cfg.skip_nonfinite and not bool(finite):
             samples = batch_samples(len(train_set), cfg, step)
             skipped += 1  # no optimizer step: the NaN gradients are dropped below; the step still counts, so resume stays exact
-            bar.write(f"step {step}: non-finite loss, batch skipped (samples {samples[:8]}); {skipped} skipped so far")
+            bar.write(f"step {step}: non-finite loss or gradients, batch skipped (samples {samples[:8]}); {skipped} skipped so far")
             grad_norm = None
         else:
             if not cfg.skip_nonfinite:  # note: recorded on the device and read where the loop syncs anyway (below), so the
                 bad_step.masked_fill_(~finite & (bad_step == 0), step)  # host never waits for the device between steps
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
-            grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
             optimizer.step()
         lr = scheduler.get_last_lr()[0]  # this step's (the scheduler moves on to the next)
         scheduler.step()
@@ -408,7 +416,7 @@ def train(
         log_now, eval_now, ckpt_now = (step % every == 0 or last for every in (cfg.log_every, cfg.eval_every, cfg.ckpt_every))
         if (log_now or eval_now or ckpt_now) and not cfg.skip_nonfinite and int(bad_step):  # before anything is logged, evaluated or saved
             samples = batch_samples(len(train_set), cfg, int(bad_step))
-            raise FloatingPointError(f"loss became non-finite at step {int(bad_step)} (its batch holds samples {samples[:8]}"
+            raise FloatingPointError(f"the loss or its gradients became non-finite at step {int(bad_step)} (its batch holds samples {samples[:8]}"
                                      f"{' ...' if len(samples) > 8 else ''}); the last good checkpoint is kept; "
                                      "skip_nonfinite=true skips such batches")  # fmt: skip
         if log_now:

@@ -294,6 +294,24 @@ def test_the_loop_refuses_a_directory_with_checkpoints_unless_resuming(tmp_path,
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000300"]
 
 
+def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path, fresh_accelerate):
+    """fp16's GradScaler (on the CPU here, as Accelerate builds it on a GPU): its scale and growth
+    count go into trainer_state.json and come back on resume, so a resumed run scales as an
+    uninterrupted one (growth_interval=1: the scale doubles every step)."""
+    from accelerate import Accelerator
+
+    def run(run_dir, steps, resume=False):
+        accelerator = Accelerator(cpu=True)
+        accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+        cfg = TrainConfig(cpu=True, max_steps=steps, batch_size=4, ckpt_every=3, eval_every=100, log_mfu=False)
+        train(cfg, tiny(), Windows(), collate_examples, lambda m, a: {}, run_dir, resume=resume, accelerator=accelerator)
+        return json.loads((run_dir / "checkpoints" / f"step-{steps:07d}" / "trainer_state.json").read_text())["grad_scaler"]
+
+    whole = run(tmp_path / "whole", 6)
+    assert run(tmp_path / "cut", 3)["scale"] == 2.0**13
+    assert run(tmp_path / "cut", 6, resume=True) == whole and whole["scale"] == 2.0**16
+
+
 def test_fsdp_needs_several_processes(tmp_path, fresh_accelerate):
     cfg = TrainConfig(cpu=True, max_steps=2, batch_size=4, fsdp=True)
     with pytest.raises(ValueError, match="fsdp=true shards the model over processes: launch 2 or more"):

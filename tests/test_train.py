@@ -215,9 +215,12 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text):
     assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
 
 
-def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path):
-    """A sample with NaN values: the run stops with the step and the batch's samples named, the
-    checkpoint before it intact; with skip_nonfinite it skips (and counts) those batches."""
+@pytest.mark.parametrize("where", ["loss", "gradients"])
+def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path, where):
+    """A sample with NaN values (or, with a finite loss, NaN gradients: a hook on the input layer's
+    gradient while the bad sample is in the batch): the run stops with the step and the batch's
+    samples named, the checkpoint before it (never NaN weights) intact; with skip_nonfinite it
+    skips (and counts) those batches."""
     from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
     from recipes.checkpoint import latest_checkpoint, verify
     from recipes.config import TrainConfig
@@ -226,16 +229,22 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path)
 
     cfg = TrainConfig(max_steps=9, batch_size=4, log_every=1, eval_every=100, ckpt_every=1, cpu=True, warmup_steps=1)
     bad = next(i for i in range(12) if i not in batch_samples(12, cfg, 1))  # first seen after step 1: a checkpoint exists before it
-    data = [(torch.full((3, 4), float("nan")) if i == bad else torch.randn(3, 4), i % 2) for i in range(12)]
+    nan_input = where == "loss"
+    data = [(torch.full((3, 4), float("nan")) if i == bad and nan_input else torch.randn(3, 4), i % 2) for i in range(12)]
+    in_batch = [False]
 
     def collate_fn(rows):
+        in_batch[0] = any(torch.equal(v, data[bad][0]) for v, _ in rows)
         return {"x": collate([TokenSet("x", values=v) for v, _ in rows])}, {"cls": torch.tensor([y for _, y in rows])}
 
     def model():
         torch.manual_seed(0)
         spec = ModalityConfig.from_spec(ModalitySpec("x", ("t",), 3, value_dim=4))
-        return MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"x": spec},
-                                                 {"cls": HeadConfig("classify", "x", num_outputs=2, pool="mean")}, encoder_inputs=["x"]))  # fmt: skip
+        m = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"x": spec},
+                                              {"cls": HeadConfig("classify", "x", num_outputs=2, pool="mean")}, encoder_inputs=["x"]))  # fmt: skip
+        if not nan_input:
+            m.embedders["x"].tok.weight.register_hook(lambda g: g * float("nan") if in_batch[0] else g)
+        return m
 
     hits = [s for s in range(1, 10) if bad in batch_samples(len(data), cfg, s)]
     assert hits and hits[0] > 1, "the bad sample must first fall in a later batch of the run"
@@ -249,7 +258,9 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path)
     train(cfg, m, data, collate_fn, lambda m, a: {}, tmp_path / "skip")
     rows = metric_rows(tmp_path / "skip")
     train_rows = [r for r in rows if "loss" in r]
-    assert train_rows[-1]["skipped_batches"] == len(hits) and [r["step"] for r in train_rows if r["loss"] is None] == hits
+    counts = [0] + [r.get("skipped_batches", 0) for r in train_rows]  # log_every=1: a row per step
+    assert [r["step"] for r, a, b in zip(train_rows, counts, counts[1:]) if b > a] == hits and counts[-1] == len(hits)
+    assert [r["step"] for r in train_rows if r["loss"] is None] == (hits if nan_input else [])  # NaN gradients: a finite loss
     assert all(bool(torch.isfinite(p).all()) for p in m.parameters())
     assert [r["lr"] for r in train_rows] == [cfg.lr * lr_lambda(cfg)(s - 1) for s in range(1, 10)]  # the rate each step used
     assert hits[0] < cfg.max_steps
