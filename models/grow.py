@@ -75,13 +75,14 @@ def grow(model: MultimodalTransformer, config: ModelConfig) -> MultimodalTransfo
     with torch.no_grad():
         for key, value in model.state_dict().items():
             if key == TYPE_TABLE:
-                state[key][dst] = value[src]
+                state[key][dst] = value[src].to(state[key])  # (a bf16 or GPU model into the new float32 one)
             elif key not in state or state[key].shape != value.shape:
                 raise ValueError(f"grow: trained weight {key} {tuple(value.shape)} has no place in the new model")
             else:
                 state[key].copy_(value)
     new.load_state_dict(state)
-    return new
+    first = next(model.parameters())
+    return new.to(device=first.device, dtype=first.dtype)  # where and as the trained model was
 
 
 def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:

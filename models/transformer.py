@@ -567,7 +567,12 @@ def load_weights(model: nn.Module, path: Path):
         missing, unexpected = load_model(model, str(path), strict=False)
     except FileNotFoundError:
         raise FileNotFoundError(f"model: {path} does not exist") from None
-    except (SafetensorError, OSError, RuntimeError, ValueError) as e:
+    except RuntimeError as e:  # torch's load_state_dict: the shapes of another config
+        if "size mismatch" not in str(e):
+            raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+        sizes = [line.strip().removeprefix("size mismatch for ") for line in str(e).splitlines() if "size mismatch" in line]
+        raise ValueError(f"model: {path} does not match the config: {'; '.join(sizes[:3])}{' ...' if len(sizes) > 3 else ''}") from None
+    except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
     if missing or unexpected:
         raise ValueError(f"model: {path} does not match the config (missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")

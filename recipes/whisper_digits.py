@@ -64,7 +64,7 @@ class Config(TrainConfig):
     eval_utterances: int = 300  # test utterances decoded at each evaluation
     prompt: str = ""  # the decoder's prompt, its special tokens written out; "" = <|startoftranscript|><|transcribe|><|notimestamps|>
     beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
-    length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty
+    length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty (1.0: openai-whisper's default)
     patience: float = 1.0  # beam search: stop once round(beam_size * patience) beams have ended (openai-whisper's --patience)
     wer_text: str = "raw"  # WER on the text as written ("raw"), or after openai-whisper's normaliser ("whisper": case, punctuation, ...)
 
@@ -545,7 +545,8 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
         stats = [scored_result(text_tok, row, s, silence[i]) for row, s, i in zip(rows, sums, which.tolist())]
         retry = []
         for j, i in enumerate(pending):
-            # the likeliest sample, as openai-whisper ranks them: log-probability / tokens ** length_penalty
+            # the likeliest sample: log-probability / tokens ** length_penalty (at 1.0 openai-whisper's default ranking; its
+            # numeric length_penalty α divides by ((5 + tokens) / 6) ** α instead, which has no counterpart here: README)
             best = max(stats[j * n : (j + 1) * n], key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1) ** length_penalty)
             low = o["logprob_threshold"] is not None and best["avg_logprob"] < o["logprob_threshold"]
             wrong = low or (o["compression_ratio_threshold"] is not None and best["compression_ratio"] > o["compression_ratio_threshold"])

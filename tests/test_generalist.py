@@ -163,6 +163,11 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
         assert torch.equal(before[head], again[head])  # old tasks exactly as trained
     changed = [k for k, p in grown.named_parameters() if p.requires_grad and not torch.equal(p, new_params[k])]
     assert any(k.startswith("embedders.prose") for k in changed) and any(k.startswith("embedders.audio") for k in changed)
+    half = grow(old.to(torch.bfloat16), config)  # a bf16 model grows into a bf16 model, every trained weight kept
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    from models.grow import TYPE_TABLE
+
+    assert all(torch.equal(half.state_dict()[k], v) for k, v in old.state_dict().items() if k != TYPE_TABLE)
     with pytest.raises(ValueError, match="trunk must stay the same"):
         config.trunk = type(config.trunk)(dim=64, depth=2, num_heads=2, mode="decoder")
         grow(old, config)

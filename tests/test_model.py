@@ -231,6 +231,13 @@ def test_load_refuses_damaged_weights(tmp_path):
     weights.write_bytes(b"\x80\x04garbage pickle")
     with pytest.raises(ValueError, match="corrupt or truncated"):
         MultimodalTransformer.load(tmp_path)
+    lm_model().save(tmp_path)  # whole weights of another size: named as such, with the tensors that differ
+    from models.transformer import load_weights
+
+    other = MultimodalTransformer(ModelConfig(TrunkConfig(dim=64, depth=1, num_heads=2), {"text": ModalityConfig.from_spec(TEXT)}, {},
+                                              decoder_inputs=["text"]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not match the config: embedders\.text\.tok\.weight: .*torch\.Size"):
+        load_weights(other, weights)
 
 
 def test_config_errors():
