@@ -50,7 +50,7 @@ class Block(nn.Module):
         self.ln_cross = nn.LayerNorm(dim, eps=norm_eps, bias=bias) if cross else None
         self.cross_attn = Attention(dim, num_heads, bias, dropout, cross=True, flash=flash) if cross else None
         self.ln_2 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
-        self.mlp = MLP(dim, int(mlp_ratio * dim), bias, dropout, activation)
+        self.mlp = MLP(dim, int(mlp_ratio * dim + 1e-6), bias, dropout, activation)  # (3072 / 752 * 752 is 3071.99...)
 
     def forward(self, x, mask=None, is_causal=False, memory=None, memory_mask=None, cache=None, layer=0) -> Tensor:
         x = x + self.attn(self.ln_1(x), mask, is_causal, cache=cache, layer=layer)

@@ -59,6 +59,15 @@ def refuse_unknown(sd: dict[str, Tensor], patterns: tuple[str, ...], depth: int 
         raise ValueError(f"{what} import: the checkpoint has more blocks than the model's {limit} ({sorted(deeper)[:3]})")
 
 
+def renamed(rename, sd: dict[str, Tensor], depth: int, what: str) -> dict[str, Tensor]:
+    """`rename(sd, depth)`, a weight it needs and the checkpoint lacks named in one line (a checkpoint
+    with fewer blocks than the model, or of another model)."""
+    try:
+        return rename(sd, depth)
+    except KeyError as e:
+        raise ValueError(f"{what} import: the checkpoint lacks {e.args[0]} (the model has {depth} blocks)") from None
+
+
 def check_tied(sd: dict[str, Tensor], head: str, table: str, what: str) -> None:
     """An output layer is imported tied to its token table: refuse one that differs."""
     if head in sd and not torch.equal(sd[head], sd[table]):
@@ -121,7 +130,7 @@ def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Multimodal
     plain = {k.removeprefix("transformer."): v for k, v in sd.items()}
     refuse_unknown(plain, (*GPT2_KEYS, r"lm_head\.weight"), depth, "GPT-2")
     check_tied(plain, "lm_head.weight", "wte.weight", "GPT-2")
-    ours = gpt2_state_dict(sd, depth)
+    ours = renamed(gpt2_state_dict, plain, depth, "GPT-2")
     n_pos = model.embedders["text"].pos.num_embeddings
     ours["embedders.text.pos.weight"] = ours["embedders.text.pos.weight"][:n_pos]
     return copy_checked(model, ours, "GPT-2")
@@ -153,6 +162,8 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     bias = block.attn.proj.bias is not None
     layers = {"attn.proj": block.attn.proj, "mlp.fc1": block.mlp.fc1, "mlp.fc2": block.mlp.fc2, "attn.qkv": block.attn.qkv}
     extras += [f"{n} bias={m.bias is not None}" for n, m in layers.items() if (m.bias is not None) != bias and not (bias and n == "attn.qkv")]
+    extras += [f"{n} bias={m.bias is not None} (its linear layers' {bias})" for n, m in (("norm1", block.norm1), ("norm", vit.norm))
+               if isinstance(m, torch.nn.LayerNorm) and (m.bias is not None) != bias]  # fmt: skip  # our one flag covers the norms too
     if activation is None or extras:
         raise ValueError(f"timm import: plain ViTs only; this one has {extras or [type(act).__name__ + ' activation']} (not supported)")
     dim = vit.embed_dim
@@ -499,4 +510,4 @@ def load_hf_decision_transformer(model: MultimodalTransformer, sd: dict[str, Ten
     keys = (r"embed_(timestep|return|state|action)\.(weight|bias)", r"embed_ln\.(weight|bias)", r"predict_(action|state|return)(\.\d+)?\.(weight|bias)",
             *(rf"encoder\.{k}" for k in GPT2_KEYS))  # fmt: skip
     refuse_unknown(sd, keys, depth, "Decision Transformer")
-    return copy_checked(model, hf_dt_state_dict(sd, depth), "Decision Transformer")
+    return copy_checked(model, renamed(hf_dt_state_dict, sd, depth, "Decision Transformer"), "Decision Transformer")

@@ -219,6 +219,22 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def verify_latest(ckpt: Path) -> None:
+    """verify() the checkpoint a run would load; when it is damaged, the error also names the newest
+    older one that verifies (kept by keep_checkpoints), to move the damaged one aside and go on from."""
+    try:
+        verify(ckpt)
+    except CheckpointError as e:
+        older = [c for c in list_checkpoints(ckpt.parent.parent) if int(STEP_RE.match(c.name)[1]) < int(STEP_RE.match(ckpt.name)[1])]
+        for c in reversed(older):
+            try:
+                verify(c)
+            except CheckpointError:
+                continue
+            raise CheckpointError(f"{e}; {c.name} before it verifies: move {ckpt.name} out of {ckpt.parent} to go on from {c.name}") from None
+        raise
+
+
 def recover(run_dir) -> None:
     """Clear the leftovers of killed checkpoint writes (`.tmp-*`, `.trash-*`). A `.trash-step-N`
     whose step-N is gone is a whole old checkpoint (the write was killed between an overwrite's two

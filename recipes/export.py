@@ -328,9 +328,23 @@ def export(run_dir, out) -> dict:
         else:
             write_openai_whisper(model, tokenizers, tmp / out.name)
             found = check_openai_whisper(model, tokenizers, tmp / out.name, run_cfg)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        (tmp / out.name if one_file else tmp).rename(out)
+        try:  # note: never over what another export put there meanwhile (a rename replaces a file)
+            if one_file:
+                try:
+                    os.link(tmp / out.name, out)  # fails when out exists
+                except FileExistsError:
+                    raise
+                except OSError:  # a file system without hard links
+                    (tmp / out.name).rename(out)
+            else:
+                if out.exists():
+                    out.rmdir()  # empty (checked above), unless filled meanwhile
+                tmp.rename(out)  # fails onto a folder that is not empty
+        except OSError:
+            if not out.exists():
+                raise
+            raise FileExistsError(f"export: {out} appeared while exporting (another export?); choose a new "
+                                  f"{'file name' if one_file else 'folder'}") from None  # fmt: skip
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     files = [out.name] if one_file else sorted(p.name for p in out.iterdir())

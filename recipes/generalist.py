@@ -410,7 +410,8 @@ def task_gradient_norms(model: MultimodalTransformer, examples: list[dict], row_
     stack differ by much more than their importance does pull that stack their way."""
     specs = {m: c.spec for m, c in model.config.modalities.items()}
     inputs = pack_examples(examples, row_tokens, STRIDE, specs)[0]
-    stacks = {n: list(s.parameters()) for n in ("encoder", "decoder") if (s := getattr(model, n)) is not None}
+    stacks = {n: params for n in ("encoder", "decoder")  # trained ones only: a grown run's frozen trunk has no gradient to measure
+              if (s := getattr(model, n)) is not None and (params := [p for p in s.parameters() if p.requires_grad])}  # fmt: skip
     was = model.training
     model.train()
     out = model(inputs)

@@ -19,7 +19,7 @@ from models import MultimodalTransformer
 from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .checkpoint import latest_checkpoint, list_checkpoints, verify
+from .checkpoint import latest_checkpoint, list_checkpoints, verify_latest
 from .config import ConfigError, apply_values, named_configs, parse_overrides, read_yaml
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir)`
@@ -137,7 +137,7 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
-    verify(ckpt)
+    verify_latest(ckpt)
     model = MultimodalTransformer.load(ckpt, device).eval()
     tok_root = run_dir / "tokenizers"
     tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})

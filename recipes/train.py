@@ -37,7 +37,7 @@ from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
 from tokenizers_mm import TokenBatch
 
-from .checkpoint import gather_rng_states, latest_checkpoint, load_state, recover, save_state, set_rng_state, verify, write_checkpoint
+from .checkpoint import gather_rng_states, latest_checkpoint, load_state, recover, save_state, set_rng_state, verify_latest, write_checkpoint
 from .config import TrainConfig
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 
@@ -330,7 +330,7 @@ def train(
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")
     if ckpt is not None:
-        verify(ckpt)
+        verify_latest(ckpt)
         load_weights(model, ckpt / "model.safetensors")
         trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
         start_step, skipped = trainer_state["step"], trainer_state.get("skipped_batches", 0)  # (older checkpoints: none kept)

@@ -12,7 +12,8 @@ them: a cue per segment (or max_words_per_line words), lines of max_line_width c
 of max_line_count lines, or highlight_words (each word underlined as it is said).
 
 A result is what `whisper_digits.transcribe_files` returns for one file (the shape of
-openai-whisper's `transcribe` result, without its decoding statistics). The file is named after the
+openai-whisper's `transcribe` result; a segment carries its decoding statistics, temperature,
+avg_logprob, compression_ratio, no_speech_prob, when the fallback decided them). The file is named after the
 audio file (`talk.flac` → `talk.srt`) in the output folder, and written whole under a temporary
 name, then renamed.
 """
@@ -29,6 +30,8 @@ FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 
 def timestamp(seconds: float, hours: bool, marker: str) -> str:
     """HH:MM:SS,mmm (srt) or MM:SS.mmm, hours when there are some (vtt), as openai-whisper writes them."""
+    if not seconds >= 0:  # openai-whisper asserts it; a cue at a negative (or NaN) time would read as garbage
+        raise ValueError(f"subtitle time {seconds} s: expected a time of 0 or more")
     ms = round(seconds * 1000.0)
     h, ms = divmod(ms, 3_600_000)
     m, ms = divmod(ms, 60_000)

@@ -904,6 +904,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         total = math.ceil(soundfile.info(str(p)).duration)  # readable: stream_audio checked it
         bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
         prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
+        unread = ""  # why nothing of the recording was decoded, when nothing was
 
         def detect(first_window) -> None:  # language="auto": the file's first window (its encoder Memory) decides
             nonlocal prompt, file_language
@@ -918,11 +919,13 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)), str(p))
             if language == "auto":
                 detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
+            content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)
+            clips = None if clip_timestamps is None else seek_clips(clip_timestamps, content)
+            if not sum(max(0, b - a) for a, b in clips or [(0, content)]):  # nothing to decode: not "silence"
+                unread = "it is shorter than one 10 ms frame" if not content else f"clip_timestamps hold none of its {content / 100:g} s"
             found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size,
                                               cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
-                                              alignment_heads, hallucination_silence_threshold,
-                                              None if clip_timestamps is None else seek_clips(clip_timestamps, mel.shape[-1] - toks["audio"].max_frames),
-                                              carry_initial_prompt, punctuations, patience,
+                                              alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
             found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
@@ -942,14 +945,19 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()
         if not ended:
-            why = "every window decoded as silence" if windows == "seek" else "silence, or nothing above -60 dBFS"
+            why = "silence, or nothing above -60 dBFS" if windows != "seek" else unread or "every window decoded as silence"
             print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached max_text ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} "
-                  "tokens) before their end; their text is cut (fast speech, or a model trained on shorter utterances)",
-                  file=sys.stderr)  # fmt: skip
+            limit = (f"max_text ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} tokens)" if windows != "seek"
+                     else f"their token limit ({sample_len or cfg.max_text} tokens, fewer after a long carried text)")  # fmt: skip
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached {limit} before their end; "
+                  "their text is cut (fast speech, or a model trained on shorter utterances)", file=sys.stderr)  # fmt: skip
         segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]
+        # Whisper's vocabulary: the text of all the tokens, as openai-whisper's transcribe decodes it (its tokens carry their
+        # spaces; none is added between segments of zh or ja); a from-scratch run's characters: the segments joined by a space
+        text = (row_text(toks["text"], [t for seg in segs for t in seg["tokens"]]) if toks["audio"].chunk
+                else " ".join(seg["text"] for seg in segs))  # fmt: skip
         for seg in segs:
             del seg["tokens"]
-        results.append({"text": " ".join(s["text"] for s in segs), "segments": segs, "language": file_language})
+        results.append({"text": text, "segments": segs, "language": file_language})
     return results

@@ -19,7 +19,8 @@ gives on the same weights and audio:
   the text carried (carry_initial_prompt=False, its default), or before every window, the carried
   text after it (carry_initial_prompt=True).
 
-The whole recording is read into memory (a 1 h file: about 230 MB of samples and 115 MB of log-mel).
+The whole recording is read into memory, and its log-mel computed in one pass, as openai-whisper
+does (a 1 h file: 230 MB of samples and 115 MB of log-mel; about 1.2 GB at the peak, in the STFT).
 With word timestamps, hallucination_silence_threshold skips silence around segments whose words
 look made up (`skip_hallucinations`), as there. Like openai-whisper's decoder, a window may decode
 one token past the decoder's positions (sampled from the last one, never read). clip_timestamps
@@ -27,6 +28,8 @@ limits the windows to clips of the recording (`seek_clips`), as there.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +40,8 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, check_finite, log_mel_s
 from .whisper_digits import EOT, FALLBACK_FIGURES, TIME_PRECISION, _decode_group, audio_memory, previous_tokens, row_text, window_words
 from .word_timing import APPEND, PREPEND, get_end
 
-INPUT_STRIDE = round(TIME_PRECISION * SAMPLE_RATE / HOP_LENGTH)  # log-mel frames per timestamp step (the encoder's stride): 2
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # an int, as openai-whisper's: t * 100 and t * 16000 / 160 round apart at half frames
+INPUT_STRIDE = round(TIME_PRECISION * FRAMES_PER_SECOND)  # log-mel frames per timestamp step (the encoder's stride): 2
 
 
 def recording_mel(audio_tok, wave: torch.Tensor, name: str = "audio") -> torch.Tensor:
@@ -106,9 +110,9 @@ def skip_hallucinations(segments: list[dict], threshold: float, previous_seek: i
     if not single_ending:
         last_word_end = get_end(segments, time_offset)
         if last_word_end > time_offset:
-            seek = round(last_word_end * SAMPLE_RATE / HOP_LENGTH) if window_end - last_word_end > threshold else previous_seek + frames
+            seek = round(last_word_end * FRAMES_PER_SECOND) if window_end - last_word_end > threshold else previous_seek + frames
     if with_words and segment_anomaly(with_words[0]) and (gap := with_words[0]["start"] - time_offset) > threshold:
-        return previous_seek + round(gap * SAMPLE_RATE / HOP_LENGTH), False
+        return previous_seek + round(gap * FRAMES_PER_SECOND), False
     last_end = last_speech
     for i, segment in enumerate(segments):
         if not segment["words"]:
@@ -119,7 +123,7 @@ def skip_hallucinations(segments: list[dict], threshold: float, previous_seek: i
             silence_before = segment["start"] - last_end > threshold or segment["start"] < threshold or segment["start"] - time_offset < 2.0
             silence_after = next_start - segment["end"] > threshold or segment_anomaly(following) or window_end - segment["end"] < 2.0
             if silence_before and silence_after:
-                seek = round(max(time_offset + 1, segment["start"]) * SAMPLE_RATE / HOP_LENGTH)
+                seek = round(max(time_offset + 1, segment["start"]) * FRAMES_PER_SECOND)
                 if content * HOP_LENGTH / SAMPLE_RATE - segment["end"] < threshold:
                     seek = content
                 del segments[i:]
@@ -131,18 +135,22 @@ def skip_hallucinations(segments: list[dict], threshold: float, previous_seek: i
 def seek_clips(clip_timestamps, content: int) -> list[tuple[int, int]]:
     """openai-whisper's clip_timestamps ("start,end,start,end,..." in seconds, or a list of them) as
     (start, end) frames of a recording of `content` frames: an odd last start runs to the end, none
-    is the whole recording; ends past the recording stop at its end."""
+    is the whole recording; ends past the recording stop at its end; an empty clip reads nothing,
+    as there. A clip that ends before it starts (which openai-whisper skips) is refused as a typo."""
+    given = clip_timestamps
     if isinstance(clip_timestamps, str):
         try:
             clip_timestamps = [float(t) for t in clip_timestamps.split(",") if t.strip()]
         except ValueError:
             raise ValueError(f"clip_timestamps {clip_timestamps!r}: expected seconds separated by commas, start,end,start,end,...") from None
-    points = [round(t * SAMPLE_RATE / HOP_LENGTH) for t in clip_timestamps] or [0]
+    if not all(math.isfinite(t) for t in clip_timestamps):
+        raise ValueError(f"clip_timestamps {given!r}: expected finite seconds, start,end,start,end,...")
+    points = [round(t * FRAMES_PER_SECOND) for t in clip_timestamps] or [0]
     clips = list(zip(points[::2], points[1::2]))
-    for k, (a, b) in enumerate(clips + ([(points[-1], points[-1] + 1)] if len(points) % 2 else [])):  # an open last clip: its start
-        if a < 0 or b <= a:
-            raise ValueError(f"clip_timestamps: clip {k + 1} ({a * HOP_LENGTH / SAMPLE_RATE:g} s to {b * HOP_LENGTH / SAMPLE_RATE:g} s): "
-                             "expected a start of 0 or more before its end")  # fmt: skip
+    for k, (a, b) in enumerate(clips + ([(points[-1], points[-1])] if len(points) % 2 else [])):  # an open last clip: its start
+        if a < 0 or b < a:
+            raise ValueError(f"clip_timestamps: clip {k + 1} ({a / FRAMES_PER_SECOND:g} s to {b / FRAMES_PER_SECOND:g} s): "
+                             "expected a start of 0 or more, not after its end")  # fmt: skip
     if len(points) % 2:
         clips.append((points[-1], content))
     return [(a, min(b, content)) for a, b in clips]
@@ -196,7 +204,7 @@ def transcribe_seeking(model, text_tok, audio_tok, mel: torch.Tensor, prompt: li
                 end = window_words(model, text_tok, memory, prompt, segments, time_offset, frames * HOP_LENGTH, last_speech, heads,
                                    punctuations)  # fmt: skip
                 if not single_ending and end > time_offset:  # the next window starts where the last word ended
-                    seek = round(end * SAMPLE_RATE / HOP_LENGTH)
+                    seek = round(end * FRAMES_PER_SECOND)
                 if hallucination_silence_threshold is not None:
                     seek, keep = skip_hallucinations(segments, hallucination_silence_threshold, previous_seek, seek, frames, window, content,
                                                      single_ending, last_speech)  # fmt: skip

@@ -159,8 +159,9 @@ def find_alignment(model, text_tok, memory, sot_sequence: list[int], tokens: lis
     seconds from the window's start and its mean token probability: [{"word", "tokens", "start",
     "end", "probability"}], openai-whisper's `find_alignment`. memory: the window's encoder Memory
     (one row); sot_sequence: <|startoftranscript|> with its language and task tokens; num_frames: the
-    window's 10 ms frames of sound (the padding after them is not aligned to)."""
-    if not tokens:
+    window's 10 ms frames of sound (the padding after them is not aligned to); under 2 (one encoder
+    position) there is nothing to align to: no words (openai-whisper's DTW would place them at -20 ms)."""
+    if not tokens or num_frames // 2 == 0:
         return []
     special = text_tok.special_ids
     eot = special["<|endoftext|>"]

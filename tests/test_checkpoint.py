@@ -177,3 +177,20 @@ def test_damaged_checkpoint_refused(tmp_path, damage):
         (ckpt / "manifest.json").write_text("{trunc")
     with pytest.raises(CheckpointError, match="checkpoint .* (truncated|corrupt|incomplete)"):
         verify(ckpt)
+
+
+def test_a_damaged_latest_checkpoint_names_the_older_one_that_verifies(tmp_path):
+    """keep_checkpoints keeps an older checkpoint for this: the refusal of a damaged latest one (at
+    resume, eval, export) says which older one verifies and what to do."""
+    from recipes.checkpoint import verify_latest
+
+    for step in (10, 20, 30):
+        write_checkpoint(tmp_path, step, _write(step), keep=3)
+    verify_latest(latest_checkpoint(tmp_path))
+    for step in (30, 20):
+        (tmp_path / "checkpoints" / f"step-{step:07d}" / "a.bin").write_bytes(b"rot")
+    with pytest.raises(CheckpointError, match=r"step-0000030 is truncated: .*; step-0000010 before it verifies: move step-0000030 out of"):
+        verify_latest(latest_checkpoint(tmp_path))
+    (tmp_path / "checkpoints" / "step-0000010" / "a.bin").write_bytes(b"rot")
+    with pytest.raises(CheckpointError, match=r"step-0000030 is truncated: a.bin has 3 bytes, expected 100$"):
+        verify_latest(latest_checkpoint(tmp_path))

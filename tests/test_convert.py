@@ -34,6 +34,18 @@ def test_gpt2_shape_mismatch_is_named():
     wrong = gpt2_model_config({**cfg.to_dict(), "vocab_size": 60})
     with pytest.raises(ValueError, match="embedders.text.tok.weight has shape \\(50, 32\\), the model expects \\(60, 32\\)"):
         load_gpt2(MultimodalTransformer(wrong), hf.state_dict())
+    deeper = gpt2_model_config({**cfg.to_dict(), "n_layer": 2})  # a checkpoint with fewer blocks: named, not a bare KeyError
+    with pytest.raises(ValueError, match=r"GPT-2 import: the checkpoint lacks h\.1\.ln_1\.weight \(the model has 2 blocks\)"):
+        load_gpt2(MultimodalTransformer(deeper), hf.state_dict())
+
+
+@pytest.mark.parametrize("dim, hidden", [(752, 3072), (176, 960), (368, 832), (768, 3072)])
+def test_an_imported_mlp_width_survives_its_ratio(dim, hidden):
+    """Imports give the MLP width as a ratio (hidden / dim); the block gets the width back, where
+    truncating the float product made it one short (3072 / 752 * 752 = 3071.99...)."""
+    from models.blocks import Block
+
+    assert Block(dim, 8, mlp_ratio=hidden / dim).mlp.fc.out_features == hidden
 
 
 def test_gpt2_and_whisper_variants_without_an_equivalent_are_refused():

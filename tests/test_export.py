@@ -173,7 +173,7 @@ def test_whisper_export_gives_our_logits_in_transformers():
         check_whisper_tokenizers({**whisper_digits_toks, "audio": AudioTokenizer()})
 
 
-def test_mmtok_export_of_trained_runs(tmp_path, capsys):
+def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     """A gpt_bpe run (its trained BPE) and a vit_digits run (its class names), through the command line."""
     from recipes import gpt_bpe, vit_digits
     from recipes.cli import main
@@ -197,6 +197,20 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys):
     assert ref.pretrained_cfg["label_names"] == [str(i) for i in range(10)] and ref.num_classes == 10
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 2  # refuses to write over an export
     assert "vit_timm exists and is not an empty folder" in capsys.readouterr().err
+    import recipes.export as export_module  # another export filling OUT while this one writes: refused, theirs kept
+
+    real = export_module.check_timm
+
+    def meanwhile(*args):
+        (tmp_path / "vit_race").mkdir()
+        (tmp_path / "vit_race" / "theirs.txt").write_text("x")
+        return real(*args)
+
+    monkeypatch.setattr(export_module, "check_timm", meanwhile)
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_race")]) == 2
+    monkeypatch.undo()
+    assert "vit_race appeared while exporting (another export?)" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "vit_race").iterdir()] == ["theirs.txt"]
     assert not list(tmp_path.glob(".*partial"))
     # what an export killed mid-write left (its process gone) goes with the next export to that OUT; a live one's stays
     from recipes.export import HOST

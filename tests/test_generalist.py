@@ -147,6 +147,8 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
     for head in before:
         assert torch.equal(before[head], after[head])
     freeze_trained(grown, old.config)
+    norms = g.task_gradient_norms(grown, mixed_examples(tasks, weights, 8), 256)  # it raised on the frozen parameters
+    assert norms and all(per_head == {} for per_head in norms.values())  # the whole trunk is frozen: no stack left to measure
     new_params = {k: p.detach().clone() for k, p in grown.named_parameters() if p.requires_grad}
     assert any(k.startswith("embedders.prose") for k in new_params) and "heads.lm.proj.weight" not in new_params  # tied to text's table
     grown.train()

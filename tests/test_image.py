@@ -1,5 +1,7 @@
 """Image tokenizer and timm ViT import: patches, round trips, bad files, parity with timm."""
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -171,6 +173,14 @@ def test_timm_weights_at_a_new_resolution():
     model = load_timm_vit(MultimodalTransformer(cfg), vit.state_dict(), skip_head=True)
     tok = ImageTokenizer(image_size=24, patch_size=4)
     assert model({"image": collate([tok.encode(torch.rand(3, 24, 24))])}).logits["cls"].shape == (1, 3)
+
+
+def test_a_vit_without_linear_biases_but_with_norm_biases_is_refused():
+    """One bias flag covers our linear layers and LayerNorms: timm's norms keep theirs without
+    qkv / proj / MLP biases, so such a ViT is refused by the config, not failed in the load."""
+    vit = randomized_vit(img_size=16, patch_size=4, qkv_bias=False, proj_bias=False, mlp_layer=functools.partial(timm.layers.Mlp, bias=False))
+    with pytest.raises(ValueError, match=r"plain ViTs only; this one has \[\"norm1 bias=True \(its linear layers' False\)\""):
+        vit_model_config(vit)
 
 
 def test_a_new_head_keeps_the_pooled_features_norm():

@@ -104,6 +104,7 @@ def test_word_timestamps_equal_openai_whispers(whisper_pair):
         assert [(w["word"], w["tokens"]) for w in ours] == [(t.word, t.tokens) for t in theirs]
         assert [(w["start"], w["end"]) for w in ours] == [(t.start, t.end) for t in theirs]
         assert len({w["start"] for w in ours}) >= 3 and ours[-1]["end"] <= num_frames / 100  # times vary, within the sound
+        assert find_alignment(model, text_tok, memory, sot_sequence, tokens, 1, "en") == []  # 10 ms: no encoder position to align to
         np.testing.assert_allclose([w["probability"] for w in ours], [t.probability for t in theirs], rtol=1e-4)
         # two segments, as a timestamped window has them; openai-whisper's seek 100 = the window starts 1.0 s in
         half = len(tokens) // 2
@@ -257,9 +258,9 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "alignment heads (2, 0): expected (layer, head) pairs within this decoder's 2 layers × 2 heads" in capsys.readouterr().err
 
 
-def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
+def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path, capsys):
     """transcribe_files(windows="seek") on a run on Whisper's weights gives openai-whisper's
-    `transcribe` segments (times, text, words) on the same weights and a 70 s recording: windows
+    `transcribe` segments (times, text, words) on the same weights and a 58 s recording: windows
     that start at the last timestamp of the one before, or at its last word's end; the text carried
     to the next window, windows that decode one token past the decoder's positions (as openai-
     whisper's decoder samples it); an initial prompt read first; and hallucination_silence_threshold,
@@ -295,6 +296,7 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
         outs.append(ours)
         assert [(s["start"], s["end"], s["text"]) for s in ours["segments"]] == [
             (round(s["start"], 3), round(s["end"], 3), s["text"].strip()) for s in kept]  # fmt: skip
+        assert ours["text"] == theirs["text"].strip()  # the file's text: every token decoded at once, as there
         assert [s["temperature"] for s in ours["segments"]] == [s["temperature"] for s in kept]
         np.testing.assert_allclose([s["avg_logprob"] for s in ours["segments"]], [s["avg_logprob"] for s in kept], rtol=1e-4)
         assert len({s["seek"] for s in kept}) >= 2 and (beam or any(s["seek"] % 3000 for s in kept))  # windows placed by their text
@@ -310,6 +312,9 @@ def test_seek_windows_transcribe_as_openai_whisper_does(whisper_pair, tmp_path):
     for bad, why in [("5,x", "clip_timestamps '5,x': expected seconds separated by commas"), ("10,5", r"clip 1 \(10 s to 5 s\): expected a start")]:
         with pytest.raises(ValueError, match=why):
             whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", clip_timestamps=bad)
+    capsys.readouterr()
+    assert whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], windows="seek", clip_timestamps="500,600")[0]["segments"] == []
+    assert "no speech found (clip_timestamps hold none of its 57.78 s)" in capsys.readouterr().err  # not "silence"
     with pytest.raises(ValueError, match="clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek"):
         whisper_folder.transcribe_files(run, [str(tmp_path / "talk.wav")], clip_timestamps="5")
     with pytest.raises(ValueError, match="windows='both': expected 'pauses'"):
@@ -371,3 +376,23 @@ def test_a_released_models_alignment_heads(tmp_path):
     ours = find_alignment(model, text_tok, memory, list(tokenizer.sot_sequence), tokens, 300, "en", heads)
     theirs = timing.find_alignment(ref, tokenizer, tokens, mel, 300)
     assert [(w["word"], w["start"], w["end"]) for w in ours] == [(t.word, t.start, t.end) for t in theirs]
+
+
+def test_clip_timestamps_become_openai_whispers_frames():
+    """seek_clips rounds seconds to frames as openai-whisper's transcribe does (round(t * 100), an
+    int rate: t * 16000 / 160 rounds apart at some half frames), reads nothing for an empty clip,
+    and names a non-finite time."""
+    from recipes.whisper_seek import seek_clips
+
+    times = sorted(round(x, 3) for x in np.random.default_rng(0).uniform(0, 200, 4000)) + [200.545, 201.035]
+    assert [p for clip in seek_clips(times, 10**6) for p in clip] == [round(t * 100) for t in times]
+    assert seek_clips("0.545,1.035", 3000) == [(55, 103)]
+    assert seek_clips("5,5,7", 3000) == [(500, 500), (700, 3000)]  # the empty clip reads nothing (transcribe_seeking's loop)
+    for bad in ("nan", "inf,10", [0.0, float("nan")]):
+        with pytest.raises(ValueError, match="expected finite seconds"):
+            seek_clips(bad, 3000)
+    from recipes.transcripts import timestamp
+
+    assert timestamp(3725.5, False, ",") == "01:02:05,500"
+    with pytest.raises(ValueError, match="subtitle time -0.02 s: expected a time of 0 or more"):  # it read -1:59:59,980
+        timestamp(-0.02, True, ",")
