@@ -39,9 +39,14 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
     from models import MultimodalTransformer, dt_model_config, load_hf_decision_transformer
 
     torch.manual_seed(0)
-    hf_cfg = DecisionTransformerConfig(state_dim=S, act_dim=A, hidden_size=64, n_layer=3, n_head=1, max_ep_len=500, action_tanh=True)
+    p = 0.1  # the recipe's dropout, on both sides (HF's default for each of its three rates)
+    hf_cfg = DecisionTransformerConfig(state_dim=S, act_dim=A, hidden_size=64, n_layer=3, n_head=1, max_ep_len=500, action_tanh=True,
+                                       resid_pdrop=p, embd_pdrop=p, attn_pdrop=p)  # fmt: skip
     hf = DecisionTransformerModel(hf_cfg)
-    ours = load_hf_decision_transformer(MultimodalTransformer(dt_model_config(hf_cfg.to_dict())), hf.state_dict())
+    ours = load_hf_decision_transformer(MultimodalTransformer(dt_model_config(hf_cfg.to_dict(), dropout=p)), hf.state_dict())
+    count = lambda m: sum(t.numel() for t in m.parameters())  # noqa: E731
+    params = {"ours": count(ours), "hf": count(hf), "hf_position_table": hf.encoder.wpe.weight.numel()}  # HF trains a 1024-row
+    # table of which it reads row 0 (its positions are all 0; ours folds that row into the type rows): the peer as users train it
     states, actions, rtg = torch.randn(batch, K, S), torch.randn(batch, K, A).tanh(), torch.randn(batch, K, 1)
     timesteps = torch.randint(0, 480, (batch, 1)) + torch.arange(K)
     from tokenizers_mm import TokenBatch
@@ -57,7 +62,7 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
 
     def hf_step():
         _, pred, _ = hf(states=states, actions=actions, rewards=None, returns_to_go=rtg, timesteps=timesteps,
-                        attention_mask=torch.ones(batch, K), return_dict=False)  # fmt: skip
+                        attention_mask=torch.ones(batch, K), use_cache=False, return_dict=False)  # fmt: skip
         return torch.nn.functional.mse_loss(pred, actions)
 
     def our_step():
@@ -78,7 +83,8 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
                 opts[name].zero_grad(set_to_none=True)
             times[name].append((time.perf_counter() - t0) / (steps // rounds) * 1000)
     out = {name: statistics.median(t) for name, t in times.items()}
-    return {"ours_ms_per_step": out["ours"], "hf_ms_per_step": out["hf"], "ratio_hf_over_ours": out["hf"] / out["ours"], "rounds_ms": times}
+    return {"ours_ms_per_step": out["ours"], "hf_ms_per_step": out["hf"], "ratio": out["ours"] / out["hf"], "dropout": p, "parameters": params,
+            "rounds_ms": times}  # fmt: skip
 
 
 def main():

@@ -44,7 +44,7 @@ class HFGPT2(nn.Module):
 
     def forward(self, inputs, targets=None):
         b = inputs["text"]
-        logits = self.model(input_ids=b.ids).logits
+        logits = self.model(input_ids=b.ids, use_cache=False).logits  # training: no KV cache to build
         return SimpleNamespace(loss=F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), b.targets.reshape(-1)))
 
     def save(self, directory):

@@ -92,7 +92,7 @@ def main():
     inputs = {"audio": audio, "text": text}
 
     def loss_hf():
-        logits = hf(input_features=feats, decoder_input_ids=dec_in).logits
+        logits = hf(input_features=feats, decoder_input_ids=dec_in, use_cache=False).logits  # training: no KV cache to build
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1))
 
     def loss_ours():

@@ -461,18 +461,19 @@ def load_openai_whisper(path) -> MultimodalTransformer:
 
 
 # -- Hugging Face DecisionTransformerModel --------------------------------------------------------
-def dt_model_config(hf: dict, discrete: bool = False) -> ModelConfig:
+def dt_model_config(hf: dict, discrete: bool = False, dropout: float = 0.0) -> ModelConfig:
     """Our config for a Hugging Face DecisionTransformerConfig (as a dict): one `trajectory`
     modality (return / state / action tokens, the timestep table as positions, embed_ln), the
     GPT-2 trunk, and the action head read at state tokens. discrete: the act_dim outputs are
-    logits over action ids (one-hot action inputs, cross-entropy loss; needs action_tanh=False)."""
+    logits over action ids (one-hot action inputs, cross-entropy loss; needs action_tanh=False).
+    dropout: ours is one rate (0 for inference; HF's config keeps resid / embd / attn_pdrop apart)."""
     act = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", "relu"))
     if act is None:
         raise ValueError(f"Decision Transformer import: activation {hf['activation_function']!r} is not supported")
     check_gpt2_attention(hf, "Decision Transformer")
     dim = hf["hidden_size"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
-                        bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder", activation=act)  # fmt: skip
+                        bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder", activation=act, dropout=dropout)  # fmt: skip
     S, A = hf["state_dim"], hf["act_dim"]
     traj = ModalityConfig("trajectory", ["return", "state", "action"], hf["max_ep_len"], value_dim=max(1, S, A),
                           type_value_dims=[1, S, A], embed_norm=True)  # fmt: skip

@@ -106,6 +106,9 @@ class WhisperStem(nn.Module):
         return 2 * (sum(p.numel() for p in self.conv1.parameters()) * frames + sum(p.numel() for p in self.conv2.parameters()) * tokens)
 
     def forward(self, batch: TokenBatch) -> Tensor:
+        if batch.segments is not None and (batch.packed_stride or 1) % self.stride:  # (read where the batch was made: no sync)
+            raise ValueError(f"{batch.modality}: packed rows for a stem of stride {self.stride} need each utterance to start at a multiple "
+                             f"of {self.stride} with padding after it: pack(..., stride={self.stride}) or pack_examples(stride=...)")  # fmt: skip
         x = batch.values.to(self.conv1.weight.dtype).transpose(1, 2)  # (B, F, n_mels) -> (B, n_mels, F)
         if batch.all_real:
             x = F.gelu(self.conv2(F.gelu(self.conv1(x))))  # (B, C, F/2)

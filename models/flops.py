@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 # dense bf16 tensor-core peaks (FLOP/s) of common GPUs, from the vendors' data sheets
-PEAK_BF16 = {"H200": 989e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 PCIe": 756e12, "H100": 756e12, "A100": 312e12,
-             "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12}  # fmt: skip
+PEAK_BF16 = {"H200": 989e12, "H200 NVL": 835e12, "H100 SXM": 989e12, "H100 80GB HBM3": 989e12, "H100 NVL": 835e12, "H100 PCIe": 756e12,
+             "H100": 756e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12, "RTX 4090": 165e12}  # fmt: skip
 
 
 def matmul_params(model: nn.Module) -> int:
@@ -132,8 +132,9 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype) -> tuple[float, s
     device = torch.device(device)
     if device.type == "cuda" and dtype == torch.bfloat16:
         name = torch.cuda.get_device_name(device)
-        for key, value in PEAK_BF16.items():
-            if key in name:
-                return value, f"table ({key})"
+        known = [key for key in PEAK_BF16 if key in name]  # the most specific name: "H200 NVL" before "H200"
+        if known:
+            key = max(known, key=len)
+            return PEAK_BF16[key], f"table ({key})"
     n = 4096 if device.type == "cuda" else 1024
     return measure_peak(device, dtype, n), f"measured ({n}x{n} {str(dtype).removeprefix('torch.')} matmul)"

@@ -218,6 +218,11 @@ class MultimodalTransformer(nn.Module):
                                        q_segments=seg, k_segments=seg, q_offset=offset, bidirectional=bidir, device=x.device)  # fmt: skip
         mem_mask = None
         if memory is not None and memory_segments is not None and seg is not None:  # packed: own segment + the null token
+            if getattr(self, "null_memory", None) is None:  # (a device read, in this layout only) no null token to fall back on
+                own = (seg[..., None] == memory_segments[:, None, :]).any(-1) | (seg == -1)  # (B, T): a memory token of its own
+                if not bool(own.all()):
+                    raise ValueError("packed encoder-decoder input: an example has decoder tokens but no encoder tokens, and this "
+                                     "model has no null memory token (subset_inputs=True gives it one): they would read other examples' memory")
             mem_mask, _ = build_mask(x.shape[1], memory.shape[1], causal=False, key_mask=memory_mask, q_segments=seg,
                                      k_segments=memory_segments, shared_keys=memory_segments == NULL_SEGMENT, device=x.device)  # fmt: skip
         elif memory is not None and memory_mask is not None:
@@ -283,12 +288,18 @@ class MultimodalTransformer(nn.Module):
                     continue
                 valid = b.loss_mask & mask if b.loss_mask is not None else mask
                 tgt = b.targets.masked_fill(~valid, IGNORE)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE)
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE,
+                                       reduction="sum") / valid.sum().clamp(min=1)  # fmt: skip  # (no target at all: 0, not 0/0)
             else:
                 if targets is None or name not in targets:
                     continue
                 y = targets[name]
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing) if hc.kind == "classify" else F.mse_loss(logits.float(), y.float())
+                if hc.kind == "classify":
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing)
+                else:  # (B, K) predictions, one (B,) or (B, K) target each: never broadcast into (B, B) pairs
+                    if y.numel() != logits.numel():
+                        raise ValueError(f"head {name!r}: targets of shape {tuple(y.shape)} for predictions of shape {tuple(logits.shape)}")
+                    loss = F.mse_loss(logits.float(), y.float().reshape(logits.shape))
             out.losses[name] = loss
         if out.losses:
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())

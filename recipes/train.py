@@ -143,8 +143,11 @@ def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accele
 
 # -- optimisation ---------------------------------------------------------------------------------
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices of Linear layers (not norms, biases, embeddings)."""
-    decay_names = {f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules() if isinstance(m, nn.Linear)}
+    """AdamW; weight decay only on matrices of Linear layers (not norms, biases, embeddings); also
+    of transformers' Conv1D (GPT-2's transposed Linear), so a Hugging Face GPT-2 trained here (the
+    gpt_step benchmark's peer) decays as ours does."""
+    linear = lambda m: isinstance(m, nn.Linear) or type(m).__name__ == "Conv1D" and type(m).__module__.startswith("transformers")  # noqa: E731
+    decay_names = {f"{mn}.weight" if mn else "weight" for mn, m in model.named_modules() if linear(m)}
     seen, decay, no_decay = set(), [], []
     for name, p in model.named_parameters():  # tied parameters appear once, under their first name
         if not p.requires_grad or id(p) in seen:

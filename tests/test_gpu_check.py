@@ -3,6 +3,7 @@ and the MFU estimate matches nanoGPT's formula."""
 
 import sys
 
+import pytest
 import torch
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
@@ -111,3 +112,18 @@ def test_gpu_check_needs_only_torch_torchaudio_accelerate_and_timm():
     out = json.loads(p.stdout)  # the JSON alone: the training loop's lines go to stderr
     assert out["tokens_per_s"] > 0 and out["mel_ms_per_30s_chunk"] > 0
     assert "matplotlib is not installed" in p.stderr  # the loss curve is skipped with a note, not a crash
+
+
+@pytest.mark.parametrize("name, key", [("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA H100 80GB HBM3", "H100 80GB HBM3"),
+                                       ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H100 PCIe", "H100 PCIe")])  # fmt: skip
+def test_the_peak_table_takes_the_most_specific_gpu_name(monkeypatch, name, key):
+    """A GPU's bf16 peak comes from the data-sheet table by its most specific name ("H200 NVL",
+    835 TFLOP/s, not "H200", 989)."""
+    from models.flops import PEAK_BF16
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    peak_flops.cache_clear()
+    try:
+        assert peak_flops("cuda", torch.bfloat16) == (PEAK_BF16[key], f"table ({key})")
+    finally:
+        peak_flops.cache_clear()

@@ -498,3 +498,73 @@ def test_token_head_loss_is_the_mean_over_its_tokens_and_zero_without_any(kind):
         assert out.logits["act"].dtype == torch.bfloat16
         want = ((out.logits["act"][0][valid].float() - (1 + 2**-9)) ** 2).mean()
         torch.testing.assert_close(out.loss, want)
+
+
+def _speech_model(subset_inputs=False):
+    torch.manual_seed(0)
+    audio = ModalityConfig.from_spec(ModalitySpec("audio", ("frame",), 40, value_dim=8), embedder="whisper_conv")
+    cfg = ModelConfig(TrunkConfig(dim=16, depth=1, dec_depth=1, num_heads=2, mode="encoder-decoder"),
+                      {"audio": audio, "text": ModalityConfig.from_spec(TEXT)}, {"lm": HeadConfig("lm", "text")},
+                      encoder_inputs=["audio"], decoder_inputs=["text"], subset_inputs=subset_inputs)  # fmt: skip
+    return MultimodalTransformer(cfg).eval()
+
+
+def test_packed_audio_for_a_strided_stem_is_read_as_alone_or_refused():
+    """Whisper's conv stem (stride 2) reads packed utterances as it reads each alone when pack()
+    aligns them (stride=2: each starts at an even frame, padding after it); packed end to end they
+    would read each other's frames at the edges, start at odd frames and take wrong positions:
+    refused (TokenBatch.packed_stride, read where the batch is made)."""
+    model = _speech_model()
+    sets = [TokenSet("audio", values=torch.randn(n, 8)) for n in (5, 4, 7)]
+    embed = model.embedders["audio"]
+    packed = pack(sets, 40, stride=2)
+    assert packed.packed_stride >= 2 and packed.shape[0] == 1
+    out = embed(packed)[0]
+    for seg in range(len(sets)):  # each segment's stem outputs equal its utterance's alone (pack places the longest first)
+        where = torch.nonzero(packed.segments[0] == seg)[:, 0]
+        start, ts = int(where[0]), next(ts for ts in sets if len(ts) == len(where))
+        alone = embed(collate([ts]))[0]
+        torch.testing.assert_close(out[start // 2 : start // 2 + alone.shape[0]], alone, atol=1e-6, rtol=1e-5)
+    end_to_end = pack(sets, 40)
+    assert end_to_end.packed_stride == 1
+    with pytest.raises(ValueError, match=r"packed rows for a stem of stride 2 need .*pack\(\.\.\., stride=2\)"):
+        embed(end_to_end)
+
+
+def test_losses_without_targets_or_with_per_example_targets():
+    """An LM batch whose every target is masked adds 0 (it was 0/0, a NaN that stops a run); a
+    pooled regression head takes one target per example, (B,) or (B, K), never broadcast into
+    (B, B) pairs."""
+    model = lm_model()
+    ts = next_token_set("text", rand_text(6).ids)
+    ts = TokenSet("text", ids=ts.ids, targets=ts.targets, loss_mask=torch.zeros(len(ts), dtype=torch.bool))
+    assert model({"text": collate([ts])}).losses["lm"].item() == 0.0
+    torch.manual_seed(0)
+    image = ModalityConfig.from_spec(IMAGE)
+    reg = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), {"image": image},
+                                            {"reg": HeadConfig("regress", "image", num_outputs=1, pool="mean")}, encoder_inputs=["image"]))  # fmt: skip
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(4, 12)) for _ in range(3)])}
+    y = torch.tensor([1.0, -2.0, 3.0])
+    out = reg(inputs, {"reg": y})
+    torch.testing.assert_close(out.losses["reg"], ((out.logits["reg"][:, 0] - y) ** 2).mean())
+    with pytest.raises(ValueError, match=r"head 'reg': targets of shape \(2,\) for predictions of shape \(3, 1\)"):
+        reg(inputs, {"reg": y[:2]})
+
+
+def test_packed_decoder_tokens_without_memory_need_the_null_token():
+    """Packed encoder-decoder rows: an example with text but no audio has no memory of its own;
+    without a null memory token (subset_inputs=True) its queries would attend to the other
+    examples' audio, so the model refuses; with it, the example computes what it computes alone."""
+    from tokenizers_mm import pack_examples
+
+    examples = [{"text": rand_text(5)}, {"audio": TokenSet("audio", values=torch.randn(6, 8)), "text": rand_text(4, seed=1)}]
+    inputs, placement = pack_examples(examples, 64, stride={"audio": 2})
+    with pytest.raises(ValueError, match="an example has decoder tokens but no encoder tokens, and this model has no null memory token"):
+        _speech_model()(inputs)
+    model = _speech_model(subset_inputs=True)
+    torch.nn.init.normal_(model.null_memory, std=0.02)
+    packed = model(inputs).logits["lm"][0]
+    seg = inputs["text"].segments[0]
+    for (_, segment), ex in zip(placement, examples):
+        alone = model({k: collate([v]) for k, v in ex.items()}).logits["lm"][0]
+        torch.testing.assert_close(packed[seg == segment], alone, atol=1e-5, rtol=1e-4)

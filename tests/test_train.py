@@ -320,3 +320,16 @@ def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_
     cfg.max_steps = 6
     loop.train(cfg, model, data, collate_fn, evaluate, tmp_path, resume=True)  # the last checkpoint is step 8's
     assert json.loads((tmp_path / "results.json").read_text())["step"] == 8
+
+
+def test_weight_decay_reaches_hugging_face_gpt2_matrices():
+    """build_optimizer decays Linear matrices, and transformers' Conv1D ones (GPT-2's), never norms,
+    biases or embeddings: the gpt_step benchmark's peer trains under the same rule as ours."""
+    transformers = pytest.importorskip("transformers")
+    from recipes.train import build_optimizer
+
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=50, n_positions=8, n_embd=16, n_layer=1, n_head=2))
+    decay, no_decay = build_optimizer(hf, TrainConfig()).param_groups
+    names = {id(p): n for n, p in hf.named_parameters()}
+    assert sorted(names[id(p)] for p in decay["params"]) == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0 and any("wte" in names[id(p)] for p in no_decay["params"])

@@ -85,27 +85,36 @@ def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
     return _place([[(0, ts, len(ts))] for ts in sets], n, with_segments=False)
 
 
-def pack(sets: list[TokenSet], row_length: int) -> TokenBatch:
+def slot_width(n: int, stride: int) -> int:
+    """Slots a set of n tokens takes in a packed row: n; for a strided stem (stride k > 1) the next
+    multiple of k above n, so the set starts at a multiple of k with padding after it."""
+    return n if stride == 1 else -(-(n + 1) // stride) * stride
+
+
+def pack(sets: list[TokenSet], row_length: int, stride: int = 1) -> TokenBatch:
     """Pack sets into rows of `row_length` tokens (first-fit decreasing), with segment ids.
 
-    Every set must fit in one row; rows come out in the order they were opened.
+    Every set must fit in one row; rows come out in the order they were opened. `stride` k > 1
+    serves a strided stem (Whisper's conv, k=2; the model refuses packed input without it): each
+    set starts at a multiple of k with at least one padding slot after it, as in `pack_examples`.
     """
     _check_same(sets, "pack")
-    rows: list[list[TokenSet]] = []
+    rows: list[list[tuple[TokenSet, int]]] = []
     free: list[int] = []
     for i in sorted(range(len(sets)), key=lambda i: -len(sets[i])):
-        n = len(sets[i])
+        n = slot_width(len(sets[i]), stride)
         if n > row_length:
-            raise ValueError(f"pack: sample {i} has {n} tokens, longer than row_length={row_length}")
+            slots = f" ({n} slots with stride {stride})" if stride > 1 else ""
+            raise ValueError(f"pack: sample {i} has {len(sets[i])} tokens{slots}, longer than row_length={row_length}")
         for r, room in enumerate(free):
             if n <= room:
-                rows[r].append(sets[i])
+                rows[r].append((sets[i], n))
                 free[r] -= n
                 break
         else:
-            rows.append([sets[i]])
+            rows.append([(sets[i], n)])
             free.append(row_length - n)
-    return _place([[(seg, ts, len(ts)) for seg, ts in enumerate(row)] for row in rows], row_length, with_segments=True)
+    return _place([[(seg, ts, n) for seg, (ts, n) in enumerate(row)] for row in rows], row_length, with_segments=True)
 
 
 def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: dict[str, int] | None = None,
@@ -135,7 +144,7 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
             if not isinstance(ts, TokenSet) or ts.modality != m:
                 raise ValueError(f"pack_examples: example {i}[{m!r}] must be a TokenSet of modality {m!r}, got {ts!r:.80}")
         k = {m: stride.get(m, 1) for m in sets}
-        slots.append({m: len(ts) if k[m] == 1 else -(-(len(ts) + 1) // k[m]) * k[m] for m, ts in sets.items()})
+        slots.append({m: slot_width(len(ts), k[m]) for m, ts in sets.items()})
     total = sum(sum(s.values()) for s in slots)
     R = min(len(examples), max(1, -(-total // row_tokens)))  # examples longer than a row: one row each at most
     modalities = list(dict.fromkeys(m for s in slots for m in s))

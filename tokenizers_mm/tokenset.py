@@ -140,6 +140,20 @@ def next_token_set(modality: str, ids: Tensor, types: Tensor | None = None) -> T
     return TokenSet(modality, ids=ids[:-1], types=None if types is None else types[:-1], targets=ids[1:])
 
 
+def packed_stride(segments: Tensor, mask: Tensor) -> int:
+    """TokenBatch.packed_stride of packed rows (segments [B, N], -1 on padding)."""
+    B = segments.shape[0]
+    edge = torch.full((B, 1), -2, dtype=segments.dtype)  # no segment's id (padding's is -1)
+    first = mask & (segments != torch.cat([edge, segments[:, :-1]], 1))
+    last = mask & (segments != torch.cat([segments[:, 1:], edge], 1))
+    if (last & torch.cat([mask[:, 1:], torch.zeros(B, 1, dtype=torch.bool)], 1)).any():  # a segment runs into the next
+        return 1
+    starts, k = first.nonzero()[:, 1], 64
+    while k > 1 and bool((starts % k).any()):
+        k //= 2
+    return k
+
+
 @dataclass
 class TokenBatch:
     """B token sets of one modality, padded to N. `mask` is True on real tokens.
@@ -148,7 +162,10 @@ class TokenBatch:
     segment (block-diagonal attention); padding carries segment -1. `all_real` (not a field) says
     whether the mask is all True: read once where the batch is made (collate, on the CPU) and
     carried by `to()`, so the model decides whether to build a mask without asking the device (a
-    sync, and a graph break under torch.compile) on every forward pass. So a batch's tensors are
+    sync, and a graph break under torch.compile) on every forward pass; `packed_stride` likewise
+    (packed rows only; else None): the largest k (a power of 2, at most 64) such that every
+    segment starts at a multiple of k with padding or the row's end after it, what a strided stem
+    needs to read each segment as it reads it alone. So a batch's tensors are
     not edited in place: make a new TokenBatch (or `dataclasses.replace`) to change its mask.
     """
 
@@ -168,6 +185,7 @@ class TokenBatch:
         if tuple(self.mask.shape) != tuple(self.positions.shape) or self.mask.dtype != torch.bool:
             raise ValueError(f"TokenBatch({self.modality!r}): mask must be bool of shape {tuple(self.positions.shape)}")
         self.all_real = bool(self.mask.all())
+        self.packed_stride = packed_stride(self.segments, self.mask) if self.segments is not None else None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -196,5 +214,5 @@ class TokenBatch:
         moved["extra"] = {k: fn(v) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
         # note: skip __post_init__: validation reads values back, a device sync on every batch.
         batch = object.__new__(TokenBatch)
-        batch.__dict__.update(moved, all_real=self.all_real)
+        batch.__dict__.update(moved, all_real=self.all_real, packed_stride=self.packed_stride)
         return batch
