@@ -148,7 +148,8 @@ def main(argv):
             wall = time.perf_counter() - t0
             rows = [r for r in read_metrics(d) if "tokens_per_s" in r]
         steady = rows[len(rows) // 2 :] or rows  # after compilation and warm-up
-        return {"batch": batch, "compiled": compile_, "tokens_per_s": sum(r["tokens_per_s"] for r in steady) / len(steady),
+        # windows of equal tokens (a fixed batch of real tokens): their harmonic mean is all the tokens over all the time
+        return {"batch": batch, "compiled": compile_, "tokens_per_s": len(steady) / sum(1 / r["tokens_per_s"] for r in steady),
                 "mfu_logged": [round(r.get("mfu", float("nan")), 4) for r in steady], "wall_seconds": wall}  # fmt: skip
 
     def attempt(compile_: bool, batch: int) -> tuple[dict | None, str | None, bool]:
@@ -159,6 +160,8 @@ def main(argv):
             oom = isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e.__cause__, torch.cuda.OutOfMemoryError)  # (compilers wrap it)
             return None, one_line(e), oom or "out of memory" in str(e).lower()
 
+    dtype = torch.bfloat16 if gpu else torch.float32
+    measured = measure_peak(device, dtype, 8192 if gpu else 1024, seconds=2.0 if gpu else 0.5)  # before training: a GPU not yet hot
     compile_ = opts["compile"] == "true"
     compile_error, runs = None, []
     for batch in batches:  # each micro-batch size in turn; the fastest is reported at the top
@@ -171,8 +174,6 @@ def main(argv):
         runs.append(result if error is None else {"batch": batch, "error": error})
         free(gpu)
     ok = [r for r in runs if "error" not in r]
-    dtype = torch.bfloat16 if gpu else torch.float32
-    measured = measure_peak(device, dtype, 8192 if gpu else 1024, seconds=2.0 if gpu else 0.5)
     table, source = peak_flops(device, dtype)
     per_token = flops_per_token(model, context)
     out = {"device": torch.cuda.get_device_name() if gpu else "cpu", "size": opts["size"], "params_M": model.num_params() / 1e6,

@@ -260,6 +260,9 @@ class MultimodalTransformer(nn.Module):
                 continue
             h, mask = feats[hc.modality]
             m = self.config.modalities[hc.modality]
+            if hc.kind in ("classify", "regress") and inputs[hc.modality].segments is not None:  # (read on the host: no sync)
+                raise ValueError(f"head {name!r} pools each row, and the {hc.modality!r} rows are packed (several examples in a row): "
+                                 "give it its own rows (collate), or read one token per example (token_classify at a token type)")
             if hc.kind != "lm" and hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
                 types = inputs[hc.modality].types
                 for t in m.learned_types:

@@ -568,3 +568,14 @@ def test_packed_decoder_tokens_without_memory_need_the_null_token():
     for (_, segment), ex in zip(placement, examples):
         alone = model({k: collate([v]) for k, v in ex.items()}).logits["lm"][0]
         torch.testing.assert_close(packed[seg == segment], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_a_pooled_head_refuses_packed_rows_and_a_loss_mask_must_be_bool():
+    """A pooled head reads one vector per row: on packed rows (several examples each) that would mix
+    examples, so it is refused with what to do; a 0/1 integer loss_mask is named where it is made."""
+    model = multimodal("encoder")
+    image = pack([TokenSet("image", values=torch.randn(n, 12)) for n in (3, 4)], 8)
+    with pytest.raises(ValueError, match="head 'cls' pools each row, and the 'image' rows are packed"):
+        model({"image": image, "text": collate([rand_text(4)])})
+    with pytest.raises(ValueError, match="loss_mask must be bool .* got torch.int64"):
+        TokenSet("text", ids=torch.tensor([1, 2]), targets=torch.tensor([2, 3]), loss_mask=torch.tensor([1, 0]))

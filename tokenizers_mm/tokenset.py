@@ -78,6 +78,8 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
             raise ValueError(f"{who}: {name} has shape {tuple(t.shape)}, expected {shape}{' + (...)' if name == 'targets' else ''} like the tokens")
         if name in ("positions", "types"):
             _check_dtype(name, t, "int", who)
+        if name == "loss_mask" and t.dtype != torch.bool:  # a 0/1 int mask would fail deep in the loss, nameless
+            raise ValueError(f"{who}: loss_mask must be bool (True = the token's target counts), got {t.dtype}")
     for name in ("positions", "types"):
         t = getattr(ts, name)
         if t.numel() and int(t.min()) < 0:
