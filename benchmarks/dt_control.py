@@ -71,8 +71,8 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
     contenders = {"ours": (ours, our_step), "hf": (hf, hf_step)}
     opts = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True) for name, (model, _) in contenders.items()}
     times = {name: [] for name in contenders}
-    for _ in range(rounds):  # rounds alternate between the two, to spread machine noise
-        for name, (model, fn) in contenders.items():
+    for r in range(rounds):  # rounds alternate between the two, to spread machine noise; who goes first alternates too
+        for name, (model, fn) in list(contenders.items())[:: 1 - 2 * (r % 2)]:
             model.train()
             for i in range(steps // rounds + 10):
                 if i == 10:

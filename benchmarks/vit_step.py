@@ -57,8 +57,8 @@ def main():
     contenders = {"ours": (ours, step_ours), "timm": (vit, step_timm)}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-3) for k, (m, _) in contenders.items()}
     times = {k: [] for k in contenders}
-    for _ in range(args.rounds):
-        for k, (model, step) in contenders.items():
+    for r in range(args.rounds):
+        for k, (model, step) in list(contenders.items())[:: 1 - 2 * (r % 2)]:  # who goes first alternates
             model.train()
             for _ in range(10):  # warm-up
                 step(opts[k])

@@ -105,8 +105,8 @@ def main():
     contenders = {"ours": (ours, loss_ours), "hf": (hf, loss_hf)}
     opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, foreach=True) for k, (m, _) in contenders.items()}
     times = {k: [] for k in contenders}
-    for _ in range(args.rounds):
-        for k, (model, loss_fn) in contenders.items():
+    for r in range(args.rounds):
+        for k, (model, loss_fn) in list(contenders.items())[:: 1 - 2 * (r % 2)]:  # who goes first alternates
             model.train()
             for i in range(args.steps + 3):  # 3 warm-up steps
                 if i == 3:
