@@ -359,6 +359,8 @@ class MultimodalTransformer(nn.Module):
         prompt = inputs[name]
         if not prompt.all_real:
             raise ValueError(f"{who}: the prompt must not be padded (give prompts of equal length)")
+        if not torch.equal(prompt.positions, torch.arange(prompt.shape[1], device=prompt.positions.device).expand(prompt.shape)):
+            raise ValueError(f"{who}: the prompt's positions must be 0 .. {prompt.shape[1] - 1} (new tokens take the next ones)")
         return head, name, prompt
 
     def _prefix_tokens(self, inputs: dict[str, TokenBatch]) -> int:

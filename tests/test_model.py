@@ -579,3 +579,15 @@ def test_a_pooled_head_refuses_packed_rows_and_a_loss_mask_must_be_bool():
         model({"image": image, "text": collate([rand_text(4)])})
     with pytest.raises(ValueError, match="loss_mask must be bool .* got torch.int64"):
         TokenSet("text", ids=torch.tensor([1, 2]), targets=torch.tensor([2, 3]), loss_mask=torch.tensor([1, 0]))
+
+
+def test_decoding_needs_a_prompt_at_positions_from_zero():
+    """generate and beam_search continue a prompt at positions 0 .. N-1 (new tokens take N, N+1,
+    ...); a prompt placed elsewhere (a window of a longer text) is refused, not decoded two ways."""
+    model = lm_model()
+    ts = rand_text(4)
+    shifted = TokenSet("text", ids=ts.ids, positions=torch.arange(3, 7))
+    for decode in (lambda b: model.generate(b, 2, temperature=0), lambda b: model.beam_search(b, 2, beam_size=2, eos_id=0)):
+        with pytest.raises(ValueError, match=r"the prompt's positions must be 0 \.\. 3"):
+            decode({"text": collate([shifted])})
+        assert decode({"text": collate([ts])}).shape[1] >= 4
