@@ -27,7 +27,8 @@ def run(script: str, *args: str) -> dict:
     """Run a benchmark script; return the first JSON object it prints."""
     out = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, cwd=HERE.parent, timeout=3600)
     if out.returncode != 0:
-        errors = [line for line in out.stderr.splitlines() if "Error" in line or "error" in line]
+        lines = [line for line in out.stderr.splitlines() if line.strip()]
+        errors = [line for line in lines if "Error" in line or "error" in line] or lines[-1:]  # (a sys.exit message names no error)
         raise RuntimeError(f"{script} failed: {errors[-1] if errors else f'exit status {out.returncode}'}")
     text = out.stdout
     return json.JSONDecoder().raw_decode(text[text.index("{") :])[0]

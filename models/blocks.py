@@ -17,6 +17,11 @@ from torch.utils.checkpoint import checkpoint
 from .attention import Attention, KVCache
 
 
+def mlp_width(dim: int, mlp_ratio: float) -> int:
+    """The MLP's hidden width: mlp_ratio × dim, whole (an imported ratio 3072 / 752 times 752 is 3071.99...)."""
+    return int(mlp_ratio * dim + 1e-6)
+
+
 class MLP(nn.Module):
     def __init__(self, dim: int, hidden: int, bias: bool = True, dropout: float = 0.0, activation: str = "gelu"):
         super().__init__()
@@ -50,7 +55,7 @@ class Block(nn.Module):
         self.ln_cross = nn.LayerNorm(dim, eps=norm_eps, bias=bias) if cross else None
         self.cross_attn = Attention(dim, num_heads, bias, dropout, cross=True, flash=flash) if cross else None
         self.ln_2 = nn.LayerNorm(dim, eps=norm_eps, bias=bias)
-        self.mlp = MLP(dim, int(mlp_ratio * dim + 1e-6), bias, dropout, activation)  # (3072 / 752 * 752 is 3071.99...)
+        self.mlp = MLP(dim, mlp_width(dim, mlp_ratio), bias, dropout, activation)
 
     def forward(self, x, mask=None, is_causal=False, memory=None, memory_mask=None, cache=None, layer=0) -> Tensor:
         x = x + self.attn(self.ln_1(x), mask, is_causal, cache=cache, layer=layer)

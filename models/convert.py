@@ -139,8 +139,7 @@ def load_gpt2(model: MultimodalTransformer, sd: dict[str, Tensor]) -> Multimodal
 # -- timm VisionTransformer ------------------------------------------------------------------------
 def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     """Our config for a timm `VisionTransformer` instance (plain ViT: no layer scale, no registers)."""
-    from timm.layers import Attention, Mlp
-    from timm.models.vision_transformer import Block
+    from timm.models.vision_transformer import Attention, Block, Mlp  # (the classes its plain ViT builds, in every timm 1.x)
 
     if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
         raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register tokens, no_embed_class=False)")

@@ -32,7 +32,15 @@ import torch
 from torch import Tensor
 
 from .convert import HF_WHISPER_TOP, OPENAI_WHISPER_NAMES, OPENAI_WHISPER_TOP, WHISPER_NORM_EPS, check_openai_whisper_dims, hf_whisper_layer
+from .blocks import mlp_width
 from .transformer import MultimodalTransformer
+
+
+def timm_mlp_ratio(dim: int, mlp_ratio: float) -> float:
+    """timm's mlp_ratio for our MLP width: timm builds int(dim * mlp_ratio), which falls one short
+    of a width whose ratio does not survive the float product; then a ratio half a unit above."""
+    width = mlp_width(dim, mlp_ratio)
+    return mlp_ratio if int(dim * mlp_ratio) == width else (width + 0.5) / dim
 
 GPT2_ACTIVATIONS = {"gelu_tanh": "gelu_new", "gelu": "gelu", "relu": "relu"}  # ours -> transformers' ACT2FN names
 TIMM_ACTIVATIONS = {"gelu": "gelu", "gelu_tanh": "gelu_tanh"}  # ours -> timm's get_act_layer names
@@ -102,7 +110,7 @@ def gpt2_export(model: MultimodalTransformer, specials: dict[str, int] | None = 
     eot = (specials or {}).get("<|endoftext|>")
     config = {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": m.vocab_size, "n_positions": m.max_positions,
-        "n_embd": t.dim, "n_layer": t.depth, "n_head": t.num_heads, "n_inner": int(t.mlp_ratio * t.dim),
+        "n_embd": t.dim, "n_layer": t.depth, "n_head": t.num_heads, "n_inner": mlp_width(t.dim, t.mlp_ratio),
         "activation_function": GPT2_ACTIVATIONS[t.activation], "layer_norm_epsilon": t.norm_eps,
         "resid_pdrop": t.dropout, "embd_pdrop": t.dropout, "attn_pdrop": t.dropout, "initializer_range": 0.02,
         "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
@@ -169,7 +177,7 @@ def timm_vit_export(model: MultimodalTransformer, image_tokenizer, label_names: 
     num_classes = head.num_outputs
     model_args = {
         "img_size": list(tok.image_size), "patch_size": p, "in_chans": C, "num_classes": num_classes, "embed_dim": t.dim,
-        "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio, "qkv_bias": True, "class_token": bool(n_prefix),
+        "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": timm_mlp_ratio(t.dim, t.mlp_ratio), "qkv_bias": True, "class_token": bool(n_prefix),
         "global_pool": "token" if head.pool == "cls" else "avg", "fc_norm": head.norm,
         "final_norm": t.final_norm or head.norm,  # note: timm's final_norm is "a final LayerNorm"; fc_norm puts it after pooling
         "act_layer": TIMM_ACTIVATIONS[t.activation],
@@ -204,7 +212,7 @@ def check_speech_model(model: MultimodalTransformer) -> None:
         problems.append("an encoder-decoder")
     if not (t.bias and t.final_norm and t.activation == "gelu"):
         problems.append("biases, exact GELU and a final LayerNorm on both sides")
-    if t.mlp_ratio * t.dim != int(t.mlp_ratio * t.dim):
+    if abs(t.mlp_ratio * t.dim - mlp_width(t.dim, t.mlp_ratio)) > 1e-6:
         problems.append(f"a whole MLP width (mlp_ratio={t.mlp_ratio:g} × dim={t.dim})")
     if not head.tie:
         problems.append("an output layer tied to the token embedding")
@@ -241,7 +249,7 @@ def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tu
                 out[f"{theirs}.{h}.weight"], out[f"{theirs}.{h}.bias"] = sd[f"{ours}.{o}.weight"], sd[f"{ours}.{o}.bias"]
     out = {f"model.{k}": v for k, v in out.items()}
     eot, sot = specials["<|endoftext|>"], specials["<|startoftranscript|>"]
-    ffn = int(t.mlp_ratio * t.dim)
+    ffn = mlp_width(t.dim, t.mlp_ratio)
     config = {
         "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper", "vocab_size": text.vocab_size,
         "num_mel_bins": audio.value_dim, "d_model": t.dim, "encoder_layers": t.depth, "decoder_layers": t.dec_depth or t.depth,

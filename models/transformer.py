@@ -289,7 +289,7 @@ class MultimodalTransformer(nn.Module):
                 b = inputs[hc.modality]
                 if b.targets is None:
                     continue
-                valid = b.loss_mask & mask if b.loss_mask is not None else mask
+                valid = (b.loss_mask & mask if b.loss_mask is not None else mask) & (b.targets != IGNORE)  # (targets may carry -100 too)
                 tgt = b.targets.masked_fill(~valid, IGNORE)
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE,
                                        reduction="sum") / valid.sum().clamp(min=1)  # fmt: skip  # (no target at all: 0, not 0/0)

@@ -219,6 +219,13 @@ def latest_checkpoint(run_dir) -> Path | None:
     return found[-1] if found else None
 
 
+def held_checkpoint(run_dir) -> Path | None:
+    """The run directory's latest checkpoint, or one a killed overwrite left aside (`.trash-step-N`,
+    which recover() puts back): what a new run there would mix with."""
+    root = Path(run_dir) / CKPT_DIR
+    return latest_checkpoint(run_dir) or next(iter(sorted(root.glob(".trash-step-*"))) if root.is_dir() else iter(()), None)
+
+
 def verify_latest(ckpt: Path) -> None:
     """verify() the checkpoint a run would load; when it is damaged, the error also names the newest
     older one that verifies (kept by keep_checkpoints), to move the damaged one aside and go on from."""

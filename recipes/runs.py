@@ -19,7 +19,7 @@ from models import MultimodalTransformer
 from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .checkpoint import latest_checkpoint, list_checkpoints, verify_latest
+from .checkpoint import held_checkpoint, latest_checkpoint, verify_latest
 from .config import ConfigError, apply_values, named_configs, parse_overrides, read_yaml
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir)`
@@ -100,7 +100,7 @@ CACHE_DIR_KEYS = ("data_dir", "rl_dir", "speech_dir")  # folders a recipe create
 def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     """Start a run directory: refuses one that already holds a run's checkpoints (their higher
     steps would be taken for this run's, and this run's pruned)."""
-    if list_checkpoints(run_dir):
+    if held_checkpoint(run_dir) is not None:
         raise ConfigError(f"run_dir {run_dir} already holds checkpoints of a run: `mmtok resume {run_dir}` continues it, "
                           "or give another run_dir")  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)

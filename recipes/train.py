@@ -37,7 +37,8 @@ from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
 from tokenizers_mm import TokenBatch
 
-from .checkpoint import gather_rng_states, latest_checkpoint, load_state, recover, save_state, set_rng_state, verify_latest, write_checkpoint
+from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
+                         verify_latest, write_checkpoint)
 from .config import TrainConfig
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 
@@ -327,8 +328,8 @@ def train(
         if accelerator.is_main_process:
             recover(run_dir)
         accelerator.wait_for_everyone()
-    elif latest_checkpoint(run_dir) is not None:  # its checkpoints would mix with this run's (and be pruned by step)
-        raise ValueError(f"{run_dir} already holds checkpoints ({latest_checkpoint(run_dir).name}): resume it or train into another run_dir")
+    elif (held := held_checkpoint(run_dir)) is not None:  # its checkpoints would mix with this run's (and be pruned by step)
+        raise ValueError(f"{run_dir} already holds checkpoints ({held.name}): resume it or train into another run_dir")
     start_step, skipped, ckpt = 0, 0, latest_checkpoint(run_dir) if resume else None
     if resume and ckpt is None and accelerator.is_main_process:  # killed before its first checkpoint
         print(f"resume: no checkpoint in {run_dir / 'checkpoints'} yet; starting from step 0")
@@ -395,10 +396,11 @@ def train(
         finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
         grad_norm = None
         if not cfg.skip_nonfinite or bool(finite):  # skipping needs the verdict before the update: a device sync per step
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else None
+            # the global norm, clipped to grad_clip (0: not clipped, still measured: a finite loss can have NaN gradients)
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
-            if grad_norm is not None and accelerator.scaler is None:  # a finite loss can still have NaN gradients (fp16's
-                finite = finite & torch.isfinite(grad_norm)  # scaler skips its overflowing steps itself)
+            if grad_norm is not None and accelerator.scaler is None:  # (fp16's scaler skips its overflowing steps itself)
+                finite = finite & torch.isfinite(grad_norm)
         if cfg.skip_nonfinite and not bool(finite):
             samples = batch_samples(len(train_set), cfg, step)
             skipped += 1  # no optimizer step: the NaN gradients are dropped below; the step still counts, so resume stays exact

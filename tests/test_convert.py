@@ -43,9 +43,11 @@ def test_gpt2_shape_mismatch_is_named():
 def test_an_imported_mlp_width_survives_its_ratio(dim, hidden):
     """Imports give the MLP width as a ratio (hidden / dim); the block gets the width back, where
     truncating the float product made it one short (3072 / 752 * 752 = 3071.99...)."""
-    from models.blocks import Block
+    from models.blocks import Block, mlp_width
+    from models.export import timm_mlp_ratio
 
-    assert Block(dim, 8, mlp_ratio=hidden / dim).mlp.fc.out_features == hidden
+    assert Block(dim, 8, mlp_ratio=hidden / dim).mlp.fc.out_features == hidden == mlp_width(dim, hidden / dim)  # the exports' width too
+    assert int(dim * timm_mlp_ratio(dim, hidden / dim)) == hidden  # what timm builds from the exported ratio
 
 
 def test_gpt2_and_whisper_variants_without_an_equivalent_are_refused():

@@ -292,6 +292,9 @@ def test_the_loop_refuses_a_directory_with_checkpoints_unless_resuming(tmp_path,
     with pytest.raises(ValueError, match=r"already holds checkpoints \(step-0000300\): resume it or train into another run_dir"):
         train(TrainConfig(cpu=True, max_steps=2, batch_size=4), tiny(), Windows(), collate_examples, lambda m, a: {}, tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000300"]
+    (tmp_path / "checkpoints" / "step-0000300").rename(tmp_path / "checkpoints" / ".trash-step-0000300")  # a killed overwrite's
+    with pytest.raises(ValueError, match=r"already holds checkpoints \(\.trash-step-0000300\)"):  # (the next write restores it)
+        train(TrainConfig(cpu=True, max_steps=2, batch_size=4), tiny(), Windows(), collate_examples, lambda m, a: {}, tmp_path)
 
 
 def test_the_fp16_loss_scale_is_checkpointed_and_resumed(tmp_path, fresh_accelerate):

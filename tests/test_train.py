@@ -215,7 +215,7 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text):
     assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
 
 
-@pytest.mark.parametrize("where", ["loss", "gradients"])
+@pytest.mark.parametrize("where", ["loss", "gradients", "gradients, grad_clip=0"])
 def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path, where):
     """A sample with NaN values (or, with a finite loss, NaN gradients: a hook on the input layer's
     gradient while the bad sample is in the batch): the run stops with the step and the batch's
@@ -227,7 +227,8 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path,
     from recipes.train import batch_samples, lr_lambda, train
     from tokenizers_mm import ModalitySpec, TokenSet, collate
 
-    cfg = TrainConfig(max_steps=9, batch_size=4, log_every=1, eval_every=100, ckpt_every=1, cpu=True, warmup_steps=1)
+    cfg = TrainConfig(max_steps=9, batch_size=4, log_every=1, eval_every=100, ckpt_every=1, cpu=True, warmup_steps=1,
+                      grad_clip=0.0 if "grad_clip=0" in where else 1.0)  # (the norm is measured unclipped then)
     bad = next(i for i in range(12) if i not in batch_samples(12, cfg, 1))  # first seen after step 1: a checkpoint exists before it
     nan_input = where == "loss"
     data = [(torch.full((3, 4), float("nan")) if i == bad and nan_input else torch.randn(3, 4), i % 2) for i in range(12)]

@@ -145,10 +145,10 @@ def next_token_set(modality: str, ids: Tensor, types: Tensor | None = None) -> T
 def packed_stride(segments: Tensor, mask: Tensor) -> int:
     """TokenBatch.packed_stride of packed rows (segments [B, N], -1 on padding)."""
     B = segments.shape[0]
-    edge = torch.full((B, 1), -2, dtype=segments.dtype)  # no segment's id (padding's is -1)
+    edge = torch.full((B, 1), -2, dtype=segments.dtype, device=segments.device)  # no segment's id (padding's is -1)
     first = mask & (segments != torch.cat([edge, segments[:, :-1]], 1))
     last = mask & (segments != torch.cat([segments[:, 1:], edge], 1))
-    if (last & torch.cat([mask[:, 1:], torch.zeros(B, 1, dtype=torch.bool)], 1)).any():  # a segment runs into the next
+    if (last & torch.cat([mask[:, 1:], torch.zeros(B, 1, dtype=torch.bool, device=mask.device)], 1)).any():  # runs into the next
         return 1
     starts, k = first.nonzero()[:, 1], 64
     while k > 1 and bool((starts % k).any()):
