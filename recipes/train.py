@@ -394,14 +394,14 @@ def train(
         micro = [next(loader) for _ in range(cfg.grad_accum)]
         loss = forward_backward(accelerator, model, micro, cfg.grad_accum)
         finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
-        grad_norm = None
-        if not cfg.skip_nonfinite or bool(finite):  # skipping needs the verdict before the update: a device sync per step
+        scaled, grad_norm = accelerator.scaler is not None, None  # fp16: its scaler skips its overflowing steps itself
+        if not (cfg.skip_nonfinite and scaled and not bool(finite)):  # (no unscale_ in clipping without the step that resets it)
             # the global norm, clipped to grad_clip (0: not clipped, still measured: a finite loss can have NaN gradients)
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # sharded: a DTensor
-            if grad_norm is not None and accelerator.scaler is None:  # (fp16's scaler skips its overflowing steps itself)
+            if grad_norm is not None and not scaled:
                 finite = finite & torch.isfinite(grad_norm)
-        if cfg.skip_nonfinite and not bool(finite):
+        if cfg.skip_nonfinite and not bool(finite):  # skipping needs the verdict before the update: a device sync per step
             samples = batch_samples(len(train_set), cfg, step)
             skipped += 1  # no optimizer step: the NaN gradients are dropped below; the step still counts, so resume stays exact
             bar.write(f"step {step}: non-finite loss or gradients, batch skipped (samples {samples[:8]}); {skipped} skipped so far")
