@@ -222,8 +222,8 @@ def latest_checkpoint(run_dir) -> Path | None:
 def held_checkpoint(run_dir) -> Path | None:
     """The run directory's latest checkpoint, or one a killed overwrite left aside (`.trash-step-N`,
     which recover() puts back): what a new run there would mix with."""
-    root = Path(run_dir) / CKPT_DIR
-    return latest_checkpoint(run_dir) or next(iter(sorted(root.glob(".trash-step-*"))) if root.is_dir() else iter(()), None)
+    aside = sorted((Path(run_dir) / CKPT_DIR).glob(".trash-step-*"))  # (glob of a missing folder: none)
+    return latest_checkpoint(run_dir) or (aside[0] if aside else None)
 
 
 def verify_latest(ckpt: Path) -> None:
@@ -232,8 +232,8 @@ def verify_latest(ckpt: Path) -> None:
     try:
         verify(ckpt)
     except CheckpointError as e:
-        older = [c for c in list_checkpoints(ckpt.parent.parent) if int(STEP_RE.match(c.name)[1]) < int(STEP_RE.match(ckpt.name)[1])]
-        for c in reversed(older):
+        found = list_checkpoints(ckpt.parent.parent)
+        for c in reversed(found[: found.index(ckpt)] if ckpt in found else []):
             try:
                 verify(c)
             except CheckpointError:
