@@ -12,13 +12,13 @@ goals: dt_cartpole — DT >= 475 at target 500 and >= BC + 100, the data with <=
 and mean return <= 150; dt_pendulum — DT > BC and >= the data's 90th-percentile return. Then times
 300 training steps (forward + backward + AdamW, batch 64, K = 20) of our model and of
 `DecisionTransformerModel` (hidden 64, 3 layers, 1 head, ReLU) in the same process, in 3 rounds that
-alternate between the two: the median ms per step and the ratio.
+alternate between the two (benchmarks/timing.py): the median ms per step, steps/s, the ratio and
+each round's ratio.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +34,7 @@ from recipes.runs import make_config  # noqa: E402
 def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: int = 2, rounds: int = 3) -> dict:
     """ms per training step: ours vs Hugging Face's DecisionTransformerModel, same weights and batch;
     the median of `rounds` alternating rounds of steps / rounds steps each."""
+    from timing import alternating_rounds, summary  # benchmarks/timing.py
     from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
     from models import MultimodalTransformer, dt_model_config, load_hf_decision_transformer
@@ -68,23 +69,11 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
     def our_step():
         return ours({"trajectory": tb}).loss
 
-    contenders = {"ours": (ours, our_step), "hf": (hf, hf_step)}
-    opts = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True) for name, (model, _) in contenders.items()}
-    times = {name: [] for name in contenders}
-    for r in range(rounds):  # rounds alternate between the two, to spread machine noise; who goes first alternates too
-        for name, (model, fn) in list(contenders.items())[:: 1 - 2 * (r % 2)]:
-            model.train()
-            for i in range(steps // rounds + 10):
-                if i == 10:
-                    t0 = time.perf_counter()
-                loss = fn()
-                loss.backward()
-                opts[name].step()
-                opts[name].zero_grad(set_to_none=True)
-            times[name].append((time.perf_counter() - t0) / (steps // rounds) * 1000)
-    out = {name: statistics.median(t) for name, t in times.items()}
-    return {"ours_ms_per_step": out["ours"], "hf_ms_per_step": out["hf"], "ratio": out["ours"] / out["hf"], "dropout": p, "parameters": params,
-            "rounds_ms": times}  # fmt: skip
+    per_round = steps // rounds
+    s = summary(alternating_rounds({"ours": (ours, our_step), "hf": (hf, hf_step)}, per_round, rounds, warmup=10, lr=1e-4), peer="hf")
+    return {"ours_ms_per_step": s["ours_ms"], "hf_ms_per_step": s["peer_ms"], "ours_steps_per_s": s["ours_steps_per_s"],
+            "hf_steps_per_s": s["peer_steps_per_s"], "ratio": s["ratio"], "round_ratios": s["round_ratios"], "dropout": p, "parameters": params,
+            "rounds_ms": s["rounds_ms"]}  # fmt: skip
 
 
 def main():

@@ -6,7 +6,8 @@ both trained by the same loop (recipes.train.train) on the same data, in one run
 Sizes follow nanoGPT's CPU configuration (4 layers, 4 heads, width 128, context 64, batch 12),
 with biases and tanh-GELU on our side so the two models are the same architecture and size.
 Rounds alternate between the two models to spread machine noise; the median step time of each
-is printed with the ratio (ours / peer: <= 1.0 means ours is at least as fast).
+is printed with steps/s, the ratio (ours / peer: <= 1.0 means ours is at least as fast) and each
+round's ratio (benchmarks/timing.py).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from safetensors.torch import save_model
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import summary  # noqa: E402  (benchmarks/timing.py)
 
 from recipes.gpt_char import Config, build_data, build_model, make_evaluate  # noqa: E402
 from recipes.train import read_metrics, train  # noqa: E402
@@ -80,14 +83,15 @@ def main():
                 cfg.run_dir = d
                 train(cfg, model, train_set, collate_examples, evaluate, Path(d))
                 times[name].append(step_seconds(Path(d), tokens_per_step))
-    ours, peer = statistics.median(times["ours"]), statistics.median(times["hf_gpt2"])
+    s = summary(times, peer="hf_gpt2")
     result = {
         "benchmark": "gpt_char training step (fwd+bwd+AdamW), fp32 CPU",
-        "ours_ms_per_step": ours * 1e3, "hf_gpt2_ms_per_step": peer * 1e3, "ratio_ours_over_peer": ours / peer,
-        "goal": "ratio <= 1.0", "params": params, "threads": torch.get_num_threads(), "rounds": times,
+        "ours_ms_per_step": s["ours_ms"], "hf_gpt2_ms_per_step": s["peer_ms"], "ours_steps_per_s": s["ours_steps_per_s"],
+        "hf_gpt2_steps_per_s": s["peer_steps_per_s"], "ratio_ours_over_peer": s["ratio"], "round_ratios": s["round_ratios"],
+        "goal": "ratio <= 1.0", "params": params, "threads": torch.get_num_threads(), "rounds_ms": s["rounds_ms"],
     }  # fmt: skip
     print(json.dumps(result, indent=2))
-    print(f"\nours {ours * 1e3:.2f} ms/step, HF GPT2LMHeadModel {peer * 1e3:.2f} ms/step, ratio {ours / peer:.3f} (goal <= 1.0)")
+    print(f"\nours {s['ours_ms']:.2f} ms/step, HF GPT2LMHeadModel {s['peer_ms']:.2f} ms/step, ratio {s['ratio']:.3f} (goal <= 1.0)")
 
 
 if __name__ == "__main__":

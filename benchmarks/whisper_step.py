@@ -12,22 +12,23 @@ encoder takes exactly 2 · max_source_positions frames, so the source length is 
 decoder tokens); the target is `--text` tokens, unpadded. A step is forward + cross-entropy +
 backward + AdamW (fp32, CPU); the encoder's sinusoidal position table is frozen in both (Hugging
 Face freezes it; the recipe trains ours). Rounds alternate between the two; the median step time
-of each is printed with the ratio (ours / peer: <= 1.0 is the goal) and steps/s.
+of each is printed with the ratio (ours / peer: <= 1.0 is the goal), steps/s and each round's ratio
+(benchmarks/timing.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from timing import alternating_rounds, summary  # noqa: E402  (benchmarks/timing.py)
 
 from models import MultimodalTransformer, load_hf_whisper, whisper_model_config  # noqa: E402
 from recipes.whisper_digits import Config, text_tokenizer  # noqa: E402
@@ -102,29 +103,16 @@ def main():
         l_ours, l_hf = loss_ours().item(), loss_hf().item()
     assert abs(l_ours - l_hf) < 1e-4 * max(1.0, abs(l_hf)), f"the converted model's loss {l_ours} differs from the peer's {l_hf}"
 
-    contenders = {"ours": (ours, loss_ours), "hf": (hf, loss_hf)}
-    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3, foreach=True) for k, (m, _) in contenders.items()}
-    times = {k: [] for k in contenders}
-    for r in range(args.rounds):
-        for k, (model, loss_fn) in list(contenders.items())[:: 1 - 2 * (r % 2)]:  # who goes first alternates
-            model.train()
-            for i in range(args.steps + 3):  # 3 warm-up steps
-                if i == 3:
-                    t0 = time.perf_counter()
-                loss_fn().backward()
-                opts[k].step()
-                opts[k].zero_grad(set_to_none=True)
-            times[k].append((time.perf_counter() - t0) / args.steps)
-    ours_s, hf_s = statistics.median(times["ours"]), statistics.median(times["hf"])
+    s = summary(alternating_rounds({"ours": (ours, loss_ours), "hf": (hf, loss_hf)}, args.steps, args.rounds, warmup=3), peer="hf")
     result = {"benchmark": "Whisper-style training step (whisper_digits size), fp32 CPU", "batch": B, "frames": Fr, "text_tokens": T,
-              "ours_ms": ours_s * 1e3, "hf_ms": hf_s * 1e3, "ours_steps_per_s": 1 / ours_s, "hf_steps_per_s": 1 / hf_s,
-              "ratio_ours_over_hf": ours_s / hf_s, "goal": "<= 1.0", "first_loss": {"ours": l_ours, "hf": l_hf}, "params": counts,
-              "rounds_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}, "threads": torch.get_num_threads()}  # fmt: skip
+              "ours_ms": s["ours_ms"], "hf_ms": s["peer_ms"], "ours_steps_per_s": s["ours_steps_per_s"], "hf_steps_per_s": s["peer_steps_per_s"],
+              "ratio_ours_over_hf": s["ratio"], "round_ratios": s["round_ratios"], "goal": "<= 1.0", "first_loss": {"ours": l_ours, "hf": l_hf},
+              "params": counts, "rounds_ms": s["rounds_ms"], "threads": torch.get_num_threads()}  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"\nparameters: ours {counts['ours']:,} ({counts['ours_matching']:,} without the type table and key biases), "
           f"HF {counts['hf']:,}; first loss ours {l_ours:.6f}, HF {l_hf:.6f}")  # fmt: skip
-    print(f"ours {ours_s * 1e3:.1f} ms/step ({1 / ours_s:.2f} steps/s), HF WhisperForConditionalGeneration {hf_s * 1e3:.1f} ms/step "
-          f"({1 / hf_s:.2f} steps/s), ratio {ours_s / hf_s:.3f} (goal <= 1.0)")  # fmt: skip
+    print(f"ours {s['ours_ms']:.1f} ms/step ({s['ours_steps_per_s']:.2f} steps/s), HF WhisperForConditionalGeneration {s['peer_ms']:.1f} ms/step "
+          f"({s['peer_steps_per_s']:.2f} steps/s), ratio {s['ratio']:.3f} (goal <= 1.0)")  # fmt: skip
 
 
 if __name__ == "__main__":

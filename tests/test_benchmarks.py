@@ -54,3 +54,15 @@ def test_a_training_benchmark_runs_and_gives_its_rows():
     rows_of = {s: adapt for s, _, adapt in run_all.TRAINING}["vit_digits.py"]
     rows = rows_of(run_all.run("vit_digits.py", "max_steps=3", "warmup_steps=1"))
     assert rows and all(r[1] > 0 and r[3] > 0 and isinstance(r[6], bool) for r in rows), rows
+
+
+def test_a_step_row_says_whether_a_missed_goal_is_noise():
+    """A training-step row carries steps/s and each round's ratio; a median ratio above 1.0 is
+    called parity within the noise when some round met the goal, and slower when none did."""
+    met = run_all.step_row("step, ms", 10.0, "peer", 12.5, [0.78, 0.8, 0.82])
+    assert met.extra["ours_steps_per_s"] == 100.0 and met.extra["peer_steps_per_s"] == 80.0
+    assert met.note == "100.00 vs 80.00 steps/s; each round's ratio 0.780 to 0.820"
+    noise = run_all.step_row("step, ms", 10.1, "peer", 10.0, [0.99, 1.01, 1.02])
+    assert noise.note.endswith("parity within the run's noise (a round met the goal)")
+    slower = run_all.step_row("step, ms", 11.0, "peer", 10.0, [1.05, 1.1, 1.2])
+    assert slower.note.endswith("slower in every round")

@@ -1,0 +1,42 @@
+"""Side-by-side training-step timing, shared by the step benchmarks (vit_step, whisper_step,
+dt_control --step-only): the two models take turns in rounds, who goes first alternating, so
+machine noise falls on both; each round's seconds per step are kept, and the medians are reported
+with steps/s and each round's ratio (ratios on both sides of 1.0 are parity within the noise)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+def alternating_rounds(contenders: dict[str, tuple[nn.Module, Callable[[], Tensor]]], steps: int, rounds: int, warmup: int,
+                       lr: float = 1e-3) -> dict[str, list[float]]:  # fmt: skip
+    """Seconds per training step of each contender, one figure per round: `rounds` rounds of
+    `warmup` untimed then `steps` timed steps, each step loss_fn() → backward → AdamW (foreach) →
+    zero_grad. contenders: name → (model, loss_fn); frozen parameters stay out of the optimizer."""
+    opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, foreach=True) for k, (m, _) in contenders.items()}
+    times = {k: [] for k in contenders}
+    for r in range(rounds):
+        for k, (model, loss_fn) in list(contenders.items())[:: 1 - 2 * (r % 2)]:  # who goes first alternates
+            model.train()
+            for i in range(warmup + steps):
+                if i == warmup:
+                    t0 = time.perf_counter()
+                loss_fn().backward()
+                opts[k].step()
+                opts[k].zero_grad(set_to_none=True)
+            times[k].append((time.perf_counter() - t0) / steps)
+    return times
+
+
+def summary(times: dict[str, list[float]], ours: str = "ours", peer: str = "peer") -> dict:
+    """ms per step (the median of the rounds), steps/s, the ratio ours / peer of the medians, and
+    the ratio of each round (the two ran side by side in it)."""
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"ours_ms": med[ours] * 1e3, "peer_ms": med[peer] * 1e3, "ours_steps_per_s": 1 / med[ours], "peer_steps_per_s": 1 / med[peer],
+            "ratio": med[ours] / med[peer], "round_ratios": [a / b for a, b in zip(times[ours], times[peer])],
+            "rounds_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}}  # fmt: skip
