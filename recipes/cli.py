@@ -28,7 +28,7 @@ def cmd_recipes(args):
     from .runs import all_recipes, get_recipe
 
     for name in all_recipes():
-        doc = ((get_recipe(name).__doc__ or "").strip().splitlines() or [""])[0]
+        doc = " ".join((get_recipe(name).__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, on one line
         print(f"{name:16s} {doc}")
     print("\nnamed configs (mmtok train NAME):")
     from .config import read_yaml

@@ -342,6 +342,38 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
     return found
 
 
+def open_text(path: Path):
+    """A data file as text, decompressed by its suffix (.gz, .bz2, .xz)."""
+    import bz2
+    import gzip
+    import lzma
+
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    return opener(path, "rt", encoding="utf-8", errors="replace")
+
+
+def first_bad_json_line(files: dict) -> str | None:
+    """"FILE line N: what is wrong" for the first line of JSON-lines files that is not JSON (a file
+    holding one JSON document, an array, is checked whole), or None when every file parses."""
+    for found in files.values():
+        for name in [found] if isinstance(found, str) else found:
+            with open_text(Path(name)) as f:
+                text = f.read()
+            if text.lstrip().startswith("["):
+                try:
+                    json.loads(text)
+                except json.JSONDecodeError as e:
+                    return f"{name} line {e.lineno}: {e.msg}"
+                continue
+            for n, line in enumerate(text.splitlines(), 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"{name} line {n}: {e.msg}"
+    return None
+
+
 def is_hf_dataset(root: Path) -> bool:
     return hf_source(root) is not None
 
@@ -365,6 +397,8 @@ def load_hf(root: Path):
         lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()] or [type(e).__name__]
         empty = isinstance(e, StopIteration) or "corresponds to no data" in str(e)  # note: a CSV / TSV of a header only
         reason = "no rows: an empty file?" if empty else " ".join(lines[:2])[:300]  # note: line 2 names the columns of a cast error
+        if how == "json" and not empty:  # note: pyarrow counts rows from 0 within a block: name the file and line instead
+            reason = first_bad_json_line(files) or reason
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are

@@ -23,6 +23,7 @@ from tokenizers_mm import BPETokenizer, load_tokenizer
 from tokenizers_mm.base import FORMAT, read_json
 
 from . import gpt_char
+from .config import ConfigError
 
 
 @dataclass
@@ -31,6 +32,13 @@ class Config(gpt_char.Config):
     pattern: str = "gpt2"  # pre-tokenization regex: "gpt2", "gpt4" or a regex of your own
     tokenizer: str = ""  # instead of training: a saved tokenizer folder, a .tiktoken file, or a folder with vocab.json + merges.txt
     init_from: str = ""  # a local Hugging Face GPT-2 folder (config.json + model.safetensors [+ vocab.json, merges.txt])
+
+    def check(self) -> None:
+        super().check()
+        given = "tokenizer" if self.tokenizer else "init_from" if self.init_from else ""
+        if given and self.vocab_size != Config.vocab_size:  # note: the default is no sign of intent; another value is
+            raise ConfigError(f"vocab_size={self.vocab_size} sizes a tokenizer trained on the corpus; {given}={getattr(self, given)} "
+                              "brings its own vocabulary: leave vocab_size out")  # fmt: skip
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -72,7 +72,7 @@ def load_text(path: str) -> str:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"data file {p} does not exist") from None
+        raise FileNotFoundError(f"data file {p} does not exist (data=PATH names the text to train on)") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

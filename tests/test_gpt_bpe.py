@@ -67,3 +67,16 @@ def test_init_from_refuses_pickles(tmp_path, small_text):
     cfg.tokenizer = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="tokenizer=.*nowhere: expected .*; .*nowhere does not exist"):
         build_data(cfg)
+
+
+def test_vocab_size_beside_a_given_tokenizer_is_refused(tmp_path, small_text):
+    """vocab_size sizes the tokenizer trained on the corpus; with tokenizer= or init_from= (which bring
+    their own vocabulary) it would be ignored, so another value than the default is refused."""
+    from recipes.config import ConfigError
+    from recipes.runs import make_config
+
+    tok = tmp_path / "tok"
+    BPETokenizer.train([small_text.read_text()], vocab_size=300).save(tok)
+    with pytest.raises(ConfigError, match=r"vocab_size=1000 sizes a tokenizer trained on the corpus; tokenizer=.*tok brings its own"):
+        make_config("gpt_bpe", [f"data={small_text}", f"tokenizer={tok}", "vocab_size=1000"])
+    make_config("gpt_bpe", [f"data={small_text}", f"tokenizer={tok}"])  # alone: fine

@@ -258,7 +258,10 @@ def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small
         gpt_char.split_text(gpt_char.Config(data=str(corpus)))
     (tmp_path / "bad.jsonl").write_text('{"text": "a"}\n{"text": broken}\n')
     (tmp_path / "empty.jsonl").write_text("")
-    for name, reason in (("bad.jsonl", "JSON parse error"), ("empty.jsonl", "no rows: an empty file")):
+    (tmp_path / "bad.json").write_text('[{"text": "a"},\n {"text": ]')
+    with pytest.raises(ValueError, match=r"bad.json line 2: Expecting value"):  # a JSON array: the line in the document
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "bad.json")))
+    for name, reason in ((r"bad.jsonl", r".*bad.jsonl line 2: Expecting value"), ("empty.jsonl", "no rows: an empty file")):
         with pytest.raises(ValueError, match=f"{name}: not a dataset `datasets` can read here \\({reason}"):
             gpt_char.split_text(gpt_char.Config(data=str(tmp_path / name)))
     (tmp_path / "n.jsonl").write_text('{"n": 1}\n')

@@ -120,6 +120,9 @@ def test_vit_folder_from_timm_weights(tmp_path):
     kw = dict(data=str(data), image_size=32, timm_model="vit_tiny_patch16_224", init_from=str(tmp_path / "w.safetensors"), **{**TINY, "max_steps": 4})
     with pytest.raises(ValueError, match="patch_size=4 does not match the timm model's 16"):
         vit_folder.main(vit_folder.Config(patch_size=4, run_dir=str(tmp_path / "bad"), **kw))
+    with pytest.raises(ValueError, match=r"its \S+ is \(192.*\), timm_model=vit_small_patch16_224's "
+                                         r"\(384.*\): weights of another architecture \(width 192 against 384\)"):
+        vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "timm_model": "vit_small_patch16_224"}))
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **kw))  # 224 -> 32 px: positions resampled 14x14 -> 2x2
     assert json.loads((run / "run.json").read_text())["config"]["dim"] == 192 and 0 <= metrics["val_accuracy"] <= 1
