@@ -948,10 +948,12 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             why = "silence, or nothing above -60 dBFS" if windows != "seek" else unread or "every window decoded as silence"
             print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
-            limit = (f"max_text ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} tokens)" if windows != "seek"
+            limit = (f"max_text={cfg.max_text} ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} "
+                     "tokens after the prompt)" if windows != "seek"
                      else f"their token limit ({sample_len or cfg.max_text} tokens, fewer after a long carried text)")  # fmt: skip
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached {limit} before their end; "
-                  "their text is cut (fast speech, or a model trained on shorter utterances)", file=sys.stderr)  # fmt: skip
+                  "their text is cut (fast speech, a model trained on shorter utterances, or one that has not yet learned to stop)",
+                  file=sys.stderr)  # fmt: skip
         segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]
         # Whisper's vocabulary: the text of all the tokens, as openai-whisper's transcribe decodes it (its tokens carry their
         # spaces; none is added between segments of zh or ja); a from-scratch run's characters: the segments joined by a space

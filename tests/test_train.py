@@ -1,5 +1,6 @@
 """The training loop end to end, in real subprocesses: kill and resume, DDP, the CLI."""
 
+import dataclasses
 import json
 import shutil
 import socket
@@ -249,8 +250,11 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path,
 
     hits = [s for s in range(1, 10) if bad in batch_samples(len(data), cfg, s)]
     assert hits and hits[0] > 1, "the bad sample must first fall in a later batch of the run"
-    with pytest.raises(FloatingPointError, match=rf"at step {hits[0]} \(its batch holds samples \[.*\b{bad}\b.*\]\)"):
+    with pytest.raises(FloatingPointError, match=rf"at step {hits[0]} \(its batch holds samples \[.*\b{bad}\b.*\]\); "
+                                                 rf"the last good checkpoint, step-{hits[0] - 1:07d}, is kept"):  # fmt: skip
         train(cfg, model(), data, collate_fn, lambda m, a: {}, tmp_path / "stop")
+    with pytest.raises(FloatingPointError, match=r"\); no checkpoint was written before it; skip_nonfinite=true"):
+        train(dataclasses.replace(cfg, ckpt_every=100), model(), data, collate_fn, lambda m, a: {}, tmp_path / "early")
     last = latest_checkpoint(tmp_path / "stop")
     assert last is not None and last.name == f"step-{hits[0] - 1:07d}"  # the checkpoint of the step before, intact
     verify(last)
