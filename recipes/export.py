@@ -65,6 +65,10 @@ def kind_of(model) -> str:
         return "timm"
     if c.encoder_inputs == ["audio"] and c.decoder_inputs == ["text"]:
         return "whisper"
+    if "trajectory" in c.modalities:  # (README: Export)
+        raise ValueError("export: Decision Transformer runs have no export: Hugging Face's DecisionTransformerModel adds one "
+                         "position row to every token after its embed_ln, where this model learns a row per token type (return / "
+                         "state / action), so its outputs could not be the run's; the run's checkpoint (model.safetensors) is the model")  # fmt: skip
     raise ValueError(f"export: a model reading {', '.join(c.modalities)} has no reference format here; text language models "
                      "(gpt_char, gpt_bpe) export to Hugging Face GPT-2, image classifiers (vit_*) to timm, speech recognisers on "
                      "Whisper's weights (whisper_folder init_from=...) to Hugging Face Whisper")  # fmt: skip

@@ -131,6 +131,12 @@ def test_what_a_reference_cannot_express_is_refused():
                         {"lm": HeadConfig("lm", "text")}, decoder_inputs=["image", "text"], prefix_inputs=["image"])  # fmt: skip
     with pytest.raises(ValueError, match="GPT-2 export: GPT2LMHeadModel needs a text-only decoder .*; a causal decoder \\(not a prefix LM"):
         gpt2_export(MultimodalTransformer(mixed))
+    from models import dt_model_config
+    from recipes.export import kind_of
+
+    dt = MultimodalTransformer(dt_model_config({"state_dim": 4, "act_dim": 2, "hidden_size": 16, "n_layer": 1, "n_head": 1, "max_ep_len": 20}))
+    with pytest.raises(ValueError, match="Decision Transformer runs have no export: .* adds one position row to every token after its embed_ln"):
+        kind_of(dt)
 
 
 def test_whisper_export_gives_our_logits_in_transformers():
