@@ -62,11 +62,14 @@ class TypedEmbedder(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=norm_eps) if norm else nn.Identity()
 
     def forward(self, batch: TokenBatch) -> Tensor:
+        # every type's linear layer in one matmul: a token's first d_t values go in its type's columns (zeros in the
+        # others') and a one-hot of its type picks its type's bias; the weights side by side, (C, Σ d_t + T)
         v = batch.values.to(self.tok[0].weight.dtype)
-        x = None
-        for t, (d, lin) in enumerate(zip(self.type_value_dims, self.tok)):
-            xt = lin(v[..., :d])  # (B, N, d) -> (B, N, C), every token; kept where its type is t
-            x = xt if x is None else torch.where((batch.types == t)[..., None], xt, x)
+        types = shared_rows(batch.types)  # (1|B, N)
+        onehot = (types[..., None] == torch.arange(len(self.tok), device=types.device)).to(v.dtype)  # (1|B, N, T)
+        columns = [v[..., :d] * onehot[..., t : t + 1] for t, d in enumerate(self.type_value_dims)]  # (B, N, d_t) each
+        weight = torch.cat([lin.weight for lin in self.tok] + [torch.stack([lin.bias for lin in self.tok], 1)], 1)
+        x = F.linear(torch.cat([*columns, onehot.expand(*v.shape[:2], -1)], -1), weight)  # (B, N, Σ d_t + T) -> (B, N, C)
         return self.norm(x + self.pos(shared_rows(batch.positions)))
 
 
