@@ -18,6 +18,8 @@ def alternating_rounds(contenders: dict[str, tuple[nn.Module, Callable[[], Tenso
     """Seconds per training step of each contender, one figure per round: `rounds` rounds of
     `warmup` untimed then `steps` timed steps, each step loss_fn() → backward → AdamW (foreach) →
     zero_grad. contenders: name → (model, loss_fn); frozen parameters stay out of the optimizer."""
+    if steps < 1 or rounds < 1:
+        raise ValueError(f"steps={steps}, rounds={rounds}: each must be at least 1")
     opts = {k: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=lr, foreach=True) for k, (m, _) in contenders.items()}
     times = {k: [] for k in contenders}
     for r in range(rounds):

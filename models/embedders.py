@@ -66,6 +66,7 @@ class TypedEmbedder(nn.Module):
         # others') and a one-hot of its type picks its type's bias; the weights side by side, (C, Σ d_t + T)
         v = batch.values.to(self.tok[0].weight.dtype)
         types = shared_rows(batch.types)  # (1|B, N)
+        types = torch.where(types < len(self.tok), types, 0)  # a type without a layer of its own reads type 0's (as ever)
         onehot = (types[..., None] == torch.arange(len(self.tok), device=types.device)).to(v.dtype)  # (1|B, N, T)
         columns = [v[..., :d] * onehot[..., t : t + 1] for t, d in enumerate(self.type_value_dims)]  # (B, N, d_t) each
         weight = torch.cat([lin.weight for lin in self.tok] + [torch.stack([lin.bias for lin in self.tok], 1)], 1)

@@ -65,7 +65,7 @@ def kind_of(model) -> str:
         return "timm"
     if c.encoder_inputs == ["audio"] and c.decoder_inputs == ["text"]:
         return "whisper"
-    if "trajectory" in c.modalities:  # (README: Export)
+    if list(c.modalities) == ["trajectory"]:  # (README: Export; a generalist with the control task is refused below)
         raise ValueError("export: Decision Transformer runs have no export: Hugging Face's DecisionTransformerModel adds one "
                          "position row to every token after its embed_ln, where this model learns a row per token type (return / "
                          "state / action), so its outputs could not be the run's; the run's checkpoint (model.safetensors) is the model")  # fmt: skip

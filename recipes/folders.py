@@ -343,34 +343,38 @@ def hf_source(root: Path) -> tuple[str, dict | None] | None:
 
 
 def open_text(path: Path):
-    """A data file as text, decompressed by its suffix (.gz, .bz2, .xz)."""
+    """A data file as text, decompressed by its suffix (COMPRESSED: .gz, .bz2, .xz)."""
     import bz2
     import gzip
     import lzma
 
-    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(path.suffix.lower(), open)
+    opener = dict(zip(COMPRESSED, (gzip.open, bz2.open, lzma.open))).get(path.suffix.lower(), open)
     return opener(path, "rt", encoding="utf-8", errors="replace")
 
 
 def first_bad_json_line(files: dict) -> str | None:
     """"FILE line N: what is wrong" for the first line of JSON-lines files that is not JSON (a file
-    holding one JSON document, an array, is checked whole), or None when every file parses."""
-    for found in files.values():
-        for name in [found] if isinstance(found, str) else found:
-            with open_text(Path(name)) as f:
-                text = f.read()
-            if text.lstrip().startswith("["):
-                try:
-                    json.loads(text)
-                except json.JSONDecodeError as e:
-                    return f"{name} line {e.lineno}: {e.msg}"
-                continue
-            for n, line in enumerate(text.splitlines(), 1):
-                try:
-                    if line.strip():
-                        json.loads(line)
-                except json.JSONDecodeError as e:
-                    return f"{name} line {n}: {e.msg}"
+    holding one JSON document — an array, or an object over several lines — is parsed whole), or
+    None when every file parses (or cannot be re-read: the caller keeps its own reason)."""
+    try:
+        for found in files.values():
+            for name in [found] if isinstance(found, str) else found:
+                with open_text(Path(name)) as f:
+                    for n, line in enumerate(f, 1):  # note: file lines end at newlines only, not at U+2028 inside a string
+                        try:
+                            if line.strip():
+                                json.loads(line)
+                        except json.JSONDecodeError as e:
+                            if n == 1:  # perhaps one document over several lines: its own error, unless it is JSON lines
+                                f.seek(0)
+                                try:
+                                    json.load(f)
+                                    break  # one valid document: nothing to name here
+                                except json.JSONDecodeError as whole:
+                                    e = e if whole.msg == "Extra data" else whole
+                            return f"{name} line {e.lineno if n == 1 else n}: {e.msg}"
+    except Exception:  # noqa: BLE001  # a truncated or damaged compressed file: datasets' own reason stands
+        return None
     return None
 
 

@@ -178,9 +178,9 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     own = vit_model.state_dict()
     for k, v in sd.items():  # note: in timm's names, before the conversion renames them (the head is replaced, the table resampled)
         if k in own and own[k].shape != v.shape and not k.startswith("head.") and k != "pos_embed":
+            width = sd["patch_embed.proj.weight"].shape[0] if "patch_embed.proj.weight" in sd else vit_model.embed_dim
             raise ValueError(f"init_from {cfg.init_from}: its {k} is {tuple(v.shape)}, timm_model={cfg.timm_model}'s {tuple(own[k].shape)}: "
-                             f"weights of another architecture (width {sd['patch_embed.proj.weight'].shape[0] if 'patch_embed.proj.weight' in sd else '?'}"
-                             f" against {vit_model.embed_dim})")  # fmt: skip
+                             f"weights of another architecture" + (f" (width {width} against {vit_model.embed_dim})" if width != vit_model.embed_dim else ""))  # fmt: skip
     grid = list(vit_model.patch_embed.grid_size)  # the architecture's own grid, when the file's table fits it (else inferred)
     fits = "pos_embed" in sd and sd["pos_embed"].shape[1] == vit_model.num_prefix_tokens + grid[0] * grid[1]
     return load_timm_vit(MultimodalTransformer(config), sd, skip_head=True, old_grid=grid if fits else None)

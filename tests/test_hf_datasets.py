@@ -485,3 +485,20 @@ def test_metadata_and_data_files_are_read_whole_and_only_from_the_folder(tmp_pat
     (shards / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_dir: ../elsewhere\n---\n")
     with pytest.raises(ValueError, match="data_files / data_dir '../elsewhere' points outside"):
         hf_source(shards)
+
+
+def test_the_bad_json_line_finder_names_only_real_faults(tmp_path):
+    """first_bad_json_line (the error path of a JSON file `datasets` could not read) names the first
+    line that is not JSON, and nothing for valid JSON: one object over several lines, a string with a
+    U+2028 in it, or a compressed file too damaged to re-read (datasets' own reason then stands)."""
+    import gzip
+
+    from recipes.folders import first_bad_json_line
+
+    (tmp_path / "pretty.json").write_text('{\n  "text": ["a", "b"]\n}\n')
+    (tmp_path / "sep.jsonl").write_text('{"text": "a\u2028b"}\n{"text": "c"}\n', encoding="utf-8")
+    (tmp_path / "bad.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n{"text": ]\n'))
+    (tmp_path / "cut.jsonl.gz").write_bytes(gzip.compress(b'{"text": "a"}\n' * 100)[:30])
+    assert first_bad_json_line({"train": [str(tmp_path / "pretty.json"), str(tmp_path / "sep.jsonl")]}) is None
+    assert first_bad_json_line({"train": str(tmp_path / "bad.jsonl.gz")}) == f"{tmp_path / 'bad.jsonl.gz'} line 2: Expecting value"
+    assert first_bad_json_line({"train": str(tmp_path / "cut.jsonl.gz")}) is None

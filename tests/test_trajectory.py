@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from models import MultimodalTransformer, dt_model_config, load_hf_decision_transformer
-from tokenizers_mm import TrajectoryTokenizer, collate, gato_decode, gato_encode, load_tokenizer, returns_to_go
+from tokenizers_mm import TokenBatch, TrajectoryTokenizer, collate, gato_decode, gato_encode, load_tokenizer, returns_to_go
 from tokenizers_mm.trajectory import mu_law, mu_law_inverse
 
 
@@ -121,6 +121,14 @@ def test_action_predictions_equal_hf_decision_transformer(discrete):
         got = ours({"trajectory": v}).logits["action"][:, 1::3]
     assert ref.abs().max() > 0.1
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    emb = ours.embedders["trajectory"]  # one matmul for the three layers; each token gets its type's layer (a type beyond: type 0's)
+    types = torch.tensor([[0, 1, 2, 3]])
+    batch = TokenBatch("trajectory", None, torch.randn(1, 4, v.values.shape[-1]), torch.zeros(1, 4, dtype=torch.long), types,
+                       torch.ones(1, 4, dtype=torch.bool))  # fmt: skip
+    with torch.no_grad():
+        layer = [t if t < 3 else 0 for t in types[0].tolist()]
+        want = torch.stack([emb.tok[t](batch.values[0, i, : emb.type_value_dims[t]]) for i, t in enumerate(layer)])
+        torch.testing.assert_close(emb(batch)[0], emb.norm(want + emb.pos.weight[0]))
 
 
 def test_continuous_action_bounds_must_span_a_range():

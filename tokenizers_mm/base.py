@@ -33,10 +33,12 @@ def write_json_atomic(path: Path, obj) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:  # a full or read-only disk: name the file meant, not the temporary one, and leave none behind
+    except BaseException as e:  # leave no temporary behind; a full or read-only disk names the file meant, not the temporary
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, f"cannot write {path}: {e.strerror}") from None
+        if isinstance(e, OSError):
+            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+        raise
 
 
 @contextmanager
