@@ -163,9 +163,12 @@ def main():
             continue
         for row in (Row(*r) for r in adapt(result)):
             ratio = row.ours / row.peer_value if row.peer_value else float("nan")
-            met = None if row.met is None else bool(row.met)
-            if met is None:
-                met = ratio >= 1.0 if row.higher_better and "throughput" in row.goal else (ratio <= 1.0 if not row.higher_better else None)
+            if row.met is not None:  # an accuracy row: its benchmark decided
+                met = bool(row.met)
+            elif row.higher_better:  # a throughput's goal is a ratio; another figure's is in its own terms
+                met = ratio >= 1.0 if "throughput" in row.goal else None
+            else:
+                met = ratio <= 1.0
             table.append({"benchmark": script, "figure": row.figure, "ours": row.ours, "peer": row.peer, "peer_value": row.peer_value,
                           "ratio": ratio, "goal": row.goal, "met": met, "seconds": time.perf_counter() - t0, "note": row.note,
                           **(row.extra or {})})  # fmt: skip

@@ -357,24 +357,29 @@ def first_bad_json_line(files: dict) -> str | None:
     holding one JSON document — an array, or an object over several lines — is parsed whole), or
     None when every file parses (or cannot be re-read: the caller keeps its own reason)."""
     try:
-        for found in files.values():
-            for name in [found] if isinstance(found, str) else found:
-                with open_text(Path(name)) as f:
-                    for n, line in enumerate(f, 1):  # note: file lines end at newlines only, not at U+2028 inside a string
-                        try:
-                            if line.strip():
-                                json.loads(line)
-                        except json.JSONDecodeError as e:
-                            if n == 1:  # perhaps one document over several lines: its own error, unless it is JSON lines
-                                f.seek(0)
-                                try:
-                                    json.load(f)
-                                    break  # one valid document: nothing to name here
-                                except json.JSONDecodeError as whole:
-                                    e = e if whole.msg == "Extra data" else whole
-                            return f"{name} line {e.lineno if n == 1 else n}: {e.msg}"
+        names = [name for found in files.values() for name in ([found] if isinstance(found, str) else found)]
+        return next(filter(None, map(bad_json_line, names)), None)
     except Exception:  # noqa: BLE001  # a truncated or damaged compressed file: datasets' own reason stands
         return None
+
+
+def bad_json_line(name: str) -> str | None:
+    """first_bad_json_line of one file."""
+    with open_text(Path(name)) as f:
+        for n, line in enumerate(f, 1):  # note: file lines end at newlines only, not at U+2028 inside a string
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as e:
+                if n > 1:
+                    return f"{name} line {n}: {e.msg}"
+                f.seek(0)  # perhaps one document over several lines: its own error, unless it is JSON lines
+                try:
+                    json.load(f)
+                    return None
+                except json.JSONDecodeError as whole:
+                    where = e if whole.msg == "Extra data" else whole  # "Extra data": JSON lines after all, line 1 is at fault
+                    return f"{name} line {where.lineno}: {where.msg}"
     return None
 
 
