@@ -91,6 +91,22 @@ def test_cached_generation_equals_uncached(temperature, top_k):
     assert torch.equal(outs[0], outs[1])
 
 
+def test_cached_generation_under_autocast_keeps_the_cache_in_its_dtype():
+    """Under bf16 autocast the cache holds bf16 (the keys and values come in it; an fp32 buffer took
+    twice the memory for the same values) and cached decoding still equals uncached, decoder-only
+    and encoder-decoder; without autocast the cache takes the weights' dtype."""
+    torch.manual_seed(0)
+    model = lm_model()
+    assert model._new_cache(1, 4, "cpu").k[0].dtype == torch.float32
+    encdec = multimodal("encoder-decoder").eval()
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(n, 12)) for n in (3, 5)]), "text": collate([rand_text(2, 5)] * 2)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model._new_cache(1, 4, torch.device("cpu")).k[0].dtype == torch.bfloat16
+        prompt = {"text": collate([rand_text(4, 3), rand_text(4, 4)])}
+        assert torch.equal(model.generate(prompt, 40, 0.0, use_cache=True), model.generate(prompt, 40, 0.0, use_cache=False))
+        assert torch.equal(encdec.generate(inputs, 10, temperature=0, use_cache=True), encdec.generate(inputs, 10, temperature=0, use_cache=False))
+
+
 def test_generation_stops_when_every_row_has_ended():
     """eos_id: greedy decoding goes on while any row has not produced it (a row that has keeps
     generating), stops at the step the last row does, with the tokens of the full-length run."""
