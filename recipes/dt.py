@@ -85,10 +85,33 @@ def load_data(cfg: Config) -> list:
     return rl_data.load_episodes(path)
 
 
-def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
-    """The tokenizer for env's spaces, with state statistics from the episodes."""
+def check_env(cfg: Config, env) -> None:
+    """Refuse, before training, an environment the Decision Transformer cannot play: observations that
+    are not a Box of numbers (Discrete, Tuple, Dict), actions other than Discrete ids from 0 or a
+    bounded Box, or a time limit longer than the timestep table (the first evaluation would fail)."""
     import gymnasium as gym
 
+    name, obs, act = env.spec.id if env.spec else "the environment", env.observation_space, env.action_space
+    if not isinstance(obs, gym.spaces.Box):
+        raise ValueError(f"{name}: observation space {obs}; the Decision Transformer reads observations as a Box of numbers "
+                         "(wrap the environment with gymnasium.wrappers.FlattenObservation)")  # fmt: skip
+    if isinstance(act, gym.spaces.Discrete) and int(act.start) != 0:
+        raise ValueError(f"{name}: action space {act} starts at {int(act.start)}; the tokenizer reads ids from 0")
+    if not isinstance(act, (gym.spaces.Discrete, gym.spaces.Box)):
+        raise ValueError(f"{name}: action space {act}; expected Discrete ids or a Box of values")
+    if isinstance(act, gym.spaces.Box) and not (np.isfinite(act.low).all() and np.isfinite(act.high).all()):
+        raise ValueError(f"{name}: action space {act} is unbounded; continuous actions are scaled from its bounds to [-1, 1]")
+    limit = env.spec.max_episode_steps if env.spec else None
+    if limit and limit > cfg.max_timestep:
+        raise ValueError(f"{name}: episodes run up to {limit} steps (its time limit), more than max_timestep={cfg.max_timestep} "
+                         f"(the timestep table's rows): give max_timestep={limit}")  # fmt: skip
+
+
+def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
+    """The tokenizer for env's spaces (checked by `check_env`), with state statistics from the episodes."""
+    import gymnasium as gym
+
+    check_env(cfg, env)
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
@@ -164,7 +187,7 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
         if t >= tok.max_timestep:
             raise ValueError(f"{env_id}: episodes longer than max_timestep={tok.max_timestep}; raise max_timestep")
         lo = max(0, t + 1 - tok.context)
-        sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
+        sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32).reshape(t + 1 - lo, -1), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
                            np.arange(lo, t + 1)) for i in live]  # fmt: skip
         out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2]  # the last state token
         still = []

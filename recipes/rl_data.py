@@ -404,6 +404,12 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
     if len(set(lengths.values())) > 1:
         listed = ", ".join(f"{k} {n}" for k, n in lengths.items())
         raise RLDataError(f"{source}: arrays of different lengths ({listed}); expected one row per step")
+    if not lengths["observations"]:
+        raise RLDataError(f"{source}: no steps (its arrays have 0 rows); expected at least one episode")
+    for key in ("terminals", "timeouts"):  # flags: a NaN or a 2 read as True would cut an episode silently
+        if key in out and not np.isin(out[key], (0, 1)).all():
+            i = int(np.flatnonzero(~np.isin(out[key], (0, 1)))[0])
+            raise RLDataError(f"{source}: {key}[{i}] is {out[key][i]}; expected 0 / 1 (or booleans) per step")
     return out
 
 
@@ -444,7 +450,11 @@ def _read_file(path: Path) -> dict:
 
         try:
             with h5py.File(path, "r") as f:
-                return {k: f[k][()] if k in READ and isinstance(f[k], h5py.Dataset) else None for k in f.keys()}
+                groups = [k for k in f.keys() if k in READ and not isinstance(f[k], h5py.Dataset)]
+                if groups:  # e.g. dict observations, one dataset per key
+                    raise RLDataError(f"{path}: {groups[0]} is an HDF5 group, not one array; expected a dataset of shape "
+                                      f"{'[N, S]' if groups[0] == 'observations' else '[N] or [N, A]' if groups[0] == 'actions' else '[N]'}")  # fmt: skip
+                return {k: f[k][()] if k in READ else None for k in f.keys()}
         except OSError as e:
             raise RLDataError(f"{path}: not a readable HDF5 file ({e})") from None
     raise RLDataError(f"{path}: unknown file type {suffix!r}; expected a D4RL-style .npz, .hdf5 or .h5 file, or a Minari dataset")
@@ -468,6 +478,8 @@ def _load_minari(dataset) -> list[Episode]:
         actions = actions.reshape(t).astype(np.int64) if discrete else actions.reshape(t, -1).astype(np.float32)
         episodes.append(Episode(obs[:-1].reshape(t, -1), actions, np.asarray(ep.rewards, dtype=np.float32),
                                 bool(ep.terminations[-1]), bool(ep.truncations[-1]) or not ep.terminations[-1]))  # fmt: skip
+    if not episodes:
+        raise RLDataError(f"{source}: no episodes")
     return episodes
 
 
@@ -492,7 +504,11 @@ def load_episodes(path_or_id) -> list[Episode]:
         data = path if (path / "metadata.json").exists() else path / "data"
         if not (data / "metadata.json").exists():
             raise RLDataError(f"{path}: a directory but not a Minari dataset; expected {path}/data/metadata.json")
-        return _load_minari(minari.MinariDataset(data))
+        try:
+            dataset = minari.MinariDataset(data)
+        except Exception as e:  # noqa: BLE001  # minari reports a damaged dataset with assertions, JSON and HDF5 errors alike
+            raise RLDataError(f"{data}: not a readable Minari dataset ({type(e).__name__}: {str(e).strip() or 'no detail'})") from None
+        return _load_minari(dataset)
     try:
         dataset = minari.load_dataset(str(path_or_id), download=False)
     except (FileNotFoundError, ValueError) as e:

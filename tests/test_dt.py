@@ -80,10 +80,42 @@ def test_rollouts_refuse_episodes_past_the_timestep_table(tmp_path):
     eps = [type(e)(e.observations[:10], e.actions[:10], e.rewards[:10], False, True, e.policy) for e in eps]
     import gymnasium as gym
 
-    tok = dt.make_tokenizer(cfg, eps, gym.make("CartPole-v1"))
+    with pytest.raises(ValueError, match=r"CartPole-v1: episodes run up to 500 steps \(its time limit\), more than max_timestep=10"):
+        dt.make_tokenizer(cfg, eps, gym.make("CartPole-v1"))  # the recipes refuse it before training
+    tok = TrajectoryTokenizer(4, 2, discrete=True, context=5, max_timestep=10).fit(eps)  # an environment without a known limit
     model = dt.build_model(cfg, tok)
     with pytest.raises(ValueError, match="longer than max_timestep=10"):
         dt.rollouts(model, tok, "CartPole-v1", 500.0, [0], device="cpu")
+
+
+def test_environments_the_dt_cannot_play_are_refused_and_box_observations_are_flattened(tmp_path):
+    """Discrete / Tuple observations and unbounded or offset action spaces are refused before
+    training (they failed at the first rollout, or scaled actions to NaN); an observation Box of
+    any shape is read flat, in the data and in the rollouts."""
+    import gymnasium as gym
+
+    cfg = dt.Config(context=5, dim=32, depth=1)
+    for env_id, message in [("FrozenLake-v1", "observation space Discrete"), ("Blackjack-v1", "observation space Tuple")]:
+        with pytest.raises(ValueError, match=f"{env_id}: {message}.*Box of numbers"):
+            dt.check_env(cfg, gym.make(env_id))
+    odd = gym.make("CartPole-v1")
+    odd.action_space = gym.spaces.Discrete(2, start=1)
+    with pytest.raises(ValueError, match="starts at 1; the tokenizer reads ids from 0"):
+        dt.check_env(cfg, odd)
+    odd.action_space = gym.spaces.Box(-np.inf, np.inf, (1,))
+    with pytest.raises(ValueError, match="is unbounded"):
+        dt.check_env(cfg, odd)
+
+    from gymnasium.wrappers import ReshapeObservation
+
+    gym.register("CartPole2x2-v0", entry_point=lambda **kw: ReshapeObservation(gym.make("CartPole-v1", **kw), (2, 2)), max_episode_steps=20)
+    try:
+        eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 4, seed=3))
+        tok = dt.make_tokenizer(cfg, eps, gym.make("CartPole2x2-v0"))
+        returns = dt.rollouts(dt.build_model(cfg, tok), tok, "CartPole2x2-v0", 20.0, [0, 1], device="cpu")  # (2, 2) observations read as 4
+        assert tok.state_dim == 4 and returns.shape == (2,) and (returns >= 1).all()
+    finally:
+        gym.registry.pop("CartPole2x2-v0")
 
 
 def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_computes_them(tmp_path, monkeypatch):

@@ -171,6 +171,8 @@ def test_hdf5_boundaries_and_trailing_piece(tmp_path):
         (lambda a: a.update(rewards=np.ones(5)), "arrays of different lengths"),
         (lambda a: a.update(observations=np.zeros(6)), "observations has shape (6,); expected [N, S]"),
         (lambda a: a.update(actions=np.array(["left"] * 6)), "actions has dtype <U4; expected a numeric array"),
+        (lambda a: a.update({k: v[:0] for k, v in a.items()}), "no steps (its arrays have 0 rows)"),
+        (lambda a: a.update(terminals=np.array([0, 0, np.nan, 0, 0, 1])), "terminals[2] is nan; expected 0 / 1"),  # was a silent cut
     ],
 )
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])
@@ -189,6 +191,21 @@ def test_bad_file_names_file_and_problem(tmp_path, change, message, suffix):
     with pytest.raises(RLDataError) as e:
         load_episodes(path)
     assert str(path) in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_dict_observations_and_a_damaged_minari_folder_are_named(tmp_path):
+    path = tmp_path / "dict.h5"
+    with h5py.File(path, "w") as f:
+        f["observations/position"] = np.zeros((4, 2))  # dict observations: a group of arrays
+        for k, v in {"actions": np.zeros(4, dtype=np.int64), "rewards": np.ones(4), "terminals": np.eye(4)[3] > 0}.items():
+            f[k] = v
+    with pytest.raises(RLDataError, match=r"dict\.h5: observations is an HDF5 group, not one array; expected a dataset of shape \[N, S\]"):
+        load_episodes(path)
+    (tmp_path / "broken" / "data").mkdir(parents=True)
+    for text in ("{}", "not json"):  # minari raised a bare AssertionError / a JSON error naming no file
+        (tmp_path / "broken" / "data" / "metadata.json").write_text(text)
+        with pytest.raises(RLDataError, match=r"broken/data: not a readable Minari dataset \(\w+"):
+            load_episodes(tmp_path / "broken")
 
 
 def test_unknown_source(tmp_path, monkeypatch):

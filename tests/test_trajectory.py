@@ -45,6 +45,8 @@ def test_continuous_actions_scale_to_unit_and_back():
     ts = tok.encode(ep)
     np.testing.assert_allclose(ts.targets[1::3, 0].numpy(), ep["actions"][:, 0] / 2, rtol=1e-6)
     np.testing.assert_allclose(tok.decode_action(ts.targets[1]), ep["actions"][0], rtol=1e-5)
+    picked = TrajectoryTokenizer(4, 3, discrete=True).decode_action(torch.tensor([0.1, 2.0, -1.0]))
+    assert picked == 1 and type(picked) is int  # a plain int: FrozenLake-style environments index tables with it
     binned = TrajectoryTokenizer(4, 1, discrete=False, action_low=[-2.0], action_high=[2.0], action_bins=1024).encode(ep)
     assert binned.targets.dtype == torch.long and binned.targets.shape == (15, 1)
 
@@ -90,8 +92,14 @@ def test_bad_episodes_are_named():
     assert clipped.targets[1::3][4].tolist() == [0.5, 1.0]
     continuous["actions"][4, 1] = 1 + 1e-5  # rounding in a stored dataset passes
     assert len(TrajectoryTokenizer(4, 2, discrete=False, context=7).encode(continuous)) == 21
-    half = TrajectoryTokenizer(4, 2, discrete=False, action_low=[-np.inf, -1], action_high=[1, 1])  # one side unbounded
-    assert half.outside(np.array([[5.0, 0.0], [-1e9, 0.0]])).tolist() == [[True, False], [False, False]]
+    with pytest.raises(ValueError, match="the bounds must be finite"):  # no scale to [-1, 1] from an unbounded side (it gave NaN or -1)
+        TrajectoryTokenizer(4, 2, discrete=False, action_low=[-np.inf, -1], action_high=[1, 1])
+    for scale in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="rtg_scale=.* must be a finite number above 0"):
+            TrajectoryTokenizer(4, 2, discrete=True, rtg_scale=scale)
+    huge = {**episode(), "rewards": np.full(7, 3e38)}  # each finite, their sum not in float32
+    with pytest.raises(ValueError, match="ep 3: its rewards add up beyond float32's range"):
+        tok.encode(huge, name="ep 3")
     with pytest.raises(ValueError, match=r"context=30 steps must lie in \[1, max_timestep=20\]"):
         TrajectoryTokenizer(4, 2, discrete=True, context=30, max_timestep=20)
 

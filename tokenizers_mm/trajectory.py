@@ -106,12 +106,17 @@ class TrajectoryTokenizer(Tokenizer):
                              "(the timestep table has max_timestep rows)")  # fmt: skip
         if action_bins and discrete:
             raise ValueError("trajectory: action_bins (Gato's binning) applies to continuous actions only")
+        if not (math.isfinite(rtg_scale) and rtg_scale > 0):
+            raise ValueError(f"trajectory: rtg_scale={rtg_scale} must be a finite number above 0 (returns-to-go are divided by it)")
         self.state_dim, self.action_dim, self.discrete = state_dim, action_dim, discrete
         self.context, self.max_timestep, self.rtg_scale, self.gamma = context, max_timestep, float(rtg_scale), float(gamma)
         self.state_mean = np.zeros(state_dim, np.float32) if state_mean is None else np.asarray(state_mean, np.float32)
         self.state_std = np.ones(state_dim, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.action_low = -np.ones(action_dim, np.float32) if action_low is None else np.asarray(action_low, np.float32).reshape(action_dim)
         self.action_high = np.ones(action_dim, np.float32) if action_high is None else np.asarray(action_high, np.float32).reshape(action_dim)
+        if not discrete and not (np.isfinite(self.action_low).all() and np.isfinite(self.action_high).all()):
+            raise ValueError(f"trajectory: continuous actions are scaled from [action_low, action_high] to [-1, 1] (the action head "
+                             f"ends in tanh); the bounds must be finite, got {self.action_low.tolist()} .. {self.action_high.tolist()}")  # fmt: skip
         if not discrete and not np.all(self.action_high > self.action_low):
             raise ValueError(f"trajectory: action_high {self.action_high.tolist()} must exceed action_low {self.action_low.tolist()} "
                              "in every dimension")  # fmt: skip
@@ -147,6 +152,9 @@ class TrajectoryTokenizer(Tokenizer):
             raise ValueError(f"{name}: observations hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(obs))[0][0])})")
         if not np.isfinite(rew).all():
             raise ValueError(f"{name}: rewards hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(rew))[0][0])})")
+        if np.abs(rew.astype(np.float64)).sum() > np.finfo(np.float32).max:  # bounds every return-to-go (gamma <= 1)
+            raise ValueError(f"{name}: its rewards add up beyond float32's range ({np.finfo(np.float32).max:.3g}): the returns-to-go "
+                             "would be infinite; scale the rewards down")  # fmt: skip
         if self.discrete:
             if acts.ndim == 2 and acts.shape[1] == 1:
                 acts = acts[:, 0]
@@ -168,13 +176,13 @@ class TrajectoryTokenizer(Tokenizer):
                 t, j = (int(v) for v in np.argwhere(outside)[0])
                 raise ValueError(f"{name}: action {j} at step {t} is {acts[t, j]:.4g}, outside the declared space "
                                  f"[{self.action_low[j]:.4g}, {self.action_high[j]:.4g}]; clip_actions=true clips such actions "
-                                 "as the environment does, or declare the space the data uses (action_low / action_high)")  # fmt: skip
+                                 "as the environment does (a TrajectoryTokenizer built by hand can instead declare the space the data "
+                                 "uses: action_low / action_high)")  # fmt: skip
         return obs.astype(np.float32), acts, rew
 
     def outside(self, acts: np.ndarray) -> np.ndarray:
         """Which continuous action values lie outside [low, high], beyond rounding in a stored dataset."""
-        span = self.action_high - self.action_low
-        slack = np.where(np.isfinite(span), 1e-4 * span, 0.0)  # note: an unbounded side must not switch off the other's check
+        slack = 1e-4 * (self.action_high - self.action_low)  # note: the bounds are finite (checked when built)
         return (acts < self.action_low - slack) | (acts > self.action_high + slack)
 
     def fit(self, episodes) -> "TrajectoryTokenizer":
@@ -188,11 +196,12 @@ class TrajectoryTokenizer(Tokenizer):
         """Continuous actions [low, high] → [-1, 1]."""
         return (2 * (acts - self.action_low) / (self.action_high - self.action_low) - 1).clip(-1, 1)
 
-    def decode_action(self, out: Tensor) -> np.ndarray:
-        """The action head's output at one state token → an environment action: an id (discrete,
-        argmax), a bin's value (Gato) or a vector scaled back to [low, high]."""
+    def decode_action(self, out: Tensor) -> int | np.ndarray:
+        """The action head's output at one state token → an environment action: an int id (discrete,
+        argmax; environments such as FrozenLake index tables with it), a bin's value (Gato) or a
+        vector scaled back to [low, high]."""
         if self.discrete:
-            return np.asarray(int(out.argmax(-1)))
+            return int(out.argmax(-1))
         y = gato_decode(out.view(self.action_dim, -1).argmax(-1), self.action_bins, companding=False) if self.action_bins else out.float()
         y = y.detach().cpu().numpy().astype(np.float32)
         return self.action_low + (y + 1) / 2 * (self.action_high - self.action_low)
