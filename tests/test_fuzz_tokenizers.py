@@ -16,7 +16,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, is_hypothesis_test, settings
+from hypothesis import HealthCheck, example, given, is_hypothesis_test, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -122,13 +122,21 @@ def any_images(draw):
     return torch.from_numpy(np.moveaxis(x, -1, 0).copy()) if len(shape) == 3 and draw(st.booleans()) else x
 
 
+def finite32(x: np.ndarray) -> bool:
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(x.astype(np.float32)).all())
+
+
 @SETTINGS
 @given(any_images(), st.sampled_from([1, 3]), st.booleans())
+@example(np.linspace(0, 1, 35, dtype=np.float32).reshape(5, 7), 3, True)  # always one valid image
 def test_image_of_any_shape_dtype_and_values_tokenizes_or_is_named(x, channels, resize):
     tok = ImageTokenizer(image_size=8, patch_size=2, channels=channels, mean=[0.5] * channels, std=[0.5] * channels, resize=resize)
+    valid = isinstance(x, np.ndarray) and x.ndim == 2 and min(x.shape) >= 2 and (resize or x.shape == (8, 8)) and finite32(x)
     try:
         ts = tok.encode(x, name="fuzz.png")
     except ValueError as e:  # ImageError: wrong shape, channels, size, non-finite values
+        assert not valid, f"a valid {x.dtype} {x.shape} image was refused: {e}"
         assert str(e).startswith("fuzz.png: ") and "\n" not in str(e), str(e)
         return
     assert_valid(ts, tok)
@@ -150,11 +158,14 @@ def waveforms(draw):
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(waveforms(), RATES, st.booleans(), st.integers(1, 3))
+@example(np.sin(np.arange(1500, dtype=np.float32) / 5) * 0.5, 44101, False, 2)  # always one valid waveform
 def test_audio_of_any_length_rate_dtype_and_values_tokenizes_or_is_named(wave, rate, chunk, k):
     tok = AudioTokenizer(n_mels=80, slice_frames=k, chunk=chunk, max_frames=300 * k if not chunk else 3000)
+    valid = wave.ndim == 1 and wave.dtype == np.float32 and len(wave) > 0 and finite32(wave) and np.abs(wave).max() <= 1  # <= 2 s, in max_frames
     try:
         ts = tok.encode(wave, rate, name="fuzz.wav")
     except ValueError as e:  # AudioError: empty, non-finite, too long for max_frames, overflowing
+        assert not valid, f"a valid waveform of {len(wave)} samples at {rate} Hz was refused: {e}"
         assert str(e).startswith("fuzz.wav: ") and "\n" not in str(e), str(e)
         return
     assert_valid(ts, tok)
@@ -180,11 +191,16 @@ def malformed_episodes(draw):
 
 @SETTINGS
 @given(malformed_episodes())
+@example({"observations": np.ones((5, 3), np.float32), "actions": np.array([0, 2, 1, 1, 0]), "rewards": np.ones(5, np.float32)})
 def test_any_episode_tokenizes_or_is_named(ep):
     tok = TrajectoryTokenizer(3, 3, discrete=True, context=4, max_timestep=6)
+    obs, acts, rew = ep["observations"], ep["actions"], ep["rewards"]
+    valid = (1 <= len(obs) <= 6 and obs.shape[1] == 3 and acts.shape == (len(obs),) and len(rew) == len(obs) and finite32(obs)
+             and np.abs(rew.astype(np.float64)).sum() <= np.finfo(np.float32).max and (acts >= 0).all() and (acts < 3).all())  # fmt: skip
     try:
         ts = tok.encode(ep, name="ep7")
     except ValueError as e:
+        assert not valid, f"a valid episode of {len(obs)} steps was refused: {e}"
         assert str(e).startswith("ep7: ") and "\n" not in str(e), str(e)
         return
     assert_valid(ts, tok)

@@ -1,6 +1,7 @@
 """gpt_bpe end to end: its own tokenizer, and fine-tuning GPT-2 weights held in a local folder."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -16,11 +17,11 @@ TINY = dict(dim=32, depth=2, num_heads=2, block_size=32, batch_size=8, eval_batc
 
 
 def test_trains_its_tokenizer_and_generates(tmp_path, small_text):
-    cfg = Config(data=str(small_text), vocab_size=400, run_dir=str(tmp_path / "run"), **TINY)
+    cfg = Config(data=str(small_text), vocab_size=400, run_dir=str(tmp_path / "run"), **{**TINY, "max_steps": 30, "eval_every": 30})
     metrics = main(cfg)
-    assert metrics["val_loss"] < 6.5
     model, toks = load_trained(tmp_path / "run")
     tok = toks["text"]
+    assert metrics["val_loss"] < math.log(tok.vocab_size) - 0.25  # it learned: untrained, the loss is ln(vocabulary) (6.0 at step 0; 5.59 here)
     assert isinstance(tok, BPETokenizer) and tok.vocab_size <= 400 and model.config.modalities["text"].vocab_size == tok.vocab_size
     again = Config(data=str(small_text), tokenizer=str(tmp_path / "run" / "tokenizers" / "text"), **TINY)
     assert build_data(again)[0].ranks == tok.ranks  # a saved tokenizer is reused, not retrained
