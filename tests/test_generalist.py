@@ -96,6 +96,9 @@ def test_prefix_modalities_attend_both_ways_the_rest_causally(tiny):
 
 @torch.no_grad()
 def test_cached_greedy_decoding_after_padded_audio_matches_each_utterance_alone(tiny, layout_model):
+    """Padding in a batch of utterances changes no row's decoding: its tokens and their summed
+    log-probability, which differ between utterances (random weights repeat one token for all, so
+    the tokens alone would not show a row reading another's audio or padding)."""
     _, tasks, _, _ = tiny
     model = layout_model
     from recipes import whisper_digits as wd
@@ -103,9 +106,12 @@ def test_cached_greedy_decoding_after_padded_audio_matches_each_utterance_alone(
     text_tok = tasks[1].tokenizers["text"]
     audio = [tasks[1].train_set[i]["audio"] for i in range(3)]
     assert len({len(a) for a in audio}) > 1  # different lengths: the batch is padded
-    batch = wd.transcribe_batch(model, text_tok, collate(audio), 12)
-    alone = [wd.transcribe_batch(model, text_tok, collate([a]), 12)[0] for a in audio]
-    assert batch == alone
+    prompt = wd.prompt_ids(text_tok)
+    rows, sums = wd.decode_rows(model, text_tok, collate(audio), 12, prompt, scored=True)
+    alone = [wd.decode_rows(model, text_tok, collate([a]), 12, prompt, scored=True) for a in audio]
+    assert rows == [r[0] for r, _ in alone]
+    torch.testing.assert_close(torch.tensor(sums), torch.tensor([s[0] for _, s in alone]), atol=1e-4, rtol=1e-5)
+    assert min(abs(a - b) for i, a in enumerate(sums) for b in sums[i + 1 :]) > 1e-3  # each utterance scores its own
 
 
 def test_tasks_are_drawn_by_weight_and_every_example_is_covered():

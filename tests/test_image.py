@@ -34,16 +34,24 @@ def test_cls_token_slot_and_spec():
 
 @pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "P", "CMYK", "I;16"])
 def test_any_pil_mode_and_size(mode, tmp_path):
+    """Every PIL mode reads as PIL's own conversion to RGB reads it (alpha dropped, the palette and
+    CMYK converted); 16-bit greyscale as its values / 65535 (PIL's convert clips it at 255)."""
     rng = np.random.default_rng(0)
     if mode == "I;16":
-        img = Image.fromarray(rng.integers(0, 65535, (30, 20), dtype=np.uint16))
+        grey = rng.integers(0, 65535, (30, 20), dtype=np.uint16)
+        img = Image.fromarray(grey)
     else:
         img = Image.fromarray(rng.integers(0, 255, (30, 20, 3), dtype=np.uint8)).convert(mode)
     path = tmp_path / ("x.tiff" if mode in ("CMYK", "I;16") else "x.png")
     img.save(path)
     tok = ImageTokenizer(image_size=16, patch_size=4)
     ts = tok.encode(open_image(path))
-    assert ts.values.shape == (17, 48) and torch.isfinite(ts.values).all()
+    assert ts.values.shape == (17, 48) and ts.values.std() > 0.5
+    if mode == "I;16":
+        expected = tok.encode(torch.from_numpy(grey.astype(np.float32) / 65535)[None].expand(3, -1, -1).contiguous())
+    else:
+        expected = tok.encode(Image.open(path).convert("RGB"))
+    torch.testing.assert_close(ts.values, expected.values, atol=1e-6, rtol=0)
 
 
 def test_sixteen_bit_png_keeps_its_range(tmp_path):
@@ -253,9 +261,15 @@ def test_open_image_applies_the_exif_orientation(tmp_path):
 
     from tokenizers_mm import open_image
 
-    img = Image.fromarray(np.zeros((20, 40, 3), dtype=np.uint8))  # 40 wide, 20 high as stored
+    from PIL import ImageOps
+
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high as stored, a bright left end (a wrong turn moves it)
+    pixels[:, :8] = 255
+    img = Image.fromarray(pixels)
     exif = img.getexif()
     exif[0x0112] = 6  # orientation: rotate 90° clockwise to view
-    img.save(tmp_path / "phone.jpg", exif=exif)
-    assert open_image(tmp_path / "phone.jpg").size == (20, 40)  # upright: 20 wide, 40 high
-    assert open_image(tmp_path / "phone.jpg").getexif().get(0x0112) in (None, 1)
+    img.save(tmp_path / "phone.png", exif=exif)  # PNG: lossless, so the pixels compare exactly
+    upright = open_image(tmp_path / "phone.png")
+    assert upright.size == (20, 40) and upright.getexif().get(0x0112) in (None, 1)  # 20 wide, 40 high
+    assert np.array_equal(np.asarray(upright), np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "phone.png"))))
+    assert np.asarray(upright)[:8].min() == 255 and np.asarray(upright)[8:].max() == 0  # the left end is now the top

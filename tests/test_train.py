@@ -338,3 +338,60 @@ def test_weight_decay_reaches_hugging_face_gpt2_matrices():
     names = {id(p): n for n, p in hf.named_parameters()}
     assert sorted(names[id(p)] for p in decay["params"]) == [f"transformer.h.0.{m}.weight" for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
     assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0 and any("wte" in names[id(p)] for p in no_decay["params"])
+
+
+def tiny_lm(image: bool = False):
+    """A 2-block text decoder; with image=True an encoder-decoder reading 12-value image tokens, with
+    a classification head too."""
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from tokenizers_mm import ModalitySpec
+
+    mods = {"text": ModalityConfig.from_spec(ModalitySpec("text", ("token",), 16, vocab_size=40))}
+    heads, io = {"lm": HeadConfig("lm", "text")}, {"decoder_inputs": ["text"]}
+    if image:
+        mods["image"] = ModalityConfig.from_spec(ModalitySpec("image", ("patch",), 16, value_dim=12))
+        heads["cls"], io["encoder_inputs"] = HeadConfig("classify", "image", num_outputs=3, pool="mean"), ["image"]
+    trunk = TrunkConfig(dim=32, depth=2, num_heads=2, mode="encoder-decoder" if image else "decoder")
+    return MultimodalTransformer(ModelConfig(trunk, mods, heads, **io))
+
+
+def test_gradient_accumulation_gives_the_whole_batch_gradients():
+    """grad_accum=2 over two halves of a batch (equal lengths: each half's mean loss counts the same
+    tokens) leaves the gradients one backward pass over the whole batch gives, and the mean loss."""
+    from accelerate import Accelerator
+
+    from recipes.train import forward_backward
+    from tokenizers_mm import collate_examples, next_token_set
+
+    torch.manual_seed(0)
+    model = tiny_lm()
+    examples = [{"text": next_token_set("text", torch.randint(0, 40, (13,)))} for _ in range(8)]
+    batch = lambda exs: collate_examples(exs)  # noqa: E731
+    accelerator = Accelerator(cpu=True)
+    grads, losses = [], []
+    for micro in ([batch(examples)], [batch(examples[:4]), batch(examples[4:])]):
+        model.zero_grad(set_to_none=True)
+        losses.append(forward_backward(accelerator, model, micro, len(micro)))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 20
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_weight_decay_reaches_linear_matrices_of_our_model_only():
+    """Our model decays every Linear matrix (attention, MLP, cross-attention, patch / value
+    projections, heads) and nothing else: token, position and type tables, norms, biases; the LM
+    head tied to the token table counts once, as the table (no decay, as minGPT)."""
+    from torch import nn
+
+    from recipes.train import build_optimizer
+
+    for model, matrices in ((tiny_lm(), 8), (tiny_lm(image=True), 8 + 6 + 8 + 2)):  # + cross-attention, encoder, patch and cls
+        decay, no_decay = build_optimizer(model, TrainConfig(weight_decay=0.1)).param_groups
+        linear = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+        tied = {id(model.embedders["text"].tok.weight)}
+        assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+        assert {id(p) for p in decay["params"]} == linear - tied
+        assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters()} - (linear - tied)
+        assert len(decay["params"]) == matrices and model.heads["lm"].proj.weight is model.embedders["text"].tok.weight
