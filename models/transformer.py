@@ -309,7 +309,27 @@ class MultimodalTransformer(nn.Module):
         return out
 
     def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
+        if not torch.compiler.is_compiling():
+            self.check_inputs(inputs, targets)
         return self.forward_head(self.forward_features(inputs, memory), inputs, targets)
+
+    def check_inputs(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> None:
+        """One-line errors for a batch the model would misread or fail on deep inside: an input or a
+        target naming no modality or head of the model (ignored, it would train nothing), and a
+        modality's tokens against its declarations (width, vocabulary, types, positions: an
+        out-of-range type or position otherwise reads another's embedding, or fails as an index
+        error). The declarations are checked on CPU tensors only (no device sync; the training loop
+        checks each batch before moving it to an accelerator)."""
+        reads = {*self.config.encoder_inputs, *self.config.decoder_inputs}
+        unknown = sorted(set(inputs) - reads)
+        if unknown:
+            raise ValueError(f"model inputs {unknown}: this model reads {sorted(reads)}; a batch's keys name its modalities")
+        unknown = sorted(set(targets or {}) - set(self.heads))
+        if unknown:
+            raise ValueError(f"targets {unknown}: this model's heads are {sorted(self.heads)}; targets are keyed by head name")
+        for name, b in inputs.items():
+            if b.mask.device.type == "cpu":
+                b.validate(self.config.modalities[name].spec)
 
     @torch.no_grad()
     def cross_attention_scores(self, inputs: dict[str, TokenBatch], memory: Memory | None = None,

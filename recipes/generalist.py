@@ -434,6 +434,30 @@ def batch_size(cfg: Config, weights: list[float]) -> int:
     return cfg.batch_size if cfg.batch_size > 0 else max(1, round(sum(weights)))
 
 
+PARENT_TOKENIZER_KEYS = {  # config key -> (the parent's saved tokenizer, its attribute) that a grown run keeps
+    "patch_size": ("image", "patch_size"), "text_block": ("prose", "max_positions"), "context": ("trajectory", "context"),
+    "max_timestep": ("trajectory", "max_timestep"), "rtg_scale": ("trajectory", "rtg_scale"),
+}  # fmt: skip
+
+
+def keep_parent_sizes(cfg: Config, trunk, saved: dict) -> None:
+    """A grown run keeps its parent's trunk and its tasks' tokenizers: a size given here that differs
+    is refused (it would be ignored: the trained weights and tables are the parent's), and the
+    parent's values are written into cfg, so run.json records what trains."""
+    defaults = Config()
+    kept = {"dim": trunk.dim, "depth": trunk.depth, "num_heads": trunk.num_heads, "mlp_ratio": trunk.mlp_ratio,
+            "dec_depth": (trunk.dec_depth or 0) if trunk.mode == "encoder-decoder" else cfg.dec_depth}  # fmt: skip
+    for key, (name, attr) in PARENT_TOKENIZER_KEYS.items():
+        if name in saved and hasattr(saved[name], attr):
+            kept[key] = getattr(saved[name], attr)
+    for key, value in kept.items():
+        given = getattr(cfg, key)
+        if given != getattr(defaults, key) and given != value:
+            raise ValueError(f"{key}={given}: a run grown from init_from={cfg.init_from} keeps its {key}={value} (its trained "
+                             f"weights and tokenizers); leave {key} out")  # fmt: skip
+        setattr(cfg, key, type(given)(value))
+
+
 def main(cfg: Config, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, "generalist")
     if cfg.init_from and not resume:
@@ -446,8 +470,13 @@ def main(cfg: Config, resume: bool = False) -> dict:
     source = run_dir if resume else Path(cfg.init_from) if cfg.init_from else None  # grown runs keep the trained tokenizers
     if source is not None and (source / "tokenizers").is_dir():
         saved = {p.name: load_tokenizer(p) for p in sorted((source / "tokenizers").iterdir())}
+    if cfg.init_from and not resume:
+        keep_parent_sizes(cfg, trained_config(cfg.init_from).trunk, saved)
     tasks, weights = build_tasks(cfg, saved)
-    cfg.batch_size = batch_size(cfg, weights)
+    given, cfg.batch_size = cfg.batch_size, batch_size(cfg, weights)
+    if cfg.batch_size % cfg.grad_accum:  # (the loop checks processes too, once they are known; this before the run directory)
+        raise ValueError(f"batch_size={cfg.batch_size}{' (the sum of weights)' if not given else ''} must be divisible by "
+                         f"grad_accum={cfg.grad_accum}")  # fmt: skip
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow

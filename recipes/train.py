@@ -186,7 +186,10 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     total = torch.zeros((), device=accelerator.device)
     inner = accelerator.unwrap_model(model) if inner is None else inner
     fsdp_sync = getattr(inner, "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
+    check = getattr(inner, "check_inputs", None) if accelerator.device.type != "cpu" else None  # (on the CPU, forward checks)
     for i, batch in enumerate(micro_batches):
+        if check is not None:
+            check(*batch)  # on the host before the copy: no device sync, and a bad batch is named before it reaches a kernel
         inputs, targets = to_device(batch, accelerator.device)
         last = i == len(micro_batches) - 1
         if fsdp_sync is not None:

@@ -212,6 +212,12 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     capsys.readouterr()
     assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'other'}", f"init_from={first}", "layout=prefix", "max_steps=1"]) == 2
     assert "was trained with layout=encoder-decoder; grow it with layout=encoder-decoder" in capsys.readouterr().err
+    # sizes a grown run cannot change are refused before its run directory is made (they were recorded, then ignored)
+    for bad, message in [(f"dim={2 * TINY['dim']}", f"dim={2 * TINY['dim']}: a run grown from init_from={first} keeps its dim={TINY['dim']}"),
+                         ("patch_size=4", "patch_size=4: a run grown from"),
+                         ("grad_accum=4", "batch_size=15 (the sum of weights) must be divisible by grad_accum=4")]:
+        assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", f"init_from={first}", "weights=5,5,5", "max_steps=1", bad]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()
 
 
 @pytest.mark.slow

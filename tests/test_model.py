@@ -613,3 +613,25 @@ def test_decoding_needs_a_prompt_at_positions_from_zero():
         with pytest.raises(ValueError, match=r"the prompt's positions must be 0 \.\. 3"):
             decode({"text": collate([shifted])})
         assert decode({"text": collate([ts])}).shape[1] >= 4
+
+
+def test_inputs_and_targets_the_model_would_misread_are_named():
+    """A batch key or a target naming no modality or head (silently ignored before: nothing trained
+    on it), and tokens beyond a modality's declarations (a type past its own read the next
+    modality's type row; a position past the table failed as a bare IndexError)."""
+    model = multimodal("encoder-decoder").eval()
+    image = collate([TokenSet("image", values=torch.randn(4, 12))])
+    text = collate([rand_text(3, 1)])
+    with pytest.raises(ValueError, match=r"model inputs \['pointcloud'\]: this model reads \['image', 'text'\]"):
+        model({"image": image, "text": text, "pointcloud": image})
+    with pytest.raises(ValueError, match=r"targets \['label'\]: this model's heads are \['cls', 'lm', 'reg'\]"):
+        model({"image": image, "text": text}, {"label": torch.tensor([1])})
+    cases = [
+        (TokenSet("image", values=torch.randn(4, 12), types=torch.tensor([0, 1, 2, 0])), r"type 2 is beyond the declared types \('patch', 'extra'\)"),
+        (TokenSet("image", values=torch.randn(20, 12)), "position 19 is beyond the declared table of 16 positions"),
+        (TokenSet("image", values=torch.randn(4, 13)), "values have width 13"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=message):
+            model({"image": collate([bad]), "text": text})
+    model({"image": image, "text": text}, {"cls": torch.tensor([1])})  # a good batch passes

@@ -52,11 +52,17 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
     dist = tmp_path / "toy_plugin-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n"
+                                           "broken = no_such_module_here:Nope\n")  # a half-installed plugin beside it
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
-        assert "toy" in registry.list_tokenizers()
+        from toy_plugin import ToyTokenizer  # imported directly, saved before any lookup: its entry point names it
+
+        with pytest.warns(UserWarning, match=r"plugin tokenizer 'broken' \(no_such_module_here:Nope\) failed to load, skipped: ModuleNotFoundError"):
+            ToyTokenizer(scale=3.0).save(tmp_path / "direct")
+        assert load_tokenizer(tmp_path / "direct").scale == 3.0
+        assert "toy" in registry.list_tokenizers() and "text_char" in registry.list_tokenizers()  # the broken one stops nothing
         tok = registry.create("toy", scale=2.0)
         ts = tok.encode([1.0, 2.0])
         assert ts.values[:, 0].tolist() == [2.0, 4.0] and ts.validate(tok.spec)
@@ -65,3 +71,18 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
     finally:
         registry._REGISTRY.pop("toy", None)
         sys.modules.pop("toy_plugin", None)
+
+
+def test_an_unregistered_subclass_is_not_saved_under_its_parents_name(tmp_path):
+    """A subclass inherits its parent's registered name; saved under it, it would load back as the
+    parent (without what the subclass changes): refused, naming the class and the fix."""
+    from tokenizers_mm import CharTokenizer
+
+    class LowerChar(CharTokenizer):
+        def encode(self, text, name="text"):
+            return super().encode(text.lower(), name)
+
+    with pytest.raises(ValueError, match=r"LowerChar is not a registered tokenizer: decorate it with @register"):
+        LowerChar(chars="abc").save(tmp_path / "lower")
+    assert not (tmp_path / "lower" / "tokenizer.json").exists()
+    assert type(load_tokenizer(CharTokenizer(chars="abc").save(tmp_path / "plain"))) is CharTokenizer

@@ -14,7 +14,7 @@ import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .registry import get
+from .registry import get, name_of
 from .tokenset import ModalitySpec, TokenSet
 
 FORMAT = "tokenizers-mm/tokenizer"
@@ -101,6 +101,14 @@ def read_json(path: Path, what: str) -> dict:
     return obj
 
 
+def _json_ok(value) -> bool:
+    try:
+        json.dumps(value)
+    except TypeError:
+        return False
+    return True
+
+
 class Tokenizer:
     """Base class: set the declarations, implement `encode`, `decode` and `config`."""
 
@@ -126,9 +134,15 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, directory) -> Path:
+        doc = {"format": FORMAT, "version": FORMAT_VERSION, "name": name_of(type(self)), "config": self.config()}
+        try:
+            json.dumps(doc["config"])
+        except TypeError as e:  # e.g. a NumPy number or array in config()
+            bad = next((k for k, v in doc["config"].items() if not _json_ok(v)), "?")
+            raise TypeError(f"tokenizer {doc['name']!r}: config() must hold JSON values (numbers, strings, lists, dicts); "
+                            f"{bad!r} does not ({e}); convert it, e.g. with float() or .tolist()") from None  # fmt: skip
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        doc = {"format": FORMAT, "version": FORMAT_VERSION, "name": self.name, "config": self.config()}
         write_json_atomic(directory / FILE_NAME, doc)
         return directory
 

@@ -8,6 +8,7 @@ lookup, so `pip install` of a plugin is all a user does. Follows timm's `registe
 
 from __future__ import annotations
 
+import warnings
 from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "tokenizers_mm.modalities"
@@ -30,13 +31,35 @@ def register(name: str):
 
 
 def _load_plugins():
+    """Register every installed plugin once; one that fails to import is skipped with a warning naming
+    it (the others, and the built-in tokenizers, stay usable)."""
     global _plugins_loaded
     if _plugins_loaded:
         return
     _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name not in _REGISTRY:
-            register(ep.name)(ep.load())
+        if ep.name in _REGISTRY:
+            continue
+        try:
+            cls = ep.load()
+        except Exception as e:  # noqa: BLE001  # a broken or half-installed package: ImportError, AttributeError, its own errors
+            warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) failed to load, skipped: "
+                          f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}", stacklevel=2)  # fmt: skip
+            continue
+        register(ep.name)(cls)
+
+
+def name_of(cls: type) -> str:
+    """The name `cls` is registered under (what a saved tokenizer records, and loads back by), or an
+    error: a class that is not registered itself (a subclass inherits its parent's name) would load
+    back as another class."""
+    for attempt in range(2):
+        found = [name for name, c in _REGISTRY.items() if c is cls]
+        if found:
+            return found[0]
+        _load_plugins()  # a plugin class imported directly is registered by its entry point
+    raise ValueError(f"{cls.__qualname__} is not a registered tokenizer: decorate it with @register(\"name\") (or declare its "
+                     f"entry point) so that a saved one loads back as {cls.__qualname__}")  # fmt: skip
 
 
 def get(name: str) -> type:
