@@ -175,7 +175,9 @@ def test_damaged_checkpoint_refused(tmp_path, damage):
         f.unlink()
     else:
         (ckpt / "manifest.json").write_text("{trunc")
-    with pytest.raises(CheckpointError, match="checkpoint .* (truncated|corrupt|incomplete)"):
+    expected = {"truncate": "is truncated: a.bin has 50 bytes", "flip": "is corrupt: a.bin does not match its SHA-256",
+                "delete": "is incomplete: a.bin is missing", "manifest": "is incomplete or corrupt"}[damage]  # fmt: skip
+    with pytest.raises(CheckpointError, match=f"checkpoint .* {expected}"):
         verify(ckpt)
 
 

@@ -39,6 +39,10 @@ def test_any_episode_tokenizes_and_decodes(case):
     np.testing.assert_allclose(back["observations"], ep["observations"][start : start + n], rtol=1e-4, atol=1e-2)
     if discrete:
         assert back["actions"].tolist() == ep["actions"][start : start + n].tolist()
+    else:  # scaled to [-1, 1] and back (the default space is [-1, 1])
+        np.testing.assert_allclose(back["actions"], ep["actions"][start : start + n], atol=1e-6)
+    rtg = np.cumsum(ep["rewards"][::-1].astype(np.float64))[::-1]  # the rewards from each step on (gamma 1)
+    np.testing.assert_allclose(back["returns_to_go"], rtg[start : start + n], rtol=1e-5, atol=1e-2)
 
 
 @settings(max_examples=200, deadline=None)

@@ -4,6 +4,7 @@ GPU takes, and FSDP sharding (torch's fully_shard on gloo: Accelerate only switc
 accelerator devices, so on the CPU its plugin would silently give DDP)."""
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -32,10 +33,12 @@ def tiny(mode: str = "decoder", **trunk) -> MultimodalTransformer:
 
 
 class Windows(torch.utils.data.Dataset):
-    """Next-token windows over a fixed random id stream (as gpt_char's)."""
+    """Next-token windows over a fixed random id stream (as gpt_char's); period=k: the ids 0..k-1
+    repeating, a stream a model learns (a random one stays near ln V whatever the training does)."""
 
-    def __init__(self, n: int = 200, seed: int = 0):
-        self.ids = torch.randint(0, V, (n + N + 1,), generator=torch.Generator().manual_seed(seed))
+    def __init__(self, n: int = 200, seed: int = 0, period: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.arange(n + N + 1) % period if period else torch.randint(0, V, (n + N + 1,), generator=g)
 
     def __len__(self):
         return len(self.ids) - N - 1
@@ -186,7 +189,8 @@ def test_bf16_autocast_through_accelerate(fresh_accelerate):
 
 
 def test_training_options_in_one_short_run(tmp_path, fresh_accelerate):
-    """precision=bf16, fused_adamw and grad_checkpoint through `train`: the losses follow an fp32 run's."""
+    """precision=bf16, fused_adamw and grad_checkpoint through `train`: the losses follow an fp32 run's
+    on a stream the model learns (so a bf16 run that does not learn falls outside the tolerance)."""
     from accelerate.state import AcceleratorState
 
     losses = {}
@@ -196,10 +200,10 @@ def test_training_options_in_one_short_run(tmp_path, fresh_accelerate):
                           log_mfu=False, **opts)  # fmt: skip
         torch.manual_seed(0)
         model = tiny(dropout=0.1)
-        train(cfg, model, Windows(), collate_examples, lambda m, a: {"val_loss": 0.0}, tmp_path / name)
+        train(cfg, model, Windows(period=7), collate_examples, lambda m, a: {"val_loss": 0.0}, tmp_path / name)
         losses[name] = [r["loss"] for r in read_metrics(tmp_path / name) if "loss" in r]
         assert model.decoder.grad_checkpoint == bool(opts)
-    assert len(losses["bf16"]) == 2 and losses["bf16"][1] < losses["bf16"][0] + 0.05
+    assert len(losses["bf16"]) == 2 and losses["fp32"][1] < math.log(V) - 0.2  # it learns (2.63 at step 10; untrained: ln V = 3.0)
     for a, b in zip(losses["fp32"], losses["bf16"]):
         assert abs(a - b) < 0.03 * a, losses
 

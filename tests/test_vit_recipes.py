@@ -126,6 +126,15 @@ def test_vit_folder_from_timm_weights(tmp_path):
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **kw))  # 224 -> 32 px: positions resampled 14x14 -> 2x2
     assert json.loads((run / "run.json").read_text())["config"]["dim"] == 192 and 0 <= metrics["val_accuracy"] <= 1
+    # the weights it starts from are timm's: blocks as they are, the position table resampled as timm resamples it
+    from recipes.runs import load_trained
+
+    vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "start"), **{**kw, "max_steps": 0}))
+    start, weights = load_trained(tmp_path / "start")[0], vit.state_dict()
+    assert torch.equal(start.encoder.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    assert torch.equal(start.encoder.blocks[-1].mlp.fc.weight, weights["blocks.11.mlp.fc1.weight"])
+    resampled = timm.layers.resample_abs_pos_embed(weights["pos_embed"], (2, 2), num_prefix_tokens=1)[0]  # CLS row, then 2x2 patches
+    torch.testing.assert_close(start.embedders["image"].pos.weight, resampled, atol=1e-6, rtol=0)
 
 
 def test_vit_mnist_data_and_a_few_steps(tmp_path):
