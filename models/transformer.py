@@ -402,11 +402,12 @@ class MultimodalTransformer(nn.Module):
         return memory.states, memory.mask
 
     def _new_cache(self, batch: int, length: int, device) -> KVCache:
-        """A cache in the dtype the keys and values come in: autocast's (bf16 / fp16) when it is on,
-        else the weights' (an fp32 buffer under autocast held the same bf16 values at twice the memory,
-        and attention cast all of it back at every step)."""
-        t, device = self.config.trunk, torch.device(device)
-        dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else self.type_embed.weight.dtype
+        """A cache in the dtype the keys and values come in: autocast's (bf16 / fp16) when it is on and
+        casts the weights (it leaves float64 alone), else the weights' (an fp32 buffer under autocast
+        held the same bf16 values at twice the memory, and attention cast all of it back at every step)."""
+        t, device, dtype = self.config.trunk, torch.device(device), self.type_embed.weight.dtype
+        if torch.is_autocast_enabled(device.type) and dtype != torch.float64:
+            dtype = torch.get_autocast_dtype(device.type)
         return KVCache(len(self.decoder.blocks), batch, t.num_heads, length, t.dim // t.num_heads, device, dtype)
 
     @torch.no_grad()

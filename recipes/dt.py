@@ -94,12 +94,14 @@ def check_env(cfg: Config, env) -> None:
     name, obs, act = env.spec.id if env.spec else "the environment", env.observation_space, env.action_space
     if not isinstance(obs, gym.spaces.Box):
         raise ValueError(f"{name}: observation space {obs}; the Decision Transformer reads observations as a Box of numbers "
-                         "(wrap the environment with gymnasium.wrappers.FlattenObservation)")  # fmt: skip
+                         "(register an environment id wrapped in gymnasium.wrappers.FlattenObservation, and give env= that id)")  # fmt: skip
     if isinstance(act, gym.spaces.Discrete) and int(act.start) != 0:
         raise ValueError(f"{name}: action space {act} starts at {int(act.start)}; the tokenizer reads ids from 0")
     if not isinstance(act, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"{name}: action space {act}; expected Discrete ids or a Box of values")
-    if isinstance(act, gym.spaces.Box) and not (np.isfinite(act.low).all() and np.isfinite(act.high).all()):
+    with np.errstate(over="ignore", invalid="ignore"):
+        unbounded = isinstance(act, gym.spaces.Box) and not np.isfinite(act.high.astype(np.float32) - act.low.astype(np.float32)).all()
+    if unbounded:
         raise ValueError(f"{name}: action space {act} is unbounded; continuous actions are scaled from its bounds to [-1, 1]")
     limit = env.spec.max_episode_steps if env.spec else None
     if limit and limit > cfg.max_timestep:

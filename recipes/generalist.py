@@ -49,6 +49,7 @@ and prints the two side by side.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -436,7 +437,7 @@ def batch_size(cfg: Config, weights: list[float]) -> int:
 
 PARENT_TOKENIZER_KEYS = {  # config key -> (the parent's saved tokenizer, its attribute) that a grown run keeps
     "patch_size": ("image", "patch_size"), "text_block": ("prose", "max_positions"), "context": ("trajectory", "context"),
-    "max_timestep": ("trajectory", "max_timestep"), "rtg_scale": ("trajectory", "rtg_scale"),
+    "max_timestep": ("trajectory", "max_timestep"), "rtg_scale": ("trajectory", "rtg_scale"), "max_frames": ("audio", "max_frames"),
 }  # fmt: skip
 
 
@@ -489,7 +490,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         if trained_layout != cfg.layout:  # note: the trunk below is the trained one; a config of the other layout would not fit it
             raise ValueError(f"init_from={cfg.init_from} was trained with layout={trained_layout}; grow it with layout={trained_layout}")
         config = model_config(cfg, tasks)
-        config.trunk = old.trunk  # the trained trunk, whatever dim / depth this config says
+        config.trunk = dataclasses.replace(old.trunk, dropout=cfg.dropout)  # the trained trunk (its sizes are in cfg: keep_parent_sizes)
         model = grow(load_trained(cfg.init_from)[0], config) if not resume else MultimodalTransformer(config)
         if cfg.freeze_trained:
             freeze_trained(model, old)

@@ -186,7 +186,7 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     total = torch.zeros((), device=accelerator.device)
     inner = accelerator.unwrap_model(model) if inner is None else inner
     fsdp_sync = getattr(inner, "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
-    check = getattr(inner, "check_inputs", None) if accelerator.device.type != "cpu" else None  # (on the CPU, forward checks)
+    check = getattr(inner, "check_inputs", None)  # (forward checks CPU batches too, unless compiled: ~20 µs each)
     for i, batch in enumerate(micro_batches):
         if check is not None:
             check(*batch)  # on the host before the copy: no device sync, and a bad batch is named before it reaches a kernel

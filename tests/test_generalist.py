@@ -249,3 +249,18 @@ def test_weights_default_per_task_and_explicit_lists_must_match_the_tasks():
     assert g.task_list(g.Config(tasks="control,text", loss_weights="2,1"))[2] == [2.0, 1.0]
     with pytest.raises(ValueError, match=r"loss_weights='0.6,2,6' needs one non-negative number per task, in the order of tasks= \(digits, control\)"):
         g.task_list(g.Config(tasks="digits,control", loss_weights="0.6,2,6"))
+
+
+def test_a_grown_run_takes_its_parents_sizes():
+    """keep_parent_sizes writes the parent's trunk and tokenizer sizes into the config (run.json
+    records what trains) and refuses a different one; a default left alone takes the parent's."""
+    from models import TrunkConfig
+    from tokenizers_mm import ImageTokenizer
+
+    trunk = TrunkConfig(dim=48, depth=3, num_heads=3, mode="encoder-decoder", dec_depth=2)
+    saved = {"image": ImageTokenizer(image_size=8, patch_size=4, channels=1, mean=[0.5], std=[0.5], cls_token=True)}
+    cfg = g.Config(init_from="parent", dropout=0.1)
+    g.keep_parent_sizes(cfg, trunk, saved)
+    assert (cfg.dim, cfg.depth, cfg.num_heads, cfg.dec_depth, cfg.patch_size, cfg.dropout) == (48, 3, 3, 2, 4, 0.1)
+    with pytest.raises(ValueError, match="depth=6: a run grown from init_from=parent keeps its depth=3"):
+        g.keep_parent_sizes(g.Config(init_from="parent", depth=6), trunk, saved)

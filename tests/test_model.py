@@ -105,6 +105,11 @@ def test_cached_generation_under_autocast_keeps_the_cache_in_its_dtype():
         prompt = {"text": collate([rand_text(4, 3), rand_text(4, 4)])}
         assert torch.equal(model.generate(prompt, 40, 0.0, use_cache=True), model.generate(prompt, 40, 0.0, use_cache=False))
         assert torch.equal(encdec.generate(inputs, 10, temperature=0, use_cache=True), encdec.generate(inputs, 10, temperature=0, use_cache=False))
+        assert torch.equal(encdec.beam_search(inputs, 6, beam_size=1), encdec.generate(inputs, 6, temperature=0))  # beam 1 is greedy
+        assert encdec.beam_search(inputs, 6, beam_size=3).shape[0] == 2  # the bf16 cache reorders between beams
+        wide = lm_model().double()  # autocast leaves float64 alone: so does the cache
+        assert wide._new_cache(1, 4, "cpu").k[0].dtype == torch.float64
+        assert torch.equal(wide.generate(prompt, 8, 0.0, use_cache=True), wide.generate(prompt, 8, 0.0, use_cache=False))
 
 
 def test_generation_stops_when_every_row_has_ended():

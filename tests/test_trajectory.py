@@ -92,8 +92,10 @@ def test_bad_episodes_are_named():
     assert clipped.targets[1::3][4].tolist() == [0.5, 1.0]
     continuous["actions"][4, 1] = 1 + 1e-5  # rounding in a stored dataset passes
     assert len(TrajectoryTokenizer(4, 2, discrete=False, context=7).encode(continuous)) == 21
-    with pytest.raises(ValueError, match="the bounds must be finite"):  # no scale to [-1, 1] from an unbounded side (it gave NaN or -1)
+    with pytest.raises(ValueError, match="the bounds and their span must be finite"):  # no scale to [-1, 1] from an unbounded side (it gave NaN or -1)
         TrajectoryTokenizer(4, 2, discrete=False, action_low=[-np.inf, -1], action_high=[1, 1])
+    with pytest.raises(ValueError, match="the bounds and their span must be finite"):  # each finite, the span not (high - low overflows)
+        TrajectoryTokenizer(4, 1, discrete=False, action_low=[-3.4e38], action_high=[3.4e38])
     for scale in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="rtg_scale=.* must be a finite number above 0"):
             TrajectoryTokenizer(4, 2, discrete=True, rtg_scale=scale)

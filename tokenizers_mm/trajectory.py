@@ -114,9 +114,11 @@ class TrajectoryTokenizer(Tokenizer):
         self.state_std = np.ones(state_dim, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.action_low = -np.ones(action_dim, np.float32) if action_low is None else np.asarray(action_low, np.float32).reshape(action_dim)
         self.action_high = np.ones(action_dim, np.float32) if action_high is None else np.asarray(action_high, np.float32).reshape(action_dim)
-        if not discrete and not (np.isfinite(self.action_low).all() and np.isfinite(self.action_high).all()):
+        with np.errstate(over="ignore", invalid="ignore"):
+            span_finite = bool(np.isfinite(self.action_high - self.action_low).all())  # (±float32 max: finite bounds, an infinite span)
+        if not discrete and not span_finite:
             raise ValueError(f"trajectory: continuous actions are scaled from [action_low, action_high] to [-1, 1] (the action head "
-                             f"ends in tanh); the bounds must be finite, got {self.action_low.tolist()} .. {self.action_high.tolist()}")  # fmt: skip
+                             f"ends in tanh); the bounds and their span must be finite, got {self.action_low.tolist()} .. {self.action_high.tolist()}")  # fmt: skip
         if not discrete and not np.all(self.action_high > self.action_low):
             raise ValueError(f"trajectory: action_high {self.action_high.tolist()} must exceed action_low {self.action_low.tolist()} "
                              "in every dimension")  # fmt: skip
