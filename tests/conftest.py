@@ -18,14 +18,6 @@ def seed():
     yield
 
 
-@pytest.fixture
-def shakespeare() -> Path:
-    path = SHARED_DATA / "tinyshakespeare.txt"
-    if not path.exists():
-        pytest.skip(f"{path} is absent")
-    return path
-
-
 def write_small_text(folder: Path) -> Path:
     """A small real corpus: tiny shakespeare's opening when present, else Python's own docs."""
     src = SHARED_DATA / "tinyshakespeare.txt"
