@@ -438,6 +438,7 @@ def batch_size(cfg: Config, weights: list[float]) -> int:
 PARENT_TOKENIZER_KEYS = {  # config key -> (the parent's saved tokenizer, its attribute) that a grown run keeps
     "patch_size": ("image", "patch_size"), "text_block": ("prose", "max_positions"), "context": ("trajectory", "context"),
     "max_timestep": ("trajectory", "max_timestep"), "rtg_scale": ("trajectory", "rtg_scale"), "max_frames": ("audio", "max_frames"),
+    "max_text": ("text", "max_positions"),
 }  # fmt: skip
 
 
@@ -453,7 +454,8 @@ def keep_parent_sizes(cfg: Config, trunk, saved: dict) -> None:
             kept[key] = getattr(saved[name], attr)
     for key, value in kept.items():
         given = getattr(cfg, key)
-        if given != getattr(defaults, key) and given != value:
+        same = key == "dec_depth" and value == 0 and given == trunk.depth  # an unset decoder depth is the encoder's
+        if given != getattr(defaults, key) and given != value and not same:
             raise ValueError(f"{key}={given}: a run grown from init_from={cfg.init_from} keeps its {key}={value} (its trained "
                              f"weights and tokenizers); leave {key} out")  # fmt: skip
         setattr(cfg, key, type(given)(value))

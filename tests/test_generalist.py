@@ -264,3 +264,7 @@ def test_a_grown_run_takes_its_parents_sizes():
     assert (cfg.dim, cfg.depth, cfg.num_heads, cfg.dec_depth, cfg.patch_size, cfg.dropout) == (48, 3, 3, 2, 4, 0.1)
     with pytest.raises(ValueError, match="depth=6: a run grown from init_from=parent keeps its depth=3"):
         g.keep_parent_sizes(g.Config(init_from="parent", depth=6), trunk, saved)
+    unset = TrunkConfig(dim=48, depth=5, num_heads=3, mode="encoder-decoder")  # dec_depth None: the encoder's depth
+    cfg = g.Config(init_from="parent", dec_depth=5)  # the same model, said explicitly (the recipe's default is 3)
+    g.keep_parent_sizes(cfg, unset, {})
+    assert cfg.dec_depth == 0
