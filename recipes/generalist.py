@@ -48,8 +48,8 @@ and prints the two side by side.
 
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -447,8 +447,9 @@ def keep_parent_sizes(cfg: Config, trunk, saved: dict) -> None:
     is refused (it would be ignored: the trained weights and tables are the parent's), and the
     parent's values are written into cfg, so run.json records what trains."""
     defaults = Config()
-    kept = {"dim": trunk.dim, "depth": trunk.depth, "num_heads": trunk.num_heads, "mlp_ratio": trunk.mlp_ratio,
-            "dec_depth": (trunk.dec_depth or 0) if trunk.mode == "encoder-decoder" else cfg.dec_depth}  # fmt: skip
+    kept = {"dim": trunk.dim, "depth": trunk.depth, "num_heads": trunk.num_heads, "mlp_ratio": trunk.mlp_ratio}
+    if trunk.mode == "encoder-decoder":
+        kept["dec_depth"] = trunk.dec_depth or 0
     for key, (name, attr) in PARENT_TOKENIZER_KEYS.items():
         if name in saved and hasattr(saved[name], attr):
             kept[key] = getattr(saved[name], attr)

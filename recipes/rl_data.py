@@ -37,6 +37,7 @@ PENDULUM_EPISODES = 1500  # 300k steps (200 per episode), ~4 s
 DATA_VERSION = 3  # bump when a behaviour policy or the file layout changes: cached datasets regenerate
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")  # D4RL names; timeouts optional
 READ = (*KEYS, "policy_ids", "policy_names")  # what load_episodes reads from a file; the rest is ignored
+SHAPES = {"observations": "[N, S]", "actions": "[N] or [N, A]"}  # each key's expected shape, "[N]" for the rest (errors)
 MANIFEST_SUFFIX = ".manifest.json"  # CartPole-v1.npz is described by CartPole-v1.manifest.json
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -394,7 +395,7 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
     for key in (*KEYS, "policy_ids"):
         if raw.get(key) is None:
             continue
-        a, want = np.asarray(raw[key]), {"observations": "[N, S]", "actions": "[N] or [N, A]"}.get(key, "[N]")
+        a, want = np.asarray(raw[key]), SHAPES.get(key, "[N]")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise RLDataError(f"{source}: {key} has dtype {a.dtype}; expected a numeric array {want}")
         if a.ndim != (2 if key == "observations" else 1) and not (key == "actions" and a.ndim == 2):
@@ -407,8 +408,9 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
     if not lengths["observations"]:
         raise RLDataError(f"{source}: no steps (its arrays have 0 rows); expected at least one episode")
     for key in ("terminals", "timeouts"):  # flags: a NaN or a 2 read as True would cut an episode silently
-        if key in out and not np.isin(out[key], (0, 1)).all():
-            i = int(np.flatnonzero(~np.isin(out[key], (0, 1)))[0])
+        bad = ~np.isin(out[key], (0, 1)) if key in out else None
+        if bad is not None and bad.any():
+            i = int(np.flatnonzero(bad)[0])
             raise RLDataError(f"{source}: {key}[{i}] is {out[key][i]}; expected 0 / 1 (or booleans) per step")
     return out
 
@@ -452,8 +454,7 @@ def _read_file(path: Path) -> dict:
             with h5py.File(path, "r") as f:
                 groups = [k for k in f.keys() if k in READ and not isinstance(f[k], h5py.Dataset)]
                 if groups:  # e.g. dict observations, one dataset per key
-                    raise RLDataError(f"{path}: {groups[0]} is an HDF5 group, not one array; expected a dataset of shape "
-                                      f"{'[N, S]' if groups[0] == 'observations' else '[N] or [N, A]' if groups[0] == 'actions' else '[N]'}")  # fmt: skip
+                    raise RLDataError(f"{path}: {groups[0]} is an HDF5 group, not one array; expected a dataset of shape {SHAPES.get(groups[0], '[N]')}")
                 return {k: f[k][()] if k in READ else None for k in f.keys()}
         except OSError as e:
             raise RLDataError(f"{path}: not a readable HDF5 file ({e})") from None

@@ -135,12 +135,10 @@ class Tokenizer:
 
     def save(self, directory) -> Path:
         doc = {"format": FORMAT, "version": FORMAT_VERSION, "name": name_of(type(self)), "config": self.config()}
-        try:
-            json.dumps(doc["config"])
-        except TypeError as e:  # e.g. a NumPy number or array in config()
-            bad = next((k for k, v in doc["config"].items() if not _json_ok(v)), "?")
+        bad = next((k for k, v in doc["config"].items() if not _json_ok(v)), None)  # e.g. a NumPy number or array
+        if bad is not None:
             raise TypeError(f"tokenizer {doc['name']!r}: config() must hold JSON values (numbers, strings, lists, dicts); "
-                            f"{bad!r} does not ({e}); convert it, e.g. with float() or .tolist()") from None  # fmt: skip
+                            f"{bad!r} holds a {type(doc['config'][bad]).__name__}; convert it, e.g. with float() or .tolist()")  # fmt: skip
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / FILE_NAME, doc)

@@ -53,11 +53,13 @@ def name_of(cls: type) -> str:
     """The name `cls` is registered under (what a saved tokenizer records, and loads back by), or an
     error: a class that is not registered itself (a subclass inherits its parent's name) would load
     back as another class."""
-    for attempt in range(2):
-        found = [name for name, c in _REGISTRY.items() if c is cls]
-        if found:
-            return found[0]
+    registered = lambda: next((name for name, c in _REGISTRY.items() if c is cls), None)  # noqa: E731
+    found = registered()
+    if found is None:
         _load_plugins()  # a plugin class imported directly is registered by its entry point
+        found = registered()
+    if found is not None:
+        return found
     raise ValueError(f"{cls.__qualname__} is not a registered tokenizer: decorate it with @register(\"name\") (or declare its "
                      f"entry point) so that a saved one loads back as {cls.__qualname__}")  # fmt: skip
 
