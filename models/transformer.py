@@ -263,10 +263,8 @@ class MultimodalTransformer(nn.Module):
             if hc.kind in ("classify", "regress") and inputs[hc.modality].segments is not None:  # (read on the host: no sync)
                 raise ValueError(f"head {name!r} pools each row, and the {hc.modality!r} rows are packed (several examples in a row): "
                                  "give it its own rows (collate), or read one token per example (token_classify at a token type)")
-            if hc.kind != "lm" and hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
-                types = inputs[hc.modality].types
-                for t in m.learned_types:
-                    mask = mask & (types != m.token_types.index(t))
+            if hc.kind != "lm":
+                mask = self._pool_mask(name, mask, inputs[hc.modality])
             logits = out.logits[name] = head(h, mask)
             if hc.kind.startswith("token_"):
                 b = inputs[hc.modality]
@@ -308,6 +306,15 @@ class MultimodalTransformer(nn.Module):
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
         return out
 
+    def _pool_mask(self, head: str, mask: Tensor, batch: TokenBatch) -> Tensor:
+        """The tokens a pooled head averages: `mask`, without the learned (CLS-like) tokens for a mean."""
+        hc = self.config.heads[head]
+        m = self.config.modalities[hc.modality]
+        if hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
+            for t in m.learned_types:
+                mask = mask & (batch.types != m.token_types.index(t))
+        return mask
+
     def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
         if not torch.compiler.is_compiling():
             self.check_inputs(inputs, targets)
@@ -330,6 +337,14 @@ class MultimodalTransformer(nn.Module):
         for name, b in inputs.items():
             if b.mask.device.type == "cpu":
                 b.validate(self.config.modalities[name].spec)
+        for name, hc in self.config.heads.items():  # a pooled head reads each row: a row with nothing to read is classified from nothing
+            b = inputs.get(hc.modality)
+            if hc.kind in ("classify", "regress") and b is not None and b.mask.device.type == "cpu" and b.segments is None:
+                empty = ~self._pool_mask(name, b.mask, b).any(1)
+                if empty.any():
+                    what = "content tokens (only its learned tokens: CLS, ...)" if bool(b.mask[empty].any()) else "tokens"
+                    raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no {hc.modality!r} {what} for head {name!r} "
+                                     f"to {'read' if hc.pool == 'cls' else 'average'}: a pooled head needs at least one per sample")  # fmt: skip
 
     @torch.no_grad()
     def cross_attention_scores(self, inputs: dict[str, TokenBatch], memory: Memory | None = None,

@@ -608,6 +608,29 @@ def test_a_pooled_head_refuses_packed_rows_and_a_loss_mask_must_be_bool():
         TokenSet("text", ids=torch.tensor([1, 2]), targets=torch.tensor([2, 3]), loss_mask=torch.tensor([1, 0]))
 
 
+def test_a_pooled_head_refuses_a_sample_with_nothing_to_read():
+    """A sample with no tokens of a pooled head's modality (an empty text) was classified from a
+    zero vector, its loss trained on nothing; with learned tokens (CLS) a mean over none of the
+    content was the same. Each is named by its row; the token heads and LM losses skip such rows."""
+    model = multimodal("encoder")
+    text = collate([rand_text(3), rand_text(2)])
+    empty = TokenSet("image", values=torch.zeros(0, 12))
+    with pytest.raises(ValueError, match="sample 1 of the batch has no 'image' tokens for head 'cls' to average"):
+        model({"image": collate([TokenSet("image", values=torch.randn(3, 12)), empty]), "text": text}, {"cls": torch.tensor([0, 1])})
+    mods = {"image": ModalityConfig.from_spec(IMAGE, learned_types=["extra"])}
+    pooled = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), mods,
+                                               {"cls": HeadConfig("classify", "image", num_outputs=3, pool="mean")}, encoder_inputs=["image"]))  # fmt: skip
+    only_cls = TokenSet("image", values=torch.zeros(1, 12), types=torch.tensor([1]))
+    full = TokenSet("image", values=torch.randn(3, 12), types=torch.tensor([1, 0, 0]))
+    with pytest.raises(ValueError, match=r"sample 0 of the batch has no 'image' content tokens \(only its learned tokens"):
+        pooled({"image": collate([only_cls, full])})
+    assert pooled({"image": collate([full, full])}).logits["cls"].isfinite().all()
+    lm = lm_model()  # a decoder's LM loss over rows with and without targets: the empty row adds nothing
+    loss = lm({"text": collate([next_token_set("text", torch.arange(5)), TokenSet("text", ids=torch.zeros(0, dtype=torch.long),
+                                                                                   targets=torch.zeros(0, dtype=torch.long))])}).loss  # fmt: skip
+    assert torch.allclose(loss, lm({"text": collate([next_token_set("text", torch.arange(5))])}).loss, atol=1e-5)
+
+
 def test_decoding_needs_a_prompt_at_positions_from_zero():
     """generate and beam_search continue a prompt at positions 0 .. N-1 (new tokens take N, N+1,
     ...); a prompt placed elsewhere (a window of a longer text) is refused, not decoded two ways."""
