@@ -233,6 +233,18 @@ def test_compiled_model_equals_eager():
         torch.testing.assert_close(g, ref[k], atol=1e-5, rtol=1e-4, msg=k)
 
 
+def test_a_compiled_run_checks_each_batch_on_the_host(tmp_path, fresh_accelerate):
+    """A compiled forward cannot check its inputs (no graph breaks, no syncs), so with compile=true
+    the loop checks each batch on the host first: an id past the vocabulary is named in one line
+    before anything compiles, not an index error from inside generated code."""
+    data = Windows()
+    data.ids[::10] = V + 4  # in every window
+    cfg = TrainConfig(cpu=True, compile=True, max_steps=2, batch_size=4, warmup_steps=1, log_every=1, eval_every=2, ckpt_every=2, log_mfu=False)
+    with pytest.raises(ValueError, match=rf"TokenBatch\('text'\): ids must lie in \[0, {V}\), got \[0, {V + 4}\]"):
+        train(cfg, tiny(), data, collate_examples, lambda m, a: {"val_loss": 0.0}, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("checkpoints/step-*"))
+
+
 @pytest.mark.parametrize("mode", ["decoder", "encoder-decoder"])
 @pytest.mark.parametrize("padded", [False, True])
 def test_forward_compiles_to_one_graph(mode, padded):
