@@ -2,7 +2,9 @@
 torch.compile, fused AdamW) on synthetic tokens through the toolkit's own training loop, and
 report tokens/s and MFU against the device's measured bf16 matmul peak; the same model in the
 barest loop (one batch on the device, no loader or logging: what the training loop costs on top);
-then the batched log-mel front end's throughput on the device.
+then the batched log-mel front end's throughput on the device; then what the inference commands'
+`--device` runs (transcribe, predict, generate on random-weight runs), on the device against the
+CPU (`inference`: whether tokens and labels agree, and by how much the log-probabilities differ).
 
     bash benchmarks/gpu_check.sh                 # on a GPU machine: about 4-6 minutes on one H200 (three compilations)
     python benchmarks/gpu_check.py size=tiny     # the same path on the CPU in seconds (tested)
@@ -13,7 +15,7 @@ comma-separated list trains in turn, the fastest is reported at the top and ever
 run fails (no Triton, no C++ compiler, a compiler bug), the check says why on stderr and in
 `compile_error`, and measures without compiling from then on; a run that fails otherwise (out of
 memory) is recorded in `runs` and the next size is tried; a failing bare loop or log-mel part is
-reported as `bare_loop_error` / `mel_error` beside the training figures, so a scarce GPU run
+reported as `bare_loop_error` / `mel_error` / `inference_error` beside the training figures, so a scarce GPU run
 still gives figures.
 """
 
@@ -114,6 +116,72 @@ def bare_loop(config: ModelConfig, inputs: dict, steps: int, device, compile_: b
     return steps * sum(int(b.mask.sum()) for b in inputs.values()) / (time.perf_counter() - t0)
 
 
+def random_run(run: Path, recipe: str, cfg, model: MultimodalTransformer, tokenizers: dict) -> Path:
+    """A run directory of `model` as it is (random weights), written as training writes one, for
+    the commands that load a run (`load_trained`) to read."""
+    from recipes.checkpoint import write_checkpoint
+    from recipes.runs import save_run_info
+
+    save_run_info(run, recipe, cfg)
+    for modality, tok in tokenizers.items():
+        tok.save(run / "tokenizers" / modality)
+    write_checkpoint(run, 0, model.save)
+    return run
+
+
+@torch.no_grad()
+def inference_check(device, root: Path) -> dict:
+    """What `mmtok transcribe / predict / generate --device` run, on the device and on the CPU, on
+    random-weight run directories (nothing to download or synthesize): a small Whisper-style run
+    decodes two waveforms greedily and with beam search (`transcribe_batch`: the encoder's Memory, the
+    KV cache), an image run classifies a picture (`predict`), a character LM samples (`generate`).
+    Reports whether the device's tokens, labels and samples equal the CPU's and the largest
+    difference of the first decoding step's log-probabilities: random weights put logits close
+    together, so a near tie may flip a token (TF32 convolutions on the GPU): figures, not a verdict."""
+    import math
+
+    from PIL import Image
+
+    from recipes import gpt_char, vit, vit_digits, whisper_digits
+    from recipes.runs import load_trained
+    from tokenizers_mm import AudioTokenizer, CharTokenizer
+
+    out, torch_device = {}, torch.device(device)
+    cfg = whisper_digits.Config(run_dir=str(root / "speech"), dim=64, depth=2, dec_depth=2, num_heads=2, max_frames=300, max_text=32)
+    audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
+    text_tok = whisper_digits.text_tokenizer(cfg)
+    torch.manual_seed(0)
+    run = random_run(root / "speech", "whisper_digits", cfg, whisper_digits.build_model(cfg, audio_tok, text_tok),
+                     {"audio": audio_tok, "text": text_tok})  # fmt: skip
+    t = torch.arange(40000) / 16000
+    waves = [0.3 * torch.sin(2 * math.pi * 220 * t) * (t < 1.5), 0.1 * torch.randn(24000, generator=torch.Generator().manual_seed(1))]
+    first, texts = {}, {}
+    for where in ("cpu", torch_device):
+        model, toks = load_trained(run, where)
+        memory = whisper_digits.audio_memory(model, toks["audio"].encode_batch(waves))  # the batch moves to the model's device
+        inputs, mem = whisper_digits.decoder_feed(memory, [whisper_digits.prompt_ids(toks["text"])] * len(waves))
+        first[where] = model(inputs, memory=mem).logits["lm"][:, -1].float().log_softmax(-1).cpu()
+        texts[where] = [whisper_digits.transcribe_batch(model, toks["text"], memory, cfg.max_text - 4, beam_size=b) for b in (1, 2)]
+    out.update(speech_logprob_max_diff=float((first["cpu"] - first[torch_device]).abs().max()),
+               speech_greedy_same=texts["cpu"][0] == texts[torch_device][0], speech_beam_same=texts["cpu"][1] == texts[torch_device][1])  # fmt: skip
+    vcfg = vit_digits.Config(run_dir=str(root / "image"), dim=32, depth=2, num_heads=2)
+    image_tok = vit.make_tokenizer(vcfg, [0.5] * vcfg.channels, [0.25] * vcfg.channels)
+    run = random_run(root / "image", "vit_digits", vcfg, vit.build_model(vcfg, image_tok, 10), {"image": image_tok})
+    (run / "classes.txt").write_text("\n".join(str(i) for i in range(10)) + "\n")
+    pixels = torch.randint(0, 256, (vcfg.image_size, vcfg.image_size), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(root / "digit.png")
+    found = {where: vit.predict(run, [root / "digit.png"], top_k=3, device=where)[0]["top"] for where in ("cpu", torch_device)}
+    out.update(image_same_labels=[t["label"] for t in found["cpu"]] == [t["label"] for t in found[torch_device]],
+               image_prob_max_diff=max(abs(a["prob"] - b["prob"]) for a, b in zip(found["cpu"], found[torch_device])))  # fmt: skip
+    gcfg = gpt_char.Config(run_dir=str(root / "text"), dim=32, depth=2, num_heads=2, block_size=64)
+    chars = CharTokenizer.from_corpus("First Citizen: before we proceed any further, hear me speak.\n", max_positions=gcfg.block_size)
+    run = random_run(root / "text", "gpt_char", gcfg, gpt_char.build_model(gcfg, chars), {"text": chars})
+    greedy = {where: gpt_char.generate(run, "First", 40, temperature=0, top_k=None, device=where) for where in ("cpu", torch_device)}
+    sampled = gpt_char.generate(run, "First", 40, temperature=0.8, top_k=5, seed=0, device=torch_device)  # the device's generator
+    out.update(text_greedy_same=greedy["cpu"] == greedy[torch_device], text_sampled_chars=len(sampled))
+    return out
+
+
 def free(gpu: bool) -> None:
     """Drop compiled graphs and cached memory between runs (a new batch shape must not turn the
     next compile dynamic, nor a failed run's memory crowd the next)."""
@@ -201,6 +269,11 @@ def main(argv):
         out.update(mel_throughput(device, int(opts["mel_batch"]) if gpu else 4))
     except Exception as e:  # noqa: BLE001
         out.update(mel_error=one_line(e))
+    try:
+        with tempfile.TemporaryDirectory() as d, contextlib.redirect_stdout(sys.stderr):
+            out["inference"] = inference_check(device, Path(d))
+    except Exception as e:  # noqa: BLE001
+        out.update(inference_error=one_line(e))
     print(json.dumps(out, indent=2))
     return out
 

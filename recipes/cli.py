@@ -67,38 +67,58 @@ def cmd_resume(args):
     module.main(cfg, resume=True)
 
 
+def device_option(fn, device: str | None, recipe: str) -> dict:
+    """{"device": device} for a recipe's function when --device was given (checked: `inference_device`);
+    a plugin recipe's function that takes no device is named rather than given one it would ignore."""
+    if device is None:
+        return {}
+    import inspect
+
+    from .runs import inference_device
+
+    inference_device(device)
+    if "device" not in inspect.signature(fn).parameters:
+        raise ConfigError(f"--device: recipe {recipe!r}'s {fn.__name__} takes no device (it runs where it was written to)")
+    return {"device": device}
+
+
 def cmd_eval(args):
     from .runs import load_run_info
 
-    _, module, _ = load_run_info(args.run_dir)
-    metrics = module.evaluate(args.run_dir)  # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
+    recipe, module, _ = load_run_info(args.run_dir)
+    # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
+    metrics = module.evaluate(args.run_dir, **device_option(module.evaluate, args.device, recipe))
     print(json.dumps({k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
 
 
-def recipe_function(run_dir, name: str, what: str):
-    """The run's recipe's `name` function (generate / predict / transcribe), or a clear error."""
+def recipe_function(args, name: str, what: str):
+    """The run's recipe's `name` function (generate / predict / transcribe), with --device bound when
+    given, or a clear error."""
+    import functools
+
     from .runs import load_run_info
 
-    recipe, module, _ = load_run_info(run_dir)
+    recipe, module, _ = load_run_info(args.run_dir)
     if not hasattr(module, name):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
-    return getattr(module, name)
+    fn = getattr(module, name)
+    return functools.partial(fn, **device_option(fn, args.device, recipe))
 
 
 def cmd_generate(args):
-    generate = recipe_function(args.run_dir, "generate", "generate text")
+    generate = recipe_function(args, "generate", "generate text")
     print(generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
 
 
 def cmd_predict(args):
-    for r in recipe_function(args.run_dir, "predict", "classify images")(args.run_dir, args.images, args.top_k):
+    for r in recipe_function(args, "predict", "classify images")(args.run_dir, args.images, args.top_k):
         print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
 
 
 def cmd_transcribe(args):
     from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
-    transcribe = recipe_function(args.run_dir, "transcribe_files", "transcribe audio")
+    transcribe = recipe_function(args, "transcribe_files", "transcribe audio")
     if args.threads:  # as openai-whisper's --threads: the CPU threads torch computes with
         import torch
 
@@ -220,6 +240,11 @@ def fallback_options(args) -> bool | dict:
     return given
 
 
+def add_device(s) -> None:
+    s.add_argument("--device", default=None, help="where the model runs: cpu (the default), cuda, cuda:N, mps, or auto (this machine's "
+                   "GPU when it has one, else the CPU), as openai-whisper's --device; a GPU computes in float32, as the CPU")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -237,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_resume)
     s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
     s.add_argument("run_dir", metavar="RUN_DIR")
+    add_device(s)
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -245,11 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=positive_int, default=200)
     s.add_argument("--seed", type=int, default=0)
+    add_device(s)
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files with a run's last checkpoint (top-k labels and probabilities).")
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE")
     s.add_argument("--top-k", type=positive_int, default=3)
+    add_device(s)
     s.set_defaults(fn=cmd_predict)
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint: each file is cut at its pauses into segments no longer than the model's window, silence skipped.")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -320,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: torch's, one per core)")  # fmt: skip
     s.add_argument("--task", choices=["transcribe", "translate"], default=None,
                    help="runs on multilingual Whisper weights: translate speech in any language into English text (default: the run's task)")
+    add_device(s)
     s.set_defaults(fn=cmd_transcribe)
     s = sub.add_parser("export", help="write a run as a Hugging Face GPT-2 / Whisper or timm ViT folder",
                        description="Write a run's last checkpoint in its reference library's format: a text language model as a Hugging Face "

@@ -33,6 +33,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
+from tokenizers_mm.trajectory import finite_span
 
 from .config import TrainConfig
 from .runs import resolve_run_dir, save_run_info
@@ -99,9 +100,7 @@ def check_env(cfg: Config, env) -> None:
         raise ValueError(f"{name}: action space {act} starts at {int(act.start)}; the tokenizer reads ids from 0")
     if not isinstance(act, (gym.spaces.Discrete, gym.spaces.Box)):
         raise ValueError(f"{name}: action space {act}; expected Discrete ids or a Box of values")
-    with np.errstate(over="ignore", invalid="ignore"):
-        unbounded = isinstance(act, gym.spaces.Box) and not np.isfinite(act.high.astype(np.float32) - act.low.astype(np.float32)).all()
-    if unbounded:
+    if isinstance(act, gym.spaces.Box) and not finite_span(act.low, act.high):
         raise ValueError(f"{name}: action space {act} is unbounded; continuous actions are scaled from its bounds to [-1, 1]")
     limit = env.spec.max_episode_steps if env.spec else None
     if limit and limit > cfg.max_timestep:
@@ -318,20 +317,22 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
     return {**results["dt"], "bc_return": summary["bc_return"]}
 
 
-def evaluate_run(run_dir) -> dict:
-    """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained)."""
-    from .runs import load_run_info, load_trained
+def evaluate_run(run_dir, device=None) -> dict:
+    """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained), on
+    `device` (None = the CPU)."""
+    from .runs import inference_device, load_run_info, load_trained
 
     _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    device = inference_device(device)
+    model, toks = load_trained(run_dir, device)
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
         target = cfg.target or float(start_returns(load_data(cfg), cfg.gamma).max())
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
-    r = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
+    r = rollouts(model, toks["trajectory"], cfg.env, target, seeds, device=device)
     out = {"target": target, "val_return": float(r.mean()), "val_return_std": float(r.std())}
     if (Path(run_dir) / "bc" / "checkpoints").is_dir():
-        bc, _ = load_trained(Path(run_dir) / "bc")
-        out["bc_return"] = float(rollouts(bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True).mean())
+        bc, _ = load_trained(Path(run_dir) / "bc", device)
+        out["bc_return"] = float(rollouts(bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True, device=device).mean())
     return out

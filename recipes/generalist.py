@@ -518,12 +518,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return metrics
 
 
-def evaluate(run_dir) -> dict:
-    from .runs import load_run_info, load_trained
-    from .train import make_accelerator
+def evaluate(run_dir, device=None) -> dict:
+    from .runs import load_for_eval
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     tasks, _ = build_tasks(cfg, toks)
-    cfg.cpu = True
-    return make_evaluate(tasks)(model, make_accelerator(cfg, Path(run_dir)))
+    return make_evaluate(tasks)(model, accelerator)

@@ -97,8 +97,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return gpt_char.run_text_lm(cfg, "gpt_bpe", build_data, build_model, resume)
 
 
-def evaluate(run_dir) -> dict:
-    return gpt_char.evaluate_text_lm(run_dir, build_data)
+def evaluate(run_dir, device=None) -> dict:
+    return gpt_char.evaluate_text_lm(run_dir, build_data, device)
 
 
 generate = gpt_char.generate

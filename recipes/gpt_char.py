@@ -150,8 +150,9 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
         if prompt not in ("", "\n"):
             raise
         tokens = tokenizer.encode(tokenizer.decode([0]))  # the default "\n" is not in this corpus's vocabulary: start from its first token
-    batch = collate([tokens])  # (1, N)
-    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    batch = collate([tokens]).to(device)  # (1, N)
+    g = torch.Generator(device).manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
     return tokenizer.decode(out[0])
 
@@ -179,25 +180,25 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     return metrics
 
 
-def evaluate_text_lm(run_dir, build_data) -> dict:
-    from .runs import load_run_info
-    from .train import make_accelerator
+def evaluate_text_lm(run_dir, build_data, device=None) -> dict:
+    from .runs import load_for_eval
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     _, _, val_set = build_data(cfg, toks["text"])
-    cfg.cpu = True
-    return make_evaluate(cfg, val_set)(model, make_accelerator(cfg, Path(run_dir)))
+    return make_evaluate(cfg, val_set)(model, accelerator)
 
 
 def main(cfg: Config, resume: bool = False) -> dict:
     return run_text_lm(cfg, "gpt_char", build_data, build_model, resume)
 
 
-def evaluate(run_dir) -> dict:
-    return evaluate_text_lm(run_dir, build_data)
+def evaluate(run_dir, device=None) -> dict:
+    return evaluate_text_lm(run_dir, build_data, device)
 
 
-def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0) -> str:
-    model, toks = load_trained(run_dir)
+def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0,
+             device=None) -> str:  # fmt: skip
+    """A continuation of `prompt` sampled from a run's last checkpoint on `device` (None = the CPU;
+    a seed draws other samples on a GPU than on the CPU, as torch's generators do)."""
+    model, toks = load_trained(run_dir, device)
     return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed)

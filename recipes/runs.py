@@ -15,6 +15,8 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from models import MultimodalTransformer
 from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
@@ -22,8 +24,8 @@ from tokenizers_mm.base import read_json, write_json_atomic
 from .checkpoint import held_checkpoint, latest_checkpoint, verify_latest
 from .config import ConfigError, apply_values, named_configs, parse_overrides, read_yaml
 
-# name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir)`
-# and, for generative recipes, `generate(run_dir, prompt, ...)`.
+# name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir,
+# device=None)` and, for generative recipes, `generate(run_dir, prompt, ..., device=None)`.
 RECIPES = {
     "gpt_char": "recipes.gpt_char",
     "gpt_bpe": "recipes.gpt_bpe",
@@ -131,8 +133,31 @@ def load_run_info(run_dir):
     return doc["recipe"], module, cfg
 
 
+def inference_device(device=None):
+    """The torch.device a trained model runs on: `device` as torch names it (cpu, cuda, cuda:1, mps,
+    ...), or "auto" for this machine's accelerator when it has one, else the CPU; None = the CPU.
+    One that is not here is refused in one line (not a CUDA error deep in the model)."""
+    if device is None:
+        return torch.device("cpu")
+    here = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    if str(device).strip().lower() == "auto":
+        return torch.device(here.type) if here is not None else torch.device("cpu")
+    try:
+        d = torch.device(str(device).strip())
+    except RuntimeError:
+        raise ConfigError(f"device {device!r}: expected cpu, cuda, cuda:N, mps, auto or another device name torch knows") from None
+    if d.type != "cpu":
+        if here is None or here.type != d.type:
+            raise ConfigError(f"device {device!r}: this machine has no {d.type} device (torch sees {here.type if here else 'only the CPU'})")
+        if d.index is not None and d.index >= torch.accelerator.device_count():
+            raise ConfigError(f"device {device!r}: this machine has {torch.accelerator.device_count()} {d.type} device(s), numbered from 0")
+    return d
+
+
 def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str, Tokenizer]]:
-    """The latest checkpoint's model (checked against its manifest) and the run's tokenizers."""
+    """The latest checkpoint's model (checked against its manifest) on `device` (`inference_device`),
+    in eval mode, and the run's tokenizers."""
+    device = inference_device(device)
     run_dir = Path(run_dir)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
@@ -142,6 +167,20 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     tok_root = run_dir / "tokenizers"
     tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
     return model, tokenizers
+
+
+def load_for_eval(run_dir, device=None):
+    """(config, model, tokenizers, accelerator): what a recipe's `evaluate(run_dir, device)` scores
+    a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32."""
+    from .train import make_accelerator
+
+    device = inference_device(device)
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir, device)
+    cfg.cpu = device.type == "cpu"
+    if device.index is not None:  # the accelerator's device ("cuda") is then this one
+        torch.accelerator.set_device_index(device.index)
+    return cfg, model, toks, make_accelerator(cfg, Path(run_dir))
 
 
 class RunTokenizers(dict):

@@ -149,15 +149,12 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
     return metrics
 
 
-def evaluate_run(run_dir, build_data) -> dict:
-    from .runs import load_run_info
-    from .train import make_accelerator
+def evaluate_run(run_dir, build_data, device=None) -> dict:
+    from .runs import load_for_eval
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     _, test_set, classes, _ = build_data(cfg)
-    cfg.cpu = True
-    return make_evaluate(test_set, Collate(toks["image"], cfg, len(classes), train=False))(model, make_accelerator(cfg, Path(run_dir)))
+    return make_evaluate(test_set, Collate(toks["image"], cfg, len(classes), train=False))(model, accelerator)
 
 
 # -- using a trained classifier -------------------------------------------------------------------
@@ -166,15 +163,17 @@ def read_classes(run_dir) -> list[str]:
 
 
 @torch.no_grad()
-def predict(run_dir, paths: list[str], top_k: int = 3) -> list[dict]:
-    """Classify image files with a run's last checkpoint: top-k labels and probabilities each."""
+def predict(run_dir, paths: list[str], top_k: int = 3, device=None) -> list[dict]:
+    """Classify image files with a run's last checkpoint on `device` (None = the CPU): top-k labels
+    and probabilities each."""
     from tokenizers_mm import collate, open_image
 
-    model, toks = load_trained(run_dir)
+    model, toks = load_trained(run_dir, device)
+    device = next(model.parameters()).device
     tok, classes = toks["image"], read_classes(run_dir)
     results = []
     for path in paths:
-        batch = collate([tok.encode(open_image(path), name=str(path))])
+        batch = collate([tok.encode(open_image(path), name=str(path))]).to(device)
         probs = model({"image": batch}).logits["cls"].softmax(-1)[0]
         p, i = probs.topk(min(top_k, len(classes)))
         results.append({"file": str(path), "top": [{"label": classes[j], "prob": round(float(q), 4)} for q, j in zip(p, i)]})

@@ -47,8 +47,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return vit.run(cfg, "vit_digits", build_data, resume)
 
 
-def evaluate(run_dir) -> dict:
-    return vit.evaluate_run(run_dir, build_data)
+def evaluate(run_dir, device=None) -> dict:
+    return vit.evaluate_run(run_dir, build_data, device)
 
 
 predict = vit.predict

@@ -192,8 +192,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 
 
-def evaluate(run_dir) -> dict:
-    return vit.evaluate_run(run_dir, build_data)
+def evaluate(run_dir, device=None) -> dict:
+    return vit.evaluate_run(run_dir, build_data, device)
 
 
 predict = vit.predict

@@ -421,10 +421,11 @@ def audio_memory(model: MultimodalTransformer, audio):
     """The encoder's output (a Memory) for an audio TokenBatch, so that decoding, scoring and retries
     read one encoder pass, as openai-whisper's decoder reads its audio features. A Memory, or the
     batch of a model whose decoder reads the audio itself (the generalist's prefix layout), is
-    returned as it is; either has .select(rows) and .shape."""
-    if isinstance(audio, Memory) or "audio" not in model.config.encoder_inputs:
+    returned as it is, on the model's device; either has .select(rows) and .shape."""
+    if isinstance(audio, Memory):
         return audio
-    return model.encode_memory({"audio": audio})
+    audio = audio.to(next(model.parameters()).device)  # (a no-op where it is already)
+    return audio if "audio" not in model.config.encoder_inputs else model.encode_memory({"audio": audio})
 
 
 def decoder_feed(audio, rows: list) -> tuple[dict, Memory | None]:
@@ -704,19 +705,16 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return run(cfg, "whisper_digits", lambda cfg, _: (*build_data(cfg), None), resume)
 
 
-def evaluate_run(run_dir, build_data) -> dict:
-    from .runs import load_run_info
-    from .train import make_accelerator
+def evaluate_run(run_dir, build_data, device=None) -> dict:
+    from .runs import load_for_eval
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     test_set = build_data(cfg, Path(run_dir))[3]
-    cfg.cpu = True
-    return make_evaluate(cfg, test_set, toks["text"])(model, make_accelerator(cfg, Path(run_dir)))
+    return make_evaluate(cfg, test_set, toks["text"])(model, accelerator)
 
 
-def evaluate(run_dir) -> dict:
-    return evaluate_run(run_dir, lambda cfg, _: build_data(cfg))
+def evaluate(run_dir, device=None) -> dict:
+    return evaluate_run(run_dir, lambda cfg, _: build_data(cfg), device)
 
 
 # -- using a trained model ------------------------------------------------------------------------
@@ -761,10 +759,11 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
 def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool | str = False,
                initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False,
-               word_timestamps: bool = False, windows: str = "pauses") -> list[str]:  # fmt: skip
+               word_timestamps: bool = False, windows: str = "pauses", device=None) -> list[str]:  # fmt: skip
     """The text of each audio file (`transcribe_files`' results, their segments joined with a space)."""
     return [r["text"] for r in transcribe_files(run_dir, paths, beam_size, min_pause, margin, language, task, fallback, suppress,
-                                                initial_prompt, condition_on_previous_text, timestamps, word_timestamps, windows=windows)]  # fmt: skip
+                                                initial_prompt, condition_on_previous_text, timestamps, word_timestamps, windows=windows,
+                                                device=device)]  # fmt: skip
 
 
 @torch.no_grad()
@@ -774,9 +773,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
-                     append_punctuations: str | None = None, patience: float | None = None) -> list[dict]:  # fmt: skip
-    """Transcribe audio files with a run's last checkpoint (the run's beam_size and patience unless
-    given: beam search as openai-whisper's, `MultimodalTransformer.beam_search`): one
+                     append_punctuations: str | None = None, patience: float | None = None, device=None) -> list[dict]:  # fmt: skip
+    """Transcribe audio files with a run's last checkpoint on `device` (None = the CPU; the log-mel is
+    computed on the CPU), with the run's beam_size and patience unless given (beam search as
+    openai-whisper's, `MultimodalTransformer.beam_search`): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
     subtitles. Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at
@@ -831,7 +831,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if patience is not None and beam_size == 1:  # as openai-whisper, which asks for a beam_size with it
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
-    model, toks = load_trained(run_dir)
+    model, toks = load_trained(run_dir, device)
     import itertools
     import sys
 

@@ -204,8 +204,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return whisper_digits.run(cfg, "whisper_folder", build_data, resume)
 
 
-def evaluate(run_dir) -> dict:
-    return whisper_digits.evaluate_run(run_dir, build_data)
+def evaluate(run_dir, device=None) -> dict:
+    return whisper_digits.evaluate_run(run_dir, build_data, device)
 
 
 transcribe, transcribe_files = whisper_digits.transcribe, whisper_digits.transcribe_files

@@ -208,6 +208,10 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     assert main(["resume", str(grown), "max_steps=6"]) == 0, capsys.readouterr().err[-3000:]
     r3 = json.loads((grown / "results.json").read_text())
     assert all(r3[key] == r1[key] for key in ("digits_accuracy", "speech_wer", "control_return"))  # still frozen
+    capsys.readouterr()
+    assert main(["eval", str(grown), "--device", "auto"]) == 0  # every task's metric again (auto: the GPU when there is one)
+    again = json.loads(capsys.readouterr().out)
+    assert again["digits_accuracy"] == pytest.approx(r3["digits_accuracy"], rel=1e-6) and again["text_loss"] == pytest.approx(r3["text_loss"], rel=1e-4)
     (tmp_path / "moved").rename(first)
     capsys.readouterr()
     assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'other'}", f"init_from={first}", "layout=prefix", "max_steps=1"]) == 2

@@ -93,8 +93,27 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
+    assert mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50", "--device", "cpu").stdout == out
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
         assert (run / f).exists(), f
+
+
+def test_cli_device_option(trained, capsys):
+    """--device names where eval / generate / predict / transcribe run the model: the CPU (the
+    default), a GPU, or auto (the GPU when there is one); a device this machine lacks, or a name
+    torch does not know, is one line, not a CUDA error from inside the model."""
+    from recipes.cli import main
+
+    assert main(["eval", str(trained), "--device", "cpu"]) == 0
+    on_cpu = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(trained), "--device", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_loss"] == pytest.approx(on_cpu["val_loss"], rel=1e-4)
+    missing = "mps" if torch.cuda.is_available() else "cuda"
+    for device, message in ((missing, f"device '{missing}': this machine has no {missing} device"), ("gpu0", "device 'gpu0': expected cpu, cuda")):
+        for cmd in (["eval", str(trained)], ["generate", str(trained)]):
+            assert main([*cmd, "--device", device]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("mmtok: error:") and message in err and err.strip().count("\n") == 0, err
 
 
 @pytest.mark.parametrize(

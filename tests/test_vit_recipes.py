@@ -25,6 +25,10 @@ def test_vit_digits_trains_predicts_and_shows(tmp_path):
     Image.fromarray((img[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "digit.png")
     (result,) = predict(run, [tmp_path / "digit.png"], top_k=3)
     assert len(result["top"]) == 3 and result["top"][0]["prob"] >= result["top"][1]["prob"]
+    (auto,) = predict(run, [tmp_path / "digit.png"], top_k=3, device="auto")  # the GPU when there is one (`mmtok predict --device`)
+    assert [t["label"] for t in auto["top"]] == [t["label"] for t in result["top"]]
+    assert [t["prob"] for t in auto["top"]] == pytest.approx([t["prob"] for t in result["top"]], abs=1e-3)
+    assert vit_digits.evaluate(run, device="auto")["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1 / 360)
     out = show(tmp_path / "digit.png", tmp_path / "digit_patches.png", run_dir=run)
     assert out.stat().st_size > 2000
 

@@ -73,7 +73,7 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
         assert a - 0.011 <= start and start + len(w) / 16000 <= b + 0.011 and len(w) / 16000 >= 0.8 * (b - a)
     sf.write(tmp_path / "quiet.wav", np.zeros(16000, np.float32), 16000)
     capsys.readouterr()
-    assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "quiet.wav"), "--min-pause", "0.2"]) == 0
+    assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "quiet.wav"), "--min-pause", "0.2", "--device", "auto"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{tmp_path / 'long.wav'}: ") and out[1] == f"{tmp_path / 'quiet.wav'}: "  # silence: nothing to say
     capsys.readouterr()  # two files of one name would overwrite each other's transcripts

@@ -83,6 +83,13 @@ def _field(episode, name: str):
     return episode[name] if isinstance(episode, dict) else getattr(episode, name)
 
 
+def finite_span(low, high) -> bool:
+    """Whether action bounds and their span are finite in float32, as actions are scaled from them
+    (±float32 max: finite bounds, an infinite span)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(np.asarray(high, np.float32) - np.asarray(low, np.float32)).all())
+
+
 # -- tokenizer ------------------------------------------------------------------------------------
 @register("trajectory")
 class TrajectoryTokenizer(Tokenizer):
@@ -114,9 +121,7 @@ class TrajectoryTokenizer(Tokenizer):
         self.state_std = np.ones(state_dim, np.float32) if state_std is None else np.asarray(state_std, np.float32)
         self.action_low = -np.ones(action_dim, np.float32) if action_low is None else np.asarray(action_low, np.float32).reshape(action_dim)
         self.action_high = np.ones(action_dim, np.float32) if action_high is None else np.asarray(action_high, np.float32).reshape(action_dim)
-        with np.errstate(over="ignore", invalid="ignore"):
-            span_finite = bool(np.isfinite(self.action_high - self.action_low).all())  # (±float32 max: finite bounds, an infinite span)
-        if not discrete and not span_finite:
+        if not discrete and not finite_span(self.action_low, self.action_high):
             raise ValueError(f"trajectory: continuous actions are scaled from [action_low, action_high] to [-1, 1] (the action head "
                              f"ends in tanh); the bounds and their span must be finite, got {self.action_low.tolist()} .. {self.action_high.tolist()}")  # fmt: skip
         if not discrete and not np.all(self.action_high > self.action_low):

@@ -111,14 +111,12 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return metrics
 
 
-def evaluate(run_dir) -> dict:
-    from recipes.runs import load_run_info, load_trained
-    from recipes.train import make_accelerator
+def evaluate(run_dir, device=None) -> dict:
+    """`mmtok eval RUN [--device cuda]`: the last checkpoint's test accuracy."""
+    from recipes.runs import load_for_eval
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir)
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)  # on `device` (None: the CPU)
     _, _, test_arrays = build_data(cfg)
     rows = list(zip(*test_arrays))
     collate_fn = Collate(toks["sensor"], cfg.placement)
-    cfg.cpu = True
-    return accuracy(model, make_accelerator(cfg, Path(run_dir)), [collate_fn(rows[i : i + 256]) for i in range(0, len(rows), 256)])
+    return accuracy(model, accelerator, [collate_fn(rows[i : i + 256]) for i in range(0, len(rows), 256)])
