@@ -164,6 +164,15 @@ def inference_check(device, root: Path) -> dict:
         texts[where] = [whisper_digits.transcribe_batch(model, toks["text"], memory, cfg.max_text - 4, beam_size=b) for b in (1, 2)]
     out.update(speech_logprob_max_diff=float((first["cpu"] - first[torch_device]).abs().max()),
                speech_greedy_same=texts["cpu"][0] == texts[torch_device][0], speech_beam_same=texts["cpu"][1] == texts[torch_device][1])  # fmt: skip
+    try:  # the whole command, from a file (its log-mel on the device too), where soundfile is installed
+        import soundfile
+
+        soundfile.write(root / "speech.wav", torch.cat([waves[0], torch.zeros(8000), waves[1]]).numpy(), 16000)
+        files = {where: whisper_digits.transcribe_files(run, [root / "speech.wav"], device=where)[0] for where in ("cpu", torch_device)}
+        out.update(transcribe_files_same_text=files["cpu"]["text"] == files[torch_device]["text"],
+                   transcribe_files_chars=len(files[torch_device]["text"]))  # fmt: skip
+    except ImportError:
+        out["transcribe_files_same_text"] = "not run: soundfile is not installed"
     vcfg = vit_digits.Config(run_dir=str(root / "image"), dim=32, depth=2, num_heads=2)
     image_tok = vit.make_tokenizer(vcfg, [0.5] * vcfg.channels, [0.25] * vcfg.channels)
     run = random_run(root / "image", "vit_digits", vcfg, vit.build_model(vcfg, image_tok, 10), {"image": image_tok})

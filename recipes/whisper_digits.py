@@ -775,7 +775,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
                      append_punctuations: str | None = None, patience: float | None = None, device=None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint on `device` (None = the CPU; the log-mel is
-    computed on the CPU), with the run's beam_size and patience unless given (beam search as
+    computed there too), with the run's beam_size and patience unless given (beam search as
     openai-whisper's, `MultimodalTransformer.beam_search`): one
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
@@ -832,6 +832,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
     model, toks = load_trained(run_dir, device)
+    on = next(model.parameters()).device  # the log-mel is computed there too, as openai-whisper's transcribe does
     import itertools
     import sys
 
@@ -916,7 +917,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         if windows == "seek":
             from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
 
-            mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)), str(p))
+            mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)).to(on), str(p))
             if language == "auto":
                 detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
             content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)
@@ -932,7 +933,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
                 segments = fill_windows(segments, seconds)
             while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
-                batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group])
+                batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group], device=on)
                 batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
                 if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
                     detect(batch.select(slice(0, 1)))

@@ -72,7 +72,8 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
     assert out["compile_error"] is None and out["compiled"] is False and "bare_loop_error" not in out and "mel_error" not in out
     # the inference commands' device path, here the CPU against itself: the same figures exactly
     assert "inference_error" not in out and out["inference"]["speech_logprob_max_diff"] == 0 and out["inference"]["text_sampled_chars"] > 5
-    assert all(out["inference"][k] for k in ("speech_greedy_same", "speech_beam_same", "image_same_labels", "text_greedy_same"))
+    assert all(out["inference"][k] is True for k in ("speech_greedy_same", "speech_beam_same", "transcribe_files_same_text", "image_same_labels",
+                                                     "text_greedy_same"))  # fmt: skip
 
 
 def test_gpu_check_reports_what_it_measured_when_every_size_fails(monkeypatch):
@@ -114,6 +115,7 @@ def test_gpu_check_needs_only_torch_torchaudio_accelerate_and_timm():
     assert p.returncode == 0, p.stderr[-2000:]
     out = json.loads(p.stdout)  # the JSON alone: the training loop's lines go to stderr
     assert out["tokens_per_s"] > 0 and out["mel_ms_per_30s_chunk"] > 0 and "inference_error" not in out and out["inference"]["speech_greedy_same"]
+    assert out["inference"]["transcribe_files_same_text"] == "not run: soundfile is not installed"
     assert "matplotlib is not installed" in p.stderr  # the loss curve is skipped with a note, not a crash
 
 
