@@ -111,8 +111,30 @@ def cmd_generate(args):
 
 
 def cmd_predict(args):
-    for r in recipe_function(args, "predict", "classify images")(args.run_dir, args.images, args.top_k):
+    out = Path(args.output_file) if args.output_file else None
+    if out is not None and out.suffix.lower() not in (".csv", ".json"):
+        raise ConfigError(f"--output-file {out}: write .csv (file, then label and probability for each of the top k) or .json")
+    predict = recipe_function(args, "predict", "classify images")
+    results = predict(args.run_dir, args.images, args.top_k, batch_size=args.batch_size, progress=True)
+    for r in results:
         print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
+    if out is not None:
+        from tokenizers_mm.base import write_json_atomic, write_text_atomic
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix.lower() == ".json":
+            write_json_atomic(out, results)
+        else:  # as timm's inference.py writes its results: a row per image
+            import csv
+            import io
+
+            k = max((len(r["top"]) for r in results), default=0)
+            text = io.StringIO()
+            rows = csv.writer(text, lineterminator="\n")
+            rows.writerow(["file", *[f"{c}_{n}" for n in range(1, k + 1) for c in ("label", "prob")]])
+            rows.writerows([r["file"], *[v for t in r["top"] for v in (t["label"], t["prob"])]] for r in results)
+            write_text_atomic(out, text.getvalue())
+        print(f"wrote {out} ({len(results)} image{'s' if len(results) != 1 else ''})", file=sys.stderr)
 
 
 def cmd_transcribe(args):
@@ -273,10 +295,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     add_device(s)
     s.set_defaults(fn=cmd_generate)
-    s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files with a run's last checkpoint (top-k labels and probabilities).")
+    s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files (or every image in "
+                       "a folder) with a run's last checkpoint: top-k labels and probabilities, printed and optionally written as CSV or JSON.")  # fmt: skip
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("images", nargs="+", metavar="IMAGE")
+    s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders: their image files at any depth, sorted")
     s.add_argument("--top-k", type=positive_int, default=3)
+    s.add_argument("--batch-size", type=positive_int, default=64, help="images classified together")
+    s.add_argument("--output-file", default=None, metavar="FILE", help="also write the results: .csv (a row per image: file, "
+                   "label_1, prob_1, ...) or .json")  # fmt: skip
     add_device(s)
     s.set_defaults(fn=cmd_predict)
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint: each file is cut at its pauses into segments no longer than the model's window, silence skipped.")

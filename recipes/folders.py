@@ -138,6 +138,15 @@ def walk_files(root: Path) -> list[Path]:
     return [q for q in files if q.is_file()]
 
 
+def image_files(root: Path) -> list[Path]:
+    """The image files under `root` (any depth, by the extensions PIL reads), sorted, hidden ones
+    (`hidden`) left out, as an image folder dataset finds them."""
+    from PIL import Image
+
+    extensions = {e.lower() for e in Image.registered_extensions()}
+    return sorted(p for p in walk_files(root) if not hidden(p, root) and p.suffix.lower() in extensions)
+
+
 def hidden(path: Path, root: Path) -> bool:
     """A file or folder under `root` that a folder dataset skips: any part of its path starting
     with "." or "__" (.ipynb_checkpoints, .DS_Store, __MACOSX), as Hugging Face's imagefolder."""

@@ -21,9 +21,10 @@ name, then renamed.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from tokenizers_mm.base import write_text_atomic
 
 FORMATS = ("txt", "vtt", "srt", "tsv", "json")
 
@@ -131,8 +132,6 @@ def write_transcripts(result: dict, audio_path, fmt: str, out_dir, options: dict
     for f in formats:
         text = render(result, f, options)
         path = out_dir / f"{Path(audio_path).stem}.{f}"
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_text_atomic(path, text)
         written.append(path)
     return written

@@ -163,20 +163,33 @@ def read_classes(run_dir) -> list[str]:
 
 
 @torch.no_grad()
-def predict(run_dir, paths: list[str], top_k: int = 3, device=None) -> list[dict]:
-    """Classify image files with a run's last checkpoint on `device` (None = the CPU): top-k labels
-    and probabilities each."""
+def predict(run_dir, paths: list[str], top_k: int = 3, device=None, batch_size: int = 64, progress: bool = False) -> list[dict]:
+    """Classify images with a run's last checkpoint on `device` (None = the CPU), `batch_size` at a
+    time: top-k labels and probabilities for each. A path may be a folder: its image files (any
+    depth, sorted; other files passed over, as an image folder dataset does) are classified in turn;
+    a file that is not an image, or a folder without one, is an error naming it."""
+    from tqdm.auto import tqdm
+
     from tokenizers_mm import collate, open_image
 
+    from .folders import image_files
+
+    files = []
+    for path in map(Path, paths):
+        found = image_files(path) if path.is_dir() else [path]
+        if not found:
+            raise ValueError(f"image folder {path}: no image files in it (extensions PIL reads: .png, .jpg, ...)")
+        files += found
     model, toks = load_trained(run_dir, device)
     device = next(model.parameters()).device
     tok, classes = toks["image"], read_classes(run_dir)
     results = []
-    for path in paths:
-        batch = collate([tok.encode(open_image(path), name=str(path))]).to(device)
-        probs = model({"image": batch}).logits["cls"].softmax(-1)[0]
-        p, i = probs.topk(min(top_k, len(classes)))
-        results.append({"file": str(path), "top": [{"label": classes[j], "prob": round(float(q), 4)} for q, j in zip(p, i)]})
+    for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predict", disable=not progress or None, leave=False):
+        part = files[start : start + batch_size]
+        batch = collate([tok.encode(open_image(f), name=str(f)) for f in part]).to(device)
+        probs, ids = model({"image": batch}).logits["cls"].float().softmax(-1).topk(min(top_k, len(classes)))
+        for f, p, i in zip(part, probs.tolist(), ids.tolist()):
+            results.append({"file": str(f), "top": [{"label": classes[j], "prob": round(q, 4)} for q, j in zip(p, i)]})
     return results
 
 

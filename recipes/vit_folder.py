@@ -28,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import find_metadata, hf_splits, hidden, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs, walk_files
+from .folders import find_metadata, hf_splits, hidden, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -60,13 +60,10 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     """(file, label) pairs of one split: metadata.csv / metadata.jsonl, or class sub-folders."""
     if meta := find_metadata(root):
         return read_metadata(meta, "label")
-    from PIL import Image
-
-    extensions = {e.lower() for e in Image.registered_extensions()}
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p, root))
     pairs = []
     for d in classes:
-        files = sorted(p for p in walk_files(d) if not hidden(p, d) and p.suffix.lower() in extensions)
+        files = image_files(d)
         if not files:
             raise ValueError(f"class folder {d} is empty (no image files)")
         pairs += [(p, d.name) for p in files]

@@ -74,6 +74,34 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
+    # a folder: its image files at any depth, sorted, other files passed over; in batches, as one by one
+    (data / "circle" / "deeper").mkdir()
+    (data / "circle" / "deeper" / "2.png").write_bytes((data / "circle" / "2.png").read_bytes())
+    (data / "circle" / "readme.txt").write_text("not an image")
+    with pytest.raises(ImageError, match="zero.png: the file is empty"):  # an unreadable image is named, in a folder too
+        predict(run, [data / "circle"])
+    (data / "circle" / "zero.png").unlink()
+    expected = sorted(str(p) for p in (data / "circle").rglob("*.png"))
+    batched = predict(run, [data / "circle"], batch_size=5)
+    assert [r["file"] for r in batched] == expected and batched == predict(run, [data / "circle"], batch_size=64)
+    one = {r["file"]: r["top"] for r in (predict(run, [f])[0] for f in expected[:3])}
+    for r in batched[:3]:
+        assert [t["label"] for t in r["top"]] == [t["label"] for t in one[r["file"]]]
+        assert [t["prob"] for t in r["top"]] == pytest.approx([t["prob"] for t in one[r["file"]]], abs=2e-4)
+    from recipes.cli import main
+
+    capsys.readouterr()
+    assert main(["predict", str(run), str(data / "circle"), "--top-k", "2", "--output-file", str(tmp_path / "out" / "labels.csv")]) == 0
+    rows = (tmp_path / "out" / "labels.csv").read_text().splitlines()
+    assert rows[0] == "file,label_1,prob_1,label_2,prob_2" and len(rows) == 1 + len(expected)
+    assert rows[1].split(",")[:2] == [expected[0], batched[0]["top"][0]["label"]]
+    assert main(["predict", str(run), str(data / "circle" / "1.png"), "--output-file", str(tmp_path / "labels.json")]) == 0
+    assert json.loads((tmp_path / "labels.json").read_text())[0]["file"] == str(data / "circle" / "1.png")
+    (tmp_path / "nothing").mkdir()
+    capsys.readouterr()
+    for args, message in ((["--output-file", "x.txt"], "write .csv"), ([], "image folder")):
+        assert main(["predict", str(run), str(tmp_path / "nothing"), *args]) == 2
+        assert message in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("case, message", [("one_class", "needs at least 2"), ("empty_class", "is empty"), ("escape", "outside the data folder"),
