@@ -107,7 +107,17 @@ def recipe_function(args, name: str, what: str):
 
 def cmd_generate(args):
     generate = recipe_function(args, "generate", "generate text")
-    print(generate(args.run_dir, args.prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+    prompt = args.prompt
+    if args.prompt_file is not None:  # nanoGPT's sample.py start="FILE:prompt.txt"
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise ConfigError(f"--prompt-file {path}: no such file")
+        prompt = path.read_text(encoding="utf-8")
+    if args.num_samples == 1:
+        print(generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
+        return
+    texts = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, num_samples=args.num_samples)
+    print("\n---------------\n".join(texts))  # nanoGPT's sample.py separator
 
 
 def cmd_predict(args):
@@ -288,7 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("--prompt", default="\n")
+    prompt = s.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt", default="\n")
+    prompt.add_argument("--prompt-file", default=None, metavar="FILE", help="the prompt is this UTF-8 file's text (nanoGPT's start=FILE:...)")
+    s.add_argument("--num-samples", type=positive_int, default=1, help="continuations drawn side by side, separated by a line of dashes")
     s.add_argument("--max-new-tokens", type=int, default=300)
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top-k", type=positive_int, default=200)

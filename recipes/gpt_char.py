@@ -143,7 +143,10 @@ def make_evaluate(cfg: Config, val_set: Windows):
     return lambda model, accelerator: {"val_loss": mean_loss(model, accelerator, batches)}
 
 
-def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0) -> str:
+def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0,
+           num_samples: int | None = None) -> str | list[str]:  # fmt: skip
+    """`n` new tokens after `prompt`: one continuation, or with num_samples that many, drawn side by
+    side in one batch (so the first of several is not the one drawn alone with the seed)."""
     try:
         tokens = tokenizer.encode(prompt or "\n")
     except ValueError:
@@ -151,10 +154,11 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
             raise
         tokens = tokenizer.encode(tokenizer.decode([0]))  # the default "\n" is not in this corpus's vocabulary: start from its first token
     device = next(model.parameters()).device
-    batch = collate([tokens]).to(device)  # (1, N)
+    batch = collate([tokens] * (num_samples or 1)).to(device)  # (num_samples, N)
     g = torch.Generator(device).manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
-    return tokenizer.decode(out[0])
+    texts = [tokenizer.decode(row) for row in out]
+    return texts if num_samples is not None else texts[0]
 
 
 # -- main -----------------------------------------------------------------------------------------
@@ -197,8 +201,9 @@ def evaluate(run_dir, device=None) -> dict:
 
 
 def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0,
-             device=None) -> str:  # fmt: skip
+             device=None, num_samples: int | None = None) -> str | list[str]:  # fmt: skip
     """A continuation of `prompt` sampled from a run's last checkpoint on `device` (None = the CPU;
-    a seed draws other samples on a GPU than on the CPU, as torch's generators do)."""
+    a seed draws other samples on a GPU than on the CPU, as torch's generators do); with
+    num_samples, a list of that many (`sample`)."""
     model, toks = load_trained(run_dir, device)
-    return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed)
+    return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed, num_samples)

@@ -94,6 +94,12 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
     assert mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50", "--device", "cpu").stdout == out
+    (tmp_path / "prompt.txt").write_text("First")  # nanoGPT's start=FILE:prompt.txt; several samples drawn side by side
+    assert main(["generate", str(run), "--prompt-file", str(tmp_path / "prompt.txt"), "--max-new-tokens", "30", "--num-samples", "3"]) == 0
+    samples = capsys.readouterr().out.rstrip("\n").split("\n---------------\n")
+    assert len(samples) == 3 and all(s.startswith("First") and len(s) >= 30 for s in samples) and len(set(samples)) > 1
+    assert main(["generate", str(run), "--prompt-file", str(tmp_path / "none.txt")]) == 2
+    assert "--prompt-file" in capsys.readouterr().err
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
         assert (run / f).exists(), f
 
