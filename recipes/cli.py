@@ -67,19 +67,21 @@ def cmd_resume(args):
     module.main(cfg, resume=True)
 
 
-def device_option(fn, device: str | None, recipe: str) -> dict:
-    """{"device": device} for a recipe's function when --device was given (checked: `inference_device`);
-    a plugin recipe's function that takes no device is named rather than given one it would ignore."""
-    if device is None:
-        return {}
+def recipe_options(fn, recipe: str, **given) -> dict:
+    """The options given on the command line (not None) for a recipe's function: --device checked
+    (`inference_device`), and one the function does not take named rather than passed or ignored."""
     import inspect
 
     from .runs import inference_device
 
-    inference_device(device)
-    if "device" not in inspect.signature(fn).parameters:
-        raise ConfigError(f"--device: recipe {recipe!r}'s {fn.__name__} takes no device (it runs where it was written to)")
-    return {"device": device}
+    given = {k: v for k, v in given.items() if v is not None}
+    if "device" in given:
+        inference_device(given["device"])
+    for name in given:
+        if name not in inspect.signature(fn).parameters:
+            why = "it runs where it was written to" if name == "device" else "it evaluates on its own data"
+            raise ConfigError(f"--{name}: recipe {recipe!r}'s {fn.__name__} takes no {name} ({why})")
+    return given
 
 
 def cmd_eval(args):
@@ -87,7 +89,7 @@ def cmd_eval(args):
 
     recipe, module, _ = load_run_info(args.run_dir)
     # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
-    metrics = module.evaluate(args.run_dir, **device_option(module.evaluate, args.device, recipe))
+    metrics = module.evaluate(args.run_dir, **recipe_options(module.evaluate, recipe, device=args.device, data=args.data))
     print(json.dumps({k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
 
 
@@ -102,7 +104,7 @@ def recipe_function(args, name: str, what: str):
     if not hasattr(module, name):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
     fn = getattr(module, name)
-    return functools.partial(fn, **device_option(fn, args.device, recipe))
+    return functools.partial(fn, **recipe_options(fn, recipe, device=args.device))
 
 
 def cmd_generate(args):
@@ -294,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_resume)
     s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
     s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("--data", default=None, metavar="PATH", help="score it on this data instead (vit_folder, whisper_folder, gpt_char, "
+                   "gpt_bpe: data in the layout the recipe trains on, its validation split when it has one, else all of it)")  # fmt: skip
     add_device(s)
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")

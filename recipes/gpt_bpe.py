@@ -97,8 +97,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return gpt_char.run_text_lm(cfg, "gpt_bpe", build_data, build_model, resume)
 
 
-def evaluate(run_dir, device=None) -> dict:
-    return gpt_char.evaluate_text_lm(run_dir, build_data, device)
+def evaluate(run_dir, device=None, data=None) -> dict:
+    """The run's validation loss, or with data= (a text file or dataset) on that text (`gpt_char.held_out`)."""
+    return gpt_char.evaluate_text_lm(run_dir, build_data if data is None else gpt_char.held_out(data), device)
 
 
 generate = gpt_char.generate

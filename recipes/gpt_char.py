@@ -97,25 +97,45 @@ class Windows(Dataset):
         return {"text": next_token_set("text", self.ids[i : i + self.block_size + 1])}
 
 
-def split_text(cfg: Config) -> tuple[str, str]:
-    """(train text, validation text): the last val_fraction of cfg.data or the default corpus; a
-    Hugging Face dataset (save_to_disk's folder, Parquet files) gives its text column (its validation split if it
-    has one)."""
+def read_text(cfg: Config) -> tuple[str, str | None]:
+    """(text, validation text or None): cfg.data's text (the default corpus without one), or a
+    Hugging Face dataset's (save_to_disk's folder, Parquet files) text column and its validation
+    split when it has one."""
     data = local_data(cfg.data) if cfg.data else None
     if data is not None and is_hf_dataset(data):
-        text, val = hf_splits(data, "text", (cfg.text_column, ""))
-        if val is not None:
-            return text, val
-    else:
-        text = load_text(data) if data is not None else default_corpus()
+        return hf_splits(data, "text", (cfg.text_column, ""))
+    return (load_text(data) if data is not None else default_corpus()), None
+
+
+def split_text(cfg: Config) -> tuple[str, str]:
+    """(train text, validation text): a dataset's validation split, else the last val_fraction of the text."""
+    text, val = read_text(cfg)
+    if val is not None:
+        return text, val
     n_val = int(len(text) * cfg.val_fraction)
     return text[: len(text) - n_val], text[len(text) - n_val :]
 
 
+def held_out(data: str):
+    """build_data for scoring a run on another text (`evaluate(run_dir, data=...)`): its validation
+    split when it is a dataset with one, else all of it, in windows of the run's tokenizer."""
+
+    def build(cfg: Config, tokenizer):
+        cfg.data = data
+        text, val = read_text(cfg)
+        return tokenizer, None, text_windows(cfg, tokenizer, val if val is not None else text)
+
+    return build
+
+
+def text_windows(cfg: Config, tokenizer, text: str) -> Windows:
+    """Encode a text (special-token strings in it become special tokens) into windows."""
+    return Windows(torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64)), cfg.block_size)
+
+
 def windows(cfg: Config, tokenizer, train_text: str, val_text: str) -> tuple[Windows, Windows]:
-    """Encode both splits (special-token strings in the corpus become special tokens) into windows."""
-    encode = lambda t: torch.as_tensor(np.asarray(tokenizer.encode_ids(t, allowed_special="all"), dtype=np.int64))  # noqa: E731
-    return Windows(encode(train_text), cfg.block_size), Windows(encode(val_text), cfg.block_size)
+    """Both splits' windows (`text_windows`)."""
+    return text_windows(cfg, tokenizer, train_text), text_windows(cfg, tokenizer, val_text)
 
 
 def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
@@ -196,8 +216,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return run_text_lm(cfg, "gpt_char", build_data, build_model, resume)
 
 
-def evaluate(run_dir, device=None) -> dict:
-    return evaluate_text_lm(run_dir, build_data, device)
+def evaluate(run_dir, device=None, data=None) -> dict:
+    """The run's validation loss, or with data= (a text file or dataset) on that text (`held_out`)."""
+    return evaluate_text_lm(run_dir, build_data if data is None else held_out(data), device)
 
 
 def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0,

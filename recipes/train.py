@@ -219,16 +219,33 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> floa
     return (total[0] / total[1].clamp(min=1)).item()
 
 
+class EvalBatches:
+    """A test set's batches, each made when it is read (`collate` of `batch_size` examples), so that a
+    large test set is never held in memory whole; a sequence, as a list of batches is."""
+
+    def __init__(self, examples, collate: Callable, batch_size: int, n: int | None = None):
+        self.examples, self.collate, self.batch_size = examples, collate, batch_size
+        self.n = len(examples) if n is None else min(n, len(examples))  # the first n examples
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.collate([self.examples[j] for j in range(i * self.batch_size, min((i + 1) * self.batch_size, self.n))])
+
+
 @torch.no_grad()
 def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
-    """Top-1 accuracy and mean loss of a classification head over `batches` of (inputs, targets),
-    split across processes and summed."""
+    """Top-1 accuracy and mean loss of a classification head over `batches` of (inputs, targets) (a
+    list, or a sequence that makes each as it is read: `EvalBatches`), split across processes and
+    summed."""
     was = model.training
     model.eval()
     total = torch.zeros(3, device=accelerator.device)
-    for i, (inputs, targets) in enumerate(batches):
-        if i % accelerator.num_processes != accelerator.process_index:
-            continue
+    for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
+        inputs, targets = batches[i]
         inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
         y = targets[head].to(accelerator.device)
         out = model(inputs, {head: y})

@@ -22,7 +22,7 @@ from tokenizers_mm import ImageTokenizer, load_tokenizer
 
 from .config import TrainConfig
 from .runs import load_trained, resolve_run_dir, save_run_info
-from .train import accuracy, train
+from .train import EvalBatches, accuracy, train
 
 
 @dataclass
@@ -117,8 +117,8 @@ def build_model(cfg: Config, tokenizer: ImageTokenizer, num_classes: int) -> Mul
 
 
 def make_evaluate(test_set: ImageSet, collate: Collate, batch_size: int = 256):
-    batches = [collate([test_set[j] for j in range(i, min(i + batch_size, len(test_set)))]) for i in range(0, len(test_set), batch_size)]
-    return lambda model, accelerator: accuracy(model, accelerator, batches)
+    """Accuracy over the whole test set, its batches made as they are read (`EvalBatches`)."""
+    return lambda model, accelerator: accuracy(model, accelerator, EvalBatches(test_set, collate, batch_size))
 
 
 def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:

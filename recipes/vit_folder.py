@@ -154,6 +154,30 @@ def build_data(cfg: Config):
     return FolderSet(train_pairs, ids, cfg, True), FolderSet(val_pairs, ids, cfg, False), classes, (list(mean), list(std))
 
 
+def held_out(data: str):
+    """build_data for scoring a run on another image folder or dataset (`evaluate(run_dir,
+    data=...)`): its validation split when it has one, else all of it, labelled by the run's classes
+    (a label the run never learned is an error naming it)."""
+
+    def build(cfg: Config):
+        cfg.data = data
+        root = local_data(data)
+        train_pairs, val_pairs = find_splits(root, cfg)
+        pairs, bad = check_images(val_pairs if val_pairs is not None else train_pairs, cfg, "evaluation")
+        if bad:
+            print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+        if not pairs:
+            raise ValueError(f"data {root}: no labelled images to evaluate on (class sub-folders, or metadata.csv with file_name,label)")
+        classes = vit.read_classes(cfg.run_dir)
+        unknown = sorted({label for _, label in pairs} - set(classes))
+        if unknown:
+            raise ValueError(f"data {root}: labels {unknown[:5]} are not among the run's {len(classes)} classes ({', '.join(classes[:10])}"
+                             f"{', ...' if len(classes) > 10 else ''})")  # fmt: skip
+        return None, FolderSet(pairs, {c: i for i, c in enumerate(classes)}, cfg, False), classes, None
+
+    return build
+
+
 def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     """Our model with a timm ViT's weights (position table resampled to our grid; new head)."""
     import timm
@@ -189,8 +213,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 
 
-def evaluate(run_dir, device=None) -> dict:
-    return vit.evaluate_run(run_dir, build_data, device)
+def evaluate(run_dir, device=None, data=None) -> dict:
+    """The run's validation accuracy, or with data= (an image folder or dataset) on that (`held_out`)."""
+    return vit.evaluate_run(run_dir, build_data if data is None else held_out(data), device)
 
 
 predict = vit.predict

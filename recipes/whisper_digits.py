@@ -656,19 +656,22 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
     import jiwer
 
     norm = wer_normaliser(cfg)
+    from tqdm.auto import tqdm
+
+    from .train import EvalBatches
+
     n = min(cfg.eval_utterances, len(test_set))
     if n < 1:
         raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
-    examples = [test_set[i] for i in range(n)]
     refs = [test_set.pairs[i][1] for i in range(n)]
-    batches = [collate_examples(examples[i : i + 32]) for i in range(0, n, 32)]
+    batches = EvalBatches(test_set, collate_examples, 32, n)  # made as they are read: a large test set is never in memory whole
 
     def evaluate(model, accelerator) -> dict:
         was = model.training
         model.eval()
         m = accelerator.unwrap_model(model)
         hyps, loss = [], 0.0
-        for inputs, _ in batches:
+        for inputs, _ in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=None):
             inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
             loss += m(inputs).loss.item() * inputs["text"].shape[0]
             hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,

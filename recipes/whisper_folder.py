@@ -144,9 +144,9 @@ def read_split(folder: Path) -> list[tuple[Path, str]]:
     return read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
 
 
-def build_data(cfg: Config, run_dir: Path | None = None):
-    """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
-    run_dir: a run being resumed, whose saved tokenizers are used."""
+def read_pairs(cfg: Config) -> tuple[list, list | None]:
+    """(training, validation or None) (audio, normalised transcript) pairs of cfg.data: a folder (its
+    metadata, or split folders each with one) or a Hugging Face dataset."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     data = local_data(cfg.data)
@@ -156,7 +156,36 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         train_dir, val_dir = split_dirs(data)
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
-    train_pairs, val_pairs = norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
+    return norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
+
+
+def held_out(data: str):
+    """build_data for scoring a run on another speech folder or dataset (`evaluate(run_dir,
+    data=...)`): its validation split when it has one, else all of it, read with the run's
+    tokenizers and prompt (a transcript the run's vocabulary cannot write is an error naming it,
+    or with the run's skip_bad_samples a counted skip)."""
+
+    def build(cfg: Config, run_dir: Path):
+        cfg.data = data
+        train_pairs, val_pairs = read_pairs(cfg)
+        audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
+        prompt = prompt_ids(text_tok, cfg.prompt)
+        check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok, prompt)  # noqa: E731
+        pairs, bad = keep_good(val_pairs if val_pairs is not None else train_pairs, check, cfg.skip_bad_samples, "evaluation audio")
+        if bad:
+            print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)")
+        if not pairs:
+            raise ValueError(f"{data}: no usable utterances to evaluate on")
+        cfg.eval_utterances = len(pairs)  # every one, not the first eval_utterances as during training
+        return audio_tok, text_tok, None, SpeechSet(pairs, audio_tok, text_tok, prompt), None
+
+    return build
+
+
+def build_data(cfg: Config, run_dir: Path | None = None):
+    """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
+    run_dir: a run being resumed, whose saved tokenizers are used."""
+    train_pairs, val_pairs = read_pairs(cfg)
     if val_pairs is None:
         from sklearn.model_selection import train_test_split
 
@@ -204,8 +233,9 @@ def main(cfg: Config, resume: bool = False) -> dict:
     return whisper_digits.run(cfg, "whisper_folder", build_data, resume)
 
 
-def evaluate(run_dir, device=None) -> dict:
-    return whisper_digits.evaluate_run(run_dir, build_data, device)
+def evaluate(run_dir, device=None, data=None) -> dict:
+    """The run's validation WER and loss, or with data= (a speech folder or dataset) on that (`held_out`)."""
+    return whisper_digits.evaluate_run(run_dir, build_data if data is None else held_out(data), device)
 
 
 transcribe, transcribe_files = whisper_digits.transcribe, whisper_digits.transcribe_files

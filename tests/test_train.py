@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -89,6 +90,14 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert main(["eval", str(run)]) == 0
     val = json.loads(capsys.readouterr().out)["val_loss"]
     assert val == pytest.approx(json.loads((run / "results.json").read_text())["val_loss"], rel=1e-5)
+    corpus = Path(json.loads((run / "run.json").read_text())["config"]["data"]).read_text(encoding="utf-8")
+    (tmp_path / "other.txt").write_text(corpus[:3000], encoding="utf-8")  # another text, all of it held out (--data)
+    assert main(["eval", str(run), "--data", str(tmp_path / "other.txt")]) == 0
+    other = json.loads(capsys.readouterr().out)["val_loss"]
+    assert math.isfinite(other) and other != pytest.approx(val, rel=1e-4)
+    (tmp_path / "odd.txt").write_text(corpus[:3000] + "€", encoding="utf-8")
+    assert main(["eval", str(run), "--data", str(tmp_path / "odd.txt")]) == 2
+    assert "'€'" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 0
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout

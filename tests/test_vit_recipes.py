@@ -2,6 +2,7 @@
 predict and show."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,6 +98,16 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert rows[1].split(",")[:2] == [expected[0], batched[0]["top"][0]["label"]]
     assert main(["predict", str(run), str(data / "circle" / "1.png"), "--output-file", str(tmp_path / "labels.json")]) == 0
     assert json.loads((tmp_path / "labels.json").read_text())[0]["file"] == str(data / "circle" / "1.png")
+    # another labelled folder, all of it held out (`mmtok eval RUN --data PATH`); a label the run never learned is named
+    make_folder(tmp_path / "more", classes=("circle", "bar"), n=4)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(tmp_path / "more")]) == 0
+    assert 0 <= json.loads(capsys.readouterr().out)["val_accuracy"] <= 1
+    acc = vit_folder.evaluate(run, data=str(tmp_path / "more"))["val_accuracy"]
+    assert acc == pytest.approx(np.mean([r["top"][0]["label"] == Path(r["file"]).parent.name for r in predict(run, [tmp_path / "more"])]))
+    make_folder(tmp_path / "new", classes=("circle", "star"), n=2)
+    assert main(["eval", str(run), "--data", str(tmp_path / "new")]) == 2
+    assert "labels ['star'] are not among the run's 3 classes (bar, circle, square)" in capsys.readouterr().err
     (tmp_path / "nothing").mkdir()
     capsys.readouterr()
     for args, message in ((["--output-file", "x.txt"], "write .csv"), ([], "image folder")):

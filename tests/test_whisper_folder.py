@@ -59,6 +59,14 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     metrics = whisper_folder.main(Config(data=str(data), run_dir=str(run), val_fraction=0.25, **TINY))
     assert 0 <= metrics["val_wer"] and np.isfinite(metrics["val_loss"])
     assert whisper_folder.evaluate(run)["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    # another folder, all of it held out (`mmtok eval RUN --data PATH`): its own figures, a transcript the run cannot write named
+    other = whisper_folder.evaluate(run, data=str(write_folder(tmp_path / "other", speech[:5])))
+    assert np.isfinite(other["val_loss"]) and other["val_loss"] != pytest.approx(metrics["val_loss"], rel=1e-4) and other["val_wer"] >= 0
+    (tmp_path / "odd").mkdir()
+    sf.write(tmp_path / "odd" / "x.wav", speech[0][0], 16000)
+    (tmp_path / "odd" / "metadata.csv").write_text("file_name,transcription\nx.wav,straße\n")
+    with pytest.raises(ValueError, match=r"x.wav.*'ß'"):
+        whisper_folder.evaluate(run, data=str(tmp_path / "odd"))
 
     # fine-tune: architecture and tokenizers come from the run, whatever the config says
     tuned = tmp_path / "tuned"
