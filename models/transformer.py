@@ -474,8 +474,7 @@ class MultimodalTransformer(nn.Module):
                 window = ids[:, -max_pos:]
                 n = window.shape[1]
                 step_inputs = dict(inputs)  # the other decoder inputs (a prefix) again, with the cropped window
-                step_inputs[name] = TokenBatch(name, window, None, torch.arange(n, device=ids.device).expand(B, n),
-                                               types[:, -n:], torch.ones_like(window, dtype=torch.bool))  # fmt: skip
+                step_inputs[name] = TokenBatch.unmasked(name, window, torch.arange(n, device=ids.device).expand(B, n), types[:, -n:])
                 names = None
             h, _, _ = self.decode(step_inputs, names, memory, memory_mask, cache)
             logits = self.heads[lm_name](h[:, -1:])[:, -1].float()  # (B, V)
@@ -493,7 +492,7 @@ class MultimodalTransformer(nn.Module):
                     break
             if cache is not None:
                 pos = torch.full_like(nxt, cache.length - prefix)
-                step_inputs = {name: TokenBatch(name, nxt, None, pos, types[:, -1:], torch.ones_like(nxt, dtype=torch.bool))}
+                step_inputs = {name: TokenBatch.unmasked(name, nxt, pos, types[:, -1:])}
                 names = [name]
         if return_logprobs:
             return ids, torch.stack(logprobs, 1) if logprobs else ids.new_zeros(B, 0, dtype=torch.float32)
@@ -555,13 +554,16 @@ class MultimodalTransformer(nn.Module):
             for b, j in (ends & (opened < K)).nonzero().tolist():  # row-major: each sample's finished in rank order
                 if len(finished[b]) < wanted:
                     finished[b].append((float(cand[b, j]), ids[parent[b, j], N:].tolist() + [eos_id]))
-            parent, token, scores = parent[keep], token[keep][:, None], cand[keep]
+            # note: exactly K kept per sample (K·(K+1) candidates, at most K of them ending): gathered in rank order, not
+            # selected by the boolean mask, which would read the mask back to the host three times a step
+            sel = keep.to(torch.int8).argsort(dim=-1, descending=True, stable=True)[:, :K]
+            parent, token, scores = parent.gather(1, sel).view(-1), token.gather(1, sel).view(-1, 1), cand.gather(1, sel).view(-1)
             ids, types = torch.cat([ids[parent], token], 1), torch.cat([types[parent], types[parent, -1:]], 1)
             cache.reorder(parent, cross=False)  # a beam's parent is of its sample: the same memory
             if all(len(f) >= wanted for f in finished):
                 break
             pos = torch.full_like(token, cache.length - prefix)
-            step_inputs, names = {name: TokenBatch(name, token, None, pos, types[:, -1:], torch.ones_like(token, dtype=torch.bool))}, [name]
+            step_inputs, names = {name: TokenBatch.unmasked(name, token, pos, types[:, -1:])}, [name]
         out = ids.new_full((B, ids.shape[1]), eos_id if eos_id is not None else 0)
         out[:, :N] = prompt.ids
         sums, new = [], lambda tokens: max(len(tokens) - (tokens[-1:] == [eos_id]), 1)  # noqa: E731 — tokens but the end
@@ -581,7 +583,7 @@ class MultimodalTransformer(nn.Module):
         logits = logits / temperature
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
-            logits = logits.masked_fill(logits < v[:, [-1]], float("-inf"))
+            logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
         # note: one draw by inverse CDF, as torch.multinomial draws it but ~30x faster on a CPU over a
         # 50k vocabulary (multinomial makes a random number per token); a token of probability 0 is never drawn
         cdf = logits.softmax(-1, dtype=torch.float32).cumsum(-1)  # float32: a 16-bit cumsum over 50k tokens has ~1k distinct steps

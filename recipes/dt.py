@@ -190,7 +190,7 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
         lo = max(0, t + 1 - tok.context)
         sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32).reshape(t + 1 - lo, -1), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
                            np.arange(lo, t + 1)) for i in live]  # fmt: skip
-        out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2]  # the last state token
+        out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2].float().cpu()  # the last state token (one copy a step)
         still = []
         for row, i in enumerate(live):
             a = tok.decode_action(out[row])

@@ -177,7 +177,7 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
     batch = collate([tokens] * (num_samples or 1)).to(device)  # (num_samples, N)
     g = torch.Generator(device).manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
-    texts = [tokenizer.decode(row) for row in out]
+    texts = [tokenizer.decode(row) for row in out.cpu()]  # (one copy from the device)
     return texts if num_samples is not None else texts[0]
 
 

@@ -317,13 +317,14 @@ class Suppress:
         specials = [ref.transcribe, ref.translate, ref.sot, ref.sot_prev, ref.sot_lm, ref.no_speech] if ids else []  # "": none at all
         self.always = sorted({*listed, *specials})
         self.first = [*ref.encode(" "), ref.eot]
+        self.masks = {}  # (always, first) as (V,) bool masks per device: no index list copied to the device each step
 
     def __call__(self, logits: Tensor, step: int, ids: Tensor | None = None) -> Tensor:
-        logits = logits.clone()
-        logits[..., self.always] = float("-inf")
-        if step == 0:
-            logits[..., self.first] = float("-inf")
-        return logits
+        if logits.device not in self.masks:
+            always, first = torch.zeros(2, logits.shape[-1], dtype=torch.bool)
+            always[self.always], first[self.first] = True, True
+            self.masks[logits.device] = always.to(logits.device), (always | first).to(logits.device)
+        return logits.masked_fill(self.masks[logits.device][1 if step == 0 else 0], float("-inf"))
 
 
 LogitsFilter = Callable[[Tensor, int, Tensor], Tensor]  # generate's logits_filter(logits, step, ids): Suppress, TimestampRules
@@ -350,17 +351,18 @@ class TimestampRules:
     def __call__(self, logits: Tensor, step: int, ids: Tensor) -> Tensor:
         logits = self.suppress(logits, step, ids) if self.suppress is not None else logits.clone()
         first, never = self.first_time, float("-inf")
+        vocab = torch.arange(logits.shape[-1], device=logits.device)
         logits[:, self.no_timestamps] = never
         if step:  # the rules on what this row sampled so far (B rows at once)
             sampled = ids[:, ids.shape[1] - step :]
             stamp = sampled >= first
             last, before_last = stamp[:, -1], stamp[:, -2] if step > 1 else torch.ones_like(stamp[:, -1])
-            logits[last & before_last, first:] = never  # a pair just closed: text comes next
-            logits[last & ~before_last, : self.eot] = never  # one timestamp after text: a second one, or the end
+            # note: row masks crossed with vocabulary ranges (masked_fill), not boolean row indexing: no host sync per token
+            logits.masked_fill_((last & before_last)[:, None] & (vocab >= first), never)  # a pair just closed: text comes next
+            logits.masked_fill_((last & ~before_last)[:, None] & (vocab < self.eot), never)  # one timestamp after text: a second one, or the end
             at = torch.where(stamp, torch.arange(step, device=ids.device), -1).max(-1).values  # the latest timestamp, if any
             latest = sampled.gather(1, at.clamp(min=0)[:, None])[:, 0]
             floor = torch.where(last & ~before_last, latest, latest + 1)  # never decreasing; a segment's end after its start
-            vocab = torch.arange(logits.shape[-1], device=logits.device)
             logits.masked_fill_((vocab >= first) & (vocab < floor[:, None]) & (at >= 0)[:, None], never)
         else:  # the first token: a timestamp, no later than max_initial
             logits[:, :first] = never
@@ -368,8 +370,7 @@ class TimestampRules:
                 logits[:, first + self.max_initial + 1 :] = never
         logprobs = logits.float().log_softmax(-1)
         likelier = logprobs[:, first:].logsumexp(-1) > logprobs[:, :first].max(-1).values
-        logits[likelier, :first] = never
-        return logits
+        return logits.masked_fill_(likelier[:, None] & (vocab < first), never)
 
 
 def timestamp_pieces(text_tok, tokens: list[int], start: float, length: float) -> list[tuple[float, float, list[int]]]:

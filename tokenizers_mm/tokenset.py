@@ -198,7 +198,19 @@ class TokenBatch:
         return self
 
     def to(self, device) -> "TokenBatch":
-        return self._map(lambda t: t.to(device, non_blocking=True))
+        # note: non-blocking only towards an accelerator; a copy to the CPU must be complete before the host reads it
+        non_blocking = torch.device(device).type != "cpu"
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    @classmethod
+    def unmasked(cls, modality: str, ids: Tensor, positions: Tensor, types: Tensor) -> "TokenBatch":
+        """Rows of real tokens (no padding) made by code that knows them valid (a decoding step's new
+        token), without __post_init__'s checks, which read values back: a device sync per step."""
+        batch = object.__new__(cls)
+        batch.__dict__.update(modality=modality, ids=ids, values=None, positions=positions, types=types,
+                              mask=torch.ones_like(ids, dtype=torch.bool), targets=None, loss_mask=None, segments=None,
+                              extra={}, all_real=True, packed_stride=None)  # fmt: skip
+        return batch
 
     def pin_memory(self) -> "TokenBatch":
         """Page-locked copies (the DataLoader calls this with pin_memory=True), so `to(cuda)` overlaps compute."""
