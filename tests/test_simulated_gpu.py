@@ -1,0 +1,110 @@
+"""The inference commands' GPU path without a GPU (`tests/helpers/simulated_cuda.py`): on a
+simulated CUDA device, no op mixes a GPU tensor with a CPU one, no draw uses a generator on the
+other device, and decoding asks the GPU for values a bounded number of times per token. (On a
+real GPU, `benchmarks/gpu_check.sh`'s `inference` part compares the results with the CPU's.)"""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.helpers import simulated_cuda
+
+
+def test_the_inference_commands_keep_to_the_gpu(tmp_path, monkeypatch):
+    """gpu_check's inference part (speech greedy and beam decoding, transcribe_files on a WAV,
+    predict, generate) with "cuda" as the device, each against the CPU: the same results, and
+    nothing that a GPU would refuse."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    sim = simulated_cuda.install(monkeypatch)
+    with sim:
+        out = gpu_check.inference_check("cuda", tmp_path)
+    assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
+    assert sim.syncs  # the modes saw the GPU tensors (a harness that marks nothing would pass anything)
+    assert out["speech_logprob_max_diff"] == 0 and out["image_prob_max_diff"] == 0
+    assert all(out[k] is True for k in ("speech_greedy_same", "speech_beam_same", "transcribe_files_same_text", "image_same_labels",
+                                        "text_greedy_same"))  # fmt: skip
+
+
+def test_the_harness_sees_a_cpu_tensor_meet_a_gpu_one(monkeypatch):
+    """What the test above relies on: a mix, a generator on the wrong device, a non-blocking copy
+    to the CPU and a host sync are each recorded; a CPU index and a 0-dim CPU tensor are not mixes."""
+    sim = simulated_cuda.install(monkeypatch)
+    with sim:
+        gpu = torch.ones(3, device="cuda")
+        assert gpu.device.type == "cuda" and gpu.is_cuda and not torch.ones(3).is_cuda
+        gpu + torch.ones(3)
+        gpu[torch.tensor([0, 2])] + torch.tensor(1.0)
+        torch.rand(2, generator=torch.Generator("cpu"), device="cuda")
+        gpu.to("cpu", non_blocking=True)
+        bool(gpu.sum() > 0)
+    assert [k for k, _ in sim.mixes] == ["add.Tensor: cuda(3,) cpu(3,)", "copy to the cpu with non_blocking=True (read before it arrives)"]
+    assert [k for k, _ in sim.generators] == ["rand: a cpu generator for a cuda op"]
+    assert {k for k, _ in sim.syncs} == {"copy to the cpu", "bool"}
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_decoding_syncs_with_the_host_a_bounded_number_of_times_per_token(tmp_path, monkeypatch, beam):
+    """Greedy decoding reads one value back per token (whether every row has ended); beam search
+    two (which candidates finished), and two per finished beam (its score and tokens, as
+    openai-whisper's): checks that read tensors back (a TokenBatch built per token, boolean-mask
+    indexing) cost a GPU a wait each, every token (beam search read 8 a step before)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_check
+
+    from recipes import whisper_digits
+    from recipes.runs import load_trained
+    from tokenizers_mm import AudioTokenizer
+
+    cfg = whisper_digits.Config(run_dir=str(tmp_path / "speech"), dim=32, depth=1, dec_depth=1, num_heads=2, max_frames=200, max_text=32)
+    audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
+    text_tok = whisper_digits.text_tokenizer(cfg)
+    torch.manual_seed(0)
+    model = whisper_digits.build_model(cfg, audio_tok, text_tok)
+    run = gpu_check.random_run(tmp_path / "speech", "whisper_digits", cfg, model, {"audio": audio_tok, "text": text_tok})
+    sim = simulated_cuda.install(monkeypatch)
+    wave = np.random.default_rng(0).normal(0, 0.1, 16000).astype(np.float32)
+    with sim:
+        model, toks = load_trained(run, "cuda")
+        memory = whisper_digits.audio_memory(model, toks["audio"].encode_batch([wave, wave[:8000]]))
+        sim.clear()
+        ended = []
+        whisper_digits.transcribe_batch(model, toks["text"], memory, 20, beam_size=beam, ended=ended)
+    assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
+    steps = 20  # random weights: no row ends early (checked), so every step runs
+    assert ended == [False, False]
+    per_step = sum(sim.syncs.values()) / steps
+    assert per_step <= (1.2 if beam == 1 else 3.5), "\n".join(f"{n} {k}" for k, n in sim.syncs.items())
+
+
+@pytest.mark.parametrize("env, bins", [("CartPole-v1", 0), ("Pendulum-v1", 0), ("Pendulum-v1", 16)])
+def test_decision_transformer_rollouts_keep_to_the_gpu(monkeypatch, env, bins):
+    """dt.rollouts (mmtok eval of a DT run, the generalist's control task) on the simulated GPU:
+    discrete, continuous and binned actions, each step's actions copied to the host once."""
+    pytest.importorskip("gymnasium")
+    from recipes import dt
+    from recipes.rl_data import make_env
+    from tokenizers_mm import TrajectoryTokenizer
+
+    e = make_env(env)
+    discrete = not hasattr(e.action_space, "low")
+    action_dim = int(e.action_space.n) if discrete else int(np.prod(e.action_space.shape))
+    low, high = (None, None) if discrete else (e.action_space.low.tolist(), e.action_space.high.tolist())
+    tok = TrajectoryTokenizer(int(np.prod(e.observation_space.shape)), action_dim, discrete, 5, 1000, action_low=low, action_high=high,
+                              action_bins=bins)  # fmt: skip
+    torch.manual_seed(0)
+    model = dt.build_model(dt.Config(dim=32, depth=1, num_heads=1), tok)
+    sim = simulated_cuda.install(monkeypatch)
+    cpu = dt.rollouts(model, tok, env, 100.0, [0, 1])
+    for t in [*model.parameters(), *model.buffers()]:
+        t._simulated_cuda = True
+    with sim:
+        gpu = dt.rollouts(model, tok, env, 100.0, [0, 1], device="cuda")
+    assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
+    assert np.array_equal(cpu, gpu)
+    steps = sum(n for (kind, _), n in sim.syncs.items() if kind == "copy to the cpu")
+    assert steps > 0 and steps == sum(sim.syncs.values())  # nothing but the one copy a step
