@@ -1,7 +1,8 @@
-"""The inference commands' GPU path without a GPU (`tests/helpers/simulated_cuda.py`): on a
-simulated CUDA device, no op mixes a GPU tensor with a CPU one, no draw uses a generator on the
-other device, and decoding asks the GPU for values a bounded number of times per token. (On a
-real GPU, `benchmarks/gpu_check.sh`'s `inference` part compares the results with the CPU's.)"""
+"""The GPU path without a GPU (`tests/helpers/simulated_cuda.py`): on a simulated CUDA device, no
+op of the inference commands or of a training step mixes a GPU tensor with a CPU one, no draw uses
+a generator on the other device, and decoding asks the GPU for values a bounded number of times
+per token. (On a real GPU, `benchmarks/gpu_check.sh`'s `inference` part compares the results with
+the CPU's.)"""
 
 import sys
 
@@ -108,3 +109,68 @@ def test_decision_transformer_rollouts_keep_to_the_gpu(monkeypatch, env, bins):
     assert np.array_equal(cpu, gpu)
     steps = sum(n for (kind, _), n in sim.syncs.items() if kind == "copy to the cpu")
     assert steps > 0 and steps == sum(sim.syncs.values())  # nothing but the one copy a step
+
+
+class TrainingAccelerator(simulated_cuda._Accelerator):
+    """What the loop's forward_backward reads of an accelerator, on the simulated GPU."""
+
+    def backward(self, loss):
+        loss.backward()
+
+    def no_sync(self, model):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+def training_cases():
+    """(name, model, [micro-batch, ...]) for each model family, batches made as the recipes make them."""
+    from recipes import dt, gpt_char, vit, whisper_digits
+    from tokenizers_mm import AudioTokenizer, CharTokenizer, TokenSet, TrajectoryTokenizer, collate_examples, next_token_set
+
+    torch.manual_seed(0)
+    chars = CharTokenizer.from_corpus("the quick brown fox jumps over the lazy dog\n", max_positions=16)
+    text = gpt_char.build_model(gpt_char.Config(dim=32, depth=1, num_heads=2, block_size=16), chars)
+    lm = [collate_examples([{"text": next_token_set("text", torch.randint(0, chars.vocab_size, (17,)))} for _ in range(4)])]
+    wcfg = whisper_digits.Config(dim=32, depth=1, dec_depth=1, num_heads=2, max_frames=100, max_text=16)
+    audio_tok, text_tok = AudioTokenizer(n_mels=wcfg.n_mels, slice_frames=1, chunk=False, max_frames=100), whisper_digits.text_tokenizer(wcfg)
+    speech = whisper_digits.build_model(wcfg, audio_tok, text_tok)
+    utterances = [{"audio": TokenSet("audio", values=torch.randn(n, wcfg.n_mels)), "text": whisper_digits.text_example(text_tok, words, "x.wav")}
+                  for n, words in ((100, "one two"), (60, "three"))]  # fmt: skip
+    vcfg = vit.Config(image_size=8, patch_size=4, channels=1, dim=32, depth=1, num_heads=2, mixup=0.8, cutmix=1.0)
+    image_tok = vit.make_tokenizer(vcfg, [0.5], [0.25])
+    image = vit.build_model(vcfg, image_tok, 10)
+    images = vit.Collate(image_tok, vcfg, 10, train=True)([(torch.rand(1, 8, 8), i) for i in range(4)])
+    traj_tok = TrajectoryTokenizer(4, 2, True, 5, 100)
+    control = dt.build_model(dt.Config(dim=32, depth=1, num_heads=1), traj_tok)
+    rng = np.random.default_rng(0)
+    windows = [{"trajectory": traj_tok.tokens(rng.normal(size=(5, 4)).astype(np.float32), rng.integers(0, 2, 5), rng.normal(size=5).astype(np.float32),
+                                              np.arange(3, 8))} for _ in range(2)]  # fmt: skip
+    return [("gpt", text, lm), ("whisper", speech, [collate_examples(utterances)] * 2), ("vit mixup", image, [images]),
+            ("decision transformer", control, [collate_examples(windows)])]  # fmt: skip
+
+
+def test_a_training_step_keeps_to_the_gpu(monkeypatch):
+    """The loop's step for each model family (forward and backward over micro-batches, host checks,
+    clipping, AdamW) on the simulated GPU: no op mixes devices, and forward and backward read
+    nothing back from it."""
+    from recipes.train import build_optimizer, forward_backward
+    from recipes.config import TrainConfig
+
+    sim = simulated_cuda.install(monkeypatch)
+    for name, model, micro in training_cases():
+        for t in [*model.parameters(), *model.buffers()]:
+            t._simulated_cuda = True
+        optimizer = build_optimizer(model, TrainConfig(fused_adamw=False))
+        sim.clear()
+        with sim:
+            loss = forward_backward(TrainingAccelerator(), model, micro, len(micro), model, host_check=True)
+            syncs = dict(sim.syncs)
+            # note: torch's clip_grad_norm_ groups tensors by their real device (the CPU here), so the simulation sees
+            # a copy to the CPU inside it that a GPU does not make: its syncs are not counted
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        assert not sim.mixes and not sim.generators, (name, dict(sim.mixes), dict(sim.generators))
+        assert not syncs, (name, syncs)
+        assert simulated_cuda.on_gpu(loss) and simulated_cuda.on_gpu(norm) and bool(torch.isfinite(loss)), name

@@ -10,7 +10,8 @@ tensor that would live on the GPU carries a mark. Recorded while active (`Simula
 
 Marks spread through every op that reads a marked tensor (`__torch_dispatch__`), are set by
 `.to("cuda")` / `device="cuda"` factories / `.cuda()`, and cleared by `.cpu()` / `.to("cpu")`;
-`t.device` and `t.is_cuda` answer as on a GPU. `install(monkeypatch)` also makes the toolkit's
+`t.device` and `t.is_cuda` answer as on a GPU. A composite function whose CPU kernel makes its
+own tensors on the real device (OPAQUE: scaled_dot_product_attention) is checked by its inputs. `install(monkeypatch)` also makes the toolkit's
 loading put models "on the GPU" (their parameters marked): `inference_device("cuda")`,
 `MultimodalTransformer.load(..., "cuda")`, `torch.Generator("cuda")`, and an evaluation
 accelerator whose device is cuda. Written for torch 2.9 (the pinned version): it reads the
@@ -80,6 +81,7 @@ class SimulatedCuda:
         self._generators = []  # kept alive: their ids key generator_devices
         self._functions, self._dispatch = _Functions(self), _Dispatch(self)
         self._quiet = 0  # inside a factory or copy that places its own result
+        self._opaque = 0  # inside a composite torch function checked whole (OPAQUE)
 
     def generator(self, device="cpu"):
         g = _REAL_GENERATOR()
@@ -102,6 +104,9 @@ class SimulatedCuda:
 
 
 _REAL_GENERATOR = torch.Generator
+# composite functions whose CPU kernels make their own tensors on the real device (SDPA's math path builds its causal
+# mask and dropout on the CPU, as it would on the GPU there): their inputs are checked, not the ops inside
+OPAQUE = {torch.nn.functional.scaled_dot_product_attention}
 
 
 class _Functions(TorchFunctionMode):
@@ -122,6 +127,15 @@ class _Functions(TorchFunctionMode):
             sim.mixes[("numpy() of a cuda tensor", where())] += 1
         if func in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.cpu):
             return self.move(func, args, kwargs)
+        if func in OPAQUE:
+            tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+            if any(on_gpu(t) for t in tensors) and (cpu := [t for t in tensors if not on_gpu(t) and t.dim() > 0]):
+                sim.mixes[(f"{func.__name__}: cpu{tuple(cpu[0].shape)} among cuda inputs", where())] += 1
+            sim._opaque += 1
+            try:
+                return func(*args, **kwargs)
+            finally:
+                sim._opaque -= 1
         if (g := kwargs.get("generator")) is not None and id(g) in sim.generator_devices:
             target = is_cuda(kwargs.get("device"))
             target = any(on_gpu(t) for t in tree_flatten((args, kwargs))[0]) if target is None else target
@@ -187,7 +201,7 @@ class _Dispatch(TorchDispatchMode):
         gpu = any(on_gpu(t) for t in tensors)
         if gpu and func in _SYNC_OPS:
             sim.syncs[(_SYNC_OPS[func], where())] += 1
-        if gpu and func not in _COPIES:
+        if gpu and func not in _COPIES and not sim._opaque:
             if func in _INDEX:  # CPU index tensors on a GPU tensor are allowed (copied); a boolean mask syncs
                 target, indices = args[0], [i for i in args[1] if i is not None]
                 if on_gpu(target):
