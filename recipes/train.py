@@ -220,12 +220,15 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> floa
 
 
 class EvalBatches:
-    """A test set's batches, each made when it is read (`collate` of `batch_size` examples), so that a
-    large test set is never held in memory whole; a sequence, as a list of batches is."""
+    """A test set's batches (`collate` of `batch_size` examples), made when first read: kept for the
+    next evaluation when the set is small (at most `keep` examples: a training run evaluates the
+    same ones again and again), else made anew each time, so that a large test set is never held in
+    memory whole. A sequence, as a list of batches is."""
 
-    def __init__(self, examples, collate: Callable, batch_size: int, n: int | None = None):
+    def __init__(self, examples, collate: Callable, batch_size: int, n: int | None = None, keep: int = 2048):
         self.examples, self.collate, self.batch_size = examples, collate, batch_size
         self.n = len(examples) if n is None else min(n, len(examples))  # the first n examples
+        self.kept = {} if self.n <= keep else None
 
     def __len__(self) -> int:
         return -(-self.n // self.batch_size)
@@ -233,7 +236,12 @@ class EvalBatches:
     def __getitem__(self, i: int):
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.collate([self.examples[j] for j in range(i * self.batch_size, min((i + 1) * self.batch_size, self.n))])
+        if self.kept is not None and i in self.kept:
+            return self.kept[i]
+        batch = self.collate([self.examples[j] for j in range(i * self.batch_size, min((i + 1) * self.batch_size, self.n))])
+        if self.kept is not None:
+            self.kept[i] = batch
+        return batch
 
 
 @torch.no_grad()

@@ -117,8 +117,9 @@ def build_model(cfg: Config, tokenizer: ImageTokenizer, num_classes: int) -> Mul
 
 
 def make_evaluate(test_set: ImageSet, collate: Collate, batch_size: int = 256):
-    """Accuracy over the whole test set, its batches made as they are read (`EvalBatches`)."""
-    return lambda model, accelerator: accuracy(model, accelerator, EvalBatches(test_set, collate, batch_size))
+    """Accuracy over the whole test set, its batches made as they are first read (`EvalBatches`)."""
+    batches = EvalBatches(test_set, collate, batch_size)
+    return lambda model, accelerator: accuracy(model, accelerator, batches)
 
 
 def mean_std(images: torch.Tensor) -> tuple[list[float], list[float]]:

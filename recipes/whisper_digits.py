@@ -665,7 +665,7 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
     if n < 1:
         raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
     refs = [test_set.pairs[i][1] for i in range(n)]
-    batches = EvalBatches(test_set, collate_examples, 32, n)  # made as they are read: a large test set is never in memory whole
+    batches = EvalBatches(test_set, collate_examples, 32, n)  # made as first read; a large test set is never in memory whole
 
     def evaluate(model, accelerator) -> dict:
         was = model.training

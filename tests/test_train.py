@@ -429,3 +429,23 @@ def test_weight_decay_reaches_linear_matrices_of_our_model_only():
         assert {id(p) for p in decay["params"]} == linear - tied
         assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters()} - (linear - tied)
         assert len(decay["params"]) == matrices and model.heads["lm"].proj.weight is model.embedders["text"].tok.weight
+
+
+def test_eval_batches_are_made_when_read_and_kept_only_for_a_small_set():
+    from recipes.train import EvalBatches
+
+    made = []
+
+    def collate(items):
+        made.append(list(items))
+        return items
+
+    small = EvalBatches(list(range(10)), collate, 4)
+    assert len(small) == 3 and list(small) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]] and list(small) == list(small)
+    assert len(made) == 3  # made once, then kept
+    made.clear()
+    large = EvalBatches(list(range(10)), collate, 4, n=9, keep=5)
+    assert list(large) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]] and list(large)[2] == [8]
+    assert len(made) == 6  # the first n only, made anew each time: never held whole
+    with pytest.raises(IndexError):
+        large[3]
