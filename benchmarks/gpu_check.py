@@ -134,7 +134,8 @@ def inference_check(device, root: Path) -> dict:
     """What `mmtok transcribe / predict / generate --device` run, on the device and on the CPU, on
     random-weight run directories (nothing to download or synthesize): a small Whisper-style run
     decodes two waveforms greedily and with beam search (`transcribe_batch`: the encoder's Memory, the
-    KV cache), an image run classifies a picture (`predict`), a character LM samples (`generate`).
+    KV cache), an image run classifies a picture (`predict`), a character LM samples (`generate`)
+    and scores a text (`evaluate`).
     Reports whether the device's tokens, labels and samples equal the CPU's and the largest
     difference of the first decoding step's log-probabilities: random weights put logits close
     together, so a near tie may flip a token (TF32 convolutions on the GPU): figures, not a verdict."""
@@ -185,6 +186,9 @@ def inference_check(device, root: Path) -> dict:
     gcfg = gpt_char.Config(run_dir=str(root / "text"), dim=32, depth=2, num_heads=2, block_size=64)
     chars = CharTokenizer.from_corpus("First Citizen: before we proceed any further, hear me speak.\n", max_positions=gcfg.block_size)
     run = random_run(root / "text", "gpt_char", gcfg, gpt_char.build_model(gcfg, chars), {"text": chars})
+    (root / "held_out.txt").write_text("hear me speak, first citizen, before we proceed any further.\n" * 4)
+    losses = {where: gpt_char.evaluate(run, device=where, data=str(root / "held_out.txt"))["val_loss"] for where in ("cpu", torch_device)}
+    out.update(text_eval_loss_diff=abs(losses["cpu"] - losses[torch_device]))  # `mmtok eval --device --data`
     greedy = {where: gpt_char.generate(run, "First", 40, temperature=0, top_k=None, device=where) for where in ("cpu", torch_device)}
     sampled = gpt_char.generate(run, "First", 40, temperature=0.8, top_k=5, seed=0, device=torch_device)  # the device's generator
     out.update(text_greedy_same=greedy["cpu"] == greedy[torch_device], text_sampled_chars=len(sampled))

@@ -67,20 +67,25 @@ def cmd_resume(args):
     module.main(cfg, resume=True)
 
 
+COSMETIC = {"progress"}  # options a recipe's function may go without (a plugin's predict without a progress bar)
+
+
 def recipe_options(fn, recipe: str, **given) -> dict:
     """The options given on the command line (not None) for a recipe's function: --device checked
-    (`inference_device`), and one the function does not take named rather than passed or ignored."""
+    (`inference_device`), and one the function does not take named rather than passed or ignored
+    (COSMETIC ones dropped)."""
     import inspect
 
     from .runs import inference_device
 
-    given = {k: v for k, v in given.items() if v is not None}
+    takes = inspect.signature(fn).parameters
+    given = {k: v for k, v in given.items() if v is not None and (k in takes or k not in COSMETIC)}
     if "device" in given:
         inference_device(given["device"])
     for name in given:
-        if name not in inspect.signature(fn).parameters:
-            why = "it runs where it was written to" if name == "device" else "it evaluates on its own data"
-            raise ConfigError(f"--{name}: recipe {recipe!r}'s {fn.__name__} takes no {name} ({why})")
+        if name not in takes:
+            why = {"device": " (it runs where it was written to)", "data": " (it evaluates on its own data)"}.get(name, "")
+            raise ConfigError(f"--{name.replace('_', '-')}: recipe {recipe!r}'s {fn.__name__} takes no {name}{why}")
     return given
 
 
@@ -93,9 +98,9 @@ def cmd_eval(args):
     print(json.dumps({k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
 
 
-def recipe_function(args, name: str, what: str):
-    """The run's recipe's `name` function (generate / predict / transcribe), with --device bound when
-    given, or a clear error."""
+def recipe_function(args, name: str, what: str, **options):
+    """The run's recipe's `name` function (generate / predict / transcribe), with --device and the
+    other `options` given (not None) bound (`recipe_options`), or a clear error."""
     import functools
 
     from .runs import load_run_info
@@ -104,11 +109,11 @@ def recipe_function(args, name: str, what: str):
     if not hasattr(module, name):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
     fn = getattr(module, name)
-    return functools.partial(fn, **recipe_options(fn, recipe, device=args.device))
+    return functools.partial(fn, **recipe_options(fn, recipe, device=args.device, **options))
 
 
 def cmd_generate(args):
-    generate = recipe_function(args, "generate", "generate text")
+    generate = recipe_function(args, "generate", "generate text", num_samples=args.num_samples if args.num_samples > 1 else None)
     prompt = args.prompt
     if args.prompt_file is not None:  # nanoGPT's sample.py start="FILE:prompt.txt"
         path = Path(args.prompt_file)
@@ -118,7 +123,7 @@ def cmd_generate(args):
     if args.num_samples == 1:
         print(generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
         return
-    texts = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed, num_samples=args.num_samples)
+    texts = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
     print("\n---------------\n".join(texts))  # nanoGPT's sample.py separator
 
 
@@ -126,8 +131,8 @@ def cmd_predict(args):
     out = Path(args.output_file) if args.output_file else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):
         raise ConfigError(f"--output-file {out}: write .csv (file, then label and probability for each of the top k) or .json")
-    predict = recipe_function(args, "predict", "classify images")
-    results = predict(args.run_dir, args.images, args.top_k, batch_size=args.batch_size, progress=True)
+    predict = recipe_function(args, "predict", "classify images", batch_size=args.batch_size, progress=True)
+    results = predict(args.run_dir, args.images, args.top_k)
     for r in results:
         print(r["file"] + ": " + ", ".join(f"{t['label']} {t['prob']:.3f}" for t in r["top"]))
     if out is not None:
@@ -317,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders: their image files at any depth, sorted")
     s.add_argument("--top-k", type=positive_int, default=3)
-    s.add_argument("--batch-size", type=positive_int, default=64, help="images classified together")
+    s.add_argument("--batch-size", type=positive_int, default=None, help="images classified together (default: the recipe's, 64)")
     s.add_argument("--output-file", default=None, metavar="FILE", help="also write the results: .csv (a row per image: file, "
                    "label_1, prob_1, ...) or .json")  # fmt: skip
     add_device(s)

@@ -143,7 +143,8 @@ def image_files(root: Path) -> list[Path]:
     (`hidden`) left out, as an image folder dataset finds them."""
     from PIL import Image
 
-    extensions = {e.lower() for e in Image.registered_extensions()}
+    # note: formats PIL only writes (.pdf, .palm) are not images to read; .mpo opens through the JPEG reader
+    extensions = {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN or f == "MPO"}
     return sorted(p for p in walk_files(root) if not hidden(p, root) and p.suffix.lower() in extensions)
 
 

@@ -98,8 +98,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 
 def evaluate(run_dir, device=None, data=None) -> dict:
-    """The run's validation loss, or with data= (a text file or dataset) on that text (`gpt_char.held_out`)."""
-    return gpt_char.evaluate_text_lm(run_dir, build_data if data is None else gpt_char.held_out(data), device)
+    """The run's validation loss, or with data= (a text file or dataset) on that text (`gpt_char.evaluate_text_lm`)."""
+    return gpt_char.evaluate_text_lm(run_dir, build_data, device, data)
 
 
 generate = gpt_char.generate

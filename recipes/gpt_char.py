@@ -83,18 +83,20 @@ def load_text(path: str) -> str:
 
 
 class Windows(Dataset):
-    """Every window of block_size + 1 ids: example i = ids[i : i + block_size + 1]."""
+    """Every window of block_size + 1 ids: example i = ids[i·stride : i·stride + block_size + 1]
+    (stride = block_size: windows that predict each token once, the text's tail shorter than a block left out)."""
 
-    def __init__(self, ids: torch.Tensor, block_size: int):
+    def __init__(self, ids: torch.Tensor, block_size: int, stride: int = 1):
         if len(ids) <= block_size:
             raise ValueError(f"a split of {len(ids)} characters is too short for block_size={block_size}")
-        self.ids, self.block_size = ids, block_size
+        self.ids, self.block_size, self.stride = ids, block_size, stride
 
     def __len__(self) -> int:
-        return len(self.ids) - self.block_size
+        return (len(self.ids) - self.block_size - 1) // self.stride + 1
 
     def __getitem__(self, i: int) -> dict:
-        return {"text": next_token_set("text", self.ids[i : i + self.block_size + 1])}
+        start = i * self.stride
+        return {"text": next_token_set("text", self.ids[start : start + self.block_size + 1])}
 
 
 def read_text(cfg: Config) -> tuple[str, str | None]:
@@ -116,21 +118,10 @@ def split_text(cfg: Config) -> tuple[str, str]:
     return text[: len(text) - n_val], text[len(text) - n_val :]
 
 
-def held_out(data: str):
-    """build_data for scoring a run on another text (`evaluate(run_dir, data=...)`): its validation
-    split when it is a dataset with one, else all of it, in windows of the run's tokenizer."""
-
-    def build(cfg: Config, tokenizer):
-        cfg.data = data
-        text, val = read_text(cfg)
-        return tokenizer, None, text_windows(cfg, tokenizer, val if val is not None else text)
-
-    return build
-
-
-def text_windows(cfg: Config, tokenizer, text: str) -> Windows:
+def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1) -> Windows:
     """Encode a text (special-token strings in it become special tokens) into windows."""
-    return Windows(torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64)), cfg.block_size)
+    ids = torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64))
+    return Windows(ids, cfg.block_size, stride)
 
 
 def windows(cfg: Config, tokenizer, train_text: str, val_text: str) -> tuple[Windows, Windows]:
@@ -204,12 +195,22 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     return metrics
 
 
-def evaluate_text_lm(run_dir, build_data, device=None) -> dict:
+def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
+    """The run's validation loss (the windows training evaluates), or with data= (a text file or a
+    dataset: its validation split, else all of it) the mean loss over every non-overlapping window
+    of that text, each token predicted once (`val_tokens` of them)."""
     from .runs import load_for_eval
+    from .train import EvalBatches
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
-    _, _, val_set = build_data(cfg, toks["text"])
-    return make_evaluate(cfg, val_set)(model, accelerator)
+    if data is None:
+        _, _, val_set = build_data(cfg, toks["text"])
+        return make_evaluate(cfg, val_set)(model, accelerator)
+    cfg.data = data
+    text, val = read_text(cfg)
+    windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size)
+    return {"val_loss": mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)),
+            "val_tokens": len(windows) * cfg.block_size}  # fmt: skip
 
 
 def main(cfg: Config, resume: bool = False) -> dict:
@@ -217,8 +218,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 
 def evaluate(run_dir, device=None, data=None) -> dict:
-    """The run's validation loss, or with data= (a text file or dataset) on that text (`held_out`)."""
-    return evaluate_text_lm(run_dir, build_data if data is None else held_out(data), device)
+    """The run's validation loss, or with data= (a text file or dataset) on that text (`evaluate_text_lm`)."""
+    return evaluate_text_lm(run_dir, build_data, device, data)
 
 
 def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float = 0.8, top_k: int | None = 200, seed: int = 0,

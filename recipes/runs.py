@@ -169,18 +169,34 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     return model, tokenizers
 
 
+class OneDevice:
+    """What a recipe's evaluation reads of an Accelerate accelerator, for one process on one device:
+    an evaluation outside training needs no process group, and a second Accelerator in a process
+    that has made one keeps the first one's device and refuses another precision."""
+
+    process_index, num_processes, is_main_process = 0, 1, True
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+
+    def unwrap_model(self, model, **_):
+        return model
+
+    def reduce(self, tensor, *_, **__):
+        return tensor
+
+    def gather(self, tensor):
+        return tensor
+
+
 def load_for_eval(run_dir, device=None):
     """(config, model, tokenizers, accelerator): what a recipe's `evaluate(run_dir, device)` scores
-    a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32."""
-    from .train import make_accelerator
-
+    a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32, in
+    this process alone (`OneDevice`)."""
     device = inference_device(device)
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir, device)
-    cfg.cpu = device.type == "cpu"
-    if device.index is not None:  # the accelerator's device ("cuda") is then this one
-        torch.accelerator.set_device_index(device.index)
-    return cfg, model, toks, make_accelerator(cfg, Path(run_dir))
+    return cfg, model, toks, OneDevice(next(model.parameters()).device)
 
 
 class RunTokenizers(dict):

@@ -20,6 +20,7 @@ import math
 import random
 import sys
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -205,25 +206,33 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
 
 # -- evaluation helper ----------------------------------------------------------------------------
 @torch.no_grad()
-def mean_loss(model: nn.Module, accelerator: Accelerator, batches: list) -> float:
-    """Mean loss over `batches`, split across processes and averaged over all of them."""
+def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
+    """Mean loss over `batches` (a list, `EvalBatches` or any iterable), each weighted by its rows,
+    split across processes and averaged over all of them."""
     was_training = model.training
     model.eval()
-    mine = batches[accelerator.process_index :: accelerator.num_processes]
+    batches = indexable(batches)
     total = torch.zeros(2, device=accelerator.device)
-    for batch in mine:
-        inputs, targets = to_device(batch, accelerator.device)
-        total += torch.stack([model(inputs, targets).loss.float(), torch.ones((), device=accelerator.device)])
+    for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
+        inputs, targets = to_device(batches[i], accelerator.device)
+        rows = float(next(iter(inputs.values())).shape[0])
+        total += torch.stack([model(inputs, targets).loss.float() * rows, torch.tensor(rows, device=accelerator.device)])
     total = accelerator.reduce(total, "sum")
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
 
 
-class EvalBatches:
+def indexable(batches):
+    """`batches` as a sequence with a length and indexing (a list, EvalBatches), a one-pass iterable
+    (a generator, a DataLoader) read into a list."""
+    return batches if hasattr(batches, "__getitem__") and hasattr(batches, "__len__") else list(batches)
+
+
+class EvalBatches(Sequence):
     """A test set's batches (`collate` of `batch_size` examples), made when first read: kept for the
     next evaluation when the set is small (at most `keep` examples: a training run evaluates the
     same ones again and again), else made anew each time, so that a large test set is never held in
-    memory whole. A sequence, as a list of batches is."""
+    memory whole. A sequence (length, indexing from either end, iteration), as a list of batches is."""
 
     def __init__(self, examples, collate: Callable, batch_size: int, n: int | None = None, keep: int = 2048):
         self.examples, self.collate, self.batch_size = examples, collate, batch_size
@@ -234,6 +243,9 @@ class EvalBatches:
         return -(-self.n // self.batch_size)
 
     def __getitem__(self, i: int):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = i + len(self) if i < 0 else i
         if not 0 <= i < len(self):
             raise IndexError(i)
         if self.kept is not None and i in self.kept:
@@ -247,10 +259,11 @@ class EvalBatches:
 @torch.no_grad()
 def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     """Top-1 accuracy and mean loss of a classification head over `batches` of (inputs, targets) (a
-    list, or a sequence that makes each as it is read: `EvalBatches`), split across processes and
+    list, `EvalBatches`, which makes each as it is read, or any iterable), split across processes and
     summed."""
     was = model.training
     model.eval()
+    batches = indexable(batches)
     total = torch.zeros(3, device=accelerator.device)
     for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
         inputs, targets = batches[i]

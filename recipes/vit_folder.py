@@ -87,6 +87,11 @@ def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
     return keep_good(pairs, check, cfg.skip_bad_samples, f"{what} images")
 
 
+def report_skipped(bad: int) -> None:
+    if bad:
+        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+
+
 class FolderSet(Dataset):
     """Images read lazily from files, resized to image_size; RandAugment when training."""
 
@@ -124,8 +129,7 @@ def build_data(cfg: Config):
     if val_pairs is not None:
         val_pairs, bad_val = check_images(val_pairs, cfg, "validation")
         bad += bad_val
-    if bad:
-        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+    report_skipped(bad)
     classes = sorted({label for _, label in train_pairs})
     if not classes and bad:
         raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
@@ -164,8 +168,7 @@ def held_out(data: str):
         root = local_data(data)
         train_pairs, val_pairs = find_splits(root, cfg)
         pairs, bad = check_images(val_pairs if val_pairs is not None else train_pairs, cfg, "evaluation")
-        if bad:
-            print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+        report_skipped(bad)
         if not pairs:
             raise ValueError(f"data {root}: no labelled images to evaluate on (class sub-folders, or metadata.csv with file_name,label)")
         classes = vit.read_classes(cfg.run_dir)

@@ -93,6 +93,12 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
     text_example(text_tok, transcript, str(path), prompt)
 
 
+def check_utterances(pairs, cfg: Config, audio_tok: AudioTokenizer, text_tok, prompt: list[int], what: str) -> tuple[list, int]:
+    """`check_utterance` on every (audio, transcript) pair once: the good pairs and how many were skipped."""
+    check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok, prompt)  # noqa: E731
+    return keep_good(pairs, check, cfg.skip_bad_samples, f"{what} audio")
+
+
 def whisper_assets() -> Path:
     """openai-whisper's assets folder, which carries Whisper's vocabularies (gpt2.tiktoken, multilingual.tiktoken)."""
     found = openai_whisper_file("assets", "multilingual.tiktoken")
@@ -170,8 +176,7 @@ def held_out(data: str):
         train_pairs, val_pairs = read_pairs(cfg)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
-        check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok, prompt)  # noqa: E731
-        pairs, bad = keep_good(val_pairs if val_pairs is not None else train_pairs, check, cfg.skip_bad_samples, "evaluation audio")
+        pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")
         if bad:
             print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)")
         if not pairs:
@@ -218,9 +223,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
         text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
     prompt = prompt_ids(text_tok, cfg.prompt)
-    check = lambda path, transcript: check_utterance(path, transcript, audio_tok, text_tok, prompt)  # noqa: E731
-    train_pairs, bad = keep_good(train_pairs, check, cfg.skip_bad_samples, "training audio")
-    val_pairs, bad_val = keep_good(val_pairs, check, cfg.skip_bad_samples, "validation audio")
+    train_pairs, bad = check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
+    val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "validation")
     if bad or bad_val:
         print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
     if not train_pairs or not val_pairs:

@@ -72,6 +72,7 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
     assert out["compile_error"] is None and out["compiled"] is False and "bare_loop_error" not in out and "mel_error" not in out
     # the inference commands' device path, here the CPU against itself: the same figures exactly
     assert "inference_error" not in out and out["inference"]["speech_logprob_max_diff"] == 0 and out["inference"]["text_sampled_chars"] > 5
+    assert out["inference"]["text_eval_loss_diff"] == 0
     assert all(out["inference"][k] is True for k in ("speech_greedy_same", "speech_beam_same", "transcribe_files_same_text", "image_same_labels",
                                                      "text_greedy_same"))  # fmt: skip
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from recipes.runs import OneDevice
 from tests.conftest import ROOT
 from tests.helpers import simulated_cuda
 
@@ -26,7 +27,7 @@ def test_the_inference_commands_keep_to_the_gpu(tmp_path, monkeypatch):
         out = gpu_check.inference_check("cuda", tmp_path)
     assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
     assert sim.syncs  # the modes saw the GPU tensors (a harness that marks nothing would pass anything)
-    assert out["speech_logprob_max_diff"] == 0 and out["image_prob_max_diff"] == 0
+    assert out["speech_logprob_max_diff"] == 0 and out["image_prob_max_diff"] == 0 and out["text_eval_loss_diff"] == 0
     assert all(out[k] is True for k in ("speech_greedy_same", "speech_beam_same", "transcribe_files_same_text", "image_same_labels",
                                         "text_greedy_same"))  # fmt: skip
 
@@ -111,7 +112,7 @@ def test_decision_transformer_rollouts_keep_to_the_gpu(monkeypatch, env, bins):
     assert steps > 0 and steps == sum(sim.syncs.values())  # nothing but the one copy a step
 
 
-class TrainingAccelerator(simulated_cuda._Accelerator):
+class TrainingAccelerator(OneDevice):
     """What the loop's forward_backward reads of an accelerator, on the simulated GPU."""
 
     def backward(self, loss):
@@ -164,7 +165,7 @@ def test_a_training_step_keeps_to_the_gpu(monkeypatch):
         optimizer = build_optimizer(model, TrainConfig(fused_adamw=False))
         sim.clear()
         with sim:
-            loss = forward_backward(TrainingAccelerator(), model, micro, len(micro), model, host_check=True)
+            loss = forward_backward(TrainingAccelerator("cuda"), model, micro, len(micro), model, host_check=True)
             syncs = dict(sim.syncs)
             # note: torch's clip_grad_norm_ groups tensors by their real device (the CPU here), so the simulation sees
             # a copy to the CPU inside it that a GPU does not make: its syncs are not counted
@@ -174,3 +175,36 @@ def test_a_training_step_keeps_to_the_gpu(monkeypatch):
         assert not sim.mixes and not sim.generators, (name, dict(sim.mixes), dict(sim.generators))
         assert not syncs, (name, syncs)
         assert simulated_cuda.on_gpu(loss) and simulated_cuda.on_gpu(norm) and bool(torch.isfinite(loss)), name
+
+
+def test_evaluation_keeps_to_the_gpu(tmp_path, monkeypatch):
+    """`mmtok eval --device cuda` (load_for_eval's one-device accelerator) for an image run (accuracy)
+    and a speech run scored on a folder (--data: Whisper's WER decoding over EvalBatches), on the
+    simulated GPU: the CPU's figures, nothing a GPU would refuse."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import soundfile as sf
+    from gpu_check import random_run
+
+    from recipes import vit, vit_digits, whisper_digits, whisper_folder
+    from tokenizers_mm import AudioTokenizer
+
+    torch.manual_seed(0)
+    vcfg = vit_digits.Config(run_dir=str(tmp_path / "image"), dim=32, depth=1, num_heads=2)
+    image_tok = vit.make_tokenizer(vcfg, [0.5], [0.25])
+    image_run = random_run(tmp_path / "image", "vit_digits", vcfg, vit.build_model(vcfg, image_tok, 10), {"image": image_tok})
+    wcfg = whisper_folder.Config(run_dir=str(tmp_path / "speech"), dim=32, depth=1, dec_depth=1, num_heads=2, max_frames=200, max_text=24)
+    audio_tok = AudioTokenizer(n_mels=wcfg.n_mels, slice_frames=1, chunk=False, max_frames=wcfg.max_frames)
+    text_tok = whisper_digits.text_tokenizer(wcfg)
+    speech_run = random_run(tmp_path / "speech", "whisper_folder", wcfg, whisper_digits.build_model(wcfg, audio_tok, text_tok),
+                            {"audio": audio_tok, "text": text_tok})  # fmt: skip
+    (tmp_path / "clips").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        sf.write(tmp_path / "clips" / f"{i}.wav", rng.normal(0, 0.1, 8000 + 2000 * i).astype(np.float32), 16000)
+    (tmp_path / "clips" / "metadata.csv").write_text("file_name,transcription\n0.wav,one two\n1.wav,three\n2.wav,four five six\n")
+    cpu = vit_digits.evaluate(image_run), whisper_folder.evaluate(speech_run, data=str(tmp_path / "clips"))
+    sim = simulated_cuda.install(monkeypatch)
+    with sim:
+        gpu = vit_digits.evaluate(image_run, device="cuda"), whisper_folder.evaluate(speech_run, device="cuda", data=str(tmp_path / "clips"))
+    assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
+    assert gpu == cpu and sim.syncs

@@ -93,8 +93,10 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     corpus = Path(json.loads((run / "run.json").read_text())["config"]["data"]).read_text(encoding="utf-8")
     (tmp_path / "other.txt").write_text(corpus[:3000], encoding="utf-8")  # another text, all of it held out (--data)
     assert main(["eval", str(run), "--data", str(tmp_path / "other.txt")]) == 0
-    other = json.loads(capsys.readouterr().out)["val_loss"]
+    scored = json.loads(capsys.readouterr().out)
+    other = scored["val_loss"]
     assert math.isfinite(other) and other != pytest.approx(val, rel=1e-4)
+    assert scored["val_tokens"] == ((3000 - 32 - 1) // 32 + 1) * 32  # every non-overlapping 32-character window: each token once
     (tmp_path / "odd.txt").write_text(corpus[:3000] + "€", encoding="utf-8")
     assert main(["eval", str(run), "--data", str(tmp_path / "odd.txt")]) == 2
     assert "'€'" in capsys.readouterr().err

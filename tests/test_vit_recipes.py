@@ -79,6 +79,7 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     (data / "circle" / "deeper").mkdir()
     (data / "circle" / "deeper" / "2.png").write_bytes((data / "circle" / "2.png").read_bytes())
     (data / "circle" / "readme.txt").write_text("not an image")
+    (data / "circle" / "notes.pdf").write_bytes(b"%PDF-1.4")  # a format PIL writes but cannot read: passed over too
     with pytest.raises(ImageError, match="zero.png: the file is empty"):  # an unreadable image is named, in a folder too
         predict(run, [data / "circle"])
     (data / "circle" / "zero.png").unlink()

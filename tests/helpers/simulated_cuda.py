@@ -11,11 +11,11 @@ tensor that would live on the GPU carries a mark. Recorded while active (`Simula
 Marks spread through every op that reads a marked tensor (`__torch_dispatch__`), are set by
 `.to("cuda")` / `device="cuda"` factories / `.cuda()`, and cleared by `.cpu()` / `.to("cpu")`;
 `t.device` and `t.is_cuda` answer as on a GPU. A composite function whose CPU kernel makes its
-own tensors on the real device (OPAQUE: scaled_dot_product_attention) is checked by its inputs. `install(monkeypatch)` also makes the toolkit's
-loading put models "on the GPU" (their parameters marked): `inference_device("cuda")`,
-`MultimodalTransformer.load(..., "cuda")`, `torch.Generator("cuda")`, and an evaluation
-accelerator whose device is cuda. Written for torch 2.9 (the pinned version): it reads the
-`device` / `is_cuda` descriptors through TorchFunctionMode.
+own tensors on the real device (OPAQUE: scaled_dot_product_attention) is checked by its inputs.
+`install(monkeypatch)` also makes the toolkit's loading put models "on the GPU" (their parameters
+marked): `inference_device("cuda")`, `MultimodalTransformer.load(..., "cuda")` and
+`torch.Generator("cuda")`. Written for torch 2.9 (the pinned version): it reads the `device` /
+`is_cuda` descriptors through TorchFunctionMode.
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class _Dispatch(TorchDispatchMode):
                             sim.mixes[(f"{func.__name__}: values on the cpu into a cuda tensor", where())] += 1
                 elif target.dim() > 0:
                     sim.mixes[(f"{func.__name__}: a cpu tensor indexed by cuda indices", where())] += 1
-            elif cpu := [t for t in tensors if not on_gpu(t) and t.dim() > 0]:
+            elif any(not on_gpu(t) and t.dim() > 0 for t in tensors):
                 shapes = " ".join(f"{'cuda' if on_gpu(t) else 'cpu'}{tuple(t.shape)}" for t in tensors)
                 sim.mixes[(f"{func.__name__}: {shapes}", where())] += 1
         out = func(*args, **kwargs)
@@ -221,23 +221,11 @@ class _Dispatch(TorchDispatchMode):
         return out
 
 
-class _Accelerator:
-    """What an evaluation reads of an Accelerate accelerator, on the simulated GPU."""
-
-    device, process_index, num_processes = CUDA, 0, 1
-
-    def unwrap_model(self, model, **_):
-        return model
-
-    def reduce(self, t, *_, **__):
-        return t
-
-
 def install(monkeypatch) -> SimulatedCuda:
     """A SimulatedCuda, and the toolkit's loading pointed at it (undone with the monkeypatch)."""
     import importlib
 
-    transformer, runs, train = (importlib.import_module(m) for m in ("models.transformer", "recipes.runs", "recipes.train"))  # (recipes.train: the module, not the function)
+    transformer, runs = importlib.import_module("models.transformer"), importlib.import_module("recipes.runs")
 
     sim = SimulatedCuda()
     monkeypatch.setattr(torch, "Generator", sim.generator)
@@ -253,5 +241,4 @@ def install(monkeypatch) -> SimulatedCuda:
     monkeypatch.setattr(transformer.MultimodalTransformer, "load", classmethod(load_on))
     checked = runs.inference_device
     monkeypatch.setattr(runs, "inference_device", lambda device=None: torch.device("cuda") if is_cuda(device) else checked(device))
-    monkeypatch.setattr(train, "make_accelerator", lambda cfg, run_dir, subset_inputs=False: _Accelerator())
     return sim
