@@ -120,11 +120,8 @@ def cmd_generate(args):
         if not path.is_file():
             raise ConfigError(f"--prompt-file {path}: no such file")
         prompt = path.read_text(encoding="utf-8")
-    if args.num_samples == 1:
-        print(generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed))
-        return
-    texts = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
-    print("\n---------------\n".join(texts))  # nanoGPT's sample.py separator
+    out = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
+    print(out if args.num_samples == 1 else "\n---------------\n".join(out))  # several: nanoGPT's sample.py separator
 
 
 def cmd_predict(args):
