@@ -128,6 +128,11 @@ class MultimodalTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @property
+    def device(self) -> torch.device:
+        """Where the model's weights are (as Hugging Face's `PreTrainedModel.device`)."""
+        return next(self.parameters()).device
+
     # -- embedding ------------------------------------------------------------------------------
     def embed(self, names: list[str], inputs: dict[str, TokenBatch]):
         """Embed and concatenate modalities. Returns x (B, L, C), mask (B, L), segments or None,

@@ -320,11 +320,11 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 def evaluate_run(run_dir, device=None) -> dict:
     """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained), on
     `device` (None = the CPU)."""
-    from .runs import inference_device, load_run_info, load_trained
+    from .runs import load_run_info, load_trained
 
     _, _, cfg = load_run_info(run_dir)
-    device = inference_device(device)
     model, toks = load_trained(run_dir, device)
+    device = model.device
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)

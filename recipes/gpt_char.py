@@ -164,7 +164,7 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
         if prompt not in ("", "\n"):
             raise
         tokens = tokenizer.encode(tokenizer.decode([0]))  # the default "\n" is not in this corpus's vocabulary: start from its first token
-    device = next(model.parameters()).device
+    device = model.device
     batch = collate([tokens] * (num_samples or 1)).to(device)  # (num_samples, N)
     g = torch.Generator(device).manual_seed(seed)
     out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)

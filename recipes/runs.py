@@ -196,7 +196,7 @@ def load_for_eval(run_dir, device=None):
     device = inference_device(device)
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir, device)
-    return cfg, model, toks, OneDevice(next(model.parameters()).device)
+    return cfg, model, toks, OneDevice(model.device)
 
 
 class RunTokenizers(dict):

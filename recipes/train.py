@@ -232,7 +232,8 @@ class EvalBatches(Sequence):
     """A test set's batches (`collate` of `batch_size` examples), made when first read: kept for the
     next evaluation when the set is small (at most `keep` examples: a training run evaluates the
     same ones again and again), else made anew each time, so that a large test set is never held in
-    memory whole. A sequence (length, indexing from either end, iteration), as a list of batches is."""
+    memory whole. A sequence (length, indexing from either end, iteration), as a list of batches is
+    (no slices: nothing reads it in slices)."""
 
     def __init__(self, examples, collate: Callable, batch_size: int, n: int | None = None, keep: int = 2048):
         self.examples, self.collate, self.batch_size = examples, collate, batch_size
@@ -243,8 +244,6 @@ class EvalBatches(Sequence):
         return -(-self.n // self.batch_size)
 
     def __getitem__(self, i: int):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self)))]
         i = i + len(self) if i < 0 else i
         if not 0 <= i < len(self):
             raise IndexError(i)

@@ -182,7 +182,7 @@ def predict(run_dir, paths: list[str], top_k: int = 3, device=None, batch_size: 
             raise ValueError(f"image folder {path}: no image files in it (extensions PIL reads: .png, .jpg, ...)")
         files += found
     model, toks = load_trained(run_dir, device)
-    device = next(model.parameters()).device
+    device = model.device
     tok, classes = toks["image"], read_classes(run_dir)
     results = []
     for start in tqdm(range(0, len(files), batch_size), unit="batch", desc="predict", disable=not progress or None, leave=False):

@@ -425,7 +425,7 @@ def audio_memory(model: MultimodalTransformer, audio):
     returned as it is, on the model's device; either has .select(rows) and .shape."""
     if isinstance(audio, Memory):
         return audio
-    audio = audio.to(next(model.parameters()).device)  # (a no-op where it is already)
+    audio = audio.to(model.device)  # (a no-op where it is already)
     return audio if "audio" not in model.config.encoder_inputs else model.encode_memory({"audio": audio})
 
 
@@ -536,7 +536,7 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
     o = {**FALLBACK, **(options or {})}
     results: list = [None] * len(waves)
     pending = list(range(len(waves)))
-    generator = torch.Generator(device=str(next(model.parameters()).device)).manual_seed(0)
+    generator = torch.Generator(device=str(model.device)).manual_seed(0)
     encoded = audio_memory(model, batch if batch is not None else audio_tok.encode_batch(waves))
     silence = no_speech_probs(model, text_tok, encoded, prompt)  # per window, the same at every temperature
     for k, t in enumerate(o["temperatures"]):
@@ -836,7 +836,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
     model, toks = load_trained(run_dir, device)
-    on = next(model.parameters()).device  # the log-mel is computed there too, as openai-whisper's transcribe does
+    on = model.device  # the log-mel is computed there too, as openai-whisper's transcribe does
     import itertools
     import sys
 

@@ -206,11 +206,9 @@ class TokenBatch:
     def unmasked(cls, modality: str, ids: Tensor, positions: Tensor, types: Tensor) -> "TokenBatch":
         """Rows of real tokens (no padding) made by code that knows them valid (a decoding step's new
         token), without __post_init__'s checks, which read values back: a device sync per step."""
-        batch = object.__new__(cls)
-        batch.__dict__.update(modality=modality, ids=ids, values=None, positions=positions, types=types,
-                              mask=torch.ones_like(ids, dtype=torch.bool), targets=None, loss_mask=None, segments=None,
-                              extra={}, all_real=True, packed_stride=None)  # fmt: skip
-        return batch
+        return cls._unchecked(dict(modality=modality, ids=ids, values=None, positions=positions, types=types,
+                                   mask=torch.ones_like(ids, dtype=torch.bool), targets=None, loss_mask=None, segments=None,
+                                   extra={}), all_real=True, packed_stride=None)  # fmt: skip
 
     def pin_memory(self) -> "TokenBatch":
         """Page-locked copies (the DataLoader calls this with pin_memory=True), so `to(cuda)` overlaps compute."""
@@ -226,7 +224,11 @@ class TokenBatch:
             if isinstance(v, Tensor):
                 moved[k] = fn(v)
         moved["extra"] = {k: fn(v) if isinstance(v, Tensor) else v for k, v in self.extra.items()}
-        # note: skip __post_init__: validation reads values back, a device sync on every batch.
-        batch = object.__new__(TokenBatch)
-        batch.__dict__.update(moved, all_real=self.all_real, packed_stride=self.packed_stride)
+        return self._unchecked(moved, self.all_real, self.packed_stride)
+
+    @classmethod
+    def _unchecked(cls, fields_: dict, all_real: bool, packed_stride: int | None) -> "TokenBatch":
+        """A batch of these fields without __post_init__: its validation reads values back, a device sync."""
+        batch = object.__new__(cls)
+        batch.__dict__.update(fields_, all_real=all_real, packed_stride=packed_stride)
         return batch
