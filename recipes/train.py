@@ -124,11 +124,25 @@ def batch_samples(n: int, cfg: TrainConfig, step: int) -> list[int]:
     return [sampler._sample(p) for p in range((step - 1) * cfg.batch_size, step * cfg.batch_size)]
 
 
-def to_device(batch, device):
-    """Move (inputs, targets) — dicts of TokenBatch / tensors — to `device`."""
+def to_device(batch, device, check: Callable | None = None):
+    """Move (inputs, targets) — dicts of TokenBatch / tensors — to `device`, after `check(inputs,
+    targets)` on the host when given (`host_check`)."""
     inputs, targets = batch
+    if check is not None:
+        check(inputs, targets)
     move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v.to(device)  # noqa: E731 (TokenBatch.to is non-blocking)
     return {k: move(v) for k, v in inputs.items()}, {k: move(v) for k, v in targets.items()}
+
+
+def host_check(accelerator, model: nn.Module) -> Callable | None:
+    """The model's batch check (`check_inputs`: declarations, empty samples of a pooled head), for
+    the caller to run on the host before each batch is copied, where forward does not run it: on an
+    accelerator (it would sync the device) and in a compiled model. None where forward checks each
+    batch itself, or the model has no such check."""
+    wrapped = accelerator.unwrap_model(model)  # (keeps torch.compile's wrapper)
+    if accelerator.device.type == "cpu" and not hasattr(wrapped, "_orig_mod"):
+        return None
+    return getattr(getattr(wrapped, "_orig_mod", wrapped), "check_inputs", None)
 
 
 def make_loader(dataset: Dataset, collate_fn: Callable, cfg: TrainConfig, accelerator: Accelerator, start_step: int = 0) -> DataLoader:
@@ -180,20 +194,16 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
 
 
 def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: list, accum: int,
-                     inner: nn.Module | None = None, host_check: bool = False) -> torch.Tensor:  # fmt: skip
+                     inner: nn.Module | None = None, check: Callable | None = None) -> torch.Tensor:  # fmt: skip
     """Forward and backward over one optimizer step's micro-batches; returns the mean loss.
     Gradients sync across processes only on the last micro-step. inner: the unwrapped model, when
-    the caller holds it (unwrapping again costs a few hundred microseconds a step). host_check: check
-    each batch against the model's declarations on the host, before the copy (where forward cannot:
-    on an accelerator, without a device sync, or in a compiled model)."""
+    the caller holds it (unwrapping again costs a few hundred microseconds a step). check: run on
+    each batch on the host, before the copy (`host_check`)."""
     total = torch.zeros((), device=accelerator.device)
     inner = accelerator.unwrap_model(model) if inner is None else inner
     fsdp_sync = getattr(inner, "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
-    check = getattr(inner, "check_inputs", None) if host_check else None
     for i, batch in enumerate(micro_batches):
-        if check is not None:
-            check(*batch)
-        inputs, targets = to_device(batch, accelerator.device)
+        inputs, targets = to_device(batch, accelerator.device, check)
         last = i == len(micro_batches) - 1
         if fsdp_sync is not None:
             fsdp_sync(last)  # reduce-scatter the gradients once, after the last micro-step
@@ -212,9 +222,9 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
     was_training = model.training
     model.eval()
     batches = indexable(batches)
-    total = torch.zeros(2, device=accelerator.device)
+    total, check = torch.zeros(2, device=accelerator.device), host_check(accelerator, model)
     for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
-        inputs, targets = to_device(batches[i], accelerator.device)
+        inputs, targets = to_device(batches[i], accelerator.device, check)
         rows = float(next(iter(inputs.values())).shape[0])
         total += torch.stack([model(inputs, targets).loss.float() * rows, torch.tensor(rows, device=accelerator.device)])
     total = accelerator.reduce(total, "sum")
@@ -263,12 +273,12 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     was = model.training
     model.eval()
     batches = indexable(batches)
-    total = torch.zeros(3, device=accelerator.device)
+    total, check = torch.zeros(3, device=accelerator.device), host_check(accelerator, model)
     for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
         inputs, targets = batches[i]
-        inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
-        y = targets[head].to(accelerator.device)
-        out = model(inputs, {head: y})
+        inputs, targets = to_device((inputs, {head: targets[head]}), accelerator.device, check)
+        y = targets[head]
+        out = model(inputs, targets)
         total += torch.stack([(out.logits[head].argmax(-1) == y).sum().float(), out.loss.float() * len(y), torch.tensor(float(len(y)), device=y.device)])
     total = accelerator.reduce(total, "sum")
     model.train(was)
@@ -435,10 +445,10 @@ def train(
     model.train()
     t0, tokens = time.perf_counter(), 0
     bad_step = torch.zeros((), dtype=torch.long, device=accelerator.device)  # the first step whose loss was not finite; 0: none
-    host_check = cfg.compile or accelerator.device.type != "cpu"  # else forward checks each batch itself
+    check = host_check(accelerator, model)
     for step in range(start_step + 1, cfg.max_steps + 1):
         micro = [next(loader) for _ in range(cfg.grad_accum)]
-        loss = forward_backward(accelerator, model, micro, cfg.grad_accum, inner, host_check)
+        loss = forward_backward(accelerator, model, micro, cfg.grad_accum, inner, check)
         finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
         scaled, grad_norm = accelerator.scaler is not None, None  # fp16: its scaler skips its overflowing steps itself
         if not (cfg.skip_nonfinite and scaled and not bool(finite)):  # (no unscale_ in clipping without the step that resets it)

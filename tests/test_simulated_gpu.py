@@ -155,7 +155,7 @@ def test_a_training_step_keeps_to_the_gpu(monkeypatch):
     """The loop's step for each model family (forward and backward over micro-batches, host checks,
     clipping, AdamW) on the simulated GPU: no op mixes devices, and forward and backward read
     nothing back from it."""
-    from recipes.train import build_optimizer, forward_backward
+    from recipes.train import build_optimizer, forward_backward, host_check
     from recipes.config import TrainConfig
 
     sim = simulated_cuda.install(monkeypatch)
@@ -165,7 +165,8 @@ def test_a_training_step_keeps_to_the_gpu(monkeypatch):
         optimizer = build_optimizer(model, TrainConfig(fused_adamw=False))
         sim.clear()
         with sim:
-            loss = forward_backward(TrainingAccelerator("cuda"), model, micro, len(micro), model, host_check=True)
+            accelerator = TrainingAccelerator("cuda")
+            loss = forward_backward(accelerator, model, micro, len(micro), model, host_check(accelerator, model))
             syncs = dict(sim.syncs)
             # note: torch's clip_grad_norm_ groups tensors by their real device (the CPU here), so the simulation sees
             # a copy to the CPU inside it that a GPU does not make: its syncs are not counted
@@ -208,3 +209,35 @@ def test_evaluation_keeps_to_the_gpu(tmp_path, monkeypatch):
         gpu = vit_digits.evaluate(image_run, device="cuda"), whisper_folder.evaluate(speech_run, device="cuda", data=str(tmp_path / "clips"))
     assert not sim.mixes and not sim.generators, (dict(sim.mixes), dict(sim.generators))
     assert gpu == cpu and sim.syncs
+
+
+def test_evaluation_on_a_gpu_checks_each_batch_on_the_host(monkeypatch):
+    """Forward checks CPU tensors only (checking a GPU's would sync it), so accuracy and mean_loss on
+    a GPU check each batch on the host before the copy: an image sample with no tokens for the
+    pooled head and a character id past the vocabulary get the CPU's one-line errors, not a
+    classification of nothing or a device-side assert."""
+    from recipes import gpt_char, vit, vit_digits
+    from recipes.train import accuracy, mean_loss
+    from tokenizers_mm import CharTokenizer, TokenSet, collate, collate_examples, next_token_set
+
+    torch.manual_seed(0)
+    cfg = vit_digits.Config(dim=32, depth=1, num_heads=2)
+    tok = vit.make_tokenizer(cfg, [0.5], [0.25])
+    image = vit.build_model(cfg, tok, 10)
+    full = tok.encode(torch.rand(1, 8, 8))
+    empty = TokenSet("image", values=full.values[:0])
+    chars = CharTokenizer.from_corpus("abc\n", max_positions=8)
+    text = gpt_char.build_model(gpt_char.Config(dim=32, depth=1, num_heads=2, block_size=8), chars)
+    past = [collate_examples([{"text": next_token_set("text", torch.tensor([0, 1, chars.vocab_size, 2]))}])]
+    sim = simulated_cuda.install(monkeypatch)
+    for model in (image, text):
+        for t in [*model.parameters(), *model.buffers()]:
+            t._simulated_cuda = True
+    with sim:
+        accelerator = OneDevice("cuda")
+        assert 0 <= accuracy(image, accelerator, [({"image": collate([full, full])}, {"cls": torch.tensor([1, 2])})])["val_accuracy"] <= 1
+        with pytest.raises(ValueError, match="sample 1 of the batch has no 'image' tokens for head 'cls'"):
+            accuracy(image, accelerator, [({"image": collate([full, empty])}, {"cls": torch.tensor([1, 2])})])
+        with pytest.raises(ValueError, match=f"id.*{chars.vocab_size}"):
+            mean_loss(text, accelerator, past)
+    assert not sim.mixes, dict(sim.mixes)
