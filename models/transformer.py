@@ -64,6 +64,25 @@ class Memory:
         return Memory(pick(self.states), None if self.mask is None else pick(self.mask))
 
 
+class GNMTPenalty(float):
+    """A length penalty α that ranks finished sequences as openai-whisper's numeric `length_penalty`
+    (GNMT's, Wu et al. 2016): summed log-probability / ((5 + length) / 6) ** α. A plain float α
+    ranks by summed log-probability / length ** α (Hugging Face's; 1.0 is openai-whisper's default,
+    0 the plain sum). A float, so it passes wherever a length_penalty does."""
+
+    def __repr__(self) -> str:
+        return f"GNMTPenalty({float(self)!r})"
+
+
+def length_normalised(sum_logprob: float, length: int, length_penalty: float = 1.0) -> float:
+    """The figure beam search and the temperature fallback rank candidates by: `sum_logprob` over
+    `length` new tokens (the end token not counted), normalised by `length_penalty`: a float α
+    divides by max(length, 1) ** α, a `GNMTPenalty` α by ((5 + length) / 6) ** α."""
+    if isinstance(length_penalty, GNMTPenalty):
+        return sum_logprob / ((5 + length) / 6) ** float(length_penalty)
+    return sum_logprob / max(length, 1) ** length_penalty
+
+
 class MultimodalTransformer(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
@@ -514,7 +533,8 @@ class MultimodalTransformer(nn.Module):
         last of them are set aside as finished, up to round(beam_size × patience) per sample. The
         search stops once every sample has that many, or after max_new_tokens; a sample with fewer
         than beam_size finished also takes its likeliest open beams. Of these, each sample's best by
-        summed log-probability / (new tokens, eos_id not counted) ** length_penalty is returned:
+        summed log-probability / (new tokens, eos_id not counted) ** length_penalty is returned
+        (`length_normalised`; a `GNMTPenalty` ranks as openai-whisper's numeric length_penalty):
         (B, N + L), prompt then continuation, padded with `eos_id` after its end (an open beam has
         none); return_scores: with its summed log-probability (B,), of its tokens up to and with
         `eos_id`, the figure it was ranked by before length normalisation. beam_size 1 is greedy
@@ -571,12 +591,12 @@ class MultimodalTransformer(nn.Module):
             step_inputs, names = {name: TokenBatch.unmasked(name, token, pos, types[:, -1:])}, [name]
         out = ids.new_full((B, ids.shape[1]), eos_id if eos_id is not None else 0)
         out[:, :N] = prompt.ids
-        sums, new = [], lambda tokens: max(len(tokens) - (tokens[-1:] == [eos_id]), 1)  # noqa: E731 — tokens but the end
+        sums, new = [], lambda tokens: len(tokens) - (tokens[-1:] == [eos_id])  # noqa: E731 — tokens but the end
         for b, found in enumerate(finished):
             if len(found) < K:  # not enough finished: the likeliest open beams join them
                 for r in (b * K + scores[b * K : (b + 1) * K].argsort(descending=True, stable=True)).tolist()[: K - len(found)]:
                     found.append((float(scores[r]), ids[r, N:].tolist()))
-            score, tokens = max(found, key=lambda f: f[0] / new(f[1]) ** length_penalty)  # the first best, as openai-whisper's argmax
+            score, tokens = max(found, key=lambda f: length_normalised(f[0], new(f[1]), length_penalty))  # the first best, as openai-whisper's argmax
             out[b, N : N + len(tokens)] = torch.tensor(tokens, dtype=out.dtype)
             sums.append(score)
         return (out, torch.tensor(sums, device=out.device)) if return_scores else out

@@ -154,7 +154,7 @@ def cmd_predict(args):
 def cmd_transcribe(args):
     from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
-    transcribe = recipe_function(args, "transcribe_files", "transcribe audio")
+    transcribe = recipe_function(args, "transcribe_files", "transcribe audio", length_penalty=args.length_penalty)
     if args.threads:  # as openai-whisper's --threads: the CPU threads torch computes with
         import torch
 
@@ -330,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.add_argument("--patience", type=positive_float, default=None, help="with beam search: stop once beam size × this many beams have "
                    "ended, the likeliest then kept (openai-whisper's --patience; default: the run's patience, 1.0)")  # fmt: skip
+    s.add_argument("--length-penalty", type=nonnegative_float, default=None, metavar="ALPHA", help="openai-whisper's --length_penalty: rank "
+                   "beams (and the fallback's samples) by log-probability / ((5 + tokens) / 6) ** ALPHA, GNMT's; 0 to 1 (default: the run's "
+                   "ranking, log-probability / tokens ** length_penalty; its default 1.0 is openai-whisper's)")  # fmt: skip
     s.add_argument("--windows", choices=["pauses", "seek"], default="pauses", help="pauses: cut each file at its pauses, silence "
                    "skipped, the stretches of speech joined into windows; seek (runs on Whisper's weights): openai-whisper's own 30 s "
                    "windows, each starting where the text before it ended, for its results on the same weights")  # fmt: skip

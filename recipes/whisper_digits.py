@@ -25,7 +25,7 @@ from torch import Tensor
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
-from models import HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+from models import GNMTPenalty, HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, length_normalised
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
@@ -547,9 +547,9 @@ def decode_with_fallback(model, text_tok, audio_tok, waves: list, max_new: int, 
         stats = [scored_result(text_tok, row, s, silence[i]) for row, s, i in zip(rows, sums, which.tolist())]
         retry = []
         for j, i in enumerate(pending):
-            # the likeliest sample: log-probability / tokens ** length_penalty (at 1.0 openai-whisper's default ranking; its
-            # numeric length_penalty α divides by ((5 + tokens) / 6) ** α instead, which has no counterpart here: README)
-            best = max(stats[j * n : (j + 1) * n], key=lambda r: r["sum_logprob"] / max(len(r["tokens"]), 1) ** length_penalty)
+            # the likeliest sample, ranked as beam search ranks its beams (`length_normalised`: at 1.0 openai-whisper's default
+            # ranking, log-probability / tokens; a GNMTPenalty as its numeric length_penalty)
+            best = max(stats[j * n : (j + 1) * n], key=lambda r: length_normalised(r["sum_logprob"], len(r["tokens"]), length_penalty))
             low = o["logprob_threshold"] is not None and best["avg_logprob"] < o["logprob_threshold"]
             wrong = low or (o["compression_ratio_threshold"] is not None and best["compression_ratio"] > o["compression_ratio_threshold"])
             quiet = o["no_speech_threshold"] is not None and best["no_speech_prob"] > o["no_speech_threshold"]
@@ -777,7 +777,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
-                     append_punctuations: str | None = None, patience: float | None = None, device=None) -> list[dict]:  # fmt: skip
+                     append_punctuations: str | None = None, patience: float | None = None, length_penalty: float | None = None,
+                     device=None) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint on `device` (None = the CPU; the log-mel is
     computed there too), with the run's beam_size and patience unless given (beam search as
     openai-whisper's, `MultimodalTransformer.beam_search`): one
@@ -824,7 +825,11 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     word after / before it (None: openai-whisper's defaults, `recipes.word_timing.PREPEND` / APPEND).
     clip_timestamps: with windows="seek", openai-whisper's option of that name: only these clips of
     each file are read, "start,end,start,end,..." in seconds or a list of them, an odd last start
-    running to the end of the file (`recipes.whisper_seek.seek_clips`)."""
+    running to the end of the file (`recipes.whisper_seek.seek_clips`).
+    length_penalty: openai-whisper's option of that name: None ranks beams and the fallback's
+    samples as the run does (cfg.length_penalty: log-probability / tokens ** it; 1.0, the default,
+    is openai-whisper's ranking), a number α from 0 to 1 by log-probability / ((5 + tokens) / 6) ** α
+    (GNMT's, `GNMTPenalty`)."""
     from .runs import load_run_info
 
     if windows not in ("pauses", "seek"):
@@ -835,6 +840,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if patience is not None and beam_size == 1:  # as openai-whisper, which asks for a beam_size with it
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
+    if length_penalty is not None and not 0 <= length_penalty <= 1:  # as openai-whisper
+        raise ValueError(f"length_penalty={length_penalty}: openai-whisper's alpha, from 0 to 1")
+    length_penalty = cfg.length_penalty if length_penalty is None else GNMTPenalty(length_penalty)
     model, toks = load_trained(run_dir, device)
     on = model.device  # the log-mel is computed there too, as openai-whisper's transcribe does
     import itertools
@@ -929,7 +937,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             if not sum(max(0, b - a) for a, b in clips or [(0, content)]):  # nothing to decode: not "silence"
                 unread = "it is shorter than one 10 ms frame" if not content else f"clip_timestamps hold none of its {content / 100:g} s"
             found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size,
-                                              cfg.length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
+                                              length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
                                               alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
                                               progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
         else:  # cut at pauses, the stretches of speech joined into windows
@@ -942,7 +950,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
                     detect(batch.select(slice(0, 1)))
                 decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                         beam_size, cfg.length_penalty, options, suppressor, initial, carried, sample_len,
+                                         beam_size, length_penalty, options, suppressor, initial, carried, sample_len,
                                          functools.partial(segments_of, group, batch, prompt), patience)  # fmt: skip
                 ended += [d["ended"] for d in decoded]
                 found += [seg for d in decoded for seg in d["segments"]]

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from models import (Attention, HeadConfig, KVCache, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig,
-                    build_mask)  # fmt: skip
+from models import (Attention, GNMTPenalty, HeadConfig, KVCache, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig,
+                    build_mask, length_normalised)  # fmt: skip
 from tokenizers_mm import ModalitySpec, TokenSet, collate, next_token_set, pack
 
 TEXT = ModalitySpec("text", ("token",), max_positions=32, vocab_size=50)
@@ -349,8 +349,9 @@ def test_decoding_returns_the_log_probabilities_teacher_forcing_gives():
 @pytest.mark.filterwarnings("ignore:__array_wrap__:DeprecationWarning")  # openai-whisper's finalize sorts a tensor with numpy
 def test_beam_search_is_openai_whisper_beam_search():
     """beam_search keeps, finishes and ranks beams as openai-whisper's BeamSearchDecoder driven over
-    the same logits (its MaximumLikelihoodRanker: log-probability / tokens without the end token),
-    with patience, and with open beams when too few finish; the sums are its sum_logprobs."""
+    the same logits (its MaximumLikelihoodRanker: log-probability / tokens without the end token,
+    or with its numeric length_penalty, GNMT's, as GNMTPenalty), with patience, and with open beams
+    when too few finish; the sums are its sum_logprobs."""
     decoding = pytest.importorskip("whisper.decoding")
     torch.manual_seed(0)
     model, eos, K = lm_model(), 49, 3
@@ -367,7 +368,7 @@ def test_beam_search_is_openai_whisper_beam_search():
 
     rows = lambda t: {"text": collate([TokenSet("text", ids=r) for r in t])}  # noqa: E731
     picked = []
-    for patience, penalty, steps in [(1.0, 1.0, 10), (2.0, 1.0, 10), (0.5, 0.0, 10), (1.0, 1.0, 3)]:
+    for patience, penalty, steps in [(1.0, 1.0, 10), (2.0, 1.0, 10), (0.5, 0.0, 10), (1.0, 1.0, 3), (2.0, GNMTPenalty(0.6), 10)]:
         with torch.no_grad():
             ours, sums = model.beam_search(rows(prompts), steps, K, penalty, eos, rules, return_scores=True, patience=patience)
             beam, tokens, sum_logprobs = decoding.BeamSearchDecoder(K, eos, Uncached(), patience), prompts.repeat_interleave(K, 0), torch.zeros(3 * K)
@@ -377,13 +378,30 @@ def test_beam_search_is_openai_whisper_beam_search():
                     break
         found, logprobs = beam.finalize(tokens.view(3, K, -1), sum_logprobs.view(3, K))
         found = [[t[4:][: (t[4:] == eos).nonzero()[0, 0]] for t in s] for s in found]  # as openai-whisper cuts them
-        best = decoding.MaximumLikelihoodRanker(None if penalty == 1.0 else penalty).rank(found, logprobs)
+        best = decoding.MaximumLikelihoodRanker(None if penalty == 1.0 else penalty).rank(found, logprobs)  # (0.0: both the plain sum)
         for b in range(3):
             new = ours[b, 4:].tolist()
             assert new[: new.index(eos) if eos in new else len(new)] == found[b][best[b]].tolist()
             assert float(sums[b]) == pytest.approx(logprobs[b][best[b]], abs=1e-4)
         picked.append([tuple(r) for r in ours.tolist()])
-    assert 3 <= sum(eos in r for p in picked for r in p) < 12 and len(set(map(tuple, picked))) == 4  # some end, some run out; each setting differs
+    assert 3 <= sum(eos in r for p in picked for r in p) < 15 and len(set(map(tuple, picked))) == 5  # some end, some run out; each setting differs
+
+
+def test_length_normalised_ranks_as_openai_whisper():
+    """The figure beam search and the temperature fallback rank candidates by picks what openai-whisper's
+    MaximumLikelihoodRanker picks: log-probability / tokens by default (our 1.0), the plain sum (0),
+    and its numeric length_penalty, GNMT's ((5 + tokens) / 6) ** α, as GNMTPenalty(α)."""
+    decoding = pytest.importorskip("whisper.decoding")
+    g, differ = torch.Generator().manual_seed(0), 0
+    for _ in range(200):
+        lengths, sums = torch.randint(1, 30, (5,), generator=g).tolist(), (-30 * torch.rand(5, generator=g)).tolist()
+        picks = []
+        for ours, theirs in ((1.0, None), (0.0, 0.0), (GNMTPenalty(0.6), 0.6), (GNMTPenalty(1.0), 1.0)):
+            want = decoding.MaximumLikelihoodRanker(theirs).rank([[torch.zeros(n) for n in lengths]], [sums])[0]
+            picks.append(max(range(5), key=lambda i: length_normalised(sums[i], lengths[i], ours)))
+            assert picks[-1] == want, (ours, lengths, sums)
+        differ += picks[0] != picks[3]  # GNMT at α = 1 is not log-probability / tokens
+    assert differ > 10
 
 
 def test_beam_search_batches_match_single():

@@ -620,6 +620,11 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
                  "json", "--output-dir", str(out)]) == 0  # fmt: skip
     assert json.loads((out / f"{clip.stem}.json").read_text())["text"] == plain["text"]  # no check left: nothing retried
     assert main(["transcribe", str(run), str(clip), "--temperature-increment-on-fallback", "0"]) == 2
+    # openai-whisper's --length_penalty (GNMT's ranking, GNMTPenalty: tests/test_model.py), from 0 to 1 as there
+    assert main(["transcribe", str(run), str(clip), "--beam-size", "2", "--length-penalty", "0.6"]) == 0
+    capsys.readouterr()
+    assert main(["transcribe", str(run), str(clip), "--beam-size", "2", "--length-penalty", "1.5"]) == 2
+    assert "length_penalty=1.5: openai-whisper's alpha, from 0 to 1" in capsys.readouterr().err
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 
