@@ -103,11 +103,14 @@ def recipe_function(args, name: str, what: str, **options):
     other `options` given (not None) bound (`recipe_options`), or a clear error."""
     import functools
 
-    from .runs import load_run_info
+    from .runs import launched_processes, load_run_info
 
     recipe, module, _ = load_run_info(args.run_dir)
     if not hasattr(module, name):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
+    if launched_processes() > 1:  # each process would do the whole work, on one GPU
+        raise ConfigError(f"mmtok {args.command} runs in one process: launch it without torchrun / accelerate launch "
+                          "(mmtok eval splits its batches over processes)")  # fmt: skip
     fn = getattr(module, name)
     return functools.partial(fn, **recipe_options(fn, recipe, device=args.device, **options))
 

@@ -189,14 +189,57 @@ class OneDevice:
         return tensor
 
 
+class EvalProcesses(OneDevice):
+    """OneDevice for each process of an evaluation launched with torchrun / accelerate launch: the
+    process group (gloo on the CPU, NCCL on GPUs) without an Accelerate state, so that `accuracy`
+    and `mean_loss` split the batches over the processes and sum their figures, as in training.
+    Evaluations that decode or roll out (WER, returns) run whole in every process, as in training."""
+
+    def __init__(self, device):
+        import torch.distributed as dist
+
+        super().__init__(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
+        self.is_main_process = self.process_index == 0
+
+    def reduce(self, tensor, reduction: str = "sum", *_, **__):
+        import torch.distributed as dist
+
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor / self.num_processes if reduction == "mean" else tensor
+
+    def gather(self, tensor):
+        import torch.distributed as dist
+
+        parts = [torch.empty_like(tensor) for _ in range(self.num_processes)]
+        dist.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts)
+
+
+def launched_processes() -> int:
+    """How many processes torchrun / accelerate launch started for this command (1 without)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def load_for_eval(run_dir, device=None):
     """(config, model, tokenizers, accelerator): what a recipe's `evaluate(run_dir, device)` scores
-    a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32, in
-    this process alone (`OneDevice`)."""
+    a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32: in
+    this process alone (`OneDevice`), or, launched as several processes, each on its own GPU
+    (cuda:LOCAL_RANK for "cuda" or "auto") with the batches split over them (`EvalProcesses`)."""
+    import os
+
     device = inference_device(device)
+    several = launched_processes() > 1
+    if several and device.type == "cuda" and device.index is None:  # each process its own GPU, as in training
+        device = inference_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir, device)
-    return cfg, model, toks, OneDevice(model.device)
+    return cfg, model, toks, (EvalProcesses if several else OneDevice)(model.device)
 
 
 class RunTokenizers(dict):

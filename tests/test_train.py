@@ -235,7 +235,7 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text
         torch.testing.assert_close(g2[k], g1[k], atol=1e-6, rtol=1e-5)
 
 
-def test_two_process_training_run_and_exact_resume(tmp_path, small_text):
+def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeypatch, capsys):
     """Two processes train as one data-parallel run; each draws its own dropout masks (its own RNG
     stream, kept in the checkpoint per process), and a resume continues every stream exactly."""
     run = tmp_path / "ddp"
@@ -250,6 +250,19 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text):
     shutil.rmtree(run / "checkpoints" / "step-0000020")  # as if killed after step 10's checkpoint
     torchrun(2, "-m", "recipes.cli", "resume", str(run))
     assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
+    # eval launched as 2 processes: the batches split over them, the sums
+    # gathered; the figures of one process, printed once
+    alone = json.loads(mmtok("eval", str(run), "--data", str(small_text)).stdout)
+    both = torchrun(2, "-m", "recipes.cli", "eval", str(run), "--data", str(small_text), "--device", "auto")
+    assert both.stdout.count("val_loss") == 1 and len(alone) == 2
+    split = json.loads(both.stdout[both.stdout.index("{") :])  # (after gloo's own lines: "[Gloo] Rank 1 is connected to ...")
+    assert split["val_tokens"] == alone["val_tokens"] and split["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-5)
+    # the other commands run in one process: launched as several, each would do the whole work, on one GPU
+    from recipes import cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["generate", str(run), "--max-new-tokens", "4"]) == 2
+    assert "mmtok generate runs in one process: launch it without torchrun" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["loss", "gradients", "gradients, grad_clip=0"])
