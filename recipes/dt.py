@@ -320,10 +320,10 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 def evaluate_run(run_dir, device=None) -> dict:
     """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained), on
     `device` (None = the CPU)."""
-    from .runs import load_run_info, load_trained
+    from .runs import eval_device, load_run_info, load_trained
 
     _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir, device)
+    model, toks = load_trained(run_dir, eval_device(device))
     device = model.device
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]

@@ -231,15 +231,20 @@ def load_for_eval(run_dir, device=None):
     a run's last checkpoint with, on `device` (`inference_device`; None = the CPU), in float32: in
     this process alone (`OneDevice`), or, launched as several processes, each on its own GPU
     (cuda:LOCAL_RANK for "cuda" or "auto") with the batches split over them (`EvalProcesses`)."""
+    _, _, cfg = load_run_info(run_dir)
+    model, toks = load_trained(run_dir, eval_device(device))
+    return cfg, model, toks, (EvalProcesses if launched_processes() > 1 else OneDevice)(model.device)
+
+
+def eval_device(device=None) -> torch.device:
+    """`inference_device(device)`; launched as several processes, "cuda" (or "auto" on a CUDA
+    machine) is each process's own GPU, cuda:LOCAL_RANK, as in training."""
     import os
 
     device = inference_device(device)
-    several = launched_processes() > 1
-    if several and device.type == "cuda" and device.index is None:  # each process its own GPU, as in training
+    if launched_processes() > 1 and device.type == "cuda" and device.index is None:
         device = inference_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir, device)
-    return cfg, model, toks, (EvalProcesses if several else OneDevice)(model.device)
+    return device
 
 
 class RunTokenizers(dict):
