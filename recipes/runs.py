@@ -200,6 +200,8 @@ class EvalProcesses(OneDevice):
 
         super().__init__(device)
         if not dist.is_initialized():
+            if self.device.type == "cuda":  # NCCL's collectives (and the command's closing barrier) run on the current GPU
+                torch.cuda.set_device(self.device)
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
         self.is_main_process = self.process_index == 0
