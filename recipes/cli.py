@@ -54,6 +54,7 @@ def cmd_train(args):
 
 
 def cmd_resume(args):
+    from .checkpoint import latest_checkpoint
     from .runs import load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
@@ -61,8 +62,12 @@ def cmd_resume(args):
         if k != "max_steps":
             raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
         apply_values(cfg, {k: v}, "the command line")
+        done = latest_checkpoint(Path(args.run_dir))
+        done = int(done.name.split("-")[-1]) if done is not None else 0
         if cfg.max_steps < 0:  # note: only this; the run's other values were checked when it started (or by older rules)
             raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
+        if cfg.max_steps < done:
+            raise ConfigError(f"max_steps={cfg.max_steps}: the run's last checkpoint is at step {done}; resume trains on to a later step")
         update_run_info(args.run_dir, max_steps=cfg.max_steps)  # a later plain resume / eval keeps the new length
     module.main(cfg, resume=True)
 
@@ -311,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     prompt.add_argument("--prompt", default="\n")
     prompt.add_argument("--prompt-file", default=None, metavar="FILE", help="the prompt is this UTF-8 file's text (nanoGPT's start=FILE:...)")
     s.add_argument("--num-samples", type=positive_int, default=1, help="continuations drawn side by side, separated by a line of dashes")
-    s.add_argument("--max-new-tokens", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--max-new-tokens", type=positive_int, default=300)
+    s.add_argument("--temperature", type=nonnegative_float, default=0.8, help="0: the likeliest token each step (greedy)")
     s.add_argument("--top-k", type=positive_int, default=200)
     s.add_argument("--seed", type=int, default=0)
     add_device(s)

@@ -72,7 +72,7 @@ def load_text(path: str) -> str:
     try:
         raw = p.read_bytes()
     except FileNotFoundError:
-        raise FileNotFoundError(f"data file {p} does not exist (data=PATH names the text to train on)") from None
+        raise FileNotFoundError(f"data file {p} does not exist") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -208,7 +208,10 @@ def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
         return make_evaluate(cfg, val_set)(model, accelerator)
     cfg.data = data
     text, val = read_text(cfg)
-    windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size)
+    try:
+        windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size)
+    except ValueError as e:  # (a character or token the run's tokenizer lacks): which data it is in
+        raise ValueError(f"--data {data}: {e}") from None
     return {"val_loss": mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)),
             "val_tokens": len(windows) * cfg.block_size}  # fmt: skip
 

@@ -99,7 +99,9 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert scored["val_tokens"] == ((3000 - 32 - 1) // 32 + 1) * 32  # every non-overlapping 32-character window: each token once
     (tmp_path / "odd.txt").write_text(corpus[:3000] + "€", encoding="utf-8")
     assert main(["eval", str(run), "--data", str(tmp_path / "odd.txt")]) == 2
-    assert "'€'" in capsys.readouterr().err
+    assert f"--data {tmp_path / 'odd.txt'}: text_char: character '€' (at offset 3000)" in capsys.readouterr().err  # the file named
+    assert main(["eval", str(run), "--data", str(tmp_path / "none.txt")]) == 2
+    assert f"data file {tmp_path / 'none.txt'} does not exist\n" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 0
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
@@ -190,6 +192,15 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text,
     assert [c.name for c in sorted((tmp_path / "run" / "checkpoints").glob("step-*"))] == [f"step-{n:07d}" for n in (5, 10, 15, 20)]
     capsys.readouterr()
     assert main(["resume", str(tmp_path / "run"), "max_steps=-1"]) == 2 and "max_steps=-1 must be at least 0" in capsys.readouterr().err
+    # a length below the last checkpoint's step is refused, run.json left as it was (not a length the run has passed)
+    assert main(["resume", str(tmp_path / "run"), "max_steps=12"]) == 2
+    assert "max_steps=12: the run's last checkpoint is at step 20; resume trains on to a later step" in capsys.readouterr().err
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["max_steps"] == 20
+    # generate: a temperature below 0 or no new tokens is refused, as training's sampling settings are
+    for flag, value in (("--temperature", "-1"), ("--max-new-tokens", "0")):
+        with pytest.raises(SystemExit):
+            main(["generate", str(tmp_path / "run"), flag, value])
+        assert f"argument {flag}: expected" in capsys.readouterr().err
 
 
 def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text):
