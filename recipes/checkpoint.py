@@ -207,11 +207,16 @@ def verify(directory: Path) -> None:
 
 
 # -- checkpoints in a run directory ---------------------------------------------------------------
+def checkpoint_step(path: Path) -> int:
+    """The step a checkpoint folder (`step-0000025`) was saved at."""
+    return int(STEP_RE.match(path.name)[1])
+
+
 def list_checkpoints(run_dir) -> list[Path]:
     root = Path(run_dir) / CKPT_DIR
     if not root.is_dir():
         return []
-    return sorted((p for p in root.iterdir() if STEP_RE.match(p.name)), key=lambda p: int(STEP_RE.match(p.name)[1]))
+    return sorted((p for p in root.iterdir() if STEP_RE.match(p.name)), key=checkpoint_step)
 
 
 def latest_checkpoint(run_dir) -> Path | None:

@@ -54,7 +54,7 @@ def cmd_train(args):
 
 
 def cmd_resume(args):
-    from .checkpoint import latest_checkpoint
+    from .checkpoint import checkpoint_step, latest_checkpoint
     from .runs import load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
@@ -62,8 +62,8 @@ def cmd_resume(args):
         if k != "max_steps":
             raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
         apply_values(cfg, {k: v}, "the command line")
-        done = latest_checkpoint(Path(args.run_dir))
-        done = int(done.name.split("-")[-1]) if done is not None else 0
+        last = latest_checkpoint(args.run_dir)
+        done = checkpoint_step(last) if last is not None else 0
         if cfg.max_steps < 0:  # note: only this; the run's other values were checked when it started (or by older rules)
             raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
         if cfg.max_steps < done:
