@@ -21,6 +21,7 @@ episodes, the DT conditioned on each target in `targets`; it prints mean ± std 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from tokenizers_mm.trajectory import finite_span
 
 from .config import TrainConfig
 from .runs import resolve_run_dir, save_run_info
-from .train import train
+from .train import my_share, summed, train
 
 
 @dataclass
@@ -221,13 +222,22 @@ def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
     return [round(float(x), 1) for x in np.linspace(np.median(returns), returns.max(), 5)]
 
 
+def shared_rollouts(accelerator, model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str, target: float, seeds: list[int],
+                    blank_returns: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(mean, std) of the returns of `rollouts` over `seeds`, each process running its share
+    (seeds[rank::processes]) on its device, their counts, sums and sums of squares added up."""
+    mine = rollouts(model, tok, env_id, target, [seeds[i] for i in my_share(accelerator, len(seeds))], blank_returns, accelerator.device)
+    n, total, squares = summed(accelerator, len(mine), mine.sum(), np.square(mine).sum())
+    mean = total / n
+    return mean, math.sqrt(max(squares / n - mean**2, 0.0))
+
+
 def make_evaluate(cfg: Config, tok: TrajectoryTokenizer, target: float, blank_returns: bool):
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
 
     def evaluate(model, accelerator) -> dict:
-        m = accelerator.unwrap_model(model)
-        returns = rollouts(m, tok, cfg.env, target, seeds, blank_returns, accelerator.device)
-        return {"val_return": float(returns.mean()), "val_return_std": float(returns.std())}
+        mean, std = shared_rollouts(accelerator, accelerator.unwrap_model(model), tok, cfg.env, target, seeds, blank_returns)
+        return {"val_return": mean, "val_return_std": std}
 
     return evaluate
 
@@ -319,20 +329,18 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
 def evaluate_run(run_dir, device=None) -> dict:
     """Roll out a run's last checkpoint at its target return (and its BC baseline, when trained), on
-    `device` (None = the CPU)."""
-    from .runs import eval_device, load_run_info, load_trained
+    `device` (None = the CPU); launched as several processes, each runs its share of the episodes."""
+    from .runs import load_for_eval, load_trained
 
-    _, _, cfg = load_run_info(run_dir)
-    model, toks = load_trained(run_dir, eval_device(device))
-    device = model.device
+    cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
         target = cfg.target or float(start_returns(load_data(cfg), cfg.gamma).max())
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
-    r = rollouts(model, toks["trajectory"], cfg.env, target, seeds, device=device)
-    out = {"target": target, "val_return": float(r.mean()), "val_return_std": float(r.std())}
+    mean, std = shared_rollouts(accelerator, model, toks["trajectory"], cfg.env, target, seeds)
+    out = {"target": target, "val_return": mean, "val_return_std": std}
     if (Path(run_dir) / "bc" / "checkpoints").is_dir():
-        bc, _ = load_trained(Path(run_dir) / "bc", device)
-        out["bc_return"] = float(rollouts(bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True, device=device).mean())
+        bc, _ = load_trained(Path(run_dir) / "bc", accelerator.device)
+        out["bc_return"] = shared_rollouts(accelerator, bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True)[0]
     return out

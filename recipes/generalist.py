@@ -64,7 +64,7 @@ from tokenizers_mm.base import read_json, write_json_atomic
 
 from .config import ConfigError, TrainConfig
 from .runs import resolve_run_dir, save_run_info
-from .train import train
+from .train import my_share, summed, train
 
 TASKS = ("digits", "speech", "control", "text")
 # the default loss weights per task: they balance the tasks' gradients in the shared trunk (README)
@@ -168,7 +168,7 @@ class Task:
     tokenizers: dict  # modality -> tokenizer
     heads: dict[str, HeadConfig]
     train_set: Dataset  # items: {modality: TokenSet}, targets inside the sets
-    evaluate: Callable  # (model, device) -> {metric: value}
+    evaluate: Callable  # (model, accelerator) -> {metric: value}, each process evaluating its share (train.my_share), figures summed
 
 
 class DigitExamples(Dataset):
@@ -204,20 +204,18 @@ def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
                       loss_weight=loss_weight)  # fmt: skip
 
     @torch.no_grad()
-    def evaluate(model, device) -> dict:
+    def evaluate(model, accelerator) -> dict:
         correct = 0
-        for s in range(0, len(test), 256):
-            batch = collate([test[i]["image"] for i in range(s, min(s + 256, len(test)))]).to(device)
+        for s in (256 * k for k in my_share(accelerator, -(-len(test) // 256))):
+            batch = collate([test[i]["image"] for i in range(s, min(s + 256, len(test)))]).to(accelerator.device)
             logits = model({"image": batch}).logits["digit"][:, 0]  # the CLS token
             correct += int((logits.argmax(-1).cpu() == labels[s : s + 256]).sum())
-        return {"digits_accuracy": correct / len(test)}
+        return {"digits_accuracy": summed(accelerator, correct)[0] / len(test)}
 
     return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate)
 
 
 def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
-    import jiwer
-
     from . import whisper_digits as wd
 
     wcfg = wd.Config(data_dir=cfg.speech_dir, n_train=cfg.n_train, n_test=cfg.n_test, max_frames=cfg.max_frames, max_text=cfg.max_text)
@@ -229,12 +227,15 @@ def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     head = HeadConfig("lm", "text", loss_weight=loss_weight)
 
     @torch.no_grad()
-    def evaluate(model, device) -> dict:
-        hyps, refs = [], [test_set.pairs[i][1] for i in range(n)]
-        for s in range(0, n, 32):
-            audio = collate([test_set[i]["audio"] for i in range(s, min(s + 32, n))]).to(device)
-            hyps += wd.transcribe_batch(model, text_tok, audio, cfg.max_text - 3)
-        return {"speech_wer": jiwer.wer(refs, hyps)}
+    def evaluate(model, accelerator) -> dict:
+        errors = words = 0
+        for s in (32 * k for k in my_share(accelerator, -(-n // 32))):
+            audio = collate([test_set[i]["audio"] for i in range(s, min(s + 32, n))]).to(accelerator.device)
+            hyps = wd.transcribe_batch(model, text_tok, audio, cfg.max_text - 3)
+            e, w = wd.word_errors([(test_set.pairs[s + j][1], h) for j, h in enumerate(hyps)])
+            errors, words = errors + e, words + w
+        errors, words = summed(accelerator, errors, words)
+        return {"speech_wer": errors / words}
 
     return Task("speech", {"audio": audio_tok, "text": text_tok}, {"lm": head}, train_set, evaluate)
 
@@ -258,9 +259,9 @@ def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     head = HeadConfig("token_classify", "trajectory", num_outputs=tok.action_dim, token_type="state", loss_weight=loss_weight)
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
 
-    def evaluate(model, device) -> dict:
-        returns = dt.rollouts(model, tok, cfg.env, cfg.target, seeds, device=device)
-        return {"control_return": float(returns.mean()), "control_return_std": float(returns.std())}
+    def evaluate(model, accelerator) -> dict:
+        mean, std = dt.shared_rollouts(accelerator, model, tok, cfg.env, cfg.target, seeds)
+        return {"control_return": mean, "control_return_std": std}
 
     return Task("control", {"trajectory": tok}, {"action": head}, dt.Windows(episodes, tok), evaluate)
 
@@ -293,8 +294,9 @@ def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     head = HeadConfig("lm", "prose", loss_weight=loss_weight)
 
     @torch.no_grad()
-    def evaluate(model, device) -> dict:
-        return {"text_loss": sum(model({"prose": b.to(device)}).losses["prose_lm"].item() for b in val) / len(val)}
+    def evaluate(model, accelerator) -> dict:
+        loss = sum(model({"prose": val[i].to(accelerator.device)}).losses["prose_lm"].item() for i in my_share(accelerator, len(val)))
+        return {"text_loss": summed(accelerator, loss)[0] / len(val)}
 
     return Task("text", {"prose": tok}, {"prose_lm": head}, train_set, evaluate)
 
@@ -398,7 +400,7 @@ def make_evaluate(tasks: list[Task]):
         m.eval()
         out = {}
         for task in tasks:
-            out.update(task.evaluate(m, accelerator.device))
+            out.update(task.evaluate(m, accelerator))
         m.train(was)
         return out
 

@@ -191,9 +191,9 @@ class OneDevice:
 
 class EvalProcesses(OneDevice):
     """OneDevice for each process of an evaluation launched with torchrun / accelerate launch: the
-    process group (gloo on the CPU, NCCL on GPUs) without an Accelerate state, so that `accuracy`
-    and `mean_loss` split the batches over the processes and sum their figures, as in training.
-    Evaluations that decode or roll out (WER, returns) run whole in every process, as in training."""
+    process group (gloo on the CPU, NCCL on GPUs) without an Accelerate state, so that the
+    evaluations (`accuracy`, `mean_loss`, WER, rollouts) split the batches or episodes over the
+    processes (`train.my_share`) and sum their figures (`train.summed`), as in training."""
 
     def __init__(self, device):
         import torch.distributed as dist

@@ -223,13 +223,26 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
     model.eval()
     batches = indexable(batches)
     total, check = torch.zeros(2, device=accelerator.device), host_check(accelerator, model)
-    for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
+    for i in my_share(accelerator, len(batches)):  # (another process's batches are not made)
         inputs, targets = to_device(batches[i], accelerator.device, check)
         rows = float(next(iter(inputs.values())).shape[0])
         total += torch.stack([model(inputs, targets).loss.float() * rows, torch.tensor(rows, device=accelerator.device)])
     total = accelerator.reduce(total, "sum")
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def my_share(accelerator, n: int) -> range:
+    """The indices of the n batches (or episodes) this process evaluates: every num_processes-th,
+    from its rank."""
+    return range(accelerator.process_index, n, accelerator.num_processes)
+
+
+def summed(accelerator, *values: float) -> list[float]:
+    """`values` added up over the processes, in float64 (counts of words or episodes stay exact)."""
+    if accelerator.num_processes == 1:
+        return [float(v) for v in values]
+    return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
 
 
 def indexable(batches):
@@ -274,7 +287,7 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     model.eval()
     batches = indexable(batches)
     total, check = torch.zeros(3, device=accelerator.device), host_check(accelerator, model)
-    for i in range(accelerator.process_index, len(batches), accelerator.num_processes):  # (another process's batches are not made)
+    for i in my_share(accelerator, len(batches)):  # (another process's batches are not made)
         inputs, targets = batches[i]
         inputs, targets = to_device((inputs, {head: targets[head]}), accelerator.device, check)
         y = targets[head]

@@ -62,6 +62,7 @@ class Config(TrainConfig):
     eval_every: int = 500
     ckpt_every: int = 500
     eval_utterances: int = 300  # test utterances decoded at each evaluation
+    eval_batch_size: int = 32  # test utterances decoded together (each process its own batches)
     prompt: str = ""  # the decoder's prompt, its special tokens written out; "" = <|startoftranscript|><|transcribe|><|notimestamps|>
     beam_size: int = 1  # decoding: 1 = greedy, more = beam search on the KV cache
     length_penalty: float = 1.0  # beam search: score = log-probability / length ** length_penalty (1.0: openai-whisper's default)
@@ -653,35 +654,50 @@ def wer_normaliser(cfg: Config):
     return EnglishTextNormalizer() if english else BasicTextNormalizer()
 
 
-def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
+def word_errors(pairs) -> tuple[int, int]:
+    """(word errors, reference words) over (reference, hypothesis) pairs, as jiwer counts them: the
+    WER of several sets of pairs together is the sum of their errors over the sum of their words."""
     import jiwer
 
+    if not pairs:
+        return 0, 0
+    out = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
+    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
+
+
+def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
+    """evaluate(model, accelerator) -> {"val_wer", "val_loss"} over the first `eval_utterances` test
+    utterances: the batches split across the processes (each decodes its own), their word errors,
+    words and losses summed."""
     norm = wer_normaliser(cfg)
     from tqdm.auto import tqdm
 
-    from .train import EvalBatches
+    from .train import EvalBatches, my_share, summed
 
     n = min(cfg.eval_utterances, len(test_set))
     if n < 1:
         raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
-    refs = [test_set.pairs[i][1] for i in range(n)]
-    batches = EvalBatches(test_set, collate_examples, 32, n)  # made as first read; a large test set is never in memory whole
+    batches = EvalBatches(test_set, collate_examples, cfg.eval_batch_size, n)  # made as first read; a large test set is never in memory whole
 
     def evaluate(model, accelerator) -> dict:
         was = model.training
         model.eval()
         m = accelerator.unwrap_model(model)
-        hyps, loss = [], 0.0
-        for inputs, _ in tqdm(batches, desc="evaluating", unit="batch", leave=False, disable=None):
-            inputs = {k: v.to(accelerator.device) for k, v in inputs.items()}
-            loss += m(inputs).loss.item() * inputs["text"].shape[0]
-            hyps += transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
-                                     prompt=test_set.prompt, patience=cfg.patience)  # fmt: skip
+        errors = words = loss = rows = 0.0
+        mine = my_share(accelerator, len(batches))  # (another process's batches are not made)
+        for i in tqdm(mine, desc="evaluating", unit="batch", leave=False, disable=None if accelerator.is_main_process else True):
+            inputs = {k: v.to(accelerator.device) for k, v in batches[i][0].items()}
+            size = inputs["text"].shape[0]
+            loss += m(inputs).loss.item() * size
+            hyps = transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
+                                    prompt=test_set.prompt, patience=cfg.patience)  # fmt: skip
+            pairs = [(norm(test_set.pairs[i * cfg.eval_batch_size + j][1]), norm(h)) for j, h in enumerate(hyps)]
+            pairs = [(r, h) for r, h in pairs if r.strip()]  # note: a reference the normaliser empties ("[laughs]") has no words to miss
+            e, w = word_errors(pairs)
+            errors, words, rows = errors + e, words + w, rows + size
         model.train(was)
-        pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-        pairs = [(r, h) for r, h in pairs if r.strip()]  # note: a reference the normaliser empties ("[laughs]") has no words to miss
-        wer = jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]) if pairs else float("nan")
-        return {"val_wer": wer, "val_loss": loss / n}
+        errors, words, loss, rows = summed(accelerator, errors, words, loss, rows)
+        return {"val_wer": errors / words if words else float("nan"), "val_loss": loss / rows}
 
     return evaluate
 

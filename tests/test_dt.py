@@ -49,13 +49,22 @@ def test_dt_cartpole_trains_dt_and_bc_plots_evaluates_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_path):
-    """Two trainings in one process group (DT, then BC): the first must not end the group."""
+    """Two trainings in one process group (DT, then BC): the first must not end the group. Their
+    evaluations, and `mmtok eval` launched as two processes, roll out half the episodes in each
+    process and report the figures one process gives for all of them."""
     from test_train import torchrun
 
-    args = [f"{k}={v}" for k, v in TINY.items()] + [f"run_dir={tmp_path / 'run'}", f"data_dir={tmp_path / 'data'}", "n_episodes=30",
-                                                    "targets=500"]  # fmt: skip
+    run = tmp_path / "run"
+    args = [f"{k}={v}" for k, v in TINY.items()] + [f"run_dir={run}", f"data_dir={tmp_path / 'data'}", "n_episodes=30", "targets=500",
+                                                    "eval_episodes=3"]  # fmt: skip
     torchrun(2, "-m", "recipes.cli", "train", "dt_cartpole", *args)
-    assert json.loads((tmp_path / "run" / "bc" / "results.json").read_text())["val_return"] > 0
+    assert json.loads((run / "bc" / "results.json").read_text())["val_return"] > 0
+    alone = dt_cartpole.evaluate(run)
+    trained = json.loads((run / "results.json").read_text())
+    assert trained["val_return"] == pytest.approx(alone["val_return"]) and trained["val_return_std"] == pytest.approx(alone["val_return_std"])
+    out = torchrun(2, "-m", "recipes.cli", "eval", str(run)).stdout
+    both = json.loads(out[out.index("{") :])  # (after gloo's own lines)
+    assert both == pytest.approx(alone) and alone["val_return_std"] > 0  # (3 episodes, 2 and 1 a process: the std of all 3)
 
 
 def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):

@@ -227,7 +227,8 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
 @pytest.mark.slow
 def test_generalist_trains_on_two_processes_though_a_share_lacks_a_task(tmp_path, tiny):
     """Under DDP each process's share of a mixed batch can lack a task, leaving that process's
-    encoder or head unused: the loop asks DDP to find unused parameters for such models."""
+    encoder or head unused: the loop asks DDP to find unused parameters for such models. Each
+    process evaluates its share of the test images and episodes: the figures are one process's."""
     from test_train import torchrun
 
     cfg, *_ = tiny
@@ -235,7 +236,9 @@ def test_generalist_trains_on_two_processes_though_a_share_lacks_a_task(tmp_path
                                                     "layout=encoder-decoder", "batch_size=4", "max_steps=12", "eval_every=12",
                                                     "log_every=4", "warmup_steps=2", "cpu=true", f"run_dir={tmp_path}"]  # fmt: skip
     torchrun(2, "-m", "recipes.cli", "train", "generalist", *args)  # 2 samples per process from 2 tasks: most steps, some miss one
-    assert {"digits_accuracy", "control_return"} <= set(json.loads((tmp_path / "results.json").read_text()))
+    trained = json.loads((tmp_path / "results.json").read_text())
+    alone = g.evaluate(tmp_path)
+    assert set(alone) == {"digits_accuracy", "control_return", "control_return_std"} and alone == pytest.approx({k: trained[k] for k in alone})
 
 
 def test_fsdp_refuses_a_model_whose_batches_can_leave_blocks_unused(tiny):

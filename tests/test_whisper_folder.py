@@ -56,9 +56,19 @@ def write_folder(root, speech, extra=()):
 def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech):
     data = write_folder(tmp_path / "data", speech)
     run = tmp_path / "run"
-    metrics = whisper_folder.main(Config(data=str(data), run_dir=str(run), val_fraction=0.25, **TINY))
+    metrics = whisper_folder.main(Config(data=str(data), run_dir=str(run), val_fraction=0.25, eval_batch_size=2, **TINY))
     assert 0 <= metrics["val_wer"] and np.isfinite(metrics["val_loss"])
-    assert whisper_folder.evaluate(run)["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    alone = whisper_folder.evaluate(run)
+    assert alone["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    # launched as two processes (torchrun ... mmtok eval RUN): each decodes its own batches; the figures are the whole set's
+    from test_train import ROOT, torchrun
+
+    printed = torchrun(2, str(ROOT / "tests" / "helpers" / "eval_split.py"), "whisper_folder", str(run)).stdout
+    shares = [json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', printed)]  # (gloo's lines may run into them)
+    assert sorted(r["rank"] for r in shares) == [0, 1] and shares[0]["batches"] == 3  # 6 validation utterances, 2 a batch
+    assert sorted(shares[0]["read"] + shares[1]["read"]) == [0, 1, 2] and all(r["read"] for r in shares)
+    for r in shares:
+        assert r["val_wer"] == alone["val_wer"] and r["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-5)
     # another folder, all of it held out (`mmtok eval RUN --data PATH`): its own figures, a transcript the run cannot write named
     other = whisper_folder.evaluate(run, data=str(write_folder(tmp_path / "other", speech[:5])))
     assert np.isfinite(other["val_loss"]) and other["val_loss"] != pytest.approx(metrics["val_loss"], rel=1e-4) and other["val_wer"] >= 0
