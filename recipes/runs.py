@@ -9,9 +9,12 @@ config or a file.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +192,25 @@ class OneDevice:
         return tensor
 
 
+@contextlib.contextmanager
+def gloo_quiet(on: bool = True):
+    """While gloo connects a CPU process group (`on`), stdout's file descriptor goes to /dev/null:
+    gloo prints "[Gloo] Rank r is connected to n peer ranks ..." there from C++, once per process,
+    which would run into a command's output (`mmtok eval`'s JSON). Its errors go to stderr."""
+    if not on:
+        yield
+        return
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 class EvalProcesses(OneDevice):
     """OneDevice for each process of an evaluation launched with torchrun / accelerate launch: the
     process group (gloo on the CPU, NCCL on GPUs) without an Accelerate state, so that the
@@ -202,7 +224,8 @@ class EvalProcesses(OneDevice):
         if not dist.is_initialized():
             if self.device.type == "cuda":  # NCCL's collectives (and the command's closing barrier) run on the current GPU
                 torch.cuda.set_device(self.device)
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+            with gloo_quiet(self.device.type != "cuda"):
+                dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
         self.is_main_process = self.process_index == 0
 
@@ -223,8 +246,6 @@ class EvalProcesses(OneDevice):
 
 def launched_processes() -> int:
     """How many processes torchrun / accelerate launch started for this command (1 without)."""
-    import os
-
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -241,8 +262,6 @@ def load_for_eval(run_dir, device=None):
 def eval_device(device=None) -> torch.device:
     """`inference_device(device)`; launched as several processes, "cuda" (or "auto" on a CUDA
     machine) is each process's own GPU, cuda:LOCAL_RANK, as in training."""
-    import os
-
     device = inference_device(device)
     if launched_processes() > 1 and device.type == "cuda" and device.index is None:
         device = inference_device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")

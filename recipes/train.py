@@ -42,6 +42,7 @@ from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, 
                          verify_latest, write_checkpoint)
 from .config import TrainConfig
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
+from .runs import gloo_quiet, launched_processes
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -310,7 +311,8 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = Fals
     # note: Accelerate sets up CPU processes (torchrun on a machine without a GPU) only when told cpu=True;
     # otherwise each process would train alone on the whole batch, all writing one run directory
     cpu = cfg.cpu or not torch.accelerator.is_available()
-    return Accelerator(mixed_precision=precision, cpu=cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
+    with gloo_quiet(cpu and launched_processes() > 1):
+        return Accelerator(mixed_precision=precision, cpu=cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
 
 def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, accelerator, full=None, skipped: int = 0) -> None:

@@ -64,7 +64,7 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     from test_train import ROOT, torchrun
 
     printed = torchrun(2, str(ROOT / "tests" / "helpers" / "eval_split.py"), "whisper_folder", str(run)).stdout
-    shares = [json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', printed)]  # (gloo's lines may run into them)
+    shares = [json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', printed)]  # (the processes' lines may run into each other)
     assert sorted(r["rank"] for r in shares) == [0, 1] and shares[0]["batches"] == 3  # 6 validation utterances, 2 a batch
     assert sorted(shares[0]["read"] + shares[1]["read"]) == [0, 1, 2] and all(r["read"] for r in shares)
     for r in shares:
