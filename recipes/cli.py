@@ -168,6 +168,13 @@ def cmd_transcribe(args):
 
         torch.set_num_threads(args.threads)
     stems = [Path(a).stem for a in args.audio]
+    if args.output_dir:  # made now: a path that cannot be a folder fails before the work, not after it
+        if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+            raise ConfigError(f"--output-dir {args.output_dir}: a file, not a folder")
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--output-dir {args.output_dir}: cannot make the folder ({e.strerror})") from None
     if args.output_dir and not args.output_format:  # as openai-whisper: an output folder alone gets every format
         args.output_format = "all"
     if args.output_format and len(set(stems)) < len(stems):

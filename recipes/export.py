@@ -133,8 +133,8 @@ def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] |
 def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> dict:
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
     prompt and decode as `mmtok transcribe`: greedy or the run's beam search (transformers' own:
-    num_beams and length_penalty, no patience), no token suppression, at most max_text decoder
-    tokens and max_positions // 2 new ones (openai-whisper's sample_len). Only a multilingual model
+    num_beams and length_penalty, no patience), no token suppression, at most max_positions // 2
+    new tokens after the prompt (openai-whisper's sample_len). Only a multilingual model
     gets a language table, and only Whisper's own prompt (language, task) leaves the language to
     it: any other prompt is forced as it is, since a multilingual model without one detects the
     language. parts: `prompt_parts(prompt)`."""
@@ -147,7 +147,7 @@ def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> di
     multilingual = bool(languages)
     layers = t.dec_depth or t.depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-              "max_length": text_tok.max_positions, "max_new_tokens": text_tok.max_positions // 2,  # openai-whisper's sample_len, as transcribe
+              "max_new_tokens": text_tok.max_positions // 2,  # openai-whisper's sample_len, as transcribe (no max_length: given both, generate warns at every call)
               "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
               "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": run_cfg.beam_size,
               "length_penalty": run_cfg.length_penalty, "is_multilingual": multilingual, "max_initial_timestamp_index": 50,

@@ -24,6 +24,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -163,17 +164,26 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
     return root, None
 
 
+NAMED_SKIPS = 10  # skipped samples named one by one; the rest are counted
+
+
 def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]:
     """Run check(path, label) on every pair once: (the pairs that passed, how many were skipped).
-    A ValueError stops the run with the sample's message unless skip_bad."""
+    A ValueError stops the run with the sample's message unless skip_bad; the first NAMED_SKIPS
+    skipped samples are named on stderr with their reason. what: "training images", "evaluation
+    audio", ... (an evaluation's files are mended, not skipped by a key `mmtok eval` does not take)."""
     good, bad = [], 0
     for path, label in tqdm(pairs, desc=f"checking {what}", leave=False, disable=len(pairs) < 200):
         try:
             check(path, label)
         except ValueError as e:
             if not skip_bad:
-                raise type(e)(f"{e} (set skip_bad_samples=true to skip such files)") from None
+                hint = ("mend or remove it: evaluation skips such files only for a run trained with skip_bad_samples=true"
+                        if what.split()[0] == "evaluation" else "set skip_bad_samples=true to skip such files")  # fmt: skip
+                raise type(e)(f"{e} ({hint})") from None
             bad += 1
+            if bad <= NAMED_SKIPS:
+                tqdm.write(f"skipped {e}" + (" (the further ones are only counted)" if bad == NAMED_SKIPS else ""), file=sys.stderr)
             continue
         good.append((path, label))
     return good, bad

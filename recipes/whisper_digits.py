@@ -884,6 +884,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     punctuations = (prepend_punctuations, append_punctuations)  # None: openai-whisper's set (`window_words`)
     if punctuations != (None, None) and not word_timestamps:
         raise ValueError("prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps")
+    if carry_initial_prompt and not (windows == "seek" and initial_prompt):
+        raise ValueError("carry_initial_prompt: it reads the initial prompt before every window of windows=seek (windows=pauses always "
+                         "does); it needs windows=seek and an initial_prompt")  # fmt: skip
     if clip_timestamps is not None:
         if windows != "seek":
             raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")

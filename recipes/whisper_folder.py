@@ -127,10 +127,15 @@ def whisper_weights(cfg: Config):
     elif not cfg.prompt:
         cfg.language = language_code(cfg.language or "en", text_tok)
         cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
+    warn_fine_tuning(cfg)
+    return model, audio_tok, text_tok
+
+
+def warn_fine_tuning(cfg: Config) -> None:
+    """On Whisper's weights (or a run on them), the from-scratch defaults undo what the model knows: say so."""
     if cfg.lr == Config.lr or cfg.lowercase:
         print(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
               "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip
-    return model, audio_tok, text_tok
 
 
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
@@ -210,6 +215,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
             raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
         audio_tok, text_tok = toks["audio"], toks["text"]
         cfg.prompt, cfg.language = run_prompt(cfg, load_run_info(cfg.init_from)[2], text_tok)
+        if isinstance(text_tok, BPETokenizer):  # a run on Whisper's weights (a from-scratch run reads characters)
+            warn_fine_tuning(cfg)
     if model is not None:  # fine-tuning: the architecture is the model's, whatever the config says
         t = model.config.trunk
         cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels

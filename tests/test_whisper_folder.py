@@ -75,8 +75,8 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     (tmp_path / "odd").mkdir()
     sf.write(tmp_path / "odd" / "x.wav", speech[0][0], 16000)
     (tmp_path / "odd" / "metadata.csv").write_text("file_name,transcription\nx.wav,straße\n")
-    with pytest.raises(ValueError, match=r"x.wav.*'ß'"):
-        whisper_folder.evaluate(run, data=str(tmp_path / "odd"))
+    with pytest.raises(ValueError, match=r"x.wav.*'ß'.*\(mend or remove it: evaluation skips such files only for a run trained with skip_bad"):
+        whisper_folder.evaluate(run, data=str(tmp_path / "odd"))  # (not training's hint: mmtok eval takes no skip_bad_samples)
 
     # fine-tune: architecture and tokenizers come from the run, whatever the config says
     tuned = tmp_path / "tuned"
@@ -137,8 +137,11 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
     sf.write(tmp_path / "all" / "silence.wav", np.zeros(8000, dtype=np.int16), 16000)
     _, _, train_set, val_set, _ = whisper_folder.build_data(Config(data=str(tmp_path / "all"), skip_bad_samples=True, val_fraction=0.25, **TINY))
     assert len(train_set) + len(val_set) == 9  # 8 utterances + silence
-    train_skipped, val_skipped = map(int, re.search(r"skipped (\d+) training and (\d+) validation", capsys.readouterr().out).groups())
+    printed = capsys.readouterr()
+    train_skipped, val_skipped = map(int, re.search(r"skipped (\d+) training and (\d+) validation", printed.out).groups())
     assert train_skipped + val_skipped == len(cases)
+    named = [line for line in printed.err.splitlines() if line.startswith("skipped ")]  # each named, with its reason
+    assert len(named) == len(cases) and all(any(message in line for line in named) for message in cases.values()), printed.err
 
 
 def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
@@ -169,7 +172,7 @@ def openai_checkpoint(path, n_vocab: int, reference: bool = False):
     return (path, model.float().eval()) if reference else path
 
 
-def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech):
+def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech, capsys):
     """init_from=an openai-whisper checkpoint: its weights, Whisper's tokenizer (ids as openai-whisper's),
     its prompt with the language token, 30 s windows; the run then resumes, evaluates and transcribes."""
     tokenizer = pytest.importorskip("whisper.tokenizer")
@@ -207,7 +210,9 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     # fine-tuning the run again in French: its prompt's language token replaced, and recorded
     again = Config(data=str(data), init_from=str(run), language="fr", lowercase=False, run_dir=str(tmp_path / "again"), val_fraction=0.34,
                    **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
+    capsys.readouterr()
     whisper_folder.main(again)
+    assert "on Whisper's weights, lr=0.001 may undo what it knows" in capsys.readouterr().out  # a run on them: its weights are Whisper's too
     saved = json.loads((tmp_path / "again" / "run.json").read_text())["config"]
     assert (saved["language"], saved["prompt"]) == ("fr", "<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>")
     # an empty transcript is the prompt, then <|endoftext|>; audio past the 30 s window is refused, not cut
@@ -504,6 +509,7 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
         assert hf_tok(" " + transcript).input_ids == example.ids.tolist() + example.targets[-1:].tolist()
         generation = json.loads((out / "generation_config.json").read_text())
         assert ("lang_to_id" in generation) == (n_vocab == 51865)  # an English-only model must not detect a language
+        assert generation["max_new_tokens"] == text_tok.max_positions // 2 and "max_length" not in generation  # (both: a warning each call)
         if name == "own":  # its prompt has no language: forced, or transformers would detect one (and the run's beam search)
             assert generation["forced_decoder_ids"] == [[1, 50359], [2, 50363]] and generation["num_beams"] == 2
             continue
@@ -593,6 +599,13 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
         assert a - 0.011 <= seg["start"] < seg["end"] <= b + 0.011 and seg["end"] - seg["start"] > 0.5 * (b - a), seg
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--output-dir", str(tmp_path / "every")]) == 0  # alone: all formats
     assert sorted(p.name for p in (tmp_path / "every").iterdir()) == [f"talk.{f}" for f in ("json", "srt", "tsv", "txt", "vtt")]
+    (tmp_path / "afile").write_text("")
+    capsys.readouterr()
+    for args, message in [(["--output-dir", str(tmp_path / "afile")], f"--output-dir {tmp_path / 'afile'}: a file, not a folder"),
+                          (["--carry-initial-prompt", "--initial-prompt", "Seven."], "carry_initial_prompt: it reads the initial prompt "
+                           "before every window of windows=seek (windows=pauses always does); it needs windows=seek and an initial_prompt")]:  # fmt: skip
+        assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), *args]) == 2  # refused before any decoding
+        assert message in capsys.readouterr().err
     capsys.readouterr()
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--condition-on-previous-text"]) == 0  # the second window reads the first's text
     conditioned = whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"], condition_on_previous_text=True)[0]
