@@ -28,7 +28,11 @@ def cmd_recipes(args):
     from .runs import all_recipes, get_recipe
 
     for name in all_recipes():
-        doc = " ".join((get_recipe(name).__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, on one line
+        try:
+            doc = " ".join((get_recipe(name).__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, on one line
+        except ConfigError as e:  # a broken plugin: named, the others listed
+            print(f"mmtok: warning: {e}", file=sys.stderr)
+            doc = "(fails to import: see the warning)"
         print(f"{name:16s} {doc}")
     print("\nnamed configs (mmtok train NAME):")
     from .config import read_yaml

@@ -53,14 +53,20 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n"
-                                           "broken = no_such_module_here:Nope\n")  # a half-installed plugin beside it
+                                           "broken = no_such_module_here:Nope\n"  # a half-installed plugin beside it
+                                           "text_char = toy_plugin:ToyTokenizer\n")  # a name a built-in holds
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
         from toy_plugin import ToyTokenizer  # imported directly, saved before any lookup: its entry point names it
 
-        with pytest.warns(UserWarning, match=r"plugin tokenizer 'broken' \(no_such_module_here:Nope\) failed to load, skipped: ModuleNotFoundError"):
+        with pytest.warns(UserWarning) as warned:
             ToyTokenizer(scale=3.0).save(tmp_path / "direct")
+        said = [str(w.message) for w in warned]
+        assert any("plugin tokenizer 'broken' (no_such_module_here:Nope) failed to load, skipped: ModuleNotFoundError" in m for m in said), said
+        assert any("plugin tokenizer 'text_char' (toy_plugin:ToyTokenizer) not loaded: the name is registered by "
+                   "tokenizers_mm.text_char.CharTokenizer" in m for m in said), said  # fmt: skip
+        assert registry.get("text_char").__name__ == "CharTokenizer"
         assert load_tokenizer(tmp_path / "direct").scale == 3.0
         assert "toy" in registry.list_tokenizers() and "text_char" in registry.list_tokenizers()  # the broken one stops nothing
         tok = registry.create("toy", scale=2.0)
@@ -86,3 +92,22 @@ def test_an_unregistered_subclass_is_not_saved_under_its_parents_name(tmp_path):
         LowerChar(chars="abc").save(tmp_path / "lower")
     assert not (tmp_path / "lower" / "tokenizer.json").exists()
     assert type(load_tokenizer(CharTokenizer(chars="abc").save(tmp_path / "plain"))) is CharTokenizer
+
+
+def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usable(tmp_path, monkeypatch, capsys):
+    from recipes.cli import main
+    from recipes.runs import RECIPE_ENTRY_POINTS
+
+    dist = tmp_path / "broken_recipes-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-recipes\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    message = (f"recipe 'broken_recipe' (entry point {RECIPE_ENTRY_POINTS}: broken_recipe = no_such_pkg.recipe) fails to import: "
+               "ModuleNotFoundError: No module named 'no_such_pkg'")  # fmt: skip
+    assert main(["recipes"]) == 0
+    listed = capsys.readouterr()
+    assert "gpt_char" in listed.out and "broken_recipe    (fails to import" in listed.out and message in listed.err
+    assert main(["train", "broken_recipe", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()

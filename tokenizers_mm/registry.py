@@ -38,7 +38,11 @@ def _load_plugins():
         return
     _plugins_loaded = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
+        if ep.name in _REGISTRY:  # the plugin's class itself (imported directly), or another class that took its name
+            held = _REGISTRY[ep.name]
+            if f"{held.__module__}:{held.__qualname__}" != ep.value:
+                warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) not loaded: the name is registered by "
+                              f"{held.__module__}.{held.__qualname__}; a run saved with the plugin's would not load", stacklevel=2)  # fmt: skip
             continue
         try:
             cls = ep.load()
