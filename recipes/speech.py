@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import sys
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,9 +130,10 @@ def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
 def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
     """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`)."""
     import soundfile as sf
+    from tqdm.auto import tqdm
 
     seconds = []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(tqdm(rows, desc="synthesizing speech", unit="utt", disable=None)):  # (off when stderr is not a terminal)
         wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
         sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
         seconds.append(round(len(wave) / 16000, 3))
@@ -141,21 +143,31 @@ def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
 def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[Utterance]:
     """Generate (or reuse) `n` utterances under `directory`: WAV files + manifest.jsonl.
 
-    Deterministic in (n, voices, seed): texts and settings come from a seeded generator, and the
-    audio is rendered in a fresh process. A manifest made with other settings is regenerated.
+    Deterministic in (voices, seed), utterance by utterance: texts and settings come from a seeded
+    generator in order, each utterance's noise from a stream of its own, and the audio is rendered
+    in order in a fresh process. So utterance i is the same whatever `n`, and a corpus made for
+    more utterances serves fewer (its first n, the manifest kept). One made for fewer, or with other
+    settings, is rendered again whole: eSpeak NG's output depends on the calls before it in its
+    process (`Synthesizer.say`), so utterances added to it would differ from a fresh corpus's.
     """
     directory = Path(directory)
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
     return made_once(directory / ".lock", lambda: _cached_corpus(directory, recipe), lambda: _render_corpus(directory, recipe))
 
 
-def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
+def _manifest_rows(directory: Path, recipe: dict) -> list[Utterance]:
+    """The utterances of directory's manifest when it was made with recipe's settings (any n), else []."""
     manifest = directory / "manifest.jsonl"
     if manifest.exists():
         lines = manifest.read_text().splitlines()
-        if lines and json.loads(lines[0]) == recipe:
+        if lines and {**json.loads(lines[0]), "n": recipe["n"]} == recipe:
             return [Utterance(**json.loads(line)) for line in lines[1:]]
-    return None
+    return []
+
+
+def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
+    rows = _manifest_rows(directory, recipe)
+    return rows[: recipe["n"]] if len(rows) >= recipe["n"] else None
 
 
 def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
@@ -167,6 +179,7 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
     rows = [Utterance(file_name=f"{i:06d}.wav", transcription=random_text(rng), voice=str(voices[rng.integers(len(voices))]),
                       rate=int(rng.integers(120, 260)), pitch=int(rng.integers(20, 80)), pitch_range=int(rng.integers(20, 90)),
                       word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
+    print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed))
     for u, sec in zip(rows, seconds):

@@ -29,6 +29,11 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
     other = make_corpus(tmp_path / "d", 6, TRAIN_VOICES, seed=3)
     assert [r.transcription for r in other] == [r.transcription for r in rows]
     assert np.array_equal(load_audio(tmp_path / "d" / rows[0].file_name)[0], load_audio(tmp_path / "c" / rows[0].file_name)[0])
+    # utterance i is the same whatever n: a corpus of fewer is the first ones of the cache (audio included), which is kept
+    fewer = make_corpus(tmp_path / "e", 3, TRAIN_VOICES, seed=3)
+    assert fewer == rows[:3] and make_corpus(tmp_path / "c", 3, TRAIN_VOICES, seed=3) == fewer
+    assert (tmp_path / "c" / "manifest.jsonl").stat().st_mtime_ns == mtime
+    assert np.array_equal(load_audio(tmp_path / "e" / rows[2].file_name)[0], load_audio(tmp_path / "c" / rows[2].file_name)[0])
     wave, rate = load_audio(tmp_path / "c" / rows[0].file_name)
     assert rate == 16000 and abs(len(wave) / 16000 - rows[0].seconds) < 1e-3
     ts = AudioTokenizer(chunk=False, max_frames=1000).encode(wave)
