@@ -369,6 +369,35 @@ class MultimodalTransformer(nn.Module):
                     what = "content tokens (only its learned tokens: CLS, ...)" if bool(b.mask[empty].any()) else "tokens"
                     raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no {hc.modality!r} {what} for head {name!r} "
                                      f"to {'read' if hc.pool == 'cls' else 'average'}: a pooled head needs at least one per sample")  # fmt: skip
+            if hc.kind in ("classify", "token_classify", "lm"):
+                self._check_classes(name, inputs, targets)
+
+    def _check_classes(self, name: str, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None) -> None:
+        """Class targets outside head `name`'s classes (cross_entropy's bare "Target 7 is out of
+        bounds", or a device-side assert on a GPU), named by sample; CPU tensors only. Targets where
+        the head takes no loss (padding, other token types, loss_mask off, IGNORE) are not read."""
+        hc, m = self.config.heads[name], self.config.modalities[self.config.heads[name].modality]
+        if hc.kind == "classify":
+            y = (targets or {}).get(name)
+            if y is None or y.device.type != "cpu" or y.is_floating_point():  # (floating targets: class probabilities)
+                return
+            classes, read = hc.num_outputs, torch.ones_like(y, dtype=torch.bool)
+        else:
+            b = inputs.get(hc.modality)
+            if b is None or b.targets is None or b.targets.device.type != "cpu" or b.targets.is_floating_point():
+                return
+            read = b.mask if b.loss_mask is None else b.mask & b.loss_mask
+            if hc.kind == "lm":
+                y, classes = b.targets, hc.num_outputs or m.vocab_size
+            else:  # (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
+                y = b.targets.reshape(*b.mask.shape, -1)
+                classes, read = hc.num_outputs // y.shape[-1], (read & (b.types == m.token_types.index(hc.token_type)))[..., None]
+        bad = read & (y != IGNORE) & ((y < 0) | (y >= classes))
+        if bad.any():
+            at = bad.nonzero()[0].tolist()
+            where = f" at token {at[1]}" if len(at) > 1 else ""
+            raise ValueError(f"head {name!r}: sample {at[0]} of the batch has target {int(y[tuple(at)])}{where}; expected a class "
+                             f"from 0 to {classes - 1} ({IGNORE}: no loss)")  # fmt: skip
 
     @torch.no_grad()
     def cross_attention_scores(self, inputs: dict[str, TokenBatch], memory: Memory | None = None,

@@ -681,3 +681,31 @@ def test_inputs_and_targets_the_model_would_misread_are_named():
         with pytest.raises(ValueError, match=message):
             model({"image": collate([bad]), "text": text})
     model({"image": image, "text": text}, {"cls": torch.tensor([1])})  # a good batch passes
+
+
+def test_class_targets_outside_a_heads_classes_are_named_by_sample():
+    """cross_entropy said only "Target 7 is out of bounds" (on a GPU, a device-side assert): a class
+    target outside the head's classes is named by sample (and token), for pooled, LM and per-token
+    heads; targets where the head takes no loss (-100, loss_mask off, other token types) are not read."""
+    model = multimodal("encoder")
+    image = collate([TokenSet("image", values=torch.randn(3, 12)), TokenSet("image", values=torch.randn(2, 12))])
+    text = collate([rand_text(3), rand_text(2)])
+    with pytest.raises(ValueError, match=r"head 'cls': sample 1 of the batch has target 3; expected a class from 0 to 2 \(-100: no loss\)"):
+        model({"image": image, "text": text}, {"cls": torch.tensor([0, 3])})
+    assert model({"image": image, "text": text}, {"cls": torch.tensor([2, -100])}).loss.isfinite()
+    lm = lm_model()
+    bad = TokenSet("text", ids=torch.arange(3), targets=torch.tensor([1, 50, 2]))
+    with pytest.raises(ValueError, match=r"head 'lm': sample 1 of the batch has target 50 at token 1; expected a class from 0 to 49"):
+        lm({"text": collate([next_token_set("text", torch.arange(4)), bad])})
+    masked = TokenSet("text", ids=torch.arange(3), targets=torch.tensor([1, 50, 2]), loss_mask=torch.tensor([True, False, True]))
+    assert lm({"text": collate([masked])}).loss.isfinite()
+    mods = {"image": ModalityConfig.from_spec(IMAGE)}  # actions as per-token classes at the "extra" tokens, 2 ids of 3 classes each
+    tokens = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), mods,
+                                               {"act": HeadConfig("token_classify", "image", num_outputs=6, token_type="extra")},
+                                               encoder_inputs=["image"]))  # fmt: skip
+    types = torch.tensor([0, 1, 0])
+    good = TokenSet("image", values=torch.randn(3, 12), types=types, targets=torch.tensor([[7, 7], [2, 0], [7, 7]]))  # 7s at patches: unread
+    assert tokens({"image": collate([good])}).loss.isfinite()
+    wrong = TokenSet("image", values=torch.randn(3, 12), types=types, targets=torch.tensor([[0, 0], [1, 3], [0, 0]]))
+    with pytest.raises(ValueError, match=r"head 'act': sample 1 of the batch has target 3 at token 1; expected a class from 0 to 2"):
+        tokens({"image": collate([good, wrong])})
