@@ -36,7 +36,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
 from tokenizers_mm.trajectory import finite_span
 
-from .config import TrainConfig
+from .config import ConfigError, TrainConfig
 from .runs import resolve_run_dir, save_run_info
 from .train import my_share, summed, train
 
@@ -71,6 +71,15 @@ class Config(TrainConfig):
     targets: str = ""  # comma-separated target returns for the table and plot; "" = 5 from the data's median to its best
     target: float = 0.0  # the target return the DT is judged at; 0 = the best return in the data
     baseline: bool = True  # also train behaviour cloning on the same data
+
+    def check(self) -> None:
+        super().check()
+        try:
+            parsed = [float(x) for x in self.targets.split(",")] if self.targets else []
+        except ValueError:
+            parsed = [math.nan]
+        if not all(math.isfinite(x) for x in parsed):
+            raise ConfigError(f"targets={self.targets!r}: expected comma-separated target returns (numbers), e.g. targets=100,300,500")
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -129,10 +129,11 @@ class Config(TrainConfig):
     AT_LEAST = {**TrainConfig.AT_LEAST, "batch_size": 0}  # 0: the sum of the weights
 
     def check(self) -> None:
-        super().check()
-        if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too)
+        if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too), and before
+            # the shared rule's "launch 2 or more processes", which would only lead here
             raise ConfigError("fsdp=true needs every process to run every block each step, and a generalist's task mix may "
                               "leave a stack unused on one process: train it without fsdp (DDP)")  # fmt: skip
+        super().check()
         task_list(self)
 
 
@@ -373,7 +374,8 @@ def model_config(cfg: Config, tasks: list[Task]) -> ModelConfig:
         raise ValueError(f"layout={cfg.layout!r}: expected 'prefix' or 'encoder-decoder'")
     enc, dec = [m for m in names if m in PREFIX], [m for m in names if m not in PREFIX]
     if not enc or not dec:
-        raise ValueError(f"layout='encoder-decoder' needs tasks with encoder inputs (image, audio) and decoder inputs (the rest); got {names}")
+        raise ValueError(f"layout='encoder-decoder' needs tasks with encoder inputs (image, audio) and decoder inputs (the rest); got {names}: "
+                         "add such a task (digits, speech), or give layout=prefix (one stack for every task)")  # fmt: skip
     trunk = TrunkConfig(dim=cfg.dim, depth=cfg.depth, dec_depth=cfg.dec_depth or None, num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio,
                         dropout=cfg.dropout, mode="encoder-decoder")  # fmt: skip
     return ModelConfig(trunk, modalities, heads, encoder_inputs=enc, decoder_inputs=dec, subset_inputs=True)

@@ -250,6 +250,14 @@ def test_fsdp_refuses_a_model_whose_batches_can_leave_blocks_unused(tiny):
         shard(tiny[3], Accelerator(cpu=True))
 
 
+def test_an_encoder_decoder_needs_tasks_on_both_sides_and_says_prefix_serves(tiny):
+    cfg, tasks, _, _ = tiny
+    decoder_only = [t for t in tasks if t.name in ("control", "text")]
+    with pytest.raises(ValueError, match=r"got \['trajectory', 'prose'\]: add such a task \(digits, speech\), or give layout=prefix"):
+        g.build_model(g.Config(**{**vars(cfg), "layout": "encoder-decoder"}), decoder_only)
+    assert g.build_model(cfg, decoder_only).config.trunk.mode == "decoder"  # prefix: one stack
+
+
 def test_weights_default_per_task_and_explicit_lists_must_match_the_tasks():
     names, weights, loss_weights = g.task_list(g.Config(tasks="digits,control"))
     assert names == ["digits", "control"] and weights == [32.0, 32.0] and loss_weights == [0.6, 6.0]  # control keeps its own

@@ -159,6 +159,8 @@ def test_cli_device_option(trained, capsys):
         (["train", "gpt_bpe", "init_from=/no/such/gpt2"], "init_from=/no/such/gpt2: no such file or folder"),
         (["train", "whisper_folder", "data=.", "n_train=5"], "config key 'n_train' does not apply to whisper_folder"),
         (["train", "generalist", "tasks=digits,contrl"], "unknown task 'contrl'; tasks are digits, speech, control, text"),
+        (["train", "generalist", "fsdp=true"], "fsdp=true needs every process to run every block each step"),  # (not "launch 2 or more")
+        (["train", "dt_cartpole", "targets=100,abc"], "targets='100,abc': expected comma-separated target returns (numbers)"),
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path, capsys, monkeypatch):
