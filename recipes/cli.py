@@ -94,7 +94,7 @@ def recipe_options(fn, recipe: str, **given) -> dict:
     for name in given:
         if name not in takes:
             why = {"device": " (it runs where it was written to)", "data": " (it evaluates on its own data)"}.get(name, "")
-            raise ConfigError(f"--{name.replace('_', '-')}: recipe {recipe!r}'s {fn.__name__} takes no {name}{why}")
+            raise ConfigError(f"--{name.replace('_', '-')}: the {fn.__name__} of recipe {recipe} takes no {name}{why}")
     return given
 
 

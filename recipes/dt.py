@@ -123,6 +123,12 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     import gymnasium as gym
 
     check_env(cfg, env)
+    widths = sorted({int(np.prod(np.shape(ep.observations)[1:])) for ep in episodes})
+    want = int(np.prod(env.observation_space.shape))
+    if widths != [want]:
+        other = next(w for w in widths if w != want)
+        raise ValueError(f"{cfg.data or 'the data'}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
+                         "of another environment? (give the env= it was recorded in)")  # fmt: skip
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
@@ -221,7 +227,8 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
 def start_returns(episodes, gamma: float) -> np.ndarray:
     """Each episode's return-to-go at its start, on the scale training conditions on: the total
     reward, or with a discount below 1 the discounted sum."""
-    return np.array([float(np.sum(ep.rewards)) if gamma == 1 else float(returns_to_go(ep.rewards, gamma)[0]) for ep in episodes])
+    with np.errstate(over="ignore", invalid="ignore"):  # (rewards past float32's range: the tokenizer's check names the episode)
+        return np.array([float(np.sum(ep.rewards)) if gamma == 1 else float(returns_to_go(ep.rewards, gamma)[0]) for ep in episodes])
 
 
 def target_list(cfg: Config, returns: np.ndarray) -> list[float]:

@@ -443,6 +443,13 @@ def _read_file(path: Path) -> dict:
     suffix = path.suffix.lower()
     if suffix == ".npz":
         try:
+            with open(path, "rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"
+        except OSError as e:
+            raise RLDataError(f"{path}: cannot read it ({e.strerror})") from None
+        if not zipped:  # (else numpy reads it as a pickle, and its error tells to unpickle what may not even be one)
+            raise RLDataError(f"{path}: not an NPZ file (a zip archive of .npy arrays, as np.savez writes)")
+        try:
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] if k in READ else None for k in f.files}
         except (ValueError, OSError, zipfile.BadZipFile) as e:

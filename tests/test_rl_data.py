@@ -213,6 +213,12 @@ def test_unknown_source(tmp_path, monkeypatch):
     (tmp_path / "x.csv").write_text("1,2\n")
     with pytest.raises(RLDataError, match=r"x\.csv: unknown file type '\.csv'"):
         load_episodes(tmp_path / "x.csv")
+    (tmp_path / "text.npz").write_text("observations,actions\n")  # numpy read it as a pickle, and said to unpickle it
+    with pytest.raises(RLDataError, match=r"text\.npz: not an NPZ file \(a zip archive of \.npy arrays, as np\.savez writes\)$"):
+        load_episodes(tmp_path / "text.npz")
+    np.savez(tmp_path / "objects.npz", observations=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(RLDataError, match=r"objects\.npz: not a readable NPZ of numeric arrays \(Object arrays cannot be loaded"):
+        load_episodes(tmp_path / "objects.npz")
     with pytest.raises(RLDataError, match="nothing/here-v0: no such file, and not a local Minari dataset"):
         load_episodes("nothing/here-v0")
 
