@@ -99,6 +99,11 @@ def test_bad_episodes_are_named():
     for scale in (0, -1.0, float("nan")):
         with pytest.raises(ValueError, match="rtg_scale=.* must be a finite number above 0"):
             TrajectoryTokenizer(4, 2, discrete=True, rtg_scale=scale)
+    for gamma in (0, 1.5, float("nan")):  # (0: rollouts divide by it)
+        with pytest.raises(ValueError, match=r"gamma=.* must lie in \(0, 1\]"):
+            TrajectoryTokenizer(4, 2, discrete=True, gamma=gamma)
+    with pytest.raises(ValueError, match="ep 2: no 'rewards'; an episode has observations, actions and rewards"):
+        tok.encode({k: v for k, v in episode().items() if k != "rewards"}, name="ep 2")
     huge = {**episode(), "rewards": np.full(7, 3e38)}  # each finite, their sum not in float32
     with pytest.raises(ValueError, match="ep 3: its rewards add up beyond float32's range"):
         tok.encode(huge, name="ep 3")

@@ -79,8 +79,13 @@ def returns_to_go(rewards: np.ndarray, gamma: float = 1.0) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _field(episode, name: str):
-    return episode[name] if isinstance(episode, dict) else getattr(episode, name)
+def _field(episode, name: str, who: str):
+    """episode[name] (a dict) or episode.name (an Episode, a Minari EpisodeData), or an error naming the episode."""
+    try:
+        return episode[name] if isinstance(episode, dict) else getattr(episode, name)
+    except (KeyError, AttributeError):
+        raise ValueError(f"{who}: no {name!r}; an episode has observations, actions and rewards (a dict or an object "
+                         "with those fields)") from None  # fmt: skip
 
 
 def finite_span(low, high) -> bool:
@@ -113,6 +118,8 @@ class TrajectoryTokenizer(Tokenizer):
                              "(the timestep table has max_timestep rows)")  # fmt: skip
         if action_bins and discrete:
             raise ValueError("trajectory: action_bins (Gato's binning) applies to continuous actions only")
+        if not 0 < gamma <= 1:  # (math: NaN fails too)
+            raise ValueError(f"trajectory: gamma={gamma} must lie in (0, 1] (returns-to-go discount; rollouts divide by it)")
         if not (math.isfinite(rtg_scale) and rtg_scale > 0):
             raise ValueError(f"trajectory: rtg_scale={rtg_scale} must be a finite number above 0 (returns-to-go are divided by it)")
         self.state_dim, self.action_dim, self.discrete = state_dim, action_dim, discrete
@@ -143,9 +150,9 @@ class TrajectoryTokenizer(Tokenizer):
     def check(self, episode, name: str = "episode") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(observations [T, S] float32, actions [T] int64 | [T, A] float32, rewards [T] float32),
         or an error naming the episode and what was expected."""
-        obs = np.asarray(_field(episode, "observations"))
-        acts = np.asarray(_field(episode, "actions"))
-        rew = np.asarray(_field(episode, "rewards"), dtype=np.float32).reshape(-1)
+        obs = np.asarray(_field(episode, "observations", name))
+        acts = np.asarray(_field(episode, "actions", name))
+        rew = np.asarray(_field(episode, "rewards", name), dtype=np.float32).reshape(-1)
         T = len(obs)
         if T == 0:
             raise ValueError(f"{name}: the episode is empty (0 steps)")
