@@ -78,6 +78,9 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
 
 def main():
     args = sys.argv[1:]
+    if args[:1] in (["-h"], ["--help"]):
+        print(__doc__)
+        return
     if args[:1] == ["--step-only"]:
         import argparse
 

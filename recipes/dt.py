@@ -358,5 +358,5 @@ def evaluate_run(run_dir, device=None) -> dict:
     out = {"target": target, "val_return": mean, "val_return_std": std}
     if (Path(run_dir) / "bc" / "checkpoints").is_dir():
         bc, _ = load_trained(Path(run_dir) / "bc", accelerator.device)
-        out["bc_return"] = shared_rollouts(accelerator, bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True)[0]
+        out["bc_return"], out["bc_return_std"] = shared_rollouts(accelerator, bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True)
     return out

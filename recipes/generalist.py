@@ -77,7 +77,7 @@ GROWN_FROM = "grown_from.json"  # in a grown run: the model config of the run it
 
 @dataclass
 class Config(TrainConfig):
-    tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control
+    tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control / text
     weights: str = ""  # per task, in the order of `tasks`: expected examples per step; "" = 32 each
     loss_weights: str = ""  # per task, in the order of `tasks`: weight of its head's loss in the sum; "" = LOSS_WEIGHTS
     row_tokens: int = 512  # packed rows hold about this many token slots
