@@ -92,7 +92,12 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         if not {"file_name", column} <= set(reader.fieldnames):
             raise ValueError(f"{meta}: needs the columns file_name and {column}")
-        return list(enumerate(reader, start=2))
+        rows = list(enumerate(reader, start=2))  # note: line numbers count rows (a quoted value may hold a line break)
+        for n, r in rows:
+            if None in r:  # (DictReader's key for fields past the header's)
+                raise ValueError(f"{meta}, line {n}: {len(reader.fieldnames) + len(r[None])} fields, and the header names "
+                                 f"{len(reader.fieldnames)}; a value holding a comma needs quotes (\"one, two\")")  # fmt: skip
+        return rows
     rows = []
     for n, line in enumerate(text.split("\n"), start=1):  # note: not splitlines(): U+2028 and kin may stand inside a JSON string
         if not line.strip():
@@ -121,7 +126,15 @@ def read_metadata(meta: Path, column: str, empty_ok: bool = False) -> list[tuple
             raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
         if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
             raise ValueError(f"{meta}, line {n}: expected a file_name string and one {column}")
-    return [(inside(meta.parent, r["file_name"], str(meta)), str(r[column])) for _, r in rows]
+    first: dict[Path, int] = {}
+    pairs = []
+    for n, r in rows:
+        path = inside(meta.parent, r["file_name"], str(meta))
+        if path in first:  # (it could land in both the training and the held-out split)
+            raise ValueError(f"{meta}, line {n}: {r['file_name']} is named again (first on line {first[path]}); one row per file")
+        first[path] = n
+        pairs.append((path, str(r[column])))
+    return pairs
 
 
 def walk_files(root: Path) -> list[Path]:

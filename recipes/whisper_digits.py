@@ -977,7 +977,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         bar.update(total - bar.n)  # the silence after the last window too
         bar.close()
         if not ended:
-            why = "silence, or nothing above -60 dBFS" if windows != "seek" else unread or "every window decoded as silence"
+            why = ("nothing above -60 dBFS, steady noise, or sound too short to be a word: under 50 ms 15 dB above the noise floor"
+                   if windows != "seek" else unread or "every window decoded as silence")  # (split_at_pauses' rules)
             print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
             limit = (f"max_text={cfg.max_text} ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} "

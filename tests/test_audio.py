@@ -244,3 +244,19 @@ def test_pcm_types_float_rates_and_a_stereo_stream_ending_in_one_frame(tmp_path)
     sf.write(tmp_path / "s.wav", stereo, 16000, subtype="FLOAT")
     pieces = list(stream_audio(tmp_path / "s.wav", 1.0))
     assert [len(p) for p in pieces] == [16000, 1] and torch.allclose(pieces[1], torch.tensor([0.2]))
+
+
+def test_bad_tokenizer_arguments_and_batches_are_one_line_errors():
+    """slice_frames=0 was a ZeroDivisionError, an empty batch max()'s error, one sample rate for a
+    batch a TypeError; one rate for every sample is now taken as such."""
+    for kw, message in [({"slice_frames": 0}, "slice_frames=0 must be a whole number of 10 ms frames"),
+                        ({"max_frames": 2.5}, "max_frames=2.5 must be a whole number"),
+                        ({"slice_frames": 3, "max_frames": 100}, "max_frames=100 must be a multiple of slice_frames=3")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            AudioTokenizer(chunk=False, **kw)
+    tok = AudioTokenizer(chunk=False, max_frames=200)
+    with pytest.raises(ValueError, match="encode_batch: no samples; give at least one waveform"):
+        tok.encode_batch([])
+    waves = [np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 6000)]
+    one = tok.encode_batch(waves, 8000)  # one rate for all: each row as encode at that rate
+    assert torch.allclose(one.values[1, : len(tok.encode(waves[1], 8000))], tok.encode(waves[1], 8000).values, atol=1e-5)

@@ -293,6 +293,13 @@ def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
     (tmp_path / "imgs" / "metadata.jsonl").unlink()
     with pytest.raises(ValueError, match="metadata.csv, line 2: expected a value for label"):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    # a row of more fields than the header (an unquoted comma cut the value short), a file named twice (it could land in both splits)
+    (tmp_path / "imgs" / "metadata.csv").write_text('file_name,label\ncircle/0.png,"a, b"\ncircle/1.png,a, b\n')
+    with pytest.raises(ValueError, match=r'metadata.csv, line 3: 3 fields, and the header names 2; a value holding a comma needs quotes'):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
+    (tmp_path / "imgs" / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\nsquare/0.png,b\n./circle/0.png,b\n")
+    with pytest.raises(ValueError, match=r"metadata.csv, line 4: ./circle/0.png is named again \(first on line 2\); one row per file"):
+        vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
 
 
 def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_path):

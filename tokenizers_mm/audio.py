@@ -14,6 +14,7 @@ mask. `log_mel_spectrogram` runs batched on whatever device the audio is on. Rea
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -329,6 +330,9 @@ class AudioTokenizer(Tokenizer):
     def __init__(self, n_mels: int = 80, slice_frames: int = 1, chunk: bool = True, max_frames: int = N_FRAMES):
         if n_mels not in (80, 128):
             raise ValueError(f"audio: n_mels must be 80 or 128 (Whisper's), got {n_mels}")
+        for key, v in (("slice_frames", slice_frames), ("max_frames", max_frames)):
+            if not (isinstance(v, numbers.Integral) and v >= 1):
+                raise ValueError(f"audio: {key}={v!r} must be a whole number of 10 ms frames, at least 1")
         if max_frames % slice_frames:
             raise ValueError(f"audio: max_frames={max_frames} must be a multiple of slice_frames={slice_frames}")
         self.n_mels, self.slice_frames, self.chunk, self.max_frames = n_mels, slice_frames, chunk, max_frames
@@ -346,7 +350,7 @@ class AudioTokenizer(Tokenizer):
             return torch.nn.functional.pad(wave, (0, max(0, limit - wave.shape[-1])))[..., :limit]
         if wave.shape[-1] > limit:
             raise AudioError(f"{name}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than max_frames={self.max_frames} "
-                             f"({limit / SAMPLE_RATE:.1f} s); split it (an AudioTokenizer with chunk=True trims clips to the window instead)")  # fmt: skip
+                             f"({limit / SAMPLE_RATE:.1f} s); split it or raise max_frames (chunk=True would trim clips to the window instead)")  # fmt: skip
         step = HOP_LENGTH * self.slice_frames
         wave = torch.nn.functional.pad(wave, (0, -wave.shape[-1] % step))
         # note: a clip of one 10 ms frame (160 samples) is too short for the STFT's reflect
@@ -368,7 +372,11 @@ class AudioTokenizer(Tokenizer):
     def encode_batch(self, samples, sample_rates=None, device=None, names=None) -> TokenBatch:
         """Many waveforms → one TokenBatch, the spectrograms computed together on `device`.
         Variable-length mode pads to the longest and marks the padding in the mask; each row's
-        tokens equal `encode` of its sample alone."""
+        tokens equal `encode` of its sample alone. sample_rates: one per sample, or one for all."""
+        if not len(samples):
+            raise AudioError("encode_batch: no samples; give at least one waveform")
+        if isinstance(sample_rates, (int, float)):  # one rate for every sample
+            sample_rates = [sample_rates] * len(samples)
         sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
         names = names or [f"audio[{i}]" for i in range(len(samples))]
         for what, given in (("sample_rates", sample_rates), ("names", names)):
