@@ -541,8 +541,11 @@ def hf_pairs(ds, kind: str, name: str, base: Path, media: str = "", label: str =
     if len(ds) == 0:
         raise ValueError(f"{name}: no rows")
     feature = datasets.Image if kind == "image" else datasets.Audio
-    media = pick_column(ds, name, media, [c for c, f in ds.features.items() if isinstance(f, feature)], f"{kind}_column",
-                        f"the {feature.__name__} column")  # fmt: skip
+    typed = [c for c, f in ds.features.items() if isinstance(f, feature)]
+    media = pick_column(ds, name, media, typed, f"{kind}_column", f"the {feature.__name__} column")
+    if typed and media not in typed:  # (a column of file paths serves only a dataset without such a column)
+        raise ValueError(f"{name}: {kind}_column={media} holds {getattr(ds.features[media], 'dtype', type(ds.features[media]).__name__)} values, and the dataset's "
+                         f"{feature.__name__} column is {' or '.join(typed)}: give {kind}_column={typed[0]}")  # fmt: skip
     if kind == "image":
         found = [c for c, f in ds.features.items() if isinstance(f, datasets.ClassLabel)]
         found += [c for c in LABEL_COLUMNS if c in ds.features and c not in found]

@@ -206,6 +206,9 @@ def test_whisper_folder_reads_a_saved_audio_dataset(tmp_path):
     train, val = hf_splits(tmp_path / "cv", "audio")
     wave, rate = load_audio(train[1][0])
     assert rate == 8000 and len(wave) > 1000 and train[1][1] == rows[1].transcription.upper()
+    with pytest.raises(ValueError, match=r"cv\[train\]: audio_column=sentence holds string values, and the dataset's Audio column is audio: "
+                                         r"give audio_column=audio"):  # fmt: skip  # (its transcripts were read as file paths)
+        hf_splits(tmp_path / "cv", "audio", ("sentence", ""))
 
     run = tmp_path / "run"
     cfg = whisper_folder.Config(data=str(tmp_path / "cv"), run_dir=str(run), dim=32, depth=1, dec_depth=1, num_heads=2, batch_size=4,
