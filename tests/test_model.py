@@ -673,13 +673,14 @@ def test_inputs_and_targets_the_model_would_misread_are_named():
     with pytest.raises(ValueError, match=r"targets \['label'\]: this model's heads are \['cls', 'lm', 'reg'\]"):
         model({"image": image, "text": text}, {"label": torch.tensor([1])})
     cases = [
-        (TokenSet("image", values=torch.randn(4, 12), types=torch.tensor([0, 1, 2, 0])), r"type 2 is beyond the declared types \('patch', 'extra'\)"),
-        (TokenSet("image", values=torch.randn(20, 12)), "position 19 is beyond the declared table of 16 positions"),
-        (TokenSet("image", values=torch.randn(4, 13)), "values have width 13"),
+        (TokenSet("image", values=torch.randn(4, 12), types=torch.tensor([0, 1, 2, 0])), r"type 2 is beyond the declared types \('patch', 'extra'\) \(sample 1 of the batch\)"),
+        (TokenSet("image", values=torch.randn(20, 12)), r"position 19 is beyond the declared table of 16 positions \(sample 1 of the batch\)"),
     ]
-    for bad, message in cases:
+    for bad, message in cases:  # the second sample of the batch
         with pytest.raises(ValueError, match=message):
-            model({"image": collate([bad]), "text": text})
+            model({"image": collate([TokenSet("image", values=torch.randn(4, 12)), bad]), "text": collate([rand_text(3, 1)] * 2)})
+    with pytest.raises(ValueError, match="values have width 13"):  # (one width for the whole batch)
+        model({"image": collate([TokenSet("image", values=torch.randn(4, 13))]), "text": text})
     model({"image": image, "text": text}, {"cls": torch.tensor([1])})  # a good batch passes
 
 

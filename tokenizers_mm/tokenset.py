@@ -88,18 +88,23 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
         return
     if spec.modality != ts.modality:
         raise ValueError(f"{who}: modality {ts.modality!r} does not match the spec's {spec.modality!r}")
+    def sample(bad: Tensor) -> str:  # a batch's errors name the first sample at fault
+        return f" (sample {int(bad.nonzero()[0, 0])} of the batch)" if len(lead) == 2 else ""
+
     if ts.positions.numel() and int(ts.positions.max()) >= spec.max_positions:
         raise ValueError(
             f"{who}: position {int(ts.positions.max())} is beyond the declared table "
-            f"of {spec.max_positions} positions"
+            f"of {spec.max_positions} positions{sample(ts.positions >= spec.max_positions)}"
         )
     if ts.types.numel() and int(ts.types.max()) >= len(spec.token_types):
-        raise ValueError(f"{who}: type {int(ts.types.max())} is beyond the declared types {spec.token_types}")
+        raise ValueError(f"{who}: type {int(ts.types.max())} is beyond the declared types {spec.token_types}"
+                         f"{sample(ts.types >= len(spec.token_types))}")  # fmt: skip
     if ts.ids is not None:
         if spec.vocab_size is None:
             raise ValueError(f"{who}: the {spec.modality!r} spec declares values of width {spec.value_dim}, got ids")
         if ts.ids.numel() and not (0 <= int(ts.ids.min()) and int(ts.ids.max()) < spec.vocab_size):
-            raise ValueError(f"{who}: ids must lie in [0, {spec.vocab_size}), got [{int(ts.ids.min())}, {int(ts.ids.max())}]")
+            raise ValueError(f"{who}: ids must lie in [0, {spec.vocab_size}), got [{int(ts.ids.min())}, {int(ts.ids.max())}]"
+                             f"{sample((ts.ids < 0) | (ts.ids >= spec.vocab_size))}")  # fmt: skip
     elif spec.value_dim != ts.values.shape[-1]:
         raise ValueError(f"{who}: values have width {ts.values.shape[-1]}, the spec declares {spec.value_dim}")
 
