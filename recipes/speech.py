@@ -190,6 +190,9 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
     return rows
 
 
+MAX_DRAWN_SLICES = 300  # show_audio marks each token's slice up to this many
+
+
 def show_audio(path, out_path, slice_frames: int = 10) -> Path:
     """PNG of an audio file: waveform on top, Whisper log-mel below, token slices marked."""
     from tokenizers_mm import AudioTokenizer, load_audio
@@ -205,9 +208,12 @@ def show_audio(path, out_path, slice_frames: int = 10) -> Path:
     fig, (a0, a1) = subplots(2, 1, figsize=(10, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
     a0.plot(np.arange(len(wave)) / SAMPLE_RATE, wave.numpy(), lw=0.4)
     a0.set_ylabel("amplitude")
-    a0.set_title(f"{Path(path).name}: {seconds:.2f} s, {mel.shape[1]} frames of 10 ms → {mel.shape[1] // slice_frames} tokens of {slice_frames} frames")
+    tokens = mel.shape[1] // slice_frames
+    drawn = tokens <= MAX_DRAWN_SLICES  # more boundaries than that hide the spectrogram
+    a0.set_title(f"{Path(path).name}: {seconds:.2f} s, {mel.shape[1]} frames of 10 ms → {tokens} token{'s' * (tokens != 1)} of "
+                 f"{slice_frames} frame{'s' * (slice_frames != 1)}" + ("" if drawn else " (too many to mark)"))  # fmt: skip
     a1.imshow(mel.numpy(), origin="lower", aspect="auto", extent=(0, mel.shape[1] * HOP_LENGTH / SAMPLE_RATE, 0, mel.shape[0]), cmap="magma")
-    for k in range(0, mel.shape[1] + 1, slice_frames):
+    for k in range(0, mel.shape[1] + 1, slice_frames) if drawn else ():
         a1.axvline(k * HOP_LENGTH / SAMPLE_RATE, color="white", lw=0.3, alpha=0.6)
     a1.set_xlabel("seconds")
     a1.set_ylabel("mel bin")

@@ -147,10 +147,12 @@ def seek_clips(clip_timestamps, content: int) -> list[tuple[int, int]]:
         raise ValueError(f"clip_timestamps {given!r}: expected finite seconds, start,end,start,end,...")
     points = [round(t * FRAMES_PER_SECOND) for t in clip_timestamps] or [0]
     clips = list(zip(points[::2], points[1::2]))
-    for k, (a, b) in enumerate(clips + ([(points[-1], points[-1])] if len(points) % 2 else [])):  # an open last clip: its start
-        if a < 0 or b < a:
-            raise ValueError(f"clip_timestamps: clip {k + 1} ({a / FRAMES_PER_SECOND:g} s to {b / FRAMES_PER_SECOND:g} s): "
-                             "expected a start of 0 or more, not after its end")  # fmt: skip
+    opened = [(points[-1], None)] if len(points) % 2 else []  # an open last clip: its start, to the recording's end
+    for k, (a, b) in enumerate(clips + opened):
+        span = f"{a / FRAMES_PER_SECOND:g} s to {b / FRAMES_PER_SECOND:g} s" if b is not None else f"from {a / FRAMES_PER_SECOND:g} s"
+        if a < 0 or (b is not None and b < a):
+            raise ValueError(f"clip_timestamps: clip {k + 1} ({span}) {'starts before 0 s' if a < 0 else 'ends before it starts'}; "
+                             "expected start,end,start,end,... seconds, each start from 0 and not after its end")  # fmt: skip
     if len(points) % 2:
         clips.append((points[-1], content))
     return [(a, min(b, content)) for a, b in clips]

@@ -391,6 +391,9 @@ def test_clip_timestamps_become_openai_whispers_frames():
     for bad in ("nan", "inf,10", [0.0, float("nan")]):
         with pytest.raises(ValueError, match="expected finite seconds"):
             seek_clips(bad, 3000)
+    for bad, what in [("-5", r"clip 1 \(from -5 s\) starts before 0 s"), ("0,4,9,7", r"clip 2 \(9 s to 7 s\) ends before it starts")]:
+        with pytest.raises(ValueError, match=what + "; expected start,end,start,end"):
+            seek_clips(bad, 3000)
     from recipes.transcripts import timestamp
 
     assert timestamp(3725.5, False, ",") == "01:02:05,500"
