@@ -58,11 +58,12 @@ def get_recipe(name: str):
     recipes = all_recipes()
     if name not in recipes:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipes)}; named configs: {', '.join(named_configs())}")
-    if name in RECIPES:
-        return importlib.import_module(recipes[name])
-    try:  # an installed plugin's: its failure to import is one line naming the entry point
+    try:
         return importlib.import_module(recipes[name])
     except Exception as e:
+        if name in RECIPES:  # (a built-in's failure is ours: its traceback)
+            raise
+        # an installed plugin's: one line naming the entry point
         raise ConfigError(f"recipe {name!r} (entry point {RECIPE_ENTRY_POINTS}: {name} = {recipes[name]}) fails to import: "
                           f"{type(e).__name__}: {e}") from None  # fmt: skip
 
