@@ -388,7 +388,7 @@ class MultimodalTransformer(nn.Module):
                 return
             read = b.mask if b.loss_mask is None else b.mask & b.loss_mask
             if hc.kind == "lm":
-                y, classes = b.targets, hc.num_outputs or m.vocab_size
+                y, classes = b.targets, m.vocab_size  # (the LM head's width, whatever num_outputs says)
             else:  # (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
                 y = b.targets.reshape(*b.mask.shape, -1)
                 classes, read = hc.num_outputs // y.shape[-1], (read & (b.types == m.token_types.index(hc.token_type)))[..., None]

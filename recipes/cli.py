@@ -172,13 +172,6 @@ def cmd_transcribe(args):
 
         torch.set_num_threads(args.threads)
     stems = [Path(a).stem for a in args.audio]
-    if args.output_dir:  # made now: a path that cannot be a folder fails before the work, not after it
-        if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
-            raise ConfigError(f"--output-dir {args.output_dir}: a file, not a folder")
-        try:
-            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"--output-dir {args.output_dir}: cannot make the folder ({e.strerror})") from None
     if args.output_dir and not args.output_format:  # as openai-whisper: an output folder alone gets every format
         args.output_format = "all"
     if args.output_format and len(set(stems)) < len(stems):
@@ -187,6 +180,13 @@ def cmd_transcribe(args):
     options = {k: getattr(args, k) for k in SUBTITLE_OPTIONS if getattr(args, k)}
     if options and not args.word_timestamps:
         raise ConfigError(f"--{next(iter(options)).replace('_', '-')}: subtitle lines are made of words; it needs --word-timestamps")
+    if args.output_dir:  # made now, after the other checks: a path that cannot be a folder fails before the work
+        if Path(args.output_dir).exists() and not Path(args.output_dir).is_dir():
+            raise ConfigError(f"--output-dir {args.output_dir}: a file, not a folder")
+        try:
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--output-dir {args.output_dir}: cannot make the folder ({e.strerror})") from None
     results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
                          args.suppress if args.suppress_tokens is None else args.suppress_tokens, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
                          word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,

@@ -37,7 +37,7 @@ from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
 from tokenizers_mm.trajectory import finite_span
 
 from .config import ConfigError, TrainConfig
-from .runs import resolve_run_dir, save_run_info
+from .runs import process_share, resolve_run_dir, save_run_info
 from .train import my_share, summed, train
 
 
@@ -123,9 +123,9 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     import gymnasium as gym
 
     check_env(cfg, env)
-    widths = sorted({int(np.prod(np.shape(ep.observations)[1:])) for ep in episodes})
+    widths = sorted({int(np.prod(np.shape(ep.observations)[1:])) for ep in episodes if np.size(ep.observations)})  # (an empty one: the tokenizer names it)
     want = int(np.prod(env.observation_space.shape))
-    if widths != [want]:
+    if widths and widths != [want]:
         other = next(w for w in widths if w != want)
         raise ValueError(f"{cfg.data or 'the data'}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
                          "of another environment? (give the env= it was recorded in)")  # fmt: skip
@@ -239,20 +239,20 @@ def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
 
 
 def shared_rollouts(accelerator, model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str, target: float, seeds: list[int],
-                    blank_returns: bool = False) -> tuple[float, float]:  # fmt: skip
-    """(mean, std) of the returns of `rollouts` over `seeds`, each process running its share
-    (seeds[rank::processes]) on its device, their counts, sums and sums of squares added up."""
+                    blank_returns: bool = False) -> tuple[float, float, int]:  # fmt: skip
+    """(mean, std, episodes) of the returns of `rollouts` over `seeds`, each process running its
+    share (seeds[rank::processes]) on its device, their counts, sums and sums of squares added up."""
     mine = rollouts(model, tok, env_id, target, [seeds[i] for i in my_share(accelerator, len(seeds))], blank_returns, accelerator.device)
     n, total, squares = summed(accelerator, len(mine), mine.sum(), np.square(mine).sum())
     mean = total / n
-    return mean, math.sqrt(max(squares / n - mean**2, 0.0))
+    return mean, math.sqrt(max(squares / n - mean**2, 0.0)), int(n)
 
 
 def make_evaluate(cfg: Config, tok: TrajectoryTokenizer, target: float, blank_returns: bool):
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
 
     def evaluate(model, accelerator) -> dict:
-        mean, std = shared_rollouts(accelerator, accelerator.unwrap_model(model), tok, cfg.env, target, seeds, blank_returns)
+        mean, std, _ = shared_rollouts(accelerator, accelerator.unwrap_model(model), tok, cfg.env, target, seeds, blank_returns)
         return {"val_return": mean, "val_return_std": std}
 
     return evaluate
@@ -320,15 +320,16 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     targets = target_list(cfg, returns)
     table = {"targets": targets, "episodes": cfg.eval_episodes, "dt": [], "bc": None}
+    share = process_share(torch.device("cpu"))  # the models are on the CPU now; launched as several processes, each its share
     print(f"{'target':>8} {'DT return':>16}")
     for g in targets:
-        r = rollouts(models["dt"], tok, cfg.env, g, seeds)
-        table["dt"].append([float(r.mean()), float(r.std())])
-        print(f"{g:8.1f} {r.mean():9.1f} ± {r.std():5.1f}")
+        mean, std, _ = shared_rollouts(share, models["dt"], tok, cfg.env, g, seeds)
+        table["dt"].append([mean, std])
+        print(f"{g:8.1f} {mean:9.1f} ± {std:5.1f}")
     if cfg.baseline:
-        r = rollouts(models["bc"], tok, cfg.env, 0.0, seeds, blank_returns=True)
-        table["bc"] = [float(r.mean()), float(r.std())]
-        print(f"{'BC':>8} {r.mean():9.1f} ± {r.std():5.1f}")
+        mean, std, _ = shared_rollouts(share, models["bc"], tok, cfg.env, 0.0, seeds, blank_returns=True)
+        table["bc"] = [mean, std]
+        print(f"{'BC':>8} {mean:9.1f} ± {std:5.1f}")
     summary = {
         "env": cfg.env, "target": target, "dt_return": results["dt"]["val_return"], "dt_return_std": results["dt"]["val_return_std"],
         "bc_return": results["bc"]["val_return"] if cfg.baseline else None, "train_seconds": timings,
@@ -336,8 +337,9 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
                          "max": float(returns.max()), "fraction_reaching_target": float(np.mean(returns >= target))},
         "table": table,
     }  # fmt: skip
-    (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))
-    plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}", cfg.gamma)
+    if share.is_main_process:  # (one writer of the run's files)
+        (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))
+        plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}", cfg.gamma)
     print(f"DT at target {target:.1f}: {summary['dt_return']:.1f} ± {summary['dt_return_std']:.1f}"
           + (f"; BC {summary['bc_return']:.1f}" if cfg.baseline else "") + f"; plot {run_dir / 'return_vs_target.png'}")  # fmt: skip
     return {**results["dt"], "bc_return": summary["bc_return"]}
@@ -354,9 +356,9 @@ def evaluate_run(run_dir, device=None) -> dict:
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
         target = cfg.target or float(start_returns(load_data(cfg), cfg.gamma).max())
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
-    mean, std = shared_rollouts(accelerator, model, toks["trajectory"], cfg.env, target, seeds)
-    out = {"target": target, "val_return": mean, "val_return_std": std}
+    mean, std, n = shared_rollouts(accelerator, model, toks["trajectory"], cfg.env, target, seeds)
+    out = {"target": target, "val_return": mean, "val_return_std": std, "episodes": n}
     if (Path(run_dir) / "bc" / "checkpoints").is_dir():
         bc, _ = load_trained(Path(run_dir) / "bc", accelerator.device)
-        out["bc_return"], out["bc_return_std"] = shared_rollouts(accelerator, bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True)
+        out["bc_return"], out["bc_return_std"], _ = shared_rollouts(accelerator, bc, toks["trajectory"], cfg.env, 0.0, seeds, blank_returns=True)
     return out

@@ -261,7 +261,7 @@ def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
 
     def evaluate(model, accelerator) -> dict:
-        mean, std = dt.shared_rollouts(accelerator, model, tok, cfg.env, cfg.target, seeds)
+        mean, std, _ = dt.shared_rollouts(accelerator, model, tok, cfg.env, cfg.target, seeds)
         return {"control_return": mean, "control_return_std": std}
 
     return Task("control", {"trajectory": tok}, {"action": head}, dt.Windows(episodes, tok), evaluate)

@@ -444,7 +444,7 @@ def _read_file(path: Path) -> dict:
     if suffix == ".npz":
         try:
             with open(path, "rb") as f:
-                zipped = f.read(4) == b"PK\x03\x04"
+                zipped = f.read(2) == b"PK"  # (an archive of no arrays starts PK\x05\x06)
         except OSError as e:
             raise RLDataError(f"{path}: cannot read it ({e.strerror})") from None
         if not zipped:  # (else numpy reads it as a pickle, and its error tells to unpickle what may not even be one)

@@ -233,6 +233,10 @@ class EvalProcesses(OneDevice):
                 torch.cuda.set_device(self.device)
             with gloo_quiet(self.device.type != "cuda"):
                 dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.group = None  # the default group; on the CPU after a GPU training (NCCL, GPU tensors only): a gloo group of all
+        if self.device.type == "cpu" and dist.get_backend() != "gloo":
+            with gloo_quiet():
+                self.group = dist.new_group(backend="gloo")  # (every process makes it: collective)
         self.process_index, self.num_processes = dist.get_rank(), dist.get_world_size()
         self.is_main_process = self.process_index == 0
 
@@ -240,20 +244,26 @@ class EvalProcesses(OneDevice):
         import torch.distributed as dist
 
         tensor = tensor.clone()
-        dist.all_reduce(tensor)
+        dist.all_reduce(tensor, group=self.group)
         return tensor / self.num_processes if reduction == "mean" else tensor
 
     def gather(self, tensor):
         import torch.distributed as dist
 
         parts = [torch.empty_like(tensor) for _ in range(self.num_processes)]
-        dist.all_gather(parts, tensor.contiguous())
+        dist.all_gather(parts, tensor.contiguous(), group=self.group)
         return torch.cat(parts)
 
 
 def launched_processes() -> int:
     """How many processes torchrun / accelerate launch started for this command (1 without)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_share(device) -> OneDevice:
+    """What splits an evaluation on `device` over the processes torchrun / accelerate launch
+    started (`EvalProcesses`), or this process alone (`OneDevice`)."""
+    return (EvalProcesses if launched_processes() > 1 else OneDevice)(device)
 
 
 def load_for_eval(run_dir, device=None):
@@ -263,7 +273,7 @@ def load_for_eval(run_dir, device=None):
     (cuda:LOCAL_RANK for "cuda" or "auto") with the batches split over them (`EvalProcesses`)."""
     _, _, cfg = load_run_info(run_dir)
     model, toks = load_trained(run_dir, eval_device(device))
-    return cfg, model, toks, (EvalProcesses if launched_processes() > 1 else OneDevice)(model.device)
+    return cfg, model, toks, process_share(model.device)
 
 
 def eval_device(device=None) -> torch.device:

@@ -258,5 +258,5 @@ def test_bad_tokenizer_arguments_and_batches_are_one_line_errors():
     with pytest.raises(ValueError, match="encode_batch: no samples; give at least one waveform"):
         tok.encode_batch([])
     waves = [np.random.default_rng(0).standard_normal(n).astype(np.float32) * 0.1 for n in (8000, 6000)]
-    one = tok.encode_batch(waves, 8000)  # one rate for all: each row as encode at that rate
+    one = tok.encode_batch(waves, np.int64(8000))  # one rate for all (a numpy int too): each row as encode at that rate
     assert torch.allclose(one.values[1, : len(tok.encode(waves[1], 8000))], tok.encode(waves[1], 8000).values, atol=1e-5)

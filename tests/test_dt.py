@@ -64,6 +64,9 @@ def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_p
     assert trained["val_return"] == pytest.approx(alone["val_return"]) and trained["val_return_std"] == pytest.approx(alone["val_return_std"])
     both = json.loads(torchrun(2, "-m", "recipes.cli", "eval", str(run)).stdout)  # (JSON only: gloo's connection lines kept out)
     assert both == pytest.approx(alone) and alone["val_return_std"] > 0  # (3 episodes, 2 and 1 a process: the std of all 3)
+    assert both["episodes"] == alone["episodes"] == 3  # each episode rolled out once, by one of the processes
+    table = json.loads((run / "returns.json").read_text())["table"]  # the target table after training: split too, written once
+    assert table["episodes"] == 3 and len(table["dt"]) == 1 and table["bc"] is not None
 
 
 def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):

@@ -111,3 +111,44 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
     assert main(["train", "broken_recipe", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_a_plugin_class_reexported_by_its_package_is_recognised(tmp_path, monkeypatch, recwarn):
+    """The entry point names the class where the package re-exports it (pkg:Cls, defined in
+    pkg/tok.py); imported directly first, it is the registered class itself: no warning."""
+    pkg = tmp_path / "reexported"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from .tok import Wave\n")
+    (pkg / "tok.py").write_text(textwrap.dedent('''
+        import torch
+        from tokenizers_mm import Tokenizer, TokenSet, register
+
+        @register("wave_reexported")
+        class Wave(Tokenizer):
+            modality = "wave"
+            token_types = ("value",)
+            value_dim, max_positions = 1, 8
+
+            def config(self):
+                return {}
+
+            def encode(self, sample):
+                return TokenSet("wave", values=torch.as_tensor(sample, dtype=torch.float32)[:, None])
+    '''))
+    dist = tmp_path / "reexported-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reexported\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nwave_reexported = reexported:Wave\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_plugins_loaded", False)
+    try:
+        from reexported import Wave
+
+        assert "wave_reexported" in registry.list_tokenizers()  # the plugins load: its entry point finds the class already held
+        Wave().save(tmp_path / "saved")
+        assert not [w for w in recwarn if "wave_reexported" in str(w.message)], [str(w.message) for w in recwarn]
+        assert type(load_tokenizer(tmp_path / "saved")) is Wave
+    finally:
+        registry._REGISTRY.pop("wave_reexported", None)
+        for name in ("reexported", "reexported.tok"):
+            sys.modules.pop(name, None)

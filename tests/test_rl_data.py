@@ -216,6 +216,9 @@ def test_unknown_source(tmp_path, monkeypatch):
     (tmp_path / "text.npz").write_text("observations,actions\n")  # numpy read it as a pickle, and said to unpickle it
     with pytest.raises(RLDataError, match=r"text\.npz: not an NPZ file \(a zip archive of \.npy arrays, as np\.savez writes\)$"):
         load_episodes(tmp_path / "text.npz")
+    np.savez(tmp_path / "empty.npz")  # an archive of no arrays (it starts PK\x05\x06): an NPZ, without the keys
+    with pytest.raises(RLDataError, match=r"empty\.npz: missing key 'observations'; .* found nothing"):
+        load_episodes(tmp_path / "empty.npz")
     np.savez(tmp_path / "objects.npz", observations=np.array([{"a": 1}], dtype=object))
     with pytest.raises(RLDataError, match=r"objects\.npz: not a readable NPZ of numeric arrays \(Object arrays cannot be loaded"):
         load_episodes(tmp_path / "objects.npz")

@@ -375,7 +375,7 @@ class AudioTokenizer(Tokenizer):
         tokens equal `encode` of its sample alone. sample_rates: one per sample, or one for all."""
         if not len(samples):
             raise AudioError("encode_batch: no samples; give at least one waveform")
-        if isinstance(sample_rates, (int, float)):  # one rate for every sample
+        if isinstance(sample_rates, numbers.Real):  # one rate for every sample (an int, a numpy int, ...)
             sample_rates = [sample_rates] * len(samples)
         sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
         names = names or [f"audio[{i}]" for i in range(len(samples))]

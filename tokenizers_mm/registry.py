@@ -40,7 +40,11 @@ def _load_plugins():
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:  # the plugin's class itself (imported directly), or another class that took its name
             held = _REGISTRY[ep.name]
-            if f"{held.__module__}:{held.__qualname__}" != ep.value:
+            try:
+                same = ep.load() is held  # (a re-exported class: the entry point names it elsewhere; loading another fails to register)
+            except Exception:  # noqa: BLE001
+                same = False
+            if not same:
                 warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) not loaded: the name is registered by "
                               f"{held.__module__}.{held.__qualname__}; a run saved with the plugin's would not load", stacklevel=2)  # fmt: skip
             continue
