@@ -59,13 +59,18 @@ def cmd_train(args):
 
 def cmd_resume(args):
     from .checkpoint import checkpoint_step, latest_checkpoint
-    from .runs import load_run_info, update_run_info
+    from .runs import launched_processes, load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
     for k, v in parse_overrides(args.overrides).items():
-        if k != "max_steps":
-            raise ConfigError(f"resume takes only max_steps=N as an override, got {k!r}")
+        if k not in ("max_steps", "fsdp"):
+            raise ConfigError(f"resume takes only max_steps=N and fsdp=true|false as overrides, got {k!r}")
         apply_values(cfg, {k: v}, "the command line")
+        if k == "fsdp":  # how the run is spread over processes, not what it trains: its checkpoints load either way
+            if cfg.fsdp and launched_processes() < 2:
+                raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+            update_run_info(args.run_dir, fsdp=cfg.fsdp)
+            continue
         last = latest_checkpoint(args.run_dir)
         done = checkpoint_step(last) if last is not None else 0
         if cfg.max_steps < 0:  # note: only this; the run's other values were checked when it started (or by older rules)

@@ -43,7 +43,7 @@ def shard(model: nn.Module, accelerator: Accelerator) -> nn.Module:
                          "stack unused on one process (a generalist's task mix): train it without fsdp (DDP)")  # fmt: skip
     if accelerator.num_processes < 2 or not dist.is_initialized():
         raise ValueError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch "
-                         f"(this run has {accelerator.num_processes})")  # fmt: skip
+                         f"(this run has {accelerator.num_processes}; `mmtok resume RUN fsdp=false` resumes a sharded run in one)")  # fmt: skip
     sharded = copy.deepcopy(model).to(accelerator.device)
     with torch.no_grad():
         for t in [*sharded.parameters(), *sharded.buffers()]:

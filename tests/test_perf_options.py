@@ -303,6 +303,13 @@ def test_fsdp_key_trains_resumes_and_checkpoints_like_ddp(tmp_path, small_text):
     MultimodalTransformer.load(tmp_path / "fsdp" / "checkpoints" / "step-0000006")  # whole weights, strict load
     results = [json.loads((tmp_path / run / "results.json").read_text())["val_loss"] for run in ("ddp", "fsdp")]
     assert abs(results[0] - results[1]) < 1e-5, results
+    # the sharded run resumes in one process: fsdp=false on the command line, recorded (fsdp=true alone is refused, naming it)
+    from recipes.cli import main
+
+    assert main(["resume", str(tmp_path / "fsdp"), "max_steps=7"]) == 2
+    assert main(["resume", str(tmp_path / "fsdp"), "fsdp=false", "max_steps=7"]) == 0
+    assert json.loads((tmp_path / "fsdp" / "run.json").read_text())["config"]["fsdp"] is False
+    assert json.loads((tmp_path / "fsdp" / "results.json").read_text())["step"] == 7
 
 
 def test_the_loop_refuses_a_directory_with_checkpoints_unless_resuming(tmp_path, fresh_accelerate):
