@@ -223,14 +223,21 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
     was_training = model.training
     model.eval()
     batches = indexable(batches)
-    total, check = torch.zeros(2, device=accelerator.device), host_check(accelerator, model)
+    total, check = torch.zeros(2, dtype=sum_dtype(accelerator.device), device=accelerator.device), host_check(accelerator, model)
     for i in my_share(accelerator, len(batches)):  # (another process's batches are not made)
         inputs, targets = to_device(batches[i], accelerator.device, check)
         rows = float(next(iter(inputs.values())).shape[0])
-        total += torch.stack([model(inputs, targets).loss.float() * rows, torch.tensor(rows, device=accelerator.device)])
+        total += torch.stack([model(inputs, targets).loss.to(total.dtype) * rows, torch.tensor(rows, dtype=total.dtype, device=accelerator.device)])
     total = accelerator.reduce(total, "sum")
     model.train(was_training)
     return (total[0] / total[1].clamp(min=1)).item()
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """What an evaluation sums its figures in on `device`: float64, so that one process and several
+    (each summing its share, then all of them) give the same figures to the printed digit; float32
+    where the device has no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def my_share(accelerator, n: int) -> range:
@@ -240,10 +247,10 @@ def my_share(accelerator, n: int) -> range:
 
 
 def summed(accelerator, *values: float) -> list[float]:
-    """`values` added up over the processes, in float64 (counts of words or episodes stay exact)."""
+    """`values` added up over the processes, in `sum_dtype` (float64: counts of words or episodes stay exact)."""
     if accelerator.num_processes == 1:
         return [float(v) for v in values]
-    return accelerator.reduce(torch.tensor(values, dtype=torch.float64, device=accelerator.device), "sum").tolist()
+    return accelerator.reduce(torch.tensor(values, dtype=sum_dtype(accelerator.device), device=accelerator.device), "sum").tolist()
 
 
 def indexable(batches):
@@ -287,13 +294,14 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
     was = model.training
     model.eval()
     batches = indexable(batches)
-    total, check = torch.zeros(3, device=accelerator.device), host_check(accelerator, model)
+    total, check = torch.zeros(3, dtype=sum_dtype(accelerator.device), device=accelerator.device), host_check(accelerator, model)
     for i in my_share(accelerator, len(batches)):  # (another process's batches are not made)
         inputs, targets = batches[i]
         inputs, targets = to_device((inputs, {head: targets[head]}), accelerator.device, check)
         y = targets[head]
         out = model(inputs, targets)
-        total += torch.stack([(out.logits[head].argmax(-1) == y).sum().float(), out.loss.float() * len(y), torch.tensor(float(len(y)), device=y.device)])
+        total += torch.stack([(out.logits[head].argmax(-1) == y).sum().to(total.dtype), out.loss.to(total.dtype) * len(y),
+                              torch.tensor(float(len(y)), dtype=total.dtype, device=y.device)])  # fmt: skip
     total = accelerator.reduce(total, "sum")
     model.train(was)
     return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
