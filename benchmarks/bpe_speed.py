@@ -23,9 +23,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/timing.py, when imported from elsewhere too
 
 from tokenizers_mm import ENDOFTEXT, BPETokenizer  # noqa: E402
 from tokenizers_mm.text_bpe import write_gpt2_files  # noqa: E402
+from timing import add_corpus_argument, corpus_path  # noqa: E402  (benchmarks/timing.py)
 
 
 def best(fn, repeats: int) -> float:
@@ -39,14 +41,15 @@ def best(fn, repeats: int) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"))
+    add_corpus_argument(ap)
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
+    data = corpus_path(ap, args.data)
     import tiktoken
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if Path(args.data).exists():
-        text = Path(args.data).read_text(encoding="utf-8")
+    if data:
+        text = Path(data).read_text(encoding="utf-8")
     else:
         from recipes.gpt_char import default_corpus
 
@@ -108,7 +111,7 @@ def main():
         t_ours, t_hf = min(t_ours, best(our_train, 1)), min(t_hf, best(hf_train, 1))
     rows.append({"figure": "train 4096-token vocab on 1 MB, seconds", "ours": t_ours, "hf_tokenizers": t_hf,
                  "ratio_vs_hf": t_ours / t_hf, "goal": "ratio <= 1.0"})  # fmt: skip
-    print(json.dumps({"benchmark": "byte-level BPE", "text_mb": mb, "rows": rows}, indent=2))
+    print(json.dumps({"benchmark": "byte-level BPE", "corpus": data or "embedded", "text_mb": mb, "rows": rows}, indent=2))
     for r in rows:
         figs = ", ".join(f"{k} {r[k]:.3f}" for k in ("ours", "tiktoken", "hf_tokenizers") if k in r)
         ratios = ", ".join(f"{k} {r[k]:.2f}" for k in r if k.startswith("ratio"))

@@ -27,7 +27,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from timing import summary  # noqa: E402  (benchmarks/timing.py)
+from timing import add_corpus_argument, corpus_path, summary  # noqa: E402  (benchmarks/timing.py)
 
 from recipes.gpt_char import Config, build_data, build_model, make_evaluate  # noqa: E402
 from recipes.train import read_metrics, train  # noqa: E402
@@ -54,6 +54,9 @@ class HFGPT2(nn.Module):
         save_model(self, str(Path(directory) / "model.safetensors"))
 
 
+LOG_EVERY = 20  # steps per timing window
+
+
 def step_seconds(run_dir: Path, tokens_per_step: int) -> float:
     rows = [r for r in read_metrics(run_dir) if "tokens_per_s" in r][1:]  # the first window includes warm-up
     return statistics.median(tokens_per_step / r["tokens_per_s"] for r in rows)
@@ -63,10 +66,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"))
+    add_corpus_argument(ap)
     args = ap.parse_args()
-    data = args.data if Path(args.data).exists() else ""
-    cfg = Config(data=data, bias=True, activation="gelu_tanh", max_steps=args.steps, eval_every=10**9, eval_batches=1, ckpt_every=10**9, log_every=20,
+    data = corpus_path(ap, args.data)
+    if args.steps < 2 * LOG_EVERY + 1 or args.rounds < 1:  # (the first window of LOG_EVERY steps is warm-up, not timed)
+        ap.error(f"--steps {args.steps} --rounds {args.rounds}: expected at least {2 * LOG_EVERY + 1} steps (windows of {LOG_EVERY}, "
+                 "the first one warm-up) and 1 round")  # fmt: skip
+    cfg = Config(data=data, bias=True, activation="gelu_tanh", max_steps=args.steps, eval_every=10**9, eval_batches=1, ckpt_every=10**9, log_every=LOG_EVERY,
                  sample_tokens=0, cpu=True)  # fmt: skip
     tokenizer, train_set, val_set = build_data(cfg)
     evaluate = make_evaluate(cfg, val_set)
@@ -88,7 +94,7 @@ def main():
         "benchmark": "gpt_char training step (fwd+bwd+AdamW), fp32 CPU",
         "ours_ms_per_step": s["ours_ms"], "hf_gpt2_ms_per_step": s["peer_ms"], "ours_steps_per_s": s["ours_steps_per_s"],
         "hf_gpt2_steps_per_s": s["peer_steps_per_s"], "ratio_ours_over_peer": s["ratio"], "round_ratios": s["round_ratios"],
-        "goal": "ratio <= 1.0", "params": params, "threads": torch.get_num_threads(), "rounds_ms": s["rounds_ms"],
+        "goal": "ratio <= 1.0", "corpus": data or "embedded", "params": params, "threads": torch.get_num_threads(), "rounds_ms": s["rounds_ms"],
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"\nours {s['ours_ms']:.2f} ms/step, HF GPT2LMHeadModel {s['peer_ms']:.2f} ms/step, ratio {s['ratio']:.3f} (goal <= 1.0)")

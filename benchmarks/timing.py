@@ -8,6 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -42,3 +43,22 @@ def summary(times: dict[str, list[float]], ours: str = "ours", peer: str = "peer
     return {"ours_ms": med[ours] * 1e3, "peer_ms": med[peer] * 1e3, "ours_steps_per_s": 1 / med[ours], "peer_steps_per_s": 1 / med[peer],
             "ratio": med[ours] / med[peer], "round_ratios": [a / b for a, b in zip(times[ours], times[peer])],
             "rounds_ms": {k: [t * 1e3 for t in v] for k, v in times.items()}}  # fmt: skip
+
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"  # ../shared/data beside the repository
+
+
+def add_corpus_argument(ap) -> None:
+    ap.add_argument("--data", default=None, metavar="PATH",
+                    help="a text file ('' = the toolkit's embedded corpus; default: ../shared/data/tinyshakespeare.txt beside the "
+                         "repository when present, else the embedded corpus)")  # fmt: skip
+
+
+def corpus_path(ap, data: str | None) -> str:
+    """--data as a benchmark reads it: a file, or "" for the embedded corpus. A file named on the
+    command line that does not exist is an error, not a quiet fallback to another text."""
+    if data is None:
+        return str(SHAKESPEARE) if SHAKESPEARE.is_file() else ""
+    if data and not Path(data).is_file():
+        ap.error(f"--data {data}: no such file ('' reads the embedded corpus)")
+    return data
