@@ -525,8 +525,9 @@ def train(
         paused = time.perf_counter()
         if eval_now:
             metrics = evaluate_whole(evaluate, model, full, accelerator)
-            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-            if accelerator.is_main_process:
+            if metrics:  # (an evaluation without figures: no bare "step N:" line)
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if metrics and accelerator.is_main_process:
                 append_metrics(run_dir, {"step": step, **metrics})
                 accelerator.log(metrics, step=step)
         if ckpt_now:

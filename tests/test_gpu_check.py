@@ -75,6 +75,7 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_trunk():
     assert out["inference"]["text_eval_loss_diff"] == 0
     assert all(out["inference"][k] is True for k in ("speech_greedy_same", "speech_beam_same", "transcribe_files_same_text", "image_same_labels",
                                                      "text_greedy_same"))  # fmt: skip
+    assert out["inference"]["transcribe_files_chars"] > 0  # (the random model writes characters: the texts compared are not empty)
 
 
 def test_gpu_check_reports_what_it_measured_when_every_size_fails(monkeypatch):
