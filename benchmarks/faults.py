@@ -384,7 +384,7 @@ def table(results: list[FamilyResult], bad_inputs: list[dict]) -> tuple[str, int
         rows.append(("bad inputs (benchmarks/hardening.py)", len(bad_inputs), sum(b["as_documented"] for b in bad_inputs), 0))
     total = ("total", sum(r[1] for r in rows), sum(r[2] for r in rows), sum(r[3] for r in rows))
     faults = sum(len(r.faults) for r in results)
-    lines = [f"faults injected: {faults} across {len(results)} recipes ({', '.join(r.family for r in results)})"
+    lines = [f"faults injected: {faults} across {len(results)} recipe{'s' * (len(results) != 1)} ({', '.join(r.family for r in results)})"
              + (f"; bad inputs tried: {len(bad_inputs)}" if bad_inputs else ""), "", f"{'':44s} {'tried':>6s} {'as documented':>14s} {'lost':>5s}"]  # fmt: skip
     lines += [f"{label:44s} {n:6d} {ok:14d} {lost:5d}" for label, n, ok, lost in rows + [total]]
     return "\n".join(lines), total[3], total[1] == total[2]

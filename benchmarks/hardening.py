@@ -190,7 +190,7 @@ def cases() -> list[Case]:
         Case("image folder: file_name escapes the folder", "image", lambda d: vit_build(folder(d / "f", "label", good_rows + [("../../etc/passwd", "a")], good_imgs)),
              "error", ValueError, "'../../etc/passwd' points outside the data folder"),
         Case("image folder: label outside the training labels", "image", lambda d: vit_split_unknown_label(d), "error", ValueError,
-             r"validation labels \['c'\] do not occur"),
+             r"validation labels \['c'\] \(e\.g\. .*\) do not occur"),
         Case("image folder: metadata.csv without a label column", "image", lambda d: vit_build(no_label_column(d)), "error", ValueError,
              "needs the columns file_name and label"),
         Case("image folder: corrupt file skipped and counted", "image", lambda d: skip_count(d), "handled", lambda n: n == 1),
@@ -204,7 +204,7 @@ def cases() -> list[Case]:
              .validate(char.spec), "error", ValueError, "position 99 is beyond the declared table of 8"),
         Case("tokens: ids outside the vocabulary", "model", lambda d: TokenSet("text", ids=torch.tensor([0, 9])).validate(char.spec), "error", ValueError,
              r"ids must lie in \[0, 5\)"),
-        Case("tokens: float ids", "model", lambda d: TokenSet("text", ids=torch.zeros(3)), "error", TypeError, "ids must be a integer tensor|integer"),
+        Case("tokens: float ids", "model", lambda d: TokenSet("text", ids=torch.zeros(3)), "error", TypeError, "ids must be an integer tensor"),
         Case("collate: two modalities in one batch", "model", lambda d: collate([TokenSet("a", ids=torch.zeros(2, dtype=torch.long)),
              TokenSet("b", ids=torch.zeros(2, dtype=torch.long))]), "error", ValueError, "sample 1 has modality 'b'"),  # fmt: skip
         # checkpoints

@@ -152,7 +152,9 @@ def build_data(cfg: Config):
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:
-        raise ValueError(f"validation labels {unknown[:5]} do not occur in the training images")
+        example = next(p for p, l in val_pairs if l in unknown)
+        raise ValueError(f"{cfg.data}: validation labels {unknown[:5]} (e.g. {example}) do not occur in the training images; "
+                         "the model cannot learn a class it never sees")  # fmt: skip
     ids = {c: i for i, c in enumerate(classes)}
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.channels == 3 else ((0.5,), (0.5,))
     return FolderSet(train_pairs, ids, cfg, True), FolderSet(val_pairs, ids, cfg, False), classes, (list(mean), list(std))

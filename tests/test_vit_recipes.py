@@ -239,3 +239,10 @@ def test_mixup_and_cutmix_smooth_labels_once_as_timm_trains(mix):
         torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))  # fmt: skip
     assert torch.equal(inputs["image"].values, tok.tokens_batch((x - tok._mean) / tok._std).values)  # the same mixed pixels
     torch.testing.assert_close(ours, SoftTargetCrossEntropy()(model(inputs).logits["cls"], y))
+
+
+def test_a_validation_class_the_training_split_lacks_is_named_with_a_file(tmp_path):
+    make_folder(tmp_path / "d" / "train", classes=("circle", "square"), n=3)
+    make_folder(tmp_path / "d" / "validation", classes=("circle", "bar"), n=2)
+    with pytest.raises(ValueError, match=r"d: validation labels \['bar'\] \(e\.g\. .*validation/bar/0\.png\) do not occur in the training images"):
+        vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "d")))

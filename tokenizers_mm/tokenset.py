@@ -52,7 +52,7 @@ def _check_dtype(name: str, t: Tensor, kind: str, who: str):
     if kind == "float":
         ok = t.is_floating_point()
     if not ok:
-        raise TypeError(f"{who}: {name} must be a {'floating' if kind == 'float' else 'integer'} tensor, got {t.dtype}")
+        raise TypeError(f"{who}: {name} must be {'a floating' if kind == 'float' else 'an integer'} tensor, got {t.dtype}")
 
 
 def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
