@@ -22,7 +22,7 @@ from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
 from tokenizers_mm import TokenBatch
-from tokenizers_mm.base import read_json, write_json_atomic
+from tokenizers_mm.base import read_json, umask_mode, write_json_atomic
 
 from .attention import KVCache, build_mask
 from .blocks import Stack
@@ -657,6 +657,7 @@ class MultimodalTransformer(nn.Module):
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / CONFIG_FILE, {"format": MODEL_FORMAT, "version": MODEL_VERSION, "config": self.config.to_dict()})
         save_model(self, str(directory / WEIGHTS_FILE))
+        umask_mode(directory / WEIGHTS_FILE)
         return directory
 
     @classmethod

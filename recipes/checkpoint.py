@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save, save_file
 
-from tokenizers_mm.base import read_json, write_json_atomic
+from tokenizers_mm.base import read_json, umask_mode, write_json_atomic
 
 CKPT_DIR = "checkpoints"
 STEP_RE = re.compile(r"^step-(\d{7,})$")
@@ -114,6 +114,7 @@ def save_state(directory: Path, name: str, state) -> None:
     tensors: dict = {}
     tree = flatten_state(state, tensors)
     save_file(tensors, str(directory / f"{name}.safetensors"))
+    umask_mode(directory / f"{name}.safetensors")  # (safetensors writes 0600)
     fault_point("files")
     write_json_atomic(directory / f"{name}.json", tree)
 

@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 from models import gpt2_export, load_torch_file, openai_whisper_export, timm_vit_export, whisper_export
 from tokenizers_mm import BPETokenizer, TokenSet, collate
 from tokenizers_mm.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from tokenizers_mm.base import umask_mode
 from tokenizers_mm.hf import save_hf
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
@@ -82,6 +83,7 @@ def write_model(folder: Path, config: dict, sd: dict) -> None:
     """config.json + model.safetensors, as transformers' and timm's folders hold them."""
     write_json(folder / "config.json", config)
     save_file(sd, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    umask_mode(folder / "model.safetensors")  # (safetensors writes 0600: a serving process of another user could not read it)
 
 
 def write_gpt2(model, tokenizers, folder: Path) -> None:

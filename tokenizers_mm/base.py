@@ -22,6 +22,21 @@ FORMAT_VERSION = 1
 FILE_NAME = "tokenizer.json"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()  # (read once, at import: os.umask can only be read by setting it)
+
+
+def umask_mode(path) -> None:
+    """Give a file the mode the umask gives new files (0644 under 022): safetensors writes its files
+    0600, which another user (a serving process) cannot read."""
+    os.chmod(path, 0o666 & ~UMASK)
+
+
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON through a temporary file and rename, so a reader never sees half a file."""
     write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
