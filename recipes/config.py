@@ -82,6 +82,12 @@ class TrainConfig:
                 raise ConfigError(f"{f.name}={value} must be a finite number")
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
+        if self.precision == "fp8":
+            from accelerate.utils import is_fp8_available
+
+            if not is_fp8_available():  # (Accelerate says so only after the data is made and the run directory written)
+                raise ConfigError("precision=fp8: Accelerate's fp8 needs transformer-engine, MS-AMP or torchao installed (and a Hopper "
+                                  "or Ada GPU); precision=bf16 needs neither")  # fmt: skip
         world = launched_processes()
         if self.batch_size and self.batch_size % (self.grad_accum * world):
             raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum * processes = {self.grad_accum} * {world}")
