@@ -191,13 +191,16 @@ def write_manifest(directory: Path) -> None:
     write_json_atomic(directory / MANIFEST, {"files": files})
 
 
-def verify(directory: Path) -> None:
-    """Refuse a checkpoint whose files are missing, truncated or altered."""
+def verify(directory: Path, only: tuple[str, ...] | None = None) -> None:
+    """Refuse a checkpoint whose files are missing, truncated or altered (`only` these of them: the
+    model's, for a command that reads the weights alone)."""
     try:
         manifest = read_json(directory / MANIFEST, "checkpoint")
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: {e}") from None
     for name, info in manifest.get("files", {}).items():
+        if only is not None and name not in only:
+            continue
         p = directory / name
         if not p.is_file():
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
@@ -232,16 +235,17 @@ def held_checkpoint(run_dir) -> Path | None:
     return latest_checkpoint(run_dir) or (aside[0] if aside else None)
 
 
-def verify_latest(ckpt: Path) -> None:
-    """verify() the checkpoint a run would load; when it is damaged, the error also names the newest
-    older one that verifies (kept by keep_checkpoints), to move the damaged one aside and go on from."""
+def verify_latest(ckpt: Path, only: tuple[str, ...] | None = None) -> None:
+    """verify() the checkpoint a run would load (`only` these files); when it is damaged, the error
+    also names the newest older one that verifies (kept by keep_checkpoints), to move the damaged one
+    aside and go on from."""
     try:
-        verify(ckpt)
+        verify(ckpt, only)
     except CheckpointError as e:
         found = list_checkpoints(ckpt.parent.parent)
         for c in reversed(found[: found.index(ckpt)] if ckpt in found else []):
             try:
-                verify(c)
+                verify(c, only)
             except CheckpointError:
                 continue
             raise CheckpointError(f"{e}; {c.name} before it verifies: move {ckpt.name} out of {ckpt.parent} to go on from {c.name}") from None

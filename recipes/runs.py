@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from models import MultimodalTransformer
+from models.transformer import CONFIG_FILE, WEIGHTS_FILE
 from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
@@ -43,6 +44,7 @@ RECIPES = {
     "generalist": "recipes.generalist",
 }
 RUN_FILE = "run.json"
+MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what load_trained reads of a checkpoint
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
 
 
@@ -172,7 +174,7 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
         raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
-    verify_latest(ckpt)
+    verify_latest(ckpt, only=MODEL_FILES)  # (the weights are all it reads: a damaged optimizer state does not stop eval or export)
     model = MultimodalTransformer.load(ckpt, device).eval()
     tok_root = run_dir / "tokenizers"
     tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})

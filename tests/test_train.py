@@ -80,6 +80,13 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
         p = mmtok(*cmd, check=False)
         assert p.returncode == 2
         assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
+    # a damaged optimizer state stops resume, which reads it, not eval, which reads the weights alone
+    shutil.rmtree(run)
+    shutil.copytree(trained, run)
+    optimizer = sorted((run / "checkpoints").glob("step-*"))[-1] / "optimizer.safetensors"
+    optimizer.write_bytes(optimizer.read_bytes()[:-100])
+    assert "truncated: optimizer.safetensors" in mmtok("resume", str(run), "max_steps=30", check=False).stderr
+    assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] > 0
 
 
 def test_cli_eval_and_generate(tmp_path, trained, capsys):
