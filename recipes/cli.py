@@ -59,25 +59,28 @@ def cmd_train(args):
 
 def cmd_resume(args):
     from .checkpoint import checkpoint_step, latest_checkpoint
-    from .runs import launched_processes, load_run_info, update_run_info
+    from .config import launched_processes
+    from .runs import load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
-    for k, v in parse_overrides(args.overrides).items():
+    given = parse_overrides(args.overrides)
+    for k in given:
         if k not in ("max_steps", "fsdp"):
             raise ConfigError(f"resume takes only max_steps=N and fsdp=true|false as overrides, got {k!r}")
-        apply_values(cfg, {k: v}, "the command line")
-        if k == "fsdp":  # how the run is spread over processes, not what it trains: its checkpoints load either way
-            if cfg.fsdp and launched_processes() < 2:
-                raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
-            update_run_info(args.run_dir, fsdp=cfg.fsdp)
-            continue
+    apply_values(cfg, given, "the command line")
+    # note: every override checked before run.json records any (a refused resume changes nothing); the run's other
+    # values were checked when it started (or by older rules)
+    if "max_steps" in given:
         last = latest_checkpoint(args.run_dir)
         done = checkpoint_step(last) if last is not None else 0
-        if cfg.max_steps < 0:  # note: only this; the run's other values were checked when it started (or by older rules)
+        if cfg.max_steps < 0:
             raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
         if cfg.max_steps < done:
             raise ConfigError(f"max_steps={cfg.max_steps}: the run's last checkpoint is at step {done}; resume trains on to a later step")
-        update_run_info(args.run_dir, max_steps=cfg.max_steps)  # a later plain resume / eval keeps the new length
+    if "fsdp" in given and cfg.fsdp and launched_processes() < 2:  # (how the run is spread, not what it trains: checkpoints load either way)
+        raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+    if given:
+        update_run_info(args.run_dir, **{k: getattr(cfg, k) for k in given})  # a later plain resume / eval keeps them
     module.main(cfg, resume=True)
 
 

@@ -323,7 +323,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
     share = process_share(torch.device("cpu"))  # the models are on the CPU now; launched as several processes, each its share
     print(f"{'target':>8} {'DT return':>16}")
     for g in targets:
-        mean, std, _ = shared_rollouts(share, models["dt"], tok, cfg.env, g, seeds)
+        mean, std, table["episodes"] = shared_rollouts(share, models["dt"], tok, cfg.env, g, seeds)  # (counted: every process's share)
         table["dt"].append([mean, std])
         print(f"{g:8.1f} {mean:9.1f} ± {std:5.1f}")
     if cfg.baseline:

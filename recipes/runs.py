@@ -26,7 +26,7 @@ from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
 from .checkpoint import held_checkpoint, latest_checkpoint, verify_latest
-from .config import ConfigError, apply_values, named_configs, parse_overrides, read_yaml
+from .config import ConfigError, apply_values, launched_processes, named_configs, parse_overrides, read_yaml
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir,
 # device=None)` and, for generative recipes, `generate(run_dir, prompt, ..., device=None)`.
@@ -255,11 +255,6 @@ class EvalProcesses(OneDevice):
         parts = [torch.empty_like(tensor) for _ in range(self.num_processes)]
         dist.all_gather(parts, tensor.contiguous(), group=self.group)
         return torch.cat(parts)
-
-
-def launched_processes() -> int:
-    """How many processes torchrun / accelerate launch started for this command (1 without)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def process_share(device) -> OneDevice:

@@ -56,7 +56,7 @@ def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_p
 
     run = tmp_path / "run"
     args = [f"{k}={v}" for k, v in TINY.items()] + [f"run_dir={run}", f"data_dir={tmp_path / 'data'}", "n_episodes=30", "targets=500",
-                                                    "eval_episodes=3"]  # fmt: skip
+                                                    "target=500", "eval_episodes=3"]  # fmt: skip
     torchrun(2, "-m", "recipes.cli", "train", "dt_cartpole", *args)
     assert json.loads((run / "bc" / "results.json").read_text())["val_return"] > 0
     alone = dt_cartpole.evaluate(run)
@@ -65,8 +65,9 @@ def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_p
     both = json.loads(torchrun(2, "-m", "recipes.cli", "eval", str(run)).stdout)  # (JSON only: gloo's connection lines kept out)
     assert both == pytest.approx(alone) and alone["val_return_std"] > 0  # (3 episodes, 2 and 1 a process: the std of all 3)
     assert both["episodes"] == alone["episodes"] == 3  # each episode rolled out once, by one of the processes
-    table = json.loads((run / "returns.json").read_text())["table"]  # the target table after training: split too, written once
-    assert table["episodes"] == 3 and len(table["dt"]) == 1 and table["bc"] is not None
+    table = json.loads((run / "returns.json").read_text())["table"]  # the target table after training: split too (counted)
+    assert table["episodes"] == 3 and table["dt"] == [pytest.approx([alone["val_return"], alone["val_return_std"]])]  # (target 500 both)
+    assert table["bc"] == pytest.approx([alone["bc_return"], alone["bc_return_std"]])
 
 
 def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):

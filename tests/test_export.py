@@ -47,11 +47,20 @@ def test_gpt2_export_gives_our_logits_in_transformers(tmp_path, activation, bias
     config, sd = gpt2_export(model, {"<|endoftext|>": 56})
     ref = transformers.AutoModelForCausalLM.from_pretrained(write(tmp_path / "m", config, sd)).eval()
     assert type(ref).__name__ == "GPT2LMHeadModel" and ref.config.tie_word_embeddings == tie and ref.config.eos_token_id == 56
-    from tokenizers_mm.base import UMASK
+    import os
 
-    model.save(tmp_path / "ours")  # the weights files get the umask's mode, as the JSON beside them (safetensors writes 0600)
-    for path in (tmp_path / "m" / "model.safetensors", tmp_path / "ours" / "model.safetensors"):
-        assert path.stat().st_mode & 0o777 == 0o666 & ~UMASK == (tmp_path / "ours" / "config.json").stat().st_mode & 0o777
+    from tokenizers_mm.base import current_umask
+
+    for mask in (0o022, 0o077):  # the weights files get the umask's mode, as the JSON beside them (safetensors writes 0600)
+        was = os.umask(mask)
+        try:
+            assert current_umask() == mask
+            write(tmp_path / f"m{mask}", config, sd)
+            model.save(tmp_path / f"ours{mask}")
+        finally:
+            os.umask(was)
+        for path in (tmp_path / f"m{mask}" / "model.safetensors", tmp_path / f"ours{mask}" / "model.safetensors"):
+            assert path.stat().st_mode & 0o777 == 0o666 & ~mask == (tmp_path / f"ours{mask}" / "config.json").stat().st_mode & 0o777
     ids = torch.randint(0, 57, (3, 24))
     with torch.no_grad():
         ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]

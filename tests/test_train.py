@@ -209,9 +209,12 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text,
     capsys.readouterr()
     assert main(["resume", str(tmp_path / "run"), "max_steps=-1"]) == 2 and "max_steps=-1 must be at least 0" in capsys.readouterr().err
     # a length below the last checkpoint's step is refused, run.json left as it was (not a length the run has passed)
-    assert main(["resume", str(tmp_path / "run"), "max_steps=12"]) == 2
+    kept = (tmp_path / "run" / "run.json").read_bytes()
+    assert main(["resume", str(tmp_path / "run"), "fsdp=true", "max_steps=12"]) == 2  # (no override is recorded before all pass)
     assert "max_steps=12: the run's last checkpoint is at step 20; resume trains on to a later step" in capsys.readouterr().err
-    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["max_steps"] == 20
+    assert main(["resume", str(tmp_path / "run"), "max_steps=30", "fsdp=true"]) == 2  # fsdp=true in one process
+    assert "fsdp=true shards the model over processes" in capsys.readouterr().err
+    assert (tmp_path / "run" / "run.json").read_bytes() == kept and json.loads(kept)["config"]["max_steps"] == 20
     # generate: a temperature below 0 or no new tokens is refused, as training's sampling settings are
     for flag, value in (("--temperature", "-1"), ("--max-new-tokens", "0")):
         with pytest.raises(SystemExit):
@@ -279,7 +282,7 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
     # eval launched as 2 processes: the batches split over them, the sums
     # gathered; the figures of one process, printed once
-    alone = json.loads(mmtok("eval", str(run), "--data", str(small_text)).stdout)
+    alone = json.loads(mmtok("eval", str(run), "--data", str(small_text), "--device", "auto").stdout)  # (as both: the same device kind)
     both = torchrun(2, "-m", "recipes.cli", "eval", str(run), "--data", str(small_text), "--device", "auto")
     assert both.stdout.count("val_loss") == 1 and len(alone) == 2
     split = json.loads(both.stdout)  # (JSON only: gloo's "[Gloo] Rank 1 is connected to ..." lines are kept out of it)

@@ -22,19 +22,24 @@ FORMAT_VERSION = 1
 FILE_NAME = "tokenizer.json"
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-UMASK = _umask()  # (read once, at import: os.umask can only be read by setting it)
+def current_umask() -> int:
+    """The process's umask now: Linux reports it in /proc/self/status; elsewhere it is read by
+    setting it (os.umask's only way), for an instant."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+        return mask
 
 
 def umask_mode(path) -> None:
-    """Give a file the mode the umask gives new files (0644 under 022): safetensors writes its files
-    0600, which another user (a serving process) cannot read."""
-    os.chmod(path, 0o666 & ~UMASK)
+    """Give a file the mode the umask gives new files now (0644 under 022, 0600 under 077), as the
+    JSON beside it: safetensors writes its files 0600, which another user (a serving process)
+    cannot read. Best effort: a filesystem without modes (vfat, some network mounts) keeps its own."""
+    with suppress(OSError):
+        os.chmod(path, 0o666 & ~current_umask())
 
 
 def write_json_atomic(path: Path, obj) -> None:

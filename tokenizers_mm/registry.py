@@ -8,7 +8,9 @@ lookup, so `pip install` of a plugin is all a user does. Follows timm's `registe
 
 from __future__ import annotations
 
+import sys
 import warnings
+from contextlib import suppress
 from importlib.metadata import entry_points
 
 ENTRY_POINT_GROUP = "tokenizers_mm.modalities"
@@ -40,10 +42,10 @@ def _load_plugins():
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:  # the plugin's class itself (imported directly), or another class that took its name
             held = _REGISTRY[ep.name]
-            try:
-                same = ep.load() is held  # (a re-exported class: the entry point names it elsewhere; loading another fails to register)
-            except Exception:  # noqa: BLE001
-                same = False
+            same = False  # (a plugin not imported yet cannot have registered the class: it is not imported to find out)
+            if ep.module in sys.modules:  # imported: its class may be the one held, re-exported where the entry point names it
+                with suppress(Exception):
+                    same = ep.load() is held
             if not same:
                 warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) not loaded: the name is registered by "
                               f"{held.__module__}.{held.__qualname__}; a run saved with the plugin's would not load", stacklevel=2)  # fmt: skip
