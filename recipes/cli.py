@@ -59,8 +59,7 @@ def cmd_train(args):
 
 def cmd_resume(args):
     from .checkpoint import checkpoint_step, latest_checkpoint
-    from .config import launched_processes
-    from .runs import load_run_info, update_run_info
+    from .runs import launched_processes, load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
     given = parse_overrides(args.overrides)

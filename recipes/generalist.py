@@ -64,7 +64,7 @@ from tokenizers_mm.base import read_json, write_json_atomic
 
 from .config import ConfigError, TrainConfig
 from .runs import resolve_run_dir, save_run_info
-from .train import my_share, summed, train
+from .train import my_share, my_spans, summed, train
 
 TASKS = ("digits", "speech", "control", "text")
 # the default loss weights per task: they balance the tasks' gradients in the shared trunk (README)
@@ -207,10 +207,10 @@ def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     @torch.no_grad()
     def evaluate(model, accelerator) -> dict:
         correct = 0
-        for s in (256 * k for k in my_share(accelerator, -(-len(test) // 256))):
-            batch = collate([test[i]["image"] for i in range(s, min(s + 256, len(test)))]).to(accelerator.device)
+        for span in my_spans(accelerator, len(test), 256):
+            batch = collate([test[i]["image"] for i in span]).to(accelerator.device)
             logits = model({"image": batch}).logits["digit"][:, 0]  # the CLS token
-            correct += int((logits.argmax(-1).cpu() == labels[s : s + 256]).sum())
+            correct += int((logits.argmax(-1).cpu() == labels[span.start : span.stop]).sum())
         return {"digits_accuracy": summed(accelerator, correct)[0] / len(test)}
 
     return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate)
@@ -230,10 +230,10 @@ def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     @torch.no_grad()
     def evaluate(model, accelerator) -> dict:
         errors = words = 0
-        for s in (32 * k for k in my_share(accelerator, -(-n // 32))):
-            audio = collate([test_set[i]["audio"] for i in range(s, min(s + 32, n))]).to(accelerator.device)
+        for span in my_spans(accelerator, n, 32):
+            audio = collate([test_set[i]["audio"] for i in span]).to(accelerator.device)
             hyps = wd.transcribe_batch(model, text_tok, audio, cfg.max_text - 3)
-            e, w = wd.word_errors([(test_set.pairs[s + j][1], h) for j, h in enumerate(hyps)])
+            e, w = wd.word_errors([(test_set.pairs[i][1], h) for i, h in zip(span, hyps)])
             errors, words = errors + e, words + w
         errors, words = summed(accelerator, errors, words)
         return {"speech_wer": errors / words}

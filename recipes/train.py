@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
-from tokenizers_mm import TokenBatch
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
@@ -228,9 +227,9 @@ def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
         inputs, targets = to_device(batches[i], accelerator.device, check)
         rows = float(next(iter(inputs.values())).shape[0])
         total += torch.stack([model(inputs, targets).loss.to(total.dtype) * rows, torch.tensor(rows, dtype=total.dtype, device=accelerator.device)])
-    total = accelerator.reduce(total, "sum")
+    loss, rows = summed(accelerator, *total.tolist())
     model.train(was_training)
-    return (total[0] / total[1].clamp(min=1)).item()
+    return loss / max(rows, 1.0)
 
 
 def sum_dtype(device: torch.device) -> torch.dtype:
@@ -244,6 +243,11 @@ def my_share(accelerator, n: int) -> range:
     """The indices of the n batches (or episodes) this process evaluates: every num_processes-th,
     from its rank."""
     return range(accelerator.process_index, n, accelerator.num_processes)
+
+
+def my_spans(accelerator, n: int, size: int) -> list[range]:
+    """This process's share (`my_share`) of n items cut into batches of `size`: each batch's indices."""
+    return [range(k * size, min((k + 1) * size, n)) for k in my_share(accelerator, -(-n // size))]
 
 
 def summed(accelerator, *values: float) -> list[float]:
@@ -302,9 +306,9 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
         out = model(inputs, targets)
         total += torch.stack([(out.logits[head].argmax(-1) == y).sum().to(total.dtype), out.loss.to(total.dtype) * len(y),
                               torch.tensor(float(len(y)), dtype=total.dtype, device=y.device)])  # fmt: skip
-    total = accelerator.reduce(total, "sum")
+    correct, loss, rows = summed(accelerator, *total.tolist())
     model.train(was)
-    return {"val_accuracy": (total[0] / total[2]).item(), "val_loss": (total[1] / total[2]).item()}
+    return {"val_accuracy": correct / rows, "val_loss": loss / rows}
 
 
 # -- the loop -------------------------------------------------------------------------------------
