@@ -84,17 +84,24 @@ GPT2_KEYS = (r"wte\.weight", r"wpe\.weight", r"ln_f\.(weight|bias)",  # GPT2Mode
              r"h\.(?P<block>\d+)\.(ln_1|ln_2|attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)\.(weight|bias)", r"h\.(?P<block>\d+)\.attn\.(bias|masked_bias)")  # fmt: skip
 
 
+def gpt2_activation(hf: dict, default: str, what: str) -> str:
+    """Our activation for a GPT-2-style config's `activation_function` (transformers' ACT2FN names)."""
+    act = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", default))
+    if act is None:
+        raise ValueError(f"{what} import: activation {hf['activation_function']!r} is not supported (gelu_new, gelu or relu)")
+    return act
+
+
 def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0) -> ModelConfig:
     """Our config for a Hugging Face GPT2Config (as a dict: config.json or `.to_dict()`)."""
-    if hf.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"GPT-2 import: activation {hf['activation_function']!r} is not supported (gelu_new only)")
+    activation = gpt2_activation(hf, "gelu_new", "GPT-2")
     check_gpt2_attention(hf, "GPT-2")
     if not hf.get("tie_word_embeddings", True):
         raise ValueError("GPT-2 import: tie_word_embeddings=False (an untied LM head) is not supported")
     dim = hf["n_embd"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
                         dropout=dropout, bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder",
-                        activation="gelu_tanh")  # fmt: skip
+                        activation=activation)  # fmt: skip
     spec = ModalitySpec("text", ("token",), max_positions or hf["n_positions"], vocab_size=hf["vocab_size"])
     return ModelConfig(trunk, {"text": ModalityConfig.from_spec(spec)}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"])
 
@@ -141,8 +148,11 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     """Our config for a timm `VisionTransformer` instance (plain ViT: no layer scale, no registers)."""
     from timm.models.vision_transformer import Attention, Block, Mlp  # (the classes its plain ViT builds, in every timm 1.x)
 
-    if getattr(vit, "num_reg_tokens", 0) or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
-        raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register tokens, no_embed_class=False)")
+    prefix = int(vit.cls_token is not None)  # note: a distilled ViT's second prefix token (dist_token) has no place here
+    extra_tokens = getattr(vit, "num_reg_tokens", 0) or getattr(vit, "num_prefix_tokens", prefix) != prefix
+    if extra_tokens or getattr(vit, "no_embed_class", False) or vit.global_pool not in ("token", "avg"):
+        raise ValueError("timm import: plain ViTs only (class-token or average pooling, no register or distillation tokens, "
+                         "no_embed_class=False)")  # fmt: skip
     # note: by class, not by weight names: a residual post-norm block (ResPostBlock) has Block's names and computes another sum
     kinds = {f"{type(b).__name__}({type(getattr(b, 'attn', None)).__name__}, {type(getattr(b, 'mlp', None)).__name__})" for b in vit.blocks
              if (type(b), type(getattr(b, "attn", None)), type(getattr(b, "mlp", None))) != (Block, Attention, Mlp)}  # fmt: skip
@@ -207,6 +217,7 @@ def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
     return out
 
 
+TIMM_VIT_NEEDED = ("patch_embed.proj.weight", "patch_embed.proj.bias", "pos_embed")  # read whatever the model's size
 TIMM_VIT_KEYS = (r"patch_embed\.proj\.(weight|bias)", r"pos_embed", r"cls_token", r"(norm|fc_norm|head)\.(weight|bias)",
                  r"blocks\.(?P<block>\d+)\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.(weight|bias)")  # fmt: skip
 
@@ -222,6 +233,10 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
     from .embedders import resample_grid
 
     refuse_unknown(sd, TIMM_VIT_KEYS, len(model.encoder.blocks), "timm")
+    lacks = [k for k in TIMM_VIT_NEEDED if k not in sd]
+    if lacks:
+        raise ValueError(f"timm import: the checkpoint lacks {', '.join(lacks)}; expected a timm VisionTransformer's state dict "
+                         "(patch_embed.proj.weight / .bias, pos_embed, blocks.N.*)")  # fmt: skip
     ours = timm_vit_state_dict(sd, len(model.encoder.blocks))
     m = model.config.modalities["image"]
     n_prefix = len(m.learned_types)
@@ -466,9 +481,7 @@ def dt_model_config(hf: dict, discrete: bool = False, dropout: float = 0.0) -> M
     GPT-2 trunk, and the action head read at state tokens. discrete: the act_dim outputs are
     logits over action ids (one-hot action inputs, cross-entropy loss; needs action_tanh=False).
     dropout: ours is one rate (0 for inference; HF's config keeps resid / embd / attn_pdrop apart)."""
-    act = {"relu": "relu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}.get(hf.get("activation_function", "relu"))
-    if act is None:
-        raise ValueError(f"Decision Transformer import: activation {hf['activation_function']!r} is not supported")
+    act = gpt2_activation(hf, "relu", "Decision Transformer")
     check_gpt2_attention(hf, "Decision Transformer")
     dim = hf["hidden_size"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,

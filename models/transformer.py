@@ -661,16 +661,21 @@ class MultimodalTransformer(nn.Module):
         return directory
 
     @classmethod
-    def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+    def architecture(cls, directory) -> "MultimodalTransformer":
+        """The model that a saved directory's config.json describes, with freshly initialised weights."""
         directory = Path(directory)
         doc = read_json(directory / CONFIG_FILE, "model")
         if doc.get("format") != MODEL_FORMAT or doc.get("version") != MODEL_VERSION:
             raise ValueError(f"model: {directory / CONFIG_FILE} is not a tokenizers-mm model config of version {MODEL_VERSION}")
         try:
-            model = cls(ModelConfig.from_dict(doc["config"]))
+            return cls(ModelConfig.from_dict(doc["config"]))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"model: {directory / CONFIG_FILE} holds a bad config: {e}") from None
-        load_weights(model, directory / WEIGHTS_FILE)
+
+    @classmethod
+    def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+        model = cls.architecture(directory)
+        load_weights(model, Path(directory) / WEIGHTS_FILE)
         return model.to(device)
 
 

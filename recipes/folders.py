@@ -170,6 +170,9 @@ def hidden(path: Path, root: Path) -> bool:
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:
     """(training folder, validation folder or None) of a data folder."""
+    if root.is_file():  # (a dataset file, .parquet / .jsonl / .csv, is read before this: hf_source)
+        raise ValueError(f"data {root} is a file, not a data folder: expected a folder (its class or split sub-folders, "
+                         "or metadata.csv / metadata.jsonl) or a dataset file (.parquet, .jsonl, .csv)")  # fmt: skip
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
     if (root / "train").is_dir():

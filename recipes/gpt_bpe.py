@@ -12,7 +12,6 @@ per BPE token (not comparable with gpt_char's nats per character).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +24,15 @@ from tokenizers_mm.base import FORMAT, read_json
 from . import gpt_char
 from .config import ConfigError
 
+GPT2_FOLDER = "a Hugging Face GPT-2 folder: config.json, model.safetensors, and its tokenizer (vocab.json + merges.txt, or tokenizer.json)"
+
 
 @dataclass
 class Config(gpt_char.Config):
     vocab_size: int = 2048  # BPE vocabulary to train: 256 bytes + merges + <|endoftext|>
     pattern: str = "gpt2"  # pre-tokenization regex: "gpt2", "gpt4" or a regex of your own
-    tokenizer: str = ""  # instead of training: a saved tokenizer folder, a .tiktoken file, or a folder with vocab.json + merges.txt
-    init_from: str = ""  # a local Hugging Face GPT-2 folder (config.json + model.safetensors [+ vocab.json, merges.txt])
+    tokenizer: str = ""  # instead of training: a saved tokenizer folder (ours or Hugging Face's), a .tiktoken file, or vocab.json + merges.txt
+    init_from: str = ""  # a local Hugging Face GPT-2 folder (config.json + model.safetensors + vocab.json, merges.txt or tokenizer.json)
 
     def check(self) -> None:
         super().check()
@@ -46,15 +47,18 @@ def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
     """The tokenizer at `path`, named in errors by the config key that gave it."""
     p = Path(path)
     if (p / "tokenizer.json").exists() and read_json(p / "tokenizer.json", "tokenizer").get("format") == FORMAT:
-        tok = load_tokenizer(p)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: vocab.json + merges.txt below
+        tok = load_tokenizer(p)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: below
         tok.max_positions = cfg.block_size
         return tok
     if p.suffix == ".tiktoken":
         return BPETokenizer.from_tiktoken_file(p, pattern=cfg.pattern, max_positions=cfg.block_size)
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
         return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
-    raise FileNotFoundError(f"{key}={p}: expected a tokenizer folder (tokenizer.json), a .tiktoken file, or vocab.json + merges.txt"
-                            + ("" if p.exists() else f"; {p} does not exist"))  # fmt: skip
+    if (p / "tokenizer.json").exists():  # Hugging Face's alone (transformers 5 saves no vocab.json + merges.txt)
+        return BPETokenizer.from_hf_tokenizer_json(p / "tokenizer.json", pattern=cfg.pattern, max_positions=cfg.block_size)
+    expected = (GPT2_FOLDER if key == "init_from" else
+                "a tokenizer folder (tokenizer.json: ours or Hugging Face's), a .tiktoken file, or a folder with vocab.json + merges.txt")  # fmt: skip
+    raise FileNotFoundError(f"{key}={p}: expected {expected}" + ("" if p.exists() else f"; {p} does not exist"))
 
 
 def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
@@ -78,7 +82,9 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     weights = folder / "model.safetensors"
     if not weights.exists():
         raise FileNotFoundError(f"init_from {folder}: no model.safetensors (pickled .bin checkpoints are never loaded; convert them to safetensors)")
-    hf = json.loads((folder / "config.json").read_text())
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"init_from {folder}: no config.json; expected {GPT2_FOLDER}")
+    hf = read_json(folder / "config.json", f"init_from {folder}")
     if hf["vocab_size"] != tokenizer.vocab_size:
         raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
     if cfg.block_size > hf["n_positions"]:
@@ -87,8 +93,8 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     changed = [f"{k}={getattr(cfg, k)} -> {v}" for k, v in sizes.items() if getattr(cfg, k) != v]
     if changed:
         print(f"gpt_bpe: the model's sizes come from init_from ({', '.join(changed)})")
-    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = *sizes.values(), True, "gelu_tanh"
     model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout))
+    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = *sizes.values(), True, model.config.trunk.activation
     return load_gpt2(model, load_file(str(weights)))
 
 

@@ -23,11 +23,11 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import CharTokenizer, collate, collate_examples, load_tokenizer, next_token_set
+from tokenizers_mm import CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
 from .folders import hf_splits, is_hf_dataset, local_data, not_a_dataset
-from .runs import load_trained, resolve_run_dir, save_run_info
+from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import mean_loss, train
 
 # Standard-library modules whose source joins the documentation topics in the default corpus.
@@ -86,9 +86,9 @@ class Windows(Dataset):
     """Every window of block_size + 1 ids: example i = ids[i·stride : i·stride + block_size + 1]
     (stride = block_size: windows that predict each token once, the text's tail shorter than a block left out)."""
 
-    def __init__(self, ids: torch.Tensor, block_size: int, stride: int = 1):
+    def __init__(self, ids: torch.Tensor, block_size: int, stride: int = 1, what: str = "the text"):
         if len(ids) <= block_size:
-            raise ValueError(f"a split of {len(ids)} characters is too short for block_size={block_size}")
+            raise ValueError(f"{what} holds {len(ids)} tokens; block_size={block_size} needs at least {block_size + 1}")
         self.ids, self.block_size, self.stride = ids, block_size, stride
 
     def __len__(self) -> int:
@@ -118,15 +118,17 @@ def split_text(cfg: Config) -> tuple[str, str]:
     return text[: len(text) - n_val], text[len(text) - n_val :]
 
 
-def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1) -> Windows:
+def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1, what: str = "the text") -> Windows:
     """Encode a text (special-token strings in it become special tokens) into windows."""
     ids = torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64))
-    return Windows(ids, cfg.block_size, stride)
+    return Windows(ids, cfg.block_size, stride, what)
 
 
 def windows(cfg: Config, tokenizer, train_text: str, val_text: str) -> tuple[Windows, Windows]:
     """Both splits' windows (`text_windows`)."""
-    return text_windows(cfg, tokenizer, train_text), text_windows(cfg, tokenizer, val_text)
+    data = cfg.data or "the built-in corpus"
+    val = f"the validation split of {data} (of a text file: its last val_fraction={cfg.val_fraction})"
+    return text_windows(cfg, tokenizer, train_text, what=f"the training split of {data}"), text_windows(cfg, tokenizer, val_text, what=val)
 
 
 def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
@@ -158,12 +160,13 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
            num_samples: int | None = None) -> str | list[str]:  # fmt: skip
     """`n` new tokens after `prompt`: one continuation, or with num_samples that many, drawn side by
     side in one batch (so the first of several is not the one drawn alone with the seed)."""
-    try:
-        tokens = tokenizer.encode(prompt or "\n")
+    try:  # a special token's text is that token (nanoGPT's sample.py allows <|endoftext|>: a new document)
+        ids = tokenizer.encode_ids(prompt or "\n", allowed_special="all")
     except ValueError:
         if prompt not in ("", "\n"):
             raise
-        tokens = tokenizer.encode(tokenizer.decode([0]))  # the default "\n" is not in this corpus's vocabulary: start from its first token
+        ids = [0]  # the default "\n" is not in this corpus's vocabulary: start from its first token
+    tokens = TokenSet("text", ids=torch.as_tensor(np.asarray(ids, dtype=np.int64)))  # longer than the context: generate slides its window
     device = model.device
     batch = collate([tokens] * (num_samples or 1)).to(device)  # (num_samples, N)
     g = torch.Generator(device).manual_seed(seed)
@@ -180,7 +183,8 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     tokenizer = load_tokenizer(run_dir / "tokenizers" / "text") if resume else None
     tokenizer, train_set, val_set = build_data(cfg, tokenizer)
     set_seed(cfg.seed)
-    model = build_model(cfg, tokenizer)  # note: may fill in sizes (gpt_bpe's init_from), so before run.json
+    # note: build_model may fill in sizes (gpt_bpe's init_from), so before run.json
+    model = (resume and resumed_architecture(run_dir)) or build_model(cfg, tokenizer)
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "text")

@@ -125,6 +125,14 @@ def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": config})
 
 
+def resumed_architecture(run_dir) -> MultimodalTransformer | None:
+    """A resumed run's model as its checkpoint describes it (train() then loads the weights): a run
+    started from imported weights (init_from=) resumes without that file, and in the architecture it
+    was built with. None before its first checkpoint (it starts again from step 0: built anew)."""
+    ckpt = held_checkpoint(run_dir)
+    return None if ckpt is None else MultimodalTransformer.architecture(ckpt)
+
+
 def update_run_info(run_dir, **changes) -> None:
     """Change config values in a run's run.json (resume's max_steps=N)."""
     path = Path(run_dir) / RUN_FILE

@@ -20,8 +20,8 @@ from torch.utils.data import Dataset
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import ImageTokenizer, load_tokenizer
 
-from .config import TrainConfig
-from .runs import load_trained, resolve_run_dir, save_run_info
+from .config import ConfigError, TrainConfig, launched_processes
+from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import EvalBatches, accuracy, train
 
 
@@ -52,6 +52,18 @@ class Config(TrainConfig):
     beta2: float = 0.999
     eval_every: int = 500
     ckpt_every: int = 1000
+
+    def check(self) -> None:
+        super().check()
+        if self.pool not in ("cls", "mean"):
+            raise ConfigError(f"pool={self.pool!r}: expected cls or mean")
+        if self.channels not in (1, 3):  # image files are read as greyscale or RGB (alpha dropped): tokenizers_mm.image.to_tensor
+            raise ConfigError(f"channels={self.channels}: expected 1 (greyscale) or 3 (RGB; an alpha channel is dropped)")
+        per = self.grad_accum * launched_processes()  # note: super().check() made batch_size a multiple of it
+        if (self.mixup > 0 or self.cutmix > 0) and self.batch_size // per % 2:  # timm's Mixup mixes each image with another
+            raise ConfigError(f"mixup / cutmix need an even batch per process and micro-step: batch_size={self.batch_size} / "
+                              f"(grad_accum * processes = {self.grad_accum} * {per // self.grad_accum}) is {self.batch_size // per}; "
+                              f"pass e.g. batch_size={self.batch_size + per}")  # fmt: skip
 
 
 class ImageSet(Dataset):
@@ -137,7 +149,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
     else:
         tokenizer = make_tokenizer(cfg, mean, std)
     set_seed(cfg.seed)
-    model = (build or build_model)(cfg, tokenizer, len(classes))
+    model = (resume and resumed_architecture(run_dir)) or (build or build_model)(cfg, tokenizer, len(classes))
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "image")

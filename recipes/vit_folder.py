@@ -183,24 +183,69 @@ def held_out(data: str):
     return build
 
 
+def timm_vit(cfg: Config, num_classes: int = 2, device=None):
+    """timm_model as a timm VisionTransformer with random weights (device="meta": its shapes only) and
+    our config for it; a name, pooling, patch size or channel count that does not fit is one line."""
+    import contextlib
+
+    import timm
+    from timm.models.vision_transformer import VisionTransformer
+
+    from models import vit_model_config
+
+    name = cfg.timm_model
+    if not timm.is_model(name):
+        raise ValueError(f"timm_model={name}: no such timm model; expected a timm VisionTransformer's name "
+                         "(vit_tiny_patch16_224, ...: timm.list_models('vit_*'))")  # fmt: skip
+    with torch.device(device) if device else contextlib.nullcontext():
+        vit_model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    if not isinstance(vit_model, VisionTransformer):
+        kind = type(vit_model).__name__
+        raise ValueError(f"timm_model={name} is a {kind}, not a timm VisionTransformer (vit_tiny_patch16_224, ...)")
+    try:
+        config = vit_model_config(vit_model, num_classes)  # refuses variants without an equivalent here
+    except ValueError as e:
+        raise ValueError(f"timm_model={name}: {e}") from None
+    # note: the tokenizer is made from cfg.pool (a CLS token or none) before the timm model is built: they must agree
+    want = "cls" if vit_model.cls_token is not None else "mean"
+    if cfg.pool != want:
+        how = "pools by its class token" if vit_model.global_pool == "token" else "has a class token"
+        how = "pools by mean (no class token)" if want == "mean" else how
+        raise ValueError(f"timm_model={name} {how}: pass pool={want}")
+    for key, ours, theirs in (("patch_size", cfg.patch_size, vit_model.patch_embed.patch_size[0]),
+                              ("channels", cfg.channels, vit_model.patch_embed.proj.in_channels)):  # fmt: skip
+        if ours != theirs:
+            raise ValueError(f"{key}={ours} does not match timm_model={name}'s {theirs}: pass {key}={theirs}")
+    return vit_model, config
+
+
+def read_init_from(cfg: Config, tensors: bool = True) -> dict:
+    """init_from's state dict (with tensors=False: each weight's shape only, the file not loaded), or
+    one line naming the file and what was expected."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(cfg.init_from)
+    expected = f"expected a safetensors file of timm_model={cfg.timm_model}'s state dict (safetensors.torch.save_file)"
+    if not path.is_file():
+        raise FileNotFoundError(f"init_from={path}: {'a folder' if path.is_dir() else 'no such file'}; {expected}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) if tensors else f.get_slice(k).get_shape() for k in f.keys()}  # (a handle: keys() to iterate)
+    except (SafetensorError, OSError) as e:  # a .pth / .bin pickle, or another file: its header does not parse
+        raise ValueError(f"init_from={path}: not a safetensors file ({e}); {expected}") from None
+
+
 def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     """Our model with a timm ViT's weights (position table resampled to our grid; new head)."""
-    import timm
-    from safetensors.torch import load_file
+    from models import MultimodalTransformer, load_timm_vit
 
-    from models import MultimodalTransformer, load_timm_vit, vit_model_config
-
-    vit_model = timm.create_model(cfg.timm_model, pretrained=False, num_classes=num_classes)
-    if vit_model.patch_embed.patch_size[0] != cfg.patch_size or vit_model.patch_embed.proj.in_channels != cfg.channels:
-        raise ValueError(f"patch_size={cfg.patch_size} does not match the timm model's {vit_model.patch_embed.patch_size[0]} "
-                         f"(or channels={cfg.channels} its {vit_model.patch_embed.proj.in_channels})")  # fmt: skip
-    config = vit_model_config(vit_model, num_classes)
+    vit_model, config = timm_vit(cfg, num_classes)
     config.modalities["image"].grid = list(tokenizer.grid)
     config.modalities["image"].max_positions = tokenizer.max_positions
     t = config.trunk
     cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio = t.dim, t.depth, t.num_heads, t.mlp_ratio
     config.heads["cls"].label_smoothing = cfg.label_smoothing
-    sd = load_file(cfg.init_from)
+    sd = read_init_from(cfg)
     own = vit_model.state_dict()
     for k, v in sd.items():  # note: in timm's names, before the conversion renames them (the head is replaced, the table resampled)
         if k in own and own[k].shape != v.shape and not k.startswith("head.") and k != "pos_embed":
@@ -209,12 +254,18 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
                              f"weights of another architecture" + (f" (width {width} against {vit_model.embed_dim})" if width != vit_model.embed_dim else ""))  # fmt: skip
     grid = list(vit_model.patch_embed.grid_size)  # the architecture's own grid, when the file's table fits it (else inferred)
     fits = "pos_embed" in sd and sd["pos_embed"].shape[1] == vit_model.num_prefix_tokens + grid[0] * grid[1]
-    return load_timm_vit(MultimodalTransformer(config), sd, skip_head=True, old_grid=grid if fits else None)
+    try:
+        return load_timm_vit(MultimodalTransformer(config), sd, skip_head=True, old_grid=grid if fits else None)
+    except ValueError as e:  # the import's message, with the file it read
+        raise ValueError(f"init_from={cfg.init_from}: {e}") from None
 
 
 def main(cfg: Config, resume: bool = False) -> dict:
     if bool(cfg.timm_model) != bool(cfg.init_from):
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
+    if cfg.init_from and not resume:  # before any image is read or the run directory written
+        timm_vit(cfg, device="meta")
+        read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 
 

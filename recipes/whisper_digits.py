@@ -31,7 +31,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
-from .runs import load_trained, resolve_run_dir, save_run_info
+from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import train
 
 SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT = "<|startoftranscript|>", "<|transcribe|>", "<|notimestamps|>", "<|endoftext|>"
@@ -709,7 +709,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, recipe)
     audio_tok, text_tok, train_set, test_set, model = build_data(cfg, run_dir if resume else None)
     set_seed(cfg.seed)
-    model = model or build_model(cfg, audio_tok, text_tok)
+    model = (resume and resumed_architecture(run_dir)) or model or build_model(cfg, audio_tok, text_tok)
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         audio_tok.save(run_dir / "tokenizers" / "audio")

@@ -209,6 +209,10 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "bpe_hf")
     ours = BPETokenizer.load(tmp_path / "bpe" / "tokenizers" / "text")
     assert hf_tok.encode(AWKWARD) == [int(i) for i in ours.encode_ids(AWKWARD)]
+    # the export starts a run again (init_from): its tokenizer.json read back, its exact GELU kept: the same loss
+    gpt_bpe.main(gpt_bpe.Config(data=str(text), init_from=str(tmp_path / "bpe_hf"), block_size=16, sample_tokens=0,
+                                run_dir=str(tmp_path / "again"), **{**tiny, "max_steps": 0}))  # fmt: skip
+    assert gpt_bpe.evaluate(tmp_path / "again")["val_loss"] == pytest.approx(gpt_bpe.evaluate(tmp_path / "bpe")["val_loss"], abs=1e-5)
 
     vit_digits.main(vit_digits.Config(dim=32, depth=1, num_heads=2, run_dir=str(tmp_path / "vit"), **tiny))
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 0

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from recipes.cli import main as cli_main
 from recipes.gpt_bpe import Config, build_data, build_model, main
 from recipes.runs import load_trained
 from tokenizers_mm import BPETokenizer, TokenSet, collate
@@ -35,7 +36,7 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
     hf.save_pretrained(folder, safe_serialization=True)
     write_gpt2_files(tok.ranks, tok.specials, folder)
-    transformers.GPT2TokenizerFast(vocab_file=str(folder / "vocab.json"), merges_file=str(folder / "merges.txt")).save_pretrained(folder)
+    transformers.GPT2TokenizerFast.from_pretrained(folder).save_pretrained(folder)  # (vocab.json + merges.txt: read by from_pretrained)
     assert "format" not in json.loads((folder / "tokenizer.json").read_text())  # HF's own tokenizer.json, beside vocab + merges
 
     cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
@@ -54,6 +55,13 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     assert saved["dim"] == 48
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
     assert load_file(str(ckpt / "model.safetensors"))["embedders.text.tok.weight"].shape == (tok.vocab_size, 48)
+    (folder / "vocab.json").unlink()  # transformers 5 saves GPT-2's tokenizer as tokenizer.json alone: read the same
+    (folder / "merges.txt").unlink()
+    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
+    assert build_data(cfg)[0].ranks == tok.ranks and build_data(cfg)[0].specials == tok.specials
+    folder.rename(tmp_path / "moved")  # the checkpoint holds every weight: resume reads its architecture, not init_from
+    assert cli_main(["resume", str(run), "max_steps=12"]) == 0, capsys.readouterr().err[-2000:]
+    assert sorted((run / "checkpoints").glob("step-*"))[-1].name == "step-0000012"
 
 
 def test_init_from_refuses_pickles(tmp_path, small_text):
@@ -63,7 +71,7 @@ def test_init_from_refuses_pickles(tmp_path, small_text):
     cfg = Config(data=str(small_text), init_from=str(folder), **TINY)
     with pytest.raises(FileNotFoundError, match="never loaded"):
         build_model(cfg, BPETokenizer.train(["abc"], 260))
-    with pytest.raises(FileNotFoundError, match="init_from=.*gpt2: expected a tokenizer folder .*merges.txt$"):
+    with pytest.raises(FileNotFoundError, match=r"init_from=.*gpt2: expected a Hugging Face GPT-2 folder: config.json, model.safetensors, "):
         build_data(cfg)  # the tokenizer comes from init_from too, and is named so
     cfg.tokenizer = str(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="tokenizer=.*nowhere: expected .*; .*nowhere does not exist"):

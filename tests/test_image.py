@@ -73,8 +73,9 @@ def test_bad_images_name_the_file(tmp_path):
         with pytest.raises(ImageError, match=f"{name}.*{message}"):
             open_image(tmp_path / name)
     tok = ImageTokenizer(image_size=16, patch_size=8)
-    with pytest.raises(ImageError, match="3×5 pixels is smaller than one 8×8 patch"):
-        tok.encode(np.zeros((3, 5), dtype=np.uint8))
+    assert tok.encode(np.zeros((3, 5), dtype=np.uint8)).values.shape == (5, 192)  # smaller than a patch: resized up, as training does
+    with pytest.raises(ImageError, match="0×5 pixels, an empty image"):
+        tok.encode(np.zeros((0, 5), dtype=np.uint8))
     with pytest.raises(ImageError, match="NaN"):
         tok.encode(torch.full((3, 16, 16), float("nan")))
     with pytest.raises(ImageError, match="expected 16×16"):
@@ -153,6 +154,23 @@ def test_timm_variants_without_an_equivalent_are_refused(kw):
     deeper = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=7, embed_dim=48, depth=3, num_heads=3, img_size=16, patch_size=4)
     with pytest.raises(ValueError, match="more blocks than the model's 2"):
         load_timm_vit(MultimodalTransformer(vit_model_config(plain)), deeper.state_dict())
+
+
+def test_a_timm_checkpoint_without_its_patch_embedding_or_positions_is_named():
+    """A state dict lacking a weight every ViT has (another model's file) is one line naming it, not a bare KeyError."""
+    vit = randomized_vit(img_size=16, patch_size=4, global_pool="token")
+    for lost in ("pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias"):
+        sd = {k: v for k, v in vit.state_dict().items() if k != lost}
+        with pytest.raises(ValueError, match=rf"timm import: the checkpoint lacks {lost}; expected a timm VisionTransformer's state dict"):
+            load_timm_vit(MultimodalTransformer(vit_model_config(vit)), sd)
+
+
+def test_a_distilled_vit_is_refused_by_the_config():
+    """DeiT's distillation token is a second prefix token our image tokenizer has no slot for."""
+    with torch.device("meta"):
+        vit = timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False)
+    with pytest.raises(ValueError, match="plain ViTs only .*no register or distillation tokens"):
+        vit_model_config(vit)
 
 
 def test_a_non_square_checkpoint_grid_is_resampled_as_timm_or_refused():

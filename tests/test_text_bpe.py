@@ -149,6 +149,9 @@ def test_train_from_files_and_bad_input(tmp_path):
         BPETokenizer.train_from_files([good, bad], vocab_size=300)
     with pytest.raises(ValueError, match="vocab_size=200 is smaller than 256 bytes \\+ 1 special"):
         BPETokenizer.train(["abc"], vocab_size=200)
+    assert BPETokenizer.train_from_files(str(good), vocab_size=270).ranks == tok.ranks  # one path as a list of one
+    with pytest.raises(FileNotFoundError, match=r"^training file .*none.txt does not exist$"):
+        BPETokenizer.train_from_files([good, tmp_path / "none.txt"], vocab_size=270)
 
 
 def test_corrupt_vocabulary_files(tmp_path, gpt2):
@@ -189,6 +192,19 @@ def test_gpt4_pattern_training_learns_only_tokens_encoding_can_make():
     ids = tok.encode("1234567").ids.tolist()
     by_rank = {r: t for t, r in tok.ranks.items()}
     assert b"".join(by_rank[i] for i in ids) == b"1234567" and max(len(by_rank[i]) for i in ids) <= 3
+
+
+def test_a_pattern_that_would_drop_text_is_refused():
+    """tiktoken keeps only what the split pattern matches: a misspelt name (taken for a regex) would
+    encode "hello world" as nothing, so a pattern must match every character of a probe text."""
+    with pytest.raises(ValueError, match=r"pattern 'GPT4' would drop text .*give 'gpt2' or 'gpt4'"):
+        BPETokenizer.train(["hello world"] * 10, 300, pattern="GPT4")
+    with pytest.raises(ValueError, match=r"pattern '\(' is neither 'gpt2' nor 'gpt4' nor a valid regex"):
+        BPETokenizer(BPETokenizer.train(["ab"], 260).ranks, pattern="(")
+    own = BPETokenizer.train(["hello world\n"] * 10, 300, pattern=r"\w+|\s+|[^\w\s]+")  # a regex of one's own: kept
+    assert own.decode(own.encode_ids("hello, wörld 🙂\n")) == "hello, wörld 🙂\n"
+    with pytest.raises(TypeError, match="an iterable of texts .*not one string"):
+        BPETokenizer.train("hello world", 300)  # each character would be a text: no merges
 
 
 @pytest.mark.parametrize("name, n_vocab, n_languages", [("multilingual", 51865, 99), ("gpt2", 51864, 99), ("multilingual", 51866, 100)])

@@ -20,6 +20,8 @@ def test_unknown_character_is_named():
     tok = CharTokenizer.from_corpus("abc")
     with pytest.raises(ValueError, match=r"character 'z' \(at offset 2\) is not in the vocabulary"):
         tok.encode_ids("abz")
+    with pytest.raises(ValueError, match=r"character 'z' \(at offset 20\) is not"):  # counted in the whole text, specials too
+        tok.encode_ids(f"abcab{ENDOFTEXT}abz", allowed_special="all")
 
 
 def test_specials_only_when_allowed():
@@ -102,3 +104,17 @@ def test_sampling_a_corpus_without_newlines_starts_from_its_first_token():
     model = gpt_char.build_model(gpt_char.Config(dim=16, depth=1, num_heads=2, block_size=16), tok).eval()
     text = gpt_char.sample(model, tok, "\n", 5, 1.0, None)
     assert text.startswith(tok.decode([0])) and len(text) > len(tok.decode([0]))  # from token 0 (here <|endoftext|>), 5 more
+
+
+def test_a_split_too_short_for_a_window_is_named(tmp_path):
+    """Which split is short, of which data, and how long it would have to be."""
+    from recipes import gpt_char
+
+    (tmp_path / "small.txt").write_text("abcdefghij" * 50)
+    cfg = gpt_char.Config(data=str(tmp_path / "small.txt"), block_size=64)
+    with pytest.raises(ValueError, match=r"the validation split of .*small.txt \(of a text file: its last val_fraction=0.1\) holds 50 tokens; "
+                                         r"block_size=64 needs at least 65"):  # fmt: skip
+        gpt_char.build_data(cfg)
+    cfg.val_fraction, cfg.block_size = 0.5, 300
+    with pytest.raises(ValueError, match=r"^the training split of .*small.txt holds 250 tokens; block_size=300 needs at least 301$"):
+        gpt_char.build_data(cfg)

@@ -119,6 +119,11 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert main(["generate", str(run), "--prompt-file", str(tmp_path / "prompt.txt"), "--max-new-tokens", "30", "--num-samples", "3"]) == 0
     samples = capsys.readouterr().out.rstrip("\n").split("\n---------------\n")
     assert len(samples) == 3 and all(s.startswith("First") and len(s) >= 30 for s in samples) and len(set(samples)) > 1
+    long_prompt = corpus[:100] + "<|endoftext|>First"  # longer than block_size=32 (the window slides), a special token in it
+    (tmp_path / "long.txt").write_text(long_prompt)
+    assert main(["generate", str(run), "--prompt-file", str(tmp_path / "long.txt"), "--max-new-tokens", "40"]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert out.startswith(long_prompt) and len(out.rstrip("\n")) >= len(long_prompt) + 40
     assert main(["generate", str(run), "--prompt-file", str(tmp_path / "none.txt")]) == 2
     assert "--prompt-file" in capsys.readouterr().err
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):

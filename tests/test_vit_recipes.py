@@ -75,6 +75,8 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
+    (result,) = predict(run, [data / "square" / "tiny.png"])  # 2×2 pixels, smaller than a patch: resized, as training read it
+    assert result["top"][0]["label"] in ("bar", "circle", "square")
     # a folder: its image files at any depth, sorted, other files passed over; in batches, as one by one
     (data / "circle" / "deeper").mkdir()
     (data / "circle" / "deeper" / "2.png").write_bytes((data / "circle" / "2.png").read_bytes())
@@ -117,7 +119,8 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, message", [("one_class", "needs at least 2"), ("empty_class", "is empty"), ("escape", "outside the data folder"),
-                                           ("missing", "does not exist"), ("flat", "no labelled images: put each class's images in a sub-folder")])  # fmt: skip
+                                           ("missing", "does not exist"), ("flat", "no labelled images: put each class's images in a sub-folder"),
+                                           ("file", "0.png is a file, not a data folder: expected a folder")])  # fmt: skip
 def test_vit_folder_layout_errors(tmp_path, case, message):
     data = tmp_path / "imgs"
     if case == "one_class":
@@ -127,6 +130,9 @@ def test_vit_folder_layout_errors(tmp_path, case, message):
         (data / "ghost").mkdir()
     elif case == "flat":  # images straight in the folder
         make_folder(tmp_path, classes=("imgs",))
+    elif case == "file":  # one image (`mmtok eval RUN --data imgs/red/0.png`)
+        make_folder(tmp_path, classes=("imgs",), n=1)
+        data = data / "0.png"
     elif case == "escape":
         make_folder(data)
         (data / "metadata.csv").write_text("file_name,label\ncircle/0.png,a\n../../etc/passwd,b\n")
@@ -162,8 +168,13 @@ def test_vit_folder_from_timm_weights(tmp_path):
     data = tmp_path / "imgs"
     make_folder(data)
     kw = dict(data=str(data), image_size=32, timm_model="vit_tiny_patch16_224", init_from=str(tmp_path / "w.safetensors"), **{**TINY, "max_steps": 4})
-    with pytest.raises(ValueError, match="patch_size=4 does not match the timm model's 16"):
+    with pytest.raises(ValueError, match="patch_size=4 does not match timm_model=vit_tiny_patch16_224's 16: pass patch_size=16"):
         vit_folder.main(vit_folder.Config(patch_size=4, run_dir=str(tmp_path / "bad"), **kw))
+    for lost in ("pos_embed", "patch_embed.proj.weight"):  # a file of another model's state dict: the key named, with the file
+        save_file({k: v.contiguous() for k, v in vit.state_dict().items() if k != lost}, str(tmp_path / "part.safetensors"))
+        with pytest.raises(ValueError, match=rf"init_from=\S*part.safetensors: timm import: the checkpoint lacks {lost}; expected a timm"):
+            vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "init_from": str(tmp_path / "part.safetensors")}))
+    assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match=r"its \S+ is \(192.*\), timm_model=vit_small_patch16_224's "
                                          r"\(384.*\): weights of another architecture \(width 192 against 384\)"):
         vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "timm_model": "vit_small_patch16_224"}))
@@ -179,6 +190,66 @@ def test_vit_folder_from_timm_weights(tmp_path):
     assert torch.equal(start.encoder.blocks[-1].mlp.fc.weight, weights["blocks.11.mlp.fc1.weight"])
     resampled = timm.layers.resample_abs_pos_embed(weights["pos_embed"], (2, 2), num_prefix_tokens=1)[0]  # CLS row, then 2x2 patches
     torch.testing.assert_close(start.embedders["image"].pos.weight, resampled, atol=1e-6, rtol=0)
+    (tmp_path / "w.safetensors").rename(tmp_path / "moved.safetensors")  # resume: the checkpoint's architecture and weights alone
+    vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **{**kw, "max_steps": 6}), resume=True)
+    assert json.loads((run / "results.json").read_text())["step"] == 6
+
+
+TIMM_MISTAKES = [
+    (["timm_model=vit_base_patch16_gap_224"], r"timm_model=vit_base_patch16_gap_224 pools by mean \(no class token\): pass pool=mean"),
+    (["pool=mean"], r"timm_model=vit_tiny_patch16_224 pools by its class token: pass pool=cls"),
+    (["timm_model=vit_nope"], r"timm_model=vit_nope: no such timm model; expected a timm VisionTransformer's name"),
+    (["timm_model=resnet18"], r"timm_model=resnet18 is a ResNet, not a timm VisionTransformer"),
+    (["channels=1"], r"channels=1 does not match timm_model=vit_tiny_patch16_224's 3: pass channels=3"),
+    (["init_from=junk.safetensors"], (r"init_from=junk.safetensors: not a safetensors file \(.*header too small\); expected a "
+                                      r"safetensors file of timm_model=vit_tiny_patch16_224's state dict")),
+    (["init_from=w.pth"], r"init_from=w.pth: not a safetensors file \(.*header too large\)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides, message", TIMM_MISTAKES)
+def test_timm_keys_that_do_not_fit_are_one_line_before_the_run_starts(tmp_path, monkeypatch, capsys, overrides, message):
+    import re
+
+    from safetensors.torch import save_file
+
+    from recipes.cli import main
+
+    pytest.importorskip("timm")
+    monkeypatch.chdir(tmp_path)
+    save_file({"pos_embed": torch.zeros(1, 197, 192)}, "w.safetensors")  # before the run, only its header is read
+    Path("junk.safetensors").write_bytes(b"junk")
+    torch.save({"pos_embed": torch.zeros(1, 197, 192)}, "w.pth")  # a pickle, as timm's own .pth files
+    make_folder(tmp_path / "imgs", n=2)
+    args = ["data=imgs", "run_dir=run", "patch_size=16", "timm_model=vit_tiny_patch16_224", "init_from=w.safetensors", *overrides]
+    assert main(["train", "vit_folder", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"mmtok: error: {message}.*\n", err), err
+    assert not Path("run").exists()
+
+
+@pytest.mark.parametrize("overrides, world, message", [
+    (["channels=2"], 1, r"channels=2: expected 1 \(greyscale\) or 3 \(RGB; an alpha channel is dropped\)"),
+    (["pool=max"], 1, r"pool='max': expected cls or mean"),
+    (["mixup=0.2", "cutmix=1.0", "batch_size=5"], 1, (r"mixup / cutmix need an even batch per process and micro-step: batch_size=5 / "
+                                                      r"\(grad_accum \* processes = 1 \* 1\) is 5; pass e.g. batch_size=6")),
+    (["cutmix=1.0", "batch_size=12", "grad_accum=2"], 2, r".*batch_size=12 / \(grad_accum \* processes = 2 \* 2\) is 3; pass e.g. batch_size=16"),
+])  # fmt: skip
+def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_path, monkeypatch, capsys, overrides, world, message):
+    import re
+
+    from recipes.cli import main
+    from recipes.runs import make_config
+
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    args = [f"data={tmp_path / 'imgs'}", f"run_dir={tmp_path / 'run'}", *overrides]
+    assert main(["train", "vit_folder", *args]) == 2
+    err = capsys.readouterr().err
+    assert re.fullmatch(f"mmtok: error: {message}\n", err), err
+    assert not (tmp_path / "run").exists()
+    even = [o.replace("=5", "=6").replace("=12", "=16") for o in args if not o.startswith(("channels", "pool"))]
+    make_config("vit_folder", even)  # an even batch per process is fine
+    make_config("vit_digits", [f"batch_size={5 * world}"])  # no mixup: an odd batch per process is fine
 
 
 def test_vit_mnist_data_and_a_few_steps(tmp_path):
@@ -213,6 +284,8 @@ def test_predict_sees_the_pixels_evaluation_sees(tmp_path):
     cfg = vit_folder.Config(data=str(tmp_path / "imgs"), image_size=16, patch_size=4, val_fraction=0.5)
     _, val_set, _, (mean, std) = vit_folder.build_data(cfg)
     tok = vit.make_tokenizer(cfg, mean, std)
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (3, 3, 3), dtype=np.uint8)).save(tmp_path / "tiny.png")
+    val_set.pairs.append((tmp_path / "tiny.png", "bar"))  # smaller than a patch: resized up, by predict too
     for i, (path, _) in enumerate(val_set.pairs):
         evaluated, _ = val_set[i]
         torch.testing.assert_close(tok.preprocess(open_image(path)), (evaluated - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None],

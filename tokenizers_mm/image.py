@@ -161,9 +161,8 @@ class ImageTokenizer(Tokenizer):
 
         x = to_tensor(image, self.channels, name)
         h, w = x.shape[-2:]
-        p = self.patch_size
-        if h < p or w < p:
-            raise ImageError(f"{name}: {h}×{w} pixels is smaller than one {p}×{p} patch")
+        if h == 0 or w == 0:  # note: any other size is resized (a 3×3 image up to image_size), as training and evaluation resize it
+            raise ImageError(f"{name}: {h}×{w} pixels, an empty image")
         if (h, w) != self.image_size or self.crop_pct < 1:
             if not self.resize:
                 raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")

@@ -13,16 +13,17 @@ the 256 single bytes are always present. Special tokens take the ids after the r
 containing one raises an error unless `allowed_special` admits it (then it becomes its id) or
 `disallowed_special=()` (then it is encoded as ordinary text) — tiktoken's policy.
 
-Formats read: tiktoken `.tiktoken` (base64 token + rank per line) and GPT-2's `vocab.json` +
-`merges.txt`. Saved as `tokenizer.json` (config) + `ranks.tiktoken` (the vocabulary).
+Formats read: tiktoken `.tiktoken` (base64 token + rank per line), GPT-2's `vocab.json` +
+`merges.txt`, and Hugging Face's byte-level BPE `tokenizer.json`. Saved as `tokenizer.json` (config) + `ranks.tiktoken` (the vocabulary).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
-import re
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,6 +40,8 @@ PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
+# every kind of character a split pattern must match: tiktoken drops the text its pattern does not
+PATTERN_PROBE = "Hello, World! It's 2026:\t3.14 -- ok?\r\n  Ünïcode ΑΒΓ 中文 🙂 'LL \u00a0\x00~\n\n"
 RANKS_FILE = "ranks.tiktoken"
 # openai-whisper's language tokens, in its order (whisper/tokenizer.py LANGUAGES); large-v3 adds the 100th, "yue"
 WHISPER_LANGUAGES = tuple(
@@ -100,37 +103,63 @@ def bytes_to_unicode() -> dict[int, str]:
 
 def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str, int]]:
     """GPT-2's `vocab.json` (token -> id) + `merges.txt` -> (ranks, special tokens)."""
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-
-    def to_bytes(tok: str, where: str) -> bytes:
-        try:
-            return bytes(byte_of[c] for c in tok)
-        except KeyError as e:
-            raise ValueError(f"{where}: token {tok!r} has a character {e.args[0]!r} outside GPT-2's byte alphabet") from None
-
     try:
         vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"GPT-2 vocabulary {vocab_json} is not valid JSON ({e})") from None
-    if not isinstance(vocab, dict):
-        raise ValueError(f"GPT-2 vocabulary {vocab_json} must map tokens to ids")
     merges = Path(merges_txt).read_text(encoding="utf-8").splitlines()
     first = 1  # the file's line number of merges[0]
     if merges and merges[0].startswith("#version"):
         merges, first = merges[1:], 2
+    return gpt2_ranks(vocab, [(n, line) for n, line in enumerate(merges, first) if line.strip()], f"GPT-2 vocabulary {vocab_json}",
+                      f"GPT-2 merges {merges_txt}")  # fmt: skip
+
+
+def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int]]:
+    """A Hugging Face byte-level BPE `tokenizer.json` (what `save_pretrained` writes for GPT-2 since
+    transformers 5, without vocab.json + merges.txt) -> (ranks, special tokens)."""
+    where = f"tokenizer {path}"
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        model = doc["model"]
+        kind, vocab, merges = model["type"], model["vocab"], model["merges"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{where} is not a Hugging Face tokenizer.json with a model's vocab and merges ({type(e).__name__}: {e})") from None
+    pre = doc.get("pre_tokenizer") or {}
+    if kind != "BPE" or "ByteLevel" not in json.dumps(pre):
+        raise ValueError(f"{where}: a {kind} model with pre-tokenizer {pre.get('type')!r}; expected byte-level BPE (GPT-2's)")
+    merges = [(n, " ".join(m) if isinstance(m, list) else m) for n, m in enumerate(merges, 1)]  # ["a", "b"] (newer) or "a b"
+    ranks, specials = gpt2_ranks(vocab, merges, where, f"{where}, merges")
+    for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both)
+        if added.get("special") and added.get("content") not in specials:
+            specials[added["content"]] = added["id"]
+    return ranks, specials
+
+
+def gpt2_ranks(vocab, merges: list[tuple[int, str]], vocab_where: str, merges_where: str) -> tuple[dict[bytes, int], dict[str, int]]:
+    """GPT-2's vocabulary (token -> id, tokens in its byte alphabet) and numbered merge lines ("a b")
+    -> (ranks, special tokens); errors name `vocab_where` / `merges_where` (and the merge's number)."""
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+
+    def to_bytes(tok: str) -> bytes:
+        try:
+            return bytes(byte_of[c] for c in tok)
+        except KeyError as e:
+            raise ValueError(f"{vocab_where}: token {tok!r} has a character {e.args[0]!r} outside GPT-2's byte alphabet") from None
+
+    if not isinstance(vocab, dict):
+        raise ValueError(f"{vocab_where} must map tokens to ids")
     merged = []  # each merge's result, in merge order
-    for n, line in enumerate(merges, first):
-        if not line.strip():
-            continue
+    for n, line in merges:
         pair = line.split()
         if len(pair) != 2:
-            raise ValueError(f"GPT-2 merges {merges_txt}, line {n}: expected two tokens, got {line!r}")
-        merged.append(to_bytes(pair[0] + pair[1], str(merges_txt)))
-    # vocab.json gives the ids; a multi-byte entry that no merge produces is a special token.
+            raise ValueError(f"{merges_where}, line {n}: expected two tokens, got {line!r}")
+        merged.append(to_bytes(pair[0] + pair[1]))
+    # the vocabulary gives the ids; a multi-byte entry that no merge produces is a special token.
     ranks, specials, results = {}, {}, set(merged)
     for tok, i in vocab.items():
         try:
-            b = to_bytes(tok, str(vocab_json))
+            b = to_bytes(tok)
         except ValueError:
             specials[tok] = i
             continue
@@ -140,10 +169,10 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
             ranks[b] = i
     order = [ranks.get(b) for b in merged]
     if None in order:
-        raise ValueError(f"GPT-2 files disagree: merge {merged[order.index(None)]!r} in {merges_txt} has no id in {vocab_json}")
+        raise ValueError(f"GPT-2 files disagree: merge {merged[order.index(None)]!r} in {merges_where} has no id in {vocab_where}")
     if any(a > b for a, b in zip(order, order[1:])):
-        raise ValueError(f"GPT-2 files disagree: the ids in {vocab_json} do not follow the merge order of {merges_txt}")
-    check_ranks(ranks, str(vocab_json))
+        raise ValueError(f"GPT-2 files disagree: the ids in {vocab_where} do not follow the merge order of {merges_where}")
+    check_ranks(ranks, vocab_where)
     return ranks, specials
 
 
@@ -205,6 +234,25 @@ def onig_pattern(pattern: str) -> str:
     return re.sub(r"(\\p\{\w+\}\{\d+,\d+\})\+", r"(?>\1)", pattern)
 
 
+@functools.lru_cache(maxsize=16)
+def split_pattern(pattern: str) -> str:
+    """The regex of a named pattern ("gpt2", "gpt4") or of one's own, checked to match every
+    character: tiktoken silently drops the text its pattern does not match (so a misspelt name,
+    taken for a regex, would encode "hello world" as nothing)."""
+    import tiktoken
+
+    regex = PATTERNS.get(pattern, pattern)
+    try:
+        probe = tiktoken.Encoding("probe", pat_str=regex, mergeable_ranks={bytes([b]): b for b in range(N_BYTES)}, special_tokens={})
+        kept = probe.decode(probe.encode_ordinary(PATTERN_PROBE))
+    except ValueError as e:
+        raise ValueError(f"text: pattern {pattern!r} is neither {' nor '.join(map(repr, PATTERNS))} nor a valid regex ({e})") from None
+    if kept != PATTERN_PROBE:
+        raise ValueError(f"text: pattern {pattern!r} would drop text (tiktoken keeps only what the split pattern matches): "
+                         f"give {' or '.join(map(repr, PATTERNS))}, or a regex that matches every character")  # fmt: skip
+    return regex
+
+
 def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False) -> dict[bytes, int]:
     """Learn `vocab_size` BPE ranks (bytes + merges) from an iterator of strings, with Hugging Face
     `tokenizers`' BPE trainer behind the same pre-tokenization as encoding."""
@@ -230,8 +278,11 @@ def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = Fals
 def read_training_files(paths) -> list[str]:
     """Read UTF-8 training files; a file with invalid bytes is refused with its name and offset."""
     texts = []
-    for p in map(Path, paths):
-        raw = p.read_bytes()
+    for p in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):  # (one path, or a list of them)
+        try:
+            raw = p.read_bytes()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"training file {p} does not exist") from None
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as e:
@@ -262,7 +313,7 @@ class BPETokenizer(Tokenizer):
         if taken:
             raise ValueError(f"text: special token ids {sorted(taken)[:3]} collide with the {len(ranks)} BPE ranks")
         self.ranks, self.pattern_name = ranks, pattern
-        self.pattern = PATTERNS.get(pattern, pattern)
+        self.pattern = split_pattern(pattern)
         self.specials = dict(specials)
         self.max_positions = max_positions
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
@@ -283,10 +334,12 @@ class BPETokenizer(Tokenizer):
               show_progress: bool = False) -> "BPETokenizer":  # fmt: skip
         """Train on an iterable of strings to `vocab_size` ids in all (256 bytes + merges + specials);
         fewer when the corpus runs out of pairs to merge."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("text: train takes an iterable of texts (train([text], ...)), not one string (each character would be a text)")
         specials = list(specials)
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
-        ranks = train_ranks(texts, vocab_size - len(specials), PATTERNS.get(pattern, pattern), show_progress)
+        ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress)
         return cls(ranks, pattern, specials, max_positions)
 
     @classmethod
@@ -316,6 +369,12 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_gpt2_files(cls, vocab_json, merges_txt, pattern: str = "gpt2", **kw) -> "BPETokenizer":
         ranks, specials = read_gpt2_files(vocab_json, merges_txt)
+        return cls(ranks, pattern, specials or None, **kw)
+
+    @classmethod
+    def from_hf_tokenizer_json(cls, path, pattern: str = "gpt2", **kw) -> "BPETokenizer":
+        """A Hugging Face byte-level BPE tokenizer.json (GPT-2's, as transformers' save_pretrained writes it)."""
+        ranks, specials = read_hf_tokenizer_json(path)
         return cls(ranks, pattern, specials or None, **kw)
 
     # -- encode / decode --

@@ -48,13 +48,15 @@ class CharTokenizer(Tokenizer):
     def config(self) -> dict:
         return {"chars": self.chars, "specials": list(self.specials), "max_positions": self.max_positions}
 
-    def _encode_plain(self, text: str) -> list[int]:
+    def _encode_plain(self, text: str, offset: int = 0) -> list[int]:
+        """`text` starts at character `offset` of the whole text (for the error's offset)."""
         if self.stoi is None:
             return list(text.encode("utf-8"))
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
-            raise ValueError(f"text_char: character {e.args[0]!r} (at offset {text.index(e.args[0])}) is not in the vocabulary") from None
+            at = offset + text.index(e.args[0])
+            raise ValueError(f"text_char: character {e.args[0]!r} (at offset {at}) is not in the vocabulary") from None
 
     def encode_ids(self, text: str, allowed_special=()) -> list[int]:
         """Text → list of ids. Specials in `allowed_special` ("all" for every one) become their ids."""
@@ -66,9 +68,9 @@ class CharTokenizer(Tokenizer):
         ids, start = [], 0
         for m in self._special_re.finditer(text):
             if m.group() in allowed:
-                ids += self._encode_plain(text[start : m.start()]) + [self.special_ids[m.group()]]
+                ids += self._encode_plain(text[start : m.start()], start) + [self.special_ids[m.group()]]
                 start = m.end()
-        return ids + self._encode_plain(text[start:])
+        return ids + self._encode_plain(text[start:], start)
 
     def encode(self, sample, allowed_special=()) -> TokenSet:
         ids = torch.tensor(self.encode_ids(sample, allowed_special), dtype=torch.long)
