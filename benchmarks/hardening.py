@@ -102,7 +102,7 @@ def cases() -> list[Case]:
     from tokenizers_mm.image import to_tensor
 
     char = CharTokenizer(chars="abc ", max_positions=8)
-    bpe = BPETokenizer.train("hello world, hello tokens " * 50, vocab_size=300, max_positions=64)
+    bpe = BPETokenizer.train(["hello world, hello tokens " * 50], vocab_size=300, max_positions=64)
     img = ImageTokenizer(image_size=8, patch_size=4, channels=3)
     aud = AudioTokenizer(chunk=False, max_frames=100)
 

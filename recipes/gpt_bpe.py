@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from models import MultimodalTransformer, gpt2_model_config, load_gpt2
 from tokenizers_mm import BPETokenizer, load_tokenizer
 from tokenizers_mm.base import FORMAT, read_json
+from tokenizers_mm.text_bpe import training_texts
 
 from . import gpt_char
 from .config import ConfigError
@@ -69,8 +70,8 @@ def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
         if getattr(cfg, key):
             tokenizer = load_bpe(getattr(cfg, key), cfg, key)
         else:
-            lines = train_text.splitlines(keepends=True)
-            tokenizer = BPETokenizer.train(lines, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
+            texts = training_texts(train_text)
+            tokenizer = BPETokenizer.train(texts, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
     return tokenizer, *gpt_char.windows(cfg, tokenizer, train_text, val_text)
 
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiktoken.load import load_tiktoken_bpe
 
-from conftest import SHARED_DATA
+from conftest import ROOT, SHARED_DATA
 from tokenizers_mm import ENDOFTEXT, PATTERNS, BPETokenizer, load_tokenizer
 from tokenizers_mm.text_bpe import read_tiktoken, write_gpt2_files, write_tiktoken
 
@@ -192,6 +192,23 @@ def test_gpt4_pattern_training_learns_only_tokens_encoding_can_make():
     ids = tok.encode("1234567").ids.tolist()
     by_rank = {r: t for t, r in tok.ranks.items()}
     assert b"".join(by_rank[i] for i in ids) == b"1234567" and max(len(by_rank[i]) for i in ids) <= 3
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_training_on_cut_text_learns_what_the_whole_text_teaches(pattern, tmp_path):
+    """training_texts cuts where every piece ends anyway: the ranks of the whole text (what encoding
+    splits), which cutting at every line would not give for indented code ("\n    ") or trailing spaces."""
+    from tokenizers_mm.text_bpe import training_texts
+
+    code = "".join((ROOT / f).read_text() for f in ("recipes/train.py", "models/transformer.py")) + "x  \r\n\r\n  y\n\n\nz \n w\t\n\tq\n"
+    parts = training_texts(code)
+    assert "".join(parts) == code and len(parts) > 50  # (top-level lines: indented ones stay with the line before)
+    whole = BPETokenizer.train([code], 600, pattern=pattern)
+    assert BPETokenizer.train(parts, 600, pattern=pattern).ranks == whole.ranks
+    (tmp_path / "code.py").write_text(code)
+    assert BPETokenizer.train_from_files(tmp_path / "code.py", 600, pattern=pattern).ranks == whole.ranks
+    by_line = BPETokenizer.train(code.splitlines(keepends=True), 600, pattern=pattern)
+    assert len(whole.encode_ids(code)) < len(by_line.encode_ids(code))
 
 
 def test_a_pattern_that_would_drop_text_is_refused():
