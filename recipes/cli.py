@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def cmd_resume(args):
     module.main(cfg, resume=True)
 
 
-COSMETIC = {"progress"}  # options a recipe's function may go without (a plugin's predict without a progress bar)
+COSMETIC = {"progress", "each"}  # options a recipe's function may go without (a plugin's predict without a progress bar)
 
 
 def recipe_options(fn, recipe: str, **given) -> dict:
@@ -111,7 +112,8 @@ def cmd_eval(args):
     recipe, module, _ = load_run_info(args.run_dir)
     # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
     metrics = module.evaluate(args.run_dir, **recipe_options(module.evaluate, recipe, device=args.device, data=args.data))
-    print(json.dumps({k: float(f"{v:.7g}") if isinstance(v, float) else v for k, v in metrics.items()}, indent=2))
+    figures = {k: (float(f"{v:.7g}") if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in metrics.items()}
+    print(json.dumps(figures, indent=2))  # JSON: a figure without a value (a WER of no reference words) is null
 
 
 def recipe_function(args, name: str, what: str, **options):
@@ -173,7 +175,7 @@ def cmd_predict(args):
 def cmd_transcribe(args):
     from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
-    transcribe = recipe_function(args, "transcribe_files", "transcribe audio", length_penalty=args.length_penalty)
+    transcribe = recipe_function(args, "transcribe_files", "transcribe audio", length_penalty=args.length_penalty, each=True)
     if args.threads:  # as openai-whisper's --threads: the CPU threads torch computes with
         import torch
 
@@ -200,11 +202,18 @@ def cmd_transcribe(args):
                          hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
                          carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
                          append_punctuations=args.append_punctuations, patience=args.patience)  # fmt: skip
-    for path, result in zip(args.audio, results):
-        print(f"{path}: {result['text']}")
+    failed = []  # as openai-whisper's command: a file that cannot be read is skipped, the others' transcripts kept
+    for path, result in results if "each" in transcribe.keywords else zip(args.audio, results):  # (a plugin's: the whole list)
+        if isinstance(result, Exception):
+            failed.append(path)
+            print(f"transcribe: skipped {path}: {result}", file=sys.stderr)
+            continue
+        print(f"{path}: {result['text']}", flush=True)
         if args.output_format:
             files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
             print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+    if failed:
+        raise ValueError(f"{len(failed)} of {len(args.audio)} audio files not transcribed ({', '.join(failed)}): each named above")
 
 
 def cmd_export(args):

@@ -143,7 +143,7 @@ def _coerce(key: str, raw, tp):
 
 def apply_values(cfg, values: dict, source: str):
     hints = typing.get_type_hints(type(cfg))
-    valid = [f.name for f in dataclasses.fields(cfg)]
+    valid = [f.name for f in dataclasses.fields(cfg) if f.name not in getattr(cfg, "NOT_USED", ())]
     for key, raw in values.items():
         if key not in hints:
             raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")

@@ -143,7 +143,7 @@ def build_data(cfg: Config):
 
         counts = Counter(label for _, label in train_pairs)
         stratify = [l for _, l in train_pairs] if min(counts.values()) >= 2 else None
-        n_val = max(1, math.ceil(cfg.val_fraction * len(train_pairs)))  # what sklearn takes for the fraction
+        n_val = min(len(train_pairs) - 1, max(1, math.ceil(cfg.val_fraction * len(train_pairs))))  # sklearn's count for the fraction, 1 to n - 1
         if stratify and n_val < len(counts):  # a stratified hold-out needs one image of every class, and leaves one of each
             if len(train_pairs) >= 2 * len(counts):
                 n_val = len(counts)

@@ -656,13 +656,17 @@ def wer_normaliser(cfg: Config):
 
 def word_errors(pairs) -> tuple[int, int]:
     """(word errors, reference words) over (reference, hypothesis) pairs, as jiwer counts them: the
-    WER of several sets of pairs together is the sum of their errors over the sum of their words."""
+    WER of several sets of pairs together is the sum of their errors over the sum of their words.
+    A reference without words (silence, or one the normaliser empties: "[laughs]") makes each word
+    of its hypothesis an insertion, as jiwer 4 counts it: text made up on silence is an error."""
     import jiwer
 
+    made_up = sum(len(h.split()) for r, h in pairs if not r.strip())  # (counted here: older jiwer refuses an empty reference)
+    pairs = [(r, h) for r, h in pairs if r.strip()]
     if not pairs:
-        return 0, 0
+        return made_up, 0
     out = jiwer.process_words([r for r, _ in pairs], [h for _, h in pairs])
-    return out.substitutions + out.deletions + out.insertions, out.substitutions + out.deletions + out.hits
+    return out.substitutions + out.deletions + out.insertions + made_up, out.substitutions + out.deletions + out.hits
 
 
 def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
@@ -692,7 +696,6 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
             hyps = transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
                                     prompt=test_set.prompt, patience=cfg.patience)  # fmt: skip
             pairs = [(norm(test_set.pairs[i * cfg.eval_batch_size + j][1]), norm(h)) for j, h in enumerate(hyps)]
-            pairs = [(r, h) for r, h in pairs if r.strip()]  # note: a reference the normaliser empties ("[laughs]") has no words to miss
             e, w = word_errors(pairs)
             errors, words, rows = errors + e, words + w, rows + size
         model.train(was)
@@ -794,7 +797,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
                      append_punctuations: str | None = None, patience: float | None = None, length_penalty: float | None = None,
-                     device=None) -> list[dict]:  # fmt: skip
+                     device=None, each: bool = False) -> list[dict]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint on `device` (None = the CPU; the log-mel is
     computed there too), with the run's beam_size and patience unless given (beam search as
     openai-whisper's, `MultimodalTransformer.beam_search`): one
@@ -845,7 +848,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     length_penalty: openai-whisper's option of that name: None ranks beams and the fallback's
     samples as the run does (cfg.length_penalty: log-probability / tokens ** it; 1.0, the default,
     is openai-whisper's ranking), a number α from 0 to 1 by log-probability / ((5 + tokens) / 6) ** α
-    (GNMT's, `GNMTPenalty`)."""
+    (GNMT's, `GNMTPenalty`).
+    each: instead of the list, an iterator of (path, result or the error that stopped that file),
+    each file transcribed as it is reached: a long batch is not lost to one bad file (`mmtok transcribe`)."""
     from .runs import load_run_info
 
     if windows not in ("pauses", "seek"):
@@ -924,8 +929,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         figures = {k: d[k] for k in FALLBACK_FIGURES} if fallback else {}
         return [seg | figures for seg in window_segments(toks["text"], d, t, len(w), timestamps, words if word_timestamps else None)]
 
-    results = []
-    for p in paths:
+    last_speech = 0.0  # (words' timing: where the last word ended, in the file being read)
+
+    def transcribe_one(p) -> dict:
+        nonlocal last_speech
         stream = stream_audio(p, seconds)
         first = next(stream, None)
         if first is None:
@@ -994,5 +1001,16 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                 else " ".join(seg["text"] for seg in segs))  # fmt: skip
         for seg in segs:
             del seg["tokens"]
-        results.append({"text": text, "segments": segs, "language": file_language})
-    return results
+        return {"text": text, "segments": segs, "language": file_language}
+
+    if not each:
+        return [transcribe_one(p) for p in paths]
+    return ((p, attempt(transcribe_one, p)) for p in paths)
+
+
+def attempt(f, *args):
+    """f(*args), or the error that makes one input of many unreadable (a bad file: named in it)."""
+    try:
+        return f(*args)
+    except (ValueError, OSError, RuntimeError) as e:  # (soundfile's LibsndfileError is a RuntimeError)
+        return e

@@ -34,6 +34,7 @@ a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -201,7 +202,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
 
         if len(train_pairs) < 2:
             raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
-        train_pairs, val_pairs = train_test_split(train_pairs, test_size=cfg.val_fraction, random_state=0)
+        n_val = min(len(train_pairs) - 1, max(1, math.ceil(cfg.val_fraction * len(train_pairs))))  # sklearn's count for the fraction, 1 to n - 1
+        train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, random_state=0)
     model = None
     if cfg.init_from and cfg.prompt and cfg.language and run_dir is None:
         raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")

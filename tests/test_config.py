@@ -19,6 +19,12 @@ def test_overrides_are_type_checked():
 def test_unknown_key_lists_valid_keys():
     with pytest.raises(ConfigError, match="unknown config key 'lrate'.*valid keys: run_dir, seed, max_steps"):
         apply_values(Config(), {"lrate": "1"}, "cli")
+    from recipes.dt_offline import Config as OfflineConfig  # builds on dt_cartpole's config: keys it does not use are not offered
+
+    with pytest.raises(ConfigError, match="unknown config key 'contxt'") as refused:
+        apply_values(OfflineConfig(), {"contxt": "5"}, "cli")
+    listed = str(refused.value).split("valid keys: ")[1].split(", ")
+    assert "context" in listed and OfflineConfig.NOT_USED and not set(OfflineConfig.NOT_USED) & set(listed)
     with pytest.raises(ConfigError, match="not of the form key=value"):
         parse_overrides(["max_steps"])
 

@@ -76,6 +76,13 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "quiet.wav"), "--min-pause", "0.2", "--device", "auto"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith(f"{tmp_path / 'long.wav'}: ") and out[1] == f"{tmp_path / 'quiet.wav'}: "  # silence: nothing to say
+    (tmp_path / "empty.wav").write_bytes(b"")  # a file that cannot be read, in a batch: skipped, the others' transcripts kept
+    args = [str(tmp_path / "empty.wav"), str(tmp_path / "quiet.wav"), "--output-dir", str(tmp_path / "kept")]
+    assert cli.main(["transcribe", str(run), *args]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == f"{tmp_path / 'quiet.wav'}: \n" and (tmp_path / "kept" / "quiet.srt").is_file()
+    assert f"transcribe: skipped {tmp_path / 'empty.wav'}: audio {tmp_path / 'empty.wav'}: the file is empty" in captured.err
+    assert f"mmtok: error: 1 of 2 audio files not transcribed ({tmp_path / 'empty.wav'}): each named above\n" in captured.err
     capsys.readouterr()  # two files of one name would overwrite each other's transcripts
     assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "subs" / "long.wav"), "--output-format", "srt"]) == 2
     assert "two audio files share a name (long)" in capsys.readouterr().err
@@ -92,3 +99,14 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     result = whisper_long.main([str(run), "--utterances", "8", "--per-file", "4", "--gap-noise", "30"])
     assert result["files"] == 2 and result["utterances"] == 8 and 0 <= result["wer_long_files_cut_at_pauses"]
 
+
+
+def test_word_errors_count_text_made_up_on_silence():
+    """(errors, reference words) as jiwer 4 counts a corpus: a reference without words (silence, or
+    one the normaliser empties) makes each word of its hypothesis an insertion."""
+    import jiwer
+
+    pairs = [("one two three", "one too three"), ("", "four five"), ("six", ""), ("  ", "")]
+    assert whisper_digits.word_errors(pairs) == (4, 4)  # one substitution, two insertions on silence, one deletion
+    assert jiwer.wer([r for r, _ in pairs[:3]], [h for _, h in pairs[:3]]) == 4 / 4
+    assert whisper_digits.word_errors([("", "a b c")]) == (3, 0) and whisper_digits.word_errors([]) == (0, 0)

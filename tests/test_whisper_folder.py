@@ -53,7 +53,7 @@ def write_folder(root, speech, extra=()):
     return root
 
 
-def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech):
+def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech, capsys):
     data = write_folder(tmp_path / "data", speech)
     run = tmp_path / "run"
     metrics = whisper_folder.main(Config(data=str(data), run_dir=str(run), val_fraction=0.25, eval_batch_size=2, **TINY))
@@ -77,6 +77,15 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     (tmp_path / "odd" / "metadata.csv").write_text("file_name,transcription\nx.wav,straße\n")
     with pytest.raises(ValueError, match=r"x.wav.*'ß'.*\(mend or remove it: evaluation skips such files only for a run trained with skip_bad"):
         whisper_folder.evaluate(run, data=str(tmp_path / "odd"))  # (not training's hint: mmtok eval takes no skip_bad_samples)
+    (tmp_path / "silent").mkdir()  # silence, nothing said: no reference words, so no WER (null in mmtok eval's JSON), but a loss
+    sf.write(tmp_path / "silent" / "s.wav", np.zeros(8000, np.int16), 16000)
+    (tmp_path / "silent" / "metadata.csv").write_text("file_name,transcription\ns.wav,\n")
+    from recipes.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", str(run), "--data", str(tmp_path / "silent")]) == 0
+    printed = json.loads(capsys.readouterr().out)  # strict JSON: no NaN
+    assert printed["val_wer"] is None and printed["val_loss"] > 0
 
     # fine-tune: architecture and tokenizers come from the run, whatever the config says
     tuned = tmp_path / "tuned"
@@ -118,6 +127,8 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
                 (tmp_path / "one" / p.name).write_bytes(p.read_bytes())
         with pytest.raises(ValueError, match=message.replace(".", r"\.")):
             whisper_folder.build_data(Config(data=str(tmp_path / "one"), **TINY))
+    _, _, train_set, val_set, _ = whisper_folder.build_data(Config(data=str(data), **{**TINY, "val_fraction": 0.0}))
+    assert (len(train_set), len(val_set)) == (7, 1)  # val_fraction=0: one utterance held out all the same (a split needs one)
     # a transcript character outside a fine-tuned vocabulary, in a separate validation split
     folder = tmp_path / "split"
     write_folder(folder / "train", speech[:8])

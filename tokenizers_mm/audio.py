@@ -350,7 +350,7 @@ class AudioTokenizer(Tokenizer):
             return torch.nn.functional.pad(wave, (0, max(0, limit - wave.shape[-1])))[..., :limit]
         if wave.shape[-1] > limit:
             raise AudioError(f"{name}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than max_frames={self.max_frames} "
-                             f"({limit / SAMPLE_RATE:.1f} s); split it or raise max_frames (chunk=True would trim clips to the window instead)")  # fmt: skip
+                             f"({limit / SAMPLE_RATE:.1f} s); split it or raise max_frames (in Python, AudioTokenizer(chunk=True) trims clips to the window instead)")  # fmt: skip
         step = HOP_LENGTH * self.slice_frames
         wave = torch.nn.functional.pad(wave, (0, -wave.shape[-1] % step))
         # note: a clip of one 10 ms frame (160 samples) is too short for the STFT's reflect

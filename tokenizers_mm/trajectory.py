@@ -172,8 +172,13 @@ class TrajectoryTokenizer(Tokenizer):
         if self.discrete:
             if acts.ndim == 2 and acts.shape[1] == 1:
                 acts = acts[:, 0]
-            if acts.ndim != 1 or not np.issubdtype(acts.dtype, np.integer) and not np.all(acts == np.round(acts)):
-                raise ValueError(f"{name}: discrete actions must be integer ids of shape (T,), got {acts.dtype} {acts.shape}")
+            if acts.ndim != 1:
+                raise ValueError(f"{name}: discrete actions must be integer ids of shape (T,), got shape {acts.shape}")
+            if not np.issubdtype(acts.dtype, np.integer):
+                whole = np.isfinite(acts) & (acts == np.round(acts))  # (an id stored as a float: 2.0)
+                if not whole.all():
+                    t = int(np.argwhere(~whole)[0][0])
+                    raise ValueError(f"{name}: discrete actions must be integer ids; step {t}'s is {acts[t].item()!r} ({acts.dtype})")
             acts = acts.astype(np.int64)
             if acts.min() < 0 or acts.max() >= self.action_dim:
                 raise ValueError(f"{name}: action ids must lie in [0, {self.action_dim}), got [{acts.min()}, {acts.max()}]")
@@ -182,7 +187,7 @@ class TrajectoryTokenizer(Tokenizer):
             if acts.ndim != 2 or acts.shape[1] != self.action_dim:
                 raise ValueError(f"{name}: continuous actions must have shape (T, {self.action_dim}), got {acts.shape}")
             if not np.isfinite(acts).all():
-                raise ValueError(f"{name}: actions hold NaN or infinite values")
+                raise ValueError(f"{name}: actions hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(acts))[0][0])})")
             outside = self.outside(acts)
             if outside.any() and self.clip_actions:
                 acts = np.clip(acts, self.action_low, self.action_high)
