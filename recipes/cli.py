@@ -77,8 +77,11 @@ def cmd_resume(args):
             raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
         if cfg.max_steps < done:
             raise ConfigError(f"max_steps={cfg.max_steps}: the run's last checkpoint is at step {done}; resume trains on to a later step")
-    if "fsdp" in given and cfg.fsdp and launched_processes() < 2:  # (how the run is spread, not what it trains: checkpoints load either way)
-        raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+    if "fsdp" in given and cfg.fsdp:  # (how the run is spread, not what it trains: checkpoints load either way)
+        if launched_processes() < 2:
+            raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+        if hasattr(cfg, "check"):
+            cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist), not once run.json records it
     if given:
         update_run_info(args.run_dir, **{k: getattr(cfg, k) for k in given})  # a later plain resume / eval keeps them
     module.main(cfg, resume=True)

@@ -62,8 +62,8 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .config import ConfigError, TrainConfig
-from .runs import resolve_run_dir, save_run_info
+from .config import ConfigError, TrainConfig, launched_processes
+from .runs import resolve_run_dir, resumed_architecture, save_run_info
 from .train import my_share, my_spans, summed, train
 
 TASKS = ("digits", "speech", "control", "text")
@@ -132,7 +132,8 @@ class Config(TrainConfig):
         if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too), and before
             # the shared rule's "launch 2 or more processes", which would only lead here
             raise ConfigError("fsdp=true needs every process to run every block each step, and a generalist's task mix may "
-                              "leave a stack unused on one process: train it without fsdp (DDP)")  # fmt: skip
+                              "leave a stack unused on one process: train it without fsdp (DDP; a run that has it: "
+                              "mmtok resume RUN_DIR fsdp=false)")  # fmt: skip
         super().check()
         task_list(self)
 
@@ -482,9 +483,10 @@ def main(cfg: Config, resume: bool = False) -> dict:
         keep_parent_sizes(cfg, trained_config(cfg.init_from).trunk, saved)
     tasks, weights = build_tasks(cfg, saved)
     given, cfg.batch_size = cfg.batch_size, batch_size(cfg, weights)
-    if cfg.batch_size % cfg.grad_accum:  # (the loop checks processes too, once they are known; this before the run directory)
+    per = cfg.grad_accum * launched_processes()
+    if cfg.batch_size % per:  # (before the run directory: TrainConfig.check's rule, for the batch the weights make)
         raise ValueError(f"batch_size={cfg.batch_size}{' (the sum of weights)' if not given else ''} must be divisible by "
-                         f"grad_accum={cfg.grad_accum}")  # fmt: skip
+                         f"grad_accum * processes = {cfg.grad_accum} * {per // cfg.grad_accum}")  # fmt: skip
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow
@@ -498,7 +500,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
             raise ValueError(f"init_from={cfg.init_from} was trained with layout={trained_layout}; grow it with layout={trained_layout}")
         config = model_config(cfg, tasks)
         config.trunk = dataclasses.replace(old.trunk, dropout=cfg.dropout)  # the trained trunk (its sizes are in cfg: keep_parent_sizes)
-        model = grow(load_trained(cfg.init_from)[0], config) if not resume else MultimodalTransformer(config)
+        # resumed: the checkpoint's weights (train loads them), the parent not needed; killed before a checkpoint, grown again
+        model = (resume and resumed_architecture(run_dir)) or grow(load_trained(cfg.init_from)[0], config)
         if cfg.freeze_trained:
             freeze_trained(model, old)
         new = sorted(set(config.modalities) - set(old.modalities)) + sorted(set(config.heads) - set(old.heads))

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -48,11 +49,21 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what load_trained reads of a checkp
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
 
 
+_WARNED: set[str] = set()  # plugin recipes refused, said once
+
+
 def all_recipes() -> dict[str, str]:
     """Built-in recipes, then those of installed plugins (a plugin cannot replace a built-in)."""
     from importlib.metadata import entry_points
 
-    plugins = {ep.name: ep.value for ep in entry_points(group=RECIPE_ENTRY_POINTS) if ep.name not in RECIPES}
+    plugins = {}
+    for ep in entry_points(group=RECIPE_ENTRY_POINTS):
+        if ep.name not in RECIPES:
+            plugins[ep.name] = ep.value
+        elif ep.value != RECIPES[ep.name] and ep.value not in _WARNED:  # (once per process)
+            _WARNED.add(ep.value)
+            warnings.warn(f"tokenizers_mm: plugin recipe {ep.name!r} ({ep.value}) not used: {ep.name} is a built-in recipe "
+                          f"({RECIPES[ep.name]}); give the plugin's another name", stacklevel=2)  # fmt: skip
     return {**RECIPES, **plugins}
 
 

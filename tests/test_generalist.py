@@ -2,6 +2,7 @@
 weighted task sampling, growing a trained model, and a tiny run end to end (then grown)."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -181,7 +182,7 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
         grow(old, config)
 
 
-def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_path, tiny, capsys):
+def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_path, tiny, capsys, monkeypatch):
     cfg, *_ = tiny
     common = [f"{k}={v}" for k, v in TINY.items()] + [f"speech_dir={cfg.speech_dir}", f"rl_dir={cfg.rl_dir}", "row_tokens=256",
                                                       "eval_every=100", "log_every=2", "warmup_steps=2"]  # fmt: skip
@@ -213,13 +214,26 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     again = json.loads(capsys.readouterr().out)
     assert again["digits_accuracy"] == pytest.approx(r3["digits_accuracy"], rel=1e-6) and again["text_loss"] == pytest.approx(r3["text_loss"], rel=1e-4)
     (tmp_path / "moved").rename(first)
+    # killed before its first checkpoint (none left): a resume grows it from the parent again, frozen weights and all
+    shutil.rmtree(grown / "checkpoints")
+    assert main(["resume", str(grown), "max_steps=2"]) == 0, capsys.readouterr().err[-3000:]
+    r4 = json.loads((grown / "results.json").read_text())
+    assert all(r4[key] == r1[key] for key in ("digits_accuracy", "speech_wer", "control_return"))
+    saved = (grown / "run.json").read_text()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: a generalist refuses fsdp before run.json records it
+    assert main(["resume", str(grown), "fsdp=true", "max_steps=8"]) == 2
+    assert "fsdp=true needs every process to run every block" in capsys.readouterr().err and (grown / "run.json").read_text() == saved
+    assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", "weights=5,5,5", "max_steps=1"]) == 2
+    assert "batch_size=15 (the sum of weights) must be divisible by grad_accum * processes = 1 * 2" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    monkeypatch.delenv("WORLD_SIZE")
     capsys.readouterr()
     assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'other'}", f"init_from={first}", "layout=prefix", "max_steps=1"]) == 2
     assert "was trained with layout=encoder-decoder; grow it with layout=encoder-decoder" in capsys.readouterr().err
     # sizes a grown run cannot change are refused before its run directory is made (they were recorded, then ignored)
     for bad, message in [(f"dim={2 * TINY['dim']}", f"dim={2 * TINY['dim']}: a run grown from init_from={first} keeps its dim={TINY['dim']}"),
                          ("patch_size=4", "patch_size=4: a run grown from"),
-                         ("grad_accum=4", "batch_size=15 (the sum of weights) must be divisible by grad_accum=4")]:
+                         ("grad_accum=4", "batch_size=15 (the sum of weights) must be divisible by grad_accum * processes = 4 * 1")]:
         assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", f"init_from={first}", "weights=5,5,5", "max_steps=1", bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()
 

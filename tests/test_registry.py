@@ -101,8 +101,12 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
     dist = tmp_path / "broken_recipes-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-recipes\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\n")
+    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\ngpt_char = my_pkg.gpt_char\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    from recipes.runs import all_recipes
+
+    with pytest.warns(UserWarning, match=r"plugin recipe 'gpt_char' \(my_pkg.gpt_char\) not used: gpt_char is a built-in recipe"):
+        assert all_recipes()["gpt_char"] == "recipes.gpt_char"  # a built-in is never replaced, and the plugin's is named
     message = (f"recipe 'broken_recipe' (entry point {RECIPE_ENTRY_POINTS}: broken_recipe = no_such_pkg.recipe) fails to import: "
                "ModuleNotFoundError: No module named 'no_such_pkg'")  # fmt: skip
     assert main(["recipes"]) == 0
