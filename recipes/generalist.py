@@ -290,7 +290,7 @@ def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     gcfg = gpt_char.Config(data=cfg.text_data, block_size=cfg.text_block)
     train_text, val_text = gpt_char.split_text(gcfg)
     tok = tokenizers.get("prose") or CharTokenizer.from_corpus(train_text + val_text, max_positions=cfg.text_block)
-    train_set, val_set = (ProseWindows(w) for w in gpt_char.windows(gcfg, tok, train_text, val_text))
+    train_set, val_set = (ProseWindows(w) for w in gpt_char.windows(gcfg, tok, train_text, val_text, key="text_block", fraction=None))
     g = torch.Generator().manual_seed(cfg.seed)
     val = [collate([val_set[int(i)]["prose"] for i in row]) for row in torch.randint(len(val_set), (8, 32), generator=g)]
     head = HeadConfig("lm", "prose", loss_weight=loss_weight)

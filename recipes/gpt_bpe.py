@@ -56,7 +56,8 @@ def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
         return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
     if (p / "tokenizer.json").exists():  # Hugging Face's alone (transformers 5 saves no vocab.json + merges.txt)
-        return BPETokenizer.from_hf_tokenizer_json(p / "tokenizer.json", pattern=cfg.pattern, max_positions=cfg.block_size)
+        given = cfg.pattern if cfg.pattern != Config.pattern else None  # (the file says how it splits; the default does not contradict it)
+        return BPETokenizer.from_hf_tokenizer_json(p / "tokenizer.json", pattern=given, max_positions=cfg.block_size)
     expected = (GPT2_FOLDER if key == "init_from" else
                 "a tokenizer folder (tokenizer.json: ours or Hugging Face's), a .tiktoken file, or a folder with vocab.json + merges.txt")  # fmt: skip
     raise FileNotFoundError(f"{key}={p}: expected {expected}" + ("" if p.exists() else f"; {p} does not exist"))

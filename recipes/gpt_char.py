@@ -86,9 +86,9 @@ class Windows(Dataset):
     """Every window of block_size + 1 ids: example i = ids[i·stride : i·stride + block_size + 1]
     (stride = block_size: windows that predict each token once, the text's tail shorter than a block left out)."""
 
-    def __init__(self, ids: torch.Tensor, block_size: int, stride: int = 1, what: str = "the text"):
+    def __init__(self, ids: torch.Tensor, block_size: int, stride: int = 1, what: str = "the text", key: str = "block_size"):
         if len(ids) <= block_size:
-            raise ValueError(f"{what} holds {len(ids)} tokens; block_size={block_size} needs at least {block_size + 1}")
+            raise ValueError(f"{what} holds {len(ids)} tokens; {key}={block_size} needs at least {block_size + 1}")
         self.ids, self.block_size, self.stride = ids, block_size, stride
 
     def __len__(self) -> int:
@@ -118,17 +118,21 @@ def split_text(cfg: Config) -> tuple[str, str]:
     return text[: len(text) - n_val], text[len(text) - n_val :]
 
 
-def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1, what: str = "the text") -> Windows:
+def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1, what: str = "the text", key: str = "block_size") -> Windows:
     """Encode a text (special-token strings in it become special tokens) into windows."""
     ids = torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64))
-    return Windows(ids, cfg.block_size, stride, what)
+    return Windows(ids, cfg.block_size, stride, what, key)
 
 
-def windows(cfg: Config, tokenizer, train_text: str, val_text: str) -> tuple[Windows, Windows]:
-    """Both splits' windows (`text_windows`)."""
+def windows(cfg: Config, tokenizer, train_text: str, val_text: str, key: str = "block_size",
+            fraction: str | None = "val_fraction") -> tuple[Windows, Windows]:  # fmt: skip
+    """Both splits' windows (`text_windows`); errors name the config keys `key` (block_size) and
+    `fraction` (val_fraction; None: a recipe that has no such key)."""
     data = cfg.data or "the built-in corpus"
-    val = f"the validation split of {data} (of a text file: its last val_fraction={cfg.val_fraction})"
-    return text_windows(cfg, tokenizer, train_text, what=f"the training split of {data}"), text_windows(cfg, tokenizer, val_text, what=val)
+    last = f"{fraction}={cfg.val_fraction}" if fraction else f"{cfg.val_fraction:g} of it"
+    val = f"the validation split of {data} (of a text file: its last {last})"
+    return (text_windows(cfg, tokenizer, train_text, what=f"the training split of {data}", key=key),
+            text_windows(cfg, tokenizer, val_text, what=val, key=key))  # fmt: skip
 
 
 def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):

@@ -149,6 +149,8 @@ def build_data(cfg: Config):
                 n_val = len(counts)
             else:
                 stratify = None
+        if stratify:  # ... and leaves one of each class to train on
+            n_val = min(n_val, len(train_pairs) - len(counts))
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:

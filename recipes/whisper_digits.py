@@ -1009,8 +1009,11 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
 
 
 def attempt(f, *args):
-    """f(*args), or the error that makes one input of many unreadable (a bad file: named in it)."""
+    """f(*args), or the error that makes one input of many unreadable (a bad file: named in it); other
+    errors (out of memory, a bug) stop the whole."""
+    from soundfile import LibsndfileError
+
     try:
         return f(*args)
-    except (ValueError, OSError, RuntimeError) as e:  # (soundfile's LibsndfileError is a RuntimeError)
+    except (ValueError, OSError, LibsndfileError) as e:
         return e

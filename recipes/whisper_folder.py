@@ -45,6 +45,7 @@ from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
 from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, swap_language,
                              text_example)  # fmt: skip
@@ -115,7 +116,7 @@ def whisper_weights(cfg: Config):
     and its prompt — <|startoftranscript|><|LANGUAGE|><|transcribe|><|notimestamps|>, or
     <|startoftranscript|><|notimestamps|> for an English-only model — written into cfg.prompt."""
     assets = whisper_assets()  # note: before the weights, which may take a while to read
-    model = load_openai_whisper(cfg.init_from) if Path(cfg.init_from).is_file() else load_hf_whisper_folder(cfg.init_from)
+    model = initial_weights(cfg)
     audio, text = model.config.modalities["audio"], model.config.modalities["text"]
     english_only = text.vocab_size < MULTILINGUAL_VOCAB
     ranks = assets / ("gpt2.tiktoken" if english_only else "multilingual.tiktoken")
@@ -130,6 +131,15 @@ def whisper_weights(cfg: Config):
         cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
     warn_fine_tuning(cfg)
     return model, audio_tok, text_tok
+
+
+def initial_weights(cfg: Config):
+    """The model init_from names: Whisper's weights (an openai-whisper file, a Hugging Face folder) or a speech run's."""
+    if Path(cfg.init_from).is_file():
+        return load_openai_whisper(cfg.init_from)
+    if is_hf_whisper_folder(cfg.init_from):
+        return load_hf_whisper_folder(cfg.init_from)
+    return load_trained(cfg.init_from)[0]
 
 
 def warn_fine_tuning(cfg: Config) -> None:
@@ -209,6 +219,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")
     if run_dir is not None:  # resuming: the tokenizers this run was started with
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
+        if cfg.init_from and held_checkpoint(run_dir) is None:  # killed before its first checkpoint: from init_from's weights again
+            model = initial_weights(cfg)
     elif cfg.init_from and (Path(cfg.init_from).is_file() or is_hf_whisper_folder(cfg.init_from)):  # Whisper's weights
         model, audio_tok, text_tok = whisper_weights(cfg)
     elif cfg.init_from:

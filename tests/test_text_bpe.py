@@ -16,7 +16,7 @@ from tiktoken.load import load_tiktoken_bpe
 
 from conftest import ROOT, SHARED_DATA
 from tokenizers_mm import ENDOFTEXT, PATTERNS, BPETokenizer, load_tokenizer
-from tokenizers_mm.text_bpe import read_tiktoken, write_gpt2_files, write_tiktoken
+from tokenizers_mm.text_bpe import read_tiktoken, split_pattern, write_gpt2_files, write_tiktoken
 
 
 def whisper_asset(name: str) -> Path:
@@ -211,6 +211,27 @@ def test_training_on_cut_text_learns_what_the_whole_text_teaches(pattern, tmp_pa
     assert len(whole.encode_ids(code)) < len(by_line.encode_ids(code))
 
 
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", r"\p{L}+|\p{N}{1,3}+|\s+|[^\p{L}\p{N}\s]+"])
+def test_a_hugging_face_tokenizer_json_reads_back_with_its_split(pattern, tmp_path):
+    """What tokenizers_mm.hf writes (a Split regex, then ByteLevel) reads back with the same split:
+    the same ids; a pattern= that would split otherwise, or a normalizer, is refused."""
+    from tokenizers_mm.hf import save_hf
+
+    tok = BPETokenizer.train(mixed_corpus(), 400, pattern=pattern)
+    path = save_hf(tok, tmp_path / "hf")
+    back = BPETokenizer.from_hf_tokenizer_json(path)
+    assert back.ranks == tok.ranks and back.specials == tok.specials and split_pattern(back.pattern_name) == split_pattern(pattern)
+    text = "end.\nstart. 1234567 don't  \n\tx"
+    assert back.encode_ids(text).tolist() == tok.encode_ids(text).tolist()
+    if pattern != "gpt2":
+        with pytest.raises(ValueError, match="splits text with .*; pattern='gpt2' would split it otherwise"):
+            BPETokenizer.from_hf_tokenizer_json(path, pattern="gpt2")
+    doc = json.loads(path.read_text())
+    path.write_text(json.dumps({**doc, "normalizer": {"type": "Lowercase"}}))
+    with pytest.raises(ValueError, match="after a normalizer; expected GPT-style byte-level BPE"):
+        BPETokenizer.from_hf_tokenizer_json(path)
+
+
 def test_a_pattern_that_would_drop_text_is_refused():
     """tiktoken keeps only what the split pattern matches: a misspelt name (taken for a regex) would
     encode "hello world" as nothing, so a pattern must match every character of a probe text."""
@@ -220,6 +241,10 @@ def test_a_pattern_that_would_drop_text_is_refused():
         BPETokenizer(BPETokenizer.train(["ab"], 260).ranks, pattern="(")
     own = BPETokenizer.train(["hello world\n"] * 10, 300, pattern=r"\w+|\s+|[^\w\s]+")  # a regex of one's own: kept
     assert own.decode(own.encode_ids("hello, wörld 🙂\n")) == "hello, wörld 🙂\n"
+    with pytest.raises(ValueError, match="a split pattern must not match the empty string"):
+        BPETokenizer(own.ranks, pattern=r"\w*|\s*")  # (tiktoken's Rust core would panic)
+    with pytest.raises(ValueError, match="would drop text"):  # combining marks and format characters are text too
+        BPETokenizer(own.ranks, pattern=r"[\p{L}\p{N}]+|\s+|[\p{P}\p{S}\p{Cc}]+")
     with pytest.raises(TypeError, match="an iterable of texts .*not one string"):
         BPETokenizer.train("hello world", 300)  # each character would be a text: no merges
 

@@ -319,3 +319,13 @@ def test_a_validation_class_the_training_split_lacks_is_named_with_a_file(tmp_pa
     make_folder(tmp_path / "d" / "validation", classes=("circle", "bar"), n=2)
     with pytest.raises(ValueError, match=r"d: validation labels \['bar'\] \(e\.g\. .*validation/bar/0\.png\) do not occur in the training images"):
         vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "d")))
+
+
+def test_a_held_out_share_of_any_size_leaves_each_class_on_both_sides(tmp_path):
+    """val_fraction from 0 to near 1 on a small folder: every class held out once and trained on at
+    least once (sklearn's stratified split refuses a side without every class)."""
+    make_folder(tmp_path / "imgs", n=2)
+    for fraction in (0.0, 0.5, 0.9):
+        train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "imgs"), image_size=20,
+                                                                                 val_fraction=fraction))  # fmt: skip
+        assert (len(train_set), len(val_set)) == (3, 3), fraction

@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from tokenizers_mm import BPETokenizer, TokenSet, collate
 
 pytest.importorskip("espeakng_loader")
 
+from models import load_openai_whisper  # noqa: E402
 from recipes import whisper_folder  # noqa: E402
+from recipes.runs import load_trained  # noqa: E402
 from recipes.speech import TRAIN_VOICES, make_corpus  # noqa: E402
 from recipes.whisper_folder import Config  # noqa: E402
 
@@ -206,6 +209,10 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     assert isinstance(whisper_folder.transcribe(run, [str(data / "a0.wav")])[0], str)
     resumed = whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 3}), resume=True)
     assert json.loads((run / "results.json").read_text())["step"] == 3 and np.isfinite(resumed["val_loss"])
+    shutil.rmtree(run / "checkpoints")  # killed before its first checkpoint: a resume starts from Whisper's weights again
+    whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 0}), resume=True)
+    start, weights = load_trained(run)[0].state_dict(), load_openai_whisper(multi).state_dict()
+    assert start.keys() == weights.keys() and all(torch.equal(start[k], weights[k]) for k in weights)
 
     english = openai_checkpoint(tmp_path / "tiny.en.pt", 51864)  # English-only: no language or task token
     cfg = Config(data=str(data), init_from=str(english))

@@ -20,6 +20,7 @@ Formats read: tiktoken `.tiktoken` (base64 token + rank per line), GPT-2's `voca
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -41,7 +42,8 @@ PATTERNS = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
 # every kind of character a split pattern must match: tiktoken drops the text its pattern does not
-PATTERN_PROBE = "Hello, World! It's 2026:\t3.14 -- ok?\r\n  Ünïcode ΑΒΓ 中文 🙂 'LL \u00a0\x00~\n\n"
+PATTERN_PROBE = ("Hello, World! It's 2026:\t3.14 -- ok?\r\n  Ünïcode ΑΒΓ 中文 🙂 'LL \u00a0\x00~\n\n"
+                 "e\u0301 नमस्ते \u200b\u200d|\u2028x\u00ad¹½\n")  # (combining marks, format and other characters)
 RANKS_FILE = "ranks.tiktoken"
 # openai-whisper's language tokens, in its order (whisper/tokenizer.py LANGUAGES); large-v3 adds the 100th, "yue"
 WHISPER_LANGUAGES = tuple(
@@ -115,9 +117,9 @@ def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str,
                       f"GPT-2 merges {merges_txt}")  # fmt: skip
 
 
-def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int]]:
+def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]:
     """A Hugging Face byte-level BPE `tokenizer.json` (what `save_pretrained` writes for GPT-2 since
-    transformers 5, without vocab.json + merges.txt) -> (ranks, special tokens)."""
+    transformers 5, without vocab.json + merges.txt) -> (ranks, special tokens, split pattern)."""
     where = f"tokenizer {path}"
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -125,15 +127,35 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int]]:
         kind, vocab, merges = model["type"], model["vocab"], model["merges"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{where} is not a Hugging Face tokenizer.json with a model's vocab and merges ({type(e).__name__}: {e})") from None
-    pre = doc.get("pre_tokenizer") or {}
-    if kind != "BPE" or "ByteLevel" not in json.dumps(pre):
-        raise ValueError(f"{where}: a {kind} model with pre-tokenizer {pre.get('type')!r}; expected byte-level BPE (GPT-2's)")
+    if kind != "BPE":
+        raise ValueError(f"{where}: a {kind} model; expected byte-level BPE (GPT-2's)")
+    pattern = hf_split_pattern(doc, where)
     merges = [(n, " ".join(m) if isinstance(m, list) else m) for n, m in enumerate(merges, 1)]  # ["a", "b"] (newer) or "a b"
     ranks, specials = gpt2_ranks(vocab, merges, where, f"{where}, merges")
     for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both)
         if added.get("special") and added.get("content") not in specials:
             specials[added["content"]] = added["id"]
-    return ranks, specials
+    return ranks, specials, pattern
+
+
+def hf_split_pattern(doc: dict, where: str) -> str:
+    """The split pattern of a tokenizer.json's pre-tokenizer, in our terms: a ByteLevel with its own
+    regex is GPT-2's ("gpt2"); a Split then a ByteLevel without one (as `to_hf` writes it) splits
+    with the Split's regex ("gpt4" when it is GPT-4's). Anything else is not read: it would split
+    or change the text otherwise."""
+    pre, norm = doc.get("pre_tokenizer") or {}, doc.get("normalizer")
+    steps = pre.get("pretokenizers") or [] if pre.get("type") == "Sequence" else [pre]
+    kinds = [step.get("type") for step in steps]
+    plain = all(not step.get("add_prefix_space") for step in steps) and norm is None
+    if plain and kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+        return "gpt2"
+    split = steps[0].get("pattern", {}).get("Regex") if kinds == ["Split", "ByteLevel"] else None
+    if plain and split and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert") and not steps[1].get("use_regex", True):
+        named = [name for name, p in PATTERNS.items() if onig_pattern(p) == split]
+        return named[0] if named else re.sub(r"\(\?>(\\p\{\w+\}\{\d+,\d+\})\)", r"\1+", split)  # (onig_pattern undone)
+    raise ValueError(f"{where}: pre-tokenizer {kinds or None}{' after a normalizer' if norm else ''}"
+                     f"{' with add_prefix_space' if any(step.get('add_prefix_space') for step in steps) else ''}; expected GPT-style "
+                     "byte-level BPE: a ByteLevel pre-tokenizer (GPT-2's), or a Split regex then a ByteLevel, without a normalizer")  # fmt: skip
 
 
 def gpt2_ranks(vocab, merges: list[tuple[int, str]], vocab_where: str, merges_where: str) -> tuple[dict[bytes, int], dict[str, int]]:
@@ -239,14 +261,24 @@ def split_pattern(pattern: str) -> str:
     """The regex of a named pattern ("gpt2", "gpt4") or of one's own, checked to match every
     character: tiktoken silently drops the text its pattern does not match (so a misspelt name,
     taken for a regex, would encode "hello world" as nothing)."""
+    import regex as re_module
     import tiktoken
 
     regex = PATTERNS.get(pattern, pattern)
+    empty = "a split pattern must not match the empty string (tiktoken's core panics on one)"
+    with contextlib.suppress(re_module.error):  # (the `regex` module, tiktoken's dependency, reads what tiktoken's engine reads, mostly)
+        if any(m.start() == m.end() for m in re_module.finditer(regex, PATTERN_PROBE)):
+            raise ValueError(f"text: pattern {pattern!r}: {empty}")
     try:
         probe = tiktoken.Encoding("probe", pat_str=regex, mergeable_ranks={bytes([b]): b for b in range(N_BYTES)}, special_tokens={})
         kept = probe.decode(probe.encode_ordinary(PATTERN_PROBE))
     except ValueError as e:
         raise ValueError(f"text: pattern {pattern!r} is neither {' nor '.join(map(repr, PATTERNS))} nor a valid regex ({e})") from None
+    except BaseException as e:  # tiktoken's Rust core panics (pyo3's PanicException) on a pattern that matches the empty string
+        if isinstance(e, (KeyboardInterrupt, SystemExit)):
+            raise
+        raise ValueError(f"text: pattern {pattern!r} fails in tiktoken ({type(e).__name__}: {(str(e).splitlines() or [''])[0]}); "
+                         f"{empty}") from None  # fmt: skip
     if kept != PATTERN_PROBE:
         raise ValueError(f"text: pattern {pattern!r} would drop text (tiktoken keeps only what the split pattern matches): "
                          f"give {' or '.join(map(repr, PATTERNS))}, or a regex that matches every character")  # fmt: skip
@@ -382,10 +414,13 @@ class BPETokenizer(Tokenizer):
         return cls(ranks, pattern, specials or None, **kw)
 
     @classmethod
-    def from_hf_tokenizer_json(cls, path, pattern: str = "gpt2", **kw) -> "BPETokenizer":
-        """A Hugging Face byte-level BPE tokenizer.json (GPT-2's, as transformers' save_pretrained writes it)."""
-        ranks, specials = read_hf_tokenizer_json(path)
-        return cls(ranks, pattern, specials or None, **kw)
+    def from_hf_tokenizer_json(cls, path, pattern: str | None = None, **kw) -> "BPETokenizer":
+        """A Hugging Face byte-level BPE tokenizer.json (GPT-2's, as transformers' save_pretrained writes
+        it), splitting text with its pre-tokenizer's pattern; a `pattern` that would split otherwise is refused."""
+        ranks, specials, found = read_hf_tokenizer_json(path)
+        if pattern is not None and split_pattern(pattern) != split_pattern(found):
+            raise ValueError(f"tokenizer {path} splits text with {found!r}; pattern={pattern!r} would split it otherwise: leave it out")
+        return cls(ranks, found, specials or None, **kw)
 
     # -- encode / decode --
     def _policy(self, allowed_special, disallowed_special) -> tuple[frozenset, tuple]:
