@@ -149,9 +149,11 @@ def build_data(cfg: Config):
                 n_val = len(counts)
             else:
                 stratify = None
-        if stratify:  # ... and leaves one of each class to train on
+        if stratify:  # (sklearn's count check: as many training images as classes)
             n_val = min(n_val, len(train_pairs) - len(counts))
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
+        for label in sorted(set(counts) - {label for _, label in train_pairs}):  # a small class all held out: one back to train on
+            train_pairs.append(val_pairs.pop(next(i for i, (_, held) in enumerate(val_pairs) if held == label)))
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:
         example = next(p for p, l in val_pairs if l in unknown)

@@ -220,6 +220,9 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     if run_dir is not None:  # resuming: the tokenizers this run was started with
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         if cfg.init_from and held_checkpoint(run_dir) is None:  # killed before its first checkpoint: from init_from's weights again
+            if not Path(cfg.init_from).exists():
+                raise FileNotFoundError(f"{run_dir} was stopped before its first checkpoint: resuming starts again from "
+                                        f"init_from={cfg.init_from}, which no longer exists")  # fmt: skip
             model = initial_weights(cfg)
     elif cfg.init_from and (Path(cfg.init_from).is_file() or is_hf_whisper_folder(cfg.init_from)):  # Whisper's weights
         model, audio_tok, text_tok = whisper_weights(cfg)

@@ -224,12 +224,29 @@ def test_a_hugging_face_tokenizer_json_reads_back_with_its_split(pattern, tmp_pa
     text = "end.\nstart. 1234567 don't  \n\tx"
     assert back.encode_ids(text).tolist() == tok.encode_ids(text).tolist()
     if pattern != "gpt2":
-        with pytest.raises(ValueError, match="splits text with .*; pattern='gpt2' would split it otherwise"):
+        with pytest.raises(ValueError, match=r"^tokenizer \S+tokenizer.json: it splits text with .*; pattern='gpt2' would split it otherwise"):
             BPETokenizer.from_hf_tokenizer_json(path, pattern="gpt2")
     doc = json.loads(path.read_text())
+    if pattern == "gpt4":  # a foreign regex that would drop text: refused, the file named
+        split = doc["pre_tokenizer"]["pretokenizers"][0]
+        path.write_text(json.dumps({**doc, "pre_tokenizer": {**doc["pre_tokenizer"], "pretokenizers": [
+            {**split, "pattern": {"Regex": r"\p{L}+|\s+"}}, doc["pre_tokenizer"]["pretokenizers"][1]]}}))  # fmt: skip
+        with pytest.raises(ValueError, match=r"^tokenizer \S+tokenizer.json: text: pattern .* would drop text"):
+            BPETokenizer.from_hf_tokenizer_json(path)
     path.write_text(json.dumps({**doc, "normalizer": {"type": "Lowercase"}}))
     with pytest.raises(ValueError, match="after a normalizer; expected GPT-style byte-level BPE"):
         BPETokenizer.from_hf_tokenizer_json(path)
+
+
+def test_a_byte_vocabulary_exported_to_hugging_face_reads_back(tmp_path):
+    """A byte tokenizer (CharTokenizer without characters) exports as byte-level BPE without merges
+    and a ByteLevel pre-tokenizer without a split: no split changes single bytes, so it is read."""
+    from tokenizers_mm import CharTokenizer
+    from tokenizers_mm.hf import save_hf
+
+    back = BPETokenizer.from_hf_tokenizer_json(save_hf(CharTokenizer(), tmp_path / "bytes"))
+    text = "héllo 🙂\n  x"
+    assert back.encode_ids(text).tolist() == list(text.encode()) and back.decode(back.encode_ids(text)) == text
 
 
 def test_a_pattern_that_would_drop_text_is_refused():

@@ -329,3 +329,8 @@ def test_a_held_out_share_of_any_size_leaves_each_class_on_both_sides(tmp_path):
         train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "imgs"), image_size=20,
                                                                                  val_fraction=fraction))  # fmt: skip
         assert (len(train_set), len(val_set)) == (3, 3), fraction
+    make_folder(tmp_path / "imgs", classes=("many",), n=40)  # imbalanced: 2, 2, 2 and 40
+    for fraction in (0.8, 0.9):
+        train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "imgs"), image_size=20,
+                                                                                 val_fraction=fraction))  # fmt: skip
+        assert {l for _, l in train_set.pairs} == set(classes) == {l for _, l in val_set.pairs}, fraction

@@ -213,6 +213,12 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 0}), resume=True)
     start, weights = load_trained(run)[0].state_dict(), load_openai_whisper(multi).state_dict()
     assert start.keys() == weights.keys() and all(torch.equal(start[k], weights[k]) for k in weights)
+    shutil.rmtree(run / "checkpoints")
+    multi.rename(tmp_path / "moved.pt")
+    with pytest.raises(FileNotFoundError, match=r"was stopped before its first checkpoint: resuming starts again from init_from=.*multi.pt"):
+        whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 0}), resume=True)
+    (tmp_path / "moved.pt").rename(multi)
+    whisper_folder.main(whisper_folder.load_run_info(run)[2].__class__(**{**saved, "max_steps": 0}), resume=True)  # (read below)
 
     english = openai_checkpoint(tmp_path / "tiny.en.pt", 51864)  # English-only: no language or task token
     cfg = Config(data=str(data), init_from=str(english))

@@ -129,7 +129,7 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]
         raise ValueError(f"{where} is not a Hugging Face tokenizer.json with a model's vocab and merges ({type(e).__name__}: {e})") from None
     if kind != "BPE":
         raise ValueError(f"{where}: a {kind} model; expected byte-level BPE (GPT-2's)")
-    pattern = hf_split_pattern(doc, where)
+    pattern = hf_split_pattern(doc, where, bool(merges))
     merges = [(n, " ".join(m) if isinstance(m, list) else m) for n, m in enumerate(merges, 1)]  # ["a", "b"] (newer) or "a b"
     ranks, specials = gpt2_ranks(vocab, merges, where, f"{where}, merges")
     for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both)
@@ -138,16 +138,17 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]
     return ranks, specials, pattern
 
 
-def hf_split_pattern(doc: dict, where: str) -> str:
+def hf_split_pattern(doc: dict, where: str, merges: bool = True) -> str:
     """The split pattern of a tokenizer.json's pre-tokenizer, in our terms: a ByteLevel with its own
     regex is GPT-2's ("gpt2"); a Split then a ByteLevel without one (as `to_hf` writes it) splits
-    with the Split's regex ("gpt4" when it is GPT-4's). Anything else is not read: it would split
-    or change the text otherwise."""
+    with the Split's regex ("gpt4" when it is GPT-4's). Without merges (bytes, as `to_hf` writes a
+    byte vocabulary) a ByteLevel alone serves too: no split changes single bytes. Anything else is
+    not read: it would split or change the text otherwise."""
     pre, norm = doc.get("pre_tokenizer") or {}, doc.get("normalizer")
     steps = pre.get("pretokenizers") or [] if pre.get("type") == "Sequence" else [pre]
     kinds = [step.get("type") for step in steps]
     plain = all(not step.get("add_prefix_space") for step in steps) and norm is None
-    if plain and kinds == ["ByteLevel"] and steps[0].get("use_regex", True):
+    if plain and kinds == ["ByteLevel"] and (steps[0].get("use_regex", True) or not merges):
         return "gpt2"
     split = steps[0].get("pattern", {}).get("Regex") if kinds == ["Split", "ByteLevel"] else None
     if plain and split and steps[0].get("behavior") == "Isolated" and not steps[0].get("invert") and not steps[1].get("use_regex", True):
@@ -418,9 +419,12 @@ class BPETokenizer(Tokenizer):
         """A Hugging Face byte-level BPE tokenizer.json (GPT-2's, as transformers' save_pretrained writes
         it), splitting text with its pre-tokenizer's pattern; a `pattern` that would split otherwise is refused."""
         ranks, specials, found = read_hf_tokenizer_json(path)
-        if pattern is not None and split_pattern(pattern) != split_pattern(found):
-            raise ValueError(f"tokenizer {path} splits text with {found!r}; pattern={pattern!r} would split it otherwise: leave it out")
-        return cls(ranks, found, specials or None, **kw)
+        try:
+            if pattern is not None and split_pattern(pattern) != split_pattern(found):
+                raise ValueError(f"it splits text with {found!r}; pattern={pattern!r} would split it otherwise: leave it out")
+            return cls(ranks, found, specials or None, **kw)
+        except ValueError as e:  # (its own regex refused, too: the file named)
+            raise ValueError(f"tokenizer {path}: {e}") from None
 
     # -- encode / decode --
     def _policy(self, allowed_special, disallowed_special) -> tuple[frozenset, tuple]:
