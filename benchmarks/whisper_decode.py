@@ -122,13 +122,16 @@ def main(argv=None) -> dict:
 
     # the fallback on one window: every temperature, best_of 5 samples each
     wave = waves[0]
-    theirs_s, theirs = timed(lambda: whisper.transcribe(ref, wave, language="en", without_timestamps=True, condition_on_previous_text=False,
-                                                        best_of=5, fp16=False, verbose=None), 1)  # fmt: skip
     suppress = Suppress(text_tok)
-    ours_s, ours = timed(lambda: decode_with_fallback(model, text_tok, audio_tok, [wave], args.sample_len, prompt, suppress=suppress), 1)
+    (theirs_s, theirs), (ours_s, ours) = side_by_side(
+        [lambda: whisper.transcribe(ref, wave, language="en", without_timestamps=True, condition_on_previous_text=False, best_of=5,
+                                    fp16=False, verbose=None, sample_len=args.sample_len),  # (the same token limit on both sides)
+         lambda: decode_with_fallback(model, text_tok, audio_tok, [wave], args.sample_len, prompt, suppress=suppress)], args.repeats)  # fmt: skip
+    temperatures = {"ours": ours[0]["temperature"],
+                    "openai_whisper": max(s["temperature"] for s in theirs["segments"]) if theirs["segments"] else None}  # fmt: skip
     result["fallback"] = {"sample_len": args.sample_len, "ours_s": round(ours_s, 3), "openai_whisper_s": round(theirs_s, 3),
-                          "ratio": round(ours_s / theirs_s, 3), "temperature": {"ours": ours[0]["temperature"],
-                          "openai_whisper": max(s["temperature"] for s in theirs["segments"]) if theirs["segments"] else None}}  # fmt: skip
+                          "ratio": round(ours_s / theirs_s, 3), "temperature": temperatures,
+                          "same_work": temperatures["ours"] == temperatures["openai_whisper"]}  # (samples differ: each side's own draws)
     # word timestamps for one 30 s window: the alignment pass, attention normalisation, median filter and DTW (log-mel and
     # encoder included on both sides; openai-whisper's DTW is compiled by numba, called once first so that compiling is not timed)
     from whisper.timing import find_alignment as their_alignment
