@@ -35,6 +35,7 @@ a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuat
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,7 +147,7 @@ def warn_fine_tuning(cfg: Config) -> None:
     """On Whisper's weights (or a run on them), the from-scratch defaults undo what the model knows: say so."""
     if cfg.lr == Config.lr or cfg.lowercase:
         print(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
-              "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip
+              "fine-tuning usually takes lr=1e-5 lowercase=false", file=sys.stderr)  # fmt: skip  # (a warning: stdout stays the output)
 
 
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:

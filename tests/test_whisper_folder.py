@@ -236,7 +236,7 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
                    **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
     capsys.readouterr()
     whisper_folder.main(again)
-    assert "on Whisper's weights, lr=0.001 may undo what it knows" in capsys.readouterr().out  # a run on them: its weights are Whisper's too
+    assert "on Whisper's weights, lr=0.001 may undo what it knows" in capsys.readouterr().err  # a run on them: its weights are Whisper's too
     saved = json.loads((tmp_path / "again" / "run.json").read_text())["config"]
     assert (saved["language"], saved["prompt"]) == ("fr", "<|startoftranscript|><|fr|><|transcribe|><|notimestamps|>")
     # an empty transcript is the prompt, then <|endoftext|>; audio past the 30 s window is refused, not cut
