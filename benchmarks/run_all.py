@@ -113,9 +113,9 @@ def rows_whisper_decode(r):
             (f"Whisper beam search (beam {r['beam_search']['beam_size']}, 1 window x {r['beam_search']['tokens']} tokens, tiny size), s",
              r["beam_search"]["ours_s"], f"openai-whisper decode, beam_size={r['beam_search']['beam_size']}", r["beam_search"]["openai_whisper_s"],
              "≤ 1.0"),
-            (f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s"
-             + ("" if f.get("same_work", True) else " (the two ended at other temperatures: not the same work)"), f["ours_s"],
-             "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0"),
+            Row(f"Whisper transcribe fallback, every temperature (1 window, {f['sample_len']} tokens), s", f["ours_s"],
+                "openai-whisper transcribe, best_of=5", f["openai_whisper_s"], "≤ 1.0",
+                note="" if f.get("same_work", True) else f"not the same work: the two ended at other temperatures ({f['temperature']})"),
             ("sampling draw (5 rows x 51,865 tokens), ms", r["sampling_draw"]["ours_ms"], "torch.multinomial",
              r["sampling_draw"]["torch_multinomial_ms"], "≤ 1.0"),
             (f"word timestamps, 1 window x {r['word_alignment']['tokens']} tokens, s", r["word_alignment"]["ours_s"],
@@ -155,7 +155,10 @@ def main():
     ap.add_argument("--data", default="", help="with --with-training: tinyshakespeare.txt for the gpt_char row (default: ../shared/data/)")
     args = ap.parse_args()
     table = []
-    training = [(script, (*extra, "--data", args.data) if script == "gpt_char_shakespeare.py" and args.data else extra, adapt)
+    if args.data and not args.with_training:
+        raise SystemExit("run_all: --data is the gpt_char row's text, read with --with-training")
+    data = str(Path(args.data).resolve()) if args.data else ""  # (the scripts run from the repository's root)
+    training = [(script, (*extra, "--data", data) if script == "gpt_char_shakespeare.py" and data else extra, adapt)
                 for script, extra, adapt in TRAINING]  # fmt: skip
     # (with training, dt_control's full run gives the DT step row too: its --step-only run is left out)
     speed = [row for row in SPEED if not (args.with_training and row[0] == "dt_control.py")]

@@ -154,6 +154,9 @@ def build_data(cfg: Config):
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, stratify=stratify, random_state=0)
         for label in sorted(set(counts) - {label for _, label in train_pairs}):  # a small class all held out: one back to train on
             train_pairs.append(val_pairs.pop(next(i for i, (_, held) in enumerate(val_pairs) if held == label)))
+        if not val_pairs:
+            raise ValueError(f"data folder {root}: {len(train_pairs)} images, each class needed for training; none left to hold out "
+                             "(add images, or a validation/ folder)")  # fmt: skip
     unknown = sorted({l for _, l in val_pairs} - set(classes))
     if unknown:
         example = next(p for p, l in val_pairs if l in unknown)

@@ -96,6 +96,6 @@ def test_summary_counts_faults_and_flags_any_loss():
     text, lost, documented = faults.table(results, [{"case": "c", "as_documented": True}])
     rows = {line[:44].strip(): line[44:].split() for line in text.splitlines()[3:]}
     assert rows["SIGKILL mid-training, then resume"] == ["1", "1", "0"] and rows["SIGKILL inside a checkpoint write"] == ["1", "0", "1"]
-    assert rows["finished runs equal to uninterrupted ones"] == ["2", "1", "1"] and rows["bad inputs (benchmarks/hardening.py)"] == ["1", "1", "0"]
+    assert rows["finished runs equal to uninterrupted ones"] == ["2", "1", "1"] and rows["bad inputs (benchmarks/hardening.py)"] == ["1", "1", "—"]
     assert rows["total"] == ["5", "3", "2"] and lost == 2 and not documented
     assert text.startswith("faults injected: 2 across 2 recipes (gpt_char, vit_digits); bad inputs tried: 1")

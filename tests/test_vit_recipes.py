@@ -120,7 +120,8 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
 
 @pytest.mark.parametrize("case, message", [("one_class", "needs at least 2"), ("empty_class", "is empty"), ("escape", "outside the data folder"),
                                            ("missing", "does not exist"), ("flat", "no labelled images: put each class's images in a sub-folder"),
-                                           ("file", "0.png is a file, not a data folder: expected a folder")])  # fmt: skip
+                                           ("file", "0.png is a file, not a data folder: expected a folder"),
+                                           ("singletons", "2 images, each class needed for training; none left to hold out")])  # fmt: skip
 def test_vit_folder_layout_errors(tmp_path, case, message):
     data = tmp_path / "imgs"
     if case == "one_class":
@@ -130,6 +131,8 @@ def test_vit_folder_layout_errors(tmp_path, case, message):
         (data / "ghost").mkdir()
     elif case == "flat":  # images straight in the folder
         make_folder(tmp_path, classes=("imgs",))
+    elif case == "singletons":  # one image a class: all to train on, none to validate with
+        make_folder(data, classes=("a", "b"), n=1)
     elif case == "file":  # one image (`mmtok eval RUN --data imgs/red/0.png`)
         make_folder(tmp_path, classes=("imgs",), n=1)
         data = data / "0.png"
