@@ -420,9 +420,9 @@ class BPETokenizer(Tokenizer):
         it), splitting text with its pre-tokenizer's pattern; a `pattern` that would split otherwise is refused."""
         ranks, specials, found = read_hf_tokenizer_json(path)
         try:
-            if pattern is not None and split_pattern(pattern) != split_pattern(found):
+            if pattern is not None and len(ranks) > N_BYTES and split_pattern(pattern) != split_pattern(found):  # (no merges: any split)
                 raise ValueError(f"it splits text with {found!r}; pattern={pattern!r} would split it otherwise: leave it out")
-            return cls(ranks, found, specials or None, **kw)
+            return cls(ranks, found if pattern is None else pattern, specials or None, **kw)
         except ValueError as e:  # (its own regex refused, too: the file named)
             raise ValueError(f"tokenizer {path}: {e}") from None
 
