@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -797,7 +797,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                      hallucination_silence_threshold: float | None = None, clip_timestamps: str | list[float] | None = None,
                      carry_initial_prompt: bool = False, prepend_punctuations: str | None = None,
                      append_punctuations: str | None = None, patience: float | None = None, length_penalty: float | None = None,
-                     device=None, each: bool = False) -> list[dict]:  # fmt: skip
+                     device=None, each: bool = False) -> list[dict] | Iterator[tuple[str, dict | Exception]]:  # fmt: skip
     """Transcribe audio files with a run's last checkpoint on `device` (None = the CPU; the log-mel is
     computed there too), with the run's beam_size and patience unless given (beam search as
     openai-whisper's, `MultimodalTransformer.beam_search`): one

@@ -1,6 +1,6 @@
 """tokenizers_mm: per-modality tokenizers that emit TokenSets (no learned weights)."""
 
-from .audio import AudioError, AudioTokenizer, load_audio, split_at_pauses, stream_audio
+from .audio import AudioError, AudioTokenizer, load_audio, log_mel_spectrogram, split_at_pauses, stream_audio
 from .base import Tokenizer, load_tokenizer
 from .collate import collate, collate_examples, pack, pack_examples, padding_fraction
 from .registry import ENTRY_POINT_GROUP, create, get, list_tokenizers, register
@@ -12,6 +12,6 @@ from .trajectory import TrajectoryTokenizer, gato_decode, gato_encode, returns_t
 
 __all__ = [
     "AudioError", "AudioTokenizer", "BPETokenizer", "ENDOFTEXT", "ImageError", "ImageTokenizer", "ENTRY_POINT_GROUP", "PATTERNS", "CharTokenizer", "ModalitySpec", "TokenBatch", "TokenSet", "Tokenizer", "TrajectoryTokenizer", "gato_decode", "gato_encode", "returns_to_go", "split_at_pauses", "stream_audio",
-    "collate", "collate_examples", "create", "get", "list_tokenizers", "load_audio", "load_tokenizer", "next_token_set", "open_image", "pack", "pack_examples", "padding_fraction",
+    "collate", "collate_examples", "create", "get", "list_tokenizers", "load_audio", "load_tokenizer", "log_mel_spectrogram", "next_token_set", "open_image", "pack", "pack_examples", "padding_fraction",
     "register",
 ]
