@@ -16,6 +16,7 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -252,6 +253,7 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     t = config.trunk
     cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio = t.dim, t.depth, t.num_heads, t.mlp_ratio
     config.heads["cls"].label_smoothing = cfg.label_smoothing
+    config.trunk = dataclasses.replace(config.trunk, dropout=cfg.dropout, flash=cfg.flash)  # (timm's model was built without them)
     sd = read_init_from(cfg)
     own = vit_model.state_dict()
     for k, v in sd.items():  # note: in timm's names, before the conversion renames them (the head is replaced, the table resampled)

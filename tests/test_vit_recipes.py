@@ -187,8 +187,9 @@ def test_vit_folder_from_timm_weights(tmp_path):
     # the weights it starts from are timm's: blocks as they are, the position table resampled as timm resamples it
     from recipes.runs import load_trained
 
-    vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "start"), **{**kw, "max_steps": 0}))
+    vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "start"), **{**kw, "max_steps": 0, "dropout": 0.1}))
     start, weights = load_trained(tmp_path / "start")[0], vit.state_dict()
+    assert start.config.trunk.dropout == 0.1  # the run's dropout, not timm's model's default
     assert torch.equal(start.encoder.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
     assert torch.equal(start.encoder.blocks[-1].mlp.fc.weight, weights["blocks.11.mlp.fc1.weight"])
     resampled = timm.layers.resample_abs_pos_embed(weights["pos_embed"], (2, 2), num_prefix_tokens=1)[0]  # CLS row, then 2x2 patches
