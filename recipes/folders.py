@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -166,6 +167,12 @@ def hidden(path: Path, root: Path) -> bool:
     """A file or folder under `root` that a folder dataset skips: any part of its path starting
     with "." or "__" (.ipynb_checkpoints, .DS_Store, __MACOSX), as Hugging Face's imagefolder."""
     return any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of n examples a validation split holds for `fraction`: sklearn's count (ceil), at
+    least 1 (val_fraction=0 too) and at most n - 1."""
+    return min(n - 1, max(1, math.ceil(fraction * n)))
 
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:

@@ -17,7 +17,6 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import find_metadata, hf_splits, hidden, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, hidden, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -144,7 +143,7 @@ def build_data(cfg: Config):
 
         counts = Counter(label for _, label in train_pairs)
         stratify = [l for _, l in train_pairs] if min(counts.values()) >= 2 else None
-        n_val = min(len(train_pairs) - 1, max(1, math.ceil(cfg.val_fraction * len(train_pairs))))  # sklearn's count for the fraction, 1 to n - 1
+        n_val = held_out_count(len(train_pairs), cfg.val_fraction)
         if stratify and n_val < len(counts):  # a stratified hold-out needs one image of every class, and leaves one of each
             if len(train_pairs) >= 2 * len(counts):
                 n_val = len(counts)

@@ -34,7 +34,6 @@ a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuat
 
 from __future__ import annotations
 
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
-from .folders import find_metadata, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, swap_language,
@@ -213,7 +212,7 @@ def build_data(cfg: Config, run_dir: Path | None = None):
 
         if len(train_pairs) < 2:
             raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
-        n_val = min(len(train_pairs) - 1, max(1, math.ceil(cfg.val_fraction * len(train_pairs))))  # sklearn's count for the fraction, 1 to n - 1
+        n_val = held_out_count(len(train_pairs), cfg.val_fraction)
         train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, random_state=0)
     model = None
     if cfg.init_from and cfg.prompt and cfg.language and run_dir is None:
