@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,13 @@ class Config(TrainConfig):
     target: float = 0.0  # the target return the DT is judged at; 0 = the best return in the data
     baseline: bool = True  # also train behaviour cloning on the same data
 
+    ENV: typing.ClassVar[str] = ""  # a recipe made for one environment (its targets, return scale, timestep table): the only env=
+
     def check(self) -> None:
         super().check()
+        if self.ENV and self.env != self.ENV:
+            raise ConfigError(f"env={self.env}: this recipe's settings are made for {self.ENV}; for another environment "
+                              "use dt_offline data=PATH env=ENV_ID")  # fmt: skip
         try:
             parsed = [float(x) for x in self.targets.split(",")] if self.targets else []
         except ValueError:

@@ -20,6 +20,7 @@ from . import dt
 @dataclass
 class Config(dt.Config):
     env: str = "CartPole-v1"
+    ENV = "CartPole-v1"
     targets: str = "100,200,300,400,500"
     target: float = 500.0
     rtg_scale: float = 100.0

@@ -20,6 +20,7 @@ from . import dt
 @dataclass
 class Config(dt.Config):
     env: str = "Pendulum-v1"
+    ENV = "Pendulum-v1"
     rtg_scale: float = 1000.0  # returns reach -1500; at 100 the embedding LayerNorm keeps little beyond their sign
     max_timestep: int = 200
     target: float = 0.0  # the best return in the data

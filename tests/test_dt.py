@@ -86,6 +86,8 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
     cartpole = rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0)  # another environment's data: named as such
     with pytest.raises(ValueError, match=r"cp\.npz: observations of 4 values a step, and env=Pendulum-v1's have 3: is it data of another"):
         dt_offline.main(dt_offline.Config(run_dir=str(tmp_path / "wrong"), data=str(cartpole), env="Pendulum-v1", max_timestep=200, **TINY))
+    with pytest.raises(ValueError, match=r"env=Pendulum-v1: this recipe's settings are made for CartPole-v1; for another environment use dt_offline"):
+        dt_cartpole.Config(env="Pendulum-v1").check()  # CartPole's targets and return scale on Pendulum: refused, not run
 
 
 def test_rollouts_refuse_episodes_past_the_timestep_table(tmp_path):
