@@ -942,47 +942,49 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
 
         total = math.ceil(soundfile.info(str(p)).duration)  # readable: stream_audio checked it
         bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
-        prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
-        unread = ""  # why nothing of the recording was decoded, when nothing was
+        try:  # (the bar is closed when a bad file stops the transcription too: the next file's bar starts on its own line)
+            prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
+            unread = ""  # why nothing of the recording was decoded, when nothing was
 
-        def detect(first_window) -> None:  # language="auto": the file's first window (its encoder Memory) decides
-            nonlocal prompt, file_language
-            probs = detect_language(model, toks["text"], first_window)[0]
-            file_language = max(probs, key=probs.get)
-            print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
-            prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
+            def detect(first_window) -> None:  # language="auto": the file's first window (its encoder Memory) decides
+                nonlocal prompt, file_language
+                probs = detect_language(model, toks["text"], first_window)[0]
+                file_language = max(probs, key=probs.get)
+                print(f"transcribe {p}: detected language {file_language} (p={probs[file_language]:.2f})", file=sys.stderr)
+                prompt = swap_language(run_prompt, toks["text"], file_language, str(run_dir))
 
-        if windows == "seek":
-            from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
+            if windows == "seek":
+                from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
 
-            mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)).to(on), str(p))
-            if language == "auto":
-                detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
-            content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)
-            clips = None if clip_timestamps is None else seek_clips(clip_timestamps, content)
-            if not sum(max(0, b - a) for a, b in clips or [(0, content)]):  # nothing to decode: not "silence"
-                unread = "it is shorter than one 10 ms frame" if not content else f"clip_timestamps hold none of its {content / 100:g} s"
-            found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size,
-                                              length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
-                                              alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
-                                              progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
-        else:  # cut at pauses, the stretches of speech joined into windows
-            found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
-            if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
-                segments = fill_windows(segments, seconds)
-            while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
-                batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group], device=on)
-                batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
-                if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
-                    detect(batch.select(slice(0, 1)))
-                decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
-                                         beam_size, length_penalty, options, suppressor, initial, carried, sample_len,
-                                         functools.partial(segments_of, group, batch, prompt), patience)  # fmt: skip
-                ended += [d["ended"] for d in decoded]
-                found += [seg for d in decoded for seg in d["segments"]]
-                bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
-        bar.update(total - bar.n)  # the silence after the last window too
-        bar.close()
+                mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)).to(on), str(p))
+                if language == "auto":
+                    detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
+                content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)
+                clips = None if clip_timestamps is None else seek_clips(clip_timestamps, content)
+                if not sum(max(0, b - a) for a, b in clips or [(0, content)]):  # nothing to decode: not "silence"
+                    unread = "it is shorter than one 10 ms frame" if not content else f"clip_timestamps hold none of its {content / 100:g} s"
+                found, ended = transcribe_seeking(model, toks["text"], toks["audio"], mel, prompt, cfg.max_text, sample_len, beam_size,
+                                                  length_penalty, options, suppressor, initial, condition_on_previous_text, word_timestamps,
+                                                  alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
+                                                  progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
+            else:  # cut at pauses, the stretches of speech joined into windows
+                found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+                if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
+                    segments = fill_windows(segments, seconds)
+                while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
+                    batch = toks["audio"].encode_batch([w for _, w in group], names=[f"{p} [{t:.1f} s]" for t, _ in group], device=on)
+                    batch = audio_memory(model, batch)  # one encoder pass per window, whatever reads it
+                    if language == "auto" and prompt is run_prompt:  # the file's first window decides its language
+                        detect(batch.select(slice(0, 1)))
+                    decoded = decode_windows(model, toks["text"], toks["audio"], batch, [w for _, w in group], prompt, cfg.max_text,
+                                             beam_size, length_penalty, options, suppressor, initial, carried, sample_len,
+                                             functools.partial(segments_of, group, batch, prompt), patience)  # fmt: skip
+                    ended += [d["ended"] for d in decoded]
+                    found += [seg for d in decoded for seg in d["segments"]]
+                    bar.update(min(total, int(group[-1][0] + len(group[-1][1]) / SAMPLE_RATE)) - bar.n)  # seconds of the recording read
+            bar.update(total - bar.n)  # the silence after the last window too
+        finally:
+            bar.close()
         if not ended:
             why = ("nothing above -60 dBFS, steady noise, or sound too short to be a word: under 50 ms 15 dB above the noise floor"
                    if windows != "seek" else unread or "every window decoded as silence")  # (split_at_pauses' rules)
