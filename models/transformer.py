@@ -319,8 +319,8 @@ class MultimodalTransformer(nn.Module):
                 if targets is None or name not in targets:
                     continue
                 y = targets[name]
-                if hc.kind == "classify":
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=hc.label_smoothing)
+                if hc.kind == "classify":  # (B,) class ids, any integer dtype (`check_inputs`), or (B, C) class probabilities
+                    loss = F.cross_entropy(logits.float(), y if y.is_floating_point() else y.long(), label_smoothing=hc.label_smoothing)
                 else:  # (B, K) predictions, one (B,) or (B, K) target each: never broadcast into (B, B) pairs
                     if y.numel() != logits.numel():
                         raise ValueError(f"head {name!r}: targets of shape {tuple(y.shape)} for predictions of shape {tuple(logits.shape)}")
@@ -369,8 +369,27 @@ class MultimodalTransformer(nn.Module):
                     what = "content tokens (only its learned tokens: CLS, ...)" if bool(b.mask[empty].any()) else "tokens"
                     raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no {hc.modality!r} {what} for head {name!r} "
                                      f"to {'read' if hc.pool == 'cls' else 'average'}: a pooled head needs at least one per sample")  # fmt: skip
+            y = (targets or {}).get(name)
+            if y is not None and b is not None and hc.kind in ("classify", "regress"):  # a pooled head's targets: one per sample (shapes and dtypes: no device sync)
+                self._check_sample_targets(name, y, b.shape[0])
             if hc.kind in ("classify", "token_classify", "lm"):
                 self._check_classes(name, inputs, targets)
+
+    def _check_sample_targets(self, name: str, y, batch: int) -> None:
+        """A classify head's targets are (B,) integer class ids or (B, C) class probabilities; a
+        regress head's, (B,) or (B, K) numbers: anything else, one line naming the head (not torch's
+        "expected scalar type Long" or "0D or 1D target tensor expected")."""
+        hc = self.config.heads[name]
+        if not isinstance(y, Tensor):
+            raise TypeError(f"targets[{name!r}]: expected a tensor, got {type(y).__name__}")
+        if hc.kind == "classify":
+            ids = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+            if not ((ids and tuple(y.shape) == (batch,)) or (y.is_floating_point() and tuple(y.shape) == (batch, hc.num_outputs))):
+                raise ValueError(f"targets[{name!r}]: {y.dtype} of shape {tuple(y.shape)}; head {name!r} takes ({batch},) integer class "
+                                 f"ids or ({batch}, {hc.num_outputs}) class probabilities for a batch of {batch}")  # fmt: skip
+        elif hc.kind == "regress" and (y.dtype == torch.bool or y.is_complex() or not y.shape or y.shape[0] != batch):
+            raise ValueError(f"targets[{name!r}]: {y.dtype} of shape {tuple(y.shape)}; head {name!r} takes ({batch},) or "
+                             f"({batch}, {hc.num_outputs}) numbers for a batch of {batch}")  # fmt: skip
 
     def _check_classes(self, name: str, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None) -> None:
         """Class targets outside head `name`'s classes (cross_entropy's bare "Target 7 is out of

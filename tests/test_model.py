@@ -592,8 +592,37 @@ def test_losses_without_targets_or_with_per_example_targets():
     y = torch.tensor([1.0, -2.0, 3.0])
     out = reg(inputs, {"reg": y})
     torch.testing.assert_close(out.losses["reg"], ((out.logits["reg"][:, 0] - y) ** 2).mean())
-    with pytest.raises(ValueError, match=r"head 'reg': targets of shape \(2,\) for predictions of shape \(3, 1\)"):
+    with pytest.raises(ValueError, match=r"targets\['reg'\]: torch.float32 of shape \(2,\); head 'reg' takes \(3,\) or \(3, 1\) numbers"):
         reg(inputs, {"reg": y[:2]})
+    with pytest.raises(ValueError, match=r"head 'reg': targets of shape \(3, 2\) for predictions of shape \(3, 1\)"):
+        reg(inputs, {"reg": torch.zeros(3, 2)})
+
+
+def test_ids_and_class_targets_of_any_integer_dtype_train_and_other_targets_are_named():
+    """A tokenizer's uint32 / int32 ids and a dataset's int32 / uint8 labels are int64 to the model
+    (same loss as int64); (B, 1) labels, bool or float (B,) ones are refused naming the head."""
+    torch.manual_seed(0)
+    model = lm_model()
+    ids = rand_text(7).ids
+    want = model({"text": collate([next_token_set("text", ids)])}).loss
+    for dtype in (np.uint32, np.int32, np.uint16):
+        got = model({"text": collate([next_token_set("text", torch.from_numpy(ids.numpy().astype(dtype)))])}).loss
+        torch.testing.assert_close(got, want)
+    assert TokenSet("text", ids=ids.numpy().astype(np.uint8)).ids.dtype == torch.int64  # numpy arrays are taken too
+    with pytest.raises(TypeError, match=r"TokenSet\('text'\): ids must be a tensor \(or a numpy array\), got list"):
+        TokenSet("text", ids=[1, 2, 3])
+    image = ModalityConfig.from_spec(IMAGE)
+    cls = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), {"image": image},
+                                            {"cls": HeadConfig("classify", "image", num_outputs=5, pool="mean")}, encoder_inputs=["image"]))  # fmt: skip
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(4, 12)) for _ in range(3)])}
+    y = torch.tensor([0, 4, 2])
+    want = cls(inputs, {"cls": y}).loss
+    torch.testing.assert_close(cls(inputs, {"cls": y.int()}).loss, want)
+    torch.testing.assert_close(cls(inputs, {"cls": y.to(torch.uint8)}).loss, want)
+    torch.testing.assert_close(cls(inputs, {"cls": torch.nn.functional.one_hot(y, 5).float()}).loss, want)  # probabilities
+    for bad in (y[:, None], y.bool(), y.float(), torch.zeros(3, 4)):
+        with pytest.raises(ValueError, match=r"targets\['cls'\]: .* head 'cls' takes \(3,\) integer class ids or \(3, 5\) class probabilities"):
+            cls(inputs, {"cls": bad})
 
 
 def test_packed_decoder_tokens_without_memory_need_the_null_token():

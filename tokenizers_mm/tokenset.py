@@ -47,6 +47,26 @@ class ModalitySpec:
         return {**asdict(self), "token_types": list(self.token_types)}
 
 
+INDEX_FIELDS = ("ids", "positions", "types", "targets", "segments")  # integer fields: int64, the dtype embeddings and losses index with
+
+
+def _as_tensors(ts, who: str) -> None:
+    """numpy arrays as tensors, and integer ids / positions / types / targets / segments of another
+    integer dtype (a tokenizer's uint32 or int32 ids, uint8 bytes) as int64, which embedding tables
+    and cross_entropy take; other fields and dtypes are left for `_validate` to judge."""
+    for f in fields(ts):
+        t = getattr(ts, f.name)
+        if t is None or f.name in ("modality", "extra"):
+            continue
+        if not isinstance(t, Tensor):
+            if not hasattr(t, "__array__"):
+                raise TypeError(f"{who}: {f.name} must be a tensor (or a numpy array), got {type(t).__name__}")
+            t = torch.as_tensor(t)
+        if f.name in INDEX_FIELDS and t.dtype != torch.int64 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
+            t = t.long()
+        setattr(ts, f.name, t)
+
+
 def _check_dtype(name: str, t: Tensor, kind: str, who: str):
     ok = not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool
     if kind == "float":
@@ -122,13 +142,14 @@ class TokenSet:
     loss_mask: Tensor | None = None  # [N] bool: which tokens count in the loss
 
     def __post_init__(self):
+        _as_tensors(self, f"TokenSet({self.modality!r})")
         tokens = self.ids if self.ids is not None else self.values
         if tokens is not None:
             n = tokens.shape[0] if tokens.dim() else 0
             if self.positions is None:
-                self.positions = torch.arange(n)
+                self.positions = torch.arange(n, device=tokens.device)
             if self.types is None:
-                self.types = torch.zeros(n, dtype=torch.long)
+                self.types = torch.zeros(n, dtype=torch.long, device=tokens.device)
         _validate(self, ("N",), f"TokenSet({self.modality!r})", None)
 
     def __len__(self) -> int:
@@ -188,6 +209,7 @@ class TokenBatch:
     extra: dict = field(default_factory=dict)  # sample-level fields a recipe carries along (labels, ...)
 
     def __post_init__(self):
+        _as_tensors(self, f"TokenBatch({self.modality!r})")
         _validate(self, ("B", "N"), f"TokenBatch({self.modality!r})", None)
         if tuple(self.mask.shape) != tuple(self.positions.shape) or self.mask.dtype != torch.bool:
             raise ValueError(f"TokenBatch({self.modality!r}): mask must be bool of shape {tuple(self.positions.shape)}")
