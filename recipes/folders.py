@@ -1,7 +1,8 @@
 """Finding the files of a user's data folder, in the layouts of Hugging Face `datasets`'
 `imagefolder` / `audiofolder` builders: a `metadata.csv` (or `metadata.jsonl`, one JSON object per
 line) with a `file_name` column plus the label or transcription column, or split folders
-`PATH/train/` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`). Class sub-folders
+`PATH/train/` (or `training/`, any case) with `PATH/validation/` (or `valid/`, `val/`, `dev/`,
+`test/`, `testing/`, `eval/`, `evaluation/`). Class sub-folders
 (`PATH/<label>/...`) are the image recipes' concern.
 
 A `file_name` that points outside its folder (`../../etc/passwd`, an absolute path) is refused.
@@ -31,6 +32,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 VAL_DIRS = ("validation", "valid", "val", "dev", "test")
+TRAIN_DIRS = ("train", "training")  # split folders as `datasets` finds them (SPLIT_KEYWORDS), matched in any case
+FOLDER_VAL_DIRS = (*VAL_DIRS, "testing", "eval", "evaluation")  # the first present is the validation split
 
 
 def inside(root: Path, name: str, where: str) -> Path:
@@ -156,11 +159,16 @@ def walk_files(root: Path) -> list[Path]:
 def image_files(root: Path) -> list[Path]:
     """The image files under `root` (any depth, by the extensions PIL reads), sorted, hidden ones
     (`hidden`) left out, as an image folder dataset finds them."""
+    extensions = image_extensions()
+    return sorted(p for p in walk_files(root) if not hidden(p, root) and p.suffix.lower() in extensions)
+
+
+def image_extensions() -> set[str]:
+    """The file extensions PIL reads (".png", ".jpg", ...)."""
     from PIL import Image
 
     # note: formats PIL only writes (.pdf, .palm) are not images to read; .mpo opens through the JPEG reader
-    extensions = {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN or f == "MPO"}
-    return sorted(p for p in walk_files(root) if not hidden(p, root) and p.suffix.lower() in extensions)
+    return {e.lower() for e, f in Image.registered_extensions().items() if f in Image.OPEN or f == "MPO"}
 
 
 def hidden(path: Path, root: Path) -> bool:
@@ -176,15 +184,22 @@ def held_out_count(n: int, fraction: float) -> int:
 
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:
-    """(training folder, validation folder or None) of a data folder."""
+    """(training folder, validation folder or None) of a data folder: its `train/` (or `training/`,
+    any case) and the first of `validation/`, `valid/`, `val/`, `dev/`, `test/`, `testing/`, `eval/`,
+    `evaluation/` present (an empty one is refused), or the folder itself and None."""
     if root.is_file():  # (a dataset file, .parquet / .jsonl / .csv, is read before this: hf_source)
         raise ValueError(f"data {root} is a file, not a data folder: expected a folder (its class or split sub-folders, "
                          "or metadata.csv / metadata.jsonl) or a dataset file (.parquet, .jsonl, .csv)")  # fmt: skip
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    if (root / "train").is_dir():
-        return root / "train", next((root / v for v in VAL_DIRS if (root / v).is_dir()), None)
-    return root, None
+    folders = {p.name.lower(): p for p in sorted(root.iterdir(), reverse=True) if p.is_dir() and not hidden(p, root)}
+    train = next((folders[t] for t in TRAIN_DIRS if t in folders), None)  # as `datasets` names splits, in any case (Train/, training/)
+    if train is None:
+        return root, None
+    val = [folders[v] for v in FOLDER_VAL_DIRS if v in folders]
+    if val and not any(walk_files(val[0])):
+        raise ValueError(f"validation folder {val[0]} is empty; put the held-out data there, or remove it to hold out val_fraction of {train}")
+    return train, val[0] if val else None
 
 
 NAMED_SKIPS = 10  # skipped samples named one by one; the rest are counted

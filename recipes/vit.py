@@ -145,6 +145,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
     run_dir = resolve_run_dir(cfg, recipe)
     train_set, test_set, classes, (mean, std) = build_data(cfg)
     if resume:
+        same_classes(run_dir, classes)
         tokenizer = load_tokenizer(run_dir / "tokenizers" / "image")
     else:
         tokenizer = make_tokenizer(cfg, mean, std)
@@ -167,12 +168,26 @@ def evaluate_run(run_dir, build_data, device=None) -> dict:
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     _, test_set, classes, _ = build_data(cfg)
+    same_classes(run_dir, classes)
     return make_evaluate(test_set, Collate(toks["image"], cfg, len(classes), train=False))(model, accelerator)
 
 
 # -- using a trained classifier -------------------------------------------------------------------
 def read_classes(run_dir) -> list[str]:
     return (Path(run_dir) / "classes.txt").read_text().splitlines()
+
+
+def same_classes(run_dir, classes: list[str]) -> None:
+    """Refuse data whose classes are not the run's (classes.txt): label ids would shift under the
+    trained head (a renamed class folder: every later class one off) and it would learn or score
+    the wrong classes."""
+    known = read_classes(run_dir)
+    if classes != known:
+        gone, new = [c for c in known if c not in classes], [c for c in classes if c not in known]
+        what = "; ".join(x for x in (f"not in the data: {', '.join(gone[:5])}" if gone else "",
+                                      f"new in the data: {', '.join(new[:5])}" if new else "") if x)  # fmt: skip
+        raise ValueError(f"the data's {len(classes)} classes are not the run's {len(known)} ({Path(run_dir) / 'classes.txt'}; "
+                         f"{what or 'the same names in another order'}): resume and evaluate read the classes the run was trained on")  # fmt: skip
 
 
 @torch.no_grad()

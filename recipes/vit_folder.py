@@ -17,6 +17,7 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import find_metadata, held_out_count, hf_splits, hidden, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, hidden, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Config(vit.Config):
     val_fraction: float = 0.1  # held out when the folder has no validation split
     skip_bad_samples: bool = False  # skip (and count) unreadable images instead of stopping
     randaugment: bool = True  # torchvision RandAugment on training images
+    hflip: float = 0.5  # probability of a horizontal flip of a training image (timm's hflip); 0 where left and right differ
     rotate: float = 0.0
     scale: float = 0.0
     translate: float = 0.0
@@ -61,6 +63,10 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     if meta := find_metadata(root):
         return read_metadata(meta, "label")
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p, root))
+    loose = sorted(p for p in root.iterdir() if p.is_file() and not hidden(p, root) and p.suffix.lower() in image_extensions())
+    if classes and loose:  # (no class of their own: not read, but said)
+        print(f"vit_folder: {len(loose)} image(s) at the top of {root} (e.g. {loose[0].name}) are not used: only class sub-folders' "
+              "images are labelled", file=sys.stderr)  # fmt: skip
     pairs = []
     for d in classes:
         files = image_files(d)
@@ -74,7 +80,11 @@ def find_splits(root: Path, cfg: Config) -> tuple[list, list | None]:
     if is_hf_dataset(root):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         return hf_splits(root, "image", (cfg.image_column, cfg.label_column))
     train_dir, val_dir = split_dirs(root)
-    return scan(train_dir), scan(val_dir) if val_dir else None
+    val = scan(val_dir) if val_dir else None
+    if val == []:  # (a Kaggle-style test/ folder of unlabelled images)
+        raise ValueError(f"validation folder {val_dir} has no labelled images (class sub-folders, or metadata.csv with file_name,label): "
+                         f"move unlabelled images out of it (mmtok predict classifies them), or remove it to hold out val_fraction of {train_dir}")  # fmt: skip
+    return scan(train_dir), val
 
 
 def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
@@ -100,12 +110,13 @@ class FolderSet(Dataset):
 
         self.pairs, self.label_ids, self.cfg = pairs, label_ids, cfg
         size = [cfg.image_size, cfg.image_size]
-        self.augment = train and cfg.randaugment
+        self.augment = train and cfg.augment  # augment=false: training images are read as evaluation reads them
         # note: evaluation resizes as the run's ImageTokenizer does (bicubic, antialiased, shorter side, centre crop), so
         # `mmtok predict` on a file sees the pixels evaluation saw
         steps = [v2.Resize(cfg.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
-        if self.augment:
-            steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(), v2.RandAugment()]
+        if self.augment:  # timm's training transform: random resized crop, horizontal flip, RandAugment
+            steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(cfg.hflip)]
+            steps += [v2.RandAugment()] if cfg.randaugment else []
         self.transform = v2.Compose(steps)
 
     def __len__(self) -> int:
@@ -164,6 +175,8 @@ def build_data(cfg: Config):
                          "the model cannot learn a class it never sees")  # fmt: skip
     ids = {c: i for i, c in enumerate(classes)}
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.channels == 3 else ((0.5,), (0.5,))
+    if cfg.timm_model:  # the weights' own normalisation (vit_tiny_patch16_224: 0.5, CLIP's: its own), as timm's transform reads them
+        mean, std = timm_mean_std(cfg.timm_model, mean, std)
     return FolderSet(train_pairs, ids, cfg, True), FolderSet(val_pairs, ids, cfg, False), classes, (list(mean), list(std))
 
 
@@ -226,6 +239,15 @@ def timm_vit(cfg: Config, num_classes: int = 2, device=None):
     return vit_model, config
 
 
+def timm_mean_std(name: str, mean, std) -> tuple:
+    """The mean and std of timm's pretrained config for `name` (with its tag, `vit_base_patch16_clip_224.openai`,
+    that tag's; without, timm's default weights'), or `mean`, `std` when timm has none."""
+    import timm
+
+    pretrained = timm.models.get_pretrained_cfg(name)
+    return (pretrained.mean, pretrained.std) if pretrained is not None and pretrained.mean is not None else (mean, std)
+
+
 def read_init_from(cfg: Config, tensors: bool = True) -> dict:
     """init_from's state dict (with tensors=False: each weight's shape only, the file not loaded), or
     one line naming the file and what was expected."""
@@ -272,7 +294,12 @@ def main(cfg: Config, resume: bool = False) -> dict:
     if bool(cfg.timm_model) != bool(cfg.init_from):
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
     if cfg.init_from and not resume:  # before any image is read or the run directory written
-        timm_vit(cfg, device="meta")
+        _, config = timm_vit(cfg, device="meta")
+        for key in ("dim", "depth", "num_heads", "mlp_ratio"):  # the weights' shape: a value given for another is refused, not replaced
+            ours, theirs = getattr(cfg, key), getattr(config.trunk, key)
+            if ours != getattr(Config, key) and ours != theirs:
+                raise ValueError(f"{key}={ours}: timm_model={cfg.timm_model} has {key} {theirs} (its weights set the model's shape: "
+                                 f"leave {key} out)")  # fmt: skip
         read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 

@@ -162,6 +162,60 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     assert len(classes) == 12 and len(val_set) == 12 and len(train_set) == 36  # one of each class held out
 
 
+def test_split_folders_by_datasets_names_in_any_case_and_what_they_cannot_hold(tmp_path, capsys):
+    """Train/ + Val/ (or training/ + testing/) are split folders, not two classes; a validation folder
+    without labelled images (Kaggle's test/ of unlabelled images) or an empty one is refused before
+    training; images beside the class folders are said to be unused."""
+    for train, val in (("Train", "Val"), ("training", "testing")):
+        make_folder(tmp_path / train / train, n=3)
+        make_folder(tmp_path / train / val, n=1)
+        train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(tmp_path / train), image_size=16, patch_size=4))
+        assert (len(train_set), len(val_set), classes) == (9, 3, ["bar", "circle", "square"])
+    kaggle = tmp_path / "kaggle"
+    make_folder(kaggle / "train", n=3)
+    make_folder(kaggle, classes=("test",), n=2)  # test/0.png, test/1.png: no labels
+    with pytest.raises(ValueError, match=r"validation folder \S+test has no labelled images .*: move unlabelled images out of it"):
+        vit_folder.build_data(vit_folder.Config(data=str(kaggle), image_size=16, patch_size=4))
+    for f in (kaggle / "test").iterdir():
+        f.unlink()
+    with pytest.raises(ValueError, match=r"validation folder \S+test is empty; put the held-out data there, or remove it"):
+        vit_folder.build_data(vit_folder.Config(data=str(kaggle), image_size=16, patch_size=4))
+    (kaggle / "test").rmdir()
+    make_folder(kaggle, classes=("train",), n=1)  # train/0.png beside train's class folders
+    capsys.readouterr()
+    train_set, val_set, _, _ = vit_folder.build_data(vit_folder.Config(data=str(kaggle), image_size=16, patch_size=4))
+    assert len(train_set) + len(val_set) == 9  # the class folders' images, not the one beside them
+    assert "1 image(s) at the top of" in capsys.readouterr().err
+
+
+def test_augment_false_reads_training_images_as_evaluation_does(tmp_path):
+    make_folder(tmp_path / "imgs", n=2)
+    cfg = vit_folder.Config(data=str(tmp_path / "imgs"), image_size=16, patch_size=4, augment=False)
+    train_set, val_set, _, _ = vit_folder.build_data(cfg)
+    reads = [train_set[0][0] for _ in range(3)]
+    assert all(torch.equal(reads[0], r) for r in reads)
+    same = vit_folder.FolderSet(train_set.pairs, train_set.label_ids, cfg, train=False)
+    assert torch.equal(same[0][0], reads[0])
+    flips = vit_folder.FolderSet(train_set.pairs, train_set.label_ids, vit_folder.Config(image_size=16, randaugment=False, hflip=1.0), train=True)
+    assert flips.augment and [type(t).__name__ for t in flips.transform.transforms] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+    with pytest.raises(ValueError, match=r"hflip=1.5 must be at most 1.0"):
+        vit_folder.Config(hflip=1.5).check()
+
+
+def test_resume_and_eval_refuse_data_whose_classes_are_not_the_runs(tmp_path, capsys):
+    from recipes.cli import main
+
+    data, run = tmp_path / "imgs", tmp_path / "run"
+    make_folder(data, n=4)
+    vit_folder.main(vit_folder.Config(data=str(data), run_dir=str(run), image_size=16, patch_size=4, **{**TINY, "max_steps": 2}))
+    (data / "square").rename(data / "aardvark")  # every label id after it would move
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 2
+    assert "the data's 3 classes are not the run's 3" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"not in the data: square; new in the data: aardvark\): resume and evaluate read the classes"):
+        vit_folder.main(vit_folder.Config(data=str(data), run_dir=str(run), image_size=16, patch_size=4, **{**TINY, "max_steps": 4}), resume=True)
+
+
 def test_vit_folder_from_timm_weights(tmp_path):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
@@ -170,9 +224,13 @@ def test_vit_folder_from_timm_weights(tmp_path):
     save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(tmp_path / "w.safetensors"))
     data = tmp_path / "imgs"
     make_folder(data)
-    kw = dict(data=str(data), image_size=32, timm_model="vit_tiny_patch16_224", init_from=str(tmp_path / "w.safetensors"), **{**TINY, "max_steps": 4})
+    shape = ("dim", "depth", "num_heads")  # the weights' (a value given for one is refused, not replaced)
+    kw = dict(data=str(data), image_size=32, timm_model="vit_tiny_patch16_224", init_from=str(tmp_path / "w.safetensors"),
+              **{**{k: v for k, v in TINY.items() if k not in shape}, "max_steps": 4})  # fmt: skip
     with pytest.raises(ValueError, match="patch_size=4 does not match timm_model=vit_tiny_patch16_224's 16: pass patch_size=16"):
         vit_folder.main(vit_folder.Config(patch_size=4, run_dir=str(tmp_path / "bad"), **kw))
+    with pytest.raises(ValueError, match=r"depth=2: timm_model=vit_tiny_patch16_224 has depth 12 \(its weights set the model's shape: leave depth out\)"):
+        vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), depth=2, **kw))
     for lost in ("pos_embed", "patch_embed.proj.weight"):  # a file of another model's state dict: the key named, with the file
         save_file({k: v.contiguous() for k, v in vit.state_dict().items() if k != lost}, str(tmp_path / "part.safetensors"))
         with pytest.raises(ValueError, match=rf"init_from=\S*part.safetensors: timm import: the checkpoint lacks {lost}; expected a timm"):
@@ -184,6 +242,8 @@ def test_vit_folder_from_timm_weights(tmp_path):
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **kw))  # 224 -> 32 px: positions resampled 14x14 -> 2x2
     assert json.loads((run / "run.json").read_text())["config"]["dim"] == 192 and 0 <= metrics["val_accuracy"] <= 1
+    tok = json.loads((run / "tokenizers" / "image" / "tokenizer.json").read_text())  # the weights' normalisation: timm's pretrained_cfg
+    assert (tok["config"]["mean"], tok["config"]["std"]) == ([0.5] * 3, [0.5] * 3), tok
     # the weights it starts from are timm's: blocks as they are, the position table resampled as timm resamples it
     from recipes.runs import load_trained
 
