@@ -291,3 +291,16 @@ def test_open_image_applies_the_exif_orientation(tmp_path):
     assert upright.size == (20, 40) and upright.getexif().get(0x0112) in (None, 1)  # 20 wide, 40 high
     assert np.array_equal(np.asarray(upright), np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "phone.png"))))
     assert np.asarray(upright)[:8].min() == 255 and np.asarray(upright)[8:].max() == 0  # the left end is now the top
+
+
+def test_tokens_refuse_images_that_are_not_preprocessed_to_the_tokenizers_size():
+    """tokens / tokens_batch cut (C, H, W) of image_size into patches: an (H, W, C) array, another
+    size or integer pixels would be cut in the wrong places, so they are refused; encode resizes."""
+    tok = ImageTokenizer(image_size=8, patch_size=4, channels=3, cls_token=False)
+    assert len(tok.tokens(torch.rand(3, 8, 8))) == 4 and tok.tokens_batch(torch.rand(2, 3, 8, 8)).shape == (2, 4)
+    for bad in (torch.rand(3, 4, 16), torch.rand(8, 8, 3), torch.randint(0, 255, (3, 8, 8), dtype=torch.uint8)):
+        with pytest.raises(ImageError, match=r"image tokens: expected a preprocessed float tensor \(3, 8, 8\), got"):
+            tok.tokens(bad)
+    with pytest.raises(ImageError, match=r"expected a preprocessed float tensor \(B, 3, 8, 8\), got torch.float32 of shape \(3, 8, 8\)"):
+        tok.tokens_batch(torch.rand(3, 8, 8))
+    assert len(tok.encode(torch.rand(3, 4, 16))) == 4  # any size, resized

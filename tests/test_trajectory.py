@@ -151,3 +151,23 @@ def test_action_predictions_equal_hf_decision_transformer(discrete):
 def test_continuous_action_bounds_must_span_a_range():
     with pytest.raises(ValueError, match=r"action_high \[1.0, 0.5\] must exceed action_low \[-1.0, 0.5\]"):
         TrajectoryTokenizer(3, 2, discrete=False, action_low=[-1, 0.5], action_high=[1, 0.5])
+
+
+def test_decode_reads_a_batch_row_by_row_and_bad_arrays_are_named():
+    """A collated batch decodes to one episode window per row (its real tokens, not the rows run
+    together); observations ragged, not numbers, or beyond float32 once tokenized are named."""
+    tok = TrajectoryTokenizer(4, 2, discrete=True, context=5).fit([episode()])
+    long, short = tok.encode(episode(T=7)), tok.encode(episode(T=3, seed=1))
+    rows = tok.decode(collate([long, short]))
+    assert [len(r["actions"]) for r in rows] == [5, 3]
+    for row, one in zip(rows, (long, short)):
+        want = tok.decode(one)
+        assert all(np.array_equal(row[k], want[k]) for k in want)
+    with pytest.raises(TypeError, match="trajectory decode: expected a TokenSet of .* got Tensor"):
+        tok.decode(long.values)
+    ep = episode()
+    for obs, message in ((np.full((7, 4), 1e300), r"ep 3: observations hold values beyond float32's range \(first at step 0\)"),
+                         ([[0.0] * 4] * 6 + [[0.0]], r"ep 3: observations are not an array of one shape"),
+                         ([["a"] * 4] * 7, r"ep 3: observations must be numbers, got an array of <U1")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            tok.encode({**ep, "observations": obs}, name="ep 3")

@@ -198,6 +198,7 @@ class ImageTokenizer(Tokenizer):
     # -- tokens --
     def tokens(self, x: Tensor) -> TokenSet:
         """A preprocessed (C, H, W) image → TokenSet (used after batched augmentation too)."""
+        self._check_shape(x, 3)
         values = self.patchify(x)
         n = values.shape[0]
         positions = torch.arange(self.prefix_tokens, self.prefix_tokens + n)
@@ -212,6 +213,7 @@ class ImageTokenizer(Tokenizer):
         """Preprocessed images (B, C, H, W) → one TokenBatch, without a Python loop over samples."""
         from .tokenset import TokenBatch
 
+        self._check_shape(x, 4)
         B, C, H, W = x.shape
         p = self.patch_size
         values = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)  # (B, N, C·p·p)
@@ -221,6 +223,16 @@ class ImageTokenizer(Tokenizer):
         n = values.shape[1]
         return TokenBatch(self.modality, None, values, one.positions.expand(B, n), one.types.expand(B, n),
                           torch.ones(B, n, dtype=torch.bool))  # fmt: skip
+
+    def _check_shape(self, x: Tensor, dims: int) -> None:
+        """tokens / tokens_batch read preprocessed images of exactly (channels, *image_size): any other
+        shape (an (H, W, C) array, another size) would be cut into patches of the wrong places."""
+        want = (self.channels, *self.image_size)
+        if not isinstance(x, Tensor) or x.dim() != dims or tuple(x.shape[-3:]) != want or not x.is_floating_point():
+            got = f"{x.dtype} of shape {tuple(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            lead = "(B, " if dims == 4 else "("
+            raise ImageError(f"image tokens: expected a preprocessed float tensor {lead}{', '.join(map(str, want))}), got {got}; "
+                             "`encode` / `preprocess` read any image and resize it")  # fmt: skip
 
     def encode(self, sample, name: str = "image") -> TokenSet:
         return self.tokens(self.preprocess(sample, name))

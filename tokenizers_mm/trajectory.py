@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .base import Tokenizer
 from .registry import register
-from .tokenset import TokenSet
+from .tokenset import TokenBatch, TokenSet
 
 RETURN, STATE, ACTION = 0, 1, 2  # token types
 MU, M, BINS = 100.0, 256.0, 1024  # Gato's mu-law constants and bin count
@@ -86,6 +86,19 @@ def _field(episode, name: str, who: str):
     except (KeyError, AttributeError):
         raise ValueError(f"{who}: no {name!r}; an episode has observations, actions and rewards (a dict or an object "
                          "with those fields)") from None  # fmt: skip
+
+
+def _array(episode, field: str, who: str) -> np.ndarray:
+    """episode's `field` as a numeric array, or an error naming the episode (steps of different lengths,
+    text)."""
+    value = _field(episode, field, who)
+    try:
+        a = np.asarray(value)
+    except ValueError:  # numpy's "setting an array element with a sequence" (an inhomogeneous shape)
+        raise ValueError(f"{who}: {field} are not an array of one shape: steps of different lengths?") from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+        raise ValueError(f"{who}: {field} must be numbers, got an array of {a.dtype}")
+    return a
 
 
 def finite_span(low, high) -> bool:
@@ -150,9 +163,8 @@ class TrajectoryTokenizer(Tokenizer):
     def check(self, episode, name: str = "episode") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(observations [T, S] float32, actions [T] int64 | [T, A] float32, rewards [T] float32),
         or an error naming the episode and what was expected."""
-        obs = np.asarray(_field(episode, "observations", name))
-        acts = np.asarray(_field(episode, "actions", name))
-        rew = np.asarray(_field(episode, "rewards", name), dtype=np.float32).reshape(-1)
+        obs, acts, rew = (_array(episode, f, name) for f in ("observations", "actions", "rewards"))
+        rew = rew.astype(np.float32).reshape(-1)
         T = len(obs)
         if T == 0:
             raise ValueError(f"{name}: the episode is empty (0 steps)")
@@ -164,6 +176,11 @@ class TrajectoryTokenizer(Tokenizer):
             raise ValueError(f"{name}: {T} observations but {len(acts)} actions and {len(rew)} rewards; expected one each per step")
         if not np.isfinite(obs).all():
             raise ValueError(f"{name}: observations hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(obs))[0][0])})")
+        with np.errstate(over="ignore"):
+            obs = obs.astype(np.float32)  # (the tokens' dtype: a finite float64 beyond its range would be inf in them)
+        if not np.isfinite(obs).all():
+            raise ValueError(f"{name}: observations hold values beyond float32's range (first at step "
+                             f"{int(np.argwhere(~np.isfinite(obs))[0][0])}); scale them down")  # fmt: skip
         if not np.isfinite(rew).all():
             raise ValueError(f"{name}: rewards hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(rew))[0][0])})")
         if np.abs(rew.astype(np.float64)).sum() > np.finfo(np.float32).max:  # bounds every return-to-go (gamma <= 1)
@@ -183,7 +200,8 @@ class TrajectoryTokenizer(Tokenizer):
             if acts.min() < 0 or acts.max() >= self.action_dim:
                 raise ValueError(f"{name}: action ids must lie in [0, {self.action_dim}), got [{acts.min()}, {acts.max()}]")
         else:
-            acts = acts.astype(np.float32).reshape(T, -1) if acts.ndim == 1 and self.action_dim == 1 else acts.astype(np.float32)
+            with np.errstate(over="ignore"):  # (beyond float32's range: inf, refused below)
+                acts = acts.astype(np.float32).reshape(T, -1) if acts.ndim == 1 and self.action_dim == 1 else acts.astype(np.float32)
             if acts.ndim != 2 or acts.shape[1] != self.action_dim:
                 raise ValueError(f"{name}: continuous actions must have shape (T, {self.action_dim}), got {acts.shape}")
             if not np.isfinite(acts).all():
@@ -262,8 +280,16 @@ class TrajectoryTokenizer(Tokenizer):
         end = min(start + self.context, len(obs))
         return self.tokens(obs[start:end], acts[start:end], rtg[start:end], np.arange(start, end))
 
-    def decode(self, tokens: TokenSet) -> dict:
-        """Tokens → {"returns_to_go", "observations", "actions", "timesteps"} (un-normalised)."""
+    def decode(self, tokens: TokenSet | TokenBatch) -> dict | list[dict]:
+        """Tokens → {"returns_to_go", "observations", "actions", "timesteps"} (un-normalised); a
+        TokenBatch → one such dict per row (its real tokens)."""
+        if isinstance(tokens, TokenBatch):
+            return [self.decode(TokenSet(tokens.modality, values=tokens.values[i][m], positions=tokens.positions[i][m], types=tokens.types[i][m]))
+                    for i, m in enumerate(tokens.mask)]  # fmt: skip
+        if not isinstance(tokens, TokenSet) or tokens.values is None or len(tokens) % 3:
+            got = type(tokens).__name__ if not isinstance(tokens, TokenSet) else f"a TokenSet of {len(tokens)} tokens"
+            raise TypeError(f"trajectory decode: expected a TokenSet of (return, state, action) steps from this tokenizer, got {got}")
+        tokens = TokenSet(tokens.modality, values=tokens.values.detach().cpu().float(), positions=tokens.positions.cpu())
         v = tokens.values.reshape(-1, 3, self.value_dim)
         obs = v[:, STATE, : self.state_dim].numpy() * self.state_std + self.state_mean
         a = v[:, ACTION, : self.action_dim]
