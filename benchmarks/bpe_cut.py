@@ -34,7 +34,7 @@ def main() -> dict:
     rows = []
     for name, text in corpora.items():
         cuts = {"whole text": [text], "training_texts": training_texts(text), "every line": text.splitlines(keepends=True)}
-        tokens = {cut: len(BPETokenizer.train(parts, args.vocab).encode_ids(text)) for cut, parts in cuts.items()}
+        tokens = {cut: len(BPETokenizer.train(parts, args.vocab).encode_ids(text, disallowed_special=())) for cut, parts in cuts.items()}
         rows.append({"corpus": name, "vocab": args.vocab, "tokens": tokens,
                      "every_line_over_training_texts": tokens["every line"] / tokens["training_texts"]})  # fmt: skip
     out = {"benchmark": "BPE training text cuts: tokens of the corpus (fewer is better)", "rows": rows}

@@ -464,6 +464,8 @@ class MultimodalTransformer(nn.Module):
         if last != name:
             raise ValueError(f"{who}: the lm modality {name!r} must be the decoder's last input")
         prompt = inputs[name]
+        if prompt.shape[1] == 0:  # (nothing to continue from: a start token, GPT-2's end-of-text or a newline, is the usual prompt)
+            raise ValueError(f"{who}: the {name!r} prompt is empty; give at least one token (a start token, as GPT-2's end-of-text)")
         if not prompt.all_real:
             raise ValueError(f"{who}: the prompt must not be padded (give prompts of equal length)")
         if not torch.equal(prompt.positions, torch.arange(prompt.shape[1], device=prompt.positions.device).expand(prompt.shape)):

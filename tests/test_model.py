@@ -598,6 +598,11 @@ def test_losses_without_targets_or_with_per_example_targets():
         reg(inputs, {"reg": torch.zeros(3, 2)})
 
 
+def test_generate_from_an_empty_prompt_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"generate: the 'text' prompt is empty; give at least one token"):
+        lm_model().generate({"text": collate([TokenSet("text", ids=torch.zeros(0, dtype=torch.long))])}, 3)
+
+
 def test_ids_and_class_targets_of_any_integer_dtype_train_and_other_targets_are_named():
     """A tokenizer's uint32 / int32 ids and a dataset's int32 / uint8 labels are int64 to the model
     (same loss as int64); (B, 1) labels, bool or float (B,) ones are refused naming the head."""

@@ -22,6 +22,16 @@ def test_duplicate_name_refused():
             pass
 
     registry._REGISTRY.pop("dup_test_tok")
+    defined = []
+    for _ in range(2):  # the same class defined again (a notebook cell run twice): it replaces the first
+
+        @registry.register("dup_test_tok")
+        class C(Tokenizer):
+            pass
+
+        defined.append(C)
+    assert registry.get("dup_test_tok") is defined[1] is not defined[0]
+    registry._REGISTRY.pop("dup_test_tok")
 
 
 def test_entry_point_plugin_is_found(tmp_path, monkeypatch):

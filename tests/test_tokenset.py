@@ -151,3 +151,29 @@ def test_examples_longer_than_a_row_get_a_row_each_and_no_row_is_only_padding():
     out, placement = pack_examples(examples, 256, {"audio": 2})
     assert out["audio"].shape[0] == 4 and sorted(r for r, _ in placement) == [0, 1, 2, 3]
     assert bool(out["audio"].mask.any(1).all()) and bool(out["text"].mask.any(1).all())
+
+
+def test_text_decoders_read_one_sequence_of_integer_ids_and_say_so_otherwise():
+    """Both text decoders take a TokenSet, a 1-D tensor / array or a list of ints (a 0-d tensor: one
+    id); a (B, N) batch, float ids and a non-TokenSet in a batch are one-line errors."""
+    import numpy as np
+
+    from tokenizers_mm import BPETokenizer, CharTokenizer, collate, pack
+
+    bpe, char = BPETokenizer.train(["hello world hello there " * 20], 270), CharTokenizer()
+    for tok in (bpe, char):
+        ids = [int(i) for i in tok.encode_ids("hello")]
+        assert tok.decode(torch.tensor(ids)) == tok.decode(np.array(ids, dtype=np.uint32)) == tok.decode(list(ids)) == "hello"
+        assert tok.decode(torch.tensor(int(ids[0]))) == tok.decode([ids[0]]) != ""
+        with pytest.raises(ValueError, match=rf"decode reads one sequence of ids, got shape \(1, {len(ids)}\); decode a batch row by row"):
+            tok.decode(torch.tensor([ids]))
+        with pytest.raises(TypeError, match="decode reads integer token ids, got"):
+            tok.decode(np.array(ids, dtype=np.float64))
+    assert char.decode(char.encode_ids("a\ud800b")) == "a\ufffdb" == bpe.decode(bpe.encode_ids("a\ud800b"))  # a lone surrogate: U+FFFD
+    one = TokenSet("text", ids=torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="collate: sample 1 is a str, not a TokenSet"):
+        collate([one, "x"])
+    with pytest.raises(ValueError, match="collate: pad_to_multiple=0 must be a whole number of at least 1"):
+        collate([one], pad_to_multiple=0)
+    with pytest.raises(ValueError, match="pack: row_length=0 must be a whole number of at least 1"):
+        pack([one], row_length=0)

@@ -10,6 +10,7 @@ writes. Loading never unpickles anything: the JSON is read and the registered cl
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -131,6 +132,29 @@ def _json_ok(value) -> bool:
     except TypeError:
         return False
     return True
+
+
+def id_list(tokens, who: str) -> list[int]:
+    """One sequence of token ids as a list of ints, for a text decoder: a TokenSet, a 1-D tensor or
+    array, or a list of ints (a 0-d tensor is one id). A (B, N) batch, float or bool ids are refused
+    in one line naming `who` (a row of them reads `[tok.decode(row) for row in ids]`)."""
+    ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
+    if ids is None:
+        raise TypeError(f"{who}: decode reads ids; this TokenSet holds values")
+    if hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # a tensor or a numpy array
+        kind = str(ids.dtype)
+        if "int" not in kind:
+            raise TypeError(f"{who}: decode reads integer token ids, got {kind}")
+        if len(ids.shape) > 1:
+            raise ValueError(f"{who}: decode reads one sequence of ids, got shape {tuple(ids.shape)}; decode a batch row by row "
+                             "([tok.decode(row) for row in ids])")  # fmt: skip
+        ids = ids.tolist()
+        return [ids] if isinstance(ids, int) else ids
+    ids = list(ids)
+    bad = next((i for i in ids if not isinstance(i, numbers.Integral) or isinstance(i, bool)), None)
+    if bad is not None:
+        raise TypeError(f"{who}: decode reads integer token ids, got {type(bad).__name__} {bad!r}")
+    return [int(i) for i in ids]
 
 
 class Tokenizer:

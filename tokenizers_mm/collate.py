@@ -9,12 +9,20 @@ Each set keeps its own positions, so a packed sequence is embedded exactly as it
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
 from .tokenset import TokenBatch, TokenSet
 
 PAD_SEGMENT = -1
+
+
+def positive(who: str, key: str, value) -> None:
+    """A row length or multiple must be a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{who}: {key}={value!r} must be a whole number of at least 1")
 
 
 def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):
@@ -25,6 +33,8 @@ def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):
         raise ValueError(f"{who}: need at least one TokenSet")
     first, index = sets[0], index or list(range(len(sets)))
     for i, ts in zip(index, sets):
+        if not isinstance(ts, TokenSet):
+            raise TypeError(f"{who}: sample {i} is a {type(ts).__name__}, not a TokenSet")
         if ts.modality != first.modality:
             raise ValueError(f"{who}: sample {i} has modality {ts.modality!r}, sample {index[0]} has {first.modality!r}")
         for name in ("ids", "values", "targets", "loss_mask", "positions", "types"):
@@ -67,6 +77,7 @@ def _place(rows: list[list[tuple[int, TokenSet, int]]], length: int, with_segmen
 def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
     """Pad B sets to the longest: ids [B, N] (or values [B, N, D]) with mask [B, N]."""
     _check_same(sets, "collate")
+    positive("collate", "pad_to_multiple", pad_to_multiple)
     lengths = {len(ts) for ts in sets}
     if len(lengths) == 1 and next(iter(lengths)) % pad_to_multiple == 0:
         # Fast path (every LM batch of fixed-length windows): stack, no padding to write.
@@ -99,6 +110,8 @@ def pack(sets: list[TokenSet], row_length: int, stride: int = 1) -> TokenBatch:
     set starts at a multiple of k with at least one padding slot after it, as in `pack_examples`.
     """
     _check_same(sets, "pack")
+    positive("pack", "row_length", row_length)
+    positive("pack", "stride", stride)
     rows: list[list[tuple[TokenSet, int]]] = []
     free: list[int] = []
     for i in sorted(range(len(sets)), key=lambda i: -len(sets[i])):
@@ -134,6 +147,7 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
     """
     if not examples:
         raise ValueError("pack_examples: need at least one example")
+    positive("pack_examples", "row_tokens", row_tokens)
     stride = stride or {}
     slots = []
     for i, ex in enumerate(examples):

@@ -23,7 +23,9 @@ def register(name: str):
     """Class decorator: make a tokenizer class creatable by `name`."""
 
     def wrap(cls):
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
+        old = _REGISTRY.get(name)
+        redefined = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+        if old is not None and old is not cls and not redefined:  # (a notebook cell run again, or a reload: the new class replaces it)
             raise ValueError(f"tokenizer {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
         cls.name = name
         _REGISTRY[name] = cls

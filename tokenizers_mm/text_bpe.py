@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Tokenizer
+from .base import Tokenizer, id_list
 from .registry import register
 from .text_char import ENDOFTEXT
 from .tokenset import TokenSet
@@ -475,12 +475,14 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, tokens) -> str:
         """ids (list, array, tensor or TokenSet) → text; bytes that are not UTF-8 become U+FFFD."""
-        ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
-        ids = ids.tolist() if hasattr(ids, "tolist") else list(ids)
+        ids = id_list(tokens, "text")
         bad = [i for i in ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
-        return self.enc.decode(ids)
+        try:
+            return self.enc.decode(ids)
+        except KeyError as e:  # an id in a gap of the ranks (a vocabulary with holes)
+            raise ValueError(f"text: id {e.args[0]} is no token of this vocabulary (its ids below {self.vocab_size} have gaps)") from None
 
     def decode_bytes(self, ids) -> bytes:
         return self.enc.decode_bytes(list(ids))

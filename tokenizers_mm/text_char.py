@@ -13,7 +13,7 @@ import re
 
 import torch
 
-from .base import Tokenizer
+from .base import Tokenizer, id_list
 from .registry import register
 from .tokenset import TokenSet
 
@@ -50,8 +50,11 @@ class CharTokenizer(Tokenizer):
 
     def _encode_plain(self, text: str, offset: int = 0) -> list[int]:
         """`text` starts at character `offset` of the whole text (for the error's offset)."""
-        if self.stoi is None:
-            return list(text.encode("utf-8"))
+        if self.stoi is None:  # lone surrogates are not Unicode text: U+FFFD, as the BPE tokenizer (and tiktoken) write them
+            try:
+                return list(text.encode("utf-8"))
+            except UnicodeEncodeError:
+                return list(text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8"))
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
@@ -80,8 +83,7 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, tokens) -> str:
         """ids (list, tensor or TokenSet) → text. Invalid UTF-8 (byte mode) becomes U+FFFD."""
-        ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        ids = id_list(tokens, "text_char")
         inv_special = {i: s for s, i in self.special_ids.items()}
         out, run = [], []
 
