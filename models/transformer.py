@@ -11,6 +11,7 @@ Dimension legend: B batch, N tokens of one modality, L tokens of all modalities,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +144,20 @@ class MultimodalTransformer(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def set_dropout(self, p: float) -> "MultimodalTransformer":
+        """Dropout `p` everywhere the trunk config's dropout acts (embeddings, attention, MLPs), and
+        in the config saved with the model: for weights loaded into a model built without it
+        (fine-tuning Whisper's or GPT-2's weights with the run's `dropout`)."""
+        from .attention import Attention
+
+        for m in self.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = p
+            elif isinstance(m, Attention):
+                m.dropout = p
+        self.config.trunk = dataclasses.replace(self.config.trunk, dropout=p)
+        return self
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -59,7 +59,7 @@ def cmd_train(args):
 
 
 def cmd_resume(args):
-    from .checkpoint import checkpoint_step, latest_checkpoint
+    from .checkpoint import checkpoint_step, latest_checkpoint, verify_latest
     from .runs import launched_processes, load_run_info, update_run_info
 
     _, module, cfg = load_run_info(args.run_dir)
@@ -83,6 +83,8 @@ def cmd_resume(args):
         if hasattr(cfg, "check"):
             cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist), not once run.json records it
     if given:
+        if (last := latest_checkpoint(args.run_dir)) is not None:
+            verify_latest(last)  # a checkpoint the resume would refuse: refused before run.json records the overrides
         update_run_info(args.run_dir, **{k: getattr(cfg, k) for k in given})  # a later plain resume / eval keeps them
     module.main(cfg, resume=True)
 

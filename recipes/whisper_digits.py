@@ -607,6 +607,13 @@ def decode_windows(model, text_tok, audio_tok, encoded, waves: list, prompt: lis
     return out
 
 
+def sample_length(text_tok, audio_tok) -> int | None:
+    """openai-whisper's sample_len for a model on Whisper's windows (half the decoder's positions:
+    224 tokens a window), the cap `transcribe`, evaluation and the export decode with; None for a
+    model on unpadded utterances (what fills max_text)."""
+    return text_tok.max_positions // 2 if audio_tok.chunk else None
+
+
 def new_tokens(max_text: int, prompt_len: int, sample_len: int | None) -> int:
     """How many tokens a window may decode after its prompt of `prompt_len`. With `sample_len`
     (Whisper's weights) as openai-whisper's decoder: at most sample_len, and up to one past the
@@ -682,6 +689,7 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
     if n < 1:
         raise ValueError(f"eval_utterances={cfg.eval_utterances} with {len(test_set)} test utterances: evaluation needs at least 1")
     batches = EvalBatches(test_set, collate_examples, cfg.eval_batch_size, n)  # made as first read; a large test set is never in memory whole
+    max_new = new_tokens(cfg.max_text, len(test_set.prompt), sample_length(text_tok, test_set.audio_tok))  # as `transcribe` decodes
 
     def evaluate(model, accelerator) -> dict:
         was = model.training
@@ -693,8 +701,8 @@ def make_evaluate(cfg: Config, test_set: SpeechSet, text_tok):
             inputs = {k: v.to(accelerator.device) for k, v in batches[i][0].items()}
             size = inputs["text"].shape[0]
             loss += m(inputs).loss.item() * size
-            hyps = transcribe_batch(m, text_tok, inputs["audio"], cfg.max_text - len(test_set.prompt), cfg.beam_size, cfg.length_penalty,
-                                    prompt=test_set.prompt, patience=cfg.patience)  # fmt: skip
+            hyps = transcribe_batch(m, text_tok, inputs["audio"], max_new, cfg.beam_size, cfg.length_penalty, prompt=test_set.prompt,
+                                    patience=cfg.patience)  # fmt: skip
             pairs = [(norm(test_set.pairs[i * cfg.eval_batch_size + j][1]), norm(h)) for j, h in enumerate(hyps)]
             e, w = word_errors(pairs)
             errors, words, rows = errors + e, words + w, rows + size
@@ -733,7 +741,8 @@ def evaluate_run(run_dir, build_data, device=None) -> dict:
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
     test_set = build_data(cfg, Path(run_dir))[3]
-    return make_evaluate(cfg, test_set, toks["text"])(model, accelerator)
+    cfg.eval_utterances = len(test_set)  # every one (training's evaluations decode the first eval_utterances)
+    return make_evaluate(cfg, test_set, toks["text"])(model, accelerator) | {"val_utterances": len(test_set)}
 
 
 def evaluate(run_dir, device=None) -> dict:
@@ -915,7 +924,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")
     options = None if not fallback else fallback if isinstance(fallback, dict) else {}
-    sample_len = toks["text"].max_positions // 2 if toks["audio"].chunk else None  # Whisper's weights: openai-whisper's limit per window
+    sample_len = sample_length(toks["text"], toks["audio"])  # Whisper's weights: openai-whisper's limit per window
     if language and language != "auto":  # checked before any audio is read
         run_prompt = swap_language(run_prompt, toks["text"], language, str(run_dir))
         run_language = language_code(language, None)  # checked by swap_language
@@ -990,9 +999,10 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                    if windows != "seek" else unread or "every window decoded as silence")  # (split_at_pauses' rules)
             print(f"transcribe {p}: no speech found ({why})", file=sys.stderr)
         elif not all(ended):
-            limit = (f"max_text={cfg.max_text} ({new_tokens(cfg.max_text, len(previous_tokens(toks['text'], initial) + prompt), sample_len)} "
-                     "tokens after the prompt)" if windows != "seek"
-                     else f"their token limit ({sample_len or cfg.max_text} tokens, fewer after a long carried text)")  # fmt: skip
+            after = new_tokens(cfg.max_text, len(previous_tokens(toks["text"], initial) + prompt), sample_len)
+            limit = (f"their token limit ({sample_len or cfg.max_text} tokens, fewer after a long carried text)" if windows == "seek"
+                     else f"openai-whisper's limit of {after} tokens a window (half the decoder's {toks['text'].max_positions} positions)"
+                     if sample_len and after == sample_len else f"max_text={cfg.max_text} ({after} tokens after the prompt)")  # fmt: skip
             print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached {limit} before their end; "
                   "their text is cut (fast speech, a model trained on shorter utterances, or one that has not yet learned to stop)",
                   file=sys.stderr)  # fmt: skip

@@ -197,7 +197,6 @@ def held_out(data: str):
             print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)")
         if not pairs:
             raise ValueError(f"{data}: no usable utterances to evaluate on")
-        cfg.eval_utterances = len(pairs)  # every one, not the first eval_utterances as during training
         return audio_tok, text_tok, None, SpeechSet(pairs, audio_tok, text_tok, prompt), None
 
     return build
@@ -238,11 +237,11 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         t = model.config.trunk
         cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
         cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions
-        model.train()
+        model.set_dropout(cfg.dropout).train()  # (the weights' model was built without the run's dropout)
     elif run_dir is None:
         from tokenizers_mm import CharTokenizer
 
-        seen = {c for _, t in train_pairs for c in t}
+        seen = {c for _, t in train_pairs + val_pairs for c in t or ""}  # (a character only in the held-out split: a token, not a refusal)
         chars = BASE_CHARS + "".join(sorted(seen - set(BASE_CHARS)))
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
         text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)

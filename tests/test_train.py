@@ -80,6 +80,7 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
         p = mmtok(*cmd, check=False)
         assert p.returncode == 2
         assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
+    assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20  # the refused resume recorded nothing
     # a damaged optimizer state stops resume, which reads it, not eval, which reads the weights alone
     shutil.rmtree(run)
     shutil.copytree(trained, run)

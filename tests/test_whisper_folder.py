@@ -18,7 +18,7 @@ from tokenizers_mm import BPETokenizer, TokenSet, collate
 pytest.importorskip("espeakng_loader")
 
 from models import load_openai_whisper  # noqa: E402
-from recipes import whisper_folder  # noqa: E402
+from recipes import whisper_digits, whisper_folder  # noqa: E402
 from recipes.runs import load_trained  # noqa: E402
 from recipes.speech import TRAIN_VOICES, make_corpus  # noqa: E402
 from recipes.whisper_folder import Config  # noqa: E402
@@ -170,6 +170,17 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
         whisper_folder.read_split(folder)
 
 
+def test_a_character_only_in_the_validation_split_is_in_a_from_scratch_vocabulary(tmp_path, speech):
+    """The vocabulary of a from-scratch run holds every transcript's characters, the validation
+    split's too (its utterance was refused as 'not in the vocabulary' when the split held the only é)."""
+    write_folder(tmp_path / "data" / "train", speech[:3])
+    val = write_folder(tmp_path / "data" / "validation", speech[3:4])
+    name = next(p.name for p in val.iterdir() if p.name != "metadata.csv")
+    (val / "metadata.csv").write_text(f"file_name,transcription\n{name},café up\n")
+    _, text_tok, train_set, val_set, _ = whisper_folder.build_data(Config(data=str(tmp_path / "data"), **TINY))
+    assert "é" in text_tok.chars and len(val_set) == 1 and "café" in val_set.pairs[0][1]
+
+
 def openai_checkpoint(path, n_vocab: int, reference: bool = False):
     """A small openai-whisper model with Whisper's real vocabulary size, saved as openai-whisper saves
     (fp16); with `reference`, also the model itself (the fp16 values, in fp32)."""
@@ -186,7 +197,7 @@ def openai_checkpoint(path, n_vocab: int, reference: bool = False):
     return (path, model.float().eval()) if reference else path
 
 
-def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech, capsys):
+def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(tmp_path, speech, capsys, monkeypatch):
     """init_from=an openai-whisper checkpoint: its weights, Whisper's tokenizer (ids as openai-whisper's),
     its prompt with the language token, 30 s windows; the run then resumes, evaluates and transcribes."""
     tokenizer = pytest.importorskip("whisper.tokenizer")
@@ -194,9 +205,16 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     multi = openai_checkpoint(tmp_path / "multi.pt", 51865)
     run = tmp_path / "run"
     cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34, wer_text="whisper",
-                 **{**TINY, "max_steps": 2, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
+                 **{**TINY, "max_steps": 2, "batch_size": 2, "eval_utterances": 2, "dropout": 0.2})  # fmt: skip
     metrics = whisper_folder.main(cfg)
     assert np.isfinite(metrics["val_loss"]) and np.isfinite(metrics["val_wer"])
+    trained = load_trained(run)[0]  # the run's dropout, in a model built from weights that had none
+    assert trained.config.trunk.dropout == 0.2 and {m.p for m in trained.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    caps = []  # evaluation decodes as transcribe does: at most half the decoder's 24 positions a window, not all 24 - prompt
+    decode = whisper_digits.transcribe_batch
+    monkeypatch.setattr(whisper_digits, "transcribe_batch", lambda m, t, a, max_new, *rest, **kw: caps.append(max_new) or decode(m, t, a, max_new, *rest, **kw))
+    assert whisper_folder.evaluate(run)["val_utterances"] == 3 and set(caps) == {12}  # every one (training decoded eval_utterances=2)
+    monkeypatch.undo()
     saved = json.loads((run / "run.json").read_text())["config"]
     assert saved["prompt"] == "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>" and saved["max_text"] == 24
     ref = tokenizer.get_tokenizer(True, language="de", task="transcribe")
