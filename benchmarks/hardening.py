@@ -167,7 +167,7 @@ def cases() -> list[Case]:
         Case("audio: 5 ms click, variable length → one token", "audio", lambda d: aud.encode(tone(0.005), name="click.wav"), "handled",
              lambda ts: ts.values.shape == (1, 80) and bool(torch.isfinite(ts.values).all())),
         Case("audio: finite samples of 1e20 (spectrogram overflow)", "audio", lambda d: aud.encode(np.full(1600, 1e20, np.float32), name="loud.wav"),
-             "error", ValueError, "loud.wav: the spectrogram overflows"),
+             "error", ValueError, "loud.wav: the spectrogram would overflow"),
         Case("audio: 3-D array", "audio", lambda d: aud.encode(np.zeros((2, 2, 100), np.float32), name="cube"), "error", ValueError, "cube: expected a waveform"),
         Case("audio: 2-hour file streamed in 30 s windows", "audio", lambda d: stream_two_hours(d), "handled", lambda r: r["windows"] == 240 and r["peak_mb"] < 200,
              slow=True),

@@ -239,7 +239,7 @@ def cmd_export(args):
         print(f'load it: AutoModelForCausalLM.from_pretrained("{r["folder"]}"), AutoTokenizer.from_pretrained("{r["folder"]}")')
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au")
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64")  # what libsndfile reads
 
 
 def cmd_show(args):

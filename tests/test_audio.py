@@ -136,6 +136,11 @@ def test_stream_audio_reads_windows_block_by_block(tmp_path):
     pieces = list(stream_audio(tmp_path / "long.wav", 3.0))
     assert [p.shape[0] for p in pieces] == [3 * SAMPLE_RATE, 3 * SAMPLE_RATE, SAMPLE_RATE]
     assert torch.equal(torch.cat(pieces), to_waveform(stereo, SAMPLE_RATE))
+    for rate in (44100, 8000, 44101):  # other rates: the blocks join as the whole file resampled at once (no step at each join)
+        t = np.arange(int(7 * rate)) / rate
+        sf.write(tmp_path / "other.wav", (0.5 * np.sin(2 * np.pi * 440 * t) * (1 + np.sin(t))).astype(np.float32), rate, subtype="FLOAT")
+        pieces = list(stream_audio(tmp_path / "other.wav", 3.0))
+        assert len(pieces) == 3 and torch.allclose(torch.cat(pieces), to_waveform(*load_audio(tmp_path / "other.wav")), atol=1e-6), rate
     with pytest.raises(AudioError, match="empty.wav.*empty"):
         (tmp_path / "empty.wav").write_bytes(b"")
         next(stream_audio(tmp_path / "empty.wav", 3.0))
@@ -240,6 +245,12 @@ def test_pcm_types_float_rates_and_a_stereo_stream_ending_in_one_frame(tmp_path)
     assert to_waveform(np.zeros(44100, np.float32), 44100.0).shape == (16000,)  # a float rate from some readers
     with pytest.raises(AudioError, match="sample rate 44100.5 Hz is not a whole number"):
         to_waveform(np.zeros(100, np.float32), 44100.5)
+    assert to_waveform(np.zeros(800, np.float32), np.float32(8000)).shape == to_waveform(np.zeros(800, np.float32), np.int64(8000)).shape == (1600,)
+    with pytest.raises(AudioError, match="x.wav: sample rate '8000' is not a number of Hz"):
+        to_waveform(np.zeros(100, np.float32), "8000", name="x.wav")
+    # finite float samples far past [-1, 1]: refused where a folder's files are checked, not at the spectrogram mid-run
+    with pytest.raises(AudioError, match=r"huge.wav: the spectrogram would overflow \(peak amplitude 1e\+20\); expected samples in \[-1, 1\]"):
+        to_waveform(np.full(100, 1e20, np.float32), name="huge.wav")
     stereo = np.stack([np.full(16001, 0.5, np.float32), np.full(16001, -0.1, np.float32)], 1)  # the last block: 1 frame of 2 channels
     sf.write(tmp_path / "s.wav", stereo, 16000, subtype="FLOAT")
     pieces = list(stream_audio(tmp_path / "s.wav", 1.0))

@@ -135,10 +135,15 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
         raise AudioError(f"{name}: the waveform is empty (0 samples)")
     if not torch.isfinite(x).all():
         raise AudioError(f"{name}: the waveform holds NaN or infinite samples")
-    if isinstance(sample_rate, float):
-        if not sample_rate.is_integer():
+    if (peak := float(x.abs().max())) > MAX_PEAK:  # (refused here, where a folder's files are checked, not at the spectrogram mid-run)
+        raise AudioError(f"{name}: the spectrogram would overflow (peak amplitude {peak:.3g}); expected samples in [-1, 1]")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise AudioError(f"{name}: sample rate {sample_rate!r} is not a number of Hz")
+    if not isinstance(sample_rate, numbers.Integral):
+        if not float(sample_rate).is_integer():
             raise AudioError(f"{name}: sample rate {sample_rate} Hz is not a whole number")
-        sample_rate = int(sample_rate)  # 44100.0 (a float from some readers) is 44100
+        sample_rate = int(sample_rate)  # 44100.0 (a float from some readers, numpy's too) is 44100
+    sample_rate = int(sample_rate)
     if sample_rate != SAMPLE_RATE:
         if sample_rate <= 0:
             raise AudioError(f"{name}: sample rate {sample_rate} Hz is not positive")
@@ -205,17 +210,43 @@ def load_audio(source) -> tuple[np.ndarray, int]:
 
 
 def stream_audio(path, seconds: float):
-    """An audio file as consecutive mono 16 kHz waveforms of at most `seconds` each, read block by
-    block: a 2-hour recording never sits in memory whole."""
+    """An audio file as consecutive mono 16 kHz waveforms of at most `seconds` each (whole multiples
+    of rate / gcd(rate, 16000) input samples: at least 1 s at 44,101 Hz), read block by block: a
+    2-hour recording never sits in memory whole. Joined, they equal the whole file resampled."""
     path = Path(path)
     sf = _soundfile(path)
     rate = sf.info(str(path)).samplerate
-    block = max(1, int(seconds * rate))
+    g = math.gcd(rate, SAMPLE_RATE)
+    up, down = SAMPLE_RATE // g, rate // g
+    # note: a block is resampled with STREAM_CONTEXT samples of its neighbours on each side, then cut to its own span, so the
+    # pieces join as the whole file resampled at once (resampled alone, each block's edges stepped: ~-36 dB at every join);
+    # blocks and the context are whole multiples of `down` input samples, whole multiples of `up` output samples
+    block = max(down, int(seconds * rate) // down * down)
+    context = 0 if rate == SAMPLE_RATE else -(-STREAM_CONTEXT // down) * down
+    before, current, done = np.zeros(0, np.float32), None, 0  # (done: 16 kHz samples yielded)
     try:
-        for i, piece in enumerate(sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True)):
-            yield to_waveform(piece.mean(1), rate, f"{path} [{i * seconds:.0f} s]")  # mono here: a last block of 1 frame has no shorter axis
+        for piece in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
+            piece = piece.mean(1)  # mono here: a last block of 1 frame has no shorter axis
+            if current is not None:
+                wave = _resampled_span(before, current, piece[:context], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
+                done += len(wave)
+                yield wave
+                before = np.concatenate([before, current])[-context:] if context else before
+            current = piece
+        if current is not None:
+            yield _resampled_span(before, current, current[:0], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
+
+
+STREAM_CONTEXT = 4096  # input samples of each neighbour a streamed block is resampled with (the filters reach ~10 output samples)
+
+
+def _resampled_span(before: np.ndarray, current: np.ndarray, after: np.ndarray, rate: int, up: int, down: int, name: str) -> Tensor:
+    """`current` at 16 kHz, resampled with `before` and `after` around it and cut to its own span."""
+    wave = to_waveform(np.concatenate([before, current, after]), rate, name)
+    start = len(before) * up // down  # (len(before): a multiple of down)
+    return wave[start : start + math.ceil(len(current) * up / down)]
 
 
 def split_at_pauses(pieces, max_seconds: float, min_pause: float = 0.1, quiet_db: float = 40.0, floor_db: float = -60.0,
@@ -312,6 +343,9 @@ def _pause_middles(sound: Tensor, min_frames: int) -> list[int]:
         if run >= min_frames and not quiet[i + 1]:  # a pause ends here
             middles.append((i + 1 - run + run // 2) * HOP_LENGTH)
     return middles
+
+
+MAX_PEAK = 1e16  # |samples| past which the float32 power spectrum may overflow ((n_fft · peak)² near float32's 3.4e38)
 
 
 def check_finite(values: Tensor, wave: Tensor, name: str) -> None:
