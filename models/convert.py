@@ -92,8 +92,18 @@ def gpt2_activation(hf: dict, default: str, what: str) -> str:
     return act
 
 
-def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0) -> ModelConfig:
+def check_gpt2_config(hf: dict, what: str = "GPT-2 import") -> None:
+    """A GPT2Config's fields, or one line naming what the config is instead (a Llama's, a Pythia's)."""
+    kind = hf.get("model_type", "gpt2")
+    missing = [k for k in ("n_embd", "n_layer", "n_head", "n_positions", "vocab_size") if not isinstance(hf.get(k), int)]
+    if kind != "gpt2" or missing:
+        why = f"model_type {kind!r}" if kind != "gpt2" else f"no {', '.join(missing)}"
+        raise ValueError(f"{what}: not a GPT-2 config ({why}); expected a transformers GPT2LMHeadModel's config.json")
+
+
+def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float = 0.0, flash: bool = True) -> ModelConfig:
     """Our config for a Hugging Face GPT2Config (as a dict: config.json or `.to_dict()`)."""
+    check_gpt2_config(hf)
     activation = gpt2_activation(hf, "gelu_new", "GPT-2")
     check_gpt2_attention(hf, "GPT-2")
     if not hf.get("tie_word_embeddings", True):
@@ -101,7 +111,7 @@ def gpt2_model_config(hf: dict, max_positions: int | None = None, dropout: float
     dim = hf["n_embd"]
     trunk = TrunkConfig(dim=dim, depth=hf["n_layer"], num_heads=hf["n_head"], mlp_ratio=(hf.get("n_inner") or 4 * dim) / dim,
                         dropout=dropout, bias=True, norm_eps=hf.get("layer_norm_epsilon", 1e-5), mode="decoder",
-                        activation=activation)  # fmt: skip
+                        activation=activation, flash=flash)  # fmt: skip
     spec = ModalitySpec("text", ("token",), max_positions or hf["n_positions"], vocab_size=hf["vocab_size"])
     return ModelConfig(trunk, {"text": ModalityConfig.from_spec(spec)}, {"lm": HeadConfig("lm", "text")}, decoder_inputs=["text"])
 

@@ -65,8 +65,8 @@ def cmd_resume(args):
     _, module, cfg = load_run_info(args.run_dir)
     given = parse_overrides(args.overrides)
     for k in given:
-        if k not in ("max_steps", "fsdp"):
-            raise ConfigError(f"resume takes only max_steps=N and fsdp=true|false as overrides, got {k!r}")
+        if k not in ("max_steps", "lr_decay_steps", "fsdp"):
+            raise ConfigError(f"resume takes only max_steps=N, lr_decay_steps=N and fsdp=true|false as overrides, got {k!r}")
     apply_values(cfg, given, "the command line")
     # note: every override checked before run.json records any (a refused resume changes nothing); the run's other
     # values were checked when it started (or by older rules)
@@ -77,6 +77,8 @@ def cmd_resume(args):
             raise ConfigError(f"max_steps={cfg.max_steps} must be at least 0")
         if cfg.max_steps < done:
             raise ConfigError(f"max_steps={cfg.max_steps}: the run's last checkpoint is at step {done}; resume trains on to a later step")
+    if "lr_decay_steps" in given and cfg.lr_decay_steps < 0:
+        raise ConfigError(f"lr_decay_steps={cfg.lr_decay_steps} must be at least 0")
     if "fsdp" in given and cfg.fsdp:  # (how the run is spread, not what it trains: checkpoints load either way)
         if launched_processes() < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")

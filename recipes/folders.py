@@ -49,6 +49,10 @@ def inside(root: Path, name: str, where: str) -> Path:
 HUB_ID = re.compile(r"(?P<repo>[\w.-]+/[\w.-]+)(/(?P<config>[\w.-]+))?")  # a Hugging Face dataset id: owner/name[/CONFIG]
 
 
+FILE_SUFFIXES = {".txt", ".text", ".md", ".json", ".jsonl", ".ndjson", ".csv", ".tsv", ".parquet", ".arrow", ".gz", ".bz2", ".xz", ".zip",
+                 ".npz", ".hdf5", ".h5", ".wav", ".flac", ".mp3", ".ogg", ".png", ".jpg", ".jpeg"}  # fmt: skip  # a path's, not a dataset id's
+
+
 def local_data(data: str) -> Path:
     """data= as a path: itself when it exists; else a Hugging Face dataset id (`owner/name`, or
     `owner/name/CONFIG` for one config of several) → its snapshot in the local Hugging Face cache, as
@@ -56,6 +60,8 @@ def local_data(data: str) -> Path:
     is downloaded."""
     path = Path(data)
     found = None if path.exists() else HUB_ID.fullmatch(data)
+    if found is not None and path.suffix.lower() in FILE_SUFFIXES:  # data/shakespeare_char/input.txt: a file path mistyped, no dataset id
+        raise FileNotFoundError(f"data={data}: no such file")
     if found is None:
         return path
     from huggingface_hub import constants, snapshot_download
@@ -552,9 +558,12 @@ def hf_text(ds, name: str, column: str = "") -> str:
             holds = "only nulls" if getattr(feature, "dtype", "") == "null" else f"{getattr(feature, 'dtype', type(feature).__name__)} values"
         raise ValueError(f"{name}: column {column!r} holds {holds}; expected text (a string in every row)")
     try:
-        text = "\n".join(t for t in ds[column] if t)
+        rows = list(ds[column])  # (read here: a Column decodes as it is iterated)
     except UnicodeDecodeError as e:
         raise ValueError(f"{name}: column {column!r} is not UTF-8 text (invalid byte at offset {e.start} of a row)") from None
+    text = "\n".join(t for t in rows if t)
+    if empty := sum(1 for t in rows if not t):  # (no text to learn from: left out, and counted)
+        print(f"{name}: {empty:,} of {len(rows):,} rows have no {column!r} text (null or empty); left out", file=sys.stderr)
     if not text:
         raise ValueError(f"{name}: its text column {column!r} is empty")
     return text

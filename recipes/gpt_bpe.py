@@ -18,6 +18,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from models import MultimodalTransformer, gpt2_model_config, load_gpt2
+from models.convert import check_gpt2_config
 from tokenizers_mm import BPETokenizer, load_tokenizer
 from tokenizers_mm.base import FORMAT, read_json
 from tokenizers_mm.text_bpe import training_texts
@@ -48,7 +49,10 @@ def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
     """The tokenizer at `path`, named in errors by the config key that gave it."""
     p = Path(path)
     if (p / "tokenizer.json").exists() and read_json(p / "tokenizer.json", "tokenizer").get("format") == FORMAT:
-        tok = load_tokenizer(p)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: below
+        tok = load_tokenizer(p, expect=BPETokenizer)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: below
+        if cfg.pattern != Config.pattern and cfg.pattern != tok.pattern_name:  # (the default is no sign of intent)
+            raise ConfigError(f"pattern={cfg.pattern}: {key}={p} splits text with its own pattern ({tok.pattern_name}); leave pattern out")
+        cfg.pattern = tok.pattern_name  # (run.json records what the tokenizer does)
         tok.max_positions = cfg.block_size
         return tok
     if p.suffix == ".tiktoken":
@@ -73,6 +77,9 @@ def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
         else:
             texts = training_texts(train_text)
             tokenizer = BPETokenizer.train(texts, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
+            if tokenizer.vocab_size < cfg.vocab_size:  # (run.json records the vocabulary the run has)
+                print(f"gpt_bpe: vocab_size={cfg.vocab_size:,}: the training text ran out of pairs to merge at {tokenizer.vocab_size:,} tokens")
+                cfg.vocab_size = tokenizer.vocab_size
     return tokenizer, *gpt_char.windows(cfg, tokenizer, train_text, val_text)
 
 
@@ -87,16 +94,20 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"init_from {folder}: no config.json; expected {GPT2_FOLDER}")
     hf = read_json(folder / "config.json", f"init_from {folder}")
+    check_gpt2_config(hf, f"init_from {folder}")
     if hf["vocab_size"] != tokenizer.vocab_size:
         raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
     if cfg.block_size > hf["n_positions"]:
         raise ValueError(f"block_size={cfg.block_size} exceeds GPT-2's {hf['n_positions']} positions")
-    sizes = {"dim": hf["n_embd"], "depth": hf["n_layer"], "num_heads": hf["n_head"]}
-    changed = [f"{k}={getattr(cfg, k)} -> {v}" for k, v in sizes.items() if getattr(cfg, k) != v]
+    model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash))
+    t = model.config.trunk
+    sizes = {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio, "bias": t.bias, "activation": t.activation}
+    changed = [f"{k}={getattr(cfg, k)} -> {v}" for k, v in sizes.items() if hasattr(cfg, k) and getattr(cfg, k) != v]
     if changed:
-        print(f"gpt_bpe: the model's sizes come from init_from ({', '.join(changed)})")
-    model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout))
-    cfg.dim, cfg.depth, cfg.num_heads, cfg.bias, cfg.activation = *sizes.values(), True, model.config.trunk.activation
+        print(f"gpt_bpe: the model's shape comes from init_from ({', '.join(changed)})")
+    for k, v in sizes.items():
+        if hasattr(cfg, k):
+            setattr(cfg, k, v)
     return load_gpt2(model, load_file(str(weights)))
 
 

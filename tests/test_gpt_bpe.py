@@ -39,12 +39,12 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     transformers.GPT2TokenizerFast.from_pretrained(folder).save_pretrained(folder)  # (vocab.json + merges.txt: read by from_pretrained)
     assert "format" not in json.loads((folder / "tokenizer.json").read_text())  # HF's own tokenizer.json, beside vocab + merges
 
-    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
+    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0, "flash": False})
     tokenizer, _, _ = build_data(cfg)
     assert tokenizer.ranks == tok.ranks
     model = build_model(cfg, tokenizer).eval()
-    assert (cfg.dim, cfg.depth) == (48, 2)
-    assert f"the model's sizes come from init_from (dim={TINY['dim']} -> 48" in capsys.readouterr().out
+    assert (cfg.dim, cfg.depth, cfg.bias, cfg.activation) == (48, 2, True, "gelu_tanh") and not model.config.trunk.flash  # flash: the run's
+    assert f"the model's shape comes from init_from (dim={TINY['dim']} -> 48" in capsys.readouterr().out
     ids = torch.randint(0, tok.vocab_size, (2, 32))
     ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
     torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)  # starts exactly from GPT-2
@@ -59,9 +59,43 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     (folder / "merges.txt").unlink()
     cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
     assert build_data(cfg)[0].ranks == tok.ranks and build_data(cfg)[0].specials == tok.specials
+    llama = tmp_path / "llama"  # another architecture's folder: named, not a KeyError
+    llama.mkdir()
+    (llama / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes())
+    (llama / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": tok.vocab_size, "hidden_size": 48}))
+    with pytest.raises(ValueError, match=r"init_from \S+llama: not a GPT-2 config \(model_type 'llama'\); expected a transformers GPT2LMHeadModel"):
+        build_model(Config(data=str(small_text), init_from=str(llama), **TINY), tokenizer)
     folder.rename(tmp_path / "moved")  # the checkpoint holds every weight: resume reads its architecture, not init_from
     assert cli_main(["resume", str(run), "max_steps=12"]) == 0, capsys.readouterr().err[-2000:]
     assert sorted((run / "checkpoints").glob("step-*"))[-1].name == "step-0000012"
+
+
+def test_a_tokenizer_given_keeps_its_pattern_and_a_large_vocab_size_is_what_the_text_gives(tmp_path, small_text, capsys):
+    from recipes.config import ConfigError
+    from tokenizers_mm import CharTokenizer
+
+    tok = BPETokenizer.train([small_text.read_text()], vocab_size=300)
+    tok.save(tmp_path / "bpe")
+    cfg = Config(data=str(small_text), tokenizer=str(tmp_path / "bpe"), **TINY)
+    assert build_data(cfg)[0].ranks == tok.ranks and cfg.pattern == "gpt2"
+    with pytest.raises(ConfigError, match=r"pattern=gpt4: tokenizer=\S+bpe splits text with its own pattern \(gpt2\); leave pattern out"):
+        build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "bpe"), pattern="gpt4", **TINY))
+    CharTokenizer.from_corpus("abc").save(tmp_path / "chars")
+    with pytest.raises(ValueError, match=r"holds a 'text_char' tokenizer, expected BPETokenizer"):
+        build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "chars"), **TINY))
+    big = Config(data=str(small_text), vocab_size=50_000, **TINY)
+    tokenizer = build_data(big)[0]
+    assert big.vocab_size == tokenizer.vocab_size < 50_000  # (run.json records the vocabulary the run has)
+    assert "vocab_size=50,000: the training text ran out of pairs to merge at" in capsys.readouterr().out
+
+
+def test_training_leaves_the_special_tokens_text_unmerged():
+    """<|endoftext|> in the training text (TinyStories' separator) encodes as one token: merges
+    of its pieces would never be used, so training cuts it out."""
+    text = "Once upon a time there was a cat.<|endoftext|>" * 50
+    tok = BPETokenizer.train([text], 300)
+    assert not [k for k in tok.ranks if any(p in k for p in (b"<|", b"|>", b"endoftext"))]
+    assert tok.decode(tok.encode_ids(text, allowed_special="all")) == text
 
 
 def test_init_from_refuses_pickles(tmp_path, small_text):

@@ -305,7 +305,7 @@ def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
         vit_folder.find_splits(tmp_path / "imgs", vit_folder.Config())
 
 
-def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_path):
+def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_path, capsys):
     """README / LICENSE files beside the corpus are not read as data (load_dataset alone would pick
     the commonest suffix); what blocks a folder is named; unusable text columns are named."""
     rows = "".join(json.dumps({"text": f"row {i}", "meta": {"n": i}, "none": None}) + "\n" for i in range(30))
@@ -333,6 +333,9 @@ def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_pat
     (tmp_path / "nulls.jsonl").write_text('{"text": null}\n' * 3)
     with pytest.raises(ValueError, match="column 'text' holds only nulls; expected text"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "nulls.jsonl")))
+    (tmp_path / "some.jsonl").write_text('{"text": "one"}\n{"text": null}\n{"text": ""}\n{"text": "two"}\n')  # left out, and counted
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "some.jsonl"), val_fraction=0.0))[0] == "one\ntwo"
+    assert "some.jsonl[train]: 2 of 4 rows have no 'text' text (null or empty); left out" in capsys.readouterr().err
     (tmp_path / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match="latin1.jsonl"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "latin1.jsonl")))
@@ -431,6 +434,8 @@ def test_data_may_be_a_dataset_id_in_the_local_hugging_face_cache(tmp_path, monk
     with pytest.raises(FileNotFoundError, match="data=me/missing: no such file or folder, and as a Hugging Face dataset id it is not in "
                                                 "the local Hugging Face cache .*hf download me/missing --repo-type dataset"):  # fmt: skip
         gpt_char.split_text(gpt_char.Config(data="me/missing"))
+    with pytest.raises(FileNotFoundError, match=r"^data=data/shakespeare_char/input.txt: no such file$"):  # a mistyped path, not a dataset id
+        gpt_char.split_text(gpt_char.Config(data="data/shakespeare_char/input.txt"))
     # a folder that links out of the data folder still counts as outside it (only files may be links)
     outside = tmp_path / "elsewhere"
     make_folder(outside, classes=("circle",), n=1)

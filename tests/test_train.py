@@ -129,6 +129,13 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert "--prompt-file" in capsys.readouterr().err
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
         assert (run / f).exists(), f
+    # longer, on the schedule the run had: the cosine ends at its old length, then min_lr (nanoGPT's lr_decay_iters)
+    assert main(["resume", str(run), "max_steps=25", "lr_decay_steps=20"]) == 0, capsys.readouterr().err[-2000:]
+    saved = json.loads((run / "run.json").read_text())["config"]
+    assert (saved["max_steps"], saved["lr_decay_steps"]) == (25, 20)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if "lr" in r and r["step"] > 20] == [saved["min_lr"]]  # (logged every 5 steps: step 25)
+    assert main(["resume", str(run), "lr_decay_steps=-1"]) == 2 and "lr_decay_steps=-1 must be at least 0" in capsys.readouterr().err
 
 
 def test_cli_device_option(trained, capsys):

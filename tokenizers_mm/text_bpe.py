@@ -381,6 +381,9 @@ class BPETokenizer(Tokenizer):
         specials = list(specials)
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
+        if specials:  # the special tokens' text is cut out: encoding makes them one token each, so merges inside them go unused
+            cut = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
+            texts = (part for text in texts for part in (cut.split(text) if isinstance(text, str) else [text]) if part)
         ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress)
         return cls(ranks, pattern, specials, max_positions)
 
