@@ -147,7 +147,10 @@ def cmd_generate(args):
         path = Path(args.prompt_file)
         if not path.is_file():
             raise ConfigError(f"--prompt-file {path}: no such file")
-        prompt = path.read_text(encoding="utf-8")
+        try:
+            prompt = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--prompt-file {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
     out = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
     print(out if args.num_samples == 1 else "\n---------------\n".join(out))  # several: nanoGPT's sample.py separator
 

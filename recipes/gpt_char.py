@@ -76,6 +76,10 @@ def load_text(path: str) -> str:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        packed = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\x04": "zip", b"(\xb5/\xfd": "zstd"}
+        kind = next((k for magic, k in packed.items() if raw.startswith(magic)), None)
+        if kind:  # (a .txt.gz: compressed text, not text with a bad byte)
+            raise ValueError(f"data file {p} is {kind}-compressed; decompress it, or give JSON lines / CSV (.jsonl.gz, .csv.gz) read as rows") from None
         raise ValueError(f"data file {p} is not UTF-8 text (invalid byte at offset {e.start})") from None
     if len(text) < 2:
         raise ValueError(f"data file {p} holds {len(text)} characters; need text to learn from")

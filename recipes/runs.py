@@ -114,6 +114,8 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
 def resolve_run_dir(cfg, recipe: str) -> Path:
     if not cfg.run_dir:
         cfg.run_dir = str(Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
+        raise ConfigError(f"run_dir={cfg.run_dir} is a file; a run directory is a folder (a new one, or a run's to resume)")
     return Path(cfg.run_dir)
 
 

@@ -127,6 +127,9 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert out.startswith(long_prompt) and len(out.rstrip("\n")) >= len(long_prompt) + 40
     assert main(["generate", str(run), "--prompt-file", str(tmp_path / "none.txt")]) == 2
     assert "--prompt-file" in capsys.readouterr().err
+    (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
+    assert main(["generate", str(run), "--prompt-file", str(tmp_path / "latin1.txt")]) == 2
+    assert "latin1.txt: not UTF-8 text (byte 3: unexpected end of data); save it as UTF-8" in capsys.readouterr().err
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
         assert (run / f).exists(), f
     # longer, on the schedule the run had: the cosine ends at its old length, then min_lr (nanoGPT's lr_decay_iters)
@@ -511,3 +514,17 @@ def test_eval_batches_are_made_when_read_and_kept_only_for_a_small_set():
     assert len(made) == 6  # the first n only, made anew each time: never held whole
     with pytest.raises(IndexError):
         large[3]
+
+
+def test_a_compressed_text_file_and_a_run_dir_that_is_a_file_are_named(tmp_path, capsys):
+    import gzip
+
+    from recipes.cli import main
+    from recipes.gpt_char import load_text
+
+    (tmp_path / "corpus.txt.gz").write_bytes(gzip.compress(b"hello world " * 100))
+    with pytest.raises(ValueError, match=r"corpus.txt.gz is gzip-compressed; decompress it"):
+        load_text(str(tmp_path / "corpus.txt.gz"))
+    data = write_small_text(tmp_path)
+    assert main(["train", "gpt_char", f"data={data}", f"run_dir={data}", *TINY, "max_steps=1"]) == 2
+    assert f"run_dir={data} is a file; a run directory is a folder" in capsys.readouterr().err
