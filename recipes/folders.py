@@ -504,6 +504,19 @@ class HFRecord:
     __repr__ = __str__
 
 
+def no_columns(cfg, keys: tuple[str, ...]) -> None:
+    """Refuse `*_column` keys given for data that has no columns (a plain file or folder): they
+    would be ignored. (Config.check, when a run starts: a run's later `eval --data` on a plain file
+    leaves its column keys unread.)"""
+    given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k, "")]
+    if not given or not cfg.data or not (data := local_data(cfg.data)).exists() or is_hf_dataset(data):
+        return
+    from .config import ConfigError
+
+    raise ConfigError(f"{', '.join(given)}: {data} is not a dataset with columns (a Hugging Face dataset, Parquet, JSON lines or "
+                      "CSV file); leave the column keys out")  # fmt: skip
+
+
 def hf_splits(root: Path, kind: str, columns: tuple[str, str] = ("", "")) -> tuple:
     """(train, validation or None) of a Hugging Face dataset: lists of (HFRecord, label) for kind
     "image", (HFRecord, transcript) for "audio" (None where a row has none); for "text", the text

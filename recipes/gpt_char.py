@@ -26,7 +26,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
 
 from .config import TrainConfig
-from .folders import hf_splits, is_hf_dataset, local_data, not_a_dataset
+from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset
 from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import mean_loss, train
 
@@ -50,6 +50,10 @@ class Config(TrainConfig):
     sample_tokens: int = 300  # tokens generated at the end of training (0 = none)
     temperature: float = 0.8
     top_k: int = 200
+
+    def check(self) -> None:
+        super().check()
+        no_columns(self, ("text_column",))  # (a plain text file has none)
 
 
 # -- data -----------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .folders import find_metadata, held_out_count, hf_splits, hidden, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -55,6 +55,10 @@ class Config(vit.Config):
     ckpt_every: int = 500
     timm_model: str = ""  # a timm ViT architecture name, to start from timm weights
     init_from: str = ""  # a safetensors file of that architecture's timm state dict
+
+    def check(self) -> None:
+        super().check()
+        no_columns(self, ("image_column", "label_column"))  # (an image folder has none)
 
 
 # -- finding the images ---------------------------------------------------------------------------

@@ -44,7 +44,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
-from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, no_columns, keep_good, local_data, read_metadata, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, swap_language,
@@ -74,6 +74,10 @@ class Config(whisper_digits.Config):
     eval_utterances: int = 200
 
     NOT_USED = ("data_dir", "n_train", "n_test")  # whisper_digits' synthesized corpus
+
+    def check(self) -> None:
+        super().check()
+        no_columns(self, ("audio_column", "text_column"))  # (an audio folder has none)
 
 
 # -- data -----------------------------------------------------------------------------------------

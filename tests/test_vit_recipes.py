@@ -398,3 +398,14 @@ def test_a_held_out_share_of_any_size_leaves_each_class_on_both_sides(tmp_path):
         train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(tmp_path / "imgs"), image_size=20,
                                                                                  val_fraction=fraction))  # fmt: skip
         assert {l for _, l in train_set.pairs} == set(classes) == {l for _, l in val_set.pairs}, fraction
+
+
+def test_column_keys_for_data_without_columns_are_refused_not_ignored(tmp_path, capsys):
+    from recipes.cli import main
+
+    make_folder(tmp_path / "imgs", n=2)
+    (tmp_path / "c.txt").write_text("hello world " * 50)
+    for recipe, data, key in (("vit_folder", "imgs", "label_column"), ("gpt_char", "c.txt", "text_column"), ("gpt_bpe", "c.txt", "text_column")):
+        assert main(["train", recipe, f"data={tmp_path / data}", f"run_dir={tmp_path / 'run'}", f"{key}=fine_label"]) == 2
+        assert f"{key}=fine_label: {tmp_path / data} is not a dataset with columns" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
