@@ -167,7 +167,10 @@ def read_split(folder: Path) -> list[tuple[Path, str]]:
     if meta is None:
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
                                 "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
-    return read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
+    pairs = read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
+    if empty := sum(1 for _, t in pairs if not str(t).strip()):  # (said: a blank cell may be a transcript left out by mistake)
+        print(f"{meta}: {empty} of {len(pairs)} files have an empty transcription, learned as silence (nothing to write)", file=sys.stderr)
+    return pairs
 
 
 def read_pairs(cfg: Config) -> tuple[list, list | None]:

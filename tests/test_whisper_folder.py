@@ -158,10 +158,19 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
     assert len(named) == len(cases) and all(any(message in line for line in named) for message in cases.values()), printed.err
 
 
-def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech):
-    """audiofolder's other metadata form: one JSON object per file (file_name, transcription)."""
+def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
+    """audiofolder's other metadata form: one JSON object per file (file_name, transcription); a
+    blank transcription is silence, and how many there are is said."""
     folder = write_folder(tmp_path / "data", speech[:3])
     csv_pairs = whisper_folder.read_split(folder)
+    assert "empty transcription" not in capsys.readouterr().err
+    (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": p.name, "transcription": t if i else " "}) + "\n"
+                                                   for i, (p, t) in enumerate(csv_pairs)))  # fmt: skip
+    (folder / "metadata.csv").rename(folder / "kept.csv")
+    assert whisper_folder.read_split(folder)[0][1].strip() == ""
+    assert "metadata.jsonl: 1 of 3 files have an empty transcription, learned as silence" in capsys.readouterr().err
+    (folder / "kept.csv").rename(folder / "metadata.csv")
+    (folder / "metadata.jsonl").unlink()
     (folder / "metadata.csv").unlink()
     (folder / "metadata.jsonl").write_text("".join(json.dumps({"file_name": p.name, "transcription": t}) + "\n" for p, t in csv_pairs))
     assert whisper_folder.read_split(folder) == csv_pairs
