@@ -193,6 +193,7 @@ def test_evaluation_keeps_to_the_gpu(tmp_path, monkeypatch):
     vcfg = vit_digits.Config(run_dir=str(tmp_path / "image"), dim=32, depth=1, num_heads=2)
     image_tok = vit.make_tokenizer(vcfg, [0.5], [0.25])
     image_run = random_run(tmp_path / "image", "vit_digits", vcfg, vit.build_model(vcfg, image_tok, 10), {"image": image_tok})
+    (image_run / "classes.txt").write_text("".join(f"{i}\n" for i in range(10)))  # (as training writes it; eval checks the data's against it)
     wcfg = whisper_folder.Config(run_dir=str(tmp_path / "speech"), dim=32, depth=1, dec_depth=1, num_heads=2, max_frames=200, max_text=24)
     audio_tok = AudioTokenizer(n_mels=wcfg.n_mels, slice_frames=1, chunk=False, max_frames=wcfg.max_frames)
     text_tok = whisper_digits.text_tokenizer(wcfg)
