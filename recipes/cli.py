@@ -337,9 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("recipe", metavar="RECIPE_OR_YAML")
     s.add_argument("overrides", nargs="*", metavar="key=value", default=[])  # note: a default keeps it out of "required"
     s.set_defaults(fn=cmd_train)
-    s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer).")
+    s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer, lr_decay_steps=N to keep the schedule's length, fsdp=true|false).")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("overrides", nargs="*", metavar="max_steps=N", default=[])
+    s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[], help="max_steps=N, lr_decay_steps=N, fsdp=true|false")
     s.set_defaults(fn=cmd_resume)
     s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
     s.add_argument("run_dir", metavar="RUN_DIR")

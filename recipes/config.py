@@ -107,6 +107,22 @@ class ConfigError(ValueError):
     """A config or override that does not fit the recipe's dataclass."""
 
 
+def take_shape(cfg, shape: dict, source: str) -> list[str]:
+    """Set cfg's keys to the values of the weights it starts from (`shape`: key -> value, from
+    `source`, e.g. "init_from=tiny.pt"): a value given otherwise than both the recipe's default and
+    the weights' is refused, not replaced. Returns the defaults replaced ("dim=384 -> 768")."""
+    replaced = []
+    for key, theirs in shape.items():
+        ours = getattr(cfg, key)
+        if ours == theirs:
+            continue
+        if ours != getattr(type(cfg), key):
+            raise ConfigError(f"{key}={ours}: {source} has {key} {theirs} (its weights set the model's shape: leave {key} out)")
+        replaced.append(f"{key}={ours} -> {theirs}")
+        setattr(cfg, key, theirs)
+    return replaced
+
+
 def _coerce(key: str, raw, tp):
     """Convert a YAML value or command-line string to the field's type, or raise ConfigError."""
     origin = typing.get_origin(tp)

@@ -204,7 +204,8 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
         return root, None
     val = [folders[v] for v in FOLDER_VAL_DIRS if v in folders]
     if val and not any(walk_files(val[0])):
-        raise ValueError(f"validation folder {val[0]} is empty; put the held-out data there, or remove it to hold out val_fraction of {train}")
+        raise ValueError(f"validation folder {val[0]} is empty; put the held-out data there, or remove it (training then holds out "
+                         f"val_fraction of {train})")  # fmt: skip
     return train, val[0] if val else None
 
 

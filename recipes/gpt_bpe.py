@@ -24,7 +24,7 @@ from tokenizers_mm.base import FORMAT, read_json
 from tokenizers_mm.text_bpe import training_texts
 
 from . import gpt_char
-from .config import ConfigError
+from .config import ConfigError, take_shape
 
 GPT2_FOLDER = "a Hugging Face GPT-2 folder: config.json, model.safetensors, and its tokenizer (vocab.json + merges.txt, or tokenizer.json)"
 
@@ -102,12 +102,9 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash))
     t = model.config.trunk
     sizes = {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio, "bias": t.bias, "activation": t.activation}
-    changed = [f"{k}={getattr(cfg, k)} -> {v}" for k, v in sizes.items() if hasattr(cfg, k) and getattr(cfg, k) != v]
+    changed = take_shape(cfg, {k: v for k, v in sizes.items() if hasattr(cfg, k)}, f"init_from {folder}")  # a value given otherwise: refused
     if changed:
         print(f"gpt_bpe: the model's shape comes from init_from ({', '.join(changed)})")
-    for k, v in sizes.items():
-        if hasattr(cfg, k):
-            setattr(cfg, k, v)
     return load_gpt2(model, load_file(str(weights)))
 
 

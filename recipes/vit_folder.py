@@ -29,6 +29,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
+from .config import take_shape
 from .folders import find_metadata, held_out_count, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
@@ -87,7 +88,7 @@ def find_splits(root: Path, cfg: Config) -> tuple[list, list | None]:
     val = scan(val_dir) if val_dir else None
     if val == []:  # (a Kaggle-style test/ folder of unlabelled images)
         raise ValueError(f"validation folder {val_dir} has no labelled images (class sub-folders, or metadata.csv with file_name,label): "
-                         f"move unlabelled images out of it (mmtok predict classifies them), or remove it to hold out val_fraction of {train_dir}")  # fmt: skip
+                         f"move unlabelled images out of it (mmtok predict classifies them), or remove it (training then holds out val_fraction of {train_dir})")  # fmt: skip
     return scan(train_dir), val
 
 
@@ -299,11 +300,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
     if cfg.init_from and not resume:  # before any image is read or the run directory written
         _, config = timm_vit(cfg, device="meta")
-        for key in ("dim", "depth", "num_heads", "mlp_ratio"):  # the weights' shape: a value given for another is refused, not replaced
-            ours, theirs = getattr(cfg, key), getattr(config.trunk, key)
-            if ours != getattr(Config, key) and ours != theirs:
-                raise ValueError(f"{key}={ours}: timm_model={cfg.timm_model} has {key} {theirs} (its weights set the model's shape: "
-                                 f"leave {key} out)")  # fmt: skip
+        t = config.trunk  # the weights' shape: a value given for another is refused, not replaced
+        take_shape(cfg, {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio}, f"timm_model={cfg.timm_model}")
         read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 

@@ -44,6 +44,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
+from .config import take_shape
 from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, no_columns, keep_good, local_data, read_metadata, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
@@ -240,10 +241,11 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         cfg.prompt, cfg.language = run_prompt(cfg, load_run_info(cfg.init_from)[2], text_tok)
         if isinstance(text_tok, BPETokenizer):  # a run on Whisper's weights (a from-scratch run reads characters)
             warn_fine_tuning(cfg)
-    if model is not None:  # fine-tuning: the architecture is the model's, whatever the config says
+    if model is not None:  # fine-tuning: the architecture is the model's (a value given for another is refused, not replaced)
         t = model.config.trunk
-        cfg.dim, cfg.depth, cfg.dec_depth, cfg.num_heads, cfg.n_mels = t.dim, t.depth, t.dec_depth, t.num_heads, audio_tok.n_mels
-        cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions
+        take_shape(cfg, {"dim": t.dim, "depth": t.depth, "dec_depth": t.dec_depth, "num_heads": t.num_heads, "n_mels": audio_tok.n_mels},
+                   f"init_from={cfg.init_from}")  # fmt: skip
+        cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions  # (its windows and decoder positions)
         model.set_dropout(cfg.dropout).train()  # (the weights' model was built without the run's dropout)
     elif run_dir is None:
         from tokenizers_mm import CharTokenizer

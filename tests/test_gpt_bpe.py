@@ -15,6 +15,7 @@ from tokenizers_mm.text_bpe import write_gpt2_files
 
 TINY = dict(dim=32, depth=2, num_heads=2, block_size=32, batch_size=8, eval_batches=2, log_every=5, sample_tokens=10, max_steps=10,
             eval_every=10, warmup_steps=2, cpu=True)  # fmt: skip
+SHAPELESS = {k: v for k, v in TINY.items() if k not in ("dim", "depth", "num_heads")}  # for a model whose weights set its shape
 
 
 def test_trains_its_tokenizer_and_generates(tmp_path, small_text):
@@ -39,25 +40,27 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     transformers.GPT2TokenizerFast.from_pretrained(folder).save_pretrained(folder)  # (vocab.json + merges.txt: read by from_pretrained)
     assert "format" not in json.loads((folder / "tokenizer.json").read_text())  # HF's own tokenizer.json, beside vocab + merges
 
-    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0, "flash": False})
+    with pytest.raises(ValueError, match=r"dim=32: init_from \S+ has dim 48 \(its weights set the model's shape: leave dim out\)"):
+        build_model(Config(data=str(small_text), init_from=str(folder), **TINY), tok)
+    cfg = Config(data=str(small_text), init_from=str(folder), **{**SHAPELESS, "max_steps": 0, "flash": False})
     tokenizer, _, _ = build_data(cfg)
     assert tokenizer.ranks == tok.ranks
     model = build_model(cfg, tokenizer).eval()
     assert (cfg.dim, cfg.depth, cfg.bias, cfg.activation) == (48, 2, True, "gelu_tanh") and not model.config.trunk.flash  # flash: the run's
-    assert f"the model's shape comes from init_from (dim={TINY['dim']} -> 48" in capsys.readouterr().out
+    assert "the model's shape comes from init_from (dim=128 -> 48" in capsys.readouterr().out  # (the defaults replaced)
     ids = torch.randint(0, tok.vocab_size, (2, 32))
     ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
     torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)  # starts exactly from GPT-2
 
     run = tmp_path / "ft"
-    main(Config(data=str(small_text), init_from=str(folder), run_dir=str(run), **{**TINY, "lr": 1e-4}))
+    main(Config(data=str(small_text), init_from=str(folder), run_dir=str(run), **{**SHAPELESS, "lr": 1e-4}))
     saved = json.loads((run / "run.json").read_text())["config"]
     assert saved["dim"] == 48
     ckpt = sorted((run / "checkpoints").glob("step-*"))[-1]
     assert load_file(str(ckpt / "model.safetensors"))["embedders.text.tok.weight"].shape == (tok.vocab_size, 48)
     (folder / "vocab.json").unlink()  # transformers 5 saves GPT-2's tokenizer as tokenizer.json alone: read the same
     (folder / "merges.txt").unlink()
-    cfg = Config(data=str(small_text), init_from=str(folder), **{**TINY, "max_steps": 0})
+    cfg = Config(data=str(small_text), init_from=str(folder), **{**SHAPELESS, "max_steps": 0})
     assert build_data(cfg)[0].ranks == tok.ranks and build_data(cfg)[0].specials == tok.specials
     llama = tmp_path / "llama"  # another architecture's folder: named, not a KeyError
     llama.mkdir()

@@ -170,6 +170,11 @@ def test_text_decoders_read_one_sequence_of_integer_ids_and_say_so_otherwise():
         with pytest.raises(TypeError, match="decode reads integer token ids, got"):
             tok.decode(np.array(ids, dtype=np.float64))
     assert char.decode(char.encode_ids("a\ud800b")) == "a\ufffdb" == bpe.decode(bpe.encode_ids("a\ud800b"))  # a lone surrogate: U+FFFD
+    assert bpe.decode(np.array([])) == char.decode(torch.tensor([])) == "" and bpe.decode_bytes(torch.tensor([104])) == b"h"
+    reversed_ids = np.arange(5)[::-1]  # a numpy view with a negative stride
+    assert TokenSet("text", ids=reversed_ids).ids.tolist() == [4, 3, 2, 1, 0]
+    meta = TokenSet("text", ids=torch.zeros(4, dtype=torch.long, device="meta"))  # defaults on the tokens' device, no values read
+    assert meta.positions.device.type == meta.types.device.type == "meta"
     one = TokenSet("text", ids=torch.tensor([1, 2]))
     with pytest.raises(TypeError, match="collate: sample 1 is a str, not a TokenSet"):
         collate([one, "x"])
@@ -177,3 +182,7 @@ def test_text_decoders_read_one_sequence_of_integer_ids_and_say_so_otherwise():
         collate([one], pad_to_multiple=0)
     with pytest.raises(ValueError, match="pack: row_length=0 must be a whole number of at least 1"):
         pack([one], row_length=0)
+    from tokenizers_mm import pack_examples
+
+    with pytest.raises(ValueError, match=r"pack_examples: stride\['text'\]=0 must be a whole number of at least 1"):
+        pack_examples([{"text": one}], row_tokens=8, stride={"text": 0})

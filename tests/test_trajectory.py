@@ -171,3 +171,5 @@ def test_decode_reads_a_batch_row_by_row_and_bad_arrays_are_named():
                          ([["a"] * 4] * 7, r"ep 3: observations must be numbers, got an array of <U1")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             tok.encode({**ep, "observations": obs}, name="ep 3")
+    with pytest.raises(ValueError, match=r"ep 3: rewards hold values beyond float32's range \(first at step 2\)"):
+        tok.encode({**ep, "rewards": np.array([0, 0, 1e300, 0, 0, 0, 0])}, name="ep 3")

@@ -93,9 +93,11 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     assert main(["eval", str(run), "--data", str(tmp_path / "silent")]) == 2
     assert "s.wav: transcript 'naïve'" in capsys.readouterr().err
 
-    # fine-tune: architecture and tokenizers come from the run, whatever the config says
+    # fine-tune: architecture and tokenizers come from the run (a width given otherwise is refused, not replaced)
     tuned = tmp_path / "tuned"
-    whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(run), val_fraction=0.25, **{**TINY, "dim": 64}))
+    with pytest.raises(ValueError, match=r"dim=64: init_from=\S+ has dim 32 \(its weights set the model's shape: leave dim out\)"):
+        whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(run), val_fraction=0.25, **{**TINY, "dim": 64}))
+    whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(run), val_fraction=0.25, **TINY))
     saved = json.loads((tuned / "run.json").read_text())["config"]
     assert saved["dim"] == 32 and saved["init_from"] == str(run)
     assert (tuned / "tokenizers" / "text" / "tokenizer.json").read_text() == (run / "tokenizers" / "text" / "tokenizer.json").read_text()

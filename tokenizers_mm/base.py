@@ -143,7 +143,7 @@ def id_list(tokens, who: str) -> list[int]:
         raise TypeError(f"{who}: decode reads ids; this TokenSet holds values")
     if hasattr(ids, "dtype") and hasattr(ids, "tolist"):  # a tensor or a numpy array
         kind = str(ids.dtype)
-        if "int" not in kind:
+        if "int" not in kind and not (len(ids.shape) == 1 and ids.shape[0] == 0):  # (an empty array is float by default: no ids)
             raise TypeError(f"{who}: decode reads integer token ids, got {kind}")
         if len(ids.shape) > 1:
             raise ValueError(f"{who}: decode reads one sequence of ids, got shape {tuple(ids.shape)}; decode a batch row by row "

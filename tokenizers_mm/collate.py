@@ -149,6 +149,8 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
         raise ValueError("pack_examples: need at least one example")
     positive("pack_examples", "row_tokens", row_tokens)
     stride = stride or {}
+    for m, k in stride.items():
+        positive("pack_examples", f"stride[{m!r}]", k)
     slots = []
     for i, ex in enumerate(examples):
         sets = {m: ts for m, ts in ex.items() if m != "targets"}

@@ -488,7 +488,11 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"text: id {e.args[0]} is no token of this vocabulary (its ids below {self.vocab_size} have gaps)") from None
 
     def decode_bytes(self, ids) -> bytes:
-        return self.enc.decode_bytes(list(ids))
+        """ids (as `decode` takes them) → the bytes they stand for (not decoded as UTF-8)."""
+        ids = id_list(ids, "text")
+        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
+            raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
+        return self.enc.decode_bytes(ids)
 
     # -- save / load --
     def config(self) -> dict:

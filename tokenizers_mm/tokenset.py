@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -61,7 +62,7 @@ def _as_tensors(ts, who: str) -> None:
         if not isinstance(t, Tensor):
             if not hasattr(t, "__array__"):
                 raise TypeError(f"{who}: {f.name} must be a tensor (or a numpy array), got {type(t).__name__}")
-            t = torch.as_tensor(t)
+            t = torch.as_tensor(np.ascontiguousarray(t))  # (a reversed or strided view: torch takes no negative strides)
         if f.name in INDEX_FIELDS and t.dtype != torch.int64 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
             t = t.long()
         setattr(ts, f.name, t)
@@ -102,7 +103,7 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
             raise ValueError(f"{who}: loss_mask must be bool (True = the token's target counts), got {t.dtype}")
     for name in ("positions", "types"):
         t = getattr(ts, name)
-        if t.numel() and int(t.min()) < 0:
+        if t.numel() and t.device.type == "cpu" and int(t.min()) < 0:  # (values on a device: no sync here; check_inputs reads CPU batches)
             raise ValueError(f"{who}: {name} must be >= 0, got {int(t.min())}")
     if spec is None:
         return

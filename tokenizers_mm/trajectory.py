@@ -101,6 +101,19 @@ def _array(episode, field: str, who: str) -> np.ndarray:
     return a
 
 
+def _float32(a: np.ndarray, field: str, who: str) -> np.ndarray:
+    """`a` as float32, the tokens' dtype, or an error naming the episode and the first step that
+    is NaN / infinite, or finite but beyond float32's range (it would be inf in the tokens)."""
+    if not np.isfinite(a).all():
+        raise ValueError(f"{who}: {field} hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(a))[0][0])})")
+    with np.errstate(over="ignore"):
+        b = a.astype(np.float32)
+    if not np.isfinite(b).all():
+        raise ValueError(f"{who}: {field} hold values beyond float32's range (first at step {int(np.argwhere(~np.isfinite(b))[0][0])}); "
+                         "scale them down")  # fmt: skip
+    return b
+
+
 def finite_span(low, high) -> bool:
     """Whether action bounds and their span are finite in float32, as actions are scaled from them
     (±float32 max: finite bounds, an infinite span)."""
@@ -164,7 +177,7 @@ class TrajectoryTokenizer(Tokenizer):
         """(observations [T, S] float32, actions [T] int64 | [T, A] float32, rewards [T] float32),
         or an error naming the episode and what was expected."""
         obs, acts, rew = (_array(episode, f, name) for f in ("observations", "actions", "rewards"))
-        rew = rew.astype(np.float32).reshape(-1)
+        rew = rew.reshape(-1)
         T = len(obs)
         if T == 0:
             raise ValueError(f"{name}: the episode is empty (0 steps)")
@@ -174,15 +187,7 @@ class TrajectoryTokenizer(Tokenizer):
             raise ValueError(f"{name}: observations must have shape (T, {self.state_dim}), got {obs.shape}")
         if len(acts) != T or len(rew) != T:
             raise ValueError(f"{name}: {T} observations but {len(acts)} actions and {len(rew)} rewards; expected one each per step")
-        if not np.isfinite(obs).all():
-            raise ValueError(f"{name}: observations hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(obs))[0][0])})")
-        with np.errstate(over="ignore"):
-            obs = obs.astype(np.float32)  # (the tokens' dtype: a finite float64 beyond its range would be inf in them)
-        if not np.isfinite(obs).all():
-            raise ValueError(f"{name}: observations hold values beyond float32's range (first at step "
-                             f"{int(np.argwhere(~np.isfinite(obs))[0][0])}); scale them down")  # fmt: skip
-        if not np.isfinite(rew).all():
-            raise ValueError(f"{name}: rewards hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(rew))[0][0])})")
+        obs, rew = _float32(obs, "observations", name), _float32(rew, "rewards", name)
         if np.abs(rew.astype(np.float64)).sum() > np.finfo(np.float32).max:  # bounds every return-to-go (gamma <= 1)
             raise ValueError(f"{name}: its rewards add up beyond float32's range ({np.finfo(np.float32).max:.3g}): the returns-to-go "
                              "would be infinite; scale the rewards down")  # fmt: skip
@@ -200,12 +205,10 @@ class TrajectoryTokenizer(Tokenizer):
             if acts.min() < 0 or acts.max() >= self.action_dim:
                 raise ValueError(f"{name}: action ids must lie in [0, {self.action_dim}), got [{acts.min()}, {acts.max()}]")
         else:
-            with np.errstate(over="ignore"):  # (beyond float32's range: inf, refused below)
-                acts = acts.astype(np.float32).reshape(T, -1) if acts.ndim == 1 and self.action_dim == 1 else acts.astype(np.float32)
+            acts = acts.reshape(T, -1) if acts.ndim == 1 and self.action_dim == 1 else acts
             if acts.ndim != 2 or acts.shape[1] != self.action_dim:
                 raise ValueError(f"{name}: continuous actions must have shape (T, {self.action_dim}), got {acts.shape}")
-            if not np.isfinite(acts).all():
-                raise ValueError(f"{name}: actions hold NaN or infinite values (first at step {int(np.argwhere(~np.isfinite(acts))[0][0])})")
+            acts = _float32(acts, "actions", name)
             outside = self.outside(acts)
             if outside.any() and self.clip_actions:
                 acts = np.clip(acts, self.action_low, self.action_high)
@@ -215,7 +218,7 @@ class TrajectoryTokenizer(Tokenizer):
                                  f"[{self.action_low[j]:.4g}, {self.action_high[j]:.4g}]; clip_actions=true clips such actions "
                                  "as the environment does (a TrajectoryTokenizer built by hand can instead declare the space the data "
                                  "uses: action_low / action_high)")  # fmt: skip
-        return obs.astype(np.float32), acts, rew
+        return obs, acts, rew
 
     def outside(self, acts: np.ndarray) -> np.ndarray:
         """Which continuous action values lie outside [low, high], beyond rounding in a stored dataset."""
