@@ -264,8 +264,11 @@ def cmd_show(args):
         return
     from .vit import show
 
+    given = [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]
+    if args.run and given:  # (they were ignored)
+        raise ConfigError(f"{' / '.join(given)}: the run's image tokenizer sets its size and patches; leave {' and '.join(given)} out with --run")
     out = args.out or str(Path(args.image).with_suffix("").name + "_patches.png")
-    print(show(args.image, out, args.run, args.image_size, args.patch_size))
+    print(show(args.image, out, args.run, args.image_size or 224, args.patch_size or 16))
 
 
 def positive_int(text: str) -> int:
@@ -457,8 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention; a speech run: mark its audio token slices")
     s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
-    s.add_argument("--image-size", type=positive_int, default=224)
-    s.add_argument("--patch-size", type=positive_int, default=16)
+    s.add_argument("--image-size", type=positive_int, default=None, help="without --run: the size images are resized to (default 224)")
+    s.add_argument("--patch-size", type=positive_int, default=None, help="without --run: the patch size (default 16)")
     s.add_argument("--slice-frames", type=positive_int, help="audio: frames of 10 ms per token slice to mark (default: --run's, else 10)")
     s.set_defaults(fn=cmd_show)
     return p

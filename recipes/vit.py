@@ -9,6 +9,7 @@ normalised and cut into patches by the image tokenizer in one call.
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -260,6 +261,8 @@ def show(image_path, out_path, run_dir=None, image_size: int = 224, patch_size: 
     gh, gw = tok.grid
     p = tok.patch_size
     panels = 2 if model is not None and tok.cls_token else 1
+    if model is not None and not tok.cls_token:
+        print(f"show: {run_dir} pools by mean (no class token): no CLS attention panel", file=sys.stderr)
     fig, axes = subplots(1, panels, figsize=(5 * panels, 5), squeeze=False)
     ax = axes[0, 0]
     ax.imshow(pixels.squeeze(), cmap="gray" if tok.channels == 1 else None, extent=(0, gw * p, gh * p, 0))

@@ -32,6 +32,10 @@ def test_vit_digits_trains_predicts_and_shows(tmp_path):
     assert vit_digits.evaluate(run, device="auto")["val_accuracy"] == pytest.approx(metrics["val_accuracy"], abs=1 / 360)
     out = show(tmp_path / "digit.png", tmp_path / "digit_patches.png", run_dir=run)
     assert out.stat().st_size > 2000
+    from recipes.cli import main  # the run's tokenizer sets size and patches: --image-size beside --run is refused, not ignored
+
+    assert main(["show", str(tmp_path / "digit.png"), "--run", str(run), "--image-size", "64"]) == 2
+    assert main(["show", str(tmp_path / "digit.png"), "--image-size", "32", "--patch-size", "8", "--out", str(tmp_path / "p.png")]) == 0
 
 
 def make_folder(root, classes=("circle", "square", "bar"), n=12, size=20):
