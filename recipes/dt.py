@@ -53,7 +53,7 @@ class Config(TrainConfig):
     max_timestep: int = 1000  # rows of the timestep table; longer episodes are refused
     rtg_scale: float = 100.0  # returns-to-go are divided by this
     gamma: float = 1.0  # return-to-go discount; below 1, targets are discounted returns-to-go at the start (val_return stays the total)
-    action_bins: int = 0  # continuous actions: 0 = regression (tanh), 1024 = Gato's mu-law bins
+    action_bins: int = 0  # continuous actions: 0 = regression (tanh), N >= 2 = N uniform bins over [-1, 1] (Gato's 1024; no mu-law, as Gato for values already in [-1, 1])
     clip_actions: bool = False  # continuous actions outside the environment's space: clipped into it (counted) instead of an error
     dim: int = 64
     depth: int = 3
@@ -86,6 +86,8 @@ class Config(TrainConfig):
             parsed = [math.nan]
         if not all(math.isfinite(x) for x in parsed):
             raise ConfigError(f"targets={self.targets!r}: expected comma-separated target returns (numbers), e.g. targets=100,300,500")
+        if self.action_bins == 1 or self.action_bins < 0:  # (1 bin: every action its centre, 0)
+            raise ConfigError(f"action_bins={self.action_bins}: expected 0 (regression) or 2 or more bins (Gato's 1024)")
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -119,6 +121,8 @@ def check_env(cfg: Config, env) -> None:
     if isinstance(act, gym.spaces.Box) and not finite_span(act.low, act.high):
         raise ValueError(f"{name}: action space {act} is unbounded; continuous actions are scaled from its bounds to [-1, 1]")
     limit = env.spec.max_episode_steps if env.spec else None
+    if not limit:
+        print(f"{name}: no time limit; evaluation episodes end at max_timestep={cfg.max_timestep} steps (the timestep table's rows)")
     if limit and limit > cfg.max_timestep:
         raise ValueError(f"{name}: episodes run up to {limit} steps (its time limit), more than max_timestep={cfg.max_timestep} "
                          f"(the timestep table's rows): give max_timestep={limit}")  # fmt: skip
@@ -207,8 +211,8 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
     zero_action = np.zeros((), np.int64) if tok.discrete else np.zeros(tok.action_dim, np.float32)
     t = 0
     while live:
-        if t >= tok.max_timestep:
-            raise ValueError(f"{env_id}: episodes longer than max_timestep={tok.max_timestep}; raise max_timestep")
+        if t >= tok.max_timestep:  # an environment without a time limit (`check_env`): ended here, as the original DT's max_ep_len
+            break
         lo = max(0, t + 1 - tok.context)
         sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32).reshape(t + 1 - lo, -1), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
                            np.arange(lo, t + 1)) for i in live]  # fmt: skip
@@ -241,7 +245,8 @@ def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
     """cfg.targets, or 5 targets from the data's median return to its best (works for negative returns)."""
     if cfg.targets:
         return [float(x) for x in cfg.targets.split(",")]
-    return [round(float(x), 1) for x in np.linspace(np.median(returns), returns.max(), 5)]
+    *below, _ = np.linspace(np.median(returns), returns.max(), 5)
+    return [math.floor(float(x) * 10) / 10 for x in below] + [float(returns.max())]  # (rounded down: never above the data's best)
 
 
 def shared_rollouts(accelerator, model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str, target: float, seeds: list[int],
@@ -272,13 +277,16 @@ def plot_returns(table: dict, best_in_data: float, path: Path, title: str, gamma
     fig, ax = subplots(figsize=(6, 4.5))
     targets = np.array(table["targets"])
     dt = np.array(table["dt"])
+    order = np.argsort(targets, kind="stable")  # (targets= may list them in any order: the line joins them by target)
+    targets, dt = targets[order], dt[order]
     ax.errorbar(targets, dt[:, 0], yerr=dt[:, 1], marker="o", capsize=3, label="Decision Transformer")
     if table.get("bc"):
         ax.axhline(table["bc"][0], color="tab:orange", linestyle="--", label=f"behaviour cloning ({table['bc'][0]:.0f})")
     lo, hi = min(targets.min(), dt[:, 0].min()), max(targets.max(), dt[:, 0].max())
     if gamma == 1:
         ax.plot([lo, hi], [lo, hi], color="gray", linestyle=":", label="achieved = target")
-    ax.axvline(best_in_data, color="tab:green", alpha=0.4, label=f"best return in the data ({best_in_data:.0f})")
+    best = "best return in the data" if gamma == 1 else "best discounted return at the start in the data"
+    ax.axvline(best_in_data, color="tab:green", alpha=0.4, label=f"{best} ({best_in_data:.0f})")
     ax.set_xlabel("target return" if gamma == 1 else f"target: discounted return-to-go at the start (γ = {gamma:g})")
     ax.set_ylabel(f"achieved return (mean ± std, {table['episodes']} episodes)")
     ax.set_title(title)
@@ -303,9 +311,10 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         env.close()
     target = cfg.target or float(returns.max())
     highest, best = max([target, *target_list(cfg, returns)]), float(returns.max())
-    if cfg.gamma != 1 and highest > best + 1e-6 * (1 + abs(best)):  # note: dt_cartpole's default target 500 is an undiscounted return
+    # note: dt_cartpole's default target 500 is an undiscounted return; 0.05: the best as printed (one decimal) is taken too
+    if cfg.gamma != 1 and highest > best + 0.05 + 1e-6 * abs(best):
         raise ValueError(f"target={highest:g} is above the data's best discounted return at the start "
-                         f"({best:.4g}); with gamma={cfg.gamma:g} targets are discounted returns-to-go: give target= (and "
+                         f"({best:.6g}); with gamma={cfg.gamma:g} targets are discounted returns-to-go: give target= (and "
                          "targets=) on that scale")  # fmt: skip
     if not resume:
         save_run_info(run_dir, recipe, cfg)

@@ -396,6 +396,8 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
         if raw.get(key) is None:
             continue
         a, want = np.asarray(raw[key]), SHAPES.get(key, "[N]")
+        if a.ndim == 2 and a.shape[1] == 1 and key != "observations":  # (a column, [N, 1], as some writers store rewards and flags)
+            a = a[:, 0] if key != "actions" else a
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
             raise RLDataError(f"{source}: {key} has dtype {a.dtype}; expected a numeric array {want}")
         if a.ndim != (2 if key == "observations" else 1) and not (key == "actions" and a.ndim == 2):

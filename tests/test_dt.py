@@ -90,7 +90,7 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
         dt_cartpole.Config(env="Pendulum-v1").check()  # CartPole's targets and return scale on Pendulum: refused, not run
 
 
-def test_rollouts_refuse_episodes_past_the_timestep_table(tmp_path):
+def test_episodes_past_the_timestep_table_are_refused_or_ended_there(tmp_path):
     path = rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 4, seed=3)
     eps = rl_data.load_episodes(path)
     cfg = dt.Config(context=5, max_timestep=10, dim=32, depth=1)
@@ -99,10 +99,9 @@ def test_rollouts_refuse_episodes_past_the_timestep_table(tmp_path):
 
     with pytest.raises(ValueError, match=r"CartPole-v1: episodes run up to 500 steps \(its time limit\), more than max_timestep=10"):
         dt.make_tokenizer(cfg, eps, gym.make("CartPole-v1"))  # the recipes refuse it before training
-    tok = TrajectoryTokenizer(4, 2, discrete=True, context=5, max_timestep=10).fit(eps)  # an environment without a known limit
+    tok = TrajectoryTokenizer(4, 2, discrete=True, context=5, max_timestep=10).fit(eps)  # as for an environment without a time limit
     model = dt.build_model(cfg, tok)
-    with pytest.raises(ValueError, match="longer than max_timestep=10"):
-        dt.rollouts(model, tok, "CartPole-v1", 500.0, [0], device="cpu")
+    assert dt.rollouts(model, tok, "CartPole-v1", 500.0, [0, 1], device="cpu").max() <= 10  # ended at the table's last row
 
 
 def test_environments_the_dt_cannot_play_are_refused_and_box_observations_are_flattened(tmp_path):
@@ -158,3 +157,26 @@ def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_compute
     cartpole = dt_cartpole.Config(data=str(tmp_path / "cp.npz"), gamma=0.9, run_dir=str(tmp_path / "run"), **TINY)
     with pytest.raises(ValueError, match=r"target=500 is above the data's best discounted return at the start \(.*\); with gamma=0.9"):
         dt_cartpole.main(cartpole)  # its default target is an undiscounted return
+
+
+def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_before_training(tmp_path):
+    """The 5 default targets are rounded down (the best, -350.728, as the last: rounding made it
+    -350.7, above the data, refused with gamma < 1); action_bins 1 or below 0 and a negative
+    eval_seed are refused when the config is checked; a [N, 1] rewards column is read as [N]."""
+    from recipes.config import ConfigError
+
+    returns = np.array([-900.0, -500.04, -350.728])
+    targets = dt.target_list(dt.Config(), returns)
+    assert targets[-1] == -350.728 and all(t <= -350.728 for t in targets) and targets == sorted(targets)
+    for key, value, message in (("action_bins", 1, "action_bins=1: expected 0"), ("action_bins", -3, "action_bins=-3: expected 0"),
+                                ("eval_seed", -5, "eval_seed=-5 must be at least 0")):  # fmt: skip
+        with pytest.raises(ConfigError, match=message):
+            dt_offline.Config(env="Pendulum-v1", data="x.npz", **{key: value}).check()
+    eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0))
+    flat = {k: np.concatenate(v) for k, v in {"observations": [e.observations for e in eps], "actions": [e.actions for e in eps],
+                                               "rewards": [e.rewards for e in eps]}.items()}  # fmt: skip
+    ends = np.zeros(len(flat["rewards"]), np.float32)
+    ends[np.cumsum([len(e.rewards) for e in eps]) - 1] = 1
+    np.savez(tmp_path / "column.npz", **{**flat, "rewards": flat["rewards"][:, None]}, terminals=ends[:, None])
+    again = rl_data.load_episodes(tmp_path / "column.npz")
+    assert [len(e.rewards) for e in again] == [len(e.rewards) for e in eps]

@@ -144,6 +144,8 @@ class TrajectoryTokenizer(Tokenizer):
                              "(the timestep table has max_timestep rows)")  # fmt: skip
         if action_bins and discrete:
             raise ValueError("trajectory: action_bins (Gato's binning) applies to continuous actions only")
+        if action_bins == 1 or action_bins < 0:
+            raise ValueError(f"trajectory: action_bins={action_bins}: expected 0 (regression) or 2 or more bins (Gato's 1024)")
         if not 0 < gamma <= 1:  # (math: NaN fails too)
             raise ValueError(f"trajectory: gamma={gamma} must lie in (0, 1] (returns-to-go discount; rollouts divide by it)")
         if not (math.isfinite(rtg_scale) and rtg_scale > 0):
@@ -203,7 +205,8 @@ class TrajectoryTokenizer(Tokenizer):
                     raise ValueError(f"{name}: discrete actions must be integer ids; step {t}'s is {acts[t].item()!r} ({acts.dtype})")
             acts = acts.astype(np.int64)
             if acts.min() < 0 or acts.max() >= self.action_dim:
-                raise ValueError(f"{name}: action ids must lie in [0, {self.action_dim}), got [{acts.min()}, {acts.max()}]")
+                t = int(np.argmax((acts < 0) | (acts >= self.action_dim)))
+                raise ValueError(f"{name}: action ids must lie in [0, {self.action_dim}); step {t}'s is {acts[t]}")
         else:
             acts = acts.reshape(T, -1) if acts.ndim == 1 and self.action_dim == 1 else acts
             if acts.ndim != 2 or acts.shape[1] != self.action_dim:
