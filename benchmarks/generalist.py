@@ -119,6 +119,8 @@ def main():
 
     rows, seconds = [], {}
     for name, w in zip(names, weights):
+        if name not in SINGLE:  # (the text task: no single-task recipe of its own here; its figure is printed below)
+            continue
         recipe, key, _, _ = SINGLE[name]
         res, seconds[recipe] = train(recipe, out / recipe, [f"max_steps={a.steps}", f"batch_size={int(w)}", f"seed={a.seed}", *EXTRA.get(recipe, [])], a.fresh)
         rows.append((name, res[key]))
@@ -141,6 +143,8 @@ def main():
         fmt = (lambda v: f"{v * 100:.2f}%") if gkey != "control_return" else (lambda v: f"{v:.1f}")
         print(f"{name:<9} {gkey:<16} {fmt(single):>12} {fmt(both):>11} {shown:>11}  {goal:<22} {'yes' if ok else 'NO'}")
         table.append({"task": name, "recipe": recipe, "metric": gkey, "single": single, "generalist": both, "ok": ok})
+    for name in (n for n in names if n not in SINGLE):
+        print(f"{name:<9} {name + '_loss':<16} {'—':>12} {gen.get(name + '_loss', float('nan')):>11.4f} {'—':>11}  no single-task peer")
     print("training seconds: " + (", ".join(f"{k} {v:.0f}" for k, v in seconds.items() if v == v) or f"none, every run reused from {out}"))
     norms = gradient_norms(batches, cfg.row_tokens, out / "generalist")
     print(f"gradient norm of each head's weighted loss in the shared stacks (trained model, mean of {len(batches)} mixed batches): "

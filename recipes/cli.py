@@ -128,14 +128,12 @@ def recipe_function(args, name: str, what: str, **options):
     other `options` given (not None) bound (`recipe_options`), or a clear error."""
     import functools
 
-    from .runs import launched_processes, load_run_info
+    from .runs import load_run_info
 
     recipe, module, _ = load_run_info(args.run_dir)
     if not hasattr(module, name):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
-    if launched_processes() > 1:  # each process would do the whole work, on one GPU
-        raise ConfigError(f"mmtok {args.command} runs in one process: launch it without torchrun / accelerate launch "
-                          "(mmtok eval splits its batches over processes)")  # fmt: skip
+    one_process(args.command)
     fn = getattr(module, name)
     return functools.partial(fn, **recipe_options(fn, recipe, device=args.device, **options))
 
@@ -226,9 +224,19 @@ def cmd_transcribe(args):
         raise ValueError(f"{len(failed)} of {len(args.audio)} audio files not transcribed ({', '.join(failed)}): each named above")
 
 
+def one_process(command: str) -> None:
+    """Refuse a command that does its whole work in each process, launched as several (on one GPU)."""
+    from .config import launched_processes
+
+    if launched_processes() > 1:
+        raise ConfigError(f"mmtok {command} runs in one process: launch it without torchrun / accelerate launch "
+                          "(mmtok eval splits its batches over processes)")  # fmt: skip
+
+
 def cmd_export(args):
     from .export import export
 
+    one_process("export")  # (each would write the folder; all but one would find it there)
     r = export(args.run_dir, args.out)
     checked = "not checked (its library is not installed here)" if r["max_difference"] is None else f"max |difference| {r['max_difference']:.2g}"
     print(f"{r['folder']}: {r['recipe']} run as {r['format']} ({', '.join(r['files'])}); outputs against the run's: {checked}")
@@ -494,7 +502,28 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mmtok: error: {msg}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if not peer_stopped(e):
+            raise
+        close_progress_bars()  # (the process that failed printed its own line)
+        print(f"mmtok: error: process {os.environ.get('RANK', '?')}: another process stopped (its error is printed above); this one "
+              "stopped with it", file=sys.stderr)  # fmt: skip
+        return 2
     return 0
+
+
+def peer_stopped(e: RuntimeError) -> bool:
+    """Whether `e` is this process losing its peers (launched as several: one of them stopped on an
+    error of its own), not an error of this process."""
+    from .config import launched_processes
+
+    if launched_processes() < 2:
+        return False
+    dist = sys.modules.get("torch.distributed")
+    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if k is not None)
+    text = str(e)
+    return (bool(kinds) and isinstance(e, kinds)) or any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
+                                                                             "NCCL communicator was aborted", "gloo"))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ class Config(TrainConfig):
     freeze_trained: bool = False  # with init_from: train only what is new; the old tasks' outputs stay exactly the same
 
     AT_LEAST = {**TrainConfig.AT_LEAST, "batch_size": 0}  # 0: the sum of the weights
+    NOT_USED = ("eval_batches",)  # each task evaluates its own held-out set (eval_utterances, eval_episodes, ...)
 
     def check(self) -> None:
         if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too), and before
@@ -136,6 +137,11 @@ class Config(TrainConfig):
                               "mmtok resume RUN_DIR fsdp=false)")  # fmt: skip
         super().check()
         task_list(self)
+        if self.freeze_trained and not self.init_from:  # (nothing is trained before: it froze nothing)
+            raise ConfigError("freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from=RUN_DIR")
+        if self.layout == "prefix" and self.dec_depth != Config.dec_depth:
+            raise ConfigError(f"dec_depth={self.dec_depth}: layout=prefix is one stack of depth={self.depth} blocks; dec_depth sizes "
+                              "the encoder-decoder layout's decoder")  # fmt: skip
 
 
 def task_list(cfg: Config) -> tuple[list[str], list[float], list[float]]:

@@ -71,14 +71,21 @@ def get_recipe(name: str):
     recipes = all_recipes()
     if name not in recipes:
         raise ConfigError(f"unknown recipe {name!r}; recipes: {', '.join(recipes)}; named configs: {', '.join(named_configs())}")
+    where = f"recipe {name!r} (entry point {RECIPE_ENTRY_POINTS}: {name} = {recipes[name]})"
+    if ":" in recipes[name] and name not in RECIPES:
+        raise ConfigError(f"{where}: a recipe's entry point names its module (package.recipe), not an object in it (package.recipe:Config)")
     try:
-        return importlib.import_module(recipes[name])
+        module = importlib.import_module(recipes[name])
     except Exception as e:
         if name in RECIPES:  # (a built-in's failure is ours: its traceback)
             raise
         # an installed plugin's: one line naming the entry point
-        raise ConfigError(f"recipe {name!r} (entry point {RECIPE_ENTRY_POINTS}: {name} = {recipes[name]}) fails to import: "
-                          f"{type(e).__name__}: {e}") from None  # fmt: skip
+        raise ConfigError(f"{where} fails to import: {type(e).__name__}: {e}") from None
+    missing = [f for f in ("Config", "main") if not hasattr(module, f)]
+    if missing:  # (a plugin's module that is no recipe: an AttributeError further on)
+        raise ConfigError(f"{where}: the module has no {' and no '.join(missing)}; a recipe module defines a Config dataclass, "
+                          "main(cfg, resume=False) and evaluate(run_dir, device=None)")  # fmt: skip
+    return module
 
 
 def make_config(recipe_or_yaml: str, overrides: list[str]):
@@ -113,10 +120,28 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
 
 def resolve_run_dir(cfg, recipe: str) -> Path:
     if not cfg.run_dir:
-        cfg.run_dir = str(Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}")
+        cfg.run_dir = launch_shared(str(Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"), "run_dir")
     if Path(cfg.run_dir).exists() and not Path(cfg.run_dir).is_dir():
         raise ConfigError(f"run_dir={cfg.run_dir} is a file; a run directory is a folder (a new one, or a run's to resume)")
     return Path(cfg.run_dir)
+
+
+def launch_shared(value: str, key: str) -> str:
+    """Process 0's `value`, for every process of a torchrun / accelerate launch (through the
+    launcher's store, before any process group exists): a default run directory named from each
+    process's clock would differ when they start a second apart. Alone, or under another launcher,
+    `value` as it is."""
+    if launched_processes() < 2 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True" or "MASTER_PORT" not in os.environ:
+        return value
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5))
+    name = f"tokenizers_mm/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if os.environ.get("RANK", "0") == "0":
+        store.set(name, value)
+    return store.get(name).decode()
 
 
 PATH_KEYS = ("data", "init_from", "tokenizer", "text_data")  # config keys naming a file or folder (data may be a Minari id)

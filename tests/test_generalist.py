@@ -130,6 +130,14 @@ def test_tasks_are_drawn_by_weight_and_every_example_is_covered():
         g.task_list(g.Config(tasks="digits,digits"))
     with pytest.raises(ValueError, match="one non-negative number per task"):
         g.task_list(g.Config(tasks="digits,speech", weights="1"))
+    for bad, message in (({"freeze_trained": True}, "freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from"),
+                         ({"layout": "prefix", "dec_depth": 7}, "dec_depth=7: layout=prefix is one stack of depth=4 blocks")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):  # (accepted and ignored before)
+            g.Config(**bad).check()
+    from recipes.runs import make_config
+
+    with pytest.raises(ValueError, match="config key 'eval_batches' does not apply to generalist"):
+        make_config("generalist", ["eval_batches=7"])
 
 
 def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_new(tiny):

@@ -111,7 +111,9 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
     dist = tmp_path / "broken_recipes-0.1.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-recipes\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\ngpt_char = my_pkg.gpt_char\n")
+    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\ngpt_char = my_pkg.gpt_char\n"
+                                           "not_a_recipe = json\nan_object = json:JSONDecoder\n"
+                                           "[tokenizers_mm.modalities]\nnot_a_class = json\n")  # fmt: skip
     monkeypatch.syspath_prepend(str(tmp_path))
     from recipes.runs import all_recipes
 
@@ -125,6 +127,15 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
     assert main(["train", "broken_recipe", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()
+    for name, says in (("not_a_recipe", "the module has no Config and no main; a recipe module defines a Config dataclass"),
+                       ("an_object", "a recipe's entry point names its module (package.recipe), not an object in it")):  # fmt: skip
+        assert main(["train", name, f"run_dir={tmp_path / 'run'}"]) == 2
+        assert says in capsys.readouterr().err
+    from tokenizers_mm import registry
+
+    monkeypatch.setattr(registry, "_plugins_loaded", False)  # a tokenizer entry point naming a module: skipped with a warning
+    with pytest.warns(UserWarning, match=r"plugin tokenizer 'not_a_class' \(json\) skipped: it names a module, not a Tokenizer class"):
+        assert "not_a_class" not in registry.list_tokenizers() and "text" in registry.list_tokenizers()
 
 
 def test_a_plugin_class_reexported_by_its_package_is_recognised(tmp_path, monkeypatch, recwarn):

@@ -313,6 +313,31 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["generate", str(run), "--max-new-tokens", "4"]) == 2
     assert "mmtok generate runs in one process: launch it without torchrun" in capsys.readouterr().err
+    assert cli.main(["export", str(run), str(tmp_path / "exported")]) == 2 and not (tmp_path / "exported").exists()
+    assert "mmtok export runs in one process" in capsys.readouterr().err
+
+
+def test_the_processes_of_one_launch_name_one_default_run_directory():
+    printed = torchrun(2, str(ROOT / "tests" / "helpers" / "default_run_dir.py")).stdout
+    named = [json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', printed)]
+    assert sorted(r["rank"] for r in named) == [0, 1] and len({r["run_dir"] for r in named}) == 1, printed
+
+
+def test_a_peers_failure_is_one_line_on_the_other_processes(monkeypatch, capsys):
+    """Launched as several, a process whose peer stopped on its own error (gloo: "Connection closed
+    by peer") prints one line saying so, not a traceback; alone, such an error is raised as it is."""
+    from recipes import cli
+
+    def lost_peer(args):
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:547] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setattr(cli, "cmd_tokenizers", lost_peer)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert cli.main(["tokenizers"]) == 2
+    assert "another process stopped (its error is printed above); this one stopped with it" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        cli.main(["tokenizers"])
 
 
 @pytest.mark.parametrize("where", ["loss", "gradients", "gradients, grad_clip=0"])

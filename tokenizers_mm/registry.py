@@ -58,6 +58,12 @@ def _load_plugins():
             warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) failed to load, skipped: "
                           f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}", stacklevel=2)  # fmt: skip
             continue
+        from .base import Tokenizer  # (here: base imports this module)
+
+        if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):  # (a module, a function: `package.module`, not `package.module:Class`)
+            warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) skipped: it names a {type(cls).__name__}, not a "
+                          "Tokenizer class (the entry point's value is package.module:TokenizerClass)", stacklevel=2)  # fmt: skip
+            continue
         register(ep.name)(cls)
 
 

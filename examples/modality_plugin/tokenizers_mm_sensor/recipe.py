@@ -48,6 +48,8 @@ class Config(TrainConfig):
     ckpt_every: int = 100
     placement: bool = False  # append a device-placement token of its own type
 
+    AT_LEAST = {**TrainConfig.AT_LEAST, "n_train": 1, "n_test": 1, "patch": 1}  # refused below these when a run starts (`mmtok train`)
+
 
 # -- data -----------------------------------------------------------------------------------------
 def placements(n: int, seed: int) -> np.ndarray:
