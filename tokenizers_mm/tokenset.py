@@ -49,23 +49,26 @@ class ModalitySpec:
 
 
 INDEX_FIELDS = ("ids", "positions", "types", "targets", "segments")  # integer fields: int64, the dtype embeddings and losses index with
+ARRAY_FIELDS = ("ids", "values", "positions", "types", "targets", "loss_mask", "mask", "segments")  # TokenSet's and TokenBatch's tensors
+NARROW_INTS = {torch.int8, torch.int16, torch.int32, torch.uint8, torch.uint16, torch.uint32, torch.uint64}  # made int64
 
 
-def _as_tensors(ts, who: str) -> None:
+def _as_tensors(ts) -> None:
     """numpy arrays as tensors, and integer ids / positions / types / targets / segments of another
     integer dtype (a tokenizer's uint32 or int32 ids, uint8 bytes) as int64, which embedding tables
-    and cross_entropy take; other fields and dtypes are left for `_validate` to judge."""
-    for f in fields(ts):
-        t = getattr(ts, f.name)
-        if t is None or f.name in ("modality", "extra"):
+    and cross_entropy take; other fields and dtypes are left for `_validate` to judge. (Per sample in
+    a DataLoader: a field that is a tensor already costs one isinstance and one set lookup.)"""
+    d = ts.__dict__
+    for name in ARRAY_FIELDS:
+        t = d.get(name)
+        if t is None:
             continue
         if not isinstance(t, Tensor):
             if not hasattr(t, "__array__"):
-                raise TypeError(f"{who}: {f.name} must be a tensor (or a numpy array), got {type(t).__name__}")
-            t = torch.as_tensor(np.ascontiguousarray(t))  # (a reversed or strided view: torch takes no negative strides)
-        if f.name in INDEX_FIELDS and t.dtype != torch.int64 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-            t = t.long()
-        setattr(ts, f.name, t)
+                raise TypeError(f"{type(ts).__name__}({ts.modality!r}): {name} must be a tensor (or a numpy array), got {type(t).__name__}")
+            t = d[name] = torch.as_tensor(np.ascontiguousarray(t))  # (a reversed or strided view: torch takes no negative strides)
+        if t.dtype in NARROW_INTS and name in INDEX_FIELDS:
+            d[name] = t.long()
 
 
 def _check_dtype(name: str, t: Tensor, kind: str, who: str):
@@ -103,7 +106,7 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
             raise ValueError(f"{who}: loss_mask must be bool (True = the token's target counts), got {t.dtype}")
     for name in ("positions", "types"):
         t = getattr(ts, name)
-        if t.numel() and t.device.type == "cpu" and int(t.min()) < 0:  # (values on a device: no sync here; check_inputs reads CPU batches)
+        if t.is_cpu and t.numel() and int(t.min()) < 0:  # (values on a device: no sync here; check_inputs reads CPU batches)
             raise ValueError(f"{who}: {name} must be >= 0, got {int(t.min())}")
     if spec is None:
         return
@@ -143,14 +146,15 @@ class TokenSet:
     loss_mask: Tensor | None = None  # [N] bool: which tokens count in the loss
 
     def __post_init__(self):
-        _as_tensors(self, f"TokenSet({self.modality!r})")
+        _as_tensors(self)
         tokens = self.ids if self.ids is not None else self.values
         if tokens is not None:
             n = tokens.shape[0] if tokens.dim() else 0
+            on = None if tokens.is_cpu else tokens.device  # (the tokens' device; None: the CPU, the common case, without the argument)
             if self.positions is None:
-                self.positions = torch.arange(n, device=tokens.device)
+                self.positions = torch.arange(n, device=on)
             if self.types is None:
-                self.types = torch.zeros(n, dtype=torch.long, device=tokens.device)
+                self.types = torch.zeros(n, dtype=torch.long, device=on)
         _validate(self, ("N",), f"TokenSet({self.modality!r})", None)
 
     def __len__(self) -> int:
@@ -210,7 +214,7 @@ class TokenBatch:
     extra: dict = field(default_factory=dict)  # sample-level fields a recipe carries along (labels, ...)
 
     def __post_init__(self):
-        _as_tensors(self, f"TokenBatch({self.modality!r})")
+        _as_tensors(self)
         _validate(self, ("B", "N"), f"TokenBatch({self.modality!r})", None)
         if tuple(self.mask.shape) != tuple(self.positions.shape) or self.mask.dtype != torch.bool:
             raise ValueError(f"TokenBatch({self.modality!r}): mask must be bool of shape {tuple(self.positions.shape)}")
