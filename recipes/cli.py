@@ -33,7 +33,7 @@ def cmd_recipes(args):
             doc = " ".join((get_recipe(name).__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph, on one line
         except ConfigError as e:  # a broken plugin: named, the others listed
             print(f"mmtok: warning: {e}", file=sys.stderr)
-            doc = "(fails to import: see the warning)"
+            doc = "(not usable: see the warning)"
         print(f"{name:16s} {doc}")
     print("\nnamed configs (mmtok train NAME):")
     from .config import read_yaml
@@ -507,7 +507,7 @@ def main(argv=None) -> int:
             raise
         close_progress_bars()  # (the process that failed printed its own line)
         print(f"mmtok: error: process {os.environ.get('RANK', '?')}: another process stopped (its error is printed above); this one "
-              "stopped with it", file=sys.stderr)  # fmt: skip
+              f"stopped with it ({(str(e).splitlines() or [''])[0][:160]})", file=sys.stderr)  # fmt: skip
         return 2
     return 0
 
@@ -519,11 +519,8 @@ def peer_stopped(e: RuntimeError) -> bool:
 
     if launched_processes() < 2:
         return False
-    dist = sys.modules.get("torch.distributed")
-    kinds = tuple(k for k in (getattr(dist, "DistError", None),) if k is not None)
-    text = str(e)
-    return (bool(kinds) and isinstance(e, kinds)) or any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
-                                                                             "NCCL communicator was aborted", "gloo"))  # fmt: skip
+    text = str(e)  # (only the peer-loss messages: a process's own NCCL / gloo error is its own, printed as it is)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer", "communicator was aborted"))
 
 
 if __name__ == "__main__":

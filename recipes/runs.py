@@ -126,6 +126,9 @@ def resolve_run_dir(cfg, recipe: str) -> Path:
     return Path(cfg.run_dir)
 
 
+_SHARED_CALLS: dict[str, int] = {}  # launch_shared's calls per key in this process
+
+
 def launch_shared(value: str, key: str) -> str:
     """Process 0's `value`, for every process of a torchrun / accelerate launch (through the
     launcher's store, before any process group exists): a default run directory named from each
@@ -138,7 +141,8 @@ def launch_shared(value: str, key: str) -> str:
     import torch.distributed as dist
 
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5))
-    name = f"tokenizers_mm/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    calls = _SHARED_CALLS[key] = _SHARED_CALLS.get(key, 0) + 1  # (each process makes the same calls in turn: a sweep's second run its own)
+    name = f"tokenizers_mm/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{calls}"
     if os.environ.get("RANK", "0") == "0":
         store.set(name, value)
     return store.get(name).decode()

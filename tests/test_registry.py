@@ -123,7 +123,7 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
                "ModuleNotFoundError: No module named 'no_such_pkg'")  # fmt: skip
     assert main(["recipes"]) == 0
     listed = capsys.readouterr()
-    assert "gpt_char" in listed.out and "broken_recipe    (fails to import" in listed.out and message in listed.err
+    assert "gpt_char" in listed.out and "broken_recipe    (not usable: see the warning)" in listed.out and message in listed.err
     assert main(["train", "broken_recipe", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and not (tmp_path / "run").exists()

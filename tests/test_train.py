@@ -321,6 +321,7 @@ def test_the_processes_of_one_launch_name_one_default_run_directory():
     printed = torchrun(2, str(ROOT / "tests" / "helpers" / "default_run_dir.py")).stdout
     named = [json.loads(m) for m in re.findall(r'\{"rank"[^{}]*\}', printed)]
     assert sorted(r["rank"] for r in named) == [0, 1] and len({r["run_dir"] for r in named}) == 1, printed
+    assert len({r["second"] for r in named}) == 1 and "gpt_bpe" in named[0]["second"], printed  # a second name: its own, agreed
 
 
 def test_a_peers_failure_is_one_line_on_the_other_processes(monkeypatch, capsys):
@@ -337,6 +338,14 @@ def test_a_peers_failure_is_one_line_on_the_other_processes(monkeypatch, capsys)
     assert "another process stopped (its error is printed above); this one stopped with it" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        cli.main(["tokenizers"])
+
+    def own_error(args):  # a process's own NCCL / gloo error: raised as it is, not blamed on a peer
+        raise RuntimeError("[enforce fail at ../third_party/gloo/gloo/transport/tcp/pair.cc:446] op.preamble.length <= op.nbytes")
+
+    monkeypatch.setattr(cli, "cmd_tokenizers", own_error)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="op.preamble.length"):
         cli.main(["tokenizers"])
 
 

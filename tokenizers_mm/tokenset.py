@@ -66,7 +66,8 @@ def _as_tensors(ts) -> None:
         if not isinstance(t, Tensor):
             if not hasattr(t, "__array__"):
                 raise TypeError(f"{type(ts).__name__}({ts.modality!r}): {name} must be a tensor (or a numpy array), got {type(t).__name__}")
-            t = d[name] = torch.as_tensor(np.ascontiguousarray(t))  # (a reversed or strided view: torch takes no negative strides)
+            a = np.asarray(t)  # (a reversed or strided view made contiguous: torch takes no negative strides; 0-d stays 0-d)
+            t = d[name] = torch.as_tensor(np.ascontiguousarray(a) if a.ndim else a)
         if t.dtype in NARROW_INTS and name in INDEX_FIELDS:
             d[name] = t.long()
 

@@ -13,4 +13,8 @@ from recipes.runs import resolve_run_dir
 
 if os.environ["RANK"] != "0":
     time.sleep(1.5)  # (a clock's second later: its own name would differ)
-print(json.dumps({"rank": int(os.environ["RANK"]), "run_dir": str(resolve_run_dir(Config(), "gpt_char"))}), flush=True)
+first = str(resolve_run_dir(Config(), "gpt_char"))
+if os.environ["RANK"] == "0":
+    time.sleep(1.5)  # (a sweep's second run: process 0 still busy with the first when process 1 asks for the next name)
+second = str(resolve_run_dir(Config(), "gpt_bpe"))
+print(json.dumps({"rank": int(os.environ["RANK"]), "run_dir": first, "second": second}), flush=True)
