@@ -77,6 +77,9 @@ class Config(TrainConfig):
 
     def check(self) -> None:
         super().check()
+        made = [f"{k}={getattr(self, k)}" for k in ("n_episodes", "data_dir", "data_seed") if getattr(self, k) and k not in self.NOT_USED]
+        if self.data and made:  # (they size and place the embedded dataset, which data= replaces)
+            raise ConfigError(f"{', '.join(made)}: these make the embedded dataset; data={self.data} is read as it is: leave them out")
         if self.ENV and self.env != self.ENV:
             raise ConfigError(f"env={self.env}: this recipe's settings are made for {self.ENV}; for another environment "
                               "use dt_offline data=PATH env=ENV_ID")  # fmt: skip

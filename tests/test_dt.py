@@ -88,6 +88,9 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
         dt_offline.main(dt_offline.Config(run_dir=str(tmp_path / "wrong"), data=str(cartpole), env="Pendulum-v1", max_timestep=200, **TINY))
     with pytest.raises(ValueError, match=r"env=Pendulum-v1: this recipe's settings are made for CartPole-v1; for another environment use dt_offline"):
         dt_cartpole.Config(env="Pendulum-v1").check()  # CartPole's targets and return scale on Pendulum: refused, not run
+    with pytest.raises(ValueError, match=r"n_episodes=30: these make the embedded dataset; data=mine.npz is read as it is"):
+        dt_cartpole.Config(data="mine.npz", n_episodes=30).check()  # (ignored before)
+    dt_offline.Config(data="mine.npz", env="Pendulum-v1").check()  # (its NOT_USED keys: refused by make_config, not here)
 
 
 def test_episodes_past_the_timestep_table_are_refused_or_ended_there(tmp_path):
