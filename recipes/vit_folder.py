@@ -269,6 +269,12 @@ def read_init_from(cfg: Config, tensors: bool = True) -> dict:
         raise ValueError(f"init_from={path}: not a safetensors file ({e}); {expected}") from None
 
 
+def timm_shape(config) -> dict:
+    """The shape keys a timm model's weights set (our config for it: `timm_vit`)."""
+    t = config.trunk
+    return {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio}
+
+
 def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     """Our model with a timm ViT's weights (position table resampled to our grid; new head)."""
     from models import MultimodalTransformer, load_timm_vit
@@ -276,8 +282,7 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     vit_model, config = timm_vit(cfg, num_classes)
     config.modalities["image"].grid = list(tokenizer.grid)
     config.modalities["image"].max_positions = tokenizer.max_positions
-    t = config.trunk
-    cfg.dim, cfg.depth, cfg.num_heads, cfg.mlp_ratio = t.dim, t.depth, t.num_heads, t.mlp_ratio
+    take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}")  # (main checked it before any image was read)
     config.heads["cls"].label_smoothing = cfg.label_smoothing
     config.trunk = dataclasses.replace(config.trunk, dropout=cfg.dropout, flash=cfg.flash)  # (timm's model was built without them)
     sd = read_init_from(cfg)
@@ -300,8 +305,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
     if cfg.init_from and not resume:  # before any image is read or the run directory written
         _, config = timm_vit(cfg, device="meta")
-        t = config.trunk  # the weights' shape: a value given for another is refused, not replaced
-        take_shape(cfg, {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio}, f"timm_model={cfg.timm_model}")
+        take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}")  # a value given for another is refused, not replaced
         read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 

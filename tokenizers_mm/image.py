@@ -200,14 +200,19 @@ class ImageTokenizer(Tokenizer):
         """A preprocessed (C, H, W) image → TokenSet (used after batched augmentation too)."""
         self._check_shape(x, 3)
         values = self.patchify(x)
-        n = values.shape[0]
-        positions = torch.arange(self.prefix_tokens, self.prefix_tokens + n)
-        types = torch.zeros(n, dtype=torch.long)
         if self.cls_token:  # timm's layout: the CLS slot is position 0
             values = torch.cat([values.new_zeros(1, values.shape[1]), values])
-            positions = torch.cat([torch.zeros(1, dtype=torch.long), positions])
-            types = torch.cat([torch.ones(1, dtype=torch.long), types])
-        return TokenSet(self.modality, values=values, positions=positions, types=types)
+        return TokenSet(self.modality, values=values, positions=self._positions, types=self._types)
+
+    @property
+    def _positions(self) -> Tensor:
+        """Each token's position: 0 for the CLS token when there is one, then the patches' (raster order)."""
+        return torch.arange(self.max_positions)
+
+    @property
+    def _types(self) -> Tensor:
+        """Each token's type: 1 for the CLS token, 0 for the patches."""
+        return (torch.arange(self.max_positions) < self.prefix_tokens).long()
 
     def tokens_batch(self, x: Tensor) -> "TokenBatch":
         """Preprocessed images (B, C, H, W) → one TokenBatch, without a Python loop over samples."""
@@ -217,11 +222,10 @@ class ImageTokenizer(Tokenizer):
         B, C, H, W = x.shape
         p = self.patch_size
         values = x.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 1, 3, 5).reshape(B, -1, C * p * p)  # (B, N, C·p·p)
-        one = self.tokens(x[0])
         if self.cls_token:
             values = torch.cat([values.new_zeros(B, 1, values.shape[2]), values], 1)
         n = values.shape[1]
-        return TokenBatch(self.modality, None, values, one.positions.expand(B, n), one.types.expand(B, n),
+        return TokenBatch(self.modality, None, values, self._positions.expand(B, n), self._types.expand(B, n),
                           torch.ones(B, n, dtype=torch.bool))  # fmt: skip
 
     def _check_shape(self, x: Tensor, dims: int) -> None:
