@@ -134,6 +134,10 @@ class ModelConfig:
         for name in [*self.encoder_inputs, *self.decoder_inputs, *(h.modality for h in self.heads.values())]:
             if name not in self.modalities:
                 raise ValueError(f"modality {name!r} is used but not configured; configured: {sorted(self.modalities)}")
+        unread = {n: h.modality for n, h in self.heads.items() if h.modality not in (*self.encoder_inputs, *self.decoder_inputs)}
+        if unread:  # (it would never see a token: no output, its targets ignored)
+            raise ValueError(f"heads {sorted(unread)} read {sorted(set(unread.values()))}, which neither the encoder nor the decoder "
+                             f"reads (encoder_inputs {self.encoder_inputs}, decoder_inputs {self.decoder_inputs})")
 
     def to_dict(self) -> dict:
         return asdict(self)

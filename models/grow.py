@@ -7,8 +7,9 @@ its old ones (its tokenizer keeps the old type ids). New embedders, type rows an
 the usual initialisation. On inputs the old model accepted, the grown one computes the same outputs.
 
 `freeze_trained(model, old_config)` then keeps the trained part fixed while the new rows learn
-(`requires_grad` off, and a gradient hook that zeroes the old rows of the type table), so old tasks
-stay exactly as they were; without it, continued training on a mix of old and new tasks adapts all
+(`requires_grad` off; a gradient hook that zeroes the old rows of the type table, and optimizer
+step hooks that put them back after any optimizer's step, so that decoupled weight decay, as
+`torch.optim.AdamW`'s default, leaves them too), so old tasks stay exactly as they were; without it, continued training on a mix of old and new tasks adapts all
 weights (the generalist recipe's `freeze_trained=false`).
 """
 
@@ -16,7 +17,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import weakref
+
 import torch
+from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from .config import ModelConfig
 from .transformer import MultimodalTransformer
@@ -87,12 +92,32 @@ def grow(model: MultimodalTransformer, config: ModelConfig) -> MultimodalTransfo
 
 def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:
     """Freeze what `old` (the trained config) had: every copied weight, and the old type rows.
-    Returns the hook handles (remove them to unfreeze the type rows)."""
+    Returns the hook handles (remove them to unfreeze the type rows; the optimizer step hooks are
+    process-wide and check whether the stepping optimizer holds this model's type table)."""
     _, rows = type_rows(old, model.config)
     old_keys = set(MultimodalTransformer(old).state_dict()) - {TYPE_TABLE}
     for key, p in model.named_parameters():
         if key in old_keys:
             p.requires_grad_(False)
-    keep = torch.zeros(model.type_embed.weight.shape[0], 1, dtype=torch.bool)
+    weight = model.type_embed.weight
+    keep = torch.zeros(weight.shape[0], 1, dtype=torch.bool)
     keep[rows] = True
-    return [model.type_embed.weight.register_hook(lambda g: g.masked_fill(keep.to(g.device), 0.0))]
+    # an optimizer that decays weights itself (AdamW's decoupled weight decay, torch's default 0.01) moves rows whose
+    # gradient is 0: each step of an optimizer that holds the table puts the old rows back as they were before it
+    ref, index, before_step = weakref.ref(weight), torch.tensor(rows, dtype=torch.long), {}
+
+    def holds(optimizer) -> Tensor | None:
+        w = ref()
+        return w if w is not None and any(p is w for group in optimizer.param_groups for p in group["params"]) else None
+
+    def save_rows(optimizer, args, kwargs):
+        if (w := holds(optimizer)) is not None:
+            before_step[id(optimizer)] = w.detach()[index.to(w.device)].clone()
+
+    def restore_rows(optimizer, args, kwargs):
+        if (w := holds(optimizer)) is not None and id(optimizer) in before_step:
+            with torch.no_grad():
+                w[index.to(w.device)] = before_step.pop(id(optimizer))
+
+    return [weight.register_hook(lambda g: g.masked_fill(keep.to(g.device), 0.0)),
+            register_optimizer_step_pre_hook(save_rows), register_optimizer_step_post_hook(restore_rows)]  # fmt: skip

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
-from tokenizers_mm import TokenBatch
+from tokenizers_mm import TokenBatch, TokenSet
 from tokenizers_mm.base import read_json, umask_mode, write_json_atomic
 
 from .attention import KVCache, build_mask
@@ -180,8 +180,7 @@ class MultimodalTransformer(nn.Module):
             if name not in inputs:
                 raise KeyError(f"model input {name!r} is missing; this model reads {names}, got {sorted(inputs)}")
             b, emb = inputs[name], self.embedders[name]
-            k = getattr(emb, "stride", 1)  # a strided stem (Whisper's) keeps every k-th token
-            types, mask, seg = (t if t is None or k == 1 else t[:, ::k] for t in (shared_rows(b.types), b.mask, b.segments))
+            types, mask, seg = (self._strided(name, t) for t in (shared_rows(b.types), b.mask, b.segments))
             x = emb(b)
             xs.append(x + self.type_embed(types + self.type_offset[name]))
             masks.append(mask)
@@ -193,6 +192,12 @@ class MultimodalTransformer(nn.Module):
         if any(s is not None for s in segs):
             segments = torch.cat([s if s is not None else torch.where(m, 0, -1) for s, m in zip(segs, masks)], 1)
         return self.drop(x), mask, segments, spans
+
+    def _strided(self, name: str, t: Tensor | None) -> Tensor | None:
+        """A modality's per-token tensor (B, N, ...) at the tokens the trunk reads: a strided stem
+        (Whisper's) keeps every k-th token."""
+        k = getattr(self.embedders[name], "stride", 1)
+        return t if t is None or k == 1 else t[:, ::k]
 
     # -- trunk ----------------------------------------------------------------------------------
     def encode(self, inputs: dict[str, TokenBatch]) -> tuple[Tensor, Tensor, dict]:
@@ -281,6 +286,8 @@ class MultimodalTransformer(nn.Module):
         feats, memory_segments = {}, None
         if memory is not None and (self.encoder is None or any(b.segments is not None for b in inputs.values())):
             raise ValueError("forward: memory= is the encoder's output for unpacked inputs" + (" (this model has no encoder)" if self.encoder is None else ""))
+        if memory is not None and inputs and memory.shape[0] != next(iter(inputs.values())).shape[0]:
+            raise ValueError(f"forward: memory= holds {memory.shape[0]} rows for a batch of {next(iter(inputs.values())).shape[0]}")
         memory, memory_mask = (memory.states, memory.mask) if memory is not None else (None, None)
         if self.encoder is not None and memory is None:
             memory, memory_mask, memory_segments, spans = self.encode_packed(inputs)
@@ -309,25 +316,27 @@ class MultimodalTransformer(nn.Module):
                 b = inputs[hc.modality]
                 if b.targets is None:
                     continue
-                valid = mask & (b.types == m.token_types.index(hc.token_type))
-                valid = valid & b.loss_mask if b.loss_mask is not None else valid
+                types, y, loss_mask = (self._strided(hc.modality, t) for t in (b.types, b.targets, b.loss_mask))
+                valid = mask & (types == m.token_types.index(hc.token_type))
+                valid = valid & loss_mask if loss_mask is not None else valid
                 # note: the mean over the valid tokens as a masked sum over all of them: no boolean indexing, so no
                 # dynamic shapes or host sync (one compiled graph), and a batch without such tokens adds 0, not an error
                 B, N, K = logits.shape
                 if hc.kind == "token_classify":  # targets (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
-                    tgt = b.targets.reshape(B, N, -1)
+                    tgt = y.reshape(B, N, -1)
                     tgt = tgt.masked_fill(~valid[..., None], IGNORE).reshape(-1)
                     loss = F.cross_entropy(logits.reshape(tgt.numel(), -1).float(), tgt, ignore_index=IGNORE, label_smoothing=hc.label_smoothing,
                                            reduction="sum") / (valid.sum() * (tgt.numel() // (B * N))).clamp(min=1)  # fmt: skip
                 else:  # targets (B, N, ...) values, K per token
-                    err = (logits.float() - b.targets.float().reshape(B, N, K)) ** 2
+                    err = (logits.float() - y.float().reshape(B, N, K)) ** 2
                     loss = torch.where(valid[..., None], err, 0.0).sum() / (valid.sum() * K).clamp(min=1)
             elif hc.kind == "lm":
                 b = inputs[hc.modality]
                 if b.targets is None:
                     continue
-                valid = (b.loss_mask & mask if b.loss_mask is not None else mask) & (b.targets != IGNORE)  # (targets may carry -100 too)
-                tgt = b.targets.masked_fill(~valid, IGNORE)
+                y, loss_mask = self._strided(hc.modality, b.targets), self._strided(hc.modality, b.loss_mask)
+                valid = (loss_mask & mask if loss_mask is not None else mask) & (y != IGNORE)  # (targets may carry -100 too)
+                tgt = y.masked_fill(~valid, IGNORE)
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE,
                                        reduction="sum") / valid.sum().clamp(min=1)  # fmt: skip  # (no target at all: 0, not 0/0)
             else:
@@ -346,12 +355,14 @@ class MultimodalTransformer(nn.Module):
         return out
 
     def _pool_mask(self, head: str, mask: Tensor, batch: TokenBatch) -> Tensor:
-        """The tokens a pooled head averages: `mask`, without the learned (CLS-like) tokens for a mean."""
+        """The tokens a pooled head averages: `mask` (the trunk's tokens, `_strided`), without the
+        learned (CLS-like) tokens for a mean."""
         hc = self.config.heads[head]
         m = self.config.modalities[hc.modality]
         if hc.pool == "mean" and m.learned_types:  # average the content tokens, not CLS
+            types = self._strided(hc.modality, batch.types)
             for t in m.learned_types:
-                mask = mask & (batch.types != m.token_types.index(t))
+                mask = mask & (types != m.token_types.index(t))
         return mask
 
     def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
@@ -370,16 +381,21 @@ class MultimodalTransformer(nn.Module):
         unknown = sorted(set(inputs) - reads)
         if unknown:
             raise ValueError(f"model inputs {unknown}: this model reads {sorted(reads)}; a batch's keys name its modalities")
+        self._check_batch(inputs, "model inputs")
         unknown = sorted(set(targets or {}) - set(self.heads))
         if unknown:
             raise ValueError(f"targets {unknown}: this model's heads are {sorted(self.heads)}; targets are keyed by head name")
+        per_token = sorted(n for n in targets or {} if self.config.heads[n].kind == "lm" or self.config.heads[n].kind.startswith("token_"))
+        if per_token:  # (they would be ignored: no loss, nothing learned)
+            raise ValueError(f"targets {per_token}: {'an lm or a per-token head reads' if len(per_token) == 1 else 'lm and per-token heads read'} "
+                             "its modality's TokenBatch.targets (each token's), not targets=; targets= is for pooled heads (classify, regress)")
         for name, b in inputs.items():
             if b.mask.device.type == "cpu":
                 b.validate(self.config.modalities[name].spec)
         for name, hc in self.config.heads.items():  # a pooled head reads each row: a row with nothing to read is classified from nothing
             b = inputs.get(hc.modality)
             if hc.kind in ("classify", "regress") and b is not None and b.mask.device.type == "cpu" and b.segments is None:
-                empty = ~self._pool_mask(name, b.mask, b).any(1)
+                empty = ~self._pool_mask(name, self._strided(hc.modality, b.mask), b).any(1)
                 if empty.any():
                     what = "content tokens (only its learned tokens: CLS, ...)" if bool(b.mask[empty].any()) else "tokens"
                     raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no {hc.modality!r} {what} for head {name!r} "
@@ -389,6 +405,19 @@ class MultimodalTransformer(nn.Module):
                 self._check_sample_targets(name, y, b.shape[0])
             if hc.kind in ("classify", "token_classify", "lm"):
                 self._check_classes(name, inputs, targets)
+
+    @staticmethod
+    def _check_batch(inputs: dict[str, TokenBatch], who: str) -> None:
+        """Every modality a TokenBatch of the same batch size: one sample's tokens (a TokenSet) are
+        collated first, and rows of different counts would be broadcast or fail deep in torch."""
+        for name, b in inputs.items():
+            if not isinstance(b, TokenBatch):
+                hint = f"collate([...]) the samples' {type(b).__name__}s into one" if isinstance(b, TokenSet) else "a tokenizer's TokenSets, collated"
+                raise TypeError(f"{who}: {name!r} is a {type(b).__name__}, expected a TokenBatch ({hint})")
+        sizes = {name: b.shape[0] for name, b in inputs.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{who}: the modalities' batch sizes differ ({', '.join(f'{n} {k}' for n, k in sizes.items())}); "
+                             "each row is one sample across all of them")
 
     def _check_sample_targets(self, name: str, y, batch: int) -> None:
         """A classify head's targets are (B,) integer class ids or (B, C) class probabilities; a
@@ -471,6 +500,7 @@ class MultimodalTransformer(nn.Module):
     # -- generation -----------------------------------------------------------------------------
     def _lm_prompt(self, inputs: dict[str, TokenBatch], who: str) -> tuple[str, str, TokenBatch]:
         """(lm head name, its modality, the prompt batch), checked for decoding."""
+        self._check_batch(inputs, who)
         lm = [(n, h) for n, h in self.config.heads.items() if h.kind == "lm" and h.modality in inputs]
         if not lm or self.decoder is None:
             raise ValueError(f"{who} needs a decoder with an lm head on one of the given inputs {sorted(inputs)}")
@@ -543,6 +573,10 @@ class MultimodalTransformer(nn.Module):
         Past the modality's position table, the context is cropped to its last max_positions
         tokens and re-run without the cache (nanoGPT's sliding window).
         """
+        if not temperature >= 0:  # (a negative one would favour the least likely tokens)
+            raise ValueError(f"generate: temperature={temperature} must be >= 0 (0 is greedy decoding)")
+        if top_k is not None and top_k < 0:
+            raise ValueError(f"generate: top_k={top_k} must be a positive number of tokens (None or 0: no top-k cut)")
         lm_name, name, prompt = self._lm_prompt(inputs, "generate")
         max_pos = self.config.modalities[name].max_positions
         ids, types = prompt.ids, prompt.types
@@ -607,6 +641,8 @@ class MultimodalTransformer(nn.Module):
         logits_filter and memory as there. The last new token may take the position after the
         table's last: it is sampled, never read.
         """
+        if not (isinstance(beam_size, int) and beam_size >= 1):
+            raise ValueError(f"beam_search: beam_size={beam_size!r} must be a whole number >= 1 (1 is greedy decoding)")
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size
@@ -671,7 +707,7 @@ class MultimodalTransformer(nn.Module):
         if temperature == 0:
             return logits.argmax(-1, keepdim=True)
         logits = logits / temperature
-        if top_k is not None:
+        if top_k:  # (None or 0: off, as Hugging Face's top_k=0)
             v, _ = torch.topk(logits, min(top_k, logits.shape[-1]))
             logits = logits.masked_fill(logits < v[:, -1:], float("-inf"))
         # note: one draw by inverse CDF, as torch.multinomial draws it but ~30x faster on a CPU over a

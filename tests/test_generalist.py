@@ -167,8 +167,8 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
     new_params = {k: p.detach().clone() for k, p in grown.named_parameters() if p.requires_grad}
     assert any(k.startswith("embedders.prose") for k in new_params) and "heads.lm.proj.weight" not in new_params  # tied to text's table
     grown.train()
-    opt = build_optimizer(grown, cfg)
-    for step in range(3):
+    plain = torch.optim.AdamW([p for p in grown.parameters() if p.requires_grad], lr=1e-2)  # decays every weight it holds (0.01)
+    for step, opt in enumerate([build_optimizer(grown, cfg)] * 2 + [plain] * 2):
         inputs, _ = g.PackCollate(256)(mixed_examples(tasks, weights, 16, seed=step))
         grown(inputs).loss.backward()
         opt.step()

@@ -22,6 +22,11 @@ def test_patches_in_raster_order_and_exact_round_trip():
     assert (ts.values[1] * 24).round().tolist() == [2, 3, 8, 9]  # second patch of the first row
     assert ts.positions.tolist() == list(range(6)) and ts.types.tolist() == [0] * 6
     assert torch.equal(tok.decode(ts), img)  # exact: no resize happened
+    batch = collate([ts, tok.encode(1 - img)])  # a batch decodes to (B, C, H, W), from a TokenBatch or its values
+    assert torch.equal(tok.decode(batch), torch.stack([img, 1 - img])) and torch.equal(tok.decode(batch.values), tok.decode(batch))
+    with pytest.raises(ImageError, match=r"image decode: expected 6 patches of 4 values \(this tokenizer's 4×6 images, patch 2, 1 channels\), "
+                                         r"got patch values of shape \(5, 4\)"):  # fmt: skip
+        tok.decode(ts.values[:5])
 
 
 def test_cls_token_slot_and_spec():
@@ -304,3 +309,14 @@ def test_tokens_refuse_images_that_are_not_preprocessed_to_the_tokenizers_size()
     with pytest.raises(ImageError, match=r"expected a preprocessed float tensor \(B, 3, 8, 8\), got torch.float32 of shape \(3, 8, 8\)"):
         tok.tokens_batch(torch.rand(3, 8, 8))
     assert len(tok.encode(torch.rand(3, 4, 16))) == 4  # any size, resized
+
+
+@pytest.mark.parametrize("crop_pct", [1.0, 0.9])
+def test_an_8_bit_pil_image_gives_timms_eval_pixels_exactly(crop_pct):
+    """An 8-bit PIL image is resized as PIL resizes it (in 8 bits), as timm's eval transform does:
+    the same pixels, not a float resize a few grey levels away (up to 0.15 after normalising on noise)."""
+    rng = np.random.default_rng(0)
+    for image in (Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)), Image.fromarray(rng.integers(0, 256, (300, 200), dtype=np.uint8)).convert("P")):
+        tok = ImageTokenizer(image_size=224, patch_size=16, crop_pct=crop_pct)
+        ref = timm.data.create_transform(input_size=(3, 224, 224), is_training=False, crop_pct=crop_pct, interpolation="bicubic")
+        torch.testing.assert_close(tok.preprocess(image), ref(image.convert("RGB")), atol=1e-6, rtol=0)

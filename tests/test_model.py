@@ -744,3 +744,57 @@ def test_class_targets_outside_a_heads_classes_are_named_by_sample():
     wrong = TokenSet("image", values=torch.randn(3, 12), types=types, targets=torch.tensor([[0, 0], [1, 3], [0, 0]]))
     with pytest.raises(ValueError, match=r"head 'act': sample 1 of the batch has target 3 at token 1; expected a class from 0 to 2"):
         tokens({"image": collate([good, wrong])})
+
+
+def test_batches_the_model_would_misread_are_refused_in_one_line():
+    """Modalities of different batch sizes (an encoder-decoder broadcast a 1-row memory to every
+    decoder row), one sample's TokenSet, an lm head's targets given as targets= (read from the
+    TokenBatch: they trained nothing), and a head on a modality no stack reads."""
+    model = multimodal("encoder-decoder").eval()
+    one, two = collate([TokenSet("image", values=torch.randn(4, 12))]), collate([rand_text(3), rand_text(3, 1)])
+    with pytest.raises(ValueError, match=r"model inputs: the modalities' batch sizes differ \(image 1, text 2\)"):
+        model({"image": one, "text": two})
+    with pytest.raises(ValueError, match=r"generate: the modalities' batch sizes differ \(image 1, text 2\)"):
+        model.generate({"image": one, "text": two}, 2)
+    with pytest.raises(ValueError, match=r"forward: memory= holds 1 rows for a batch of 2"):
+        model.forward_features({"text": two}, memory=model.encode_memory({"image": one}))
+    with pytest.raises(TypeError, match=r"'text' is a TokenSet, expected a TokenBatch \(collate\(\[\.\.\.\]\) the samples' TokenSets into one\)"):
+        model({"image": one, "text": rand_text(3)})
+    with pytest.raises(ValueError, match=r"targets \['lm'\]: an lm or a per-token head reads its modality's TokenBatch.targets"):
+        model({"image": one, "text": collate([rand_text(3)])}, {"lm": torch.tensor([[1, 2, 3]])})
+    with pytest.raises(ValueError, match=r"heads \['cls'\] read \['image'\], which neither the encoder nor the decoder reads"):
+        ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), {"text": ModalityConfig.from_spec(TEXT), "image": ModalityConfig.from_spec(IMAGE)},
+                    {"cls": HeadConfig("classify", "image", num_outputs=3)}, encoder_inputs=["text"])  # fmt: skip
+
+
+def test_a_per_token_head_on_a_strided_stem_reads_the_tokens_the_trunk_keeps():
+    """Whisper's conv stem keeps every second frame: a per-token head's types, targets and loss
+    mask are taken at those frames (they were read at full length: a shape error)."""
+    torch.manual_seed(0)
+    spec = ModalitySpec("audio", ("frame", "mark"), 40, value_dim=8)
+    cfg = ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"audio": ModalityConfig.from_spec(spec, embedder="whisper_conv")},
+                      {"tag": HeadConfig("token_classify", "audio", num_outputs=3, token_type="frame"),
+                       "cls": HeadConfig("classify", "audio", num_outputs=2, pool="mean")}, encoder_inputs=["audio"])  # fmt: skip
+    model = MultimodalTransformer(cfg).eval()
+    sets = [TokenSet("audio", values=torch.randn(n, 8), types=torch.tensor([1] + [0] * (n - 1)), targets=torch.randint(0, 3, (n,)),
+                     loss_mask=torch.rand(n) > 0.3) for n in (9, 6)]  # fmt: skip
+    batch = collate(sets)
+    out = model({"audio": batch}, {"cls": torch.tensor([0, 1])})
+    assert out.logits["tag"].shape == (2, 5, 3)
+    kept = batch.mask[:, ::2] & (batch.types[:, ::2] == 0) & batch.loss_mask[:, ::2]
+    want = torch.nn.functional.cross_entropy(out.logits["tag"][kept], batch.targets[:, ::2][kept])
+    torch.testing.assert_close(out.losses["tag"], want)
+
+
+def test_sampling_arguments_are_checked():
+    """top_k=0 is no cut (as Hugging Face's); a negative temperature (it favoured the least likely
+    tokens), a negative top_k and a beam size below 1 are refused in one line."""
+    model = lm_model()
+    inputs = {"text": collate([rand_text(3)])}
+    a = model.generate(inputs, 4, top_k=0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, model.generate(inputs, 4, top_k=None, generator=torch.Generator().manual_seed(1)))
+    for kw, message in [(dict(temperature=-1.0), r"temperature=-1.0 must be >= 0"), (dict(top_k=-2), r"top_k=-2 must be a positive number")]:
+        with pytest.raises(ValueError, match=message):
+            model.generate(inputs, 2, **kw)
+    with pytest.raises(ValueError, match=r"beam_search: beam_size=0 must be a whole number >= 1"):
+        model.beam_search(inputs, 2, beam_size=0)

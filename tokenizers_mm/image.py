@@ -62,6 +62,9 @@ def open_image(source) -> "PIL.Image.Image":  # noqa: F821
         raise ImageError(f"image {path}: corrupt or truncated ({e})") from None
 
 
+PIL_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL modes of more than 8 bits a channel (integer grayscale, then float)
+
+
 def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     """PIL / NumPy / tensor image → float (C, H, W) in [0, 1] with `channels` channels.
 
@@ -69,7 +72,7 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     data. NumPy arrays are (H, W) or (H, W, C); tensors are (H, W) or (C, H, W).
     """
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit / 32-bit integer grayscale
+        if image.mode in PIL_WIDE_MODES[:-1]:  # 16-bit / 32-bit integer grayscale
             arr = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0)
             x = torch.from_numpy(arr)[None]
         elif image.mode == "F":  # float grayscale (TIFF): taken as [0, 1] like a float array; "L" would round it to 0 / 1
@@ -159,11 +162,17 @@ class ImageTokenizer(Tokenizer):
         """Any image → normalised float (C, H, W) of `image_size`: shorter side resized, centre crop."""
         from torchvision.transforms.v2 import functional as TF
 
-        x = to_tensor(image, self.channels, name)
-        h, w = x.shape[-2:]
+        pil = hasattr(image, "mode") and hasattr(image, "convert") and image.mode not in PIL_WIDE_MODES
+        if pil:  # an 8-bit PIL image is resized as PIL resizes it, as timm's eval transform does: the same pixels
+            image = image.convert("L" if self.channels == 1 else "RGB")
+            w, h = image.size
+        else:
+            x = to_tensor(image, self.channels, name)
+            h, w = x.shape[-2:]
         if h == 0 or w == 0:  # note: any other size is resized (a 3×3 image up to image_size), as training and evaluation resize it
             raise ImageError(f"{name}: {h}×{w} pixels, an empty image")
-        if (h, w) != self.image_size or self.crop_pct < 1:
+        crop = (h, w) != self.image_size or self.crop_pct < 1
+        if crop:
             if not self.resize:
                 raise ImageError(f"{name}: is {h}×{w}, expected {self.image_size[0]}×{self.image_size[1]} (resize=False)")
             H, W = (math.floor(t / self.crop_pct) for t in self.image_size)  # timm's scale_size
@@ -173,7 +182,13 @@ class ImageTokenizer(Tokenizer):
                 ratio = min(h / H, w / W)
                 size = [round(h / ratio), round(w / ratio)]
             mode = TF.InterpolationMode.BICUBIC if self.interpolation == "bicubic" else TF.InterpolationMode.BILINEAR
-            x = TF.resize(x, size, interpolation=mode, antialias=True)
+            if pil:
+                image = TF.resize(image, size, interpolation=mode, antialias=True)
+            else:
+                x = TF.resize(x, size, interpolation=mode, antialias=True)
+        if pil:
+            x = to_tensor(image, self.channels, name)
+        if crop:
             x = TF.center_crop(x, list(self.image_size))
         x = (x - self._mean.to(x.device)) / self._std.to(x.device)
         if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
@@ -242,10 +257,26 @@ class ImageTokenizer(Tokenizer):
         return self.tokens(self.preprocess(sample, name))
 
     def decode(self, tokens) -> Tensor:
-        """TokenSet (or patch values) → image (C, H, W) in [0, 1] pixel units (CLS dropped; an
-        antialiased resize in `encode` can overshoot the range slightly: clamp to display)."""
+        """TokenSet (or patch values (N, C·p·p)) → image (C, H, W) in [0, 1] pixel units (CLS
+        dropped; an antialiased resize in `encode` can overshoot the range slightly: clamp to
+        display); a TokenBatch (or values (B, N, C·p·p)) → images (B, C, H, W)."""
+        from .tokenset import TokenBatch
+
+        if isinstance(tokens, TokenBatch):
+            return torch.stack([self.decode(TokenSet(tokens.modality, values=tokens.values[i][m], positions=tokens.positions[i][m],
+                                                     types=tokens.types[i][m])) for i, m in enumerate(tokens.mask)])  # fmt: skip
+        if isinstance(tokens, Tensor) and tokens.dim() == 3:
+            return torch.stack([self.decode(t) for t in tokens])
         if isinstance(tokens, TokenSet):
-            values = tokens.values[tokens.types == 0]
-        else:
+            values = tokens.values[tokens.types == 0] if tokens.values is not None else None
+        elif isinstance(tokens, Tensor) and tokens.dim() == 2:
             values = tokens[self.prefix_tokens :] if tokens.shape[0] == self.max_positions else tokens
+        else:
+            got = f"a tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ImageError(f"image decode: expected a TokenSet, a TokenBatch or patch values (N, D) / (B, N, D), got {got}")
+        want = (self.grid[0] * self.grid[1], self.channels * self.patch_size**2)
+        if values is None or tuple(values.shape) != want:
+            got = "no values" if values is None else f"patch values of shape {tuple(values.shape)}"
+            raise ImageError(f"image decode: expected {want[0]} patches of {want[1]} values (this tokenizer's {self.image_size[0]}×"
+                             f"{self.image_size[1]} images, patch {self.patch_size}, {self.channels} channels), got {got}")  # fmt: skip
         return self.unpatchify(values) * self._std.to(values.device) + self._mean.to(values.device)
