@@ -191,23 +191,39 @@ def write_manifest(directory: Path) -> None:
     write_json_atomic(directory / MANIFEST, {"files": files})
 
 
+_verified: dict[tuple, tuple] = {}  # (directory, only) -> the files' (name, size, mtime) when they last verified
+
+
 def verify(directory: Path, only: tuple[str, ...] | None = None) -> None:
     """Refuse a checkpoint whose files are missing, truncated or altered (`only` these of them: the
-    model's, for a command that reads the weights alone)."""
+    model's, for a command that reads the weights alone), or whose manifest is not one this module
+    writes (a manifest listing nothing would pass anything). Files unchanged since they last
+    verified in this process (size, times, inode) are not hashed again (a resume checks twice)."""
     try:
         manifest = read_json(directory / MANIFEST, "checkpoint")
     except (FileNotFoundError, ValueError) as e:
         raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: {e}") from None
-    for name, info in manifest.get("files", {}).items():
-        if only is not None and name not in only:
-            continue
-        p = directory / name
-        if not p.is_file():
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    listed = isinstance(files, dict) and all(isinstance(i, dict) and isinstance(i.get("bytes"), int) and isinstance(i.get("sha256"), str)
+                                             for i in files.values())  # fmt: skip
+    if not listed or not files or (missing := [n for n in only or () if n not in files]):
+        why = 'expected {"files": {name: {"bytes": N, "sha256": HEX}}}' if not listed else \
+            f"it does not list {', '.join(missing)}" if files else "it lists no files"
+        raise CheckpointError(f"checkpoint {directory} is corrupt: {MANIFEST} is not a checkpoint manifest ({why})")
+    wanted = [(name, info) for name, info in files.items() if only is None or name in only]
+    for name, _ in wanted:
+        if not (directory / name).is_file():
             raise CheckpointError(f"checkpoint {directory} is incomplete: {name} is missing")
-        if p.stat().st_size != info["bytes"]:
-            raise CheckpointError(f"checkpoint {directory} is truncated: {name} has {p.stat().st_size} bytes, expected {info['bytes']}")
-        if sha256(p) != info["sha256"]:
+    key, stats = (str(Path(directory).resolve()), only), [(n, (directory / n).stat()) for n, _ in wanted]
+    seen = tuple((n, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for n, st in [*stats, (MANIFEST, (directory / MANIFEST).stat())])
+    if _verified.get(key) == seen:
+        return
+    for (name, info), (_, st) in zip(wanted, stats):
+        if st.st_size != info["bytes"]:
+            raise CheckpointError(f"checkpoint {directory} is truncated: {name} has {st.st_size} bytes, expected {info['bytes']}")
+        if sha256(directory / name) != info["sha256"]:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its SHA-256")
+    _verified[key] = seen
 
 
 # -- checkpoints in a run directory ---------------------------------------------------------------
@@ -254,14 +270,17 @@ def verify_latest(ckpt: Path, only: tuple[str, ...] | None = None) -> None:
 
 def recover(run_dir) -> None:
     """Clear the leftovers of killed checkpoint writes (`.tmp-*`, `.trash-*`). A `.trash-step-N`
-    whose step-N is gone is a whole old checkpoint (the write was killed between an overwrite's two
-    renames, or while pruning): it is renamed back when it verifies against its manifest (a pruned
-    one is pruned again by the next write); anything else is removed. Only the process that
+    whose step-N is gone and that is newer than every checkpoint left is a whole old checkpoint that
+    an overwrite's two renames were killed between: it is renamed back when it verifies against its
+    manifest. Anything else is removed: an older `.trash-step-N` is one a prune was killed removing
+    (renamed back, nothing would prune it again once the run is complete). Only the process that
     writes the run's checkpoints calls this (before its first write, and before a resume picks one)."""
     root = Path(run_dir) / CKPT_DIR
     for stale in sorted(root.glob(".t*-step-*")) if root.is_dir() else []:
         final = stale.with_name(stale.name.removeprefix(".trash-"))
-        if stale.name.startswith(".trash-") and STEP_RE.match(final.name) and not final.exists():
+        newest = latest_checkpoint(run_dir)
+        if (stale.name.startswith(".trash-") and STEP_RE.match(final.name) and not final.exists()
+                and (newest is None or checkpoint_step(final) > checkpoint_step(newest))):  # fmt: skip
             try:
                 verify(stale)
             except CheckpointError:

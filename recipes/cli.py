@@ -52,17 +52,26 @@ def cmd_tokenizers(args):
 
 
 def cmd_train(args):
-    from .runs import make_config
+    from .runs import make_config, resolve_run_dir, run_lock
 
     name, module, cfg = make_config(args.recipe, args.overrides)
-    module.main(cfg)
+    with run_lock(resolve_run_dir(cfg, name)):
+        module.main(cfg)
 
 
 def cmd_resume(args):
-    from .checkpoint import checkpoint_step, latest_checkpoint, verify_latest
-    from .runs import launched_processes, load_run_info, update_run_info
+    from .runs import load_run_info, run_lock
 
     _, module, cfg = load_run_info(args.run_dir)
+    with run_lock(args.run_dir):
+        resume_run(args, module, cfg)
+
+
+def resume_run(args, module, cfg):
+    """`mmtok resume` under the run's lock: its overrides checked, recorded, and the run continued."""
+    from .checkpoint import checkpoint_step, latest_checkpoint, verify_latest
+    from .runs import launched_processes, update_run_info
+
     given = parse_overrides(args.overrides)
     for k in given:
         if k not in ("max_steps", "lr_decay_steps", "fsdp"):

@@ -88,11 +88,25 @@ class TrainConfig:
             if not is_fp8_available():  # (Accelerate says so only after the data is made and the run directory written)
                 raise ConfigError("precision=fp8: Accelerate's fp8 needs transformer-engine, MS-AMP or torchao installed (and a Hopper "
                                   "or Ada GPU); precision=bf16 needs neither")  # fmt: skip
+        self.check_precision()
         world = launched_processes()
         if self.batch_size and self.batch_size % (self.grad_accum * world):
             raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum * processes = {self.grad_accum} * {world}")
         if self.fsdp and world < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+
+    def check_precision(self) -> None:
+        """fp16 on the CPU: Accelerate turns it off without a word (fp32, no loss scaler), so it is refused."""
+        if self.precision == "fp16" and on_cpu(self):
+            raise ConfigError("precision=fp16 needs a GPU (on the CPU Accelerate trains in fp32 instead, silently): "
+                              "precision=bf16 autocasts on the CPU, precision=no is fp32")  # fmt: skip
+
+
+def on_cpu(cfg) -> bool:
+    """Whether a run of `cfg` trains on the CPU: cpu=true, or no accelerator here."""
+    import torch
+
+    return bool(cfg.cpu) or not torch.accelerator.is_available()
 
 
 def launched_processes() -> int:

@@ -45,6 +45,7 @@ RECIPES = {
     "generalist": "recipes.generalist",
 }
 RUN_FILE = "run.json"
+LOCK_FILE = ".lock"  # held while the run trains (run_lock)
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what load_trained reads of a checkpoint
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
 
@@ -118,6 +119,47 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     return name, module, cfg
 
 
+@contextlib.contextmanager
+def run_lock(run_dir):
+    """Hold RUN_DIR/.lock while a run trains (`mmtok train` / `resume`; the launch's first process):
+    a second train or resume into the same folder is refused in one line, not left to delete the
+    first's checkpoint being written and interleave their logs. The OS lets go when the process
+    ends, killed or not. A no-op where there is no fcntl (Windows)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    if int(os.environ.get("RANK", "0")) != 0:
+        yield
+        return
+    run_dir, lock = Path(run_dir), Path(run_dir) / LOCK_FILE
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        f = open(lock, "a+")
+    except OSError as e:
+        raise ConfigError(f"run_dir {run_dir}: cannot write its lock file ({e.strerror or e})") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            raise ConfigError(f"run_dir {run_dir} is in use by another training process{f' (pid {pid})' if pid.isdigit() else ''}: "
+                              "wait for it to end, or give another run_dir") from None  # fmt: skip
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        except BaseException:
+            if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a run refused before it began leaves no folder
+                lock.unlink()
+                run_dir.rmdir()
+            raise
+
+
 def resolve_run_dir(cfg, recipe: str) -> Path:
     if not cfg.run_dir:
         cfg.run_dir = launch_shared(str(Path("runs") / f"{recipe}-{time.strftime('%Y%m%d-%H%M%S')}"), "run_dir")
@@ -172,6 +214,8 @@ def resumed_architecture(run_dir) -> MultimodalTransformer | None:
     started from imported weights (init_from=) resumes without that file, and in the architecture it
     was built with. None before its first checkpoint (it starts again from step 0: built anew)."""
     ckpt = held_checkpoint(run_dir)
+    if ckpt is not None:
+        verify_latest(ckpt)  # a damaged config.json: refused naming the older checkpoint that verifies (train() loads it)
     return None if ckpt is None else MultimodalTransformer.architecture(ckpt)
 
 
@@ -189,7 +233,9 @@ def load_run_info(run_dir):
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     doc = read_json(run_dir / RUN_FILE, "run")
-    module = get_recipe(doc.get("recipe", ""))
+    if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config", {}), dict):
+        raise ConfigError(f'{run_dir / RUN_FILE}: expected {{"recipe": NAME, "config": {{KEY: VALUE, ...}}}}, as a run writes it')
+    module = get_recipe(doc["recipe"])
     cfg = apply_values(module.Config(), doc.get("config", {}), str(run_dir / RUN_FILE))
     cfg.run_dir = str(run_dir)
     return doc["recipe"], module, cfg

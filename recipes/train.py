@@ -39,7 +39,7 @@ from models.blocks import Stack
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
-from .config import TrainConfig
+from .config import TrainConfig, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 from .runs import gloo_quiet, launched_processes
 
@@ -315,6 +315,7 @@ def accuracy(model, accelerator, batches, head: str = "cls") -> dict:
 def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = False) -> Accelerator:
     """subset_inputs: the model's batches may leave parts of it unused (a generalist's batch, or one
     process's share of it, can lack a task), so DDP must look for unused parameters every step."""
+    cfg.check_precision()  # (a run started on a GPU, resumed on a machine without one)
     precision = cfg.precision
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() and not cfg.cpu and torch.cuda.is_bf16_supported() else "no"
@@ -322,7 +323,7 @@ def make_accelerator(cfg: TrainConfig, run_dir: Path, subset_inputs: bool = Fals
     handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if subset_inputs else []
     # note: Accelerate sets up CPU processes (torchrun on a machine without a GPU) only when told cpu=True;
     # otherwise each process would train alone on the whole batch, all writing one run directory
-    cpu = cfg.cpu or not torch.accelerator.is_available()
+    cpu = on_cpu(cfg)
     with gloo_quiet(cpu and launched_processes() > 1):
         return Accelerator(mixed_precision=precision, cpu=cpu, log_with=trackers, project_dir=str(run_dir), kwargs_handlers=handlers)
 
@@ -586,8 +587,22 @@ def read_metrics(run_dir) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.exists():
         return []
-    lines = path.read_text().split("\n")[:-1]  # note: drops a last line cut short (disk full, killed mid-write)
-    return [json.loads(line) for line in lines if line.strip()]
+    lines = path.read_text(errors="replace").split("\n")[:-1]  # note: drops a last line cut short (disk full, killed mid-write)
+    rows, bad = [], []
+    for i, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("step"), int):
+                rows.append(row)
+            else:
+                bad.append(i)
+    if bad:  # a damaged log line (a disk error, an edit) costs its figures, not the run
+        print(f"warning: {path}: skipped {len(bad)} line(s) that are not a logged step (line {', '.join(map(str, bad[:5]))}"
+              f"{', ...' if len(bad) > 5 else ''})", file=sys.stderr)  # fmt: skip
+    return rows
 
 
 def plot_metrics(run_dir) -> Path | None:

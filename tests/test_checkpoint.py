@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -163,7 +164,7 @@ def test_a_checkpoint_below_the_latest_is_not_pruned_as_it_is_written(tmp_path):
     assert write_checkpoint(tmp_path, 100, _write(100), keep=2).is_dir()
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "manifest", "listing nothing", "a list", "a number"])
 def test_damaged_checkpoint_refused(tmp_path, damage):
     ckpt = write_checkpoint(tmp_path, 10, _write(10))
     f = ckpt / "a.bin"
@@ -173,12 +174,34 @@ def test_damaged_checkpoint_refused(tmp_path, damage):
         f.write_bytes(b"\x00" + f.read_bytes()[1:])
     elif damage == "delete":
         f.unlink()
-    else:
+    elif damage == "manifest":
         (ckpt / "manifest.json").write_text("{trunc")
+    else:  # valid JSON, not a manifest: a traceback, or (listing nothing) every file passed unchecked
+        (ckpt / "manifest.json").write_text({"listing nothing": '{"files": {}}', "a list": '{"files": []}', "a number": '{"files": {"a.bin": 5}}'}[damage])
+    shape = r"is corrupt: manifest.json is not a checkpoint manifest \(expected \{\"files\": \{name: \{\"bytes\": N, \"sha256\": HEX\}\}\}\)"
     expected = {"truncate": "is truncated: a.bin has 50 bytes", "flip": "is corrupt: a.bin does not match its SHA-256",
-                "delete": "is incomplete: a.bin is missing", "manifest": "is incomplete or corrupt"}[damage]  # fmt: skip
+                "delete": "is incomplete: a.bin is missing", "manifest": "is incomplete or corrupt", "a list": shape, "a number": shape,
+                "listing nothing": r"is corrupt: manifest.json is not a checkpoint manifest \(it lists no files\)"}[damage]  # fmt: skip
     with pytest.raises(CheckpointError, match=f"checkpoint .* {expected}"):
         verify(ckpt)
+
+
+def test_a_checkpoint_a_killed_prune_left_aside_is_removed_not_restored(tmp_path):
+    """A .trash-step-N older than the newest checkpoint is one a prune was killed removing: put back,
+    nothing would prune it again once the run is complete (keep_checkpoints broken for good)."""
+    for step in (2, 4, 6):
+        write_checkpoint(tmp_path, step, _write(step), keep=3)
+    root = tmp_path / "checkpoints"
+    (root / "step-0000002").rename(root / ".trash-step-0000002")  # killed between a prune's rename and its delete
+    recover(tmp_path)
+    assert [c.name for c in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000006"] and not list(root.glob(".t*"))
+    verify(root / "step-0000006")  # a second verify of unchanged files reads them from the cache; a changed one is read again
+    f = root / "step-0000006" / "a.bin"
+    before = f.stat().st_mtime_ns
+    f.write_bytes(b"\x00" * 100)  # same size; its time set apart from the verified one (within one clock tick they could match)
+    os.utime(f, ns=(before + 10**9, before + 10**9))
+    with pytest.raises(CheckpointError, match="a.bin does not match its SHA-256"):
+        verify(root / "step-0000006")
 
 
 def test_a_damaged_latest_checkpoint_names_the_older_one_that_verifies(tmp_path):

@@ -180,6 +180,7 @@ def test_cli_device_option(trained, capsys):
         (["train", "gpt_char", "precision=fp4"], "precision='fp4': expected one of auto, no, bf16, fp16, fp8"),
         (["train", "gpt_char", "precision=fp8"], "precision=fp8: Accelerate's fp8 needs transformer-engine, MS-AMP or torchao installed"),
         (["train", "gpt_char", "fsdp=true"], "fsdp=true shards the model over processes: launch 2 or more"),
+        (["train", "gpt_char", "precision=fp16"], "precision=fp16 needs a GPU (on the CPU Accelerate trains in fp32 instead, silently)"),
         (["train", "gpt_bpe", "init_from=/no/such/gpt2"], "init_from=/no/such/gpt2: no such file or folder"),
         (["train", "whisper_folder", "data=.", "n_train=5"], "config key 'n_train' does not apply to whisper_folder"),
         (["train", "generalist", "tasks=digits,contrl"], "unknown task 'contrl'; tasks are digits, speech, control, text"),
@@ -199,6 +200,8 @@ def test_cli_errors_are_one_line(args, message, tmp_path, capsys, monkeypatch):
 
         if is_fp8_available():
             pytest.skip("an fp8 library is installed here: precision=fp8 is not refused")
+    if "precision=fp16" in args and torch.accelerator.is_available():
+        pytest.skip("this machine has an accelerator: precision=fp16 trains there")
     run = tmp_path / "run"
     argv = [*args, *([f"run_dir={run}"] if args[0] == "train" else [])]
     assert main(argv) == 2
@@ -562,3 +565,33 @@ def test_a_compressed_text_file_and_a_run_dir_that_is_a_file_are_named(tmp_path,
     data = write_small_text(tmp_path)
     assert main(["train", "gpt_char", f"data={data}", f"run_dir={data}", *TINY, "max_steps=1"]) == 2
     assert f"run_dir={data} is a file; a run directory is a folder" in capsys.readouterr().err
+
+
+def test_a_run_dir_in_use_a_damaged_config_a_damaged_log_line_and_run_json(tmp_path, trained, capsys):
+    """A second train / resume into a run directory that trains is refused (they deleted each
+    other's checkpoint being written and interleaved their logs); a plain resume of a checkpoint
+    whose config.json is damaged names the older one that verifies (the model was built from it
+    first); a damaged metrics.jsonl line is skipped and counted, not a stop; a run.json not as a
+    run writes it is one line."""
+    from recipes.cli import main
+    from recipes.runs import run_lock
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    with run_lock(run):
+        assert main(["resume", str(run), "max_steps=21"]) == 2
+        assert main(["train", "gpt_char", f"data={write_small_text(tmp_path)}", *TINY, f"run_dir={run}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"mmtok: error: run_dir {run} is in use by another training process (pid ") == 2, err
+    assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20  # the refused resume recorded nothing
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join([lines[0], '{"step": 3, "loss": 4.1', *lines[1:]]) + "\n")
+    assert main(["resume", str(run), "max_steps=21"]) == 0
+    assert f"warning: {run / 'metrics.jsonl'}: skipped 1 line(s) that are not a logged step (line 2)" in capsys.readouterr().err
+    assert [r["step"] for r in metric_rows(run)][-1] == 21
+    (sorted((run / "checkpoints").glob("step-*"))[-1] / "config.json").write_text("{")
+    assert main(["resume", str(run)]) == 2
+    assert re.search(r"step-0000021 is truncated: config.json .*; step-0000020 before it verifies", capsys.readouterr().err)
+    (run / "run.json").write_text('{"recipe": "gpt_char", "config": [1]}')
+    assert main(["eval", str(run)]) == 2
+    assert 'run.json: expected {"recipe": NAME, "config": {KEY: VALUE, ...}}' in capsys.readouterr().err
