@@ -130,8 +130,8 @@ def check_image_classifier(model: MultimodalTransformer) -> str:
         problems.append("a patch embedding over a grid")
     elif c.modalities["image"].learned_types not in ([], ["cls"]) or c.modalities["image"].embed_norm:
         problems.append("at most a CLS token, no LayerNorm on the embedding")
-    elif (head.pool == "cls") != bool(c.modalities["image"].learned_types):
-        problems.append("CLS pooling with a CLS token, or mean pooling without one (timm's mean leaves the CLS token out)")
+    elif head.pool == "cls" and not c.modalities["image"].learned_types:  # (mean pooling leaves a CLS token out, as timm's avg)
+        problems.append("a CLS token for CLS pooling")
     if t.activation not in TIMM_ACTIVATIONS:
         problems.append(f"a GELU activation (this model uses {t.activation})")
     if t.norm_eps != TIMM_NORM_EPS:

@@ -573,8 +573,8 @@ class MultimodalTransformer(nn.Module):
         Past the modality's position table, the context is cropped to its last max_positions
         tokens and re-run without the cache (nanoGPT's sliding window).
         """
-        if not temperature >= 0:  # (a negative one would favour the least likely tokens)
-            raise ValueError(f"generate: temperature={temperature} must be >= 0 (0 is greedy decoding)")
+        if not (temperature >= 0 and math.isfinite(temperature)):  # (a negative one would favour the least likely tokens)
+            raise ValueError(f"generate: temperature={temperature} must be a finite number >= 0 (0 is greedy decoding)")
         if top_k is not None and top_k < 0:
             raise ValueError(f"generate: top_k={top_k} must be a positive number of tokens (None or 0: no top-k cut)")
         lm_name, name, prompt = self._lm_prompt(inputs, "generate")

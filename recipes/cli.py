@@ -268,16 +268,17 @@ def cmd_show(args):
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
-        slice_frames = args.slice_frames or 10
-        if args.run:  # a speech run: mark its audio tokenizer's slices (unless --slice-frames says otherwise)
+        slice_frames, n_mels = args.slice_frames or 10, 80
+        if args.run:  # a speech run: its audio tokenizer's mel bins and slices (unless --slice-frames says otherwise)
             audio = Path(args.run) / "tokenizers" / "audio"
             if not audio.is_dir():
                 raise ConfigError(f"--run {args.run}: not a run with an audio tokenizer ({audio} is missing)")
             from tokenizers_mm import load_tokenizer
 
-            slice_frames = args.slice_frames or load_tokenizer(audio).slice_frames
+            run_tok = load_tokenizer(audio)
+            slice_frames, n_mels = args.slice_frames or run_tok.slice_frames, run_tok.n_mels
         out = args.out or str(Path(args.image).with_suffix("").name + "_mel.png")
-        print(show_audio(args.image, out, slice_frames))
+        print(show_audio(args.image, out, slice_frames, n_mels))
         return
     from .vit import show
 
@@ -292,6 +293,14 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """A random seed as training takes one (NumPy's legacy seeding, under Accelerate's set_seed, needs < 2**32)."""
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1}, got {text}")
     return value
 
 
@@ -376,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-new-tokens", type=positive_int, default=300)
     s.add_argument("--temperature", type=nonnegative_float, default=0.8, help="0: the likeliest token each step (greedy)")
     s.add_argument("--top-k", type=positive_int, default=200)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=seed_int, default=0)
     add_device(s)
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files (or every image in "

@@ -136,7 +136,8 @@ def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> di
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
     prompt and decode as `mmtok transcribe`: greedy or the run's beam search (transformers' own:
     num_beams and length_penalty, no patience), no token suppression, at most max_positions // 2
-    new tokens after the prompt (openai-whisper's sample_len). Only a multilingual model
+    new tokens after the prompt (openai-whisper's sample_len; `max_length`, to which Whisper's
+    generate adds the prompt's length). Only a multilingual model
     gets a language table, and only Whisper's own prompt (language, task) leaves the language to
     it: any other prompt is forced as it is, since a multilingual model without one detects the
     language. parts: `prompt_parts(prompt)`."""
@@ -149,7 +150,9 @@ def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> di
     multilingual = bool(languages)
     layers = t.dec_depth or t.depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
-              "max_new_tokens": text_tok.max_positions // 2,  # openai-whisper's sample_len, as transcribe (no max_length: given both, generate warns at every call)
+              # openai-whisper's sample_len, as transcribe: Whisper's generate adds the prompt's length to max_length (as the
+              # Hub's Whisper configs, max_length 448); max_new_tokens met the max_length of 20 it sets and warned at every call
+              "max_length": text_tok.max_positions // 2,
               "no_timestamps_token_id": specials[NO_TIMESTAMPS], "return_timestamps": False,
               "begin_suppress_tokens": None, "suppress_tokens": None, "do_sample": False, "num_beams": run_cfg.beam_size,
               "length_penalty": run_cfg.length_penalty, "is_multilingual": multilingual, "max_initial_timestamp_index": 50,
@@ -300,7 +303,7 @@ def export(run_dir, out) -> dict:
     """Write the run's last checkpoint to `out` in its reference format (a folder; an OUT ending in
     .pt: an openai-whisper checkpoint file); returns what was written (format, folder, files, the
     checked difference)."""
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # (absolute: "." has no name to make a temporary folder beside it from)
     one_file = out.suffix.lower() == ".pt"
     if out.is_symlink():
         raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new {'file' if one_file else 'folder'}")

@@ -58,6 +58,9 @@ def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
     if p.suffix == ".tiktoken":
         return BPETokenizer.from_tiktoken_file(p, pattern=cfg.pattern, max_positions=cfg.block_size)
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
+        if cfg.pattern != "gpt2":  # (GPT2Tokenizer's files split as GPT-2 does: another pattern gives other ids, silently)
+            raise ConfigError(f"pattern={cfg.pattern}: {key}={p} is a GPT-2 tokenizer (vocab.json + merges.txt), which splits text with "
+                              "GPT-2's pattern; leave pattern out")  # fmt: skip
         return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
     if (p / "tokenizer.json").exists():  # Hugging Face's alone (transformers 5 saves no vocab.json + merges.txt)
         given = cfg.pattern if cfg.pattern != Config.pattern else None  # (the file says how it splits; the default does not contradict it)

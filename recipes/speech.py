@@ -193,15 +193,15 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
 MAX_DRAWN_SLICES = 300  # show_audio marks each token's slice up to this many
 
 
-def show_audio(path, out_path, slice_frames: int = 10) -> Path:
-    """PNG of an audio file: waveform on top, Whisper log-mel below, token slices marked."""
+def show_audio(path, out_path, slice_frames: int = 10, n_mels: int = 80) -> Path:
+    """PNG of an audio file: waveform on top, Whisper log-mel (n_mels bins) below, token slices marked."""
     from tokenizers_mm import AudioTokenizer, load_audio
     from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram, to_waveform
 
     samples, rate = load_audio(path)
     wave = to_waveform(samples, rate, str(path))
     tok = AudioTokenizer(slice_frames=slice_frames, chunk=False, max_frames=max(slice_frames, -(-len(wave) // HOP_LENGTH // slice_frames) * slice_frames))
-    mel = log_mel_spectrogram(tok.prepare(wave, str(path)))  # (80, F)
+    mel = log_mel_spectrogram(tok.prepare(wave, str(path)), n_mels)  # (n_mels, F)
     seconds = len(wave) / SAMPLE_RATE
     from .plots import save_png, subplots
 

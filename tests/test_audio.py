@@ -127,6 +127,9 @@ def test_bad_audio_is_named(tmp_path):
         tok.encode_batch([torch.zeros(1600)] * 3, sample_rates=[SAMPLE_RATE] * 2)  # no sample dropped by a short list
     with pytest.raises(AudioError, match="3 samples but 1 names"):
         tok.encode_batch([torch.zeros(1600)] * 3, names=["a"])
+    waves = [np.zeros(8000, np.float32), np.zeros(8000, np.float32)]  # one rate per sample as an array or tensor, as a list
+    for rates in (np.array([16000, 8000]), torch.tensor([16000, 8000])):
+        assert torch.equal(tok.encode_batch(waves, rates).values, tok.encode_batch(waves, [16000, 8000]).values)
     assert AudioTokenizer(chunk=True).encode(torch.zeros(N_SAMPLES + 12345)).values.shape[0] == N_FRAMES  # trimmed
 
 

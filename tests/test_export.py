@@ -3,6 +3,7 @@
 VisionTransformer), computes our outputs. The Whisper export of trained runs, through transformers'
 speech-recognition pipeline: tests/test_whisper_folder.py."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -128,7 +129,7 @@ def test_timm_export_gives_our_logits_and_preprocessing(tmp_path, pool, fc_norm)
     torch.testing.assert_close(theirs, tok.preprocess(image), atol=1e-6, rtol=0)  # (both resize the PIL image in 8 bits)
 
 
-def test_what_a_reference_cannot_express_is_refused():
+def test_what_a_reference_cannot_express_is_refused(tmp_path):
     cfg = vit.Config(image_size=8, patch_size=4, channels=1, dim=16, depth=1, num_heads=2)
     tok = vit.make_tokenizer(cfg, [0.5], [0.5])
     model = vit.build_model(cfg, tok, 3)
@@ -136,9 +137,18 @@ def test_what_a_reference_cannot_express_is_refused():
     with pytest.raises(ValueError, match="timm export: VisionTransformer needs LayerNorm eps=1e-06 \\(this model uses 1e-05\\)"):
         timm_vit_export(model, tok)
     model.config.trunk.norm_eps = 1e-6
-    model.config.heads["cls"].pool = "mean"  # with a CLS token: ours would average it in, timm's mean leaves it out
-    with pytest.raises(ValueError, match="timm export: VisionTransformer needs CLS pooling with a CLS token, or mean pooling without one"):
-        timm_vit_export(model, tok)
+    model.config.heads["cls"].pool = "mean"  # a CLS token and mean pooling (MAE's fine-tuning): both leave the CLS token out
+    model = randomise(MultimodalTransformer(model.config)).eval()
+    config, sd = timm_vit_export(model, tok)
+    ref = timm.create_model(f"local-dir:{write(tmp_path / 'vit', config, sd)}", pretrained=True).eval()
+    assert ref.global_pool == "avg" and ref.cls_token is not None
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ref(x), model({"image": tok.tokens_batch(x)}).logits["cls"], atol=1e-5, rtol=1e-5)
+    tokenless = vit.build_model(dataclasses.replace(cfg, pool="mean"), vit.make_tokenizer(dataclasses.replace(cfg, pool="mean"), [0.5], [0.5]), 3)
+    tokenless.config.heads["cls"].pool = "cls"
+    with pytest.raises(ValueError, match="timm export: VisionTransformer needs a CLS token for CLS pooling"):
+        timm_vit_export(tokenless, tok)
     trunk = TrunkConfig(dim=16, depth=1, num_heads=2, mode="decoder")
     mixed = ModelConfig(trunk, {"text": ModalityConfig("text", ["token"], 8, vocab_size=9), "image": ModalityConfig.from_tokenizer(tok)},
                         {"lm": HeadConfig("lm", "text")}, decoder_inputs=["image", "text"], prefix_inputs=["image"])  # fmt: skip
@@ -220,6 +230,10 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     assert ref.pretrained_cfg["label_names"] == [str(i) for i in range(10)] and ref.num_classes == 10
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_timm")]) == 2  # refuses to write over an export
     assert "vit_timm exists and is not an empty folder" in capsys.readouterr().err
+    (tmp_path / "here").mkdir()  # "." when it is an empty folder (it made its temporary folder inside OUT and failed)
+    monkeypatch.chdir(tmp_path / "here")
+    assert main(["export", str(tmp_path / "vit"), "."]) == 0 and (tmp_path / "here" / "model.safetensors").is_file()
+    capsys.readouterr()
     import recipes.export as export_module  # another export filling OUT while this one writes: refused, theirs kept
 
     real = export_module.check_timm

@@ -83,6 +83,9 @@ def test_a_tokenizer_given_keeps_its_pattern_and_a_large_vocab_size_is_what_the_
     assert build_data(cfg)[0].ranks == tok.ranks and cfg.pattern == "gpt2"
     with pytest.raises(ConfigError, match=r"pattern=gpt4: tokenizer=\S+bpe splits text with its own pattern \(gpt2\); leave pattern out"):
         build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "bpe"), pattern="gpt4", **TINY))
+    write_gpt2_files(tok.ranks, tok.specials, tmp_path / "gpt2files")  # GPT-2's files split as GPT-2 does: another pattern gave other ids
+    with pytest.raises(ConfigError, match=r"pattern=gpt4: tokenizer=\S+gpt2files is a GPT-2 tokenizer \(vocab.json \+ merges.txt\), which splits"):
+        build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "gpt2files"), pattern="gpt4", **TINY))
     CharTokenizer.from_corpus("abc").save(tmp_path / "chars")
     with pytest.raises(ValueError, match=r"holds a 'text_char' tokenizer, expected BPETokenizer"):
         build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "chars"), **TINY))

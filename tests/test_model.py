@@ -793,7 +793,7 @@ def test_sampling_arguments_are_checked():
     inputs = {"text": collate([rand_text(3)])}
     a = model.generate(inputs, 4, top_k=0, generator=torch.Generator().manual_seed(1))
     assert torch.equal(a, model.generate(inputs, 4, top_k=None, generator=torch.Generator().manual_seed(1)))
-    for kw, message in [(dict(temperature=-1.0), r"temperature=-1.0 must be >= 0"), (dict(top_k=-2), r"top_k=-2 must be a positive number")]:
+    for kw, message in [(dict(temperature=-1.0), r"temperature=-1.0 must be a finite number >= 0"), (dict(top_k=-2), r"top_k=-2 must be a positive number")]:
         with pytest.raises(ValueError, match=message):
             model.generate(inputs, 2, **kw)
     with pytest.raises(ValueError, match=r"beam_search: beam_size=0 must be a whole number >= 1"):

@@ -43,7 +43,7 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
         Synthesizer.get().say("one", v)
 
 
-def test_show_audio_draws_waveform_and_slices(tmp_path):
+def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch):
     import soundfile as sf
 
     from recipes.speech import show_audio
@@ -58,3 +58,10 @@ def test_show_audio_draws_waveform_and_slices(tmp_path):
     assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "run.png")]) == 0
     assert (tmp_path / "run.png").stat().st_size > 5000
     assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path)]) == 2  # no audio tokenizer there: one line
+    import recipes.speech
+
+    drawn = []  # a 128-mel run (large-v3's front end) is drawn with its 128 bins, not 80
+    monkeypatch.setattr(recipes.speech, "show_audio", lambda *a: drawn.append(a) or show_audio(*a))
+    AudioTokenizer(n_mels=128, slice_frames=2).save(tmp_path / "run128" / "tokenizers" / "audio")
+    assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path / "run128"), "--out", str(tmp_path / "run128.png")]) == 0
+    assert drawn[0][2:] == (2, 128) and (tmp_path / "run128.png").stat().st_size > 5000

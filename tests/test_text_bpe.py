@@ -264,6 +264,44 @@ def test_a_pattern_that_would_drop_text_is_refused():
         BPETokenizer(own.ranks, pattern=r"[\p{L}\p{N}]+|\s+|[\p{P}\p{S}\p{Cc}]+")
     with pytest.raises(TypeError, match="an iterable of texts .*not one string"):
         BPETokenizer.train("hello world", 300)  # each character would be a text: no merges
+    with pytest.raises(ValueError, match="would drop text"):  # private-use, unassigned and tag characters are text too
+        BPETokenizer(own.ranks, pattern=r"\p{L}+|\p{N}+|\s+|\p{P}+|\p{S}+|\p{M}+|\p{Cc}|\p{Cf}")
+
+
+def test_special_tokens_repeated_or_empty_are_refused_and_a_tokenizer_pickles(trained):
+    """A repeated special token left an id no token decodes to (a model could sample it); an empty
+    one matched between every two characters. A tokenizer pickles and deep-copies as tiktoken's
+    Encoding does (spawned DataLoader workers), rebuilding tiktoken's core from its ranks."""
+    import copy
+    import pickle
+
+    from tokenizers_mm import CharTokenizer
+
+    for make in (lambda specials: BPETokenizer.train(["hello hello"], 300, specials=specials), lambda specials: CharTokenizer(specials=specials)):
+        with pytest.raises(ValueError, match=r"special tokens \['<\|a\|>'\] are given more than once"):
+            make(["<|a|>", "<|a|>"])
+        with pytest.raises(ValueError, match=r"special token '': expected a non-empty string"):
+            make([""])
+    with pytest.raises(ValueError, match=r"special tokens share ids"):
+        BPETokenizer(trained.ranks, specials={"<|a|>": 900, "<|b|>": 900})
+    text = "hello world<|endoftext|>"
+    for again in (pickle.loads(pickle.dumps(trained)), copy.deepcopy(trained)):
+        assert again.encode_ids(text, allowed_special="all").tolist() == trained.encode_ids(text, allowed_special="all").tolist()
+        assert again.decode(again.encode_ids("héllo 🙂")) == "héllo 🙂"
+
+
+def test_a_hugging_face_tokenizer_trained_with_special_tokens_first_is_named(tmp_path):
+    """Hugging Face's ByteLevelBPETokenizer.train puts special_tokens at the first ids; byte-level BPE
+    here (tiktoken) needs the bytes and merges at 0..N-1: the special token and its id are named
+    (it said "ranks must be 0..N without gaps")."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    (tmp_path / "corpus.txt").write_text("hello world hello there\nsome more text here\n")
+    hf = ByteLevelBPETokenizer()
+    hf.train([str(tmp_path / "corpus.txt")], vocab_size=300, special_tokens=[ENDOFTEXT], show_progress=False)
+    hf.save(str(tmp_path / "tokenizer.json"))
+    with pytest.raises(ValueError, match=r"special token '<\|endoftext\|>' has id 0, among the BPE tokens' ids .*take ids 0\.\.\d+ and special tokens the ids after"):
+        BPETokenizer.from_hf_tokenizer_json(tmp_path / "tokenizer.json")
 
 
 @pytest.mark.parametrize("name, n_vocab, n_languages", [("multilingual", 51865, 99), ("gpt2", 51864, 99), ("multilingual", 51866, 100)])

@@ -411,8 +411,10 @@ class AudioTokenizer(Tokenizer):
             raise AudioError("encode_batch: no samples; give at least one waveform")
         if isinstance(sample_rates, numbers.Real):  # one rate for every sample (an int, a numpy int, ...)
             sample_rates = [sample_rates] * len(samples)
-        sample_rates = sample_rates or [SAMPLE_RATE] * len(samples)
-        names = names or [f"audio[{i}]" for i in range(len(samples))]
+        if sample_rates is None:
+            sample_rates = [SAMPLE_RATE] * len(samples)
+        sample_rates = list(sample_rates.tolist() if hasattr(sample_rates, "tolist") else sample_rates)  # (a list, array or tensor)
+        names = [f"audio[{i}]" for i in range(len(samples))] if names is None else [str(n) for n in names]
         for what, given in (("sample_rates", sample_rates), ("names", names)):
             if len(given) != len(samples):
                 raise AudioError(f"encode_batch: {len(samples)} samples but {len(given)} {what}; give one per sample")

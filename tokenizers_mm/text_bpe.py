@@ -33,7 +33,7 @@ import torch
 
 from .base import Tokenizer, id_list
 from .registry import register
-from .text_char import ENDOFTEXT
+from .text_char import ENDOFTEXT, check_specials
 from .tokenset import TokenSet
 
 # GPT-style pre-tokenization patterns (tiktoken_ext.openai_public).
@@ -42,8 +42,9 @@ PATTERNS = {
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
 # every kind of character a split pattern must match: tiktoken drops the text its pattern does not
+# (combining marks, format characters, private-use, unassigned and tag characters among them)
 PATTERN_PROBE = ("Hello, World! It's 2026:\t3.14 -- ok?\r\n  Ünïcode ΑΒΓ 中文 🙂 'LL \u00a0\x00~\n\n"
-                 "e\u0301 नमस्ते \u200b\u200d|\u2028x\u00ad¹½\n")  # (combining marks, format and other characters)
+                 "e\u0301 नमस्ते \u200b\u200d|\u2028x\u00ad¹½\ue000\U000f0000\u0378\U000e0001\n")
 RANKS_FILE = "ranks.tiktoken"
 # openai-whisper's language tokens, in its order (whisper/tokenizer.py LANGUAGES); large-v3 adds the 100th, "yue"
 WHISPER_LANGUAGES = tuple(
@@ -195,6 +196,12 @@ def gpt2_ranks(vocab, merges: list[tuple[int, str]], vocab_where: str, merges_wh
         raise ValueError(f"GPT-2 files disagree: merge {merged[order.index(None)]!r} in {merges_where} has no id in {vocab_where}")
     if any(a > b for a, b in zip(order, order[1:])):
         raise ValueError(f"GPT-2 files disagree: the ids in {vocab_where} do not follow the merge order of {merges_where}")
+    inside = sorted((i, tok) for tok, i in specials.items() if ranks and i < max(ranks.values()))
+    if inside:  # (Hugging Face's ByteLevelBPETokenizer.train puts its special_tokens first; GPT-2's files put them last)
+        i, tok = inside[0]
+        raise ValueError(f"{vocab_where}: special token {tok!r} has id {i}, among the BPE tokens' ids (up to {max(ranks.values())}); "
+                         f"the 256 bytes and the merges must take ids 0..{len(ranks) - 1} and special tokens the ids after them, "
+                         "as in GPT-2's files (train a Hugging Face tokenizer with no special_tokens and add them after training)")  # fmt: skip
     check_ranks(ranks, vocab_where)
     return ranks, specials
 
@@ -350,7 +357,10 @@ class BPETokenizer(Tokenizer):
         if specials is None:
             specials = [ENDOFTEXT]
         if not isinstance(specials, dict):
-            specials = {s: len(ranks) + i for i, s in enumerate(specials)}
+            specials = {s: len(ranks) + i for i, s in enumerate(check_specials(specials, "text"))}
+        check_specials(specials, "text")
+        if len(set(specials.values())) < len(specials):
+            raise ValueError(f"text: special tokens share ids ({specials}); each needs its own")
         taken = set(specials.values()) & set(range(len(ranks)))
         if taken:
             raise ValueError(f"text: special token ids {sorted(taken)[:3]} collide with the {len(ranks)} BPE ranks")
@@ -359,11 +369,23 @@ class BPETokenizer(Tokenizer):
         self.specials = dict(specials)
         self.max_positions = max_positions
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
+        self._all_specials = tuple(self.specials)
+        self._build()
+
+    def _build(self) -> None:
         import tiktoken  # note: here, not at the top, so the rest of the package imports without it (a bare GPU machine)
 
-        self.enc = tiktoken.Encoding(name="tokenizers-mm", pat_str=self.pattern, mergeable_ranks=ranks, special_tokens=self.specials)
+        self.enc = tiktoken.Encoding(name="tokenizers-mm", pat_str=self.pattern, mergeable_ranks=self.ranks, special_tokens=self.specials)
         self._core = self.enc._core_bpe  # note: tiktoken's Rust core; its buffer API skips a Python list
-        self._all_specials = tuple(self.specials)
+
+    def __getstate__(self) -> dict:
+        """Pickled (spawned DataLoader workers, deepcopy, `datasets`' cache fingerprints) without
+        tiktoken's core, which is built again from the ranks, as tiktoken's Encoding pickles."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("enc", "_core")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._build()
 
     @property
     def special_ids(self) -> dict[str, int]:
@@ -378,7 +400,7 @@ class BPETokenizer(Tokenizer):
         fewer when the corpus runs out of pairs to merge."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("text: train takes an iterable of texts (train([text], ...)), not one string (each character would be a text)")
-        specials = list(specials)
+        specials = check_specials(specials, "text")
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
         if specials:  # the special tokens' text is cut out: encoding makes them one token each, so merges inside them go unused
@@ -484,8 +506,10 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
         try:
             return self.enc.decode(ids)
-        except KeyError as e:  # an id in a gap of the ranks (a vocabulary with holes)
-            raise ValueError(f"text: id {e.args[0]} is no token of this vocabulary (its ids below {self.vocab_size} have gaps)") from None
+        except KeyError:  # an id in a gap of the ranks (a vocabulary with holes); tiktoken's message is its own sentence
+            known = set(self.specials.values())
+            gap = next(i for i in ids if not (i < len(self.ranks) or i in known))
+            raise ValueError(f"text: id {gap} is no token of this vocabulary (its ids below {self.vocab_size} have gaps)") from None
 
     def decode_bytes(self, ids) -> bytes:
         """ids (as `decode` takes them) → the bytes they stand for (not decoded as UTF-8)."""

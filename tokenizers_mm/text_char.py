@@ -21,6 +21,21 @@ ENDOFTEXT = "<|endoftext|>"
 N_BYTES = 256  # byte mode: ids 0..255 are the UTF-8 bytes
 
 
+def check_specials(specials, who: str) -> list[str]:
+    """Special tokens as a list of distinct, non-empty strings (a repeat left a gap of ids that
+    decoded to nothing; an empty one matched between every two characters)."""
+    if isinstance(specials, str):
+        raise TypeError(f"{who}: specials is a list of special tokens ([{specials!r}]), not one string")
+    names = list(specials)
+    bad = [s for s in names if not isinstance(s, str) or not s]
+    if bad:
+        raise ValueError(f"{who}: special token {bad[0]!r}: expected a non-empty string")
+    repeated = sorted({s for s in names if names.count(s) > 1})
+    if repeated:
+        raise ValueError(f"{who}: special tokens {repeated} are given more than once")
+    return names
+
+
 @register("text_char")
 class CharTokenizer(Tokenizer):
     """Text → ids, one per character (or per UTF-8 byte when `chars` is None)."""
@@ -32,7 +47,7 @@ class CharTokenizer(Tokenizer):
         if chars is not None and len(set(chars)) != len(chars):
             raise ValueError("text_char: chars must not repeat a character")
         self.chars = chars
-        self.specials = tuple(specials)
+        self.specials = tuple(check_specials(specials, "text_char"))
         self.max_positions = max_positions
         n_plain = N_BYTES if chars is None else len(chars)
         self.stoi = None if chars is None else {c: i for i, c in enumerate(chars)}
