@@ -93,7 +93,8 @@ def grow(model: MultimodalTransformer, config: ModelConfig) -> MultimodalTransfo
 def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:
     """Freeze what `old` (the trained config) had: every copied weight, and the old type rows.
     Returns the hook handles (remove them to unfreeze the type rows; the optimizer step hooks are
-    process-wide and check whether the stepping optimizer holds this model's type table)."""
+    process-wide, act on an optimizer that holds this model's type table, and are removed when the
+    model is)."""
     _, rows = type_rows(old, model.config)
     old_keys = set(MultimodalTransformer(old).state_dict()) - {TYPE_TABLE}
     for key, p in model.named_parameters():
@@ -104,7 +105,7 @@ def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:
     keep[rows] = True
     # an optimizer that decays weights itself (AdamW's decoupled weight decay, torch's default 0.01) moves rows whose
     # gradient is 0: each step of an optimizer that holds the table puts the old rows back as they were before it
-    ref, index, before_step = weakref.ref(weight), torch.tensor(rows, dtype=torch.long), {}
+    ref, index, before_step, handles = weakref.ref(weight), torch.tensor(rows, dtype=torch.long), {}, []
 
     def holds(optimizer) -> Tensor | None:
         w = ref()
@@ -119,5 +120,7 @@ def freeze_trained(model: MultimodalTransformer, old: ModelConfig) -> list:
             with torch.no_grad():
                 w[index.to(w.device)] = before_step.pop(id(optimizer))
 
-    return [weight.register_hook(lambda g: g.masked_fill(keep.to(g.device), 0.0)),
-            register_optimizer_step_pre_hook(save_rows), register_optimizer_step_post_hook(restore_rows)]  # fmt: skip
+    handles += [weight.register_hook(lambda g: g.masked_fill(keep.to(g.device), 0.0)),
+                register_optimizer_step_pre_hook(save_rows), register_optimizer_step_post_hook(restore_rows)]  # fmt: skip
+    weakref.finalize(weight, lambda: [h.remove() for h in handles[1:]])  # the model gone, its process-wide hooks go too
+    return handles

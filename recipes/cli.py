@@ -93,6 +93,8 @@ def resume_run(args, module, cfg):
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
         if hasattr(cfg, "check"):
             cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist), not once run.json records it
+    if hasattr(cfg, "check_precision"):
+        cfg.check_precision(resume=True)  # (on this machine: a run started on a GPU)
     if given:
         if (last := latest_checkpoint(args.run_dir)) is not None:
             verify_latest(last)  # a checkpoint the resume would refuse: refused before run.json records the overrides

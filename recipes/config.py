@@ -95,11 +95,12 @@ class TrainConfig:
         if self.fsdp and world < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
-    def check_precision(self) -> None:
+    def check_precision(self, resume: bool = False) -> None:
         """fp16 on the CPU: Accelerate turns it off without a word (fp32, no loss scaler), so it is refused."""
         if self.precision == "fp16" and on_cpu(self):
             raise ConfigError("precision=fp16 needs a GPU (on the CPU Accelerate trains in fp32 instead, silently): "
-                              "precision=bf16 autocasts on the CPU, precision=no is fp32")  # fmt: skip
+                              + ("this run trains in fp16: resume it on a machine with a GPU" if resume else
+                                 "precision=bf16 autocasts on the CPU, precision=no is fp32"))  # fmt: skip
 
 
 def on_cpu(cfg) -> bool:
@@ -109,12 +110,23 @@ def on_cpu(cfg) -> bool:
     return bool(cfg.cpu) or not torch.accelerator.is_available()
 
 
-def launched_processes() -> int:
-    """How many processes the launcher started (torchrun / accelerate launch: WORLD_SIZE; MPI: its own)."""
-    for name in ("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+def _launcher_figure(names: tuple[str, ...], default: int) -> int:
+    """The first of the launchers' environment variables `names` that is set (torchrun / accelerate
+    launch, then Open MPI, then MPICH / Intel MPI's PMI), as a number."""
+    for name in names:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
-    return 1
+    return default
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (torchrun / accelerate launch: WORLD_SIZE; MPI: its own)."""
+    return _launcher_figure(("WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"), 1)
+
+
+def launch_rank() -> int:
+    """This process's rank in the launch (0 when launched alone), before Accelerate is set up."""
+    return _launcher_figure(("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), 0)
 
 
 class ConfigError(ValueError):

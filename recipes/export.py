@@ -311,6 +311,7 @@ def export(run_dir, out) -> dict:
         raise FileExistsError(f"export: {out} exists; choose a new file name")
     if not one_file and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export: {out} exists and is not an empty folder; choose a new one")
+    empty_folder = not one_file and out.is_dir()  # (filled, not replaced: it may be the shell's ".")
     recipe, _, run_cfg = load_run_info(run_dir)
     model, tokenizers = load_trained(run_dir)
     model = model.float().eval()
@@ -346,9 +347,13 @@ def export(run_dir, out) -> dict:
                 except OSError:  # a file system without hard links
                     (tmp / out.name).rename(out)
             else:
-                if out.exists():
-                    out.rmdir()  # empty (checked above), unless filled meanwhile
-                tmp.rename(out)  # fails onto a folder that is not empty
+                if empty_folder:
+                    if any(out.iterdir()):  # filled meanwhile
+                        raise FileExistsError(out)
+                    for f in sorted(tmp.iterdir()):
+                        f.rename(out / f.name)
+                else:
+                    tmp.rename(out)  # fails onto a folder that is not empty
         except OSError:
             if not out.exists():
                 raise

@@ -57,14 +57,15 @@ def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
         return tok
     if p.suffix == ".tiktoken":
         return BPETokenizer.from_tiktoken_file(p, pattern=cfg.pattern, max_positions=cfg.block_size)
+    if (p / "tokenizer.json").exists():  # Hugging Face's (beside vocab.json + merges.txt or alone, as transformers 5 saves it): as
+        # AutoTokenizer reads the folder, its split pattern with it (Qwen2's folders hold all three, and split as GPT-4 does)
+        given = cfg.pattern if cfg.pattern != Config.pattern else None  # (the file says how it splits; the default does not contradict it)
+        return BPETokenizer.from_hf_tokenizer_json(p / "tokenizer.json", pattern=given, max_positions=cfg.block_size)
     if (p / "vocab.json").exists() and (p / "merges.txt").exists():
         if cfg.pattern != "gpt2":  # (GPT2Tokenizer's files split as GPT-2 does: another pattern gives other ids, silently)
             raise ConfigError(f"pattern={cfg.pattern}: {key}={p} is a GPT-2 tokenizer (vocab.json + merges.txt), which splits text with "
                               "GPT-2's pattern; leave pattern out")  # fmt: skip
         return BPETokenizer.from_gpt2_files(p / "vocab.json", p / "merges.txt", pattern=cfg.pattern, max_positions=cfg.block_size)
-    if (p / "tokenizer.json").exists():  # Hugging Face's alone (transformers 5 saves no vocab.json + merges.txt)
-        given = cfg.pattern if cfg.pattern != Config.pattern else None  # (the file says how it splits; the default does not contradict it)
-        return BPETokenizer.from_hf_tokenizer_json(p / "tokenizer.json", pattern=given, max_positions=cfg.block_size)
     expected = (GPT2_FOLDER if key == "init_from" else
                 "a tokenizer folder (tokenizer.json: ours or Hugging Face's), a .tiktoken file, or a folder with vocab.json + merges.txt")  # fmt: skip
     raise FileNotFoundError(f"{key}={p}: expected {expected}" + ("" if p.exists() else f"; {p} does not exist"))

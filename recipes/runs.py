@@ -27,7 +27,7 @@ from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
 from .checkpoint import held_checkpoint, latest_checkpoint, verify_latest
-from .config import ConfigError, apply_values, launched_processes, named_configs, parse_overrides, read_yaml
+from .config import ConfigError, apply_values, launch_rank, launched_processes, named_configs, parse_overrides, read_yaml
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir,
 # device=None)` and, for generative recipes, `generate(run_dir, prompt, ..., device=None)`.
@@ -130,7 +130,7 @@ def run_lock(run_dir):
     except ImportError:  # pragma: no cover
         yield
         return
-    if int(os.environ.get("RANK", "0")) != 0:
+    if launch_rank() != 0:
         yield
         return
     run_dir, lock = Path(run_dir), Path(run_dir) / LOCK_FILE
@@ -148,6 +148,10 @@ def run_lock(run_dir):
             pid = f.read().strip()
             raise ConfigError(f"run_dir {run_dir} is in use by another training process{f' (pid {pid})' if pid.isdigit() else ''}: "
                               "wait for it to end, or give another run_dir") from None  # fmt: skip
+        except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock): the run goes on unguarded
+            warnings.warn(f"run_dir {run_dir}: its file system takes no lock ({e.strerror or e}); nothing stops a second run into it")
+            yield
+            return
         f.truncate(0)
         f.write(str(os.getpid()))
         f.flush()

@@ -116,22 +116,22 @@ class FolderSet(Dataset):
         self.pairs, self.label_ids, self.cfg = pairs, label_ids, cfg
         size = [cfg.image_size, cfg.image_size]
         self.augment = train and cfg.augment  # augment=false: training images are read as evaluation reads them
-        # note: evaluation resizes as the run's ImageTokenizer does (bicubic, antialiased, shorter side, centre crop), so
+        # note: evaluation reads an image as the run's ImageTokenizer does (its `pixels`: the same resize and crop), so
         # `mmtok predict` on a file sees the pixels evaluation saw
-        steps = [v2.Resize(cfg.image_size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True), v2.CenterCrop(size)]
+        self.pixels = vit.make_tokenizer(cfg, [0.0] * cfg.channels, [1.0] * cfg.channels).pixels
         if self.augment:  # timm's training transform: random resized crop, horizontal flip, RandAugment
             steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(cfg.hflip)]
             steps += [v2.RandAugment()] if cfg.randaugment else []
-        self.transform = v2.Compose(steps)
+            self.transform = v2.Compose(steps)
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, i: int):
         path, label = self.pairs[i]
-        x = to_tensor(open_image(path), self.cfg.channels, str(path))
         if not self.augment:
-            return self.transform(x), self.label_ids[label]
+            return self.pixels(open_image(path), str(path)), self.label_ids[label]
+        x = to_tensor(open_image(path), self.cfg.channels, str(path))
         x = (x * 255).round().to(torch.uint8)  # RandAugment wants uint8
         return self.transform(x).float() / 255.0, self.label_ids[label]
 

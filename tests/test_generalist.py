@@ -161,6 +161,17 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
         after = grown(probe).logits
     for head in before:
         assert torch.equal(before[head], after[head])
+    import gc
+
+    from torch.optim.optimizer import _global_optimizer_post_hooks, _global_optimizer_pre_hooks
+
+    hooks = len(_global_optimizer_pre_hooks), len(_global_optimizer_post_hooks)
+    doomed = grow(old, config)
+    freeze_trained(doomed, old.config)  # process-wide step hooks, removed with the model
+    assert (len(_global_optimizer_pre_hooks), len(_global_optimizer_post_hooks)) == (hooks[0] + 1, hooks[1] + 1)
+    del doomed
+    gc.collect()
+    assert (len(_global_optimizer_pre_hooks), len(_global_optimizer_post_hooks)) == hooks
     freeze_trained(grown, old.config)
     norms = g.task_gradient_norms(grown, mixed_examples(tasks, weights, 8), 256)  # it raised on the frozen parameters
     assert norms and all(per_head == {} for per_head in norms.values())  # the whole trunk is frozen: no stack left to measure

@@ -11,7 +11,7 @@ from recipes.cli import main as cli_main
 from recipes.gpt_bpe import Config, build_data, build_model, main
 from recipes.runs import load_trained
 from tokenizers_mm import BPETokenizer, TokenSet, collate
-from tokenizers_mm.text_bpe import write_gpt2_files
+from tokenizers_mm.text_bpe import split_pattern, write_gpt2_files
 
 TINY = dict(dim=32, depth=2, num_heads=2, block_size=32, batch_size=8, eval_batches=2, log_every=5, sample_tokens=10, max_steps=10,
             eval_every=10, warmup_steps=2, cpu=True)  # fmt: skip
@@ -86,6 +86,12 @@ def test_a_tokenizer_given_keeps_its_pattern_and_a_large_vocab_size_is_what_the_
     write_gpt2_files(tok.ranks, tok.specials, tmp_path / "gpt2files")  # GPT-2's files split as GPT-2 does: another pattern gave other ids
     with pytest.raises(ConfigError, match=r"pattern=gpt4: tokenizer=\S+gpt2files is a GPT-2 tokenizer \(vocab.json \+ merges.txt\), which splits"):
         build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "gpt2files"), pattern="gpt4", **TINY))
+    from tokenizers_mm.hf import save_hf  # beside Hugging Face's tokenizer.json (as Qwen2's folders): its pattern, as AutoTokenizer reads it
+
+    gpt4 = BPETokenizer.train([small_text.read_text()], vocab_size=300, pattern="gpt4")
+    save_hf(gpt4, tmp_path / "qwenlike")
+    write_gpt2_files(gpt4.ranks, gpt4.specials, tmp_path / "qwenlike")
+    assert build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "qwenlike"), **TINY))[0].pattern == split_pattern("gpt4")
     CharTokenizer.from_corpus("abc").save(tmp_path / "chars")
     with pytest.raises(ValueError, match=r"holds a 'text_char' tokenizer, expected BPETokenizer"):
         build_data(Config(data=str(small_text), tokenizer=str(tmp_path / "chars"), **TINY))

@@ -581,8 +581,26 @@ def test_a_run_dir_in_use_a_damaged_config_a_damaged_log_line_and_run_json(tmp_p
     with run_lock(run):
         assert main(["resume", str(run), "max_steps=21"]) == 2
         assert main(["train", "gpt_char", f"data={write_small_text(tmp_path)}", *TINY, f"run_dir={run}"]) == 2
+        with pytest.MonkeyPatch.context() as mp:  # the other processes of an MPI launch (no RANK yet) take no lock
+            mp.setenv("OMPI_COMM_WORLD_RANK", "1")
+            with run_lock(run):
+                pass
     err = capsys.readouterr().err
     assert err.count(f"mmtok: error: run_dir {run} is in use by another training process (pid ") == 2, err
+    import errno
+    import fcntl
+
+    with pytest.MonkeyPatch.context() as mp:  # a file system without locks (NFS without lockd): a warning, the run goes on
+        mp.setattr(fcntl, "flock", lambda *a: (_ for _ in ()).throw(OSError(errno.ENOLCK, "No locks available")))
+        with pytest.warns(UserWarning, match=r"its file system takes no lock \(No locks available\)"), run_lock(run):
+            pass
+    if not torch.accelerator.is_available():  # an fp16 run resumed on a machine without a GPU: refused before run.json records anything
+        doc = json.loads((run / "run.json").read_text())
+        (run / "run.json").write_text(json.dumps({**doc, "config": {**doc["config"], "precision": "fp16"}}))
+        assert main(["resume", str(run), "max_steps=21"]) == 2
+        assert "this run trains in fp16: resume it on a machine with a GPU" in capsys.readouterr().err
+        assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20
+        (run / "run.json").write_text(json.dumps(doc))
     assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20  # the refused resume recorded nothing
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join([lines[0], '{"step": 3, "loss": 4.1', *lines[1:]]) + "\n")

@@ -160,6 +160,17 @@ class ImageTokenizer(Tokenizer):
     # -- pixels --
     def preprocess(self, image, name: str = "image") -> Tensor:
         """Any image → normalised float (C, H, W) of `image_size`: shorter side resized, centre crop."""
+        px = self.pixels(image, name)
+        x = (px - self._mean.to(px.device)) / self._std.to(px.device)
+        if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
+            raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
+                             f"{float(to_tensor(image, self.channels, name).abs().max()):.3g})")  # fmt: skip
+        return x
+
+    def pixels(self, image, name: str = "image") -> Tensor:
+        """Any image → float (C, H, W) of `image_size` in pixel units ([0, 1]; a bicubic resize can
+        overshoot a little), before normalising: shorter side resized, centre crop, as timm's eval
+        transform (an 8-bit PIL image resized by PIL, in 8 bits; arrays, tensors and 16-bit images in float)."""
         from torchvision.transforms.v2 import functional as TF
 
         pil = hasattr(image, "mode") and hasattr(image, "convert") and image.mode not in PIL_WIDE_MODES
@@ -190,10 +201,6 @@ class ImageTokenizer(Tokenizer):
             x = to_tensor(image, self.channels, name)
         if crop:
             x = TF.center_crop(x, list(self.image_size))
-        x = (x - self._mean.to(x.device)) / self._std.to(x.device)
-        if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
-            raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
-                             f"{float(to_tensor(image, self.channels, name).abs().max()):.3g})")  # fmt: skip
         return x
 
     def patchify(self, x: Tensor) -> Tensor:
