@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from pathlib import Path
 
 import torch
@@ -458,9 +459,13 @@ def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> dict:
     fields = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx", "n_text_state",
               "n_text_head", "n_text_layer")  # fmt: skip
     if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in fields):
-        raise ValueError(f"Whisper import: dims {dims!r} must give every ModelDimensions field as a positive integer")
+        raise ValueError(f"Whisper import: dims {reprlib.repr(dims)} must give every ModelDimensions field as a positive integer")
     if not isinstance(sd, dict):
         raise ValueError(f"Whisper import: model_state_dict is a {type(sd).__name__}, expected a dict of tensors")
+    expected = 11 + 15 * dims["n_audio_layer"] + 24 * dims["n_text_layer"]  # (openai_whisper_shapes' count, before it is built:
+    if len(sd) != expected:  # dims of a million layers beside a few tensors would make it allocate for all of them)
+        raise ValueError(f"Whisper import: the checkpoint does not match its dims ({len(sd)} tensors; {dims['n_audio_layer']} + "
+                         f"{dims['n_text_layer']} layers take {expected})")  # fmt: skip
     hf = openai_whisper_config(dims)  # refuses an encoder and decoder of different widths, which the shapes below assume
     want = openai_whisper_shapes(dims)
     missing, extra = sorted(set(want) - set(sd)), sorted(set(sd) - set(want))

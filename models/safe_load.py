@@ -242,6 +242,11 @@ class _Unpickler:
                 args, func = stack.pop(), stack.pop()
                 if not any(func is f for f in CALLABLE_GLOBALS) or not isinstance(args, tuple):
                     raise UnsafeCheckpointError(f"REDUCE of {func!r}: only allowlisted functions may be called")
+                if func is OrderedDict and args:  # OrderedDict(pairs): its keys checked as DICT / SETITEMS check theirs
+                    pairs = args[0]
+                    if len(args) > 1 or not isinstance(pairs, list) or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+                        raise UnsafeCheckpointError("REDUCE of OrderedDict: expected one list of (key, value) pairs")
+                    _keys([k for k, _ in pairs])
                 out = func(*args)
                 if isinstance(out, (bytes, tuple, dict)):  # copies of memoized arguments: REDUCE repeated 1,000 times
                     budget -= len(out)  # on one 1 MB string used to build 1 GB

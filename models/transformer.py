@@ -298,61 +298,88 @@ class MultimodalTransformer(nn.Module):
             feats.update({n: (h[:, s:e], mask[:, s:e]) for n, (s, e) in spans.items()})
         return feats
 
-    def forward_head(self, feats, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> Output:
+    def forward_head(self, feats, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None,
+                     loss_norms: dict[str, Tensor] | None = None) -> Output:  # fmt: skip
         out = Output(logits={})
         for name, head in self.heads.items():
             hc = self.config.heads[name]
             if hc.modality not in feats:  # subset_inputs: this batch carries no tokens for the head
                 continue
             h, mask = feats[hc.modality]
-            m = self.config.modalities[hc.modality]
             if hc.kind in ("classify", "regress") and inputs[hc.modality].segments is not None:  # (read on the host: no sync)
                 raise ValueError(f"head {name!r} pools each row, and the {hc.modality!r} rows are packed (several examples in a row): "
                                  "give it its own rows (collate), or read one token per example (token_classify at a token type)")
-            if hc.kind != "lm":
-                mask = self._pool_mask(name, mask, inputs[hc.modality])
-            logits = out.logits[name] = head(h, mask)
-            if hc.kind.startswith("token_"):
-                b = inputs[hc.modality]
-                if b.targets is None:
-                    continue
-                types, y, loss_mask = (self._strided(hc.modality, t) for t in (b.types, b.targets, b.loss_mask))
-                valid = mask & (types == m.token_types.index(hc.token_type))
-                valid = valid & loss_mask if loss_mask is not None else valid
-                # note: the mean over the valid tokens as a masked sum over all of them: no boolean indexing, so no
-                # dynamic shapes or host sync (one compiled graph), and a batch without such tokens adds 0, not an error
-                B, N, K = logits.shape
-                if hc.kind == "token_classify":  # targets (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
-                    tgt = y.reshape(B, N, -1)
-                    tgt = tgt.masked_fill(~valid[..., None], IGNORE).reshape(-1)
-                    loss = F.cross_entropy(logits.reshape(tgt.numel(), -1).float(), tgt, ignore_index=IGNORE, label_smoothing=hc.label_smoothing,
-                                           reduction="sum") / (valid.sum() * (tgt.numel() // (B * N))).clamp(min=1)  # fmt: skip
-                else:  # targets (B, N, ...) values, K per token
-                    err = (logits.float() - y.float().reshape(B, N, K)) ** 2
-                    loss = torch.where(valid[..., None], err, 0.0).sum() / (valid.sum() * K).clamp(min=1)
+            logits = out.logits[name] = head(h, mask if hc.kind == "lm" else self._pool_mask(name, mask, inputs[hc.modality]))
+            terms = self._loss_terms(name, inputs, targets, mask)
+            if terms is None:
+                continue
+            valid, y, count = terms
+            # note: a mean over the valid terms as a masked sum over all of them: no boolean indexing, so no dynamic shapes
+            # or host sync (one compiled graph), and a batch without such terms adds 0, not an error (or 0/0)
+            if hc.kind == "token_classify":  # targets (B, N) ids, or (B, N, A) ids over num_outputs // A classes each
+                tgt = y.masked_fill(~valid[..., None], IGNORE).reshape(-1)
+                total = F.cross_entropy(logits.reshape(tgt.numel(), -1).float(), tgt, ignore_index=IGNORE, label_smoothing=hc.label_smoothing,
+                                        reduction="sum")  # fmt: skip
+            elif hc.kind == "token_regress":  # targets (B, N, ...) values, K per token
+                total = torch.where(valid[..., None], (logits.float() - y.float()) ** 2, 0.0).sum()
             elif hc.kind == "lm":
-                b = inputs[hc.modality]
-                if b.targets is None:
-                    continue
-                y, loss_mask = self._strided(hc.modality, b.targets), self._strided(hc.modality, b.loss_mask)
-                valid = (loss_mask & mask if loss_mask is not None else mask) & (y != IGNORE)  # (targets may carry -100 too)
                 tgt = y.masked_fill(~valid, IGNORE)
-                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE,
-                                       reduction="sum") / valid.sum().clamp(min=1)  # fmt: skip  # (no target at all: 0, not 0/0)
-            else:
-                if targets is None or name not in targets:
-                    continue
-                y = targets[name]
-                if hc.kind == "classify":  # (B,) class ids, any integer dtype (`check_inputs`), or (B, C) class probabilities
-                    loss = F.cross_entropy(logits.float(), y if y.is_floating_point() else y.long(), label_smoothing=hc.label_smoothing)
-                else:  # (B, K) predictions, one (B,) or (B, K) target each: never broadcast into (B, B) pairs
-                    if y.numel() != logits.numel():
-                        raise ValueError(f"head {name!r}: targets of shape {tuple(y.shape)} for predictions of shape {tuple(logits.shape)}")
-                    loss = F.mse_loss(logits.float(), y.float().reshape(logits.shape))
-            out.losses[name] = loss
+                total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
+            elif hc.kind == "classify":  # (B,) class ids, any integer dtype (`check_inputs`; -100: no loss), or (B, C) probabilities
+                total = F.cross_entropy(logits.float(), y if y.is_floating_point() else y.long(), label_smoothing=hc.label_smoothing,
+                                        reduction="sum")  # fmt: skip
+            else:  # (B, K) predictions, one (B,) or (B, K) target each: never broadcast into (B, B) pairs
+                total = F.mse_loss(logits.float(), y.float(), reduction="sum")
+            # the mean over this batch's terms, or (loss_norms) a share of a step's mean over every micro-batch and process
+            out.losses[name] = total / (loss_norms[name] if loss_norms is not None else count.clamp(min=1))
         if out.losses:
             out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
         return out
+
+    def _loss_terms(self, name: str, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None, mask: Tensor):
+        """What head `name`'s loss on this batch averages: (valid (B, N) tokens or None, its targets
+        shaped as its outputs, the number of terms), or None when the batch gives it no targets.
+        mask: the trunk's tokens of the head's modality (`_strided`)."""
+        hc = self.config.heads[name]
+        hc_mod = hc.modality
+        b = inputs.get(hc_mod)
+        if b is None:
+            return None
+        if hc.kind in ("classify", "regress"):
+            y = None if targets is None else targets.get(name)
+            if y is None:
+                return None
+            if hc.kind == "classify":
+                return None, y, (y != IGNORE).sum() if not y.is_floating_point() else y.new_tensor(y.shape[0])
+            rows = b.shape[0]
+            if y.numel() != rows * hc.num_outputs:
+                raise ValueError(f"head {name!r}: targets of shape {tuple(y.shape)} for predictions of shape {(rows, hc.num_outputs)}")
+            return None, y.reshape(rows, hc.num_outputs), y.new_tensor(y.numel())
+        if b.targets is None:
+            return None
+        y, loss_mask = self._strided(hc_mod, b.targets), self._strided(hc_mod, b.loss_mask)
+        valid = mask & loss_mask if loss_mask is not None else mask
+        if hc.kind == "lm":
+            valid = valid & (y != IGNORE)  # (targets may carry -100 too)
+            return valid, y, valid.sum()
+        m = self.config.modalities[hc_mod]
+        valid = valid & (self._strided(hc_mod, b.types) == m.token_types.index(hc.token_type))
+        B, N = valid.shape
+        y = y.reshape(B, N, -1) if hc.kind == "token_classify" else y.reshape(B, N, hc.num_outputs)
+        return valid, y, valid.sum() * y.shape[-1]
+
+    def loss_counts(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Per head, how many terms (targets) its loss averages on this batch, read from the batch
+        alone (no forward pass): what a training step sums over its micro-batches and processes to
+        weight every target alike (`forward(..., loss_norms=)`), as one large batch would."""
+        reads = {*self.config.encoder_inputs, *self.config.decoder_inputs}
+        counts = {}
+        for name, hc in self.config.heads.items():
+            if hc.modality in inputs and hc.modality in reads:
+                terms = self._loss_terms(name, inputs, targets, self._strided(hc.modality, inputs[hc.modality].mask))
+                if terms is not None:
+                    counts[name] = terms[2]
+        return counts
 
     def _pool_mask(self, head: str, mask: Tensor, batch: TokenBatch) -> Tensor:
         """The tokens a pooled head averages: `mask` (the trunk's tokens, `_strided`), without the
@@ -365,10 +392,13 @@ class MultimodalTransformer(nn.Module):
                 mask = mask & (types != m.token_types.index(t))
         return mask
 
-    def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None) -> Output:
+    def forward(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None, memory: Memory | None = None,
+                loss_norms: dict[str, Tensor] | None = None) -> Output:  # fmt: skip
+        """loss_norms: per head, what to divide its summed loss by instead of this batch's count of
+        terms (a training step's count over all its micro-batches and processes, `loss_counts`)."""
         if not torch.compiler.is_compiling():
             self.check_inputs(inputs, targets)
-        return self.forward_head(self.forward_features(inputs, memory), inputs, targets)
+        return self.forward_head(self.forward_features(inputs, memory), inputs, targets, loss_norms)
 
     def check_inputs(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> None:
         """One-line errors for a batch the model would misread or fail on deep inside: an input or a

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import reprlib
 import os
 import types
 import typing
@@ -180,7 +181,8 @@ def _coerce(key: str, raw, tp):
         pass
     else:
         raise ConfigError(f"config key {key!r} has an unsupported type {tp}")
-    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {raw!r}")
+    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {reprlib.repr(raw)}")  # (reprlib: a
+    # YAML alias bomb, expanded by repr, would not end)
 
 
 def apply_values(cfg, values: dict, source: str):

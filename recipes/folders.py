@@ -102,7 +102,10 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         if not {"file_name", column} <= set(reader.fieldnames):
             raise ValueError(f"{meta}: needs the columns file_name and {column}")
-        rows = list(enumerate(reader, start=2))  # note: line numbers count rows (a quoted value may hold a line break)
+        try:
+            rows = list(enumerate(reader, start=2))  # note: line numbers count rows (a quoted value may hold a line break)
+        except csv.Error as e:  # (a field over csv's 128 KiB limit, a NUL byte)
+            raise ValueError(f"{meta}, line {reader.line_num}: not readable as CSV ({e})") from None
         for n, r in rows:
             if None in r:  # (DictReader's key for fields past the header's)
                 raise ValueError(f"{meta}, line {n}: {len(reader.fieldnames) + len(r[None])} fields, and the header names "
@@ -116,6 +119,8 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{meta}, line {n}: not valid JSON ({e.msg}); expected one object per line") from None
+        except RecursionError:
+            raise ValueError(f"{meta}, line {n}: JSON nested too deep to read; expected one flat object per line") from None
         if not isinstance(row, dict):
             raise ValueError(f"{meta}, line {n}: a JSON {type(row).__name__}; expected one object per line")
         rows.append((n, row))
@@ -494,7 +499,7 @@ class HFRecord:
             return value["bytes"]
         if not value.get("path"):
             raise ValueError(f"its {self.column} has neither bytes nor a path")
-        path = self.base / value["path"]  # note: an absolute path stays itself
+        path = self.base / value["path"]  # note: an absolute path stays itself (datasets stores local files' paths so)
         if not path.is_file():
             raise FileNotFoundError(f"its file {path} does not exist")
         return path.read_bytes()

@@ -198,20 +198,46 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     """Forward and backward over one optimizer step's micro-batches; returns the mean loss.
     Gradients sync across processes only on the last micro-step. inner: the unwrapped model, when
     the caller holds it (unwrapping again costs a few hundred microseconds a step). check: run on
-    each batch on the host, before the copy (`host_check`)."""
+    each batch on the host, before the copy (`host_check`).
+
+    A model that counts its loss's terms (`loss_counts`: tokens with targets, per head) has every
+    target of the step weighted alike, as in one large batch: micro-batches and processes with
+    fewer targets (shorter transcripts, masked tokens) weigh less. Another module's losses are
+    averaged over the micro-batches."""
     total = torch.zeros((), device=accelerator.device)
     inner = accelerator.unwrap_model(model) if inner is None else inner
     fsdp_sync = getattr(inner, "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
+    norms = step_loss_norms(accelerator, inner, micro_batches)
     for i, batch in enumerate(micro_batches):
         inputs, targets = to_device(batch, accelerator.device, check)
         last = i == len(micro_batches) - 1
         if fsdp_sync is not None:
             fsdp_sync(last)  # reduce-scatter the gradients once, after the last micro-step
         with nullcontext() if last or fsdp_sync is not None else accelerator.no_sync(model):
-            loss = model(inputs, targets).loss / accum
+            loss = model(inputs, targets).loss / accum if norms is None else model(inputs, targets, loss_norms=norms).loss
             accelerator.backward(loss)
         total += loss.detach()
     return total
+
+
+def step_loss_norms(accelerator: Accelerator, inner: nn.Module, micro_batches: list) -> dict[str, torch.Tensor] | None:
+    """Per head, the step's count of loss terms over all micro-batches and processes, divided by
+    the processes (DDP and FSDP average the gradients over them): what each micro-batch's summed
+    loss is divided by. None for one micro-batch in one process (its own mean) or a model that does
+    not count (`loss_counts`). One small all-reduce per step with several processes."""
+    world = accelerator.num_processes
+    if not hasattr(inner, "loss_counts") or len(micro_batches) * world == 1:
+        return None
+    heads = sorted(inner.config.heads)
+    counts = [0.0] * len(heads)
+    for inputs, targets in micro_batches:  # (on the host, from the batches alone)
+        for name, n in inner.loss_counts(inputs, targets).items():
+            counts[heads.index(name)] += float(n)
+    counts = torch.tensor(counts, dtype=sum_dtype(accelerator.device), device=accelerator.device)
+    if world > 1:
+        counts = accelerator.reduce(counts, "sum")
+    norms = (counts / world).clamp(min=1 / world).float()  # (a head with no target in the step: its summed loss is 0)
+    return {name: norms[i] for i, name in enumerate(heads)}
 
 
 # -- evaluation helper ----------------------------------------------------------------------------

@@ -491,9 +491,11 @@ def tiny_lm(image: bool = False):
     return MultimodalTransformer(ModelConfig(trunk, mods, heads, **io))
 
 
-def test_gradient_accumulation_gives_the_whole_batch_gradients():
-    """grad_accum=2 over two halves of a batch (equal lengths: each half's mean loss counts the same
-    tokens) leaves the gradients one backward pass over the whole batch gives, and the mean loss."""
+@pytest.mark.parametrize("lengths", ["equal", "unequal"])
+def test_gradient_accumulation_gives_the_whole_batch_gradients(lengths):
+    """grad_accum=2 over two halves of a batch leaves the gradients one backward pass over the whole
+    batch gives, and the mean loss, also when the halves hold different numbers of target tokens
+    (short sequences first): every token weighs alike (`loss_counts`), not each half's mean."""
     from accelerate import Accelerator
 
     from recipes.train import forward_backward
@@ -501,7 +503,8 @@ def test_gradient_accumulation_gives_the_whole_batch_gradients():
 
     torch.manual_seed(0)
     model = tiny_lm()
-    examples = [{"text": next_token_set("text", torch.randint(0, 40, (13,)))} for _ in range(8)]
+    sizes = [13] * 8 if lengths == "equal" else [3, 4, 3, 5, 14, 12, 15, 13]
+    examples = [{"text": next_token_set("text", torch.randint(0, 40, (n,)))} for n in sizes]
     batch = lambda exs: collate_examples(exs)  # noqa: E731
     accelerator = Accelerator(cpu=True)
     grads, losses = [], []

@@ -108,3 +108,38 @@ def test_configs_cannot_name_python_objects(tmp_path):
     assert not marker.exists()
     runs = Path(ROOT / "recipes" / "runs.py").read_text()
     assert runs.count("importlib.import_module(") == 1 and "importlib.import_module(recipes[name])" in runs  # a fixed table + installed entry points
+
+
+def test_crafted_files_are_refused_in_one_line_without_running_long(tmp_path):
+    """An OrderedDict built by REDUCE from pairs has its keys checked (colliding integers made
+    filling it quadratic; a deep tuple key crashed hashing); a YAML alias bomb in a refused value is
+    not expanded into the message; a CSV field over csv's limit, a JSON line nested too deep and a
+    tokenizer.json naming its class with a list are one-line errors naming the file."""
+    from models import load_torch_file
+    from recipes.config import ConfigError, read_yaml
+    from recipes.folders import read_metadata
+    from tokenizers_mm import load_tokenizer
+
+    keys = b"".join(b"\x8a\x08" + ((1 << 61) - 1).to_bytes(8, "little") + b"K\x00\x86" for _ in range(3))  # LONG1 (2**61 - 1) keys
+    payload = b"\x80\x02ccollections\nOrderedDict\n(" + keys + b"l\x85R."  # OrderedDict([(k, 0), ...]) by REDUCE
+    with zipfile.ZipFile(tmp_path / "keys.pt", "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+    with pytest.raises(ValueError, match="a dict key of type int out of range"):
+        load_torch_file(tmp_path / "keys.pt")
+    levels = ["&a0 [x, x, x, x, x, x, x, x, x]"] + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "bomb.yaml").write_text("recipe: gpt_char\ndata: [" + ", ".join(levels) + "]\n")  # 9**9 leaves, once expanded
+    from recipes.runs import make_config
+
+    with pytest.raises(ConfigError, match=r"config key 'data' expects str, got \[\['x', 'x', 'x', 'x', 'x', 'x', \.\.\.\], "):
+        make_config(str(tmp_path / "bomb.yaml"), [])
+    assert read_yaml(tmp_path / "bomb.yaml")["recipe"] == "gpt_char"
+    (tmp_path / "metadata.csv").write_text('file_name,label\na.png,"' + "x" * 200_000 + '"\n')
+    with pytest.raises(ValueError, match=r"metadata.csv, line \d+: not readable as CSV \(field larger than field limit"):
+        read_metadata(tmp_path / "metadata.csv", "label")
+    (tmp_path / "metadata.jsonl").write_text('{"file_name": "a.png", "label": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    with pytest.raises(ValueError, match=r"metadata.jsonl, line 1: JSON nested too deep to read"):
+        read_metadata(tmp_path / "metadata.jsonl", "label")
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text('{"format": "tokenizers-mm/tokenizer", "version": 1, "name": ["text"], "config": {}}')
+    with pytest.raises(ValueError, match=r"tokenizer: \S+tokenizer.json names its tokenizer with a list; expected a registered name"):
+        load_tokenizer(tmp_path / "tok")

@@ -210,6 +210,8 @@ def load_tokenizer(directory, expect: type | None = None) -> Tokenizer:
         raise ValueError(f"tokenizer: {path} is not a tokenizers-mm tokenizer file (format {doc.get('format')!r})")
     if doc.get("version") != FORMAT_VERSION:
         raise ValueError(f"tokenizer: {path} has format version {doc.get('version')}, this release reads {FORMAT_VERSION}")
+    if not isinstance(doc.get("name", ""), str):
+        raise ValueError(f"tokenizer: {path} names its tokenizer with a {type(doc['name']).__name__}; expected a registered name (a string)")
     cls = get(doc.get("name", ""))
     if expect is not None and expect is not Tokenizer and not issubclass(cls, expect):
         raise ValueError(f"tokenizer: {path} holds a {doc['name']!r} tokenizer, expected {expect.__name__}")
