@@ -207,9 +207,9 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     total = torch.zeros((), device=accelerator.device)
     inner = accelerator.unwrap_model(model) if inner is None else inner
     fsdp_sync = getattr(inner, "set_requires_gradient_sync", None)  # a sharded model (fsdp.py)
-    norms = step_loss_norms(accelerator, inner, micro_batches)
+    norms = step_loss_norms(accelerator, inner, micro_batches, check)
     for i, batch in enumerate(micro_batches):
-        inputs, targets = to_device(batch, accelerator.device, check)
+        inputs, targets = to_device(batch, accelerator.device, check if norms is None else None)  # (checked while counted)
         last = i == len(micro_batches) - 1
         if fsdp_sync is not None:
             fsdp_sync(last)  # reduce-scatter the gradients once, after the last micro-step
@@ -220,17 +220,21 @@ def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: 
     return total
 
 
-def step_loss_norms(accelerator: Accelerator, inner: nn.Module, micro_batches: list) -> dict[str, torch.Tensor] | None:
+def step_loss_norms(accelerator: Accelerator, inner: nn.Module, micro_batches: list,
+                    check: Callable | None = None) -> dict[str, torch.Tensor] | None:  # fmt: skip
     """Per head, the step's count of loss terms over all micro-batches and processes, divided by
     the processes (DDP and FSDP average the gradients over them): what each micro-batch's summed
     loss is divided by. None for one micro-batch in one process (its own mean) or a model that does
-    not count (`loss_counts`). One small all-reduce per step with several processes."""
+    not count (`loss_counts`). One small all-reduce per step with several processes. check: as
+    `forward_backward`'s, run on each batch before it is counted."""
     world = accelerator.num_processes
     if not hasattr(inner, "loss_counts") or len(micro_batches) * world == 1:
         return None
     heads = sorted(inner.config.heads)
     counts = [0.0] * len(heads)
-    for inputs, targets in micro_batches:  # (on the host, from the batches alone)
+    for inputs, targets in micro_batches:  # (on the host, from the batches alone, each checked first: `host_check`)
+        if check is not None:
+            check(inputs, targets)
         for name, n in inner.loss_counts(inputs, targets).items():
             counts[heads.index(name)] += float(n)
     counts = torch.tensor(counts, dtype=sum_dtype(accelerator.device), device=accelerator.device)
