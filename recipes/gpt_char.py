@@ -214,7 +214,8 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
 def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
     """The run's validation loss (the windows training evaluates), or with data= (a text file or a
     dataset: its validation split, else all of it) the mean loss over every non-overlapping window
-    of that text, each token predicted once (`val_tokens` of them)."""
+    of that text, each token predicted once (`val_tokens` of them: the tail after the last whole
+    window too, read with the block_size tokens before it)."""
     from .runs import load_for_eval
     from .train import EvalBatches
 
@@ -228,8 +229,13 @@ def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
         windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size)
     except ValueError as e:  # (a character or token the run's tokenizer lacks): which data it is in
         raise ValueError(f"--data {data}: {e}") from None
-    return {"val_loss": mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)),
-            "val_tokens": len(windows) * cfg.block_size}  # fmt: skip
+    loss, scored = mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)), len(windows) * cfg.block_size
+    tail = len(windows.ids) - 1 - scored  # the targets after the last whole window: one more window, ending at the text's end,
+    if tail > 0:  # scores them alone (its loss mask), weighted by their count
+        last = next_token_set("text", windows.ids[-cfg.block_size - 1 :])
+        last = TokenSet("text", ids=last.ids, targets=last.targets, loss_mask=torch.arange(cfg.block_size) >= cfg.block_size - tail)
+        loss = (loss * scored + mean_loss(model, accelerator, [collate_examples([{"text": last}])]) * tail) / (scored + tail)
+    return {"val_loss": loss, "val_tokens": scored + tail}
 
 
 def main(cfg: Config, resume: bool = False) -> dict:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -105,7 +106,18 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     scored = json.loads(capsys.readouterr().out)
     other = scored["val_loss"]
     assert math.isfinite(other) and other != pytest.approx(val, rel=1e-4)
-    assert scored["val_tokens"] == ((3000 - 32 - 1) // 32 + 1) * 32  # every non-overlapping 32-character window: each token once
+    assert scored["val_tokens"] == 2999  # each token predicted once: every non-overlapping 32-character window, then the tail
+    from recipes.runs import load_trained
+    from tokenizers_mm import TokenSet, collate
+
+    model, toks = load_trained(run)
+    ids = torch.as_tensor(np.asarray(toks["text"].encode_ids(corpus[:3000]), dtype=np.int64))
+    starts = [*range(0, 3000 - 33 + 1, 32), 3000 - 33]  # the whole windows, then the one ending at the text's end
+    with torch.no_grad():
+        logits = model({"text": collate([TokenSet("text", ids=ids[s : s + 32]) for s in starts])}).logits["lm"]
+    nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), torch.stack([ids[s + 1 : s + 33] for s in starts]), reduction="none")
+    tail = 2999 - (len(starts) - 1) * 32
+    assert other == pytest.approx(float(torch.cat([nll[:-1].reshape(-1), nll[-1, -tail:]]).double().mean()), rel=1e-5)
     (tmp_path / "odd.txt").write_text(corpus[:3000] + "€", encoding="utf-8")
     assert main(["eval", str(run), "--data", str(tmp_path / "odd.txt")]) == 2
     assert f"--data {tmp_path / 'odd.txt'}: text_char: character '€' (at offset 3000)" in capsys.readouterr().err  # the file named
