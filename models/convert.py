@@ -458,8 +458,10 @@ def check_openai_whisper_dims(dims: dict, sd: dict[str, Tensor]) -> dict:
     weights do not fill). Returns the WhisperConfig fields (`openai_whisper_config`)."""
     fields = ("n_mels", "n_audio_ctx", "n_audio_state", "n_audio_head", "n_audio_layer", "n_vocab", "n_text_ctx", "n_text_state",
               "n_text_head", "n_text_layer")  # fmt: skip
-    if not isinstance(dims, dict) or not all(isinstance(dims.get(k), int) and dims[k] > 0 for k in fields):
-        raise ValueError(f"Whisper import: dims {reprlib.repr(dims)} must give every ModelDimensions field as a positive integer")
+    bad = [k for k in fields if not (isinstance(dims.get(k), int) and dims[k] > 0)] if isinstance(dims, dict) else None
+    if bad is None or bad:
+        what = f"dims is a {type(dims).__name__}" if bad is None else ", ".join(f"{k}={reprlib.repr(dims.get(k))}" for k in bad)
+        raise ValueError(f"Whisper import: {what}: dims must give every ModelDimensions field as a positive integer")
     if not isinstance(sd, dict):
         raise ValueError(f"Whisper import: model_state_dict is a {type(sd).__name__}, expected a dict of tensors")
     expected = 11 + 15 * dims["n_audio_layer"] + 24 * dims["n_text_layer"]  # (openai_whisper_shapes' count, before it is built:

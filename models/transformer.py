@@ -300,7 +300,7 @@ class MultimodalTransformer(nn.Module):
 
     def forward_head(self, feats, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None,
                      loss_norms: dict[str, Tensor] | None = None) -> Output:  # fmt: skip
-        out = Output(logits={})
+        out, unused = Output(logits={}), []
         for name, head in self.heads.items():
             hc = self.config.heads[name]
             if hc.modality not in feats:  # subset_inputs: this batch carries no tokens for the head
@@ -312,6 +312,8 @@ class MultimodalTransformer(nn.Module):
             logits = out.logits[name] = head(h, mask if hc.kind == "lm" else self._pool_mask(name, mask, inputs[hc.modality]))
             terms = self._loss_terms(name, inputs, targets, mask)
             if terms is None:
+                if loss_norms is not None:  # a share of a step: every process's backward must reach every head DDP saw used
+                    unused.append(logits.float().sum() * 0.0)
                 continue
             valid, y, count = terms
             # note: a mean over the valid terms as a masked sum over all of them: no boolean indexing, so no dynamic shapes
@@ -332,8 +334,8 @@ class MultimodalTransformer(nn.Module):
                 total = F.mse_loss(logits.float(), y.float(), reduction="sum")
             # the mean over this batch's terms, or (loss_norms) a share of a step's mean over every micro-batch and process
             out.losses[name] = total / (loss_norms[name] if loss_norms is not None else count.clamp(min=1))
-        if out.losses:
-            out.loss = sum(self.config.heads[n].loss_weight * l for n, l in out.losses.items())
+        if out.losses or unused:
+            out.loss = sum([self.config.heads[n].loss_weight * l for n, l in out.losses.items()] + unused)
         return out
 
     def _loss_terms(self, name: str, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None, mask: Tensor):
@@ -350,11 +352,11 @@ class MultimodalTransformer(nn.Module):
             if y is None:
                 return None
             if hc.kind == "classify":
-                return None, y, (y != IGNORE).sum() if not y.is_floating_point() else y.new_tensor(y.shape[0])
+                return None, y, (y != IGNORE).sum() if not y.is_floating_point() else torch.tensor(y.shape[0], device=y.device)
             rows = b.shape[0]
             if y.numel() != rows * hc.num_outputs:
                 raise ValueError(f"head {name!r}: targets of shape {tuple(y.shape)} for predictions of shape {(rows, hc.num_outputs)}")
-            return None, y.reshape(rows, hc.num_outputs), y.new_tensor(y.numel())
+            return None, y.reshape(rows, hc.num_outputs), torch.tensor(y.numel(), device=y.device)  # (a count, never in y's half precision)
         if b.targets is None:
             return None
         y, loss_mask = self._strided(hc_mod, b.targets), self._strided(hc_mod, b.loss_mask)

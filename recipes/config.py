@@ -181,8 +181,12 @@ def _coerce(key: str, raw, tp):
         pass
     else:
         raise ConfigError(f"config key {key!r} has an unsupported type {tp}")
-    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {reprlib.repr(raw)}")  # (reprlib: a
-    # YAML alias bomb, expanded by repr, would not end)
+    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {SHORT.repr(raw)}")  # (not repr: a
+    # YAML alias bomb, expanded, would not end)
+
+
+SHORT = reprlib.Repr()  # a value in a message: nested ones cut short, a path whole
+SHORT.maxstring = SHORT.maxother = 300
 
 
 def apply_values(cfg, values: dict, source: str):

@@ -798,3 +798,23 @@ def test_sampling_arguments_are_checked():
             model.generate(inputs, 2, **kw)
     with pytest.raises(ValueError, match=r"beam_search: beam_size=0 must be a whole number >= 1"):
         model.beam_search(inputs, 2, beam_size=0)
+
+
+def test_loss_counts_are_what_each_head_averages_and_a_share_reaches_every_head():
+    """`loss_counts` (a training step's weights) equals what forward divides by, in a count's own
+    dtype (half-precision targets: 67551 rounded, inf in fp16); with loss_norms, a head with logits
+    but no targets still joins the backward pass (DDP waits for a gradient of every used head)."""
+    torch.manual_seed(0)
+    image = ModalityConfig.from_spec(IMAGE)
+    reg = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), {"image": image},
+                                            {"reg": HeadConfig("regress", "image", num_outputs=2048, pool="mean"),
+                                             "cls": HeadConfig("classify", "image", num_outputs=3)}, encoder_inputs=["image"]))  # fmt: skip
+    inputs = {"image": collate([TokenSet("image", values=torch.randn(4, 12)) for _ in range(33)])}
+    y = torch.randn(33, 2048).half()
+    counts = reg.loss_counts(inputs, {"reg": y, "cls": torch.tensor([1, -100] * 16 + [2])})
+    assert counts["reg"].item() == 33 * 2048 and counts["cls"].item() == 17
+    out = reg(inputs, {"reg": y})
+    torch.testing.assert_close(out.losses["reg"], ((out.logits["reg"] - y.float()) ** 2).mean())
+    share = reg(inputs, {"reg": y}, loss_norms={"reg": torch.tensor(2.0 * 33 * 2048), "cls": torch.tensor(1.0)})
+    share.loss.backward()
+    assert reg.heads["cls"].proj.weight.grad is not None  # (zero: no target here, but reached)

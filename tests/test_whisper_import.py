@@ -103,7 +103,7 @@ def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
     # dims the weights do not bear out are refused before a model is built from them
     for change, message in (({"n_text_layer": 5000}, r"does not match its dims \(89 tensors; 2 \+ 5000 layers take 120041\)"),
                             ({"n_audio_state": 4096, "n_text_state": 4096}, r"dims say encoder.conv1.weight is \(4096, 80, 3\)"),
-                            ({"n_mels": "80"}, "must give every ModelDimensions field as a positive integer")):  # fmt: skip
+                            ({"n_mels": "80"}, r"n_mels='80': dims must give every ModelDimensions field as a positive integer")):  # fmt: skip
         torch.save({"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": ref.state_dict()}, tmp_path / "big.pt")
         with pytest.raises(ValueError, match=message):
             load_openai_whisper(tmp_path / "big.pt")
