@@ -15,6 +15,14 @@ MODES = ("encoder", "decoder", "encoder-decoder")
 HEAD_KINDS = ("lm", "classify", "regress", "token_classify", "token_regress")
 
 
+def whole(owner: str, **values) -> None:
+    """Sizes as whole numbers of at least their least (None: not given): a config read from a file
+    otherwise fails deep in torch (num_heads=0 divides by zero, a negative width is a torch error)."""
+    for name, (value, least) in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+            raise ValueError(f"{owner} {name}={value!r} must be a whole number of at least {least}")
+
+
 @dataclass
 class TrunkConfig:
     dim: int = 128  # width of every token vector (C)
@@ -35,6 +43,9 @@ class TrunkConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"trunk mode must be one of {MODES}, got {self.mode!r}")
+        whole("trunk", dim=(self.dim, 1), num_heads=(self.num_heads, 1), depth=(self.depth, 0), dec_depth=(self.dec_depth, 0))
+        if isinstance(self.mlp_ratio, bool) or not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio < float("inf"):
+            raise ValueError(f"trunk mlp_ratio={self.mlp_ratio!r} must be a positive number")
         if self.dim % self.num_heads:
             raise ValueError(f"trunk dim={self.dim} must be divisible by num_heads={self.num_heads}")
         if self.activation not in ("gelu", "gelu_tanh", "relu"):
@@ -73,6 +84,8 @@ class ModalityConfig:
         return cls.from_spec(tokenizer.spec, **{**extra, **kw})
 
     def __post_init__(self):
+        whole(f"modality {self.modality!r}", max_positions=(self.max_positions, 1), vocab_size=(self.vocab_size, 1),
+              value_dim=(self.value_dim, 1))  # fmt: skip
         unknown = [t for t in self.learned_types if t not in self.token_types]
         if unknown:
             raise ValueError(f"modality {self.modality!r}: learned_types {unknown} are not among its token types {self.token_types}")
@@ -100,6 +113,7 @@ class HeadConfig:
     loss_weight: float = 1.0
 
     def __post_init__(self):
+        whole("head", num_outputs=(self.num_outputs, 1))
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"head kind must be one of {HEAD_KINDS}, got {self.kind!r}")
         if self.pool not in ("cls", "mean"):

@@ -4,6 +4,7 @@ as a checkpoint or a config naming a Python object is refused and never runs."""
 import ast
 import io
 import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -143,3 +144,26 @@ def test_crafted_files_are_refused_in_one_line_without_running_long(tmp_path):
     (tmp_path / "tok" / "tokenizer.json").write_text('{"format": "tokenizers-mm/tokenizer", "version": 1, "name": ["text"], "config": {}}')
     with pytest.raises(ValueError, match=r"tokenizer: \S+tokenizer.json names its tokenizer with a list; expected a registered name"):
         load_tokenizer(tmp_path / "tok")
+
+
+def test_a_config_json_with_sizes_no_model_has_is_refused_in_one_line(tmp_path):
+    """A model directory's config.json is read before any weight: sizes of zero, below zero or not
+    whole (num_heads=0 divided by zero; a negative vocabulary was a torch error) are named."""
+    import json
+
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from tokenizers_mm import ModalitySpec
+
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), 16, vocab_size=32))
+    folder = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"text": text}, {"lm": HeadConfig("lm", "text")},
+                                               decoder_inputs=["text"])).save(tmp_path / "m")  # fmt: skip
+    doc = json.loads((folder / "config.json").read_text())
+    for where, key, value, message in (("trunk", "num_heads", 0, "trunk num_heads=0 must be a whole number of at least 1"),
+                                       ("trunk", "mlp_ratio", -1, "trunk mlp_ratio=-1 must be a positive number"),
+                                       ("text", "vocab_size", -1, "modality 'text' vocab_size=-1 must be a whole number of at least 1"),
+                                       ("text", "max_positions", 1e3, "modality 'text' max_positions=1000.0 must be a whole number")):  # fmt: skip
+        bad = json.loads(json.dumps(doc))
+        (bad["config"]["trunk"] if where == "trunk" else bad["config"]["modalities"][where])[key] = value
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"holds a bad config: {re.escape(message)}"):
+            MultimodalTransformer.load(folder)
