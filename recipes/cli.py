@@ -22,7 +22,7 @@ import os
 import sys
 from pathlib import Path
 
-from .config import ConfigError, apply_values, named_configs, parse_overrides
+from .config import ConfigError, apply_values, launch_rank, named_configs, parse_overrides
 
 
 def cmd_recipes(args):
@@ -505,7 +505,7 @@ def close_progress_bars() -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if os.environ.get("RANK", "0") != "0":  # under torchrun, one process reports: the others' lines would repeat it
+    if launch_rank() != 0:  # under torchrun, one process reports: the others' lines would repeat it
         sys.stdout = open(os.devnull, "w")  # (errors still go to stderr, from every process)
     try:
         args.fn(args)
@@ -526,7 +526,7 @@ def main(argv=None) -> int:
         if not peer_stopped(e):
             raise
         close_progress_bars()  # (the process that failed printed its own line)
-        print(f"mmtok: error: process {os.environ.get('RANK', '?')}: another process stopped (its error is printed above); this one "
+        print(f"mmtok: error: process {launch_rank()}: another process stopped (its error is printed above); this one "
               f"stopped with it ({(str(e).splitlines() or [''])[0][:160]})", file=sys.stderr)  # fmt: skip
         return 2
     return 0

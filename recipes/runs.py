@@ -189,7 +189,7 @@ def launch_shared(value: str, key: str) -> str:
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(minutes=5))
     calls = _SHARED_CALLS[key] = _SHARED_CALLS.get(key, 0) + 1  # (each process makes the same calls in turn: a sweep's second run its own)
     name = f"tokenizers_mm/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{calls}"
-    if os.environ.get("RANK", "0") == "0":
+    if launch_rank() == 0:
         store.set(name, value)
     return store.get(name).decode()
 

@@ -72,7 +72,7 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     data. NumPy arrays are (H, W) or (H, W, C); tensors are (H, W) or (C, H, W).
     """
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
-        if image.mode in PIL_WIDE_MODES[:-1]:  # 16-bit / 32-bit integer grayscale
+        if image.mode in PIL_WIDE_MODES and image.mode != "F":  # 16-bit / 32-bit integer grayscale
             arr = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0)
             x = torch.from_numpy(arr)[None]
         elif image.mode == "F":  # float grayscale (TIFF): taken as [0, 1] like a float array; "L" would round it to 0 / 1
