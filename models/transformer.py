@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
 
@@ -772,9 +772,42 @@ class MultimodalTransformer(nn.Module):
         if doc.get("format") != MODEL_FORMAT or doc.get("version") != MODEL_VERSION:
             raise ValueError(f"model: {directory / CONFIG_FILE} is not a tokenizers-mm model config of version {MODEL_VERSION}")
         try:
-            return cls(ModelConfig.from_dict(doc["config"]))
+            config = ModelConfig.from_dict(doc["config"])
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"model: {directory / CONFIG_FILE} holds a bad config: {e}") from None
+        if (directory / WEIGHTS_FILE).exists():
+            cls._check_against_weights(config, directory)
+        return cls(config)
+
+    @classmethod
+    def _check_against_weights(cls, config: ModelConfig, directory: Path) -> None:
+        """Refuse a config.json that its model.safetensors does not fit, from the file's header, before
+        any weight is allocated: a crafted config (depth 400000, dim 10**6) would otherwise fill the
+        memory building the model that load_weights then refuses."""
+        path = directory / WEIGHTS_FILE
+        try:
+            with safe_open(str(path), "pt") as f:
+                shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+        t = config.trunk
+        depths = {"encoder": t.depth if config.encoder_inputs else 0,
+                  "decoder": (t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)) if config.decoder_inputs else 0}  # fmt: skip
+        for stack, depth in depths.items():  # (checked first: a meta model of 400000 blocks takes minutes to build)
+            held = {k.split(".")[2] for k in shapes if k.startswith(f"{stack}.blocks.")}
+            if depth != len(held):
+                raise ValueError(f"model: {directory / CONFIG_FILE} asks for {depth} {stack} blocks; {path} holds {len(held)}")
+        with torch.device("meta"):
+            meta = cls(config)
+        state = meta.state_dict(keep_vars=True)
+        groups: dict[int, list[str]] = {}  # tied weights: one tensor under several names, saved under one of them
+        for name, tensor in state.items():
+            groups.setdefault(id(tensor), []).append(name)
+        wrong = [f"{n} {list(state[n].shape)} (the file: {shapes[n]})" for names in groups.values() for n in names
+                 if n in shapes and list(state[n].shape) != shapes[n]]  # fmt: skip
+        wrong += [f"{names[0]} {list(state[names[0]].shape)} (not in the file)" for names in groups.values() if not any(n in shapes for n in names)]
+        if wrong:
+            raise ValueError(f"model: {directory / CONFIG_FILE} does not match {path}: {'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
 
     @classmethod
     def load(cls, directory, device="cpu") -> "MultimodalTransformer":

@@ -167,3 +167,25 @@ def test_a_config_json_with_sizes_no_model_has_is_refused_in_one_line(tmp_path):
         (folder / "config.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match=f"holds a bad config: {re.escape(message)}"):
             MultimodalTransformer.load(folder)
+
+
+def test_a_config_json_larger_than_its_weights_is_refused_before_allocating(tmp_path):
+    """Sizes a model can have but its model.safetensors does not hold (400000 blocks, a 10**9-token
+    vocabulary) are refused from the file's header, naming the tensors, before anything is built."""
+    import json
+
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from tokenizers_mm import ModalitySpec
+
+    text = ModalityConfig.from_spec(ModalitySpec("text", ("token",), 16, vocab_size=32))
+    folder = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"text": text}, {"lm": HeadConfig("lm", "text")},
+                                               decoder_inputs=["text"])).save(tmp_path / "m")  # fmt: skip
+    doc = json.loads((folder / "config.json").read_text())
+    for where, key, value, message in (("trunk", "depth", 400000, "asks for 400000 decoder blocks; .* holds 1"),
+                                       ("text", "vocab_size", 10**9, r"embedders\.text\.tok\.weight \[1000000000, 16\] \(the file: \[32, 16\]\)"),
+                                       ("trunk", "dim", 2**20, r"\[32, 1048576\] \(the file: \[32, 16\]\)")):  # fmt: skip
+        bad = json.loads(json.dumps(doc))
+        (bad["config"]["trunk"] if where == "trunk" else bad["config"]["modalities"][where])[key] = value
+        (folder / "config.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"config.json does not match .*model.safetensors: .*{message}|config.json {message}"):
+            MultimodalTransformer.load(folder)
