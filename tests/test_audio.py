@@ -102,8 +102,11 @@ def test_formats_rates_and_channels(tmp_path):
         np.testing.assert_allclose(back[200:-200].numpy(), expected[200:-200], atol=2e-3)  # the same tone at 16 kHz (edges: filter ramp)
     sf.write(tmp_path / "x.wav", stereo.T.numpy(), 48000, subtype="PCM_16")
     data, rate = load_audio(tmp_path / "x.wav")
-    assert rate == 48000 and data.shape == (16000, 2)
+    assert rate == 48000 and data.shape == (16000,)  # mixed to mono
     assert AudioTokenizer().encode(data, rate).values.shape == (N_FRAMES, 80)
+    sf.write(tmp_path / "short.wav", np.array([[0.5, -0.1, 0.3]], np.float32), 16000, subtype="FLOAT")  # 1 frame of 3 channels
+    data, _ = load_audio(tmp_path / "short.wav")
+    np.testing.assert_allclose(data, [0.7 / 3])  # (not 3 samples: a file's channels are known, not guessed from the shorter axis)
 
 
 def test_bad_audio_is_named(tmp_path):

@@ -188,9 +188,9 @@ def _soundfile(path):
 
 
 def load_audio(source) -> tuple[np.ndarray, int]:
-    """Decode audio with soundfile (libsndfile: WAV, FLAC, OGG, ...): (samples, rate). `source`: a
-    file path, or an object with `read_bytes()` whose str() names it (a row of a Hugging Face
-    dataset, recipes/folders.py)."""
+    """Decode audio with soundfile (libsndfile: WAV, FLAC, OGG, ...): (mono samples, rate), the
+    channels averaged. `source`: a file path, or an object with `read_bytes()` whose str() names it
+    (a row of a Hugging Face dataset, recipes/folders.py)."""
     import io
 
     import soundfile as sf
@@ -206,6 +206,8 @@ def load_audio(source) -> tuple[np.ndarray, int]:
     except (RuntimeError, sf.LibsndfileError) as e:
         reason = str(e).splitlines()[0].split(">: ", 1)[-1]  # note: not libsndfile's "Error opening <_io.BytesIO object at 0x...>"
         raise AudioError(f"audio {path}: not a readable audio file ({reason})") from None
+    if data.ndim == 2:  # soundfile's (frames, channels), mixed to mono here: a file of fewer frames than channels has no shorter-axis guess
+        data = data.mean(1, dtype=np.float32)
     return data, rate
 
 
