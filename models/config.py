@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from torch import nn
+
 from tokenizers_mm import ModalitySpec
 
 MODES = ("encoder", "decoder", "encoder-decoder")
@@ -86,6 +88,7 @@ class ModalityConfig:
     def __post_init__(self):
         whole(f"modality {self.modality!r}", max_positions=(self.max_positions, 1), vocab_size=(self.vocab_size, 1),
               value_dim=(self.value_dim, 1))  # fmt: skip
+        self.spec  # what a tokenizer's ModalitySpec checks too: a name, distinct token types, ids or values
         unknown = [t for t in self.learned_types if t not in self.token_types]
         if unknown:
             raise ValueError(f"modality {self.modality!r}: learned_types {unknown} are not among its token types {self.token_types}")
@@ -136,6 +139,14 @@ class ModelConfig:
     subset_inputs: bool = False  # a batch may carry any non-empty subset of the inputs (a generalist's task batches)
 
     def __post_init__(self):
+        for what, names in (("modality", self.modalities), ("head", self.heads)):  # (module names: torch's add_module refuses these)
+            bad = [n for n in names if not isinstance(n, str) or not n or "." in n or hasattr(nn.ModuleDict(), n)]
+            if bad:
+                raise ValueError(f"{what} names {bad}: a name is a non-empty string without '.' and not an attribute of "
+                                 f"torch's ModuleDict (keys, items, training, ...)")  # fmt: skip
+        wrong = {k: m.modality for k, m in self.modalities.items() if m.modality != k}
+        if wrong:
+            raise ValueError(f"modalities {wrong}: each is keyed by its own name (ModalityConfig.modality)")
         enc, dec = self.trunk.mode != "decoder", self.trunk.mode != "encoder"
         if enc != bool(self.encoder_inputs) or dec != bool(self.decoder_inputs):
             raise ValueError(
@@ -152,6 +163,13 @@ class ModelConfig:
         if unread:  # (it would never see a token: no output, its targets ignored)
             raise ValueError(f"heads {sorted(unread)} read {sorted(set(unread.values()))}, which neither the encoder nor the decoder "
                              f"reads (encoder_inputs {self.encoder_inputs}, decoder_inputs {self.decoder_inputs})")
+
+        blind = sorted(n for n, h in self.heads.items() if h.kind in ("classify", "regress") and h.pool == "cls"
+                       and h.modality in self.decoder_inputs and h.modality not in self.prefix_inputs)  # fmt: skip
+        if blind:  # (causal: the modality's first token sees none of the tokens after it, so every sample gets one output)
+            mods = sorted({self.heads[n].modality for n in blind})
+            raise ValueError(f"heads {blind} pool the first token (pool='cls') of {mods}, which the decoder attends causally: it sees "
+                             f"none of the tokens after it; add {mods} to prefix_inputs (both directions), or pool='mean'")
 
     def to_dict(self) -> dict:
         return asdict(self)

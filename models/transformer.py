@@ -435,6 +435,8 @@ class MultimodalTransformer(nn.Module):
             y = (targets or {}).get(name)
             if y is not None and b is not None and hc.kind in ("classify", "regress"):  # a pooled head's targets: one per sample (shapes and dtypes: no device sync)
                 self._check_sample_targets(name, y, b.shape[0])
+            if b is not None and b.targets is not None and hc.kind not in ("classify", "regress"):
+                self._check_token_targets(name, b)
             if hc.kind in ("classify", "token_classify", "lm"):
                 self._check_classes(name, inputs, targets)
 
@@ -466,6 +468,28 @@ class MultimodalTransformer(nn.Module):
         elif hc.kind == "regress" and (y.dtype == torch.bool or y.is_complex() or not y.shape or y.shape[0] != batch):
             raise ValueError(f"targets[{name!r}]: {y.dtype} of shape {tuple(y.shape)}; head {name!r} takes ({batch},) or "
                              f"({batch}, {hc.num_outputs}) numbers for a batch of {batch}")  # fmt: skip
+
+    def _check_token_targets(self, name: str, b: TokenBatch) -> None:
+        """A per-token head's TokenBatch.targets: (B, N) integer ids for an lm head, (B, N) or (B, N, A)
+        ids for token_classify (A parts of num_outputs // A classes each), (B, N, K) or (B, N) numbers
+        for token_regress of K = num_outputs: anything else, one line naming the head (not torch's
+        "expected scalar type Long" or "shape '[15, -1]' is invalid")."""
+        hc, y = self.config.heads[name], b.targets
+        B, N = b.mask.shape
+        ids = not (y.is_floating_point() or y.is_complex() or y.dtype == torch.bool)
+        if hc.kind == "lm":
+            ok, wanted = ids and tuple(y.shape) == (B, N), f"({B}, {N}) integer token ids"
+        elif hc.kind == "token_classify":
+            parts = y.shape[2] if y.dim() == 3 else 1
+            ok = ids and tuple(y.shape[:2]) == (B, N) and y.dim() in (2, 3) and parts > 0 and hc.num_outputs % parts == 0
+            wanted = f"({B}, {N}) integer class ids, or ({B}, {N}, A) for A parts of num_outputs={hc.num_outputs} // A classes"
+        else:
+            K = hc.num_outputs
+            ok = y.is_floating_point() and tuple(y.shape) in ((B, N, K),) + (((B, N),) if K == 1 else ())
+            wanted = f"({B}, {N}, {K}) floating-point numbers"
+        if not ok:
+            raise ValueError(f"{hc.modality!r} TokenBatch.targets: {str(y.dtype).removeprefix('torch.')} of shape {tuple(y.shape)}; "
+                             f"head {name!r} ({hc.kind}) takes {wanted} for {B} samples of {N} tokens")  # fmt: skip
 
     def _check_classes(self, name: str, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None) -> None:
         """Class targets outside head `name`'s classes (cross_entropy's bare "Target 7 is out of

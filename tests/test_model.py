@@ -183,7 +183,7 @@ def multimodal(mode: str) -> MultimodalTransformer:
     if mode == "encoder-decoder":
         io = dict(encoder_inputs=["image"], decoder_inputs=["text"])
     elif mode == "decoder":
-        io = dict(decoder_inputs=["image", "text"])
+        io = dict(decoder_inputs=["image", "text"], prefix_inputs=["image"])  # (the regress head pools image CLS: both directions)
     else:
         io = dict(encoder_inputs=["image", "text"])
     return MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=2, num_heads=4, mode=mode), mods, heads, **io))
@@ -272,6 +272,25 @@ def test_config_errors():
         ModelConfig(TrunkConfig(), {"text": ModalityConfig.from_spec(TEXT)}, {}, decoder_inputs=["audio"])
     with pytest.raises(KeyError, match="model input 'text' is missing"):
         lm_model()({})
+    spec = dict(modality="ts", token_types=("a",), max_positions=4, value_dim=2)
+    for change, message in ((dict(token_types="point"), r"got the string 'point' \(a tuple of one needs its comma: \('point',\)\)"),
+                            (dict(token_types=["a", "a"]), r"must be distinct non-empty names \(\['a'\] twice\)"),
+                            (dict(modality=""), "a modality's name must be a non-empty string")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            ModalitySpec(**{**spec, **change})
+    ts = ModalityConfig.from_spec(ModalitySpec(**spec))
+    for mods, heads, message in (({"keys": ts}, {}, r"modality names \['keys'\]: a name is a non-empty string without '\.'"),
+                                 ({"a.b": ts}, {}, r"modality names \['a\.b'\]"),
+                                 ({"ts": ts}, {"training": HeadConfig("regress", "ts", num_outputs=1)}, r"head names \['training'\]"),
+                                 ({"other": ts}, {}, r"modalities \{'other': 'ts'\}: each is keyed by its own name")):  # fmt: skip
+        with pytest.raises(ValueError, match=message):
+            ModelConfig(TrunkConfig(mode="encoder"), mods, heads, encoder_inputs=list(mods))
+    # a pooled head on a causal modality's first token would see none of the tokens after it: the same output for every sample
+    cls = {"cls": HeadConfig("classify", "image", num_outputs=3)}
+    mods = {"image": ModalityConfig.from_spec(IMAGE), "text": ModalityConfig.from_spec(TEXT)}
+    with pytest.raises(ValueError, match=r"heads \['cls'\] pool the first token \(pool='cls'\) of \['image'\], which the decoder attends causally"):
+        ModelConfig(TrunkConfig(), mods, cls, decoder_inputs=["image", "text"])
+    ModelConfig(TrunkConfig(), mods, cls, decoder_inputs=["image", "text"], prefix_inputs=["image"])  # both directions: fine
 
 
 def _logprob(model, prompt, ids):
@@ -543,6 +562,30 @@ def test_token_head_loss_is_the_mean_over_its_tokens_and_zero_without_any(kind):
         assert out.logits["act"].dtype == torch.bfloat16
         want = ((out.logits["act"][0][valid].float() - (1 + 2**-9)) ** 2).mean()
         torch.testing.assert_close(out.loss, want)
+
+
+@pytest.mark.parametrize("kind, bad, wanted", [
+    ("token_classify", torch.randn(6), r"\(1, 6\) integer class ids, or \(1, 6, A\) for A parts of num_outputs=4 // A classes"),
+    ("token_classify", torch.zeros(6, 3, dtype=torch.long), r"\(1, 6, A\) for A parts"),  # (4 classes do not split in 3 parts)
+    ("token_regress", torch.randn(6, 3), r"\(1, 6, 2\) floating-point numbers"),
+    ("token_regress", torch.zeros(6, 2, dtype=torch.long), r"\(1, 6, 2\) floating-point numbers"),
+    ("lm", torch.randn(6), r"\(1, 6\) integer token ids"),
+    ("lm", torch.zeros(6, 2, dtype=torch.long), r"\(1, 6\) integer token ids")])  # fmt: skip
+def test_per_token_targets_of_another_dtype_or_shape_are_named(kind, bad, wanted):
+    """TokenBatch.targets a per-token head cannot read: one line naming the head and what it takes
+    (not torch's "expected scalar type Long" or "shape '[6, -1]' is invalid")."""
+    if kind == "lm":
+        model, batch = lm_model(), collate([TokenSet("text", ids=torch.arange(6), targets=bad)])
+        name, inputs = "text", {"text": batch}
+    else:
+        spec = ModalitySpec("traj", ("state", "action"), max_positions=8, value_dim=3)
+        cfg = ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"traj": ModalityConfig.from_spec(spec)},
+                          {"act": HeadConfig(kind, "traj", num_outputs=4 if kind == "token_classify" else 2, token_type="action")},
+                          decoder_inputs=["traj"])  # fmt: skip
+        model, name = MultimodalTransformer(cfg), "traj"
+        inputs = {"traj": collate([TokenSet("traj", values=torch.randn(6, 3), types=torch.tensor([0, 1] * 3), targets=bad)])}
+    with pytest.raises(ValueError, match=rf"'{name}' TokenBatch.targets: .* of shape .*; head '\w+' \({kind}\) takes .*{wanted}.* for 1 samples of 6"):
+        model(inputs)
 
 
 def _speech_model(subset_inputs=False):

@@ -32,7 +32,17 @@ class ModalitySpec:
     value_dim: int | None = None  # set when the tokenizer emits values
 
     def __post_init__(self):
+        if not isinstance(self.modality, str) or not self.modality:
+            raise ValueError(f"a modality's name must be a non-empty string, got {self.modality!r}")
+        if isinstance(self.token_types, str):  # (("point") is the string "point": its letters would be five types)
+            raise ValueError(f"modality {self.modality!r}: token_types must be a list of names, got the string {self.token_types!r} "
+                             f"(a tuple of one needs its comma: ({self.token_types!r},))")  # fmt: skip
         object.__setattr__(self, "token_types", tuple(self.token_types))
+        bad = [t for t in self.token_types if not isinstance(t, str) or not t]
+        twice = sorted({t for t in self.token_types if self.token_types.count(t) > 1} - set(bad))
+        if bad or twice:
+            raise ValueError(f"modality {self.modality!r}: token_types {list(self.token_types)} must be distinct non-empty names"
+                             f"{f' ({twice} twice)' if twice else ''}")  # fmt: skip
         if (self.vocab_size is None) == (self.value_dim is None):
             raise ValueError(
                 f"modality {self.modality!r}: declare exactly one of vocab_size and value_dim "
