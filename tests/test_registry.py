@@ -31,7 +31,26 @@ def test_duplicate_name_refused():
 
         defined.append(C)
     assert registry.get("dup_test_tok") is defined[1] is not defined[0]
+    assert registry.name_of(defined[0]) == "dup_test_tok"  # an instance made before the cell ran again still saves
     registry._REGISTRY.pop("dup_test_tok")
+
+
+def test_register_refuses_what_is_not_a_name_or_a_tokenizer_class():
+    """A bare @register, a name that is not a non-empty string, or a class that is not a Tokenizer:
+    one line at the decorator (a bare @register turned the class into a function; an int name broke
+    every later lookup's sorted listing)."""
+    with pytest.raises(TypeError, match=r'C given as the name; decorate with @register\("name"\), not a bare @register'):
+
+        @registry.register
+        class C(Tokenizer):
+            pass
+
+    for name in (3, "", " "):
+        with pytest.raises(ValueError, match="a tokenizer's name must be a non-empty string"):
+            registry.register(name)
+    with pytest.raises(TypeError, match=r"register\('x'\): dict is not a Tokenizer subclass"):
+        registry.register("x")(dict)
+    assert "x" not in registry.list_tokenizers()
 
 
 def test_entry_point_plugin_is_found(tmp_path, monkeypatch):

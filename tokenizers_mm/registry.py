@@ -19,13 +19,26 @@ _REGISTRY: dict[str, type] = {}
 _plugins_loaded = False
 
 
+def _same_class(a: type, b: type) -> bool:
+    """`a` is `b`, or a redefinition of it (a notebook cell run again, a module reloaded)."""
+    return a is b or (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+
+
 def register(name: str):
-    """Class decorator: make a tokenizer class creatable by `name`."""
+    """Class decorator: make a tokenizer class creatable by `name`: `@register("timeseries")`."""
+    if isinstance(name, type) or callable(name):
+        raise TypeError(f"register: {getattr(name, '__qualname__', name)} given as the name; decorate with @register(\"name\"), "
+                        "not a bare @register")  # fmt: skip
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"register: a tokenizer's name must be a non-empty string, got {name!r}")
 
     def wrap(cls):
+        from .base import Tokenizer  # (here: base imports this module)
+
+        if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):
+            raise TypeError(f"register({name!r}): {getattr(cls, '__qualname__', cls)!s} is not a Tokenizer subclass")
         old = _REGISTRY.get(name)
-        redefined = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
-        if old is not None and old is not cls and not redefined:  # (a notebook cell run again, or a reload: the new class replaces it)
+        if old is not None and not _same_class(old, cls):  # (a redefinition replaces the class it redefines)
             raise ValueError(f"tokenizer {name!r} is already registered (by {_REGISTRY[name].__qualname__})")
         cls.name = name
         _REGISTRY[name] = cls
@@ -58,7 +71,7 @@ def _load_plugins():
             warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) failed to load, skipped: "
                           f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}", stacklevel=2)  # fmt: skip
             continue
-        from .base import Tokenizer  # (here: base imports this module)
+        from .base import Tokenizer
 
         if not (isinstance(cls, type) and issubclass(cls, Tokenizer)):  # (a module, a function: `package.module`, not `package.module:Class`)
             warnings.warn(f"tokenizers_mm: plugin tokenizer {ep.name!r} ({ep.value}) skipped: it names a {type(cls).__name__}, not a "
@@ -71,7 +84,12 @@ def name_of(cls: type) -> str:
     """The name `cls` is registered under (what a saved tokenizer records, and loads back by), or an
     error: a class that is not registered itself (a subclass inherits its parent's name) would load
     back as another class."""
-    registered = lambda: next((name for name, c in _REGISTRY.items() if c is cls), None)  # noqa: E731
+    def registered():  # (the class's own name first: one registered under two names saves under the name it answers to)
+        own = cls.__dict__.get("name")
+        if isinstance(own, str) and own in _REGISTRY and _same_class(_REGISTRY[own], cls):
+            return own
+        return next((name for name, c in _REGISTRY.items() if _same_class(c, cls)), None)
+
     found = registered()
     if found is None:
         _load_plugins()  # a plugin class imported directly is registered by its entry point
