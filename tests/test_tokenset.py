@@ -127,6 +127,15 @@ def test_collate_examples_targets_and_specs():
         collate_examples([*ex, extra])  # a modality in a later example is not dropped silently
     with pytest.raises(ValueError, match=r"example 1 holds \['text'\] with targets \[\]"):
         collate_examples([ex[0], {"text": ex[1]["text"]}])
+    text = ex[0]["text"]
+    for examples, error, message in (
+        ([ex[0], {"text": text, "targets": {"cls": [1, 2]}}], ValueError, r"example 1's targets\['cls'\] has shape \(2,\), example 0's \(\)"),
+        ([{"text": text, "targets": {"cls": None}}], ValueError, r"example 0's targets\['cls'\] is None; expected a number or an array"),
+        ([{"text": text, "targets": {"cls": "a"}}], ValueError, r"targets\['cls'\] is 'a'"),
+        ([[text]], TypeError, r"example 0 is a list; expected a dict \{modality: TokenSet"),
+        ([{"text": text, "targets": [1]}], TypeError, r"example 0's targets is a list; expected a dict \{head name: target\}")):  # fmt: skip
+        with pytest.raises(error, match=message):
+            collate_examples(examples)
 
 
 def test_pack_examples_names_the_example_that_disagrees():
@@ -136,6 +145,10 @@ def test_pack_examples_names_the_example_that_disagrees():
                 {"a": TokenSet("a", values=torch.zeros(3, 160))}]  # fmt: skip
     with pytest.raises(ValueError, match="pack_examples \\(a\\): sample 2 has value width 160, sample 1 has 80"):
         pack_examples(examples, 8)
+    with pytest.raises(TypeError, match="pack_examples: example 0 is a TokenSet; expected a dict"):
+        pack_examples([examples[0]["t"]], 8)
+    with pytest.raises(ValueError, match=r"example 0 carries targets for heads \['cls'\]; packed rows take per-token targets in the TokenSets"):
+        pack_examples([{**examples[0], "targets": {"cls": 1}}], 8)  # (not dropped silently)
 
 
 def test_batch_to_keeps_fields():

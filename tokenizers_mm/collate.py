@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numbers
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -153,6 +154,10 @@ def pack_examples(examples: list[dict[str, TokenSet]], row_tokens: int, stride: 
         positive("pack_examples", f"stride[{m!r}]", k)
     slots = []
     for i, ex in enumerate(examples):
+        _check_example(ex, i, "pack_examples")
+        if ex.get("targets"):  # (packed rows hold several examples: a pooled head cannot read one per example)
+            raise ValueError(f"pack_examples: example {i} carries targets for heads {sorted(ex['targets'])}; packed rows take per-token "
+                             "targets in the TokenSets only (pooled heads refuse packed rows): collate_examples batches pooled targets")  # fmt: skip
         sets = {m: ts for m, ts in ex.items() if m != "targets"}
         if not sets:
             raise ValueError(f"pack_examples: example {i} holds no TokenSet")
@@ -207,6 +212,8 @@ def collate_examples(examples: list[dict], specs: dict | None = None) -> tuple[d
     """
     if not examples:
         raise ValueError("collate_examples: need at least one example")
+    for i, ex in enumerate(examples):
+        _check_example(ex, i, "collate_examples")
     names = [k for k in examples[0] if k != "targets"]
     heads = set(examples[0].get("targets", {}))
     for i, ex in enumerate(examples):  # note: a generalist mixing tasks packs them (pack_examples); a batch here is uniform
@@ -220,5 +227,27 @@ def collate_examples(examples: list[dict], specs: dict | None = None) -> tuple[d
             inputs[name].validate(specs[name])
     targets = {}
     for head in examples[0].get("targets", {}):
-        targets[head] = torch.stack([torch.as_tensor(ex["targets"][head]) for ex in examples])
+        ys = []
+        for i, ex in enumerate(examples):
+            y = ex["targets"][head]
+            try:
+                y = torch.as_tensor(np.asarray(y) if not isinstance(y, Tensor) else y)
+            except (TypeError, ValueError, RuntimeError):
+                y = None
+            if y is None or y.dtype == torch.bool or y.is_complex():
+                raise ValueError(f"collate_examples: example {i}'s targets[{head!r}] is {ex['targets'][head]!r:.60}; expected a number "
+                                 "or an array of numbers (a class id, class probabilities, regression values)")  # fmt: skip
+            if ys and y.shape != ys[0].shape:
+                raise ValueError(f"collate_examples: example {i}'s targets[{head!r}] has shape {tuple(y.shape)}, example 0's "
+                                 f"{tuple(ys[0].shape)}; a head's targets have one shape across a batch")  # fmt: skip
+            ys.append(y)
+        targets[head] = torch.stack(ys)
     return inputs, targets
+
+
+def _check_example(ex, i: int, who: str) -> None:
+    """An example is {modality: TokenSet, ..., optionally "targets": {head: target}}."""
+    if not isinstance(ex, dict):
+        raise TypeError(f"{who}: example {i} is a {type(ex).__name__}; expected a dict {{modality: TokenSet, ..., \"targets\": {{head: target}}}}")
+    if not isinstance(ex.get("targets", {}), dict):
+        raise TypeError(f"{who}: example {i}'s targets is a {type(ex['targets']).__name__}; expected a dict {{head name: target}}")
