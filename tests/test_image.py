@@ -269,14 +269,23 @@ def test_a_non_square_target_resizes_as_timms_resize_keep_ratio(hw):
     torch.testing.assert_close(tok.preprocess(img, "img"), ref, atol=1e-5, rtol=0)
 
 
-def test_float_pil_images_and_8_bit_values_in_wide_integer_arrays():
+def test_float_pil_images_one_scale_for_wide_integer_images_and_unknown_scales_refused():
+    """PIL's 32-bit "I" images are 16-bit data, whatever their content (200 was read as 200/255 and
+    300 as 300/65535: brighter pixels darker); arrays of int16 / int32 / int64 have no known scale
+    and are refused, as audio's are; an image Pillow cannot convert is named."""
     from PIL import Image
 
     from tokenizers_mm.image import to_tensor
 
     assert to_tensor(Image.fromarray(np.full((4, 4), 0.5, np.float32)), 1).mean().item() == 0.5  # a float TIFF's mode "F"
-    assert to_tensor(np.full((4, 4), 200, np.int64), 1).mean().item() == pytest.approx(200 / 255)  # 8-bit values, as PIL's mode "I" reads them
-    assert to_tensor(np.full((4, 4), 40000, np.int32), 1).mean().item() == pytest.approx(40000 / 65535)
+    for value in (200, 300, 40000):
+        assert to_tensor(Image.fromarray(np.full((4, 4), value, np.int32)), 1).mean().item() == pytest.approx(value / 65535)
+    for dtype in (np.int64, np.int32, np.int16):
+        with pytest.raises(ValueError, match=f"x.png: {np.dtype(dtype).name} pixels have no known scale; give uint8 \\(0-255\\), uint16"):
+            to_tensor(np.full((4, 4), 200, dtype), 1, "x.png")
+    lab = Image.new("RGB", (8, 8)).convert("LAB")
+    with pytest.raises(ValueError, match=r"lab.tif: a LAB image, which Pillow cannot convert to L \(conversion from LAB to RGB not supported\)"):
+        ImageTokenizer(8, 4, channels=1, mean=(0.5,), std=(0.5,)).encode(lab, name="lab.tif")
 
 
 def test_open_image_applies_the_exif_orientation(tmp_path):

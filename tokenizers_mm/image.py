@@ -65,22 +65,31 @@ def open_image(source) -> "PIL.Image.Image":  # noqa: F821
 PIL_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL modes of more than 8 bits a channel (integer grayscale, then float)
 
 
+def pil_convert(image, mode: str, name: str = "image"):
+    """A PIL image in `mode`, or one line naming it (Pillow converts no Lab, HSV or "La" image to RGB)."""
+    try:
+        return image.convert(mode)
+    except ValueError as e:
+        raise ImageError(f"{name}: a {image.mode} image, which Pillow cannot convert to {mode} ({e}); save it as RGB or grayscale") from None
+
+
 def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     """PIL / NumPy / tensor image → float (C, H, W) in [0, 1] with `channels` channels.
 
     Accepts grayscale, RGB, RGBA (alpha dropped), palette and CMYK images, 8-bit, 16-bit and float
-    data. NumPy arrays are (H, W) or (H, W, C); tensors are (H, W) or (C, H, W).
+    data (PIL's 32-bit "I" mode read as 16-bit, as Pillow gives 16-bit PNG / PGM / TIFF; arrays of
+    other integer types refused: their scale is unknown). NumPy arrays are (H, W) or (H, W, C);
+    tensors are (H, W) or (C, H, W).
     """
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
-        if image.mode in PIL_WIDE_MODES and image.mode != "F":  # 16-bit / 32-bit integer grayscale
-            arr = np.asarray(image, dtype=np.float32) / (65535.0 if image.mode.startswith("I;16") or np.asarray(image).max() > 255 else 255.0)
-            x = torch.from_numpy(arr)[None]
+        if image.mode in PIL_WIDE_MODES and image.mode != "F":  # 16-bit / 32-bit integer grayscale: 16-bit data (PNG, PGM, TIFF), one scale
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0)[None]
         elif image.mode == "F":  # float grayscale (TIFF): taken as [0, 1] like a float array; "L" would round it to 0 / 1
             x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())[None]
             if not torch.isfinite(x).all():
                 raise ImageError(f"{name}: the image holds NaN or infinite values")
         else:
-            image = image.convert("L" if channels == 1 else "RGB")  # RGBA, P, CMYK, LA → RGB / L
+            image = pil_convert(image, "L" if channels == 1 else "RGB", name)  # RGBA, P, CMYK, LA → RGB / L
             x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
             x = (x[None] if x.dim() == 2 else x.permute(2, 0, 1)).float() / 255.0
     else:
@@ -100,10 +109,11 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
             x = x.float() / 255.0
         elif x.dtype == torch.uint16:
             x = x.float() / 65535.0
-        elif x.dtype in (torch.int16, torch.int32, torch.int64):  # 16-bit data, or 8-bit values in a wide type (as PIL's "I")
-            x = x.float() / (255.0 if x.numel() == 0 or int(x.max()) <= 255 else 65535.0)
-        else:
+        elif x.is_floating_point() or x.dtype == torch.bool:
             x = x.float()
+        else:  # int64 (a tensor made from a list), int16, int32...: 0-255 or 0-65535? Guessing from the content would scale images apart
+            raise ImageError(f"{name}: {str(x.dtype).removeprefix('torch.')} pixels have no known scale; give uint8 (0-255), "
+                             "uint16 (0-65535) or float pixels in [0, 1]")  # fmt: skip
         if not torch.isfinite(x).all():
             raise ImageError(f"{name}: the image holds NaN or infinite values")
     c = x.shape[0]
@@ -175,7 +185,7 @@ class ImageTokenizer(Tokenizer):
 
         pil = hasattr(image, "mode") and hasattr(image, "convert") and image.mode not in PIL_WIDE_MODES
         if pil:  # an 8-bit PIL image is resized as PIL resizes it, as timm's eval transform does: the same pixels
-            image = image.convert("L" if self.channels == 1 else "RGB")
+            image = pil_convert(image, "L" if self.channels == 1 else "RGB", name)
             w, h = image.size
         else:
             x = to_tensor(image, self.channels, name)
