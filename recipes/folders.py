@@ -217,6 +217,28 @@ def split_dirs(root: Path) -> tuple[Path, Path | None]:
 NAMED_SKIPS = 10  # skipped samples named one by one; the rest are counted
 
 
+class Labelled(list):
+    """(file or record, label) pairs from a source that numbers its classes: `classes`, a ClassLabel's
+    names in the dataset's order; `numeric`, labels read from a column (metadata.csv, a dataset's
+    int column), integer ones numbered as numbers. Class folders are a plain list (sorted by name, as
+    torchvision's ImageFolder)."""
+
+    def __init__(self, pairs, classes: list[str] | None = None, numeric: bool = True):
+        super().__init__(pairs)
+        self.classes, self.numeric = classes, numeric
+
+
+def class_order(labels, source) -> list[str]:
+    """The classes in output order (classes.txt): `source`'s declared names (a ClassLabel's: output i is
+    the dataset's label i); integer labels of a column as numbers (0, 1, 2, ..., 10, not 0, 1, 10, 2);
+    else by name."""
+    if getattr(source, "classes", None):
+        return list(source.classes)
+    if getattr(source, "numeric", False) and labels and all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
 def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]:
     """Run check(path, label) on every pair once: (the pairs that passed, how many were skipped).
     A ValueError stops the run with the sample's message unless skip_bad; the first NAMED_SKIPS
@@ -615,4 +637,5 @@ def hf_pairs(ds, kind: str, name: str, base: Path, media: str = "", label: str =
     elif labels.dtype.startswith("int"):
         values = [None if v is not None and v < 0 else v for v in values]
     ds = ds.select_columns([media]).cast_column(media, feature(decode=False))
-    return [(HFRecord(ds, row, media, f"{name}[{row}]", base), None if v is None else str(v)) for row, v in enumerate(values)]
+    pairs = [(HFRecord(ds, row, media, f"{name}[{row}]", base), None if v is None else str(v)) for row, v in enumerate(values)]
+    return Labelled(pairs, labels.names if isinstance(labels, datasets.ClassLabel) else None)

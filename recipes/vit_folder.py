@@ -30,7 +30,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
 from .config import take_shape
-from .folders import find_metadata, held_out_count, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -66,7 +66,7 @@ class Config(vit.Config):
 def scan(root: Path) -> list[tuple[Path, str]]:
     """(file, label) pairs of one split: metadata.csv / metadata.jsonl, or class sub-folders."""
     if meta := find_metadata(root):
-        return read_metadata(meta, "label")
+        return Labelled(read_metadata(meta, "label"))
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p, root))
     loose = sorted(p for p in root.iterdir() if p.is_file() and not hidden(p, root) and p.suffix.lower() in image_extensions())
     if classes and loose:  # (no class of their own: not read, but said)
@@ -140,20 +140,25 @@ def build_data(cfg: Config):
     if not cfg.data:
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
     root = local_data(cfg.data)
-    train_pairs, val_pairs = find_splits(root, cfg)
-    train_pairs, bad = check_images(train_pairs, cfg, "training")
+    source, val_pairs = find_splits(root, cfg)
+    train_pairs, bad = check_images(source, cfg, "training")
     if val_pairs is not None:
         val_pairs, bad_val = check_images(val_pairs, cfg, "validation")
         bad += bad_val
     report_skipped(bad)
-    classes = sorted({label for _, label in train_pairs})
-    if not classes and bad:
+    present = {label for _, label in train_pairs}
+    lost = sorted({label for _, label in source if label is not None} - present)
+    if lost and present:  # (skip_bad_samples: a class whose every image was unreadable would vanish from the classifier)
+        raise ValueError(f"data {root}: every training image of class(es) {lost[:5]} was skipped as unreadable; mend or remove them "
+                         "(a class left without images would vanish from the classifier)")  # fmt: skip
+    classes = class_order(present, source)
+    if not present and bad:
         raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
-    if not classes:
+    if not present:
         raise ValueError(f"data folder {root} has no labelled images: put each class's images in a sub-folder named after it "
                          f"({root}/CLASS/IMAGE), or list them in {root}/metadata.csv (file_name,label)")  # fmt: skip
-    if len(classes) < 2:
-        raise ValueError(f"data folder {root} has {len(classes)} class(es) ({', '.join(classes)}); a classifier needs at least 2")
+    if len(present) < 2:
+        raise ValueError(f"data folder {root} has {len(present)} class(es) ({', '.join(sorted(present))}); a classifier needs at least 2")
     if val_pairs is None:
         from sklearn.model_selection import train_test_split
 
@@ -173,7 +178,7 @@ def build_data(cfg: Config):
         if not val_pairs:
             raise ValueError(f"data folder {root}: {len(train_pairs)} images, each class needed for training; none left to hold out "
                              "(add images, or a validation/ folder)")  # fmt: skip
-    unknown = sorted({l for _, l in val_pairs} - set(classes))
+    unknown = sorted({l for _, l in val_pairs} - present)
     if unknown:
         example = next(p for p, l in val_pairs if l in unknown)
         raise ValueError(f"{cfg.data}: validation labels {unknown[:5]} (e.g. {example}) do not occur in the training images; "

@@ -64,7 +64,8 @@ def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
     cfg = vit_folder.Config(data=str(tmp_path / "digits"), image_size=8, patch_size=4, channels=1, run_dir=str(run), dim=32, depth=1,
                             num_heads=2, batch_size=8, max_steps=4, eval_every=4, ckpt_every=4, log_every=2, warmup_steps=1, cpu=True)  # fmt: skip
     metrics = vit_folder.main(cfg)
-    assert 0 <= metrics["val_accuracy"] <= 1 and (run / "classes.txt").read_text().split() == ["one", "zero"]
+    # the ClassLabel's own order: output i is the dataset's label i (sorted by name, "zero" would have been output 1)
+    assert 0 <= metrics["val_accuracy"] <= 1 and (run / "classes.txt").read_text().split() == ["zero", "one"]
 
 
 def test_parquet_files_as_the_hub_lays_them_out(tmp_path):
@@ -80,7 +81,7 @@ def test_parquet_files_as_the_hub_lays_them_out(tmp_path):
     assert open_image(val[0][0]).size == (8, 8) and {label for _, label in train} == {"zero", "one"}
     cfg = vit_folder.Config(data=str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"), image_size=8, patch_size=4, channels=1)
     train_set, val_set, classes = vit_folder.build_data(cfg)[:3]  # one file: a train split only, 10% held out
-    assert len(train_set) + len(val_set) == 16 and classes == ["one", "zero"]
+    assert len(train_set) + len(val_set) == 16 and classes == ["zero", "one"]  # (the ClassLabel's order)
 
 
 def test_a_bad_row_is_named_or_skipped(tmp_path):

@@ -2,6 +2,7 @@
 predict and show."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,11 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     metrics = vit_folder.main(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, run_dir=str(run), **TINY))
     assert "skipped 3 unreadable image(s)" in capsys.readouterr().out
     assert 0 <= metrics["val_accuracy"] <= 1
+    (data / "onlybad").mkdir()  # a class whose every image is unreadable: refused, not dropped from the classifier unsaid
+    (data / "onlybad" / "fake.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"every training image of class\(es\) \['onlybad'\] was skipped as unreadable"):
+        vit_folder.build_data(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, **TINY))
+    shutil.rmtree(data / "onlybad")
     assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
@@ -164,6 +170,10 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     make_folder(many, classes=tuple(f"c{i:02d}" for i in range(12)), n=4)
     train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
     assert len(classes) == 12 and len(val_set) == 12 and len(train_set) == 36  # one of each class held out
+    rows = ["file_name,label"] + [f"c{c:02d}/{i}.png,{c}" for c in range(12) for i in range(4)]  # integer labels: numbered as numbers
+    (many / "metadata.csv").write_text("\n".join(rows) + "\n")
+    _, _, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
+    assert classes == [str(c) for c in range(12)]  # (not 0, 1, 10, 11, 2, ...: output i is the dataset's label i)
 
 
 def test_split_folders_by_datasets_names_in_any_case_and_what_they_cannot_hold(tmp_path, capsys):
