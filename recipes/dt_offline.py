@@ -19,7 +19,7 @@ from . import dt
 class Config(dt.Config):
     env: str = ""  # required: the gymnasium environment id
 
-    NOT_USED = ("data_dir", "n_episodes", "data_seed")  # the embedded datasets' (dt_cartpole, dt_pendulum)
+    NOT_USED = ("data_dir", "n_episodes", "data_seed", *dt.Config.NOT_USED)  # the embedded datasets' (dt_cartpole, dt_pendulum)
 
 
 def main(cfg: Config, resume: bool = False) -> dict:

@@ -106,8 +106,8 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     overrides = parse_overrides(overrides)
     for key in [*values, *overrides]:
         if key in getattr(module.Config, "NOT_USED", ()):  # note: a plugin's config may not extend TrainConfig
-            raise ConfigError(f"config key {key!r} does not apply to {name} (its config builds on another recipe's, "
-                              f"which uses it)")  # fmt: skip
+            raise ConfigError(f"config key {key!r} does not apply to {name}: its config inherits the key from one it builds on, "
+                              f"but {name} does not use it")  # fmt: skip
     cfg = apply_values(module.Config(), values, source)
     cfg = apply_values(cfg, overrides, "the command line")
     if hasattr(cfg, "check"):

@@ -53,6 +53,7 @@ class Config(TrainConfig):
     beta2: float = 0.999
     eval_every: int = 500
     ckpt_every: int = 1000
+    NOT_USED = ("eval_batches",)  # an evaluation reads the whole held-out set
 
     def check(self) -> None:
         super().check()

@@ -41,6 +41,7 @@ CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # the corpus transcripts, low
 
 @dataclass
 class Config(TrainConfig):
+    NOT_USED = ("eval_batches",)  # an evaluation decodes eval_utterances
     data_dir: str = ""  # where the synthesized corpus is cached; "" = ~/.cache/tokenizers-mm/whisper_digits
     n_train: int = 4000  # utterances spoken by the training voices
     n_test: int = 300  # utterances spoken by the held-out voices

@@ -74,7 +74,7 @@ class Config(whisper_digits.Config):
     ckpt_every: int = 200
     eval_utterances: int = 200
 
-    NOT_USED = ("data_dir", "n_train", "n_test")  # whisper_digits' synthesized corpus
+    NOT_USED = ("data_dir", "n_train", "n_test", *whisper_digits.Config.NOT_USED)  # whisper_digits' synthesized corpus
 
     def check(self) -> None:
         super().check()

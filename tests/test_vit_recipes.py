@@ -330,6 +330,20 @@ def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_pa
     make_config("vit_digits", [f"batch_size={5 * world}"])  # no mixup: an odd batch per process is fine
 
 
+@pytest.mark.parametrize("override, message", [
+    ("scale=2", r"scale=2.0 must be below 1.0"),  # (a zoom in (-1, 3): mirrored and vanishing images)
+    ("translate=3", r"translate=3.0 must be at most 1.0"),  # (of the image size: shifted out of the frame)
+    ("rotate=-5", r"rotate=-5.0 must be at least 0.0"),
+    ("eval_batches=1", r"config key 'eval_batches' does not apply to vit_digits: .* but vit_digits does not use it"),
+])  # fmt: skip
+def test_augmentation_ranges_and_keys_a_vit_recipe_does_not_read_are_refused(override, message):
+    from recipes.config import ConfigError
+    from recipes.runs import make_config
+
+    with pytest.raises(ConfigError, match=message):
+        make_config("vit_digits", [override])
+
+
 def test_vit_mnist_data_and_a_few_steps(tmp_path):
     from recipes import vit_mnist
 
