@@ -71,7 +71,7 @@ class Config(TrainConfig):
     eval_episodes: int = 20  # seeded rollouts per target
     eval_seed: int = 10_000  # rollout seeds are eval_seed, eval_seed + 1, ...
     targets: str = ""  # comma-separated target returns for the table and plot; "" = 5 from the data's median to its best
-    target: float = 0.0  # the target return the DT is judged at; 0 = the best return in the data
+    target: float | None = None  # the target return the DT is judged at; None = the best return in the data (0 is a target: Pendulum's perfect one)
     baseline: bool = True  # also train behaviour cloning on the same data
 
     ENV: typing.ClassVar[str] = ""  # a recipe made for one environment (its targets, return scale, timestep table): the only env=
@@ -145,6 +145,10 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
                          "of another environment? (give the env= it was recorded in)")  # fmt: skip
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
+    ids = next((i for i, ep in enumerate(episodes) if np.asarray(ep.actions).dtype.kind in "iub"), None)
+    if not discrete and ids is not None:  # (integer ids taken as torques: trains, and means nothing)
+        raise ValueError(f"{cfg.data or 'the data'}: episode {ids} holds integer action ids, and env={cfg.env}'s actions are continuous "
+                         f"({type(space).__name__}): is it data of a discrete environment? (give the env= it was recorded in)")  # fmt: skip
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     low, high = (None, None) if discrete else (space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist())
     tok = TrajectoryTokenizer(int(np.prod(env.observation_space.shape)), action_dim, discrete, cfg.context, cfg.max_timestep,
@@ -313,7 +317,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         env = make_env(cfg.env)
         tok = make_tokenizer(cfg, episodes, env)
         env.close()
-    target = cfg.target or float(returns.max())
+    target = float(returns.max()) if cfg.target is None else cfg.target
     highest, best = max([target, *target_list(cfg, returns)]), float(returns.max())
     # note: dt_cartpole's default target 500 is an undiscounted return; 0.05: the best as printed (one decimal) is taken too
     if cfg.gamma != 1 and highest > best + 0.05 + 1e-6 * abs(best):
@@ -321,6 +325,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
                          f"({best:.6g}); with gamma={cfg.gamma:g} targets are discounted returns-to-go: give target= (and "
                          "targets=) on that scale")  # fmt: skip
     if not resume:
+        build_model(cfg, tok)  # (its sizes checked, dim against num_heads..., before the run directory is made)
         save_run_info(run_dir, recipe, cfg)
         tok.save(run_dir / "tokenizers" / "trajectory")
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
@@ -373,7 +378,7 @@ def evaluate_run(run_dir, device=None) -> dict:
     if (Path(run_dir) / "returns.json").exists():
         target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
     else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
-        target = cfg.target or float(start_returns(load_data(cfg), cfg.gamma).max())
+        target = float(start_returns(load_data(cfg), cfg.gamma).max()) if cfg.target is None else cfg.target
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     mean, std, n = shared_rollouts(accelerator, model, toks["trajectory"], cfg.env, target, seeds)
     out = {"target": target, "val_return": mean, "val_return_std": std, "episodes": n}

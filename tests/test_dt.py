@@ -183,3 +183,15 @@ def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_befor
     np.savez(tmp_path / "column.npz", **{**flat, "rewards": flat["rewards"][:, None]}, terminals=ends[:, None])
     again = rl_data.load_episodes(tmp_path / "column.npz")
     assert [len(e.rewards) for e in again] == [len(e.rewards) for e in eps]
+    # target=0 is a target (Pendulum's perfect return), not "the data's best"; left out, it is the best
+    from recipes.runs import make_config
+
+    assert make_config("dt_pendulum", ["target=0"])[2].target == 0.0 and make_config("dt_pendulum", [])[2].target is None
+    # integer action ids for a continuous environment: refused, not trained as torques; a bad size: no run directory left
+    np.savez(tmp_path / "ids.npz", **{**flat, "observations": flat["observations"][:, :3]}, terminals=ends)  # (Pendulum's 3 values a step)
+    with pytest.raises(ValueError, match=r"episode 0 holds integer action ids, and env=Pendulum-v1's actions are continuous \(Box\)"):
+        dt.run(dt_offline.Config(env="Pendulum-v1", data=str(tmp_path / "ids.npz"), run_dir=str(tmp_path / "r1")), "dt_offline")
+    with pytest.raises(ValueError, match="trunk dim=15 must be divisible by num_heads=2"):
+        dt.run(dt_offline.Config(env="CartPole-v1", data=str(tmp_path / "column.npz"), dim=15, num_heads=2, run_dir=str(tmp_path / "r2")),
+               "dt_offline")  # fmt: skip
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()

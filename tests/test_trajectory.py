@@ -168,8 +168,14 @@ def test_decode_reads_a_batch_row_by_row_and_bad_arrays_are_named():
     ep = episode()
     for obs, message in ((np.full((7, 4), 1e300), r"ep 3: observations hold values beyond float32's range \(first at step 0\)"),
                          ([[0.0] * 4] * 6 + [[0.0]], r"ep 3: observations are not an array of one shape"),
-                         ([["a"] * 4] * 7, r"ep 3: observations must be numbers, got an array of <U1")):  # fmt: skip
+                         ([["a"] * 4] * 7, r"ep 3: observations must be real numbers, got an array of <U1"),
+                         (np.zeros((7, 4), complex), r"ep 3: observations must be real numbers, got an array of complex128"),
+                         (np.float32(0), r"ep 3: observations must hold one entry per step, got a single value \(0.0\)")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             tok.encode({**ep, "observations": obs}, name="ep 3")
     with pytest.raises(ValueError, match=r"ep 3: rewards hold values beyond float32's range \(first at step 2\)"):
         tok.encode({**ep, "rewards": np.array([0, 0, 1e300, 0, 0, 0, 0])}, name="ep 3")
+    with pytest.raises(ValueError, match=r"ep 3: rewards must be one number per step, shape \(T,\), got \(7, 2\)"):  # (was "14 rewards")
+        tok.encode({**ep, "rewards": np.ones((7, 2))}, name="ep 3")
+    with pytest.raises(ValueError, match=r"ep 3: actions must hold one entry per step, got a single value \(0\)"):
+        tok.encode({**ep, "actions": np.int64(0)}, name="ep 3")

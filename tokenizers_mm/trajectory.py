@@ -96,8 +96,10 @@ def _array(episode, field: str, who: str) -> np.ndarray:
         a = np.asarray(value)
     except ValueError:  # numpy's "setting an array element with a sequence" (an inhomogeneous shape)
         raise ValueError(f"{who}: {field} are not an array of one shape: steps of different lengths?") from None
-    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
-        raise ValueError(f"{who}: {field} must be numbers, got an array of {a.dtype}")
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+        raise ValueError(f"{who}: {field} must be real numbers, got an array of {a.dtype}")
+    if a.ndim == 0:
+        raise ValueError(f"{who}: {field} must hold one entry per step, got a single value ({a.item()!r})")
     return a
 
 
@@ -179,7 +181,10 @@ class TrajectoryTokenizer(Tokenizer):
         """(observations [T, S] float32, actions [T] int64 | [T, A] float32, rewards [T] float32),
         or an error naming the episode and what was expected."""
         obs, acts, rew = (_array(episode, f, name) for f in ("observations", "actions", "rewards"))
-        rew = rew.reshape(-1)
+        if rew.ndim == 2 and rew.shape[1] == 1:
+            rew = rew[:, 0]
+        if rew.ndim != 1:  # (flattened, (T, 2) rewards were counted as 2T)
+            raise ValueError(f"{name}: rewards must be one number per step, shape (T,), got {rew.shape}")
         T = len(obs)
         if T == 0:
             raise ValueError(f"{name}: the episode is empty (0 steps)")
