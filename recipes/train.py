@@ -18,6 +18,7 @@ import importlib.util
 import json
 import math
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -116,6 +117,26 @@ class SeededWorkerItems(Dataset):
             random.seed(int(b))
         getitems = getattr(self.dataset, "__getitems__", None)
         return getitems(list(batch)) if getitems else [self.dataset[i] for i in batch]
+
+
+def named_sample(error: ValueError, check: Callable | None, micro_batches: list, n: int, cfg: TrainConfig, step: int,
+                 rank: int = 0, world: int = 1) -> str:  # fmt: skip
+    """A batch check's message ("... sample 9 of the batch ...") with the sample's dataset index and
+    the training step: the micro-batch that fails `check` with the same message, its row mapped
+    through the sampler. The message as it is when no micro-batch or row can be told."""
+    found = re.search(r"sample (\d+) of the batch", str(error))
+    if found is None or check is None:
+        return str(error)
+    micro = cfg.batch_size // (cfg.grad_accum * world)
+    for a, (inputs, targets) in enumerate(micro_batches):
+        try:
+            check(inputs, targets)
+        except ValueError as again:
+            if str(again) == str(error):
+                first = (step - 1) * cfg.batch_size + (a * world + rank) * micro
+                index = StepSampler(n, cfg.batch_size, cfg.grad_accum, cfg.seed)._sample(first + int(found.group(1)))
+                return f"{error}: dataset sample {index} (training step {step})"
+    return str(error)
 
 
 def batch_samples(n: int, cfg: TrainConfig, step: int) -> list[int]:
@@ -506,7 +527,14 @@ def train(
     check = host_check(accelerator, model)
     for step in range(start_step + 1, cfg.max_steps + 1):
         micro = [next(loader) for _ in range(cfg.grad_accum)]
-        loss = forward_backward(accelerator, model, micro, cfg.grad_accum, inner, check)
+        try:
+            loss = forward_backward(accelerator, model, micro, cfg.grad_accum, inner, check)
+        except ValueError as e:  # a sample the model refuses ("sample 9 of the batch"): named by its dataset index
+            named = named_sample(e, getattr(unwrapped, "check_inputs", None), micro, len(train_set), cfg, step,
+                                 accelerator.process_index, accelerator.num_processes)  # fmt: skip
+            if named == str(e):
+                raise
+            raise ValueError(named) from None
         finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
         scaled, grad_norm = accelerator.scaler is not None, None  # fp16: its scaler skips its overflowing steps itself
         if not (cfg.skip_nonfinite and scaled and not bool(finite)):  # (no unscale_ in clipping without the step that resets it)

@@ -628,3 +628,29 @@ def test_a_run_dir_in_use_a_damaged_config_a_damaged_log_line_and_run_json(tmp_p
     (run / "run.json").write_text('{"recipe": "gpt_char", "config": [1]}')
     assert main(["eval", str(run)]) == 2
     assert 'run.json: expected {"recipe": NAME, "config": {KEY: VALUE, ...}}' in capsys.readouterr().err
+
+
+def test_a_sample_the_model_refuses_is_named_by_its_dataset_index(tmp_path):
+    """A batch check's "sample 3 of the batch" is told as the dataset's sample and the step: the
+    micro-batch and row mapped back through the sampler (here the 2nd micro-batch of step 4)."""
+    from torch.utils.data import Dataset
+
+    from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
+    from recipes.train import batch_samples, train
+    from tokenizers_mm import ModalitySpec, TokenSet, collate_examples
+
+    class Series(Dataset):
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):  # sample 27: 12 tokens for a table of 8 positions
+            return {"ts": TokenSet("ts", values=torch.randn(12 if i == 27 else 4, 2)), "targets": {"y": torch.tensor(i % 2)}}
+
+    spec = ModalitySpec("ts", ("v",), 8, value_dim=2)
+    model = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2, mode="encoder"), {"ts": ModalityConfig.from_spec(spec)},
+                                              {"y": HeadConfig("classify", "ts", num_outputs=2, pool="mean")}, encoder_inputs=["ts"]))  # fmt: skip
+    cfg = TrainConfig(max_steps=20, batch_size=8, grad_accum=2, cpu=True, eval_every=100, ckpt_every=100, log_every=100, log_mfu=False)
+    step = next(s for s in range(1, 21) if 27 in batch_samples(40, cfg, s))
+    with pytest.raises(ValueError, match=rf"position 11 is beyond the declared table of 8 positions \(sample \d of the batch\): "
+                                         rf"dataset sample 27 \(training step {step}\)"):  # fmt: skip
+        train(cfg, model, Series(), collate_examples, None, tmp_path / "run")
