@@ -503,6 +503,8 @@ def load_episodes(path_or_id) -> list[Episode]:
     policy_ids [N] + policy_names [P] (as `make_dataset` writes them) name each episode's policy.
     """
     path = Path(path_or_id)
+    if path.is_file() and path.suffix in (".hdf5", ".h5") and (path.parent / "metadata.json").exists():
+        path = path.parent  # a Minari dataset's own main_data.hdf5 (episode groups, not flat arrays): read as its dataset
     if path.is_file():
         raw = _read_file(path)
         names = raw.pop("policy_names", None)

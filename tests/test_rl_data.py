@@ -273,6 +273,8 @@ def test_minari_dataset_offline(tmp_path, monkeypatch, how):
     assert back[0].actions.dtype == np.int64 and back[0].observations.shape == (40, 4) and back[0].total_reward == 40.0
     by_path = load_episodes(tmp_path / "cartpole" / "test-v0")  # a dataset directory works too
     assert all(same(a, b) for a, b in zip(back, by_path))
+    by_file = load_episodes(tmp_path / "cartpole" / "test-v0" / "data" / "main_data.hdf5")  # and its main_data.hdf5 (episode groups)
+    assert all(same(a, b) for a, b in zip(back, by_file))
 
 
 # -- rollouts -------------------------------------------------------------------------------------
