@@ -145,6 +145,8 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
                          "of another environment? (give the env= it was recorded in)")  # fmt: skip
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
+    if cfg.clip_actions and discrete:
+        raise ValueError(f"clip_actions=true clips continuous actions into their bounds; env={cfg.env}'s actions are discrete ids")
     ids = next((i for i, ep in enumerate(episodes) if np.asarray(ep.actions).dtype.kind in "iub"), None)
     if not discrete and ids is not None:  # (integer ids taken as torques: trains, and means nothing)
         raise ValueError(f"{cfg.data or 'the data'}: episode {ids} holds integer action ids, and env={cfg.env}'s actions are continuous "
@@ -254,7 +256,8 @@ def target_list(cfg: Config, returns: np.ndarray) -> list[float]:
     if cfg.targets:
         return [float(x) for x in cfg.targets.split(",")]
     *below, _ = np.linspace(np.median(returns), returns.max(), 5)
-    return [math.floor(float(x) * 10) / 10 for x in below] + [float(returns.max())]  # (rounded down: never above the data's best)
+    targets = [math.floor(float(x) * 10) / 10 for x in below] + [float(returns.max())]  # (rounded down: never above the data's best)
+    return list(dict.fromkeys(targets))  # (every episode of one return, Acrobot's -500: one target, not five alike)
 
 
 def shared_rollouts(accelerator, model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str, target: float, seeds: list[int],

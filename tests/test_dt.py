@@ -171,6 +171,7 @@ def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_befor
     returns = np.array([-900.0, -500.04, -350.728])
     targets = dt.target_list(dt.Config(), returns)
     assert targets[-1] == -350.728 and all(t <= -350.728 for t in targets) and targets == sorted(targets)
+    assert dt.target_list(dt.Config(), np.full(4, -500.0)) == [-500.0]  # every episode of one return: one target, not five alike
     for key, value, message in (("action_bins", 1, "action_bins=1: expected 0"), ("action_bins", -3, "action_bins=-3: expected 0"),
                                 ("eval_seed", -5, "eval_seed=-5 must be at least 0")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
