@@ -59,6 +59,8 @@ class Config(TrainConfig):
         super().check()
         if self.pool not in ("cls", "mean"):
             raise ConfigError(f"pool={self.pool!r}: expected cls or mean")
+        if self.image_size % self.patch_size:  # (here, before a folder's every image is decoded)
+            raise ConfigError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         if self.channels not in (1, 3):  # image files are read as greyscale or RGB (alpha dropped): tokenizers_mm.image.to_tensor
             raise ConfigError(f"channels={self.channels}: expected 1 (greyscale) or 3 (RGB; an alpha channel is dropped)")
         per = self.grad_accum * launched_processes()  # note: super().check() made batch_size a multiple of it
