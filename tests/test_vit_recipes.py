@@ -335,7 +335,7 @@ def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_pa
     ("translate=3", r"translate=3.0 must be at most 1.0"),  # (of the image size: shifted out of the frame)
     ("rotate=-5", r"rotate=-5.0 must be at least 0.0"),
     ("eval_batches=1", r"config key 'eval_batches' does not apply to vit_digits: .* but vit_digits does not use it"),
-    ("image_size=30", r"image_size=30 must be a multiple of patch_size=2"),  # (before a folder's every image is decoded)
+    ("patch_size=3", r"image_size=8 must be a multiple of patch_size=3"),  # (before a folder's every image is decoded)
 ])  # fmt: skip
 def test_augmentation_ranges_and_keys_a_vit_recipe_does_not_read_are_refused(override, message):
     from recipes.config import ConfigError
