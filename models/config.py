@@ -164,12 +164,13 @@ class ModelConfig:
             raise ValueError(f"heads {sorted(unread)} read {sorted(set(unread.values()))}, which neither the encoder nor the decoder "
                              f"reads (encoder_inputs {self.encoder_inputs}, decoder_inputs {self.decoder_inputs})")
 
+        first = self.decoder_inputs[0] if self.decoder_inputs and not self.encoder_inputs else None  # (no encoder to cross-attend)
         blind = sorted(n for n, h in self.heads.items() if h.kind in ("classify", "regress") and h.pool == "cls"
-                       and h.modality in self.decoder_inputs and h.modality not in self.prefix_inputs)  # fmt: skip
-        if blind:  # (causal: the modality's first token sees none of the tokens after it, so every sample gets one output)
-            mods = sorted({self.heads[n].modality for n in blind})
-            raise ValueError(f"heads {blind} pool the first token (pool='cls') of {mods}, which the decoder attends causally: it sees "
-                             f"none of the tokens after it; add {mods} to prefix_inputs (both directions), or pool='mean'")
+                       and h.modality == first and first not in self.prefix_inputs)  # fmt: skip
+        if blind:  # (causal, first, nothing to cross-attend: the very first token sees only itself, so every sample gets one output)
+            raise ValueError(f"heads {blind} pool the first token (pool='cls') of {first!r}, the decoder's first input, attended causally "
+                             f"with no encoder: it sees only itself, one output for every sample; add {first!r} to prefix_inputs "
+                             "(both directions), or pool='mean'")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

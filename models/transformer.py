@@ -359,6 +359,7 @@ class MultimodalTransformer(nn.Module):
             return None, y.reshape(rows, hc.num_outputs), torch.tensor(y.numel(), device=y.device)  # (a count, never in y's half precision)
         if b.targets is None:
             return None
+        self._check_token_targets(name, b)  # (shapes and dtypes, no device sync: loss_counts reads them before forward checks)
         y, loss_mask = self._strided(hc_mod, b.targets), self._strided(hc_mod, b.loss_mask)
         valid = mask & loss_mask if loss_mask is not None else mask
         if hc.kind == "lm":
@@ -485,8 +486,8 @@ class MultimodalTransformer(nn.Module):
             wanted = f"({B}, {N}) integer class ids, or ({B}, {N}, A) for A parts of num_outputs={hc.num_outputs} // A classes"
         else:
             K = hc.num_outputs
-            ok = y.is_floating_point() and tuple(y.shape) in ((B, N, K),) + (((B, N),) if K == 1 else ())
-            wanted = f"({B}, {N}, {K}) floating-point numbers"
+            ok = not (y.is_complex() or y.dtype == torch.bool) and tuple(y.shape) in ((B, N, K),) + (((B, N),) if K == 1 else ())
+            wanted = f"({B}, {N}, {K}) numbers"
         if not ok:
             raise ValueError(f"{hc.modality!r} TokenBatch.targets: {str(y.dtype).removeprefix('torch.')} of shape {tuple(y.shape)}; "
                              f"head {name!r} ({hc.kind}) takes {wanted} for {B} samples of {N} tokens")  # fmt: skip
@@ -835,6 +836,8 @@ class MultimodalTransformer(nn.Module):
 
     @classmethod
     def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+        if not (Path(directory) / WEIGHTS_FILE).is_file():  # (before the config's model is built: nothing to check its sizes against)
+            raise FileNotFoundError(f"model: {Path(directory) / WEIGHTS_FILE} does not exist")
         model = cls.architecture(directory)
         load_weights(model, Path(directory) / WEIGHTS_FILE)
         return model.to(device)

@@ -76,6 +76,13 @@ class Config(TrainConfig):
 
     ENV: typing.ClassVar[str] = ""  # a recipe made for one environment (its targets, return scale, timestep table): the only env=
 
+    @staticmethod
+    def upgrade_run(values: dict, fmt: int) -> dict:
+        """An older run.json's values as they were meant: before format 2, target 0 was "the data's best"."""
+        if fmt < 2 and values.get("target") == 0:
+            values["target"] = None
+        return values
+
     def check(self) -> None:
         super().check()
         made = [f"{k}={getattr(self, k)}" for k in ("n_episodes", "data_dir", "data_seed") if getattr(self, k) and k not in self.NOT_USED]

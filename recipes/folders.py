@@ -235,7 +235,7 @@ def class_order(labels, source) -> list[str]:
     if getattr(source, "classes", None):
         return list(source.classes)
     if getattr(source, "numeric", False) and labels and all(re.fullmatch(r"-?[0-9]+", label) for label in labels):
-        return sorted(labels, key=int)
+        return sorted(labels, key=lambda label: (int(label), label))  # ("1", "01": one order in every process, not the hash seed's)
     return sorted(labels)
 
 

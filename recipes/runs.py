@@ -45,6 +45,9 @@ RECIPES = {
     "generalist": "recipes.generalist",
 }
 RUN_FILE = "run.json"
+# run.json's format: 2 since 2026-12 (a recipe's Config.upgrade_run(values, format) reads an older one's
+# values as they were meant: dt's target 0 meant "the data's best", now None); 1 = no "format" key
+RUN_FORMAT = 2
 LOCK_FILE = ".lock"  # held while the run trains (run_lock)
 MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what load_trained reads of a checkpoint
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
@@ -210,7 +213,7 @@ def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     for key, value in config.items():  # note: absolute, so `mmtok eval` / `resume` work from any directory
         if isinstance(value, str) and value and (key in CACHE_DIR_KEYS or (key in PATH_KEYS and Path(value).exists())):
             config[key] = str(Path(value).resolve())
-    write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "config": config})
+    write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "format": RUN_FORMAT, "config": config})
 
 
 def resumed_architecture(run_dir) -> MultimodalTransformer | None:
@@ -240,7 +243,12 @@ def load_run_info(run_dir):
     if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config", {}), dict):
         raise ConfigError(f'{run_dir / RUN_FILE}: expected {{"recipe": NAME, "config": {{KEY: VALUE, ...}}}}, as a run writes it')
     module = get_recipe(doc["recipe"])
-    cfg = apply_values(module.Config(), doc.get("config", {}), str(run_dir / RUN_FILE))
+    values, fmt = dict(doc.get("config", {})), doc.get("format", 1)
+    if isinstance(fmt, bool) or not isinstance(fmt, int) or not 1 <= fmt <= RUN_FORMAT:
+        raise ConfigError(f"{run_dir / RUN_FILE}: format {fmt!r}; this version reads run formats 1 to {RUN_FORMAT} (a newer tokenizers-mm wrote it?)")
+    if hasattr(module.Config, "upgrade_run"):
+        values = module.Config.upgrade_run(values, fmt)
+    cfg = apply_values(module.Config(), values, str(run_dir / RUN_FILE))
     cfg.run_dir = str(run_dir)
     return doc["recipe"], module, cfg
 

@@ -125,7 +125,8 @@ def named_sample(error: ValueError, check: Callable | None, micro_batches: list,
     the training step: the micro-batch that fails `check` with the same message, its row mapped
     through the sampler. The message as it is when no micro-batch or row can be told."""
     found = re.search(r"sample (\d+) of the batch", str(error))
-    if found is None or check is None:
+    packed = any(getattr(b, "segments", None) is not None for inputs, _ in micro_batches for b in inputs.values())
+    if found is None or check is None or packed:  # (a packed row holds several examples: its number names none of them)
         return str(error)
     micro = cfg.batch_size // (cfg.grad_accum * world)
     for a, (inputs, targets) in enumerate(micro_batches):

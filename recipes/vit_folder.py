@@ -152,6 +152,9 @@ def build_data(cfg: Config):
         raise ValueError(f"data {root}: every training image of class(es) {lost[:5]} was skipped as unreadable; mend or remove them "
                          "(a class left without images would vanish from the classifier)")  # fmt: skip
     classes = class_order(present, source)
+    if cfg.run_dir and (Path(cfg.run_dir) / "classes.txt").is_file():  # resume / eval: the run's own numbering of the same classes
+        known = vit.read_classes(cfg.run_dir)  # (a run made when classes were numbered otherwise, sorted by name, keeps its order)
+        classes = known if sorted(known) == sorted(classes) else classes
     if not present and bad:
         raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
     if not present:

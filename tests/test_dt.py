@@ -188,6 +188,18 @@ def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_befor
     from recipes.runs import make_config
 
     assert make_config("dt_pendulum", ["target=0"])[2].target == 0.0 and make_config("dt_pendulum", [])[2].target is None
+    import json
+
+    from recipes.runs import load_run_info
+
+    for fmt, saved, read in ((None, 0.0, None), (2, 0.0, 0.0), (None, 300.0, 300.0)):  # a run.json of before format 2: its 0 was the best
+        (tmp_path / "old").mkdir(exist_ok=True)
+        doc = {"recipe": "dt_pendulum", "config": {"target": saved}} | ({"format": fmt} if fmt else {})
+        (tmp_path / "old" / "run.json").write_text(json.dumps(doc))
+        assert load_run_info(tmp_path / "old")[2].target == read
+    (tmp_path / "old" / "run.json").write_text(json.dumps({"recipe": "dt_pendulum", "format": 9, "config": {}}))
+    with pytest.raises(ConfigError, match=r"run.json: format 9; this version reads run formats 1 to 2"):
+        load_run_info(tmp_path / "old")
     # integer action ids for a continuous environment: refused, not trained as torques; a bad size: no run directory left
     np.savez(tmp_path / "ids.npz", **{**flat, "observations": flat["observations"][:, :3]}, terminals=ends)  # (Pendulum's 3 values a step)
     with pytest.raises(ValueError, match=r"episode 0 holds integer action ids, and env=Pendulum-v1's actions are continuous \(Box\)"):

@@ -288,9 +288,12 @@ def test_config_errors():
     # a pooled head on a causal modality's first token would see none of the tokens after it: the same output for every sample
     cls = {"cls": HeadConfig("classify", "image", num_outputs=3)}
     mods = {"image": ModalityConfig.from_spec(IMAGE), "text": ModalityConfig.from_spec(TEXT)}
-    with pytest.raises(ValueError, match=r"heads \['cls'\] pool the first token \(pool='cls'\) of \['image'\], which the decoder attends causally"):
+    with pytest.raises(ValueError, match=r"heads \['cls'\] pool the first token \(pool='cls'\) of 'image', the decoder's first input, "
+                                         r"attended causally with no encoder: it sees only itself"):  # fmt: skip
         ModelConfig(TrunkConfig(), mods, cls, decoder_inputs=["image", "text"])
     ModelConfig(TrunkConfig(), mods, cls, decoder_inputs=["image", "text"], prefix_inputs=["image"])  # both directions: fine
+    ModelConfig(TrunkConfig(), mods, cls, decoder_inputs=["text", "image"])  # its first token sees the text before it
+    ModelConfig(TrunkConfig(mode="encoder-decoder"), mods, cls, encoder_inputs=["text"], decoder_inputs=["image"])  # ... or the encoder
 
 
 def _logprob(model, prompt, ids):
@@ -567,8 +570,8 @@ def test_token_head_loss_is_the_mean_over_its_tokens_and_zero_without_any(kind):
 @pytest.mark.parametrize("kind, bad, wanted", [
     ("token_classify", torch.randn(6), r"\(1, 6\) integer class ids, or \(1, 6, A\) for A parts of num_outputs=4 // A classes"),
     ("token_classify", torch.zeros(6, 3, dtype=torch.long), r"\(1, 6, A\) for A parts"),  # (4 classes do not split in 3 parts)
-    ("token_regress", torch.randn(6, 3), r"\(1, 6, 2\) floating-point numbers"),
-    ("token_regress", torch.zeros(6, 2, dtype=torch.long), r"\(1, 6, 2\) floating-point numbers"),
+    ("token_regress", torch.randn(6, 3), r"\(1, 6, 2\) numbers"),
+    ("token_regress", torch.zeros(6, 2, dtype=torch.bool), r"\(1, 6, 2\) numbers"),
     ("lm", torch.randn(6), r"\(1, 6\) integer token ids"),
     ("lm", torch.zeros(6, 2, dtype=torch.long), r"\(1, 6\) integer token ids")])  # fmt: skip
 def test_per_token_targets_of_another_dtype_or_shape_are_named(kind, bad, wanted):
@@ -584,8 +587,9 @@ def test_per_token_targets_of_another_dtype_or_shape_are_named(kind, bad, wanted
                           decoder_inputs=["traj"])  # fmt: skip
         model, name = MultimodalTransformer(cfg), "traj"
         inputs = {"traj": collate([TokenSet("traj", values=torch.randn(6, 3), types=torch.tensor([0, 1] * 3), targets=bad)])}
-    with pytest.raises(ValueError, match=rf"'{name}' TokenBatch.targets: .* of shape .*; head '\w+' \({kind}\) takes .*{wanted}.* for 1 samples of 6"):
-        model(inputs)
+    for call in (model, model.loss_counts):  # (loss_counts reads them before forward, with grad_accum or several processes)
+        with pytest.raises(ValueError, match=rf"'{name}' TokenBatch.targets: .* of shape .*; head '\w+' \({kind}\) takes .*{wanted}.* for 1 samples of 6"):
+            call(inputs)
 
 
 def _speech_model(subset_inputs=False):

@@ -128,6 +128,8 @@ def test_collate_examples_targets_and_specs():
     with pytest.raises(ValueError, match=r"example 1 holds \['text'\] with targets \[\]"):
         collate_examples([ex[0], {"text": ex[1]["text"]}])
     text = ex[0]["text"]
+    floats = collate_examples([{"text": text, "targets": {"r": 0.5}}, {"text": text, "targets": {"r": 0.25}}])[1]["r"]
+    assert floats.dtype == torch.float32  # (a Python float, as torch makes it: not numpy's float64)
     for examples, error, message in (
         ([ex[0], {"text": text, "targets": {"cls": [1, 2]}}], ValueError, r"example 1's targets\['cls'\] has shape \(2,\), example 0's \(\)"),
         ([{"text": text, "targets": {"cls": None}}], ValueError, r"example 0's targets\['cls'\] is None; expected a number or an array"),

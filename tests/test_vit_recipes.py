@@ -174,6 +174,11 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     (many / "metadata.csv").write_text("\n".join(rows) + "\n")
     _, _, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
     assert classes == [str(c) for c in range(12)]  # (not 0, 1, 10, 11, 2, ...: output i is the dataset's label i)
+    old = tmp_path / "old_run"  # a run made when they were numbered by name resumes and evaluates in its own order
+    old.mkdir()
+    (old / "classes.txt").write_text("\n".join(sorted(classes)) + "\n")
+    _, _, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4, run_dir=str(old)))
+    assert classes == sorted(classes) != [str(c) for c in range(12)]
 
 
 def test_split_folders_by_datasets_names_in_any_case_and_what_they_cannot_hold(tmp_path, capsys):
@@ -332,7 +337,7 @@ def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_pa
 
 @pytest.mark.parametrize("override, message", [
     ("scale=2", r"scale=2.0 must be below 1.0"),  # (a zoom in (-1, 3): mirrored and vanishing images)
-    ("translate=3", r"translate=3.0 must be at most 1.0"),  # (of the image size: shifted out of the frame)
+    ("translate=0.6", r"translate=0.6 must be at most 0.5"),  # (of the image size: more shifts most of an image out of the frame)
     ("rotate=-5", r"rotate=-5.0 must be at least 0.0"),
     ("eval_batches=1", r"config key 'eval_batches' does not apply to vit_digits: .* but vit_digits does not use it"),
     ("patch_size=3", r"image_size=8 must be a multiple of patch_size=3"),  # (before a folder's every image is decoded)
