@@ -194,6 +194,40 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, math.ceil(fraction * n)))
 
 
+HELD_OUT_FILE = "held_out.txt"  # RUN_DIR's list of the samples a run held out of data without a validation split
+
+
+def sample_key(sample, root: Path) -> str:
+    """A sample's name within its data (`root` left off: the same whether data= was given relative or absolute)."""
+    return str(sample).removeprefix(str(root)).lstrip("/\\") or str(sample)
+
+
+def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
+    """(training, held out) pairs as RUN_DIR/held_out.txt lists the held-out ones, for a run resumed
+    or evaluated on data without a validation split (drawn again from what the folder holds now, a
+    row removed or added would move training samples into the held-out share); None where the run
+    has no such list (a new run). A held-out sample gone from the data is named."""
+    path = Path(run_dir) / HELD_OUT_FILE if run_dir else None
+    if path is None or not path.is_file():
+        return None
+    held = set(path.read_text(encoding="utf-8").splitlines())
+    train = [p for p in pairs if sample_key(p[0], root) not in held]
+    val = [p for p in pairs if sample_key(p[0], root) in held]
+    if gone := sorted(held - {sample_key(p[0], root) for p in val}):
+        raise ValueError(f"{root}: {len(gone)} of the {len(held)} samples the run held out ({path}) are no longer in the data, e.g. "
+                         f"{gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
+    return train, val
+
+
+def save_held_out(run_dir: Path, test_set) -> None:
+    """Write the held-out samples' names (`test_set.held_out`, set where build_data drew them) to RUN_DIR/held_out.txt."""
+    names = getattr(test_set, "held_out", None)
+    if names:
+        from tokenizers_mm.base import write_text_atomic
+
+        write_text_atomic(Path(run_dir) / HELD_OUT_FILE, "\n".join(names) + "\n")
+
+
 def split_dirs(root: Path) -> tuple[Path, Path | None]:
     """(training folder, validation folder or None) of a data folder: its `train/` (or `training/`,
     any case) and the first of `validation/`, `valid/`, `val/`, `dev/`, `test/`, `testing/`, `eval/`,

@@ -30,7 +30,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
 from .config import take_shape
-from .folders import Labelled, class_order, find_metadata, held_out_count, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, sample_key, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -104,7 +104,7 @@ def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
 
 def report_skipped(bad: int) -> None:
     if bad:
-        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")
+        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)", file=sys.stderr)  # (stdout: eval's JSON)
 
 
 class FolderSet(Dataset):
@@ -162,7 +162,11 @@ def build_data(cfg: Config):
                          f"({root}/CLASS/IMAGE), or list them in {root}/metadata.csv (file_name,label)")  # fmt: skip
     if len(present) < 2:
         raise ValueError(f"data folder {root} has {len(present)} class(es) ({', '.join(sorted(present))}); a classifier needs at least 2")
-    if val_pairs is None:
+    kept = kept_split(train_pairs, cfg.run_dir, root) if val_pairs is None else None  # resume / eval: the run's own held-out share
+    drawn = val_pairs is None and kept is None
+    if kept is not None:
+        train_pairs, val_pairs = kept
+    elif val_pairs is None:
         from sklearn.model_selection import train_test_split
 
         counts = Counter(label for _, label in train_pairs)
@@ -190,7 +194,10 @@ def build_data(cfg: Config):
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if cfg.channels == 3 else ((0.5,), (0.5,))
     if cfg.timm_model:  # the weights' own normalisation (vit_tiny_patch16_224: 0.5, CLIP's: its own), as timm's transform reads them
         mean, std = timm_mean_std(cfg.timm_model, mean, std)
-    return FolderSet(train_pairs, ids, cfg, True), FolderSet(val_pairs, ids, cfg, False), classes, (list(mean), list(std))
+    test_set = FolderSet(val_pairs, ids, cfg, False)
+    if drawn:  # (kept in RUN_DIR/held_out.txt: resume and eval score these, whatever the folder holds by then)
+        test_set.held_out = [sample_key(p, root) for p, _ in val_pairs]
+    return FolderSet(train_pairs, ids, cfg, True), test_set, classes, (list(mean), list(std))
 
 
 def held_out(data: str):

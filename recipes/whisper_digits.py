@@ -31,6 +31,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
+from .folders import save_held_out
 from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import train
 
@@ -126,6 +127,12 @@ def language_tokens(text_tok) -> dict[str, int]:
         return {}
     specials = text_tok.special_ids
     return {c: specials[f"<|{c}|>"] for c in WHISPER_LANGUAGES if f"<|{c}|>" in specials}
+
+
+def prompt_language(prompt: list[int], text_tok) -> str:
+    """The language code of a prompt's language token; "" without one (English-only, from scratch)."""
+    codes = {i: c for c, i in language_tokens(text_tok).items()}
+    return next((codes[t] for t in prompt if t in codes), "")
 
 
 def swap_language(prompt: list[int], text_tok, language: str, what: str) -> list[int]:
@@ -726,6 +733,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
         save_run_info(run_dir, recipe, cfg)
         audio_tok.save(run_dir / "tokenizers" / "audio")
         text_tok.save(run_dir / "tokenizers" / "text")
+        save_held_out(run_dir, test_set)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test utterances, "
           f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, test_set, text_tok), run_dir, resume=resume)

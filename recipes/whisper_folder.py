@@ -45,11 +45,11 @@ from tokenizers_mm.text_bpe import openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, no_columns, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, sample_key, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
-from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, swap_language,
-                             text_example)  # fmt: skip
+from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
+                             swap_language, text_example)  # fmt: skip
 
 
 # Characters always in a from-scratch vocabulary, besides those of the training transcripts.
@@ -134,6 +134,8 @@ def whisper_weights(cfg: Config):
     elif not cfg.prompt:
         cfg.language = language_code(cfg.language or "en", text_tok)
         cfg.prompt = f"{SOT}<|{cfg.language}|>{TRANSCRIBE}{NO_TIMESTAMPS}"
+    else:  # the prompt's own language token (<|de|>): the run's language, for the WER normaliser and transcripts
+        cfg.language = prompt_language(prompt_ids(text_tok, cfg.prompt), text_tok)
     warn_fine_tuning(cfg)
     return model, audio_tok, text_tok
 
@@ -157,8 +159,8 @@ def warn_fine_tuning(cfg: Config) -> None:
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     """(prompt, language) when fine-tuning a run: the run's, its language token replaced by an explicit `language=`."""
     prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
-    if not cfg.language:
-        return prompt, language
+    if not cfg.language:  # (a prompt of its own: the language its language token names, else the run's)
+        return prompt, (prompt_language(prompt_ids(text_tok, cfg.prompt), text_tok) or language) if cfg.prompt else language
     ids = swap_language(prompt_ids(text_tok, prompt), text_tok, cfg.language, f"init_from={cfg.init_from}")
     return text_tok.decode(ids), language_code(cfg.language, None)
 
@@ -202,7 +204,7 @@ def held_out(data: str):
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")
         if bad:
-            print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)")
+            print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)", file=sys.stderr)  # (stdout: eval's JSON)
         if not pairs:
             raise ValueError(f"{data}: no usable utterances to evaluate on")
         return audio_tok, text_tok, None, SpeechSet(pairs, audio_tok, text_tok, prompt), None
@@ -214,7 +216,12 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
     run_dir: a run being resumed, whose saved tokenizers are used."""
     train_pairs, val_pairs = read_pairs(cfg)
-    if val_pairs is None:
+    root = local_data(cfg.data)
+    kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own held-out share
+    drawn = val_pairs is None and kept is None
+    if kept is not None:
+        train_pairs, val_pairs = kept
+    elif val_pairs is None:
         from sklearn.model_selection import train_test_split
 
         if len(train_pairs) < 2:
@@ -243,13 +250,16 @@ def build_data(cfg: Config, run_dir: Path | None = None):
             warn_fine_tuning(cfg)
     if model is not None:  # fine-tuning: the architecture is the model's (a value given for another is refused, not replaced)
         t = model.config.trunk
-        take_shape(cfg, {"dim": t.dim, "depth": t.depth, "dec_depth": t.dec_depth, "num_heads": t.num_heads, "n_mels": audio_tok.n_mels},
+        take_shape(cfg, {"dim": t.dim, "depth": t.depth, "dec_depth": t.dec_depth, "num_heads": t.num_heads, "n_mels": audio_tok.n_mels,
+                         "max_frames": audio_tok.max_frames, "max_text": text_tok.max_positions},  # (its windows and decoder positions)
                    f"init_from={cfg.init_from}")  # fmt: skip
-        cfg.max_frames, cfg.max_text = audio_tok.max_frames, text_tok.max_positions  # (its windows and decoder positions)
         model.set_dropout(cfg.dropout).train()  # (the weights' model was built without the run's dropout)
     elif run_dir is None:
         from tokenizers_mm import CharTokenizer
 
+        if cfg.language and language_code(cfg.language, None) != "en":  # (nothing would read it but the WER normaliser)
+            raise ValueError(f"language={cfg.language!r}: a run from scratch reads characters, with no language tokens; language= "
+                             "chooses the language token of multilingual Whisper weights (init_from=)")  # fmt: skip
         seen = {c for _, t in train_pairs + val_pairs for c in t or ""}  # (a character only in the held-out split: a token, not a refusal)
         chars = BASE_CHARS + "".join(sorted(seen - set(BASE_CHARS)))
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
@@ -258,10 +268,13 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     train_pairs, bad = check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
     val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "validation")
     if bad or bad_val:
-        print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
+        print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)", file=sys.stderr)
     if not train_pairs or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
-    return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok, prompt), SpeechSet(val_pairs, audio_tok, text_tok, prompt), model
+    test_set = SpeechSet(val_pairs, audio_tok, text_tok, prompt)
+    if drawn:  # (kept in RUN_DIR/held_out.txt: resume and eval score these, whatever the folder holds by then)
+        test_set.held_out = [sample_key(p, root) for p, _ in val_pairs]
+    return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok, prompt), test_set, model
 
 
 # -- main -----------------------------------------------------------------------------------------

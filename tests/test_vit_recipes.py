@@ -75,7 +75,7 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
         vit_folder.build_data(cfg)
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, run_dir=str(run), **TINY))
-    assert "skipped 3 unreadable image(s)" in capsys.readouterr().out
+    assert "skipped 3 unreadable image(s)" in capsys.readouterr().err  # (stderr: stdout is eval's JSON)
     assert 0 <= metrics["val_accuracy"] <= 1
     (data / "onlybad").mkdir()  # a class whose every image is unreadable: refused, not dropped from the classifier unsaid
     (data / "onlybad" / "fake.png").write_text("not an image")

@@ -63,6 +63,17 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     assert 0 <= metrics["val_wer"] and np.isfinite(metrics["val_loss"])
     alone = whisper_folder.evaluate(run)
     assert alone["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
+    # the held-out share is the run's (RUN_DIR/held_out.txt), not drawn again from what the folder holds now
+    held = (run / "held_out.txt").read_text().split()
+    assert len(held) == 6 and all((data / name).is_file() for name in held)
+    rows = (data / "metadata.csv").read_text().splitlines()
+    trained = next(r for r in rows[1:] if r.split(",")[0] not in held)
+    (data / "metadata.csv").write_text("\n".join(r for r in rows if r != trained) + "\n")  # a training row less: the same share
+    assert whisper_folder.evaluate(run) == alone
+    (data / "metadata.csv").write_text("\n".join(r for r in rows if r.split(",")[0] != held[0]) + "\n")
+    with pytest.raises(ValueError, match=rf"1 of the 6 samples the run held out \(.*held_out.txt\) are no longer in the data, e.g. {held[0]}"):
+        whisper_folder.evaluate(run)
+    (data / "metadata.csv").write_text("\n".join(rows) + "\n")
     # launched as two processes (torchrun ... mmtok eval RUN): each decodes its own batches; the figures are the whole set's
     from test_train import ROOT, torchrun
 
@@ -157,7 +168,7 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
     _, _, train_set, val_set, _ = whisper_folder.build_data(Config(data=str(tmp_path / "all"), skip_bad_samples=True, val_fraction=0.25, **TINY))
     assert len(train_set) + len(val_set) == 9  # 8 utterances + silence
     printed = capsys.readouterr()
-    train_skipped, val_skipped = map(int, re.search(r"skipped (\d+) training and (\d+) validation", printed.out).groups())
+    train_skipped, val_skipped = map(int, re.search(r"skipped (\d+) training and (\d+) validation", printed.err).groups())  # (stderr: stdout is eval's JSON)
     assert train_skipped + val_skipped == len(cases)
     named = [line for line in printed.err.splitlines() if line.startswith("skipped ")]  # each named, with its reason
     assert len(named) == len(cases) and all(any(message in line for line in named) for message in cases.values()), printed.err
