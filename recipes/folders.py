@@ -210,9 +210,10 @@ def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
     path = Path(run_dir) / HELD_OUT_FILE if run_dir else None
     if path is None or not path.is_file():
         return None
-    held = set(path.read_text(encoding="utf-8").splitlines())
+    order = {name: i for i, name in enumerate(path.read_text(encoding="utf-8").splitlines())}
+    held = set(order)
     train = [p for p in pairs if sample_key(p[0], root) not in held]
-    val = [p for p in pairs if sample_key(p[0], root) in held]
+    val = sorted((p for p in pairs if sample_key(p[0], root) in held), key=lambda p: order[sample_key(p[0], root)])  # (as drawn)
     if gone := sorted(held - {sample_key(p[0], root) for p in val}):
         raise ValueError(f"{root}: {len(gone)} of the {len(held)} samples the run held out ({path}) are no longer in the data, e.g. "
                          f"{gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip

@@ -155,6 +155,7 @@ def build_data(cfg: Config):
     if cfg.run_dir and (Path(cfg.run_dir) / "classes.txt").is_file():  # resume / eval: the run's own numbering of the same classes
         known = vit.read_classes(cfg.run_dir)  # (a run made when classes were numbered otherwise, sorted by name, keeps its order)
         classes = known if sorted(known) == sorted(classes) else classes
+        vit.same_classes(cfg.run_dir, classes)  # (other classes: named here, before its held-out images are looked for)
     if not present and bad:
         raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
     if not present:

@@ -83,6 +83,16 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
         vit_folder.build_data(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, **TINY))
     shutil.rmtree(data / "onlybad")
     assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
+    held = (run / "held_out.txt").read_text().splitlines()  # the held-out share, by name within the folder: eval scores these
+    assert held and all((data / name).is_file() for name in held)
+    evaluated = vit_folder.evaluate(run)
+    gone = data / held[0]
+    kept = gone.read_bytes()
+    gone.unlink()
+    with pytest.raises(ValueError, match=rf"1 of the {len(held)} samples the run held out .* are no longer in the data, e.g. {held[0]}"):
+        vit_folder.evaluate(run)
+    gone.write_bytes(kept)
+    assert vit_folder.evaluate(run) == evaluated
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
     (result,) = predict(run, [data / "square" / "tiny.png"])  # 2×2 pixels, smaller than a patch: resized, as training read it

@@ -25,6 +25,7 @@ from recipes.whisper_folder import Config  # noqa: E402
 
 TINY = dict(dim=32, depth=1, dec_depth=1, num_heads=2, batch_size=8, max_steps=6, eval_every=6, ckpt_every=6, log_every=3,
             warmup_steps=1, eval_utterances=8, max_frames=600, max_text=64, cpu=True)  # fmt: skip
+TUNE = {k: v for k, v in TINY.items() if k not in ("max_frames", "max_text")}  # on Whisper's weights: their windows and positions
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +219,17 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     data = write_folder(tmp_path / "data", speech[:6])
     multi = openai_checkpoint(tmp_path / "multi.pt", 51865)
     run = tmp_path / "run"
+    from recipes.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"max_frames=600: init_from=.*multi.pt has max_frames 3000 \(its weights set"):
+        whisper_folder.build_data(Config(data=str(data), init_from=str(multi), **TINY))  # (given otherwise: refused, not replaced)
+    japanese = Config(data=str(data), init_from=str(multi), prompt="<|startoftranscript|><|ja|><|transcribe|><|notimestamps|>", **TUNE)
+    whisper_folder.build_data(japanese)
+    assert japanese.language == "ja"  # the prompt's language token: the run's language (the WER normaliser, transcripts)
+    with pytest.raises(ValueError, match="language='klingon': a run from scratch reads characters, with no language tokens"):
+        whisper_folder.build_data(Config(data=str(data), language="klingon", **TINY))
     cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34, wer_text="whisper",
-                 **{**TINY, "max_steps": 2, "batch_size": 2, "eval_utterances": 2, "dropout": 0.2})  # fmt: skip
+                 **{**TUNE, "max_steps": 2, "batch_size": 2, "eval_utterances": 2, "dropout": 0.2})  # fmt: skip
     metrics = whisper_folder.main(cfg)
     assert np.isfinite(metrics["val_loss"]) and np.isfinite(metrics["val_wer"])
     trained = load_trained(run)[0]  # the run's dropout, in a model built from weights that had none
@@ -265,7 +275,7 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     assert (named.language, named.prompt) == ("de", "<|startoftranscript|><|de|><|transcribe|><|notimestamps|>")
     # fine-tuning the run again in French: its prompt's language token replaced, and recorded
     again = Config(data=str(data), init_from=str(run), language="fr", lowercase=False, run_dir=str(tmp_path / "again"), val_fraction=0.34,
-                   **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
+                   **{**TUNE, "max_steps": 0, "batch_size": 2, "eval_utterances": 2})  # fmt: skip
     capsys.readouterr()
     whisper_folder.main(again)
     assert "on Whisper's weights, lr=0.001 may undo what it knows" in capsys.readouterr().err  # a run on them: its weights are Whisper's too
@@ -545,7 +555,7 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
                                    ("own", 51865, {"prompt": "<|startoftranscript|><|transcribe|><|notimestamps|>", "beam_size": 2})):  # fmt: skip
         run, out = tmp_path / f"run_{name}", tmp_path / f"hf_{name}"
         whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / f"{name}.pt", n_vocab)), lowercase=False,
-                                   run_dir=str(run), val_fraction=0.34, **{**TINY, "max_steps": 1, "batch_size": 2, "eval_utterances": 2},
+                                   run_dir=str(run), val_fraction=0.34, **{**TUNE, "max_steps": 1, "batch_size": 2, "eval_utterances": 2},
                                    **options))  # fmt: skip
         assert main(["export", str(run), str(out)]) == 0
         assert "whisper_folder run as transformers WhisperForConditionalGeneration" in capsys.readouterr().out
@@ -608,7 +618,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     data = write_folder(tmp_path / "data", speech[:6])
     run = tmp_path / "run"
     whisper_folder.main(Config(data=str(data), init_from=str(path), language="de", run_dir=str(run), val_fraction=0.34,
-                               **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+                               **{**TUNE, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
     clip = data / "c2.wav"
     capsys.readouterr()
     assert main(["transcribe", str(run), str(clip), "--language", "auto"]) == 0
@@ -711,7 +721,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     english = tmp_path / "run_en"
     whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / "en.pt", 51864)), run_dir=str(english),
                                prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>", val_fraction=0.34,
-                               **{**TINY, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+                               **{**TUNE, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
     with pytest.raises(ValueError, match="language=auto: .*run_en is an English-only or a from-scratch model; it has no language tokens"):
         whisper_folder.transcribe(english, [str(clip)], language="Auto")
     with pytest.raises(ValueError, match="language='de': .*run_en is an English-only or a from-scratch model"):
