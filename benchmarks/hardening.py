@@ -284,9 +284,9 @@ def skip_count(d: Path) -> int:
             png(root / lab / f"{i}.png")
     trunc(png(root / "a" / "cut.png", (64, 64)))
     out = io.StringIO()
-    with contextlib.redirect_stdout(out):
+    with contextlib.redirect_stderr(out):  # (the count is said on stderr: stdout is `mmtok eval`'s JSON)
         vit_folder.build_data(vit_folder.Config(data=str(root), image_size=8, patch_size=4, skip_bad_samples=True))
-    return int(re.search(r"skipped (\d+)", out.getvalue()).group(1))
+    return int(re.search(r"vit_folder: skipped (\d+)", out.getvalue()).group(1))
 
 
 def oov_transcript(d: Path):
