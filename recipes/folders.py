@@ -194,39 +194,51 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(n - 1, max(1, math.ceil(fraction * n)))
 
 
-HELD_OUT_FILE = "held_out.txt"  # RUN_DIR's list of the samples a run held out of data without a validation split
+SPLIT_FILE = "split.json"  # RUN_DIR's record of the split a run drew from data without a validation split
 
 
 def sample_key(sample, root: Path) -> str:
-    """A sample's name within its data (`root` left off: the same whether data= was given relative or absolute)."""
-    return str(sample).removeprefix(str(root)).lstrip("/\\") or str(sample)
+    """A sample's name within its data, the same whether data= was given relative, absolute or
+    through `..`: a file's path relative to the data folder; a dataset row's name less the dataset's
+    path (`[train][12]`: a row by its number)."""
+    if isinstance(sample, Path):
+        return os.path.relpath(os.path.normpath(sample), os.path.normpath(root))
+    return str(sample).removeprefix(str(root))
 
 
 def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
-    """(training, held out) pairs as RUN_DIR/held_out.txt lists the held-out ones, for a run resumed
-    or evaluated on data without a validation split (drawn again from what the folder holds now, a
-    row removed or added would move training samples into the held-out share); None where the run
-    has no such list (a new run). A held-out sample gone from the data is named."""
-    path = Path(run_dir) / HELD_OUT_FILE if run_dir else None
-    if path is None or not path.is_file():
+    """(training, held out) pairs in the order RUN_DIR/split.json records them, for a run resumed or
+    evaluated on data without a validation split: drawn again from what the folder holds by then, a
+    row removed or added would move samples between the shares, and a resumed run would read other
+    batches than an uninterrupted one (samples are taken by their place in the training list). None
+    where the run has no checkpoint (a new run, or one killed before its first: drawn anew) or no
+    record. A held-out sample gone from the data is named; samples added since train, after the rest."""
+    from .checkpoint import held_checkpoint
+
+    path = Path(run_dir) / SPLIT_FILE if run_dir else None
+    if path is None or not path.is_file() or held_checkpoint(run_dir) is None:
         return None
-    order = {name: i for i, name in enumerate(path.read_text(encoding="utf-8").splitlines())}
-    held = set(order)
-    train = [p for p in pairs if sample_key(p[0], root) not in held]
-    val = sorted((p for p in pairs if sample_key(p[0], root) in held), key=lambda p: order[sample_key(p[0], root)])  # (as drawn)
-    if gone := sorted(held - {sample_key(p[0], root) for p in val}):
-        raise ValueError(f"{root}: {len(gone)} of the {len(held)} samples the run held out ({path}) are no longer in the data, e.g. "
-                         f"{gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
-    return train, val
+    record = json.loads(path.read_text(encoding="utf-8"))
+    by_key = {sample_key(p[0], root): p for p in pairs}
+    if gone := [k for k in record["held_out"] if k not in by_key]:
+        raise ValueError(f"{root}: {len(gone)} of the {len(record['held_out'])} samples the run held out ({path}) are no longer in the "
+                         f"data, e.g. {gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
+    held = set(record["held_out"])
+    train = [by_key[k] for k in record["train"] if k in by_key]
+    listed = held | set(record["train"])
+    train += [p for k, p in by_key.items() if k not in listed]
+    return train, [by_key[k] for k in record["held_out"]]
 
 
-def save_held_out(run_dir: Path, test_set) -> None:
-    """Write the held-out samples' names (`test_set.held_out`, set where build_data drew them) to RUN_DIR/held_out.txt."""
-    names = getattr(test_set, "held_out", None)
-    if names:
-        from tokenizers_mm.base import write_text_atomic
+def save_split(run_dir: Path, train_set, test_set) -> None:
+    """Record a split build_data drew from data at `test_set.drawn_from` (its root) in
+    RUN_DIR/split.json: both shares' sample names, in their order (JSON: any file name)."""
+    root = getattr(test_set, "drawn_from", None)
+    if root is not None:
+        from tokenizers_mm.base import write_json_atomic
 
-        write_text_atomic(Path(run_dir) / HELD_OUT_FILE, "\n".join(names) + "\n")
+        write_json_atomic(Path(run_dir) / SPLIT_FILE, {"train": [sample_key(p, root) for p, _ in train_set.pairs],
+                                                        "held_out": [sample_key(p, root) for p, _ in test_set.pairs]})  # fmt: skip
 
 
 def split_dirs(root: Path) -> tuple[Path, Path | None]:
@@ -597,7 +609,7 @@ def hf_splits(root: Path, kind: str, columns: tuple[str, str] = ("", "")) -> tup
     val = next((v for v in VAL_DIRS if v in loaded), None)
     train, held = read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
     if kind != "text" and held is not None and all(label is None for _, label in held):
-        print(f"{root}[{val}] has no labels (the Hub's -1): holding out part of the training split instead")
+        print(f"{root}[{val}] has no labels (the Hub's -1): holding out part of the training split instead", file=sys.stderr)
         held = None
     return train, held
 

@@ -22,7 +22,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import ImageTokenizer, load_tokenizer
 
 from .config import ConfigError, TrainConfig, launched_processes
-from .folders import save_held_out
+from .folders import save_split
 from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import EvalBatches, accuracy, train
 
@@ -160,7 +160,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "image")
         (run_dir / "classes.txt").write_text("\n".join(classes) + "\n")
-        save_held_out(run_dir, test_set)
+    save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test images, {len(classes)} classes, "
           f"{model.num_params() / 1e6:.3f}M parameters, run dir {run_dir}")  # fmt: skip
     evaluate = make_evaluate(test_set, Collate(tokenizer, cfg, len(classes), train=False))

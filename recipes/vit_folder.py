@@ -30,7 +30,8 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
 from .config import take_shape
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, sample_key, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .checkpoint import held_checkpoint
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
 
 
 @dataclass
@@ -141,7 +142,15 @@ def build_data(cfg: Config):
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
     root = local_data(cfg.data)
     source, val_pairs = find_splits(root, cfg)
-    train_pairs, bad = check_images(source, cfg, "training")
+    known = vit.read_classes(cfg.run_dir) if cfg.run_dir and held_checkpoint(cfg.run_dir) is not None else None  # resume / eval
+    if known is not None:  # (other classes: named first, before the run's held-out images are looked for)
+        labels = sorted({label for _, label in source if label is not None} | {label for _, label in val_pairs or []})
+        if labels != sorted(known):
+            vit.same_classes(cfg.run_dir, labels)
+    kept = kept_split(source, cfg.run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
+    train_pairs, bad = check_images(source if kept is None else kept[0], cfg, "training")
+    if kept is not None:
+        val_pairs = kept[1]
     if val_pairs is not None:
         val_pairs, bad_val = check_images(val_pairs, cfg, "validation")
         bad += bad_val
@@ -152,10 +161,8 @@ def build_data(cfg: Config):
         raise ValueError(f"data {root}: every training image of class(es) {lost[:5]} was skipped as unreadable; mend or remove them "
                          "(a class left without images would vanish from the classifier)")  # fmt: skip
     classes = class_order(present, source)
-    if cfg.run_dir and (Path(cfg.run_dir) / "classes.txt").is_file():  # resume / eval: the run's own numbering of the same classes
-        known = vit.read_classes(cfg.run_dir)  # (a run made when classes were numbered otherwise, sorted by name, keeps its order)
-        classes = known if sorted(known) == sorted(classes) else classes
-        vit.same_classes(cfg.run_dir, classes)  # (other classes: named here, before its held-out images are looked for)
+    if known is not None and sorted(known) == sorted(classes):  # the run's own numbering (one made when classes were numbered
+        classes = known  # otherwise, by name, keeps its order)
     if not present and bad:
         raise ValueError(f"data folder {root}: none of its training images could be read ({bad} skipped)")
     if not present:
@@ -163,11 +170,8 @@ def build_data(cfg: Config):
                          f"({root}/CLASS/IMAGE), or list them in {root}/metadata.csv (file_name,label)")  # fmt: skip
     if len(present) < 2:
         raise ValueError(f"data folder {root} has {len(present)} class(es) ({', '.join(sorted(present))}); a classifier needs at least 2")
-    kept = kept_split(train_pairs, cfg.run_dir, root) if val_pairs is None else None  # resume / eval: the run's own held-out share
-    drawn = val_pairs is None and kept is None
-    if kept is not None:
-        train_pairs, val_pairs = kept
-    elif val_pairs is None:
+    drawn = val_pairs is None
+    if drawn:
         from sklearn.model_selection import train_test_split
 
         counts = Counter(label for _, label in train_pairs)
@@ -196,8 +200,8 @@ def build_data(cfg: Config):
     if cfg.timm_model:  # the weights' own normalisation (vit_tiny_patch16_224: 0.5, CLIP's: its own), as timm's transform reads them
         mean, std = timm_mean_std(cfg.timm_model, mean, std)
     test_set = FolderSet(val_pairs, ids, cfg, False)
-    if drawn:  # (kept in RUN_DIR/held_out.txt: resume and eval score these, whatever the folder holds by then)
-        test_set.held_out = [sample_key(p, root) for p, _ in val_pairs]
+    if drawn:  # (recorded in RUN_DIR/split.json: resume and eval read these shares, whatever the folder holds by then)
+        test_set.drawn_from = root
     return FolderSet(train_pairs, ids, cfg, True), test_set, classes, (list(mean), list(std))
 
 

@@ -31,7 +31,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
-from .folders import save_held_out
+from .folders import save_split
 from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
 from .train import train
 
@@ -733,7 +733,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
         save_run_info(run_dir, recipe, cfg)
         audio_tok.save(run_dir / "tokenizers" / "audio")
         text_tok.save(run_dir / "tokenizers" / "text")
-        save_held_out(run_dir, test_set)
+    save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test utterances, "
           f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, test_set, text_tok), run_dir, resume=resume)

@@ -41,11 +41,11 @@ from pathlib import Path
 from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
-from tokenizers_mm.text_bpe import openai_whisper_file
+from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, sample_key, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -159,8 +159,8 @@ def warn_fine_tuning(cfg: Config) -> None:
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     """(prompt, language) when fine-tuning a run: the run's, its language token replaced by an explicit `language=`."""
     prompt, language = cfg.prompt or getattr(run_cfg, "prompt", ""), getattr(run_cfg, "language", "")
-    if not cfg.language:  # (a prompt of its own: the language its language token names, else the run's)
-        return prompt, (prompt_language(prompt_ids(text_tok, cfg.prompt), text_tok) or language) if cfg.prompt else language
+    if not cfg.language:  # (a prompt of its own: the language its language token names, "" without one, as on Whisper's weights)
+        return prompt, prompt_language(prompt_ids(text_tok, cfg.prompt), text_tok) if cfg.prompt else language
     ids = swap_language(prompt_ids(text_tok, prompt), text_tok, cfg.language, f"init_from={cfg.init_from}")
     return text_tok.decode(ids), language_code(cfg.language, None)
 
@@ -217,7 +217,7 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     run_dir: a run being resumed, whose saved tokenizers are used."""
     train_pairs, val_pairs = read_pairs(cfg)
     root = local_data(cfg.data)
-    kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own held-out share
+    kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
     drawn = val_pairs is None and kept is None
     if kept is not None:
         train_pairs, val_pairs = kept
@@ -257,9 +257,10 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     elif run_dir is None:
         from tokenizers_mm import CharTokenizer
 
-        if cfg.language and language_code(cfg.language, None) != "en":  # (nothing would read it but the WER normaliser)
-            raise ValueError(f"language={cfg.language!r}: a run from scratch reads characters, with no language tokens; language= "
-                             "chooses the language token of multilingual Whisper weights (init_from=)")  # fmt: skip
+        if cfg.language:  # (from scratch it names the transcripts' language: the WER normaliser's and transcribe's, no token)
+            cfg.language = language_code(cfg.language, None)
+            if cfg.language not in WHISPER_LANGUAGES:
+                raise ValueError(f"language={cfg.language!r}: not a Whisper language code ({', '.join(WHISPER_LANGUAGES[:8])}, ...)")
         seen = {c for _, t in train_pairs + val_pairs for c in t or ""}  # (a character only in the held-out split: a token, not a refusal)
         chars = BASE_CHARS + "".join(sorted(seen - set(BASE_CHARS)))
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
@@ -272,8 +273,8 @@ def build_data(cfg: Config, run_dir: Path | None = None):
     if not train_pairs or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
     test_set = SpeechSet(val_pairs, audio_tok, text_tok, prompt)
-    if drawn:  # (kept in RUN_DIR/held_out.txt: resume and eval score these, whatever the folder holds by then)
-        test_set.held_out = [sample_key(p, root) for p, _ in val_pairs]
+    if drawn:  # (recorded in RUN_DIR/split.json: resume and eval read these shares, whatever the folder holds by then)
+        test_set.drawn_from = root
     return audio_tok, text_tok, SpeechSet(train_pairs, audio_tok, text_tok, prompt), test_set, model
 
 

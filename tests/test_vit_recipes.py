@@ -83,13 +83,19 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
         vit_folder.build_data(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, **TINY))
     shutil.rmtree(data / "onlybad")
     assert (run / "classes.txt").read_text().split() == ["bar", "circle", "square"]
-    held = (run / "held_out.txt").read_text().splitlines()  # the held-out share, by name within the folder: eval scores these
-    assert held and all((data / name).is_file() for name in held)
+    split = json.loads((run / "split.json").read_text())  # the split drawn, by name within the folder: resume and eval read it
+    held = split["held_out"]
+    assert held and all((data / name).is_file() for name in held + split["train"])
+    from recipes.folders import sample_key
+    from recipes.runs import load_run_info
+
+    again, held_again, _, _ = vit_folder.build_data(load_run_info(run)[2])  # as a resume reads it: both shares in their order
+    assert [sample_key(p, data) for p, _ in again.pairs] == split["train"] and [sample_key(p, data) for p, _ in held_again.pairs] == held
     evaluated = vit_folder.evaluate(run)
     gone = data / held[0]
     kept = gone.read_bytes()
     gone.unlink()
-    with pytest.raises(ValueError, match=rf"1 of the {len(held)} samples the run held out .* are no longer in the data, e.g. {held[0]}"):
+    with pytest.raises(ValueError, match=rf"1 of the {len(held)} samples the run held out \(.*split.json\) are no longer in the data, e.g. {held[0]}"):
         vit_folder.evaluate(run)
     gone.write_bytes(kept)
     assert vit_folder.evaluate(run) == evaluated
@@ -185,7 +191,7 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     _, _, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
     assert classes == [str(c) for c in range(12)]  # (not 0, 1, 10, 11, 2, ...: output i is the dataset's label i)
     old = tmp_path / "old_run"  # a run made when they were numbered by name resumes and evaluates in its own order
-    old.mkdir()
+    (old / "checkpoints" / "step-0000002").mkdir(parents=True)  # (a run with a checkpoint: resumed or evaluated, not started anew)
     (old / "classes.txt").write_text("\n".join(sorted(classes)) + "\n")
     _, _, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4, run_dir=str(old)))
     assert classes == sorted(classes) != [str(c) for c in range(12)]

@@ -64,15 +64,15 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     assert 0 <= metrics["val_wer"] and np.isfinite(metrics["val_loss"])
     alone = whisper_folder.evaluate(run)
     assert alone["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-4)
-    # the held-out share is the run's (RUN_DIR/held_out.txt), not drawn again from what the folder holds now
-    held = (run / "held_out.txt").read_text().split()
+    # the held-out share is the run's (RUN_DIR/split.json), not drawn again from what the folder holds now
+    held = json.loads((run / "split.json").read_text())["held_out"]
     assert len(held) == 6 and all((data / name).is_file() for name in held)
     rows = (data / "metadata.csv").read_text().splitlines()
     trained = next(r for r in rows[1:] if r.split(",")[0] not in held)
     (data / "metadata.csv").write_text("\n".join(r for r in rows if r != trained) + "\n")  # a training row less: the same share
     assert whisper_folder.evaluate(run) == alone
     (data / "metadata.csv").write_text("\n".join(r for r in rows if r.split(",")[0] != held[0]) + "\n")
-    with pytest.raises(ValueError, match=rf"1 of the 6 samples the run held out \(.*held_out.txt\) are no longer in the data, e.g. {held[0]}"):
+    with pytest.raises(ValueError, match=rf"1 of the 6 samples the run held out \(.*split.json\) are no longer in the data, e.g. {held[0]}"):
         whisper_folder.evaluate(run)
     (data / "metadata.csv").write_text("\n".join(rows) + "\n")
     # launched as two processes (torchrun ... mmtok eval RUN): each decodes its own batches; the figures are the whole set's
@@ -226,8 +226,11 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     japanese = Config(data=str(data), init_from=str(multi), prompt="<|startoftranscript|><|ja|><|transcribe|><|notimestamps|>", **TUNE)
     whisper_folder.build_data(japanese)
     assert japanese.language == "ja"  # the prompt's language token: the run's language (the WER normaliser, transcripts)
-    with pytest.raises(ValueError, match="language='klingon': a run from scratch reads characters, with no language tokens"):
+    with pytest.raises(ValueError, match=r"language='klingon': not a Whisper language code \(en, "):  # (from scratch: the normaliser's)
         whisper_folder.build_data(Config(data=str(data), language="klingon", **TINY))
+    german = Config(data=str(data), language="German", **TINY)
+    whisper_folder.build_data(german)
+    assert german.language == "de"
     cfg = Config(data=str(data), init_from=str(multi), language="de", lowercase=False, run_dir=str(run), val_fraction=0.34, wer_text="whisper",
                  **{**TUNE, "max_steps": 2, "batch_size": 2, "eval_utterances": 2, "dropout": 0.2})  # fmt: skip
     metrics = whisper_folder.main(cfg)
