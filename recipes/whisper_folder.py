@@ -130,6 +130,10 @@ def whisper_weights(cfg: Config):
     if english_only:  # no language or task token
         if cfg.language and language_code(cfg.language, None) != "en":
             raise ValueError(f"language={cfg.language!r}: an English-only Whisper model (.en) has no language token; it reads English")
+        named = [c for c in WHISPER_LANGUAGES if f"<|{c}|>" in cfg.prompt]  # (its vocabulary carries them, never trained)
+        if named:
+            raise ValueError(f"prompt={cfg.prompt!r}: an English-only Whisper model (.en) has no language token (<|{named[0]}|>); "
+                             f"its prompt is {SOT + NO_TIMESTAMPS}")  # fmt: skip
         cfg.language, cfg.prompt = "", cfg.prompt or SOT + NO_TIMESTAMPS
     elif not cfg.prompt:
         cfg.language = language_code(cfg.language or "en", text_tok)

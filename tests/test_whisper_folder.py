@@ -271,6 +271,9 @@ def test_fine_tunes_openai_whisper_weights_with_whispers_vocabulary_and_prompt(t
     assert whisper_folder.prompt_ids(text_tok, cfg.prompt) == list(tokenizer.get_tokenizer(False).sot_sequence_including_notimestamps)
     with pytest.raises(ValueError, match="language='xx': not one of this Whisper model's 99 languages"):
         whisper_folder.whisper_weights(Config(data=str(data), init_from=str(multi), language="xx"))
+    with pytest.raises(ValueError, match=r"prompt='<\|startoftranscript\|><\|de\|><\|transcribe\|>': an English-only Whisper model \(.en\) has no "
+                                         r"language token \(<\|de\|>\)"):  # fmt: skip
+        whisper_folder.whisper_weights(Config(data=str(data), init_from=str(english), prompt="<|startoftranscript|><|de|><|transcribe|>"))
     with pytest.raises(ValueError, match="language='de': an English-only Whisper model \\(.en\\) has no language token"):
         whisper_folder.whisper_weights(Config(data=str(data), init_from=str(english), language="de"))
     named = Config(data=str(data), init_from=str(multi), language="German")  # a name, as openai-whisper takes it
