@@ -216,9 +216,10 @@ def held_out(data: str):
     return build
 
 
-def build_data(cfg: Config, run_dir: Path | None = None):
+def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = False):
     """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
-    run_dir: a run being resumed, whose saved tokenizers are used."""
+    run_dir: a run being resumed or evaluated, whose saved tokenizers are used; `evaluating`: its
+    training files are not read (an evaluation needs the held-out ones alone)."""
     train_pairs, val_pairs = read_pairs(cfg)
     root = local_data(cfg.data)
     kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
@@ -270,11 +271,11 @@ def build_data(cfg: Config, run_dir: Path | None = None):
         audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
         text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
     prompt = prompt_ids(text_tok, cfg.prompt)
-    train_pairs, bad = check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
+    train_pairs, bad = ([], 0) if evaluating else check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
     val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "validation")
     if bad or bad_val:
         print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)", file=sys.stderr)
-    if not train_pairs or not val_pairs:
+    if (not train_pairs and not evaluating) or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
     test_set = SpeechSet(val_pairs, audio_tok, text_tok, prompt)
     if drawn:  # (recorded in RUN_DIR/split.json: resume and eval read these shares, whatever the folder holds by then)
@@ -289,7 +290,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 def evaluate(run_dir, device=None, data=None) -> dict:
     """The run's validation WER and loss, or with data= (a speech folder or dataset) on that (`held_out`)."""
-    return whisper_digits.evaluate_run(run_dir, build_data if data is None else held_out(data), device)
+    own = lambda cfg, run_dir: build_data(cfg, run_dir, evaluating=True)  # noqa: E731
+    return whisper_digits.evaluate_run(run_dir, own if data is None else held_out(data), device)
 
 
 transcribe, transcribe_files = whisper_digits.transcribe, whisper_digits.transcribe_files

@@ -75,6 +75,10 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
     with pytest.raises(ValueError, match=rf"1 of the 6 samples the run held out \(.*split.json\) are no longer in the data, e.g. {held[0]}"):
         whisper_folder.evaluate(run)
     (data / "metadata.csv").write_text("\n".join(rows) + "\n")
+    away = data / trained.split(",")[0]
+    away.rename(tmp_path / "away")  # a training file gone: eval reads the held-out files alone
+    assert whisper_folder.evaluate(run) == alone
+    (tmp_path / "away").rename(away)
     # launched as two processes (torchrun ... mmtok eval RUN): each decodes its own batches; the figures are the whole set's
     from test_train import ROOT, torchrun
 
