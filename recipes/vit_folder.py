@@ -137,7 +137,9 @@ class FolderSet(Dataset):
         return self.transform(x).float() / 255.0, self.label_ids[label]
 
 
-def build_data(cfg: Config):
+def build_data(cfg: Config, evaluating: bool = False):
+    """-> (train set, test set, classes, (mean, std)). `evaluating` a run (`mmtok eval`): where its
+    held-out images are known (split.json, or the data's validation split) they are read alone."""
     if not cfg.data:
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
     root = local_data(cfg.data)
@@ -148,6 +150,10 @@ def build_data(cfg: Config):
         if labels != sorted(known):
             vit.same_classes(cfg.run_dir, labels)
     kept = kept_split(source, cfg.run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
+    if evaluating and known is not None and (kept is not None or val_pairs is not None):  # (the training images are not read)
+        pairs, bad = check_images(kept[1] if kept is not None else val_pairs, cfg, "evaluation")
+        report_skipped(bad)
+        return None, FolderSet(pairs, {c: i for i, c in enumerate(known)}, cfg, False), known, None
     train_pairs, bad = check_images(source if kept is None else kept[0], cfg, "training")
     if kept is not None:
         val_pairs = kept[1]
@@ -332,7 +338,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 def evaluate(run_dir, device=None, data=None) -> dict:
     """The run's validation accuracy, or with data= (an image folder or dataset) on that (`held_out`)."""
-    return vit.evaluate_run(run_dir, build_data if data is None else held_out(data), device)
+    own = lambda cfg: build_data(cfg, evaluating=True)  # noqa: E731
+    return vit.evaluate_run(run_dir, own if data is None else held_out(data), device)
 
 
 predict = vit.predict

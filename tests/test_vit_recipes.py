@@ -99,6 +99,10 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
         vit_folder.evaluate(run)
     gone.write_bytes(kept)
     assert vit_folder.evaluate(run) == evaluated
+    trained = data / split["train"][0]
+    trained.rename(tmp_path / "away")  # a training image gone: eval reads the held-out images alone
+    assert vit_folder.evaluate(run) == evaluated
+    (tmp_path / "away").rename(trained)
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
     (result,) = predict(run, [data / "square" / "tiny.png"])  # 2×2 pixels, smaller than a patch: resized, as training read it
