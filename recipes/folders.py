@@ -218,7 +218,11 @@ def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
     path = Path(run_dir) / SPLIT_FILE if run_dir else None
     if path is None or not path.is_file() or held_checkpoint(run_dir) is None:
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
+    from tokenizers_mm.base import read_json
+
+    record = read_json(path, "split")
+    if not all(isinstance(record.get(k), list) and all(isinstance(n, str) for n in record[k]) for k in ("train", "held_out")):
+        raise ValueError(f"split: {path} must hold {{\"train\": [NAME, ...], \"held_out\": [NAME, ...]}}, as a run writes it")
     by_key = {sample_key(p[0], root): p for p in pairs}
     if gone := [k for k in record["held_out"] if k not in by_key]:
         raise ValueError(f"{root}: {len(gone)} of the {len(record['held_out'])} samples the run held out ({path}) are no longer in the "
