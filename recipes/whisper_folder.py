@@ -272,7 +272,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
         text_tok = CharTokenizer(chars=chars, specials=(SOT, TRANSCRIBE, NO_TIMESTAMPS, EOT), max_positions=cfg.max_text)
     prompt = prompt_ids(text_tok, cfg.prompt)
     train_pairs, bad = ([], 0) if evaluating else check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
-    val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "validation")
+    val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "evaluation" if evaluating else "validation")
     if bad or bad_val:
         print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)", file=sys.stderr)
     if (not train_pairs and not evaluating) or not val_pairs:
