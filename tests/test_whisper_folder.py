@@ -727,11 +727,10 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 
-    # English-only: its vocabulary carries language tokens, unused; even a prompt holding <|en|> is not swapped
+    # English-only: its vocabulary carries language tokens, unused (a prompt holding one is refused when the run starts); no swap
     english = tmp_path / "run_en"
     whisper_folder.main(Config(data=str(data), init_from=str(openai_checkpoint(tmp_path / "en.pt", 51864)), run_dir=str(english),
-                               prompt="<|startoftranscript|><|en|><|transcribe|><|notimestamps|>", val_fraction=0.34,
-                               **{**TUNE, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
+                               val_fraction=0.34, **{**TUNE, "max_steps": 0, "batch_size": 2, "eval_utterances": 2}))  # fmt: skip
     with pytest.raises(ValueError, match="language=auto: .*run_en is an English-only or a from-scratch model; it has no language tokens"):
         whisper_folder.transcribe(english, [str(clip)], language="Auto")
     with pytest.raises(ValueError, match="language='de': .*run_en is an English-only or a from-scratch model"):
