@@ -55,6 +55,11 @@ class TrunkConfig:
         if self.mode == "encoder-decoder" and not self.cross_attention:
             raise ValueError("trunk mode 'encoder-decoder' needs cross_attention=True")
 
+    @property
+    def decoder_depth(self) -> int:
+        """Blocks in the decoder stack: `depth` for a decoder-only trunk, else `dec_depth` (0 or None: `depth`)."""
+        return self.depth if self.mode == "decoder" else (self.dec_depth or self.depth)
+
 
 @dataclass
 class ModalityConfig:

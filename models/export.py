@@ -236,7 +236,7 @@ def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tu
     out = {theirs: sd[ours] for theirs, ours in HF_WHISPER_TOP.items()}
     for side, name in (("encoder", "audio"), ("decoder", "text")):  # each modality's only type row folds into its positions
         out[f"{side}.embed_positions.weight"] = out[f"{side}.embed_positions.weight"] + sd["type_embed.weight"][model.type_offset[name]]
-    for side, depth in (("encoder", t.depth), ("decoder", t.dec_depth or t.depth)):
+    for side, depth in (("encoder", t.depth), ("decoder", t.decoder_depth)):
         pairs, fused = hf_whisper_layer(side)
         for i in range(depth):
             ours, theirs = f"{side}.blocks.{i}", f"{side}.layers.{i}"
@@ -252,7 +252,7 @@ def whisper_export(model: MultimodalTransformer, specials: dict[str, int]) -> tu
     ffn = mlp_width(t.dim, t.mlp_ratio)
     config = {
         "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper", "vocab_size": text.vocab_size,
-        "num_mel_bins": audio.value_dim, "d_model": t.dim, "encoder_layers": t.depth, "decoder_layers": t.dec_depth or t.depth,
+        "num_mel_bins": audio.value_dim, "d_model": t.dim, "encoder_layers": t.depth, "decoder_layers": t.decoder_depth,
         "encoder_attention_heads": t.num_heads, "decoder_attention_heads": t.num_heads, "encoder_ffn_dim": ffn, "decoder_ffn_dim": ffn,
         "max_source_positions": sd["embedders.audio.pos.weight"].shape[0], "max_target_positions": text.max_positions,
         "activation_function": "gelu", "scale_embedding": False, "tie_word_embeddings": True, "dropout": t.dropout,

@@ -109,8 +109,7 @@ class MultimodalTransformer(nn.Module):
         block_kw = dict(dim=t.dim, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, bias=t.bias, dropout=t.dropout,
                         norm_eps=t.norm_eps, activation=t.activation, flash=t.flash, final_norm=t.final_norm, grad_checkpoint=t.grad_checkpoint)  # fmt: skip
         self.encoder = Stack(t.depth, **block_kw) if config.encoder_inputs else None
-        dec_depth = t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)
-        self.decoder = Stack(dec_depth, cross=self.encoder is not None, **block_kw) if config.decoder_inputs else None
+        self.decoder = Stack(t.decoder_depth, cross=self.encoder is not None, **block_kw) if config.decoder_inputs else None
         self.heads = nn.ModuleDict()
         for name, h in config.heads.items():
             m = config.modalities[h.modality]
@@ -817,7 +816,7 @@ class MultimodalTransformer(nn.Module):
             raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
         t = config.trunk
         depths = {"encoder": t.depth if config.encoder_inputs else 0,
-                  "decoder": (t.depth if t.mode == "decoder" else (t.dec_depth or t.depth)) if config.decoder_inputs else 0}  # fmt: skip
+                  "decoder": t.decoder_depth if config.decoder_inputs else 0}  # fmt: skip
         for stack, depth in depths.items():  # (checked first: a meta model of 400000 blocks takes minutes to build)
             held = {k.split(".")[2] for k in shapes if k.startswith(f"{stack}.blocks.")}
             if depth != len(held):

@@ -148,7 +148,7 @@ def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> di
     eot, t = specials[EOT], model.config.trunk
     languages = language_tokens(text_tok)  # none for an English-only model
     multilingual = bool(languages)
-    layers = t.dec_depth or t.depth
+    layers = t.decoder_depth
     config = {"decoder_start_token_id": specials[SOT], "bos_token_id": eot, "eos_token_id": eot, "pad_token_id": eot,
               # openai-whisper's sample_len, as transcribe: Whisper's generate adds the prompt's length to max_length (as the
               # Hub's Whisper configs, max_length 448); max_new_tokens met the max_length of 20 it sets and warned at every call

@@ -134,8 +134,7 @@ def named_sample(error: ValueError, check: Callable | None, micro_batches: list,
             check(inputs, targets)
         except ValueError as again:
             if str(again) == str(error):
-                first = (step - 1) * cfg.batch_size + (a * world + rank) * micro
-                index = StepSampler(n, cfg.batch_size, cfg.grad_accum, cfg.seed)._sample(first + int(found.group(1)))
+                index = batch_samples(n, cfg, step)[(a * world + rank) * micro + int(found.group(1))]  # (StepSampler's layout)
                 return f"{error}: dataset sample {index} (training step {step})"
     return str(error)
 

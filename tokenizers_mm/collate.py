@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numbers
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -230,13 +229,10 @@ def collate_examples(examples: list[dict], specs: dict | None = None) -> tuple[d
         ys = []
         for i, ex in enumerate(examples):
             y = ex["targets"][head]
-            try:  # (torch first: a Python float is float32 there, float64 in numpy)
+            try:  # (torch's: a Python float is float32, as a tensor of targets is)
                 y = torch.as_tensor(y)
             except (TypeError, ValueError, RuntimeError):
-                try:
-                    y = torch.as_tensor(np.asarray(y))
-                except (TypeError, ValueError, RuntimeError):
-                    y = None
+                y = None
             if y is None or y.dtype == torch.bool or y.is_complex():
                 raise ValueError(f"collate_examples: example {i}'s targets[{head!r}] is {ex['targets'][head]!r:.60}; expected a number "
                                  "or an array of numbers (a class id, class probabilities, regression values)")  # fmt: skip

@@ -26,7 +26,7 @@ def _same_class(a: type, b: type) -> bool:
 
 def register(name: str):
     """Class decorator: make a tokenizer class creatable by `name`: `@register("timeseries")`."""
-    if isinstance(name, type) or callable(name):
+    if callable(name):  # (a class: a bare @register)
         raise TypeError(f"register: {getattr(name, '__qualname__', name)} given as the name; decorate with @register(\"name\"), "
                         "not a bare @register")  # fmt: skip
     if not isinstance(name, str) or not name.strip():
