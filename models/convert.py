@@ -22,7 +22,7 @@ from torch import Tensor
 from tokenizers_mm import ModalitySpec
 
 from .config import HeadConfig, ModalityConfig, ModelConfig, TrunkConfig
-from .transformer import MultimodalTransformer
+from .transformer import MultimodalTransformer, read_weights
 
 
 def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: str) -> MultimodalTransformer:
@@ -376,15 +376,13 @@ def is_hf_whisper_folder(folder) -> bool:
 
 def load_hf_whisper_folder(folder) -> MultimodalTransformer:
     """Our model from a Hugging Face Whisper folder: config.json + model.safetensors (no pickles)."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     weights = folder / "model.safetensors"
     if not weights.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".json"))) or "nothing"
         raise FileNotFoundError(f"{folder}: a Whisper folder needs model.safetensors (one file; found {found})")
     model = MultimodalTransformer(whisper_model_config(json.loads((folder / "config.json").read_text())))
-    return load_hf_whisper(model, load_file(str(weights)))
+    return load_hf_whisper(model, read_weights(weights, str(folder)))
 
 
 # -- openai-whisper checkpoints (`dims` + `model_state_dict`) -------------------------------------

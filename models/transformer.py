@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import Tensor, nn
 
 from tokenizers_mm import TokenBatch, TokenSet
@@ -840,6 +840,15 @@ class MultimodalTransformer(nn.Module):
         model = cls.architecture(directory)
         load_weights(model, Path(directory) / WEIGHTS_FILE)
         return model.to(device)
+
+
+def read_weights(path: Path, where: str) -> dict[str, Tensor]:
+    """A safetensors file's tensors (another project's checkpoint: init_from), with one clear error
+    if it is damaged."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
 
 
 def load_weights(model: nn.Module, path: Path):

@@ -15,10 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from models import MultimodalTransformer, gpt2_model_config, load_gpt2
 from models.convert import check_gpt2_config
+from models.transformer import read_weights
 from tokenizers_mm import BPETokenizer, load_tokenizer
 from tokenizers_mm.base import FORMAT, read_json
 from tokenizers_mm.text_bpe import training_texts
@@ -109,7 +108,7 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     changed = take_shape(cfg, {k: v for k, v in sizes.items() if hasattr(cfg, k)}, f"init_from {folder}")  # a value given otherwise: refused
     if changed:
         print(f"gpt_bpe: the model's shape comes from init_from ({', '.join(changed)})")
-    return load_gpt2(model, load_file(str(weights)))
+    return load_gpt2(model, read_weights(weights, f"init_from {folder}"))
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -68,6 +68,12 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     (llama / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": tok.vocab_size, "hidden_size": 48}))
     with pytest.raises(ValueError, match=r"init_from \S+llama: not a GPT-2 config \(model_type 'llama'\); expected a transformers GPT2LMHeadModel"):
         build_model(Config(data=str(small_text), init_from=str(llama), **TINY), tokenizer)
+    damaged = tmp_path / "damaged"  # weights cut short (a download that stopped): one line naming the file
+    damaged.mkdir()
+    (damaged / "config.json").write_text((folder / "config.json").read_text())
+    (damaged / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(ValueError, match=r"init_from \S+damaged: \S+model.safetensors is corrupt or truncated"):
+        build_model(Config(data=str(small_text), init_from=str(damaged), **SHAPELESS), tokenizer)
     folder.rename(tmp_path / "moved")  # the checkpoint holds every weight: resume reads its architecture, not init_from
     assert cli_main(["resume", str(run), "max_steps=12"]) == 0, capsys.readouterr().err[-2000:]
     assert sorted((run / "checkpoints").glob("step-*"))[-1].name == "step-0000012"
