@@ -78,7 +78,7 @@ def build_data(cfg: Config, tokenizer: BPETokenizer | None = None):
         if getattr(cfg, key):
             tokenizer = load_bpe(getattr(cfg, key), cfg, key)
         else:
-            texts = training_texts(train_text)
+            texts = training_texts(train_text, cfg.pattern)
             tokenizer = BPETokenizer.train(texts, cfg.vocab_size, pattern=cfg.pattern, max_positions=cfg.block_size)
             if tokenizer.vocab_size < cfg.vocab_size:  # (run.json records the vocabulary the run has)
                 print(f"gpt_bpe: vocab_size={cfg.vocab_size:,}: the training text ran out of pairs to merge at {tokenizer.vocab_size:,} tokens")

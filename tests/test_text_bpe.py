@@ -207,6 +207,10 @@ def test_training_on_cut_text_learns_what_the_whole_text_teaches(pattern, tmp_pa
     assert BPETokenizer.train(parts, 600, pattern=pattern).ranks == whole.ranks
     (tmp_path / "code.py").write_text(code)
     assert BPETokenizer.train_from_files(tmp_path / "code.py", 600, pattern=pattern).ranks == whole.ranks
+    if pattern == "gpt2":  # a pattern of one's own may join a newline to the next line ("\nThe"): its text stays whole
+        own = r"\s*\S+|\s+"
+        assert training_texts(code, own) == [code]
+        assert BPETokenizer.train_from_files(tmp_path / "code.py", 600, pattern=own).ranks == BPETokenizer.train([code], 600, pattern=own).ranks
     by_line = BPETokenizer.train(code.splitlines(keepends=True), 600, pattern=pattern)
     assert len(whole.encode_ids(code, disallowed_special=())) < len(by_line.encode_ids(code, disallowed_special=()))
 

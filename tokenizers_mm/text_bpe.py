@@ -315,12 +315,15 @@ def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = Fals
     return ranks
 
 
-def training_texts(text: str) -> list[str]:
+def training_texts(text: str, pattern: str = "gpt2") -> list[str]:
     """A text cut into the parts BPE training reads: at each newline between two non-space
     characters, where GPT-2's and GPT-4's patterns end a piece whatever follows, so training sees
     the pieces that encoding the whole text makes (cut at every newline, "\n    " of indented text
     would never be learned, and "  \n" learned though encoding never makes it), in parts that the
-    trainer spreads over threads."""
+    trainer spreads over threads. With a pattern of your own, which may join a newline to what
+    follows ("\s*\S+"), the text stays whole."""
+    if PATTERNS.get(pattern, pattern) not in PATTERNS.values():
+        return [text] if text else []
     return [part for part in re.split(r"(?<=\S\n)(?=\S)", text) if part]
 
 
@@ -412,7 +415,8 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train_from_files(cls, paths, vocab_size: int, **kw) -> "BPETokenizer":
         """`train` on UTF-8 files (a path or a list), each as one text (cut by `training_texts`)."""
-        return cls.train([part for text in read_training_files(paths) for part in training_texts(text)], vocab_size, **kw)
+        texts = read_training_files(paths)
+        return cls.train([part for text in texts for part in training_texts(text, kw.get("pattern", "gpt2"))], vocab_size, **kw)
 
     @classmethod
     def whisper(cls, ranks_file, n_vocab: int, max_positions: int = 448) -> "BPETokenizer":
