@@ -193,10 +193,11 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     tokenizer and model builders)."""
     run_dir = resolve_run_dir(cfg, recipe)
     tokenizer = load_tokenizer(run_dir / "tokenizers" / "text") if resume else None
+    resumed = resume and resumed_architecture(run_dir, {"text": tokenizer})  # (checked against the tokenizer before it encodes)
     tokenizer, train_set, val_set = build_data(cfg, tokenizer)
     set_seed(cfg.seed)
     # note: build_model may fill in sizes (gpt_bpe's init_from), so before run.json
-    model = (resume and resumed_architecture(run_dir)) or build_model(cfg, tokenizer)
+    model = resumed or build_model(cfg, tokenizer)
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "text")

@@ -216,14 +216,30 @@ def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
     write_json_atomic(run_dir / RUN_FILE, {"recipe": recipe, "format": RUN_FORMAT, "config": config})
 
 
-def resumed_architecture(run_dir) -> MultimodalTransformer | None:
+def resumed_architecture(run_dir, tokenizers: dict | None = None) -> MultimodalTransformer | None:
     """A resumed run's model as its checkpoint describes it (train() then loads the weights): a run
     started from imported weights (init_from=) resumes without that file, and in the architecture it
-    was built with. None before its first checkpoint (it starts again from step 0: built anew)."""
+    was built with; checked against the run's `tokenizers`. None before its first checkpoint (it
+    starts again from step 0: built anew)."""
     ckpt = held_checkpoint(run_dir)
-    if ckpt is not None:
-        verify_latest(ckpt)  # a damaged config.json: refused naming the older checkpoint that verifies (train() loads it)
-    return None if ckpt is None else MultimodalTransformer.architecture(ckpt)
+    if ckpt is None:
+        return None
+    verify_latest(ckpt)  # a damaged config.json: refused naming the older checkpoint that verifies (train() loads it)
+    return check_tokenizers(MultimodalTransformer.architecture(ckpt), tokenizers or {}, run_dir)
+
+
+def check_tokenizers(model: MultimodalTransformer, tokenizers: dict, run_dir) -> MultimodalTransformer:
+    """Refuse a run's tokenizer whose vocabulary or value width is not what the model embeds (its
+    files edited or replaced since training): ids past the embedding fail later, ids within it
+    decode to other text without a word."""
+    for name, tok in tokenizers.items():
+        held = model.config.modalities.get(name)
+        for key in ("vocab_size", "value_dim"):
+            mine, theirs = getattr(tok.spec, key), held and getattr(held, key)
+            if None not in (mine, theirs) and mine != theirs:
+                raise ValueError(f"run {run_dir}: tokenizers/{name} has {key} {mine}, the model's {name!r} embedding {theirs}: "
+                                 "its files changed since training")  # fmt: skip
+    return model
 
 
 def update_run_info(run_dir, **changes) -> None:
@@ -286,7 +302,7 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     model = MultimodalTransformer.load(ckpt, device).eval()
     tok_root = run_dir / "tokenizers"
     tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
-    return model, tokenizers
+    return check_tokenizers(model, tokenizers, run_dir), tokenizers
 
 
 class OneDevice:

@@ -155,7 +155,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
     else:
         tokenizer = make_tokenizer(cfg, mean, std)
     set_seed(cfg.seed)
-    model = (resume and resumed_architecture(run_dir)) or (build or build_model)(cfg, tokenizer, len(classes))
+    model = (resume and resumed_architecture(run_dir, {"image": tokenizer})) or (build or build_model)(cfg, tokenizer, len(classes))
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "image")

@@ -728,7 +728,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
     run_dir = resolve_run_dir(cfg, recipe)
     audio_tok, text_tok, train_set, test_set, model = build_data(cfg, run_dir if resume else None)
     set_seed(cfg.seed)
-    model = (resume and resumed_architecture(run_dir)) or model or build_model(cfg, audio_tok, text_tok)
+    model = (resume and resumed_architecture(run_dir, {"audio": audio_tok, "text": text_tok})) or model or build_model(cfg, audio_tok, text_tok)
     if not resume:
         save_run_info(run_dir, recipe, cfg)
         audio_tok.save(run_dir / "tokenizers" / "audio")

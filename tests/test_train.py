@@ -253,6 +253,23 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text,
         assert f"argument {flag}: expected" in capsys.readouterr().err
 
 
+def test_a_tokenizer_changed_since_training_is_refused(tmp_path, trained, capsys):
+    """A run's tokenizer edited to fewer characters would decode other text without a word: eval,
+    generate and resume name the tokenizer and the model's vocabulary."""
+    from recipes.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    path = run / "tokenizers" / "text" / "tokenizer.json"
+    doc = json.loads(path.read_text())
+    doc["config"]["chars"] = doc["config"]["chars"][:-1]
+    path.write_text(json.dumps(doc))
+    for cmd in (["eval", str(run)], ["generate", str(run), "--max-new-tokens", "2"], ["resume", str(run), "max_steps=21"]):
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert "tokenizers/text has vocab_size" in err and "the model's 'text' embedding" in err and err.count("\n") == 1, err
+
+
 def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text):
     from recipes.cli import main
 

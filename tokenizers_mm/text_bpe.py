@@ -321,7 +321,7 @@ def training_texts(text: str, pattern: str = "gpt2") -> list[str]:
     the pieces that encoding the whole text makes (cut at every newline, "\n    " of indented text
     would never be learned, and "  \n" learned though encoding never makes it), in parts that the
     trainer spreads over threads. With a pattern of your own, which may join a newline to what
-    follows ("\s*\S+"), the text stays whole."""
+    follows, the text stays whole."""
     if PATTERNS.get(pattern, pattern) not in PATTERNS.values():
         return [text] if text else []
     return [part for part in re.split(r"(?<=\S\n)(?=\S)", text) if part]
