@@ -127,8 +127,12 @@ def split_text(cfg: Config) -> tuple[str, str]:
 
 
 def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1, what: str = "the text", key: str = "block_size") -> Windows:
-    """Encode a text (special-token strings in it become special tokens) into windows."""
-    ids = torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64))
+    """Encode a text (special-token strings in it become special tokens) into windows; a character
+    the tokenizer lacks (a resumed run's data changed) is named with `what` it is in."""
+    try:
+        ids = torch.as_tensor(np.asarray(tokenizer.encode_ids(text, allowed_special="all"), dtype=np.int64))
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
     return Windows(ids, cfg.block_size, stride, what, key)
 
 
@@ -226,10 +230,7 @@ def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
         return make_evaluate(cfg, val_set)(model, accelerator)
     cfg.data = data
     text, val = read_text(cfg)
-    try:
-        windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size)
-    except ValueError as e:  # (a character or token the run's tokenizer lacks): which data it is in
-        raise ValueError(f"--data {data}: {e}") from None
+    windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size, what=f"--data {data}")
     loss, scored = mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)), len(windows) * cfg.block_size
     tail = len(windows.ids) - 1 - scored  # the targets after the last whole window: one more window, ending at the text's end,
     if tail > 0:  # scores them alone (its loss mask), weighted by their count

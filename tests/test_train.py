@@ -260,6 +260,9 @@ def test_a_tokenizer_changed_since_training_is_refused(tmp_path, trained, capsys
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
+    (tmp_path / "new.txt").write_text("zebra ЖЖ " * 100, encoding="utf-8")  # text of characters the run never saw: named where
+    assert main(["eval", str(run), "--data", str(tmp_path / "new.txt")]) == 2
+    assert f"--data {tmp_path / 'new.txt'}: text_char: character 'Ж' (at offset 6) is not in the vocabulary" in capsys.readouterr().err
     path = run / "tokenizers" / "text" / "tokenizer.json"
     doc = json.loads(path.read_text())
     doc["config"]["chars"] = doc["config"]["chars"][:-1]
