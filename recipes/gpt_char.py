@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
+from tokenizers_mm.base import read_utf8
 
 from .config import TrainConfig
 from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset
@@ -73,18 +74,7 @@ def load_text(path: str) -> str:
     if p.is_dir():
         raise ValueError(f"data {p} is a folder but not a dataset: {not_a_dataset(p)}; expected a UTF-8 text file, "
                          "a JSON lines / CSV / TSV / Parquet file or a folder of them, or a Hugging Face dataset (save_to_disk)")  # fmt: skip
-    try:
-        raw = p.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"data file {p} does not exist") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        packed = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\x04": "zip", b"(\xb5/\xfd": "zstd"}
-        kind = next((k for magic, k in packed.items() if raw.startswith(magic)), None)
-        if kind:  # (a .txt.gz: compressed text, not text with a bad byte)
-            raise ValueError(f"data file {p} is {kind}-compressed; decompress it, or give JSON lines / CSV (.jsonl.gz, .csv.gz) read as rows") from None
-        raise ValueError(f"data file {p} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    text = read_utf8(p, "data file", "decompress it, or give JSON lines / CSV (.jsonl.gz, .csv.gz) read as rows")
     if len(text) < 2:
         raise ValueError(f"data file {p} holds {len(text)} characters; need text to learn from")
     return text

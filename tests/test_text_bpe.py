@@ -1,6 +1,7 @@
 """Byte-level BPE: parity with tiktoken and Hugging Face `tokenizers` on GPT-2's vocabulary,
 round trips on arbitrary Unicode, training, special tokens, formats and bad input."""
 
+import gzip
 import importlib.util
 import inspect
 import json
@@ -152,6 +153,13 @@ def test_train_from_files_and_bad_input(tmp_path):
     assert BPETokenizer.train_from_files(str(good), vocab_size=270).ranks == tok.ranks  # one path as a list of one
     with pytest.raises(FileNotFoundError, match=r"^training file .*none.txt does not exist$"):
         BPETokenizer.train_from_files([good, tmp_path / "none.txt"], vocab_size=270)
+    with pytest.raises(ValueError, match=r"^training file \S+ is a folder; expected a UTF-8 text file$"):
+        BPETokenizer.train_from_files([tmp_path], vocab_size=270)
+    (tmp_path / "good.txt.gz").write_bytes(gzip.compress(good.read_bytes()))
+    with pytest.raises(ValueError, match=r"^training file \S+good.txt.gz is gzip-compressed; decompress it$"):
+        BPETokenizer.train_from_files([tmp_path / "good.txt.gz"], vocab_size=270)
+    (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + good.read_bytes())  # a byte-order mark (Windows editors) is no text
+    assert BPETokenizer.train_from_files(tmp_path / "bom.txt", vocab_size=270).ranks == tok.ranks
 
 
 def test_corrupt_vocabulary_files(tmp_path, gpt2):
@@ -175,6 +183,11 @@ def test_corrupt_vocabulary_files(tmp_path, gpt2):
     (tmp_path / "merges.txt").write_text("#version: 0.2\na b\nab c d\n")  # the bad merge is the file's line 3
     with pytest.raises(ValueError, match="merges.txt, line 3: expected two tokens"):
         BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    (tmp_path / "merges.txt").write_bytes(b"#version: 0.2\na b\n\xff\n")
+    with pytest.raises(ValueError, match=r"^GPT-2 merges \S+merges.txt is not UTF-8 \(invalid byte 0xff at offset 18\)$"):
+        BPETokenizer.from_gpt2_files(tmp_path / "vocab.json", tmp_path / "merges.txt")
+    with pytest.raises(FileNotFoundError, match=r"^GPT-2 vocabulary \S+none.json does not exist$"):
+        BPETokenizer.from_gpt2_files(tmp_path / "none.json", tmp_path / "merges.txt")
 
 
 def test_batch_encoding_matches_single(gpt2):

@@ -112,6 +112,30 @@ def source_bytes(source, what: str, error: type[Exception]) -> bytes:
     return data
 
 
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"PK\x03\x04": "zip", b"(\xb5/\xfd": "zstd"}  # magic bytes
+
+
+def read_utf8(path, what: str, compressed: str = "decompress it") -> str:
+    """A UTF-8 text file's text (a leading byte-order mark dropped: editors on Windows write one), or
+    one clear error naming `what` file and why: missing, a folder, compressed (`compressed`: what
+    to do instead), or the offset of its first invalid byte."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{what} {p} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"{what} {p} is a folder; expected a UTF-8 text file") from None
+    bom = 3 if raw.startswith(b"\xef\xbb\xbf") else 0
+    try:
+        return raw[bom:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        kind = next((k for magic, k in COMPRESSED_MAGIC.items() if raw.startswith(magic)), None)
+        if kind:  # (a .txt.gz: compressed text, not text with a bad byte)
+            raise ValueError(f"{what} {p} is {kind}-compressed; {compressed}") from None
+        raise ValueError(f"{what} {p} is not UTF-8 (invalid byte 0x{raw[bom + e.start]:02x} at offset {bom + e.start})") from None
+
+
 def read_json(path: Path, what: str) -> dict:
     """Read a JSON object, or raise one clear error naming the file."""
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Tokenizer, id_list
+from .base import Tokenizer, id_list, read_utf8
 from .registry import register
 from .text_char import ENDOFTEXT, check_specials
 from .tokenset import TokenSet
@@ -107,10 +107,10 @@ def bytes_to_unicode() -> dict[int, str]:
 def read_gpt2_files(vocab_json, merges_txt) -> tuple[dict[bytes, int], dict[str, int]]:
     """GPT-2's `vocab.json` (token -> id) + `merges.txt` -> (ranks, special tokens)."""
     try:
-        vocab = json.loads(Path(vocab_json).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        vocab = json.loads(read_utf8(vocab_json, "GPT-2 vocabulary"))
+    except json.JSONDecodeError as e:
         raise ValueError(f"GPT-2 vocabulary {vocab_json} is not valid JSON ({e})") from None
-    merges = Path(merges_txt).read_text(encoding="utf-8").splitlines()
+    merges = read_utf8(merges_txt, "GPT-2 merges").splitlines()
     first = 1  # the file's line number of merges[0]
     if merges and merges[0].startswith("#version"):
         merges, first = merges[1:], 2
@@ -123,10 +123,10 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]
     transformers 5, without vocab.json + merges.txt) -> (ranks, special tokens, split pattern)."""
     where = f"tokenizer {path}"
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(read_utf8(path, "tokenizer"))
         model = doc["model"]
         kind, vocab, merges = model["type"], model["vocab"], model["merges"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{where} is not a Hugging Face tokenizer.json with a model's vocab and merges ({type(e).__name__}: {e})") from None
     if kind != "BPE":
         raise ValueError(f"{where}: a {kind} model; expected byte-level BPE (GPT-2's)")
@@ -329,17 +329,7 @@ def training_texts(text: str, pattern: str = "gpt2") -> list[str]:
 
 def read_training_files(paths) -> list[str]:
     """Read UTF-8 training files; a file with invalid bytes is refused with its name and offset."""
-    texts = []
-    for p in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):  # (one path, or a list of them)
-        try:
-            raw = p.read_bytes()
-        except FileNotFoundError:
-            raise FileNotFoundError(f"training file {p} does not exist") from None
-        try:
-            texts.append(raw.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise ValueError(f"training file {p} is not UTF-8 (invalid byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    return texts
+    return [read_utf8(p, "training file") for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]  # (one path, or a list)
 
 
 # -- the tokenizer --------------------------------------------------------------------------------
