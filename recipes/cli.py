@@ -69,16 +69,16 @@ def cmd_resume(args):
 
 def resume_run(args, module, cfg):
     """`mmtok resume` under the run's lock: its overrides checked, recorded, and the run continued."""
-    from .checkpoint import checkpoint_step, latest_checkpoint, verify_latest
-    from .runs import launched_processes, update_run_info
+    from .checkpoint import checkpoint_step, latest_checkpoint
+    from .runs import RESUME_OVERRIDES, launched_processes
 
     given = parse_overrides(args.overrides)
     for k in given:
-        if k not in ("max_steps", "lr_decay_steps", "fsdp"):
+        if k not in RESUME_OVERRIDES:
             raise ConfigError(f"resume takes only max_steps=N, lr_decay_steps=N and fsdp=true|false as overrides, got {k!r}")
     apply_values(cfg, given, "the command line")
-    # note: every override checked before run.json records any (a refused resume changes nothing); the run's other
-    # values were checked when it started (or by older rules)
+    # note: every override checked here; train() records them in run.json once training starts (record_resumed), so a
+    # refused resume changes nothing; the run's other values were checked when it started (or by older rules)
     if "max_steps" in given:
         last = latest_checkpoint(args.run_dir)
         done = checkpoint_step(last) if last is not None else 0
@@ -88,17 +88,14 @@ def resume_run(args, module, cfg):
             raise ConfigError(f"max_steps={cfg.max_steps}: the run's last checkpoint is at step {done}; resume trains on to a later step")
     if "lr_decay_steps" in given and cfg.lr_decay_steps < 0:
         raise ConfigError(f"lr_decay_steps={cfg.lr_decay_steps} must be at least 0")
-    if "fsdp" in given and cfg.fsdp:  # (how the run is spread, not what it trains: checkpoints load either way)
+    if getattr(cfg, "fsdp", False):  # (how the run is spread, not what it trains: checkpoints load either way)
         if launched_processes() < 2:
-            raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
-        if hasattr(cfg, "check"):
-            cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist), not once run.json records it
+            raise ConfigError(f"fsdp=true{'' if 'fsdp' in given else ' (the run was started so)'} shards the model over processes: "
+                              "launch 2 or more with torchrun or accelerate launch, or resume with fsdp=false")  # fmt: skip
+        if "fsdp" in given and hasattr(cfg, "check"):
+            cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist)
     if hasattr(cfg, "check_precision"):
         cfg.check_precision(resume=True)  # (on this machine: a run started on a GPU)
-    if given:
-        if (last := latest_checkpoint(args.run_dir)) is not None:
-            verify_latest(last)  # a checkpoint the resume would refuse: refused before run.json records the overrides
-        update_run_info(args.run_dir, **{k: getattr(cfg, k) for k in given})  # a later plain resume / eval keeps them
     module.main(cfg, resume=True)
 
 

@@ -242,12 +242,24 @@ def check_tokenizers(model: MultimodalTransformer, tokenizers: dict, run_dir) ->
     return model
 
 
+RESUME_OVERRIDES = ("max_steps", "lr_decay_steps", "fsdp")  # what `mmtok resume RUN key=value` may change
+
+
 def update_run_info(run_dir, **changes) -> None:
     """Change config values in a run's run.json (resume's max_steps=N)."""
     path = Path(run_dir) / RUN_FILE
     doc = read_json(path, "run")
-    doc["config"].update(changes)
-    write_json_atomic(path, doc)
+    if any(doc["config"].get(k) != v for k, v in changes.items()):
+        doc["config"].update(changes)
+        write_json_atomic(path, doc)
+
+
+def record_resumed(run_dir, cfg) -> None:
+    """Write a resumed run's RESUME_OVERRIDES into its run.json once its training starts (its data,
+    model and checkpoint read): a later plain resume or eval keeps them, and a resume refused on the
+    way (its data file gone, fsdp=true in one process) changes nothing."""
+    if (Path(run_dir) / RUN_FILE).exists():
+        update_run_info(run_dir, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES if hasattr(cfg, k)})
 
 
 def load_run_info(run_dir):

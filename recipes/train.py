@@ -42,7 +42,7 @@ from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, 
                          verify_latest, write_checkpoint)
 from .config import TrainConfig, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
-from .runs import gloo_quiet, launched_processes
+from .runs import gloo_quiet, launched_processes, record_resumed
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -480,6 +480,8 @@ def train(
         set_seed(cfg.seed + accelerator.process_index)  # augmentation; one process keeps cfg.seed (the model was built before)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            record_resumed(run_dir, cfg)
         # forget what was logged after the checkpoint (all of it when starting from step 0);
         # note: through a temporary file, so a kill here cannot empty the log
         rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]

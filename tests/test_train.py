@@ -245,6 +245,14 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text,
     assert "max_steps=12: the run's last checkpoint is at step 20; resume trains on to a later step" in capsys.readouterr().err
     assert main(["resume", str(tmp_path / "run"), "max_steps=30", "fsdp=true"]) == 2  # fsdp=true in one process
     assert "fsdp=true shards the model over processes" in capsys.readouterr().err
+    small_text.rename(tmp_path / "moved.txt")  # refused once the recipe reads its data: run.json is written only when training starts
+    assert main(["resume", str(tmp_path / "run"), "max_steps=30"]) == 2 and "does not exist" in capsys.readouterr().err
+    small_text.write_text((tmp_path / "moved.txt").read_text())
+    doc = json.loads(kept)  # a run started with fsdp=true, resumed in one process: named, with the way out
+    (tmp_path / "run" / "run.json").write_text(json.dumps({**doc, "config": {**doc["config"], "fsdp": True}}))
+    assert main(["resume", str(tmp_path / "run")]) == 2
+    assert "fsdp=true (the run was started so) shards the model over processes: launch 2 or more" in capsys.readouterr().err
+    (tmp_path / "run" / "run.json").write_bytes(kept)
     assert (tmp_path / "run" / "run.json").read_bytes() == kept and json.loads(kept)["config"]["max_steps"] == 20
     # generate: a temperature below 0 or no new tokens is refused, as training's sampling settings are
     for flag, value in (("--temperature", "-1"), ("--max-new-tokens", "0")):
