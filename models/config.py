@@ -104,7 +104,7 @@ class ModalityConfig:
 
     @property
     def spec(self) -> ModalitySpec:
-        return ModalitySpec(self.modality, tuple(self.token_types), self.max_positions, self.vocab_size, self.value_dim)
+        return ModalitySpec(self.modality, self.token_types, self.max_positions, self.vocab_size, self.value_dim)  # (a string refused there)
 
 
 @dataclass

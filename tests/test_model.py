@@ -275,9 +275,14 @@ def test_config_errors():
     spec = dict(modality="ts", token_types=("a",), max_positions=4, value_dim=2)
     for change, message in ((dict(token_types="point"), r"got the string 'point' \(a tuple of one needs its comma: \('point',\)\)"),
                             (dict(token_types=["a", "a"]), r"must be distinct non-empty names \(\['a'\] twice\)"),
-                            (dict(modality=""), "a modality's name must be a non-empty string")):  # fmt: skip
+                            (dict(modality=""), "a modality's name must be a non-empty string"),
+                            (dict(max_positions="16"), r"max_positions must be a whole number >= 1, got '16'"),
+                            (dict(value_dim=2.5), r"value_dim must be a whole number >= 1, got 2.5"),
+                            (dict(value_dim=0), r"value_dim must be a whole number >= 1, got 0")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             ModalitySpec(**{**spec, **change})
+    with pytest.raises(ValueError, match=r"got the string 'point'"):  # the model's config refuses it as the tokenizer's spec does
+        ModalityConfig("ts", "point", 4, value_dim=2)
     ts = ModalityConfig.from_spec(ModalitySpec(**spec))
     for mods, heads, message in (({"keys": ts}, {}, r"modality names \['keys'\]: a name is a non-empty string without '\.'"),
                                  ({"a.b": ts}, {}, r"modality names \['a\.b'\]"),

@@ -14,6 +14,7 @@ value width, the number of positions, the token types. See DESIGN.md, "The contr
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -43,16 +44,19 @@ class ModalitySpec:
         if bad or twice:
             raise ValueError(f"modality {self.modality!r}: token_types {list(self.token_types)} must be distinct non-empty names"
                              f"{f' ({twice} twice)' if twice else ''}")  # fmt: skip
+        for key in ("max_positions", "vocab_size", "value_dim"):  # (a tokenizer.json's "16" or -1: named here, not at embedding)
+            v = getattr(self, key)
+            if v is not None or key == "max_positions":
+                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+                    raise ValueError(f"modality {self.modality!r}: {key} must be a whole number >= 1, got {v!r}")
+                object.__setattr__(self, key, int(v))
         if (self.vocab_size is None) == (self.value_dim is None):
             raise ValueError(
                 f"modality {self.modality!r}: declare exactly one of vocab_size and value_dim "
                 f"(got vocab_size={self.vocab_size}, value_dim={self.value_dim})"
             )
-        if self.max_positions < 1 or not self.token_types:
-            raise ValueError(
-                f"modality {self.modality!r}: need max_positions >= 1 and at least one token type "
-                f"(got {self.max_positions}, {self.token_types})"
-            )
+        if not self.token_types:
+            raise ValueError(f"modality {self.modality!r}: need at least one token type")
 
     def to_dict(self) -> dict:
         return {**asdict(self), "token_types": list(self.token_types)}
