@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from tokenizers_mm.base import read_utf8
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -177,7 +179,7 @@ def _coerce(key: str, raw, tp):
             if not isinstance(raw, (str, int, float)) or isinstance(raw, bool):
                 raise ValueError
             return str(raw)
-    except ValueError:
+    except (ValueError, TypeError):  # (TypeError: int() of a list or None)
         pass
     else:
         raise ConfigError(f"config key {key!r} has an unsupported type {tp}")
@@ -191,11 +193,15 @@ SHORT.maxstring = SHORT.maxother = 300
 
 def apply_values(cfg, values: dict, source: str):
     hints = typing.get_type_hints(type(cfg))
-    valid = [f.name for f in dataclasses.fields(cfg) if f.name not in getattr(cfg, "NOT_USED", ())]
+    names = [f.name for f in dataclasses.fields(cfg)]  # (not the class's tables: AT_LEAST, NOT_USED)
     for key, raw in values.items():
-        if key not in hints:
+        if key not in names:
+            valid = [n for n in names if n not in getattr(cfg, "NOT_USED", ())]
             raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")
-        setattr(cfg, key, _coerce(key, raw, hints[key]))
+        try:
+            setattr(cfg, key, _coerce(key, raw, hints[key]))
+        except ConfigError as e:
+            raise ConfigError(f"{e} in {source}") from None
     return cfg
 
 
@@ -209,13 +215,37 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
+def _key_twice(node) -> yaml.Node | None:
+    """The first mapping key given twice in a composed YAML document (PyYAML keeps the last: an
+    `lr:` further down would silently win), or None."""
+    if isinstance(node, yaml.MappingNode):
+        seen = set()
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in seen:
+                    return key
+                seen.add(key.value)
+            if (twice := _key_twice(value)) is not None:
+                return twice
+    elif isinstance(node, yaml.SequenceNode):
+        return next((t for item in node.value if (t := _key_twice(item)) is not None), None)
+    return None
+
+
 def read_yaml(path: Path) -> dict:
     try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        text = read_utf8(path, "config file")
+        twice = _key_twice(yaml.compose(text, Loader=yaml.SafeLoader))  # (nodes only: nothing constructed)
+        if twice is not None:
+            m = twice.start_mark
+            raise ConfigError(f"config file {path} is not valid YAML: key {twice.value!r} is given twice (line {m.line + 1}, column {m.column + 1})")
+        doc = yaml.safe_load(text)
+    except (FileNotFoundError, ValueError) as e:  # missing, a folder, not UTF-8
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"config file {path} is not valid YAML: {getattr(e, 'problem', None) or str(e).splitlines()[0]}{where}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str):
         raise ConfigError(f"config file {path} must be a mapping with a 'recipe:' name")
     return doc

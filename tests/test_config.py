@@ -12,8 +12,13 @@ def test_overrides_are_type_checked():
         apply_values(Config(), {"max_steps": "ten"}, "cli")
     with pytest.raises(ConfigError, match="'bias' expects bool"):
         apply_values(Config(), {"bias": "maybe"}, "cli")
-    with pytest.raises(ConfigError, match="expects int, got 2.5"):
-        apply_values(Config(), {"depth": 2.5}, "yaml")
+    with pytest.raises(ConfigError, match="expects int, got 2.5 in mine.yaml$"):  # where the value came from
+        apply_values(Config(), {"depth": 2.5}, "mine.yaml")
+    for raw in ([1, 2], None, {"a": 1}):  # YAML's other shapes: int() or float() of them raised a bare TypeError
+        with pytest.raises(ConfigError, match=r"'max_steps' expects int, got "):
+            apply_values(Config(), {"max_steps": raw}, "yaml")
+    with pytest.raises(ConfigError, match="'lr' expects float, got None"):
+        apply_values(Config(), {"lr": None}, "yaml")
 
 
 def test_unknown_key_lists_valid_keys():
@@ -27,6 +32,8 @@ def test_unknown_key_lists_valid_keys():
     assert "context" in listed and OfflineConfig.NOT_USED and not set(OfflineConfig.NOT_USED) & set(listed)
     with pytest.raises(ConfigError, match="not of the form key=value"):
         parse_overrides(["max_steps"])
+    with pytest.raises(ConfigError, match="unknown config key 'AT_LEAST'"):  # the class's tables are no keys
+        apply_values(Config(), {"AT_LEAST": "1"}, "cli")
 
 
 def test_named_and_file_configs(tmp_path):
@@ -37,6 +44,14 @@ def test_named_and_file_configs(tmp_path):
     assert make_config(str(path), [])[2].dim == 64
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         make_config("nope", [])
+    path.write_text("recipe: gpt_char\ndim: 64\nlr: 1e-3\ndim: 32\n")  # PyYAML keeps the last of a key given twice
+    with pytest.raises(ConfigError, match=r"mine.yaml is not valid YAML: key 'dim' is given twice \(line 4, column 1\)$"):
+        make_config(str(path), [])
+    path.write_bytes(b"recipe: gpt_char\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"^config file \S+mine.yaml is not UTF-8 \(invalid byte 0xe9 at offset 22\)$"):
+        make_config(str(path), [])
+    with pytest.raises(ConfigError, match=r"is a folder; expected a UTF-8 text file"):
+        read_yaml(tmp_path)
 
 
 def test_yaml_cannot_name_python_objects(tmp_path):
