@@ -517,6 +517,8 @@ def main(argv=None) -> int:
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
         close_progress_bars()
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        if isinstance(e, OSError) and e.filename is None and e.strerror:  # our own "cannot write OUT: ..." (no "[Errno 30]")
+            msg = e.strerror
         print(f"mmtok: error: {msg}", file=sys.stderr)
         return 2
     except RuntimeError as e:

@@ -321,10 +321,13 @@ def export(run_dir, out) -> dict:
             raise ValueError(f"export: {out.name}: a .pt file is openai-whisper's checkpoint, for speech runs on Whisper's weights; "
                              f"this run exports to a folder ({FORMATS[kind]})")  # fmt: skip
         kind = "openai-whisper"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(out)
     tmp = out.parent / f".{out.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:8]}.partial"  # one of its own per export
-    tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(out)
+        tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
+    except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
+        raise OSError(e.errno, f"export: cannot write {out}: {e.strerror or e}") from None
     try:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)

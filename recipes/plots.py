@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tokenizers_mm.base import atomic_path
+
 
 def subplots(*args, **kwargs):
     """`plt.subplots` on the Agg backend (no display needed)."""
@@ -20,6 +22,9 @@ def save_png(fig, path, dpi: int = 110) -> Path:
     import matplotlib.pyplot as plt
 
     fig.tight_layout()
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.1)  # note: titles above square images stay whole
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:  # (a full disk leaves the last picture, not an empty file)
+            fig.savefig(tmp, format=Path(path).suffix[1:] or "png", dpi=dpi, bbox_inches="tight", pad_inches=0.1)  # note: titles
+    finally:  # above square images stay whole
+        plt.close(fig)
     return Path(path)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
+from tokenizers_mm.base import write_json_atomic, write_text_atomic
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
@@ -434,8 +435,11 @@ def evaluate_whole(evaluate: Callable, model: nn.Module, full: nn.Module, accele
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(run_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    try:
+        with open(run_dir / METRICS_FILE, "a") as f:
+            f.write(json.dumps(row) + "\n")
+    except OSError as e:  # (a full disk: the checkpoints hold the run; a torn last line is skipped when read)
+        raise OSError(e.errno, f"cannot write {run_dir / METRICS_FILE}: {e.strerror or e}") from None
 
 
 def train(
@@ -485,9 +489,7 @@ def train(
         # forget what was logged after the checkpoint (all of it when starting from step 0);
         # note: through a temporary file, so a kill here cannot empty the log
         rows = [r for r in read_metrics(run_dir) if r["step"] <= start_step]
-        tmp = run_dir / f".{METRICS_FILE}.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        tmp.replace(run_dir / METRICS_FILE)
+        write_text_atomic(run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in rows))
         if accelerator.log_with:
             accelerator.init_trackers("tb")
     if cfg.grad_checkpoint:  # every stack recomputes its blocks in the backward pass (models/blocks.py)
@@ -608,7 +610,7 @@ def train(
         full.to(accelerator.device)
     if accelerator.is_main_process:
         plot_metrics(run_dir)
-        (run_dir / "results.json").write_text(json.dumps({"step": max(start_step, cfg.max_steps), **metrics}, indent=2))
+        write_json_atomic(run_dir / "results.json", {"step": max(start_step, cfg.max_steps), **metrics})
     for tracker in accelerator.trackers:  # note: not end_training(), which also destroys the process group: a recipe may
         tracker.finish()  # train again in this process (dt's behaviour-cloning baseline); the CLI ends the group at exit
     # note: drop the training objects (ours and Accelerate's references) and collect them now, so a DDP / sharded model's

@@ -249,6 +249,12 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     assert "vit_race appeared while exporting (another export?)" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "vit_race").iterdir()] == ["theirs.txt"]
     assert not list(tmp_path.glob(".*partial"))
+    import errno  # a read-only file system: named by the folder meant, not its temporary
+
+    monkeypatch.setattr(export_module.Path, "mkdir", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.EROFS, "Read-only file system")))
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "ro")]) == 2
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip() == f"mmtok: error: export: cannot write {tmp_path / 'ro'}: Read-only file system"
     # what an export killed mid-write left (its process gone) goes with the next export to that OUT; a live one's stays
     from recipes.export import HOST
 

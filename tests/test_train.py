@@ -682,3 +682,33 @@ def test_a_sample_the_model_refuses_is_named_by_its_dataset_index(tmp_path):
     with pytest.raises(ValueError, match=rf"position 11 is beyond the declared table of 8 positions \(sample \d of the batch\): "
                                          rf"dataset sample 27 \(training step {step}\)"):  # fmt: skip
         train(cfg, model, Series(), collate_examples, None, tmp_path / "run")
+
+
+def test_a_full_disk_at_the_end_of_a_run_leaves_the_last_files_and_names_them(tmp_path, monkeypatch):
+    """loss.png and results.json are written through a temporary and a rename: a full disk leaves the
+    last ones whole (an empty loss.png before), and its error names the file meant."""
+    import errno
+
+    import matplotlib.figure
+
+    from recipes.plots import save_png, subplots
+    from recipes.train import METRICS_FILE, append_metrics
+
+    path = tmp_path / "loss.png"
+    fig, ax = subplots()
+    ax.plot([1, 2])
+    save_png(fig, path)
+    before = path.read_bytes()
+
+    def full(self, target, **kw):
+        Path(target).write_bytes(b"\x89PNG")  # (some of it written, then the disk is full)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", full)
+    fig, ax = subplots()
+    with pytest.raises(OSError, match=rf"cannot write {re.escape(str(path))}: No space left on device"):
+        save_png(fig, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+    (tmp_path / METRICS_FILE).mkdir()  # (an append that fails: named)
+    with pytest.raises(OSError, match=rf"cannot write {re.escape(str(tmp_path / METRICS_FILE))}: "):
+        append_metrics(tmp_path, {"step": 1})

@@ -50,15 +50,23 @@ def write_json_atomic(path: Path, obj) -> None:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write UTF-8 text through a temporary file and rename, so a reader never sees half a file."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@contextmanager
+def atomic_path(path):
+    """A temporary path beside `path` to write, renamed onto `path` when the block ends: a reader
+    (or a kill, or a full disk) never leaves half a file. On failure no temporary stays behind, and
+    a full or read-only disk's error names the file meant, not the temporary."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.replace(tmp, path)
-    except BaseException as e:  # leave no temporary behind; a full or read-only disk names the file meant, not the temporary
+    except BaseException as e:
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
