@@ -45,13 +45,18 @@ class Config(gpt_char.Config):
 
 # -- data -----------------------------------------------------------------------------------------
 def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
-    """The tokenizer at `path`, named in errors by the config key that gave it."""
-    p = Path(path)
+    """The tokenizer at `path`, named in errors by the config key that gave it; cfg takes its split
+    pattern and vocabulary size (run.json records what the tokenizer does, not the defaults)."""
+    tok = read_bpe(Path(path), cfg, key)
+    cfg.pattern, cfg.vocab_size = tok.pattern_name, tok.vocab_size
+    return tok
+
+
+def read_bpe(p: Path, cfg: Config, key: str) -> BPETokenizer:
     if (p / "tokenizer.json").exists() and read_json(p / "tokenizer.json", "tokenizer").get("format") == FORMAT:
         tok = load_tokenizer(p, expect=BPETokenizer)  # ours; a Hugging Face GPT-2 folder's tokenizer.json is its own format: below
         if cfg.pattern != Config.pattern and cfg.pattern != tok.pattern_name:  # (the default is no sign of intent)
             raise ConfigError(f"pattern={cfg.pattern}: {key}={p} splits text with its own pattern ({tok.pattern_name}); leave pattern out")
-        cfg.pattern = tok.pattern_name  # (run.json records what the tokenizer does)
         tok.max_positions = cfg.block_size
         return tok
     if p.suffix == ".tiktoken":
