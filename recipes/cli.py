@@ -354,8 +354,15 @@ def add_device(s) -> None:
                    "GPU when it has one, else the CPU), as openai-whisper's --device; a GPU computes in float32, as the CPU")  # fmt: skip
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line, as the commands' own are (not the usage block first)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
+    p = Parser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("recipes", help="list recipes and named configs", description="List recipes and named YAML configs.")
     s.set_defaults(fn=cmd_recipes)

@@ -460,9 +460,10 @@ def test_training_into_a_directory_with_checkpoints_is_refused(trained, small_te
 def test_cli_sizes_must_be_positive(capsys):
     from recipes.cli import main
 
-    with pytest.raises(SystemExit) as exit_:  # argparse's own error: the usage, then the line naming the option
+    with pytest.raises(SystemExit) as exit_:  # argparse's own error: one line naming the option, as the commands' own
         main(["show", "README.md", "--slice-frames", "0"])
-    assert exit_.value.code == 2 and "argument --slice-frames: expected a positive integer, got 0" in capsys.readouterr().err
+    assert exit_.value.code == 2 and capsys.readouterr().err == (
+        "mmtok show: error: argument --slice-frames: expected a positive integer, got 0 (see mmtok show --help)\n")
 
 
 def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_path, monkeypatch):
