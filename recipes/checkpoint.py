@@ -220,7 +220,8 @@ def verify(directory: Path, only: tuple[str, ...] | None = None) -> None:
         return
     for (name, info), (_, st) in zip(wanted, stats):
         if st.st_size != info["bytes"]:
-            raise CheckpointError(f"checkpoint {directory} is truncated: {name} has {st.st_size} bytes, expected {info['bytes']}")
+            how = "truncated" if st.st_size < info["bytes"] else "altered"  # (a file that grew: written to since)
+            raise CheckpointError(f"checkpoint {directory} is {how}: {name} has {st.st_size} bytes, expected {info['bytes']}")
         if sha256(directory / name) != info["sha256"]:
             raise CheckpointError(f"checkpoint {directory} is corrupt: {name} does not match its SHA-256")
     _verified[key] = seen
