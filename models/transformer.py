@@ -161,6 +161,11 @@ class MultimodalTransformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def params_text(self) -> str:
+        """The parameter count as the recipes print it: "85.81M parameters", "28,416 parameters"."""
+        n = self.num_params()
+        return f"{n / 1e6:.2f}M parameters" if n >= 1e6 else f"{n:,} parameters"
+
     @property
     def device(self) -> torch.device:
         """Where the model's weights are (as Hugging Face's `PreTrainedModel.device`)."""

@@ -525,7 +525,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
     train_set = MixedSet([t.train_set for t in tasks], weights)
     specs = {m: c.spec for m, c in model.config.modalities.items()}
     print(f"generalist: tasks {', '.join(f'{t.name} ({len(t.train_set):,} examples, weight {w:g})' for t, w in zip(tasks, weights))}; "
-          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+          f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, PackCollate(cfg.row_tokens, specs), make_evaluate(tasks), run_dir, resume=resume)
     print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     return metrics

@@ -196,7 +196,7 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
         save_run_info(run_dir, recipe, cfg)
         tokenizer.save(run_dir / "tokenizers" / "text")
     print(f"{recipe}: {len(train_set):,} training windows, vocabulary {tokenizer.vocab_size}, "
-          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+          f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)
     print(f"val_loss {metrics['val_loss']:.4f} nats/token")
     if cfg.sample_tokens:

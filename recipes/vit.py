@@ -162,7 +162,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
         (run_dir / "classes.txt").write_text("\n".join(classes) + "\n")
     save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test images, {len(classes)} classes, "
-          f"{model.num_params() / 1e6:.3f}M parameters, run dir {run_dir}")  # fmt: skip
+          f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     evaluate = make_evaluate(test_set, Collate(tokenizer, cfg, len(classes), train=False))
     metrics = train(cfg, model, train_set, Collate(tokenizer, cfg, len(classes), train=True), evaluate, run_dir, resume=resume)
     print(f"test accuracy {metrics['val_accuracy'] * 100:.2f}%")

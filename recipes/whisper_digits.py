@@ -735,7 +735,7 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
         text_tok.save(run_dir / "tokenizers" / "text")
     save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test utterances, "
-          f"{model.num_params() / 1e6:.2f}M parameters, run dir {run_dir}")  # fmt: skip
+          f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, test_set, text_tok), run_dir, resume=resume)
     print(f"test WER {metrics['val_wer'] * 100:.2f}%")
     return metrics
