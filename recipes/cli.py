@@ -150,13 +150,9 @@ def cmd_generate(args):
     generate = recipe_function(args, "generate", "generate text", num_samples=args.num_samples if args.num_samples > 1 else None)
     prompt = args.prompt
     if args.prompt_file is not None:  # nanoGPT's sample.py start="FILE:prompt.txt"
-        path = Path(args.prompt_file)
-        if not path.is_file():
-            raise ConfigError(f"--prompt-file {path}: no such file")
-        try:
-            prompt = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"--prompt-file {path}: not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8") from None
+        from tokenizers_mm.base import read_utf8
+
+        prompt = read_utf8(args.prompt_file, "--prompt-file")  # (missing, a folder, not UTF-8: named)
     out = generate(args.run_dir, prompt, args.max_new_tokens, args.temperature, args.top_k, args.seed)
     print(out if args.num_samples == 1 else "\n---------------\n".join(out))  # several: nanoGPT's sample.py separator
 

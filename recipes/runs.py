@@ -266,6 +266,8 @@ def load_run_info(run_dir):
     """(recipe name, module, config) of a run directory."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
+        if run_dir.exists():
+            raise FileNotFoundError(f"{run_dir} is a file; expected a run directory (the run_dir a training run wrote)")
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     doc = read_json(run_dir / RUN_FILE, "run")
     if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config", {}), dict):

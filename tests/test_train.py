@@ -141,7 +141,11 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert "--prompt-file" in capsys.readouterr().err
     (tmp_path / "latin1.txt").write_bytes("café".encode("latin-1"))
     assert main(["generate", str(run), "--prompt-file", str(tmp_path / "latin1.txt")]) == 2
-    assert "latin1.txt: not UTF-8 text (byte 3: unexpected end of data); save it as UTF-8" in capsys.readouterr().err
+    assert "latin1.txt is not UTF-8 (invalid byte 0xe9 at offset 3)" in capsys.readouterr().err
+    assert main(["generate", str(run), "--prompt-file", str(tmp_path)]) == 2
+    assert f"--prompt-file {tmp_path} is a folder; expected a UTF-8 text file" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "latin1.txt")]) == 2  # a file where a run directory goes
+    assert "latin1.txt is a file; expected a run directory" in capsys.readouterr().err
     for f in ("run.json", "metrics.jsonl", "loss.png", "tokenizers/text/tokenizer.json"):
         assert (run / f).exists(), f
     # longer, on the schedule the run had: the cosine ends at its old length, then min_lr (nanoGPT's lr_decay_iters)
@@ -268,9 +272,6 @@ def test_a_tokenizer_changed_since_training_is_refused(tmp_path, trained, capsys
 
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    (tmp_path / "new.txt").write_text("zebra ЖЖ " * 100, encoding="utf-8")  # text of characters the run never saw: named where
-    assert main(["eval", str(run), "--data", str(tmp_path / "new.txt")]) == 2
-    assert f"--data {tmp_path / 'new.txt'}: text_char: character 'Ж' (at offset 6) is not in the vocabulary" in capsys.readouterr().err
     path = run / "tokenizers" / "text" / "tokenizer.json"
     doc = json.loads(path.read_text())
     doc["config"]["chars"] = doc["config"]["chars"][:-1]
