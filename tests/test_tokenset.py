@@ -203,3 +203,16 @@ def test_text_decoders_read_one_sequence_of_integer_ids_and_say_so_otherwise():
 
     with pytest.raises(ValueError, match=r"pack_examples: stride\['text'\]=0 must be a whole number of at least 1"):
         pack_examples([{"text": one}], row_tokens=8, stride={"text": 0})
+
+
+def test_python_api_mistakes_are_named():
+    """One TokenSet where collate takes a list, and a plain list of ids for next_token_set."""
+    ts = TokenSet("text", ids=torch.tensor([1, 2, 3]))
+    with pytest.raises(TypeError, match=r"collate: takes a list of TokenSets, got one TokenSet \(collate\(\[ts\]\) batches it alone\)"):
+        collate(ts)
+    with pytest.raises(ValueError, match="collate: need at least one TokenSet"):
+        collate([])
+    example = next_token_set("text", [5, 6, 7])  # a list is read as the ids it holds
+    assert example.ids.tolist() == [5, 6] and example.targets.tolist() == [6, 7]
+    with pytest.raises(ValueError, match=r"need a 1-D sequence of at least 2 ids, got shape \(1,\)"):
+        next_token_set("text", [5])

@@ -29,6 +29,8 @@ def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):
     """Every set must agree with the first in modality, fields present, and each field's dtype and
     per-token shape (padding writes into the first's tensors: anything else would be cast or
     broadcast silently). index: each set's number as the caller counts samples (default: its place)."""
+    if isinstance(sets, TokenSet):  # (one set where a list goes: collate([ts]))
+        raise TypeError(f"{who}: takes a list of TokenSets, got one TokenSet ({who}([ts]) batches it alone)")
     if not sets:
         raise ValueError(f"{who}: need at least one TokenSet")
     first, index = sets[0], index or list(range(len(sets)))

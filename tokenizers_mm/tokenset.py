@@ -183,6 +183,7 @@ class TokenSet:
 
 def next_token_set(modality: str, ids: Tensor, types: Tensor | None = None) -> TokenSet:
     """A language-model example from N+1 ids: inputs ids[:-1], targets ids[1:] (nanoGPT's x, y)."""
+    ids = torch.as_tensor(ids)  # (a list or an array of ids too)
     if ids.dim() != 1 or ids.shape[0] < 2:
         raise ValueError(f"next_token_set({modality!r}): need a 1-D sequence of at least 2 ids, got shape {tuple(ids.shape)}")
     return TokenSet(modality, ids=ids[:-1], types=None if types is None else types[:-1], targets=ids[1:])
