@@ -137,7 +137,7 @@ def run_lock(run_dir):
         yield
         return
     run_dir, lock = Path(run_dir), Path(run_dir) / LOCK_FILE
-    made = not run_dir.exists()
+    made = [d for d in (run_dir, *run_dir.parents) if not d.exists()]  # (the default's runs/ too)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         f = open(lock, "a+")
@@ -163,7 +163,9 @@ def run_lock(run_dir):
         except BaseException:
             if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a run refused before it began leaves no folder
                 lock.unlink()
-                run_dir.rmdir()
+                with contextlib.suppress(OSError):  # (nor the folders made for it: runs/ of the default run_dir)
+                    for d in made:
+                        d.rmdir()
             raise
 
 

@@ -202,6 +202,7 @@ def test_cli_device_option(trained, capsys):
         (["train", "generalist", "tasks=digits,contrl"], "unknown task 'contrl'; tasks are digits, speech, control, text"),
         (["train", "generalist", "fsdp=true"], "fsdp=true needs every process to run every block each step"),  # (not "launch 2 or more")
         (["train", "dt_cartpole", "targets=100,abc"], "targets='100,abc': expected comma-separated target returns (numbers)"),
+        (["train", "gpt_char", "dim=7"], "trunk dim=7 must be divisible by num_heads=4"),  # (refused once the run's folder is made)
     ],
 )
 def test_cli_errors_are_one_line(args, message, tmp_path, capsys, monkeypatch):
@@ -218,12 +219,12 @@ def test_cli_errors_are_one_line(args, message, tmp_path, capsys, monkeypatch):
             pytest.skip("an fp8 library is installed here: precision=fp8 is not refused")
     if "precision=fp16" in args and torch.accelerator.is_available():
         pytest.skip("this machine has an accelerator: precision=fp16 trains there")
-    run = tmp_path / "run"
+    run = tmp_path / "runs" / "run"  # (a folder made for it goes too: the default run_dir's runs/)
     argv = [*args, *([f"run_dir={run}"] if args[0] == "train" else [])]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.strip().startswith("mmtok: error:") and message in err and err.strip().count("\n") == 0, err
-    assert not run.exists()
+    assert not run.parent.exists()
     if args == ["train", "gpt_chr"]:
         p = mmtok(*argv, check=False)
         assert p.returncode == 2 and p.stderr.strip() == err.strip()
