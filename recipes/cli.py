@@ -126,6 +126,8 @@ def cmd_eval(args):
 
     recipe, module, _ = load_run_info(args.run_dir)
     # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
+    if args.data is not None and not args.data.strip():  # (an unset shell variable: not the run's own data, silently)
+        raise ConfigError("--data: expected a file, a folder or a dataset, got an empty string")
     metrics = module.evaluate(args.run_dir, **recipe_options(module.evaluate, recipe, device=args.device, data=args.data))
     figures = {k: (float(f"{v:.7g}") if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(figures, indent=2))  # JSON: a figure without a value (a WER of no reference words) is null
@@ -515,7 +517,9 @@ def main(argv=None) -> int:
             dist.destroy_process_group()
     except KeyboardInterrupt:
         close_progress_bars()
-        print("mmtok: interrupted", file=sys.stderr)
+        resumable = getattr(args, "command", None) in ("train", "resume")
+        print("mmtok: interrupted" + ("; its last checkpoint is kept: `mmtok resume RUN_DIR` goes on from it" if resumable else ""),
+              file=sys.stderr)  # fmt: skip
         return 130
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
         close_progress_bars()

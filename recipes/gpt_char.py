@@ -76,7 +76,7 @@ def load_text(path: str) -> str:
                          "a JSON lines / CSV / TSV / Parquet file or a folder of them, or a Hugging Face dataset (save_to_disk)")  # fmt: skip
     text = read_utf8(p, "data file", "decompress it, or give JSON lines / CSV (.jsonl.gz, .csv.gz) read as rows")
     if len(text) < 2:
-        raise ValueError(f"data file {p} holds {len(text)} characters; need text to learn from")
+        raise ValueError(f"data file {p} holds {len(text)} characters; expected text")
     return text
 
 

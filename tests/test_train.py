@@ -715,3 +715,17 @@ def test_a_full_disk_at_the_end_of_a_run_leaves_the_last_files_and_names_them(tm
     (tmp_path / METRICS_FILE).mkdir()  # (an append that fails: named)
     with pytest.raises(OSError, match=rf"cannot write {re.escape(str(tmp_path / METRICS_FILE))}: "):
         append_metrics(tmp_path, {"step": 1})
+
+
+def test_ctrl_c_says_how_to_go_on_and_an_empty_data_path_is_refused(tmp_path, trained, capsys, monkeypatch):
+    from recipes import gpt_char
+    from recipes.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gpt_char, "main", interrupted)
+    assert main(["train", "gpt_char", f"run_dir={tmp_path / 'run'}"]) == 130
+    assert capsys.readouterr().err == "mmtok: interrupted; its last checkpoint is kept: `mmtok resume RUN_DIR` goes on from it\n"
+    assert main(["eval", str(trained), "--data", ""]) == 2  # (an unset shell variable: not the run's own data, silently)
+    assert "--data: expected a file, a folder or a dataset, got an empty string" in capsys.readouterr().err
