@@ -115,6 +115,10 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     cfg = apply_values(cfg, overrides, "the command line")
     if hasattr(cfg, "check"):
         cfg.check()
+    for key in ("run_dir", *PATH_KEYS, *CACHE_DIR_KEYS):  # ~ in a YAML file or a quoted value, which no shell expanded
+        value = getattr(cfg, key, None)
+        if isinstance(value, str) and value.startswith("~"):
+            setattr(cfg, key, os.path.expanduser(value))
     for key in LOCAL_PATH_KEYS:  # note: checked before a run directory is made
         value = getattr(cfg, key, "")
         if value and not Path(value).exists():

@@ -36,6 +36,14 @@ def test_unknown_key_lists_valid_keys():
         apply_values(Config(), {"AT_LEAST": "1"}, "cli")
 
 
+def test_a_home_path_in_a_config_file_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "corpus.txt").write_text("hello world " * 100)
+    (tmp_path / "mine.yaml").write_text("recipe: gpt_char\ndata: ~/corpus.txt\nrun_dir: ~/runs/one\n")  # (no shell expands ~ here)
+    cfg = make_config(str(tmp_path / "mine.yaml"), [])[2]
+    assert (cfg.data, cfg.run_dir) == (str(tmp_path / "corpus.txt"), str(tmp_path / "runs" / "one"))
+
+
 def test_named_and_file_configs(tmp_path):
     name, _, cfg = make_config("gpt_char_shakespeare", ["max_steps=7"])
     assert name == "gpt_char" and cfg.depth == 4 and cfg.dim == 128 and cfg.max_steps == 7
