@@ -63,8 +63,9 @@ class TrainConfig:
         "block_size": 1, "image_size": 1, "patch_size": 1, "context": 1, "dropout": 0.0, "label_smoothing": 0.0,
         "val_fraction": 0.0, "top_k": 1, "sample_tokens": 0, "eval_episodes": 1, "eval_utterances": 1, "beam_size": 1,
         "eval_batch_size": 1, "mixup": 0.0, "cutmix": 0.0, "hflip": 0.0, "eval_seed": 0, "rotate": 0.0, "translate": 0.0, "scale": 0.0,
+        "temperature": 0.0,  # (0: greedy samples)
     }  # fmt: skip
-    ABOVE: typing.ClassVar[dict] = {"lr": 0.0, "temperature": 0.0, "gamma": 0.0, "rtg_scale": 0.0}
+    ABOVE: typing.ClassVar[dict] = {"lr": 0.0, "gamma": 0.0, "rtg_scale": 0.0}
     AT_MOST: typing.ClassVar[dict] = {"gamma": 1.0, "hflip": 1.0, "rotate": 180.0, "translate": 0.5}  # (translate: of the image size)
     BELOW: typing.ClassVar[dict] = {"beta1": 1.0, "beta2": 1.0, "dropout": 1.0, "label_smoothing": 1.0, "val_fraction": 1.0, "scale": 1.0,
                                      "seed": 2**32 - 2**16}  # fmt: skip  # seed: process r seeds with seed + r
