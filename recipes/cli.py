@@ -55,7 +55,8 @@ def cmd_train(args):
     from .runs import make_config, resolve_run_dir, run_lock
 
     name, module, cfg = make_config(args.recipe, args.overrides)
-    with run_lock(resolve_run_dir(cfg, name)):
+    args.run_dir = resolve_run_dir(cfg, name)  # (for Ctrl-C's line: the run to resume)
+    with run_lock(args.run_dir):
         module.main(cfg)
 
 
@@ -517,9 +518,7 @@ def main(argv=None) -> int:
             dist.destroy_process_group()
     except KeyboardInterrupt:
         close_progress_bars()
-        resumable = getattr(args, "command", None) in ("train", "resume")
-        print("mmtok: interrupted" + ("; its last checkpoint is kept: `mmtok resume RUN_DIR` goes on from it" if resumable else ""),
-              file=sys.stderr)  # fmt: skip
+        print(f"mmtok: interrupted{interrupted_run(args)}", file=sys.stderr)
         return 130
     except (ConfigError, FileNotFoundError, ValueError, KeyError, TypeError, OSError, FloatingPointError) as e:
         close_progress_bars()
@@ -536,6 +535,19 @@ def main(argv=None) -> int:
               f"stopped with it ({(str(e).splitlines() or [''])[0][:160]})", file=sys.stderr)  # fmt: skip
         return 2
     return 0
+
+
+def interrupted_run(args) -> str:
+    """What Ctrl-C during `mmtok train` / `resume` leaves to go on from: its last checkpoint, if it
+    wrote one (a run stopped before its first has nothing to resume: a refused run leaves no folder)."""
+    from .checkpoint import latest_checkpoint
+
+    run_dir = getattr(args, "run_dir", None) if getattr(args, "command", None) in ("train", "resume") else None
+    try:
+        ckpt = latest_checkpoint(run_dir) if run_dir is not None and Path(run_dir, "run.json").is_file() else None
+    except OSError:
+        ckpt = None
+    return "" if ckpt is None else f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
 
 
 def peer_stopped(e: RuntimeError) -> bool:

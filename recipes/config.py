@@ -216,20 +216,26 @@ def parse_overrides(args: list[str]) -> dict:
     return out
 
 
-def _key_twice(node) -> yaml.Node | None:
+def _key_twice(root) -> yaml.Node | None:
     """The first mapping key given twice in a composed YAML document (PyYAML keeps the last: an
-    `lr:` further down would silently win), or None."""
-    if isinstance(node, yaml.MappingNode):
-        seen = set()
-        for key, value in node.value:
-            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
-                if key.value in seen:
-                    return key
-                seen.add(key.value)
-            if (twice := _key_twice(value)) is not None:
-                return twice
-    elif isinstance(node, yaml.SequenceNode):
-        return next((t for item in node.value if (t := _key_twice(item)) is not None), None)
+    `lr:` further down would silently win), or None. Each node is visited once: an alias names a
+    node already seen (an alias bomb's 9**9 references are 9 nodes; a node holding itself ends)."""
+    seen_nodes, todo = set(), [root]
+    while todo:
+        node = todo.pop()
+        if id(node) in seen_nodes:
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in keys:
+                        return key
+                    keys.add(key.value)
+                todo.append(value)
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
     return None
 
 

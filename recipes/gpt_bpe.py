@@ -46,9 +46,10 @@ class Config(gpt_char.Config):
 # -- data -----------------------------------------------------------------------------------------
 def load_bpe(path: str, cfg: Config, key: str = "tokenizer") -> BPETokenizer:
     """The tokenizer at `path`, named in errors by the config key that gave it; cfg takes its split
-    pattern and vocabulary size (run.json records what the tokenizer does, not the defaults)."""
+    pattern (run.json records how the tokenizer splits, not the default; vocab_size stays as given:
+    it sizes a tokenizer trained on the corpus, and the run's tokenizer holds its own)."""
     tok = read_bpe(Path(path), cfg, key)
-    cfg.pattern, cfg.vocab_size = tok.pattern_name, tok.vocab_size
+    cfg.pattern = tok.pattern_name
     return tok
 
 
@@ -97,7 +98,7 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
         return gpt_char.build_model(cfg, tokenizer)
     folder = Path(cfg.init_from)
     weights = folder / "model.safetensors"
-    if not weights.exists():
+    if not weights.is_file():
         raise FileNotFoundError(f"init_from {folder}: no model.safetensors (pickled .bin checkpoints are never loaded; convert them to safetensors)")
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"init_from {folder}: no config.json; expected {GPT2_FOLDER}")

@@ -261,9 +261,10 @@ def update_run_info(run_dir, **changes) -> None:
 
 
 def record_resumed(run_dir, cfg) -> None:
-    """Write a resumed run's RESUME_OVERRIDES into its run.json once its training starts (its data,
-    model and checkpoint read): a later plain resume or eval keeps them, and a resume refused on the
-    way (its data file gone, fsdp=true in one process) changes nothing."""
+    """Write the RESUME_OVERRIDES a run trains with into its run.json once its training starts (its
+    data, model and checkpoint read; a write only where they differ, as after `mmtok resume RUN
+    max_steps=N`, also when that resume starts again from step 0): a later plain resume or eval
+    keeps them, and a resume refused on the way (its data file gone) changes nothing."""
     if (Path(run_dir) / RUN_FILE).exists():
         update_run_info(run_dir, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES if hasattr(cfg, k)})
 

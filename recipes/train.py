@@ -484,7 +484,7 @@ def train(
         set_seed(cfg.seed + accelerator.process_index)  # augmentation; one process keeps cfg.seed (the model was built before)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if cfg.max_steps >= start_step:  # (a resume to fewer steps than done evaluates: no length to record)
             record_resumed(run_dir, cfg)
         # forget what was logged after the checkpoint (all of it when starting from step 0);
         # note: through a temporary file, so a kill here cannot empty the log

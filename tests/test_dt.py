@@ -2,6 +2,7 @@
 a user's NPZ file, training DT and BC, rollouts in the simulator, the plot, evaluate and resume."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -45,6 +46,12 @@ def test_dt_cartpole_trains_dt_and_bc_plots_evaluates_and_resumes(tmp_path):
     # resume after the end: both runs load their last checkpoint and report the same returns
     resumed = dt_cartpole.main(dt_cartpole.Config(**{**cfg.__dict__}), resume=True)
     assert resumed["val_return"] == pytest.approx(metrics["val_return"])
+    # a run stopped before its first checkpoint, resumed longer: it starts again, and run.json records the new length
+    shutil.rmtree(run / "checkpoints")
+    from recipes.cli import main as cli_main
+
+    assert cli_main(["resume", str(run), "max_steps=10"]) == 0
+    assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 10 == json.loads((run / "results.json").read_text())["step"]
 
 
 @pytest.mark.slow

@@ -725,7 +725,11 @@ def test_ctrl_c_says_how_to_go_on_and_an_empty_data_path_is_refused(tmp_path, tr
         raise KeyboardInterrupt
 
     monkeypatch.setattr(gpt_char, "main", interrupted)
-    assert main(["train", "gpt_char", f"run_dir={tmp_path / 'run'}"]) == 130
-    assert capsys.readouterr().err == "mmtok: interrupted; its last checkpoint is kept: `mmtok resume RUN_DIR` goes on from it\n"
+    assert main(["train", "gpt_char", f"run_dir={tmp_path / 'run'}"]) == 130  # before its first checkpoint: nothing to resume
+    assert capsys.readouterr().err == "mmtok: interrupted\n" and not (tmp_path / "run").exists()
+    run = tmp_path / "held"
+    shutil.copytree(trained, run)
+    assert main(["resume", str(run), "max_steps=30"]) == 130
+    assert capsys.readouterr().err == f"mmtok: interrupted; {run / 'checkpoints' / 'step-0000020'} is kept: `mmtok resume {run}` goes on from it\n"
     assert main(["eval", str(trained), "--data", ""]) == 2  # (an unset shell variable: not the run's own data, silently)
     assert "--data: expected a file, a folder or a dataset, got an empty string" in capsys.readouterr().err
