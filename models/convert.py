@@ -377,6 +377,8 @@ def is_hf_whisper_folder(folder) -> bool:
 def load_hf_whisper_folder(folder) -> MultimodalTransformer:
     """Our model from a Hugging Face Whisper folder: config.json + model.safetensors (no pickles)."""
     folder = Path(folder)
+    if not is_hf_whisper_folder(folder):
+        raise ValueError(f"{folder}: not a Hugging Face Whisper folder (expected config.json of model_type whisper + model.safetensors)")
     weights = folder / "model.safetensors"
     if not weights.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".json"))) or "nothing"

@@ -879,6 +879,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if patience is not None and beam_size == 1:  # as openai-whisper, which asks for a beam_size with it
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
+    if beam_size > 1 and round(beam_size * patience) < 1:  # (beam_search's rule, before any file is read: not a skip per file)
+        raise ValueError(f"patience={patience}: beam_size {beam_size} × patience rounds to no finished beam; use a patience above "
+                         f"{0.5 / beam_size:g}")  # fmt: skip
     if length_penalty is not None and not 0 <= length_penalty <= 1:  # as openai-whisper
         raise ValueError(f"length_penalty={length_penalty}: openai-whisper's alpha, from 0 to 1")
     length_penalty = cfg.length_penalty if length_penalty is None else GNMTPenalty(length_penalty)

@@ -150,7 +150,15 @@ def initial_weights(cfg: Config):
         return load_openai_whisper(cfg.init_from)
     if is_hf_whisper_folder(cfg.init_from):
         return load_hf_whisper_folder(cfg.init_from)
-    return load_trained(cfg.init_from)[0]
+    return init_run(cfg)[0]
+
+
+def init_run(cfg: Config):
+    """load_trained of the speech run init_from names; a folder that is no run (nor Whisper's) named as such."""
+    if not (Path(cfg.init_from) / "run.json").is_file():  # (not "no checkpoint in ...: train first")
+        raise FileNotFoundError(f"init_from={cfg.init_from}: expected an openai-whisper .pt file, a Hugging Face Whisper folder "
+                                "(config.json of model_type whisper + model.safetensors) or a speech run's directory (run.json)")  # fmt: skip
+    return load_trained(cfg.init_from)
 
 
 def warn_fine_tuning(cfg: Config) -> None:
@@ -246,7 +254,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     elif cfg.init_from and (Path(cfg.init_from).is_file() or is_hf_whisper_folder(cfg.init_from)):  # Whisper's weights
         model, audio_tok, text_tok = whisper_weights(cfg)
     elif cfg.init_from:
-        model, toks = load_trained(cfg.init_from)
+        model, toks = init_run(cfg)
         if set(toks) != {"audio", "text"} or SOT not in toks["text"].special_ids:
             raise ValueError(f"init_from={cfg.init_from} is not a speech run (it has tokenizers {sorted(toks)})")
         audio_tok, text_tok = toks["audio"], toks["text"]

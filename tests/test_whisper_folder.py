@@ -111,6 +111,11 @@ def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_
 
     # fine-tune: architecture and tokenizers come from the run (a width given otherwise is refused, not replaced)
     tuned = tmp_path / "tuned"
+    (tmp_path / "weights_only").mkdir()  # neither a run nor a Whisper folder: named as such (not "no checkpoint ...: train first")
+    (tmp_path / "weights_only" / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"init_from=\S+weights_only: expected an openai-whisper .pt file, a Hugging Face Whisper"):
+        whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(tmp_path / "weights_only"), val_fraction=0.25, **TINY))
+    assert not tuned.exists()
     with pytest.raises(ValueError, match=r"dim=64: init_from=\S+ has dim 32 \(its weights set the model's shape: leave dim out\)"):
         whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(run), val_fraction=0.25, **{**TINY, "dim": 64}))
     whisper_folder.main(Config(data=str(data), run_dir=str(tuned), init_from=str(run), val_fraction=0.25, **TINY))
@@ -724,6 +729,9 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     capsys.readouterr()
     assert main(["transcribe", str(run), str(clip), "--beam-size", "2", "--length-penalty", "1.5"]) == 2
     assert "length_penalty=1.5: openai-whisper's alpha, from 0 to 1" in capsys.readouterr().err
+    assert main(["transcribe", str(run), str(clip), str(clip), "--beam-size", "5", "--patience", "0.01"]) == 2  # refused once, not per file
+    assert capsys.readouterr().err == ("mmtok: error: patience=0.01: beam_size 5 × patience rounds to no finished beam; "
+                                       "use a patience above 0.1\n")  # fmt: skip
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 
