@@ -248,8 +248,9 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert "suppress_tokens '-1,abc': expected token ids separated by commas" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--patience", "2"]) == 2  # as openai-whisper: patience needs beams
     assert "patience=2.0: beam search's; give a beam_size above 1" in capsys.readouterr().err
-    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--beam-size", "2", "--patience", "0.2"]) == 2
-    assert "beam_search: beam_size 2 × patience 0.2 rounds to no finished beam; use a patience above 0.25" in capsys.readouterr().err
+    talk = str(tmp_path / "talk.wav")
+    assert main(["transcribe", str(run), talk, talk, "--beam-size", "2", "--patience", "0.2"]) == 2  # refused once, before any audio
+    assert capsys.readouterr().err == "mmtok: error: patience=0.2: beam_size 2 × patience rounds to no finished beam; use a patience above 0.25\n"
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--append-punctuations", ","]) == 2
     assert "prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
