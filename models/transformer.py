@@ -707,9 +707,7 @@ class MultimodalTransformer(nn.Module):
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size
-        wanted = round(K * patience)  # finished beams each sample collects before the search stops
-        if wanted < 1:
-            raise ValueError(f"beam_search: beam_size {K} × patience {patience} rounds to no finished beam; use a patience above {0.5 / K:g}")
+        wanted = finished_beams(K, patience)  # finished beams each sample collects before the search stops
         if N + max_new_tokens - 1 > self.config.modalities[name].max_positions:  # the last new token is never read
             raise ValueError(f"beam_search: {N} + {max_new_tokens} - 1 tokens read exceed the {self.config.modalities[name].max_positions}-position table")
         rows = torch.arange(B, device=prompt.ids.device).repeat_interleave(K)  # (B·K,) which sample each beam belongs to
@@ -845,6 +843,16 @@ class MultimodalTransformer(nn.Module):
         model = cls.architecture(directory)
         load_weights(model, Path(directory) / WEIGHTS_FILE)
         return model.to(device)
+
+
+def finished_beams(beam_size: int, patience: float) -> int:
+    """The finished beams each sample collects before beam search stops, round(beam_size ×
+    patience) (openai-whisper's patience); a patience that rounds to none is refused."""
+    wanted = round(beam_size * patience)
+    if wanted < 1:
+        raise ValueError(f"patience={patience}: beam_size {beam_size} × patience rounds to no finished beam; "
+                         f"use a patience above {0.5 / beam_size:g}")  # fmt: skip
+    return wanted
 
 
 def read_weights(path: Path, where: str) -> dict[str, Tensor]:

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from models import gpt2_export, load_torch_file, openai_whisper_export, timm_vit_export, whisper_export
 from tokenizers_mm import BPETokenizer, TokenSet, collate
 from tokenizers_mm.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE
-from tokenizers_mm.base import umask_mode
+from tokenizers_mm.base import cannot_write, umask_mode
 from tokenizers_mm.hf import save_hf
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
@@ -327,7 +327,7 @@ def export(run_dir, out) -> dict:
         remove_stale(out)
         tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
     except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
-        raise OSError(e.errno, f"export: cannot write {out}: {e.strerror or e}") from None
+        raise cannot_write(out, e, "export: ") from None
     try:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)

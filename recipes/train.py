@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 
 from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
-from tokenizers_mm.base import write_json_atomic, write_text_atomic
+from tokenizers_mm.base import cannot_write, write_json_atomic, write_text_atomic
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
@@ -439,7 +439,7 @@ def append_metrics(run_dir: Path, row: dict) -> None:
         with open(run_dir / METRICS_FILE, "a") as f:
             f.write(json.dumps(row) + "\n")
     except OSError as e:  # (a full disk: the checkpoints hold the run; a torn last line is skipped when read)
-        raise OSError(e.errno, f"cannot write {run_dir / METRICS_FILE}: {e.strerror or e}") from None
+        raise cannot_write(run_dir / METRICS_FILE, e) from None
 
 
 def train(

@@ -26,6 +26,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import GNMTPenalty, HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, length_normalised
+from models.transformer import finished_beams
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
@@ -75,8 +76,11 @@ class Config(TrainConfig):
         super().check()
         if self.wer_text not in ("raw", "whisper"):
             raise ConfigError(f"wer_text={self.wer_text!r}: expected raw or whisper")
-        if self.beam_size > 1 and not round(self.beam_size * self.patience) >= 1:  # greedy decoding has no patience
-            raise ConfigError(f"patience={self.patience}: beam_size {self.beam_size} × patience must round to 1 or more ended beams")
+        if self.beam_size > 1:  # greedy decoding has no patience
+            try:
+                finished_beams(self.beam_size, self.patience)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -879,9 +883,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if patience is not None and beam_size == 1:  # as openai-whisper, which asks for a beam_size with it
         raise ValueError(f"patience={patience}: beam search's; give a beam_size above 1 ({run_dir} decodes greedily)")
     patience = cfg.patience if patience is None else patience
-    if beam_size > 1 and round(beam_size * patience) < 1:  # (beam_search's rule, before any file is read: not a skip per file)
-        raise ValueError(f"patience={patience}: beam_size {beam_size} × patience rounds to no finished beam; use a patience above "
-                         f"{0.5 / beam_size:g}")  # fmt: skip
+    if beam_size > 1:  # (beam_search's rule, before any file is read: not a skip per file)
+        finished_beams(beam_size, patience)
     if length_penalty is not None and not 0 <= length_penalty <= 1:  # as openai-whisper
         raise ValueError(f"length_penalty={length_penalty}: openai-whisper's alpha, from 0 to 1")
     length_penalty = cfg.length_penalty if length_penalty is None else GNMTPenalty(length_penalty)

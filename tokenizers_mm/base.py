@@ -70,8 +70,14 @@ def atomic_path(path):
         with suppress(OSError):
             tmp.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+            raise cannot_write(path, e) from None
         raise
+
+
+def cannot_write(path, e: OSError, who: str = "") -> OSError:
+    """A failed write's error named by the file meant (not a temporary beside it): "cannot write
+    PATH: No space left on device"; the CLI prints it without its [Errno N]."""
+    return OSError(e.errno, f"{who}cannot write {path}: {e.strerror or e}")
 
 
 @contextmanager
