@@ -4,7 +4,6 @@ import sys
 import textwrap
 
 import pytest
-import torch
 
 from tokenizers_mm import registry
 from tokenizers_mm.base import Tokenizer, load_tokenizer

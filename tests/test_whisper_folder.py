@@ -599,7 +599,6 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
         printed = capsys.readouterr().out
         assert "whisper.load_model" in printed and ("--language de" in printed) == (name == "multi")  # the run's language for its CLI
         ref = whisper.load_model(str(tmp_path / f"{name}.out.PT"), device="cpu")
-        prompt = whisper_folder.prompt_ids(text_tok, whisper_folder.load_run_info(run)[2].prompt)
         decoding = whisper.DecodingOptions(language=options.get("language", "en"), without_timestamps=True, fp16=False, suppress_blank=False,
                                            suppress_tokens=None, sample_len=12)  # fmt: skip (transcribe's limit: positions // 2)
         mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(sf.read(c, dtype="float32")[0]))) for c in clips]
@@ -614,7 +613,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     `mmtok transcribe --language auto` prompts with the detected language, `--language fr` with French;
     English-only runs refuse both. Subtitles (--output-format) put a cue where each window's speech is,
     in the files openai-whisper's writers make."""
-    whisper = pytest.importorskip("whisper")
+    pytest.importorskip("whisper")
     import whisper.utils
     from recipes.cli import main
     from recipes.whisper_digits import detect_language, previous_text, swap_language, swap_task, transcribe_batch
