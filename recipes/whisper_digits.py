@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 from models import GNMTPenalty, HeadConfig, Memory, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig, length_normalised
 from models.transformer import finished_beams
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
-from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
+from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
@@ -957,10 +957,20 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
 
     def transcribe_one(p) -> dict:
         nonlocal last_speech
+        damage = ""  # a file that stops decoding part-way: its readable part is transcribed and the damage named
+
+        def readable(pieces):
+            nonlocal damage
+            try:
+                yield from pieces
+            except AudioError as e:
+                damage = str(e)
+
         stream = stream_audio(p, seconds)
-        first = next(stream, None)
+        first = next(stream, None)  # a file unreadable from its start is an error
         if first is None:
             raise AudioError(f"audio {p}: the file holds no samples")
+        stream = readable(itertools.chain([first], stream))
         import soundfile
         from tqdm.auto import tqdm
 
@@ -980,7 +990,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             if windows == "seek":
                 from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
 
-                mel = recording_mel(toks["audio"], to_waveform(*load_audio(p), name=str(p)).to(on), str(p))
+                mel = recording_mel(toks["audio"], stream, str(p), on)
                 if language == "auto":
                     detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
                 content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)
@@ -992,7 +1002,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                                                   alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
                                                   progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
             else:  # cut at pauses, the stretches of speech joined into windows
-                found, ended, segments = [], [], split_at_pauses(itertools.chain([first], stream), seconds, min_pause, margin=margin)
+                found, ended, segments = [], [], split_at_pauses(stream, seconds, min_pause, margin=margin)
                 if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
                     segments = fill_windows(segments, seconds)
                 while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat
@@ -1009,6 +1019,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             bar.update(total - bar.n)  # the silence after the last window too
         finally:
             bar.close()
+        if damage:
+            print(f"transcribe {p}: {damage}; the text covers the recording up to there", file=sys.stderr)
         if not ended:
             why = ("nothing above -60 dBFS, steady noise, or sound too short to be a word: under 50 ms 15 dB above the noise floor"
                    if windows != "seek" else unread or "every window decoded as silence")  # (split_at_pauses' rules)

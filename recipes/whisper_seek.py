@@ -44,10 +44,19 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # an int, as openai-whisper's: t 
 INPUT_STRIDE = round(TIME_PRECISION * FRAMES_PER_SECOND)  # log-mel frames per timestamp step (the encoder's stride): 2
 
 
-def recording_mel(audio_tok, wave: torch.Tensor, name: str = "audio") -> torch.Tensor:
-    """openai-whisper's transcribe: the log-mel (n_mels, F) of the recording followed by one window of
-    silence (so that every window can be sliced whole), floored at its max − 8 over all of it."""
-    mel = log_mel_spectrogram(F.pad(wave, (0, audio_tok.max_frames * HOP_LENGTH)), audio_tok.n_mels)
+def recording_mel(audio_tok, pieces, name: str = "audio", device=None) -> torch.Tensor:
+    """openai-whisper's transcribe: the log-mel (n_mels, F) of the recording (`pieces`: its 16 kHz
+    waveforms, `stream_audio`'s, or one tensor) followed by one window of silence (so that every
+    window can be sliced whole), floored at its max − 8 over all of it. The pieces are copied into
+    one waveform as they come, each freed once copied: the recording is held once, at 16 kHz."""
+    pieces = [pieces] if isinstance(pieces, torch.Tensor) else list(pieces)
+    wave = torch.zeros(sum(len(p) for p in pieces) + audio_tok.max_frames * HOP_LENGTH, device=device)
+    at, pieces = 0, pieces[::-1]
+    while pieces:
+        piece = pieces.pop()
+        wave[at : at + len(piece)] = piece
+        at += len(piece)
+    mel = log_mel_spectrogram(wave, audio_tok.n_mels)
     check_finite(mel, wave, name)
     return mel
 

@@ -152,6 +152,42 @@ def test_stream_audio_reads_windows_block_by_block(tmp_path):
         next(stream_audio(tmp_path / "empty.wav", 3.0))
 
 
+def test_a_long_recordings_log_mel_is_computed_in_pieces_with_the_same_values(monkeypatch):
+    """Past LONG_FRAMES frames (10 min) a waveform's log-mel is computed that many frames at a time
+    (the STFT of 1 h takes ~2 GB at once): the same values as one pass, bit for bit, reflected at the
+    recording's ends only and floored at the max − 8 of all of it (here: pieces of 1,000 frames)."""
+    import tokenizers_mm.audio as audio
+
+    wave = speechlike(25.0, seed=6)
+    wave[-16000:] *= 1e-4  # a quiet end: the floor is the whole recording's, not the last piece's
+    for length in (len(wave), len(wave) - 37, 2001 * 160):  # (3 pieces of 833 or 834 frames, 2 of 1,000, 3 of 667)
+        whole = audio._log_mel(wave[None, :length], 80)[0]
+        monkeypatch.setattr(audio, "LONG_FRAMES", 1000)
+        pieces = log_mel_spectrogram(wave[:length], 80)
+        monkeypatch.undo()
+        assert pieces.shape == whole.shape and torch.equal(pieces, whole), length
+
+
+def test_stream_audio_keeps_what_a_file_cut_short_holds(tmp_path):
+    """A FLAC file cut short (a broken copy): every sample before the cut comes out (libsndfile fails
+    on the whole block that reaches it; that block is read again in 0.1 s pieces), then an AudioError
+    that says where decoding stopped; a file damaged from its start is an error with nothing read."""
+    wave = 0.5 * speechlike(9.0, seed=5).numpy()  # (inside 16-bit FLAC's range)
+    sf.write(tmp_path / "whole.flac", wave, SAMPLE_RATE)
+    data = (tmp_path / "whole.flac").read_bytes()
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) * 2 // 3])
+    pieces = []
+    with pytest.raises(AudioError, match=r"audio .*cut.flac: decoding failed after \d\.\d s \(") as e:
+        for piece in stream_audio(tmp_path / "cut.flac", 4.0):
+            pieces.append(piece)
+    read = torch.cat(pieces)
+    assert 5.0 < len(read) / SAMPLE_RATE < 9.0 and f"after {len(read) / SAMPLE_RATE:.1f} s" in str(e.value)  # the cut lies in the second block
+    assert torch.allclose(read, torch.from_numpy(wave[: len(read)]), atol=1 / 2**15)  # (16-bit FLAC)
+    (tmp_path / "header.flac").write_bytes(data[:200])
+    with pytest.raises(AudioError, match=r"header.flac: (decoding failed \(|not a readable)"):
+        next(stream_audio(tmp_path / "header.flac", 4.0))
+
+
 def _hum(seconds: float) -> torch.Tensor:
     """A steady 1 kHz tone: sound in every frame, so no pause anywhere."""
     return 0.3 * torch.sin(2 * torch.pi * 1000 * torch.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE)

@@ -4,6 +4,7 @@ weights and speech."""
 
 import copy
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -220,6 +221,20 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
             assert 0 <= seg["start"] < seg["end"] <= 35 + (len(waves[0]) + len(waves[1])) / 16000
             assert all(w["start"] <= w["end"] and 0 <= w["probability"] <= 1 for w in seg["words"])
         assert result["segments"][-1]["words"][0]["start"] > 35  # the second window's words, in the recording's time
+    sf.write(tmp_path / "cut.flac", np.concatenate([waves[0], silence[: 16000 * 10]]), 16000)
+    size = (tmp_path / "cut.flac").stat().st_size  # (about where 10 s of the silence end in the whole file's bytes)
+    sf.write(tmp_path / "cut.flac", np.concatenate([waves[0], silence, waves[1]]), 16000)
+    (tmp_path / "cut.flac").write_bytes((tmp_path / "cut.flac").read_bytes()[:size])  # a copy cut short in the silence
+    for windows in ("pauses", "seek"):
+        capsys.readouterr()
+        assert main(["transcribe", str(run), str(tmp_path / "cut.flac"), "--windows", windows, "--output-format", "json",
+                     "--output-dir", str(tmp_path / f"cut-{windows}")]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert re.search(r"cut.flac: audio .*cut.flac: decoding failed after (\d+\.\d) s \(.*\); the text covers the recording up to there", err), err
+        cut = float(re.search(r"after (\d+\.\d) s", err)[1])
+        assert len(waves[0]) / 16000 < cut < 35
+        segments = json.loads((tmp_path / f"cut-{windows}" / "cut.json").read_text())["segments"]
+        assert segments and segments[-1]["end"] <= cut + 0.01, windows
     said = sum(len(s["words"]) for s in result["segments"])
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--timestamps", "--max-words-per-line", "1",
                  "--output-format", "srt", "--output-dir", str(tmp_path / "one")]) == 0  # fmt: skip

@@ -13,6 +13,7 @@ mask. `log_mel_spectrogram` runs batched on whatever device the audio is on. Rea
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 import os
@@ -60,14 +61,35 @@ def _log_mel(x: Tensor, n_mels: int, frames: Tensor | None = None) -> Tensor:
     """(B, T) → (B, n_mels, T // 160): whisper's steps, in place where it can. frames (B,): rows
     of different lengths, each already reflect-padded by n_fft // 2 at both ends (`log_mel_rows`):
     row b's floor is taken over its own `frames[b]` frames only."""
-    window = _window(str(x.device))
-    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=window, center=frames is None, return_complex=True)[..., :-1]  # (B, 201, F)
-    power = stft.abs().square_()
-    mel = mel_filters(n_mels, str(x.device)) @ power  # (n_mels, 201) @ (B, 201, F) -> (B, n_mels, F)
-    log_spec = mel.clamp_(min=1e-10).log10_()
+    log_spec = _log_spec(x, n_mels, center=frames is None)
     peak = log_spec if frames is None else log_spec.masked_fill(torch.arange(log_spec.shape[-1], device=x.device) >= frames[:, None, None], -torch.inf)
     floor = peak.amax(dim=(-2, -1), keepdim=True) - 8.0  # per sample
     return torch.maximum(log_spec, floor).add_(4.0).div_(4.0)
+
+
+def _log_spec(x: Tensor, n_mels: int, center: bool) -> Tensor:
+    """(B, T) → (B, n_mels, F): log10 of the mel power, before whisper's floor and scaling; F = T // 160
+    (center: reflect-padded here by n_fft // 2 at both ends) or (T - n_fft) // 160 (padded already)."""
+    stft = torch.stft(x, N_FFT, HOP_LENGTH, window=_window(str(x.device)), center=center, return_complex=True)[..., :-1]  # (B, 201, F)
+    power = stft.abs().square_()
+    mel = mel_filters(n_mels, str(x.device)) @ power  # (n_mels, 201) @ (B, 201, F) -> (B, n_mels, F)
+    return mel.clamp_(min=1e-10).log10_()
+
+
+def _log_mel_long(audio: Tensor, n_mels: int, chunk: int) -> Tensor:
+    """log_mel_spectrogram of one waveform (T,), at most `chunk` frames at a time: the STFT's working memory
+    is a chunk's (a 1 h recording's whole STFT takes about 2 GB), the floor is taken over all frames."""
+    n, pad = audio.shape[-1] // HOP_LENGTH, N_FFT // 2
+    out, pieces = torch.empty(n_mels, n, device=audio.device), -(-n // chunk)
+    for a, b in itertools.pairwise(i * n // pieces for i in range(pieces + 1)):  # equal pieces (a last sliver of 1 frame rounds otherwise)
+        lo, hi = a * HOP_LENGTH - pad, b * HOP_LENGTH + pad  # frames a..b (b dropped, as the whole STFT drops its last) centred on a*160..
+        piece = audio[max(lo, 0) : hi]
+        piece = F.pad(piece[None], (max(0, -lo), max(0, hi - audio.shape[-1])), mode="reflect") if lo < 0 or hi > audio.shape[-1] else piece[None]
+        out[:, a:b] = _log_spec(piece, n_mels, center=False)[0]  # (reflected at the recording's ends only, as torch.stft's centring)
+    return out.clamp_(min=out.amax() - 8.0).add_(4.0).div_(4.0)
+
+
+LONG_FRAMES = 60_000  # a waveform of more 10 ms frames (10 min) has its log-mel computed in pieces of at most this many
 
 
 def log_mel_rows(waves: list[Tensor], n_mels: int = 80, device=None, batched: bool | None = None) -> Tensor:
@@ -90,9 +112,12 @@ def log_mel_spectrogram(audio: Tensor, n_mels: int = 80) -> Tensor:
     """16 kHz waveform (T,) or (B, T) float → log-mel (n_mels, T // 160) or (B, n_mels, T // 160).
 
     Whisper's recipe; the max − 8 floor is taken per sample (whisper takes it over whatever
-    tensor it is given, which is the same for one sample). Runs on the audio's device.
+    tensor it is given, which is the same for one sample). Runs on the audio's device. A waveform of
+    more than LONG_FRAMES frames (10 min) is computed in pieces, to the same values.
     """
     single = audio.dim() == 1
+    if single and audio.shape[-1] // HOP_LENGTH > LONG_FRAMES:
+        return _log_mel_long(audio, n_mels, LONG_FRAMES)
     x = audio[None] if single else audio
     if x.device.type == "cpu" and x.shape[0] > 1:
         # note: torch's batched STFT on the CPU measured ~5x slower per row than one row at a time.
@@ -214,7 +239,9 @@ def load_audio(source) -> tuple[np.ndarray, int]:
 def stream_audio(path, seconds: float):
     """An audio file as consecutive mono 16 kHz waveforms of at most `seconds` each (whole multiples
     of rate / gcd(rate, 16000) input samples: at least 1 s at 44,101 Hz), read block by block: a
-    2-hour recording never sits in memory whole. Joined, they equal the whole file resampled."""
+    2-hour recording never sits in memory whole. Joined, they equal the whole file resampled. A file
+    that stops decoding part-way (cut short by a broken download or copy, damaged) yields every
+    sample before the damage (to within 0.1 s), then raises AudioError saying where."""
     path = Path(path)
     sf = _soundfile(path)
     rate = sf.info(str(path)).samplerate
@@ -225,20 +252,57 @@ def stream_audio(path, seconds: float):
     # blocks and the context are whole multiples of `down` input samples, whole multiples of `up` output samples
     block = max(down, int(seconds * rate) // down * down)
     context = 0 if rate == SAMPLE_RATE else -(-STREAM_CONTEXT // down) * down
-    before, current, done = np.zeros(0, np.float32), None, 0  # (done: 16 kHz samples yielded)
-    try:
-        for piece in sf.blocks(str(path), blocksize=block, dtype="float32", always_2d=True):
-            piece = piece.mean(1)  # mono here: a last block of 1 frame has no shorter axis
-            if current is not None:
-                wave = _resampled_span(before, current, piece[:context], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
-                done += len(wave)
-                yield wave
-                before = np.concatenate([before, current])[-context:] if context else before
-            current = piece
+    before, current, done, failed = np.zeros(0, np.float32), None, 0, None  # (done: 16 kHz samples yielded)
+    blocks = _decoded_blocks(sf, path, block, max(1, rate // 10))
+    while True:
+        try:
+            piece = next(blocks, None)
+        except (RuntimeError, sf.LibsndfileError) as e:
+            piece, failed = None, str(e).splitlines()[0]
+        if piece is None:
+            break
         if current is not None:
-            yield _resampled_span(before, current, current[:0], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
-    except (RuntimeError, sf.LibsndfileError) as e:
-        raise AudioError(f"audio {path}: decoding failed ({str(e).splitlines()[0]})") from None
+            wave = _resampled_span(before, current, piece[:context], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
+            done += len(wave)
+            yield wave
+            before = np.concatenate([before, current])[-context:] if context else before
+        current = piece
+    if current is not None:
+        wave = _resampled_span(before, current, current[:0], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
+        done += len(wave)
+        yield wave
+    if failed is not None:
+        where = f" after {done / SAMPLE_RATE:.1f} s" if done else ""
+        raise AudioError(f"audio {path}: decoding failed{where} ({failed})")
+
+
+def _decoded_blocks(sf, path: Path, block: int, small: int):
+    """The file's frames as mono float32 blocks of `block` frames (the last one shorter). A block that
+    fails to decode is read again `small` frames at a time, and what came before the damage is
+    yielded before the error is raised."""
+    with sf.SoundFile(str(path)) as f:
+        while True:
+            at = f.tell()
+            try:
+                piece = f.read(block, dtype="float32", always_2d=True)
+            except (RuntimeError, sf.LibsndfileError) as e:
+                error = e
+            else:
+                if not len(piece):
+                    return
+                yield piece.mean(1)  # mono here: a last block of 1 frame has no shorter axis
+                continue
+            parts = []
+            try:
+                with sf.SoundFile(str(path)) as again:  # (the failed handle cannot seek any more)
+                    again.seek(at)
+                    while len(part := again.read(small, dtype="float32", always_2d=True)):
+                        parts.append(part.mean(1))
+            except (RuntimeError, sf.LibsndfileError):
+                pass
+            if parts:
+                yield np.concatenate(parts)
+            raise error
 
 
 STREAM_CONTEXT = 4096  # input samples of each neighbour a streamed block is resampled with (the filters reach ~10 output samples)
