@@ -94,8 +94,8 @@ class TrainConfig:
                                   "or Ada GPU); precision=bf16 needs neither")  # fmt: skip
         self.check_precision()
         world = launched_processes()
-        if self.batch_size and self.batch_size % (self.grad_accum * world):
-            raise ConfigError(f"batch_size={self.batch_size} must be divisible by grad_accum * processes = {self.grad_accum} * {world}")
+        if self.batch_size:
+            check_split(self.batch_size, self.grad_accum, world)
         if self.fsdp and world < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
@@ -135,6 +135,14 @@ def launch_rank() -> int:
 
 class ConfigError(ValueError):
     """A config or override that does not fit the recipe's dataclass."""
+
+
+def check_split(global_batch: int, accum: int, world: int, what: str = "") -> None:
+    """Every micro-batch of every process gets a sample: batch_size ≥ grad_accum × processes (the
+    parts need not be equal: `recipes.train.micro_span`)."""
+    if global_batch < accum * world:
+        raise ConfigError(f"batch_size={global_batch}{what} is smaller than grad_accum * processes = {accum} * {world}: "
+                          "every micro-batch of every process needs a sample")  # fmt: skip
 
 
 def take_shape(cfg, shape: dict, source: str) -> list[str]:

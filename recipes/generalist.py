@@ -62,7 +62,7 @@ from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransforme
 from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .config import ConfigError, TrainConfig, launched_processes
+from .config import ConfigError, TrainConfig, check_split, launched_processes
 from .runs import resolve_run_dir, resumed_architecture, save_run_info
 from .train import my_share, my_spans, summed, train
 
@@ -489,10 +489,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
         keep_parent_sizes(cfg, trained_config(cfg.init_from).trunk, saved)
     tasks, weights = build_tasks(cfg, saved)
     given, cfg.batch_size = cfg.batch_size, batch_size(cfg, weights)
-    per = cfg.grad_accum * launched_processes()
-    if cfg.batch_size % per:  # (before the run directory: TrainConfig.check's rule, for the batch the weights make)
-        raise ValueError(f"batch_size={cfg.batch_size}{' (the sum of weights)' if not given else ''} must be divisible by "
-                         f"grad_accum * processes = {cfg.grad_accum} * {per // cfg.grad_accum}")  # fmt: skip
+    check_split(cfg.batch_size, cfg.grad_accum, launched_processes(), "" if given else " (the sum of weights)")  # (before the run directory:
+    # TrainConfig.check's rule, for the batch the weights make)
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow

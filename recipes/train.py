@@ -41,7 +41,7 @@ from tokenizers_mm.base import cannot_write, write_json_atomic, write_text_atomi
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
-from .config import TrainConfig, on_cpu
+from .config import TrainConfig, check_split, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 from .runs import gloo_quiet, launched_processes, record_resumed
 
@@ -53,20 +53,18 @@ class StepSampler(Sampler):
     """Yields this process's micro-batches of dataset indices, from `start_step` on, forever.
 
     The global sample stream is a fresh permutation of the dataset each epoch (seeded by seed and
-    epoch); step s takes its `global_batch` consecutive samples. They split into `accum`
-    micro-steps, and each micro-step's share into `world` processes: rank r of micro-step a takes
-    the a-th block of world * micro samples, r-th slice. So the global batch is the same for any
+    epoch); step s takes its `global_batch` consecutive samples. They split into accum × world
+    consecutive parts (`micro_span`: sizes differing by at most one where they do not divide),
+    and rank r of micro-step a takes part a × world + r. So the global batch is the same for any
     number of processes, and resuming at step s needs nothing but s.
     """
 
     def __init__(self, n: int, global_batch: int, accum: int, seed: int, rank: int = 0, world: int = 1, start_step: int = 0):
         if n < 1:
             raise ValueError("the training set is empty")
-        if global_batch % (accum * world):
-            raise ValueError(f"batch_size={global_batch} must be divisible by grad_accum * processes = {accum} * {world}")
+        check_split(global_batch, accum, world)
         self.n, self.global_batch, self.accum, self.seed = n, global_batch, accum, seed
         self.rank, self.world, self.start_step = rank, world, start_step
-        self.micro = global_batch // (accum * world)
         self._epoch, self._perm = -1, None
 
     def _sample(self, pos: int) -> int:
@@ -81,9 +79,17 @@ class StepSampler(Sampler):
         while True:
             base = step * self.global_batch
             for a in range(self.accum):
-                first = base + (a * self.world + self.rank) * self.micro
-                yield MicroBatch([self._sample(p) for p in range(first, first + self.micro)], first)
+                first, stop = micro_span(self.global_batch, self.accum * self.world, a * self.world + self.rank)
+                yield MicroBatch([self._sample(p) for p in range(base + first, base + stop)], base + first)
             step += 1
+
+
+def micro_span(global_batch: int, parts: int, j: int) -> tuple[int, int]:
+    """Part j of a step's global batch cut into `parts` (grad_accum × processes; j = micro-step ×
+    processes + rank): its positions [start, stop) in the step, the parts' sizes differing by at
+    most one (a process or micro-step with one sample more is weighted by its targets as any other:
+    `step_loss_norms`)."""
+    return j * global_batch // parts, (j + 1) * global_batch // parts
 
 
 class MicroBatch(list):
@@ -129,13 +135,13 @@ def named_sample(error: ValueError, check: Callable | None, micro_batches: list,
     packed = any(getattr(b, "segments", None) is not None for inputs, _ in micro_batches for b in inputs.values())
     if found is None or check is None or packed:  # (a packed row holds several examples: its number names none of them)
         return str(error)
-    micro = cfg.batch_size // (cfg.grad_accum * world)
     for a, (inputs, targets) in enumerate(micro_batches):
         try:
             check(inputs, targets)
         except ValueError as again:
             if str(again) == str(error):
-                index = batch_samples(n, cfg, step)[(a * world + rank) * micro + int(found.group(1))]  # (StepSampler's layout)
+                first = micro_span(cfg.batch_size, cfg.grad_accum * world, a * world + rank)[0]  # (StepSampler's layout)
+                index = batch_samples(n, cfg, step)[first + int(found.group(1))]
                 return f"{error}: dataset sample {index} (training step {step})"
     return str(error)
 

@@ -242,8 +242,8 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: a generalist refuses fsdp before run.json records it
     assert main(["resume", str(grown), "fsdp=true", "max_steps=8"]) == 2
     assert "fsdp=true needs every process to run every block" in capsys.readouterr().err and (grown / "run.json").read_text() == saved
-    assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", "weights=5,5,5", "max_steps=1"]) == 2
-    assert "batch_size=15 (the sum of weights) must be divisible by grad_accum * processes = 1 * 2" in capsys.readouterr().err
+    assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", "weights=5,5,5", "grad_accum=8", "max_steps=1"]) == 2
+    assert "batch_size=15 (the sum of weights) is smaller than grad_accum * processes = 8 * 2" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     monkeypatch.delenv("WORLD_SIZE")
     capsys.readouterr()
@@ -252,7 +252,7 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     # sizes a grown run cannot change are refused before its run directory is made (they were recorded, then ignored)
     for bad, message in [(f"dim={2 * TINY['dim']}", f"dim={2 * TINY['dim']}: a run grown from init_from={first} keeps its dim={TINY['dim']}"),
                          ("patch_size=4", "patch_size=4: a run grown from"),
-                         ("grad_accum=4", "batch_size=15 (the sum of weights) must be divisible by grad_accum * processes = 4 * 1")]:
+                         ("grad_accum=16", "batch_size=15 (the sum of weights) is smaller than grad_accum * processes = 16 * 1")]:
         assert main(["train", "generalist", *common, f"run_dir={tmp_path / 'refused'}", f"init_from={first}", "weights=5,5,5", "max_steps=1", bad]) == 2
         assert message in capsys.readouterr().err and not (tmp_path / "refused").exists()
 

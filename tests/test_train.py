@@ -49,8 +49,13 @@ def test_sampler_shards_the_same_global_batch():
     for _ in range(14):
         next(fresh)
     assert next(resumed) == next(fresh)
-    with pytest.raises(ValueError, match="divisible by grad_accum"):
-        StepSampler(100, 6, 4, seed=0)
+    uneven = [StepSampler(100, 7, 2, seed=3, rank=r, world=2) for r in range(2)]  # 7 samples in 4 parts: 1, 2, 2, 2
+    one, its = iter(StepSampler(100, 7, 1, seed=3)), [iter(s) for s in uneven]
+    for _ in range(30):
+        parts = [next(it) for _ in range(2) for it in its]
+        assert sorted(len(p) for p in parts) == [1, 2, 2, 2] and sorted(i for p in parts for i in p) == sorted(next(one))
+    with pytest.raises(ValueError, match=r"batch_size=3 is smaller than grad_accum \* processes = 2 \* 2: every micro-batch"):
+        StepSampler(100, 3, 2, seed=0, world=2)
 
 
 def test_lr_schedule_warmup_and_cosine():
@@ -190,7 +195,7 @@ def test_cli_device_option(trained, capsys):
         (["train", "gpt_char", "top_k=0"], "top_k=0 must be at least 1"),
         (["train", "gpt_char", "lr=inf"], "lr=inf must be a finite number"),
         (["train", "gpt_char", "eval_every=0"], "eval_every=0 must be at least 1"),
-        (["train", "gpt_char", "batch_size=8", "grad_accum=3"], "batch_size=8 must be divisible by grad_accum * processes = 3 * 1"),
+        (["train", "gpt_char", "batch_size=2", "grad_accum=3"], "batch_size=2 is smaller than grad_accum * processes = 3 * 1"),
         (["train", "vit_digits", "label_smoothing=2"], "label_smoothing=2.0 must be below 1.0"),
         (["train", "dt_cartpole", "eval_episodes=0"], "eval_episodes=0 must be at least 1"),
         (["train", "gpt_char", "precision=fp4"], "precision='fp4': expected one of auto, no, bf16, fp16, fp8"),
@@ -316,9 +321,11 @@ def torchrun(nproc: int, *args) -> subprocess.CompletedProcess:
 
 
 def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text):
+    """A global batch of 7 split over 2 processes (4 + 3 samples) gives one process's gradients: every
+    target weighs alike however the batch divides."""
     helper = str(ROOT / "tests" / "helpers" / "ddp_first_grads.py")
-    torchrun(1, helper, str(small_text), str(tmp_path / "g1.safetensors"))
-    p = torchrun(2, helper, str(small_text), str(tmp_path / "g2.safetensors"))
+    torchrun(1, helper, str(small_text), str(tmp_path / "g1.safetensors"), "7")
+    p = torchrun(2, helper, str(small_text), str(tmp_path / "g2.safetensors"), "7")
     assert "rank 1/2 ok" in p.stdout and "rank 0/2 ok" in p.stdout
     g1, g2 = load_file(tmp_path / "g1.safetensors"), load_file(tmp_path / "g2.safetensors")
     assert g1.keys() == g2.keys() and len(g1) > 5
@@ -534,11 +541,12 @@ def tiny_lm(image: bool = False):
     return MultimodalTransformer(ModelConfig(trunk, mods, heads, **io))
 
 
-@pytest.mark.parametrize("lengths", ["equal", "unequal"])
+@pytest.mark.parametrize("lengths", ["equal", "unequal", "uneven split"])
 def test_gradient_accumulation_gives_the_whole_batch_gradients(lengths):
     """grad_accum=2 over two halves of a batch leaves the gradients one backward pass over the whole
     batch gives, and the mean loss, also when the halves hold different numbers of target tokens
-    (short sequences first): every token weighs alike (`loss_counts`), not each half's mean."""
+    (short sequences first; or 3 and 5 samples, as a batch_size that grad_accum does not divide):
+    every token weighs alike (`loss_counts`), not each half's mean."""
     from accelerate import Accelerator
 
     from recipes.train import forward_backward
@@ -551,7 +559,8 @@ def test_gradient_accumulation_gives_the_whole_batch_gradients(lengths):
     batch = lambda exs: collate_examples(exs)  # noqa: E731
     accelerator = Accelerator(cpu=True)
     grads, losses = [], []
-    for micro in ([batch(examples)], [batch(examples[:4]), batch(examples[4:])]):
+    cut = 3 if lengths == "uneven split" else 4
+    for micro in ([batch(examples)], [batch(examples[:cut]), batch(examples[cut:])]):
         model.zero_grad(set_to_none=True)
         losses.append(forward_backward(accelerator, model, micro, len(micro)))
         grads.append({n: p.grad.clone() for n, p in model.named_parameters()})

@@ -1,6 +1,6 @@
 """Run under torchrun: one gpt_char optimizer step's gradients (before the update) → safetensors.
 
-    torchrun --nproc_per_node N tests/helpers/ddp_first_grads.py DATA OUT.safetensors
+    torchrun --nproc_per_node N tests/helpers/ddp_first_grads.py DATA OUT.safetensors [BATCH_SIZE]
 
 Uses the training loop's own pieces (make_loader, forward_backward), so N processes and one
 process see the same global batch; the test compares the gradients they produce.
@@ -16,7 +16,8 @@ from recipes.gpt_char import Config, build_data, build_model
 from recipes.train import forward_backward, make_loader
 
 data, out = sys.argv[1], sys.argv[2]
-cfg = Config(data=data, block_size=16, dim=32, depth=2, num_heads=2, batch_size=8, cpu=True)
+batch = int(sys.argv[3]) if len(sys.argv) > 3 else 8
+cfg = Config(data=data, block_size=16, dim=32, depth=2, num_heads=2, batch_size=batch, cpu=True)
 accelerator = Accelerator(cpu=True)
 tokenizer, train_set, _ = build_data(cfg)
 set_seed(cfg.seed)
