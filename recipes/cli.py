@@ -263,6 +263,7 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".a
 
 
 def cmd_show(args):
+    one_process("show")  # (each would write the same picture)
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
@@ -525,29 +526,33 @@ def main(argv=None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, OSError) and e.filename is None and e.strerror:  # our own "cannot write OUT: ..." (no "[Errno 30]")
             msg = e.strerror
-        print(f"mmtok: error: {msg}", file=sys.stderr)
+        # (another process's progress bar may hold the terminal's line: this one starts its own)
+        print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: {msg}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         if not peer_stopped(e):
             raise
         close_progress_bars()  # (the process that failed printed its own line)
-        print(f"mmtok: error: process {launch_rank()}: another process stopped (its error is printed above); this one "
-              f"stopped with it ({(str(e).splitlines() or [''])[0][:160]})", file=sys.stderr)  # fmt: skip
+        print(f"mmtok: error: process {launch_rank()}: another process stopped (its error is printed above; one killed prints none, "
+              f"its launcher names its exit code); this one stopped with it ({(str(e).splitlines() or [''])[0][:160]})", file=sys.stderr)  # fmt: skip
         return 2
     return 0
 
 
 def interrupted_run(args) -> str:
-    """What Ctrl-C during `mmtok train` / `resume` leaves to go on from: its last checkpoint, if it
-    wrote one (a run stopped before its first has nothing to resume: a refused run leaves no folder)."""
+    """What Ctrl-C during `mmtok train` / `resume` leaves to go on from: its last checkpoint, or a run
+    started but not yet checkpointed, which resume starts again (a refused run leaves no folder)."""
     from .checkpoint import latest_checkpoint
 
     run_dir = getattr(args, "run_dir", None) if getattr(args, "command", None) in ("train", "resume") else None
+    started = run_dir is not None and Path(run_dir, "run.json").is_file()
     try:
-        ckpt = latest_checkpoint(run_dir) if run_dir is not None and Path(run_dir, "run.json").is_file() else None
+        ckpt = latest_checkpoint(run_dir) if started else None
     except OSError:
         ckpt = None
-    return "" if ckpt is None else f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
+    if ckpt is None:  # (a run stopped before its first checkpoint: its run.json, tokenizers and metrics so far)
+        return f"; {run_dir} holds no checkpoint yet: `mmtok resume {run_dir}` starts it again from step 0" if started else ""
+    return f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
 
 
 def peer_stopped(e: RuntimeError) -> bool:

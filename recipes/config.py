@@ -96,6 +96,10 @@ class TrainConfig:
         world = launched_processes()
         if self.batch_size:
             check_split(self.batch_size, self.grad_accum, world)
+        from accelerate.utils import parse_flag_from_env
+
+        if parse_flag_from_env("ACCELERATE_USE_FSDP"):  # (Accelerator() would fail on a CPU machine, after the run directory is made)
+            raise ConfigError(ACCELERATE_FSDP)
         if self.fsdp and world < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
@@ -131,6 +135,10 @@ def launched_processes() -> int:
 def launch_rank() -> int:
     """This process's rank in the launch (0 when launched alone), before Accelerate is set up."""
     return _launcher_figure(("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), 0)
+
+
+ACCELERATE_FSDP = ("this run was launched with Accelerate's FSDP config (accelerate launch --use_fsdp, or an FSDP config file), which "
+                   "the loop does not use: launch it without, and pass fsdp=true (the loop shards the model itself; recipes/fsdp.py)")
 
 
 class ConfigError(ValueError):

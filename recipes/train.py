@@ -41,7 +41,7 @@ from tokenizers_mm.base import cannot_write, write_json_atomic, write_text_atomi
 
 from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
                          verify_latest, write_checkpoint)
-from .config import TrainConfig, check_split, on_cpu
+from .config import ACCELERATE_FSDP, TrainConfig, check_split, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 from .runs import gloo_quiet, launched_processes, record_resumed
 
@@ -503,8 +503,7 @@ def train(
             if isinstance(m, Stack):
                 m.grad_checkpoint = True
     if accelerator.distributed_type == DistributedType.FSDP:
-        raise ValueError("this run was launched with Accelerate's FSDP config, which the loop does not use: "
-                         "launch it without, and pass fsdp=true (the loop shards the model itself; recipes/fsdp.py)")  # fmt: skip
+        raise ValueError(ACCELERATE_FSDP)
     full = model  # the caller's model; with fsdp=true it stays whole, on the CPU, and training runs on a sharded copy
     if cfg.fsdp:
         model = shard(full.cpu(), accelerator)

@@ -348,3 +348,15 @@ def test_fsdp_needs_several_processes(tmp_path, fresh_accelerate):
     cfg = TrainConfig(cpu=True, max_steps=2, batch_size=4, fsdp=True)
     with pytest.raises(ValueError, match="fsdp=true shards the model over processes: launch 2 or more"):
         train(cfg, tiny(), Windows(), collate_examples, lambda m, a: {}, tmp_path)
+
+
+def test_accelerates_own_fsdp_launch_is_refused_before_the_run_directory(tmp_path, monkeypatch, capsys):
+    """`accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true) would make Accelerator() fail with a
+    traceback on a CPU machine, after the run directory is made: one line says to pass fsdp=true."""
+    from recipes.cli import main
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert main(["train", "gpt_char", "max_steps=1", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "launched with Accelerate's FSDP config" in err and "pass fsdp=true" in err, err
+    assert not (tmp_path / "run").exists()

@@ -367,6 +367,8 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     assert "mmtok generate runs in one process: launch it without torchrun" in capsys.readouterr().err
     assert cli.main(["export", str(run), str(tmp_path / "exported")]) == 2 and not (tmp_path / "exported").exists()
     assert "mmtok export runs in one process" in capsys.readouterr().err
+    assert cli.main(["show", str(run), "--out", str(tmp_path / "shown.png")]) == 2 and not (tmp_path / "shown.png").exists()
+    assert "mmtok show runs in one process" in capsys.readouterr().err
 
 
 def test_the_processes_of_one_launch_name_one_default_run_directory():
@@ -387,7 +389,7 @@ def test_a_peers_failure_is_one_line_on_the_other_processes(monkeypatch, capsys)
     monkeypatch.setattr(cli, "cmd_tokenizers", lost_peer)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["tokenizers"]) == 2
-    assert "another process stopped (its error is printed above); this one stopped with it" in capsys.readouterr().err
+    assert "another process stopped (its error is printed above; one killed prints none, its launcher names its exit code); this one stopped with it" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "1")
     with pytest.raises(RuntimeError, match="Connection closed by peer"):
         cli.main(["tokenizers"])
@@ -740,5 +742,8 @@ def test_ctrl_c_says_how_to_go_on_and_an_empty_data_path_is_refused(tmp_path, tr
     shutil.copytree(trained, run)
     assert main(["resume", str(run), "max_steps=30"]) == 130
     assert capsys.readouterr().err == f"mmtok: interrupted; {run / 'checkpoints' / 'step-0000020'} is kept: `mmtok resume {run}` goes on from it\n"
+    shutil.rmtree(run / "checkpoints")  # stopped before its first checkpoint, once started: its run.json says how to go on
+    assert main(["resume", str(run), "max_steps=30"]) == 130
+    assert capsys.readouterr().err == f"mmtok: interrupted; {run} holds no checkpoint yet: `mmtok resume {run}` starts it again from step 0\n"
     assert main(["eval", str(trained), "--data", ""]) == 2  # (an unset shell variable: not the run's own data, silently)
     assert "--data: expected a file, a folder or a dataset, got an empty string" in capsys.readouterr().err
