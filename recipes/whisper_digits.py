@@ -901,7 +901,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         language = "auto"
         if not language_tokens(toks["text"]):
             raise ValueError(f"language=auto: {run_dir} is an English-only or a from-scratch model; it has no language tokens to choose from")
-    run_language = getattr(cfg, "language", "") or None
+    run_language = getattr(cfg, "language", "") or ("en" if n_languages(toks["text"]) and not language_tokens(toks["text"]) else None)  # (English-only: en, as openai-whisper)
     suppressor = Suppress(toks["text"], "-1" if suppress is True else suppress) if suppress not in (False, None) else None  # the logits filter decoding runs with: suppression, timestamp rules
     if timestamps:
         if not toks["audio"].chunk:

@@ -740,5 +740,6 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     with pytest.raises(ValueError, match="language='de': .*run_en is an English-only or a from-scratch model"):
         whisper_folder.transcribe(english, [str(clip)], language="de")
     assert whisper_folder.transcribe(english, [str(clip)], language="en") == whisper_folder.transcribe(english, [str(clip)])
+    assert whisper_folder.transcribe_files(english, [str(clip)])[0]["language"] == "en"  # as openai-whisper's result for a .en model
     with pytest.raises(ValueError, match="task=translate: .*run_en is an English-only or a from-scratch model; it has no task tokens"):
         whisper_folder.transcribe(english, [str(clip)], task="translate")
