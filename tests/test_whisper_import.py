@@ -102,6 +102,7 @@ def test_openai_whisper_checkpoint_loads_without_unpickling(tmp_path):
         load_openai_whisper(tmp_path / "other.pt")
     # dims the weights do not bear out are refused before a model is built from them
     for change, message in (({"n_text_layer": 5000}, r"does not match its dims \(89 tensors; 2 \+ 5000 layers take 120041\)"),
+                            ({"n_text_layer": 3}, r"\(89 tensors; 2 \+ 3 layers take 113: missing \['decoder.blocks.2.attn.key.weight', "),
                             ({"n_audio_state": 4096, "n_text_state": 4096}, r"dims say encoder.conv1.weight is \(4096, 80, 3\)"),
                             ({"n_mels": "80"}, r"n_mels='80': dims must give every ModelDimensions field as a positive integer")):  # fmt: skip
         torch.save({"dims": {**dataclasses.asdict(dims), **change}, "model_state_dict": ref.state_dict()}, tmp_path / "big.pt")
