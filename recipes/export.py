@@ -25,6 +25,7 @@ is refused); a tokenizer.json must encode a probe text as the run's tokenizer do
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -205,6 +206,20 @@ def whisper_probe(model, tokenizers, run_cfg):
     return wave, mel.values.T[None], ids[None], next(iter(logits.values()))
 
 
+@contextlib.contextmanager
+def quiet_loading():
+    """transformers' progress bar ("Loading weights") off while the check loads the export back."""
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
+
+
 @torch.no_grad()
 def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float | None:
     """Largest |logit difference| between transformers' Whisper loaded from `folder` and ours on
@@ -219,7 +234,8 @@ def check_whisper(model, tokenizers, folder: Path, run_cfg) -> float | None:
     gap = float((mel - theirs_mel).abs().max())
     if not gap <= MEL_TOLERANCE:
         raise ValueError(f"export: WhisperFeatureExtractor's log-mel window differs from the run's by {gap:.3g} (allowed {MEL_TOLERANCE:g})")
-    ref = WhisperForConditionalGeneration.from_pretrained(folder).eval()
+    with quiet_loading():
+        ref = WhisperForConditionalGeneration.from_pretrained(folder).eval()
     return difference(ours, ref(input_features=mel, decoder_input_ids=ids).logits)
 
 
@@ -254,7 +270,8 @@ def check_gpt2(model, tokenizers, folder: Path) -> float | None:
         from transformers import GPT2LMHeadModel
     except ImportError:
         return None
-    ref = GPT2LMHeadModel.from_pretrained(folder).eval()
+    with quiet_loading():
+        ref = GPT2LMHeadModel.from_pretrained(folder).eval()
     m = model.config.modalities["text"]
     ids = torch.randint(0, m.vocab_size, (2, min(m.max_positions, 32)), generator=torch.Generator().manual_seed(0))
     ours = model({"text": collate([TokenSet("text", ids=row) for row in ids])}).logits
@@ -285,34 +302,71 @@ HOST = socket.gethostname().replace(".", "_")
 
 
 def remove_stale(out: Path) -> None:
-    """Remove what earlier exports to `out` killed mid-write left (`.OUT.PID@HOST.*.partial`): those of
-    this machine whose process is gone. A live export's, or another machine's, is left alone."""
-    for stale in out.parent.glob(f".{glob.escape(out.name)}.*@{HOST}.*.partial"):
-        pid = stale.name[len(out.name) + 2 :].split("@", 1)[0]
+    """Remove what earlier exports to `out` killed mid-write left: their temporary folders
+    (`.OUT.PID@HOST.*.partial`) and, in a folder they were filling (`fill`), the files its marker
+    lists. Only this machine's, whose process is gone: a live export's, or another machine's, is left alone."""
+    pattern = f".{glob.escape(out.name)}.*@{HOST}.*"
+    stale = [*out.parent.glob(pattern + ".partial"), *(out.glob(pattern + ".filling") if out.is_dir() and not out.is_symlink() else [])]
+    for path in stale:
+        pid = path.name[len(out.name) + 2 :].split("@", 1)[0]
         if not pid.isdigit():
             continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
-            shutil.rmtree(stale, ignore_errors=True)
+            if path.suffix == ".partial":
+                shutil.rmtree(path, ignore_errors=True)
+                continue
+            for name in path.read_text().split():  # (the files the killed export was moving in: no others)
+                if "/" not in name and name not in (".", ".."):
+                    target = out / name
+                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         except PermissionError:  # alive, another user's
             pass
+
+
+def fill(out: Path, tmp: Path) -> None:
+    """Move the export written in `tmp` into the empty folder `out`, file by file (it may be the
+    shell's current folder, which a rename cannot replace). A marker in `out` lists the files while
+    they move, so that what a killed export left there is removed by the next (`remove_stale`)."""
+    names = sorted(p.name for p in tmp.iterdir())
+    marker = out / f".{out.name}.{os.getpid()}@{HOST}.{tmp.name.rsplit('.', 2)[-2]}.filling"  # (the temporary's own id)
+    with os.fdopen(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "w") as f:
+        f.write("\n".join(names) + "\n")
+    if sorted(p.name for p in out.iterdir()) != [marker.name]:  # filled meanwhile
+        marker.unlink()
+        raise FileExistsError(out)
+    for name in names:
+        (tmp / name).rename(out / name)
+    marker.unlink()
 
 
 def export(run_dir, out) -> dict:
     """Write the run's last checkpoint to `out` in its reference format (a folder; an OUT ending in
     .pt: an openai-whisper checkpoint file); returns what was written (format, folder, files, the
     checked difference)."""
+    if not str(out).strip():  # (an unset shell variable: not the current folder, silently)
+        raise ValueError("export: OUT is an empty string; give the path of a new folder (or of a .pt file)")
     run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # (absolute: "." has no name to make a temporary folder beside it from)
     one_file = out.suffix.lower() == ".pt"
     if out.is_symlink():
         raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new {'file' if one_file else 'folder'}")
+    above = next(d for d in out.parents if d.exists() or d.is_symlink())
+    if not above.is_dir():
+        raise NotADirectoryError(f"export: {above} is not a folder; {out.name} cannot be made inside it")
+    if out.parent.is_dir():
+        remove_stale(out)  # (a killed export's leftovers, first: they are not the user's files)
     if one_file and out.exists():
         raise FileExistsError(f"export: {out} exists; choose a new file name")
     if not one_file and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"export: {out} exists and is not an empty folder; choose a new one")
     empty_folder = not one_file and out.is_dir()  # (filled, not replaced: it may be the shell's ".")
     recipe, _, run_cfg = load_run_info(run_dir)
+    if recipe == "generalist":
+        raise ValueError("export: generalist runs have no export: their one trunk reads every task's tokens with a type embedding per "
+                         "modality (as a prefix LM or an encoder-decoder), which no GPT-2, timm or Whisper model computes; the run's "
+                         "checkpoint (model.safetensors) is the model")  # fmt: skip
     model, tokenizers = load_trained(run_dir)
     model = model.float().eval()
     kind = kind_of(model)
@@ -322,12 +376,13 @@ def export(run_dir, out) -> dict:
                              f"this run exports to a folder ({FORMATS[kind]})")  # fmt: skip
         kind = "openai-whisper"
     tmp = out.parent / f".{out.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:8]}.partial"  # one of its own per export
+    made = [d for d in out.parents if not d.exists()]  # (removed again when the export fails: a refused export leaves nothing)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(out)
         tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
     except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
         raise cannot_write(out, e, "export: ") from None
+    done = False
     try:
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)
@@ -351,19 +406,22 @@ def export(run_dir, out) -> dict:
                     (tmp / out.name).rename(out)
             else:
                 if empty_folder:
-                    if any(out.iterdir()):  # filled meanwhile
-                        raise FileExistsError(out)
-                    for f in sorted(tmp.iterdir()):
-                        f.rename(out / f.name)
+                    fill(out, tmp)
                 else:
                     tmp.rename(out)  # fails onto a folder that is not empty
         except OSError:
             if not out.exists():
                 raise
-            raise FileExistsError(f"export: {out} appeared while exporting (another export?); choose a new "
+            how = "was filled" if empty_folder else "appeared"
+            raise FileExistsError(f"export: {out} {how} while exporting (another export?); choose a new "
                                   f"{'file name' if one_file else 'folder'}") from None  # fmt: skip
+        done = True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            with contextlib.suppress(OSError):
+                for d in made:
+                    d.rmdir()
     files = [out.name] if one_file else sorted(p.name for p in out.iterdir())
     language = None  # a Whisper run's prompt's, for openai-whisper's command line
     if kind in ("whisper", "openai-whisper"):

@@ -3,6 +3,7 @@
 VisionTransformer), computes our outputs. The Whisper export of trained runs, through transformers'
 speech-recognition pipeline: tests/test_whisper_folder.py."""
 
+import json
 import dataclasses
 import os
 import subprocess
@@ -266,6 +267,23 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
         (leftover / "model.safetensors").write_bytes(b"half")
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit_again")]) == 0
     assert not stale.exists() and live.exists() and (tmp_path / "vit_again" / "config.json").is_file()
+    # an export killed while it filled an existing empty folder: the files its marker lists go with the next export there
+    filled = tmp_path / "vit_filled"
+    filled.mkdir()
+    (filled / "config.json").write_text("{")
+    (filled / f".vit_filled.{dead.pid}@{HOST}.0a1b.filling").write_text("config.json\nmodel.safetensors\n")
+    assert main(["export", str(tmp_path / "vit"), str(filled)]) == 0, capsys.readouterr().err
+    assert not list(filled.glob(".*")) and json.loads((filled / "config.json").read_text())["num_classes"] == 10
+    capsys.readouterr()
+    (tmp_path / "afile").write_text("x")  # OUT inside a file: said so (mkdir's "File exists" read as OUT existing)
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "afile" / "out")]) == 2
+    assert capsys.readouterr().err == f"mmtok: error: export: {tmp_path / 'afile'} is not a folder; out cannot be made inside it\n"
+    assert main(["export", str(tmp_path / "vit"), ""]) == 2  # (an unset shell variable: not the current folder)
+    assert "export: OUT is an empty string" in capsys.readouterr().err
+    monkeypatch.setattr(export_module, "check_timm", lambda *a: (_ for _ in ()).throw(ValueError("refused late")))
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "np1" / "np2" / "out")]) == 2  # the folders made for it go too
+    monkeypatch.undo()
+    assert "refused late" in capsys.readouterr().err and not (tmp_path / "np1").exists()
 
 
 def test_a_tokenizer_json_that_encodes_otherwise_is_refused(tmp_path, monkeypatch):

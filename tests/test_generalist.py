@@ -229,6 +229,8 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     r3 = json.loads((grown / "results.json").read_text())
     assert all(r3[key] == r1[key] for key in ("digits_accuracy", "speech_wer", "control_return"))  # still frozen
     capsys.readouterr()
+    assert main(["export", str(grown), str(tmp_path / "exported")]) == 2 and not (tmp_path / "exported").exists()
+    assert "export: generalist runs have no export: their one trunk reads every task's tokens" in capsys.readouterr().err
     assert main(["eval", str(grown), "--device", "auto"]) == 0  # every task's metric again (auto: the GPU when there is one)
     again = json.loads(capsys.readouterr().out)
     assert again["digits_accuracy"] == pytest.approx(r3["digits_accuracy"], rel=1e-6) and again["text_loss"] == pytest.approx(r3["text_loss"], rel=1e-4)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from .text_bpe import BPETokenizer, bytes_to_unicode, gpt2_vocab_merges, onig_pattern, openai_whisper_file
@@ -120,7 +121,8 @@ def save_hf(tokenizer, directory, whisper: bool = False, language: str | None = 
         hf.model.save(str(directory))  # vocab.json + merges.txt, as Whisper's folders have them
         spelling = openai_whisper_file("normalizers", "english.json")  # british -> american spellings, read by tokenizer.normalize()
         if spelling is None:
-            print("Whisper export: normalizer.json left out (openai-whisper is not installed); the tokenizer's normalize() needs it")
+            print("Whisper export: normalizer.json left out (openai-whisper is not installed); the tokenizer's normalize() needs it",
+                  file=sys.stderr)
         else:
             shutil.copyfile(spelling, directory / "normalizer.json")
     config |= named
