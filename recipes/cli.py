@@ -97,6 +97,8 @@ def resume_run(args, module, cfg):
             cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist)
     if hasattr(cfg, "check_precision"):
         cfg.check_precision(resume=True)  # (on this machine: a run started on a GPU)
+    if hasattr(cfg, "check_launch"):
+        cfg.check_launch()  # (this launch's processes: another number than the run was started with)
     module.main(cfg, resume=True)
 
 

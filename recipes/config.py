@@ -93,15 +93,20 @@ class TrainConfig:
                 raise ConfigError("precision=fp8: Accelerate's fp8 needs transformer-engine, MS-AMP or torchao installed (and a Hopper "
                                   "or Ada GPU); precision=bf16 needs neither")  # fmt: skip
         self.check_precision()
+        self.check_launch()
+        if self.fsdp and launched_processes() < 2:
+            raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
+
+    def check_launch(self) -> None:
+        """What depends on how the run is launched (its processes, Accelerate's config), not on what it
+        trains: checked when it starts and again on every resume."""
         world = launched_processes()
         if self.batch_size:
             check_split(self.batch_size, self.grad_accum, world)
-        from accelerate.utils import parse_flag_from_env
-
-        if parse_flag_from_env("ACCELERATE_USE_FSDP"):  # (Accelerator() would fail on a CPU machine, after the run directory is made)
+        # Accelerate's FSDP (as its Accelerator reads the variable; one process trains without it): Accelerator() would
+        # fail on a CPU machine, after the run directory is made
+        if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and world > 1:
             raise ConfigError(ACCELERATE_FSDP)
-        if self.fsdp and world < 2:
-            raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
     def check_precision(self, resume: bool = False) -> None:
         """fp16 on the CPU: Accelerate turns it off without a word (fp32, no loss scaler), so it is refused."""

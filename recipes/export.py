@@ -304,7 +304,8 @@ HOST = socket.gethostname().replace(".", "_")
 def remove_stale(out: Path) -> None:
     """Remove what earlier exports to `out` killed mid-write left: their temporary folders
     (`.OUT.PID@HOST.*.partial`) and, in a folder they were filling (`fill`), the files its marker
-    lists. Only this machine's, whose process is gone: a live export's, or another machine's, is left alone."""
+    lists, when OUT holds nothing else. Only this machine's, whose process is gone: a live export's, or
+    another machine's, is left alone."""
     pattern = f".{glob.escape(out.name)}.*@{HOST}.*"
     stale = [*out.parent.glob(pattern + ".partial"), *(out.glob(pattern + ".filling") if out.is_dir() and not out.is_symlink() else [])]
     for path in stale:
@@ -317,10 +318,13 @@ def remove_stale(out: Path) -> None:
             if path.suffix == ".partial":
                 shutil.rmtree(path, ignore_errors=True)
                 continue
-            for name in path.read_text().split():  # (the files the killed export was moving in: no others)
-                if "/" not in name and name not in (".", ".."):
-                    target = out / name
-                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+            listed = {n for n in path.read_text().split("\n") if n and "/" not in n and n not in (".", "..")}
+            present = {p.name for p in out.iterdir()} - {path.name}
+            if not present <= listed:  # other files beside them: not ours to judge (the export is then refused: OUT is not empty)
+                continue
+            for name in present:  # (only what the killed export was moving in: the folder was empty when it began)
+                target = out / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
         except PermissionError:  # alive, another user's
             pass
@@ -377,13 +381,13 @@ def export(run_dir, out) -> dict:
         kind = "openai-whisper"
     tmp = out.parent / f".{out.name}.{os.getpid()}@{HOST}.{uuid.uuid4().hex[:8]}.partial"  # one of its own per export
     made = [d for d in out.parents if not d.exists()]  # (removed again when the export fails: a refused export leaves nothing)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
-    except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
-        raise cannot_write(out, e, "export: ") from None
     done = False
     try:
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
+        except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
+            raise cannot_write(out, e, "export: ") from None
         if kind == "gpt2":
             write_gpt2(model, tokenizers, tmp)
             found = check_gpt2(model, tokenizers, tmp)

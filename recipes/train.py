@@ -581,8 +581,9 @@ def train(
             loss_val = accelerator.reduce(loss, "mean").item()
             loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             dt = time.perf_counter() - t0
-            row = {"step": step, "loss": loss_val, "lr": lr,
-                   "tokens_per_s": tokens * accelerator.num_processes / dt}  # fmt: skip
+            if accelerator.num_processes > 1:  # every process's own count (their shares of a batch differ)
+                tokens = accelerator.reduce(torch.tensor(float(tokens), dtype=sum_dtype(accelerator.device), device=accelerator.device), "sum").item()
+            row = {"step": step, "loss": loss_val, "lr": lr, "tokens_per_s": tokens / dt}
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
             if flops is not None:

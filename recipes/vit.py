@@ -64,6 +64,9 @@ class Config(TrainConfig):
             raise ConfigError(f"image_size={self.image_size} must be a multiple of patch_size={self.patch_size}")
         if self.channels not in (1, 3):  # image files are read as greyscale or RGB (alpha dropped): tokenizers_mm.image.to_tensor
             raise ConfigError(f"channels={self.channels}: expected 1 (greyscale) or 3 (RGB; an alpha channel is dropped)")
+
+    def check_launch(self) -> None:
+        super().check_launch()
         per = self.grad_accum * launched_processes()
         if (self.mixup > 0 or self.cutmix > 0) and self.batch_size % (2 * per):  # timm's Mixup mixes each image with another
             raise ConfigError(f"mixup / cutmix need an even batch per process and micro-step: batch_size={self.batch_size} / "

@@ -974,7 +974,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
         import soundfile
         from tqdm.auto import tqdm
 
-        total = math.ceil(soundfile.info(str(p)).duration)  # readable: stream_audio checked it
+        info = soundfile.info(str(p))  # readable: stream_audio checked it
+        total = math.ceil(info.duration)
         bar = tqdm(total=total, unit="s", desc=f"transcribe {Path(p).name}", leave=False, disable=None)  # off when stderr is not a terminal
         try:  # (the bar is closed when a bad file stops the transcription too: the next file's bar starts on its own line)
             prompt, file_language, carried, last_speech = run_prompt, run_language, [] if condition_on_previous_text else None, 0.0
@@ -990,7 +991,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             if windows == "seek":
                 from .whisper_seek import recording_mel, seek_clips, transcribe_seeking, window_batch
 
-                mel = recording_mel(toks["audio"], stream, str(p), on)
+                mel = recording_mel(toks["audio"], stream, str(p), on, -(-info.frames * SAMPLE_RATE // info.samplerate))
                 if language == "auto":
                     detect(audio_memory(model, window_batch(toks["audio"], mel, 0, toks["audio"].max_frames)))
                 content = mel.shape[-1] - toks["audio"].max_frames  # 10 ms frames of the recording (the mel carries a window of padding)

@@ -44,18 +44,23 @@ FRAMES_PER_SECOND = SAMPLE_RATE // HOP_LENGTH  # an int, as openai-whisper's: t 
 INPUT_STRIDE = round(TIME_PRECISION * FRAMES_PER_SECOND)  # log-mel frames per timestamp step (the encoder's stride): 2
 
 
-def recording_mel(audio_tok, pieces, name: str = "audio", device=None) -> torch.Tensor:
+def recording_mel(audio_tok, pieces, name: str = "audio", device=None, samples: int | None = None) -> torch.Tensor:
     """openai-whisper's transcribe: the log-mel (n_mels, F) of the recording (`pieces`: its 16 kHz
     waveforms, `stream_audio`'s, or one tensor) followed by one window of silence (so that every
     window can be sliced whole), floored at its max − 8 over all of it. The pieces are copied into
-    one waveform as they come, each freed once copied: the recording is held once, at 16 kHz."""
-    pieces = [pieces] if isinstance(pieces, torch.Tensor) else list(pieces)
-    wave = torch.zeros(sum(len(p) for p in pieces) + audio_tok.max_frames * HOP_LENGTH, device=device)
-    at, pieces = 0, pieces[::-1]
-    while pieces:
-        piece = pieces.pop()
+    one waveform as they come (`samples`: how many the file's header promises, to size it), so the
+    recording is held once, at 16 kHz."""
+    if isinstance(pieces, torch.Tensor):
+        pieces, samples = [pieces], len(pieces)
+    pad = audio_tok.max_frames * HOP_LENGTH
+    wave, at = torch.empty((samples or 0) + pad, device=device), 0
+    for piece in pieces:
+        if at + len(piece) + pad > len(wave):  # more than promised: room for as much again
+            wave = torch.cat([wave[:at], torch.empty(max(at, len(piece)) + pad, device=device)])
         wave[at : at + len(piece)] = piece
         at += len(piece)
+    wave = wave[: at + pad] if at + pad > 3 * len(wave) // 4 else wave[: at + pad].clone()  # (a file cut short: not its header's size)
+    wave[at:] = 0
     mel = log_mel_spectrogram(wave, audio_tok.n_mels)
     check_finite(mel, wave, name)
     return mel

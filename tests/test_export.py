@@ -274,6 +274,11 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     (filled / f".vit_filled.{dead.pid}@{HOST}.0a1b.filling").write_text("config.json\nmodel.safetensors\n")
     assert main(["export", str(tmp_path / "vit"), str(filled)]) == 0, capsys.readouterr().err
     assert not list(filled.glob(".*")) and json.loads((filled / "config.json").read_text())["num_classes"] == 10
+    (filled / "notes.txt").write_text("mine")  # beside a file the killed export did not list, nothing is removed: OUT is not empty
+    marker = filled / f".vit_filled.{dead.pid}@{HOST}.0a1b.filling"
+    marker.write_text("config.json\nmodel.safetensors\n")
+    assert main(["export", str(tmp_path / "vit"), str(filled)]) == 2 and marker.exists() and (filled / "config.json").exists()
+    assert "vit_filled exists and is not an empty folder" in capsys.readouterr().err
     capsys.readouterr()
     (tmp_path / "afile").write_text("x")  # OUT inside a file: said so (mkdir's "File exists" read as OUT existing)
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "afile" / "out")]) == 2

@@ -351,11 +351,14 @@ def test_fsdp_needs_several_processes(tmp_path, fresh_accelerate):
 
 
 def test_accelerates_own_fsdp_launch_is_refused_before_the_run_directory(tmp_path, monkeypatch, capsys):
-    """`accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true) would make Accelerator() fail with a
-    traceback on a CPU machine, after the run directory is made: one line says to pass fsdp=true."""
+    """`accelerate launch --use_fsdp` (ACCELERATE_USE_FSDP=true) with several processes would make
+    Accelerator() fail with a traceback on a CPU machine, after the run directory is made: one line
+    says to pass fsdp=true (one process: Accelerate ignores the variable, and so does the check)."""
     from recipes.cli import main
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    TrainConfig(cpu=True, batch_size=4).check_launch()
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "gpt_char", "max_steps=1", f"run_dir={tmp_path / 'run'}"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "launched with Accelerate's FSDP config" in err and "pass fsdp=true" in err, err

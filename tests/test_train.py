@@ -321,7 +321,7 @@ def torchrun(nproc: int, *args) -> subprocess.CompletedProcess:
 
 
 def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text):
-    """A global batch of 7 split over 2 processes (4 + 3 samples) gives one process's gradients: every
+    """A global batch of 7 split over 2 processes (3 + 4 samples) gives one process's gradients: every
     target weighs alike however the batch divides."""
     helper = str(ROOT / "tests" / "helpers" / "ddp_first_grads.py")
     torchrun(1, helper, str(small_text), str(tmp_path / "g1.safetensors"), "7")
@@ -369,6 +369,10 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     assert "mmtok export runs in one process" in capsys.readouterr().err
     assert cli.main(["show", str(run), "--out", str(tmp_path / "shown.png")]) == 2 and not (tmp_path / "shown.png").exists()
     assert "mmtok show runs in one process" in capsys.readouterr().err
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what depends on the launch is checked again on resume
+    assert cli.main(["resume", str(run), "max_steps=30"]) == 2
+    assert "launched with Accelerate's FSDP config" in capsys.readouterr().err
+    monkeypatch.delenv("ACCELERATE_USE_FSDP")
 
 
 def test_the_processes_of_one_launch_name_one_default_run_directory():

@@ -337,6 +337,7 @@ def test_timm_keys_that_do_not_fit_are_one_line_before_the_run_starts(tmp_path, 
     (["mixup=0.2", "cutmix=1.0", "batch_size=5"], 1, (r"mixup / cutmix need an even batch per process and micro-step: batch_size=5 / "
                                                       r"\(grad_accum \* processes = 1 \* 1\) is 5; pass e.g. batch_size=6")),
     (["cutmix=1.0", "batch_size=12", "grad_accum=2"], 2, r".*batch_size=12 / \(grad_accum \* processes = 2 \* 2\) is 3; pass e.g. batch_size=16"),
+    (["mixup=0.2", "batch_size=10"], 4, r".*batch_size=10 / \(grad_accum \* processes = 1 \* 4\) is 2.5; pass e.g. batch_size=16"),  # uneven shares
 ])  # fmt: skip
 def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_path, monkeypatch, capsys, overrides, world, message):
     import re
@@ -350,7 +351,7 @@ def test_vit_values_a_run_cannot_use_are_refused_before_its_run_directory(tmp_pa
     err = capsys.readouterr().err
     assert re.fullmatch(f"mmtok: error: {message}\n", err), err
     assert not (tmp_path / "run").exists()
-    even = [o.replace("=5", "=6").replace("=12", "=16") for o in args if not o.startswith(("channels", "pool"))]
+    even = [o.replace("=5", "=6").replace("=12", "=16").replace("=10", "=16") for o in args if not o.startswith(("channels", "pool"))]
     make_config("vit_folder", even)  # an even batch per process is fine
     make_config("vit_digits", [f"batch_size={5 * world}"])  # no mixup: an odd batch per process is fine
 

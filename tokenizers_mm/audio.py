@@ -278,31 +278,36 @@ def stream_audio(path, seconds: float):
 
 def _decoded_blocks(sf, path: Path, block: int, small: int):
     """The file's frames as mono float32 blocks of `block` frames (the last one shorter). A block that
-    fails to decode is read again `small` frames at a time, and what came before the damage is
-    yielded before the error is raised."""
-    with sf.SoundFile(str(path)) as f:
+    fails to decode is read again `small` frames at a time: what came before the damage is yielded,
+    then the error raised (a block that reads whole the second time goes on as any other)."""
+    f = sf.SoundFile(str(path))
+    try:
         while True:
             at = f.tell()
             try:
                 piece = f.read(block, dtype="float32", always_2d=True)
             except (RuntimeError, sf.LibsndfileError) as e:
-                error = e
-            else:
-                if not len(piece):
-                    return
-                yield piece.mean(1)  # mono here: a last block of 1 frame has no shorter axis
-                continue
-            parts = []
-            try:
-                with sf.SoundFile(str(path)) as again:  # (the failed handle cannot seek any more)
-                    again.seek(at)
-                    while len(part := again.read(small, dtype="float32", always_2d=True)):
+                error, parts, got = e, [], 0
+                f.close()
+                f = sf.SoundFile(str(path))  # (the failed handle cannot seek any more)
+                try:
+                    f.seek(at)
+                    while got < block and len(part := f.read(min(small, block - got), dtype="float32", always_2d=True)):
                         parts.append(part.mean(1))
-            except (RuntimeError, sf.LibsndfileError):
-                pass
-            if parts:
-                yield np.concatenate(parts)
-            raise error
+                        got += len(part)
+                    error = None  # read whole (or to the file's end) the second time
+                except (RuntimeError, sf.LibsndfileError):
+                    pass
+                if parts:
+                    yield np.concatenate(parts)
+                if error is not None:
+                    raise error from None
+                continue
+            if not len(piece):
+                return
+            yield piece.mean(1)  # mono here: a last block of 1 frame has no shorter axis
+    finally:
+        f.close()
 
 
 STREAM_CONTEXT = 4096  # input samples of each neighbour a streamed block is resampled with (the filters reach ~10 output samples)
