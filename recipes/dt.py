@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import typing
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
+from tokenizers_mm.base import read_json, write_text_atomic
 from tokenizers_mm.trajectory import finite_span
 
 from .config import ConfigError, TrainConfig
@@ -336,8 +338,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
                          "targets=) on that scale")  # fmt: skip
     if not resume:
         build_model(cfg, tok)  # (its sizes checked, dim against num_heads..., before the run directory is made)
-        save_run_info(run_dir, recipe, cfg)
-        tok.save(run_dir / "tokenizers" / "trajectory")
+        save_run_info(run_dir, recipe, cfg, lambda: tok.save(run_dir / "tokenizers" / "trajectory"))
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
           f"{'returns' if cfg.gamma == 1 else 'discounted returns at the start'} "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip
@@ -372,7 +373,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         "table": table,
     }  # fmt: skip
     if share.is_main_process:  # (one writer of the run's files)
-        (run_dir / "returns.json").write_text(json.dumps(summary, indent=2))
+        write_text_atomic(run_dir / "returns.json", json.dumps(summary, indent=2))
         plot_returns(table, float(returns.max()), run_dir / "return_vs_target.png", f"{recipe}: {cfg.env}", cfg.gamma)
     print(f"DT at target {target:.1f}: {summary['dt_return']:.1f} ± {summary['dt_return_std']:.1f}"
           + (f"; BC {summary['bc_return']:.1f}" if cfg.baseline else "") + f"; plot {run_dir / 'return_vs_target.png'}")  # fmt: skip
@@ -385,10 +386,14 @@ def evaluate_run(run_dir, device=None) -> dict:
     from .runs import load_for_eval, load_trained
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
+    target = None
     if (Path(run_dir) / "returns.json").exists():
-        target = json.loads((Path(run_dir) / "returns.json").read_text())["target"]
-    else:  # a run stopped before its summary: the target training used (cfg.target, or the data's best return)
-        target = float(start_returns(load_data(cfg), cfg.gamma).max()) if cfg.target is None else cfg.target
+        try:
+            target = read_json(Path(run_dir) / "returns.json", "returns").get("target")
+        except ValueError as e:
+            print(f"eval: {e}; the run's target is taken from its config and data", file=sys.stderr)
+    if not isinstance(target, (int, float)):  # a run stopped before its summary: the target training used (cfg.target, or the
+        target = float(start_returns(load_data(cfg), cfg.gamma).max()) if cfg.target is None else cfg.target  # data's best return)
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     mean, std, n = shared_rollouts(accelerator, model, toks["trajectory"], cfg.env, target, seeds)
     out = {"target": target, "val_return": mean, "val_return_std": std, "episodes": n}

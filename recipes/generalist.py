@@ -514,12 +514,14 @@ def main(cfg: Config, resume: bool = False) -> dict:
     else:
         model = build_model(cfg, tasks)
     if not resume:
-        save_run_info(run_dir, "generalist", cfg)
-        if cfg.init_from:
-            write_json_atomic(run_dir / GROWN_FROM, old.to_dict())
-        for task in tasks:
-            for m, tok in task.tokenizers.items():
-                tok.save(run_dir / "tokenizers" / m)
+        def files():
+            if cfg.init_from:
+                write_json_atomic(run_dir / GROWN_FROM, old.to_dict())
+            for task in tasks:
+                for m, tok in task.tokenizers.items():
+                    tok.save(run_dir / "tokenizers" / m)
+
+        save_run_info(run_dir, "generalist", cfg, files)
     train_set = MixedSet([t.train_set for t in tasks], weights)
     specs = {m: c.spec for m, c in model.config.modalities.items()}
     print(f"generalist: tasks {', '.join(f'{t.name} ({len(t.train_set):,} examples, weight {w:g})' for t, w in zip(tasks, weights))}; "

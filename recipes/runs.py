@@ -17,6 +17,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -208,13 +209,17 @@ LOCAL_PATH_KEYS = PATH_KEYS[1:]  # those that must exist when a run starts
 CACHE_DIR_KEYS = ("data_dir", "rl_dir", "speech_dir")  # folders a recipe creates for its generated data
 
 
-def save_run_info(run_dir: Path, recipe: str, cfg) -> None:
+def save_run_info(run_dir: Path, recipe: str, cfg, files: Callable[[], None] | None = None) -> None:
     """Start a run directory: refuses one that already holds a run's checkpoints (their higher
-    steps would be taken for this run's, and this run's pruned)."""
+    steps would be taken for this run's, and this run's pruned). `files()` writes the run's other
+    files (tokenizers, class names) before run.json, which marks the run as started: a run killed
+    before it holds none (`mmtok train` starts it again), and a started one has all it resumes with."""
     if held_checkpoint(run_dir) is not None:
         raise ConfigError(f"run_dir {run_dir} already holds checkpoints of a run: `mmtok resume {run_dir}` continues it, "
                           "or give another run_dir")  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
+    if files is not None:
+        files()
     config = dataclasses.asdict(cfg)
     for key, value in config.items():  # note: absolute, so `mmtok eval` / `resume` work from any directory
         if isinstance(value, str) and value and (key in CACHE_DIR_KEYS or (key in PATH_KEYS and Path(value).exists())):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -127,13 +128,16 @@ def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave + noise, -1.0, 1.0)
 
 
-def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
-    """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`)."""
+def _render_all(directory: str, rows: list[dict], seed: int, parent: int | None = None) -> list[float]:
+    """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`). It stops
+    when its parent process (pid `parent`) is gone: a killed run leaves no worker writing on."""
     import soundfile as sf
     from tqdm.auto import tqdm
 
     seconds = []
     for i, row in enumerate(tqdm(rows, desc="synthesizing speech", unit="utt", disable=None)):  # (off when stderr is not a terminal)
+        if parent is not None and os.getppid() != parent:  # (re-parented: the run that asked for the corpus was killed)
+            os._exit(1)
         wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
         sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
         seconds.append(round(len(wave) / 16000, 3))
@@ -181,7 +185,7 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
                       word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
     print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed))
+        seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed, os.getpid()))
     for u, sec in zip(rows, seconds):
         u.seconds = sec
     tmp = manifest.with_suffix(".tmp")

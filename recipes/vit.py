@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import ImageTokenizer, load_tokenizer
+from tokenizers_mm.base import write_text_atomic
 
 from .config import ConfigError, TrainConfig, launched_processes
 from .folders import save_split
@@ -160,9 +161,11 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False, build=None) 
     set_seed(cfg.seed)
     model = (resume and resumed_architecture(run_dir, {"image": tokenizer})) or (build or build_model)(cfg, tokenizer, len(classes))
     if not resume:
-        save_run_info(run_dir, recipe, cfg)
-        tokenizer.save(run_dir / "tokenizers" / "image")
-        (run_dir / "classes.txt").write_text("\n".join(classes) + "\n")
+        def files():
+            tokenizer.save(run_dir / "tokenizers" / "image")
+            write_text_atomic(run_dir / "classes.txt", "\n".join(classes) + "\n")
+
+        save_run_info(run_dir, recipe, cfg, files)
     save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test images, {len(classes)} classes, "
           f"{model.params_text()}, run dir {run_dir}")  # fmt: skip

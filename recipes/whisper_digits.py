@@ -734,9 +734,11 @@ def run(cfg: Config, recipe: str, build_data, resume: bool = False) -> dict:
     set_seed(cfg.seed)
     model = (resume and resumed_architecture(run_dir, {"audio": audio_tok, "text": text_tok})) or model or build_model(cfg, audio_tok, text_tok)
     if not resume:
-        save_run_info(run_dir, recipe, cfg)
-        audio_tok.save(run_dir / "tokenizers" / "audio")
-        text_tok.save(run_dir / "tokenizers" / "text")
+        def files():
+            audio_tok.save(run_dir / "tokenizers" / "audio")
+            text_tok.save(run_dir / "tokenizers" / "text")
+
+        save_run_info(run_dir, recipe, cfg, files)
     save_split(run_dir, train_set, test_set)  # (a split drawn here: a new run's, or one resumed before its first checkpoint)
     print(f"{recipe}: {len(train_set):,} training / {len(test_set):,} test utterances, "
           f"{model.params_text()}, run dir {run_dir}")  # fmt: skip

@@ -42,6 +42,8 @@ def test_dt_cartpole_trains_dt_and_bc_plots_evaluates_and_resumes(tmp_path):
     kept = summary_file.read_bytes()
     summary_file.unlink()  # as a run stopped before its summary: eval still uses the target training used
     assert dt_cartpole.evaluate(run, device="auto")["target"] == summary["target"] and summary["target"] > 0  # (auto: the GPU when there is one)
+    summary_file.write_bytes(b"")  # a damaged summary (a full disk): said so, and the same target used
+    assert dt_cartpole.evaluate(run)["target"] == summary["target"]
     summary_file.write_bytes(kept)
     # resume after the end: both runs load their last checkpoint and report the same returns
     resumed = dt_cartpole.main(dt_cartpole.Config(**{**cfg.__dict__}), resume=True)

@@ -751,3 +751,24 @@ def test_ctrl_c_says_how_to_go_on_and_an_empty_data_path_is_refused(tmp_path, tr
     assert capsys.readouterr().err == f"mmtok: interrupted; {run} holds no checkpoint yet: `mmtok resume {run}` starts it again from step 0\n"
     assert main(["eval", str(trained), "--data", ""]) == 2  # (an unset shell variable: not the run's own data, silently)
     assert "--data: expected a file, a folder or a dataset, got an empty string" in capsys.readouterr().err
+
+
+def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypatch):
+    """run.json marks a run as started: it is written after the tokenizers and class names, so a kill
+    while a run is set up leaves either no run.json (`mmtok train` starts it again) or one beside
+    everything `mmtok resume` reads (a tokenizer missing there stopped the resume)."""
+    import recipes.runs as runs
+    from recipes.cli import main
+
+    beside, write = [], runs.write_json_atomic
+
+    def spy(path, doc):
+        if path.name == "run.json":
+            beside.append({p.relative_to(path.parent).as_posix() for p in path.parent.rglob("*") if p.is_file()})
+        return write(path, doc)
+
+    monkeypatch.setattr(runs, "write_json_atomic", spy)
+    assert main(["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=0", f"run_dir={tmp_path / 'lm'}"]) == 0
+    assert main(["train", "vit_digits", "dim=16", "depth=1", "num_heads=2", "max_steps=0", f"run_dir={tmp_path / 'vit'}"]) == 0
+    assert "tokenizers/text/tokenizer.json" in beside[0]
+    assert {"classes.txt", "tokenizers/image/tokenizer.json"} <= beside[1]
