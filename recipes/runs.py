@@ -160,10 +160,13 @@ def run_lock(run_dir):
             warnings.warn(f"run_dir {run_dir}: its file system takes no lock ({e.strerror or e}); nothing stops a second run into it")
             yield
             return
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
         try:
+            try:
+                f.truncate(0)
+                f.write(str(os.getpid()))
+                f.flush()
+            except OSError as e:  # (a full disk: named, as the open's failure is)
+                raise ConfigError(f"run_dir {run_dir}: cannot write its lock file ({e.strerror or e})") from None
             yield
         except BaseException:
             if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a run refused before it began leaves no folder
@@ -321,11 +324,18 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     in eval mode, and the run's tokenizers."""
     device = inference_device(device)
     run_dir = Path(run_dir)
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
-    verify_latest(ckpt, only=MODEL_FILES)  # (the weights are all it reads: a damaged optimizer state does not stop eval or export)
-    model = MultimodalTransformer.load(ckpt, device).eval()
+    for attempt in range(3):
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is None:
+            raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
+        try:
+            verify_latest(ckpt, only=MODEL_FILES)  # (the weights are all it reads: a damaged optimizer state does not stop eval or export)
+            model = MultimodalTransformer.load(ckpt, device).eval()
+            break
+        except (OSError, ValueError):
+            if ckpt.exists() or attempt == 2:
+                raise
+            # (pruned while read: a run still training wrote a newer one meanwhile, which is read instead)
     tok_root = run_dir / "tokenizers"
     tokenizers = RunTokenizers(run_dir, {p.name: load_tokenizer(p) for p in sorted(tok_root.iterdir())} if tok_root.is_dir() else {})
     return check_tokenizers(model, tokenizers, run_dir), tokenizers
@@ -441,8 +451,10 @@ class RunTokenizers(dict):
         self.run_dir = run_dir
 
     def __missing__(self, modality):
-        raise KeyError(f"run {self.run_dir} has no {modality!r} tokenizer (it has: {', '.join(self) or 'none'}); "
-                       "is it a run of the right recipe?")
+        if not self:  # (every run saves its tokenizers: the folder was removed or moved)
+            raise KeyError(f"run {self.run_dir} has no tokenizers ({Path(self.run_dir) / 'tokenizers'} is missing or empty); the run "
+                           "cannot encode or decode without the ones it was trained with")  # fmt: skip
+        raise KeyError(f"run {self.run_dir} has no {modality!r} tokenizer (it has: {', '.join(self)}); is it a run of the right recipe?")
 
 
 def results(run_dir) -> dict:

@@ -772,3 +772,36 @@ def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypa
     assert main(["train", "vit_digits", "dim=16", "depth=1", "num_heads=2", "max_steps=0", f"run_dir={tmp_path / 'vit'}"]) == 0
     assert "tokenizers/text/tokenizer.json" in beside[0]
     assert {"classes.txt", "tokenizers/image/tokenizer.json"} <= beside[1]
+
+
+def test_a_run_without_its_tokenizers_says_so(tmp_path, trained, capsys):
+    from recipes.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    shutil.rmtree(run / "tokenizers")
+    assert main(["generate", str(run), "--max-new-tokens", "3"]) == 2
+    assert capsys.readouterr().err == (f"mmtok: error: run {run} has no tokenizers ({run / 'tokenizers'} is missing or empty); the run cannot "
+                                       "encode or decode without the ones it was trained with\n")  # fmt: skip
+
+
+def test_a_checkpoint_pruned_while_it_is_read_gives_way_to_the_next(tmp_path, trained, monkeypatch):
+    """`mmtok eval` on a run still training: the checkpoint it chose can be pruned before its files
+    are read (ckpt_every=1); the newest one then is read instead of failing on a missing file."""
+    import recipes.runs as runs
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    newest = runs.latest_checkpoint(run)
+    verify, read = runs.verify_latest, []
+
+    def pruned_meanwhile(ckpt, **kw):
+        read.append(ckpt.name)
+        if ckpt == newest:
+            shutil.move(ckpt, tmp_path / "moved")  # (as the training process prunes it)
+            raise FileNotFoundError(f"model: {ckpt / 'model.safetensors'} does not exist")
+        return verify(ckpt, **kw)
+
+    monkeypatch.setattr(runs, "verify_latest", pruned_meanwhile)
+    model, _ = runs.load_trained(run)
+    assert read == [newest.name, "step-0000010"] and model is not None
