@@ -284,6 +284,9 @@ def load_run_info(run_dir):
         if run_dir.exists():
             raise FileNotFoundError(f"{run_dir} is a file; expected a run directory (the run_dir a training run wrote)")
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    if not (run_dir / RUN_FILE).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}: not a run directory, or a run killed while it was set up (`mmtok train "
+                                f"RECIPE run_dir={run_dir} ...` starts it)")  # fmt: skip
     doc = read_json(run_dir / RUN_FILE, "run")
     if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config", {}), dict):
         raise ConfigError(f'{run_dir / RUN_FILE}: expected {{"recipe": NAME, "config": {{KEY: VALUE, ...}}}}, as a run writes it')

@@ -753,7 +753,7 @@ def test_ctrl_c_says_how_to_go_on_and_an_empty_data_path_is_refused(tmp_path, tr
     assert "--data: expected a file, a folder or a dataset, got an empty string" in capsys.readouterr().err
 
 
-def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypatch):
+def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypatch, capsys):
     """run.json marks a run as started: it is written after the tokenizers and class names, so a kill
     while a run is set up leaves either no run.json (`mmtok train` starts it again) or one beside
     everything `mmtok resume` reads (a tokenizer missing there stopped the resume)."""
@@ -772,6 +772,9 @@ def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypa
     assert main(["train", "vit_digits", "dim=16", "depth=1", "num_heads=2", "max_steps=0", f"run_dir={tmp_path / 'vit'}"]) == 0
     assert "tokenizers/text/tokenizer.json" in beside[0]
     assert {"classes.txt", "tokenizers/image/tokenizer.json"} <= beside[1]
+    (tmp_path / "lm" / "run.json").unlink()  # as a run killed before it: resume says how to start it
+    assert main(["resume", str(tmp_path / "lm")]) == 2
+    assert f"{tmp_path / 'lm'} holds no run.json: not a run directory, or a run killed while it was set up" in capsys.readouterr().err
 
 
 def test_a_run_without_its_tokenizers_says_so(tmp_path, trained, capsys):
