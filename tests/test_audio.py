@@ -171,7 +171,8 @@ def test_a_long_recordings_log_mel_is_computed_in_pieces_with_the_same_values(mo
 def test_stream_audio_keeps_what_a_file_cut_short_holds(tmp_path):
     """A FLAC file cut short (a broken copy): every sample before the cut comes out (libsndfile fails
     on the whole block that reaches it; that block is read again in 0.1 s pieces), then an AudioError
-    that says where decoding stopped; a file damaged from its start is an error with nothing read."""
+    that says where decoding stopped; a WAV or Ogg file cut short, which libsndfile reads to its end
+    without an error, gives the same error; a file damaged from its start is an error with nothing read."""
     wave = 0.5 * speechlike(9.0, seed=5).numpy()  # (inside 16-bit FLAC's range)
     sf.write(tmp_path / "whole.flac", wave, SAMPLE_RATE)
     data = (tmp_path / "whole.flac").read_bytes()
@@ -183,6 +184,13 @@ def test_stream_audio_keeps_what_a_file_cut_short_holds(tmp_path):
     read = torch.cat(pieces)
     assert 5.0 < len(read) / SAMPLE_RATE < 9.0 and f"after {len(read) / SAMPLE_RATE:.1f} s" in str(e.value)  # the cut lies in the second block
     assert torch.allclose(read, torch.from_numpy(wave[: len(read)]), atol=1 / 2**15)  # (16-bit FLAC)
+    for suffix, why in (("wav", r"its header gives 288,000 bytes of samples, the file holds [\d,]+"), ("ogg", "its last Ogg page is not the stream's end")):
+        sf.write(tmp_path / f"whole.{suffix}", wave, SAMPLE_RATE)  # libsndfile reads these cut short without an error: said all the same
+        whole = (tmp_path / f"whole.{suffix}").read_bytes()
+        (tmp_path / f"cut.{suffix}").write_bytes(whole[: len(whole) // 2])
+        with pytest.raises(AudioError, match=rf"cut.{suffix}: the file ends after \d\.\d s \({why}: cut short\?\)"):
+            list(stream_audio(tmp_path / f"cut.{suffix}", 4.0))
+        assert sum(len(p) for p in stream_audio(tmp_path / f"whole.{suffix}", 4.0)) == len(wave)  # (a whole file: no word)
     (tmp_path / "header.flac").write_bytes(data[:200])
     with pytest.raises(AudioError, match=r"header.flac: (decoding failed \(|not a readable)"):
         next(stream_audio(tmp_path / "header.flac", 4.0))

@@ -241,7 +241,8 @@ def stream_audio(path, seconds: float):
     of rate / gcd(rate, 16000) input samples: at least 1 s at 44,101 Hz), read block by block: a
     2-hour recording never sits in memory whole. Joined, they equal the whole file resampled. A file
     that stops decoding part-way (cut short by a broken download or copy, damaged) yields every
-    sample before the damage (to within 0.1 s), then raises AudioError saying where."""
+    sample before the damage (to within 0.1 s), then raises AudioError saying where; so does one that
+    libsndfile reads without an error but that looks cut short (`cut_short`)."""
     path = Path(path)
     sf = _soundfile(path)
     rate = sf.info(str(path)).samplerate
@@ -252,7 +253,7 @@ def stream_audio(path, seconds: float):
     # blocks and the context are whole multiples of `down` input samples, whole multiples of `up` output samples
     block = max(down, int(seconds * rate) // down * down)
     context = 0 if rate == SAMPLE_RATE else -(-STREAM_CONTEXT // down) * down
-    before, current, done, failed = np.zeros(0, np.float32), None, 0, None  # (done: 16 kHz samples yielded)
+    before, current, done, failed, frames_read = np.zeros(0, np.float32), None, 0, None, 0  # (done: 16 kHz samples yielded)
     blocks = _decoded_blocks(sf, path, block, max(1, rate // 10))
     while True:
         try:
@@ -261,6 +262,7 @@ def stream_audio(path, seconds: float):
             piece, failed = None, str(e).splitlines()[0]
         if piece is None:
             break
+        frames_read += len(piece)
         if current is not None:
             wave = _resampled_span(before, current, piece[:context], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
             done += len(wave)
@@ -274,6 +276,24 @@ def stream_audio(path, seconds: float):
     if failed is not None:
         where = f" after {done / SAMPLE_RATE:.1f} s" if done else ""
         raise AudioError(f"audio {path}: decoding failed{where} ({failed})")
+    if short := cut_short(sf.info(str(path)), frames_read, rate):
+        raise AudioError(f"audio {path}: the file ends after {done / SAMPLE_RATE:.1f} s ({short})")
+
+
+def cut_short(info, frames_read: int, rate: int) -> str:
+    """Why a file that decoded without an error looks cut short (libsndfile reads what is there
+    without a word), or "": a WAV whose header promised more samples, an Ogg stream whose last page
+    is not its end, or fewer frames than the header gives (MP3)."""
+    import re
+
+    promised = re.search(r"data : (\d+) \(should be (\d+)\)", info.extra_info)
+    if promised and 0 < int(promised[1]) < 0xFFFFFF00:  # (0 or ~4 GB: a recorder that did not know the length, not damage)
+        return f"its header gives {int(promised[1]):,} bytes of samples, the file holds {int(promised[2]):,}: cut short?"
+    if "lacks an end-of-stream bit" in info.extra_info:
+        return "its last Ogg page is not the stream's end: cut short?"
+    if info.frames > frames_read + rate // 10:  # (MP3: the header's count; 0.1 s of slack for encoder padding)
+        return f"its header gives {info.frames / rate:.1f} s: cut short?"
+    return ""
 
 
 def _decoded_blocks(sf, path: Path, block: int, small: int):
