@@ -242,10 +242,11 @@ def stream_audio(path, seconds: float):
     2-hour recording never sits in memory whole. Joined, they equal the whole file resampled. A file
     that stops decoding part-way (cut short by a broken download or copy, damaged) yields every
     sample before the damage (to within 0.1 s), then raises AudioError saying where; so does one that
-    libsndfile reads without an error but that looks cut short (`cut_short`)."""
+    libsndfile reads without an error but that looks cut short (`_cut_short`)."""
     path = Path(path)
     sf = _soundfile(path)
-    rate = sf.info(str(path)).samplerate
+    info = sf.info(str(path))
+    rate = info.samplerate
     g = math.gcd(rate, SAMPLE_RATE)
     up, down = SAMPLE_RATE // g, rate // g
     # note: a block is resampled with STREAM_CONTEXT samples of its neighbours on each side, then cut to its own span, so the
@@ -276,11 +277,11 @@ def stream_audio(path, seconds: float):
     if failed is not None:
         where = f" after {done / SAMPLE_RATE:.1f} s" if done else ""
         raise AudioError(f"audio {path}: decoding failed{where} ({failed})")
-    if short := cut_short(sf.info(str(path)), frames_read, rate):
+    if short := _cut_short(info, frames_read):
         raise AudioError(f"audio {path}: the file ends after {done / SAMPLE_RATE:.1f} s ({short})")
 
 
-def cut_short(info, frames_read: int, rate: int) -> str:
+def _cut_short(info, frames_read: int) -> str:
     """Why a file that decoded without an error looks cut short (libsndfile reads what is there
     without a word), or "": a WAV whose header promised more samples, an Ogg stream whose last page
     is not its end, or fewer frames than the header gives (MP3)."""
@@ -291,8 +292,8 @@ def cut_short(info, frames_read: int, rate: int) -> str:
         return f"its header gives {int(promised[1]):,} bytes of samples, the file holds {int(promised[2]):,}: cut short?"
     if "lacks an end-of-stream bit" in info.extra_info:
         return "its last Ogg page is not the stream's end: cut short?"
-    if info.frames > frames_read + rate // 10:  # (MP3: the header's count; 0.1 s of slack for encoder padding)
-        return f"its header gives {info.frames / rate:.1f} s: cut short?"
+    if info.frames > frames_read + info.samplerate // 10:  # (MP3: the header's count; 0.1 s of slack for encoder padding)
+        return f"its header gives {info.frames / info.samplerate:.1f} s: cut short?"
     return ""
 
 
