@@ -545,9 +545,10 @@ def interrupted_run(args) -> str:
     """What Ctrl-C during `mmtok train` / `resume` leaves to go on from: its last checkpoint, or a run
     started but not yet checkpointed, which resume starts again (a refused run leaves no folder)."""
     from .checkpoint import latest_checkpoint
+    from .runs import RUN_FILE
 
     run_dir = getattr(args, "run_dir", None) if getattr(args, "command", None) in ("train", "resume") else None
-    started = run_dir is not None and Path(run_dir, "run.json").is_file()
+    started = run_dir is not None and Path(run_dir, RUN_FILE).is_file()
     try:
         ckpt = latest_checkpoint(run_dir) if started else None
     except OSError:

@@ -324,7 +324,10 @@ def remove_stale(out: Path) -> None:
                 continue
             for name in present:  # (only what the killed export was moving in: the folder was empty when it began)
                 target = out / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() and not target.is_symlink() else target.unlink(missing_ok=True)
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
             path.unlink(missing_ok=True)
         except PermissionError:  # alive, another user's
             pass

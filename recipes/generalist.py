@@ -489,8 +489,8 @@ def main(cfg: Config, resume: bool = False) -> dict:
         keep_parent_sizes(cfg, trained_config(cfg.init_from).trunk, saved)
     tasks, weights = build_tasks(cfg, saved)
     given, cfg.batch_size = cfg.batch_size, batch_size(cfg, weights)
-    check_split(cfg.batch_size, cfg.grad_accum, launched_processes(), "" if given else " (the sum of weights)")  # (before the run directory:
-    # TrainConfig.check's rule, for the batch the weights make)
+    # (before the run directory: TrainConfig.check's rule, for the batch the weights make)
+    check_split(cfg.batch_size, cfg.grad_accum, launched_processes(), "" if given else " (the sum of weights)")
     set_seed(cfg.seed)
     if cfg.init_from:
         from models import freeze_trained, grow

@@ -17,6 +17,7 @@ import itertools
 import math
 import numbers
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -285,8 +286,6 @@ def _cut_short(info, frames_read: int) -> str:
     """Why a file that decoded without an error looks cut short (libsndfile reads what is there
     without a word), or "": a WAV whose header promised more samples, an Ogg stream whose last page
     is not its end, or fewer frames than the header gives (MP3)."""
-    import re
-
     promised = re.search(r"data : (\d+) \(should be (\d+)\)", info.extra_info)
     if promised and 0 < int(promised[1]) < 0xFFFFFF00:  # (0 or ~4 GB: a recorder that did not know the length, not damage)
         return f"its header gives {int(promised[1]):,} bytes of samples, the file holds {int(promised[2]):,}: cut short?"
