@@ -96,7 +96,7 @@ def test_gpt2_vocab_json_merges_txt_equal_tiktoken_and_hf(gpt2, tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.characters(exclude_categories=("Cs",))))
 def test_round_trip_arbitrary_unicode(gpt2, text):
-    assert gpt2.decode(gpt2.encode_ids(text)) == text
+    assert gpt2.decode(gpt2.encode_ids(text, disallowed_special=())) == text  # (hypothesis draws "<|endoftext|>" from the source)
 
 
 @pytest.fixture(scope="module")
