@@ -208,6 +208,42 @@ def test_gpt4_pattern_training_learns_only_tokens_encoding_can_make():
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
+def test_training_merges_equal_hugging_face_trainers_on_each_text_alone(pattern):
+    """train hands the trainer texts joined into blocks (joined_texts), special tokens' text cut
+    out: the merges, in order, are those of Hugging Face's BpeTrainer given each text on its own
+    (the pieces never cross from one text into the next)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    from tokenizers_mm.text_bpe import TEXT_BLOCK, bytes_to_unicode, onig_pattern
+
+    code = "".join((ROOT / f).read_text() for f in ("recipes/train.py", "models/transformer.py"))
+    lines = code.splitlines(keepends=True) + ["tail  ", "  \n", "<|endoftext|>x  <|endoftext|>y\n\n", "ü 🙂\r\n", "end"]
+    assert sum(map(len, lines)) > 3 * TEXT_BLOCK  # several blocks
+    hf = Tokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(onig_pattern(split_pattern(pattern))), behavior="isolated"),
+                                                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])  # fmt: skip
+    alone = [part for line in lines for part in line.split(ENDOFTEXT) if part]
+    hf.train_from_iterator(alone, trainers.BpeTrainer(vocab_size=700, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}  # (a merge's two sides in GPT-2's byte-to-character map)
+    merges = [bytes(byte_of[c] for c in a + b) for a, b in json.loads(hf.to_str())["model"]["merges"]]
+    ours = BPETokenizer.train(lines, 701, pattern=pattern)
+    assert [t for t, r in sorted(ours.ranks.items(), key=lambda kv: kv[1])][256:] == merges
+
+
+def test_a_training_text_that_holds_the_block_separator_is_trained_alone():
+    """joined_texts' separator is two Unicode noncharacters; a text that holds them goes to the
+    trainer on its own and is cut there, a str that is not text a clear error."""
+    from tokenizers_mm.text_bpe import TEXT_SEP, joined_texts
+
+    odd = "ab" + TEXT_SEP + "ab"
+    assert list(joined_texts(["x\n", odd, "y"], size=100)) == [odd, "x\n" + TEXT_SEP + "y"]
+    ranks = BPETokenizer.train([odd] * 50 + ["cd cd"], 262).ranks
+    assert b"ab" in ranks and not any(len(t) > 1 and t[0] >= 0x80 for t in ranks)  # the separator's bytes never merged
+    with pytest.raises(TypeError, match=r"training text 1 is bytes, expected str"):
+        BPETokenizer.train(["ok", b"raw"], 300)
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])
 def test_training_on_cut_text_learns_what_the_whole_text_teaches(pattern, tmp_path):
     """training_texts cuts where every piece ends anyway: the ranks of the whole text (what encoding
     splits), which cutting at every line would not give for indented code ("\n    ") or trailing spaces."""

@@ -293,19 +293,55 @@ def split_pattern(pattern: str) -> str:
     return regex
 
 
-def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False) -> dict[bytes, int]:
+# BPE training hands the trainer texts joined into blocks of about this many characters, with
+# TEXT_SEP between them: the trainer's first pre-tokenizer cuts at it and drops it, so no piece
+# crosses from one text into the next, and the trainer takes a few large items instead of many
+# small ones (one per line, a dataset's rows), each of which costs it as much as kilobytes of text
+TEXT_BLOCK = 1 << 12
+TEXT_SEP = "\ufdd0\ufdef"  # two Unicode noncharacters, which the standard reserves for a program's internal use
+
+
+def joined_texts(texts, specials=(), size: int = TEXT_BLOCK):
+    """Training texts as the trainer takes them: each cut where a special token's text stands
+    (encoding makes a special one token, so merges inside it would go unused), and consecutive
+    texts joined with TEXT_SEP into blocks of at least `size` characters (the last may be shorter);
+    a text that itself holds TEXT_SEP goes alone, and the trainer cuts it there."""
+    cut = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) if specials else None
+    block, n = [], 0
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise TypeError(f"text: training text {i} is {type(text).__name__}, expected str")
+        if TEXT_SEP in text:
+            yield text
+            continue
+        for part in cut.split(text) if cut is not None and any(t in text for t in specials) else (text,):
+            if part:
+                block.append(part)
+                n += len(part)
+        if n >= size:
+            yield TEXT_SEP.join(block)
+            block, n = [], 0
+    if block:
+        yield TEXT_SEP.join(block)
+
+
+def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False, specials=(), block: int = TEXT_BLOCK) -> dict[bytes, int]:
     """Learn `vocab_size` BPE ranks (bytes + merges) from an iterator of strings, with Hugging Face
-    `tokenizers`' BPE trainer behind the same pre-tokenization as encoding."""
+    `tokenizers`' BPE trainer behind the same pre-tokenization as encoding (the texts given to it
+    by `joined_texts` in blocks of `block` characters: the same pieces, the same ranks, fewer items
+    for the trainer; 0 gives it one text per item)."""
     from tokenizers import Regex, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTokenizer
 
     hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(onig_pattern(pattern)), behavior="isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
-    )
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(TEXT_SEP, behavior="removed"),
+        pre_tokenizers.Split(Regex(onig_pattern(pattern)), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])  # fmt: skip
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=show_progress, special_tokens=[])  # fmt: skip
-    hf.train_from_iterator(texts, trainer)
+    hf.train_from_iterator(joined_texts(texts, specials, block), trainer)
     merges = json.loads(hf.to_str())["model"]["merges"]
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(N_BYTES)}
@@ -396,10 +432,7 @@ class BPETokenizer(Tokenizer):
         specials = check_specials(specials, "text")
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
-        if specials:  # the special tokens' text is cut out: encoding makes them one token each, so merges inside them go unused
-            cut = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True)))
-            texts = (part for text in texts for part in (cut.split(text) if isinstance(text, str) else [text]) if part)
-        ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress)
+        ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress, specials)
         return cls(ranks, pattern, specials, max_positions)
 
     @classmethod
