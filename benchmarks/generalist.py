@@ -105,11 +105,12 @@ def main():
     ap.add_argument("overrides", nargs="*", help="key=value for the generalist (tasks, weights, dim, ...)")
     a = ap.parse_args()
     out = Path(a.out)
-    over = [f"max_steps={a.steps}", f"seed={a.seed}", *a.overrides]
-    cfg = apply_values(g.Config(), parse_overrides(over), "the command line")
+    given = {"max_steps": str(a.steps), "seed": str(a.seed), **parse_overrides(a.overrides)}  # (a key given twice is refused)
+    cfg = apply_values(g.Config(), given, "the command line")
     names, weights, _ = g.task_list(cfg)
     cfg.batch_size = g.batch_size(cfg, weights)  # by default a step holds each task's single-task batch
-    over.append(f"batch_size={cfg.batch_size}")  # as the finished run's run.json records it (reuse compares configs)
+    given["batch_size"] = str(cfg.batch_size)  # as the finished run's run.json records it (reuse compares configs)
+    over = [f"{k}={v}" for k, v in given.items()]
 
     batches = mixed_batches(cfg, 10)
     pad = padding(batches, cfg.row_tokens)

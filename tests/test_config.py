@@ -32,6 +32,8 @@ def test_unknown_key_lists_valid_keys():
     assert "context" in listed and OfflineConfig.NOT_USED and not set(OfflineConfig.NOT_USED) & set(listed)
     with pytest.raises(ConfigError, match="not of the form key=value"):
         parse_overrides(["max_steps"])
+    with pytest.raises(ConfigError, match=r"^override 'lr' is given twice \(lr=1e-3 and lr=3e-4\); give it once$"):
+        parse_overrides(["lr=1e-3", "max_steps=5", "lr=3e-4"])
     with pytest.raises(ConfigError, match="unknown config key 'AT_LEAST'"):  # the class's tables are no keys
         apply_values(Config(), {"AT_LEAST": "1"}, "cli")
 
