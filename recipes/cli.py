@@ -318,9 +318,10 @@ def float_type(name: str, minimum: float, above: bool, expected: str):
     return parse
 
 
-positive_float = float_type("positive_float", 0.0, True, "a positive number")
-nonnegative_float = float_type("nonnegative_float", 0.0, False, "a number >= 0")
+positive_float = float_type("positive number", 0.0, True, "a positive number")
+nonnegative_float = float_type("number", 0.0, False, "a number >= 0")
 seconds = float_type("seconds", 0.0, False, "seconds >= 0")
+positive_int.__name__, seed_int.__name__ = "positive whole number", "seed"  # argparse names them in "invalid ... value: 'ten'"
 
 
 def optional_float(text: str) -> float | None:
@@ -510,7 +511,13 @@ def close_progress_bars() -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # (argparse's own message sends one to `mmtok --help`, not to the command's)
+        hint = ""
+        if args.command in ("train", "resume") and extra[0].startswith("-"):
+            key = extra[0].lstrip("-").split("=")[0].replace("-", "_")
+            hint = f"; config keys are given as key=value ({key}=...), not as options"
+        parser.exit(2, f"mmtok {args.command}: error: unrecognized arguments: {' '.join(extra)}{hint} (see mmtok {args.command} --help)\n")
     if launch_rank() != 0:  # under torchrun, one process reports: the others' lines would repeat it
         sys.stdout = open(os.devnull, "w")  # (errors still go to stderr, from every process)
     try:

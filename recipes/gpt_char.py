@@ -132,7 +132,7 @@ def windows(cfg: Config, tokenizer, train_text: str, val_text: str, key: str = "
     `fraction` (val_fraction; None: a recipe that has no such key)."""
     data = cfg.data or "the built-in corpus"
     last = f"{fraction}={cfg.val_fraction}" if fraction else f"{cfg.val_fraction:g} of it"
-    val = f"the validation split of {data} (of a text file: its last {last})"
+    val = f"the validation split of {data} (its own split, or where it has none its last {last})"
     return (text_windows(cfg, tokenizer, train_text, what=f"the training split of {data}", key=key),
             text_windows(cfg, tokenizer, val_text, what=val, key=key))  # fmt: skip
 

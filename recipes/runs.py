@@ -101,13 +101,22 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
         name = recipe_or_yaml
     else:
         path = named_configs().get(recipe_or_yaml) or Path(recipe_or_yaml)
-        if not path.suffix in (".yaml", ".yml") and not path.exists():
-            get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
+        if path.suffix not in (".yaml", ".yml"):
+            if not path.exists():
+                get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
+            raise ConfigError(f"{path} is neither a recipe nor a YAML config (.yaml): to train on it, give a recipe and data=, "
+                              f"as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists them)")  # fmt: skip
         doc = read_yaml(path)
         name = doc.pop("recipe")
         values, source = doc, str(path)
     module = get_recipe(name)
     overrides = parse_overrides(overrides)
+    for key in PATH_KEYS:
+        if overrides.get(key) == "":  # (an unset shell variable: data=$CORPUS) not the recipe's default data
+            raise ConfigError(f"{key}= is empty: give a path, or leave {key} out for the recipe's default")
+        value = values.get(key) if key not in overrides else None
+        if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(os.path.expanduser(value)).exists():
+            raise ConfigError(f"{key}={value}, set in {source}, does not exist here: give {key}=PATH on the command line")
     for key in [*values, *overrides]:
         if key in getattr(module.Config, "NOT_USED", ()):  # note: a plugin's config may not extend TrainConfig
             raise ConfigError(f"config key {key!r} does not apply to {name}: its config inherits the key from one it builds on, "
@@ -277,6 +286,22 @@ def record_resumed(run_dir, cfg) -> None:
         update_run_info(run_dir, **{k: getattr(cfg, k) for k in RESUME_OVERRIDES if hasattr(cfg, k)})
 
 
+def not_a_run(folder: Path) -> str:
+    """What a folder without run.json is likely to be, for the error that says so: a checkpoint or
+    the checkpoints of a run (give the run), a folder of runs (give one), or a run killed while it
+    was set up."""
+    from .checkpoint import CKPT_DIR, STEP_RE
+
+    if folder.parent.name == CKPT_DIR and STEP_RE.match(folder.name) and (folder.parent.parent / RUN_FILE).exists():
+        return f"a checkpoint of the run {folder.parent.parent}; give the run directory"
+    if folder.name == CKPT_DIR and (folder.parent / RUN_FILE).exists():
+        return f"the checkpoints of the run {folder.parent}; give the run directory"
+    runs = sorted(d.name for d in folder.iterdir() if (d / RUN_FILE).exists()) if folder.is_dir() else []
+    if runs:
+        return f"a folder of {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}); give one of them"
+    return f"not a run directory, or a run killed while it was set up (`mmtok train RECIPE run_dir={folder} ...` starts it)"
+
+
 def load_run_info(run_dir):
     """(recipe name, module, config) of a run directory."""
     run_dir = Path(run_dir)
@@ -285,8 +310,7 @@ def load_run_info(run_dir):
             raise FileNotFoundError(f"{run_dir} is a file; expected a run directory (the run_dir a training run wrote)")
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     if not (run_dir / RUN_FILE).exists():
-        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}: not a run directory, or a run killed while it was set up (`mmtok train "
-                                f"RECIPE run_dir={run_dir} ...` starts it)")  # fmt: skip
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_FILE}: {not_a_run(run_dir)}")
     doc = read_json(run_dir / RUN_FILE, "run")
     if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str) or not isinstance(doc.get("config", {}), dict):
         raise ConfigError(f'{run_dir / RUN_FILE}: expected {{"recipe": NAME, "config": {{KEY: VALUE, ...}}}}, as a run writes it')

@@ -46,9 +46,19 @@ def test_a_home_path_in_a_config_file_is_expanded(tmp_path, monkeypatch):
     assert (cfg.data, cfg.run_dir) == (str(tmp_path / "corpus.txt"), str(tmp_path / "runs" / "one"))
 
 
-def test_named_and_file_configs(tmp_path):
-    name, _, cfg = make_config("gpt_char_shakespeare", ["max_steps=7"])
+def test_named_and_file_configs(tmp_path, monkeypatch):
+    (tmp_path / "input.txt").write_text("hello world " * 100)
+    name, _, cfg = make_config("gpt_char_shakespeare", ["max_steps=7", f"data={tmp_path / 'input.txt'}"])
     assert name == "gpt_char" and cfg.depth == 4 and cfg.dim == 128 and cfg.max_steps == 7
+    monkeypatch.chdir(tmp_path)  # the named config's data, ../shared/data/..., is a checkout's: elsewhere it is named
+    with pytest.raises(ConfigError, match=r"^data=../shared/data/tinyshakespeare.txt, set in \S+gpt_char_shakespeare.yaml, does not exist here: "
+                                          r"give data=PATH on the command line$"):  # fmt: skip
+        make_config("gpt_char_shakespeare", [])
+    with pytest.raises(ConfigError, match=r"^data= is empty: give a path, or leave data out for the recipe's default$"):  # (data=$UNSET)
+        make_config("gpt_char", ["data="])
+    with pytest.raises(ConfigError, match=r"^input.txt is neither a recipe nor a YAML config \(.yaml\): to train on it, give a recipe and data=, "
+                                          r"as in `mmtok train gpt_char data=input.txt`"):  # fmt: skip
+        make_config("input.txt", [])
     path = tmp_path / "mine.yaml"
     path.write_text("recipe: gpt_char\ndim: 64\n")
     assert make_config(str(path), [])[2].dim == 64

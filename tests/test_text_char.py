@@ -111,7 +111,7 @@ def test_a_split_too_short_for_a_window_is_named(tmp_path):
 
     (tmp_path / "small.txt").write_text("abcdefghij" * 50)
     cfg = gpt_char.Config(data=str(tmp_path / "small.txt"), block_size=64)
-    with pytest.raises(ValueError, match=r"the validation split of .*small.txt \(of a text file: its last val_fraction=0.1\) holds 50 tokens; "
+    with pytest.raises(ValueError, match=r"the validation split of .*small.txt \(its own split, or where it has none its last val_fraction=0.1\) holds 50 tokens; "
                                          r"block_size=64 needs at least 65"):  # fmt: skip
         gpt_char.build_data(cfg)
     cfg.val_fraction, cfg.block_size = 0.5, 300

@@ -479,6 +479,14 @@ def test_cli_sizes_must_be_positive(capsys):
         main(["show", "README.md", "--slice-frames", "0"])
     assert exit_.value.code == 2 and capsys.readouterr().err == (
         "mmtok show: error: argument --slice-frames: expected a positive integer, got 0 (see mmtok show --help)\n")
+    for argv, said in ((["generate", "r", "--max-new-tokens", "ten"], "mmtok generate: error: argument --max-new-tokens: invalid positive whole "
+                                                                     "number value: 'ten' (see mmtok generate --help)"),
+                       (["generate", "r", "ROMEO:"], "mmtok generate: error: unrecognized arguments: ROMEO: (see mmtok generate --help)"),
+                       (["train", "gpt_char", "--max-steps", "3"], "mmtok train: error: unrecognized arguments: --max-steps 3; config keys are "
+                                                                   "given as key=value (max_steps=...), not as options (see mmtok train --help)")):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:  # an argument of the command's: its name and help, not `mmtok --help`
+            main(argv)
+        assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"
 
 
 def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_path, monkeypatch):
@@ -772,6 +780,13 @@ def test_run_json_is_written_last_of_a_runs_setup(tmp_path, small_text, monkeypa
     assert main(["train", "vit_digits", "dim=16", "depth=1", "num_heads=2", "max_steps=0", f"run_dir={tmp_path / 'vit'}"]) == 0
     assert "tokenizers/text/tokenizer.json" in beside[0]
     assert {"classes.txt", "tokenizers/image/tokenizer.json"} <= beside[1]
+    step = tmp_path / "vit" / "checkpoints" / "step-0000001"
+    step.mkdir(parents=True, exist_ok=True)
+    for folder, said in ((step, f"a checkpoint of the run {tmp_path / 'vit'}; give the run directory"),
+                         (step.parent, f"the checkpoints of the run {tmp_path / 'vit'}; give the run directory"),
+                         (tmp_path, "a folder of 2 runs (lm, vit); give one of them")):  # fmt: skip
+        assert main(["eval", str(folder)]) == 2
+        assert f"{folder} holds no run.json: {said}" in capsys.readouterr().err
     (tmp_path / "lm" / "run.json").unlink()  # as a run killed before it: resume says how to start it
     assert main(["resume", str(tmp_path / "lm")]) == 2
     assert f"{tmp_path / 'lm'} holds no run.json: not a run directory, or a run killed while it was set up" in capsys.readouterr().err
