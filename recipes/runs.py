@@ -296,7 +296,10 @@ def not_a_run(folder: Path) -> str:
         return f"a checkpoint of the run {folder.parent.parent}; give the run directory"
     if folder.name == CKPT_DIR and (folder.parent / RUN_FILE).exists():
         return f"the checkpoints of the run {folder.parent}; give the run directory"
-    runs = sorted(d.name for d in folder.iterdir() if (d / RUN_FILE).exists()) if folder.is_dir() else []
+    try:
+        runs = sorted(d.name for d in folder.iterdir() if (d / RUN_FILE).exists())
+    except OSError:  # (unreadable: say what is known)
+        runs = []
     if runs:
         return f"a folder of {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}); give one of them"
     return f"not a run directory, or a run killed while it was set up (`mmtok train RECIPE run_dir={folder} ...` starts it)"
