@@ -121,6 +121,23 @@ def test_gpu_check_needs_only_torch_torchaudio_accelerate_and_timm():
     assert "matplotlib is not installed" in p.stderr  # the loss curve is skipped with a note, not a crash
 
 
+def test_gpu_check_sh_prints_the_json_alone_on_stdout():
+    """`bash benchmarks/gpu_check.sh > out.json` is one JSON object: the GPU's nvidia-smi line (or
+    that there is none) goes to stderr with the progress."""
+    import json
+    import shutil
+    import subprocess
+
+    from tests.conftest import subprocess_env
+
+    env = {**subprocess_env(), "PYTHON": sys.executable}
+    p = subprocess.run(["bash", "benchmarks/gpu_check.sh", "size=tiny", "steps=2", "batch=2", "compile=false"], capture_output=True, text=True,
+                       cwd=ROOT, env=env, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout)["tokens_per_s"] > 0
+    assert shutil.which("nvidia-smi") or "no nvidia-smi: running on the CPU" in p.stderr
+
+
 @pytest.mark.parametrize("name, key", [("NVIDIA H200", "H200"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA H100 80GB HBM3", "H100 80GB HBM3"),
                                        ("NVIDIA H100 NVL", "H100 NVL"), ("NVIDIA H100 PCIe", "H100 PCIe")])  # fmt: skip
 def test_the_peak_table_takes_the_most_specific_gpu_name(monkeypatch, name, key):
