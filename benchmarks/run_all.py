@@ -148,6 +148,7 @@ def rows_whisper_digits(r):
             ("whisper_digits training + eval time, s", r["train_and_eval_seconds"], "goal", 900.0, "≤ 900 s", False, r["train_and_eval_seconds"] <= 900)]  # fmt: skip
 
 
+TEXT_SCRIPTS = ("gpt_step.py", "bpe_speed.py", "gpt_char_shakespeare.py")  # (those that read --data)
 TRAINING = [("vit_digits.py", (), rows_vit_digits), ("gpt_char_shakespeare.py", (), rows_gpt_char),
             ("whisper_digits.py", (), rows_whisper_digits), ("dt_control.py", ("dt_cartpole",), rows_dt_control)]  # fmt: skip
 
@@ -156,17 +157,18 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--with-training", action="store_true", help="also run the benchmarks that train recipes")
     ap.add_argument("--json", default="", help="also write the table here")
-    ap.add_argument("--data", default="", help="with --with-training: tinyshakespeare.txt for the gpt_char row (default: ../shared/data/)")
+    ap.add_argument("--data", default="", help="tinyshakespeare.txt for the text rows: GPT step, BPE, gpt_char val loss (default: "
+                    "../shared/data/ beside the repository when present, else the embedded corpus; the table names the text)")  # fmt: skip
     args = ap.parse_args()
     table = []
-    if args.data and not args.with_training:
-        raise SystemExit("run_all: --data is the gpt_char row's text, read with --with-training")
+    if args.data and not Path(args.data).is_file():
+        raise SystemExit(f"run_all: --data {args.data}: no such file")
     data = str(Path(args.data).resolve()) if args.data else ""  # (the scripts run from the repository's root)
-    training = [(script, (*extra, "--data", data) if script == "gpt_char_shakespeare.py" and data else extra, adapt)
-                for script, extra, adapt in TRAINING]  # fmt: skip
     # (with training, dt_control's full run gives the DT step row too: its --step-only run is left out)
     speed = [row for row in SPEED if not (args.with_training and row[0] == "dt_control.py")]
-    for script, extra, adapt in speed + (training if args.with_training else []):
+    chosen = [(script, (*extra, "--data", data) if script in TEXT_SCRIPTS and data else extra, adapt)
+              for script, extra, adapt in speed + (TRAINING if args.with_training else [])]  # fmt: skip
+    for script, extra, adapt in chosen:
         t0 = time.perf_counter()
         try:
             result = run(script, *extra)
@@ -184,7 +186,7 @@ def main():
                 met = ratio <= 1.0
             table.append({"benchmark": script, "figure": row.figure, "ours": row.ours, "peer": row.peer, "peer_value": row.peer_value,
                           "ratio": ratio, "goal": row.goal, "met": met, "seconds": time.perf_counter() - t0, "note": row.note,
-                          **(row.extra or {})})  # fmt: skip
+                          **({"corpus": result["corpus"]} if "corpus" in result else {}), **(row.extra or {})})  # fmt: skip
         print(f"{script}: done in {time.perf_counter() - t0:.0f} s", flush=True)
     num = lambda v: f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3f}"  # noqa: E731 — tokens/s as integers, times with decimals
     print(f"\n{'figure':56s} {'ours':>10s}  {'peer (same run)':38s} {'peer':>10s} {'ratio':>7s}  goal")
@@ -195,6 +197,9 @@ def main():
         print(f"{r['figure'][:56]:56s} {num(r['ours']):>10s}  {r['peer'][:38]:38s} {num(r['peer_value']):>10s} {r['ratio']:7.3f}  {r['goal']}")
         if r["note"]:
             print(f"{'':4s}{r['note']}")
+        if "corpus" in r:
+            embedded = r["corpus"] == "embedded"
+            print(f"{'':4s}text: " + ("the embedded corpus (--data PATH/tinyshakespeare.txt for the recorded figures)" if embedded else r["corpus"]))
     if args.json:
         Path(args.json).write_text(json.dumps(table, indent=2))
     return table
