@@ -5,6 +5,7 @@ with steps/s and each round's ratio (ratios on both sides of 1.0 are parity with
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -62,3 +63,18 @@ def corpus_path(ap, data: str | None) -> str:
     if data and not Path(data).is_file():
         ap.error(f"--data {data}: no such file ('' reads the embedded corpus)")
     return data
+
+
+def recipe_overrides(ap: argparse.ArgumentParser, fixed: dict[str, str], argv=None) -> tuple[argparse.Namespace, list[str]]:
+    """A recipe benchmark's arguments: `ap`'s options plus the recipe's key=value overrides, after
+    the benchmark's own keys (`fixed`, which the user's replace); a key given twice on the command
+    line is refused (as `mmtok train` does)."""
+    from recipes.config import ConfigError, parse_overrides
+
+    ap.add_argument("overrides", nargs="*", metavar="key=value", help="the recipe's config keys (as `mmtok train RECIPE key=value`)")
+    args = ap.parse_args(argv)
+    try:
+        given = parse_overrides(args.overrides)
+    except ConfigError as e:
+        ap.error(str(e))
+    return args, [f"{k}={v}" for k, v in {**fixed, **given}.items()]
