@@ -25,8 +25,12 @@ from tokenizers_mm.text_bpe import training_texts  # noqa: E402
 def main() -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--vocab", type=int, default=1000)
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
+    ap.add_argument("--data", default=None, help="tinyshakespeare.txt (default: ../shared/data/ beside the repository, its row left out "
+                    "when absent)")  # fmt: skip
     args = ap.parse_args()
+    if args.data is not None and not Path(args.data).is_file():
+        ap.error(f"--data {args.data}: no such file")
+    args.data = args.data or str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt")
     corpora = {"project code (recipes/train.py, recipes/cli.py, models/transformer.py)":
                "".join((ROOT / f).read_text() for f in ("recipes/train.py", "recipes/cli.py", "models/transformer.py"))}  # fmt: skip
     if Path(args.data).is_file():

@@ -2,7 +2,7 @@
 single-thread and batched on all cores, with GPT-2's ranks, and the time to train a 4,096-token
 vocabulary on 1 MB of text.
 
-    python benchmarks/bpe_speed.py [--data PATH] [--repeats 5] [--train-only]
+    python benchmarks/bpe_speed.py [--data PATH] [--repeats 7] [--train-only]
 
 Peers: tiktoken (`Encoding.encode_to_numpy`, the same output as ours: an array, no Python list;
 batched, what its `encode_batch` does — a thread pool over the texts — with `encode_to_numpy` in

@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from recipes.config import ConfigError, parse_overrides  # noqa: E402
 from recipes.runs import make_config  # noqa: E402
 
 
@@ -94,8 +95,13 @@ def main():
                           "step_vs_hf": step_times(steps=opts.steps, rounds=opts.rounds)}, indent=2))  # fmt: skip
         return
     recipe = args.pop(0) if args and "=" not in args[0] else "dt_cartpole"
+    try:
+        given = parse_overrides(args)
+    except ConfigError as e:
+        sys.exit(f"dt_control.py: {e}")
+    overrides = [f"{k}={v}" for k, v in {"eval_every": "1000000", "ckpt_every": "1000000", **given}.items()]  # (the user's replace ours)
     with tempfile.TemporaryDirectory() as d:
-        _, module, cfg = make_config(recipe, [f"run_dir={d}", "eval_every=1000000", "ckpt_every=1000000", *args])
+        _, module, cfg = make_config(recipe, [f"run_dir={d}", *overrides])
         module.dt.load_data(cfg)  # generate (or reuse) the dataset before the clock starts
         t0 = time.perf_counter()
         metrics = module.main(cfg)

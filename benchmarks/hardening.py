@@ -363,5 +363,8 @@ def main() -> dict:
 
 
 if __name__ == "__main__":
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # (--help; no options)
     done = main()["summary"]
     sys.exit(0 if done["as_documented"] == done["bad_inputs_tried"] else 1)  # (a case not as documented: status 1, as faults.py)
