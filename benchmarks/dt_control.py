@@ -10,7 +10,8 @@ recipe's defaults plus overrides, and prints achieved return for each target (me
 recipe's 20 seeded episodes), DT at the recipe's target against BC, the training time, and the
 goals: dt_cartpole — DT >= 475 at target 500 and >= BC + 100, the data with <= 5% episodes at 500
 and mean return <= 150; dt_pendulum — DT > BC and >= the data's 90th-percentile return. Then times
-300 training steps (forward + backward + AdamW, batch 64, K = 20) of our model and of
+300 training steps (forward + backward + AdamW, batch 64, K = 20; ours includes laying the batch
+out as its return / state / action tokens, which HF's model does inside its forward) of our model and of
 `DecisionTransformerModel` (hidden 64, 3 layers, 1 head, ReLU) in the same process, in 3 rounds that
 alternate between the two (benchmarks/timing.py): the median ms per step, steps/s, the ratio and
 each round's ratio.
@@ -54,13 +55,17 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
     from tokenizers_mm import TokenBatch
 
     W = max(S, A, 1)
-    v = torch.zeros(batch, K, 3, W)
-    v[:, :, 0, :1], v[:, :, 1, :S], v[:, :, 2, :A] = rtg, states, actions
     types = torch.tensor([0, 1, 2]).repeat(K).expand(batch, -1)
-    target = torch.zeros(batch, K, 3, A)
-    target[:, :, 1] = actions
-    tb = TokenBatch("trajectory", None, v.reshape(batch, 3 * K, W), timesteps.repeat_interleave(3, 1), types,
-                    torch.ones(batch, 3 * K, dtype=torch.bool), targets=target.reshape(batch, 3 * K, A), loss_mask=types == 1)  # fmt: skip
+
+    def interleaved() -> TokenBatch:
+        """The batch as our trajectory tokens: return, state, action per timestep (a tokenizer's
+        work, timed in our step as HF's model stacks its three embeddings inside its forward)."""
+        v = torch.zeros(batch, K, 3, W)
+        v[:, :, 0, :1], v[:, :, 1, :S], v[:, :, 2, :A] = rtg, states, actions
+        target = torch.zeros(batch, K, 3, A)
+        target[:, :, 1] = actions
+        return TokenBatch("trajectory", None, v.reshape(batch, 3 * K, W), timesteps.repeat_interleave(3, 1), types,
+                          torch.ones(batch, 3 * K, dtype=torch.bool), targets=target.reshape(batch, 3 * K, A), loss_mask=types == 1)  # fmt: skip
 
     def hf_step():
         _, pred, _ = hf(states=states, actions=actions, rewards=None, returns_to_go=rtg, timesteps=timesteps,
@@ -68,7 +73,7 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
         return torch.nn.functional.mse_loss(pred, actions)
 
     def our_step():
-        return ours({"trajectory": tb}).loss
+        return ours({"trajectory": interleaved()}).loss
 
     per_round = steps // rounds
     s = summary(alternating_rounds({"ours": (ours, our_step), "hf": (hf, hf_step)}, per_round, rounds, warmup=10, lr=1e-4), peer="hf")
