@@ -105,7 +105,7 @@ def main():
     ap.add_argument("overrides", nargs="*", help="key=value for the generalist (tasks, weights, dim, ...)")
     a = ap.parse_args()
     out = Path(a.out)
-    given = {"max_steps": str(a.steps), "seed": str(a.seed), **parse_overrides(a.overrides)}  # (a key given twice is refused)
+    given = {"max_steps": str(a.steps), "seed": str(a.seed), **parse_overrides(a.overrides)}  # (the user's keys replace ours)
     cfg = apply_values(g.Config(), given, "the command line")
     names, weights, _ = g.task_list(cfg)
     cfg.batch_size = g.batch_size(cfg, weights)  # by default a step holds each task's single-task batch

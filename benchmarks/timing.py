@@ -67,8 +67,7 @@ def corpus_path(ap, data: str | None) -> str:
 
 def recipe_overrides(ap: argparse.ArgumentParser, fixed: dict[str, str], argv=None) -> tuple[argparse.Namespace, list[str]]:
     """A recipe benchmark's arguments: `ap`'s options plus the recipe's key=value overrides, after
-    the benchmark's own keys (`fixed`, which the user's replace); a key given twice on the command
-    line is refused (as `mmtok train` does)."""
+    the benchmark's own keys (`fixed`, which the user's replace; `--help` lists them)."""
     from recipes.config import ConfigError, parse_overrides
 
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="the recipe's config keys (as `mmtok train RECIPE key=value`)")

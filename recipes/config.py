@@ -228,17 +228,14 @@ def apply_values(cfg, values: dict, source: str):
 
 
 def parse_overrides(args: list[str]) -> dict:
-    """`key=value` arguments as a dict; a key given twice is refused (as in a YAML file), not
-    silently the last."""
+    """`key=value` arguments as a dict; a key given twice takes the last value (nanoGPT's
+    configurator's rule), so a script can append overrides to a base list."""
     out = {}
     for a in args:
         key, sep, value = a.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {a!r} is not of the form key=value")
-        key = key.strip()
-        if key in out:
-            raise ConfigError(f"override {key!r} is given twice ({key}={out[key]} and {a}); give it once")
-        out[key] = value
+        out[key.strip()] = value
     return out
 
 

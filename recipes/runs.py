@@ -112,8 +112,6 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     module = get_recipe(name)
     overrides = parse_overrides(overrides)
     for key in PATH_KEYS:
-        if overrides.get(key) == "":  # (an unset shell variable: data=$CORPUS) not the recipe's default data
-            raise ConfigError(f"{key}= is empty: give a path, or leave {key} out for the recipe's default")
         value = values.get(key) if key not in overrides else None
         if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(os.path.expanduser(value)).exists():
             raise ConfigError(f"{key}={value}, set in {source}, does not exist here: give {key}=PATH on the command line")
