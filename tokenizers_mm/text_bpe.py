@@ -305,22 +305,23 @@ def joined_texts(texts, specials=(), size: int = TEXT_BLOCK):
     """Training texts as the trainer takes them: each cut where a special token's text stands
     (encoding makes a special one token, so merges inside it would go unused), and consecutive
     texts joined with TEXT_SEP into blocks of at least `size` characters (the last may be shorter);
-    a text that itself holds TEXT_SEP goes alone, and the trainer cuts it there."""
+    a text that itself holds TEXT_SEP goes alone, and the trainer cuts it there. An item may be a
+    string or a list of strings (a batch, as Hugging Face's `train_from_iterator` takes)."""
     cut = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) if specials else None
     block, n = [], 0
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise TypeError(f"text: training text {i} is {type(text).__name__}, expected str")
-        if TEXT_SEP in text:
-            yield text
-            continue
-        for part in cut.split(text) if cut is not None and any(t in text for t in specials) else (text,):
-            if part:
-                block.append(part)
-                n += len(part)
-        if n >= size:
-            yield TEXT_SEP.join(block)
-            block, n = [], 0
+    for i, item in enumerate(texts):
+        for text in item if isinstance(item, (list, tuple)) else (item,):
+            if not isinstance(text, str):
+                raise TypeError(f"text: training text {i} is {type(text).__name__}, expected str (or a list of str)")
+            parts = [p for p in cut.split(text) if p] if cut is not None and any(t in text for t in specials) else [text] if text else []
+            if TEXT_SEP in text:
+                yield from parts
+                continue
+            block += parts
+            n += sum(map(len, parts))
+            if n >= size:
+                yield TEXT_SEP.join(block)
+                block, n = [], 0
     if block:
         yield TEXT_SEP.join(block)
 
@@ -425,8 +426,8 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size: int, pattern: str = "gpt2", specials=(ENDOFTEXT,), max_positions: int = 1024,
               show_progress: bool = False) -> "BPETokenizer":  # fmt: skip
-        """Train on an iterable of strings to `vocab_size` ids in all (256 bytes + merges + specials);
-        fewer when the corpus runs out of pairs to merge."""
+        """Train on an iterable of strings (or of lists of strings: a dataset's batches) to `vocab_size`
+        ids in all (256 bytes + merges + specials); fewer when the corpus runs out of pairs to merge."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("text: train takes an iterable of texts (train([text], ...)), not one string (each character would be a text)")
         specials = check_specials(specials, "text")
