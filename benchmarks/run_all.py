@@ -158,7 +158,8 @@ def main():
     ap.add_argument("--with-training", action="store_true", help="also run the benchmarks that train recipes")
     ap.add_argument("--json", default="", help="also write the table here")
     ap.add_argument("--data", default="", help="tinyshakespeare.txt for the text rows: GPT step, BPE, gpt_char val loss (default: "
-                    "../shared/data/ beside the repository when present, else the embedded corpus; the table names the text)")  # fmt: skip
+                    "../shared/data/ beside the repository when present; else the step and BPE rows read the embedded corpus, "
+                    "which the table names, and the gpt_char row, which needs the file, fails)")  # fmt: skip
     args = ap.parse_args()
     table = []
     if args.data and not Path(args.data).is_file():

@@ -194,7 +194,7 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     model = resumed or build_model(cfg, tokenizer)
     if not resume:
         save_run_info(run_dir, recipe, cfg, lambda: tokenizer.save(run_dir / "tokenizers" / "text"))
-    data = cfg.data or "the built-in corpus (no data= given)"
+    data = cfg.data or "the built-in corpus (data is empty)"
     print(f"{recipe}: {len(train_set):,} training windows of {data}, vocabulary {tokenizer.vocab_size}, "
           f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)

@@ -101,12 +101,17 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
         name = recipe_or_yaml
     else:
         path = named_configs().get(recipe_or_yaml) or Path(recipe_or_yaml)
-        if path.suffix not in (".yaml", ".yml"):
-            if not path.exists():
-                get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
-            raise ConfigError(f"{path} is neither a recipe nor a YAML config (.yaml): to train on it, give a recipe and data=, "
-                              f"as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists them)")  # fmt: skip
-        doc = read_yaml(path)
+        if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+            get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
+        if (path / RUN_FILE).is_file():
+            raise ConfigError(f"{path} is a run directory: `mmtok resume {path}` continues it (max_steps=N to go further)")
+        try:
+            doc = read_yaml(path)
+        except ConfigError as e:  # (a data file given where the recipe goes: say how to train on it)
+            if path.suffix.lower() in (".yaml", ".yml"):
+                raise
+            raise ConfigError(f"{path} is neither a recipe nor a config file ({e}); to train on it, give a recipe and data=, "
+                              f"as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists them)") from None  # fmt: skip
         name = doc.pop("recipe")
         values, source = doc, str(path)
     module = get_recipe(name)

@@ -53,9 +53,15 @@ def test_named_and_file_configs(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^data=../shared/data/tinyshakespeare.txt, set in \S+gpt_char_shakespeare.yaml, does not exist here: "
                                           r"give data=PATH on the command line$"):  # fmt: skip
         make_config("gpt_char_shakespeare", [])
-    with pytest.raises(ConfigError, match=r"^input.txt is neither a recipe nor a YAML config \(.yaml\): to train on it, give a recipe and data=, "
-                                          r"as in `mmtok train gpt_char data=input.txt`"):  # fmt: skip
+    with pytest.raises(ConfigError, match=r"^input.txt is neither a recipe nor a config file \(config file input.txt must be a mapping with a "
+                                          r"'recipe:' name\); to train on it, give a recipe and data=, as in `mmtok train gpt_char data=input.txt`"):  # fmt: skip
         make_config("input.txt", [])
+    (tmp_path / "c.json").write_text('{"recipe": "gpt_char", "dim": 48}')  # JSON is YAML: a config of any name is read
+    assert make_config("c.json", [])[2].dim == 48
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "run.json").write_text('{"recipe": "gpt_char", "config": {}}')
+    with pytest.raises(ConfigError, match=r"^run is a run directory: `mmtok resume run` continues it"):
+        make_config("run", [])
     path = tmp_path / "mine.yaml"
     path.write_text("recipe: gpt_char\ndim: 64\n")
     assert make_config(str(path), [])[2].dim == 64
