@@ -24,6 +24,9 @@ from tokenizers_mm.base import read_utf8
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # torch.finfo(torch.float32).max, without importing torch here
+
+
 @dataclass
 class TrainConfig:
     run_dir: str = ""  # where metrics, checkpoints and the model go; "" = runs/<recipe>-<time>
@@ -84,6 +87,11 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value} must be a finite number")
+        for key in ("lr", "min_lr"):  # AdamW's first step divides the rate by 1 - beta1, in the weights' float32
+            step = getattr(self, key, 0.0) / (1.0 - getattr(self, "beta1", 0.0))
+            if step > FLOAT32_MAX:
+                raise ConfigError(f"{key}={getattr(self, key)}: AdamW's first step, {key} / (1 - beta1) = {step:.3g}, overflows float32 "
+                                  f"(largest {FLOAT32_MAX:.3g})")  # fmt: skip
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
         if self.precision == "fp8":
