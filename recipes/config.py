@@ -87,11 +87,10 @@ class TrainConfig:
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{f.name}={value} must be a finite number")
-        for key in ("lr", "min_lr"):  # AdamW's first step divides the rate by 1 - beta1, in the weights' float32
-            step = getattr(self, key, 0.0) / (1.0 - getattr(self, "beta1", 0.0))
-            if step > FLOAT32_MAX:
-                raise ConfigError(f"{key}={getattr(self, key)}: AdamW's first step, {key} / (1 - beta1) = {step:.3g}, overflows float32 "
-                                  f"(largest {FLOAT32_MAX:.3g})")  # fmt: skip
+        step = getattr(self, "lr", 0.0) / (1.0 - getattr(self, "beta1", 0.0))  # (min_lr above lr is taken as lr)
+        if step > FLOAT32_MAX:  # AdamW divides the rate by 1 - beta1**step, and applies it in float32: an early step overflows
+            raise ConfigError(f"lr={self.lr}: AdamW's step can reach lr / (1 - beta1) = {step:.3g}, which overflows float32 "
+                              f"(largest {FLOAT32_MAX:.3g})")  # fmt: skip
         if self.precision not in self.PRECISIONS:
             raise ConfigError(f"precision={self.precision!r}: expected one of {', '.join(self.PRECISIONS)}")
         if self.precision == "fp8":

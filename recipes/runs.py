@@ -46,6 +46,7 @@ RECIPES = {
     "generalist": "recipes.generalist",
 }
 RUN_FILE = "run.json"
+CONFIG_BYTES = 1 << 20  # a file given where a recipe goes and larger than this is data, not a config: refused unread
 # run.json's format: 2 since 2026-12 (a recipe's Config.upgrade_run(values, format) reads an older one's
 # values as they were meant: dt's target 0 meant "the data's best", now None); 1 = no "format" key
 RUN_FORMAT = 2
@@ -101,17 +102,21 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
         name = recipe_or_yaml
     else:
         path = named_configs().get(recipe_or_yaml) or Path(recipe_or_yaml)
-        if path.suffix.lower() not in (".yaml", ".yml") and not path.exists():
+        if not path.suffix and os.sep not in recipe_or_yaml and not path.exists():
             get_recipe(recipe_or_yaml)  # raises the "unknown recipe" error
-        if (path / RUN_FILE).is_file():
-            raise ConfigError(f"{path} is a run directory: `mmtok resume {path}` continues it (max_steps=N to go further)")
+        run = path if (path / RUN_FILE).is_file() else path.parent if path.name == RUN_FILE else None
+        if run is not None:
+            raise ConfigError(f"{run} is a run directory: `mmtok resume {run}` continues it (max_steps=N to go further)")
+        hint = (f"to train on it, give a recipe and data=, as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists the "
+                "recipes)")  # fmt: skip
+        if path.suffix.lower() not in (".yaml", ".yml") and path.is_file() and path.stat().st_size > CONFIG_BYTES:
+            raise ConfigError(f"{path} is neither a recipe nor a config file ({path.stat().st_size:,} bytes); {hint}")  # (not read)
         try:
             doc = read_yaml(path)
         except ConfigError as e:  # (a data file given where the recipe goes: say how to train on it)
-            if path.suffix.lower() in (".yaml", ".yml"):
+            if path.suffix.lower() in (".yaml", ".yml") or not path.exists():
                 raise
-            raise ConfigError(f"{path} is neither a recipe nor a config file ({e}); to train on it, give a recipe and data=, "
-                              f"as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists them)") from None  # fmt: skip
+            raise ConfigError(f"{path} is neither a recipe nor a config file ({e}); {hint}") from None
         name = doc.pop("recipe")
         values, source = doc, str(path)
     module = get_recipe(name)

@@ -60,8 +60,14 @@ def test_named_and_file_configs(tmp_path, monkeypatch):
     assert make_config("c.json", [])[2].dim == 48
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "run.json").write_text('{"recipe": "gpt_char", "config": {}}')
-    with pytest.raises(ConfigError, match=r"^run is a run directory: `mmtok resume run` continues it"):
-        make_config("run", [])
+    for given in ("run", "run/run.json"):
+        with pytest.raises(ConfigError, match=r"^run is a run directory: `mmtok resume run` continues it"):
+            make_config(given, [])
+    (tmp_path / "big.txt").write_text("x" * (2 << 20))  # a corpus given as the config: refused by its size, unread
+    with pytest.raises(ConfigError, match=r"^big.txt is neither a recipe nor a config file \(2,097,152 bytes\); to train on it"):
+        make_config("big.txt", [])
+    with pytest.raises(ConfigError, match=r"^config file missing.json does not exist"):
+        make_config("missing.json", [])
     path = tmp_path / "mine.yaml"
     path.write_text("recipe: gpt_char\ndim: 64\n")
     assert make_config(str(path), [])[2].dim == 64

@@ -241,16 +241,19 @@ def test_a_training_text_that_holds_the_block_separator_is_trained_alone():
     assert b"ab" in ranks and not any(len(t) > 1 and t[0] >= 0x80 for t in ranks)  # the separator's bytes never merged
     special = BPETokenizer.train([ENDOFTEXT * 50 + TEXT_SEP + "ab"], 300).ranks  # its special tokens' text still cut out
     assert sorted(special, key=special.get)[256:] == [b"ab"]
-    with pytest.raises(TypeError, match=r"training text 1 is bytes, expected str \(or a list of str\)"):
+    with pytest.raises(TypeError, match=r"training text 1 is bytes, expected str \(or a batch of str\)"):
         BPETokenizer.train(["ok", b"raw"], 300)
+    with pytest.raises(TypeError, match=r"training text 1, item 1, is bytes, expected str$"):
+        BPETokenizer.train(["ok", ["fine", b"raw"]], 300)
 
 
 def test_training_takes_batches_of_texts_as_hugging_faces_trainer():
-    """An item may be a list of strings (a dataset's `ds[i:i + 1000]["text"]`, as HF's
-    train_from_iterator takes): the same ranks as the texts one by one."""
+    """An item may be a batch of strings (a dataset's `ds[i:i + 1000]["text"]`: a list, or a numpy
+    array with_format("numpy"), as HF's train_from_iterator takes): the same ranks as the texts one by one."""
     texts = ["hello world foo bar\n"] * 200 + ["the quick brown fox<|endoftext|>\n"] * 100
-    batches = (texts[i : i + 64] for i in range(0, len(texts), 64))
-    assert BPETokenizer.train(batches, 290).ranks == BPETokenizer.train(texts, 290).ranks
+    alone = BPETokenizer.train(texts, 290).ranks
+    assert BPETokenizer.train((texts[i : i + 64] for i in range(0, len(texts), 64)), 290).ranks == alone
+    assert BPETokenizer.train((np.array(texts[i : i + 64]) for i in range(0, len(texts), 64)), 290).ranks == alone  # with_format("numpy")
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4"])

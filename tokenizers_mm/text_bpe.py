@@ -25,6 +25,7 @@ import functools
 import json
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -306,13 +307,16 @@ def joined_texts(texts, specials=(), size: int = TEXT_BLOCK):
     (encoding makes a special one token, so merges inside it would go unused), and consecutive
     texts joined with TEXT_SEP into blocks of at least `size` characters (the last may be shorter);
     a text that itself holds TEXT_SEP goes alone, and the trainer cuts it there. An item may be a
-    string or a list of strings (a batch, as Hugging Face's `train_from_iterator` takes)."""
+    string or a batch of strings (a list, an array, a Series: what Hugging Face's
+    `train_from_iterator` takes)."""
     cut = re.compile("|".join(re.escape(t) for t in sorted(specials, key=len, reverse=True))) if specials else None
     block, n = [], 0
     for i, item in enumerate(texts):
-        for text in item if isinstance(item, (list, tuple)) else (item,):
+        batch = not isinstance(item, (str, bytes, bytearray)) and isinstance(item, Iterable)
+        for j, text in enumerate(item if batch else (item,)):
             if not isinstance(text, str):
-                raise TypeError(f"text: training text {i} is {type(text).__name__}, expected str (or a list of str)")
+                where = f"training text {i}, item {j}," if batch else f"training text {i}"
+                raise TypeError(f"text: {where} is {type(text).__name__}, expected str{'' if batch else ' (or a batch of str)'}")
             parts = [p for p in cut.split(text) if p] if cut is not None and any(t in text for t in specials) else [text] if text else []
             if TEXT_SEP in text:
                 yield from parts
