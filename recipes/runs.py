@@ -109,8 +109,9 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
             raise ConfigError(f"{run} is a run directory: `mmtok resume {run}` continues it (max_steps=N to go further)")
         hint = (f"to train on it, give a recipe and data=, as in `mmtok train gpt_char data={path}` (`mmtok recipes` lists the "
                 "recipes)")  # fmt: skip
-        if path.suffix.lower() not in (".yaml", ".yml") and path.is_file() and path.stat().st_size > CONFIG_BYTES:
-            raise ConfigError(f"{path} is neither a recipe nor a config file ({path.stat().st_size:,} bytes); {hint}")  # (not read)
+        size = path.stat().st_size if path.is_file() else 0
+        if path.suffix.lower() not in (".yaml", ".yml") and size > CONFIG_BYTES:
+            raise ConfigError(f"{path} is neither a recipe nor a config file ({size:,} bytes); {hint}")  # (not read)
         try:
             doc = read_yaml(path)
         except ConfigError as e:  # (a data file given where the recipe goes: say how to train on it)
@@ -309,7 +310,8 @@ def not_a_run(folder: Path) -> str:
     except OSError:  # (unreadable: say what is known)
         runs = []
     if runs:
-        return f"a folder of {len(runs)} run{'s' if len(runs) > 1 else ''} ({', '.join(runs[:3])}{', ...' if len(runs) > 3 else ''}); give one of them"
+        named = ", ".join(runs[:3]) + (", ..." if len(runs) > 3 else "")
+        return f"a folder of {len(runs)} run{'s' if len(runs) > 1 else ''} ({named}); give one of them"
     return f"not a run directory, or a run killed while it was set up (`mmtok train RECIPE run_dir={folder} ...` starts it)"
 
 

@@ -317,7 +317,10 @@ def joined_texts(texts, specials=(), size: int = TEXT_BLOCK):
             if not isinstance(text, str):
                 where = f"training text {i}, item {j}," if batch else f"training text {i}"
                 raise TypeError(f"text: {where} is {type(text).__name__}, expected str{'' if batch else ' (or a batch of str)'}")
-            parts = [p for p in cut.split(text) if p] if cut is not None and any(t in text for t in specials) else [text] if text else []
+            if cut is not None and any(t in text for t in specials):
+                parts = [part for part in cut.split(text) if part]
+            else:
+                parts = [text] if text else []
             if TEXT_SEP in text:
                 yield from parts
                 continue
@@ -330,7 +333,8 @@ def joined_texts(texts, specials=(), size: int = TEXT_BLOCK):
         yield TEXT_SEP.join(block)
 
 
-def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False, specials=(), block: int = TEXT_BLOCK) -> dict[bytes, int]:
+def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = False, specials=(),
+                block: int = TEXT_BLOCK) -> dict[bytes, int]:  # fmt: skip
     """Learn `vocab_size` BPE ranks (bytes + merges) from an iterator of strings, with Hugging Face
     `tokenizers`' BPE trainer behind the same pre-tokenization as encoding (the texts given to it
     by `joined_texts` in blocks of `block` characters: the same pieces, the same ranks, fewer items
@@ -430,8 +434,8 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def train(cls, texts, vocab_size: int, pattern: str = "gpt2", specials=(ENDOFTEXT,), max_positions: int = 1024,
               show_progress: bool = False) -> "BPETokenizer":  # fmt: skip
-        """Train on an iterable of strings (or of lists of strings: a dataset's batches) to `vocab_size`
-        ids in all (256 bytes + merges + specials); fewer when the corpus runs out of pairs to merge."""
+        """Train on an iterable of strings (or of batches of strings: a dataset's) to `vocab_size` ids
+        in all (256 bytes + merges + specials); fewer when the corpus runs out of pairs to merge."""
         if isinstance(texts, (str, bytes)):
             raise TypeError("text: train takes an iterable of texts (train([text], ...)), not one string (each character would be a text)")
         specials = check_specials(specials, "text")
