@@ -367,6 +367,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p.commands = sub.choices  # command -> its parser (main reports an argument it does not know through that parser's error)
     s = sub.add_parser("recipes", help="list recipes and named configs", description="List recipes and named YAML configs.")
     s.set_defaults(fn=cmd_recipes)
     s = sub.add_parser("tokenizers", help="list registered tokenizers", description="List registered tokenizers, plugins included.")
@@ -517,7 +518,7 @@ def main(argv=None) -> int:
         if args.command in ("train", "resume") and extra[0].startswith("-"):
             key = extra[0].lstrip("-").split("=")[0].replace("-", "_")
             hint = f"; config keys are given as key=value ({key}=...), not as options"
-        parser.exit(2, f"mmtok {args.command}: error: unrecognized arguments: {' '.join(extra)}{hint} (see mmtok {args.command} --help)\n")
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if launch_rank() != 0:  # under torchrun, one process reports: the others' lines would repeat it
         sys.stdout = open(os.devnull, "w")  # (errors still go to stderr, from every process)
     try:

@@ -27,7 +27,7 @@ from models.transformer import CONFIG_FILE, WEIGHTS_FILE
 from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
-from .checkpoint import held_checkpoint, latest_checkpoint, verify_latest
+from .checkpoint import CKPT_DIR, STEP_RE, held_checkpoint, latest_checkpoint, verify_latest
 from .config import ConfigError, apply_values, launch_rank, launched_processes, named_configs, parse_overrides, read_yaml
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir,
@@ -299,8 +299,6 @@ def not_a_run(folder: Path) -> str:
     """What a folder without run.json is likely to be, for the error that says so: a checkpoint or
     the checkpoints of a run (give the run), a folder of runs (give one), or a run killed while it
     was set up."""
-    from .checkpoint import CKPT_DIR, STEP_RE
-
     if folder.parent.name == CKPT_DIR and STEP_RE.match(folder.name) and (folder.parent.parent / RUN_FILE).exists():
         return f"a checkpoint of the run {folder.parent.parent}; give the run directory"
     if folder.name == CKPT_DIR and (folder.parent / RUN_FILE).exists():
