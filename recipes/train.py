@@ -578,16 +578,16 @@ def train(
                                      + (f"the last good checkpoint, {kept.name}, is kept" if kept else "no checkpoint was written before it")
                                      + "; skip_nonfinite=true skips such batches")  # fmt: skip
         if log_now:
-            loss_val = accelerator.reduce(loss, "mean").item()
-            loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             dt = time.perf_counter() - t0
-            if accelerator.num_processes > 1:  # every process's own count (their shares of a batch differ)
-                tokens = accelerator.reduce(torch.tensor(float(tokens), dtype=sum_dtype(accelerator.device), device=accelerator.device), "sum").item()
+            # one all-reduce: the loss and MFU averaged over the processes, their own token counts (shares differ) added up
+            loss_val, tokens, mfu = summed(accelerator, loss.item(), tokens, flops.mfu(dt) if flops is not None else 0.0)
+            loss_val, mfu = loss_val / accelerator.num_processes, mfu / accelerator.num_processes
+            loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             row = {"step": step, "loss": loss_val, "lr": lr, "tokens_per_s": tokens / dt}
             if grad_norm is not None:
                 row["grad_norm"] = float(grad_norm)
             if flops is not None:
-                row["mfu"] = flops.mfu(dt)
+                row["mfu"] = mfu
             if skipped:
                 row["skipped_batches"] = skipped
             bar.set_postfix(loss=f"{loss_val:.4f}" if loss_val is not None else "skipped")
@@ -629,12 +629,12 @@ def train(
 class FlopMeter:
     """Model FLOPs of the steps since the last report (models/flops.py: each batch counted part by
     part) against the device's peak: `mfu(seconds)` = each process's achieved rate over its
-    device's peak, averaged over the processes (a collective: every process calls it)."""
+    device's peak (this process's: the training loop averages it over the processes)."""
 
     def __init__(self, model: MultimodalTransformer, accelerator: Accelerator):
         from models.flops import part_params, peak_flops
 
-        self.model, self.accelerator, self.flops = model, accelerator, 0.0
+        self.model, self.flops = model, 0.0
         self.params = part_params(model)  # once: it walks every module
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision, torch.float32)
         self.peak, self.source = peak_flops(accelerator.device, dtype)
@@ -646,9 +646,8 @@ class FlopMeter:
             self.flops += batch_flops(self.model, inputs, self.params)
 
     def mfu(self, seconds: float) -> float:
-        value = torch.tensor(self.flops / seconds / self.peak, device=self.accelerator.device)
-        self.flops = 0.0
-        return float(self.accelerator.reduce(value, "mean"))
+        value, self.flops = self.flops / seconds / self.peak, 0.0
+        return value
 
 
 def read_metrics(run_dir) -> list[dict]:

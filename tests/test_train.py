@@ -334,6 +334,18 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text
         torch.testing.assert_close(g2[k], g1[k], atol=1e-6, rtol=1e-5)
 
 
+def test_two_process_logged_loss_is_the_global_batch_loss(tmp_path, small_text):
+    """The loss a step logs is the whole global batch's (one all-reduce with its token count): a batch
+    of 7 split 3 + 4 over 2 processes logs one process's loss and token count."""
+    args = ["gpt_char", f"data={small_text}", *TINY, "batch_size=7", "dropout=0", "max_steps=1", "log_every=1", "eval_batches=1"]
+    rows = {}
+    for n in (1, 2):
+        torchrun(n, "-m", "recipes.cli", "train", *args, f"run_dir={tmp_path / str(n)}")
+        rows[n] = json.loads((tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()[0])
+    assert rows[2]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-6) and rows[1]["loss"] > 1.0
+    assert rows[2]["tokens_per_s"] > 0 and rows[2]["mfu"] > 0
+
+
 def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeypatch, capsys):
     """Two processes train as one data-parallel run; each draws its own dropout masks (its own RNG
     stream, kept in the checkpoint per process), and a resume continues every stream exactly."""
