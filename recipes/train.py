@@ -221,6 +221,16 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def resume_schedule(scheduler: torch.optim.lr_scheduler.LambdaLR, cfg: TrainConfig) -> None:
+    """The next step's rate from this run's schedule as now configured: a checkpoint's optimizer and
+    scheduler hold the rate its old schedule gave (`mmtok resume RUN max_steps=N` changes the
+    decay), which the first resumed step would otherwise take. The same value when nothing changed."""
+    factor = lr_lambda(cfg)(scheduler.last_epoch)
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * factor  # (as LambdaLR computes it)
+    scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # what get_last_lr() reports
+
+
 def forward_backward(accelerator: Accelerator, model: nn.Module, micro_batches: list, accum: int,
                      inner: nn.Module | None = None, check: Callable | None = None) -> torch.Tensor:  # fmt: skip
     """Forward and backward over one optimizer step's micro-batches; returns the mean loss.
@@ -520,6 +530,7 @@ def train(
     if ckpt is not None:
         load_optimizer_state(inner, optimizer, load_state(ckpt, "optimizer"))
         scheduler.load_state_dict(trainer_state["scheduler"])
+        resume_schedule(scheduler, cfg)
         if accelerator.scaler is not None and "grad_scaler" in trainer_state:
             accelerator.scaler.load_state_dict(trainer_state["grad_scaler"])
         restore_rng_states(load_state(ckpt, "rng"), cfg, accelerator, start_step)

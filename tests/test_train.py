@@ -96,6 +96,21 @@ def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
     assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] > 0
 
 
+def test_resume_longer_takes_the_new_schedule_from_its_first_step(tmp_path, trained):
+    """`mmtok resume RUN max_steps=N`: the first resumed step takes the new schedule's rate (the
+    checkpoint's optimizer holds the old one's, the end of its decay: min_lr)."""
+    from recipes.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    assert main(["resume", str(run), "max_steps=21"]) == 0
+    saved = json.loads((run / "run.json").read_text())["config"]
+    cfg = TrainConfig(**{f.name: saved[f.name] for f in dataclasses.fields(TrainConfig) if f.name in saved})
+    assert cfg.max_steps == 21 and cfg.warmup_steps == 10
+    lr = next(r["lr"] for r in metric_rows(run) if r["step"] == 21 and "lr" in r)
+    assert lr == cfg.lr * lr_lambda(cfg)(20) and lr > 1.01 * cfg.min_lr  # (LambdaLR's own product, bit for bit)
+
+
 def test_cli_eval_and_generate(tmp_path, trained, capsys):
     """eval and resume in this process (as the CLI's main runs them), generate through the entry point."""
     from recipes.cli import main
