@@ -145,12 +145,33 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     return name, module, cfg
 
 
+HELD_LOCKS: set[int] = set()  # the file descriptors of the run locks this process holds (run_lock)
+
+
+def _drop_held_locks() -> None:
+    """In a forked child (a DataLoader worker): its copies of the run locks' descriptors point to
+    /dev/null instead. A flock belongs to the open file, which a fork shares, so a worker orphaned by
+    a killed trainer would hold the run's lock until it noticed and exited, refusing an immediate
+    resume. (dup2, not close: the child's file objects still own those descriptor numbers.)"""
+    if HELD_LOCKS:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in HELD_LOCKS:
+            os.dup2(null, fd)
+        os.close(null)
+        HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_held_locks)
+
+
 @contextlib.contextmanager
 def run_lock(run_dir):
     """Hold RUN_DIR/.lock while a run trains (`mmtok train` / `resume`; the launch's first process):
     a second train or resume into the same folder is refused in one line, not left to delete the
     first's checkpoint being written and interleave their logs. The OS lets go when the process
-    ends, killed or not. A no-op where there is no fcntl (Windows)."""
+    ends, killed or not; forked children (DataLoader workers) hold no share of it. A no-op where
+    there is no fcntl (Windows)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover
@@ -185,7 +206,11 @@ def run_lock(run_dir):
                 f.flush()
             except OSError as e:  # (a full disk: named, as the open's failure is)
                 raise ConfigError(f"run_dir {run_dir}: cannot write its lock file ({e.strerror or e})") from None
-            yield
+            HELD_LOCKS.add(f.fileno())
+            try:
+                yield
+            finally:
+                HELD_LOCKS.discard(f.fileno())
         except BaseException:
             if made and [p.name for p in run_dir.iterdir()] == [LOCK_FILE]:  # a run refused before it began leaves no folder
                 lock.unlink()

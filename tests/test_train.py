@@ -684,6 +684,18 @@ def test_a_run_dir_in_use_a_damaged_config_a_damaged_log_line_and_run_json(tmp_p
                 pass
     err = capsys.readouterr().err
     assert err.count(f"mmtok: error: run_dir {run} is in use by another training process (pid ") == 2, err
+    import multiprocessing
+    import time
+
+    with run_lock(run):  # a forked child (a DataLoader worker, orphaned by a killed trainer) holds no share of the lock
+        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker.start()
+    try:
+        with run_lock(run):  # the trainer gone, its folder is free at once (a resume right after a kill)
+            pass
+    finally:
+        worker.kill()
+        worker.join()
     import errno
     import fcntl
 
