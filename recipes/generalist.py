@@ -75,6 +75,9 @@ STRIDE = {"audio": 2}  # Whisper's conv stem keeps every second frame
 GROWN_FROM = "grown_from.json"  # in a grown run: the model config of the run it grew from
 
 
+CONTROL_ENVS = ("CartPole-v1",)  # the embedded datasets (recipes/rl_data.py) whose actions are discrete
+
+
 @dataclass
 class Config(TrainConfig):
     tasks: str = "digits,speech,control"  # comma-separated, from digits / speech / control / text
@@ -110,7 +113,7 @@ class Config(TrainConfig):
     max_text: int = 64
     eval_utterances: int = 300
     # control (dt_cartpole)
-    env: str = "CartPole-v1"
+    env: str = "CartPole-v1"  # one of CONTROL_ENVS
     rl_dir: str = ""  # where the embedded dataset is cached; "" = dt's cache
     n_episodes: int = 0
     context: int = 20
@@ -136,7 +139,9 @@ class Config(TrainConfig):
                               "leave a stack unused on one process: train it without fsdp (DDP; a run that has it: "
                               "mmtok resume RUN_DIR fsdp=false)")  # fmt: skip
         super().check()
-        task_list(self)
+        if "control" in task_list(self)[0] and self.env not in CONTROL_ENVS:  # (dt's own message asks for data=, which this recipe lacks)
+            raise ConfigError(f"env={self.env!r}: the control task trains on the embedded {' / '.join(CONTROL_ENVS)} episodes (discrete "
+                              "actions) and takes no data=; to train on your own episodes: mmtok train dt_offline data=PATH")  # fmt: skip
         if self.freeze_trained and not self.init_from:  # (nothing is trained before: it froze nothing)
             raise ConfigError("freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from=RUN_DIR")
         if self.layout == "prefix" and self.dec_depth != Config.dec_depth:

@@ -186,6 +186,8 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
     print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed, os.getpid()))
+        pool.close()  # the worker ends itself, its finalizers run (terminated, it left tqdm's lock to a "leaked semaphore" warning)
+        pool.join()
     for u, sec in zip(rows, seconds):
         u.seconds = sec
     tmp = manifest.with_suffix(".tmp")

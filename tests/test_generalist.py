@@ -131,7 +131,9 @@ def test_tasks_are_drawn_by_weight_and_every_example_is_covered():
     with pytest.raises(ValueError, match="one non-negative number per task"):
         g.task_list(g.Config(tasks="digits,speech", weights="1"))
     for bad, message in (({"freeze_trained": True}, "freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from"),
-                         ({"layout": "prefix", "dec_depth": 7}, "dec_depth=7: layout=prefix is one stack of depth=4 blocks")):  # fmt: skip
+                         ({"layout": "prefix", "dec_depth": 7}, "dec_depth=7: layout=prefix is one stack of depth=4 blocks"),
+                         ({"env": "Acrobot-v1"}, r"env='Acrobot-v1': the control task trains on the embedded CartPole-v1 episodes \(discrete "
+                                                 r"actions\) and takes no data=; to train on your own episodes: mmtok train dt_offline")):  # fmt: skip
         with pytest.raises(ValueError, match=message):  # (accepted and ignored before)
             g.Config(**bad).check()
     from recipes.runs import make_config

@@ -1,10 +1,14 @@
 """Offline speech: eSpeak NG through ctypes, and the deterministic spoken-digits corpus."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 pytest.importorskip("espeakng_loader")
 
+from conftest import ROOT, subprocess_env  # noqa: E402
 from recipes.speech import SYNTH_RATE, TEST_VOICES, TRAIN_VOICES, SpeechError, Synthesizer, make_corpus  # noqa: E402
 from tokenizers_mm import AudioTokenizer, load_audio  # noqa: E402
 
@@ -29,7 +33,12 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
     other = make_corpus(tmp_path / "d", 6, TRAIN_VOICES, seed=3)
     assert [r.transcription for r in other] == [r.transcription for r in rows]
     assert np.array_equal(load_audio(tmp_path / "d" / rows[0].file_name)[0], load_audio(tmp_path / "c" / rows[0].file_name)[0])
-    # utterance i is the same whatever n: a corpus of fewer is the first ones of the cache (audio included), which is kept
+    # utterance i is the same whatever n: a corpus of fewer is the first ones of the cache (audio included), which is kept.
+    # (Made in a process of its own, which ends without multiprocessing's "leaked semaphore" warning: the worker exits itself.)
+    code = ("import recipes.whisper_digits; from recipes.speech import TRAIN_VOICES, make_corpus; "  # (as the recipes run it: torch loaded)
+            f"make_corpus({str(tmp_path / 'e')!r}, 3, TRAIN_VOICES, seed=3)")
+    made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
+    assert made.returncode == 0 and "synthesizing 3 utterances" in made.stderr and "leaked" not in made.stderr, made.stderr
     fewer = make_corpus(tmp_path / "e", 3, TRAIN_VOICES, seed=3)
     assert fewer == rows[:3] and make_corpus(tmp_path / "c", 3, TRAIN_VOICES, seed=3) == fewer
     assert (tmp_path / "c" / "manifest.jsonl").stat().st_mtime_ns == mtime

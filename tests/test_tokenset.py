@@ -26,7 +26,8 @@ def test_defaults_and_len():
         (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([0.0, 1.0])), "positions must be an integer"),
         (dict(ids=torch.tensor([1, 2]), positions=torch.tensor([-1, 0])), "positions must be >= 0"),
         (dict(ids=torch.tensor([1, 2]), types=torch.tensor([0, -1])), "types must be >= 0"),
-        (dict(ids=torch.tensor([[1, 2]])), "ids must have 1 dims"),
+        (dict(ids=torch.tensor([[1, 2]])), r"ids must have shape \(N\), got \(1, 2\)"),
+        (dict(values=torch.zeros(10)), r"values must have shape \(N, D\), got \(10,\)"),
     ],
 )
 def test_structural_errors(kwargs, message):
@@ -188,7 +189,7 @@ def test_text_decoders_read_one_sequence_of_integer_ids_and_say_so_otherwise():
     assert bpe.decode(np.array([])) == char.decode(torch.tensor([])) == "" and bpe.decode_bytes(torch.tensor([104])) == b"h"
     reversed_ids = np.arange(5)[::-1]  # a numpy view with a negative stride
     assert TokenSet("text", ids=reversed_ids).ids.tolist() == [4, 3, 2, 1, 0]
-    with pytest.raises(ValueError, match=r"ids must have 1 dims"):  # a numpy scalar stays 0-d: refused as a 0-d tensor is
+    with pytest.raises(ValueError, match=r"ids must have shape \(N\), got \(\)"):  # a numpy scalar stays 0-d: refused as a 0-d tensor is
         TokenSet("text", ids=np.int64(5))
     meta = TokenSet("text", ids=torch.zeros(4, dtype=torch.long, device="meta"))  # defaults on the tokens' device, no values read
     assert meta.positions.device.type == meta.types.device.type == "meta"

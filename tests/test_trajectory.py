@@ -151,6 +151,8 @@ def test_action_predictions_equal_hf_decision_transformer(discrete):
 def test_continuous_action_bounds_must_span_a_range():
     with pytest.raises(ValueError, match=r"action_high \[1.0, 0.5\] must exceed action_low \[-1.0, 0.5\]"):
         TrajectoryTokenizer(3, 2, discrete=False, action_low=[-1, 0.5], action_high=[1, 0.5])
+    with pytest.raises(ValueError, match=r"fit: no episodes; expected at least one"):  # (was numpy's "need at least one array")
+        TrajectoryTokenizer(4, 2, discrete=True).fit([])
 
 
 def test_decode_reads_a_batch_row_by_row_and_bad_arrays_are_named():

@@ -102,11 +102,11 @@ def _validate(ts, lead: tuple[int, ...], who: str, spec: ModalitySpec | None):
     if ts.ids is not None:
         _check_dtype("ids", ts.ids, "int", who)
         if ts.ids.dim() != len(lead):
-            raise ValueError(f"{who}: ids must have {len(lead)} dims {lead}, got shape {tuple(ts.ids.shape)}")
+            raise ValueError(f"{who}: ids must have shape ({', '.join(lead)}), got {tuple(ts.ids.shape)}")
     else:
         _check_dtype("values", ts.values, "float", who)
         if ts.values.dim() != len(lead) + 1:
-            raise ValueError(f"{who}: values must have shape (*{lead}, D), got {tuple(ts.values.shape)}")
+            raise ValueError(f"{who}: values must have shape ({', '.join(lead)}, D), got {tuple(ts.values.shape)}")
     shape = tuple(tokens.shape[: len(lead)])
     for name in ("positions", "types", "targets", "loss_mask"):
         t = getattr(ts, name)

@@ -235,7 +235,10 @@ class TrajectoryTokenizer(Tokenizer):
 
     def fit(self, episodes) -> "TrajectoryTokenizer":
         """Set the state normalisation from a dataset's observations (checked on the way)."""
-        obs = np.concatenate([self.check(ep, f"episode {i}")[0] for i, ep in enumerate(episodes)])
+        observations = [self.check(ep, f"episode {i}")[0] for i, ep in enumerate(episodes)]
+        if not observations:
+            raise ValueError("fit: no episodes; expected at least one episode to take the state statistics from")
+        obs = np.concatenate(observations)
         self.state_mean = obs.mean(0).astype(np.float32)
         self.state_std = (obs.std(0) + 1e-6).astype(np.float32)
         return self
