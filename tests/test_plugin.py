@@ -40,3 +40,7 @@ def test_plugin_is_found_and_trains(installed, tmp_path):
     assert tok["name"] == "sensor" and len(tok["config"]["mean"]) == 3
     ev = run("-m", "recipes.cli", "eval", str(tmp_path / "run"), cwd=tmp_path)
     assert ev.returncode == 0 and json.loads(ev.stdout)["val_accuracy"] == pytest.approx(results["val_accuracy"])
+    bad = run("-m", "recipes.cli", "train", "sensor_activity", f"run_dir={tmp_path / 'bad'}", "patch=7", cwd=tmp_path)
+    assert bad.returncode == 2 and not (tmp_path / "bad").exists()  # the plugin's own config check, before a run directory is made
+    assert bad.stderr.strip().splitlines()[-1] == ("mmtok: error: patch=7: a token is patch samples of a 128-sample window; expected a "
+                                                   "divisor of 128 (1, 2, 4, 8, 16, 32, 64, 128)")  # fmt: skip

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from recipes.config import TrainConfig
+from recipes.config import ConfigError, TrainConfig
 from recipes.runs import resolve_run_dir, save_run_info
 from recipes.train import accuracy, train
 from tokenizers_mm import TokenSet, collate, create
 
-from .data import ACTIVITIES, make_windows
+from .data import ACTIVITIES, SAMPLES, make_windows
 
 
 @dataclass
@@ -49,6 +49,13 @@ class Config(TrainConfig):
     placement: bool = False  # append a device-placement token of its own type
 
     AT_LEAST = {**TrainConfig.AT_LEAST, "n_train": 1, "n_test": 1, "patch": 1}  # refused below these when a run starts (`mmtok train`)
+
+    def check(self) -> None:
+        super().check()
+        if SAMPLES % self.patch:
+            divisors = ", ".join(str(d) for d in range(1, SAMPLES + 1) if SAMPLES % d == 0)
+            raise ConfigError(f"patch={self.patch}: a token is patch samples of a {SAMPLES}-sample window; expected a divisor of "
+                              f"{SAMPLES} ({divisors})")  # fmt: skip
 
 
 # -- data -----------------------------------------------------------------------------------------

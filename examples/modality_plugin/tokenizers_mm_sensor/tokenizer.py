@@ -45,8 +45,8 @@ class SensorTokenizer(Tokenizer):
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise ValueError(f"{name}: expected a (T, {self.channels}) window, got shape {x.shape}")
         if x.shape[0] % self.patch or not 0 < x.shape[0] // self.patch <= self.max_positions:
-            raise ValueError(f"{name}: {x.shape[0]} samples must be a positive multiple of patch={self.patch}, "
-                             f"at most {self.patch * self.max_positions}")  # fmt: skip
+            raise ValueError(f"{name}: {x.shape[0]} samples; expected whole tokens of patch={self.patch} samples, from 1 to "
+                             f"max_positions={self.max_positions} of them ({self.patch} to {self.patch * self.max_positions} samples)")  # fmt: skip
         if not np.isfinite(x).all():
             raise ValueError(f"{name}: the window holds NaN or infinite samples")
         if self.center:
