@@ -12,6 +12,7 @@ timm ViT, Hugging Face Whisper and Decision Transformer: see each section's func
 from __future__ import annotations
 
 import json
+import os
 import re
 import reprlib
 from pathlib import Path
@@ -54,6 +55,10 @@ def refuse_unknown(sd: dict[str, Tensor], patterns: tuple[str, ...], depth: int 
         elif any(m.groupdict().get(g) is not None and int(m[g]) >= d for g, d in depths.items()):
             deeper.append(k)
     if unknown:
+        prefix = os.path.commonprefix(unknown).rpartition(".")[0]
+        if prefix and len(unknown) == len(sd) and any(re.fullmatch(p, unknown[0][len(prefix) + 1 :]) for p in patterns):
+            raise ValueError(f"{what} import: every name in the checkpoint starts with {prefix + '.'!r} (a wrapper's state dict, "
+                             f"e.g. {unknown[0]!r}); strip it: {{k.removeprefix({prefix + '.'!r}): v for k, v in state_dict.items()}}")  # fmt: skip
         raise ValueError(f"{what} import: the checkpoint holds weights this import has no place for {sorted(unknown)[:5]} (an unsupported variant)")
     if deeper:
         limit = depth if isinstance(depth, int) else ", ".join(f"{g} {d}" for g, d in depths.items())
@@ -202,6 +207,20 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
     return ModelConfig(trunk, {"image": modality}, {"cls": head}, encoder_inputs=["image"])
 
 
+TIMM_BLOCK_NAMES = {"norm1": "ln_1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln_2", "mlp.fc1": "mlp.fc", "mlp.fc2": "mlp.proj"}
+TIMM_NAMES = {"embedders.image.tok": "patch_embed.proj", "embedders.image.pos.weight": "pos_embed", "embedders.image.learned": "cls_token",
+              "encoder.ln_f": "norm", "heads.cls.norm": "fc_norm", "heads.cls.proj": "head"}  # fmt: skip
+
+
+def timm_vit_name(ours: str) -> str:
+    """Our weight's name in a timm VisionTransformer's state dict (what an error names)."""
+    if m := re.fullmatch(r"encoder\.blocks\.(\d+)\.(.+)\.(weight|bias)", ours):
+        theirs = {v: k for k, v in TIMM_BLOCK_NAMES.items()}.get(m[2])
+        return f"blocks.{m[1]}.{theirs}.{m[3]}" if theirs else ours
+    head, _, kind = ours.rpartition(".")
+    return TIMM_NAMES.get(ours) or (f"{TIMM_NAMES[head]}.{kind}" if head in TIMM_NAMES else ours)
+
+
 def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
     """Rename a timm VisionTransformer state dict into ours (conv patch embedding → linear)."""
     w = sd["patch_embed.proj.weight"]  # (C_out, C_in, p, p)
@@ -216,9 +235,8 @@ def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
         for kind in ("weight", "bias"):
             if f"{theirs}.{kind}" in sd:
                 out[f"{ours}.{kind}"] = sd[f"{theirs}.{kind}"]
-    pairs = {"norm1": "ln_1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln_2", "mlp.fc1": "mlp.fc", "mlp.fc2": "mlp.proj"}
     for i in range(depth):
-        for theirs, ours in pairs.items():
+        for theirs, ours in TIMM_BLOCK_NAMES.items():
             for kind in ("weight", "bias"):
                 if f"blocks.{i}.{theirs}.{kind}" in sd:
                     out[f"encoder.blocks.{i}.{ours}.{kind}"] = sd[f"blocks.{i}.{theirs}.{kind}"]
@@ -269,7 +287,7 @@ def load_timm_vit(model: MultimodalTransformer, sd: dict[str, Tensor], skip_head
         ours = {k: v for k, v in ours.items() if not k.startswith(new)}
     missing = [k for k in model.state_dict() if k not in ours and not k.startswith("type_embed") and not (skip_head and k.startswith(new))]
     if missing:
-        raise ValueError(f"timm import: the checkpoint lacks {missing[:5]}")
+        raise ValueError(f"timm import: the checkpoint lacks {[timm_vit_name(k) for k in missing[:5]]}")
     return copy_checked(model, ours, "timm")
 
 

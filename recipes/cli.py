@@ -495,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")
     s.add_argument("image", metavar="IMAGE_OR_AUDIO")
     s.add_argument("--run", metavar="RUN_DIR", help="an image run: use its tokenizer and draw its CLS attention; a speech run: mark its audio token slices")
-    s.add_argument("--out", help="output PNG (default: <image>_patches.png)")
+    s.add_argument("--out", help="output PNG (default: <image's name>_patches.png, or _mel.png for audio, in the current directory; "
+                   "an existing file is replaced)")
     s.add_argument("--image-size", type=positive_int, default=None, help="without --run: the size images are resized to (default 224)")
     s.add_argument("--patch-size", type=positive_int, default=None, help="without --run: the patch size (default 16)")
     s.add_argument("--slice-frames", type=positive_int, help="audio: frames of 10 ms per token slice to mark (default: --run's, else 10)")

@@ -165,10 +165,12 @@ def check_split(global_batch: int, accum: int, world: int, what: str = "") -> No
                           "every micro-batch of every process needs a sample")  # fmt: skip
 
 
-def take_shape(cfg, shape: dict, source: str) -> list[str]:
+def take_shape(cfg, shape: dict, source: str, recipe: str) -> list[str]:
     """Set cfg's keys to the values of the weights it starts from (`shape`: key -> value, from
     `source`, e.g. "init_from=tiny.pt"): a value given otherwise than both the recipe's default and
-    the weights' is refused, not replaced. Returns the defaults replaced ("dim=384 -> 768")."""
+    the weights' is refused, not replaced. The defaults replaced ("dim=384 -> 768") are printed in
+    one line (a value given equal to the default cannot be told from it: the line says it went) and
+    returned."""
     replaced = []
     for key, theirs in shape.items():
         ours = getattr(cfg, key)
@@ -178,6 +180,8 @@ def take_shape(cfg, shape: dict, source: str) -> list[str]:
             raise ConfigError(f"{key}={ours}: {source} has {key} {theirs} (its weights set the model's shape: leave {key} out)")
         replaced.append(f"{key}={ours} -> {theirs}")
         setattr(cfg, key, theirs)
+    if replaced:
+        print(f"{recipe}: the model's shape comes from {source} ({', '.join(replaced)})")
     return replaced
 
 

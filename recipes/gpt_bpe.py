@@ -111,9 +111,7 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash))
     t = model.config.trunk
     sizes = {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio, "bias": t.bias, "activation": t.activation}
-    changed = take_shape(cfg, {k: v for k, v in sizes.items() if hasattr(cfg, k)}, f"init_from {folder}")  # a value given otherwise: refused
-    if changed:
-        print(f"gpt_bpe: the model's shape comes from init_from ({', '.join(changed)})")
+    take_shape(cfg, {k: v for k, v in sizes.items() if hasattr(cfg, k)}, f"init_from {folder}", "gpt_bpe")  # a value given otherwise: refused
     return load_gpt2(model, read_weights(weights, f"init_from {folder}"))
 
 

@@ -9,6 +9,7 @@ normalised and cut into patches by the image tokenizer in one call.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,11 +204,12 @@ def same_classes(run_dir, classes: list[str]) -> None:
 
 
 @torch.no_grad()
-def predict(run_dir, paths: list[str], top_k: int = 3, device=None, batch_size: int = 64, progress: bool = False) -> list[dict]:
+def predict(run_dir, paths: list[str] | str | Path, top_k: int = 3, device=None, batch_size: int = 64, progress: bool = False) -> list[dict]:
     """Classify images with a run's last checkpoint on `device` (None = the CPU), `batch_size` at a
-    time: top-k labels and probabilities for each. A path may be a folder: its image files (any
-    depth, sorted; other files passed over, as an image folder dataset does) are classified in turn;
-    a file that is not an image, or a folder without one, is an error naming it."""
+    time: top-k labels and probabilities for each. `paths`: a list of paths, or one. A path may be
+    a folder: its image files (any depth, sorted; other files passed over, as an image folder
+    dataset does) are classified in turn; a file that is not an image, or a folder without one, is
+    an error naming it."""
     from tqdm.auto import tqdm
 
     from tokenizers_mm import collate, open_image
@@ -215,7 +217,7 @@ def predict(run_dir, paths: list[str], top_k: int = 3, device=None, batch_size: 
     from .folders import image_files
 
     files = []
-    for path in map(Path, paths):
+    for path in map(Path, [paths] if isinstance(paths, (str, os.PathLike)) else paths):  # (a string is one path, not its letters)
         found = image_files(path) if path.is_dir() else [path]
         if not found:
             raise ValueError(f"image folder {path}: no image files in it (extensions PIL reads: .png, .jpg, ...)")

@@ -17,6 +17,7 @@ random affine, optional mixup / cutmix (timm). Start from timm weights held loca
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -248,6 +249,11 @@ def timm_vit(cfg: Config, num_classes: int = 2, device=None):
     if not timm.is_model(name):
         raise ValueError(f"timm_model={name}: no such timm model; expected a timm VisionTransformer's name "
                          "(vit_tiny_patch16_224, ...: timm.list_models('vit_*'))")  # fmt: skip
+    arch, dot, tag = name.partition(".")
+    if dot and name not in timm.list_pretrained(f"{arch}.*"):  # (timm.is_model reads the architecture alone)
+        tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
+        raise ValueError(f"timm_model={name}: {arch} has no pretrained tag {tag!r}; its tags: {', '.join(tags) or 'none'} "
+                         f"(or give {arch} alone)")  # fmt: skip
     with torch.device(device) if device else contextlib.nullcontext():
         vit_model = timm.create_model(name, pretrained=False, num_classes=num_classes)
     if not isinstance(vit_model, VisionTransformer):
@@ -308,7 +314,7 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
     vit_model, config = timm_vit(cfg, num_classes)
     config.modalities["image"].grid = list(tokenizer.grid)
     config.modalities["image"].max_positions = tokenizer.max_positions
-    take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}")  # (main checked it before any image was read)
+    take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}", "vit_folder")  # (main checked it before any image was read)
     config.heads["cls"].label_smoothing = cfg.label_smoothing
     config.trunk = dataclasses.replace(config.trunk, dropout=cfg.dropout, flash=cfg.flash)  # (timm's model was built without them)
     sd = read_init_from(cfg)
@@ -320,6 +326,10 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
                              f"weights of another architecture" + (f" (width {width} against {vit_model.embed_dim})" if width != vit_model.embed_dim else ""))  # fmt: skip
     grid = list(vit_model.patch_embed.grid_size)  # the architecture's own grid, when the file's table fits it (else inferred)
     fits = "pos_embed" in sd and sd["pos_embed"].shape[1] == vit_model.num_prefix_tokens + grid[0] * grid[1]
+    if "pos_embed" in sd and not fits and math.isqrt(n := sd["pos_embed"].shape[1] - vit_model.num_prefix_tokens) ** 2 != n:
+        raise ValueError(f"init_from={cfg.init_from}: its position table holds {n} patch positions, neither timm_model={cfg.timm_model}'s "
+                         f"{grid[0]}x{grid[1]} grid nor a square one: weights made for another image shape (timm's img_size=(H, W)); "
+                         "load them in Python, models.load_timm_vit(model, state_dict, old_grid=(rows, columns))")  # fmt: skip
     try:
         return load_timm_vit(MultimodalTransformer(config), sd, skip_head=True, old_grid=grid if fits else None)
     except ValueError as e:  # the import's message, with the file it read
@@ -331,7 +341,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
     if cfg.init_from and not resume:  # before any image is read or the run directory written
         _, config = timm_vit(cfg, device="meta")
-        take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}")  # a value given for another is refused, not replaced
+        take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}", "vit_folder")  # a value given for another is refused, not replaced
         read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 

@@ -265,7 +265,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
         t = model.config.trunk
         take_shape(cfg, {"dim": t.dim, "depth": t.depth, "dec_depth": t.dec_depth, "num_heads": t.num_heads, "n_mels": audio_tok.n_mels,
                          "max_frames": audio_tok.max_frames, "max_text": text_tok.max_positions},  # (its windows and decoder positions)
-                   f"init_from={cfg.init_from}")  # fmt: skip
+                   f"init_from={cfg.init_from}", "whisper_folder")  # fmt: skip
         model.set_dropout(cfg.dropout).train()  # (the weights' model was built without the run's dropout)
     elif run_dir is None:
         from tokenizers_mm import CharTokenizer

@@ -168,6 +168,16 @@ def test_a_timm_checkpoint_without_its_patch_embedding_or_positions_is_named():
         sd = {k: v for k, v in vit.state_dict().items() if k != lost}
         with pytest.raises(ValueError, match=rf"timm import: the checkpoint lacks {lost}; expected a timm VisionTransformer's state dict"):
             load_timm_vit(MultimodalTransformer(vit_model_config(vit)), sd)
+    # a block's weights missing: named as timm names them (not as our model does); a wrapper's prefix: said, with how to strip it
+    sd = {k: v for k, v in vit.state_dict().items() if not k.startswith("blocks.1.") and k != "norm.weight"}
+    with pytest.raises(ValueError, match=r"timm import: the checkpoint lacks \['blocks.1.norm1.weight', 'blocks.1.norm1.bias', "
+                                         r"'blocks.1.attn.qkv.weight', 'blocks.1.attn.qkv.bias', 'blocks.1.attn.proj.weight'\]"):
+        load_timm_vit(MultimodalTransformer(vit_model_config(vit)), sd)
+    with pytest.raises(ValueError, match=r"timm import: the checkpoint lacks \['norm.weight'\]"):
+        load_timm_vit(MultimodalTransformer(vit_model_config(vit)), {k: v for k, v in vit.state_dict().items() if k != "norm.weight"})
+    with pytest.raises(ValueError, match=r"every name in the checkpoint starts with 'module.model.' \(a wrapper's state dict, e.g. "
+                                         r"'module.model.cls_token'\); strip it: \{k.removeprefix\('module.model.'\): v for k, v in"):
+        load_timm_vit(MultimodalTransformer(vit_model_config(vit)), {f"module.model.{k}": v for k, v in vit.state_dict().items()})
 
 
 def test_a_distilled_vit_is_refused_by_the_config():
@@ -286,6 +296,11 @@ def test_float_pil_images_one_scale_for_wide_integer_images_and_unknown_scales_r
     lab = Image.new("RGB", (8, 8)).convert("LAB")
     with pytest.raises(ValueError, match=r"lab.tif: a LAB image, which Pillow cannot convert to L \(conversion from LAB to RGB not supported\)"):
         ImageTokenizer(8, 4, channels=1, mean=(0.5,), std=(0.5,)).encode(lab, name="lab.tif")
+    two = ImageTokenizer(8, 4, channels=2, mean=(0.5, 0.5), std=(0.5, 0.5))  # (two bands of a sensor: read as they are, nothing converts)
+    assert two.encode(torch.rand(2, 8, 8)).values.shape == (5, 32)
+    with pytest.raises(ValueError, match=r"grey.png: has 3 channels, expected 2 \(the tokenizer's channels=2: give arrays or tensors of 2 "
+                                         r"channels; an image file or PIL image reads as RGB\)"):  # (was "expected 1, 3 or 4")
+        two.encode(Image.new("L", (8, 8)), name="grey.png")
 
 
 def test_open_image_applies_the_exif_orientation(tmp_path):

@@ -27,6 +27,7 @@ def test_vit_digits_trains_predicts_and_shows(tmp_path):
     Image.fromarray((img[0].numpy() * 255).astype(np.uint8)).save(tmp_path / "digit.png")
     (result,) = predict(run, [tmp_path / "digit.png"], top_k=3)
     assert len(result["top"]) == 3 and result["top"][0]["prob"] >= result["top"][1]["prob"]
+    assert predict(run, str(tmp_path / "digit.png"), top_k=3) == [result]  # one path as a string: not a list of its letters
     (auto,) = predict(run, [tmp_path / "digit.png"], top_k=3, device="auto")  # the GPU when there is one (`mmtok predict --device`)
     assert [t["label"] for t in auto["top"]] == [t["label"] for t in result["top"]]
     assert [t["prob"] for t in auto["top"]] == pytest.approx([t["prob"] for t in result["top"]], abs=1e-3)
@@ -255,7 +256,7 @@ def test_resume_and_eval_refuse_data_whose_classes_are_not_the_runs(tmp_path, ca
         vit_folder.main(vit_folder.Config(data=str(data), run_dir=str(run), image_size=16, patch_size=4, **{**TINY, "max_steps": 4}), resume=True)
 
 
-def test_vit_folder_from_timm_weights(tmp_path):
+def test_vit_folder_from_timm_weights(tmp_path, capsys):
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
@@ -274,13 +275,20 @@ def test_vit_folder_from_timm_weights(tmp_path):
         save_file({k: v.contiguous() for k, v in vit.state_dict().items() if k != lost}, str(tmp_path / "part.safetensors"))
         with pytest.raises(ValueError, match=rf"init_from=\S*part.safetensors: timm import: the checkpoint lacks {lost}; expected a timm"):
             vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "init_from": str(tmp_path / "part.safetensors")}))
+    rect = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=(224, 112))  # 14 x 7 positions: the CLI cannot guess the grid
+    save_file({k: v.contiguous() for k, v in rect.state_dict().items()}, str(tmp_path / "rect.safetensors"))
+    with pytest.raises(ValueError, match=r"rect.safetensors: its position table holds 98 patch positions, neither timm_model=vit_tiny_patch16_224's "
+                                         r"14x14 grid nor a square one: .* models.load_timm_vit\(model, state_dict, old_grid=\(rows, columns\)\)"):
+        vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "init_from": str(tmp_path / "rect.safetensors")}))
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match=r"its \S+ is \(192.*\), timm_model=vit_small_patch16_224's "
                                          r"\(384.*\): weights of another architecture \(width 192 against 384\)"):
         vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(tmp_path / "bad"), **{**kw, "timm_model": "vit_small_patch16_224"}))
-    run = tmp_path / "run"
+    run, _ = tmp_path / "run", capsys.readouterr()
     metrics = vit_folder.main(vit_folder.Config(patch_size=16, run_dir=str(run), **kw))  # 224 -> 32 px: positions resampled 14x14 -> 2x2
     assert json.loads((run / "run.json").read_text())["config"]["dim"] == 192 and 0 <= metrics["val_accuracy"] <= 1
+    said = capsys.readouterr().out  # the defaults it replaced, said once (a value given equal to the default cannot be told from it)
+    assert said.count("vit_folder: the model's shape comes from timm_model=vit_tiny_patch16_224 (dim=") == 1 and "depth=" in said
     tok = json.loads((run / "tokenizers" / "image" / "tokenizer.json").read_text())  # the weights' normalisation: timm's pretrained_cfg
     assert (tok["config"]["mean"], tok["config"]["std"]) == ([0.5] * 3, [0.5] * 3), tok
     # the weights it starts from are timm's: blocks as they are, the position table resampled as timm resamples it
@@ -302,6 +310,8 @@ TIMM_MISTAKES = [
     (["timm_model=vit_base_patch16_gap_224"], r"timm_model=vit_base_patch16_gap_224 pools by mean \(no class token\): pass pool=mean"),
     (["pool=mean"], r"timm_model=vit_tiny_patch16_224 pools by its class token: pass pool=cls"),
     (["timm_model=vit_nope"], r"timm_model=vit_nope: no such timm model; expected a timm VisionTransformer's name"),
+    (["timm_model=vit_tiny_patch16_224.bogus"], r"timm_model=vit_tiny_patch16_224.bogus: vit_tiny_patch16_224 has no pretrained tag 'bogus'; "
+                                                r"its tags: augreg_in21k, augreg_in21k_ft_in1k \(or give vit_tiny_patch16_224 alone\)"),
     (["timm_model=resnet18"], r"timm_model=resnet18 is a ResNet, not a timm VisionTransformer"),
     (["channels=1"], r"channels=1 does not match timm_model=vit_tiny_patch16_224's 3: pass channels=3"),
     (["init_from=junk.safetensors"], (r"init_from=junk.safetensors: not a safetensors file \(.*header too small\); expected a "

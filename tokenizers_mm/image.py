@@ -66,7 +66,7 @@ PIL_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # PIL modes of more than 
 
 
 def pil_convert(image, mode: str, name: str = "image"):
-    """A PIL image in `mode`, or one line naming it (Pillow converts no Lab, HSV or "La" image to RGB)."""
+    """A PIL image in `mode`, or one line naming it (Pillow 13 converts no "La" image, nor Lab to "L")."""
     try:
         return image.convert(mode)
     except ValueError as e:
@@ -126,6 +126,9 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
         return x.expand(3, -1, -1)
     if c == 3 and channels == 1:
         return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]  # ITU-R 601-2 luma, as PIL's "L"
+    if channels not in (1, 3):  # (a multispectral tokenizer reads its own channel count alone: nothing converts to it)
+        raise ImageError(f"{name}: has {c} channels, expected {channels} (the tokenizer's channels={channels}: give arrays or "
+                         f"tensors of {channels} channels; an image file or PIL image reads as RGB)")  # fmt: skip
     raise ImageError(f"{name}: has {c} channels, expected 1, 3 or 4")
 
 
