@@ -105,7 +105,7 @@ def resume_run(args, module, cfg):
 COSMETIC = {"progress", "each"}  # options a recipe's function may go without (a plugin's predict without a progress bar)
 
 
-def recipe_options(fn, recipe: str, **given) -> dict:
+def recipe_options(fn, recipe: str, command: str, **given) -> dict:
     """The options given on the command line (not None) for a recipe's function: --device checked
     (`inference_device`), and one the function does not take named rather than passed or ignored
     (COSMETIC ones dropped)."""
@@ -120,7 +120,7 @@ def recipe_options(fn, recipe: str, **given) -> dict:
     for name in given:
         if name not in takes:
             why = {"device": " (it runs where it was written to)", "data": " (it evaluates on its own data)"}.get(name, "")
-            raise ConfigError(f"--{name.replace('_', '-')}: the {fn.__name__} of recipe {recipe} takes no {name}{why}")
+            raise ConfigError(f"--{name.replace('_', '-')}: mmtok {command} of a {recipe} run takes no {name}{why}")
     return given
 
 
@@ -131,7 +131,7 @@ def cmd_eval(args):
     # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
     if args.data is not None and not args.data.strip():  # (an unset shell variable: not the run's own data, silently)
         raise ConfigError("--data: expected a file, a folder or a dataset, got an empty string")
-    metrics = module.evaluate(args.run_dir, **recipe_options(module.evaluate, recipe, device=args.device, data=args.data))
+    metrics = module.evaluate(args.run_dir, **recipe_options(module.evaluate, recipe, "eval", device=args.device, data=args.data))
     figures = {k: (float(f"{v:.7g}") if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in metrics.items()}
     print(json.dumps(figures, indent=2))  # JSON: a figure without a value (a WER of no reference words) is null
 
@@ -148,7 +148,7 @@ def recipe_function(args, name: str, what: str, **options):
         raise ConfigError(f"recipe {recipe!r} does not {what}")
     one_process(args.command)
     fn = getattr(module, name)
-    return functools.partial(fn, **recipe_options(fn, recipe, device=args.device, **options))
+    return functools.partial(fn, **recipe_options(fn, recipe, args.command, device=args.device, **options))
 
 
 def cmd_generate(args):

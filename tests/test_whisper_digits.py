@@ -86,7 +86,7 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     assert cli.main(["transcribe", str(run), str(tmp_path / "long.wav"), str(tmp_path / "subs" / "long.wav"), "--output-format", "srt"]) == 2
     assert "two audio files share a name (long)" in capsys.readouterr().err
     assert cli.main(["eval", str(run), "--data", str(tmp_path)]) == 2  # its test set is its own synthesized voices
-    assert "--data: the evaluate of recipe whisper_digits takes no data (it evaluates on its own data)" in capsys.readouterr().err
+    assert "--data: mmtok eval of a whisper_digits run takes no data (it evaluates on its own data)" in capsys.readouterr().err
     # the long-recording benchmark runs on this run (its figures mean nothing for a 12-step model)
     import sys
 
