@@ -161,6 +161,10 @@ class ModelConfig:
         stray = [n for n in self.prefix_inputs if n not in self.decoder_inputs]
         if stray:
             raise ValueError(f"prefix_inputs {stray} must be decoder inputs; the decoder reads {self.decoder_inputs}")
+        seeing = sorted(n for n, h in self.heads.items() if h.kind == "lm" and h.modality in self.prefix_inputs)
+        if seeing:  # (its tokens attend both ways: each next-token target would be among the inputs it sees)
+            raise ValueError(f"heads {seeing}: an lm head predicts the next token, and prefix_inputs "
+                             f"{sorted({self.heads[n].modality for n in seeing})} attend both ways (they would see it); keep them causal")
         for name in [*self.encoder_inputs, *self.decoder_inputs, *(h.modality for h in self.heads.values())]:
             if name not in self.modalities:
                 raise ValueError(f"modality {name!r} is used but not configured; configured: {sorted(self.modalities)}")

@@ -327,7 +327,8 @@ class MultimodalTransformer(nn.Module):
                 total = F.cross_entropy(logits.reshape(tgt.numel(), -1).float(), tgt, ignore_index=IGNORE, label_smoothing=hc.label_smoothing,
                                         reduction="sum")  # fmt: skip
             elif hc.kind == "token_regress":  # targets (B, N, ...) values, K per token
-                total = torch.where(valid[..., None], (logits.float() - y.float()) ** 2, 0.0).sum()
+                # (the difference masked before it is squared: a NaN target where no loss is read leaves the gradients finite)
+                total = torch.where(valid[..., None], logits.float() - y.float(), 0.0).square().sum()
             elif hc.kind == "lm":
                 tgt = y.masked_fill(~valid, IGNORE)
                 total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), tgt.reshape(-1), ignore_index=IGNORE, reduction="sum")
@@ -372,7 +373,10 @@ class MultimodalTransformer(nn.Module):
         m = self.config.modalities[hc_mod]
         valid = valid & (self._strided(hc_mod, b.types) == m.token_types.index(hc.token_type))
         B, N = valid.shape
-        y = y.reshape(B, N, -1) if hc.kind == "token_classify" else y.reshape(B, N, hc.num_outputs)
+        if hc.kind == "token_classify":  # (-100: no loss, as the lm head's; not counted in the mean)
+            y = y.reshape(B, N, -1)
+            return valid, y, (valid[..., None] & (y != IGNORE)).sum()
+        y = y.reshape(B, N, hc.num_outputs)
         return valid, y, valid.sum() * y.shape[-1]
 
     def loss_counts(self, inputs: dict[str, TokenBatch], targets: dict[str, Tensor] | None = None) -> dict[str, Tensor]:

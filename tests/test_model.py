@@ -870,3 +870,36 @@ def test_loss_counts_are_what_each_head_averages_and_a_share_reaches_every_head(
     share = reg(inputs, {"reg": y}, loss_norms={"reg": torch.tensor(2.0 * 33 * 2048), "cls": torch.tensor(1.0)})
     share.loss.backward()
     assert reg.heads["cls"].proj.weight.grad is not None  # (zero: no target here, but reached)
+
+
+def test_per_token_losses_skip_ignored_and_unread_targets():
+    """token_classify: a -100 target is no loss and no term of the mean (F.cross_entropy's
+    ignore_index; it counted in the mean before); token_regress: a NaN target where no loss is read
+    leaves the gradients finite; an lm head on a prefix modality (it would see its targets) is refused."""
+    import torch.nn.functional as F
+
+    spec = ModalitySpec("traj", ("state", "action"), max_positions=8, value_dim=3)
+    heads = {"act": HeadConfig("token_classify", "traj", num_outputs=4, token_type="action"),
+             "val": HeadConfig("token_regress", "traj", num_outputs=2, token_type="state")}  # fmt: skip
+    types, ids = torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([0, 2, 0, -100, 0, 3])
+    regress = torch.randn(6, 2)
+    regress[types == 1] = float("nan")  # (no loss at action tokens for the state head)
+    for kind, targets in (("act", ids), ("val", regress)):
+        torch.manual_seed(0)
+        model = MultimodalTransformer(ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"traj": ModalityConfig.from_spec(spec)},
+                                                  {kind: heads[kind]}, decoder_inputs=["traj"]))  # fmt: skip
+        batch = collate([TokenSet("traj", values=torch.randn(6, 3), types=types, targets=targets)])
+        out = model({"traj": batch})
+        logits, state = out.logits[kind][0], types == 0
+        if kind == "act":
+            kept = (types == 1) & (ids != -100)
+            assert out.losses["act"].item() == pytest.approx(F.cross_entropy(logits[kept], ids[kept]).item(), rel=1e-5)
+            assert int(model.loss_counts({"traj": batch})["act"]) == 2
+        else:
+            assert out.losses["val"].item() == pytest.approx(F.mse_loss(logits[state], regress[state]).item(), rel=1e-5)
+        out.losses[kind].backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    text = ModalityConfig.from_spec(TEXT)
+    with pytest.raises(ValueError, match=r"heads \['lm'\]: an lm head predicts the next token, and prefix_inputs \['text'\] attend both ways"):
+        ModelConfig(TrunkConfig(dim=16, depth=1, num_heads=2), {"text": text}, {"lm": HeadConfig("lm", "text", num_outputs=50)},
+                    decoder_inputs=["text"], prefix_inputs=["text"])  # fmt: skip
