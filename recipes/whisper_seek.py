@@ -4,7 +4,9 @@ another over the whole recording's log-mel, each starting where the text before 
 `transcribe_files` cuts a file at its pauses and joins the stretches of speech into windows (silence
 skipped without decoding, no text decoded twice). This module follows whisper/transcribe.py step for
 step instead, so that a run on Whisper's weights gives the segments openai-whisper's `transcribe`
-gives on the same weights and audio:
+gives on the same weights and audio (the same samples: a 16-bit file at 16 kHz; openai-whisper
+reads every file through ffmpeg as 16-bit PCM, `load_audio` keeps a float or 24-bit file's
+precision and resamples with torchaudio):
 
 - the log-mel of the whole recording (with 30 s of silence after it), its max − 8 floor taken over
   all of it; a window is 3,000 frames of it from `seek`, the last one padded with zeros;
