@@ -687,9 +687,11 @@ def test_a_run_dir_in_use_a_damaged_config_a_damaged_log_line_and_run_json(tmp_p
     import multiprocessing
     import time
 
+    started, tell = multiprocessing.Pipe(duplex=False)
     with run_lock(run):  # a forked child (a DataLoader worker, orphaned by a killed trainer) holds no share of the lock
-        worker = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        worker = multiprocessing.get_context("fork").Process(target=lambda: (tell.send("up"), time.sleep(60)))
         worker.start()
+        assert started.poll(60) and started.recv() == "up"  # (running: the fork's handlers have run in it)
     try:
         with run_lock(run):  # the trainer gone, its folder is free at once (a resume right after a kill)
             pass
