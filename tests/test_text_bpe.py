@@ -315,6 +315,35 @@ def test_a_byte_vocabulary_exported_to_hugging_face_reads_back(tmp_path):
     assert back.encode_ids(text).tolist() == list(text.encode()) and back.decode(back.encode_ids(text)) == text
 
 
+def test_hugging_face_files_read_back_with_their_own_tokens_alone(tmp_path):
+    """A file's vocabulary as the file holds it: without special tokens, none is added (an
+    <|endoftext|> was, one id more than the model of those files); added tokens that are not
+    special (HF matches them in any text) are tokens too, at HF's ids (they were dropped, their ids
+    gaps); an id in a gap is one line in decode_bytes as in decode (was a KeyError)."""
+    from tokenizers import Tokenizer
+
+    from tokenizers_mm.hf import save_hf
+
+    tok = BPETokenizer.train(["hello world, hello there. The quick brown fox.\n" * 50], 300, specials=[])
+    path = save_hf(tok, tmp_path / "hf")
+    back = BPETokenizer.from_hf_tokenizer_json(path)
+    assert back.specials == {} and back.vocab_size == tok.vocab_size
+    vocab, merges = write_gpt2_files(tok.ranks, {}, tmp_path / "gpt2")
+    assert BPETokenizer.from_gpt2_files(vocab, merges).vocab_size == tok.vocab_size
+    hf = Tokenizer.from_file(str(path))
+    hf.add_tokens(["<|user|>"])
+    hf.add_special_tokens(["<|pad|>"])
+    hf.save(str(tmp_path / "added.json"))
+    added = BPETokenizer.from_hf_tokenizer_json(tmp_path / "added.json")
+    text = "hi <|user|> x<|pad|>"
+    assert added.vocab_size == hf.get_vocab_size() and added.encode_ids(text, allowed_special="all").tolist() == hf.encode(text).ids
+    assert added.decode(hf.encode(text).ids) == text
+    gappy = BPETokenizer(tok.ranks, specials={ENDOFTEXT: tok.vocab_size + 2})
+    for decode in (gappy.decode, gappy.decode_bytes):
+        with pytest.raises(ValueError, match=rf"text: id {tok.vocab_size} is no token of this vocabulary \(its ids below {tok.vocab_size + 3} have gaps\)"):
+            decode([65, tok.vocab_size])
+
+
 def test_a_pattern_that_would_drop_text_is_refused():
     """tiktoken keeps only what the split pattern matches: a misspelt name (taken for a regex) would
     encode "hello world" as nothing, so a pattern must match every character of a probe text."""

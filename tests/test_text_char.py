@@ -31,6 +31,8 @@ def test_specials_only_when_allowed():
     assert tok.encode_ids(text, allowed_special="all") == [97, 256, 98]
     assert tok.encode_ids(text, allowed_special={ENDOFTEXT}) == [97, 256, 98]
     assert tok.decode(tok.encode_ids(text, allowed_special="all")) == text
+    longer = CharTokenizer(specials=["<|a|>", "<|a|>b"])  # a longer special not allowed hides no allowed one (as tiktoken)
+    assert longer.encode_ids("<|a|>b", allowed_special={"<|a|>"}) == [256, 98] and longer.encode_ids("<|a|>b", allowed_special="all") == [257]
 
 
 def test_encode_returns_tokenset_and_checks_length():

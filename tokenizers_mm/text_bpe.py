@@ -134,8 +134,9 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]
     pattern = hf_split_pattern(doc, where, bool(merges))
     merges = [(n, " ".join(m) if isinstance(m, list) else m) for n, m in enumerate(merges, 1)]  # ["a", "b"] (newer) or "a b"
     ranks, specials = gpt2_ranks(vocab, merges, where, f"{where}, merges")
-    for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both)
-        if added.get("special") and added.get("content") not in specials:
+    for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both); an added
+        # token that is not special (HF matches it in any text) is one of ours too: encoded as HF does with allowed_special
+        if added.get("content") not in specials and added.get("content", "").encode() not in ranks:
             specials[added["content"]] = added["id"]
     return ranks, specials, pattern
 
@@ -473,7 +474,7 @@ class BPETokenizer(Tokenizer):
     @classmethod
     def from_gpt2_files(cls, vocab_json, merges_txt, pattern: str = "gpt2", **kw) -> "BPETokenizer":
         ranks, specials = read_gpt2_files(vocab_json, merges_txt)
-        return cls(ranks, pattern, specials or None, **kw)
+        return cls(ranks, pattern, specials, **kw)  # (the files' specials, none added: the vocabulary stays the files')
 
     @classmethod
     def from_hf_tokenizer_json(cls, path, pattern: str | None = None, **kw) -> "BPETokenizer":
@@ -483,7 +484,7 @@ class BPETokenizer(Tokenizer):
         try:
             if pattern is not None and len(ranks) > N_BYTES and split_pattern(pattern) != split_pattern(found):  # (no merges: any split)
                 raise ValueError(f"it splits text with {found!r}; pattern={pattern!r} would split it otherwise: leave it out")
-            return cls(ranks, found if pattern is None else pattern, specials or None, **kw)
+            return cls(ranks, found if pattern is None else pattern, specials, **kw)  # (the file's specials, even none)
         except ValueError as e:  # (its own regex refused, too: the file named)
             raise ValueError(f"tokenizer {path}: {e}") from None
 
@@ -536,23 +537,19 @@ class BPETokenizer(Tokenizer):
 
     def decode(self, tokens) -> str:
         """ids (list, array, tensor or TokenSet) → text; bytes that are not UTF-8 become U+FFFD."""
-        ids = id_list(tokens, "text")
-        bad = [i for i in ids if not 0 <= i < self.vocab_size]
-        if bad:
+        return self.decode_bytes(tokens).decode("utf-8", errors="replace")  # (tiktoken's decode: its bytes, replaced where not UTF-8)
+
+    def decode_bytes(self, ids) -> bytes:
+        """ids (list, array, tensor or TokenSet) → the bytes they stand for (not decoded as UTF-8)."""
+        ids = id_list(ids, "text")
+        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
             raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
         try:
-            return self.enc.decode(ids)
+            return self.enc.decode_bytes(ids)
         except KeyError:  # an id in a gap of the ranks (a vocabulary with holes); tiktoken's message is its own sentence
             known = set(self.specials.values())
             gap = next(i for i in ids if not (i < len(self.ranks) or i in known))
             raise ValueError(f"text: id {gap} is no token of this vocabulary (its ids below {self.vocab_size} have gaps)") from None
-
-    def decode_bytes(self, ids) -> bytes:
-        """ids (as `decode` takes them) → the bytes they stand for (not decoded as UTF-8)."""
-        ids = id_list(ids, "text")
-        if bad := [i for i in ids if not 0 <= i < self.vocab_size]:
-            raise ValueError(f"text: id {bad[0]} is outside the vocabulary of {self.vocab_size}")
-        return self.enc.decode_bytes(ids)
 
     # -- save / load --
     def config(self) -> dict:

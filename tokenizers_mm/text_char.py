@@ -53,7 +53,6 @@ class CharTokenizer(Tokenizer):
         self.stoi = None if chars is None else {c: i for i, c in enumerate(chars)}
         self.special_ids = {s: n_plain + i for i, s in enumerate(self.specials)}
         self.vocab_size = n_plain + len(self.specials)
-        self._special_re = re.compile("|".join(map(re.escape, sorted(self.specials, key=len, reverse=True)))) if self.specials else None
 
     @classmethod
     def from_corpus(cls, text: str, **kwargs) -> "CharTokenizer":
@@ -80,14 +79,14 @@ class CharTokenizer(Tokenizer):
         """Text → list of ids. Specials in `allowed_special` ("all" for every one) become their ids."""
         if not isinstance(text, str):
             raise TypeError(f"text_char: expected a str, got {type(text).__name__}")
-        allowed = set(self.specials) if allowed_special == "all" else set(allowed_special)
-        if not allowed or self._special_re is None:
+        allowed = set(self.specials) if allowed_special == "all" else set(allowed_special) & set(self.specials)
+        if not allowed:
             return self._encode_plain(text)
         ids, start = [], 0
-        for m in self._special_re.finditer(text):
-            if m.group() in allowed:
-                ids += self._encode_plain(text[start : m.start()], start) + [self.special_ids[m.group()]]
-                start = m.end()
+        # the allowed specials alone (a longer one not allowed hides none), the longest first; re caches the compiled pattern
+        for m in re.finditer("|".join(map(re.escape, sorted(allowed, key=len, reverse=True))), text):
+            ids += self._encode_plain(text[start : m.start()], start) + [self.special_ids[m.group()]]
+            start = m.end()
         return ids + self._encode_plain(text[start:], start)
 
     def encode(self, sample, allowed_special=()) -> TokenSet:
