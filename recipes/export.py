@@ -88,7 +88,12 @@ def write_model(folder: Path, config: dict, sd: dict) -> None:
 
 
 def write_gpt2(model, tokenizers, folder: Path) -> None:
-    write_model(folder, *gpt2_export(model, tokenizers["text"].special_ids))
+    config, sd = gpt2_export(model, tokenizers["text"].special_ids)
+    write_model(folder, config, sd)
+    # generate's length limit: the position table (transformers' pipeline would ask 256 new tokens of a 64-position model,
+    # past its table: an IndexError; `mmtok generate` slides its window instead)
+    write_json(folder / "generation_config.json", {"bos_token_id": config["bos_token_id"], "eos_token_id": config["eos_token_id"],
+                                                   "max_length": config["n_positions"]})  # fmt: skip
     save_hf(tokenizers["text"], folder)
 
 
@@ -135,8 +140,9 @@ def prompt_parts(prompt: list[int], text_tok) -> tuple[str | None, str | None] |
 
 def whisper_generation(prompt: list[int], parts, text_tok, model, run_cfg) -> dict:
     """generation_config.json that makes transformers' Whisper `generate` start from the run's
-    prompt and decode as `mmtok transcribe`: greedy or the run's beam search (transformers' own:
-    num_beams and length_penalty, no patience), no token suppression, at most max_positions // 2
+    prompt and decode as `mmtok transcribe`: greedy, or the run's beam search as transformers' own
+    (num_beams and length_penalty; it ranks by a length that counts the end token, stops by its own
+    rule and has no patience: its text can differ), no token suppression, at most max_positions // 2
     new tokens after the prompt (openai-whisper's sample_len; `max_length`, to which Whisper's
     generate adds the prompt's length). Only a multilingual model
     gets a language table, and only Whisper's own prompt (language, task) leaves the language to
@@ -190,6 +196,10 @@ def write_whisper(model, tokenizers, folder: Path, run_cfg) -> None:
     if parts is None:
         print(f"export: WhisperTokenizer's prefix cannot write this run's prompt ({''.join(prompt_words(prompt, text_tok))}); its label "
               "ids will start otherwise than the run's training targets (generation is not affected)")  # fmt: skip
+    if run_cfg.beam_size > 1:
+        print(f"export: num_beams={run_cfg.beam_size}: transformers' beam search ranks finished beams by a length that counts "
+              "<|endoftext|> and stops by its own rule (no patience), so its text can differ from mmtok transcribe's; greedy "
+              "decoding (generate_kwargs={'num_beams': 1}) agrees with the run's greedy decoding")  # fmt: skip
     language, task = parts or (None, None)
     save_hf(text_tok, folder, whisper=True, language=language, task=task)
 

@@ -219,6 +219,9 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "bpe_hf")
     ours = BPETokenizer.load(tmp_path / "bpe" / "tokenizers" / "text")
     assert hf_tok.encode(AWKWARD) == [int(i) for i in ours.encode_ids(AWKWARD)]
+    # transformers' pipeline with its defaults on a 16-position model: generation stops at the table (it asked 256 new tokens)
+    made = transformers.pipeline("text-generation", model=str(tmp_path / "bpe_hf"), device="cpu")("The", do_sample=False)[0]["generated_text"]
+    assert made.startswith("The") and len(hf_tok.encode(made)) <= 16
     # the export starts a run again (init_from): its tokenizer.json read back, its exact GELU kept: the same loss
     gpt_bpe.main(gpt_bpe.Config(data=str(text), init_from=str(tmp_path / "bpe_hf"), block_size=16, sample_tokens=0,
                                 run_dir=str(tmp_path / "again"), **{**tiny, "max_steps": 0}))  # fmt: skip
