@@ -29,8 +29,11 @@ from .transformer import MultimodalTransformer
 TYPE_TABLE = "type_embed.weight"
 
 
+RUN_SETTINGS = ("dropout", "flash", "grad_checkpoint")  # trunk fields that change how it trains or runs, no weight: free to differ
+
+
 def _check(old: ModelConfig, new: ModelConfig):
-    if old.trunk != new.trunk:
+    if replace(new.trunk, **{k: getattr(old.trunk, k) for k in RUN_SETTINGS}) != old.trunk:
         raise ValueError(f"grow: the trunk must stay the same; trained {old.trunk}, asked {new.trunk}")
     for name, m in old.modalities.items():
         if name not in new.modalities:

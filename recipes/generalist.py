@@ -26,11 +26,9 @@ Design (as Gato / Unified-IO, with per-task heads instead of one shared vocabula
   tasks' gradients in the shared blocks: with equal weights digits' were ten times control's, and
   speech shares the encoder with digits and the decoder with control); loss masks come with
   the tokens (the transcript prompt and the action placeholders carry no loss). Each head's loss
-  is its mean over the micro-batch on one process; a micro-batch without the task adds nothing
-  for it, so a task with few examples per step (a small `weights` entry) counts for less when a
-  step is split into more micro-batches (`grad_accum`) or processes: about `loss_weight` × the
-  chance a micro-batch holds one of its examples. Keep each task's examples per micro-batch
-  well above one, or retune `loss_weights`, when you change the split.
+  is its mean over the whole step's targets, every micro-batch and process counted
+  (`recipes.train.step_loss_norms`): a step split into more micro-batches (`grad_accum`) or
+  processes gives the same gradients, and a micro-batch without the task adds nothing for it.
 - Batches mix tasks by `weights` (the expected number of examples of each task in a step, so a
   step holds as much of each task as its single-task recipe's step; batch_size is their sum unless
   given, and then they are shares of it), drawn from a seeded stream, so

@@ -121,8 +121,10 @@ class FolderSet(Dataset):
         # note: evaluation reads an image as the run's ImageTokenizer does (its `pixels`: the same resize and crop), so
         # `mmtok predict` on a file sees the pixels evaluation saw
         self.pixels = vit.make_tokenizer(cfg, [0.0] * cfg.channels, [1.0] * cfg.channels).pixels
-        if self.augment:  # timm's training transform: random resized crop, horizontal flip, RandAugment
-            steps = [v2.RandomResizedCrop(size, scale=(0.6, 1.0), antialias=True), v2.RandomHorizontalFlip(cfg.hflip)]
+        if self.augment:  # timm's training transform's steps: random resized crop (bicubic, as evaluation resizes; of 60-100 %
+            # of the image, not timm's 8-100 %: folders here are small), horizontal flip, RandAugment
+            crop = v2.RandomResizedCrop(size, scale=(0.6, 1.0), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+            steps = [crop, v2.RandomHorizontalFlip(cfg.hflip)]
             steps += [v2.RandAugment()] if cfg.randaugment else []
             self.transform = v2.Compose(steps)
 

@@ -152,6 +152,10 @@ def test_grown_model_keeps_what_it_learned_and_frozen_training_changes_only_the_
     grown = grow(old, config).eval()
     from dataclasses import replace
 
+    with pytest.raises(ValueError, match="grow: the trunk must stay the same"):  # its weights' shapes
+        grow(old, replace(config, trunk=replace(config.trunk, depth=config.trunk.depth + 1)))
+    wet = grow(old, replace(config, trunk=replace(config.trunk, dropout=0.3, flash=not config.trunk.flash)))  # no weight: free
+    assert wet.config.trunk.dropout == 0.3 and old.config.trunk.dropout != 0.3  # (a grown run with another dropout was refused)
     for change, field in ((dict(prefix_inputs=[*config.prefix_inputs, "trajectory"]), "prefix_inputs"),
                           (dict(decoder_inputs=config.decoder_inputs[::-1]), "decoder_inputs"), (dict(subset_inputs=False), "subset_inputs")):  # fmt: skip
         with pytest.raises(ValueError, match=f"grow: .*{field}"):  # each would change what the old inputs compute

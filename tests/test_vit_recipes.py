@@ -441,6 +441,15 @@ def test_mixup_and_cutmix_smooth_labels_once_as_timm_trains(mix):
         torch.stack([p[0] for p in pairs]), torch.tensor([p[1] for p in pairs]))  # fmt: skip
     assert torch.equal(inputs["image"].values, tok.tokens_batch((x - tok._mean) / tok._std).values)  # the same mixed pixels
     torch.testing.assert_close(ours, SoftTargetCrossEntropy()(model(inputs).logits["cls"], y))
+    # evaluation reports timm's validate loss: plain cross-entropy (the smoothed one has a floor of about 0.9 nats here)
+    from accelerate import Accelerator
+
+    from recipes.train import accuracy
+
+    batch = vit.Collate(tok, cfg, 10, train=False)(pairs)
+    figures = accuracy(model, Accelerator(cpu=True), [batch])
+    plain = torch.nn.functional.cross_entropy(model.eval()(batch[0]).logits["cls"], batch[1]["cls"]).item()
+    assert figures["val_loss"] == pytest.approx(plain, rel=1e-6) and abs(plain - model(*batch).loss.item()) > 1e-3  # (not the smoothed)
 
 
 def test_a_validation_class_the_training_split_lacks_is_named_with_a_file(tmp_path):

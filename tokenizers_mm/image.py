@@ -73,6 +73,17 @@ def pil_convert(image, mode: str, name: str = "image"):
         raise ImageError(f"{name}: a {image.mode} image, which Pillow cannot convert to {mode} ({e}); save it as RGB or grayscale") from None
 
 
+def check_unit(x: Tensor, name: str) -> None:
+    """Float pixels lie in [0, 1]: one scale for every float image (0-255 floats, or an image already
+    normalised, would be read as other pixels, and augmentation's 8-bit step would wrap them)."""
+    if x.numel() == 0:  # (an empty image: refused as such, later)
+        return
+    low, high = float(x.min()), float(x.max())
+    if low < 0 or high > 1:
+        hint = "0-255 floats? divide by 255, or give uint8" if high > 1 and low >= 0 else "already normalised? give the pixels"
+        raise ImageError(f"{name}: float pixels span [{low:.4g}, {high:.4g}]; expected floats in [0, 1] ({hint})")
+
+
 def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     """PIL / NumPy / tensor image → float (C, H, W) in [0, 1] with `channels` channels.
 
@@ -88,6 +99,7 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
             x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy())[None]
             if not torch.isfinite(x).all():
                 raise ImageError(f"{name}: the image holds NaN or infinite values")
+            check_unit(x, name)
         else:
             image = pil_convert(image, "L" if channels == 1 else "RGB", name)  # RGBA, P, CMYK, LA → RGB / L
             x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
@@ -111,6 +123,8 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
             x = x.float() / 65535.0
         elif x.is_floating_point() or x.dtype == torch.bool:
             x = x.float()
+            if torch.isfinite(x).all():
+                check_unit(x, name)
         else:  # int64 (a tensor made from a list), int16, int32...: 0-255 or 0-65535? Guessing from the content would scale images apart
             raise ImageError(f"{name}: {str(x.dtype).removeprefix('torch.')} pixels have no known scale; give uint8 (0-255), "
                              "uint16 (0-65535) or float pixels in [0, 1]")  # fmt: skip
