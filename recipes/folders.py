@@ -206,6 +206,25 @@ def sample_key(sample, root: Path) -> str:
     return str(sample).removeprefix(str(root))
 
 
+def scored_data(run_dir, data: str | None) -> str | None:
+    """data= of `evaluate(run_dir, data=...)` (`mmtok eval RUN --data PATH`), or None where it names
+    the data the run trained on: its held-out share then scores it, as without data= (all of it
+    would hold the training samples too), and stderr says so."""
+    from .runs import load_run_info
+
+    if data is None:
+        return None
+    trained = getattr(load_run_info(run_dir)[2], "data", "")
+    try:
+        same = bool(trained) and local_data(data).resolve() == local_data(trained).resolve()
+    except (OSError, ValueError):  # (a dataset id not in the cache: not the run's)
+        same = False
+    if same:
+        print(f"data={data} is the data {run_dir} trained on: scoring its held-out share, as without data=", file=sys.stderr)
+        return None
+    return data
+
+
 def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
     """(training, held out) pairs in the order RUN_DIR/split.json records them, for a run resumed or
     evaluated on data without a validation split: drawn again from what the folder holds by then, a
@@ -612,8 +631,9 @@ def hf_splits(root: Path, kind: str, columns: tuple[str, str] = ("", "")) -> tup
         raise ValueError(f"{root}: a DatasetDict needs a 'train' split (it has {', '.join(loaded) or 'none'})")
     val = next((v for v in VAL_DIRS if v in loaded), None)
     train, held = read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
-    if kind != "text" and held is not None and all(label is None for _, label in held):
-        print(f"{root}[{val}] has no labels (the Hub's -1): holding out part of the training split instead", file=sys.stderr)
+    if kind != "text" and held is not None and all(label is None or (kind == "audio" and not str(label).strip()) for _, label in held):
+        what = "no labels (the Hub's -1)" if kind == "image" else "no transcripts (all empty: withheld?)"
+        print(f"{root}[{val}] has {what}: holding out part of the training split instead", file=sys.stderr)
         held = None
     return train, held
 

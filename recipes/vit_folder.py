@@ -32,7 +32,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from . import vit
 from .config import take_shape
 from .checkpoint import held_checkpoint
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, scored_data, split_dirs
 
 
 @dataclass
@@ -350,7 +350,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 def evaluate(run_dir, device=None, data=None) -> dict:
     """The run's validation accuracy, or with data= (an image folder or dataset) on that (`held_out`)."""
-    own = lambda cfg: build_data(cfg, evaluating=True)  # noqa: E731
+    own, data = (lambda cfg: build_data(cfg, evaluating=True)), scored_data(run_dir, data)  # noqa: E731
     return vit.evaluate_run(run_dir, own if data is None else held_out(data), device)
 
 

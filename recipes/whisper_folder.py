@@ -45,7 +45,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, split_dirs
+from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, scored_data, split_dirs
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -196,6 +196,9 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     data = local_data(cfg.data)
     if is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
+        for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):  # (as read_split says of a folder's)
+            if empty := sum(1 for _, t in pairs if t is not None and not str(t).strip()):
+                print(f"{data} ({name}): {empty} of {len(pairs)} rows have an empty transcription, taken as silence", file=sys.stderr)
     else:
         train_dir, val_dir = split_dirs(data)
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
@@ -298,7 +301,7 @@ def main(cfg: Config, resume: bool = False) -> dict:
 
 def evaluate(run_dir, device=None, data=None) -> dict:
     """The run's validation WER and loss, or with data= (a speech folder or dataset) on that (`held_out`)."""
-    own = lambda cfg, run_dir: build_data(cfg, run_dir, evaluating=True)  # noqa: E731
+    own, data = (lambda cfg, run_dir: build_data(cfg, run_dir, evaluating=True)), scored_data(run_dir, data)  # noqa: E731
     return whisper_digits.evaluate_run(run_dir, own if data is None else held_out(data), device)
 
 

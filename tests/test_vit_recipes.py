@@ -139,6 +139,9 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert 0 <= json.loads(capsys.readouterr().out)["val_accuracy"] <= 1
     acc = vit_folder.evaluate(run, data=str(tmp_path / "more"))["val_accuracy"]
     assert acc == pytest.approx(np.mean([r["top"][0]["label"] == Path(r["file"]).parent.name for r in predict(run, [tmp_path / "more"])]))
+    own = vit_folder.evaluate(run)  # --data naming the run's own folder: its held-out share, as without (all of it holds the training images)
+    capsys.readouterr()
+    assert vit_folder.evaluate(run, data=str(data)) == own and f"data={data} is the data {run} trained on" in capsys.readouterr().err
     make_folder(tmp_path / "new", classes=("circle", "star"), n=2)
     assert main(["eval", str(run), "--data", str(tmp_path / "new")]) == 2
     assert "labels ['star'] are not among the run's 3 classes (bar, circle, square)" in capsys.readouterr().err
