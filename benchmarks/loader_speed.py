@@ -75,14 +75,13 @@ def whisper_digits(tmp: Path):
 
 
 def dt_cartpole(tmp: Path):
-    import gymnasium as gym
-
     from recipes import dt
     from recipes import dt_cartpole as r
+    from recipes.rl_data import make_env
 
     cfg = r.Config()
     episodes = dt.load_data(cfg)  # the recipe's cached dataset (generated on first use)
-    env = gym.make(cfg.env)
+    env = make_env(cfg.env)
     tok = dt.make_tokenizer(cfg, episodes, env)
     env.close()
     return cfg, dt.Windows(episodes, tok), dt.collate_windows, dt.build_model(cfg, tok)

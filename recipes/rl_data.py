@@ -48,7 +48,11 @@ class RLDataError(ValueError):
 
 def make_env(env_id: str, **kwargs):
     """`gym.make`, with one clear error for an unknown environment or a missing simulator (MuJoCo's
-    environments need `pip install "gymnasium[mujoco]"`)."""
+    environments need `pip install "gymnasium[mujoco]"`). An id with a module (`module:Env-v0`, which
+    gymnasium imports first) is refused: a config (or a run.json) names no code to run."""
+    if ":" in env_id:
+        raise RLDataError(f"env {env_id!r}: 'module:' would make gymnasium import {env_id.partition(':')[0]!r}; a config names no code: "
+                          "give a registered environment's id (CartPole-v1, Pendulum-v1, ...), or register yours in a plugin package")  # fmt: skip
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as e:  # NameNotFound, DependencyNotInstalled, ...

@@ -325,6 +325,12 @@ def test_an_environment_that_cannot_be_made_is_one_clear_error():
 
     with pytest.raises(rl_data.RLDataError, match="env 'Nope-v0': Environment `Nope` doesn't exist"):
         rl_data.make_env("Nope-v0")
+    import sys
+
+    before = set(sys.modules)  # gymnasium imports the module of "module:Env" first: a config (or a run.json) would run code
+    with pytest.raises(rl_data.RLDataError, match=r"env 'this:CartPole-v1': 'module:' would make gymnasium import 'this'; a config names no code"):
+        rl_data.make_env("this:CartPole-v1")
+    assert "this" not in set(sys.modules) - before
     if importlib.util.find_spec("mujoco") is None:  # MuJoCo's environments need gymnasium[mujoco]
         with pytest.raises(rl_data.RLDataError, match=r"env 'Hopper-v5': MuJoCo is not installed, run `pip install \"gymnasium\[mujoco\]\"`"):
             rl_data.make_env("Hopper-v5")
