@@ -23,7 +23,7 @@ from torch import Tensor
 from tokenizers_mm import ModalitySpec
 
 from .config import HeadConfig, ModalityConfig, ModelConfig, TrunkConfig
-from .transformer import MultimodalTransformer, read_weights
+from .transformer import MultimodalTransformer, check_config_fits, read_weights
 
 
 def copy_checked(model: MultimodalTransformer, ours: dict[str, Tensor], what: str) -> MultimodalTransformer:
@@ -401,8 +401,9 @@ def load_hf_whisper_folder(folder) -> MultimodalTransformer:
     if not weights.is_file():
         found = ", ".join(sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".safetensors", ".json"))) or "nothing"
         raise FileNotFoundError(f"{folder}: a Whisper folder needs model.safetensors (one file; found {found})")
-    model = MultimodalTransformer(whisper_model_config(json.loads((folder / "config.json").read_text())))
-    return load_hf_whisper(model, read_weights(weights, str(folder)))
+    config = whisper_model_config(json.loads((folder / "config.json").read_text()))
+    check_config_fits(config, weights, str(folder))  # (before the model is allocated)
+    return load_hf_whisper(MultimodalTransformer(config), read_weights(weights, str(folder)))
 
 
 # -- openai-whisper checkpoints (`dims` + `model_state_dict`) -------------------------------------

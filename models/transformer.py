@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -866,6 +867,28 @@ def read_weights(path: Path, where: str) -> dict[str, Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+
+
+def check_config_fits(config: ModelConfig, path: Path, where: str) -> None:
+    """Refuse another project's config.json (init_from: a GPT-2 or Whisper folder) that its weights
+    file cannot fill, from the file's header alone, before the model is built: a crafted config
+    (d_model 4096 × 32 layers beside a file of a few bytes) would fill the memory first. Its blocks
+    and its parameter count (within 10 %: our type table is extra) must be the file's."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+    blocks = {m[1] for k in shapes if (m := re.match(r"(.*?(?:^|\.)(?:layers|h|blocks)\.\d+)\.", k))}
+    t = config.trunk
+    asked = (t.depth if config.encoder_inputs else 0) + (t.decoder_depth if config.decoder_inputs else 0)
+    if asked > len(blocks):  # (checked first: a meta model of 400000 blocks takes minutes to build)
+        raise ValueError(f"{where}: its config asks for {asked} blocks; {path} holds {len(blocks)}")
+    with torch.device("meta"):
+        wanted = MultimodalTransformer(config).num_params()
+    held = sum(math.prod(s) for s in shapes.values())
+    if wanted > 1.1 * held:
+        raise ValueError(f"{where}: its config describes a model of {wanted:,} parameters; {path} holds {held:,}")
 
 
 def load_weights(model: nn.Module, path: Path):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from models import MultimodalTransformer, gpt2_model_config, load_gpt2
 from models.convert import check_gpt2_config
-from models.transformer import read_weights
+from models.transformer import check_config_fits, read_weights
 from tokenizers_mm import BPETokenizer, load_tokenizer
 from tokenizers_mm.base import FORMAT, read_json
 from tokenizers_mm.text_bpe import training_texts
@@ -108,7 +108,9 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
         raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
     if cfg.block_size > hf["n_positions"]:
         raise ValueError(f"block_size={cfg.block_size} exceeds GPT-2's {hf['n_positions']} positions")
-    model = MultimodalTransformer(gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash))
+    config = gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash)
+    check_config_fits(config, weights, f"init_from {folder}")  # (before the model is allocated)
+    model = MultimodalTransformer(config)
     t = model.config.trunk
     sizes = {"dim": t.dim, "depth": t.depth, "num_heads": t.num_heads, "mlp_ratio": t.mlp_ratio, "bias": t.bias, "activation": t.activation}
     take_shape(cfg, {k: v for k, v in sizes.items() if hasattr(cfg, k)}, f"init_from {folder}", "gpt_bpe")  # a value given otherwise: refused

@@ -338,6 +338,15 @@ def test_a_hugging_face_whisper_folder_serves_as_init_from(tmp_path):
         ours = model.eval()({"audio": collate([audio]), "text": collate([TokenSet("text", ids=torch.tensor(prompt))])}).logits["lm"]
         theirs = hf(input_features=audio.values.T[None], decoder_input_ids=torch.tensor([prompt])).logits
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+    doc = json.loads((tmp_path / "whisper-hf" / "config.json").read_text())  # a config its weights cannot fill: refused from
+    wide = {k: doc[k] * 8 for k in ("d_model", "encoder_ffn_dim", "decoder_ffn_dim")}
+    (tmp_path / "whisper-hf" / "config.json").write_text(json.dumps({**doc, **wide}))  # its header
+    with pytest.raises(ValueError, match=r"whisper-hf: its config describes a model of [\d,]+ parameters; \S+model.safetensors holds [\d,]+$"):
+        whisper_folder.whisper_weights(config)  # (before the model is built: a crafted config filled the memory first)
+    (tmp_path / "whisper-hf" / "config.json").write_text(json.dumps({**doc, "decoder_layers": 64}))
+    with pytest.raises(ValueError, match=r"whisper-hf: its config asks for \d+ blocks; \S+model.safetensors holds \d+$"):
+        whisper_folder.whisper_weights(config)
+    (tmp_path / "whisper-hf" / "config.json").write_text(json.dumps(doc))
     (tmp_path / "whisper-hf" / "model.safetensors").rename(tmp_path / "whisper-hf" / "other.safetensors")
     with pytest.raises(FileNotFoundError, match="a Whisper folder needs model.safetensors \\(one file; found config.json, generation_config.json, other.safetensors\\)"):
         whisper_folder.whisper_weights(config)
