@@ -338,6 +338,14 @@ def test_hugging_face_files_read_back_with_their_own_tokens_alone(tmp_path):
     text = "hi <|user|> x<|pad|>"
     assert added.vocab_size == hf.get_vocab_size() and added.encode_ids(text, allowed_special="all").tolist() == hf.encode(text).ids
     assert added.decode(hf.encode(text).ids) == text
+    doc = json.loads(path.read_text())  # crafted added tokens: one line naming the file (a 3e9 id asked for a table of 3e9 rows)
+    for added, message in (("<|x|>", r"added token <\|x\|>: expected an object with a string 'content' and an integer 'id'"),
+                           ({"content": "<|x|>", "id": "300"}, r"added token .*: expected an object with a string 'content' and an integer"),
+                           ({"content": "<|x|>", "id": -5}, r"text: special token '<\|x\|>' has id -5; expected a whole number from 0"),
+                           ({"content": "<|x|>", "id": 3_000_000_000}, r"text: special token ids reach 3,000,000,000, leaving more than 65,536")):  # fmt: skip
+        (tmp_path / "crafted.json").write_text(json.dumps({**doc, "added_tokens": [added]}))
+        with pytest.raises(ValueError, match=rf"^tokenizer \S+crafted.json: {message}"):
+            BPETokenizer.from_hf_tokenizer_json(tmp_path / "crafted.json")
     gappy = BPETokenizer(tok.ranks, specials={ENDOFTEXT: tok.vocab_size + 2})
     for decode in (gappy.decode, gappy.decode_bytes):
         with pytest.raises(ValueError, match=rf"text: id {tok.vocab_size} is no token of this vocabulary \(its ids below {tok.vocab_size + 3} have gaps\)"):

@@ -136,7 +136,9 @@ def read_hf_tokenizer_json(path) -> tuple[dict[bytes, int], dict[str, int], str]
     ranks, specials = gpt2_ranks(vocab, merges, where, f"{where}, merges")
     for added in doc.get("added_tokens") or ():  # specials beyond the vocabulary (GPT-2's <|endoftext|> is in both); an added
         # token that is not special (HF matches it in any text) is one of ours too: encoded as HF does with allowed_special
-        if added.get("content") not in specials and added.get("content", "").encode() not in ranks:
+        if not (isinstance(added, dict) and isinstance(added.get("content"), str) and isinstance(added.get("id"), int)):
+            raise ValueError(f"{where}: added token {str(added)[:80]}: expected an object with a string 'content' and an integer 'id'")
+        if added["content"] not in specials and added["content"].encode() not in ranks:
             specials[added["content"]] = added["id"]
     return ranks, specials, pattern
 
@@ -379,6 +381,9 @@ def read_training_files(paths) -> list[str]:
 
 
 # -- the tokenizer --------------------------------------------------------------------------------
+MAX_ID_GAPS = 1 << 16  # ids a vocabulary may leave unused between its BPE tokens and its special tokens' last
+
+
 @register("text")
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: text → ids with a GPT-style regex and tiktoken's engine."""
@@ -398,6 +403,12 @@ class BPETokenizer(Tokenizer):
         if not isinstance(specials, dict):
             specials = {s: len(ranks) + i for i, s in enumerate(check_specials(specials, "text"))}
         check_specials(specials, "text")
+        bad = [(s, i) for s, i in specials.items() if isinstance(i, bool) or not isinstance(i, int) or i < 0]
+        if bad:
+            raise ValueError(f"text: special token {bad[0][0]!r} has id {bad[0][1]!r}; expected a whole number from 0")
+        if specials and max(specials.values()) >= len(ranks) + len(specials) + MAX_ID_GAPS:  # (an id of 3e9: a table of 3e9 rows)
+            raise ValueError(f"text: special token ids reach {max(specials.values()):,}, leaving more than {MAX_ID_GAPS:,} ids unused "
+                             f"after the {len(ranks):,} BPE tokens; expected the special tokens' ids after theirs")  # fmt: skip
         if len(set(specials.values())) < len(specials):
             raise ValueError(f"text: special tokens share ids ({specials}); each needs its own")
         taken = set(specials.values()) & set(range(len(ranks)))
