@@ -444,6 +444,23 @@ def _split(arrays: dict[str, np.ndarray], names: list[str] | None) -> list[Episo
     return episodes
 
 
+def check_npz_sizes(path: Path) -> None:
+    """Each .npy member's header against the bytes the archive holds for it, before numpy allocates
+    what the header says: a crafted header of shape (10**12,) in a 258-byte file asked for 3.6 TiB."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)  # (1.0; 2.0 and 3.0 for long headers, 3.0 read as 2.0's layout)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(member)
+                body = info.file_size - member.tell()
+            claimed = math.prod(shape) * dtype.itemsize
+            if claimed > body:
+                raise ValueError(f"{info.filename}: its header gives shape {shape} of {dtype} ({claimed:,} bytes); the archive holds {body:,}")
+
+
 def _read_file(path: Path) -> dict:
     """Top-level entries of an NPZ or HDF5 file: name -> array for the ones read, else None."""
     suffix = path.suffix.lower()
@@ -456,10 +473,13 @@ def _read_file(path: Path) -> dict:
         if not zipped:  # (else numpy reads it as a pickle, and its error tells to unpickle what may not even be one)
             raise RLDataError(f"{path}: not an NPZ file (a zip archive of .npy arrays, as np.savez writes)")
         try:
+            check_npz_sizes(path)
             with np.load(path, allow_pickle=False) as f:
                 return {k: f[k] if k in READ else None for k in f.files}
         except (ValueError, OSError, zipfile.BadZipFile) as e:
             raise RLDataError(f"{path}: not a readable NPZ of numeric arrays ({e})") from None
+        except MemoryError:
+            raise RLDataError(f"{path}: its arrays do not fit in memory") from None
     if suffix in (".hdf5", ".h5"):
         import h5py
 
@@ -471,6 +491,8 @@ def _read_file(path: Path) -> dict:
                 return {k: f[k][()] if k in READ else None for k in f.keys()}
         except OSError as e:
             raise RLDataError(f"{path}: not a readable HDF5 file ({e})") from None
+        except MemoryError:
+            raise RLDataError(f"{path}: its arrays do not fit in memory") from None
     raise RLDataError(f"{path}: unknown file type {suffix!r}; expected a D4RL-style .npz, .hdf5 or .h5 file, or a Minari dataset")
 
 

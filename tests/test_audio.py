@@ -298,6 +298,9 @@ def test_pcm_types_float_rates_and_a_stereo_stream_ending_in_one_frame(tmp_path)
     assert to_waveform(np.zeros(800, np.float32), np.float32(8000)).shape == to_waveform(np.zeros(800, np.float32), np.int64(8000)).shape == (1600,)
     with pytest.raises(AudioError, match="x.wav: sample rate '8000' is not a number of Hz"):
         to_waveform(np.zeros(100, np.float32), "8000", name="x.wav")
+    for rate in (1, 0, -8000):  # a damaged header's 1 Hz made 16,000 samples of each one (gigabytes from a small file)
+        with pytest.raises(AudioError, match=rf"x.wav: sample rate {rate} Hz; expected audio of at least 1,000 Hz \(a damaged header\?\)"):
+            to_waveform(np.zeros(100, np.float32), rate, name="x.wav")
     # finite float samples far past [-1, 1]: refused where a folder's files are checked, not at the spectrogram mid-run
     with pytest.raises(AudioError, match=r"huge.wav: the spectrogram would overflow \(peak amplitude 1e\+20\); expected samples in \[-1, 1\]"):
         to_waveform(np.full(100, 1e20, np.float32), name="huge.wav")

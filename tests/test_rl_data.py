@@ -222,6 +222,16 @@ def test_unknown_source(tmp_path, monkeypatch):
     np.savez(tmp_path / "objects.npz", observations=np.array([{"a": 1}], dtype=object))
     with pytest.raises(RLDataError, match=r"objects\.npz: not a readable NPZ of numeric arrays \(Object arrays cannot be loaded"):
         load_episodes(tmp_path / "objects.npz")
+    import io
+    import zipfile
+
+    header = io.BytesIO()  # a crafted header, shape (10**12,) float32 without its data: numpy asked for 3.6 TiB (a traceback)
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(tmp_path / "bomb.npz", "w") as archive:
+        archive.writestr("observations.npy", header.getvalue())  # (the magic string, then the header)
+    with pytest.raises(RLDataError, match=r"bomb\.npz: not a readable NPZ of numeric arrays \(observations\.npy: its header gives shape "
+                                          r"\(1000000000000,\) of float32 \(4,000,000,000,000 bytes\); the archive holds 0\)$"):  # fmt: skip
+        load_episodes(tmp_path / "bomb.npz")
     with pytest.raises(RLDataError, match="nothing/here-v0: no such file, and not a local Minari dataset"):
         load_episodes("nothing/here-v0")
 

@@ -171,10 +171,13 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
         sample_rate = int(sample_rate)  # 44100.0 (a float from some readers, numpy's too) is 44100
     sample_rate = int(sample_rate)
     if sample_rate != SAMPLE_RATE:
-        if sample_rate <= 0:
-            raise AudioError(f"{name}: sample rate {sample_rate} Hz is not positive")
+        if sample_rate < MIN_SAMPLE_RATE:  # (a header's 1 Hz would make 16,000 samples of each one: a small file, gigabytes)
+            raise AudioError(f"{name}: sample rate {sample_rate} Hz; expected audio of at least {MIN_SAMPLE_RATE:,} Hz (a damaged header?)")
         x = resample(x, sample_rate)
     return x
+
+
+MIN_SAMPLE_RATE = 1000  # Hz: below it no recording is speech or sound a log-mel of 16 kHz reads (telephony: 8 kHz)
 
 
 def resample(x: Tensor, sample_rate: int) -> Tensor:
