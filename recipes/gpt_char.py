@@ -23,7 +23,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
-from tokenizers_mm import CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
+from tokenizers_mm import ENDOFTEXT, CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
 from tokenizers_mm.base import read_utf8
 
 from .config import TrainConfig
@@ -112,8 +112,10 @@ def split_text(cfg: Config) -> tuple[str, str]:
     text, val = read_text(cfg)
     if val is not None:
         return text, val
-    n_val = int(len(text) * cfg.val_fraction)
-    return text[: len(text) - n_val], text[len(text) - n_val :]
+    cut = len(text) - int(len(text) * cfg.val_fraction)
+    start = text.find(ENDOFTEXT, max(0, cut - len(ENDOFTEXT) + 1), cut + len(ENDOFTEXT) - 1)  # a separator the cut would halve:
+    cut = cut if start < 0 else start + len(ENDOFTEXT)  # to training, whole (each half would read as plain characters)
+    return text[:cut], text[cut:]
 
 
 def text_windows(cfg: Config, tokenizer, text: str, stride: int = 1, what: str = "the text", key: str = "block_size") -> Windows:

@@ -119,3 +119,15 @@ def test_a_split_too_short_for_a_window_is_named(tmp_path):
     cfg.val_fraction, cfg.block_size = 0.5, 300
     with pytest.raises(ValueError, match=r"^the training split of .*small.txt holds 250 tokens; block_size=300 needs at least 301$"):
         gpt_char.build_data(cfg)
+
+
+def test_the_split_point_leaves_a_document_separator_whole(tmp_path):
+    """The last val_fraction of the text, cut at a character: a cut inside <|endoftext|> moves past
+    it, to training (each half read as plain characters, text the corpus never held)."""
+    from recipes import gpt_char
+
+    for before in range(75, 88):  # the cut at 90 lands after the separator (75..77), or inside it
+        (tmp_path / "sep.txt").write_text(text := "a" * before + ENDOFTEXT + "b" * (100 - before - len(ENDOFTEXT)))
+        train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "sep.txt")))
+        assert train + val == text and train.count(ENDOFTEXT) + val.count(ENDOFTEXT) == 1, before
+        assert len(train) == (max(90, before + len(ENDOFTEXT)) if before < 90 < before + len(ENDOFTEXT) else 90), before
