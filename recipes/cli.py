@@ -19,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -189,6 +190,22 @@ def cmd_predict(args):
         print(f"wrote {out} ({len(results)} image{'s' if len(results) != 1 else ''})", file=sys.stderr)
 
 
+def as_flags(message: str, options) -> str:
+    """A recipe function's error in its command's terms: a keyword of several words, or one the
+    error is about (`margin:`), as its flag (`word_timestamps` → `--word-timestamps`), any one given a
+    value as the flag and that value (`windows=seek` → `--windows seek`). options: the command's
+    parsed arguments (their names)."""
+    names = sorted((n for n in options if n not in ("command", "run_dir", "audio")), key=len, reverse=True)
+
+    def flag(m: re.Match) -> str:
+        rest = m.string[m.end() :]
+        if m[2] is None and (("_" not in m[1] and not rest.startswith(":")) or re.match(r"\w", rest)):  # (a plain word of the prose)
+            return m[0]
+        return "--" + m[1].replace("_", "-") + (" " if m[2] else "")
+
+    return re.sub(rf"(?<![\w-])({'|'.join(map(re.escape, names))})(=)?", flag, message) if names else message
+
+
 def cmd_transcribe(args):
     from .transcripts import SUBTITLE_OPTIONS, write_transcripts
 
@@ -213,22 +230,25 @@ def cmd_transcribe(args):
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--output-dir {args.output_dir}: cannot make the folder ({e.strerror})") from None
-    results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
-                         args.suppress if args.suppress_tokens is None else args.suppress_tokens, args.initial_prompt, args.condition_on_previous_text, args.timestamps,
-                         word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
-                         hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
-                         carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
-                         append_punctuations=args.append_punctuations, patience=args.patience)  # fmt: skip
     failed = []  # as openai-whisper's command: a file that cannot be read is skipped, the others' transcripts kept
-    for path, result in results if "each" in transcribe.keywords else zip(args.audio, results):  # (a plugin's: the whole list)
-        if isinstance(result, Exception):
-            failed.append(path)
-            print(f"transcribe: skipped {path}: {result}", file=sys.stderr)
-            continue
-        print(f"{path}: {result['text']}", flush=True)
-        if args.output_format:
-            files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
-            print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+    try:  # (the options are checked as the first result is asked for)
+        results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
+                             args.suppress if args.suppress_tokens is None else args.suppress_tokens, args.initial_prompt, args.condition_on_previous_text,
+                             args.timestamps, word_timestamps=args.word_timestamps, alignment_heads=args.alignment_heads, windows=args.windows,
+                             hallucination_silence_threshold=args.hallucination_silence_threshold, clip_timestamps=args.clip_timestamps,
+                             carry_initial_prompt=args.carry_initial_prompt, prepend_punctuations=args.prepend_punctuations,
+                             append_punctuations=args.append_punctuations, patience=args.patience)  # fmt: skip
+        for path, result in results if "each" in transcribe.keywords else zip(args.audio, results):  # (a plugin's: the whole list)
+            if isinstance(result, Exception):
+                failed.append(path)
+                print(f"transcribe: skipped {path}: {result}", file=sys.stderr)
+                continue
+            print(f"{path}: {result['text']}", flush=True)
+            if args.output_format:
+                files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
+                print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
+    except ValueError as e:  # the Python function's keywords as this command's flags
+        raise ValueError(as_flags(str(e), vars(args))) from None
     if failed:
         raise ValueError(f"{len(failed)} of {len(args.audio)} audio files not transcribed ({', '.join(failed)}): each named above")
 
@@ -430,8 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "window, not only the first (openai-whisper's option; --windows pauses always does)")  # fmt: skip
     s.add_argument("--clip-timestamps", default=None, metavar="START,END,...", help="with --windows seek: read only these clips of "
                    "each file (seconds; an odd last start runs to the end; openai-whisper's option)")  # fmt: skip
-    s.add_argument("--min-pause", type=seconds, default=0.1, help="files are cut into segments at pauses at least this long (seconds)")
-    s.add_argument("--margin", type=seconds, default=0.0, help="seconds kept around each segment's sound (0: cut tight, as whisper_digits' clips)")
+    s.add_argument("--min-pause", type=seconds, default=None, help="--windows pauses: files are cut into segments at pauses at least "
+                   "this long (seconds; default 0.1)")  # fmt: skip
+    s.add_argument("--margin", type=seconds, default=None, help="--windows pauses: seconds kept around each segment's sound "
+                   "(default 0: cut tight, as whisper_digits' clips)")  # fmt: skip
     s.add_argument("--output-format", choices=["txt", "vtt", "srt", "tsv", "json", "all"], default=None,
                    help="also write each file's transcript as openai-whisper does: txt, vtt / srt subtitles (a cue per segment), tsv, json, or all")  # fmt: skip
     s.add_argument("--output-dir", default=None, help="where the transcript files go (default: here; with --output-dir alone, every "

@@ -803,7 +803,7 @@ def window_words(model, text_tok, memory, prompt: list[int], segments: list[dict
     return add_word_timestamps(segments, alignment, eot, start, last_speech, prepended, appended)
 
 
-def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
+def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float | None = None, margin: float | None = None,
                language: str | None = None, task: str | None = None, fallback: bool | dict = False, suppress: bool | str = False,
                initial_prompt: str | None = None, condition_on_previous_text: bool = False, timestamps: bool = False,
                word_timestamps: bool = False, windows: str = "pauses", device=None) -> list[str]:  # fmt: skip
@@ -814,7 +814,7 @@ def transcribe(run_dir, paths: list[str], beam_size: int | None = None, min_paus
 
 
 @torch.no_grad()
-def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float = 0.1, margin: float = 0.0,
+def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, min_pause: float | None = None, margin: float | None = None,
                      language: str | None = None, task: str | None = None, fallback: bool | dict = False,
                      suppress: bool | str = False, initial_prompt: str | None = None, condition_on_previous_text: bool = False,
                      timestamps: bool = False, word_timestamps: bool = False, alignment_heads=None, windows: str = "pauses",
@@ -828,7 +828,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
     subtitles. Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at
-    least `min_pause` seconds, segments trimmed to their sound with `margin` seconds either side and
+    least `min_pause` seconds (None: 0.1), segments trimmed to their sound with `margin` seconds (None: 0) either side and
     no longer than the model's window, max_frames); silence is skipped. whisper_digits learns from
     single utterances cut tight, so a segment should hold one utterance and start where it does: the
     defaults do both. A run on Whisper's weights (30 s windows) reads consecutive segments together,
@@ -858,7 +858,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     default for weights loaded from a file (`recipes.word_timing.alignment_heads`).
     windows: "pauses" (the above) or "seek": openai-whisper's own windows, one after another over the
     whole file, each starting where the text before it ended (`recipes.whisper_seek`; the file is read
-    whole, min_pause and margin do not apply, and an initial prompt is read before the first window
+    whole, min_pause and margin are refused, and an initial prompt is read before the first window
     only, then as part of the carried text, as there, unless carry_initial_prompt: then before every
     window, as windows="pauses" always reads it); Whisper's weights only.
     hallucination_silence_threshold: with windows="seek" and word_timestamps, openai-whisper's option
@@ -918,6 +918,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if carry_initial_prompt and not (windows == "seek" and initial_prompt):
         raise ValueError("carry_initial_prompt: it reads the initial prompt before every window of windows=seek (windows=pauses always "
                          "does); it needs windows=seek and an initial_prompt")  # fmt: skip
+    if windows == "seek" and (min_pause, margin) != (None, None):  # (seek's windows are openai-whisper's: no pause is looked for)
+        raise ValueError("min_pause / margin: they cut a file at its pauses (windows=pauses); windows=seek reads openai-whisper's windows")
+    min_pause, margin = 0.1 if min_pause is None else min_pause, 0.0 if margin is None else margin
     if clip_timestamps is not None:
         if windows != "seek":
             raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")
@@ -1037,6 +1040,9 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                   "their text is cut (fast speech, a model trained on shorter utterances, or one that has not yet learned to stop)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]
+        for seg in (seg for seg in segs if "words" in seg and windows == "pauses"):  # (as the segments: a word moved to its window's
+            # start took a float sum, 9.559999999999999; seek's are openai-whisper's own, to the bit)
+            seg["words"] = [{**w, "start": round(w["start"], 3), "end": round(w["end"], 3)} for w in seg["words"]]
         # Whisper's vocabulary: the text of all the tokens, as openai-whisper's transcribe decodes it (its tokens carry their
         # spaces; none is added between segments of zh or ja); a from-scratch run's characters: the segments joined by a space
         text = (row_text(toks["text"], [t for seg in segs for t in seg["tokens"]]) if toks["audio"].chunk

@@ -694,8 +694,10 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     (tmp_path / "afile").write_text("")
     capsys.readouterr()
     for args, message in [(["--output-dir", str(tmp_path / "afile")], f"--output-dir {tmp_path / 'afile'}: a file, not a folder"),
-                          (["--carry-initial-prompt", "--initial-prompt", "Seven."], "carry_initial_prompt: it reads the initial prompt "
-                           "before every window of windows=seek (windows=pauses always does); it needs windows=seek and an initial_prompt")]:  # fmt: skip
+                          (["--carry-initial-prompt", "--initial-prompt", "Seven."], "--carry-initial-prompt: it reads the initial prompt "
+                           "before every window of --windows seek (--windows pauses always does); it needs --windows seek and an --initial-prompt"),
+                          (["--windows", "seek", "--margin", "0.2"], "--min-pause / --margin: they cut a file at its pauses (--windows pauses); "
+                           "--windows seek reads openai-whisper's windows")]:  # fmt: skip  # (the flags as typed, not the Python keywords)
         assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), *args]) == 2  # refused before any decoding
         assert message in capsys.readouterr().err
     capsys.readouterr()
@@ -739,7 +741,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert main(["transcribe", str(run), str(clip), "--beam-size", "2", "--length-penalty", "0.6"]) == 0
     capsys.readouterr()
     assert main(["transcribe", str(run), str(clip), "--beam-size", "2", "--length-penalty", "1.5"]) == 2
-    assert "length_penalty=1.5: openai-whisper's alpha, from 0 to 1" in capsys.readouterr().err
+    assert "--length-penalty 1.5: openai-whisper's alpha, from 0 to 1" in capsys.readouterr().err
     # a multilingual prompt without a language token gets one after <|startoftranscript|>, as Whisper's prompt holds it
     assert swap_language(whisper_folder.prompt_ids(text_tok, "<|startoftranscript|><|transcribe|><|notimestamps|>"), text_tok, "fr", "x") == french
 

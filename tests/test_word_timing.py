@@ -220,6 +220,7 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
             assert seg["words"] and "".join(w["word"] for w in seg["words"]).strip() == seg["text"]
             assert 0 <= seg["start"] < seg["end"] <= 35 + (len(waves[0]) + len(waves[1])) / 16000
             assert all(w["start"] <= w["end"] and 0 <= w["probability"] <= 1 for w in seg["words"])
+            assert all(w[k] == round(w[k], 3) for w in seg["words"] for k in ("start", "end"))  # (as the segments; was 9.559999999999999)
         assert result["segments"][-1]["words"][0]["start"] > 35  # the second window's words, in the recording's time
     sf.write(tmp_path / "cut.flac", np.concatenate([waves[0], silence[: 16000 * 10]]), 16000)
     size = (tmp_path / "cut.flac").stat().st_size  # (about where 10 s of the silence end in the whole file's bytes)
@@ -251,25 +252,25 @@ def test_transcribe_word_timestamps_on_the_command_line(whisper_pair, tmp_path, 
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--task", "translate"]) == 0
     assert "word timestamps on a translation may not be reliable" in capsys.readouterr().err  # as openai-whisper warns
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--hallucination-silence-threshold", "2"]) == 2
-    assert "hallucination_silence_threshold: it skips silence around words that look made up; it needs windows=seek and word_timestamps" in capsys.readouterr().err
+    assert "--hallucination-silence-threshold: it skips silence around words that look made up; it needs --windows seek and --word-timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--clip-timestamps", "1,2"]) == 2
-    assert "clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek" in capsys.readouterr().err
+    assert "--clip-timestamps: the clips are read as openai-whisper's windows; it needs --windows seek" in capsys.readouterr().err
     threads = torch.get_num_threads()
     try:
         assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--threads", "1"]) == 0 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(threads)
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--suppress-tokens=-1,abc"]) == 2
-    assert "suppress_tokens '-1,abc': expected token ids separated by commas" in capsys.readouterr().err
+    assert "--suppress-tokens '-1,abc': expected token ids separated by commas" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--patience", "2"]) == 2  # as openai-whisper: patience needs beams
-    assert "patience=2.0: beam search's; give a beam_size above 1" in capsys.readouterr().err
+    assert "--patience 2.0: beam search's; give a --beam-size above 1" in capsys.readouterr().err
     talk = str(tmp_path / "talk.wav")
     assert main(["transcribe", str(run), talk, talk, "--beam-size", "2", "--patience", "0.2"]) == 2  # refused once, before any audio
-    assert capsys.readouterr().err == "mmtok: error: patience=0.2: beam_size 2 × patience rounds to no finished beam; use a patience above 0.25\n"
+    assert capsys.readouterr().err == "mmtok: error: --patience 0.2: --beam-size 2 × patience rounds to no finished beam; use a patience above 0.25\n"
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--append-punctuations", ","]) == 2
-    assert "prepend_punctuations / append_punctuations: they join punctuation to words; it needs word_timestamps" in capsys.readouterr().err
+    assert "--prepend-punctuations / --append-punctuations: they join punctuation to words; it needs --word-timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--alignment-heads", "1:0"]) == 2
-    assert "alignment_heads: the heads align words; it needs word_timestamps" in capsys.readouterr().err
+    assert "--alignment-heads: the heads align words; it needs --word-timestamps" in capsys.readouterr().err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--word-timestamps", "--alignment-heads", "2:0"]) == 2
     assert "alignment heads (2, 0): expected (layer, head) pairs within this decoder's 2 layers × 2 heads" in capsys.readouterr().err
 
