@@ -289,6 +289,9 @@ def cmd_show(args):
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
+        if given := [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]:  # (ignored)
+            raise ConfigError(f"{' / '.join(given)}: an image's; {args.image} is audio (its tokens: --slice-frames)")
+
         slice_frames, n_mels = args.slice_frames or 10, 80
         if args.run:  # a speech run: its audio tokenizer's mel bins and slices (unless --slice-frames says otherwise)
             audio = Path(args.run) / "tokenizers" / "audio"
@@ -303,6 +306,8 @@ def cmd_show(args):
         return
     from .vit import show
 
+    if args.slice_frames is not None:  # (ignored)
+        raise ConfigError(f"--slice-frames: audio's; {args.image} is an image (its tokens: --patch-size)")
     given = [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]
     if args.run and given:  # (they were ignored)
         raise ConfigError(f"{' / '.join(given)}: the run's image tokenizer sets its size and patches; leave {' and '.join(given)} out with --run")

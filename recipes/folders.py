@@ -101,7 +101,8 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         reader.fieldnames = [name.strip() for name in reader.fieldnames or []]
         if not {"file_name", column} <= set(reader.fieldnames):
-            raise ValueError(f"{meta}: needs the columns file_name and {column}")
+            found = ", ".join(reader.fieldnames) or "none: an empty first line"
+            raise ValueError(f"{meta}: needs the columns file_name and {column} (its header has {found})")
         try:
             rows = list(enumerate(reader, start=2))  # note: line numbers count rows (a quoted value may hold a line break)
         except csv.Error as e:  # (a field over csv's 128 KiB limit, a NUL byte)

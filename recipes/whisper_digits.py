@@ -1036,7 +1036,8 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
             limit = (f"their token limit ({sample_len or cfg.max_text} tokens, fewer after a long carried text)" if windows == "seek"
                      else f"openai-whisper's limit of {after} tokens a window (half the decoder's {toks['text'].max_positions} positions)"
                      if sample_len and after == sample_len else f"max_text={cfg.max_text} ({after} tokens after the prompt)")  # fmt: skip
-            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} segments (up to {seconds:g} s) reached {limit} before their end; "
+            print(f"transcribe {p}: {ended.count(False)} of {len(ended)} {'windows' if windows == 'seek' else 'segments'} (up to "
+                  f"{seconds:g} s) reached {limit} before their end; "
                   "their text is cut (fast speech, a model trained on shorter utterances, or one that has not yet learned to stop)",
                   file=sys.stderr)  # fmt: skip
         segs = [{"id": i, **seg, "start": round(seg["start"], 3), "end": round(seg["end"], 3)} for i, seg in enumerate(found)]

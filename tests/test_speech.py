@@ -52,7 +52,7 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
         Synthesizer.get().say("one", v)
 
 
-def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch):
+def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch, capsys):
     import soundfile as sf
 
     from recipes.speech import show_audio
@@ -67,6 +67,11 @@ def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch):
     assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path / "run"), "--out", str(tmp_path / "run.png")]) == 0
     assert (tmp_path / "run.png").stat().st_size > 5000
     assert main(["show", str(tmp_path / "one.wav"), "--run", str(tmp_path)]) == 2  # no audio tokenizer there: one line
+    capsys.readouterr()  # an image's options for audio, audio's for an image: named (they were ignored)
+    assert main(["show", str(tmp_path / "one.wav"), "--patch-size", "4"]) == 2
+    assert capsys.readouterr().err == f"mmtok: error: --patch-size: an image's; {tmp_path / 'one.wav'} is audio (its tokens: --slice-frames)\n"
+    assert main(["show", str(tmp_path / "one.png"), "--slice-frames", "4"]) == 2
+    assert capsys.readouterr().err == f"mmtok: error: --slice-frames: audio's; {tmp_path / 'one.png'} is an image (its tokens: --patch-size)\n"
     import recipes.speech
 
     drawn = []  # a 128-mel run (large-v3's front end) is drawn with its 128 bins, not 80

@@ -190,6 +190,9 @@ def test_vit_folder_with_metadata_and_split_folders(tmp_path):
     (flat / "metadata.csv").write_text("\ufeff" + "\n".join(rows) + "\n", encoding="utf-8")  # a spreadsheet's BOM
     train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(flat), image_size=16, patch_size=4, val_fraction=0.25))
     assert classes == ["CIRCLE", "SQUARE"] and len(train_set) + len(val_set) == 24
+    (flat / "metadata.csv").write_text("filename,class\n" + "\n".join(rows[1:]) + "\n")  # the columns it has, named
+    with pytest.raises(ValueError, match=r"metadata.csv: needs the columns file_name and label \(its header has filename, class\)$"):
+        vit_folder.build_data(vit_folder.Config(data=str(flat), image_size=16, patch_size=4))
     many = tmp_path / "many"  # 12 classes of 4 images: 10% would hold out 5, fewer than the classes
     make_folder(many, classes=tuple(f"c{i:02d}" for i in range(12)), n=4)
     train_set, val_set, classes, _ = vit_folder.build_data(vit_folder.Config(data=str(many), image_size=16, patch_size=4))
