@@ -208,8 +208,9 @@ def vit_model_config(vit, num_classes: int | None = None) -> ModelConfig:
 
 
 TIMM_BLOCK_NAMES = {"norm1": "ln_1", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj", "norm2": "ln_2", "mlp.fc1": "mlp.fc", "mlp.fc2": "mlp.proj"}
+TIMM_LAYERS = {"encoder.ln_f": "norm", "heads.cls.norm": "fc_norm", "heads.cls.proj": "head"}  # ours -> timm's, each .weight / .bias
 TIMM_NAMES = {"embedders.image.tok": "patch_embed.proj", "embedders.image.pos.weight": "pos_embed", "embedders.image.learned": "cls_token",
-              "encoder.ln_f": "norm", "heads.cls.norm": "fc_norm", "heads.cls.proj": "head"}  # fmt: skip
+              **TIMM_LAYERS}  # fmt: skip
 
 
 def timm_vit_name(ours: str) -> str:
@@ -231,7 +232,7 @@ def timm_vit_state_dict(sd: dict[str, Tensor], depth: int) -> dict[str, Tensor]:
     }
     if "cls_token" in sd:
         out["embedders.image.learned"] = sd["cls_token"].reshape(1, -1)
-    for ours, theirs in (("encoder.ln_f", "norm"), ("heads.cls.norm", "fc_norm"), ("heads.cls.proj", "head")):
+    for ours, theirs in TIMM_LAYERS.items():
         for kind in ("weight", "bias"):
             if f"{theirs}.{kind}" in sd:
                 out[f"{ours}.{kind}"] = sd[f"{theirs}.{kind}"]

@@ -203,7 +203,7 @@ def as_flags(message: str, options) -> str:
             return m[0]
         return "--" + m[1].replace("_", "-") + (" " if m[2] else "")
 
-    return re.sub(rf"(?<![\w-])({'|'.join(map(re.escape, names))})(=)?", flag, message) if names else message
+    return re.sub(rf"(?<![\w./-])({'|'.join(map(re.escape, names))})(=)?", flag, message) if names else message  # (not in a path)
 
 
 def cmd_transcribe(args):
@@ -286,10 +286,11 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".a
 
 def cmd_show(args):
     one_process("show")  # (each would write the same picture)
+    given = [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]  # an image's
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:
         from .speech import show_audio
 
-        if given := [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]:  # (ignored)
+        if given:  # (they were ignored)
             raise ConfigError(f"{' / '.join(given)}: an image's; {args.image} is audio (its tokens: --slice-frames)")
 
         slice_frames, n_mels = args.slice_frames or 10, 80
@@ -308,7 +309,6 @@ def cmd_show(args):
 
     if args.slice_frames is not None:  # (ignored)
         raise ConfigError(f"--slice-frames: audio's; {args.image} is an image (its tokens: --patch-size)")
-    given = [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]
     if args.run and given:  # (they were ignored)
         raise ConfigError(f"{' / '.join(given)}: the run's image tokenizer sets its size and patches; leave {' and '.join(given)} out with --run")
     out = args.out or str(Path(args.image).with_suffix("").name + "_patches.png")

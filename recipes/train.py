@@ -558,7 +558,8 @@ def train(
             if named == str(e):
                 raise
             raise ValueError(named) from None
-        finite = torch.isfinite(accelerator.reduce(loss.detach(), "sum"))  # every process sees the same verdict
+        summed_loss = accelerator.reduce(loss.detach(), "sum")  # over the processes: what a logging step reports, too
+        finite = torch.isfinite(summed_loss)  # every process sees the same verdict
         scaled, grad_norm = accelerator.scaler is not None, None  # fp16: its scaler skips its overflowing steps itself
         if not (cfg.skip_nonfinite and scaled and not bool(finite)):  # (no unscale_ in clipping without the step that resets it)
             # the global norm, clipped to grad_clip (0: not clipped, still measured: a finite loss can have NaN gradients)
@@ -593,9 +594,9 @@ def train(
                                      + "; skip_nonfinite=true skips such batches")  # fmt: skip
         if log_now:
             dt = time.perf_counter() - t0
-            # one all-reduce: the loss and MFU averaged over the processes, their own token counts (shares differ) added up
-            loss_val, tokens, mfu = summed(accelerator, loss.item(), tokens, flops.mfu(dt) if flops is not None else 0.0)
-            loss_val, mfu = loss_val / accelerator.num_processes, mfu / accelerator.num_processes
+            # one all-reduce more: MFU averaged over the processes, their own token counts (shares differ) added up
+            tokens, mfu = summed(accelerator, tokens, flops.mfu(dt) if flops is not None else 0.0)
+            loss_val, mfu = summed_loss.item() / accelerator.num_processes, mfu / accelerator.num_processes
             loss_val = loss_val if math.isfinite(loss_val) else None  # a skipped batch (JSON has no NaN)
             row = {"step": step, "loss": loss_val, "lr": lr, "tokens_per_s": tokens / dt}
             if grad_norm is not None:

@@ -136,7 +136,7 @@ class FolderSet(Dataset):
         if not self.augment:
             return self.pixels(open_image(path), str(path)), self.label_ids[label]
         x = to_tensor(open_image(path), self.cfg.channels, str(path))
-        x = (x * 255).round().to(torch.uint8)  # RandAugment wants uint8
+        x = (x.clamp(0, 1) * 255).round().to(torch.uint8)  # RandAugment wants uint8 (a float image's overshoot clamped, not wrapped)
         return self.transform(x).float() / 255.0, self.label_ids[label]
 
 

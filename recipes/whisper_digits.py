@@ -828,7 +828,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     result per file as openai-whisper's `transcribe` returns it — {"text", "segments": [{"id",
     "start", "end", "text"}], "language"}, times in seconds — for `recipes.transcripts` to write as
     subtitles. Each file is cut at its pauses (`tokenizers_mm.audio.split_at_pauses`: pauses of at
-    least `min_pause` seconds (None: 0.1), segments trimmed to their sound with `margin` seconds (None: 0) either side and
+    least `min_pause` seconds (None: split_at_pauses' 0.1), segments trimmed to their sound with `margin` seconds (None: 0) either side and
     no longer than the model's window, max_frames); silence is skipped. whisper_digits learns from
     single utterances cut tight, so a segment should hold one utterance and start where it does: the
     defaults do both. A run on Whisper's weights (30 s windows) reads consecutive segments together,
@@ -920,7 +920,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                          "does); it needs windows=seek and an initial_prompt")  # fmt: skip
     if windows == "seek" and (min_pause, margin) != (None, None):  # (seek's windows are openai-whisper's: no pause is looked for)
         raise ValueError("min_pause / margin: they cut a file at its pauses (windows=pauses); windows=seek reads openai-whisper's windows")
-    min_pause, margin = 0.1 if min_pause is None else min_pause, 0.0 if margin is None else margin
+    cutting = {k: v for k, v in (("min_pause", min_pause), ("margin", margin)) if v is not None}  # (else split_at_pauses' defaults)
     if clip_timestamps is not None:
         if windows != "seek":
             raise ValueError("clip_timestamps: the clips are read as openai-whisper's windows; it needs windows=seek")
@@ -1008,7 +1008,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
                                                   alignment_heads, hallucination_silence_threshold, clips, carry_initial_prompt, punctuations, patience,
                                                   progress=lambda s: bar.update(min(total, int(s)) - bar.n))  # fmt: skip
             else:  # cut at pauses, the stretches of speech joined into windows
-                found, ended, segments = [], [], split_at_pauses(stream, seconds, min_pause, margin=margin)
+                found, ended, segments = [], [], split_at_pauses(stream, seconds, **cutting)
                 if toks["audio"].chunk:  # Whisper's weights: whole windows, not one utterance each
                     segments = fill_windows(segments, seconds)
                 while group := list(itertools.islice(segments, TRANSCRIBE_GROUP)):  # a few segments at a time: memory stays flat

@@ -183,9 +183,15 @@ def read_split(folder: Path) -> list[tuple[Path, str]]:
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
                                 "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
     pairs = read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
-    if empty := sum(1 for _, t in pairs if not str(t).strip()):  # (said: a blank cell may be a transcript left out by mistake)
-        print(f"{meta}: {empty} of {len(pairs)} files have an empty transcription, learned as silence (nothing to write)", file=sys.stderr)
+    say_empty(pairs, str(meta))
     return pairs
+
+
+def say_empty(pairs: list, where: str) -> None:
+    """Count the empty transcripts on stderr: taken as silence (nothing to write), but a blank cell
+    may be a transcript left out by mistake. (None: a dataset row without one, not counted.)"""
+    if empty := sum(1 for _, t in pairs if t is not None and not str(t).strip()):
+        print(f"{where}: {empty} of {len(pairs)} files have an empty transcription, taken as silence (nothing to write)", file=sys.stderr)
 
 
 def read_pairs(cfg: Config) -> tuple[list, list | None]:
@@ -196,9 +202,8 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     data = local_data(cfg.data)
     if is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
-        for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):  # (as read_split says of a folder's)
-            if empty := sum(1 for _, t in pairs if t is not None and not str(t).strip()):
-                print(f"{data} ({name}): {empty} of {len(pairs)} rows have an empty transcription, taken as silence", file=sys.stderr)
+        for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):
+            say_empty(pairs, f"{data}[{name}]")
     else:
         train_dir, val_dir = split_dirs(data)
         train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None

@@ -134,7 +134,7 @@ def test_image_of_any_shape_dtype_and_values_tokenizes_or_is_named(x, channels, 
     tok = ImageTokenizer(image_size=8, patch_size=2, channels=channels, mean=[0.5] * channels, std=[0.5] * channels, resize=resize)
     valid = (isinstance(x, np.ndarray) and x.ndim == 2 and min(x.shape) >= 2 and (resize or x.shape == (8, 8)) and finite32(x)
              and x.dtype not in (np.int16, np.int32)  # (integers of no known pixel scale: refused)
-             and (x.dtype.kind != "f" or 0 <= x.min() <= x.max() <= 1))  # fmt: skip  # (float pixels: [0, 1], one scale)
+             and (x.dtype.kind != "f" or -0.5 <= x.min() <= x.max() <= 1.5))  # fmt: skip  # (float pixels: [0, 1], one scale)
     try:
         ts = tok.encode(x, name="fuzz.png")
     except ValueError as e:  # ImageError: wrong shape, channels, size, non-finite values

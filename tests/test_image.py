@@ -294,9 +294,12 @@ def test_float_pil_images_one_scale_for_wide_integer_images_and_unknown_scales_r
         with pytest.raises(ValueError, match=f"x.png: {np.dtype(dtype).name} pixels have no known scale; give uint8 \\(0-255\\), uint16"):
             to_tensor(np.full((4, 4), 200, dtype), 1, "x.png")
     for pixels, message in ((Image.fromarray(np.full((4, 4), 200.0, np.float32)), r"\[200, 200\]; expected floats in \[0, 1\] \(0-255 floats\?"),
-                            (torch.full((3, 4, 4), -0.5), r"\[-0.5, -0.5\]; expected floats in \[0, 1\] \(already normalised\?")):  # fmt: skip
+                            (torch.full((3, 4, 4), -2.0), r"\[-2, -2\]; expected floats in \[0, 1\] \(already normalised\?")):  # fmt: skip
         with pytest.raises(ValueError, match=r"f.tif: float pixels span " + message):  # (augmentation's 8-bit step wrapped them)
             to_tensor(pixels, 1, "f.tif")
+    tok = ImageTokenizer(image_size=32, patch_size=8)  # a resize's overshoot is no other scale: the tokenizer's own pixels read back
+    stark = (np.random.default_rng(0).random((50, 70, 3)) > 0.5).astype(np.uint8) * 255
+    assert tok.encode(tok.pixels(stark)).values.shape == (17, 192) and float(tok.pixels(stark).min()) < 0
     lab = Image.new("RGB", (8, 8)).convert("LAB")
     with pytest.raises(ValueError, match=r"lab.tif: a LAB image, which Pillow cannot convert to L \(conversion from LAB to RGB not supported\)"):
         ImageTokenizer(8, 4, channels=1, mean=(0.5,), std=(0.5,)).encode(lab, name="lab.tif")

@@ -350,8 +350,8 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text
 
 
 def test_two_process_logged_loss_is_the_global_batch_loss(tmp_path, small_text):
-    """The loss a step logs is the whole global batch's (one all-reduce with its token count): a batch
-    of 7 split 3 + 4 over 2 processes logs one process's loss and token count."""
+    """The loss a step logs is the whole global batch's (the sum its finite check reduced, over the
+    processes): a batch of 7 split 3 + 4 over 2 processes logs one process's loss."""
     args = ["gpt_char", f"data={small_text}", *TINY, "batch_size=7", "dropout=0", "max_steps=1", "log_every=1", "eval_batches=1"]
     rows = {}
     for n in (1, 2):

@@ -194,7 +194,7 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
                                                    for i, (p, t) in enumerate(csv_pairs)))  # fmt: skip
     (folder / "metadata.csv").rename(folder / "kept.csv")
     assert whisper_folder.read_split(folder)[0][1].strip() == ""
-    assert "metadata.jsonl: 1 of 3 files have an empty transcription, learned as silence" in capsys.readouterr().err
+    assert "metadata.jsonl: 1 of 3 files have an empty transcription, taken as silence" in capsys.readouterr().err
     (folder / "kept.csv").rename(folder / "metadata.csv")
     (folder / "metadata.jsonl").unlink()
     (folder / "metadata.csv").unlink()

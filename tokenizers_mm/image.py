@@ -73,14 +73,18 @@ def pil_convert(image, mode: str, name: str = "image"):
         raise ImageError(f"{name}: a {image.mode} image, which Pillow cannot convert to {mode} ({e}); save it as RGB or grayscale") from None
 
 
+UNIT_SLACK = 0.5  # float pixels may stray this far outside [0, 1] (a bicubic resize overshoots; `pixels` / `decode` give such)
+
+
 def check_unit(x: Tensor, name: str) -> None:
-    """Float pixels lie in [0, 1]: one scale for every float image (0-255 floats, or an image already
-    normalised, would be read as other pixels, and augmentation's 8-bit step would wrap them)."""
+    """Float pixels on the [0, 1] scale, give or take a resize's overshoot (UNIT_SLACK): one scale
+    for every float image (0-255 floats, or an image already normalised, would be read as other
+    pixels, and augmentation's 8-bit step would wrap them)."""
     if x.numel() == 0:  # (an empty image: refused as such, later)
         return
-    low, high = float(x.min()), float(x.max())
-    if low < 0 or high > 1:
-        hint = "0-255 floats? divide by 255, or give uint8" if high > 1 and low >= 0 else "already normalised? give the pixels"
+    low, high = (float(v) for v in torch.aminmax(x))
+    if low < -UNIT_SLACK or high > 1 + UNIT_SLACK:
+        hint = "0-255 floats? divide by 255, or give uint8" if high > 1 + UNIT_SLACK and low >= -UNIT_SLACK else "already normalised? give the pixels"
         raise ImageError(f"{name}: float pixels span [{low:.4g}, {high:.4g}]; expected floats in [0, 1] ({hint})")
 
 
@@ -117,19 +121,20 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
             x = x[None]
         if x.dim() != 3:
             raise ImageError(f"{name}: expected (H, W) or (C, H, W) / (H, W, C), got shape {tuple(x.shape)}")
+        floats = False
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         elif x.dtype == torch.uint16:
             x = x.float() / 65535.0
         elif x.is_floating_point() or x.dtype == torch.bool:
-            x = x.float()
-            if torch.isfinite(x).all():
-                check_unit(x, name)
+            x, floats = x.float(), x.is_floating_point()
         else:  # int64 (a tensor made from a list), int16, int32...: 0-255 or 0-65535? Guessing from the content would scale images apart
             raise ImageError(f"{name}: {str(x.dtype).removeprefix('torch.')} pixels have no known scale; give uint8 (0-255), "
                              "uint16 (0-65535) or float pixels in [0, 1]")  # fmt: skip
         if not torch.isfinite(x).all():
             raise ImageError(f"{name}: the image holds NaN or infinite values")
+        if floats:  # (integer pixels were scaled to [0, 1])
+            check_unit(x, name)
     c = x.shape[0]
     if c == 4:
         x = x[:3]  # drop alpha
@@ -189,9 +194,8 @@ class ImageTokenizer(Tokenizer):
         """Any image → normalised float (C, H, W) of `image_size`: shorter side resized, centre crop."""
         px = self.pixels(image, name)
         x = (px - self._mean.to(px.device)) / self._std.to(px.device)
-        if not bool(torch.isfinite(x).all()):  # note: finite pixels near float32's limit overflow here
-            raise ImageError(f"{name}: pixel values overflow float32 once resized and normalised (largest magnitude "
-                             f"{float(to_tensor(image, self.channels, name).abs().max()):.3g})")  # fmt: skip
+        if not bool(torch.isfinite(x).all()):  # (pixels are near [0, 1]: only a std near 0 overflows here)
+            raise ImageError(f"{name}: pixel values overflow float32 once normalised by the tokenizer's std {list(self.std)}")
         return x
 
     def pixels(self, image, name: str = "image") -> Tensor:
