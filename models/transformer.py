@@ -817,11 +817,7 @@ class MultimodalTransformer(nn.Module):
         any weight is allocated: a crafted config (depth 400000, dim 10**6) would otherwise fill the
         memory building the model that load_weights then refuses."""
         path = directory / WEIGHTS_FILE
-        try:
-            with safe_open(str(path), "pt") as f:
-                shapes = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
-        except (SafetensorError, OSError) as e:
-            raise ValueError(f"model: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+        shapes = weight_shapes(path, "model")
         t = config.trunk
         depths = {"encoder": t.depth if config.encoder_inputs else 0,
                   "decoder": t.decoder_depth if config.decoder_inputs else 0}  # fmt: skip
@@ -869,16 +865,22 @@ def read_weights(path: Path, where: str) -> dict[str, Tensor]:
         raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
 
 
+def weight_shapes(path: Path, where: str) -> dict[str, list[int]]:
+    """Each weight's shape in a safetensors file, from its header alone (nothing allocated), with
+    one clear error if it is damaged."""
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+
+
 def check_config_fits(config: ModelConfig, path: Path, where: str) -> None:
     """Refuse another project's config.json (init_from: a GPT-2 or Whisper folder) that its weights
     file cannot fill, from the file's header alone, before the model is built: a crafted config
     (d_model 4096 × 32 layers beside a file of a few bytes) would fill the memory first. Its blocks
     and its parameter count (within 10 %: our type table is extra) must be the file's."""
-    try:
-        with safe_open(str(path), "pt") as f:
-            shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{where}: {path} is corrupt or truncated ({str(e).splitlines()[0]})") from None
+    shapes = weight_shapes(path, where)
     blocks = {m[1] for k in shapes if (m := re.match(r"(.*?(?:^|\.)(?:layers|h|blocks)\.\d+)\.", k))}
     t = config.trunk
     asked = (t.depth if config.encoder_inputs else 0) + (t.decoder_depth if config.decoder_inputs else 0)
