@@ -1,7 +1,7 @@
 """Data pipeline against the model: tokens per second the recipe's dataset + collate + DataLoader
 deliver, and tokens per second its training step consumes, for each recipe family, in one run.
 
-    python benchmarks/loader_speed.py [--seconds 4] [--rounds 4] [--recipes gpt_char,vit_digits,whisper_digits,dt_cartpole]
+    python benchmarks/loader_speed.py [--seconds 4] [--rounds 4] [--recipes gpt_char,vit_digits,whisper_digits,dt_cartpole] [--utterances 64]
 
 Each recipe's own objects, at its default config: the dataset and collate function its `main`
 hands to `recipes.train.train`, the loader `train` builds (`make_loader`: the StepSampler, the
@@ -16,7 +16,7 @@ the bottleneck. With num_workers=0 the two share the process, so a ratio r means
 of the step's time.
 
 whisper_digits reads a 64-utterance corpus synthesized into a temporary folder (the recipe's
-first 64 utterances: same texts, voices and lengths; a few seconds with eSpeak NG), so the
+first 64 utterances, --utterances: same texts, voices and lengths; a few seconds with eSpeak NG), so the
 benchmark neither needs nor touches the recipe's 4,000-utterance cache.
 """
 
@@ -48,7 +48,7 @@ def n_tokens(batch) -> int:
 
 
 # -- each recipe's (config, dataset, collate, model), as its main builds them ---------------------
-def gpt_char(tmp: Path):
+def gpt_char(tmp: Path, utterances: int):
     from recipes import gpt_char as r
 
     cfg = r.Config()
@@ -56,7 +56,7 @@ def gpt_char(tmp: Path):
     return cfg, train_set, collate_examples, r.build_model(cfg, tok)
 
 
-def vit_digits(tmp: Path):
+def vit_digits(tmp: Path, utterances: int):
     from recipes import vit
     from recipes import vit_digits as r
 
@@ -66,15 +66,15 @@ def vit_digits(tmp: Path):
     return cfg, train_set, vit.Collate(tok, cfg, len(classes), train=True), vit.build_model(cfg, tok, len(classes))
 
 
-def whisper_digits(tmp: Path):
+def whisper_digits(tmp: Path, utterances: int):
     from recipes import whisper_digits as r
 
-    cfg = r.Config(data_dir=str(tmp / "speech"), n_train=64, n_test=1)
+    cfg = r.Config(data_dir=str(tmp / "speech"), n_train=utterances, n_test=1)
     audio_tok, text_tok, train_set, _ = r.build_data(cfg)
     return cfg, train_set, collate_examples, r.build_model(cfg, audio_tok, text_tok)
 
 
-def dt_cartpole(tmp: Path):
+def dt_cartpole(tmp: Path, utterances: int):
     from recipes import dt
     from recipes import dt_cartpole as r
     from recipes.rl_data import make_env
@@ -124,9 +124,9 @@ def model_rate(step, batches: list, seconds: float) -> tuple[float, int]:
     return tokens / (time.perf_counter() - t0), n
 
 
-def measure(name: str, seconds: float, rounds: int, tmp: Path) -> dict:
+def measure(name: str, seconds: float, rounds: int, tmp: Path, utterances: int = 64) -> dict:
     torch.manual_seed(0)
-    cfg, dataset, collate_fn, model = globals()[name](tmp)
+    cfg, dataset, collate_fn, model = globals()[name](tmp, utterances)
     cfg.cpu = True
     accelerator = Accelerator(cpu=True)
     loader = iter(make_loader(dataset, collate_fn, cfg, accelerator))
@@ -153,15 +153,16 @@ def main():
     ap.add_argument("--seconds", type=float, default=4.0, help="timing of each side, split over the rounds")
     ap.add_argument("--rounds", type=int, default=4, help="turns of loader and model, who goes first alternating")
     ap.add_argument("--recipes", default=",".join(RECIPES))
+    ap.add_argument("--utterances", type=int, default=64, help="whisper_digits' corpus: its first N utterances, synthesized")
     args = ap.parse_args()
-    if args.rounds < 1 or not args.seconds > 0:
-        ap.error("--rounds must be at least 1 and --seconds above 0")
+    if args.rounds < 1 or not args.seconds > 0 or args.utterances < 1:
+        ap.error("--rounds and --utterances must be at least 1 and --seconds above 0")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         for name in args.recipes.split(","):
             if name not in RECIPES:
                 raise SystemExit(f"unknown recipe {name!r}; this benchmark covers {', '.join(RECIPES)}")
-            rows.append(measure(name, args.seconds, args.rounds, Path(d)))
+            rows.append(measure(name, args.seconds, args.rounds, Path(d), args.utterances))
     print(json.dumps({"benchmark": "data pipeline vs training step, tokens/s (fp32 CPU)", "goal": "loader / model >= 1.0", "rows": rows,
                       "threads": torch.get_num_threads()}, indent=2))  # fmt: skip
     print(f"\n{'recipe':16s} {'loader tok/s':>13s} {'model tok/s':>12s} {'ratio':>7s}  rounds")

@@ -128,15 +128,16 @@ def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave + noise, -1.0, 1.0)
 
 
-def _render_all(directory: str, rows: list[dict], seed: int, parent: int | None = None) -> list[float]:
+def _render_all(directory: str, rows: list[dict], seed: int, caller: int | None = None) -> list[float]:
     """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`). It stops
-    when its parent process (pid `parent`) is gone: a killed run leaves no worker writing on."""
+    when the process that asked for the corpus (pid `caller`) is gone: a killed run leaves no worker
+    writing on."""
     import soundfile as sf
     from tqdm.auto import tqdm
 
-    seconds = []
+    parent, seconds = os.getppid(), []  # (the caller, or the fork server it asked: that one ends with the caller)
     for i, row in enumerate(tqdm(rows, desc="synthesizing speech", unit="utt", disable=None)):  # (off when stderr is not a terminal)
-        if parent is not None and os.getppid() != parent:  # (re-parented: the run that asked for the corpus was killed)
+        if caller is not None and (os.getppid() != parent or not _alive(caller)):  # (re-parented, or the caller gone)
             os._exit(1)
         wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
         sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
@@ -174,9 +175,28 @@ def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
     return rows[: recipe["n"]] if len(rows) >= recipe["n"] else None
 
 
-def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:  # (gone, or the pid reused by another user's process)
+        return False
+    return True
+
+
+def _fresh_process():
+    """A multiprocessing context whose workers have never called eSpeak NG: forked from a server
+    that imported this module (torch included) and nothing more, so a corpus after the first costs
+    no interpreter start; spawn where there is no fork server."""
     import multiprocessing
 
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([__name__])  # (read when the server starts; it calls nothing here)
+    return ctx
+
+
+def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
     n, voices, seed, manifest = recipe["n"], recipe["voices"], recipe["seed"], directory / "manifest.jsonl"
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -184,7 +204,7 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
                       rate=int(rng.integers(120, 260)), pitch=int(rng.integers(20, 80)), pitch_range=int(rng.integers(20, 90)),
                       word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
     print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    with _fresh_process().Pool(1) as pool:
         seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed, os.getpid()))
         pool.close()  # the worker ends itself, its finalizers run (terminated, it left tqdm's lock to a "leaked semaphore" warning)
         pool.join()

@@ -23,7 +23,7 @@ QUICK = {
     "bpe_speed.py": (("--repeats", "1"), run_all.rows_bpe),
     "whisper_decode.py": (("--width", "32", "--heads", "2", "--layers", "1", "--text", "24", "--windows", "2", "--tokens", "4",
                            "--sample-len", "6", "--repeats", "1"), run_all.rows_whisper_decode),  # fmt: skip
-    "loader_speed.py": (("--seconds", "0.3", "--rounds", "2"), run_all.rows_loader),
+    "loader_speed.py": (("--seconds", "0.3", "--rounds", "2", "--utterances", "8"), run_all.rows_loader),
 }
 
 

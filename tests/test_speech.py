@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -50,6 +51,24 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
     assert not set(TRAIN_VOICES) & set(TEST_VOICES)
     for v in TRAIN_VOICES + TEST_VOICES:  # every listed voice exists in the bundled data
         Synthesizer.get().say("one", v)
+
+
+def test_a_killed_callers_worker_writes_no_more(tmp_path):
+    """make_corpus renders in a worker forked from multiprocessing's fork server (a corpus after the
+    first costs no interpreter start); its caller SIGKILLed, the server ends and the worker stops
+    at its next utterance instead of writing on."""
+    folder = tmp_path / "c"
+    code = f"from recipes.speech import TRAIN_VOICES, make_corpus; make_corpus({str(folder)!r}, 5000, TRAIN_VOICES, seed=3)"
+    caller = subprocess.Popen([sys.executable, "-c", code], env=subprocess_env(), cwd=ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("*.wav"))) < 3 and time.monotonic() < deadline and caller.poll() is None:
+        time.sleep(0.02)
+    caller.kill()
+    caller.wait()
+    time.sleep(1.0)  # (an utterance takes about 20 ms)
+    written = len(list(folder.glob("*.wav")))
+    time.sleep(1.0)
+    assert 3 <= written == len(list(folder.glob("*.wav"))) < 5000 and not (folder / "manifest.jsonl").exists()
 
 
 def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch, capsys):

@@ -77,23 +77,25 @@ def trained(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained):
+def test_resume_refuses_a_corrupt_checkpoint(tmp_path, trained, capsys):
+    from recipes.cli import main
+
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     weights = sorted((run / "checkpoints").glob("step-*"))[-1] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
     for cmd in (["resume", str(run), "max_steps=30"], ["eval", str(run)]):
-        p = mmtok(*cmd, check=False)
-        assert p.returncode == 2
-        assert p.stderr.strip().count("\n") == 0 and "truncated" in p.stderr, p.stderr
+        assert main(cmd) == 2
+        err = capsys.readouterr().err
+        assert err.strip().count("\n") == 0 and "truncated" in err, err
     assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20  # the refused resume recorded nothing
     # a damaged optimizer state stops resume, which reads it, not eval, which reads the weights alone
     shutil.rmtree(run)
     shutil.copytree(trained, run)
     optimizer = sorted((run / "checkpoints").glob("step-*"))[-1] / "optimizer.safetensors"
     optimizer.write_bytes(optimizer.read_bytes()[:-100])
-    assert "truncated: optimizer.safetensors" in mmtok("resume", str(run), "max_steps=30", check=False).stderr
-    assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] > 0
+    assert main(["resume", str(run), "max_steps=30"]) == 2 and "truncated: optimizer.safetensors" in capsys.readouterr().err
+    assert main(["eval", str(run)]) == 0 and json.loads(capsys.readouterr().out)["val_loss"] > 0
 
 
 def test_resume_longer_takes_the_new_schedule_from_its_first_step(tmp_path, trained):
@@ -112,7 +114,7 @@ def test_resume_longer_takes_the_new_schedule_from_its_first_step(tmp_path, trai
 
 
 def test_cli_eval_and_generate(tmp_path, trained, capsys):
-    """eval and resume in this process (as the CLI's main runs them), generate through the entry point."""
+    """eval, resume and generate in this process (as the CLI's main runs them; other tests launch it as a command)."""
     from recipes.cli import main
 
     run = tmp_path / "run"
@@ -145,9 +147,10 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert f"data file {tmp_path / 'none.txt'} does not exist\n" in capsys.readouterr().err
     assert main(["resume", str(run)]) == 0
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
-    out = mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50").stdout
+    assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "50"]) == 0
+    out = capsys.readouterr().out
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
-    assert mmtok("generate", str(run), "--prompt", "First", "--max-new-tokens", "50", "--device", "cpu").stdout == out
+    assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "50", "--device", "cpu"]) == 0 and capsys.readouterr().out == out
     (tmp_path / "prompt.txt").write_text("First")  # nanoGPT's start=FILE:prompt.txt; several samples drawn side by side
     assert main(["generate", str(run), "--prompt-file", str(tmp_path / "prompt.txt"), "--max-new-tokens", "30", "--num-samples", "3"]) == 0
     samples = capsys.readouterr().out.rstrip("\n").split("\n---------------\n")
@@ -261,9 +264,9 @@ def test_a_run_started_before_a_rule_existed_still_resumes(tmp_path, small_text,
     _, _, cfg = make_config("gpt_char", [f"data={small_text}", *TINY, "max_steps=10", "ckpt_every=5", f"run_dir={tmp_path / 'run'}"])
     cfg.keep_checkpoints = -1  # as an older version accepted it
     gpt_char.main(cfg)
-    assert "resume: from step-0000010, step 10 of 20" in mmtok("resume", str(tmp_path / "run"), "max_steps=20").stdout
-    assert [c.name for c in sorted((tmp_path / "run" / "checkpoints").glob("step-*"))] == [f"step-{n:07d}" for n in (5, 10, 15, 20)]
     capsys.readouterr()
+    assert main(["resume", str(tmp_path / "run"), "max_steps=20"]) == 0 and "resume: from step-0000010, step 10 of 20" in capsys.readouterr().out
+    assert [c.name for c in sorted((tmp_path / "run" / "checkpoints").glob("step-*"))] == [f"step-{n:07d}" for n in (5, 10, 15, 20)]
     assert main(["resume", str(tmp_path / "run"), "max_steps=-1"]) == 2 and "max_steps=-1 must be at least 0" in capsys.readouterr().err
     # a length below the last checkpoint's step is refused, run.json left as it was (not a length the run has passed)
     kept = (tmp_path / "run" / "run.json").read_bytes()
@@ -304,22 +307,26 @@ def test_a_tokenizer_changed_since_training_is_refused(tmp_path, trained, capsys
         assert "tokenizers/text has vocab_size" in err and "the model's 'text' embedding" in err and err.count("\n") == 1, err
 
 
-def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text):
+def test_max_steps_0_evaluates_and_saves_the_starting_model(tmp_path, small_text, capsys):
     from recipes.cli import main
 
     run = tmp_path / "run"
     assert main(["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=0", f"run_dir={run}"]) == 0
     assert [c.name for c in (run / "checkpoints").glob("step-*")] == ["step-0000000"]
     started = json.loads((run / "results.json").read_text())["val_loss"]
-    assert json.loads(mmtok("eval", str(run)).stdout)["val_loss"] == pytest.approx(started, rel=1e-5)
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0 and json.loads(capsys.readouterr().out)["val_loss"] == pytest.approx(started, rel=1e-5)
 
 
-def test_generalist_grows_only_from_a_generalist_run(tmp_path):
+def test_generalist_grows_only_from_a_generalist_run(tmp_path, capsys):
+    from recipes.cli import main
+
     other = tmp_path / "vf"
     other.mkdir()
     (other / "run.json").write_text(json.dumps({"recipe": "vit_folder", "config": {}}))
-    p = mmtok("train", "generalist", f"init_from={other}", f"run_dir={tmp_path / 'run'}", check=False)
-    assert p.returncode == 2 and f"init_from={other} is a vit_folder run; init_from takes a generalist run directory" in p.stderr, p.stderr
+    assert main(["train", "generalist", f"init_from={other}", f"run_dir={tmp_path / 'run'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"init_from={other} is a vit_folder run; init_from takes a generalist run directory" in err, err
 
 
 def free_port() -> int:
@@ -352,11 +359,12 @@ def test_two_process_first_step_gradients_equal_one_process(tmp_path, small_text
 def test_two_process_logged_loss_is_the_global_batch_loss(tmp_path, small_text):
     """The loss a step logs is the whole global batch's (the sum its finite check reduced, over the
     processes): a batch of 7 split 3 + 4 over 2 processes logs one process's loss."""
+    from recipes.cli import main
+
     args = ["gpt_char", f"data={small_text}", *TINY, "batch_size=7", "dropout=0", "max_steps=1", "log_every=1", "eval_batches=1"]
-    rows = {}
-    for n in (1, 2):
-        torchrun(n, "-m", "recipes.cli", "train", *args, f"run_dir={tmp_path / str(n)}")
-        rows[n] = json.loads((tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()[0])
+    assert main(["train", *args, f"run_dir={tmp_path / '1'}"]) == 0  # (one process: this one)
+    torchrun(2, "-m", "recipes.cli", "train", *args, f"run_dir={tmp_path / '2'}")
+    rows = {n: json.loads((tmp_path / str(n) / "metrics.jsonl").read_text().splitlines()[0]) for n in (1, 2)}
     assert rows[2]["loss"] == pytest.approx(rows[1]["loss"], rel=1e-6) and rows[1]["loss"] > 1.0
     assert rows[2]["tokens_per_s"] > 0 and rows[2]["mfu"] > 0
 
@@ -378,7 +386,11 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     assert metric_rows(run) == rows  # every loss after the resume, bit for bit (rank 1 got rank 0's stream before)
     # eval launched as 2 processes: the batches split over them, the sums
     # gathered; the figures of one process, printed once
-    alone = json.loads(mmtok("eval", str(run), "--data", str(small_text), "--device", "auto").stdout)  # (as both: the same device kind)
+    from recipes import cli
+
+    capsys.readouterr()
+    assert cli.main(["eval", str(run), "--data", str(small_text), "--device", "auto"]) == 0  # (as both: the same device kind)
+    alone = json.loads(capsys.readouterr().out)
     both = torchrun(2, "-m", "recipes.cli", "eval", str(run), "--data", str(small_text), "--device", "auto")
     assert both.stdout.count("val_loss") == 1 and len(alone) == 2
     split = json.loads(both.stdout)  # (JSON only: gloo's "[Gloo] Rank 1 is connected to ..." lines are kept out of it)
@@ -388,8 +400,6 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     assert sorted(r["rank"] for r in shares) == [0, 1] and all(r["loss"] == shares[0]["loss"] for r in shares)
     assert sorted(shares[0]["read"] + shares[1]["read"]) == list(range(shares[0]["batches"])) and min(len(r["read"]) for r in shares) > 1  # each its share
     # the other commands run in one process: launched as several, each would do the whole work, on one GPU
-    from recipes import cli
-
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert cli.main(["generate", str(run), "--max-new-tokens", "4"]) == 2
     assert "mmtok generate runs in one process: launch it without torchrun" in capsys.readouterr().err
@@ -493,10 +503,13 @@ def test_a_non_finite_loss_stops_naming_step_and_samples_or_is_skipped(tmp_path,
     assert metric_rows(tmp_path / "skip") == rows
 
 
-def test_training_into_a_directory_with_checkpoints_is_refused(trained, small_text):
+def test_training_into_a_directory_with_checkpoints_is_refused(trained, small_text, capsys):
+    from recipes.cli import main
+
     before = sorted(p.name for p in (trained / "checkpoints").iterdir())
-    p = mmtok("train", "gpt_char", f"data={small_text}", *TINY, "max_steps=4", f"run_dir={trained}", check=False)
-    assert p.returncode == 2 and "already holds checkpoints" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert main(["train", "gpt_char", f"data={small_text}", *TINY, "max_steps=4", f"run_dir={trained}"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds checkpoints" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
 
 
