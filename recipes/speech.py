@@ -186,7 +186,8 @@ def _alive(pid: int) -> bool:
 def _fresh_process():
     """A multiprocessing context whose workers have never called eSpeak NG: forked from a server
     that imported this module (torch included) and nothing more, so a corpus after the first costs
-    no interpreter start; spawn where there is no fork server."""
+    no interpreter start (the server stays, idle, until this process ends); spawn where there is no
+    fork server."""
     import multiprocessing
 
     if "forkserver" not in multiprocessing.get_all_start_methods():
