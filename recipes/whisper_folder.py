@@ -4,7 +4,9 @@ Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) w
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
 `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
-Without a validation split, `val_fraction` of the utterances are held out (fixed seed).
+Without a validation split, `val_fraction` of the utterances are held out (fixed seed); with
+`val_group=COLUMN` (a speaker column: speaker_id, client_id, ...), `val_fraction` of its groups are,
+every utterance of a held-out speaker with them, so validation hears no training voice.
 
 Every file is decoded once when the run starts, so bad data stops the run before training with a
 message naming the file — or, with `skip_bad_samples=true`, is skipped and counted:
@@ -45,7 +47,8 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, local_data, read_metadata, scored_data, split_dirs
+from .folders import (find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf, local_data, read_metadata,
+                      scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -64,6 +67,7 @@ class Config(whisper_digits.Config):
     init_from: str = ""  # a trained speech run to fine-tune, or Whisper's weights: openai-whisper's tiny.pt, ... or a Hugging Face folder
     language: str = ""  # multilingual Whisper weights: the prompt's language (de, German, ...; "" = en, or the init_from run's)
     val_fraction: float = 0.1  # held out when the folder has no validation split
+    val_group: str = ""  # a metadata / dataset column (a speaker's id): whole groups are held out, not single utterances
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
     lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
     max_frames: int = 3000  # 10 ms frames per utterance at most (30 s, Whisper's window)
@@ -211,6 +215,40 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     return norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
 
 
+def groups_of(cfg: Config, pairs: list) -> list[str]:
+    """The `val_group` column's value (a speaker) of each training pair, in their order: the training
+    folder's metadata, or the dataset's training split."""
+    data = local_data(cfg.data)
+    if is_hf_dataset(data):
+        import datasets
+
+        ds = load_hf(data)
+        ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds  # (read_pairs checked it has one)
+        if cfg.val_group not in ds.features:
+            raise ValueError(f"{data}[train]: no column {cfg.val_group!r} (val_group=); columns: {', '.join(ds.features)}")
+        values = ds[cfg.val_group]
+        if bad := next((p for p, _ in pairs if values[p.row] is None), None):
+            raise ValueError(f"{bad}: no {cfg.val_group} value (val_group=): every row needs its group")
+        return [str(values[p.row]) for p, _ in pairs]
+    by_file = dict(read_metadata(find_metadata(split_dirs(data)[0]), cfg.val_group))
+    return [by_file[f] for f, _ in pairs]
+
+
+def group_split(pairs: list, groups: list[str], cfg: Config) -> tuple[list, list]:
+    """(training, held out): val_fraction of the groups held out whole (scikit-learn's
+    GroupShuffleSplit, fixed seed), at least one and all but one."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    names = sorted(set(groups))
+    if len(names) < 2:
+        raise ValueError(f"val_group={cfg.val_group}: the training data has {len(names)} group ({names[0]!r}); holding out whole "
+                         "groups needs at least 2 (or leave val_group unset to hold out utterances)")  # fmt: skip
+    n_val = held_out_count(len(names), cfg.val_fraction)
+    train, held = next(GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=0).split(pairs, groups=groups))
+    print(f"whisper_folder: held out {n_val} of {len(names)} {cfg.val_group} groups ({len(held)} of {len(pairs)} utterances)", file=sys.stderr)
+    return [pairs[i] for i in train], [pairs[i] for i in held]
+
+
 def held_out(data: str):
     """build_data for scoring a run on another speech folder or dataset (`evaluate(run_dir,
     data=...)`): its validation split when it has one, else all of it, read with the run's
@@ -237,6 +275,8 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     run_dir: a run being resumed or evaluated, whose saved tokenizers are used; `evaluating`: its
     training files are not read (an evaluation needs the held-out ones alone)."""
     train_pairs, val_pairs = read_pairs(cfg)
+    if cfg.val_group and val_pairs is not None:
+        print(f"whisper_folder: val_group={cfg.val_group} unused: {cfg.data} has a validation split", file=sys.stderr)
     root = local_data(cfg.data)
     kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
     drawn = val_pairs is None and kept is None
@@ -247,8 +287,11 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
 
         if len(train_pairs) < 2:
             raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
-        n_val = held_out_count(len(train_pairs), cfg.val_fraction)
-        train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, random_state=0)
+        if cfg.val_group:
+            train_pairs, val_pairs = group_split(train_pairs, groups_of(cfg, train_pairs), cfg)
+        else:
+            n_val = held_out_count(len(train_pairs), cfg.val_fraction)
+            train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, random_state=0)
     model = None
     if cfg.init_from and cfg.prompt and cfg.language and run_dir is None:
         raise ValueError("give language= or prompt=, not both (the prompt holds the language token)")

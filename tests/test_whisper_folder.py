@@ -57,6 +57,45 @@ def write_folder(root, speech, extra=()):
     return root
 
 
+def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
+    """val_group=COLUMN: val_fraction of the column's groups (speakers) are held out, every
+    utterance of each with it; the split is recorded as any drawn split (split.json). A Hugging
+    Face dataset's column serves as a metadata column does."""
+    import datasets
+
+    data = write_folder(tmp_path / "data", speech[:12])
+    rows = list(csv.reader((data / "metadata.csv").read_text().splitlines()))
+    speaker = {r[0]: f"spk{i % 4}" for i, r in enumerate(rows[1:])}
+    with open(data / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0] + ["speaker_id"]] + [r + [speaker[r[0]]] for r in rows[1:]])
+    run = tmp_path / "run"
+    whisper_folder.main(Config(data=str(data), run_dir=str(run), val_fraction=0.25, val_group="speaker_id", **{**TINY, "max_steps": 0}))
+    assert "held out 1 of 4 speaker_id groups (3 of 12 utterances)" in capsys.readouterr().err
+    split = json.loads((run / "split.json").read_text())
+    held, trained = ({speaker[n] for n in split[k]} for k in ("held_out", "train"))
+    assert len(split["held_out"]) == 3 and len(held) == 1 and not held & trained and len(split["train"]) == 9
+    assert whisper_folder.evaluate(run)["val_wer"] >= 0  # scored on the recorded share
+    for column, why in (("gender", r"metadata.csv: needs the columns file_name and gender \(its header has file_name, transcription, speaker_id\)"),):
+        with pytest.raises(ValueError, match=why):
+            whisper_folder.main(Config(data=str(data), run_dir=str(tmp_path / "bad"), val_group=column, **{**TINY, "max_steps": 0}))
+    one = {**speaker, **dict.fromkeys(speaker, "alone")}
+    with open(data / "metadata.csv", "w", newline="") as f:
+        csv.writer(f).writerows([rows[0] + ["speaker_id"]] + [r + [one[r[0]]] for r in rows[1:]])
+    with pytest.raises(ValueError, match=r"val_group=speaker_id: the training data has 1 group \('alone'\); holding out whole groups needs at least 2"):
+        whisper_folder.main(Config(data=str(data), run_dir=str(tmp_path / "one"), val_group="speaker_id", **{**TINY, "max_steps": 0}))
+    # a dataset without a validation split: its column
+    audio = [{"bytes": (data / r[0]).read_bytes(), "path": r[0]} for r in rows[1:]]
+    ds = datasets.Dataset.from_dict({"audio": audio, "text": [r[1] for r in rows[1:]], "client_id": [speaker[r[0]] for r in rows[1:]]})
+    ds.cast_column("audio", datasets.Audio()).save_to_disk(tmp_path / "hf")
+    cfg = Config(data=str(tmp_path / "hf"), val_fraction=0.5, val_group="client_id")
+    pairs, _ = whisper_folder.read_pairs(cfg)
+    train, val = whisper_folder.group_split(pairs, whisper_folder.groups_of(cfg, pairs), cfg)
+    assert len(train) == len(val) == 6 and not {speaker[rows[1 + p.row][0]] for p, _ in train} & {speaker[rows[1 + p.row][0]] for p, _ in val}
+    cfg.val_group = "speaker"
+    with pytest.raises(ValueError, match=r"hf\[train\]: no column 'speaker' \(val_group=\); columns: audio, text, client_id"):
+        whisper_folder.groups_of(cfg, pairs)
+
+
 def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech, capsys):
     data = write_folder(tmp_path / "data", speech)
     run = tmp_path / "run"
