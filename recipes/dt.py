@@ -336,6 +336,9 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         raise ValueError(f"target={highest:g} is above the data's best discounted return at the start "
                          f"({best:.6g}); with gamma={cfg.gamma:g} targets are discounted returns-to-go: give target= (and "
                          "targets=) on that scale")  # fmt: skip
+    if highest > best + 0.05 + 1e-6 * abs(best):  # (allowed: the Decision Transformer paper asks for more than its data holds too)
+        print(f"{recipe}: target {highest:g} is above the best return in the data ({best:.1f}): the DT is asked for returns it never saw; "
+              "the table shows how far it follows")  # fmt: skip
     if not resume:
         build_model(cfg, tok)  # (its sizes checked, dim against num_heads..., before the run directory is made)
         save_run_info(run_dir, recipe, cfg, lambda: tok.save(run_dir / "tokenizers" / "trajectory"))

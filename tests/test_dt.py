@@ -2,6 +2,7 @@
 a user's NPZ file, training DT and BC, rollouts in the simulator, the plot, evaluate and resume."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -79,7 +80,7 @@ def test_dt_and_its_bc_baseline_train_one_after_the_other_on_two_processes(tmp_p
     assert table["bc"] == pytest.approx([alone["bc_return"], alone["bc_return_std"]])
 
 
-def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
+def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path, capsys):
     run = tmp_path / "pend"
     metrics = dt_pendulum.main(dt_pendulum.Config(run_dir=str(run), data_dir=str(tmp_path / "data"), n_episodes=10, action_bins=1024,
                                                   targets="-1000,-200", baseline=False, **TINY))  # fmt: skip
@@ -88,8 +89,10 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path):
     eps = rl_data.load_episodes(sorted((tmp_path / "data").glob("*.npz"))[0])
     rl_data.save_episodes_npz(eps, tmp_path / "mine.npz")
     m = dt_offline.main(dt_offline.Config(run_dir=str(tmp_path / "off"), data=str(tmp_path / "mine.npz"), env="Pendulum-v1",
-                                          max_timestep=200, baseline=False, targets="-500", **TINY))  # fmt: skip
-    assert np.isfinite(m["val_return"])
+                                          max_timestep=200, baseline=False, targets="-500,0", **TINY))  # fmt: skip
+    assert np.isfinite(m["val_return"])  # 0, Pendulum's perfect return, is above any episode's: allowed, and said
+    assert re.search(r"dt_offline: target 0 is above the best return in the data \(-\d+\.\d\): the DT is asked for returns it never saw",
+                     capsys.readouterr().out)
     with pytest.raises(ValueError, match="dt_offline needs data=PATH"):
         dt_offline.main(dt_offline.Config(env="Pendulum-v1"))
     cartpole = rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0)  # another environment's data: named as such
