@@ -128,16 +128,17 @@ def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave + noise, -1.0, 1.0)
 
 
-def _render_all(directory: str, rows: list[dict], seed: int, caller: int | None = None) -> list[float]:
+def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
     """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`). It stops
-    when the process that asked for the corpus (pid `caller`) is gone: a killed run leaves no worker
-    writing on."""
+    when the process that asked for the corpus is gone: a killed run leaves no worker writing on."""
+    import multiprocessing
+
     import soundfile as sf
     from tqdm.auto import tqdm
 
-    parent, seconds = os.getppid(), []  # (the caller, or the fork server it asked: that one ends with the caller)
+    caller, seconds = multiprocessing.parent_process(), []  # (its sentinel: readable once the caller is gone, however it ended)
     for i, row in enumerate(tqdm(rows, desc="synthesizing speech", unit="utt", disable=None)):  # (off when stderr is not a terminal)
-        if caller is not None and (os.getppid() != parent or not _alive(caller)):  # (re-parented, or the caller gone)
+        if caller is not None and not caller.is_alive():
             os._exit(1)
         wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
         sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
@@ -175,26 +176,36 @@ def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
     return rows[: recipe["n"]] if len(rows) >= recipe["n"] else None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError:  # (gone, or the pid reused by another user's process)
-        return False
-    return True
-
-
-def _fresh_process():
+def _fresh_process(spawn: bool = False):
     """A multiprocessing context whose workers have never called eSpeak NG: forked from a server
     that imported this module (torch included) and nothing more, so a corpus after the first costs
     no interpreter start (the server stays, idle, until this process ends); spawn where there is no
-    fork server."""
+    fork server (or `spawn`)."""
     import multiprocessing
 
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if spawn or "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__])  # (read when the server starts; it calls nothing here)
     return ctx
+
+
+def _render_in_worker(directory: Path, rows: list[dict], seed: int) -> list[float]:
+    """_render_all in a fresh worker; a worker that dies (killed, out of memory) is an error, not a wait."""
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    def run(ctx) -> list[float]:
+        with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # (its worker ends itself: no "leaked semaphore" warning)
+            return pool.submit(_render_all, str(directory), rows, seed).result()
+
+    try:
+        try:
+            return run(_fresh_process())
+        except ChildProcessError:  # a fork server this process inherited through fork (its parent's): not this one's to use
+            return run(_fresh_process(spawn=True))
+    except BrokenProcessPool:
+        raise SpeechError(f"{directory}: the speech synthesis worker stopped before the corpus was written (killed, or out of memory?)") from None
 
 
 def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
@@ -205,10 +216,7 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
                       rate=int(rng.integers(120, 260)), pitch=int(rng.integers(20, 80)), pitch_range=int(rng.integers(20, 90)),
                       word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
     print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
-    with _fresh_process().Pool(1) as pool:
-        seconds = pool.apply(_render_all, (str(directory), [asdict(u) for u in rows], seed, os.getpid()))
-        pool.close()  # the worker ends itself, its finalizers run (terminated, it left tqdm's lock to a "leaked semaphore" warning)
-        pool.join()
+    seconds = _render_in_worker(directory, [asdict(u) for u in rows], seed)
     for u, sec in zip(rows, seconds):
         u.seconds = sec
     tmp = manifest.with_suffix(".tmp")

@@ -226,11 +226,14 @@ def groups_of(cfg: Config, pairs: list) -> list[str]:
         ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds  # (read_pairs checked it has one)
         if cfg.val_group not in ds.features:
             raise ValueError(f"{data}[train]: no column {cfg.val_group!r} (val_group=); columns: {', '.join(ds.features)}")
-        values = ds[cfg.val_group]
-        if bad := next((p for p, _ in pairs if values[p.row] is None), None):
+        values = list(ds[cfg.val_group])  # (one read of the column: a row at a time is slow)
+        if bad := next((p for p, _ in pairs if values[p.row] is None or not str(values[p.row]).strip()), None):
             raise ValueError(f"{bad}: no {cfg.val_group} value (val_group=): every row needs its group")
         return [str(values[p.row]) for p, _ in pairs]
-    by_file = dict(read_metadata(find_metadata(split_dirs(data)[0]), cfg.val_group))
+    try:
+        by_file = dict(read_metadata(find_metadata(split_dirs(data)[0]), cfg.val_group))
+    except ValueError as e:
+        raise ValueError(f"val_group={cfg.val_group}: {e}") from None
     return [by_file[f] for f, _ in pairs]
 
 
@@ -282,6 +285,13 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     drawn = val_pairs is None and kept is None
     if kept is not None:
         train_pairs, val_pairs = kept
+        if cfg.val_group and not evaluating:  # rows added since the run began (trained on after the rest): none of a held-out group
+            held = set(groups_of(cfg, val_pairs))
+            keep = [g not in held for g in groups_of(cfg, train_pairs)]
+            if left := keep.count(False):
+                print(f"whisper_folder: {left} utterance(s) added since the run began are of held-out {cfg.val_group} groups: "
+                      "not trained on", file=sys.stderr)  # fmt: skip
+            train_pairs = [p for p, k in zip(train_pairs, keep) if k]
     elif val_pairs is None:
         from sklearn.model_selection import train_test_split
 

@@ -75,9 +75,21 @@ def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
     held, trained = ({speaker[n] for n in split[k]} for k in ("held_out", "train"))
     assert len(split["held_out"]) == 3 and len(held) == 1 and not held & trained and len(split["train"]) == 9
     assert whisper_folder.evaluate(run)["val_wer"] >= 0  # scored on the recorded share
-    for column, why in (("gender", r"metadata.csv: needs the columns file_name and gender \(its header has file_name, transcription, speaker_id\)"),):
-        with pytest.raises(ValueError, match=why):
-            whisper_folder.main(Config(data=str(data), run_dir=str(tmp_path / "bad"), val_group=column, **{**TINY, "max_steps": 0}))
+    # recordings added since: a held-out speaker's are not trained on when the run resumes (a training speaker's are)
+    spoken = {s: next(n for n in split["train" if s in trained else "held_out"] if speaker[n] == s) for s in set(speaker.values())}
+    added = [("new_held.wav", spoken[next(iter(held))]), ("new_trained.wav", spoken[next(iter(trained))])]
+    for name, like in added:
+        shutil.copy(data / like, data / name)
+    with open(data / "metadata.csv", "a", newline="") as f:
+        csv.writer(f).writerows([[name, "one two", speaker[like]] for name, like in added])
+    from recipes.cli import main
+
+    capsys.readouterr()
+    assert main(["resume", str(run), "max_steps=1"]) == 0
+    assert "whisper_folder: 1 utterance(s) added since the run began are of held-out speaker_id groups: not trained on" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"val_group=gender: .*metadata.csv: needs the columns file_name and gender \(its header has file_name, "
+                                         r"transcription, speaker_id\)"):  # fmt: skip
+        whisper_folder.main(Config(data=str(data), run_dir=str(tmp_path / "bad"), val_group="gender", **{**TINY, "max_steps": 0}))
     one = {**speaker, **dict.fromkeys(speaker, "alone")}
     with open(data / "metadata.csv", "w", newline="") as f:
         csv.writer(f).writerows([rows[0] + ["speaker_id"]] + [r + [one[r[0]]] for r in rows[1:]])
@@ -86,7 +98,8 @@ def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
     # a dataset without a validation split: its column
     audio = [{"bytes": (data / r[0]).read_bytes(), "path": r[0]} for r in rows[1:]]
     ds = datasets.Dataset.from_dict({"audio": audio, "text": [r[1] for r in rows[1:]], "client_id": [speaker[r[0]] for r in rows[1:]]})
-    ds.cast_column("audio", datasets.Audio()).save_to_disk(tmp_path / "hf")
+    ds = ds.cast_column("audio", datasets.Audio(decode=False))
+    ds.save_to_disk(tmp_path / "hf")
     cfg = Config(data=str(tmp_path / "hf"), val_fraction=0.5, val_group="client_id")
     pairs, _ = whisper_folder.read_pairs(cfg)
     train, val = whisper_folder.group_split(pairs, whisper_folder.groups_of(cfg, pairs), cfg)
@@ -94,6 +107,10 @@ def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
     cfg.val_group = "speaker"
     with pytest.raises(ValueError, match=r"hf\[train\]: no column 'speaker' \(val_group=\); columns: audio, text, client_id"):
         whisper_folder.groups_of(cfg, pairs)
+    ds.map(lambda r, i: {"client_id": " " if i == 4 else r["client_id"]}, with_indices=True).save_to_disk(tmp_path / "blank")
+    cfg = Config(data=str(tmp_path / "blank"), val_group="client_id")
+    with pytest.raises(ValueError, match=r"blank\[4\]: no client_id value \(val_group=\): every row needs its group"):
+        whisper_folder.groups_of(cfg, whisper_folder.read_pairs(cfg)[0])
 
 
 def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech, capsys):
