@@ -164,7 +164,7 @@ def main():
                 raise SystemExit(f"unknown recipe {name!r}; this benchmark covers {', '.join(RECIPES)}")
             rows.append(measure(name, args.seconds, args.rounds, Path(d), args.utterances))
     print(json.dumps({"benchmark": "data pipeline vs training step, tokens/s (fp32 CPU)", "goal": "loader / model >= 1.0", "rows": rows,
-                      "threads": torch.get_num_threads()}, indent=2))  # fmt: skip
+                      "threads": torch.get_num_threads(), "whisper_utterances": args.utterances}, indent=2))  # fmt: skip
     print(f"\n{'recipe':16s} {'loader tok/s':>13s} {'model tok/s':>12s} {'ratio':>7s}  rounds")
     for r in rows:
         print(f"{r['recipe']:16s} {r['loader_tokens_per_s']:13,.0f} {r['model_tokens_per_s']:12,.0f} {r['ratio_loader_over_model']:7.2f}  "
