@@ -156,6 +156,11 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     settings, is rendered again whole: eSpeak NG's output depends on the calls before it in its
     process (`Synthesizer.say`), so utterances added to it would differ from a fresh corpus's.
     """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # (else it would wait forever on the caller's lock)
+        raise SpeechError("make_corpus ran while a synthesis worker was importing the main script: put the script's code under "
+                          "if __name__ == '__main__': (the workers import it, as multiprocessing's spawn and forkserver do)")  # fmt: skip
     directory = Path(directory)
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
     return made_once(directory / ".lock", lambda: _cached_corpus(directory, recipe), lambda: _render_corpus(directory, recipe))
@@ -205,7 +210,8 @@ def _render_in_worker(directory: Path, rows: list[dict], seed: int) -> list[floa
         except ChildProcessError:  # a fork server this process inherited through fork (its parent's): not this one's to use
             return run(_fresh_process(spawn=True))
     except BrokenProcessPool:
-        raise SpeechError(f"{directory}: the speech synthesis worker stopped before the corpus was written (killed, or out of memory?)") from None
+        raise SpeechError(f"{directory}: the speech synthesis worker stopped before the corpus was written (its error is above, or it was "
+                          "killed: out of memory?; a script read from stdin cannot start one: run it from a file)") from None  # fmt: skip
 
 
 def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:

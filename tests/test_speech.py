@@ -71,6 +71,16 @@ def test_a_killed_callers_worker_writes_no_more(tmp_path):
     assert 3 <= written == len(list(folder.glob("*.wav"))) < 5000 and not (folder / "manifest.jsonl").exists()
 
 
+def test_a_script_without_a_main_guard_is_told_not_left_waiting(tmp_path):
+    """The worker imports the calling script (as spawn does): unguarded, its make_corpus would wait
+    forever on the caller's lock; both sides say what happened instead."""
+    script = tmp_path / "make.py"
+    script.write_text(f"from recipes.speech import TRAIN_VOICES, make_corpus\nmake_corpus({str(tmp_path / 'c')!r}, 2, TRAIN_VOICES, seed=3)\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=120)
+    assert p.returncode == 1 and "put the script's code under if __name__ == '__main__':" in p.stderr, p.stderr[-2000:]
+    assert p.stderr.strip().splitlines()[-1].startswith(f"recipes.speech.SpeechError: {tmp_path / 'c'}: the speech synthesis worker stopped")
+
+
 def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch, capsys):
     import soundfile as sf
 
