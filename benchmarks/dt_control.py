@@ -3,7 +3,7 @@ training step against Hugging Face's DecisionTransformerModel of the same size, 
 
     python benchmarks/dt_control.py [dt_cartpole|dt_pendulum] [key=value ...]
     python benchmarks/dt_control.py --step-only      # only the step comparison (cartpole sizes, ~30 s)
-    python benchmarks/dt_control.py --step-only --steps 30 --rounds 1   # ... shorter (the tests' check that it runs)
+    python benchmarks/dt_control.py --step-only --steps 5 --rounds 1    # ... shorter (the tests' check that it runs)
 
 Generates (or reuses) the recipe's dataset, prints its return statistics, trains DT and BC with the
 recipe's defaults plus overrides, and prints achieved return for each target (mean ± std over the

@@ -18,7 +18,7 @@ QUICK = {
     "gpt_step.py": (("--steps", "41", "--rounds", "1", "--data", ""), run_all.rows_gpt_step),
     "vit_step.py": (("--steps", "3", "--rounds", "1", "--batch", "8"), run_all.rows_vit_step),
     "whisper_step.py": (("--steps", "2", "--rounds", "1", "--batch", "4", "--frames", "100", "--text", "10"), run_all.rows_whisper_step),
-    "dt_control.py": (("--step-only", "--steps", "30", "--rounds", "1"), run_all.rows_dt_step),
+    "dt_control.py": (("--step-only", "--steps", "5", "--rounds", "1"), run_all.rows_dt_step),
     "mel_speed.py": (("--repeats", "1", "--long-minutes", "0.5"), run_all.rows_mel),
     "bpe_speed.py": (("--repeats", "1"), run_all.rows_bpe),
     "whisper_decode.py": (("--width", "32", "--heads", "2", "--layers", "1", "--text", "24", "--windows", "2", "--tokens", "4",
