@@ -286,8 +286,9 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     if kept is not None:
         train_pairs, val_pairs = kept
         if cfg.val_group and not evaluating:  # rows added since the run began (trained on after the rest): none of a held-out group
-            held = set(groups_of(cfg, val_pairs))
-            keep = [g not in held for g in groups_of(cfg, train_pairs)]
+            groups = groups_of(cfg, train_pairs + val_pairs)  # (one read of the column)
+            held = set(groups[len(train_pairs) :])
+            keep = [g not in held for g in groups[: len(train_pairs)]]
             if left := keep.count(False):
                 print(f"whisper_folder: {left} utterance(s) added since the run began are of held-out {cfg.val_group} groups: "
                       "not trained on", file=sys.stderr)  # fmt: skip
