@@ -14,5 +14,5 @@ from .grow import freeze_trained, grow
 __all__ = [
     "MLP", "Attention", "Block", "GNMTPenalty", "HeadConfig", "KVCache", "LMHead", "ModalityConfig", "ModelConfig",
     "Memory", "MultimodalTransformer", "Output", "PooledHead", "Stack", "TokenEmbedder", "TokenHead", "TrunkConfig", "TypedEmbedder", "UnsafeCheckpointError", "build_embedder",
-    "build_mask", "dt_model_config", "gpt2_export", "gpt2_model_config", "is_hf_whisper_folder", "length_normalised", "load_hf_whisper_folder", "load_hf_decision_transformer", "load_openai_whisper", "load_torch_file", "load_gpt2", "load_hf_whisper", "load_timm_vit", "load_weights", "openai_whisper_export", "timm_vit_export", "vit_model_config", "whisper_export", "whisper_model_config",
+    "build_mask", "dt_model_config", "freeze_trained", "grow", "gpt2_export", "gpt2_model_config", "is_hf_whisper_folder", "length_normalised", "load_hf_whisper_folder", "load_hf_decision_transformer", "load_openai_whisper", "load_torch_file", "load_gpt2", "load_hf_whisper", "load_timm_vit", "load_weights", "openai_whisper_export", "timm_vit_export", "vit_model_config", "whisper_export", "whisper_model_config",
 ]

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 from .config import ConfigError, apply_values, launch_rank, named_configs, parse_overrides
@@ -539,6 +540,27 @@ def close_progress_bars() -> None:
 
 
 def main(argv=None) -> int:
+    import warnings
+
+    shown = warnings.showwarning
+    warnings.showwarning = partial(one_line_warning, shown)
+    try:
+        return run_command(argv)
+    finally:
+        warnings.showwarning = shown
+
+
+def one_line_warning(shown, message, category, filename, lineno, file=None, line=None):
+    """The toolkit's own warnings (`tokenizers_mm: ...`) as one line, `mmtok: warning: ...`, as its
+    errors are; any other as Python shows it (`shown`)."""
+    text = str(message)
+    if text.startswith("tokenizers_mm: "):
+        print(f"mmtok: warning: {text.removeprefix('tokenizers_mm: ')}", file=sys.stderr if file is None else file)
+    else:
+        shown(message, category, filename, lineno, file, line)
+
+
+def run_command(argv) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # (argparse's own message sends one to `mmtok --help`, not to the command's)

@@ -46,17 +46,51 @@ class RLDataError(ValueError):
     pass
 
 
+ENV_ENTRY_POINTS = "tokenizers_mm.envs"  # installed packages register environments here: name = "package.module" or "package.module:function"
+_env_plugins_failed: list[str] | None = None  # the env plugins that failed to load, once loaded (None: not yet)
+
+
+def load_env_plugins() -> list[str]:
+    """Load each installed environment plugin once per process: an entry point in `ENV_ENTRY_POINTS`
+    names a module, imported (its `gym.register` calls run), or a function in one, called with no
+    arguments (as gymnasium's own plugins were before 1.0). One that fails is skipped with a warning
+    naming it; returns those lines, for an id still not found."""
+    global _env_plugins_failed
+    if _env_plugins_failed is None:
+        import warnings
+        from importlib.metadata import entry_points
+
+        _env_plugins_failed = []
+        for ep in entry_points(group=ENV_ENTRY_POINTS):
+            try:
+                loaded = ep.load()
+                if callable(loaded):
+                    loaded()
+            except Exception as e:  # noqa: BLE001  # a broken or half-installed package: its error, named
+                _env_plugins_failed.append(f"plugin environment {ep.name!r} ({ep.value}) failed to load, skipped: "
+                                           f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")  # fmt: skip
+                warnings.warn(f"tokenizers_mm: {_env_plugins_failed[-1]}", stacklevel=2)
+    return _env_plugins_failed
+
+
 def make_env(env_id: str, **kwargs):
     """`gym.make`, with one clear error for an unknown environment or a missing simulator (MuJoCo's
-    environments need `pip install "gymnasium[mujoco]"`). An id with a module (`module:Env-v0`, which
-    gymnasium imports first) is refused: a config (or a run.json) names no code to run."""
+    environments need `pip install "gymnasium[mujoco]"`). An id gymnasium does not know is looked up
+    again after the installed environment plugins (`load_env_plugins`) have registered theirs. An id
+    with a module (`module:Env-v0`, which gymnasium imports first) is refused: a config (or a
+    run.json) names no code to run."""
     if ":" in env_id:
         raise RLDataError(f"env {env_id!r}: 'module:' would make gymnasium import {env_id.partition(':')[0]!r}; a config names no code: "
-                          "give a registered environment's id (CartPole-v1, Pendulum-v1, ...), or register yours in a plugin package")  # fmt: skip
+                          "give a registered environment's id (CartPole-v1, Pendulum-v1, ...), or register yours in a plugin package "
+                          f"(entry point group {ENV_ENTRY_POINTS})")  # fmt: skip
+    failed = [] if env_id in gym.registry else load_env_plugins()
     try:
         return gym.make(env_id, **kwargs)
     except gym.error.Error as e:  # NameNotFound, DependencyNotInstalled, ...
-        raise RLDataError(f"env {env_id!r}: {str(e).splitlines()[0]}") from None
+        hint = f" ({'; '.join(failed)})" if failed and env_id not in gym.registry else ""
+        if env_id not in gym.registry and not failed:
+            hint = f" (your own environment: register it in a plugin package's entry point, group {ENV_ENTRY_POINTS})"
+        raise RLDataError(f"env {env_id!r}: {str(e).splitlines()[0]}{hint}") from None
 
 
 @dataclass

@@ -196,7 +196,7 @@ def run_lock(run_dir):
             raise ConfigError(f"run_dir {run_dir} is in use by another training process{f' (pid {pid})' if pid.isdigit() else ''}: "
                               "wait for it to end, or give another run_dir") from None  # fmt: skip
         except OSError as e:  # a file system without locks (NFS without lockd, Lustre without -o flock): the run goes on unguarded
-            warnings.warn(f"run_dir {run_dir}: its file system takes no lock ({e.strerror or e}); nothing stops a second run into it")
+            warnings.warn(f"tokenizers_mm: run_dir {run_dir}: its file system takes no lock ({e.strerror or e}); nothing stops a second run into it")
             yield
             return
         try:

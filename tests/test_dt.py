@@ -4,6 +4,7 @@ a user's NPZ file, training DT and BC, rollouts in the simulator, the plot, eval
 import json
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -147,6 +148,41 @@ def test_environments_the_dt_cannot_play_are_refused_and_box_observations_are_fl
         assert tok.state_dim == 4 and returns.shape == (2,) and (returns >= 1).all()
     finally:
         gym.registry.pop("CartPole2x2-v0")
+
+
+def test_an_environment_registered_by_a_plugin_package_trains_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """env= names an id that an installed package registers (entry point group tokenizers_mm.envs: a
+    module imported or a function called), looked up only when gymnasium does not know the id; a
+    broken plugin beside it is skipped with a one-line warning, and named when the id is still missing."""
+    import gymnasium as gym
+
+    from recipes.cli import main
+
+    (tmp_path / "my_envs.py").write_text(
+        "import gymnasium as gym\n\n"
+        "def register():\n"
+        "    gym.register('PluginCartPole-v0', entry_point='gymnasium.envs.classic_control.cartpole:CartPoleEnv', max_episode_steps=500)\n"
+    )
+    dist = tmp_path / "my_envs-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-envs\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[{rl_data.ENV_ENTRY_POINTS}]\nmine = my_envs:register\nbroken = no_such_envs_module\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(rl_data, "_env_plugins_failed", None)
+    rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 6, seed=3)
+    try:
+        assert "PluginCartPole-v0" not in gym.registry
+        assert main(["train", "dt_offline", f"data={tmp_path / 'cp.npz'}", "env=PluginCartPole-v0", "max_timestep=500",
+                     f"run_dir={tmp_path / 'run'}", "baseline=false", "targets=20",
+                     *(f"{k}={v}" for k, v in TINY.items())]) == 0  # fmt: skip
+        err = capsys.readouterr().err
+        assert "mmtok: warning: plugin environment 'broken' (no_such_envs_module) failed to load, skipped: ModuleNotFoundError" in err, err
+        assert json.loads((tmp_path / "run" / "returns.json").read_text())["env"] == "PluginCartPole-v0"
+        with pytest.raises(rl_data.RLDataError, match=r"env 'NoSuch-v0': .*\(plugin environment 'broken' \(no_such_envs_module\) failed"):
+            rl_data.make_env("NoSuch-v0")
+    finally:
+        gym.registry.pop("PluginCartPole-v0", None)
+        sys.modules.pop("my_envs", None)
 
 
 def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_computes_them(tmp_path, monkeypatch):
