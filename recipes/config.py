@@ -216,7 +216,10 @@ def _coerce(key: str, raw, tp):
         pass
     else:
         raise ConfigError(f"config key {key!r} has an unsupported type {tp}")
-    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {SHORT.repr(raw)}")  # (not repr: a
+    hint = ""
+    if tp is str and isinstance(raw, list) and all(isinstance(x, (str, int, float)) for x in raw):  # YAML's [a, b] for targets=, tasks=
+        hint = f" (a list: where the key takes several, they are one comma-separated string: {key}: {','.join(map(str, raw))})"
+    raise ConfigError(f"config key {key!r} expects {getattr(tp, '__name__', tp)}, got {SHORT.repr(raw)}{hint}")  # (not repr: a
     # YAML alias bomb, expanded, would not end)
 
 

@@ -99,6 +99,11 @@ class Config(TrainConfig):
             parsed = [math.nan]
         if not all(math.isfinite(x) for x in parsed):
             raise ConfigError(f"targets={self.targets!r}: expected comma-separated target returns (numbers), e.g. targets=100,300,500")
+        top = float(np.finfo(np.float32).max)  # (returns-to-go are float32 tokens: a larger target would be inf in them)
+        for key, value in [("target", self.target)] + [("targets", x) for x in parsed]:
+            if value is not None and abs(value) > top:
+                raise ConfigError(f"{key}={value:g} is beyond float32's range ({top:.3g}), in which returns-to-go are read; "
+                                  "expected a return on the data's scale")  # fmt: skip
         if self.action_bins == 1 or self.action_bins < 0:  # (1 bin: every action its centre, 0)
             raise ConfigError(f"action_bins={self.action_bins}: expected 0 (regression) or 2 or more bins (Gato's 1024)")
 
@@ -115,6 +120,32 @@ def load_data(cfg: Config) -> list:
     n = cfg.n_episodes or rl_data.DATASETS[cfg.env].episodes
     path = rl_data.make_dataset(cfg.env, root / f"{cfg.env}-{n}-{cfg.data_seed}.npz", n, cfg.data_seed)
     return rl_data.load_episodes(path)
+
+
+DATA_FILE = "data.json"  # a run's episodes as it started: number, steps, SHA-256 (rl_data.fingerprint)
+
+
+def check_same_data(run_dir: Path, episodes: list, source: str) -> None:
+    """Refuse to resume a run on data other than it started with: its state statistics, target (the
+    data's best return) and windows come from that data; a run made before data.json is not checked."""
+    from .rl_data import fingerprint
+
+    path = run_dir / DATA_FILE
+    if not path.exists():
+        return
+    then, now = read_json(path, "data"), fingerprint(episodes)
+    if then.get("sha256") != now["sha256"]:
+        def said(d):
+            return f"{d.get('episodes', '?'):,} episodes, {d.get('steps', '?'):,} steps, sha256 {str(d.get('sha256'))[:12]}"
+
+        raise ValueError(f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(now)} now): a resume trains "
+                         "on the same episodes (the tokenizer's state statistics and the target come from them); restore them, "
+                         "or start a new run on these")  # fmt: skip
+
+
+def data_name(cfg: Config) -> str:
+    """The episodes' source, as errors about one of them name it."""
+    return cfg.data or f"the embedded {cfg.env} data"
 
 
 def check_env(cfg: Config, env) -> None:
@@ -150,7 +181,7 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     want = int(np.prod(env.observation_space.shape))
     if widths and widths != [want]:
         other = next(w for w in widths if w != want)
-        raise ValueError(f"{cfg.data or 'the data'}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
+        raise ValueError(f"{data_name(cfg)}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
                          "of another environment? (give the env= it was recorded in)")  # fmt: skip
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
@@ -168,15 +199,15 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     if cfg.clip_actions and not discrete:
         n = sum(int(tok.outside(np.asarray(ep.actions, np.float32).reshape(len(ep.actions), -1)).sum()) for ep in episodes)
         print(f"clip_actions: {n:,} action values outside {env.spec.id if env.spec else 'the'} space's bounds, clipped into them")
-    return tok.fit(episodes)
+    return tok.fit(episodes, data_name(cfg))
 
 
 class Windows(Dataset):
     """Every (episode, start step) window; `blank_returns` zeroes the return tokens (BC)."""
 
-    def __init__(self, episodes: list, tok: TrajectoryTokenizer, blank_returns: bool = False):
+    def __init__(self, episodes: list, tok: TrajectoryTokenizer, blank_returns: bool = False, source: str = "the data"):
         self.tok, self.blank = tok, blank_returns
-        self.checked = [tok.check(ep, f"episode {i}") for i, ep in enumerate(episodes)]
+        self.checked = [tok.check(ep, f"{source}: episode {i}") for i, ep in enumerate(episodes)]
         self.index = [(e, t) for e, (obs, _, _) in enumerate(self.checked) for t in range(len(obs))]
         self.rtg = [self._rtg(rew) for _, _, rew in self.checked]
 
@@ -316,7 +347,7 @@ def plot_returns(table: dict, best_in_data: float, path: Path, title: str, gamma
 
 # -- main -----------------------------------------------------------------------------------------
 def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
-    from .rl_data import make_env
+    from .rl_data import fingerprint, make_env
 
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
@@ -341,7 +372,14 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
               "the table shows how far it follows")  # fmt: skip
     if not resume:
         build_model(cfg, tok)  # (its sizes checked, dim against num_heads..., before the run directory is made)
-        save_run_info(run_dir, recipe, cfg, lambda: tok.save(run_dir / "tokenizers" / "trajectory"))
+
+        def files():
+            tok.save(run_dir / "tokenizers" / "trajectory")
+            write_text_atomic(run_dir / DATA_FILE, json.dumps(fingerprint(episodes), indent=2))
+
+        save_run_info(run_dir, recipe, cfg, files)
+    else:
+        check_same_data(run_dir, episodes, data_name(cfg))
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
           f"{'returns' if cfg.gamma == 1 else 'discounted returns at the start'} "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip
@@ -352,7 +390,7 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         out_dir = run_dir if name == "dt" else run_dir / "bc"
         resume_this = resume and (out_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()
-        results[name] = train(cfg, model, Windows(episodes, tok, blank), collate_windows, make_evaluate(cfg, tok, target, blank), out_dir,
+        results[name] = train(cfg, model, Windows(episodes, tok, blank, data_name(cfg)), collate_windows, make_evaluate(cfg, tok, target, blank), out_dir,
                               resume=resume_this)  # fmt: skip
         timings[name], models[name] = time.perf_counter() - t0, model.cpu()
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))

@@ -29,6 +29,7 @@ import gymnasium as gym
 import numpy as np
 
 from tokenizers_mm.base import made_once
+from tokenizers_mm.trajectory import _float32
 
 from .checkpoint import sha256
 
@@ -455,7 +456,16 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
     return out
 
 
-def _split(arrays: dict[str, np.ndarray], names: list[str] | None) -> list[Episode]:
+def _steps_float32(a, field: str, who: str) -> np.ndarray:
+    """An episode's observations or rewards as float32, or an error naming `who` (the data and the
+    episode), the field and its first step that is NaN / infinite or beyond float32's range."""
+    try:
+        return _float32(np.asarray(a), field, who)
+    except ValueError as e:
+        raise RLDataError(str(e)) from None
+
+
+def _split(arrays: dict[str, np.ndarray], names: list[str] | None, source: str) -> list[Episode]:
     """Flat arrays -> episodes, cut after every step flagged terminal or timeout."""
     terminals = arrays["terminals"].astype(bool)
     timeouts = arrays["timeouts"].astype(bool) if "timeouts" in arrays else np.zeros_like(terminals)
@@ -470,12 +480,26 @@ def _split(arrays: dict[str, np.ndarray], names: list[str] | None) -> list[Episo
     cuts += [n] if cuts[-1] < n else []  # the trailing piece
     ids = arrays.get("policy_ids")
     episodes = []
-    for a, b in zip(cuts[:-1], cuts[1:]):
+    for i, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         policy = names[int(ids[a])] if ids is not None and names and 0 <= int(ids[a]) < len(names) else ""
-        obs, rewards = arrays["observations"][a:b].astype(np.float32), arrays["rewards"][a:b].astype(np.float32)
+        obs, rewards = (_steps_float32(arrays[k][a:b], k, f"{source}: episode {i} (rows {a}-{b - 1})") for k in ("observations", "rewards"))
         terminated = bool(terminals[b - 1])
         episodes.append(Episode(obs, actions[a:b], rewards, terminated, bool(timeouts[b - 1]) or not terminated, policy))
     return episodes
+
+
+def fingerprint(episodes: list[Episode]) -> dict:
+    """What identifies a dataset's episodes, whatever file holds them: their number, steps and a
+    SHA-256 over their arrays and ends (a run records it; its resume checks the data is the same)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for e in episodes:
+        for a in (e.observations, e.actions, e.rewards):
+            h.update(str((a.dtype.str, a.shape)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update(bytes([e.terminated, e.truncated]))
+    return {"episodes": len(episodes), "steps": int(sum(e.length for e in episodes)), "sha256": h.hexdigest()}
 
 
 def check_npz_sizes(path: Path) -> None:
@@ -541,12 +565,12 @@ def _load_minari(dataset) -> list[Episode]:
     episodes = []
     for ep in dataset.iterate_episodes():
         t = len(ep.rewards)
-        obs = np.asarray(ep.observations, dtype=np.float32)
+        obs = _steps_float32(ep.observations, "observations", f"{source}: episode {ep.id}")
         if len(obs) != t + 1:
             raise RLDataError(f"{source}: episode {ep.id} has {len(obs)} observations for {t} steps; expected {t + 1}")
         actions = np.asarray(ep.actions)
         actions = actions.reshape(t).astype(np.int64) if discrete else actions.reshape(t, -1).astype(np.float32)
-        episodes.append(Episode(obs[:-1].reshape(t, -1), actions, np.asarray(ep.rewards, dtype=np.float32),
+        episodes.append(Episode(obs[:-1].reshape(t, -1), actions, _steps_float32(ep.rewards, "rewards", f"{source}: episode {ep.id}"),
                                 bool(ep.terminations[-1]), bool(ep.truncations[-1]) or not ep.terminations[-1]))  # fmt: skip
     if not episodes:
         raise RLDataError(f"{source}: no episodes")
@@ -569,7 +593,7 @@ def load_episodes(path_or_id) -> list[Episode]:
         raw = _read_file(path)
         names = raw.pop("policy_names", None)
         names = [s.decode() if isinstance(s, bytes) else str(s) for s in np.atleast_1d(names)] if names is not None else None
-        return _split(_check_arrays(raw, str(path)), names)
+        return _split(_check_arrays(raw, str(path)), names, str(path))
     import minari
 
     if path.is_dir():

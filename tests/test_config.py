@@ -19,6 +19,10 @@ def test_overrides_are_type_checked():
             apply_values(Config(), {"max_steps": raw}, "yaml")
     with pytest.raises(ConfigError, match="'lr' expects float, got None"):
         apply_values(Config(), {"lr": None}, "yaml")
+    from recipes.dt_offline import Config as OfflineConfig
+
+    with pytest.raises(ConfigError, match=r"'targets' expects str, got \[100, 200\] \(a list: .* targets: 100,200\) in run.yaml$"):
+        apply_values(OfflineConfig(), {"targets": [100, 200]}, "run.yaml")  # YAML's list, where the key takes a comma-separated string
 
 
 def test_unknown_key_lists_valid_keys():

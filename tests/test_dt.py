@@ -94,6 +94,11 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path, capsys):
     assert np.isfinite(m["val_return"])  # 0, Pendulum's perfect return, is above any episode's: allowed, and said
     assert re.search(r"dt_offline: target 0 is above the best return in the data \(-\d+\.\d\): the DT is asked for returns it never saw",
                      capsys.readouterr().out)
+    rl_data.save_episodes_npz(eps[:4], tmp_path / "mine.npz")  # the file replaced by other episodes: its resume is refused, naming both
+    with pytest.raises(ValueError, match=r"mine\.npz: not the data run .*off started with \(10 episodes, 2,000 steps, sha256 \w{12} then; "
+                                         r"4 episodes, 800 steps, sha256 \w{12} now\): a resume trains on the same episodes"):  # fmt: skip
+        dt_offline.main(dt_offline.Config(run_dir=str(tmp_path / "off"), data=str(tmp_path / "mine.npz"), env="Pendulum-v1",
+                                          max_timestep=200, baseline=False, targets="-500,0", **TINY), resume=True)  # fmt: skip
     with pytest.raises(ValueError, match="dt_offline needs data=PATH"):
         dt_offline.main(dt_offline.Config(env="Pendulum-v1"))
     cartpole = rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0)  # another environment's data: named as such
@@ -221,7 +226,9 @@ def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_befor
     assert targets[-1] == -350.728 and all(t <= -350.728 for t in targets) and targets == sorted(targets)
     assert dt.target_list(dt.Config(), np.full(4, -500.0)) == [-500.0]  # every episode of one return: one target, not five alike
     for key, value, message in (("action_bins", 1, "action_bins=1: expected 0"), ("action_bins", -3, "action_bins=-3: expected 0"),
-                                ("eval_seed", -5, "eval_seed=-5 must be at least 0")):  # fmt: skip
+                                ("eval_seed", -5, "eval_seed=-5 must be at least 0"),
+                                ("target", 1e45, r"target=1e\+45 is beyond float32's range \(3.4e\+38\)"),  # (an inf return-to-go: was a
+                                ("targets", "100,-1e40", r"targets=-1e\+40 is beyond float32's range")):  # meaningless rollout) # fmt: skip
         with pytest.raises(ConfigError, match=message):
             dt_offline.Config(env="Pendulum-v1", data="x.npz", **{key: value}).check()
     eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0))

@@ -173,6 +173,10 @@ def test_hdf5_boundaries_and_trailing_piece(tmp_path):
         (lambda a: a.update(actions=np.array(["left"] * 6)), "actions has dtype <U4; expected a numeric array"),
         (lambda a: a.update({k: v[:0] for k, v in a.items()}), "no steps (its arrays have 0 rows)"),
         (lambda a: a.update(terminals=np.array([0, 0, np.nan, 0, 0, 1])), "terminals[2] is nan; expected 0 / 1"),  # was a silent cut
+        (lambda a: a.update(terminals=np.eye(6)[2] > 0, observations=np.where(np.arange(18).reshape(6, 3) == 13, np.nan, 0.0)),  # row 4: NaN
+         "episode 1 (rows 3-5): observations hold NaN or infinite values (first at step 1)"),
+        (lambda a: a.update(rewards=np.full(6, 1e39)),  # finite in float64, inf in float32 (was named as NaN / infinite, after numpy's warning)
+         "episode 0 (rows 0-5): rewards hold values beyond float32's range (first at step 0); scale them down"),
     ],
 )
 @pytest.mark.parametrize("suffix", [".npz", ".h5"])

@@ -233,9 +233,10 @@ class TrajectoryTokenizer(Tokenizer):
         slack = 1e-4 * (self.action_high - self.action_low)  # note: the bounds are finite (checked when built)
         return (acts < self.action_low - slack) | (acts > self.action_high + slack)
 
-    def fit(self, episodes) -> "TrajectoryTokenizer":
-        """Set the state normalisation from a dataset's observations (checked on the way)."""
-        observations = [self.check(ep, f"episode {i}")[0] for i, ep in enumerate(episodes)]
+    def fit(self, episodes, source: str = "") -> "TrajectoryTokenizer":
+        """Set the state normalisation from a dataset's observations (checked on the way; an error
+        names the episode, after `source`, the data's name, when given)."""
+        observations = [self.check(ep, f"{source}: episode {i}" if source else f"episode {i}")[0] for i, ep in enumerate(episodes)]
         if not observations:
             raise ValueError("fit: no episodes; expected at least one episode to take the state statistics from")
         obs = np.concatenate(observations)
