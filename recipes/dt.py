@@ -40,7 +40,7 @@ from tokenizers_mm.base import read_json, write_text_atomic
 from tokenizers_mm.trajectory import finite_span
 
 from .config import ConfigError, TrainConfig
-from .runs import process_share, resolve_run_dir, save_run_info
+from .runs import check_same_data, process_share, record_data, resolve_run_dir, save_run_info
 from .train import my_share, summed, train
 
 
@@ -120,27 +120,6 @@ def load_data(cfg: Config) -> list:
     n = cfg.n_episodes or rl_data.DATASETS[cfg.env].episodes
     path = rl_data.make_dataset(cfg.env, root / f"{cfg.env}-{n}-{cfg.data_seed}.npz", n, cfg.data_seed)
     return rl_data.load_episodes(path)
-
-
-DATA_FILE = "data.json"  # a run's episodes as it started: number, steps, SHA-256 (rl_data.fingerprint)
-
-
-def check_same_data(run_dir: Path, episodes: list, source: str) -> None:
-    """Refuse to resume a run on data other than it started with: its state statistics, target (the
-    data's best return) and windows come from that data; a run made before data.json is not checked."""
-    from .rl_data import fingerprint
-
-    path = run_dir / DATA_FILE
-    if not path.exists():
-        return
-    then, now = read_json(path, "data"), fingerprint(episodes)
-    if then.get("sha256") != now["sha256"]:
-        def said(d):
-            return f"{d.get('episodes', '?'):,} episodes, {d.get('steps', '?'):,} steps, sha256 {str(d.get('sha256'))[:12]}"
-
-        raise ValueError(f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(now)} now): a resume trains "
-                         "on the same episodes (the tokenizer's state statistics and the target come from them); restore them, "
-                         "or start a new run on these")  # fmt: skip
 
 
 def data_name(cfg: Config) -> str:
@@ -375,11 +354,12 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
         def files():
             tok.save(run_dir / "tokenizers" / "trajectory")
-            write_text_atomic(run_dir / DATA_FILE, json.dumps(fingerprint(episodes), indent=2))
+            record_data(run_dir, fingerprint(episodes))
 
         save_run_info(run_dir, recipe, cfg, files)
     else:
-        check_same_data(run_dir, episodes, data_name(cfg))
+        check_same_data(run_dir, fingerprint(episodes), data_name(cfg), "episodes (the tokenizer's state statistics and the target "
+                        "come from them)")
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
           f"{'returns' if cfg.gamma == 1 else 'discounted returns at the start'} "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip

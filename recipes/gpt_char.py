@@ -13,6 +13,7 @@ source of a fixed list of standard-library modules, so the recipe runs offline o
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from tokenizers_mm.base import read_utf8
 
 from .config import TrainConfig
 from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset
-from .runs import load_trained, resolve_run_dir, resumed_architecture, save_run_info
+from .runs import check_same_data, load_trained, record_data, resolve_run_dir, resumed_architecture, save_run_info
 from .train import mean_loss, train
 
 # Standard-library modules whose source joins the documentation topics in the default corpus.
@@ -139,6 +140,15 @@ def windows(cfg: Config, tokenizer, train_text: str, val_text: str, key: str = "
             text_windows(cfg, tokenizer, val_text, what=val, key=key))  # fmt: skip
 
 
+def text_fingerprint(train_set: Windows, val_set: Windows) -> dict:
+    """The token ids of both splits: counts and a SHA-256 (a resume checks its text is the same)."""
+    h = hashlib.sha256()
+    for ids in (train_set.ids, val_set.ids):
+        h.update(np.ascontiguousarray(ids.numpy()))
+        h.update(b"|")
+    return {"training tokens": len(train_set.ids), "validation tokens": len(val_set.ids), "sha256": h.hexdigest()}
+
+
 def build_data(cfg: Config, tokenizer: CharTokenizer | None = None):
     """(tokenizer, train windows, val windows); the character vocabulary comes from the corpus."""
     train_text, val_text = split_text(cfg)
@@ -194,9 +204,16 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
     set_seed(cfg.seed)
     # note: build_model may fill in sizes (gpt_bpe's init_from), so before run.json
     model = resumed or build_model(cfg, tokenizer)
-    if not resume:
-        save_run_info(run_dir, recipe, cfg, lambda: tokenizer.save(run_dir / "tokenizers" / "text"))
     data = cfg.data or "the built-in corpus (data is empty)"
+    held = text_fingerprint(train_set, val_set)
+    if not resume:
+        def files():
+            tokenizer.save(run_dir / "tokenizers" / "text")
+            record_data(run_dir, held)
+
+        save_run_info(run_dir, recipe, cfg, files)
+    else:
+        check_same_data(run_dir, held, cfg.data or "the built-in corpus", "text (its windows, and the validation loss, come from it)")
     print(f"{recipe}: {len(train_set):,} training windows of {data}, vocabulary {tokenizer.vocab_size}, "
           f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)

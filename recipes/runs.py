@@ -302,6 +302,32 @@ def check_tokenizers(model: MultimodalTransformer, tokenizers: dict, run_dir) ->
 RESUME_OVERRIDES = ("max_steps", "lr_decay_steps", "fsdp")  # what `mmtok resume RUN key=value` may change
 
 
+DATA_FILE = "data.json"  # what a run's data was as it started (counts, a SHA-256): its resume checks it is the same
+
+
+def record_data(run_dir: Path, fingerprint: dict) -> None:
+    """Write a new run's data fingerprint ({"sha256": HEX, and counts: "episodes": N, ...})."""
+    write_json_atomic(Path(run_dir) / DATA_FILE, fingerprint)
+
+
+def check_same_data(run_dir, fingerprint: dict, source: str, what: str) -> None:
+    """Refuse to resume a run on data other than it started with (a file edited or replaced since):
+    it would go on training on other `what` than its steps so far, without a word. A run made
+    before data.json is not checked."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.exists():
+        return
+    then = read_json(path, "data")
+    if then.get("sha256") == fingerprint["sha256"]:
+        return
+
+    def said(d):
+        return ", ".join([f"{v:,} {k}" for k, v in d.items() if k != "sha256" and isinstance(v, int)] + [f"sha256 {str(d.get('sha256'))[:12]}"])
+
+    raise ValueError(f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(fingerprint)} now): a resume "
+                     f"trains on the same {what}; restore the data, or start a new run on it")  # fmt: skip
+
+
 def update_run_info(run_dir, **changes) -> None:
     """Change config values in a run's run.json (resume's max_steps=N)."""
     path = Path(run_dir) / RUN_FILE

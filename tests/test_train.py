@@ -114,6 +114,28 @@ def test_resume_longer_takes_the_new_schedule_from_its_first_step(tmp_path, trai
     assert lr == cfg.lr * lr_lambda(cfg)(20) and lr > 1.01 * cfg.min_lr  # (LambdaLR's own product, bit for bit)
 
 
+def test_resume_on_text_other_than_the_run_started_with_is_refused(tmp_path, trained, capsys):
+    """The data file edited after the run started (same characters, other text): its resume would go
+    on training on other windows without a word; refused, naming the file and both fingerprints."""
+    from recipes.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    doc = json.loads((run / "run.json").read_text())
+    text = Path(doc["config"]["data"]).read_text(encoding="utf-8")
+    mine = tmp_path / "mine.txt"
+    mine.write_text(text, encoding="utf-8")
+    doc["config"]["data"] = str(mine)
+    (run / "run.json").write_text(json.dumps(doc))
+    assert main(["resume", str(run), "max_steps=21"]) == 0  # the same text: resumed
+    mine.write_text(text[len(text) // 2 :] + text[: len(text) // 2], encoding="utf-8")
+    assert main(["resume", str(run), "max_steps=22"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"mmtok: error: {re.escape(str(mine))}: not the data run .*run started with \([\d,]+ training tokens, [\d,]+ "
+                     r"validation tokens, sha256 \w{12} then; .* now\): a resume trains on the same text", err), err  # fmt: skip
+    assert json.loads((run / "results.json").read_text())["step"] == 21
+
+
 def test_cli_eval_and_generate(tmp_path, trained, capsys):
     """eval, resume and generate in this process (as the CLI's main runs them; other tests launch it as a command)."""
     from recipes.cli import main
