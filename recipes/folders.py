@@ -226,13 +226,15 @@ def scored_data(run_dir, data: str | None) -> str | None:
     return data
 
 
-def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
+def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tuple[list, list] | None:
     """(training, held out) pairs in the order RUN_DIR/split.json records them, for a run resumed or
     evaluated on data without a validation split: drawn again from what the folder holds by then, a
     row removed or added would move samples between the shares, and a resumed run would read other
     batches than an uninterrupted one (samples are taken by their place in the training list). None
     where the run has no checkpoint (a new run, or one killed before its first: drawn anew) or no
-    record. A held-out sample gone from the data is named; samples added since train, after the rest."""
+    record. A held-out sample gone from the data is named; a training one gone is said, but for an
+    evaluation (the batches from there differ from an uninterrupted run's); samples added since
+    train, after the rest."""
     from .checkpoint import held_checkpoint
 
     path = Path(run_dir) / SPLIT_FILE if run_dir else None
@@ -248,6 +250,10 @@ def kept_split(pairs: list, run_dir, root: Path) -> tuple[list, list] | None:
         raise ValueError(f"{root}: {len(gone)} of the {len(record['held_out'])} samples the run held out ({path}) are no longer in the "
                          f"data, e.g. {gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
     held = set(record["held_out"])
+    if (gone := [k for k in record["train"] if k not in by_key]) and not evaluating:
+        print(f"{root}: {len(gone)} of the {len(record['train'])} training samples the run recorded ({path}) are no longer in the data, "
+              f"e.g. {gone[0]}: it trains on without them, so its batches from here differ from an uninterrupted run's",
+              file=sys.stderr)  # fmt: skip
     train = [by_key[k] for k in record["train"] if k in by_key]
     listed = held | set(record["train"])
     train += [p for k, p in by_key.items() if k not in listed]

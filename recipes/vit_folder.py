@@ -152,7 +152,7 @@ def build_data(cfg: Config, evaluating: bool = False):
         labels = sorted({label for _, label in source if label is not None} | {label for _, label in val_pairs or []})
         if labels != sorted(known):
             vit.same_classes(cfg.run_dir, labels)
-    kept = kept_split(source, cfg.run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
+    kept = kept_split(source, cfg.run_dir, root, evaluating) if val_pairs is None else None  # resume / eval: the run's own split, in its order
     if evaluating and known is not None and (kept is not None or val_pairs is not None):  # (the training images are not read)
         pairs, bad = check_images(kept[1] if kept is not None else val_pairs, cfg, "evaluation")
         report_skipped(bad)

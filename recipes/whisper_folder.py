@@ -281,7 +281,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     if cfg.val_group and val_pairs is not None:
         print(f"whisper_folder: val_group={cfg.val_group} unused: {cfg.data} has a validation split", file=sys.stderr)
     root = local_data(cfg.data)
-    kept = kept_split(train_pairs, run_dir, root) if val_pairs is None else None  # resume / eval: the run's own split, in its order
+    kept = kept_split(train_pairs, run_dir, root, evaluating) if val_pairs is None else None  # resume / eval: the run's own split, in its order
     drawn = val_pairs is None and kept is None
     if kept is not None:
         train_pairs, val_pairs = kept

@@ -102,7 +102,12 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert vit_folder.evaluate(run) == evaluated
     trained = data / split["train"][0]
     trained.rename(tmp_path / "away")  # a training image gone: eval reads the held-out images alone
-    assert vit_folder.evaluate(run) == evaluated
+    capsys.readouterr()
+    assert vit_folder.evaluate(run) == evaluated and "training samples" not in capsys.readouterr().err
+    fewer, _, _, _ = vit_folder.build_data(load_run_info(run)[2])  # a resume trains on without it, and says so
+    assert len(fewer.pairs) == len(split["train"]) - 1
+    assert (f"1 of the {len(split['train'])} training samples the run recorded (" in (err := capsys.readouterr().err)
+            and f"are no longer in the data, e.g. {split['train'][0]}: it trains on without them" in err), err
     (tmp_path / "away").rename(trained)
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
