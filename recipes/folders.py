@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +31,8 @@ import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .config import SHORT
 
 VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 TRAIN_DIRS = ("train", "training")  # split folders as `datasets` finds them (SPLIT_KEYWORDS), matched in any case
@@ -561,6 +564,9 @@ def load_hf(root: Path):
     import datasets
 
     how, files = hf_source(root)
+    json_log = logging.getLogger("datasets.packaged_modules.json.json")  # note: logs a bad line before raising: the error below says it
+    json_level = json_log.level
+    json_log.setLevel(logging.CRITICAL)
     try:
         if how == "saved":
             loaded = datasets.load_from_disk(str(root))
@@ -579,6 +585,8 @@ def load_hf(root: Path):
             reason = first_bad_json_line(files) or reason
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
+    finally:
+        json_log.setLevel(json_level)
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are
 
 
@@ -674,7 +682,11 @@ def hf_text(ds, name: str, column: str = "") -> str:
         if isinstance(feature, dict):
             holds = f"objects with the fields {', '.join(feature)} (name one: text_column={column}.FIELD)"
         else:
-            holds = "only nulls" if getattr(feature, "dtype", "") == "null" else f"{getattr(feature, 'dtype', type(feature).__name__)} values"
+            holds = ("only nulls" if getattr(feature, "dtype", "") == "null" else "values of mixed types" if type(feature).__name__ == "Json"
+                     else f"{getattr(feature, 'dtype', type(feature).__name__)} values")  # fmt: skip
+            row = next(((i, v) for i, v in enumerate(ds[column]) if v is not None and not isinstance(v, str)), None)
+            if row is not None:  # (a JSON column of mixed types reads as `Json` values: the first row that is not text, named)
+                holds += f", e.g. row {row[0]}: {type(row[1]).__name__} {SHORT.repr(row[1])}"
         raise ValueError(f"{name}: column {column!r} holds {holds}; expected text (a string in every row)")
     try:
         rows = list(ds[column])  # (read here: a Column decodes as it is iterated)

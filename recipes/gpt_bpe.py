@@ -107,7 +107,9 @@ def build_model(cfg: Config, tokenizer: BPETokenizer) -> MultimodalTransformer:
     if hf["vocab_size"] != tokenizer.vocab_size:
         raise ValueError(f"init_from {folder}: the model's vocabulary has {hf['vocab_size']} ids, the tokenizer {tokenizer.vocab_size}")
     if cfg.block_size > hf["n_positions"]:
-        raise ValueError(f"block_size={cfg.block_size} exceeds GPT-2's {hf['n_positions']} positions")
+        default = " (the default)" if cfg.block_size == type(cfg).block_size else ""
+        raise ValueError(f"block_size={cfg.block_size}{default} exceeds init_from {folder}'s {hf['n_positions']} positions: give "
+                         f"block_size={hf['n_positions']} or less")  # fmt: skip
     config = gpt2_model_config(hf, max_positions=cfg.block_size, dropout=cfg.dropout, flash=cfg.flash)
     check_config_fits(config, weights, f"init_from {folder}")  # (before the model is allocated)
     model = MultimodalTransformer(config)

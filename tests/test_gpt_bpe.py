@@ -42,6 +42,8 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
 
     with pytest.raises(ValueError, match=r"dim=32: init_from \S+ has dim 48 \(its weights set the model's shape: leave dim out\)"):
         build_model(Config(data=str(small_text), init_from=str(folder), **TINY), tok)
+    with pytest.raises(ValueError, match=r"block_size=128 exceeds init_from \S+'s 64 positions: give block_size=64 or less"):
+        build_model(Config(data=str(small_text), init_from=str(folder), **{**SHAPELESS, "block_size": 128}), tok)
     cfg = Config(data=str(small_text), init_from=str(folder), **{**SHAPELESS, "max_steps": 0, "flash": False})
     tokenizer, _, _ = build_data(cfg)
     assert tokenizer.ranks == tok.ranks

@@ -242,7 +242,7 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
 
 
-def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small_text):
+def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small_text, caplog):
     """A corpus as JSON lines (the usual form of an LLM corpus), CSV or compressed: the text column's
     rows are the text, not the file's braces and quotes; a folder of train / dev files gives both splits."""
     import gzip
@@ -273,6 +273,7 @@ def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small
     for name, reason in ((r"bad.jsonl", r".*bad.jsonl line 2: Expecting value"), ("empty.jsonl", "no rows: an empty file")):
         with pytest.raises(ValueError, match=f"{name}: not a dataset `datasets` can read here \\({reason}"):
             gpt_char.split_text(gpt_char.Config(data=str(tmp_path / name)))
+    assert "Failed to load JSON" not in caplog.text  # (datasets' own log line before its error: the message says it)
     (tmp_path / "n.jsonl").write_text('{"n": 1}\n')
     with pytest.raises(ValueError, match=r"n.jsonl\[train\]: the text column is missing; name it with text_column="):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "n.jsonl")))
@@ -330,12 +331,15 @@ def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_pat
     with pytest.raises(ValueError, match="jsonl is a folder but not a dataset: beside corpus.jsonl it holds notes.ipynb, which is not a data file"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "jsonl")))
     (tmp_path / "c.ndjson").write_text(rows)
-    for column, holds in (("meta", "objects with the fields n \\(name one: text_column=meta.FIELD\\)"), ("none", "only nulls"), ("meta.n", "int64 values")):
+    for column, holds in (("meta", "objects with the fields n \\(name one: text_column=meta.FIELD\\)"), ("none", "only nulls"), ("meta.n", "int64 values, e.g. row 0: int \\d+")):
         with pytest.raises(ValueError, match=f"c.ndjson\\[train\\]: column '{column}' holds {holds}; expected text"):
             gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "c.ndjson"), text_column=column))
     (tmp_path / "nested.jsonl").write_text("".join(json.dumps({"doc": {"body": f"line {i}"}}) + "\n" for i in range(10)))
     train, val = gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "nested.jsonl"), text_column="doc.body", val_fraction=0.0))
     assert train == "\n".join(f"line {i}" for i in range(10))
+    (tmp_path / "mixed.jsonl").write_text('{"text": "a"}\n{"text": 5}\n')  # `datasets` reads it as a Json column: the row named
+    with pytest.raises(ValueError, match=r"mixed.jsonl\[train\]: column 'text' holds values of mixed types, e.g. row 1: int 5; expected text"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "mixed.jsonl")))
     (tmp_path / "nulls.jsonl").write_text('{"text": null}\n' * 3)
     with pytest.raises(ValueError, match="column 'text' holds only nulls; expected text"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "nulls.jsonl")))
