@@ -559,20 +559,47 @@ def is_hf_dataset(root: Path) -> bool:
     return hf_source(root) is not None
 
 
+def quoted_tsv_cells(files: dict, rows: int = 10_000) -> list[tuple[str, int]]:
+    """(file, count) for each plain .tsv file among `files` ({split: file or files}) with cells wrapped
+    in double quotes in its first `rows` rows: CSV quoting, which a TSV is not read with here."""
+    found = []
+    for path in [f for fs in files.values() for f in ([fs] if isinstance(fs, str) else fs)]:
+        if path.lower().endswith(".tsv"):
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+                wrapped = sum(len(c) >= 2 and c[0] == c[-1] == '"' for _, row in zip(range(rows), reader) for c in row)
+            found += [(path, wrapped)] if wrapped else []
+    return found
+
+
+def say_quoted_tsv(files: dict, rows: int = 10_000) -> None:
+    """A TSV is read without quoting (as Common Voice's are: a quote is a character); one written
+    with CSV quoting (pandas' `to_csv(sep="\\t")` wraps a cell holding a tab, a newline or a quote in
+    quotes) is then read with its quotes, and a quoted newline splits its row: said on stderr."""
+    for path, wrapped in quoted_tsv_cells(files, rows):
+        if wrapped:
+            print(f"{path}: {wrapped:,} cells (in its first {rows:,} rows) are wrapped in double quotes, read as written: a TSV has no "
+                  "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
+                  "a tab, a newline or a quote), save it as .csv or .parquet", file=sys.stderr)  # fmt: skip
+
+
 def load_hf(root: Path):
     """A Dataset or DatasetDict, from local files only, without a saved output format."""
     import datasets
 
     how, files = hf_source(root)
-    json_log = logging.getLogger("datasets.packaged_modules.json.json")  # note: logs a bad line before raising: the error below says it
-    json_level = json_log.level
-    json_log.setLevel(logging.CRITICAL)
+    # note: datasets' file builders log a bad file before raising: the error below says it, in one line
+    logs = {log: log.level for log in (logging.getLogger(f"datasets.packaged_modules.{b}.{b}") for b in ("json", "csv", "parquet"))}
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
     try:
         if how == "saved":
             loaded = datasets.load_from_disk(str(root))
         elif files is not None:  # parquet / json / csv / tsv files by split
             builder, options = BUILDERS.get(how, (how, {}))
             loaded = datasets.load_dataset(builder, data_files=files, **options)
+            if how == "tsv":
+                say_quoted_tsv(files)
         else:
             loaded = datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
     except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data
@@ -584,9 +611,12 @@ def load_hf(root: Path):
         if how == "json" and not empty:  # note: pyarrow counts rows from 0 within a block: name the file and line instead
             reason = first_bad_json_line(files) or reason
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
+        if how == "tsv" and (quoted := quoted_tsv_cells(files)):
+            hint += f"; {quoted[0][1]:,} cells of {Path(quoted[0][0]).name} are wrapped in double quotes: written with CSV quoting? (save it as .csv)"
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     finally:
-        json_log.setLevel(json_level)
+        for log, level in logs.items():
+            log.setLevel(level)
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are
 
 

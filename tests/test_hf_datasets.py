@@ -351,7 +351,7 @@ def test_a_text_corpus_folder_reads_its_data_files_only_and_says_why_not(tmp_pat
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "latin1.jsonl")))
 
 
-def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
+def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text, capsys):
     """A tab-separated corpus (commas inside the text stay text); split folders of JSON lines as
     the Hub holds them (train/part-0.jsonl, validation/part-0.jsonl); an audio folder's split folders
     with metadata.jsonl stay an audio folder."""
@@ -362,6 +362,14 @@ def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text):
     # cells are text as written: a quote is a character in TSV, and "NA" / "null" are words (CSV too)
     (tmp_path / "q.tsv").write_text('text\n"Quoted" at start\nNA\nnull\n"unbalanced\n')
     assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "q.tsv"), val_fraction=0.0))[0] == '"Quoted" at start\nNA\nnull\n"unbalanced'
+    assert "wrapped in double quotes" not in capsys.readouterr().err  # (a quote that opens a sentence: no CSV quoting)
+    # pandas' to_csv(sep="\t") quotes cells holding a newline or a quote: read as written, and said; with a quoted tab, refused, and said
+    (tmp_path / "pandas.tsv").write_text('text\nplain\n"two\nlines"\n"he said ""hi"""\n')
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "pandas.tsv"), val_fraction=0.0))[0] == 'plain\n"two\nlines"\n"he said ""hi"""'
+    assert "pandas.tsv: 1 cells (in its first 10,000 rows) are wrapped in double quotes, read as written" in capsys.readouterr().err
+    (tmp_path / "tab.tsv").write_text('text\nplain\n"a\tb"\n"c"\n')
+    with pytest.raises(ValueError, match=r"tab.tsv: not a dataset .*\); 1 cells of tab.tsv are wrapped in double quotes: written with CSV quoting"):
+        gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "tab.tsv")))
     (tmp_path / "na.csv").write_text('text\nNA\n"a, b"\nnull\n')
     assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "na.csv"), val_fraction=0.0))[0] == "NA\na, b\nnull"
     (tmp_path / "header.tsv").write_text("text\n")
