@@ -131,6 +131,36 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def metadata_column(meta: Path, given: str, candidates: tuple[str, ...], key: str, what: str) -> str:
+    """Which column of a metadata.csv / metadata.jsonl holds the values: `given` (`key=`), else the
+    first candidate when the file has it (audiofolder's own name), else the only one it has; refused
+    naming the file's columns when it has none of them, or several (it asks)."""
+    columns: list[str] = []
+    try:
+        with open(meta, encoding="utf-8-sig", newline="") as f:
+            if meta.suffix == ".csv":
+                columns = [c.strip() for c in next(csv.reader(f), [])]
+            else:  # (the first row's keys)
+                try:
+                    row = json.loads(next((line for line in f if line.strip()), "{}"))
+                except (ValueError, RecursionError):
+                    row = {}
+                columns = list(row) if isinstance(row, dict) else []
+    except (UnicodeDecodeError, csv.Error):
+        pass
+    if not columns:  # (an unreadable file or first row: named when its rows are read)
+        return given or candidates[0]
+    if given:
+        if given not in columns:
+            raise ValueError(f"{meta}: no column {given!r} ({key}=); its columns: {', '.join(columns)}")
+        return given
+    present = [c for c in candidates if c in columns]
+    if present and (present[0] == candidates[0] or len(present) == 1):
+        return present[0]
+    found = f"could be any of {', '.join(present)}" if present else f"is in none of the columns {', '.join(candidates)}"
+    raise ValueError(f"{meta}: {what} {found}; name it with {key}= (its columns: {', '.join(columns)})")
+
+
 def read_metadata(meta: Path, column: str, empty_ok: bool = False) -> list[tuple[Path, str]]:
     """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its
     folder. An empty or blank file_name, or `column` unless `empty_ok` (a silent clip's transcript),

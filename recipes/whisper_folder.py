@@ -47,8 +47,8 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import (find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf, local_data, read_metadata,
-                      scored_data, split_dirs)  # fmt: skip
+from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
+                      local_data, metadata_column, read_metadata, scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -82,7 +82,7 @@ class Config(whisper_digits.Config):
 
     def check(self) -> None:
         super().check()
-        no_columns(self, ("audio_column", "text_column"))  # (an audio folder has none)
+        no_columns(self, ("audio_column",))  # (an audio folder has none; text_column names its metadata's transcript column)
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -181,12 +181,15 @@ def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     return text_tok.decode(ids), language_code(cfg.language, None)
 
 
-def read_split(folder: Path) -> list[tuple[Path, str]]:
+def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
+    """(file, transcript) pairs of an audio folder's metadata: its `transcription` column (audiofolder's
+    name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`."""
     meta = find_metadata(folder)
     if meta is None:
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
                                 "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
-    pairs = read_metadata(meta, "transcription", empty_ok=True)  # an empty transcript: a clip of silence
+    column = metadata_column(meta, text_column, TEXT_COLUMNS, "text_column", "the transcript")
+    pairs = read_metadata(meta, column, empty_ok=True)  # an empty transcript: a clip of silence
     say_empty(pairs, str(meta))
     return pairs
 
@@ -210,7 +213,8 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
             say_empty(pairs, f"{data}[{name}]")
     else:
         train_dir, val_dir = split_dirs(data)
-        train_pairs, val_pairs = read_split(train_dir), read_split(val_dir) if val_dir else None
+        train_pairs = read_split(train_dir, cfg.text_column)
+        val_pairs = read_split(val_dir, cfg.text_column) if val_dir else None
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
     return norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
 

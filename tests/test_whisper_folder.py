@@ -259,6 +259,22 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
     (folder / "metadata.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match="data/metadata.csv does not exist: .* \\(or metadata.jsonl, one JSON object per file\\)"):
         whisper_folder.read_split(folder)
+    # a transcript column under another usual name (Common Voice's sentence), or named with text_column=
+    rows = "".join(f"{p.name},{t},spk{i % 2}\n" for i, (p, t) in enumerate(csv_pairs))
+    (folder / "metadata.csv").write_text("file_name,sentence,speaker\n" + rows)
+    assert whisper_folder.read_split(folder) == csv_pairs
+    (folder / "metadata.csv").write_text("file_name,sentence,text\n" + rows)
+    with pytest.raises(ValueError, match=r"metadata.csv: the transcript could be any of text, sentence; name it with text_column= "
+                                         r"\(its columns: file_name, sentence, text\)"):  # fmt: skip
+        whisper_folder.read_split(folder)
+    assert whisper_folder.read_split(folder, "sentence") == csv_pairs
+    (folder / "metadata.csv").write_text("file_name,words,speaker\n" + rows)
+    with pytest.raises(ValueError, match=r"metadata.csv: the transcript is in none of the columns transcription, text, sentence, "):
+        whisper_folder.read_split(folder)
+    assert whisper_folder.read_split(folder, "words") == csv_pairs
+    with pytest.raises(ValueError, match=r"metadata.csv: no column 'said' \(text_column=\); its columns: file_name, words, speaker"):
+        whisper_folder.read_split(folder, "said")
+    whisper_folder.Config(data=str(folder), text_column="words").check()  # (an audio folder's text_column: its metadata's column)
 
 
 def openai_checkpoint(path, n_vocab: int, reference: bool = False):
