@@ -330,6 +330,9 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
+    if resume:  # (first: what else is checked below comes from the data)
+        check_same_data(run_dir, fingerprint(episodes), data_name(cfg), "episodes (the tokenizer's state statistics and the target "
+                        "come from them)", made_here=not cfg.data)  # fmt: skip
     returns = start_returns(episodes, cfg.gamma)
     if resume:
         from tokenizers_mm import load_tokenizer
@@ -357,9 +360,6 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
             record_data(run_dir, fingerprint(episodes))
 
         save_run_info(run_dir, recipe, cfg, files)
-    else:
-        check_same_data(run_dir, fingerprint(episodes), data_name(cfg), "episodes (the tokenizer's state statistics and the target "
-                        "come from them)")
     print(f"{recipe}: {len(episodes):,} episodes, {int(sum(len(ep.rewards) for ep in episodes)):,} steps from {cfg.env}; "
           f"{'returns' if cfg.gamma == 1 else 'discounted returns at the start'} "
           f"mean {returns.mean():.1f}, median {np.median(returns):.1f}, max {returns.max():.1f}; run dir {run_dir}")  # fmt: skip

@@ -20,6 +20,7 @@ recipe's `*_column` keys. Each row becomes an `HFRecord`, which the loaders read
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import SHORT
+from .config import SHORT, launch_rank
 
 VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 TRAIN_DIRS = ("train", "training")  # split folders as `datasets` finds them (SPLIT_KEYWORDS), matched in any case
@@ -134,18 +135,19 @@ def metadata_rows(meta: Path, column: str) -> list[tuple[int, dict]]:
 def metadata_column(meta: Path, given: str, candidates: tuple[str, ...], key: str, what: str) -> str:
     """Which column of a metadata.csv / metadata.jsonl holds the values: `given` (`key=`), else the
     first candidate when the file has it (audiofolder's own name), else the only one it has; refused
-    naming the file's columns when it has none of them, or several (it asks)."""
+    naming the file's columns when it has none of them, or several others (it asks)."""
     columns: list[str] = []
     try:
         with open(meta, encoding="utf-8-sig", newline="") as f:
             if meta.suffix == ".csv":
                 columns = [c.strip() for c in next(csv.reader(f), [])]
-            else:  # (the first row's keys)
-                try:
-                    row = json.loads(next((line for line in f if line.strip()), "{}"))
-                except (ValueError, RecursionError):
-                    row = {}
-                columns = list(row) if isinstance(row, dict) else []
+            else:  # (every row's keys: one may leave the transcript out, and is named when the rows are read)
+                for line in f:
+                    try:
+                        row = json.loads(line) if line.strip() else {}
+                    except (ValueError, RecursionError):
+                        continue
+                    columns += [k for k in (row if isinstance(row, dict) else {}) if k not in columns]
     except (UnicodeDecodeError, csv.Error):
         pass
     if not columns:  # (an unreadable file or first row: named when its rows are read)
@@ -283,7 +285,7 @@ def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tu
         raise ValueError(f"{root}: {len(gone)} of the {len(record['held_out'])} samples the run held out ({path}) are no longer in the "
                          f"data, e.g. {gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
     held = set(record["held_out"])
-    if (gone := [k for k in record["train"] if k not in by_key]) and not evaluating:
+    if (gone := [k for k in record["train"] if k not in by_key]) and not evaluating and launch_rank() == 0:  # (said once: torchrun)
         print(f"{root}: {len(gone)} of the {len(record['train'])} training samples the run recorded ({path}) are no longer in the data, "
               f"e.g. {gone[0]}: it trains on without them, so its batches from here differ from an uninterrupted run's",
               file=sys.stderr)  # fmt: skip
@@ -590,15 +592,21 @@ def is_hf_dataset(root: Path) -> bool:
 
 
 def quoted_tsv_cells(files: dict, rows: int = 10_000) -> list[tuple[str, int]]:
-    """(file, count) for each plain .tsv file among `files` ({split: file or files}) with cells wrapped
-    in double quotes in its first `rows` rows: CSV quoting, which a TSV is not read with here."""
+    """(file, count) for each plain .tsv file among `files` ({split: file or files}) with cells in
+    CSV quoting in its first `rows` lines: wrapped in quotes with a quote doubled inside, or `""`
+    (a sentence that is a quotation, "Who's there?", is not counted). Best effort: a file it cannot
+    read is passed over (the load names what is wrong with it)."""
     found = []
     for path in [f for fs in files.values() for f in ([fs] if isinstance(fs, str) else fs)]:
-        if path.lower().endswith(".tsv"):
+        if not path.lower().endswith(".tsv"):
+            continue
+        try:
             with open(path, encoding="utf-8", errors="replace", newline="") as f:
-                reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-                wrapped = sum(len(c) >= 2 and c[0] == c[-1] == '"' for _, row in zip(range(rows), reader) for c in row)
-            found += [(path, wrapped)] if wrapped else []
+                cells = (c for _, line in zip(range(rows), f) for c in line.rstrip("\r\n").split("\t"))
+                wrapped = sum(c == '""' or (len(c) > 3 and c[0] == c[-1] == '"' and '""' in c[1:-1]) for c in cells)
+        except OSError:
+            continue
+        found += [(path, wrapped)] if wrapped else []
     return found
 
 
@@ -608,7 +616,7 @@ def say_quoted_tsv(files: dict, rows: int = 10_000) -> None:
     quotes) is then read with its quotes, and a quoted newline splits its row: said on stderr."""
     for path, wrapped in quoted_tsv_cells(files, rows):
         if wrapped:
-            print(f"{path}: {wrapped:,} cells (in its first {rows:,} rows) are wrapped in double quotes, read as written: a TSV has no "
+            print(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
                   "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
                   "a tab, a newline or a quote), save it as .csv or .parquet", file=sys.stderr)  # fmt: skip
 
@@ -628,8 +636,6 @@ def load_hf(root: Path):
         elif files is not None:  # parquet / json / csv / tsv files by split
             builder, options = BUILDERS.get(how, (how, {}))
             loaded = datasets.load_dataset(builder, data_files=files, **options)
-            if how == "tsv":
-                say_quoted_tsv(files)
         else:
             loaded = datasets.load_dataset(str(root))  # the Hub's layout: splits from the file names, or the card's configs
     except Exception as e:  # noqa: BLE001  # datasets raises many kinds; the user needs one line naming the data
@@ -642,11 +648,13 @@ def load_hf(root: Path):
             reason = first_bad_json_line(files) or reason
         hint = f"; a dataset with several configs: give data={root}/CONFIG, the config's folder" if "Config name is missing" in reason else ""
         if how == "tsv" and (quoted := quoted_tsv_cells(files)):
-            hint += f"; {quoted[0][1]:,} cells of {Path(quoted[0][0]).name} are wrapped in double quotes: written with CSV quoting? (save it as .csv)"
+            hint += f"; {quoted[0][1]:,} cells of {Path(quoted[0][0]).name} are in CSV quoting: a quoted tab? (save it as .csv)"
         raise ValueError(f"{root}: not a dataset `datasets` can read here ({reason}){hint}") from None
     finally:
         for log, level in logs.items():
             log.setLevel(level)
+    if how == "tsv":
+        say_quoted_tsv(files)
     return loaded.with_format(None)  # note: a format saved with it (torch, pandas, arrow) would change what rows are
 
 
@@ -744,7 +752,10 @@ def hf_text(ds, name: str, column: str = "") -> str:
         else:
             holds = ("only nulls" if getattr(feature, "dtype", "") == "null" else "values of mixed types" if type(feature).__name__ == "Json"
                      else f"{getattr(feature, 'dtype', type(feature).__name__)} values")  # fmt: skip
-            row = next(((i, v) for i, v in enumerate(ds[column]) if v is not None and not isinstance(v, str)), None)
+            row = None
+            if type(feature).__name__ == "Json" or isinstance(feature, datasets.Value):  # (not media: reading them decodes them)
+                with contextlib.suppress(Exception):  # (best effort: the error below stands without it)
+                    row = next(((i, v) for i, v in enumerate(ds[column]) if v is not None and not isinstance(v, str)), None)
             if row is not None:  # (a JSON column of mixed types reads as `Json` values: the first row that is not text, named)
                 holds += f", e.g. row {row[0]}: {type(row[1]).__name__} {SHORT.repr(row[1])}"
         raise ValueError(f"{name}: column {column!r} holds {holds}; expected text (a string in every row)")

@@ -213,7 +213,8 @@ def run_text_lm(cfg: Config, recipe: str, build_data, build_model, resume: bool 
 
         save_run_info(run_dir, recipe, cfg, files)
     else:
-        check_same_data(run_dir, held, cfg.data or "the built-in corpus", "text (its windows, and the validation loss, come from it)")
+        check_same_data(run_dir, held, cfg.data or "the built-in corpus", "text (its windows, and the validation loss, come from it)",
+                        made_here=not cfg.data)
     print(f"{recipe}: {len(train_set):,} training windows of {data}, vocabulary {tokenizer.vocab_size}, "
           f"{model.params_text()}, run dir {run_dir}")  # fmt: skip
     metrics = train(cfg, model, train_set, collate_examples, make_evaluate(cfg, val_set), run_dir, resume=resume)

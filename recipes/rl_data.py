@@ -58,19 +58,21 @@ def load_env_plugins() -> list[str]:
     naming it; returns those lines, for an id still not found."""
     global _env_plugins_failed
     if _env_plugins_failed is None:
+        import inspect
         import warnings
         from importlib.metadata import entry_points
 
-        _env_plugins_failed = []
+        failed = []
         for ep in entry_points(group=ENV_ENTRY_POINTS):
             try:
                 loaded = ep.load()
-                if callable(loaded):
+                if inspect.isfunction(loaded):  # (a module is imported by loading it; an environment class is not made here)
                     loaded()
             except Exception as e:  # noqa: BLE001  # a broken or half-installed package: its error, named
-                _env_plugins_failed.append(f"plugin environment {ep.name!r} ({ep.value}) failed to load, skipped: "
-                                           f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")  # fmt: skip
-                warnings.warn(f"tokenizers_mm: {_env_plugins_failed[-1]}", stacklevel=2)
+                failed.append(f"plugin environment {ep.name!r} ({ep.value}) failed to load, skipped: "
+                              f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}")  # fmt: skip
+                warnings.warn(f"tokenizers_mm: {failed[-1]}", stacklevel=2)
+        _env_plugins_failed = failed
     return _env_plugins_failed
 
 
@@ -565,12 +567,13 @@ def _load_minari(dataset) -> list[Episode]:
     episodes = []
     for ep in dataset.iterate_episodes():
         t = len(ep.rewards)
-        obs = _steps_float32(ep.observations, "observations", f"{source}: episode {ep.id}")
+        obs = np.asarray(ep.observations)
         if len(obs) != t + 1:
             raise RLDataError(f"{source}: episode {ep.id} has {len(obs)} observations for {t} steps; expected {t + 1}")
+        obs = _steps_float32(obs[:-1], "observations", f"{source}: episode {ep.id}")  # (the last, after the last step, is dropped)
         actions = np.asarray(ep.actions)
         actions = actions.reshape(t).astype(np.int64) if discrete else actions.reshape(t, -1).astype(np.float32)
-        episodes.append(Episode(obs[:-1].reshape(t, -1), actions, _steps_float32(ep.rewards, "rewards", f"{source}: episode {ep.id}"),
+        episodes.append(Episode(obs.reshape(t, -1), actions, _steps_float32(ep.rewards, "rewards", f"{source}: episode {ep.id}"),
                                 bool(ep.terminations[-1]), bool(ep.truncations[-1]) or not ep.terminations[-1]))  # fmt: skip
     if not episodes:
         raise RLDataError(f"{source}: no episodes")

@@ -310,22 +310,35 @@ def record_data(run_dir: Path, fingerprint: dict) -> None:
     write_json_atomic(Path(run_dir) / DATA_FILE, fingerprint)
 
 
-def check_same_data(run_dir, fingerprint: dict, source: str, what: str) -> None:
+def check_same_data(run_dir, fingerprint: dict, source: str, what: str, made_here: bool = False) -> None:
     """Refuse to resume a run on data other than it started with (a file edited or replaced since):
-    it would go on training on other `what` than its steps so far, without a word. A run made
-    before data.json is not checked."""
+    it would go on training on other `what` than its steps so far, without a word. Data the toolkit
+    makes (`made_here`: the built-in corpus, an embedded dataset) may come out otherwise under another
+    Python or library version: said, and resumed on. A run made before data.json, or whose data.json
+    is damaged (said), is not checked."""
     path = Path(run_dir) / DATA_FILE
     if not path.exists():
         return
-    then = read_json(path, "data")
-    if then.get("sha256") == fingerprint["sha256"]:
+    say = print if launch_rank() == 0 else (lambda *a, **k: None)  # (once, under torchrun)
+    try:
+        then = read_json(path, "data")
+        if not isinstance(then.get("sha256"), str):
+            raise ValueError(f"{path}: no sha256 in it")
+    except ValueError as e:
+        say(f"{source}: not checked against the data the run started with ({e}; remove it to resume without this line)", file=sys.stderr)
+        return
+    if then["sha256"] == fingerprint["sha256"]:
         return
 
     def said(d):
-        return ", ".join([f"{v:,} {k}" for k, v in d.items() if k != "sha256" and isinstance(v, int)] + [f"sha256 {str(d.get('sha256'))[:12]}"])
+        return ", ".join([f"{v:,} {k}" for k, v in d.items() if k != "sha256" and isinstance(v, int)] + [f"sha256 {d['sha256'][:12]}"])
 
-    raise ValueError(f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(fingerprint)} now): a resume "
-                     f"trains on the same {what}; restore the data, or start a new run on it")  # fmt: skip
+    differs = f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(fingerprint)} now)"
+    if made_here:
+        say(f"{differs}: made again otherwise here (another Python, gymnasium or NumPy version?); the run goes on on it, not exactly as "
+            "it would have", file=sys.stderr)  # fmt: skip
+        return
+    raise ValueError(f"{differs}: a resume trains on the same {what}; restore the data, or start a new run on it")
 
 
 def update_run_info(run_dir, **changes) -> None:

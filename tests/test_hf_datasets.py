@@ -362,14 +362,17 @@ def test_tsv_files_and_split_folders_of_data_files(tmp_path, small_text, capsys)
     # cells are text as written: a quote is a character in TSV, and "NA" / "null" are words (CSV too)
     (tmp_path / "q.tsv").write_text('text\n"Quoted" at start\nNA\nnull\n"unbalanced\n')
     assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "q.tsv"), val_fraction=0.0))[0] == '"Quoted" at start\nNA\nnull\n"unbalanced'
-    assert "wrapped in double quotes" not in capsys.readouterr().err  # (a quote that opens a sentence: no CSV quoting)
+    assert "CSV quoting" not in capsys.readouterr().err  # (a quote that opens a sentence: no CSV quoting)
     # pandas' to_csv(sep="\t") quotes cells holding a newline or a quote: read as written, and said; with a quoted tab, refused, and said
-    (tmp_path / "pandas.tsv").write_text('text\nplain\n"two\nlines"\n"he said ""hi"""\n')
-    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "pandas.tsv"), val_fraction=0.0))[0] == 'plain\n"two\nlines"\n"he said ""hi"""'
-    assert "pandas.tsv: 1 cells (in its first 10,000 rows) are wrapped in double quotes, read as written" in capsys.readouterr().err
-    (tmp_path / "tab.tsv").write_text('text\nplain\n"a\tb"\n"c"\n')
-    with pytest.raises(ValueError, match=r"tab.tsv: not a dataset .*\); 1 cells of tab.tsv are wrapped in double quotes: written with CSV quoting"):
+    (tmp_path / "pandas.tsv").write_text('text\nplain\n"two\nlines"\n"he said ""hi"""\n"Who\'s there?"\n')
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "pandas.tsv"), val_fraction=0.0))[0] == \
+        'plain\n"two\nlines"\n"he said ""hi"""\n"Who\'s there?"'
+    assert "pandas.tsv: 1 cells (in its first 10,000 lines) are in CSV quoting" in capsys.readouterr().err  # (not the quotation)
+    (tmp_path / "tab.tsv").write_text('text\nplain\n"a\tb"\n"say ""c"""\n')
+    with pytest.raises(ValueError, match=r"tab.tsv: not a dataset .*\); 1 cells of tab.tsv are in CSV quoting: a quoted tab\?"):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "tab.tsv")))
+    (tmp_path / "long.tsv").write_text("text\n" + "x" * 200_000 + "\nshort\n")  # a cell over csv's 128 KiB field limit: read, not refused
+    assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "long.tsv"), val_fraction=0.0))[0] == "x" * 200_000 + "\nshort"
     (tmp_path / "na.csv").write_text('text\nNA\n"a, b"\nnull\n')
     assert gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "na.csv"), val_fraction=0.0))[0] == "NA\na, b\nnull"
     (tmp_path / "header.tsv").write_text("text\n")

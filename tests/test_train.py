@@ -134,6 +134,16 @@ def test_resume_on_text_other_than_the_run_started_with_is_refused(tmp_path, tra
     assert re.search(rf"mmtok: error: {re.escape(str(mine))}: not the data run .*run started with \([\d,]+ training tokens, [\d,]+ "
                      r"validation tokens, sha256 \w{12} then; .* now\): a resume trains on the same text", err), err  # fmt: skip
     assert json.loads((run / "results.json").read_text())["step"] == 21
+    (run / "data.json").write_text('{"sha256": ')  # damaged: said, and resumed unchecked (as a run made before data.json)
+    assert main(["resume", str(run), "max_steps=22"]) == 0
+    assert f"{mine}: not checked against the data the run started with (" in capsys.readouterr().err
+    from recipes.runs import check_same_data, record_data
+
+    record_data(tmp_path, {"tokens": 3, "sha256": "a" * 64})  # data the toolkit makes (the built-in corpus) may come out otherwise
+    check_same_data(tmp_path, {"tokens": 4, "sha256": "b" * 64}, "the built-in corpus", "text", made_here=True)  # under another Python:
+    assert "the built-in corpus: not the data run" in (err := capsys.readouterr().err) and "made again otherwise here" in err  # said
+    with pytest.raises(ValueError, match=r"\(3 tokens, sha256 aaaaaaaaaaaa then; 4 tokens, sha256 bbbbbbbbbbbb now\): a resume trains"):
+        check_same_data(tmp_path, {"tokens": 4, "sha256": "b" * 64}, "mine.txt", "text")
 
 
 def test_cli_eval_and_generate(tmp_path, trained, capsys):

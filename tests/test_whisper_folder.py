@@ -275,6 +275,11 @@ def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
     with pytest.raises(ValueError, match=r"metadata.csv: no column 'said' \(text_column=\); its columns: file_name, words, speaker"):
         whisper_folder.read_split(folder, "said")
     whisper_folder.Config(data=str(folder), text_column="words").check()  # (an audio folder's text_column: its metadata's column)
+    (folder / "metadata.csv").unlink()  # a JSON lines file whose first row leaves the transcript out: that row is named
+    (folder / "metadata.jsonl").write_text(json.dumps({"file_name": csv_pairs[0][0].name}) + "\n" + "".join(
+        json.dumps({"file_name": p.name, "sentence": t}) + "\n" for p, t in csv_pairs[1:]))  # fmt: skip
+    with pytest.raises(ValueError, match=r"metadata.jsonl, line 1: expected a value for sentence"):
+        whisper_folder.read_split(folder)
 
 
 def openai_checkpoint(path, n_vocab: int, reference: bool = False):
