@@ -42,3 +42,14 @@ def subprocess_env() -> dict:
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def install_entry_points(folder: Path, name: str, entry_points: str, monkeypatch) -> None:
+    """A package installed as pip installs one, as far as importlib.metadata sees: `folder` on
+    sys.path (for this test) holding NAME-0.1.dist-info with its METADATA and `entry_points`
+    (entry_points.txt's text: [group] lines, then name = value lines)."""
+    dist = folder / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(entry_points)
+    monkeypatch.syspath_prepend(str(folder))

@@ -13,6 +13,7 @@ import torch
 pytest.importorskip("gymnasium")
 
 from recipes import dt, dt_cartpole, dt_offline, dt_pendulum, rl_data  # noqa: E402
+from tests.conftest import install_entry_points  # noqa: E402
 from tokenizers_mm import TrajectoryTokenizer  # noqa: E402
 
 TINY = dict(dim=32, depth=1, num_heads=1, batch_size=16, max_steps=8, eval_every=8, ckpt_every=4, log_every=4, warmup_steps=2,
@@ -168,11 +169,7 @@ def test_an_environment_registered_by_a_plugin_package_trains_from_the_command_l
         "def register():\n"
         "    gym.register('PluginCartPole-v0', entry_point='gymnasium.envs.classic_control.cartpole:CartPoleEnv', max_episode_steps=500)\n"
     )
-    dist = tmp_path / "my_envs-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-envs\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{rl_data.ENV_ENTRY_POINTS}]\nmine = my_envs:register\nbroken = no_such_envs_module\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_entry_points(tmp_path, "my-envs", f"[{rl_data.ENV_ENTRY_POINTS}]\nmine = my_envs:register\nbroken = no_such_envs_module\n", monkeypatch)
     monkeypatch.setattr(rl_data, "_env_plugins_failed", None)
     rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 6, seed=3)
     try:

@@ -5,6 +5,7 @@ import textwrap
 
 import pytest
 
+from tests.conftest import install_entry_points
 from tokenizers_mm import registry
 from tokenizers_mm.base import Tokenizer, load_tokenizer
 
@@ -77,13 +78,9 @@ def test_entry_point_plugin_is_found(tmp_path, monkeypatch):
             '''
         )
     )
-    dist = tmp_path / "toy_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n"
-                                           "broken = no_such_module_here:Nope\n"  # a half-installed plugin beside it
-                                           "text_char = toy_plugin:ToyTokenizer\n")  # a name a built-in holds
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_entry_points(tmp_path, "toy-plugin", f"[{registry.ENTRY_POINT_GROUP}]\ntoy = toy_plugin:ToyTokenizer\n"
+                         "broken = no_such_module_here:Nope\n"  # a half-installed plugin beside it
+                         "text_char = toy_plugin:ToyTokenizer\n", monkeypatch)  # a name a built-in holds
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
         from toy_plugin import ToyTokenizer  # imported directly, saved before any lookup: its entry point names it
@@ -126,13 +123,8 @@ def test_a_recipe_plugin_that_fails_to_import_is_named_and_the_others_stay_usabl
     from recipes.cli import main
     from recipes.runs import RECIPE_ENTRY_POINTS
 
-    dist = tmp_path / "broken_recipes-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-recipes\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\ngpt_char = my_pkg.gpt_char\n"
-                                           "not_a_recipe = json\nan_object = json:JSONDecoder\n"
-                                           "[tokenizers_mm.modalities]\nnot_a_class = json\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_entry_points(tmp_path, "broken-recipes", f"[{RECIPE_ENTRY_POINTS}]\nbroken_recipe = no_such_pkg.recipe\ngpt_char = my_pkg.gpt_char\n"
+                         "not_a_recipe = json\nan_object = json:JSONDecoder\n[tokenizers_mm.modalities]\nnot_a_class = json\n", monkeypatch)  # fmt: skip
     from recipes.runs import all_recipes
 
     with pytest.warns(UserWarning, match=r"plugin recipe 'gpt_char' \(my_pkg.gpt_char\) not used: gpt_char is a built-in recipe"):
@@ -178,11 +170,7 @@ def test_a_plugin_class_reexported_by_its_package_is_recognised(tmp_path, monkey
             def encode(self, sample):
                 return TokenSet("wave", values=torch.as_tensor(sample, dtype=torch.float32)[:, None])
     '''))
-    dist = tmp_path / "reexported-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reexported\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text(f"[{registry.ENTRY_POINT_GROUP}]\nwave_reexported = reexported:Wave\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    install_entry_points(tmp_path, "reexported", f"[{registry.ENTRY_POINT_GROUP}]\nwave_reexported = reexported:Wave\n", monkeypatch)
     monkeypatch.setattr(registry, "_plugins_loaded", False)
     try:
         from reexported import Wave
