@@ -550,6 +550,17 @@ def main(argv=None) -> int:
         warnings.showwarning = shown
 
 
+def lone_accelerate_process() -> str | None:
+    """What to say when `accelerate launch --num_processes N` (N > 1) started this one process alone:
+    without --multi_gpu (or --multi_cpu) its simple launcher starts one, setting MASTER_ADDR for the
+    N it was asked for but no WORLD_SIZE. None otherwise."""
+    env = os.environ
+    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
+        return ("accelerate launch was asked for several processes and started this one alone (without GPUs it needs --multi_gpu "
+                "too; or use torchrun --nproc_per_node N): it runs as one process")  # fmt: skip
+    return None
+
+
 def one_line_warning(shown, message, category, filename, lineno, file=None, line=None):
     """The toolkit's own warnings (`tokenizers_mm: ...`) as one line, `mmtok: warning: ...`, as its
     errors are; any other as Python shows it (`shown`)."""
@@ -569,6 +580,8 @@ def run_command(argv) -> int:
             key = extra[0].lstrip("-").split("=")[0].replace("-", "_")
             hint = f"; config keys are given as key=value ({key}=...), not as options"
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+    if args.command in ("train", "resume", "eval") and (lone := lone_accelerate_process()):
+        print(f"mmtok: warning: {lone}", file=sys.stderr)
     if launch_rank() != 0:  # under torchrun, one process reports: the others' lines would repeat it
         sys.stdout = open(os.devnull, "w")  # (errors still go to stderr, from every process)
     try:

@@ -146,6 +146,16 @@ def test_resume_on_text_other_than_the_run_started_with_is_refused(tmp_path, tra
         check_same_data(tmp_path, {"tokens": 4, "sha256": "b" * 64}, "mine.txt", "text")
 
 
+def test_accelerate_launch_asked_for_two_processes_that_starts_one_says_so(trained):
+    """Without GPUs, `accelerate launch --num_processes 2` (no --multi_gpu) starts one process: it
+    runs alone, and says so (the README's caveat, now told to whoever missed it)."""
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "-m", "recipes.cli", "eval", str(trained)]  # fmt: skip
+    p = subprocess.run(launch, capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
+    assert p.returncode == 0 and json.loads(p.stdout)["val_loss"] > 0, p.stderr[-2000:]
+    assert "mmtok: warning: accelerate launch was asked for several processes and started this one alone" in p.stderr, p.stderr[-2000:]
+
+
 def test_cli_eval_and_generate(tmp_path, trained, capsys):
     """eval, resume and generate in this process (as the CLI's main runs them; other tests launch it as a command)."""
     from recipes.cli import main
