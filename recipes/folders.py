@@ -224,6 +224,14 @@ def hidden(path: Path, root: Path) -> bool:
     return any(part.startswith((".", "__")) for part in path.relative_to(root).parts)
 
 
+def say_unused(cfg, recipe: str, keys: tuple[str, ...]) -> None:
+    """Data with its own validation split holds nothing out: the `keys` given (other than their
+    defaults: val_fraction, val_group) are said to be unused, on stderr, once (torchrun)."""
+    given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(type(cfg), k)]
+    if given and launch_rank() == 0:
+        print(f"{recipe}: {', '.join(given)} unused: {cfg.data} has a validation split", file=sys.stderr)
+
+
 def held_out_count(n: int, fraction: float) -> int:
     """How many of n examples a validation split holds for `fraction`: sklearn's count (ceil), at
     least 1 (val_fraction=0 too) and at most n - 1."""

@@ -28,7 +28,7 @@ from tokenizers_mm import ENDOFTEXT, CharTokenizer, TokenSet, collate, collate_e
 from tokenizers_mm.base import read_utf8
 
 from .config import TrainConfig
-from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset
+from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset, say_unused
 from .runs import check_same_data, load_trained, record_data, resolve_run_dir, resumed_architecture, save_run_info
 from .train import mean_loss, train
 
@@ -112,6 +112,8 @@ def split_text(cfg: Config) -> tuple[str, str]:
     """(train text, validation text): a dataset's validation split, else the last val_fraction of the text."""
     text, val = read_text(cfg)
     if val is not None:
+        if hasattr(type(cfg), "val_fraction"):
+            say_unused(cfg, type(cfg).__module__.rpartition(".")[2], ("val_fraction",))
         return text, val
     cut = len(text) - int(len(text) * cfg.val_fraction)
     start = text.find(ENDOFTEXT, max(0, cut - len(ENDOFTEXT) + 1), cut + len(ENDOFTEXT) - 1)  # a separator the cut would halve:

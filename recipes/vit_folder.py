@@ -32,7 +32,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from . import vit
 from .config import take_shape
 from .checkpoint import held_checkpoint
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, scored_data, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_unused, scored_data, split_dirs
 
 
 @dataclass
@@ -147,6 +147,8 @@ def build_data(cfg: Config, evaluating: bool = False):
         raise ValueError("vit_folder needs data=PATH, a folder of images (class sub-folders or metadata.csv)")
     root = local_data(cfg.data)
     source, val_pairs = find_splits(root, cfg)
+    if val_pairs is not None and not evaluating:
+        say_unused(cfg, "vit_folder", ("val_fraction",))
     known = vit.read_classes(cfg.run_dir) if cfg.run_dir and held_checkpoint(cfg.run_dir) is not None else None  # resume / eval
     if known is not None:  # (other classes: named first, before the run's held-out images are looked for)
         labels = sorted({label for _, label in source if label is not None} | {label for _, label in val_pairs or []})

@@ -48,7 +48,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import take_shape
 from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      local_data, metadata_column, read_metadata, scored_data, split_dirs)  # fmt: skip
+                      local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -282,8 +282,8 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     run_dir: a run being resumed or evaluated, whose saved tokenizers are used; `evaluating`: its
     training files are not read (an evaluation needs the held-out ones alone)."""
     train_pairs, val_pairs = read_pairs(cfg)
-    if cfg.val_group and val_pairs is not None:
-        print(f"whisper_folder: val_group={cfg.val_group} unused: {cfg.data} has a validation split", file=sys.stderr)
+    if val_pairs is not None and not evaluating:
+        say_unused(cfg, "whisper_folder", ("val_fraction", "val_group"))
     root = local_data(cfg.data)
     kept = kept_split(train_pairs, run_dir, root, evaluating) if val_pairs is None else None  # resume / eval: the run's own split, in its order
     drawn = val_pairs is None and kept is None

@@ -242,7 +242,7 @@ def test_gpt_char_trains_on_a_saved_text_dataset(tmp_path, small_text):
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "folder")))
 
 
-def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small_text, caplog):
+def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small_text, caplog, capsys):
     """A corpus as JSON lines (the usual form of an LLM corpus), CSV or compressed: the text column's
     rows are the text, not the file's braces and quotes; a folder of train / dev files gives both splits."""
     import gzip
@@ -262,6 +262,14 @@ def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small
     (corpus / "data" / "train.jsonl").write_text(rows)
     (corpus / "data" / "dev.jsonl").write_text(json.dumps({"text": "held out"}) + "\n")
     assert gpt_char.split_text(gpt_char.Config(data=str(corpus))) == ("\n".join(lines), "held out")
+    assert "unused" not in capsys.readouterr().err
+    assert gpt_char.split_text(gpt_char.Config(data=str(corpus), val_fraction=0.3)) == ("\n".join(lines), "held out")
+    assert f"gpt_char: val_fraction=0.3 unused: {corpus} has a validation split" in capsys.readouterr().err  # (was ignored unsaid)
+    from recipes import whisper_folder
+    from recipes.folders import say_unused
+
+    say_unused(whisper_folder.Config(data="cv", val_group="client_id"), "whisper_folder", ("val_fraction", "val_group"))
+    assert "whisper_folder: val_group=client_id unused: cv has a validation split" in capsys.readouterr().err
     (corpus / "data" / "extra.csv").write_text("text\nx\n")
     with pytest.raises(ValueError, match="corpus holds data files of several formats \\(csv, json\\); keep one"):
         gpt_char.split_text(gpt_char.Config(data=str(corpus)))
