@@ -2,7 +2,8 @@
 
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) with `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
-`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Hugging Face
+`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Common Voice
+download (a locale's folder: clips/ beside train.tsv and dev.tsv, or one of its TSV files); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
 Without a validation split, `val_fraction` of the utterances are held out (fixed seed); with
 `val_group=COLUMN` (a speaker column: speaker_id, client_id, ...), `val_fraction` of its groups are,
@@ -48,7 +49,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import take_shape
 from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
+                      inside, local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -194,6 +195,51 @@ def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
     return pairs
 
 
+CV_CLIPS = "clips"  # Common Voice's download: clips/ beside train.tsv, dev.tsv, test.tsv, validated.tsv, ...
+
+
+def common_voice(data: Path) -> tuple[Path, Path | None] | None:
+    """(training TSV, validation TSV or None) of a Common Voice download (a locale's folder: clips/
+    beside train.tsv and dev.tsv), or for one of its TSV files (`test.tsv`: all of it); None when
+    `data` is neither."""
+    if data.is_dir() and (data / "train.tsv").is_file() and (data / CV_CLIPS).is_dir():
+        return data / "train.tsv", (data / "dev.tsv") if (data / "dev.tsv").is_file() else None
+    if data.is_file() and data.suffix == ".tsv" and (data.parent / CV_CLIPS).is_dir():
+        return data, None
+    return None
+
+
+def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tuple[Path, str]]:
+    """(clip, value of `column`) of each row of a Common Voice TSV (tab-separated, no quoting, as
+    Common Voice writes it and its Hugging Face loader reads it): `path` names the clip in clips/."""
+    import csv
+
+    try:
+        with open(tsv, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            if not {"path", column} <= set(reader.fieldnames or []):
+                raise ValueError(f"{tsv}: needs the columns path and {column} (Common Voice's; its header has "
+                                 f"{', '.join(reader.fieldnames or []) or 'nothing'})")  # fmt: skip
+            rows = list(enumerate(reader, start=2))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{tsv}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except csv.Error as e:
+        raise ValueError(f"{tsv}: not readable as TSV ({e})") from None
+    clips, first, pairs = tsv.parent / CV_CLIPS, {}, []
+    for n, r in rows:
+        value = r.get(column)
+        if not r.get("path") or value is None or (not empty_ok and not value.strip()):
+            raise ValueError(f"{tsv}, line {n}: expected a value for path and {column}")
+        path = inside(clips, r["path"], str(tsv))
+        if path in first:
+            raise ValueError(f"{tsv}, line {n}: {r['path']} is named again (first on line {first[path]}); one row per clip")
+        first[path] = n
+        pairs.append((path, value))
+    if not pairs:
+        raise ValueError(f"{tsv}: no rows; needs path and {column} for each clip")
+    return pairs
+
+
 def say_empty(pairs: list, where: str) -> None:
     """Count the empty transcripts on stderr: taken as silence (nothing to write), but a blank cell
     may be a transcript left out by mistake. (None: a dataset row without one, not counted.)"""
@@ -207,7 +253,11 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     data = local_data(cfg.data)
-    if is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
+    if cv := common_voice(data):  # Common Voice's download: train.tsv (sentence) and dev.tsv, or one TSV of it
+        train_tsv, val_tsv = cv
+        train_pairs = read_common_voice(train_tsv, cfg.text_column or "sentence")
+        val_pairs = read_common_voice(val_tsv, cfg.text_column or "sentence") if val_tsv else None
+    elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
         for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):
             say_empty(pairs, f"{data}[{name}]")
@@ -223,6 +273,9 @@ def groups_of(cfg: Config, pairs: list) -> list[str]:
     """The `val_group` column's value (a speaker) of each training pair, in their order: the training
     folder's metadata, or the dataset's training split."""
     data = local_data(cfg.data)
+    if cv := common_voice(data):
+        by_file = dict(read_common_voice(cv[0], cfg.val_group, empty_ok=False))
+        return [by_file[f] for f, _ in pairs]
     if is_hf_dataset(data):
         import datasets
 

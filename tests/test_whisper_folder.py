@@ -240,6 +240,45 @@ def test_every_bad_file_is_named_or_skipped_and_counted(tmp_path, speech, capsys
     assert len(named) == len(cases) and all(any(message in line for line in named) for message in cases.values()), printed.err
 
 
+def write_common_voice(root, speech) -> None:
+    """A Common Voice download in small: MP3 clips in clips/, TSVs of its columns (client_id, path,
+    sentence, ...), tab-separated without quoting; a sentence holding quotes, as Common Voice's do."""
+    (root / "clips").mkdir(parents=True)
+    columns = ["client_id", "path", "sentence", "up_votes", "down_votes", "age", "gender", "accents", "locale", "segment"]
+    rows = []
+    for i, (wave, text) in enumerate(speech):
+        sf.write(root / "clips" / f"common_voice_en_{i}.mp3", wave, 16000, format="MP3")
+        rows.append([f"speaker{i % 4}", f"common_voice_en_{i}.mp3", text, "2", "0", "", "", "", "en", ""])
+    for name, part in (("train", rows[:8]), ("dev", rows[8:10]), ("test", rows[10:12]), ("validated", rows), ("other", rows[:1])):
+        (root / f"{name}.tsv").write_text("\t".join(columns) + "\n" + "".join("\t".join(r) + "\n" for r in part), encoding="utf-8")
+    (root / "clip_durations.tsv").write_text("clip\tduration[ms]\n")
+
+
+def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_path, speech, capsys):
+    """data= a Common Voice locale folder (clips/ beside train.tsv, dev.tsv, ...): train.tsv's sentences
+    train, dev.tsv validates (as the Hugging Face Whisper fine-tuning guide splits it); one of its TSV
+    files alone (test.tsv) is evaluated on, validated.tsv with val_group=client_id holds out speakers."""
+    cv = tmp_path / "cv-corpus" / "en"
+    write_common_voice(cv, speech[:12])
+    cfg = Config(data=str(cv), **TINY)
+    train, val = whisper_folder.read_pairs(cfg)
+    assert [p.name for p, _ in train] == [f"common_voice_en_{i}.mp3" for i in range(8)] and len(val) == 2
+    assert [t for _, t in train] == [whisper_folder.normalise(t, cfg) for _, t in speech[:8]]
+    run = tmp_path / "run"
+    whisper_folder.main(Config(data=str(cv), run_dir=str(run), **TINY))
+    scored = whisper_folder.evaluate(run, data=str(cv / "test.tsv"))
+    assert scored["val_utterances"] == 2 and 0 <= scored["val_wer"]
+    grouped = Config(data=str(cv / "validated.tsv"), val_group="client_id", val_fraction=0.25, **TINY)
+    train, val = whisper_folder.build_data(grouped)[2:4]
+    assert "held out 1 of 4 client_id groups (3 of 12 utterances)" in capsys.readouterr().err and (len(train), len(val)) == (9, 3)
+    (cv / "bad.tsv").write_text("client_id\tpath\tsentence\nx\t\thello\n")
+    with pytest.raises(ValueError, match=r"bad.tsv, line 2: expected a value for path and sentence"):
+        whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
+    (cv / "bad.tsv").write_text("client_id\tfile\tsentence\n")
+    with pytest.raises(ValueError, match=r"bad.tsv: needs the columns path and sentence \(Common Voice's; its header has client_id, file, "):
+        whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
+
+
 def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
     """audiofolder's other metadata form: one JSON object per file (file_name, transcription); a
     blank transcription is silence, and how many there are is said."""
