@@ -3,7 +3,8 @@
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) with `file_name,transcription`
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
 `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Common Voice
-download (a locale's folder: clips/ beside train.tsv and dev.tsv, or one of its TSV files); or a Hugging Face
+download (a locale's folder: clips/ beside train.tsv and dev.tsv, or one of its TSV files); or a LibriSpeech
+split folder (SPEAKER/CHAPTER/*.trans.txt beside the FLAC files; val_group=speaker / chapter); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
 Without a validation split, `val_fraction` of the utterances are held out (fixed seed); with
 `val_group=COLUMN` (a speaker column: speaker_id, client_id, ...), `val_fraction` of its groups are,
@@ -240,6 +241,35 @@ def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tup
     return pairs
 
 
+LIBRISPEECH_GROUPS = ("speaker", "chapter")  # val_group= for a LibriSpeech folder: its first and second folder levels
+
+
+def librispeech(data: Path) -> list[Path] | None:
+    """The transcript files of a LibriSpeech split folder as it unpacks (`LibriSpeech/test-clean`:
+    SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt beside SPEAKER-CHAPTER-NNNN.flac), or None."""
+    if not data.is_dir() or find_metadata(data) is not None:
+        return None
+    return sorted(data.glob("*/*/*.trans.txt")) or None
+
+
+def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
+    """(FLAC file, transcript) for each `ID TEXT` line of the transcript files."""
+    pairs = []
+    for trans in transcripts:
+        try:
+            lines = trans.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{trans}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            name, _, text = line.strip().partition(" ")
+            if not text.strip() or "/" in name or "\\" in name:
+                raise ValueError(f"{trans}, line {n}: expected 'ID TRANSCRIPT' (LibriSpeech's: 19-198-0001 TEXT ...), got {line[:80]!r}")
+            pairs.append((trans.parent / f"{name}.flac", text.strip()))
+    return pairs
+
+
 def say_empty(pairs: list, where: str) -> None:
     """Count the empty transcripts on stderr: taken as silence (nothing to write), but a blank cell
     may be a transcript left out by mistake. (None: a dataset row without one, not counted.)"""
@@ -257,6 +287,8 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
         train_tsv, val_tsv = cv
         train_pairs = read_common_voice(train_tsv, cfg.text_column or "sentence")
         val_pairs = read_common_voice(val_tsv, cfg.text_column or "sentence") if val_tsv else None
+    elif transcripts := librispeech(data):  # a LibriSpeech split folder: every utterance, val_fraction of them held out
+        train_pairs, val_pairs = read_librispeech(transcripts), None
     elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
         for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):
@@ -276,6 +308,12 @@ def groups_of(cfg: Config, pairs: list) -> list[str]:
     if cv := common_voice(data):
         by_file = dict(read_common_voice(cv[0], cfg.val_group, empty_ok=False))
         return [by_file[f] for f, _ in pairs]
+    if librispeech(data):  # (no columns: its folders name the speaker and the chapter)
+        if cfg.val_group not in LIBRISPEECH_GROUPS:
+            raise ValueError(f"val_group={cfg.val_group}: {data} is a LibriSpeech folder, whose folders name the groups: "
+                             f"val_group={' or val_group='.join(LIBRISPEECH_GROUPS)}")  # fmt: skip
+        level = LIBRISPEECH_GROUPS.index(cfg.val_group)
+        return ["/".join(f.relative_to(data).parts[: level + 1]) for f, _ in pairs]
     if is_hf_dataset(data):
         import datasets
 

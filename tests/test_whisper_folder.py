@@ -279,6 +279,35 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
         whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
 
 
+def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, speech, capsys):
+    """data= a LibriSpeech split folder (SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt beside the FLAC files,
+    transcripts in capitals): every utterance read; val_group=speaker holds out whole speakers; a run
+    is scored on another split with eval --data; a malformed transcript line is named."""
+    split = tmp_path / "LibriSpeech" / "test-clean"
+    for i, (wave, text) in enumerate(speech[:12]):
+        speaker, chapter = 19 + i % 3, 198
+        folder = split / str(speaker) / str(chapter)
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{speaker}-{chapter}-{i:04d}.flac", wave, 16000)
+        with open(folder / f"{speaker}-{chapter}.trans.txt", "a", encoding="utf-8") as f:
+            f.write(f"{speaker}-{chapter}-{i:04d} {text.upper()}\n")
+    cfg = Config(data=str(split), val_group="speaker", val_fraction=0.3, **TINY)
+    train, val = whisper_folder.read_pairs(cfg)
+    assert train is not None and val is None and len(train) == 12 and all(p.is_file() for p, _ in train)
+    assert sorted(t for _, t in train) == sorted(whisper_folder.normalise(t, cfg) for _, t in speech[:12])  # (lower-cased)
+    run = tmp_path / "run"
+    whisper_folder.main(Config(data=str(split), run_dir=str(run), val_group="speaker", val_fraction=0.3, **TINY))
+    assert "held out 1 of 3 speaker groups (4 of 12 utterances)" in capsys.readouterr().err
+    other = tmp_path / "other"
+    shutil.copytree(split, other)
+    assert whisper_folder.evaluate(run, data=str(other))["val_utterances"] == 12  # another folder: all of it scored
+    with pytest.raises(ValueError, match=r"val_group=gender: .* is a LibriSpeech folder, whose folders name the groups: val_group=speaker or"):
+        whisper_folder.build_data(Config(data=str(other), val_group="gender", **TINY))
+    (other / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000\n")
+    with pytest.raises(ValueError, match=r"19-198.trans.txt, line 1: expected 'ID TRANSCRIPT' \(LibriSpeech's"):
+        whisper_folder.read_pairs(Config(data=str(other)))
+
+
 def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
     """audiofolder's other metadata form: one JSON object per file (file_name, transcription); a
     blank transcription is silence, and how many there are is said."""
