@@ -551,13 +551,15 @@ def main(argv=None) -> int:
 
 
 def lone_accelerate_process() -> str | None:
-    """What to say when `accelerate launch --num_processes N` (N > 1) started this one process alone:
-    without --multi_gpu (or --multi_cpu) its simple launcher starts one, setting MASTER_ADDR for the
-    N it was asked for but no WORLD_SIZE. None otherwise."""
-    env = os.environ
-    if "ACCELERATE_USE_CPU" in env and "MASTER_ADDR" in env and "WORLD_SIZE" not in env:
-        return ("accelerate launch was asked for several processes and started this one alone (without GPUs it needs --multi_gpu "
-                "too; or use torchrun --nproc_per_node N): it runs as one process")  # fmt: skip
+    """What to say when `accelerate launch --num_processes N` (N > 1) may have started this one
+    process alone: without --multi_gpu its simple launcher starts one, setting MASTER_ADDR for the N
+    it was asked for but no process count (an MPI launch sets its own: not this). A MASTER_ADDR set
+    before a one-process launch reads the same, so it is said as a condition. None otherwise."""
+    from .config import launched_processes
+
+    if "ACCELERATE_USE_CPU" in os.environ and "MASTER_ADDR" in os.environ and launched_processes() == 1:
+        return ("this runs as one process: if accelerate launch was asked for several, it started one alone (on a machine "
+                "without GPUs it needs --multi_gpu, without --cpu; or use torchrun --nproc_per_node N)")  # fmt: skip
     return None
 
 

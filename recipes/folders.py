@@ -226,9 +226,13 @@ def hidden(path: Path, root: Path) -> bool:
 
 def say_unused(cfg, recipe: str, keys: tuple[str, ...]) -> None:
     """Data with its own validation split holds nothing out: the `keys` given (other than their
-    defaults: val_fraction, val_group) are said to be unused, on stderr, once (torchrun)."""
+    defaults: val_fraction, val_group) are said to be unused, on stderr, once (torchrun), when a run
+    starts."""
+    from .runs import RUN_FILE
+
     given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(type(cfg), k)]
-    if given and launch_rank() == 0:
+    started = bool(cfg.run_dir) and Path(cfg.run_dir, RUN_FILE).is_file()  # (a resume or an eval: said when the run started)
+    if given and not started and launch_rank() == 0:
         print(f"{recipe}: {', '.join(given)} unused: {cfg.data} has a validation split", file=sys.stderr)
 
 

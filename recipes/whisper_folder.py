@@ -50,7 +50,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import take_shape
 from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      inside, local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
+                      hidden, inside, local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -183,13 +183,26 @@ def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
     return text_tok.decode(ids), language_code(cfg.language, None)
 
 
+def layout_hint(folder: Path) -> str:
+    """What to give instead of a folder above or below a layout read here: LibriSpeech's top folder
+    (its splits named) or one of its speaker / chapter folders, a Common Voice release's top folder
+    (its locales named); "" for any other."""
+    if splits := sorted({p.relative_to(folder).parts[0] for p in folder.glob("*/*/*/*.trans.txt") if not hidden(p, folder)}):
+        return f"; it holds LibriSpeech splits: give data= one of them ({', '.join(splits)})"
+    if any(folder.glob("*.trans.txt")) or any(folder.glob("*/*.trans.txt")):
+        return "; it is a LibriSpeech speaker or chapter folder: give data= its split folder (test-clean, train-clean-100, ...)"
+    if locales := sorted(p.parent.name for p in folder.glob("*/train.tsv") if (p.parent / CV_CLIPS).is_dir()):
+        return f"; it holds Common Voice locales: give data= one of them ({', '.join(locales)})"
+    return ""
+
+
 def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
     """(file, transcript) pairs of an audio folder's metadata: its `transcription` column (audiofolder's
     name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`."""
     meta = find_metadata(folder)
     if meta is None:
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
-                                "file_name,transcription (or metadata.jsonl, one JSON object per file)")  # fmt: skip
+                                f"file_name,transcription (or metadata.jsonl, one JSON object per file){layout_hint(folder)}")  # fmt: skip
     column = metadata_column(meta, text_column, TEXT_COLUMNS, "text_column", "the transcript")
     pairs = read_metadata(meta, column, empty_ok=True)  # an empty transcript: a clip of silence
     say_empty(pairs, str(meta))
@@ -204,10 +217,20 @@ def common_voice(data: Path) -> tuple[Path, Path | None] | None:
     beside train.tsv and dev.tsv), or for one of its TSV files (`test.tsv`: all of it); None when
     `data` is neither."""
     if data.is_dir() and (data / "train.tsv").is_file() and (data / CV_CLIPS).is_dir():
-        return data / "train.tsv", (data / "dev.tsv") if (data / "dev.tsv").is_file() else None
+        dev = data / "dev.tsv"
+        if dev.is_file() and not has_rows(dev):  # (a small locale's release: its dev.tsv a header alone)
+            print(f"{dev} has no rows: holding out part of train.tsv instead", file=sys.stderr)
+        return data / "train.tsv", dev if dev.is_file() and has_rows(dev) else None
     if data.is_file() and data.suffix == ".tsv" and (data.parent / CV_CLIPS).is_dir():
         return data, None
     return None
+
+
+def has_rows(tsv: Path) -> bool:
+    """Whether a TSV holds a row below its header."""
+    with open(tsv, encoding="utf-8", errors="replace") as f:
+        next(f, None)
+        return any(line.strip() for line in f)
 
 
 def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tuple[Path, str]]:
@@ -228,6 +251,9 @@ def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tup
         raise ValueError(f"{tsv}: not readable as TSV ({e})") from None
     clips, first, pairs = tsv.parent / CV_CLIPS, {}, []
     for n, r in rows:
+        if None in r:  # (fields past the header's: a tab inside a sentence would shift the columns)
+            raise ValueError(f"{tsv}, line {n}: {len(reader.fieldnames) + len(r[None])} fields, and the header names "
+                             f"{len(reader.fieldnames)}: a tab inside a value?")  # fmt: skip
         value = r.get(column)
         if not r.get("path") or value is None or (not empty_ok and not value.strip()):
             raise ValueError(f"{tsv}, line {n}: expected a value for path and {column}")
@@ -237,7 +263,8 @@ def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tup
         first[path] = n
         pairs.append((path, value))
     if not pairs:
-        raise ValueError(f"{tsv}: no rows; needs path and {column} for each clip")
+        other = " (a small locale's train.tsv may be empty: give data=its validated.tsv val_group=client_id)" if tsv.name == "train.tsv" else ""
+        raise ValueError(f"{tsv}: no rows; needs path and {column} for each clip{other}")
     return pairs
 
 
@@ -249,7 +276,7 @@ def librispeech(data: Path) -> list[Path] | None:
     SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt beside SPEAKER-CHAPTER-NNNN.flac), or None."""
     if not data.is_dir() or find_metadata(data) is not None:
         return None
-    return sorted(data.glob("*/*/*.trans.txt")) or None
+    return sorted(p for p in data.glob("*/*/*.trans.txt") if not hidden(p, data)) or None  # (not macOS's ._NAME copies)
 
 
 def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
@@ -285,9 +312,15 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     data = local_data(cfg.data)
     if cv := common_voice(data):  # Common Voice's download: train.tsv (sentence) and dev.tsv, or one TSV of it
         train_tsv, val_tsv = cv
+        if cfg.audio_column:
+            raise ValueError(f"audio_column={cfg.audio_column}: {data} is Common Voice's (its clips named by the path column): leave it out")
         train_pairs = read_common_voice(train_tsv, cfg.text_column or "sentence")
         val_pairs = read_common_voice(val_tsv, cfg.text_column or "sentence") if val_tsv else None
+        for tsv, pairs in ((train_tsv, train_pairs), (val_tsv, val_pairs or [])):
+            say_empty(pairs, str(tsv))
     elif transcripts := librispeech(data):  # a LibriSpeech split folder: every utterance, val_fraction of them held out
+        if cfg.text_column:
+            raise ValueError(f"text_column={cfg.text_column}: {data} is a LibriSpeech folder (its transcripts in *.trans.txt): leave it out")
         train_pairs, val_pairs = read_librispeech(transcripts), None
     elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))

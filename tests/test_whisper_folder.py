@@ -277,6 +277,16 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
     (cv / "bad.tsv").write_text("client_id\tfile\tsentence\n")
     with pytest.raises(ValueError, match=r"bad.tsv: needs the columns path and sentence \(Common Voice's; its header has client_id, file, "):
         whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
+    (cv / "bad.tsv").write_text("client_id\tpath\tsentence\nx\tcommon_voice_en_0.mp3\tone\ttab\n")  # a tab inside a sentence
+    with pytest.raises(ValueError, match=r"bad.tsv, line 2: 4 fields, and the header names 3: a tab inside a value\?"):
+        whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
+    with pytest.raises(ValueError, match=r"audio_column=path: .* is Common Voice's \(its clips named by the path column\): leave it out"):
+        whisper_folder.read_pairs(Config(data=str(cv / "test.tsv"), audio_column="path"))
+    (cv / "dev.tsv").write_text((cv / "dev.tsv").read_text().splitlines()[0] + "\n")  # a small locale's header-only dev.tsv
+    train, val = whisper_folder.read_pairs(Config(data=str(cv)))
+    assert len(train) == 8 and val is None and "dev.tsv has no rows: holding out part of train.tsv instead" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"metadata.csv does not exist: .*; it holds Common Voice locales: give data= one of them \(en\)"):
+        whisper_folder.read_pairs(Config(data=str(cv.parent)))  # the release's top folder
 
 
 def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, speech, capsys):
@@ -303,6 +313,12 @@ def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, sp
     assert whisper_folder.evaluate(run, data=str(other))["val_utterances"] == 12  # another folder: all of it scored
     with pytest.raises(ValueError, match=r"val_group=gender: .* is a LibriSpeech folder, whose folders name the groups: val_group=speaker or"):
         whisper_folder.build_data(Config(data=str(other), val_group="gender", **TINY))
+    (other / "19" / "198" / "._19-198.trans.txt").write_bytes(b"\x00\x05\x16\x07\xff")  # macOS's AppleDouble copy: passed over
+    assert len(whisper_folder.read_pairs(Config(data=str(other)))[0]) == 12
+    for folder, says in ((tmp_path / "LibriSpeech", r"it holds LibriSpeech splits: give data= one of them \(test-clean\)"),
+                         (other / "19", r"it is a LibriSpeech speaker or chapter folder: give data= its split folder")):  # fmt: skip
+        with pytest.raises(FileNotFoundError, match=says):
+            whisper_folder.read_pairs(Config(data=str(folder)))
     (other / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000\n")
     with pytest.raises(ValueError, match=r"19-198.trans.txt, line 1: expected 'ID TRANSCRIPT' \(LibriSpeech's"):
         whisper_folder.read_pairs(Config(data=str(other)))
