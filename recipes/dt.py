@@ -330,18 +330,17 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
 
     run_dir = resolve_run_dir(cfg, recipe)
     episodes = load_data(cfg)
-    if resume:  # (first: what else is checked below comes from the data)
-        check_same_data(run_dir, fingerprint(episodes), data_name(cfg), "episodes (the tokenizer's state statistics and the target "
-                        "come from them)", made_here=not cfg.data)  # fmt: skip
-    returns = start_returns(episodes, cfg.gamma)
-    if resume:
+    if resume:  # (the data checked first: what else is checked below comes from it)
         from tokenizers_mm import load_tokenizer
 
+        check_same_data(run_dir, fingerprint(episodes), data_name(cfg), "episodes (the tokenizer's state statistics and the target "
+                        "come from them)", made_here=not cfg.data)  # fmt: skip
         tok = load_tokenizer(run_dir / "tokenizers" / "trajectory")
     else:
         env = make_env(cfg.env)
         tok = make_tokenizer(cfg, episodes, env)
         env.close()
+    returns = start_returns(episodes, cfg.gamma)
     target = float(returns.max()) if cfg.target is None else cfg.target
     highest, best = max([target, *target_list(cfg, returns)]), float(returns.max())
     # note: dt_cartpole's default target 500 is an undiscounted return; 0.05: the best as printed (one decimal) is taken too
@@ -370,8 +369,8 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         out_dir = run_dir if name == "dt" else run_dir / "bc"
         resume_this = resume and (out_dir / "checkpoints").is_dir()
         t0 = time.perf_counter()
-        results[name] = train(cfg, model, Windows(episodes, tok, blank, data_name(cfg)), collate_windows, make_evaluate(cfg, tok, target, blank), out_dir,
-                              resume=resume_this)  # fmt: skip
+        windows = Windows(episodes, tok, blank, data_name(cfg))
+        results[name] = train(cfg, model, windows, collate_windows, make_evaluate(cfg, tok, target, blank), out_dir, resume=resume_this)
         timings[name], models[name] = time.perf_counter() - t0, model.cpu()
     seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
     targets = target_list(cfg, returns)

@@ -167,22 +167,30 @@ def read_metadata(meta: Path, column: str, empty_ok: bool = False) -> list[tuple
     """(file, value of `column`) pairs of a metadata.csv / metadata.jsonl, files resolved inside its
     folder. An empty or blank file_name, or `column` unless `empty_ok` (a silent clip's transcript),
     is no value (an empty CSV cell would otherwise make a label "")."""
-    rows = metadata_rows(meta, column)
+    return named_pairs(metadata_rows(meta, column), meta, meta.parent, column, empty_ok)
+
+
+def named_pairs(rows: list[tuple[int, dict]], where: Path, base: Path, column: str, empty_ok: bool = False, name: str = "file_name",
+                more: str = "") -> list[tuple[Path, str]]:  # fmt: skip
+    """(file, value of `column`) of (line number, row) rows of a metadata file `where`, each row's
+    `name` a file inside `base` (a metadata.csv's folder, Common Voice's clips/), named once; a
+    missing or blank value (`column`'s allowed blank with `empty_ok`) is named with its line, and no
+    rows at all are refused (`more`: what to say then besides)."""
     if not rows:
-        raise ValueError(f"{meta}: no rows; needs file_name and {column} for each file")
+        raise ValueError(f"{where}: no rows; needs {name} and {column} for each file{more}")
     for n, r in rows:
-        blank = {c for c in ("file_name", column) if isinstance(r.get(c), str) and not r[c].strip()} - ({column} if empty_ok else set())
-        missing = [c for c in ("file_name", column) if r.get(c) is None or c in blank]
+        blank = {c for c in (name, column) if isinstance(r.get(c), str) and not r[c].strip()} - ({column} if empty_ok else set())
+        missing = [c for c in (name, column) if r.get(c) is None or c in blank]
         if missing:
-            raise ValueError(f"{meta}, line {n}: expected a value for {' and '.join(missing)}")
-        if not isinstance(r["file_name"], str) or isinstance(r[column], (dict, list)):
-            raise ValueError(f"{meta}, line {n}: expected a file_name string and one {column}")
+            raise ValueError(f"{where}, line {n}: expected a value for {' and '.join(missing)}")
+        if not isinstance(r[name], str) or isinstance(r[column], (dict, list)):
+            raise ValueError(f"{where}, line {n}: expected a {name} string and one {column}")
     first: dict[Path, int] = {}
     pairs = []
     for n, r in rows:
-        path = inside(meta.parent, r["file_name"], str(meta))
+        path = inside(base, r[name], str(where))
         if path in first:  # (it could land in both the training and the held-out split)
-            raise ValueError(f"{meta}, line {n}: {r['file_name']} is named again (first on line {first[path]}); one row per file")
+            raise ValueError(f"{where}, line {n}: {r[name]} is named again (first on line {first[path]}); one row per file")
         first[path] = n
         pairs.append((path, str(r[column])))
     return pairs
@@ -627,10 +635,9 @@ def say_quoted_tsv(files: dict, rows: int = 10_000) -> None:
     with CSV quoting (pandas' `to_csv(sep="\\t")` wraps a cell holding a tab, a newline or a quote in
     quotes) is then read with its quotes, and a quoted newline splits its row: said on stderr."""
     for path, wrapped in quoted_tsv_cells(files, rows):
-        if wrapped:
-            print(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
-                  "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
-                  "a tab, a newline or a quote), save it as .csv or .parquet", file=sys.stderr)  # fmt: skip
+        print(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
+              "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
+              "a tab, a newline or a quote), save it as .csv or .parquet", file=sys.stderr)  # fmt: skip
 
 
 def load_hf(root: Path):
@@ -762,13 +769,14 @@ def hf_text(ds, name: str, column: str = "") -> str:
         if isinstance(feature, dict):
             holds = f"objects with the fields {', '.join(feature)} (name one: text_column={column}.FIELD)"
         else:
-            holds = ("only nulls" if getattr(feature, "dtype", "") == "null" else "values of mixed types" if type(feature).__name__ == "Json"
+            mixed = type(feature).__name__ == "Json"  # (`datasets`' type for a JSON column of several types)
+            holds = ("only nulls" if getattr(feature, "dtype", "") == "null" else "values of mixed types" if mixed
                      else f"{getattr(feature, 'dtype', type(feature).__name__)} values")  # fmt: skip
             row = None
-            if type(feature).__name__ == "Json" or isinstance(feature, datasets.Value):  # (not media: reading them decodes them)
+            if mixed or isinstance(feature, datasets.Value):  # (not media: reading them decodes them)
                 with contextlib.suppress(Exception):  # (best effort: the error below stands without it)
                     row = next(((i, v) for i, v in enumerate(ds[column]) if v is not None and not isinstance(v, str)), None)
-            if row is not None:  # (a JSON column of mixed types reads as `Json` values: the first row that is not text, named)
+            if row is not None:  # (the first row that is not text, named)
                 holds += f", e.g. row {row[0]}: {type(row[1]).__name__} {SHORT.repr(row[1])}"
         raise ValueError(f"{name}: column {column!r} holds {holds}; expected text (a string in every row)")
     try:

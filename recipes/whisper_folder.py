@@ -50,7 +50,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import take_shape
 from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      hidden, inside, local_data, metadata_column, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
+                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -218,9 +218,7 @@ def common_voice(data: Path) -> tuple[Path, Path | None] | None:
     `data` is neither."""
     if data.is_dir() and (data / "train.tsv").is_file() and (data / CV_CLIPS).is_dir():
         dev = data / "dev.tsv"
-        if dev.is_file() and not has_rows(dev):  # (a small locale's release: its dev.tsv a header alone)
-            print(f"{dev} has no rows: holding out part of train.tsv instead", file=sys.stderr)
-        return data / "train.tsv", dev if dev.is_file() and has_rows(dev) else None
+        return data / "train.tsv", dev if dev.is_file() and has_rows(dev) else None  # (a small locale's dev.tsv: a header alone)
     if data.is_file() and data.suffix == ".tsv" and (data.parent / CV_CLIPS).is_dir():
         return data, None
     return None
@@ -249,23 +247,12 @@ def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tup
         raise ValueError(f"{tsv}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except csv.Error as e:
         raise ValueError(f"{tsv}: not readable as TSV ({e})") from None
-    clips, first, pairs = tsv.parent / CV_CLIPS, {}, []
     for n, r in rows:
         if None in r:  # (fields past the header's: a tab inside a sentence would shift the columns)
             raise ValueError(f"{tsv}, line {n}: {len(reader.fieldnames) + len(r[None])} fields, and the header names "
                              f"{len(reader.fieldnames)}: a tab inside a value?")  # fmt: skip
-        value = r.get(column)
-        if not r.get("path") or value is None or (not empty_ok and not value.strip()):
-            raise ValueError(f"{tsv}, line {n}: expected a value for path and {column}")
-        path = inside(clips, r["path"], str(tsv))
-        if path in first:
-            raise ValueError(f"{tsv}, line {n}: {r['path']} is named again (first on line {first[path]}); one row per clip")
-        first[path] = n
-        pairs.append((path, value))
-    if not pairs:
-        other = " (a small locale's train.tsv may be empty: give data=its validated.tsv val_group=client_id)" if tsv.name == "train.tsv" else ""
-        raise ValueError(f"{tsv}: no rows; needs path and {column} for each clip{other}")
-    return pairs
+    more = " (a small locale's train.tsv may be empty: give data=its validated.tsv val_group=client_id)" if tsv.name == "train.tsv" else ""
+    return named_pairs(rows, tsv, tsv.parent / CV_CLIPS, column, empty_ok, "path", more)
 
 
 LIBRISPEECH_GROUPS = ("speaker", "chapter")  # val_group= for a LibriSpeech folder: its first and second folder levels
@@ -312,6 +299,8 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
     data = local_data(cfg.data)
     if cv := common_voice(data):  # Common Voice's download: train.tsv (sentence) and dev.tsv, or one TSV of it
         train_tsv, val_tsv = cv
+        if val_tsv is None and (data / "dev.tsv").is_file():
+            print(f"{data / 'dev.tsv'} has no rows: holding out part of train.tsv instead", file=sys.stderr)
         if cfg.audio_column:
             raise ValueError(f"audio_column={cfg.audio_column}: {data} is Common Voice's (its clips named by the path column): leave it out")
         train_pairs = read_common_voice(train_tsv, cfg.text_column or "sentence")

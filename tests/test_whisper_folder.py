@@ -272,7 +272,7 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
     train, val = whisper_folder.build_data(grouped)[2:4]
     assert "held out 1 of 4 client_id groups (3 of 12 utterances)" in capsys.readouterr().err and (len(train), len(val)) == (9, 3)
     (cv / "bad.tsv").write_text("client_id\tpath\tsentence\nx\t\thello\n")
-    with pytest.raises(ValueError, match=r"bad.tsv, line 2: expected a value for path and sentence"):
+    with pytest.raises(ValueError, match=r"bad.tsv, line 2: expected a value for path$"):
         whisper_folder.read_pairs(Config(data=str(cv / "bad.tsv")))
     (cv / "bad.tsv").write_text("client_id\tfile\tsentence\n")
     with pytest.raises(ValueError, match=r"bad.tsv: needs the columns path and sentence \(Common Voice's; its header has client_id, file, "):
