@@ -4,7 +4,8 @@ Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) w
 and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
 `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Common Voice
 download (a locale's folder: clips/ beside train.tsv and dev.tsv, or one of its TSV files); or a LibriSpeech
-split folder (SPEAKER/CHAPTER/*.trans.txt beside the FLAC files; val_group=speaker / chapter); or a Hugging Face
+split folder (SPEAKER/CHAPTER/*.trans.txt beside the FLAC files; val_group=speaker / chapter) or its top folder
+(train-* splits to train, dev-clean to validate); or a Hugging Face
 dataset (`save_to_disk`'s folder, Parquet files; its Audio column and a transcript column, recipes/folders.py).
 Without a validation split, `val_fraction` of the utterances are held out (fixed seed); with
 `val_group=COLUMN` (a speaker column: speaker_id, client_id, ...), `val_fraction` of its groups are,
@@ -258,12 +259,22 @@ def read_common_voice(tsv: Path, column: str, empty_ok: bool = True) -> list[tup
 LIBRISPEECH_GROUPS = ("speaker", "chapter")  # val_group= for a LibriSpeech folder: its first and second folder levels
 
 
-def librispeech(data: Path) -> list[Path] | None:
-    """The transcript files of a LibriSpeech split folder as it unpacks (`LibriSpeech/test-clean`:
-    SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt beside SPEAKER-CHAPTER-NNNN.flac), or None."""
+def librispeech(data: Path) -> tuple[list[Path], list[Path] | None, int] | None:
+    """(training transcript files, validation ones or None, how many folders lie above the speakers')
+    of LibriSpeech as it unpacks: a split folder (`LibriSpeech/test-clean`: SPEAKER/CHAPTER/
+    SPEAKER-CHAPTER.trans.txt beside SPEAKER-CHAPTER-NNNN.flac), all of it; or its top folder
+    (`LibriSpeech`), its train-* splits, and dev-clean (else dev-other) to validate. None otherwise."""
     if not data.is_dir() or find_metadata(data) is not None:
         return None
-    return sorted(p for p in data.glob("*/*/*.trans.txt") if not hidden(p, data)) or None  # (not macOS's ._NAME copies)
+    found = lambda pattern: sorted(p for p in data.glob(pattern) if not hidden(p, data))  # noqa: E731  # (not macOS's ._NAME copies)
+    if own := found("*/*/*.trans.txt"):
+        return own, None, 0
+    splits: dict[str, list[Path]] = {}
+    for p in found("*/*/*/*.trans.txt"):
+        splits.setdefault(p.relative_to(data).parts[0], []).append(p)
+    train = [p for name in sorted(splits) if name.startswith("train") for p in splits[name]]
+    val = next((splits[name] for name in ("dev-clean", "dev-other") if name in splits), None)
+    return (train, val, 1) if train else None  # (splits without a train-*: layout_hint names them)
 
 
 def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
@@ -307,10 +318,14 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
         val_pairs = read_common_voice(val_tsv, cfg.text_column or "sentence") if val_tsv else None
         for tsv, pairs in ((train_tsv, train_pairs), (val_tsv, val_pairs or [])):
             say_empty(pairs, str(tsv))
-    elif transcripts := librispeech(data):  # a LibriSpeech split folder: every utterance, val_fraction of them held out
+    elif ls := librispeech(data):  # a LibriSpeech split folder (all of it: val_fraction held out), or its top folder
         if cfg.text_column:
             raise ValueError(f"text_column={cfg.text_column}: {data} is a LibriSpeech folder (its transcripts in *.trans.txt): leave it out")
-        train_pairs, val_pairs = read_librispeech(transcripts), None
+        train_pairs, val_pairs = read_librispeech(ls[0]), read_librispeech(ls[1]) if ls[1] else None
+        if ls[2]:  # (the top folder: which splits serve, said)
+            name = lambda files: ", ".join(sorted({f.relative_to(data).parts[0] for f in files}))  # noqa: E731
+            print(f"{data}: LibriSpeech's {name(ls[0])} to train, {name(ls[1]) if ls[1] else 'val_fraction of it'} to validate",
+                  file=sys.stderr)  # fmt: skip
     elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
         for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):
@@ -330,12 +345,12 @@ def groups_of(cfg: Config, pairs: list) -> list[str]:
     if cv := common_voice(data):
         by_file = dict(read_common_voice(cv[0], cfg.val_group, empty_ok=False))
         return [by_file[f] for f, _ in pairs]
-    if librispeech(data):  # (no columns: its folders name the speaker and the chapter)
+    if ls := librispeech(data):  # (no columns: its folders name the speaker and the chapter)
         if cfg.val_group not in LIBRISPEECH_GROUPS:
             raise ValueError(f"val_group={cfg.val_group}: {data} is a LibriSpeech folder, whose folders name the groups: "
                              f"val_group={' or val_group='.join(LIBRISPEECH_GROUPS)}")  # fmt: skip
-        level = LIBRISPEECH_GROUPS.index(cfg.val_group)
-        return ["/".join(f.relative_to(data).parts[: level + 1]) for f, _ in pairs]
+        level = ls[2] + LIBRISPEECH_GROUPS.index(cfg.val_group)  # (below the split's folder, from the top folder)
+        return ["/".join(f.relative_to(data).parts[ls[2] : level + 1]) for f, _ in pairs]
     if is_hf_dataset(data):
         import datasets
 

@@ -319,6 +319,17 @@ def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, sp
                          (other / "19", r"it is a LibriSpeech speaker or chapter folder: give data= its split folder")):  # fmt: skip
         with pytest.raises(FileNotFoundError, match=says):
             whisper_folder.read_pairs(Config(data=str(folder)))
+    top = tmp_path / "LibriSpeech"  # the top folder with a train-* split: its train-* splits train, dev-clean validates
+    shutil.copytree(split, top / "train-clean-100")
+    train, val = whisper_folder.read_pairs(Config(data=str(top)))
+    assert len(train) == 12 and val is None and all("train-clean-100" in str(p) for p, _ in train)  # (test-clean: not a validation split)
+    assert f"{top}: LibriSpeech's train-clean-100 to train, val_fraction of it to validate" in capsys.readouterr().err
+    shutil.move(top / "test-clean", top / "dev-clean")
+    assert len(whisper_folder.read_pairs(Config(data=str(top)))[1]) == 12
+    assert f"{top}: LibriSpeech's train-clean-100 to train, dev-clean to validate" in capsys.readouterr().err
+    shutil.rmtree(top / "dev-clean")  # no dev split: val_fraction of the training speakers, grouped below the split's folder
+    grouped = whisper_folder.build_data(Config(data=str(top), val_group="speaker", val_fraction=0.3, **TINY))
+    assert (len(grouped[2]), len(grouped[3])) == (8, 4) and "held out 1 of 3 speaker groups" in capsys.readouterr().err
     (other / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000\n")
     with pytest.raises(ValueError, match=r"19-198.trans.txt, line 1: expected 'ID TRANSCRIPT' \(LibriSpeech's"):
         whisper_folder.read_pairs(Config(data=str(other)))
