@@ -188,8 +188,8 @@ def layout_hint(folder: Path) -> str:
     """What to give instead of a folder above or below a layout read here: LibriSpeech's top folder
     (its splits named) or one of its speaker / chapter folders, a Common Voice release's top folder
     (its locales named); "" for any other."""
-    if splits := sorted({p.relative_to(folder).parts[0] for p in folder.glob("*/*/*/*.trans.txt") if not hidden(p, folder)}):
-        return f"; it holds LibriSpeech splits: give data= one of them ({', '.join(splits)})"
+    if splits := librispeech_splits(folder):
+        return f"; it holds LibriSpeech splits: give data= one of them ({', '.join(sorted(splits))})"
     if any(folder.glob("*.trans.txt")) or any(folder.glob("*/*.trans.txt")):
         return "; it is a LibriSpeech speaker or chapter folder: give data= its split folder (test-clean, train-clean-100, ...)"
     if locales := sorted(p.parent.name for p in folder.glob("*/train.tsv") if (p.parent / CV_CLIPS).is_dir()):
@@ -266,15 +266,22 @@ def librispeech(data: Path) -> tuple[list[Path], list[Path] | None, int] | None:
     (`LibriSpeech`), its train-* splits, and dev-clean (else dev-other) to validate. None otherwise."""
     if not data.is_dir() or find_metadata(data) is not None:
         return None
-    found = lambda pattern: sorted(p for p in data.glob(pattern) if not hidden(p, data))  # noqa: E731  # (not macOS's ._NAME copies)
-    if own := found("*/*/*.trans.txt"):
+    if own := librispeech_splits(data, depth=0).get(""):
         return own, None, 0
-    splits: dict[str, list[Path]] = {}
-    for p in found("*/*/*/*.trans.txt"):
-        splits.setdefault(p.relative_to(data).parts[0], []).append(p)
+    splits = librispeech_splits(data)
     train = [p for name in sorted(splits) if name.startswith("train") for p in splits[name]]
     val = next((splits[name] for name in ("dev-clean", "dev-other") if name in splits), None)
     return (train, val, 1) if train else None  # (splits without a train-*: layout_hint names them)
+
+
+def librispeech_splits(folder: Path, depth: int = 1) -> dict[str, list[Path]]:
+    """A folder's LibriSpeech transcript files (SPEAKER/CHAPTER/*.trans.txt, `depth` folders down) by
+    the split folder they lie in ("" at depth 0), macOS's ._NAME copies passed over."""
+    splits: dict[str, list[Path]] = {}
+    for p in sorted(folder.glob("*/" * depth + "*/*/*.trans.txt")):
+        if not hidden(p, folder):
+            splits.setdefault("/".join(p.relative_to(folder).parts[:depth]), []).append(p)
+    return splits
 
 
 def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
