@@ -396,6 +396,11 @@ def load_run_info(run_dir):
     if hasattr(module.Config, "upgrade_run"):
         values = module.Config.upgrade_run(values, fmt)
     cfg = apply_values(module.Config(), values, str(run_dir / RUN_FILE))
+    missing = [f.name for f in dataclasses.fields(cfg) if f.name not in values and f.name != "run_dir"]
+    if missing:  # a run writes every key: one edited by hand, or written before a key existed, trains otherwise unseen
+        defaults = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
+        warnings.warn(f"tokenizers_mm: {run_dir / RUN_FILE} holds no value for {len(missing)} config key(s); "
+                      f"they take their defaults: {defaults}", stacklevel=2)  # fmt: skip
     cfg.run_dir = str(run_dir)
     return doc["recipe"], module, cfg
 

@@ -16,6 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT, subprocess_env, write_small_text
+from recipes import gpt_char
 from recipes.checkpoint import load_state
 from recipes.train import StepSampler, lr_lambda
 from recipes.config import TrainConfig
@@ -137,6 +138,11 @@ def test_resume_on_text_other_than_the_run_started_with_is_refused(tmp_path, tra
     (run / "data.json").write_text('{"sha256": ')  # damaged: said, and resumed unchecked (as a run made before data.json)
     assert main(["resume", str(run), "max_steps=22"]) == 0
     assert f"{mine}: not checked against the data the run started with (" in capsys.readouterr().err
+    batch = doc["config"].pop("batch_size")  # a key taken out of run.json by hand: its default is used, and said (not silently)
+    (run / "run.json").write_text(json.dumps(doc))
+    assert main(["eval", str(run)]) == 0
+    default = gpt_char.Config().batch_size
+    assert batch != default and f"run.json holds no value for 1 config key(s); they take their defaults: batch_size={default!r}" in capsys.readouterr().err
     from recipes.runs import check_same_data, record_data
 
     record_data(tmp_path, {"tokens": 3, "sha256": "a" * 64})  # data the toolkit makes (the built-in corpus) may come out otherwise
