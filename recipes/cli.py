@@ -282,10 +282,9 @@ def cmd_export(args):
         print(f'load it: AutoModelForCausalLM.from_pretrained("{r["folder"]}"), AutoTokenizer.from_pretrained("{r["folder"]}")')
 
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64")  # what libsndfile reads
-
-
 def cmd_show(args):
+    from .folders import AUDIO_SUFFIXES
+
     one_process("show")  # (each would write the same picture)
     given = [f"--{k.replace('_', '-')}" for k in ("image_size", "patch_size") if getattr(args, k) is not None]  # an image's
     if Path(args.image).suffix.lower() in AUDIO_SUFFIXES:

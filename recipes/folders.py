@@ -38,6 +38,7 @@ from .config import SHORT, launch_rank
 VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 TRAIN_DIRS = ("train", "training")  # split folders as `datasets` finds them (SPLIT_KEYWORDS), matched in any case
 FOLDER_VAL_DIRS = (*VAL_DIRS, "testing", "eval", "evaluation")  # the first present is the validation split
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au", ".caf", ".w64", ".rf64")  # what libsndfile reads
 
 
 def inside(root: Path, name: str, where: str) -> Path:

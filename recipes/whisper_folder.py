@@ -1,8 +1,9 @@
 """whisper_folder: train or fine-tune the Whisper-style recogniser on your own recordings.
 
 Layout (Hugging Face `audiofolder`): `PATH/metadata.csv` (or `metadata.jsonl`) with `file_name,transcription`
-and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes); or split folders
-`PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Common Voice
+and the audio files beside it (WAV, FLAC, OGG, ... — anything libsndfile decodes), or without metadata a
+transcript file beside each audio file (NAME.wav + NAME.txt or NAME.lab, at any depth; val_group=folder); or split
+folders `PATH/train/metadata.csv` with `PATH/validation/` (or `valid/`, `val/`, `dev/`, `test/`); or a Common Voice
 download (a locale's folder: clips/ beside train.tsv and dev.tsv, or one of its TSV files); or a LibriSpeech
 split folder (SPEAKER/CHAPTER/*.trans.txt beside the FLAC files; val_group=speaker / chapter) or its top folder
 (train-* splits to train, dev-clean to validate); or a Hugging Face
@@ -40,8 +41,10 @@ a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuat
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from models import is_hf_whisper_folder, load_hf_whisper_folder, load_openai_whisper
 from tokenizers_mm import AudioTokenizer, BPETokenizer, load_audio, load_tokenizer
@@ -50,8 +53,9 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
 from .config import take_shape
-from .folders import (TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_unused, scored_data, split_dirs)  # fmt: skip
+from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
+                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_unused, scored_data, split_dirs,
+                      walk_files)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -71,6 +75,7 @@ class Config(whisper_digits.Config):
     language: str = ""  # multilingual Whisper weights: the prompt's language (de, German, ...; "" = en, or the init_from run's)
     val_fraction: float = 0.1  # held out when the folder has no validation split
     val_group: str = ""  # a metadata / dataset column (a speaker's id): whole groups are held out, not single utterances
+    # (LibriSpeech: speaker / chapter; transcripts beside the audio files: folder)
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
     lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
     max_frames: int = 3000  # 10 ms frames per utterance at most (30 s, Whisper's window)
@@ -198,15 +203,46 @@ def layout_hint(folder: Path) -> str:
 
 
 def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
-    """(file, transcript) pairs of an audio folder's metadata: its `transcription` column (audiofolder's
-    name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`."""
+    """(file, transcript) pairs of an audio folder: its metadata's `transcription` column (audiofolder's
+    name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`; without
+    metadata, the transcript files beside the audio files (`read_sidecars`)."""
     meta = find_metadata(folder)
     if meta is None:
+        if (pairs := read_sidecars(folder, text_column)) is not None:
+            return pairs
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
-                                f"file_name,transcription (or metadata.jsonl, one JSON object per file){layout_hint(folder)}")  # fmt: skip
+                                f"file_name,transcription (or metadata.jsonl, one JSON object per file), or a transcript "
+                                f"beside each audio file (NAME.wav and NAME.txt){layout_hint(folder)}")  # fmt: skip
     column = metadata_column(meta, text_column, TEXT_COLUMNS, "text_column", "the transcript")
     pairs = read_metadata(meta, column, empty_ok=True)  # an empty transcript: a clip of silence
     say_empty(pairs, str(meta))
+    return pairs
+
+
+SIDECARS = (".txt", ".lab")  # a transcript file beside its audio (talk.wav, talk.txt; .lab: Montreal Forced Aligner's corpora)
+SIDECAR_GROUP = "folder"  # val_group= for such a folder: the folder each file lies in (a speaker's, in MFA's layout)
+
+
+def read_sidecars(folder: Path, text_column: str = "") -> list[tuple[Path, str | None]] | None:
+    """(audio file, transcript) of a folder whose audio files (any depth) each have their transcript
+    beside them in a UTF-8 text file of the same name, NAME.txt or NAME.lab; None when none has.
+    An audio file without one gets None, refused (or skipped) by name with the rest of the bad data."""
+    audio = [p for p in walk_files(folder) if not hidden(p, folder) and p.suffix.lower() in AUDIO_SUFFIXES]
+    sidecar = {p: next((q for q in (p.with_suffix(s) for s in SIDECARS) if q.is_file()), None) for p in audio}
+    if not any(sidecar.values()):
+        return None
+    if text_column:
+        raise ValueError(f"text_column={text_column}: {folder}'s transcripts are the text files beside its audio files: leave it out")
+    pairs = []
+    for p, q in sidecar.items():
+        try:
+            pairs.append((p, None if q is None else q.read_text(encoding="utf-8-sig")))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{q}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if missing := sum(q is None for q in sidecar.values()):
+        print(f"{folder}: {missing} of {len(audio)} audio files have no transcript beside them ({SIDECARS[0]} or {SIDECARS[1]})",
+              file=sys.stderr)  # fmt: skip
+    say_empty(pairs, str(folder))
     return pairs
 
 
@@ -309,9 +345,19 @@ def say_empty(pairs: list, where: str) -> None:
         print(f"{where}: {empty} of {len(pairs)} files have an empty transcription, taken as silence (nothing to write)", file=sys.stderr)
 
 
-def read_pairs(cfg: Config) -> tuple[list, list | None]:
-    """(training, validation or None) (audio, normalised transcript) pairs of cfg.data: a folder (its
-    metadata, or split folders each with one) or a Hugging Face dataset."""
+class Speech(NamedTuple):
+    """A speech folder's or dataset's utterances, as its layout gives them: (audio, normalised
+    transcript) pairs to train on, those to validate on (None: no validation split), and
+    `groups(pairs)`: the `val_group` value (a speaker) of each of the training pairs."""
+
+    train: list
+    val: list | None
+    groups: Callable[[list], list[str]]
+
+
+def read_pairs(cfg: Config) -> Speech:
+    """The utterances of cfg.data: a Common Voice download, a LibriSpeech folder, a Hugging Face
+    dataset, or an audio folder (its metadata or its transcript files, or split folders of them)."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     data = local_data(cfg.data)
@@ -325,6 +371,7 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
         val_pairs = read_common_voice(val_tsv, cfg.text_column or "sentence") if val_tsv else None
         for tsv, pairs in ((train_tsv, train_pairs), (val_tsv, val_pairs or [])):
             say_empty(pairs, str(tsv))
+        groups = lambda pairs: by_file(pairs, dict(read_common_voice(train_tsv, cfg.val_group, empty_ok=False)))  # noqa: E731
     elif ls := librispeech(data):  # a LibriSpeech split folder (all of it: val_fraction held out), or its top folder
         if cfg.text_column:
             raise ValueError(f"text_column={cfg.text_column}: {data} is a LibriSpeech folder (its transcripts in *.trans.txt): leave it out")
@@ -333,47 +380,59 @@ def read_pairs(cfg: Config) -> tuple[list, list | None]:
             name = lambda files: ", ".join(sorted({f.relative_to(data).parts[0] for f in files}))  # noqa: E731
             print(f"{data}: LibriSpeech's {name(ls[0])} to train, {name(ls[1]) if ls[1] else 'val_fraction of it'} to validate",
                   file=sys.stderr)  # fmt: skip
+        groups = lambda pairs: librispeech_groups(pairs, data, cfg.val_group, ls[2])  # noqa: E731
     elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
         for name, pairs in (("train", train_pairs), ("validation", val_pairs or [])):
             say_empty(pairs, f"{data}[{name}]")
+        groups = lambda pairs: hf_groups(pairs, data, cfg.val_group)  # noqa: E731
     else:
         train_dir, val_dir = split_dirs(data)
         train_pairs = read_split(train_dir, cfg.text_column)
         val_pairs = read_split(val_dir, cfg.text_column) if val_dir else None
+        groups = lambda pairs: metadata_groups(pairs, train_dir, cfg.val_group)  # noqa: E731
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
-    return norm(train_pairs), norm(val_pairs) if val_pairs is not None else None
+    return Speech(norm(train_pairs), norm(val_pairs) if val_pairs is not None else None, groups)
 
 
-def groups_of(cfg: Config, pairs: list) -> list[str]:
-    """The `val_group` column's value (a speaker) of each training pair, in their order: the training
-    folder's metadata, or the dataset's training split."""
-    data = local_data(cfg.data)
-    if cv := common_voice(data):
-        by_file = dict(read_common_voice(cv[0], cfg.val_group, empty_ok=False))
-        return [by_file[f] for f, _ in pairs]
-    if ls := librispeech(data):  # (no columns: its folders name the speaker and the chapter)
-        if cfg.val_group not in LIBRISPEECH_GROUPS:
-            raise ValueError(f"val_group={cfg.val_group}: {data} is a LibriSpeech folder, whose folders name the groups: "
-                             f"val_group={' or val_group='.join(LIBRISPEECH_GROUPS)}")  # fmt: skip
-        level = ls[2] + LIBRISPEECH_GROUPS.index(cfg.val_group)  # (below the split's folder, from the top folder)
-        return ["/".join(f.relative_to(data).parts[ls[2] : level + 1]) for f, _ in pairs]
-    if is_hf_dataset(data):
-        import datasets
+def by_file(pairs: list, groups: dict) -> list[str]:
+    return [groups[f] for f, _ in pairs]
 
-        ds = load_hf(data)
-        ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds  # (read_pairs checked it has one)
-        if cfg.val_group not in ds.features:
-            raise ValueError(f"{data}[train]: no column {cfg.val_group!r} (val_group=); columns: {', '.join(ds.features)}")
-        values = list(ds[cfg.val_group])  # (one read of the column: a row at a time is slow)
-        if bad := next((p for p, _ in pairs if values[p.row] is None or not str(values[p.row]).strip()), None):
-            raise ValueError(f"{bad}: no {cfg.val_group} value (val_group=): every row needs its group")
-        return [str(values[p.row]) for p, _ in pairs]
+
+def librispeech_groups(pairs: list, data: Path, given: str, above: int) -> list[str]:
+    """LibriSpeech's groups, named by its folders (SPEAKER/CHAPTER, `above` folders below `data`)."""
+    if given not in LIBRISPEECH_GROUPS:
+        raise ValueError(f"val_group={given}: {data} is a LibriSpeech folder, whose folders name the groups: "
+                         f"val_group={' or val_group='.join(LIBRISPEECH_GROUPS)}")  # fmt: skip
+    level = above + LIBRISPEECH_GROUPS.index(given)
+    return ["/".join(f.relative_to(data).parts[above : level + 1]) for f, _ in pairs]
+
+
+def hf_groups(pairs: list, data: Path, column: str) -> list[str]:
+    import datasets
+
+    ds = load_hf(data)
+    ds = ds["train"] if isinstance(ds, datasets.DatasetDict) else ds  # (read_pairs checked it has one)
+    if column not in ds.features:
+        raise ValueError(f"{data}[train]: no column {column!r} (val_group=); columns: {', '.join(ds.features)}")
+    values = list(ds[column])  # (one read of the column: a row at a time is slow)
+    if bad := next((p for p, _ in pairs if values[p.row] is None or not str(values[p.row]).strip()), None):
+        raise ValueError(f"{bad}: no {column} value (val_group=): every row needs its group")
+    return [str(values[p.row]) for p, _ in pairs]
+
+
+def metadata_groups(pairs: list, folder: Path, column: str) -> list[str]:
+    """An audio folder's groups: its metadata's `column`, or without metadata (transcript files beside
+    the audio), each file's folder."""
+    if (meta := find_metadata(folder)) is None:
+        if column != SIDECAR_GROUP:
+            raise ValueError(f"val_group={column}: {folder} has no metadata (its transcripts lie beside the audio files): "
+                             f"val_group={SIDECAR_GROUP} holds out whole folders (a speaker's each, say)")  # fmt: skip
+        return [f.parent.relative_to(folder).as_posix() for f, _ in pairs]
     try:
-        by_file = dict(read_metadata(find_metadata(split_dirs(data)[0]), cfg.val_group))
+        return by_file(pairs, dict(read_metadata(meta, column)))
     except ValueError as e:
-        raise ValueError(f"val_group={cfg.val_group}: {e}") from None
-    return [by_file[f] for f, _ in pairs]
+        raise ValueError(f"val_group={column}: {e}") from None
 
 
 def group_split(pairs: list, groups: list[str], cfg: Config) -> tuple[list, list]:
@@ -399,7 +458,7 @@ def held_out(data: str):
 
     def build(cfg: Config, run_dir: Path):
         cfg.data = data
-        train_pairs, val_pairs = read_pairs(cfg)
+        train_pairs, val_pairs, _ = read_pairs(cfg)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")
@@ -416,7 +475,8 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     """-> (audio tokenizer, text tokenizer, train set, test set, model to fine-tune or None).
     run_dir: a run being resumed or evaluated, whose saved tokenizers are used; `evaluating`: its
     training files are not read (an evaluation needs the held-out ones alone)."""
-    train_pairs, val_pairs = read_pairs(cfg)
+    speech = read_pairs(cfg)
+    train_pairs, val_pairs = speech.train, speech.val
     if val_pairs is not None and not evaluating:
         say_unused(cfg, "whisper_folder", ("val_fraction", "val_group"))
     root = local_data(cfg.data)
@@ -425,7 +485,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     if kept is not None:
         train_pairs, val_pairs = kept
         if cfg.val_group and not evaluating:  # rows added since the run began (trained on after the rest): none of a held-out group
-            groups = groups_of(cfg, train_pairs + val_pairs)  # (one read of the column)
+            groups = speech.groups(train_pairs + val_pairs)  # (one read of the column)
             held = set(groups[len(train_pairs) :])
             keep = [g not in held for g in groups[: len(train_pairs)]]
             if left := keep.count(False):
@@ -438,7 +498,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
         if len(train_pairs) < 2:
             raise ValueError(f"{cfg.data}: {len(train_pairs)} utterance(s); need at least 2 to hold one out")
         if cfg.val_group:
-            train_pairs, val_pairs = group_split(train_pairs, groups_of(cfg, train_pairs), cfg)
+            train_pairs, val_pairs = group_split(train_pairs, speech.groups(train_pairs), cfg)
         else:
             n_val = held_out_count(len(train_pairs), cfg.val_fraction)
             train_pairs, val_pairs = train_test_split(train_pairs, test_size=n_val, random_state=0)

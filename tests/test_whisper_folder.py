@@ -101,16 +101,16 @@ def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
     ds = ds.cast_column("audio", datasets.Audio(decode=False))
     ds.save_to_disk(tmp_path / "hf")
     cfg = Config(data=str(tmp_path / "hf"), val_fraction=0.5, val_group="client_id")
-    pairs, _ = whisper_folder.read_pairs(cfg)
-    train, val = whisper_folder.group_split(pairs, whisper_folder.groups_of(cfg, pairs), cfg)
+    pairs, _, groups = whisper_folder.read_pairs(cfg)
+    train, val = whisper_folder.group_split(pairs, groups(pairs), cfg)
     assert len(train) == len(val) == 6 and not {speaker[rows[1 + p.row][0]] for p, _ in train} & {speaker[rows[1 + p.row][0]] for p, _ in val}
     cfg.val_group = "speaker"
     with pytest.raises(ValueError, match=r"hf\[train\]: no column 'speaker' \(val_group=\); columns: audio, text, client_id"):
-        whisper_folder.groups_of(cfg, pairs)
+        whisper_folder.read_pairs(cfg).groups(pairs)
     ds.map(lambda r, i: {"client_id": " " if i == 4 else r["client_id"]}, with_indices=True).save_to_disk(tmp_path / "blank")
     cfg = Config(data=str(tmp_path / "blank"), val_group="client_id")
     with pytest.raises(ValueError, match=r"blank\[4\]: no client_id value \(val_group=\): every row needs its group"):
-        whisper_folder.groups_of(cfg, whisper_folder.read_pairs(cfg)[0])
+        (speech := whisper_folder.read_pairs(cfg)).groups(speech.train)
 
 
 def test_trains_on_mixed_formats_then_fine_tunes_and_transcribes_long_audio(tmp_path, speech, capsys):
@@ -261,7 +261,7 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
     cv = tmp_path / "cv-corpus" / "en"
     write_common_voice(cv, speech[:12])
     cfg = Config(data=str(cv), **TINY)
-    train, val = whisper_folder.read_pairs(cfg)
+    train, val, _ = whisper_folder.read_pairs(cfg)
     assert [p.name for p, _ in train] == [f"common_voice_en_{i}.mp3" for i in range(8)] and len(val) == 2
     assert [t for _, t in train] == [whisper_folder.normalise(t, cfg) for _, t in speech[:8]]
     run = tmp_path / "run"
@@ -283,7 +283,7 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
     with pytest.raises(ValueError, match=r"audio_column=path: .* is Common Voice's \(its clips named by the path column\): leave it out"):
         whisper_folder.read_pairs(Config(data=str(cv / "test.tsv"), audio_column="path"))
     (cv / "dev.tsv").write_text((cv / "dev.tsv").read_text().splitlines()[0] + "\n")  # a small locale's header-only dev.tsv
-    train, val = whisper_folder.read_pairs(Config(data=str(cv)))
+    train, val, _ = whisper_folder.read_pairs(Config(data=str(cv)))
     assert len(train) == 8 and val is None and "dev.tsv has no rows: holding out part of train.tsv instead" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError, match=r"metadata.csv does not exist: .*; it holds Common Voice locales: give data= one of them \(en\)"):
         whisper_folder.read_pairs(Config(data=str(cv.parent)))  # the release's top folder
@@ -302,7 +302,7 @@ def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, sp
         with open(folder / f"{speaker}-{chapter}.trans.txt", "a", encoding="utf-8") as f:
             f.write(f"{speaker}-{chapter}-{i:04d} {text.upper()}\n")
     cfg = Config(data=str(split), val_group="speaker", val_fraction=0.3, **TINY)
-    train, val = whisper_folder.read_pairs(cfg)
+    train, val, _ = whisper_folder.read_pairs(cfg)
     assert train is not None and val is None and len(train) == 12 and all(p.is_file() for p, _ in train)
     assert sorted(t for _, t in train) == sorted(whisper_folder.normalise(t, cfg) for _, t in speech[:12])  # (lower-cased)
     run = tmp_path / "run"
@@ -321,7 +321,7 @@ def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, sp
             whisper_folder.read_pairs(Config(data=str(folder)))
     top = tmp_path / "LibriSpeech"  # the top folder with a train-* split: its train-* splits train, dev-clean validates
     shutil.copytree(split, top / "train-clean-100")
-    train, val = whisper_folder.read_pairs(Config(data=str(top)))
+    train, val, _ = whisper_folder.read_pairs(Config(data=str(top)))
     assert len(train) == 12 and val is None and all("train-clean-100" in str(p) for p, _ in train)  # (test-clean: not a validation split)
     assert f"{top}: LibriSpeech's train-clean-100 to train, val_fraction of it to validate" in capsys.readouterr().err
     shutil.move(top / "test-clean", top / "dev-clean")
@@ -333,6 +333,39 @@ def test_a_librispeech_split_folder_trains_and_scores_as_it_unpacks(tmp_path, sp
     (other / "19" / "198" / "19-198.trans.txt").write_text("19-198-0000\n")
     with pytest.raises(ValueError, match=r"19-198.trans.txt, line 1: expected 'ID TRANSCRIPT' \(LibriSpeech's"):
         whisper_folder.read_pairs(Config(data=str(other)))
+
+
+def test_transcripts_beside_the_audio_files_serve_as_metadata(tmp_path, speech, capsys):
+    """A folder without metadata whose audio files each have their transcript beside them (NAME.txt, or
+    .lab as Montreal Forced Aligner's corpora), one folder per speaker: trains, holds out whole folders
+    with val_group=folder; an audio file without its transcript is named (or skipped and counted)."""
+    data = tmp_path / "corpus"
+    for i, (wave, text) in enumerate(speech[:12]):
+        folder = data / f"speaker{i % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"u{i}.flac", wave, 16000)
+        (folder / f"u{i}{'.lab' if i % 4 == 0 else '.txt'}").write_text(f"\ufeff{text.title()}\n" if i == 1 else text.title() + "\n")
+    (data / "README.txt").write_text("recorded in 2026\n")  # a text file beside no audio file: not a transcript
+    train, val, groups = whisper_folder.read_pairs(Config(data=str(data), val_group="folder"))
+    assert val is None and sorted(train) == sorted((data / f"speaker{i % 3}" / f"u{i}.flac", t.lower()) for i, (_, t) in enumerate(speech[:12]))
+    assert groups(train[:2]) == ["speaker0", "speaker0"]  # (sorted: speaker0's files first)
+    run = tmp_path / "run"
+    whisper_folder.main(Config(data=str(data), run_dir=str(run), val_group="folder", val_fraction=0.3, **TINY))
+    assert "held out 1 of 3 folder groups (4 of 12 utterances)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"val_group=speaker: .*corpus has no metadata \(its transcripts lie beside the audio files\): "
+                                         r"val_group=folder holds out whole folders"):  # fmt: skip
+        whisper_folder.build_data(Config(data=str(data), val_group="speaker", **TINY))
+    with pytest.raises(ValueError, match=r"text_column=words: .*corpus's transcripts are the text files beside its audio files: leave it out"):
+        whisper_folder.read_pairs(Config(data=str(data), text_column="words"))
+    (data / "speaker2" / "u5.txt").unlink()  # an audio file without its transcript: named, or with skip_bad_samples skipped and counted
+    with pytest.raises(ValueError, match=r"audio .*speaker2/u5.flac: no transcript \(set skip_bad_samples=true"):
+        whisper_folder.build_data(Config(data=str(data), **TINY))
+    assert f"{data}: 1 of 12 audio files have no transcript beside them (.txt or .lab)" in capsys.readouterr().err
+    built = whisper_folder.build_data(Config(data=str(data), skip_bad_samples=True, val_fraction=0.25, **TINY))
+    assert len(built[2]) + len(built[3]) == 11 and "skipped 1 training and 0 validation utterance(s)" in capsys.readouterr().err
+    (data / "speaker2" / "u5.txt").write_bytes(b"caf\xe9\n")  # Latin-1: named
+    with pytest.raises(ValueError, match=r"speaker2/u5.txt: not UTF-8 text \(byte 3: invalid continuation byte\)"):
+        whisper_folder.read_pairs(Config(data=str(data)))
 
 
 def test_metadata_jsonl_serves_as_metadata_csv(tmp_path, speech, capsys):
