@@ -130,6 +130,8 @@ def cmd_eval(args):
     from .runs import load_run_info
 
     recipe, module, _ = load_run_info(args.run_dir)
+    if not hasattr(module, "evaluate"):  # (a plugin recipe may leave it out)
+        raise ConfigError(f"recipe {recipe!r} defines no evaluate(run_dir, device=None): mmtok eval cannot score its runs")
     # note: float32 figures shown to 7 significant digits (0.1, not 0.10000000149)
     if args.data is not None and not args.data.strip():  # (an unset shell variable: not the run's own data, silently)
         raise ConfigError("--data: expected a file, a folder or a dataset, got an empty string")

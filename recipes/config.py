@@ -77,16 +77,16 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse values a run cannot use, before its run directory is made (`mmtok train`)."""
+        for f in fields(self):  # (NaN fails every bound below; inf passes them): a float setting that is not a finite number
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name}={value} must be a finite number")
         for rules, ok, words in ((self.AT_LEAST, lambda v, b: v >= b, "at least"), (self.ABOVE, lambda v, b: v > b, "above"),
                                  (self.BELOW, lambda v, b: v < b, "below"), (self.AT_MOST, lambda v, b: v <= b, "at most")):  # fmt: skip
             for key, bound in rules.items():
                 value = getattr(self, key, None)
-                if value is not None and not ok(value, bound):  # note: NaN fails every comparison, so it is refused too
+                if value is not None and not ok(value, bound):
                     raise ConfigError(f"{key}={value} must be {words} {bound}")
-        for f in fields(self):  # note: inf passes the bounds above; a float setting that is not a number is refused
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f"{f.name}={value} must be a finite number")
         step = getattr(self, "lr", 0.0) / (1.0 - getattr(self, "beta1", 0.0))  # (min_lr above lr is taken as lr)
         if step > FLOAT32_MAX:  # AdamW divides the rate by 1 - beta1**step, and applies it in float32: an early step overflows
             raise ConfigError(f"lr={self.lr}: AdamW's step can reach lr / (1 - beta1) = {step:.3g}, which overflows float32 "

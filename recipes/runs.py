@@ -434,6 +434,9 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     for attempt in range(3):
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
+            if (run_dir / RUN_FILE).exists():  # (a run stopped before its first checkpoint)
+                raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} yet: the run stopped before its first; "
+                                        f"`mmtok resume {run_dir}` trains it")  # fmt: skip
             raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
         try:
             verify_latest(ckpt, only=MODEL_FILES)  # (the weights are all it reads: a damaged optimizer state does not stop eval or export)

@@ -1,8 +1,10 @@
-"""The example plugin package (examples/modality_plugin): installed with pip into this
-environment, found through its entry points, listed by `mmtok tokenizers`, trained by `mmtok train`
-with no change to the toolkit; then uninstalled."""
+"""The example plugin package (examples/modality_plugin): installed with pip (into a folder of its own
+on the path, so the environment running the tests is left as it was), found through its entry points,
+listed by `mmtok tokenizers`, trained by `mmtok train` with no change to the toolkit."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -11,19 +13,27 @@ import pytest
 from tests.conftest import ROOT, subprocess_env
 
 PLUGIN = ROOT / "examples" / "modality_plugin"
+SITE = None  # where the fixture installed the plugin: on the subprocesses' path
 
 
 def run(*args, **kw):
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=subprocess_env(), **kw)
+    env = subprocess_env()
+    if SITE is not None:
+        env["PYTHONPATH"] = str(SITE) + os.pathsep + env["PYTHONPATH"]
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600, env=env, **kw)
 
 
 @pytest.fixture(scope="module")
-def installed():
-    pip = run("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", str(PLUGIN))
+def installed(tmp_path_factory):
+    global SITE
+    site, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("plugin") / "src"
+    shutil.copytree(PLUGIN, source, ignore=shutil.ignore_patterns("build", "*.egg-info"))  # (the build's files land beside the source)
+    pip = run("-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-q", "--target", str(site), str(source))
     if pip.returncode != 0:
         pytest.fail(f"pip install of the plugin failed: {pip.stderr[-2000:]}")
+    SITE = site
     yield
-    run("-m", "pip", "uninstall", "-y", "-q", "tokenizers-mm-sensor")
+    SITE = None
 
 
 def test_plugin_is_found_and_trains(installed, tmp_path):

@@ -1,5 +1,6 @@
 """Registry and plugins: a real distribution on sys.path declares an entry point."""
 
+import json
 import sys
 import textwrap
 
@@ -183,3 +184,21 @@ def test_a_plugin_class_reexported_by_its_package_is_recognised(tmp_path, monkey
         registry._REGISTRY.pop("wave_reexported", None)
         for name in ("reexported", "reexported.tok"):
             sys.modules.pop(name, None)
+
+
+def test_eval_of_a_plugin_recipe_without_evaluate_and_of_a_run_without_a_checkpoint_say_so(tmp_path, monkeypatch, capsys):
+    """A plugin recipe may define no evaluate(): `mmtok eval` of its run is refused in one line (it was an
+    AttributeError); a run stopped before its first checkpoint is named as such, with the resume that trains it."""
+    from recipes.cli import main
+    from recipes.runs import RECIPE_ENTRY_POINTS
+
+    (tmp_path / "noeval_recipe.py").write_text("from recipes.gpt_char import Config, main\n")  # (a recipe with no evaluate)
+    install_entry_points(tmp_path, "noeval", f"[{RECIPE_ENTRY_POINTS}]\nnoeval = noeval_recipe\n", monkeypatch)
+    for recipe, says in (("noeval", "recipe 'noeval' defines no evaluate(run_dir, device=None): mmtok eval cannot score its runs"),
+                         ("gpt_char", "no checkpoint in {run}/checkpoints yet: the run stopped before its first; `mmtok resume {run}` trains it")):  # fmt: skip
+        run = tmp_path / recipe
+        run.mkdir()
+        (run / "run.json").write_text(json.dumps({"recipe": recipe, "format": 2, "config": {"run_dir": str(run)}}))
+        assert main(["eval", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert says.format(run=run) in err and "Traceback" not in err, err

@@ -262,6 +262,7 @@ def test_cli_device_option(trained, capsys):
         (["train", "gpt_char", "lr=-1"], "lr=-1.0 must be above 0"),
         (["train", "gpt_char", "top_k=0"], "top_k=0 must be at least 1"),
         (["train", "gpt_char", "lr=inf"], "lr=inf must be a finite number"),
+        (["train", "gpt_char", "lr=nan"], "lr=nan must be a finite number"),
         (["train", "gpt_char", "lr=1e38"], "lr=1e+38: AdamW's step can reach lr / (1 - beta1) = 1e+39, which overflows float32"),
         (["train", "gpt_char", "eval_every=0"], "eval_every=0 must be at least 1"),
         (["train", "gpt_char", "batch_size=2", "grad_accum=3"], "batch_size=2 is smaller than grad_accum * processes = 3 * 1"),
