@@ -29,6 +29,7 @@ import math
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -280,6 +281,25 @@ def scored_data(run_dir, data: str | None) -> str | None:
         print(f"data={data} is the data {run_dir} trained on: scoring its held-out share, as without data=", file=sys.stderr)
         return None
     return data
+
+
+def say_trained_on(run_dir, trained: str, pairs: list, training: Callable[[Path], list]) -> None:
+    """Say on stderr how many of the files `pairs` scores (`mmtok eval RUN --data OTHER`) the run
+    trained on: `training(root)` reads the (file, label) pairs of the run's data at `trained`, less
+    the share its split.json held out (Common Voice's validated.tsv holds test.tsv's clips). Best
+    effort: dataset rows are not files, and data no longer readable is not checked."""
+    files = {os.path.realpath(p) for p, _ in pairs if isinstance(p, Path)}
+    if not files or not trained or launch_rank() != 0:  # (said once: torchrun)
+        return
+    try:
+        root = local_data(trained)
+        held = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text()).get("held_out", [])) if (Path(run_dir) / SPLIT_FILE).is_file() else set()
+        seen = {os.path.realpath(p) for p, _ in training(root) if isinstance(p, Path) and sample_key(p, root) not in held}
+    except (OSError, ValueError, AttributeError, TypeError):  # (the run's data moved, changed or unreadable: nothing to compare)
+        return
+    if both := len(files & seen):
+        print(f"{both} of the {len(files)} files scored are among those the run trained on ({trained}): not a held-out score",
+              file=sys.stderr)  # fmt: skip
 
 
 def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tuple[list, list] | None:

@@ -32,7 +32,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from . import vit
 from .config import take_shape
 from .checkpoint import held_checkpoint
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_unused, scored_data, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_trained_on, say_unused, scored_data, split_dirs
 
 
 @dataclass
@@ -222,13 +222,14 @@ def held_out(data: str):
     (a label the run never learned is an error naming it)."""
 
     def build(cfg: Config):
-        cfg.data = data
+        trained, cfg.data = cfg.data, data
         root = local_data(data)
         train_pairs, val_pairs = find_splits(root, cfg)
         pairs, bad = check_images(val_pairs if val_pairs is not None else train_pairs, cfg, "evaluation")
         report_skipped(bad)
         if not pairs:
             raise ValueError(f"data {root}: no labelled images to evaluate on (class sub-folders, or metadata.csv with file_name,label)")
+        say_trained_on(cfg.run_dir, trained, pairs, lambda root: find_splits(root, cfg)[0])
         classes = vit.read_classes(cfg.run_dir)
         unknown = sorted({label for _, label in pairs} - set(classes))
         if unknown:

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -54,8 +54,8 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import take_shape
 from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_unused, scored_data, split_dirs,
-                      walk_files)  # fmt: skip
+                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_trained_on, say_unused, scored_data,
+                      split_dirs, walk_files)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -457,7 +457,7 @@ def held_out(data: str):
     or with the run's skip_bad_samples a counted skip)."""
 
     def build(cfg: Config, run_dir: Path):
-        cfg.data = data
+        trained, cfg.data = cfg.data, data
         train_pairs, val_pairs, _ = read_pairs(cfg)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
@@ -466,6 +466,7 @@ def held_out(data: str):
             print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)", file=sys.stderr)  # (stdout: eval's JSON)
         if not pairs:
             raise ValueError(f"{data}: no usable utterances to evaluate on")
+        say_trained_on(run_dir, trained, pairs, lambda root: read_pairs(replace(cfg, data=str(root))).train)
         return audio_tok, text_tok, None, SpeechSet(pairs, audio_tok, text_tok, prompt), None
 
     return build

@@ -2,6 +2,7 @@
 predict and show."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -147,6 +148,15 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     own = vit_folder.evaluate(run)  # --data naming the run's own folder: its held-out share, as without (all of it holds the training images)
     capsys.readouterr()
     assert vit_folder.evaluate(run, data=str(data)) == own and f"data={data} is the data {run} trained on" in capsys.readouterr().err
+    subset = tmp_path / "subset" / "circle"  # the run's own images in another folder (linked): the score is said not to be a held-out one
+    subset.mkdir(parents=True)
+    circles = sorted((data / "circle").glob("*.png"))
+    for f in circles:
+        (subset / f.name).symlink_to(f)
+    held = set(json.loads((run / "split.json").read_text())["held_out"]) if (run / "split.json").exists() else set()
+    trained = sum(os.path.relpath(f, data) not in held for f in circles)
+    vit_folder.evaluate(run, data=str(tmp_path / "subset"))
+    assert 0 < trained and f"{trained} of the {len(circles)} files scored are among those the run trained on" in capsys.readouterr().err
     make_folder(tmp_path / "new", classes=("circle", "star"), n=2)
     assert main(["eval", str(run), "--data", str(tmp_path / "new")]) == 2
     assert "labels ['star'] are not among the run's 3 classes (bar, circle, square)" in capsys.readouterr().err

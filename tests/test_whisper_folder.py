@@ -256,8 +256,8 @@ def write_common_voice(root, speech) -> None:
 
 def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_path, speech, capsys):
     """data= a Common Voice locale folder (clips/ beside train.tsv, dev.tsv, ...): train.tsv's sentences
-    train, dev.tsv validates (as the Hugging Face Whisper fine-tuning guide splits it); one of its TSV
-    files alone (test.tsv) is evaluated on, validated.tsv with val_group=client_id holds out speakers."""
+    train, dev.tsv validates; one of its TSV files alone (test.tsv) is evaluated on, and validated.tsv,
+    which holds the training clips too, is said to; validated.tsv with val_group=client_id holds out speakers."""
     cv = tmp_path / "cv-corpus" / "en"
     write_common_voice(cv, speech[:12])
     cfg = Config(data=str(cv), **TINY)
@@ -267,7 +267,9 @@ def test_a_common_voice_download_trains_as_it_is_and_its_test_split_scores(tmp_p
     run = tmp_path / "run"
     whisper_folder.main(Config(data=str(cv), run_dir=str(run), **TINY))
     scored = whisper_folder.evaluate(run, data=str(cv / "test.tsv"))
-    assert scored["val_utterances"] == 2 and 0 <= scored["val_wer"]
+    assert scored["val_utterances"] == 2 and 0 <= scored["val_wer"] and "trained on" not in capsys.readouterr().err
+    whisper_folder.evaluate(run, data=str(cv / "validated.tsv"))  # (it holds train.tsv's clips: said)
+    assert f"8 of the 12 files scored are among those the run trained on ({cv})" in capsys.readouterr().err
     grouped = Config(data=str(cv / "validated.tsv"), val_group="client_id", val_fraction=0.25, **TINY)
     train, val = whisper_folder.build_data(grouped)[2:4]
     assert "held out 1 of 4 client_id groups (3 of 12 utterances)" in capsys.readouterr().err and (len(train), len(val)) == (9, 3)
