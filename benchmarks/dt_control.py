@@ -8,7 +8,8 @@ training step against Hugging Face's DecisionTransformerModel of the same size, 
 
 Generates (or reuses) the recipe's dataset, prints its return statistics, trains DT and BC with the
 recipe's defaults plus overrides, and prints achieved return for each target (mean ± std over the
-recipe's 20 seeded episodes), DT at the recipe's target against BC, the training time, and the
+recipe's 20 seeded episodes), DT at the recipe's target against BC, the training time, DT's return
+at the target rolled out again in fp32 and under bf16 autocast (same weights and seeds), and the
 goals: dt_cartpole — DT >= 475 at target 500 and >= BC + 100, the data with <= 5% episodes at 500
 and mean return <= 150; dt_pendulum — DT > BC and >= the data's 90th-percentile return. Then times
 300 training steps (forward + backward + AdamW, batch 64, K = 20; ours includes laying the batch
@@ -83,6 +84,25 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
             "rounds_ms": s["rounds_ms"]}  # fmt: skip
 
 
+def precision_returns(run_dir, cfg, target: float) -> dict:
+    """The trained DT's return at `target` rolled out in fp32 and under CPU bf16 autocast (the
+    precision a bf16 run's evaluation rolls out in): same weights, same seeded episodes."""
+    import contextlib
+
+    from recipes.dt import rollouts
+    from recipes.runs import load_trained
+
+    model, toks = load_trained(run_dir)
+    seeds = list(range(cfg.eval_seed, cfg.eval_seed + cfg.eval_episodes))
+    out = {}
+    for name, precision in (("fp32", contextlib.nullcontext()), ("bf16_autocast", torch.autocast("cpu", dtype=torch.bfloat16))):
+        with precision, torch.no_grad():
+            returns = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
+        out[name] = [float(returns.mean()), float(returns.std())]
+    out["bf16_minus_fp32"] = out["bf16_autocast"][0] - out["fp32"][0]
+    return out
+
+
 def main():
     args = sys.argv[1:]
     if args[:1] in (["-h"], ["--help"]):
@@ -116,13 +136,15 @@ def main():
         metrics = module.main(cfg)
         total = time.perf_counter() - t0
         summary = json.loads((Path(d) / "returns.json").read_text())
+        precision = precision_returns(d, cfg, summary["target"])
     data = summary["data_returns"]
     result = {"benchmark": recipe, "env": cfg.env, "target": summary["target"],
               "data": {"episodes": data["episodes"], "mean_return": data["mean"], "p90_return": data["p90"], "max_return": data["max"],
                        "fraction_at_500": data["fraction_reaching_target"] if cfg.env == "CartPole-v1" and summary["target"] == 500 else None},
               "dt_return": [metrics["val_return"], summary["dt_return_std"]], "bc_return": metrics["bc_return"],
               "return_by_target": dict(zip(map(str, summary["table"]["targets"]), summary["table"]["dt"])),
-              "train_seconds": summary["train_seconds"], "total_seconds": total, "steps": cfg.max_steps}  # fmt: skip
+              "train_seconds": summary["train_seconds"], "total_seconds": total, "steps": cfg.max_steps,
+              "eval_precision": precision}  # fmt: skip
     if cfg.env == "CartPole-v1":
         result["goal"] = "DT >= 475 at 500, DT - BC >= 100; data: <= 5% at 500, mean <= 150"
         result["met"] = (metrics["val_return"] >= 475 and metrics["val_return"] - metrics["bc_return"] >= 100
