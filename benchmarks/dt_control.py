@@ -85,8 +85,9 @@ def step_times(steps: int = 300, batch: int = 64, K: int = 20, S: int = 4, A: in
 
 
 def precision_returns(run_dir, cfg, target: float) -> dict:
-    """The trained DT's return at `target` rolled out in fp32 and under CPU bf16 autocast (the
-    precision a bf16 run's evaluation rolls out in): same weights, same seeded episodes."""
+    """The trained DT's return at `target` rolled out in fp32 and under CPU bf16 autocast (its linear
+    layers in bf16, as a bf16 run's rollouts take them on a GPU, though CUDA's autocast lists other
+    operations too): same weights, same seeded episodes; each episode's return, and the means."""
     import contextlib
 
     from recipes.dt import rollouts
@@ -99,7 +100,9 @@ def precision_returns(run_dir, cfg, target: float) -> dict:
         with precision, torch.no_grad():
             returns = rollouts(model, toks["trajectory"], cfg.env, target, seeds)
         out[name] = [float(returns.mean()), float(returns.std())]
+        out[f"{name}_episodes"] = [float(r) for r in returns]
     out["bf16_minus_fp32"] = out["bf16_autocast"][0] - out["fp32"][0]
+    out["episodes_differing"] = sum(a != b for a, b in zip(out["fp32_episodes"], out["bf16_autocast_episodes"]))
     return out
 
 

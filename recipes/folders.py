@@ -285,17 +285,25 @@ def scored_data(run_dir, data: str | None) -> str | None:
 
 def say_trained_on(run_dir, trained: str, pairs: list, training: Callable[[Path], list]) -> None:
     """Say on stderr how many of the files `pairs` scores (`mmtok eval RUN --data OTHER`) the run
-    trained on: `training(root)` reads the (file, label) pairs of the run's data at `trained`, less
-    the share its split.json held out (Common Voice's validated.tsv holds test.tsv's clips). Best
-    effort: dataset rows are not files, and data no longer readable is not checked."""
+    trained on (Common Voice's validated.tsv holds train.tsv's clips): those its split.json records
+    as its training share, or for data with its own validation split its training split's, read by
+    `training(root)` from the run's data at `trained` (what that says on stderr is not said). Best
+    effort: a dataset's rows are not files, and data moved or unreadable is not compared."""
+    from tokenizers_mm.base import read_json
+
     files = {os.path.realpath(p) for p, _ in pairs if isinstance(p, Path)}
     if not files or not trained or launch_rank() != 0:  # (said once: torchrun)
         return
     try:
-        root = local_data(trained)
-        held = set(json.loads((Path(run_dir) / SPLIT_FILE).read_text()).get("held_out", [])) if (Path(run_dir) / SPLIT_FILE).is_file() else set()
-        seen = {os.path.realpath(p) for p, _ in training(root) if isinstance(p, Path) and sample_key(p, root) not in held}
-    except (OSError, ValueError, AttributeError, TypeError):  # (the run's data moved, changed or unreadable: nothing to compare)
+        root, split = local_data(trained), Path(run_dir) / SPLIT_FILE
+        if split.is_file():  # a drawn split: the training share it recorded (files added since are not counted)
+            seen = {os.path.realpath(os.path.join(root, n)) for n in read_json(split, "split").get("train", []) if isinstance(n, str)}
+        elif is_hf_dataset(root):
+            return
+        else:
+            with contextlib.redirect_stderr(io.StringIO()):
+                seen = {os.path.realpath(p) for p, _ in training(root) if isinstance(p, Path)}
+    except Exception:  # noqa: BLE001  # (a check that only informs: the run's data moved, changed or unreadable is not compared)
         return
     if both := len(files & seen):
         print(f"{both} of the {len(files)} files scored are among those the run trained on ({trained}): not a held-out score",

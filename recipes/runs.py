@@ -55,7 +55,7 @@ MODEL_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what load_trained reads of a checkp
 RECIPE_ENTRY_POINTS = "tokenizers_mm.recipes"  # installed packages add recipes here: name = "package.module"
 
 
-_WARNED: set[str] = set()  # plugin recipes refused, said once
+_WARNED: set[str] = set()  # plugin recipes refused, run.json files lacking keys: said once
 
 
 def all_recipes() -> dict[str, str]:
@@ -397,7 +397,8 @@ def load_run_info(run_dir):
         values = module.Config.upgrade_run(values, fmt)
     cfg = apply_values(module.Config(), values, str(run_dir / RUN_FILE))
     missing = [f.name for f in dataclasses.fields(cfg) if f.name not in values and f.name != "run_dir"]
-    if missing:  # a run writes every key: one edited by hand, or written before a key existed, trains otherwise unseen
+    if missing and str(run_dir) not in _WARNED and launch_rank() == 0:  # a run writes every key: one edited by hand, or written
+        _WARNED.add(str(run_dir))  # before a key existed, trains otherwise unseen (said once a process, by one of torchrun's)
         defaults = ", ".join(f"{k}={getattr(cfg, k)!r}" for k in missing[:6]) + (f" and {len(missing) - 6} more" if len(missing) > 6 else "")
         warnings.warn(f"tokenizers_mm: {run_dir / RUN_FILE} holds no value for {len(missing)} config key(s); "
                       f"they take their defaults: {defaults}", stacklevel=2)  # fmt: skip
@@ -434,9 +435,9 @@ def load_trained(run_dir, device="cpu") -> tuple[MultimodalTransformer, dict[str
     for attempt in range(3):
         ckpt = latest_checkpoint(run_dir)
         if ckpt is None:
-            if (run_dir / RUN_FILE).exists():  # (a run stopped before its first checkpoint)
-                raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} yet: the run stopped before its first; "
-                                        f"`mmtok resume {run_dir}` trains it")  # fmt: skip
+            if (run_dir / RUN_FILE).exists():  # (a run still training towards its first checkpoint, or stopped before it)
+                raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'} yet: the run is before its first, or was stopped "
+                                        f"there (then `mmtok resume {run_dir}` trains it)")  # fmt: skip
             raise FileNotFoundError(f"no checkpoint in {run_dir / 'checkpoints'}: train first")
         try:
             verify_latest(ckpt, only=MODEL_FILES)  # (the weights are all it reads: a damaged optimizer state does not stop eval or export)

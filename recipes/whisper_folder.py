@@ -52,7 +52,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
-from .config import take_shape
+from .config import launch_rank, take_shape
 from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
                       hidden, local_data, metadata_column, named_pairs, read_metadata, say_trained_on, say_unused, scored_data,
                       split_dirs, walk_files)  # fmt: skip
@@ -75,7 +75,7 @@ class Config(whisper_digits.Config):
     language: str = ""  # multilingual Whisper weights: the prompt's language (de, German, ...; "" = en, or the init_from run's)
     val_fraction: float = 0.1  # held out when the folder has no validation split
     val_group: str = ""  # a metadata / dataset column (a speaker's id): whole groups are held out, not single utterances
-    # (LibriSpeech: speaker / chapter; transcripts beside the audio files: folder)
+    # (LibriSpeech: speaker / chapter; transcripts beside the audio files: folder, the top-level one)
     skip_bad_samples: bool = False  # skip (and count) bad files / transcripts instead of stopping
     lowercase: bool = True  # lower-case transcripts (as whisper_digits does)
     max_frames: int = 3000  # 10 ms frames per utterance at most (30 s, Whisper's window)
@@ -202,13 +202,16 @@ def layout_hint(folder: Path) -> str:
     return ""
 
 
-def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
+def read_split(folder: Path, text_column: str = "", strict: bool = True) -> list[tuple[Path, str]]:
     """(file, transcript) pairs of an audio folder: its metadata's `transcription` column (audiofolder's
     name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`; without
-    metadata, the transcript files beside the audio files (`read_sidecars`)."""
+    metadata, the transcript files beside the audio files (`read_sidecars`), where a `text_column`
+    given is refused (`strict`) or, for a run's key scoring other data, unused."""
     meta = find_metadata(folder)
     if meta is None:
-        if (pairs := read_sidecars(folder, text_column)) is not None:
+        if (pairs := read_sidecars(folder)) is not None:
+            if text_column and strict:
+                raise ValueError(f"text_column={text_column}: {folder}'s transcripts are the text files beside its audio files: leave it out")
             return pairs
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
                                 f"file_name,transcription (or metadata.jsonl, one JSON object per file), or a transcript "
@@ -220,10 +223,10 @@ def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
 
 
 SIDECARS = (".txt", ".lab")  # a transcript file beside its audio (talk.wav, talk.txt; .lab: Montreal Forced Aligner's corpora)
-SIDECAR_GROUP = "folder"  # val_group= for such a folder: the folder each file lies in (a speaker's, in MFA's layout)
+SIDECAR_GROUP = "folder"  # val_group= for such a folder: the top-level folder each file lies in (a speaker's, in MFA's layout)
 
 
-def read_sidecars(folder: Path, text_column: str = "") -> list[tuple[Path, str | None]] | None:
+def read_sidecars(folder: Path) -> list[tuple[Path, str | None]] | None:
     """(audio file, transcript) of a folder whose audio files (any depth) each have their transcript
     beside them in a UTF-8 text file of the same name, NAME.txt or NAME.lab; None when none has.
     An audio file without one gets None, refused (or skipped) by name with the rest of the bad data."""
@@ -231,15 +234,13 @@ def read_sidecars(folder: Path, text_column: str = "") -> list[tuple[Path, str |
     sidecar = {p: next((q for q in (p.with_suffix(s) for s in SIDECARS) if q.is_file()), None) for p in audio}
     if not any(sidecar.values()):
         return None
-    if text_column:
-        raise ValueError(f"text_column={text_column}: {folder}'s transcripts are the text files beside its audio files: leave it out")
     pairs = []
     for p, q in sidecar.items():
         try:
             pairs.append((p, None if q is None else q.read_text(encoding="utf-8-sig")))
         except UnicodeDecodeError as e:
             raise ValueError(f"{q}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if missing := sum(q is None for q in sidecar.values()):
+    if (missing := sum(q is None for q in sidecar.values())) and launch_rank() == 0:  # (said once: torchrun)
         print(f"{folder}: {missing} of {len(audio)} audio files have no transcript beside them ({SIDECARS[0]} or {SIDECARS[1]})",
               file=sys.stderr)  # fmt: skip
     say_empty(pairs, str(folder))
@@ -341,7 +342,7 @@ def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
 def say_empty(pairs: list, where: str) -> None:
     """Count the empty transcripts on stderr: taken as silence (nothing to write), but a blank cell
     may be a transcript left out by mistake. (None: a dataset row without one, not counted.)"""
-    if empty := sum(1 for _, t in pairs if t is not None and not str(t).strip()):
+    if (empty := sum(1 for _, t in pairs if t is not None and not str(t).strip())) and launch_rank() == 0:  # (said once: torchrun)
         print(f"{where}: {empty} of {len(pairs)} files have an empty transcription, taken as silence (nothing to write)", file=sys.stderr)
 
 
@@ -355,9 +356,10 @@ class Speech(NamedTuple):
     groups: Callable[[list], list[str]]
 
 
-def read_pairs(cfg: Config) -> Speech:
+def read_pairs(cfg: Config, strict: bool = True) -> Speech:
     """The utterances of cfg.data: a Common Voice download, a LibriSpeech folder, a Hugging Face
-    dataset, or an audio folder (its metadata or its transcript files, or split folders of them)."""
+    dataset, or an audio folder (its metadata or its transcript files, or split folders of them).
+    strict=False (a run's config scoring other data): a text_column the data has no use for is unused."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     data = local_data(cfg.data)
@@ -373,7 +375,7 @@ def read_pairs(cfg: Config) -> Speech:
             say_empty(pairs, str(tsv))
         groups = lambda pairs: by_file(pairs, dict(read_common_voice(train_tsv, cfg.val_group, empty_ok=False)))  # noqa: E731
     elif ls := librispeech(data):  # a LibriSpeech split folder (all of it: val_fraction held out), or its top folder
-        if cfg.text_column:
+        if cfg.text_column and strict:
             raise ValueError(f"text_column={cfg.text_column}: {data} is a LibriSpeech folder (its transcripts in *.trans.txt): leave it out")
         train_pairs, val_pairs = read_librispeech(ls[0]), read_librispeech(ls[1]) if ls[1] else None
         if ls[2]:  # (the top folder: which splits serve, said)
@@ -388,8 +390,8 @@ def read_pairs(cfg: Config) -> Speech:
         groups = lambda pairs: hf_groups(pairs, data, cfg.val_group)  # noqa: E731
     else:
         train_dir, val_dir = split_dirs(data)
-        train_pairs = read_split(train_dir, cfg.text_column)
-        val_pairs = read_split(val_dir, cfg.text_column) if val_dir else None
+        train_pairs = read_split(train_dir, cfg.text_column, strict)
+        val_pairs = read_split(val_dir, cfg.text_column, strict) if val_dir else None
         groups = lambda pairs: metadata_groups(pairs, train_dir, cfg.val_group)  # noqa: E731
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
     return Speech(norm(train_pairs), norm(val_pairs) if val_pairs is not None else None, groups)
@@ -428,7 +430,7 @@ def metadata_groups(pairs: list, folder: Path, column: str) -> list[str]:
         if column != SIDECAR_GROUP:
             raise ValueError(f"val_group={column}: {folder} has no metadata (its transcripts lie beside the audio files): "
                              f"val_group={SIDECAR_GROUP} holds out whole folders (a speaker's each, say)")  # fmt: skip
-        return [f.parent.relative_to(folder).as_posix() for f, _ in pairs]
+        return [f.relative_to(folder).parts[0] if f.parent != folder else "." for f, _ in pairs]  # (SPEAKER/CHAPTER/...: the speaker)
     try:
         return by_file(pairs, dict(read_metadata(meta, column)))
     except ValueError as e:
@@ -458,7 +460,7 @@ def held_out(data: str):
 
     def build(cfg: Config, run_dir: Path):
         trained, cfg.data = cfg.data, data
-        train_pairs, val_pairs, _ = read_pairs(cfg)
+        train_pairs, val_pairs, _ = read_pairs(cfg, strict=False)  # (the run's text_column: its own data's)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")

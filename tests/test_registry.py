@@ -195,7 +195,7 @@ def test_eval_of_a_plugin_recipe_without_evaluate_and_of_a_run_without_a_checkpo
     (tmp_path / "noeval_recipe.py").write_text("from recipes.gpt_char import Config, main\n")  # (a recipe with no evaluate)
     install_entry_points(tmp_path, "noeval", f"[{RECIPE_ENTRY_POINTS}]\nnoeval = noeval_recipe\n", monkeypatch)
     for recipe, says in (("noeval", "recipe 'noeval' defines no evaluate(run_dir, device=None): mmtok eval cannot score its runs"),
-                         ("gpt_char", "no checkpoint in {run}/checkpoints yet: the run stopped before its first; `mmtok resume {run}` trains it")):  # fmt: skip
+                         ("gpt_char", "no checkpoint in {run}/checkpoints yet: the run is before its first, or was stopped there (then `mmtok resume {run}` trains it)")):  # fmt: skip
         run = tmp_path / recipe
         run.mkdir()
         (run / "run.json").write_text(json.dumps({"recipe": recipe, "format": 2, "config": {"run_dir": str(run)}}))

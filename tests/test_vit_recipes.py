@@ -153,8 +153,8 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     circles = sorted((data / "circle").glob("*.png"))
     for f in circles:
         (subset / f.name).symlink_to(f)
-    held = set(json.loads((run / "split.json").read_text())["held_out"]) if (run / "split.json").exists() else set()
-    trained = sum(os.path.relpath(f, data) not in held for f in circles)
+    recorded = set(json.loads((run / "split.json").read_text())["train"])  # (the run drew its split: the training share it recorded)
+    trained = sum(os.path.relpath(f, data) in recorded for f in circles)
     vit_folder.evaluate(run, data=str(tmp_path / "subset"))
     assert 0 < trained and f"{trained} of the {len(circles)} files scored are among those the run trained on" in capsys.readouterr().err
     make_folder(tmp_path / "new", classes=("circle", "star"), n=2)

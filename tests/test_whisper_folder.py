@@ -351,14 +351,25 @@ def test_transcripts_beside_the_audio_files_serve_as_metadata(tmp_path, speech, 
     train, val, groups = whisper_folder.read_pairs(Config(data=str(data), val_group="folder"))
     assert val is None and sorted(train) == sorted((data / f"speaker{i % 3}" / f"u{i}.flac", t.lower()) for i, (_, t) in enumerate(speech[:12]))
     assert groups(train[:2]) == ["speaker0", "speaker0"]  # (sorted: speaker0's files first)
+    assert groups([(data / "speaker0" / "chapter1" / "x.flac", ""), (data / "top.flac", "")]) == ["speaker0", "."]  # the top-level folder
     run = tmp_path / "run"
     whisper_folder.main(Config(data=str(data), run_dir=str(run), val_group="folder", val_fraction=0.3, **TINY))
     assert "held out 1 of 3 folder groups (4 of 12 utterances)" in capsys.readouterr().err
+    other = tmp_path / "other"  # another folder: 2 of the run's training files (linked) and a file it never saw
+    other.mkdir()
+    for name in json.loads((run / "split.json").read_text())["train"][:2]:
+        for f in (data / name, (data / name).with_suffix(".txt") if (data / name).with_suffix(".txt").exists() else (data / name).with_suffix(".lab")):
+            (other / f.name).symlink_to(f)
+    sf.write(other / "new.wav", speech[12][0], 16000)
+    (other / "new.txt").write_text(speech[12][1])
+    assert whisper_folder.evaluate(run, data=str(other))["val_utterances"] == 3
+    assert f"2 of the 3 files scored are among those the run trained on ({data})" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"val_group=speaker: .*corpus has no metadata \(its transcripts lie beside the audio files\): "
                                          r"val_group=folder holds out whole folders"):  # fmt: skip
         whisper_folder.build_data(Config(data=str(data), val_group="speaker", **TINY))
     with pytest.raises(ValueError, match=r"text_column=words: .*corpus's transcripts are the text files beside its audio files: leave it out"):
         whisper_folder.read_pairs(Config(data=str(data), text_column="words"))
+    assert len(whisper_folder.read_pairs(Config(data=str(data), text_column="words"), strict=False).train) == 12  # (a run's key, scoring)
     (data / "speaker2" / "u5.txt").unlink()  # an audio file without its transcript: named, or with skip_bad_samples skipped and counted
     with pytest.raises(ValueError, match=r"audio .*speaker2/u5.flac: no transcript \(set skip_bad_samples=true"):
         whisper_folder.build_data(Config(data=str(data), **TINY))
