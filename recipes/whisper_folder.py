@@ -460,7 +460,16 @@ def held_out(data: str):
 
     def build(cfg: Config, run_dir: Path):
         trained, cfg.data = cfg.data, data
-        train_pairs, val_pairs, _ = read_pairs(cfg, strict=False)  # (the run's text_column: its own data's)
+        try:  # (the run's audio_column / text_column: its own data's, which `mmtok eval --data` cannot change)
+            train_pairs, val_pairs, _ = read_pairs(cfg, strict=False)
+        except ValueError as e:
+            if not (cfg.audio_column or cfg.text_column):
+                raise
+            try:
+                train_pairs, val_pairs, _ = read_pairs(replace(cfg, audio_column="", text_column=""), strict=False)
+            except ValueError:
+                raise e from None
+            print(f"{data}: read with the columns found as in any data, not the run's ({e})", file=sys.stderr)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")

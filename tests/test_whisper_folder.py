@@ -19,7 +19,7 @@ pytest.importorskip("espeakng_loader")
 
 from models import load_openai_whisper  # noqa: E402
 from recipes import whisper_digits, whisper_folder  # noqa: E402
-from recipes.runs import load_trained  # noqa: E402
+from recipes.runs import load_run_info, load_trained  # noqa: E402
 from recipes.speech import TRAIN_VOICES, make_corpus  # noqa: E402
 from recipes.whisper_folder import Config  # noqa: E402
 
@@ -364,6 +364,11 @@ def test_transcripts_beside_the_audio_files_serve_as_metadata(tmp_path, speech, 
     (other / "new.txt").write_text(speech[12][1])
     assert whisper_folder.evaluate(run, data=str(other))["val_utterances"] == 3
     assert f"2 of the 3 files scored are among those the run trained on ({data})" in capsys.readouterr().err
+    cfg = load_run_info(run)[2]  # a run's text_column that other data lacks (eval --data cannot change it): that data's own column
+    cfg.text_column = "words"
+    scored = whisper_folder.held_out(str(write_folder(tmp_path / "meta", speech[12:15])))(cfg, run)[3]
+    assert len(scored) == 3 and "read with the columns found as in any data, not the run's (" in (err := capsys.readouterr().err)
+    assert "no column 'words' (text_column=)" in err
     with pytest.raises(ValueError, match=r"val_group=speaker: .*corpus has no metadata \(its transcripts lie beside the audio files\): "
                                          r"val_group=folder holds out whole folders"):  # fmt: skip
         whisper_folder.build_data(Config(data=str(data), val_group="speaker", **TINY))
