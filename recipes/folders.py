@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -731,6 +732,23 @@ class HFRecord:
         return self.name
 
     __repr__ = __str__
+
+
+def with_own_columns(read: Callable, cfg, keys: tuple[str, ...], data: str):
+    """read(cfg) for `mmtok eval RUN --data DATA`, where cfg is the run's: with its `*_column` keys
+    (its own data's, which eval cannot change), else, when DATA lacks them, with the columns found as
+    in any data (said on stderr, with the first error); the first error where neither reads it."""
+    try:
+        return read(cfg)
+    except ValueError as e:
+        if not any(getattr(cfg, k, "") for k in keys):
+            raise
+        try:
+            out = read(dataclasses.replace(cfg, **dict.fromkeys(keys, "")))
+        except ValueError:
+            raise e from None
+        print(f"{data}: read with the columns found as in any data, not the run's ({e})", file=sys.stderr)
+        return out
 
 
 def no_columns(cfg, keys: tuple[str, ...]) -> None:

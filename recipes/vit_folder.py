@@ -32,7 +32,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from . import vit
 from .config import take_shape
 from .checkpoint import held_checkpoint
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_trained_on, say_unused, scored_data, split_dirs
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_trained_on, say_unused, scored_data, split_dirs, with_own_columns
 
 
 @dataclass
@@ -224,7 +224,7 @@ def held_out(data: str):
     def build(cfg: Config):
         trained, cfg.data = cfg.data, data
         root = local_data(data)
-        train_pairs, val_pairs = find_splits(root, cfg)
+        train_pairs, val_pairs = with_own_columns(lambda c: find_splits(root, c), cfg, ("image_column", "label_column"), data)
         pairs, bad = check_images(val_pairs if val_pairs is not None else train_pairs, cfg, "evaluation")
         report_skipped(bad)
         if not pairs:

@@ -55,7 +55,7 @@ from . import whisper_digits
 from .config import launch_rank, take_shape
 from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
                       hidden, local_data, metadata_column, named_pairs, read_metadata, say_trained_on, say_unused, scored_data,
-                      split_dirs, walk_files)  # fmt: skip
+                      split_dirs, walk_files, with_own_columns)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
 from .whisper_digits import (EOT, MULTILINGUAL_VOCAB, NO_TIMESTAMPS, SOT, TRANSCRIBE, SpeechSet, language_code, prompt_ids, prompt_language,
@@ -460,16 +460,7 @@ def held_out(data: str):
 
     def build(cfg: Config, run_dir: Path):
         trained, cfg.data = cfg.data, data
-        try:  # (the run's audio_column / text_column: its own data's, which `mmtok eval --data` cannot change)
-            train_pairs, val_pairs, _ = read_pairs(cfg, strict=False)
-        except ValueError as e:
-            if not (cfg.audio_column or cfg.text_column):
-                raise
-            try:
-                train_pairs, val_pairs, _ = read_pairs(replace(cfg, audio_column="", text_column=""), strict=False)
-            except ValueError:
-                raise e from None
-            print(f"{data}: read with the columns found as in any data, not the run's ({e})", file=sys.stderr)
+        train_pairs, val_pairs, _ = with_own_columns(lambda c: read_pairs(c, strict=False), cfg, ("audio_column", "text_column"), data)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")

@@ -51,7 +51,7 @@ def raw_images(ds) -> list:
     return list(ds.cast_column("img", datasets.Image(decode=False))["img"])
 
 
-def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
+def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path, capsys):
     ds = image_dataset().shuffle(seed=0)
     datasets.DatasetDict({"train": ds.select(range(16)), "validation": ds.select(range(16, 20))}).save_to_disk(tmp_path / "digits")
     train, val = hf_splits(tmp_path / "digits", "image")
@@ -66,6 +66,10 @@ def test_vit_folder_trains_on_a_saved_image_dataset(tmp_path):
     metrics = vit_folder.main(cfg)
     # the ClassLabel's own order: output i is the dataset's label i (sorted by name, "zero" would have been output 1)
     assert 0 <= metrics["val_accuracy"] <= 1 and (run / "classes.txt").read_text().split() == ["zero", "one"]
+    ds.rename_column("label", "digit").save_to_disk(tmp_path / "renamed")  # a run's label_column that other data lacks (eval --data
+    cfg.label_column = "label"  # cannot change it): that data's own column, said
+    scored = vit_folder.held_out(str(tmp_path / "renamed"))(cfg)[1]
+    assert len(scored) == 20 and "renamed: read with the columns found as in any data, not the run's (" in capsys.readouterr().err
 
 
 def test_parquet_files_as_the_hub_lays_them_out(tmp_path):
