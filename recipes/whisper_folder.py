@@ -202,15 +202,14 @@ def layout_hint(folder: Path) -> str:
     return ""
 
 
-def read_split(folder: Path, text_column: str = "", strict: bool = True) -> list[tuple[Path, str]]:
+def read_split(folder: Path, text_column: str = "") -> list[tuple[Path, str]]:
     """(file, transcript) pairs of an audio folder: its metadata's `transcription` column (audiofolder's
     name), else its one column of TEXT_COLUMNS (text, sentence, ...), or `text_column`; without
-    metadata, the transcript files beside the audio files (`read_sidecars`), where a `text_column`
-    given is refused (`strict`) or, for a run's key scoring other data, unused."""
+    metadata, the transcript files beside the audio files (`read_sidecars`: a text_column is refused)."""
     meta = find_metadata(folder)
     if meta is None:
         if (pairs := read_sidecars(folder)) is not None:
-            if text_column and strict:
+            if text_column:
                 raise ValueError(f"text_column={text_column}: {folder}'s transcripts are the text files beside its audio files: leave it out")
             return pairs
         raise FileNotFoundError(f"{folder}/metadata.csv does not exist: an audio folder needs metadata.csv with "
@@ -356,10 +355,9 @@ class Speech(NamedTuple):
     groups: Callable[[list], list[str]]
 
 
-def read_pairs(cfg: Config, strict: bool = True) -> Speech:
+def read_pairs(cfg: Config) -> Speech:
     """The utterances of cfg.data: a Common Voice download, a LibriSpeech folder, a Hugging Face
-    dataset, or an audio folder (its metadata or its transcript files, or split folders of them).
-    strict=False (a run's config scoring other data): a text_column the data has no use for is unused."""
+    dataset, or an audio folder (its metadata or its transcript files, or split folders of them)."""
     if not cfg.data:
         raise ValueError("whisper_folder needs data=PATH, a folder with metadata.csv (file_name,transcription) and audio files")
     data = local_data(cfg.data)
@@ -375,7 +373,7 @@ def read_pairs(cfg: Config, strict: bool = True) -> Speech:
             say_empty(pairs, str(tsv))
         groups = lambda pairs: by_file(pairs, dict(read_common_voice(train_tsv, cfg.val_group, empty_ok=False)))  # noqa: E731
     elif ls := librispeech(data):  # a LibriSpeech split folder (all of it: val_fraction held out), or its top folder
-        if cfg.text_column and strict:
+        if cfg.text_column:
             raise ValueError(f"text_column={cfg.text_column}: {data} is a LibriSpeech folder (its transcripts in *.trans.txt): leave it out")
         train_pairs, val_pairs = read_librispeech(ls[0]), read_librispeech(ls[1]) if ls[1] else None
         if ls[2]:  # (the top folder: which splits serve, said)
@@ -390,8 +388,8 @@ def read_pairs(cfg: Config, strict: bool = True) -> Speech:
         groups = lambda pairs: hf_groups(pairs, data, cfg.val_group)  # noqa: E731
     else:
         train_dir, val_dir = split_dirs(data)
-        train_pairs = read_split(train_dir, cfg.text_column, strict)
-        val_pairs = read_split(val_dir, cfg.text_column, strict) if val_dir else None
+        train_pairs = read_split(train_dir, cfg.text_column)
+        val_pairs = read_split(val_dir, cfg.text_column) if val_dir else None
         groups = lambda pairs: metadata_groups(pairs, train_dir, cfg.val_group)  # noqa: E731
     norm = lambda pairs: [(f, t if t is None else normalise(t, cfg)) for f, t in pairs]  # noqa: E731  # None: a row without one
     return Speech(norm(train_pairs), norm(val_pairs) if val_pairs is not None else None, groups)
@@ -425,7 +423,7 @@ def hf_groups(pairs: list, data: Path, column: str) -> list[str]:
 
 def metadata_groups(pairs: list, folder: Path, column: str) -> list[str]:
     """An audio folder's groups: its metadata's `column`, or without metadata (transcript files beside
-    the audio), each file's folder."""
+    the audio), each file's top-level folder ("." for the files at the top)."""
     if (meta := find_metadata(folder)) is None:
         if column != SIDECAR_GROUP:
             raise ValueError(f"val_group={column}: {folder} has no metadata (its transcripts lie beside the audio files): "
@@ -460,7 +458,7 @@ def held_out(data: str):
 
     def build(cfg: Config, run_dir: Path):
         trained, cfg.data = cfg.data, data
-        train_pairs, val_pairs, _ = with_own_columns(lambda c: read_pairs(c, strict=False), cfg, ("audio_column", "text_column"), data)
+        train_pairs, val_pairs, _ = with_own_columns(read_pairs, cfg, ("audio_column", "text_column"), data)
         audio_tok, text_tok = load_tokenizer(run_dir / "tokenizers" / "audio"), load_tokenizer(run_dir / "tokenizers" / "text")
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")

@@ -244,11 +244,13 @@ def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_befor
 
     from recipes.runs import load_run_info
 
-    for fmt, saved, read in ((None, 0.0, None), (2, 0.0, 0.0), (None, 300.0, 300.0)):  # a run.json of before format 2: its 0 was the best
-        (tmp_path / "old").mkdir(exist_ok=True)
+    for i, (fmt, saved, read) in enumerate(((None, 0.0, None), (2, 0.0, 0.0), (None, 300.0, 300.0))):  # a run.json of before format 2:
+        (tmp_path / f"old{i}").mkdir()  # its 0 was the best (these hold the target alone: the other keys' defaults are said)
         doc = {"recipe": "dt_pendulum", "config": {"target": saved}} | ({"format": fmt} if fmt else {})
-        (tmp_path / "old" / "run.json").write_text(json.dumps(doc))
-        assert load_run_info(tmp_path / "old")[2].target == read
+        (tmp_path / f"old{i}" / "run.json").write_text(json.dumps(doc))
+        with pytest.warns(UserWarning, match=r"run.json holds no value for \d+ config key\(s\); they take their defaults: seed=1337"):
+            assert load_run_info(tmp_path / f"old{i}")[2].target == read
+    (tmp_path / "old").mkdir()
     (tmp_path / "old" / "run.json").write_text(json.dumps({"recipe": "dt_pendulum", "format": 9, "config": {}}))
     with pytest.raises(ConfigError, match=r"run.json: format 9; this version reads run formats 1 to 2"):
         load_run_info(tmp_path / "old")

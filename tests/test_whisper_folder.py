@@ -374,7 +374,6 @@ def test_transcripts_beside_the_audio_files_serve_as_metadata(tmp_path, speech, 
         whisper_folder.build_data(Config(data=str(data), val_group="speaker", **TINY))
     with pytest.raises(ValueError, match=r"text_column=words: .*corpus's transcripts are the text files beside its audio files: leave it out"):
         whisper_folder.read_pairs(Config(data=str(data), text_column="words"))
-    assert len(whisper_folder.read_pairs(Config(data=str(data), text_column="words"), strict=False).train) == 12  # (a run's key, scoring)
     (data / "speaker2" / "u5.txt").unlink()  # an audio file without its transcript: named, or with skip_bad_samples skipped and counted
     with pytest.raises(ValueError, match=r"audio .*speaker2/u5.flac: no transcript \(set skip_bad_samples=true"):
         whisper_folder.build_data(Config(data=str(data), **TINY))
