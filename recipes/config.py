@@ -12,6 +12,7 @@ import dataclasses
 import math
 import reprlib
 import os
+import sys
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -147,6 +148,13 @@ def launched_processes() -> int:
 def launch_rank() -> int:
     """This process's rank in the launch (0 when launched alone), before Accelerate is set up."""
     return _launcher_figure(("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK"), 0)
+
+
+def say(text: str) -> None:
+    """A line on stderr (a note, not output) from one process: the first of a launch, where the
+    others, reading the same data, would repeat it."""
+    if launch_rank() == 0:
+        print(text, file=sys.stderr)
 
 
 ACCELERATE_FSDP = ("this run was launched with Accelerate's FSDP config (accelerate launch --use_fsdp, or an FSDP config file), which "

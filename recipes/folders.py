@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .config import SHORT, launch_rank
+from .config import SHORT, launch_rank, say
 
 VAL_DIRS = ("validation", "valid", "val", "dev", "test")
 TRAIN_DIRS = ("train", "training")  # split folders as `datasets` finds them (SPLIT_KEYWORDS), matched in any case
@@ -243,8 +243,8 @@ def say_unused(cfg, recipe: str, keys: tuple[str, ...]) -> None:
 
     given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k) != getattr(type(cfg), k)]
     started = bool(cfg.run_dir) and Path(cfg.run_dir, RUN_FILE).is_file()  # (a resume or an eval: said when the run started)
-    if given and not started and launch_rank() == 0:
-        print(f"{recipe}: {', '.join(given)} unused: {cfg.data} has a validation split", file=sys.stderr)
+    if given and not started:
+        say(f"{recipe}: {', '.join(given)} unused: {cfg.data} has a validation split")
 
 
 def held_out_count(n: int, fraction: float) -> int:
@@ -279,7 +279,7 @@ def scored_data(run_dir, data: str | None) -> str | None:
     except (OSError, ValueError):  # (a dataset id not in the cache: not the run's)
         same = False
     if same:
-        print(f"data={data} is the data {run_dir} trained on: scoring its held-out share, as without data=", file=sys.stderr)
+        say(f"data={data} is the data {run_dir} trained on: scoring its held-out share, as without data=")
         return None
     return data
 
@@ -307,8 +307,7 @@ def say_trained_on(run_dir, trained: str, pairs: list, training: Callable[[Path]
     except Exception:  # noqa: BLE001  # (a check that only informs: the run's data moved, changed or unreadable is not compared)
         return
     if both := len(files & seen):
-        print(f"{both} of the {len(files)} files scored are among those the run trained on ({trained}): not a held-out score",
-              file=sys.stderr)  # fmt: skip
+        say(f"{both} of the {len(files)} files scored are among those the run trained on ({trained}): not a held-out score")
 
 
 def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tuple[list, list] | None:
@@ -335,10 +334,9 @@ def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tu
         raise ValueError(f"{root}: {len(gone)} of the {len(record['held_out'])} samples the run held out ({path}) are no longer in the "
                          f"data, e.g. {gone[0]}: a run is scored on the samples it held out; put them back")  # fmt: skip
     held = set(record["held_out"])
-    if (gone := [k for k in record["train"] if k not in by_key]) and not evaluating and launch_rank() == 0:  # (said once: torchrun)
-        print(f"{root}: {len(gone)} of the {len(record['train'])} training samples the run recorded ({path}) are no longer in the data, "
-              f"e.g. {gone[0]}: it trains on without them, so its batches from here differ from an uninterrupted run's",
-              file=sys.stderr)  # fmt: skip
+    if (gone := [k for k in record["train"] if k not in by_key]) and not evaluating:
+        say(f"{root}: {len(gone)} of the {len(record['train'])} training samples the run recorded ({path}) are no longer in the data, "
+            f"e.g. {gone[0]}: it trains on without them, so its batches from here differ from an uninterrupted run's")  # fmt: skip
     train = [by_key[k] for k in record["train"] if k in by_key]
     listed = held | set(record["train"])
     train += [p for k, p in by_key.items() if k not in listed]
@@ -747,7 +745,7 @@ def with_own_columns(read: Callable, cfg, keys: tuple[str, ...], data: str):
             out = read(dataclasses.replace(cfg, **dict.fromkeys(keys, "")))
         except ValueError:
             raise e from None
-        print(f"{data}: read with the columns found as in any data, not the run's ({e})", file=sys.stderr)
+        say(f"{data}: read with the columns found as in any data, not the run's ({e})")
         return out
 
 

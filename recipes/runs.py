@@ -28,7 +28,7 @@ from tokenizers_mm import Tokenizer, load_tokenizer
 from tokenizers_mm.base import read_json, write_json_atomic
 
 from .checkpoint import CKPT_DIR, STEP_RE, held_checkpoint, latest_checkpoint, verify_latest
-from .config import ConfigError, apply_values, launch_rank, launched_processes, named_configs, parse_overrides, read_yaml
+from .config import ConfigError, apply_values, launch_rank, launched_processes, named_configs, parse_overrides, read_yaml, say
 
 # name -> module; each module has `Config` (a TrainConfig), `main(cfg, resume=False)`, `evaluate(run_dir,
 # device=None)` and, for generative recipes, `generate(run_dir, prompt, ..., device=None)`.
@@ -319,13 +319,12 @@ def check_same_data(run_dir, fingerprint: dict, source: str, what: str, made_her
     path = Path(run_dir) / DATA_FILE
     if not path.exists():
         return
-    say = print if launch_rank() == 0 else (lambda *a, **k: None)  # (once, under torchrun)
     try:
         then = read_json(path, "data")
         if not isinstance(then.get("sha256"), str):
             raise ValueError(f"{path}: no sha256 in it")
     except ValueError as e:
-        say(f"{source}: not checked against the data the run started with ({e}; remove it to resume without this line)", file=sys.stderr)
+        say(f"{source}: not checked against the data the run started with ({e}; remove it to resume without this line)")
         return
     if then["sha256"] == fingerprint["sha256"]:
         return
@@ -336,7 +335,7 @@ def check_same_data(run_dir, fingerprint: dict, source: str, what: str, made_her
     differs = f"{source}: not the data run {run_dir} started with ({said(then)} then; {said(fingerprint)} now)"
     if made_here:
         say(f"{differs}: made again otherwise here (another Python, gymnasium or NumPy version?); the run goes on on it, not exactly as "
-            "it would have", file=sys.stderr)  # fmt: skip
+            "it would have")  # fmt: skip
         return
     raise ValueError(f"{differs}: a resume trains on the same {what}; restore the data, or start a new run on it")
 

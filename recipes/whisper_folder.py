@@ -52,7 +52,7 @@ from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError, to_waveform
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 
 from . import whisper_digits
-from .config import launch_rank, take_shape
+from .config import say, take_shape
 from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
                       hidden, local_data, metadata_column, named_pairs, read_metadata, say_trained_on, say_unused, scored_data,
                       split_dirs, walk_files, with_own_columns)  # fmt: skip
@@ -239,9 +239,8 @@ def read_sidecars(folder: Path) -> list[tuple[Path, str | None]] | None:
             pairs.append((p, None if q is None else q.read_text(encoding="utf-8-sig")))
         except UnicodeDecodeError as e:
             raise ValueError(f"{q}: not UTF-8 text (byte {e.start}: {e.reason})") from None
-    if (missing := sum(q is None for q in sidecar.values())) and launch_rank() == 0:  # (said once: torchrun)
-        print(f"{folder}: {missing} of {len(audio)} audio files have no transcript beside them ({SIDECARS[0]} or {SIDECARS[1]})",
-              file=sys.stderr)  # fmt: skip
+    if missing := sum(q is None for q in sidecar.values()):
+        say(f"{folder}: {missing} of {len(audio)} audio files have no transcript beside them ({SIDECARS[0]} or {SIDECARS[1]})")
     say_empty(pairs, str(folder))
     return pairs
 
@@ -341,8 +340,8 @@ def read_librispeech(transcripts: list[Path]) -> list[tuple[Path, str]]:
 def say_empty(pairs: list, where: str) -> None:
     """Count the empty transcripts on stderr: taken as silence (nothing to write), but a blank cell
     may be a transcript left out by mistake. (None: a dataset row without one, not counted.)"""
-    if (empty := sum(1 for _, t in pairs if t is not None and not str(t).strip())) and launch_rank() == 0:  # (said once: torchrun)
-        print(f"{where}: {empty} of {len(pairs)} files have an empty transcription, taken as silence (nothing to write)", file=sys.stderr)
+    if empty := sum(1 for _, t in pairs if t is not None and not str(t).strip()):
+        say(f"{where}: {empty} of {len(pairs)} files have an empty transcription, taken as silence (nothing to write)")
 
 
 class Speech(NamedTuple):
@@ -364,7 +363,7 @@ def read_pairs(cfg: Config) -> Speech:
     if cv := common_voice(data):  # Common Voice's download: train.tsv (sentence) and dev.tsv, or one TSV of it
         train_tsv, val_tsv = cv
         if val_tsv is None and (data / "dev.tsv").is_file():
-            print(f"{data / 'dev.tsv'} has no rows: holding out part of train.tsv instead", file=sys.stderr)
+            say(f"{data / 'dev.tsv'} has no rows: holding out part of train.tsv instead")
         if cfg.audio_column:
             raise ValueError(f"audio_column={cfg.audio_column}: {data} is Common Voice's (its clips named by the path column): leave it out")
         train_pairs = read_common_voice(train_tsv, cfg.text_column or "sentence")
@@ -378,8 +377,7 @@ def read_pairs(cfg: Config) -> Speech:
         train_pairs, val_pairs = read_librispeech(ls[0]), read_librispeech(ls[1]) if ls[1] else None
         if ls[2]:  # (the top folder: which splits serve, said)
             name = lambda files: ", ".join(sorted({f.relative_to(data).parts[0] for f in files}))  # noqa: E731
-            print(f"{data}: LibriSpeech's {name(ls[0])} to train, {name(ls[1]) if ls[1] else 'val_fraction of it'} to validate",
-                  file=sys.stderr)  # fmt: skip
+            say(f"{data}: LibriSpeech's {name(ls[0])} to train, {name(ls[1]) if ls[1] else 'val_fraction of it'} to validate")
         groups = lambda pairs: librispeech_groups(pairs, data, cfg.val_group, ls[2])  # noqa: E731
     elif is_hf_dataset(data):  # a Hugging Face dataset: save_to_disk's folder, Parquet files
         train_pairs, val_pairs = hf_splits(data, "audio", (cfg.audio_column, cfg.text_column))
@@ -446,7 +444,7 @@ def group_split(pairs: list, groups: list[str], cfg: Config) -> tuple[list, list
                          "groups needs at least 2 (or leave val_group unset to hold out utterances)")  # fmt: skip
     n_val = held_out_count(len(names), cfg.val_fraction)
     train, held = next(GroupShuffleSplit(n_splits=1, test_size=n_val, random_state=0).split(pairs, groups=groups))
-    print(f"whisper_folder: held out {n_val} of {len(names)} {cfg.val_group} groups ({len(held)} of {len(pairs)} utterances)", file=sys.stderr)
+    say(f"whisper_folder: held out {n_val} of {len(names)} {cfg.val_group} groups ({len(held)} of {len(pairs)} utterances)")
     return [pairs[i] for i in train], [pairs[i] for i in held]
 
 
@@ -490,8 +488,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
             held = set(groups[len(train_pairs) :])
             keep = [g not in held for g in groups[: len(train_pairs)]]
             if left := keep.count(False):
-                print(f"whisper_folder: {left} utterance(s) added since the run began are of held-out {cfg.val_group} groups: "
-                      "not trained on", file=sys.stderr)  # fmt: skip
+                say(f"whisper_folder: {left} utterance(s) added since the run began are of held-out {cfg.val_group} groups: not trained on")
             train_pairs = [p for p, k in zip(train_pairs, keep) if k]
     elif val_pairs is None:
         from sklearn.model_selection import train_test_split
