@@ -153,8 +153,10 @@ def launch_rank() -> int:
 def say(text: str) -> None:
     """A line on stderr (a note, not output) from one process: the first of a launch, where the
     others, reading the same data, would repeat it."""
-    if launch_rank() == 0:
-        print(text, file=sys.stderr)
+    if launch_rank() == 0:  # note: through tqdm, which lifts a progress bar on stderr out of the line's way
+        from tqdm.auto import tqdm
+
+        tqdm.write(text, file=sys.stderr)
 
 
 ACCELERATE_FSDP = ("this run was launched with Accelerate's FSDP config (accelerate launch --use_fsdp, or an FSDP config file), which "

@@ -29,7 +29,6 @@ import logging
 import math
 import os
 import re
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -415,7 +414,7 @@ def keep_good(pairs: list, check, skip_bad: bool, what: str) -> tuple[list, int]
                 raise type(e)(f"{e} ({hint})") from None
             bad += 1
             if bad <= NAMED_SKIPS:
-                tqdm.write(f"skipped {e}" + (" (the further ones are only counted)" if bad == NAMED_SKIPS else ""), file=sys.stderr)
+                say(f"skipped {e}" + (" (the further ones are only counted)" if bad == NAMED_SKIPS else ""))
             continue
         good.append((path, label))
     return good, bad
@@ -663,9 +662,9 @@ def say_quoted_tsv(files: dict, rows: int = 10_000) -> None:
     with CSV quoting (pandas' `to_csv(sep="\\t")` wraps a cell holding a tab, a newline or a quote in
     quotes) is then read with its quotes, and a quoted newline splits its row: said on stderr."""
     for path, wrapped in quoted_tsv_cells(files, rows):
-        print(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
+        say(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
               "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
-              "a tab, a newline or a quote), save it as .csv or .parquet", file=sys.stderr)  # fmt: skip
+              "a tab, a newline or a quote), save it as .csv or .parquet")  # fmt: skip
 
 
 def load_hf(root: Path):
@@ -780,7 +779,7 @@ def hf_splits(root: Path, kind: str, columns: tuple[str, str] = ("", "")) -> tup
     train, held = read(loaded["train"], f"{root}[train]"), read(loaded[val], f"{root}[{val}]") if val else None
     if kind != "text" and held is not None and all(label is None or (kind == "audio" and not str(label).strip()) for _, label in held):
         what = "no labels (the Hub's -1)" if kind == "image" else "no transcripts (all empty: withheld?)"
-        print(f"{root}[{val}] has {what}: holding out part of the training split instead", file=sys.stderr)
+        say(f"{root}[{val}] has {what}: holding out part of the training split instead")
         held = None
     return train, held
 
@@ -830,7 +829,7 @@ def hf_text(ds, name: str, column: str = "") -> str:
         raise ValueError(f"{name}: column {column!r} is not UTF-8 text (invalid byte at offset {e.start} of a row)") from None
     text = "\n".join(t for t in rows if t)
     if empty := sum(1 for t in rows if not t):  # (no text to learn from: left out, and counted)
-        print(f"{name}: {empty:,} of {len(rows):,} rows have no {column!r} text (null or empty); left out", file=sys.stderr)
+        say(f"{name}: {empty:,} of {len(rows):,} rows have no {column!r} text (null or empty); left out")
     if not text:
         raise ValueError(f"{name}: its text column {column!r} is empty")
     return text

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from tokenizers_mm import open_image
 from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 
 from . import vit
-from .config import take_shape
+from .config import say, take_shape
 from .checkpoint import held_checkpoint
 from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_trained_on, say_unused, scored_data, split_dirs, with_own_columns
 
@@ -72,8 +71,8 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     classes = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p, root))
     loose = sorted(p for p in root.iterdir() if p.is_file() and not hidden(p, root) and p.suffix.lower() in image_extensions())
     if classes and loose:  # (no class of their own: not read, but said)
-        print(f"vit_folder: {len(loose)} image(s) at the top of {root} (e.g. {loose[0].name}) are not used: only class sub-folders' "
-              "images are labelled", file=sys.stderr)  # fmt: skip
+        say(f"vit_folder: {len(loose)} image(s) at the top of {root} (e.g. {loose[0].name}) are not used: only class sub-folders' "
+              "images are labelled")  # fmt: skip
     pairs = []
     for d in classes:
         files = image_files(d)
@@ -106,7 +105,7 @@ def check_images(pairs, cfg: Config, what: str) -> tuple[list, int]:
 
 def report_skipped(bad: int) -> None:
     if bad:
-        print(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)", file=sys.stderr)  # (stdout: eval's JSON)
+        say(f"vit_folder: skipped {bad} unreadable image(s) (skip_bad_samples=true)")  # (stdout: eval's JSON)
 
 
 class FolderSet(Dataset):

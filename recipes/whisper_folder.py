@@ -40,7 +40,6 @@ a space, as Whisper writes it; `lowercase=false` keeps Whisper's cased, punctuat
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -176,8 +175,8 @@ def init_run(cfg: Config):
 def warn_fine_tuning(cfg: Config) -> None:
     """On Whisper's weights (or a run on them), the from-scratch defaults undo what the model knows: say so."""
     if cfg.lr == Config.lr or cfg.lowercase:
-        print(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
-              "fine-tuning usually takes lr=1e-5 lowercase=false", file=sys.stderr)  # fmt: skip  # (a warning: stdout stays the output)
+        say(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
+              "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip  # (a warning: stdout stays the output)
 
 
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
@@ -461,7 +460,7 @@ def held_out(data: str):
         prompt = prompt_ids(text_tok, cfg.prompt)
         pairs, bad = check_utterances(val_pairs if val_pairs is not None else train_pairs, cfg, audio_tok, text_tok, prompt, "evaluation")
         if bad:
-            print(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)", file=sys.stderr)  # (stdout: eval's JSON)
+            say(f"whisper_folder: skipped {bad} utterance(s) (skip_bad_samples=true)")  # (stdout: eval's JSON)
         if not pairs:
             raise ValueError(f"{data}: no usable utterances to evaluate on")
         say_trained_on(run_dir, trained, pairs, lambda root: read_pairs(replace(cfg, data=str(root))).train)
@@ -541,7 +540,7 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     train_pairs, bad = ([], 0) if evaluating else check_utterances(train_pairs, cfg, audio_tok, text_tok, prompt, "training")
     val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "evaluation" if evaluating else "validation")
     if bad or bad_val:
-        print(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)", file=sys.stderr)
+        say(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
     if (not train_pairs and not evaluating) or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
     test_set = SpeechSet(val_pairs, audio_tok, text_tok, prompt)

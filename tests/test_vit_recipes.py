@@ -78,6 +78,10 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     run = tmp_path / "run"
     metrics = vit_folder.main(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, run_dir=str(run), **TINY))
     assert "skipped 3 unreadable image(s)" in capsys.readouterr().err  # (stderr: stdout is eval's JSON)
+    with pytest.MonkeyPatch.context() as mp:  # the launch's other processes read the same files: they stay quiet
+        mp.setenv("RANK", "1")
+        assert len(vit_folder.build_data(vit_folder.Config(data=str(data), image_size=16, patch_size=4, skip_bad_samples=True, **TINY))[0])
+        assert "skipped" not in capsys.readouterr().err
     assert 0 <= metrics["val_accuracy"] <= 1
     (data / "onlybad").mkdir()  # a class whose every image is unreadable: refused, not dropped from the classifier unsaid
     (data / "onlybad" / "fake.png").write_text("not an image")
