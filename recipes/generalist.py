@@ -50,6 +50,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable
 
 import torch
@@ -61,6 +62,7 @@ from tokenizers_mm import TokenSet, collate, load_tokenizer, pack_examples
 from tokenizers_mm.base import read_json, write_json_atomic
 
 from .config import ConfigError, TrainConfig, check_split, launched_processes
+from .folders import no_columns
 from .runs import resolve_run_dir, resumed_architecture, save_run_info
 from .train import my_share, my_spans, summed, train
 
@@ -122,6 +124,7 @@ class Config(TrainConfig):
     eval_seed: int = 10_000
     # text (gpt_char): a character LM, modality "prose"
     text_data: str = ""  # gpt_char's data=: a UTF-8 text file, JSON lines / CSV / Parquet rows; "" = its embedded corpus
+    text_column: str = ""  # gpt_char's text_column=: text_data's column (a dataset); "" = `text`, or its only string column
     text_block: int = 64  # characters per window
     # growing a trained generalist
     init_from: str = ""  # a generalist run directory: start from its weights, adding this config's new tasks
@@ -140,6 +143,9 @@ class Config(TrainConfig):
         if "control" in task_list(self)[0] and self.env not in CONTROL_ENVS:  # (dt's own message asks for data=, which this recipe lacks)
             raise ConfigError(f"env={self.env!r}: the control task trains on the embedded {' / '.join(CONTROL_ENVS)} episodes (discrete "
                               "actions) and takes no data=; to train on your own episodes: mmtok train dt_offline data=PATH")  # fmt: skip
+        if self.text_column and "text" not in task_list(self)[0]:
+            raise ConfigError(f"text_column={self.text_column}: names the text task's column in text_data; tasks={self.tasks!r} has no text")
+        no_columns(SimpleNamespace(data=self.text_data, text_column=self.text_column), ("text_column",))  # (a plain file has none)
         if self.freeze_trained and not self.init_from:  # (nothing is trained before: it froze nothing)
             raise ConfigError("freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from=RUN_DIR")
         if self.layout == "prefix" and self.dec_depth != Config.dec_depth:
@@ -169,6 +175,8 @@ def task_list(cfg: Config) -> tuple[list[str], list[float], list[float]]:
         nums.append(vals)
     if sum(nums[0]) <= 0:
         raise ValueError(f"weights={cfg.weights!r}: at least one task needs a positive weight")
+    if not any(w > 0 and lw > 0 for w, lw in zip(*nums)):  # (every loss 0: nothing would be learned)
+        raise ValueError(f"loss_weights={cfg.loss_weights!r}: at least one task drawn (weight > 0) needs a positive loss weight")
     return names, nums[0], nums[1]
 
 
@@ -296,7 +304,7 @@ def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
 
     from . import gpt_char
 
-    gcfg = gpt_char.Config(data=cfg.text_data, block_size=cfg.text_block)
+    gcfg = gpt_char.Config(data=cfg.text_data, text_column=cfg.text_column, block_size=cfg.text_block)
     train_text, val_text = gpt_char.split_text(gcfg)
     tok = tokenizers.get("prose") or CharTokenizer.from_corpus(train_text + val_text, max_positions=cfg.text_block)
     train_set, val_set = (ProseWindows(w) for w in gpt_char.windows(gcfg, tok, train_text, val_text, key="text_block", fraction=None))

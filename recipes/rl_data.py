@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -316,21 +317,20 @@ def _schedule(policies: tuple[Behaviour, ...], n: int, seed: int) -> tuple[list[
     return env_seeds, rng.permutation(np.repeat(np.arange(len(policies)), counts))
 
 
-def _reusable(npz: Path, manifest_path: Path, recipe: dict) -> bool:
-    """True when the manifest was made with `recipe` and the NPZ's SHA-256 matches it; says why not."""
+def _stale(npz: Path, manifest_path: Path, recipe: dict) -> str | None:
+    """None when the manifest was made with `recipe` and the NPZ's SHA-256 matches it; else why not
+    ("" where there is no manifest yet: nothing to say)."""
     if not manifest_path.exists():
-        return False
+        return ""
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError:
         manifest = {}
     if {k: manifest.get(k) for k in recipe} != recipe:
-        print(f"rl_data: {manifest_path} was made with other settings; regenerating")
-        return False
+        return f"{manifest_path} was made with other settings"
     if not npz.exists() or sha256(npz) != manifest.get("sha256"):
-        print(f"rl_data: {npz} is missing or does not match the SHA-256 in {manifest_path}; regenerating")
-        return False
-    return True
+        return f"{npz} is missing or does not match the SHA-256 in {manifest_path}"
+    return None
 
 
 def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
@@ -355,8 +355,12 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
               "gymnasium_version": gym.__version__,
               "policies": [{"name": b.name, "share": b.share, "params": b.params} for b in spec.policies]}  # fmt: skip
     recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as they come back from the file
-    return made_once(npz.with_name(npz.name + ".lock"), lambda: npz if _reusable(npz, manifest_path, recipe) else None,
-                     lambda: _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed))  # fmt: skip
+    def make() -> Path:  # (under the lock, by one process: said once, on stderr, where eval's stdout is its JSON)
+        if why := _stale(npz, manifest_path, recipe):
+            print(f"rl_data: {why}; regenerating", file=sys.stderr)
+        return _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed)
+
+    return made_once(npz.with_name(npz.name + ".lock"), lambda: npz if _stale(npz, manifest_path, recipe) is None else None, make)
 
 
 def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n_episodes: int, seed: int) -> Path:

@@ -305,6 +305,27 @@ def test_weights_default_per_task_and_explicit_lists_must_match_the_tasks():
     assert g.task_list(g.Config(tasks="control,text", loss_weights="2,1"))[2] == [2.0, 1.0]
     with pytest.raises(ValueError, match=r"loss_weights='0.6,2,6' needs one non-negative number per task, in the order of tasks= \(digits, control\)"):
         g.task_list(g.Config(tasks="digits,control", loss_weights="0.6,2,6"))
+    assert g.task_list(g.Config(tasks="digits,control", weights="0,4", loss_weights="1,2"))[1:] == ([0.0, 4.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match=r"loss_weights='1,0': at least one task drawn \(weight > 0\) needs a positive loss weight"):
+        g.task_list(g.Config(tasks="digits,control", weights="0,4", loss_weights="1,0"))  # (every step's loss 0: nothing learned)
+
+
+def test_the_text_task_reads_the_column_named_in_a_csv(tmp_path):
+    """text_data with several string columns: text_column= picks one (gpt_char's key); it is refused
+    for a plain text file, and where no task reads text."""
+    from recipes.config import ConfigError
+
+    rows = ["id,body,title"] + [f"{i},the cat sat on mat {i},TITLE" for i in range(60)]
+    (tmp_path / "posts.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"text_column="):
+        g.text_task(g.Config(tasks="text", text_data=str(tmp_path / "posts.csv"), text_block=8), 1.0, {})
+    task = g.text_task(g.Config(tasks="text", text_data=str(tmp_path / "posts.csv"), text_column="body", text_block=8), 1.0, {})
+    assert set(task.tokenizers["prose"].chars) == set("the cat sat on mat 0123456789\n")  # the body column's text only
+    (tmp_path / "plain.txt").write_text("just text\n" * 50)
+    with pytest.raises(ConfigError, match=r"text_column=body: .*plain.txt is not a dataset with columns"):
+        g.Config(tasks="text", text_data=str(tmp_path / "plain.txt"), text_column="body").check()
+    with pytest.raises(ConfigError, match=r"text_column=body: names the text task's column in text_data; tasks='digits' has no text"):
+        g.Config(tasks="digits", text_column="body").check()
 
 
 def test_a_grown_run_takes_its_parents_sizes():

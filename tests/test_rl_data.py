@@ -104,15 +104,16 @@ def test_manifest_reuse_and_regeneration(tmp_path, capsys):
     original, stamp = path.read_bytes(), path.stat().st_mtime_ns
     capsys.readouterr()
     assert make_dataset("CartPole-v1", tmp_path / "cp.npz", 8, seed=0) == path
-    assert path.stat().st_mtime_ns == stamp and "regenerating" not in capsys.readouterr().out  # reused, not rewritten
+    assert path.stat().st_mtime_ns == stamp and "regenerating" not in capsys.readouterr().err  # reused, not rewritten
 
     path.write_bytes(original[:-10] + b"corrupted!")
     make_dataset("CartPole-v1", tmp_path / "cp.npz", 8, seed=0)
-    assert "does not match the SHA-256" in capsys.readouterr().out
+    said = capsys.readouterr()
+    assert said.err.count("does not match the SHA-256") == 1 and not said.out  # once, and not on stdout (eval's JSON)
     assert path.read_bytes() == original
 
     make_dataset("CartPole-v1", tmp_path / "cp.npz", 9, seed=0)
-    assert "other settings" in capsys.readouterr().out
+    assert "other settings" in capsys.readouterr().err
     assert json.loads((tmp_path / "cp.manifest.json").read_text())["n_episodes"] == 9
     assert len(load_episodes(path)) == 9
 
