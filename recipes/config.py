@@ -191,7 +191,7 @@ def take_shape(cfg, shape: dict, source: str, recipe: str) -> list[str]:
         replaced.append(f"{key}={ours} -> {theirs}")
         setattr(cfg, key, theirs)
     if replaced:
-        print(f"{recipe}: the model's shape comes from {source} ({', '.join(replaced)})")
+        say(f"{recipe}: the model's shape comes from {source} ({', '.join(replaced)})")
     return replaced
 
 

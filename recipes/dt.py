@@ -36,10 +36,10 @@ from torch.utils.data import Dataset
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import TrajectoryTokenizer, collate, returns_to_go
-from tokenizers_mm.base import read_json, write_text_atomic
+from tokenizers_mm.base import cache_folder, read_json, write_text_atomic
 from tokenizers_mm.trajectory import finite_span
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, say
 from .runs import check_same_data, process_share, record_data, resolve_run_dir, save_run_info
 from .train import my_share, summed, train
 
@@ -116,7 +116,7 @@ def load_data(cfg: Config) -> list:
         return rl_data.load_episodes(cfg.data)
     if cfg.env not in rl_data.DATASETS:
         raise ValueError(f"no embedded dataset for env={cfg.env!r} (embedded: {', '.join(rl_data.DATASETS)}); give data=PATH")
-    root = Path(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/rl"))
+    root = cache_folder(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/rl"), "the generated episodes")
     n = cfg.n_episodes or rl_data.DATASETS[cfg.env].episodes
     path = rl_data.make_dataset(cfg.env, root / f"{cfg.env}-{n}-{cfg.data_seed}.npz", n, cfg.data_seed)
     return rl_data.load_episodes(path)
@@ -145,7 +145,7 @@ def check_env(cfg: Config, env) -> None:
         raise ValueError(f"{name}: action space {act} is unbounded; continuous actions are scaled from its bounds to [-1, 1]")
     limit = env.spec.max_episode_steps if env.spec else None
     if not limit:
-        print(f"{name}: no time limit; evaluation episodes end at max_timestep={cfg.max_timestep} steps (the timestep table's rows)")
+        say(f"{name}: no time limit; evaluation episodes end at max_timestep={cfg.max_timestep} steps (the timestep table's rows)")
     if limit and limit > cfg.max_timestep:
         raise ValueError(f"{name}: episodes run up to {limit} steps (its time limit), more than max_timestep={cfg.max_timestep} "
                          f"(the timestep table's rows): give max_timestep={limit}")  # fmt: skip
@@ -177,7 +177,7 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
                               clip_actions=cfg.clip_actions)  # fmt: skip
     if cfg.clip_actions and not discrete:
         n = sum(int(tok.outside(np.asarray(ep.actions, np.float32).reshape(len(ep.actions), -1)).sum()) for ep in episodes)
-        print(f"clip_actions: {n:,} action values outside {env.spec.id if env.spec else 'the'} space's bounds, clipped into them")
+        say(f"clip_actions: {n:,} action values outside {env.spec.id if env.spec else 'the'} space's bounds, clipped into them")
     return tok.fit(episodes, data_name(cfg))
 
 

@@ -29,7 +29,7 @@ from typing import Callable
 import gymnasium as gym
 import numpy as np
 
-from tokenizers_mm.base import made_once
+from tokenizers_mm.base import cache_folder, made_once
 from tokenizers_mm.trajectory import _float32
 
 from .checkpoint import sha256
@@ -349,7 +349,8 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
     if n_episodes < 1:
         raise RLDataError(f"n_episodes must be >= 1, got {n_episodes}")
     spec = DATASETS[env_id]
-    npz = Path(path) if Path(path).suffix.lower() == ".npz" else Path(path) / f"{env_id}.npz"
+    npz = Path(path) if Path(path).suffix.lower() == ".npz" else cache_folder(path, "the generated episodes") / f"{env_id}.npz"
+    cache_folder(npz.parent, "the generated episodes")
     manifest_path = npz.with_name(npz.stem + MANIFEST_SUFFIX)  # one per NPZ, so several can share a directory
     recipe = {"env_id": env_id, "n_episodes": n_episodes, "seed": seed, "data_version": DATA_VERSION,
               "gymnasium_version": gym.__version__,

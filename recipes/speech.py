@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokenizers_mm.base import made_once
+from tokenizers_mm.base import cache_folder, made_once
 
 SYNTH_RATE = 22050  # Hz, eSpeak NG's output rate
 AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -107,6 +107,7 @@ class Utterance:
     word_gap: int
     snr_db: float
     seconds: float = 0.0
+    file_bytes: int = 0  # the WAV's size as written (0: a manifest from before it was recorded), checked when reused
 
 
 def random_text(rng: np.random.Generator) -> str:
@@ -128,7 +129,7 @@ def render(u: Utterance, rng: np.random.Generator) -> np.ndarray:
     return np.clip(wave + noise, -1.0, 1.0)
 
 
-def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
+def _render_all(directory: str, rows: list[dict], seed: int) -> list[tuple[float, int]]:
     """Worker: render every row to a 16 kHz WAV (in a fresh process: see `Synthesizer.say`). It stops
     when the process that asked for the corpus is gone: a killed run leaves no worker writing on."""
     import multiprocessing
@@ -136,14 +137,14 @@ def _render_all(directory: str, rows: list[dict], seed: int) -> list[float]:
     import soundfile as sf
     from tqdm.auto import tqdm
 
-    caller, seconds = multiprocessing.parent_process(), []  # (its sentinel: readable once the caller is gone, however it ended)
+    caller, written = multiprocessing.parent_process(), []  # (its sentinel: readable once the caller is gone, however it ended)
     for i, row in enumerate(tqdm(rows, desc="synthesizing speech", unit="utt", disable=None)):  # (off when stderr is not a terminal)
         if caller is not None and not caller.is_alive():
             os._exit(1)
         wave = render(Utterance(**row), np.random.default_rng([seed, i]))  # noise: its own stream per utterance
-        sf.write(Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
-        seconds.append(round(len(wave) / 16000, 3))
-    return seconds
+        sf.write(path := Path(directory) / row["file_name"], wave, 16000, subtype="PCM_16")
+        written.append((round(len(wave) / 16000, 3), path.stat().st_size))
+    return written
 
 
 def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[Utterance]:
@@ -161,24 +162,48 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     if getattr(multiprocessing.current_process(), "_inheriting", False):  # (else it would wait forever on the caller's lock)
         raise SpeechError("make_corpus ran while a synthesis worker was importing the main script: put the script's code under "
                           "if __name__ == '__main__': (the workers import it, as multiprocessing's spawn and forkserver do)")  # fmt: skip
-    directory = Path(directory)
+    directory = cache_folder(directory, "the synthesized corpus")
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
-    return made_once(directory / ".lock", lambda: _cached_corpus(directory, recipe), lambda: _render_corpus(directory, recipe))
+
+    def make() -> list[Utterance]:  # (under the lock, by one process)
+        if why := _stale_corpus(directory, recipe)[1]:
+            print(f"{directory}: {why}; synthesizing the corpus again", file=sys.stderr)
+        return _render_corpus(directory, recipe)
+
+    return made_once(directory / ".lock", lambda: _stale_corpus(directory, recipe)[0], make)
 
 
-def _manifest_rows(directory: Path, recipe: dict) -> list[Utterance]:
-    """The utterances of directory's manifest when it was made with recipe's settings (any n), else []."""
+def _stale_corpus(directory: Path, recipe: dict) -> tuple[list[Utterance] | None, str]:
+    """(the first n utterances of directory's corpus, "") when its manifest was made with recipe's
+    settings (any n at least recipe's) and their files are there, as large as written; else (None,
+    why: "" where there is nothing to say, no corpus yet or a smaller one). A manifest.jsonl that is
+    not a corpus's is refused: the folder is someone else's, not a cache to write over."""
     manifest = directory / "manifest.jsonl"
-    if manifest.exists():
-        lines = manifest.read_text().splitlines()
-        if lines and {**json.loads(lines[0]), "n": recipe["n"]} == recipe:
-            return [Utterance(**json.loads(line)) for line in lines[1:]]
-    return []
-
-
-def _cached_corpus(directory: Path, recipe: dict) -> list[Utterance] | None:
-    rows = _manifest_rows(directory, recipe)
-    return rows[: recipe["n"]] if len(rows) >= recipe["n"] else None
+    if not manifest.exists():
+        return None, ""
+    lines = manifest.read_bytes().decode("utf-8", "replace").splitlines()
+    try:
+        made = json.loads(lines[0]) if lines else None
+    except ValueError:
+        made = None
+    if not isinstance(made, dict) or not {"voices", "seed", "version"} <= set(made):  # (another version's: other settings)
+        raise ValueError(f"{manifest} is not a synthesized corpus's manifest (its first line should record {', '.join(recipe)}): "
+                          "give the corpus a folder of its own, or remove the file to synthesize one there")  # fmt: skip
+    if {**made, "n": recipe["n"]} != recipe:
+        return None, "its manifest was made with other settings"
+    if len(lines) - 1 < recipe["n"]:
+        return None, ""
+    rows = []
+    for i, line in enumerate(lines[1 : recipe["n"] + 1], 2):
+        try:
+            rows.append(Utterance(**json.loads(line)))
+        except (ValueError, TypeError):
+            return None, f"line {i} of {manifest.name} is damaged"
+        path = directory / rows[-1].file_name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size != (rows[-1].file_bytes or size):
+            return None, f"{path.name} is {'missing' if size is None else f'{size:,} bytes, the manifest records {rows[-1].file_bytes:,}'}"
+    return rows, ""
 
 
 def _fresh_process(spawn: bool = False):
@@ -195,12 +220,12 @@ def _fresh_process(spawn: bool = False):
     return ctx
 
 
-def _render_in_worker(directory: Path, rows: list[dict], seed: int) -> list[float]:
+def _render_in_worker(directory: Path, rows: list[dict], seed: int) -> list[tuple[float, int]]:
     """_render_all in a fresh worker; a worker that dies (killed, out of memory) is an error, not a wait."""
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    def run(ctx) -> list[float]:
+    def run(ctx) -> list[tuple[float, int]]:
         with ProcessPoolExecutor(1, mp_context=ctx) as pool:  # (its worker ends itself: no "leaked semaphore" warning)
             return pool.submit(_render_all, str(directory), rows, seed).result()
 
@@ -222,9 +247,8 @@ def _render_corpus(directory: Path, recipe: dict) -> list[Utterance]:
                       rate=int(rng.integers(120, 260)), pitch=int(rng.integers(20, 80)), pitch_range=int(rng.integers(20, 90)),
                       word_gap=int(rng.integers(0, 4)), snr_db=round(float(rng.uniform(10, 40)), 2)) for i in range(n)]  # fmt: skip
     print(f"synthesizing {n:,} utterances with eSpeak NG into {directory} (once: later runs of up to {n:,} reuse them)", file=sys.stderr)
-    seconds = _render_in_worker(directory, [asdict(u) for u in rows], seed)
-    for u, sec in zip(rows, seconds):
-        u.seconds = sec
+    for u, (seconds, size) in zip(rows, _render_in_worker(directory, [asdict(u) for u in rows], seed)):
+        u.seconds, u.file_bytes = seconds, size
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("\n".join([json.dumps(recipe)] + [json.dumps(asdict(u)) for u in rows]) + "\n")
     tmp.replace(manifest)  # the manifest appears only once every file is written

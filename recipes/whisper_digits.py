@@ -29,6 +29,7 @@ from models import GNMTPenalty, HeadConfig, Memory, ModalityConfig, ModelConfig,
 from models.transformer import finished_beams
 from tokenizers_mm import AudioTokenizer, BPETokenizer, CharTokenizer, TokenSet, collate, collate_examples, load_audio, split_at_pauses, stream_audio
 from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, AudioError
+from tokenizers_mm.base import cache_folder
 from tokenizers_mm.text_bpe import WHISPER_LANGUAGES
 
 from .config import ConfigError, TrainConfig
@@ -239,7 +240,7 @@ class SpeechSet(Dataset):
 def build_data(cfg: Config):
     from .speech import TEST_VOICES, TRAIN_VOICES, make_corpus
 
-    root = Path(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/whisper_digits"))
+    root = cache_folder(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/whisper_digits"), "the synthesized corpus")
     train_rows = make_corpus(root / "train", cfg.n_train, TRAIN_VOICES, seed=1)
     test_rows = make_corpus(root / "test", cfg.n_test, TEST_VOICES, seed=2)
     audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)

@@ -49,7 +49,7 @@ def test_init_from_local_gpt2_folder(tmp_path, small_text, capsys):
     assert tokenizer.ranks == tok.ranks
     model = build_model(cfg, tokenizer).eval()
     assert (cfg.dim, cfg.depth, cfg.bias, cfg.activation) == (48, 2, True, "gelu_tanh") and not model.config.trunk.flash  # flash: the run's
-    assert "gpt_bpe: the model's shape comes from init_from " in (out := capsys.readouterr().out) and "(dim=128 -> 48" in out  # (the defaults replaced)
+    assert "gpt_bpe: the model's shape comes from init_from " in (out := capsys.readouterr().err) and "(dim=128 -> 48" in out  # (the defaults replaced)
     ids = torch.randint(0, tok.vocab_size, (2, 32))
     ours = model({"text": collate([TokenSet("text", ids=i) for i in ids])}).logits["lm"]
     torch.testing.assert_close(ours, hf(ids).logits, atol=1e-4, rtol=1e-4)  # starts exactly from GPT-2

@@ -116,6 +116,8 @@ def test_manifest_reuse_and_regeneration(tmp_path, capsys):
     assert "other settings" in capsys.readouterr().err
     assert json.loads((tmp_path / "cp.manifest.json").read_text())["n_episodes"] == 9
     assert len(load_episodes(path)) == 9
+    with pytest.raises(ValueError, match=r"cp.manifest.json is a file, where the folder that holds the generated episodes should be"):
+        make_dataset("CartPole-v1", tmp_path / "cp.manifest.json", 8, seed=0)  # (as rl_dir=: it was "[Errno 17] File exists")
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ pytest.importorskip("espeakng_loader")
 from conftest import ROOT, subprocess_env  # noqa: E402
 from recipes.speech import SYNTH_RATE, TEST_VOICES, TRAIN_VOICES, SpeechError, Synthesizer, make_corpus  # noqa: E402
 from tokenizers_mm import AudioTokenizer, load_audio  # noqa: E402
+from tokenizers_mm.audio import AudioError  # noqa: E402
 
 
 def test_synthesizer_speaks_and_varies():
@@ -51,6 +52,32 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
     assert not set(TRAIN_VOICES) & set(TEST_VOICES)
     for v in TRAIN_VOICES + TEST_VOICES:  # every listed voice exists in the bundled data
         Synthesizer.get().say("one", v)
+
+
+def test_a_damaged_cache_is_synthesized_again_and_a_foreign_folder_refused(tmp_path, capsys):
+    """A file of the corpus removed or cut short (a full disk, a broken copy), or a manifest line
+    damaged: the corpus is made again, said on stderr, the same as before; a manifest.jsonl that is
+    not a corpus's, or a file where the folder should be, is refused rather than written over."""
+    folder = tmp_path / "c"
+    rows = make_corpus(folder, 3, TRAIN_VOICES, seed=3)
+    first = (folder / rows[1].file_name).read_bytes()
+    assert all(r.file_bytes == (folder / r.file_name).stat().st_size > 44 for r in rows)
+    capsys.readouterr()
+    for damage, said in [(lambda: (folder / rows[1].file_name).unlink(), f"{rows[1].file_name} is missing"),
+                         (lambda: (folder / rows[1].file_name).write_bytes(first[:100]), f"{rows[1].file_name} is 100 bytes, the manifest records"),
+                         (lambda: (folder / "manifest.jsonl").write_text((folder / "manifest.jsonl").read_text().replace('"voice"', '"vo', 1)),
+                          "line 2 of manifest.jsonl is damaged")]:  # fmt: skip
+        damage()
+        assert make_corpus(folder, 3, TRAIN_VOICES, seed=3) == rows and (folder / rows[1].file_name).read_bytes() == first
+        assert f"{folder}: {said}" in capsys.readouterr().err
+    with pytest.raises(AudioError, match=r"the file ends after .* \(its header gives [\d,]+ bytes of samples, the file holds 56: cut short\?\)"):
+        load_audio((tmp_path / "cut.wav").write_bytes(first[:100]) and tmp_path / "cut.wav")  # (a training set reading it stops, named)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "manifest.jsonl").write_text('{"path": "a.wav", "text": "hello"}\n')
+    with pytest.raises(ValueError, match=r"manifest.jsonl is not a synthesized corpus's manifest .*remove the file to synthesize one there"):
+        make_corpus(tmp_path / "mine", 3, TRAIN_VOICES, seed=3)
+    with pytest.raises(ValueError, match=r"cut.wav is a file, where the folder that holds the synthesized corpus should be"):
+        make_corpus(tmp_path / "cut.wav", 3, TRAIN_VOICES, seed=3)
 
 
 def test_a_killed_callers_worker_writes_no_more(tmp_path):

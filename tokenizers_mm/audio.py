@@ -210,31 +210,38 @@ def _soundfile(path):
     if path.stat().st_size == 0:
         raise AudioError(f"audio {path}: the file is empty (0 bytes)")
     try:
-        sf.info(str(path))
+        info = sf.info(str(path))
     except (RuntimeError, sf.LibsndfileError) as e:
         raise AudioError(f"audio {path}: not a readable audio file ({str(e).splitlines()[0]})") from None
-    return sf
+    return sf, info
 
 
 def load_audio(source) -> tuple[np.ndarray, int]:
     """Decode audio with soundfile (libsndfile: WAV, FLAC, OGG, ...): (mono samples, rate), the
     channels averaged. `source`: a file path, or an object with `read_bytes()` whose str() names it
-    (a row of a Hugging Face dataset, recipes/folders.py)."""
+    (a row of a Hugging Face dataset, recipes/folders.py). A file that decodes but looks cut short
+    (a WAV whose header promises more samples: a broken copy or download) is an AudioError, not
+    its first part taken for the whole (its transcript would not match)."""
     import io
 
     import soundfile as sf
 
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
-        _soundfile(path)
+        info = _soundfile(path)[1]
         source_arg = str(path)
     else:
-        path, source_arg = source, io.BytesIO(source_bytes(source, "audio", AudioError))
+        path, source_arg, info = source, io.BytesIO(source_bytes(source, "audio", AudioError)), None
     try:
+        if info is None:
+            info = sf.info(source_arg)
+            source_arg.seek(0)
         data, rate = sf.read(source_arg, dtype="float32", always_2d=False)
     except (RuntimeError, sf.LibsndfileError) as e:
         reason = str(e).splitlines()[0].split(">: ", 1)[-1]  # note: not libsndfile's "Error opening <_io.BytesIO object at 0x...>"
         raise AudioError(f"audio {path}: not a readable audio file ({reason})") from None
+    if short := _cut_short(info, len(data)):
+        raise AudioError(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
     if data.ndim == 2:  # soundfile's (frames, channels), mixed to mono here: a file of fewer frames than channels has no shorter-axis guess
         data = data.mean(1, dtype=np.float32)
     return data, rate
@@ -248,8 +255,7 @@ def stream_audio(path, seconds: float):
     sample before the damage (to within 0.1 s), then raises AudioError saying where; so does one that
     libsndfile reads without an error but that looks cut short (`_cut_short`)."""
     path = Path(path)
-    sf = _soundfile(path)
-    info = sf.info(str(path))
+    sf, info = _soundfile(path)
     rate = info.samplerate
     g = math.gcd(rate, SAMPLE_RATE)
     up, down = SAMPLE_RATE // g, rate // g

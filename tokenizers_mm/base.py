@@ -101,6 +101,15 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def cache_folder(path, what: str) -> Path:
+    """`path` as the folder a cache of `what` lives in, refused in one line where a file stands
+    there (a key that names a folder given a file's path): else "[Errno 17] File exists"."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, where the folder that holds {what} should be (give a folder's path: a new one, or the cache's own)")
+    return path
+
+
 def made_once(lock_path, cached, make):
     """`cached()` (None when the cache is missing or stale), else `make()` under `locked(lock_path)`,
     looking once more inside the lock: of processes building the same cache, the first makes it and
