@@ -192,7 +192,10 @@ def bad_files(root):
     (root / "header.wav").write_bytes(b"RIFF\xff\xff\xff\xffWAVEfmt \x02\x00\x00\x00garbage" + bytes(100))
     sf.write(root / "nan.wav", np.full(1600, np.nan, dtype=np.float32), 16000, subtype="FLOAT")
     sf.write(root / "long.wav", np.zeros(16000 * 7, dtype=np.int16), 16000)  # 7 s > max_frames=600 (6 s)
+    sf.write(root / "cut.wav", np.zeros(16000, dtype=np.int16), 16000)
+    (root / "cut.wav").write_bytes((root / "cut.wav").read_bytes()[:20_044])  # a broken copy: its header promises 1 s, 0.6 s left
     return {
+        ("cut.wav", "one"): "cut.wav: the file ends after 0.6 s",  # (its header gives 32,000 bytes of samples, ...: cut short?)
         ("empty.wav", "one"): "empty.wav: the file is empty",
         ("header.wav", "one"): "header.wav: not a readable audio file",
         ("nan.wav", "one"): "nan.wav: the waveform holds NaN",
