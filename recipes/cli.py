@@ -266,6 +266,8 @@ def one_process(command: str) -> None:
 
 
 def cmd_export(args):
+    import shlex
+
     from .export import export
 
     one_process("export")  # (each would write the folder; all but one would find it there)
@@ -276,7 +278,7 @@ def cmd_export(args):
         print(f'load it: timm.create_model("local-dir:{r["folder"]}", pretrained=True)')
     elif r["kind"] == "openai-whisper":
         language = f" --language {r['language']}" if r.get("language") else ""
-        print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {r["folder"]}{language}')
+        print(f'load it: whisper.load_model("{r["folder"]}"), or: whisper AUDIO --model {shlex.quote(str(r["folder"]))}{language}')  # (a shell line)
     elif r["kind"] == "whisper":
         print(f'load it: pipeline("automatic-speech-recognition", model="{r["folder"]}"), or WhisperForConditionalGeneration / '
               f'WhisperProcessor.from_pretrained("{r["folder"]}")')  # fmt: skip

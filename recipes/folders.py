@@ -317,7 +317,7 @@ def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tu
     where the run has no checkpoint (a new run, or one killed before its first: drawn anew) or no
     record. A held-out sample gone from the data is named; a training one gone is said, but for an
     evaluation (the batches from there differ from an uninterrupted run's); samples added since
-    train, after the rest."""
+    train, after the rest (said by `say_added`, once they are checked)."""
     from .checkpoint import held_checkpoint
 
     path = Path(run_dir) / SPLIT_FILE if run_dir else None
@@ -340,6 +340,18 @@ def kept_split(pairs: list, run_dir, root: Path, evaluating: bool = False) -> tu
     listed = held | set(record["train"])
     train += [p for k, p in by_key.items() if k not in listed]
     return train, [by_key[k] for k in record["held_out"]]
+
+
+def say_added(train: list, run_dir, root: Path) -> None:
+    """Say how many of a resumed run's training samples (checked: the unreadable ones it skipped
+    are not in its record either) are not in its RUN_DIR/split.json: added since, they train after
+    the recorded ones, and the batches from there differ from an uninterrupted run's."""
+    from tokenizers_mm.base import read_json
+
+    recorded = set(read_json(Path(run_dir) / SPLIT_FILE, "split")["train"])
+    if added := [k for p, _ in train if (k := sample_key(p, root)) not in recorded]:
+        say(f"{root}: {len(added)} sample(s) added since the run began (e.g. {added[0]}) train too, after the recorded ones: its batches "
+            "from here differ from an uninterrupted run's")  # fmt: skip
 
 
 def save_split(run_dir: Path, train_set, test_set) -> None:

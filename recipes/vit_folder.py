@@ -31,7 +31,7 @@ from tokenizers_mm.image import IMAGENET_MEAN, IMAGENET_STD, to_tensor
 from . import vit
 from .config import say, take_shape
 from .checkpoint import held_checkpoint
-from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_trained_on, say_unused, scored_data, split_dirs, with_own_columns
+from .folders import Labelled, class_order, find_metadata, held_out_count, kept_split, hf_splits, hidden, no_columns, image_extensions, image_files, is_hf_dataset, keep_good, local_data, read_metadata, say_added, say_trained_on, say_unused, scored_data, split_dirs, with_own_columns
 
 
 @dataclass
@@ -160,6 +160,7 @@ def build_data(cfg: Config, evaluating: bool = False):
         return None, FolderSet(pairs, {c: i for i, c in enumerate(known)}, cfg, False), known, None
     train_pairs, bad = check_images(source if kept is None else kept[0], cfg, "training")
     if kept is not None:
+        say_added(train_pairs, cfg.run_dir, root)
         val_pairs = kept[1]
     if val_pairs is not None:
         val_pairs, bad_val = check_images(val_pairs, cfg, "validation")

@@ -53,7 +53,7 @@ from tokenizers_mm.text_bpe import WHISPER_LANGUAGES, openai_whisper_file
 from . import whisper_digits
 from .config import say, take_shape
 from .folders import (AUDIO_SUFFIXES, TEXT_COLUMNS, find_metadata, held_out_count, hf_splits, is_hf_dataset, kept_split, no_columns, keep_good, load_hf,
-                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_trained_on, say_unused, scored_data,
+                      hidden, local_data, metadata_column, named_pairs, read_metadata, say_added, say_trained_on, say_unused, scored_data,
                       split_dirs, walk_files, with_own_columns)  # fmt: skip
 from .checkpoint import held_checkpoint
 from .runs import load_run_info, load_trained
@@ -541,6 +541,8 @@ def build_data(cfg: Config, run_dir: Path | None = None, evaluating: bool = Fals
     val_pairs, bad_val = check_utterances(val_pairs, cfg, audio_tok, text_tok, prompt, "evaluation" if evaluating else "validation")
     if bad or bad_val:
         say(f"whisper_folder: skipped {bad} training and {bad_val} validation utterance(s) (skip_bad_samples=true)")
+    if kept is not None and not evaluating:
+        say_added(train_pairs, run_dir, root)
     if (not train_pairs and not evaluating) or not val_pairs:
         raise ValueError(f"{cfg.data}: no usable {'training' if not train_pairs else 'validation'} utterances left")
     test_set = SpeechSet(val_pairs, audio_tok, text_tok, prompt)

@@ -114,6 +114,13 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert (f"1 of the {len(split['train'])} training samples the run recorded (" in (err := capsys.readouterr().err)
             and f"are no longer in the data, e.g. {split['train'][0]}: it trains on without them" in err), err
     (tmp_path / "away").rename(trained)
+    (data / "circle" / "added.png").write_bytes(trained.read_bytes())  # an image added: it trains too, last, and that is said
+    more, _, _, _ = vit_folder.build_data(load_run_info(run)[2])
+    assert [sample_key(p, data) for p, _ in more.pairs] == split["train"] + ["circle/added.png"]
+    assert "1 sample(s) added since the run began (e.g. circle/added.png) train too, after the recorded ones" in capsys.readouterr().err
+    vit_folder.evaluate(run)  # (an evaluation reads the held-out images: nothing to say)
+    assert "added since" not in capsys.readouterr().err
+    (data / "circle" / "added.png").unlink()
     (result,) = predict(run, [data / "circle" / "1.png"])
     assert result["top"][0]["label"] in ("bar", "circle", "square")
     (result,) = predict(run, [data / "square" / "tiny.png"])  # 2×2 pixels, smaller than a patch: resized, as training read it

@@ -86,7 +86,9 @@ def test_val_group_holds_out_whole_speakers(tmp_path, speech, capsys):
 
     capsys.readouterr()
     assert main(["resume", str(run), "max_steps=1"]) == 0
-    assert "whisper_folder: 1 utterance(s) added since the run began are of held-out speaker_id groups: not trained on" in capsys.readouterr().err
+    said = capsys.readouterr().err
+    assert "whisper_folder: 1 utterance(s) added since the run began are of held-out speaker_id groups: not trained on" in said
+    assert f"{data}: 1 sample(s) added since the run began (e.g. new_trained.wav) train too, after the recorded ones" in said
     with pytest.raises(ValueError, match=r"val_group=gender: .*metadata.csv: needs the columns file_name and gender \(its header has file_name, "
                                          r"transcription, speaker_id\)"):  # fmt: skip
         whisper_folder.main(Config(data=str(data), run_dir=str(tmp_path / "bad"), val_group="gender", **{**TINY, "max_steps": 0}))
@@ -832,10 +834,11 @@ def test_export_to_hugging_face_whisper_transcribes_as_we_do(tmp_path, speech, c
             assert generation["forced_decoder_ids"] == [[1, 50359], [2, 50363]] and generation["num_beams"] == 2
             continue
         # an openai-whisper checkpoint (OUT ending in .pt): whisper.load_model and its greedy decoding, suppressions off
-        assert main(["export", str(run), str(tmp_path / f"{name}.out.PT")]) == 0  # any case: a .pt file, not a folder
+        assert main(["export", str(run), str(tmp_path / f"{name} out.PT")]) == 0  # any case: a .pt file, not a folder
         printed = capsys.readouterr().out
         assert "whisper.load_model" in printed and ("--language de" in printed) == (name == "multi")  # the run's language for its CLI
-        ref = whisper.load_model(str(tmp_path / f"{name}.out.PT"), device="cpu")
+        assert f"whisper AUDIO --model '{tmp_path / name} out.PT'" in printed  # (a shell line: the path quoted)
+        ref = whisper.load_model(str(tmp_path / f"{name} out.PT"), device="cpu")
         decoding = whisper.DecodingOptions(language=options.get("language", "en"), without_timestamps=True, fp16=False, suppress_blank=False,
                                            suppress_tokens=None, sample_len=12)  # fmt: skip (transcribe's limit: positions // 2)
         mels = [whisper.log_mel_spectrogram(whisper.pad_or_trim(torch.as_tensor(sf.read(c, dtype="float32")[0]))) for c in clips]
