@@ -234,7 +234,9 @@ class MultimodalTransformer(nn.Module):
             memory = self.encoder(x, attn_mask, causal)
         if self.null_memory is not None:
             B = memory.shape[0]
-            memory = torch.cat([self.null_memory.expand(B, 1, -1).to(memory.dtype), memory], 1)
+            # note: "* 1.0" (exact) gives the token a gradient of its own layout: with one row (B = 1) the expand passes on its slice
+            # of the concatenation's gradient, strided as the whole memory, which DDP copies and warns of ("Grad strides do not match")
+            memory = torch.cat([self.null_memory.expand(B, 1, -1).to(memory.dtype) * 1.0, memory], 1)
             mask = torch.cat([mask.new_ones(B, 1), mask], 1)
             if seg is not None:
                 seg = torch.cat([seg.new_full((B, 1), NULL_SEGMENT), seg], 1)

@@ -80,6 +80,20 @@ def test_task_gradient_norms_reach_exactly_the_stacks_each_head_uses(tiny, layou
         assert norms["prose_lm"]["encoder"] == 0 and norms["prose_lm"]["decoder"] > 0
 
 
+def test_the_null_memory_tokens_gradient_is_laid_out_as_the_token(tiny, layout_model):
+    """One packed row (a process's share of a small step): the null token's gradient has its own
+    strides, not the memory's (DDP copied such a gradient into its bucket and warned each process)."""
+    if layout_model.null_memory is None:
+        pytest.skip("the prefix layout has no null memory token")
+    cfg, tasks, weights, _ = tiny
+    inputs = pack_examples(mixed_examples(tasks, weights, 4), 512, g.STRIDE)[0]
+    assert next(iter(inputs.values())).shape[0] == 1
+    layout_model.zero_grad(set_to_none=True)
+    sum(layout_model(inputs).losses.values()).backward()
+    assert layout_model.null_memory.grad.stride() == layout_model.null_memory.stride()
+    layout_model.zero_grad(set_to_none=True)
+
+
 @torch.no_grad()
 def test_prefix_modalities_attend_both_ways_the_rest_causally(tiny):
     _, tasks, _, model = tiny
