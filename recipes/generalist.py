@@ -210,7 +210,7 @@ class DigitExamples(Dataset):
         return {"image": ts}
 
 
-def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+def digits_task(cfg: Config, loss_weight: float, tokenizers: dict, evaluating: bool = False) -> Task:
     from tokenizers_mm import ImageTokenizer
 
     from . import vit_digits
@@ -234,11 +234,11 @@ def digits_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     return Task("digits", {"image": tok}, {"digit": head}, DigitExamples(train_set, tok, cfg, train=True), evaluate)
 
 
-def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+def speech_task(cfg: Config, loss_weight: float, tokenizers: dict, evaluating: bool = False) -> Task:
     from . import whisper_digits as wd
 
     wcfg = wd.Config(data_dir=cfg.speech_dir, n_train=cfg.n_train, n_test=cfg.n_test, max_frames=cfg.max_frames, max_text=cfg.max_text)
-    audio_tok, text_tok, train_set, test_set = wd.build_data(wcfg)
+    audio_tok, text_tok, train_set, test_set = wd.build_data(wcfg, evaluating)
     audio_tok, text_tok = tokenizers.get("audio", audio_tok), tokenizers.get("text", text_tok)
     train_set.audio_tok = test_set.audio_tok = audio_tok
     train_set.text_tok = test_set.text_tok = text_tok
@@ -259,14 +259,14 @@ def speech_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
     return Task("speech", {"audio": audio_tok, "text": text_tok}, {"lm": head}, train_set, evaluate)
 
 
-def control_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+def control_task(cfg: Config, loss_weight: float, tokenizers: dict, evaluating: bool = False) -> Task:
     from .rl_data import make_env
 
     from . import dt
 
     dcfg = dt.Config(env=cfg.env, data_dir=cfg.rl_dir, n_episodes=cfg.n_episodes, context=cfg.context, max_timestep=cfg.max_timestep,
                      rtg_scale=cfg.rtg_scale)  # fmt: skip
-    episodes = dt.load_data(dcfg)
+    episodes = [] if evaluating and "trajectory" in tokenizers else dt.load_data(dcfg)  # (an evaluation rolls out: no episodes read)
     if "trajectory" in tokenizers:
         tok = tokenizers["trajectory"]
     else:
@@ -299,7 +299,7 @@ class ProseWindows(Dataset):
         return {"prose": TokenSet("prose", ids=ts.ids, targets=ts.targets)}
 
 
-def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
+def text_task(cfg: Config, loss_weight: float, tokenizers: dict, evaluating: bool = False) -> Task:
     from tokenizers_mm import CharTokenizer
 
     from . import gpt_char
@@ -323,10 +323,11 @@ def text_task(cfg: Config, loss_weight: float, tokenizers: dict) -> Task:
 BUILDERS = {"digits": digits_task, "speech": speech_task, "control": control_task, "text": text_task}
 
 
-def build_tasks(cfg: Config, tokenizers: dict | None = None) -> tuple[list[Task], list[float]]:
-    """The configured tasks (with saved tokenizers when resuming) and their sampling weights."""
+def build_tasks(cfg: Config, tokenizers: dict | None = None, evaluating: bool = False) -> tuple[list[Task], list[float]]:
+    """The configured tasks (with saved tokenizers when resuming or `evaluating` a run, whose
+    training data is then not made or read where it can be told apart) and their sampling weights."""
     names, weights, loss_weights = task_list(cfg)
-    return [BUILDERS[n](cfg, lw, tokenizers or {}) for n, lw in zip(names, loss_weights)], weights
+    return [BUILDERS[n](cfg, lw, tokenizers or {}, evaluating) for n, lw in zip(names, loss_weights)], weights
 
 
 # -- mixed batches ----------------------------------------------------------------------------------
@@ -546,5 +547,5 @@ def evaluate(run_dir, device=None) -> dict:
     from .runs import load_for_eval
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
-    tasks, _ = build_tasks(cfg, toks)
+    tasks, _ = build_tasks(cfg, toks, evaluating=True)
     return make_evaluate(tasks)(model, accelerator)

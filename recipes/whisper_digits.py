@@ -237,11 +237,13 @@ class SpeechSet(Dataset):
         return {"audio": self.audio_tok.encode(wave, rate, name=str(path)), "text": text_example(self.text_tok, transcript, str(path), self.prompt)}
 
 
-def build_data(cfg: Config):
+def build_data(cfg: Config, evaluating: bool = False):
+    """-> (audio tokenizer, text tokenizer, train set, test set); `evaluating` a run: no training set
+    (its corpus is not made, or checked)."""
     from .speech import TEST_VOICES, TRAIN_VOICES, make_corpus
 
     root = cache_folder(cfg.data_dir or os.path.expanduser("~/.cache/tokenizers-mm/whisper_digits"), "the synthesized corpus")
-    train_rows = make_corpus(root / "train", cfg.n_train, TRAIN_VOICES, seed=1)
+    train_rows = [] if evaluating else make_corpus(root / "train", cfg.n_train, TRAIN_VOICES, seed=1)
     test_rows = make_corpus(root / "test", cfg.n_test, TEST_VOICES, seed=2)
     audio_tok = AudioTokenizer(n_mels=cfg.n_mels, slice_frames=1, chunk=False, max_frames=cfg.max_frames)
     text_tok = text_tokenizer(cfg)
@@ -762,7 +764,7 @@ def evaluate_run(run_dir, build_data, device=None) -> dict:
 
 
 def evaluate(run_dir, device=None) -> dict:
-    return evaluate_run(run_dir, lambda cfg, _: build_data(cfg), device)
+    return evaluate_run(run_dir, lambda cfg, _: build_data(cfg, evaluating=True), device)
 
 
 # -- using a trained model ------------------------------------------------------------------------

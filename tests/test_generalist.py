@@ -3,6 +3,7 @@ weighted task sampling, growing a trained model, and a tiny run end to end (then
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -251,7 +252,13 @@ def test_generalist_trains_end_to_end_then_grows_a_task_without_forgetting(tmp_p
     capsys.readouterr()
     assert main(["export", str(grown), str(tmp_path / "exported")]) == 2 and not (tmp_path / "exported").exists()
     assert "export: generalist runs have no export: their one trunk reads every task's tokens" in capsys.readouterr().err
+    away = [(Path(cfg.speech_dir) / "train", tmp_path / "speech_train"), (Path(cfg.rl_dir), tmp_path / "rl")]
+    for there, aside in away:  # an evaluation reads the held-out data alone: the training corpus and episodes are not made again
+        there.rename(aside)
     assert main(["eval", str(grown), "--device", "auto"]) == 0  # every task's metric again (auto: the GPU when there is one)
+    assert not any(there.exists() for there, _ in away)
+    for there, aside in away:
+        aside.rename(there)
     again = json.loads(capsys.readouterr().out)
     assert again["digits_accuracy"] == pytest.approx(r3["digits_accuracy"], rel=1e-6) and again["text_loss"] == pytest.approx(r3["text_loss"], rel=1e-4)
     (tmp_path / "moved").rename(first)
