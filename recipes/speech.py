@@ -166,44 +166,62 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
 
     def make() -> list[Utterance]:  # (under the lock, by one process)
-        if why := _stale_corpus(directory, recipe)[1]:
+        _, why, made = _stale_corpus(directory, recipe)
+        if why:
             print(f"{directory}: {why}; synthesizing the corpus again", file=sys.stderr)
-        return _render_corpus(directory, recipe)
+        return _render_corpus(directory, {**recipe, "n": max(n, made)})[:n]  # (a damaged larger cache is mended whole)
 
     return made_once(directory / ".lock", lambda: _stale_corpus(directory, recipe)[0], make)
 
 
-def _stale_corpus(directory: Path, recipe: dict) -> tuple[list[Utterance] | None, str]:
-    """(the first n utterances of directory's corpus, "") when its manifest was made with recipe's
-    settings (any n at least recipe's) and their files are there, as large as written; else (None,
-    why: "" where there is nothing to say, no corpus yet or a smaller one). A manifest.jsonl that is
-    not a corpus's is refused: the folder is someone else's, not a cache to write over."""
+WAV_HEADER = 44  # bytes before the samples of the PCM WAV files soundfile writes
+
+
+def _stale_corpus(directory: Path, recipe: dict) -> tuple[list[Utterance] | None, str, int]:
+    """(the first n utterances of directory's corpus, "", its size) when its manifest was made with
+    recipe's settings (any n at least recipe's) and their files are there, as large as written (a
+    manifest from before sizes were recorded: as large as the seconds it records); else (None, why:
+    "" where there is nothing to say, no corpus yet or a smaller one; how many utterances it lists
+    with these settings, 0 where others). A manifest.jsonl that is not a corpus's is refused: the
+    folder is someone else's, not a cache to write over."""
     manifest = directory / "manifest.jsonl"
     if not manifest.exists():
-        return None, ""
+        return None, "", 0
     lines = manifest.read_bytes().decode("utf-8", "replace").splitlines()
-    try:
-        made = json.loads(lines[0]) if lines else None
-    except ValueError:
-        made = None
-    if not isinstance(made, dict) or not {"voices", "seed", "version"} <= set(made):  # (another version's: other settings)
+    made, row = _json_line(lines, 0), _json_line(lines, 1)
+    ours = isinstance(made, dict) and {"voices", "seed", "version"} <= set(made)  # (another version's: other settings)
+    if not ours and lines and not (isinstance(row, dict) and {"file_name", "transcription", "voice"} <= set(row)):
         raise ValueError(f"{manifest} is not a synthesized corpus's manifest (its first line should record {', '.join(recipe)}): "
-                          "give the corpus a folder of its own, or remove the file to synthesize one there")  # fmt: skip
+                         "give the corpus a folder of its own, or remove the file to synthesize one there")  # fmt: skip
+    if not ours:  # (an empty file, or its first line damaged: mended with as many utterances as it lists)
+        return None, f"{manifest.name} is damaged", max(len(lines) - 1, 0)
     if {**made, "n": recipe["n"]} != recipe:
-        return None, "its manifest was made with other settings"
-    if len(lines) - 1 < recipe["n"]:
-        return None, ""
+        return None, "its manifest was made with other settings", 0
+    listed = len(lines) - 1
+    if listed < recipe["n"]:
+        return None, "", listed
     rows = []
     for i, line in enumerate(lines[1 : recipe["n"] + 1], 2):
         try:
             rows.append(Utterance(**json.loads(line)))
         except (ValueError, TypeError):
-            return None, f"line {i} of {manifest.name} is damaged"
-        path = directory / rows[-1].file_name
+            return None, f"line {i} of {manifest.name} is damaged", listed
+        u, path = rows[-1], directory / rows[-1].file_name
         size = path.stat().st_size if path.is_file() else None
-        if size is None or size != (rows[-1].file_bytes or size):
-            return None, f"{path.name} is {'missing' if size is None else f'{size:,} bytes, the manifest records {rows[-1].file_bytes:,}'}"
-    return rows, ""
+        if size is None:
+            return None, f"{path.name} is missing", listed
+        if u.file_bytes and size != u.file_bytes:
+            return None, f"{path.name} is {size:,} bytes, the manifest records {u.file_bytes:,}", listed
+        if not u.file_bytes and size < WAV_HEADER + 2 * (round(u.seconds * 16000) - 8):  # (seconds: to the ms, 16 samples)
+            return None, f"{path.name} is {size:,} bytes, too few for the {u.seconds:g} s the manifest records", listed
+    return rows, "", listed
+
+
+def _json_line(lines: list[str], i: int):
+    try:
+        return json.loads(lines[i]) if i < len(lines) else None
+    except ValueError:
+        return None
 
 
 def _fresh_process(spawn: bool = False):
@@ -263,7 +281,9 @@ def show_audio(path, out_path, slice_frames: int = 10, n_mels: int = 80) -> Path
     from tokenizers_mm import AudioTokenizer, load_audio
     from tokenizers_mm.audio import HOP_LENGTH, SAMPLE_RATE, log_mel_spectrogram, to_waveform
 
-    samples, rate = load_audio(path)
+    from .config import say
+
+    samples, rate = load_audio(path, on_cut_short=lambda why: say(f"show: {why}; drawn as far as it goes"))
     wave = to_waveform(samples, rate, str(path))
     tok = AudioTokenizer(slice_frames=slice_frames, chunk=False, max_frames=max(slice_frames, -(-len(wave) // HOP_LENGTH // slice_frames) * slice_frames))
     mel = log_mel_spectrogram(tok.prepare(wave, str(path)), n_mels)  # (n_mels, F)

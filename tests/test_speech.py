@@ -1,5 +1,6 @@
 """Offline speech: eSpeak NG through ctypes, and the deterministic spoken-digits corpus."""
 
+import json
 import subprocess
 import sys
 import time
@@ -54,6 +55,15 @@ def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
         Synthesizer.get().say("one", v)
 
 
+def legacy(folder, cut: bytes) -> None:
+    """A corpus as made before WAV sizes were recorded in its manifest, its second file then cut short."""
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    rows = [{k: v for k, v in json.loads(line).items() if k != "file_bytes"} for line in lines[1:]]
+    (folder / "manifest.jsonl").write_text("\n".join([lines[0]] + [json.dumps(r) for r in rows]) + "\n")
+    assert make_corpus(folder, 3, TRAIN_VOICES, seed=3)[1].file_bytes == 0  # (such a corpus is reused as it is)
+    (folder / rows[1]["file_name"]).write_bytes(cut)
+
+
 def test_a_damaged_cache_is_synthesized_again_and_a_foreign_folder_refused(tmp_path, capsys):
     """A file of the corpus removed or cut short (a full disk, a broken copy), or a manifest line
     damaged: the corpus is made again, said on stderr, the same as before; a manifest.jsonl that is
@@ -66,10 +76,14 @@ def test_a_damaged_cache_is_synthesized_again_and_a_foreign_folder_refused(tmp_p
     for damage, said in [(lambda: (folder / rows[1].file_name).unlink(), f"{rows[1].file_name} is missing"),
                          (lambda: (folder / rows[1].file_name).write_bytes(first[:100]), f"{rows[1].file_name} is 100 bytes, the manifest records"),
                          (lambda: (folder / "manifest.jsonl").write_text((folder / "manifest.jsonl").read_text().replace('"voice"', '"vo', 1)),
-                          "line 2 of manifest.jsonl is damaged")]:  # fmt: skip
-        damage()
-        assert make_corpus(folder, 3, TRAIN_VOICES, seed=3) == rows and (folder / rows[1].file_name).read_bytes() == first
+                          "line 2 of manifest.jsonl is damaged"),
+                         (lambda: (folder / "manifest.jsonl").write_text((text := (folder / "manifest.jsonl").read_text())[:20] + text[text.index("\n"):]),
+                          "manifest.jsonl is damaged"),  # (its first line cut)
+                         (lambda: legacy(folder, first[:100]), f"{rows[1].file_name} is 100 bytes, too few for the")]:  # fmt: skip
+        damage()  # (mended by a smaller corpus's call: the whole cache is made again, not cut to the 2 asked for)
+        assert make_corpus(folder, 2, TRAIN_VOICES, seed=3) == rows[:2] and (folder / rows[1].file_name).read_bytes() == first
         assert f"{folder}: {said}" in capsys.readouterr().err
+        assert make_corpus(folder, 3, TRAIN_VOICES, seed=3) == rows and not capsys.readouterr().err  # reused
     with pytest.raises(AudioError, match=r"the file ends after .* \(its header gives [\d,]+ bytes of samples, the file holds 56: cut short\?\)"):
         load_audio((tmp_path / "cut.wav").write_bytes(first[:100]) and tmp_path / "cut.wav")  # (a training set reading it stops, named)
     (tmp_path / "mine").mkdir()
@@ -116,6 +130,10 @@ def test_show_audio_draws_waveform_and_slices(tmp_path, monkeypatch, capsys):
     sf.write(tmp_path / "one.wav", Synthesizer.get().say("one two", "en+m3"), SYNTH_RATE)
     out = show_audio(tmp_path / "one.wav", tmp_path / "one_mel.png", slice_frames=5)
     assert out.exists() and out.stat().st_size > 5000
+    whole = (tmp_path / "one.wav").read_bytes()  # a file cut short (training refuses it) is drawn as far as it goes, and said
+    (tmp_path / "cut.wav").write_bytes(whole[: len(whole) // 2])
+    assert show_audio(tmp_path / "cut.wav", tmp_path / "cut.png").stat().st_size > 5000
+    assert f"show: audio {tmp_path / 'cut.wav'}: the file ends after " in capsys.readouterr().err
 
     from recipes.cli import main
 

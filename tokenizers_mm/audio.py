@@ -216,12 +216,13 @@ def _soundfile(path):
     return sf, info
 
 
-def load_audio(source) -> tuple[np.ndarray, int]:
+def load_audio(source, on_cut_short=None) -> tuple[np.ndarray, int]:
     """Decode audio with soundfile (libsndfile: WAV, FLAC, OGG, ...): (mono samples, rate), the
     channels averaged. `source`: a file path, or an object with `read_bytes()` whose str() names it
     (a row of a Hugging Face dataset, recipes/folders.py). A file that decodes but looks cut short
     (a WAV whose header promises more samples: a broken copy or download) is an AudioError, not
-    its first part taken for the whole (its transcript would not match)."""
+    its first part taken for the whole (its transcript would not match); or, given
+    `on_cut_short(message)`, said through it, and what the file holds returned (a picture of it)."""
     import io
 
     import soundfile as sf
@@ -241,7 +242,9 @@ def load_audio(source) -> tuple[np.ndarray, int]:
         reason = str(e).splitlines()[0].split(">: ", 1)[-1]  # note: not libsndfile's "Error opening <_io.BytesIO object at 0x...>"
         raise AudioError(f"audio {path}: not a readable audio file ({reason})") from None
     if short := _cut_short(info, len(data)):
-        raise AudioError(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
+        if on_cut_short is None:
+            raise AudioError(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
+        on_cut_short(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
     if data.ndim == 2:  # soundfile's (frames, channels), mixed to mono here: a file of fewer frames than channels has no shorter-axis guess
         data = data.mean(1, dtype=np.float32)
     return data, rate
