@@ -675,8 +675,8 @@ def say_quoted_tsv(files: dict, rows: int = 10_000) -> None:
     quotes) is then read with its quotes, and a quoted newline splits its row: said on stderr."""
     for path, wrapped in quoted_tsv_cells(files, rows):
         say(f"{path}: {wrapped:,} cells (in its first {rows:,} lines) are in CSV quoting (\"...\"\"...\"), read as written: a TSV has no "
-              "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
-              "a tab, a newline or a quote), save it as .csv or .parquet")  # fmt: skip
+            "quoting here (as Common Voice's); if it was written with CSV quoting (pandas' to_csv(sep='\\t') quotes a cell holding "
+            "a tab, a newline or a quote), save it as .csv or .parquet")  # fmt: skip
 
 
 def load_hf(root: Path):

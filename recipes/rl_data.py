@@ -349,8 +349,8 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
     if n_episodes < 1:
         raise RLDataError(f"n_episodes must be >= 1, got {n_episodes}")
     spec = DATASETS[env_id]
-    npz = Path(path) if Path(path).suffix.lower() == ".npz" else cache_folder(path, "the generated episodes") / f"{env_id}.npz"
-    cache_folder(npz.parent, "the generated episodes")
+    npz = Path(path) if Path(path).suffix.lower() == ".npz" else Path(path) / f"{env_id}.npz"
+    cache_folder(npz.parent, "the generated episodes")  # (a file given as the folder: one line, not "[Errno 17] File exists")
     manifest_path = npz.with_name(npz.stem + MANIFEST_SUFFIX)  # one per NPZ, so several can share a directory
     recipe = {"env_id": env_id, "n_episodes": n_episodes, "seed": seed, "data_version": DATA_VERSION,
               "gymnasium_version": gym.__version__,

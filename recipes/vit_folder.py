@@ -72,7 +72,7 @@ def scan(root: Path) -> list[tuple[Path, str]]:
     loose = sorted(p for p in root.iterdir() if p.is_file() and not hidden(p, root) and p.suffix.lower() in image_extensions())
     if classes and loose:  # (no class of their own: not read, but said)
         say(f"vit_folder: {len(loose)} image(s) at the top of {root} (e.g. {loose[0].name}) are not used: only class sub-folders' "
-              "images are labelled")  # fmt: skip
+            "images are labelled")  # fmt: skip
     pairs = []
     for d in classes:
         files = image_files(d)

@@ -176,7 +176,7 @@ def warn_fine_tuning(cfg: Config) -> None:
     """On Whisper's weights (or a run on them), the from-scratch defaults undo what the model knows: say so."""
     if cfg.lr == Config.lr or cfg.lowercase:
         say(f"whisper_folder: on Whisper's weights, lr={cfg.lr:g}{' and lowercase=true' if cfg.lowercase else ''} may undo what it knows; "
-              "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip  # (a warning: stdout stays the output)
+            "fine-tuning usually takes lr=1e-5 lowercase=false")  # fmt: skip  # (a warning: stdout stays the output)
 
 
 def run_prompt(cfg: Config, run_cfg, text_tok) -> tuple[str, str]:
