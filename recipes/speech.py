@@ -37,8 +37,9 @@ TEST_VOICES = ("en+m6", "en+m7", "en-us+f5", "en+klatt3", "en+belinda", "en+edwa
 _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
 
 
-class SpeechError(RuntimeError):
-    pass
+class SpeechError(RuntimeError, ValueError):
+    """Speech could not be made (no such voice, the synthesis worker stopped). A ValueError too:
+    `mmtok` says it in one line, as it says bad input, not with a traceback."""
 
 
 class Synthesizer:

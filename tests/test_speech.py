@@ -25,6 +25,7 @@ def test_synthesizer_speaks_and_varies():
     assert not np.array_equal(s.say("three one four", "en+f3", rate=170)[: len(a)], a[: len(a)])
     with pytest.raises(SpeechError, match="no voice"):
         s.say("hi", "xx+nobody")
+    assert issubclass(SpeechError, ValueError)  # (mmtok's one-line errors are the ValueError family)
 
 
 def test_corpus_is_deterministic_cached_and_tokenizable(tmp_path):
