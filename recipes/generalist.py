@@ -140,10 +140,11 @@ class Config(TrainConfig):
                               "leave a stack unused on one process: train it without fsdp (DDP; a run that has it: "
                               "mmtok resume RUN_DIR fsdp=false)")  # fmt: skip
         super().check()
-        if "control" in task_list(self)[0] and self.env not in CONTROL_ENVS:  # (dt's own message asks for data=, which this recipe lacks)
+        tasks = task_list(self)[0]
+        if "control" in tasks and self.env not in CONTROL_ENVS:  # (dt's own message asks for data=, which this recipe lacks)
             raise ConfigError(f"env={self.env!r}: the control task trains on the embedded {' / '.join(CONTROL_ENVS)} episodes (discrete "
                               "actions) and takes no data=; to train on your own episodes: mmtok train dt_offline data=PATH")  # fmt: skip
-        if self.text_column and "text" not in task_list(self)[0]:
+        if self.text_column and "text" not in tasks:
             raise ConfigError(f"text_column={self.text_column}: names the text task's column in text_data; tasks={self.tasks!r} has no text")
         no_columns(SimpleNamespace(data=self.text_data, text_column=self.text_column), ("text_column",))  # (a plain file has none)
         if self.freeze_trained and not self.init_from:  # (nothing is trained before: it froze nothing)

@@ -356,12 +356,16 @@ def make_dataset(env_id: str, path, n_episodes: int, seed: int) -> Path:
               "gymnasium_version": gym.__version__,
               "policies": [{"name": b.name, "share": b.share, "params": b.params} for b in spec.policies]}  # fmt: skip
     recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as they come back from the file
-    def make() -> Path:  # (under the lock, by one process: said once, on stderr, where eval's stdout is its JSON)
-        if why := _stale(npz, manifest_path, recipe):
-            print(f"rl_data: {why}; regenerating", file=sys.stderr)
+    def check() -> tuple[Path | None, str | None]:
+        why = _stale(npz, manifest_path, recipe)
+        return (npz if why is None else None), why
+
+    def make(found) -> Path:  # (under the lock, by one process: said once, on stderr, where eval's stdout is its JSON)
+        if found[1]:
+            print(f"rl_data: {found[1]}; regenerating", file=sys.stderr)
         return _generate(spec, env_id, npz, manifest_path, recipe, n_episodes, seed)
 
-    return made_once(npz.with_name(npz.name + ".lock"), lambda: npz if _stale(npz, manifest_path, recipe) is None else None, make)
+    return made_once(npz.with_name(npz.name + ".lock"), check, make)
 
 
 def _generate(spec, env_id: str, npz: Path, manifest_path: Path, recipe: dict, n_episodes: int, seed: int) -> Path:

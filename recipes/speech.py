@@ -166,13 +166,13 @@ def make_corpus(directory, n: int, voices: tuple[str, ...], seed: int) -> list[U
     directory = cache_folder(directory, "the synthesized corpus")
     recipe = {"n": n, "voices": list(voices), "seed": seed, "version": 1}
 
-    def make() -> list[Utterance]:  # (under the lock, by one process)
-        _, why, made = _stale_corpus(directory, recipe)
+    def make(found) -> list[Utterance]:  # (under the lock, by one process)
+        _, why, made = found
         if why:
             print(f"{directory}: {why}; synthesizing the corpus again", file=sys.stderr)
         return _render_corpus(directory, {**recipe, "n": max(n, made)})[:n]  # (a damaged larger cache is mended whole)
 
-    return made_once(directory / ".lock", lambda: _stale_corpus(directory, recipe)[0], make)
+    return made_once(directory / ".lock", lambda: _stale_corpus(directory, recipe), make)
 
 
 WAV_HEADER = 44  # bytes before the samples of the PCM WAV files soundfile writes

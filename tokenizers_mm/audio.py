@@ -242,9 +242,10 @@ def load_audio(source, on_cut_short=None) -> tuple[np.ndarray, int]:
         reason = str(e).splitlines()[0].split(">: ", 1)[-1]  # note: not libsndfile's "Error opening <_io.BytesIO object at 0x...>"
         raise AudioError(f"audio {path}: not a readable audio file ({reason})") from None
     if short := _cut_short(info, len(data)):
+        message = f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})"
         if on_cut_short is None:
-            raise AudioError(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
-        on_cut_short(f"audio {path}: the file ends after {len(data) / rate:.1f} s ({short})")
+            raise AudioError(message)
+        on_cut_short(message)
     if data.ndim == 2:  # soundfile's (frames, channels), mixed to mono here: a file of fewer frames than channels has no shorter-axis guess
         data = data.mean(1, dtype=np.float32)
     return data, rate

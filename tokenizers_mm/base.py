@@ -110,17 +110,19 @@ def cache_folder(path, what: str) -> Path:
     return path
 
 
-def made_once(lock_path, cached, make):
-    """`cached()` (None when the cache is missing or stale), else `make()` under `locked(lock_path)`,
-    looking once more inside the lock: of processes building the same cache, the first makes it and
-    the others reuse it. A finished cache is read without the lock (it may sit on a read-only disk)."""
-    got = cached()
-    if got is None:
+def made_once(lock_path, check, make):
+    """The cache: `check()` answers (the cache, or None when it is missing or stale; what else the
+    check found, e.g. why), and where it is None, `make(answer)` makes it under `locked(lock_path)`,
+    given the answer of a check made once more inside the lock: of processes building the same
+    cache, the first makes it and the others reuse it. A finished cache is read without the lock
+    (it may sit on a read-only disk)."""
+    got = check()
+    if got[0] is None:
         with locked(lock_path):
-            got = cached()
-            if got is None:
-                got = make()
-    return got
+            got = check()
+            if got[0] is None:
+                return make(got)
+    return got[0]
 
 
 def source_bytes(source, what: str, error: type[Exception]) -> bytes:
