@@ -3,6 +3,7 @@ the benchmarks run outside CI, and one broke unnoticed (the training loop read `
 gpt_step's Hugging Face peer, trained in the same loop, does not have). The figures of so few steps
 mean nothing; that each row has ours and the peer's does."""
 
+import json
 import sys
 
 import pytest
@@ -14,28 +15,39 @@ import run_all  # noqa: E402
 
 pytest.importorskip("transformers")
 
-QUICK = {
-    "gpt_step.py": (("--steps", "41", "--rounds", "1", "--data", ""), run_all.rows_gpt_step),
-    "vit_step.py": (("--steps", "3", "--rounds", "1", "--batch", "8"), run_all.rows_vit_step),
-    "whisper_step.py": (("--steps", "2", "--rounds", "1", "--batch", "4", "--frames", "100", "--text", "10"), run_all.rows_whisper_step),
-    "dt_control.py": (("--step-only", "--steps", "5", "--rounds", "1"), run_all.rows_dt_step),
-    "mel_speed.py": (("--repeats", "1", "--long-minutes", "0.5"), run_all.rows_mel),
-    "bpe_speed.py": (("--repeats", "1"), run_all.rows_bpe),
-    "whisper_decode.py": (("--width", "32", "--heads", "2", "--layers", "1", "--text", "24", "--windows", "2", "--tokens", "4",
-                           "--sample-len", "6", "--repeats", "1"), run_all.rows_whisper_decode),  # fmt: skip
-    "loader_speed.py": (("--seconds", "0.3", "--rounds", "2", "--utterances", "8"), run_all.rows_loader),
-}
-
-
-def test_quick_covers_every_speed_benchmark():
-    assert {script for script, *_ in run_all.SPEED} == set(QUICK)
-
-
-@pytest.mark.parametrize("script", list(QUICK))
-def test_speed_benchmark_runs_and_gives_its_rows(script):
-    args, rows_of = QUICK[script]
-    rows = rows_of(run_all.run(script, *args))
+@pytest.mark.parametrize("bench", run_all.SPEED, ids=lambda b: b.name)
+def test_speed_benchmark_runs_and_gives_its_rows(bench):
+    """Each speed benchmark in its `--quick` form (the one `run_all.py --quick` runs)."""
+    rows = bench.rows(run_all.run(bench.script, *bench.quick))
     assert rows and all(r[1] > 0 and r[3] > 0 for r in rows), rows
+
+
+def test_run_all_survives_failing_benchmarks_and_says_so(tmp_path, monkeypatch, capsys):
+    """One table whatever fails: a crash (its exception's line, not a warning's), a script that
+    prints no JSON, one whose JSON lacks a figure; exit status 1; the JSON written as strict JSON
+    (no NaN for a peer's 0) to a folder made for it; a misspelled name is one line naming them all."""
+    scripts = {"crash.py": "import warnings, sys\nwarnings.warn('an error-free warning')\nraise ValueError('bad shape (4,) vs (6,)')\n",
+               "quiet.py": "print('no json here')\n",
+               "partial.py": "print('{\"ours_ms\": 1.0}')\n",
+               "fine.py": "print('{\"rows\": [{\"recipe\": \"x\", \"loader_tokens_per_s\": 5.0, \"model_tokens_per_s\": 0.0}]}')\n"}  # fmt: skip
+    for name, text in scripts.items():
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(run_all, "HERE", tmp_path)
+    monkeypatch.setattr(run_all, "SPEED", [run_all.Bench(n.removesuffix(".py"), n, (), rows, (), n)
+                                              for n, rows in zip(scripts, [run_all.rows_vit_step] * 3 + [run_all.rows_loader])])
+    out = tmp_path / "new" / "table.json"
+    assert run_all.main(["--json", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "crash.py failed (exit status 1): ValueError: bad shape (4,) vs (6,)" in printed
+    assert "quiet.py printed no JSON object on stdout" in printed
+    assert "partial.py's JSON has no 'timm_ms'" in printed
+    table = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in strict JSON"))
+    assert [r["benchmark"] for r in table] == ["crash", "quiet", "partial", "fine"]
+    assert table[-1]["ratio"] is None and table[-1]["met"] is None and "fine: done in" in printed
+    assert "goals met: 0 of 0 rows with a goal; 3 benchmark(s) FAILED" in printed
+    with pytest.raises(SystemExit) as e:
+        run_all.main(["fine", "fien"])
+    assert e.value.code == 2 and "no benchmark named fien; expected one of: crash, quiet, partial, fine" in capsys.readouterr().err
 
 
 def test_whisper_export_benchmark_runs():
@@ -51,8 +63,8 @@ def test_a_training_benchmark_runs_and_gives_its_rows():
     """`run_all.py --with-training`'s accuracy benchmarks feed rows as the speed ones do: vit_digits,
     a few steps (the others train the same way for longer; whisper_digits' synthesis, dt_cartpole's
     data and tiny shakespeare's 2,000 steps make theirs too slow for the suite)."""
-    rows_of = {s: adapt for s, _, adapt in run_all.TRAINING}["vit_digits.py"]
-    rows = rows_of(run_all.run("vit_digits.py", "max_steps=3", "warmup_steps=1"))
+    bench = {b.name: b for b in run_all.TRAINING}["vit_digits"]
+    rows = bench.rows(run_all.run(bench.script, *bench.quick))
     assert rows and all(r[1] > 0 and r[3] > 0 and isinstance(r[6], bool) for r in rows), rows
 
 
