@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 import time
 import typing
@@ -151,6 +152,29 @@ def check_env(cfg: Config, env) -> None:
                          f"(the timestep table's rows): give max_timestep={limit}")  # fmt: skip
 
 
+def check_fits(tok: TrajectoryTokenizer, env, env_id: str) -> None:
+    """Refuse to roll out in an environment whose spaces are not those `tok` was made for (an id
+    registered again with other spaces since training, or run.json's env edited): numpy's broadcast
+    error, deep in the rollout, named neither."""
+    import gymnasium as gym
+
+    obs, act = env.observation_space, env.action_space
+    discrete = isinstance(act, gym.spaces.Discrete)
+    mine = (int(np.prod(obs.shape)) if isinstance(obs, gym.spaces.Box) else None, discrete,
+            int(act.n) if discrete else int(np.prod(act.shape or (0,))))  # fmt: skip
+    if mine != (tok.state_dim, tok.discrete, tok.action_dim):
+        values = lambda n: f"{n} value" + "s" * (n != 1)  # noqa: E731
+        said = lambda o, d, a: f"observations of {values(o)} and " + (f"{a} discrete actions" if d else f"actions of {values(a)}")  # noqa: E731
+        raise ValueError(f"env={env_id}: {said(*mine) if mine[0] else f'observation space {obs}'}; the model was trained for "
+                         f"{said(tok.state_dim, tok.discrete, tok.action_dim)} (was the environment changed since training, or "
+                         "is it another one?)")  # fmt: skip
+
+
+def other_env(cfg: Config) -> str:
+    """How to train on another environment's data: env=, or with a recipe made for one environment, dt_offline."""
+    return f"mmtok train dt_offline data={shlex.quote(cfg.data) if cfg.data else 'PATH'} env=ID trains on it" if cfg.ENV else "give the env= it was recorded in"
+
+
 def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     """The tokenizer for env's spaces (checked by `check_env`), with state statistics from the episodes."""
     import gymnasium as gym
@@ -161,7 +185,7 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     if widths and widths != [want]:
         other = next(w for w in widths if w != want)
         raise ValueError(f"{data_name(cfg)}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
-                         "of another environment? (give the env= it was recorded in)")  # fmt: skip
+                         f"of another environment? ({other_env(cfg)})")  # fmt: skip
     space = env.action_space
     discrete = isinstance(space, gym.spaces.Discrete)
     if cfg.clip_actions and discrete:
@@ -169,7 +193,7 @@ def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     ids = next((i for i, ep in enumerate(episodes) if np.asarray(ep.actions).dtype.kind in "iub"), None)
     if not discrete and ids is not None:  # (integer ids taken as torques: trains, and means nothing)
         raise ValueError(f"{cfg.data or 'the data'}: episode {ids} holds integer action ids, and env={cfg.env}'s actions are continuous "
-                         f"({type(space).__name__}): is it data of a discrete environment? (give the env= it was recorded in)")  # fmt: skip
+                         f"({type(space).__name__}): is it data of a discrete environment? ({other_env(cfg)})")  # fmt: skip
     action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     low, high = (None, None) if discrete else (space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist())
     tok = TrajectoryTokenizer(int(np.prod(env.observation_space.shape)), action_dim, discrete, cfg.context, cfg.max_timestep,
@@ -232,8 +256,15 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
     from .rl_data import make_env
 
     was = model.training
-    model.eval()
     envs = [make_env(env_id) for _ in seeds]
+    try:
+        for env in envs[:1]:
+            check_fits(tok, env, env_id)
+    except ValueError:
+        for env in envs:
+            env.close()
+        raise
+    model.eval()
     obs = [[env.reset(seed=s)[0]] for env, s in zip(envs, seeds)]
     acts, rtg, total = [[] for _ in seeds], [[0.0 if blank_returns else target] for _ in seeds], np.zeros(len(seeds))
     live = list(range(len(seeds)))
@@ -341,6 +372,9 @@ def run(cfg: Config, recipe: str, resume: bool = False) -> dict:
         tok = make_tokenizer(cfg, episodes, env)
         env.close()
     returns = start_returns(episodes, cfg.gamma)
+    if not any(np.any(ep.rewards) for ep in episodes):
+        say(f"{data_name(cfg)}: every reward is 0, so every return token is too: the DT learns what behaviour cloning does, "
+            "and the target return changes nothing")  # fmt: skip
     target = float(returns.max()) if cfg.target is None else cfg.target
     highest, best = max([target, *target_list(cfg, returns)]), float(returns.max())
     # note: dt_cartpole's default target 500 is an undiscounted return; 0.05: the best as printed (one decimal) is taken too

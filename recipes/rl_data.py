@@ -39,7 +39,7 @@ PENDULUM_EPISODES = 1500  # 300k steps (200 per episode), ~4 s
 DATA_VERSION = 3  # bump when a behaviour policy or the file layout changes: cached datasets regenerate
 KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")  # D4RL names; timeouts optional
 READ = (*KEYS, "policy_ids", "policy_names")  # what load_episodes reads from a file; the rest is ignored
-SHAPES = {"observations": "[N, S]", "actions": "[N] or [N, A]"}  # each key's expected shape, "[N]" for the rest (errors)
+SHAPES = {"observations": "[N, S] (or [N, ...], read flat)", "actions": "[N] or [N, A]"}  # each key's expected shape, "[N]" for the rest (errors)
 MANIFEST_SUFFIX = ".manifest.json"  # CartPole-v1.npz is described by CartPole-v1.manifest.json
 QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
 
@@ -448,8 +448,10 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
         a, want = np.asarray(raw[key]), SHAPES.get(key, "[N]")
         if a.ndim == 2 and a.shape[1] == 1 and key != "observations":  # (a column, [N, 1], as some writers store rewards and flags)
             a = a[:, 0] if key != "actions" else a
-        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
-            raise RLDataError(f"{source}: {key} has dtype {a.dtype}; expected a numeric array {want}")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):  # (complex: cast to real, its imaginary part lost)
+            raise RLDataError(f"{source}: {key} has dtype {a.dtype}; expected a real numeric array {want}")
+        if key == "observations" and a.ndim > 2:  # (images, [N, H, W]: read flat, as an environment's observations are)
+            a = a.reshape(len(a), -1)
         if a.ndim != (2 if key == "observations" else 1) and not (key == "actions" and a.ndim == 2):
             raise RLDataError(f"{source}: {key} has shape {a.shape}; expected {want}")
         out[key] = a

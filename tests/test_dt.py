@@ -105,6 +105,9 @@ def test_dt_pendulum_with_gato_bins_and_a_users_npz(tmp_path, capsys):
     cartpole = rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 3, seed=0)  # another environment's data: named as such
     with pytest.raises(ValueError, match=r"cp\.npz: observations of 4 values a step, and env=Pendulum-v1's have 3: is it data of another"):
         dt_offline.main(dt_offline.Config(run_dir=str(tmp_path / "wrong"), data=str(cartpole), env="Pendulum-v1", max_timestep=200, **TINY))
+    with pytest.raises(ValueError, match=r"env=CartPole-v1's have 4: is it data of another environment\? \(mmtok train dt_offline data=.*mine\.npz env=ID"):
+        dt_cartpole.main(dt_cartpole.Config(run_dir=str(tmp_path / "wrong2"), data=str(tmp_path / "mine.npz"), **TINY))  # (not "give env=":
+        # dt_cartpole refuses another env=)
     with pytest.raises(ValueError, match=r"env=Pendulum-v1: this recipe's settings are made for CartPole-v1; for another environment use dt_offline"):
         dt_cartpole.Config(env="Pendulum-v1").check()  # CartPole's targets and return scale on Pendulum: refused, not run
     with pytest.raises(ValueError, match=r"n_episodes=30: these make the embedded dataset; data=mine.npz is read as it is"):
@@ -210,6 +213,32 @@ def test_rollouts_with_a_discount_condition_on_returns_to_go_as_training_compute
     cartpole = dt_cartpole.Config(data=str(tmp_path / "cp.npz"), gamma=0.9, run_dir=str(tmp_path / "run"), **TINY)
     with pytest.raises(ValueError, match=r"target=500 is above the data's best discounted return at the start \(.*\); with gamma=0.9"):
         dt_cartpole.main(cartpole)  # its default target is an undiscounted return
+
+
+def test_rolling_out_in_an_environment_of_other_spaces_is_one_clear_error(tmp_path):
+    """A model trained for CartPole rolled out where the id now makes another environment (registered
+    again, or run.json's env edited): one line naming both shapes (it was numpy's "operands could not
+    be broadcast together with shapes (1,6) (4,)", from `mmtok eval`)."""
+    import gymnasium as gym
+
+    eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 4, seed=3))
+    cfg = dt.Config(context=5, dim=32, depth=1)
+    tok = dt.make_tokenizer(cfg, eps, gym.make("CartPole-v1"))
+    model = dt.build_model(cfg, tok)
+    for env_id, theirs in [("Acrobot-v1", "observations of 6 values and 3 discrete actions"),
+                           ("Pendulum-v1", "observations of 3 values and actions of 1 value")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^env={env_id}: {theirs}; the model was trained for observations of 4 values and 2 discrete"):
+            dt.rollouts(model, tok, env_id, 9.0, [0], device="cpu")
+
+
+def test_data_whose_every_reward_is_zero_trains_and_says_the_returns_carry_nothing(tmp_path, capsys):
+    eps = rl_data.load_episodes(rl_data.make_dataset("CartPole-v1", tmp_path / "cp.npz", 4, seed=3))
+    zero = rl_data.save_episodes_npz([rl_data.Episode(e.observations, e.actions, 0 * e.rewards, e.terminated, e.truncated) for e in eps],
+                                     tmp_path / "zero.npz")  # fmt: skip
+    cfg = dt_offline.Config(run_dir=str(tmp_path / "run"), data=str(zero), env="CartPole-v1", baseline=False, targets="0",
+                            **{**TINY, "max_steps": 2, "eval_every": 2, "eval_episodes": 1})  # fmt: skip
+    dt_offline.main(cfg)
+    assert "zero.npz: every reward is 0, so every return token is too: the DT learns what behaviour cloning does" in capsys.readouterr().err
 
 
 def test_default_targets_stay_within_the_data_and_bad_settings_are_refused_before_training(tmp_path):

@@ -137,6 +137,15 @@ def test_round_trip(tmp_path, suffix, action_dim):
     assert [e.length for e in back] == [5, 3, 4, 2] and back[0].total_reward == 5.0
 
 
+def test_observations_of_more_dimensions_are_read_flat(tmp_path):
+    """[N, H, W] observations (a small image a step) are read flat, as an environment's are and a
+    Minari dataset's: they were refused as "expected [N, S]"."""
+    obs = np.arange(24, dtype=np.float32).reshape(6, 2, 2)
+    np.savez(tmp_path / "img.npz", observations=obs, actions=np.zeros(6, np.int64), rewards=np.ones(6), terminals=np.eye(6)[5] > 0)
+    (back,) = load_episodes(tmp_path / "img.npz")
+    assert back.observations.shape == (6, 4) and np.array_equal(back.observations, obs.reshape(6, 4))
+
+
 def test_unflagged_episode_is_saved_as_a_timeout(tmp_path):
     back = load_episodes(save_episodes_npz([episode(3, False, False), episode(2, True, False)], tmp_path / "x.npz"))
     assert [(e.length, e.terminated, e.truncated) for e in back] == [(3, False, True), (2, True, False)]
@@ -173,7 +182,8 @@ def test_hdf5_boundaries_and_trailing_piece(tmp_path):
         (lambda a: a.pop("rewards"), "missing key 'rewards'"),
         (lambda a: a.update(rewards=np.ones(5)), "arrays of different lengths"),
         (lambda a: a.update(observations=np.zeros(6)), "observations has shape (6,); expected [N, S]"),
-        (lambda a: a.update(actions=np.array(["left"] * 6)), "actions has dtype <U4; expected a numeric array"),
+        (lambda a: a.update(actions=np.array(["left"] * 6)), "actions has dtype <U4; expected a real numeric array"),
+        (lambda a: a.update(observations=a["observations"] + 1j), "observations has dtype complex128; expected a real numeric array"),  # was cast
         (lambda a: a.update({k: v[:0] for k, v in a.items()}), "no steps (its arrays have 0 rows)"),
         (lambda a: a.update(terminals=np.array([0, 0, np.nan, 0, 0, 1])), "terminals[2] is nan; expected 0 / 1"),  # was a silent cut
         (lambda a: a.update(terminals=np.eye(6)[2] > 0, observations=np.where(np.arange(18).reshape(6, 3) == 13, np.nan, 0.0)),  # row 4: NaN
