@@ -278,7 +278,7 @@ def scored_data(run_dir, data: str | None) -> str | None:
     except (OSError, ValueError):  # (a dataset id not in the cache: not the run's)
         same = False
     if same:
-        say(f"data={data} is the data {run_dir} trained on: scoring its held-out share, as without data=")
+        say(f"{data} is the data {run_dir} trained on: scoring its held-out share, as eval does without other data")
         return None
     return data
 

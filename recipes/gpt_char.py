@@ -28,7 +28,7 @@ from tokenizers_mm import ENDOFTEXT, CharTokenizer, TokenSet, collate, collate_e
 from tokenizers_mm.base import read_utf8
 
 from .config import TrainConfig
-from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset, say_unused
+from .folders import hf_splits, is_hf_dataset, local_data, no_columns, not_a_dataset, say_unused, scored_data, with_own_columns
 from .runs import check_same_data, load_trained, record_data, resolve_run_dir, resumed_architecture, save_run_info
 from .train import mean_loss, train
 
@@ -237,11 +237,11 @@ def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
     from .train import EvalBatches
 
     cfg, model, toks, accelerator = load_for_eval(run_dir, device)
-    if data is None:
+    if (data := scored_data(run_dir, data)) is None:
         _, _, val_set = build_data(cfg, toks["text"])
         return make_evaluate(cfg, val_set)(model, accelerator)
     cfg.data = data
-    text, val = read_text(cfg)
+    text, val = with_own_columns(read_text, cfg, ("text_column",), data)
     windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size, what=f"--data {data}")
     loss, scored = mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)), len(windows) * cfg.block_size
     tail = len(windows.ids) - 1 - scored  # the targets after the last whole window: one more window, ending at the text's end,

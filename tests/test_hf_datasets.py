@@ -291,6 +291,19 @@ def test_gpt_char_reads_json_lines_and_csv_rows_not_their_syntax(tmp_path, small
         gpt_char.split_text(gpt_char.Config(data=str(tmp_path / "n.jsonl")))
 
 
+def test_text_eval_on_data_without_the_runs_column_reads_the_columns_found(tmp_path, small_text, capsys):
+    """`mmtok eval RUN --data` of a text run whose text_column this data lacks: read as any data is,
+    and said, as the folder recipes do (it was "no column 'body' (text_column=)")."""
+    lines = [t for t in small_text.read_text().splitlines() if t][:300]
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"body": t, "title": "x"}) + "\n" for t in lines))
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in lines[::-1]))
+    cfg = gpt_char.Config(data=str(tmp_path / "c.jsonl"), text_column="body", run_dir=str(tmp_path / "run"), max_steps=2, dim=16, depth=1,
+                          num_heads=1, block_size=16, batch_size=4, eval_batches=1, sample_tokens=0)  # fmt: skip
+    gpt_char.main(cfg)
+    scored = gpt_char.evaluate(tmp_path / "run", data=str(tmp_path / "d.jsonl"))
+    assert scored["val_tokens"] > 1000 and "d.jsonl: read with the columns found as in any data, not the run's" in capsys.readouterr().err
+
+
 def test_metadata_jsonl_and_data_files_beside_images(tmp_path):
     """imagefolder's metadata.jsonl serves as metadata.csv does; a labels.csv in an image folder does
     not turn it into a CSV dataset; both metadata files at once are refused."""

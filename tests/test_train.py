@@ -195,6 +195,10 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert f"--data {tmp_path / 'odd.txt'}: text_char: character '€' (at offset 3000)" in capsys.readouterr().err  # the file named
     assert main(["eval", str(run), "--data", str(tmp_path / "none.txt")]) == 2
     assert f"data file {tmp_path / 'none.txt'} does not exist\n" in capsys.readouterr().err
+    own = Path(json.loads((run / "run.json").read_text())["config"]["data"])
+    assert main(["eval", str(run), "--data", str(own)]) == 0
+    said = capsys.readouterr()  # (was all of it: 90% trained on)
+    assert json.loads(said.out)["val_loss"] == pytest.approx(val, rel=1e-5) and f"{own} is the data {run} trained on: scoring its held-out" in said.err
     assert main(["resume", str(run)]) == 0
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "50"]) == 0
@@ -442,12 +446,13 @@ def test_two_process_training_run_and_exact_resume(tmp_path, small_text, monkeyp
     capsys.readouterr()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # (as each of the 2 processes: OMP_NUM_THREADS=1, the same sums)
+    other = shutil.copy(small_text, tmp_path / "other.txt")  # (the run's own file would score its held-out share)
     try:
-        assert cli.main(["eval", str(run), "--data", str(small_text), "--device", "auto"]) == 0  # (as both: the same device kind)
+        assert cli.main(["eval", str(run), "--data", str(other), "--device", "auto"]) == 0  # (as both: the same device kind)
     finally:
         torch.set_num_threads(threads)
     alone = json.loads(capsys.readouterr().out)
-    both = torchrun(2, "-m", "recipes.cli", "eval", str(run), "--data", str(small_text), "--device", "auto")
+    both = torchrun(2, "-m", "recipes.cli", "eval", str(run), "--data", str(other), "--device", "auto")
     assert both.stdout.count("val_loss") == 1 and len(alone) == 2
     split = json.loads(both.stdout)  # (JSON only: gloo's "[Gloo] Rank 1 is connected to ..." lines are kept out of it)
     assert split["val_tokens"] == alone["val_tokens"] and split["val_loss"] == pytest.approx(alone["val_loss"], rel=1e-12)  # (float64 sums)

@@ -158,7 +158,7 @@ def test_vit_folder_trains_and_counts_bad_files(tmp_path, capsys):
     assert acc == pytest.approx(np.mean([r["top"][0]["label"] == Path(r["file"]).parent.name for r in predict(run, [tmp_path / "more"])]))
     own = vit_folder.evaluate(run)  # --data naming the run's own folder: its held-out share, as without (all of it holds the training images)
     capsys.readouterr()
-    assert vit_folder.evaluate(run, data=str(data)) == own and f"data={data} is the data {run} trained on" in capsys.readouterr().err
+    assert vit_folder.evaluate(run, data=str(data)) == own and f"{data} is the data {run} trained on" in capsys.readouterr().err
     subset = tmp_path / "subset" / "circle"  # the run's own images in another folder (linked): the score is said not to be a held-out one
     subset.mkdir(parents=True)
     circles = sorted((data / "circle").glob("*.png"))
