@@ -16,6 +16,7 @@ Errors print one line (`mmtok: error: ...`) and exit with status 2, never a bare
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -584,6 +585,11 @@ def run_command(argv) -> int:
         if args.command in ("train", "resume") and extra[0].startswith("-"):
             key = extra[0].lstrip("-").split("=")[0].replace("-", "_")
             hint = f"; config keys are given as key=value ({key}=...), not as options"
+        elif extra[0].startswith("--"):  # (nanoGPT's --max_new_tokens, a typo: the option meant)
+            flags = [f for f in parser.commands[args.command]._option_string_actions if f.startswith("--")]
+            given = extra[0].split("=")[0]
+            near = [f for f in [given.replace("_", "-")] if f in flags] or difflib.get_close_matches(given, flags, n=2, cutoff=0.7)
+            hint = f" (did you mean {' or '.join(near)}?)" if near else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
     if args.command in ("train", "resume", "eval") and (lone := lone_accelerate_process()):
         print(f"mmtok: warning: {lone}", file=sys.stderr)
@@ -608,6 +614,16 @@ def run_command(argv) -> int:
         print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: {msg}", file=sys.stderr)
         return 2
     except RuntimeError as e:
+        if out_of_memory(e):
+            close_progress_bars()
+            first = (str(e).splitlines() or [""])[0]
+            if asked := re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", first):  # (the CPU allocator's, after its source line)
+                first = f"the CPU could not allocate {int(asked[1]) / 2**30:,.1f} GiB more"
+            less = "a smaller batch_size (grad_accum=N keeps the batch), dim or depth, or grad_checkpoint=true, needs less"
+            tip = {"train": f"; {less}", "resume": f"; a resumed run keeps its sizes: in a new run {less}",
+                   "predict": "; a smaller --batch-size needs less"}.get(args.command, "")  # fmt: skip
+            print(f"mmtok: error: out of memory: {first[:240]}{tip}{interrupted_run(args)}", file=sys.stderr)
+            return 2
         if not peer_stopped(e):
             raise
         close_progress_bars()  # (the process that failed printed its own line)
@@ -632,6 +648,14 @@ def interrupted_run(args) -> str:
     if ckpt is None:  # (a run stopped before its first checkpoint: its run.json, tokenizers and metrics so far)
         return f"; {run_dir} holds no checkpoint yet: `mmtok resume {run_dir}` starts it again from step 0" if started else ""
     return f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
+
+
+def out_of_memory(e: RuntimeError) -> bool:
+    """Whether `e` is an allocation that failed: a GPU's (torch.OutOfMemoryError) or the CPU's
+    ("DefaultCPUAllocator: can't allocate memory"), e.g. a model of dim=100000000."""
+    import torch
+
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
 def peer_stopped(e: RuntimeError) -> bool:

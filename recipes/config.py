@@ -9,6 +9,7 @@ type-checked against the dataclass fields, and an unknown key is an error listin
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import reprlib
 import os
@@ -237,13 +238,28 @@ SHORT = reprlib.Repr()  # a value in a message: nested ones cut short, a path wh
 SHORT.maxstring = SHORT.maxother = 300
 
 
+# nanoGPT's and the Hugging Face Trainer's names of keys this toolkit names otherwise: an unknown key among them is
+# answered with ours ("did you mean")
+OTHER_NAMES = {"n_layer": "depth", "n_embd": "dim", "n_head": "num_heads", "learning_rate": "lr", "max_iters": "max_steps",
+               "lr_decay_iters": "lr_decay_steps", "warmup_iters": "warmup_steps", "eval_interval": "eval_every",
+               "eval_iters": "eval_batches", "log_interval": "log_every", "gradient_accumulation_steps": "grad_accum",
+               "out_dir": "run_dir", "output_dir": "run_dir", "dataset": "data", "dtype": "precision", "bf16": "precision",
+               "fp16": "precision", "max_grad_norm": "grad_clip", "adam_beta1": "beta1", "adam_beta2": "beta2",
+               "per_device_train_batch_size": "batch_size", "train_batch_size": "batch_size", "save_steps": "ckpt_every",
+               "eval_steps": "eval_every", "logging_steps": "log_every", "save_total_limit": "keep_checkpoints",
+               "dataloader_num_workers": "num_workers", "gradient_checkpointing": "grad_checkpoint", "torch_compile": "compile",
+               "n_heads": "num_heads", "n_layers": "depth", "d_model": "dim", "embed_dim": "dim", "hidden_size": "dim"}  # fmt: skip
+
+
 def apply_values(cfg, values: dict, source: str):
     hints = typing.get_type_hints(type(cfg))
     names = [f.name for f in dataclasses.fields(cfg)]  # (not the class's tables: AT_LEAST, NOT_USED)
     for key, raw in values.items():
         if key not in names:
             valid = [n for n in names if n not in getattr(cfg, "NOT_USED", ())]
-            raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(valid)}")
+            near = [n for n in [OTHER_NAMES.get(str(key))] if n in valid] or difflib.get_close_matches(str(key), valid, n=3, cutoff=0.7)
+            meant = f" (did you mean {' or '.join(near)}?)" if near else ""
+            raise ConfigError(f"unknown config key {key!r} in {source}{meant}; valid keys: {', '.join(valid)}")
         try:
             setattr(cfg, key, _coerce(key, raw, hints[key]))
         except ConfigError as e:

@@ -39,6 +39,9 @@ def test_unknown_key_lists_valid_keys():
     assert parse_overrides(["lr=1e-3", "max_steps=5", "lr=3e-4"]) == {"lr": "3e-4", "max_steps": "5"}  # the last wins, as nanoGPT's
     with pytest.raises(ConfigError, match="unknown config key 'AT_LEAST'"):  # the class's tables are no keys
         apply_values(Config(), {"AT_LEAST": "1"}, "cli")
+    for given, meant in (("max_step", "max_steps"), ("n_layer", "depth"), ("learning_rate", "lr")):  # a typo; nanoGPT's and HF's names
+        with pytest.raises(ConfigError, match=rf"unknown config key '{given}' in cli \(did you mean {meant}\?\); valid keys: run_dir"):
+            apply_values(Config(), {given: "1"}, "cli")
 
 
 def test_a_home_path_in_a_config_file_is_expanded(tmp_path, monkeypatch):

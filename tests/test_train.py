@@ -584,11 +584,25 @@ def test_cli_sizes_must_be_positive(capsys):
     for argv, said in ((["generate", "r", "--max-new-tokens", "ten"], "mmtok generate: error: argument --max-new-tokens: invalid positive whole "
                                                                      "number value: 'ten' (see mmtok generate --help)"),
                        (["generate", "r", "ROMEO:"], "mmtok generate: error: unrecognized arguments: ROMEO: (see mmtok generate --help)"),
+                       (["generate", "r", "--max_new_tokens", "5"], "mmtok generate: error: unrecognized arguments: --max_new_tokens 5 "
+                                                                    "(did you mean --max-new-tokens?) (see mmtok generate --help)"),  # (nanoGPT's)
                        (["train", "gpt_char", "--max-steps", "3"], "mmtok train: error: unrecognized arguments: --max-steps 3; config keys are "
                                                                    "given as key=value (max_steps=...), not as options (see mmtok train --help)")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:  # an argument of the command's: its name and help, not `mmtok --help`
             main(argv)
         assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"
+
+
+def test_a_model_too_big_for_memory_is_one_line(tmp_path, small_text, capsys):
+    """dim=1000000000 (a typo): the allocator's error as one line with what needs less, no traceback
+    (was about 15 lines ending in the CPU allocator's "[enforce fail at alloc_cpu.cpp:124]"); no run folder."""
+    from recipes.cli import main
+
+    assert main(["train", "gpt_char", f"data={small_text}", "dim=1000000000", "num_heads=1", "depth=1", "max_steps=0",
+                 f"run_dir={tmp_path / 'huge'}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("mmtok: error: out of memory: the CPU could not allocate ") and err.count("\n") == 1, err
+    assert "GiB more; a smaller batch_size (grad_accum=N keeps the batch), dim or depth" in err and not (tmp_path / "huge").exists()
 
 
 def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_path, monkeypatch):
