@@ -760,15 +760,18 @@ def with_own_columns(read: Callable, cfg, keys: tuple[str, ...], data: str):
         return out
 
 
-def no_columns(cfg, keys: tuple[str, ...]) -> None:
-    """Refuse `*_column` keys given for data that has no columns (a plain file or folder): they
-    would be ignored. (Config.check, when a run starts: a run's later `eval --data` on a plain file
-    leaves its column keys unread.)"""
-    given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k, "")]
-    if not given or not cfg.data or not (data := local_data(cfg.data)).exists() or is_hf_dataset(data):
-        return
+def no_columns(cfg, keys: tuple[str, ...], data_key: str = "data") -> None:
+    """Refuse `*_column` keys given for data that has no columns (a plain file or folder, or no data:
+    a built-in corpus): they would be ignored. (Config.check, when a run starts: a run's later
+    `eval --data` on a plain file leaves its column keys unread.) data_key: the key cfg.data was given as."""
     from .config import ConfigError
 
+    given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k, "")]
+    if given and not cfg.data:
+        raise ConfigError(f"{', '.join(given)}: {data_key} is empty: no dataset, so no columns (a built-in corpus has none); leave the "
+                          f"column keys out, or give {data_key}= a dataset with columns")  # fmt: skip
+    if not given or not (data := local_data(cfg.data)).exists() or is_hf_dataset(data):
+        return
     raise ConfigError(f"{', '.join(given)}: {data} is not a dataset with columns (a Hugging Face dataset, Parquet, JSON lines or "
                       "CSV file); leave the column keys out")  # fmt: skip
 

@@ -146,7 +146,7 @@ class Config(TrainConfig):
                               "actions) and takes no data=; to train on your own episodes: mmtok train dt_offline data=PATH")  # fmt: skip
         if self.text_column and "text" not in tasks:
             raise ConfigError(f"text_column={self.text_column}: names the text task's column in text_data; tasks={self.tasks!r} has no text")
-        no_columns(SimpleNamespace(data=self.text_data, text_column=self.text_column), ("text_column",))  # (a plain file has none)
+        no_columns(SimpleNamespace(data=self.text_data, text_column=self.text_column), ("text_column",), "text_data")  # (a plain file has none)
         if self.freeze_trained and not self.init_from:  # (nothing is trained before: it froze nothing)
             raise ConfigError("freeze_trained=true keeps a grown run's trained parts as they are: it needs init_from=RUN_DIR")
         if self.layout == "prefix" and self.dec_depth != Config.dec_depth:

@@ -347,6 +347,12 @@ def test_the_text_task_reads_the_column_named_in_a_csv(tmp_path):
         g.Config(tasks="text", text_data=str(tmp_path / "plain.txt"), text_column="body").check()
     with pytest.raises(ConfigError, match=r"text_column=body: names the text task's column in text_data; tasks='digits' has no text"):
         g.Config(tasks="digits", text_column="body").check()
+    with pytest.raises(ConfigError, match=r"text_column=body: text_data is empty: no dataset, so no columns"):  # (was ignored)
+        g.Config(tasks="text", text_column="body").check()
+    from recipes import gpt_char
+
+    with pytest.raises(ConfigError, match=r"text_column=body: data is empty: no dataset, so no columns .*give data= a dataset"):
+        gpt_char.Config(text_column="body").check()  # (was ignored: the embedded corpus trained, run.json recording the key)
 
 
 def test_a_grown_run_takes_its_parents_sizes():
