@@ -327,6 +327,14 @@ def positive_int(text: str) -> int:
     return value
 
 
+def top_k_int(text: str) -> int | None:
+    """generate's --top-k: a positive integer, or 0 for no cut (the whole vocabulary, as top_k=None)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, or 0 for no cut, got {text}")
+    return value or None
+
+
 def seed_int(text: str) -> int:
     """A random seed as training takes one (NumPy's legacy seeding, under Accelerate's set_seed, needs < 2**32)."""
     value = int(text)
@@ -404,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_tokenizers)
     s = sub.add_parser("train", help="train a recipe", description="Train a recipe (by name, named config or YAML file) with key=value overrides.")
     s.add_argument("recipe", metavar="RECIPE_OR_YAML")
-    s.add_argument("overrides", nargs="*", metavar="key=value", default=[])  # note: a default keeps it out of "required"
+    s.add_argument("overrides", nargs="*", metavar="key=value", default=[], help="config keys (max_steps=100 lr=3e-4 ...); an unknown "
+                   "one is refused, listing the recipe's keys")  # fmt: skip  # note: a default keeps it out of "required"
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer, lr_decay_steps=N to keep the schedule's length, fsdp=true|false).")
     s.add_argument("run_dir", metavar="RUN_DIR")
@@ -419,20 +428,21 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")
     s.add_argument("run_dir", metavar="RUN_DIR")
     prompt = s.add_mutually_exclusive_group()
-    prompt.add_argument("--prompt", default="\n")
+    prompt.add_argument("--prompt", default="\n", help="the text to continue (default: a newline, as nanoGPT's sample.py)")
     prompt.add_argument("--prompt-file", default=None, metavar="FILE", help="the prompt is this UTF-8 file's text (nanoGPT's start=FILE:...)")
-    s.add_argument("--num-samples", type=positive_int, default=1, help="continuations drawn side by side, separated by a line of dashes")
-    s.add_argument("--max-new-tokens", type=positive_int, default=300)
-    s.add_argument("--temperature", type=nonnegative_float, default=0.8, help="0: the likeliest token each step (greedy)")
-    s.add_argument("--top-k", type=positive_int, default=200)
-    s.add_argument("--seed", type=seed_int, default=0)
+    s.add_argument("--num-samples", type=positive_int, default=1, help="continuations drawn side by side, separated by a line of dashes "
+                   "(default: 1)")  # fmt: skip
+    s.add_argument("--max-new-tokens", type=positive_int, default=300, help="tokens to sample (default: 300)")
+    s.add_argument("--temperature", type=nonnegative_float, default=0.8, help="0: the likeliest token each step (greedy) (default: 0.8)")
+    s.add_argument("--top-k", type=top_k_int, default=200, help="sample among the k likeliest tokens; 0: all of them (default: 200)")
+    s.add_argument("--seed", type=seed_int, default=0, help="the sampling's random seed (default: 0)")
     add_device(s)
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files (or every image in "
                        "a folder) with a run's last checkpoint: top-k labels and probabilities, printed and optionally written as CSV or JSON.")  # fmt: skip
     s.add_argument("run_dir", metavar="RUN_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders: their image files at any depth, sorted")
-    s.add_argument("--top-k", type=positive_int, default=3)
+    s.add_argument("--top-k", type=positive_int, default=3, help="labels printed per image, likeliest first (default: 3)")
     s.add_argument("--batch-size", type=positive_int, default=None, help="images classified together (default: the recipe's, 64)")
     s.add_argument("--output-file", default=None, metavar="FILE", help="also write the results: .csv (a row per image: file, "
                    "label_1, prob_1, ...) or .json")  # fmt: skip

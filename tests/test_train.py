@@ -203,6 +203,8 @@ def test_cli_eval_and_generate(tmp_path, trained, capsys):
     assert "step 20 of 20; the run is already complete: evaluating it" in capsys.readouterr().out
     assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "50"]) == 0
     out = capsys.readouterr().out
+    assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "5", "--top-k", "0"]) == 0  # 0: no cut (top_k=None)
+    assert capsys.readouterr().out.startswith("First")
     assert out.startswith("First") and len(out.rstrip("\n")) >= 50
     assert main(["generate", str(run), "--prompt", "First", "--max-new-tokens", "50", "--device", "cpu"]) == 0 and capsys.readouterr().out == out
     (tmp_path / "prompt.txt").write_text("First")  # nanoGPT's start=FILE:prompt.txt; several samples drawn side by side
@@ -584,6 +586,8 @@ def test_cli_sizes_must_be_positive(capsys):
     for argv, said in ((["generate", "r", "--max-new-tokens", "ten"], "mmtok generate: error: argument --max-new-tokens: invalid positive whole "
                                                                      "number value: 'ten' (see mmtok generate --help)"),
                        (["generate", "r", "ROMEO:"], "mmtok generate: error: unrecognized arguments: ROMEO: (see mmtok generate --help)"),
+                       (["generate", "r", "--top-k", "-1"], "mmtok generate: error: argument --top-k: expected a positive integer, or 0 "
+                                                              "for no cut, got -1 (see mmtok generate --help)"),
                        (["generate", "r", "--max_new_tokens", "5"], "mmtok generate: error: unrecognized arguments: --max_new_tokens 5 "
                                                                     "(did you mean --max-new-tokens?) (see mmtok generate --help)"),  # (nanoGPT's)
                        (["train", "gpt_char", "--max-steps", "3"], "mmtok train: error: unrecognized arguments: --max-steps 3; config keys are "
