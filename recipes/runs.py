@@ -98,6 +98,8 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     """'gpt_char', a named config ('gpt_char_shakespeare') or a YAML path, plus key=value overrides."""
     values: dict = {}
     source = recipe_or_yaml
+    if not recipe_or_yaml.strip():  # (an unset shell variable: Path("") is the current folder)
+        raise ConfigError("an empty recipe name; expected a recipe (`mmtok recipes` lists them), a named config or a YAML file")
     if recipe_or_yaml in all_recipes():
         name = recipe_or_yaml
     else:
@@ -120,6 +122,9 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
             raise ConfigError(f"{path} is neither a recipe nor a config file ({e}); {hint}") from None
         name = doc.pop("recipe")
         values, source = doc, str(path)
+        if name not in all_recipes() and name in named_configs() and path != named_configs()[name]:  # `recipe: gpt_char_shakespeare`:
+            base = read_yaml(named_configs()[name])  # that config's recipe and keys, this file's keys over them
+            name, values = base.pop("recipe"), {**base, **values}
     module = get_recipe(name)
     overrides = parse_overrides(overrides)
     for key in PATH_KEYS:

@@ -80,6 +80,11 @@ def test_named_and_file_configs(tmp_path, monkeypatch):
     assert make_config(str(path), [])[2].dim == 64
     with pytest.raises(ConfigError, match="unknown recipe 'nope'"):
         make_config("nope", [])
+    path.write_text(f"recipe: gpt_char_shakespeare\ndata: {tmp_path / 'input.txt'}\nmax_steps: 9\n")  # a named config built on
+    name, _, cfg = make_config(str(path), [])  # (was "unknown recipe 'gpt_char_shakespeare'; ... named configs: gpt_char_shakespeare")
+    assert name == "gpt_char" and (cfg.depth, cfg.dim, cfg.max_steps, cfg.data) == (4, 128, 9, str(tmp_path / "input.txt"))
+    with pytest.raises(ConfigError, match=r"^an empty recipe name; expected a recipe"):  # (was ". is neither a recipe nor ...")
+        make_config("", [])
     path.write_text("recipe: gpt_char\ndim: 64\nlr: 1e-3\ndim: 32\n")  # PyYAML keeps the last of a key given twice
     with pytest.raises(ConfigError, match=r"mine.yaml is not valid YAML: key 'dim' is given twice \(line 4, column 1\)$"):
         make_config(str(path), [])
