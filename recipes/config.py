@@ -44,7 +44,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # max global gradient norm; 0 = off (the norm is still measured, logged and checked to be finite)
-    precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32 | "no" | "bf16" | "fp16"
+    precision: str = "auto"  # "auto": bf16 on a GPU that supports it, else fp32 | "no" | "bf16" | "fp16" | "fp8" (Accelerate's)
     eval_every: int = 250  # steps between evaluations (and at the end)
     eval_batches: int = 50  # batches per evaluation
     log_every: int = 10

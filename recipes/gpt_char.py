@@ -48,7 +48,7 @@ class Config(TrainConfig):
     dropout: float = 0.0
     bias: bool = False  # nanoGPT's default: no biases in Linear and LayerNorm
     flash: bool = True  # fused SDPA attention (False: the manual path)
-    activation: str = "gelu"  # "gelu" (exact) or "gelu_tanh" (GPT-2's approximation)
+    activation: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's approximation) or "relu"
     sample_tokens: int = 300  # tokens generated at the end of training (0 = none)
     temperature: float = 0.8
     top_k: int = 200

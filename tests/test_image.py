@@ -83,6 +83,10 @@ def test_bad_images_name_the_file(tmp_path):
         tok.encode(np.zeros((0, 5), dtype=np.uint8))
     with pytest.raises(ImageError, match="NaN"):
         tok.encode(torch.full((3, 16, 16), float("nan")))
+    with pytest.raises(ImageError, match=r"has 16 channels, expected 1, 3 or 4; a NumPy array is read as \(H, W, C\).*looks like \(C, H, W\)"):
+        tok.encode(np.zeros((3, 16, 16), dtype=np.uint8))  # (a channels-first array: the hint says how arrays are read)
+    with pytest.raises(ImageError, match=r"has 5 channels, expected 1, 3 or 4$"):
+        tok.encode(np.zeros((16, 16, 5), dtype=np.uint8))
     with pytest.raises(ImageError, match="expected 16×16"):
         ImageTokenizer(image_size=16, patch_size=8, resize=False).encode(np.zeros((20, 20), dtype=np.uint8))
 

@@ -756,6 +756,10 @@ def test_inputs_and_targets_the_model_would_misread_are_named():
     text = collate([rand_text(3, 1)])
     with pytest.raises(ValueError, match=r"model inputs \['pointcloud'\]: this model reads \['image', 'text'\]"):
         model({"image": image, "text": text, "pointcloud": image})
+    with pytest.raises(TypeError, match=r"model inputs: a list; expected a dict \{modality: TokenBatch\}, as \{'image': ..., 'text': ...\}"):
+        model([image, text])  # (was "unhashable type: 'TokenBatch'")
+    with pytest.raises(TypeError, match=r"targets: a Tensor; expected a dict \{head name: tensor\} \(heads: "):
+        model({"image": image, "text": text}, torch.tensor([1]))
     with pytest.raises(ValueError, match=r"targets \['label'\]: this model's heads are \['cls', 'lm', 'reg'\]"):
         model({"image": image, "text": text}, {"label": torch.tensor([1])})
     cases = [

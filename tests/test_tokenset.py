@@ -136,7 +136,7 @@ def test_collate_examples_targets_and_specs():
         ([{"text": text, "targets": {"cls": None}}], ValueError, r"example 0's targets\['cls'\] is None; expected a number or an array"),
         ([{"text": text, "targets": {"cls": "a"}}], ValueError, r"targets\['cls'\] is 'a'"),
         ([[text]], TypeError, r"example 0 is a list; expected a dict \{modality: TokenSet"),
-        ([{"text": text, "targets": [1]}], TypeError, r"example 0's targets is a list; expected a dict \{head name: target\}")):  # fmt: skip
+        ([{"text": text, "targets": [1]}], TypeError, r"example 0's targets: list; expected a dict \{head name: target\}")):  # fmt: skip
         with pytest.raises(error, match=message):
             collate_examples(examples)
 

@@ -251,4 +251,4 @@ def _check_example(ex, i: int, who: str) -> None:
     if not isinstance(ex, dict):
         raise TypeError(f"{who}: example {i} is a {type(ex).__name__}; expected a dict {{modality: TokenSet, ..., \"targets\": {{head: target}}}}")
     if not isinstance(ex.get("targets", {}), dict):
-        raise TypeError(f"{who}: example {i}'s targets is a {type(ex['targets']).__name__}; expected a dict {{head name: target}}")
+        raise TypeError(f"{who}: example {i}'s targets: {type(ex['targets']).__name__}; expected a dict {{head name: target}}")

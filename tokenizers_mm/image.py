@@ -96,6 +96,7 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     other integer types refused: their scale is unknown). NumPy arrays are (H, W) or (H, W, C);
     tensors are (H, W) or (C, H, W).
     """
+    chw = False  # a NumPy array that looks (C, H, W): its channel error says how arrays are read
     if hasattr(image, "mode") and hasattr(image, "convert"):  # PIL
         if image.mode in PIL_WIDE_MODES and image.mode != "F":  # 16-bit / 32-bit integer grayscale: 16-bit data (PNG, PGM, TIFF), one scale
             x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535.0)[None]
@@ -111,6 +112,7 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     else:
         if isinstance(image, np.ndarray):
             if image.ndim == 3:
+                chw = image.shape[0] in (1, 3, 4) and image.shape[-1] not in (1, 3, 4)  # (C, H, W) given: read as (H, W, C) it fails below
                 image = np.moveaxis(image, -1, 0)  # (H, W, C) -> (C, H, W)
             x = torch.from_numpy(np.ascontiguousarray(image))
         elif isinstance(image, Tensor):
@@ -148,7 +150,8 @@ def to_tensor(image, channels: int, name: str = "image") -> Tensor:
     if channels not in (1, 3):  # (a multispectral tokenizer reads its own channel count alone: nothing converts to it)
         raise ImageError(f"{name}: has {c} channels, expected {channels} (the tokenizer's channels={channels}: give arrays or "
                          f"tensors of {channels} channels; an image file or PIL image reads as RGB)")  # fmt: skip
-    raise ImageError(f"{name}: has {c} channels, expected 1, 3 or 4")
+    hint = f"; a NumPy array is read as (H, W, C), as PIL and OpenCV give it: this one looks like (C, H, W) (np.moveaxis(a, 0, -1), or a tensor)"
+    raise ImageError(f"{name}: has {c} channels, expected 1, 3 or 4" + (hint if chw else ""))
 
 
 @register("image")
