@@ -243,7 +243,7 @@ def evaluate_text_lm(run_dir, build_data, device=None, data=None) -> dict:
     cfg.data = data
     text, val = with_own_columns(read_text, cfg, ("text_column",), data)
     windows = text_windows(cfg, toks["text"], val if val is not None else text, stride=cfg.block_size, what=f"--data {data}")
-    loss, scored = mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size)), len(windows) * cfg.block_size
+    loss, scored = mean_loss(model, accelerator, EvalBatches(windows, collate_examples, cfg.batch_size), "evaluating"), len(windows) * cfg.block_size
     tail = len(windows.ids) - 1 - scored  # the targets after the last whole window: one more window, ending at the text's end,
     if tail > 0:  # scores them alone (its loss mask), weighted by their count
         last = next_token_set("text", windows.ids[-cfg.block_size - 1 :])

@@ -285,14 +285,17 @@ def step_loss_norms(accelerator: Accelerator, inner: nn.Module, micro_batches: l
 
 # -- evaluation helper ----------------------------------------------------------------------------
 @torch.no_grad()
-def mean_loss(model: nn.Module, accelerator: Accelerator, batches) -> float:
+def mean_loss(model: nn.Module, accelerator: Accelerator, batches, progress: str = "") -> float:
     """Mean loss over `batches` (a list, `EvalBatches` or any iterable), each weighted by its rows,
-    split across processes and averaged over all of them."""
+    split across processes and averaged over all of them. progress: a bar of that name on a
+    terminal's stderr (the first process's), for an evaluation outside training."""
     was_training = model.training
     model.eval()
     batches = indexable(batches)
     total, check = torch.zeros(2, dtype=sum_dtype(accelerator.device), device=accelerator.device), host_check(accelerator, model)
-    for i in my_share(accelerator, len(batches)):  # (another process's batches are not made)
+    mine = my_share(accelerator, len(batches))
+    for i in tqdm(mine, desc=progress, unit="batch", leave=False, disable=None if progress and accelerator.is_main_process else True):
+        # (another process's batches are not made)
         inputs, targets = to_device(batches[i], accelerator.device, check)
         rows = float(next(iter(inputs.values())).shape[0])
         total += torch.stack([model(inputs, targets).loss.to(total.dtype) * rows, torch.tensor(rows, dtype=total.dtype, device=accelerator.device)])
