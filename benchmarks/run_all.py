@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -230,7 +232,7 @@ def table_rows(bench: Bench, result: dict, seconds: float) -> list[dict]:
     """The table's rows of one benchmark's JSON (a KeyError when it lacks a figure its rows read)."""
     out = []
     for row in (Row(*r) for r in bench.rows(result)):
-        ratio = row.ours / row.peer_value if row.peer_value else None
+        ratio = row.ours / row.peer_value if row.peer_value and row.ours is not None else None
         if row.met is not None:  # an accuracy row: its benchmark decided
             met = bool(row.met)
         elif ratio is None:
@@ -245,8 +247,18 @@ def table_rows(bench: Bench, result: dict, seconds: float) -> list[dict]:
     return out
 
 
+def strict(value):
+    """`value` with NaN and infinities as None: strict JSON, which every parser reads (a benchmark's
+    diverged loss, a ratio to a peer's 0)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: strict(v) for k, v in value.items()}
+    return [strict(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
 def print_table(table: list[dict]) -> None:
-    num = lambda v: f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3f}"  # noqa: E731 — tokens/s as integers, times with decimals
+    num = lambda v: "—" if v is None else f"{v:,.0f}" if abs(v) >= 1e4 else f"{v:.3f}"  # noqa: E731 — tokens/s as integers, times with decimals
     print(f"\n{'figure':56s} {'ours':>10s}  {'peer (same run)':38s} {'peer':>10s} {'ratio':>7s}  {'met':4s} goal")
     for r in table:
         if "error" in r:
@@ -289,9 +301,11 @@ def main(argv: list[str] | None = None) -> int:
     data = str(Path(args.data).resolve()) if args.data else ""  # (the scripts run from the repository's root)
     out = Path(args.json) if args.json else None
     if out is not None:
-        try:  # (now, not after an hour of benchmarks)
+        try:  # (now, not after an hour of benchmarks; a table already there is kept until this run's first is written)
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(out, [])
+            tempfile.TemporaryFile(dir=out.parent).close()
+            if out.is_dir():
+                raise IsADirectoryError(21, "a folder")
         except OSError as e:
             ap.error(f"--json {args.json}: cannot write there ({e.strerror or e})")
     table, status = [], 0
@@ -312,13 +326,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{bench.name}: done in {time.perf_counter() - t0:.0f} s", flush=True)
             if out is not None:
-                write_json_atomic(out, table)
+                write_json_atomic(out, strict(table))
     except KeyboardInterrupt:
         print("\ninterrupted: the table of the benchmarks that ended", flush=True)
         status = 130
     print_table(table)
     if out is not None:
-        write_json_atomic(out, table)
+        write_json_atomic(out, strict(table))
     return status
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -422,10 +423,10 @@ class MultimodalTransformer(nn.Module):
         error). The declarations are checked on CPU tensors only (no device sync; the training loop
         checks each batch before moving it to an accelerator)."""
         reads = {*self.config.encoder_inputs, *self.config.decoder_inputs}
-        if not isinstance(inputs, dict):  # (a list of batches: "unhashable type: 'TokenBatch'")
+        if not isinstance(inputs, Mapping):  # (a list of batches: "unhashable type: 'TokenBatch'")
             raise TypeError(f"model inputs: a {type(inputs).__name__}; expected a dict {{modality: TokenBatch}}, as "
                             f"{{{', '.join(f'{n!r}: ...' for n in sorted(reads))}}}")  # fmt: skip
-        if targets is not None and not isinstance(targets, dict):
+        if targets is not None and not isinstance(targets, Mapping):
             raise TypeError(f"targets: a {type(targets).__name__}; expected a dict {{head name: tensor}} (heads: {', '.join(self.heads)})")
         unknown = sorted(set(inputs) - reads)
         if unknown:

@@ -96,8 +96,8 @@ def resume_run(args, module, cfg):
         if launched_processes() < 2:
             raise ConfigError(f"fsdp=true{'' if 'fsdp' in given else ' (the run was started so)'} shards the model over processes: "
                               "launch 2 or more with torchrun or accelerate launch, or resume with fsdp=false")  # fmt: skip
-        if "fsdp" in given and hasattr(cfg, "check"):
-            cfg.check()  # a recipe whose models cannot be sharded says so now (the generalist)
+        if "fsdp" in given and hasattr(cfg, "check_fsdp"):
+            cfg.check_fsdp()  # a recipe whose models cannot be sharded says so now (the generalist), and only that
     if hasattr(cfg, "check_precision"):
         cfg.check_precision(resume=True)  # (on this machine: a run started on a GPU)
     if hasattr(cfg, "check_launch"):
@@ -359,7 +359,7 @@ def float_type(name: str, minimum: float, above: bool, expected: str):
 positive_float = float_type("positive number", 0.0, True, "a positive number")
 nonnegative_float = float_type("number", 0.0, False, "a number >= 0")
 seconds = float_type("seconds", 0.0, False, "seconds >= 0")
-positive_int.__name__, seed_int.__name__ = "positive whole number", "seed"  # argparse names them in "invalid ... value: 'ten'"
+positive_int.__name__, seed_int.__name__, top_k_int.__name__ = "positive whole number", "seed", "whole number"  # argparse names them in "invalid ... value: 'ten'"
 
 
 def optional_float(text: str) -> float | None:
@@ -595,9 +595,8 @@ def run_command(argv) -> int:
         if args.command in ("train", "resume") and extra[0].startswith("-"):
             key = extra[0].lstrip("-").split("=")[0].replace("-", "_")
             hint = f"; config keys are given as key=value ({key}=...), not as options"
-        elif extra[0].startswith("--"):  # (nanoGPT's --max_new_tokens, a typo: the option meant)
-            flags = [f for f in parser.commands[args.command]._option_string_actions if f.startswith("--")]
-            given = extra[0].split("=")[0]
+        elif given := next((e.split("=")[0] for e in extra if e.startswith("--")), None):  # (nanoGPT's --max_new_tokens, a typo)
+            flags = [f for a in parser.commands[args.command]._actions for f in a.option_strings if f.startswith("--")]
             near = [f for f in [given.replace("_", "-")] if f in flags] or difflib.get_close_matches(given, flags, n=2, cutoff=0.7)
             hint = f" (did you mean {' or '.join(near)}?)" if near else ""
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}{hint}")
@@ -624,15 +623,17 @@ def run_command(argv) -> int:
         print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: {msg}", file=sys.stderr)
         return 2
     except RuntimeError as e:
-        if out_of_memory(e):
+        if (oom := out_of_memory(e)) is not None:
             close_progress_bars()
-            first = (str(e).splitlines() or [""])[0]
-            if asked := re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", first):  # (the CPU allocator's, after its source line)
-                first = f"the CPU could not allocate {int(asked[1]) / 2**30:,.1f} GiB more"
+            text = str(oom)
+            if asked := re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text):  # (the CPU allocator's, after its source line)
+                said = f"the CPU could not allocate {int(asked[1]) / 2**30:,.1f} GiB more"
+            else:  # (CUDA's and MPS's name the amount and the device's memory on their first line)
+                said = next((line.strip() for line in text.splitlines() if "out of memory" in line.lower()), text.strip().splitlines()[0])
             less = "a smaller batch_size (grad_accum=N keeps the batch), dim or depth, or grad_checkpoint=true, needs less"
             tip = {"train": f"; {less}", "resume": f"; a resumed run keeps its sizes: in a new run {less}",
                    "predict": "; a smaller --batch-size needs less"}.get(args.command, "")  # fmt: skip
-            print(f"mmtok: error: out of memory: {first[:240]}{tip}{interrupted_run(args)}", file=sys.stderr)
+            print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: out of memory: {said}{tip}", file=sys.stderr)
             return 2
         if not peer_stopped(e):
             raise
@@ -660,12 +661,20 @@ def interrupted_run(args) -> str:
     return f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
 
 
-def out_of_memory(e: RuntimeError) -> bool:
-    """Whether `e` is an allocation that failed: a GPU's (torch.OutOfMemoryError) or the CPU's
-    ("DefaultCPUAllocator: can't allocate memory"), e.g. a model of dim=100000000."""
+def out_of_memory(e: BaseException) -> BaseException | None:
+    """The allocation failure `e` is or wraps (torch.compile and a DataLoader worker re-raise it), or
+    None: a GPU's torch.OutOfMemoryError, MPS's "out of memory", or the CPU allocator's "can't allocate
+    memory" (e.g. a model of dim=100000000)."""
     import torch
 
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                                                                       or "MPS backend out of memory" in str(e))):  # fmt: skip
+            return e
+        e = e.__cause__
+    return None
 
 
 def peer_stopped(e: RuntimeError) -> bool:

@@ -103,6 +103,11 @@ class TrainConfig:
                                   "or Ada GPU); precision=bf16 needs neither")  # fmt: skip
         self.check_precision()
         self.check_launch()
+        self.check_fsdp()
+
+    def check_fsdp(self) -> None:
+        """fsdp=true's own rules: checked when a run starts, and when a resume turns it on (without the
+        run's other rules, which a run started before a rule existed may not meet)."""
         if self.fsdp and launched_processes() < 2:
             raise ConfigError("fsdp=true shards the model over processes: launch 2 or more with torchrun or accelerate launch")
 
@@ -257,8 +262,10 @@ def apply_values(cfg, values: dict, source: str):
     for key, raw in values.items():
         if key not in names:
             valid = [n for n in names if n not in getattr(cfg, "NOT_USED", ())]
-            near = [n for n in [OTHER_NAMES.get(str(key))] if n in valid] or difflib.get_close_matches(str(key), valid, n=3, cutoff=0.7)
-            meant = f" (did you mean {' or '.join(near)}?)" if near else ""
+            ours = OTHER_NAMES.get(str(key))
+            near = [ours] if ours in valid else difflib.get_close_matches(str(key), valid, n=3, cutoff=0.7)
+            per = " ours counts a whole step's samples, over every process and accumulation step" if ours == "batch_size" else ""
+            meant = f" (did you mean {' or '.join(near)}?{per})" if near else ""
             raise ConfigError(f"unknown config key {key!r} in {source}{meant}; valid keys: {', '.join(valid)}")
         try:
             setattr(cfg, key, _coerce(key, raw, hints[key]))

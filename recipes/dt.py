@@ -152,16 +152,22 @@ def check_env(cfg: Config, env) -> None:
                          f"(the timestep table's rows): give max_timestep={limit}")  # fmt: skip
 
 
-def check_fits(tok: TrajectoryTokenizer, env, env_id: str) -> None:
-    """Refuse to roll out in an environment whose spaces are not those `tok` was made for (an id
-    registered again with other spaces since training, or run.json's env edited): numpy's broadcast
-    error, deep in the rollout, named neither."""
+def env_dims(env) -> tuple[int | None, bool, int]:
+    """(values an observation holds, read flat: None for a space other than a Box; whether actions are
+    Discrete ids; their count, or a continuous action's values)."""
     import gymnasium as gym
 
     obs, act = env.observation_space, env.action_space
     discrete = isinstance(act, gym.spaces.Discrete)
-    mine = (int(np.prod(obs.shape)) if isinstance(obs, gym.spaces.Box) else None, discrete,
-            int(act.n) if discrete else int(np.prod(act.shape or (0,))))  # fmt: skip
+    return (int(np.prod(obs.shape)) if isinstance(obs, gym.spaces.Box) else None, discrete,
+            int(act.n) if discrete else int(np.prod(act.shape)) if act.shape is not None else 0)  # fmt: skip
+
+
+def check_fits(tok: TrajectoryTokenizer, env, env_id: str) -> None:
+    """Refuse to roll out in an environment whose spaces are not those `tok` was made for (an id
+    registered again with other spaces since training, or run.json's env edited): numpy's broadcast
+    error, deep in the rollout, named neither."""
+    obs, mine = env.observation_space, env_dims(env)
     if mine != (tok.state_dim, tok.discrete, tok.action_dim):
         values = lambda n: f"{n} value" + "s" * (n != 1)  # noqa: E731
         said = lambda o, d, a: f"observations of {values(o)} and " + (f"{a} discrete actions" if d else f"actions of {values(a)}")  # noqa: E731
@@ -177,26 +183,22 @@ def other_env(cfg: Config) -> str:
 
 def make_tokenizer(cfg: Config, episodes: list, env) -> TrajectoryTokenizer:
     """The tokenizer for env's spaces (checked by `check_env`), with state statistics from the episodes."""
-    import gymnasium as gym
-
     check_env(cfg, env)
     widths = sorted({int(np.prod(np.shape(ep.observations)[1:])) for ep in episodes if np.size(ep.observations)})  # (an empty one: the tokenizer names it)
-    want = int(np.prod(env.observation_space.shape))
+    want, discrete, action_dim = env_dims(env)  # (a Box of observations: `check_env`)
     if widths and widths != [want]:
         other = next(w for w in widths if w != want)
         raise ValueError(f"{data_name(cfg)}: observations of {other} values a step, and env={cfg.env}'s have {want}: is it data "
                          f"of another environment? ({other_env(cfg)})")  # fmt: skip
     space = env.action_space
-    discrete = isinstance(space, gym.spaces.Discrete)
     if cfg.clip_actions and discrete:
         raise ValueError(f"clip_actions=true clips continuous actions into their bounds; env={cfg.env}'s actions are discrete ids")
     ids = next((i for i, ep in enumerate(episodes) if np.asarray(ep.actions).dtype.kind in "iub"), None)
     if not discrete and ids is not None:  # (integer ids taken as torques: trains, and means nothing)
         raise ValueError(f"{cfg.data or 'the data'}: episode {ids} holds integer action ids, and env={cfg.env}'s actions are continuous "
                          f"({type(space).__name__}): is it data of a discrete environment? ({other_env(cfg)})")  # fmt: skip
-    action_dim = int(space.n) if discrete else int(np.prod(space.shape))
     low, high = (None, None) if discrete else (space.low.reshape(-1).tolist(), space.high.reshape(-1).tolist())
-    tok = TrajectoryTokenizer(int(np.prod(env.observation_space.shape)), action_dim, discrete, cfg.context, cfg.max_timestep,
+    tok = TrajectoryTokenizer(want, action_dim, discrete, cfg.context, cfg.max_timestep,
                               cfg.rtg_scale, cfg.gamma, action_low=low, action_high=high, action_bins=cfg.action_bins,
                               clip_actions=cfg.clip_actions)  # fmt: skip
     if cfg.clip_actions and not discrete:
@@ -257,40 +259,37 @@ def rollouts(model: MultimodalTransformer, tok: TrajectoryTokenizer, env_id: str
 
     was = model.training
     envs = [make_env(env_id) for _ in seeds]
-    try:
+    try:  # (the environments closed and the model's mode restored however it ends: an error, Ctrl-C)
         for env in envs[:1]:
             check_fits(tok, env, env_id)
-    except ValueError:
+        model.eval()
+        obs = [[env.reset(seed=s)[0]] for env, s in zip(envs, seeds)]
+        acts, rtg, total = [[] for _ in seeds], [[0.0 if blank_returns else target] for _ in seeds], np.zeros(len(seeds))
+        live = list(range(len(seeds)))
+        zero_action = np.zeros((), np.int64) if tok.discrete else np.zeros(tok.action_dim, np.float32)
+        t = 0
+        while live:
+            if t >= tok.max_timestep:  # an environment without a time limit (`check_env`): ended here, as the original DT's max_ep_len
+                break
+            lo = max(0, t + 1 - tok.context)
+            sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32).reshape(t + 1 - lo, -1), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
+                               np.arange(lo, t + 1)) for i in live]  # fmt: skip
+            out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2].float().cpu()  # the last state token (one copy a step)
+            still = []
+            for row, i in enumerate(live):
+                a = tok.decode_action(out[row])
+                o, r, terminated, truncated, _ = envs[i].step(a)
+                acts[i].append(np.asarray(a, np.int64 if tok.discrete else np.float32).reshape(zero_action.shape))
+                obs[i].append(o)
+                total[i] += r
+                rtg[i].append(0.0 if blank_returns else (rtg[i][-1] - r) / tok.gamma)
+                if not (terminated or truncated):
+                    still.append(i)
+            live, t = still, t + 1
+    finally:
         for env in envs:
             env.close()
-        raise
-    model.eval()
-    obs = [[env.reset(seed=s)[0]] for env, s in zip(envs, seeds)]
-    acts, rtg, total = [[] for _ in seeds], [[0.0 if blank_returns else target] for _ in seeds], np.zeros(len(seeds))
-    live = list(range(len(seeds)))
-    zero_action = np.zeros((), np.int64) if tok.discrete else np.zeros(tok.action_dim, np.float32)
-    t = 0
-    while live:
-        if t >= tok.max_timestep:  # an environment without a time limit (`check_env`): ended here, as the original DT's max_ep_len
-            break
-        lo = max(0, t + 1 - tok.context)
-        sets = [tok.tokens(np.asarray(obs[i][lo:], np.float32).reshape(t + 1 - lo, -1), np.stack(acts[i][lo:] + [zero_action]), np.asarray(rtg[i][lo:], np.float32),
-                           np.arange(lo, t + 1)) for i in live]  # fmt: skip
-        out = model({"trajectory": collate(sets).to(device)}).logits["action"][:, -2].float().cpu()  # the last state token (one copy a step)
-        still = []
-        for row, i in enumerate(live):
-            a = tok.decode_action(out[row])
-            o, r, terminated, truncated, _ = envs[i].step(a)
-            acts[i].append(np.asarray(a, np.int64 if tok.discrete else np.float32).reshape(zero_action.shape))
-            obs[i].append(o)
-            total[i] += r
-            rtg[i].append(0.0 if blank_returns else (rtg[i][-1] - r) / tok.gamma)
-            if not (terminated or truncated):
-                still.append(i)
-        live, t = still, t + 1
-    for env in envs:
-        env.close()
-    model.train(was)
+        model.train(was)
     return total
 
 

@@ -768,8 +768,8 @@ def no_columns(cfg, keys: tuple[str, ...], data_key: str = "data") -> None:
 
     given = [f"{k}={getattr(cfg, k)}" for k in keys if getattr(cfg, k, "")]
     if given and not cfg.data:
-        raise ConfigError(f"{', '.join(given)}: {data_key} is empty: no dataset, so no columns (a built-in corpus has none); leave the "
-                          f"column keys out, or give {data_key}= a dataset with columns")  # fmt: skip
+        raise ConfigError(f"{', '.join(given)}: {data_key} is empty: no dataset, so no columns to name; leave the column keys out, or "
+                          f"give {data_key}= a dataset with columns")  # fmt: skip
     if not given or not (data := local_data(cfg.data)).exists() or is_hf_dataset(data):
         return
     raise ConfigError(f"{', '.join(given)}: {data} is not a dataset with columns (a Hugging Face dataset, Parquet, JSON lines or "

@@ -133,12 +133,15 @@ class Config(TrainConfig):
     AT_LEAST = {**TrainConfig.AT_LEAST, "batch_size": 0}  # 0: the sum of the weights
     NOT_USED = ("eval_batches",)  # each task evaluates its own held-out set (eval_utterances, eval_episodes, ...)
 
-    def check(self) -> None:
+    def check_fsdp(self) -> None:
         if self.fsdp:  # note: refused before a run directory is made (recipes/fsdp.py refuses such models too), and before
             # the shared rule's "launch 2 or more processes", which would only lead here
             raise ConfigError("fsdp=true needs every process to run every block each step, and a generalist's task mix may "
                               "leave a stack unused on one process: train it without fsdp (DDP; a run that has it: "
                               "mmtok resume RUN_DIR fsdp=false)")  # fmt: skip
+
+    def check(self) -> None:
+        self.check_fsdp()
         super().check()
         tasks = task_list(self)[0]
         if "control" in tasks and self.env not in CONTROL_ENVS:  # (dt's own message asks for data=, which this recipe lacks)

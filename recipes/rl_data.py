@@ -451,7 +451,7 @@ def _check_arrays(raw: dict, source: str) -> dict[str, np.ndarray]:
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool) or np.iscomplexobj(a):  # (complex: cast to real, its imaginary part lost)
             raise RLDataError(f"{source}: {key} has dtype {a.dtype}; expected a real numeric array {want}")
         if key == "observations" and a.ndim > 2:  # (images, [N, H, W]: read flat, as an environment's observations are)
-            a = a.reshape(len(a), -1)
+            a = a.reshape(len(a), int(np.prod(a.shape[1:])))  # (not -1: an empty [0, H, W] is named below, not numpy's error)
         if a.ndim != (2 if key == "observations" else 1) and not (key == "actions" and a.ndim == 2):
             raise RLDataError(f"{source}: {key} has shape {a.shape}; expected {want}")
         out[key] = a

@@ -98,6 +98,7 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
     """'gpt_char', a named config ('gpt_char_shakespeare') or a YAML path, plus key=value overrides."""
     values: dict = {}
     source = recipe_or_yaml
+    base_values, base_source = {}, ""  # a named config the YAML file builds on (`recipe: gpt_char_shakespeare`): its keys
     if not recipe_or_yaml.strip():  # (an unset shell variable: Path("") is the current folder)
         raise ConfigError("an empty recipe name; expected a recipe (`mmtok recipes` lists them), a named config or a YAML file")
     if recipe_or_yaml in all_recipes():
@@ -123,19 +124,21 @@ def make_config(recipe_or_yaml: str, overrides: list[str]):
         name = doc.pop("recipe")
         values, source = doc, str(path)
         if name not in all_recipes() and name in named_configs() and path != named_configs()[name]:  # `recipe: gpt_char_shakespeare`:
-            base = read_yaml(named_configs()[name])  # that config's recipe and keys, this file's keys over them
-            name, values = base.pop("recipe"), {**base, **values}
+            base_source = str(named_configs()[name])  # that config's recipe and keys, this file's keys over them
+            base = read_yaml(named_configs()[name])
+            name, base_values = base.pop("recipe"), {k: v for k, v in base.items() if k not in values}
     module = get_recipe(name)
     overrides = parse_overrides(overrides)
     for key in PATH_KEYS:
-        value = values.get(key) if key not in overrides else None
+        value = {**base_values, **values}.get(key) if key not in overrides else None
         if isinstance(value, str) and value.startswith(("/", "./", "../", "~")) and not Path(os.path.expanduser(value)).exists():
-            raise ConfigError(f"{key}={value}, set in {source}, does not exist here: give {key}=PATH on the command line")
-    for key in [*values, *overrides]:
+            raise ConfigError(f"{key}={value}, set in {source if key in values else base_source}, does not exist here: give {key}=PATH on "
+                              "the command line")  # fmt: skip
+    for key in [*base_values, *values, *overrides]:
         if key in getattr(module.Config, "NOT_USED", ()):  # note: a plugin's config may not extend TrainConfig
             raise ConfigError(f"config key {key!r} does not apply to {name}: its config inherits the key from one it builds on, "
                               f"but {name} does not use it")  # fmt: skip
-    cfg = apply_values(module.Config(), values, source)
+    cfg = apply_values(apply_values(module.Config(), base_values, base_source), values, source)
     cfg = apply_values(cfg, overrides, "the command line")
     if hasattr(cfg, "check"):
         cfg.check()

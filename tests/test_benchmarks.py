@@ -36,6 +36,9 @@ def test_run_all_survives_failing_benchmarks_and_says_so(tmp_path, monkeypatch, 
     monkeypatch.setattr(run_all, "SPEED", [run_all.Bench(n.removesuffix(".py"), n, (), rows, (), n)
                                               for n, rows in zip(scripts, [run_all.rows_vit_step] * 3 + [run_all.rows_loader])])
     out = tmp_path / "new" / "table.json"
+    with pytest.raises(SystemExit):  # a folder where the table goes: refused before any benchmark runs
+        run_all.main(["--json", str(tmp_path)])
+    assert "cannot write there" in capsys.readouterr().err
     assert run_all.main(["--json", str(out)]) == 1
     printed = capsys.readouterr().out
     assert "crash.py failed (exit status 1): ValueError: bad shape (4,) vs (6,)" in printed

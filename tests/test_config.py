@@ -83,6 +83,9 @@ def test_named_and_file_configs(tmp_path, monkeypatch):
     path.write_text(f"recipe: gpt_char_shakespeare\ndata: {tmp_path / 'input.txt'}\nmax_steps: 9\n")  # a named config built on
     name, _, cfg = make_config(str(path), [])  # (was "unknown recipe 'gpt_char_shakespeare'; ... named configs: gpt_char_shakespeare")
     assert name == "gpt_char" and (cfg.depth, cfg.dim, cfg.max_steps, cfg.data) == (4, 128, 9, str(tmp_path / "input.txt"))
+    path.write_text("recipe: gpt_char_shakespeare\nmax_steps: 9\n")  # the named config's data, not found from here: its file named
+    with pytest.raises(ConfigError, match=r"^data=../shared/data/tinyshakespeare.txt, set in \S+gpt_char_shakespeare.yaml, does not exist"):
+        make_config(str(path), [])
     with pytest.raises(ConfigError, match=r"^an empty recipe name; expected a recipe"):  # (was ". is neither a recipe nor ...")
         make_config("", [])
     path.write_text("recipe: gpt_char\ndim: 64\nlr: 1e-3\ndim: 32\n")  # PyYAML keeps the last of a key given twice

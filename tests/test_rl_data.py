@@ -144,6 +144,9 @@ def test_observations_of_more_dimensions_are_read_flat(tmp_path):
     np.savez(tmp_path / "img.npz", observations=obs, actions=np.zeros(6, np.int64), rewards=np.ones(6), terminals=np.eye(6)[5] > 0)
     (back,) = load_episodes(tmp_path / "img.npz")
     assert back.observations.shape == (6, 4) and np.array_equal(back.observations, obs.reshape(6, 4))
+    np.savez(tmp_path / "none.npz", observations=obs[:0], actions=np.zeros(0, np.int64), rewards=np.ones(0), terminals=np.zeros(0, bool))
+    with pytest.raises(RLDataError, match=r"none.npz: no steps \(its arrays have 0 rows\)"):
+        load_episodes(tmp_path / "none.npz")
 
 
 def test_unflagged_episode_is_saved_as_a_timeout(tmp_path):

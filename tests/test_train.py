@@ -597,20 +597,17 @@ def test_cli_sizes_must_be_positive(capsys):
         assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"
 
 
-def test_a_model_too_big_for_memory_is_one_line(tmp_path, small_text, capsys):
+def test_a_model_too_big_for_memory_is_one_line(tmp_path, small_text):
     """dim=1000000000 (a typo): the allocator's error as one line with what needs less, no traceback
-    (was about 15 lines ending in the CPU allocator's "[enforce fail at alloc_cpu.cpp:124]"); no run folder."""
-    from recipes.cli import main
-
-    overcommit = Path("/proc/sys/vm/overcommit_memory")
-    if not overcommit.exists() or overcommit.read_text().strip() == "1":  # ("always": the allocation succeeds, and the kernel kills
-        pytest.skip("needs Linux's memory overcommit heuristic (0) or strict (2): a request larger than the memory fails")  # on first touch)
-
-    assert main(["train", "gpt_char", f"data={small_text}", "dim=1000000000", "num_heads=1", "depth=1", "max_steps=0",
-                 f"run_dir={tmp_path / 'huge'}"]) == 2  # fmt: skip
-    err = capsys.readouterr().err
-    assert err.startswith("mmtok: error: out of memory: the CPU could not allocate ") and err.count("\n") == 1, err
-    assert "GiB more; a smaller batch_size (grad_accum=N keeps the batch), dim or depth" in err and not (tmp_path / "huge").exists()
+    (was about 15 lines ending in the CPU allocator's "[enforce fail at alloc_cpu.cpp:124]"); no run
+    folder. Run under an address-space limit of 16 GiB, so the allocation fails on any machine (where
+    Linux overcommits, or a container sees its host's memory, it could succeed and be killed on first touch)."""
+    pytest.importorskip("resource")  # (POSIX)
+    argv = ["train", "gpt_char", f"data={small_text}", "dim=1000000000", "num_heads=1", "depth=1", "max_steps=0", f"run_dir={tmp_path / 'huge'}"]
+    script = f"import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, ({16 << 30}, {16 << 30}))\nfrom recipes.cli import main\nsys.exit(main({argv!r}))\n"
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(), cwd=ROOT, timeout=300)
+    assert p.returncode == 2 and p.stderr.startswith("mmtok: error: out of memory: the CPU could not allocate ") and p.stderr.count("\n") == 1, p.stderr
+    assert "GiB more; a smaller batch_size (grad_accum=N keeps the batch), dim or depth" in p.stderr and not (tmp_path / "huge").exists()
 
 
 def test_throughput_times_the_steps_alone_and_results_name_the_step_reached(tmp_path, monkeypatch):
