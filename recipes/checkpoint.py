@@ -124,7 +124,12 @@ def load_state(directory: Path, name: str):
         tensors = load_file(str(directory / f"{name}.safetensors"))
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"checkpoint: {directory / name}.safetensors is unreadable ({e})") from None
-    return unflatten_state(read_json(directory / f"{name}.json", "checkpoint"), tensors)
+    tree = read_json(directory / f"{name}.json", "checkpoint")
+    try:
+        return unflatten_state(tree, tensors)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # (a tree of another shape: "unknown node []")
+        raise CheckpointError(f"{directory / name}.json does not describe {name}.safetensors' state ({e}); move {directory.name} aside "
+                              "to resume from the checkpoint before it") from None  # fmt: skip
 
 
 # -- RNG ------------------------------------------------------------------------------------------

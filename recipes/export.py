@@ -401,18 +401,23 @@ def export(run_dir, out) -> dict:
             tmp.mkdir()  # note: with the umask's mode (mkdtemp's 0700 would stay on the exported folder)
         except OSError as e:  # a read-only or full disk: the folder meant, not its temporary
             raise cannot_write(out, e, "export: ") from None
-        if kind == "gpt2":
-            write_gpt2(model, tokenizers, tmp)
-            found = check_gpt2(model, tokenizers, tmp)
-        elif kind == "timm":
-            write_timm(model, tokenizers, tmp, run_dir)
-            found = check_timm(model, tokenizers, tmp)
-        elif kind == "whisper":
-            write_whisper(model, tokenizers, tmp, run_cfg)
-            found = check_whisper(model, tokenizers, tmp, run_cfg)
-        else:
-            write_openai_whisper(model, tokenizers, tmp / out.name)
-            found = check_openai_whisper(model, tokenizers, tmp / out.name, run_cfg)
+        try:
+            if kind == "gpt2":
+                write_gpt2(model, tokenizers, tmp)
+                found = check_gpt2(model, tokenizers, tmp)
+            elif kind == "timm":
+                write_timm(model, tokenizers, tmp, run_dir)
+                found = check_timm(model, tokenizers, tmp)
+            elif kind == "whisper":
+                write_whisper(model, tokenizers, tmp, run_cfg)
+                found = check_whisper(model, tokenizers, tmp, run_cfg)
+            else:
+                write_openai_whisper(model, tokenizers, tmp / out.name)
+                found = check_openai_whisper(model, tokenizers, tmp / out.name, run_cfg)
+        except OSError as e:
+            if e.filename is not None or not e.strerror:  # (a named file's error, or one of ours, says what it is)
+                raise
+            raise cannot_write(out, e, "export: ") from None  # a full disk found as a file closes: no file in its error
         try:  # note: never over what another export put there meanwhile (a rename replaces a file)
             if one_file:
                 try:

@@ -38,10 +38,10 @@ from tqdm.auto import tqdm
 
 from models import MultimodalTransformer, load_weights
 from models.blocks import Stack
-from tokenizers_mm.base import cannot_write, write_json_atomic, write_text_atomic
+from tokenizers_mm.base import cannot_write, read_json, write_json_atomic, write_text_atomic
 
-from .checkpoint import (gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state, set_rng_state,
-                         verify_latest, write_checkpoint)
+from .checkpoint import (CheckpointError, gather_rng_states, held_checkpoint, latest_checkpoint, load_state, recover, save_state,
+                         set_rng_state, verify_latest, write_checkpoint)
 from .config import ACCELERATE_FSDP, TrainConfig, check_split, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
 from .runs import gloo_quiet, launched_processes, record_resumed
@@ -423,7 +423,10 @@ def save_training_checkpoint(run_dir, step, model, optimizer, scheduler, cfg, ac
             json_state = {"step": step, "scheduler": scheduler.state_dict(), "config": asdict(cfg), "skipped_batches": skipped}
             if accelerator.scaler is not None:  # fp16: the loss scale and its growth count, or a resumed run skips steps afresh
                 json_state["grad_scaler"] = accelerator.scaler.state_dict()
-            (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
+            try:
+                (tmp / "trainer_state.json").write_text(json.dumps(json_state, indent=2))
+            except OSError as e:  # (a full disk is found as the file closes: its error names no file)
+                raise OSError(e.errno, e.strerror, str(tmp / "trainer_state.json")) from None
 
         write_checkpoint(run_dir, step, write, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
@@ -496,7 +499,10 @@ def train(
     if ckpt is not None:
         verify_latest(ckpt)
         load_weights(model, ckpt / "model.safetensors")
-        trainer_state = json.loads((ckpt / "trainer_state.json").read_text())
+        trainer_state = read_json(ckpt / "trainer_state.json", "checkpoint")
+        if not (isinstance(trainer_state, dict) and isinstance(trainer_state.get("step"), int) and isinstance(trainer_state.get("scheduler"), dict)):
+            raise CheckpointError(f"{ckpt / 'trainer_state.json'}: expected {{\"step\": N, \"scheduler\": {{...}}, ...}}, as training writes "
+                                  f"it; move {ckpt.name} aside to resume from the checkpoint before it")  # fmt: skip
         start_step, skipped = trainer_state["step"], trainer_state.get("skipped_batches", 0)  # (older checkpoints: none kept)
         if accelerator.is_main_process:
             print(f"resume: from {ckpt.name}, step {start_step} of {cfg.max_steps}" + (

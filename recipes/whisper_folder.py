@@ -103,11 +103,11 @@ def check_utterance(path: Path, transcript: str, audio_tok: AudioTokenizer, text
     if transcript is None:
         raise ValueError(f"audio {path}: no transcript")
     wave, rate = load_audio(path)
-    wave = to_waveform(wave, rate, str(path))
+    wave = to_waveform(wave, rate, f"audio {path}")  # (named as load_audio names a file: "skipped audio PATH: ...")
     if audio_tok.chunk and wave.shape[-1] > audio_tok.max_frames * HOP_LENGTH:  # note: chunk mode would cut it to the window silently
-        raise AudioError(f"{path}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than the model's "
+        raise AudioError(f"audio {path}: {wave.shape[-1] / SAMPLE_RATE:.1f} s is longer than the model's "
                          f"{audio_tok.max_frames * HOP_LENGTH / SAMPLE_RATE:g} s window; cut long recordings into utterances first")  # fmt: skip
-    audio_tok.prepare(wave, str(path))  # the length check the tokenizer makes, without the spectrogram
+    audio_tok.prepare(wave, f"audio {path}")  # the length check the tokenizer makes, without the spectrogram
     text_example(text_tok, transcript, str(path), prompt)
 
 

@@ -259,6 +259,12 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "ro")]) == 2
     monkeypatch.undo()
     assert capsys.readouterr().err.strip() == f"mmtok: error: export: cannot write {tmp_path / 'ro'}: Read-only file system"
+    full = lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left on device"))  # noqa: E731  # (as a file closes)
+    monkeypatch.setattr(export_module, "write_json", full)  # a disk full as config.json closes: its error named no file, nor did the line
+    assert main(["export", str(tmp_path / "vit"), str(tmp_path / "full")]) == 2
+    monkeypatch.undo()
+    assert capsys.readouterr().err.strip() == f"mmtok: error: export: cannot write {tmp_path / 'full'}: No space left on device"
+    assert not (tmp_path / "full").exists() and not list(tmp_path.glob(".*partial"))
     # what an export killed mid-write left (its process gone) goes with the next export to that OUT; a live one's stays
     from recipes.export import HOST
 

@@ -597,6 +597,26 @@ def test_cli_sizes_must_be_positive(capsys):
         assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"
 
 
+def test_a_checkpoint_whose_state_files_are_of_another_shape_is_named(tmp_path, trained, capsys):
+    """trainer_state.json or rng.json edited (their manifest written again to match): one line naming the
+    file (was "mmtok: error: step", a bare KeyError, and "checkpoint: unknown node []")."""
+    from recipes.checkpoint import latest_checkpoint, write_manifest
+    from recipes.cli import main
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    ckpt = latest_checkpoint(run)
+    for name, text, said in (("trainer_state.json", "{}", "trainer_state.json: expected {\"step\": N"),
+                             ("rng.json", '{"processes": []}', "rng.json does not describe rng.safetensors' state")):  # fmt: skip
+        kept = (ckpt / name).read_text()
+        (ckpt / name).write_text(text)
+        write_manifest(ckpt)
+        assert main(["resume", str(run), "max_steps=30"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmtok: error: {ckpt}") and said in err and f"move {ckpt.name} aside" in err and err.count("\n") == 1, err
+        (ckpt / name).write_text(kept)
+        write_manifest(ckpt)
+
+
 def test_a_model_too_big_for_memory_is_one_line(tmp_path, small_text):
     """dim=1000000000 (a typo): the allocator's error as one line with what needs less, no traceback
     (was about 15 lines ending in the CPU allocator's "[enforce fail at alloc_cpu.cpp:124]"); no run
