@@ -619,8 +619,7 @@ def run_command(argv) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         if isinstance(e, OSError) and e.filename is None and e.strerror:  # our own "cannot write OUT: ..." (no "[Errno 30]")
             msg = e.strerror
-        # (another process's progress bar may hold the terminal's line: this one starts its own)
-        print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: {msg}", file=sys.stderr)
+        say_error(msg)
         return 2
     except RuntimeError as e:
         if (oom := out_of_memory(e)) is not None:
@@ -633,7 +632,7 @@ def run_command(argv) -> int:
             less = "a smaller batch_size (grad_accum=N keeps the batch), dim or depth, or grad_checkpoint=true, needs less"
             tip = {"train": f"; {less}", "resume": f"; a resumed run keeps its sizes: in a new run {less}",
                    "predict": "; a smaller --batch-size needs less"}.get(args.command, "")  # fmt: skip
-            print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: out of memory: {said}{tip}", file=sys.stderr)
+            say_error(f"out of memory: {said}{tip}")
             return 2
         if not peer_stopped(e):
             raise
@@ -659,6 +658,12 @@ def interrupted_run(args) -> str:
     if ckpt is None:  # (a run stopped before its first checkpoint: its run.json, tokenizers and metrics so far)
         return f"; {run_dir} holds no checkpoint yet: `mmtok resume {run_dir}` starts it again from step 0" if started else ""
     return f"; {ckpt} is kept: `mmtok resume {run_dir}` goes on from it"
+
+
+def say_error(msg) -> None:
+    """`mmtok: error: MSG` on stderr, on a line of its own: another process's progress bar may hold the
+    terminal's line, so a process other than the first starts its own."""
+    print(f"{chr(10) if launch_rank() != 0 and sys.stderr.isatty() else ''}mmtok: error: {msg}", file=sys.stderr)
 
 
 def out_of_memory(e: BaseException) -> BaseException | None:
