@@ -218,6 +218,7 @@ def choose(names: list[str], with_training: bool, quick: bool, error: Callable[[
         error(f"no benchmark named {', '.join(unknown)}; expected one of: {', '.join(known)} (--list says what each measures)")
     if names:
         chosen = list({n.removesuffix(".py"): known[n.removesuffix(".py")] for n in names}.values())
+        chosen = [b for b in chosen if not (b.name == "dt_step" and known["dt_cartpole"] in chosen and not quick)]  # (its row: in both)
     else:
         chosen = [b for b in SPEED if not (with_training and b.name == "dt_step")] + (TRAINING if with_training else [])
     if quick:

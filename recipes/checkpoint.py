@@ -207,7 +207,7 @@ def verify(directory: Path, only: tuple[str, ...] | None = None) -> None:
     try:
         manifest = read_json(directory / MANIFEST, "checkpoint")
     except (FileNotFoundError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: {e}") from None
+        raise CheckpointError(f"checkpoint {directory} is incomplete or corrupt: {str(e).removeprefix('checkpoint: ')}") from None
     files = manifest.get("files") if isinstance(manifest, dict) else None
     listed = isinstance(files, dict) and all(isinstance(i, dict) and isinstance(i.get("bytes"), int) and isinstance(i.get("sha256"), str)
                                              for i in files.values())  # fmt: skip

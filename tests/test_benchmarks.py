@@ -81,3 +81,12 @@ def test_a_step_row_says_whether_a_missed_goal_is_noise():
     assert noise.note.endswith("parity within the run's noise (a round met the goal)")
     slower = run_all.step_row("step, ms", 11.0, "peer", 10.0, [1.05, 1.1, 1.2])
     assert slower.note.endswith("slower in every round")
+
+
+def test_run_all_chooses_benchmarks_by_name():
+    """Names pick benchmarks (in the order given, once); dt_cartpole's full run gives the DT step row too,
+    so dt_step beside it is left out; --with-training adds the training ones to the speed ones."""
+    names = lambda *a: [b.name for b in run_all.choose(*a, error=pytest.fail)]  # noqa: E731
+    assert names(["vit_step", "gpt_step.py", "vit_step"], False, False) == ["vit_step", "gpt_step"]
+    assert names(["dt_step", "dt_cartpole"], False, False) == ["dt_cartpole"]
+    assert names([], True, False) == [b.name for b in run_all.SPEED if b.name != "dt_step"] + [b.name for b in run_all.TRAINING]

@@ -180,7 +180,7 @@ def test_damaged_checkpoint_refused(tmp_path, damage):
         (ckpt / "manifest.json").write_text({"listing nothing": '{"files": {}}', "a list": '{"files": []}', "a number": '{"files": {"a.bin": 5}}'}[damage])
     shape = r"is corrupt: manifest.json is not a checkpoint manifest \(expected \{\"files\": \{name: \{\"bytes\": N, \"sha256\": HEX\}\}\}\)"
     expected = {"truncate": "is truncated: a.bin has 50 bytes", "flip": "is corrupt: a.bin does not match its SHA-256",
-                "delete": "is incomplete: a.bin is missing", "manifest": "is incomplete or corrupt", "a list": shape, "a number": shape,
+                "delete": "is incomplete: a.bin is missing", "manifest": r"is incomplete or corrupt: /\S+/manifest.json is not valid JSON", "a list": shape, "a number": shape,
                 "listing nothing": r"is corrupt: manifest.json is not a checkpoint manifest \(it lists no files\)"}[damage]  # fmt: skip
     with pytest.raises(CheckpointError, match=f"checkpoint .* {expected}"):
         verify(ckpt)
