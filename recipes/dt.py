@@ -174,6 +174,11 @@ def check_fits(tok: TrajectoryTokenizer, env, env_id: str) -> None:
         raise ValueError(f"env={env_id}: {said(*mine) if mine[0] else f'observation space {obs}'}; the model was trained for "
                          f"{said(tok.state_dim, tok.discrete, tok.action_dim)} (was the environment changed since training, or "
                          "is it another one?)")  # fmt: skip
+    if not tok.discrete:  # (the same widths, other bounds: the actions would be scaled to another range, silently)
+        low, high = (np.asarray(b, np.float32).reshape(-1) for b in (env.action_space.low, env.action_space.high))
+        if not (np.allclose(low, tok.action_low) and np.allclose(high, tok.action_high)):
+            raise ValueError(f"env={env_id}: actions within [{low.tolist()}, {high.tolist()}]; the model was trained for "
+                             f"[{tok.action_low.tolist()}, {tok.action_high.tolist()}] (was the environment changed since training?)")  # fmt: skip
 
 
 def other_env(cfg: Config) -> str:

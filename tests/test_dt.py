@@ -229,6 +229,10 @@ def test_rolling_out_in_an_environment_of_other_spaces_is_one_clear_error(tmp_pa
                            ("Pendulum-v1", "observations of 3 values and actions of 1 value")]:  # fmt: skip
         with pytest.raises(ValueError, match=rf"^env={env_id}: {theirs}; the model was trained for observations of 4 values and 2 discrete"):
             dt.rollouts(model, tok, env_id, 9.0, [0], device="cpu")
+    pendulum = gym.make("Pendulum-v1")
+    tok = TrajectoryTokenizer(3, 1, discrete=False, context=5, max_timestep=200, action_low=[-1.0], action_high=[1.0])  # (Pendulum's are ±2)
+    with pytest.raises(ValueError, match=r"^env=Pendulum-v1: actions within \[\[-2.0\], \[2.0\]\]; the model was trained for \[\[-1.0\], \[1.0\]\]"):
+        dt.check_fits(tok, pendulum, "Pendulum-v1")
 
 
 def test_data_whose_every_reward_is_zero_trains_and_says_the_returns_carry_nothing(tmp_path, capsys):
