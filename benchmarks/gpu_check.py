@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig  # noqa: E402
 from models.flops import flops_per_token, measure_peak, peak_flops  # noqa: E402
+from recipes.cli import out_of_memory  # noqa: E402
 from recipes.config import TrainConfig  # noqa: E402
 from recipes.train import read_metrics, train  # noqa: E402
 from tokenizers_mm import ModalitySpec, collate_examples, next_token_set  # noqa: E402
@@ -240,8 +241,7 @@ def main(argv):
         try:  # note: only the message leaves: the exception's frames (and a failed run's GPU memory) go with the block
             return run(compile_, batch), None, False
         except Exception as e:  # noqa: BLE001  # one GPU run is scarce: a failure is recorded, and the check goes on
-            oom = isinstance(e, torch.cuda.OutOfMemoryError) or isinstance(e.__cause__, torch.cuda.OutOfMemoryError)  # (compilers wrap it)
-            return None, one_line(e), oom or "out of memory" in str(e).lower()
+            return None, one_line(e), out_of_memory(e) is not None  # (mmtok's test: through torch.compile's wrapper too)
 
     dtype = torch.bfloat16 if gpu else torch.float32
     measured = measure_peak(device, dtype, 8192 if gpu else 1024, seconds=2.0 if gpu else 0.5)  # before training: a GPU not yet hot

@@ -628,7 +628,7 @@ def run_command(argv) -> int:
             if asked := re.search(r"can't allocate memory: you tried to allocate (\d+) bytes", text):  # (the CPU allocator's, after its source line)
                 said = f"the CPU could not allocate {int(asked[1]) / 2**30:,.1f} GiB more"
             else:  # (CUDA's and MPS's name the amount and the device's memory on their first line)
-                said = next((line.strip() for line in text.splitlines() if "out of memory" in line.lower()), text.strip().splitlines()[0])
+                said = next((line.strip() for line in text.splitlines() if "out of memory" in line.lower()), (text.strip().splitlines() or [type(oom).__name__])[0])
             less = "a smaller batch_size (grad_accum=N keeps the batch), dim or depth, or grad_checkpoint=true, needs less"
             tip = {"train": f"; {less}", "resume": f"; a resumed run keeps its sizes: in a new run {less}",
                    "predict": "; a smaller --batch-size needs less"}.get(args.command, "")  # fmt: skip
@@ -668,15 +668,16 @@ def say_error(msg) -> None:
 
 def out_of_memory(e: BaseException) -> BaseException | None:
     """The allocation failure `e` is or wraps (torch.compile and a DataLoader worker re-raise it), or
-    None: a GPU's torch.OutOfMemoryError, MPS's "out of memory", or the CPU allocator's "can't allocate
-    memory" (e.g. a model of dim=100000000)."""
+    None: a GPU's torch.OutOfMemoryError, a "CUDA error: out of memory" or MPS's "out of memory", or
+    the CPU allocator's "can't allocate memory" (e.g. a model of dim=100000000). benchmarks/gpu_check.py
+    asks it too."""
     import torch
 
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        if isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
-                                                                                       or "MPS backend out of memory" in str(e))):  # fmt: skip
+        text = str(e).lower() if isinstance(e, RuntimeError) else ""
+        if isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in text or "out of memory" in text:
             return e
         e = e.__cause__
     return None

@@ -500,7 +500,7 @@ def train(
         verify_latest(ckpt)
         load_weights(model, ckpt / "model.safetensors")
         trainer_state = read_json(ckpt / "trainer_state.json", "checkpoint")
-        if not (isinstance(trainer_state, dict) and isinstance(trainer_state.get("step"), int) and isinstance(trainer_state.get("scheduler"), dict)):
+        if not (isinstance(trainer_state.get("step"), int) and isinstance(trainer_state.get("scheduler"), dict)):  # (read_json: an object)
             raise CheckpointError(f"{ckpt / 'trainer_state.json'}: expected {{\"step\": N, \"scheduler\": {{...}}, ...}}, as training writes "
                                   f"it; move {ckpt.name} aside to resume from the checkpoint before it")  # fmt: skip
         start_step, skipped = trainer_state["step"], trainer_state.get("skipped_batches", 0)  # (older checkpoints: none kept)
