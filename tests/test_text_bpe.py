@@ -160,6 +160,17 @@ def test_train_from_files_and_bad_input(tmp_path):
         BPETokenizer.train_from_files([tmp_path / "good.txt.gz"], vocab_size=270)
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + good.read_bytes())  # a byte-order mark (Windows editors) is no text
     assert BPETokenizer.train_from_files(tmp_path / "bom.txt", vocab_size=270).ranks == tok.ranks
+    with pytest.raises(ValueError, match=r"^text: no training text: the texts given are empty or none"):
+        BPETokenizer.train(iter(["", ""]), vocab_size=270)  # (a generator already used up gives none)
+    assert BPETokenizer.train(["abc abc abd " * 50], vocab_size=np.int64(270)).ranks == tok.ranks  # a NumPy integer is a size
+    with pytest.raises(TypeError, match=r"^text: vocab_size is a whole number of ids, got float 270.0$"):
+        BPETokenizer.train(["abc"], vocab_size=270.0)
+    with pytest.raises(TypeError, match=r"^text: pattern is 'gpt2' or 'gpt4' or a regex, got NoneType$"):
+        BPETokenizer.train(["abc"], vocab_size=270, pattern=None)
+    with pytest.raises(TypeError, match=r"^text: encode_batch takes a list of texts \(encode_batch\(\[text\]\)\), not one string"):
+        tok.encode_batch("abc")
+    with pytest.raises(FileExistsError, match=r"^tokenizer 'text': \S+good.txt is a file; save writes a folder"):
+        tok.save(good)
 
 
 def test_corrupt_vocabulary_files(tmp_path, gpt2):

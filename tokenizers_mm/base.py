@@ -237,6 +237,8 @@ class Tokenizer:
             raise TypeError(f"tokenizer {doc['name']!r}: config() must hold JSON values (numbers, strings, lists, dicts); "
                             f"{bad!r} holds a {type(doc['config'][bad]).__name__}; convert it, e.g. with float() or .tolist()")  # fmt: skip
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise FileExistsError(f"tokenizer {doc['name']!r}: {directory} is a file; save writes a folder (tokenizer.json and its files)")
         directory.mkdir(parents=True, exist_ok=True)
         write_json_atomic(directory / FILE_NAME, doc)
         return directory

@@ -23,6 +23,7 @@ import base64
 import contextlib
 import functools
 import json
+import numbers
 import os
 import re
 from collections.abc import Iterable
@@ -353,7 +354,17 @@ def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = Fals
     ])  # fmt: skip
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=show_progress, special_tokens=[])  # fmt: skip
-    hf.train_from_iterator(joined_texts(texts, specials, block), trainer)
+    given = 0
+
+    def counted(blocks):
+        nonlocal given
+        for text in blocks:
+            given += 1
+            yield text
+
+    hf.train_from_iterator(counted(joined_texts(texts, specials, block)), trainer)
+    if not given:
+        raise ValueError("text: no training text: the texts given are empty or none (an iterator already used up?)")
     merges = json.loads(hf.to_str())["model"]["merges"]
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(N_BYTES)}
@@ -451,6 +462,11 @@ class BPETokenizer(Tokenizer):
         if isinstance(texts, (str, bytes)):
             raise TypeError("text: train takes an iterable of texts (train([text], ...)), not one string (each character would be a text)")
         specials = check_specials(specials, "text")
+        if not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool):
+            raise TypeError(f"text: vocab_size is a whole number of ids, got {type(vocab_size).__name__} {vocab_size!r}")
+        vocab_size = int(vocab_size)
+        if not isinstance(pattern, str):
+            raise TypeError(f"text: pattern is {' or '.join(map(repr, PATTERNS))} or a regex, got {type(pattern).__name__}")
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
         ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress, specials)
@@ -530,6 +546,8 @@ class BPETokenizer(Tokenizer):
     def encode_batch(self, texts: list[str], num_threads: int | None = None, allowed_special=(), disallowed_special="all") -> list[np.ndarray]:
         """Encode many texts on all cores (tiktoken's core releases the GIL while it encodes). Texts go
         to the threads in contiguous shares, ~8 per thread: few Python calls, yet balanced load."""
+        if isinstance(texts, (str, bytes)):
+            raise TypeError("text: encode_batch takes a list of texts (encode_batch([text])), not one string (each character would be a text)")
         policy = self._policy(allowed_special, disallowed_special)
         num_threads = min(num_threads or os.cpu_count() or 1, len(texts))
         if num_threads <= 1:
