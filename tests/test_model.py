@@ -276,9 +276,9 @@ def test_config_errors():
     for change, message in ((dict(token_types="point"), r"got the string 'point' \(a tuple of one needs its comma: \('point',\)\)"),
                             (dict(token_types=["a", "a"]), r"must be distinct non-empty names \(\['a'\] twice\)"),
                             (dict(modality=""), "a modality's name must be a non-empty string"),
-                            (dict(max_positions="16"), r"max_positions must be a whole number >= 1, got '16'"),
-                            (dict(value_dim=2.5), r"value_dim must be a whole number >= 1, got 2.5"),
-                            (dict(value_dim=0), r"value_dim must be a whole number >= 1, got 0")):  # fmt: skip
+                            (dict(max_positions="16"), r"max_positions='16' must be a whole number of at least 1"),
+                            (dict(value_dim=2.5), r"value_dim=2.5 must be a whole number of at least 1"),
+                            (dict(value_dim=0), r"value_dim=0 must be a whole number of at least 1")):  # fmt: skip
         with pytest.raises(ValueError, match=message):
             ModalitySpec(**{**spec, **change})
     with pytest.raises(ValueError, match=r"got the string 'point'"):  # the model's config refuses it as the tokenizer's spec does

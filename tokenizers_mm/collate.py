@@ -9,20 +9,12 @@ Each set keeps its own positions, so a packed sequence is embedded exactly as it
 
 from __future__ import annotations
 
-import numbers
-
 import torch
 from torch import Tensor
 
-from .tokenset import TokenBatch, TokenSet
+from .tokenset import TokenBatch, TokenSet, positive
 
 PAD_SEGMENT = -1
-
-
-def positive(who: str, key: str, value) -> None:
-    """A row length or multiple must be a whole number of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{who}: {key}={value!r} must be a whole number of at least 1")
 
 
 def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):

@@ -13,6 +13,7 @@ bad file. Augmentation is the recipe's business; this file leaves it out.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from torch import Tensor
 
 from .base import Tokenizer, source_bytes
 from .registry import register
-from .tokenset import TokenSet
+from .tokenset import TokenSet, positive
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -170,11 +171,20 @@ class ImageTokenizer(Tokenizer):
         if not 0 < crop_pct <= 1:
             raise ValueError(f"image: crop_pct must lie in (0, 1], got {crop_pct}")
         self.crop_pct = float(crop_pct)
-        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if isinstance(image_size, numbers.Integral):
+            image_size = (image_size, image_size)
+        if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2):
+            raise ValueError(f"image: image_size is one side or (height, width), got {image_size!r}")
+        for key, v in (("image_size", image_size[0]), ("image_size", image_size[1]), ("patch_size", patch_size), ("channels", channels)):
+            positive("image", key, v)
+        image_size, patch_size, channels = tuple(map(int, image_size)), int(patch_size), int(channels)
+        self.image_size = image_size
         self.patch_size, self.channels, self.cls_token = patch_size, channels, cls_token
         self.mean, self.std = tuple(mean)[:channels], tuple(std)[:channels]
         if len(self.mean) != channels or len(self.std) != channels:
             raise ValueError(f"image: mean and std need {channels} values")
+        if not all(math.isfinite(s) and s > 0 for s in self.std) or not all(map(math.isfinite, self.mean)):
+            raise ValueError(f"image: mean {list(self.mean)} must be finite and std {list(self.std)} above 0 (pixels are divided by it)")
         self.resize, self.interpolation = resize, interpolation
         H, W = self.image_size
         if H % patch_size or W % patch_size:

@@ -36,7 +36,7 @@ import torch
 from .base import Tokenizer, id_list, read_utf8
 from .registry import register
 from .text_char import ENDOFTEXT, check_specials
-from .tokenset import TokenSet
+from .tokenset import TokenSet, positive
 
 # GPT-style pre-tokenization patterns (tiktoken_ext.openai_public).
 PATTERNS = {
@@ -277,6 +277,8 @@ def split_pattern(pattern: str) -> str:
     import regex as re_module
     import tiktoken
 
+    if not isinstance(pattern, str):
+        raise TypeError(f"text: pattern is {' or '.join(map(repr, PATTERNS))} or a regex, got {type(pattern).__name__}")
     regex = PATTERNS.get(pattern, pattern)
     empty = "a split pattern must not match the empty string (tiktoken's core panics on one)"
     with contextlib.suppress(re_module.error):  # (the `regex` module, tiktoken's dependency, reads what tiktoken's engine reads, mostly)
@@ -409,6 +411,7 @@ class BPETokenizer(Tokenizer):
                 raise ValueError("text: give ranks or ranks_file")
             ranks = read_tiktoken(ranks_file)
         check_ranks(ranks, "in memory")
+        positive("text", "max_positions", max_positions)
         if specials is None:
             specials = [ENDOFTEXT]
         if not isinstance(specials, dict):
@@ -465,8 +468,6 @@ class BPETokenizer(Tokenizer):
         if not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool):
             raise TypeError(f"text: vocab_size is a whole number of ids, got {type(vocab_size).__name__} {vocab_size!r}")
         vocab_size = int(vocab_size)
-        if not isinstance(pattern, str):
-            raise TypeError(f"text: pattern is {' or '.join(map(repr, PATTERNS))} or a regex, got {type(pattern).__name__}")
         if vocab_size < N_BYTES + len(specials):
             raise ValueError(f"text: vocab_size={vocab_size} is smaller than 256 bytes + {len(specials)} special tokens")
         ranks = train_ranks(texts, vocab_size - len(specials), split_pattern(pattern), show_progress, specials)

@@ -15,7 +15,7 @@ import torch
 
 from .base import Tokenizer, id_list
 from .registry import register
-from .tokenset import TokenSet
+from .tokenset import TokenSet, positive
 
 ENDOFTEXT = "<|endoftext|>"
 N_BYTES = 256  # byte mode: ids 0..255 are the UTF-8 bytes
@@ -44,6 +44,9 @@ class CharTokenizer(Tokenizer):
     token_types = ("token",)
 
     def __init__(self, chars: str | None = None, specials=(ENDOFTEXT,), max_positions: int = 1024):
+        if chars is not None and not (isinstance(chars, str) and chars):
+            raise ValueError(f"text_char: chars is a non-empty string of the vocabulary's characters (None: bytes), got {chars!r}")
+        positive("text_char", "max_positions", max_positions)
         if chars is not None and len(set(chars)) != len(chars):
             raise ValueError("text_char: chars must not repeat a character")
         self.chars = chars
@@ -57,6 +60,8 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def from_corpus(cls, text: str, **kwargs) -> "CharTokenizer":
         """nanoGPT's character vocabulary: the sorted unique characters of the corpus."""
+        if not isinstance(text, str) or not text:
+            raise ValueError(f"text_char: from_corpus reads a non-empty string, got {type(text).__name__} of length {len(text) if isinstance(text, str) else '?'}")
         return cls(chars="".join(sorted(set(text))), **kwargs)
 
     def config(self) -> dict:

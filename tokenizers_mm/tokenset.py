@@ -22,6 +22,12 @@ import torch
 from torch import Tensor
 
 
+def positive(who: str, key: str, value) -> None:
+    """A size, row length or multiple must be a whole number of at least 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{who}: {key}={value!r} must be a whole number of at least 1")
+
+
 @dataclass(frozen=True)
 class ModalitySpec:
     """What a model needs to embed a modality's tokens (plain data, saved in config.json)."""
@@ -47,8 +53,7 @@ class ModalitySpec:
         for key in ("max_positions", "vocab_size", "value_dim"):  # (a tokenizer.json's "16" or -1: named here, not at embedding)
             v = getattr(self, key)
             if v is not None or key == "max_positions":
-                if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-                    raise ValueError(f"modality {self.modality!r}: {key} must be a whole number >= 1, got {v!r}")
+                positive(f"modality {self.modality!r}", key, v)
                 object.__setattr__(self, key, int(v))
         if (self.vocab_size is None) == (self.value_dim is None):
             raise ValueError(

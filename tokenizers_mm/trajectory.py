@@ -40,7 +40,7 @@ from torch import Tensor
 
 from .base import Tokenizer
 from .registry import register
-from .tokenset import TokenBatch, TokenSet
+from .tokenset import TokenBatch, TokenSet, positive
 
 RETURN, STATE, ACTION = 0, 1, 2  # token types
 MU, M, BINS = 100.0, 256.0, 1024  # Gato's mu-law constants and bin count
@@ -139,8 +139,9 @@ class TrajectoryTokenizer(Tokenizer):
         action_low / action_high: a continuous space's bounds (default [-1, 1]); an action outside
         them is an error naming the episode, or with clip_actions clipped into them, as an
         environment clips what it is given."""
-        if state_dim < 1 or action_dim < 1:
-            raise ValueError(f"trajectory: state_dim={state_dim} and action_dim={action_dim} must be >= 1")
+        for key, v in (("state_dim", state_dim), ("action_dim", action_dim), ("context", context), ("max_timestep", max_timestep)):
+            positive("trajectory", key, v)
+        state_dim, action_dim, context, max_timestep = int(state_dim), int(action_dim), int(context), int(max_timestep)
         if not 1 <= context <= max_timestep:
             raise ValueError(f"trajectory: context={context} steps must lie in [1, max_timestep={max_timestep}] "
                              "(the timestep table has max_timestep rows)")  # fmt: skip
