@@ -29,7 +29,7 @@ from tokenizers_mm.base import read_json, umask_mode, write_json_atomic
 
 from .attention import KVCache, build_mask
 from .blocks import Stack
-from .config import ModelConfig
+from .config import ModelConfig, whole
 from .embedders import build_embedder, shared_rows
 from .heads import LMHead, PooledHead, TokenHead
 
@@ -649,8 +649,9 @@ class MultimodalTransformer(nn.Module):
         """
         if not (temperature >= 0 and math.isfinite(temperature)):  # (a negative one would favour the least likely tokens)
             raise ValueError(f"generate: temperature={temperature} must be a finite number >= 0 (0 is greedy decoding)")
-        if top_k is not None and top_k < 0:
-            raise ValueError(f"generate: top_k={top_k} must be a positive number of tokens (None or 0: no top-k cut)")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"generate: top_k={top_k!r} must be a positive number of tokens (None or 0: no top-k cut)")
+        whole("generate:", max_new_tokens=(max_new_tokens, 0))
         lm_name, name, prompt = self._lm_prompt(inputs, "generate")
         max_pos = self.config.modalities[name].max_positions
         ids, types = prompt.ids, prompt.types
@@ -717,6 +718,7 @@ class MultimodalTransformer(nn.Module):
         """
         if not (isinstance(beam_size, int) and beam_size >= 1):
             raise ValueError(f"beam_search: beam_size={beam_size!r} must be a whole number >= 1 (1 is greedy decoding)")
+        whole("beam_search:", max_new_tokens=(max_new_tokens, 0))
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
         K, V = beam_size, self.config.modalities[name].vocab_size

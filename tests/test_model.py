@@ -854,6 +854,12 @@ def test_sampling_arguments_are_checked():
             model.generate(inputs, 2, **kw)
     with pytest.raises(ValueError, match=r"beam_search: beam_size=0 must be a whole number >= 1"):
         model.beam_search(inputs, 2, beam_size=0)
+    with pytest.raises(ValueError, match=r"^generate: top_k=2.5 must be a positive number of tokens"):
+        model.generate(inputs, 2, top_k=2.5)
+    for search in (model.generate, model.beam_search):  # (range(-3) or range(2.0) gave the prompt back, or a TypeError)
+        for n in (-3, 2.0):
+            with pytest.raises(ValueError, match=rf"^{search.__name__}: max_new_tokens={n!r} must be a whole number of at least 0$"):
+                search(inputs, n)
 
 
 def test_loss_counts_are_what_each_head_averages_and_a_share_reaches_every_head():
