@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from models import HeadConfig, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig
 from tokenizers_mm import ENDOFTEXT, CharTokenizer, TokenSet, collate, collate_examples, load_tokenizer, next_token_set
@@ -177,9 +178,10 @@ def make_evaluate(cfg: Config, val_set: Windows):
 
 
 def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, temperature: float, top_k: int | None, seed: int = 0,
-           num_samples: int | None = None) -> str | list[str]:  # fmt: skip
+           num_samples: int | None = None, progress: bool = False) -> str | list[str]:  # fmt: skip
     """`n` new tokens after `prompt`: one continuation, or with num_samples that many, drawn side by
-    side in one batch (so the first of several is not the one drawn alone with the seed)."""
+    side in one batch (so the first of several is not the one drawn alone with the seed).
+    progress: a bar of the tokens drawn on stderr (when it is a terminal)."""
     try:  # a special token's text is that token (nanoGPT's sample.py allows <|endoftext|>: a new document)
         ids = tokenizer.encode_ids(prompt or "\n", allowed_special="all")
     except ValueError:
@@ -190,7 +192,12 @@ def sample(model: MultimodalTransformer, tokenizer, prompt: str, n: int, tempera
     device = model.device
     batch = collate([tokens] * (num_samples or 1)).to(device)  # (num_samples, N)
     g = torch.Generator(device).manual_seed(seed)
-    out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g)
+    with tqdm(total=n, desc="generate", unit="token", leave=False, disable=None if progress else True) as bar:
+        def counted(logits, step, ids):  # (called once a step, on the host: no wait for the device)
+            bar.update()
+            return logits
+
+        out = model.generate({"text": batch}, n, temperature=temperature, top_k=top_k, generator=g, logits_filter=counted)
     texts = [tokenizer.decode(row) for row in out.cpu()]  # (one copy from the device)
     return texts if num_samples is not None else texts[0]
 
@@ -267,4 +274,4 @@ def generate(run_dir, prompt: str, max_new_tokens: int = 300, temperature: float
     a seed draws other samples on a GPU than on the CPU, as torch's generators do); with
     num_samples, a list of that many (`sample`)."""
     model, toks = load_trained(run_dir, device)
-    return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed, num_samples)
+    return sample(model, toks["text"], prompt, max_new_tokens, temperature, top_k, seed, num_samples, progress=True)

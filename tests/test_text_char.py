@@ -107,6 +107,24 @@ def test_sampling_a_corpus_without_newlines_starts_from_its_first_token():
     assert text.startswith(tok.decode([0])) and len(text) > len(tok.decode([0]))  # from token 0 (here <|endoftext|>), 5 more
 
 
+def test_generating_shows_a_bar_of_the_tokens_drawn_and_draws_the_same(monkeypatch):
+    """`mmtok generate` (gpt_char.generate) draws with a progress bar on a terminal: it counts the
+    steps and leaves the samples as they were."""
+    import io
+
+    from recipes import gpt_char
+
+    tok = CharTokenizer.from_corpus("abc\nabc\n", max_positions=16)
+    model = gpt_char.build_model(gpt_char.Config(dim=16, depth=1, num_heads=2, block_size=16), tok).eval()
+    plain = gpt_char.sample(model, tok, "a", 40, 1.0, None, seed=3, num_samples=2)
+    shown = io.StringIO()
+    bar = gpt_char.tqdm  # a terminal's: shown (progress=True's disable=None is off where stderr is no terminal)
+    monkeypatch.setattr(gpt_char, "tqdm", lambda **kw: bar(**{**kw, "file": shown, "disable": kw["disable"] is not None, "mininterval": 0}))
+    assert gpt_char.sample(model, tok, "a", 40, 1.0, None, seed=3, num_samples=2) == plain and not shown.getvalue()  # no bar asked
+    assert gpt_char.sample(model, tok, "a", 40, 1.0, None, seed=3, num_samples=2, progress=True) == plain
+    assert "generate: 100%" in shown.getvalue() and "40/40" in shown.getvalue()
+
+
 def test_a_split_too_short_for_a_window_is_named(tmp_path):
     """Which split is short, of which data, and how long it would have to be."""
     from recipes import gpt_char
