@@ -395,6 +395,25 @@ def add_device(s) -> None:
                    "GPU when it has one, else the CPU), as openai-whisper's --device; a GPU computes in float32, as the CPU")  # fmt: skip
 
 
+def version_line() -> str:
+    import platform
+
+    import torch
+
+    import tokenizers_mm
+
+    cuda = f", CUDA {torch.version.cuda}" if torch.version.cuda else ""
+    return f"mmtok (tokenizers-mm) {tokenizers_mm.__version__}; torch {torch.__version__}{cuda}; Python {platform.python_version()}; {platform.platform()}"
+
+
+class VersionAction(argparse.Action):
+    """--version: the line made when asked (torch's version needs its import, which other commands put off)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())  # (on stdout, as argparse's own version action)
+        parser.exit()
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose errors are one line, as the commands' own are (not the usage block first)."""
 
@@ -404,6 +423,8 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="mmtok", description="tokenizers-mm: tokenize anything, train one transformer on it.")
+    p.add_argument("--version", action=VersionAction, nargs=0,
+                   help="print tokenizers-mm's version with torch's, Python's and the platform's (for a bug report), then exit")  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p.commands = sub.choices  # command -> its parser (main reports an argument it does not know through that parser's error)
     s = sub.add_parser("recipes", help="list recipes and named configs", description="List recipes and named YAML configs.")

@@ -1,6 +1,7 @@
 """The training loop end to end, in real subprocesses: kill and resume, DDP, the CLI."""
 
 import dataclasses
+import importlib.metadata
 import json
 import math
 import re
@@ -574,6 +575,22 @@ def test_training_into_a_directory_with_checkpoints_is_refused(trained, small_te
     err = capsys.readouterr().err
     assert "already holds checkpoints" in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (trained / "checkpoints").iterdir()) == before
+
+
+def test_cli_version_names_ours_torchs_and_pythons(capsys):
+    """`mmtok --version` (for a bug report): the package's version as installed, torch's and Python's, on stdout."""
+    import platform
+
+    import torch
+
+    import tokenizers_mm
+    from recipes.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and tokenizers_mm.__version__ == importlib.metadata.version("tokenizers-mm")
+    assert out.startswith(f"mmtok (tokenizers-mm) {tokenizers_mm.__version__}; torch {torch.__version__}") and platform.python_version() in out
 
 
 def test_cli_sizes_must_be_positive(capsys):
