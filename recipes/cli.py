@@ -234,7 +234,7 @@ def cmd_transcribe(args):
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"--output-dir {args.output_dir}: cannot make the folder ({e.strerror})") from None
-    failed = []  # as openai-whisper's command: a file that cannot be read is skipped, the others' transcripts kept
+    failed, unwritten = [], []  # as openai-whisper's command: a file that cannot be read, or written, is skipped, the others' kept
     try:  # (the options are checked as the first result is asked for)
         results = transcribe(args.run_dir, args.audio, args.beam_size, args.min_pause, args.margin, args.language, args.task, fallback_options(args),
                              args.suppress if args.suppress_tokens is None else args.suppress_tokens, args.initial_prompt, args.condition_on_previous_text,
@@ -249,12 +249,19 @@ def cmd_transcribe(args):
                 continue
             print(f"{path}: {result['text']}", flush=True)
             if args.output_format:
-                files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
+                try:
+                    files = write_transcripts(result, path, args.output_format, args.output_dir or ".", options)
+                except OSError as e:  # (a full disk, a folder in a file's place: this file's transcript files, not the others')
+                    unwritten.append(path)
+                    print(f"transcribe: {path}: transcript not written: {e.strerror or e}", file=sys.stderr)
+                    continue
                 print(f"  wrote {', '.join(str(f) for f in files)}", file=sys.stderr)
     except ValueError as e:  # the Python function's keywords as this command's flags
         raise ValueError(as_flags(str(e), vars(args))) from None
-    if failed:
-        raise ValueError(f"{len(failed)} of {len(args.audio)} audio files not transcribed ({', '.join(failed)}): each named above")
+    said = [f"{len(paths)} of {len(args.audio)} audio files {what} ({', '.join(paths)})"
+            for paths, what in ((failed, "not transcribed"), (unwritten, "transcribed but their transcripts not written")) if paths]  # fmt: skip
+    if said:
+        raise ValueError(f"{'; '.join(said)}: each named above")
 
 
 def one_process(command: str) -> None:
@@ -364,7 +371,29 @@ positive_int.__name__, seed_int.__name__, top_k_int.__name__ = "positive whole n
 
 def optional_float(text: str) -> float | None:
     """A number, or none (a check turned off, as openai-whisper's command line reads None)."""
-    return None if text.lower() == "none" else float(text)
+    if text.lower() == "none":
+        return None
+    if math.isnan(value := float(text)):
+        raise argparse.ArgumentTypeError(f"expected a number, or none for no check, got {text}")
+    return value
+
+
+def optional_probability(text: str) -> float | None:
+    """A probability, or none (the no-speech check turned off)."""
+    value = optional_float(text)
+    if value is not None and not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a probability from 0 to 1, or none for no check, got {text}")
+    return value
+
+
+def given_text(text: str) -> str:
+    """A value that must say something: an empty one is most often an unset shell variable."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a value, got {text!r} (an unset shell variable?)")
+    return text
+
+
+optional_float.__name__ = optional_probability.__name__ = "number"  # argparse names them in "invalid ... value: 'abc'"
 
 
 FALLBACK_FLAGS = ("temperature", "temperature_increment_on_fallback", "best_of", "compression_ratio_threshold", "logprob_threshold", "no_speech_threshold")
@@ -471,7 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_predict)
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint: each file is cut at its pauses into segments no longer than the model's window, silence skipped.")
     s.add_argument("run_dir", metavar="RUN_DIR")
-    s.add_argument("audio", nargs="+", metavar="AUDIO")
+    s.add_argument("audio", nargs="+", type=given_text, metavar="AUDIO")
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.add_argument("--patience", type=positive_float, default=None, help="with beam search: stop once beam size × this many beams have "
                    "ended, the likeliest then kept (openai-whisper's --patience; default: the run's patience, 1.0)")  # fmt: skip
@@ -497,9 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 0: cut tight, as whisper_digits' clips)")  # fmt: skip
     s.add_argument("--output-format", choices=["txt", "vtt", "srt", "tsv", "json", "all"], default=None,
                    help="also write each file's transcript as openai-whisper does: txt, vtt / srt subtitles (a cue per segment), tsv, json, or all")  # fmt: skip
-    s.add_argument("--output-dir", default=None, help="where the transcript files go (default: here; with --output-dir alone, every "
+    s.add_argument("--output-dir", type=given_text, default=None, help="where the transcript files go (default: here; with --output-dir alone, every "
                                                      "format is written); files are named after the audio")  # fmt: skip
-    s.add_argument("--language", default=None, help="the language token for runs on multilingual Whisper weights (de; names such as German "
+    s.add_argument("--language", type=given_text, default=None, help="the language token for runs on multilingual Whisper weights (de; names such as German "
                                                    "with openai-whisper installed), or auto to detect each file's language on its first "
                                                    "window; English-only and from-scratch runs take en only (default: the run's)")  # fmt: skip
     s.add_argument("--fallback", action="store_true", help="openai-whisper's temperature fallback: a window whose text repeats itself "
@@ -514,7 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "compresses more than this is retried hotter (default 2.4; none: no check; implies --fallback)")  # fmt: skip
     s.add_argument("--logprob-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="LOGPROB", help="a window whose average "
                    "log-probability is below this is retried hotter (default -1.0; none: no check; implies --fallback)")  # fmt: skip
-    s.add_argument("--no-speech-threshold", type=optional_float, default=argparse.SUPPRESS, metavar="P", help="a window whose no-speech "
+    s.add_argument("--no-speech-threshold", type=optional_probability, default=argparse.SUPPRESS, metavar="P", help="a window whose no-speech "
                    "probability is above this, with a low log-probability, is skipped as silence (default 0.6; none: never; implies --fallback)")  # fmt: skip
     s.add_argument("--initial-prompt", default=None, metavar="TEXT", help="runs on Whisper's weights: text the model reads as said "
                    "before each window (names, spellings, a style), as openai-whisper's --initial_prompt")  # fmt: skip

@@ -159,6 +159,8 @@ def swap_task(prompt: list[int], text_tok, task: str, what: str) -> list[int]:
         raise ValueError(f"task={task!r}: expected transcribe or translate")
     languages = set(language_tokens(text_tok).values())
     if not languages:
+        if task == "transcribe":  # (what such a model does: as openai-whisper takes task="transcribe" for a .en model)
+            return prompt
         raise ValueError(f"task={task}: {what} is an English-only or a from-scratch model; it has no task tokens")
     specials = text_tok.special_ids
     after_language = next((i + 1 for i, t in enumerate(prompt) if t in languages), 1)
@@ -169,12 +171,14 @@ def previous_text(text_tok, text: str) -> list[int]:
     """openai-whisper's `prompt` / `initial_prompt`: <|startofprev|> and the text's tokens (after a
     space; the last max_positions // 2 - 1 of them), put before the prompt so the decoder reads it as
     what was said before (names, spellings, a style to follow). Whisper's vocabulary only."""
-    return previous_tokens(text_tok, text_tokens(text_tok, text, "initial prompt"))
+    return previous_tokens(text_tok, text_tokens(text_tok, text, "initial_prompt"))
 
 
 def text_tokens(text_tok, text: str, what: str) -> list[int]:
     """The tokens of a text said before (after a space, as Whisper writes text), for `previous_tokens`."""
     needs_previous(text_tok, what)
+    if held := [s for s in text_tok.special_ids if s in text]:  # (openai-whisper's tiktoken encode refuses them too)
+        raise ValueError(f"{what}: the text holds the special token {held[0]}, which a prompt's text cannot hold (it is read as text said before)")
     return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
 
 
@@ -316,13 +320,13 @@ class Suppress:
 
     def __init__(self, text_tok, tokens: str = "-1"):
         if not isinstance(text_tok, BPETokenizer) or "<|nospeech|>" not in text_tok.special_ids:
-            raise ValueError("suppression: openai-whisper's token suppression is for Whisper's vocabulary; this run has its own")
+            raise ValueError("suppress: openai-whisper's token suppression is for Whisper's vocabulary; this run has its own")
         from whisper.tokenizer import get_tokenizer
 
         multilingual = text_tok.vocab_size >= MULTILINGUAL_VOCAB
         ref = get_tokenizer(multilingual, num_languages=n_languages(text_tok))
         if ref.encoding.n_vocab != text_tok.vocab_size:
-            raise ValueError(f"suppression: openai-whisper's tokenizer has {ref.encoding.n_vocab} tokens, this run's {text_tok.vocab_size}")
+            raise ValueError(f"suppress: openai-whisper's tokenizer has {ref.encoding.n_vocab} tokens, this run's {text_tok.vocab_size}")
         try:
             ids = [int(t) for t in tokens.split(",")] if tokens.strip() else []
         except ValueError:
@@ -943,7 +947,7 @@ def transcribe_files(run_dir, paths: list[str], beam_size: int | None = None, mi
     if word_timestamps and toks["text"].special_ids.get("<|translate|>") in run_prompt:  # as openai-whisper warns
         print(f"transcribe {run_dir}: word timestamps on a translation may not be reliable (its English words are not the words said)",
               file=sys.stderr)  # fmt: skip
-    initial = text_tokens(toks["text"], initial_prompt, "initial prompt") if initial_prompt else []
+    initial = text_tokens(toks["text"], initial_prompt, "initial_prompt") if initial_prompt else []
     if condition_on_previous_text:
         needs_previous(toks["text"], "condition_on_previous_text")
     options = None if not fallback else fallback if isinstance(fallback, dict) else {}

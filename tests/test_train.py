@@ -608,7 +608,18 @@ def test_cli_sizes_must_be_positive(capsys):
                        (["generate", "r", "--max_new_tokens", "5"], "mmtok generate: error: unrecognized arguments: --max_new_tokens 5 "
                                                                     "(did you mean --max-new-tokens?) (see mmtok generate --help)"),  # (nanoGPT's)
                        (["train", "gpt_char", "--max-steps", "3"], "mmtok train: error: unrecognized arguments: --max-steps 3; config keys are "
-                                                                   "given as key=value (max_steps=...), not as options (see mmtok train --help)")):  # fmt: skip
+                                                                   "given as key=value (max_steps=...), not as options (see mmtok train --help)"),
+                       (["transcribe", "r", "a.wav", "--output-dir", ""], "mmtok transcribe: error: argument --output-dir: expected a value, "
+                                                                          "got '' (an unset shell variable?) (see mmtok transcribe --help)"),
+                       (["transcribe", "r", ""], "mmtok transcribe: error: argument AUDIO: expected a value, got '' (an unset shell variable?) "
+                                                 "(see mmtok transcribe --help)"),
+                       (["transcribe", "r", "a.wav", "--no-speech-threshold", "2"], "mmtok transcribe: error: argument --no-speech-threshold: "
+                                                                                   "expected a probability from 0 to 1, or none for no check, got 2 "
+                                                                                   "(see mmtok transcribe --help)"),
+                       (["transcribe", "r", "a.wav", "--logprob-threshold", "nan"], "mmtok transcribe: error: argument --logprob-threshold: "
+                                                                                   "expected a number, or none for no check, got nan (see mmtok transcribe --help)"),
+                       (["transcribe", "r", "a.wav", "--compression-ratio-threshold", "abc"], "mmtok transcribe: error: argument "
+                        "--compression-ratio-threshold: invalid number value: 'abc' (see mmtok transcribe --help)")):  # fmt: skip
         with pytest.raises(SystemExit) as exit_:  # an argument of the command's: its name and help, not `mmtok --help`
             main(argv)
         assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"

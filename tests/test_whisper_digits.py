@@ -36,7 +36,7 @@ def test_trains_evaluates_and_transcribes(tmp_path, capsys):
     assert whisper_digits.transcribe_files(run, files[:1], language="en")[0] == {**whisper_digits.transcribe_files(run, files[:1])[0], "language": "en"}
     with pytest.raises(ValueError, match="openai-whisper's token suppression is for Whisper's vocabulary; this run has its own"):
         whisper_digits.transcribe(run, files[:1], suppress=True)
-    with pytest.raises(ValueError, match="initial prompt: this run's vocabulary has no <\\|startofprev\\|>"):
+    with pytest.raises(ValueError, match="initial_prompt: this run's vocabulary has no <\\|startofprev\\|>"):
         whisper_digits.transcribe(run, files[:1], initial_prompt="two four")
     with pytest.raises(ValueError, match="condition_on_previous_text: this run's vocabulary has no <\\|startofprev\\|>"):
         whisper_digits.transcribe(run, files[:1], condition_on_previous_text=True)

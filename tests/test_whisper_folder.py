@@ -925,10 +925,16 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
                           (["--carry-initial-prompt", "--initial-prompt", "Seven."], "--carry-initial-prompt: it reads the initial prompt "
                            "before every window of --windows seek (--windows pauses always does); it needs --windows seek and an --initial-prompt"),
                           (["--windows", "seek", "--margin", "0.2"], "--min-pause / --margin: they cut a file at its pauses (--windows pauses); "
-                           "--windows seek reads openai-whisper's windows")]:  # fmt: skip  # (the flags as typed, not the Python keywords)
+                           "--windows seek reads openai-whisper's windows"),
+                          (["--initial-prompt", "<|endoftext|> Seven."], "--initial-prompt: the text holds the special token <|endoftext|>, "
+                           "which a prompt's text cannot hold")]:  # fmt: skip  # (the flags as typed, not the Python keywords)
         assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), *args]) == 2  # refused before any decoding
         assert message in capsys.readouterr().err
-    capsys.readouterr()
+    (tmp_path / "part" / "talk.srt").mkdir(parents=True)  # one file's transcript cannot be written: the next is still transcribed
+    assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), str(data / "c2.wav"), "--output-format", "srt", "--output-dir", str(tmp_path / "part")]) == 2
+    err = capsys.readouterr().err
+    assert f"transcribe: {tmp_path / 'talk.wav'}: transcript not written: cannot write {tmp_path / 'part' / 'talk.srt'}: Is a directory" in err
+    assert (tmp_path / "part" / "c2.srt").is_file() and f"1 of 2 audio files transcribed but their transcripts not written ({tmp_path / 'talk.wav'}): each named above" in err
     assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), "--condition-on-previous-text"]) == 0  # the second window reads the first's text
     conditioned = whisper_folder.transcribe_files(run, [tmp_path / "talk.wav"], condition_on_previous_text=True)[0]
     assert capsys.readouterr().out.split(": ", 1)[1].strip() == conditioned["text"]
@@ -985,3 +991,4 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
     assert whisper_folder.transcribe_files(english, [str(clip)])[0]["language"] == "en"  # as openai-whisper's result for a .en model
     with pytest.raises(ValueError, match="task=translate: .*run_en is an English-only or a from-scratch model; it has no task tokens"):
         whisper_folder.transcribe(english, [str(clip)], task="translate")
+    assert whisper_folder.transcribe(english, [str(clip)], task="transcribe") == whisper_folder.transcribe(english, [str(clip)])  # what it does

@@ -206,7 +206,9 @@ def _soundfile(path):
     import soundfile as sf
 
     if not path.is_file():
-        raise AudioError(f"audio {path}: {'a folder, not an audio file' if path.is_dir() else 'no such file'}")
+        what = ("a folder, not an audio file" if path.is_dir() else "not a regular file (a pipe or a device): save the audio to a file first"
+                if path.exists() else "no such file")  # fmt: skip
+        raise AudioError(f"audio {path}: {what}")
     if path.stat().st_size == 0:
         raise AudioError(f"audio {path}: the file is empty (0 bytes)")
     try:
