@@ -120,8 +120,13 @@ def test_bad_audio_is_named(tmp_path):
     tok = AudioTokenizer(chunk=False, max_frames=200)
     with pytest.raises(AudioError, match="clip.wav: the waveform is empty"):
         tok.encode(np.zeros(0, dtype=np.float32), name="clip.wav")
-    with pytest.raises(AudioError, match="NaN"):
+    with pytest.raises(AudioError, match=r"NaN or infinite samples \(the first 0.00 s in\)$"):
         tok.encode(torch.tensor([0.0, float("nan")]))
+    late = np.zeros(44100 * 20, np.float32)
+    late[int(44100 * 13.37)] = np.inf
+    sf.write(tmp_path / "late.wav", late, 44100, subtype="FLOAT")  # streamed in 8 s blocks: said where in the file, not the block
+    with pytest.raises(AudioError, match=r"^audio \S+late.wav: the waveform holds NaN or infinite samples \(the first 13.37 s in\)$"):
+        list(stream_audio(tmp_path / "late.wav", 8))
     with pytest.raises(AudioError, match="longer than max_frames=200"):
         tok.encode(torch.zeros(3 * SAMPLE_RATE))
     with pytest.raises(AudioError, match=r"pcm: int64 samples have no known scale; give float samples in \[-1, 1\] or int8"):

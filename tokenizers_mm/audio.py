@@ -160,7 +160,10 @@ def to_waveform(audio, sample_rate: int = SAMPLE_RATE, name: str = "audio") -> T
     if x.numel() == 0:
         raise AudioError(f"{name}: the waveform is empty (0 samples)")
     if not torch.isfinite(x).all():
-        raise AudioError(f"{name}: the waveform holds NaN or infinite samples")
+        first = int((~torch.isfinite(x)).nonzero()[0, 0])
+        at = (f"{first / sample_rate:.2f} s in" if isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool) and sample_rate > 0
+              else f"sample {first:,}")  # fmt: skip
+        raise AudioError(f"{name}: the waveform holds NaN or infinite samples (the first {at})")
     if (peak := float(x.abs().max())) > MAX_PEAK:  # (refused here, where a folder's files are checked, not at the spectrogram mid-run)
         raise AudioError(f"{name}: the spectrogram would overflow (peak amplitude {peak:.3g}); expected samples in [-1, 1]")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
@@ -281,13 +284,13 @@ def stream_audio(path, seconds: float):
             break
         frames_read += len(piece)
         if current is not None:
-            wave = _resampled_span(before, current, piece[:context], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
+            wave = _resampled_span(before, current, piece[:context], rate, up, down, path, done / SAMPLE_RATE)
             done += len(wave)
             yield wave
             before = np.concatenate([before, current])[-context:] if context else before
         current = piece
     if current is not None:
-        wave = _resampled_span(before, current, current[:0], rate, up, down, f"{path} [{done / SAMPLE_RATE:.0f} s]")
+        wave = _resampled_span(before, current, current[:0], rate, up, down, path, done / SAMPLE_RATE)
         done += len(wave)
         yield wave
     if failed is not None:
@@ -348,9 +351,15 @@ def _decoded_blocks(sf, path: Path, block: int, small: int):
 STREAM_CONTEXT = 4096  # input samples of each neighbour a streamed block is resampled with (the filters reach ~10 output samples)
 
 
-def _resampled_span(before: np.ndarray, current: np.ndarray, after: np.ndarray, rate: int, up: int, down: int, name: str) -> Tensor:
-    """`current` at 16 kHz, resampled with `before` and `after` around it and cut to its own span."""
-    wave = to_waveform(np.concatenate([before, current, after]), rate, name)
+def _resampled_span(before: np.ndarray, current: np.ndarray, after: np.ndarray, rate: int, up: int, down: int, path: Path,
+                    start: float) -> Tensor:  # fmt: skip
+    """`current` (which starts `start` seconds into the file) at 16 kHz, resampled with `before` and
+    `after` around it and cut to its own span."""
+    joined = np.concatenate([before, current, after])
+    if not np.isfinite(joined).all():  # (named here by its time in the file: to_waveform sees only this block)
+        first = int(np.flatnonzero(~np.isfinite(joined))[0])
+        raise AudioError(f"audio {path}: the waveform holds NaN or infinite samples (the first {start + (first - len(before)) / rate:.2f} s in)")
+    wave = to_waveform(joined, rate, f"{path} [from {start:.0f} s]")
     start = len(before) * up // down  # (len(before): a multiple of down)
     return wave[start : start + math.ceil(len(current) * up / down)]
 
