@@ -1,7 +1,7 @@
 """Caption handwritten digits: one decoder reads an image, then writes the digit's name.
 
-    python examples/caption_digits.py                   # 600 steps, about 40 s on 2 CPU cores: ~93% of held-out digits
-    python examples/caption_digits.py --steps 1500 --plot captions.png --save my_captioner   # ~96%, a picture, the model
+    python examples/caption_digits.py                   # 1,500 steps, about 35 s on 2 CPU cores: 95.6-97.5% of held-out digits
+    python examples/caption_digits.py --plot captions.png --save my_captioner   # ... with a picture, and the model kept
 
 `vit_digits` (a classifier, with augmentation and 5,000 steps) reaches 98.9% on the same split.
 
@@ -51,7 +51,7 @@ def caption(model, image_tok, text_tok, images: torch.Tensor) -> list[str]:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
