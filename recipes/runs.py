@@ -308,6 +308,23 @@ def check_tokenizers(model: MultimodalTransformer, tokenizers: dict, run_dir) ->
 
 
 RESUME_OVERRIDES = ("max_steps", "lr_decay_steps", "fsdp")  # what `mmtok resume RUN key=value` may change
+# run.json keys an edit may change before a resume: how often the run logs, evaluates and saves, how fast it
+# computes, whether a non-finite batch is skipped (after a stop on one); not what it trains
+RESUME_EDITABLE = ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "num_workers", "log_mfu", "compile", "grad_checkpoint",
+                   "fused_adamw", "skip_nonfinite")  # fmt: skip
+
+
+def changed_since(cfg, recorded) -> list[str]:
+    """`key=now (trained with: then)` for each config value that differs from what a run's checkpoint
+    recorded it training with (`trainer_state.json`'s config; run.json edited since): a resumed run
+    takes its model, optimizer and schedule from the checkpoint, so a changed size or learning rate
+    would be ignored, and a changed batch size or seed would break the exact resume, without a word.
+    Paths (a folder moved) and the keys resume and RESUME_EDITABLE may change are free."""
+    if not isinstance(recorded, dict):  # (a checkpoint of an older version)
+        return []
+    free = {"run_dir", *PATH_KEYS, *CACHE_DIR_KEYS, *RESUME_OVERRIDES, *RESUME_EDITABLE}
+    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # (as the checkpoint wrote it: tuples as lists)
+    return [f"{k}={now[k]!r} (trained with: {recorded[k]!r})" for k in now if k in recorded and k not in free and now[k] != recorded[k]]
 
 
 DATA_FILE = "data.json"  # what a run's data was as it started (counts, a SHA-256): its resume checks it is the same

@@ -44,7 +44,7 @@ from .checkpoint import (CheckpointError, gather_rng_states, held_checkpoint, la
                          set_rng_state, verify_latest, write_checkpoint)
 from .config import ACCELERATE_FSDP, TrainConfig, check_split, on_cpu
 from .fsdp import gather, is_sharded, load_optimizer_state, optimizer_state, shard, subset_inputs
-from .runs import gloo_quiet, launched_processes, record_resumed
+from .runs import changed_since, gloo_quiet, launched_processes, record_resumed
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -503,6 +503,10 @@ def train(
         if not (isinstance(trainer_state.get("step"), int) and isinstance(trainer_state.get("scheduler"), dict)):  # (read_json: an object)
             raise CheckpointError(f"{ckpt / 'trainer_state.json'}: expected {{\"step\": N, \"scheduler\": {{...}}, ...}}, as training writes "
                                   f"it; move {ckpt.name} aside to resume from the checkpoint before it")  # fmt: skip
+        if changed := changed_since(cfg, trainer_state.get("config")):
+            raise ValueError(f"resume: {run_dir / 'run.json'} was changed since the run wrote {ckpt.name}: {', '.join(changed)}; a run resumes as it "
+                             f"trained (its model, optimizer and schedule are the checkpoint's; `mmtok resume RUN max_steps=N`, lr_decay_steps=N "
+                             f"and fsdp=true|false change on the command line): put the values back, or start a new run")  # fmt: skip
         start_step, skipped = trainer_state["step"], trainer_state.get("skipped_batches", 0)  # (older checkpoints: none kept)
         if accelerator.is_main_process:
             print(f"resume: from {ckpt.name}, step {start_step} of {cfg.max_steps}" + (

@@ -344,10 +344,11 @@ def build_from_timm(cfg: Config, tokenizer, num_classes: int):
 def main(cfg: Config, resume: bool = False) -> dict:
     if bool(cfg.timm_model) != bool(cfg.init_from):
         raise ValueError("give both timm_model=ARCH and init_from=weights.safetensors, or neither")
-    if cfg.init_from and not resume:  # before any image is read or the run directory written
+    if cfg.init_from:  # before any image is read or the run directory written
         _, config = timm_vit(cfg, device="meta")
         take_shape(cfg, timm_shape(config), f"timm_model={cfg.timm_model}", "vit_folder")  # a value given for another is refused, not replaced
-        read_init_from(cfg, tensors=False)
+        if not resume:  # (a resumed run's weights are its checkpoint's: the file may be gone; its shape is timm_model's, as it trained)
+            read_init_from(cfg, tensors=False)
     return vit.run(cfg, "vit_folder", build_data, resume, build=build_from_timm if cfg.init_from else None)
 
 

@@ -625,6 +625,32 @@ def test_cli_sizes_must_be_positive(capsys):
         assert exit_.value.code == 2 and capsys.readouterr().err == said + "\n"
 
 
+def test_resume_refuses_a_run_json_edited_since_its_checkpoint(tmp_path, trained, capsys):
+    """A resumed run takes its model, optimizer and schedule from the checkpoint: a width or learning
+    rate edited into run.json would be ignored without a word (the run went on at dim=32 under a
+    run.json saying 64). Refused, naming each value and the one trained with; how often it logs,
+    evaluates and saves, and skipping non-finite batches, may change."""
+    from recipes.checkpoint import list_checkpoints
+    from recipes.cli import main
+
+    run = shutil.copytree(trained, tmp_path / "run")
+    doc = json.loads((run / "run.json").read_text())
+    kept = dict(doc["config"])
+    doc["config"].update(dim=64, lr=0.01)
+    (run / "run.json").write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["resume", str(run), "max_steps=24"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"run.json was changed since the run wrote step-0000020: lr=0.01 (trained with: {kept['lr']!r}), " \
+        f"dim=64 (trained with: {kept['dim']})" in err and "put the values back, or start a new run" in err, err
+    assert [c.name for c in list_checkpoints(run)] == ["step-0000010", "step-0000020"]  # nothing written
+    assert json.loads((run / "run.json").read_text())["config"]["max_steps"] == 20
+    doc["config"] = {**kept, "ckpt_every": 2, "skip_nonfinite": True}
+    (run / "run.json").write_text(json.dumps(doc))
+    assert main(["resume", str(run), "max_steps=24"]) == 0
+    assert [c.name for c in list_checkpoints(run)] == ["step-0000022", "step-0000024"]  # every 2 steps now (2 kept)
+
+
 def test_a_checkpoint_whose_state_files_are_of_another_shape_is_named(tmp_path, trained, capsys):
     """trainer_state.json or rng.json edited (their manifest written again to match): one line naming the
     file (was "mmtok: error: step", a bare KeyError, and "checkpoint: unknown node []")."""
