@@ -311,7 +311,11 @@ class MultimodalTransformer(nn.Module):
         out, unused = Output(logits={}), []
         for name, head in self.heads.items():
             hc = self.config.heads[name]
-            if hc.modality not in feats:  # subset_inputs: this batch carries no tokens for the head
+            if hc.modality not in feats:  # subset_inputs: this batch carries no tokens for the head; or memory= stands for them
+                if targets is not None and targets.get(name) is not None:  # (it would train nothing, without a word)
+                    why = (f"memory= stands for the encoder's {hc.modality!r} tokens (their states are not computed again): give the "
+                           "inputs without memory= to train it" if hc.modality in inputs else f"this batch carries no {hc.modality!r} tokens")
+                    raise ValueError(f"targets[{name!r}]: head {name!r} reads {hc.modality!r} and {why}")
                 continue
             h, mask = feats[hc.modality]
             if hc.kind in ("classify", "regress") and inputs[hc.modality].segments is not None:  # (read on the host: no sync)
@@ -450,6 +454,9 @@ class MultimodalTransformer(nn.Module):
                     what = "content tokens (only its learned tokens: CLS, ...)" if bool(b.mask[empty].any()) else "tokens"
                     raise ValueError(f"sample {int(empty.nonzero()[0])} of the batch has no {hc.modality!r} {what} for head {name!r} "
                                      f"to {'read' if hc.pool == 'cls' else 'average'}: a pooled head needs at least one per sample")  # fmt: skip
+                if hc.pool == "cls" and not bool(b.mask[:, 0].all()):  # (it reads each row's first token: padding, in a left-padded row)
+                    raise ValueError(f"sample {int((~b.mask[:, 0]).nonzero()[0])} of the batch starts with padding in {hc.modality!r}; head "
+                                     f"{name!r} (pool='cls') reads each sample's first token: pad at the end, as collate does")  # fmt: skip
             y = (targets or {}).get(name)
             if y is not None and b is not None and hc.kind in ("classify", "regress"):  # a pooled head's targets: one per sample (shapes and dtypes: no device sync)
                 self._check_sample_targets(name, y, b.shape[0])
@@ -633,7 +640,8 @@ class MultimodalTransformer(nn.Module):
         return_logprobs: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Sample continuations from the LM head. Returns ids (B, N + max_new_tokens), or fewer new
-        tokens when `eos_id` is given and every row has produced it (one host sync per step).
+        tokens when `eos_id` is given and every row has produced it (one host sync per step); a row
+        that has produced it is filled with `eos_id` after it, as beam_search pads (and transformers).
         return_logprobs: also return each new token's log-probability, (B, new) float32: the
         log-softmax of its step's logits after logits_filter, before temperature and top_k (the
         model's probability, as openai-whisper's decoder sums it); 0 after a row's `eos_id`, so that a
@@ -647,8 +655,11 @@ class MultimodalTransformer(nn.Module):
         Past the modality's position table, the context is cropped to its last max_positions
         tokens and re-run without the cache (nanoGPT's sliding window).
         """
-        if not (temperature >= 0 and math.isfinite(temperature)):  # (a negative one would favour the least likely tokens)
-            raise ValueError(f"generate: temperature={temperature} must be a finite number >= 0 (0 is greedy decoding)")
+        if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):  # (a negative one: the least likely)
+            raise ValueError(f"generate: temperature={temperature!r} must be a finite number >= 0 (0 is greedy decoding)")
+        if generator is not None and not hasattr(generator, "initial_seed"):  # (a seed given as one: torch's long "invalid combination")
+            raise TypeError(f"generate: generator is a torch.Generator (torch.Generator().manual_seed({generator!r}) for a seed), "
+                            f"got {type(generator).__name__}")  # fmt: skip
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"generate: top_k={top_k!r} must be a positive number of tokens (None or 0: no top-k cut)")
         whole("generate:", max_new_tokens=(max_new_tokens, 0))
@@ -679,6 +690,8 @@ class MultimodalTransformer(nn.Module):
             if logits_filter is not None:
                 logits = logits_filter(logits, step, ids)
             nxt = self._sample(logits, temperature, top_k, generator)
+            if eos_id is not None:  # a row that has ended goes on with eos_id (as transformers' pad after the end), its draw dropped
+                nxt = nxt.masked_fill(ended[:, None], eos_id)
             if return_logprobs:
                 chosen = logits.log_softmax(-1).gather(1, nxt)[:, 0]
                 logprobs.append(chosen.masked_fill(ended, 0.0))  # a row that ended before this step adds nothing
@@ -849,11 +862,13 @@ class MultimodalTransformer(nn.Module):
 
     @classmethod
     def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+        """A model folder (`save`'s, a checkpoint's) on `device`, in eval mode as Hugging Face's
+        `from_pretrained` returns one (dropout off: `.train()` to fine-tune it)."""
         if not (Path(directory) / WEIGHTS_FILE).is_file():  # (before the config's model is built: nothing to check its sizes against)
             raise FileNotFoundError(f"model: {Path(directory) / WEIGHTS_FILE} does not exist")
         model = cls.architecture(directory)
         load_weights(model, Path(directory) / WEIGHTS_FILE)
-        return model.to(device)
+        return model.to(device).eval()
 
 
 def finished_beams(beam_size: int, patience: float) -> int:

@@ -5,7 +5,7 @@ from torch import Tensor
 
 from models import (Attention, GNMTPenalty, HeadConfig, KVCache, ModalityConfig, ModelConfig, MultimodalTransformer, TrunkConfig,
                     build_mask, length_normalised)  # fmt: skip
-from tokenizers_mm import ModalitySpec, TokenSet, collate, next_token_set, pack
+from tokenizers_mm import ModalitySpec, TokenBatch, TokenSet, collate, next_token_set, pack
 
 TEXT = ModalitySpec("text", ("token",), max_positions=32, vocab_size=50)
 IMAGE = ModalitySpec("image", ("patch", "extra"), max_positions=16, value_dim=12)
@@ -113,8 +113,9 @@ def test_cached_generation_under_autocast_keeps_the_cache_in_its_dtype():
 
 
 def test_generation_stops_when_every_row_has_ended():
-    """eos_id: greedy decoding goes on while any row has not produced it (a row that has keeps
-    generating), stops at the step the last row does, with the tokens of the full-length run."""
+    """eos_id: greedy decoding goes on while any row has not produced it (a row that has is filled
+    with eos_id, as transformers pads), stops at the step the last row does, with the tokens of the
+    full-length run up to each row's end."""
     torch.manual_seed(0)
     model = lm_model()
     with torch.no_grad():
@@ -132,7 +133,10 @@ def test_generation_stops_when_every_row_has_ended():
     assert later, "no token that both rows produce at different steps: change the seed"
     eos = min(later, key=lambda t: max(first[0][t], first[1][t]))
     short = model.generate(prompt, 20, temperature=0, eos_id=eos)
-    assert short.shape[1] == 4 + max(first[0][eos], first[1][eos]) and torch.equal(short, full[:, : short.shape[1]])
+    assert short.shape[1] == 4 + max(first[0][eos], first[1][eos])
+    for r in range(2):
+        end = 4 + first[r][eos]
+        assert torch.equal(short[r, :end], full[r, :end]) and set(short[r, end:].tolist()) <= {eos}
 
 
 def test_kv_cache_capacity():
@@ -236,8 +240,8 @@ def test_cross_attention_scores_leave_a_padded_memory_out():
 def test_save_load_round_trip(tmp_path):
     model = multimodal("encoder-decoder").eval()
     model.save(tmp_path)
-    back = MultimodalTransformer.load(tmp_path).eval()
-    assert back.config == model.config
+    back = MultimodalTransformer.load(tmp_path)
+    assert back.config == model.config and not back.training  # in eval mode, as transformers' from_pretrained
     inputs = {"image": collate([TokenSet("image", values=torch.randn(3, 12))]), "text": collate([rand_text(4)])}
     torch.testing.assert_close(back(inputs).logits["lm"], model(inputs).logits["lm"], atol=0, rtol=0)
 
@@ -358,10 +362,11 @@ def test_decoding_returns_the_log_probabilities_teacher_forcing_gives():
         eos = int(plain[0, 7])  # the first row ends at its fourth new token; the others where they meet it
         ids, logprobs = model.generate(prompt, 12, temperature=0.8, top_k=20, generator=torch.Generator().manual_seed(2), logits_filter=banned,
                                        eos_id=eos, return_logprobs=True)  # fmt: skip
-        assert torch.equal(ids, plain[:, : ids.shape[1]]) and logprobs.shape == (3, ids.shape[1] - 4) and logprobs.dtype == torch.float32
+        assert logprobs.shape == (3, ids.shape[1] - 4) and logprobs.dtype == torch.float32
         for r in range(3):
             new = ids[r, 4:].tolist()
             end = 4 + (new.index(eos) + 1 if eos in new else len(new))
+            assert torch.equal(ids[r, :end], plain[r, :end]) and set(ids[r, end:].tolist()) <= {eos}  # (the other rows' draws as without eos_id)
             np.testing.assert_allclose(logprobs[r, : end - 4].tolist(), forced(ids[r], end), atol=1e-5)
             assert (logprobs[r, end - 4 :] == 0).all() and (logprobs[r, : end - 4] < 0).all()
         assert model.generate(prompt, 0, return_logprobs=True)[1].shape == (3, 0)
@@ -486,6 +491,8 @@ def test_memory_computed_once_serves_forward_generate_and_beam_search():
             lm_model().generate({"text": prompts}, 2, memory=memory)
         with pytest.raises(ValueError, match="memory= is the encoder's output for unpacked inputs .this model has no encoder."):
             lm_model()({"text": prompts}, memory=memory)
+        with pytest.raises(ValueError, match=r"^targets\['cls'\]: head 'cls' reads 'image' and memory= stands for the encoder's 'image' tokens"):
+            model(inputs, {"cls": torch.tensor([0, 1])}, memory=memory)  # (its loss was left out without a word)
 
 
 def test_sampling_draws_from_the_softmax_of_the_top_k():
@@ -712,6 +719,19 @@ def test_a_pooled_head_refuses_packed_rows_and_a_loss_mask_must_be_bool():
         TokenSet("text", ids=torch.tensor([1, 2]), targets=torch.tensor([2, 3]), loss_mask=torch.tensor([1, 0]))
 
 
+def test_a_target_for_a_head_whose_tokens_the_batch_lacks_is_refused():
+    """subset_inputs (a generalist's task batches): a batch without a head's modality skips that
+    head, and a target given for it was skipped with it, training nothing."""
+    mods = {"text": ModalityConfig.from_spec(TEXT), "image": ModalityConfig.from_spec(IMAGE)}
+    model = MultimodalTransformer(ModelConfig(TrunkConfig(dim=32, depth=1, num_heads=4, mode="encoder"), mods,
+                                              {"cls": HeadConfig("classify", "image", num_outputs=3, pool="mean")},
+                                              encoder_inputs=["image", "text"], subset_inputs=True))  # fmt: skip
+    text = collate([rand_text(3), rand_text(2)])
+    assert model({"text": text}).logits == {}  # no image tokens: no head runs
+    with pytest.raises(ValueError, match=r"^targets\['cls'\]: head 'cls' reads 'image' and this batch carries no 'image' tokens$"):
+        model({"text": text}, {"cls": torch.tensor([0, 1])})
+
+
 def test_a_pooled_head_refuses_a_sample_with_nothing_to_read():
     """A sample with no tokens of a pooled head's modality (an empty text) was classified from a
     zero vector, its loss trained on nothing; with learned tokens (CLS) a mean over none of the
@@ -729,6 +749,10 @@ def test_a_pooled_head_refuses_a_sample_with_nothing_to_read():
     with pytest.raises(ValueError, match=r"sample 0 of the batch has no 'image' content tokens \(only its learned tokens"):
         pooled({"image": collate([only_cls, full])})
     assert pooled({"image": collate([full, full])}).logits["cls"].isfinite().all()
+    mask = torch.tensor([[True] * 4, [False, False, True, True]])  # a batch made by hand, padded on the left
+    left = TokenBatch("image", None, torch.randn(2, 4, 12), torch.tensor([[0, 1, 2, 3], [0, 0, 0, 1]]), torch.zeros(2, 4, dtype=torch.long), mask)
+    with pytest.raises(ValueError, match=r"sample 1 of the batch starts with padding in 'image'; head 'reg' \(pool='cls'\) reads each sample's first token"):
+        model({"image": left, "text": text})  # (it read the padding's vector)
     lm = lm_model()  # a decoder's LM loss over rows with and without targets: the empty row adds nothing
     loss = lm({"text": collate([next_token_set("text", torch.arange(5)), TokenSet("text", ids=torch.zeros(0, dtype=torch.long),
                                                                                    targets=torch.zeros(0, dtype=torch.long))])}).loss  # fmt: skip
@@ -854,6 +878,10 @@ def test_sampling_arguments_are_checked():
             model.generate(inputs, 2, **kw)
     with pytest.raises(ValueError, match=r"beam_search: beam_size=0 must be a whole number >= 1"):
         model.beam_search(inputs, 2, beam_size=0)
+    with pytest.raises(ValueError, match=r"^generate: temperature=None must be a finite number >= 0"):
+        model.generate(inputs, 2, temperature=None)
+    with pytest.raises(TypeError, match=r"^generate: generator is a torch.Generator \(torch.Generator\(\).manual_seed\(123\) for a seed\), got int$"):
+        model.generate(inputs, 2, generator=123)
     with pytest.raises(ValueError, match=r"^generate: top_k=2.5 must be a positive number of tokens"):
         model.generate(inputs, 2, top_k=2.5)
     for search in (model.generate, model.beam_search):  # (range(-3) or range(2.0) gave the prompt back, or a TypeError)

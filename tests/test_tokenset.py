@@ -217,3 +217,27 @@ def test_python_api_mistakes_are_named():
     assert example.ids.tolist() == [5, 6] and example.targets.tolist() == [6, 7]
     with pytest.raises(ValueError, match=r"need a 1-D sequence of at least 2 ids, got shape \(1,\)"):
         next_token_set("text", [5])
+
+
+def test_what_a_library_user_hands_over_is_taken_as_meant():
+    """A generator of sets is collated (and packed) as their list; select(i) is the batch of row i
+    (t[i] dropped the batch dimension, and the model then named the batch sizes as differing); ids
+    in a read-only array (np.frombuffer: tiktoken's, BPETokenizer.encode_ids') raise no torch
+    warning about it; a TokenBatch given to a text decoder is one line, not "not iterable"."""
+    import warnings
+
+    import numpy as np
+
+    from tokenizers_mm import CharTokenizer
+
+    sets = [TokenSet("text", ids=torch.arange(n)) for n in (3, 5)]
+    assert torch.equal(collate(s for s in sets).ids, collate(sets).ids)
+    assert torch.equal(pack((s for s in sets), 8).ids, pack(sets, 8).ids)
+    batch = collate(sets)
+    assert batch.select(1).shape == (1, 5) and torch.equal(batch.select(1).ids, batch.select([1]).ids)
+    frozen = np.frombuffer(np.arange(4, dtype=np.uint32).tobytes(), dtype=np.uint32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TokenSet("text", ids=frozen).ids.tolist() == [0, 1, 2, 3]
+    with pytest.raises(TypeError, match=r"^text_char: decode reads one sequence of ids; a TokenBatch holds 2 rows"):
+        CharTokenizer("abcdef").decode(batch)

@@ -16,7 +16,7 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .registry import get, name_of
-from .tokenset import ModalitySpec, TokenSet
+from .tokenset import ModalitySpec, TokenBatch, TokenSet
 
 FORMAT = "tokenizers-mm/tokenizer"
 FORMAT_VERSION = 1
@@ -187,6 +187,9 @@ def id_list(tokens, who: str) -> list[int]:
     """One sequence of token ids as a list of ints, for a text decoder: a TokenSet, a 1-D tensor or
     array, or a list of ints (a 0-d tensor is one id). A (B, N) batch, float or bool ids are refused
     in one line naming `who` (a row of them reads `[tok.decode(row) for row in ids]`)."""
+    if isinstance(tokens, TokenBatch):
+        raise TypeError(f"{who}: decode reads one sequence of ids; a TokenBatch holds {tokens.shape[0]} rows, padded: decode each "
+                        "sample's TokenSet, or the rows of its ids without their padding")  # fmt: skip
     ids = tokens.ids if isinstance(tokens, TokenSet) else tokens
     if ids is None:
         raise TypeError(f"{who}: decode reads ids; this TokenSet holds values")

@@ -17,6 +17,11 @@ from .tokenset import TokenBatch, TokenSet, positive
 PAD_SEGMENT = -1
 
 
+def listed(sets):
+    """The sets of any iterable (a generator, a map) as a list: they are read more than once."""
+    return sets if isinstance(sets, (list, tuple, TokenSet)) or not hasattr(sets, "__iter__") else list(sets)
+
+
 def _check_same(sets: list[TokenSet], who: str, index: list[int] | None = None):
     """Every set must agree with the first in modality, fields present, and each field's dtype and
     per-token shape (padding writes into the first's tensors: anything else would be cast or
@@ -70,6 +75,7 @@ def _place(rows: list[list[tuple[int, TokenSet, int]]], length: int, with_segmen
 
 def collate(sets: list[TokenSet], pad_to_multiple: int = 1) -> TokenBatch:
     """Pad B sets to the longest: ids [B, N] (or values [B, N, D]) with mask [B, N]."""
+    sets = listed(sets)
     _check_same(sets, "collate")
     positive("collate", "pad_to_multiple", pad_to_multiple)
     lengths = {len(ts) for ts in sets}
@@ -103,6 +109,7 @@ def pack(sets: list[TokenSet], row_length: int, stride: int = 1) -> TokenBatch:
     serves a strided stem (Whisper's conv, k=2; the model refuses packed input without it): each
     set starts at a multiple of k with at least one padding slot after it, as in `pack_examples`.
     """
+    sets = listed(sets)
     _check_same(sets, "pack")
     positive("pack", "row_length", row_length)
     positive("pack", "stride", stride)

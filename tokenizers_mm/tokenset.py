@@ -86,6 +86,8 @@ def _as_tensors(ts) -> None:
             if not hasattr(t, "__array__"):
                 raise TypeError(f"{type(ts).__name__}({ts.modality!r}): {name} must be a tensor (or a numpy array), got {type(t).__name__}")
             a = np.asarray(t)  # (a reversed or strided view made contiguous: torch takes no negative strides; 0-d stays 0-d)
+            if not a.flags.writeable:  # (a read-only view, as np.frombuffer makes of tiktoken's ids: torch warns at a tensor of it)
+                a = a.copy()
             t = d[name] = torch.as_tensor(np.ascontiguousarray(a) if a.ndim else a)
         if t.dtype in NARROW_INTS and name in INDEX_FIELDS:
             d[name] = t.long()
@@ -268,7 +270,9 @@ class TokenBatch:
         return self._map(Tensor.pin_memory)
 
     def select(self, rows) -> "TokenBatch":
-        """The batch's rows `rows` (indices or a slice), in that order."""
+        """The batch's rows `rows` (indices or a slice), in that order; one index gives a batch of that row."""
+        if isinstance(rows, numbers.Integral) and not isinstance(rows, bool):  # (t[i] would drop the batch dimension)
+            rows = [int(rows)]
         return self._map(lambda t: t[rows])
 
     def _map(self, fn) -> "TokenBatch":
