@@ -861,14 +861,16 @@ class MultimodalTransformer(nn.Module):
             raise ValueError(f"model: {directory / CONFIG_FILE} does not match {path}: {'; '.join(wrong[:3])}{' ...' if len(wrong) > 3 else ''}")
 
     @classmethod
-    def load(cls, directory, device="cpu") -> "MultimodalTransformer":
+    def load(cls, directory, device="cpu", dtype: torch.dtype | None = None) -> "MultimodalTransformer":
         """A model folder (`save`'s, a checkpoint's) on `device`, in eval mode as Hugging Face's
-        `from_pretrained` returns one (dropout off: `.train()` to fine-tune it)."""
+        `from_pretrained` returns one (dropout off: `.train()` to fine-tune it). Its parameters are
+        float32 whatever the file holds (a model saved in bf16 too), or `dtype` (from_pretrained's
+        torch_dtype), e.g. torch.bfloat16."""
         if not (Path(directory) / WEIGHTS_FILE).is_file():  # (before the config's model is built: nothing to check its sizes against)
             raise FileNotFoundError(f"model: {Path(directory) / WEIGHTS_FILE} does not exist")
         model = cls.architecture(directory)
         load_weights(model, Path(directory) / WEIGHTS_FILE)
-        return model.to(device).eval()
+        return model.to(device=device, dtype=dtype).eval()
 
 
 def finished_beams(beam_size: int, patience: float) -> int:

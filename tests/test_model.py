@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -242,6 +244,9 @@ def test_save_load_round_trip(tmp_path):
     model.save(tmp_path)
     back = MultimodalTransformer.load(tmp_path)
     assert back.config == model.config and not back.training  # in eval mode, as transformers' from_pretrained
+    copy.deepcopy(model).to(torch.bfloat16).save(tmp_path / "bf16")
+    assert MultimodalTransformer.load(tmp_path / "bf16").embedders["text"].tok.weight.dtype == torch.float32
+    assert MultimodalTransformer.load(tmp_path / "bf16", dtype=torch.bfloat16).embedders["text"].tok.weight.dtype == torch.bfloat16
     inputs = {"image": collate([TokenSet("image", values=torch.randn(3, 12))]), "text": collate([rand_text(4)])}
     torch.testing.assert_close(back(inputs).logits["lm"], model(inputs).logits["lm"], atol=0, rtol=0)
 
