@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -25,11 +26,12 @@ from safetensors.torch import load_file, load_model, save_model
 from torch import Tensor, nn
 
 from tokenizers_mm import TokenBatch, TokenSet
+from tokenizers_mm.tokenset import positive
 from tokenizers_mm.base import read_json, umask_mode, write_json_atomic
 
 from .attention import KVCache, build_mask
 from .blocks import Stack
-from .config import ModelConfig, whole
+from .config import ModelConfig
 from .embedders import build_embedder, shared_rows
 from .heads import LMHead, PooledHead, TokenHead
 
@@ -655,14 +657,14 @@ class MultimodalTransformer(nn.Module):
         Past the modality's position table, the context is cropped to its last max_positions
         tokens and re-run without the cache (nanoGPT's sliding window).
         """
-        if not (isinstance(temperature, (int, float)) and temperature >= 0 and math.isfinite(temperature)):  # (a negative one: the least likely)
+        if not (isinstance(temperature, numbers.Real) and temperature >= 0 and math.isfinite(temperature)):  # (a negative one: the least likely)
             raise ValueError(f"generate: temperature={temperature!r} must be a finite number >= 0 (0 is greedy decoding)")
         if generator is not None and not hasattr(generator, "initial_seed"):  # (a seed given as one: torch's long "invalid combination")
             raise TypeError(f"generate: generator is a torch.Generator (torch.Generator().manual_seed({generator!r}) for a seed), "
                             f"got {type(generator).__name__}")  # fmt: skip
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 0):
             raise ValueError(f"generate: top_k={top_k!r} must be a positive number of tokens (None or 0: no top-k cut)")
-        whole("generate:", max_new_tokens=(max_new_tokens, 0))
+        top_k, max_new_tokens = top_k and int(top_k), positive("generate", "max_new_tokens", max_new_tokens, least=0)
         lm_name, name, prompt = self._lm_prompt(inputs, "generate")
         max_pos = self.config.modalities[name].max_positions
         ids, types = prompt.ids, prompt.types
@@ -729,12 +731,12 @@ class MultimodalTransformer(nn.Module):
         logits_filter and memory as there. The last new token may take the position after the
         table's last: it is sampled, never read.
         """
-        if not (isinstance(beam_size, int) and beam_size >= 1):
+        if not (isinstance(beam_size, numbers.Integral) and not isinstance(beam_size, bool) and beam_size >= 1):
             raise ValueError(f"beam_search: beam_size={beam_size!r} must be a whole number >= 1 (1 is greedy decoding)")
-        whole("beam_search:", max_new_tokens=(max_new_tokens, 0))
+        max_new_tokens = positive("beam_search", "max_new_tokens", max_new_tokens, least=0)
         lm_name, name, prompt = self._lm_prompt(inputs, "beam_search")
         B, N = prompt.shape
-        K, V = beam_size, self.config.modalities[name].vocab_size
+        K, V = int(beam_size), self.config.modalities[name].vocab_size
         wanted = finished_beams(K, patience)  # finished beams each sample collects before the search stops
         if N + max_new_tokens - 1 > self.config.modalities[name].max_positions:  # the last new token is never read
             raise ValueError(f"beam_search: {N} + {max_new_tokens} - 1 tokens read exceed the {self.config.modalities[name].max_positions}-position table")

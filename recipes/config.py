@@ -76,6 +76,7 @@ class TrainConfig:
                                      "seed": 2**32 - 2**16}  # fmt: skip  # seed: process r seeds with seed + r
     PRECISIONS: typing.ClassVar[tuple] = ("auto", "no", "bf16", "fp16", "fp8")  # fp8: Accelerate's, with Transformer Engine / torchao
     NOT_USED: typing.ClassVar[tuple] = ()  # keys a recipe's config inherits but does not use: refused when given
+    EVAL_KEYS: typing.ClassVar[tuple] = ("eval_batches",)  # keys that shape its evaluation alone (a resume may take them edited)
 
     def check(self) -> None:
         """Refuse values a run cannot use, before its run directory is made (`mmtok train`)."""

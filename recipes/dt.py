@@ -48,6 +48,7 @@ from .train import my_share, summed, train
 @dataclass
 class Config(TrainConfig):
     NOT_USED = ("eval_batches",)  # an evaluation rolls out eval_episodes
+    EVAL_KEYS = ("eval_episodes", "eval_seed", "targets", "target")
     env: str = "CartPole-v1"  # the gymnasium environment the data comes from and rollouts run in
     data: str = ""  # "" = the embedded dataset for env; else a .npz / .hdf5 file or a Minari dataset id
     data_dir: str = ""  # where the embedded dataset is cached; "" = ~/.cache/tokenizers-mm/rl

@@ -39,6 +39,7 @@ STDLIB_MODULES = ("argparse", "collections", "dataclasses", "functools", "json.d
 
 @dataclass
 class Config(TrainConfig):
+    EVAL_KEYS = (*TrainConfig.EVAL_KEYS, "sample_tokens", "temperature", "top_k")
     data: str = ""  # a UTF-8 text file, JSON lines / CSV / Parquet rows or a Hugging Face dataset; "" = the embedded corpus
     text_column: str = ""  # a Hugging Face dataset's text column; "" = `text`, or its only string column
     val_fraction: float = 0.1  # the last fraction of the text is the validation split

@@ -309,20 +309,25 @@ def check_tokenizers(model: MultimodalTransformer, tokenizers: dict, run_dir) ->
 
 RESUME_OVERRIDES = ("max_steps", "lr_decay_steps", "fsdp")  # what `mmtok resume RUN key=value` may change
 # run.json keys an edit may change before a resume: how often the run logs, evaluates and saves, how fast it
-# computes, whether a non-finite batch is skipped (after a stop on one); not what it trains
-RESUME_EDITABLE = ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "num_workers", "log_mfu", "compile", "grad_checkpoint",
-                   "fused_adamw", "skip_nonfinite")  # fmt: skip
+# computes, whether a non-finite batch is skipped (after a stop on one); not what it trains (num_workers is not
+# among them: with none, augmentation draws from the main process's checkpointed RNG, with workers per batch)
+RESUME_EDITABLE = ("log_every", "eval_every", "ckpt_every", "keep_checkpoints", "log_mfu", "compile", "grad_checkpoint", "fused_adamw",
+                   "skip_nonfinite")  # fmt: skip
 
 
-def changed_since(cfg, recorded) -> list[str]:
+def changed_since(cfg, recorded, run_dir) -> list[str]:
     """`key=now (trained with: then)` for each config value that differs from what a run's checkpoint
     recorded it training with (`trainer_state.json`'s config; run.json edited since): a resumed run
     takes its model, optimizer and schedule from the checkpoint, so a changed size or learning rate
     would be ignored, and a changed batch size or seed would break the exact resume, without a word.
-    Paths (a folder moved) and the keys resume and RESUME_EDITABLE may change are free."""
+    Paths (a folder moved), the keys resume and RESUME_EDITABLE may change and the recipe's EVAL_KEYS
+    are free. The recorded values are read as run.json's of that format are (`upgrade_run`)."""
     if not isinstance(recorded, dict):  # (a checkpoint of an older version)
         return []
-    free = {"run_dir", *PATH_KEYS, *CACHE_DIR_KEYS, *RESUME_OVERRIDES, *RESUME_EDITABLE}
+    if hasattr(type(cfg), "upgrade_run") and (Path(run_dir) / RUN_FILE).is_file():
+        fmt = read_json(Path(run_dir) / RUN_FILE, "run").get("format", 1)
+        recorded = type(cfg).upgrade_run(dict(recorded), fmt if isinstance(fmt, int) else 1)
+    free = {"run_dir", *PATH_KEYS, *CACHE_DIR_KEYS, *RESUME_OVERRIDES, *RESUME_EDITABLE, *getattr(type(cfg), "EVAL_KEYS", ())}
     now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # (as the checkpoint wrote it: tuples as lists)
     return [f"{k}={now[k]!r} (trained with: {recorded[k]!r})" for k in now if k in recorded and k not in free and now[k] != recorded[k]]
 

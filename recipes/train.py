@@ -503,7 +503,7 @@ def train(
         if not (isinstance(trainer_state.get("step"), int) and isinstance(trainer_state.get("scheduler"), dict)):  # (read_json: an object)
             raise CheckpointError(f"{ckpt / 'trainer_state.json'}: expected {{\"step\": N, \"scheduler\": {{...}}, ...}}, as training writes "
                                   f"it; move {ckpt.name} aside to resume from the checkpoint before it")  # fmt: skip
-        if changed := changed_since(cfg, trainer_state.get("config")):
+        if changed := changed_since(cfg, trainer_state.get("config"), run_dir):
             raise ValueError(f"resume: {run_dir / 'run.json'} was changed since the run wrote {ckpt.name}: {', '.join(changed)}; a run resumes as it "
                              f"trained (its model, optimizer and schedule are the checkpoint's; `mmtok resume RUN max_steps=N`, lr_decay_steps=N "
                              f"and fsdp=true|false change on the command line): put the values back, or start a new run")  # fmt: skip

@@ -45,6 +45,7 @@ CHARS = " '-abcdefghijklmnopqrstuvwxyz0123456789"  # the corpus transcripts, low
 @dataclass
 class Config(TrainConfig):
     NOT_USED = ("eval_batches",)  # an evaluation decodes eval_utterances
+    EVAL_KEYS = ("eval_utterances", "beam_size", "length_penalty", "patience")
     data_dir: str = ""  # where the synthesized corpus is cached; "" = ~/.cache/tokenizers-mm/whisper_digits
     n_train: int = 4000  # utterances spoken by the training voices
     n_test: int = 300  # utterances spoken by the held-out voices
@@ -177,9 +178,11 @@ def previous_text(text_tok, text: str) -> list[int]:
 def text_tokens(text_tok, text: str, what: str) -> list[int]:
     """The tokens of a text said before (after a space, as Whisper writes text), for `previous_tokens`."""
     needs_previous(text_tok, what)
-    if held := [s for s in text_tok.special_ids if s in text]:  # (openai-whisper's tiktoken encode refuses them too)
-        raise ValueError(f"{what}: the text holds the special token {held[0]}, which a prompt's text cannot hold (it is read as text said before)")
-    return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
+    try:
+        return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
+    except ValueError as e:  # a special token's text (openai-whisper's tiktoken encode refuses it too): named by the option
+        raise ValueError(f"{what}: {str(e).removeprefix('text: ')}".replace("the input contains", "the text holds").split("; pass allowed_special")[0]
+                         + ", which a prompt's text cannot hold (it is read as text said before)") from None
 
 
 def needs_previous(text_tok, what: str) -> None:

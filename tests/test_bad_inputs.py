@@ -49,11 +49,15 @@ def test_a_tokenizer_made_with_bad_sizes_says_which_in_one_line(name, settings, 
         create(name, **settings)
 
 
-def test_a_tokenizer_takes_numpy_integers_as_sizes():
+def test_a_tokenizer_takes_numpy_integers_as_sizes(tmp_path):
+    """...and saves them as JSON numbers (a NumPy integer in config() was refused at save)."""
     import numpy as np
 
-    from tokenizers_mm import create
+    from tokenizers_mm import BPETokenizer, create
 
     image = create("image", image_size=np.int64(32), patch_size=np.int64(8))
     assert image.config()["image_size"] == [32, 32] and type(image.config()["patch_size"]) is int
+    assert create("image", image_size=np.array([16, 8]), patch_size=4).config()["image_size"] == [16, 8]
     assert type(create("trajectory", state_dim=np.int64(4), action_dim=2, discrete=True).config()["state_dim"]) is int
+    create("text_char", chars="ab", max_positions=np.int64(8)).save(tmp_path / "char")
+    BPETokenizer.train(["ab ab ab"], vocab_size=260, max_positions=np.int64(8)).save(tmp_path / "bpe")

@@ -21,8 +21,8 @@ def test_caption_digits_trains_captions_draws_and_saves_a_model_that_loads_back(
     result = caption_digits.main(["--steps", "60", "--plot", str(tmp_path / "c.png"), "--save", str(tmp_path / "m")])
     out = capsys.readouterr().out
     losses = [float(line.split("loss ")[1]) for line in out.splitlines() if line.startswith("step ")]
-    assert len(losses) == 1 and result["final_loss"] < 1.0 and 0.0 <= result["accuracy"] <= 1.0, out  # (from ln 16 ≈ 2.8 at the start)
-    assert "held-out captions exactly right" in out and (tmp_path / "c.png").stat().st_size > 10_000
+    assert len(losses) == 1 and result["final_loss"] < 1.0, out  # (from ln 16 ≈ 2.8 at the start)
+    assert f"held-out captions exactly right: {result['accuracy']:.1%} of 360" in out and (tmp_path / "c.png").stat().st_size > 10_000
     model = MultimodalTransformer.load(tmp_path / "m").eval()
     image_tok, text_tok = load_tokenizer(tmp_path / "m" / "tokenizers" / "image"), load_tokenizer(tmp_path / "m" / "tokenizers" / "text")
     images = torch.tensor(load_digits().images[result["held_out"]], dtype=torch.float32)[:, None] / 16

@@ -887,6 +887,8 @@ def test_sampling_arguments_are_checked():
         model.generate(inputs, 2, temperature=None)
     with pytest.raises(TypeError, match=r"^generate: generator is a torch.Generator \(torch.Generator\(\).manual_seed\(123\) for a seed\), got int$"):
         model.generate(inputs, 2, generator=123)
+    assert model.generate(inputs, np.int64(2), top_k=np.int64(5), temperature=np.float32(0.8)).shape == (1, 5)  # NumPy numbers, as before
+    assert model.beam_search(inputs, np.int64(2), beam_size=np.int64(2)).shape[1] <= 5
     with pytest.raises(ValueError, match=r"^generate: top_k=2.5 must be a positive number of tokens"):
         model.generate(inputs, 2, top_k=2.5)
     for search in (model.generate, model.beam_search):  # (range(-3) or range(2.0) gave the prompt back, or a TypeError)

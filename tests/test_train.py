@@ -651,6 +651,21 @@ def test_resume_refuses_a_run_json_edited_since_its_checkpoint(tmp_path, trained
     assert [c.name for c in list_checkpoints(run)] == ["step-0000022", "step-0000024"]  # every 2 steps now (2 kept)
 
 
+def test_what_a_resume_may_find_changed(tmp_path):
+    """Evaluation keys (a recipe's EVAL_KEYS), cadence and paths may differ from the checkpoint's
+    record; a value recorded before a run.json format changed its meaning is read as that format's
+    (dt's target 0 of format 1: the data's best, None now); num_workers may not (augmentation's draws)."""
+    from recipes import dt_pendulum
+    from recipes.runs import changed_since
+
+    cfg = dt_pendulum.Config()
+    recorded = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    (tmp_path / "run.json").write_text(json.dumps({"recipe": "dt_pendulum", "format": 1, "config": recorded}))
+    assert cfg.target is None and changed_since(cfg, {**recorded, "target": 0.0, "eval_episodes": 3, "ckpt_every": 7, "run_dir": "/a"}, tmp_path) == []
+    assert changed_since(cfg, {**recorded, "lr": 1.0, "num_workers": 2}, tmp_path) == [
+        f"lr={cfg.lr!r} (trained with: 1.0)", f"num_workers={cfg.num_workers!r} (trained with: 2)"]
+
+
 def test_a_checkpoint_whose_state_files_are_of_another_shape_is_named(tmp_path, trained, capsys):
     """trainer_state.json or rng.json edited (their manifest written again to match): one line naming the
     file (was "mmtok: error: step", a bare KeyError, and "checkpoint: unknown node []")."""

@@ -926,7 +926,7 @@ def test_language_detection_equals_openai_whisper_and_chooses_the_prompt(tmp_pat
                            "before every window of --windows seek (--windows pauses always does); it needs --windows seek and an --initial-prompt"),
                           (["--windows", "seek", "--margin", "0.2"], "--min-pause / --margin: they cut a file at its pauses (--windows pauses); "
                            "--windows seek reads openai-whisper's windows"),
-                          (["--initial-prompt", "<|endoftext|> Seven."], "--initial-prompt: the text holds the special token <|endoftext|>, "
+                          (["--initial-prompt", "<|endoftext|> Seven."], "--initial-prompt: the text holds the special token '<|endoftext|>', "
                            "which a prompt's text cannot hold")]:  # fmt: skip  # (the flags as typed, not the Python keywords)
         assert main(["transcribe", str(run), str(tmp_path / "talk.wav"), *args]) == 2  # refused before any decoding
         assert message in capsys.readouterr().err

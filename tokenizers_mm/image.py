@@ -173,7 +173,9 @@ class ImageTokenizer(Tokenizer):
         self.crop_pct = float(crop_pct)
         if isinstance(image_size, numbers.Integral):
             image_size = (image_size, image_size)
-        if not (isinstance(image_size, (tuple, list)) and len(image_size) == 2):
+        elif hasattr(image_size, "__len__") and not isinstance(image_size, (str, bytes)):  # (a list from JSON, an array)
+            image_size = tuple(image_size)
+        if not (isinstance(image_size, tuple) and len(image_size) == 2):
             raise ValueError(f"image: image_size is one side or (height, width), got {image_size!r}")
         for key, v in (("image_size", image_size[0]), ("image_size", image_size[1]), ("patch_size", patch_size), ("channels", channels)):
             positive("image", key, v)

@@ -431,7 +431,7 @@ class BPETokenizer(Tokenizer):
         self.ranks, self.pattern_name = ranks, pattern
         self.pattern = split_pattern(pattern)
         self.specials = dict(specials)
-        self.max_positions = max_positions
+        self.max_positions = int(max_positions)
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
         self._all_specials = tuple(self.specials)
         self._build()

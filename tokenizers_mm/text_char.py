@@ -51,7 +51,7 @@ class CharTokenizer(Tokenizer):
             raise ValueError("text_char: chars must not repeat a character")
         self.chars = chars
         self.specials = tuple(check_specials(specials, "text_char"))
-        self.max_positions = max_positions
+        self.max_positions = int(max_positions)
         n_plain = N_BYTES if chars is None else len(chars)
         self.stoi = None if chars is None else {c: i for i, c in enumerate(chars)}
         self.special_ids = {s: n_plain + i for i, s in enumerate(self.specials)}

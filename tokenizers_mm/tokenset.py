@@ -22,10 +22,12 @@ import torch
 from torch import Tensor
 
 
-def positive(who: str, key: str, value) -> None:
-    """A size, row length or multiple must be a whole number of at least 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{who}: {key}={value!r} must be a whole number of at least 1")
+def positive(who: str, key: str, value, least: int = 1) -> int:
+    """A size, row length, multiple or count must be a whole number (a Python or NumPy integer) of at
+    least `least`; returned as an int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise ValueError(f"{who}: {key}={value!r} must be a whole number of at least {least}")
+    return int(value)
 
 
 @dataclass(frozen=True)
