@@ -177,10 +177,8 @@ class ImageTokenizer(Tokenizer):
             image_size = tuple(image_size)
         if not (isinstance(image_size, tuple) and len(image_size) == 2):
             raise ValueError(f"image: image_size is one side or (height, width), got {image_size!r}")
-        for key, v in (("image_size", image_size[0]), ("image_size", image_size[1]), ("patch_size", patch_size), ("channels", channels)):
-            positive("image", key, v)
-        image_size, patch_size, channels = tuple(map(int, image_size)), int(patch_size), int(channels)
-        self.image_size = image_size
+        self.image_size = tuple(positive("image", "image_size", side) for side in image_size)
+        patch_size, channels = positive("image", "patch_size", patch_size), positive("image", "channels", channels)
         self.patch_size, self.channels, self.cls_token = patch_size, channels, cls_token
         self.mean, self.std = tuple(mean)[:channels], tuple(std)[:channels]
         if len(self.mean) != channels or len(self.std) != channels:

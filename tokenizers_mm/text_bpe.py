@@ -411,7 +411,6 @@ class BPETokenizer(Tokenizer):
                 raise ValueError("text: give ranks or ranks_file")
             ranks = read_tiktoken(ranks_file)
         check_ranks(ranks, "in memory")
-        positive("text", "max_positions", max_positions)
         if specials is None:
             specials = [ENDOFTEXT]
         if not isinstance(specials, dict):
@@ -431,7 +430,7 @@ class BPETokenizer(Tokenizer):
         self.ranks, self.pattern_name = ranks, pattern
         self.pattern = split_pattern(pattern)
         self.specials = dict(specials)
-        self.max_positions = int(max_positions)
+        self.max_positions = positive("text", "max_positions", max_positions)
         self.vocab_size = max([len(ranks) - 1, *specials.values()]) + 1
         self._all_specials = tuple(self.specials)
         self._build()

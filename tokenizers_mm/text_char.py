@@ -46,12 +46,11 @@ class CharTokenizer(Tokenizer):
     def __init__(self, chars: str | None = None, specials=(ENDOFTEXT,), max_positions: int = 1024):
         if chars is not None and not (isinstance(chars, str) and chars):
             raise ValueError(f"text_char: chars is a non-empty string of the vocabulary's characters (None: bytes), got {chars!r}")
-        positive("text_char", "max_positions", max_positions)
         if chars is not None and len(set(chars)) != len(chars):
             raise ValueError("text_char: chars must not repeat a character")
         self.chars = chars
         self.specials = tuple(check_specials(specials, "text_char"))
-        self.max_positions = int(max_positions)
+        self.max_positions = positive("text_char", "max_positions", max_positions)
         n_plain = N_BYTES if chars is None else len(chars)
         self.stoi = None if chars is None else {c: i for i, c in enumerate(chars)}
         self.special_ids = {s: n_plain + i for i, s in enumerate(self.specials)}

@@ -55,8 +55,7 @@ class ModalitySpec:
         for key in ("max_positions", "vocab_size", "value_dim"):  # (a tokenizer.json's "16" or -1: named here, not at embedding)
             v = getattr(self, key)
             if v is not None or key == "max_positions":
-                positive(f"modality {self.modality!r}", key, v)
-                object.__setattr__(self, key, int(v))
+                object.__setattr__(self, key, positive(f"modality {self.modality!r}", key, v))
         if (self.vocab_size is None) == (self.value_dim is None):
             raise ValueError(
                 f"modality {self.modality!r}: declare exactly one of vocab_size and value_dim "

@@ -139,9 +139,8 @@ class TrajectoryTokenizer(Tokenizer):
         action_low / action_high: a continuous space's bounds (default [-1, 1]); an action outside
         them is an error naming the episode, or with clip_actions clipped into them, as an
         environment clips what it is given."""
-        for key, v in (("state_dim", state_dim), ("action_dim", action_dim), ("context", context), ("max_timestep", max_timestep)):
-            positive("trajectory", key, v)
-        state_dim, action_dim, context, max_timestep = int(state_dim), int(action_dim), int(context), int(max_timestep)
+        state_dim, action_dim, context, max_timestep = (positive("trajectory", k, v) for k, v in (
+            ("state_dim", state_dim), ("action_dim", action_dim), ("context", context), ("max_timestep", max_timestep)))  # fmt: skip
         if not 1 <= context <= max_timestep:
             raise ValueError(f"trajectory: context={context} steps must lie in [1, max_timestep={max_timestep}] "
                              "(the timestep table has max_timestep rows)")  # fmt: skip
