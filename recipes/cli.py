@@ -466,17 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "one is refused, listing the recipe's keys")  # fmt: skip  # note: a default keeps it out of "required"
     s.set_defaults(fn=cmd_train)
     s = sub.add_parser("resume", help="continue a run from its last checkpoint", description="Continue a run from its last checkpoint (optionally max_steps=N to train longer, lr_decay_steps=N to keep the schedule's length, fsdp=true|false).")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     s.add_argument("overrides", nargs="*", metavar="KEY=VALUE", default=[], help="max_steps=N, lr_decay_steps=N, fsdp=true|false")
     s.set_defaults(fn=cmd_resume)
     s = sub.add_parser("eval", help="evaluate a run's last checkpoint", description="Evaluate a run's last checkpoint with its recipe's metric; prints JSON.")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     s.add_argument("--data", default=None, metavar="PATH", help="score it on this data instead (vit_folder, whisper_folder, gpt_char, "
                    "gpt_bpe: data in the layout the recipe trains on, its validation split when it has one, else all of it)")  # fmt: skip
     add_device(s)
     s.set_defaults(fn=cmd_eval)
     s = sub.add_parser("generate", help="sample from a trained generative model", description="Sample a continuation of --prompt from a run's last checkpoint.")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     prompt = s.add_mutually_exclusive_group()
     prompt.add_argument("--prompt", default="\n", help="the text to continue (default: a newline, as nanoGPT's sample.py)")
     prompt.add_argument("--prompt-file", default=None, metavar="FILE", help="the prompt is this UTF-8 file's text (nanoGPT's start=FILE:...)")
@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("predict", help="classify images with a trained image run", description="Classify image files (or every image in "
                        "a folder) with a run's last checkpoint: top-k labels and probabilities, printed and optionally written as CSV or JSON.")  # fmt: skip
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     s.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files, or folders: their image files at any depth, sorted")
     s.add_argument("--top-k", type=positive_int, default=3, help="labels printed per image, likeliest first (default: 3)")
     s.add_argument("--batch-size", type=positive_int, default=None, help="images classified together (default: the recipe's, 64)")
@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device(s)
     s.set_defaults(fn=cmd_predict)
     s = sub.add_parser("transcribe", help="transcribe audio files with a trained speech run", description="Transcribe audio files (WAV, FLAC, ...) with a speech run's last checkpoint: each file is cut at its pauses into segments no longer than the model's window, silence skipped.")
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     s.add_argument("audio", nargs="+", type=given_text, metavar="AUDIO")
     s.add_argument("--beam-size", type=positive_int, default=None, help="beam search width (default: the run's beam_size; 1 = greedy)")
     s.add_argument("--patience", type=positive_float, default=None, help="with beam search: stop once beam size × this many beams have "
@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "feature extractor, generation config), or with OUT ending in .pt as an openai-whisper checkpoint. "
                                    "What is written is loaded back with the reference library, when it is installed (transformers, "
                                    "timm, openai-whisper), and its outputs compared with the run's; otherwise it is marked unchecked.")  # fmt: skip
-    s.add_argument("run_dir", metavar="RUN_DIR")
+    s.add_argument("run_dir", type=given_text, metavar="RUN_DIR")
     s.add_argument("out", metavar="OUT", help="a new (or empty) folder; for an openai-whisper checkpoint, a new file ending in .pt")
     s.set_defaults(fn=cmd_export)
     s = sub.add_parser("show", help="draw an image's patch tokens (and CLS attention), or audio's mel slices", description="Save a PNG of an image cut into patch tokens with their indices (with --run, also where the trained model's CLS token attends), or of an audio file's waveform and log-mel spectrogram with its token slices marked.")

@@ -367,9 +367,15 @@ def export(run_dir, out) -> dict:
         raise ValueError("export: OUT is an empty string; give the path of a new folder (or of a .pt file)")
     run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # (absolute: "." has no name to make a temporary folder beside it from)
     one_file = out.suffix.lower() == ".pt"
+    if out.parent == out:
+        raise FileExistsError(f"export: {out} is the file system's root; give the path of a new folder")
+    managed = [Path(run_dir).resolve() / d for d in ("checkpoints", "tokenizers")]  # (what the run reads as its own, and prunes)
+    if inside := next((d for d in managed if out.resolve().is_relative_to(d)), None):
+        raise ValueError(f"export: {out} is inside the run's {inside.name}/ folder, which the run manages and reads as its own; "
+                         f"give a folder outside it")  # fmt: skip
     if out.is_symlink():
         raise FileExistsError(f"export: {out} is a symbolic link; give the path of a new {'file' if one_file else 'folder'}")
-    above = next(d for d in out.parents if d.exists() or d.is_symlink())
+    above = next((d for d in out.parents if d.exists() or d.is_symlink()), out)  # (none: OUT is the root, which exists)
     if not above.is_dir():
         raise NotADirectoryError(f"export: {above} is not a folder; {out.name} cannot be made inside it")
     if out.parent.is_dir():

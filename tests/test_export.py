@@ -294,6 +294,12 @@ def test_mmtok_export_of_trained_runs(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err == f"mmtok: error: export: {tmp_path / 'afile'} is not a folder; out cannot be made inside it\n"
     assert main(["export", str(tmp_path / "vit"), ""]) == 2  # (an unset shell variable: not the current folder)
     assert "export: OUT is an empty string" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "vit"), "/"]) == 2  # (a StopIteration traceback)
+    assert capsys.readouterr().err == "mmtok: error: export: / is the file system's root; give the path of a new folder\n"
+    for inside in ("tokenizers/hf", "checkpoints/step-9999999", "checkpoints/step-0000004/hf"):  # read as the run's, or pruned
+        assert main(["export", str(tmp_path / "vit"), str(tmp_path / "vit" / inside)]) == 2
+        assert f"is inside the run's {inside.split('/')[0]}/ folder, which the run manages" in capsys.readouterr().err
+        assert not (tmp_path / "vit" / inside).exists()
     monkeypatch.setattr(export_module, "check_timm", lambda *a: (_ for _ in ()).throw(ValueError("refused late")))
     assert main(["export", str(tmp_path / "vit"), str(tmp_path / "np1" / "np2" / "out")]) == 2  # the folders made for it go too
     monkeypatch.undo()
@@ -310,3 +316,10 @@ def test_a_tokenizer_json_that_encodes_otherwise_is_refused(tmp_path, monkeypatc
     monkeypatch.setattr(hf, "to_hf", lambda t, *plain: build(other, *plain))
     with pytest.raises(ValueError, match="tokenizer.json encodes the probe text otherwise than the run's tokenizer \\(from token \\d+"):
         save_hf(tok, tmp_path / "tok")
+    monkeypatch.undo()
+    # a pattern of one's own whose \w reads "²" as a word character in Oniguruma (HF, and our trainer) but not in tiktoken: the
+    # one merge "x²" that encoding never makes is a token the exported file would make (a sample of every 7th token missed it)
+    own = BPETokenizer.train([" x² " * 300 + gpt_char.default_corpus()[:30_000]], 300, pattern=r"\w+|\s+|[^\w\s]+")
+    assert "x²".encode() in own.ranks
+    with pytest.raises(ValueError, match="tokenizer.json encodes the probe text otherwise than the run's tokenizer"):
+        save_hf(own, tmp_path / "own")

@@ -613,6 +613,8 @@ def test_cli_sizes_must_be_positive(capsys):
                                                                           "got '' (an unset shell variable?) (see mmtok transcribe --help)"),
                        (["transcribe", "r", ""], "mmtok transcribe: error: argument AUDIO: expected a value, got '' (an unset shell variable?) "
                                                  "(see mmtok transcribe --help)"),
+                       (["export", "", "out"], "mmtok export: error: argument RUN_DIR: expected a value, got '' (an unset shell variable?) "
+                                               "(see mmtok export --help)"),
                        (["transcribe", "r", "a.wav", "--no-speech-threshold", "2"], "mmtok transcribe: error: argument --no-speech-threshold: "
                                                                                    "expected a probability from 0 to 1, or none for no check, got 2 "
                                                                                    "(see mmtok transcribe --help)"),
