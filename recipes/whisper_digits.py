@@ -178,11 +178,9 @@ def previous_text(text_tok, text: str) -> list[int]:
 def text_tokens(text_tok, text: str, what: str) -> list[int]:
     """The tokens of a text said before (after a space, as Whisper writes text), for `previous_tokens`."""
     needs_previous(text_tok, what)
-    try:
-        return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
-    except ValueError as e:  # a special token's text (openai-whisper's tiktoken encode refuses it too): named by the option
-        raise ValueError(f"{what}: {str(e).removeprefix('text: ')}".replace("the input contains", "the text holds").split("; pass allowed_special")[0]
-                         + ", which a prompt's text cannot hold (it is read as text said before)") from None
+    if held := next((s for s in text_tok.special_ids if s in text), None):  # (encode's own error advises Python keywords)
+        raise ValueError(f"{what}: the text holds the special token {held!r}, which a prompt's text cannot hold (it is read as text said before)")
+    return [int(i) for i in text_tok.encode_ids(" " + text.strip())]
 
 
 def needs_previous(text_tok, what: str) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
+import itertools
 import json
 import numbers
 import os
@@ -356,17 +357,10 @@ def train_ranks(texts, vocab_size: int, pattern: str, show_progress: bool = Fals
     ])  # fmt: skip
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=show_progress, special_tokens=[])  # fmt: skip
-    given = 0
-
-    def counted(blocks):
-        nonlocal given
-        for text in blocks:
-            given += 1
-            yield text
-
-    hf.train_from_iterator(counted(joined_texts(texts, specials, block)), trainer)
-    if not given:
+    blocks = joined_texts(texts, specials, block)
+    if (first := next(blocks, None)) is None:
         raise ValueError("text: no training text: the texts given are empty or none (an iterator already used up?)")
+    hf.train_from_iterator(itertools.chain([first], blocks), trainer)
     merges = json.loads(hf.to_str())["model"]["merges"]
     byte_of = {c: b for b, c in bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(N_BYTES)}
